@@ -1,0 +1,214 @@
+"""Token batches: the tokenisation cache, padding (dynamic or fixed) and the shuffled micro-batch stream.
+
+Each (tokenizer, data file, max_seq_len) is tokenised once and cached under ``{data_root}/cache/``; the
+training loop only gathers and pads pre-computed ids. Batches are padded to their longest member
+(``padding="dynamic"``) or to ``max_seq_len`` (``"max_length"``, needed where a method requires a fixed
+length, e.g. LAD's gate LayerNorm over [S, D]). Both give the same logits up to float rounding because
+padding positions are masked out of attention.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .io_utils import atomic_torch_save, sha256_text
+from .tasks.example import Example
+
+CACHE_VERSION = 1
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash that changes whenever the tokenizer would produce different ids."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return sha256_text(type(tokenizer).__name__ + "\n" + body)[:16]
+
+
+@dataclass
+class Features:
+    """Token ids of a list of examples, stored flat (one int32 array + offsets) without padding."""
+
+    input_ids: np.ndarray  # int32, all rows concatenated
+    token_type_ids: np.ndarray  # int8
+    offsets: np.ndarray  # int64, len n + 1
+    labels: np.ndarray | None  # int64 or None when the split is unlabelled
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def head(self, n: int) -> "Features":
+        n = min(n, len(self))
+        end = self.offsets[n]
+        return Features(self.input_ids[:end], self.token_type_ids[:end], self.offsets[: n + 1],
+                        None if self.labels is None else self.labels[:n])
+
+    def to_state(self) -> dict:
+        return {
+            "version": CACHE_VERSION,
+            "input_ids": torch.from_numpy(self.input_ids),
+            "token_type_ids": torch.from_numpy(self.token_type_ids),
+            "offsets": torch.from_numpy(self.offsets),
+            "labels": None if self.labels is None else torch.from_numpy(self.labels),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Features":
+        labels = state["labels"]
+        return cls(state["input_ids"].numpy(), state["token_type_ids"].numpy(), state["offsets"].numpy(),
+                   None if labels is None else labels.numpy())
+
+
+def tokenize(tokenizer, examples: Sequence[Example], max_seq_len: int, chunk: int = 4096,
+             progress: bool = False) -> Features:
+    """Tokenise (text, text_pair) with truncation 'longest_first' to ``max_seq_len`` (as the original)."""
+    from tqdm.auto import tqdm
+
+    ids: list[np.ndarray] = []
+    types: list[np.ndarray] = []
+    lengths = np.zeros(len(examples), dtype=np.int64)
+    pairs = examples[0].text_pair is not None if examples else False
+    bar = tqdm(total=len(examples), desc="tokenising", unit="rows", disable=not progress, leave=False)
+    for start in range(0, len(examples), chunk):
+        part = examples[start:start + chunk]
+        enc = tokenizer(
+            [e.text for e in part],
+            [e.text_pair or "" for e in part] if pairs else None,
+            truncation=True,
+            max_length=max_seq_len,
+            return_attention_mask=False,
+            return_token_type_ids=True,
+        )
+        for j, (a, t) in enumerate(zip(enc["input_ids"], enc["token_type_ids"])):
+            ids.append(np.asarray(a, dtype=np.int32))
+            types.append(np.asarray(t, dtype=np.int8))
+            lengths[start + j] = len(a)
+        bar.update(len(part))
+    bar.close()
+    offsets = np.zeros(len(examples) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    labels = None
+    if examples and examples[0].label is not None:
+        labels = np.asarray([e.label for e in examples], dtype=np.int64)
+    cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dtype=dt))
+    return Features(cat(ids, np.int32), cat(types, np.int8), offsets, labels)
+
+
+def cached_features(cache_dir: Path, tokenizer, examples: Sequence[Example], max_seq_len: int,
+                    source_hash: str) -> Features:
+    """Tokenise once per (tokenizer, source file content, max_seq_len, row count); reuse afterwards.
+
+    ``source_hash`` identifies the parsed file (its sha256). The cache file is written atomically, so two
+    runs sharing it at the same moment both end with a complete file.
+    """
+    key = sha256_text(f"{tokenizer_fingerprint(tokenizer)}|{source_hash}|{max_seq_len}|{len(examples)}|v{CACHE_VERSION}")[:24]
+    path = Path(cache_dir) / f"features-{key}.pt"
+    if path.is_file():
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if state.get("version") == CACHE_VERSION:
+                return Features.from_state(state)
+        except Exception:  # a corrupt cache file is rebuilt, never trusted
+            pass
+    features = tokenize(tokenizer, examples, max_seq_len, progress=len(examples) > 20000)
+    try:
+        atomic_torch_save(features.to_state(), path)
+    except OSError:
+        pass  # an unwritable cache folder only costs time
+    return features
+
+
+class Collator:
+    """Gathers rows into padded tensors: ``input_ids``, ``token_type_ids``, ``attention_mask``, ``labels``,
+    ``index`` (row positions) and, for logits data sets, ``teacher_logits``."""
+
+    def __init__(self, features: Features, pad_token_id: int, max_seq_len: int, padding: str = "dynamic",
+                 teacher_logits: np.ndarray | None = None):
+        if padding not in ("dynamic", "max_length"):
+            raise ValueError(padding)
+        self.f = features
+        self.pad = pad_token_id
+        self.max_seq_len = max_seq_len
+        self.padding = padding
+        self.teacher_logits = None if teacher_logits is None else torch.as_tensor(teacher_logits, dtype=torch.float32)
+        self._lengths = features.lengths()
+
+    def __call__(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = self._lengths[rows]
+        width = int(lengths.max()) if self.padding == "dynamic" else self.max_seq_len
+        n = len(rows)
+        ids = np.full((n, width), self.pad, dtype=np.int64)
+        types = np.zeros((n, width), dtype=np.int64)
+        mask = np.zeros((n, width), dtype=np.int64)
+        starts = self.f.offsets[rows]
+        for i, (s, ln) in enumerate(zip(starts, lengths)):
+            ids[i, :ln] = self.f.input_ids[s:s + ln]
+            types[i, :ln] = self.f.token_type_ids[s:s + ln]
+            mask[i, :ln] = 1
+        batch = {
+            "input_ids": torch.from_numpy(ids),
+            "token_type_ids": torch.from_numpy(types),
+            "attention_mask": torch.from_numpy(mask),
+            "index": torch.from_numpy(rows),
+        }
+        if self.f.labels is not None:
+            batch["labels"] = torch.from_numpy(self.f.labels[rows])
+        if self.teacher_logits is not None:
+            batch["teacher_logits"] = self.teacher_logits[torch.from_numpy(rows)]
+        return batch
+
+
+class MicroBatchStream:
+    """The training data order: each epoch a fresh shuffle (seeded by ``seed`` and the epoch number),
+    cut into micro-batches of ``micro_batch`` rows with ``drop_last=False``; epochs follow each other
+    without a break, so an accumulation window can cross an epoch boundary (the original's behaviour).
+
+    The position is one integer (micro-batches consumed), so a run can restart anywhere.
+    """
+
+    def __init__(self, num_rows: int, micro_batch: int, seed: int, position: int = 0):
+        self.n = num_rows
+        self.mb = micro_batch
+        self.seed = seed
+        self.position = position
+        self.per_epoch = math.ceil(num_rows / micro_batch)
+        self._epoch = -1
+        self._perm: np.ndarray | None = None
+
+    @property
+    def epoch(self) -> int:
+        return self.position // self.per_epoch
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(self.n, generator=g).numpy()
+            self._epoch = epoch
+        return self._perm
+
+    def next(self) -> np.ndarray:
+        epoch, i = divmod(self.position, self.per_epoch)
+        perm = self._permutation(epoch)
+        self.position += 1
+        return perm[i * self.mb:(i + 1) * self.mb]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while True:
+            yield self.next()
+
+
+def sequential_batches(num_rows: int, batch_size: int, lengths: np.ndarray | None = None) -> list[np.ndarray]:
+    """Evaluation order. With ``lengths``, rows are sorted by length so each batch pads little; callers
+    restore file order through the batch's ``index``."""
+    order = np.argsort(lengths, kind="stable") if lengths is not None else np.arange(num_rows)
+    return [order[i:i + batch_size] for i in range(0, num_rows, batch_size)]

@@ -1,0 +1,150 @@
+"""Flag groups every entry script composes, so no script repeats another's argparse block.
+
+Each group is a dataclass: its fields are the flags (name, type, default, help). An entry script calls
+:func:`parse_args` with the groups it needs and gets an ``argparse.Namespace``. Bad flags give one line
+on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .errors import UserError
+
+
+def flag(default: Any = None, help: str = "", **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ExperimentFlags:
+    experiment: str = flag(None, "experiment name; folder {experiment}_{model}_{task}", required=True)
+    model: str = flag("bert", "model family", choices=("bert", "albert"))
+    task: str = flag(None, "task", required=True, choices=("boolq", "qqp"))
+    dataset: str = flag("train", "split (train/val/test for boolq, train/dev/test for qqp)")
+
+
+@dataclass
+class PathFlags:
+    data_root: str = flag(None, "data root (default: env FT_DATA_ROOT, else <repo>/data/fine_tune)")
+    exp_root: str = flag(None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)")
+    max_examples: int = flag(None, "use only the first N rows of the split (smoke runs, tests)")
+    overwrite: bool = flag(False, "replace an existing experiment (or logits data set) with a different config")
+
+
+@dataclass
+class DeviceFlags:
+    device_id: int = flag(None, "CUDA device index; -1 = CPU (2021-era flag)")
+    num_gpu: int = flag(None, "number of GPUs; 0 = CPU, >=1 = cuda:0 (2020-era flag)")
+    amp: bool = flag(False, "mixed precision: fp16 autocast + GradScaler on CUDA (bf16 with --amp_dtype bf16); "
+                     "on CPU bf16 when the processor has native bf16, else fp32 with a warning")
+    amp_dtype: str = flag("fp16", "autocast dtype on CUDA", choices=("fp16", "bf16"))
+
+
+@dataclass
+class OptimFlags:
+    num_class: int = flag(2, "number of classes")
+    accum_step: int = flag(1, "micro-batches per optimizer step (each forward sees batch_size // accum_step)")
+    batch_size: int = flag(32, "effective batch size per optimizer step")
+    beta1: float = flag(0.9, "AdamW beta1")
+    beta2: float = flag(0.999, "AdamW beta2")
+    eps: float = flag(1e-8, "AdamW epsilon")
+    weight_decay: float = flag(0.01, "AdamW weight decay (not on names containing 'bias' or 'LayerNorm.weight')")
+    lr: float = flag(2e-5, "peak learning rate")
+    max_norm: float = flag(1.0, "gradient clipping norm")
+    total_step: int = flag(1000, "number of optimizer steps")
+    warmup_step: int = flag(100, "linear warmup steps, then linear decay to 0 at total_step")
+    ckpt_step: int = flag(500, "save model-{step}.pt every N optimizer steps (and at the end)")
+    log_step: int = flag(100, "TensorBoard scalars every N optimizer steps")
+    dropout: float = flag(0.1, "dropout of encoder (hidden and attention) and classifier head")
+    max_seq_len: int = flag(128, "maximum tokens per (text, text_pair)")
+    seed: int = flag(42, "random seed (Python, NumPy, torch)")
+    padding: str = flag("dynamic", "pad each batch to its longest member (dynamic) or to max_seq_len (max_length)",
+                        choices=("dynamic", "max_length"))
+
+
+@dataclass
+class PretrainedFlags:
+    ptrain_ver: str = flag(None, "pretrained model: a Hugging Face hub name or a local folder", required=True)
+
+
+@dataclass
+class StudentFlags:
+    d_model: int = flag(768, "student hidden size")
+    d_ff: int = flag(3072, "student feed-forward size")
+    d_emb: int = flag(128, "student embedding size (ALBERT only)")
+    num_attention_heads: int = flag(16, "student attention heads")
+    num_hidden_layers: int = flag(6, "student layers")
+    type_vocab_size: int = flag(2, "student token type vocabulary")
+    init_start: int = flag(None, "initialise student layers from the teacher's pretrained layers "
+                                 "range(init_start, init_end + 1, init_step), 1-based (off unless given)")
+    init_end: int = flag(None, "last teacher layer (inclusive) for --init_start")
+    init_step: int = flag(1, "teacher layer step for --init_start")
+    init_attn_only: bool = flag(False, "with --init_start: copy only the self-attention weights (the original's 'attn_W only')")
+
+
+@dataclass
+class DistilFlags:
+    softmax_temp: float = flag(1.0, "temperature T of the soft loss")
+    soft_weight: float = flag(1.0, "weight of T^2 * KL(teacher || student)")
+    hard_weight: float = flag(1.0, "weight of the cross-entropy with the gold labels")
+
+
+@dataclass
+class EvalFlags:
+    batch_size: int = flag(128, "evaluation batch size")
+    ckpt: int = flag(0, "first checkpoint step to evaluate (all later ones too)")
+    save_predictions: bool = flag(False, "write per-example probabilities and predictions for every checkpoint")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        sys.stderr.write(f"error: {self.prog}: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def build_parser(prog: str, description: str, groups: Sequence[type], overrides: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+    """A parser with the flags of ``groups``; ``overrides`` changes defaults (per-script defaults)."""
+    overrides = overrides or {}
+    parser = _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    seen: set[str] = set()
+    for group in groups:
+        g = parser.add_argument_group(group.__name__.replace("Flags", "").lower())
+        for f in dataclasses.fields(group):
+            if f.name in seen:  # a later group overrides an earlier field of the same name
+                continue
+            seen.add(f.name)
+            meta = dict(f.metadata)
+            help_ = meta.pop("help", "")
+            default = overrides.get(f.name, f.default)
+            kind = f.type if isinstance(f.type, type) else {"str": str, "int": int, "float": float, "bool": bool}[f.type]
+            if kind is bool:
+                g.add_argument(f"--{f.name}", action="store_true", default=default, help=help_)
+            else:
+                if meta.get("required") and f.name in overrides:
+                    meta.pop("required")
+                g.add_argument(f"--{f.name}", type=kind, default=default, help=help_, **meta)
+    return parser
+
+
+def parse_args(prog: str, description: str, groups: Sequence[type], argv: Sequence[str] | None = None,
+               overrides: dict[str, Any] | None = None) -> argparse.Namespace:
+    parser = build_parser(prog, description, groups, overrides)
+    return parser.parse_args(argv)
+
+
+def run_main(main, argv: Sequence[str] | None = None) -> int:
+    """Run an entry point: a :class:`UserError` becomes one line on stderr and exit status 2."""
+    try:
+        main(argv)
+    except UserError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    return 0

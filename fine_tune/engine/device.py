@@ -1,0 +1,89 @@
+"""Device and mixed-precision resolution shared by every script.
+
+``--device_id`` (2021 era; -1 = CPU) takes precedence over ``--num_gpu`` (2020 era; 0 = CPU, >= 1 =
+``cuda:0``). Without CUDA every request falls back to the CPU with one warning line; a CUDA index the
+machine lacks is a :class:`~fine_tune.errors.UserError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UserError
+
+
+def warn(message: str) -> None:
+    sys.stderr.write(f"warning: {message}\n")
+
+
+def resolve_device(device_id: int | None, num_gpu: int | None, flag_name: str = "--device_id",
+                   quiet: bool = False) -> torch.device:
+    if device_id is None and num_gpu is None:
+        return torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
+    if device_id is not None:
+        if device_id < 0:
+            return torch.device("cpu")
+        wanted, name = device_id, f"{flag_name} {device_id}"
+    else:
+        if num_gpu <= 0:
+            return torch.device("cpu")
+        wanted, name = 0, f"--num_gpu {num_gpu}"
+    if not torch.cuda.is_available():
+        if not quiet:
+            warn(f"{name}: CUDA is not available on this machine; running on CPU")
+        return torch.device("cpu")
+    count = torch.cuda.device_count()
+    if wanted >= count:
+        raise UserError(f"{name}: this machine has {count} CUDA device(s) (indices 0..{count - 1})")
+    return torch.device(f"cuda:{wanted}")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True when the processor executes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What ``--amp`` means on the chosen device."""
+
+    device_type: str
+    dtype: torch.dtype | None  # None = fp32, no autocast
+
+    @property
+    def use_scaler(self) -> bool:
+        return self.device_type == "cuda" and self.dtype == torch.float16
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    def describe(self) -> str:
+        return "fp32" if self.dtype is None else {torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype] + " autocast"
+
+
+def resolve_precision(amp: bool, amp_dtype: str, device: torch.device, quiet: bool = False) -> Precision:
+    if not amp:
+        return Precision(device.type, None)
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if amp_dtype == "bf16" else torch.float16
+        return Precision("cuda", dtype)
+    if cpu_has_native_bf16():
+        if not quiet:
+            warn("--amp on CPU: using bf16 autocast (this processor has native bf16)")
+        return Precision("cpu", torch.bfloat16)
+    if not quiet:
+        warn("--amp on CPU: this processor has no native bf16, so training runs in fp32")
+    return Precision("cpu", None)

@@ -1,0 +1,215 @@
+"""Everything that runs a trained checkpoint: the evaluation sweep, logits generation and test predictions.
+
+Evaluation runs in length-sorted batches (little padding) and restores file order before anything is
+computed or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import config as cfg
+from .batching import Collator, Features, cached_features, sequential_batches
+from .engine.device import Precision, resolve_device, resolve_precision
+from .engine.trainer import forward, to_device
+from .errors import UserError
+from .experiment import ExperimentDir
+from .io_utils import atomic_write_json, atomic_write_text, sha256_file
+from .models.classifier import build_from_config, load_checkpoint_into, load_model_dir
+from .tasks import Task, get_task
+from .tasks.logits import logits_dir, write_logits
+from .train import roots
+
+
+@dataclass
+class LoadedExperiment:
+    exp: ExperimentDir
+    config: dict
+    model: torch.nn.Module
+    tokenizer: object
+    task: Task
+    device: torch.device
+    precision: Precision
+    data_root: Path
+
+
+def open_experiment(args: argparse.Namespace) -> LoadedExperiment:
+    """Check the split, then the folder; build the model from the experiment's own config and tokenizer."""
+    _positive_batch(args)
+    task = get_task(args.task)
+    task.check_split(args.dataset)
+    data_root, exp_root = roots(args)
+    exp = ExperimentDir.of(exp_root, args.experiment, args.model, args.task).require()
+    config = cfg.load_config(exp.config_path)
+    model_config, tokenizer = load_model_dir(exp.model_dir)
+    model = build_from_config(model_config)
+    device = resolve_device(args.device_id, args.num_gpu)
+    precision = resolve_precision(args.amp, args.amp_dtype, device)
+    return LoadedExperiment(exp, config, model, tokenizer, task, device, precision, data_root)
+
+
+def _positive_batch(args: argparse.Namespace) -> None:
+    if args.batch_size <= 0:
+        raise UserError(f"--batch_size must be positive, got {args.batch_size}")
+    if args.max_examples is not None and args.max_examples <= 0:
+        raise UserError(f"--max_examples must be positive, got {args.max_examples}")
+
+
+def load_split(le: LoadedExperiment, split: str, max_examples: int | None):
+    path = le.task.path(le.data_root, split)
+    examples = le.task.load(le.data_root, split, max_examples)
+    source_hash = sha256_file(path)
+    features = cached_features(le.data_root / "cache", le.tokenizer, examples, le.config["max_seq_len"], source_hash)
+    return path, examples, features
+
+
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, features: Features, pad_token_id: int, max_seq_len: int, batch_size: int,
+                   device: torch.device, precision: Precision) -> np.ndarray:
+    """Logits of every row, in file order (batches are formed in length order, then un-permuted)."""
+    model.to(device).eval()
+    collator = Collator(features, pad_token_id, max_seq_len, "dynamic")
+    out = np.zeros((len(features), model.config.num_labels), dtype=np.float32)
+    for rows in sequential_batches(len(features), batch_size, features.lengths()):
+        batch = to_device(collator(rows), device)
+        with precision.autocast():
+            logits = forward(model, batch, hidden=False).logits
+        out[rows] = logits.float().cpu().numpy()
+    return out
+
+
+def metrics(task: Task, labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    result = {"accuracy": float(accuracy_score(labels, preds))}
+    if "f1" in task.metrics:
+        result["f1"] = float(f1_score(labels, preds, zero_division=0))
+    return result
+
+
+def best_row(rows: list[dict], metric: str) -> dict:
+    """Best checkpoint for ``metric``; ties go to the later checkpoint (rows are in step order)."""
+    best = rows[0]
+    for row in rows[1:]:
+        if row[metric] >= best[metric]:
+            best = row
+    return best
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def write_predictions(path: Path, examples, logits: np.ndarray) -> None:
+    probs = softmax(logits)
+    header = "idx\tlabel\tprediction\t" + "\t".join(f"prob_{c}" for c in range(probs.shape[1]))
+    lines = [header]
+    for ex, p in zip(examples, probs):
+        label = "" if ex.label is None else str(ex.label)
+        lines.append(f"{ex.idx}\t{label}\t{int(p.argmax())}\t" + "\t".join(f"{x:.6f}" for x in p))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def run_eval(args: argparse.Namespace) -> dict:
+    """``run_fine_tune_eval.py``: every checkpoint from ``--ckpt`` on, in step order, on one split."""
+    le = open_experiment(args)
+    if args.dataset not in le.task.labelled:
+        raise UserError(f"--dataset {args.dataset!r} has no labels to evaluate against; "
+                        f"use generate_test_prediction.py for {args.dataset}")
+    steps = [s for s in le.exp.checkpoints() if s >= args.ckpt]
+    if not steps:
+        have = ", ".join(map(str, le.exp.checkpoints())) or "none"
+        raise UserError(f"no checkpoint at or after --ckpt {args.ckpt} in {le.exp.path}; checkpoints there: {have}")
+    _, examples, features = load_split(le, args.dataset, args.max_examples)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(le.exp.log_dir))
+    rows = []
+    metric_names = ["accuracy"] + (["f1"] if "f1" in le.task.metrics else [])
+    print(f"{le.exp.name}: {args.dataset} ({len(examples)} rows), {len(steps)} checkpoint(s) on {le.device}")
+    print("ckpt\t" + "\t".join(metric_names))
+    try:
+        for step in steps:
+            load_checkpoint_into(le.model, le.exp.checkpoint_path(step))
+            logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"],
+                                    args.batch_size, le.device, le.precision)
+            preds = logits.argmax(axis=1)
+            row = {"ckpt": step, **metrics(le.task, features.labels, preds)}
+            rows.append(row)
+            writer.add_scalar(f"{args.task}/{args.dataset}/accuracy", row["accuracy"], step)
+            if "f1" in row:
+                writer.add_scalar(f"{args.task}/{args.dataset}/f1_score", row["f1"], step)
+            print(f"{step}\t" + "\t".join(f"{row[m]:.6f}" for m in metric_names), flush=True)
+            if args.save_predictions:
+                write_predictions(le.exp.path / f"predictions-{args.dataset}-{step}.tsv", examples, logits)
+    finally:
+        writer.close()
+    best = {m: best_row(rows, m) for m in metric_names}
+    for m in metric_names:
+        print(f"best {m}: {best[m][m]:.6f} at model-{best[m]['ckpt']}.pt")
+    table = {"experiment": le.exp.name, "task": args.task, "split": args.dataset, "num_rows": len(examples),
+             "rows": rows, "best": {m: {"ckpt": best[m]["ckpt"], "value": best[m][m]} for m in metric_names},
+             "selection": "best on this split; ties go to the later checkpoint"}
+    atomic_write_json(le.exp.path / f"eval-{args.dataset}.json", table)
+    return table
+
+
+def _checkpoint(le: LoadedExperiment, args: argparse.Namespace) -> Path:
+    """``--ckpt`` or, when not given, the latest checkpoint."""
+    if args.ckpt is None:
+        have = le.exp.checkpoints()
+        if not have:
+            raise UserError(f"no checkpoint in {le.exp.path}")
+        args.ckpt = have[-1]
+    return le.exp.require_checkpoint(args.ckpt)
+
+
+def run_gen_logits(args: argparse.Namespace) -> Path:
+    """``run_fine_tune_gen_logits.py``: a checkpoint's logits for a split, stored as a logits data set."""
+    le = open_experiment(args)
+    ckpt_path = _checkpoint(le, args)
+    path, examples, features = load_split(le, args.dataset, args.max_examples)
+    load_checkpoint_into(le.model, ckpt_path)
+    logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"], args.batch_size,
+                            le.device, le.precision)
+    mc = le.model.config
+    meta = {"name": le.exp.name, "task": args.task, "split": args.dataset, "model": args.model,
+            "teacher_experiment": le.exp.name, "checkpoint": args.ckpt, "ptrain_ver": le.config.get("ptrain_ver"),
+            "vocab_size": mc.vocab_size, "max_position_embeddings": mc.max_position_embeddings,
+            "hidden_size": mc.hidden_size, "num_hidden_layers": mc.num_hidden_layers,
+            "max_seq_len": le.config["max_seq_len"], "source": str(path), "source_sha256": sha256_file(path)}
+    out = logits_dir(le.data_root, le.exp.name, args.dataset)
+    write_logits(out, meta, examples, logits, le.tokenizer, overwrite=args.overwrite)
+    name = le.exp.name if args.dataset == le.task.train_split else f"{le.exp.name}:{args.dataset}"
+    acc = ""
+    if features.labels is not None:
+        acc = f", accuracy {float((logits.argmax(1) == features.labels).mean()):.4f}"
+    print(f"wrote logits of model-{args.ckpt}.pt on {args.dataset} ({len(examples)} rows{acc}) to {out}; "
+          f"use it as --dataset {name}")
+    return out
+
+
+def run_test_prediction(args: argparse.Namespace) -> Path:
+    """``generate_test_prediction.py``: the official submission file of a checkpoint's predictions."""
+    le = open_experiment(args)
+    ckpt_path = _checkpoint(le, args)
+    _, examples, features = load_split(le, args.dataset, args.max_examples)
+    load_checkpoint_into(le.model, ckpt_path)
+    logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"], args.batch_size,
+                            le.device, le.precision)
+    name = le.task.submission_file
+    if args.dataset != "test":
+        stem, dot, ext = name.partition(".")
+        name = f"{stem}-{args.dataset}.{ext}"
+    out = le.exp.path / name
+    le.task.write_submission(out, examples, logits.argmax(axis=1))
+    print(f"wrote {len(examples)} predictions of model-{args.ckpt}.pt on {args.dataset} to {out}")
+    return out

@@ -1,0 +1,97 @@
+"""Where things live on disk: data root, experiment root, experiment folders, checkpoints, logs.
+
+Layout (as the original code):
+
+* data root ``data/fine_tune/`` (flag ``--data_root``, env ``FT_DATA_ROOT``):
+  ``BoolQ/{train,val,test}.jsonl``, ``QQP/{train,dev,test}.tsv``, ``logits/<name>/`` (logits data sets),
+  ``cache/`` (tokenisation cache).
+* experiment root ``data/fine_tune_experiment/`` (flag ``--exp_root``, env ``FT_EXP_ROOT``):
+  ``{experiment}_{model}_{task}/`` holds ``config.json``, ``model/`` (Hugging Face config + tokenizer),
+  ``model-{step}.pt`` checkpoints, eval tables, predictions, submission files;
+  ``log/{experiment}_{model}_{task}/`` holds the TensorBoard event files.
+
+Defaults are relative to the repository, never to the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CKPT_RE = re.compile(r"^model-(\d+)\.pt$")
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("FT_DATA_ROOT") or REPO_ROOT / "data" / "fine_tune")
+
+
+def default_exp_root() -> Path:
+    return Path(os.environ.get("FT_EXP_ROOT") or REPO_ROOT / "data" / "fine_tune_experiment")
+
+
+def experiment_name(experiment: str, model: str, task: str) -> str:
+    return f"{experiment}_{model}_{task}"
+
+
+@dataclass(frozen=True)
+class ExperimentDir:
+    """An experiment folder and its TensorBoard folder."""
+
+    root: Path  # the experiment root
+    name: str  # {experiment}_{model}_{task}
+
+    @classmethod
+    def of(cls, exp_root: Path, experiment: str, model: str, task: str) -> "ExperimentDir":
+        return cls(Path(exp_root), experiment_name(experiment, model, task))
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.name
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "log" / self.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def model_dir(self) -> Path:
+        """Hugging Face model config and tokenizer (no weights): enough to rebuild the model offline."""
+        return self.path / "model"
+
+    def checkpoint_path(self, step: int) -> Path:
+        return self.path / f"model-{step}.pt"
+
+    def checkpoints(self) -> list[int]:
+        """Steps of the checkpoints present, ascending."""
+        if not self.path.is_dir():
+            return []
+        steps = []
+        for p in self.path.iterdir():
+            m = CKPT_RE.match(p.name)
+            if m:
+                steps.append(int(m.group(1)))
+        return sorted(steps)
+
+    def require(self) -> "ExperimentDir":
+        """Fail with a clear message unless the folder holds a finished or running experiment."""
+        if not self.config_path.is_file():
+            others = sorted(p.name for p in self.root.iterdir() if (p / "config.json").is_file()) if self.root.is_dir() else []
+            hint = f"; experiments there: {', '.join(others[:20])}" if others else ""
+            raise UserError(f"experiment folder {self.path} not found (no config.json){hint}")
+        return self
+
+    def require_checkpoint(self, step: int) -> Path:
+        path = self.checkpoint_path(step)
+        if not path.is_file():
+            have = self.checkpoints()
+            listing = ", ".join(map(str, have)) if have else "none"
+            raise UserError(f"checkpoint model-{step}.pt not found in {self.path}; checkpoints there: {listing}")
+        return path

@@ -1,0 +1,66 @@
+"""Fine-tuning with gold labels and logits knowledge distillation.
+
+Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network" (2015); the weighted form is the LAD
+code base's (Lin et al., Sensors 2023).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Method, ModelOutputs
+
+
+def logits_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor | None,
+                   hard_weight: float, soft_weight: float, temperature: float) -> dict[str, torch.Tensor]:
+    r"""Weighted logits loss (batch mean)::
+
+        L = hard_weight * CE(s, y) + soft_weight * T^2 * KL(softmax(t / T) || softmax(s / T))
+
+    with ``s`` the student and ``t`` the teacher logits. The 2020-era offline loss
+    ``CE(s, y) - sum softmax(t) log softmax(s)`` has the same gradients as hard_weight = soft_weight = 1,
+    T = 1 (KL and soft cross-entropy differ by the teacher's entropy, a constant in the student).
+    Computed in fp32 whatever the autocast dtype.
+    """
+    s = student_logits.float()
+    parts: dict[str, torch.Tensor] = {}
+    total = s.new_zeros(())
+    if labels is not None and hard_weight:
+        parts["hard_loss"] = F.cross_entropy(s, labels)
+        total = total + hard_weight * parts["hard_loss"]
+    if teacher_logits is not None and soft_weight:
+        t = teacher_logits.float()
+        log_p_s = F.log_softmax(s / temperature, dim=-1)
+        log_p_t = F.log_softmax(t / temperature, dim=-1)
+        kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+        parts["soft_loss"] = kl * temperature**2
+        total = total + soft_weight * parts["soft_loss"]
+    parts["logits_loss"] = total
+    return parts
+
+
+class HardLabel(Method):
+    """Teacher fine-tuning: cross-entropy with the gold labels, ``L = CE(s, y)``."""
+
+    name = "fine_tune"
+
+    def losses(self, batch, student: ModelOutputs, teacher=None):
+        loss = F.cross_entropy(student.logits.float(), batch["labels"])
+        return {"loss": loss}
+
+
+class OfflineLogitsKD(Method):
+    """Distillation from a logits data set (``run_fine_tune_distill.py``): the teacher's logits travel in
+    the batch as ``teacher_logits``; loss as :func:`logits_kd_loss`."""
+
+    name = "offline_logits_kd"
+
+    def __init__(self, hard_weight: float = 1.0, soft_weight: float = 1.0, temperature: float = 1.0):
+        self.hard_weight, self.soft_weight, self.temperature = hard_weight, soft_weight, temperature
+
+    def losses(self, batch, student: ModelOutputs, teacher=None):
+        parts = logits_kd_loss(student.logits, batch["teacher_logits"], batch.get("labels"),
+                               self.hard_weight, self.soft_weight, self.temperature)
+        parts["loss"] = parts["logits_loss"]
+        return parts

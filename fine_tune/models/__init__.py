@@ -1,0 +1,1 @@
+"""Models: classifiers (teacher and student builders), student initialisation, (later) LAD gate blocks."""

@@ -1,0 +1,137 @@
+"""Sequence classifiers: a pretrained BERT/ALBERT encoder, dropout, and a linear head on the pooler output.
+
+This is exactly Hugging Face's ``BertForSequenceClassification`` / ``AlbertForSequenceClassification``
+(head weight ~ N(0, 0.02), zero bias, as the original), so every checkpoint of this toolkit loads with
+``AutoModelForSequenceClassification`` once its config is beside it. ``--dropout`` sets the encoder's
+hidden and attention dropout and the head's dropout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from pathlib import Path
+
+import torch
+from transformers import (AlbertConfig, AlbertForSequenceClassification, AutoConfig, AutoTokenizer,
+                          BertConfig, BertForSequenceClassification, PretrainedConfig, PreTrainedModel)
+
+from ..errors import UserError
+from ..io_utils import atomic_save_with
+
+FAMILIES = {
+    "bert": (BertConfig, BertForSequenceClassification),
+    "albert": (AlbertConfig, AlbertForSequenceClassification),
+}
+
+
+def _dropout_kwargs(model: str, dropout: float) -> dict:
+    head = "classifier_dropout_prob" if model == "albert" else "classifier_dropout"
+    return {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout, head: dropout}
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).expanduser().exists() or name.count("/") > 1
+
+
+def load_tokenizer(source: str | Path):
+    try:
+        return AutoTokenizer.from_pretrained(str(source))
+    except (OSError, ValueError) as e:
+        raise UserError(f"could not load a tokenizer from {source!r}: {str(e).splitlines()[0]}") from None
+
+
+def load_pretrained_config(ptrain_ver: str, model: str) -> PretrainedConfig:
+    if _looks_local(ptrain_ver) and not Path(ptrain_ver).expanduser().is_dir():
+        raise UserError(f"--ptrain_ver {ptrain_ver!r}: pretrained model folder not found")
+    try:
+        config = AutoConfig.from_pretrained(ptrain_ver)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--ptrain_ver {ptrain_ver!r}: could not load the model config ({str(e).splitlines()[0]})") from None
+    if config.model_type != model:
+        raise UserError(f"--ptrain_ver {ptrain_ver!r} is a {config.model_type!r} model but --model is {model!r}")
+    return config
+
+
+@contextlib.contextmanager
+def quiet_hf():
+    """Silence transformers' load reports and progress bars (the new head is expected to be missing)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+
+
+def build_pretrained_classifier(ptrain_ver: str, model: str, num_class: int, dropout: float) -> PreTrainedModel:
+    """The teacher: pretrained encoder + new classification head."""
+    load_pretrained_config(ptrain_ver, model)
+    _, cls = FAMILIES[model]
+    try:
+        with quiet_hf():
+            return cls.from_pretrained(ptrain_ver, num_labels=num_class, attn_implementation="sdpa",
+                                       **_dropout_kwargs(model, dropout))
+    except (OSError, ValueError) as e:
+        raise UserError(f"--ptrain_ver {ptrain_ver!r}: could not load the weights ({str(e).splitlines()[0]})") from None
+
+
+def student_config(model: str, *, vocab_size: int, num_class: int, d_model: int, d_ff: int, num_attention_heads: int,
+                   num_hidden_layers: int, type_vocab_size: int, dropout: float, max_position_embeddings: int,
+                   pad_token_id: int, d_emb: int | None = None) -> PretrainedConfig:
+    if d_model % num_attention_heads:
+        raise UserError(f"--d_model {d_model} is not divisible by --num_attention_heads {num_attention_heads}")
+    config_cls, _ = FAMILIES[model]
+    kwargs = dict(vocab_size=vocab_size, hidden_size=d_model, intermediate_size=d_ff,
+                  num_attention_heads=num_attention_heads, num_hidden_layers=num_hidden_layers,
+                  type_vocab_size=type_vocab_size, max_position_embeddings=max_position_embeddings,
+                  num_labels=num_class, pad_token_id=pad_token_id, **_dropout_kwargs(model, dropout))
+    if model == "albert":
+        kwargs["embedding_size"] = d_emb
+        kwargs["hidden_act"] = "gelu_new"
+    config = config_cls(**kwargs)
+    config._attn_implementation = "sdpa"
+    return config
+
+
+def build_from_config(config: PretrainedConfig) -> PreTrainedModel:
+    _, cls = FAMILIES[config.model_type]
+    return cls._from_config(config, attn_implementation="sdpa")
+
+
+def save_model_dir(path: Path, config: PretrainedConfig, tokenizer) -> None:
+    """Write the Hugging Face config and the tokenizer (no weights) so the experiment works offline."""
+    def save(tmp: Path) -> None:
+        config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    atomic_save_with(Path(path), save)
+
+
+def load_model_dir(path: Path) -> tuple[PretrainedConfig, object]:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: model config not found (an experiment written by another tool?)")
+    config = AutoConfig.from_pretrained(path)
+    return config, load_tokenizer(path)
+
+
+def load_checkpoint_into(model: torch.nn.Module, ckpt_path: Path) -> None:
+    """Load a plain state_dict saved by the engine; a checkpoint of another model shape is a clear error."""
+    try:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{ckpt_path}: not a readable checkpoint ({str(e).splitlines()[0]})") from None
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if wrong or unexpected or [k for k in missing if not k.endswith("position_ids")]:
+        detail = (f"shape {tuple(state[wrong[0]].shape)} vs model {tuple(own[wrong[0]].shape)} for {wrong[0]}" if wrong
+                  else f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}")
+        raise UserError(f"{ckpt_path} does not fit the experiment's model ({detail})")
+    model.load_state_dict(state, strict=False)

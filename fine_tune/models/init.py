@@ -1,0 +1,79 @@
+"""Student initialisation from the teacher's *pretrained* layers.
+
+``--init_start S --init_end E --init_step K`` copies teacher layers ``range(S, E + 1, K)`` (1-based,
+inclusive; the original's start/end/step) into student layers 1..n, plus the pooler. With
+``--init_attn_only`` only the self-attention projections (query, key, value) are copied (the original's
+"attn_W only" runs). Embeddings are not copied. The source is the teacher's own ``ptrain_ver`` (the
+original always took bert-base-uncased / albert-base-v2; see doc/methods.md).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModel, PreTrainedModel
+
+from ..errors import UserError
+
+ATTN_KEYS_BERT = ("attention.self.query", "attention.self.key", "attention.self.value")
+ATTN_KEYS_ALBERT = ("attention.query", "attention.key", "attention.value")
+
+
+def teacher_layer_map(start: int, end: int, step: int, num_student_layers: int, num_teacher_layers: int) -> list[int]:
+    """1-based teacher layers for student layers 1..n."""
+    if step <= 0:
+        raise UserError(f"--init_step must be positive, got {step}")
+    layers = list(range(start, end + 1, step))
+    if not layers or layers[0] < 1 or layers[-1] > num_teacher_layers:
+        raise UserError(f"--init_start {start} --init_end {end}: teacher layers must lie in 1..{num_teacher_layers}")
+    if len(layers) != num_student_layers:
+        raise UserError(f"--init_start {start} --init_end {end} --init_step {step} select {len(layers)} teacher "
+                        f"layers {layers}, but the student has {num_student_layers} layers")
+    return layers
+
+
+def _encoder_layers(base) -> list[torch.nn.Module]:
+    enc = base.encoder
+    if hasattr(enc, "layer"):
+        return list(enc.layer)
+    # ALBERT: one shared layer group (num_hidden_groups == 1 in every released model)
+    return [layer for group in enc.albert_layer_groups for layer in group.albert_layers]
+
+
+def copy_teacher_layers(student: PreTrainedModel, pretrained: PreTrainedModel | str, layers: list[int],
+                        attn_only: bool = False) -> list[tuple[int, int]]:
+    """Copy pretrained teacher layers into the student; returns the (student, teacher) pairs, 1-based."""
+    if isinstance(pretrained, str):
+        from .classifier import quiet_hf
+
+        with quiet_hf():
+            pretrained = AutoModel.from_pretrained(pretrained)
+    s_base = getattr(student, student.base_model_prefix)
+    t_base = getattr(pretrained, pretrained.base_model_prefix, pretrained)
+    if s_base.config.hidden_size != t_base.config.hidden_size:
+        raise UserError(f"cannot copy teacher layers: student --d_model {s_base.config.hidden_size} differs from the "
+                        f"teacher's hidden size {t_base.config.hidden_size}")
+    s_layers, t_layers = _encoder_layers(s_base), _encoder_layers(t_base)
+    albert = student.config.model_type == "albert"
+    pairs = []
+    with torch.no_grad():
+        for j, t in enumerate(layers):
+            if albert:  # shared weights: every student layer is the one shared layer
+                src, dst = t_layers[0], s_layers[min(j, len(s_layers) - 1)]
+            else:
+                src, dst = t_layers[t - 1], s_layers[j]
+            _copy_module(src, dst, (ATTN_KEYS_ALBERT if albert else ATTN_KEYS_BERT) if attn_only else None)
+            pairs.append((j + 1, t))
+        if not attn_only and getattr(s_base, "pooler", None) is not None and getattr(t_base, "pooler", None) is not None:
+            _copy_module(t_base.pooler, s_base.pooler, None)
+    return pairs
+
+
+def _copy_module(src: torch.nn.Module, dst: torch.nn.Module, prefixes: tuple[str, ...] | None) -> None:
+    src_state = src.state_dict()
+    for name, tensor in dst.state_dict().items():
+        if prefixes is not None and not name.startswith(prefixes):
+            continue
+        if name not in src_state or src_state[name].shape != tensor.shape:
+            raise UserError(f"cannot copy teacher weight {name}: shape {tuple(src_state.get(name, torch.empty(0)).shape)} "
+                            f"vs student {tuple(tensor.shape)} (--d_ff / --num_attention_heads must match the teacher)")
+        tensor.copy_(src_state[name])

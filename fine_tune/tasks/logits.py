@@ -1,0 +1,104 @@
+"""Logits data sets: a teacher checkpoint's logits for every row of a split, next to the row's text.
+
+Written by ``run_fine_tune_gen_logits.py`` to ``{data_root}/logits/{experiment}_{model}_{task}/{split}/``:
+
+* ``logits.jsonl`` - one line a row: ``{"idx", "text", "text_pair", "label", "logits": [...]}``
+* ``meta.json`` - task, split, teacher experiment and checkpoint, the teacher's ``ptrain_ver``, model
+  family, vocabulary size and positions, source data file and its sha256, row count
+* ``tokenizer/`` - the teacher's tokenizer, so a student trained on these logits works offline
+
+``run_fine_tune_distill.py --dataset NAME`` reads them: the bare name ``{experiment}_{model}_{task}``
+resolves to the training split; ``NAME:split`` (e.g. ``BLarge_uncased_TA_1_bert_boolq:val``) picks another.
+Logits of a split are never silently replaced by those of another checkpoint (``--overwrite`` does).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import UserError
+from ..io_utils import atomic_save_with, atomic_write, atomic_write_json, sha256_file
+from .example import Example
+
+LOGITS_DIR = "logits"
+
+
+def split_name(name: str, default_split: str = "train") -> tuple[str, str]:
+    base, _, split = name.partition(":")
+    return base, split or default_split
+
+
+def logits_dir(data_root: Path, name: str, split: str) -> Path:
+    return Path(data_root) / LOGITS_DIR / name / split
+
+
+@dataclass
+class LogitsDataset:
+    path: Path
+    meta: dict
+    examples: list[Example]
+    logits: np.ndarray  # [n, num_class] float32
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.path / "tokenizer"
+
+    @property
+    def data_file(self) -> Path:
+        return self.path / "logits.jsonl"
+
+
+def write_logits(out_dir: Path, meta: dict, examples: Sequence[Example], logits: np.ndarray, tokenizer,
+                 overwrite: bool = False) -> None:
+    out_dir = Path(out_dir)
+    meta_path = out_dir / "meta.json"
+    if meta_path.is_file() and not overwrite:
+        old = json.loads(meta_path.read_text(encoding="utf-8"))
+        same = all(old.get(k) == meta.get(k) for k in ("teacher_experiment", "checkpoint", "split", "source_sha256"))
+        if not same:
+            raise UserError(f"{out_dir} already holds logits of {old.get('teacher_experiment')} checkpoint "
+                            f"{old.get('checkpoint')} on {old.get('split')}; pass --overwrite to replace them")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out_dir / "logits.jsonl", "w") as f:
+        for ex, row in zip(examples, logits):
+            f.write(json.dumps({"idx": ex.idx, "text": ex.text, "text_pair": ex.text_pair, "label": ex.label,
+                                "logits": [float(x) for x in row]}) + "\n")
+    atomic_save_with(out_dir / "tokenizer", tokenizer.save_pretrained)
+    meta = dict(meta, num_rows=len(examples), logits_sha256=sha256_file(out_dir / "logits.jsonl"))
+    atomic_write_json(meta_path, meta)  # written last: a folder without meta.json is incomplete
+
+
+def read_logits(data_root: Path, dataset: str, task: str) -> LogitsDataset:
+    name, split = split_name(dataset)
+    path = logits_dir(data_root, name, split)
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        root = Path(data_root) / LOGITS_DIR
+        have = sorted(f"{p.parent.name}:{p.name}" for p in root.glob("*/*") if (p / "meta.json").is_file()) if root.is_dir() else []
+        listing = ", ".join(have) if have else "none"
+        raise UserError(f"--dataset {dataset!r}: logits data set {path} not found (make it with "
+                        f"run_fine_tune_gen_logits.py); logits data sets there: {listing}")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("task") != task:
+        raise UserError(f"--dataset {dataset!r} holds {meta.get('task')} logits but --task is {task}")
+    examples, rows = [], []
+    data_file = path / "logits.jsonl"
+    with open(data_file, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+                examples.append(Example(int(r["idx"]), r["text"], r["text_pair"], r["label"]))
+                rows.append(r["logits"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise UserError(f"{data_file}, line {line_no}: malformed logits row ({e})") from None
+    logits = np.asarray(rows, dtype=np.float32)
+    if logits.ndim != 2 or len(examples) != meta.get("num_rows"):
+        raise UserError(f"{data_file}: {len(examples)} rows, meta.json says {meta.get('num_rows')} (incomplete file?)")
+    return LogitsDataset(path, meta, examples, logits)

@@ -1,0 +1,172 @@
+"""Training workflows behind the entry scripts: teacher fine-tuning and offline logits distillation.
+
+Each workflow validates flags, prepares the experiment folder (config with provenance, model config and
+tokenizer), builds the model, tokenises through the cache and hands everything to the one engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import config as cfg
+from .batching import Collator, cached_features
+from .engine.device import Precision, resolve_device, resolve_precision
+from .engine.trainer import Trainer, TrainSettings
+from .errors import UserError
+from .experiment import ExperimentDir, default_data_root, default_exp_root
+from .io_utils import sha256_file
+from .methods import HardLabel, Method, OfflineLogitsKD
+from .models.classifier import (build_from_config, build_pretrained_classifier, load_pretrained_config,
+                                load_tokenizer, save_model_dir, student_config)
+from .models.init import copy_teacher_layers, teacher_layer_map
+from .provenance import collect
+from .tasks import get_task
+from .tasks.logits import read_logits
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def roots(args: argparse.Namespace) -> tuple[Path, Path]:
+    data_root = Path(args.data_root) if args.data_root else default_data_root()
+    exp_root = Path(args.exp_root) if args.exp_root else default_exp_root()
+    return data_root, exp_root
+
+
+def check_writable(folder: Path, flag: str) -> None:
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    import os
+
+    if not os.access(probe, os.W_OK):
+        raise UserError(f"{flag} {folder}: folder is not writable")
+
+
+@dataclass
+class Prepared:
+    exp: ExperimentDir
+    device: torch.device
+    precision: Precision
+    data_root: Path
+
+
+def prepare(args: argparse.Namespace) -> Prepared:
+    cfg.validate_training(args)
+    task = get_task(args.task)
+    data_root, exp_root = roots(args)
+    exp = ExperimentDir.of(exp_root, args.experiment, args.model, args.task)
+    check_writable(exp_root, "--exp_root")
+    device = resolve_device(args.device_id, args.num_gpu)
+    precision = resolve_precision(args.amp, args.amp_dtype, device)
+    if args.num_class != task.num_class:
+        raise UserError(f"--num_class {args.num_class}: {task.name} has {task.num_class} classes")
+    return Prepared(exp, device, precision, data_root)
+
+
+def start_experiment(p: Prepared, args: argparse.Namespace, record: dict, data_files: dict[str, str]) -> bool:
+    """Write config.json (after the guard). Returns False when this exact run already finished."""
+    old = cfg.guard_experiment(p.exp.config_path, record, args.overwrite)
+    if old is not None and not cfg.differing_fields(old, record) and args.total_step in p.exp.checkpoints():
+        print(f"{p.exp.path}: already finished (model-{args.total_step}.pt exists); nothing to do")
+        return False
+    record = dict(record, provenance=collect(p.device, data_files))
+    p.exp.path.mkdir(parents=True, exist_ok=True)
+    cfg.save_config(p.exp.config_path, record)
+    return True
+
+
+def settings(args: argparse.Namespace, dataset_tag: str) -> TrainSettings:
+    return TrainSettings(total_step=args.total_step, batch_size=args.batch_size, accum_step=args.accum_step,
+                         lr=args.lr, beta1=args.beta1, beta2=args.beta2, eps=args.eps, weight_decay=args.weight_decay,
+                         max_norm=args.max_norm, warmup_step=args.warmup_step, ckpt_step=args.ckpt_step,
+                         log_step=args.log_step, seed=args.seed,
+                         tag_prefix=f"{args.task}/{dataset_tag}/{args.model}")
+
+
+def run_training(p: Prepared, model, method: Method, tokenizer, examples, source_hash: str, args,
+                 dataset_tag: str, teacher_logits: np.ndarray | None = None) -> dict:
+    features = cached_features(p.data_root / "cache", tokenizer, examples, args.max_seq_len, source_hash)
+    if features.labels is None and method.name == "fine_tune":
+        raise UserError(f"--dataset {args.dataset!r} has no labels; train on a labelled split")
+    collator = Collator(features, tokenizer.pad_token_id, args.max_seq_len, args.padding, teacher_logits)
+    trainer = Trainer(model, method, collator, len(features), settings(args, dataset_tag), p.exp, p.device,
+                      p.precision)
+    print(f"{p.exp.name}: {len(features)} examples, {args.total_step} steps of {args.batch_size} "
+          f"({args.accum_step} x {args.batch_size // args.accum_step}), {p.device}, {p.precision.describe()}",
+          file=sys.stderr)
+    summary = trainer.train()
+    print(f"{p.exp.name}: trained {summary['steps']} steps in {summary['seconds']:.1f} s "
+          f"({summary['examples_per_s']:.1f} examples/s); checkpoints in {p.exp.path}")
+    return summary
+
+
+def run_fine_tune(args: argparse.Namespace) -> dict | None:
+    """Teacher fine-tuning (``run_fine_tune.py``): pretrained encoder + head, cross-entropy on gold labels."""
+    p = prepare(args)
+    task = get_task(args.task)
+    data_file = task.path(p.data_root, args.dataset)
+    examples = task.load(p.data_root, args.dataset, args.max_examples)
+    pre_config = load_pretrained_config(args.ptrain_ver, args.model)
+    cfg.check_max_seq_len(args.max_seq_len, pre_config.max_position_embeddings, f"--ptrain_ver {args.ptrain_ver!r}")
+    source_hash = sha256_file(data_file)
+    if not start_experiment(p, args, cfg.to_record(args), {str(data_file): source_hash}):
+        return None
+    seed_everything(args.seed)
+    tokenizer = load_tokenizer(args.ptrain_ver)
+    model = build_pretrained_classifier(args.ptrain_ver, args.model, args.num_class, args.dropout)
+    save_model_dir(p.exp.model_dir, model.config, tokenizer)
+    return run_training(p, model, HardLabel(), tokenizer, examples, source_hash, args, args.dataset)
+
+
+def run_offline_distill(args: argparse.Namespace) -> dict | None:
+    """Student distillation from a logits data set (``run_fine_tune_distill.py``)."""
+    cfg.validate_student(args)
+    p = prepare(args)
+    logits = read_logits(p.data_root, args.dataset, args.task)
+    meta = logits.meta
+    if logits.logits.shape[1] != args.num_class:
+        raise UserError(f"--num_class {args.num_class}: the logits data set has {logits.logits.shape[1]} classes")
+    if meta.get("model") != args.model:
+        raise UserError(f"--model {args.model}: the logits data set's teacher tokenizer is for {meta.get('model')!r}")
+    examples = logits.examples[: args.max_examples] if args.max_examples else logits.examples
+    teacher_logits = logits.logits[: len(examples)]
+    max_positions = max(512, args.max_seq_len) if meta.get("max_position_embeddings") is None else meta["max_position_embeddings"]
+    cfg.check_max_seq_len(args.max_seq_len, max_positions, "the student (teacher's position table)")
+    record = cfg.to_record(args)
+    record.update(ptrain_ver=meta.get("ptrain_ver"), teacher_experiment=meta.get("teacher_experiment"),
+                  teacher_checkpoint=meta.get("checkpoint"), logits_split=meta.get("split"))
+    source_hash = meta["logits_sha256"]
+    if not start_experiment(p, args, record, {str(logits.data_file): source_hash}):
+        return None
+    seed_everything(args.seed)
+    tokenizer = load_tokenizer(logits.tokenizer_dir)
+    config = student_config(args.model, vocab_size=meta.get("vocab_size") or len(tokenizer), num_class=args.num_class,
+                            d_model=args.d_model, d_ff=args.d_ff, num_attention_heads=args.num_attention_heads,
+                            num_hidden_layers=args.num_hidden_layers, type_vocab_size=args.type_vocab_size,
+                            dropout=args.dropout, max_position_embeddings=max_positions,
+                            pad_token_id=tokenizer.pad_token_id, d_emb=args.d_emb)
+    model = build_from_config(config)
+    if args.init_start is not None:
+        source = meta.get("ptrain_ver")
+        if not source:
+            raise UserError("--init_start: the logits data set records no pretrained teacher (ptrain_ver) to copy from")
+        pre_config = load_pretrained_config(source, args.model)
+        layers = teacher_layer_map(args.init_start, args.init_end, args.init_step, args.num_hidden_layers,
+                                   pre_config.num_hidden_layers)
+        pairs = copy_teacher_layers(model, source, layers, attn_only=args.init_attn_only)
+        print(f"initialised student layers from {source}: " + ", ".join(f"{s}<-{t}" for s, t in pairs), file=sys.stderr)
+    save_model_dir(p.exp.model_dir, model.config, tokenizer)
+    method = OfflineLogitsKD(args.hard_weight, args.soft_weight, args.softmax_temp)
+    return run_training(p, model, method, tokenizer, examples, source_hash, args, args.dataset,
+                        teacher_logits=teacher_logits)

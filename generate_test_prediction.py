@@ -1,0 +1,23 @@
+#!/usr/bin/env python
+"""Write the official submission file (QQP.tsv / BoolQ.jsonl) of a checkpoint's predictions.
+
+Example: see doc/fine_tune_boolq.md and doc/fine_tune_qqp.md. --ckpt defaults to the latest checkpoint.
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from fine_tune.cli import DeviceFlags, EvalFlags, ExperimentFlags, PathFlags, parse_args, run_main
+
+
+def main(argv=None):
+    args = parse_args("generate_test_prediction.py", __doc__.splitlines()[0], [ExperimentFlags, EvalFlags, DeviceFlags, PathFlags], argv,
+                      overrides={"ckpt": None, "dataset": "test"})
+    from fine_tune.evaluate import run_test_prediction
+
+    run_test_prediction(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

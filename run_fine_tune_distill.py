@@ -1,0 +1,26 @@
+#!/usr/bin/env python
+"""Distil a student from a logits data set (made by run_fine_tune_gen_logits.py).
+
+Loss: hard_weight * CE(s, y) + soft_weight * T^2 * KL(softmax(t/T) || softmax(s/T)); defaults 1, 1, T = 1
+(gradient-identical to the original 2020 loss). --dataset NAME is a logits data set; NAME:split picks a
+split other than train.
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from fine_tune.cli import (DeviceFlags, DistilFlags, ExperimentFlags, OptimFlags, PathFlags, StudentFlags, parse_args,
+                           run_main)
+
+
+def main(argv=None):
+    args = parse_args("run_fine_tune_distill.py", __doc__.splitlines()[0],
+                      [ExperimentFlags, StudentFlags, DistilFlags, OptimFlags, DeviceFlags, PathFlags], argv)
+    from fine_tune.train import run_offline_distill
+
+    run_offline_distill(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

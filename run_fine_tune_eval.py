@@ -1,0 +1,23 @@
+#!/usr/bin/env python
+"""Evaluate every checkpoint of an experiment (from --ckpt on) on one split.
+
+Example: see doc/fine_tune_boolq.md and doc/fine_tune_qqp.md. --ckpt defaults to 0.
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from fine_tune.cli import DeviceFlags, EvalFlags, ExperimentFlags, PathFlags, parse_args, run_main
+
+
+def main(argv=None):
+    args = parse_args("run_fine_tune_eval.py", __doc__.splitlines()[0], [ExperimentFlags, EvalFlags, DeviceFlags, PathFlags], argv,
+                      overrides={"ckpt": 0})
+    from fine_tune.evaluate import run_eval
+
+    run_eval(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

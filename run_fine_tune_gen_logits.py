@@ -1,0 +1,23 @@
+#!/usr/bin/env python
+"""Write a checkpoint's logits for a split as a logits data set for run_fine_tune_distill.py.
+
+Example: see doc/fine_tune_boolq.md and doc/fine_tune_qqp.md. --ckpt defaults to the latest checkpoint.
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from fine_tune.cli import DeviceFlags, EvalFlags, ExperimentFlags, PathFlags, parse_args, run_main
+
+
+def main(argv=None):
+    args = parse_args("run_fine_tune_gen_logits.py", __doc__.splitlines()[0], [ExperimentFlags, EvalFlags, DeviceFlags, PathFlags], argv,
+                      overrides={"ckpt": None})
+    from fine_tune.evaluate import run_gen_logits
+
+    run_gen_logits(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))
