@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny BERT/ALBERT 'pretrained' folders and synthetic data roots, made once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+sys.path.insert(0, str(REPO))
+
+from fine_tune import synthetic  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return synthetic.write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-bert", "bert", num_layers=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert12(tmp_path_factory) -> Path:
+    """A 12-layer tiny BERT (for layer-wise mappings and the seed documents' 12-layer teachers)."""
+    return synthetic.write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-bert12", "bert", num_layers=12)
+
+
+@pytest.fixture(scope="session")
+def tiny_albert(tmp_path_factory) -> Path:
+    return synthetic.write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-albert", "albert", num_layers=2)
+
+
+@pytest.fixture()
+def data_root(tmp_path) -> Path:
+    root = tmp_path / "data"
+    synthetic.write_boolq(root, n_train=96, n_val=48, n_test=32)
+    synthetic.write_qqp(root, n_train=96, n_dev=48, n_test=32)
+    return root
+
+
+@pytest.fixture()
+def exp_root(tmp_path) -> Path:
+    return tmp_path / "exp"
+
+
+def run_script(script: str, *args: str, data_root: Path, exp_root: Path, check: bool = True, timeout: int = 300):
+    """Run an entry script in a subprocess, as a user would; returns the CompletedProcess."""
+    env = dict(os.environ, FT_DATA_ROOT=str(data_root), FT_EXP_ROOT=str(exp_root), TQDM_DISABLE="1",
+               PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=str(data_root.parent))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture()
+def run(data_root, exp_root):
+    def _run(script: str, *args: str, check: bool = True):
+        return run_script(script, *args, data_root=data_root, exp_root=exp_root, check=check)
+    return _run
+
+
+def needs_shared(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not present (../shared is only beside the development checkout)")
+    return path
