@@ -172,14 +172,20 @@ def _checkpoint(le: LoadedExperiment, args: argparse.Namespace) -> Path:
     return le.exp.require_checkpoint(args.ckpt)
 
 
-def run_gen_logits(args: argparse.Namespace) -> Path:
-    """``run_fine_tune_gen_logits.py``: a checkpoint's logits for a split, stored as a logits data set."""
+def checkpoint_logits(args: argparse.Namespace):
+    """Open the experiment, load ``--ckpt`` (default: latest) and compute its logits on ``--dataset``."""
     le = open_experiment(args)
     ckpt_path = _checkpoint(le, args)
     path, examples, features = load_split(le, args.dataset, args.max_examples)
     load_checkpoint_into(le.model, ckpt_path)
     logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"], args.batch_size,
                             le.device, le.precision)
+    return le, path, examples, features, logits
+
+
+def run_gen_logits(args: argparse.Namespace) -> Path:
+    """``run_fine_tune_gen_logits.py``: a checkpoint's logits for a split, stored as a logits data set."""
+    le, path, examples, features, logits = checkpoint_logits(args)
     mc = le.model.config
     meta = {"name": le.exp.name, "task": args.task, "split": args.dataset, "model": args.model,
             "teacher_experiment": le.exp.name, "checkpoint": args.ckpt, "ptrain_ver": le.config.get("ptrain_ver"),
@@ -199,12 +205,7 @@ def run_gen_logits(args: argparse.Namespace) -> Path:
 
 def run_test_prediction(args: argparse.Namespace) -> Path:
     """``generate_test_prediction.py``: the official submission file of a checkpoint's predictions."""
-    le = open_experiment(args)
-    ckpt_path = _checkpoint(le, args)
-    _, examples, features = load_split(le, args.dataset, args.max_examples)
-    load_checkpoint_into(le.model, ckpt_path)
-    logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"], args.batch_size,
-                            le.device, le.precision)
+    le, _, examples, _, logits = checkpoint_logits(args)
     name = le.task.submission_file
     if args.dataset != "test":
         stem, dot, ext = name.partition(".")
