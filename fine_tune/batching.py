@@ -27,7 +27,12 @@ CACHE_VERSION = 1
 def tokenizer_fingerprint(tokenizer) -> str:
     """A hash that changes whenever the tokenizer would produce different ids."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None), spec.pop("padding", None)  # call-time settings, not the tokenizer
+        body = json.dumps(spec, sort_keys=True)
+    else:
+        body = json.dumps(sorted(tokenizer.get_vocab().items()))
     return sha256_text(type(tokenizer).__name__ + "\n" + body)[:16]
 
 
