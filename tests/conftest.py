@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -12,6 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 from fine_tune import synthetic  # noqa: E402
 
@@ -56,10 +60,46 @@ def run_script(script: str, *args: str, data_root: Path, exp_root: Path, check: 
     return proc
 
 
+_SCRIPTS: dict[str, object] = {}
+
+
+def run_in_process(script: str, *args: str, data_root: Path, exp_root: Path, check: bool = True):
+    """Run an entry script's ``main`` in this process (no interpreter start-up: fast), with the same
+    environment, exit code and captured output a subprocess would give."""
+    from fine_tune.cli import run_main
+
+    if script not in _SCRIPTS:
+        spec = importlib.util.spec_from_file_location(f"entry_{Path(script).stem}", REPO / script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _SCRIPTS[script] = module
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.get(k) for k in ("FT_DATA_ROOT", "FT_EXP_ROOT")}
+    os.environ.update(FT_DATA_ROOT=str(data_root), FT_EXP_ROOT=str(exp_root))
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = run_main(_SCRIPTS[script].main, list(args))
+            except SystemExit as e:  # argparse errors
+                code = e.code
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    proc = subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"{script} {' '.join(args)} failed ({code}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
 @pytest.fixture()
 def run(data_root, exp_root):
-    def _run(script: str, *args: str, check: bool = True):
-        return run_script(script, *args, data_root=data_root, exp_root=exp_root, check=check)
+    """Run an entry script in-process (``subprocess=True``: in a real subprocess, as from a shell)."""
+    def _run(script: str, *args: str, check: bool = True, subprocess: bool = False):
+        runner = run_script if subprocess else run_in_process
+        return runner(script, *args, data_root=data_root, exp_root=exp_root, check=check)
     return _run
 
 
