@@ -34,9 +34,14 @@ class LoadedExperiment:
     model: torch.nn.Module
     tokenizer: object
     task: Task
-    device: torch.device
-    precision: Precision
+    device: torch.device | None
+    precision: Precision | None
     data_root: Path
+
+    def resolve_device(self, args: argparse.Namespace) -> None:
+        """After every input has been checked, so an error is never preceded by device warnings."""
+        self.device = resolve_device(args.device_id, args.num_gpu)
+        self.precision = resolve_precision(args.amp, args.amp_dtype, self.device)
 
 
 def open_experiment(args: argparse.Namespace) -> LoadedExperiment:
@@ -49,9 +54,7 @@ def open_experiment(args: argparse.Namespace) -> LoadedExperiment:
     config = cfg.load_config(exp.config_path)
     model_config, tokenizer = load_model_dir(exp.model_dir)
     model = build_from_config(model_config)
-    device = resolve_device(args.device_id, args.num_gpu)
-    precision = resolve_precision(args.amp, args.amp_dtype, device)
-    return LoadedExperiment(exp, config, model, tokenizer, task, device, precision, data_root)
+    return LoadedExperiment(exp, config, model, tokenizer, task, None, None, data_root)
 
 
 def _positive_batch(args: argparse.Namespace) -> None:
@@ -129,6 +132,7 @@ def run_eval(args: argparse.Namespace) -> dict:
         have = ", ".join(map(str, le.exp.checkpoints())) or "none"
         raise UserError(f"no checkpoint at or after --ckpt {args.ckpt} in {le.exp.path}; checkpoints there: {have}")
     _, examples, features = load_split(le, args.dataset, args.max_examples)
+    le.resolve_device(args)
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(log_dir=str(le.exp.log_dir))
@@ -178,6 +182,7 @@ def checkpoint_logits(args: argparse.Namespace):
     ckpt_path = _checkpoint(le, args)
     path, examples, features = load_split(le, args.dataset, args.max_examples)
     load_checkpoint_into(le.model, ckpt_path)
+    le.resolve_device(args)
     logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"], args.batch_size,
                             le.device, le.precision)
     return le, path, examples, features, logits

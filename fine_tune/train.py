@@ -56,9 +56,14 @@ def check_writable(folder: Path, flag: str) -> None:
 @dataclass
 class Prepared:
     exp: ExperimentDir
-    device: torch.device
-    precision: Precision
     data_root: Path
+    device: torch.device | None = None
+    precision: Precision | None = None
+
+    def resolve_device(self, args: argparse.Namespace) -> None:
+        """After every input has been checked, so an error is never preceded by device warnings."""
+        self.device = resolve_device(args.device_id, args.num_gpu)
+        self.precision = resolve_precision(args.amp, args.amp_dtype, self.device)
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
@@ -67,16 +72,15 @@ def prepare(args: argparse.Namespace) -> Prepared:
     data_root, exp_root = roots(args)
     exp = ExperimentDir.of(exp_root, args.experiment, args.model, args.task)
     check_writable(exp_root, "--exp_root")
-    device = resolve_device(args.device_id, args.num_gpu)
-    precision = resolve_precision(args.amp, args.amp_dtype, device)
     if args.num_class != task.num_class:
         raise UserError(f"--num_class {args.num_class}: {task.name} has {task.num_class} classes")
-    return Prepared(exp, device, precision, data_root)
+    return Prepared(exp, data_root)
 
 
 def start_experiment(p: Prepared, args: argparse.Namespace, record: dict, data_files: dict[str, str]) -> bool:
     """Write config.json (after the guard). Returns False when this exact run already finished."""
     old = cfg.guard_experiment(p.exp.config_path, record, args.overwrite)
+    p.resolve_device(args)
     if old is not None and not cfg.differing_fields(old, record) and args.total_step in p.exp.checkpoints():
         print(f"{p.exp.path}: already finished (model-{args.total_step}.pt exists); nothing to do")
         return False
