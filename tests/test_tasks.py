@@ -10,13 +10,14 @@ import torch
 
 from conftest import needs_shared
 from fine_tune import batching
-from fine_tune.batching import MicroBatchStream, cached_features
+from fine_tune.batching import Features, MicroBatchStream, cached_features, tokenize
 from fine_tune.errors import UserError
 from fine_tune.tasks import Example, get_task
 from fine_tune.tasks.boolq import parse_boolq
 from fine_tune.tasks.qqp import parse_qqp
 
 QQP_HEADER = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate"
+QQP_TEST_HEADER = "id\tquestion1\tquestion2"
 
 
 def write(path, text):
@@ -25,79 +26,121 @@ def write(path, text):
     return path
 
 
-def test_boolq_both_label_encodings(tmp_path):
-    rows = [{"question": "q1", "passage": "p1", "idx": 0, "label": True},
-            {"question": "q2", "passage": "p2", "idx": 1, "label": False}]
-    official = write(tmp_path / "a.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    strings = write(tmp_path / "b.jsonl", "".join(json.dumps(dict(r, label=str(r["label"]).lower())) + "\n" for r in rows))
-    expected = [Example(0, "p1", "q1", 1), Example(1, "p2", "q2", 0)]
+def jsonl(rows):
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+# ------------------------------------------------------------------------------------------------ BoolQ
+
+
+def test_boolq_boolean_and_string_labels_give_the_same_examples(tmp_path):
+    rows = [{"question": "q one", "passage": "p one", "idx": 10, "label": True},
+            {"question": "q two", "passage": "p two", "idx": 42, "label": False},
+            {"question": "q three", "passage": "p three", "idx": 7, "label": True}]
+    official = write(tmp_path / "official.jsonl", jsonl(rows))
+    strings = write(tmp_path / "strings.jsonl",
+                    jsonl(dict(r, label="true" if r["label"] else "false") for r in rows))
+    # text = passage, text_pair = question, True -> 1, idx kept as written (not the row position)
+    expected = [Example(10, "p one", "q one", 1), Example(42, "p two", "q two", 0), Example(7, "p three", "q three", 1)]
     assert parse_boolq(official, True) == expected
     assert parse_boolq(strings, True) == expected
 
 
-def test_boolq_test_split_has_no_label(tmp_path):
-    f = write(tmp_path / "t.jsonl", json.dumps({"question": "q", "passage": "p", "idx": 7}) + "\n\n")
-    assert parse_boolq(f, False) == [Example(7, "p", "q", None)]
+def test_boolq_test_split_without_label(tmp_path):
+    f = write(tmp_path / "test.jsonl",
+              jsonl([{"question": "q", "passage": "p", "idx": 7}, {"question": "r", "passage": "s", "idx": 3}]) + "\n")
+    assert parse_boolq(f, False) == [Example(7, "p", "q", None), Example(3, "s", "r", None)]
 
 
 @pytest.mark.parametrize("line, fragment", [
     ('{"question": "q", "passage": ', "not valid JSON"),
-    ('{"question": "q", "idx": 0, "label": true}', "'passage'"),
-    ('{"question": "q", "passage": "p", "idx": 0, "label": "maybe"}', "unknown label"),
-    ('{"question": "q", "passage": "p", "idx": 0}', "missing 'label'"),
-])
-def test_boolq_malformed_lines_name_file_and_line(tmp_path, line, fragment):
+    ('{"question": "q", "idx": 1, "label": true}', "'passage'"),
+    ('{"question": "q", "passage": "p", "idx": 1, "label": "maybe"}', "'maybe'"),
+    ('{"question": "q", "passage": "p", "idx": 1}', "missing 'label'"),
+], ids=["bad-json", "no-passage", "label-maybe", "no-label"])
+def test_boolq_malformed_line_names_file_and_line(tmp_path, line, fragment):
     good = json.dumps({"question": "q", "passage": "p", "idx": 0, "label": True})
-    f = write(tmp_path / "bad.jsonl", good + "\n" + line + "\n")
+    f = write(tmp_path / "BoolQ" / "val.jsonl", good + "\n" + line + "\n" + good + "\n")
     with pytest.raises(UserError) as e:
         parse_boolq(f, True)
-    assert str(f) in str(e.value) and "line 2" in str(e.value) and fragment in str(e.value)
+    message = str(e.value)
+    assert str(f) in message and "line 2" in message and fragment in message
+    assert "\n" not in message
 
 
-def test_qqp_train_and_test(tmp_path):
-    train = write(tmp_path / "train.tsv", f"{QQP_HEADER}\n5\t1\t2\thow?\twhy?\t1\n6\t3\t4\ta b\tc d\t0\n")
-    test = write(tmp_path / "test.tsv", "id\tquestion1\tquestion2\n0\tx?\ty?\n1\tz\tw\n")
-    assert parse_qqp(train, True) == [Example(5, "how?", "why?", 1), Example(6, "a b", "c d", 0)]
-    assert parse_qqp(test, False) == [Example(0, "x?", "y?", None), Example(1, "z", "w", None)]
+# -------------------------------------------------------------------------------------------------- QQP
+
+
+@pytest.mark.parametrize("split", ["train", "dev"])
+def test_qqp_labelled_splits(tmp_path, split):
+    write(tmp_path / "QQP" / f"{split}.tsv",
+          f"{QQP_HEADER}\n5\t11\t12\thow are you?\twhy?\t1\n6\t13\t14\ta b\tc d\t0\n9\t15\t16\tx\ty\t1\n")
+    assert get_task("qqp").load(tmp_path, split) == [
+        Example(5, "how are you?", "why?", 1), Example(6, "a b", "c d", 0), Example(9, "x", "y", 1)]
+
+
+def test_qqp_test_split(tmp_path):
+    write(tmp_path / "QQP" / "test.tsv", f"{QQP_TEST_HEADER}\n0\tx?\ty?\n1\tz\tw\r\n\n")
+    assert get_task("qqp").load(tmp_path, "test") == [Example(0, "x?", "y?", None), Example(1, "z", "w", None)]
 
 
 @pytest.mark.parametrize("body, fragment, line", [
-    (f"{QQP_HEADER}\n1\t1\t2\tq\tq2\n", "5 tab-separated columns, expected 6", 2),
-    (f"{QQP_HEADER}\n1\t1\t2\tq\tq2\t0\n2\t1\t2\tq\tq2\t2\n", "unknown label '2'", 3),
-    ("id\tquestion1\tquestion2\tis_duplicate\n", "header", 1),
-])
-def test_qqp_malformed(tmp_path, body, fragment, line):
-    f = write(tmp_path / "dev.tsv", body)
+    (f"{QQP_HEADER}\n1\t1\t2\tq\tq2\t1\n2\t1\t2\tq\tq2\n", "5 tab-separated columns, expected 6", 3),
+    (f"{QQP_HEADER}\n1\t1\t2\tq\tq2\t0\n2\t1\t2\tq\tq2\t2\n", "'2'", 3),
+    ("id\tquestion1\tquestion2\tis_duplicate\n1\tq\tq2\t0\n", "header", 1),
+], ids=["columns", "label-2", "header"])
+def test_qqp_malformed_names_file_and_line(tmp_path, body, fragment, line):
+    f = write(tmp_path / "QQP" / "dev.tsv", body)
     with pytest.raises(UserError) as e:
         parse_qqp(f, True)
-    assert str(f) in str(e.value) and f"line {line}" in str(e.value) and fragment in str(e.value)
+    message = str(e.value)
+    assert str(f) in message and f"line {line}" in message and fragment in message
+
+
+def test_qqp_test_split_with_six_columns_is_refused(tmp_path):
+    f = write(tmp_path / "test.tsv", f"{QQP_TEST_HEADER}\n0\t1\t2\ta\tb\t1\n")
+    with pytest.raises(UserError, match="line 2: 6 tab-separated columns, expected 3"):
+        parse_qqp(f, False)
+
+
+# ------------------------------------------------------------------------------------- the task table
 
 
 def test_unknown_split_and_task(tmp_path):
-    with pytest.raises(UserError, match="valid splits: train, val, test"):
+    with pytest.raises(UserError) as e:
         get_task("boolq").path(tmp_path, "dev_mismatched")
-    with pytest.raises(UserError, match="valid splits: train, dev, test"):
-        get_task("qqp").check_split("val")
-    with pytest.raises(UserError, match="--task 'mnli' is unknown"):
+    assert "'dev_mismatched'" in str(e.value) and "train, val, test" in str(e.value)
+    with pytest.raises(UserError, match="train, dev, test"):
+        get_task("qqp").path(tmp_path, "val")
+    with pytest.raises(UserError, match="'mnli'") as e:
         get_task("mnli")
+    assert "boolq" in str(e.value) and "qqp" in str(e.value)
 
 
 def test_load_max_examples_and_missing_file(data_root, tmp_path):
-    task = get_task("qqp")
-    full = task.load(data_root, "train")
-    assert task.load(data_root, "train", max_examples=5) == full[:5]
+    for name, split in (("qqp", "train"), ("boolq", "val")):
+        task = get_task(name)
+        full = task.load(data_root, split)
+        assert len(full) > 5
+        assert task.load(data_root, split, max_examples=5) == full[:5]
+    missing = tmp_path / "nowhere" / "QQP" / "dev.tsv"
     with pytest.raises(UserError, match="not found") as e:
-        task.load(tmp_path / "nowhere", "dev")
-    assert "QQP/dev.tsv" in str(e.value)
+        get_task("qqp").load(tmp_path / "nowhere", "dev")
+    assert str(missing) in str(e.value)
 
 
-def test_submission_formats(tmp_path):
-    examples = [Example(0, "a", "b", None), Example(1, "c", "d", None), Example(2, "e", "f", None)]
-    get_task("qqp").write_submission(tmp_path / "QQP.tsv", examples, [1, 0, 1])
-    assert (tmp_path / "QQP.tsv").read_text() == "index\tprediction\n0\t1\n1\t0\n2\t1\n"
-    get_task("boolq").write_submission(tmp_path / "BoolQ.jsonl", examples, np.array([1, 0, 0]))
+def test_submission_writers(tmp_path):
+    examples = [Example(0, "a", "b", None), Example(1, "c", "d", None), Example(2, "e", "f", None),
+                Example(5, "g", "h", None)]
+    get_task("qqp").write_submission(tmp_path / "QQP.tsv", examples, [1, 0, 1, 1])
+    assert (tmp_path / "QQP.tsv").read_text() == "index\tprediction\n0\t1\n1\t0\n2\t1\n5\t1\n"
+    get_task("boolq").write_submission(tmp_path / "BoolQ.jsonl", examples, np.array([1, 0, 0, 1]))
     assert (tmp_path / "BoolQ.jsonl").read_text().splitlines() == [
-        '{"idx": 0, "label": "true"}', '{"idx": 1, "label": "false"}', '{"idx": 2, "label": "false"}']
+        '{"idx": 0, "label": "true"}', '{"idx": 1, "label": "false"}', '{"idx": 2, "label": "false"}',
+        '{"idx": 5, "label": "true"}']
+
+
+# ---------------------------------------------------------------------------------------- real files
 
 
 def test_real_boolq_files():
@@ -106,52 +149,132 @@ def test_real_boolq_files():
     test = parse_boolq(root / "test.jsonl", False)
     assert len(val) == 3270 and {e.label for e in val} == {0, 1}
     assert len(test) == 3245 and all(e.label is None for e in test)
-    assert all(e.text and e.text_pair for e in val)
+    assert all(e.text and e.text_pair for e in val + test)
+    assert [e.idx for e in val] == list(range(3270)) and [e.idx for e in test] == list(range(3245))
+    first = json.loads((root / "val.jsonl").open(encoding="utf-8").readline())
+    assert (val[0].text, val[0].text_pair, val[0].label) == (first["passage"], first["question"],
+                                                            1 if first["label"] == "true" else 0)
 
 
 def test_real_qp_pairs_files():
     root = needs_shared("data", "qp_pairs", "QQP")
-    sizes = {split: len(parse_qqp(root / f"{split}.tsv", split != "test")) for split in ("train", "dev", "test")}
-    assert sizes == {"train": 4540, "dev": 1000, "test": 1000}
+    parsed = {split: parse_qqp(root / f"{split}.tsv", split != "test") for split in ("train", "dev", "test")}
+    assert {k: len(v) for k, v in parsed.items()} == {"train": 4540, "dev": 1000, "test": 1000}
+    for split in ("train", "dev"):
+        assert {e.label for e in parsed[split]} == {0, 1}, split
+    assert all(e.label is None for e in parsed["test"])
+    assert all(e.text and e.text_pair for v in parsed.values() for e in v)
+    assert [e.idx for e in parsed["dev"]] == list(range(1000))
 
 
-def test_tokenisation_cache(tiny_bert, data_root, tmp_path, monkeypatch):
+# ----------------------------------------------------------------------------------- tokenisation cache
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_bert):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    return AutoTokenizer.from_pretrained(tiny_bert)
+
+
+def test_tokenize_matches_the_tokenizer(tokenizer, data_root):
+    examples = get_task("boolq").load(data_root, "train", 12)
+    f = tokenize(tokenizer, examples, 24)
+    assert len(f) == 12 and f.lengths().max() <= 24
+    assert f.labels.tolist() == [e.label for e in examples]
+    for i, ex in enumerate(examples):
+        enc = tokenizer(ex.text, ex.text_pair, truncation=True, max_length=24)
+        s, e = f.offsets[i], f.offsets[i + 1]
+        assert f.input_ids[s:e].tolist() == enc["input_ids"]
+        assert f.token_type_ids[s:e].tolist() == enc["token_type_ids"]
+    unlabelled = tokenize(tokenizer, get_task("boolq").load(data_root, "test", 4), 24)
+    assert unlabelled.labels is None and len(unlabelled) == 4
+
+
+def _same(a: Features, b: Features) -> bool:
+    same_labels = (a.labels is None and b.labels is None) or (
+        a.labels is not None and b.labels is not None and np.array_equal(a.labels, b.labels))
+    return (np.array_equal(a.input_ids, b.input_ids) and np.array_equal(a.token_type_ids, b.token_type_ids)
+            and np.array_equal(a.offsets, b.offsets) and same_labels)
+
+
+def test_cached_features_round_trip(tokenizer, data_root, tmp_path, monkeypatch):
     examples = get_task("boolq").load(data_root, "train")
     cache = tmp_path / "cache"
-    first = cached_features(cache, tok, examples, 32, "hash-a")
+    first = cached_features(cache, tokenizer, examples, 32, "hash-a")
     files = list(cache.glob("features-*.pt"))
-    assert len(files) == 1
-    assert first.lengths().max() <= 32 and len(first) == len(examples)
-    enc = tok(examples[3].text, examples[3].text_pair, truncation=True, max_length=32)
-    s, e = first.offsets[3], first.offsets[4]
-    assert first.input_ids[s:e].tolist() == enc["input_ids"]
+    assert len(files) == 1 and files[0].is_file()
+    assert _same(first, tokenize(tokenizer, examples, 32))
 
     def boom(*a, **k):
-        raise AssertionError("tokenised again")
+        raise AssertionError("tokenised again instead of loading the cache")
 
     monkeypatch.setattr(batching, "tokenize", boom)
-    again = cached_features(cache, tok, examples, 32, "hash-a")
-    assert np.array_equal(again.input_ids, first.input_ids) and np.array_equal(again.labels, first.labels)
+    again = cached_features(cache, tokenizer, examples, 32, "hash-a")
+    assert _same(again, first)
+    with pytest.raises(AssertionError, match="tokenised again"):  # another max_seq_len is another entry
+        cached_features(cache, tokenizer, examples, 16, "hash-a")
+    with pytest.raises(AssertionError, match="tokenised again"):  # another source file too
+        cached_features(cache, tokenizer, examples, 32, "hash-b")
     monkeypatch.undo()
-    cached_features(cache, tok, examples, 16, "hash-a")  # another max_seq_len: another entry
+
+    short = cached_features(cache, tokenizer, examples, 16, "hash-a")
     assert len(list(cache.glob("features-*.pt"))) == 2
-    files[0].write_bytes(b"truncated")  # a corrupt cache file is rebuilt, not trusted
-    rebuilt = cached_features(cache, tok, examples, 32, "hash-a")
-    assert np.array_equal(rebuilt.input_ids, first.input_ids)
-    torch.load(files[0], weights_only=True)
+    assert short.lengths().max() <= 16 < first.lengths().max()
 
 
-def test_micro_batch_stream_order():
+def test_cached_features_unlabelled_split(tokenizer, data_root, tmp_path, monkeypatch):
+    examples = get_task("boolq").load(data_root, "test")
+    first = cached_features(tmp_path, tokenizer, examples, 32, "t")
+    monkeypatch.setattr(batching, "tokenize", lambda *a, **k: pytest.fail("cache not used"))
+    again = cached_features(tmp_path, tokenizer, examples, 32, "t")
+    assert again.labels is None and _same(again, first)
+
+
+@pytest.mark.parametrize("garbage", [b"truncated", b""])
+def test_corrupt_cache_file_is_rebuilt(tokenizer, data_root, tmp_path, monkeypatch, garbage):
+    examples = get_task("qqp").load(data_root, "dev")
+    first = cached_features(tmp_path, tokenizer, examples, 32, "h")
+    (path,) = tmp_path.glob("features-*.pt")
+    path.write_bytes(garbage)
+    calls = []
+    real = batching.tokenize
+    monkeypatch.setattr(batching, "tokenize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rebuilt = cached_features(tmp_path, tokenizer, examples, 32, "h")
+    assert calls == [1] and _same(rebuilt, first)
+    assert _same(Features.from_state(torch.load(path, weights_only=True)), first)  # the file was rewritten
+
+
+# ------------------------------------------------------------------------------------------ data order
+
+
+def test_micro_batch_stream_two_epochs():
     n, mb = 10, 4
     s = MicroBatchStream(n, mb, seed=3)
-    batches = [s.next() for _ in range(6)]  # two epochs: 4, 4, 2 rows each
+    batches = [s.next() for _ in range(6)]  # two epochs of 4, 4, 2 rows
     assert [len(b) for b in batches] == [4, 4, 2, 4, 4, 2]
     e0, e1 = np.concatenate(batches[:3]), np.concatenate(batches[3:])
-    assert sorted(e0) == list(range(n)) and sorted(e1) == list(range(n))
-    assert not np.array_equal(e0, e1)
-    resumed = MicroBatchStream(n, mb, seed=3, position=4)
-    assert all(np.array_equal(resumed.next(), b) for b in batches[4:])
-    assert not np.array_equal(np.concatenate([MicroBatchStream(n, mb, seed=4).next() for _ in range(3)]), e0)
+    assert sorted(e0.tolist()) == list(range(n)) and sorted(e1.tolist()) == list(range(n))
+    assert not np.array_equal(e0, e1)  # a fresh permutation each epoch
+    assert s.epoch == 2
+    other = MicroBatchStream(n, mb, seed=4)
+    assert not np.array_equal(np.concatenate([other.next() for _ in range(3)]), e0)  # the seed matters
+    same = MicroBatchStream(n, mb, seed=3)
+    assert all(np.array_equal(b, same.next()) for b in batches)  # and fixes the order
+
+
+def test_micro_batch_stream_exact_multiple():
+    s = MicroBatchStream(8, 4, seed=0)
+    batches = [s.next() for _ in range(4)]
+    assert [len(b) for b in batches] == [4, 4, 4, 4]
+    assert sorted(np.concatenate(batches[:2]).tolist()) == list(range(8))
+    assert sorted(np.concatenate(batches[2:]).tolist()) == list(range(8))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_micro_batch_stream_resumes_at_position(k):
+    fresh = MicroBatchStream(10, 4, seed=3)
+    reference = [fresh.next() for _ in range(8)]
+    resumed = MicroBatchStream(10, 4, seed=3, position=k)
+    got = [resumed.next() for _ in range(8 - k)]
+    assert all(np.array_equal(a, b) for a, b in zip(got, reference[k:]))

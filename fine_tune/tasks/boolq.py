@@ -20,7 +20,7 @@ _LABELS = {True: 1, False: 0, "true": 1, "false": 0, "True": 1, "False": 0}
 def parse_boolq(path: Path, labelled: bool) -> list[Example]:
     """Parse a BoolQ jsonl file; any malformed line is a :class:`UserError` naming file and line."""
     examples: list[Example] = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue

@@ -19,7 +19,7 @@ TEST_HEADER = ["id", "question1", "question2"]
 def parse_qqp(path: Path, labelled: bool) -> list[Example]:
     expected = LABELLED_HEADER if labelled else TEST_HEADER
     examples: list[Example] = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:
         header = f.readline().rstrip("\r\n").split("\t")
         if header != expected:
             raise UserError(f"{path}, line 1: header {header} does not match the expected {expected}")
