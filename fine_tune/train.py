@@ -84,6 +84,13 @@ def start_experiment(p: Prepared, args: argparse.Namespace, record: dict, data_f
     if old is not None and not cfg.differing_fields(old, record) and args.total_step in p.exp.checkpoints():
         print(f"{p.exp.path}: already finished (model-{args.total_step}.pt exists); nothing to do")
         return False
+    if old is not None and cfg.differing_fields(old, record):  # --overwrite: start over, drop the old run's outputs
+        import shutil
+
+        for pattern in ("model-*.pt", "eval-*.json", "predictions-*.tsv", "QQP*.tsv", "BoolQ*.jsonl"):
+            for f in p.exp.path.glob(pattern):
+                f.unlink()
+        shutil.rmtree(p.exp.log_dir, ignore_errors=True)
     record = dict(record, provenance=collect(p.device, data_files))
     p.exp.path.mkdir(parents=True, exist_ok=True)
     cfg.save_config(p.exp.config_path, record)

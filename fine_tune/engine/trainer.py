@@ -11,6 +11,7 @@ their own norm), every optimiser and its linear warmup schedule step together. C
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -166,7 +167,7 @@ class Trainer:
         window_steps, window_examples, window_start = 0, 0, time.perf_counter()
         start = time.perf_counter()
         last: dict[str, float] = {}
-        bar = tqdm(total=s.total_step, initial=self.step, desc=self.exp.name, unit="step", disable=not self.progress,
+        bar = tqdm(total=s.total_step, initial=self.step, desc=self.exp.name, unit="step", disable=(not self.progress) or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true"),
                    dynamic_ncols=True)
         try:
             while self.step < s.total_step:

@@ -1,0 +1,46 @@
+"""A real pretrained model on real text (skipped where ../shared is absent)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+from conftest import needs_shared
+
+
+def test_minilm_learns_qp_pairs(run, exp_root, data_root):
+    """MiniLM fine-tuned as a QQP teacher on real question-passage pairs reaches dev accuracy >= 0.85."""
+    model = needs_shared("models", "minilm-l6-h384-uncased")
+    qp = needs_shared("data", "qp_pairs", "QQP")
+    shutil.rmtree(data_root / "QQP")
+    shutil.copytree(qp, data_root / "QQP")
+    start = time.time()
+    run("run_fine_tune.py", "--experiment", "minilm", "--model", "bert", "--ptrain_ver", str(model), "--task", "qqp",
+        "--dataset", "train", "--batch_size", "32", "--lr", "5e-5", "--max_seq_len", "128", "--total_step", "80",
+        "--warmup_step", "8", "--ckpt_step", "80", "--log_step", "20", "--seed", "42")
+    run("run_fine_tune_eval.py", "--experiment", "minilm", "--model", "bert", "--task", "qqp", "--dataset", "dev",
+        "--batch_size", "128", "--max_examples", "500")
+    elapsed = time.time() - start
+    table = json.loads((exp_root / "minilm_bert_qqp" / "eval-dev.json").read_text())
+    assert table["num_rows"] == 500
+    assert table["best"]["accuracy"]["value"] >= 0.85, table
+    assert elapsed < 180, f"took {elapsed:.0f} s"
+
+
+def test_real_boolq_files_run(run, tiny_bert, exp_root, data_root):
+    """The real BoolQ files (string labels) parse and train/evaluate/predict through the scripts."""
+    boolq = needs_shared("data", "boolq")
+    val = (boolq / "val.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (data_root / "BoolQ" / "train.jsonl").write_text("".join(val[:2270]), encoding="utf-8")
+    (data_root / "BoolQ" / "val.jsonl").write_text("".join(val[2270:]), encoding="utf-8")
+    shutil.copy(boolq / "test.jsonl", data_root / "BoolQ" / "test.jsonl")
+    common = ["--experiment", "real", "--model", "bert", "--task", "boolq"]
+    run("run_fine_tune.py", *common, "--ptrain_ver", str(tiny_bert), "--total_step", "3", "--warmup_step", "1",
+        "--ckpt_step", "3", "--log_step", "1", "--batch_size", "16", "--max_seq_len", "128", "--max_examples", "64")
+    run("run_fine_tune_eval.py", *common, "--dataset", "val", "--max_examples", "64")
+    run("generate_test_prediction.py", *common, "--dataset", "test", "--max_examples", "50")
+    lines = (exp_root / "real_bert_boolq" / "BoolQ.jsonl").read_text().splitlines()
+    assert len(lines) == 50 and [json.loads(x)["idx"] for x in lines] == list(range(50))
+    table = json.loads((exp_root / "real_bert_boolq" / "eval-val.json").read_text())
+    assert table["num_rows"] == 64 and 0.0 <= table["rows"][0]["accuracy"] <= 1.0
