@@ -95,6 +95,67 @@ class DistilFlags:
 
 
 @dataclass
+class TeacherFlags:
+    teacher_exp: str = flag(None, "fine-tuned teacher experiment (folder {teacher_exp}_{tmodel}_{task})", required=True)
+    tmodel: str = flag("bert", "teacher model family", choices=("bert", "albert"))
+    tckpt: int = flag(None, "teacher checkpoint step (model-{tckpt}.pt)", required=True)
+    tdevice_id: int = flag(None, "teacher's CUDA device index; -1 = CPU (default: the student's device)")
+
+
+@dataclass
+class LayerwiseFlags:
+    mu: float = flag(1.0, "weight of the hidden-state loss, mu * sum_j MSE_j / L_s (0: online logits KD only)")
+    init_uncovered: bool = flag(False, "partial LAD: also initialise the student layers not covered by "
+                                       "--gate_indices (the original leaves them random)")
+    map_examples: int = flag(64, "dev examples averaged for the layer-contribution heat-map at each checkpoint "
+                                 "(0: no map)")
+
+
+@dataclass
+class GateFlags:
+    gate_lr: float = flag(1e-5, "gate AdamW peak learning rate")
+    gate_beta1: float = flag(0.9, "gate AdamW beta1")
+    gate_beta2: float = flag(0.999, "gate AdamW beta2")
+    gate_eps: float = flag(1e-8, "gate AdamW epsilon")
+    gate_weight_decay: float = flag(0.01, "gate AdamW weight decay (not on biases and LayerNorm weights)")
+    gate_max_norm: float = flag(1.0, "gradient clipping norm, per gate")
+    gate_total_step: int = flag(None, "gate schedule length (default: --total_step)")
+    gate_warmup_step: int = flag(None, "gate linear warmup steps (default: --warmup_step)")
+    gate_device_id: int = flag(None, "gates' CUDA device index; -1 = CPU (default: the student's device)")
+
+
+@dataclass
+class ProbingFlags:
+    probing_exp: str = flag(None, "probing experiment", required=True, choices=("partial_lad",))
+    gate_indices: str = flag("2,4,6,8,10", "partial LAD: comma-separated gate (teacher layer) indices, 1-based, "
+                                           "whose aggregation student layers 1..|G| learn")
+    student_indices: str = flag(None, "student layers that learn (partial LAD uses every student layer; "
+                                      "accepted for the seed commands)")
+
+
+@dataclass
+class AlpFlags:
+    alp_exp: str = flag("alp-kd-hidden", "ALP-KD variant",
+                        choices=("alp-kd", "alp-kd-hidden", "alp-kd-hidden-v2"))
+
+
+@dataclass
+class PkdFlags:
+    pkd_loss: str = flag("hidden_mse", "hidden_mse: full-sequence MSE on every student layer (the original's "
+                                       "'our implementation'); normalized_cls: Sun et al. 2019, normalised [CLS] "
+                                       "states of student layers 1..L_s-1", choices=("hidden_mse", "normalized_cls"))
+    pkd_strategy: str = flag("skip", "teacher layers: skip (j * L_t/L_s) or last (PKD-last: the top layers)",
+                             choices=("skip", "last"))
+
+
+# The original layer-wise scripts' argparse defaults (shared/reference/original_methods.md). Their commands
+# pass no --max_seq_len / --num_class / --dataset: those come from the teacher's config.
+LAYERWISE_DEFAULTS = dict(soft_weight=0.2, hard_weight=0.8, softmax_temp=1.0, mu=1.0, lr=3e-5, num_attention_heads=16,
+                          total_step=50000, warmup_step=10000, gate_lr=1e-5, padding="max_length", dataset=None,
+                          max_seq_len=None, num_class=None)
+
+
+@dataclass
 class EvalFlags:
     batch_size: int = flag(128, "evaluation batch size")
     ckpt: int = flag(0, "first checkpoint step to evaluate (all later ones too)")

@@ -106,13 +106,18 @@ def settings(args: argparse.Namespace, dataset_tag: str) -> TrainSettings:
 
 
 def run_training(p: Prepared, model, method: Method, tokenizer, examples, source_hash: str, args,
-                 dataset_tag: str, teacher_logits: np.ndarray | None = None) -> dict:
+                 dataset_tag: str, teacher_logits: np.ndarray | None = None, teacher=None, teacher_device=None,
+                 make_hook=None) -> dict:
+    """Tokenise (through the cache), build the collator and run the one engine. ``make_hook(trainer)`` may
+    return an ``on_checkpoint(step, writer)`` callback (e.g. the layer-contribution heat-map)."""
     features = cached_features(p.data_root / "cache", tokenizer, examples, args.max_seq_len, source_hash)
-    if features.labels is None and method.name == "fine_tune":
+    if features.labels is None and (method.name == "fine_tune" or teacher is not None):
         raise UserError(f"--dataset {args.dataset!r} has no labels; train on a labelled split")
     collator = Collator(features, tokenizer.pad_token_id, args.max_seq_len, args.padding, teacher_logits)
     trainer = Trainer(model, method, collator, len(features), settings(args, dataset_tag), p.exp, p.device,
-                      p.precision)
+                      p.precision, teacher=teacher, teacher_device=teacher_device)
+    if make_hook is not None:
+        trainer.on_checkpoint = make_hook(trainer)
     print(f"{p.exp.name}: {len(features)} examples, {args.total_step} steps of {args.batch_size} "
           f"({args.accum_step} x {args.batch_size // args.accum_step}), {p.device}, {p.precision.describe()}",
           file=sys.stderr)

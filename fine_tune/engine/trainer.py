@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from ..batching import Collator, MicroBatchStream
 from ..experiment import ExperimentDir
 from ..methods.base import ExtraParameters, Method, ModelOutputs
+from ..io_utils import atomic_torch_save
 from .checkpoint import save_model_checkpoint
 from .device import Precision
 from .optim import build_adamw, linear_schedule
@@ -82,7 +84,7 @@ class Trainer:
     def __init__(self, student: torch.nn.Module, method: Method, collator: Collator, num_rows: int,
                  settings: TrainSettings, exp: ExperimentDir, device: torch.device, precision: Precision,
                  teacher: torch.nn.Module | None = None, teacher_device: torch.device | None = None,
-                 on_checkpoint: Callable[[int], None] | None = None, progress: bool = True):
+                 on_checkpoint: Callable[[int, SummaryWriter], None] | None = None, progress: bool = True):
         self.student = student.to(device)
         self.method = method
         self.collator = collator
@@ -162,6 +164,8 @@ class Trainer:
         self.exp.log_dir.mkdir(parents=True, exist_ok=True)
         writer = SummaryWriter(log_dir=str(self.exp.log_dir))
         self.student.train()
+        self.method.train(True)
+        self.writer = writer
         sums: dict[str, torch.Tensor] = {}
         grad_norm_sum = torch.zeros((), device=self.device)
         window_steps, window_examples, window_start = 0, 0, time.perf_counter()
@@ -192,8 +196,8 @@ class Trainer:
                         writer.add_scalar(f"{s.tag_prefix}/{tag}", part.scheduler.get_last_lr()[0], self.step)
                     writer.add_scalar(f"{s.tag_prefix}/grad_norm", (grad_norm_sum / window_steps).item(), self.step)
                     writer.add_scalar(f"{s.tag_prefix}/examples_per_s", window_examples / max(elapsed, 1e-9), self.step)
-                    bar.set_postfix({k: f"{v:.4f}" for k, v in last.items() if k != "loss" or len(last) == 1}
-                                    | {"loss": f"{last['loss']:.4f}", "lr": f"{self.parts[0].scheduler.get_last_lr()[0]:.2e}"})
+                    bar.set_postfix(progress_fields(last, {part.name: part.scheduler.get_last_lr()[0] for part in self.parts}),
+                                    refresh=False)
                     if not all(map(math.isfinite, last.values())):
                         writer.flush()
                     sums, grad_norm_sum = {}, torch.zeros((), device=self.device)
@@ -210,5 +214,29 @@ class Trainer:
 
     def save(self, step: int) -> None:
         save_model_checkpoint(self.student, self.exp.checkpoint_path(step))
+        for stem, state in self.method.checkpoint_state().items():
+            atomic_torch_save({k: v.detach().to("cpu", copy=True) for k, v in state.items()},
+                              self.exp.path / f"{stem}-{step}.pt")
         if self.on_checkpoint is not None:
-            self.on_checkpoint(step)
+            self.on_checkpoint(step, self.writer)
+
+
+_PER_LAYER = re.compile(r"^(.*)_(\d+)$")
+
+
+def progress_fields(losses: dict[str, float], lrs: dict[str, float]) -> dict[str, str]:
+    """The progress bar's fields: every loss part, per-layer parts (``hidden_loss_3``, ``gate_mean_5``) grouped
+    as one list each (``hidden_loss=[.12 .10 ...]``), then the learning rates."""
+    fields: dict[str, str] = {}
+    groups: dict[str, list[tuple[int, float]]] = {}
+    for k, v in losses.items():
+        m = _PER_LAYER.match(k)
+        if m:
+            groups.setdefault(m.group(1), []).append((int(m.group(2)), v))
+        else:
+            fields[k] = f"{v:.4f}"
+    for name, vals in groups.items():
+        fields[name] = "[" + " ".join(f"{v:.3g}" for _, v in sorted(vals)) + "]"
+    for name, lr in lrs.items():
+        fields["lr" if name == "student" else f"{name}_lr"] = f"{lr:.2e}"
+    return fields

@@ -49,5 +49,12 @@ class Method:
     def extra_parameters(self) -> list[ExtraParameters]:
         return []
 
+    def checkpoint_state(self) -> dict[str, dict]:
+        """Extra state saved beside each ``model-{step}.pt``: file stem -> state_dict (``{stem}-{step}.pt``)."""
+        return {}
+
+    def train(self, mode: bool = True) -> None:
+        """Switch the method's own modules (e.g. gates) between training and evaluation mode."""
+
     def losses(self, batch: dict, student: ModelOutputs, teacher: ModelOutputs | None) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -41,7 +41,14 @@ def _encoder_layers(base) -> list[torch.nn.Module]:
 
 def copy_teacher_layers(student: PreTrainedModel, pretrained: PreTrainedModel | str, layers: list[int],
                         attn_only: bool = False) -> list[tuple[int, int]]:
-    """Copy pretrained teacher layers into the student; returns the (student, teacher) pairs, 1-based."""
+    """Copy pretrained teacher layers ``layers`` into student layers 1..n; returns the (student, teacher) pairs."""
+    return copy_teacher_layers_at(student, pretrained, list(enumerate(layers, 1)), attn_only)
+
+
+def copy_teacher_layers_at(student: PreTrainedModel, pretrained: PreTrainedModel | str, pairs: list[tuple[int, int]],
+                           attn_only: bool = False) -> list[tuple[int, int]]:
+    """Copy pretrained teacher layer t into student layer j for every (j, t) pair (1-based), plus the pooler
+    unless ``attn_only``. Student layers not named keep their random initialisation."""
     if isinstance(pretrained, str):
         from .classifier import quiet_hf
 
@@ -54,18 +61,18 @@ def copy_teacher_layers(student: PreTrainedModel, pretrained: PreTrainedModel | 
                         f"teacher's hidden size {t_base.config.hidden_size}")
     s_layers, t_layers = _encoder_layers(s_base), _encoder_layers(t_base)
     albert = student.config.model_type == "albert"
-    pairs = []
     with torch.no_grad():
-        for j, t in enumerate(layers):
+        for j, t in pairs:
             if albert:  # shared weights: every student layer is the one shared layer
-                src, dst = t_layers[0], s_layers[min(j, len(s_layers) - 1)]
+                src, dst = t_layers[0], s_layers[min(j - 1, len(s_layers) - 1)]
             else:
-                src, dst = t_layers[t - 1], s_layers[j]
+                if not 1 <= t <= len(t_layers):
+                    raise UserError(f"teacher layer {t} does not exist (the pretrained model has {len(t_layers)} layers)")
+                src, dst = t_layers[t - 1], s_layers[j - 1]
             _copy_module(src, dst, (ATTN_KEYS_ALBERT if albert else ATTN_KEYS_BERT) if attn_only else None)
-            pairs.append((j + 1, t))
         if not attn_only and getattr(s_base, "pooler", None) is not None and getattr(t_base, "pooler", None) is not None:
             _copy_module(t_base.pooler, s_base.pooler, None)
-    return pairs
+    return list(pairs)
 
 
 def _copy_module(src: torch.nn.Module, dst: torch.nn.Module, prefixes: tuple[str, ...] | None) -> None:

@@ -1,0 +1,201 @@
+"""LAD and its ablations: the student learns aggregations of teacher layers made by trainable gate blocks.
+
+Lin, Chen, Kao, "LAD: Layer-Wise Adaptive Distillation for BERT Model Compression", Sensors 23(3):1483, 2023
+(LAD: §3; LAD-NO: §5.4; partial LAD: §5.5). The gate itself is :class:`fine_tune.models.gates.GateBlock`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..models.gates import aggregate_chain, make_gates
+from .base import ExtraParameters
+from .layerwise import HiddenPair, LayerwiseKD, masked_mean
+
+
+def lad_targets(num_teacher_layers: int, num_student_layers: int) -> list[int]:
+    """LAD: student layer j learns A_{j * skip}, skip = L_t / L_s (1-based aggregation indices)."""
+    skip = num_teacher_layers // num_student_layers
+    return [j * skip for j in range(1, num_student_layers + 1)]
+
+
+def chain_contributions(gbar: list[float], k: int, num_teacher_layers: int) -> np.ndarray:
+    r"""Approximate weight of teacher layer i in A_k from mean gate values (ignoring the LayerNorm)::
+
+        w_i = gbar_i * prod_{m = i+1..k} (1 - gbar_m),  gbar_1 = 1,  w_i = 0 for i > k
+
+    ``gbar[m-1]`` is the mean gate value of gate m (gbar[0] is ignored)."""
+    w = np.zeros(num_teacher_layers)
+    for i in range(1, k + 1):
+        gi = 1.0 if i == 1 else gbar[i - 1]
+        w[i - 1] = gi * np.prod([1.0 - gbar[m - 1] for m in range(i + 1, k + 1)])
+    return w
+
+
+class GatedKD(LayerwiseKD):
+    """Shared by LAD, LAD-NO and partial LAD: the gates, their optimiser settings and their checkpoint files."""
+
+    def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
+                 d_model: int, seq_len: int, num_gates: int, gate_settings: dict, gate_device: torch.device | None = None):
+        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu)
+        self.gates = make_gates(num_gates, d_model, seq_len)
+        if gate_device is not None:
+            self.gates.to(gate_device)
+        self.gate_device = gate_device
+        self.gate_settings = gate_settings
+
+    def extra_parameters(self) -> list[ExtraParameters]:
+        if not self.mu:  # no hidden loss: the gates would never receive a gradient
+            return []
+        return [ExtraParameters(name="gate", modules=list(self.gates), clip_per_module=True, **self.gate_settings)]
+
+    def checkpoint_state(self) -> dict[str, dict]:
+        """``gate-{i}`` (0-based, as the original) -> state_dict; the engine writes ``gate-{i}-{step}.pt``."""
+        return {f"gate-{i}": g.state_dict() for i, g in enumerate(self.gates)}
+
+    def load_checkpoint_state(self, states: dict[str, dict]) -> None:
+        for i, g in enumerate(self.gates):
+            g.load_state_dict(states[f"gate-{i}"])
+
+    def train(self, mode: bool = True) -> None:
+        self.gates.train(mode)
+
+    def mean_chain_gates(self, teacher, upto: int) -> list[float]:
+        """[1, gbar_2, ..., gbar_upto]: each chained gate's value averaged over non-padding tokens and dimensions."""
+        values: list = []
+        aggregate_chain(self.gates, self._to_gates(teacher.hidden_states), upto, values)
+        return [1.0] + [masked_mean(g, teacher.attention_mask.to(g.device)).item() for g in values[1:]]
+
+    def _to_gates(self, hidden: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        if self.gate_device is None or hidden[0].device == self.gate_device:
+            return hidden
+        return tuple(h.to(self.gate_device) for h in hidden)
+
+
+class LAD(GatedKD):
+    r"""LAD: L_t gates chained over the teacher layers, ``A_1 = H_t[1]``, ``A_k = gate_k(A_{k-1}, H_t[k])``;
+    student layer j learns ``A_{j * skip}`` (6 of 12 layers: A_2, A_4, ..., A_12; 4 of 12: A_3, A_6, A_9, A_12)."""
+
+    name = "lad"
+
+    def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, **kw):
+        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu,
+                         num_gates=num_teacher_layers, **kw)
+        self.targets = lad_targets(num_teacher_layers, num_student_layers)
+
+    def hidden_pairs(self, student, teacher):
+        values: list = []
+        agg = aggregate_chain(self.gates, self._to_gates(teacher.hidden_states), max(self.targets), values)
+        dev = student.hidden_states[0].device
+        pairs = [HiddenPair(j, student.hidden_states[j - 1], agg[k - 1].to(dev)) for j, k in enumerate(self.targets, 1)]
+        stats = {f"gate_mean_{k}": g.detach().float().mean() for k, g in enumerate(values, 1) if g is not None}
+        return pairs, stats
+
+    def layer_map(self, student, teacher):
+        gbar = self.mean_chain_gates(teacher, max(self.targets))
+        return np.stack([chain_contributions(gbar, k, self.lt) for k in self.targets])
+
+    def describe_mapping(self) -> str:
+        return ", ".join(f"S{j}<-A{k}" for j, k in enumerate(self.targets, 1))
+
+
+class LADNO(GatedKD):
+    r"""LAD-NO (no overlap): L_s gates, no recurrence; student layer j learns
+    ``gate_j(H_t[j*skip - 1], H_t[j*skip])`` (pairs (1,2), (3,4), ... for 6 of 12 layers), the gate value computed
+    from the lower layer of the pair."""
+
+    name = "lad_no"
+
+    def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, **kw):
+        if num_teacher_layers < 2 * num_student_layers:
+            raise UserError(f"LAD-NO pairs teacher layers: a {num_student_layers}-layer student needs a teacher with "
+                            f"at least {2 * num_student_layers} layers (the teacher has {num_teacher_layers})")
+        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu,
+                         num_gates=num_student_layers, **kw)
+        self.pairs = [(j * self.skip - 1, j * self.skip) for j in range(1, num_student_layers + 1)]
+
+    def hidden_pairs(self, student, teacher):
+        th = self._to_gates(teacher.hidden_states)
+        dev = student.hidden_states[0].device
+        pairs, stats = [], {}
+        for j, (lo, hi) in enumerate(self.pairs, 1):
+            out, g = self.gates[j - 1].mix(th[lo - 1], th[hi - 1])
+            pairs.append(HiddenPair(j, student.hidden_states[j - 1], out.to(dev)))
+            stats[f"gate_mean_{j}"] = g.detach().float().mean()
+        return pairs, stats
+
+    def layer_map(self, student, teacher):
+        th = self._to_gates(teacher.hidden_states)
+        w = np.zeros((self.ls, self.lt))
+        for j, (lo, hi) in enumerate(self.pairs, 1):
+            g = masked_mean(self.gates[j - 1].gate_value(th[lo - 1]), teacher.attention_mask.to(th[0].device)).item()
+            w[j - 1, hi - 1], w[j - 1, lo - 1] = g, 1 - g
+        return w
+
+    def describe_mapping(self) -> str:
+        return ", ".join(f"S{j}<-gate(T{lo},T{hi})" for j, (lo, hi) in enumerate(self.pairs, 1))
+
+
+def partial_lad_mapping(gate_indices: list[int], num_student_layers: int, num_teacher_layers: int) -> list[tuple[str, int]]:
+    """Partial LAD: student layers 1..|G| learn A_g for g in G; the remaining student layers learn the raw teacher
+    layers max(G) + skip, max(G) + 2 skip, ... Returns ('agg', g) or ('raw', t) per student layer."""
+    skip = num_teacher_layers // num_student_layers
+    if not gate_indices:
+        raise UserError("--gate_indices: give at least one gate index, e.g. 2,4,6,8,10")
+    bad = [g for g in gate_indices if not 1 <= g <= num_teacher_layers]
+    if bad:
+        raise UserError(f"--gate_indices {','.join(map(str, gate_indices))}: {bad[0]} is out of range; the teacher has "
+                        f"{num_teacher_layers} layers (indices 1..{num_teacher_layers})")
+    if len(set(gate_indices)) != len(gate_indices) or sorted(gate_indices) != list(gate_indices):
+        raise UserError(f"--gate_indices {','.join(map(str, gate_indices))}: indices must be increasing and distinct")
+    if len(gate_indices) > num_student_layers:
+        raise UserError(f"--gate_indices: {len(gate_indices)} indices for a {num_student_layers}-layer student")
+    raw = [max(gate_indices) + skip * r for r in range(1, num_student_layers - len(gate_indices) + 1)]
+    if raw and raw[-1] > num_teacher_layers:
+        raise UserError(f"--gate_indices {','.join(map(str, gate_indices))}: the remaining "
+                        f"{num_student_layers - len(gate_indices)} student layer(s) would learn teacher layers {raw}, "
+                        f"beyond the teacher's {num_teacher_layers}")
+    return [("agg", g) for g in gate_indices] + [("raw", t) for t in raw]
+
+
+class PartialLAD(GatedKD):
+    """Partial LAD (``run_probing_lad.py --probing_exp partial_lad``): max(G) gates chained over teacher layers
+    1..max(G); student layers 1..|G| learn A_g (g in G), the remaining ones raw teacher layers
+    (``--gate_indices 2,4,6,8,10``, 6 of 12: S1..S5 <- A2..A10, S6 <- T12)."""
+
+    name = "partial_lad"
+
+    def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
+                 gate_indices: list[int], **kw):
+        self.mapping = partial_lad_mapping(gate_indices, num_student_layers, num_teacher_layers)
+        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu,
+                         num_gates=max(gate_indices), **kw)
+        self.gate_indices = list(gate_indices)
+
+    def hidden_pairs(self, student, teacher):
+        values: list = []
+        agg = aggregate_chain(self.gates, self._to_gates(teacher.hidden_states), max(self.gate_indices), values)
+        dev = student.hidden_states[0].device
+        pairs = []
+        for j, (kind, idx) in enumerate(self.mapping, 1):
+            target = agg[idx - 1] if kind == "agg" else teacher.hidden_states[idx - 1]
+            pairs.append(HiddenPair(j, student.hidden_states[j - 1], target.to(dev)))
+        stats = {f"gate_mean_{k}": g.detach().float().mean() for k, g in enumerate(values, 1) if g is not None}
+        return pairs, stats
+
+    def layer_map(self, student, teacher):
+        gbar = self.mean_chain_gates(teacher, max(self.gate_indices))
+        rows = []
+        for kind, idx in self.mapping:
+            if kind == "agg":
+                rows.append(chain_contributions(gbar, idx, self.lt))
+            else:
+                r = np.zeros(self.lt)
+                r[idx - 1] = 1.0
+                rows.append(r)
+        return np.stack(rows)
+
+    def describe_mapping(self) -> str:
+        return ", ".join(f"S{j}<-{'A' if kind == 'agg' else 'T'}{idx}" for j, (kind, idx) in enumerate(self.mapping, 1))

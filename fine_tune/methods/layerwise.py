@@ -1,0 +1,103 @@
+"""Online distillation with a layer-wise hidden-state loss: the base every layer-wise method shares.
+
+A layer-wise method names, for every matched student layer j, the target its hidden states should match
+(a raw teacher layer, a LAD aggregation, an ALP-KD attention mixture). The loss is the weighted logits loss
+plus the hidden loss of the LAD code base (Lin et al., Sensors 2023)::
+
+    L = hard_weight * CE(s, y) + soft_weight * T^2 * KL(softmax(t / T) || softmax(s / T))
+        + mu * (1 / |J|) * sum_{j in J} MSE(H_s[j], target_j)
+
+MSE over every token and dimension (padding included), hidden states without the embedding output, J the
+matched student layers (all L_s of them for every method of the original). With ``mu = 0`` no hidden state
+is computed and the method is online logits KD.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .base import Method, ModelOutputs
+from .logits_kd import logits_kd_loss
+
+
+@dataclass
+class HiddenPair:
+    """Student layer ``layer`` (1-based) should match ``target``; ``student`` is its hidden state (or the
+    part of it the method compares, e.g. the [CLS] vector)."""
+
+    layer: int
+    student: torch.Tensor
+    target: torch.Tensor
+
+
+def hidden_mse_loss(pairs: list[HiddenPair], mu: float) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    r"""``mu * (1/|J|) * sum_j MSE(student_j, target_j)`` in fp32; also each layer's term
+    ``mu * MSE_j / |J|`` (the terms sum to the total)."""
+    per = {p.layer: F.mse_loss(p.student.float(), p.target.float()) * (mu / len(pairs)) for p in pairs}
+    return torch.stack(list(per.values())).sum(), per
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` [B, S, ...] over the non-padding positions (mask [B, S]) and every trailing dimension."""
+    x = x.float().reshape(x.shape[0], x.shape[1], -1).mean(-1)
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum().clamp_min(1)
+
+
+class LayerwiseKD(Method):
+    """Online logits KD plus a hidden loss over the pairs :meth:`hidden_pairs` returns. Subclasses define
+    ``hidden_pairs`` (and, for a heat-map, ``layer_map``)."""
+
+    name = "online_kd"
+
+    def __init__(self, num_student_layers: int, num_teacher_layers: int, hard_weight: float, soft_weight: float,
+                 temperature: float, mu: float):
+        self.ls, self.lt = num_student_layers, num_teacher_layers
+        self.hard_weight, self.soft_weight, self.temperature, self.mu = hard_weight, soft_weight, temperature, mu
+
+    @property
+    def needs_hidden_states(self) -> bool:  # type: ignore[override]
+        return self.mu != 0
+
+    @property
+    def uses_teacher(self) -> bool:  # type: ignore[override]
+        """Hard labels only (soft_weight = mu = 0) need no teacher forward."""
+        return bool(self.soft_weight or self.mu)
+
+    @property
+    def skip(self) -> int:
+        return self.lt // self.ls
+
+    def hidden_pairs(self, student: ModelOutputs, teacher: ModelOutputs) -> tuple[list[HiddenPair], dict[str, torch.Tensor]]:
+        """The matched (student, target) pairs of this batch, and statistics to log (e.g. mean gate values)."""
+        raise NotImplementedError
+
+    def hidden_loss(self, pairs: list[HiddenPair]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """The hidden loss and its per-layer terms (default :func:`hidden_mse_loss`)."""
+        return hidden_mse_loss(pairs, self.mu)
+
+    def losses(self, batch, student: ModelOutputs, teacher: ModelOutputs | None):
+        parts = logits_kd_loss(student.logits, teacher.logits, batch.get("labels"), self.hard_weight,
+                               self.soft_weight, self.temperature)
+        loss = parts["logits_loss"]
+        if self.mu:
+            pairs, stats = self.hidden_pairs(student, teacher)
+            hidden, per_layer = self.hidden_loss(pairs)
+            parts["hidden_loss"] = hidden
+            parts.update({f"hidden_loss_{j}": v for j, v in per_layer.items()})
+            parts.update(stats)
+            loss = loss + hidden
+        parts["loss"] = loss
+        return parts
+
+    def layer_map(self, student: ModelOutputs, teacher: ModelOutputs) -> np.ndarray | None:
+        """[L_s, L_t] matrix: how much teacher layer i contributes to student layer j's target (None: no map)."""
+        return None
+
+    def describe_mapping(self) -> str:
+        return ""
+

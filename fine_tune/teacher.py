@@ -1,0 +1,61 @@
+"""The fine-tuned teacher of online distillation: ``{teacher_exp}_{tmodel}_{task}/model-{tckpt}.pt`` with the
+teacher experiment's config.json (max_seq_len, num_class, training split, ptrain_ver) and its model folder
+(Hugging Face config and tokenizer)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import config as cfg
+from .errors import UserError
+from .experiment import ExperimentDir
+from .models.classifier import build_from_config, load_checkpoint_into, load_model_dir
+
+
+@dataclass
+class Teacher:
+    exp: ExperimentDir
+    record: dict  # the teacher experiment's config.json
+    hf_config: object
+    tokenizer: object
+    checkpoint: Path
+    step: int
+
+    @property
+    def num_layers(self) -> int:
+        return self.hf_config.num_hidden_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.hf_config.hidden_size
+
+    def build(self) -> torch.nn.Module:
+        """The teacher model with the checkpoint's weights, in eval mode, every parameter frozen."""
+        model = build_from_config(self.hf_config)
+        load_checkpoint_into(model, self.checkpoint)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
+
+
+def open_teacher(exp_root: Path, teacher_exp: str, tmodel: str, task: str, tckpt: int) -> Teacher:
+    """Check the teacher folder, its config and checkpoint; clear errors name what is missing and what exists."""
+    exp = ExperimentDir.of(exp_root, teacher_exp, tmodel, task)
+    if not exp.config_path.is_file():
+        root = Path(exp_root)
+        others = sorted(p.name for p in root.iterdir() if (p / "config.json").is_file()) if root.is_dir() else []
+        hint = f"; experiments there: {', '.join(others[:20])}" if others else f"; {root} holds no experiment"
+        raise UserError(f"--teacher_exp {teacher_exp} --tmodel {tmodel}: teacher folder {exp.path} not found{hint}")
+    record = cfg.load_config(exp.config_path)
+    ckpt = exp.checkpoint_path(tckpt)
+    if not ckpt.is_file():
+        have = ", ".join(map(str, exp.checkpoints())) or "none"
+        raise UserError(f"--tckpt {tckpt}: teacher checkpoint {ckpt} not found; checkpoints there: {have}")
+    hf_config, tokenizer = load_model_dir(exp.model_dir)
+    if hf_config.model_type != tmodel:
+        raise UserError(f"--tmodel {tmodel}: {exp.path} holds a {hf_config.model_type!r} model")
+    return Teacher(exp, record, hf_config, tokenizer, ckpt, tckpt)

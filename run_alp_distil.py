@@ -1,0 +1,26 @@
+#!/usr/bin/env python
+"""ALP-KD: the student learns attention-weighted mixtures of teacher layers (Passban et al., AAAI 2021).
+
+The fine-tuned teacher is {teacher_exp}_{tmodel}_{task}/model-{tckpt}.pt; max_seq_len, num_class and the
+training split come from its config.json. Defaults are the original script's (doc/methods.md).
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from fine_tune.cli import (AlpFlags, DeviceFlags, DistilFlags, ExperimentFlags, LAYERWISE_DEFAULTS, LayerwiseFlags,
+                           OptimFlags, PathFlags, StudentFlags, TeacherFlags, parse_args, run_main)
+
+
+def main(argv=None):
+    args = parse_args("run_alp_distil.py", __doc__.splitlines()[0],
+                      [ExperimentFlags, TeacherFlags, StudentFlags, DistilFlags, LayerwiseFlags, AlpFlags,
+                       OptimFlags, DeviceFlags, PathFlags], argv, overrides=LAYERWISE_DEFAULTS)
+    from fine_tune.online_distill import run_online_distill
+
+    run_online_distill(args, "alp")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

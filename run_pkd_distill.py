@@ -1,0 +1,26 @@
+#!/usr/bin/env python
+"""BERT-PKD: patient knowledge distillation from teacher layers j*skip (Sun et al., EMNLP 2019).
+
+The fine-tuned teacher is {teacher_exp}_{tmodel}_{task}/model-{tckpt}.pt; max_seq_len, num_class and the
+training split come from its config.json. Defaults are the original script's (doc/methods.md).
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from fine_tune.cli import (DeviceFlags, DistilFlags, ExperimentFlags, LAYERWISE_DEFAULTS, LayerwiseFlags,
+                           OptimFlags, PathFlags, PkdFlags, StudentFlags, TeacherFlags, parse_args, run_main)
+
+
+def main(argv=None):
+    args = parse_args("run_pkd_distill.py", __doc__.splitlines()[0],
+                      [ExperimentFlags, TeacherFlags, StudentFlags, DistilFlags, LayerwiseFlags, PkdFlags,
+                       OptimFlags, DeviceFlags, PathFlags], argv, overrides=LAYERWISE_DEFAULTS)
+    from fine_tune.online_distill import run_online_distill
+
+    run_online_distill(args, "pkd")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

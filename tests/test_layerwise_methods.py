@@ -1,0 +1,302 @@
+"""Layer-wise methods against independent computations (plain tensor algebra on small random tensors), their
+layer mappings, gradient flow through the one engine, and numerical stability.
+
+Every expected value here is computed in the test from the equations of doc/methods.md, not with the
+toolkit's helpers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fine_tune.errors import UserError
+from fine_tune.methods import ALPKD, LAD, LADNO, PKD, PartialLAD, ModelOutputs
+from fine_tune.methods.alp import alp_weights
+from fine_tune.methods.lad import chain_contributions, lad_targets, partial_lad_mapping
+from fine_tune.methods.logits_kd import logits_kd_loss
+from fine_tune.methods.pkd import normalized_cls_loss, pkd_teacher_layers
+from fine_tune.models.gates import GateBlock
+
+B, S, D = 3, 5, 8
+GATES = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, max_norm=1.0, total_step=10, warmup_step=0)
+
+
+def hidden(n: int, seed: int, scale: float = 1.0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(B, S, D, generator=g) * scale for _ in range(n))
+
+
+def outputs(n_layers: int, seed: int, mask: torch.Tensor | None = None) -> ModelOutputs:
+    g = torch.Generator().manual_seed(seed + 1000)
+    return ModelOutputs(torch.randn(B, 2, generator=g), hidden(n_layers, seed),
+                        torch.ones(B, S, dtype=torch.long) if mask is None else mask)
+
+
+def manual_gate(gate: GateBlock, prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
+    """sigmoid(prev W^T + b), mix, LayerNorm over the whole [S, D] block of each example, by hand."""
+    W, b = gate.linear.weight.detach(), gate.linear.bias.detach()
+    g = 1.0 / (1.0 + torch.exp(-(prev @ W.T + b)))
+    x = cur * g + prev * (1 - g)
+    mean = x.mean(dim=(1, 2), keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=(1, 2), keepdim=True)
+    return (x - mean) / torch.sqrt(var + 1e-5) * gate.layernorm.weight.detach() + gate.layernorm.bias.detach()
+
+
+def manual_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return ((a - b) ** 2).sum() / a.numel()
+
+
+def manual_logits_loss(s, t, y, hard, soft, T):
+    ps = torch.exp(s / T) / torch.exp(s / T).sum(-1, keepdim=True)
+    pt = torch.exp(t / T) / torch.exp(t / T).sum(-1, keepdim=True)
+    kl = (pt * (torch.log(pt) - torch.log(ps))).sum(-1).mean()
+    ce = -torch.log(torch.exp(s) / torch.exp(s).sum(-1, keepdim=True))[torch.arange(len(y)), y].mean()
+    return hard * ce + soft * T * T * kl
+
+
+def test_logits_loss_with_temperature():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g) * 3
+    y = torch.tensor([0, 1, 2, 1, 0, 2])
+    parts = logits_kd_loss(s, t, y, hard_weight=0.3, soft_weight=0.7, temperature=20.0)
+    assert parts["logits_loss"].item() == pytest.approx(manual_logits_loss(s, t, y, 0.3, 0.7, 20.0).item(), rel=1e-5)
+
+
+def test_gate_forward_and_all_zeros_first_step():
+    torch.manual_seed(0)
+    gate = GateBlock(D, S)
+    with torch.no_grad():  # non-trivial LayerNorm affine parameters
+        gate.layernorm.weight.uniform_(0.5, 1.5)
+        gate.layernorm.bias.uniform_(-0.5, 0.5)
+    prev, cur = hidden(2, 1)
+    assert torch.allclose(gate(prev, cur), manual_gate(gate, prev, cur), atol=1e-5)
+    assert torch.equal(gate(torch.zeros_like(cur), cur), cur)  # all-zeros prev: returns cur untouched
+    assert torch.equal(gate(None, cur), cur)
+    # Xavier-uniform W: bound sqrt(6 / (D + D)); LayerNorm over [S, D]
+    assert gate.linear.weight.abs().max() <= math.sqrt(6 / (2 * D))
+    assert tuple(gate.layernorm.weight.shape) == (S, D)
+
+
+def test_lad_aggregation_chain_and_loss():
+    torch.manual_seed(0)
+    method = LAD(6, 12, hard_weight=0.3, soft_weight=0.7, temperature=20.0, mu=500.0, d_model=D, seq_len=S,
+                 gate_settings=GATES)
+    assert len(method.gates) == 12
+    st, te = outputs(6, 1), outputs(12, 2)
+    y = torch.tensor([0, 1, 1])
+    parts = method.losses({"labels": y}, st, te)
+    # A_1 = H_1, A_k = gate_k(A_{k-1}, H_k); student j <- A_{2j}
+    A = [te.hidden_states[0]]
+    for k in range(1, 12):
+        A.append(manual_gate(method.gates[k], A[-1], te.hidden_states[k]))
+    per = [500.0 * manual_mse(st.hidden_states[j - 1], A[2 * j - 1]) / 6 for j in range(1, 7)]
+    assert parts["hidden_loss"].item() == pytest.approx(sum(per).item(), rel=1e-4)
+    for j in range(1, 7):
+        assert parts[f"hidden_loss_{j}"].item() == pytest.approx(per[j - 1].item(), rel=1e-4)
+    logits = manual_logits_loss(st.logits, te.logits, y, 0.3, 0.7, 20.0)
+    assert parts["loss"].item() == pytest.approx((logits + sum(per)).item(), rel=1e-4)
+    # mean gate values logged for gates 2..12 (gate 1 is never applied)
+    assert sorted(k for k in parts if k.startswith("gate_mean_")) == sorted(f"gate_mean_{k}" for k in range(2, 13))
+    W, b = method.gates[1].linear.weight.detach(), method.gates[1].linear.bias.detach()
+    g2 = torch.sigmoid(te.hidden_states[0] @ W.T + b).mean()
+    assert parts["gate_mean_2"].item() == pytest.approx(g2.item(), rel=1e-5)
+
+
+def test_lad_targets_for_6_and_4_layer_students():
+    assert lad_targets(12, 6) == [2, 4, 6, 8, 10, 12]
+    assert lad_targets(12, 4) == [3, 6, 9, 12]
+    assert lad_targets(24, 6) == [4, 8, 12, 16, 20, 24]
+    assert lad_targets(24, 4) == [6, 12, 18, 24]
+
+
+def test_lad_no_pairs():
+    torch.manual_seed(0)
+    method = LADNO(6, 12, 0.0, 0.0, 1.0, 2.0, d_model=D, seq_len=S, gate_settings=GATES)
+    assert len(method.gates) == 6 and method.pairs == [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12)]
+    st, te = outputs(6, 3), outputs(12, 4)
+    parts = method.losses({"labels": torch.tensor([0, 1, 0])}, st, te)
+    expected = sum(2.0 * manual_mse(st.hidden_states[j - 1],
+                                    manual_gate(method.gates[j - 1], te.hidden_states[2 * j - 2], te.hidden_states[2 * j - 1])) / 6
+                   for j in range(1, 7))
+    assert parts["hidden_loss"].item() == pytest.approx(expected.item(), rel=1e-4)
+    assert LADNO(4, 12, 0, 0, 1, 1, d_model=D, seq_len=S, gate_settings=GATES).pairs == [(2, 3), (5, 6), (8, 9), (11, 12)]
+    with pytest.raises(UserError, match="at least 12 layers"):
+        LADNO(6, 6, 0, 0, 1, 1, d_model=D, seq_len=S, gate_settings=GATES)
+
+
+def test_partial_lad_mapping():
+    assert partial_lad_mapping([2, 4, 6, 8, 10], 6, 12) == [("agg", 2), ("agg", 4), ("agg", 6), ("agg", 8),
+                                                           ("agg", 10), ("raw", 12)]
+    assert partial_lad_mapping([1, 2, 3], 6, 12) == [("agg", 1), ("agg", 2), ("agg", 3), ("raw", 5), ("raw", 7),
+                                                    ("raw", 9)]
+    assert partial_lad_mapping([3, 6], 4, 12) == [("agg", 3), ("agg", 6), ("raw", 9), ("raw", 12)]
+    for bad, msg in (([0, 2], "0 is out of range"), ([2, 13], "13 is out of range"), ([4, 2], "increasing"),
+                     ([1, 2, 3, 4, 5, 6, 7], "7 indices for a 6-layer student"), ([4, 8], "beyond the teacher")):
+        with pytest.raises(UserError, match=msg):
+            partial_lad_mapping(bad, 6, 12)
+
+
+def test_partial_lad_loss():
+    torch.manual_seed(0)
+    method = PartialLAD(6, 12, 0.0, 0.0, 1.0, 1.0, gate_indices=[2, 4, 6, 8, 10], d_model=D, seq_len=S,
+                        gate_settings=GATES)
+    assert len(method.gates) == 10
+    st, te = outputs(6, 5), outputs(12, 6)
+    parts = method.losses({"labels": torch.tensor([1, 1, 0])}, st, te)
+    A = [te.hidden_states[0]]
+    for k in range(1, 10):
+        A.append(manual_gate(method.gates[k], A[-1], te.hidden_states[k]))
+    targets = [A[1], A[3], A[5], A[7], A[9], te.hidden_states[11]]
+    expected = sum(manual_mse(st.hidden_states[j], targets[j]) / 6 for j in range(6))
+    assert parts["hidden_loss"].item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def manual_softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("mode", ["alp-kd", "alp-kd-hidden", "alp-kd-hidden-v2"])
+def test_alp_kd_weights_and_loss(mode):
+    method = ALPKD(3, 6, 0.0, 0.0, 1.0, 10.0, mode=mode)
+    st, te = outputs(3, 7), outputs(6, 8)
+    parts = method.losses({"labels": torch.tensor([0, 1, 0])}, st, te)
+    T = np.stack([h.double().numpy() for h in te.hidden_states])  # [K, B, S, D]
+    total = 0.0
+    for j in range(1, 4):
+        Hs = st.hidden_states[j - 1].double().numpy()
+        if mode == "alp-kd":
+            Hs, Tj = Hs[:, 0], T[:, :, 0]  # [B, D], [K, B, D]
+        else:
+            Tj = T
+        scores = np.einsum("...d,k...d->...k", Hs, Tj) / math.sqrt(D)
+        if mode == "alp-kd-hidden-v2" and j < 3:  # student j sees teacher layers 1..2j only
+            scores[..., 2 * j:] = -np.inf
+        w = manual_softmax(scores)
+        if mode == "alp-kd-hidden-v2":
+            assert np.all(w[..., 2 * j:] == 0) if j < 3 else np.all(w > 0)
+        target = np.einsum("...k,k...d->...d", w, Tj)
+        total += 10.0 * np.mean((Hs - target) ** 2) / 3
+    assert parts["hidden_loss"].item() == pytest.approx(total, rel=1e-4)
+
+
+def test_alp_weights_stable_for_large_scores():
+    st, te = hidden(1, 9, scale=100.0)[0], torch.stack(hidden(4, 10, scale=100.0))  # scores ~ 1e4 / sqrt(D)
+    raw = torch.einsum("bsd,kbsd->bsk", st, te) / math.sqrt(D)
+    assert raw.abs().max() > 1e3 and not torch.isfinite(torch.exp(raw)).all()  # the original's exp/sum overflows
+    w = alp_weights(st, te)
+    assert torch.isfinite(w).all() and torch.allclose(w.sum(-1), torch.ones(B, S), atol=1e-5)
+
+
+def test_pkd_mappings_and_losses():
+    assert pkd_teacher_layers(12, 6, "skip", 6) == [2, 4, 6, 8, 10, 12]
+    assert pkd_teacher_layers(12, 4, "skip", 4) == [3, 6, 9, 12]
+    assert pkd_teacher_layers(24, 6, "skip", 6) == [4, 8, 12, 16, 20, 24]
+    assert pkd_teacher_layers(12, 6, "skip", 5) == [2, 4, 6, 8, 10]  # Sun et al. PKD-skip
+    assert pkd_teacher_layers(12, 6, "last", 5) == [7, 8, 9, 10, 11]  # PKD-last
+    st, te = outputs(6, 11), outputs(12, 12)
+    y = torch.tensor([0, 1, 1])
+    # the original: full-sequence MSE, student j <- teacher 2j
+    parts = PKD(6, 12, 0.0, 0.0, 1.0, 100.0).losses({"labels": y}, st, te)
+    expected = sum(100.0 * manual_mse(st.hidden_states[j - 1], te.hidden_states[2 * j - 1]) / 6 for j in range(1, 7))
+    assert parts["hidden_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    # Sun et al.: normalised [CLS], layers 1..5, summed over layers, batch mean
+    parts = PKD(6, 12, 0.0, 0.0, 1.0, 100.0, loss="normalized_cls").losses({"labels": y}, st, te)
+    exp2 = 0.0
+    for j in range(1, 6):
+        s = st.hidden_states[j - 1][:, 0].double().numpy()
+        t = te.hidden_states[2 * j - 1][:, 0].double().numpy()
+        d = s / np.linalg.norm(s, axis=-1, keepdims=True) - t / np.linalg.norm(t, axis=-1, keepdims=True)
+        exp2 += 100.0 * np.mean(np.sum(d ** 2, axis=-1))
+    assert parts["hidden_loss"].item() == pytest.approx(exp2, rel=1e-5)
+    a, b = torch.randn(4, D), torch.randn(4, D)
+    assert normalized_cls_loss(a, 3 * a).item() == pytest.approx(0.0, abs=1e-6)
+    assert normalized_cls_loss(a, -a).item() == pytest.approx(4.0, rel=1e-5)
+
+
+def test_mu_zero_is_logits_only_and_hard_only_needs_no_teacher():
+    m = PKD(6, 12, 0.3, 0.7, 2.0, 0.0)
+    assert not m.needs_hidden_states and m.uses_teacher
+    st, te = outputs(6, 13), outputs(12, 14)
+    y = torch.tensor([1, 0, 1])
+    parts = m.losses({"labels": y}, ModelOutputs(st.logits), ModelOutputs(te.logits))
+    assert "hidden_loss" not in parts
+    assert parts["loss"].item() == pytest.approx(manual_logits_loss(st.logits, te.logits, y, 0.3, 0.7, 2.0).item(), rel=1e-5)
+    assert not PKD(6, 12, 1.0, 0.0, 1.0, 0.0).uses_teacher
+
+
+def test_chain_contributions_formula():
+    gbar = [1.0, 0.3, 0.6, 0.5]  # gates 1..4
+    w = chain_contributions(gbar, 4, 6)
+    expected = [1 * 0.7 * 0.4 * 0.5, 0.3 * 0.4 * 0.5, 0.6 * 0.5, 0.5, 0, 0]
+    assert np.allclose(w, expected) and w.sum() == pytest.approx(1.0)
+    assert np.allclose(chain_contributions(gbar, 1, 6), [1, 0, 0, 0, 0, 0])
+
+
+# -- gradient flow through the one engine ----------------------------------------------------------------
+
+def tiny_pair(layers_t=4, layers_s=2):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=50, hidden_size=D, intermediate_size=16, num_attention_heads=2, max_position_embeddings=S,
+              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    teacher = BertForSequenceClassification(BertConfig(num_hidden_layers=layers_t, **kw)).eval()
+    student = BertForSequenceClassification(BertConfig(num_hidden_layers=layers_s, **kw))
+    g = torch.Generator().manual_seed(1)
+    batch = {"input_ids": torch.randint(5, 50, (4, S), generator=g), "token_type_ids": torch.zeros(4, S, dtype=torch.long),
+             "attention_mask": torch.ones(4, S, dtype=torch.long), "labels": torch.tensor([0, 1, 1, 0])}
+    return teacher, student, batch
+
+
+def test_gates_get_gradient_only_from_the_hidden_loss():
+    from fine_tune.engine.trainer import forward
+
+    teacher, student, batch = tiny_pair()
+    method = LAD(2, 4, 0.5, 0.5, 2.0, 10.0, d_model=D, seq_len=S, gate_settings=GATES)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        t = forward(teacher, batch, True)
+    s = forward(student, batch, True)
+    parts = method.losses(batch, s, t)
+    parts["logits_loss"].backward(retain_graph=True)
+    assert all(p.grad is None for g in method.gates for p in g.parameters())
+    parts["hidden_loss"].backward()
+    applied = [g for k, g in enumerate(method.gates) if k >= 1]  # gates 2..4
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for g in applied for p in g.parameters())
+    assert all(p.grad is None for p in method.gates[0].parameters())  # gate 1 is never applied
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_one_engine_step_moves_student_and_gates_not_teacher(tmp_path):
+    from fine_tune.engine.device import Precision
+    from fine_tune.engine.trainer import Trainer, TrainSettings
+    from fine_tune.experiment import ExperimentDir
+
+    teacher, student, batch = tiny_pair()
+    method = LAD(2, 4, 0.5, 0.5, 2.0, 10.0, d_model=D, seq_len=S, gate_settings=dict(GATES, total_step=1))
+    before_t = {k: v.clone() for k, v in teacher.state_dict().items()}
+    before_s = {k: v.clone() for k, v in student.state_dict().items()}
+    before_g = [{k: v.clone() for k, v in g.state_dict().items()} for g in method.gates]
+    settings = TrainSettings(total_step=1, batch_size=4, accum_step=1, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8,
+                             weight_decay=0.0, max_norm=1.0, warmup_step=0, ckpt_step=1, log_step=1, seed=0,
+                             tag_prefix="qqp/train/bert")
+    exp = ExperimentDir(tmp_path, "lad_step")
+    exp.path.mkdir()
+    trainer = Trainer(student, method, lambda rows: batch, 4, settings, exp, torch.device("cpu"),
+                      Precision("cpu", None), teacher=teacher, progress=False)
+    trainer.train()
+    assert all(torch.equal(v, before_t[k]) for k, v in teacher.state_dict().items())
+    changed = [k for k, v in student.state_dict().items() if not torch.equal(v, before_s[k])]
+    assert any("encoder.layer.0" in k for k in changed) and any("classifier" in k for k in changed)
+    for k, g in enumerate(method.gates):
+        moved = any(not torch.equal(v, before_g[k][n]) for n, v in g.state_dict().items())
+        assert moved == (k >= 1), k  # gate 1 gets no gradient, so AdamW skips it
+    # the checkpoint holds the gates after the step: gate-{i}-1.pt, 0-based as the original
+    saved = torch.load(exp.path / "gate-3-1.pt", weights_only=True)
+    assert torch.equal(saved["linear.weight"], method.gates[3].linear.weight.detach())
