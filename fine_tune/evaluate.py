@@ -23,7 +23,7 @@ from .experiment import ExperimentDir
 from .io_utils import atomic_write_json, atomic_write_text, sha256_file
 from .models.classifier import build_from_config, load_checkpoint_into, load_model_dir
 from .tasks import Task, get_task
-from .tasks.logits import logits_dir, write_logits
+from .tasks.logits import check_logits_target, logits_dir, write_logits
 from .train import roots
 
 
@@ -176,11 +176,14 @@ def _checkpoint(le: LoadedExperiment, args: argparse.Namespace) -> Path:
     return le.exp.require_checkpoint(args.ckpt)
 
 
-def checkpoint_logits(args: argparse.Namespace):
-    """Open the experiment, load ``--ckpt`` (default: latest) and compute its logits on ``--dataset``."""
+def checkpoint_logits(args: argparse.Namespace, before_predicting=None):
+    """Open the experiment, load ``--ckpt`` (default: latest) and compute its logits on ``--dataset``.
+    ``before_predicting(le, path)`` may refuse (raise) once the inputs are known, before any work."""
     le = open_experiment(args)
     ckpt_path = _checkpoint(le, args)
     path, examples, features = load_split(le, args.dataset, args.max_examples)
+    if before_predicting is not None:
+        before_predicting(le, path)
     load_checkpoint_into(le.model, ckpt_path)
     le.resolve_device(args)
     logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"], args.batch_size,
@@ -190,7 +193,12 @@ def checkpoint_logits(args: argparse.Namespace):
 
 def run_gen_logits(args: argparse.Namespace) -> Path:
     """``run_fine_tune_gen_logits.py``: a checkpoint's logits for a split, stored as a logits data set."""
-    le, path, examples, features, logits = checkpoint_logits(args)
+    def refuse_to_replace(le, path):
+        check_logits_target(logits_dir(le.data_root, le.exp.name, args.dataset),
+                            {"teacher_experiment": le.exp.name, "checkpoint": args.ckpt, "split": args.dataset,
+                             "source_sha256": sha256_file(path)}, args.overwrite)
+
+    le, path, examples, features, logits = checkpoint_logits(args, refuse_to_replace)
     mc = le.model.config
     meta = {"name": le.exp.name, "task": args.task, "split": args.dataset, "model": args.model,
             "teacher_experiment": le.exp.name, "checkpoint": args.ckpt, "ptrain_ver": le.config.get("ptrain_ver"),

@@ -102,6 +102,13 @@ def init_layers(kind: str, method: LayerwiseKD, args: argparse.Namespace) -> lis
     return [(j, j * skip) for j in range(1, ls + 1)]
 
 
+def placed(device_id: int | None, flag_name: str, student_device: torch.device, student_id: int | None) -> torch.device:
+    """The teacher's / gates' device: the student's unless another index is asked for."""
+    if device_id is None or device_id == student_id:
+        return student_device
+    return resolve_device(device_id, None, flag_name)
+
+
 def dev_split(task) -> str | None:
     for split in task.splits:
         if split in task.labelled and split != task.train_split:
@@ -195,8 +202,8 @@ def run_online_distill(args: argparse.Namespace, kind: str) -> dict | None:
                   hidden_mapping=method.describe_mapping())
     if not start_experiment(p, args, record, {str(data_file): source_hash}):
         return None
-    teacher_device = p.device if args.tdevice_id is None else resolve_device(args.tdevice_id, None)
-    gate_device = p.device if getattr(args, "gate_device_id", None) is None else resolve_device(args.gate_device_id, None)
+    teacher_device = placed(args.tdevice_id, "--tdevice_id", p.device, args.device_id)
+    gate_device = placed(getattr(args, "gate_device_id", None), "--gate_device_id", p.device, args.device_id)
 
     seed_everything(args.seed)
     tokenizer = teacher.tokenizer

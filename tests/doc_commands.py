@@ -13,9 +13,11 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# The only flags a test may change: the model source, step counts, checkpoint numbers, sequence length.
+# The only flags a test may change: the model source, step counts, checkpoint numbers, sequence length, and
+# the student widths, all three together (so they match a tiny teacher).
+WIDTHS = ("--d_model", "--d_ff", "--num_attention_heads")
 REWRITABLE = frozenset({"--ptrain_ver", "--total_step", "--warmup_step", "--ckpt_step", "--log_step", "--ckpt",
-                        "--max_seq_len"})
+                        "--max_seq_len", "--tckpt", "--gate_total_step", "--gate_warmup_step", *WIDTHS})
 INTERPRETER = re.compile(r"python(3(\.\d+)?)?")
 
 
@@ -92,6 +94,9 @@ def rewrite(cmd: Command, **values: object) -> list[str]:
     word by word against the document's argv.
     """
     argv = list(cmd.argv)
+    widths = [f for f in WIDTHS if f in argv]
+    named = [f for f in widths if f[2:] in values]
+    assert not named or named == widths, f"the widths {widths} are rewritten together, not only {named}"
     for key, value in values.items():
         flag = "--" + key
         assert flag in REWRITABLE, f"a test may not rewrite {flag} (only {sorted(REWRITABLE)})"

@@ -250,7 +250,7 @@ def check_logits_set(data_root: Path, exp_root: Path, name: str, split: str, ste
 # BERT / BoolQ: teacher, evaluation, predictions, logits, layer initialisation, teacher-assistant chain
 # --------------------------------------------------------------------------------------------------------------
 
-def test_bert_boolq_pipeline(run, data_root, exp_root, tiny_bert):
+def test_bert_boolq_pipeline(run, data_root, exp_root, tiny_bert, monkeypatch):
     # --- teacher fine-tuning (a real subprocess: the provenance records its command line) -----------------
     run("run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(tiny_bert),
         "--task", "boolq", "--dataset", "train", "--accum_step", "2", "--batch_size", "8", "--ckpt_step", "5",
@@ -273,8 +273,12 @@ def test_bert_boolq_pipeline(run, data_root, exp_root, tiny_bert):
         "--dataset", "train", "--ckpt", "12", "--batch_size", "16")
     folder = check_logits_set(data_root, exp_root, "teacher_bert_boolq", "train", 12, train, str(tiny_bert))
     before = (folder / "logits.jsonl").read_bytes()
-    proc = run("run_fine_tune_gen_logits.py", "--experiment", "teacher", "--model", "bert", "--task", "boolq",
-               "--dataset", "train", "--ckpt", "10", "--batch_size", "16", check=False)
+    import fine_tune.evaluate
+
+    with monkeypatch.context() as m:  # refused before any prediction is computed
+        m.setattr(fine_tune.evaluate, "predict_logits", lambda *a, **k: pytest.fail("predicted before refusing"))
+        proc = run("run_fine_tune_gen_logits.py", "--experiment", "teacher", "--model", "bert", "--task", "boolq",
+                   "--dataset", "train", "--ckpt", "10", "--batch_size", "16", check=False)
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr
     assert "--overwrite" in proc.stderr and "Traceback" not in proc.stderr

@@ -49,19 +49,23 @@ BOOLQ_EXPECTED = [
     ("run_fine_tune_eval.py", "distill_1", "dev_mismatched", BAD_SPLIT),
 ]
 
-# The QQP document: the teacher, six layer-wise commands (later issue), two evals and one prediction.
+# The QQP document: the teacher, six layer-wise distillations from it, two evals and one prediction.
 QQP_EXPECTED = [
     ("run_fine_tune.py", "teacher_base", "train", RUNS),
-    ("run_lad_distil.py", "LAD_soft_1_42", None, None),
-    ("run_lad_no_distil.py", "LAD_NO_soft_2_42_3rdrun", None, None),
-    ("run_probing_lad.py", "partial_LAD_5_42", None, None),
-    ("run_alp_distil.py", "ALP_KD_hidden_soft_2_42", None, None),
-    ("run_alp_distil.py", "ALP_KD_hidden_v2_soft_2_1_65", None, None),
-    ("run_pkd_distill.py", "PKD_soft_1_65", None, None),
+    ("run_lad_distil.py", "LAD_soft_1_42", None, RUNS),
+    ("run_lad_no_distil.py", "LAD_NO_soft_2_42_3rdrun", None, RUNS),
+    ("run_probing_lad.py", "partial_LAD_5_42", None, RUNS),
+    ("run_alp_distil.py", "ALP_KD_hidden_soft_2_42", None, RUNS),
+    ("run_alp_distil.py", "ALP_KD_hidden_v2_soft_2_1_65", None, RUNS),
+    ("run_pkd_distill.py", "PKD_soft_1_65", None, RUNS),
     ("run_fine_tune_eval.py", "AKD_soft_9_42", "train", NO_FOLDER),
     ("run_fine_tune_eval.py", "partial_LAD_0_42", "dev", NO_FOLDER),
-    ("generate_test_prediction.py", "LAD_soft_1_42", "test", NO_FOLDER),
+    ("generate_test_prediction.py", "LAD_soft_1_42", "test", RUNS),
 ]
+# What each layer-wise command leaves besides model-3.pt / model-6.pt: gate files per checkpoint, heat-maps.
+LAYER_WISE_FILES = {"run_lad_distil.py": (12, True), "run_lad_no_distil.py": (6, True),
+                    "run_probing_lad.py": (10, True), "run_alp_distil.py": (0, True), "run_pkd_distill.py": (0, False)}
+TINY_WIDTHS = dict(d_model=32, d_ff=64, num_attention_heads=2)  # the tiny teacher's (synthetic.write_tiny_model)
 
 
 @pytest.fixture()
@@ -112,6 +116,10 @@ def shrink(cmd: Command, models: dict) -> list[str]:
         values["ptrain_ver"] = models[cmd.flag("--model")]
     if cmd.flag("--ckpt") not in (None, "0"):
         values["ckpt"] = SHRINK["total_step"]
+    if cmd.script in LAYER_WISE:  # the teacher's last checkpoint, the tiny teacher's widths; no --max_seq_len
+        values.update(tckpt=SHRINK["total_step"], gate_total_step=SHRINK["total_step"],
+                      gate_warmup_step=SHRINK["warmup_step"], **TINY_WIDTHS)
+        values.pop("max_seq_len")
     return rewrite(cmd, **values)[1:]  # without the script name
 
 
@@ -263,7 +271,7 @@ def test_documented_flags_exist(run):
     """Every --flag the maintained documents explain is a flag of some entry script."""
     helps = ""
     for script in ("run_fine_tune.py", "run_fine_tune_eval.py", "run_fine_tune_gen_logits.py",
-                   "run_fine_tune_distill.py", "generate_test_prediction.py", "download_data.py"):
+                   "run_fine_tune_distill.py", "generate_test_prediction.py", "download_data.py", *LAYER_WISE):
         proc = run(script, "--help", check=False)
         assert proc.returncode == 0, proc.stderr
         helps += proc.stdout
@@ -279,28 +287,49 @@ def test_documented_flags_exist(run):
         assert flag_name in (REPO / "doc" / "fine_tune_boolq.md").read_text(encoding="utf-8"), flag_name
 
 
+def check_layer_wise(proc, cmd: Command, argv: list[str], exp_root) -> None:
+    """A layer-wise distillation from the shrunken teacher_base: checkpoints, gate files, heat-maps, the config
+    (the teacher's max_seq_len / num_class / split, every document flag as given), one device warning."""
+    assert_no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    folder = exp_root / f"{cmd.flag('--experiment')}_bert_qqp"
+    assert sorted(p.name for p in folder.glob("model-*.pt")) == CKPTS
+    gates, heat_map = LAYER_WISE_FILES[cmd.script]
+    assert sorted(p.name for p in folder.glob("gate-*.pt")) == sorted(f"gate-{i}-{s}.pt" for i in range(gates) for s in (3, 6))
+    assert sorted(p.name for p in folder.glob("layer-map-*.png")) == (["layer-map-3.png", "layer-map-6.png"] if heat_map else [])
+    check_recorded_config(folder, cmd, argv)
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["max_seq_len"], config["num_class"], config["dataset"]) == (SHRINK["max_seq_len"], 2, "train")
+    assert config["teacher_checkpoint"].endswith("teacher_base_bert_qqp/model-6.pt")
+    device_flag = f"--device_id {cmd.flag('--device_id')}"
+    warns = warnings_of(proc)
+    assert len(warns) == 1 and device_flag in warns[0] and "running on CPU" in warns[0], warns
+
+
 def test_qqp_document(run, cpu_only, tiny_bert12, data_root, exp_root):
     commands = doc_commands("fine_tune_qqp.md")
     assert len(commands) == 10
     assert [(c.script, c.flag("--experiment")) for c in commands] == [row[:2] for row in QQP_EXPECTED]
-    # The layer-wise commands are parsed (all six, under their marked sections) but not run: their scripts
-    # come with the layer-wise issue.
     layer_wise = [c for c in commands if c.script in LAYER_WISE]
     assert len(layer_wise) == 6 and {c.script for c in layer_wise} == set(LAYER_WISE)
-    assert all(c.section.endswith("(layer-wise distillation: coming with the layer-wise issue)") for c in layer_wise)
     assert all(c.flag("--teacher_exp") == "teacher_base" and c.flag("--tckpt") == "34110" for c in layer_wise)
     models = {"bert": str(tiny_bert12)}
 
     for cmd, (_, exp, dataset, outcome) in zip(commands, QQP_EXPECTED):
-        if cmd.script in LAYER_WISE:
-            continue  # layer-wise distillation: coming with the layer-wise issue
-        assert cmd.flag("--dataset") == dataset
+        if cmd.script not in LAYER_WISE:
+            assert cmd.flag("--dataset") == dataset
         argv = shrink(cmd, models)
         proc = run(cmd.script, *argv, check=False)
-        if outcome == RUNS:  # the teacher, --device_id 1: CPU with exactly one warning line about CUDA
-            check_fine_tune(proc, cmd, [cmd.script, *argv], exp_root, "qqp", "--device_id 1")
-        else:  # AKD_soft_9_42, partial_LAD_0_42 (--device_id 3: no device warning first), LAD_soft_1_42
+        if outcome != RUNS:  # AKD_soft_9_42, partial_LAD_0_42 (--device_id 3: no device warning first)
             check_error(proc, outcome, cmd, data_root, exp_root, "qqp")
+        elif cmd.script == "run_fine_tune.py":  # the teacher, --device_id 1: CPU with one warning line
+            check_fine_tune(proc, cmd, [cmd.script, *argv], exp_root, "qqp", "--device_id 1")
+        elif cmd.script in LAYER_WISE:
+            check_layer_wise(proc, cmd, [cmd.script, *argv], exp_root)
+        else:  # generate_test_prediction.py of LAD_soft_1_42 (--ckpt 56850 -> its last checkpoint)
+            assert_no_traceback(proc)
+            assert proc.returncode == 0 and "model-6.pt" in proc.stdout, proc.stderr
+            check_submission(exp_root / "LAD_soft_1_42_bert_qqp" / "QQP.tsv", data_root)
 
     # Extra check, labelled as such: not seed commands but the document's "Evaluating the teacher" commands
     # (same rewrite rules), on the teacher the seed fine-tune created.
@@ -317,7 +346,11 @@ def test_qqp_document(run, cpu_only, tiny_bert12, data_root, exp_root):
     proc = run(prediction.script, *shrink(prediction, models))
     assert_no_traceback(proc)
     assert "model-6.pt" in proc.stdout
-    lines = (exp_root / "teacher_base_bert_qqp" / "QQP.tsv").read_text().splitlines()
+    check_submission(exp_root / "teacher_base_bert_qqp" / "QQP.tsv", data_root)
+
+
+def check_submission(path, data_root) -> None:
+    lines = path.read_text().splitlines()
     assert lines[0] == "index\tprediction"
     rows = [ln.split("\t") for ln in lines[1:]]
     test_ids = [ln.split("\t")[0] for ln in (data_root / "QQP" / "test.tsv").read_text().splitlines()[1:]]
@@ -333,6 +366,11 @@ def test_rewrite_refuses_other_flags():
     for bad in (dict(lr="1"), dict(amp=""), dict(experiment="other")):
         with pytest.raises(AssertionError, match="may not rewrite"):
             rewrite(cmd, **bad)
+    student = Command("x", ["run_lad_distil.py", "--d_ff", "3072", "--d_model", "768", "--num_attention_heads", "12"])
+    assert rewrite(student, d_model=32, d_ff=64, num_attention_heads=2) == [
+        "run_lad_distil.py", "--d_ff", "64", "--d_model", "32", "--num_attention_heads", "2"]
+    with pytest.raises(AssertionError, match="rewritten together"):
+        rewrite(student, d_model=32)
 
 
 def test_parser_joins_continuations_and_keeps_sections(tmp_path):

@@ -53,16 +53,25 @@ class LogitsDataset:
         return self.path / "logits.jsonl"
 
 
+IDENTITY = ("teacher_experiment", "checkpoint", "split", "source_sha256")
+
+
+def check_logits_target(out_dir: Path, meta: dict, overwrite: bool) -> None:
+    """Refuse to replace a logits data set made from another checkpoint, split or source file (unless
+    ``overwrite``); called before any prediction so a refused run costs nothing."""
+    meta_path = Path(out_dir) / "meta.json"
+    if meta_path.is_file() and not overwrite:
+        old = json.loads(meta_path.read_text(encoding="utf-8"))
+        if not all(old.get(k) == meta.get(k) for k in IDENTITY):
+            raise UserError(f"{out_dir} already holds logits of {old.get('teacher_experiment')} checkpoint "
+                            f"{old.get('checkpoint')} on {old.get('split')}; pass --overwrite to replace them")
+
+
 def write_logits(out_dir: Path, meta: dict, examples: Sequence[Example], logits: np.ndarray, tokenizer,
                  overwrite: bool = False) -> None:
     out_dir = Path(out_dir)
     meta_path = out_dir / "meta.json"
-    if meta_path.is_file() and not overwrite:
-        old = json.loads(meta_path.read_text(encoding="utf-8"))
-        same = all(old.get(k) == meta.get(k) for k in ("teacher_experiment", "checkpoint", "split", "source_sha256"))
-        if not same:
-            raise UserError(f"{out_dir} already holds logits of {old.get('teacher_experiment')} checkpoint "
-                            f"{old.get('checkpoint')} on {old.get('split')}; pass --overwrite to replace them")
+    check_logits_target(out_dir, meta, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(out_dir / "logits.jsonl", "w") as f:
         for ex, row in zip(examples, logits):

@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""Real-model measurements behind the results tables of doc/ (long: tens of minutes on a 2-core CPU).
+
+MiniLM-L6-H384 (../shared/models) fine-tuned on qp_pairs (../shared/data/qp_pairs, QQP layout) as the teacher;
+a 3-layer student of the same width (d_model 384, d_ff 1536, 12 heads) distilled with every method for the
+same number of optimizer steps, over 3 seeds; dev accuracy of the last checkpoint. Also the BoolQ teacher on
+real BoolQ (train = first 2270 val rows, dev = last 1000). Every command is printed before it runs; finished
+runs are skipped (the toolkit exits at once when model-{total_step}.pt exists), so the script can be re-run.
+
+    python scripts/measure_real.py [--steps 150] [--seeds 42,43,44] [--only qqp|boolq]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("FT_SHARED", REPO.parent / "shared"))
+MODEL = SHARED / "models" / "minilm-l6-h384-uncased"
+WORK = REPO / "data" / "measure"
+QQP_ROOT, BOOLQ_ROOT, EXP = WORK / "qp_pairs", WORK / "boolq", WORK / "experiments"
+STUDENT = ["--d_model", "384", "--d_ff", "1536", "--num_attention_heads", "12", "--num_hidden_layers", "3",
+           "--type_vocab_size", "2"]
+
+
+def sh(script: str, *args: str) -> float:
+    cmd = [sys.executable, script, *args, "--data_root", str(args_root(script, args)), "--exp_root", str(EXP)]
+    print("$ python " + " ".join([script, *args]), flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    return time.perf_counter() - start
+
+
+def args_root(script: str, args) -> Path:
+    return BOOLQ_ROOT if "boolq" in args else QQP_ROOT
+
+
+def prepare_data() -> None:
+    (QQP_ROOT / "QQP").mkdir(parents=True, exist_ok=True)
+    for split in ("train", "dev", "test"):
+        shutil.copyfile(SHARED / "data" / "qp_pairs" / "QQP" / f"{split}.tsv", QQP_ROOT / "QQP" / f"{split}.tsv")
+    (BOOLQ_ROOT / "BoolQ").mkdir(parents=True, exist_ok=True)
+    val = (SHARED / "data" / "boolq" / "val.jsonl").read_text(encoding="utf-8").splitlines()
+    (BOOLQ_ROOT / "BoolQ" / "train.jsonl").write_text("\n".join(val[:2270]) + "\n", encoding="utf-8")
+    (BOOLQ_ROOT / "BoolQ" / "val.jsonl").write_text("\n".join(val[2270:]) + "\n", encoding="utf-8")
+    shutil.copyfile(SHARED / "data" / "boolq" / "test.jsonl", BOOLQ_ROOT / "BoolQ" / "test.jsonl")
+
+
+def dev_accuracy(experiment: str, task: str, split: str) -> float:
+    table = json.loads((EXP / f"{experiment}_bert_{task}" / f"eval-{split}.json").read_text())
+    return table["rows"][-1]["accuracy"]
+
+
+def steps(n: int) -> list[str]:
+    return ["--total_step", str(n), "--warmup_step", str(max(1, n // 10)), "--ckpt_step", str(n),
+            "--log_step", str(max(1, n // 10))]
+
+
+def qqp(args) -> None:
+    teacher_steps = 300
+    sh("run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(MODEL), "--task", "qqp",
+       "--dataset", "train", "--batch_size", "32", "--lr", "5e-5", "--max_seq_len", "64", "--seed", "42",
+       *steps(teacher_steps))
+    sh("run_fine_tune_eval.py", "--experiment", "teacher", "--model", "bert", "--task", "qqp", "--dataset", "dev",
+       "--batch_size", "256")
+    sh("run_fine_tune_gen_logits.py", "--experiment", "teacher", "--model", "bert", "--task", "qqp",
+       "--dataset", "train", "--ckpt", str(teacher_steps), "--batch_size", "256")
+    teacher = ["--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", str(teacher_steps)]
+    kd = ["--softmax_temp", "20", "--soft_weight", "0.7", "--hard_weight", "0.3"]
+    methods = {  # name -> (script, flags); hyper-parameters of the seed document's commands, same steps for all
+        "LAD": ("run_lad_distil.py", [*teacher, *kd, "--mu", "500", "--lr", "1e-4", "--gate_lr", "5e-7"]),
+        "LAD-NO": ("run_lad_no_distil.py", [*teacher, *kd, "--mu", "500", "--lr", "1e-4", "--gate_lr", "5e-7"]),
+        "PKD": ("run_pkd_distill.py", [*teacher, *kd, "--mu", "100", "--lr", "5e-5"]),
+        "ALP-KD (hidden)": ("run_alp_distil.py", [*teacher, "--alp_exp", "alp-kd-hidden", "--softmax_temp", "10",
+                                                  "--soft_weight", "0.5", "--hard_weight", "0.5", "--mu", "500",
+                                                  "--lr", "1e-4"]),
+        "online logits KD (mu 0)": ("run_pkd_distill.py", [*teacher, *kd, "--mu", "0", "--lr", "1e-4"]),
+        "offline logits KD": ("run_fine_tune_distill.py", ["--dataset", "teacher_bert_qqp", "--num_class", "2",
+                                                          "--max_seq_len", "64", *kd, "--lr", "1e-4",
+                                                          "--init_start", "2", "--init_end", "6", "--init_step", "2"]),
+        "no teacher (hard labels)": ("run_pkd_distill.py", [*teacher, "--soft_weight", "0", "--hard_weight", "1",
+                                                            "--mu", "0", "--lr", "1e-4"]),
+    }
+    results: dict[str, list[float]] = {}
+    seconds: dict[str, list[float]] = {}
+    for seed in args.seeds:
+        for name, (script, flags) in methods.items():
+            exp = "m_" + "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_") + f"_{seed}"
+            secs = sh(script, "--experiment", exp, "--model", "bert", "--task", "qqp", *STUDENT, *flags,
+                      "--batch_size", "32", "--seed", str(seed), *steps(args.steps))
+            sh("run_fine_tune_eval.py", "--experiment", exp, "--model", "bert", "--task", "qqp", "--dataset", "dev",
+               "--batch_size", "256", "--ckpt", str(args.steps))
+            results.setdefault(name, []).append(dev_accuracy(exp, "qqp", "dev"))
+            seconds.setdefault(name, []).append(secs)
+    print(f"\nteacher dev accuracy: {dev_accuracy('teacher', 'qqp', 'dev'):.4f} ({teacher_steps} steps)")
+    print(f"\n| method | dev accuracy, mean ± std over seeds {', '.join(map(str, args.seeds))} | per seed | "
+          f"train+eval wall s (median) |\n|-|-|-|-|")
+    for name, accs in results.items():
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        print(f"| {name} | {statistics.mean(accs):.4f} ± {std:.4f} | {' / '.join(f'{a:.4f}' for a in accs)} | "
+              f"{statistics.median(seconds[name]):.0f} |")
+
+
+def boolq(args) -> None:
+    n = 71  # one epoch of 2270 rows at batch 32
+    sh("run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(MODEL), "--task", "boolq",
+       "--dataset", "train", "--batch_size", "32", "--lr", "5e-5", "--max_seq_len", "256", "--seed", "42", *steps(n))
+    sh("run_fine_tune_eval.py", "--experiment", "teacher", "--model", "bert", "--task", "boolq", "--dataset", "val",
+       "--batch_size", "128")
+    labels = [json.loads(l)["label"] for l in (BOOLQ_ROOT / "BoolQ" / "val.jsonl").read_text().splitlines()]
+    major = max(labels.count(v) for v in set(labels)) / len(labels)
+    print(f"\nBoolQ teacher val accuracy {dev_accuracy('teacher', 'boolq', 'val'):.4f} after {n} steps; "
+          f"majority rate {major:.4f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[42, 43, 44])
+    p.add_argument("--only", choices=("qqp", "boolq"))
+    args = p.parse_args()
+    if not MODEL.is_dir():
+        sys.exit(f"error: {MODEL} not found (needs ../shared beside the checkout)")
+    prepare_data()
+    if args.only in (None, "qqp"):
+        qqp(args)
+    if args.only in (None, "boolq"):
+        boolq(args)
+
+
+if __name__ == "__main__":
+    main()
