@@ -9,14 +9,11 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from fine_tune.cli import (DeviceFlags, DistilFlags, ExperimentFlags, GateFlags, LAYERWISE_DEFAULTS, LayerwiseFlags,
-                           OptimFlags, PathFlags, StudentFlags, TeacherFlags, parse_args, run_main)
+from fine_tune.cli import GateFlags, parse_layerwise, run_main
 
 
 def main(argv=None):
-    args = parse_args("run_lad_distil.py", __doc__.splitlines()[0],
-                      [ExperimentFlags, TeacherFlags, StudentFlags, DistilFlags, LayerwiseFlags, GateFlags,
-                       OptimFlags, DeviceFlags, PathFlags], argv, overrides=LAYERWISE_DEFAULTS)
+    args = parse_layerwise("run_lad_distil.py", __doc__.splitlines()[0], [GateFlags], argv)
     from fine_tune.online_distill import run_online_distill
 
     run_online_distill(args, "lad")

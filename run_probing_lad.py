@@ -9,14 +9,11 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from fine_tune.cli import (DeviceFlags, DistilFlags, ExperimentFlags, GateFlags, LAYERWISE_DEFAULTS, LayerwiseFlags,
-                           OptimFlags, PathFlags, ProbingFlags, StudentFlags, TeacherFlags, parse_args, run_main)
+from fine_tune.cli import GateFlags, ProbingFlags, parse_layerwise, run_main
 
 
 def main(argv=None):
-    args = parse_args("run_probing_lad.py", __doc__.splitlines()[0],
-                      [ExperimentFlags, TeacherFlags, StudentFlags, DistilFlags, LayerwiseFlags, GateFlags, ProbingFlags,
-                       OptimFlags, DeviceFlags, PathFlags], argv, overrides=LAYERWISE_DEFAULTS)
+    args = parse_layerwise("run_probing_lad.py", __doc__.splitlines()[0], [GateFlags, ProbingFlags], argv)
     from fine_tune.online_distill import run_online_distill
 
     run_online_distill(args, "partial_lad")

@@ -184,8 +184,9 @@ def worker_trainer(args, t0: float) -> dict:
     return stamps.result(args, "trainer", train_s, t0)
 
 
-def run_worker(contender: str, args) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--contender", contender, "--steps", str(args.steps),
+def run_worker(contender: str, args, script: str = __file__) -> dict:
+    """Run one contender in a fresh subprocess of ``script`` (``--contender``); its last stdout line is JSON."""
+    cmd = [sys.executable, str(Path(script).resolve()), "--contender", contender, "--steps", str(args.steps),
            "--warm_steps", str(args.warm_steps), "--batch_size", str(args.batch_size), "--max_seq_len",
            str(args.max_seq_len), "--rows", str(args.rows), "--model", str(args.model), "--data", str(args.data)]
     env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -162,6 +162,14 @@ class EvalFlags:
     save_predictions: bool = flag(False, "write per-example probabilities and predictions for every checkpoint")
 
 
+def parse_layerwise(prog: str, description: str, method_groups: Sequence[type],
+                    argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The flags of a layer-wise script: the common groups, the method's own, the original's defaults."""
+    groups = [ExperimentFlags, TeacherFlags, StudentFlags, DistilFlags, LayerwiseFlags, *method_groups, OptimFlags,
+              DeviceFlags, PathFlags]
+    return parse_args(prog, description, groups, argv, overrides=LAYERWISE_DEFAULTS)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
         sys.stderr.write(f"error: {self.prog}: {message} (see --help)\n")
