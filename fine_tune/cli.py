@@ -59,6 +59,7 @@ class OptimFlags:
     total_step: int = flag(1000, "number of optimizer steps")
     warmup_step: int = flag(100, "linear warmup steps, then linear decay to 0 at total_step")
     ckpt_step: int = flag(500, "save model-{step}.pt every N optimizer steps (and at the end)")
+    save_total_limit: int = flag(None, "keep only the newest K checkpoints (default: keep all, as the original)")
     log_step: int = flag(100, "TensorBoard scalars every N optimizer steps")
     dropout: float = flag(0.1, "dropout of encoder (hidden and attention) and classifier head")
     max_seq_len: int = flag(128, "maximum tokens per (text, text_pair)")

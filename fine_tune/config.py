@@ -13,7 +13,8 @@ from .io_utils import atomic_write_json
 
 # Fields that may differ between two runs of the same experiment (where it runs, not what it computes).
 RUNTIME_FIELDS = frozenset({"device_id", "num_gpu", "tdevice_id", "gate_device_id", "data_root", "exp_root",
-                            "overwrite", "provenance", "amp_dtype_resolved"})
+                            "overwrite", "provenance", "amp_dtype_resolved",
+                            "save_total_limit"})
 
 
 def _positive(args: argparse.Namespace, *names: str) -> None:
@@ -25,7 +26,7 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
 
 def validate_training(args: argparse.Namespace) -> None:
     _positive(args, "total_step", "batch_size", "accum_step", "ckpt_step", "log_step", "max_seq_len", "lr",
-              "max_examples", "num_class")
+              "max_examples", "num_class", "save_total_limit")
     if args.warmup_step < 0:
         raise UserError(f"--warmup_step must be >= 0, got {args.warmup_step}")
     if args.warmup_step > args.total_step:

@@ -198,9 +198,10 @@ def run_online_distill(args: argparse.Namespace, kind: str) -> dict | None:
     ptrain_ver = teacher.record.get("ptrain_ver")
     record = cfg.to_record(args)
     record.update(method=kind, ptrain_ver=ptrain_ver, teacher_experiment=teacher.exp.name,
-                  teacher_checkpoint=str(teacher.checkpoint), teacher_layers=teacher.num_layers,
+                  teacher_checkpoint=f"{teacher.exp.name}/{teacher.checkpoint.name}", teacher_layers=teacher.num_layers,
                   hidden_mapping=method.describe_mapping())
-    if not start_experiment(p, args, record, {str(data_file): source_hash}):
+    start = start_experiment(p, args, record, {str(data_file): source_hash})
+    if not start.run:
         return None
     teacher_device = placed(args.tdevice_id, "--tdevice_id", p.device, args.device_id)
     gate_device = placed(getattr(args, "gate_device_id", None), "--gate_device_id", p.device, args.device_id)
@@ -232,7 +233,7 @@ def run_online_distill(args: argparse.Namespace, kind: str) -> dict | None:
         make_hook = layer_map_hook(kind, method, args, task, p, data_root, tokenizer, teacher_model, teacher_device)
     return run_training(p, student, method, tokenizer, examples, source_hash, args, args.dataset,
                         teacher=teacher_model if method.uses_teacher else None, teacher_device=teacher_device,
-                        make_hook=make_hook)
+                        make_hook=make_hook, resume_step=start.resume_step)
 
 
 def layer_map_hook(kind, method, args, task, p, data_root, tokenizer, teacher_model, teacher_device):

@@ -77,37 +77,62 @@ def prepare(args: argparse.Namespace) -> Prepared:
     return Prepared(exp, data_root)
 
 
-def start_experiment(p: Prepared, args: argparse.Namespace, record: dict, data_files: dict[str, str]) -> bool:
-    """Write config.json (after the guard). Returns False when this exact run already finished."""
+@dataclass
+class Start:
+    run: bool  # False: this exact run already finished
+    resume_step: int | None = None  # continue from this checkpoint
+
+
+OUTPUT_PATTERNS = ("model-*.pt", "resume-*.pt", "gate-*.pt", "layer-map-*", "eval-*.json", "predictions-*.tsv",
+                   "QQP*.tsv", "BoolQ*.jsonl")
+
+
+def start_experiment(p: Prepared, args: argparse.Namespace, record: dict, data_files: dict[str, str]) -> Start:
+    """Write config.json (after the guard) and decide how to start: a new run, the continuation of a killed
+    run with the same config (from its latest checkpoint with a resume state), or nothing when the run
+    already finished. ``--overwrite`` with a different config deletes the old run's outputs first."""
+    from .engine.checkpoint import resume_steps
+
     old = cfg.guard_experiment(p.exp.config_path, record, args.overwrite)
     p.resolve_device(args)
-    if old is not None and not cfg.differing_fields(old, record) and args.total_step in p.exp.checkpoints():
+    same = old is not None and not cfg.differing_fields(old, record)
+    start = Start(True)
+    if same and args.total_step in p.exp.checkpoints():
         print(f"{p.exp.path}: already finished (model-{args.total_step}.pt exists); nothing to do")
-        return False
-    if old is not None and cfg.differing_fields(old, record):  # --overwrite: start over, drop the old run's outputs
+        return Start(False)
+    if same:
+        ready = [s for s in resume_steps(p.exp.path) if p.exp.checkpoint_path(s).is_file()]
+        if ready:
+            start = Start(True, ready[-1])
+            print(f"{p.exp.name}: resuming from model-{ready[-1]}.pt (same config; pass --overwrite with "
+                  f"another config to start over)", file=sys.stderr)
+        elif p.exp.checkpoints():
+            print(f"{p.exp.name}: checkpoints {p.exp.checkpoints()} have no resume state; starting over",
+                  file=sys.stderr)
+    if old is not None and not same:  # --overwrite: start over, drop the old run's outputs
         import shutil
 
-        for pattern in ("model-*.pt", "eval-*.json", "predictions-*.tsv", "QQP*.tsv", "BoolQ*.jsonl"):
+        for pattern in OUTPUT_PATTERNS:
             for f in p.exp.path.glob(pattern):
                 f.unlink()
         shutil.rmtree(p.exp.log_dir, ignore_errors=True)
     record = dict(record, provenance=collect(p.device, data_files))
     p.exp.path.mkdir(parents=True, exist_ok=True)
     cfg.save_config(p.exp.config_path, record)
-    return True
+    return start
 
 
 def settings(args: argparse.Namespace, dataset_tag: str) -> TrainSettings:
     return TrainSettings(total_step=args.total_step, batch_size=args.batch_size, accum_step=args.accum_step,
                          lr=args.lr, beta1=args.beta1, beta2=args.beta2, eps=args.eps, weight_decay=args.weight_decay,
                          max_norm=args.max_norm, warmup_step=args.warmup_step, ckpt_step=args.ckpt_step,
-                         log_step=args.log_step, seed=args.seed,
+                         log_step=args.log_step, seed=args.seed, save_total_limit=args.save_total_limit or 0,
                          tag_prefix=f"{args.task}/{dataset_tag}/{args.model}")
 
 
 def run_training(p: Prepared, model, method: Method, tokenizer, examples, source_hash: str, args,
                  dataset_tag: str, teacher_logits: np.ndarray | None = None, teacher=None, teacher_device=None,
-                 make_hook=None) -> dict:
+                 make_hook=None, resume_step: int | None = None) -> dict:
     """Tokenise (through the cache), build the collator and run the one engine. ``make_hook(trainer)`` may
     return an ``on_checkpoint(step, writer)`` callback (e.g. the layer-contribution heat-map)."""
     features = cached_features(p.data_root / "cache", tokenizer, examples, args.max_seq_len, source_hash)
@@ -121,8 +146,8 @@ def run_training(p: Prepared, model, method: Method, tokenizer, examples, source
     print(f"{p.exp.name}: {len(features)} examples, {args.total_step} steps of {args.batch_size} "
           f"({args.accum_step} x {args.batch_size // args.accum_step}), {p.device}, {p.precision.describe()}",
           file=sys.stderr)
-    summary = trainer.train()
-    print(f"{p.exp.name}: trained {summary['steps']} steps in {summary['seconds']:.1f} s "
+    summary = trainer.train(resume_step)
+    print(f"{p.exp.name}: trained {summary['steps_run']} steps in {summary['seconds']:.1f} s "
           f"({summary['examples_per_s']:.1f} examples/s); checkpoints in {p.exp.path}")
     return summary
 
@@ -136,13 +161,15 @@ def run_fine_tune(args: argparse.Namespace) -> dict | None:
     pre_config = load_pretrained_config(args.ptrain_ver, args.model)
     cfg.check_max_seq_len(args.max_seq_len, pre_config.max_position_embeddings, f"--ptrain_ver {args.ptrain_ver!r}")
     source_hash = sha256_file(data_file)
-    if not start_experiment(p, args, cfg.to_record(args), {str(data_file): source_hash}):
+    start = start_experiment(p, args, cfg.to_record(args), {str(data_file): source_hash})
+    if not start.run:
         return None
     seed_everything(args.seed)
     tokenizer = load_tokenizer(args.ptrain_ver)
     model = build_pretrained_classifier(args.ptrain_ver, args.model, args.num_class, args.dropout)
     save_model_dir(p.exp.model_dir, model.config, tokenizer)
-    return run_training(p, model, HardLabel(), tokenizer, examples, source_hash, args, args.dataset)
+    return run_training(p, model, HardLabel(), tokenizer, examples, source_hash, args, args.dataset,
+                        resume_step=start.resume_step)
 
 
 def run_offline_distill(args: argparse.Namespace) -> dict | None:
@@ -163,7 +190,8 @@ def run_offline_distill(args: argparse.Namespace) -> dict | None:
     record.update(ptrain_ver=meta.get("ptrain_ver"), teacher_experiment=meta.get("teacher_experiment"),
                   teacher_checkpoint=meta.get("checkpoint"), logits_split=meta.get("split"))
     source_hash = meta["logits_sha256"]
-    if not start_experiment(p, args, record, {str(logits.data_file): source_hash}):
+    start = start_experiment(p, args, record, {str(logits.data_file): source_hash})
+    if not start.run:
         return None
     seed_everything(args.seed)
     tokenizer = load_tokenizer(logits.tokenizer_dir)
@@ -185,4 +213,4 @@ def run_offline_distill(args: argparse.Namespace) -> dict | None:
     save_model_dir(p.exp.model_dir, model.config, tokenizer)
     method = OfflineLogitsKD(args.hard_weight, args.soft_weight, args.softmax_temp)
     return run_training(p, model, method, tokenizer, examples, source_hash, args, args.dataset,
-                        teacher_logits=teacher_logits)
+                        teacher_logits=teacher_logits, resume_step=start.resume_step)

@@ -1,12 +1,22 @@
-"""Where checkpoints are written: ``model-{step}.pt`` (a plain state_dict of CPU tensors), atomically."""
+"""Where checkpoints are written: ``model-{step}.pt`` (a plain state_dict of CPU tensors) and, beside the
+latest one only, ``resume-{step}.pt`` (optimisers, schedulers, AMP scaler, RNG states, data position, the
+method's own state such as LAD gates, the open logging window). Every file is written atomically
+(temporary file, flush, rename), so a kill during a save leaves nothing truncated that a later run would
+pick up."""
 
 from __future__ import annotations
 
+import random
+import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from ..errors import UserError
 from ..io_utils import atomic_torch_save
+
+RESUME_RE = re.compile(r"^resume-(\d+)\.pt$")
 
 
 def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -15,3 +25,55 @@ def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_model_checkpoint(module: torch.nn.Module, path: Path) -> None:
     atomic_torch_save(cpu_state_dict(module), path)
+
+
+def rng_state() -> dict:
+    """Every RNG state as tensors and plain numbers (loadable with ``weights_only=True``)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached": float(cached)},
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["internal"].tolist()), py["gauss"]))
+    nps = state["numpy"]
+    np.random.set_state((nps["name"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"],
+                         nps["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_path(folder: Path, step: int) -> Path:
+    return Path(folder) / f"resume-{step}.pt"
+
+
+def resume_steps(folder: Path) -> list[int]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := RESUME_RE.match(p.name)))
+
+
+def save_resume_state(folder: Path, step: int, state: dict) -> None:
+    """Write ``resume-{step}.pt`` atomically, then drop older resume files (only the latest is kept)."""
+    atomic_torch_save(state, resume_path(folder, step))
+    for old in resume_steps(folder):
+        if old != step:
+            resume_path(folder, old).unlink(missing_ok=True)
+
+
+def load_resume_state(folder: Path, step: int) -> dict:
+    path = resume_path(folder, step)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
+        raise UserError(f"{path}: not a readable resume state ({str(e).splitlines()[0]}); "
+                        f"delete it to restart from scratch, or pass --overwrite") from None

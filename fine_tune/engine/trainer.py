@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 from ..batching import Collator, MicroBatchStream
 from ..experiment import ExperimentDir
 from ..methods.base import ExtraParameters, Method, ModelOutputs
+from ..errors import UserError
 from ..io_utils import atomic_torch_save
-from .checkpoint import save_model_checkpoint
+from .checkpoint import load_resume_state, rng_state, save_model_checkpoint, save_resume_state, set_rng_state
 from .device import Precision
 from .optim import build_adamw, linear_schedule
 
@@ -49,6 +50,7 @@ class TrainSettings:
     log_step: int
     seed: int
     tag_prefix: str  # "{task}/{dataset}/{model}"
+    save_total_limit: int = 0  # keep only the newest K checkpoints (0: all)
 
     @property
     def micro_batch(self) -> int:
@@ -159,66 +161,153 @@ class Trainer:
         return grad_norm
 
     # -- the loop -----------------------------------------------------------------------------------
-    def train(self) -> dict:
+    def _reset_window(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.grad_norm_sum = torch.zeros((), device=self.device)
+        self.window_steps, self.window_examples, self.window_start = 0, 0, time.perf_counter()
+
+    def train(self, resume_step: int | None = None) -> dict:
+        """Train to ``total_step``; with ``resume_step``, first restore the run saved at that checkpoint."""
         s = self.s
+        self._reset_window()
+        self._bad = torch.zeros((), dtype=torch.int64, device=self.device)  # steps with a non-finite loss
+        self._consecutive_bad = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._max_consecutive_bad = torch.zeros((), dtype=torch.int64, device=self.device)
+        if resume_step is not None:
+            self.restore(resume_step)
         self.exp.log_dir.mkdir(parents=True, exist_ok=True)
-        writer = SummaryWriter(log_dir=str(self.exp.log_dir))
+        # purge_step: TensorBoard drops events a killed run wrote after the checkpoint it resumes from
+        writer = SummaryWriter(log_dir=str(self.exp.log_dir), purge_step=self.step + 1 if self.step else None)
         self.student.train()
         self.method.train(True)
         self.writer = writer
-        sums: dict[str, torch.Tensor] = {}
-        grad_norm_sum = torch.zeros((), device=self.device)
-        window_steps, window_examples, window_start = 0, 0, time.perf_counter()
-        start = time.perf_counter()
+        start_step, start = self.step, time.perf_counter()
         last: dict[str, float] = {}
-        bar = tqdm(total=s.total_step, initial=self.step, desc=self.exp.name, unit="step", disable=(not self.progress) or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true"),
-                   dynamic_ncols=True)
+        bar = tqdm(total=s.total_step, initial=self.step, desc=self.exp.name, unit="step", dynamic_ncols=True,
+                   disable=(not self.progress) or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true"))
         try:
             while self.step < s.total_step:
+                loss_finite = torch.ones((), dtype=torch.bool, device=self.device)
                 for _ in range(s.accum_step):
                     rows = self.stream.next()
-                    window_examples += len(rows)
+                    self.window_examples += len(rows)
                     for k, v in self._micro_step(rows).items():
-                        sums[k] = sums[k] + v / s.accum_step if k in sums else v / s.accum_step
+                        self.sums[k] = self.sums[k] + v / s.accum_step if k in self.sums else v / s.accum_step
+                        if k == "loss":
+                            loss_finite &= torch.isfinite(v)
                 gn = self._optimizer_step()
                 if gn is not None:
-                    grad_norm_sum += gn.float()
+                    self.grad_norm_sum += gn.float()
+                bad = (~loss_finite).long()
+                self._bad += bad
+                self._consecutive_bad = (self._consecutive_bad + 1) * bad
+                self._max_consecutive_bad = torch.maximum(self._max_consecutive_bad, self._consecutive_bad)
                 self.step += 1
-                window_steps += 1
+                self.window_steps += 1
                 bar.update(1)
-                if self.step % s.log_step == 0 or self.step == s.total_step:
-                    elapsed = time.perf_counter() - window_start
-                    last = {k: (v / window_steps).item() for k, v in sums.items()}
-                    for k, v in last.items():
-                        writer.add_scalar(f"{s.tag_prefix}/{k}", v, self.step)
-                    for part in self.parts:
-                        tag = "lr" if part.name == "student" else f"{part.name}_lr"
-                        writer.add_scalar(f"{s.tag_prefix}/{tag}", part.scheduler.get_last_lr()[0], self.step)
-                    writer.add_scalar(f"{s.tag_prefix}/grad_norm", (grad_norm_sum / window_steps).item(), self.step)
-                    writer.add_scalar(f"{s.tag_prefix}/examples_per_s", window_examples / max(elapsed, 1e-9), self.step)
-                    bar.set_postfix(progress_fields(last, {part.name: part.scheduler.get_last_lr()[0] for part in self.parts}),
-                                    refresh=False)
-                    if not all(map(math.isfinite, last.values())):
-                        writer.flush()
-                    sums, grad_norm_sum = {}, torch.zeros((), device=self.device)
-                    window_steps, window_examples, window_start = 0, 0, time.perf_counter()
-                if self.step % s.ckpt_step == 0 or self.step == s.total_step:
+                boundary_log = self.step % s.log_step == 0 or self.step == s.total_step
+                boundary_ckpt = self.step % s.ckpt_step == 0 or self.step == s.total_step
+                if boundary_log or boundary_ckpt:
+                    self._check_finite()
+                if boundary_log:
+                    last = self._log(writer, bar)
+                if boundary_ckpt:
                     self.save(self.step)
                     writer.flush()
         finally:
             bar.close()
             writer.close()
         seconds = time.perf_counter() - start
-        return {"steps": self.step, "seconds": seconds,
-                "examples_per_s": self.step * s.batch_size / max(seconds, 1e-9), "last_losses": last}
+        steps = self.step - start_step
+        return {"steps": self.step, "steps_run": steps, "seconds": seconds,
+                "examples_per_s": steps * s.batch_size / max(seconds, 1e-9), "last_losses": last}
 
+    def _log(self, writer: SummaryWriter, bar) -> dict[str, float]:
+        s = self.s
+        elapsed = time.perf_counter() - self.window_start
+        last = {k: (v / self.window_steps).item() for k, v in self.sums.items()}
+        for k, v in last.items():
+            writer.add_scalar(f"{s.tag_prefix}/{k}", v, self.step)
+        for part in self.parts:
+            tag = "lr" if part.name == "student" else f"{part.name}_lr"
+            writer.add_scalar(f"{s.tag_prefix}/{tag}", part.scheduler.get_last_lr()[0], self.step)
+        writer.add_scalar(f"{s.tag_prefix}/grad_norm", (self.grad_norm_sum / self.window_steps).item(), self.step)
+        writer.add_scalar(f"{s.tag_prefix}/examples_per_s", self.window_examples / max(elapsed, 1e-9), self.step)
+        bar.set_postfix(progress_fields(last, {part.name: part.scheduler.get_last_lr()[0] for part in self.parts}),
+                        refresh=False)
+        self._reset_window()
+        return last
+
+    MAX_SKIPPED_STEPS = 100  # fp16 loss scaling: consecutive skipped steps before the run is declared diverged
+
+    def _check_finite(self) -> None:
+        """A non-finite loss stops the run before anything is saved (the last checkpoint stays the last good
+        one). With fp16 loss scaling, skipped steps are by design; only a long run of them stops it."""
+        bad = int(self._bad.item())
+        if not bad:
+            return
+        if self.precision.use_scaler and int(self._max_consecutive_bad.item()) < self.MAX_SKIPPED_STEPS:
+            return
+        parts = [k for k, v in self.sums.items() if not torch.isfinite(v).all()]
+        named = ", ".join(p for p in parts if p != "loss") or "loss"
+        good = [c for c in self.exp.checkpoints() if c < self.step]
+        keep = f"the last good checkpoint is model-{good[-1]}.pt" if good else "no checkpoint was written"
+        raise UserError(f"non-finite loss ({named}) at or before step {self.step} of {self.exp.name}: run stopped; "
+                        f"{keep} (lower --lr, or check the data)")
+
+    # -- checkpoints and resume ---------------------------------------------------------------------
     def save(self, step: int) -> None:
         save_model_checkpoint(self.student, self.exp.checkpoint_path(step))
-        for stem, state in self.method.checkpoint_state().items():
-            atomic_torch_save({k: v.detach().to("cpu", copy=True) for k, v in state.items()},
-                              self.exp.path / f"{stem}-{step}.pt")
+        method_state = {stem: {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+                        for stem, state in self.method.checkpoint_state().items()}
+        for stem, state in method_state.items():
+            atomic_torch_save(state, self.exp.path / f"{stem}-{step}.pt")
+        save_resume_state(self.exp.path, step, self.resume_state(method_state))
+        self._prune(step)
         if self.on_checkpoint is not None:
             self.on_checkpoint(step, self.writer)
+
+    def _prune(self, step: int) -> None:
+        """``save_total_limit``: keep the newest K checkpoints (with their method files)."""
+        k = self.s.save_total_limit
+        if not k:
+            return
+        for old in self.exp.checkpoints()[:-k]:
+            self.exp.checkpoint_path(old).unlink(missing_ok=True)
+            for stem in self.method.checkpoint_state():
+                (self.exp.path / f"{stem}-{old}.pt").unlink(missing_ok=True)
+
+    def resume_state(self, method_state: dict) -> dict:
+        return {"step": self.step, "stream_position": self.stream.position,
+                "optimizers": {p.name: p.optimizer.state_dict() for p in self.parts},
+                "schedulers": {p.name: p.scheduler.state_dict() for p in self.parts},
+                "scaler": self.scaler.state_dict(), "rng": rng_state(), "method": method_state,
+                "window": {"sums": {k: v.detach().cpu() for k, v in self.sums.items()},
+                           "grad_norm_sum": self.grad_norm_sum.detach().cpu(), "steps": self.window_steps,
+                           "examples": self.window_examples}}
+
+    def restore(self, step: int) -> None:
+        """Continue the run saved at checkpoint ``step``: weights, optimisers, schedulers, scaler, RNG states,
+        data position, the method's state and the open logging window."""
+        from ..models.classifier import load_checkpoint_into
+
+        state = load_resume_state(self.exp.path, step)
+        load_checkpoint_into(self.student, self.exp.checkpoint_path(step))
+        self.student.to(self.device)
+        if state["method"]:
+            self.method.load_checkpoint_state(state["method"])
+        for part in self.parts:
+            part.optimizer.load_state_dict(state["optimizers"][part.name])
+            part.scheduler.load_state_dict(state["schedulers"][part.name])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.stream.position = state["stream_position"]
+        self.step = state["step"]
+        w = state["window"]
+        self.sums = {k: v.to(self.device) for k, v in w["sums"].items()}
+        self.grad_norm_sum = w["grad_norm_sum"].to(self.device)
+        self.window_steps, self.window_examples = w["steps"], w["examples"]
+        set_rng_state(state["rng"])
 
 
 _PER_LAYER = re.compile(r"^(.*)_(\d+)$")

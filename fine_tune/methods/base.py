@@ -53,6 +53,9 @@ class Method:
         """Extra state saved beside each ``model-{step}.pt``: file stem -> state_dict (``{stem}-{step}.pt``)."""
         return {}
 
+    def load_checkpoint_state(self, states: dict[str, dict]) -> None:
+        """Restore what :meth:`checkpoint_state` returned (resume)."""
+
     def train(self, mode: bool = True) -> None:
         """Switch the method's own modules (e.g. gates) between training and evaluation mode."""
 
