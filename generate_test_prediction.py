@@ -1,19 +1,20 @@
 #!/usr/bin/env python
 """Write the official submission file (QQP.tsv / BoolQ.jsonl) of a checkpoint's predictions.
 
-Example: see doc/fine_tune_boolq.md and doc/fine_tune_qqp.md. --ckpt defaults to the latest checkpoint.
+Example: see doc/fine_tune_boolq.md and doc/fine_tune_qqp.md. --ckpt defaults to the latest checkpoint; --ckpt best takes the best
+checkpoint on --select_on (default: the dev split, val for BoolQ) as evaluated by run_fine_tune_eval.py.
 """
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from fine_tune.cli import DeviceFlags, EvalFlags, ExperimentFlags, PathFlags, parse_args, run_main
+from fine_tune.cli import DeviceFlags, EvalFlags, PredictFlags, ExperimentFlags, PathFlags, parse_args, run_main
 
 
 def main(argv=None):
-    args = parse_args("generate_test_prediction.py", __doc__.splitlines()[0], [ExperimentFlags, EvalFlags, DeviceFlags, PathFlags], argv,
-                      overrides={"ckpt": None, "dataset": "test"})
+    args = parse_args("generate_test_prediction.py", __doc__.splitlines()[0], [ExperimentFlags, PredictFlags, EvalFlags, DeviceFlags, PathFlags], argv,
+                      overrides={"dataset": "test"})
     from fine_tune.evaluate import run_test_prediction
 
     run_test_prediction(args)

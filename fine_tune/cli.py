@@ -163,6 +163,34 @@ class EvalFlags:
     save_predictions: bool = flag(False, "write per-example probabilities and predictions for every checkpoint")
 
 
+@dataclass
+class PredictFlags:
+    ckpt: str = flag(None, "checkpoint: a step, 'last' (the newest checkpoint; the default) or 'best' (best "
+                           "accuracy on --select_on, from run_fine_tune_eval.py's evaluation of that split)")
+    select_on: str = flag(None, "split whose evaluation chooses --ckpt best (default: val for boolq, dev for qqp)")
+
+
+@dataclass
+class ExportFlags:
+    out: str = flag(None, "output folder (default: <experiment folder>/hf-model-<step>)")
+
+
+@dataclass
+class ResultsFlags:
+    task: str = flag(None, "task", required=True, choices=("boolq", "qqp"))
+    exp_root: str = flag(None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)")
+    experiments: str = flag(None, "comma-separated globs of experiment folders or names (default: every evaluated one)")
+    splits: str = flag(None, "comma-separated reported splits (default: every evaluated labelled split)")
+    rule: str = flag("best", "checkpoint rule: best (best on --select_on, by default on the reported split itself: "
+                             "the original's rule) or last", choices=("best", "last"))
+    select_on: str = flag(None, "split that chooses the checkpoint for every reported split (e.g. val / dev)")
+    compare: str = flag(None, "two experiment folders A B: paired bootstrap of their accuracy difference", nargs=2)
+    compare_split: str = flag(None, "split of --compare (default: val for boolq, dev for qqp)")
+    resamples: int = flag(10000, "bootstrap resamples")
+    bootstrap_seed: int = flag(0, "bootstrap random seed")
+    out: str = flag(None, "markdown file to write (default: <exp_root>/results-<task>.md)")
+
+
 def parse_layerwise(prog: str, description: str, method_groups: Sequence[type],
                     argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The flags of a layer-wise script: the common groups, the method's own, the original's defaults."""

@@ -8,7 +8,6 @@ predictions, and prints a results table. Everything lands in ``data/demo/`` (or 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -58,12 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     _run("generate_test_prediction.py", STUDENT + ["--dataset", "test", "--ckpt", "150", "--batch_size", "128"], env)
 
     print("\nResults on the synthetic BoolQ val split (256 rows):")
-    print("| experiment | layers | val acc | val acc ckpt |")
-    print("|-|-|-|-|")
-    for name, layers in (("teacher", 4), ("student", 2)):
-        table = json.loads((exp_root / f"{name}_bert_boolq" / "eval-val.json").read_text())
-        best = table["best"]["accuracy"]
-        print(f"| {name} | {layers} | {best['value']:.4f} | {best['ckpt']} |")
+    _run("results_table.py", ["--task", "boolq", "--splits", "val"], env)
     print(f"\nSubmission file: {exp_root / 'student_bert_boolq' / 'BoolQ.jsonl'}")
     print(f"TensorBoard: tensorboard --logdir {exp_root / 'log'}")
     print(f"Demo finished in {time.time() - start:.0f} s")

@@ -7,7 +7,9 @@ computed or written.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,8 @@ from .engine.device import Precision, resolve_device, resolve_precision
 from .engine.trainer import forward, to_device
 from .errors import UserError
 from .experiment import ExperimentDir
-from .io_utils import atomic_write_json, atomic_write_text, sha256_file
+from .io_utils import atomic_write, atomic_write_json, atomic_write_text, sha256_file
+from .selection import best_row, parse_ckpt, predictions_path, resolve_ckpt
 from .models.classifier import build_from_config, load_checkpoint_into, load_model_dir
 from .tasks import Task, get_task
 from .tasks.logits import check_logits_target, logits_dir, write_logits
@@ -58,9 +61,9 @@ def open_experiment(args: argparse.Namespace) -> LoadedExperiment:
 
 
 def _positive_batch(args: argparse.Namespace) -> None:
-    if args.batch_size <= 0:
+    if getattr(args, "batch_size", 1) <= 0:
         raise UserError(f"--batch_size must be positive, got {args.batch_size}")
-    if args.max_examples is not None and args.max_examples <= 0:
+    if getattr(args, "max_examples", None) is not None and args.max_examples <= 0:
         raise UserError(f"--max_examples must be positive, got {args.max_examples}")
 
 
@@ -96,15 +99,6 @@ def metrics(task: Task, labels: np.ndarray, preds: np.ndarray) -> dict[str, floa
     return result
 
 
-def best_row(rows: list[dict], metric: str) -> dict:
-    """Best checkpoint for ``metric``; ties go to the later checkpoint (rows are in step order)."""
-    best = rows[0]
-    for row in rows[1:]:
-        if row[metric] >= best[metric]:
-            best = row
-    return best
-
-
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -137,16 +131,21 @@ def run_eval(args: argparse.Namespace) -> dict:
 
     writer = SummaryWriter(log_dir=str(le.exp.log_dir))
     rows = []
+    predictions: dict[str, np.ndarray] = {}
     metric_names = ["accuracy"] + (["f1"] if "f1" in le.task.metrics else [])
     print(f"{le.exp.name}: {args.dataset} ({len(examples)} rows), {len(steps)} checkpoint(s) on {le.device}")
     print("ckpt\t" + "\t".join(metric_names))
     try:
         for step in steps:
             load_checkpoint_into(le.model, le.exp.checkpoint_path(step))
+            start = time.perf_counter()
             logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"],
                                     args.batch_size, le.device, le.precision)
+            seconds = time.perf_counter() - start
             preds = logits.argmax(axis=1)
-            row = {"ckpt": step, **metrics(le.task, features.labels, preds)}
+            predictions[f"pred_{step}"] = preds.astype(np.int16)
+            row = {"ckpt": step, **metrics(le.task, features.labels, preds),
+                   "examples_per_s": round(len(examples) / max(seconds, 1e-9), 2)}
             rows.append(row)
             writer.add_scalar(f"{args.task}/{args.dataset}/accuracy", row["accuracy"], step)
             if "f1" in row:
@@ -161,19 +160,26 @@ def run_eval(args: argparse.Namespace) -> dict:
         print(f"best {m}: {best[m][m]:.6f} at model-{best[m]['ckpt']}.pt")
     table = {"experiment": le.exp.name, "task": args.task, "split": args.dataset, "num_rows": len(examples),
              "rows": rows, "best": {m: {"ckpt": best[m]["ckpt"], "value": best[m][m]} for m in metric_names},
-             "selection": "best on this split; ties go to the later checkpoint"}
+             "selection": "best on this split; ties go to the later checkpoint",
+             "inference": {"examples_per_s": statistics.median(r["examples_per_s"] for r in rows),
+                           "device": str(le.device), "precision": le.precision.describe(), "batch_size": args.batch_size,
+                           "note": "median over the checkpoints of rows/s of the forward passes (length-sorted "
+                                   "batches), tokenisation and checkpoint loading excluded"}}
+    with atomic_write(predictions_path(le.exp, args.dataset)) as f:
+        np.savez(f, idx=np.asarray([ex.idx for ex in examples], dtype=np.int64),
+                 labels=np.asarray(features.labels, dtype=np.int16), **predictions)
     atomic_write_json(le.exp.path / f"eval-{args.dataset}.json", table)
     return table
 
 
 def _checkpoint(le: LoadedExperiment, args: argparse.Namespace) -> Path:
-    """``--ckpt`` or, when not given, the latest checkpoint."""
-    if args.ckpt is None:
-        have = le.exp.checkpoints()
-        if not have:
-            raise UserError(f"no checkpoint in {le.exp.path}")
-        args.ckpt = have[-1]
-    return le.exp.require_checkpoint(args.ckpt)
+    """``--ckpt``: a step, ``last`` / not given (the newest checkpoint) or ``best`` (on ``--select_on``)."""
+    ckpt = parse_ckpt(str(args.ckpt)) if args.ckpt is not None else None
+    select_on = getattr(args, "select_on", None) or le.task.dev_split
+    le.task.check_split(select_on)
+    args.ckpt, args.ckpt_label = resolve_ckpt(le.exp, ckpt, select_on, task=args.task, model=args.model,
+                                              experiment=args.experiment)
+    return le.exp.checkpoint_path(args.ckpt)
 
 
 def checkpoint_logits(args: argparse.Namespace, before_predicting=None):
@@ -225,5 +231,5 @@ def run_test_prediction(args: argparse.Namespace) -> Path:
         name = f"{stem}-{args.dataset}.{ext}"
     out = le.exp.path / name
     le.task.write_submission(out, examples, logits.argmax(axis=1))
-    print(f"wrote {len(examples)} predictions of model-{args.ckpt}.pt on {args.dataset} to {out}")
+    print(f"wrote {len(examples)} predictions of {args.ckpt_label} on {args.dataset} to {out}")
     return out

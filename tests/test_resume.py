@@ -66,7 +66,8 @@ def check_resume(script: str, args: list[str], data_root, exp_root, extra_files=
     kill_after_first_checkpoint(start(script, killed_args, data_root, exp_root), killed)
     done = [int(p.stem.split("-")[1]) for p in killed.glob("model-*.pt")]
     assert done and max(done) < STEPS  # killed mid-run
-    resumed = finish(script, killed_args, data_root, exp_root)  # the same command again
+    # the same command again (device flags may differ on resume)
+    resumed = finish(script, [*killed_args, "--device_id", "-1"], data_root, exp_root)
     assert "resuming from model-" in resumed.stderr, resumed.stderr
     ref = exp_root / name("reference")
     assert_bitwise_equal(weights(ref / f"model-{STEPS}.pt"), weights(killed / f"model-{STEPS}.pt"))

@@ -173,6 +173,7 @@ class Trainer:
         self._bad = torch.zeros((), dtype=torch.int64, device=self.device)  # steps with a non-finite loss
         self._consecutive_bad = torch.zeros((), dtype=torch.int64, device=self.device)
         self._max_consecutive_bad = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._first_bad = torch.zeros((), dtype=torch.int64, device=self.device)  # 0: none yet
         if resume_step is not None:
             self.restore(resume_step)
         self.exp.log_dir.mkdir(parents=True, exist_ok=True)
@@ -203,6 +204,7 @@ class Trainer:
                 self._consecutive_bad = (self._consecutive_bad + 1) * bad
                 self._max_consecutive_bad = torch.maximum(self._max_consecutive_bad, self._consecutive_bad)
                 self.step += 1
+                self._first_bad = torch.where((self._first_bad == 0) & (bad > 0), self.step, self._first_bad)
                 self.window_steps += 1
                 bar.update(1)
                 boundary_log = self.step % s.log_step == 0 or self.step == s.total_step
@@ -252,7 +254,8 @@ class Trainer:
         named = ", ".join(p for p in parts if p != "loss") or "loss"
         good = [c for c in self.exp.checkpoints() if c < self.step]
         keep = f"the last good checkpoint is model-{good[-1]}.pt" if good else "no checkpoint was written"
-        raise UserError(f"non-finite loss ({named}) at or before step {self.step} of {self.exp.name}: run stopped; "
+        first = int(self._first_bad.item())
+        raise UserError(f"non-finite loss ({named}) at step {first} of {self.exp.name}: run stopped at step {self.step}; "
                         f"{keep} (lower --lr, or check the data)")
 
     # -- checkpoints and resume ---------------------------------------------------------------------

@@ -24,6 +24,7 @@ class Task:
     submission_file: str
     num_class: int = 2
     train_split: str = "train"
+    dev_split: str = "dev"  # the labelled held-out split that chooses checkpoints by default
     label_names: tuple[str, ...] = field(default=("0", "1"))
 
     @property
@@ -77,6 +78,7 @@ TASKS: dict[str, Task] = {
         parse=parse_boolq,
         metrics=("accuracy",),
         submission_file="BoolQ.jsonl",
+        dev_split="val",
         label_names=("false", "true"),
     ),
     "qqp": Task(

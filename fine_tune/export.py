@@ -1,0 +1,46 @@
+"""Export an experiment checkpoint as a Hugging Face model folder.
+
+The folder holds ``config.json``, the weights (``model.safetensors``), the tokenizer (with ``model_max_length``
+set to the experiment's ``max_seq_len``, so ``tokenizer(text, text_pair, truncation=True)`` cuts pairs exactly
+as the toolkit does) and ``export.json`` (which experiment and checkpoint, chosen by which rule). It loads with
+``AutoModelForSequenceClassification.from_pretrained`` and ``AutoTokenizer.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .errors import UserError
+from .evaluate import _checkpoint, open_experiment
+from .io_utils import atomic_save_with
+from .models.classifier import load_checkpoint_into
+
+
+def run_export(args: argparse.Namespace) -> Path:
+    le = open_experiment(args)
+    ckpt_path = _checkpoint(le, args)
+    out = Path(args.out) if args.out else le.exp.path / f"hf-model-{args.ckpt}"
+    if out.exists() and not (out.is_dir() and (out / "export.json").is_file()):
+        raise UserError(f"--out {out} exists and is not an export; choose another folder")
+    if out.exists() and not args.overwrite:
+        raise UserError(f"--out {out} already holds an export; pass --overwrite to replace it")
+    load_checkpoint_into(le.model, ckpt_path)
+    model, tokenizer = le.model.eval(), le.tokenizer
+    tokenizer.model_max_length = le.config["max_seq_len"]
+    model.config.id2label = {i: name for i, name in enumerate(le.task.label_names)}
+    model.config.label2id = {name: i for i, name in enumerate(le.task.label_names)}
+    record = {"experiment": le.exp.name, "checkpoint": f"model-{args.ckpt}.pt", "selected": args.ckpt_label,
+              "task": args.task, "max_seq_len": le.config["max_seq_len"],
+              "inputs": "tokenizer(text, text_pair, truncation=True): BoolQ text = passage, text_pair = question; "
+                        "QQP text = question1, text_pair = question2"}
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "export.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+    atomic_save_with(out, save)
+    print(f"exported {args.ckpt_label} of {le.exp.name} to {out}")
+    return out

@@ -1,0 +1,148 @@
+"""Which checkpoint a reported number comes from.
+
+``run_fine_tune_eval.py`` writes ``eval-{split}.json`` (one row of metrics per checkpoint) and
+``eval-{split}-predictions.npz`` (every checkpoint's per-example predictions) into the experiment folder. The
+rules below read them; the results table, ``generate_test_prediction.py --ckpt best`` and the export command
+all go through :func:`select`, so a number and the checkpoint it names always agree.
+
+Rules (every table says which one it used):
+
+* ``best``: the checkpoint with the best metric *on the reported split itself* (the original research
+  code's rule; optimistic, since the split both chooses and scores);
+* ``last``: the latest evaluated checkpoint;
+* ``best on S`` (``--select_on S``): the checkpoint with the best metric on split S, reported on another
+  split (S = val/dev, reported = test-like held-out data: the honest protocol).
+
+Ties go to the later checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .experiment import ExperimentDir
+
+
+def eval_path(exp: ExperimentDir, split: str) -> Path:
+    return exp.path / f"eval-{split}.json"
+
+
+def predictions_path(exp: ExperimentDir, split: str) -> Path:
+    return exp.path / f"eval-{split}-predictions.npz"
+
+
+def read_eval(exp: ExperimentDir, split: str) -> dict | None:
+    """The evaluation table of a split, or None when the split was never evaluated."""
+    path = eval_path(exp, split)
+    if not path.is_file():
+        return None
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+        rows = table["rows"]
+        if not rows or not all("ckpt" in r and "accuracy" in r for r in rows):
+            raise KeyError("rows")
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not an evaluation table written by run_fine_tune_eval.py ({e})") from None
+    return table
+
+
+def require_eval(exp: ExperimentDir, split: str, task: str, model: str, experiment: str) -> dict:
+    table = read_eval(exp, split)
+    if table is None:
+        raise UserError(f"{exp.path} has no evaluation on {split!r}; run: python run_fine_tune_eval.py "
+                        f"--experiment {experiment} --model {model} --task {task} --dataset {split}")
+    return table
+
+
+def best_row(rows: list[dict], metric: str = "accuracy") -> dict:
+    """Best row for ``metric``; ties go to the later checkpoint (rows are in step order)."""
+    best = rows[0]
+    for row in rows[1:]:
+        if row[metric] >= best[metric]:
+            best = row
+    return best
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``kind`` is ``best`` or ``last``; ``select_on`` is the split that chooses (None: the reported split)."""
+
+    kind: str = "best"
+    select_on: str | None = None
+
+    def __post_init__(self):
+        if self.kind not in ("best", "last"):
+            raise UserError(f"unknown checkpoint rule {self.kind!r} (choose best or last)")
+
+    def label(self, reported: str | None = None) -> str:
+        if self.kind == "last":
+            return "last evaluated checkpoint"
+        if self.select_on is None or self.select_on == reported:
+            return "best checkpoint on the reported split (the original's rule)"
+        return f"best checkpoint on {self.select_on}"
+
+    def chooser(self, reported: str) -> str:
+        return self.select_on or reported
+
+
+def select_row(tables: dict[str, dict], reported: str, rule: Rule, metric: str = "accuracy") -> tuple[int, dict]:
+    """(checkpoint step, the reported split's row for it) under ``rule``. ``tables`` maps split -> eval table.
+    Raises UserError when the choosing split's table is missing or the chosen checkpoint was not evaluated on
+    the reported split."""
+    chooser = rule.chooser(reported)
+    if chooser not in tables:
+        raise UserError(f"no evaluation on {chooser!r} to choose the checkpoint")
+    rows = tables[chooser]["rows"]
+    step = rows[-1]["ckpt"] if rule.kind == "last" else best_row(rows, metric)["ckpt"]
+    if reported not in tables:
+        raise UserError(f"no evaluation on {reported!r}")
+    by_step = {r["ckpt"]: r for r in tables[reported]["rows"]}
+    if step not in by_step:
+        raise UserError(f"checkpoint {step} (chosen on {chooser}) was not evaluated on {reported}")
+    return step, by_step[step]
+
+
+def parse_ckpt(value: str) -> int | str:
+    """``--ckpt``: a step, ``best`` or ``last``."""
+    if value in ("best", "last"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"--ckpt must be a checkpoint step, 'best' or 'last', got {value!r}") from None
+
+
+def resolve_ckpt(exp: ExperimentDir, ckpt: int | str | None, select_on: str, *, task: str, model: str,
+                 experiment: str) -> tuple[int, str]:
+    """The step ``--ckpt`` names and a label saying why: a number as given; ``last`` (or None) = the newest
+    checkpoint on disk; ``best`` = the best checkpoint on ``select_on`` by accuracy (from its evaluation)."""
+    if isinstance(ckpt, int):
+        exp.require_checkpoint(ckpt)
+        return ckpt, f"model-{ckpt}.pt"
+    if ckpt in (None, "last"):
+        have = exp.checkpoints()
+        if not have:
+            raise UserError(f"no checkpoint in {exp.path}")
+        return have[-1], f"model-{have[-1]}.pt (latest)"
+    table = require_eval(exp, select_on, task, model, experiment)
+    row = best_row(table["rows"])
+    exp.require_checkpoint(row["ckpt"])
+    return row["ckpt"], f"model-{row['ckpt']}.pt (best {select_on} accuracy {row['accuracy']:.4f})"
+
+
+def read_predictions(exp: ExperimentDir, split: str, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(idx, labels, predictions) of checkpoint ``step`` on ``split``, in file order."""
+    path = predictions_path(exp, split)
+    if not path.is_file():
+        raise UserError(f"{path} not found; evaluate the experiment with run_fine_tune_eval.py first")
+    with np.load(path) as z:
+        key = f"pred_{step}"
+        if key not in z:
+            have = sorted(int(k[5:]) for k in z.files if k.startswith("pred_"))
+            raise UserError(f"{path} has no predictions of checkpoint {step}; it has {have}")
+        return z["idx"], z["labels"], z[key]

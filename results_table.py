@@ -1,0 +1,28 @@
+#!/usr/bin/env python
+"""Scan the experiment root and print (and write as markdown) the results table of a task.
+
+Every evaluated experiment is a row (seeds of one config are grouped into mean ± std with n); each number
+names its checkpoint and the rule that chose it (--rule / --select_on). --compare A B adds a paired bootstrap
+95 % interval of the accuracy difference. Example:
+
+    python results_table.py --task qqp --select_on dev
+    python results_table.py --task boolq --compare lad_bert_boolq pkd_bert_boolq
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from fine_tune.cli import ResultsFlags, parse_args, run_main
+
+
+def main(argv=None):
+    args = parse_args("results_table.py", __doc__.splitlines()[0], [ResultsFlags], argv)
+    args.data_root = None
+    from fine_tune.results import run_results
+
+    run_results(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

@@ -1,0 +1,121 @@
+"""A non-finite loss stops a run naming the step and the loss part and keeps the last good checkpoint;
+--save_total_limit keeps the newest K checkpoints (resume state only for the latest); two processes sharing a
+tokenisation cache at the same moment both get complete, correct features."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO
+from test_scripts_e2e import TRAIN
+
+FLAGS = [*TRAIN, "--batch_size", "8", "--warmup_step", "1", "--lr", "1e-3"]
+
+
+def files(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_non_finite_loss_stops_run_keeping_last_good_checkpoint(run, exp_root, tiny_bert, monkeypatch):
+    from fine_tune.methods import logits_kd
+
+    calls = {"n": 0}
+    real = logits_kd.HardLabel.losses
+
+    def poisoned(self, batch, student, teacher=None):
+        calls["n"] += 1
+        parts = real(self, batch, student, teacher)
+        if calls["n"] == 6:  # optimizer step 6 (accum 1)
+            parts["loss"] = parts["loss"] * float("nan")
+        return parts
+
+    monkeypatch.setattr(logits_kd.HardLabel, "losses", poisoned)
+    proc = run("run_fine_tune.py", "--experiment", "nan", "--model", "bert", "--task", "boolq", "--ptrain_ver",
+               str(tiny_bert), *FLAGS, "--total_step", "12", "--ckpt_step", "4", "--log_step", "2", check=False)
+    assert proc.returncode == 2
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr and proc.stderr.rstrip().endswith(lines[0])
+    assert "non-finite loss (loss) at step 6" in lines[0] and "model-4.pt" in lines[0]
+    folder = exp_root / "nan_bert_boolq"
+    # stopped at the first check after step 6 (the log at step 6), before anything else was saved
+    assert sorted(p.name for p in folder.glob("model-*.pt")) == ["model-4.pt"]
+    state = torch.load(folder / "model-4.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state.values())
+    # the same command resumes from the good checkpoint (the poison is gone): the run then finishes
+    monkeypatch.setattr(logits_kd.HardLabel, "losses", real)
+    proc = run("run_fine_tune.py", "--experiment", "nan", "--model", "bert", "--task", "boolq", "--ptrain_ver",
+               str(tiny_bert), *FLAGS, "--total_step", "12", "--ckpt_step", "4", "--log_step", "2")
+    assert "resuming from model-4.pt" in proc.stderr
+    assert sorted(int(p.name[6:-3]) for p in folder.glob("model-*.pt")) == [4, 8, 12]
+
+
+def test_save_total_limit_keeps_newest(run, exp_root, tiny_bert):
+    run("run_fine_tune.py", "--experiment", "k", "--model", "bert", "--task", "qqp", "--ptrain_ver", str(tiny_bert),
+        *FLAGS, "--total_step", "10", "--ckpt_step", "2", "--log_step", "2", "--save_total_limit", "2")
+    folder = exp_root / "k_bert_qqp"
+    assert sorted(p.name for p in folder.glob("model-*.pt")) == ["model-10.pt", "model-8.pt"]
+    assert [p.name for p in folder.glob("resume-*.pt")] == ["resume-10.pt"]
+    # default: every checkpoint kept (the sweep evaluation sees them all); resume state for the latest only
+    run("run_fine_tune.py", "--experiment", "all", "--model", "bert", "--task", "qqp", "--ptrain_ver", str(tiny_bert),
+        *FLAGS, "--total_step", "10", "--ckpt_step", "2", "--log_step", "2")
+    folder = exp_root / "all_bert_qqp"
+    assert sorted(int(p.name[6:-3]) for p in folder.glob("model-*.pt")) == [2, 4, 6, 8, 10]
+    assert [p.name for p in folder.glob("resume-*.pt")] == ["resume-10.pt"]
+    proc = run("run_fine_tune.py", "--experiment", "z", "--model", "bert", "--task", "qqp", "--ptrain_ver",
+               str(tiny_bert), *FLAGS, "--save_total_limit", "0", check=False)
+    assert proc.returncode == 2 and "--save_total_limit must be positive" in proc.stderr
+    assert not (exp_root / "z_bert_qqp").exists()
+
+
+WORKER = textwrap.dedent("""
+    import sys, time, json
+    from pathlib import Path
+    sys.path.insert(0, {repo!r})
+    from fine_tune.tasks import get_task
+    from fine_tune.batching import cached_features
+    from fine_tune.models.classifier import load_tokenizer
+    from fine_tune.io_utils import sha256_file
+    data_root, cache, go, model = map(Path, sys.argv[1:5])
+    task = get_task("boolq")
+    examples = task.load(data_root, "train")
+    tok = load_tokenizer(model)
+    while not go.exists():
+        time.sleep(0.001)
+    for _ in range(5):
+        f = cached_features(cache, tok, examples, 48, sha256_file(task.path(data_root, "train")))
+    print(json.dumps([f.input_ids.tolist(), f.offsets.tolist()]))
+""")
+
+
+def test_two_processes_share_a_tokenisation_cache(data_root, tmp_path, tiny_bert):
+    from fine_tune.batching import tokenize
+    from fine_tune.models.classifier import load_tokenizer
+    from fine_tune.tasks import get_task
+
+    cache, go = tmp_path / "cache", tmp_path / "go"
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(repo=str(REPO)))
+    procs = [subprocess.Popen([sys.executable, str(script), str(data_root), str(cache), str(go), str(tiny_bert)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    import time
+
+    time.sleep(1.0)
+    go.touch()  # both start at once
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    expected = tokenize(load_tokenizer(tiny_bert), get_task("boolq").load(data_root, "train"), 48)
+    want = [expected.input_ids.tolist(), expected.offsets.tolist()]
+    for out, _ in outs:
+        assert json.loads(out) == want
+    names = sorted(p.name for p in cache.iterdir())
+    assert len(names) == 1 and names[0].startswith("features-") and names[0].endswith(".pt")
+    state = torch.load(cache / names[0], weights_only=True)  # complete and loadable
+    assert state["version"]
