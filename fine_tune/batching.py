@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .io_utils import atomic_torch_save, sha256_text
+from .io_utils import atomic_torch_save, sha256_text, writable
 from .tasks.example import Example
 
 CACHE_VERSION = 1
@@ -125,10 +125,11 @@ def cached_features(cache_dir: Path, tokenizer, examples: Sequence[Example], max
         except Exception:  # a corrupt cache file is rebuilt, never trusted
             pass
     features = tokenize(tokenizer, examples, max_seq_len, progress=len(examples) > 20000)
-    try:
-        atomic_torch_save(features.to_state(), path)
-    except OSError:
-        pass  # an unwritable cache folder only costs time
+    if writable(path.parent):  # a read-only data root only costs time: nothing is written there
+        try:
+            atomic_torch_save(features.to_state(), path)
+        except OSError:
+            pass
     return features
 
 

@@ -22,9 +22,9 @@ from .engine.device import Precision, resolve_device, resolve_precision
 from .engine.trainer import forward, to_device
 from .errors import UserError
 from .experiment import ExperimentDir
-from .io_utils import atomic_write, atomic_write_json, atomic_write_text, sha256_file
+from .io_utils import atomic_write, atomic_write_json, atomic_write_text, check_writable, sha256_file
 from .selection import best_row, parse_ckpt, predictions_path, resolve_ckpt
-from .models.classifier import build_from_config, load_checkpoint_into, load_model_dir
+from .models.classifier import build_from_config, check_checkpoint, load_checkpoint_into, load_model_dir
 from .tasks import Task, get_task
 from .tasks.logits import check_logits_target, logits_dir, write_logits
 from .train import roots
@@ -67,9 +67,12 @@ def _positive_batch(args: argparse.Namespace) -> None:
         raise UserError(f"--max_examples must be positive, got {args.max_examples}")
 
 
-def load_split(le: LoadedExperiment, split: str, max_examples: int | None):
+def load_split(le: LoadedExperiment, split: str, max_examples: int | None, before_tokenizing=None):
+    """Parse a split, then (after ``before_tokenizing(le, path)``, which may refuse) tokenise it through the cache."""
     path = le.task.path(le.data_root, split)
     examples = le.task.load(le.data_root, split, max_examples)
+    if before_tokenizing is not None:
+        before_tokenizing(le, path)
     source_hash = sha256_file(path)
     features = cached_features(le.data_root / "cache", le.tokenizer, examples, le.config["max_seq_len"], source_hash)
     return path, examples, features
@@ -125,6 +128,10 @@ def run_eval(args: argparse.Namespace) -> dict:
     if not steps:
         have = ", ".join(map(str, le.exp.checkpoints())) or "none"
         raise UserError(f"no checkpoint at or after --ckpt {args.ckpt} in {le.exp.path}; checkpoints there: {have}")
+    for step in steps:  # every checkpoint readable and of this model before anything is written
+        check_checkpoint(le.model.config, le.exp.checkpoint_path(step))
+    check_writable(le.exp.path, "--exp_root", root=le.exp.root)
+    check_writable(le.exp.log_dir, "--exp_root", root=le.exp.root)
     _, examples, features = load_split(le, args.dataset, args.max_examples)
     le.resolve_device(args)
     from torch.utils.tensorboard import SummaryWriter
@@ -187,9 +194,9 @@ def checkpoint_logits(args: argparse.Namespace, before_predicting=None):
     ``before_predicting(le, path)`` may refuse (raise) once the inputs are known, before any work."""
     le = open_experiment(args)
     ckpt_path = _checkpoint(le, args)
-    path, examples, features = load_split(le, args.dataset, args.max_examples)
-    if before_predicting is not None:
-        before_predicting(le, path)
+    check_checkpoint(le.model.config, ckpt_path)
+    # before_predicting runs before tokenising: a refused run writes nothing, not even the tokenisation cache
+    path, examples, features = load_split(le, args.dataset, args.max_examples, before_predicting)
     load_checkpoint_into(le.model, ckpt_path)
     le.resolve_device(args)
     logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"], args.batch_size,

@@ -85,3 +85,31 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself, or its nearest ancestor that exists (where a ``mkdir -p`` of ``path`` would start)."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def writable(folder: Path) -> bool:
+    """Whether ``folder`` exists as a writable folder or could be created (its nearest existing ancestor is one)."""
+    probe = nearest_existing(folder)
+    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+
+
+def check_writable(folder: Path, flag: str, root: Path | None = None) -> None:
+    """Refuse, before anything is written, a ``folder`` that cannot be created or written: its nearest existing
+    ancestor must be a writable folder. The one-line message names ``flag`` and ``root`` (default: ``folder``)."""
+    from .errors import UserError
+
+    root = Path(folder if root is None else root)
+    probe = nearest_existing(folder)
+    if not probe.is_dir():
+        raise UserError(f"{flag} {root}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "folder is not writable" if probe == root else f"folder {probe} is not writable"
+        raise UserError(f"{flag} {root}: {where}")

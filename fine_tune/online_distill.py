@@ -21,7 +21,7 @@ from .errors import UserError
 from .io_utils import sha256_file
 from .methods import ALPKD, LAD, LADNO, PKD, LayerwiseKD, PartialLAD
 from .models.classifier import build_from_config, save_model_dir, student_config
-from .models.init import copy_teacher_layers_at, teacher_layer_map
+from .models.init import check_copyable, copy_teacher_layers_at, teacher_layer_map
 from .models.classifier import load_pretrained_config
 from .plots import write_layer_map
 from .tasks import get_task
@@ -196,6 +196,16 @@ def run_online_distill(args: argparse.Namespace, kind: str) -> dict | None:
     examples = task.load(data_root, args.dataset, args.max_examples)
     source_hash = sha256_file(data_file)
     ptrain_ver = teacher.record.get("ptrain_ver")
+    pairs = init_layers(kind, method, args)  # checked (and the pretrained folder found) before anything is written
+    if pairs:
+        if not ptrain_ver:
+            raise UserError(f"{teacher.exp.config_path} records no ptrain_ver to initialise the student from")
+        check_copyable(load_pretrained_config(ptrain_ver, teacher.hf_config.model_type), args.d_model, args.d_ff,
+                       args.init_attn_only)
+    other_devices = (("--tdevice_id", args.tdevice_id), ("--gate_device_id", getattr(args, "gate_device_id", None)))
+    for flag_name, device_id in other_devices:
+        if device_id is not None and device_id != args.device_id:
+            resolve_device(device_id, None, flag_name, quiet=True)  # a CUDA index the machine lacks: refused now
     record = cfg.to_record(args)
     record.update(method=kind, ptrain_ver=ptrain_ver, teacher_experiment=teacher.exp.name,
                   teacher_checkpoint=f"{teacher.exp.name}/{teacher.checkpoint.name}", teacher_layers=teacher.num_layers,
@@ -215,11 +225,7 @@ def run_online_distill(args: argparse.Namespace, kind: str) -> dict | None:
                             pad_token_id=tokenizer.pad_token_id, d_emb=args.d_emb)
     student = build_from_config(config)
     method = build_method(kind, args, teacher, gate_device)  # gates created after seeding: reproducible
-    pairs = init_layers(kind, method, args)
     if pairs:
-        if not ptrain_ver:
-            raise UserError(f"{teacher.exp.config_path} records no ptrain_ver to initialise the student from")
-        load_pretrained_config(ptrain_ver, teacher.hf_config.model_type)
         copy_teacher_layers_at(student, ptrain_ver, pairs, attn_only=args.init_attn_only)
         print("initialised student layers from " + str(ptrain_ver) + ": " + ", ".join(f"{s}<-{t}" for s, t in pairs),
               file=sys.stderr)

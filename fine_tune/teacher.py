@@ -12,7 +12,7 @@ import torch
 from . import config as cfg
 from .errors import UserError
 from .experiment import ExperimentDir
-from .models.classifier import build_from_config, load_checkpoint_into, load_model_dir
+from .models.classifier import build_from_config, check_checkpoint, load_checkpoint_into, load_model_dir
 
 
 @dataclass
@@ -43,7 +43,8 @@ class Teacher:
 
 
 def open_teacher(exp_root: Path, teacher_exp: str, tmodel: str, task: str, tckpt: int) -> Teacher:
-    """Check the teacher folder, its config and checkpoint; clear errors name what is missing and what exists."""
+    """Check the teacher folder, its config and checkpoint (readable, of the teacher's shape); clear errors name
+    what is missing and what exists."""
     exp = ExperimentDir.of(exp_root, teacher_exp, tmodel, task)
     if not exp.config_path.is_file():
         root = Path(exp_root)
@@ -58,4 +59,5 @@ def open_teacher(exp_root: Path, teacher_exp: str, tmodel: str, task: str, tckpt
     hf_config, tokenizer = load_model_dir(exp.model_dir)
     if hf_config.model_type != tmodel:
         raise UserError(f"--tmodel {tmodel}: {exp.path} holds a {hf_config.model_type!r} model")
+    check_checkpoint(hf_config, ckpt)  # a truncated or foreign checkpoint is refused before anything is written
     return Teacher(exp, record, hf_config, tokenizer, ckpt, tckpt)

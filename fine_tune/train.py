@@ -21,11 +21,11 @@ from .engine.device import Precision, resolve_device, resolve_precision
 from .engine.trainer import Trainer, TrainSettings
 from .errors import UserError
 from .experiment import ExperimentDir, default_data_root, default_exp_root
-from .io_utils import sha256_file
+from .io_utils import check_writable, sha256_file
 from .methods import HardLabel, Method, OfflineLogitsKD
 from .models.classifier import (build_from_config, build_pretrained_classifier, load_pretrained_config,
                                 load_tokenizer, save_model_dir, student_config)
-from .models.init import copy_teacher_layers, teacher_layer_map
+from .models.init import check_copyable, copy_teacher_layers, teacher_layer_map
 from .provenance import collect
 from .tasks import get_task
 from .tasks.logits import read_logits
@@ -41,16 +41,6 @@ def roots(args: argparse.Namespace) -> tuple[Path, Path]:
     data_root = Path(args.data_root) if args.data_root else default_data_root()
     exp_root = Path(args.exp_root) if args.exp_root else default_exp_root()
     return data_root, exp_root
-
-
-def check_writable(folder: Path, flag: str) -> None:
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    import os
-
-    if not os.access(probe, os.W_OK):
-        raise UserError(f"{flag} {folder}: folder is not writable")
 
 
 @dataclass
@@ -160,12 +150,12 @@ def run_fine_tune(args: argparse.Namespace) -> dict | None:
     examples = task.load(p.data_root, args.dataset, args.max_examples)
     pre_config = load_pretrained_config(args.ptrain_ver, args.model)
     cfg.check_max_seq_len(args.max_seq_len, pre_config.max_position_embeddings, f"--ptrain_ver {args.ptrain_ver!r}")
+    tokenizer = load_tokenizer(args.ptrain_ver, "--ptrain_ver")
     source_hash = sha256_file(data_file)
     start = start_experiment(p, args, cfg.to_record(args), {str(data_file): source_hash})
     if not start.run:
         return None
     seed_everything(args.seed)
-    tokenizer = load_tokenizer(args.ptrain_ver)
     model = build_pretrained_classifier(args.ptrain_ver, args.model, args.num_class, args.dropout)
     save_model_dir(p.exp.model_dir, model.config, tokenizer)
     return run_training(p, model, HardLabel(), tokenizer, examples, source_hash, args, args.dataset,
@@ -190,24 +180,26 @@ def run_offline_distill(args: argparse.Namespace) -> dict | None:
     record.update(ptrain_ver=meta.get("ptrain_ver"), teacher_experiment=meta.get("teacher_experiment"),
                   teacher_checkpoint=meta.get("checkpoint"), logits_split=meta.get("split"))
     source_hash = meta["logits_sha256"]
+    tokenizer = load_tokenizer(logits.tokenizer_dir)
+    layers, source = None, meta.get("ptrain_ver")
+    if args.init_start is not None:  # checked (and the pretrained folder found) before anything is written
+        if not source:
+            raise UserError("--init_start: the logits data set records no pretrained teacher (ptrain_ver) to copy from")
+        pre_config = load_pretrained_config(source, args.model)
+        layers = teacher_layer_map(args.init_start, args.init_end, args.init_step, args.num_hidden_layers,
+                                   pre_config.num_hidden_layers)
+        check_copyable(pre_config, args.d_model, args.d_ff, args.init_attn_only)
     start = start_experiment(p, args, record, {str(logits.data_file): source_hash})
     if not start.run:
         return None
     seed_everything(args.seed)
-    tokenizer = load_tokenizer(logits.tokenizer_dir)
     config = student_config(args.model, vocab_size=meta.get("vocab_size") or len(tokenizer), num_class=args.num_class,
                             d_model=args.d_model, d_ff=args.d_ff, num_attention_heads=args.num_attention_heads,
                             num_hidden_layers=args.num_hidden_layers, type_vocab_size=args.type_vocab_size,
                             dropout=args.dropout, max_position_embeddings=max_positions,
                             pad_token_id=tokenizer.pad_token_id, d_emb=args.d_emb)
     model = build_from_config(config)
-    if args.init_start is not None:
-        source = meta.get("ptrain_ver")
-        if not source:
-            raise UserError("--init_start: the logits data set records no pretrained teacher (ptrain_ver) to copy from")
-        pre_config = load_pretrained_config(source, args.model)
-        layers = teacher_layer_map(args.init_start, args.init_end, args.init_step, args.num_hidden_layers,
-                                   pre_config.num_hidden_layers)
+    if layers is not None:
         pairs = copy_teacher_layers(model, source, layers, attn_only=args.init_attn_only)
         print(f"initialised student layers from {source}: " + ", ".join(f"{s}<-{t}" for s, t in pairs), file=sys.stderr)
     save_model_dir(p.exp.model_dir, model.config, tokenizer)

@@ -34,22 +34,43 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).expanduser().exists() or name.count("/") > 1
 
 
-def load_tokenizer(source: str | Path):
+# What a local Hugging Face folder holds: weights (one of) and tokenizer files (one of). transformers 5 builds a
+# tokenizer of special tokens only from a folder without tokenizer files, so their absence is checked here.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model", "vocab.json")
+
+
+def load_tokenizer(source: str | Path, flag: str | None = None):
+    """The tokenizer of a local folder or hub name; ``flag`` (e.g. ``--ptrain_ver``) is named in errors."""
+    where = f"{flag} {str(source)!r}" if flag else f"could not load a tokenizer from {str(source)!r}"
+    folder = Path(source).expanduser()
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"{where}: no tokenizer file in the folder ({', '.join(TOKENIZER_FILES[:3])})")
     try:
         return AutoTokenizer.from_pretrained(str(source))
     except (OSError, ValueError) as e:
-        raise UserError(f"could not load a tokenizer from {source!r}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{where}: {str(e).splitlines()[0]}") from None
 
 
 def load_pretrained_config(ptrain_ver: str, model: str) -> PretrainedConfig:
-    if _looks_local(ptrain_ver) and not Path(ptrain_ver).expanduser().is_dir():
-        raise UserError(f"--ptrain_ver {ptrain_ver!r}: pretrained model folder not found")
+    """The config of ``--ptrain_ver``: a path that does not exist is refused without asking the hub; a local
+    folder must hold a config of the ``--model`` family and weights."""
+    folder = Path(ptrain_ver).expanduser()
+    local = _looks_local(ptrain_ver)
+    if local and not folder.is_dir():
+        what = "is a file, not a model folder" if folder.exists() else "pretrained model folder not found"
+        raise UserError(f"--ptrain_ver {ptrain_ver!r}: {what}")
+    if local and not (folder / "config.json").is_file():
+        raise UserError(f"--ptrain_ver {ptrain_ver!r}: no config.json in the folder (not a Hugging Face model folder)")
     try:
         config = AutoConfig.from_pretrained(ptrain_ver)
     except (OSError, ValueError) as e:
-        raise UserError(f"--ptrain_ver {ptrain_ver!r}: could not load the model config ({str(e).splitlines()[0]})") from None
+        what = "could not load the model config" if local else "no local folder of that name, and the hub lookup failed"
+        raise UserError(f"--ptrain_ver {ptrain_ver!r}: {what} ({str(e).splitlines()[0]})") from None
     if config.model_type != model:
         raise UserError(f"--ptrain_ver {ptrain_ver!r} is a {config.model_type!r} model but --model is {model!r}")
+    if folder.is_dir() and not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise UserError(f"--ptrain_ver {ptrain_ver!r}: no weights in the folder ({' or '.join(WEIGHT_FILES[::2])})")
     return config
 
 
@@ -120,13 +141,20 @@ def load_model_dir(path: Path) -> tuple[PretrainedConfig, object]:
     return config, load_tokenizer(path)
 
 
-def load_checkpoint_into(model: torch.nn.Module, ckpt_path: Path) -> None:
-    """Load a plain state_dict saved by the engine; a checkpoint of another model shape is a clear error."""
+def read_checkpoint(ckpt_path: Path, mmap: bool = False) -> dict:
+    """A plain state_dict saved by the engine; an unreadable (truncated, foreign) file is a clear error."""
     try:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{ckpt_path}: not a readable checkpoint ({str(e).splitlines()[0]})") from None
-    own = model.state_dict()
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # the reason's first sentence: torch appends a paragraph of advice
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0].rstrip(".")
+        raise UserError(f"{ckpt_path}: not a readable checkpoint ({reason})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{ckpt_path}: not a readable checkpoint (not a state_dict of tensors)")
+    return state
+
+
+def check_fits(own: dict, state: dict, ckpt_path: Path) -> None:
+    """``state`` must have the keys and shapes of the model state ``own`` (position_ids buffers aside)."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
@@ -134,4 +162,20 @@ def load_checkpoint_into(model: torch.nn.Module, ckpt_path: Path) -> None:
         detail = (f"shape {tuple(state[wrong[0]].shape)} vs model {tuple(own[wrong[0]].shape)} for {wrong[0]}" if wrong
                   else f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}")
         raise UserError(f"{ckpt_path} does not fit the experiment's model ({detail})")
+
+
+def check_checkpoint(config: PretrainedConfig, ckpt_path: Path) -> None:
+    """Check, without building the weights (meta device, no random numbers drawn) or reading the file into
+    memory, that ``ckpt_path`` is readable and fits a model of ``config``; for refusing before anything is
+    written."""
+    state = read_checkpoint(ckpt_path, mmap=True)
+    with torch.device("meta"):
+        own = build_from_config(config).state_dict()
+    check_fits(own, state, ckpt_path)
+
+
+def load_checkpoint_into(model: torch.nn.Module, ckpt_path: Path) -> None:
+    """Load a plain state_dict saved by the engine; a checkpoint of another model shape is a clear error."""
+    state = read_checkpoint(ckpt_path)
+    check_fits(model.state_dict(), state, ckpt_path)
     model.load_state_dict(state, strict=False)

@@ -31,6 +31,16 @@ def teacher_layer_map(start: int, end: int, step: int, num_student_layers: int, 
     return layers
 
 
+def check_copyable(pretrained_config, d_model: int, d_ff: int, attn_only: bool) -> None:
+    """Refuse, before anything is written, a student whose layers cannot take the pretrained teacher's weights."""
+    if d_model != pretrained_config.hidden_size:
+        raise UserError(f"cannot copy teacher layers: student --d_model {d_model} differs from the "
+                        f"teacher's hidden size {pretrained_config.hidden_size}")
+    if not attn_only and d_ff != pretrained_config.intermediate_size:
+        raise UserError(f"cannot copy teacher layers: student --d_ff {d_ff} differs from the teacher's feed-forward "
+                        f"size {pretrained_config.intermediate_size} (or pass --init_attn_only)")
+
+
 def _encoder_layers(base) -> list[torch.nn.Module]:
     enc = base.encoder
     if hasattr(enc, "layer"):

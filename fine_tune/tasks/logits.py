@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UserError
-from ..io_utils import atomic_save_with, atomic_write, atomic_write_json, sha256_file
+from ..io_utils import atomic_save_with, atomic_write, atomic_write_json, check_writable, sha256_file
 from .example import Example
 
 LOGITS_DIR = "logits"
@@ -58,8 +58,12 @@ IDENTITY = ("teacher_experiment", "checkpoint", "split", "source_sha256")
 
 def check_logits_target(out_dir: Path, meta: dict, overwrite: bool) -> None:
     """Refuse to replace a logits data set made from another checkpoint, split or source file (unless
-    ``overwrite``); called before any prediction so a refused run costs nothing."""
-    meta_path = Path(out_dir) / "meta.json"
+    ``overwrite``) or a data root where it cannot be written; called before any prediction so a refused run
+    costs nothing."""
+    out_dir = Path(out_dir)
+    data_root = out_dir.parents[2] if len(out_dir.parents) > 2 else out_dir  # {data_root}/logits/{name}/{split}
+    check_writable(out_dir, "--data_root", root=data_root)
+    meta_path = out_dir / "meta.json"
     if meta_path.is_file() and not overwrite:
         old = json.loads(meta_path.read_text(encoding="utf-8"))
         if not all(old.get(k) == meta.get(k) for k in IDENTITY):
