@@ -17,7 +17,7 @@ def test_minilm_learns_qp_pairs(run, exp_root, data_root):
     shutil.copytree(qp, data_root / "QQP")
     start = time.time()
     run("run_fine_tune.py", "--experiment", "minilm", "--model", "bert", "--ptrain_ver", str(model), "--task", "qqp",
-        "--dataset", "train", "--batch_size", "32", "--lr", "5e-5", "--max_seq_len", "128", "--total_step", "80",
+        "--dataset", "train", "--batch_size", "32", "--lr", "5e-5", "--max_seq_len", "64", "--total_step", "80",
         "--warmup_step", "8", "--ckpt_step", "80", "--log_step", "20", "--seed", "42")
     run("run_fine_tune_eval.py", "--experiment", "minilm", "--model", "bert", "--task", "qqp", "--dataset", "dev",
         "--batch_size", "128", "--max_examples", "500")
