@@ -1,10 +1,11 @@
-"""Token batches: the tokenisation cache, padding (dynamic or fixed) and the shuffled micro-batch stream.
+"""Token batches: the tokenisation cache, padding (dynamic or fixed) and the shuffled micro-batch stream
+(optionally length-grouped, ``--group_by_length``).
 
 Each (tokenizer, data file, max_seq_len) is tokenised once and cached under ``{data_root}/cache/``; the
 training loop only gathers and pads pre-computed ids. Batches are padded to their longest member
-(``padding="dynamic"``) or to ``max_seq_len`` (``"max_length"``, needed where a method requires a fixed
-length, e.g. LAD's gate LayerNorm over [S, D]). Both give the same logits up to float rounding because
-padding positions are masked out of attention.
+(``padding="dynamic"``) or to ``max_seq_len`` (``"max_length"``: the original, whose layer-wise losses and LAD
+gate LayerNorm over [max_seq_len, D] include padding positions). Both give the same logits up to float rounding
+because padding positions are masked out of attention.
 """
 
 from __future__ import annotations
@@ -211,6 +212,67 @@ class MicroBatchStream:
     def __iter__(self) -> Iterator[np.ndarray]:
         while True:
             yield self.next()
+
+
+class LengthGroupedMicroBatchStream(MicroBatchStream):
+    """``--group_by_length``: micro-batches of rows of similar length, so dynamic padding pads little. It
+    changes the training order (and so the trajectory) compared with :class:`MicroBatchStream`.
+
+    Epoch ``e`` (a pure function of ``seed`` and ``e``):
+
+    1. the same shuffle as :class:`MicroBatchStream`: ``torch.randperm(num_rows)`` seeded with
+       ``seed * 1_000_003 + e``;
+    2. that permutation is cut into mega-batches of ``MEGA_BATCHES * micro_batch`` rows (50 micro-batches, as
+       the Hugging Face Trainer's ``LengthGroupedSampler``); the last mega-batch may be shorter;
+    3. each mega-batch is sorted by length, longest first (a stable sort, so ties keep their shuffled order),
+       and cut into micro-batches of ``micro_batch`` rows; only the very last micro-batch of the epoch can
+       be short (``drop_last=False``: ``num_rows % micro_batch`` rows, the shortest of the last mega-batch);
+    4. the order of the epoch's ``ceil(num_rows / micro_batch)`` micro-batches is shuffled by a second
+       ``torch.randperm`` drawn from the same generator, right after step 1's (so the longest micro-batches
+       are not all first); the short micro-batch can land anywhere in the epoch.
+
+    Every row appears exactly once per epoch; epochs follow each other without a break, and ``position``
+    (micro-batches consumed) restarts the stream anywhere, as for :class:`MicroBatchStream`.
+    """
+
+    MEGA_BATCHES = 50
+
+    def __init__(self, num_rows: int, micro_batch: int, seed: int, lengths: np.ndarray, position: int = 0):
+        lengths = np.asarray(lengths)
+        if lengths.shape != (num_rows,):
+            raise ValueError(f"lengths has shape {lengths.shape}, expected ({num_rows},)")
+        super().__init__(num_rows, micro_batch, seed, position)
+        self.lengths = lengths
+        self._batches: list[np.ndarray] = []
+
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            perm = torch.randperm(self.n, generator=g).numpy()
+            mega = self.MEGA_BATCHES * self.mb
+            batches: list[np.ndarray] = []
+            for start in range(0, self.n, mega):
+                chunk = perm[start:start + mega]
+                chunk = chunk[np.argsort(-self.lengths[chunk].astype(np.int64), kind="stable")]
+                batches.extend(chunk[i:i + self.mb] for i in range(0, len(chunk), self.mb))
+            order = torch.randperm(len(batches), generator=g).tolist()
+            self._batches = [batches[j] for j in order]
+            self._epoch = epoch
+        return self._batches
+
+    def next(self) -> np.ndarray:
+        epoch, i = divmod(self.position, self.per_epoch)
+        batches = self._epoch_batches(epoch)
+        self.position += 1
+        return batches[i]
+
+
+def make_stream(num_rows: int, micro_batch: int, seed: int, lengths: np.ndarray | None = None) -> MicroBatchStream:
+    """The training order: :class:`MicroBatchStream` (the original's), or with ``lengths`` (``--group_by_length``)
+    :class:`LengthGroupedMicroBatchStream`. Both expose ``position`` (saved in the resume state) and ``next()``."""
+    if lengths is not None:
+        return LengthGroupedMicroBatchStream(num_rows, micro_batch, seed, lengths)
+    return MicroBatchStream(num_rows, micro_batch, seed)
 
 
 def sequential_batches(num_rows: int, batch_size: int, lengths: np.ndarray | None = None) -> list[np.ndarray]:

@@ -66,6 +66,17 @@ class OptimFlags:
     seed: int = flag(42, "random seed (Python, NumPy, torch)")
     padding: str = flag("dynamic", "pad each batch to its longest member (dynamic) or to max_seq_len (max_length)",
                         choices=("dynamic", "max_length"))
+    padding_free: str = flag("auto", "auto: BERT's position-wise layers run on the real tokens only wherever no loss "
+                                     "looks at padding positions (fine-tuning, logits KD, layer-wise losses under "
+                                     "--padding dynamic): the same model, fewer FLOPs; off: the padded forward",
+                             choices=("auto", "off"))
+    compile: bool = flag(False, "torch.compile the student's (and the teacher's) forward: pays on GPUs over long runs; "
+                                "on the 2-core CPU measured here it did not (doc/performance.md). Float-rounding "
+                                "changes only")
+    group_by_length: bool = flag(False, "length-grouped micro-batches: each epoch's shuffle is cut into mega-batches "
+                                        "of 50 micro-batches, each sorted by length, and the micro-batches shuffled, "
+                                        "so dynamic padding pads little. Changes the training order and so the "
+                                        "trajectory: off by default to stay faithful to the original")
 
 
 @dataclass
@@ -86,6 +97,8 @@ class StudentFlags:
     init_end: int = flag(None, "last teacher layer (inclusive) for --init_start")
     init_step: int = flag(1, "teacher layer step for --init_start")
     init_attn_only: bool = flag(False, "with --init_start: copy only the self-attention weights (the original's 'attn_W only')")
+    init_embeddings: bool = flag(False, "with the layer initialisation: also copy the pretrained teacher's embeddings "
+                                        "(the original leaves them random; needs the teacher's widths)")
 
 
 @dataclass
@@ -154,6 +167,12 @@ class PkdFlags:
 LAYERWISE_DEFAULTS = dict(soft_weight=0.2, hard_weight=0.8, softmax_temp=1.0, mu=1.0, lr=3e-5, num_attention_heads=16,
                           total_step=50000, warmup_step=10000, gate_lr=1e-5, padding="max_length", dataset=None,
                           max_seq_len=None, num_class=None)
+# Help texts that differ for the layer-wise scripts.
+LAYERWISE_HELP = dict(
+    padding="max_length: every batch padded to max_seq_len, the original (hidden MSE over padding positions "
+            "too, LAD's gate LayerNorm over [max_seq_len, D]); dynamic: each batch padded to its longest member, "
+            "faster, with hidden losses masked to the real tokens and a masked gate LayerNorm; changes results "
+            "(doc/methods.md)")
 
 
 @dataclass
@@ -196,7 +215,7 @@ def parse_layerwise(prog: str, description: str, method_groups: Sequence[type],
     """The flags of a layer-wise script: the common groups, the method's own, the original's defaults."""
     groups = [ExperimentFlags, TeacherFlags, StudentFlags, DistilFlags, LayerwiseFlags, *method_groups, OptimFlags,
               DeviceFlags, PathFlags]
-    return parse_args(prog, description, groups, argv, overrides=LAYERWISE_DEFAULTS)
+    return parse_args(prog, description, groups, argv, overrides=LAYERWISE_DEFAULTS, helps=LAYERWISE_HELP)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -205,9 +224,11 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser(prog: str, description: str, groups: Sequence[type], overrides: dict[str, Any] | None = None) -> argparse.ArgumentParser:
-    """A parser with the flags of ``groups``; ``overrides`` changes defaults (per-script defaults)."""
-    overrides = overrides or {}
+def build_parser(prog: str, description: str, groups: Sequence[type], overrides: dict[str, Any] | None = None,
+                 helps: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    """A parser with the flags of ``groups``; ``overrides`` changes defaults (per-script defaults), ``helps``
+    help texts."""
+    overrides, helps = overrides or {}, helps or {}
     parser = _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     seen: set[str] = set()
     for group in groups:
@@ -217,7 +238,8 @@ def build_parser(prog: str, description: str, groups: Sequence[type], overrides:
                 continue
             seen.add(f.name)
             meta = dict(f.metadata)
-            help_ = meta.pop("help", "")
+            help_ = helps.get(f.name, meta.pop("help", ""))
+            meta.pop("help", None)
             default = overrides.get(f.name, f.default)
             kind = f.type if isinstance(f.type, type) else {"str": str, "int": int, "float": float, "bool": bool}[f.type]
             if kind is bool:
@@ -230,14 +252,18 @@ def build_parser(prog: str, description: str, groups: Sequence[type], overrides:
 
 
 def parse_args(prog: str, description: str, groups: Sequence[type], argv: Sequence[str] | None = None,
-               overrides: dict[str, Any] | None = None) -> argparse.Namespace:
-    parser = build_parser(prog, description, groups, overrides)
+               overrides: dict[str, Any] | None = None, helps: dict[str, str] | None = None) -> argparse.Namespace:
+    parser = build_parser(prog, description, groups, overrides, helps)
     return parser.parse_args(argv)
 
 
 def run_main(main, argv: Sequence[str] | None = None) -> int:
-    """Run an entry point: a :class:`UserError` becomes one line on stderr and exit status 2."""
+    """Run an entry point: a :class:`UserError` becomes one line on stderr and exit status 2. Under torchrun
+    only rank 0 prints to stdout, and the process group is closed at the end."""
+    from .engine import distributed
+
     try:
+        distributed.silence_other_ranks()
         main(argv)
     except UserError as e:
         sys.stderr.write(f"error: {e}\n")
@@ -245,4 +271,6 @@ def run_main(main, argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+    finally:
+        distributed.close()
     return 0

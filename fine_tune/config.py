@@ -68,9 +68,20 @@ def load_config(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
 
 
+# Flags added after experiments already existed, with the value that means "as before": an older config.json
+# without the field matches a new run that leaves it at that value (so older runs still resume).
+ADDED_FIELDS: dict[str, Any] = {"init_embeddings": False, "group_by_length": False, "padding_free": "auto",
+                                "compile": False}
+
+
 def differing_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = (set(old) | set(new)) - RUNTIME_FIELDS
-    return sorted(k for k in keys if old.get(k) != new.get(k))
+
+    def same(k: str) -> bool:
+        if k in ADDED_FIELDS and (k not in old or k not in new):
+            return old.get(k, ADDED_FIELDS[k]) == new.get(k, ADDED_FIELDS[k])
+        return old.get(k) == new.get(k)
+    return sorted(k for k in keys if not same(k))
 
 
 def guard_experiment(config_path: Path, record: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:

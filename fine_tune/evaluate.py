@@ -18,6 +18,8 @@ import torch
 
 from . import config as cfg
 from .batching import Collator, Features, cached_features, sequential_batches
+from .engine import distributed
+from .engine.allocator import tune_malloc_for_training
 from .engine.device import Precision, resolve_device, resolve_precision
 from .engine.trainer import forward, to_device
 from .errors import UserError
@@ -81,15 +83,25 @@ def load_split(le: LoadedExperiment, split: str, max_examples: int | None, befor
 @torch.inference_mode()
 def predict_logits(model: torch.nn.Module, features: Features, pad_token_id: int, max_seq_len: int, batch_size: int,
                    device: torch.device, precision: Precision) -> np.ndarray:
-    """Logits of every row, in file order (batches are formed in length order, then un-permuted)."""
+    """Logits of every row, in file order (batches are formed in length order, then un-permuted). Under
+    torchrun rank r predicts batches r, r + N, ... and every rank receives all of them: no row twice."""
+    if device.type == "cpu":
+        tune_malloc_for_training()
     model.to(device).eval()
     collator = Collator(features, pad_token_id, max_seq_len, "dynamic")
     out = np.zeros((len(features), model.config.num_labels), dtype=np.float32)
-    for rows in sequential_batches(len(features), batch_size, features.lengths()):
+    w = distributed.world()
+    mine = []
+    for rows in sequential_batches(len(features), batch_size, features.lengths())[w.rank::w.size]:
         batch = to_device(collator(rows), device)
         with precision.autocast():
             logits = forward(model, batch, hidden=False).logits
-        out[rows] = logits.float().cpu().numpy()
+        mine.append((rows, logits.float().cpu().numpy()))
+    seen = np.zeros(len(features), dtype=np.int64)
+    for rows, logits in distributed.gather_batches(mine):
+        out[rows] = logits
+        seen[rows] += 1
+    assert (seen == 1).all(), "every row is predicted exactly once"
     return out
 
 
@@ -136,7 +148,8 @@ def run_eval(args: argparse.Namespace) -> dict:
     le.resolve_device(args)
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(log_dir=str(le.exp.log_dir))
+    main = distributed.is_main()  # under torchrun every rank predicts its share; rank 0 writes
+    writer = SummaryWriter(log_dir=str(le.exp.log_dir)) if main else None
     rows = []
     predictions: dict[str, np.ndarray] = {}
     metric_names = ["accuracy"] + (["f1"] if "f1" in le.task.metrics else [])
@@ -154,14 +167,17 @@ def run_eval(args: argparse.Namespace) -> dict:
             row = {"ckpt": step, **metrics(le.task, features.labels, preds),
                    "examples_per_s": round(len(examples) / max(seconds, 1e-9), 2)}
             rows.append(row)
+            print(f"{step}\t" + "\t".join(f"{row[m]:.6f}" for m in metric_names), flush=True)
+            if not main:
+                continue
             writer.add_scalar(f"{args.task}/{args.dataset}/accuracy", row["accuracy"], step)
             if "f1" in row:
                 writer.add_scalar(f"{args.task}/{args.dataset}/f1_score", row["f1"], step)
-            print(f"{step}\t" + "\t".join(f"{row[m]:.6f}" for m in metric_names), flush=True)
             if args.save_predictions:
                 write_predictions(le.exp.path / f"predictions-{args.dataset}-{step}.tsv", examples, logits)
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
     best = {m: best_row(rows, m) for m in metric_names}
     for m in metric_names:
         print(f"best {m}: {best[m][m]:.6f} at model-{best[m]['ckpt']}.pt")
@@ -172,6 +188,8 @@ def run_eval(args: argparse.Namespace) -> dict:
                            "device": str(le.device), "precision": le.precision.describe(), "batch_size": args.batch_size,
                            "note": "median over the checkpoints of rows/s of the forward passes (length-sorted "
                                    "batches), tokenisation and checkpoint loading excluded"}}
+    if not main:
+        return table
     with atomic_write(predictions_path(le.exp, args.dataset)) as f:
         np.savez(f, idx=np.asarray([ex.idx for ex in examples], dtype=np.int64),
                  labels=np.asarray(features.labels, dtype=np.int16), **predictions)
@@ -219,7 +237,8 @@ def run_gen_logits(args: argparse.Namespace) -> Path:
             "hidden_size": mc.hidden_size, "num_hidden_layers": mc.num_hidden_layers,
             "max_seq_len": le.config["max_seq_len"], "source": str(path), "source_sha256": sha256_file(path)}
     out = logits_dir(le.data_root, le.exp.name, args.dataset)
-    write_logits(out, meta, examples, logits, le.tokenizer, overwrite=args.overwrite)
+    if distributed.is_main():
+        write_logits(out, meta, examples, logits, le.tokenizer, overwrite=args.overwrite)
     name = le.exp.name if args.dataset == le.task.train_split else f"{le.exp.name}:{args.dataset}"
     acc = ""
     if features.labels is not None:
@@ -237,6 +256,7 @@ def run_test_prediction(args: argparse.Namespace) -> Path:
         stem, dot, ext = name.partition(".")
         name = f"{stem}-{args.dataset}.{ext}"
     out = le.exp.path / name
-    le.task.write_submission(out, examples, logits.argmax(axis=1))
+    if distributed.is_main():
+        le.task.write_submission(out, examples, logits.argmax(axis=1))
     print(f"wrote {len(examples)} predictions of {args.ckpt_label} on {args.dataset} to {out}")
     return out

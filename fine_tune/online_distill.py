@@ -15,6 +15,7 @@ import torch
 
 from . import config as cfg
 from .batching import Collator, cached_features
+from .engine import distributed
 from .engine.device import resolve_device
 from .engine.trainer import forward, to_device
 from .errors import UserError
@@ -68,22 +69,23 @@ def check_shapes(args: argparse.Namespace, teacher: Teacher, layer_matching: boo
 
 def build_method(kind: str, args: argparse.Namespace, teacher: Teacher, gate_device: torch.device | None) -> LayerwiseKD:
     common = (args.num_hidden_layers, teacher.num_layers, args.hard_weight, args.soft_weight, args.softmax_temp, args.mu)
+    padding = getattr(args, "padding", "max_length")  # dynamic: masked hidden losses and masked gate LayerNorm
     if kind in GATED:
         gate_settings = dict(lr=args.gate_lr, beta1=args.gate_beta1, beta2=args.gate_beta2, eps=args.gate_eps,
                              weight_decay=args.gate_weight_decay, max_norm=args.gate_max_norm,
                              total_step=args.gate_total_step or args.total_step,
                              warmup_step=args.warmup_step if args.gate_warmup_step is None else args.gate_warmup_step)
         kw = dict(d_model=teacher.hidden_size, seq_len=args.max_seq_len, gate_settings=gate_settings,
-                  gate_device=gate_device)
+                  gate_device=gate_device, padding=padding)
         if kind == "lad":
             return LAD(*common, **kw)
         if kind == "lad_no":
             return LADNO(*common, **kw)
         return PartialLAD(*common, gate_indices=parse_indices(args.gate_indices, "--gate_indices"), **kw)
     if kind == "alp":
-        return ALPKD(*common, mode=args.alp_exp)
+        return ALPKD(*common, mode=args.alp_exp, padding=padding)
     if kind == "pkd":
-        return PKD(*common, loss=args.pkd_loss, strategy=args.pkd_strategy)
+        return PKD(*common, loss=args.pkd_loss, strategy=args.pkd_strategy, padding=padding)
     raise ValueError(kind)
 
 
@@ -175,8 +177,6 @@ def run_online_distill(args: argparse.Namespace, kind: str) -> dict | None:
     task = get_task(args.task)
     teacher = open_teacher(exp_root, args.teacher_exp, args.tmodel, args.task, args.tckpt)
     fill_from_teacher(args, teacher)
-    if kind in GATED and args.padding != "max_length":
-        raise UserError("--padding dynamic: LAD's gate LayerNorm normalises over [max_seq_len, D]; use --padding max_length")
     if args.mu < 0:
         raise UserError(f"--mu must be >= 0, got {args.mu}")
     if getattr(args, "map_examples", 0) < 0:
@@ -226,10 +226,12 @@ def run_online_distill(args: argparse.Namespace, kind: str) -> dict | None:
     student = build_from_config(config)
     method = build_method(kind, args, teacher, gate_device)  # gates created after seeding: reproducible
     if pairs:
-        copy_teacher_layers_at(student, ptrain_ver, pairs, attn_only=args.init_attn_only)
+        copy_teacher_layers_at(student, ptrain_ver, pairs, attn_only=args.init_attn_only,
+                               embeddings=args.init_embeddings)
         print("initialised student layers from " + str(ptrain_ver) + ": " + ", ".join(f"{s}<-{t}" for s, t in pairs),
               file=sys.stderr)
-    save_model_dir(p.exp.model_dir, student.config, tokenizer)
+    if distributed.is_main():
+        save_model_dir(p.exp.model_dir, student.config, tokenizer)
     teacher_model = teacher.build()
     print(f"{p.exp.name}: {kind}, teacher {teacher.exp.name} model-{teacher.step}.pt ({teacher.num_layers} layers), "
           f"mapping {method.describe_mapping() or 'logits only'}", file=sys.stderr)
@@ -251,7 +253,7 @@ def layer_map_hook(kind, method, args, task, p, data_root, tokenizer, teacher_mo
         return None
     dev = task.load(data_root, split, args.map_examples)
     features = cached_features(data_root / "cache", tokenizer, dev, args.max_seq_len, sha256_file(path))
-    collator = Collator(features, tokenizer.pad_token_id, args.max_seq_len, "max_length")
+    collator = Collator(features, tokenizer.pad_token_id, args.max_seq_len, args.padding)  # as in training
 
     def make(trainer):
         return LayerMapWriter(method, collator, len(features), teacher_model, trainer.student, p.device,

@@ -54,5 +54,13 @@ def collect(device: torch.device, data_files: dict[str, str], argv: list[str] | 
         "git_commit": git_commit(),
         "packages": package_versions(),
         "device": device_description(device),
+        "processes": _world_size(),
         "data_files": data_files,
     }
+
+
+def _world_size() -> int:
+    """Data-parallel processes of this run (torchrun's WORLD_SIZE; 1 for a plain run)."""
+    from .engine.distributed import world
+
+    return world().size

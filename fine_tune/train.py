@@ -17,6 +17,7 @@ import torch
 
 from . import config as cfg
 from .batching import Collator, cached_features
+from .engine import distributed
 from .engine.device import Precision, resolve_device, resolve_precision
 from .engine.trainer import Trainer, TrainSettings
 from .errors import UserError
@@ -80,7 +81,15 @@ OUTPUT_PATTERNS = ("model-*.pt", "resume-*.pt", "gate-*.pt", "layer-map-*", "eva
 def start_experiment(p: Prepared, args: argparse.Namespace, record: dict, data_files: dict[str, str]) -> Start:
     """Write config.json (after the guard) and decide how to start: a new run, the continuation of a killed
     run with the same config (from its latest checkpoint with a resume state), or nothing when the run
-    already finished. ``--overwrite`` with a different config deletes the old run's outputs first."""
+    already finished. ``--overwrite`` with a different config deletes the old run's outputs first.
+    Under torchrun rank 0 decides (and writes); every rank follows its decision."""
+    start = distributed.broadcast_from_main(lambda: _start_experiment(p, args, record, data_files))
+    if p.device is None:
+        p.resolve_device(args)
+    return start
+
+
+def _start_experiment(p: Prepared, args: argparse.Namespace, record: dict, data_files: dict[str, str]) -> Start:
     from .engine.checkpoint import resume_steps
 
     old = cfg.guard_experiment(p.exp.config_path, record, args.overwrite)
@@ -112,11 +121,18 @@ def start_experiment(p: Prepared, args: argparse.Namespace, record: dict, data_f
     return start
 
 
+def args_compile(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "compile", False))
+
+
 def settings(args: argparse.Namespace, dataset_tag: str) -> TrainSettings:
     return TrainSettings(total_step=args.total_step, batch_size=args.batch_size, accum_step=args.accum_step,
                          lr=args.lr, beta1=args.beta1, beta2=args.beta2, eps=args.eps, weight_decay=args.weight_decay,
                          max_norm=args.max_norm, warmup_step=args.warmup_step, ckpt_step=args.ckpt_step,
                          log_step=args.log_step, seed=args.seed, save_total_limit=args.save_total_limit or 0,
+                         padding_free=getattr(args, "padding_free", "off") == "auto",
+                         compile=args_compile(args),
+                         group_by_length=bool(getattr(args, "group_by_length", False)),
                          tag_prefix=f"{args.task}/{dataset_tag}/{args.model}")
 
 
@@ -130,11 +146,12 @@ def run_training(p: Prepared, model, method: Method, tokenizer, examples, source
         raise UserError(f"--dataset {args.dataset!r} has no labels; train on a labelled split")
     collator = Collator(features, tokenizer.pad_token_id, args.max_seq_len, args.padding, teacher_logits)
     trainer = Trainer(model, method, collator, len(features), settings(args, dataset_tag), p.exp, p.device,
-                      p.precision, teacher=teacher, teacher_device=teacher_device)
+                      p.precision, teacher=teacher, teacher_device=teacher_device, lengths=features.lengths())
     if make_hook is not None:
         trainer.on_checkpoint = make_hook(trainer)
     print(f"{p.exp.name}: {len(features)} examples, {args.total_step} steps of {args.batch_size} "
-          f"({args.accum_step} x {args.batch_size // args.accum_step}), {p.device}, {p.precision.describe()}",
+          f"({args.accum_step} x {args.batch_size // args.accum_step}), {p.device}, {p.precision.describe()}"
+          f"{', padding-free forward' if trainer.padding_free else ''}{', torch.compile' if args_compile(args) else ''}",
           file=sys.stderr)
     summary = trainer.train(resume_step)
     print(f"{p.exp.name}: trained {summary['steps_run']} steps in {summary['seconds']:.1f} s "
@@ -157,7 +174,8 @@ def run_fine_tune(args: argparse.Namespace) -> dict | None:
         return None
     seed_everything(args.seed)
     model = build_pretrained_classifier(args.ptrain_ver, args.model, args.num_class, args.dropout)
-    save_model_dir(p.exp.model_dir, model.config, tokenizer)
+    if distributed.is_main():
+        save_model_dir(p.exp.model_dir, model.config, tokenizer)
     return run_training(p, model, HardLabel(), tokenizer, examples, source_hash, args, args.dataset,
                         resume_step=start.resume_step)
 
@@ -182,6 +200,8 @@ def run_offline_distill(args: argparse.Namespace) -> dict | None:
     source_hash = meta["logits_sha256"]
     tokenizer = load_tokenizer(logits.tokenizer_dir)
     layers, source = None, meta.get("ptrain_ver")
+    if args.init_embeddings and args.init_start is None:
+        raise UserError("--init_embeddings belongs to the layer initialisation: give --init_start/--init_end too")
     if args.init_start is not None:  # checked (and the pretrained folder found) before anything is written
         if not source:
             raise UserError("--init_start: the logits data set records no pretrained teacher (ptrain_ver) to copy from")
@@ -200,9 +220,11 @@ def run_offline_distill(args: argparse.Namespace) -> dict | None:
                             pad_token_id=tokenizer.pad_token_id, d_emb=args.d_emb)
     model = build_from_config(config)
     if layers is not None:
-        pairs = copy_teacher_layers(model, source, layers, attn_only=args.init_attn_only)
+        pairs = copy_teacher_layers(model, source, layers, attn_only=args.init_attn_only,
+                                    embeddings=args.init_embeddings)
         print(f"initialised student layers from {source}: " + ", ".join(f"{s}<-{t}" for s, t in pairs), file=sys.stderr)
-    save_model_dir(p.exp.model_dir, model.config, tokenizer)
+    if distributed.is_main():
+        save_model_dir(p.exp.model_dir, model.config, tokenizer)
     method = OfflineLogitsKD(args.hard_weight, args.soft_weight, args.softmax_temp)
     return run_training(p, model, method, tokenizer, examples, source_hash, args, args.dataset,
                         teacher_logits=teacher_logits, resume_step=start.resume_step)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from dataclasses import dataclass
 
@@ -23,6 +24,11 @@ def warn(message: str) -> None:
 
 def resolve_device(device_id: int | None, num_gpu: int | None, flag_name: str = "--device_id",
                    quiet: bool = False) -> torch.device:
+    if flag_name == "--device_id":
+        from .distributed import launched_by_torchrun
+
+        if launched_by_torchrun():  # torchrun's LOCAL_RANK takes precedence over --device_id / --num_gpu
+            return _torchrun_device(device_id, num_gpu, quiet)
     if device_id is None and num_gpu is None:
         return torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
     if device_id is not None:
@@ -41,6 +47,19 @@ def resolve_device(device_id: int | None, num_gpu: int | None, flag_name: str = 
     if wanted >= count:
         raise UserError(f"{name}: this machine has {count} CUDA device(s) (indices 0..{count - 1})")
     return torch.device(f"cuda:{wanted}")
+
+
+def _torchrun_device(device_id: int | None, num_gpu: int | None, quiet: bool) -> torch.device:
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if local >= count:
+            raise UserError(f"LOCAL_RANK {local} (torchrun): this machine has {count} CUDA device(s); "
+                            f"use --nproc_per_node {count} or fewer")
+        return torch.device(f"cuda:{local}")
+    if not quiet and ((device_id is not None and device_id >= 0) or (num_gpu or 0) > 0):
+        warn("CUDA is not available on this machine; torchrun processes run on CPU (Gloo)")
+    return torch.device("cpu")
 
 
 @functools.lru_cache(maxsize=1)

@@ -22,11 +22,14 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from ..batching import Collator, MicroBatchStream
+from ..batching import Collator, make_stream
 from ..experiment import ExperimentDir
 from ..methods.base import ExtraParameters, Method, ModelOutputs
+from ..models.padding_free import PaddingFree, supports_padding_free
 from ..errors import UserError
 from ..io_utils import atomic_torch_save
+from .allocator import tune_malloc_for_training
+from . import distributed
 from .checkpoint import load_resume_state, rng_state, save_model_checkpoint, save_resume_state, set_rng_state
 from .device import Precision
 from .optim import build_adamw, linear_schedule
@@ -51,6 +54,9 @@ class TrainSettings:
     seed: int
     tag_prefix: str  # "{task}/{dataset}/{model}"
     save_total_limit: int = 0  # keep only the newest K checkpoints (0: all)
+    group_by_length: bool = False  # length-grouped shuffled micro-batches (needs the rows' lengths)
+    padding_free: bool = False  # run BERT on the real tokens only where the method ignores padding positions
+    compile: bool = False  # torch.compile the training forward (and the teacher's)
 
     @property
     def micro_batch(self) -> int:
@@ -86,8 +92,27 @@ class Trainer:
     def __init__(self, student: torch.nn.Module, method: Method, collator: Collator, num_rows: int,
                  settings: TrainSettings, exp: ExperimentDir, device: torch.device, precision: Precision,
                  teacher: torch.nn.Module | None = None, teacher_device: torch.device | None = None,
-                 on_checkpoint: Callable[[int, SummaryWriter], None] | None = None, progress: bool = True):
+                 on_checkpoint: Callable[[int, SummaryWriter], None] | None = None, progress: bool = True,
+                 lengths: np.ndarray | None = None):
+        if device.type == "cpu" or (teacher_device is not None and teacher_device.type == "cpu"):
+            tune_malloc_for_training()  # every step reuses the previous step's pages (engine/allocator.py)
         self.student = student.to(device)
+        self.world = distributed.world()
+        # the module the training forward runs through: the padding-free forward where it computes the same
+        # losses, inside DDP's wrapper under torchrun
+        use_pf = settings.padding_free and method.ignores_padding
+        self.padding_free = use_pf and supports_padding_free(student.config)
+        self.model = PaddingFree(self.student) if self.padding_free else self.student
+        if self.world.enabled:
+            self.model = distributed.wrap_ddp(self.model, device)
+        self.teacher_model = teacher
+        if teacher is not None and use_pf and supports_padding_free(teacher.config):
+            self.teacher_model = PaddingFree(teacher)
+        if settings.compile:
+            backend = os.environ.get("FT_COMPILE_BACKEND", "inductor")  # tests: "eager" (no code generation)
+            self.model = torch.compile(self.model, backend=backend, dynamic=True)
+            if self.teacher_model is not None:
+                self.teacher_model = torch.compile(self.teacher_model, backend=backend, dynamic=True)
         self.method = method
         self.collator = collator
         self.num_rows = num_rows
@@ -112,7 +137,7 @@ class Trainer:
         for extra in method.extra_parameters():
             self.parts.append(self._extra(extra))
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
-        self.stream = MicroBatchStream(num_rows, s.micro_batch, s.seed)
+        self.stream = make_stream(num_rows, s.micro_batch, s.seed, lengths if s.group_by_length else None)
         self.step = 0
 
     def _extra(self, e: ExtraParameters) -> _Optimised:
@@ -123,26 +148,39 @@ class Trainer:
                           linear_schedule(opt, e.warmup_step, e.total_step), e.max_norm, e.clip_per_module)
 
     # -- one optimizer step -------------------------------------------------------------------------
-    def _micro_step(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    def _micro_step(self, rows: np.ndarray, sync: bool = True) -> dict[str, torch.Tensor]:
+        """Forward and backward of one micro-batch (this rank's share of it under torchrun; ``sync=False``
+        defers DDP's gradient all-reduce to the last micro-batch of the step)."""
+        rows, weight = distributed.shard(rows)
+        if self.world.enabled and not sync:
+            with self.model.no_sync():
+                return self._forward_backward(rows, weight)
+        return self._forward_backward(rows, weight)
+
+    def _forward_backward(self, rows: np.ndarray, weight: float) -> dict[str, torch.Tensor]:
         batch = to_device(self.collator(rows), self.device)
         with self.precision.autocast():
-            student_out = forward(self.student, batch, self.method.needs_hidden_states)
+            # the teacher first: its activations are freed before the student's (kept for backward) are made
             teacher_out = None
             if self.teacher is not None and self.method.uses_teacher:
                 tb = batch if self.teacher_device == self.device else to_device(batch, self.teacher_device)
                 with torch.no_grad():
-                    teacher_out = forward(self.teacher, tb, self.method.needs_hidden_states)
+                    teacher_out = forward(self.teacher_model, tb, self.method.needs_hidden_states)
                 if self.teacher_device != self.device:
                     teacher_out = ModelOutputs(
                         teacher_out.logits.to(self.device),
                         None if teacher_out.hidden_states is None else tuple(h.to(self.device) for h in teacher_out.hidden_states),
                         batch["attention_mask"])
+            student_out = forward(self.model, batch, self.method.needs_hidden_states)
             parts = self.method.losses(batch, student_out, teacher_out)
-        self.scaler.scale(parts["loss"] / self.s.accum_step).backward()
+        loss = parts["loss"] / self.s.accum_step
+        self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
         return {k: v.detach() for k, v in parts.items()}
 
     def _optimizer_step(self) -> torch.Tensor:
         grad_norm = None
+        if self.world.enabled:  # DDP averaged the student's gradients; the other parameter sets here
+            distributed.all_reduce_mean_([p.grad for part in self.parts[1:] for p in part.params if p.grad is not None])
         for part in self.parts:
             self.scaler.unscale_(part.optimizer)
             if part.clip_per_module:
@@ -176,23 +214,26 @@ class Trainer:
         self._first_bad = torch.zeros((), dtype=torch.int64, device=self.device)  # 0: none yet
         if resume_step is not None:
             self.restore(resume_step)
-        self.exp.log_dir.mkdir(parents=True, exist_ok=True)
-        # purge_step: TensorBoard drops events a killed run wrote after the checkpoint it resumes from
-        writer = SummaryWriter(log_dir=str(self.exp.log_dir), purge_step=self.step + 1 if self.step else None)
+        writer = None
+        if self.world.is_main:  # under torchrun only rank 0 writes
+            self.exp.log_dir.mkdir(parents=True, exist_ok=True)
+            # purge_step: TensorBoard drops events a killed run wrote after the checkpoint it resumes from
+            writer = SummaryWriter(log_dir=str(self.exp.log_dir), purge_step=self.step + 1 if self.step else None)
         self.student.train()
         self.method.train(True)
         self.writer = writer
         start_step, start = self.step, time.perf_counter()
         last: dict[str, float] = {}
         bar = tqdm(total=s.total_step, initial=self.step, desc=self.exp.name, unit="step", dynamic_ncols=True,
-                   disable=(not self.progress) or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true"))
+                   disable=(not self.progress) or not self.world.is_main
+                   or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true"))
         try:
             while self.step < s.total_step:
                 loss_finite = torch.ones((), dtype=torch.bool, device=self.device)
-                for _ in range(s.accum_step):
+                for micro in range(s.accum_step):
                     rows = self.stream.next()
                     self.window_examples += len(rows)
-                    for k, v in self._micro_step(rows).items():
+                    for k, v in self._micro_step(rows, sync=micro == s.accum_step - 1).items():
                         self.sums[k] = self.sums[k] + v / s.accum_step if k in self.sums else v / s.accum_step
                         if k == "loss":
                             loss_finite &= torch.isfinite(v)
@@ -215,19 +256,29 @@ class Trainer:
                     last = self._log(writer, bar)
                 if boundary_ckpt:
                     self.save(self.step)
-                    writer.flush()
+                    if writer is not None:
+                        writer.flush()
         finally:
             bar.close()
-            writer.close()
+            if writer is not None:
+                writer.close()
         seconds = time.perf_counter() - start
         steps = self.step - start_step
         return {"steps": self.step, "steps_run": steps, "seconds": seconds,
                 "examples_per_s": steps * s.batch_size / max(seconds, 1e-9), "last_losses": last}
 
-    def _log(self, writer: SummaryWriter, bar) -> dict[str, float]:
+    def _log(self, writer: SummaryWriter | None, bar) -> dict[str, float]:
         s = self.s
         elapsed = time.perf_counter() - self.window_start
+        keys = sorted(self.sums)
+        if self.world.enabled and keys:  # the mean over ranks of each loss part (every rank takes part)
+            stacked = torch.stack([self.sums[k].float() for k in keys])
+            distributed.all_reduce_mean_([stacked])
+            self.sums = dict(zip(keys, stacked.unbind()))
         last = {k: (v / self.window_steps).item() for k, v in self.sums.items()}
+        if writer is None:
+            self._reset_window()
+            return last
         for k, v in last.items():
             writer.add_scalar(f"{s.tag_prefix}/{k}", v, self.step)
         for part in self.parts:
@@ -245,7 +296,7 @@ class Trainer:
     def _check_finite(self) -> None:
         """A non-finite loss stops the run before anything is saved (the last checkpoint stays the last good
         one). With fp16 loss scaling, skipped steps are by design; only a long run of them stops it."""
-        bad = int(self._bad.item())
+        bad = int(distributed.all_reduce_sum_(self._bad.clone()).item())  # every rank takes the same decision
         if not bad:
             return
         if self.precision.use_scaler and int(self._max_consecutive_bad.item()) < self.MAX_SKIPPED_STEPS:
@@ -260,6 +311,8 @@ class Trainer:
 
     # -- checkpoints and resume ---------------------------------------------------------------------
     def save(self, step: int) -> None:
+        if not self.world.is_main:
+            return
         save_model_checkpoint(self.student, self.exp.checkpoint_path(step))
         method_state = {stem: {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
                         for stem, state in self.method.checkpoint_state().items()}

@@ -42,14 +42,17 @@ class ALPKD(LayerwiseKD):
 
     ``alp-kd``: [CLS] vectors only (weights and MSE on position 0). ``alp-kd-hidden``: token-wise, every
     position has its own weights. ``alp-kd-hidden-v2``: token-wise, student layer j may only attend to teacher
-    layers 1..j*skip (the last sees all). Weights carry gradient to the student (no learned parameters)."""
+    layers 1..j*skip (the last sees all). Weights carry gradient to the student (no learned parameters).
+    ``padding="dynamic"``: each token's weights are computed as always (they depend on that token alone); only
+    the MSE is masked to the real tokens."""
 
     name = "alp_kd"
 
-    def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *, mode: str):
+    def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *, mode: str,
+                 padding: str = "max_length"):
         if mode not in ALP_MODES:
             raise UserError(f"--alp_exp {mode!r}: choose one of {', '.join(ALP_MODES)}")
-        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu)
+        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding)
         self.mode = mode
 
     def visible(self, j: int) -> int | None:

@@ -45,6 +45,9 @@ class Method:
     name = "method"
     needs_hidden_states = False
     uses_teacher = False
+    # True when no loss term looks at padding positions, so the engine may run the padding-free forward
+    # (models/padding_free.py); False for the original's full-sequence hidden MSE and the fixed-length LAD gate
+    ignores_padding = True
 
     def extra_parameters(self) -> list[ExtraParameters]:
         return []

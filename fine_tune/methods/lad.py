@@ -35,11 +35,14 @@ def chain_contributions(gbar: list[float], k: int, num_teacher_layers: int) -> n
 
 
 class GatedKD(LayerwiseKD):
-    """Shared by LAD, LAD-NO and partial LAD: the gates, their optimiser settings and their checkpoint files."""
+    """Shared by LAD, LAD-NO and partial LAD: the gates, their optimiser settings and their checkpoint files.
+    ``padding="dynamic"``: the gates' masked LayerNorm (:class:`fine_tune.models.gates.GateBlock`) and the masked
+    hidden loss; the gate parameters are the same, so gate files load in either mode."""
 
     def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
-                 d_model: int, seq_len: int, num_gates: int, gate_settings: dict, gate_device: torch.device | None = None):
-        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu)
+                 d_model: int, seq_len: int, num_gates: int, gate_settings: dict, gate_device: torch.device | None = None,
+                 padding: str = "max_length"):
+        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding)
         self.gates = make_gates(num_gates, d_model, seq_len)
         if gate_device is not None:
             self.gates.to(gate_device)
@@ -65,13 +68,29 @@ class GatedKD(LayerwiseKD):
     def mean_chain_gates(self, teacher, upto: int) -> list[float]:
         """[1, gbar_2, ..., gbar_upto]: each chained gate's value averaged over non-padding tokens and dimensions."""
         values: list = []
-        aggregate_chain(self.gates, self._to_gates(teacher.hidden_states), upto, values)
+        th = self._to_gates(teacher.hidden_states)
+        aggregate_chain(self.gates, th, upto, values, self._gate_mask(teacher, th))
         return [1.0] + [masked_mean(g, teacher.attention_mask.to(g.device)).item() for g in values[1:]]
 
     def _to_gates(self, hidden: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         if self.gate_device is None or hidden[0].device == self.gate_device:
             return hidden
         return tuple(h.to(self.gate_device) for h in hidden)
+
+    def _gate_mask(self, teacher, hidden: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+        """The attention mask on the gates' device under ``--padding dynamic`` (masked gate LayerNorm), else None."""
+        return teacher.attention_mask.to(hidden[0].device) if self.masked else None
+
+    def _gate_stats(self, values: list, teacher, names) -> dict[str, torch.Tensor]:
+        """``gate_mean_{k}``: each gate value's mean over every position (the original's fixed padding) or over
+        the real tokens (``--padding dynamic``, where the batch width varies)."""
+        stats = {}
+        for name, g in zip(names, values):
+            if g is None:
+                continue
+            g = g.detach().float()
+            stats[f"gate_mean_{name}"] = masked_mean(g, teacher.attention_mask.to(g.device)) if self.masked else g.mean()
+        return stats
 
 
 class LAD(GatedKD):
@@ -87,11 +106,11 @@ class LAD(GatedKD):
 
     def hidden_pairs(self, student, teacher):
         values: list = []
-        agg = aggregate_chain(self.gates, self._to_gates(teacher.hidden_states), max(self.targets), values)
+        th = self._to_gates(teacher.hidden_states)
+        agg = aggregate_chain(self.gates, th, max(self.targets), values, self._gate_mask(teacher, th))
         dev = student.hidden_states[0].device
         pairs = [HiddenPair(j, student.hidden_states[j - 1], agg[k - 1].to(dev)) for j, k in enumerate(self.targets, 1)]
-        stats = {f"gate_mean_{k}": g.detach().float().mean() for k, g in enumerate(values, 1) if g is not None}
-        return pairs, stats
+        return pairs, self._gate_stats(values, teacher, range(1, len(values) + 1))
 
     def layer_map(self, student, teacher):
         gbar = self.mean_chain_gates(teacher, max(self.targets))
@@ -118,13 +137,14 @@ class LADNO(GatedKD):
 
     def hidden_pairs(self, student, teacher):
         th = self._to_gates(teacher.hidden_states)
+        mask = self._gate_mask(teacher, th)
         dev = student.hidden_states[0].device
-        pairs, stats = [], {}
+        pairs, values = [], []
         for j, (lo, hi) in enumerate(self.pairs, 1):
-            out, g = self.gates[j - 1].mix(th[lo - 1], th[hi - 1])
+            out, g = self.gates[j - 1].mix(th[lo - 1], th[hi - 1], mask)
             pairs.append(HiddenPair(j, student.hidden_states[j - 1], out.to(dev)))
-            stats[f"gate_mean_{j}"] = g.detach().float().mean()
-        return pairs, stats
+            values.append(g)
+        return pairs, self._gate_stats(values, teacher, range(1, len(values) + 1))
 
     def layer_map(self, student, teacher):
         th = self._to_gates(teacher.hidden_states)
@@ -176,14 +196,14 @@ class PartialLAD(GatedKD):
 
     def hidden_pairs(self, student, teacher):
         values: list = []
-        agg = aggregate_chain(self.gates, self._to_gates(teacher.hidden_states), max(self.gate_indices), values)
+        th = self._to_gates(teacher.hidden_states)
+        agg = aggregate_chain(self.gates, th, max(self.gate_indices), values, self._gate_mask(teacher, th))
         dev = student.hidden_states[0].device
         pairs = []
         for j, (kind, idx) in enumerate(self.mapping, 1):
             target = agg[idx - 1] if kind == "agg" else teacher.hidden_states[idx - 1]
             pairs.append(HiddenPair(j, student.hidden_states[j - 1], target.to(dev)))
-        stats = {f"gate_mean_{k}": g.detach().float().mean() for k, g in enumerate(values, 1) if g is not None}
-        return pairs, stats
+        return pairs, self._gate_stats(values, teacher, range(1, len(values) + 1))
 
     def layer_map(self, student, teacher):
         gbar = self.mean_chain_gates(teacher, max(self.gate_indices))

@@ -10,6 +10,14 @@ plus the hidden loss of the LAD code base (Lin et al., Sensors 2023)::
 MSE over every token and dimension (padding included), hidden states without the embedding output, J the
 matched student layers (all L_s of them for every method of the original). With ``mu = 0`` no hidden state
 is computed and the method is online logits KD.
+
+``padding="dynamic"`` (``--padding dynamic``; a deviation, off by default) pads each batch to its longest
+member and replaces each MSE by its masked mean over the real (non-padding) tokens and every dimension::
+
+    MSE_M(a, b) = sum_{i, s} m[i, s] * sum_d (a[i, s, d] - b[i, s, d])^2 / (D * sum_{i, s} m[i, s])
+
+(m the attention mask), with the same ``mu / |J|`` weighting; [CLS]-only comparisons ([B, D]) are unchanged.
+The loss then no longer depends on how far a batch is padded.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import torch.nn.functional as F
 from .base import Method, ModelOutputs
 from .logits_kd import logits_kd_loss
 
+PADDINGS = ("max_length", "dynamic")
+
 
 @dataclass
 class HiddenPair:
@@ -34,10 +44,17 @@ class HiddenPair:
     target: torch.Tensor
 
 
-def hidden_mse_loss(pairs: list[HiddenPair], mu: float) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+def hidden_mse_loss(pairs: list[HiddenPair], mu: float,
+                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     r"""``mu * (1/|J|) * sum_j MSE(student_j, target_j)`` in fp32; also each layer's term
-    ``mu * MSE_j / |J|`` (the terms sum to the total)."""
-    per = {p.layer: F.mse_loss(p.student.float(), p.target.float()) * (mu / len(pairs)) for p in pairs}
+    ``mu * MSE_j / |J|`` (the terms sum to the total). With ``mask`` [B, S] (``--padding dynamic``) each
+    token-wise MSE ([B, S, D] pairs) is the masked mean over the real tokens and every dimension."""
+    def mse(p: HiddenPair) -> torch.Tensor:
+        if mask is None or p.student.dim() < 3:
+            return F.mse_loss(p.student.float(), p.target.float())
+        return masked_mean((p.student.float() - p.target.float()).pow(2), mask.to(p.student.device))
+
+    per = {p.layer: mse(p) * (mu / len(pairs)) for p in pairs}
     return torch.stack(list(per.values())).sum(), per
 
 
@@ -55,13 +72,32 @@ class LayerwiseKD(Method):
     name = "online_kd"
 
     def __init__(self, num_student_layers: int, num_teacher_layers: int, hard_weight: float, soft_weight: float,
-                 temperature: float, mu: float):
+                 temperature: float, mu: float, padding: str = "max_length"):
+        if padding not in PADDINGS:
+            raise ValueError(f"padding {padding!r}: expected one of {PADDINGS}")
         self.ls, self.lt = num_student_layers, num_teacher_layers
         self.hard_weight, self.soft_weight, self.temperature, self.mu = hard_weight, soft_weight, temperature, mu
+        self.padding = padding
+
+    @property
+    def masked(self) -> bool:
+        """``--padding dynamic``: masked hidden losses (and LAD's masked gate LayerNorm); ``max_length``: the
+        original's full-sequence MSE (and fixed-length gate LayerNorm)."""
+        return self.padding == "dynamic"
+
+    def loss_mask(self, outputs: ModelOutputs) -> torch.Tensor | None:
+        """The attention mask the hidden losses are masked with (None: the original's full-sequence MSE)."""
+        return outputs.attention_mask if self.masked else None
 
     @property
     def needs_hidden_states(self) -> bool:  # type: ignore[override]
         return self.mu != 0
+
+    @property
+    def ignores_padding(self) -> bool:  # type: ignore[override]
+        """The original's hidden MSE (and LAD's fixed-length gate) include padding positions; the masked
+        losses of ``--padding dynamic`` do not."""
+        return self.mu == 0 or self.masked
 
     @property
     def uses_teacher(self) -> bool:  # type: ignore[override]
@@ -76,9 +112,11 @@ class LayerwiseKD(Method):
         """The matched (student, target) pairs of this batch, and statistics to log (e.g. mean gate values)."""
         raise NotImplementedError
 
-    def hidden_loss(self, pairs: list[HiddenPair]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """The hidden loss and its per-layer terms (default :func:`hidden_mse_loss`)."""
-        return hidden_mse_loss(pairs, self.mu)
+    def hidden_loss(self, pairs: list[HiddenPair],
+                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """The hidden loss and its per-layer terms (default :func:`hidden_mse_loss`); ``mask``: see
+        :meth:`loss_mask`."""
+        return hidden_mse_loss(pairs, self.mu, mask)
 
     def losses(self, batch, student: ModelOutputs, teacher: ModelOutputs | None):
         parts = logits_kd_loss(student.logits, teacher.logits, batch.get("labels"), self.hard_weight,
@@ -86,7 +124,7 @@ class LayerwiseKD(Method):
         loss = parts["logits_loss"]
         if self.mu:
             pairs, stats = self.hidden_pairs(student, teacher)
-            hidden, per_layer = self.hidden_loss(pairs)
+            hidden, per_layer = self.hidden_loss(pairs, self.loss_mask(student))
             parts["hidden_loss"] = hidden
             parts.update({f"hidden_loss_{j}": v for j, v in per_layer.items()})
             parts.update(stats)

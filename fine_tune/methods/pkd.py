@@ -48,10 +48,10 @@ class PKD(LayerwiseKD):
     name = "pkd"
 
     def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
-                 loss: str = "hidden_mse", strategy: str = "skip"):
+                 loss: str = "hidden_mse", strategy: str = "skip", padding: str = "max_length"):
         if loss not in PKD_LOSSES:
             raise UserError(f"--pkd_loss {loss!r}: choose one of {', '.join(PKD_LOSSES)}")
-        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu)
+        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding)
         self.loss_kind = loss
         count = num_student_layers if loss == "hidden_mse" else num_student_layers - 1
         if count < 1:
@@ -63,9 +63,10 @@ class PKD(LayerwiseKD):
         return [HiddenPair(j, student.hidden_states[j - 1], teacher.hidden_states[t - 1].to(dev))
                 for j, t in enumerate(self.teacher_layers, 1)], {}
 
-    def hidden_loss(self, pairs):
-        if self.loss_kind == "hidden_mse":
-            return super().hidden_loss(pairs)
+    def hidden_loss(self, pairs, mask=None):
+        if self.loss_kind == "hidden_mse":  # masked under --padding dynamic
+            return super().hidden_loss(pairs, mask)
+        # [CLS] only: the same with either padding
         per = {p.layer: self.mu * normalized_cls_loss(p.student[:, 0], p.target[:, 0]) for p in pairs}
         return torch.stack(list(per.values())).sum(), per
 

@@ -50,15 +50,17 @@ def _encoder_layers(base) -> list[torch.nn.Module]:
 
 
 def copy_teacher_layers(student: PreTrainedModel, pretrained: PreTrainedModel | str, layers: list[int],
-                        attn_only: bool = False) -> list[tuple[int, int]]:
+                        attn_only: bool = False, embeddings: bool = False) -> list[tuple[int, int]]:
     """Copy pretrained teacher layers ``layers`` into student layers 1..n; returns the (student, teacher) pairs."""
-    return copy_teacher_layers_at(student, pretrained, list(enumerate(layers, 1)), attn_only)
+    return copy_teacher_layers_at(student, pretrained, list(enumerate(layers, 1)), attn_only, embeddings)
 
 
 def copy_teacher_layers_at(student: PreTrainedModel, pretrained: PreTrainedModel | str, pairs: list[tuple[int, int]],
-                           attn_only: bool = False) -> list[tuple[int, int]]:
+                           attn_only: bool = False, embeddings: bool = False) -> list[tuple[int, int]]:
     """Copy pretrained teacher layer t into student layer j for every (j, t) pair (1-based), plus the pooler
-    unless ``attn_only``. Student layers not named keep their random initialisation."""
+    unless ``attn_only``, plus the embedding block (word, position and token-type tables and their LayerNorm;
+    ALBERT: also the embedding projection's input size) with ``embeddings`` (``--init_embeddings``; the original
+    leaves the student's embeddings random). Student layers not named keep their random initialisation."""
     if isinstance(pretrained, str):
         from .classifier import quiet_hf
 
@@ -82,6 +84,8 @@ def copy_teacher_layers_at(student: PreTrainedModel, pretrained: PreTrainedModel
             _copy_module(src, dst, (ATTN_KEYS_ALBERT if albert else ATTN_KEYS_BERT) if attn_only else None)
         if not attn_only and getattr(s_base, "pooler", None) is not None and getattr(t_base, "pooler", None) is not None:
             _copy_module(t_base.pooler, s_base.pooler, None)
+        if embeddings:
+            _copy_module(t_base.embeddings, s_base.embeddings, None)
     return list(pairs)
 
 

@@ -1,0 +1,159 @@
+"""Data-parallel training under ``torchrun`` (DistributedDataParallel): NCCL on GPUs, Gloo on CPU.
+
+Every script runs unchanged under ``torchrun --nproc_per_node N script.py ...`` (or multi-node torchrun). The
+process group comes from torchrun's environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``...);
+without it (a plain ``python script.py``) nothing here does anything.
+
+Semantics, chosen so that N processes compute what one process computes:
+
+- Every rank draws the same global micro-batch from the same seeded data order and keeps its share
+  (``rows[rank::world]``). Its loss is weighted by ``world * len(share) / len(rows)`` so that DDP's gradient
+  average equals the gradient of the mean over the whole micro-batch, also when the last micro-batch of an
+  epoch does not divide evenly. A rank whose share is empty runs one row with weight 0 (it must still take part
+  in the gradient all-reduce). The effective batch stays ``--batch_size``.
+- The student is wrapped in DistributedDataParallel (gradients all-reduced during backward; ``no_sync`` for the
+  first ``accum_step - 1`` micro-batches of a step). Extra parameter sets (LAD gates) are averaged across ranks
+  after the window. Clipping, optimiser and schedule steps then run identically on every rank.
+- Only rank 0 writes: config, model folder, checkpoints, resume state, TensorBoard, tables, logits and
+  submissions. Decisions rank 0 takes (start over, resume from step k, already finished, or an error) are
+  broadcast so every rank follows them and an error ends every rank with the same one-line message.
+- Evaluation and logits generation are sharded by batch (rank r predicts batches r, r + N, ...) and gathered
+  on every rank in file order: no row is counted twice.
+- ``LOCAL_RANK`` chooses the CUDA device and takes precedence over ``--device_id``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+@functools.lru_cache(maxsize=1)
+def world() -> World:
+    """This process's place; the process group is created on first use (Gloo without CUDA, else NCCL)."""
+    if not launched_by_torchrun():
+        return World()
+    if not tdist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        tdist.init_process_group(backend)
+    return World(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def is_main() -> bool:
+    return world().is_main
+
+
+def shard(rows: np.ndarray) -> tuple[np.ndarray, float]:
+    """This rank's share of a global micro-batch and its loss weight (see the module docstring)."""
+    w = world()
+    if not w.enabled:
+        return rows, 1.0
+    mine = rows[w.rank::w.size]
+    if len(mine) == 0:
+        return rows[:1], 0.0
+    return mine, w.size * len(mine) / len(rows)
+
+
+def broadcast_from_main(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 only and give its result to every rank; an exception on rank 0 is re-raised on
+    every rank (the same type when it is a UserError, so every rank exits with the same one-line message)."""
+    w = world()
+    if not w.enabled:
+        return fn()
+    from ..errors import UserError
+
+    box: list[Any] = [None]
+    if w.is_main:
+        try:
+            box[0] = ("ok", fn())
+        except UserError as e:
+            box[0] = ("user_error", str(e))
+        except BaseException as e:  # noqa: BLE001 - the other ranks must not wait forever
+            box[0] = ("error", f"{type(e).__name__}: {e}")
+            tdist.broadcast_object_list(box, src=0)
+            raise
+    tdist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "ok":
+        return value
+    if kind == "user_error":
+        raise UserError(value)
+    raise RuntimeError(f"rank 0 failed: {value}")
+
+
+def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
+    """Average tensors across ranks in place (one flattened all-reduce)."""
+    w = world()
+    if not w.enabled or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1).float() for t in tensors])
+    tdist.all_reduce(flat)
+    flat /= w.size
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset:offset + n].view_as(t).to(t.dtype))
+        offset += n
+
+
+def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
+    if world().enabled:
+        tdist.all_reduce(t)
+    return t
+
+
+def gather_batches(parts: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every rank's (rows, values) pairs, on every rank."""
+    w = world()
+    if not w.enabled:
+        return parts
+    out: list[Any] = [None] * w.size
+    tdist.all_gather_object(out, parts)
+    return [p for rank_parts in out for p in rank_parts]
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def silence_other_ranks() -> None:
+    """Ranks other than 0 print nothing to stdout (rank 0 speaks for the job); errors still reach stderr."""
+    if world().enabled and not world().is_main:
+        import sys
+
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the life of the process
+
+
+def close() -> None:
+    """End the process group (if this process opened one)."""
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()

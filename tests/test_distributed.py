@@ -1,0 +1,111 @@
+"""torchrun with two CPU processes (Gloo): the same final weights as one process with the same effective batch
+(dropout 0, float tolerance), for fine-tuning and for LAD (gates averaged across ranks); only rank 0 writes;
+sharded evaluation counts every row once and gives the one-process table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+from test_scripts_e2e import tb_scalars
+
+TINY = ["--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2"]
+
+
+def torchrun(script: str, args: list[str], data_root, exp_root, nproc: int = 2) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FT_DATA_ROOT=str(data_root), FT_EXP_ROOT=str(exp_root), TQDM_DISABLE="1",
+               OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           str(REPO / script), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=str(data_root.parent))
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def close(a: dict, b: dict, atol: float = 2e-5) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-4, msg=k)
+
+
+def load(path):
+    return torch.load(path, weights_only=True)
+
+
+# 30 rows, micro-batches of 4 (batch 8, accum 2): each epoch ends with a micro-batch of 2 rows, so the ranks'
+# shares are unequal there and the loss weighting matters
+TRAIN = ["--task", "qqp", "--batch_size", "8", "--accum_step", "2", "--max_examples", "30", "--dropout", "0",
+         "--lr", "1e-3", "--max_seq_len", "24", "--warmup_step", "1", "--log_step", "3", "--seed", "5",
+         "--device_id", "-1"]
+
+
+def test_fine_tune_two_processes_match_one(run, tiny_bert, data_root, exp_root):
+    common = ["--model", "bert", "--ptrain_ver", str(tiny_bert), *TRAIN, "--total_step", "9", "--ckpt_step", "9"]
+    run("run_fine_tune.py", "--experiment", "one", *common)
+    out = torchrun("run_fine_tune.py", ["--experiment", "two", *common], data_root, exp_root)
+    one, two = exp_root / "one_bert_qqp", exp_root / "two_bert_qqp"
+    close(load(one / "model-9.pt"), load(two / "model-9.pt"))
+    assert json.loads((two / "config.json").read_text())["provenance"]["processes"] == 2
+    assert json.loads((one / "config.json").read_text())["provenance"]["processes"] == 1
+    assert sorted(p.name for p in two.glob("*.pt")) == ["model-9.pt", "resume-9.pt"]
+    # rank 0 alone wrote the log: one event file, each logged step once, losses as one process (mean over ranks)
+    assert len(list((exp_root / "log" / "two_bert_qqp").glob("events.out.tfevents.*"))) == 1
+    a, b = tb_scalars(exp_root / "log" / "one_bert_qqp"), tb_scalars(exp_root / "log" / "two_bert_qqp")
+    assert [s for s, _ in b["qqp/train/bert/lr"]] == [3, 6, 9]
+    np.testing.assert_allclose([v for _, v in b["qqp/train/bert/grad_norm"]],
+                               [v for _, v in a["qqp/train/bert/grad_norm"]], rtol=1e-4)
+    assert out.stdout.count("trained 9 steps") == 1  # rank 1 prints nothing to stdout
+
+    # sharded evaluation: every dev row once, the same table as one process
+    run("run_fine_tune_eval.py", "--experiment", "one", "--model", "bert", "--task", "qqp", "--dataset", "dev",
+        "--batch_size", "5", "--device_id", "-1")
+    torchrun("run_fine_tune_eval.py", ["--experiment", "two", "--model", "bert", "--task", "qqp", "--dataset", "dev",
+                                       "--batch_size", "5", "--device_id", "-1"], data_root, exp_root)
+    e1 = json.loads((one / "eval-dev.json").read_text())
+    e2 = json.loads((two / "eval-dev.json").read_text())
+    assert e2["num_rows"] == e1["num_rows"] == 48
+    assert [(r["ckpt"], r["accuracy"], r["f1"]) for r in e2["rows"]] == [(r["ckpt"], r["accuracy"], r["f1"])
+                                                                          for r in e1["rows"]]
+    p1, p2 = np.load(one / "eval-dev-predictions.npz"), np.load(two / "eval-dev-predictions.npz")
+    assert np.array_equal(p1["pred_9"], p2["pred_9"]) and np.array_equal(p1["idx"], p2["idx"])
+
+
+def test_lad_two_processes_match_one(run, tiny_bert12, data_root, exp_root):
+    run("run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(tiny_bert12),
+        "--task", "qqp", "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "16",
+        "--max_seq_len", "24", "--device_id", "-1")
+    common = ["--model", "bert", "--task", "qqp", "--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", "2",
+              *TINY, "--num_hidden_layers", "6", "--batch_size", "8", "--accum_step", "2", "--max_examples", "30",
+              "--dropout", "0", "--lr", "1e-3", "--gate_lr", "1e-2", "--mu", "10", "--total_step", "6",
+              "--warmup_step", "1", "--ckpt_step", "6", "--log_step", "3", "--map_examples", "0", "--device_id", "-1"]
+    run("run_lad_distil.py", "--experiment", "one", *common)
+    torchrun("run_lad_distil.py", ["--experiment", "two", *common], data_root, exp_root)
+    one, two = exp_root / "one_bert_qqp", exp_root / "two_bert_qqp"
+    close(load(one / "model-6.pt"), load(two / "model-6.pt"))
+    gates = sorted(p.name for p in one.glob("gate*-6.pt"))
+    assert gates and gates == sorted(p.name for p in two.glob("gate*-6.pt"))
+    for g in gates:  # gate gradients were averaged across the ranks: the gates agree with one process
+        close(load(one / g), load(two / g))
+
+
+@pytest.mark.parametrize("rows", [np.arange(7), np.arange(1)])
+def test_shares_cover_each_row_once_and_weights_restore_the_mean(rows, monkeypatch):
+    from fine_tune.engine import distributed
+
+    shares, weights = [], []
+    for rank in range(3):
+        monkeypatch.setattr(distributed, "world", lambda rank=rank: distributed.World(rank, 3, rank))
+        mine, w = distributed.shard(rows)
+        shares.append(mine if w else mine[:0])
+        weights.append(w)
+    assert sorted(np.concatenate(shares).tolist()) == rows.tolist()
+    # DDP averages over 3 ranks: sum_r w_r * mean_r / 3 == the mean over every row (values = the row ids)
+    mean = sum(w * float(np.mean(s)) for w, s in zip(weights, shares) if len(s)) / 3
+    assert mean == pytest.approx(float(np.mean(rows)))

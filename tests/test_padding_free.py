@@ -1,0 +1,114 @@
+"""models/padding_free.py against the Hugging Face forward it replaces: the same logits and hidden states on
+the real tokens, zeros at padding, the same gradients for a loss that ignores padding (dropout 0)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AlbertConfig, BertConfig, BertForSequenceClassification
+
+from fine_tune.models.padding_free import Packing, PaddingFree, supports_padding_free
+
+
+def tiny(dropout: float = 0.0, seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
+                     max_position_embeddings=40, type_vocab_size=2, hidden_dropout_prob=dropout,
+                     attention_probs_dropout_prob=dropout, num_labels=3)
+    return BertForSequenceClassification(cfg)
+
+
+def batch(lengths=(9, 3, 12, 1, 7), seq: int = 12, seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 50, (len(lengths), seq), generator=g)
+    mask = torch.zeros(len(lengths), seq, dtype=torch.long)
+    types = torch.zeros(len(lengths), seq, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+        types[i, n // 2:n] = 1
+    ids = ids * mask  # pad id 0 after each sequence
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+
+
+def test_forward_matches_hugging_face_on_real_tokens():
+    model = tiny().eval()
+    b = batch()
+    with torch.no_grad():
+        ref = model(**b, output_hidden_states=True)
+        got = PaddingFree(model)(**b, output_hidden_states=True)
+    real = b["attention_mask"].bool()
+    torch.testing.assert_close(got.logits, ref.logits, atol=1e-5, rtol=1e-5)
+    assert len(got.hidden_states) == len(ref.hidden_states) == 4
+    for h_got, h_ref in zip(got.hidden_states, ref.hidden_states):
+        torch.testing.assert_close(h_got[real], h_ref[real], atol=1e-5, rtol=1e-5)
+        assert h_got[~real].abs().max() == 0  # padding positions are zeros, never garbage
+
+
+def test_gradients_match_for_a_loss_that_ignores_padding():
+    b = batch()
+    real = b["attention_mask"].bool()
+    labels = torch.tensor([0, 2, 1, 1, 0])
+    targets = [torch.randn(5, 12, 32, generator=torch.Generator().manual_seed(k)) for k in range(3)]
+
+    def loss_and_grads(model, use_padding_free: bool):
+        model.zero_grad()
+        out = (PaddingFree(model) if use_padding_free else model)(**b, output_hidden_states=True)
+        hidden = sum(((h - t) ** 2).mean(-1)[real].mean() for h, t in zip(out.hidden_states[1:], targets))
+        (F.cross_entropy(out.logits, labels) + hidden).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ref, got = loss_and_grads(tiny().train(), False), loss_and_grads(tiny().train(), True)
+    assert ref.keys() == got.keys()
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_dropout_draws_masks_for_real_tokens_only():
+    """With dropout the forward differs from the padded one (other masks) but is a proper dropout: outputs vary
+    between calls in training mode and not in eval mode."""
+    model = tiny(dropout=0.3)
+    pf = PaddingFree(model)
+    b = batch()
+    torch.manual_seed(0)
+    a = pf(**b).logits
+    c = pf(**b).logits
+    assert not torch.allclose(a, c)
+    model.eval()
+    torch.testing.assert_close(pf(**b).logits, pf(**b).logits)
+
+
+def test_packing_round_trip_and_refusals():
+    mask = batch()["attention_mask"]
+    pk = Packing(mask)
+    x = torch.randn(5, 12, 4)
+    packed = pk.pack(x)
+    assert packed.shape == (int(mask.sum()), 4)
+    torch.testing.assert_close(pk.pad(packed)[mask.bool()], x[mask.bool()])
+    assert pk.first.tolist() == [0, 9, 12, 24, 25]  # the packed row of each sequence's first token
+    left = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    with pytest.raises(ValueError, match="right padding"):
+        Packing(left)
+    assert not supports_padding_free(AlbertConfig())
+    assert supports_padding_free(BertConfig())
+
+
+def test_engine_uses_it_only_where_no_loss_sees_padding():
+    from fine_tune.methods import PKD, HardLabel, OfflineLogitsKD
+
+    assert HardLabel().ignores_padding and OfflineLogitsKD().ignores_padding
+    assert PKD(3, 6, 0.3, 0.7, 1.0, mu=0).ignores_padding  # online logits KD
+    assert not PKD(3, 6, 0.3, 0.7, 1.0, mu=1.0).ignores_padding  # the original's MSE over padding too
+
+
+def test_fine_tune_with_and_without_padding_free_end_alike(run, tiny_bert, exp_root):
+    common = ["--model", "bert", "--ptrain_ver", str(tiny_bert), "--task", "qqp", "--total_step", "6",
+              "--warmup_step", "1", "--ckpt_step", "6", "--batch_size", "8", "--dropout", "0", "--lr", "1e-3",
+              "--max_seq_len", "24"]
+    for mode in ("auto", "off"):
+        out = run("run_fine_tune.py", "--experiment", mode, "--padding_free", mode, *common)
+        assert ("padding-free forward" in out.stderr) == (mode == "auto"), out.stderr
+    a = torch.load(exp_root / "auto_bert_qqp" / "model-6.pt", weights_only=True)
+    b = torch.load(exp_root / "off_bert_qqp" / "model-6.pt", weights_only=True)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
