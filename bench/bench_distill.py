@@ -8,15 +8,20 @@ and padding (every batch padded to max_seq_len, as LAD needs), fp32, the same op
 linear warmup/decay, clipping at 1.0, and the same loss: hard_weight * CE + soft_weight * soft loss at
 temperature T + mu * (1/3) * sum_j MSE(H_s[j], H_t[2j]) over every token (TextBrewer: ``hidden_mse`` matches
 with weight mu/3, no input mask; its soft loss is the soft cross-entropy without T^2, the same work).
-TextBrewer runs with ``log_dir=None`` (no TensorBoard), the toolkit logs every ``--steps`` steps.
+TextBrewer runs with ``log_dir=None`` (no TensorBoard), the toolkit logs every ``--steps`` steps. With
+``--device cuda --amp`` the toolkit runs fp16 autocast with its GradScaler while TextBrewer stays fp32 (its
+``fp16=True`` needs NVIDIA apex), so that ratio is not the same work.
 
 Contenders, one fresh subprocess per run, alternating in one run: ``pkd`` (toolkit, the same work as
-TextBrewer), ``lad`` (toolkit LAD: also runs and trains 6 gate blocks with their own optimizer), ``textbrewer``.
+TextBrewer), ``lad`` (toolkit LAD: also runs and trains 6 gate blocks with their own optimizer), ``textbrewer``;
+and the same three with dynamic padding (``pkd_dyn``, ``lad_dyn``, ``textbrewer_dyn``: each batch padded to its
+longest row, hidden-state MSE averaged over the real tokens on both sides: the toolkit's ``--padding dynamic``,
+TextBrewer's ``inputs_mask``), where the toolkit's padding-free forward skips the padding positions.
 Timed: ``--steps`` optimizer steps after ``--warm_steps``, from the beginning of step warm+1 to the beginning of
 step warm+steps+1 (when the batch is fetched).
 
     pip install -r bench/requirements.txt
-    python bench/bench_distill.py [--steps 20 --repeats 3 --max_seq_len 128] [--json OUT]
+    python bench/bench_distill.py [--padding fixed|dynamic|both] [--steps 20 --repeats 3 --max_seq_len 128] [--json OUT]
 """
 
 from __future__ import annotations
@@ -31,16 +36,25 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_finetune import (DEFAULT_DATA, DEFAULT_MODEL, SEED, Stamps, load_examples, machine,  # noqa: E402
-                            run_worker, total_steps)
+from common import (SEED, Stamps, add_worker_args, alternate, check_args, device_of, load_examples,  # noqa: E402
+                    machine, median_of, missing_inputs, pair_ratios, precision_name, run_worker, skipped,
+                    toolkit_precision, total_steps, write_json)
 
 LR, WEIGHT_DECAY, MAX_NORM = 1e-4, 0.01, 1.0
 HARD, SOFT, TEMP, MU = 0.3, 0.7, 20.0, 100.0
 STUDENT = dict(d_model=384, d_ff=1536, num_attention_heads=12, num_hidden_layers=3)
+FIXED = ("textbrewer", "pkd", "lad")  # the order of the first alternation
+DYNAMIC = tuple(f"{c}_dyn" for c in FIXED)  # the same with dynamic padding and masked hidden losses
+CONTENDERS = FIXED + DYNAMIC
 
 
-def build(args):
-    """Features, teacher (eval, frozen), student, in a fixed seed."""
+def padding_of(contender: str) -> str:
+    return "dynamic" if contender.endswith("_dyn") else "max_length"
+
+
+def build(args, padding: str = "max_length"):
+    """Features, teacher (eval, frozen), student, in a fixed seed; batches padded to max_seq_len or, with
+    ``padding="dynamic"``, to the longest row of each batch."""
     import torch
 
     from fine_tune.batching import Collator, tokenize
@@ -58,64 +72,68 @@ def build(args):
                          max_position_embeddings=teacher.config.max_position_embeddings,
                          pad_token_id=tok.pad_token_id, **STUDENT)
     student = build_from_config(cfg)
-    collator = Collator(features, tok.pad_token_id, args.max_seq_len, "max_length")
+    collator = Collator(features, tok.pad_token_id, args.max_seq_len, padding)
     return torch, features, teacher, student, collator
 
 
-def optimizer_for(student):
-    import torch
-
+def optimizer_for(student, device):
     from fine_tune.engine.optim import build_adamw
 
     return build_adamw(student.named_parameters(), lr=LR, beta1=0.9, beta2=0.999, eps=1e-8,
-                       weight_decay=WEIGHT_DECAY, device=torch.device("cpu"))
+                       weight_decay=WEIGHT_DECAY, device=device)
 
 
-def worker_toolkit(args, method_name: str, t0: float) -> dict:
-    from fine_tune.engine.device import resolve_device, resolve_precision
+def worker_toolkit(args, contender: str, t0: float) -> dict:
+    """The toolkit's engine as run_pkd_distill.py / run_lad_distil.py drive it with their default flags (fixed
+    padding; ``--padding_free auto``, which applies only where no loss reads padding positions) or, for the
+    ``_dyn`` contenders, with ``--padding dynamic`` (masked hidden losses, so the position-wise layers of
+    teacher and student run on the real tokens only)."""
     from fine_tune.engine.trainer import Trainer, TrainSettings
     from fine_tune.experiment import ExperimentDir
     from fine_tune.methods import LAD, PKD
 
-    torch, features, teacher, student, collator = build(args)
+    padding = padding_of(contender)
+    torch, features, teacher, student, collator = build(args, padding)
     n = total_steps(args)
     ls, lt = STUDENT["num_hidden_layers"], teacher.config.num_hidden_layers
-    if method_name == "pkd":
-        method = PKD(ls, lt, HARD, SOFT, TEMP, MU)
+    if contender.startswith("pkd"):
+        method = PKD(ls, lt, HARD, SOFT, TEMP, MU, padding=padding)
     else:
         gates = dict(lr=5e-7, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, max_norm=1.0, total_step=n,
                      warmup_step=max(1, n // 10))
-        method = LAD(ls, lt, HARD, SOFT, TEMP, MU, d_model=384, seq_len=args.max_seq_len, gate_settings=gates)
-    device = resolve_device(-1, None)
+        method = LAD(ls, lt, HARD, SOFT, TEMP, MU, d_model=384, seq_len=args.max_seq_len, gate_settings=gates,
+                     padding=padding)
+    device = device_of(args)
     settings = TrainSettings(total_step=n, batch_size=args.batch_size, accum_step=1, lr=LR, beta1=0.9, beta2=0.999,
                              eps=1e-8, weight_decay=WEIGHT_DECAY, max_norm=MAX_NORM, warmup_step=max(1, n // 10),
-                             ckpt_step=10**9, log_step=args.steps, seed=SEED, tag_prefix="qqp/train/bert")
+                             ckpt_step=10**9, log_step=args.steps, seed=SEED, tag_prefix="qqp/train/bert",
+                             padding_free=True)
     stamps = Stamps(args)
-
-    def timed_collator(rows):
-        stamps.step_begins()
-        batch = collator(rows)
-        stamps.widths.append(batch["input_ids"].shape[1])
-        return batch
 
     with tempfile.TemporaryDirectory() as tmp:
         exp = ExperimentDir(Path(tmp), "bench")
         exp.path.mkdir()
-        trainer = Trainer(student, method, timed_collator, len(features), settings, exp, device,
-                          resolve_precision(False, "bf16", device), teacher=teacher, progress=False)
+        trainer = Trainer(student, method, stamps.wrap(collator), len(features), settings, exp, device,
+                          toolkit_precision(args, device), teacher=teacher, progress=False)
         start = time.perf_counter()
         trainer.train()
         train_s = time.perf_counter() - start
-    return stamps.result(args, method_name, train_s, t0)
+    return stamps.result(args, contender, train_s, t0, device.type)
 
 
-def worker_textbrewer(args, t0: float) -> dict:
+def worker_textbrewer(args, t0: float, contender: str = "textbrewer") -> dict:
+    """TextBrewer's GeneralDistiller on the toolkit's batches; ``textbrewer_dyn``: dynamic padding, and the
+    adaptors return ``inputs_mask`` so that its ``hidden_mse`` averages over the real tokens only."""
     from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
     from transformers import get_linear_schedule_with_warmup
 
     from fine_tune.batching import MicroBatchStream
 
-    torch, features, teacher, student, collator = build(args)
+    padding = padding_of(contender)
+    torch, features, teacher, student, collator = build(args, padding)
+    device = device_of(args)
+    teacher.to(device)
+    student.to(device)
     n = total_steps(args)
     stamps = Stamps(args)
     stream = MicroBatchStream(len(features), args.batch_size, SEED)
@@ -124,22 +142,25 @@ def worker_textbrewer(args, t0: float) -> dict:
         def __iter__(self):
             while True:
                 stamps.step_begins()
-                b = collator(stream.next())
-                stamps.widths.append(b["input_ids"].shape[1])
+                b = stamps.batch(collator(stream.next()))
                 yield {k: b[k] for k in ("input_ids", "token_type_ids", "attention_mask", "labels")}
 
     def adaptor(batch, out):
-        return {"logits": out.logits, "hidden": out.hidden_states, "losses": [out.loss]}
+        res = {"logits": out.logits, "hidden": out.hidden_states, "losses": [out.loss]}
+        if padding == "dynamic":
+            res["inputs_mask"] = batch["attention_mask"]
+        return res
 
     ls = STUDENT["num_hidden_layers"]
     matches = [{"layer_T": 2 * j, "layer_S": j, "feature": "hidden", "loss": "hidden_mse", "weight": MU / ls}
                for j in range(1, ls + 1)]  # hidden_states[0] is the embedding output: index j is layer j
     with tempfile.TemporaryDirectory() as tmp:
-        tconf = TrainingConfig(device="cpu", log_dir=None, output_dir=tmp, ckpt_steps=10**9, fp16=False)
+        # fp32 always: TextBrewer's fp16 needs NVIDIA apex (amp.initialize), not torch.amp
+        tconf = TrainingConfig(device=str(device), log_dir=None, output_dir=tmp, ckpt_steps=10**9, fp16=False)
         dconf = DistillationConfig(temperature=TEMP, hard_label_weight=HARD, kd_loss_type="ce", kd_loss_weight=SOFT,
                                    intermediate_matches=matches)
         distiller = GeneralDistiller(tconf, dconf, teacher, student, adaptor, adaptor)
-        opt = optimizer_for(student)
+        opt = optimizer_for(student, device)
         start = time.perf_counter()
         with distiller:
             distiller.train(opt, Batches(), num_steps=n, scheduler_class=get_linear_schedule_with_warmup,
@@ -147,59 +168,52 @@ def worker_textbrewer(args, t0: float) -> dict:
                             max_grad_norm=MAX_NORM, output_hidden_states=True)
         train_s = time.perf_counter() - start
     # TextBrewer fetches one more batch than it trains on only when it cycles past the end: trim to n stamps
-    stamps.begin, stamps.widths = stamps.begin[:n], stamps.widths[:n]
-    return stamps.result(args, "textbrewer", train_s, t0)
+    stamps.begin, stamps.widths, stamps.real = stamps.begin[:n], stamps.widths[:n], stamps.real[:n]
+    return stamps.result(args, contender, train_s, t0, device.type, precision="fp32")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--contender", choices=("pkd", "lad", "textbrewer"), help="run one contender here (worker)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warm_steps", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--max_seq_len", type=int, default=128)
-    p.add_argument("--rows", type=int, default=2048, help="first ROWS training rows (0 = all)")
-    p.add_argument("--model", default=str(DEFAULT_MODEL))
-    p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--profile", help=argparse.SUPPRESS)
-    p.add_argument("--json", metavar="OUT")
+    p.add_argument("--contender", choices=CONTENDERS, help="run one contender here (worker)")
+    p.add_argument("--padding", choices=("fixed", "dynamic", "both"), default="both",
+                   help="fixed: every batch padded to max_seq_len (the scripts' default, as LAD's original gates "
+                        "need); dynamic: padded to the batch's longest row, hidden losses masked (default: both)")
+    add_worker_args(p, steps=20, rows=2048, repeats=3)
     args = p.parse_args(argv)
-    missing = [x for x in (Path(args.model) / "config.json", Path(args.data) / "QQP" / "train.tsv") if not x.is_file()]
+    check_args(p, args)
+    missing = missing_inputs(args)
     if missing:
-        print(f"skipped: {', '.join(map(str, missing))} not found")
+        print(skipped(missing))
         return 0
     if args.contender:
         t0 = time.perf_counter()
-        res = worker_textbrewer(args, t0) if args.contender == "textbrewer" else worker_toolkit(args, args.contender, t0)
+        c = args.contender
+        res = worker_textbrewer(args, t0, c) if c.startswith("textbrewer") else worker_toolkit(args, c, t0)
         print(json.dumps(res))
         return 0
+    names = {"fixed": FIXED, "dynamic": DYNAMIC, "both": CONTENDERS}[args.padding]
     info = machine()
-    print(f"distilling {Path(args.model).name} (6 layers) into a 3-layer student on qp_pairs: {args.steps} timed steps "
-          f"(after {args.warm_steps}) x batch {args.batch_size}, max_seq_len {args.max_seq_len} (fixed padding), fp32; "
-          f"torch {info['torch']}, {info['cores']} cores; load average at start {info['load_avg_start'][0]:.2f}")
-    print("\n| run | contender | examples/s | timed loop s | process wall s |\n|---|---|---|---|---|")
-    runs, ratios = [], {"pkd": [], "lad": []}
-    for r in range(args.repeats):
-        order = ("textbrewer", "pkd", "lad") if r % 2 == 0 else ("lad", "pkd", "textbrewer")
-        got = {}
-        for c in order:
-            res = run_worker(c, args, __file__)
-            res["run"] = r
-            got[c] = res
-            runs.append(res)
-            print(f"| {r + 1} | {c} | {res['examples_per_s']:.2f} | {res['loop_s']:.1f} | {res['wall_s']:.1f} |", flush=True)
-        for c in ("pkd", "lad"):
-            ratios[c].append(got[c]["examples_per_s"] / got["textbrewer"]["examples_per_s"])
-    med = {c: statistics.median(x["examples_per_s"] for x in runs if x["contender"] == c) for c in ("textbrewer", "pkd", "lad")}
-    print(f"\nmedian examples/s: TextBrewer {med['textbrewer']:.2f}, toolkit PKD {med['pkd']:.2f}, toolkit LAD {med['lad']:.2f}")
-    for c, label in (("pkd", "PKD (same work)"), ("lad", "LAD (+ gates)")):
+    print(f"distilling {Path(args.model).name} (6 layers) into a 3-layer student on {args.dataset}: {args.steps} timed "
+          f"steps (after {args.warm_steps}) x batch {args.batch_size}, max_seq_len {args.max_seq_len}, padding "
+          f"{args.padding}, toolkit {precision_name(args)}, TextBrewer fp32, on {args.device}; torch {info['torch']}, "
+          f"{info['cores']} cores; load average at start {info['load_avg_start'][0]:.2f}")
+    print("\n| run | contender | examples/s | timed loop s | process wall s | peak MiB |\n|---|---|---|---|---|---|")
+
+    def show(res: dict) -> None:
+        print(f"| {res['run'] + 1} | {res['contender']} | {res['examples_per_s']:.2f} | {res['loop_s']:.1f} "
+              f"| {res['wall_s']:.1f} | {res['peak_mib']:.0f} |", flush=True)
+
+    runs = alternate(names, args.repeats, lambda c: run_worker(c, args, __file__, ["--padding", args.padding]), show)
+    pairs = [(c, "textbrewer" + c[3:]) for c in names if not c.startswith("textbrewer")]
+    ratios = {c: pair_ratios(runs, c, ref) for c, ref in pairs}
+    med = {c: median_of(runs, c, "examples_per_s") for c in names}
+    print("\nmedian examples/s: " + ", ".join(f"{c} {med[c]:.2f}" for c in names))
+    for c, ref in pairs:
         rs = ratios[c]
-        print(f"median ratio toolkit {label} / TextBrewer: {statistics.median(rs):.3f} (min {min(rs):.3f}, max {max(rs):.3f})")
+        print(f"median ratio toolkit {c} / {ref}: {statistics.median(rs):.3f} (min {min(rs):.3f}, max {max(rs):.3f})")
     print(f"load average at end {os.getloadavg()[0]:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "machine": info, "runs": runs, "ratios": ratios,
-                                               "median": med}, indent=2) + "\n")
+        write_json(args.json, {"args": vars(args), "machine": info, "runs": runs, "ratios": ratios, "median": med})
     return 0
 
 
