@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (SEED, Stamps, add_worker_args, alternate, check_args, device_of, load_examples,  # noqa: E402
-                    machine, median_of, missing_inputs, pair_ratios, precision_name, run_worker, skipped,
+from common import (SEED, Stamps, add_worker_args, alternate, device_of, load_examples, parse_args,  # noqa: E402
+                    machine, median_of, pair_ratios, precision_name, run_worker,
                     toolkit_precision, total_steps, write_json)
 
 LR, WEIGHT_DECAY, MAX_NORM = 1e-4, 0.01, 1.0
@@ -179,11 +179,8 @@ def main(argv=None) -> int:
                    help="fixed: every batch padded to max_seq_len (the scripts' default, as LAD's original gates "
                         "need); dynamic: padded to the batch's longest row, hidden losses masked (default: both)")
     add_worker_args(p, steps=20, rows=2048, repeats=3)
-    args = p.parse_args(argv)
-    check_args(p, args)
-    missing = missing_inputs(args)
-    if missing:
-        print(skipped(missing))
+    args = parse_args(p, argv)
+    if args is None:
         return 0
     if args.contender:
         t0 = time.perf_counter()

@@ -14,6 +14,7 @@ step pads to the same width on both sides and the ratio compares engines, not sa
 also runs the other workers here:
 
 * ``toolkit_fast``: the toolkit with ``--group_by_length`` (``TrainSettings(group_by_length=True)``, ``lengths=``);
+* ``toolkit_padded``: the toolkit with ``--padding_free off`` (BERT runs on the padded batch), the ablation;
 * ``trainer_glue``: the Trainer as ``run_glue.py`` runs it by default: every example padded to max_seq_len at
   tokenisation, ``default_data_collator``, the random sampler;
 * ``trainer_best``: the Trainer with dynamic padding (``DataCollatorWithPadding``; ``pad_to_multiple_of=8``
@@ -42,18 +43,18 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (SEED, Stamps, add_worker_args, alternate, check_args, device_of, load_examples,  # noqa: E402
-                    machine, median_of, missing_inputs, pair_ratios, precision_name, run_worker, skipped,
+from common import (SEED, Stamps, add_worker_args, alternate, device_of, load_examples, parse_args,  # noqa: E402
+                    machine, median_of, pair_ratios, precision_name, run_worker,
                     toolkit_precision, total_steps, warmup_steps, write_json)
 
 LR = 5e-5
 WEIGHT_DECAY = 0.01
 MAX_NORM = 1.0
-CONTENDERS = ("toolkit", "toolkit_fast", "trainer", "trainer_glue", "trainer_best")
+CONTENDERS = ("toolkit", "toolkit_fast", "toolkit_padded", "trainer", "trainer_glue", "trainer_best")
 
 
 def worker_toolkit(args, t0: float, *, group_by_length: bool = False, padding: str = "dynamic",
-                   count_flops: bool = False, name: str = "toolkit") -> dict:
+                   count_flops: bool = False, name: str = "toolkit", padding_free: bool = True) -> dict:
     """The toolkit's public engine, exactly as ``run_fine_tune.py`` drives it (fine_tune.train.run_training) with
     its default flags (dynamic padding, ``--padding_free auto``: BERT's position-wise layers on the real tokens
     only); ``group_by_length``: plus its fastest data option (``--group_by_length``)."""
@@ -75,7 +76,7 @@ def worker_toolkit(args, t0: float, *, group_by_length: bool = False, padding: s
     settings = TrainSettings(total_step=n, batch_size=args.batch_size, accum_step=1, lr=LR, beta1=0.9,
                              beta2=0.999, eps=1e-8, weight_decay=WEIGHT_DECAY, max_norm=MAX_NORM,
                              warmup_step=warmup_steps(args), ckpt_step=10**9, log_step=n, seed=SEED,
-                             tag_prefix=f"{task}/train/bert", group_by_length=group_by_length, padding_free=True)
+                             tag_prefix=f"{task}/train/bert", group_by_length=group_by_length, padding_free=padding_free)
     stamps = Stamps(args, count_flops=count_flops)
     collator = stamps.wrap(Collator(features, tok.pad_token_id, args.max_seq_len, padding))
     extra = {"lengths": features.lengths()} if group_by_length else {}
@@ -170,6 +171,8 @@ def run_contender(name: str, args, t0: float) -> dict:
         return worker_toolkit(args, t0)
     if name == "toolkit_fast":
         return worker_toolkit(args, t0, group_by_length=True, name="toolkit_fast")
+    if name == "toolkit_padded":  # --padding_free off: the padded forward, for profiles and the ablation
+        return worker_toolkit(args, t0, name="toolkit_padded", padding_free=False)
     return worker_trainer(args, t0, {"trainer": "same_order", "trainer_glue": "run_glue", "trainer_best": "best"}[name])
 
 
@@ -177,11 +180,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--contender", choices=CONTENDERS, help="run one contender in this process (worker)")
     add_worker_args(p, steps=40, rows=0, repeats=4)
-    args = p.parse_args(argv)
-    check_args(p, args)
-    missing = missing_inputs(args)
-    if missing:
-        print(skipped(missing))
+    args = parse_args(p, argv)
+    if args is None:
         return 0
     if args.contender:
         print(json.dumps(run_contender(args.contender, args, time.perf_counter())))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_finetune import worker_toolkit  # noqa: E402
-from common import add_worker_args, check_args, fmt_flops, missing_inputs, precision_name, skipped  # noqa: E402
+from common import add_worker_args, fmt_flops, parse_args, precision_name  # noqa: E402
 
 
 def mm_peak(device: str, dtype_name: str, n: int, repeats: int) -> dict:
@@ -53,7 +53,7 @@ def mm_peak(device: str, dtype_name: str, n: int, repeats: int) -> dict:
 
 def measure(args) -> dict:
     t0 = time.perf_counter()
-    res = worker_toolkit(args, t0, padding="max_length", count_flops=True, name="flops")
+    res = worker_toolkit(args, t0, padding="max_length", count_flops=True, name="flops", padding_free=False)
     step_s = res["loop_s"] / res["steps"]
     res["step_s"] = step_s
     res["achieved_flops_per_s"] = res["flops_per_step"] / step_s
@@ -76,11 +76,8 @@ def main(argv=None) -> int:
     p.add_argument("--contender", choices=("flops",), help="(as bench/bench.py calls it; the same measurement)")
     add_worker_args(p, steps=10, rows=0, repeats=1)
     add_flops_args(p)
-    args = p.parse_args(argv)
-    check_args(p, args)
-    missing = missing_inputs(args)
-    if missing:
-        print(skipped(missing))
+    args = parse_args(p, argv)
+    if args is None:
         return 0
     res = measure(args)
     if not args.contender:

@@ -73,6 +73,17 @@ def check_args(p: argparse.ArgumentParser, args, steps_may_be_0: bool = False) -
             p.error("--device cuda: CUDA is not available on this machine")
 
 
+def parse_args(p: argparse.ArgumentParser, argv=None, steps_may_be_0: bool = False):
+    """Parse and check a bench script's flags; None (after printing why) when ``../shared`` inputs are missing."""
+    args = p.parse_args(argv)
+    check_args(p, args, steps_may_be_0)
+    missing = missing_inputs(args)
+    if missing:
+        print(skipped(missing))
+        return None
+    return args
+
+
 def missing_inputs(args, datasets=None) -> list[Path]:
     """The model and data files the run needs that are not there."""
     need = [Path(args.model) / "config.json"]

@@ -7,7 +7,7 @@ same number of optimizer steps, over 3 seeds; dev accuracy of the last checkpoin
 real BoolQ (train = first 2270 val rows, dev = last 1000). Every command is printed before it runs; finished
 runs are skipped (the toolkit exits at once when model-{total_step}.pt exists), so the script can be re-run.
 
-    python scripts/measure_real.py [--steps 200] [--mu 1] [--seeds 42,43,44] [--only qqp|boolq]
+    python scripts/measure_real.py [--steps 200] [--mu 1] [--seeds 42,43,44] [--only qqp|boolq] [--options]
 """
 
 from __future__ import annotations
@@ -95,6 +95,13 @@ def qqp(args) -> None:
         "no teacher (hard labels)": ("run_pkd_distill.py", [*teacher, "--soft_weight", "0", "--hard_weight", "1",
                                                             "--mu", "0", "--lr", "1e-4"]),
     }
+    if args.options:  # issue 5's options that change the trajectory, against the faithful rows above
+        methods.update({
+            "LAD --padding dynamic": ("run_lad_distil.py", [*teacher, *kd, *mu, "--gate_lr", "5e-7",
+                                                             "--padding", "dynamic"]),
+            "PKD --padding dynamic": ("run_pkd_distill.py", [*teacher, *kd, *mu, "--padding", "dynamic"]),
+            "PKD --group_by_length": ("run_pkd_distill.py", [*teacher, *kd, *mu, "--group_by_length"]),
+        })
     results: dict[str, list[float]] = {}
     seconds: dict[str, list[float]] = {}
     for seed in args.seeds:
@@ -133,6 +140,8 @@ def main() -> None:
     p.add_argument("--mu", type=float, default=1.0, help="mu of every hidden loss")
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[42, 43, 44])
     p.add_argument("--only", choices=("qqp", "boolq"))
+    p.add_argument("--options", action="store_true",
+                   help="also LAD and PKD with --padding dynamic and PKD with --group_by_length")
     args = p.parse_args()
     if not MODEL.is_dir():
         sys.exit(f"error: {MODEL} not found (needs ../shared beside the checkout)")

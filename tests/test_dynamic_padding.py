@@ -15,6 +15,7 @@ import torch
 from fine_tune.methods import ALPKD, LAD, LADNO, PKD, ModelOutputs, PartialLAD
 from fine_tune.methods.layerwise import HiddenPair, hidden_mse_loss
 from fine_tune.models.gates import GateBlock, aggregate_chain
+from test_layerwise_scripts import TEACHER, TINY, teacher  # noqa: F401  (teacher: the fixture, 4 steps)
 
 B, D, MAX = 3, 8, 9
 LENGTHS = [5, 3, 2]  # right padding; the longest member is 5 < MAX
@@ -216,18 +217,6 @@ def test_losses_gates_and_gradients_do_not_depend_on_how_far_a_batch_is_padded(n
 
 
 # ------------------------------------------------------------------------------------------ (e) end to end
-
-TINY = ["--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2"]
-TEACHER = ["--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", "2"]
-
-
-@pytest.fixture()
-def teacher(run, tiny_bert12, exp_root):
-    run("run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(tiny_bert12),
-        "--task", "qqp", "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2", "--log_step", "2",
-        "--batch_size", "16", "--lr", "1e-3", "--max_seq_len", "24")
-    return exp_root / "teacher_bert_qqp"
-
 
 def test_lad_and_pkd_scripts_run_with_dynamic_padding(run, teacher, exp_root, monkeypatch):
     from fine_tune import batching

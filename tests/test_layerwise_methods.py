@@ -226,7 +226,11 @@ def test_mu_zero_is_logits_only_and_hard_only_needs_no_teacher():
     parts = m.losses({"labels": y}, ModelOutputs(st.logits), ModelOutputs(te.logits))
     assert "hidden_loss" not in parts
     assert parts["loss"].item() == pytest.approx(manual_logits_loss(st.logits, te.logits, y, 0.3, 0.7, 2.0).item(), rel=1e-5)
-    assert not PKD(6, 12, 1.0, 0.0, 1.0, 0.0).uses_teacher
+    hard = PKD(6, 12, 1.0, 0.0, 1.0, 0.0)
+    assert not hard.uses_teacher
+    parts = hard.losses({"labels": y}, ModelOutputs(st.logits), None)  # the engine runs no teacher: None
+    assert parts["loss"].item() == pytest.approx(torch.nn.functional.cross_entropy(st.logits, y).item(), rel=1e-6)
+    assert "soft_loss" not in parts
 
 
 def test_chain_contributions_formula():

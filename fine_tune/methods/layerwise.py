@@ -119,8 +119,8 @@ class LayerwiseKD(Method):
         return hidden_mse_loss(pairs, self.mu, mask)
 
     def losses(self, batch, student: ModelOutputs, teacher: ModelOutputs | None):
-        parts = logits_kd_loss(student.logits, teacher.logits, batch.get("labels"), self.hard_weight,
-                               self.soft_weight, self.temperature)
+        parts = logits_kd_loss(student.logits, None if teacher is None else teacher.logits, batch.get("labels"),
+                               self.hard_weight, self.soft_weight, self.temperature)
         loss = parts["logits_loss"]
         if self.mu:
             pairs, stats = self.hidden_pairs(student, teacher)
