@@ -262,9 +262,11 @@ def run_main(main, argv: Sequence[str] | None = None) -> int:
     only rank 0 prints to stdout, and the process group is closed at the end."""
     from .engine import distributed
 
+    finished = False
     try:
         distributed.silence_other_ranks()
         main(argv)
+        finished = True
     except UserError as e:
         sys.stderr.write(f"error: {e}\n")
         return e.exit_code
@@ -272,5 +274,5 @@ def run_main(main, argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("interrupted\n")
         return 130
     finally:
-        distributed.close()
+        distributed.close(synchronize=finished)
     return 0

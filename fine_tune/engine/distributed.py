@@ -153,7 +153,11 @@ def silence_other_ranks() -> None:
         sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the life of the process
 
 
-def close() -> None:
-    """End the process group (if this process opened one)."""
+def close(synchronize: bool = False) -> None:
+    """End the process group (if this process opened one). ``synchronize`` (a run that finished normally on
+    every rank): wait for all ranks first, so no rank tears Gloo down while another (rank 0 writing its last
+    checkpoint) still holds a connection; without it, a rank leaving early could abort the other at exit."""
     if tdist.is_available() and tdist.is_initialized():
+        if synchronize:
+            tdist.barrier()
         tdist.destroy_process_group()
