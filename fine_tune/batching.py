@@ -196,18 +196,24 @@ class MicroBatchStream:
     def epoch(self) -> int:
         return self.position // self.per_epoch
 
+    def _generator(self, epoch: int) -> torch.Generator:
+        """The epoch's seeded generator: its first draw is the epoch's shuffle of the rows."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = torch.randperm(self.n, generator=g).numpy()
+            self._perm = torch.randperm(self.n, generator=self._generator(epoch)).numpy()
             self._epoch = epoch
         return self._perm
 
+    def _batch(self, epoch: int, i: int) -> np.ndarray:
+        """Micro-batch ``i`` of ``epoch``."""
+        return self._permutation(epoch)[i * self.mb:(i + 1) * self.mb]
+
     def next(self) -> np.ndarray:
         epoch, i = divmod(self.position, self.per_epoch)
-        perm = self._permutation(epoch)
         self.position += 1
-        return perm[i * self.mb:(i + 1) * self.mb]
+        return self._batch(epoch, i)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         while True:
@@ -247,7 +253,7 @@ class LengthGroupedMicroBatchStream(MicroBatchStream):
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            g = self._generator(epoch)
             perm = torch.randperm(self.n, generator=g).numpy()
             mega = self.MEGA_BATCHES * self.mb
             batches: list[np.ndarray] = []
@@ -260,11 +266,8 @@ class LengthGroupedMicroBatchStream(MicroBatchStream):
             self._epoch = epoch
         return self._batches
 
-    def next(self) -> np.ndarray:
-        epoch, i = divmod(self.position, self.per_epoch)
-        batches = self._epoch_batches(epoch)
-        self.position += 1
-        return batches[i]
+    def _batch(self, epoch: int, i: int) -> np.ndarray:
+        return self._epoch_batches(epoch)[i]
 
 
 def make_stream(num_rows: int, micro_batch: int, seed: int, lengths: np.ndarray | None = None) -> MicroBatchStream:
