@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AlbertConfig, BertConfig, BertForSequenceClassification
 
-from fine_tune.models.padding_free import Packing, PaddingFree, supports_padding_free
+from fine_tune.models.padding_free import (BUCKET_OVERHEAD, Packing, PaddingFree, plan_buckets,
+                                           supports_padding_free)
 
 
 def tiny(dropout: float = 0.0, seed: int = 0) -> BertForSequenceClassification:
@@ -31,7 +32,14 @@ def batch(lengths=(9, 3, 12, 1, 7), seq: int = 12, seed: int = 1) -> dict:
     return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
 
 
-def test_forward_matches_hugging_face_on_real_tokens():
+@pytest.fixture(params=[0, 8192, float("inf")], ids=["bucket-per-length", "cpu-default", "one-bucket"])
+def overhead(request, monkeypatch):
+    """Attention buckets: one per distinct length, the CPU default's plan, one bucket for the whole batch."""
+    monkeypatch.setitem(BUCKET_OVERHEAD, "cpu", request.param)
+    return request.param
+
+
+def test_forward_matches_hugging_face_on_real_tokens(overhead):
     model = tiny().eval()
     b = batch()
     with torch.no_grad():
@@ -45,7 +53,7 @@ def test_forward_matches_hugging_face_on_real_tokens():
         assert h_got[~real].abs().max() == 0  # padding positions are zeros, never garbage
 
 
-def test_gradients_match_for_a_loss_that_ignores_padding():
+def test_gradients_match_for_a_loss_that_ignores_padding(overhead):
     b = batch()
     real = b["attention_mask"].bool()
     labels = torch.tensor([0, 2, 1, 1, 0])
@@ -85,10 +93,12 @@ def test_packing_round_trip_and_refusals():
     packed = pk.pack(x)
     assert packed.shape == (int(mask.sum()), 4)
     torch.testing.assert_close(pk.pad(packed)[mask.bool()], x[mask.bool()])
-    assert pk.first.tolist() == [0, 9, 12, 24, 25]  # the packed row of each sequence's first token
-    left = torch.tensor([[0, 1, 1], [1, 1, 1]])
-    with pytest.raises(ValueError, match="right padding"):
-        Packing(left)
+    # sequences packed longest first (12, 9, 7, 3, 1 tokens: rows 0, 12, 21, 28, 31), [CLS] rows in batch order
+    assert pk.first.tolist() == [12, 28, 0, 31, 21]
+    torch.testing.assert_close(packed[pk.first], x[:, 0])
+    for bad in ([[0, 1, 1], [1, 1, 1]], [[1, 0, 1], [1, 1, 1]], [[0, 0, 0], [1, 1, 1]]):  # left, gap, empty
+        with pytest.raises(ValueError, match="right padding"):
+            Packing(torch.tensor(bad))
     assert not supports_padding_free(AlbertConfig())
     assert supports_padding_free(BertConfig())
 
@@ -112,3 +122,39 @@ def test_fine_tune_with_and_without_padding_free_end_alike(run, tiny_bert, exp_r
     b = torch.load(exp_root / "off_bert_qqp" / "model-6.pt", weights_only=True)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_attention_buckets_are_the_cheapest_split():
+    """plan_buckets against every way of cutting the sorted lengths into runs, by its stated cost."""
+    import itertools
+
+    def cost(lengths, runs, head_dim, overhead):
+        return sum((j - i) * lengths[i] * (lengths[i] + 3 * head_dim) + overhead for i, j in runs)
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(30):
+        lengths = sorted(torch.randint(1, 256, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist(),
+                         reverse=True)
+        overhead = [0, 2000, 8192, 1e9][trial % 4]
+        runs = plan_buckets(lengths, 32, overhead)
+        assert runs[0][0] == 0 and runs[-1][1] == len(lengths)
+        assert all(a[1] == b[0] for a, b in zip(runs, runs[1:]))
+        brute = min(cost(lengths, list(zip((0,) + cuts, cuts + (len(lengths),))), 32, overhead)
+                    for k in range(len(lengths)) for cuts in itertools.combinations(range(1, len(lengths)), k))
+        assert cost(lengths, runs, 32, overhead) == pytest.approx(brute)
+    assert plan_buckets([256, 250, 40, 30], 32, 0) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert plan_buckets([256, 250, 40, 30], 32, 8192) == [(0, 2), (2, 4)]
+    assert plan_buckets([256, 250, 40, 30], 32, float("inf")) == [(0, 4)]
+
+
+def test_buckets_of_a_batch():
+    pk = Packing(batch()["attention_mask"], head_dim=8, overhead=0)  # lengths 9, 3, 12, 1, 7
+    assert [(b.rows, b.length, b.start, b.stop) for b in pk.buckets] == [
+        (1, 12, 0, 12), (1, 9, 12, 21), (1, 7, 21, 28), (1, 3, 28, 31), (1, 1, 31, 32)]
+    assert all(b.index is None and b.key_mask is None for b in pk.buckets)  # no padding left to mask
+    pk = Packing(batch()["attention_mask"], head_dim=8, overhead=float("inf"))
+    (b,) = pk.buckets
+    assert (b.rows, b.length, b.start, b.stop) == (5, 12, 0, 32)
+    assert b.key_mask.shape == (5, 1, 1, 12) and int(b.key_mask.sum()) == 32
+    short = batch(lengths=(5, 3), seq=12)["attention_mask"]  # fixed padding to 12, longest real 5
+    assert [(b.rows, b.length) for b in Packing(short, overhead=float("inf")).buckets] == [(2, 5)]

@@ -5,22 +5,28 @@ dropout of a BERT layer works row by row; on padding rows it is wasted work whos
 loss ignores padding positions. This forward keeps the hidden states packed as [N, D] (the technique of
 "unpadded" BERT implementations, e.g. Zeng et al., "Boosting distributed training performance of the Unpadded
 BERT model", 2022, and MosaicBERT) and pads only around the attention product, where the sequence structure
-matters::
+matters, and there only as far as each group of similar lengths needs::
 
     x = LN(E_word[ids] + E_pos[pos] + E_type[types])                       # [N, D], real tokens only
     for each layer:
         [Q K V] = x [W_q W_k W_v] + b                                       # one [N, 3D] matrix multiply
-        A = unpad(softmax(pad(Q) pad(K)^T / sqrt(d_h) + mask) pad(V))       # attention on [B, H, S, S]
+        for each bucket of sequences of similar length (padded to its longest, L_b):
+            A_b = unpad(softmax(pad(Q) pad(K)^T / sqrt(d_h) + mask) pad(V)) # attention on [B_b, H, L_b, L_b]
         x' = LN(x + A W_o + b_o)
         x  = LN(x' + GELU(x' W_1 + b_1) W_2 + b_2)
     logits = W_c tanh(W_p x[CLS] + b_p) + b_c
+
+The buckets (``plan_buckets``) split the length-sorted batch where that saves more attention work than a bucket
+costs: a BoolQ batch padded to 256 whose rows hold from a few dozen to 256 tokens runs its attention on a few blocks of
+similar widths instead of [32, 12, 256, 256] (sum of B_b L_b^2 instead of B S^2).
 
 It computes exactly what the Hugging Face ``BertForSequenceClassification`` computes on the real tokens (same
 weights, same module objects; float rounding aside: tested), so a checkpoint is the same either way. Hidden
 states are returned re-padded to [B, S, D] with zeros at padding positions: use it only where the loss ignores
 those positions (every loss under ``--padding dynamic``; not the original's full-sequence MSE under fixed
-padding). Dropout masks are drawn for the real tokens only, so a training run draws different (equally
-distributed) masks than the padded forward.
+padding). Dropout masks are drawn for the real tokens only, and on CPU with models/dropout.py's cheaper
+generator (the same Bernoulli masks, p rounded to a multiple of 2^-16), so a training run draws different
+(equally distributed) masks than the padded forward.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .dropout import dropout
+
 
 def supports_padding_free(config) -> bool:
     """BERT with absolute positions and no decoder/cross-attention (ALBERT and others: the padded forward)."""
@@ -38,18 +46,88 @@ def supports_padding_free(config) -> bool:
             and not getattr(config, "is_decoder", False) and not getattr(config, "add_cross_attention", False))
 
 
-class Packing:
-    """Index bookkeeping of one batch: which of the B * S positions hold real tokens (right padding)."""
+# What one attention bucket costs beyond its work, in per-head score elements (one query-key pair of one head):
+# the extra kernel launches and Python of a bucket, forward and backward. Measured on a 2-core CPU with MiniLM
+# (bench/bench_attention_buckets.py); a GPU launch costs far more next to its fast element-wise kernels.
+BUCKET_OVERHEAD = {"cpu": 8192, "cuda": 1 << 18}
 
-    def __init__(self, attention_mask: torch.Tensor):
+
+@dataclass
+class Bucket:
+    """Sequences [r0, r1) of the length-sorted batch, padded to the longest of them (``length``) for attention;
+    their tokens are packed rows [start, stop)."""
+
+    rows: int
+    length: int
+    start: int
+    stop: int
+    index: torch.Tensor | None  # real positions in the bucket's [rows * length] grid; None: no padding in it
+    pad_index: torch.Tensor | None
+    key_mask: torch.Tensor | None  # [rows, 1, 1, length], True = attend; None: every key is real
+
+
+def plan_buckets(lengths: list[int], head_dim: int, overhead: float) -> list[tuple[int, int]]:
+    """Split lengths sorted in descending order into runs [i, j) that minimise the attention cost
+
+        sum over buckets of  rows * L * (L + 3 * head_dim) + overhead,    L = the bucket's longest length,
+
+    (scores, softmax and dropout per query-key pair; padding and unpadding Q, K, V per position) by dynamic
+    programming over the split points (O(B^2) for a batch of B)."""
+    n = len(lengths)
+    best = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            width = lengths[i]
+            c = best[i] + (j - i) * width * (width + 3 * head_dim) + overhead
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    runs, j = [], n
+    while j:
+        runs.append((cut[j], j))
+        j = cut[j]
+    return runs[::-1]
+
+
+class Packing:
+    """Index bookkeeping of one batch with right padding: which of the B * S positions hold real tokens, and the
+    attention buckets. Real tokens are packed sequence by sequence in order of decreasing length, so each
+    bucket of similar lengths is one contiguous block of packed rows."""
+
+    def __init__(self, attention_mask: torch.Tensor, head_dim: int = 64, overhead: float | None = None):
         self.batch, self.seq = attention_mask.shape
-        flat = attention_mask.reshape(-1).bool()
-        self.index = flat.nonzero(as_tuple=True)[0]  # [N] positions in B * S, row-major
-        self.pad_index = (~flat).nonzero(as_tuple=True)[0]  # the padding positions
-        self.positions = self.index % self.seq  # position id of each real token
-        self.first = (self.positions == 0).nonzero(as_tuple=True)[0]  # packed row of each sequence's [CLS]
-        if len(self.first) != self.batch:
-            raise ValueError("padding-free forward: every sequence must start with a real token (right padding)")
+        mask = attention_mask.bool()
+        lengths = mask.sum(1)
+        grid = torch.arange(self.seq, device=mask.device)
+        if not torch.equal(mask, grid < lengths[:, None]) or bool((lengths == 0).any()):
+            raise ValueError("padding-free forward: every sequence must be its real tokens first, then padding "
+                             "(right padding, at least one real token)")
+        lens = lengths.tolist()
+        order = sorted(range(self.batch), key=lambda i: -lens[i])  # stable: ties keep batch order
+        sorted_lens = [lens[i] for i in order]
+        order_t = torch.tensor(order, device=mask.device)
+        sorted_lengths = lengths[order_t]
+        flat = (grid < sorted_lengths[:, None]).reshape(-1).nonzero(as_tuple=True)[0]  # in the sorted grid
+        self.index = order_t[flat // self.seq] * self.seq + flat % self.seq  # [N] positions in B * S
+        self.pad_index = (~mask).reshape(-1).nonzero(as_tuple=True)[0]  # the padding positions
+        self.positions = flat % self.seq  # position id of each real token
+        starts = [0]
+        for n in sorted_lens:
+            starts.append(starts[-1] + n)
+        self.first = torch.empty(self.batch, dtype=torch.long, device=mask.device)  # packed row of each [CLS],
+        self.first[order_t] = torch.tensor(starts[:-1], device=mask.device)  # in batch order
+        if overhead is None:
+            overhead = BUCKET_OVERHEAD.get(mask.device.type, BUCKET_OVERHEAD["cuda"])
+        self.buckets = []
+        for r0, r1 in plan_buckets(sorted_lens, head_dim, overhead):
+            width = sorted_lens[r0]
+            index = pad_index = key_mask = None
+            if sorted_lens[r1 - 1] != width:
+                local = grid[:width] < sorted_lengths[r0:r1, None]  # [rows, width]
+                index = local.reshape(-1).nonzero(as_tuple=True)[0]
+                pad_index = (~local).reshape(-1).nonzero(as_tuple=True)[0]
+                key_mask = local[:, None, None, :]
+            self.buckets.append(Bucket(r1 - r0, width, starts[r0], starts[r1], index, pad_index, key_mask))
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """[B, S, ...] -> [N, ...]"""
@@ -58,6 +136,34 @@ class Packing:
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """[N, ...] -> [B, S, ...] with zeros at padding positions (differentiable)."""
         return _Pad.apply(x, self.index, self.pad_index).view(self.batch, self.seq, *x.shape[1:])
+
+    def attention(self, qkv: torch.Tensor, heads: int, scale: float, dropout_p: float) -> torch.Tensor:
+        """Multi-head attention of packed [N, 3 * D] queries, keys and values, bucket by bucket: each bucket's
+        sequences padded to its own longest length only. Returns the packed [N, D] context."""
+        d = qkv.shape[-1] // 3
+        parts = qkv.split([b.stop - b.start for b in self.buckets]) if len(self.buckets) > 1 else (qkv,)
+        out = []
+        for b, part in zip(self.buckets, parts):
+            if b.index is not None:
+                part = _Pad.apply(part, b.index, b.pad_index)
+            q, k, v = (t.reshape(b.rows, b.length, heads, d // heads).transpose(1, 2)
+                       for t in part.view(b.rows, b.length, 3 * d).chunk(3, dim=-1))
+            ctx = _attention(q, k, v, b.key_mask, scale, dropout_p)
+            ctx = ctx.transpose(1, 2).reshape(b.rows * b.length, d)
+            out.append(_Pack.apply(ctx, b.index, b.pad_index) if b.index is not None else ctx)
+        return torch.cat(out) if len(out) > 1 else out[0]
+
+
+def _attention(q, k, v, key_mask, scale: float, dropout_p: float) -> torch.Tensor:
+    """softmax(q k^T * scale, masked) v with dropout on the probabilities. PyTorch's fused kernels where they
+    apply (no dropout, or CUDA); on CPU with dropout, where PyTorch's fallback draws its mask one element at a
+    time, the same product written out with models/dropout.py's cheaper masks."""
+    if dropout_p == 0.0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale, dropout_p=dropout_p)
+    scores = torch.matmul(q * scale, k.transpose(-1, -2))
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask, float("-inf"))  # every row attends to at least its [CLS]
+    return torch.matmul(dropout(scores.softmax(-1), dropout_p, True), v)
 
 
 class _Pack(torch.autograd.Function):
@@ -106,24 +212,20 @@ def _embeddings(emb, input_ids, token_type_ids, pk: Packing) -> torch.Tensor:
     ids = pk.pack(input_ids)
     types = pk.pack(token_type_ids) if token_type_ids is not None else torch.zeros_like(ids)
     x = emb.word_embeddings(ids) + emb.token_type_embeddings(types) + emb.position_embeddings(pk.positions)
-    return emb.dropout(emb.LayerNorm(x))
+    return dropout(emb.LayerNorm(x), emb.dropout.p, emb.training)
 
 
-def _layer(layer, x: torch.Tensor, pk: Packing, key_mask: torch.Tensor) -> torch.Tensor:
+def _layer(layer, x: torch.Tensor, pk: Packing) -> torch.Tensor:
     sa = layer.attention.self
-    heads, head_dim = sa.num_attention_heads, sa.attention_head_size
     w = torch.cat([sa.query.weight, sa.key.weight, sa.value.weight])
     b = torch.cat([sa.query.bias, sa.key.bias, sa.value.bias])
-    qkv = pk.pad(F.linear(x, w, b))  # [B, S, 3D]
-    q, k, v = (t.reshape(pk.batch, pk.seq, heads, head_dim).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
-    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=sa.scaling,
-                                          dropout_p=sa.dropout.p if sa.training else 0.0)
-    attn = pk.pack(attn.transpose(1, 2).reshape(pk.batch, pk.seq, heads * head_dim))
+    attn = pk.attention(F.linear(x, w, b), sa.num_attention_heads, sa.scaling,
+                        sa.dropout.p if sa.training else 0.0)  # [N, D]
     so = layer.attention.output
-    x = so.LayerNorm(so.dropout(so.dense(attn)) + x)
+    x = so.LayerNorm(dropout(so.dense(attn), so.dropout.p, so.training) + x)
     inter = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))
     out = layer.output
-    return out.LayerNorm(out.dropout(out.dense(inter)) + x)
+    return out.LayerNorm(dropout(out.dense(inter), out.dropout.p, out.training) + x)
 
 
 class PaddingFree(torch.nn.Module):
@@ -145,15 +247,15 @@ class PaddingFree(torch.nn.Module):
                 return_dict: bool = True) -> PaddingFreeOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        pk = Packing(attention_mask)
+        cfg = self.model.config
+        pk = Packing(attention_mask, head_dim=cfg.hidden_size // cfg.num_attention_heads)
         bert = self.model.bert
-        key_mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, S]: True = attend
         x = _embeddings(bert.embeddings, input_ids, token_type_ids, pk)
         hidden = [x] if output_hidden_states else None
         for layer in bert.encoder.layer:
-            x = _layer(layer, x, pk, key_mask)
+            x = _layer(layer, x, pk)
             if hidden is not None:
                 hidden.append(x)
         pooled = bert.pooler.activation(bert.pooler.dense(x.index_select(0, pk.first)))
-        logits = self.model.classifier(self.model.dropout(pooled))
+        logits = self.model.classifier(dropout(pooled, self.model.dropout.p, self.model.training))
         return PaddingFreeOutput(logits, tuple(pk.pad(h) for h in hidden) if hidden is not None else None)
