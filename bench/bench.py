@@ -9,9 +9,10 @@ section alternating A B C D, D C B A, ... ``--repeats`` times; medians; ratios t
 * ``finetune`` (``bench_finetune.py``), MiniLM on qp_pairs (max_seq_len 128) and real BoolQ passages (BoolQ
   val, max_seq_len 256, parsed by ``fine_tune.tasks``): toolkit default (dynamic padding, the toolkit's data
   order), toolkit fastest (``group_by_length``), HF Trainer with run_glue defaults (every example padded to
-  max_seq_len), HF Trainer best (dynamic padding + length-grouped sampler). Ratios toolkit default / Trainer
-  run_glue and toolkit fastest / Trainer best, next to the ideal ratio: padded / real tokens of the data at that
-  max_seq_len.
+  max_seq_len), HF Trainer best (dynamic padding + length-grouped sampler), and the Trainer's best settings fed
+  toolkit fastest's own batches (the same widths every step: the like-for-like engine comparison). Ratios
+  toolkit default / Trainer run_glue and toolkit fastest / Trainer best (and / the same batches), next to the
+  ideal ratio: padded / real tokens of the data at that max_seq_len.
 * ``distill`` (``bench_distill.py``): toolkit PKD and LAD vs TextBrewer ``GeneralDistiller``, at fixed padding (the
   scripts' default) and with dynamic padding (masked hidden losses on both sides).
 * ``flops`` (``bench_flops.py``): achieved FLOP/s of one MiniLM training step at batch 32 x 128 (fixed length)
@@ -45,8 +46,10 @@ FINETUNE = {  # worker name -> table label, in the order of the first alternatio
     "toolkit_fast": "toolkit fastest (group_by_length, dynamic padding)",
     "trainer_glue": "HF Trainer, run_glue defaults (pad to max_seq_len, random order)",
     "trainer_best": "HF Trainer best (DataCollatorWithPadding, group_by_length sampler)",
+    "trainer_best_same": "HF Trainer best settings fed toolkit fastest's batches (the same widths every step)",
 }
-FINETUNE_RATIOS = (("toolkit", "trainer_glue"), ("toolkit_fast", "trainer_best"), ("toolkit_fast", "trainer_glue"))
+FINETUNE_RATIOS = (("toolkit", "trainer_glue"), ("toolkit_fast", "trainer_best"), ("toolkit_fast", "trainer_glue"),
+                   ("toolkit_fast", "trainer_best_same"))
 DISTILL = {"textbrewer": "TextBrewer GeneralDistiller", "pkd": "toolkit PKD (the same work)",
            "lad": "toolkit LAD (+ 6 gate blocks and their optimizer)",
            "textbrewer_dyn": "TextBrewer GeneralDistiller, inputs_mask (masked hidden_mse)",
@@ -109,8 +112,10 @@ def section_finetune(args, datasets: list[str]) -> tuple[dict, list[list[str]]]:
                    "worker_args": vars(wa)}
         ratio_cell = {"toolkit": f"{fmt_ratio(ratios['toolkit/trainer_glue'])} vs Trainer run_glue",
                       "toolkit_fast": f"{fmt_ratio(ratios['toolkit_fast/trainer_best'])} vs Trainer best",
-                      "trainer_glue": "1 (reference)", "trainer_best": "1 (reference)"}
-        notes = {"toolkit_fast": f"vs Trainer run_glue {fmt_ratio(ratios['toolkit_fast/trainer_glue'])}"}
+                      "trainer_glue": "1 (reference)", "trainer_best": "1 (reference)",
+                      "trainer_best_same": "1 (reference)"}
+        notes = {"toolkit_fast": f"vs Trainer run_glue {fmt_ratio(ratios['toolkit_fast/trainer_glue'])}; vs Trainer "
+                                 f"best fed the same batches {fmt_ratio(ratios['toolkit_fast/trainer_best_same'])}"}
         for c, name in FINETUNE.items():
             rows.append(["finetune", label, name, *summary_cells(runs, c), ratio_cell[c],
                          f"{ideal:.3f}" if c in ("toolkit", "toolkit_fast") else "",

@@ -18,7 +18,11 @@ also runs the other workers here:
 * ``trainer_glue``: the Trainer as ``run_glue.py`` runs it by default: every example padded to max_seq_len at
   tokenisation, ``default_data_collator``, the random sampler;
 * ``trainer_best``: the Trainer with dynamic padding (``DataCollatorWithPadding``; ``pad_to_multiple_of=8``
-  under fp16, as run_glue) and the length-grouped sampler.
+  under fp16, as run_glue) and the length-grouped sampler;
+* ``trainer_best_same``: the Trainer's best settings (dynamic padding) fed ``toolkit_fast``'s batches in its
+  order (the toolkit's length-grouped stream laid out, read sequentially): every step pads to the same width on
+  both sides, so ``toolkit_fast / trainer_best_same`` compares the engines on the same work, where
+  ``toolkit_fast / trainer_best`` compares two samplers' different windows of the data too.
 
 Every run is a fresh subprocess (``--contender NAME``); the contenders alternate (A B, B A, ...).
 Timed: ``--steps`` optimizer steps in steady state, from the beginning of step ``warm_steps + 1`` to the
@@ -50,7 +54,8 @@ from common import (SEED, Stamps, add_worker_args, alternate, device_of, load_ex
 LR = 5e-5
 WEIGHT_DECAY = 0.01
 MAX_NORM = 1.0
-CONTENDERS = ("toolkit", "toolkit_fast", "toolkit_padded", "trainer", "trainer_glue", "trainer_best")
+CONTENDERS = ("toolkit", "toolkit_fast", "toolkit_padded", "trainer", "trainer_glue", "trainer_best",
+              "trainer_best_same")
 
 
 def worker_toolkit(args, t0: float, *, group_by_length: bool = False, padding: str = "dynamic",
@@ -109,14 +114,16 @@ def sampling_args(strategy: str) -> dict:
 
 def worker_trainer(args, t0: float, mode: str = "same_order") -> dict:
     """The Hugging Face Trainer with the same optimizer, schedule and steps. ``mode``: ``same_order`` (the toolkit's
-    batches, dynamic padding), ``run_glue`` (run_glue.py defaults: pad to max_seq_len, random order) or ``best``
-    (dynamic padding, length-grouped sampler)."""
+    batches, dynamic padding), ``run_glue`` (run_glue.py defaults: pad to max_seq_len, random order), ``best``
+    (dynamic padding, length-grouped sampler) or ``best_same_order`` (dynamic padding, the toolkit's
+    length-grouped batches)."""
+    import numpy as np
     import torch
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainerCallback, TrainingArguments, default_data_collator)
     from transformers.utils import logging as hf_logging
 
-    from fine_tune.batching import MicroBatchStream
+    from fine_tune.batching import LengthGroupedMicroBatchStream, MicroBatchStream
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -129,11 +136,16 @@ def worker_trainer(args, t0: float, mode: str = "same_order") -> dict:
     rows = [{"input_ids": enc["input_ids"][i], "token_type_ids": enc["token_type_ids"][i],
              "attention_mask": enc["attention_mask"][i], "labels": e.label} for i, e in enumerate(examples)]
     n = total_steps(args)
-    if mode == "same_order":
-        stream = MicroBatchStream(len(rows), args.batch_size, seed=SEED)  # the toolkit's batch order
+    if mode in ("same_order", "best_same_order"):
+        if mode == "same_order":
+            stream = MicroBatchStream(len(rows), args.batch_size, seed=SEED)  # the toolkit's batch order
+        else:  # toolkit_fast's order (worker_toolkit(group_by_length=True): the same seed and lengths)
+            lengths = np.array([len(r["input_ids"]) for r in rows])
+            stream = LengthGroupedMicroBatchStream(len(rows), args.batch_size, SEED, lengths)
         dataset = [rows[i] for _ in range(n) for i in stream.next()]
         sampling = sampling_args("sequential")
-        pad = DataCollatorWithPadding(tok)
+        pad = DataCollatorWithPadding(tok, pad_to_multiple_of=8 if mode == "best_same_order" and prec == "fp16"
+                                      else None)
     elif mode == "run_glue":
         dataset, sampling, pad = rows, {}, default_data_collator  # the random sampler, TrainingArguments' default
     else:
@@ -149,7 +161,8 @@ def worker_trainer(args, t0: float, mode: str = "same_order") -> dict:
         def on_step_begin(self, *a, **k):
             stamps.step_begins()
 
-    name = {"same_order": "trainer", "run_glue": "trainer_glue", "best": "trainer_best"}[mode]
+    name = {"same_order": "trainer", "run_glue": "trainer_glue", "best": "trainer_best",
+            "best_same_order": "trainer_best_same"}[mode]
     with tempfile.TemporaryDirectory() as tmp:
         targs = TrainingArguments(
             output_dir=tmp, per_device_train_batch_size=args.batch_size, max_steps=n, learning_rate=LR,
@@ -173,7 +186,8 @@ def run_contender(name: str, args, t0: float) -> dict:
         return worker_toolkit(args, t0, group_by_length=True, name="toolkit_fast")
     if name == "toolkit_padded":  # --padding_free off: the padded forward, for profiles and the ablation
         return worker_toolkit(args, t0, name="toolkit_padded", padding_free=False)
-    return worker_trainer(args, t0, {"trainer": "same_order", "trainer_glue": "run_glue", "trainer_best": "best"}[name])
+    return worker_trainer(args, t0, {"trainer": "same_order", "trainer_glue": "run_glue", "trainer_best": "best",
+                                     "trainer_best_same": "best_same_order"}[name])
 
 
 def main(argv=None) -> int:
