@@ -66,9 +66,11 @@ class OptimFlags:
     seed: int = flag(42, "random seed (Python, NumPy, torch)")
     padding: str = flag("dynamic", "pad each batch to its longest member (dynamic) or to max_seq_len (max_length)",
                         choices=("dynamic", "max_length"))
-    padding_free: str = flag("auto", "auto: BERT's position-wise layers run on the real tokens only wherever no loss "
-                                     "looks at padding positions (fine-tuning, logits KD, layer-wise losses under "
-                                     "--padding dynamic): the same model, fewer FLOPs; off: the padded forward",
+    padding_free: str = flag("auto", "auto: BERT's position-wise layers run on the real tokens only, and attention "
+                                     "in buckets of similar lengths, wherever no loss looks at padding positions "
+                                     "(fine-tuning, logits KD, layer-wise losses under --padding dynamic), and the "
+                                     "same layers over the padded grid elsewhere; cheaper dropout masks on CPU: the "
+                                     "same model, fewer FLOPs; off: Hugging Face's padded forward",
                              choices=("auto", "off"))
     compile: bool = flag(False, "torch.compile the student's (and the teacher's) forward: pays on GPUs over long runs; "
                                 "on the 2-core CPU measured here it did not (doc/performance.md). Float-rounding "

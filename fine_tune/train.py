@@ -151,7 +151,8 @@ def run_training(p: Prepared, model, method: Method, tokenizer, examples, source
         trainer.on_checkpoint = make_hook(trainer)
     print(f"{p.exp.name}: {len(features)} examples, {args.total_step} steps of {args.batch_size} "
           f"({args.accum_step} x {args.batch_size // args.accum_step}), {p.device}, {p.precision.describe()}"
-          f"{', padding-free forward' if trainer.padding_free else ''}{', torch.compile' if args_compile(args) else ''}",
+          f"{', padding-free forward' if trainer.padding_free else ''}"
+          f"{', own BERT forward over the padded batch' if trainer.model_forward == 'grid' else ''}{', torch.compile' if args_compile(args) else ''}",
           file=sys.stderr)
     summary = trainer.train(resume_step)
     print(f"{p.exp.name}: trained {summary['steps_run']} steps in {summary['seconds']:.1f} s "

@@ -147,3 +147,23 @@ def test_bad_input_is_one_line_and_writes_nothing(run, teacher, exp_root, script
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert message.format(exp=exp_root) in lines[0], lines[0]
     assert not (exp_root / "bad_bert_qqp").exists()
+
+
+@pytest.mark.parametrize("script", ["run_pkd_distill.py", "run_lad_distil.py"])
+def test_fixed_padding_own_forward_ends_like_hugging_face(run, teacher, exp_root, script):
+    """The faithful default (fixed padding, losses over every position) runs BERT through the toolkit's forward
+    over the padded grid (models/padding_free.FullGrid); with dropout 0 it trains the same weights, gates
+    included, as Hugging Face's forward (--padding_free off)."""
+    common = ["--task", "qqp", *TINY, "--num_hidden_layers", "3", "--total_step", "3", "--warmup_step", "1",
+              "--ckpt_step", "3", "--lr", "1e-3", "--batch_size", "8", "--dropout", "0", "--map_examples", "0"]
+    for mode in ("auto", "off"):
+        out = run(script, *TEACHER, "--experiment", f"grid_{mode}", "--padding_free", mode, *common)
+        assert ("own BERT forward over the padded batch" in out.stderr) == (mode == "auto"), out.stderr
+    files = sorted(f.name for f in (exp_root / "grid_auto_bert_qqp").glob("*-3.pt") if not f.name.startswith("resume"))
+    assert "model-3.pt" in files and (script == "run_pkd_distill.py" or "gate-0-3.pt" in files), files
+    for name in files:
+        a = torch.load(exp_root / "grid_auto_bert_qqp" / name, weights_only=True)
+        b = torch.load(exp_root / "grid_off_bert_qqp" / name, weights_only=True)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=f"{name}: {k}")

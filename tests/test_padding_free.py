@@ -158,3 +158,30 @@ def test_buckets_of_a_batch():
     assert b.key_mask.shape == (5, 1, 1, 12) and int(b.key_mask.sum()) == 32
     short = batch(lengths=(5, 3), seq=12)["attention_mask"]  # fixed padding to 12, longest real 5
     assert [(b.rows, b.length) for b in Packing(short, overhead=float("inf")).buckets] == [(2, 5)]
+
+
+def test_grid_forward_equals_hugging_face_at_every_position():
+    """packed=False (losses that read padding positions): logits, every hidden state at every position (padding
+    included) and the gradients of a full-sequence loss equal the Hugging Face forward's (dropout 0)."""
+    b = batch()
+    labels = torch.tensor([0, 2, 1, 1, 0])
+    targets = [torch.randn(5, 12, 32, generator=torch.Generator().manual_seed(k)) for k in range(3)]
+
+    def run(model, own: bool):
+        model.zero_grad()
+        out = (PaddingFree(model, packed=False) if own else model)(**b, output_hidden_states=True)
+        full = sum(((h - t) ** 2).mean() for h, t in zip(out.hidden_states[1:], targets))  # padding included
+        (F.cross_entropy(out.logits, labels) + full).backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    (ref, ref_g), (got, got_g) = run(tiny().train(), False), run(tiny().train(), True)
+    torch.testing.assert_close(got.logits, ref.logits, atol=1e-5, rtol=1e-5)
+    for h_got, h_ref in zip(got.hidden_states, ref.hidden_states):
+        torch.testing.assert_close(h_got, h_ref, atol=1e-5, rtol=1e-5)
+    assert ref_g.keys() == got_g.keys()
+    for name in ref_g:
+        torch.testing.assert_close(got_g[name], ref_g[name], atol=2e-5, rtol=1e-4, msg=name)
+    gap = {"input_ids": b["input_ids"], "attention_mask": torch.tensor([[1, 0, 1] + [1] * 9] * 5)}  # any mask
+    with torch.no_grad():
+        torch.testing.assert_close(PaddingFree(tiny().eval(), packed=False)(**gap).logits, tiny().eval()(**gap).logits,
+                                   atol=1e-5, rtol=1e-5)

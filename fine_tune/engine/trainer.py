@@ -55,7 +55,9 @@ class TrainSettings:
     tag_prefix: str  # "{task}/{dataset}/{model}"
     save_total_limit: int = 0  # keep only the newest K checkpoints (0: all)
     group_by_length: bool = False  # length-grouped shuffled micro-batches (needs the rows' lengths)
-    padding_free: bool = False  # run BERT on the real tokens only where the method ignores padding positions
+    # BERT through models/padding_free.py: on the real tokens only where the method ignores padding positions,
+    # over the whole padded grid elsewhere (fused Q/K/V, cheaper CPU dropout masks); False: Hugging Face's forward
+    padding_free: bool = False
     compile: bool = False  # torch.compile the training forward (and the teacher's)
 
     @property
@@ -100,14 +102,17 @@ class Trainer:
         self.world = distributed.world()
         # the module the training forward runs through: the padding-free forward where it computes the same
         # losses, inside DDP's wrapper under torchrun
-        use_pf = settings.padding_free and method.ignores_padding
-        self.padding_free = use_pf and supports_padding_free(student.config)
-        self.model = PaddingFree(self.student) if self.padding_free else self.student
+        # (models/padding_free.py: packed where no loss reads padding positions, over the padded grid elsewhere)
+        packed = method.ignores_padding
+        own = settings.padding_free and supports_padding_free(student.config)
+        self.padding_free = own and packed
+        self.model_forward = ("packed" if packed else "grid") if own else "hugging_face"
+        self.model = PaddingFree(self.student, packed=packed) if own else self.student
         if self.world.enabled:
             self.model = distributed.wrap_ddp(self.model, device)
         self.teacher_model = teacher
-        if teacher is not None and use_pf and supports_padding_free(teacher.config):
-            self.teacher_model = PaddingFree(teacher)
+        if teacher is not None and settings.padding_free and supports_padding_free(teacher.config):
+            self.teacher_model = PaddingFree(teacher, packed=packed)
         if settings.compile:
             backend = os.environ.get("FT_COMPILE_BACKEND", "inductor")  # tests: "eager" (no code generation)
             self.model = torch.compile(self.model, backend=backend, dynamic=True)

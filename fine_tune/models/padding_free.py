@@ -154,6 +154,28 @@ class Packing:
         return torch.cat(out) if len(out) > 1 else out[0]
 
 
+class FullGrid(Packing):
+    """The ``Packing`` interface over every position of the padded batch: rows are the B * S positions in order
+    (padding positions included, as the original's full-sequence losses need them), one attention bucket with
+    the batch's key mask. Any mask pattern is allowed."""
+
+    def __init__(self, attention_mask: torch.Tensor):
+        self.batch, self.seq = attention_mask.shape
+        mask = attention_mask.bool()
+        device = mask.device
+        self.index = self.pad_index = None
+        self.positions = torch.arange(self.seq, device=device).repeat(self.batch)
+        self.first = torch.arange(self.batch, device=device) * self.seq
+        key_mask = None if bool(mask.all()) else mask[:, None, None, :]
+        self.buckets = [Bucket(self.batch, self.seq, 0, self.batch * self.seq, None, None, key_mask)]
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(self.batch * self.seq, *x.shape[2:])
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(self.batch, self.seq, *x.shape[1:])
+
+
 def _attention(q, k, v, key_mask, scale: float, dropout_p: float) -> torch.Tensor:
     """softmax(q k^T * scale, masked) v with dropout on the probabilities. PyTorch's fused kernels where they
     apply (no dropout, or CUDA); on CPU with dropout, where PyTorch's fallback draws its mask one element at a
@@ -230,13 +252,19 @@ def _layer(layer, x: torch.Tensor, pk: Packing) -> torch.Tensor:
 
 class PaddingFree(torch.nn.Module):
     """Wraps a ``BertForSequenceClassification`` (its parameters, not copies) with the padding-free forward.
-    Call it like the model: ``(input_ids, token_type_ids, attention_mask, output_hidden_states=...)``."""
+    Call it like the model: ``(input_ids, token_type_ids, attention_mask, output_hidden_states=...)``.
 
-    def __init__(self, model: torch.nn.Module):
+    ``packed=False``: the same layers over every position of the padded batch (``FullGrid``), for losses that
+    read padding positions (the original's full-sequence hidden MSE, the fixed-length LAD gate): no work is
+    skipped, but the fused Q/K/V projection and the cheaper CPU dropout masks still apply, and the outputs
+    equal Hugging Face's at every position, padding included."""
+
+    def __init__(self, model: torch.nn.Module, packed: bool = True):
         super().__init__()
         if not supports_padding_free(model.config):
             raise ValueError(f"padding-free forward supports BERT only, not {model.config.model_type}")
         self.model = model
+        self.packed = packed
 
     @property
     def config(self):
@@ -248,7 +276,8 @@ class PaddingFree(torch.nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         cfg = self.model.config
-        pk = Packing(attention_mask, head_dim=cfg.hidden_size // cfg.num_attention_heads)
+        pk = (Packing(attention_mask, head_dim=cfg.hidden_size // cfg.num_attention_heads) if self.packed
+              else FullGrid(attention_mask))
         bert = self.model.bert
         x = _embeddings(bert.embeddings, input_ids, token_type_ids, pk)
         hidden = [x] if output_hidden_states else None
