@@ -45,28 +45,22 @@ def main(argv=None) -> int:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from fine_tune.batching import tokenize
+    from fine_tune.batching import Collator, tokenize
     from fine_tune.models import padding_free
     from fine_tune.models.classifier import load_tokenizer
 
     torch.manual_seed(0)
-    enc = tokenize(load_tokenizer(args.model), load_examples(args), args.max_seq_len)
-    lengths = enc.lengths()
+    tok = load_tokenizer(args.model)
+    enc = tokenize(tok, load_examples(args), args.max_seq_len)
+    collate = Collator(enc, tok.pad_token_id, args.max_seq_len, "dynamic")  # each batch padded to its longest row
     g = torch.Generator().manual_seed(0)
     batches = []
     for _ in range(args.batches):
-        rows = torch.randperm(len(lengths), generator=g)[: args.batch_size].tolist()
-        width = max(int(lengths[r]) for r in rows)
-        b = {k: torch.zeros(len(rows), width, dtype=torch.long)
-             for k in ("input_ids", "token_type_ids", "attention_mask")}
-        for i, r in enumerate(rows):
-            lo, hi = int(enc.offsets[r]), int(enc.offsets[r + 1])
-            b["input_ids"][i, : hi - lo] = torch.from_numpy(enc.input_ids[lo:hi].astype("int64"))
-            b["token_type_ids"][i, : hi - lo] = torch.from_numpy(enc.token_type_ids[lo:hi].astype("int64"))
-            b["attention_mask"][i, : hi - lo] = 1
-        batches.append(b)
+        b = collate(torch.randperm(len(enc), generator=g)[: args.batch_size].numpy())
+        batches.append({k: b[k] for k in ("input_ids", "token_type_ids", "attention_mask")})
     model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2).train()
     pf = padding_free.PaddingFree(model)
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
 
     def step(module, b):
         model.zero_grad(set_to_none=True)
@@ -84,7 +78,7 @@ def main(argv=None) -> int:
         for s in settings:
             if s != "padded":
                 padding_free.BUCKET_OVERHEAD["cpu"] = float(s)
-                buckets[s] = statistics.mean(len(padding_free.Packing(b["attention_mask"], 32).buckets)
+                buckets[s] = statistics.mean(len(padding_free.Packing(b["attention_mask"], head_dim).buckets)
                                              for b in batches)
             t0 = time.perf_counter()
             for b in batches:

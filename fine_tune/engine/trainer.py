@@ -100,12 +100,11 @@ class Trainer:
             tune_malloc_for_training()  # every step reuses the previous step's pages (engine/allocator.py)
         self.student = student.to(device)
         self.world = distributed.world()
-        # the module the training forward runs through: the padding-free forward where it computes the same
-        # losses, inside DDP's wrapper under torchrun
-        # (models/padding_free.py: packed where no loss reads padding positions, over the padded grid elsewhere)
+        # the module the training forward runs through, inside DDP's wrapper under torchrun: the toolkit's BERT
+        # forward (models/padding_free.py), packed where no loss reads padding positions and over the padded grid
+        # elsewhere; Hugging Face's forward with --padding_free off or for other models
         packed = method.ignores_padding
         own = settings.padding_free and supports_padding_free(student.config)
-        self.padding_free = own and packed
         self.model_forward = ("packed" if packed else "grid") if own else "hugging_face"
         self.model = PaddingFree(self.student, packed=packed) if own else self.student
         if self.world.enabled:
@@ -144,6 +143,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
         self.stream = make_stream(num_rows, s.micro_batch, s.seed, lengths if s.group_by_length else None)
         self.step = 0
+
+    @property
+    def padding_free(self) -> bool:
+        """Whether the student's forward runs on the real tokens only (the packed padding-free forward)."""
+        return self.model_forward == "packed"
 
     def _extra(self, e: ExtraParameters) -> _Optimised:
         named = [(f"{i}.{n}", p) for i, m in enumerate(e.modules) for n, p in m.named_parameters()]

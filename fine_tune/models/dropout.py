@@ -17,6 +17,8 @@ generator, so a seeded run repeats itself and a resumed run continues its random
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -26,9 +28,7 @@ _LEVELS = 1 << 16
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> tuple[torch.Tensor, float]:
     """A bool mask of ``shape`` that is True with probability 1 - p' and the scale 1 / (1 - p'), where
     p' = round(p * 2^16) / 2^16."""
-    n = 1
-    for s in shape:
-        n *= s
+    n = math.prod(shape)
     cut = round(p * _LEVELS)
     if cut >= _LEVELS:
         return torch.zeros(shape, dtype=torch.bool, device=device), 0.0
