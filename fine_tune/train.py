@@ -74,8 +74,25 @@ class Start:
     resume_step: int | None = None  # continue from this checkpoint
 
 
-OUTPUT_PATTERNS = ("model-*.pt", "resume-*.pt", "gate-*.pt", "layer-map-*", "eval-*.json", "predictions-*.tsv",
-                   "QQP*.tsv", "BoolQ*.jsonl")
+def clear_outputs(exp: ExperimentDir) -> None:
+    """``--overwrite``: delete everything the old run left in its folder (checkpoints, resume states, method
+    files, heat-maps, eval tables and predictions, submissions, the model folder, leftover temporary files of a
+    killed write) and its TensorBoard folder; only ``config.json`` stays, to be replaced by the new run's. Both
+    folders are this experiment's own, and both are checked to lie inside the experiment root."""
+    import shutil
+
+    root = exp.root.resolve()
+    for folder in (exp.path, exp.log_dir):
+        if folder.resolve().parent not in (root, root / "log"):
+            raise UserError(f"--overwrite: {folder} is not inside the experiment root {exp.root}; nothing deleted")
+    for entry in exp.path.iterdir():
+        if entry.name == "config.json":
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    shutil.rmtree(exp.log_dir, ignore_errors=True)
 
 
 def start_experiment(p: Prepared, args: argparse.Namespace, record: dict, data_files: dict[str, str]) -> Start:
@@ -96,11 +113,14 @@ def _start_experiment(p: Prepared, args: argparse.Namespace, record: dict, data_
     p.resolve_device(args)
     same = old is not None and not cfg.differing_fields(old, record)
     start = Start(True)
-    if same and args.total_step in p.exp.checkpoints():
+    # The resume state is written last at every checkpoint (Trainer.save), and the previous one is deleted only
+    # after it: a last checkpoint whose resume state is missing while an older one exists is a run killed while
+    # writing it (resumed below). With no resume state at all (deleted to save space), model-{total} means done.
+    ready = [s for s in resume_steps(p.exp.path) if p.exp.checkpoint_path(s).is_file()] if same else []
+    if same and p.exp.checkpoint_path(args.total_step).is_file() and (not ready or ready[-1] == args.total_step):
         print(f"{p.exp.path}: already finished (model-{args.total_step}.pt exists); nothing to do")
         return Start(False)
     if same:
-        ready = [s for s in resume_steps(p.exp.path) if p.exp.checkpoint_path(s).is_file()]
         if ready:
             start = Start(True, ready[-1])
             print(f"{p.exp.name}: resuming from model-{ready[-1]}.pt (same config; pass --overwrite with "
@@ -108,13 +128,8 @@ def _start_experiment(p: Prepared, args: argparse.Namespace, record: dict, data_
         elif p.exp.checkpoints():
             print(f"{p.exp.name}: checkpoints {p.exp.checkpoints()} have no resume state; starting over",
                   file=sys.stderr)
-    if old is not None and not same:  # --overwrite: start over, drop the old run's outputs
-        import shutil
-
-        for pattern in OUTPUT_PATTERNS:
-            for f in p.exp.path.glob(pattern):
-                f.unlink()
-        shutil.rmtree(p.exp.log_dir, ignore_errors=True)
+    if old is not None and not same:  # --overwrite: start over, drop every output of the old run
+        clear_outputs(p.exp)
     record = dict(record, provenance=collect(p.device, data_files))
     p.exp.path.mkdir(parents=True, exist_ok=True)
     cfg.save_config(p.exp.config_path, record)

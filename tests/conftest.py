@@ -20,6 +20,24 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 from fine_tune import synthetic  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def contained_tmpdir(tmp_path_factory):
+    """Everything the suite's processes put in a temporary folder (torchrun's torchelastic_* folders, tempfile
+    users) lands under pytest's own base folder, which a passing run removes (pytest.ini)."""
+    import tempfile
+
+    folder = tmp_path_factory.mktemp("TMPDIR")
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = str(folder)
+    tempfile.tempdir = str(folder)
+    yield folder
+    if saved[0] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved[0]
+    tempfile.tempdir = saved[1]
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return synthetic.write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-bert", "bert", num_layers=2)
@@ -108,3 +126,18 @@ def needs_shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not present (../shared is only beside the development checkout)")
     return path
+
+
+# CI sets FT_REQUIRE_ALL_TESTS=1 (.ci/run): there every skip is a failure, so a missing ../shared (the real-model and
+# seed-versus-original tests) or a missing system feature (mount namespaces) can never pass silently.
+REQUIRE_ALL = os.environ.get("FT_REQUIRE_ALL_TESTS") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_ALL and report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but FT_REQUIRE_ALL_TESTS=1 forbids skips: {reason}"

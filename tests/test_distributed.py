@@ -39,29 +39,47 @@ def load(path):
     return torch.load(path, weights_only=True)
 
 
-# 30 rows, micro-batches of 4 (batch 8, accum 2): each epoch ends with a micro-batch of 2 rows, so the ranks'
-# shares are unequal there and the loss weighting matters
-TRAIN = ["--task", "qqp", "--batch_size", "8", "--accum_step", "2", "--max_examples", "30", "--dropout", "0",
+# 29 rows, micro-batches of 3 (batch 6, accum 2): two ranks get shares of 2 and 1 rows (loss weights 4/3 and 2/3),
+# and each epoch ends with a 2-row micro-batch (1 and 1), so the loss weighting matters at every step
+TRAIN = ["--task", "qqp", "--batch_size", "6", "--accum_step", "2", "--max_examples", "29", "--dropout", "0",
          "--lr", "1e-3", "--max_seq_len", "24", "--warmup_step", "1", "--log_step", "3", "--seed", "5",
          "--device_id", "-1"]
 
 
 def test_fine_tune_two_processes_match_one(run, tiny_bert, data_root, exp_root):
-    common = ["--model", "bert", "--ptrain_ver", str(tiny_bert), *TRAIN, "--total_step", "9", "--ckpt_step", "9"]
+    common = ["--model", "bert", "--ptrain_ver", str(tiny_bert), *TRAIN, "--total_step", "9", "--ckpt_step", "3"]
     run("run_fine_tune.py", "--experiment", "one", *common)
     out = torchrun("run_fine_tune.py", ["--experiment", "two", *common], data_root, exp_root)
     one, two = exp_root / "one_bert_qqp", exp_root / "two_bert_qqp"
     close(load(one / "model-9.pt"), load(two / "model-9.pt"))
     assert json.loads((two / "config.json").read_text())["provenance"]["processes"] == 2
     assert json.loads((one / "config.json").read_text())["provenance"]["processes"] == 1
-    assert sorted(p.name for p in two.glob("*.pt")) == ["model-9.pt", "resume-9.pt"]
+    assert sorted(p.name for p in two.glob("*.pt")) == ["model-3.pt", "model-6.pt", "model-9.pt", "resume-9.pt"]
     # rank 0 alone wrote the log: one event file, each logged step once, losses as one process (mean over ranks)
     assert len(list((exp_root / "log" / "two_bert_qqp").glob("events.out.tfevents.*"))) == 1
     a, b = tb_scalars(exp_root / "log" / "one_bert_qqp"), tb_scalars(exp_root / "log" / "two_bert_qqp")
     assert [s for s, _ in b["qqp/train/bert/lr"]] == [3, 6, 9]
-    np.testing.assert_allclose([v for _, v in b["qqp/train/bert/grad_norm"]],
-                               [v for _, v in a["qqp/train/bert/grad_norm"]], rtol=1e-4)
+    for tag in ("loss", "grad_norm"):
+        np.testing.assert_allclose([v for _, v in b[f"qqp/train/bert/{tag}"]],
+                                   [v for _, v in a[f"qqp/train/bert/{tag}"]], rtol=1e-4, err_msg=tag)
     assert out.stdout.count("trained 9 steps") == 1  # rank 1 prints nothing to stdout
+
+    # pre-empted: the whole two-process job SIGKILLed right after checkpoint 3, then the same command again ends
+    # bit-identical to the uninterrupted two-process run
+    from test_resume import assert_bitwise_equal, run_scalars, start_killed, wait_killed, World
+
+    w = World(data_root, exp_root, tiny_bert)
+    wait_killed(start_killed("after:resume-3.pt", "run_fine_tune.py", ["--experiment", "killed", *common], w,
+                             torchrun=2), torchrun=True)
+    killed = exp_root / "killed_bert_qqp"
+    assert sorted(p.name for p in killed.glob("*.pt")) == ["model-3.pt", "resume-3.pt"]
+    resumed = torchrun("run_fine_tune.py", ["--experiment", "killed", *common], data_root, exp_root)
+    assert "resuming from model-3.pt" in resumed.stderr
+    for step in (3, 6, 9):
+        assert_bitwise_equal(load(two / f"model-{step}.pt"), load(killed / f"model-{step}.pt"), str(step))
+    sa, sb = run_scalars(exp_root / "log" / "two_bert_qqp"), run_scalars(exp_root / "log" / "killed_bert_qqp")
+    assert {t: v for t, v in sa.items() if "examples_per_s" not in t} == \
+        {t: v for t, v in sb.items() if "examples_per_s" not in t}
 
     # sharded evaluation: every dev row once, the same table as one process
     run("run_fine_tune_eval.py", "--experiment", "one", "--model", "bert", "--task", "qqp", "--dataset", "dev",
@@ -82,7 +100,7 @@ def test_lad_two_processes_match_one(run, tiny_bert12, data_root, exp_root):
         "--task", "qqp", "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "16",
         "--max_seq_len", "24", "--device_id", "-1")
     common = ["--model", "bert", "--task", "qqp", "--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", "2",
-              *TINY, "--num_hidden_layers", "6", "--batch_size", "8", "--accum_step", "2", "--max_examples", "30",
+              *TINY, "--num_hidden_layers", "6", "--batch_size", "6", "--accum_step", "2", "--max_examples", "29",
               "--dropout", "0", "--lr", "1e-3", "--gate_lr", "1e-2", "--mu", "10", "--total_step", "6",
               "--warmup_step", "1", "--ckpt_step", "6", "--log_step", "3", "--map_examples", "0", "--device_id", "-1"]
     run("run_lad_distil.py", "--experiment", "one", *common)
@@ -93,6 +111,10 @@ def test_lad_two_processes_match_one(run, tiny_bert12, data_root, exp_root):
     assert gates and gates == sorted(p.name for p in two.glob("gate*-6.pt"))
     for g in gates:  # gate gradients were averaged across the ranks: the gates agree with one process
         close(load(one / g), load(two / g))
+    a, b = tb_scalars(exp_root / "log" / "one_bert_qqp"), tb_scalars(exp_root / "log" / "two_bert_qqp")
+    for tag in ("loss", "hidden_loss", "soft_loss", "hard_loss", "gate_mean_6", "grad_norm"):
+        np.testing.assert_allclose([v for _, v in b[f"qqp/train/bert/{tag}"]],
+                                   [v for _, v in a[f"qqp/train/bert/{tag}"]], rtol=1e-4, err_msg=tag)
 
 
 @pytest.mark.parametrize("rows", [np.arange(7), np.arange(1)])

@@ -240,7 +240,10 @@ def test_lad_and_pkd_scripts_run_with_dynamic_padding(run, teacher, exp_root, mo
     assert sorted(x.name for x in folder.glob("gate-*.pt")) == sorted(f"gate-{i}-2.pt" for i in range(12))
     gate = torch.load(folder / "gate-3-2.pt", weights_only=True)
     assert tuple(gate["layernorm.weight"].shape) == (24, 32)  # the same parameters as the fixed-length gate
-    assert GateBlock(32, 24).load_state_dict(gate) is not None
+    block = GateBlock(32, 24)
+    missing, unexpected = block.load_state_dict(gate, strict=True)  # strict: raises on any other key or shape
+    assert not missing and not unexpected
+    assert all(torch.equal(block.state_dict()[k], v) for k, v in gate.items())
     m = json.loads((folder / "layer-map-2.json").read_text())["matrix"]  # heat-map on variable-length batches
     assert len(m) == 3 and all(abs(sum(r) - 1) < 1e-4 for r in m)
     assert (folder / "layer-map-2.png").is_file()

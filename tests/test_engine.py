@@ -119,6 +119,24 @@ def test_gradient_accumulation_matches_full_batch(tiny_bert, data_root, tmp_path
     saved = torch.load(exp.checkpoint_path(3), weights_only=True)
     assert all(torch.equal(saved[k], v) for k, v in accum_state.items())
 
+    # the logged loss is the mean over the step's rows whatever the accumulation: at step 1 it is the cross-entropy
+    # of the initial model on the first 32 rows of the seeded order, computed here independently
+    from fine_tune.batching import MicroBatchStream
+    from test_scripts_e2e import tb_scalars
+
+    rows = MicroBatchStream(64, 32, seed=5).next()
+    b = Collator(features, tok.pad_token_id, 32, "dynamic")(rows)
+    model = tiny(dropout=0.0, seed=1).eval()
+    with torch.no_grad():
+        logits = model(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
+                       attention_mask=b["attention_mask"]).logits
+    true_loss = F.cross_entropy(logits, b["labels"]).item()
+    full_log = tb_scalars(tmp_path / "log" / "run-32-1-dynamic")["boolq/train/bert/loss"]
+    accum_log = tb_scalars(exp.log_dir)["boolq/train/bert/loss"]
+    assert [s for s, _ in full_log] == [s for s, _ in accum_log] == [1, 2, 3]
+    assert full_log[0][1] == pytest.approx(true_loss, rel=1e-5)
+    assert [v for _, v in accum_log] == pytest.approx([v for _, v in full_log], rel=1e-4)
+
 
 def test_dynamic_padding_same_logits_as_fixed(tiny_bert, data_root):
     features, tok = _features(tiny_bert, data_root, 16, max_len=64)

@@ -149,16 +149,20 @@ def test_bad_input_is_one_line_and_writes_nothing(run, teacher, exp_root, script
     assert not (exp_root / "bad_bert_qqp").exists()
 
 
+@pytest.mark.parametrize("padding", ["max_length", "dynamic"])
 @pytest.mark.parametrize("script", ["run_pkd_distill.py", "run_lad_distil.py"])
-def test_fixed_padding_own_forward_ends_like_hugging_face(run, teacher, exp_root, script):
-    """The faithful default (fixed padding, losses over every position) runs BERT through the toolkit's forward
-    over the padded grid (models/padding_free.FullGrid); with dropout 0 it trains the same weights, gates
-    included, as Hugging Face's forward (--padding_free off)."""
+def test_own_forward_ends_like_hugging_face(run, teacher, exp_root, script, padding):
+    """Fixed padding (the faithful default, losses over every position) runs BERT through the toolkit's forward
+    over the padded grid (models/padding_free.FullGrid); --padding dynamic (losses and the LAD gate LayerNorm over
+    the real tokens) through the packed padding-free forward. With dropout 0 each trains the same weights, gates
+    included, as Hugging Face's forward (--padding_free off) with the same padding."""
     common = ["--task", "qqp", *TINY, "--num_hidden_layers", "3", "--total_step", "3", "--warmup_step", "1",
-              "--ckpt_step", "3", "--lr", "1e-3", "--batch_size", "8", "--dropout", "0", "--map_examples", "0"]
+              "--ckpt_step", "3", "--lr", "1e-3", "--batch_size", "8", "--dropout", "0", "--map_examples", "0",
+              "--padding", padding]
+    said = "own BERT forward over the padded batch" if padding == "max_length" else "padding-free forward"
     for mode in ("auto", "off"):
         out = run(script, *TEACHER, "--experiment", f"grid_{mode}", "--padding_free", mode, *common)
-        assert ("own BERT forward over the padded batch" in out.stderr) == (mode == "auto"), out.stderr
+        assert (said in out.stderr) == (mode == "auto"), out.stderr
     files = sorted(f.name for f in (exp_root / "grid_auto_bert_qqp").glob("*-3.pt") if not f.name.startswith("resume"))
     assert "model-3.pt" in files and (script == "run_pkd_distill.py" or "gate-0-3.pt" in files), files
     for name in files:

@@ -185,3 +185,43 @@ def test_grid_forward_equals_hugging_face_at_every_position():
     with torch.no_grad():
         torch.testing.assert_close(PaddingFree(tiny().eval(), packed=False)(**gap).logits, tiny().eval()(**gap).logits,
                                    atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "full-grid"])
+def test_every_dropout_site_runs_with_its_own_p_in_training(packed, monkeypatch):
+    """The own forward draws dropout where Hugging Face's BERT does, each with its configured p: the embeddings
+    (hidden p), in every layer the attention probabilities (attention p, on each bucket's [rows, heads, L, L]),
+    the attention output and the feed-forward output (hidden p), and the classifier input (classifier p). In eval
+    mode no site drops anything."""
+    from fine_tune.models import padding_free
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
+                     max_position_embeddings=40, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.2,
+                     classifier_dropout=0.3, num_labels=3)
+    model = BertForSequenceClassification(cfg)
+    calls = []
+    real = padding_free.dropout
+
+    def recording(x, p, training):
+        calls.append((tuple(x.shape), p, training))
+        return real(x, p, training)
+
+    monkeypatch.setattr(padding_free, "dropout", recording)
+    b = batch()
+    lengths = b["attention_mask"].sum(1).tolist()
+    wrapped = PaddingFree(model, packed=packed)
+    model.train()
+    wrapped(**b)
+    rows = sum(lengths) if packed else len(lengths) * 12  # positions the position-wise layers run on
+    pk = Packing(b["attention_mask"], head_dim=8) if packed else padding_free.FullGrid(b["attention_mask"])
+    probs = [((bk.rows, 4, bk.length, bk.length), 0.2, True) for bk in pk.buckets]
+    expected = [((rows, 32), 0.1, True)]
+    for _ in range(3):
+        expected += [*probs, ((rows, 32), 0.1, True), ((rows, 32), 0.1, True)]
+    expected.append(((5, 32), 0.3, True))
+    assert calls == expected
+    calls.clear()
+    model.eval()
+    wrapped(**b)
+    assert all(not training for _, _, training in calls)

@@ -6,11 +6,15 @@ import json
 import shutil
 import time
 
+import numpy as np
+
 from conftest import needs_shared
 
 
 def test_minilm_learns_qp_pairs(run, exp_root, data_root):
-    """MiniLM fine-tuned as a QQP teacher on real question-passage pairs reaches dev accuracy >= 0.85."""
+    """MiniLM fine-tuned as a QQP teacher on real question-passage pairs reaches dev accuracy >= 0.85.
+
+    The wall-clock time is measured and printed (doc/fine_tune_qqp.md reports it), not asserted."""
     model = needs_shared("models", "minilm-l6-h384-uncased")
     qp = needs_shared("data", "qp_pairs", "QQP")
     shutil.rmtree(data_root / "QQP")
@@ -21,15 +25,15 @@ def test_minilm_learns_qp_pairs(run, exp_root, data_root):
         "--warmup_step", "8", "--ckpt_step", "80", "--log_step", "20", "--seed", "42")
     run("run_fine_tune_eval.py", "--experiment", "minilm", "--model", "bert", "--task", "qqp", "--dataset", "dev",
         "--batch_size", "128", "--max_examples", "500")
-    elapsed = time.time() - start
+    print(f"MiniLM QQP fine-tune (80 steps) + dev evaluation (500 rows): {time.time() - start:.1f} s")
     table = json.loads((exp_root / "minilm_bert_qqp" / "eval-dev.json").read_text())
     assert table["num_rows"] == 500
     assert table["best"]["accuracy"]["value"] >= 0.85, table
-    assert elapsed < 180, f"took {elapsed:.0f} s"
 
 
 def test_real_boolq_files_run(run, tiny_bert, exp_root, data_root):
-    """The real BoolQ files (string labels) parse and train/evaluate/predict through the scripts."""
+    """The real BoolQ files (string labels) parse and train/evaluate/predict through the scripts; the reported
+    accuracy is the one recomputed from the real file's labels and the predictions the evaluation saved."""
     boolq = needs_shared("data", "boolq")
     val = (boolq / "val.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
     (data_root / "BoolQ" / "train.jsonl").write_text("".join(val[:2270]), encoding="utf-8")
@@ -43,4 +47,17 @@ def test_real_boolq_files_run(run, tiny_bert, exp_root, data_root):
     lines = (exp_root / "real_bert_boolq" / "BoolQ.jsonl").read_text().splitlines()
     assert len(lines) == 50 and [json.loads(x)["idx"] for x in lines] == list(range(50))
     table = json.loads((exp_root / "real_bert_boolq" / "eval-val.json").read_text())
-    assert table["num_rows"] == 64 and 0.0 <= table["rows"][0]["accuracy"] <= 1.0
+    assert table["num_rows"] == 64 and [r["ckpt"] for r in table["rows"]] == [3]
+    # The first 64 rows of the val file the evaluation read, their string labels mapped as in the original
+    # code (false -> 0, true -> 1), independently of the toolkit's parser.
+    rows = [json.loads(line) for line in val[2270:2270 + 64]]
+    assert {r["label"] for r in rows} == {"true", "false"}  # string labels, both classes present
+    gold = np.array([{"false": 0, "true": 1}[r["label"]] for r in rows])
+    saved = np.load(exp_root / "real_bert_boolq" / "eval-val-predictions.npz")
+    assert saved["idx"].tolist() == [r["idx"] for r in rows]
+    assert saved["labels"].tolist() == gold.tolist()
+    preds = saved["pred_3"]
+    assert preds.shape == (64,) and set(preds.tolist()) <= {0, 1}
+    accuracy = float((preds == gold).mean())
+    assert abs(table["rows"][0]["accuracy"] - accuracy) < 1e-9, (table["rows"][0], accuracy)
+    assert table["best"]["accuracy"] == {"ckpt": 3, "value": table["rows"][0]["accuracy"]}

@@ -1,108 +1,200 @@
-"""Runs survive SIGKILL: the same command continues from the latest checkpoint and ends bit-identical to an
-uninterrupted run; logs have every step once; a killed save leaves nothing that is picked up."""
+"""Runs survive SIGKILL, for every method and option: the same command continues from the last complete
+checkpoint and ends bit-identical to an uninterrupted run (every checkpoint, every method file, every logged
+scalar); a kill in the middle of a write leaves a ``.tmp-*`` file that nothing picks up; a kill at the last step
+between ``model-N.pt`` and the method's files is not taken for a finished run.
+
+Kills are deterministic: tests/killpoint.py SIGKILLs the process at a chosen file write (before the rename of a
+half-written temporary file, or right after a rename), so each case interrupts the same place every time. The
+killed run is a real subprocess; the uninterrupted reference runs in this process at the same time (one torch
+thread each, so both compute bit for bit alike), and so does the resumed run.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO
-from test_scripts_e2e import tb_scalars
+from conftest import REPO, run_in_process
+from fine_tune import synthetic
 
-STEPS = 400
-
-
-def start(script: str, args: list[str], data_root, exp_root) -> subprocess.Popen:
-    env = dict(os.environ, FT_DATA_ROOT=str(data_root), FT_EXP_ROOT=str(exp_root), TQDM_DISABLE="1",
-               OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, str(REPO / script), *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=str(data_root.parent))
-
-
-def kill_after_first_checkpoint(proc: subprocess.Popen, folder, timeout: float = 120) -> None:
-    """SIGKILL the run as soon as a resume state exists, i.e. somewhere between two checkpoints."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if any(folder.glob("resume-*.pt")):
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended before it could be killed:\n{proc.stderr.read()}")
-        time.sleep(0.01)
-    proc.kill()
-    raise AssertionError("no checkpoint appeared")
+STEPS, CKPT, LOG = 12, 4, 2
+TINY = ["--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2"]  # the tiny teacher's widths
+TEACHER = ["--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", "4"]
+# 30 training rows in micro-batches of 4 (batch 8, accum 2): epochs end with a 2-row micro-batch and accumulation
+# windows cross epoch boundaries; dropout on, so a resumed run must also continue every random stream
+RUN = ["--task", "qqp", "--total_step", str(STEPS), "--warmup_step", "2", "--ckpt_step", str(CKPT), "--log_step",
+       str(LOG), "--batch_size", "8", "--accum_step", "2", "--seed", "7", "--dropout", "0.1", "--lr", "1e-3",
+       "--max_examples", "30"]
+LAYERWISE = [*TEACHER, "--model", "bert", *TINY, "--num_hidden_layers", "6", "--gate_lr", "1e-2", "--mu", "10",
+             "--map_examples", "0", *RUN]
 
 
-def finish(script, args, data_root, exp_root) -> subprocess.CompletedProcess:
-    proc = start(script, args, data_root, exp_root)
+@dataclasses.dataclass(frozen=True)
+class World:
+    data: Path
+    exp: Path
+    tiny_bert: Path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_bert, tiny_bert12) -> World:
+    """A 12-layer tiny teacher fine-tuned on synthetic QQP and its train logits (for offline distillation)."""
+    base = tmp_path_factory.mktemp("resume")
+    w = World(base / "data", base / "exp", tiny_bert)
+    synthetic.write_qqp(w.data, n_train=40, n_dev=16, n_test=8)
+    run_in_process("run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(tiny_bert12),
+                   "--task", "qqp", "--total_step", "4", "--warmup_step", "1", "--ckpt_step", "4", "--batch_size", "16",
+                   "--lr", "1e-3", "--max_seq_len", "24", data_root=w.data, exp_root=w.exp)
+    run_in_process("run_fine_tune_gen_logits.py", "--experiment", "teacher", "--model", "bert", "--task", "qqp",
+                   "--ckpt", "4", "--dataset", "train", data_root=w.data, exp_root=w.exp)
+    return w
+
+
+@pytest.fixture()
+def one_thread():
+    """The in-process runs compute like the killed subprocess (OMP_NUM_THREADS=1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def env_for(w: World) -> dict:
+    return dict(os.environ, FT_DATA_ROOT=str(w.data), FT_EXP_ROOT=str(w.exp), TQDM_DISABLE="1", OMP_NUM_THREADS="1",
+                PYTHONUNBUFFERED="1")
+
+
+def start_killed(kill: str, script: str, args: list[str], w: World, torchrun: int = 0) -> subprocess.Popen:
+    """``script args`` in a subprocess that tests/killpoint.py SIGKILLs at ``kill`` (WHEN:PATTERN)."""
+    launcher = [sys.executable, str(REPO / "tests" / "killpoint.py"), kill, str(REPO / script)]
+    if torchrun:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(torchrun),
+                    *launcher[1:]]
+    return subprocess.Popen([*launcher, *args], env=env_for(w), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=str(w.data.parent))
+
+
+def wait_killed(proc: subprocess.Popen, torchrun: bool = False) -> str:
+    """Drain the child's output and check it died by the planned SIGKILL (not by finishing or by an error)."""
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    if torchrun:  # torchrun reports the failed rank and exits 1
+        assert proc.returncode != 0 and "Signal 9 (SIGKILL)" in err, f"{proc.returncode}\n{out}\n{err[-3000:]}"
+    else:
+        assert proc.returncode == -signal.SIGKILL, f"not killed at the planned write ({proc.returncode}):\n{out}\n{err}"
+    return err
 
 
-def weights(path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)
+def outputs(folder: Path) -> dict[str, dict]:
+    """Every checkpoint and method file (``*.pt`` except resume states), loaded."""
+    return {p.name: torch.load(p, weights_only=True) for p in sorted(folder.glob("*.pt"))
+            if not p.name.startswith("resume-")}
 
 
-def assert_bitwise_equal(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
+def assert_bitwise_equal(a: dict, b: dict, what: str = "") -> None:
+    assert a.keys() == b.keys(), what
     for k in a:
-        assert torch.equal(a[k], b[k]), k
+        if isinstance(a[k], dict):
+            assert_bitwise_equal(a[k], b[k], f"{what}/{k}")
+        else:
+            assert torch.equal(a[k], b[k]), f"{what}/{k}"
 
 
-def check_resume(script: str, args: list[str], data_root, exp_root, extra_files=()) -> None:
-    ref_args = [*args, "--experiment", "reference"]
-    killed_args = [*args, "--experiment", "killed"]
-    finish(script, ref_args, data_root, exp_root)
-    name = lambda e: f"{e}_bert_qqp"  # noqa: E731
-    killed = exp_root / name("killed")
-    kill_after_first_checkpoint(start(script, killed_args, data_root, exp_root), killed)
-    done = [int(p.stem.split("-")[1]) for p in killed.glob("model-*.pt")]
-    assert done and max(done) < STEPS  # killed mid-run
-    # the same command again (device flags may differ on resume)
-    resumed = finish(script, [*killed_args, "--device_id", "-1"], data_root, exp_root)
-    assert "resuming from model-" in resumed.stderr, resumed.stderr
-    ref = exp_root / name("reference")
-    assert_bitwise_equal(weights(ref / f"model-{STEPS}.pt"), weights(killed / f"model-{STEPS}.pt"))
-    for f in extra_files:
-        assert_bitwise_equal(weights(ref / f), weights(killed / f))
-    assert [p.name for p in killed.glob("resume-*.pt")] == [f"resume-{STEPS}.pt"]  # only the latest is kept
-    # logs: every logged step exactly once, same values as the uninterrupted run
-    a, b = tb_scalars(exp_root / "log" / name("reference")), tb_scalars(exp_root / "log" / name("killed"))
-    for tag in ("qqp/train/bert/loss", "qqp/train/bert/lr"):
-        assert [s for s, _ in b[tag]] == list(range(10, STEPS + 1, 10)), tag
-        assert [v for _, v in a[tag]] == pytest.approx([v for _, v in b[tag]], rel=1e-6), tag
+def run_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """The scalars of a run as TensorBoard shows them: its event files in the order they were written, where a
+    resumed run's first event (``purge_step``) drops every event at or after that step from the earlier files."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for f in sorted(log_dir.glob("events.out.tfevents.*"), key=os.path.getmtime):
+        for ev in EventFileLoader(str(f)).Load():
+            if ev.HasField("file_version") and ev.step:
+                out = {tag: [(s, v) for s, v in vals if s < ev.step] for tag, vals in out.items()}
+            for v in ev.summary.value:
+                if v.HasField("simple_value"):
+                    out.setdefault(v.tag, []).append((ev.step, v.simple_value))
+    return out
+
+
+def check_same_run(w: World, ref: str, killed: str, name=lambda e: f"{e}_bert_qqp") -> None:
+    """Every checkpoint/method file bit-identical, only the last resume state kept, every logged step once with
+    the reference's values."""
+    a, b = w.exp / name(ref), w.exp / name(killed)
+    ref_files, got = outputs(a), outputs(b)
+    assert sorted(got) == sorted(ref_files)
+    assert {f"model-{s}.pt" for s in range(CKPT, STEPS + 1, CKPT)} <= set(got)
+    for f in ref_files:
+        assert_bitwise_equal(ref_files[f], got[f], f)
+    assert [p.name for p in b.glob("resume-*.pt")] == [f"resume-{STEPS}.pt"]
+    sa, sb = run_scalars(w.exp / "log" / name(ref)), run_scalars(w.exp / "log" / name(killed))
+    assert sa.keys() == sb.keys()
+    for tag in sa:
+        if tag.endswith("examples_per_s"):
+            continue
+        assert [s for s, _ in sb[tag]] == list(range(LOG, STEPS + 1, LOG)), tag
+        assert [v for _, v in sb[tag]] == [v for _, v in sa[tag]], tag
+
+
+# (id, script, flags, where the kill lands, the checkpoint the resumed run starts from)
+CASES = [
+    ("fine_tune", "run_fine_tune.py", ["--model", "bert", "--ptrain_ver", "{tiny}", "--max_seq_len", "24", *RUN],
+     "after:resume-4.pt", 4),
+    ("fine_tune_group_by_length", "run_fine_tune.py",
+     ["--model", "bert", "--ptrain_ver", "{tiny}", "--max_seq_len", "24", "--group_by_length", *RUN],
+     "before:model-8.pt", 4),
+    ("offline_distill", "run_fine_tune_distill.py",
+     ["--model", "bert", "--dataset", "teacher_bert_qqp", "--d_model", "16", "--d_ff", "32", "--num_attention_heads",
+      "2", "--num_hidden_layers", "2", "--max_seq_len", "24", "--softmax_temp", "2", "--soft_weight", "0.7",
+      "--hard_weight", "0.3", *RUN],
+     "before:resume-8.pt", 4),
+    # the last step: model-12.pt written, the gates and the resume state not yet; the run is not finished
+    ("lad_last_step", "run_lad_distil.py", LAYERWISE, "after:model-12.pt", 8),
+    ("lad_no", "run_lad_no_distil.py", LAYERWISE, "before:gate-2-8.pt", 4),
+    ("partial_lad", "run_probing_lad.py", ["--probing_exp", "partial_lad", "--gate_indices", "2,4", *LAYERWISE],
+     "after:resume-4.pt", 4),
+    ("pkd", "run_pkd_distill.py", [a for a in LAYERWISE if a not in ("--gate_lr", "1e-2")], "after:resume-8.pt", 8),
+    ("alp_kd_hidden", "run_alp_distil.py",
+     ["--alp_exp", "alp-kd-hidden", *[a for a in LAYERWISE if a not in ("--gate_lr", "1e-2")]], "before:resume-4.pt", 0),
+    ("lad_dynamic_padding_with_maps", "run_lad_distil.py",
+     [*[a for a in LAYERWISE if a not in ("--map_examples", "0")], "--padding", "dynamic", "--map_examples", "8"],
+     "before:layer-map-8.png", 4),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_killed_and_resumed_is_bit_identical(case, world, one_thread):
+    cid, script, flags, kill, resume_from = case
+    flags = [f.replace("{tiny}", str(world.tiny_bert)) for f in flags]
+    killed_args, ref_args = [*flags, "--experiment", f"{cid}_killed"], [*flags, "--experiment", f"{cid}_ref"]
+    proc = start_killed(kill, script, killed_args, world)
+    run_in_process(script, *ref_args, data_root=world.data, exp_root=world.exp)  # meanwhile, uninterrupted
+    wait_killed(proc)
+    folder = world.exp / f"{cid}_killed_bert_qqp"
+    when, pattern = kill.split(":")
+    if when == "before":  # the half-written temporary file is left as a kill leaves it; the target is not there
+        assert list(folder.glob(f".tmp-{pattern}.*")) and not list(folder.glob(pattern)), sorted(os.listdir(folder))
+    else:
+        assert list(folder.glob(pattern))
+    assert not (folder / f"resume-{STEPS}.pt").exists()
+
+    # the same command again; device flags may differ on resume
+    resumed = run_in_process(script, *killed_args, "--device_id", "-1", data_root=world.data, exp_root=world.exp)
+    if resume_from:
+        assert f"resuming from model-{resume_from}.pt" in resumed.stderr, resumed.stderr
+    else:  # killed before the first checkpoint was complete: nothing to resume, a fresh start
+        assert "resuming" not in resumed.stderr and "have no resume state; starting over" in resumed.stderr
+    check_same_run(world, f"{cid}_ref", f"{cid}_killed")
+    if "maps" in cid:  # the heat-maps of every checkpoint, the interrupted one written again
+        assert sorted(p.name for p in folder.glob("layer-map-*.png")) == [f"layer-map-{s}.png" for s in (12, 4, 8)]
     # a finished run says so and exits 0
-    again = finish(script, killed_args, data_root, exp_root)
+    again = run_in_process(script, *killed_args, data_root=world.data, exp_root=world.exp)
     assert "already finished" in again.stdout
-
-
-COMMON = ["--task", "qqp", "--total_step", str(STEPS), "--warmup_step", "20", "--ckpt_step", "25", "--log_step", "10",
-          "--batch_size", "8", "--accum_step", "2", "--max_seq_len", "24", "--seed", "7", "--dropout", "0.1"]
-
-
-def test_fine_tune_killed_and_resumed_is_bit_identical(tiny_bert, data_root, exp_root):
-    # 96 rows, micro-batch 4: 24 micro-batches an epoch, accumulation windows cross epochs
-    check_resume("run_fine_tune.py", ["--model", "bert", "--ptrain_ver", str(tiny_bert), "--lr", "1e-3", *COMMON],
-                 data_root, exp_root)
-
-
-def test_lad_killed_and_resumed_is_bit_identical(tiny_bert, data_root, exp_root):
-    finish("run_fine_tune.py", ["--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(tiny_bert),
-                                "--task", "qqp", "--total_step", "4", "--warmup_step", "1", "--max_seq_len", "24"],
-           data_root, exp_root)
-    args = ["--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", "4", "--model", "bert", "--d_model", "32",
-            "--d_ff", "64", "--num_attention_heads", "2", "--num_hidden_layers", "1", "--mu", "10", "--lr", "1e-3",
-            "--gate_lr", "1e-2", "--map_examples", "0", *[a for a in COMMON if a not in ("--max_seq_len", "24")]]
-    check_resume("run_lad_distil.py", args, data_root, exp_root,
-                 extra_files=[f"gate-{i}-{STEPS}.pt" for i in range(2)])
 
 
 def test_killed_checkpoint_write_leaves_nothing_picked_up(tmp_path, monkeypatch):

@@ -75,6 +75,29 @@ def test_save_total_limit_keeps_newest(run, exp_root, tiny_bert):
     assert not (exp_root / "z_bert_qqp").exists()
 
 
+def test_overwrite_leaves_nothing_of_the_old_run(run, exp_root, tiny_bert):
+    """--overwrite with another config: the folder then holds the new run's files only (no old checkpoint, resume
+    state, eval table, predictions, submission or leftover temporary file) and the TensorBoard folder the new
+    run's events only."""
+    common = ["--experiment", "ow", "--model", "bert", "--task", "qqp", "--ptrain_ver", str(tiny_bert), *FLAGS,
+              "--ckpt_step", "2", "--log_step", "2"]
+    run("run_fine_tune.py", *common, "--total_step", "4")
+    folder, log = exp_root / "ow_bert_qqp", exp_root / "log" / "ow_bert_qqp"
+    read = ["--experiment", "ow", "--model", "bert", "--task", "qqp"]
+    run("run_fine_tune_eval.py", *read, "--dataset", "dev", "--batch_size", "16")
+    run("generate_test_prediction.py", *read, "--ckpt", "4", "--dataset", "test")
+    (folder / ".tmp-model-6.pt.abcdef").write_bytes(b"half a checkpoint from a killed write")
+    old = {p.name for p in folder.iterdir()}
+    assert {"eval-dev.json", "eval-dev-predictions.npz", "QQP.tsv", "model-2.pt", "model-4.pt"} <= old
+    old_events = set(log.iterdir())
+
+    run("run_fine_tune.py", *common, "--total_step", "2", "--seed", "3", "--overwrite")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model", "model-2.pt", "resume-2.pt"]
+    assert json.loads((folder / "config.json").read_text())["seed"] == 3
+    new_events = set(log.iterdir())
+    assert new_events and not new_events & old_events
+
+
 WORKER = textwrap.dedent("""
     import sys, time, json
     from pathlib import Path

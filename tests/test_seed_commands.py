@@ -1,6 +1,8 @@
 """The commands of the maintained task documents (doc/fine_tune_boolq.md, doc/fine_tune_qqp.md), parsed from
 the documents themselves and run in document order, get the outcomes of the documents' "Seed commands:
-expected outcome" tables.
+expected outcome" tables, parsed from the documents too (tests/doc_commands.py): one row per command, in
+order, with its script, --experiment, --dataset and outcome, and (QQP) the files each run leaves at a
+checkpoint. Only the mapping from the tables' outcome wording to the checks is written here.
 
 Rewrites are limited to what tests/doc_commands.py allows: --ptrain_ver (a tiny local model), step counts,
 checkpoint numbers and --max_seq_len. Every other flag runs with the document's value (the test checks the
@@ -20,51 +22,19 @@ import pytest
 import torch
 
 from conftest import REPO, SHARED
-from doc_commands import REWRITABLE, Command, parse_commands, rewrite
+from doc_commands import OUTCOME_HEADING, REWRITABLE, Command, parse_commands, parse_outcome_table, rewrite
 
-STOP = "## Seed commands: expected outcome"  # where the maintained documents' own additions begin
+STOP = OUTCOME_HEADING  # where the maintained documents' own additions begin
 LAYER_WISE = ("run_lad_distil.py", "run_lad_no_distil.py", "run_probing_lad.py", "run_alp_distil.py",
               "run_pkd_distill.py")
 SHRINK = dict(total_step=6, warmup_step=1, ckpt_step=3, log_step=3, max_seq_len=32)
 CKPTS = ["model-3.pt", "model-6.pt"]  # what a shrunken fine-tune leaves
 
-# Outcome kinds of the tables.
-RUNS, NO_FOLDER, NO_LOGITS, NO_CKPT, BAD_SPLIT = "runs", "missing folder", "missing logits", "no ckpt 0", "bad split"
-
-# (script, --experiment, --dataset, outcome), in document order: the BoolQ table, row by row.
-BOOLQ_EXPECTED = [
-    ("run_fine_tune.py", "BLarge_3_uncased", "train", RUNS),
-    ("run_fine_tune_eval.py", "BLarge_2", "train", NO_FOLDER),
-    ("run_fine_tune_eval.py", "BLarge_2", "val", NO_FOLDER),
-    ("run_fine_tune_gen_logits.py", "BLarge_uncased_TA_1", "train", NO_FOLDER),
-    ("run_fine_tune_distill.py", "BLarge_uncased_TA_3", "BLarge_uncased_TA_1_bert_boolq", NO_LOGITS),
-    ("run_fine_tune_eval.py", "BLarge_uncased_TA_3", "train", NO_FOLDER),
-    ("run_fine_tune_eval.py", "BLarge_uncased_TA_3", "val", NO_FOLDER),
-    ("run_fine_tune.py", "1", "train", RUNS),
-    ("run_fine_tune_eval.py", "1", "train", RUNS),
-    ("run_fine_tune_eval.py", "1", "val", RUNS),
-    ("run_fine_tune_gen_logits.py", "1", "train", NO_CKPT),
-    ("run_fine_tune_distill.py", "distill_1", "1_albert_boolq", NO_LOGITS),
-    ("run_fine_tune_eval.py", "distill_1", "train", NO_FOLDER),
-    ("run_fine_tune_eval.py", "distill_1", "dev_mismatched", BAD_SPLIT),
-]
-
-# The QQP document: the teacher, six layer-wise distillations from it, two evals and one prediction.
-QQP_EXPECTED = [
-    ("run_fine_tune.py", "teacher_base", "train", RUNS),
-    ("run_lad_distil.py", "LAD_soft_1_42", None, RUNS),
-    ("run_lad_no_distil.py", "LAD_NO_soft_2_42_3rdrun", None, RUNS),
-    ("run_probing_lad.py", "partial_LAD_5_42", None, RUNS),
-    ("run_alp_distil.py", "ALP_KD_hidden_soft_2_42", None, RUNS),
-    ("run_alp_distil.py", "ALP_KD_hidden_v2_soft_2_1_65", None, RUNS),
-    ("run_pkd_distill.py", "PKD_soft_1_65", None, RUNS),
-    ("run_fine_tune_eval.py", "AKD_soft_9_42", "train", NO_FOLDER),
-    ("run_fine_tune_eval.py", "partial_LAD_0_42", "dev", NO_FOLDER),
-    ("generate_test_prediction.py", "LAD_soft_1_42", "test", RUNS),
-]
-# What each layer-wise command leaves besides model-3.pt / model-6.pt: gate files per checkpoint, heat-maps.
-LAYER_WISE_FILES = {"run_lad_distil.py": (12, True), "run_lad_no_distil.py": (6, True),
-                    "run_probing_lad.py": (10, True), "run_alp_distil.py": (0, True), "run_pkd_distill.py": (0, False)}
+# Outcome kinds, and the wording of the tables' "outcome" column for each.
+RUNS, NO_FOLDER, NO_LOGITS, NO_CKPT, BAD_SPLIT = "runs", "missing folder", "missing logits", "no ckpt", "bad split"
+OUTCOMES = {"runs": RUNS, "error: missing experiment folder": NO_FOLDER, "error: missing logits data set": NO_LOGITS,
+            "error: missing checkpoint": NO_CKPT, "error: not a split of the task": BAD_SPLIT}
+FILES_COLUMN = "files at each checkpoint"  # the QQP table's column of what a run leaves per checkpoint
 TINY_WIDTHS = dict(d_model=32, d_ff=64, num_attention_heads=2)  # the tiny teacher's (synthetic.write_tiny_model)
 
 
@@ -100,6 +70,39 @@ def doc_commands(name: str) -> list[Command]:
             assert new.argv == old.argv, f"{new} differs from the original {old}"
             assert new.section.startswith(old.section), (new.section, old.section)
     return commands
+
+
+def expected_outcomes(name: str, commands: list[Command]) -> list[tuple[str, dict[str, str]]]:
+    """The outcome kind (and all cells) of each command, from the document's "Seed commands: expected outcome"
+    table: one row per command, numbered 1.., in document order, with the command's script, --experiment and
+    --dataset ("—" where the command has none), and an outcome wording of :data:`OUTCOMES`."""
+    rows = parse_outcome_table(REPO / "doc" / name)
+    assert [r.number for r in rows] == list(range(1, len(rows) + 1)), f"{name}: rows not numbered 1..{len(rows)}"
+    assert len(rows) == len(commands), f"{name}: the table has {len(rows)} rows for {len(commands)} seed commands"
+    for row, cmd in zip(rows, commands):
+        stated = (row.script, row.experiment, row.dataset)
+        assert stated == (cmd.script, cmd.flag("--experiment"), cmd.flag("--dataset")), f"{name}: {row} is not {cmd}"
+        assert row.outcome in OUTCOMES, f"{name}: {row}: outcome wording not one of {sorted(OUTCOMES)}"
+    return [(OUTCOMES[row.outcome], row.cells) for row in rows]
+
+
+def checkpoint_files(cell: str | None, steps=(3, 6)) -> list[str] | None:
+    """The file names a "files at each checkpoint" cell names for the given steps: backticked patterns with
+    ``{step}`` and, for ``{i}``, the range after them (`` `gate-{i}-{step}.pt` (i = 0..11)``); None for "—"."""
+    if cell is None or cell.strip() in ("", "—", "-"):
+        return None
+    names = []
+    for pattern, last in re.findall(r"`([^`]+)`(?:\s*\(i = 0\.\.(\d+)\))?", cell):
+        assert "{step}" in pattern and ("{i}" in pattern) == bool(last), f"cannot read {pattern!r} in {cell!r}"
+        indices = range(int(last) + 1) if last else [None]
+        names += [pattern.format(i=i, step=step) for i in indices for step in steps]
+    assert names and len(names) == len(set(names)), cell
+    return sorted(names)
+
+
+def files_left(folder) -> list[str]:
+    """The checkpoint files of an experiment folder (what a "files at each checkpoint" cell lists)."""
+    return sorted(p.name for pattern in ("model-*.pt", "gate-*.pt", "layer-map-*") for p in folder.glob(pattern))
 
 
 def additions(name: str) -> list[Command]:
@@ -194,21 +197,24 @@ def check_error(proc, outcome: str, cmd: Command, data_root, exp_root, task: str
 def test_boolq_document(run, cpu_only, tiny_bert, tiny_albert, data_root, exp_root):
     commands = doc_commands("fine_tune_boolq.md")
     assert len(commands) == 14  # also without ../shared: the document keeps all 14 seed commands
-    assert [(c.script, c.flag("--experiment"), c.flag("--dataset")) for c in commands] == \
-        [row[:3] for row in BOOLQ_EXPECTED]
+    expected = expected_outcomes("fine_tune_boolq.md", commands)
     models = {"bert": str(tiny_bert), "albert": str(tiny_albert)}
 
-    for cmd, (_, exp, dataset, outcome) in zip(commands, BOOLQ_EXPECTED):
+    for cmd, (outcome, _) in zip(commands, expected):
         argv = shrink(cmd, models)
         proc = run(cmd.script, *argv, check=False)
         if outcome != RUNS:
             check_error(proc, outcome, cmd, data_root, exp_root, "boolq")
-        elif cmd.script == "run_fine_tune.py":
+            continue
+        assert_no_traceback(proc)
+        assert proc.returncode == 0, (str(cmd), proc.stderr)
+        if cmd.script == "run_fine_tune.py":
             check_fine_tune(proc, cmd, [cmd.script, *argv], exp_root, "boolq", "--num_gpu 1")
-        else:  # the ALBERT evaluations of experiment 1
-            assert_no_traceback(proc)
-            assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
-            table = json.loads((exp_root / "1_albert_boolq" / f"eval-{dataset}.json").read_text())
+        elif cmd.script == "run_fine_tune_eval.py":  # every checkpoint, the best accuracy printed, no warning
+            dataset = cmd.flag("--dataset")
+            assert proc.stderr.strip() == "", proc.stderr
+            folder = exp_root / f"{cmd.flag('--experiment')}_{cmd.flag('--model')}_boolq"
+            table = json.loads((folder / f"eval-{dataset}.json").read_text())
             assert [r["ckpt"] for r in table["rows"]] == [3, 6] and table["split"] == dataset
             assert re.search(r"^best accuracy: [01]\.\d{6} at model-[36]\.pt$", proc.stdout, re.M), proc.stdout
 
@@ -288,15 +294,12 @@ def test_documented_flags_exist(run):
 
 
 def check_layer_wise(proc, cmd: Command, argv: list[str], exp_root) -> None:
-    """A layer-wise distillation from the shrunken teacher_base: checkpoints, gate files, heat-maps, the config
+    """A layer-wise distillation from the shrunken teacher_base: checkpoints, the config
     (the teacher's max_seq_len / num_class / split, every document flag as given), one device warning."""
     assert_no_traceback(proc)
     assert proc.returncode == 0, proc.stderr
     folder = exp_root / f"{cmd.flag('--experiment')}_bert_qqp"
-    assert sorted(p.name for p in folder.glob("model-*.pt")) == CKPTS
-    gates, heat_map = LAYER_WISE_FILES[cmd.script]
-    assert sorted(p.name for p in folder.glob("gate-*.pt")) == sorted(f"gate-{i}-{s}.pt" for i in range(gates) for s in (3, 6))
-    assert sorted(p.name for p in folder.glob("layer-map-*.png")) == (["layer-map-3.png", "layer-map-6.png"] if heat_map else [])
+    assert sorted(p.name for p in folder.glob("model-*.pt")) == CKPTS  # gate files, heat-maps: the doc's table
     check_recorded_config(folder, cmd, argv)
     config = json.loads((folder / "config.json").read_text())
     assert (config["max_seq_len"], config["num_class"], config["dataset"]) == (SHRINK["max_seq_len"], 2, "train")
@@ -309,27 +312,33 @@ def check_layer_wise(proc, cmd: Command, argv: list[str], exp_root) -> None:
 def test_qqp_document(run, cpu_only, tiny_bert12, data_root, exp_root):
     commands = doc_commands("fine_tune_qqp.md")
     assert len(commands) == 10
-    assert [(c.script, c.flag("--experiment")) for c in commands] == [row[:2] for row in QQP_EXPECTED]
+    expected = expected_outcomes("fine_tune_qqp.md", commands)
     layer_wise = [c for c in commands if c.script in LAYER_WISE]
     assert len(layer_wise) == 6 and {c.script for c in layer_wise} == set(LAYER_WISE)
     assert all(c.flag("--teacher_exp") == "teacher_base" and c.flag("--tckpt") == "34110" for c in layer_wise)
     models = {"bert": str(tiny_bert12)}
 
-    for cmd, (_, exp, dataset, outcome) in zip(commands, QQP_EXPECTED):
-        if cmd.script not in LAYER_WISE:
-            assert cmd.flag("--dataset") == dataset
+    for cmd, (outcome, cells) in zip(commands, expected):
         argv = shrink(cmd, models)
         proc = run(cmd.script, *argv, check=False)
+        files = checkpoint_files(cells.get(FILES_COLUMN))
         if outcome != RUNS:  # AKD_soft_9_42, partial_LAD_0_42 (--device_id 3: no device warning first)
             check_error(proc, outcome, cmd, data_root, exp_root, "qqp")
-        elif cmd.script == "run_fine_tune.py":  # the teacher, --device_id 1: CPU with one warning line
+            assert files is None, f"{cmd}: a command that stops leaves no checkpoint files"
+            continue
+        assert_no_traceback(proc)
+        assert proc.returncode == 0, (str(cmd), proc.stderr)
+        folder = exp_root / f"{cmd.flag('--experiment')}_bert_qqp"
+        if cmd.script == "run_fine_tune.py" or cmd.script in LAYER_WISE:  # training: the table lists its files
+            assert files is not None, f"{cmd}: the table's {FILES_COLUMN!r} cell is empty"
+            assert files_left(folder) == files, (str(cmd), files_left(folder))
+        if cmd.script == "run_fine_tune.py":  # the teacher, --device_id 1: CPU with one warning line
             check_fine_tune(proc, cmd, [cmd.script, *argv], exp_root, "qqp", "--device_id 1")
         elif cmd.script in LAYER_WISE:
             check_layer_wise(proc, cmd, [cmd.script, *argv], exp_root)
-        else:  # generate_test_prediction.py of LAD_soft_1_42 (--ckpt 56850 -> its last checkpoint)
-            assert_no_traceback(proc)
-            assert proc.returncode == 0 and "model-6.pt" in proc.stdout, proc.stderr
-            check_submission(exp_root / "LAD_soft_1_42_bert_qqp" / "QQP.tsv", data_root)
+        elif cmd.script == "generate_test_prediction.py":  # LAD_soft_1_42 (--ckpt 56850 -> its last checkpoint)
+            assert "model-6.pt" in proc.stdout, proc.stdout
+            check_submission(folder / "QQP.tsv", data_root)
 
     # Extra check, labelled as such: not seed commands but the document's "Evaluating the teacher" commands
     # (same rewrite rules), on the teacher the seed fine-tune created.
@@ -387,3 +396,23 @@ def test_parser_joins_continuations_and_keeps_sections(tmp_path):
         ("Stop", "python", ["after.py"])]
     assert commands[0].line == 7
     assert [c.script for c in parse_commands(md, "## Stop")] == ["run_fine_tune.py", "run_fine_tune_eval.py"]
+
+
+def test_outcome_table_parser(tmp_path):
+    md = tmp_path / "doc.md"
+    md.write_text("# T\n\n## Seed commands: expected outcome\n\nText.\n\n"
+                  "| # | script | `--experiment` | `--dataset` | outcome | why | files at each checkpoint |\n"
+                  "|-|-|-|-|-|-|-|\n"
+                  "| 1 | `run_fine_tune.py` | `t` | `train` | runs | a \\| bar | `model-{step}.pt`, "
+                  "`gate-{i}-{step}.pt` (i = 0..1) |\n"
+                  "| 2 | `run_lad_distil.py` | `s` | — | **error: missing   checkpoint** | x | — |\n\n"
+                  "| other | table |\n|-|-|\n| 3 | x |\n\n## Next\n", encoding="utf-8")
+    rows = parse_outcome_table(md)
+    assert [(r.number, r.script, r.experiment, r.dataset, r.outcome, r.line) for r in rows] == [
+        (1, "run_fine_tune.py", "t", "train", "runs", 9), (2, "run_lad_distil.py", "s", None, "error: missing checkpoint", 10)]
+    assert rows[0].cells["why"] == "a | bar"
+    assert checkpoint_files(rows[0].cells[FILES_COLUMN], steps=(6,)) == ["gate-0-6.pt", "gate-1-6.pt", "model-6.pt"]
+    assert checkpoint_files(rows[1].cells[FILES_COLUMN]) is None
+    md.write_text("## Seed commands: expected outcome\n\n| # | script | outcome |\n|-|-|-|\n| 1 | a.py | runs |\n")
+    with pytest.raises(AssertionError, match="lacks the columns"):
+        parse_outcome_table(md)

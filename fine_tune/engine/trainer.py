@@ -184,7 +184,9 @@ class Trainer:
             parts = self.method.losses(batch, student_out, teacher_out)
         loss = parts["loss"] / self.s.accum_step
         self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
-        return {k: v.detach() for k, v in parts.items()}
+        # logged parts carry the shard's weight too, so their mean over ranks (Trainer._log) is the mean over the
+        # whole micro-batch, as one process logs it
+        return {k: v.detach() * weight if weight != 1.0 else v.detach() for k, v in parts.items()}
 
     def _optimizer_step(self) -> torch.Tensor:
         grad_norm = None
@@ -265,8 +267,6 @@ class Trainer:
                     last = self._log(writer, bar)
                 if boundary_ckpt:
                     self.save(self.step)
-                    if writer is not None:
-                        writer.flush()
         finally:
             bar.close()
             if writer is not None:
@@ -320,6 +320,10 @@ class Trainer:
 
     # -- checkpoints and resume ---------------------------------------------------------------------
     def save(self, step: int) -> None:
+        """Write checkpoint ``step``: the model, the method's files (LAD gates), the checkpoint hook's outputs
+        (heat-maps, scalars), the TensorBoard events logged so far, and last the resume state. The resume state
+        is the commit point: a run killed anywhere before it resumes from the previous checkpoint and writes
+        this one again, and a run counts as finished only once ``resume-{total_step}.pt`` exists."""
         if not self.world.is_main:
             return
         save_model_checkpoint(self.student, self.exp.checkpoint_path(step))
@@ -327,10 +331,12 @@ class Trainer:
                         for stem, state in self.method.checkpoint_state().items()}
         for stem, state in method_state.items():
             atomic_torch_save(state, self.exp.path / f"{stem}-{step}.pt")
-        save_resume_state(self.exp.path, step, self.resume_state(method_state))
-        self._prune(step)
         if self.on_checkpoint is not None:
             self.on_checkpoint(step, self.writer)
+        if self.writer is not None:
+            self.writer.flush()  # every step logged up to here is on disk before the run can resume from here
+        save_resume_state(self.exp.path, step, self.resume_state(method_state))
+        self._prune(step)
 
     def _prune(self, step: int) -> None:
         """``save_total_limit``: keep the newest K checkpoints (with their method files)."""

@@ -77,6 +77,7 @@ def write_logits(out_dir: Path, meta: dict, examples: Sequence[Example], logits:
     meta_path = out_dir / "meta.json"
     check_logits_target(out_dir, meta, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
+    meta_path.unlink(missing_ok=True)  # until the new meta.json is written, the folder reads as incomplete
     with atomic_write(out_dir / "logits.jsonl", "w") as f:
         for ex, row in zip(examples, logits):
             f.write(json.dumps({"idx": ex.idx, "text": ex.text, "text_pair": ex.text_pair, "label": ex.label,
@@ -114,4 +115,7 @@ def read_logits(data_root: Path, dataset: str, task: str) -> LogitsDataset:
     logits = np.asarray(rows, dtype=np.float32)
     if logits.ndim != 2 or len(examples) != meta.get("num_rows"):
         raise UserError(f"{data_file}: {len(examples)} rows, meta.json says {meta.get('num_rows')} (incomplete file?)")
+    if meta.get("logits_sha256") and sha256_file(data_file) != meta["logits_sha256"]:
+        raise UserError(f"{data_file}: its sha256 differs from the one meta.json records (changed after it was "
+                        f"written); write the logits data set again with run_fine_tune_gen_logits.py --overwrite")
     return LogitsDataset(path, meta, examples, logits)

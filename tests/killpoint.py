@@ -1,0 +1,54 @@
+"""Run an entry script and SIGKILL it at a chosen file write: deterministic kills for the tests.
+
+    python tests/killpoint.py WHEN:PATTERN script.py [flags...]
+
+Every file the toolkit writes lands through ``os.replace`` (fine_tune/io_utils.py: temporary sibling, fsync,
+rename). This launcher wraps ``os.replace`` and, at the first rename whose target's name matches PATTERN (an
+``fnmatch`` pattern of the file name, e.g. ``resume-4.pt``, ``gate-*-8.pt``, ``features-*.pt``):
+
+- ``before``: cuts the temporary file to half its size and SIGKILLs the process before the rename, leaving the
+  ``.tmp-*`` file exactly as a kill in the middle of the write would;
+- ``after``: renames, then SIGKILLs (a kill between two files of one checkpoint, or right after it).
+
+A writer that stops writing atomically never reaches the kill, so the run exits normally and the test that
+expects exit status -9 fails. Under torchrun the kill happens on the rank that writes (rank 0); torchrun then
+ends the others, as a pre-emption of the job does.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import runpy
+import signal
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    spec, script, *args = sys.argv[1:]
+    when, pattern = spec.split(":", 1)
+    if when not in ("before", "after"):
+        raise SystemExit(f"killpoint: WHEN must be before or after, not {when!r}")
+    real_replace = os.replace
+
+    def replace(src, dst, *a, **k):
+        hit = fnmatch.fnmatch(Path(dst).name, pattern)
+        if hit and when == "before":
+            if os.path.isfile(src):
+                with open(src, "r+b") as f:
+                    f.truncate(os.path.getsize(src) // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_replace(src, dst, *a, **k)
+        if hit:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    os.replace = replace
+    script = str(Path(script).resolve())
+    sys.path.insert(0, str(Path(script).parent))
+    sys.argv = [script, *args]
+    runpy.run_path(script, run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
