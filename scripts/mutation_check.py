@@ -217,10 +217,12 @@ def copy_tree(dest: Path) -> Path:
 def run_tests(main: Path, tests: tuple[str, ...], timeout: int) -> tuple[int, str, float]:
     env = dict(os.environ, TQDM_DISABLE="1", PYTHONDONTWRITEBYTECODE="1")
     env.pop("FT_REQUIRE_ALL_TESTS", None)
+    basetemp = main.parent / "pytest-tmp"  # inside the copy's folder: removed with it, failing runs' folders too
     start = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests], cwd=main,
-                              env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                               f"--basetemp={basetemp}", *tests], cwd=main, env=env, capture_output=True, text=True,
+                              timeout=timeout)
         code, out = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as e:
         code, out = -1, f"timed out after {timeout} s\n{e.stdout or ''}"
