@@ -261,20 +261,24 @@ def parse_args(prog: str, description: str, groups: Sequence[type], argv: Sequen
 
 def run_main(main, argv: Sequence[str] | None = None) -> int:
     """Run an entry point: a :class:`UserError` becomes one line on stderr and exit status 2. Under torchrun
-    only rank 0 prints to stdout, and the process group is closed at the end."""
+    only rank 0 prints to stdout, and at the end the process group is closed and the worker exits at once with
+    its status (engine/distributed.exit_process says why)."""
     from .engine import distributed
 
-    finished = False
+    finished, closed = False, False
     try:
         distributed.silence_other_ranks()
         main(argv)
         finished = True
+        code = 0
     except UserError as e:
         sys.stderr.write(f"error: {e}\n")
-        return e.exit_code
+        code = e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
-        return 130
+        code = 130
     finally:
-        distributed.close(synchronize=finished)
-    return 0
+        closed = distributed.close(synchronize=finished)
+    if closed:
+        distributed.exit_process(code)
+    return code

@@ -94,6 +94,10 @@ MUTATIONS = [
              "fine_tune/engine/trainer.py",
              "distributed.all_reduce_mean_([p.grad for part in self.parts[1:] for p in part.params if p.grad is not None])",
              "pass", (DIST_LAD,)),
+    Mutation("torchrun_exit_through_finalisation", "a torchrun worker exits through the interpreter's finalisation "
+             "(where DDP's leaked Gloo threads can abort it)", "fine_tune/cli.py",
+             "        distributed.exit_process(code)\n", "        pass\n",
+             ("tests/test_distributed.py::test_torchrun_worker_closes_then_exits_with_its_status",)),
     Mutation("gate_no_decay_group", "LayerNorm weights and biases get weight decay", "fine_tune/engine/optim.py",
              'NO_DECAY = ("bias", "LayerNorm.weight")', 'NO_DECAY = ("bias",)',
              ("tests/test_engine.py::test_no_decay_groups_by_name",)),

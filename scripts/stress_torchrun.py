@@ -74,7 +74,9 @@ def main() -> int:
                 folder = exp / (f"ft{i}_bert_qqp" if kind == "fine_tune" else f"lad{i}_bert_qqp")
                 finished = (folder / f"resume-{args.steps}.pt").is_file()
                 if proc.returncode != 0 or not finished:
-                    tail = "\n    ".join(proc.stderr.strip().splitlines()[-6:])
+                    lines = proc.stderr.strip().splitlines()
+                    said = [l for l in lines if "terminate" in l or "Abort" in l or "what()" in l]
+                    tail = "\n    ".join([*said, *lines[-6:]])
                     failures[kind].append((i, proc.returncode, tail))
                     print(f"run {i} {kind}: exit {proc.returncode}, finished={finished}\n    {tail}", flush=True)
             if (i + 1) % 5 == 0:

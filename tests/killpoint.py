@@ -11,8 +11,9 @@ rename). This launcher wraps ``os.replace`` and, at the first rename whose targe
 - ``after``: renames, then SIGKILLs (a kill between two files of one checkpoint, or right after it).
 
 A writer that stops writing atomically never reaches the kill, so the run exits normally and the test that
-expects exit status -9 fails. Under torchrun the kill happens on the rank that writes (rank 0); torchrun then
-ends the others, as a pre-emption of the job does.
+expects exit status -9 fails. Under torchrun the kill happens on the rank that writes (rank 0); with
+``KILLPOINT_GROUP=1`` it SIGKILLs the launcher (its parent) and every rank the launcher started, then itself: the
+whole job dies at once, as when a scheduler pre-empts it.
 """
 
 from __future__ import annotations
@@ -32,22 +33,41 @@ def main() -> None:
         raise SystemExit(f"killpoint: WHEN must be before or after, not {when!r}")
     real_replace = os.replace
 
+    def kill() -> None:
+        if os.environ.get("KILLPOINT_GROUP") == "1":  # the launcher (our parent) and every other rank it started
+            parent = os.getppid()
+            ranks = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if _parent(pid) == parent]
+            for pid in [parent, *ranks]:
+                if pid != os.getpid():
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
     def replace(src, dst, *a, **k):
         hit = fnmatch.fnmatch(Path(dst).name, pattern)
         if hit and when == "before":
             if os.path.isfile(src):
                 with open(src, "r+b") as f:
                     f.truncate(os.path.getsize(src) // 2)
-            os.kill(os.getpid(), signal.SIGKILL)
+            kill()
         real_replace(src, dst, *a, **k)
         if hit:
-            os.kill(os.getpid(), signal.SIGKILL)
+            kill()
 
     os.replace = replace
     script = str(Path(script).resolve())
     sys.path.insert(0, str(Path(script).parent))
     sys.argv = [script, *args]
     runpy.run_path(script, run_name="__main__")
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 if __name__ == "__main__":

@@ -131,3 +131,33 @@ def test_shares_cover_each_row_once_and_weights_restore_the_mean(rows, monkeypat
     # DDP averages over 3 ranks: sum_r w_r * mean_r / 3 == the mean over every row (values = the row ids)
     mean = sum(w * float(np.mean(s)) for w, s in zip(weights, shares) if len(s)) / 3
     assert mean == pytest.approx(float(np.mean(rows)))
+
+
+def test_torchrun_worker_closes_then_exits_with_its_status(monkeypatch):
+    """Under torchrun, run_main closes the process group (synchronised only after a normal finish) and then ends
+    the worker at once with the run's status (engine/distributed.exit_process); a plain process just returns."""
+    from fine_tune import cli
+    from fine_tune.engine import distributed
+    from fine_tune.errors import UserError
+
+    calls = []
+    monkeypatch.setattr(distributed, "silence_other_ranks", lambda: None)
+    monkeypatch.setattr(distributed, "exit_process", lambda code: calls.append(("exit", code)))
+
+    def refused(argv):
+        raise UserError("bad flag")
+
+    monkeypatch.setattr(distributed, "close", lambda synchronize=False: calls.append(("close", synchronize)) or True)
+    assert cli.run_main(lambda argv: None, []) == 0
+    assert cli.run_main(refused, []) == 2
+    assert calls == [("close", True), ("exit", 0), ("close", False), ("exit", 2)]
+    calls.clear()
+    monkeypatch.setattr(distributed, "close", lambda synchronize=False: False)  # no process group: no early exit
+    assert cli.run_main(lambda argv: None, []) == 0 and calls == []
+
+
+def test_exit_process_flushes_and_exits_with_the_code():
+    code = ("import sys; from fine_tune.engine.distributed import exit_process; print('printed', end=''); "
+            "sys.stderr.write('said'); exit_process(3)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO), timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "printed", "said")

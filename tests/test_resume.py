@@ -74,21 +74,41 @@ def env_for(w: World) -> dict:
 def start_killed(kill: str, script: str, args: list[str], w: World, torchrun: int = 0) -> subprocess.Popen:
     """``script args`` in a subprocess that tests/killpoint.py SIGKILLs at ``kill`` (WHEN:PATTERN)."""
     launcher = [sys.executable, str(REPO / "tests" / "killpoint.py"), kill, str(REPO / script)]
-    if torchrun:
+    env = env_for(w)
+    if torchrun:  # the whole job (launcher and every rank) is killed at once, as a pre-emption does
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(torchrun),
                     *launcher[1:]]
-    return subprocess.Popen([*launcher, *args], env=env_for(w), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env["KILLPOINT_GROUP"] = "1"
+    return subprocess.Popen([*launcher, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=str(w.data.parent))
 
 
 def wait_killed(proc: subprocess.Popen, torchrun: bool = False) -> str:
     """Drain the child's output and check it died by the planned SIGKILL (not by finishing or by an error)."""
     out, err = proc.communicate(timeout=300)
-    if torchrun:  # torchrun reports the failed rank and exits 1
-        assert proc.returncode != 0 and "Signal 9 (SIGKILL)" in err, f"{proc.returncode}\n{out}\n{err[-3000:]}"
-    else:
-        assert proc.returncode == -signal.SIGKILL, f"not killed at the planned write ({proc.returncode}):\n{out}\n{err}"
+    assert proc.returncode == -signal.SIGKILL, f"not killed at the planned write ({proc.returncode}):\n{out}\n{err}"
+    if torchrun:  # every rank went with the launcher: none of the job's processes is left running
+        import time
+
+        marker = str(REPO / "tests" / "killpoint.py")
+        for _ in range(100):
+            alive = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if _running(pid, marker)]
+            if not alive:
+                break
+            time.sleep(0.1)
+        assert not alive, f"processes of the killed job still running: {alive}"
     return err
+
+
+def _running(pid: int, marker: str) -> bool:
+    """Whether process ``pid`` runs a command line holding ``marker`` and is not a zombie."""
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+        return marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
 
 
 def outputs(folder: Path) -> dict[str, dict]:

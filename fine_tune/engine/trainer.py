@@ -271,10 +271,18 @@ class Trainer:
             bar.close()
             if writer is not None:
                 writer.close()
+            self.release()
         seconds = time.perf_counter() - start
         steps = self.step - start_step
         return {"steps": self.step, "steps_run": steps, "seconds": seconds,
                 "examples_per_s": steps * s.batch_size / max(seconds, 1e-9), "last_losses": last}
+
+    def release(self) -> None:
+        """Drop the training wrappers (DDP's, torch.compile's) at the end of a run, so they never outlive the
+        process group; the student and teacher modules stay."""
+        self.model = self.student
+        if self.teacher is not None:
+            self.teacher_model = self.teacher
 
     def _log(self, writer: SummaryWriter | None, bar) -> dict[str, float]:
         s = self.s
