@@ -331,7 +331,8 @@ class Trainer:
         """Write checkpoint ``step``: the model, the method's files (LAD gates), the checkpoint hook's outputs
         (heat-maps, scalars), the TensorBoard events logged so far, and last the resume state. The resume state
         is the commit point: a run killed anywhere before it resumes from the previous checkpoint and writes
-        this one again, and a run counts as finished only once ``resume-{total_step}.pt`` exists."""
+        this one again, and its last checkpoint does not count as finished while an older resume state is the
+        newest one (train._start_experiment)."""
         if not self.world.is_main:
             return
         save_model_checkpoint(self.student, self.exp.checkpoint_path(step))
