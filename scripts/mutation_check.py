@@ -141,6 +141,10 @@ MUTATIONS = [
     Mutation("resume_gate_state", "resume re-initialises the LAD gates", "fine_tune/engine/trainer.py",
              '        if state["method"]:\n            self.method.load_checkpoint_state(state["method"])\n', "",
              (f"{RESUME}[partial_lad]",)),
+    Mutation("restart_keeps_old_events", "a run killed before its first complete checkpoint starts over with the "
+             "killed run's TensorBoard events left in (steps logged twice)", "fine_tune/engine/trainer.py",
+             "purge_step=self.step + 1)", "purge_step=self.step + 1 if self.step else None)",
+             (f"{RESUME}[alp_kd_hidden]",)),
     Mutation("finished_without_gates", "a run killed between model-N.pt and its gate files counts as finished",
              "fine_tune/train.py",
              "if same and p.exp.checkpoint_path(args.total_step).is_file() and (not ready or ready[-1] == args.total_step):",

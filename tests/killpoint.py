@@ -63,11 +63,17 @@ def main() -> None:
     runpy.run_path(script, run_name="__main__")
 
 
-def _parent(pid: int) -> int | None:
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, parent pid, ...); None when gone."""
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
+
+
+def _parent(pid: int) -> int | None:
+    stat = proc_stat(pid)
+    return int(stat[1]) if stat else None
 
 
 if __name__ == "__main__":

@@ -44,6 +44,13 @@ KILLS = {
 }
 
 
+def command(cid: str, base: Path, tiny_bert: Path) -> tuple[str, list[str]]:
+    """A case's script and flags, filled in (its folder, the pretrained model of a fine-tune)."""
+    _, _, script, flags = KILLS[cid]
+    flags = [f.replace("{base}", str(base)) for f in flags]
+    return script, [*flags, "--ptrain_ver", str(tiny_bert)] if script == "run_fine_tune.py" else flags
+
+
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory, tiny_bert):
     """A finished teacher with an evaluation on dev, then every case's command started at once, each killed
@@ -59,10 +66,8 @@ def killed(tmp_path_factory, tiny_bert):
               for cid, (pattern, where, _, _) in KILLS.items()}
     env = dict(os.environ, FT_DATA_ROOT=str(data), FT_EXP_ROOT=str(exp), TQDM_DISABLE="1", OMP_NUM_THREADS="1")
     procs = {}
-    for cid, (pattern, _, script, flags) in KILLS.items():
-        flags = [f.replace("{base}", str(base)) for f in flags]
-        if script == "run_fine_tune.py":
-            flags = [*flags, "--ptrain_ver", str(tiny_bert)]
+    for cid, (pattern, _, _, _) in KILLS.items():
+        script, flags = command(cid, base, tiny_bert)
         procs[cid] = subprocess.Popen([sys.executable, str(REPO / "tests" / "killpoint.py"), f"before:{pattern}",
                                        str(REPO / script), *flags], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, cwd=str(base))
@@ -73,7 +78,7 @@ def killed(tmp_path_factory, tiny_bert):
 @pytest.mark.parametrize("cid", list(KILLS))
 def test_kill_mid_write_leaves_the_target_whole_and_the_rerun_completes(cid, killed, tiny_bert):
     base, before, results = killed
-    pattern, where, script, flags = KILLS[cid]
+    pattern, where, _, _ = KILLS[cid]
     (out, err), code = results[cid]
     assert code == -signal.SIGKILL, f"{cid}: not killed at the write of {pattern} ({code}):\n{out}\n{err}"
     folder = base / where
@@ -81,9 +86,7 @@ def test_kill_mid_write_leaves_the_target_whole_and_the_rerun_completes(cid, kil
     assert leftovers, sorted(os.listdir(folder))
     now = {p.name: p.read_bytes() for p in folder.glob(pattern) if p.is_file()}
     assert now == before[cid]  # absent, or the previous complete version byte for byte
-    flags = [f.replace("{base}", str(base)) for f in flags]
-    if script == "run_fine_tune.py":
-        flags = [*flags, "--ptrain_ver", str(tiny_bert)]
+    script, flags = command(cid, base, tiny_bert)
     run_in_process(script, *flags, data_root=base / "data", exp_root=base / "exp")
     check_complete(cid, base)
 
@@ -118,9 +121,8 @@ def check_complete(cid: str, base: Path) -> None:
         ds = read_logits(data, "teacher_bert_qqp:dev", "qqp")
         assert ds.logits.shape == (16, 2) and ds.meta["checkpoint"] == 2
     elif cid == "eval_table":
-        split = "dev"
-        table = json.loads((exp / "teacher_bert_qqp" / f"eval-{split}.json").read_text())
-        pred = np.load(exp / "teacher_bert_qqp" / f"eval-{split}-predictions.npz")
+        table = json.loads((exp / "teacher_bert_qqp" / "eval-dev.json").read_text())
+        pred = np.load(exp / "teacher_bert_qqp" / "eval-dev-predictions.npz")
         assert [r["ckpt"] for r in table["rows"]] == [2] and len(pred["pred_2"]) == table["num_rows"]
         from fine_tune.tasks import get_task  # the accuracy in the table is the one of the saved predictions
         labels = np.array([e.label for e in get_task("qqp").load(data, "dev", None)])

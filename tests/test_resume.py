@@ -23,6 +23,8 @@ import torch
 
 from conftest import REPO, run_in_process
 from fine_tune import synthetic
+from killpoint import proc_stat
+from test_scripts_e2e import tb_scalars
 
 STEPS, CKPT, LOG = 12, 4, 2
 TINY = ["--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2"]  # the tiny teacher's widths
@@ -102,9 +104,10 @@ def wait_killed(proc: subprocess.Popen, torchrun: bool = False) -> str:
 
 def _running(pid: int, marker: str) -> bool:
     """Whether process ``pid`` runs a command line holding ``marker`` and is not a zombie."""
+    stat = proc_stat(pid)
+    if stat is None or stat[0] == "Z":
+        return False
     try:
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
         return marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
@@ -126,22 +129,6 @@ def assert_bitwise_equal(a: dict, b: dict, what: str = "") -> None:
             assert torch.equal(a[k], b[k]), f"{what}/{k}"
 
 
-def run_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """The scalars of a run as TensorBoard shows them: its event files in the order they were written, where a
-    resumed run's first event (``purge_step``) drops every event at or after that step from the earlier files."""
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-
-    out: dict[str, list[tuple[int, float]]] = {}
-    for f in sorted(log_dir.glob("events.out.tfevents.*"), key=os.path.getmtime):
-        for ev in EventFileLoader(str(f)).Load():
-            if ev.HasField("file_version") and ev.step:
-                out = {tag: [(s, v) for s, v in vals if s < ev.step] for tag, vals in out.items()}
-            for v in ev.summary.value:
-                if v.HasField("simple_value"):
-                    out.setdefault(v.tag, []).append((ev.step, v.simple_value))
-    return out
-
-
 def check_same_run(w: World, ref: str, killed: str, name=lambda e: f"{e}_bert_qqp") -> None:
     """Every checkpoint/method file bit-identical, only the last resume state kept, every logged step once with
     the reference's values."""
@@ -152,8 +139,8 @@ def check_same_run(w: World, ref: str, killed: str, name=lambda e: f"{e}_bert_qq
     for f in ref_files:
         assert_bitwise_equal(ref_files[f], got[f], f)
     assert [p.name for p in b.glob("resume-*.pt")] == [f"resume-{STEPS}.pt"]
-    sa, sb = run_scalars(w.exp / "log" / name(ref)), run_scalars(w.exp / "log" / name(killed))
-    assert sa.keys() == sb.keys()
+    sa, sb = tb_scalars(w.exp / "log" / name(ref)), tb_scalars(w.exp / "log" / name(killed))
+    assert sa.keys() == sb.keys() and {t.rsplit("/", 1)[1] for t in sa} >= {"loss", "lr"}, sorted(sa)
     for tag in sa:
         if tag.endswith("examples_per_s"):
             continue

@@ -14,6 +14,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -101,17 +102,24 @@ def f1_positive(rows: list[dict], logits: np.ndarray) -> float:
 
 
 def tb_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar of every event file in ``log_dir``: tag -> [(step, value)] in file order."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    """Every scalar of ``log_dir`` as TensorBoard shows it: tag -> [(step, value)], the event files in the order
+    they were written, where a resumed run's first event (``purge_step``) drops every event at or after that step
+    from the earlier files."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util.tensor_util import make_ndarray
 
-    files = sorted(log_dir.glob("events.out.tfevents.*"))
+    files = sorted(log_dir.glob("events.out.tfevents.*"), key=os.path.getmtime)
     assert files, f"no TensorBoard event file in {log_dir}"
     out: dict[str, list[tuple[int, float]]] = {}
     for f in files:
-        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+        for ev in EventFileLoader(str(f)).Load():  # scalars come migrated to the tensor form
+            if ev.HasField("file_version") and ev.step:
+                out = {tag: [(st, v) for st, v in vals if st < ev.step] for tag, vals in out.items()}
+            for v in ev.summary.value:
+                if v.HasField("simple_value"):
+                    out.setdefault(v.tag, []).append((ev.step, v.simple_value))
+                elif v.metadata.plugin_data.plugin_name == "scalars":
+                    out.setdefault(v.tag, []).append((ev.step, float(make_ndarray(v.tensor))))
     return out
 
 

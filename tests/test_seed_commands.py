@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from conftest import REPO, SHARED
-from doc_commands import OUTCOME_HEADING, REWRITABLE, Command, parse_commands, parse_outcome_table, rewrite
+from doc_commands import NONE_CELLS, OUTCOME_HEADING, REWRITABLE, Command, parse_commands, parse_outcome_table, rewrite
 
 STOP = OUTCOME_HEADING  # where the maintained documents' own additions begin
 LAYER_WISE = ("run_lad_distil.py", "run_lad_no_distil.py", "run_probing_lad.py", "run_alp_distil.py",
@@ -89,7 +89,7 @@ def expected_outcomes(name: str, commands: list[Command]) -> list[tuple[str, dic
 def checkpoint_files(cell: str | None, steps=(3, 6)) -> list[str] | None:
     """The file names a "files at each checkpoint" cell names for the given steps: backticked patterns with
     ``{step}`` and, for ``{i}``, the range after them (`` `gate-{i}-{step}.pt` (i = 0..11)``); None for "—"."""
-    if cell is None or cell.strip() in ("", "—", "-"):
+    if cell is None or cell.strip() in NONE_CELLS:
         return None
     names = []
     for pattern, last in re.findall(r"`([^`]+)`(?:\s*\(i = 0\.\.(\d+)\))?", cell):

@@ -228,8 +228,9 @@ class Trainer:
         writer = None
         if self.world.is_main:  # under torchrun only rank 0 writes
             self.exp.log_dir.mkdir(parents=True, exist_ok=True)
-            # purge_step: TensorBoard drops events a killed run wrote after the checkpoint it resumes from
-            writer = SummaryWriter(log_dir=str(self.exp.log_dir), purge_step=self.step + 1 if self.step else None)
+            # purge_step: TensorBoard drops events a killed run wrote after the checkpoint it resumes from (all of
+            # them when a run killed before its first complete checkpoint starts over)
+            writer = SummaryWriter(log_dir=str(self.exp.log_dir), purge_step=self.step + 1)
         self.student.train()
         self.method.train(True)
         self.writer = writer
