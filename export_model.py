@@ -12,15 +12,14 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from fine_tune.cli import ExperimentFlags, ExportFlags, PathFlags, PredictFlags, parse_args, run_main
+from fine_tune.cli import EXPORT, parse_flags, run_main
 
 
 def main(argv=None):
-    args = parse_args("export_model.py", __doc__.splitlines()[0], [ExperimentFlags, PredictFlags, ExportFlags, PathFlags],
-                      argv)
+    flags = parse_flags("export_model.py", __doc__.splitlines()[0], EXPORT, argv)
     from fine_tune.export import run_export
 
-    run_export(args)
+    run_export(flags)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,14 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from fine_tune.cli import DeviceFlags, EvalFlags, PredictFlags, ExperimentFlags, PathFlags, parse_args, run_main
+from fine_tune.cli import PREDICT, parse_flags, run_main
 
 
 def main(argv=None):
-    args = parse_args("generate_test_prediction.py", __doc__.splitlines()[0], [ExperimentFlags, PredictFlags, EvalFlags, DeviceFlags, PathFlags], argv,
-                      overrides={"dataset": "test"})
+    flags = parse_flags("generate_test_prediction.py", __doc__.splitlines()[0], PREDICT, argv)
     from fine_tune.evaluate import run_test_prediction
 
-    run_test_prediction(args)
+    run_test_prediction(flags)
 
 
 if __name__ == "__main__":

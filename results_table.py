@@ -13,15 +13,14 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from fine_tune.cli import ResultsFlags, parse_args, run_main
+from fine_tune.cli import ResultsFlags, parse_flags, run_main
 
 
 def main(argv=None):
-    args = parse_args("results_table.py", __doc__.splitlines()[0], [ResultsFlags], argv)
-    args.data_root = None
+    flags = parse_flags("results_table.py", __doc__.splitlines()[0], [ResultsFlags], argv)
     from fine_tune.results import run_results
 
-    run_results(args)
+    run_results(flags.results)
 
 
 if __name__ == "__main__":

@@ -8,15 +8,14 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from fine_tune.cli import DeviceFlags, ExperimentFlags, OptimFlags, PathFlags, PretrainedFlags, parse_args, run_main
+from fine_tune.cli import FINE_TUNE, parse_flags, run_main
 
 
 def main(argv=None):
-    args = parse_args("run_fine_tune.py", __doc__.splitlines()[0],
-                      [ExperimentFlags, PretrainedFlags, OptimFlags, DeviceFlags, PathFlags], argv)
-    from fine_tune.train import run_fine_tune
+    flags = parse_flags("run_fine_tune.py", __doc__.splitlines()[0], FINE_TUNE, argv)
+    from fine_tune.workflows.fine_tune import run_fine_tune
 
-    run_fine_tune(args)
+    run_fine_tune(flags)
 
 
 if __name__ == "__main__":

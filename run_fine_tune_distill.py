@@ -10,16 +10,14 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from fine_tune.cli import (DeviceFlags, DistilFlags, ExperimentFlags, OptimFlags, PathFlags, StudentFlags, parse_args,
-                           run_main)
+from fine_tune.cli import OFFLINE_DISTILL, parse_flags, run_main
 
 
 def main(argv=None):
-    args = parse_args("run_fine_tune_distill.py", __doc__.splitlines()[0],
-                      [ExperimentFlags, StudentFlags, DistilFlags, OptimFlags, DeviceFlags, PathFlags], argv)
-    from fine_tune.train import run_offline_distill
+    flags = parse_flags("run_fine_tune_distill.py", __doc__.splitlines()[0], OFFLINE_DISTILL, argv)
+    from fine_tune.workflows.offline_distill import run_offline_distill
 
-    run_offline_distill(args)
+    run_offline_distill(flags)
 
 
 if __name__ == "__main__":

@@ -8,15 +8,14 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from fine_tune.cli import DeviceFlags, EvalFlags, ExperimentFlags, PathFlags, parse_args, run_main
+from fine_tune.cli import EVAL, parse_flags, run_main
 
 
 def main(argv=None):
-    args = parse_args("run_fine_tune_eval.py", __doc__.splitlines()[0], [ExperimentFlags, EvalFlags, DeviceFlags, PathFlags], argv,
-                      overrides={"ckpt": 0})
+    flags = parse_flags("run_fine_tune_eval.py", __doc__.splitlines()[0], EVAL, argv)
     from fine_tune.evaluate import run_eval
 
-    run_eval(args)
+    run_eval(flags)
 
 
 if __name__ == "__main__":

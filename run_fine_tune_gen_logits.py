@@ -8,15 +8,14 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from fine_tune.cli import DeviceFlags, EvalFlags, ExperimentFlags, PathFlags, parse_args, run_main
+from fine_tune.cli import GEN_LOGITS, parse_flags, run_main
 
 
 def main(argv=None):
-    args = parse_args("run_fine_tune_gen_logits.py", __doc__.splitlines()[0], [ExperimentFlags, EvalFlags, DeviceFlags, PathFlags], argv,
-                      overrides={"ckpt": None})
+    flags = parse_flags("run_fine_tune_gen_logits.py", __doc__.splitlines()[0], GEN_LOGITS, argv)
     from fine_tune.evaluate import run_gen_logits
 
-    run_gen_logits(args)
+    run_gen_logits(flags)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,14 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from fine_tune.cli import GateFlags, parse_layerwise, run_main
+from fine_tune.cli import parse_layerwise, run_main
 
 
 def main(argv=None):
-    args = parse_layerwise("run_lad_no_distil.py", __doc__.splitlines()[0], [GateFlags], argv)
-    from fine_tune.online_distill import run_online_distill
+    flags = parse_layerwise("run_lad_no_distil.py", __doc__.splitlines()[0], "lad_no", argv)
+    from fine_tune.workflows.online_distill import run_online_distill
 
-    run_online_distill(args, "lad_no")
+    run_online_distill(flags, "lad_no")
 
 
 if __name__ == "__main__":

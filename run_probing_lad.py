@@ -9,14 +9,14 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from fine_tune.cli import GateFlags, ProbingFlags, parse_layerwise, run_main
+from fine_tune.cli import parse_layerwise, run_main
 
 
 def main(argv=None):
-    args = parse_layerwise("run_probing_lad.py", __doc__.splitlines()[0], [GateFlags, ProbingFlags], argv)
-    from fine_tune.online_distill import run_online_distill
+    flags = parse_layerwise("run_probing_lad.py", __doc__.splitlines()[0], "partial_lad", argv)
+    from fine_tune.workflows.online_distill import run_online_distill
 
-    run_online_distill(args, "partial_lad")
+    run_online_distill(flags, "partial_lad")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def build(args, padding: str = "max_length"):
     from fine_tune.batching import Collator, tokenize
     from fine_tune.models.classifier import (build_from_config, build_pretrained_classifier, load_tokenizer,
                                              student_config)
-    from fine_tune.train import seed_everything
+    from fine_tune.engine.seeding import seed_everything
 
     seed_everything(SEED)
     tok = load_tokenizer(args.model)
@@ -88,9 +88,11 @@ def worker_toolkit(args, contender: str, t0: float) -> dict:
     padding; ``--padding_free auto``, which applies only where no loss reads padding positions) or, for the
     ``_dyn`` contenders, with ``--padding dynamic`` (masked hidden losses, so the position-wise layers of
     teacher and student run on the real tokens only)."""
+    from fine_tune.engine.optim import GATE_NO_DECAY, OptimiserSettings
     from fine_tune.engine.trainer import Trainer, TrainSettings
     from fine_tune.experiment import ExperimentDir
     from fine_tune.methods import LAD, PKD
+    from fine_tune.models.padding_free import training_forwards
 
     padding = padding_of(contender)
     torch, features, teacher, student, collator = build(args, padding)
@@ -99,22 +101,25 @@ def worker_toolkit(args, contender: str, t0: float) -> dict:
     if contender.startswith("pkd"):
         method = PKD(ls, lt, HARD, SOFT, TEMP, MU, padding=padding)
     else:
-        gates = dict(lr=5e-7, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, max_norm=1.0, total_step=n,
-                     warmup_step=max(1, n // 10))
-        method = LAD(ls, lt, HARD, SOFT, TEMP, MU, d_model=384, seq_len=args.max_seq_len, gate_settings=gates,
+        gates = OptimiserSettings(lr=5e-7, weight_decay=0.01, max_norm=1.0, total_step=n, warmup_step=max(1, n // 10),
+                                  no_decay=GATE_NO_DECAY, clip_per_module=True)
+        method = LAD(ls, lt, HARD, SOFT, TEMP, MU, d_model=384, seq_len=args.max_seq_len, gate_optimiser=gates,
                      padding=padding)
+        method.create_parameters(None)
     device = device_of(args)
-    settings = TrainSettings(total_step=n, batch_size=args.batch_size, accum_step=1, lr=LR, beta1=0.9, beta2=0.999,
-                             eps=1e-8, weight_decay=WEIGHT_DECAY, max_norm=MAX_NORM, warmup_step=max(1, n // 10),
-                             ckpt_step=10**9, log_step=args.steps, seed=SEED, tag_prefix="qqp/train/bert",
-                             padding_free=True)
+    optimiser = OptimiserSettings(lr=LR, total_step=n, warmup_step=max(1, n // 10), weight_decay=WEIGHT_DECAY,
+                                  max_norm=MAX_NORM)
+    settings = TrainSettings(optimiser=optimiser, batch_size=args.batch_size, accum_step=1, ckpt_step=10**9,
+                             log_step=args.steps, seed=SEED, tag_prefix="qqp/train/bert")
+    forwards = training_forwards(student, teacher, enabled=True, ignores_padding=method.ignores_padding)
     stamps = Stamps(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         exp = ExperimentDir(Path(tmp), "bench")
         exp.path.mkdir()
         trainer = Trainer(student, method, stamps.wrap(collator), len(features), settings, exp, device,
-                          toolkit_precision(args, device), teacher=teacher, progress=False)
+                          toolkit_precision(args, device), teacher=teacher, progress=False,
+                          student_forward=forwards.student, teacher_forward=forwards.teacher)
         start = time.perf_counter()
         trainer.train()
         train_s = time.perf_counter() - start

@@ -60,15 +60,17 @@ CONTENDERS = ("toolkit", "toolkit_fast", "toolkit_padded", "trainer", "trainer_g
 
 def worker_toolkit(args, t0: float, *, group_by_length: bool = False, padding: str = "dynamic",
                    count_flops: bool = False, name: str = "toolkit", padding_free: bool = True) -> dict:
-    """The toolkit's public engine, exactly as ``run_fine_tune.py`` drives it (fine_tune.train.run_training) with
+    """The toolkit's public engine, exactly as ``run_fine_tune.py`` drives it (fine_tune.workflows.training) with
     its default flags (dynamic padding, ``--padding_free auto``: BERT's position-wise layers on the real tokens
     only); ``group_by_length``: plus its fastest data option (``--group_by_length``)."""
     from fine_tune.batching import Collator, tokenize
+    from fine_tune.engine.optim import OptimiserSettings
+    from fine_tune.engine.seeding import seed_everything
     from fine_tune.engine.trainer import Trainer, TrainSettings
     from fine_tune.experiment import ExperimentDir
     from fine_tune.methods import HardLabel
     from fine_tune.models.classifier import build_pretrained_classifier, load_tokenizer
-    from fine_tune.train import seed_everything
+    from fine_tune.models.padding_free import training_forwards
 
     device = device_of(args)
     precision = toolkit_precision(args, device)
@@ -78,17 +80,19 @@ def worker_toolkit(args, t0: float, *, group_by_length: bool = False, padding: s
     model = build_pretrained_classifier(args.model, "bert", 2, 0.1)
     n = total_steps(args)
     task = "boolq" if args.dataset == "boolq" else "qqp"
-    settings = TrainSettings(total_step=n, batch_size=args.batch_size, accum_step=1, lr=LR, beta1=0.9,
-                             beta2=0.999, eps=1e-8, weight_decay=WEIGHT_DECAY, max_norm=MAX_NORM,
-                             warmup_step=warmup_steps(args), ckpt_step=10**9, log_step=n, seed=SEED,
-                             tag_prefix=f"{task}/train/bert", group_by_length=group_by_length, padding_free=padding_free)
+    optimiser = OptimiserSettings(lr=LR, total_step=n, warmup_step=warmup_steps(args), weight_decay=WEIGHT_DECAY,
+                                  max_norm=MAX_NORM)
+    settings = TrainSettings(optimiser=optimiser, batch_size=args.batch_size, accum_step=1, ckpt_step=10**9,
+                             log_step=n, seed=SEED, tag_prefix=f"{task}/train/bert", group_by_length=group_by_length)
+    forwards = training_forwards(model, None, enabled=padding_free, ignores_padding=True)
     stamps = Stamps(args, count_flops=count_flops)
     collator = stamps.wrap(Collator(features, tok.pad_token_id, args.max_seq_len, padding))
     extra = {"lengths": features.lengths()} if group_by_length else {}
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, HardLabel(), collator, len(features), settings,
-                          ExperimentDir(Path(tmp), "bench"), device, precision, progress=False, **extra)
+                          ExperimentDir(Path(tmp), "bench"), device, precision, progress=False,
+                          student_forward=forwards.student, **extra)
         start = time.perf_counter()
         trainer.train()  # writes model-{n}.pt once, at the end (outside the timed window)
         train_s = time.perf_counter() - start

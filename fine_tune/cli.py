@@ -1,8 +1,12 @@
-"""Flag groups every entry script composes, so no script repeats another's argparse block.
+"""Flag groups every entry script composes, parsed into typed settings.
 
-Each group is a dataclass: its fields are the flags (name, type, default, help). An entry script calls
-:func:`parse_args` with the groups it needs and gets an ``argparse.Namespace``. Bad flags give one line
-on stderr and exit status 2.
+Each group is a frozen dataclass: its fields are the flags (name, type, default, help), its ``key`` names it in
+the parsed :class:`Flags`, and its ``__post_init__`` refuses bad values with a one-line :class:`UserError`. An
+entry script calls :func:`parse_flags` with the groups it needs and gets a :class:`Flags`: one instance per group
+(``flags.optimiser.lr``), never mutated; a value resolved later (e.g. from the teacher's config) makes a new
+:class:`Flags` with :meth:`Flags.replace`. Every flag has one default, in its group; a script whose original
+had other defaults composes a subclass of the group that says so (``Layerwise*``). Flag syntax errors give one
+line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import argparse
 import dataclasses
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from .errors import UserError
 
@@ -20,24 +24,48 @@ def flag(default: Any = None, help: str = "", **kw: Any) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
 
-@dataclass
+def _positive(group: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(group, name)
+        if value is not None and value <= 0:
+            raise UserError(f"--{name} must be positive, got {value}")
+
+
+# -- what a run is ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
 class ExperimentFlags:
+    key: ClassVar[str] = "experiment"
     experiment: str = flag(None, "experiment name; folder {experiment}_{model}_{task}", required=True)
     model: str = flag("bert", "model family", choices=("bert", "albert"))
     task: str = flag(None, "task", required=True, choices=("boolq", "qqp"))
     dataset: str = flag("train", "split (train/val/test for boolq, train/dev/test for qqp)")
 
 
-@dataclass
+@dataclass(frozen=True)
+class LayerwiseExperimentFlags(ExperimentFlags):
+    dataset: str = flag(None, "training split (default: the teacher's)")
+
+
+@dataclass(frozen=True)
+class PredictionExperimentFlags(ExperimentFlags):
+    dataset: str = flag("test", "split to predict (train/val/test for boolq, train/dev/test for qqp)")
+
+
+@dataclass(frozen=True)
 class PathFlags:
+    key: ClassVar[str] = "paths"
     data_root: str = flag(None, "data root (default: env FT_DATA_ROOT, else <repo>/data/fine_tune)")
     exp_root: str = flag(None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)")
     max_examples: int = flag(None, "use only the first N rows of the split (smoke runs, tests)")
     overwrite: bool = flag(False, "replace an existing experiment (or logits data set) with a different config")
 
+    def __post_init__(self) -> None:
+        _positive(self, "max_examples")
 
-@dataclass
+
+@dataclass(frozen=True)
 class DeviceFlags:
+    key: ClassVar[str] = "device"
     device_id: int = flag(None, "CUDA device index; -1 = CPU (2021-era flag)")
     num_gpu: int = flag(None, "number of GPUs; 0 = CPU, >=1 = cuda:0 (2020-era flag)")
     amp: bool = flag(False, "mixed precision: fp16 autocast + GradScaler on CUDA (bf16 with --amp_dtype bf16); "
@@ -45,49 +73,126 @@ class DeviceFlags:
     amp_dtype: str = flag("fp16", "autocast dtype on CUDA", choices=("fp16", "bf16"))
 
 
-@dataclass
-class OptimFlags:
+# -- training ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClassifierFlags:
+    key: ClassVar[str] = "classifier"
     num_class: int = flag(2, "number of classes")
-    accum_step: int = flag(1, "micro-batches per optimizer step (each forward sees batch_size // accum_step)")
-    batch_size: int = flag(32, "effective batch size per optimizer step")
+    dropout: float = flag(0.1, "dropout of encoder (hidden and attention) and classifier head")
+
+    def __post_init__(self) -> None:
+        if self.num_class is not None and self.num_class < 2:
+            raise UserError(f"--num_class must be at least 2, got {self.num_class}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"--dropout must lie in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class DistilClassifierFlags(ClassifierFlags):
+    num_class: int = flag(None, "number of classes (default: the logits data set's)")
+
+
+@dataclass(frozen=True)
+class LayerwiseClassifierFlags(ClassifierFlags):
+    num_class: int = flag(None, "number of classes (default: the teacher's)")
+
+
+@dataclass(frozen=True)
+class OptimiserFlags:
+    """The student's AdamW, schedule and clipping (:class:`fine_tune.engine.optim.OptimiserSettings`)."""
+
+    key: ClassVar[str] = "optimiser"
+    lr: float = flag(3e-5, "peak learning rate")
     beta1: float = flag(0.9, "AdamW beta1")
     beta2: float = flag(0.999, "AdamW beta2")
     eps: float = flag(1e-8, "AdamW epsilon")
     weight_decay: float = flag(0.01, "AdamW weight decay (not on names containing 'bias' or 'LayerNorm.weight')")
-    lr: float = flag(2e-5, "peak learning rate")
     max_norm: float = flag(1.0, "gradient clipping norm")
-    total_step: int = flag(1000, "number of optimizer steps")
-    warmup_step: int = flag(100, "linear warmup steps, then linear decay to 0 at total_step")
-    ckpt_step: int = flag(500, "save model-{step}.pt every N optimizer steps (and at the end)")
-    save_total_limit: int = flag(None, "keep only the newest K checkpoints (default: keep all, as the original)")
-    log_step: int = flag(100, "TensorBoard scalars every N optimizer steps")
-    dropout: float = flag(0.1, "dropout of encoder (hidden and attention) and classifier head")
-    max_seq_len: int = flag(128, "maximum tokens per (text, text_pair)")
-    seed: int = flag(42, "random seed (Python, NumPy, torch)")
+    total_step: int = flag(50000, "number of optimizer steps")
+    warmup_step: int = flag(10000, "linear warmup steps, then linear decay to 0 at total_step")
+
+    def __post_init__(self) -> None:
+        _positive(self, "total_step", "lr")
+        if self.warmup_step < 0:
+            raise UserError(f"--warmup_step must be >= 0, got {self.warmup_step}")
+        if self.warmup_step > self.total_step:
+            raise UserError(f"--warmup_step {self.warmup_step} exceeds --total_step {self.total_step}")
+        if self.max_norm <= 0:
+            raise UserError(f"--max_norm must be positive, got {self.max_norm}")
+
+    def settings(self):
+        from .engine.optim import OptimiserSettings
+
+        return OptimiserSettings(lr=self.lr, total_step=self.total_step, warmup_step=self.warmup_step,
+                                 beta1=self.beta1, beta2=self.beta2, eps=self.eps, weight_decay=self.weight_decay,
+                                 max_norm=self.max_norm)
+
+
+@dataclass(frozen=True)
+class BatchingFlags:
+    key: ClassVar[str] = "batching"
+    batch_size: int = flag(32, "effective batch size per optimizer step")
+    accum_step: int = flag(1, "micro-batches per optimizer step (each forward sees batch_size // accum_step)")
+    max_seq_len: int = flag(512, "maximum tokens per (text, text_pair)")
     padding: str = flag("dynamic", "pad each batch to its longest member (dynamic) or to max_seq_len (max_length)",
                         choices=("dynamic", "max_length"))
+    group_by_length: bool = flag(False, "length-grouped micro-batches: each epoch's shuffle is cut into mega-batches "
+                                        "of 50 micro-batches, each sorted by length, and the micro-batches shuffled, "
+                                        "so dynamic padding pads little. Changes the training order and so the "
+                                        "trajectory: off by default to stay faithful to the original")
+
+    def __post_init__(self) -> None:
+        _positive(self, "batch_size", "accum_step", "max_seq_len")
+        if self.batch_size % self.accum_step:
+            raise UserError(f"--batch_size {self.batch_size} is not divisible by --accum_step {self.accum_step}")
+
+
+@dataclass(frozen=True)
+class LayerwiseBatchingFlags(BatchingFlags):
+    max_seq_len: int = flag(None, "maximum tokens per (text, text_pair) (default: the teacher's)")
+    padding: str = flag("max_length", "max_length: every batch padded to max_seq_len, the original (hidden MSE over "
+                                      "padding positions too, LAD's gate LayerNorm over [max_seq_len, D]); dynamic: "
+                                      "each batch padded to its longest member, faster, with hidden losses masked to "
+                                      "the real tokens and a masked gate LayerNorm; changes results (doc/methods.md)",
+                        choices=("dynamic", "max_length"))
+
+
+@dataclass(frozen=True)
+class RunFlags:
+    key: ClassVar[str] = "run"
+    seed: int = flag(42, "random seed (Python, NumPy, torch)")
+    ckpt_step: int = flag(1000, "save model-{step}.pt every N optimizer steps (and at the end)")
+    log_step: int = flag(500, "TensorBoard scalars every N optimizer steps")
+    save_total_limit: int = flag(None, "keep only the newest K checkpoints (default: keep all, as the original)")
+
+    def __post_init__(self) -> None:
+        _positive(self, "ckpt_step", "log_step", "save_total_limit")
+
+
+@dataclass(frozen=True)
+class SpeedFlags:
+    """How fast the same model trains; changes float rounding only (doc/performance.md)."""
+
+    key: ClassVar[str] = "speed"
     padding_free: str = flag("auto", "auto: BERT's position-wise layers run on the real tokens only, and attention "
                                      "in buckets of similar lengths, wherever no loss looks at padding positions "
                                      "(fine-tuning, logits KD, layer-wise losses under --padding dynamic), and the "
                                      "same layers over the padded grid elsewhere; cheaper dropout masks on CPU: the "
                                      "same model, fewer FLOPs; off: Hugging Face's padded forward",
                              choices=("auto", "off"))
-    compile: bool = flag(False, "torch.compile the student's (and the teacher's) forward: pays on GPUs over long runs; "
-                                "on the 2-core CPU measured here it did not (doc/performance.md). Float-rounding "
-                                "changes only")
-    group_by_length: bool = flag(False, "length-grouped micro-batches: each epoch's shuffle is cut into mega-batches "
-                                        "of 50 micro-batches, each sorted by length, and the micro-batches shuffled, "
-                                        "so dynamic padding pads little. Changes the training order and so the "
-                                        "trajectory: off by default to stay faithful to the original")
+    compile: bool = flag(False, "torch.compile the student's (and the teacher's) forward; whether it pays depends on "
+                                "the machine and the run's length (doc/performance.md). Float-rounding changes only")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PretrainedFlags:
+    key: ClassVar[str] = "pretrained"
     ptrain_ver: str = flag(None, "pretrained model: a Hugging Face hub name or a local folder", required=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class StudentFlags:
+    key: ClassVar[str] = "student"
     d_model: int = flag(768, "student hidden size")
     d_ff: int = flag(3072, "student feed-forward size")
     d_emb: int = flag(128, "student embedding size (ALBERT only)")
@@ -102,33 +207,59 @@ class StudentFlags:
     init_embeddings: bool = flag(False, "with the layer initialisation: also copy the pretrained teacher's embeddings "
                                         "(the original leaves them random; needs the teacher's widths)")
 
+    def __post_init__(self) -> None:
+        _positive(self, "d_model", "d_ff", "num_attention_heads", "num_hidden_layers", "type_vocab_size", "d_emb")
+        if self.d_model % self.num_attention_heads:
+            raise UserError(f"--d_model {self.d_model} is not divisible by --num_attention_heads {self.num_attention_heads}")
+        if (self.init_start is None) != (self.init_end is None):
+            raise UserError("--init_start and --init_end go together")
 
-@dataclass
+
+@dataclass(frozen=True)
 class DistilFlags:
+    key: ClassVar[str] = "distil"
     softmax_temp: float = flag(1.0, "temperature T of the soft loss")
     soft_weight: float = flag(1.0, "weight of T^2 * KL(teacher || student)")
     hard_weight: float = flag(1.0, "weight of the cross-entropy with the gold labels")
 
 
-@dataclass
+@dataclass(frozen=True)
+class LayerwiseDistilFlags(DistilFlags):
+    soft_weight: float = flag(0.2, "weight of T^2 * KL(teacher || student)")
+    hard_weight: float = flag(0.8, "weight of the cross-entropy with the gold labels")
+
+
+# -- online distillation -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
 class TeacherFlags:
+    key: ClassVar[str] = "teacher"
     teacher_exp: str = flag(None, "fine-tuned teacher experiment (folder {teacher_exp}_{tmodel}_{task})", required=True)
     tmodel: str = flag("bert", "teacher model family", choices=("bert", "albert"))
     tckpt: int = flag(None, "teacher checkpoint step (model-{tckpt}.pt)", required=True)
     tdevice_id: int = flag(None, "teacher's CUDA device index; -1 = CPU (default: the student's device)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LayerwiseFlags:
+    key: ClassVar[str] = "layerwise"
     mu: float = flag(1.0, "weight of the hidden-state loss, mu * sum_j MSE_j / L_s (0: online logits KD only)")
     init_uncovered: bool = flag(False, "partial LAD: also initialise the student layers not covered by "
                                        "--gate_indices (the original leaves them random)")
     map_examples: int = flag(64, "dev examples averaged for the layer-contribution heat-map at each checkpoint "
                                  "(0: no map)")
 
+    def __post_init__(self) -> None:
+        if self.mu < 0:
+            raise UserError(f"--mu must be >= 0, got {self.mu}")
+        if self.map_examples < 0:
+            raise UserError(f"--map_examples must be >= 0, got {self.map_examples}")
 
-@dataclass
+
+@dataclass(frozen=True)
 class GateFlags:
+    """The LAD gates' own AdamW, schedule and clipping (the original's gate optimiser)."""
+
+    key: ClassVar[str] = "gate"
     gate_lr: float = flag(1e-5, "gate AdamW peak learning rate")
     gate_beta1: float = flag(0.9, "gate AdamW beta1")
     gate_beta2: float = flag(0.999, "gate AdamW beta2")
@@ -139,9 +270,25 @@ class GateFlags:
     gate_warmup_step: int = flag(None, "gate linear warmup steps (default: --warmup_step)")
     gate_device_id: int = flag(None, "gates' CUDA device index; -1 = CPU (default: the student's device)")
 
+    def __post_init__(self) -> None:
+        _positive(self, "gate_lr", "gate_total_step", "gate_max_norm")
 
-@dataclass
+    def settings(self, student: OptimiserFlags, no_decay: tuple[str, ...] | None = None):
+        """The gates' :class:`OptimiserSettings`; the schedule's lengths default to the student's. ``no_decay``:
+        the names exempt from weight decay (default: the original gate optimiser's)."""
+        from .engine.optim import GATE_NO_DECAY, OptimiserSettings
+
+        return OptimiserSettings(
+            lr=self.gate_lr, beta1=self.gate_beta1, beta2=self.gate_beta2, eps=self.gate_eps,
+            weight_decay=self.gate_weight_decay, max_norm=self.gate_max_norm,
+            total_step=self.gate_total_step or student.total_step,
+            warmup_step=student.warmup_step if self.gate_warmup_step is None else self.gate_warmup_step,
+            no_decay=GATE_NO_DECAY if no_decay is None else tuple(no_decay), clip_per_module=True)
+
+
+@dataclass(frozen=True)
 class ProbingFlags:
+    key: ClassVar[str] = "probing"
     probing_exp: str = flag(None, "probing experiment", required=True, choices=("partial_lad",))
     gate_indices: str = flag("2,4,6,8,10", "partial LAD: comma-separated gate (teacher layer) indices, 1-based, "
                                            "whose aggregation student layers 1..|G| learn")
@@ -149,55 +296,58 @@ class ProbingFlags:
                                       "accepted for the seed commands)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class AlpFlags:
+    key: ClassVar[str] = "alp"
     alp_exp: str = flag("alp-kd-hidden", "ALP-KD variant",
                         choices=("alp-kd", "alp-kd-hidden", "alp-kd-hidden-v2"))
 
 
-@dataclass
+@dataclass(frozen=True)
 class PkdFlags:
+    key: ClassVar[str] = "pkd"
     pkd_loss: str = flag("hidden_mse", "hidden_mse: full-sequence MSE on every student layer (the original's "
                                        "'our implementation'); normalized_cls: Sun et al. 2019, normalised [CLS] "
-                                       "states of student layers 1..L_s-1", choices=("hidden_mse", "normalized_cls"))
+                                       "states of student layers 1..L_s-1, averaged as their released code",
+                         choices=("hidden_mse", "normalized_cls"))
     pkd_strategy: str = flag("skip", "teacher layers: skip (j * L_t/L_s) or last (PKD-last: the top layers)",
                              choices=("skip", "last"))
 
 
-# The original layer-wise scripts' argparse defaults (shared/reference/original_methods.md). Their commands
-# pass no --max_seq_len / --num_class / --dataset: those come from the teacher's config.
-LAYERWISE_DEFAULTS = dict(soft_weight=0.2, hard_weight=0.8, softmax_temp=1.0, mu=1.0, lr=3e-5, num_attention_heads=16,
-                          total_step=50000, warmup_step=10000, gate_lr=1e-5, padding="max_length", dataset=None,
-                          max_seq_len=None, num_class=None)
-# Help texts that differ for the layer-wise scripts.
-LAYERWISE_HELP = dict(
-    padding="max_length: every batch padded to max_seq_len, the original (hidden MSE over padding positions "
-            "too, LAD's gate LayerNorm over [max_seq_len, D]); dynamic: each batch padded to its longest member, "
-            "faster, with hidden losses masked to the real tokens and a masked gate LayerNorm; changes results "
-            "(doc/methods.md)")
-
-
-@dataclass
-class EvalFlags:
+# -- using a trained experiment ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InferenceFlags:
+    key: ClassVar[str] = "inference"
     batch_size: int = flag(128, "evaluation batch size")
+
+    def __post_init__(self) -> None:
+        _positive(self, "batch_size")
+
+
+@dataclass(frozen=True)
+class SweepFlags:
+    key: ClassVar[str] = "sweep"
     ckpt: int = flag(0, "first checkpoint step to evaluate (all later ones too)")
     save_predictions: bool = flag(False, "write per-example probabilities and predictions for every checkpoint")
 
 
-@dataclass
-class PredictFlags:
+@dataclass(frozen=True)
+class CheckpointFlags:
+    key: ClassVar[str] = "checkpoint"
     ckpt: str = flag(None, "checkpoint: a step, 'last' (the newest checkpoint; the default) or 'best' (best "
                            "accuracy on --select_on, from run_fine_tune_eval.py's evaluation of that split)")
     select_on: str = flag(None, "split whose evaluation chooses --ckpt best (default: val for boolq, dev for qqp)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportFlags:
+    key: ClassVar[str] = "export"
     out: str = flag(None, "output folder (default: <experiment folder>/hf-model-<step>)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ResultsFlags:
+    key: ClassVar[str] = "results"
     task: str = flag(None, "task", required=True, choices=("boolq", "qqp"))
     exp_root: str = flag(None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)")
     experiments: str = flag(None, "comma-separated globs of experiment folders or names (default: every evaluated one)")
@@ -205,19 +355,67 @@ class ResultsFlags:
     rule: str = flag("best", "checkpoint rule: best (best on --select_on, by default on the reported split itself: "
                              "the original's rule) or last", choices=("best", "last"))
     select_on: str = flag(None, "split that chooses the checkpoint for every reported split (e.g. val / dev)")
-    compare: str = flag(None, "two experiment folders A B: paired bootstrap of their accuracy difference", nargs=2)
+    compare: tuple = flag(None, "two experiment folders A B: paired bootstrap of their accuracy difference", nargs=2)
     compare_split: str = flag(None, "split of --compare (default: val for boolq, dev for qqp)")
     resamples: int = flag(10000, "bootstrap resamples")
     bootstrap_seed: int = flag(0, "bootstrap random seed")
     out: str = flag(None, "markdown file to write (default: <exp_root>/results-<task>.md)")
 
 
-def parse_layerwise(prog: str, description: str, method_groups: Sequence[type],
-                    argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The flags of a layer-wise script: the common groups, the method's own, the original's defaults."""
-    groups = [ExperimentFlags, TeacherFlags, StudentFlags, DistilFlags, LayerwiseFlags, *method_groups, OptimFlags,
-              DeviceFlags, PathFlags]
-    return parse_args(prog, description, groups, argv, overrides=LAYERWISE_DEFAULTS, helps=LAYERWISE_HELP)
+# Training scripts' groups (their union of fields is config.json's record)
+TRAINING = (ClassifierFlags, OptimiserFlags, BatchingFlags, RunFlags, SpeedFlags, DeviceFlags, PathFlags)
+FINE_TUNE = (ExperimentFlags, PretrainedFlags, *TRAINING)
+OFFLINE_DISTILL = (ExperimentFlags, StudentFlags, DistilFlags, DistilClassifierFlags, *TRAINING[1:])
+LAYERWISE = (LayerwiseExperimentFlags, TeacherFlags, StudentFlags, LayerwiseDistilFlags, LayerwiseFlags,
+             LayerwiseClassifierFlags, OptimiserFlags, LayerwiseBatchingFlags, RunFlags, SpeedFlags, DeviceFlags,
+             PathFlags)
+# Scripts that use a trained experiment
+EVAL = (ExperimentFlags, SweepFlags, InferenceFlags, DeviceFlags, PathFlags)
+GEN_LOGITS = (ExperimentFlags, CheckpointFlags, InferenceFlags, DeviceFlags, PathFlags)
+PREDICT = (PredictionExperimentFlags, CheckpointFlags, InferenceFlags, DeviceFlags, PathFlags)
+EXPORT = (ExperimentFlags, CheckpointFlags, ExportFlags, PathFlags)
+
+
+class Flags:
+    """The parsed flags of one script: one frozen group instance per group key (``flags.optimiser``)."""
+
+    def __init__(self, groups: dict[str, Any]):
+        object.__setattr__(self, "_groups", dict(groups))
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._groups[key]
+        except KeyError:
+            raise AttributeError(f"no flag group {key!r} (groups: {', '.join(self._groups)})") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("Flags are read-only: make a new one with replace()")
+
+    def has(self, key: str) -> bool:
+        return key in self._groups
+
+    def replace(self, **changes: Any) -> "Flags":
+        """A new :class:`Flags` with fields of groups changed: ``replace(batching={"max_seq_len": 128})``."""
+        groups = dict(self._groups)
+        for key, fields in changes.items():
+            groups[key] = dataclasses.replace(groups[key], **fields)
+        return Flags(groups)
+
+    def record(self) -> dict[str, Any]:
+        """Every flag by name, flat: the fields of ``config.json``."""
+        out: dict[str, Any] = {}
+        for group in self._groups.values():
+            for f in dataclasses.fields(group):
+                out[f.name] = getattr(group, f.name)
+        return out
+
+
+def parse_layerwise(prog: str, description: str, method: str, argv: Sequence[str] | None = None) -> Flags:
+    """The flags of a layer-wise script: the groups every one has, then the method's own (its registry entry's
+    ``flag_groups``)."""
+    from .methods.registry import get_method
+
+    return parse_flags(prog, description, (*LAYERWISE, *get_method(method).flag_groups), argv)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -226,37 +424,33 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser(prog: str, description: str, groups: Sequence[type], overrides: dict[str, Any] | None = None,
-                 helps: dict[str, str] | None = None) -> argparse.ArgumentParser:
-    """A parser with the flags of ``groups``; ``overrides`` changes defaults (per-script defaults), ``helps``
-    help texts."""
-    overrides, helps = overrides or {}, helps or {}
+def build_parser(prog: str, description: str, groups: Sequence[type]) -> argparse.ArgumentParser:
+    """A parser with the flags of ``groups`` (each flag in exactly one group)."""
     parser = _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     seen: set[str] = set()
     for group in groups:
-        g = parser.add_argument_group(group.__name__.replace("Flags", "").lower())
+        g = parser.add_argument_group(group.key)
         for f in dataclasses.fields(group):
-            if f.name in seen:  # a later group overrides an earlier field of the same name
-                continue
+            if f.name in seen:
+                raise ValueError(f"flag --{f.name} is in two groups of {prog}")
             seen.add(f.name)
             meta = dict(f.metadata)
-            help_ = helps.get(f.name, meta.pop("help", ""))
-            meta.pop("help", None)
-            default = overrides.get(f.name, f.default)
-            kind = f.type if isinstance(f.type, type) else {"str": str, "int": int, "float": float, "bool": bool}[f.type]
+            help_ = meta.pop("help", "")
+            kind = f.type if isinstance(f.type, type) else {"str": str, "int": int, "float": float, "bool": bool,
+                                                            "tuple": str}[f.type]
             if kind is bool:
-                g.add_argument(f"--{f.name}", action="store_true", default=default, help=help_)
+                g.add_argument(f"--{f.name}", action="store_true", default=f.default, help=help_)
             else:
-                if meta.get("required") and f.name in overrides:
-                    meta.pop("required")
-                g.add_argument(f"--{f.name}", type=kind, default=default, help=help_, **meta)
+                g.add_argument(f"--{f.name}", type=kind, default=f.default, help=help_, **meta)
     return parser
 
 
-def parse_args(prog: str, description: str, groups: Sequence[type], argv: Sequence[str] | None = None,
-               overrides: dict[str, Any] | None = None, helps: dict[str, str] | None = None) -> argparse.Namespace:
-    parser = build_parser(prog, description, groups, overrides, helps)
-    return parser.parse_args(argv)
+def parse_flags(prog: str, description: str, groups: Sequence[type], argv: Sequence[str] | None = None) -> Flags:
+    """Parse ``argv`` into one instance per group; a bad value is a :class:`UserError` (one line, exit 2)."""
+    ns = build_parser(prog, description, groups).parse_args(argv)
+    values = vars(ns)
+    return Flags({group.key: group(**{f.name: values[f.name] for f in dataclasses.fields(group)})
+                  for group in groups})
 
 
 def run_main(main, argv: Sequence[str] | None = None) -> int:

@@ -6,7 +6,6 @@ computed or written.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -23,13 +22,12 @@ from .engine.allocator import tune_malloc_for_training
 from .engine.device import Precision, resolve_device, resolve_precision
 from .engine.trainer import forward, to_device
 from .errors import UserError
-from .experiment import ExperimentDir
+from .experiment import ExperimentDir, roots
 from .io_utils import atomic_write, atomic_write_json, atomic_write_text, check_writable, sha256_file
 from .selection import best_row, parse_ckpt, predictions_path, resolve_ckpt
 from .models.classifier import build_from_config, check_checkpoint, load_checkpoint_into, load_model_dir
 from .tasks import Task, get_task
 from .tasks.logits import check_logits_target, logits_dir, write_logits
-from .train import roots
 
 
 @dataclass
@@ -43,30 +41,23 @@ class LoadedExperiment:
     precision: Precision | None
     data_root: Path
 
-    def resolve_device(self, args: argparse.Namespace) -> None:
+    def resolve_device(self, device_flags) -> None:
         """After every input has been checked, so an error is never preceded by device warnings."""
-        self.device = resolve_device(args.device_id, args.num_gpu)
-        self.precision = resolve_precision(args.amp, args.amp_dtype, self.device)
+        self.device = resolve_device(device_flags.device_id, device_flags.num_gpu)
+        self.precision = resolve_precision(device_flags.amp, device_flags.amp_dtype, self.device)
 
 
-def open_experiment(args: argparse.Namespace) -> LoadedExperiment:
+def open_experiment(flags) -> LoadedExperiment:
     """Check the split, then the folder; build the model from the experiment's own config and tokenizer."""
-    _positive_batch(args)
-    task = get_task(args.task)
-    task.check_split(args.dataset)
-    data_root, exp_root = roots(args)
-    exp = ExperimentDir.of(exp_root, args.experiment, args.model, args.task).require()
+    e = flags.experiment
+    task = get_task(e.task)
+    task.check_split(e.dataset)
+    data_root, exp_root = roots(flags.paths)
+    exp = ExperimentDir.of(exp_root, e.experiment, e.model, e.task).require()
     config = cfg.load_config(exp.config_path)
     model_config, tokenizer = load_model_dir(exp.model_dir)
     model = build_from_config(model_config)
     return LoadedExperiment(exp, config, model, tokenizer, task, None, None, data_root)
-
-
-def _positive_batch(args: argparse.Namespace) -> None:
-    if getattr(args, "batch_size", 1) <= 0:
-        raise UserError(f"--batch_size must be positive, got {args.batch_size}")
-    if getattr(args, "max_examples", None) is not None and args.max_examples <= 0:
-        raise UserError(f"--max_examples must be positive, got {args.max_examples}")
 
 
 def load_split(le: LoadedExperiment, split: str, max_examples: int | None, before_tokenizing=None):
@@ -130,22 +121,23 @@ def write_predictions(path: Path, examples, logits: np.ndarray) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def run_eval(args: argparse.Namespace) -> dict:
+def run_eval(flags) -> dict:
     """``run_fine_tune_eval.py``: every checkpoint from ``--ckpt`` on, in step order, on one split."""
-    le = open_experiment(args)
-    if args.dataset not in le.task.labelled:
-        raise UserError(f"--dataset {args.dataset!r} has no labels to evaluate against; "
-                        f"use generate_test_prediction.py for {args.dataset}")
-    steps = [s for s in le.exp.checkpoints() if s >= args.ckpt]
+    le = open_experiment(flags)
+    e, first, batch_size = flags.experiment, flags.sweep.ckpt, flags.inference.batch_size
+    if e.dataset not in le.task.labelled:
+        raise UserError(f"--dataset {e.dataset!r} has no labels to evaluate against; "
+                        f"use generate_test_prediction.py for {e.dataset}")
+    steps = [s for s in le.exp.checkpoints() if s >= first]
     if not steps:
         have = ", ".join(map(str, le.exp.checkpoints())) or "none"
-        raise UserError(f"no checkpoint at or after --ckpt {args.ckpt} in {le.exp.path}; checkpoints there: {have}")
+        raise UserError(f"no checkpoint at or after --ckpt {first} in {le.exp.path}; checkpoints there: {have}")
     for step in steps:  # every checkpoint readable and of this model before anything is written
         check_checkpoint(le.model.config, le.exp.checkpoint_path(step))
     check_writable(le.exp.path, "--exp_root", root=le.exp.root)
     check_writable(le.exp.log_dir, "--exp_root", root=le.exp.root)
-    _, examples, features = load_split(le, args.dataset, args.max_examples)
-    le.resolve_device(args)
+    _, examples, features = load_split(le, e.dataset, flags.paths.max_examples)
+    le.resolve_device(flags.device)
     from torch.utils.tensorboard import SummaryWriter
 
     main = distributed.is_main()  # under torchrun every rank predicts its share; rank 0 writes
@@ -153,14 +145,14 @@ def run_eval(args: argparse.Namespace) -> dict:
     rows = []
     predictions: dict[str, np.ndarray] = {}
     metric_names = ["accuracy"] + (["f1"] if "f1" in le.task.metrics else [])
-    print(f"{le.exp.name}: {args.dataset} ({len(examples)} rows), {len(steps)} checkpoint(s) on {le.device}")
+    print(f"{le.exp.name}: {e.dataset} ({len(examples)} rows), {len(steps)} checkpoint(s) on {le.device}")
     print("ckpt\t" + "\t".join(metric_names))
     try:
         for step in steps:
             load_checkpoint_into(le.model, le.exp.checkpoint_path(step))
             start = time.perf_counter()
             logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"],
-                                    args.batch_size, le.device, le.precision)
+                                    batch_size, le.device, le.precision)
             seconds = time.perf_counter() - start
             preds = logits.argmax(axis=1)
             predictions[f"pred_{step}"] = preds.astype(np.int16)
@@ -170,93 +162,110 @@ def run_eval(args: argparse.Namespace) -> dict:
             print(f"{step}\t" + "\t".join(f"{row[m]:.6f}" for m in metric_names), flush=True)
             if not main:
                 continue
-            writer.add_scalar(f"{args.task}/{args.dataset}/accuracy", row["accuracy"], step)
+            writer.add_scalar(f"{e.task}/{e.dataset}/accuracy", row["accuracy"], step)
             if "f1" in row:
-                writer.add_scalar(f"{args.task}/{args.dataset}/f1_score", row["f1"], step)
-            if args.save_predictions:
-                write_predictions(le.exp.path / f"predictions-{args.dataset}-{step}.tsv", examples, logits)
+                writer.add_scalar(f"{e.task}/{e.dataset}/f1_score", row["f1"], step)
+            if flags.sweep.save_predictions:
+                write_predictions(le.exp.path / f"predictions-{e.dataset}-{step}.tsv", examples, logits)
     finally:
         if writer is not None:
             writer.close()
     best = {m: best_row(rows, m) for m in metric_names}
     for m in metric_names:
         print(f"best {m}: {best[m][m]:.6f} at model-{best[m]['ckpt']}.pt")
-    table = {"experiment": le.exp.name, "task": args.task, "split": args.dataset, "num_rows": len(examples),
+    table = {"experiment": le.exp.name, "task": e.task, "split": e.dataset, "num_rows": len(examples),
              "rows": rows, "best": {m: {"ckpt": best[m]["ckpt"], "value": best[m][m]} for m in metric_names},
              "selection": "best on this split; ties go to the later checkpoint",
              "inference": {"examples_per_s": statistics.median(r["examples_per_s"] for r in rows),
-                           "device": str(le.device), "precision": le.precision.describe(), "batch_size": args.batch_size,
+                           "device": str(le.device), "precision": le.precision.describe(), "batch_size": batch_size,
                            "note": "median over the checkpoints of rows/s of the forward passes (length-sorted "
                                    "batches), tokenisation and checkpoint loading excluded"}}
     if not main:
         return table
-    with atomic_write(predictions_path(le.exp, args.dataset)) as f:
+    with atomic_write(predictions_path(le.exp, e.dataset)) as f:
         np.savez(f, idx=np.asarray([ex.idx for ex in examples], dtype=np.int64),
                  labels=np.asarray(features.labels, dtype=np.int16), **predictions)
-    atomic_write_json(le.exp.path / f"eval-{args.dataset}.json", table)
+    atomic_write_json(le.exp.path / f"eval-{e.dataset}.json", table)
     return table
 
 
-def _checkpoint(le: LoadedExperiment, args: argparse.Namespace) -> Path:
-    """``--ckpt``: a step, ``last`` / not given (the newest checkpoint) or ``best`` (on ``--select_on``)."""
-    ckpt = parse_ckpt(str(args.ckpt)) if args.ckpt is not None else None
-    select_on = getattr(args, "select_on", None) or le.task.dev_split
+def _checkpoint(le: LoadedExperiment, flags) -> tuple[int, str]:
+    """``--ckpt``: a step, ``last`` / not given (the newest checkpoint) or ``best`` (on ``--select_on``). Returns
+    the step and how it was chosen."""
+    c, e = flags.checkpoint, flags.experiment
+    ckpt = parse_ckpt(str(c.ckpt)) if c.ckpt is not None else None
+    select_on = c.select_on or le.task.dev_split
     le.task.check_split(select_on)
-    args.ckpt, args.ckpt_label = resolve_ckpt(le.exp, ckpt, select_on, task=args.task, model=args.model,
-                                              experiment=args.experiment)
-    return le.exp.checkpoint_path(args.ckpt)
+    return resolve_ckpt(le.exp, ckpt, select_on, task=e.task, model=e.model, experiment=e.experiment)
 
 
-def checkpoint_logits(args: argparse.Namespace, before_predicting=None):
+@dataclass
+class CheckpointLogits:
+    le: LoadedExperiment
+    step: int
+    label: str  # how the checkpoint was chosen ("model-4.pt (best val accuracy)")
+    path: Path  # the split's data file
+    examples: list
+    features: Features
+    logits: np.ndarray
+
+
+def checkpoint_logits(flags, before_predicting=None) -> CheckpointLogits:
     """Open the experiment, load ``--ckpt`` (default: latest) and compute its logits on ``--dataset``.
-    ``before_predicting(le, path)`` may refuse (raise) once the inputs are known, before any work."""
-    le = open_experiment(args)
-    ckpt_path = _checkpoint(le, args)
+    ``before_predicting(le, step, path)`` may refuse (raise) once the inputs are known, before any work."""
+    le = open_experiment(flags)
+    step, label = _checkpoint(le, flags)
+    ckpt_path = le.exp.checkpoint_path(step)
     check_checkpoint(le.model.config, ckpt_path)
+    refuse = None if before_predicting is None else (lambda le_, path: before_predicting(le_, step, path))
     # before_predicting runs before tokenising: a refused run writes nothing, not even the tokenisation cache
-    path, examples, features = load_split(le, args.dataset, args.max_examples, before_predicting)
+    path, examples, features = load_split(le, flags.experiment.dataset, flags.paths.max_examples, refuse)
     load_checkpoint_into(le.model, ckpt_path)
-    le.resolve_device(args)
-    logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"], args.batch_size,
-                            le.device, le.precision)
-    return le, path, examples, features, logits
+    le.resolve_device(flags.device)
+    logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"],
+                            flags.inference.batch_size, le.device, le.precision)
+    return CheckpointLogits(le, step, label, path, examples, features, logits)
 
 
-def run_gen_logits(args: argparse.Namespace) -> Path:
+def run_gen_logits(flags) -> Path:
     """``run_fine_tune_gen_logits.py``: a checkpoint's logits for a split, stored as a logits data set."""
-    def refuse_to_replace(le, path):
-        check_logits_target(logits_dir(le.data_root, le.exp.name, args.dataset),
-                            {"teacher_experiment": le.exp.name, "checkpoint": args.ckpt, "split": args.dataset,
-                             "source_sha256": sha256_file(path)}, args.overwrite)
+    e, overwrite = flags.experiment, flags.paths.overwrite
 
-    le, path, examples, features, logits = checkpoint_logits(args, refuse_to_replace)
+    def refuse_to_replace(le, step, path):
+        check_logits_target(logits_dir(le.data_root, le.exp.name, e.dataset),
+                            {"teacher_experiment": le.exp.name, "checkpoint": step, "split": e.dataset,
+                             "source_sha256": sha256_file(path)}, overwrite)
+
+    r = checkpoint_logits(flags, refuse_to_replace)
+    le, path = r.le, r.path
     mc = le.model.config
-    meta = {"name": le.exp.name, "task": args.task, "split": args.dataset, "model": args.model,
-            "teacher_experiment": le.exp.name, "checkpoint": args.ckpt, "ptrain_ver": le.config.get("ptrain_ver"),
+    meta = {"name": le.exp.name, "task": e.task, "split": e.dataset, "model": e.model,
+            "teacher_experiment": le.exp.name, "checkpoint": r.step, "ptrain_ver": le.config.get("ptrain_ver"),
             "vocab_size": mc.vocab_size, "max_position_embeddings": mc.max_position_embeddings,
             "hidden_size": mc.hidden_size, "num_hidden_layers": mc.num_hidden_layers,
             "max_seq_len": le.config["max_seq_len"], "source": str(path), "source_sha256": sha256_file(path)}
-    out = logits_dir(le.data_root, le.exp.name, args.dataset)
+    out = logits_dir(le.data_root, le.exp.name, e.dataset)
     if distributed.is_main():
-        write_logits(out, meta, examples, logits, le.tokenizer, overwrite=args.overwrite)
-    name = le.exp.name if args.dataset == le.task.train_split else f"{le.exp.name}:{args.dataset}"
+        write_logits(out, meta, r.examples, r.logits, le.tokenizer, overwrite=overwrite)
+    name = le.exp.name if e.dataset == le.task.train_split else f"{le.exp.name}:{e.dataset}"
     acc = ""
-    if features.labels is not None:
-        acc = f", accuracy {float((logits.argmax(1) == features.labels).mean()):.4f}"
-    print(f"wrote logits of model-{args.ckpt}.pt on {args.dataset} ({len(examples)} rows{acc}) to {out}; "
+    if r.features.labels is not None:
+        acc = f", accuracy {float((r.logits.argmax(1) == r.features.labels).mean()):.4f}"
+    print(f"wrote logits of model-{r.step}.pt on {e.dataset} ({len(r.examples)} rows{acc}) to {out}; "
           f"use it as --dataset {name}")
     return out
 
 
-def run_test_prediction(args: argparse.Namespace) -> Path:
+def run_test_prediction(flags) -> Path:
     """``generate_test_prediction.py``: the official submission file of a checkpoint's predictions."""
-    le, _, examples, _, logits = checkpoint_logits(args)
+    r = checkpoint_logits(flags)
+    le, dataset = r.le, flags.experiment.dataset
     name = le.task.submission_file
-    if args.dataset != "test":
+    if dataset != "test":
         stem, dot, ext = name.partition(".")
-        name = f"{stem}-{args.dataset}.{ext}"
+        name = f"{stem}-{dataset}.{ext}"
     out = le.exp.path / name
     if distributed.is_main():
-        le.task.write_submission(out, examples, logits.argmax(axis=1))
-    print(f"wrote {len(examples)} predictions of {args.ckpt_label} on {args.dataset} to {out}")
+        le.task.write_submission(out, r.examples, r.logits.argmax(axis=1))
+    print(f"wrote {len(r.examples)} predictions of {r.label} on {dataset} to {out}")
     return out

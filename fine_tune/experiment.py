@@ -83,8 +83,12 @@ class ExperimentDir:
     def require(self) -> "ExperimentDir":
         """Fail with a clear message unless the folder holds a finished or running experiment."""
         if not self.config_path.is_file():
-            others = sorted(p.name for p in self.root.iterdir() if (p / "config.json").is_file()) if self.root.is_dir() else []
-            hint = f"; experiments there: {', '.join(others[:20])}" if others else ""
+            count = sum((p / "config.json").is_file() for p in self.root.iterdir()) if self.root.is_dir() else 0
+            close = closest_experiments(self.root, self.path.name)
+            n = f"{count} experiment{'s' if count != 1 else ''}"
+            hint = (f"; did you mean {', '.join(close)}? ({n} in {self.root})" if close
+                    else f"; {self.root} holds {n}, none with a similar name" if count
+                    else f"; {self.root} holds no experiment")
             raise UserError(f"experiment folder {self.path} not found (no config.json){hint}")
         return self
 
@@ -95,3 +99,37 @@ class ExperimentDir:
             listing = ", ".join(map(str, have)) if have else "none"
             raise UserError(f"checkpoint model-{step}.pt not found in {self.path}; checkpoints there: {listing}")
         return path
+
+
+def closest_experiments(root: Path, name: str, limit: int = 5) -> list[str]:
+    """The experiment folders of ``root`` (folders holding config.json) whose names are close to the folder name
+    ``name``, closest first, at most ``limit``; empty when none is close (a "did you mean" for one error line).
+
+    Close means a difflib similarity ratio of at least 0.6 (``difflib.get_close_matches``' default cutoff) between
+    the parts of the two names before the ``_...`` suffix they share: every folder of a root ends in
+    ``_{model}_{task}``, and compared whole, ``nope_bert_qqp`` would be 0.69 similar to ``teacher_bert_qqp``."""
+    import difflib
+
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    scored = []
+    for p in root.iterdir():
+        if p.name == name or not (p / "config.json").is_file():
+            continue
+        shared = 0
+        while shared < min(len(name), len(p.name)) and name[-1 - shared] == p.name[-1 - shared]:
+            shared += 1
+        cut = name.find("_", len(name) - shared)  # from an underscore on: run1 vs xrun1 keeps "run1"
+        shared = len(name) - cut if cut >= 0 else 0
+        ratio = difflib.SequenceMatcher(None, name[:len(name) - shared], p.name[:len(p.name) - shared]).ratio()
+        if ratio >= 0.6:
+            scored.append((-ratio, p.name))
+    return [n for _, n in sorted(scored)[:limit]]
+
+
+def roots(paths) -> tuple[Path, Path]:
+    """The data root and the experiment root of a run's ``PathFlags`` (flag, else environment, else default)."""
+    data_root = Path(paths.data_root) if paths.data_root else default_data_root()
+    exp_root = Path(paths.exp_root) if paths.exp_root else default_exp_root()
+    return data_root, exp_root

@@ -8,7 +8,6 @@ as the toolkit does) and ``export.json`` (which experiment and checkpoint, chose
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -18,21 +17,22 @@ from .io_utils import atomic_save_with
 from .models.classifier import load_checkpoint_into
 
 
-def run_export(args: argparse.Namespace) -> Path:
-    le = open_experiment(args)
-    ckpt_path = _checkpoint(le, args)
-    out = Path(args.out) if args.out else le.exp.path / f"hf-model-{args.ckpt}"
+def run_export(flags) -> Path:
+    le = open_experiment(flags)
+    step, label = _checkpoint(le, flags)
+    ckpt_path = le.exp.checkpoint_path(step)
+    out = Path(flags.export.out) if flags.export.out else le.exp.path / f"hf-model-{step}"
     if out.exists() and not (out.is_dir() and (out / "export.json").is_file()):
         raise UserError(f"--out {out} exists and is not an export; choose another folder")
-    if out.exists() and not args.overwrite:
+    if out.exists() and not flags.paths.overwrite:
         raise UserError(f"--out {out} already holds an export; pass --overwrite to replace it")
     load_checkpoint_into(le.model, ckpt_path)
     model, tokenizer = le.model.eval(), le.tokenizer
     tokenizer.model_max_length = le.config["max_seq_len"]
     model.config.id2label = {i: name for i, name in enumerate(le.task.label_names)}
     model.config.label2id = {name: i for i, name in enumerate(le.task.label_names)}
-    record = {"experiment": le.exp.name, "checkpoint": f"model-{args.ckpt}.pt", "selected": args.ckpt_label,
-              "task": args.task, "max_seq_len": le.config["max_seq_len"],
+    record = {"experiment": le.exp.name, "checkpoint": f"model-{step}.pt", "selected": label,
+              "task": flags.experiment.task, "max_seq_len": le.config["max_seq_len"],
               "inputs": "tokenizer(text, text_pair, truncation=True): BoolQ text = passage, text_pair = question; "
                         "QQP text = question1, text_pair = question2"}
 
@@ -42,5 +42,5 @@ def run_export(args: argparse.Namespace) -> Path:
         (tmp / "export.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
     atomic_save_with(out, save)
-    print(f"exported {args.ckpt_label} of {le.exp.name} to {out}")
+    print(f"exported {label} of {le.exp.name} to {out}")
     return out

@@ -25,7 +25,7 @@ import numpy as np
 
 from .config import RUNTIME_FIELDS, load_config
 from .errors import UserError
-from .experiment import CKPT_RE, ExperimentDir
+from .experiment import CKPT_RE, ExperimentDir, default_exp_root
 from .io_utils import atomic_write_text
 from .selection import Rule, read_eval, read_predictions, select_row
 from .tasks import get_task
@@ -43,14 +43,6 @@ class Experiment:
     @property
     def name(self) -> str:
         return self.exp.name
-
-
-@dataclass
-class Row:
-    """One table row: one experiment, or a seed group (several experiments)."""
-
-    members: list[Experiment]
-    cells: dict[str, str] = field(default_factory=dict)
 
 
 def scan(exp_root: Path, task: str, patterns: list[str] | None = None) -> list[Experiment]:
@@ -98,7 +90,7 @@ def group_name(members: list[Experiment]) -> str:
     return f"{prefix or names[0]} (seeds {seeds})"
 
 
-def differing_fields(experiments: list[Experiment]) -> list[str]:
+def varying_fields(experiments: list[Experiment]) -> list[str]:
     """Fields whose value differs between at least two experiments that both have the field (a field only
     one kind of run has, e.g. the student shape of a distillation next to a teacher, is left out)."""
     keys = sorted({k for e in experiments for k in e.config} - IGNORED_FIELDS)
@@ -178,7 +170,7 @@ def build_table(experiments: list[Experiment], task: str, rule: Rule, splits: li
     if rule.select_on is not None:
         t.check_split(rule.select_on)
     metric_cols = [m for m in t.metrics]
-    hyper = differing_fields(experiments)
+    hyper = varying_fields(experiments)
     columns = ["ex"]
     for s in splits:
         for m in metric_cols:
@@ -295,10 +287,9 @@ def compare(exp_root: Path, task: str, name_a: str, name_b: str, split: str, rul
 
 
 def run_results(args) -> str:
-    """``results_table.py``: print the table (and the comparison), write them as markdown."""
-    from .train import roots
-
-    _, exp_root = roots(args)
+    """``results_table.py``: print the table (and the comparison), write them as markdown. ``args``: the
+    script's ``ResultsFlags``."""
+    exp_root = Path(args.exp_root) if args.exp_root else default_exp_root()
     rule = Rule(args.rule, args.select_on)
     splits = args.splits.split(",") if args.splits else None
     if splits:

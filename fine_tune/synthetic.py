@@ -20,11 +20,6 @@ FALSE_CUES = ["never", "hardly", "barely", "rarely", "nowhere"]
 VOCAB = SPECIAL + sorted(set(WORDS + TRUE_CUES + FALSE_CUES + ["is", "does", "the", "a", "of", "?", "."]))
 
 
-def write_vocab(path: Path) -> Path:
-    path.write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
-    return path
-
-
 def write_tiny_model(folder: Path, family: str = "bert", num_layers: int = 2, hidden: int = 32, heads: int = 2,
                      ff: int = 64, emb: int = 16, max_positions: int = 128, seed: int = 0) -> Path:
     """A small random 'pretrained' encoder folder with tokenizer, loadable by ``from_pretrained``."""

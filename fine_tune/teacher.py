@@ -11,7 +11,7 @@ import torch
 
 from . import config as cfg
 from .errors import UserError
-from .experiment import ExperimentDir
+from .experiment import ExperimentDir, closest_experiments
 from .models.classifier import build_from_config, check_checkpoint, load_checkpoint_into, load_model_dir
 
 
@@ -48,8 +48,12 @@ def open_teacher(exp_root: Path, teacher_exp: str, tmodel: str, task: str, tckpt
     exp = ExperimentDir.of(exp_root, teacher_exp, tmodel, task)
     if not exp.config_path.is_file():
         root = Path(exp_root)
-        others = sorted(p.name for p in root.iterdir() if (p / "config.json").is_file()) if root.is_dir() else []
-        hint = f"; experiments there: {', '.join(others[:20])}" if others else f"; {root} holds no experiment"
+        count = sum((p / "config.json").is_file() for p in root.iterdir()) if root.is_dir() else 0
+        close = closest_experiments(root, exp.path.name)
+        n = f"{count} experiment{'s' if count != 1 else ''}"
+        hint = (f"; did you mean {', '.join(close)}? ({n} in {root})" if close
+                else f"; {root} holds {n}, none with a similar name" if count
+                else f"; {root} holds no experiment")
         raise UserError(f"--teacher_exp {teacher_exp} --tmodel {tmodel}: teacher folder {exp.path} not found{hint}")
     record = cfg.load_config(exp.config_path)
     ckpt = exp.checkpoint_path(tckpt)

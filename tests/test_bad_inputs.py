@@ -84,6 +84,8 @@ CASES = [
     Case("missing_teacher_checkpoint", "run_lad_distil.py", [*LW, "--tckpt", "3"]),
     Case("corrupted_teacher_checkpoint", "run_pkd_distill.py", [*LW, "--teacher_exp", "corrupt"]),
     Case("missing_experiment_eval", "run_fine_tune_eval.py", [*EV, "--experiment", "nope"]),
+    Case("misspelt_experiment_eval", "run_fine_tune_eval.py", [*EV, "--experiment", "teachr"]),
+    Case("misspelt_teacher_experiment", "run_lad_distil.py", [*LW, "--teacher_exp", "teachr"]),
     Case("missing_checkpoint_eval", "run_fine_tune_eval.py", [*EV, "--ckpt", "99"]),
     Case("missing_checkpoint_predict", "generate_test_prediction.py",
          ["--experiment", "teacher", *EXP, "--dataset", "test", "--ckpt", "3"]),
@@ -418,3 +420,48 @@ def test_bad_input_is_refused_in_one_line_writing_nothing(case: Case, world, mon
     removed = sorted(set(before) - set(after))
     changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
     assert not (added or removed or changed), f"added {added}, removed {removed}, changed {changed}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# "did you mean": a missing experiment among many names the closest few, not every experiment of the root
+# --------------------------------------------------------------------------------------------------------------
+
+def test_missing_experiment_suggests_close_names_not_all(tmp_path):
+    from fine_tune.errors import UserError
+    from fine_tune.experiment import ExperimentDir, closest_experiments
+    from fine_tune.teacher import open_teacher
+
+    root = tmp_path / "exp"
+    names = [f"{method}_{seed}_bert_qqp" for method in ("lad", "pkd", "alp", "kd", "ft", "probe") for seed in range(5)]
+    names[-1] = "lad_soft_bert_qqp"
+    for name in names:
+        (root / name).mkdir(parents=True)
+        (root / name / "config.json").write_text("{}")
+    (root / "log").mkdir()  # not an experiment: no config.json
+    assert len(names) == 30
+
+    assert closest_experiments(root, "lda_3_bert_qqp")[0] == "lad_3_bert_qqp"
+    assert len(closest_experiments(root, "pkd_bert_qqp")) == 5  # many are close: the 5 closest
+    assert closest_experiments(root, "xyzzy_bert_qqp") == []
+    assert closest_experiments(tmp_path / "none", "lad_3_bert_qqp") == []
+
+    for call, head in ((lambda: ExperimentDir.of(root, "lda_3", "bert", "qqp").require(),
+                        f"experiment folder {root}/lda_3_bert_qqp not found (no config.json); "),
+                       (lambda: open_teacher(root, "lda_3", "bert", "qqp", 4),
+                        f"--teacher_exp lda_3 --tmodel bert: teacher folder {root}/lda_3_bert_qqp not found; ")):
+        with pytest.raises(UserError) as err:
+            call()
+        line = str(err.value)
+        assert "\n" not in line and line.startswith(head), line
+        m = re.fullmatch(re.escape(head) + r"did you mean (.+)\? \(30 experiments in " + re.escape(str(root)) + r"\)",
+                         line)
+        assert m, line
+        suggested = m.group(1).split(", ")
+        assert suggested[0] == "lad_3_bert_qqp" and 1 <= len(suggested) <= 5 and set(suggested) <= set(names), line
+        assert sum(name in line for name in names) <= 5, line  # not the whole root
+
+    with pytest.raises(UserError, match=re.escape(f"; {root} holds 30 experiments, none with a similar name") + "$"):
+        ExperimentDir.of(root, "xyzzy", "bert", "qqp").require()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=re.escape(f"; {tmp_path / 'empty'} holds no experiment") + "$"):
+        open_teacher(tmp_path / "empty", "lad_3", "bert", "qqp", 4)

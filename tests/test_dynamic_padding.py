@@ -15,11 +15,11 @@ import torch
 from fine_tune.methods import ALPKD, LAD, LADNO, PKD, ModelOutputs, PartialLAD
 from fine_tune.methods.layerwise import HiddenPair, hidden_mse_loss
 from fine_tune.models.gates import GateBlock, aggregate_chain
+from test_layerwise_methods import GATES, gated
 from test_layerwise_scripts import TEACHER, TINY, teacher  # noqa: F401  (teacher: the fixture, 4 steps)
 
 B, D, MAX = 3, 8, 9
 LENGTHS = [5, 3, 2]  # right padding; the longest member is 5 < MAX
-GATES = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, max_norm=1.0, total_step=10, warmup_step=0)
 
 
 def mask_for(lengths: list[int], width: int) -> torch.Tensor:
@@ -138,7 +138,7 @@ def test_masked_gate_without_padding_is_the_original_gate():
         assert torch.allclose(a, b, atol=1e-4)
     # a whole method: dynamic on an unpadded batch of width max_seq_len == the original
     torch.manual_seed(5)
-    lad = LAD(2, 4, 0.8, 0.2, 1.0, 2.0, d_model=D, seq_len=MAX, gate_settings=GATES)
+    lad = gated(LAD, 2, 4, 0.8, 0.2, 1.0, 2.0, d_model=D, seq_len=MAX, gate_optimiser=GATES)
     s = ModelOutputs(torch.randn(B, 2), tuple(torch.randn(B, MAX, D) for _ in range(2)), full)
     t = ModelOutputs(torch.randn(B, 2), hs, full)
     fixed = lad.losses({"labels": torch.tensor([0, 1, 0])}, s, t)
@@ -160,11 +160,11 @@ def batch_at(width: int, student_real, teacher_real, seed: int):
 
 def make_methods():
     torch.manual_seed(7)
-    kw = dict(d_model=D, seq_len=MAX, gate_settings=GATES, padding="dynamic")
+    kw = dict(d_model=D, seq_len=MAX, gate_optimiser=GATES, padding="dynamic")
     methods = {
-        "lad": LAD(2, 4, 0.8, 0.2, 1.0, 2.0, **kw),
-        "lad_no": LADNO(2, 4, 0.8, 0.2, 1.0, 2.0, **kw),
-        "partial_lad": PartialLAD(2, 4, 0.8, 0.2, 1.0, 2.0, gate_indices=[2], **kw),
+        "lad": gated(LAD, 2, 4, 0.8, 0.2, 1.0, 2.0, **kw),
+        "lad_no": gated(LADNO, 2, 4, 0.8, 0.2, 1.0, 2.0, **kw),
+        "partial_lad": gated(PartialLAD, 2, 4, 0.8, 0.2, 1.0, 2.0, gate_indices=[2], **kw),
         "alp-kd-hidden": ALPKD(2, 4, 0.8, 0.2, 1.0, 2.0, mode="alp-kd-hidden", padding="dynamic"),
         "alp-kd-hidden-v2": ALPKD(2, 4, 0.8, 0.2, 1.0, 2.0, mode="alp-kd-hidden-v2", padding="dynamic"),
         "pkd": PKD(2, 4, 0.8, 0.2, 1.0, 2.0, padding="dynamic"),

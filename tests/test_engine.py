@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from fine_tune.batching import Collator, tokenize
 from fine_tune.engine import device as devmod
 from fine_tune.engine.device import Precision, resolve_device, resolve_precision
-from fine_tune.engine.optim import linear_schedule, param_groups
+from fine_tune.engine.optim import OptimiserSettings, linear_schedule, param_groups
 from fine_tune.engine.trainer import Trainer, TrainSettings, forward
 from fine_tune.errors import UserError
 from fine_tune.experiment import ExperimentDir
@@ -90,8 +90,8 @@ def _features(tiny_bert, data_root, n, max_len=32):
 
 def _train(features, tok, tmp_path, batch, accum, steps=3, padding="dynamic"):
     model = tiny(dropout=0.0, seed=1)
-    settings = TrainSettings(total_step=steps, batch_size=batch, accum_step=accum, lr=1e-3, beta1=0.9, beta2=0.999,
-                             eps=1e-8, weight_decay=0.01, max_norm=1.0, warmup_step=1, ckpt_step=1000, log_step=1,
+    optimiser = OptimiserSettings(lr=1e-3, total_step=steps, warmup_step=1, weight_decay=0.01, max_norm=1.0)
+    settings = TrainSettings(optimiser=optimiser, batch_size=batch, accum_step=accum, ckpt_step=1000, log_step=1,
                              seed=5, tag_prefix="boolq/train/bert")
     collator = Collator(features, tok.pad_token_id, 32, padding)
     exp = ExperimentDir(tmp_path, f"run-{batch}-{accum}-{padding}")

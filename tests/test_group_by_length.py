@@ -100,14 +100,14 @@ def test_lengths_must_match_rows():
 
 
 def test_flag_is_a_config_field():
-    from fine_tune.cli import OptimFlags, build_parser
-    from fine_tune.config import differing_fields
+    from fine_tune.cli import BatchingFlags, parse_flags
+    from fine_tune.config import changed_fields
 
-    parser = build_parser("x", "", [OptimFlags])
-    assert parser.parse_args([]).group_by_length is False
-    assert parser.parse_args(["--group_by_length"]).group_by_length is True
-    assert differing_fields({"group_by_length": False}, {"group_by_length": True}) == ["group_by_length"]
-    assert differing_fields({}, {"group_by_length": False}) == []  # configs from before the flag
+    assert parse_flags("x", "", [BatchingFlags], []).batching.group_by_length is False
+    flags = parse_flags("x", "", [BatchingFlags], ["--group_by_length"])
+    assert flags.batching.group_by_length is True and flags.record()["group_by_length"] is True
+    assert changed_fields({"group_by_length": False}, {"group_by_length": True}) == ["group_by_length"]
+    assert changed_fields({}, {"group_by_length": False}) == []  # configs from before the flag
 
 
 def test_fine_tune_with_group_by_length(run, tiny_bert, exp_root):

@@ -7,11 +7,15 @@ toolkit's helpers.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import math
 
 import numpy as np
 import pytest
 import torch
+
+from fine_tune.engine.optim import GATE_NO_DECAY, OptimiserSettings
 
 from fine_tune.errors import UserError
 from fine_tune.methods import ALPKD, LAD, LADNO, PKD, PartialLAD, ModelOutputs
@@ -19,10 +23,18 @@ from fine_tune.methods.alp import alp_weights
 from fine_tune.methods.lad import chain_contributions, lad_targets, partial_lad_mapping
 from fine_tune.methods.logits_kd import logits_kd_loss
 from fine_tune.methods.pkd import normalized_cls_loss, pkd_teacher_layers
-from fine_tune.models.gates import GateBlock
+from fine_tune.models.gates import GateBlock, make_gates
 
 B, S, D = 3, 5, 8
-GATES = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, max_norm=1.0, total_step=10, warmup_step=0)
+GATES = OptimiserSettings(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, max_norm=1.0, total_step=10,
+                          warmup_step=0, no_decay=GATE_NO_DECAY, clip_per_module=True)
+
+
+def gated(cls, *args, **kwargs):
+    """A gated method with its gates made (as the workflow does after seeding)."""
+    method = cls(*args, **kwargs)
+    method.create_parameters(None)
+    return method
 
 
 def hidden(n: int, seed: int, scale: float = 1.0) -> tuple[torch.Tensor, ...]:
@@ -79,12 +91,34 @@ def test_gate_forward_and_all_zeros_first_step():
     # Xavier-uniform W: bound sqrt(6 / (D + D)); LayerNorm over [S, D]
     assert gate.linear.weight.abs().max() <= math.sqrt(6 / (2 * D))
     assert tuple(gate.layernorm.weight.shape) == (S, D)
+    # The bound alone also holds for torch's default Linear init (kaiming-uniform, a=sqrt(5): U(-1/sqrt(fan_in),
+    # 1/sqrt(fan_in)), variance 1/(3 fan_in)). Tell the two apart on gates large enough for tight statistics
+    # (d*d = 65536 weights: the sample variance is within ~1% of the true one): Xavier-uniform
+    # U(-sqrt(6/(fan_in+fan_out)), +) has variance 2/(fan_in+fan_out), 3x the default's for a square W.
+    d = 256
+    xavier_var, xavier_bound = 2 / (d + d), math.sqrt(6 / (d + d))
+    default_var, default_bound = 1 / (3 * d), 1 / math.sqrt(d)
+    assert xavier_var / default_var == pytest.approx(3.0) and xavier_bound / default_bound == pytest.approx(math.sqrt(3))
+    torch.manual_seed(1)
+    gates = make_gates(2, d, 2)
+    assert all(isinstance(g, GateBlock) for g in gates)
+    for g in gates:
+        w, b = g.linear.weight.detach(), g.linear.bias.detach()
+        assert w.mean().item() == pytest.approx(0.0, abs=0.01 * xavier_bound)
+        assert w.var().item() == pytest.approx(xavier_var, rel=0.1)  # the default's is 67% off
+        assert 0.99 * xavier_bound <= w.abs().max().item() <= xavier_bound  # the default's max is 0.58 of it
+        # bias: gates.py keeps torch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)); LayerNorm: ones / zeros
+        assert b.abs().max().item() <= default_bound and b.abs().max().item() > 0.5 * default_bound
+        assert b.var().item() == pytest.approx(default_var, rel=0.3)
+        assert torch.equal(g.layernorm.weight.detach(), torch.ones(2, d))
+        assert torch.equal(g.layernorm.bias.detach(), torch.zeros(2, d))
+    assert not torch.equal(gates[0].linear.weight, gates[1].linear.weight)  # each gate drawn on its own
 
 
 def test_lad_aggregation_chain_and_loss():
     torch.manual_seed(0)
-    method = LAD(6, 12, hard_weight=0.3, soft_weight=0.7, temperature=20.0, mu=500.0, d_model=D, seq_len=S,
-                 gate_settings=GATES)
+    method = gated(LAD, 6, 12, hard_weight=0.3, soft_weight=0.7, temperature=20.0, mu=500.0, d_model=D, seq_len=S,
+                 gate_optimiser=GATES)
     assert len(method.gates) == 12
     st, te = outputs(6, 1), outputs(12, 2)
     y = torch.tensor([0, 1, 1])
@@ -115,7 +149,7 @@ def test_lad_targets_for_6_and_4_layer_students():
 
 def test_lad_no_pairs():
     torch.manual_seed(0)
-    method = LADNO(6, 12, 0.0, 0.0, 1.0, 2.0, d_model=D, seq_len=S, gate_settings=GATES)
+    method = gated(LADNO, 6, 12, 0.0, 0.0, 1.0, 2.0, d_model=D, seq_len=S, gate_optimiser=GATES)
     assert len(method.gates) == 6 and method.pairs == [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12)]
     st, te = outputs(6, 3), outputs(12, 4)
     parts = method.losses({"labels": torch.tensor([0, 1, 0])}, st, te)
@@ -123,9 +157,9 @@ def test_lad_no_pairs():
                                     manual_gate(method.gates[j - 1], te.hidden_states[2 * j - 2], te.hidden_states[2 * j - 1])) / 6
                    for j in range(1, 7))
     assert parts["hidden_loss"].item() == pytest.approx(expected.item(), rel=1e-4)
-    assert LADNO(4, 12, 0, 0, 1, 1, d_model=D, seq_len=S, gate_settings=GATES).pairs == [(2, 3), (5, 6), (8, 9), (11, 12)]
+    assert gated(LADNO, 4, 12, 0, 0, 1, 1, d_model=D, seq_len=S, gate_optimiser=GATES).pairs == [(2, 3), (5, 6), (8, 9), (11, 12)]
     with pytest.raises(UserError, match="at least 12 layers"):
-        LADNO(6, 6, 0, 0, 1, 1, d_model=D, seq_len=S, gate_settings=GATES)
+        gated(LADNO, 6, 6, 0, 0, 1, 1, d_model=D, seq_len=S, gate_optimiser=GATES)
 
 
 def test_partial_lad_mapping():
@@ -142,8 +176,8 @@ def test_partial_lad_mapping():
 
 def test_partial_lad_loss():
     torch.manual_seed(0)
-    method = PartialLAD(6, 12, 0.0, 0.0, 1.0, 1.0, gate_indices=[2, 4, 6, 8, 10], d_model=D, seq_len=S,
-                        gate_settings=GATES)
+    method = gated(PartialLAD, 6, 12, 0.0, 0.0, 1.0, 1.0, gate_indices=[2, 4, 6, 8, 10], d_model=D, seq_len=S,
+                        gate_optimiser=GATES)
     assert len(method.gates) == 10
     st, te = outputs(6, 5), outputs(12, 6)
     parts = method.losses({"labels": torch.tensor([1, 1, 0])}, st, te)
@@ -204,18 +238,31 @@ def test_pkd_mappings_and_losses():
     parts = PKD(6, 12, 0.0, 0.0, 1.0, 100.0).losses({"labels": y}, st, te)
     expected = sum(100.0 * manual_mse(st.hidden_states[j - 1], te.hidden_states[2 * j - 1]) / 6 for j in range(1, 7))
     assert parts["hidden_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
-    # Sun et al.: normalised [CLS], layers 1..5, summed over layers, batch mean
+    # Sun et al.: normalised [CLS], layers 1..5
     parts = PKD(6, 12, 0.0, 0.0, 1.0, 100.0, loss="normalized_cls").losses({"labels": y}, st, te)
-    exp2 = 0.0
+    exp2, stacked = 0.0, []
     for j in range(1, 6):
         s = st.hidden_states[j - 1][:, 0].double().numpy()
         t = te.hidden_states[2 * j - 1][:, 0].double().numpy()
         d = s / np.linalg.norm(s, axis=-1, keepdims=True) - t / np.linalg.norm(t, axis=-1, keepdims=True)
         exp2 += 100.0 * np.mean(np.sum(d ** 2, axis=-1))
-    assert parts["hidden_loss"].item() == pytest.approx(exp2, rel=1e-5)
+        stacked.append(d)
+    # Sun et al.'s released code: F.mse_loss over the stacked [B, M-1, D] tensor, i.e. the mean over batch,
+    # layers and dimensions, so their beta (here mu = 100) transfers
+    released = 100.0 * np.mean(np.stack(stacked, axis=1) ** 2)
+    assert parts["hidden_loss"].item() == pytest.approx(released, rel=1e-5)
+    dims = st.hidden_states[0].shape[-1]
+    assert exp2 == pytest.approx(released * 5 * dims, rel=1e-9)  # the sum over layers and D: (M-1) D times larger
+    # a run started before the fix keeps the summed reduction (config.json without pkd_cls_reduction)
+    legacy = PKD(6, 12, 0.0, 0.0, 1.0, 100.0, loss="normalized_cls")
+    assert legacy.record() == {"pkd_cls_reduction": "mean"}
+    legacy.continue_legacy({"pkd_cls_reduction": "sum"})
+    assert legacy.losses({"labels": y}, st, te)["hidden_loss"].item() == pytest.approx(exp2, rel=1e-5)
     a, b = torch.randn(4, D), torch.randn(4, D)
     assert normalized_cls_loss(a, 3 * a).item() == pytest.approx(0.0, abs=1e-6)
-    assert normalized_cls_loss(a, -a).item() == pytest.approx(4.0, rel=1e-5)
+    # opposite unit vectors: squared distance 4, i.e. 4 / D per dimension (mean) or 4 (summed over D)
+    assert normalized_cls_loss(a, -a).item() == pytest.approx(4.0 / D, rel=1e-5)
+    assert normalized_cls_loss(a, -a, reduction="sum").item() == pytest.approx(4.0, rel=1e-5)
 
 
 def test_mu_zero_is_logits_only_and_hard_only_needs_no_teacher():
@@ -261,7 +308,7 @@ def test_gates_get_gradient_only_from_the_hidden_loss():
     from fine_tune.engine.trainer import forward
 
     teacher, student, batch = tiny_pair()
-    method = LAD(2, 4, 0.5, 0.5, 2.0, 10.0, d_model=D, seq_len=S, gate_settings=GATES)
+    method = gated(LAD, 2, 4, 0.5, 0.5, 2.0, 10.0, d_model=D, seq_len=S, gate_optimiser=GATES)
     for p in teacher.parameters():
         p.requires_grad_(False)
     with torch.no_grad():
@@ -283,12 +330,12 @@ def test_one_engine_step_moves_student_and_gates_not_teacher(tmp_path):
     from fine_tune.experiment import ExperimentDir
 
     teacher, student, batch = tiny_pair()
-    method = LAD(2, 4, 0.5, 0.5, 2.0, 10.0, d_model=D, seq_len=S, gate_settings=dict(GATES, total_step=1))
+    method = gated(LAD, 2, 4, 0.5, 0.5, 2.0, 10.0, d_model=D, seq_len=S, gate_optimiser=replace(GATES, total_step=1))
     before_t = {k: v.clone() for k, v in teacher.state_dict().items()}
     before_s = {k: v.clone() for k, v in student.state_dict().items()}
     before_g = [{k: v.clone() for k, v in g.state_dict().items()} for g in method.gates]
-    settings = TrainSettings(total_step=1, batch_size=4, accum_step=1, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8,
-                             weight_decay=0.0, max_norm=1.0, warmup_step=0, ckpt_step=1, log_step=1, seed=0,
+    optimiser = OptimiserSettings(lr=1e-2, total_step=1, warmup_step=0, weight_decay=0.0, max_norm=1.0)
+    settings = TrainSettings(optimiser=optimiser, batch_size=4, accum_step=1, ckpt_step=1, log_step=1, seed=0,
                              tag_prefix="qqp/train/bert")
     exp = ExperimentDir(tmp_path, "lad_step")
     exp.path.mkdir()

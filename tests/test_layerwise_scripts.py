@@ -130,7 +130,7 @@ def test_student_layers_come_from_the_pretrained_teacher(run, teacher, exp_root,
 
 @pytest.mark.parametrize("script, args, message", [
     ("run_lad_distil.py", ["--teacher_exp", "nope", "--tmodel", "bert", "--tckpt", "4"],
-     "teacher folder {exp}/nope_bert_qqp not found; experiments there: teacher_bert_qqp"),
+     "teacher folder {exp}/nope_bert_qqp not found; {exp} holds 1 experiment, none with a similar name"),
     ("run_lad_distil.py", ["--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", "3"],
      "--tckpt 3: teacher checkpoint {exp}/teacher_bert_qqp/model-3.pt not found; checkpoints there: 2, 4"),
     ("run_pkd_distill.py", [*TEACHER, "--d_model", "64"], "--d_model 64 differs from the teacher's hidden size 32"),

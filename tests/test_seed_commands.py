@@ -249,17 +249,18 @@ def test_boolq_document_additions(run, cpu_only, tiny_bert, tiny_albert, data_ro
 
     # Every command parses (flags, types, choices): the workflows are replaced by recorders.
     import fine_tune.evaluate as evaluate
-    import fine_tune.train as train
+    import fine_tune.workflows.offline_distill as offline_distill
 
     seen = []
     with monkeypatch.context() as m:
-        for module, fn in ((train, "run_offline_distill"), (evaluate, "run_gen_logits")):
+        for module, fn in ((offline_distill, "run_offline_distill"), (evaluate, "run_gen_logits")):
             m.setattr(module, fn, lambda args, fn=fn: seen.append((fn, args)))
         for cmd in extra:
             proc = run(cmd.script, *cmd.argv[1:], check=False)
             assert proc.returncode == 0 and proc.stderr == "", (str(cmd), proc.stderr)
     assert [fn for fn, _ in seen] == ["run_gen_logits", "run_offline_distill", "run_gen_logits", "run_gen_logits"]
-    assert seen[1][1].num_hidden_layers == 12 and seen[1][1].amp and seen[1][1].d_model == 1024
+    distil = seen[1][1]
+    assert distil.student.num_hidden_layers == 12 and distil.device.amp and distil.student.d_model == 1024
 
     # The logits steps for real, on the teachers the seed commands create (shrunken as in the seed test).
     models = {"bert": str(tiny_bert), "albert": str(tiny_albert)}

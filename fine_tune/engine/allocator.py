@@ -5,8 +5,8 @@ batch 32 x 128 tokens x 1536 is 25 MB). glibc serves blocks above its mmap thres
 and returns freed memory at the top of the heap to the kernel: either way the next step touches new pages,
 and the kernel zero-fills every one of them (a minor page fault per 4 KB). Raising the mmap threshold to
 glibc's maximum (32 MB on 64-bit) and keeping freed memory in the process lets every step reuse the pages of
-the previous one. Results are unchanged (only where the bytes live); measured on this project's 2-core CPU:
-minor page faults of a 10-step distillation run 850k -> 410k, examples/s +3 % (doc/performance.md).
+the previous one. Results are unchanged (only where the bytes live); the measured effect is in
+doc/performance.md.
 
 The Hugging Face Trainer and TextBrewer leave glibc's defaults; ``FT_MALLOC_TUNING=0`` does too.
 """

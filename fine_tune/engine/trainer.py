@@ -24,41 +24,34 @@ from tqdm.auto import tqdm
 
 from ..batching import Collator, make_stream
 from ..experiment import ExperimentDir
-from ..methods.base import ExtraParameters, Method, ModelOutputs
-from ..models.padding_free import PaddingFree, supports_padding_free
+from ..methods.base import Method, ModelOutputs
 from ..errors import UserError
 from ..io_utils import atomic_torch_save
 from .allocator import tune_malloc_for_training
 from . import distributed
 from .checkpoint import load_resume_state, rng_state, save_model_checkpoint, save_resume_state, set_rng_state
 from .device import Precision
-from .optim import build_adamw, linear_schedule
+from .optim import OptimiserSettings, build_adamw, linear_schedule
 
 INPUT_KEYS = ("input_ids", "token_type_ids", "attention_mask")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainSettings:
-    total_step: int
+    optimiser: OptimiserSettings  # the student's
     batch_size: int
     accum_step: int
-    lr: float
-    beta1: float
-    beta2: float
-    eps: float
-    weight_decay: float
-    max_norm: float
-    warmup_step: int
     ckpt_step: int
     log_step: int
     seed: int
     tag_prefix: str  # "{task}/{dataset}/{model}"
     save_total_limit: int = 0  # keep only the newest K checkpoints (0: all)
     group_by_length: bool = False  # length-grouped shuffled micro-batches (needs the rows' lengths)
-    # BERT through models/padding_free.py: on the real tokens only where the method ignores padding positions,
-    # over the whole padded grid elsewhere (fused Q/K/V, cheaper CPU dropout masks); False: Hugging Face's forward
-    padding_free: bool = False
     compile: bool = False  # torch.compile the training forward (and the teacher's)
+
+    @property
+    def total_step(self) -> int:
+        return self.optimiser.total_step
 
     @property
     def micro_batch(self) -> int:
@@ -72,8 +65,7 @@ class _Optimised:
     modules: list[torch.nn.Module]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    max_norm: float
-    clip_per_module: bool
+    settings: OptimiserSettings
 
 
 def forward(model: torch.nn.Module, batch: dict, hidden: bool) -> ModelOutputs:
@@ -95,23 +87,20 @@ class Trainer:
                  settings: TrainSettings, exp: ExperimentDir, device: torch.device, precision: Precision,
                  teacher: torch.nn.Module | None = None, teacher_device: torch.device | None = None,
                  on_checkpoint: Callable[[int, SummaryWriter], None] | None = None, progress: bool = True,
-                 lengths: np.ndarray | None = None):
+                 lengths: np.ndarray | None = None, student_forward: torch.nn.Module | None = None,
+                 teacher_forward: torch.nn.Module | None = None):
+        """``student`` / ``teacher``: the modules whose weights train (and are saved) / stay frozen.
+        ``student_forward`` / ``teacher_forward``: the modules the training forward runs through (the same
+        weights; default: the modules themselves), chosen by whoever built the models (e.g.
+        ``models/padding_free.training_forwards``)."""
         if device.type == "cpu" or (teacher_device is not None and teacher_device.type == "cpu"):
             tune_malloc_for_training()  # every step reuses the previous step's pages (engine/allocator.py)
         self.student = student.to(device)
         self.world = distributed.world()
-        # the module the training forward runs through, inside DDP's wrapper under torchrun: the toolkit's BERT
-        # forward (models/padding_free.py), packed where no loss reads padding positions and over the padded grid
-        # elsewhere; Hugging Face's forward with --padding_free off or for other models
-        packed = method.ignores_padding
-        own = settings.padding_free and supports_padding_free(student.config)
-        self.model_forward = ("packed" if packed else "grid") if own else "hugging_face"
-        self.model = PaddingFree(self.student, packed=packed) if own else self.student
-        if self.world.enabled:
+        self.model = student_forward if student_forward is not None else self.student
+        if self.world.enabled:  # under torchrun: inside DDP's wrapper
             self.model = distributed.wrap_ddp(self.model, device)
-        self.teacher_model = teacher
-        if teacher is not None and settings.padding_free and supports_padding_free(teacher.config):
-            self.teacher_model = PaddingFree(teacher, packed=packed)
+        self.teacher_model = teacher_forward if teacher_forward is not None else teacher
         if settings.compile:
             backend = os.environ.get("FT_COMPILE_BACKEND", "inductor")  # tests: "eager" (no code generation)
             self.model = torch.compile(self.model, backend=backend, dynamic=True)
@@ -132,29 +121,21 @@ class Trainer:
             teacher.to(self.teacher_device).eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
-        s = settings
-        student_opt = build_adamw(student.named_parameters(), lr=s.lr, beta1=s.beta1, beta2=s.beta2, eps=s.eps,
-                                  weight_decay=s.weight_decay, device=device)
-        self.parts: list[_Optimised] = [_Optimised(
-            "student", [p for p in student.parameters() if p.requires_grad], [student], student_opt,
-            linear_schedule(student_opt, s.warmup_step, s.total_step), s.max_norm, False)]
+        self.parts: list[_Optimised] = [self._optimised("student", [student], settings.optimiser,
+                                                         list(student.named_parameters()))]
         for extra in method.extra_parameters():
-            self.parts.append(self._extra(extra))
+            named = [(f"{i}.{n}", p) for i, m in enumerate(extra.modules) for n, p in m.named_parameters()]
+            self.parts.append(self._optimised(extra.name, list(extra.modules), extra.optimiser, named))
+        s = settings
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
         self.stream = make_stream(num_rows, s.micro_batch, s.seed, lengths if s.group_by_length else None)
         self.step = 0
 
-    @property
-    def padding_free(self) -> bool:
-        """Whether the student's forward runs on the real tokens only (the packed padding-free forward)."""
-        return self.model_forward == "packed"
-
-    def _extra(self, e: ExtraParameters) -> _Optimised:
-        named = [(f"{i}.{n}", p) for i, m in enumerate(e.modules) for n, p in m.named_parameters()]
-        opt = build_adamw(named, lr=e.lr, beta1=e.beta1, beta2=e.beta2, eps=e.eps, weight_decay=e.weight_decay,
-                          device=self.device)
-        return _Optimised(e.name, [p for _, p in named], list(e.modules), opt,
-                          linear_schedule(opt, e.warmup_step, e.total_step), e.max_norm, e.clip_per_module)
+    def _optimised(self, name: str, modules: list[torch.nn.Module], settings: OptimiserSettings,
+                   named: list[tuple[str, torch.nn.Parameter]]) -> _Optimised:
+        opt = build_adamw(named, settings, self.device)
+        return _Optimised(name, [p for _, p in named if p.requires_grad], modules, opt,
+                          linear_schedule(opt, settings.warmup_step, settings.total_step), settings)
 
     # -- one optimizer step -------------------------------------------------------------------------
     def _micro_step(self, rows: np.ndarray, sync: bool = True) -> dict[str, torch.Tensor]:
@@ -194,11 +175,11 @@ class Trainer:
             distributed.all_reduce_mean_([p.grad for part in self.parts[1:] for p in part.params if p.grad is not None])
         for part in self.parts:
             self.scaler.unscale_(part.optimizer)
-            if part.clip_per_module:
+            if part.settings.clip_per_module:
                 for m in part.modules:
-                    torch.nn.utils.clip_grad_norm_(m.parameters(), part.max_norm)
+                    torch.nn.utils.clip_grad_norm_(m.parameters(), part.settings.max_norm)
             else:
-                norm = torch.nn.utils.clip_grad_norm_(part.params, part.max_norm)
+                norm = torch.nn.utils.clip_grad_norm_(part.params, part.settings.max_norm)
                 if part.name == "student":
                     grad_norm = norm
         for part in self.parts:

@@ -1,14 +1,16 @@
-"""Methods: small objects that turn (batch, student outputs, teacher outputs) into named loss parts.
+"""Methods: small objects that turn (batch, student outputs, teacher outputs) into named loss parts, found by
+name in :mod:`fine_tune.methods.registry`.
 
 A method never touches an optimiser or a file; the engine (``fine_tune.engine.trainer``) does.
 """
 
-from .base import Method, ModelOutputs
+from .base import ExtraParameters, Method, ModelOutputs, TeacherShape
 from .alp import ALPKD
 from .lad import LAD, LADNO, PartialLAD
 from .layerwise import LayerwiseKD
 from .logits_kd import HardLabel, OfflineLogitsKD, logits_kd_loss
 from .pkd import PKD
+from .registry import METHODS, get_method
 
-__all__ = ["Method", "ModelOutputs", "HardLabel", "OfflineLogitsKD", "logits_kd_loss", "LayerwiseKD", "LAD", "LADNO",
-           "PartialLAD", "ALPKD", "PKD"]
+__all__ = ["Method", "ModelOutputs", "ExtraParameters", "TeacherShape", "HardLabel", "OfflineLogitsKD",
+           "logits_kd_loss", "LayerwiseKD", "LAD", "LADNO", "PartialLAD", "ALPKD", "PKD", "METHODS", "get_method"]

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..cli import AlpFlags
 from .layerwise import HiddenPair, LayerwiseKD
 
 ALP_MODES = ("alp-kd", "alp-kd-hidden", "alp-kd-hidden-v2")
@@ -46,7 +47,13 @@ class ALPKD(LayerwiseKD):
     ``padding="dynamic"``: each token's weights are computed as always (they depend on that token alone); only
     the MSE is masked to the real tokens."""
 
-    name = "alp_kd"
+    name = "alp"
+    flag_groups = (AlpFlags,)
+    map_caption = "Mean ALP-KD attention of each student layer over the teacher layers (non-padding tokens of the dev sample)."
+
+    @classmethod
+    def own_arguments(cls, flags, teacher) -> dict:
+        return {"mode": flags.alp.alp_exp}
 
     def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *, mode: str,
                  padding: str = "max_length"):

@@ -1,10 +1,16 @@
-"""The method interface the training engine drives."""
+"""The method interface the training engine drives, and what a method tells the workflow that builds it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+
+from ..engine.optim import OptimiserSettings
+
+if TYPE_CHECKING:
+    from ..cli import Flags
 
 
 @dataclass
@@ -17,37 +23,65 @@ class ModelOutputs:
     attention_mask: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class TeacherShape:
+    """What a layer-wise method needs to know of the teacher to lay out its mapping."""
+
+    num_layers: int
+    hidden_size: int
+
+
 @dataclass
 class ExtraParameters:
-    """Trainable parameters a method adds (e.g. LAD gates), with their own optimiser settings."""
+    """Trainable parameters a method adds (e.g. LAD gates), optimised as ``optimiser`` describes."""
 
     name: str
     modules: list[torch.nn.Module]
-    lr: float
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.01
-    max_norm: float = 1.0
-    total_step: int = 1
-    warmup_step: int = 0
-    clip_per_module: bool = True
-    extra: dict = field(default_factory=dict)
+    optimiser: OptimiserSettings
 
 
 class Method:
-    """Base class. Subclasses set ``needs_hidden_states`` and implement :meth:`losses`.
+    """Base class: a method turns (batch, student outputs, teacher outputs) into named loss parts. It never
+    touches an optimiser or a file; the engine does.
 
     ``losses`` returns a dict of scalar tensors; key ``"loss"`` is what is back-propagated, every other key
-    is logged as ``{task}/{dataset}/{model}/{key}``.
+    is logged as ``{task}/{dataset}/{model}/{key}``. A method is registered under its ``name`` in
+    :mod:`fine_tune.methods.registry` and built by :meth:`from_flags`.
     """
 
-    name = "method"
+    name: ClassVar[str] = "method"
+    # the method's own flag groups (fine_tune.cli), beyond the ones every script of its kind has
+    flag_groups: ClassVar[tuple[type, ...]] = ()
+    # the caption of the layer-contribution heat-map drawn at each checkpoint; None: no map
+    map_caption: ClassVar[str | None] = None
+    # whether the training split must have gold labels
+    needs_labels: ClassVar[bool] = True
     needs_hidden_states = False
     uses_teacher = False
-    # True when no loss term looks at padding positions, so the engine may run the padding-free forward
+    # True when no loss term looks at padding positions, so the student may run the padding-free forward
     # (models/padding_free.py); False for the original's full-sequence hidden MSE and the fixed-length LAD gate
     ignores_padding = True
+
+    @classmethod
+    def from_flags(cls, flags: "Flags", teacher: TeacherShape | None = None) -> "Method":
+        """Build the method from the script's parsed flags (and the teacher's shape for online methods); bad
+        values are refused here, before anything is written."""
+        return cls()
+
+    def record(self) -> dict[str, Any]:
+        """Fields this method adds to ``config.json`` (what it computes that its flags do not say)."""
+        return {}
+
+    def continue_legacy(self, legacy: dict[str, Any]) -> None:
+        """Resume a run started before a fidelity fix: ``legacy`` holds the old value of each field of
+        :meth:`record` the run's config.json lacks (fine_tune.config.LEGACY_FIELDS)."""
+
+    def init_pairs(self, flags: "Flags") -> list[tuple[int, int]]:
+        """(student layer, pretrained teacher layer) pairs to initialise the student from, 1-based."""
+        return []
+
+    def create_parameters(self, device: torch.device | None) -> None:
+        """Create the method's own trainable modules (after the seed is set: reproducible), on ``device``."""
 
     def extra_parameters(self) -> list[ExtraParameters]:
         return []
@@ -61,6 +95,10 @@ class Method:
 
     def train(self, mode: bool = True) -> None:
         """Switch the method's own modules (e.g. gates) between training and evaluation mode."""
+
+    def describe_mapping(self) -> str:
+        """The student/teacher layer mapping in words ("S1<-A2, ..."), or "" when there is none."""
+        return ""
 
     def losses(self, batch: dict, student: ModelOutputs, teacher: ModelOutputs | None) -> dict[str, torch.Tensor]:
         raise NotImplementedError

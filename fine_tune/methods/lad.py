@@ -9,6 +9,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dataclasses import replace
+
+from ..cli import GateFlags, ProbingFlags
+from ..engine.optim import OptimiserSettings
 from ..errors import UserError
 from ..models.gates import aggregate_chain, make_gates
 from .base import ExtraParameters
@@ -36,23 +40,44 @@ def chain_contributions(gbar: list[float], k: int, num_teacher_layers: int) -> n
 
 class GatedKD(LayerwiseKD):
     """Shared by LAD, LAD-NO and partial LAD: the gates, their optimiser settings and their checkpoint files.
-    ``padding="dynamic"``: the gates' masked LayerNorm (:class:`fine_tune.models.gates.GateBlock`) and the masked
-    hidden loss; the gate parameters are the same, so gate files load in either mode."""
+    The gates are made by :meth:`create_parameters`, after the seed is set and the student is built, so a run's
+    gates are reproducible. ``padding="dynamic"``: the gates' masked LayerNorm
+    (:class:`fine_tune.models.gates.GateBlock`) and the masked hidden loss; the gate parameters are the same, so
+    gate files load in either mode."""
+
+    flag_groups = (GateFlags,)
 
     def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
-                 d_model: int, seq_len: int, num_gates: int, gate_settings: dict, gate_device: torch.device | None = None,
+                 d_model: int, seq_len: int, num_gates: int, gate_optimiser: OptimiserSettings,
                  padding: str = "max_length"):
         super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding)
-        self.gates = make_gates(num_gates, d_model, seq_len)
-        if gate_device is not None:
-            self.gates.to(gate_device)
-        self.gate_device = gate_device
-        self.gate_settings = gate_settings
+        self.d_model, self.seq_len, self.num_gates = d_model, seq_len, num_gates
+        self.gates: torch.nn.ModuleList | None = None
+        self.gate_device: torch.device | None = None
+        self.gate_optimiser = gate_optimiser
+
+    @classmethod
+    def own_arguments(cls, flags, teacher) -> dict:
+        return {"d_model": teacher.hidden_size, "seq_len": flags.batching.max_seq_len,
+                "gate_optimiser": flags.gate.settings(flags.optimiser)}
+
+    def record(self) -> dict:
+        return {"gate_no_decay": list(self.gate_optimiser.no_decay)}
+
+    def continue_legacy(self, legacy: dict) -> None:
+        if "gate_no_decay" in legacy:
+            self.gate_optimiser = replace(self.gate_optimiser, no_decay=tuple(legacy["gate_no_decay"]))
+
+    def create_parameters(self, device: torch.device | None) -> None:
+        self.gates = make_gates(self.num_gates, self.d_model, self.seq_len)
+        if device is not None:
+            self.gates.to(device)
+        self.gate_device = device
 
     def extra_parameters(self) -> list[ExtraParameters]:
         if not self.mu:  # no hidden loss: the gates would never receive a gradient
             return []
-        return [ExtraParameters(name="gate", modules=list(self.gates), clip_per_module=True, **self.gate_settings)]
+        return [ExtraParameters(name="gate", modules=list(self.gates), optimiser=self.gate_optimiser)]
 
     def checkpoint_state(self) -> dict[str, dict]:
         """``gate-{i}`` (0-based, as the original) -> state_dict; the engine writes ``gate-{i}-{step}.pt``."""
@@ -98,6 +123,8 @@ class LAD(GatedKD):
     student layer j learns ``A_{j * skip}`` (6 of 12 layers: A_2, A_4, ..., A_12; 4 of 12: A_3, A_6, A_9, A_12)."""
 
     name = "lad"
+    map_caption = ("Weight of teacher layer i in student layer j's target A_k ~ g_i * prod_{m=i+1..k}(1 - g_m), g = mean "
+                   "gate value over non-padding tokens and dimensions of the dev sample; ignores the gates' LayerNorm.")
 
     def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, **kw):
         super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu,
@@ -126,6 +153,8 @@ class LADNO(GatedKD):
     from the lower layer of the pair."""
 
     name = "lad_no"
+    map_caption = ("Student layer j's target gate_j(T_lo, T_hi): weight g (mean gate value over non-padding tokens and "
+                   "dimensions of the dev sample) on the upper layer, 1 - g on the lower; ignores the gate's LayerNorm.")
 
     def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, **kw):
         if num_teacher_layers < 2 * num_student_layers:
@@ -158,6 +187,16 @@ class LADNO(GatedKD):
         return ", ".join(f"S{j}<-gate(T{lo},T{hi})" for j, (lo, hi) in enumerate(self.pairs, 1))
 
 
+def parse_indices(text: str | None, flag: str) -> list[int] | None:
+    """Comma-separated 1-based layer indices (``--gate_indices 2,4,6``)."""
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected comma-separated integers, e.g. 2,4,6,8,10") from None
+
+
 def partial_lad_mapping(gate_indices: list[int], num_student_layers: int, num_teacher_layers: int) -> list[tuple[str, int]]:
     """Partial LAD: student layers 1..|G| learn A_g for g in G; the remaining student layers learn the raw teacher
     layers max(G) + skip, max(G) + 2 skip, ... Returns ('agg', g) or ('raw', t) per student layer."""
@@ -186,6 +225,8 @@ class PartialLAD(GatedKD):
     (``--gate_indices 2,4,6,8,10``, 6 of 12: S1..S5 <- A2..A10, S6 <- T12)."""
 
     name = "partial_lad"
+    flag_groups = (GateFlags, ProbingFlags)
+    map_caption = LAD.map_caption + " Rows beyond the gate indices learn one raw teacher layer."
 
     def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
                  gate_indices: list[int], **kw):
@@ -193,6 +234,16 @@ class PartialLAD(GatedKD):
         super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu,
                          num_gates=max(gate_indices), **kw)
         self.gate_indices = list(gate_indices)
+
+    @classmethod
+    def own_arguments(cls, flags, teacher) -> dict:
+        return {**super().own_arguments(flags, teacher),
+                "gate_indices": parse_indices(flags.probing.gate_indices, "--gate_indices")}
+
+    def default_init_pairs(self, flags) -> list[tuple[int, int]]:
+        """Student layer j <- G[j] for j <= |G|; the uncovered layers stay random (the original's quirk) unless
+        ``--init_uncovered``."""
+        return [(j, idx) for j, (k, idx) in enumerate(self.mapping, 1) if k == "agg" or flags.layerwise.init_uncovered]
 
     def hidden_pairs(self, student, teacher):
         values: list = []

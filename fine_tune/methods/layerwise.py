@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Method, ModelOutputs
+from ..models.init import teacher_layer_map
+from .base import Method, ModelOutputs, TeacherShape
 from .logits_kd import logits_kd_loss
 
 PADDINGS = ("max_length", "dynamic")
@@ -70,6 +71,30 @@ class LayerwiseKD(Method):
     ``hidden_pairs`` (and, for a heat-map, ``layer_map``)."""
 
     name = "online_kd"
+
+    @classmethod
+    def from_flags(cls, flags, teacher: TeacherShape | None = None) -> "LayerwiseKD":
+        """The common arguments from the layer-wise scripts' flags, plus :meth:`own_arguments`."""
+        d = flags.distil
+        return cls(flags.student.num_hidden_layers, teacher.num_layers, d.hard_weight, d.soft_weight, d.softmax_temp,
+                   flags.layerwise.mu, padding=flags.batching.padding, **cls.own_arguments(flags, teacher))
+
+    @classmethod
+    def own_arguments(cls, flags, teacher: TeacherShape) -> dict:
+        """The subclass's own constructor arguments, from its flag groups."""
+        return {}
+
+    def init_pairs(self, flags) -> list[tuple[int, int]]:
+        """(student layer, pretrained teacher layer) pairs to copy, 1-based: ``--init_start`` /``--init_end`` /
+        ``--init_step`` when given, else :meth:`default_init_pairs`."""
+        st = flags.student
+        if st.init_start is not None:
+            return list(enumerate(teacher_layer_map(st.init_start, st.init_end, st.init_step, self.ls, self.lt), 1))
+        return self.default_init_pairs(flags)
+
+    def default_init_pairs(self, flags) -> list[tuple[int, int]]:
+        """Student layer j <- teacher layer j * skip (the original's layer-wise scripts)."""
+        return [(j, j * self.skip) for j in range(1, self.ls + 1)]
 
     def __init__(self, num_student_layers: int, num_teacher_layers: int, hard_weight: float, soft_weight: float,
                  temperature: float, mu: float, padding: str = "max_length"):
@@ -135,7 +160,3 @@ class LayerwiseKD(Method):
     def layer_map(self, student: ModelOutputs, teacher: ModelOutputs) -> np.ndarray | None:
         """[L_s, L_t] matrix: how much teacher layer i contributes to student layer j's target (None: no map)."""
         return None
-
-    def describe_mapping(self) -> str:
-        return ""
-

@@ -44,6 +44,7 @@ class HardLabel(Method):
     """Teacher fine-tuning: cross-entropy with the gold labels, ``L = CE(s, y)``."""
 
     name = "fine_tune"
+    needs_labels = True
 
     def losses(self, batch, student: ModelOutputs, teacher=None):
         loss = F.cross_entropy(student.logits.float(), batch["labels"])
@@ -55,9 +56,15 @@ class OfflineLogitsKD(Method):
     the batch as ``teacher_logits``; loss as :func:`logits_kd_loss`."""
 
     name = "offline_logits_kd"
+    needs_labels = False  # a logits data set of an unlabelled split trains on the soft loss alone
 
     def __init__(self, hard_weight: float = 1.0, soft_weight: float = 1.0, temperature: float = 1.0):
         self.hard_weight, self.soft_weight, self.temperature = hard_weight, soft_weight, temperature
+
+    @classmethod
+    def from_flags(cls, flags, teacher=None) -> "OfflineLogitsKD":
+        d = flags.distil
+        return cls(d.hard_weight, d.soft_weight, d.softmax_temp)
 
     def losses(self, batch, student: ModelOutputs, teacher=None):
         parts = logits_kd_loss(student.logits, batch["teacher_logits"], batch.get("labels"),

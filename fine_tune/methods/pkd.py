@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..cli import PkdFlags
 from .layerwise import HiddenPair, LayerwiseKD
 
 PKD_LOSSES = ("hidden_mse", "normalized_cls")
@@ -29,34 +30,59 @@ def pkd_teacher_layers(num_teacher_layers: int, num_student_layers: int, strateg
     raise UserError(f"--pkd_strategy {strategy!r}: choose skip or last")
 
 
-def normalized_cls_loss(student_cls: torch.Tensor, teacher_cls: torch.Tensor) -> torch.Tensor:
-    r"""Sun et al. (2019), eq. (3) for one layer pair, batch mean::
+def normalized_cls_loss(student_cls: torch.Tensor, teacher_cls: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    r"""Sun et al. (2019), eq. (3), for one layer pair::
 
-        || h_s / ||h_s||_2 - h_t / ||h_t||_2 ||_2^2     ([CLS] vectors)"""
+        || h_s / ||h_s||_2 - h_t / ||h_t||_2 ||_2^2     ([CLS] vectors [B, D])
+
+    ``reduction="mean"`` (the released code's ``F.mse_loss``): the mean over the batch *and the D dimensions*;
+    ``"sum"``: the squared norm summed over D, mean over the batch (the toolkit before the fix: D times larger)."""
     s = F.normalize(student_cls.float(), dim=-1)
     t = F.normalize(teacher_cls.float(), dim=-1)
-    return (s - t).pow(2).sum(-1).mean()
+    squared = (s - t).pow(2)
+    return squared.mean() if reduction == "mean" else squared.sum(-1).mean()
 
 
 class PKD(LayerwiseKD):
     r"""BERT-PKD. ``hidden_mse`` (default, the original code): every student layer j matches teacher layer
     j * skip over the full sequence, ``mu * (1/L_s) * sum_j MSE(H_s[j], H_t[j*skip])``.
-    ``normalized_cls`` (Sun et al. 2019): student layers 1..L_s-1 (the last one is covered by the logits loss)
-    match normalised [CLS] vectors, ``mu * sum_j ||h_s,j/||h_s,j|| - h_t,j/||h_t,j|| ||^2`` (batch mean), PKD-skip
-    (``--pkd_strategy skip``: 2, 4, ..., 10 for 6 of 12) or PKD-last (``last``: 7, ..., 11)."""
+
+    ``normalized_cls`` (Sun et al. 2019): student layers 1..M-1 (the last one is covered by the logits loss) match
+    the teacher's normalised [CLS] vectors, reduced as Sun et al.'s released code (``F.mse_loss`` over the stacked
+    [B, M-1, D] tensor)::
+
+        L_PT = mu * 1/((M-1) B D) * sum_{j=1..M-1} sum_b || h_s,j / ||h_s,j|| - h_t,I(j) / ||h_t,I(j)|| ||^2
+
+    so the published beta values (100-500) transfer as ``--mu``. Teacher layers I(j): PKD-skip (``--pkd_strategy
+    skip``: 2, 4, ..., 10 for 6 of 12) or PKD-last (``last``: 7, ..., 11). A run started before this reduction
+    was fixed continues with the old one (``cls_reduction="sum"``: summed over layers and D, (M-1) D times
+    larger)."""
 
     name = "pkd"
+    flag_groups = (PkdFlags,)
 
     def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
-                 loss: str = "hidden_mse", strategy: str = "skip", padding: str = "max_length"):
+                 loss: str = "hidden_mse", strategy: str = "skip", padding: str = "max_length",
+                 cls_reduction: str = "mean"):
         if loss not in PKD_LOSSES:
             raise UserError(f"--pkd_loss {loss!r}: choose one of {', '.join(PKD_LOSSES)}")
         super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding)
         self.loss_kind = loss
+        self.cls_reduction = cls_reduction
         count = num_student_layers if loss == "hidden_mse" else num_student_layers - 1
         if count < 1:
             raise UserError("--pkd_loss normalized_cls needs a student with at least 2 layers")
         self.teacher_layers = pkd_teacher_layers(num_teacher_layers, num_student_layers, strategy, count)
+
+    @classmethod
+    def own_arguments(cls, flags, teacher) -> dict:
+        return {"loss": flags.pkd.pkd_loss, "strategy": flags.pkd.pkd_strategy}
+
+    def record(self) -> dict:
+        return {"pkd_cls_reduction": self.cls_reduction} if self.loss_kind == "normalized_cls" else {}
+
+    def continue_legacy(self, legacy: dict) -> None:
+        self.cls_reduction = legacy.get("pkd_cls_reduction", self.cls_reduction)
 
     def hidden_pairs(self, student, teacher):
         dev = student.hidden_states[0].device
@@ -67,7 +93,9 @@ class PKD(LayerwiseKD):
         if self.loss_kind == "hidden_mse":  # masked under --padding dynamic
             return super().hidden_loss(pairs, mask)
         # [CLS] only: the same with either padding
-        per = {p.layer: self.mu * normalized_cls_loss(p.student[:, 0], p.target[:, 0]) for p in pairs}
+        scale = self.mu / len(pairs) if self.cls_reduction == "mean" else self.mu
+        per = {p.layer: scale * normalized_cls_loss(p.student[:, 0], p.target[:, 0], self.cls_reduction)
+               for p in pairs}
         return torch.stack(list(per.values())).sum(), per
 
     def describe_mapping(self) -> str:

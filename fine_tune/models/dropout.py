@@ -5,12 +5,11 @@ keeps each element with probability 1 - p and scales the kept ones, so the expec
 
     y = x * m / (1 - p),    m ~ Bernoulli(1 - p) element-wise;    dL/dx = dL/dy * m / (1 - p)
 
-On CPU, PyTorch draws m with ``bernoulli_``, one generator call per element (about 8 ns each on this project's
-2-core machine: a tenth of a BERT training step, most of it on the attention probabilities). Here each 64-bit
+On CPU, PyTorch draws m with ``bernoulli_``, one generator call per element (a noticeable share of a BERT
+training step, most of it on the attention probabilities). Here each 64-bit
 word of one ``random_`` call gives four independent uniform 16-bit integers u, and m = [u >= round(p * 2^16)]:
 the same Bernoulli masks with p rounded to a multiple of 2^-16 (0.1 -> 0.100006), the scale taken from that
-rounded p so that E[y] = x exactly. Measured on that machine for 6.3 M elements: the random draws 9.5 ms instead
-of ``bernoulli_``'s 49 ms, the whole dropout forward 17 ms instead of ``F.dropout``'s 42 ms. Other devices keep
+rounded p so that E[y] = x exactly (measured against ``F.dropout``: doc/performance.md). Other devices keep
 ``torch.nn.functional.dropout`` (CUDA's fused Philox kernel is already cheap). Draws come from the global torch
 generator, so a seeded run repeats itself and a resumed run continues its random stream.
 """

@@ -288,3 +288,30 @@ class PaddingFree(torch.nn.Module):
         pooled = bert.pooler.activation(bert.pooler.dense(x.index_select(0, pk.first)))
         logits = self.model.classifier(dropout(pooled, self.model.dropout.p, self.model.training))
         return PaddingFreeOutput(logits, tuple(pk.pad(h) for h in hidden) if hidden is not None else None)
+
+
+@dataclass(frozen=True)
+class TrainingForwards:
+    """The modules a training run's forward passes go through, and which forward that is: ``packed`` (real tokens
+    only), ``grid`` (this file's layers over the padded batch) or ``hugging_face`` (the model's own forward)."""
+
+    student: torch.nn.Module
+    teacher: torch.nn.Module | None
+    kind: str
+
+    def describe(self) -> str:
+        return {"packed": ", padding-free forward", "grid": ", own BERT forward over the padded batch"}.get(self.kind, "")
+
+
+def training_forwards(student: torch.nn.Module, teacher: torch.nn.Module | None, *, enabled: bool,
+                      ignores_padding: bool) -> TrainingForwards:
+    """Choose the training forward: with ``enabled`` (``--padding_free auto``) and a BERT, :class:`PaddingFree`,
+    packed when no loss reads padding positions (``ignores_padding``), over the padded grid otherwise; else the
+    models' own forward. The teacher gets the same treatment where it is a BERT."""
+    teacher_fwd = teacher
+    if enabled and teacher is not None and supports_padding_free(teacher.config):
+        teacher_fwd = PaddingFree(teacher, packed=ignores_padding)
+    if not (enabled and supports_padding_free(student.config)):
+        return TrainingForwards(student, teacher_fwd, "hugging_face")
+    return TrainingForwards(PaddingFree(student, packed=ignores_padding), teacher_fwd,
+                            "packed" if ignores_padding else "grid")

@@ -1,0 +1,32 @@
+"""Every method by name: ``config.json``'s ``method`` field and the entry scripts find them here.
+
+Adding a method is one new file in ``fine_tune/methods/`` (a :class:`~fine_tune.methods.base.Method` subclass
+with its ``name``, ``flag_groups``, ``from_flags`` and ``losses``) and one line in ``METHODS`` below
+(doc/methods.md, "Adding a method").
+"""
+
+from __future__ import annotations
+
+from ..errors import UserError
+from .alp import ALPKD
+from .base import Method
+from .lad import LAD, LADNO, PartialLAD
+from .logits_kd import HardLabel, OfflineLogitsKD
+from .pkd import PKD
+
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
+    HardLabel,        # run_fine_tune.py
+    OfflineLogitsKD,  # run_fine_tune_distill.py
+    LAD,              # run_lad_distil.py
+    LADNO,            # run_lad_no_distil.py
+    PartialLAD,       # run_probing_lad.py
+    ALPKD,            # run_alp_distil.py
+    PKD,              # run_pkd_distill.py
+)}
+
+
+def get_method(name: str) -> type[Method]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UserError(f"unknown method {name!r}; methods: {', '.join(METHODS)}") from None

@@ -1,0 +1,34 @@
+"""Teacher fine-tuning (``run_fine_tune.py``): a pretrained encoder and a new head, cross-entropy on gold labels."""
+
+from __future__ import annotations
+
+from .. import config as cfg
+from ..engine import distributed
+from ..engine.seeding import seed_everything
+from ..io_utils import sha256_file
+from ..methods import get_method
+from ..models.classifier import build_pretrained_classifier, load_pretrained_config, load_tokenizer, save_model_dir
+from ..tasks import get_task
+from .start import prepare, start_experiment
+from .training import run_training
+
+
+def run_fine_tune(flags) -> dict | None:
+    p = prepare(flags)
+    e, ptrain_ver = flags.experiment, flags.pretrained.ptrain_ver
+    task = get_task(e.task)
+    data_file = task.path(p.data_root, e.dataset)
+    examples = task.load(p.data_root, e.dataset, flags.paths.max_examples)
+    pre_config = load_pretrained_config(ptrain_ver, e.model)
+    cfg.check_max_seq_len(flags.batching.max_seq_len, pre_config.max_position_embeddings, f"--ptrain_ver {ptrain_ver!r}")
+    tokenizer = load_tokenizer(ptrain_ver, "--ptrain_ver")
+    method = get_method("fine_tune").from_flags(flags)
+    source_hash = sha256_file(data_file)
+    start = start_experiment(p, flags, flags.record(), {str(data_file): source_hash})
+    if not start.run:
+        return None
+    seed_everything(flags.run.seed)
+    model = build_pretrained_classifier(ptrain_ver, e.model, flags.classifier.num_class, flags.classifier.dropout)
+    if distributed.is_main():
+        save_model_dir(p.exp.model_dir, model.config, tokenizer)
+    return run_training(p, flags, model, method, tokenizer, examples, source_hash, resume_step=start.resume_step)

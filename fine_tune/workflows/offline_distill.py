@@ -1,0 +1,65 @@
+"""Student distillation from a logits data set (``run_fine_tune_distill.py``): the teacher's logits travel in
+the batch; the student is built from its flags."""
+
+from __future__ import annotations
+
+from .. import config as cfg
+from ..engine.seeding import seed_everything
+from ..errors import UserError
+from ..methods import get_method
+from ..models.classifier import load_pretrained_config, load_tokenizer
+from ..models.init import teacher_layer_map
+from ..tasks import get_task
+from ..tasks.logits import read_logits
+from .start import prepare, start_experiment
+from .student import build_student, check_initialisation
+from .training import run_training
+
+
+def run_offline_distill(flags) -> dict | None:
+    e, st = flags.experiment, flags.student
+    p = prepare(flags)
+    logits = read_logits(p.data_root, e.dataset, e.task)
+    meta = logits.meta
+    classes = logits.logits.shape[1]
+    if flags.classifier.num_class is None:  # resolved from the logits data set, recorded in config.json
+        if classes != get_task(e.task).num_class:
+            raise UserError(f"the logits data set {e.dataset!r} has {classes} classes, {e.task} has "
+                            f"{get_task(e.task).num_class}")
+        flags = flags.replace(classifier={"num_class": classes})
+    elif flags.classifier.num_class != classes:
+        raise UserError(f"--num_class {flags.classifier.num_class}: the logits data set has {classes} classes")
+    if meta.get("model") != e.model:
+        raise UserError(f"--model {e.model}: the logits data set's teacher tokenizer is for {meta.get('model')!r}")
+    max_examples = flags.paths.max_examples
+    examples = logits.examples[:max_examples] if max_examples else logits.examples
+    teacher_logits = logits.logits[: len(examples)]
+    max_seq_len = flags.batching.max_seq_len
+    max_positions = max(512, max_seq_len) if meta.get("max_position_embeddings") is None else meta["max_position_embeddings"]
+    cfg.check_max_seq_len(max_seq_len, max_positions, "the student (teacher's position table)")
+    record = dict(flags.record(), ptrain_ver=meta.get("ptrain_ver"), teacher_experiment=meta.get("teacher_experiment"),
+                  teacher_checkpoint=meta.get("checkpoint"), logits_split=meta.get("split"))
+    source_hash = meta["logits_sha256"]
+    tokenizer = load_tokenizer(logits.tokenizer_dir)
+    source = meta.get("ptrain_ver")
+    if st.init_embeddings and st.init_start is None:
+        raise UserError("--init_embeddings belongs to the layer initialisation: give --init_start/--init_end too")
+    pairs: list[tuple[int, int]] = []
+    if st.init_start is not None:  # checked (and the pretrained folder found) before anything is written
+        if not source:
+            raise UserError("--init_start: the logits data set records no pretrained teacher (ptrain_ver) to copy from")
+        layers = teacher_layer_map(st.init_start, st.init_end, st.init_step, st.num_hidden_layers,
+                                   load_pretrained_config(source, e.model).num_hidden_layers)
+        pairs = list(enumerate(layers, 1))
+        check_initialisation(pairs, source, e.model, st, "")
+    method = get_method("offline_logits_kd").from_flags(flags)
+    start = start_experiment(p, flags, record, {str(logits.data_file): source_hash})
+    if not start.run:
+        return None
+    seed_everything(flags.run.seed)
+    student = build_student(p, flags, vocab_size=meta.get("vocab_size") or len(tokenizer),
+                            num_class=flags.classifier.num_class, max_positions=max_positions, tokenizer=tokenizer,
+                            source=source, pairs=pairs, method=method)
+    return run_training(p, flags, student, method, tokenizer, examples, source_hash, teacher_logits=teacher_logits,
+                        resume_step=start.resume_step)
+

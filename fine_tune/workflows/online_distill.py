@@ -1,0 +1,121 @@
+"""Online distillation behind the layer-wise scripts (LAD, LAD-NO, partial LAD, ALP-KD, BERT-PKD).
+
+The fine-tuned teacher runs beside the student in the one training engine; what differs between the scripts
+is only the method (found by name in ``fine_tune.methods.registry``) and its flags. max_seq_len, num_class and
+the training split come from the teacher experiment's config unless given.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from .. import config as cfg
+from ..engine.device import resolve_device
+from ..engine.seeding import seed_everything
+from ..errors import UserError
+from ..io_utils import sha256_file
+from ..methods import get_method
+from ..methods.lad import parse_indices
+from ..tasks import get_task
+from ..teacher import Teacher, open_teacher
+from ..experiment import roots
+from .layer_map import layer_map_hook
+from .start import prepare, start_experiment
+from .student import build_student, check_initialisation
+from .training import run_training
+
+
+def resolve_from_teacher(flags, teacher: Teacher):
+    """The flags with max_seq_len, num_class and the training split filled in from the teacher's config where
+    not given; a num_class other than the teacher's is an error."""
+    rec = teacher.record
+    num_class = flags.classifier.num_class
+    if num_class is None:
+        num_class = rec.get("num_class", teacher.hf_config.num_labels)
+    elif num_class != teacher.hf_config.num_labels:
+        raise UserError(f"--num_class {num_class}: the teacher {teacher.exp.name} has {teacher.hf_config.num_labels} classes")
+    max_seq_len = flags.batching.max_seq_len or rec.get("max_seq_len", 128)
+    dataset = flags.experiment.dataset or rec.get("dataset", "train")
+    return flags.replace(classifier={"num_class": num_class}, batching={"max_seq_len": max_seq_len},
+                         experiment={"dataset": dataset})
+
+
+def check_shapes(flags, teacher: Teacher) -> None:
+    """Layer-wise losses compare hidden states of equal width, and the student's layers divide the teacher's."""
+    st = flags.student
+    if st.d_model != teacher.hidden_size:
+        raise UserError(f"--d_model {st.d_model} differs from the teacher's hidden size {teacher.hidden_size} "
+                        f"({teacher.exp.name}); layer-wise distillation compares hidden states of equal width")
+    if teacher.num_layers % st.num_hidden_layers:
+        raise UserError(f"--num_hidden_layers {st.num_hidden_layers}: the teacher's {teacher.num_layers} layers are "
+                        f"not a multiple of the student's")
+    if st.num_hidden_layers > teacher.num_layers:
+        raise UserError(f"--num_hidden_layers {st.num_hidden_layers} exceeds the teacher's {teacher.num_layers} layers")
+
+
+def placed(device_id: int | None, flag_name: str, student_device: torch.device, student_id: int | None) -> torch.device:
+    """The teacher's / gates' device: the student's unless another index is asked for."""
+    if device_id is None or device_id == student_id:
+        return student_device
+    return resolve_device(device_id, None, flag_name)
+
+
+def run_online_distill(flags, method_name: str) -> dict | None:
+    """Distil a student from a fine-tuned teacher with the registered method ``method_name``."""
+    method_cls = get_method(method_name)
+    _, exp_root = roots(flags.paths)
+    e, t, st = flags.experiment, flags.teacher, flags.student
+    task = get_task(e.task)
+    teacher = open_teacher(exp_root, t.teacher_exp, t.tmodel, e.task, t.tckpt)
+    flags = resolve_from_teacher(flags, teacher)
+    e = flags.experiment
+    p = prepare(flags)
+    if task.name != teacher.record.get("task", task.name):
+        raise UserError(f"--task {e.task}: the teacher was fine-tuned on {teacher.record.get('task')}")
+    cfg.check_max_seq_len(flags.batching.max_seq_len, teacher.hf_config.max_position_embeddings,
+                          f"the teacher {teacher.exp.name}")
+    check_shapes(flags, teacher)
+    if flags.has("probing") and flags.probing.student_indices is not None:
+        given = parse_indices(flags.probing.student_indices, "--student_indices")
+        if given != list(range(1, st.num_hidden_layers + 1)):
+            print(f"note: --student_indices {flags.probing.student_indices} is ignored by partial LAD: every student "
+                  f"layer learns", file=sys.stderr)
+    method = method_cls.from_flags(flags, teacher)  # validates its mapping before anything is written
+    data_file = task.path(p.data_root, e.dataset)
+    examples = task.load(p.data_root, e.dataset, flags.paths.max_examples)
+    source_hash = sha256_file(data_file)
+    ptrain_ver = teacher.record.get("ptrain_ver")
+    pairs = method.init_pairs(flags)  # checked (and the pretrained folder found) before anything is written
+    check_initialisation(pairs, ptrain_ver, teacher.hf_config.model_type, st,
+                         f"{teacher.exp.config_path} records no ptrain_ver to initialise the student from")
+    gate_device_id = flags.gate.gate_device_id if flags.has("gate") else None
+    for flag_name, device_id in (("--tdevice_id", t.tdevice_id), ("--gate_device_id", gate_device_id)):
+        if device_id is not None and device_id != flags.device.device_id:
+            resolve_device(device_id, None, flag_name, quiet=True)  # a CUDA index the machine lacks: refused now
+    record = dict(flags.record(), method=method.name, ptrain_ver=ptrain_ver, teacher_experiment=teacher.exp.name,
+                  teacher_checkpoint=f"{teacher.exp.name}/{teacher.checkpoint.name}", teacher_layers=teacher.num_layers,
+                  hidden_mapping=method.describe_mapping(), **method.record())
+    start = start_experiment(p, flags, record, {str(data_file): source_hash})
+    if not start.run:
+        return None
+    method.continue_legacy(start.legacy)
+    teacher_device = placed(t.tdevice_id, "--tdevice_id", p.device, flags.device.device_id)
+    gate_device = placed(gate_device_id, "--gate_device_id", p.device, flags.device.device_id)
+
+    seed_everything(flags.run.seed)
+    tokenizer = teacher.tokenizer
+    student = build_student(p, flags, vocab_size=teacher.hf_config.vocab_size, num_class=flags.classifier.num_class,
+                            max_positions=teacher.hf_config.max_position_embeddings, tokenizer=tokenizer,
+                            source=ptrain_ver, pairs=pairs, method=method, method_device=gate_device)
+    teacher_model = teacher.build()
+    print(f"{p.exp.name}: {method.name}, teacher {teacher.exp.name} model-{teacher.step}.pt ({teacher.num_layers} "
+          f"layers), mapping {method.describe_mapping() or 'logits only'}", file=sys.stderr)
+
+    make_hook = None
+    if flags.layerwise.map_examples and flags.layerwise.mu and method.map_caption:
+        make_hook = layer_map_hook(method, flags, task, p, tokenizer, teacher_model, teacher_device)
+    return run_training(p, flags, student, method, tokenizer, examples, source_hash,
+                        teacher=teacher_model if method.uses_teacher else None, teacher_device=teacher_device,
+                        make_hook=make_hook, resume_step=start.resume_step)

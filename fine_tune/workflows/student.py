@@ -1,0 +1,49 @@
+"""The student of offline and online distillation: its config from the flags, its layers initialised from
+pretrained teacher layers, and its model folder (Hugging Face config and tokenizer) in the experiment."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from ..engine import distributed
+from ..methods import Method
+from ..models.classifier import build_from_config, load_pretrained_config, save_model_dir, student_config
+from ..models.init import check_copyable, copy_teacher_layers_at
+from ..errors import UserError
+from .start import Prepared
+
+
+def check_initialisation(pairs: list[tuple[int, int]], source: str | None, model: str, student, missing: str) -> None:
+    """Before anything is written: the pretrained model to copy ``pairs`` from exists and fits the student's
+    widths (``missing``: the error when no source is recorded)."""
+    if not pairs:
+        return
+    if not source:
+        raise UserError(missing)
+    check_copyable(load_pretrained_config(source, model), student.d_model, student.d_ff, student.init_attn_only)
+
+
+def build_student(p: Prepared, flags, *, vocab_size: int, num_class: int, max_positions: int, tokenizer,
+                  source: str | None, pairs: list[tuple[int, int]], method: Method,
+                  method_device: torch.device | None = None) -> torch.nn.Module:
+    """Build the student of ``flags.student`` (after the seed is set), then the method's own parameters (LAD
+    gates, on ``method_device``), then copy the pretrained layers ``pairs`` ((student, teacher) layer pairs,
+    1-based) from ``source``; rank 0 saves the model folder. The order fixes what each draws from the seeded
+    generator."""
+    st, model = flags.student, flags.experiment.model
+    config = student_config(model, vocab_size=vocab_size, num_class=num_class, d_model=st.d_model, d_ff=st.d_ff,
+                            num_attention_heads=st.num_attention_heads, num_hidden_layers=st.num_hidden_layers,
+                            type_vocab_size=st.type_vocab_size, dropout=flags.classifier.dropout,
+                            max_position_embeddings=max_positions, pad_token_id=tokenizer.pad_token_id,
+                            d_emb=st.d_emb)
+    student = build_from_config(config)
+    method.create_parameters(method_device)
+    if pairs:
+        copy_teacher_layers_at(student, source, pairs, attn_only=st.init_attn_only, embeddings=st.init_embeddings)
+        print(f"initialised student layers from {source}: " + ", ".join(f"{s}<-{t}" for s, t in pairs),
+              file=sys.stderr)
+    if distributed.is_main():
+        save_model_dir(p.exp.model_dir, student.config, tokenizer)
+    return student

@@ -1,0 +1,94 @@
+"""Methods by name: the registry, each method's name and flag groups, and doc/methods.md's "Adding a method"
+walkthrough run through the engine exactly as written there."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import types
+
+import pytest
+import torch
+
+from conftest import REPO
+from fine_tune.cli import LAYERWISE, parse_layerwise
+from fine_tune.methods import METHODS, Method, get_method
+from fine_tune.methods.registry import METHODS as REGISTRY
+from test_layerwise_scripts import TEACHER, TINY, teacher  # noqa: F401  (teacher: the fixture)
+
+SCRIPTS = {"run_lad_distil.py": "lad", "run_lad_no_distil.py": "lad_no", "run_probing_lad.py": "partial_lad",
+           "run_alp_distil.py": "alp", "run_pkd_distill.py": "pkd"}
+
+
+def test_every_method_is_registered_under_its_name():
+    assert METHODS is REGISTRY
+    assert set(METHODS) == {"fine_tune", "offline_logits_kd", "lad", "lad_no", "partial_lad", "alp", "pkd"}
+    for name, cls in METHODS.items():
+        assert issubclass(cls, Method) and cls.name == name and get_method(name) is cls
+    with pytest.raises(Exception, match="unknown method 'nope'; methods: fine_tune, offline_logits_kd"):
+        get_method("nope")
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_each_layerwise_script_runs_its_registered_method(script):
+    source = (REPO / script).read_text(encoding="utf-8")
+    name = SCRIPTS[script]
+    assert f'parse_layerwise("{script}", __doc__.splitlines()[0], "{name}", argv)' in source
+    assert f'run_online_distill(flags, "{name}")' in source
+    # the script's flags are the layer-wise groups plus the method's own
+    argv = ["--experiment", "x", "--task", "qqp", *TEACHER]
+    if name == "partial_lad":
+        argv += ["--probing_exp", "partial_lad"]
+    flags = parse_layerwise(script, "", name, argv)
+    own = {g.key for g in get_method(name).flag_groups}
+    assert {g.key for g in LAYERWISE} | own == {k for k in ("experiment", "teacher", "student", "distil", "layerwise",
+                                                          "classifier", "optimiser", "batching", "run", "speed",
+                                                          "device", "paths", "gate", "probing", "alp", "pkd")
+                                              if flags.has(k)}
+
+
+def walkthrough_code() -> str:
+    text = (REPO / "doc" / "methods.md").read_text(encoding="utf-8")
+    section = text[text.index("## Adding a method"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_docs_new_method_trains_through_the_engine(teacher, data_root, exp_root, monkeypatch):  # noqa: F811
+    # the walkthrough's file, as fine_tune/methods/cosine.py
+    module = types.ModuleType("fine_tune.methods.cosine")
+    module.__package__ = "fine_tune.methods"
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(walkthrough_code(), "doc/methods.md#adding-a-method", "exec"), module.__dict__)
+    cosine = module.CosineKD
+    # ... and its one registry line
+    monkeypatch.setitem(REGISTRY, "cosine", cosine)
+    assert get_method("cosine") is cosine
+
+    from fine_tune.workflows.online_distill import run_online_distill
+
+    argv = ["--experiment", "cos", "--model", "bert", "--task", "qqp", *TEACHER, *TINY, "--num_hidden_layers", "4",
+            "--total_step", "2", "--warmup_step", "0", "--ckpt_step", "2", "--log_step", "1", "--batch_size", "8",
+            "--mu", "3", "--data_root", str(data_root), "--exp_root", str(exp_root)]
+    run_online_distill(parse_layerwise("run_cosine_distil.py", "", "cosine", argv), "cosine")
+    folder = exp_root / "cos_bert_qqp"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["method"] == "cosine" and config["hidden_mapping"] == "S1<-T3, S2<-T6, S3<-T9, S4<-T12"
+    assert (folder / "model-2.pt").is_file() and (folder / "resume-2.pt").is_file()
+
+    # its loss is the docstring's equation
+    method = cosine(2, 4, 0.0, 0.0, 1.0, 3.0)
+    torch.manual_seed(0)
+    hs = tuple(torch.randn(2, 5, 8) for _ in range(2))
+    ht = tuple(torch.randn(2, 5, 8) for _ in range(4))
+    from fine_tune.methods import ModelOutputs
+
+    mask = torch.ones(2, 5, dtype=torch.long)
+    parts = method.losses({"labels": torch.tensor([0, 1])}, ModelOutputs(torch.zeros(2, 2), hs, mask),
+                          ModelOutputs(torch.zeros(2, 2), ht, mask))
+
+    def cos(a, b):
+        return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+
+    expected = 3.0 / 2 * sum((1 - cos(hs[j - 1], ht[2 * j - 1])).mean() for j in (1, 2))
+    assert parts["hidden_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
