@@ -25,7 +25,8 @@ from .errors import UserError
 from .experiment import ExperimentDir, roots
 from .io_utils import atomic_write, atomic_write_json, atomic_write_text, check_writable, sha256_file
 from .selection import best_row, parse_ckpt, predictions_path, resolve_ckpt
-from .models.classifier import build_from_config, check_checkpoint, load_checkpoint_into, load_model_dir
+from .engine.checkpoint import load_checkpoint_into
+from .models.classifier import build_from_config, check_checkpoint, load_model_dir
 from .tasks import Task, get_task
 from .tasks.logits import check_logits_target, logits_dir, write_logits
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from .errors import UserError
 from .evaluate import _checkpoint, open_experiment
 from .io_utils import atomic_save_with
-from .models.classifier import load_checkpoint_into
+from .engine.checkpoint import load_checkpoint_into
 
 
 def run_export(flags) -> Path:

@@ -12,7 +12,8 @@ import torch
 from . import config as cfg
 from .errors import UserError
 from .experiment import ExperimentDir, closest_experiments
-from .models.classifier import build_from_config, check_checkpoint, load_checkpoint_into, load_model_dir
+from .engine.checkpoint import load_checkpoint_into
+from .models.classifier import build_from_config, check_checkpoint, load_model_dir
 
 
 @dataclass

@@ -27,6 +27,36 @@ def save_model_checkpoint(module: torch.nn.Module, path: Path) -> None:
     atomic_torch_save(cpu_state_dict(module), path)
 
 
+def read_checkpoint(ckpt_path: Path, mmap: bool = False) -> dict:
+    """A plain state_dict saved by the engine; an unreadable (truncated, foreign) file is a clear error."""
+    try:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # the reason's first sentence: torch appends a paragraph of advice
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0].rstrip(".")
+        raise UserError(f"{ckpt_path}: not a readable checkpoint ({reason})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{ckpt_path}: not a readable checkpoint (not a state_dict of tensors)")
+    return state
+
+
+def check_fits(own: dict, state: dict, ckpt_path: Path) -> None:
+    """``state`` must have the keys and shapes of the model state ``own`` (position_ids buffers aside)."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if wrong or unexpected or [k for k in missing if not k.endswith("position_ids")]:
+        detail = (f"shape {tuple(state[wrong[0]].shape)} vs model {tuple(own[wrong[0]].shape)} for {wrong[0]}" if wrong
+                  else f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}")
+        raise UserError(f"{ckpt_path} does not fit the experiment's model ({detail})")
+
+
+def load_checkpoint_into(model: torch.nn.Module, ckpt_path: Path) -> None:
+    """Load a plain state_dict saved by the engine; a checkpoint of another model shape is a clear error."""
+    state = read_checkpoint(ckpt_path)
+    check_fits(model.state_dict(), state, ckpt_path)
+    model.load_state_dict(state, strict=False)
+
+
 def rng_state() -> dict:
     """Every RNG state as tensors and plain numbers (loadable with ``weights_only=True``)."""
     version, internal, gauss = random.getstate()

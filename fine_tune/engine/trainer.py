@@ -29,7 +29,7 @@ from ..errors import UserError
 from ..io_utils import atomic_torch_save
 from .allocator import tune_malloc_for_training
 from . import distributed
-from .checkpoint import load_resume_state, rng_state, save_model_checkpoint, save_resume_state, set_rng_state
+from .checkpoint import load_checkpoint_into, load_resume_state, rng_state, save_model_checkpoint, save_resume_state, set_rng_state
 from .device import Precision
 from .optim import OptimiserSettings, build_adamw, linear_schedule
 
@@ -351,8 +351,6 @@ class Trainer:
     def restore(self, step: int) -> None:
         """Continue the run saved at checkpoint ``step``: weights, optimisers, schedulers, scaler, RNG states,
         data position, the method's state and the open logging window."""
-        from ..models.classifier import load_checkpoint_into
-
         state = load_resume_state(self.exp.path, step)
         load_checkpoint_into(self.student, self.exp.checkpoint_path(step))
         self.student.to(self.device)
