@@ -77,10 +77,10 @@ def build(args, padding: str = "max_length"):
 
 
 def optimizer_for(student, device):
-    from fine_tune.engine.optim import build_adamw
+    from fine_tune.engine.optim import OptimiserSettings, build_adamw
 
-    return build_adamw(student.named_parameters(), lr=LR, beta1=0.9, beta2=0.999, eps=1e-8,
-                       weight_decay=WEIGHT_DECAY, device=device)
+    settings = OptimiserSettings(lr=LR, total_step=1, warmup_step=0, weight_decay=WEIGHT_DECAY)
+    return build_adamw(student.named_parameters(), settings, device)
 
 
 def worker_toolkit(args, contender: str, t0: float) -> dict:

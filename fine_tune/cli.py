@@ -31,6 +31,25 @@ def _positive(group: Any, *names: str) -> None:
             raise UserError(f"--{name} must be positive, got {value}")
 
 
+def _non_negative(group: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(group, name)
+        if value is not None and value < 0:
+            raise UserError(f"--{name} must be >= 0, got {value}")
+
+
+def _adam(beta1: float, beta2: float, eps: float, prefix: str = "") -> None:
+    """What torch's AdamW would refuse (or silently mishandle), refused at parse time."""
+    for name, beta in (("beta1", beta1), ("beta2", beta2)):
+        if not 0.0 <= beta < 1.0:
+            raise UserError(f"--{prefix}{name} must lie in [0, 1), got {beta}")
+    if eps <= 0:
+        raise UserError(f"--{prefix}eps must be positive, got {eps}")
+
+
+SEED_RANGE = 2**63  # torch.manual_seed takes [-2^63, 2^64); the toolkit takes the non-negative part of both
+
+
 # -- what a run is ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ExperimentFlags:
@@ -113,6 +132,8 @@ class OptimiserFlags:
 
     def __post_init__(self) -> None:
         _positive(self, "total_step", "lr")
+        _non_negative(self, "weight_decay")
+        _adam(self.beta1, self.beta2, self.eps)
         if self.warmup_step < 0:
             raise UserError(f"--warmup_step must be >= 0, got {self.warmup_step}")
         if self.warmup_step > self.total_step:
@@ -167,6 +188,8 @@ class RunFlags:
 
     def __post_init__(self) -> None:
         _positive(self, "ckpt_step", "log_step", "save_total_limit")
+        if not 0 <= self.seed < SEED_RANGE:
+            raise UserError(f"--seed must lie in [0, 2^63), got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -222,6 +245,10 @@ class DistilFlags:
     soft_weight: float = flag(1.0, "weight of T^2 * KL(teacher || student)")
     hard_weight: float = flag(1.0, "weight of the cross-entropy with the gold labels")
 
+    def __post_init__(self) -> None:
+        _positive(self, "softmax_temp")
+        _non_negative(self, "soft_weight", "hard_weight")
+
 
 @dataclass(frozen=True)
 class LayerwiseDistilFlags(DistilFlags):
@@ -272,17 +299,25 @@ class GateFlags:
 
     def __post_init__(self) -> None:
         _positive(self, "gate_lr", "gate_total_step", "gate_max_norm")
+        _non_negative(self, "gate_weight_decay", "gate_warmup_step")
+        _adam(self.gate_beta1, self.gate_beta2, self.gate_eps, "gate_")
+        if (self.gate_total_step is not None and self.gate_warmup_step is not None
+                and self.gate_warmup_step > self.gate_total_step):
+            raise UserError(f"--gate_warmup_step {self.gate_warmup_step} exceeds --gate_total_step {self.gate_total_step}")
 
     def settings(self, student: OptimiserFlags, no_decay: tuple[str, ...] | None = None):
         """The gates' :class:`OptimiserSettings`; the schedule's lengths default to the student's. ``no_decay``:
         the names exempt from weight decay (default: the original gate optimiser's)."""
         from .engine.optim import GATE_NO_DECAY, OptimiserSettings
 
+        total = self.gate_total_step or student.total_step
+        warmup = student.warmup_step if self.gate_warmup_step is None else self.gate_warmup_step
+        if warmup > total:
+            raise UserError(f"--gate_warmup_step {warmup} exceeds the gates' schedule of {total} steps "
+                            f"(--gate_total_step, default --total_step)")
         return OptimiserSettings(
             lr=self.gate_lr, beta1=self.gate_beta1, beta2=self.gate_beta2, eps=self.gate_eps,
-            weight_decay=self.gate_weight_decay, max_norm=self.gate_max_norm,
-            total_step=self.gate_total_step or student.total_step,
-            warmup_step=student.warmup_step if self.gate_warmup_step is None else self.gate_warmup_step,
+            weight_decay=self.gate_weight_decay, max_norm=self.gate_max_norm, total_step=total, warmup_step=warmup,
             no_decay=GATE_NO_DECAY if no_decay is None else tuple(no_decay), clip_per_module=True)
 
 
@@ -360,6 +395,11 @@ class ResultsFlags:
     resamples: int = flag(10000, "bootstrap resamples")
     bootstrap_seed: int = flag(0, "bootstrap random seed")
     out: str = flag(None, "markdown file to write (default: <exp_root>/results-<task>.md)")
+
+    def __post_init__(self) -> None:
+        _positive(self, "resamples")
+        if not 0 <= self.bootstrap_seed < 2**32:
+            raise UserError(f"--bootstrap_seed must lie in [0, 2^32), got {self.bootstrap_seed}")
 
 
 # Training scripts' groups (their union of fields is config.json's record)
@@ -459,6 +499,10 @@ def run_main(main, argv: Sequence[str] | None = None) -> int:
     its status (engine/distributed.exit_process says why)."""
     from .engine import distributed
 
+    import signal
+
+    if hasattr(signal, "SIGXFSZ"):  # past the file-size limit a write fails (EFBIG, reported) instead of killing us
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     finished, closed = False, False
     try:
         distributed.silence_other_ranks()

@@ -4,12 +4,11 @@ resolved on the way (from the teacher or the logits data set) and what the metho
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .io_utils import atomic_write_json
+from .io_utils import atomic_write_json, read_json_object
 
 # Fields that may differ between two runs of the same experiment (where it runs, not what it computes).
 RUNTIME_FIELDS = frozenset({"device_id", "num_gpu", "tdevice_id", "gate_device_id", "data_root", "exp_root",
@@ -35,14 +34,22 @@ def check_max_seq_len(max_seq_len: int, max_positions: int, source: str) -> None
         raise UserError(f"--max_seq_len {max_seq_len} exceeds the {max_positions} positions of {source}")
 
 
-def load_config(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"{path} not found") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+def check_room_for_text(max_seq_len: int, tokenizer) -> None:
+    """``--max_seq_len`` must leave room for at least one token of each text of a pair beside the special tokens
+    the tokenizer adds ([CLS] a [SEP] b [SEP]: 3 for BERT)."""
+    need = tokenizer.num_special_tokens_to_add(pair=True) + 2
+    if max_seq_len < need:
+        raise UserError(f"--max_seq_len {max_seq_len} leaves no room for the text: the tokenizer adds "
+                        f"{need - 2} special tokens to a pair; use at least {need}")
+
+
+def load_config(path: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A config.json: a JSON object holding at least the ``required`` fields."""
+    config = read_json_object(path)
+    missing = [k for k in required if k not in config]
+    if missing:
+        raise UserError(f"{path}: missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    return config
 
 
 def legacy_values(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,9 @@ from .engine.device import Precision, resolve_device, resolve_precision
 from .engine.trainer import forward, to_device
 from .errors import UserError
 from .experiment import ExperimentDir, roots
-from .io_utils import atomic_write, atomic_write_json, atomic_write_text, check_writable, sha256_file
+from .io_utils import (TMP_PREFIX, atomic_write, atomic_write_json, atomic_write_text, check_writable, remove_inside,
+                       sha256_file)
+from .locking import lock_folder, releases_locks
 from .selection import best_row, parse_ckpt, predictions_path, resolve_ckpt
 from .engine.checkpoint import load_checkpoint_into
 from .models.classifier import build_from_config, check_checkpoint, load_model_dir
@@ -55,7 +57,7 @@ def open_experiment(flags) -> LoadedExperiment:
     task.check_split(e.dataset)
     data_root, exp_root = roots(flags.paths)
     exp = ExperimentDir.of(exp_root, e.experiment, e.model, e.task).require()
-    config = cfg.load_config(exp.config_path)
+    config = cfg.load_config(exp.config_path, required=("max_seq_len",))
     model_config, tokenizer = load_model_dir(exp.model_dir)
     model = build_from_config(model_config)
     return LoadedExperiment(exp, config, model, tokenizer, task, None, None, data_root)
@@ -133,8 +135,9 @@ def run_eval(flags) -> dict:
     if not steps:
         have = ", ".join(map(str, le.exp.checkpoints())) or "none"
         raise UserError(f"no checkpoint at or after --ckpt {first} in {le.exp.path}; checkpoints there: {have}")
-    for step in steps:  # every checkpoint readable and of this model before anything is written
-        check_checkpoint(le.model.config, le.exp.checkpoint_path(step))
+    for step in list(steps):  # every checkpoint readable and of this model before anything is written
+        if not _still_there(le, step, lambda path: check_checkpoint(le.model.config, path)):
+            steps.remove(step)
     check_writable(le.exp.path, "--exp_root", root=le.exp.root)
     check_writable(le.exp.log_dir, "--exp_root", root=le.exp.root)
     _, examples, features = load_split(le, e.dataset, flags.paths.max_examples)
@@ -150,7 +153,8 @@ def run_eval(flags) -> dict:
     print("ckpt\t" + "\t".join(metric_names))
     try:
         for step in steps:
-            load_checkpoint_into(le.model, le.exp.checkpoint_path(step))
+            if not _still_there(le, step, lambda path: load_checkpoint_into(le.model, path)):
+                continue
             start = time.perf_counter()
             logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"],
                                     batch_size, le.device, le.precision)
@@ -171,6 +175,9 @@ def run_eval(flags) -> dict:
     finally:
         if writer is not None:
             writer.close()
+    if not rows:
+        raise UserError(f"every checkpoint of {le.exp.path} from --ckpt {first} on was deleted while this evaluation "
+                        f"ran; nothing evaluated")
     best = {m: best_row(rows, m) for m in metric_names}
     for m in metric_names:
         print(f"best {m}: {best[m][m]:.6f} at model-{best[m]['ckpt']}.pt")
@@ -183,11 +190,29 @@ def run_eval(flags) -> dict:
                                    "batches), tokenisation and checkpoint loading excluded"}}
     if not main:
         return table
+    # the predictions first, then the table naming their sha256: a reader never combines the two of different
+    # evaluations (selection.read_predictions checks it)
     with atomic_write(predictions_path(le.exp, e.dataset)) as f:
         np.savez(f, idx=np.asarray([ex.idx for ex in examples], dtype=np.int64),
                  labels=np.asarray(features.labels, dtype=np.int16), **predictions)
+    table["predictions_sha256"] = sha256_file(predictions_path(le.exp, e.dataset))
     atomic_write_json(le.exp.path / f"eval-{e.dataset}.json", table)
     return table
+
+
+def _still_there(le: LoadedExperiment, step: int, read) -> bool:
+    """``read(path)`` checkpoint ``step``; False (with a note) when it was deleted meanwhile, as a running training
+    run with ``--save_total_limit`` does to its older checkpoints; any other failure is an error."""
+    path = le.exp.checkpoint_path(step)
+    try:
+        read(path)
+    except UserError:
+        if path.exists():
+            raise
+        print(f"note: {path.name} was deleted while this evaluation ran (--save_total_limit of a running training "
+              f"run?); skipped", file=sys.stderr)
+        return False
+    return True
 
 
 def _checkpoint(le: LoadedExperiment, flags) -> tuple[int, str]:
@@ -196,7 +221,7 @@ def _checkpoint(le: LoadedExperiment, flags) -> tuple[int, str]:
     c, e = flags.checkpoint, flags.experiment
     ckpt = parse_ckpt(str(c.ckpt)) if c.ckpt is not None else None
     select_on = c.select_on or le.task.dev_split
-    le.task.check_split(select_on)
+    le.task.check_split(select_on, "--select_on")
     return resolve_ckpt(le.exp, ckpt, select_on, task=e.task, model=e.model, experiment=e.experiment)
 
 
@@ -228,14 +253,22 @@ def checkpoint_logits(flags, before_predicting=None) -> CheckpointLogits:
     return CheckpointLogits(le, step, label, path, examples, features, logits)
 
 
+@releases_locks
 def run_gen_logits(flags) -> Path:
     """``run_fine_tune_gen_logits.py``: a checkpoint's logits for a split, stored as a logits data set."""
     e, overwrite = flags.experiment, flags.paths.overwrite
 
     def refuse_to_replace(le, step, path):
-        check_logits_target(logits_dir(le.data_root, le.exp.name, e.dataset),
-                            {"teacher_experiment": le.exp.name, "checkpoint": step, "split": e.dataset,
-                             "source_sha256": sha256_file(path)}, overwrite)
+        out = logits_dir(le.data_root, le.exp.name, e.dataset)
+        identity = {"teacher_experiment": le.exp.name, "checkpoint": step, "split": e.dataset,
+                    "source_sha256": sha256_file(path), "checkpoint_sha256": sha256_file(le.exp.checkpoint_path(step))}
+        check_logits_target(out, identity, overwrite)
+        if distributed.is_main():  # one writer per logits data set (rank 0 under torchrun)
+            out.mkdir(parents=True, exist_ok=True)
+            lock_folder(out, "logits data set")
+            check_logits_target(out, identity, overwrite)  # again, under the lock
+            for leftover in out.glob(TMP_PREFIX + "*"):  # of a killed write of this set
+                remove_inside(leftover, out)
 
     r = checkpoint_logits(flags, refuse_to_replace)
     le, path = r.le, r.path
@@ -244,7 +277,8 @@ def run_gen_logits(flags) -> Path:
             "teacher_experiment": le.exp.name, "checkpoint": r.step, "ptrain_ver": le.config.get("ptrain_ver"),
             "vocab_size": mc.vocab_size, "max_position_embeddings": mc.max_position_embeddings,
             "hidden_size": mc.hidden_size, "num_hidden_layers": mc.num_hidden_layers,
-            "max_seq_len": le.config["max_seq_len"], "source": str(path), "source_sha256": sha256_file(path)}
+            "max_seq_len": le.config["max_seq_len"], "source": str(path), "source_sha256": sha256_file(path),
+            "checkpoint_sha256": sha256_file(le.exp.checkpoint_path(r.step))}
     out = logits_dir(le.data_root, le.exp.name, e.dataset)
     if distributed.is_main():
         write_logits(out, meta, r.examples, r.logits, le.tokenizer, overwrite=overwrite)

@@ -34,8 +34,20 @@ def default_exp_root() -> Path:
     return Path(os.environ.get("FT_EXP_ROOT") or REPO_ROOT / "data" / "fine_tune_experiment")
 
 
-def experiment_name(experiment: str, model: str, task: str) -> str:
-    return f"{experiment}_{model}_{task}"
+def check_name(value: str, flag: str) -> str:
+    """A name the toolkit turns into one folder name (an experiment, a teacher experiment, a logits data set, a
+    task): the one place such names are checked, so no flag can reach a path outside its root. Refused: empty
+    names, ``.`` and ``..``, path separators, NUL and other control characters."""
+    bad = (not value or value in (".", "..") or "/" in value or "\\" in value
+           or any(ord(c) < 32 or ord(c) == 127 for c in value))
+    if bad:
+        raise UserError(f"{flag} {value!r}: must be a plain name (no '/', '\\', '..' or control characters): it "
+                        f"names a folder inside its root")
+    return value
+
+
+def experiment_name(experiment: str, model: str, task: str, flag: str = "--experiment") -> str:
+    return f"{check_name(experiment, flag)}_{check_name(model, '--model')}_{check_name(task, '--task')}"
 
 
 @dataclass(frozen=True)
@@ -46,8 +58,9 @@ class ExperimentDir:
     name: str  # {experiment}_{model}_{task}
 
     @classmethod
-    def of(cls, exp_root: Path, experiment: str, model: str, task: str) -> "ExperimentDir":
-        return cls(Path(exp_root), experiment_name(experiment, model, task))
+    def of(cls, exp_root: Path, experiment: str, model: str, task: str, flag: str = "--experiment") -> "ExperimentDir":
+        """``flag``: the flag that named the experiment (``--teacher_exp`` for a teacher), for errors."""
+        return cls(Path(exp_root), experiment_name(experiment, model, task, flag))
 
     @property
     def path(self) -> Path:

@@ -18,6 +18,18 @@ from typing import Any, Callable, IO, Iterator
 TMP_PREFIX = ".tmp-"
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: str | Path, folder: bool = False) -> None:
+    """Give a temporary file (0600 from ``mkstemp``) or folder (0700 from ``mkdtemp``) the mode a plain
+    ``open``/``mkdir`` would have under the user's umask, so shared group folders stay shared."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary sibling of ``path``; on success it replaces ``path`` atomically."""
@@ -25,15 +37,50 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
     try:
+        honour_umask(tmp)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise_write_failure(path, e)
         raise
+
+
+def write_failure(path: Path, error: BaseException) -> str | None:
+    """Why a write failed when the machine, not the code, is at fault (a full disk, a quota, the file-size limit),
+    in words; None for any other error. torch.save reports such failures as a RuntimeError of its zip writer."""
+    import errno
+    import resource
+    import shutil
+
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if isinstance(error, OSError) and error.errno == errno.EFBIG and limit != resource.RLIM_INFINITY:
+        return f"the file-size limit (ulimit -f) of {limit} bytes"
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return error.strerror or str(error)
+    if isinstance(error, RuntimeError) and any(s in str(error) for s in ("inline_container", "PytorchStreamWriter",
+                                                                        "file write failed")):
+        if limit != resource.RLIM_INFINITY:
+            return f"the file-size limit (ulimit -f) of {limit} bytes"
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(Path(path).parent).free < 64 << 20:
+                return "no space left on device"
+        return f"the write failed ({(str(error).strip().splitlines() or [''])[0]})"
+    return None
+
+
+def raise_write_failure(path: Path, error: BaseException) -> None:
+    """A write that failed for :func:`write_failure`'s reasons becomes one line; other errors are left alone."""
+    reason = write_failure(path, error)
+    if reason is not None:
+        from .errors import UserError
+
+        raise UserError(f"could not write {path}: {reason}; nothing was replaced (its previous version and every "
+                        f"earlier file are intact)") from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -58,6 +105,7 @@ def atomic_save_with(path: Path, save: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent))
     try:
+        honour_umask(tmp, folder=True)
         save(tmp)
         if path.exists():
             import shutil
@@ -68,11 +116,47 @@ def atomic_save_with(path: Path, save: Callable[[Path], None]) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
+        raise_write_failure(path, e)
         raise
+
+
+def remove_inside(path: Path, root: Path) -> None:
+    """Delete the file or folder ``path`` (a symbolic link: the link itself), after checking that it lies inside
+    ``root`` (the experiment root, a data root): the one way the toolkit deletes a user's files."""
+    import shutil
+
+    path, root = Path(path), Path(root).resolve()
+    where = path.parent.resolve() / path.name  # the link itself, not its target
+    if root != where.parent and root not in where.parents:
+        from .errors import UserError
+
+        raise UserError(f"refusing to delete {path}: it is not inside {root}")
+    if where.is_dir() and not where.is_symlink():
+        shutil.rmtree(where)
+    elif where.exists() or where.is_symlink():
+        where.unlink()
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON file holding an object; anything else is a one-line :class:`UserError` naming the file."""
+    from .errors import UserError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path} not found") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: not a JSON object (a {type(obj).__name__}); not a file written by this toolkit")
+    return obj
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

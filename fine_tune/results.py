@@ -25,7 +25,7 @@ import numpy as np
 
 from .config import RUNTIME_FIELDS, load_config
 from .errors import UserError
-from .experiment import CKPT_RE, ExperimentDir, default_exp_root
+from .experiment import CKPT_RE, ExperimentDir, check_name, default_exp_root
 from .io_utils import atomic_write_text
 from .selection import Rule, read_eval, read_predictions, select_row
 from .tasks import get_task
@@ -168,7 +168,7 @@ def build_table(experiments: list[Experiment], task: str, rule: Rule, splits: li
     if splits is None:
         splits = [s for s in t.splits if s in t.labelled and any(s in e.tables for e in experiments)]
     if rule.select_on is not None:
-        t.check_split(rule.select_on)
+        t.check_split(rule.select_on, "--select_on")
     metric_cols = [m for m in t.metrics]
     hyper = varying_fields(experiments)
     columns = ["ex"]
@@ -273,12 +273,12 @@ def compare(exp_root: Path, task: str, name_a: str, name_b: str, split: str, rul
     correct = []
     idx_seen = None
     for name in (name_a, name_b):
-        exp = ExperimentDir(Path(exp_root), name)
+        exp = ExperimentDir(Path(exp_root), check_name(name, "--compare"))
         if not exp.config_path.is_file():
             raise UserError(f"--compare {name}: no experiment folder {exp.path}")
         tables = {s: t for s in get_task(task).labelled if (t := read_eval(exp, s)) is not None}
         step, _ = select_row(tables, split, rule)
-        idx, labels, preds = read_predictions(exp, split, step)
+        idx, labels, preds = read_predictions(exp, split, step, tables.get(split))
         if idx_seen is not None and not np.array_equal(idx, idx_seen):
             raise UserError(f"--compare: {name_a} and {name_b} were evaluated on different rows of {split}")
         idx_seen = idx
@@ -294,7 +294,7 @@ def run_results(args) -> str:
     splits = args.splits.split(",") if args.splits else None
     if splits:
         for s in splits:
-            get_task(args.task).check_split(s)
+            get_task(args.task).check_split(s, "--splits")
     experiments = scan(exp_root, args.task, args.experiments.split(",") if args.experiments else None)
     if not experiments:
         raise UserError(f"no evaluated {args.task} experiment in {exp_root} (run run_fine_tune_eval.py first)")
@@ -303,6 +303,7 @@ def run_results(args) -> str:
     if args.compare:
         a, b = args.compare
         split = args.compare_split or get_task(args.task).dev_split
+        get_task(args.task).check_split(split, "--compare_split")
         text += "\n" + compare(exp_root, args.task, a, b, split, rule, args.resamples, args.bootstrap_seed).describe(a, b) + "\n"
     out = Path(args.out) if args.out else exp_root / f"results-{args.task}.md"
     atomic_write_text(out, text)

@@ -26,6 +26,7 @@ import numpy as np
 
 from .errors import UserError
 from .experiment import ExperimentDir
+from .io_utils import sha256_file
 
 
 def eval_path(exp: ExperimentDir, split: str) -> Path:
@@ -135,11 +136,17 @@ def resolve_ckpt(exp: ExperimentDir, ckpt: int | str | None, select_on: str, *, 
     return row["ckpt"], f"model-{row['ckpt']}.pt (best {select_on} accuracy {row['accuracy']:.4f})"
 
 
-def read_predictions(exp: ExperimentDir, split: str, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(idx, labels, predictions) of checkpoint ``step`` on ``split``, in file order."""
+def read_predictions(exp: ExperimentDir, split: str, step: int,
+                     table: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(idx, labels, predictions) of checkpoint ``step`` on ``split``, in file order. With the split's evaluation
+    ``table``: the predictions file must be the one that evaluation wrote (its recorded sha256)."""
     path = predictions_path(exp, split)
     if not path.is_file():
         raise UserError(f"{path} not found; evaluate the experiment with run_fine_tune_eval.py first")
+    recorded = (table or {}).get("predictions_sha256")
+    if recorded and sha256_file(path) != recorded:
+        raise UserError(f"{path} is not the predictions file of {eval_path(exp, split).name} (a killed or concurrent "
+                        f"evaluation); evaluate {split} again with run_fine_tune_eval.py")
     with np.load(path) as z:
         key = f"pred_{step}"
         if key not in z:

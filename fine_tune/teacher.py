@@ -46,7 +46,7 @@ class Teacher:
 def open_teacher(exp_root: Path, teacher_exp: str, tmodel: str, task: str, tckpt: int) -> Teacher:
     """Check the teacher folder, its config and checkpoint (readable, of the teacher's shape); clear errors name
     what is missing and what exists."""
-    exp = ExperimentDir.of(exp_root, teacher_exp, tmodel, task)
+    exp = ExperimentDir.of(exp_root, teacher_exp, tmodel, task, "--teacher_exp")
     if not exp.config_path.is_file():
         root = Path(exp_root)
         count = sum((p / "config.json").is_file() for p in root.iterdir()) if root.is_dir() else 0
@@ -56,7 +56,7 @@ def open_teacher(exp_root: Path, teacher_exp: str, tmodel: str, task: str, tckpt
                 else f"; {root} holds {n}, none with a similar name" if count
                 else f"; {root} holds no experiment")
         raise UserError(f"--teacher_exp {teacher_exp} --tmodel {tmodel}: teacher folder {exp.path} not found{hint}")
-    record = cfg.load_config(exp.config_path)
+    record = cfg.load_config(exp.config_path, required=("max_seq_len", "task"))
     ckpt = exp.checkpoint_path(tckpt)
     if not ckpt.is_file():
         have = ", ".join(map(str, exp.checkpoints())) or "none"

@@ -71,6 +71,9 @@ CASES = [
     Case("boolq_unknown_label", "run_fine_tune.py", [*FT, "--data_root", "{base}/badlabel"]),
     Case("qqp_wrong_columns", "run_fine_tune.py", [*FT, "--task", "qqp", "--data_root", "{base}/badtsv"]),
     Case("qqp_wrong_header", "run_fine_tune.py", [*FT, "--task", "qqp", "--data_root", "{base}/badheader"]),
+    Case("data_file_not_utf8", "run_fine_tune.py", [*FT, "--data_root", "{base}/latin1"]),
+    Case("boolq_test_row_without_idx", "run_fine_tune.py", [*FT, "--dataset", "test", "--data_root", "{base}/noidx"]),
+    Case("duplicate_test_ids", "run_fine_tune.py", [*FT, "--dataset", "test", "--data_root", "{base}/twiceidx"]),
     # ---- names: task, model family, split, method modes ----------------------------------------------------
     Case("unknown_task", "run_fine_tune.py", [*FT, "--task", "mnli"]),
     Case("unknown_model_family", "run_fine_tune.py", [*FT, "--model", "gpt2"]),
@@ -101,7 +104,36 @@ CASES = [
     Case("missing_logits_dataset", "run_fine_tune_distill.py", [*KD, "--dataset", "nope_bert_qqp"]),
     Case("missing_logits_split", "run_fine_tune_distill.py", [*KD, "--dataset", "teacher_bert_qqp:dev"]),
     Case("changed_logits_file", "run_fine_tune_distill.py", [*KD, "--data_root", "{base}/changedlogits"]),
+    Case("logits_row_not_finite", "run_fine_tune_distill.py", [*KD, "--data_root", "{base}/nanlogits"]),
+    Case("logits_row_of_other_width", "run_fine_tune_distill.py", [*KD, "--data_root", "{base}/widelogits"]),
+    Case("logits_meta_not_json", "run_fine_tune_distill.py", [*KD, "--data_root", "{base}/badmeta"]),
+    Case("config_not_an_object", "run_fine_tune_eval.py", [*EV, "--experiment", "listconfig"]),
+    Case("config_without_max_seq_len", "run_fine_tune_eval.py", [*EV, "--experiment", "noseqlen"]),
+    Case("select_on_not_a_split", "generate_test_prediction.py",
+         ["--experiment", "teacher", *EXP, "--dataset", "test", "--ckpt", "best", "--select_on", "validation"]),
     # ---- numbers ------------------------------------------------------------------------------------------
+    # names that become folders
+    Case("experiment_name_with_dotdot", "run_fine_tune.py", [*FT, "--experiment", "../t"]),
+    Case("experiment_name_absolute", "run_fine_tune_distill.py", [*KD, "--experiment", "/tmp/t"]),
+    Case("teacher_name_with_separator", "run_lad_distil.py", [*LW, "--teacher_exp", "../exp/teacher"]),
+    Case("logits_name_with_dotdot", "run_fine_tune_distill.py", [*KD, "--dataset", "../logits/teacher_bert_qqp"]),
+    Case("eval_name_with_separator", "run_fine_tune_eval.py", [*EV, "--experiment", "../exp/teacher"]),
+    # numbers
+    Case("max_seq_len_without_room", "run_fine_tune.py", [*FT, "--max_seq_len", "2"]),
+    Case("negative_weight_decay", "run_fine_tune.py", [*FT, "--weight_decay", "-0.1"]),
+    Case("beta_out_of_range", "run_fine_tune.py", [*FT, "--beta2", "1.0"]),
+    Case("zero_gate_eps", "run_lad_distil.py", [*LW, "--gate_eps", "0"]),
+    Case("both_loss_weights_zero", "run_fine_tune_distill.py", [*KD, "--hard_weight", "0", "--soft_weight", "0"]),
+    Case("all_layerwise_weights_zero", "run_pkd_distill.py",
+         [*LW, "--hard_weight", "0", "--soft_weight", "0", "--mu", "0"]),
+    Case("negative_loss_weight", "run_alp_distil.py", [*LW, "--soft_weight", "-1"]),
+    Case("zero_temperature", "run_fine_tune_distill.py", [*KD, "--softmax_temp", "0"]),
+    Case("zero_gate_max_norm", "run_lad_distil.py", [*LW, "--gate_max_norm", "0"]),
+    Case("zero_gate_total_step", "run_lad_distil.py", [*LW, "--gate_total_step", "0"]),
+    Case("gate_warmup_beyond_gate_total", "run_lad_distil.py", [*LW, "--gate_total_step", "3", "--gate_warmup_step", "5"]),
+    Case("gate_warmup_beyond_total_step", "run_probing_lad.py", [*PROBE, "--gate_warmup_step", "5"]),
+    Case("seed_out_of_range", "run_fine_tune.py", [*FT, "--seed", "-1"]),
+    Case("zero_resamples", "results_table.py", ["--task", "qqp", "--resamples", "0"]),
     Case("batch_not_divisible_by_accum", "run_fine_tune.py", [*FT, "--batch_size", "10", "--accum_step", "4"]),
     Case("d_model_not_divisible_by_heads", "run_fine_tune_distill.py",
          [*KD, "--d_model", "30", "--num_attention_heads", "4"]),
@@ -184,6 +216,10 @@ def make_world(base: Path, tiny_bert12: Path) -> dict:
     ckpt = exp / "corrupt_bert_qqp" / "model-4.pt"
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     shutil.copyfile(exp / "student_bert_qqp" / "model-2.pt", exp / "shape_bert_qqp" / "model-4.pt")
+    # a config.json that is JSON but no object, one without max_seq_len
+    for name, config in (("listconfig", "[1, 2]\n"), ("noseqlen", json.dumps({"task": "qqp"}) + "\n")):
+        shutil.copytree(teacher, exp / f"{name}_bert_qqp")
+        (exp / f"{name}_bert_qqp" / "config.json").write_text(config)
 
     # data roots: one without data files, one with an empty file, four with malformed files
     (base / "nodata").mkdir()
@@ -197,9 +233,21 @@ def make_world(base: Path, tiny_bert12: Path) -> dict:
         "badtsv/QQP/train.tsv": "".join(qqp_lines[:2]) + "7\t1\t2\tonly one question\n",
         "badheader/QQP/train.tsv": "id\tquestion1\tquestion2\n" + "".join(qqp_lines[1:3]),
     }
+    test_lines = (data / "BoolQ" / "test.jsonl").read_text().splitlines(keepends=True)
+    no_idx = json.loads(test_lines[1])
+    del no_idx["idx"]
+    twice = json.loads(test_lines[2])
+    twice["idx"] = json.loads(test_lines[0])["idx"]
+    broken.update({
+        "noidx/BoolQ/test.jsonl": test_lines[0] + json.dumps(no_idx) + "\n",
+        "twiceidx/BoolQ/test.jsonl": test_lines[0] + test_lines[1] + json.dumps(twice) + "\n",
+    })
     for rel, text in broken.items():
         (base / rel).parent.mkdir(parents=True, exist_ok=True)
         (base / rel).write_text(text)
+    latin = base / "latin1/BoolQ/train.jsonl"  # a data file saved in Latin-1: line 2 holds an é as byte 0xe9
+    latin.parent.mkdir(parents=True)
+    latin.write_bytes(boolq_lines[0].encode() + boolq_lines[1].replace("is", "caf\u00e9 is", 1).encode("latin-1"))
     assert '"maybe"' in (base / "badlabel/BoolQ/train.jsonl").read_text()
 
     # a data root whose logits data set was edited after it was written (one row's logits changed, same rows)
@@ -209,6 +257,19 @@ def make_world(base: Path, tiny_bert12: Path) -> dict:
     first = json.loads(lines[0])
     first["logits"] = [-x for x in first["logits"]]
     rows.write_text(json.dumps(first) + "\n" + "".join(lines[1:]))
+    # logits sets that hold a NaN row, a row of another width (meta.json's hash updated: written so), and a
+    # meta.json that is not JSON
+    for name, change in (("nanlogits", lambda r: [float("nan")] * len(r)), ("widelogits", lambda r: r + [0.5])):
+        shutil.copytree(data, base / name)
+        folder = base / name / "logits" / "teacher_bert_qqp" / "train"
+        second = json.loads(lines[1])
+        second["logits"] = change(second["logits"])
+        (folder / "logits.jsonl").write_text(lines[0] + json.dumps(second) + "\n" + "".join(lines[2:]))
+        meta = json.loads((folder / "meta.json").read_text())
+        meta["logits_sha256"] = hashlib.sha256((folder / "logits.jsonl").read_bytes()).hexdigest()
+        (folder / "meta.json").write_text(json.dumps(meta))
+    shutil.copytree(data, base / "badmeta")
+    (base / "badmeta" / "logits" / "teacher_bert_qqp" / "train" / "meta.json").write_text('{"task": "qqp",\n')
 
     # pretrained folders lacking weights / tokenizer
     for name, keep in (("noweights", ("config.json", "tokenizer.json", "tokenizer_config.json")),

@@ -43,6 +43,7 @@ import torch
 
 from conftest import REPO, run_in_process
 from fine_tune import synthetic
+from fine_tune.models.classifier import weight_file_hashes
 
 SEQ = "24"
 CPU = ["--device_id", "-1"]
@@ -280,7 +281,8 @@ def test_read_only_data_root_trains_evaluates_predicts_like_a_writable_one(tmp_p
     config = json.loads((ro_teacher / "config.json").read_text())
     train_file = ro_data / "QQP" / "train.tsv"
     data_files = {Path(k): v for k, v in config["provenance"]["data_files"].items()}
-    assert data_files == {train_file: ro_before["QQP/train.tsv"]}  # the read-only file, hashed
+    assert data_files[train_file] == ro_before["QQP/train.tsv"]  # the read-only file, hashed
+    assert set(data_files) - {train_file} == {Path(k) for k in weight_file_hashes(config["ptrain_ver"])}
 
     # evaluation on dev: the same table, printed and written, as on the writable root
     assert table_lines(done["eval"].stdout) == table_lines(rw_eval.stdout)

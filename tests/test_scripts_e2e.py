@@ -166,8 +166,10 @@ def check_fine_tune(data_root: Path, exp_root: Path, tiny_bert: Path) -> None:
     assert prov["packages"]["torch"] == torch.__version__
     assert prov["packages"]["transformers"] == transformers.__version__
     assert prov["device"].startswith("cuda" if HAS_CUDA else "cpu")
-    train_file = data_root / "BoolQ" / "train.jsonl"
-    assert {Path(k): v for k, v in prov["data_files"].items()} == {train_file: sha256(train_file)}
+    train_file, weights = data_root / "BoolQ" / "train.jsonl", tiny_bert / "model.safetensors"
+    # every input, hashed: the training file and the pretrained weights (a resume checks them)
+    assert {Path(k): v for k, v in prov["data_files"].items()} == {train_file: sha256(train_file),
+                                                                    weights: sha256(weights)}
 
     # model/ is a usable Hugging Face folder (config + tokenizer)
     from transformers import AutoConfig, AutoTokenizer
@@ -395,8 +397,9 @@ def test_qqp_pipeline_and_amp_on_cpu(run, data_root, exp_root, tiny_bert):
     exp = exp_root / "qqpt_bert_qqp"
     config = json.loads((exp / "config.json").read_text())
     assert config["amp"] is True and config["task"] == "qqp"
-    train_file = data_root / "QQP" / "train.tsv"
-    assert {Path(k): v for k, v in config["provenance"]["data_files"].items()} == {train_file: sha256(train_file)}
+    train_file, weights = data_root / "QQP" / "train.tsv", tiny_bert / "model.safetensors"
+    assert {Path(k): v for k, v in config["provenance"]["data_files"].items()} == {train_file: sha256(train_file),
+                                                                                   weights: sha256(weights)}
     assert checkpoints(exp) == ["model-4.pt", "model-8.pt"]
 
     # eval on dev: accuracy and F1 (positive class = duplicate), both recomputed here

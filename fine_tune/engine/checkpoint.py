@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..io_utils import atomic_torch_save
+from ..io_utils import atomic_torch_save, remove_inside
 
 RESUME_RE = re.compile(r"^resume-(\d+)\.pt$")
 
@@ -27,13 +27,27 @@ def save_model_checkpoint(module: torch.nn.Module, path: Path) -> None:
     atomic_torch_save(cpu_state_dict(module), path)
 
 
+def _unreadable_reason(path: Path, error: Exception) -> str:
+    """Why torch could not read a checkpoint, in words (torch's own message is its first sentence, with its
+    paragraph of advice cut; an OS error number or an empty message says nothing and is described instead)."""
+    try:
+        size = Path(path).stat().st_size
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    if size == 0:
+        return "an empty file, 0 bytes"
+    text = (str(error).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
+    if isinstance(error, (OSError, EOFError)) or not text or text.startswith("mmap can only be used"):
+        return f"truncated or damaged: its {size} bytes do not hold a whole PyTorch checkpoint"
+    return text
+
+
 def read_checkpoint(ckpt_path: Path, mmap: bool = False) -> dict:
     """A plain state_dict saved by the engine; an unreadable (truncated, foreign) file is a clear error."""
     try:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as e:  # the reason's first sentence: torch appends a paragraph of advice
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0].rstrip(".")
-        raise UserError(f"{ckpt_path}: not a readable checkpoint ({reason})") from None
+    except Exception as e:
+        raise UserError(f"{ckpt_path}: not a readable checkpoint ({_unreadable_reason(ckpt_path, e)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{ckpt_path}: not a readable checkpoint (not a state_dict of tensors)")
     return state
@@ -97,7 +111,7 @@ def save_resume_state(folder: Path, step: int, state: dict) -> None:
     atomic_torch_save(state, resume_path(folder, step))
     for old in resume_steps(folder):
         if old != step:
-            resume_path(folder, old).unlink(missing_ok=True)
+            remove_inside(resume_path(folder, old), folder)
 
 
 def load_resume_state(folder: Path, step: int) -> dict:

@@ -26,7 +26,7 @@ from ..batching import Collator, make_stream
 from ..experiment import ExperimentDir
 from ..methods.base import Method, ModelOutputs
 from ..errors import UserError
-from ..io_utils import atomic_torch_save
+from ..io_utils import atomic_torch_save, remove_inside
 from .allocator import tune_malloc_for_training
 from . import distributed
 from .checkpoint import load_checkpoint_into, load_resume_state, rng_state, save_model_checkpoint, save_resume_state, set_rng_state
@@ -335,9 +335,9 @@ class Trainer:
         if not k:
             return
         for old in self.exp.checkpoints()[:-k]:
-            self.exp.checkpoint_path(old).unlink(missing_ok=True)
+            remove_inside(self.exp.checkpoint_path(old), self.exp.path)
             for stem in self.method.checkpoint_state():
-                (self.exp.path / f"{stem}-{old}.pt").unlink(missing_ok=True)
+                remove_inside(self.exp.path / f"{stem}-{old}.pt", self.exp.path)
 
     def resume_state(self, method_state: dict) -> dict:
         return {"step": self.step, "stream_position": self.stream.position,

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
 from ..models.init import teacher_layer_map
 from .base import Method, ModelOutputs, TeacherShape
 from .logits_kd import logits_kd_loss
@@ -76,6 +77,8 @@ class LayerwiseKD(Method):
     def from_flags(cls, flags, teacher: TeacherShape | None = None) -> "LayerwiseKD":
         """The common arguments from the layer-wise scripts' flags, plus :meth:`own_arguments`."""
         d = flags.distil
+        if not (d.hard_weight or d.soft_weight or flags.layerwise.mu):
+            raise UserError("--hard_weight, --soft_weight and --mu are all 0: the student would learn nothing")
         return cls(flags.student.num_hidden_layers, teacher.num_layers, d.hard_weight, d.soft_weight, d.softmax_temp,
                    flags.layerwise.mu, padding=flags.batching.padding, **cls.own_arguments(flags, teacher))
 

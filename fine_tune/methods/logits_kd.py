@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
 from .base import Method, ModelOutputs
 
 
@@ -64,6 +65,8 @@ class OfflineLogitsKD(Method):
     @classmethod
     def from_flags(cls, flags, teacher=None) -> "OfflineLogitsKD":
         d = flags.distil
+        if not (d.hard_weight or d.soft_weight):
+            raise UserError("--hard_weight and --soft_weight are both 0: the student would learn nothing")
         return cls(d.hard_weight, d.soft_weight, d.softmax_temp)
 
     def losses(self, batch, student: ModelOutputs, teacher=None):

@@ -41,6 +41,16 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model", "vocab.json")
 
 
+def weight_file_hashes(source: str | Path | None) -> dict[str, str]:
+    """sha256 of the weight files of a local pretrained folder (none for a hub name): recorded as inputs of a run."""
+    from ..io_utils import sha256_file
+
+    folder = Path(source).expanduser() if source else None
+    if folder is None or not folder.is_dir():
+        return {}
+    return {str(folder / name): sha256_file(folder / name) for name in WEIGHT_FILES if (folder / name).is_file()}
+
+
 def load_tokenizer(source: str | Path, flag: str | None = None):
     """The tokenizer of a local folder or hub name; ``flag`` (e.g. ``--ptrain_ver``) is named in errors."""
     where = f"{flag} {str(source)!r}" if flag else f"could not load a tokenizer from {str(source)!r}"

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-from .example import Example
+from .example import Example, check_unique_ids, text_lines
 
 _LABELS = {True: 1, False: 0, "true": 1, "false": 0, "True": 1, "False": 0}
 
@@ -20,31 +20,34 @@ _LABELS = {True: 1, False: 0, "true": 1, "false": 0, "True": 1, "False": 0}
 def parse_boolq(path: Path, labelled: bool) -> list[Example]:
     """Parse a BoolQ jsonl file; any malformed line is a :class:`UserError` naming file and line."""
     examples: list[Example] = []
-    with open(path, encoding="utf-8-sig") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{where}: expected a JSON object")
-            for key in ("question", "passage"):
-                if not isinstance(row.get(key), str):
-                    raise UserError(f"{where}: missing or non-string field '{key}'")
-            idx = row.get("idx", len(examples))
-            if not isinstance(idx, int) or isinstance(idx, bool):
-                raise UserError(f"{where}: field 'idx' must be an integer, got {idx!r}")
-            label = None
-            if "label" in row:
-                raw = row["label"]
-                if isinstance(raw, (bool, str)) and raw in _LABELS:
-                    label = _LABELS[raw]
-                else:
-                    raise UserError(f"{where}: unknown label {raw!r} (expected true/false)")
-            elif labelled:
-                raise UserError(f"{where}: missing 'label' in a labelled split")
-            examples.append(Example(idx=idx, text=row["passage"], text_pair=row["question"], label=label))
+    for line_no, line in text_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}, line {line_no}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: expected a JSON object")
+        for key in ("question", "passage"):
+            if not isinstance(row.get(key), str):
+                raise UserError(f"{where}: missing or non-string field '{key}'")
+        if "idx" not in row and not labelled:
+            raise UserError(f"{where}: missing field 'idx' (a test row's id names it in the submission)")
+        idx = row.get("idx", len(examples))
+        if not isinstance(idx, int) or isinstance(idx, bool):
+            raise UserError(f"{where}: field 'idx' must be an integer, got {idx!r}")
+        label = None
+        if "label" in row:
+            raw = row["label"]
+            if isinstance(raw, (bool, str)) and raw in _LABELS:
+                label = _LABELS[raw]
+            else:
+                raise UserError(f"{where}: unknown label {raw!r} (expected true/false)")
+        elif labelled:
+            raise UserError(f"{where}: missing 'label' in a labelled split")
+        examples.append(Example(idx=idx, text=row["passage"], text_pair=row["question"], label=label))
+    if not labelled:
+        check_unique_ids(examples, path)
     return examples

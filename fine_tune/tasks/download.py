@@ -43,6 +43,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Mapping
 
 from ..errors import UserError
+from ..io_utils import honour_umask
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 TMP_PREFIX = ".tmp-"
@@ -165,6 +166,7 @@ def unpack(zip_path: Path, data_root: Path, source: DatasetSource) -> None:
                 target = target_dir / name
                 fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + name + ".", dir=target_dir)
                 done.append((tmp, target))
+                honour_umask(tmp)
                 with os.fdopen(fd, "wb") as out, zf.open(info) as src:
                     shutil.copyfileobj(src, out, CHUNK)
                     out.flush()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
 
 
 @dataclass(frozen=True)
@@ -17,3 +20,26 @@ class Example:
     text: str
     text_pair: str | None
     label: int | None
+
+
+def text_lines(path: Path):
+    """(line number, text) of a UTF-8 text file (a byte-order mark allowed), lines without their ending; bytes that
+    are not UTF-8 are a :class:`UserError` naming the file and the line."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                yield line_no, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}, line {line_no}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                f"{e.start + 1}); save the file as UTF-8") from None
+
+
+def check_unique_ids(examples: list, path: Path) -> None:
+    """Ids name the rows of a submission file: two rows with one id are an error."""
+    seen: set[int] = set()
+    for ex in examples:
+        if ex.idx in seen:
+            raise UserError(f"{path}: id {ex.idx} appears twice; a submission needs one row per id")
+        seen.add(ex.idx)

@@ -22,8 +22,9 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UserError
-from ..io_utils import atomic_save_with, atomic_write, atomic_write_json, check_writable, sha256_file
-from .example import Example
+from ..io_utils import (atomic_save_with, atomic_write, atomic_write_json, check_writable, read_json_object,
+                        sha256_file)
+from .example import Example, text_lines
 
 LOGITS_DIR = "logits"
 
@@ -34,7 +35,10 @@ def split_name(name: str, default_split: str = "train") -> tuple[str, str]:
 
 
 def logits_dir(data_root: Path, name: str, split: str) -> Path:
-    return Path(data_root) / LOGITS_DIR / name / split
+    """``<data_root>/logits/<name>/<split>``; both parts are checked to be plain names (``--dataset``)."""
+    from ..experiment import check_name
+
+    return Path(data_root) / LOGITS_DIR / check_name(name, "--dataset") / check_name(split, "--dataset")
 
 
 @dataclass
@@ -53,7 +57,22 @@ class LogitsDataset:
         return self.path / "logits.jsonl"
 
 
-IDENTITY = ("teacher_experiment", "checkpoint", "split", "source_sha256")
+IDENTITY = ("teacher_experiment", "checkpoint", "split", "source_sha256", "checkpoint_sha256")
+
+
+def check_teacher_unchanged(meta: dict, exp_root: Path, dataset: str) -> None:
+    """A logits set records the sha256 of the teacher checkpoint that computed it; when that checkpoint is still
+    there and now holds other weights (the teacher re-trained with --overwrite), the logits are not its logits."""
+    digest, teacher, step = meta.get("checkpoint_sha256"), meta.get("teacher_experiment"), meta.get("checkpoint")
+    if not (digest and teacher and step is not None):
+        return
+    from ..experiment import check_name
+
+    ckpt = Path(exp_root) / check_name(str(teacher), "meta.json teacher_experiment") / f"model-{step}.pt"
+    if ckpt.is_file() and sha256_file(ckpt) != digest:
+        raise UserError(f"--dataset {dataset!r}: its logits were computed by {ckpt} (sha256 {digest[:12]}…), which "
+                        f"now holds other weights (the teacher was trained again?); write the logits again with "
+                        f"run_fine_tune_gen_logits.py --overwrite")
 
 
 def check_logits_target(out_dir: Path, meta: dict, overwrite: bool) -> None:
@@ -65,7 +84,7 @@ def check_logits_target(out_dir: Path, meta: dict, overwrite: bool) -> None:
     check_writable(out_dir, "--data_root", root=data_root)
     meta_path = out_dir / "meta.json"
     if meta_path.is_file() and not overwrite:
-        old = json.loads(meta_path.read_text(encoding="utf-8"))
+        old = read_json_object(meta_path)
         if not all(old.get(k) == meta.get(k) for k in IDENTITY):
             raise UserError(f"{out_dir} already holds logits of {old.get('teacher_experiment')} checkpoint "
                             f"{old.get('checkpoint')} on {old.get('split')}; pass --overwrite to replace them")
@@ -97,21 +116,30 @@ def read_logits(data_root: Path, dataset: str, task: str) -> LogitsDataset:
         listing = ", ".join(have) if have else "none"
         raise UserError(f"--dataset {dataset!r}: logits data set {path} not found (make it with "
                         f"run_fine_tune_gen_logits.py); logits data sets there: {listing}")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = read_json_object(meta_path)
     if meta.get("task") != task:
         raise UserError(f"--dataset {dataset!r} holds {meta.get('task')} logits but --task is {task}")
     examples, rows = [], []
     data_file = path / "logits.jsonl"
-    with open(data_file, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-                examples.append(Example(int(r["idx"]), r["text"], r["text_pair"], r["label"]))
-                rows.append(r["logits"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise UserError(f"{data_file}, line {line_no}: malformed logits row ({e})") from None
+    if not data_file.is_file():
+        raise UserError(f"{data_file} not found (meta.json without its rows); write the logits data set again with "
+                        f"run_fine_tune_gen_logits.py --overwrite")
+    for line_no, line in text_lines(data_file):
+        if not line.strip():
+            continue
+        where = f"{data_file}, line {line_no}"
+        try:
+            r = json.loads(line)
+            examples.append(Example(int(r["idx"]), r["text"], r["text_pair"], r["label"]))
+            row = [float(x) for x in r["logits"]]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{where}: malformed logits row ({type(e).__name__}: {e})") from None
+        if rows and len(row) != len(rows[0]):
+            raise UserError(f"{where}: {len(row)} logits, the rows before have {len(rows[0])}")
+        if not all(np.isfinite(row)):
+            raise UserError(f"{where}: logits {row} are not finite (the teacher's forward overflowed?); write the "
+                            f"logits data set again (without --amp) with run_fine_tune_gen_logits.py --overwrite")
+        rows.append(row)
     logits = np.asarray(rows, dtype=np.float32)
     if logits.ndim != 2 or len(examples) != meta.get("num_rows"):
         raise UserError(f"{data_file}: {len(examples)} rows, meta.json says {meta.get('num_rows')} (incomplete file?)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .example import Example
+from .example import Example, check_unique_ids, text_lines
 
 LABELLED_HEADER = ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"]
 TEST_HEADER = ["id", "question1", "question2"]
@@ -19,26 +19,27 @@ TEST_HEADER = ["id", "question1", "question2"]
 def parse_qqp(path: Path, labelled: bool) -> list[Example]:
     expected = LABELLED_HEADER if labelled else TEST_HEADER
     examples: list[Example] = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        header = f.readline().rstrip("\r\n").split("\t")
-        if header != expected:
-            raise UserError(f"{path}, line 1: header {header} does not match the expected {expected}")
-        for line_no, line in enumerate(f, start=2):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            cols = line.split("\t")
-            where = f"{path}, line {line_no}"
-            if len(cols) != len(expected):
-                raise UserError(f"{where}: {len(cols)} tab-separated columns, expected {len(expected)}")
-            try:
-                idx = int(cols[0])
-            except ValueError:
-                raise UserError(f"{where}: id {cols[0]!r} is not an integer") from None
-            if labelled:
-                if cols[5] not in ("0", "1"):
-                    raise UserError(f"{where}: unknown label {cols[5]!r} in column is_duplicate (expected 0 or 1)")
-                examples.append(Example(idx=idx, text=cols[3], text_pair=cols[4], label=int(cols[5])))
-            else:
-                examples.append(Example(idx=idx, text=cols[1], text_pair=cols[2], label=None))
+    lines = text_lines(path)
+    header = next(lines, (1, ""))[1].split("\t")
+    if header != expected:
+        raise UserError(f"{path}, line 1: header {header} does not match the expected {expected}")
+    for line_no, line in lines:
+        if not line:
+            continue
+        cols = line.split("\t")
+        where = f"{path}, line {line_no}"
+        if len(cols) != len(expected):
+            raise UserError(f"{where}: {len(cols)} tab-separated columns, expected {len(expected)}")
+        try:
+            idx = int(cols[0])
+        except ValueError:
+            raise UserError(f"{where}: id {cols[0]!r} is not an integer") from None
+        if labelled:
+            if cols[5] not in ("0", "1"):
+                raise UserError(f"{where}: unknown label {cols[5]!r} in column is_duplicate (expected 0 or 1)")
+            examples.append(Example(idx=idx, text=cols[3], text_pair=cols[4], label=int(cols[5])))
+        else:
+            examples.append(Example(idx=idx, text=cols[1], text_pair=cols[2], label=None))
+    if not labelled:
+        check_unique_ids(examples, path)
     return examples

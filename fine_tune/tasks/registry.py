@@ -31,10 +31,11 @@ class Task:
     def splits(self) -> tuple[str, ...]:
         return tuple(self.files)
 
-    def check_split(self, split: str) -> None:
+    def check_split(self, split: str, flag: str = "--dataset") -> None:
+        """``flag``: the flag that named the split, for the error (``--select_on``, ``--splits``...)."""
         if split not in self.files:
             raise UserError(
-                f"--dataset {split!r} is not a {self.name} split; valid splits: {', '.join(self.splits)}"
+                f"{flag} {split!r} is not a {self.name} split; valid splits: {', '.join(self.splits)}"
             )
 
     def path(self, data_root: Path, split: str) -> Path:

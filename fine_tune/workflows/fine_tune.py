@@ -6,13 +6,16 @@ from .. import config as cfg
 from ..engine import distributed
 from ..engine.seeding import seed_everything
 from ..io_utils import sha256_file
+from ..locking import releases_locks
 from ..methods import get_method
-from ..models.classifier import build_pretrained_classifier, load_pretrained_config, load_tokenizer, save_model_dir
+from ..models.classifier import (build_pretrained_classifier, load_pretrained_config, load_tokenizer, save_model_dir,
+                                weight_file_hashes)
 from ..tasks import get_task
 from .start import prepare, start_experiment
 from .training import run_training
 
 
+@releases_locks
 def run_fine_tune(flags) -> dict | None:
     p = prepare(flags)
     e, ptrain_ver = flags.experiment, flags.pretrained.ptrain_ver
@@ -22,9 +25,11 @@ def run_fine_tune(flags) -> dict | None:
     pre_config = load_pretrained_config(ptrain_ver, e.model)
     cfg.check_max_seq_len(flags.batching.max_seq_len, pre_config.max_position_embeddings, f"--ptrain_ver {ptrain_ver!r}")
     tokenizer = load_tokenizer(ptrain_ver, "--ptrain_ver")
+    cfg.check_room_for_text(flags.batching.max_seq_len, tokenizer)
     method = get_method("fine_tune").from_flags(flags)
     source_hash = sha256_file(data_file)
-    start = start_experiment(p, flags, flags.record(), {str(data_file): source_hash})
+    inputs = {str(data_file): source_hash, **weight_file_hashes(ptrain_ver)}
+    start = start_experiment(p, flags, flags.record(), inputs)
     if not start.run:
         return None
     seed_everything(flags.run.seed)

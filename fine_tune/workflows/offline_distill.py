@@ -6,21 +6,24 @@ from __future__ import annotations
 from .. import config as cfg
 from ..engine.seeding import seed_everything
 from ..errors import UserError
+from ..locking import releases_locks
 from ..methods import get_method
-from ..models.classifier import load_pretrained_config, load_tokenizer
+from ..models.classifier import load_pretrained_config, load_tokenizer, weight_file_hashes
 from ..models.init import teacher_layer_map
 from ..tasks import get_task
-from ..tasks.logits import read_logits
+from ..tasks.logits import check_teacher_unchanged, read_logits
 from .start import prepare, start_experiment
 from .student import build_student, check_initialisation
 from .training import run_training
 
 
+@releases_locks
 def run_offline_distill(flags) -> dict | None:
     e, st = flags.experiment, flags.student
     p = prepare(flags)
     logits = read_logits(p.data_root, e.dataset, e.task)
     meta = logits.meta
+    check_teacher_unchanged(meta, p.exp.root, e.dataset)
     classes = logits.logits.shape[1]
     if flags.classifier.num_class is None:  # resolved from the logits data set, recorded in config.json
         if classes != get_task(e.task).num_class:
@@ -41,6 +44,7 @@ def run_offline_distill(flags) -> dict | None:
                   teacher_checkpoint=meta.get("checkpoint"), logits_split=meta.get("split"))
     source_hash = meta["logits_sha256"]
     tokenizer = load_tokenizer(logits.tokenizer_dir)
+    cfg.check_room_for_text(max_seq_len, tokenizer)
     source = meta.get("ptrain_ver")
     if st.init_embeddings and st.init_start is None:
         raise UserError("--init_embeddings belongs to the layer initialisation: give --init_start/--init_end too")
@@ -53,7 +57,8 @@ def run_offline_distill(flags) -> dict | None:
         pairs = list(enumerate(layers, 1))
         check_initialisation(pairs, source, e.model, st, "")
     method = get_method("offline_logits_kd").from_flags(flags)
-    start = start_experiment(p, flags, record, {str(logits.data_file): source_hash})
+    inputs = {str(logits.data_file): source_hash, **(weight_file_hashes(source) if pairs else {})}
+    start = start_experiment(p, flags, record, inputs)
     if not start.run:
         return None
     seed_everything(flags.run.seed)

@@ -16,8 +16,10 @@ from ..engine.device import resolve_device
 from ..engine.seeding import seed_everything
 from ..errors import UserError
 from ..io_utils import sha256_file
+from ..locking import releases_locks
 from ..methods import get_method
 from ..methods.lad import parse_indices
+from ..models.classifier import weight_file_hashes
 from ..tasks import get_task
 from ..teacher import Teacher, open_teacher
 from ..experiment import roots
@@ -62,6 +64,7 @@ def placed(device_id: int | None, flag_name: str, student_device: torch.device, 
     return resolve_device(device_id, None, flag_name)
 
 
+@releases_locks
 def run_online_distill(flags, method_name: str) -> dict | None:
     """Distil a student from a fine-tuned teacher with the registered method ``method_name``."""
     method_cls = get_method(method_name)
@@ -76,6 +79,7 @@ def run_online_distill(flags, method_name: str) -> dict | None:
         raise UserError(f"--task {e.task}: the teacher was fine-tuned on {teacher.record.get('task')}")
     cfg.check_max_seq_len(flags.batching.max_seq_len, teacher.hf_config.max_position_embeddings,
                           f"the teacher {teacher.exp.name}")
+    cfg.check_room_for_text(flags.batching.max_seq_len, teacher.tokenizer)
     check_shapes(flags, teacher)
     if flags.has("probing") and flags.probing.student_indices is not None:
         given = parse_indices(flags.probing.student_indices, "--student_indices")
@@ -97,7 +101,9 @@ def run_online_distill(flags, method_name: str) -> dict | None:
     record = dict(flags.record(), method=method.name, ptrain_ver=ptrain_ver, teacher_experiment=teacher.exp.name,
                   teacher_checkpoint=f"{teacher.exp.name}/{teacher.checkpoint.name}", teacher_layers=teacher.num_layers,
                   hidden_mapping=method.describe_mapping(), **method.record())
-    start = start_experiment(p, flags, record, {str(data_file): source_hash})
+    inputs = {str(data_file): source_hash, str(teacher.checkpoint): sha256_file(teacher.checkpoint),
+              **(weight_file_hashes(ptrain_ver) if pairs else {})}
+    start = start_experiment(p, flags, record, inputs)
     if not start.run:
         return None
     method.continue_legacy(start.legacy)

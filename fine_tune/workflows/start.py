@@ -3,7 +3,6 @@ finished one, and ``--overwrite``."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,8 @@ from ..engine import distributed
 from ..engine.device import Precision, resolve_device, resolve_precision
 from ..errors import UserError
 from ..experiment import ExperimentDir, roots
-from ..io_utils import check_writable
+from ..io_utils import TMP_PREFIX, check_writable, remove_inside
+from ..locking import HOLDER_FILE, lock_folder
 from ..provenance import collect
 from ..tasks import get_task
 
@@ -66,13 +66,43 @@ def clear_outputs(exp: ExperimentDir) -> None:
         if folder.resolve().parent not in (root, root / "log"):
             raise UserError(f"--overwrite: {folder} is not inside the experiment root {exp.root}; nothing deleted")
     for entry in exp.path.iterdir():
-        if entry.name == "config.json":
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-    shutil.rmtree(exp.log_dir, ignore_errors=True)
+        if entry.name not in ("config.json", HOLDER_FILE):
+            remove_inside(entry, exp.path)
+    if exp.log_dir.exists():
+        remove_inside(exp.log_dir, exp.root)
+
+
+def changed_input(old: dict, data_files: dict[str, str], config_path: Path) -> str | None:
+    """Before a resume: every input the run recorded when it started (data files, logits set, teacher checkpoint,
+    pretrained weights; config.json's provenance) still has its sha256; else what changed, in words. A file is
+    matched by its path, or, when the roots moved, by its name if that is unique; a file the run did not record is
+    not checked."""
+    recorded = (old.get("provenance") or {}).get("data_files") or {}
+    by_name: dict[str, list[str]] = {}
+    for path, digest in recorded.items():
+        by_name.setdefault(Path(path).name, []).append(digest)
+    for path, digest in data_files.items():
+        before = recorded.get(path)
+        if before is None and len(by_name.get(Path(path).name, [])) == 1:
+            before = by_name[Path(path).name][0]
+        if before is not None and before != digest:
+            return (f"{path} changed since this run started (sha256 {digest[:12]}… now, {before[:12]}… recorded in "
+                    f"{config_path}): resuming would train on other inputs")
+    return None
+
+
+def whole_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint that reads back whole; a damaged one is named on stderr."""
+    from ..engine.checkpoint import read_checkpoint
+
+    if not path.is_file():
+        return False
+    try:
+        read_checkpoint(path, mmap=True)
+    except UserError as e:
+        print(f"note: {e}: it does not count as a checkpoint of this run", file=sys.stderr)
+        return False
+    return True
 
 
 def start_experiment(p: Prepared, flags, record: dict, data_files: dict[str, str]) -> Start:
@@ -90,19 +120,34 @@ def _start_experiment(p: Prepared, flags, record: dict, data_files: dict[str, st
     from ..engine.checkpoint import resume_steps
 
     total_step = flags.optimiser.total_step
-    old = cfg.guard_experiment(p.exp.config_path, record, flags.paths.overwrite)
+    cfg.guard_experiment(p.exp.config_path, record, flags.paths.overwrite)  # refused: nothing written
     p.resolve_device(flags.device)
+    # one writer per experiment: the lock is held until the workflow ends (fine_tune/locking.py); the guard runs
+    # again under it, as the holder before us may have changed the folder
+    p.exp.path.mkdir(parents=True, exist_ok=True)
+    lock_folder(p.exp.path, "experiment")
+    old = cfg.guard_experiment(p.exp.config_path, record, flags.paths.overwrite)
+    for leftover in p.exp.path.glob(TMP_PREFIX + "*"):  # of a killed write of this experiment (we hold its lock)
+        remove_inside(leftover, p.exp.path)
     same = old is not None and not cfg.changed_fields(old, record)
     legacy = cfg.legacy_values(old, record) if same else {}
     start = Start(True, legacy=legacy)
     # The resume state is written last at every checkpoint (Trainer.save), and the previous one is deleted only
     # after it: a last checkpoint whose resume state is missing while an older one exists is a run killed while
     # writing it (resumed below). With no resume state at all (deleted to save space), model-{total} means done.
-    ready = [s for s in resume_steps(p.exp.path) if p.exp.checkpoint_path(s).is_file()] if same else []
-    if same and p.exp.checkpoint_path(total_step).is_file() and (not ready or ready[-1] == total_step):
+    # A checkpoint that is not whole (damaged on disk) counts as absent.
+    ready = [s for s in resume_steps(p.exp.path) if whole_checkpoint(p.exp.checkpoint_path(s))] if same else []
+    if same and whole_checkpoint(p.exp.checkpoint_path(total_step)) and (not ready or ready[-1] == total_step):
         print(f"{p.exp.path}: already finished (model-{total_step}.pt exists); nothing to do")
         return Start(False, legacy=legacy)
     if same:
+        changed = changed_input(old, data_files, p.exp.config_path) if ready else None
+        if changed and not flags.paths.overwrite:
+            raise UserError(f"{changed}; restore the file, or pass --overwrite to start over")
+        if changed:  # --overwrite: the same config on other inputs is another run
+            print(f"note: {changed}; --overwrite: starting over", file=sys.stderr)
+            clear_outputs(p.exp)
+            ready = []
         if ready:
             start = Start(True, ready[-1], legacy)
             print(f"{p.exp.name}: resuming from model-{ready[-1]}.pt (same config; pass --overwrite with "
