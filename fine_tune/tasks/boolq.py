@@ -8,11 +8,10 @@ False -> 0, True -> 1.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import UserError
-from .example import Example, check_unique_ids, text_lines
+from .example import Example, check_unique_ids, json_objects
 
 _LABELS = {True: 1, False: 0, "true": 1, "false": 0, "True": 1, "False": 0}
 
@@ -20,16 +19,7 @@ _LABELS = {True: 1, False: 0, "true": 1, "false": 0, "True": 1, "False": 0}
 def parse_boolq(path: Path, labelled: bool) -> list[Example]:
     """Parse a BoolQ jsonl file; any malformed line is a :class:`UserError` naming file and line."""
     examples: list[Example] = []
-    for line_no, line in text_lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}, line {line_no}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{where}: expected a JSON object")
+    for where, row in json_objects(path):
         for key in ("question", "passage"):
             if not isinstance(row.get(key), str):
                 raise UserError(f"{where}: missing or non-string field '{key}'")

@@ -36,6 +36,24 @@ def text_lines(path: Path):
                                 f"{e.start + 1}); save the file as UTF-8") from None
 
 
+def json_objects(path: Path):
+    """(``"<path>, line N"``, object) for every non-blank line of a JSON-lines file; a line that is not a JSON
+    object is a :class:`UserError` naming the file and the line."""
+    import json
+
+    for line_no, line in text_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}, line {line_no}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: expected a JSON object")
+        yield where, row
+
+
 def check_unique_ids(examples: list, path: Path) -> None:
     """Ids name the rows of a submission file: two rows with one id are an error."""
     seen: set[int] = set()

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import UserError
 from ..io_utils import (atomic_save_with, atomic_write, atomic_write_json, check_writable, read_json_object,
                         sha256_file)
-from .example import Example, text_lines
+from .example import Example, json_objects
 
 LOGITS_DIR = "logits"
 
@@ -124,15 +124,11 @@ def read_logits(data_root: Path, dataset: str, task: str) -> LogitsDataset:
     if not data_file.is_file():
         raise UserError(f"{data_file} not found (meta.json without its rows); write the logits data set again with "
                         f"run_fine_tune_gen_logits.py --overwrite")
-    for line_no, line in text_lines(data_file):
-        if not line.strip():
-            continue
-        where = f"{data_file}, line {line_no}"
+    for where, r in json_objects(data_file):
         try:
-            r = json.loads(line)
             examples.append(Example(int(r["idx"]), r["text"], r["text_pair"], r["label"]))
             row = [float(x) for x in r["logits"]]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{where}: malformed logits row ({type(e).__name__}: {e})") from None
         if rows and len(row) != len(rows[0]):
             raise UserError(f"{where}: {len(row)} logits, the rows before have {len(rows[0])}")
