@@ -257,11 +257,12 @@ def checkpoint_logits(flags, before_predicting=None) -> CheckpointLogits:
 def run_gen_logits(flags) -> Path:
     """``run_fine_tune_gen_logits.py``: a checkpoint's logits for a split, stored as a logits data set."""
     e, overwrite = flags.experiment, flags.paths.overwrite
+    identity: dict = {}  # what the set is of; hashed once, checked before predicting and recorded in meta.json
 
     def refuse_to_replace(le, step, path):
         out = logits_dir(le.data_root, le.exp.name, e.dataset)
-        identity = {"teacher_experiment": le.exp.name, "checkpoint": step, "split": e.dataset,
-                    "source_sha256": sha256_file(path), "checkpoint_sha256": sha256_file(le.exp.checkpoint_path(step))}
+        identity.update(teacher_experiment=le.exp.name, checkpoint=step, split=e.dataset,
+                        source_sha256=sha256_file(path), checkpoint_sha256=sha256_file(le.exp.checkpoint_path(step)))
         check_logits_target(out, identity, overwrite)
         if distributed.is_main():  # one writer per logits data set (rank 0 under torchrun)
             out.mkdir(parents=True, exist_ok=True)
@@ -277,8 +278,8 @@ def run_gen_logits(flags) -> Path:
             "teacher_experiment": le.exp.name, "checkpoint": r.step, "ptrain_ver": le.config.get("ptrain_ver"),
             "vocab_size": mc.vocab_size, "max_position_embeddings": mc.max_position_embeddings,
             "hidden_size": mc.hidden_size, "num_hidden_layers": mc.num_hidden_layers,
-            "max_seq_len": le.config["max_seq_len"], "source": str(path), "source_sha256": sha256_file(path),
-            "checkpoint_sha256": sha256_file(le.exp.checkpoint_path(r.step))}
+            "max_seq_len": le.config["max_seq_len"], "source": str(path), "source_sha256": identity["source_sha256"],
+            "checkpoint_sha256": identity["checkpoint_sha256"]}
     out = logits_dir(le.data_root, le.exp.name, e.dataset)
     if distributed.is_main():
         write_logits(out, meta, r.examples, r.logits, le.tokenizer, overwrite=overwrite)

@@ -9,11 +9,11 @@ from ..errors import UserError
 from ..locking import releases_locks
 from ..methods import get_method
 from ..models.classifier import load_pretrained_config, load_tokenizer, weight_file_hashes
-from ..models.init import teacher_layer_map
+from ..models.init import check_copyable, teacher_layer_map
 from ..tasks import get_task
 from ..tasks.logits import check_teacher_unchanged, read_logits
 from .start import prepare, start_experiment
-from .student import build_student, check_initialisation
+from .student import build_student
 from .training import run_training
 
 
@@ -52,10 +52,11 @@ def run_offline_distill(flags) -> dict | None:
     if st.init_start is not None:  # checked (and the pretrained folder found) before anything is written
         if not source:
             raise UserError("--init_start: the logits data set records no pretrained teacher (ptrain_ver) to copy from")
+        pre_config = load_pretrained_config(source, e.model)
         layers = teacher_layer_map(st.init_start, st.init_end, st.init_step, st.num_hidden_layers,
-                                   load_pretrained_config(source, e.model).num_hidden_layers)
+                                   pre_config.num_hidden_layers)
         pairs = list(enumerate(layers, 1))
-        check_initialisation(pairs, source, e.model, st, "")
+        check_copyable(pre_config, st.d_model, st.d_ff, st.init_attn_only)
     method = get_method("offline_logits_kd").from_flags(flags)
     inputs = {str(logits.data_file): source_hash, **(weight_file_hashes(source) if pairs else {})}
     start = start_experiment(p, flags, record, inputs)

@@ -137,7 +137,8 @@ def _start_experiment(p: Prepared, flags, record: dict, data_files: dict[str, st
     # writing it (resumed below). With no resume state at all (deleted to save space), model-{total} means done.
     # A checkpoint that is not whole (damaged on disk) counts as absent.
     ready = [s for s in resume_steps(p.exp.path) if whole_checkpoint(p.exp.checkpoint_path(s))] if same else []
-    if same and whole_checkpoint(p.exp.checkpoint_path(total_step)) and (not ready or ready[-1] == total_step):
+    final_whole = same and (total_step in ready or whole_checkpoint(p.exp.checkpoint_path(total_step)))
+    if final_whole and (not ready or ready[-1] == total_step):
         print(f"{p.exp.path}: already finished (model-{total_step}.pt exists); nothing to do")
         return Start(False, legacy=legacy)
     if same:
@@ -162,6 +163,5 @@ def _start_experiment(p: Prepared, flags, record: dict, data_files: dict[str, st
         clear_outputs(p.exp)
     record = {k: v for k, v in record.items() if k not in legacy}  # the config keeps saying which rule runs
     record = dict(record, provenance=collect(p.device, data_files))
-    p.exp.path.mkdir(parents=True, exist_ok=True)
     cfg.save_config(p.exp.config_path, record)
     return start
