@@ -84,9 +84,11 @@ def worker_toolkit(args, t0: float, *, group_by_length: bool = False, padding: s
                                   max_norm=MAX_NORM)
     settings = TrainSettings(optimiser=optimiser, batch_size=args.batch_size, accum_step=1, ckpt_step=10**9,
                              log_step=n, seed=SEED, tag_prefix=f"{task}/train/bert", group_by_length=group_by_length)
-    forwards = training_forwards(model, None, enabled=padding_free, ignores_padding=True)
+    forwards = training_forwards(model, None, enabled=padding_free, ignores_padding=True, device_type=device.type)
     stamps = Stamps(args, count_flops=count_flops)
-    collator = stamps.wrap(Collator(features, tok.pad_token_id, args.max_seq_len, padding))
+    collator = stamps.wrap(Collator(features, tok.pad_token_id, args.max_seq_len, padding,
+                                    layout=forwards.layout if forwards.takes_layout else None,
+                                    pin_memory=device.type == "cuda"))
     extra = {"lengths": features.lengths()} if group_by_length else {}
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -136,12 +136,18 @@ def cached_features(cache_dir: Path, tokenizer, examples: Sequence[Example], max
 
 class Collator:
     """Gathers rows into padded tensors: ``input_ids``, ``token_type_ids``, ``attention_mask``, ``labels``,
-    ``index`` (row positions) and, for logits data sets, ``teacher_logits``."""
+    ``index`` (row positions) and, for logits data sets, ``teacher_logits``.
+
+    ``layout(lengths, width)``: the models' packing of the batch, built here on the host from the lengths this
+    collator knows (``batch["layout"]``; models/padding_free.TrainingForwards.layout). ``pin_memory``: page-locked
+    tensors, so the copy to a GPU does not block the host."""
 
     def __init__(self, features: Features, pad_token_id: int, max_seq_len: int, padding: str = "dynamic",
-                 teacher_logits: np.ndarray | None = None):
+                 teacher_logits: np.ndarray | None = None, layout=None, pin_memory: bool = False):
         if padding not in ("dynamic", "max_length"):
             raise ValueError(padding)
+        self.layout = layout
+        self.pin_memory = pin_memory
         self.f = features
         self.pad = pad_token_id
         self.max_seq_len = max_seq_len
@@ -172,6 +178,11 @@ class Collator:
             batch["labels"] = torch.from_numpy(self.f.labels[rows])
         if self.teacher_logits is not None:
             batch["teacher_logits"] = self.teacher_logits[torch.from_numpy(rows)]
+        if self.pin_memory:
+            batch = {k: v.pin_memory() for k, v in batch.items()}
+        if self.layout is not None:
+            layout = self.layout(lengths, width)
+            batch["layout"] = layout.pin_memory() if self.pin_memory else layout
         return batch
 
 

@@ -263,7 +263,8 @@ class TeacherFlags:
     teacher_exp: str = flag(None, "fine-tuned teacher experiment (folder {teacher_exp}_{tmodel}_{task})", required=True)
     tmodel: str = flag("bert", "teacher model family", choices=("bert", "albert"))
     tckpt: int = flag(None, "teacher checkpoint step (model-{tckpt}.pt)", required=True)
-    tdevice_id: int = flag(None, "teacher's CUDA device index; -1 = CPU (default: the student's device)")
+    tdevice_id: int = flag(None, "teacher's CUDA device index; -1 = CPU (default: the student's device); under "
+                                 "torchrun relative to each rank: k means cuda:(LOCAL_RANK + k * processes per node)")
 
 
 @dataclass(frozen=True)
@@ -295,7 +296,8 @@ class GateFlags:
     gate_max_norm: float = flag(1.0, "gradient clipping norm, per gate")
     gate_total_step: int = flag(None, "gate schedule length (default: --total_step)")
     gate_warmup_step: int = flag(None, "gate linear warmup steps (default: --warmup_step)")
-    gate_device_id: int = flag(None, "gates' CUDA device index; -1 = CPU (default: the student's device)")
+    gate_device_id: int = flag(None, "gates' CUDA device index; -1 = CPU (default: the student's device); under "
+                                     "torchrun relative to each rank: k means cuda:(LOCAL_RANK + k * processes per node)")
 
     def __post_init__(self) -> None:
         _positive(self, "gate_lr", "gate_total_step", "gate_max_norm")

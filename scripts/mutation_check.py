@@ -54,8 +54,53 @@ ATOMIC = "tests/test_atomic_writes.py::test_kill_mid_write_leaves_the_target_who
 PF_SITES = "tests/test_padding_free.py::test_every_dropout_site_runs_with_its_own_p_in_training"
 DIST_FT = "tests/test_distributed.py::test_fine_tune_two_processes_match_one"
 DIST_LAD = "tests/test_distributed.py::test_lad_two_processes_match_one"
+GPU = "tests/test_gpu_paths.py"
 
 MUTATIONS = [
+    # ---- the GPU paths (issue 20), proven on a CPU: tests/test_gpu_paths.py ---------------------------------
+    Mutation("placement_absolute_under_torchrun", "under torchrun --tdevice_id is an absolute index (every rank's "
+             "teacher on one GPU)", "fine_tune/engine/device.py", "    index = local + device_id * per_node\n",
+             "    index = device_id\n", (f"{GPU}::test_teacher_and_gate_devices_are_relative_to_each_rank_under_torchrun",)),
+    Mutation("logged_parts_stay_on_their_device", "a logged part from the gates' device meets a resumed window on the "
+             "student's", "fine_tune/engine/trainer.py",
+             "                    else v.detach().to(self.device, non_blocking=nb)) for k, v in parts.items()}",
+             "                    else v.detach()) for k, v in parts.items()}",
+             (f"{GPU}::test_a_resumed_window_meets_parts_logged_on_another_device",)),
+    Mutation("fp16_skip_not_joint", "an fp16 step whose gradients overflow is applied (schedules advance, weights "
+             "move)", "fine_tune/engine/trainer.py", "            skipped = not bool(finite)\n",
+             "            skipped = False\n", (f"{GPU}::test_a_skipped_fp16_step_moves_no_optimiser_and_no_schedule",)),
+    Mutation("fp16_nan_loss_tolerated", "a NaN loss is tolerated under fp16 loss scaling", "fine_tune/engine/trainer.py",
+             "        if not bad:\n            return\n",
+             "        if not bad or self.precision.use_scaler:\n            return\n",
+             (f"{GPU}::test_a_nan_loss_stops_an_fp16_run_at_once",)),
+    Mutation("fp16_scale_collapse_unreported", "a collapsing fp16 loss scale is never reported",
+             "fine_tune/engine/trainer.py", "        if scale < self.MIN_LOSS_SCALE:\n", "        if False:\n",
+             (f"{GPU}::test_a_collapsing_loss_scale_stops_the_run_and_says_so",)),
+    Mutation("host_layout_ignored", "the padding-free forward rebuilds its packing from the mask (host-device syncs)",
+             "fine_tune/models/padding_free.py", "        if layout is not None:\n", "        if False:\n",
+             (f"{GPU}::test_a_training_step_makes_no_host_device_sync",)),
+    Mutation("compile_planned_buckets", "a compiled run plans its attention buckets (ints TorchDynamo guards on)",
+             "fine_tune/models/padding_free.py", 'overhead=float("inf") if self.compile else None',
+             "overhead=None", (f"{GPU}::test_the_compiled_forward_compiles_a_bounded_number_of_graphs",)),
+    Mutation("alp_under_autocast", "ALP-KD's einsums run in the autocast dtype", "fine_tune/methods/alp.py",
+             "    return torch.autocast(device_type=x.device.type, enabled=False)",
+             "    return torch.autocast(device_type=x.device.type, enabled=torch.is_autocast_enabled(x.device.type))",
+             (f"{GPU}::test_alp_scores_and_targets_stay_fp32_under_autocast",)),
+    Mutation("engine_moves_every_teacher_layer", "every teacher layer crosses to the student's device",
+             "fine_tune/engine/trainer.py",
+             "teacher_out = ModelOutputs(teacher_out.logits.to(self.device), teacher_out.hidden_states,",
+             "teacher_out = ModelOutputs(teacher_out.logits.to(self.device), None if teacher_out.hidden_states is None "
+             "else tuple(h.to(self.device) for h in teacher_out.hidden_states),",
+             (f"{GPU}::test_only_what_a_method_reads_crosses_from_the_teacher_device",)),
+    Mutation("cuda_rng_by_index", "the student's CUDA random stream is restored to the saved device index",
+             "fine_tune/engine/checkpoint.py", "                torch.cuda.set_rng_state(by_role[role], d)\n",
+             "                torch.cuda.set_rng_state(by_role[role], torch.device('cuda:1'))\n",
+             (f"{GPU}::test_cuda_random_streams_are_restored_by_role_not_by_index",)),
+    Mutation("ddp_waits_for_unused_parameters", "a hidden-loss-only run is wrapped in DDP (which waits for the "
+             "classifier's gradients)", "fine_tune/engine/trainer.py",
+             "        self.ddp = self.world.enabled and method.every_parameter_learns\n",
+             "        self.ddp = self.world.enabled\n",
+             ("tests/test_distributed.py::test_hidden_losses_only_under_torchrun",)),
     # ---- the own BERT forward (models/padding_free.py, models/dropout.py) -------------------------------------
     Mutation("pf_attention_probs_dropout", "own forward skips attention-probability dropout",
              "fine_tune/models/padding_free.py", "sa.dropout.p if sa.training else 0.0)", "0.0)", (PF_SITES,)),
@@ -85,14 +130,15 @@ MUTATIONS = [
              "self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()",
              "self.scaler.scale(loss).backward()", (DIST_FT,)),
     Mutation("ddp_logged_weight", "DDP logs the unweighted per-shard losses", "fine_tune/engine/trainer.py",
-             "return {k: v.detach() * weight if weight != 1.0 else v.detach() for k, v in parts.items()}",
-             "return {k: v.detach() for k, v in parts.items()}", (DIST_FT,)),
+             "(v.detach().to(self.device, non_blocking=nb) * weight if weight != 1.0\n"
+             "                    else v.detach().to(self.device, non_blocking=nb))",
+             "v.detach().to(self.device, non_blocking=nb)", (DIST_FT,)),
     Mutation("ddp_logged_rank_mean", "DDP logs rank 0's losses instead of the mean over ranks",
              "fine_tune/engine/trainer.py", "            distributed.all_reduce_mean_([stacked])\n", "            pass\n",
              (DIST_FT,)),
     Mutation("ddp_gate_gradient_average", "DDP does not average the LAD gates' gradients across ranks",
              "fine_tune/engine/trainer.py",
-             "distributed.all_reduce_mean_([p.grad for part in self.parts[1:] for p in part.params if p.grad is not None])",
+             "distributed.all_reduce_mean_([p.grad for part in averaged for p in part.params if p.grad is not None])",
              "pass", (DIST_LAD,)),
     Mutation("torchrun_exit_through_finalisation", "a torchrun worker exits through the interpreter's finalisation "
              "(where DDP's leaked Gloo threads can abort it)", "fine_tune/cli.py",
@@ -165,7 +211,8 @@ MUTATIONS = [
     Mutation("resume_data_position", "resume restarts the data order from the beginning", "fine_tune/engine/trainer.py",
              '        self.stream.position = state["stream_position"]\n', "        pass\n", (f"{RESUME}[fine_tune]",)),
     Mutation("resume_rng_state", "resume does not restore the RNG states (dropout masks)",
-             "fine_tune/engine/trainer.py", '        set_rng_state(state["rng"])\n', "        pass\n",
+             "fine_tune/engine/trainer.py", '        for note in set_rng_state(state["rng"], self.rng_devices):\n',
+             "        for note in []:\n",
              (f"{RESUME}[fine_tune]",)),
     Mutation("resume_optimizer_state", "resume starts the optimisers afresh", "fine_tune/engine/trainer.py",
              '            part.optimizer.load_state_dict(state["optimizers"][part.name])\n', "            pass\n",

@@ -117,6 +117,28 @@ def test_lad_two_processes_match_one(run, tiny_bert12, data_root, exp_root):
                                    [v for _, v in a[f"qqp/train/bert/{tag}"]], rtol=1e-4, err_msg=tag)
 
 
+def test_hidden_losses_only_under_torchrun(run, tiny_bert, data_root, exp_root):
+    """--hard_weight 0 --soft_weight 0: the student's pooler and classifier get no gradient. DDP used to stop on the
+    second step ("Expected to have finished reduction"); such a student is now averaged without DDP's wrapper, and two
+    processes end where one does, with the pooler and classifier untouched."""
+    run("run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(tiny_bert),
+        "--task", "qqp", "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "16",
+        "--max_seq_len", "24", "--device_id", "-1")
+    common = ["--model", "bert", "--task", "qqp", "--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", "2",
+              *TINY, "--num_hidden_layers", "1", "--batch_size", "6", "--accum_step", "2", "--max_examples", "29",
+              "--dropout", "0", "--lr", "1e-3", "--hard_weight", "0", "--soft_weight", "0", "--mu", "10",
+              "--total_step", "3", "--warmup_step", "1", "--ckpt_step", "1", "--log_step", "3", "--device_id", "-1"]
+    run("run_pkd_distill.py", "--experiment", "one", *common)
+    torchrun("run_pkd_distill.py", ["--experiment", "two", *common], data_root, exp_root)
+    one, two = load(exp_root / "one_bert_qqp" / "model-3.pt"), load(exp_root / "two_bert_qqp" / "model-3.pt")
+    close(one, two)
+    first = load(exp_root / "two_bert_qqp" / "model-1.pt")
+    # no loss reaches the pooler and classifier: they never move; the encoder does
+    for k in ("classifier.weight", "classifier.bias", "bert.pooler.dense.weight"):
+        assert torch.equal(first[k], two[k]), k
+    assert not torch.equal(first["bert.encoder.layer.0.output.dense.weight"], two["bert.encoder.layer.0.output.dense.weight"])
+
+
 @pytest.mark.parametrize("rows", [np.arange(7), np.arange(1)])
 def test_shares_cover_each_row_once_and_weights_restore_the_mean(rows, monkeypatch):
     from fine_tune.engine import distributed

@@ -71,28 +71,49 @@ def load_checkpoint_into(model: torch.nn.Module, ckpt_path: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def rng_state() -> dict:
-    """Every RNG state as tensors and plain numbers (loadable with ``weights_only=True``)."""
+def rng_state(cuda_devices: dict[str, torch.device] | None = None) -> dict:
+    """Every RNG state as tensors and plain numbers (loadable with ``weights_only=True``). CUDA generators are
+    saved by the *role* of each CUDA device the run uses (``{"student": cuda:1, "teacher": cuda:2}``), not by
+    absolute index, so a resume on other indices (or rank k under torchrun) continues the same streams."""
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {"python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
              "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                        "has_gauss": int(has_gauss), "cached": float(cached)},
              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    cuda = {role: torch.cuda.get_rng_state(d) for role, d in (cuda_devices or {}).items() if d.type == "cuda"}
+    if cuda:
+        state["cuda_by_role"] = cuda
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, cuda_devices: dict[str, torch.device] | None = None) -> list[str]:
+    """Restore :func:`rng_state`'s states; each CUDA generator goes to the device that now plays its role.
+    Returns a note per generator that could not be continued (that device's random stream starts afresh): a role
+    saved without a CUDA state (the run was on CPU), or a state saved by absolute index (before states were
+    saved by role) that does not fit this machine's devices."""
     py = state["python"]
     random.setstate((py["version"], tuple(int(x) for x in py["internal"].tolist()), py["gauss"]))
     nps = state["numpy"]
     np.random.set_state((nps["name"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"],
                          nps["cached"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    notes = []
+    wanted = {role: d for role, d in (cuda_devices or {}).items() if d.type == "cuda"}
+    by_role = state.get("cuda_by_role")
+    if by_role is not None or "cuda" not in state:
+        for role, d in wanted.items():
+            if by_role and role in by_role:
+                torch.cuda.set_rng_state(by_role[role], d)
+            else:
+                notes.append(f"the {role}'s CUDA random stream on {d} starts afresh (the run was saved without one)")
+    elif wanted:  # saved by absolute index (torch.cuda.get_rng_state_all) before the states were saved by role
+        if len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        else:
+            notes.append(f"the CUDA random streams start afresh (saved for {len(state['cuda'])} devices by index, "
+                         f"this machine has {torch.cuda.device_count()})")
+    return notes
 
 
 def resume_path(folder: Path, step: int) -> Path:

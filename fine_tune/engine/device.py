@@ -2,7 +2,8 @@
 
 ``--device_id`` (2021 era; -1 = CPU) takes precedence over ``--num_gpu`` (2020 era; 0 = CPU, >= 1 =
 ``cuda:0``). Without CUDA every request falls back to the CPU with one warning line; a CUDA index the
-machine lacks is a :class:`~fine_tune.errors.UserError`.
+machine lacks is a :class:`~fine_tune.errors.UserError`. Under torchrun, ``LOCAL_RANK`` chooses the student's
+device and ``--tdevice_id`` / ``--gate_device_id`` are relative to it (:func:`resolve_placement`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,44 @@ def _torchrun_device(device_id: int | None, num_gpu: int | None, quiet: bool) ->
     return torch.device("cpu")
 
 
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are one (``cpu`` and ``cpu:0`` are; a tensor's device always carries its index)."""
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
+def resolve_placement(device_id: int | None, flag_name: str, student_device: torch.device,
+                      student_id: int | None = None, quiet: bool = False) -> torch.device:
+    """Where ``--tdevice_id`` / ``--gate_device_id`` put the teacher / the gates (default: the student's device).
+
+    One process: an absolute CUDA index (-1 = CPU); the student's own ``--device_id`` means its device.
+    Under torchrun the flag is *relative to the rank*: rank ``LOCAL_RANK`` of ``LOCAL_WORLD_SIZE`` processes per
+    node owns the devices ``cuda:(LOCAL_RANK + k * LOCAL_WORLD_SIZE)``, k = 0, 1, ...; ``k = 0`` is its student's
+    device, so ``--tdevice_id 1`` with 2 processes on 4 GPUs puts rank 0's teacher on cuda:2 and rank 1's on
+    cuda:3 (no two ranks share a teacher or gate device). A slot the machine lacks is a UserError."""
+    from .distributed import launched_by_torchrun
+
+    if device_id is None:
+        return student_device
+    if not launched_by_torchrun():
+        if device_id == student_id:
+            return student_device
+        return resolve_device(device_id, None, flag_name, quiet)
+    if device_id < 0:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        return student_device  # every rank on CPU (Gloo); resolve_device already said so
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    count = torch.cuda.device_count()
+    index = local + device_id * per_node
+    if index >= count:
+        raise UserError(f"{flag_name} {device_id}: under torchrun it is relative to each rank (rank {local} of {per_node} "
+                        f"per node: cuda:{local} + {device_id} x {per_node} = cuda:{index}), and this machine has "
+                        f"{count} CUDA device(s); with {per_node} processes per node use {flag_name} 0.."
+                        f"{max(count // per_node - 1, 0)}")
+    return torch.device(f"cuda:{index}")
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """True when the processor executes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays."""
@@ -82,7 +121,9 @@ class Precision:
 
     @property
     def use_scaler(self) -> bool:
-        return self.device_type == "cuda" and self.dtype == torch.float16
+        """fp16 autocast trains through a GradScaler (on CUDA from ``--amp``; on CPU only when built so, as the
+        tests do: ``Precision("cpu", torch.float16)``)."""
+        return self.dtype == torch.float16
 
     def autocast(self):
         if self.dtype is None:

@@ -12,7 +12,12 @@ Semantics, chosen so that N processes compute what one process computes:
   epoch does not divide evenly. A rank whose share is empty runs one row with weight 0 (it must still take part
   in the gradient all-reduce). The effective batch stays ``--batch_size``.
 - The student is wrapped in DistributedDataParallel (gradients all-reduced during backward; ``no_sync`` for the
-  first ``accum_step - 1`` micro-batches of a step). Extra parameter sets (LAD gates) are averaged across ranks
+  first ``accum_step - 1`` micro-batches of a step). A method whose losses leave student parameters without gradient
+  (``Method.every_parameter_learns`` False: hidden losses only, ``--hard_weight 0 --soft_weight 0``, never reach
+  the pooler and classifier) is not wrapped: DDP would wait for those gradients (and with
+  ``find_unused_parameters`` still counts the classifier as used, since it produced the logits the losses
+  ignore); its student gradients are averaged across ranks after the last micro-batch of each step, as the extra
+  parameter sets are, those without gradient left out on every rank alike. Extra parameter sets (LAD gates) are averaged across ranks
   after the window. Clipping, optimiser and schedule steps then run identically on every rank.
 - Only rank 0 writes: config, model folder, checkpoints, resume state, TensorBoard, tables, logits and
   submissions. Decisions rank 0 takes (start over, resume from step k, already finished, or an error) are

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -30,7 +31,7 @@ from ..io_utils import atomic_torch_save, remove_inside
 from .allocator import tune_malloc_for_training
 from . import distributed
 from .checkpoint import load_checkpoint_into, load_resume_state, rng_state, save_model_checkpoint, save_resume_state, set_rng_state
-from .device import Precision
+from .device import Precision, same_device
 from .optim import OptimiserSettings, build_adamw, linear_schedule
 
 INPUT_KEYS = ("input_ids", "token_type_ids", "attention_mask")
@@ -69,14 +70,17 @@ class _Optimised:
 
 
 def forward(model: torch.nn.Module, batch: dict, hidden: bool) -> ModelOutputs:
-    out = model(**{k: batch[k] for k in INPUT_KEYS}, output_hidden_states=hidden, return_dict=True)
+    """The model on a batch; a batch with a host-built ``layout`` (Collator(layout=...)) hands it to the model."""
+    extra = {"layout": batch["layout"]} if "layout" in batch else {}
+    out = model(**{k: batch[k] for k in INPUT_KEYS}, **extra, output_hidden_states=hidden, return_dict=True)
     return ModelOutputs(logits=out.logits, hidden_states=tuple(out.hidden_states[1:]) if hidden else None,
                         attention_mask=batch["attention_mask"])
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors on ``device`` (without blocking the host on CUDA); other entries as they are."""
     nb = device.type == "cuda"
-    return {k: v.to(device, non_blocking=nb) for k, v in batch.items()}
+    return {k: v.to(device, non_blocking=nb) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 class Trainer:
@@ -98,7 +102,11 @@ class Trainer:
         self.student = student.to(device)
         self.world = distributed.world()
         self.model = student_forward if student_forward is not None else self.student
-        if self.world.enabled:  # under torchrun: inside DDP's wrapper
+        # under torchrun: inside DDP's wrapper, unless the method's losses leave some parameters without gradient
+        # (hidden losses only: no classifier), which DDP would wait for; then the gradients are averaged after the
+        # step's last micro-batch instead (engine/distributed.py)
+        self.ddp = self.world.enabled and method.every_parameter_learns
+        if self.ddp:
             self.model = distributed.wrap_ddp(self.model, device)
         self.teacher_model = teacher_forward if teacher_forward is not None else teacher
         if settings.compile:
@@ -128,6 +136,8 @@ class Trainer:
             self.parts.append(self._optimised(extra.name, list(extra.modules), extra.optimiser, named))
         s = settings
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
+        # the CUDA devices whose random streams the resume state keeps, by role (engine/checkpoint.rng_state)
+        self.rng_devices = {"student": device, **({"teacher": self.teacher_device} if teacher is not None else {})}
         self.stream = make_stream(num_rows, s.micro_batch, s.seed, lengths if s.group_by_length else None)
         self.step = 0
 
@@ -142,7 +152,7 @@ class Trainer:
         """Forward and backward of one micro-batch (this rank's share of it under torchrun; ``sync=False``
         defers DDP's gradient all-reduce to the last micro-batch of the step)."""
         rows, weight = distributed.shard(rows)
-        if self.world.enabled and not sync:
+        if self.ddp and not sync:
             with self.model.no_sync():
                 return self._forward_backward(rows, weight)
         return self._forward_backward(rows, weight)
@@ -153,57 +163,78 @@ class Trainer:
             # the teacher first: its activations are freed before the student's (kept for backward) are made
             teacher_out = None
             if self.teacher is not None and self.method.uses_teacher:
-                tb = batch if self.teacher_device == self.device else to_device(batch, self.teacher_device)
+                tb = batch if same_device(self.teacher_device, self.device) else to_device(batch, self.teacher_device)
                 with torch.no_grad():
                     teacher_out = forward(self.teacher_model, tb, self.method.needs_hidden_states)
-                if self.teacher_device != self.device:
-                    teacher_out = ModelOutputs(
-                        teacher_out.logits.to(self.device),
-                        None if teacher_out.hidden_states is None else tuple(h.to(self.device) for h in teacher_out.hidden_states),
-                        batch["attention_mask"])
+                if not same_device(self.teacher_device, self.device):
+                    # only the logits cross here; the hidden states stay on the teacher's device and each method
+                    # moves the ones it reads, once (PKD: L_s of them; LAD: its targets, from the gates' device)
+                    teacher_out = ModelOutputs(teacher_out.logits.to(self.device), teacher_out.hidden_states,
+                                               teacher_out.attention_mask)
             student_out = forward(self.model, batch, self.method.needs_hidden_states)
             parts = self.method.losses(batch, student_out, teacher_out)
         loss = parts["loss"] / self.s.accum_step
         self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
-        # logged parts carry the shard's weight too, so their mean over ranks (Trainer._log) is the mean over the
-        # whole micro-batch, as one process logs it
-        return {k: v.detach() * weight if weight != 1.0 else v.detach() for k, v in parts.items()}
+        # every logged part on the student's device (the one place they are moved: a gate statistic comes from the
+        # gates' device, the window sums restored by a resume live here); they carry the shard's weight too, so
+        # their mean over ranks (Trainer._log) is the mean over the whole micro-batch, as one process logs it
+        nb = self.device.type == "cuda"
+        return {k: (v.detach().to(self.device, non_blocking=nb) * weight if weight != 1.0
+                    else v.detach().to(self.device, non_blocking=nb)) for k, v in parts.items()}
 
-    def _optimizer_step(self) -> torch.Tensor:
+    def _optimizer_step(self) -> tuple[torch.Tensor | None, bool]:
+        """Unscale, clip, step every optimiser and schedule. Returns the student's gradient norm and whether the
+        step was skipped.
+
+        fp16 loss scaling (doc/methods.md, "fp16 loss scaling"): a step whose gradients hold an inf or NaN in
+        *any* parameter set is skipped as a whole: no optimiser updates its weights or moments, no schedule
+        advances (so the student's and the gates' schedules never drift apart), the loss scale is halved. The
+        decision is one host sync per step, the one GradScaler.step itself would make. Without loss scaling
+        nothing is skipped and nothing syncs."""
         grad_norm = None
-        if self.world.enabled:  # DDP averaged the student's gradients; the other parameter sets here
-            distributed.all_reduce_mean_([p.grad for part in self.parts[1:] for p in part.params if p.grad is not None])
+        if self.world.enabled:  # DDP averaged the student's gradients (unless it is not wrapped); the others here
+            averaged = self.parts[1:] if self.ddp else self.parts
+            distributed.all_reduce_mean_([p.grad for part in averaged for p in part.params if p.grad is not None])
+        norms = []
         for part in self.parts:
             self.scaler.unscale_(part.optimizer)
             if part.settings.clip_per_module:
                 for m in part.modules:
-                    torch.nn.utils.clip_grad_norm_(m.parameters(), part.settings.max_norm)
+                    norms.append(torch.nn.utils.clip_grad_norm_(m.parameters(), part.settings.max_norm))
             else:
                 norm = torch.nn.utils.clip_grad_norm_(part.params, part.settings.max_norm)
+                norms.append(norm)
                 if part.name == "student":
                     grad_norm = norm
+        skipped = False
+        if self.scaler.is_enabled():
+            finite = torch.stack([n.float().to(self.device) for n in norms]).isfinite().all()
+            skipped = not bool(finite)
+        if not skipped:
+            for part in self.parts:
+                part.optimizer.step()
+            for part in self.parts:
+                part.scheduler.step()
+        if self.scaler.is_enabled():
+            self.scaler.update()
         for part in self.parts:
-            self.scaler.step(part.optimizer)
-        self.scaler.update()
-        for part in self.parts:
-            part.scheduler.step()
             part.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return grad_norm, skipped
 
     # -- the loop -----------------------------------------------------------------------------------
     def _reset_window(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
-        self.grad_norm_sum = torch.zeros((), device=self.device)
+        self.grad_norm_sum = torch.zeros((), device=self.device)  # over the window's applied (not skipped) steps
         self.window_steps, self.window_examples, self.window_start = 0, 0, time.perf_counter()
+        self.window_skipped = 0  # fp16 steps skipped for overflowing gradients
 
     def train(self, resume_step: int | None = None) -> dict:
         """Train to ``total_step``; with ``resume_step``, first restore the run saved at that checkpoint."""
         s = self.s
         self._reset_window()
         self._bad = torch.zeros((), dtype=torch.int64, device=self.device)  # steps with a non-finite loss
-        self._consecutive_bad = torch.zeros((), dtype=torch.int64, device=self.device)
-        self._max_consecutive_bad = torch.zeros((), dtype=torch.int64, device=self.device)
         self._first_bad = torch.zeros((), dtype=torch.int64, device=self.device)  # 0: none yet
+        self._consecutive_skipped = 0
         if resume_step is not None:
             self.restore(resume_step)
         writer = None
@@ -230,14 +261,16 @@ class Trainer:
                         self.sums[k] = self.sums[k] + v / s.accum_step if k in self.sums else v / s.accum_step
                         if k == "loss":
                             loss_finite &= torch.isfinite(v)
-                gn = self._optimizer_step()
-                if gn is not None:
-                    self.grad_norm_sum += gn.float()
+                gn, skipped = self._optimizer_step()
+                if gn is not None and not skipped:
+                    self.grad_norm_sum += gn.float().to(self.device)
                 bad = (~loss_finite).long()
                 self._bad += bad
-                self._consecutive_bad = (self._consecutive_bad + 1) * bad
-                self._max_consecutive_bad = torch.maximum(self._max_consecutive_bad, self._consecutive_bad)
                 self.step += 1
+                if skipped:
+                    self._skipped_step()
+                else:
+                    self._consecutive_skipped = 0
                 self._first_bad = torch.where((self._first_bad == 0) & (bad > 0), self.step, self._first_bad)
                 self.window_steps += 1
                 bar.update(1)
@@ -283,30 +316,50 @@ class Trainer:
         for part in self.parts:
             tag = "lr" if part.name == "student" else f"{part.name}_lr"
             writer.add_scalar(f"{s.tag_prefix}/{tag}", part.scheduler.get_last_lr()[0], self.step)
-        writer.add_scalar(f"{s.tag_prefix}/grad_norm", (self.grad_norm_sum / self.window_steps).item(), self.step)
+        applied = self.window_steps - self.window_skipped
+        if applied:  # the mean over the steps whose update was applied (a skipped step's norm is inf or NaN)
+            writer.add_scalar(f"{s.tag_prefix}/grad_norm", (self.grad_norm_sum / applied).item(), self.step)
         writer.add_scalar(f"{s.tag_prefix}/examples_per_s", self.window_examples / max(elapsed, 1e-9), self.step)
-        bar.set_postfix(progress_fields(last, {part.name: part.scheduler.get_last_lr()[0] for part in self.parts}),
-                        refresh=False)
+        fields = progress_fields(last, {part.name: part.scheduler.get_last_lr()[0] for part in self.parts})
+        if self.scaler.is_enabled():
+            writer.add_scalar(f"{s.tag_prefix}/skipped_steps", self.window_skipped, self.step)
+            writer.add_scalar(f"{s.tag_prefix}/loss_scale", self.scaler.get_scale(), self.step)
+            if self.window_skipped:
+                fields["skipped"] = str(self.window_skipped)
+        bar.set_postfix(fields, refresh=False)
         self._reset_window()
         return last
 
-    MAX_SKIPPED_STEPS = 100  # fp16 loss scaling: consecutive skipped steps before the run is declared diverged
+    # fp16 loss scaling: below this scale the gradients overflow fp16 even unscaled (diverged, not unlucky)
+    MIN_LOSS_SCALE = 1.0
+
+    def _kept(self) -> str:
+        good = [c for c in self.exp.checkpoints() if c < self.step]
+        return f"the last good checkpoint is model-{good[-1]}.pt" if good else "no checkpoint was written"
+
+    def _skipped_step(self) -> None:
+        """Book a step skipped for overflowing fp16 gradients; stop the run when the loss scale has collapsed."""
+        self.window_skipped += 1
+        self._consecutive_skipped += 1
+        scale = self.scaler.get_scale()  # a host sync on skipped steps only
+        if scale < self.MIN_LOSS_SCALE:
+            raise UserError(f"fp16 loss scale collapsed to {scale:g} at step {self.step} of {self.exp.name} "
+                            f"({self._consecutive_skipped} consecutive steps skipped: the gradients overflow fp16 even "
+                            f"unscaled): run stopped; {self._kept()} (lower --lr, or use --amp_dtype bf16)")
 
     def _check_finite(self) -> None:
-        """A non-finite loss stops the run before anything is saved (the last checkpoint stays the last good
-        one). With fp16 loss scaling, skipped steps are by design; only a long run of them stops it."""
+        """A non-finite loss stops the run before anything is saved (the last checkpoint stays the last good one),
+        in every precision: with fp16 loss scaling too (a skipped step has a finite loss and overflowing gradients;
+        a non-finite loss is an overflow in the forward itself, e.g. an fp16 teacher)."""
         bad = int(distributed.all_reduce_sum_(self._bad.clone()).item())  # every rank takes the same decision
         if not bad:
             return
-        if self.precision.use_scaler and int(self._max_consecutive_bad.item()) < self.MAX_SKIPPED_STEPS:
-            return
         parts = [k for k, v in self.sums.items() if not torch.isfinite(v).all()]
         named = ", ".join(p for p in parts if p != "loss") or "loss"
-        good = [c for c in self.exp.checkpoints() if c < self.step]
-        keep = f"the last good checkpoint is model-{good[-1]}.pt" if good else "no checkpoint was written"
         first = int(self._first_bad.item())
+        hint = "lower --lr, use --amp_dtype bf16, or check the data" if self.precision.use_scaler else "lower --lr, or check the data"
         raise UserError(f"non-finite loss ({named}) at step {first} of {self.exp.name}: run stopped at step {self.step}; "
-                        f"{keep} (lower --lr, or check the data)")
+                        f"{self._kept()} ({hint})")
 
     # -- checkpoints and resume ---------------------------------------------------------------------
     def save(self, step: int) -> None:
@@ -343,10 +396,10 @@ class Trainer:
         return {"step": self.step, "stream_position": self.stream.position,
                 "optimizers": {p.name: p.optimizer.state_dict() for p in self.parts},
                 "schedulers": {p.name: p.scheduler.state_dict() for p in self.parts},
-                "scaler": self.scaler.state_dict(), "rng": rng_state(), "method": method_state,
+                "scaler": self.scaler.state_dict(), "rng": rng_state(self.rng_devices), "method": method_state,
                 "window": {"sums": {k: v.detach().cpu() for k, v in self.sums.items()},
                            "grad_norm_sum": self.grad_norm_sum.detach().cpu(), "steps": self.window_steps,
-                           "examples": self.window_examples}}
+                           "examples": self.window_examples, "skipped": self.window_skipped}}
 
     def restore(self, step: int) -> None:
         """Continue the run saved at checkpoint ``step``: weights, optimisers, schedulers, scaler, RNG states,
@@ -367,7 +420,9 @@ class Trainer:
         self.sums = {k: v.to(self.device) for k, v in w["sums"].items()}
         self.grad_norm_sum = w["grad_norm_sum"].to(self.device)
         self.window_steps, self.window_examples = w["steps"], w["examples"]
-        set_rng_state(state["rng"])
+        self.window_skipped = w.get("skipped", 0)  # resume states written before skipped steps were counted: none
+        for note in set_rng_state(state["rng"], self.rng_devices):
+            print(f"note: {self.exp.name}: resuming at step {step}: {note}", file=sys.stderr)
 
 
 _PER_LAYER = re.compile(r"^(.*)_(\d+)$")

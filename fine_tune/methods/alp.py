@@ -21,21 +21,29 @@ ALP_MODES = ("alp-kd", "alp-kd-hidden", "alp-kd-hidden-v2")
 def alp_weights(student_h: torch.Tensor, teacher_stack: torch.Tensor, visible: int | None = None) -> torch.Tensor:
     r"""Attention of one student layer over the teacher layers::
 
-        score_k = <H_t[k], H_s[j]> / sqrt(D),   w = softmax_k(score)   (stable: max subtracted)
+        score_k = <H_t[k], H_s[j]> / sqrt(D),   w = softmax_k(score)   (stable: max subtracted; fp32, autocast off)
 
     ``student_h`` [B, S, D] (or [B, D] for [CLS] only), ``teacher_stack`` [K, B, S, D] (or [K, B, D]); returns
     w of shape [B, S, K] (or [B, K]). ``visible``: only teacher layers 1..visible may be attended to (v2).
     The original computed exp / sum without the max subtraction, which overflows for large scores."""
     d = student_h.shape[-1]
-    scores = torch.einsum("...d,k...d->...k", student_h.float(), teacher_stack.float()) / math.sqrt(d)
-    if visible is not None and visible < scores.shape[-1]:
-        scores = scores.masked_fill(torch.arange(scores.shape[-1], device=scores.device) >= visible, float("-inf"))
-    return torch.softmax(scores, dim=-1)
+    with fp32(student_h):
+        scores = torch.einsum("...d,k...d->...k", student_h.float(), teacher_stack.float()) / math.sqrt(d)
+        if visible is not None and visible < scores.shape[-1]:
+            scores = scores.masked_fill(torch.arange(scores.shape[-1], device=scores.device) >= visible, float("-inf"))
+        return torch.softmax(scores, dim=-1)
 
 
 def alp_target(weights: torch.Tensor, teacher_stack: torch.Tensor) -> torch.Tensor:
-    """sum_k w_k H_t[k]: [B, S, D] (or [B, D])."""
-    return torch.einsum("...k,k...d->...d", weights, teacher_stack.float())
+    """sum_k w_k H_t[k]: [B, S, D] (or [B, D]), in fp32 whatever the autocast dtype."""
+    with fp32(weights):
+        return torch.einsum("...k,k...d->...d", weights.float(), teacher_stack.float())
+
+
+def fp32(x: torch.Tensor):
+    """Autocast off on ``x``'s device: under ``--amp`` autocast would run the einsums in fp16/bf16 whatever their
+    inputs' dtype (the ``.float()`` casts alone do not keep them in fp32)."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
 
 
 class ALPKD(LayerwiseKD):

@@ -44,6 +44,10 @@ class Method:
     """Base class: a method turns (batch, student outputs, teacher outputs) into named loss parts. It never
     touches an optimiser or a file; the engine does.
 
+    The teacher's outputs arrive with its logits on the student's device and its hidden states (and attention
+    mask) on the teacher's device (``--tdevice_id``): a method moves the hidden states it reads, once, to where
+    it computes (``.to(student.hidden_states[0].device)``; a no-op on one device).
+
     ``losses`` returns a dict of scalar tensors; key ``"loss"`` is what is back-propagated, every other key
     is logged as ``{task}/{dataset}/{model}/{key}``. A method is registered under its ``name`` in
     :mod:`fine_tune.methods.registry` and built by :meth:`from_flags`.
@@ -58,6 +62,9 @@ class Method:
     needs_labels: ClassVar[bool] = True
     needs_hidden_states = False
     uses_teacher = False
+    # False when some student parameter gets no gradient from the losses (hidden losses only: the pooler and
+    # classifier); DistributedDataParallel is then told to look for such parameters (engine/distributed.wrap_ddp)
+    every_parameter_learns = True
     # True when no loss term looks at padding positions, so the student may run the padding-free forward
     # (models/padding_free.py); False for the original's full-sequence hidden MSE and the fixed-length LAD gate
     ignores_padding = True

@@ -12,6 +12,7 @@ import torch
 from dataclasses import replace
 
 from ..cli import GateFlags, ProbingFlags
+from ..engine.device import same_device
 from ..engine.optim import OptimiserSettings
 from ..errors import UserError
 from ..models.gates import aggregate_chain, make_gates
@@ -98,7 +99,7 @@ class GatedKD(LayerwiseKD):
         return [1.0] + [masked_mean(g, teacher.attention_mask.to(g.device)).item() for g in values[1:]]
 
     def _to_gates(self, hidden: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        if self.gate_device is None or hidden[0].device == self.gate_device:
+        if self.gate_device is None or same_device(hidden[0].device, self.gate_device):
             return hidden
         return tuple(h.to(self.gate_device) for h in hidden)
 

@@ -128,6 +128,12 @@ class LayerwiseKD(Method):
         return self.mu == 0 or self.masked
 
     @property
+    def every_parameter_learns(self) -> bool:  # type: ignore[override]
+        """Hidden losses only (``hard_weight = soft_weight = 0``): the student's pooler and classifier get no
+        gradient."""
+        return bool(self.hard_weight or self.soft_weight)
+
+    @property
     def uses_teacher(self) -> bool:  # type: ignore[override]
         """Hard labels only (soft_weight = mu = 0) need no teacher forward."""
         return bool(self.soft_weight or self.mu)

@@ -10,7 +10,8 @@ training step, most of it on the attention probabilities). Here each 64-bit
 word of one ``random_`` call gives four independent uniform 16-bit integers u, and m = [u >= round(p * 2^16)]:
 the same Bernoulli masks with p rounded to a multiple of 2^-16 (0.1 -> 0.100006), the scale taken from that
 rounded p so that E[y] = x exactly (measured against ``F.dropout``: doc/performance.md). Other devices keep
-``torch.nn.functional.dropout`` (CUDA's fused Philox kernel is already cheap). Draws come from the global torch
+``torch.nn.functional.dropout`` (CUDA's fused Philox kernel is already cheap), and so does a forward compiled
+with ``--compile`` (whose tracer cannot capture the in-place ``random_``). Draws come from the global torch
 generator, so a seeded run repeats itself and a resumed run continues its random stream.
 """
 
@@ -54,6 +55,6 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """``F.dropout(x, p, training)``, with the cheaper masks on CPU."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or p >= 1.0:
+    if x.device.type != "cpu" or p >= 1.0 or torch.compiler.is_compiling():  # compiled: the traceable kernel
         return F.dropout(x, p, True)
     return _Dropout.apply(x, p)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -72,8 +73,10 @@ def plan_buckets(lengths: list[int], head_dim: int, overhead: float) -> list[tup
         sum over buckets of  rows * L * (L + 3 * head_dim) + overhead,    L = the bucket's longest length,
 
     (scores, softmax and dropout per query-key pair; padding and unpadding Q, K, V per position) by dynamic
-    programming over the split points (O(B^2) for a batch of B)."""
+    programming over the split points (O(B^2) for a batch of B). ``overhead=inf``: one bucket."""
     n = len(lengths)
+    if overhead == float("inf"):
+        return [(0, n)] if n else []
     best = [0.0] + [float("inf")] * n
     cut = [0] * (n + 1)
     for j in range(1, n + 1):
@@ -89,91 +92,175 @@ def plan_buckets(lengths: list[int], head_dim: int, overhead: float) -> list[tup
     return runs[::-1]
 
 
+def check_right_padding(attention_mask: torch.Tensor) -> np.ndarray:
+    """The sequence lengths of a right-padded mask (real tokens first, then padding, at least one real token),
+    read back to the host; anything else is a ValueError. Costs host-device syncs: training batches bring their
+    lengths from the collator instead (:class:`PackedLayout`)."""
+    mask = attention_mask.bool()
+    lengths = mask.sum(1)
+    grid = torch.arange(mask.shape[1], device=mask.device)
+    if not torch.equal(mask, grid < lengths[:, None]) or bool((lengths == 0).any()):
+        raise ValueError("padding-free forward: every sequence must be its real tokens first, then padding "
+                         "(right padding, at least one real token)")
+    return lengths.cpu().numpy()
+
+
+def _host_index(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+
+
+class PackedLayout:
+    """The packing of one right-padded batch, computed on the host from its sequence lengths (which the
+    collator knows) with NumPy: no host-device sync. Built once per batch and handed to the teacher and the
+    student (:meth:`on` copies its index tensors to a model's device, once per device, without blocking).
+
+    ``overhead`` (default: :data:`BUCKET_OVERHEAD` of ``device_type``) prices a bucket; ``inf`` gives one bucket
+    (the compiled forward's plan: its shapes then depend on the batch size, the longest length and the token
+    count only, which TorchDynamo treats as dynamic sizes instead of constants to guard on)."""
+
+    def __init__(self, lengths, seq: int, head_dim: int = 64, device_type: str = "cpu",
+                 overhead: float | None = None):
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if lengths.ndim != 1 or (lengths < 1).any() or (lengths > seq).any():
+            raise ValueError(f"padding-free forward: lengths must lie in 1..{seq}")
+        self.batch, self.seq = len(lengths), seq
+        if overhead is None:
+            overhead = BUCKET_OVERHEAD.get(device_type, BUCKET_OVERHEAD["cuda"])
+        order = np.argsort(-lengths, kind="stable")  # ties keep batch order
+        sorted_lens = lengths[order]
+        starts = np.zeros(self.batch + 1, dtype=np.int64)
+        np.cumsum(sorted_lens, out=starts[1:])
+        positions = np.arange(int(starts[-1]), dtype=np.int64) - np.repeat(starts[:-1], sorted_lens)
+        self.index = _host_index(np.repeat(order, sorted_lens) * seq + positions)  # [N] positions in B * S
+        self.pad_index = _host_index(np.flatnonzero(np.arange(seq)[None, :] >= lengths[:, None]))
+        self.positions = _host_index(positions)  # position id of each real token
+        first = np.empty(self.batch, dtype=np.int64)
+        first[order] = starts[:-1]  # packed row of each [CLS], in batch order
+        self.first = _host_index(first)
+        self.buckets: list[Bucket] = []
+        lens = sorted_lens.tolist()
+        for r0, r1 in plan_buckets(lens, head_dim, overhead):
+            width = lens[r0]
+            index = pad_index = key_mask = None
+            if lens[r1 - 1] != width or overhead == float("inf"):
+                local = np.arange(width)[None, :] < sorted_lens[r0:r1, None]  # [rows, width]
+                index, pad_index = _host_index(np.flatnonzero(local)), _host_index(np.flatnonzero(~local))
+                key_mask = torch.from_numpy(local)[:, None, None, :]
+            self.buckets.append(Bucket(r1 - r0, width, int(starts[r0]), int(starts[r1]), index, pad_index, key_mask))
+        self._placed: dict[torch.device, Packing] = {}
+
+    def pin_memory(self) -> "PackedLayout":
+        """Page-locked host tensors, so that :meth:`on` copies to a GPU without blocking (CUDA only)."""
+        for name in ("index", "pad_index", "positions", "first"):
+            setattr(self, name, getattr(self, name).pin_memory())
+        self.buckets = [Bucket(b.rows, b.length, b.start, b.stop,
+                               *(None if t is None else t.pin_memory() for t in (b.index, b.pad_index, b.key_mask)))
+                        for b in self.buckets]
+        return self
+
+    @torch.compiler.disable
+    def on(self, attention_mask: torch.Tensor) -> "Packing":
+        """This layout on the device of ``attention_mask`` (the batch a model receives), copied there once."""
+        device = attention_mask.device
+        if device not in self._placed:
+            self._placed[device] = Packing.placed(self, device, attention_mask)
+        return self._placed[device]
+
+
 class Packing:
-    """Index bookkeeping of one batch with right padding: which of the B * S positions hold real tokens, and the
-    attention buckets. Real tokens are packed sequence by sequence in order of decreasing length, so each
-    bucket of similar lengths is one contiguous block of packed rows."""
+    """Index bookkeeping of one batch with right padding on a model's device: which of the B * S positions hold
+    real tokens, and the attention buckets. Real tokens are packed sequence by sequence in order of decreasing
+    length, so each bucket of similar lengths is one contiguous block of packed rows.
+
+    ``Packing(attention_mask)`` reads the lengths back from the mask (host-device syncs; for evaluation and
+    direct calls); training batches come with a :class:`PackedLayout` built on the host."""
 
     def __init__(self, attention_mask: torch.Tensor, head_dim: int = 64, overhead: float | None = None):
-        self.batch, self.seq = attention_mask.shape
-        mask = attention_mask.bool()
-        lengths = mask.sum(1)
-        grid = torch.arange(self.seq, device=mask.device)
-        if not torch.equal(mask, grid < lengths[:, None]) or bool((lengths == 0).any()):
-            raise ValueError("padding-free forward: every sequence must be its real tokens first, then padding "
-                             "(right padding, at least one real token)")
-        lens = lengths.tolist()
-        order = sorted(range(self.batch), key=lambda i: -lens[i])  # stable: ties keep batch order
-        sorted_lens = [lens[i] for i in order]
-        order_t = torch.tensor(order, device=mask.device)
-        sorted_lengths = lengths[order_t]
-        flat = (grid < sorted_lengths[:, None]).reshape(-1).nonzero(as_tuple=True)[0]  # in the sorted grid
-        self.index = order_t[flat // self.seq] * self.seq + flat % self.seq  # [N] positions in B * S
-        self.pad_index = (~mask).reshape(-1).nonzero(as_tuple=True)[0]  # the padding positions
-        self.positions = flat % self.seq  # position id of each real token
-        starts = [0]
-        for n in sorted_lens:
-            starts.append(starts[-1] + n)
-        self.first = torch.empty(self.batch, dtype=torch.long, device=mask.device)  # packed row of each [CLS],
-        self.first[order_t] = torch.tensor(starts[:-1], device=mask.device)  # in batch order
-        if overhead is None:
-            overhead = BUCKET_OVERHEAD.get(mask.device.type, BUCKET_OVERHEAD["cuda"])
-        self.buckets = []
-        for r0, r1 in plan_buckets(sorted_lens, head_dim, overhead):
-            width = sorted_lens[r0]
-            index = pad_index = key_mask = None
-            if sorted_lens[r1 - 1] != width:
-                local = grid[:width] < sorted_lengths[r0:r1, None]  # [rows, width]
-                index = local.reshape(-1).nonzero(as_tuple=True)[0]
-                pad_index = (~local).reshape(-1).nonzero(as_tuple=True)[0]
-                key_mask = local[:, None, None, :]
-            self.buckets.append(Bucket(r1 - r0, width, starts[r0], starts[r1], index, pad_index, key_mask))
+        layout = PackedLayout(check_right_padding(attention_mask), attention_mask.shape[1], head_dim,
+                              attention_mask.device.type, overhead)
+        self._copy(layout, attention_mask.device, attention_mask)
+
+    @classmethod
+    def placed(cls, layout: PackedLayout, device: torch.device, attention_mask: torch.Tensor) -> "Packing":
+        pk = cls.__new__(cls)
+        pk._copy(layout, device, attention_mask)
+        return pk
+
+    def _copy(self, layout: PackedLayout, device: torch.device, attention_mask: torch.Tensor) -> None:
+        nb = device.type == "cuda"
+        move = (lambda t: None if t is None else t.to(device, non_blocking=nb))
+        self.batch, self.seq = layout.batch, layout.seq
+        self.shape_ref = attention_mask  # [B, S]: pad() takes the batch's shape from a tensor (symbolic when compiled)
+        self.index, self.pad_index = move(layout.index), move(layout.pad_index)
+        self.positions, self.first = move(layout.positions), move(layout.first)
+        self.buckets = [Bucket(b.rows, b.length, b.start, b.stop, move(b.index), move(b.pad_index), move(b.key_mask))
+                        for b in layout.buckets]
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """[B, S, ...] -> [N, ...]"""
-        return _Pack.apply(x.reshape(self.batch * self.seq, *x.shape[2:]), self.index, self.pad_index)
+        return _Pack.apply(x.flatten(0, 1), self.index, self.pad_index)
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """[N, ...] -> [B, S, ...] with zeros at padding positions (differentiable)."""
-        return _Pad.apply(x, self.index, self.pad_index).view(self.batch, self.seq, *x.shape[1:])
+        return _Pad.apply(x, self.index, self.pad_index).view(*self.shape_ref.shape, *x.shape[1:])
 
     def attention(self, qkv: torch.Tensor, heads: int, scale: float, dropout_p: float) -> torch.Tensor:
         """Multi-head attention of packed [N, 3 * D] queries, keys and values, bucket by bucket: each bucket's
-        sequences padded to its own longest length only. Returns the packed [N, D] context."""
+        sequences padded to its own longest length only. Returns the packed [N, D] context. A bucket's sizes
+        are read from its tensors' shapes where it has them (one bucket with a key mask: the compiled plan)."""
         d = qkv.shape[-1] // 3
         parts = qkv.split([b.stop - b.start for b in self.buckets]) if len(self.buckets) > 1 else (qkv,)
         out = []
         for b, part in zip(self.buckets, parts):
+            rows, length = (b.key_mask.shape[0], b.key_mask.shape[-1]) if b.key_mask is not None else (b.rows, b.length)
             if b.index is not None:
                 part = _Pad.apply(part, b.index, b.pad_index)
-            q, k, v = (t.reshape(b.rows, b.length, heads, d // heads).transpose(1, 2)
-                       for t in part.view(b.rows, b.length, 3 * d).chunk(3, dim=-1))
+            q, k, v = (t.reshape(rows, length, heads, d // heads).transpose(1, 2)
+                       for t in part.view(rows, length, 3 * d).chunk(3, dim=-1))
             ctx = _attention(q, k, v, b.key_mask, scale, dropout_p)
-            ctx = ctx.transpose(1, 2).reshape(b.rows * b.length, d)
+            ctx = ctx.transpose(1, 2).reshape(rows * length, d)
             out.append(_Pack.apply(ctx, b.index, b.pad_index) if b.index is not None else ctx)
         return torch.cat(out) if len(out) > 1 else out[0]
+
+
+class GridLayout:
+    """The host's knowledge of a batch for :class:`FullGrid`: whether every position is real (no key mask)."""
+
+    def __init__(self, all_real: bool):
+        self.all_real = all_real
+
+    def pin_memory(self) -> "GridLayout":
+        return self
+
+    @torch.compiler.disable
+    def on(self, attention_mask: torch.Tensor) -> "FullGrid":
+        return FullGrid(attention_mask, self.all_real)
 
 
 class FullGrid(Packing):
     """The ``Packing`` interface over every position of the padded batch: rows are the B * S positions in order
     (padding positions included, as the original's full-sequence losses need them), one attention bucket with
-    the batch's key mask. Any mask pattern is allowed."""
+    the batch's key mask. Any mask pattern is allowed. ``all_real`` (from the host: :class:`GridLayout`) saves
+    reading the mask back."""
 
-    def __init__(self, attention_mask: torch.Tensor):
+    def __init__(self, attention_mask: torch.Tensor, all_real: bool | None = None):
         self.batch, self.seq = attention_mask.shape
+        self.shape_ref = attention_mask
         mask = attention_mask.bool()
         device = mask.device
         self.index = self.pad_index = None
         self.positions = torch.arange(self.seq, device=device).repeat(self.batch)
         self.first = torch.arange(self.batch, device=device) * self.seq
-        key_mask = None if bool(mask.all()) else mask[:, None, None, :]
+        if all_real is None:
+            all_real = bool(mask.all())
+        key_mask = None if all_real else mask[:, None, None, :]
         self.buckets = [Bucket(self.batch, self.seq, 0, self.batch * self.seq, None, None, key_mask)]
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(self.batch * self.seq, *x.shape[2:])
+        return x.flatten(0, 1)
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(self.batch, self.seq, *x.shape[1:])
+        return x.view(*self.shape_ref.shape, *x.shape[1:])
 
 
 def _attention(q, k, v, key_mask, scale: float, dropout_p: float) -> torch.Tensor:
@@ -272,12 +359,17 @@ class PaddingFree(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, output_hidden_states: bool = False,
-                return_dict: bool = True) -> PaddingFreeOutput:
+                return_dict: bool = True, layout: PackedLayout | GridLayout | None = None) -> PaddingFreeOutput:
+        """``layout``: the batch's packing built on the host (:meth:`TrainingForwards.layout`); without it the
+        packing is read from ``attention_mask`` (host-device syncs)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         cfg = self.model.config
-        pk = (Packing(attention_mask, head_dim=cfg.hidden_size // cfg.num_attention_heads) if self.packed
-              else FullGrid(attention_mask))
+        if layout is not None:
+            pk = layout.on(attention_mask)
+        else:
+            pk = (Packing(attention_mask, head_dim=cfg.hidden_size // cfg.num_attention_heads) if self.packed
+                  else FullGrid(attention_mask))
         bert = self.model.bert
         x = _embeddings(bert.embeddings, input_ids, token_type_ids, pk)
         hidden = [x] if output_hidden_states else None
@@ -293,25 +385,48 @@ class PaddingFree(torch.nn.Module):
 @dataclass(frozen=True)
 class TrainingForwards:
     """The modules a training run's forward passes go through, and which forward that is: ``packed`` (real tokens
-    only), ``grid`` (this file's layers over the padded batch) or ``hugging_face`` (the model's own forward)."""
+    only), ``grid`` (this file's layers over the padded batch) or ``hugging_face`` (the model's own forward).
+
+    When every model of the run takes this file's forward, :meth:`layout` builds each batch's packing on the host
+    from the lengths the collator knows, once for teacher and student (``Collator(layout=...)``): the training
+    step then makes no host-device sync to find its real tokens."""
 
     student: torch.nn.Module
     teacher: torch.nn.Module | None
     kind: str
+    head_dim: int = 64
+    device_type: str = "cpu"
+    compile: bool = False
 
     def describe(self) -> str:
         return {"packed": ", padding-free forward", "grid": ", own BERT forward over the padded batch"}.get(self.kind, "")
 
+    @property
+    def takes_layout(self) -> bool:
+        """Whether the batches should carry a host-built layout (every forward of the run is :class:`PaddingFree`)."""
+        return self.kind != "hugging_face" and (self.teacher is None or isinstance(self.teacher, PaddingFree))
+
+    def layout(self, lengths: np.ndarray, width: int) -> PackedLayout | GridLayout:
+        """The packing of a batch of rows with these ``lengths`` padded to ``width``. Compiled runs get one
+        attention bucket (shapes TorchDynamo treats as dynamic sizes)."""
+        if self.kind == "grid":
+            return GridLayout(bool((lengths == width).all()))
+        return PackedLayout(lengths, width, self.head_dim, self.device_type,
+                            overhead=float("inf") if self.compile else None)
+
 
 def training_forwards(student: torch.nn.Module, teacher: torch.nn.Module | None, *, enabled: bool,
-                      ignores_padding: bool) -> TrainingForwards:
+                      ignores_padding: bool, device_type: str = "cpu", compile: bool = False) -> TrainingForwards:
     """Choose the training forward: with ``enabled`` (``--padding_free auto``) and a BERT, :class:`PaddingFree`,
     packed when no loss reads padding positions (``ignores_padding``), over the padded grid otherwise; else the
-    models' own forward. The teacher gets the same treatment where it is a BERT."""
+    models' own forward. The teacher gets the same treatment where it is a BERT. ``device_type`` (the student's)
+    prices the attention buckets; ``compile``: the one-bucket plan."""
     teacher_fwd = teacher
     if enabled and teacher is not None and supports_padding_free(teacher.config):
         teacher_fwd = PaddingFree(teacher, packed=ignores_padding)
     if not (enabled and supports_padding_free(student.config)):
         return TrainingForwards(student, teacher_fwd, "hugging_face")
+    cfg = student.config
     return TrainingForwards(PaddingFree(student, packed=ignores_padding), teacher_fwd,
-                            "packed" if ignores_padding else "grid")
+                            "packed" if ignores_padding else "grid", cfg.hidden_size // cfg.num_attention_heads,
+                            device_type, compile)

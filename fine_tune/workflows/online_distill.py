@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import sys
 
-import torch
-
 from .. import config as cfg
-from ..engine.device import resolve_device
+from ..engine.device import resolve_placement
 from ..engine.seeding import seed_everything
 from ..errors import UserError
 from ..io_utils import sha256_file
@@ -57,13 +55,6 @@ def check_shapes(flags, teacher: Teacher) -> None:
         raise UserError(f"--num_hidden_layers {st.num_hidden_layers} exceeds the teacher's {teacher.num_layers} layers")
 
 
-def placed(device_id: int | None, flag_name: str, student_device: torch.device, student_id: int | None) -> torch.device:
-    """The teacher's / gates' device: the student's unless another index is asked for."""
-    if device_id is None or device_id == student_id:
-        return student_device
-    return resolve_device(device_id, None, flag_name)
-
-
 @releases_locks
 def run_online_distill(flags, method_name: str) -> dict | None:
     """Distil a student from a fine-tuned teacher with the registered method ``method_name``."""
@@ -96,8 +87,8 @@ def run_online_distill(flags, method_name: str) -> dict | None:
                          f"{teacher.exp.config_path} records no ptrain_ver to initialise the student from")
     gate_device_id = flags.gate.gate_device_id if flags.has("gate") else None
     for flag_name, device_id in (("--tdevice_id", t.tdevice_id), ("--gate_device_id", gate_device_id)):
-        if device_id is not None and device_id != flags.device.device_id:
-            resolve_device(device_id, None, flag_name, quiet=True)  # a CUDA index the machine lacks: refused now
+        # a CUDA index (or, under torchrun, a per-rank slot) the machine lacks: refused before anything is written
+        resolve_placement(device_id, flag_name, p.device, flags.device.device_id, quiet=True)
     record = dict(flags.record(), method=method.name, ptrain_ver=ptrain_ver, teacher_experiment=teacher.exp.name,
                   teacher_checkpoint=f"{teacher.exp.name}/{teacher.checkpoint.name}", teacher_layers=teacher.num_layers,
                   hidden_mapping=method.describe_mapping(), **method.record())
@@ -107,8 +98,8 @@ def run_online_distill(flags, method_name: str) -> dict | None:
     if not start.run:
         return None
     method.continue_legacy(start.legacy)
-    teacher_device = placed(t.tdevice_id, "--tdevice_id", p.device, flags.device.device_id)
-    gate_device = placed(gate_device_id, "--gate_device_id", p.device, flags.device.device_id)
+    teacher_device = resolve_placement(t.tdevice_id, "--tdevice_id", p.device, flags.device.device_id)
+    gate_device = resolve_placement(gate_device_id, "--gate_device_id", p.device, flags.device.device_id)
 
     seed_everything(flags.run.seed)
     tokenizer = teacher.tokenizer

@@ -35,9 +35,13 @@ def run_training(p: Prepared, flags, model, method: Method, tokenizer, examples,
     features = cached_features(p.data_root / "cache", tokenizer, examples, b.max_seq_len, source_hash)
     if features.labels is None and method.needs_labels:
         raise UserError(f"--dataset {dataset!r} has no labels; train on a labelled split")
-    collator = Collator(features, tokenizer.pad_token_id, b.max_seq_len, b.padding, teacher_logits)
     forwards = training_forwards(model, teacher, enabled=flags.speed.padding_free == "auto",
-                                 ignores_padding=method.ignores_padding)
+                                 ignores_padding=method.ignores_padding, device_type=p.device.type,
+                                 compile=flags.speed.compile)
+    # the padding-free forward's packing built on the host from the collator's lengths (no host-device sync)
+    collator = Collator(features, tokenizer.pad_token_id, b.max_seq_len, b.padding, teacher_logits,
+                        layout=forwards.layout if forwards.takes_layout else None,
+                        pin_memory=p.device.type == "cuda")
     settings = train_settings(flags, dataset)
     trainer = Trainer(model, method, collator, len(features), settings, p.exp, p.device, p.precision,
                       teacher=teacher, teacher_device=teacher_device, lengths=features.lengths(),
