@@ -95,13 +95,19 @@ def test_fine_tune_two_processes_match_one(run, tiny_bert, data_root, exp_root):
     assert np.array_equal(p1["pred_9"], p2["pred_9"]) and np.array_equal(p1["idx"], p2["idx"])
 
 
-def test_lad_two_processes_match_one(run, tiny_bert12, data_root, exp_root):
-    run("run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(tiny_bert12),
+def layerwise_over_a_teacher(run, model_dir, student_layers: int) -> list[str]:
+    """Fine-tune a teacher ("teacher", 2 steps, one process) from ``model_dir``; return the layer-wise flags that
+    distil it into a student of ``student_layers`` layers (batch 6 = 2 micro-batches of 3 over 29 rows)."""
+    run("run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(model_dir),
         "--task", "qqp", "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "16",
         "--max_seq_len", "24", "--device_id", "-1")
-    common = ["--model", "bert", "--task", "qqp", "--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", "2",
-              *TINY, "--num_hidden_layers", "6", "--batch_size", "6", "--accum_step", "2", "--max_examples", "29",
-              "--dropout", "0", "--lr", "1e-3", "--gate_lr", "1e-2", "--mu", "10", "--total_step", "6",
+    return ["--model", "bert", "--task", "qqp", "--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", "2",
+            *TINY, "--num_hidden_layers", str(student_layers), "--batch_size", "6", "--accum_step", "2",
+            "--max_examples", "29", "--dropout", "0", "--lr", "1e-3"]
+
+
+def test_lad_two_processes_match_one(run, tiny_bert12, data_root, exp_root):
+    common = [*layerwise_over_a_teacher(run, tiny_bert12, 6), "--gate_lr", "1e-2", "--mu", "10", "--total_step", "6",
               "--warmup_step", "1", "--ckpt_step", "6", "--log_step", "3", "--map_examples", "0", "--device_id", "-1"]
     run("run_lad_distil.py", "--experiment", "one", *common)
     torchrun("run_lad_distil.py", ["--experiment", "two", *common], data_root, exp_root)
@@ -121,12 +127,7 @@ def test_hidden_losses_only_under_torchrun(run, tiny_bert, data_root, exp_root):
     """--hard_weight 0 --soft_weight 0: the student's pooler and classifier get no gradient. DDP used to stop on the
     second step ("Expected to have finished reduction"); such a student is now averaged without DDP's wrapper, and two
     processes end where one does, with the pooler and classifier untouched."""
-    run("run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(tiny_bert),
-        "--task", "qqp", "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "16",
-        "--max_seq_len", "24", "--device_id", "-1")
-    common = ["--model", "bert", "--task", "qqp", "--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", "2",
-              *TINY, "--num_hidden_layers", "1", "--batch_size", "6", "--accum_step", "2", "--max_examples", "29",
-              "--dropout", "0", "--lr", "1e-3", "--hard_weight", "0", "--soft_weight", "0", "--mu", "10",
+    common = [*layerwise_over_a_teacher(run, tiny_bert, 1), "--hard_weight", "0", "--soft_weight", "0", "--mu", "10",
               "--total_step", "3", "--warmup_step", "1", "--ckpt_step", "1", "--log_step", "3", "--device_id", "-1"]
     run("run_pkd_distill.py", "--experiment", "one", *common)
     torchrun("run_pkd_distill.py", ["--experiment", "two", *common], data_root, exp_root)
