@@ -4,7 +4,8 @@
     python bench/count_syncs.py [--steps 8] [--batch_size 32] [--max_seq_len 64] [--json OUT]
 
 Each contender trains a tiny random BERT (teacher 4 layers, student 2, hidden 32) on the synthetic QQP rows for
-``--steps`` optimizer steps through the toolkit's engine exactly as the scripts wire it (the training forward of
+``--steps`` optimizer steps (fp32; the fp16 row with a GradScaler, which this engine builds on any device for
+fp16 autocast) through the toolkit's engine exactly as the scripts wire it (the training forward of
 models/padding_free.training_forwards, the collator of workflows/training), with
 fine_tune.engine.syncs.SyncCounter active; the logging step, the finiteness check and the checkpoint at the end
 (which read values on purpose) are left out. A sync is a call that makes the host wait for the device: a tensor
@@ -30,6 +31,7 @@ CONTENDERS = {
     "pkd": "PKD (the script's defaults: padding to max_seq_len, own forward over the grid)",
     "lad_dynamic": "LAD --padding dynamic (padding-free forward)",
     "pkd_dynamic": "PKD --padding dynamic (padding-free forward)",
+    "fine_tune_fp16": "fine-tuning, fp16 autocast + GradScaler (the skip decision)",
 }
 
 
@@ -56,10 +58,10 @@ def count(contender: str, args, root: Path) -> dict:
     synthetic.write_qqp(data, n_train=4 * args.batch_size, n_dev=8, n_test=8)
     tok = AutoTokenizer.from_pretrained(teacher_dir)
     features = tokenize(tok, get_task("qqp").load(data, "train"), args.max_seq_len)
-    padding = "dynamic" if contender in ("fine_tune", "lad_dynamic", "pkd_dynamic") else "max_length"
+    padding = "dynamic" if contender in ("fine_tune", "fine_tune_fp16", "lad_dynamic", "pkd_dynamic") else "max_length"
     n = args.steps
     teacher = None
-    if contender == "fine_tune":
+    if contender.startswith("fine_tune"):
         method = HardLabel()
     else:
         teacher = BertForSequenceClassification.from_pretrained(teacher_dir, num_labels=2)
@@ -84,7 +86,8 @@ def count(contender: str, args, root: Path) -> dict:
     exp = ExperimentDir(root / "exp", contender)
     exp.path.mkdir(parents=True)
     trainer = Trainer(student, method, collator, len(features), settings, exp, torch.device("cpu"),
-                      Precision("cpu", None), teacher=teacher, progress=False,
+                      Precision("cpu", torch.float16 if contender.endswith("fp16") else None), teacher=teacher,
+                      progress=False,
                       student_forward=forwards.student, teacher_forward=forwards.teacher)
     counter = count_training_syncs(trainer)
     return {"contender": contender, "steps": n, "syncs": counter.total, "per_step": counter.total / n,

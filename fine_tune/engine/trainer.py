@@ -4,7 +4,8 @@ Per optimizer step: ``accum_step`` micro-batches of ``batch_size // accum_step``
 student forward (and the teacher forward under ``torch.no_grad()`` when the method uses one) under
 autocast, the method's losses, ``loss / accum_step`` back-propagated (through the GradScaler for fp16);
 then gradients are unscaled, clipped (``max_norm``; extra parameter sets such as LAD gates clipped with
-their own norm), every optimiser and its linear warmup schedule step together. Checkpoints every
+their own norm), every optimiser and its linear warmup schedule step together (under fp16 loss scaling a step
+whose gradients overflow in any set is skipped by all of them together: ``Trainer._optimizer_step``). Checkpoints every
 ``ckpt_step`` and at the end; TensorBoard scalars every ``log_step``.
 """
 
