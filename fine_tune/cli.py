@@ -17,7 +17,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
+from .tasks.registry import TASKS
 from .errors import UserError
+
+TASK_NAMES = tuple(TASKS)  # --task: GLUE's and SuperGLUE's Hugging Face configuration names
 
 
 def flag(default: Any = None, help: str = "", **kw: Any) -> Any:
@@ -56,7 +59,7 @@ class ExperimentFlags:
     key: ClassVar[str] = "experiment"
     experiment: str = flag(None, "experiment name; folder {experiment}_{model}_{task}", required=True)
     model: str = flag("bert", "model family", choices=("bert", "albert"))
-    task: str = flag(None, "task", required=True, choices=("boolq", "qqp"))
+    task: str = flag(None, "task", required=True, choices=TASK_NAMES)
     dataset: str = flag("train", "split (train/val/test for boolq, train/dev/test for qqp)")
 
 
@@ -96,7 +99,7 @@ class DeviceFlags:
 @dataclass(frozen=True)
 class ClassifierFlags:
     key: ClassVar[str] = "classifier"
-    num_class: int = flag(2, "number of classes")
+    num_class: int = flag(None, "number of classes (default: the task's, e.g. 3 for mnli and cb)")
     dropout: float = flag(0.1, "dropout of encoder (hidden and attention) and classifier head")
 
     def __post_init__(self) -> None:
@@ -385,7 +388,7 @@ class ExportFlags:
 @dataclass(frozen=True)
 class ResultsFlags:
     key: ClassVar[str] = "results"
-    task: str = flag(None, "task", required=True, choices=("boolq", "qqp"))
+    task: str = flag(None, "task", required=True, choices=TASK_NAMES)
     exp_root: str = flag(None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)")
     experiments: str = flag(None, "comma-separated globs of experiment folders or names (default: every evaluated one)")
     splits: str = flag(None, "comma-separated reported splits (default: every evaluated labelled split)")

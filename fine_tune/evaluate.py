@@ -29,6 +29,7 @@ from .locking import lock_folder, releases_locks
 from .selection import best_row, parse_ckpt, predictions_path, resolve_ckpt
 from .engine.checkpoint import load_checkpoint_into
 from .models.classifier import build_from_config, check_checkpoint, load_model_dir
+from .tasks.metrics import TAGS
 from .tasks import Task, get_task
 from .tasks.logits import check_logits_target, logits_dir, write_logits
 
@@ -100,12 +101,10 @@ def predict_logits(model: torch.nn.Module, features: Features, pad_token_id: int
 
 
 def metrics(task: Task, labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score
+    """The task's metrics (fine_tune/tasks/metrics.py) of ``preds`` against ``labels``."""
+    from .tasks.metrics import compute
 
-    result = {"accuracy": float(accuracy_score(labels, preds))}
-    if "f1" in task.metrics:
-        result["f1"] = float(f1_score(labels, preds, zero_division=0))
-    return result
+    return compute(task.metrics, labels, preds)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -148,7 +147,7 @@ def run_eval(flags) -> dict:
     writer = SummaryWriter(log_dir=str(le.exp.log_dir)) if main else None
     rows = []
     predictions: dict[str, np.ndarray] = {}
-    metric_names = ["accuracy"] + (["f1"] if "f1" in le.task.metrics else [])
+    metric_names = list(le.task.metrics)
     print(f"{le.exp.name}: {e.dataset} ({len(examples)} rows), {len(steps)} checkpoint(s) on {le.device}")
     print("ckpt\t" + "\t".join(metric_names))
     try:
@@ -167,9 +166,8 @@ def run_eval(flags) -> dict:
             print(f"{step}\t" + "\t".join(f"{row[m]:.6f}" for m in metric_names), flush=True)
             if not main:
                 continue
-            writer.add_scalar(f"{e.task}/{e.dataset}/accuracy", row["accuracy"], step)
-            if "f1" in row:
-                writer.add_scalar(f"{e.task}/{e.dataset}/f1_score", row["f1"], step)
+            for m in metric_names:  # accuracy, f1_score (the toolkit's tags), mcc, macro_f1, ...
+                writer.add_scalar(f"{e.task}/{e.dataset}/{TAGS.get(m, m)}", row[m], step)
             if flags.sweep.save_predictions:
                 write_predictions(le.exp.path / f"predictions-{e.dataset}-{step}.tsv", examples, logits)
     finally:
@@ -296,11 +294,7 @@ def run_test_prediction(flags) -> Path:
     """``generate_test_prediction.py``: the official submission file of a checkpoint's predictions."""
     r = checkpoint_logits(flags)
     le, dataset = r.le, flags.experiment.dataset
-    name = le.task.submission_file
-    if dataset != "test":
-        stem, dot, ext = name.partition(".")
-        name = f"{stem}-{dataset}.{ext}"
-    out = le.exp.path / name
+    out = le.exp.path / le.task.submission_name(dataset)
     if distributed.is_main():
         le.task.write_submission(out, r.examples, r.logits.argmax(axis=1))
     print(f"wrote {len(r.examples)} predictions of {r.label} on {dataset} to {out}")

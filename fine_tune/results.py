@@ -28,6 +28,7 @@ from .errors import UserError
 from .experiment import CKPT_RE, ExperimentDir, check_name, default_exp_root
 from .io_utils import atomic_write_text
 from .selection import Rule, read_eval, read_predictions, select_row
+from .tasks.metrics import SHORT
 from .tasks import get_task
 
 # Config fields that never make two experiments different as science (names, provenance, where it ran).
@@ -174,7 +175,7 @@ def build_table(experiments: list[Experiment], task: str, rule: Rule, splits: li
     columns = ["ex"]
     for s in splits:
         for m in metric_cols:
-            columns.append(f"{s} {'acc' if m == 'accuracy' else m.upper()}")
+            columns.append(f"{s} {SHORT[m]}")
         columns.append(f"{s} ckpt")
     columns += ["params", "size", "infer ex/s", *hyper]
     rows = []
@@ -186,7 +187,7 @@ def build_table(experiments: list[Experiment], task: str, rule: Rule, splits: li
             steps = []
             for e in members:
                 try:
-                    step, row = select_row(e.tables, s, rule)
+                    step, row = select_row(e.tables, s, rule, t.main_metric)
                 except UserError:
                     continue
                 steps.append(step)
@@ -232,13 +233,14 @@ class Bootstrap:
     high: float
     resamples: int
     p_not_better: float  # share of resamples where A - B <= 0
+    metric: str = "accuracy"
 
     @property
     def diff(self) -> float:
         return self.acc_a - self.acc_b
 
     def describe(self, a: str, b: str) -> str:
-        return (f"{a} − {b} accuracy on {self.split}: {self.diff:+.4f} (95% CI [{self.low:+.4f}, {self.high:+.4f}]; "
+        return (f"{a} − {b} {self.metric} on {self.split}: {self.diff:+.4f} (95% CI [{self.low:+.4f}, {self.high:+.4f}]; "
                 f"{a} {self.acc_a:.4f}, {b} {self.acc_b:.4f}; paired bootstrap, {self.resamples} resamples of "
                 f"n={self.n}; share of resamples with difference <= 0: {self.p_not_better:.4f})")
 
@@ -267,23 +269,49 @@ def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, resamples: in
                      float((stats <= 0).mean()))
 
 
+def paired_bootstrap_metric(labels: np.ndarray, preds_a: np.ndarray, preds_b: np.ndarray, metric: str,
+                            resamples: int = 10000, seed: int = 0, split: str = "") -> Bootstrap:
+    """Percentile interval of m(A) - m(B) for a metric m that is not a mean over rows (MCC, F1, macro-F1): each
+    of ``resamples`` paired resamples draws n row indices with replacement and computes m of both on them."""
+    from .tasks.metrics import METRICS
+
+    fn = METRICS[metric]
+    labels, preds_a, preds_b = (np.asarray(x) for x in (labels, preds_a, preds_b))
+    n = len(labels)
+    if n == 0 or preds_a.shape != labels.shape or preds_b.shape != labels.shape:
+        raise UserError("paired bootstrap needs two non-empty prediction vectors of the same examples")
+    rng = np.random.default_rng(seed)
+    stats = np.empty(resamples)
+    for r in range(resamples):
+        i = rng.integers(0, n, n)
+        stats[r] = fn(labels[i], preds_a[i]) - fn(labels[i], preds_b[i])
+    low, high = np.percentile(stats, [2.5, 97.5])
+    return Bootstrap(split, n, fn(labels, preds_a), fn(labels, preds_b), float(low), float(high), resamples,
+                     float((stats <= 0).mean()), metric)
+
+
 def compare(exp_root: Path, task: str, name_a: str, name_b: str, split: str, rule: Rule,
             resamples: int = 10000, seed: int = 0) -> Bootstrap:
-    """Paired bootstrap between two experiments (folder names), each at its checkpoint chosen by ``rule``."""
-    correct = []
+    """Paired bootstrap of the task's main metric between two experiments (folder names), each at its checkpoint
+    chosen by ``rule``."""
+    correct, predicted = [], []
     idx_seen = None
     for name in (name_a, name_b):
         exp = ExperimentDir(Path(exp_root), check_name(name, "--compare"))
         if not exp.config_path.is_file():
             raise UserError(f"--compare {name}: no experiment folder {exp.path}")
         tables = {s: t for s in get_task(task).labelled if (t := read_eval(exp, s)) is not None}
-        step, _ = select_row(tables, split, rule)
+        step, _ = select_row(tables, split, rule, get_task(task).main_metric)
         idx, labels, preds = read_predictions(exp, split, step, tables.get(split))
         if idx_seen is not None and not np.array_equal(idx, idx_seen):
             raise UserError(f"--compare: {name_a} and {name_b} were evaluated on different rows of {split}")
         idx_seen = idx
         correct.append(preds == labels)
-    return paired_bootstrap(correct[0], correct[1], resamples, seed, split)
+        predicted.append(preds)
+    metric = get_task(task).main_metric
+    if metric == "accuracy":
+        return paired_bootstrap(correct[0], correct[1], resamples, seed, split)
+    return paired_bootstrap_metric(labels, predicted[0], predicted[1], metric, resamples, seed, split)
 
 
 def run_results(args) -> str:

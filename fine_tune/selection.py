@@ -121,7 +121,8 @@ def parse_ckpt(value: str) -> int | str:
 def resolve_ckpt(exp: ExperimentDir, ckpt: int | str | None, select_on: str, *, task: str, model: str,
                  experiment: str) -> tuple[int, str]:
     """The step ``--ckpt`` names and a label saying why: a number as given; ``last`` (or None) = the newest
-    checkpoint on disk; ``best`` = the best checkpoint on ``select_on`` by accuracy (from its evaluation)."""
+    checkpoint on disk; ``best`` = the best checkpoint on ``select_on`` by the task's main metric (from its
+    evaluation)."""
     if isinstance(ckpt, int):
         exp.require_checkpoint(ckpt)
         return ckpt, f"model-{ckpt}.pt"
@@ -130,10 +131,13 @@ def resolve_ckpt(exp: ExperimentDir, ckpt: int | str | None, select_on: str, *, 
         if not have:
             raise UserError(f"no checkpoint in {exp.path}")
         return have[-1], f"model-{have[-1]}.pt (latest)"
+    from .tasks import get_task
+
     table = require_eval(exp, select_on, task, model, experiment)
-    row = best_row(table["rows"])
+    metric = get_task(task).main_metric
+    row = best_row(table["rows"], metric)
     exp.require_checkpoint(row["ckpt"])
-    return row["ckpt"], f"model-{row['ckpt']}.pt (best {select_on} accuracy {row['accuracy']:.4f})"
+    return row["ckpt"], f"model-{row['ckpt']}.pt (best {select_on} {metric} {row[metric]:.4f})"
 
 
 def read_predictions(exp: ExperimentDir, split: str, step: int,

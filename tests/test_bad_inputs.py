@@ -75,7 +75,7 @@ CASES = [
     Case("boolq_test_row_without_idx", "run_fine_tune.py", [*FT, "--dataset", "test", "--data_root", "{base}/noidx"]),
     Case("duplicate_test_ids", "run_fine_tune.py", [*FT, "--dataset", "test", "--data_root", "{base}/twiceidx"]),
     # ---- names: task, model family, split, method modes ----------------------------------------------------
-    Case("unknown_task", "run_fine_tune.py", [*FT, "--task", "mnli"]),
+    Case("unknown_task", "run_fine_tune.py", [*FT, "--task", "squad"]),
     Case("unknown_model_family", "run_fine_tune.py", [*FT, "--model", "gpt2"]),
     Case("unknown_split", "run_fine_tune.py", [*FT, "--dataset", "validation"]),
     Case("unknown_split_eval", "run_fine_tune_eval.py", [*EV, "--dataset", "val"]),

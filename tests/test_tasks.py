@@ -112,9 +112,11 @@ def test_unknown_split_and_task(tmp_path):
     assert "'dev_mismatched'" in str(e.value) and "train, val, test" in str(e.value)
     with pytest.raises(UserError, match="train, dev, test"):
         get_task("qqp").path(tmp_path, "val")
-    with pytest.raises(UserError, match="'mnli'") as e:
-        get_task("mnli")
-    assert "boolq" in str(e.value) and "qqp" in str(e.value)
+    with pytest.raises(UserError, match="'squad'") as e:
+        get_task("squad")
+    assert "boolq" in str(e.value) and "mnli" in str(e.value)
+    # dev_mismatched is an MNLI split, and stays a clear error for BoolQ (above)
+    assert get_task("mnli").path(tmp_path, "dev_mismatched") == tmp_path / "MNLI" / "dev_mismatched.tsv"
 
 
 def test_load_max_examples_and_missing_file(data_root, tmp_path):

@@ -1,6 +1,7 @@
 """Tasks: where each data set is parsed, which splits exist, and how submissions are written.
 
-``get_task("boolq")`` / ``get_task("qqp")`` return a :class:`~fine_tune.tasks.registry.Task`.
+``get_task(name)`` returns a :class:`~fine_tune.tasks.registry.Task` (``boolq qqp cola sst2 mrpc mnli qnli rte
+wnli cb``).
 """
 
 from .example import Example

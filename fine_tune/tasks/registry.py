@@ -1,31 +1,55 @@
-"""The task table: file layout, splits, metrics and submission format of BoolQ and QQP."""
+"""The task table: file layout, splits, labels, metrics and submission format of every task.
+
+GLUE (the official ``glue_data`` layout, one folder per task): CoLA, SST-2, MRPC, QQP, MNLI, QNLI, RTE, WNLI.
+SuperGLUE (the official ``.jsonl`` releases): BoolQ, CB. ``--task`` takes Hugging Face's configuration names
+(``cola sst2 mrpc qqp mnli qnli rte wnli``, ``boolq cb``); ``--dataset`` the file stem.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import UserError
 from .boolq import parse_boolq
+from .columns import JsonFields, TsvLayout, parse_jsonl, parse_tsv
 from .example import Example
 from .qqp import parse_qqp
 
 
 @dataclass(frozen=True)
 class Task:
+    """One task. ``label_names``: the classes in the model's output order (Hugging Face's names: exported as
+    ``id2label``); ``file_labels``: how the data files and the submission server write each class (default: the
+    label names). ``metrics``: reported by evaluation; ``main_metric`` picks the best checkpoint."""
+
     name: str
     folder: str  # sub-folder of the data root, as the official zip unpacks
     files: dict[str, str]  # split -> file name
     labelled: frozenset[str]
     parse: Callable[[Path, bool], list[Example]]
-    metrics: tuple[str, ...]  # "accuracy" always; "f1" for QQP
-    submission_file: str
-    num_class: int = 2
+    metrics: tuple[str, ...]
+    submission_file: str  # the test split's official file
     train_split: str = "train"
     dev_split: str = "dev"  # the labelled held-out split that chooses checkpoints by default
     label_names: tuple[str, ...] = field(default=("0", "1"))
+    file_labels: tuple[str, ...] | None = None
+    main_metric: str = "accuracy"
+    submission_format: str = "glue"  # "glue": index<TAB>prediction; "superglue": {"idx", "label"} JSON lines
+    submission_labels: str = "names"  # glue: "names" (file labels) or "ints" (class indices)
+    submission_files: dict[str, str] = field(default_factory=dict)  # other unlabelled splits' official files
+    benchmark: str = "glue"
+
+    @property
+    def num_class(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def labels_in_files(self) -> tuple[str, ...]:
+        return self.file_labels or self.label_names
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -43,12 +67,13 @@ class Task:
         return Path(data_root) / self.folder / self.files[split]
 
     def load(self, data_root: Path, split: str, max_examples: int | None = None) -> list[Example]:
+        from .download import SOURCES
+
         path = self.path(data_root, split)
         if not path.is_file():
-            raise UserError(
-                f"data file {path} not found; run `python download_data.py --task {self.name}` "
-                f"or pass --data_root (env FT_DATA_ROOT)"
-            )
+            fetch = (f"run `python download_data.py --task {self.name}`" if self.name in SOURCES
+                     else f"put the official {self.folder} files there")
+            raise UserError(f"data file {path} not found; {fetch} or pass --data_root (env FT_DATA_ROOT)")
         examples = self.parse(path, split in self.labelled)
         if not examples:
             raise UserError(f"data file {path} holds no examples")
@@ -56,19 +81,51 @@ class Task:
             examples = examples[:max_examples]
         return examples
 
+    def submission_name(self, split: str) -> str:
+        """The official file name of a split's predictions (``MNLI-m.tsv``); other splits get the test file's
+        name with the split added (``QQP-dev.tsv``)."""
+        if split in self.submission_files:
+            return self.submission_files[split]
+        if split == "test":
+            return self.submission_file
+        stem, _, ext = self.submission_file.partition(".")
+        return f"{stem}-{split}.{ext}"
+
     def write_submission(self, path: Path, examples: Sequence[Example], predictions: Sequence[int]) -> None:
-        """Write the official submission file (GLUE ``QQP.tsv`` or SuperGLUE ``BoolQ.jsonl``)."""
+        """Write the official submission file: GLUE ``index<TAB>prediction`` lines after a header (class indices
+        or label names, as the server expects for the task), SuperGLUE ``{"idx": ..., "label": ...}`` lines."""
         from ..io_utils import atomic_write_text
 
-        if self.name == "qqp":
-            lines = ["index\tprediction"] + [f"{ex.idx}\t{int(p)}" for ex, p in zip(examples, predictions)]
+        names = self.labels_in_files
+        if self.submission_format == "glue":
+            shown = (lambda p: str(int(p))) if self.submission_labels == "ints" else (lambda p: names[int(p)])
+            lines = ["index\tprediction"] + [f"{ex.idx}\t{shown(p)}" for ex, p in zip(examples, predictions)]
         else:
-            lines = [
-                json.dumps({"idx": ex.idx, "label": "true" if int(p) == 1 else "false"})
-                for ex, p in zip(examples, predictions)
-            ]
+            lines = [json.dumps({"idx": ex.idx, "label": names[int(p)]}) for ex, p in zip(examples, predictions)]
         atomic_write_text(path, "\n".join(lines) + "\n")
 
+
+def _tsv(labelled_layout: TsvLayout, test_layout: TsvLayout, file_labels: tuple[str, ...]):
+    """A parser reading the labelled splits with one layout and the test splits with another."""
+    def parse(path: Path, labelled: bool) -> list[Example]:
+        return parse_tsv(path, labelled, labelled_layout if labelled else test_layout, file_labels)
+    return parse
+
+
+def _jsonl(fields: JsonFields, file_labels: tuple[str, ...]):
+    return partial(_parse_jsonl, fields=fields, file_labels=file_labels)
+
+
+def _parse_jsonl(path: Path, labelled: bool, *, fields: JsonFields, file_labels: tuple[str, ...]) -> list[Example]:
+    return parse_jsonl(path, labelled, fields, file_labels)
+
+
+GLUE_FILES = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
+GLUE_LABELLED = frozenset({"train", "dev"})
+BINARY = ("0", "1")
+NLI2 = ("entailment", "not_entailment")
+SENTENCE_PAIR = TsvLayout(text="sentence1", pair="sentence2", label="label", idx="index")
+SENTENCE_PAIR_TEST = TsvLayout(text="sentence1", pair="sentence2", idx="index")
 
 TASKS: dict[str, Task] = {
     "boolq": Task(
@@ -81,6 +138,8 @@ TASKS: dict[str, Task] = {
         submission_file="BoolQ.jsonl",
         dev_split="val",
         label_names=("false", "true"),
+        submission_format="superglue",
+        benchmark="superglue",
     ),
     "qqp": Task(
         name="qqp",
@@ -90,6 +149,64 @@ TASKS: dict[str, Task] = {
         parse=parse_qqp,
         metrics=("accuracy", "f1"),
         submission_file="QQP.tsv",
+        submission_labels="ints",
+    ),
+    "cola": Task(
+        name="cola", folder="CoLA", files=GLUE_FILES, labelled=GLUE_LABELLED,
+        # train/dev: no header; source, label, original label (a * where it was changed), sentence
+        parse=_tsv(TsvLayout(text=3, label=1, header=False, width=4),
+                   TsvLayout(text="sentence", idx="index"), BINARY),
+        metrics=("mcc", "accuracy"), main_metric="mcc", submission_file="CoLA.tsv",
+        label_names=("unacceptable", "acceptable"), file_labels=BINARY, submission_labels="ints",
+    ),
+    "sst2": Task(
+        name="sst2", folder="SST-2", files=GLUE_FILES, labelled=GLUE_LABELLED,
+        parse=_tsv(TsvLayout(text="sentence", label="label"), TsvLayout(text="sentence", idx="index"), BINARY),
+        metrics=("accuracy",), submission_file="SST-2.tsv",
+        label_names=("negative", "positive"), file_labels=BINARY, submission_labels="ints",
+    ),
+    "mrpc": Task(
+        name="mrpc", folder="MRPC", files=GLUE_FILES, labelled=GLUE_LABELLED,
+        parse=_tsv(TsvLayout(text="#1 String", pair="#2 String", label="Quality"),
+                   TsvLayout(text="#1 String", pair="#2 String", idx="index"), BINARY),
+        metrics=("accuracy", "f1"), submission_file="MRPC.tsv",
+        label_names=("not_equivalent", "equivalent"), file_labels=BINARY, submission_labels="ints",
+    ),
+    "mnli": Task(
+        name="mnli", folder="MNLI",
+        files={"train": "train.tsv", "dev_matched": "dev_matched.tsv", "dev_mismatched": "dev_mismatched.tsv",
+               "test_matched": "test_matched.tsv", "test_mismatched": "test_mismatched.tsv"},
+        labelled=frozenset({"train", "dev_matched", "dev_mismatched"}),
+        # train: 12 columns (label1, gold_label), dev: 16 (label1..label5, gold_label), test: 10 (no label)
+        parse=_tsv(TsvLayout(text="sentence1", pair="sentence2", label="gold_label", idx="index"),
+                   SENTENCE_PAIR_TEST, ("entailment", "neutral", "contradiction")),
+        metrics=("accuracy",), submission_file="MNLI-m.tsv", dev_split="dev_matched",
+        submission_files={"test_matched": "MNLI-m.tsv", "test_mismatched": "MNLI-mm.tsv"},
+        label_names=("entailment", "neutral", "contradiction"),
+    ),
+    "qnli": Task(
+        name="qnli", folder="QNLI", files=GLUE_FILES, labelled=GLUE_LABELLED,
+        parse=_tsv(TsvLayout(text="question", pair="sentence", label="label", idx="index"),
+                   TsvLayout(text="question", pair="sentence", idx="index"), NLI2),
+        metrics=("accuracy",), submission_file="QNLI.tsv", label_names=NLI2,
+    ),
+    "rte": Task(
+        name="rte", folder="RTE", files=GLUE_FILES, labelled=GLUE_LABELLED,
+        parse=_tsv(SENTENCE_PAIR, SENTENCE_PAIR_TEST, NLI2),
+        metrics=("accuracy",), submission_file="RTE.tsv", label_names=NLI2,
+    ),
+    "wnli": Task(
+        name="wnli", folder="WNLI", files=GLUE_FILES, labelled=GLUE_LABELLED,
+        parse=_tsv(SENTENCE_PAIR, SENTENCE_PAIR_TEST, BINARY),
+        metrics=("accuracy",), submission_file="WNLI.tsv",
+        label_names=("not_entailment", "entailment"), file_labels=BINARY, submission_labels="ints",
+    ),
+    "cb": Task(
+        name="cb", folder="CB", files={"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl"},
+        labelled=frozenset({"train", "val"}),
+        parse=_jsonl(JsonFields(text="premise", pair="hypothesis"), ("entailment", "contradiction", "neutral")),
+        metrics=("accuracy", "macro_f1"), submission_file="CB.jsonl", dev_split="val",
+        label_names=("entailment", "contradiction", "neutral"), submission_format="superglue", benchmark="superglue",
     ),
 }
 

@@ -17,9 +17,11 @@ from .training import run_training
 
 @releases_locks
 def run_fine_tune(flags) -> dict | None:
-    p = prepare(flags)
+    p = prepare(flags)  # checks --num_class against the task
     e, ptrain_ver = flags.experiment, flags.pretrained.ptrain_ver
     task = get_task(e.task)
+    if flags.classifier.num_class is None:  # the task's label set, recorded in config.json
+        flags = flags.replace(classifier={"num_class": task.num_class})
     data_file = task.path(p.data_root, e.dataset)
     examples = task.load(p.data_root, e.dataset, flags.paths.max_examples)
     pre_config = load_pretrained_config(ptrain_ver, e.model)

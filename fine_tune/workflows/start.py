@@ -44,7 +44,8 @@ def prepare(flags) -> Prepared:
     check_writable(exp_root, "--exp_root")
     num_class = flags.classifier.num_class
     if num_class is not None and num_class != task.num_class:
-        raise UserError(f"--num_class {num_class}: {task.name} has {task.num_class} classes")
+        raise UserError(f"--num_class {num_class}: {task.name} has {task.num_class} classes "
+                        f"({', '.join(task.label_names)})")
     return Prepared(exp, data_root)
 
 

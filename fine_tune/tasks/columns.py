@@ -1,0 +1,110 @@
+"""Parsing the GLUE tab-separated files and the SuperGLUE JSON-lines files by column.
+
+A :class:`TsvLayout` says where a split's text, optional text pair, label and id are: by header name, or by
+position for header-less files (CoLA's train and dev). Labels are read as the file writes them (``"0"``/``"1"``,
+``"entailment"``...) and mapped to class indices in the task's order. Every problem is a one-line
+:class:`~fine_tune.errors.UserError` naming the file, the line and the column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from .example import Example, check_unique_ids, json_objects, text_lines
+
+
+@dataclass(frozen=True)
+class TsvLayout:
+    """Where a split's fields are. ``header``: the column names the file's first line must contain (in any
+    order, others allowed), or None for a header-less file of ``width`` columns addressed by position.
+    ``idx``: the id column (None: the row number, from 0)."""
+
+    text: str | int
+    pair: str | int | None = None
+    label: str | int | None = None
+    idx: str | int | None = None
+    header: bool = True
+    width: int | None = None  # header-less files: the column count
+
+
+def _label(raw: str, file_labels: tuple[str, ...], where: str, column: str) -> int:
+    try:
+        return file_labels.index(raw)
+    except ValueError:
+        raise UserError(f"{where}: unknown label {raw!r} in column {column} (expected one of "
+                        f"{', '.join(file_labels)})") from None
+
+
+def parse_tsv(path: Path, labelled: bool, layout: TsvLayout, file_labels: tuple[str, ...]) -> list[Example]:
+    """Rows of a GLUE ``.tsv`` file as :class:`Example`s (``labelled``: the split has gold labels)."""
+    lines = text_lines(path)
+    if layout.header:
+        header = next(lines, (1, ""))[1].split("\t")
+        wanted = [c for c in (layout.text, layout.pair, layout.idx, layout.label if labelled else None) if c is not None]
+        missing = [c for c in wanted if c not in header]
+        if missing:
+            raise UserError(f"{path}, line 1: header {header} lacks the column(s) {', '.join(map(repr, missing))}")
+        width = len(header)
+        pos = {c: header.index(c) for c in wanted}
+    else:
+        width = layout.width
+        pos = {c: c for c in (layout.text, layout.pair, layout.idx, layout.label) if c is not None}
+    examples: list[Example] = []
+    for line_no, line in lines:
+        if not line:
+            continue
+        where = f"{path}, line {line_no}"
+        cols = line.split("\t")
+        if len(cols) != width:
+            raise UserError(f"{where}: {len(cols)} tab-separated columns, expected {width}")
+        idx = len(examples)
+        if layout.idx is not None:
+            try:
+                idx = int(cols[pos[layout.idx]])
+            except ValueError:
+                raise UserError(f"{where}: id {cols[pos[layout.idx]]!r} in column {layout.idx} is not an integer") from None
+        label = None
+        if labelled and layout.label is not None:
+            label = _label(cols[pos[layout.label]], file_labels, where, str(layout.label))
+        examples.append(Example(idx=idx, text=cols[pos[layout.text]],
+                                text_pair=None if layout.pair is None else cols[pos[layout.pair]], label=label))
+    if not labelled:
+        check_unique_ids(examples, path)
+    return examples
+
+
+@dataclass(frozen=True)
+class JsonFields:
+    """The fields of a SuperGLUE JSON-lines row: text, optional text pair, label and id (``idx``)."""
+
+    text: str
+    pair: str | None = None
+    label: str = "label"
+    idx: str = "idx"
+
+
+def parse_jsonl(path: Path, labelled: bool, fields: JsonFields, file_labels: tuple[str, ...]) -> list[Example]:
+    """Rows of a SuperGLUE ``.jsonl`` file as :class:`Example`s."""
+    examples: list[Example] = []
+    for where, row in json_objects(path):
+        for key in (fields.text, fields.pair):
+            if key is not None and not isinstance(row.get(key), str):
+                raise UserError(f"{where}: missing or non-string field '{key}'")
+        idx = row.get(fields.idx)
+        if idx is None and not labelled:
+            raise UserError(f"{where}: missing field '{fields.idx}' (a test row's id names it in the submission)")
+        idx = len(examples) if idx is None else idx
+        if not isinstance(idx, int) or isinstance(idx, bool):
+            raise UserError(f"{where}: field '{fields.idx}' must be an integer, got {idx!r}")
+        label = None
+        if labelled:
+            if fields.label not in row:
+                raise UserError(f"{where}: missing '{fields.label}' in a labelled split")
+            label = _label(str(row[fields.label]), file_labels, where, fields.label)
+        examples.append(Example(idx=idx, text=row[fields.text],
+                                text_pair=None if fields.pair is None else row[fields.pair], label=label))
+    if not labelled:
+        check_unique_ids(examples, path)
+    return examples

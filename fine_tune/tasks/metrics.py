@@ -1,0 +1,73 @@
+"""The metrics of the GLUE and SuperGLUE tasks, from scikit-learn and SciPy.
+
+- ``accuracy``: the share of rows predicted right.
+- ``f1``: F1 of class 1 (MRPC, QQP: "equivalent", "duplicate"), 0 when nothing is predicted positive.
+- ``macro_f1``: the unweighted mean of the per-class F1 (SuperGLUE's CB).
+- ``mcc``: Matthews correlation coefficient (CoLA), 0 when a prediction or label column is constant.
+- ``pearson`` / ``spearman``: correlations of predicted and gold scores (STS-B), 0 when either is constant.
+
+Each task names its metrics and its *main* metric (``Task.main_metric``), the one that picks the best checkpoint
+(doc/methods.md, "Tasks and their metrics").
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+
+def accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
+    return float(np.mean(np.asarray(labels) == np.asarray(preds)))
+
+
+def f1(labels: np.ndarray, preds: np.ndarray) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(labels, preds, zero_division=0))
+
+
+def macro_f1(labels: np.ndarray, preds: np.ndarray) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(labels, preds, average="macro", zero_division=0))
+
+
+def mcc(labels: np.ndarray, preds: np.ndarray) -> float:
+    from sklearn.metrics import matthews_corrcoef
+
+    return float(matthews_corrcoef(labels, preds))
+
+
+def _correlation(fn, labels, preds) -> float:
+    labels, preds = np.asarray(labels, dtype=np.float64), np.asarray(preds, dtype=np.float64)
+    if len(labels) < 2 or labels.std() == 0 or preds.std() == 0:
+        return 0.0
+    return float(fn(labels, preds)[0])
+
+
+def pearson(labels: np.ndarray, preds: np.ndarray) -> float:
+    from scipy.stats import pearsonr
+
+    return _correlation(pearsonr, labels, preds)
+
+
+def spearman(labels: np.ndarray, preds: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return _correlation(spearmanr, labels, preds)
+
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "accuracy": accuracy, "f1": f1, "macro_f1": macro_f1, "mcc": mcc, "pearson": pearson, "spearman": spearman}
+
+# column titles of the results tables
+SHORT = {"accuracy": "acc", "f1": "F1", "macro_f1": "macro-F1", "mcc": "MCC", "pearson": "Pearson",
+         "spearman": "Spearman"}
+# TensorBoard tags written by run_fine_tune_eval.py ("f1_score": the tag the toolkit has always written)
+TAGS = {"f1": "f1_score"}
+
+
+def compute(names: tuple[str, ...], labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
+    """``{name: value}`` for each metric in ``names``."""
+    return {name: METRICS[name](labels, preds) for name in names}

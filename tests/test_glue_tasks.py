@@ -1,0 +1,210 @@
+"""GLUE and SuperGLUE classification tasks: each parsed from a fixture in its official layout (the real headers
+and quirks, written here), its metrics against hand-computed values, its submission file in the server's format;
+a 3-class task (MNLI) through fine-tuning, evaluation, the submission files and a layer-wise method."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from fine_tune.errors import UserError
+from fine_tune.tasks import get_task
+from fine_tune.tasks.metrics import compute
+
+MNLI_TRAIN = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+              "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"]
+MNLI_DEV = MNLI_TRAIN[:-2] + ["label1", "label2", "label3", "label4", "label5", "gold_label"]
+MNLI_TEST = MNLI_TRAIN[:-2]
+NLI3 = ("entailment", "neutral", "contradiction")
+
+
+def tsv(path, header, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ([("\t".join(header))] if header else []) + ["\t".join(map(str, r)) for r in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def mnli_rows(n, seed, header):
+    """MNLI rows whose label a tiny model can learn: the hypothesis repeats a cue word of its class."""
+    rng = random.Random(seed)
+    cues = {"entailment": "yes", "neutral": "maybe", "contradiction": "no"}
+    rows, labels = [], []
+    for i in range(n):
+        label = NLI3[rng.randrange(3)]
+        s1 = " ".join(rng.choice(["the", "a", "cat", "dog", "sat", "ran", "on", "mat"]) for _ in range(rng.randint(4, 12)))
+        s2 = f"{cues[label]} {cues[label]} " + " ".join(rng.choice(["it", "is", "was", "there"]) for _ in range(3))
+        row = {"index": i, "promptID": 100 + i, "pairID": f"{100 + i}e", "genre": "fiction",
+               "sentence1_binary_parse": "( x )", "sentence2_binary_parse": "( y )", "sentence1_parse": "(ROOT x)",
+               "sentence2_parse": "(ROOT y)", "sentence1": s1, "sentence2": s2}
+        row.update({k: label for k in header if k.startswith("label") or k == "gold_label"})
+        rows.append([row[k] for k in header])
+        labels.append(NLI3.index(label))
+    return rows, labels
+
+
+def write_mnli(root, n_train=96, n_dev=32, n_test=16):
+    tsv(root / "MNLI" / "train.tsv", MNLI_TRAIN, mnli_rows(n_train, 0, MNLI_TRAIN)[0])
+    for i, split in enumerate(("dev_matched", "dev_mismatched")):
+        tsv(root / "MNLI" / f"{split}.tsv", MNLI_DEV, mnli_rows(n_dev, 1 + i, MNLI_DEV)[0])
+    for i, split in enumerate(("test_matched", "test_mismatched")):
+        tsv(root / "MNLI" / f"{split}.tsv", MNLI_TEST, mnli_rows(n_test, 3 + i, MNLI_TEST)[0])
+
+
+# ------------------------------------------------------------------------ each task's official layout
+
+
+def test_cola_header_less_train_and_indexed_test(tmp_path):
+    tsv(tmp_path / "CoLA" / "train.tsv", None, [["gj04", 1, "", "Our friends won't buy this analysis."],
+                                                ["gj04", 0, "*", "They drank the pub."]])
+    tsv(tmp_path / "CoLA" / "test.tsv", ["index", "sentence"], [[0, "Bill whistled past the house."],
+                                                                [1, "The car honked its way."]])
+    task = get_task("cola")
+    train = task.load(tmp_path, "train")
+    assert [(e.idx, e.text, e.text_pair, e.label) for e in train] == [
+        (0, "Our friends won't buy this analysis.", None, 1), (1, "They drank the pub.", None, 0)]
+    test = task.load(tmp_path, "test")
+    assert [(e.idx, e.label) for e in test] == [(0, None), (1, None)]
+    out = tmp_path / "CoLA.tsv"
+    task.write_submission(out, test, [1, 0])
+    assert out.read_text() == "index\tprediction\n0\t1\n1\t0\n"  # GLUE: class indices for CoLA
+    assert task.main_metric == "mcc" and task.label_names == ("unacceptable", "acceptable")
+
+
+@pytest.mark.parametrize("name, folder, labelled_header, test_header, row, test_row, want", [
+    ("sst2", "SST-2", ["sentence", "label"], ["index", "sentence"], ["a gripping film", 1], [7, "dull"],
+     ("a gripping film", None, 1)),
+    ("mrpc", "MRPC", ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+     ["index", "#1 ID", "#2 ID", "#1 String", "#2 String"], [1, 702876, 702977, "He said so.", "He did say so."],
+     [7, 1, 2, "a", "b"], ("He said so.", "He did say so.", 1)),
+    ("qnli", "QNLI", ["index", "question", "sentence", "label"], ["index", "question", "sentence"],
+     [0, "Who wrote it?", "Ann wrote it.", "entailment"], [7, "q", "s"], ("Who wrote it?", "Ann wrote it.", 0)),
+    ("rte", "RTE", ["index", "sentence1", "sentence2", "label"], ["index", "sentence1", "sentence2"],
+     [0, "A man sleeps.", "Nobody sleeps.", "not_entailment"], [7, "a", "b"], ("A man sleeps.", "Nobody sleeps.", 1)),
+    ("wnli", "WNLI", ["index", "sentence1", "sentence2", "label"], ["index", "sentence1", "sentence2"],
+     [0, "I stuck a pin.", "The pin stuck.", 1], [7, "a", "b"], ("I stuck a pin.", "The pin stuck.", 1)),
+])
+def test_glue_pair_and_single_sentence_layouts(tmp_path, name, folder, labelled_header, test_header, row, test_row,
+                                               want):
+    task = get_task(name)
+    tsv(tmp_path / folder / "dev.tsv", labelled_header, [row])
+    tsv(tmp_path / folder / "test.tsv", test_header, [test_row])
+    (ex,) = task.load(tmp_path, "dev")
+    assert (ex.text, ex.text_pair, ex.label) == want
+    (t,) = task.load(tmp_path, "test")
+    assert t.idx == 7 and t.label is None
+    out = tmp_path / task.submission_name("test")
+    task.write_submission(out, [t], [want[2]])
+    shown = task.labels_in_files[want[2]] if task.submission_labels == "names" else str(want[2])
+    assert out.name == f"{folder}.tsv" and out.read_text() == f"index\tprediction\n7\t{shown}\n"
+    # names where the server expects names (QNLI, RTE), indices elsewhere
+    assert (task.submission_labels == "names") == (name in ("qnli", "rte"))
+
+
+def test_mnli_splits_columns_and_two_submission_files(tmp_path):
+    write_mnli(tmp_path, 6, 4, 3)
+    task = get_task("mnli")
+    assert task.num_class == 3 and task.dev_split == "dev_matched"
+    _, labels = mnli_rows(4, 2, MNLI_DEV)
+    dev = task.load(tmp_path, "dev_mismatched")
+    assert [e.label for e in dev] == labels and [e.idx for e in dev] == [0, 1, 2, 3]
+    assert dev[0].text_pair.split()[0] in ("yes", "maybe", "no")
+    for split, name in (("test_matched", "MNLI-m.tsv"), ("test_mismatched", "MNLI-mm.tsv")):
+        rows = task.load(tmp_path, split)
+        out = tmp_path / task.submission_name(split)
+        task.write_submission(out, rows, [0, 1, 2])
+        assert out.name == name
+        assert out.read_text() == "index\tprediction\n0\tentailment\n1\tneutral\n2\tcontradiction\n"
+    with pytest.raises(UserError, match="'dev' is not a mnli split; valid splits: train, dev_matched"):
+        task.path(tmp_path, "dev")
+
+
+def test_cb_jsonl_and_its_superglue_file(tmp_path):
+    folder = tmp_path / "CB"
+    folder.mkdir()
+    (folder / "val.jsonl").write_text(
+        json.dumps({"premise": "It rained.", "hypothesis": "It was dry.", "label": "contradiction", "idx": 0}) + "\n"
+        + json.dumps({"premise": "It rained.", "hypothesis": "It was wet.", "label": "entailment", "idx": 1}) + "\n")
+    (folder / "test.jsonl").write_text(json.dumps({"premise": "p", "hypothesis": "h", "idx": 5}) + "\n")
+    task = get_task("cb")
+    assert [(e.text, e.text_pair, e.label) for e in task.load(tmp_path, "val")] == [
+        ("It rained.", "It was dry.", 1), ("It rained.", "It was wet.", 0)]
+    out = tmp_path / "CB.jsonl"
+    task.write_submission(out, task.load(tmp_path, "test"), [2])
+    assert [json.loads(x) for x in out.read_text().splitlines()] == [{"idx": 5, "label": "neutral"}]
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("rte", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n",
+     r"RTE/dev.tsv, line 2: unknown label 'maybe' in column label \(expected one of entailment, not_entailment\)"),
+    ("mrpc", "Quality\t#1 ID\t#2 ID\t#1 String\n0\t1\t2\ta\n",
+     r"MRPC/dev.tsv, line 1: header \['Quality', '#1 ID', '#2 ID', '#1 String'\] lacks the column\(s\) '#2 String'"),
+    ("qnli", "index\tquestion\tsentence\tlabel\n0\tq\ts\n", r"QNLI/dev.tsv, line 2: 3 tab-separated columns, expected 4"),
+    ("rte", "index\tsentence1\tsentence2\tlabel\nx\ta\tb\tentailment\n",
+     r"RTE/dev.tsv, line 2: id 'x' in column index is not an integer"),
+])
+def test_a_bad_row_names_file_line_and_column(tmp_path, name, content, message):
+    task = get_task(name)
+    path = task.path(tmp_path, "dev")
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    with pytest.raises(UserError, match=message):
+        task.load(tmp_path, "dev")
+
+
+# ------------------------------------------------------------------------ metrics
+
+
+def test_metrics_against_hand_computed_values():
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 1])
+    preds = np.array([1, 1, 0, 0, 0, 1, 0, 1])
+    # tp 3, fn 1, fp 1, tn 3: accuracy 6/8; F1 = 2*3 / (2*3 + 1 + 1) = 0.75; MCC = (3*3 - 1*1) / sqrt(4*4*4*4) = 0.5
+    got = compute(("accuracy", "f1", "mcc"), labels, preds)
+    assert got == pytest.approx({"accuracy": 0.75, "f1": 0.75, "mcc": 0.5})
+    # three classes: per-class F1 1.0 (class 0: 2 of 2), 2/3 (class 1: tp 1, fp 0, fn 1), 0.8 (class 2: tp 2, fp 1, fn 0)
+    three = compute(("macro_f1",), np.array([0, 0, 1, 1, 2, 2]), np.array([0, 0, 1, 2, 2, 2]))
+    assert three["macro_f1"] == pytest.approx((1.0 + 2 / 3 + 0.8) / 3)
+    assert compute(("mcc",), labels, np.ones(8, dtype=int))["mcc"] == 0.0  # a constant prediction
+
+
+def test_the_main_metric_picks_the_best_checkpoint(tmp_path):
+    from fine_tune.selection import best_row
+
+    rows = [{"ckpt": 1, "accuracy": 0.8, "mcc": 0.1}, {"ckpt": 2, "accuracy": 0.7, "mcc": 0.3}]
+    assert best_row(rows, get_task("cola").main_metric)["ckpt"] == 2
+    assert best_row(rows, get_task("sst2").main_metric)["ckpt"] == 1
+
+
+# ------------------------------------------------------------------------ three classes end to end
+
+
+def test_mnli_fine_tune_eval_submission_and_a_layerwise_student(run, tiny_bert, data_root, exp_root):
+    write_mnli(data_root)
+    common = ["--model", "bert", "--task", "mnli", "--max_seq_len", "32", "--device_id", "-1"]
+    run("run_fine_tune.py", "--experiment", "t", "--ptrain_ver", str(tiny_bert), *common, "--total_step", "4",
+        "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "16", "--lr", "1e-3")
+    exp = exp_root / "t_bert_mnli"
+    assert json.loads((exp / "config.json").read_text())["num_class"] == 3  # from the task's label set
+    out = run("run_fine_tune_eval.py", "--experiment", "t", "--model", "bert", "--task", "mnli",
+              "--dataset", "dev_mismatched", "--ckpt", "2")
+    table = json.loads((exp / "eval-dev_mismatched.json").read_text())
+    assert [r["ckpt"] for r in table["rows"]] == [2, 4] and "accuracy" in out.stdout
+    for split, name in (("test_matched", "MNLI-m.tsv"), ("test_mismatched", "MNLI-mm.tsv")):
+        run("generate_test_prediction.py", "--experiment", "t", "--model", "bert", "--task", "mnli",
+            "--dataset", split, "--ckpt", "4")
+        lines = (exp / name).read_text().splitlines()
+        assert lines[0] == "index\tprediction" and len(lines) == 17
+        assert all(x.split("\t")[1] in NLI3 for x in lines[1:])
+    with pytest.raises(AssertionError, match="--num_class 2: mnli has 3 classes"):
+        run("run_fine_tune.py", "--experiment", "two", "--ptrain_ver", str(tiny_bert), *common, "--num_class", "2")
+    # a layer-wise method on the 3-class teacher: a 1-layer PKD student
+    run("run_pkd_distill.py", "--experiment", "s", "--model", "bert", "--task", "mnli", "--teacher_exp", "t",
+        "--tmodel", "bert", "--tckpt", "4", "--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2",
+        "--num_hidden_layers", "1", "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "8",
+        "--device_id", "-1")
+    student = exp_root / "s_bert_mnli"
+    assert json.loads((student / "config.json").read_text())["num_class"] == 3
+    run("run_fine_tune_eval.py", "--experiment", "s", "--model", "bert", "--task", "mnli", "--dataset", "dev_matched")
+    assert json.loads((student / "eval-dev_matched.json").read_text())["rows"][0]["ckpt"] == 2
