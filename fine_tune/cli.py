@@ -407,6 +407,16 @@ class ResultsFlags:
             raise UserError(f"--bootstrap_seed must lie in [0, 2^32), got {self.bootstrap_seed}")
 
 
+@dataclass(frozen=True)
+class SubmissionFlags:
+    key: ClassVar[str] = "submission"
+    benchmark: str = flag(None, "the benchmark whose server takes the zip", required=True, choices=("glue", "superglue"))
+    exp_root: str = flag(None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)")
+    use: tuple = flag(None, "TASK=EXPERIMENT_FOLDER: take that task's file from this experiment (default: the "
+                            "experiment holding it with the best main metric on the task's dev split)", nargs="+")
+    out: str = flag(None, "the zip to write (default: <exp_root>/<benchmark>-submission.zip)")
+
+
 # Training scripts' groups (their union of fields is config.json's record)
 TRAINING = (ClassifierFlags, OptimiserFlags, BatchingFlags, RunFlags, SpeedFlags, DeviceFlags, PathFlags)
 FINE_TUNE = (ExperimentFlags, PretrainedFlags, *TRAINING)

@@ -208,3 +208,65 @@ def test_mnli_fine_tune_eval_submission_and_a_layerwise_student(run, tiny_bert, 
     assert json.loads((student / "config.json").read_text())["num_class"] == 3
     run("run_fine_tune_eval.py", "--experiment", "s", "--model", "bert", "--task", "mnli", "--dataset", "dev_matched")
     assert json.loads((student / "eval-dev_matched.json").read_text())["rows"][0]["ckpt"] == 2
+
+
+def test_diagnostics_are_splits_of_the_task_whose_model_predicts_them(tmp_path):
+    tsv(tmp_path / "diagnostic" / "diagnostic.tsv", ["index", "sentence1", "sentence2"], [[0, "A cat.", "An animal."]])
+    mnli = get_task("mnli")
+    (ax,) = mnli.load(tmp_path, "ax")
+    assert (ax.idx, ax.text, ax.text_pair, ax.label) == (0, "A cat.", "An animal.", None)
+    mnli.write_submission(tmp_path / mnli.submission_name("ax"), [ax], [1])
+    assert (tmp_path / "AX.tsv").read_text() == "index\tprediction\n0\tneutral\n"
+    rte = get_task("rte_superglue")
+    for folder, row in (("AX-b", {"sentence1": "s1", "sentence2": "s2", "label": "entailment", "idx": 3}),
+                        ("AX-g", {"premise": "p", "hypothesis": "h", "idx": 4, "label": "not_entailment",
+                                  "pair_id": 1})):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"{folder}.jsonl").write_text(json.dumps(row) + "\n")
+        split = folder.lower().replace("-", "")
+        (ex,) = rte.load(tmp_path, split)
+        assert ex.idx == row["idx"] and ex.text in ("s1", "p") and ex.label is None  # predicted, not scored
+        out = tmp_path / rte.submission_name(split)
+        rte.write_submission(out, [ex], [1])
+        assert out.name == f"{folder}.jsonl"
+        assert json.loads(out.read_text()) == {"idx": row["idx"], "label": "not_entailment"}
+
+
+def test_the_glue_zip_holds_exactly_the_required_files_or_is_refused(run, exp_root, tmp_path, monkeypatch):
+    """Submission files placed in experiment folders as generate_test_prediction.py writes them: the zip holds every
+    file GLUE requires at its root, each from the best experiment of its task on dev (or the one named with --use);
+    a missing one is refused with what writes it, before anything is written."""
+    import zipfile
+    from dataclasses import replace
+
+    from fine_tune.submission import REQUIRED, writers
+    from fine_tune.tasks import TASKS
+
+    def place(task, names, scores=(("a", 0.6), ("b", 0.7))):
+        t = get_task(task)
+        for exp, score in scores:
+            folder = exp_root / f"{exp}_bert_{task}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "config.json").write_text(json.dumps({"task": task}))
+            for name in names:
+                (folder / name).write_text(f"index\tprediction\n0\t{exp}\n")
+            (folder / f"eval-{t.dev_split}.json").write_text(json.dumps(
+                {"best": {t.main_metric: {"ckpt": 1, "value": score}}}))
+
+    made_by = writers("glue")
+    assert set(made_by) == set(REQUIRED["glue"]) - {"STS-B.tsv"}  # STS-B: regression, not yet a task here
+    for task in {t for t, _ in made_by.values()}:
+        place(task, [n for n, (t, _) in made_by.items() if t == task])
+    with pytest.raises(AssertionError, match=r"the glue submission lacks 1 of 11 files: STS-B.tsv \(no task"):
+        run("make_submission.py", "--benchmark", "glue")
+    assert not list(exp_root.glob("*.zip"))
+    # a stand-in STS-B task (the file's format does not matter to the zip): now the submission is complete
+    monkeypatch.setitem(TASKS, "stsb", replace(get_task("qqp"), name="stsb", submission_file="STS-B.tsv"))
+    place("stsb", ["STS-B.tsv"])
+    out = tmp_path / "glue.zip"
+    run("make_submission.py", "--benchmark", "glue", "--use", "mnli=a_bert_mnli", "--out", str(out))
+    with zipfile.ZipFile(out) as z:
+        assert sorted(z.namelist()) == sorted(REQUIRED["glue"])
+        assert z.read("CoLA.tsv").decode().endswith("\tb\n")  # the best on dev (0.7)
+        assert z.read("MNLI-m.tsv").decode().endswith("\ta\n")  # --use mnli=a_bert_mnli
+        assert z.read("AX.tsv").decode().endswith("\ta\n")  # AX comes from the MNLI experiment too

@@ -1,8 +1,10 @@
 """The task table: file layout, splits, labels, metrics and submission format of every task.
 
 GLUE (the official ``glue_data`` layout, one folder per task): CoLA, SST-2, MRPC, QQP, MNLI, QNLI, RTE, WNLI.
-SuperGLUE (the official ``.jsonl`` releases): BoolQ, CB. ``--task`` takes Hugging Face's configuration names
-(``cola sst2 mrpc qqp mnli qnli rte wnli``, ``boolq cb``); ``--dataset`` the file stem.
+SuperGLUE (the official ``.jsonl`` releases): BoolQ, CB, RTE (``rte_superglue``). ``--task`` takes Hugging Face's
+configuration names (``cola sst2 mrpc qqp mnli qnli rte wnli``, ``boolq cb``); ``--dataset`` the file stem. The
+diagnostics are splits of the task whose model predicts them: GLUE's AX of ``mnli`` (``--dataset ax``),
+SuperGLUE's AX-b and AX-g of ``rte_superglue`` (``--dataset axb``, ``axg``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class Task:
     submission_labels: str = "names"  # glue: "names" (file labels) or "ints" (class indices)
     submission_files: dict[str, str] = field(default_factory=dict)  # other unlabelled splits' official files
     benchmark: str = "glue"
+    # splits whose file lies in another folder of the data root (the diagnostics): split -> path under the root
+    split_paths: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_class(self) -> int:
@@ -64,6 +68,8 @@ class Task:
 
     def path(self, data_root: Path, split: str) -> Path:
         self.check_split(split)
+        if split in self.split_paths:
+            return Path(data_root) / self.split_paths[split]
         return Path(data_root) / self.folder / self.files[split]
 
     def load(self, data_root: Path, split: str, max_examples: int | None = None) -> list[Example]:
@@ -72,7 +78,7 @@ class Task:
         path = self.path(data_root, split)
         if not path.is_file():
             fetch = (f"run `python download_data.py --task {self.name}`" if self.name in SOURCES
-                     else f"put the official {self.folder} files there")
+                     else f"put the official {Path(self.split_paths.get(split, self.folder)).parts[0]} files there")
             raise UserError(f"data file {path} not found; {fetch} or pass --data_root (env FT_DATA_ROOT)")
         examples = self.parse(path, split in self.labelled)
         if not examples:
@@ -112,12 +118,14 @@ def _tsv(labelled_layout: TsvLayout, test_layout: TsvLayout, file_labels: tuple[
     return parse
 
 
-def _jsonl(fields: JsonFields, file_labels: tuple[str, ...]):
-    return partial(_parse_jsonl, fields=fields, file_labels=file_labels)
+def _jsonl(fields: JsonFields, file_labels: tuple[str, ...], by_file: dict[str, JsonFields] | None = None):
+    """A JSON-lines parser; ``by_file``: other fields for the files of these names (the diagnostics)."""
+    return partial(_parse_jsonl, fields=fields, file_labels=file_labels, by_file=by_file or {})
 
 
-def _parse_jsonl(path: Path, labelled: bool, *, fields: JsonFields, file_labels: tuple[str, ...]) -> list[Example]:
-    return parse_jsonl(path, labelled, fields, file_labels)
+def _parse_jsonl(path: Path, labelled: bool, *, fields: JsonFields, file_labels: tuple[str, ...],
+                 by_file: dict[str, JsonFields]) -> list[Example]:
+    return parse_jsonl(path, labelled, by_file.get(Path(path).name, fields), file_labels)
 
 
 GLUE_FILES = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
@@ -175,13 +183,14 @@ TASKS: dict[str, Task] = {
     "mnli": Task(
         name="mnli", folder="MNLI",
         files={"train": "train.tsv", "dev_matched": "dev_matched.tsv", "dev_mismatched": "dev_mismatched.tsv",
-               "test_matched": "test_matched.tsv", "test_mismatched": "test_mismatched.tsv"},
+               "test_matched": "test_matched.tsv", "test_mismatched": "test_mismatched.tsv", "ax": "diagnostic.tsv"},
+        split_paths={"ax": "diagnostic/diagnostic.tsv"},  # GLUE's diagnostic (AX), predicted with the MNLI model
         labelled=frozenset({"train", "dev_matched", "dev_mismatched"}),
         # train: 12 columns (label1, gold_label), dev: 16 (label1..label5, gold_label), test: 10 (no label)
         parse=_tsv(TsvLayout(text="sentence1", pair="sentence2", label="gold_label", idx="index"),
                    SENTENCE_PAIR_TEST, ("entailment", "neutral", "contradiction")),
         metrics=("accuracy",), submission_file="MNLI-m.tsv", dev_split="dev_matched",
-        submission_files={"test_matched": "MNLI-m.tsv", "test_mismatched": "MNLI-mm.tsv"},
+        submission_files={"test_matched": "MNLI-m.tsv", "test_mismatched": "MNLI-mm.tsv", "ax": "AX.tsv"},
         label_names=("entailment", "neutral", "contradiction"),
     ),
     "qnli": Task(
@@ -207,6 +216,20 @@ TASKS: dict[str, Task] = {
         parse=_jsonl(JsonFields(text="premise", pair="hypothesis"), ("entailment", "contradiction", "neutral")),
         metrics=("accuracy", "macro_f1"), submission_file="CB.jsonl", dev_split="val",
         label_names=("entailment", "contradiction", "neutral"), submission_format="superglue", benchmark="superglue",
+    ),
+    # SuperGLUE's RTE: the same RTE/ folder as GLUE's, its .jsonl files; the diagnostics AX-b and AX-g are predicted
+    # with its model (--dataset axb, axg)
+    "rte_superglue": Task(
+        name="rte_superglue", folder="RTE",
+        files={"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl", "axb": "AX-b.jsonl",
+               "axg": "AX-g.jsonl"},
+        split_paths={"axb": "AX-b/AX-b.jsonl", "axg": "AX-g/AX-g.jsonl"},
+        labelled=frozenset({"train", "val"}),
+        parse=_jsonl(JsonFields(text="premise", pair="hypothesis"), NLI2,
+                     by_file={"AX-b.jsonl": JsonFields(text="sentence1", pair="sentence2")}),
+        metrics=("accuracy",), submission_file="RTE.jsonl", dev_split="val", label_names=NLI2,
+        submission_files={"axb": "AX-b.jsonl", "axg": "AX-g.jsonl"},
+        submission_format="superglue", benchmark="superglue",
     ),
 }
 
