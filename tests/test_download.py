@@ -101,7 +101,18 @@ def listing(root: Path) -> list[str]:
 
 
 def test_table_holds_official_sources():
-    assert set(dl.SOURCES) == {"boolq", "qqp"}
+    from fine_tune.tasks import TASKS
+
+    assert set(dl.SOURCES) == {"boolq", "qqp", "cola", "sst2", "mnli", "ax", "qnli", "rte", "wnli", "cb",
+                               "rte_superglue", "axb", "axg"}
+    # what a task's sources unpack is exactly what the task reads, split by split (MRPC has no official zip)
+    root = Path("/root")
+    for name, task in TASKS.items():
+        fetched = {root / dl.SOURCES[s].folder / f for s in dl.TASK_SOURCES.get(name, ()) for f in dl.SOURCES[s].files}
+        read = {task.path(root, split) for split in task.splits}
+        assert fetched == (set() if name == "mrpc" else read), name
+    assert set(dl.sources_for("glue")) | set(dl.sources_for("superglue")) == set(dl.SOURCES)
+    assert dl.sources_for("mnli") == ["mnli", "ax"] and dl.sources_for("rte_superglue") == ["rte_superglue", "axb", "axg"]
     assert dl.SOURCES["boolq"].files == {"train.jsonl": 9427, "val.jsonl": 3270, "test.jsonl": 3245}
     assert dl.SOURCES["qqp"].files == {"train.tsv": 363846, "dev.tsv": 40430, "test.tsv": 390965}
     assert dl.SOURCES["boolq"].url.endswith("/superglue/data/v2/BoolQ.zip")
@@ -256,7 +267,7 @@ def test_download_success_via_file_url(tmp_path: Path, zips):
 
 
 def test_unknown_name(tmp_path: Path):
-    with pytest.raises(dl.DownloadError, match="unknown data set 'mnli'"):
+    with pytest.raises(dl.DownloadError, match="unknown data set .mnli."):
         dl.fetch(tmp_path, ["mnli"], sources=SMALL, downloader=FakeDownloader({}))
 
 
@@ -299,9 +310,28 @@ def test_import_has_no_side_effects_and_entry_script_runs(tmp_path: Path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
     r = subprocess.run(
-        [sys.executable, str(REPO / "download_data.py"), "--task", "mnli"],
+        [sys.executable, str(REPO / "download_data.py"), "--task", "squad"],
         cwd=tmp_path, env={**os.environ, "FT_DATA_ROOT": str(tmp_path / "nowhere")},
         capture_output=True, text=True,
     )
     assert r.returncode == 2 and "invalid choice" in r.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_headerless_tsv_and_a_single_file_source(tmp_path: Path):
+    """CoLA's train/dev have no header line (every line a row); GLUE's AX is one file, not a zip."""
+    cola = dl.DatasetSource("cola", "https://example.invalid/CoLA.zip", "CoLA", {"train.tsv": 2, "test.tsv": 1},
+                            headerless=frozenset({"train.tsv"}))
+    ax = dl.DatasetSource("ax", "https://example.invalid/AX.tsv", "diagnostic", {"diagnostic.tsv": 2}, single_file=True)
+    src = tmp_path / "src"
+    src.mkdir()
+    cola_zip = make_zip(src / "CoLA.zip", {"CoLA/train.tsv": "gj04\t1\t\ta\ngj04\t0\t*\tb\n",
+                                           "CoLA/test.tsv": "index\tsentence\n0\tc\n"})
+    (src / "AX.tsv").write_text("index\tsentence1\tsentence2\n0\ta\tb\n1\tc\td\n")
+    fake = FakeDownloader({cola.url: cola_zip, ax.url: src / "AX.tsv"})
+    root = tmp_path / "data"
+    status = dl.fetch(root, ["cola", "ax"], sources={"cola": cola, "ax": ax}, downloader=fake)
+    assert all(v.startswith("downloaded, verified") for v in status.values())
+    assert (root / "diagnostic" / "diagnostic.tsv").read_text().startswith("index\tsentence1")
+    assert dl.count_rows(root / "CoLA" / "train.tsv", header=False) == 2
+    assert listing(root) == ["CoLA", "CoLA/test.tsv", "CoLA/train.tsv", "diagnostic", "diagnostic/diagnostic.tsv"]

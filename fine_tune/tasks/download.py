@@ -1,13 +1,14 @@
-"""Download, unpack and verify the BoolQ and QQP data sets.
+"""Download, unpack and verify the GLUE and SuperGLUE data sets.
 
 Usage::
 
-    python download_data.py [--data_root DIR] [--task {boolq,qqp,all}] [--force]
+    python download_data.py [--data_root DIR] [--task NAME|glue|superglue|all] [--force]
     python -m fine_tune.tasks.download ...
 
-Each data set is the official zip (SuperGLUE ``BoolQ.zip``, GLUE ``QQP-clean.zip``). It unpacks into the
-data root (default ``<repo>/data/fine_tune``, env ``FT_DATA_ROOT``) as ``BoolQ/{train,val,test}.jsonl`` and
-``QQP/{train,dev,test}.tsv``, the layout :mod:`fine_tune.tasks.registry` reads.
+Each data set is the official zip (SuperGLUE ``BoolQ.zip``, ``CB.zip``..., GLUE ``QQP-clean.zip``, ``MNLI.zip``...;
+GLUE's diagnostic is the file ``AX.tsv``). It unpacks into the data root (default ``<repo>/data/fine_tune``, env
+``FT_DATA_ROOT``) as the archives do (``BoolQ/{train,val,test}.jsonl``, ``QQP/{train,dev,test}.tsv``, ...), the layout
+:mod:`fine_tune.tasks.registry` reads. MRPC has no official zip and is not fetched.
 
 Safe to re-run:
 
@@ -57,10 +58,16 @@ class DownloadError(UserError):
 
 @dataclass(frozen=True)
 class DatasetSource:
-    name: str  # "boolq" / "qqp"
-    url: str  # the official zip
+    name: str  # "boolq", "qqp", "mnli", "ax"...
+    url: str  # the official zip (or, with ``single_file``, the official file itself)
     folder: str  # top folder of the zip = sub-folder of the data root
     files: dict[str, int]  # file name (inside folder) -> expected number of data rows
+    headerless: frozenset[str] = frozenset()  # .tsv files without a header line (CoLA's train and dev)
+    single_file: bool = False  # the url is the one file of ``files`` (GLUE's AX.tsv), not a zip
+
+
+GLUE = "https://dl.fbaipublicfiles.com/glue/data"
+SUPERGLUE = "https://dl.fbaipublicfiles.com/glue/superglue/data/v2"
 
 
 SOURCES: dict[str, DatasetSource] = {
@@ -76,7 +83,42 @@ SOURCES: dict[str, DatasetSource] = {
         folder="QQP",
         files={"train.tsv": 363846, "dev.tsv": 40430, "test.tsv": 390965},
     ),
+    # the row counts below are those of the Hugging Face glue / super_glue dataset cards (not checked against a
+    # download on the machine this was written on, which had no network): a mismatch is reported, never ignored
+    "cola": DatasetSource("cola", f"{GLUE}/CoLA.zip", "CoLA", {"train.tsv": 8551, "dev.tsv": 1043, "test.tsv": 1063},
+                          headerless=frozenset({"train.tsv", "dev.tsv"})),
+    "sst2": DatasetSource("sst2", f"{GLUE}/SST-2.zip", "SST-2", {"train.tsv": 67349, "dev.tsv": 872, "test.tsv": 1821}),
+    "mnli": DatasetSource("mnli", f"{GLUE}/MNLI.zip", "MNLI",
+                          {"train.tsv": 392702, "dev_matched.tsv": 9815, "dev_mismatched.tsv": 9832,
+                           "test_matched.tsv": 9796, "test_mismatched.tsv": 9847}),
+    "ax": DatasetSource("ax", f"{GLUE}/AX.tsv", "diagnostic", {"diagnostic.tsv": 1104}, single_file=True),
+    "qnli": DatasetSource("qnli", f"{GLUE}/QNLIv2.zip", "QNLI", {"train.tsv": 104743, "dev.tsv": 5463, "test.tsv": 5463}),
+    "rte": DatasetSource("rte", f"{GLUE}/RTE.zip", "RTE", {"train.tsv": 2490, "dev.tsv": 277, "test.tsv": 3000}),
+    "wnli": DatasetSource("wnli", f"{GLUE}/WNLI.zip", "WNLI", {"train.tsv": 635, "dev.tsv": 71, "test.tsv": 146}),
+    "cb": DatasetSource("cb", f"{SUPERGLUE}/CB.zip", "CB", {"train.jsonl": 250, "val.jsonl": 56, "test.jsonl": 250}),
+    "rte_superglue": DatasetSource("rte_superglue", f"{SUPERGLUE}/RTE.zip", "RTE",
+                                   {"train.jsonl": 2490, "val.jsonl": 277, "test.jsonl": 3000}),
+    "axb": DatasetSource("axb", f"{SUPERGLUE}/AX-b.zip", "AX-b", {"AX-b.jsonl": 1104}),
+    "axg": DatasetSource("axg", f"{SUPERGLUE}/AX-g.zip", "AX-g", {"AX-g.jsonl": 356}),
 }
+
+# what ``--task`` fetches: a task's own data and the diagnostics its model predicts. MRPC has no official zip (GLUE's
+# script assembles it from Microsoft's files): put its train.tsv, dev.tsv and test.tsv into MRPC/ yourself.
+TASK_SOURCES: dict[str, tuple[str, ...]] = {
+    "boolq": ("boolq",), "qqp": ("qqp",), "cola": ("cola",), "sst2": ("sst2",), "mnli": ("mnli", "ax"),
+    "qnli": ("qnli",), "rte": ("rte",), "wnli": ("wnli",), "cb": ("cb",), "rte_superglue": ("rte_superglue", "axb", "axg"),
+}
+BENCHMARKS = {"glue": ("qqp", "cola", "sst2", "mnli", "ax", "qnli", "rte", "wnli"),
+              "superglue": ("boolq", "cb", "rte_superglue", "axb", "axg")}
+
+
+def sources_for(choice: str) -> list[str]:
+    """The data sets ``--task`` names: a task, ``glue``, ``superglue`` or ``all``."""
+    if choice == "all":
+        return list(SOURCES)
+    if choice in BENCHMARKS:
+        return list(BENCHMARKS[choice])
+    return list(TASK_SOURCES[choice])
 
 
 def default_data_root() -> Path:
@@ -86,15 +128,17 @@ def default_data_root() -> Path:
 # --------------------------------------------------------------------------------------------- verify
 
 
-def count_rows(path: Path) -> int:
-    """Number of data rows: non-empty lines, minus the header line for ``.tsv`` files."""
+def count_rows(path: Path, header: bool | None = None) -> int:
+    """Number of data rows: non-empty lines, minus the header line (default: ``.tsv`` files have one)."""
     path = Path(path)
     n = 0
     with open(path, "rb") as f:
         for line in f:
             if line.strip(b"\r\n"):
                 n += 1
-    if path.suffix.lower() == ".tsv" and n > 0:
+    if header is None:
+        header = path.suffix.lower() == ".tsv"
+    if header and n > 0:
         n -= 1
     return n
 
@@ -109,7 +153,7 @@ def verify(data_root: Path, source: DatasetSource) -> list[str]:
             problems.append(f"{rel}: missing")
             continue
         try:
-            rows = count_rows(path)
+            rows = count_rows(path, header=path.suffix.lower() == ".tsv" and name not in source.headerless)
         except OSError as e:
             problems.append(f"{rel}: unreadable ({e.strerror or e})")
             continue
@@ -266,7 +310,12 @@ def fetch(
             downloader(source.url, zip_path)
             if not zip_path.is_file():
                 raise DownloadError(f"download of {source.url} produced no file")
-            unpack(zip_path, data_root, source)
+            if source.single_file:  # the file itself: moved into place whole
+                (name,) = source.files
+                (data_root / source.folder).mkdir(parents=True, exist_ok=True)
+                os.replace(zip_path, data_root / source.folder / name)
+            else:
+                unpack(zip_path, data_root, source)
         finally:
             for leftover in (zip_path, part):
                 with contextlib.suppress(FileNotFoundError):
@@ -287,17 +336,17 @@ def fetch(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="download_data.py",
-        description="Download, unpack and verify BoolQ (SuperGLUE) and QQP (GLUE) into the data root.",
+        description="Download, unpack and verify the GLUE and SuperGLUE data sets into the data root.",
     )
     parser.add_argument("--data_root", default=None,
                         help="data root (default: env FT_DATA_ROOT, else <repo>/data/fine_tune)")
-    parser.add_argument("--task", default="all", choices=("boolq", "qqp", "all"),
-                        help="which data set (default: all)")
+    parser.add_argument("--task", default="all", choices=(*TASK_SOURCES, "glue", "superglue", "all"),
+                        help="a task (with the diagnostics its model predicts), glue, superglue or all (default)")
     parser.add_argument("--force", action="store_true",
                         help="download and unpack again even when the files are present and verified")
     args = parser.parse_args(argv)
     data_root = Path(args.data_root) if args.data_root else default_data_root()
-    names = list(SOURCES) if args.task == "all" else [args.task]
+    names = list(SOURCES) if args.task == "all" else sources_for(args.task)
     try:
         for name in names:
             # module globals looked up at call time, so tests can substitute them
