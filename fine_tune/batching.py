@@ -104,7 +104,8 @@ def tokenize(tokenizer, examples: Sequence[Example], max_seq_len: int, chunk: in
     np.cumsum(lengths, out=offsets[1:])
     labels = None
     if examples and examples[0].label is not None:
-        labels = np.asarray([e.label for e in examples], dtype=np.int64)
+        regression = isinstance(examples[0].label, float)  # a score (STS-B): float32, else class indices
+        labels = np.asarray([e.label for e in examples], dtype=np.float32 if regression else np.int64)
     cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dtype=dt))
     return Features(cat(ids, np.int32), cat(types, np.int8), offsets, labels)
 

@@ -99,12 +99,13 @@ class DeviceFlags:
 @dataclass(frozen=True)
 class ClassifierFlags:
     key: ClassVar[str] = "classifier"
-    num_class: int = flag(None, "number of classes (default: the task's, e.g. 3 for mnli and cb)")
+    num_class: int = flag(None, "number of classes (default: the task's, e.g. 3 for mnli and cb; 1: regression, "
+                                "as stsb)")
     dropout: float = flag(0.1, "dropout of encoder (hidden and attention) and classifier head")
 
     def __post_init__(self) -> None:
-        if self.num_class is not None and self.num_class < 2:
-            raise UserError(f"--num_class must be at least 2, got {self.num_class}")
+        if self.num_class is not None and self.num_class < 1:
+            raise UserError(f"--num_class must be at least 1 (1: regression), got {self.num_class}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"--dropout must lie in [0, 1), got {self.dropout}")
 

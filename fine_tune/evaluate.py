@@ -114,6 +114,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def write_predictions(path: Path, examples, logits: np.ndarray) -> None:
+    """One row per example: id, gold label, prediction and (classification) the class probabilities."""
+    if logits.shape[1] == 1:  # regression: the predicted score
+        lines = ["idx\tlabel\tprediction"] + [f"{ex.idx}\t{'' if ex.label is None else ex.label}\t{float(x[0]):.6f}"
+                                               for ex, x in zip(examples, logits)]
+        atomic_write_text(path, "\n".join(lines) + "\n")
+        return
     probs = softmax(logits)
     header = "idx\tlabel\tprediction\t" + "\t".join(f"prob_{c}" for c in range(probs.shape[1]))
     lines = [header]
@@ -158,8 +164,8 @@ def run_eval(flags) -> dict:
             logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"],
                                     batch_size, le.device, le.precision)
             seconds = time.perf_counter() - start
-            preds = logits.argmax(axis=1)
-            predictions[f"pred_{step}"] = preds.astype(np.int16)
+            preds = le.task.predictions(logits)
+            predictions[f"pred_{step}"] = preds.astype(np.float32 if le.task.regression else np.int16)
             row = {"ckpt": step, **metrics(le.task, features.labels, preds),
                    "examples_per_s": round(len(examples) / max(seconds, 1e-9), 2)}
             rows.append(row)
@@ -192,7 +198,8 @@ def run_eval(flags) -> dict:
     # evaluations (selection.read_predictions checks it)
     with atomic_write(predictions_path(le.exp, e.dataset)) as f:
         np.savez(f, idx=np.asarray([ex.idx for ex in examples], dtype=np.int64),
-                 labels=np.asarray(features.labels, dtype=np.int16), **predictions)
+                 labels=np.asarray(features.labels, dtype=np.float32 if le.task.regression else np.int16),
+                 **predictions)
     table["predictions_sha256"] = sha256_file(predictions_path(le.exp, e.dataset))
     atomic_write_json(le.exp.path / f"eval-{e.dataset}.json", table)
     return table
@@ -284,7 +291,8 @@ def run_gen_logits(flags) -> Path:
     name = le.exp.name if e.dataset == le.task.train_split else f"{le.exp.name}:{e.dataset}"
     acc = ""
     if r.features.labels is not None:
-        acc = f", accuracy {float((r.logits.argmax(1) == r.features.labels).mean()):.4f}"
+        m = le.task.main_metric
+        acc = f", {m} {metrics(le.task, r.features.labels, le.task.predictions(r.logits))[m]:.4f}"
     print(f"wrote logits of model-{r.step}.pt on {e.dataset} ({len(r.examples)} rows{acc}) to {out}; "
           f"use it as --dataset {name}")
     return out
@@ -296,6 +304,6 @@ def run_test_prediction(flags) -> Path:
     le, dataset = r.le, flags.experiment.dataset
     out = le.exp.path / le.task.submission_name(dataset)
     if distributed.is_main():
-        le.task.write_submission(out, r.examples, r.logits.argmax(axis=1))
+        le.task.write_submission(out, r.examples, le.task.predictions(r.logits))
     print(f"wrote {len(r.examples)} predictions of {r.label} on {dataset} to {out}")
     return out

@@ -45,7 +45,11 @@ def read_eval(exp: ExperimentDir, split: str) -> dict | None:
     try:
         table = json.loads(path.read_text(encoding="utf-8"))
         rows = table["rows"]
-        if not rows or not all("ckpt" in r and "accuracy" in r for r in rows):
+        from .tasks import TASKS  # every row holds the task's metrics (accuracy, or pearson for STS-B...)
+
+        task = TASKS.get(table.get("task"))
+        wanted = task.metrics if task is not None else ("accuracy",)
+        if not rows or not all("ckpt" in r and all(m in r for m in wanted) for r in rows):
             raise KeyError("rows")
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise UserError(f"{path}: not an evaluation table written by run_fine_tune_eval.py ({e})") from None

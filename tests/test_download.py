@@ -103,7 +103,7 @@ def listing(root: Path) -> list[str]:
 def test_table_holds_official_sources():
     from fine_tune.tasks import TASKS
 
-    assert set(dl.SOURCES) == {"boolq", "qqp", "cola", "sst2", "mnli", "ax", "qnli", "rte", "wnli", "cb",
+    assert set(dl.SOURCES) == {"boolq", "qqp", "cola", "sst2", "stsb", "mnli", "ax", "qnli", "rte", "wnli", "cb",
                                "rte_superglue", "axb", "axg"}
     # what a task's sources unpack is exactly what the task reads, split by split (MRPC has no official zip)
     root = Path("/root")

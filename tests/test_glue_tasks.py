@@ -232,15 +232,13 @@ def test_diagnostics_are_splits_of_the_task_whose_model_predicts_them(tmp_path):
         assert json.loads(out.read_text()) == {"idx": row["idx"], "label": "not_entailment"}
 
 
-def test_the_glue_zip_holds_exactly_the_required_files_or_is_refused(run, exp_root, tmp_path, monkeypatch):
+def test_the_glue_zip_holds_exactly_the_required_files_or_is_refused(run, exp_root, tmp_path):
     """Submission files placed in experiment folders as generate_test_prediction.py writes them: the zip holds every
     file GLUE requires at its root, each from the best experiment of its task on dev (or the one named with --use);
     a missing one is refused with what writes it, before anything is written."""
     import zipfile
-    from dataclasses import replace
 
     from fine_tune.submission import REQUIRED, writers
-    from fine_tune.tasks import TASKS
 
     def place(task, names, scores=(("a", 0.6), ("b", 0.7))):
         t = get_task(task)
@@ -254,14 +252,13 @@ def test_the_glue_zip_holds_exactly_the_required_files_or_is_refused(run, exp_ro
                 {"best": {t.main_metric: {"ckpt": 1, "value": score}}}))
 
     made_by = writers("glue")
-    assert set(made_by) == set(REQUIRED["glue"]) - {"STS-B.tsv"}  # STS-B: regression, not yet a task here
-    for task in {t for t, _ in made_by.values()}:
+    assert set(made_by) == set(REQUIRED["glue"])  # every GLUE file has its task here
+    for task in {t for t, _ in made_by.values()} - {"stsb"}:
         place(task, [n for n, (t, _) in made_by.items() if t == task])
-    with pytest.raises(AssertionError, match=r"the glue submission lacks 1 of 11 files: STS-B.tsv \(no task"):
+    with pytest.raises(AssertionError, match=r"the glue submission lacks 1 of 11 files: STS-B.tsv \(generate_test_"
+                                             r"prediction.py --task stsb --dataset test"):
         run("make_submission.py", "--benchmark", "glue")
     assert not list(exp_root.glob("*.zip"))
-    # a stand-in STS-B task (the file's format does not matter to the zip): now the submission is complete
-    monkeypatch.setitem(TASKS, "stsb", replace(get_task("qqp"), name="stsb", submission_file="STS-B.tsv"))
     place("stsb", ["STS-B.tsv"])
     out = tmp_path / "glue.zip"
     run("make_submission.py", "--benchmark", "glue", "--use", "mnli=a_bert_mnli", "--out", str(out))
@@ -270,3 +267,105 @@ def test_the_glue_zip_holds_exactly_the_required_files_or_is_refused(run, exp_ro
         assert z.read("CoLA.tsv").decode().endswith("\tb\n")  # the best on dev (0.7)
         assert z.read("MNLI-m.tsv").decode().endswith("\ta\n")  # --use mnli=a_bert_mnli
         assert z.read("AX.tsv").decode().endswith("\ta\n")  # AX comes from the MNLI experiment too
+
+
+# ------------------------------------------------------------------------ regression: STS-B
+
+STSB = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score"]
+
+
+def stsb_rows(n, seed, labelled=True):
+    rng = random.Random(seed)
+    words = ["a", "man", "plays", "guitar", "woman", "cuts", "onion", "dog", "runs", "park"]
+    rows = []
+    for i in range(n):
+        s1 = [rng.choice(words) for _ in range(6)]
+        keep = rng.randint(0, 6)  # the score follows how much of sentence 1 sentence 2 repeats
+        s2 = s1[:keep] + [rng.choice(words) for _ in range(6 - keep)]
+        row = [i, "main-captions", "MSRvid", "2012test", f"{i:04d}", "none", "none", " ".join(s1), " ".join(s2)]
+        rows.append(row + [f"{5 * keep / 6:.3f}"] if labelled else row)
+    return rows
+
+
+def write_stsb(root, n_train=96, n_dev=32, n_test=12):
+    tsv(root / "STS-B" / "train.tsv", STSB, stsb_rows(n_train, 0))
+    tsv(root / "STS-B" / "dev.tsv", STSB, stsb_rows(n_dev, 1))
+    tsv(root / "STS-B" / "test.tsv", STSB[:-1], stsb_rows(n_test, 2, labelled=False))
+
+
+def test_stsb_scores_metrics_and_file(tmp_path):
+    write_stsb(tmp_path, 4, 3, 2)
+    task = get_task("stsb")
+    dev = task.load(tmp_path, "dev")
+    assert task.num_class == 1 and task.regression and task.main_metric == "pearson"
+    assert all(isinstance(e.label, float) and 0 <= e.label <= 5 for e in dev)
+    assert [e.label for e in dev] == [float(r[-1]) for r in stsb_rows(3, 1)]
+    test = task.load(tmp_path, "test")
+    out = tmp_path / "STS-B.tsv"
+    task.write_submission(out, test, np.array([3.14159, 0.5]))
+    assert out.read_text() == "index\tprediction\n0\t3.142\n1\t0.500\n"
+    bad = tmp_path / "bad"
+    tsv(bad / "STS-B" / "dev.tsv", STSB, [stsb_rows(1, 0)[0][:-1] + ["high"]])
+    with pytest.raises(UserError, match=r"STS-B/dev.tsv, line 2: label 'high' in column score is not a number"):
+        task.load(bad, "dev")
+    # Pearson and Spearman against the textbook formulas
+    y, p = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 3.0, 2.0, 5.0])
+    r = ((y - y.mean()) * (p - p.mean())).sum() / np.sqrt(((y - y.mean()) ** 2).sum() * ((p - p.mean()) ** 2).sum())
+    d = np.array([1, 2, 3, 4]) - np.array([1, 3, 2, 4])  # rank differences
+    rho = 1 - 6 * (d ** 2).sum() / (4 * (4 ** 2 - 1))
+    assert compute(("pearson", "spearman"), y, p) == pytest.approx({"pearson": r, "spearman": rho})
+
+
+def test_regression_losses_are_mean_squared_errors():
+    import torch
+
+    from fine_tune.methods.base import ModelOutputs
+    from fine_tune.methods.logits_kd import HardLabel, logits_kd_loss
+
+    s, t, y = torch.tensor([[1.0], [2.0]]), torch.tensor([[1.5], [1.0]]), torch.tensor([2.0, 2.5])
+    parts = logits_kd_loss(s, t, y, hard_weight=0.3, soft_weight=0.7, temperature=1.0)
+    hard, soft = ((1 - 2) ** 2 + (2 - 2.5) ** 2) / 2, ((1 - 1.5) ** 2 + (2 - 1) ** 2) / 2
+    assert parts["hard_loss"].item() == pytest.approx(hard) and parts["soft_loss"].item() == pytest.approx(soft)
+    assert parts["logits_loss"].item() == pytest.approx(0.3 * hard + 0.7 * soft)
+    assert HardLabel().losses({"labels": y}, ModelOutputs(s))["loss"].item() == pytest.approx(hard)
+
+
+def test_stsb_fine_tune_logits_offline_kd_eval_and_file(run, tiny_bert, data_root, exp_root):
+    """Regression end to end: fine-tune (one output, MSE) -> the teacher's scores as a logits data set (one
+    column) -> offline KD (MSE to gold and teacher) -> evaluation (Pearson, Spearman) -> STS-B.tsv."""
+    write_stsb(data_root)
+    common = ["--model", "bert", "--task", "stsb", "--max_seq_len", "32", "--device_id", "-1"]
+    run("run_fine_tune.py", "--experiment", "t", "--ptrain_ver", str(tiny_bert), *common, "--total_step", "4",
+        "--warmup_step", "1", "--ckpt_step", "4", "--batch_size", "16", "--lr", "1e-3")
+    assert json.loads((exp_root / "t_bert_stsb" / "config.json").read_text())["num_class"] == 1
+    out = run("run_fine_tune_gen_logits.py", "--experiment", "t", "--model", "bert", "--task", "stsb",
+              "--dataset", "train", "--ckpt", "4")
+    assert "pearson" in out.stdout
+    from fine_tune.tasks.logits import logits_dir
+
+    rows = [json.loads(x) for x in (logits_dir(data_root, "t_bert_stsb", "train") / "logits.jsonl").read_text().splitlines()]
+    assert len(rows) == 96 and all(len(r["logits"]) == 1 and isinstance(r["label"], float) for r in rows)  # one column
+    student = ["--experiment", "s", "--model", "bert", "--task", "stsb", "--dataset", "t_bert_stsb",
+               "--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2", "--num_hidden_layers", "1",
+               "--type_vocab_size", "2", "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2",
+               "--batch_size", "16", "--max_seq_len", "32", "--device_id", "-1"]
+    with pytest.raises(AssertionError, match="--softmax_temp 2: a regression task"):
+        run("run_fine_tune_distill.py", *student, "--softmax_temp", "2")
+    assert not (exp_root / "s_bert_stsb").exists()
+    run("run_fine_tune_distill.py", *student)
+    run("run_fine_tune_eval.py", "--experiment", "s", "--model", "bert", "--task", "stsb", "--dataset", "dev")
+    table = json.loads((exp_root / "s_bert_stsb" / "eval-dev.json").read_text())
+    assert set(table["rows"][0]) >= {"pearson", "spearman"} and table["best"]["pearson"]["ckpt"] == 2
+    run("generate_test_prediction.py", "--experiment", "s", "--model", "bert", "--task", "stsb", "--ckpt", "best")
+    lines = (exp_root / "s_bert_stsb" / "STS-B.tsv").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 13
+    assert [x.split("\t")[0] for x in lines[1:]] == [str(i) for i in range(12)]
+    assert all(np.isfinite(float(x.split("\t")[1])) for x in lines[1:])  # scores, not class indices
+    table = run("results_table.py", "--task", "stsb").stdout
+    assert "dev Pearson" in table and "dev Spearman" in table
+    # a layer-wise method on the regression teacher works unchanged on hidden states
+    run("run_pkd_distill.py", "--experiment", "p", "--model", "bert", "--task", "stsb", "--teacher_exp", "t",
+        "--tmodel", "bert", "--tckpt", "4", "--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2",
+        "--num_hidden_layers", "1", "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "8",
+        "--device_id", "-1")
+    assert json.loads((exp_root / "p_bert_stsb" / "config.json").read_text())["num_class"] == 1

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ..errors import UserError
 from ..models.init import teacher_layer_map
 from .base import Method, ModelOutputs, TeacherShape
-from .logits_kd import logits_kd_loss
+from .logits_kd import check_temperature, logits_kd_loss
 
 PADDINGS = ("max_length", "dynamic")
 
@@ -79,6 +79,7 @@ class LayerwiseKD(Method):
         d = flags.distil
         if not (d.hard_weight or d.soft_weight or flags.layerwise.mu):
             raise UserError("--hard_weight, --soft_weight and --mu are all 0: the student would learn nothing")
+        check_temperature(flags.classifier.num_class, d.softmax_temp)
         return cls(flags.student.num_hidden_layers, teacher.num_layers, d.hard_weight, d.soft_weight, d.softmax_temp,
                    flags.layerwise.mu, padding=flags.batching.padding, **cls.own_arguments(flags, teacher))
 

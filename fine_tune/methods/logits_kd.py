@@ -22,11 +22,23 @@ def logits_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | 
     with ``s`` the student and ``t`` the teacher logits. The 2020-era offline loss
     ``CE(s, y) - sum softmax(t) log softmax(s)`` has the same gradients as hard_weight = soft_weight = 1,
     T = 1 (KL and soft cross-entropy differ by the teacher's entropy, a constant in the student).
-    Computed in fp32 whatever the autocast dtype.
+    Computed in fp32 whatever the autocast dtype. **Regression** (one output, STS-B): both terms are mean squared
+    errors, of the student's score against the gold score and against the teacher's, and no temperature applies::
+
+        L = hard_weight * MSE(s, y) + soft_weight * MSE(s, t)
     """
     s = student_logits.float()
     parts: dict[str, torch.Tensor] = {}
     total = s.new_zeros(())
+    if s.shape[-1] == 1:
+        if labels is not None and hard_weight:
+            parts["hard_loss"] = F.mse_loss(s[:, 0], labels.float())
+            total = total + hard_weight * parts["hard_loss"]
+        if teacher_logits is not None and soft_weight:
+            parts["soft_loss"] = F.mse_loss(s[:, 0], teacher_logits.float()[:, 0])
+            total = total + soft_weight * parts["soft_loss"]
+        parts["logits_loss"] = total
+        return parts
     if labels is not None and hard_weight:
         parts["hard_loss"] = F.cross_entropy(s, labels)
         total = total + hard_weight * parts["hard_loss"]
@@ -41,15 +53,25 @@ def logits_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | 
     return parts
 
 
+def check_temperature(num_class: int | None, temperature: float) -> None:
+    """Regression (one output) has no softmax, so no temperature: one other than the default is refused."""
+    if num_class == 1 and temperature != 1.0:
+        raise UserError(f"--softmax_temp {temperature:g}: a regression task (one output) has no softmax to soften; "
+                        f"the soft loss is the MSE to the teacher's score (leave --softmax_temp at 1)")
+
+
 class HardLabel(Method):
-    """Teacher fine-tuning: cross-entropy with the gold labels, ``L = CE(s, y)``."""
+    """Teacher fine-tuning: cross-entropy with the gold labels, ``L = CE(s, y)``; for regression (one output,
+    STS-B) the mean squared error ``L = MSE(s, y)``, as Hugging Face's ``num_labels=1``."""
 
     name = "fine_tune"
     needs_labels = True
 
     def losses(self, batch, student: ModelOutputs, teacher=None):
-        loss = F.cross_entropy(student.logits.float(), batch["labels"])
-        return {"loss": loss}
+        logits = student.logits.float()
+        if logits.shape[-1] == 1:
+            return {"loss": F.mse_loss(logits[:, 0], batch["labels"].float())}
+        return {"loss": F.cross_entropy(logits, batch["labels"])}
 
 
 class OfflineLogitsKD(Method):
@@ -67,6 +89,7 @@ class OfflineLogitsKD(Method):
         d = flags.distil
         if not (d.hard_weight or d.soft_weight):
             raise UserError("--hard_weight and --soft_weight are both 0: the student would learn nothing")
+        check_temperature(flags.classifier.num_class, d.softmax_temp)
         return cls(d.hard_weight, d.soft_weight, d.softmax_temp)
 
     def losses(self, batch, student: ModelOutputs, teacher=None):

@@ -29,7 +29,16 @@ class TsvLayout:
     width: int | None = None  # header-less files: the column count
 
 
-def _label(raw: str, file_labels: tuple[str, ...], where: str, column: str) -> int:
+def _label(raw: str, file_labels: tuple[str, ...] | None, where: str, column: str) -> int | float:
+    """The class index of ``raw`` in ``file_labels``; with ``file_labels`` None (regression) the number itself."""
+    if file_labels is None:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise UserError(f"{where}: label {raw!r} in column {column} is not a number (a regression score)") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise UserError(f"{where}: label {raw!r} in column {column} is not a finite number")
+        return value
     try:
         return file_labels.index(raw)
     except ValueError:
@@ -37,7 +46,7 @@ def _label(raw: str, file_labels: tuple[str, ...], where: str, column: str) -> i
                         f"{', '.join(file_labels)})") from None
 
 
-def parse_tsv(path: Path, labelled: bool, layout: TsvLayout, file_labels: tuple[str, ...]) -> list[Example]:
+def parse_tsv(path: Path, labelled: bool, layout: TsvLayout, file_labels: tuple[str, ...] | None) -> list[Example]:
     """Rows of a GLUE ``.tsv`` file as :class:`Example`s (``labelled``: the split has gold labels)."""
     lines = text_lines(path)
     if layout.header:

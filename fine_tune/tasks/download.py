@@ -87,6 +87,7 @@ SOURCES: dict[str, DatasetSource] = {
     # download on the machine this was written on, which had no network): a mismatch is reported, never ignored
     "cola": DatasetSource("cola", f"{GLUE}/CoLA.zip", "CoLA", {"train.tsv": 8551, "dev.tsv": 1043, "test.tsv": 1063},
                           headerless=frozenset({"train.tsv", "dev.tsv"})),
+    "stsb": DatasetSource("stsb", f"{GLUE}/STS-B.zip", "STS-B", {"train.tsv": 5749, "dev.tsv": 1500, "test.tsv": 1379}),
     "sst2": DatasetSource("sst2", f"{GLUE}/SST-2.zip", "SST-2", {"train.tsv": 67349, "dev.tsv": 872, "test.tsv": 1821}),
     "mnli": DatasetSource("mnli", f"{GLUE}/MNLI.zip", "MNLI",
                           {"train.tsv": 392702, "dev_matched.tsv": 9815, "dev_mismatched.tsv": 9832,
@@ -105,10 +106,11 @@ SOURCES: dict[str, DatasetSource] = {
 # what ``--task`` fetches: a task's own data and the diagnostics its model predicts. MRPC has no official zip (GLUE's
 # script assembles it from Microsoft's files): put its train.tsv, dev.tsv and test.tsv into MRPC/ yourself.
 TASK_SOURCES: dict[str, tuple[str, ...]] = {
-    "boolq": ("boolq",), "qqp": ("qqp",), "cola": ("cola",), "sst2": ("sst2",), "mnli": ("mnli", "ax"),
-    "qnli": ("qnli",), "rte": ("rte",), "wnli": ("wnli",), "cb": ("cb",), "rte_superglue": ("rte_superglue", "axb", "axg"),
+    "boolq": ("boolq",), "qqp": ("qqp",), "cola": ("cola",), "sst2": ("sst2",), "stsb": ("stsb",),
+    "mnli": ("mnli", "ax"), "qnli": ("qnli",), "rte": ("rte",), "wnli": ("wnli",), "cb": ("cb",),
+    "rte_superglue": ("rte_superglue", "axb", "axg"),
 }
-BENCHMARKS = {"glue": ("qqp", "cola", "sst2", "mnli", "ax", "qnli", "rte", "wnli"),
+BENCHMARKS = {"glue": ("qqp", "cola", "sst2", "stsb", "mnli", "ax", "qnli", "rte", "wnli"),
               "superglue": ("boolq", "cb", "rte_superglue", "axb", "axg")}
 
 

@@ -19,7 +19,7 @@ class Example:
     idx: int
     text: str
     text_pair: str | None
-    label: int | None
+    label: int | float | None  # a class index, or a score for regression (STS-B)
 
 
 def text_lines(path: Path):

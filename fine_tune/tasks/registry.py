@@ -1,8 +1,9 @@
 """The task table: file layout, splits, labels, metrics and submission format of every task.
 
-GLUE (the official ``glue_data`` layout, one folder per task): CoLA, SST-2, MRPC, QQP, MNLI, QNLI, RTE, WNLI.
+GLUE (the official ``glue_data`` layout, one folder per task): CoLA, SST-2, MRPC, STS-B (regression), QQP, MNLI,
+QNLI, RTE, WNLI.
 SuperGLUE (the official ``.jsonl`` releases): BoolQ, CB, RTE (``rte_superglue``). ``--task`` takes Hugging Face's
-configuration names (``cola sst2 mrpc qqp mnli qnli rte wnli``, ``boolq cb``); ``--dataset`` the file stem. The
+configuration names (``cola sst2 mrpc stsb qqp mnli qnli rte wnli``, ``boolq cb``); ``--dataset`` the file stem. The
 diagnostics are splits of the task whose model predicts them: GLUE's AX of ``mnli`` (``--dataset ax``),
 SuperGLUE's AX-b and AX-g of ``rte_superglue`` (``--dataset axb``, ``axg``).
 """
@@ -44,12 +45,17 @@ class Task:
     submission_labels: str = "names"  # glue: "names" (file labels) or "ints" (class indices)
     submission_files: dict[str, str] = field(default_factory=dict)  # other unlabelled splits' official files
     benchmark: str = "glue"
+    regression: bool = False  # one output, a score (STS-B): MSE loss, Pearson/Spearman, --num_class 1
     # splits whose file lies in another folder of the data root (the diagnostics): split -> path under the root
     split_paths: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_class(self) -> int:
-        return len(self.label_names)
+        return 1 if self.regression else len(self.label_names)
+
+    def predictions(self, logits):
+        """The model's predictions from its outputs [n, num_class]: the class index, or the score (regression)."""
+        return logits[:, 0] if self.regression else logits.argmax(axis=1)
 
     @property
     def labels_in_files(self) -> tuple[str, ...]:
@@ -104,7 +110,8 @@ class Task:
 
         names = self.labels_in_files
         if self.submission_format == "glue":
-            shown = (lambda p: str(int(p))) if self.submission_labels == "ints" else (lambda p: names[int(p)])
+            shown = ((lambda p: f"{float(p):.3f}") if self.regression
+                     else (lambda p: str(int(p))) if self.submission_labels == "ints" else (lambda p: names[int(p)]))
             lines = ["index\tprediction"] + [f"{ex.idx}\t{shown(p)}" for ex, p in zip(examples, predictions)]
         else:
             lines = [json.dumps({"idx": ex.idx, "label": names[int(p)]}) for ex, p in zip(examples, predictions)]
@@ -179,6 +186,14 @@ TASKS: dict[str, Task] = {
                    TsvLayout(text="#1 String", pair="#2 String", idx="index"), BINARY),
         metrics=("accuracy", "f1"), submission_file="MRPC.tsv",
         label_names=("not_equivalent", "equivalent"), file_labels=BINARY, submission_labels="ints",
+    ),
+    "stsb": Task(
+        name="stsb", folder="STS-B", files=GLUE_FILES, labelled=GLUE_LABELLED,
+        # index genre filename year old_index source1 source2 sentence1 sentence2 score (test: without score)
+        parse=_tsv(TsvLayout(text="sentence1", pair="sentence2", label="score", idx="index"), SENTENCE_PAIR_TEST,
+                   None),
+        metrics=("pearson", "spearman"), main_metric="pearson", submission_file="STS-B.tsv",
+        label_names=("score",), regression=True,
     ),
     "mnli": Task(
         name="mnli", folder="MNLI",
