@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from itertools import chain
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -94,10 +95,12 @@ def tokenize(tokenizer, examples: Sequence[Example], max_seq_len: int, chunk: in
             return_attention_mask=False,
             return_token_type_ids=True,
         )
-        for j, (a, t) in enumerate(zip(enc["input_ids"], enc["token_type_ids"])):
-            ids.append(np.asarray(a, dtype=np.int32))
-            types.append(np.asarray(t, dtype=np.int8))
-            lengths[start + j] = len(a)
+        # one flat array per chunk (not one per row): the conversion costs a fraction of the tokenisation
+        n = np.fromiter(map(len, enc["input_ids"]), dtype=np.int64, count=len(part))
+        lengths[start:start + len(part)] = n
+        total = int(n.sum())
+        ids.append(np.fromiter(chain.from_iterable(enc["input_ids"]), dtype=np.int32, count=total))
+        types.append(np.fromiter(chain.from_iterable(enc["token_type_ids"]), dtype=np.int8, count=total))
         bar.update(len(part))
     bar.close()
     offsets = np.zeros(len(examples) + 1, dtype=np.int64)
