@@ -59,7 +59,8 @@ class ExperimentFlags:
     key: ClassVar[str] = "experiment"
     experiment: str = flag(None, "experiment name; folder {experiment}_{model}_{task}", required=True)
     model: str = flag("bert", "model family", choices=("bert", "albert"))
-    task: str = flag(None, "task", required=True, choices=TASK_NAMES)
+    task: str = flag(None, "task: " + " ".join(TASK_NAMES) + ", or NAME for a task of your own, "
+                           "<data_root>/NAME/task.json (doc/methods.md)", required=True)
     dataset: str = flag("train", "split (train/val/test for boolq, train/dev/test for qqp)")
 
 
@@ -389,8 +390,11 @@ class ExportFlags:
 @dataclass(frozen=True)
 class ResultsFlags:
     key: ClassVar[str] = "results"
-    task: str = flag(None, "task", required=True, choices=TASK_NAMES)
+    task: str = flag(None, "task: " + " ".join(TASK_NAMES) + ", or NAME for a task of your own, "
+                           "<data_root>/NAME/task.json", required=True)
     exp_root: str = flag(None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)")
+    data_root: str = flag(None, "data root, where tasks of your own are defined (default: env FT_DATA_ROOT, else "
+                                "<repo>/data/fine_tune)")
     experiments: str = flag(None, "comma-separated globs of experiment folders or names (default: every evaluated one)")
     splits: str = flag(None, "comma-separated reported splits (default: every evaluated labelled split)")
     rule: str = flag("best", "checkpoint rule: best (best on --select_on, by default on the reported split itself: "

@@ -54,9 +54,9 @@ class LoadedExperiment:
 def open_experiment(flags) -> LoadedExperiment:
     """Check the split, then the folder; build the model from the experiment's own config and tokenizer."""
     e = flags.experiment
+    data_root, exp_root = roots(flags.paths)
     task = get_task(e.task)
     task.check_split(e.dataset)
-    data_root, exp_root = roots(flags.paths)
     exp = ExperimentDir.of(exp_root, e.experiment, e.model, e.task).require()
     config = cfg.load_config(exp.config_path, required=("max_seq_len",))
     model_config, tokenizer = load_model_dir(exp.model_dir)

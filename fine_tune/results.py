@@ -318,6 +318,11 @@ def run_results(args) -> str:
     """``results_table.py``: print the table (and the comparison), write them as markdown. ``args``: the
     script's ``ResultsFlags``."""
     exp_root = Path(args.exp_root) if args.exp_root else default_exp_root()
+    from .tasks.download import default_data_root
+    from .tasks.registry import add_user_root
+
+    add_user_root(Path(args.data_root) if args.data_root else default_data_root())
+    get_task(args.task)  # an unknown task is refused before anything is scanned
     rule = Rule(args.rule, args.select_on)
     splits = args.splits.split(",") if args.splits else None
     if splits:

@@ -11,7 +11,7 @@ SuperGLUE's AX-b and AX-g of ``rte_superglue`` (``--dataset axb``, ``axg``).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
@@ -48,6 +48,9 @@ class Task:
     regression: bool = False  # one output, a score (STS-B): MSE loss, Pearson/Spearman, --num_class 1
     # splits whose file lies in another folder of the data root (the diagnostics): split -> path under the root
     split_paths: dict[str, str] = field(default_factory=dict)
+    # a task of your own (tasks/user.py): its checked definition and its task.json
+    definition: dict | None = None
+    definition_file: Path | None = None
 
     @property
     def num_class(self) -> int:
@@ -249,8 +252,29 @@ TASKS: dict[str, Task] = {
 }
 
 
+_USER_ROOTS: list[Path] = []  # data roots whose <name>/task.json define tasks (experiment.roots adds them)
+
+
+def add_user_root(data_root: Path) -> None:
+    """Look for tasks of your own (``<data_root>/<name>/task.json``) under ``data_root`` too."""
+    root = Path(data_root)
+    if root in _USER_ROOTS:  # the latest root is looked in first and named in errors
+        _USER_ROOTS.remove(root)
+    _USER_ROOTS.append(root)
+
+
 def get_task(name: str) -> Task:
-    try:
+    """The official task ``name``, else the task defined by ``<data_root>/<name>/task.json`` (tasks/user.py)."""
+    if name in TASKS:
         return TASKS[name]
-    except KeyError:
-        raise UserError(f"--task {name!r} is unknown; valid tasks: {', '.join(TASKS)}") from None
+    from ..experiment import check_name
+    from .user import definition_path, read_definition, user_task
+
+    check_name(name, "--task")
+    for root in reversed(_USER_ROOTS):
+        path = definition_path(root, name)
+        if path.is_file():
+            spec = read_definition(path)
+            return replace(user_task(name, spec), definition=spec, definition_file=path)
+    where = f" or a folder {_USER_ROOTS[-1] / name} with a task.json (doc/methods.md, \"Your own data\")" if _USER_ROOTS else ""
+    raise UserError(f"--task {name!r} is unknown; valid tasks: {', '.join(TASKS)}{where}")

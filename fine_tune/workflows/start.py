@@ -15,7 +15,7 @@ from ..engine import distributed
 from ..engine.device import Precision, resolve_device, resolve_precision
 from ..errors import UserError
 from ..experiment import ExperimentDir, roots
-from ..io_utils import TMP_PREFIX, check_writable, remove_inside
+from ..io_utils import TMP_PREFIX, check_writable, remove_inside, sha256_file
 from ..locking import HOLDER_FILE, lock_folder
 from ..provenance import collect
 from ..tasks import get_task
@@ -37,8 +37,8 @@ class Prepared:
 def prepare(flags) -> Prepared:
     """The experiment folder of a training run (not created yet) and its data root; the class count checked
     against the task."""
-    task = get_task(flags.experiment.task)
     data_root, exp_root = roots(flags.paths)
+    task = get_task(flags.experiment.task)
     e = flags.experiment
     exp = ExperimentDir.of(exp_root, e.experiment, e.model, e.task)
     check_writable(exp_root, "--exp_root")
@@ -111,6 +111,10 @@ def start_experiment(p: Prepared, flags, record: dict, data_files: dict[str, str
     run with the same config (from its latest checkpoint with a resume state), or nothing when the run
     already finished. ``--overwrite`` with a different config deletes the old run's outputs first.
     Under torchrun rank 0 decides (and writes); every rank follows its decision."""
+    task = get_task(flags.experiment.task)
+    if task.definition_file is not None:  # a task of your own: its definition in config.json, task.json's sha256 checked
+        record = dict(record, task_definition=task.definition)
+        data_files = {**data_files, str(task.definition_file): sha256_file(task.definition_file)}
     start = distributed.broadcast_from_main(lambda: _start_experiment(p, flags, record, data_files))
     if p.device is None:
         p.resolve_device(flags.device)

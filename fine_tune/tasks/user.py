@@ -1,0 +1,167 @@
+"""Your own data: a task defined by a ``task.json`` in its own folder under the data root.
+
+``<data_root>/<name>/task.json`` makes ``--task <name>`` a task like the official ones (every script, every method,
+the results tables and the submission file). Example (doc/methods.md, "Your own data")::
+
+    {"files": {"train": "train.csv", "dev": "dev.csv", "test": "test.csv"},
+     "text": "question", "text_pair": "answer", "label": "verdict", "labels": ["wrong", "right"],
+     "id": "qid", "metrics": ["accuracy", "f1"]}
+
+- ``files``: split -> file in the folder: ``.csv``, ``.tsv`` (a header line naming the columns), ``.jsonl``
+  (one JSON object a line) or ``.parquet`` (needs pyarrow). Splits named ``test...`` are unlabelled unless
+  ``unlabelled`` lists others.
+- ``text``, optional ``text_pair``, ``label``: column names. ``labels``: the classes in the model's output order,
+  as the files write them (strings or integers), or ``"regression": true`` for a numeric score.
+- ``id`` (optional): an integer id column (submissions name rows by it); default the row number from 0.
+- ``metrics`` (default accuracy, or Pearson and Spearman for regression), ``main_metric`` (default the first),
+  ``dev_split`` (default ``dev``, else ``val``, else the first labelled split other than train).
+
+The definition and the sha256 of ``task.json`` go into each experiment's ``config.json``; its data files are
+checked by sha256 on resume like every input.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from ..errors import UserError
+from .example import Example, check_unique_ids, json_objects, text_lines
+from .metrics import METRICS
+
+TASK_FILE = "task.json"
+FORMATS = (".csv", ".tsv", ".jsonl", ".parquet")
+KEYS = {"files", "text", "text_pair", "label", "labels", "regression", "id", "metrics", "main_metric", "dev_split",
+        "unlabelled"}
+
+
+def definition_path(data_root: Path, name: str) -> Path:
+    return Path(data_root) / name / TASK_FILE
+
+
+def _rows(path: Path):
+    """(where, row dict) of a data file, by its extension."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        yield from json_objects(path)
+        return
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise UserError(f"{path}: reading .parquet needs pyarrow (pip install pyarrow)") from None
+        for i, row in enumerate(pq.read_table(path).to_pylist()):
+            yield f"{path}, row {i + 1}", row
+        return
+    lines = [line for _, line in text_lines(path)]
+    reader = csv.DictReader(lines, delimiter="\t" if suffix == ".tsv" else ",")
+    for i, row in enumerate(reader, start=2):
+        if None in row:  # more cells than the header names
+            raise UserError(f"{path}, line {i}: {len(row) - 1 + len(row[None])} cells, the header names {len(row) - 1}")
+        yield f"{path}, line {i}", row
+
+
+def parse_user_file(path: Path, labelled: bool, spec: dict) -> list[Example]:
+    """Rows of one of the task's files as :class:`Example`s; a missing column, a label outside the set, a score
+    that is not a number or a test row without its id names the file, the line (or row) and the column."""
+    examples: list[Example] = []
+    labels = [str(x) for x in spec.get("labels") or []]
+    for where, row in _rows(Path(path)):
+        def cell(column: str, required: bool = True):
+            if column not in row or row[column] is None or row[column] == "":
+                if required:
+                    raise UserError(f"{where}: no value in column {column!r} (columns: {', '.join(map(str, row))})")
+                return None
+            return row[column]
+
+        idx = len(examples)
+        if spec.get("id"):
+            raw = cell(spec["id"])
+            try:
+                idx = int(raw)
+            except (TypeError, ValueError):
+                raise UserError(f"{where}: id {raw!r} in column {spec['id']!r} is not an integer") from None
+        text = str(cell(spec["text"]))
+        pair = spec.get("text_pair")
+        pair = None if not pair else str(cell(pair))
+        label = None
+        if labelled:
+            raw = cell(spec["label"])
+            if spec.get("regression"):
+                try:
+                    label = float(raw)
+                except (TypeError, ValueError):
+                    raise UserError(f"{where}: label {raw!r} in column {spec['label']!r} is not a number") from None
+            else:
+                if str(raw) not in labels:
+                    raise UserError(f"{where}: label {raw!r} in column {spec['label']!r} is not one of the task's "
+                                    f"labels ({', '.join(labels)})")
+                label = labels.index(str(raw))
+        examples.append(Example(idx=idx, text=text, text_pair=pair, label=label))
+    if not labelled:
+        check_unique_ids(examples, Path(path))
+    return examples
+
+
+def read_definition(path: Path) -> dict:
+    """The checked definition of ``task.json`` (one-line errors naming the file and the field)."""
+    try:
+        spec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable task definition ({e})") from None
+    return check_definition(spec, str(path))
+
+
+def check_definition(spec, where: str) -> dict:
+    if not isinstance(spec, dict):
+        raise UserError(f"{where}: a task definition is a JSON object")
+    unknown = sorted(set(spec) - KEYS)
+    if unknown:
+        raise UserError(f"{where}: unknown field(s) {', '.join(unknown)} (fields: {', '.join(sorted(KEYS))})")
+    files = spec.get("files")
+    if not isinstance(files, dict) or not files or not all(isinstance(v, str) for v in files.values()):
+        raise UserError(f"{where}: 'files' must map each split to a file name, e.g. {{\"train\": \"train.csv\"}}")
+    for split, name in files.items():
+        if Path(name).suffix.lower() not in FORMATS or "/" in name or "\\" in name or name.startswith("."):
+            raise UserError(f"{where}: files.{split} {name!r}: a file in the task's folder ending in "
+                            f"{', '.join(FORMATS)}")
+    for field in ("text", "label"):
+        if not isinstance(spec.get(field), str) or not spec[field]:
+            raise UserError(f"{where}: '{field}' must name a column")
+    regression = bool(spec.get("regression"))
+    labels = spec.get("labels")
+    if not regression and (not isinstance(labels, list) or len(labels) < 2 or len({str(x) for x in labels}) != len(labels)):
+        raise UserError(f"{where}: 'labels' must list at least two distinct classes in output order "
+                        f"(or set \"regression\": true)")
+    metrics = spec.get("metrics") or (["pearson", "spearman"] if regression else ["accuracy"])
+    bad = [m for m in metrics if m not in METRICS]
+    if bad:
+        raise UserError(f"{where}: unknown metric(s) {', '.join(bad)} (metrics: {', '.join(METRICS)})")
+    main = spec.get("main_metric") or metrics[0]
+    if main not in metrics:
+        raise UserError(f"{where}: main_metric {main!r} is not one of its metrics {metrics}")
+    return dict(spec, metrics=list(metrics), main_metric=main)
+
+
+def user_task(name: str, spec: dict, folder: str | None = None):
+    """A :class:`~fine_tune.tasks.registry.Task` from a checked definition."""
+    from functools import partial
+
+    from .registry import Task
+
+    files = dict(spec["files"])
+    unlabelled = set(spec.get("unlabelled") or [s for s in files if s.startswith("test")])
+    labelled = frozenset(s for s in files if s not in unlabelled)
+    dev = spec.get("dev_split") or next((s for s in ("dev", "val") if s in labelled),
+                                        next((s for s in files if s in labelled and s != "train"), "train"))
+    regression = bool(spec.get("regression"))
+    labels = tuple(str(x) for x in spec.get("labels") or ["score"])
+    return Task(name=name, folder=folder or name, files=files, labelled=labelled,
+                parse=partial(_parse, spec=spec), metrics=tuple(spec["metrics"]), main_metric=spec["main_metric"],
+                submission_file=f"{name}.tsv", dev_split=dev, train_split="train" if "train" in files else next(iter(files)),
+                label_names=labels, regression=regression, benchmark="user", submission_labels="names")
+
+
+def _parse(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
+    return parse_user_file(path, labelled, spec)

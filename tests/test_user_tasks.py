@@ -1,0 +1,125 @@
+"""Your own data (fine_tune/tasks/user.py): a task.json beside CSV or JSON Lines files with other column names and
+string labels, through fine-tuning, evaluation, the results table and the prediction file with the original label
+names; and the one-line errors of a bad definition or a bad row."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+
+import pytest
+
+from fine_tune.errors import UserError
+
+LABELS = ["different", "same"]
+
+
+def rows(n, seed):
+    rng = random.Random(seed)
+    words = ["how", "do", "i", "learn", "python", "java", "cook", "rice", "fast", "well"]
+    out = []
+    for i in range(n):
+        a = [rng.choice(words) for _ in range(5)]
+        same = rng.random() < 0.5
+        b = a[:] if same else [rng.choice(words) for _ in range(5)]
+        out.append({"qid": 1000 + i, "first": " ".join(a), "second": " ".join(b), "verdict": LABELS[same]})
+    return out
+
+
+def write_task(root, name, fmt, definition=None):
+    folder = root / name
+    folder.mkdir(parents=True)
+    for split, n, seed in (("train", 64, 0), ("dev", 24, 1), ("test", 10, 2)):
+        data = rows(n, seed)
+        if split == "test":
+            data = [{k: v for k, v in r.items() if k != "verdict"} for r in data]
+        if fmt == "csv":
+            with open(folder / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, fieldnames=list(data[0]))
+                w.writeheader()
+                w.writerows(data)
+        else:
+            (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+    spec = definition or {"files": {s: f"{s}.{fmt}" for s in ("train", "dev", "test")}, "text": "first",
+                          "text_pair": "second", "label": "verdict", "labels": LABELS, "id": "qid",
+                          "metrics": ["accuracy", "f1"]}
+    (folder / "task.json").write_text(json.dumps(spec))
+    return folder
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_task_of_your_own_through_fine_tune_eval_and_predictions(fmt, run, tiny_bert, data_root, exp_root):
+    name = f"pairs_{fmt}"
+    folder = write_task(data_root, name, fmt)
+    common = ["--model", "bert", "--task", name, "--max_seq_len", "24", "--device_id", "-1"]
+    run("run_fine_tune.py", "--experiment", "mine", "--ptrain_ver", str(tiny_bert), *common, "--total_step", "4",
+        "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "16", "--lr", "1e-3")
+    exp = exp_root / f"mine_bert_{name}"
+    config = json.loads((exp / "config.json").read_text())
+    assert config["num_class"] == 2 and config["task_definition"]["labels"] == LABELS
+    digest = hashlib.sha256((folder / "task.json").read_bytes()).hexdigest()
+    assert digest in json.dumps(config)  # task.json's sha256 with the data files'
+    run("run_fine_tune_eval.py", "--experiment", "mine", "--model", "bert", "--task", name, "--dataset", "dev")
+    table = json.loads((exp / "eval-dev.json").read_text())
+    assert [r["ckpt"] for r in table["rows"]] == [2, 4] and {"accuracy", "f1"} <= set(table["rows"][0])
+    run("generate_test_prediction.py", "--experiment", "mine", "--model", "bert", "--task", name, "--ckpt", "best")
+    lines = (exp / f"{name}.tsv").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and [x.split("\t")[0] for x in lines[1:]] == [str(1000 + i) for i in range(10)]
+    assert {x.split("\t")[1] for x in lines[1:]} <= set(LABELS)  # the original label names
+    out = run("results_table.py", "--task", name, "--data_root", str(data_root)).stdout
+    assert "dev acc" in out and "dev F1" in out
+    if fmt != "csv":
+        return
+    # every other script too: the teacher's logits, offline KD, a layer-wise method
+    run("run_fine_tune_gen_logits.py", "--experiment", "mine", "--model", "bert", "--task", name, "--dataset", "train",
+        "--ckpt", "4")
+    student = ["--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2", "--num_hidden_layers", "1",
+               "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "8", "--device_id", "-1"]
+    run("run_fine_tune_distill.py", "--experiment", "kd", "--model", "bert", "--task", name,
+        "--dataset", f"mine_bert_{name}", "--max_seq_len", "24", "--type_vocab_size", "2", *student)
+    run("run_pkd_distill.py", "--experiment", "pkd", "--model", "bert", "--task", name, "--teacher_exp", "mine",
+        "--tmodel", "bert", "--tckpt", "4", *student)
+    for folder in (f"kd_bert_{name}", f"pkd_bert_{name}"):
+        assert (exp_root / folder / "model-2.pt").is_file()
+        assert json.loads((exp_root / folder / "config.json").read_text())["task_definition"]["text"] == "first"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.pop("labels"), r"task.json: 'labels' must list at least two distinct classes"),
+    (lambda s: s.update(colour="red"), r"task.json: unknown field\(s\) colour"),
+    (lambda s: s.update(files={"train": "../x.csv"}), r"task.json: files.train '../x.csv': a file in the task's folder"),
+    (lambda s: s.update(metrics=["bleu"]), r"task.json: unknown metric\(s\) bleu"),
+])
+def test_a_bad_definition_is_one_line(change, message, tmp_path):
+    from fine_tune.tasks.registry import add_user_root, get_task
+
+    spec = {"files": {"train": "train.csv"}, "text": "first", "label": "verdict", "labels": LABELS}
+    change(spec)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "task.json").write_text(json.dumps(spec))
+    add_user_root(tmp_path)
+    with pytest.raises(UserError, match=message):
+        get_task("bad")
+
+
+@pytest.mark.parametrize("content, labelled, regression, message", [
+    ("qid,first,verdict\n1,a,same\n", True, False, r"train.csv, line 2: no value in column 'second'"),
+    ("qid,first,second,verdict\n1,a,b,maybe\n", True, False,
+     r"train.csv, line 2: label 'maybe' in column 'verdict' is not one of the task's labels \(different, same\)"),
+    ("qid,first,second,verdict\n1,a,b,high\n", True, True, r"train.csv, line 2: label 'high' in column 'verdict' is not a number"),
+    ("first,second\na,b\n", False, False, r"train.csv, line 2: no value in column 'qid'"),
+    ("qid,first,second\n", True, False, r"holds no examples"),
+])
+def test_a_bad_row_names_file_line_and_column(content, labelled, regression, message, tmp_path):
+    from fine_tune.tasks.user import check_definition, user_task
+
+    spec = check_definition({"files": {"train": "train.csv"} if labelled else {"test": "train.csv"}, "text": "first",
+                             "text_pair": "second", "label": "verdict", "id": "qid",
+                             **({"regression": True} if regression else {"labels": LABELS})}, "task.json")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "train.csv").write_text(content)
+    task = user_task("mine", spec)
+    with pytest.raises(UserError, match=message):
+        task.load(tmp_path, "train" if labelled else "test")
