@@ -123,3 +123,38 @@ def test_a_bad_row_names_file_line_and_column(content, labelled, regression, mes
     task = user_task("mine", spec)
     with pytest.raises(UserError, match=message):
         task.load(tmp_path, "train" if labelled else "test")
+
+
+def test_a_task_from_a_hugging_face_dataset(run, tiny_bert, data_root, exp_root, tmp_path):
+    """"hf": a datasets source (here a local folder of CSV files, read by datasets.load_dataset as a hub dataset
+    would be): each split is written once into the task's folder as JSON lines, class labels as names, and the task
+    trains and evaluates like any other."""
+    source = tmp_path / "hub_copy"
+    source.mkdir()
+    for split, n, seed in (("train", 48, 0), ("validation", 16, 1)):
+        with open(source / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=["first", "second", "verdict"])
+            w.writeheader()
+            w.writerows({k: r[k] for k in ("first", "second", "verdict")} for r in rows(n, seed))
+    folder = data_root / "from_hub"
+    folder.mkdir()
+    (folder / "task.json").write_text(json.dumps({
+        "hf": {"path": str(source), "splits": {"train": "train", "dev": "validation"}}, "text": "first",
+        "text_pair": "second", "label": "verdict", "labels": LABELS}))
+    run("run_fine_tune.py", "--experiment", "hub", "--model", "bert", "--task", "from_hub", "--ptrain_ver",
+        str(tiny_bert), "--max_seq_len", "24", "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2",
+        "--batch_size", "16", "--device_id", "-1")
+    written = [json.loads(x) for x in (folder / "train.jsonl").read_text().splitlines()]
+    assert len(written) == 48 and written[0]["verdict"] in LABELS
+    run("run_fine_tune_eval.py", "--experiment", "hub", "--model", "bert", "--task", "from_hub", "--dataset", "dev")
+    assert (folder / "dev.jsonl").is_file()
+    assert json.loads((exp_root / "hub_bert_from_hub" / "eval-dev.json").read_text())["num_rows"] == 16
+    bad = data_root / "nowhere"
+    bad.mkdir()
+    (bad / "task.json").write_text(json.dumps({
+        "hf": {"path": str(tmp_path / "missing"), "splits": {"train": "train"}}, "text": "first", "label": "verdict",
+        "labels": LABELS}))
+    with pytest.raises(AssertionError, match="could not load the Hugging Face dataset .*missing' split 'train'"):
+        run("run_fine_tune.py", "--experiment", "x", "--model", "bert", "--task", "nowhere", "--ptrain_ver",
+            str(tiny_bert), "--max_seq_len", "24", "--total_step", "1", "--warmup_step", "0", "--device_id", "-1")
+    assert not (exp_root / "x_bert_nowhere").exists() and not (bad / "train.jsonl").exists()

@@ -85,6 +85,10 @@ class Task:
         from .download import SOURCES
 
         path = self.path(data_root, split)
+        if not path.is_file() and self.definition is not None and self.definition.get("hf"):
+            from .user import materialise  # a task of your own from a Hugging Face dataset: fetched once
+
+            materialise(self.definition, split, path, split in self.labelled)
         if not path.is_file():
             fetch = (f"run `python download_data.py --task {self.name}`" if self.name in SOURCES
                      else f"put the official {Path(self.split_paths.get(split, self.folder)).parts[0]} files there")

@@ -15,6 +15,10 @@ the results tables and the submission file). Example (doc/methods.md, "Your own 
 - ``id`` (optional): an integer id column (submissions name rows by it); default the row number from 0.
 - ``metrics`` (default accuracy, or Pearson and Spearman for regression), ``main_metric`` (default the first),
   ``dev_split`` (default ``dev``, else ``val``, else the first labelled split other than train).
+- ``hf`` (instead of data files): a Hugging Face ``datasets`` source, ``{"path": "glue", "name": "sst2", "splits":
+  {"train": "train", "dev": "validation", "test": "test"}}`` (``path``: a hub name, or a local folder of data files).
+  On first use each split is loaded with ``datasets.load_dataset`` and written into the task's folder as
+  ``<split>.jsonl`` (class labels as their names), which every later run reads and hashes like any data file.
 
 The definition and the sha256 of ``task.json`` go into each experiment's ``config.json``; its data files are
 checked by sha256 on resume like every input.
@@ -33,7 +37,8 @@ from .metrics import METRICS
 TASK_FILE = "task.json"
 FORMATS = (".csv", ".tsv", ".jsonl", ".parquet")
 KEYS = {"files", "text", "text_pair", "label", "labels", "regression", "id", "metrics", "main_metric", "dev_split",
-        "unlabelled"}
+        "unlabelled", "hf"}
+HF_KEYS = {"path", "name", "splits"}
 
 
 def definition_path(data_root: Path, name: str) -> Path:
@@ -119,6 +124,13 @@ def check_definition(spec, where: str) -> dict:
     unknown = sorted(set(spec) - KEYS)
     if unknown:
         raise UserError(f"{where}: unknown field(s) {', '.join(unknown)} (fields: {', '.join(sorted(KEYS))})")
+    hf = spec.get("hf")
+    if hf is not None:
+        if (not isinstance(hf, dict) or set(hf) - HF_KEYS or not isinstance(hf.get("path"), str)
+                or not isinstance(hf.get("splits"), dict) or not hf["splits"]):
+            raise UserError(f"{where}: 'hf' must be {{\"path\": NAME, \"name\": CONFIG (optional), \"splits\": "
+                            f"{{SPLIT: HF_SPLIT}}}}")
+        spec = dict(spec, files=spec.get("files") or {split: f"{split}.jsonl" for split in hf["splits"]})
     files = spec.get("files")
     if not isinstance(files, dict) or not files or not all(isinstance(v, str) for v in files.values()):
         raise UserError(f"{where}: 'files' must map each split to a file name, e.g. {{\"train\": \"train.csv\"}}")
@@ -165,3 +177,43 @@ def user_task(name: str, spec: dict, folder: str | None = None):
 
 def _parse(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
     return parse_user_file(path, labelled, spec)
+
+
+def materialise(spec: dict, split: str, path: Path, labelled: bool) -> None:
+    """Write split ``split`` of the definition's Hugging Face source to ``path`` (JSON lines, atomically): every
+    column, class labels as their names; an unlabelled split without its label column."""
+    from ..io_utils import atomic_write_text
+
+    hf = spec["hf"]
+    hf_split = hf["splits"].get(split)
+    if hf_split is None:
+        raise UserError(f"split {split!r} is not in the task's hf.splits ({', '.join(hf['splits'])})")
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("a Hugging Face dataset source needs the datasets library: pip install datasets") from None
+    name = f"{hf['path']}{'/' + hf['name'] if hf.get('name') else ''}"
+    try:
+        ds = datasets.load_dataset(hf["path"], hf.get("name"), split=hf_split)
+    except Exception as e:  # noqa: BLE001 - network, unknown name or split: one line
+        raise UserError(f"could not load the Hugging Face dataset {name!r} split {hf_split!r}: "
+                        f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+    label = spec["label"]
+    feature = ds.features.get(label)
+    names = getattr(feature, "names", None)  # a ClassLabel
+    lines = []
+    for row in ds:
+        row = dict(row)
+        if not labelled:
+            row.pop(label, None)
+        elif names is not None and isinstance(row.get(label), int) and row[label] >= 0:
+            row[label] = names[row[label]]
+        lines.append(json.dumps(row, ensure_ascii=False))
+    if not lines:
+        raise UserError(f"the Hugging Face dataset {name!r} split {hf_split!r} holds no rows")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, "\n".join(lines) + "\n")
+    except OSError as e:
+        raise UserError(f"could not write {path} (the Hugging Face split {hf_split!r} as JSON lines): "
+                        f"{e.strerror or e}; make the data root writable, or write the file there yourself") from None
