@@ -369,3 +369,25 @@ def test_stsb_fine_tune_logits_offline_kd_eval_and_file(run, tiny_bert, data_roo
         "--num_hidden_layers", "1", "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "8",
         "--device_id", "-1")
     assert json.loads((exp_root / "p_bert_stsb" / "config.json").read_text())["num_class"] == 1
+
+
+@pytest.mark.parametrize("name, hint", [("ax", "--task mnli --dataset ax"), ("axb", "--task rte_superglue --dataset axb"),
+                                        ("axg", "--task rte_superglue --dataset axg")])
+def test_the_diagnostics_names_point_to_their_task(name, hint):
+    with pytest.raises(UserError, match=f"--task {name}: the diagnostic is predicted with the .* model, as a split of "
+                                        f"that task: {hint}"):
+        get_task(name)
+
+
+def test_a_parquet_file_of_your_own(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fine_tune.tasks.user import check_definition, user_task
+
+    (tmp_path / "mine").mkdir()
+    pq.write_table(pa.table({"q": ["a b", "c d"], "y": ["no", "yes"], "n": [7, 8]}), tmp_path / "mine" / "train.parquet")
+    spec = check_definition({"files": {"train": "train.parquet"}, "text": "q", "label": "y", "labels": ["no", "yes"],
+                             "id": "n"}, "task.json")
+    rows = user_task("mine", spec).load(tmp_path, "train")
+    assert [(e.idx, e.text, e.text_pair, e.label) for e in rows] == [(7, "a b", None, 0), (8, "c d", None, 1)]

@@ -256,6 +256,9 @@ TASKS: dict[str, Task] = {
 }
 
 
+# Hugging Face's names of the diagnostics (glue/ax, super_glue/axb, axg): here splits of the task whose model
+# predicts them
+DIAGNOSTICS = {"ax": ("mnli", "ax"), "axb": ("rte_superglue", "axb"), "axg": ("rte_superglue", "axg")}
 _USER_ROOTS: list[Path] = []  # data roots whose <name>/task.json define tasks (experiment.roots adds them)
 
 
@@ -274,6 +277,10 @@ def get_task(name: str) -> Task:
     from ..experiment import check_name
     from .user import definition_path, read_definition, user_task
 
+    if name in DIAGNOSTICS:
+        task, split = DIAGNOSTICS[name]
+        raise UserError(f"--task {name}: the diagnostic is predicted with the {task} model, as a split of that task: "
+                        f"--task {task} --dataset {split}")
     check_name(name, "--task")
     for root in reversed(_USER_ROOTS):
         path = definition_path(root, name)
