@@ -143,7 +143,8 @@ class Collator:
     ``index`` (row positions) and, for logits data sets, ``teacher_logits``.
 
     ``layout(lengths, width)``: the models' packing of the batch, built here on the host from the lengths this
-    collator knows (``batch["layout"]``; models/padding_free.TrainingForwards.layout). ``pin_memory``: page-locked
+    collator knows (``batch["model_kwargs"]["layout"]``, which the engine hands to the model;
+    models/padding_free.TrainingForwards.layout). ``pin_memory``: page-locked
     tensors, so the copy to a GPU does not block the host."""
 
     def __init__(self, features: Features, pad_token_id: int, max_seq_len: int, padding: str = "dynamic",
@@ -186,7 +187,7 @@ class Collator:
             batch = {k: v.pin_memory() for k, v in batch.items()}
         if self.layout is not None:
             layout = self.layout(lengths, width)
-            batch["layout"] = layout.pin_memory() if self.pin_memory else layout
+            batch["model_kwargs"] = {"layout": layout.pin_memory() if self.pin_memory else layout}
         return batch
 
 

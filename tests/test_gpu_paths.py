@@ -267,7 +267,7 @@ def test_a_training_step_makes_no_host_device_sync(kind, tmp_path, tiny_bert, da
     from fine_tune.engine.syncs import SyncCounter
 
     with SyncCounter() as c:
-        forwards.student(**{k: v for k, v in collator(np.arange(4)).items() if k != "layout" and k != "index"
+        forwards.student(**{k: v for k, v in collator(np.arange(4)).items() if k != "model_kwargs" and k != "index"
                             and k != "labels"})
     assert c.total > 0
 

@@ -109,6 +109,8 @@ def test_a_bad_definition_is_one_line(change, message, tmp_path):
     ("qid,first,second,verdict\n1,a,b,maybe\n", True, False,
      r"train.csv, line 2: label 'maybe' in column 'verdict' is not one of the task's labels \(different, same\)"),
     ("qid,first,second,verdict\n1,a,b,high\n", True, True, r"train.csv, line 2: label 'high' in column 'verdict' is not a number"),
+    ("qid,first,second,verdict\n1,a,b,nan\n", True, True,
+     r"train.csv, line 2: label 'nan' in column 'verdict' is not a finite number"),
     ("first,second\na,b\n", False, False, r"train.csv, line 2: no value in column 'qid'"),
     ("qid,first,second\n", True, False, r"holds no examples"),
 ])

@@ -71,9 +71,10 @@ class _Optimised:
 
 
 def forward(model: torch.nn.Module, batch: dict, hidden: bool) -> ModelOutputs:
-    """The model on a batch; a batch with a host-built ``layout`` (Collator(layout=...)) hands it to the model."""
-    extra = {"layout": batch["layout"]} if "layout" in batch else {}
-    out = model(**{k: batch[k] for k in INPUT_KEYS}, **extra, output_hidden_states=hidden, return_dict=True)
+    """The model on a batch; ``batch["model_kwargs"]`` (the collator's extra inputs for the model, e.g. the
+    padding-free forward's host-built packing) is handed to it as it is."""
+    out = model(**{k: batch[k] for k in INPUT_KEYS}, **batch.get("model_kwargs", {}), output_hidden_states=hidden,
+                return_dict=True)
     return ModelOutputs(logits=out.logits, hidden_states=tuple(out.hidden_states[1:]) if hidden else None,
                         attention_mask=batch["attention_mask"])
 

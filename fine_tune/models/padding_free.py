@@ -189,7 +189,6 @@ class Packing:
     def _copy(self, layout: PackedLayout, device: torch.device, attention_mask: torch.Tensor) -> None:
         nb = device.type == "cuda"
         move = (lambda t: None if t is None else t.to(device, non_blocking=nb))
-        self.batch, self.seq = layout.batch, layout.seq
         self.shape_ref = attention_mask  # [B, S]: pad() takes the batch's shape from a tensor (symbolic when compiled)
         self.index, self.pad_index = move(layout.index), move(layout.pad_index)
         self.positions, self.first = move(layout.positions), move(layout.first)
@@ -244,17 +243,17 @@ class FullGrid(Packing):
     reading the mask back."""
 
     def __init__(self, attention_mask: torch.Tensor, all_real: bool | None = None):
-        self.batch, self.seq = attention_mask.shape
+        batch, seq = attention_mask.shape
         self.shape_ref = attention_mask
         mask = attention_mask.bool()
         device = mask.device
         self.index = self.pad_index = None
-        self.positions = torch.arange(self.seq, device=device).repeat(self.batch)
-        self.first = torch.arange(self.batch, device=device) * self.seq
+        self.positions = torch.arange(seq, device=device).repeat(batch)
+        self.first = torch.arange(batch, device=device) * seq
         if all_real is None:
             all_real = bool(mask.all())
         key_mask = None if all_real else mask[:, None, None, :]
-        self.buckets = [Bucket(self.batch, self.seq, 0, self.batch * self.seq, None, None, key_mask)]
+        self.buckets = [Bucket(batch, seq, 0, batch * seq, None, None, key_mask)]
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(0, 1)

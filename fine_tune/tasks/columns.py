@@ -29,16 +29,21 @@ class TsvLayout:
     width: int | None = None  # header-less files: the column count
 
 
+def score(raw, where: str, column: str) -> float:
+    """A regression label: a finite number (``column`` as the message shows it)."""
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: label {raw!r} in column {column} is not a number (a regression score)") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise UserError(f"{where}: label {raw!r} in column {column} is not a finite number")
+    return value
+
+
 def _label(raw: str, file_labels: tuple[str, ...] | None, where: str, column: str) -> int | float:
     """The class index of ``raw`` in ``file_labels``; with ``file_labels`` None (regression) the number itself."""
     if file_labels is None:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise UserError(f"{where}: label {raw!r} in column {column} is not a number (a regression score)") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise UserError(f"{where}: label {raw!r} in column {column} is not a finite number")
-        return value
+        return score(raw, where, column)
     try:
         return file_labels.index(raw)
     except ValueError:

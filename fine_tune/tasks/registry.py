@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -134,12 +133,9 @@ def _tsv(labelled_layout: TsvLayout, test_layout: TsvLayout, file_labels: tuple[
 
 def _jsonl(fields: JsonFields, file_labels: tuple[str, ...], by_file: dict[str, JsonFields] | None = None):
     """A JSON-lines parser; ``by_file``: other fields for the files of these names (the diagnostics)."""
-    return partial(_parse_jsonl, fields=fields, file_labels=file_labels, by_file=by_file or {})
-
-
-def _parse_jsonl(path: Path, labelled: bool, *, fields: JsonFields, file_labels: tuple[str, ...],
-                 by_file: dict[str, JsonFields]) -> list[Example]:
-    return parse_jsonl(path, labelled, by_file.get(Path(path).name, fields), file_labels)
+    def parse(path: Path, labelled: bool) -> list[Example]:
+        return parse_jsonl(path, labelled, (by_file or {}).get(Path(path).name, fields), file_labels)
+    return parse
 
 
 GLUE_FILES = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}

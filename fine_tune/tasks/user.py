@@ -31,6 +31,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
+from .columns import score
 from .example import Example, check_unique_ids, json_objects, text_lines
 from .metrics import METRICS
 
@@ -94,10 +95,7 @@ def parse_user_file(path: Path, labelled: bool, spec: dict) -> list[Example]:
         if labelled:
             raw = cell(spec["label"])
             if spec.get("regression"):
-                try:
-                    label = float(raw)
-                except (TypeError, ValueError):
-                    raise UserError(f"{where}: label {raw!r} in column {spec['label']!r} is not a number") from None
+                label = score(raw, where, repr(spec["label"]))
             else:
                 if str(raw) not in labels:
                     raise UserError(f"{where}: label {raw!r} in column {spec['label']!r} is not one of the task's "
