@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Sequence
 from .tasks.registry import TASKS
 from .errors import UserError
 
+FAMILY_NAMES = ("bert", "albert", "roberta", "distilbert", "electra", "deberta-v2")  # models/families.py
 TASK_NAMES = tuple(TASKS)  # --task: GLUE's and SuperGLUE's Hugging Face configuration names
 
 
@@ -58,7 +59,7 @@ SEED_RANGE = 2**63  # torch.manual_seed takes [-2^63, 2^64); the toolkit takes t
 class ExperimentFlags:
     key: ClassVar[str] = "experiment"
     experiment: str = flag(None, "experiment name; folder {experiment}_{model}_{task}", required=True)
-    model: str = flag("bert", "model family", choices=("bert", "albert"))
+    model: str = flag("bert", "model family (Hugging Face model type)", choices=FAMILY_NAMES)
     task: str = flag(None, "task: " + " ".join(TASK_NAMES) + ", or NAME for a task of your own, "
                            "<data_root>/NAME/task.json (doc/methods.md)", required=True)
     dataset: str = flag("train", "split (train/val/test for boolq, train/dev/test for qqp)")
@@ -234,6 +235,10 @@ class StudentFlags:
     init_attn_only: bool = flag(False, "with --init_start: copy only the self-attention weights (the original's 'attn_W only')")
     init_embeddings: bool = flag(False, "with the layer initialisation: also copy the pretrained teacher's embeddings "
                                         "(the original leaves them random; needs the teacher's widths)")
+    student_ptrain_ver: str = flag(None, "a pretrained student (Hugging Face folder or hub name, of --model's family) "
+                                         "instead of one built from --d_model/--d_ff/--num_attention_heads/"
+                                         "--num_hidden_layers: its widths, layers and weights, a new head; of another "
+                                         "width than the teacher's, hidden losses go through a learned projection")
 
     def __post_init__(self) -> None:
         _positive(self, "d_model", "d_ff", "num_attention_heads", "num_hidden_layers", "type_vocab_size", "d_emb")
@@ -241,6 +246,9 @@ class StudentFlags:
             raise UserError(f"--d_model {self.d_model} is not divisible by --num_attention_heads {self.num_attention_heads}")
         if (self.init_start is None) != (self.init_end is None):
             raise UserError("--init_start and --init_end go together")
+        if self.student_ptrain_ver is not None and (self.init_start is not None or self.init_embeddings):
+            raise UserError("--init_start/--init_embeddings copy pretrained teacher layers into a student built from "
+                            "flags; a --student_ptrain_ver student brings its own weights: give one or the other")
 
 
 @dataclass(frozen=True)
@@ -265,11 +273,26 @@ class LayerwiseDistilFlags(DistilFlags):
 @dataclass(frozen=True)
 class TeacherFlags:
     key: ClassVar[str] = "teacher"
-    teacher_exp: str = flag(None, "fine-tuned teacher experiment (folder {teacher_exp}_{tmodel}_{task})", required=True)
-    tmodel: str = flag("bert", "teacher model family", choices=("bert", "albert"))
-    tckpt: int = flag(None, "teacher checkpoint step (model-{tckpt}.pt)", required=True)
+    teacher_exp: str = flag(None, "fine-tuned teacher experiment (folder {teacher_exp}_{tmodel}_{task}); or --teacher_hf")
+    tmodel: str = flag("bert", "teacher model family", choices=FAMILY_NAMES)
+    tckpt: int = flag(None, "teacher checkpoint step (model-{tckpt}.pt), with --teacher_exp")
+    teacher_hf: str = flag(None, "a teacher fine-tuned elsewhere: a Hugging Face sequence-classification folder or hub "
+                                 "name (instead of --teacher_exp/--tckpt); its id2label must name the task's labels "
+                                 "(or --teacher_label_map); give --max_seq_len")
+    teacher_label_map: str = flag(None, "with --teacher_hf: the teacher's output index of each of the task's labels, in "
+                                        "the task's order, comma-separated (e.g. 2,1,0)")
     tdevice_id: int = flag(None, "teacher's CUDA device index; -1 = CPU (default: the student's device); under "
                                  "torchrun relative to each rank: k means cuda:(LOCAL_RANK + k * processes per node)")
+
+    def __post_init__(self) -> None:
+        if self.teacher_hf is not None and (self.teacher_exp is not None or self.tckpt is not None):
+            raise UserError("--teacher_hf names the teacher: give it instead of --teacher_exp/--tckpt, not with them")
+        if self.teacher_hf is None and (self.teacher_exp is None or self.tckpt is None):
+            raise UserError("the teacher: give --teacher_exp and --tckpt (a teacher fine-tuned by this toolkit) or "
+                            "--teacher_hf (a fine-tuned Hugging Face model)")
+        if self.teacher_label_map is not None and self.teacher_hf is None:
+            raise UserError("--teacher_label_map maps the outputs of a --teacher_hf teacher; a toolkit teacher has the "
+                            "task's labels")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,16 @@ RUNTIME_FIELDS = frozenset({"device_id", "num_gpu", "tdevice_id", "gate_device_i
 # Flags added after experiments already existed, with the value that means "as before": an older config.json
 # without the field matches a new run that leaves it at that value (so older runs still resume).
 ADDED_FIELDS: dict[str, Any] = {"init_embeddings": False, "group_by_length": False, "padding_free": "auto",
-                                "compile": False}
+                                "compile": False, "student_ptrain_ver": None, "teacher_hf": None,
+                                "teacher_label_map": None, "teacher_label_order": None}
+
+
+def as_before(old: dict[str, Any] | None, record: dict[str, Any]) -> dict[str, Any]:
+    """The record a resumed run writes: a field added since the run started (ADDED_FIELDS) that holds its "as
+    before" value stays out of the run's config.json, which keeps the fields it started with."""
+    if old is None:
+        return record
+    return {k: v for k, v in record.items() if not (k in ADDED_FIELDS and k not in old and v == ADDED_FIELDS[k])}
 
 # Fields a fidelity fix added, with the rule a run started before the fix used: such a run (its config.json
 # lacks the field) resumes and finishes with its old rule, and its config.json keeps saying so by the field's

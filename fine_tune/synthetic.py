@@ -1,7 +1,7 @@
 """Tiny models and synthetic data sets made on the spot: the offline demo and the tests use them.
 
-* :func:`write_tiny_model` writes a small pretrained-style BERT or ALBERT folder (config, random weights,
-  a WordPiece tokenizer over the synthetic vocabulary) that ``--ptrain_ver`` can point to.
+* :func:`write_tiny_model` writes a small pretrained-style folder of any family (config, random weights, a
+  tokenizer over the synthetic vocabulary) that ``--ptrain_ver`` can point to.
 * :func:`write_boolq` / :func:`write_qqp` write files in the official layouts. The label follows a cue
   word in the question (plus label noise), so a tiny model learns it in a few hundred steps.
 """
@@ -20,27 +20,76 @@ FALSE_CUES = ["never", "hardly", "barely", "rarely", "nowhere"]
 VOCAB = SPECIAL + sorted(set(WORDS + TRUE_CUES + FALSE_CUES + ["is", "does", "the", "a", "of", "?", "."]))
 
 
+# the byte-pair-style families' special tokens (RoBERTa's order: <s> 0, <pad> 1, </s> 2, <unk> 3, <mask> 4)
+BPE_SPECIAL = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+WORDPIECE_FAMILIES = ("bert", "albert", "distilbert", "electra")
+
+
+def tiny_tokenizer(family: str = "bert", max_positions: int = 128):
+    """A tokenizer over the synthetic vocabulary: BERT's WordPiece for the BERT-like families (token types 0/1);
+    for RoBERTa and DeBERTa-v2 a word-level fast tokenizer with RoBERTa's special tokens and pair template
+    ``<s> A </s></s> B </s>`` (no token types), so the two kinds tokenise the same text differently."""
+    from transformers import BertTokenizer, PreTrainedTokenizerFast
+
+    if family in WORDPIECE_FAMILIES:
+        return BertTokenizer(vocab={tok: i for i, tok in enumerate(VOCAB)}, do_lower_case=True,
+                             model_max_length=max_positions)
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+
+    vocab = {tok: i for i, tok in enumerate(BPE_SPECIAL + VOCAB[len(SPECIAL):])}
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   sep_token="</s>", cls_token="<s>", pad_token="<pad>", mask_token="<mask>",
+                                   model_max_length=max_positions)
+
+
+def tiny_config(family: str, num_layers: int = 2, hidden: int = 32, heads: int = 2, ff: int = 64, emb: int = 16,
+                max_positions: int = 128, vocab_size: int | None = None, **extra):
+    """A small config of ``family`` (a Hugging Face model type the toolkit trains)."""
+    from transformers import AutoConfig
+
+    pad = 1 if family not in WORDPIECE_FAMILIES else 0
+    vocab_size = vocab_size or len(VOCAB)
+    if family == "distilbert":
+        return AutoConfig.for_model(family, vocab_size=vocab_size, dim=hidden, n_layers=num_layers, n_heads=heads,
+                                    hidden_dim=ff, max_position_embeddings=max_positions, pad_token_id=pad, **extra)
+    common = dict(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=heads,
+                  intermediate_size=ff, max_position_embeddings=max_positions, type_vocab_size=2, pad_token_id=pad)
+    if family == "albert":
+        common["embedding_size"] = emb
+    elif family == "electra":
+        common["embedding_size"] = emb
+    elif family == "roberta":
+        common.update(type_vocab_size=1, max_position_embeddings=max_positions + pad + 1, bos_token_id=0,
+                      eos_token_id=2)
+    elif family == "deberta-v2":
+        common.update(type_vocab_size=0, relative_attention=True, position_biased_input=False,
+                      pos_att_type=["p2c", "c2p"], max_relative_positions=-1, position_buckets=32,
+                      norm_rel_ebd="layer_norm", share_att_key=True)
+    elif family != "bert":
+        raise ValueError(family)
+    return AutoConfig.for_model(family, **common, **extra)
+
+
 def write_tiny_model(folder: Path, family: str = "bert", num_layers: int = 2, hidden: int = 32, heads: int = 2,
                      ff: int = 64, emb: int = 16, max_positions: int = 128, seed: int = 0) -> Path:
-    """A small random 'pretrained' encoder folder with tokenizer, loadable by ``from_pretrained``."""
+    """A small random 'pretrained' encoder folder of ``family`` with tokenizer, loadable by ``from_pretrained``."""
     import torch
-    from transformers import AlbertConfig, AlbertModel, BertConfig, BertModel, BertTokenizer
+    from transformers import AutoModel
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    common = dict(vocab_size=len(VOCAB), hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=heads,
-                  intermediate_size=ff, max_position_embeddings=max_positions, type_vocab_size=2, pad_token_id=0)
+    config = tiny_config(family, num_layers, hidden, heads, ff, emb, max_positions)
     torch.manual_seed(seed)
-    if family == "bert":
-        model = BertModel(BertConfig(**common))
-    elif family == "albert":
-        model = AlbertModel(AlbertConfig(embedding_size=emb, **common))
-    else:
-        raise ValueError(family)
+    model = AutoModel.from_config(config)
     model.save_pretrained(folder)
-    tokenizer = BertTokenizer(vocab={tok: i for i, tok in enumerate(VOCAB)}, do_lower_case=True,
-                              model_max_length=max_positions)
-    tokenizer.save_pretrained(folder)
+    tiny_tokenizer(family, max_positions).save_pretrained(folder)
     return folder
 
 

@@ -1,6 +1,9 @@
-"""The fine-tuned teacher of online distillation: ``{teacher_exp}_{tmodel}_{task}/model-{tckpt}.pt`` with the
-teacher experiment's config.json (max_seq_len, num_class, training split, ptrain_ver) and its model folder
-(Hugging Face config and tokenizer)."""
+"""The fine-tuned teacher of online distillation and of logits generation: a toolkit experiment,
+``{teacher_exp}_{tmodel}_{task}/model-{tckpt}.pt`` with the teacher experiment's config.json (max_seq_len,
+num_class, training split, ptrain_ver) and its model folder (Hugging Face config and tokenizer); or a
+sequence-classification model fine-tuned elsewhere (``--teacher_hf``: a Hugging Face folder or hub name), whose
+``id2label`` must name the task's labels (its outputs are put in the task's label order) or be mapped with
+``--teacher_label_map``."""
 
 from __future__ import annotations
 
@@ -13,17 +16,22 @@ from . import config as cfg
 from .errors import UserError
 from .experiment import ExperimentDir, closest_experiments
 from .engine.checkpoint import load_checkpoint_into
-from .models.classifier import build_from_config, check_checkpoint, load_model_dir
+from .io_utils import sha256_file
+from .models.classifier import (build_from_config, check_checkpoint, load_classifier, load_model_dir,
+                                load_pretrained_config, load_tokenizer, weight_file_hashes)
 
 
 @dataclass
 class Teacher:
-    exp: ExperimentDir
-    record: dict  # the teacher experiment's config.json
+    name: str  # the experiment folder's name, or the Hugging Face source as given
+    record: dict  # the teacher experiment's config.json ({} for a Hugging Face teacher)
     hf_config: object
     tokenizer: object
-    checkpoint: Path
-    step: int
+    checkpoint: Path | None  # the toolkit checkpoint (None: a Hugging Face teacher)
+    step: int | None
+    exp: ExperimentDir | None = None
+    source: str | None = None  # --teacher_hf
+    label_order: list[int] | None = None  # the teacher's output index of each task label (None: already in order)
 
     @property
     def num_layers(self) -> int:
@@ -33,10 +41,25 @@ class Teacher:
     def hidden_size(self) -> int:
         return self.hf_config.hidden_size
 
+    def describe(self) -> str:
+        return f"{self.name} model-{self.step}.pt" if self.source is None else f"{self.source} (Hugging Face)"
+
+    def input_hashes(self) -> dict[str, str]:
+        """sha256 of the files the teacher's weights come from (recorded as inputs of the run)."""
+        if self.source is None:
+            return {str(self.checkpoint): sha256_file(self.checkpoint)}
+        return weight_file_hashes(self.source)
+
     def build(self) -> torch.nn.Module:
-        """The teacher model with the checkpoint's weights, in eval mode, every parameter frozen."""
-        model = build_from_config(self.hf_config)
-        load_checkpoint_into(model, self.checkpoint)
+        """The teacher model with its weights, in eval mode, every parameter frozen; a Hugging Face teacher's
+        outputs in the task's label order."""
+        if self.source is None:
+            model = build_from_config(self.hf_config)
+            load_checkpoint_into(model, self.checkpoint)
+        else:
+            model = load_classifier(self.source, self.hf_config, "--teacher_hf")
+            if self.label_order is not None:
+                reorder_outputs(model, self.label_order)
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -65,4 +88,68 @@ def open_teacher(exp_root: Path, teacher_exp: str, tmodel: str, task: str, tckpt
     if hf_config.model_type != tmodel:
         raise UserError(f"--tmodel {tmodel}: {exp.path} holds a {hf_config.model_type!r} model")
     check_checkpoint(hf_config, ckpt)  # a truncated or foreign checkpoint is refused before anything is written
-    return Teacher(exp, record, hf_config, tokenizer, ckpt, tckpt)
+    return Teacher(exp.name, record, hf_config, tokenizer, ckpt, tckpt, exp=exp)
+
+
+def _label_key(name) -> str:
+    return "".join(ch for ch in str(name).lower() if ch.isalnum())
+
+
+def match_labels(id2label: dict, task, label_map: str | None, source: str) -> list[int] | None:
+    """The teacher's output index of each of the task's labels: from ``--teacher_label_map`` when given, else by
+    matching ``id2label``'s names with the task's label names (or the labels as its files write them), case and
+    punctuation aside. None when the teacher's order is already the task's."""
+    n = task.num_class
+    names = [id2label[i] if i in id2label else id2label.get(str(i)) for i in range(len(id2label))]
+    if len(names) != n:
+        raise UserError(f"--teacher_hf {source!r} has {len(names)} outputs ({', '.join(map(str, names))}); "
+                        f"{task.name} has {n} ({', '.join(task.label_names)})")
+    if label_map is not None:
+        try:
+            order = [int(x) for x in label_map.replace(" ", "").split(",")]
+        except ValueError:
+            raise UserError(f"--teacher_label_map {label_map!r}: expected comma-separated output indices, e.g. "
+                            f"{','.join(map(str, range(n)))}") from None
+        if sorted(order) != list(range(n)):
+            raise UserError(f"--teacher_label_map {label_map!r}: give each of the teacher's output indices "
+                            f"0..{n - 1} once, for {task.name}'s labels {', '.join(task.label_names)} in that order")
+        return None if order == list(range(n)) else order
+    if n == 1:  # regression: one score, nothing to name
+        return None
+    keys = [_label_key(x) for x in names]
+    for candidates in (task.label_names, getattr(task, "file_labels", None)):
+        if not candidates or len(candidates) != n:
+            continue
+        wanted = [_label_key(x) for x in candidates]
+        if sorted(wanted) == sorted(keys) and len(set(keys)) == n:
+            order = [keys.index(w) for w in wanted]
+            return None if order == list(range(n)) else order
+    raise UserError(f"--teacher_hf {source!r}: its labels ({', '.join(map(str, names))}) are not {task.name}'s "
+                    f"({', '.join(task.label_names)}); name the teacher's output of each with --teacher_label_map, "
+                    f"e.g. {','.join(map(str, range(n)))}")
+
+
+def reorder_outputs(model: torch.nn.Module, order: list[int]) -> None:
+    """Put a classifier's outputs in ``order`` (output i becomes the old output ``order[i]``) by permuting the rows of
+    its last linear layer (whatever the family's head looks like) and its id2label."""
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == len(order)][-1]
+    with torch.no_grad():
+        last.weight.copy_(last.weight[order])
+        if last.bias is not None:
+            last.bias.copy_(last.bias[order])
+    old = dict(model.config.id2label)
+    model.config.id2label = {i: old[j] for i, j in enumerate(order)}
+    model.config.label2id = {v: k for k, v in model.config.id2label.items()}
+
+
+def open_hf_teacher(source: str, task, label_map: str | None) -> Teacher:
+    """A fine-tuned Hugging Face sequence classifier as the teacher: its config (of a family the toolkit runs),
+    weights present, tokenizer, and its labels matched with the task's; all before anything is written."""
+    config = load_pretrained_config(source, None, "--teacher_hf")
+    archs = getattr(config, "architectures", None) or []
+    if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise UserError(f"--teacher_hf {source!r} is a {', '.join(archs)}, not a fine-tuned sequence classifier "
+                        f"(fine-tune it first, e.g. with run_fine_tune.py)")
+    order = match_labels(dict(config.id2label), task, label_map, source)
+    tokenizer = load_tokenizer(source, "--teacher_hf")
+    return Teacher(source, {}, config, tokenizer, None, None, source=source, label_order=order)

@@ -89,7 +89,7 @@ class ALPKD(LayerwiseKD):
         return [HiddenPair(j, s, alp_target(w, stack)) for j, s, w in rows], {}
 
     def layer_map(self, student, teacher):
-        _, rows = self._weights(student, teacher)
+        _, rows = self._weights(self.in_teacher_space(student), teacher)
         mask = teacher.attention_mask.to(rows[0][2].device).float()
         out = []
         for _, _, w in rows:

@@ -16,11 +16,14 @@ if TYPE_CHECKING:
 @dataclass
 class ModelOutputs:
     """What a forward pass hands to a loss: logits, hidden states (without the embedding output,
-    layer 1..L) when asked for, and the attention mask of the batch."""
+    layer 1..L) when asked for, the attention mask of the batch, and what attention-reading methods ask for."""
 
     logits: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attention_mask: torch.Tensor | None = None
+    # per layer (query, key, value) projections [B, S, D], for the methods that read attention (TinyBERT, MiniLM)
+    attention_inputs: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...] | None = None
+    embeddings: torch.Tensor | None = None  # the embedding layer's output, when a method reads it (TinyBERT)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,10 @@ class Method:
         values are refused here, before anything is written."""
         return cls()
 
+    def check_models(self, teacher_config, student_family: str) -> None:
+        """Refuse, before anything is written, a teacher (its Hugging Face config) or student family the method
+        cannot read (e.g. an attention it cannot recompute)."""
+
     def record(self) -> dict[str, Any]:
         """Fields this method adds to ``config.json`` (what it computes that its flags do not say)."""
         return {}
@@ -87,8 +94,10 @@ class Method:
         """(student layer, pretrained teacher layer) pairs to initialise the student from, 1-based."""
         return []
 
-    def create_parameters(self, device: torch.device | None) -> None:
-        """Create the method's own trainable modules (after the seed is set: reproducible), on ``device``."""
+    def create_parameters(self, device: torch.device | None, student_device: torch.device | None = None) -> None:
+        """Create the method's own trainable modules (after the seed is set: reproducible): on ``device`` (e.g.
+        LAD's gates, ``--gate_device_id``) or, for what works beside the student (a width projection), on
+        ``student_device``."""
 
     def extra_parameters(self) -> list[ExtraParameters]:
         return []

@@ -69,27 +69,33 @@ class GatedKD(LayerwiseKD):
         if "gate_no_decay" in legacy:
             self.gate_optimiser = replace(self.gate_optimiser, no_decay=tuple(legacy["gate_no_decay"]))
 
-    def create_parameters(self, device: torch.device | None) -> None:
+    def create_parameters(self, device: torch.device | None, student_device: torch.device | None = None) -> None:
+        """The gates (on ``device``, the gates' device), then the width projection where the student's width
+        differs (the gates work in the teacher's width)."""
         self.gates = make_gates(self.num_gates, self.d_model, self.seq_len)
         if device is not None:
             self.gates.to(device)
         self.gate_device = device
+        super().create_parameters(device, student_device)
 
     def extra_parameters(self) -> list[ExtraParameters]:
         if not self.mu:  # no hidden loss: the gates would never receive a gradient
             return []
-        return [ExtraParameters(name="gate", modules=list(self.gates), optimiser=self.gate_optimiser)]
+        return [ExtraParameters(name="gate", modules=list(self.gates), optimiser=self.gate_optimiser),
+                *super().extra_parameters()]
 
     def checkpoint_state(self) -> dict[str, dict]:
         """``gate-{i}`` (0-based, as the original) -> state_dict; the engine writes ``gate-{i}-{step}.pt``."""
-        return {f"gate-{i}": g.state_dict() for i, g in enumerate(self.gates)}
+        return {**{f"gate-{i}": g.state_dict() for i, g in enumerate(self.gates)}, **super().checkpoint_state()}
 
     def load_checkpoint_state(self, states: dict[str, dict]) -> None:
         for i, g in enumerate(self.gates):
             g.load_state_dict(states[f"gate-{i}"])
+        super().load_checkpoint_state(states)
 
     def train(self, mode: bool = True) -> None:
         self.gates.train(mode)
+        super().train(mode)
 
     def mean_chain_gates(self, teacher, upto: int) -> list[float]:
         """[1, gbar_2, ..., gbar_upto]: each chained gate's value averaged over non-padding tokens and dimensions."""

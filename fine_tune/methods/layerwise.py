@@ -9,7 +9,9 @@ plus the hidden loss of the LAD code base (Lin et al., Sensors 2023)::
 
 MSE over every token and dimension (padding included), hidden states without the embedding output, J the
 matched student layers (all L_s of them for every method of the original). With ``mu = 0`` no hidden state
-is computed and the method is online logits KD.
+is computed and the method is online logits KD. A student of another width than the teacher's compares
+``W_j H_s[j]`` (a learned projection per matched layer, :mod:`fine_tune.models.projection`) in the teacher's
+width instead of ``H_s[j]``, in every method.
 
 ``padding="dynamic"`` (``--padding dynamic``; a deviation, off by default) pads each batch to its longest
 member and replaces each MSE by its masked mean over the real (non-padding) tokens and every dimension::
@@ -22,15 +24,17 @@ The loss then no longer depends on how far a batch is padded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..engine.optim import OptimiserSettings
 from ..errors import UserError
 from ..models.init import teacher_layer_map
-from .base import Method, ModelOutputs, TeacherShape
+from ..models.projection import WidthProjection
+from .base import ExtraParameters, Method, ModelOutputs, TeacherShape
 from .logits_kd import check_temperature, logits_kd_loss
 
 PADDINGS = ("max_length", "dynamic")
@@ -73,6 +77,12 @@ class LayerwiseKD(Method):
 
     name = "online_kd"
 
+    # whether hidden states of a student narrower or wider than the teacher go through a learned projection
+    # (models/projection.py; False: the method compares something width-free, e.g. MiniLM's relations)
+    projects = True
+    # one projection shared by every layer (TinyBERT's W_h) or one per matched student layer
+    shared_projection = False
+
     @classmethod
     def from_flags(cls, flags, teacher: TeacherShape | None = None) -> "LayerwiseKD":
         """The common arguments from the layer-wise scripts' flags, plus :meth:`own_arguments`."""
@@ -80,8 +90,11 @@ class LayerwiseKD(Method):
         if not (d.hard_weight or d.soft_weight or flags.layerwise.mu):
             raise UserError("--hard_weight, --soft_weight and --mu are all 0: the student would learn nothing")
         check_temperature(flags.classifier.num_class, d.softmax_temp)
-        return cls(flags.student.num_hidden_layers, teacher.num_layers, d.hard_weight, d.soft_weight, d.softmax_temp,
-                   flags.layerwise.mu, padding=flags.batching.padding, **cls.own_arguments(flags, teacher))
+        method = cls(flags.student.num_hidden_layers, teacher.num_layers, d.hard_weight, d.soft_weight,
+                     d.softmax_temp, flags.layerwise.mu, padding=flags.batching.padding,
+                     **cls.own_arguments(flags, teacher))
+        method.set_widths(flags.student.d_model, teacher.hidden_size, flags.optimiser.settings())
+        return method
 
     @classmethod
     def own_arguments(cls, flags, teacher: TeacherShape) -> dict:
@@ -94,6 +107,9 @@ class LayerwiseKD(Method):
         st = flags.student
         if st.init_start is not None:
             return list(enumerate(teacher_layer_map(st.init_start, st.init_end, st.init_step, self.ls, self.lt), 1))
+        if st.student_ptrain_ver is not None or (self.student_width is not None
+                                                 and self.student_width != self.teacher_width):
+            return []  # a pretrained student brings its weights; a student of another width cannot take the teacher's
         return self.default_init_pairs(flags)
 
     def default_init_pairs(self, flags) -> list[tuple[int, int]]:
@@ -107,6 +123,54 @@ class LayerwiseKD(Method):
         self.ls, self.lt = num_student_layers, num_teacher_layers
         self.hard_weight, self.soft_weight, self.temperature, self.mu = hard_weight, soft_weight, temperature, mu
         self.padding = padding
+        self.student_width = self.teacher_width = None
+        self.projection_optimiser: OptimiserSettings | None = None
+        self.projection: WidthProjection | None = None
+
+    def set_widths(self, student_width: int, teacher_width: int, optimiser: OptimiserSettings) -> None:
+        """The student's and the teacher's hidden widths; where they differ (and a hidden loss runs) the student's
+        hidden states reach the teacher's width through a learned :class:`WidthProjection`, trained with the
+        student's optimiser settings (``optimiser``)."""
+        self.student_width, self.teacher_width, self.projection_optimiser = student_width, teacher_width, optimiser
+
+    @property
+    def needs_projection(self) -> bool:
+        return (self.projects and bool(self.mu) and self.student_width is not None
+                and self.student_width != self.teacher_width)
+
+    def create_parameters(self, device: torch.device | None, student_device: torch.device | None = None) -> None:
+        """The width projection (when :attr:`needs_projection`), on the student's device."""
+        if self.needs_projection:
+            self.projection = WidthProjection(self.student_width, self.teacher_width, self.ls, self.shared_projection)
+            if student_device is not None:
+                self.projection.to(student_device)
+
+    def extra_parameters(self) -> list[ExtraParameters]:
+        if self.projection is None:
+            return []
+        return [ExtraParameters(name="projection", modules=[self.projection], optimiser=self.projection_optimiser)]
+
+    def checkpoint_state(self) -> dict[str, dict]:
+        """``projection`` -> its state_dict (``projection-{step}.pt``) when the method has one."""
+        return {} if self.projection is None else {"projection": self.projection.state_dict()}
+
+    def load_checkpoint_state(self, states: dict[str, dict]) -> None:
+        if self.projection is not None:
+            self.projection.load_state_dict(states["projection"])
+
+    def train(self, mode: bool = True) -> None:
+        if self.projection is not None:
+            self.projection.train(mode)
+
+    def in_teacher_space(self, student: ModelOutputs) -> ModelOutputs:
+        """The student's outputs with its hidden states (and embeddings) projected to the teacher's width; as they
+        are without a projection."""
+        if self.projection is None or student.hidden_states is None:
+            return student
+        p = self.projection
+        emb = student.embeddings
+        return replace(student, hidden_states=tuple(p(j, h) for j, h in enumerate(student.hidden_states, 1)),
+                       embeddings=p(0, emb) if emb is not None and p.shared else emb)
 
     @property
     def masked(self) -> bool:
@@ -158,6 +222,7 @@ class LayerwiseKD(Method):
                                self.hard_weight, self.soft_weight, self.temperature)
         loss = parts["logits_loss"]
         if self.mu:
+            student = self.in_teacher_space(student)
             pairs, stats = self.hidden_pairs(student, teacher)
             hidden, per_layer = self.hidden_loss(pairs, self.loss_mask(student))
             parts["hidden_loss"] = hidden

@@ -1,9 +1,9 @@
-"""Sequence classifiers: a pretrained BERT/ALBERT encoder, dropout, and a linear head on the pooler output.
+"""Sequence classifiers: a pretrained encoder of one of the families (``models/families.py``) and its Hugging
+Face classification head.
 
-This is exactly Hugging Face's ``BertForSequenceClassification`` / ``AlbertForSequenceClassification``
-(head weight ~ N(0, 0.02), zero bias, as the original), so every checkpoint of this toolkit loads with
-``AutoModelForSequenceClassification`` once its config is beside it. ``--dropout`` sets the encoder's
-hidden and attention dropout and the head's dropout.
+This is exactly Hugging Face's ``AutoModelForSequenceClassification`` (for BERT: head weight ~ N(0, 0.02), zero
+bias, as the original), so every checkpoint of this toolkit loads with ``AutoModelForSequenceClassification`` once
+its config is beside it. ``--dropout`` sets the encoder's hidden and attention dropout and the head's dropout.
 """
 
 from __future__ import annotations
@@ -13,22 +13,12 @@ import contextlib
 from pathlib import Path
 
 import torch
-from transformers import (AlbertConfig, AlbertForSequenceClassification, AutoConfig, AutoTokenizer,
-                          BertConfig, BertForSequenceClassification, PretrainedConfig, PreTrainedModel)
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from ..errors import UserError
 from ..engine.checkpoint import check_fits, read_checkpoint
 from ..io_utils import atomic_save_with
-
-FAMILIES = {
-    "bert": (BertConfig, BertForSequenceClassification),
-    "albert": (AlbertConfig, AlbertForSequenceClassification),
-}
-
-
-def _dropout_kwargs(model: str, dropout: float) -> dict:
-    head = "classifier_dropout_prob" if model == "albert" else "classifier_dropout"
-    return {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout, head: dropout}
+from .families import get_family, student_config_kwargs
 
 
 def _looks_local(name: str) -> bool:
@@ -63,25 +53,28 @@ def load_tokenizer(source: str | Path, flag: str | None = None):
         raise UserError(f"{where}: {str(e).splitlines()[0]}") from None
 
 
-def load_pretrained_config(ptrain_ver: str, model: str) -> PretrainedConfig:
-    """The config of ``--ptrain_ver``: a path that does not exist is refused without asking the hub; a local
-    folder must hold a config of the ``--model`` family and weights."""
+def load_pretrained_config(ptrain_ver: str, model: str | None, flag: str = "--ptrain_ver",
+                           model_flag: str = "--model") -> PretrainedConfig:
+    """The config of a pretrained model (``flag`` names where it was given): a path that does not exist is
+    refused without asking the hub; a local folder must hold a config of the ``model_flag`` family (``model``;
+    None: any family the toolkit trains) and weights."""
     folder = Path(ptrain_ver).expanduser()
     local = _looks_local(ptrain_ver)
     if local and not folder.is_dir():
         what = "is a file, not a model folder" if folder.exists() else "pretrained model folder not found"
-        raise UserError(f"--ptrain_ver {ptrain_ver!r}: {what}")
+        raise UserError(f"{flag} {ptrain_ver!r}: {what}")
     if local and not (folder / "config.json").is_file():
-        raise UserError(f"--ptrain_ver {ptrain_ver!r}: no config.json in the folder (not a Hugging Face model folder)")
+        raise UserError(f"{flag} {ptrain_ver!r}: no config.json in the folder (not a Hugging Face model folder)")
     try:
         config = AutoConfig.from_pretrained(ptrain_ver)
     except (OSError, ValueError) as e:
         what = "could not load the model config" if local else "no local folder of that name, and the hub lookup failed"
-        raise UserError(f"--ptrain_ver {ptrain_ver!r}: {what} ({str(e).splitlines()[0]})") from None
-    if config.model_type != model:
-        raise UserError(f"--ptrain_ver {ptrain_ver!r} is a {config.model_type!r} model but --model is {model!r}")
+        raise UserError(f"{flag} {ptrain_ver!r}: {what} ({str(e).splitlines()[0]})") from None
+    if model is not None and config.model_type != model:
+        raise UserError(f"{flag} {ptrain_ver!r} is a {config.model_type!r} model but {model_flag} is {model!r}")
+    get_family(config.model_type, f"{flag} {ptrain_ver!r}: model type")
     if folder.is_dir() and not any((folder / name).is_file() for name in WEIGHT_FILES):
-        raise UserError(f"--ptrain_ver {ptrain_ver!r}: no weights in the folder ({' or '.join(WEIGHT_FILES[::2])})")
+        raise UserError(f"{flag} {ptrain_ver!r}: no weights in the folder ({' or '.join(WEIGHT_FILES[::2])})")
     return config
 
 
@@ -102,14 +95,50 @@ def quiet_hf():
 
 def build_pretrained_classifier(ptrain_ver: str, model: str, num_class: int, dropout: float) -> PreTrainedModel:
     """The teacher: pretrained encoder + new classification head."""
-    load_pretrained_config(ptrain_ver, model)
-    _, cls = FAMILIES[model]
+    config = load_pretrained_config(ptrain_ver, model)
+    family = get_family(model)
+    config.num_labels = num_class
+    for name, value in family.dropout_kwargs(dropout).items():  # set on the config: DeBERTa's cls_dropout is optional
+        setattr(config, name, value)
     try:
         with quiet_hf():
-            return cls.from_pretrained(ptrain_ver, num_labels=num_class, attn_implementation="sdpa",
-                                       **_dropout_kwargs(model, dropout))
+            return AutoModelForSequenceClassification.from_pretrained(
+                ptrain_ver, config=config, attn_implementation=family.attn_implementation)
     except (OSError, ValueError) as e:
         raise UserError(f"--ptrain_ver {ptrain_ver!r}: could not load the weights ({str(e).splitlines()[0]})") from None
+
+
+def load_classifier(source: str, config: PretrainedConfig, flag: str) -> PreTrainedModel:
+    """A fine-tuned sequence classifier as it was saved (its own head and labels), e.g. ``--teacher_hf``."""
+    family = get_family(config.model_type, f"{flag} {source!r}: model type")
+    try:
+        with quiet_hf():
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                source, config=config, attn_implementation=family.attn_implementation, output_loading_info=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{flag} {source!r}: could not load the weights ({str(e).splitlines()[0]})") from None
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise UserError(f"{flag} {source!r}: no weights for {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
+                        f"(a pretrained encoder, not a fine-tuned classifier?)")
+    return model
+
+
+def check_same_tokenisation(teacher_tokenizer, student_tokenizer, examples, teacher: str, student: str) -> None:
+    """Token-level losses pair the teacher's and the student's tokens one to one: both tokenizers must turn the
+    run's text into the same ids. Compared on the vocabulary and on the first rows of the training split."""
+    same = teacher_tokenizer.get_vocab() == student_tokenizer.get_vocab()
+    if same:
+        for ex in list(examples)[:64]:
+            a = teacher_tokenizer(ex.text, ex.text_pair, truncation=True, max_length=512)["input_ids"]
+            b = student_tokenizer(ex.text, ex.text_pair, truncation=True, max_length=512)["input_ids"]
+            if a != b:
+                same = False
+                break
+    if not same:
+        raise UserError(f"the teacher {teacher} and the student {student} tokenise differently: layer-wise losses pair "
+                        f"their tokens one to one; use a student with the teacher's tokenizer, or logits KD "
+                        f"(run_fine_tune_gen_logits.py, then run_fine_tune_distill.py), which works across tokenizers")
 
 
 def student_config(model: str, *, vocab_size: int, num_class: int, d_model: int, d_ff: int, num_attention_heads: int,
@@ -117,22 +146,19 @@ def student_config(model: str, *, vocab_size: int, num_class: int, d_model: int,
                    pad_token_id: int, d_emb: int | None = None) -> PretrainedConfig:
     if d_model % num_attention_heads:
         raise UserError(f"--d_model {d_model} is not divisible by --num_attention_heads {num_attention_heads}")
-    config_cls, _ = FAMILIES[model]
-    kwargs = dict(vocab_size=vocab_size, hidden_size=d_model, intermediate_size=d_ff,
-                  num_attention_heads=num_attention_heads, num_hidden_layers=num_hidden_layers,
-                  type_vocab_size=type_vocab_size, max_position_embeddings=max_position_embeddings,
-                  num_labels=num_class, pad_token_id=pad_token_id, **_dropout_kwargs(model, dropout))
-    if model == "albert":
-        kwargs["embedding_size"] = d_emb
-        kwargs["hidden_act"] = "gelu_new"
-    config = config_cls(**kwargs)
-    config._attn_implementation = "sdpa"
+    kwargs = student_config_kwargs(model, vocab_size=vocab_size, num_class=num_class, d_model=d_model, d_ff=d_ff,
+                                   num_attention_heads=num_attention_heads, num_hidden_layers=num_hidden_layers,
+                                   type_vocab_size=type_vocab_size, dropout=dropout,
+                                   max_position_embeddings=max_position_embeddings, pad_token_id=pad_token_id,
+                                   d_emb=d_emb)
+    config = AutoConfig.for_model(model, **kwargs)
+    config._attn_implementation = get_family(model).attn_implementation
     return config
 
 
 def build_from_config(config: PretrainedConfig) -> PreTrainedModel:
-    _, cls = FAMILIES[config.model_type]
-    return cls._from_config(config, attn_implementation="sdpa")
+    family = get_family(config.model_type, "model type")
+    return AutoModelForSequenceClassification.from_config(config, attn_implementation=family.attn_implementation)
 
 
 def save_model_dir(path: Path, config: PretrainedConfig, tokenizer) -> None:

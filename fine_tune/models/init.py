@@ -13,9 +13,7 @@ import torch
 from transformers import AutoModel, PreTrainedModel
 
 from ..errors import UserError
-
-ATTN_KEYS_BERT = ("attention.self.query", "attention.self.key", "attention.self.value")
-ATTN_KEYS_ALBERT = ("attention.query", "attention.key", "attention.value")
+from .families import family_of
 
 
 def teacher_layer_map(start: int, end: int, step: int, num_student_layers: int, num_teacher_layers: int) -> list[int]:
@@ -41,14 +39,6 @@ def check_copyable(pretrained_config, d_model: int, d_ff: int, attn_only: bool) 
                         f"size {pretrained_config.intermediate_size} (or pass --init_attn_only)")
 
 
-def _encoder_layers(base) -> list[torch.nn.Module]:
-    enc = base.encoder
-    if hasattr(enc, "layer"):
-        return list(enc.layer)
-    # ALBERT: one shared layer group (num_hidden_groups == 1 in every released model)
-    return [layer for group in enc.albert_layer_groups for layer in group.albert_layers]
-
-
 def copy_teacher_layers(student: PreTrainedModel, pretrained: PreTrainedModel | str, layers: list[int],
                         attn_only: bool = False, embeddings: bool = False) -> list[tuple[int, int]]:
     """Copy pretrained teacher layers ``layers`` into student layers 1..n; returns the (student, teacher) pairs."""
@@ -71,8 +61,12 @@ def copy_teacher_layers_at(student: PreTrainedModel, pretrained: PreTrainedModel
     if s_base.config.hidden_size != t_base.config.hidden_size:
         raise UserError(f"cannot copy teacher layers: student --d_model {s_base.config.hidden_size} differs from the "
                         f"teacher's hidden size {t_base.config.hidden_size}")
-    s_layers, t_layers = _encoder_layers(s_base), _encoder_layers(t_base)
-    albert = student.config.model_type == "albert"
+    if student.config.model_type != pretrained.config.model_type:
+        raise UserError(f"cannot copy teacher layers: the student is a {student.config.model_type!r} model, the "
+                        f"pretrained teacher a {pretrained.config.model_type!r} one")
+    family = family_of(student)
+    s_layers, t_layers = family.layers(s_base), family.layers(t_base)
+    albert = family.name == "albert"
     with torch.no_grad():
         for j, t in pairs:
             if albert:  # shared weights: every student layer is the one shared layer
@@ -81,7 +75,7 @@ def copy_teacher_layers_at(student: PreTrainedModel, pretrained: PreTrainedModel
                 if not 1 <= t <= len(t_layers):
                     raise UserError(f"teacher layer {t} does not exist (the pretrained model has {len(t_layers)} layers)")
                 src, dst = t_layers[t - 1], s_layers[j - 1]
-            _copy_module(src, dst, (ATTN_KEYS_ALBERT if albert else ATTN_KEYS_BERT) if attn_only else None)
+            _copy_module(src, dst, family.attention_only_prefixes() if attn_only else None)
         if not attn_only and getattr(s_base, "pooler", None) is not None and getattr(t_base, "pooler", None) is not None:
             _copy_module(t_base.pooler, s_base.pooler, None)
         if embeddings:

@@ -167,6 +167,7 @@ def _start_experiment(p: Prepared, flags, record: dict, data_files: dict[str, st
     if old is not None and not same:  # --overwrite: start over, drop every output of the old run
         clear_outputs(p.exp)
     record = {k: v for k, v in record.items() if k not in legacy}  # the config keeps saying which rule runs
+    record = cfg.as_before(old if same else None, record)
     record = dict(record, provenance=collect(p.device, data_files))
     cfg.save_config(p.exp.config_path, record)
     return start

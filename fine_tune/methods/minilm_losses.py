@@ -1,0 +1,128 @@
+r"""MiniLM and MiniLMv2 self-attention distillation losses, as pure functions (the Method comes later).
+
+MiniLM: Wang, Wei, Dong, Bao, Yang, Zhou, "MiniLM: Deep Self-Attention Distillation for Task-Agnostic
+Compression of Pre-Trained Transformers", NeurIPS 2020. The last layer's attention distributions and
+value relations (eq. 5-7), each averaged over heads and tokens::
+
+    A_a = softmax(Q_a K_a^T / sqrt(d_k))                         (attention distribution, per head a)
+    VR_a = softmax(V_a V_a^T / sqrt(d_k))                        (value relation)
+    L_AT = 1/(A_h |x|) * sum_a sum_t KL(A^T_{a,t} || A^S_{a,t})
+    L_VR = 1/(A_h |x|) * sum_a sum_t KL(VR^T_{a,t} || VR^S_{a,t})
+    L = L_AT + L_VR
+
+MiniLMv2: Wang, Bao, Huang, Dong, Wei, "MiniLMv2: Multi-Head Self-Attention Relation Distillation for
+Compressing Pretrained Transformers", Findings of ACL 2021. The heads' queries (keys, values) are concatenated
+and re-split into A_r *relation heads* (the same number for both models, whatever their head counts and
+widths; d_r = D / A_r per model), and the Q-Q, K-K and V-V relations are distilled (eq. 1-3)::
+
+    R_{ij,a} = softmax(A_{i,a} A_{j,a}^T / sqrt(d_r))            A in {Q, K, V}, a = 1..A_r
+    L = sum_{(i,j) in {QQ, KK, VV}} 1/(A_r |x|) * sum_a sum_t KL(R^T_{ij,a,t} || R^S_{ij,a,t})
+
+The relation matrices are [S, S] whatever the hidden size, so teacher and student may differ in width with no
+projection. Padding keys get probability exactly 0 (masked to -inf before the softmax) and padding query rows
+are left out of the average, so ``|x|`` is, over the batch, ``sum_b n_b`` (n_b the real tokens of sequence b).
+
+Inputs: the last layer's query / key / value projections [B, S, D] (before the heads are split) and the
+attention mask [B, S] (1 = real token, 0 = padding, right padding). Every function computes in fp32 (autocast
+off), whatever the input dtype or the surrounding autocast.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from .tinybert_losses import split_heads
+
+
+def _fp32_off(x: torch.Tensor):
+    """A context with autocast disabled on ``x``'s device type."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+def relation(a: torch.Tensor, b: torch.Tensor, num_heads: int, mask: torch.Tensor | None) -> torch.Tensor:
+    r"""Log-probabilities ``log_softmax(a_h b_h^T / sqrt(d_head))`` over the keys, [B, H, S, S], fp32, for
+    a, b [B, S, D] split into ``num_heads`` heads (d_head = D / H). relation(query, key) is MiniLM's
+    attention distribution, relation(value, value) its value relation, relation(x, x) MiniLMv2's relations.
+
+    Padding keys (``mask`` [B, S] == 0) are set to -inf before the softmax: exactly zero probability, a log
+    of -inf. Padding query rows are computed as usual (over the real keys) and are for the caller to ignore
+    (:func:`relation_kl` does). A sequence with no real token at all is left unmasked (a finite, ignored row)."""
+    with _fp32_off(a):
+        left = split_heads(a.float(), num_heads)
+        right = split_heads(b.float().to(a.device), num_heads)
+        scores = torch.matmul(left, right.transpose(-1, -2)) / math.sqrt(left.shape[-1])
+        if mask is not None:
+            keys = mask.to(scores.device).bool()
+            keys = keys | ~keys.any(-1, keepdim=True)  # an all-padding sequence: no -inf-only rows
+            scores = scores.masked_fill(~keys[:, None, None, :], float("-inf"))
+        return F.log_softmax(scores, dim=-1)
+
+
+def relation_kl(student_log_rel: torch.Tensor, teacher_log_rel: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+    r"""KL(teacher || student) of [B, H, S, S] log-probability relations, summed over the keys and averaged
+    over the heads and the REAL query positions of the whole batch, in fp32::
+
+        1/(H * sum_b n_b) * sum_{b, h, q real} sum_k p^T log(p^T / p^S)
+
+    (MiniLM's "averaged over heads and tokens"). Padding query rows are left out; padding keys (p^T = 0)
+    contribute exactly 0, with no 0 * log 0 or (-inf) - (-inf) NaN in the value or the gradient: the log
+    probabilities are replaced by 0 at every excluded (query, key) pair before the difference is taken. With
+    ``mask`` None every position is real. Student and teacher must have the same number of (relation) heads."""
+    if student_log_rel.shape != teacher_log_rel.shape:
+        raise UserError(f"relation shapes differ: student {tuple(student_log_rel.shape)}, "
+                        f"teacher {tuple(teacher_log_rel.shape)} (the same heads and length are needed)")
+    with _fp32_off(student_log_rel):
+        log_s = student_log_rel.float()
+        log_t = teacher_log_rel.float().to(log_s.device)
+        batch, heads, length, _ = log_s.shape
+        if mask is None:
+            real = torch.ones(batch, length, dtype=torch.bool, device=log_s.device)
+        else:
+            real = mask.to(log_s.device).bool()
+        valid = real[:, None, :, None] & real[:, None, None, :]  # [B, 1, S, S]
+        log_s = log_s.masked_fill(~valid, 0.0)
+        log_t = log_t.masked_fill(~valid, 0.0)
+        terms = (log_t.exp() * (log_t - log_s)).masked_fill(~valid, 0.0)
+        count = real.sum().to(log_s.dtype) * heads
+        return terms.sum() / count.clamp_min(1.0)
+
+
+def minilm_loss(s_q: torch.Tensor, s_k: torch.Tensor, s_v: torch.Tensor,
+                t_q: torch.Tensor, t_k: torch.Tensor, t_v: torch.Tensor,
+                s_heads: int, t_heads: int,
+                mask: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    r"""MiniLM (v1) loss of the LAST layers: attention-distribution KL (query-key) + value-relation KL
+    (value-value), each computed with each model's own head count (d_k = D / heads per model) and reduced by
+    :func:`relation_kl`. Requires ``s_heads == t_heads`` (MiniLM compares head by head), :class:`UserError`
+    otherwise. Returns ``(total, {"attention_kl": ..., "value_kl": ...})``."""
+    if s_heads != t_heads:
+        raise UserError(f"MiniLM distils attention head by head: the student has {s_heads} heads, the teacher "
+                        f"{t_heads}; use MiniLMv2 relation heads (relation_heads dividing both hidden sizes)")
+    attention = relation_kl(relation(s_q, s_k, s_heads, mask), relation(t_q, t_k, t_heads, mask), mask)
+    value = relation_kl(relation(s_v, s_v, s_heads, mask), relation(t_v, t_v, t_heads, mask), mask)
+    return attention + value, {"attention_kl": attention, "value_kl": value}
+
+
+def minilmv2_loss(s_q: torch.Tensor, s_k: torch.Tensor, s_v: torch.Tensor,
+                  t_q: torch.Tensor, t_k: torch.Tensor, t_v: torch.Tensor,
+                  relation_heads: int,
+                  mask: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    r"""MiniLMv2 loss: both models' concatenated heads re-split into ``relation_heads`` (A_r) relation heads
+    (D_s / A_r and D_t / A_r wide; :class:`UserError` unless A_r divides both widths), the Q-Q, K-K and V-V
+    relations (each scaled by 1 / sqrt(D / A_r) of its own model), each KL reduced by :func:`relation_kl`,
+    total = their sum. Works across widths (no projection). Returns
+    ``(total, {"qq_kl": ..., "kk_kl": ..., "vv_kl": ...})``."""
+    s_width, t_width = s_q.shape[-1], t_q.shape[-1]
+    if relation_heads < 1 or s_width % relation_heads or t_width % relation_heads:
+        raise UserError(f"MiniLMv2 relation heads ({relation_heads}) must divide both hidden sizes: "
+                        f"student {s_width}, teacher {t_width}")
+    parts = {}
+    for name, student, teacher in (("qq_kl", s_q, t_q), ("kk_kl", s_k, t_k), ("vv_kl", s_v, t_v)):
+        parts[name] = relation_kl(relation(student, student, relation_heads, mask),
+                                  relation(teacher, teacher, relation_heads, mask), mask)
+    return parts["qq_kl"] + parts["kk_kl"] + parts["vv_kl"], parts

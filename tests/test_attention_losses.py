@@ -1,0 +1,418 @@
+"""TinyBERT and MiniLM / MiniLMv2 loss functions against independent float64 loop references.
+
+The references below are written with explicit Python loops over batch, head, query and key (numpy float64
+only for storage), not with the vectorised code under test.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fine_tune.errors import UserError
+from fine_tune.methods.minilm_losses import minilm_loss, minilmv2_loss, relation, relation_kl
+from fine_tune.methods.tinybert_losses import (attention_mse, attention_scores, hidden_mse, soft_cross_entropy,
+                                               split_heads, tinybert_layer_map)
+
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- data
+
+
+def make_mask(lengths, length):
+    return np.array([[1 if s < n else 0 for s in range(length)] for n in lengths], dtype=np.int64)
+
+
+def data(seed, batch=3, length=6, width=8, lengths=(6, 4, 2), scale=1.0):
+    """(float64 numpy array [B, S, D] exactly representable in fp32, mask [B, S])."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((batch, length, width)) * scale).astype(np.float32).astype(np.float64)
+    return x, make_mask(lengths, length)
+
+
+def t32(x):
+    return torch.tensor(x, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------- loop references
+
+
+def ref_scores(q, k, heads, mask):
+    """Q K^T / sqrt(d) per head, padded keys 0: [B][H][S][S] nested lists."""
+    batch, length, width = q.shape
+    dh = width // heads
+    out = np.zeros((batch, heads, length, length))
+    for b in range(batch):
+        for h in range(heads):
+            for i in range(length):
+                for j in range(length):
+                    if mask is not None and mask[b][j] == 0:
+                        continue
+                    dot = 0.0
+                    for d in range(dh):
+                        dot += q[b][i][h * dh + d] * k[b][j][h * dh + d]
+                    out[b][h][i][j] = dot / math.sqrt(dh)
+    return out
+
+
+def ref_attention_mse(s, t, mask, masked):
+    batch, heads, length, _ = s.shape
+    total, count = 0.0, 0
+    for b in range(batch):
+        for h in range(heads):
+            for i in range(length):
+                for j in range(length):
+                    if masked and (mask[b][i] == 0 or mask[b][j] == 0):
+                        continue
+                    total += (s[b][h][i][j] - t[b][h][i][j]) ** 2
+                    count += 1
+    return total / count
+
+
+def ref_hidden_mse(s, t, mask, masked):
+    batch, length, width = s.shape
+    total, count = 0.0, 0
+    for b in range(batch):
+        for i in range(length):
+            if masked and mask[b][i] == 0:
+                continue
+            for d in range(width):
+                total += (s[b][i][d] - t[b][i][d]) ** 2
+                count += 1
+    return total / count
+
+
+def ref_soft_ce(s, t, temperature):
+    batch, classes = s.shape
+    total = 0.0
+    for b in range(batch):
+        zs = [s[b][c] / temperature for c in range(classes)]
+        zt = [t[b][c] / temperature for c in range(classes)]
+        log_norm_s = math.log(sum(math.exp(z) for z in zs))
+        norm_t = sum(math.exp(z) for z in zt)
+        for c in range(classes):
+            total += -(math.exp(zt[c]) / norm_t) * (zs[c] - log_norm_s)
+    return total / batch
+
+
+def ref_relation(a, b_, heads, mask):
+    """softmax over the real keys of a_h b_h^T / sqrt(d): probabilities [B][H][S][S], 0 at padded keys."""
+    batch, length, width = a.shape
+    dh = width // heads
+    out = np.zeros((batch, heads, length, length))
+    for b in range(batch):
+        for h in range(heads):
+            for i in range(length):
+                logits = {}
+                for j in range(length):
+                    if mask[b][j] == 0:
+                        continue
+                    dot = 0.0
+                    for d in range(dh):
+                        dot += a[b][i][h * dh + d] * b_[b][j][h * dh + d]
+                    logits[j] = dot / math.sqrt(dh)
+                top = max(logits.values())
+                norm = sum(math.exp(v - top) for v in logits.values())
+                for j, v in logits.items():
+                    out[b][h][i][j] = math.exp(v - top) / norm
+    return out
+
+
+def ref_kl(p_s, p_t, mask):
+    """1/(H * sum_b n_b) * sum_{b, h, real q} sum_{real k} p_t log(p_t / p_s)."""
+    batch, heads, length, _ = p_s.shape
+    total = 0.0
+    tokens = 0
+    for b in range(batch):
+        for i in range(length):
+            if mask[b][i] == 0:
+                continue
+            tokens += 1
+            for h in range(heads):
+                for j in range(length):
+                    if mask[b][j] == 0:
+                        continue
+                    pt, ps = p_t[b][h][i][j], p_s[b][h][i][j]
+                    if pt > 0:
+                        total += pt * math.log(pt / ps)
+    return total / (heads * tokens)
+
+
+def ref_minilm(sq, sk, sv, tq, tk, tv, s_heads, t_heads, mask):
+    att = ref_kl(ref_relation(sq, sk, s_heads, mask), ref_relation(tq, tk, t_heads, mask), mask)
+    val = ref_kl(ref_relation(sv, sv, s_heads, mask), ref_relation(tv, tv, t_heads, mask), mask)
+    return att + val, att, val
+
+
+def ref_minilmv2(sq, sk, sv, tq, tk, tv, rel_heads, mask):
+    parts = [ref_kl(ref_relation(s, s, rel_heads, mask), ref_relation(t, t, rel_heads, mask), mask)
+             for s, t in ((sq, tq), (sk, tk), (sv, tv))]
+    return sum(parts), parts
+
+
+def close(value, expected):
+    assert value.dtype == torch.float32
+    np.testing.assert_allclose(value.detach().double().numpy(), expected, **TOL)
+
+
+# ---------------------------------------------------------------- TinyBERT
+
+
+def test_split_heads_layout():
+    x = torch.arange(2 * 3 * 8, dtype=torch.float32).reshape(2, 3, 8)
+    heads = split_heads(x, 4)
+    assert heads.shape == (2, 4, 3, 2)
+    for b in range(2):
+        for h in range(4):
+            for s in range(3):
+                assert heads[b, h, s].tolist() == x[b, s, 2 * h:2 * h + 2].tolist()
+    with pytest.raises(UserError) as info:
+        split_heads(x, 3)
+    assert "\n" not in str(info.value) and "8" in str(info.value) and "3" in str(info.value)
+
+
+@pytest.mark.parametrize("heads", [2, 4])
+def test_attention_scores_and_padding_keys(heads):
+    q, mask = data(0, width=8)
+    k, _ = data(1, width=8)
+    scores = attention_scores(t32(q), t32(k), heads, torch.tensor(mask))
+    assert scores.shape == (3, heads, 6, 6) and scores.dtype == torch.float32
+    close(scores, ref_scores(q, k, heads, mask))
+    # padding keys exactly 0, real keys not
+    for b, n in enumerate((6, 4, 2)):
+        assert torch.all(scores[b, :, :, n:] == 0)
+        assert torch.all(scores[b, :, :, :n] != 0)
+    # without a mask: plain Q K^T / sqrt(d)
+    close(attention_scores(t32(q), t32(k), heads, None), ref_scores(q, k, heads, None))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_mse(masked):
+    heads = 3
+    sq, mask = data(2, length=7, width=9, lengths=(7, 5, 3))
+    sk, _ = data(3, length=7, width=9)
+    tq, _ = data(4, length=7, width=12)
+    tk, _ = data(5, length=7, width=12)
+    m = torch.tensor(mask)
+    s_scores = attention_scores(t32(sq), t32(sk), heads, m)
+    t_scores = attention_scores(t32(tq), t32(tk), heads, m)
+    loss = attention_mse(s_scores, t_scores, m, masked)
+    expected = ref_attention_mse(ref_scores(sq, sk, heads, mask), ref_scores(tq, tk, heads, mask), mask, masked)
+    close(loss, expected)
+    if masked:
+        # padding tokens' contents do not matter
+        sq2 = sq.copy()
+        sq2[1, 5:] = 7.0
+        sq2[2, 3:] = -3.0
+        loss2 = attention_mse(attention_scores(t32(sq2), t32(sk), heads, m), t_scores, m, masked)
+        assert torch.allclose(loss, loss2, rtol=1e-6, atol=0)
+
+
+def test_attention_mse_needs_same_heads():
+    s = torch.zeros(2, 4, 5, 5)
+    t = torch.zeros(2, 12, 5, 5)
+    for masked in (False, True):
+        with pytest.raises(UserError) as info:
+            attention_mse(s, t, torch.ones(2, 5), masked)
+        message = str(info.value)
+        assert "\n" not in message and "4" in message and "12" in message
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_hidden_mse(masked):
+    s, mask = data(6, batch=2, length=5, width=10, lengths=(5, 2))
+    t, _ = data(7, batch=2, length=5, width=10)
+    loss = hidden_mse(t32(s), t32(t), torch.tensor(mask), masked)
+    close(loss, ref_hidden_mse(s, t, mask, masked))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_soft_cross_entropy(temperature):
+    rng = np.random.default_rng(8)
+    s = rng.standard_normal((3, 4)).astype(np.float32).astype(np.float64) * 3
+    t = rng.standard_normal((3, 4)).astype(np.float32).astype(np.float64) * 3
+    close(soft_cross_entropy(t32(s), t32(t), temperature), ref_soft_ce(s, t, temperature))
+
+
+@pytest.mark.parametrize("m, n, expected", [
+    (4, 12, [3, 6, 9, 12]),
+    (6, 12, [2, 4, 6, 8, 10, 12]),
+    (4, 24, [6, 12, 18, 24]),
+    (6, 24, [4, 8, 12, 16, 20, 24]),
+    (12, 12, list(range(1, 13))),
+])
+def test_tinybert_layer_map(m, n, expected):
+    assert tinybert_layer_map(m, n) == expected
+
+
+@pytest.mark.parametrize("m, n", [(5, 12), (7, 24), (24, 12), (0, 12)])
+def test_tinybert_layer_map_refusals(m, n):
+    with pytest.raises(UserError) as info:
+        tinybert_layer_map(m, n)
+    message = str(info.value)
+    assert "\n" not in message and str(m) in message and str(n) in message
+
+
+# ---------------------------------------------------------------- MiniLM
+
+
+def test_relation_rows():
+    a, mask = data(9, length=7, width=12, lengths=(7, 4, 1))
+    b, _ = data(10, length=7, width=12)
+    log_rel = relation(t32(a), t32(b), 4, torch.tensor(mask))
+    assert log_rel.shape == (3, 4, 7, 7) and log_rel.dtype == torch.float32
+    probs = log_rel.exp()
+    for bi, n in enumerate((7, 4, 1)):
+        assert torch.all(probs[bi, :, :, n:] == 0)  # exactly zero on padded keys
+        torch.testing.assert_close(probs[bi, :, :, :n].sum(-1), torch.ones(4, 7), rtol=0, atol=1e-6)
+    close(probs, ref_relation(a, b, 4, mask))
+
+
+@pytest.mark.parametrize("heads", [2, 4])
+def test_relation_kl(heads):
+    sq, mask = data(11, length=6, width=8, lengths=(6, 3, 5))
+    sk, _ = data(12, length=6, width=8)
+    tq, _ = data(13, length=6, width=8)
+    tk, _ = data(14, length=6, width=8)
+    m = torch.tensor(mask)
+    loss = relation_kl(relation(t32(sq), t32(sk), heads, m), relation(t32(tq), t32(tk), heads, m), m)
+    expected = ref_kl(ref_relation(sq, sk, heads, mask), ref_relation(tq, tk, heads, mask), mask)
+    assert expected > 0
+    close(loss, expected)
+    # KL(p || p) = 0
+    same = relation(t32(tq), t32(tk), heads, m)
+    assert abs(relation_kl(same, same, m).item()) < 1e-7
+
+
+def test_minilm_loss():
+    sq, mask = data(15, length=6, width=8, lengths=(6, 4, 2))
+    sk, _ = data(16, length=6, width=8)
+    sv, _ = data(17, length=6, width=8)
+    tq, _ = data(18, length=6, width=12)
+    tk, _ = data(19, length=6, width=12)
+    tv, _ = data(20, length=6, width=12)
+    total, parts = minilm_loss(t32(sq), t32(sk), t32(sv), t32(tq), t32(tk), t32(tv), 4, 4, torch.tensor(mask))
+    ref_total, ref_att, ref_val = ref_minilm(sq, sk, sv, tq, tk, tv, 4, 4, mask)
+    assert set(parts) == {"attention_kl", "value_kl"}
+    close(parts["attention_kl"], ref_att)
+    close(parts["value_kl"], ref_val)
+    close(total, ref_total)
+
+
+def test_minilm_needs_same_heads():
+    x = torch.zeros(2, 5, 12)
+    with pytest.raises(UserError) as info:
+        minilm_loss(x[..., :8], x[..., :8], x[..., :8], x, x, x, 2, 3, torch.ones(2, 5))
+    message = str(info.value)
+    assert "\n" not in message and "2" in message and "3" in message and "relation" in message
+
+
+def test_minilmv2_loss_across_widths():
+    sq, mask = data(21, length=7, width=8, lengths=(7, 5, 2))
+    sk, _ = data(22, length=7, width=8)
+    sv, _ = data(23, length=7, width=8)
+    tq, _ = data(24, length=7, width=12)
+    tk, _ = data(25, length=7, width=12)
+    tv, _ = data(26, length=7, width=12)
+    total, parts = minilmv2_loss(t32(sq), t32(sk), t32(sv), t32(tq), t32(tk), t32(tv), 4, torch.tensor(mask))
+    ref_total, ref_parts = ref_minilmv2(sq, sk, sv, tq, tk, tv, 4, mask)
+    assert list(parts) == ["qq_kl", "kk_kl", "vv_kl"]
+    for name, expected in zip(("qq_kl", "kk_kl", "vv_kl"), ref_parts):
+        close(parts[name], expected)
+    close(total, ref_total)
+
+
+@pytest.mark.parametrize("s_width, t_width, rel", [(8, 12, 3), (9, 12, 4), (8, 12, 5)])
+def test_minilmv2_divisibility(s_width, t_width, rel):
+    s = torch.zeros(2, 5, s_width)
+    t = torch.zeros(2, 5, t_width)
+    with pytest.raises(UserError) as info:
+        minilmv2_loss(s, s, s, t, t, t, rel, torch.ones(2, 5))
+    message = str(info.value)
+    assert "\n" not in message and str(s_width) in message and str(t_width) in message and str(rel) in message
+
+
+def _qkv(seed, width, lengths, length=6, requires_grad=True):
+    tensors = []
+    for i in range(3):
+        x, mask = data(seed + i, batch=len(lengths), length=length, width=width, lengths=lengths, scale=3.0)
+        tensors.append(t32(x).requires_grad_(requires_grad))
+    return tensors, torch.tensor(mask)
+
+
+@pytest.mark.parametrize("kind", ["minilm", "minilmv2", "tinybert"])
+def test_finite_gradients_with_padding(kind):
+    lengths = (6, 3, 0)  # the last sequence is all padding
+    (sq, sk, sv), mask = _qkv(30, 8, lengths)
+    (tq, tk, tv), _ = _qkv(40, 8 if kind != "minilmv2" else 12, lengths)
+    if kind == "minilm":
+        total, _ = minilm_loss(sq, sk, sv, tq, tk, tv, 2, 2, mask)
+    elif kind == "minilmv2":
+        total, _ = minilmv2_loss(sq, sk, sv, tq, tk, tv, 4, mask)
+    else:
+        total = attention_mse(attention_scores(sq, sk, 2, mask), attention_scores(tq, tk, 2, mask), mask, True)
+    assert torch.isfinite(total)
+    total.backward()
+    for x in (sq, sk, tq, tk) + ((sv, tv) if kind != "tinybert" else ()):
+        assert x.grad is not None and torch.all(torch.isfinite(x.grad))
+        # padding tokens get no gradient
+        assert torch.all(x.grad[1, 3:] == 0) and torch.all(x.grad[2] == 0)
+    assert sq.grad.abs().sum() > 0
+
+
+def test_padding_contents_do_not_matter_minilm():
+    (sq, sk, sv), mask = _qkv(50, 8, (6, 4), requires_grad=False)
+    (tq, tk, tv), _ = _qkv(60, 12, (6, 4), requires_grad=False)
+    total, _ = minilmv2_loss(sq, sk, sv, tq, tk, tv, 2, mask)
+    for x in (sq, sk, sv, tq, tk, tv):
+        x[1, 4:] = 100.0
+    total2, _ = minilmv2_loss(sq, sk, sv, tq, tk, tv, 2, mask)
+    assert torch.allclose(total, total2, rtol=1e-6, atol=0)
+
+
+# ---------------------------------------------------------------- fp32 under autocast
+
+
+def test_fp32_under_bf16_autocast():
+    heads = 2
+    sq, mask = data(70, length=6, width=8, lengths=(6, 5, 3))
+    sk, _ = data(71, length=6, width=8)
+    sv, _ = data(72, length=6, width=8)
+    tq, _ = data(73, length=6, width=12)
+    tk, _ = data(74, length=6, width=12)
+    tv, _ = data(75, length=6, width=12)
+    tq8, _ = data(76, length=6, width=8)
+    tk8, _ = data(77, length=6, width=8)
+    m = torch.tensor(mask)
+    logits_s, logits_t = sq[:, 0, :4], tq[:, 0, :4]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores_s = attention_scores(t32(sq), t32(sk), heads, m)
+        scores_t = attention_scores(t32(tq8), t32(tk8), heads, m)
+        att = attention_mse(scores_s, scores_t, m, True)
+        hid = hidden_mse(t32(sq), t32(tq8), m, True)
+        ce = soft_cross_entropy(t32(logits_s), t32(logits_t), 2.0)
+        v1, _ = minilm_loss(t32(sq), t32(sk), t32(sv), t32(tq), t32(tk), t32(tv), heads, heads, m)
+        v2, _ = minilmv2_loss(t32(sq), t32(sk), t32(sv), t32(tq), t32(tk), t32(tv), 4, m)
+    close(scores_s, ref_scores(sq, sk, heads, mask))
+    close(att, ref_attention_mse(ref_scores(sq, sk, heads, mask), ref_scores(tq8, tk8, heads, mask), mask, True))
+    close(hid, ref_hidden_mse(sq, tq8, mask, True))
+    close(ce, ref_soft_ce(logits_s, logits_t, 2.0))
+    close(v1, ref_minilm(sq, sk, sv, tq, tk, tv, heads, heads, mask)[0])
+    close(v2, ref_minilmv2(sq, sk, sv, tq, tk, tv, 4, mask)[0])
+
+
+def test_bf16_inputs_computed_in_fp32():
+    sq, mask = data(80, batch=2, length=5, width=8, lengths=(5, 3))
+    tq, _ = data(81, batch=2, length=5, width=12, lengths=(5, 3))
+    # values exactly representable in bf16, so the float64 reference sees the same numbers
+    sq = torch.tensor(sq).to(torch.bfloat16).double().numpy()
+    tq = torch.tensor(tq).to(torch.bfloat16).double().numpy()
+    bf = lambda x: torch.tensor(x).to(torch.bfloat16)  # noqa: E731
+    total, _ = minilmv2_loss(bf(sq), bf(sq), bf(sq), bf(tq), bf(tq), bf(tq), 4, torch.tensor(mask))
+    close(total, ref_minilmv2(sq, sq, sq, tq, tq, tq, 4, mask)[0])
+    scores = attention_scores(bf(sq), bf(sq), 2, torch.tensor(mask))
+    close(scores, ref_scores(sq, sq, 2, mask))
