@@ -379,6 +379,39 @@ class PkdFlags:
                              choices=("skip", "last"))
 
 
+@dataclass(frozen=True)
+class TinyBertFlags:
+    key: ClassVar[str] = "tinybert"
+    tinybert_stage: str = flag("intermediate", "TinyBERT's task-specific distillation stage: intermediate (attention-score "
+                                               "and hidden-state MSE of the mapped layers, embedding MSE; no prediction "
+                                               "loss) or prediction (soft cross-entropy with the teacher's logits, "
+                                               "from the intermediate stage's student: --student_ptrain_ver of its export)",
+                               choices=("intermediate", "prediction"))
+
+
+@dataclass(frozen=True)
+class TinyBertDistilFlags(DistilFlags):
+    """TinyBERT's prediction stage: the soft cross-entropy alone (its released code's defaults)."""
+
+    soft_weight: float = flag(1.0, "weight of TinyBERT's soft cross-entropy -softmax(t/T) . log_softmax(s/T) "
+                                   "(prediction stage)")
+    hard_weight: float = flag(0.0, "weight of the cross-entropy with the gold labels (prediction stage)")
+
+
+@dataclass(frozen=True)
+class MiniLMFlags:
+    key: ClassVar[str] = "minilm"
+    relation_heads: int = flag(None, "MiniLMv2: Q-Q, K-K and V-V relations over R relation heads (R dividing both "
+                                     "widths; works for any head counts); default: MiniLM's attention distributions "
+                                     "and value relations, head by head (equal head counts)")
+    minilm_teacher_layer: int = flag(None, "the teacher layer (1-based) the student's last layer learns (default: the "
+                                           "teacher's last, as MiniLM; MiniLMv2 takes an upper-middle one of large "
+                                           "teachers)")
+
+    def __post_init__(self) -> None:
+        _positive(self, "relation_heads", "minilm_teacher_layer")
+
+
 # -- using a trained experiment ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class InferenceFlags:
@@ -498,7 +531,9 @@ def parse_layerwise(prog: str, description: str, method: str, argv: Sequence[str
     ``flag_groups``)."""
     from .methods.registry import get_method
 
-    return parse_flags(prog, description, (*LAYERWISE, *get_method(method).flag_groups), argv)
+    own = get_method(method).flag_groups
+    keys = {g.key for g in own}  # a method's group of a common key (TinyBERT's defaults) replaces the common one
+    return parse_flags(prog, description, (*(g for g in LAYERWISE if g.key not in keys), *own), argv)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -41,6 +41,10 @@ class Teacher:
     def hidden_size(self) -> int:
         return self.hf_config.hidden_size
 
+    @property
+    def num_heads(self) -> int:
+        return self.hf_config.num_attention_heads
+
     def describe(self) -> str:
         return f"{self.name} model-{self.step}.pt" if self.source is None else f"{self.source} (Hugging Face)"
 

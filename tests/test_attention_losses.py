@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from fine_tune.errors import UserError
-from fine_tune.methods.minilm_losses import minilm_loss, minilmv2_loss, relation, relation_kl
-from fine_tune.methods.tinybert_losses import (attention_mse, attention_scores, hidden_mse, soft_cross_entropy,
+from fine_tune.methods.minilm import minilm_loss, minilmv2_loss, relation, relation_kl
+from fine_tune.methods.tinybert import (attention_mse, attention_scores, hidden_mse, soft_cross_entropy,
                                                split_heads, tinybert_layer_map)
 
 TOL = dict(rtol=1e-5, atol=1e-6)

@@ -9,8 +9,10 @@ from .alp import ALPKD
 from .lad import LAD, LADNO, PartialLAD
 from .layerwise import LayerwiseKD
 from .logits_kd import HardLabel, OfflineLogitsKD, logits_kd_loss
+from .minilm import MiniLM
 from .pkd import PKD
+from .tinybert import TinyBERT
 from .registry import METHODS, get_method
 
 __all__ = ["Method", "ModelOutputs", "ExtraParameters", "TeacherShape", "HardLabel", "OfflineLogitsKD",
-           "logits_kd_loss", "LayerwiseKD", "LAD", "LADNO", "PartialLAD", "ALPKD", "PKD", "METHODS", "get_method"]
+           "logits_kd_loss", "LayerwiseKD", "LAD", "LADNO", "PartialLAD", "ALPKD", "PKD", "TinyBERT", "MiniLM", "METHODS", "get_method"]

@@ -32,6 +32,7 @@ class TeacherShape:
 
     num_layers: int
     hidden_size: int
+    num_heads: int | None = None
 
 
 @dataclass
@@ -64,6 +65,9 @@ class Method:
     # whether the training split must have gold labels
     needs_labels: ClassVar[bool] = True
     needs_hidden_states = False
+    # whether the losses read each layer's query/key/value projections (ModelOutputs.attention_inputs): the run's
+    # models then go through models/attention_capture.py (TinyBERT, MiniLM); no other method pays for it
+    reads_attention = False
     uses_teacher = False
     # False when some student parameter gets no gradient from the losses (hidden losses only: the pooler and
     # classifier); DistributedDataParallel is then told to look for such parameters (engine/distributed.wrap_ddp)

@@ -12,7 +12,9 @@ from .alp import ALPKD
 from .base import Method
 from .lad import LAD, LADNO, PartialLAD
 from .logits_kd import HardLabel, OfflineLogitsKD
+from .minilm import MiniLM
 from .pkd import PKD
+from .tinybert import TinyBERT
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
     HardLabel,        # run_fine_tune.py
@@ -22,6 +24,8 @@ METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
     PartialLAD,       # run_probing_lad.py
     ALPKD,            # run_alp_distil.py
     PKD,              # run_pkd_distill.py
+    TinyBERT,         # run_tinybert_distil.py
+    MiniLM,           # run_minilm_distil.py
 )}
 
 

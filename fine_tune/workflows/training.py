@@ -4,6 +4,7 @@ the collator, choose the training forward, run the one engine."""
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import numpy as np
 
@@ -11,6 +12,7 @@ from ..batching import Collator, cached_features
 from ..engine.trainer import Trainer, TrainSettings
 from ..errors import UserError
 from ..methods import Method
+from ..models.attention_capture import AttentionCapture
 from ..models.padding_free import training_forwards
 from .start import Prepared
 
@@ -35,9 +37,12 @@ def run_training(p: Prepared, flags, model, method: Method, tokenizer, examples,
     features = cached_features(p.data_root / "cache", tokenizer, examples, b.max_seq_len, source_hash)
     if features.labels is None and method.needs_labels:
         raise UserError(f"--dataset {dataset!r} has no labels; train on a labelled split")
-    forwards = training_forwards(model, teacher, enabled=flags.speed.padding_free == "auto",
+    forwards = training_forwards(model, teacher, enabled=flags.speed.padding_free == "auto" and not method.reads_attention,
                                  ignores_padding=method.ignores_padding, device_type=p.device.type,
                                  compile=flags.speed.compile)
+    if method.reads_attention:  # TinyBERT, MiniLM: Hugging Face's forward, recording the attention projections
+        forwards = replace(forwards, student=AttentionCapture(model),
+                           teacher=AttentionCapture(teacher) if teacher is not None else None)
     # the padding-free forward's packing built on the host from the collator's lengths (no host-device sync)
     collator = Collator(features, tokenizer.pad_token_id, b.max_seq_len, b.padding, teacher_logits,
                         layout=forwards.layout if forwards.takes_layout else None,
@@ -50,7 +55,8 @@ def run_training(p: Prepared, flags, model, method: Method, tokenizer, examples,
         trainer.on_checkpoint = make_hook(trainer)
     print(f"{p.exp.name}: {len(features)} examples, {settings.total_step} steps of {b.batch_size} "
           f"({b.accum_step} x {settings.micro_batch}), {p.device}, {p.precision.describe()}{forwards.describe()}"
-          f"{', torch.compile' if settings.compile else ''}", file=sys.stderr)
+          f"{', torch.compile' if settings.compile else ''}"
+          f"{', attention projections recorded' if method.reads_attention else ''}", file=sys.stderr)
     summary = trainer.train(resume_step)
     print(f"{p.exp.name}: trained {summary['steps_run']} steps in {summary['seconds']:.1f} s "
           f"({summary['examples_per_s']:.1f} examples/s); checkpoints in {p.exp.path}")

@@ -1,4 +1,4 @@
-r"""MiniLM and MiniLMv2 self-attention distillation losses, as pure functions (the Method comes later).
+r"""MiniLM and MiniLMv2 self-attention distillation: the losses and the method (``run_minilm_distil.py``).
 
 MiniLM: Wang, Wei, Dong, Bao, Yang, Zhou, "MiniLM: Deep Self-Attention Distillation for Task-Agnostic
 Compression of Pre-Trained Transformers", NeurIPS 2020. The last layer's attention distributions and
@@ -34,8 +34,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..cli import MiniLMFlags
 from ..errors import UserError
-from .tinybert_losses import split_heads
+from .layerwise import LayerwiseKD
+from .logits_kd import logits_kd_loss
+from .tinybert import check_recomputable_attention, split_heads
 
 
 def _fp32_off(x: torch.Tensor):
@@ -102,7 +105,7 @@ def minilm_loss(s_q: torch.Tensor, s_k: torch.Tensor, s_v: torch.Tensor,
     otherwise. Returns ``(total, {"attention_kl": ..., "value_kl": ...})``."""
     if s_heads != t_heads:
         raise UserError(f"MiniLM distils attention head by head: the student has {s_heads} heads, the teacher "
-                        f"{t_heads}; use MiniLMv2 relation heads (relation_heads dividing both hidden sizes)")
+                        f"{t_heads}; pass --relation_heads R (MiniLMv2's relation heads, R dividing both hidden sizes)")
     attention = relation_kl(relation(s_q, s_k, s_heads, mask), relation(t_q, t_k, t_heads, mask), mask)
     value = relation_kl(relation(s_v, s_v, s_heads, mask), relation(t_v, t_v, t_heads, mask), mask)
     return attention + value, {"attention_kl": attention, "value_kl": value}
@@ -119,10 +122,95 @@ def minilmv2_loss(s_q: torch.Tensor, s_k: torch.Tensor, s_v: torch.Tensor,
     ``(total, {"qq_kl": ..., "kk_kl": ..., "vv_kl": ...})``."""
     s_width, t_width = s_q.shape[-1], t_q.shape[-1]
     if relation_heads < 1 or s_width % relation_heads or t_width % relation_heads:
-        raise UserError(f"MiniLMv2 relation heads ({relation_heads}) must divide both hidden sizes: "
+        raise UserError(f"--relation_heads {relation_heads} must divide both hidden sizes: "
                         f"student {s_width}, teacher {t_width}")
     parts = {}
     for name, student, teacher in (("qq_kl", s_q, t_q), ("kk_kl", s_k, t_k), ("vv_kl", s_v, t_v)):
         parts[name] = relation_kl(relation(student, student, relation_heads, mask),
                                   relation(teacher, teacher, relation_heads, mask), mask)
     return parts["qq_kl"] + parts["kk_kl"] + parts["vv_kl"], parts
+
+
+class MiniLM(LayerwiseKD):
+    r"""MiniLM distillation (``run_minilm_distil.py``), task-specific: the student's last layer learns the
+    teacher layer ``--minilm_teacher_layer`` (default its last) by the self-attention losses above, beside the
+    layer-wise scripts' logits loss::
+
+        L = hard_weight * CE(s, y) + soft_weight * T^2 * KL(softmax(t / T) || softmax(s / T))
+            + mu * L_MiniLM
+
+    ``L_MiniLM``: MiniLM's attention-distribution and value-relation KL (equal head counts), or with
+    ``--relation_heads R`` MiniLMv2's Q-Q, K-K and V-V relation KL over R relation heads (any head counts).
+    Relations are [S, S] whatever the width: no projection, so a student of any width learns from any teacher.
+    The relations are recomputed from the last layer's query/key/value projections
+    (:mod:`fine_tune.models.attention_capture`)."""
+
+    name = "minilm"
+    flag_groups = (MiniLMFlags,)
+    projects = False
+
+    def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
+                 student_heads: int, teacher_heads: int, relation_heads: int | None = None,
+                 teacher_layer: int | None = None, student_width: int | None = None, teacher_width: int | None = None,
+                 padding: str = "max_length"):
+        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding)
+        self.teacher_layer = teacher_layer or num_teacher_layers
+        if not 1 <= self.teacher_layer <= num_teacher_layers:
+            raise UserError(f"--minilm_teacher_layer {self.teacher_layer}: the teacher has {num_teacher_layers} "
+                            f"layers (1..{num_teacher_layers})")
+        self.student_heads, self.teacher_heads, self.relation_heads = student_heads, teacher_heads, relation_heads
+        if relation_heads is None and student_heads != teacher_heads:
+            raise UserError(f"MiniLM distils attention head by head: the student has {student_heads} heads, the "
+                            f"teacher {teacher_heads}; pass --relation_heads R (MiniLMv2's relation heads, R dividing "
+                            f"both hidden sizes)")
+        if relation_heads is not None and student_width and teacher_width and (
+                student_width % relation_heads or teacher_width % relation_heads):
+            raise UserError(f"--relation_heads {relation_heads} must divide both hidden sizes: student "
+                            f"{student_width}, teacher {teacher_width}")
+
+    @classmethod
+    def own_arguments(cls, flags, teacher) -> dict:
+        return {"student_heads": flags.student.num_attention_heads,
+                "teacher_heads": getattr(teacher, "num_heads", None) or flags.student.num_attention_heads,
+                "relation_heads": flags.minilm.relation_heads, "teacher_layer": flags.minilm.minilm_teacher_layer,
+                "student_width": flags.student.d_model, "teacher_width": teacher.hidden_size}
+
+    def check_models(self, teacher_config, student_family: str) -> None:
+        if self.mu:
+            check_recomputable_attention(teacher_config.model_type, student_family, "MiniLM")
+
+    @property
+    def needs_hidden_states(self) -> bool:  # type: ignore[override]
+        return False  # the attention projections only
+
+    @property
+    def reads_attention(self) -> bool:  # type: ignore[override]
+        return bool(self.mu)
+
+    @property
+    def ignores_padding(self) -> bool:  # type: ignore[override]
+        return True  # relations exclude padding keys and padding query rows in either padding
+
+    def losses(self, batch, student, teacher):
+        parts = logits_kd_loss(student.logits, None if teacher is None else teacher.logits, batch.get("labels"),
+                               self.hard_weight, self.soft_weight, self.temperature)
+        loss = parts["logits_loss"]
+        if self.mu:
+            mask = student.attention_mask
+            sq, sk, sv = student.attention_inputs[-1]
+            dev = sq.device
+            tq, tk, tv = (x.to(dev) for x in teacher.attention_inputs[self.teacher_layer - 1])
+            if self.relation_heads is None:
+                total, kl = minilm_loss(sq, sk, sv, tq, tk, tv, self.student_heads, self.teacher_heads, mask)
+            else:
+                total, kl = minilmv2_loss(sq, sk, sv, tq, tk, tv, self.relation_heads, mask)
+            parts.update({k: self.mu * v for k, v in kl.items()})
+            parts["attention_relation_loss"] = self.mu * total
+            loss = loss + self.mu * total
+        parts["loss"] = loss
+        return parts
+
+    def describe_mapping(self) -> str:
+        what = ("attention, value relation" if self.relation_heads is None
+                else f"Q-Q, K-K, V-V relations, {self.relation_heads} relation heads")
+        return f"S{self.ls}<-T{self.teacher_layer} ({what})"

@@ -1,0 +1,292 @@
+r"""TinyBERT's task-specific distillation: its losses, its layer mapping and the method (``run_tinybert_distil.py``).
+
+Jiao, Yin, Shang, Jiang, Chen, Li, Wang, Liu, "TinyBERT: Distilling BERT for Natural Language Understanding",
+Findings of EMNLP 2020. Transformer-layer distillation (eq. 7-9), embedding-layer distillation (eq. 10) and
+prediction-layer distillation (eq. 11)::
+
+    L_attn = 1/h * sum_{i=1..h} MSE(A_i^S, A_i^T)          A = Q K^T / sqrt(d_k)   (pre-softmax, eq. 7-8)
+    L_hidn = MSE(H^S W_h, H^T)                              (eq. 9; eq. 10 for the embeddings, W_e)
+    L_pred = CE(z^T / t, z^S / t) = -softmax(z^T/t) . log_softmax(z^S/t)        (eq. 11)
+
+with the uniform layer mapping n = g(m) = m * N / M (student layer m learns teacher layer g(m); g(0) = 0 for
+the embeddings). Conventions follow the authors' released code (huawei-noah/Pretrained-Language-Model,
+TinyBERT/task_distill.py): the attention maps are BERT's attention *scores* (before softmax, the -10000 mask
+already added) with every value <= -1e2 replaced by 0, so padded keys contribute 0 on both sides, and every
+MSE is ``nn.MSELoss()`` (a plain mean over all elements).
+
+Inputs: per layer, the attention's query / key / value projections [B, S, D] (D the hidden size, before the
+heads are split) and the attention mask [B, S] (1 = real token, 0 = padding, right padding). Every function
+computes in fp32 (autocast off), whatever the input dtype or the surrounding autocast.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..cli import TinyBertDistilFlags, TinyBertFlags
+from ..errors import UserError
+from .layerwise import LayerwiseKD
+from .logits_kd import check_temperature, logits_kd_loss
+
+
+def _fp32_off(x: torch.Tensor):
+    """A context with autocast disabled on ``x``'s device type."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """[B, S, D] -> [B, H, S, D/H] (BERT's ``transpose_for_scores``: head h takes dims h*D/H .. (h+1)*D/H - 1).
+    Raises :class:`UserError` when D is not a multiple of ``num_heads``."""
+    batch, length, width = x.shape
+    if num_heads < 1 or width % num_heads:
+        raise UserError(f"cannot split a hidden size of {width} into {num_heads} heads: "
+                        f"{width} is not a multiple of {num_heads}")
+    return x.reshape(batch, length, num_heads, width // num_heads).permute(0, 2, 1, 3)
+
+
+def _key_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """[B, S] mask -> bool [B, 1, 1, S] (True = real key), on ``like``'s device; None stays None."""
+    if mask is None:
+        return None
+    return mask.to(like.device).bool()[:, None, None, :]
+
+
+def attention_scores(query: torch.Tensor, key: torch.Tensor, num_heads: int,
+                     mask: torch.Tensor | None) -> torch.Tensor:
+    r"""TinyBERT's attention map A = Q K^T / sqrt(d_head) per head, [B, H, S, S], fp32, *before* softmax
+    (unnormalised, as the released code takes BERT's attention scores), with every padding KEY position
+    set to 0 (the released code adds BERT's -10000 mask, then replaces values <= -1e2 by 0; here exactly the
+    padded keys are zeroed, so a genuine score below -100 is kept). Padding query rows are left as computed.
+    ``mask`` [B, S] (1 = real) or None (no padding)."""
+    with _fp32_off(query):
+        q = split_heads(query.float(), num_heads)
+        k = split_heads(key.float(), num_heads)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        keys = _key_mask(mask, scores)
+        if keys is not None:
+            scores = scores.masked_fill(~keys, 0.0)
+        return scores
+
+
+def attention_mse(student_scores: torch.Tensor, teacher_scores: torch.Tensor, mask: torch.Tensor | None,
+                  masked: bool) -> torch.Tensor:
+    r"""TinyBERT's attention loss (eq. 8) between [B, H, S, S] score maps, head by head, in fp32.
+
+    ``masked=False`` (the released code, fixed-length padding): ``nn.MSELoss()``, the plain mean over all
+    B*H*S*S elements (padded keys are 0 on both sides and count in the denominator)::
+
+        1/(B H S^2) * sum_{b,h,q,k} (A^S - A^T)^2
+
+    ``masked=True`` (the toolkit's dynamic padding): the mean over the real (query, key) pairs only, over
+    heads too, so the loss does not depend on how far a batch is padded::
+
+        1/(H * sum_b n_b^2) * sum_{b,h} sum_{q,k real} (A^S - A^T)^2        (n_b real tokens of sequence b)
+
+    The student and teacher must have the same number of heads (:class:`UserError` otherwise)."""
+    if student_scores.shape[1] != teacher_scores.shape[1]:
+        raise UserError(f"TinyBERT's attention loss compares head by head: the student has "
+                        f"{student_scores.shape[1]} attention heads, the teacher {teacher_scores.shape[1]}")
+    with _fp32_off(student_scores):
+        squared = (student_scores.float() - teacher_scores.float().to(student_scores.device)).pow(2)
+        if not masked or mask is None:
+            return squared.mean()
+        real = mask.to(squared.device).float()
+        pairs = real[:, None, :, None] * real[:, None, None, :]  # [B, 1, S, S]
+        count = pairs.sum() * squared.shape[1]
+        return (squared * pairs).sum() / count.clamp_min(1.0)
+
+
+def hidden_mse(student_projected: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None,
+               masked: bool) -> torch.Tensor:
+    r"""TinyBERT's hidden-state / embedding loss (eq. 9-10), MSE(H^S W_h, H^T) of [B, S, D_t] tensors (the
+    student already projected by W_h / W_e), in fp32. ``masked=False`` (the released code): the plain mean
+    over all B*S*D_t elements. ``masked=True`` (dynamic padding): the mean over the real tokens and every
+    dimension, ``sum_{b, s real, d} (h^S - h^T)^2 / (D_t * sum_b n_b)``."""
+    with _fp32_off(student_projected):
+        squared = (student_projected.float() - teacher.float().to(student_projected.device)).pow(2)
+        if not masked or mask is None:
+            return squared.mean()
+        real = mask.to(squared.device).float()
+        count = real.sum() * squared.shape[-1]
+        return (squared * real[..., None]).sum() / count.clamp_min(1.0)
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                       temperature: float) -> torch.Tensor:
+    r"""TinyBERT's prediction-layer loss (eq. 11), the released code's ``soft_cross_entropy`` of the logits
+    divided by the temperature T, in fp32::
+
+        1/B * sum_b sum_c -softmax(z^T_b / T)_c * log_softmax(z^S_b / T)_c
+
+    With NO T^2 factor (the released code has none, unlike Hinton et al.'s KD), so at T > 1 its gradients are
+    T^2 times smaller than a T^2-scaled KL's."""
+    if not temperature > 0:
+        raise UserError(f"the temperature must be positive, got {temperature}")
+    with _fp32_off(student_logits):
+        log_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+        teacher = F.softmax(teacher_logits.float().to(student_logits.device) / temperature, dim=-1)
+        return (-teacher * log_student).sum(-1).mean()
+
+
+def tinybert_layer_map(num_student_layers: int, num_teacher_layers: int) -> list[int]:
+    """TinyBERT's uniform mapping g(m) = m * N / M: student layer m (1-based, m = 1..M) learns teacher layer
+    g(m) (1-based), for the attention maps and hidden states alike; the embeddings map 0 <- 0 (not listed).
+    4 of 12: [3, 6, 9, 12]; 6 of 12: [2, 4, ..., 12]; 4 of 24: [6, 12, 18, 24]. Raises :class:`UserError`
+    when M > N or N is not a multiple of M."""
+    m, n = num_student_layers, num_teacher_layers
+    if m < 1 or n < 1:
+        raise UserError(f"TinyBERT's layer map needs at least one layer: student {m}, teacher {n}")
+    if m > n or n % m:
+        raise UserError(f"TinyBERT maps student layer m to teacher layer m*N/M: the teacher's {n} layers "
+                        f"must be a multiple of the student's {m}")
+    step = n // m
+    return [layer * step for layer in range(1, m + 1)]
+
+
+class TinyBERT(LayerwiseKD):
+    r"""TinyBERT's task-specific distillation (``run_tinybert_distil.py``), its two stages as its released code:
+
+    ``--tinybert_stage intermediate``: the Transformer-layer and embedding-layer losses, no prediction loss::
+
+        L = mu * ( sum_{m=1..M} L_attn(A^S_m, A^T_{g(m)}) + sum_{m=1..M} MSE(H^S_m W_h, H^T_{g(m)})
+                   + MSE(E^S W_h, E^T) )
+
+    (sums over layers, as the released code; W_h one learned projection shared by every layer and the
+    embeddings when the widths differ, :mod:`fine_tune.models.projection`; none when they are equal).
+
+    ``--tinybert_stage prediction``: ``L = soft_weight * soft_cross_entropy(s, t, T) + hard_weight * CE(s, y)``
+    (defaults 1 and 0: the released code's ``--pred_distill``; a regression task: ``MSE(s, t)``), started from
+    the intermediate stage's student (``--student_ptrain_ver`` of its export).
+
+    The attention maps are recomputed from each layer's query and key projections
+    (:mod:`fine_tune.models.attention_capture`); student and teacher need the same number of heads."""
+
+    name = "tinybert"
+    flag_groups = (TinyBertFlags, TinyBertDistilFlags)
+    shared_projection = True
+    reads_attention = True
+
+    def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
+                 stage: str = "intermediate", student_heads: int | None = None, teacher_heads: int | None = None,
+                 padding: str = "max_length"):
+        if stage not in TINYBERT_STAGES:
+            raise UserError(f"--tinybert_stage {stage!r}: choose one of {', '.join(TINYBERT_STAGES)}")
+        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding)
+        self.stage = stage
+        self.teacher_layers = tinybert_layer_map(num_student_layers, num_teacher_layers)
+        if stage == "intermediate" and student_heads is not None and teacher_heads is not None \
+                and student_heads != teacher_heads:
+            raise UserError(f"TinyBERT's attention loss compares head by head: the student has {student_heads} "
+                            f"attention heads (--num_attention_heads), the teacher {teacher_heads}")
+        self.student_heads, self.teacher_heads = student_heads, teacher_heads
+        if not self.intermediate:
+            self.reads_attention = False  # the prediction stage reads logits only
+
+    @classmethod
+    def from_flags(cls, flags, teacher=None) -> "TinyBERT":
+        d, stage = flags.distil, flags.tinybert.tinybert_stage
+        if stage == "intermediate" and not flags.layerwise.mu:
+            raise UserError("--mu 0: TinyBERT's intermediate stage has no other loss; the student would learn nothing")
+        if stage == "prediction" and not (d.hard_weight or d.soft_weight):
+            raise UserError("--hard_weight and --soft_weight are both 0: TinyBERT's prediction stage would learn nothing")
+        check_temperature(flags.classifier.num_class, d.softmax_temp)
+        method = cls(flags.student.num_hidden_layers, teacher.num_layers, d.hard_weight, d.soft_weight,
+                     d.softmax_temp, flags.layerwise.mu, stage=stage,
+                     student_heads=flags.student.num_attention_heads, teacher_heads=getattr(teacher, "num_heads", None),
+                     padding=flags.batching.padding)
+        method.set_widths(flags.student.d_model, teacher.hidden_size, flags.optimiser.settings())
+        return method
+
+    def check_models(self, teacher_config, student_family: str) -> None:
+        if self.intermediate:
+            check_recomputable_attention(teacher_config.model_type, student_family, "TinyBERT")
+
+    @property
+    def intermediate(self) -> bool:
+        return self.stage == "intermediate"
+
+    @property
+    def needs_hidden_states(self) -> bool:  # type: ignore[override]
+        return self.intermediate
+
+    @property
+    def needs_projection(self) -> bool:  # type: ignore[override]
+        return self.intermediate and super().needs_projection
+
+    @property
+    def every_parameter_learns(self) -> bool:  # type: ignore[override]
+        """The intermediate stage trains no classifier head (nor the pooler)."""
+        return not self.intermediate
+
+    @property
+    def ignores_padding(self) -> bool:  # type: ignore[override]
+        return not self.intermediate or self.masked
+
+    @property
+    def uses_teacher(self) -> bool:  # type: ignore[override]
+        return self.intermediate or bool(self.soft_weight)
+
+    def losses(self, batch, student, teacher):
+        if not self.intermediate:
+            if student.logits.shape[-1] == 1:  # regression: the released code's MSE to the teacher's score
+                parts = logits_kd_loss(student.logits, teacher.logits, batch.get("labels"), self.hard_weight,
+                                       self.soft_weight, 1.0)
+                parts["loss"] = parts["logits_loss"]
+                return parts
+            parts = {}
+            loss = student.logits.new_zeros((), dtype=torch.float32)
+            if self.soft_weight:
+                parts["soft_loss"] = soft_cross_entropy(student.logits, teacher.logits, self.temperature)
+                loss = loss + self.soft_weight * parts["soft_loss"]
+            if self.hard_weight and batch.get("labels") is not None:
+                parts["hard_loss"] = F.cross_entropy(student.logits.float(), batch["labels"])
+                loss = loss + self.hard_weight * parts["hard_loss"]
+            parts["loss"] = loss
+            return parts
+        mask = student.attention_mask
+        student = self.in_teacher_space(student)
+        dev = student.hidden_states[0].device
+        parts: dict[str, torch.Tensor] = {}
+        attention, hidden = [], []
+        for m, t in enumerate(self.teacher_layers, 1):
+            sq, sk, _ = student.attention_inputs[m - 1]
+            tq, tk, _ = teacher.attention_inputs[t - 1]
+            s_scores = attention_scores(sq, sk, self.student_heads or 1, mask)
+            t_scores = attention_scores(tq.to(dev), tk.to(dev), self.teacher_heads or 1, mask)
+            attention.append(attention_mse(s_scores, t_scores, mask, self.masked))
+            hidden.append(hidden_mse(student.hidden_states[m - 1], teacher.hidden_states[t - 1].to(dev), mask,
+                                     self.masked))
+        embedding = hidden_mse(student.embeddings, teacher.embeddings.to(dev), mask, self.masked)
+        parts["attention_loss"] = self.mu * torch.stack(attention).sum()
+        parts["hidden_loss"] = self.mu * torch.stack(hidden).sum()
+        parts["embedding_loss"] = self.mu * embedding
+        parts.update({f"attention_loss_{m}": self.mu * a for m, a in enumerate(attention, 1)})
+        parts.update({f"hidden_loss_{m}": self.mu * h for m, h in enumerate(hidden, 1)})
+        parts["loss"] = parts["attention_loss"] + parts["hidden_loss"] + parts["embedding_loss"]
+        return parts
+
+    def record(self) -> dict:
+        return {"tinybert_layers": self.teacher_layers}
+
+    def describe_mapping(self) -> str:
+        if not self.intermediate:
+            return "prediction layer"
+        return "E<-E, " + ", ".join(f"S{m}<-T{t}" for m, t in enumerate(self.teacher_layers, 1))
+
+
+TINYBERT_STAGES = ("intermediate", "prediction")
+
+
+def check_recomputable_attention(teacher_family: str, student_family: str, method: str) -> None:
+    """The attention-reading methods recompute attention from each layer's query/key/value projections: a family
+    whose scores hold more (DeBERTa's relative-position terms) is refused, before anything is written."""
+    from ..models.families import get_family
+
+    for role, family in (("teacher", teacher_family), ("student", student_family)):
+        if get_family(family, "model type").relative_positions:
+            raise UserError(f"{method} recomputes attention from the query and key projections; the {role}'s "
+                            f"{family!r} attention adds relative-position terms it cannot reproduce: use another "
+                            f"family for the {role}, or another method")

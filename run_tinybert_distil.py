@@ -1,0 +1,26 @@
+#!/usr/bin/env python
+"""TinyBERT task-specific distillation (Jiao et al., Findings of EMNLP 2020), --tinybert_stage intermediate or prediction.
+
+The teacher is a toolkit experiment ({teacher_exp}_{tmodel}_{task}/model-{tckpt}.pt) or a fine-tuned Hugging Face
+classifier (--teacher_hf); the student is built from --d_model ... or pretrained (--student_ptrain_ver, e.g. a
+General TinyBERT). Stage 1 (intermediate): attention-score, hidden-state and embedding MSE of the mapped layers,
+through a learned projection W_h when the widths differ. Stage 2 (prediction): soft cross-entropy with the teacher's
+logits, from stage 1's student (--student_ptrain_ver of its export_model.py folder). doc/methods.md, "TinyBERT".
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from fine_tune.cli import parse_layerwise, run_main
+
+
+def main(argv=None):
+    flags = parse_layerwise("run_tinybert_distil.py", __doc__.splitlines()[0], "tinybert", argv)
+    from fine_tune.workflows.online_distill import run_online_distill
+
+    run_online_distill(flags, "tinybert")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))
