@@ -438,6 +438,28 @@ class CheckpointFlags:
 
 
 @dataclass(frozen=True)
+class ForeignTeacherFlags:
+    """``run_fine_tune_gen_logits.py`` from a teacher fine-tuned elsewhere."""
+
+    key: ClassVar[str] = "foreign"
+    teacher_hf: str = flag(None, "write the logits of a fine-tuned Hugging Face sequence classifier (folder or hub "
+                                 "name, of --model's family) instead of an experiment's checkpoint; the data set is "
+                                 "named {experiment}_{model}_{task}; give --max_seq_len")
+    teacher_label_map: str = flag(None, "with --teacher_hf: the teacher's output index of each of the task's labels, "
+                                        "in the task's order, comma-separated (e.g. 2,1,0)")
+    max_seq_len: int = flag(None, "with --teacher_hf: maximum tokens per (text, text_pair)")
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_seq_len")
+        if self.teacher_hf is None and (self.teacher_label_map is not None or self.max_seq_len is not None):
+            raise UserError("--teacher_label_map and --max_seq_len go with --teacher_hf (an experiment's checkpoint "
+                            "brings its own labels and max_seq_len)")
+        if self.teacher_hf is not None and self.max_seq_len is None:
+            raise UserError(f"--teacher_hf {self.teacher_hf!r}: give --max_seq_len (a teacher fine-tuned elsewhere "
+                            f"records none)")
+
+
+@dataclass(frozen=True)
 class ExportFlags:
     key: ClassVar[str] = "export"
     out: str = flag(None, "output folder (default: <experiment folder>/hf-model-<step>)")
@@ -487,7 +509,7 @@ LAYERWISE = (LayerwiseExperimentFlags, TeacherFlags, StudentFlags, LayerwiseDist
              PathFlags)
 # Scripts that use a trained experiment
 EVAL = (ExperimentFlags, SweepFlags, InferenceFlags, DeviceFlags, PathFlags)
-GEN_LOGITS = (ExperimentFlags, CheckpointFlags, InferenceFlags, DeviceFlags, PathFlags)
+GEN_LOGITS = (ExperimentFlags, CheckpointFlags, ForeignTeacherFlags, InferenceFlags, DeviceFlags, PathFlags)
 PREDICT = (PredictionExperimentFlags, CheckpointFlags, InferenceFlags, DeviceFlags, PathFlags)
 EXPORT = (ExperimentFlags, CheckpointFlags, ExportFlags, PathFlags)
 

@@ -233,7 +233,7 @@ def _checkpoint(le: LoadedExperiment, flags) -> tuple[int, str]:
 @dataclass
 class CheckpointLogits:
     le: LoadedExperiment
-    step: int
+    step: int | str  # the checkpoint's step (a --teacher_hf source as given)
     label: str  # how the checkpoint was chosen ("model-4.pt (best val accuracy)")
     path: Path  # the split's data file
     examples: list
@@ -258,16 +258,61 @@ def checkpoint_logits(flags, before_predicting=None) -> CheckpointLogits:
     return CheckpointLogits(le, step, label, path, examples, features, logits)
 
 
+def hf_teacher_logits(flags, before_predicting=None) -> CheckpointLogits:
+    """``--teacher_hf``: a Hugging Face classifier's logits on ``--dataset`` (its outputs in the task's label
+    order), the data set named ``{experiment}_{model}_{task}``. ``before_predicting(le, step, path)`` as in
+    :func:`checkpoint_logits` (``step`` is the source as given)."""
+    from .teacher import open_hf_teacher
+
+    e, f = flags.experiment, flags.foreign
+    data_root, exp_root = roots(flags.paths)
+    task = get_task(e.task)
+    task.check_split(e.dataset)
+    if flags.checkpoint.ckpt is not None or flags.checkpoint.select_on is not None:
+        raise UserError("--ckpt/--select_on choose an experiment's checkpoint; --teacher_hf is the teacher itself")
+    teacher = open_hf_teacher(f.teacher_hf, task, f.teacher_label_map)
+    if teacher.hf_config.model_type != e.model:
+        raise UserError(f"--model {e.model}: --teacher_hf {f.teacher_hf!r} is a {teacher.hf_config.model_type!r} model")
+    from .models.families import usable_positions
+
+    cfg.check_max_seq_len(f.max_seq_len, usable_positions(teacher.hf_config), f"--teacher_hf {f.teacher_hf!r}")
+    cfg.check_room_for_text(f.max_seq_len, teacher.tokenizer)
+    exp = ExperimentDir.of(exp_root, e.experiment, e.model, e.task)
+    le = LoadedExperiment(exp, {"max_seq_len": f.max_seq_len, "task": e.task}, None, teacher.tokenizer, task, None,
+                          None, data_root)
+    refuse = None if before_predicting is None else (lambda le_, path: before_predicting(le_, f.teacher_hf, path))
+    path, examples, features = load_split(le, e.dataset, flags.paths.max_examples, refuse)
+    le.model = teacher.build()
+    le.resolve_device(flags.device)
+    logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, f.max_seq_len, flags.inference.batch_size,
+                            le.device, le.precision)
+    return CheckpointLogits(le, f.teacher_hf, f"{f.teacher_hf} (Hugging Face)", path, examples, features, logits)
+
+
+def _weights_digest(source: str) -> str:
+    """One sha256 over a Hugging Face folder's weight files (of the name for a hub model)."""
+    import hashlib
+
+    from .models.classifier import weight_file_hashes
+
+    hashes = weight_file_hashes(source)
+    text = "\n".join(f"{Path(k).name} {v}" for k, v in sorted(hashes.items())) if hashes else f"hub:{source}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 @releases_locks
 def run_gen_logits(flags) -> Path:
-    """``run_fine_tune_gen_logits.py``: a checkpoint's logits for a split, stored as a logits data set."""
+    """``run_fine_tune_gen_logits.py``: a checkpoint's logits for a split, stored as a logits data set; or, with
+    ``--teacher_hf``, a Hugging Face classifier's."""
     e, overwrite = flags.experiment, flags.paths.overwrite
+    foreign = flags.foreign.teacher_hf
     identity: dict = {}  # what the set is of; hashed once, checked before predicting and recorded in meta.json
 
     def refuse_to_replace(le, step, path):
         out = logits_dir(le.data_root, le.exp.name, e.dataset)
-        identity.update(teacher_experiment=le.exp.name, checkpoint=step, split=e.dataset,
-                        source_sha256=sha256_file(path), checkpoint_sha256=sha256_file(le.exp.checkpoint_path(step)))
+        digest = _weights_digest(foreign) if foreign else sha256_file(le.exp.checkpoint_path(step))
+        identity.update(teacher_experiment=None if foreign else le.exp.name, checkpoint=step, split=e.dataset,
+                        source_sha256=sha256_file(path), checkpoint_sha256=digest)
         check_logits_target(out, identity, overwrite)
         if distributed.is_main():  # one writer per logits data set (rank 0 under torchrun)
             out.mkdir(parents=True, exist_ok=True)
@@ -276,11 +321,12 @@ def run_gen_logits(flags) -> Path:
             for leftover in out.glob(TMP_PREFIX + "*"):  # of a killed write of this set
                 remove_inside(leftover, out)
 
-    r = checkpoint_logits(flags, refuse_to_replace)
+    r = hf_teacher_logits(flags, refuse_to_replace) if foreign else checkpoint_logits(flags, refuse_to_replace)
     le, path = r.le, r.path
     mc = le.model.config
     meta = {"name": le.exp.name, "task": e.task, "split": e.dataset, "model": e.model,
-            "teacher_experiment": le.exp.name, "checkpoint": r.step, "ptrain_ver": le.config.get("ptrain_ver"),
+            "teacher_experiment": identity["teacher_experiment"], "teacher_hf": foreign, "checkpoint": r.step,
+            "ptrain_ver": le.config.get("ptrain_ver"),
             "vocab_size": mc.vocab_size, "max_position_embeddings": mc.max_position_embeddings,
             "hidden_size": mc.hidden_size, "num_hidden_layers": mc.num_hidden_layers,
             "max_seq_len": le.config["max_seq_len"], "source": str(path), "source_sha256": identity["source_sha256"],
@@ -293,7 +339,7 @@ def run_gen_logits(flags) -> Path:
     if r.features.labels is not None:
         m = le.task.main_metric
         acc = f", {m} {metrics(le.task, r.features.labels, le.task.predictions(r.logits))[m]:.4f}"
-    print(f"wrote logits of model-{r.step}.pt on {e.dataset} ({len(r.examples)} rows{acc}) to {out}; "
+    print(f"wrote logits of {r.label if foreign else f'model-{r.step}.pt'} on {e.dataset} ({len(r.examples)} rows{acc}) to {out}; "
           f"use it as --dataset {name}")
     return out
 

@@ -18,12 +18,14 @@ from fine_tune.methods.registry import METHODS as REGISTRY
 from test_layerwise_scripts import TEACHER, TINY, teacher  # noqa: F401  (teacher: the fixture)
 
 SCRIPTS = {"run_lad_distil.py": "lad", "run_lad_no_distil.py": "lad_no", "run_probing_lad.py": "partial_lad",
-           "run_alp_distil.py": "alp", "run_pkd_distill.py": "pkd"}
+           "run_alp_distil.py": "alp", "run_pkd_distill.py": "pkd", "run_tinybert_distil.py": "tinybert",
+           "run_minilm_distil.py": "minilm"}
 
 
 def test_every_method_is_registered_under_its_name():
     assert METHODS is REGISTRY
-    assert set(METHODS) == {"fine_tune", "offline_logits_kd", "lad", "lad_no", "partial_lad", "alp", "pkd"}
+    assert set(METHODS) == {"fine_tune", "offline_logits_kd", "lad", "lad_no", "partial_lad", "alp", "pkd", "tinybert",
+                            "minilm"}
     for name, cls in METHODS.items():
         assert issubclass(cls, Method) and cls.name == name and get_method(name) is cls
     with pytest.raises(Exception, match="unknown method 'nope'; methods: fine_tune, offline_logits_kd"):
@@ -44,7 +46,8 @@ def test_each_layerwise_script_runs_its_registered_method(script):
     own = {g.key for g in get_method(name).flag_groups}
     assert {g.key for g in LAYERWISE} | own == {k for k in ("experiment", "teacher", "student", "distil", "layerwise",
                                                           "classifier", "optimiser", "batching", "run", "speed",
-                                                          "device", "paths", "gate", "probing", "alp", "pkd")
+                                                          "device", "paths", "gate", "probing", "alp", "pkd",
+                                                          "tinybert", "minilm")
                                               if flags.has(k)}
 
 

@@ -13,7 +13,8 @@ from ..models.init import check_copyable, teacher_layer_map
 from ..tasks import get_task
 from ..tasks.logits import check_teacher_unchanged, read_logits
 from .start import prepare, start_experiment
-from .student import build_student
+from ..models.families import usable_positions
+from .student import build_student, print_notes, resolve_pretrained_student
 from .training import run_training
 
 
@@ -32,18 +33,26 @@ def run_offline_distill(flags) -> dict | None:
         flags = flags.replace(classifier={"num_class": classes})
     elif flags.classifier.num_class != classes:
         raise UserError(f"--num_class {flags.classifier.num_class}: the logits data set has {classes} classes")
-    if meta.get("model") != e.model:
-        raise UserError(f"--model {e.model}: the logits data set's teacher tokenizer is for {meta.get('model')!r}")
+    # the student: built from its flags with the logits set's tokenizer (of any family: the teacher's tokenizer
+    # only turns text into ids), or --student_ptrain_ver with its own tokenizer (logits are per row, so any
+    # tokenisation learns from them)
+    notes: list[str] = []  # printed once the run starts
+    flags, student_tokenizer = resolve_pretrained_student(flags, notes)
+    st = flags.student
     max_examples = flags.paths.max_examples
     examples = logits.examples[:max_examples] if max_examples else logits.examples
     teacher_logits = logits.logits[: len(examples)]
     max_seq_len = flags.batching.max_seq_len
     max_positions = max(512, max_seq_len) if meta.get("max_position_embeddings") is None else meta["max_position_embeddings"]
-    cfg.check_max_seq_len(max_seq_len, max_positions, "the student (teacher's position table)")
+    if student_tokenizer is not None:
+        pre = load_pretrained_config(st.student_ptrain_ver, e.model, "--student_ptrain_ver")
+        cfg.check_max_seq_len(max_seq_len, usable_positions(pre), f"the student {st.student_ptrain_ver}")
+    else:
+        cfg.check_max_seq_len(max_seq_len, max_positions, "the student (teacher's position table)")
     record = dict(flags.record(), ptrain_ver=meta.get("ptrain_ver"), teacher_experiment=meta.get("teacher_experiment"),
                   teacher_checkpoint=meta.get("checkpoint"), logits_split=meta.get("split"))
     source_hash = meta["logits_sha256"]
-    tokenizer = load_tokenizer(logits.tokenizer_dir)
+    tokenizer = student_tokenizer or load_tokenizer(logits.tokenizer_dir)
     cfg.check_room_for_text(max_seq_len, tokenizer)
     source = meta.get("ptrain_ver")
     if st.init_embeddings and st.init_start is None:
@@ -58,10 +67,12 @@ def run_offline_distill(flags) -> dict | None:
         pairs = list(enumerate(layers, 1))
         check_copyable(pre_config, st.d_model, st.d_ff, st.init_attn_only)
     method = get_method("offline_logits_kd").from_flags(flags)
-    inputs = {str(logits.data_file): source_hash, **(weight_file_hashes(source) if pairs else {})}
+    inputs = {str(logits.data_file): source_hash, **(weight_file_hashes(source) if pairs else {}),
+              **(weight_file_hashes(st.student_ptrain_ver) if st.student_ptrain_ver else {})}
     start = start_experiment(p, flags, record, inputs)
     if not start.run:
         return None
+    print_notes(notes)
     seed_everything(flags.run.seed)
     student = build_student(p, flags, vocab_size=meta.get("vocab_size") or len(tokenizer),
                             num_class=flags.classifier.num_class, max_positions=max_positions, tokenizer=tokenizer,

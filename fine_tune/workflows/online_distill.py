@@ -24,7 +24,7 @@ from ..teacher import Teacher, open_hf_teacher, open_teacher
 from ..experiment import roots
 from .layer_map import layer_map_hook
 from .start import prepare, start_experiment
-from .student import build_student, check_initialisation, resolve_pretrained_student
+from .student import build_student, check_initialisation, print_notes, resolve_pretrained_student
 from .training import run_training
 
 
@@ -75,7 +75,8 @@ def run_online_distill(flags, method_name: str) -> dict | None:
     task = get_task(e.task)
     teacher = open_any_teacher(flags, exp_root, task)
     flags = resolve_from_teacher(flags, teacher)
-    flags, student_tokenizer = resolve_pretrained_student(flags)
+    notes: list[str] = []  # printed once the run starts
+    flags, student_tokenizer = resolve_pretrained_student(flags, notes)
     e, st = flags.experiment, flags.student
     p = prepare(flags)
     if task.name != teacher.record.get("task", task.name):
@@ -100,13 +101,13 @@ def run_online_distill(flags, method_name: str) -> dict | None:
     ptrain_ver = teacher.record.get("ptrain_ver")
     pairs = method.init_pairs(flags)  # checked (and the pretrained folder found) before anything is written
     if pairs and not ptrain_ver and st.init_start is None:
-        print(f"note: {teacher.name} records no pretrained model (ptrain_ver) to copy the student's layers from: they "
-              f"start random (--student_ptrain_ver gives a pretrained student)", file=sys.stderr)
+        notes.append(f"{teacher.name} records no pretrained model (ptrain_ver) to copy the student's layers from: "
+                     f"they start random (--student_ptrain_ver gives a pretrained student)")
         pairs = []
     if method.needs_projection and st.student_ptrain_ver is None and st.init_start is None:
-        print(f"note: the student's width {st.d_model} differs from the teacher's {teacher.hidden_size}: its layers "
-              f"start random (no teacher layer fits), and its hidden states reach the teacher's width through a "
-              f"learned projection", file=sys.stderr)
+        notes.append(f"the student's width {st.d_model} differs from the teacher's {teacher.hidden_size}: its layers "
+                     f"start random (no teacher layer fits), and its hidden states reach the teacher's width through a "
+                     f"learned projection")
     check_initialisation(pairs, ptrain_ver, teacher.hf_config.model_type, st,
                          f"{teacher.name}: no ptrain_ver recorded to initialise the student from (give "
                          f"--student_ptrain_ver, or a student of the teacher's family started from --init_start)")
@@ -127,6 +128,7 @@ def run_online_distill(flags, method_name: str) -> dict | None:
     start = start_experiment(p, flags, record, inputs)
     if not start.run:
         return None
+    print_notes(notes)
     method.continue_legacy(start.legacy)
     teacher_device = resolve_placement(t.tdevice_id, "--tdevice_id", p.device, flags.device.device_id)
     gate_device = resolve_placement(gate_device_id, "--gate_device_id", p.device, flags.device.device_id)

@@ -16,6 +16,13 @@ from ..errors import UserError
 from .start import Prepared
 
 
+def print_notes(notes: list[str]) -> None:
+    """What a run decided for the user, printed once every check passed and the run starts (a refused command
+    prints its one error line only)."""
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
 def check_initialisation(pairs: list[tuple[int, int]], source: str | None, model: str, student, missing: str) -> None:
     """Before anything is written: the pretrained model to copy ``pairs`` from exists and fits the student's
     widths (``missing``: the error when no source is recorded)."""
@@ -26,11 +33,11 @@ def check_initialisation(pairs: list[tuple[int, int]], source: str | None, model
     check_copyable(load_pretrained_config(source, model), student.d_model, student.d_ff, student.init_attn_only)
 
 
-def resolve_pretrained_student(flags):
+def resolve_pretrained_student(flags, notes: list[str] | None = None):
     """``--student_ptrain_ver``: checked (a model folder of ``--model``'s family, or a hub name) before anything is
     written, and its shape (width, feed-forward size, heads, layers) recorded in place of the shape flags, which
-    do not apply to it. Returns the flags (unchanged without a pretrained student) and the student's tokenizer
-    (None: the student takes the teacher's)."""
+    do not apply to it (said in ``notes``, printed once the run starts). Returns the flags (unchanged without a
+    pretrained student) and the student's tokenizer (None: the student takes the teacher's)."""
     st = flags.student
     if st.student_ptrain_ver is None:
         return flags, None
@@ -38,10 +45,10 @@ def resolve_pretrained_student(flags):
     d_ff = getattr(config, "intermediate_size", None) or getattr(config, "hidden_dim", None) or st.d_ff
     shape = {"d_model": config.hidden_size, "d_ff": d_ff, "num_attention_heads": config.num_attention_heads,
              "num_hidden_layers": config.num_hidden_layers}
-    if any(getattr(st, k) != v for k, v in shape.items()):
-        print(f"note: the student is --student_ptrain_ver {st.student_ptrain_ver} ({config.num_hidden_layers} layers, "
-              f"width {config.hidden_size}, {config.num_attention_heads} heads): --d_model/--d_ff/"
-              f"--num_attention_heads/--num_hidden_layers do not apply", file=sys.stderr)
+    if any(getattr(st, k) != v for k, v in shape.items()) and notes is not None:
+        notes.append(f"the student is --student_ptrain_ver {st.student_ptrain_ver} ({config.num_hidden_layers} layers, "
+                     f"width {config.hidden_size}, {config.num_attention_heads} heads): --d_model/--d_ff/"
+                     f"--num_attention_heads/--num_hidden_layers do not apply")
     tokenizer = load_tokenizer(st.student_ptrain_ver, "--student_ptrain_ver")
     return flags.replace(student=shape), tokenizer
 
