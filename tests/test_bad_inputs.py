@@ -45,6 +45,8 @@ LW = ["--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", "4", "--experim
       "--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2", "--num_hidden_layers", "6", "--total_step", "2",
       "--warmup_step", "0", "--batch_size", "8", "--map_examples", "0"]
 PROBE = ["--probing_exp", "partial_lad", *LW]
+# a new layer-wise student of a teacher fine-tuned elsewhere (--teacher_hf FOLDER appended: its value last)
+HF = [*LW[6:], "--max_seq_len", SEQ, "--teacher_hf"]
 # reading an existing experiment
 EXP = ["--model", "bert", "--task", "qqp", "--batch_size", "16"]
 EV = ["--experiment", "teacher", *EXP, "--dataset", "dev"]
@@ -152,6 +154,33 @@ CASES = [
     Case("student_ff_differs_for_layer_copy", "run_pkd_distill.py", [*LW, "--d_ff", "48"]),
     Case("init_layers_beyond_teacher", "run_fine_tune_distill.py",
          [*KD, "--d_model", "32", "--d_ff", "64", "--init_start", "1", "--init_end", "14"]),
+    # ---- teachers and students from elsewhere ------------------------------------------------------------
+    Case("teacher_hf_labels_not_the_tasks", "run_lad_distil.py", [*HF, "{base}/hf_generic"],
+         where={"<teacher>": "{base}/hf_generic"}),
+    Case("teacher_hf_label_map_not_a_permutation", "run_lad_distil.py",
+         [*HF, "{base}/hf_generic", "--teacher_label_map", "0,0"]),
+    Case("teacher_hf_not_a_classifier", "run_pkd_distill.py", [*HF, "{tiny}"], where={"<teacher>": "{tiny}"}),
+    Case("teacher_hf_without_max_seq_len", "run_alp_distil.py", [*LW[6:], "--teacher_hf", "{base}/hf_teacher"],
+         where={"<teacher>": "{base}/hf_teacher"}),
+    Case("teacher_hf_and_teacher_exp", "run_lad_distil.py", [*LW, "--teacher_hf", "{base}/hf_teacher"]),
+    Case("teacher_hf_class_count", "run_lad_distil.py", [*HF, "{base}/hf_three"], where={"<teacher>": "{base}/hf_three"}),
+    Case("student_tokenizer_differs", "run_pkd_distill.py",
+         [*HF, "{base}/hf_teacher", "--model", "roberta", "--student_ptrain_ver", "{base}/roberta_student"],
+         where={"<teacher>": "{base}/hf_teacher", "<student>": "{base}/roberta_student"}),
+    Case("student_ptrain_ver_with_init_start", "run_lad_distil.py",
+         [*LW, "--student_ptrain_ver", "{tiny}", "--init_start", "1", "--init_end", "6"]),
+    Case("student_ptrain_ver_of_other_family", "run_fine_tune_distill.py",
+         [*KD, "--student_ptrain_ver", "{base}/roberta_student"], where={"<student>": "{base}/roberta_student"}),
+    Case("tinybert_head_counts_differ", "run_tinybert_distil.py", [*LW, "--num_attention_heads", "4"]),
+    Case("minilm_head_counts_differ", "run_minilm_distil.py", [*LW, "--num_attention_heads", "4"]),
+    Case("minilm_relation_heads_not_dividing", "run_minilm_distil.py", [*LW, "--relation_heads", "3"]),
+    Case("tinybert_on_relative_attention", "run_tinybert_distil.py",
+         [*HF, "{base}/hf_deberta", "--num_hidden_layers", "2"]),
+    Case("gen_logits_teacher_hf_of_other_family", "run_fine_tune_gen_logits.py",
+         ["--experiment", "hf", "--model", "roberta", "--task", "qqp", "--teacher_hf", "{base}/hf_teacher",
+          "--max_seq_len", SEQ], where={"<teacher>": "{base}/hf_teacher"}),
+    Case("gen_logits_teacher_hf_with_ckpt", "run_fine_tune_gen_logits.py",
+         ["--experiment", "hf", *EXP, "--teacher_hf", "{base}/hf_teacher", "--max_seq_len", SEQ, "--ckpt", "4"]),
     # ---- the pretrained model -----------------------------------------------------------------------------
     Case("missing_ptrain_ver_absolute", "run_fine_tune.py", [*FT, "--ptrain_ver", "/nonexistent/model"],
          patch="no_hub"),
@@ -271,6 +300,29 @@ def make_world(base: Path, tiny_bert12: Path) -> dict:
         (folder / "meta.json").write_text(json.dumps(meta))
     shutil.copytree(data, base / "badmeta")
     (base / "badmeta" / "logits" / "teacher_bert_qqp" / "train" / "meta.json").write_text('{"task": "qqp",\n')
+
+    # teachers fine-tuned "elsewhere": the teacher exported as a Hugging Face folder; a copy whose labels are
+    # unnamed (LABEL_0, LABEL_1); a 3-class classifier; a DeBERTa-v2 classifier; a pretrained RoBERTa student
+    _run(w, "export_model.py", "--experiment", "teacher", *EXP[:4], "--ckpt", "4", "--out", str(base / "hf_teacher"))
+    shutil.copytree(base / "hf_teacher", base / "hf_generic")
+    for name, labels in (("hf_generic", ["LABEL_0", "LABEL_1"]), ("hf_three", ["a", "b", "c"])):
+        if name == "hf_three":
+            from transformers import AutoModelForSequenceClassification
+
+            three = AutoModelForSequenceClassification.from_config(synthetic.tiny_config("bert", num_labels=3))
+            three.save_pretrained(base / name)
+            synthetic.tiny_tokenizer("bert").save_pretrained(base / name)
+        config = json.loads((base / name / "config.json").read_text())
+        config["id2label"] = dict(enumerate(labels))
+        config["label2id"] = {v: k for k, v in enumerate(labels)}
+        (base / name / "config.json").write_text(json.dumps(config))
+    from transformers import AutoModelForSequenceClassification
+
+    AutoModelForSequenceClassification.from_config(synthetic.tiny_config(
+        "deberta-v2", id2label={0: "0", 1: "1"}, label2id={"0": 0, "1": 1})).save_pretrained(
+        base / "hf_deberta")
+    synthetic.tiny_tokenizer("deberta-v2").save_pretrained(base / "hf_deberta")
+    synthetic.write_tiny_model(base / "roberta_student", "roberta")
 
     # pretrained folders lacking weights / tokenizer
     for name, keep in (("noweights", ("config.json", "tokenizer.json", "tokenizer_config.json")),
