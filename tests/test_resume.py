@@ -168,6 +168,13 @@ CASES = [
     ("pkd", "run_pkd_distill.py", [a for a in LAYERWISE if a not in ("--gate_lr", "1e-2")], "after:resume-8.pt", 8),
     ("alp_kd_hidden", "run_alp_distil.py",
      ["--alp_exp", "alp-kd-hidden", *[a for a in LAYERWISE if a not in ("--gate_lr", "1e-2")]], "before:resume-4.pt", 0),
+    # a student of another width (48 vs the teacher's 32): the learned projection is saved beside each checkpoint
+    # and in the resume state; killed before its file of checkpoint 8
+    ("lad_other_width", "run_lad_distil.py",
+     [*LAYERWISE, "--d_model", "48", "--d_ff", "96", "--num_hidden_layers", "3"], "before:projection-8.pt", 4),
+    ("tinybert_other_width", "run_tinybert_distil.py",
+     [*[a for a in LAYERWISE if a not in ("--gate_lr", "1e-2")], "--d_model", "48", "--d_ff", "96",
+      "--num_hidden_layers", "3"], "after:resume-4.pt", 4),
     ("lad_dynamic_padding_with_maps", "run_lad_distil.py",
      [*[a for a in LAYERWISE if a not in ("--map_examples", "0")], "--padding", "dynamic", "--map_examples", "8"],
      "before:layer-map-8.png", 4),

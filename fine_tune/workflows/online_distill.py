@@ -100,6 +100,13 @@ def run_online_distill(flags, method_name: str) -> dict | None:
     source_hash = sha256_file(data_file)
     ptrain_ver = teacher.record.get("ptrain_ver")
     pairs = method.init_pairs(flags)  # checked (and the pretrained folder found) before anything is written
+    if pairs and teacher.hf_config.model_type != e.model:
+        if st.init_start is not None:
+            raise UserError(f"--init_start: the teacher's pretrained layers are {teacher.hf_config.model_type!r} "
+                            f"layers, the student a {e.model!r} model")
+        notes.append(f"the student ({e.model}) cannot take the {teacher.hf_config.model_type} teacher's pretrained "
+                     f"layers: they start random (--student_ptrain_ver gives a pretrained student)")
+        pairs = []
     if pairs and not ptrain_ver and st.init_start is None:
         notes.append(f"{teacher.name} records no pretrained model (ptrain_ver) to copy the student's layers from: "
                      f"they start random (--student_ptrain_ver gives a pretrained student)")
