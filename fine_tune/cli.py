@@ -387,6 +387,10 @@ class TinyBertFlags:
                                                "loss) or prediction (soft cross-entropy with the teacher's logits, "
                                                "from the intermediate stage's student: --student_ptrain_ver of its export)",
                                choices=("intermediate", "prediction"))
+    tinybert_attention: str = flag("per_head", "per_head: attention-score MSE head by head (TinyBERT; equal head "
+                                               "counts); head_mean: MSE of the head-averaged score maps, for a student "
+                                               "whose head count differs from the teacher's (a deviation)",
+                                   choices=("per_head", "head_mean"))
 
 
 @dataclass(frozen=True)

@@ -244,12 +244,15 @@ def test_soft_cross_entropy(temperature):
     (4, 24, [6, 12, 18, 24]),
     (6, 24, [4, 8, 12, 16, 20, 24]),
     (12, 12, list(range(1, 13))),
+    (4, 6, [2, 3, 5, 6]),  # not a multiple: ceil(m N / M), evenly up to the last layer
+    (5, 12, [3, 5, 8, 10, 12]),
 ])
 def test_tinybert_layer_map(m, n, expected):
     assert tinybert_layer_map(m, n) == expected
+    assert tinybert_layer_map(m, n) == [int(np.ceil(j * n / m - 1e-9)) for j in range(1, m + 1)]
 
 
-@pytest.mark.parametrize("m, n", [(5, 12), (7, 24), (24, 12), (0, 12)])
+@pytest.mark.parametrize("m, n", [(24, 12), (13, 12), (0, 12)])
 def test_tinybert_layer_map_refusals(m, n):
     with pytest.raises(UserError) as info:
         tinybert_layer_map(m, n)

@@ -150,7 +150,7 @@ CASES = [
     Case("gate_index_zero", "run_probing_lad.py", [*PROBE, "--gate_indices", "0,2"]),
     Case("init_layers_of_another_width", "run_lad_distil.py",
          [*LW, "--d_model", "64", "--init_start", "2", "--init_end", "12", "--init_step", "2"]),
-    Case("student_layers_not_dividing_teacher", "run_alp_distil.py", [*LW, "--num_hidden_layers", "5"]),
+    Case("student_layers_not_dividing_teacher", "run_lad_no_distil.py", [*LW, "--num_hidden_layers", "5"]),
     Case("student_ff_differs_for_layer_copy", "run_pkd_distill.py", [*LW, "--d_ff", "48"]),
     Case("init_layers_beyond_teacher", "run_fine_tune_distill.py",
          [*KD, "--d_model", "32", "--d_ff", "64", "--init_start", "1", "--init_end", "14"]),

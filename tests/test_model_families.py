@@ -321,3 +321,60 @@ def test_a_layerwise_teacher_from_another_family_and_a_distilbert_student(world)
     folder = w["exp"] / "pkd_distil_distilbert_qqp"
     assert json.loads((folder / "model" / "config.json").read_text())["model_type"] == "distilbert"
     assert "start random" in proc.stderr  # a DistilBERT student cannot take BERT's pretrained layers
+
+
+def test_layer_maps_of_a_student_whose_layers_do_not_divide_the_teachers():
+    """4 of 6 layers (the real-model check's MiniLM teacher): ceil(j * 6 / 4) = 2, 3, 5, 6 for every mapping that
+    spreads the student over the teacher; divisible counts keep the original's j * skip."""
+    from fine_tune.methods import LAD, PKD, ALPKD
+    from fine_tune.methods.lad import LADNO, lad_targets
+    from fine_tune.methods.layerwise import uniform_layers
+    from fine_tune.engine.optim import OptimiserSettings
+    from fine_tune.errors import UserError
+
+    assert uniform_layers(4, 6) == [2, 3, 5, 6] and uniform_layers(6, 12) == [2, 4, 6, 8, 10, 12]
+    assert uniform_layers(4, 12) == [3, 6, 9, 12] and uniform_layers(3, 3) == [1, 2, 3]
+    assert PKD(4, 6, 1, 1, 1, 1).teacher_layers == [2, 3, 5, 6]
+    assert PKD(4, 6, 1, 1, 1, 1, loss="normalized_cls").teacher_layers == [2, 3, 5]
+    assert lad_targets(6, 4) == [2, 3, 5, 6]
+    gates = OptimiserSettings(lr=1e-3, total_step=1, warmup_step=0)
+    assert LAD(4, 6, 1, 1, 1, 1, d_model=8, seq_len=4, gate_optimiser=gates).describe_mapping() == \
+        "S1<-A2, S2<-A3, S3<-A5, S4<-A6"
+    assert [ALPKD(4, 6, 1, 1, 1, 1, mode="alp-kd-hidden-v2").visible(j) for j in range(1, 5)] == [2, 3, 5, None]
+    assert TinyBERT(4, 6, 0, 1, 1, 1).teacher_layers == [2, 3, 5, 6]
+    with pytest.raises(UserError, match="not a multiple"):
+        from fine_tune.workflows.online_distill import check_shapes
+
+        check_shapes(types_flags(4), TeacherShape(6, 8), LADNO)
+    check_shapes(types_flags(4), TeacherShape(6, 8), PKD)  # spread: accepted
+
+
+def types_flags(layers: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(student=SimpleNamespace(num_hidden_layers=layers))
+
+
+def test_tinybert_head_mean_compares_the_heads_mean_maps():
+    """--tinybert_attention head_mean: MSE of the head-averaged score maps, a student of 3 heads, a teacher of 2."""
+    torch.manual_seed(3)
+    method = TinyBERT(1, 1, 0.0, 1.0, 1.0, 1.0, student_heads=3, teacher_heads=2, attention="head_mean")
+    with pytest.raises(Exception, match="head by head"):
+        TinyBERT(1, 1, 0.0, 1.0, 1.0, 1.0, student_heads=3, teacher_heads=2)
+    b, s = 2, 5
+    mask = torch.ones(b, s, dtype=torch.long)
+    mask[1, 3:] = 0
+    sq, sk = torch.randn(b, s, 6, dtype=torch.float64), torch.randn(b, s, 6, dtype=torch.float64)
+    tq, tk = torch.randn(b, s, 8, dtype=torch.float64), torch.randn(b, s, 8, dtype=torch.float64)
+    st = ModelOutputs(torch.randn(b, 2), (torch.randn(b, s, 8),), mask, ((sq, sk, sq),), torch.randn(b, s, 8))
+    te = ModelOutputs(torch.randn(b, 2), (torch.randn(b, s, 8),), mask, ((tq, tk, tq),), torch.randn(b, s, 8))
+    got = method.losses({}, st, te)["attention_loss"].item()
+
+    def mean_map(q, k, heads):
+        d = q.shape[-1] // heads
+        maps = [q[..., h * d:(h + 1) * d] @ k[..., h * d:(h + 1) * d].transpose(-1, -2) / d ** 0.5
+                for h in range(heads)]
+        return sum(maps) / heads * mask[:, None, :].double()
+
+    expected = ((mean_map(sq, sk, 3) - mean_map(tq, tk, 2)) ** 2).mean().item()
+    assert abs(got - expected) < 1e-6

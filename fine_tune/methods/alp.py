@@ -13,7 +13,7 @@ import torch
 
 from ..errors import UserError
 from ..cli import AlpFlags
-from .layerwise import HiddenPair, LayerwiseKD
+from .layerwise import HiddenPair, LayerwiseKD, uniform_layers
 
 ALP_MODES = ("alp-kd", "alp-kd-hidden", "alp-kd-hidden-v2")
 
@@ -71,7 +71,7 @@ class ALPKD(LayerwiseKD):
         self.mode = mode
 
     def visible(self, j: int) -> int | None:
-        return j * self.skip if self.mode == "alp-kd-hidden-v2" and j < self.ls else None
+        return uniform_layers(self.ls, self.lt)[j - 1] if self.mode == "alp-kd-hidden-v2" and j < self.ls else None
 
     def _weights(self, student, teacher):
         cls = self.mode == "alp-kd"

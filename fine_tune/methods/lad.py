@@ -17,13 +17,13 @@ from ..engine.optim import OptimiserSettings
 from ..errors import UserError
 from ..models.gates import aggregate_chain, make_gates
 from .base import ExtraParameters
-from .layerwise import HiddenPair, LayerwiseKD, masked_mean
+from .layerwise import HiddenPair, LayerwiseKD, masked_mean, uniform_layers
 
 
 def lad_targets(num_teacher_layers: int, num_student_layers: int) -> list[int]:
-    """LAD: student layer j learns A_{j * skip}, skip = L_t / L_s (1-based aggregation indices)."""
-    skip = num_teacher_layers // num_student_layers
-    return [j * skip for j in range(1, num_student_layers + 1)]
+    """LAD: student layer j learns A_{j * skip}, skip = L_t / L_s (1-based aggregation indices); A_{ceil(j L_t / L_s)}
+    when L_s does not divide L_t (4 of 6: A_2, A_3, A_5, A_6)."""
+    return uniform_layers(num_student_layers, num_teacher_layers)
 
 
 def chain_contributions(gbar: list[float], k: int, num_teacher_layers: int) -> np.ndarray:
@@ -160,6 +160,7 @@ class LADNO(GatedKD):
     from the lower layer of the pair."""
 
     name = "lad_no"
+    needs_layer_multiple = True
     map_caption = ("Student layer j's target gate_j(T_lo, T_hi): weight g (mean gate value over non-padding tokens and "
                    "dimensions of the dev sample) on the upper layer, 1 - g on the lower; ignores the gate's LayerNorm.")
 
@@ -232,6 +233,7 @@ class PartialLAD(GatedKD):
     (``--gate_indices 2,4,6,8,10``, 6 of 12: S1..S5 <- A2..A10, S6 <- T12)."""
 
     name = "partial_lad"
+    needs_layer_multiple = True
     flag_groups = (GateFlags, ProbingFlags)
     map_caption = LAD.map_caption + " Rows beyond the gate indices learn one raw teacher layer."
 

@@ -50,6 +50,14 @@ class HiddenPair:
     target: torch.Tensor
 
 
+def uniform_layers(num_student_layers: int, num_teacher_layers: int, count: int | None = None) -> list[int]:
+    """The teacher layer (1-based) of student layers 1..count (default all): ``ceil(j * L_t / L_s)``, i.e.
+    ``j * skip`` when L_s divides L_t (6 of 12: 2, 4, ..., 12; the original's mappings), and evenly spread up to
+    the last teacher layer when it does not (4 of 6: 2, 3, 5, 6)."""
+    ls, lt = num_student_layers, num_teacher_layers
+    return [-(-j * lt // ls) for j in range(1, (ls if count is None else count) + 1)]
+
+
 def hidden_mse_loss(pairs: list[HiddenPair], mu: float,
                     mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     r"""``mu * (1/|J|) * sum_j MSE(student_j, target_j)`` in fp32; also each layer's term
@@ -77,6 +85,9 @@ class LayerwiseKD(Method):
 
     name = "online_kd"
 
+    # whether the method pairs layers by skipping L_t / L_s teacher layers exactly (LAD-NO's pairs, partial LAD's
+    # raw layers): a student whose layers do not divide the teacher's is then refused
+    needs_layer_multiple = False
     # whether hidden states of a student narrower or wider than the teacher go through a learned projection
     # (models/projection.py; False: the method compares something width-free, e.g. MiniLM's relations)
     projects = True
@@ -113,8 +124,9 @@ class LayerwiseKD(Method):
         return self.default_init_pairs(flags)
 
     def default_init_pairs(self, flags) -> list[tuple[int, int]]:
-        """Student layer j <- teacher layer j * skip (the original's layer-wise scripts)."""
-        return [(j, j * self.skip) for j in range(1, self.ls + 1)]
+        """Student layer j <- teacher layer j * skip (the original's layer-wise scripts; ``uniform_layers`` when the
+        student's layers do not divide the teacher's)."""
+        return list(enumerate(uniform_layers(self.ls, self.lt), 1))
 
     def __init__(self, num_student_layers: int, num_teacher_layers: int, hard_weight: float, soft_weight: float,
                  temperature: float, mu: float, padding: str = "max_length"):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..cli import PkdFlags
-from .layerwise import HiddenPair, LayerwiseKD
+from .layerwise import HiddenPair, LayerwiseKD, uniform_layers
 
 PKD_LOSSES = ("hidden_mse", "normalized_cls")
 PKD_STRATEGIES = ("skip", "last")
@@ -22,9 +22,8 @@ PKD_STRATEGIES = ("skip", "last")
 def pkd_teacher_layers(num_teacher_layers: int, num_student_layers: int, strategy: str, count: int) -> list[int]:
     """Teacher layers (1-based) for student layers 1..count. ``skip``: j * (L_t / L_s) (6 of 12: 2, 4, ..., 12);
     ``last``: the top layers, L_t - L_s + j (6 of 12: 7, ..., 12)."""
-    if strategy == "skip":
-        skip = num_teacher_layers // num_student_layers
-        return [j * skip for j in range(1, count + 1)]
+    if strategy == "skip":  # ceil(j * L_t / L_s) when L_s does not divide L_t (4 of 6: 2, 3, 5, 6)
+        return uniform_layers(num_student_layers, num_teacher_layers, count)
     if strategy == "last":
         return [num_teacher_layers - num_student_layers + j for j in range(1, count + 1)]
     raise UserError(f"--pkd_strategy {strategy!r}: choose skip or last")

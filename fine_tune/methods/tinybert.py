@@ -134,16 +134,16 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
 def tinybert_layer_map(num_student_layers: int, num_teacher_layers: int) -> list[int]:
     """TinyBERT's uniform mapping g(m) = m * N / M: student layer m (1-based, m = 1..M) learns teacher layer
     g(m) (1-based), for the attention maps and hidden states alike; the embeddings map 0 <- 0 (not listed).
-    4 of 12: [3, 6, 9, 12]; 6 of 12: [2, 4, ..., 12]; 4 of 24: [6, 12, 18, 24]. Raises :class:`UserError`
-    when M > N or N is not a multiple of M."""
+    4 of 12: [3, 6, 9, 12]; 6 of 12: [2, 4, ..., 12]; 4 of 24: [6, 12, 18, 24]. When M does not divide N,
+    g(m) = ceil(m * N / M), evenly spread up to the last layer (4 of 6: [2, 3, 5, 6]). Raises
+    :class:`UserError` when M > N."""
     m, n = num_student_layers, num_teacher_layers
     if m < 1 or n < 1:
         raise UserError(f"TinyBERT's layer map needs at least one layer: student {m}, teacher {n}")
-    if m > n or n % m:
-        raise UserError(f"TinyBERT maps student layer m to teacher layer m*N/M: the teacher's {n} layers "
-                        f"must be a multiple of the student's {m}")
-    step = n // m
-    return [layer * step for layer in range(1, m + 1)]
+    if m > n:
+        raise UserError(f"TinyBERT maps student layer m to teacher layer m*N/M: the student's {m} layers exceed "
+                        f"the teacher's {n}")
+    return [-(-layer * n // m) for layer in range(1, m + 1)]
 
 
 class TinyBERT(LayerwiseKD):
@@ -162,7 +162,9 @@ class TinyBERT(LayerwiseKD):
     the intermediate stage's student (``--student_ptrain_ver`` of its export).
 
     The attention maps are recomputed from each layer's query and key projections
-    (:mod:`fine_tune.models.attention_capture`); student and teacher need the same number of heads."""
+    (:mod:`fine_tune.models.attention_capture`); student and teacher need the same number of heads, unless
+    ``--tinybert_attention head_mean`` (a deviation) compares the maps averaged over each model's heads,
+    ``MSE(1/h_S sum_i A^S_i, 1/h_T sum_i A^T_i)``."""
 
     name = "tinybert"
     flag_groups = (TinyBertFlags, TinyBertDistilFlags)
@@ -171,16 +173,20 @@ class TinyBERT(LayerwiseKD):
 
     def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
                  stage: str = "intermediate", student_heads: int | None = None, teacher_heads: int | None = None,
-                 padding: str = "max_length"):
+                 attention: str = "per_head", padding: str = "max_length"):
         if stage not in TINYBERT_STAGES:
             raise UserError(f"--tinybert_stage {stage!r}: choose one of {', '.join(TINYBERT_STAGES)}")
         super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding)
         self.stage = stage
         self.teacher_layers = tinybert_layer_map(num_student_layers, num_teacher_layers)
-        if stage == "intermediate" and student_heads is not None and teacher_heads is not None \
-                and student_heads != teacher_heads:
+        if attention not in TINYBERT_ATTENTION:
+            raise UserError(f"--tinybert_attention {attention!r}: choose one of {', '.join(TINYBERT_ATTENTION)}")
+        self.attention = attention
+        if stage == "intermediate" and attention == "per_head" and student_heads is not None \
+                and teacher_heads is not None and student_heads != teacher_heads:
             raise UserError(f"TinyBERT's attention loss compares head by head: the student has {student_heads} "
-                            f"attention heads (--num_attention_heads), the teacher {teacher_heads}")
+                            f"attention heads (--num_attention_heads), the teacher {teacher_heads} (or pass "
+                            f"--tinybert_attention head_mean)")
         self.student_heads, self.teacher_heads = student_heads, teacher_heads
         if not self.intermediate:
             self.reads_attention = False  # the prediction stage reads logits only
@@ -196,7 +202,7 @@ class TinyBERT(LayerwiseKD):
         method = cls(flags.student.num_hidden_layers, teacher.num_layers, d.hard_weight, d.soft_weight,
                      d.softmax_temp, flags.layerwise.mu, stage=stage,
                      student_heads=flags.student.num_attention_heads, teacher_heads=getattr(teacher, "num_heads", None),
-                     padding=flags.batching.padding)
+                     attention=flags.tinybert.tinybert_attention, padding=flags.batching.padding)
         method.set_widths(flags.student.d_model, teacher.hidden_size, flags.optimiser.settings())
         return method
 
@@ -256,6 +262,8 @@ class TinyBERT(LayerwiseKD):
             tq, tk, _ = teacher.attention_inputs[t - 1]
             s_scores = attention_scores(sq, sk, self.student_heads or 1, mask)
             t_scores = attention_scores(tq.to(dev), tk.to(dev), self.teacher_heads or 1, mask)
+            if self.attention == "head_mean":  # [B, 1, S, S]: the heads' mean map, whatever their counts
+                s_scores, t_scores = s_scores.mean(1, keepdim=True), t_scores.mean(1, keepdim=True)
             attention.append(attention_mse(s_scores, t_scores, mask, self.masked))
             hidden.append(hidden_mse(student.hidden_states[m - 1], teacher.hidden_states[t - 1].to(dev), mask,
                                      self.masked))
@@ -278,6 +286,7 @@ class TinyBERT(LayerwiseKD):
 
 
 TINYBERT_STAGES = ("intermediate", "prediction")
+TINYBERT_ATTENTION = ("per_head", "head_mean")
 
 
 def check_recomputable_attention(teacher_family: str, student_family: str, method: str) -> None:

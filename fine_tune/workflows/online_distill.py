@@ -47,13 +47,14 @@ def resolve_from_teacher(flags, teacher: Teacher):
                          experiment={"dataset": dataset})
 
 
-def check_shapes(flags, teacher: Teacher) -> None:
-    """The student's layers divide the teacher's (every layer-wise mapping skips L_t / L_s teacher layers); widths
-    may differ (a learned projection, models/projection.py)."""
+def check_shapes(flags, teacher: Teacher, method_cls) -> None:
+    """The student has at most the teacher's layers, and divides them for the methods that skip L_t / L_s
+    teacher layers exactly (LAD-NO, partial LAD; the others spread ceil(j L_t / L_s)); widths may differ (a learned
+    projection, models/projection.py)."""
     st = flags.student
     if st.num_hidden_layers > teacher.num_layers:
         raise UserError(f"--num_hidden_layers {st.num_hidden_layers} exceeds the teacher's {teacher.num_layers} layers")
-    if teacher.num_layers % st.num_hidden_layers:
+    if method_cls.needs_layer_multiple and teacher.num_layers % st.num_hidden_layers:
         raise UserError(f"--num_hidden_layers {st.num_hidden_layers}: the teacher's {teacher.num_layers} layers are "
                         f"not a multiple of the student's")
 
@@ -83,7 +84,7 @@ def run_online_distill(flags, method_name: str) -> dict | None:
         raise UserError(f"--task {e.task}: the teacher was fine-tuned on {teacher.record.get('task')}")
     cfg.check_max_seq_len(flags.batching.max_seq_len, usable_positions(teacher.hf_config), f"the teacher {teacher.name}")
     cfg.check_room_for_text(flags.batching.max_seq_len, teacher.tokenizer)
-    check_shapes(flags, teacher)
+    check_shapes(flags, teacher, method_cls)
     if flags.has("probing") and flags.probing.student_indices is not None:
         given = parse_indices(flags.probing.student_indices, "--student_indices")
         if given != list(range(1, st.num_hidden_layers + 1)):
