@@ -8,6 +8,7 @@ real BoolQ (train = first 2270 val rows, dev = last 1000). Every command is prin
 runs are skipped (the toolkit exits at once when model-{total_step}.pt exists), so the script can be re-run.
 
     python scripts/measure_real.py [--steps 200] [--mu 1] [--seeds 42,43,44] [--only qqp|boolq] [--options]
+    python scripts/measure_real.py --only byo --steps 600   # teachers and students of other widths (issue 16)
 """
 
 from __future__ import annotations
@@ -65,12 +66,7 @@ def steps(n: int) -> list[str]:
 
 
 def qqp(args) -> None:
-    teacher_steps = 300
-    sh("run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(MODEL), "--task", "qqp",
-       "--dataset", "train", "--batch_size", "32", "--lr", "5e-5", "--max_seq_len", "64", "--seed", "42",
-       *steps(teacher_steps))
-    sh("run_fine_tune_eval.py", "--experiment", "teacher", "--model", "bert", "--task", "qqp", "--dataset", "dev",
-       "--batch_size", "256")
+    teacher_steps = teacher_qqp()
     sh("run_fine_tune_gen_logits.py", "--experiment", "teacher", "--model", "bert", "--task", "qqp",
        "--dataset", "train", "--ckpt", str(teacher_steps), "--batch_size", "256")
     teacher = ["--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", str(teacher_steps)]
@@ -122,6 +118,74 @@ def qqp(args) -> None:
               f"{statistics.median(seconds[name]):.0f} |")
 
 
+def teacher_qqp() -> int:
+    """The MiniLM teacher fine-tuned on qp_pairs (shared by the qqp and byo measurements); returns its steps."""
+    teacher_steps = 300
+    sh("run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(MODEL), "--task", "qqp",
+       "--dataset", "train", "--batch_size", "32", "--lr", "5e-5", "--max_seq_len", "64", "--seed", "42",
+       *steps(teacher_steps))
+    sh("run_fine_tune_eval.py", "--experiment", "teacher", "--model", "bert", "--task", "qqp", "--dataset", "dev",
+       "--batch_size", "256")
+    return teacher_steps
+
+
+# issue 16's check: one student for every method, of another width than the teacher's (384) and with fewer layers
+# than the teacher's 6, which 4 does not divide (every mapping spreads ceil(j * 6 / 4) = 2, 3, 5, 6)
+BYO_STUDENT = ["--d_model", "256", "--d_ff", "1024", "--num_attention_heads", "8", "--num_hidden_layers", "4"]
+
+
+def byo(args) -> None:
+    """A 4-layer student of width 256 (random initialisation: no pretrained model of that width is at hand) of the
+    MiniLM teacher, every method with the same steps, batch, lr, padding and seeds: no teacher, offline logits KD,
+    PKD, LAD (hidden losses through the learned projection), TinyBERT (intermediate stage for half the steps,
+    then the prediction stage from its export for the other half), MiniLM (MiniLMv2 relation heads: the student's 8
+    heads are not the teacher's 12)."""
+    teacher_steps = teacher_qqp()
+    sh("run_fine_tune_gen_logits.py", "--experiment", "teacher", "--model", "bert", "--task", "qqp",
+       "--dataset", "train", "--ckpt", str(teacher_steps), "--batch_size", "256")
+    n, half = args.steps, args.steps // 2
+    teacher = ["--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", str(teacher_steps)]
+    common = ["--model", "bert", "--task", "qqp", "--batch_size", "32", "--lr", str(args.lr), "--padding", "dynamic"]
+    kd = ["--softmax_temp", "1", "--soft_weight", "0.7", "--hard_weight", "0.3"]
+    mu = ["--mu", str(args.mu)]
+    methods = {
+        "no teacher (hard labels)": [("run_pkd_distill.py", [*teacher, *BYO_STUDENT, "--soft_weight", "0",
+                                                             "--hard_weight", "1", "--mu", "0"], n)],
+        "offline logits KD": [("run_fine_tune_distill.py", ["--dataset", "teacher_bert_qqp", "--max_seq_len", "64",
+                                                            *BYO_STUDENT, *kd], n)],
+        "PKD (projection)": [("run_pkd_distill.py", [*teacher, *BYO_STUDENT, *kd, *mu], n)],
+        "LAD (projection)": [("run_lad_distil.py", [*teacher, *BYO_STUDENT, *kd, *mu, "--gate_lr", "5e-7"], n)],
+        "TinyBERT (head-mean attention, W_h)": [
+            ("run_tinybert_distil.py", [*teacher, *BYO_STUDENT, "--tinybert_attention", "head_mean", *mu], half),
+            ("run_tinybert_distil.py", [*teacher, "--tinybert_stage", "prediction", "--student_ptrain_ver", "{stage1}",
+                                        "--softmax_temp", "1"], n - half)],
+        "MiniLM (v2 relations, 4 heads)": [("run_minilm_distil.py", [*teacher, *BYO_STUDENT, *kd, *mu,
+                                                                      "--relation_heads", "4"], n)],
+    }
+    results: dict[str, list[float]] = {}
+    for seed in args.seeds:
+        for name, stages in methods.items():
+            base = "b_" + "".join(c if c.isalnum() else "_" for c in name.lower().split(" (")[0]).strip("_") + f"_{seed}"
+            exp = base
+            for i, (script, flags, count) in enumerate(stages):
+                exp = base if len(stages) == 1 else f"{base}_stage{i + 1}"
+                flags = [f.replace("{stage1}", str(EXP / f"{base}_stage1_bert_qqp" / f"hf-model-{half}")) for f in flags]
+                sh(script, "--experiment", exp, *common, *flags, "--seed", str(seed), *steps(count))
+                if i + 1 < len(stages):  # the next stage starts from this one's export
+                    out = EXP / f"{exp}_bert_qqp" / f"hf-model-{count}"
+                    if not out.is_dir():
+                        sh("export_model.py", "--experiment", exp, "--model", "bert", "--task", "qqp")
+            last = stages[-1][2]
+            sh("run_fine_tune_eval.py", "--experiment", exp, "--model", "bert", "--task", "qqp", "--dataset", "dev",
+               "--batch_size", "256", "--ckpt", str(last))
+            results.setdefault(name, []).append(dev_accuracy(exp, "qqp", "dev"))
+    print(f"\nteacher dev accuracy: {dev_accuracy('teacher', 'qqp', 'dev'):.4f} ({teacher_steps} steps)")
+    print(f"\n| method | dev accuracy, mean ± std over seeds {', '.join(map(str, args.seeds))} | per seed |\n|-|-|-|")
+    for name, accs in results.items():
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        print(f"| {name} | {statistics.mean(accs):.4f} ± {std:.4f} | {' / '.join(f'{a:.4f}' for a in accs)} |")
+
+
 def boolq(args) -> None:
     n = 71  # one epoch of 2270 rows at batch 32
     sh("run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(MODEL), "--task", "boolq",
@@ -139,7 +203,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--mu", type=float, default=1.0, help="mu of every hidden loss")
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[42, 43, 44])
-    p.add_argument("--only", choices=("qqp", "boolq"))
+    p.add_argument("--only", choices=("qqp", "boolq", "byo"),
+                   help="byo: issue 16's check (a 4-layer student of width 256, every method; not in the default run)")
+    p.add_argument("--lr", type=float, default=3e-4, help="the byo students' learning rate (random initialisation)")
     p.add_argument("--options", action="store_true",
                    help="also LAD and PKD with --padding dynamic and PKD with --group_by_length")
     args = p.parse_args()
@@ -150,6 +216,8 @@ def main() -> None:
         qqp(args)
     if args.only in (None, "boolq"):
         boolq(args)
+    if args.only == "byo":
+        byo(args)
 
 
 if __name__ == "__main__":
