@@ -45,14 +45,24 @@ HARD, SOFT, TEMP, MU = 0.3, 0.7, 20.0, 100.0
 STUDENT = dict(d_model=384, d_ff=1536, num_attention_heads=12, num_hidden_layers=3)
 FIXED = ("textbrewer", "pkd", "lad")  # the order of the first alternation
 DYNAMIC = tuple(f"{c}_dyn" for c in FIXED)  # the same with dynamic padding and masked hidden losses
-CONTENDERS = FIXED + DYNAMIC
+# TinyBERT-style distillation (issue 16): a student of another width than the teacher's, TinyBERT's 4-layer shape
+# scaled to the 6-layer teacher (3 layers, width 312, d_ff 1200, 12 heads); attention-score MSE of the mapped
+# layers, hidden MSE of the mapped layers and the embeddings through a learned projection to width 384
+TINY_STUDENT = dict(d_model=312, d_ff=1200, num_attention_heads=12, num_hidden_layers=3)
+TINYBERT = ("textbrewer_tinybert", "tinybert")
+TINYBERT_DYN = tuple(f"{c}_dyn" for c in TINYBERT)
+CONTENDERS = FIXED + DYNAMIC + TINYBERT + TINYBERT_DYN
 
 
 def padding_of(contender: str) -> str:
     return "dynamic" if contender.endswith("_dyn") else "max_length"
 
 
-def build(args, padding: str = "max_length"):
+def student_of(contender: str) -> dict:
+    return TINY_STUDENT if "tinybert" in contender else STUDENT
+
+
+def build(args, padding: str = "max_length", student_shape: dict = STUDENT):
     """Features, teacher (eval, frozen), student, in a fixed seed; batches padded to max_seq_len or, with
     ``padding="dynamic"``, to the longest row of each batch."""
     import torch
@@ -70,7 +80,7 @@ def build(args, padding: str = "max_length"):
         p.requires_grad_(False)
     cfg = student_config("bert", vocab_size=teacher.config.vocab_size, num_class=2, type_vocab_size=2, dropout=0.1,
                          max_position_embeddings=teacher.config.max_position_embeddings,
-                         pad_token_id=tok.pad_token_id, **STUDENT)
+                         pad_token_id=tok.pad_token_id, **student_shape)
     student = build_from_config(cfg)
     collator = Collator(features, tok.pad_token_id, args.max_seq_len, padding)
     return torch, features, teacher, student, collator
@@ -95,10 +105,20 @@ def worker_toolkit(args, contender: str, t0: float) -> dict:
     from fine_tune.models.padding_free import training_forwards
 
     padding = padding_of(contender)
-    torch, features, teacher, student, collator = build(args, padding)
+    torch, features, teacher, student, collator = build(args, padding, student_of(contender))
     n = total_steps(args)
-    ls, lt = STUDENT["num_hidden_layers"], teacher.config.num_hidden_layers
-    if contender.startswith("pkd"):
+    ls, lt = student_of(contender)["num_hidden_layers"], teacher.config.num_hidden_layers
+    device = device_of(args)
+    optimiser = OptimiserSettings(lr=LR, total_step=n, warmup_step=max(1, n // 10), weight_decay=WEIGHT_DECAY,
+                                  max_norm=MAX_NORM)
+    if contender.startswith("tinybert"):  # as run_tinybert_distil.py --tinybert_stage intermediate
+        from fine_tune.methods import TinyBERT
+
+        method = TinyBERT(ls, lt, 0.0, 1.0, 1.0, 1.0, stage="intermediate", student_heads=12, teacher_heads=12,
+                          padding=padding)
+        method.set_widths(TINY_STUDENT["d_model"], 384, optimiser)
+        method.create_parameters(None, device)
+    elif contender.startswith("pkd"):
         method = PKD(ls, lt, HARD, SOFT, TEMP, MU, padding=padding)
     else:
         gates = OptimiserSettings(lr=5e-7, weight_decay=0.01, max_norm=1.0, total_step=n, warmup_step=max(1, n // 10),
@@ -106,13 +126,16 @@ def worker_toolkit(args, contender: str, t0: float) -> dict:
         method = LAD(ls, lt, HARD, SOFT, TEMP, MU, d_model=384, seq_len=args.max_seq_len, gate_optimiser=gates,
                      padding=padding)
         method.create_parameters(None)
-    device = device_of(args)
-    optimiser = OptimiserSettings(lr=LR, total_step=n, warmup_step=max(1, n // 10), weight_decay=WEIGHT_DECAY,
-                                  max_norm=MAX_NORM)
     settings = TrainSettings(optimiser=optimiser, batch_size=args.batch_size, accum_step=1, ckpt_step=10**9,
                              log_step=args.steps, seed=SEED, tag_prefix="qqp/train/bert")
-    forwards = training_forwards(student, teacher, enabled=True, ignores_padding=method.ignores_padding,
-                                 device_type=device.type)
+    forwards = training_forwards(student, teacher, enabled=not method.reads_attention,
+                                 ignores_padding=method.ignores_padding, device_type=device.type)
+    if method.reads_attention:  # as fine_tune.workflows.training: the attention projections recorded by hooks
+        from dataclasses import replace
+
+        from fine_tune.models.attention_capture import AttentionCapture
+
+        forwards = replace(forwards, student=AttentionCapture(student), teacher=AttentionCapture(teacher))
     if forwards.takes_layout:  # as fine_tune.workflows.training: the packing built on the host, once per batch
         collator.layout = forwards.layout
     collator.pin_memory = device.type == "cuda"
@@ -139,8 +162,12 @@ def worker_textbrewer(args, t0: float, contender: str = "textbrewer") -> dict:
     from fine_tune.batching import MicroBatchStream
 
     padding = padding_of(contender)
-    torch, features, teacher, student, collator = build(args, padding)
+    tiny = "tinybert" in contender
+    torch, features, teacher, student, collator = build(args, padding, student_of(contender))
     device = device_of(args)
+    if tiny:  # Hugging Face returns attention maps (output_attentions) from its eager attention only
+        teacher.set_attn_implementation("eager")
+        student.set_attn_implementation("eager")
     teacher.to(device)
     student.to(device)
     n = total_steps(args)
@@ -156,17 +183,26 @@ def worker_textbrewer(args, t0: float, contender: str = "textbrewer") -> dict:
 
     def adaptor(batch, out):
         res = {"logits": out.logits, "hidden": out.hidden_states, "losses": [out.loss]}
+        if tiny:
+            res["attention"] = out.attentions
         if padding == "dynamic":
             res["inputs_mask"] = batch["attention_mask"]
         return res
 
-    ls = STUDENT["num_hidden_layers"]
+    ls = student_of(contender)["num_hidden_layers"]
     matches = [{"layer_T": 2 * j, "layer_S": j, "feature": "hidden", "loss": "hidden_mse", "weight": MU / ls}
                for j in range(1, ls + 1)]  # hidden_states[0] is the embedding output: index j is layer j
+    if tiny:  # TinyBERT's matches: attention of layers (j, 2j), hidden of (j, 2j) and the embeddings, with proj
+        width = TINY_STUDENT["d_model"]
+        matches = [{"layer_T": 2 * j - 1, "layer_S": j - 1, "feature": "attention", "loss": "attention_mse",
+                    "weight": 1} for j in range(1, ls + 1)]
+        matches += [{"layer_T": 2 * j, "layer_S": j, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
+                     "proj": ["linear", width, 384, {}]} for j in range(0, ls + 1)]
     with tempfile.TemporaryDirectory() as tmp:
         # fp32 always: TextBrewer's fp16 needs NVIDIA apex (amp.initialize), not torch.amp
         tconf = TrainingConfig(device=str(device), log_dir=None, output_dir=tmp, ckpt_steps=10**9, fp16=False)
-        dconf = DistillationConfig(temperature=TEMP, hard_label_weight=HARD, kd_loss_type="ce", kd_loss_weight=SOFT,
+        dconf = DistillationConfig(temperature=TEMP if not tiny else 1.0, hard_label_weight=0.0 if tiny else HARD,
+                                   kd_loss_type="ce", kd_loss_weight=0.0 if tiny else SOFT,
                                    intermediate_matches=matches)
         distiller = GeneralDistiller(tconf, dconf, teacher, student, adaptor, adaptor)
         opt = optimizer_for(student, device)
@@ -174,7 +210,8 @@ def worker_textbrewer(args, t0: float, contender: str = "textbrewer") -> dict:
         with distiller:
             distiller.train(opt, Batches(), num_steps=n, scheduler_class=get_linear_schedule_with_warmup,
                             scheduler_args={"num_warmup_steps": max(1, n // 10), "num_training_steps": n},
-                            max_grad_norm=MAX_NORM, output_hidden_states=True)
+                            max_grad_norm=MAX_NORM, output_hidden_states=True, **({"output_attentions": True}
+                                                                                   if tiny else {}))
         train_s = time.perf_counter() - start
     # TextBrewer fetches one more batch than it trains on only when it cycles past the end: trim to n stamps
     stamps.begin, stamps.widths, stamps.real = stamps.begin[:n], stamps.widths[:n], stamps.real[:n]
@@ -187,6 +224,9 @@ def main(argv=None) -> int:
     p.add_argument("--padding", choices=("fixed", "dynamic", "both"), default="both",
                    help="fixed: every batch padded to max_seq_len (the scripts' default, as LAD's original gates "
                         "need); dynamic: padded to the batch's longest row, hidden losses masked (default: both)")
+    p.add_argument("--methods", choices=("pkd_lad", "tinybert", "all"), default="pkd_lad",
+                   help="pkd_lad: PKD and LAD vs TextBrewer's hidden_mse matches (the default); tinybert: TinyBERT's "
+                        "intermediate stage vs TextBrewer's attention_mse + hidden_mse with proj matches")
     add_worker_args(p, steps=20, rows=2048, repeats=3)
     args = parse_args(p, argv)
     if args is None:
@@ -197,7 +237,9 @@ def main(argv=None) -> int:
         res = worker_textbrewer(args, t0, c) if c.startswith("textbrewer") else worker_toolkit(args, c, t0)
         print(json.dumps(res))
         return 0
-    names = {"fixed": FIXED, "dynamic": DYNAMIC, "both": CONTENDERS}[args.padding]
+    pkd_lad = {"fixed": FIXED, "dynamic": DYNAMIC, "both": FIXED + DYNAMIC}[args.padding]
+    tinybert = {"fixed": TINYBERT, "dynamic": TINYBERT_DYN, "both": TINYBERT + TINYBERT_DYN}[args.padding]
+    names = {"pkd_lad": pkd_lad, "tinybert": tinybert, "all": pkd_lad + tinybert}[args.methods]
     info = machine()
     print(f"distilling {Path(args.model).name} (6 layers) into a 3-layer student on {args.dataset}: {args.steps} timed "
           f"steps (after {args.warm_steps}) x batch {args.batch_size}, max_seq_len {args.max_seq_len}, padding "
@@ -210,7 +252,8 @@ def main(argv=None) -> int:
               f"| {res['wall_s']:.1f} | {res['peak_mib']:.0f} |", flush=True)
 
     runs = alternate(names, args.repeats, lambda c: run_worker(c, args, __file__, ["--padding", args.padding]), show)
-    pairs = [(c, "textbrewer" + c[3:]) for c in names if not c.startswith("textbrewer")]
+    pairs = [(c, "textbrewer_" + c if c.startswith("tinybert") else "textbrewer" + c[3:]) for c in names
+             if not c.startswith("textbrewer")]
     ratios = {c: pair_ratios(runs, c, ref) for c, ref in pairs}
     med = {c: median_of(runs, c, "examples_per_s") for c in names}
     print("\nmedian examples/s: " + ", ".join(f"{c} {med[c]:.2f}" for c in names))
