@@ -128,14 +128,8 @@ def worker_toolkit(args, contender: str, t0: float) -> dict:
         method.create_parameters(None)
     settings = TrainSettings(optimiser=optimiser, batch_size=args.batch_size, accum_step=1, ckpt_step=10**9,
                              log_step=args.steps, seed=SEED, tag_prefix="qqp/train/bert")
-    forwards = training_forwards(student, teacher, enabled=not method.reads_attention,
-                                 ignores_padding=method.ignores_padding, device_type=device.type)
-    if method.reads_attention:  # as fine_tune.workflows.training: the attention projections recorded by hooks
-        from dataclasses import replace
-
-        from fine_tune.models.attention_capture import AttentionCapture
-
-        forwards = replace(forwards, student=AttentionCapture(student), teacher=AttentionCapture(teacher))
+    forwards = training_forwards(student, teacher, enabled=True, ignores_padding=method.ignores_padding,
+                                 device_type=device.type, record_attention=method.reads_attention)
     if forwards.takes_layout:  # as fine_tune.workflows.training: the packing built on the host, once per batch
         collator.layout = forwards.layout
     collator.pin_memory = device.type == "cuda"

@@ -378,3 +378,40 @@ def test_tinybert_head_mean_compares_the_heads_mean_maps():
 
     expected = ((mean_map(sq, sk, 3) - mean_map(tq, tk, 2)) ** 2).mean().item()
     assert abs(got - expected) < 1e-6
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_the_padding_free_forward_records_the_same_attention_inputs(packed):
+    """TinyBERT and MiniLM on a BERT run the toolkit's own forward (fused Q/K/V, real tokens only under --padding
+    dynamic): its recorded projections equal the hooks' on Hugging Face's forward (at every position over the
+    padded grid; at the real tokens when packed), and so do the methods' losses."""
+    from fine_tune.methods.base import ModelOutputs as MO
+    from fine_tune.models.padding_free import PaddingFree
+
+    torch.manual_seed(4)
+    teacher = AutoModelForSequenceClassification.from_config(synthetic.tiny_config("bert", num_layers=4)).eval()
+    student = AutoModelForSequenceClassification.from_config(synthetic.tiny_config("bert", num_layers=2)).eval()
+    ids = torch.randint(5, 100, (3, 7))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[0, 4:] = 0
+    mask[2, 6:] = 0
+    batch = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": mask}
+    padding = "dynamic" if packed else "max_length"
+    methods = [TinyBERT(2, 4, 0.0, 1.0, 1.0, 1.0, student_heads=2, teacher_heads=2, padding=padding),
+               MiniLM(2, 4, 0.0, 0.0, 1.0, 1.0, student_heads=2, teacher_heads=2, padding=padding)]
+    with torch.no_grad():
+        outs = {}
+        for name, wrap in (("hooks", AttentionCapture), ("own", lambda m: PaddingFree(m, packed, record_attention=True))):
+            outs[name] = [forward(wrap(m), batch, True) for m in (student, teacher)]
+        real = mask.bool()[..., None]
+        for a, b in zip(outs["hooks"], outs["own"]):
+            for layer_a, layer_b in zip(a.attention_inputs, b.attention_inputs):
+                for x, y in zip(layer_a, layer_b):
+                    if packed:
+                        assert torch.allclose(x * real, y, atol=1e-5) and not y[~real.expand_as(y)].any()
+                    else:
+                        assert torch.allclose(x, y, atol=1e-5)
+        for method in methods:
+            la = method.losses(batch, *outs["hooks"])["loss"]
+            lb = method.losses(batch, *outs["own"])["loss"]
+            assert torch.allclose(la, lb, atol=1e-5), (method.name, la, lb)

@@ -314,6 +314,8 @@ def _scatter_rows(x: torch.Tensor, index: torch.Tensor, pad_index: torch.Tensor)
 class PaddingFreeOutput:
     logits: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None  # [embeddings, layer 1, ..., layer L], each [B, S, D]
+    # per layer (query, key, value) [B, S, D] (zeros at padding positions when packed), with record_attention
+    attention_inputs: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...] | None = None
 
 
 def _embeddings(emb, input_ids, token_type_ids, pk: Packing) -> torch.Tensor:
@@ -323,12 +325,14 @@ def _embeddings(emb, input_ids, token_type_ids, pk: Packing) -> torch.Tensor:
     return dropout(emb.LayerNorm(x), emb.dropout.p, emb.training)
 
 
-def _layer(layer, x: torch.Tensor, pk: Packing) -> torch.Tensor:
+def _layer(layer, x: torch.Tensor, pk: Packing, qkv_record: list | None = None) -> torch.Tensor:
     sa = layer.attention.self
     w = torch.cat([sa.query.weight, sa.key.weight, sa.value.weight])
     b = torch.cat([sa.query.bias, sa.key.bias, sa.value.bias])
-    attn = pk.attention(F.linear(x, w, b), sa.num_attention_heads, sa.scaling,
-                        sa.dropout.p if sa.training else 0.0)  # [N, D]
+    qkv = F.linear(x, w, b)  # [N, 3D]
+    if qkv_record is not None:  # the attention-reading methods (TinyBERT, MiniLM) read Q, K, V
+        qkv_record.append(qkv)
+    attn = pk.attention(qkv, sa.num_attention_heads, sa.scaling, sa.dropout.p if sa.training else 0.0)  # [N, D]
     so = layer.attention.output
     x = so.LayerNorm(dropout(so.dense(attn), so.dropout.p, so.training) + x)
     inter = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))
@@ -345,12 +349,15 @@ class PaddingFree(torch.nn.Module):
     skipped, but the fused Q/K/V projection and the cheaper CPU dropout masks still apply, and the outputs
     equal Hugging Face's at every position, padding included."""
 
-    def __init__(self, model: torch.nn.Module, packed: bool = True):
+    def __init__(self, model: torch.nn.Module, packed: bool = True, record_attention: bool = False):
         super().__init__()
         if not supports_padding_free(model.config):
             raise ValueError(f"padding-free forward supports BERT only, not {model.config.model_type}")
         self.model = model
         self.packed = packed
+        # return each layer's query/key/value projections (the attention-reading methods), from the fused
+        # projection this forward computes anyway (models/attention_capture.py does it for other forwards)
+        self.record_attention = record_attention
 
     @property
     def config(self):
@@ -372,13 +379,15 @@ class PaddingFree(torch.nn.Module):
         bert = self.model.bert
         x = _embeddings(bert.embeddings, input_ids, token_type_ids, pk)
         hidden = [x] if output_hidden_states else None
+        qkv: list | None = [] if self.record_attention else None
         for layer in bert.encoder.layer:
-            x = _layer(layer, x, pk)
+            x = _layer(layer, x, pk, qkv)
             if hidden is not None:
                 hidden.append(x)
         pooled = bert.pooler.activation(bert.pooler.dense(x.index_select(0, pk.first)))
         logits = self.model.classifier(dropout(pooled, self.model.dropout.p, self.model.training))
-        return PaddingFreeOutput(logits, tuple(pk.pad(h) for h in hidden) if hidden is not None else None)
+        attention = None if qkv is None else tuple(tuple(pk.pad(t).chunk(3, dim=-1)) for t in qkv)
+        return PaddingFreeOutput(logits, tuple(pk.pad(h) for h in hidden) if hidden is not None else None, attention)
 
 
 @dataclass(frozen=True)
@@ -415,17 +424,23 @@ class TrainingForwards:
 
 
 def training_forwards(student: torch.nn.Module, teacher: torch.nn.Module | None, *, enabled: bool,
-                      ignores_padding: bool, device_type: str = "cpu", compile: bool = False) -> TrainingForwards:
+                      ignores_padding: bool, device_type: str = "cpu", compile: bool = False,
+                      record_attention: bool = False) -> TrainingForwards:
     """Choose the training forward: with ``enabled`` (``--padding_free auto``) and a BERT, :class:`PaddingFree`,
     packed when no loss reads padding positions (``ignores_padding``), over the padded grid otherwise; else the
     models' own forward. The teacher gets the same treatment where it is a BERT. ``device_type`` (the student's)
-    prices the attention buckets; ``compile``: the one-bucket plan."""
-    teacher_fwd = teacher
+    prices the attention buckets; ``compile``: the one-bucket plan. ``record_attention`` (TinyBERT, MiniLM): the
+    outputs carry each layer's query/key/value projections, from :class:`PaddingFree` or, for a model running
+    Hugging Face's forward, from :class:`fine_tune.models.attention_capture.AttentionCapture`."""
+    from .attention_capture import AttentionCapture
+
+    own = (lambda m: m) if not record_attention else AttentionCapture
+    teacher_fwd = None if teacher is None else own(teacher)
     if enabled and teacher is not None and supports_padding_free(teacher.config):
-        teacher_fwd = PaddingFree(teacher, packed=ignores_padding)
+        teacher_fwd = PaddingFree(teacher, packed=ignores_padding, record_attention=record_attention)
     if not (enabled and supports_padding_free(student.config)):
-        return TrainingForwards(student, teacher_fwd, "hugging_face")
+        return TrainingForwards(own(student), teacher_fwd, "hugging_face")
     cfg = student.config
-    return TrainingForwards(PaddingFree(student, packed=ignores_padding), teacher_fwd,
+    return TrainingForwards(PaddingFree(student, packed=ignores_padding, record_attention=record_attention), teacher_fwd,
                             "packed" if ignores_padding else "grid", cfg.hidden_size // cfg.num_attention_heads,
                             device_type, compile)

@@ -4,7 +4,6 @@ the collator, choose the training forward, run the one engine."""
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 
 import numpy as np
 
@@ -12,7 +11,6 @@ from ..batching import Collator, cached_features
 from ..engine.trainer import Trainer, TrainSettings
 from ..errors import UserError
 from ..methods import Method
-from ..models.attention_capture import AttentionCapture
 from ..models.padding_free import training_forwards
 from .start import Prepared
 
@@ -37,12 +35,9 @@ def run_training(p: Prepared, flags, model, method: Method, tokenizer, examples,
     features = cached_features(p.data_root / "cache", tokenizer, examples, b.max_seq_len, source_hash)
     if features.labels is None and method.needs_labels:
         raise UserError(f"--dataset {dataset!r} has no labels; train on a labelled split")
-    forwards = training_forwards(model, teacher, enabled=flags.speed.padding_free == "auto" and not method.reads_attention,
+    forwards = training_forwards(model, teacher, enabled=flags.speed.padding_free == "auto",
                                  ignores_padding=method.ignores_padding, device_type=p.device.type,
-                                 compile=flags.speed.compile)
-    if method.reads_attention:  # TinyBERT, MiniLM: Hugging Face's forward, recording the attention projections
-        forwards = replace(forwards, student=AttentionCapture(model),
-                           teacher=AttentionCapture(teacher) if teacher is not None else None)
+                                 compile=flags.speed.compile, record_attention=method.reads_attention)
     # the padding-free forward's packing built on the host from the collator's lengths (no host-device sync)
     collator = Collator(features, tokenizer.pad_token_id, b.max_seq_len, b.padding, teacher_logits,
                         layout=forwards.layout if forwards.takes_layout else None,
