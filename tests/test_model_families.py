@@ -415,3 +415,14 @@ def test_the_padding_free_forward_records_the_same_attention_inputs(packed):
             la = method.losses(batch, *outs["hooks"])["loss"]
             lb = method.losses(batch, *outs["own"])["loss"]
             assert torch.allclose(la, lb, atol=1e-5), (method.name, la, lb)
+
+
+@pytest.mark.parametrize("ls, lt", [(4, 12), (6, 12), (4, 24), (6, 24)])
+def test_tinybert_and_minilm_mappings_for_4_and_6_layer_students(ls, lt):
+    skip = lt // ls
+    tiny = TinyBERT(ls, lt, 0, 1, 1, 1)
+    assert tiny.teacher_layers == [j * skip for j in range(1, ls + 1)]
+    assert tiny.describe_mapping() == "E<-E, " + ", ".join(f"S{j}<-T{j * skip}" for j in range(1, ls + 1))
+    mini = MiniLM(ls, lt, 0, 0, 1, 1, student_heads=2, teacher_heads=2)
+    assert mini.describe_mapping() == f"S{ls}<-T{lt} (attention, value relation)"
+    assert MiniLM(ls, lt, 0, 0, 1, 1, student_heads=2, teacher_heads=2, teacher_layer=lt - 2).teacher_layer == lt - 2
