@@ -5,6 +5,7 @@ against independent computations on real (tiny) models."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -186,6 +187,15 @@ def test_the_projection_gets_gradient_from_every_layerwise_loss():
         assert all(g is not None and g.abs().sum() > 0 for g in grads), method_name
 
 
+def sharpen(model) -> None:
+    """Scale every layer's query and key weights up, so attention maps differ clearly between layers (a random
+    initialisation's are nearly uniform everywhere)."""
+    with torch.no_grad():
+        for layer in model.bert.encoder.layer:
+            layer.attention.self.query.weight.mul_(12.0)
+            layer.attention.self.key.weight.mul_(12.0)
+
+
 def test_tinybert_loss_matches_an_independent_computation_on_real_models(world):
     """The method's intermediate loss on a real teacher/student pair equals the equations computed here from
     the models' own hidden states and weights (Q, K from each layer's input through its query/key layers)."""
@@ -193,6 +203,8 @@ def test_tinybert_loss_matches_an_independent_computation_on_real_models(world):
     teacher = AutoModelForSequenceClassification.from_config(synthetic.tiny_config("bert", num_layers=4)).eval()
     student = AutoModelForSequenceClassification.from_config(
         synthetic.tiny_config("bert", num_layers=2, hidden=24, ff=48)).eval()
+    sharpen(teacher)
+    sharpen(student)
     method = TinyBERT(2, 4, 0.0, 1.0, 1.0, 1.0, stage="intermediate", student_heads=2, teacher_heads=2)
     from fine_tune.engine.optim import OptimiserSettings
 
@@ -223,6 +235,7 @@ def test_tinybert_loss_matches_an_independent_computation_on_real_models(world):
     attn = sum(((scores(student, s_hid, m) - scores(teacher, t_hid, 2 * m)) ** 2).mean() for m in (1, 2))
     hid = sum(((s_hid[m].double() @ w_h.T + b_h - t_hid[2 * m].double()) ** 2).mean() for m in (1, 2))
     emb = ((s_hid[0].double() @ w_h.T + b_h - t_hid[0].double()) ** 2).mean()
+    assert attn.item() > 0.1  # score maps that differ: the comparison can tell layers apart
     assert abs(loss["attention_loss"].item() - attn.item()) < 1e-5
     assert abs(loss["hidden_loss"].item() - hid.item()) < 1e-5
     assert abs(loss["embedding_loss"].item() - emb.item()) < 1e-5
@@ -237,6 +250,8 @@ def test_minilm_attention_kl_matches_hugging_faces_own_attention(world):
         synthetic.tiny_config("bert", num_layers=4), attn_implementation="eager").eval()
     student = AutoModelForSequenceClassification.from_config(
         synthetic.tiny_config("bert", num_layers=2, hidden=16, ff=32), attn_implementation="eager").eval()
+    sharpen(teacher)
+    sharpen(student)
     method = MiniLM(2, 4, 0.0, 0.0, 1.0, 1.0, student_heads=2, teacher_heads=2)
     ids = torch.randint(5, 100, (3, 6))
     mask = torch.ones(3, 6, dtype=torch.long)
@@ -255,6 +270,7 @@ def test_minilm_attention_kl_matches_hugging_faces_own_attention(world):
                 p, r = a_t[b, h, q, :n], a_s[b, h, q, :n]
                 total += float((p * (p / r).log()).sum())
                 count += 1
+    assert total / count > 0.05  # attention maps that differ: the comparison can tell layers apart
     assert abs(parts["attention_kl"].item() - total / count) < 1e-5
     assert parts["value_kl"].item() > 0 and abs(parts["loss"].item() - parts["attention_relation_loss"].item()) < 1e-6
 
@@ -426,3 +442,18 @@ def test_tinybert_and_minilm_mappings_for_4_and_6_layer_students(ls, lt):
     mini = MiniLM(ls, lt, 0, 0, 1, 1, student_heads=2, teacher_heads=2)
     assert mini.describe_mapping() == f"S{ls}<-T{lt} (attention, value relation)"
     assert MiniLM(ls, lt, 0, 0, 1, 1, student_heads=2, teacher_heads=2, teacher_layer=lt - 2).teacher_layer == lt - 2
+
+
+def test_token_types_go_only_to_models_that_read_them(world):
+    """A RoBERTa (one token type) with BERT's WordPiece tokenizer, whose pairs carry type 1: the model is not
+    given the ids (they would index past its one-row table)."""
+    w = world
+    folder = w["base"] / "roberta-wordpiece"
+    shutil.copytree(w["roberta"], folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"):
+        (folder / name).unlink(missing_ok=True)
+    synthetic.tiny_tokenizer("bert").save_pretrained(folder)
+    assert max(max(t) for t in synthetic.tiny_tokenizer("bert")(["a b"], ["c d"])["token_type_ids"]) == 1
+    run(w, "run_fine_tune.py", "--experiment", "rwp", "--model", "roberta", "--ptrain_ver", str(folder),
+        "--max_seq_len", "48", *STEPS)
+    run(w, "run_fine_tune_eval.py", "--experiment", "rwp", "--model", "roberta", "--task", "qqp", "--dataset", "dev")
