@@ -285,7 +285,7 @@ MUTATIONS = [
              "fine_tune/methods/layerwise.py", "            student = self.in_teacher_space(student)\n", "",
              ("tests/test_model_families.py::test_the_projection_gets_gradient_from_every_layerwise_loss",)),
     Mutation("tinybert_padding_keys_kept", "TinyBERT's attention scores keep the padding keys",
-             "fine_tune/methods/tinybert.py", "            scores = scores.masked_fill(~keys, 0.0)", "            pass",
+             "fine_tune/methods/tinybert.py", "            sk, tk = sk * real, tk * real\n", "",
              ("tests/test_attention_losses.py",
               "tests/test_model_families.py::test_tinybert_loss_matches_an_independent_computation_on_real_models")),
     Mutation("tinybert_embeddings_unprojected", "TinyBERT's embedding loss skips the shared W_h",

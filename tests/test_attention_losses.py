@@ -419,3 +419,29 @@ def test_bf16_inputs_computed_in_fp32():
     close(total, ref_minilmv2(sq, sq, sq, tq, tq, tq, 4, mask)[0])
     scores = attention_scores(bf(sq), bf(sq), 2, torch.tensor(mask))
     close(scores, ref_scores(sq, sq, 2, mask))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("head_mean", [False, True])
+def test_attention_mse_from_projections_equals_the_maps_mse(masked, head_mean):
+    """The Gram-matrix form gives the value and the gradients of the MSE of the materialised score maps."""
+    from fine_tune.methods.tinybert import attention_mse_from_projections
+
+    torch.manual_seed(7)
+    b, s = 3, 6
+    mask = torch.ones(b, s)
+    mask[0, 4:] = 0
+    mask[2, 2:] = 0
+    sh, th = (3, 2) if head_mean else (2, 2)
+    sq, sk = torch.randn(b, s, 6, requires_grad=True), torch.randn(b, s, 6, requires_grad=True)
+    tq, tk = torch.randn(b, s, 8), torch.randn(b, s, 8)
+    ss, ts = attention_scores(sq, sk, sh, mask), attention_scores(tq, tk, th, mask)
+    if head_mean:
+        ss, ts = ss.mean(1, keepdim=True), ts.mean(1, keepdim=True)
+    reference = attention_mse(ss, ts, mask, masked)
+    got = attention_mse_from_projections(sq, sk, tq, tk, sh, th, mask, masked, head_mean=head_mean)
+    assert torch.allclose(got, reference, rtol=1e-5, atol=1e-7), (got, reference)
+    g_ref = torch.autograd.grad(reference, (sq, sk))
+    g_got = torch.autograd.grad(got, (sq, sk))
+    for a, c in zip(g_ref, g_got):
+        assert torch.allclose(a, c, rtol=1e-4, atol=1e-6)

@@ -99,6 +99,56 @@ def attention_mse(student_scores: torch.Tensor, teacher_scores: torch.Tensor, ma
         return (squared * pairs).sum() / count.clamp_min(1.0)
 
 
+def attention_mse_from_projections(s_query: torch.Tensor, s_key: torch.Tensor, t_query: torch.Tensor,
+                                   t_key: torch.Tensor, s_heads: int, t_heads: int, mask: torch.Tensor | None,
+                                   masked: bool, head_mean: bool = False) -> torch.Tensor:
+    r""":func:`attention_mse` of the :func:`attention_scores` maps, computed from the projections without forming
+    any [S, S] map. With ``A = Q K^T / sqrt(d)`` (padding keys zeroed: ``K`` masked; under ``masked`` padding
+    queries too)::
+
+        sum_{q,k} (A^S - A^T)^2 = ||A^S||^2 + ||A^T||^2 - 2 <A^S, A^T>
+        ||Q K^T||_F^2 = sum((Q^T Q) * (K^T K)),   <Q_s K_s^T, Q_t K_t^T> = sum((Q_s^T Q_t) * (K_s^T K_t))
+
+    per batch row and head: d x d Gram matrices, O(S d^2) work instead of O(S^2 d) and no B*H*S*S tensor (the
+    equality is exact; the Grams are made in fp32 and combined in float64, so the difference of the large
+    squared norms loses no more than the Grams' own fp32 rounding). ``head_mean``: the heads' mean maps, ``(1/h) sum_i Q_i K_i^T / sqrt(d)``, i.e. ``Q K^T / (h
+    sqrt(d))`` over the full width. Same value and gradient as ``attention_mse(attention_scores(...), ...)``."""
+    if not head_mean and s_heads != t_heads:
+        raise UserError(f"TinyBERT's attention loss compares head by head: the student has {s_heads} attention "
+                        f"heads, the teacher {t_heads}")
+    with _fp32_off(s_query):
+        dev = s_query.device
+        sq, sk = s_query.float(), s_key.float()
+        tq, tk = t_query.to(dev).float(), t_key.to(dev).float()
+        real = None if mask is None else mask.to(dev).float()[..., None]
+        if real is not None:
+            sk, tk = sk * real, tk * real
+            if masked:
+                sq, tq = sq * real, tq * real
+        if head_mean:  # one "head" of the full width, scaled by 1 / (h sqrt(d_head))
+            s_scale = 1.0 / (s_heads * math.sqrt(sq.shape[-1] // s_heads))
+            t_scale = 1.0 / (t_heads * math.sqrt(tq.shape[-1] // t_heads))
+            sq, sk, tq, tk = sq[:, None], sk[:, None], tq[:, None], tk[:, None]
+        else:
+            s_scale, t_scale = 1.0 / math.sqrt(sq.shape[-1] // s_heads), 1.0 / math.sqrt(tq.shape[-1] // t_heads)
+            sq, sk = split_heads(sq, s_heads), split_heads(sk, s_heads)
+            tq, tk = split_heads(tq, t_heads), split_heads(tk, t_heads)
+
+        def gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [B, H, d_a, d_b], float64 from here on
+            return torch.matmul(a.transpose(-1, -2), b).double()
+
+        student = (gram(sq, sq) * gram(sk, sk)).sum() * s_scale ** 2
+        teacher = (gram(tq, tq) * gram(tk, tk)).sum() * t_scale ** 2
+        cross = (gram(sq, tq) * gram(sk, tk)).sum() * (s_scale * t_scale)
+        total = student + teacher - 2 * cross
+        heads = sq.shape[1]
+        if masked and mask is not None:
+            count = heads * mask.to(dev).double().sum(-1).pow(2).sum()
+        else:
+            count = torch.tensor(float(sq.shape[0] * heads * s_query.shape[1] ** 2), dtype=torch.float64, device=dev)
+        return (total / count.clamp_min(1.0)).float()
+
+
 def hidden_mse(student_projected: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None,
                masked: bool) -> torch.Tensor:
     r"""TinyBERT's hidden-state / embedding loss (eq. 9-10), MSE(H^S W_h, H^T) of [B, S, D_t] tensors (the
@@ -260,11 +310,10 @@ class TinyBERT(LayerwiseKD):
         for m, t in enumerate(self.teacher_layers, 1):
             sq, sk, _ = student.attention_inputs[m - 1]
             tq, tk, _ = teacher.attention_inputs[t - 1]
-            s_scores = attention_scores(sq, sk, self.student_heads or 1, mask)
-            t_scores = attention_scores(tq.to(dev), tk.to(dev), self.teacher_heads or 1, mask)
-            if self.attention == "head_mean":  # [B, 1, S, S]: the heads' mean map, whatever their counts
-                s_scores, t_scores = s_scores.mean(1, keepdim=True), t_scores.mean(1, keepdim=True)
-            attention.append(attention_mse(s_scores, t_scores, mask, self.masked))
+            # = attention_mse(attention_scores(...)), without the [B, H, S, S] maps (head_mean: the heads' mean maps)
+            attention.append(attention_mse_from_projections(
+                sq, sk, tq, tk, self.student_heads or 1, self.teacher_heads or 1, mask, self.masked,
+                head_mean=self.attention == "head_mean"))
             hidden.append(hidden_mse(student.hidden_states[m - 1], teacher.hidden_states[t - 1].to(dev), mask,
                                      self.masked))
         embedding = hidden_mse(student.embeddings, teacher.embeddings.to(dev), mask, self.masked)
