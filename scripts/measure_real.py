@@ -141,8 +141,9 @@ def byo(args) -> None:
     then the prediction stage from its export for the other half), MiniLM (MiniLMv2 relation heads: the student's 8
     heads are not the teacher's 12)."""
     teacher_steps = teacher_qqp()
-    sh("run_fine_tune_gen_logits.py", "--experiment", "teacher", "--model", "bert", "--task", "qqp",
-       "--dataset", "train", "--ckpt", str(teacher_steps), "--batch_size", "256")
+    if not (QQP_ROOT / "logits" / "teacher_bert_qqp" / "train" / "meta.json").is_file():  # once for every seed
+        sh("run_fine_tune_gen_logits.py", "--experiment", "teacher", "--model", "bert", "--task", "qqp",
+           "--dataset", "train", "--ckpt", str(teacher_steps), "--batch_size", "256")
     n, half = args.steps, args.steps // 2
     teacher = ["--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", str(teacher_steps)]
     common = ["--model", "bert", "--task", "qqp", "--batch_size", "32", "--lr", str(args.lr), "--padding", "dynamic"]
