@@ -13,7 +13,6 @@ from ..models.init import check_copyable, teacher_layer_map
 from ..tasks import get_task
 from ..tasks.logits import check_teacher_unchanged, read_logits
 from .start import prepare, start_experiment
-from ..models.families import usable_positions
 from .student import build_student, print_notes, resolve_pretrained_student
 from .training import run_training
 
@@ -44,10 +43,7 @@ def run_offline_distill(flags) -> dict | None:
     teacher_logits = logits.logits[: len(examples)]
     max_seq_len = flags.batching.max_seq_len
     max_positions = max(512, max_seq_len) if meta.get("max_position_embeddings") is None else meta["max_position_embeddings"]
-    if student_tokenizer is not None:
-        pre = load_pretrained_config(st.student_ptrain_ver, e.model, "--student_ptrain_ver")
-        cfg.check_max_seq_len(max_seq_len, usable_positions(pre), f"the student {st.student_ptrain_ver}")
-    else:
+    if student_tokenizer is None:  # a pretrained student's positions were checked by resolve_pretrained_student
         cfg.check_max_seq_len(max_seq_len, max_positions, "the student (teacher's position table)")
     record = dict(flags.record(), ptrain_ver=meta.get("ptrain_ver"), teacher_experiment=meta.get("teacher_experiment"),
                   teacher_checkpoint=meta.get("checkpoint"), logits_split=meta.get("split"))

@@ -17,7 +17,7 @@ from ..io_utils import sha256_file
 from ..locking import releases_locks
 from ..methods import get_method
 from ..methods.lad import parse_indices
-from ..models.classifier import check_same_tokenisation, load_pretrained_config, weight_file_hashes
+from ..models.classifier import check_same_tokenisation, weight_file_hashes
 from ..models.families import usable_positions
 from ..tasks import get_task
 from ..teacher import Teacher, open_hf_teacher, open_teacher
@@ -96,8 +96,6 @@ def run_online_distill(flags, method_name: str) -> dict | None:
     examples = task.load(p.data_root, e.dataset, flags.paths.max_examples)
     if student_tokenizer is not None:  # token-level losses need one tokenisation
         check_same_tokenisation(teacher.tokenizer, student_tokenizer, examples, teacher.name, st.student_ptrain_ver)
-        cfg.check_max_seq_len(flags.batching.max_seq_len, usable_positions(load_pretrained_config(
-            st.student_ptrain_ver, e.model, "--student_ptrain_ver")), f"the student {st.student_ptrain_ver}")
     source_hash = sha256_file(data_file)
     ptrain_ver = teacher.record.get("ptrain_ver")
     pairs = method.init_pairs(flags)  # checked (and the pretrained folder found) before anything is written

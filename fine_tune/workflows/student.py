@@ -36,7 +36,8 @@ def check_initialisation(pairs: list[tuple[int, int]], source: str | None, model
 def resolve_pretrained_student(flags, notes: list[str] | None = None):
     """``--student_ptrain_ver``: checked (a model folder of ``--model``'s family, or a hub name) before anything is
     written, and its shape (width, feed-forward size, heads, layers) recorded in place of the shape flags, which
-    do not apply to it (said in ``notes``, printed once the run starts). Returns the flags (unchanged without a
+    do not apply to it (said in ``notes``, printed once the run starts); ``--max_seq_len`` checked against its
+    positions. Returns the flags (unchanged without a
     pretrained student) and the student's tokenizer (None: the student takes the teacher's)."""
     st = flags.student
     if st.student_ptrain_ver is None:
@@ -49,6 +50,10 @@ def resolve_pretrained_student(flags, notes: list[str] | None = None):
         notes.append(f"the student is --student_ptrain_ver {st.student_ptrain_ver} ({config.num_hidden_layers} layers, "
                      f"width {config.hidden_size}, {config.num_attention_heads} heads): --d_model/--d_ff/"
                      f"--num_attention_heads/--num_hidden_layers do not apply")
+    from .. import config as cfg
+    from ..models.families import usable_positions
+
+    cfg.check_max_seq_len(flags.batching.max_seq_len, usable_positions(config), f"the student {st.student_ptrain_ver}")
     tokenizer = load_tokenizer(st.student_ptrain_ver, "--student_ptrain_ver")
     return flags.replace(student=shape), tokenizer
 
