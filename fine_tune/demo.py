@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from . import synthetic
+from .errors import UserError
 from .experiment import REPO_ROOT
+from .io_utils import reset_own_folder
 
 TEACHER = ["--experiment", "teacher", "--model", "bert", "--task", "boolq"]
 STUDENT = ["--experiment", "student", "--model", "bert", "--task", "boolq"]
@@ -36,8 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO_ROOT / "data" / "demo"), help="folder for everything the demo writes")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
+    try:  # a folder the demo wrote before is replaced; any other existing folder is refused
+        reset_own_folder(out, ".fine_tune_demo", ("tiny-bert", "data", "experiments"), "--out")
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
     start = time.time()
     model_dir = synthetic.write_tiny_model(out / "tiny-bert", "bert", num_layers=4, hidden=64, heads=4, ff=128)
     data_root, exp_root = out / "data", out / "experiments"

@@ -20,7 +20,8 @@ from .batching import Collator, Features, cached_features, sequential_batches
 from .engine import distributed
 from .engine.allocator import tune_malloc_for_training
 from .engine.device import Precision, resolve_device, resolve_precision
-from .engine.trainer import forward, to_device
+from .engine.trainer import to_device
+from .models.forward import forward
 from .errors import UserError
 from .experiment import ExperimentDir, roots
 from .io_utils import (TMP_PREFIX, atomic_write, atomic_write_json, atomic_write_text, check_writable, remove_inside,

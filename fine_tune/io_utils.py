@@ -141,6 +141,22 @@ def remove_inside(path: Path, root: Path) -> None:
         where.unlink()
 
 
+def reset_own_folder(path: Path, mark: str, known: tuple[str, ...], flag: str) -> None:
+    """Empty the output folder ``path`` of a tool that re-creates it on every run (the demo, check scripts): only a
+    folder that tool wrote (holding its ``mark`` file, or nothing but ``known`` names) is deleted, so a mistyped
+    ``flag`` never removes a user's folder; then ``path`` is created again, marked."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        names = {p.name for p in path.iterdir()} if path.is_dir() and not path.is_symlink() else None
+        if names is None or not (mark in names or names <= set(known)):
+            from .errors import UserError
+
+            raise UserError(f"{flag} {path}: exists and was not written by this tool; name a new or empty folder")
+        remove_inside(path, path.parent)
+    path.mkdir(parents=True)
+    (path / mark).write_text("written by the fine_tune toolkit; deleted and re-created on every run\n", encoding="utf-8")
+
+
 def read_json_object(path: Path) -> dict:
     """A JSON file holding an object; anything else is a one-line :class:`UserError` naming the file."""
     from .errors import UserError

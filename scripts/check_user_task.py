@@ -22,6 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
+sys.path.insert(0, str(REPO))
+from fine_tune.io_utils import reset_own_folder  # noqa: E402
 
 
 def to_csv(src: Path, dest: Path, labelled: bool) -> None:
@@ -43,7 +45,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/user_task_check"))
     args = ap.parse_args()
     data, exps = args.out / "data", args.out / "exp"
-    shutil.rmtree(args.out, ignore_errors=True)
+    reset_own_folder(args.out, ".check_user_task", ("data", "exp"), "--out")
     shutil.copytree(SHARED / "data" / "qp_pairs" / "QQP", data / "QQP")
     mine = data / "qp_csv"
     mine.mkdir(parents=True)

@@ -274,7 +274,7 @@ MUTATIONS = [
              "fine_tune/teacher.py", "            if self.label_order is not None:\n                reorder_outputs(model, self.label_order)\n",
              "", ("tests/test_model_families.py::test_a_hugging_face_teacher_drives_gen_logits_and_lad",)),
     Mutation("token_types_to_every_model", "token type ids are given to models without a token type table",
-             "fine_tune/engine/trainer.py", "    return config is None or (getattr(config, \"type_vocab_size\", 0) or 0) > 1",
+             "fine_tune/models/forward.py", "    return config is None or (getattr(config, \"type_vocab_size\", 0) or 0) > 1",
              "    return True", ("tests/test_model_families.py::test_token_types_go_only_to_models_that_read_them",)),
     Mutation("projection_not_saved", "the width projection is not saved with the checkpoints and the resume state",
              "fine_tune/methods/layerwise.py",

@@ -305,7 +305,7 @@ def tiny_pair(layers_t=4, layers_s=2):
 
 
 def test_gates_get_gradient_only_from_the_hidden_loss():
-    from fine_tune.engine.trainer import forward
+    from fine_tune.models.forward import forward
 
     teacher, student, batch = tiny_pair()
     method = gated(LAD, 2, 4, 0.5, 0.5, 2.0, 10.0, d_model=D, seq_len=S, gate_optimiser=GATES)

@@ -14,7 +14,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import run_in_process
 from fine_tune import synthetic
-from fine_tune.engine.trainer import forward
+from fine_tune.models.forward import forward
 from fine_tune.methods import MiniLM, TinyBERT
 from fine_tune.methods.base import ModelOutputs, TeacherShape
 from fine_tune.models.attention_capture import AttentionCapture

@@ -64,6 +64,34 @@ def test_remove_inside_refuses_paths_outside_their_root(tmp_path):
     assert not (root / "a").exists()
 
 
+def test_the_demo_replaces_only_a_folder_it_wrote(tmp_path):
+    """``--out`` of the demo (and of the check scripts) is deleted and re-created on every run: only when the
+    tool wrote it. A user's folder named by mistake (or a link to one) is refused and left as it was."""
+    from fine_tune.errors import UserError
+    from fine_tune.io_utils import reset_own_folder
+
+    mine = tmp_path / "mine"
+    (mine / "thesis").mkdir(parents=True)
+    (mine / "thesis" / "ch1.tex").write_text("x")
+    link = tmp_path / "link"
+    link.symlink_to(mine)
+    for path in (mine, link):
+        with pytest.raises(UserError, match="was not written by this tool"):
+            reset_own_folder(path, ".mark", ("data",), "--out")
+    assert (mine / "thesis" / "ch1.tex").read_text() == "x" and link.is_symlink()
+
+    out = tmp_path / "out"
+    reset_own_folder(out, ".mark", ("data",), "--out")
+    (out / "data").mkdir()
+    (out / "stale").write_text("from the last run")
+    reset_own_folder(out, ".mark", ("data",), "--out")  # marked: replaced, whatever it holds
+    assert sorted(p.name for p in out.iterdir()) == [".mark"]
+    old = tmp_path / "old"  # an unmarked folder of the tool's own layout (written before the mark existed)
+    (old / "data").mkdir(parents=True)
+    reset_own_folder(old, ".mark", ("data",), "--out")
+    assert sorted(p.name for p in old.iterdir()) == [".mark"]
+
+
 def hold_lock(folder: Path) -> subprocess.Popen:
     """Another process that holds ``folder``'s writer lock until it is killed; returns once it holds it."""
     code = ("import sys, time; from fine_tune.locking import lock_folder; lock_folder(sys.argv[1], 'experiment'); "

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ..batching import Collator, make_stream
 from ..experiment import ExperimentDir
 from ..methods.base import Method, ModelOutputs
+from ..models.forward import forward
 from ..errors import UserError
 from ..io_utils import atomic_torch_save, remove_inside
 from .allocator import tune_malloc_for_training
@@ -34,9 +35,6 @@ from . import distributed
 from .checkpoint import load_checkpoint_into, load_resume_state, rng_state, save_model_checkpoint, save_resume_state, set_rng_state
 from .device import Precision, same_device
 from .optim import OptimiserSettings, build_adamw, linear_schedule
-
-INPUT_KEYS = ("input_ids", "token_type_ids", "attention_mask")
-
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -68,27 +66,6 @@ class _Optimised:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     settings: OptimiserSettings
-
-
-def reads_token_types(model: torch.nn.Module) -> bool:
-    """Whether ``model`` (or the model inside a DDP / torch.compile / forward wrapper) has a token type table of
-    more than one type: RoBERTa's single type, DistilBERT's and DeBERTa's none are not given the collator's ids."""
-    while not hasattr(model, "config") and (hasattr(model, "module") or hasattr(model, "_orig_mod")):
-        model = getattr(model, "module", None) or model._orig_mod
-    config = getattr(model, "config", None)
-    return config is None or (getattr(config, "type_vocab_size", 0) or 0) > 1
-
-
-def forward(model: torch.nn.Module, batch: dict, hidden: bool) -> ModelOutputs:
-    """The model on a batch; ``batch["model_kwargs"]`` (the collator's extra inputs for the model, e.g. the
-    padding-free forward's host-built packing) is handed to it as it is. A model's output may carry
-    ``attention_inputs`` (the attention-capturing forward of TinyBERT and MiniLM, models/attention_capture.py)."""
-    keys = INPUT_KEYS if reads_token_types(model) else ("input_ids", "attention_mask")
-    out = model(**{k: batch[k] for k in keys}, **batch.get("model_kwargs", {}), output_hidden_states=hidden,
-                return_dict=True)
-    return ModelOutputs(logits=out.logits, hidden_states=tuple(out.hidden_states[1:]) if hidden else None,
-                        attention_mask=batch["attention_mask"], embeddings=out.hidden_states[0] if hidden else None,
-                        attention_inputs=getattr(out, "attention_inputs", None))
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

@@ -93,6 +93,17 @@ def quiet_hf():
         hf_logging.enable_progress_bar()
 
 
+def _from_pretrained(source: str, config: PretrainedConfig, family, flag: str):
+    """``AutoModelForSequenceClassification`` weights of ``source`` in ``config``, with the loading info; a source
+    that cannot be read is a one-line :class:`UserError` naming ``flag``."""
+    try:
+        with quiet_hf():
+            return AutoModelForSequenceClassification.from_pretrained(
+                source, config=config, attn_implementation=family.attn_implementation, output_loading_info=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{flag} {source!r}: could not load the weights ({str(e).splitlines()[0]})") from None
+
+
 def build_pretrained_classifier(ptrain_ver: str, model: str, num_class: int, dropout: float) -> PreTrainedModel:
     """The teacher: pretrained encoder + new classification head."""
     config = load_pretrained_config(ptrain_ver, model)
@@ -100,23 +111,13 @@ def build_pretrained_classifier(ptrain_ver: str, model: str, num_class: int, dro
     config.num_labels = num_class
     for name, value in family.dropout_kwargs(dropout).items():  # set on the config: DeBERTa's cls_dropout is optional
         setattr(config, name, value)
-    try:
-        with quiet_hf():
-            return AutoModelForSequenceClassification.from_pretrained(
-                ptrain_ver, config=config, attn_implementation=family.attn_implementation)
-    except (OSError, ValueError) as e:
-        raise UserError(f"--ptrain_ver {ptrain_ver!r}: could not load the weights ({str(e).splitlines()[0]})") from None
+    return _from_pretrained(ptrain_ver, config, family, "--ptrain_ver")[0]
 
 
 def load_classifier(source: str, config: PretrainedConfig, flag: str) -> PreTrainedModel:
     """A fine-tuned sequence classifier as it was saved (its own head and labels), e.g. ``--teacher_hf``."""
     family = get_family(config.model_type, f"{flag} {source!r}: model type")
-    try:
-        with quiet_hf():
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                source, config=config, attn_implementation=family.attn_implementation, output_loading_info=True)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{flag} {source!r}: could not load the weights ({str(e).splitlines()[0]})") from None
+    model, info = _from_pretrained(source, config, family, flag)
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise UserError(f"{flag} {source!r}: no weights for {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "

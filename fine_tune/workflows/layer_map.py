@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from ..batching import Collator, cached_features
-from ..engine.trainer import forward, to_device
+from ..engine.trainer import to_device
+from ..models.forward import forward
 from ..io_utils import sha256_file
 from ..methods.layerwise import LayerwiseKD
 from ..plots import write_layer_map

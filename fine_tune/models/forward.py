@@ -1,0 +1,31 @@
+"""One forward pass of any sequence classifier on a collated batch, as every loss reads it (ModelOutputs): the
+training engine, evaluation and the layer-map probe all run models through :func:`forward`."""
+
+from __future__ import annotations
+
+import torch
+
+from ..methods.base import ModelOutputs
+
+INPUT_KEYS = ("input_ids", "token_type_ids", "attention_mask")
+
+
+def reads_token_types(model: torch.nn.Module) -> bool:
+    """Whether ``model`` (or the model inside a DDP / torch.compile / forward wrapper) has a token type table of
+    more than one type: RoBERTa's single type, DistilBERT's and DeBERTa's none are not given the collator's ids."""
+    while not hasattr(model, "config") and (hasattr(model, "module") or hasattr(model, "_orig_mod")):
+        model = getattr(model, "module", None) or model._orig_mod
+    config = getattr(model, "config", None)
+    return config is None or (getattr(config, "type_vocab_size", 0) or 0) > 1
+
+
+def forward(model: torch.nn.Module, batch: dict, hidden: bool) -> ModelOutputs:
+    """The model on a batch; ``batch["model_kwargs"]`` (the collator's extra inputs for the model, e.g. the
+    padding-free forward's host-built packing) is handed to it as it is. A model's output may carry
+    ``attention_inputs`` (the attention-capturing forward of TinyBERT and MiniLM, models/attention_capture.py)."""
+    keys = INPUT_KEYS if reads_token_types(model) else ("input_ids", "attention_mask")
+    out = model(**{k: batch[k] for k in keys}, **batch.get("model_kwargs", {}), output_hidden_states=hidden,
+                return_dict=True)
+    return ModelOutputs(logits=out.logits, hidden_states=tuple(out.hidden_states[1:]) if hidden else None,
+                        attention_mask=batch["attention_mask"], embeddings=out.hidden_states[0] if hidden else None,
+                        attention_inputs=getattr(out, "attention_inputs", None))
