@@ -3,10 +3,14 @@
 
 Every evaluated experiment is a row (seeds of one config are grouped into mean ± std with n); each number
 names its checkpoint and the rule that chose it (--rule / --select_on). --compare A B adds a paired bootstrap
-95 % interval of the accuracy difference. Example:
+95 % interval of the accuracy difference. The same table is written as numbers beside the markdown (.csv, .json);
+ONNX exports (export_model.py --format onnx) add their ONNX Runtime examples/s. --commands prints each row's
+command lines, --plot the Pareto plot (main metric vs parameters and vs examples/s: <out>-pareto.png and .json),
+--curves GLOBS the learning curves from the TensorBoard logs (<out>-curves.png and .json). Example:
 
     python results_table.py --task qqp --select_on dev
     python results_table.py --task boolq --compare lad_bert_boolq pkd_bert_boolq
+    python results_table.py --task qqp --select_on dev --commands --plot --curves 'lad_s*'
 """
 import pathlib
 import sys

@@ -190,10 +190,22 @@ class RunFlags:
     seed: int = flag(42, "random seed (Python, NumPy, torch)")
     ckpt_step: int = flag(1000, "save model-{step}.pt every N optimizer steps (and at the end)")
     log_step: int = flag(500, "TensorBoard scalars every N optimizer steps")
-    save_total_limit: int = flag(None, "keep only the newest K checkpoints (default: keep all, as the original)")
+    save_total_limit: int = flag(None, "keep only the newest K checkpoints (default: keep all, as the original); "
+                                       "with --eval_dataset the best checkpoint on the task's main metric is kept too")
+    eval_dataset: str = flag(None, "evaluate the student on this labelled split while training (default: no "
+                                   "evaluation during training, as the original: run_fine_tune_eval.py afterwards)")
+    eval_step: int = flag(None, "with --eval_dataset: evaluate every N optimizer steps (default: at each checkpoint "
+                                "only); every checkpoint is evaluated too")
+    eval_batch_size: int = flag(128, "rows per forward pass of the evaluation during training")
+    early_stop_patience: int = flag(None, "with --eval_dataset: stop after P evaluations without a better main metric "
+                                          "(default: never stop early)")
 
     def __post_init__(self) -> None:
-        _positive(self, "ckpt_step", "log_step", "save_total_limit")
+        _positive(self, "ckpt_step", "log_step", "save_total_limit", "eval_step", "eval_batch_size",
+                  "early_stop_patience")
+        for name in ("eval_step", "early_stop_patience"):
+            if getattr(self, name) is not None and not self.eval_dataset:
+                raise UserError(f"--{name} needs --eval_dataset (the split to evaluate on)")
         if not 0 <= self.seed < SEED_RANGE:
             raise UserError(f"--seed must lie in [0, 2^63), got {self.seed}")
 
@@ -466,7 +478,17 @@ class ForeignTeacherFlags:
 @dataclass(frozen=True)
 class ExportFlags:
     key: ClassVar[str] = "export"
-    out: str = flag(None, "output folder (default: <experiment folder>/hf-model-<step>)")
+    out: str = flag(None, "output folder (default: <experiment folder>/hf-model-<step>, or onnx-model-<step> with "
+                          "--format onnx)")
+    format: str = flag("hf", "hf: a Hugging Face model folder (the default); onnx: an ONNX model (dynamic batch and "
+                             "sequence axes) checked against PyTorch's logits on the task's dev rows",
+                       choices=("hf", "onnx"))
+    quantize: str = flag(None, "with --format onnx: also write an ONNX Runtime dynamically quantized model "
+                               "(int8), with its dev accuracy next to the fp32 one", choices=("int8",))
+
+    def __post_init__(self) -> None:
+        if self.quantize and self.format != "onnx":
+            raise UserError(f"--quantize {self.quantize} needs --format onnx")
 
 
 @dataclass(frozen=True)
@@ -486,7 +508,13 @@ class ResultsFlags:
     compare_split: str = flag(None, "split of --compare (default: val for boolq, dev for qqp)")
     resamples: int = flag(10000, "bootstrap resamples")
     bootstrap_seed: int = flag(0, "bootstrap random seed")
-    out: str = flag(None, "markdown file to write (default: <exp_root>/results-<task>.md)")
+    out: str = flag(None, "markdown file to write (default: <exp_root>/results-<task>.md); the CSV and JSON of the "
+                          "same table are written beside it (.csv, .json)")
+    commands: bool = flag(False, "also print each row's exact command (each run's, from its config.json)")
+    plot: bool = flag(False, "also draw the students' main metric against parameters and against inference "
+                             "examples/s (teacher and Pareto front marked) as <out>-pareto.png, its data as .json")
+    curves: str = flag(None, "comma-separated globs of experiments whose learning curves (loss and evaluation metric "
+                             "vs step, from their TensorBoard logs) to draw as <out>-curves.png, its data as .json")
 
     def __post_init__(self) -> None:
         _positive(self, "resamples")
@@ -568,10 +596,40 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser(prog: str, description: str, groups: Sequence[type]) -> argparse.ArgumentParser:
-    """A parser with the flags of ``groups`` (each flag in exactly one group)."""
-    parser = _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    seen: set[str] = set()
+class _ProbeFailed(Exception):
+    pass
+
+
+class _Probe(argparse.ArgumentParser):
+    """The flags' parser without defaults, types and choices: what it returns is what the command line gives.
+    Its errors are the real parser's to report."""
+
+    def error(self, message: str) -> None:
+        raise _ProbeFailed(message)
+
+
+CONFIG_HELP = ("re-issue a run: every flag from FILE, a run's config.json; flags given on the command line "
+               "override it (README.md, 'Re-run from a config')")
+
+
+def _kind(f: dataclasses.Field) -> type:
+    return f.type if isinstance(f.type, type) else {"str": str, "int": int, "float": float, "bool": bool,
+                                                    "tuple": str}[f.type]
+
+
+def build_parser(prog: str, description: str, groups: Sequence[type], *, required: bool = True,
+                 probe: bool = False) -> argparse.ArgumentParser:
+    """A parser with ``--config`` and the flags of ``groups`` (each flag in exactly one group). ``required=False``:
+    no flag is required (``--config`` may give them; :func:`parse_flags` checks). ``probe``: the same flags without
+    defaults, types or choices (:func:`_given_flags`)."""
+    if probe:
+        parser: argparse.ArgumentParser = _Probe(prog=prog, add_help=False)
+        parser.add_argument("-h", "--help", action="store_true", default=argparse.SUPPRESS)
+    else:
+        parser = _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument_group("config").add_argument("--config", metavar="FILE", help=CONFIG_HELP,
+                                                     default=argparse.SUPPRESS if probe else None)
+    seen: set[str] = {"config"}
     for group in groups:
         g = parser.add_argument_group(group.key)
         for f in dataclasses.fields(group):
@@ -580,21 +638,169 @@ def build_parser(prog: str, description: str, groups: Sequence[type]) -> argpars
             seen.add(f.name)
             meta = dict(f.metadata)
             help_ = meta.pop("help", "")
-            kind = f.type if isinstance(f.type, type) else {"str": str, "int": int, "float": float, "bool": bool,
-                                                            "tuple": str}[f.type]
-            if kind is bool:
+            kind = _kind(f)
+            if probe:
+                shape = {"action": "store_true"} if kind is bool else {"nargs": meta.get("nargs")}
+                g.add_argument(f"--{f.name}", default=argparse.SUPPRESS, **shape)
+            elif kind is bool:
                 g.add_argument(f"--{f.name}", action="store_true", default=f.default, help=help_)
             else:
+                if not required:
+                    meta.pop("required", None)
                 g.add_argument(f"--{f.name}", type=kind, default=f.default, help=help_, **meta)
     return parser
 
 
+def _given_flags(prog: str, groups: Sequence[type], argv: list[str]) -> dict[str, Any] | None:
+    """The flags the command line gives (by name, their raw strings), parsed as the real parser parses them
+    (``--flag=value``, unique abbreviations); None where it cannot be parsed (the real parser says why)."""
+    try:
+        given, _ = build_parser(prog, "", groups, probe=True).parse_known_args(argv)
+    except _ProbeFailed:
+        return None
+    return {k: v for k, v in vars(given).items() if k != "help"}
+
+
 def parse_flags(prog: str, description: str, groups: Sequence[type], argv: Sequence[str] | None = None) -> Flags:
-    """Parse ``argv`` into one instance per group; a bad value is a :class:`UserError` (one line, exit 2)."""
-    ns = build_parser(prog, description, groups).parse_args(argv)
-    values = vars(ns)
-    return Flags({group.key: group(**{f.name: values[f.name] for f in dataclasses.fields(group)})
-                  for group in groups})
+    """Parse ``argv`` into one instance per group; a bad value is a :class:`UserError` (one line, exit 2).
+
+    ``--config FILE`` (a run's config.json): the file's fields are the flags' values, flags given on the command
+    line override them, then every group validates the merged values as it validates flags. The result then has
+    a ``rerun`` entry (:class:`ConfigSource`), so a training run records ``config_from`` and ``overrides``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    given = _given_flags(prog, groups, argv)
+    with_config = given is not None and given.get("config") is not None
+    parser = build_parser(prog, description, groups, required=not with_config)
+    values = vars(parser.parse_args(argv))
+    source = None
+    if values.pop("config") is not None:
+        if given is None:  # not reached: what the probe cannot parse, the parser refuses; flags not at their default
+            given = {k: v for k, v in values.items() if v != parser.get_default(k)}
+        values, source = _merge_config(parser, groups, values, set(given) - {"config"}, given["config"])
+    parsed = {group.key: group(**{f.name: values[f.name] for f in dataclasses.fields(group)}) for group in groups}
+    if source is not None:
+        parsed[source.key] = source
+    return Flags(parsed)
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Not flags: where the flags of a run started with ``--config`` came from, in its ``Flags`` (key ``rerun``) so
+    that ``Flags.record()`` and so its config.json hold them (config.RERUN_FIELDS, runtime fields)."""
+
+    key: ClassVar[str] = "rerun"
+    config_from: str  # the config file, absolute
+    overrides: dict  # flags given on the command line whose value differs from the file's
+
+
+# A run's own config.json read by a script that trains nothing (evaluation, logits, predictions, export, tables):
+# the fields that name the experiment and where and how it runs; the run's other flags (its training split,
+# batch size, max_seq_len...) mean something else there. Fields no training run records fill such a script's
+# flags of the same name (a config.json written by hand).
+IDENTITY_FIELDS = frozenset({"experiment", "model", "task", "data_root", "exp_root", "device_id", "num_gpu", "amp",
+                             "amp_dtype"})
+# An instruction to one invocation, never taken from a file: give it on the command line.
+NOT_FROM_CONFIG = frozenset({"overwrite"})
+
+
+def _all_flag_groups() -> list[type]:
+    from .methods.registry import METHODS
+
+    own = [obj for obj in globals().values() if isinstance(obj, type) and dataclasses.is_dataclass(obj)
+           and isinstance(getattr(obj, "key", None), str) and obj is not ConfigSource]
+    return own + [g for method in METHODS.values() for g in method.flag_groups]
+
+
+def _training_fields() -> set[str]:
+    """The flags a training run records (Flags.record()) and the values it resolves."""
+    from . import config as cfg
+    from .methods.registry import METHODS
+
+    groups = {*FINE_TUNE, *OFFLINE_DISTILL, *LAYERWISE, *(g for m in METHODS.values() for g in m.flag_groups)}
+    return {f.name for g in groups for f in dataclasses.fields(g)} | set(cfg.RESOLVED_FIELDS)
+
+
+def read_config(path: str) -> dict[str, Any]:
+    """``--config FILE``: a JSON object; anything else one line naming the file."""
+    from pathlib import Path
+
+    from .io_utils import read_json_object
+
+    if Path(path).is_dir():
+        raise UserError(f"--config {path}: a folder, not a file (give the run's config.json)")
+    try:
+        return read_json_object(Path(path))
+    except UserError as e:
+        raise UserError(f"--config {e}") from None
+    except OSError as e:
+        raise UserError(f"--config {path}: cannot be read ({e.strerror})") from None
+
+
+_WHAT = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _config_value(path: str, f: dataclasses.Field, value: Any) -> Any:
+    """A config.json value for the flag ``f``, as the flag's type (a number for a float flag: a float); a value
+    the flag could not take is one line naming the file and the field."""
+    import json
+
+    kind, nargs = _kind(f), f.metadata.get("nargs")
+    if value is None and f.default is None:
+        return None
+    if nargs is not None:
+        ok = (isinstance(value, list) and all(isinstance(v, str) for v in value)
+              and (len(value) == nargs if isinstance(nargs, int) else len(value) >= 1))
+        what = f"a list of {nargs} strings" if isinstance(nargs, int) else "a list of strings"
+    elif kind is bool:
+        ok, what = isinstance(value, bool), _WHAT[bool]
+    elif kind in (int, float):
+        ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+        what = _WHAT[kind]
+        value = kind(value) if ok else value
+    else:
+        ok, what = isinstance(value, kind), _WHAT.get(kind, kind.__name__)
+    shown = json.dumps(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    if not ok:
+        raise UserError(f"--config {path}: field \"{f.name}\": --{f.name} takes {what}, got {shown}")
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise UserError(f"--config {path}: field \"{f.name}\": --{f.name} takes one of {', '.join(map(str, choices))}, "
+                        f"got {shown}")
+    return value
+
+
+def _merge_config(parser: argparse.ArgumentParser, groups: Sequence[type], values: dict[str, Any], given: set[str],
+                  path: str) -> tuple[dict[str, Any], ConfigSource]:
+    """The flags' values from the config file ``path`` where the command line does not give them, and the record
+    of where they came from. A field no script has as a flag and no run records is refused, a value a flag cannot
+    take too; a field this script does not take (another script's flag, a resolved value) is ignored."""
+    import os
+
+    from . import config as cfg
+
+    record = read_config(path)
+    known = {f.name for g in _all_flag_groups() for f in dataclasses.fields(g)} | cfg.recorded_fields()
+    for name in record:
+        if name not in known:
+            raise UserError(f"--config {path}: unknown field \"{name}\" (no script has a flag --{name}, and no run "
+                            f"records such a field)")
+    fields = {f.name: f for g in groups for f in dataclasses.fields(g)}
+    trains = any(g.key == "optimiser" for g in groups)
+    training_fields = set() if trains else _training_fields()
+    from_file: dict[str, Any] = {}
+    for name, value in record.items():
+        if name in fields and name not in NOT_FROM_CONFIG and (
+                trains or name in IDENTITY_FIELDS or name not in training_fields):
+            from_file[name] = _config_value(path, fields[name], value)
+    merged = {**values, **{k: v for k, v in from_file.items() if k not in given}}
+    missing = [f"--{name}" for name, f in fields.items() if f.metadata.get("required") and merged[name] is None]
+    if missing:  # argparse's message, as without --config, naming the file
+        parser.error(f"the following arguments are required: {', '.join(missing)} (neither on the command line nor "
+                     f"in --config {path})")
+    overrides = {name: values[name] for name in fields
+                 if name in given and values[name] != from_file.get(name, fields[name].default)}
+    return merged, ConfigSource(config_from=os.path.abspath(path), overrides=overrides)
 
 
 def run_main(main, argv: Sequence[str] | None = None) -> int:

@@ -11,15 +11,20 @@ from .errors import UserError
 from .io_utils import atomic_write_json, read_json_object
 
 # Fields that may differ between two runs of the same experiment (where it runs, not what it computes).
+# config_from and overrides: the config.json a run was re-issued from with --config and the flags given on its
+# command line that differ from it (fine_tune/cli.py); only a run started with --config records them.
+RERUN_FIELDS = ("config_from", "overrides")
 RUNTIME_FIELDS = frozenset({"device_id", "num_gpu", "tdevice_id", "gate_device_id", "data_root", "exp_root",
                             "overwrite", "provenance", "amp_dtype_resolved",
-                            "save_total_limit"})
+                            "save_total_limit", "eval_dataset", "eval_step", "eval_batch_size", *RERUN_FIELDS})
 
 # Flags added after experiments already existed, with the value that means "as before": an older config.json
 # without the field matches a new run that leaves it at that value (so older runs still resume).
 ADDED_FIELDS: dict[str, Any] = {"init_embeddings": False, "group_by_length": False, "padding_free": "auto",
                                 "compile": False, "student_ptrain_ver": None, "teacher_hf": None,
-                                "teacher_label_map": None, "teacher_label_order": None}
+                                "teacher_label_map": None, "teacher_label_order": None,
+                                "early_stop_patience": None, "eval_dataset": None, "eval_step": None,
+                                "eval_batch_size": 128}
 
 
 def as_before(old: dict[str, Any] | None, record: dict[str, Any]) -> dict[str, Any]:
@@ -36,6 +41,21 @@ LEGACY_FIELDS: dict[str, Any] = {
     "gate_no_decay": ["bias", "LayerNorm.weight"],  # LAD gates: their layernorm.weight was decayed
     "pkd_cls_reduction": "sum",  # PKD normalized_cls: summed over layers and hidden dimensions
 }
+
+
+# Fields config.json holds besides the flags: what a workflow resolves on the way (from the teacher, the logits
+# data set, a task of your own: workflows/*.py, start.py) and what a method adds (Method.record()). --config
+# takes none of them but a script's own flag of that name (ptrain_ver): a re-issued run resolves them again;
+# tests/test_config_rerun.py checks that runs record no others.
+RESOLVED_FIELDS = frozenset({"task_definition", "ptrain_ver", "teacher_experiment", "teacher_checkpoint",
+                             "logits_split", "method", "teacher_layers", "teacher_label_order", "hidden_mapping",
+                             "gate_no_decay", "pkd_cls_reduction", "tinybert_layers"})
+
+
+def recorded_fields() -> frozenset[str]:
+    """Every field a config.json may hold that is not a flag: resolved and method fields, runtime fields
+    (provenance, config_from, overrides), added and fidelity-fix fields."""
+    return RESOLVED_FIELDS | RUNTIME_FIELDS | frozenset(ADDED_FIELDS) | frozenset(LEGACY_FIELDS)
 
 
 def check_max_seq_len(max_seq_len: int, max_positions: int, source: str) -> None:

@@ -186,24 +186,84 @@ def run_eval(flags) -> dict:
     best = {m: best_row(rows, m) for m in metric_names}
     for m in metric_names:
         print(f"best {m}: {best[m][m]:.6f} at model-{best[m]['ckpt']}.pt")
-    table = {"experiment": le.exp.name, "task": e.task, "split": e.dataset, "num_rows": len(examples),
+    return write_eval_table(le.exp, le.task, e.dataset, examples, features.labels, rows, predictions,
+                            inference_record(le.device, le.precision, batch_size), write=main)
+
+
+def inference_record(device, precision: Precision, batch_size: int) -> dict:
+    return {"device": str(device), "precision": precision.describe(), "batch_size": batch_size,
+            "note": "median over the checkpoints of rows/s of the forward passes (length-sorted batches), "
+                    "tokenisation and checkpoint loading excluded"}
+
+
+def write_eval_table(exp: ExperimentDir, task: Task, split: str, examples, labels, rows: list[dict],
+                     predictions: dict[str, np.ndarray], inference: dict, write: bool = True,
+                     selection: str = "best on this split; ties go to the later checkpoint") -> dict:
+    """``eval-{split}.json`` (a row of metrics per checkpoint, the best per metric) and its predictions file, as
+    ``run_fine_tune_eval.py`` and the evaluation during training write them. ``write=False``: the table only."""
+    metric_names = list(task.metrics)
+    best = {m: best_row(rows, m) for m in metric_names}
+    table = {"experiment": exp.name, "task": task.name, "split": split, "num_rows": len(examples),
              "rows": rows, "best": {m: {"ckpt": best[m]["ckpt"], "value": best[m][m]} for m in metric_names},
-             "selection": "best on this split; ties go to the later checkpoint",
-             "inference": {"examples_per_s": statistics.median(r["examples_per_s"] for r in rows),
-                           "device": str(le.device), "precision": le.precision.describe(), "batch_size": batch_size,
-                           "note": "median over the checkpoints of rows/s of the forward passes (length-sorted "
-                                   "batches), tokenisation and checkpoint loading excluded"}}
-    if not main:
+             "selection": selection,
+             "inference": {"examples_per_s": statistics.median(r["examples_per_s"] for r in rows), **inference}}
+    if not write:
         return table
     # the predictions first, then the table naming their sha256: a reader never combines the two of different
     # evaluations (selection.read_predictions checks it)
-    with atomic_write(predictions_path(le.exp, e.dataset)) as f:
+    with atomic_write(predictions_path(exp, split)) as f:
         np.savez(f, idx=np.asarray([ex.idx for ex in examples], dtype=np.int64),
-                 labels=np.asarray(features.labels, dtype=np.float32 if le.task.regression else np.int16),
-                 **predictions)
-    table["predictions_sha256"] = sha256_file(predictions_path(le.exp, e.dataset))
-    atomic_write_json(le.exp.path / f"eval-{e.dataset}.json", table)
+                 labels=np.asarray(labels, dtype=np.float32 if task.regression else np.int16), **predictions)
+    table["predictions_sha256"] = sha256_file(predictions_path(exp, split))
+    atomic_write_json(exp.path / f"eval-{split}.json", table)
     return table
+
+
+class TrainingEvaluator:
+    """The evaluation during training of one run (``--eval_dataset``): the student's metrics on the split (every
+    rank predicts its share, each row once: :func:`predict_logits`), and at checkpoints the same evaluation table
+    ``run_fine_tune_eval.py`` writes (``eval-{split}.json`` and its predictions), so ``--ckpt best`` and
+    ``results_table.py`` find the best checkpoint. An engine :class:`~fine_tune.engine.evaluation.Evaluator`."""
+
+    def __init__(self, exp: ExperimentDir, task: Task, split: str, examples, features: Features, pad_token_id: int,
+                 max_seq_len: int, batch_size: int, device, precision: Precision, every: int | None,
+                 patience: int | None):
+        from .engine.evaluation import EvalSettings
+
+        self.exp, self.task, self.split, self.examples, self.features = exp, task, split, examples, features
+        self.pad_token_id, self.max_seq_len, self.batch_size = pad_token_id, max_seq_len, batch_size
+        self.device, self.precision = device, precision
+        self.settings = EvalSettings(split=split, every=every, patience=patience, metric=task.main_metric,
+                                     tag_prefix=f"{task.name}/{split}", tags={m: TAGS.get(m, m) for m in task.metrics})
+        self.predictions: dict[int, np.ndarray] = {}  # step -> predictions, of the checkpoints and the latest
+
+    def evaluate(self, model: torch.nn.Module, step: int) -> dict[str, float]:
+        start = time.perf_counter()
+        logits = predict_logits(model, self.features, self.pad_token_id, self.max_seq_len, self.batch_size,
+                                self.device, self.precision)
+        seconds = time.perf_counter() - start
+        preds = self.task.predictions(logits)
+        self.predictions[step] = preds.astype(np.float32 if self.task.regression else np.int16)
+        return {**metrics(self.task, self.features.labels, preds),
+                "examples_per_s": round(len(self.examples) / max(seconds, 1e-9), 2)}
+
+    def _keep(self, steps: list[int]) -> None:
+        self.predictions = {s: p for s, p in self.predictions.items() if s in steps}
+
+    def write_table(self, rows: list[dict]) -> None:
+        ckpt_rows = [{"ckpt": r["step"], **{k: v for k, v in r.items() if k not in ("step", "checkpoint")}}
+                     for r in rows if r["checkpoint"]]
+        self._keep([r["ckpt"] for r in ckpt_rows])
+        write_eval_table(self.exp, self.task, self.split, self.examples, self.features.labels, ckpt_rows,
+                         {f"pred_{s}": p for s, p in sorted(self.predictions.items())},
+                         inference_record(self.device, self.precision, self.batch_size),
+                         selection="best on this split; ties go to the later checkpoint (evaluated during training)")
+
+    def state_dict(self) -> dict:
+        return {"predictions": {str(s): torch.from_numpy(p.copy()) for s, p in self.predictions.items()}}
+
+    def load_state_dict(self, state: dict, steps: list[int]) -> None:
+        self.predictions = {int(s): t.numpy() for s, t in state["predictions"].items() if int(s) in steps}
 
 
 def _still_there(le: LoadedExperiment, step: int, read) -> bool:

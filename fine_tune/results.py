@@ -7,6 +7,12 @@ the table's caption; the student's parameters and checkpoint size next to its te
 inference throughput; and the hyper-parameters that differ between the rows. Experiments whose configs differ
 only in ``--seed`` (and name) are one row: mean ± sample std over the n seeds.
 
+One source of truth: :func:`row_record` computes each row's numbers (per split and metric the mean, sample std, n
+and per-seed values, the checkpoints, sizes, throughputs, hyper-parameters and commands); the markdown cells are
+formatted from those records, and the same records are written as CSV and JSON beside the markdown. An ONNX export
+of a row's first run (``onnx-model-<step>/export.json``) adds its ONNX Runtime examples/s. The Pareto plot and the
+learning curves (``--plot``, ``--curves``) live in :mod:`fine_tune.result_plots`.
+
 :func:`paired_bootstrap` compares two experiments' per-example predictions on one split (Efron & Tibshirani
 1993; Koehn 2004 for its use in NLP): resample the examples with replacement B times, keeping each example's
 pair of outcomes together, and take the 2.5 / 97.5 percentiles of the accuracy difference.
@@ -15,6 +21,7 @@ pair of outcomes together, and take the 2.5 / 97.5 percentiles of the accuracy d
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
 import os
 import statistics
@@ -26,7 +33,7 @@ import numpy as np
 from .config import RUNTIME_FIELDS, load_config
 from .errors import UserError
 from .experiment import CKPT_RE, ExperimentDir, check_name, default_exp_root
-from .io_utils import atomic_write_text
+from .io_utils import atomic_write, atomic_write_json, atomic_write_text, check_writable
 from .selection import Rule, read_eval, read_predictions, select_row
 from .tasks.metrics import SHORT
 from .tasks import get_task
@@ -46,9 +53,9 @@ class Experiment:
         return self.exp.name
 
 
-def scan(exp_root: Path, task: str, patterns: list[str] | None = None) -> list[Experiment]:
+def scan(exp_root: Path, task: str, patterns: list[str] | None = None, evaluated: bool = True) -> list[Experiment]:
     """Every experiment folder of ``task`` under ``exp_root`` (matching a ``--experiments`` glob when given)
-    that has at least one evaluation table."""
+    that has at least one evaluation table (``evaluated=False``: every one, evaluated or not)."""
     exp_root = Path(exp_root)
     if not exp_root.is_dir():
         raise UserError(f"--exp_root {exp_root}: folder not found")
@@ -59,14 +66,18 @@ def scan(exp_root: Path, task: str, patterns: list[str] | None = None) -> list[E
         config = load_config(folder / "config.json")
         if config.get("task") != task:
             continue
-        if patterns and not any(fnmatch.fnmatch(folder.name, p) or fnmatch.fnmatch(str(config.get("experiment")), p)
-                                for p in patterns):
+        if patterns and not any(matches(folder.name, config, p) for p in patterns):
             continue
         exp = ExperimentDir(exp_root, folder.name)
         tables = {split: t for split in get_task(task).labelled if (t := read_eval(exp, split)) is not None}
-        if tables:
+        if tables or not evaluated:
             found.append(Experiment(exp, config, tables))
     return found
+
+
+def matches(folder: str, config: dict, pattern: str) -> bool:
+    """Whether a glob of ``--experiments`` / ``--curves`` names this experiment (its folder or its name)."""
+    return fnmatch.fnmatch(folder, pattern) or fnmatch.fnmatch(str(config.get("experiment")), pattern)
 
 
 def science_key(config: dict) -> tuple:
@@ -98,10 +109,24 @@ def varying_fields(experiments: list[Experiment]) -> list[str]:
     return [k for k in keys if len({repr(e.config[k]) for e in experiments if k in e.config}) > 1]
 
 
+def stats(values: list[float]) -> dict:
+    """The numbers behind a table cell: mean, sample std (None for fewer than two values), n and the values."""
+    n = len(values)
+    return {"mean": statistics.mean(values) if n else None, "std": statistics.stdev(values) if n > 1 else None,
+            "n": n, "values": list(values)}
+
+
+def format_stats(st: dict, digits: int = 4) -> str:
+    """A cell from :func:`stats`: the value (n=1), ``mean ± std (n=…)`` (n>1), ``—`` (none)."""
+    if st["n"] == 0:
+        return "—"
+    if st["n"] == 1:
+        return f"{st['values'][0]:.{digits}f}"
+    return f"{st['mean']:.{digits}f} ± {st['std']:.{digits}f} (n={st['n']})"
+
+
 def mean_std(values: list[float], digits: int = 4) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} (n={len(values)})"
+    return format_stats(stats(values), digits)
 
 
 def checkpoint_params(path: Path) -> int:
@@ -122,8 +147,8 @@ def teacher_of(e: Experiment) -> ExperimentDir | None:
     return None
 
 
-def _size(exp: ExperimentDir, step: int | None) -> tuple[int, int] | None:
-    """(parameters, bytes) of a checkpoint (the latest one when ``step`` is None)."""
+def _size(exp: ExperimentDir, step: int | None) -> tuple[int, int, int] | None:
+    """(parameters, bytes, step) of a checkpoint (the latest one when ``step`` is None)."""
     if step is None:
         have = exp.checkpoints()
         if not have:
@@ -132,7 +157,7 @@ def _size(exp: ExperimentDir, step: int | None) -> tuple[int, int] | None:
     path = exp.checkpoint_path(step)
     if not path.is_file():
         return None
-    return checkpoint_params(path), path.stat().st_size
+    return checkpoint_params(path), path.stat().st_size, step
 
 
 def _human(n: float) -> str:
@@ -140,6 +165,151 @@ def _human(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.1f}{unit}"
     return str(int(n))
+
+
+def recorded_command(config: dict) -> str | None:
+    """The command line a run's config.json records (``provenance.command``); None for older configs."""
+    prov = config.get("provenance")
+    command = prov.get("command") if isinstance(prov, dict) else config.get("command")
+    return command if isinstance(command, str) and command.strip() else None
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def onnx_export(exp: ExperimentDir) -> dict | None:
+    """The newest ONNX export of an experiment (``export_model.py --format onnx`` writes
+    ``<folder>/onnx-model-<step>/export.json``; any sub-folder's ``export.json`` with ``"format": "onnx"`` counts),
+    newest by the record's modification time, then by step; None when it has none."""
+    if not exp.path.is_dir():
+        return None
+    found = []
+    for path in exp.path.glob("*/export.json"):
+        ours = path.parent.name.startswith("onnx-model-")
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            if ours:
+                raise UserError(f"{path}: not an export record written by export_model.py --format onnx "
+                                f"({type(e).__name__})") from None
+            continue
+        if not isinstance(record, dict) or record.get("format") != "onnx":
+            continue
+        onnx = record.get("onnx")
+        rates = onnx.get("examples_per_s") if isinstance(onnx, dict) else None
+        if (not isinstance(rates, dict) or not _number(rates.get("onnxruntime")) or not _number(rates.get("pytorch"))
+                or not (rates.get("onnxruntime_int8") is None or _number(rates.get("onnxruntime_int8")))):
+            raise UserError(f"{path}: not an ONNX export record written by export_model.py --format onnx (no "
+                            f"onnx.examples_per_s with numbers for onnxruntime and pytorch)")
+        m = CKPT_RE.match(str(record.get("checkpoint", "")))
+        step = int(m.group(1)) if m else None
+        found.append((path.stat().st_mtime_ns, -1 if step is None else step, {
+            "export": f"{path.parent.name}/{path.name}", "checkpoint": record.get("checkpoint"), "step": step,
+            "onnxruntime": float(rates["onnxruntime"]),
+            "onnxruntime_int8": None if rates.get("onnxruntime_int8") is None else float(rates["onnxruntime_int8"]),
+            "pytorch": float(rates["pytorch"]),
+            **{k: onnx.get(k) for k in ("split", "rows", "batch_size", "threads", "device")},
+            "metrics": onnx.get("metrics"), "exports": 0}))
+    if not found:
+        return None
+    found.sort(key=lambda f: f[:2])
+    newest = found[-1][2]
+    newest["exports"] = len(found)
+    return newest
+
+
+def row_record(members: list[Experiment], task, rule: Rule, splits: list[str], teachers: set[str]) -> dict:
+    """The numbers of one table row (a seed group): every cell of the markdown row is formatted from them."""
+    metric_cols = list(task.metrics)
+    record: dict = {"group": group_name(members), "members": [m.name for m in members],
+                    "seeds": [m.config.get("seed") for m in members], "splits": {}}
+    chosen_steps: list[int] = []
+    for s in splits:
+        evaluated, steps = [], []
+        values: dict[str, list[float]] = {m: [] for m in metric_cols}
+        for e in members:
+            try:
+                step, row = select_row(e.tables, s, rule, task.main_metric)
+            except UserError:
+                continue
+            evaluated.append(e.name)
+            steps.append(step)
+            for m in metric_cols:
+                values[m].append(row[m])
+        record["splits"][s] = {"members": evaluated, "ckpt": steps,
+                               "metrics": {m: stats(values[m]) for m in metric_cols}}
+        chosen_steps = chosen_steps or steps
+    first = members[0]
+    size = _size(first.exp, chosen_steps[0] if chosen_steps else None)
+    teacher = teacher_of(first)
+    tsize = _size(teacher, first.config.get("tckpt")) if teacher is not None else None
+    record["size"] = {"ckpt": size[2] if size else None, "params": size[0] if size else None,
+                      "bytes": size[1] if size else None, "teacher": teacher.name if teacher is not None else None,
+                      "teacher_ckpt": tsize[2] if tsize else None, "teacher_params": tsize[0] if tsize else None,
+                      "teacher_bytes": tsize[1] if tsize else None}
+    rates = []
+    for e in members:
+        table = e.tables.get(splits[-1]) if splits else None
+        if table and table.get("inference"):
+            rates.append((e.name, table["inference"]["examples_per_s"], table["inference"]["device"]))
+    record["inference"] = {"split": splits[-1] if splits else None,
+                           "examples_per_s": statistics.median(r for _, r, _ in rates) if rates else None,
+                           "device": rates[0][2] if rates else None,
+                           "members": [n for n, _, _ in rates], "values": [r for _, r, _ in rates]}
+    record["onnx"] = onnx_export(first.exp)
+    record["is_teacher"] = any(m.name in teachers for m in members)
+    record["hyper"] = {}  # filled by build_table (the varying fields are known once every row is)
+    record["commands"] = [{"member": m.name, "command": recorded_command(m.config)} for m in members]
+    return record
+
+
+def markdown_cells(record: dict, splits: list[str], metrics: list[str], hyper: list[str], onnx: bool) -> list[str]:
+    """One markdown row, formatted from :func:`row_record`'s numbers."""
+    cells = [record["group"]]
+    for s in splits:
+        split = record["splits"][s]
+        if not split["ckpt"]:
+            cells += ["—"] * (len(metrics) + 1)
+            continue
+        cells += [format_stats(split["metrics"][m]) for m in metrics]
+        cells.append(",".join(str(x) for x in split["ckpt"]))
+    size = record["size"]
+    if size["params"] is None:
+        cells += ["—", "—"]
+    else:
+        tp, tb = size["teacher_params"], size["teacher_bytes"]
+        ratio = f"{size['params'] / tp:.2f}×" if tp else "—"
+        cells.append(_human(size["params"]) + (f" ({_human(tp)}, {ratio})" if tp is not None else ""))
+        cells.append(f"{size['bytes'] / 2**20:.1f} MiB" + (f" ({tb / 2**20:.1f} MiB)" if tp is not None else ""))
+    inference = record["inference"]
+    cells.append(f"{inference['examples_per_s']:.0f} ({inference['device']})" if inference["values"] else "—")
+    if onnx:
+        o = record["onnx"]
+        if o is None:
+            cells += ["—", "—"]
+        else:
+            int8 = o["onnxruntime_int8"]
+            cells.append(f"{o['onnxruntime']:.0f}" + (f" (int8 {int8:.0f})" if int8 is not None else ""))
+            cells.append(f"{o['pytorch']:.0f}")
+    cells += [str(record["hyper"][k]) if k in record["hyper"] else "—" for k in hyper]
+    return cells
+
+
+# the fixed columns of the CSV after the per-split ones (the varying hyper-parameters and commands follow)
+CSV_FIXED = ["size ckpt", "params", "bytes", "teacher", "teacher ckpt", "teacher params", "teacher bytes",
+             "infer examples/s", "infer device", "infer values", "onnx examples/s", "onnx int8 examples/s",
+             "torch examples/s (same run)", "onnx export", "is teacher"]
+
+
+def _csv_cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)  # floats as repr: they read back exactly
 
 
 @dataclass
@@ -150,18 +320,82 @@ class Table:
     columns: list[str]
     rows: list[list[str]]
     hyper: list[str]
+    records: list[dict] = field(default_factory=list)  # the numbers of each row (row_record)
+    metrics: list[str] = field(default_factory=list)
+    main_metric: str = "accuracy"
+    onnx: bool = False  # whether the ONNX columns are shown
 
     def caption(self) -> str:
         parts = [f"{s}: {self.rule.label(s)}" for s in self.splits]
-        return ("Checkpoint per reported split — " + "; ".join(parts) + ". Groups of seeds: mean ± sample std "
-                "over n runs; ckpt lists each run's checkpoint. params/size: the student checkpoint (teacher's in "
-                "brackets). infer ex/s: median rows/s of the evaluation's forward passes on the device named.")
+        caption = ("Checkpoint per reported split — " + "; ".join(parts) + ". Groups of seeds: mean ± sample std "
+                   "over n runs; ckpt lists each run's checkpoint. params/size: the student checkpoint (teacher's in "
+                   "brackets). infer ex/s: median rows/s of the evaluation's forward passes on the device named.")
+        if self.onnx:
+            caption += (" onnx ex/s: ONNX Runtime fp32 rows/s of the first run's newest ONNX export (int8 in "
+                        "brackets); torch ex/s (same run): PyTorch's rows/s measured by that export.")
+        return caption
 
     def markdown(self) -> str:
         lines = [f"**{self.task}** — {self.caption()}", "", "|" + "|".join(self.columns) + "|",
                  "|" + "|".join("-" for _ in self.columns) + "|"]
         lines += ["|" + "|".join(r) + "|" for r in self.rows]
         return "\n".join(lines) + "\n"
+
+    def data(self) -> dict:
+        """The table as numbers (the JSON file beside the markdown)."""
+        return {"task": self.task, "caption": self.caption(),
+                "rule": {"kind": self.rule.kind, "select_on": self.rule.select_on,
+                         "per_split": {s: self.rule.label(s) for s in self.splits}},
+                "splits": self.splits, "metrics": self.metrics, "main_metric": self.main_metric,
+                "hyper": self.hyper, "columns": self.columns, "rows": self.records}
+
+    def hyper_column(self, key: str) -> str:
+        return f"hyper {key}" if key in CSV_FIXED or key in ("group", "members", "seeds", "commands") else key
+
+    def csv_columns(self) -> list[str]:
+        cols = ["group", "members", "seeds"]
+        for s in self.splits:
+            for m in self.metrics:
+                cols += [f"{s} {m} mean", f"{s} {m} std", f"{s} {m} n", f"{s} {m} values"]
+            cols.append(f"{s} ckpt")
+        return cols + CSV_FIXED + [self.hyper_column(k) for k in self.hyper] + ["commands"]
+
+    def csv(self) -> str:
+        """The table as CSV: one line per row, numbers as numbers (lists as JSON arrays, missing values empty)."""
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(self.csv_columns())
+        for r in self.records:
+            line = [r["group"], r["members"], r["seeds"]]
+            for s in self.splits:
+                split = r["splits"][s]
+                for m in self.metrics:
+                    st = split["metrics"][m]
+                    line += [st["mean"], st["std"], st["n"], st["values"]]
+                line.append(split["ckpt"])
+            size, inference, o = r["size"], r["inference"], r["onnx"] or {}
+            line += [size["ckpt"], size["params"], size["bytes"], size["teacher"], size["teacher_ckpt"],
+                     size["teacher_params"], size["teacher_bytes"], inference["examples_per_s"], inference["device"],
+                     inference["values"], o.get("onnxruntime"), o.get("onnxruntime_int8"), o.get("pytorch"),
+                     o.get("export"), r["is_teacher"]]
+            line += [r["hyper"].get(k) for k in self.hyper]
+            line.append([c["command"] for c in r["commands"]])
+            writer.writerow([_csv_cell(v) for v in line])
+        return buf.getvalue()
+
+    def commands(self) -> str:
+        """Each row's exact commands (``--commands``), as a shell block: a run whose config.json predates the
+        recorded command line says so."""
+        lines = ["Commands (each run's config.json, provenance.command):", "", "```sh"]
+        for i, r in enumerate(self.records):
+            lines += [""] * (i > 0) + [f"# row: {r['group']}"]
+            for c in r["commands"]:
+                lines += ([f"# run: {c['member']}", c["command"]] if c["command"]
+                          else [f"# run: {c['member']}: (not recorded)"])
+        return "\n".join(lines + ["```"]) + "\n"
 
 
 def build_table(experiments: list[Experiment], task: str, rule: Rule, splits: list[str] | None = None) -> Table:
@@ -170,57 +404,24 @@ def build_table(experiments: list[Experiment], task: str, rule: Rule, splits: li
         splits = [s for s in t.splits if s in t.labelled and any(s in e.tables for e in experiments)]
     if rule.select_on is not None:
         t.check_split(rule.select_on, "--select_on")
-    metric_cols = [m for m in t.metrics]
+    metric_cols = list(t.metrics)
     hyper = varying_fields(experiments)
+    teachers = {d.name for e in experiments if (d := teacher_of(e)) is not None}
+    records = []
+    for members in group_by_seed(experiments):
+        record = row_record(members, t, rule, splits, teachers)
+        # members of a group share every field that can vary (science_key): the first one's values are the row's
+        record["hyper"] = {k: members[0].config[k] for k in hyper if k in members[0].config}
+        records.append(record)
+    onnx = any(r["onnx"] is not None for r in records)
     columns = ["ex"]
     for s in splits:
         for m in metric_cols:
             columns.append(f"{s} {SHORT[m]}")
         columns.append(f"{s} ckpt")
-    columns += ["params", "size", "infer ex/s", *hyper]
-    rows = []
-    for members in group_by_seed(experiments):
-        cells = [group_name(members)]
-        chosen_steps: list[int] = []
-        for s in splits:
-            values: dict[str, list[float]] = {m: [] for m in metric_cols}
-            steps = []
-            for e in members:
-                try:
-                    step, row = select_row(e.tables, s, rule, t.main_metric)
-                except UserError:
-                    continue
-                steps.append(step)
-                for m in metric_cols:
-                    values[m].append(row[m])
-            if not steps:
-                cells += ["—"] * (len(metric_cols) + 1)
-                continue
-            for m in metric_cols:
-                cells.append(mean_std(values[m]))
-            cells.append(",".join(str(x) for x in steps))
-            chosen_steps = chosen_steps or steps
-        first = members[0]
-        size = _size(first.exp, chosen_steps[0] if chosen_steps else None)
-        teacher = teacher_of(first)
-        tsize = _size(teacher, first.config.get("tckpt")) if teacher is not None else None
-        if size is None:
-            cells += ["—", "—"]
-        else:
-            p = _human(size[0]) + (f" ({_human(tsize[0])}, {size[0] / tsize[0]:.2f}×)" if tsize else "")
-            d = f"{size[1] / 2**20:.1f} MiB" + (f" ({tsize[1] / 2**20:.1f} MiB)" if tsize else "")
-            cells += [p, d]
-        rates = []
-        for e in members:
-            table = e.tables.get(splits[-1]) if splits else None
-            if table and table.get("inference"):
-                rates.append((table["inference"]["examples_per_s"], table["inference"]["device"]))
-        cells.append(f"{statistics.median(r for r, _ in rates):.0f} ({rates[0][1]})" if rates else "—")
-        for k in hyper:
-            vals = sorted({str(e.config[k]) if k in e.config else "—" for e in members})
-            cells.append("/".join(vals))
-        rows.append(cells)
-    return Table(task, splits, rule, columns, rows, hyper)
+    columns += ["params", "size", "infer ex/s", *(["onnx ex/s", "torch ex/s (same run)"] if onnx else []), *hyper]
+    rows = [markdown_cells(r, splits, metric_cols, hyper, onnx) for r in records]
+    return Table(task, splits, rule, columns, rows, hyper, records, metric_cols, t.main_metric, onnx)
 
 
 @dataclass
@@ -314,32 +515,89 @@ def compare(exp_root: Path, task: str, name_a: str, name_b: str, split: str, rul
     return paired_bootstrap_metric(labels, predicted[0], predicted[1], metric, resamples, seed, split)
 
 
+def output_paths(out: Path) -> dict[str, Path]:
+    """The files of one results_table.py run: the markdown ``--out`` and, beside it, ``<out without .md>.csv``,
+    ``.json``, ``-pareto.png``/``.json`` (``--plot``), ``-curves.png``/``.json`` (``--curves``)."""
+    base = out.with_suffix("") if out.suffix == ".md" else out
+    named = lambda tail: base.with_name(base.name + tail)  # noqa: E731
+    return {"md": out, "csv": named(".csv"), "json": named(".json"), "pareto_png": named("-pareto.png"),
+            "pareto_json": named("-pareto.json"), "curves_png": named("-curves.png"),
+            "curves_json": named("-curves.json")}
+
+
+def _curve_groups(exp_root: Path, task: str, value: str) -> list[list[Experiment]]:
+    """The seed groups of the experiments ``--curves`` names (every glob must name one)."""
+    patterns = [p.strip() for p in value.split(",") if p.strip()]
+    if not patterns:
+        raise UserError(f"--curves {value!r}: name at least one experiment folder or name (globs, comma-separated)")
+    candidates = scan(exp_root, task, None, evaluated=False)
+    for p in patterns:
+        if not any(matches(e.name, e.config, p) for e in candidates):
+            raise UserError(f"--curves {p!r}: no {task} experiment folder or name in {exp_root} matches it")
+    return group_by_seed([e for e in candidates if any(matches(e.name, e.config, p) for p in patterns)])
+
+
 def run_results(args) -> str:
-    """``results_table.py``: print the table (and the comparison), write them as markdown. ``args``: the
-    script's ``ResultsFlags``."""
+    """``results_table.py``: print the table (and the comparison, the commands), write it as markdown, CSV and
+    JSON, and with ``--plot`` / ``--curves`` the pictures and their data. Every input is read and checked before
+    the first file is written. ``args``: the script's ``ResultsFlags``."""
+    from . import result_plots
+
     exp_root = Path(args.exp_root) if args.exp_root else default_exp_root()
     from .tasks.download import default_data_root
     from .tasks.registry import add_user_root
 
     add_user_root(Path(args.data_root) if args.data_root else default_data_root())
-    get_task(args.task)  # an unknown task is refused before anything is scanned
+    task = get_task(args.task)  # an unknown task is refused before anything is scanned
     rule = Rule(args.rule, args.select_on)
     splits = args.splits.split(",") if args.splits else None
     if splits:
         for s in splits:
-            get_task(args.task).check_split(s, "--splits")
+            task.check_split(s, "--splits")
     experiments = scan(exp_root, args.task, args.experiments.split(",") if args.experiments else None)
     if not experiments:
         raise UserError(f"no evaluated {args.task} experiment in {exp_root} (run run_fine_tune_eval.py first)")
     table = build_table(experiments, args.task, rule, splits)
+    out = Path(args.out) if args.out else exp_root / f"results-{args.task}.md"
+    paths = output_paths(out)
+    for key, path in paths.items():
+        if path.is_dir():
+            raise UserError(f"--out {out}: {path} is a folder (--out names the markdown file; the "
+                            f"{'table' if key == 'md' else 'files beside it'} would be written there)")
+    check_writable(out.parent, "--out", root=out)
     text = table.markdown()
     if args.compare:
         a, b = args.compare
-        split = args.compare_split or get_task(args.task).dev_split
-        get_task(args.task).check_split(split, "--compare_split")
+        split = args.compare_split or task.dev_split
+        task.check_split(split, "--compare_split")
         text += "\n" + compare(exp_root, args.task, a, b, split, rule, args.resamples, args.bootstrap_seed).describe(a, b) + "\n"
-    out = Path(args.out) if args.out else exp_root / f"results-{args.task}.md"
-    atomic_write_text(out, text)
+    if getattr(args, "commands", False):
+        text += "\n" + table.commands()
+    files: dict[str, str | bytes | dict] = {"md": text, "csv": table.csv(), "json": table.data()}
+    notes = [f"(the same table as data: {paths['csv']}, {paths['json']})"]
+    if getattr(args, "plot", False):
+        pareto = result_plots.pareto_data(table)
+        if not any(panel["points"] for panel in pareto["panels"].values()):
+            raise UserError(f"--plot: no row has a {pareto['split']} {pareto['metric']} together with a checkpoint "
+                            f"to count parameters or an inference examples/s; nothing to plot")
+        files["pareto_json"], files["pareto_png"] = pareto, result_plots.render_pareto(pareto)
+        fronts = "; ".join(f"{k}: {', '.join(v['front']) or 'none'}" for k, v in pareto["panels"].items())
+        notes.append(f"(Pareto plot: {paths['pareto_png']}, its data {paths['pareto_json']}; front by {fronts})")
+    if getattr(args, "curves", None) is not None:
+        groups = _curve_groups(exp_root, args.task, args.curves)
+        curves = result_plots.curves_data(groups, [group_name(g) for g in groups], task, splits)
+        files["curves_json"], files["curves_png"] = curves, result_plots.render_curves(curves)
+        notes.append(f"(learning curves: {paths['curves_png']}, its data {paths['curves_json']})")
+    for key, content in files.items():  # every input read and checked: now write
+        if isinstance(content, bytes):
+            with atomic_write(paths[key]) as f:
+                f.write(content)
+        elif isinstance(content, dict):
+            atomic_write_json(paths[key], content)
+        else:
+            atomic_write_text(paths[key], content)
     print(text, end="")
     print(f"(written to {out})")
+    for note in notes:
+        print(note)
     return text

@@ -9,6 +9,8 @@ runs are skipped (the toolkit exits at once when model-{total_step}.pt exists), 
 
     python scripts/measure_real.py [--steps 200] [--mu 1] [--seeds 42,43,44] [--only qqp|boolq] [--options]
     python scripts/measure_real.py --only byo --steps 600   # teachers and students of other widths (issue 16)
+    python scripts/measure_real.py --only qqp --seeds 42 --eval_during_training && \
+        python scripts/measure_real.py --only deploy          # plots, curves and the best student as ONNX (issue 17)
 """
 
 from __future__ import annotations
@@ -103,8 +105,11 @@ def qqp(args) -> None:
     for seed in args.seeds:
         for name, (script, flags) in methods.items():
             exp = "m_" + "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_") + f"_{seed}"
+            # --eval_during_training (issue 17): dev every steps/4 steps too (runtime flags: the same weights)
+            watch = ["--eval_dataset", "dev", "--eval_step", str(max(1, args.steps // 4)), "--eval_batch_size",
+                     "256"] if args.eval_during_training else []
             secs = sh(script, "--experiment", exp, "--model", "bert", "--task", "qqp", *STUDENT, *flags,
-                      "--batch_size", "32", "--seed", str(seed), *steps(args.steps))
+                      "--batch_size", "32", "--seed", str(seed), *steps(args.steps), *watch)
             sh("run_fine_tune_eval.py", "--experiment", exp, "--model", "bert", "--task", "qqp", "--dataset", "dev",
                "--batch_size", "256", "--ckpt", str(args.steps))
             results.setdefault(name, []).append(dev_accuracy(exp, "qqp", "dev"))
@@ -116,6 +121,24 @@ def qqp(args) -> None:
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         print(f"| {name} | {statistics.mean(accs):.4f} ± {std:.4f} | {' / '.join(f'{a:.4f}' for a in accs)} | "
               f"{statistics.median(seconds[name]):.0f} |")
+
+
+def deploy(args) -> None:
+    """Issue 17's check on the students of ``--only qqp``: the results table with its data, the accuracy-vs-size
+    and accuracy-vs-speed plot and the learning curves, then the best student as ONNX (fp32 and int8)."""
+    table = ["results_table.py", "--task", "qqp", "--select_on", "dev", "--experiments", "m_*,teacher",
+             "--out", str(WORK / "results-qqp.md")]
+    for cmd in (table + ["--plot"], table + ["--curves", "m_lad_*,m_pkd_*,m_no_teacher_*"]):
+        print("$ python " + " ".join(cmd), flush=True)
+        subprocess.run([sys.executable, *cmd, "--exp_root", str(EXP), "--data_root", str(QQP_ROOT)], cwd=REPO,
+                       check=True)
+    rows = json.loads((WORK / "results-qqp.json").read_text())["rows"]
+    students = [r for r in rows if not r.get("is_teacher")]
+    best = max(students, key=lambda r: r["splits"]["dev"]["metrics"]["accuracy"]["mean"])
+    folder = sorted(best["members"])[0]
+    experiment = folder[: -len("_bert_qqp")]
+    sh("export_model.py", "--experiment", experiment, "--model", "bert", "--task", "qqp", "--ckpt", "best",
+       "--select_on", "dev", "--format", "onnx", "--quantize", "int8", "--overwrite")
 
 
 def teacher_qqp() -> int:
@@ -204,9 +227,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--mu", type=float, default=1.0, help="mu of every hidden loss")
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[42, 43, 44])
-    p.add_argument("--only", choices=("qqp", "boolq", "byo"),
+    p.add_argument("--only", choices=("qqp", "boolq", "byo", "deploy"),
                    help="byo: issue 16's check (a 4-layer student of width 256, every method; not in the default run)")
     p.add_argument("--lr", type=float, default=3e-4, help="the byo students' learning rate (random initialisation)")
+    p.add_argument("--eval_during_training", action="store_true",
+                   help="qqp students also evaluate on dev every steps/4 steps (issue 17's learning curves)")
     p.add_argument("--options", action="store_true",
                    help="also LAD and PKD with --padding dynamic and PKD with --group_by_length")
     args = p.parse_args()
@@ -219,6 +244,8 @@ def main() -> None:
         boolq(args)
     if args.only == "byo":
         byo(args)
+    if args.only == "deploy":  # after --only qqp: tables, plots, the best student as ONNX (issue 17)
+        deploy(args)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ DIST_FT = "tests/test_distributed.py::test_fine_tune_two_processes_match_one"
 DIST_LAD = "tests/test_distributed.py::test_lad_two_processes_match_one"
 GPU = "tests/test_gpu_paths.py"
 
+EV = 'tests/test_eval_during_training.py'
 MUTATIONS = [
     # ---- the GPU paths (issue 20), proven on a CPU: tests/test_gpu_paths.py ---------------------------------
     Mutation("placement_absolute_under_torchrun", "under torchrun --tdevice_id is an absolute index (every rank's "
@@ -202,8 +203,8 @@ MUTATIONS = [
              'with atomic_write(out_dir / "logits.jsonl", "w") as f:',
              'with open(out_dir / "logits.jsonl", "w", encoding="utf-8") as f:', (f"{ATOMIC}[logits]",)),
     Mutation("atomic_eval_table", "eval-{split}.json written in place", "fine_tune/evaluate.py",
-             'atomic_write_json(le.exp.path / f"eval-{e.dataset}.json", table)',
-             '(le.exp.path / f"eval-{e.dataset}.json").write_text(json.dumps(table))', (f"{ATOMIC}[eval_table]",)),
+             'atomic_write_json(exp.path / f"eval-{split}.json", table)',
+             '(exp.path / f"eval-{split}.json").write_text(__import__("json").dumps(table))', (f"{ATOMIC}[eval_table]",)),
     Mutation("atomic_submission", "the submission file written in place", "fine_tune/tasks/registry.py",
              'atomic_write_text(path, "\\n".join(lines) + "\\n")', 'Path(path).write_text("\\n".join(lines) + "\\n")',
              (f"{ATOMIC}[submission]",)),
@@ -319,6 +320,21 @@ MUTATIONS = [
     Mutation("allocator_untuned", "the allocator tuning reports success without tuning", "fine_tune/engine/allocator.py",
              "    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int\n",
              "    return True\n", ("tests/test_allocator.py",)),
+    # issue 17: evaluation during training
+    Mutation("prune_deletes_the_best", "--save_total_limit deletes the best checkpoint of the evaluation during training",
+             "fine_tune/engine/trainer.py", '            if best is not None and old == best["step"]:',
+             "            if False:", (f"{EV}::test_save_total_limit_keeps_the_best_checkpoint_and_the_newest",)),
+    Mutation("eval_history_lost_on_resume", "a resumed run forgets the evaluations before its checkpoint",
+             "fine_tune/engine/evaluation.py", '        self.rows = [dict(r) for r in state["rows"]]',
+             "        self.rows = []", (f"{EV}::test_a_killed_run_neither_repeats_nor_loses_an_evaluation",)),
+    Mutation("eval_history_kept_past_the_resume", "a resumed run keeps what the killed run evaluated after its checkpoint",
+             "fine_tune/engine/trainer.py", "        if self.world.is_main:\n            self.history.write(self.exp.path)\n"
+             "            if steps:", "        if False:\n            self.history.write(self.exp.path)\n            if steps:",
+             (f"{EV}::test_a_killed_run_neither_repeats_nor_loses_an_evaluation",)),
+    Mutation("patience_off_by_one", "early stopping waits one evaluation more than --early_stop_patience",
+             "fine_tune/engine/evaluation.py", "self.without_improvement >= self.s.patience",
+             "self.without_improvement > self.s.patience",
+             (f"{EV}::test_early_stopping_stops_after_p_evaluations_and_the_run_is_finished",)),
 ]
 
 

@@ -445,3 +445,41 @@ def test_attention_mse_from_projections_equals_the_maps_mse(masked, head_mean):
     g_got = torch.autograd.grad(got, (sq, sk))
     for a, c in zip(g_ref, g_got):
         assert torch.allclose(a, c, rtol=1e-4, atol=1e-6)
+
+
+def head_major(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, S, D] as the own forward over the padded grid hands it on: a [B, S, H, D/H] view of a head-major
+    [B, H, S, D/H] copy."""
+    b, s, d = x.shape
+    return x.view(b, s, heads, d // heads).transpose(1, 2).contiguous().transpose(1, 2)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("head_mean", [False, True])
+def test_head_split_inputs_give_the_same_losses_and_gradients(masked, head_mean):
+    """Projections handed on with their heads split ([B, S, H, d_head] views, models/padding_free.py) give the
+    TinyBERT and MiniLM losses and gradients of the [B, S, D] form; the Gram form reads them without copying."""
+    from fine_tune.methods.tinybert import attention_mse_from_projections
+
+    torch.manual_seed(8)
+    b, s, heads = 3, 6, 2
+    mask = torch.ones(b, s)
+    mask[0, 4:] = 0
+    sq, sk, sv = (torch.randn(b, s, 6, requires_grad=True) for _ in range(3))
+    tq, tk, tv = (torch.randn(b, s, 8) for _ in range(3))
+    split = [head_major(x, heads) for x in (sq, sk, sv, tq, tk, tv)]
+    assert split[0].dim() == 4 and split_heads(split[0], heads).is_contiguous()
+    for flat, got in ((sq, split[0]), (tk, split[4])):
+        assert torch.equal(split_heads(flat, heads), split_heads(got, heads))
+    losses = {
+        "tinybert": lambda q, k, v, Q, K, V: attention_mse_from_projections(q, k, Q, K, heads, heads, mask, masked,
+                                                                              head_mean=head_mean),
+        "minilm": lambda q, k, v, Q, K, V: minilm_loss(q, k, v, Q, K, V, heads, heads, mask)[0],
+        "minilmv2": lambda q, k, v, Q, K, V: minilmv2_loss(q, k, v, Q, K, V, 2 if head_mean else 1, mask)[0],
+    }
+    for name, loss in losses.items():
+        a, c = loss(sq, sk, sv, tq, tk, tv), loss(*split)
+        assert torch.allclose(a, c, rtol=1e-5, atol=1e-7), (name, a, c)
+        for ga, gc in zip(torch.autograd.grad(a, (sq, sk, sv), allow_unused=True),
+                          torch.autograd.grad(c, (sq, sk, sv), allow_unused=True)):
+            assert (ga is None) == (gc is None) and (ga is None or torch.allclose(ga, gc, rtol=1e-4, atol=1e-6)), name

@@ -181,6 +181,21 @@ CASES = [
           "--max_seq_len", SEQ], where={"<teacher>": "{base}/hf_teacher"}),
     Case("gen_logits_teacher_hf_with_ckpt", "run_fine_tune_gen_logits.py",
          ["--experiment", "hf", *EXP, "--teacher_hf", "{base}/hf_teacher", "--max_seq_len", SEQ, "--ckpt", "4"]),
+    # ---- evaluation during training, re-runs, results, deployment -----------------------------------------
+    Case("eval_dataset_without_labels", "run_fine_tune.py", [*FT, "--eval_dataset", "test"]),
+    Case("eval_dataset_not_a_split", "run_fine_tune.py", [*FT, "--eval_dataset", "validation"]),
+    Case("eval_step_without_eval_dataset", "run_pkd_distill.py", [*LW, "--eval_step", "5"]),
+    Case("config_not_json", "run_fine_tune.py", ["--config", "{base}/cfg_broken.json"],
+         where={"<file>": "{base}/cfg_broken.json"}),
+    Case("config_unknown_field", "run_fine_tune.py", ["--config", "{base}/cfg_unknown.json"],
+         where={"<file>": "{base}/cfg_unknown.json"}),
+    Case("config_wrong_type", "run_fine_tune.py", ["--config", "{base}/cfg_type.json", "--experiment", "again"],
+         where={"<file>": "{base}/cfg_type.json"}),
+    Case("quantize_without_onnx", "export_model.py", ["--experiment", "teacher", *EXP[:4], "--quantize", "int8"]),
+    Case("curves_matching_nothing", "results_table.py",
+         ["--task", "qqp", "--curves", "nothing*", "--exp_root", "{base}/results_exp"]),
+    Case("results_out_is_a_folder", "results_table.py",
+         ["--task", "qqp", "--exp_root", "{base}/results_exp", "--out", "{base}/results_exp"]),
     # ---- the pretrained model -----------------------------------------------------------------------------
     Case("missing_ptrain_ver_absolute", "run_fine_tune.py", [*FT, "--ptrain_ver", "/nonexistent/model"],
          patch="no_hub"),
@@ -339,6 +354,13 @@ def make_world(base: Path, tiny_bert12: Path) -> dict:
     (base / "qqp_in_file" / "logits").write_text("not a folder\n")
     # a cold cache: a refused gen-logits must not even tokenise (and cache) the split
     (base / "afile").write_text("a regular file\n")
+    # --config files: not JSON, an unknown field, a value of the wrong type (the teacher's config otherwise)
+    teacher_config = json.loads((exp / "teacher_bert_qqp" / "config.json").read_text())
+    (base / "cfg_broken.json").write_text('{"experiment": "teacher",\n')
+    (base / "cfg_unknown.json").write_text(json.dumps({**teacher_config, "colour": "blue"}))
+    (base / "cfg_type.json").write_text(json.dumps({**teacher_config, "lr": "fast"}))
+    # an experiment root holding only the evaluated teacher (the world's root also holds broken folders)
+    shutil.copytree(exp / "teacher_bert_qqp", base / "results_exp" / "teacher_bert_qqp")
     return w
 
 

@@ -47,7 +47,9 @@ TRAIN = ["--task", "qqp", "--batch_size", "6", "--accum_step", "2", "--max_examp
 
 
 def test_fine_tune_two_processes_match_one(run, tiny_bert, data_root, exp_root):
-    common = ["--model", "bert", "--ptrain_ver", str(tiny_bert), *TRAIN, "--total_step", "9", "--ckpt_step", "3"]
+    # evaluation during training too: every 2 steps and at each checkpoint, sharded across the ranks
+    common = ["--model", "bert", "--ptrain_ver", str(tiny_bert), *TRAIN, "--total_step", "9", "--ckpt_step", "3",
+              "--eval_dataset", "dev", "--eval_step", "2", "--eval_batch_size", "5"]
     run("run_fine_tune.py", "--experiment", "one", *common)
     out = torchrun("run_fine_tune.py", ["--experiment", "two", *common], data_root, exp_root)
     one, two = exp_root / "one_bert_qqp", exp_root / "two_bert_qqp"
@@ -80,6 +82,21 @@ def test_fine_tune_two_processes_match_one(run, tiny_bert, data_root, exp_root):
     sa, sb = tb_scalars(exp_root / "log" / "two_bert_qqp"), tb_scalars(exp_root / "log" / "killed_bert_qqp")
     assert "qqp/train/bert/loss" in sa and {t: v for t, v in sa.items() if "examples_per_s" not in t} == \
         {t: v for t, v in sb.items() if "examples_per_s" not in t}
+
+    # the evaluation during training of two processes (each row once: predict_logits checks it) equals one
+    # process's evaluation of the same checkpoints; the killed and resumed job evaluated each step once
+    def timeless(history):
+        return [{k: v for k, v in r.items() if k != "examples_per_s"} for r in history["rows"]]
+    during = json.loads((two / "training-eval-dev.json").read_text())
+    assert [r["step"] for r in during["rows"]] == [2, 3, 4, 6, 8, 9]
+    assert timeless(json.loads((killed / "training-eval-dev.json").read_text())) == timeless(during)
+    run("run_fine_tune_eval.py", "--experiment", "two", "--model", "bert", "--task", "qqp", "--dataset", "dev",
+        "--batch_size", "5", "--device_id", "-1", "--max_examples", "29")  # as the training run's --max_examples
+    single = json.loads((two / "eval-dev.json").read_text())
+    assert [(r["ckpt"], r["accuracy"], r["f1"]) for r in single["rows"]] == \
+        [(r["step"], r["accuracy"], r["f1"]) for r in during["rows"] if r["checkpoint"]]
+    for a, b in zip(json.loads((one / "training-eval-dev.json").read_text())["rows"], during["rows"]):
+        assert a["step"] == b["step"] and abs(a["accuracy"] - b["accuracy"]) <= 1 / 29 + 1e-9  # weights to 2e-5
 
     # sharded evaluation: every dev row once, the same table as one process
     run("run_fine_tune_eval.py", "--experiment", "one", "--model", "bert", "--task", "qqp", "--dataset", "dev",

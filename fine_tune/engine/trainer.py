@@ -29,11 +29,12 @@ from ..experiment import ExperimentDir
 from ..methods.base import Method, ModelOutputs
 from ..models.forward import forward
 from ..errors import UserError
-from ..io_utils import atomic_torch_save, remove_inside
+from ..io_utils import atomic_torch_save, atomic_write_json, remove_inside
 from .allocator import tune_malloc_for_training
 from . import distributed
 from .checkpoint import load_checkpoint_into, load_resume_state, rng_state, save_model_checkpoint, save_resume_state, set_rng_state
 from .device import Precision, same_device
+from .evaluation import EARLY_STOP_FILE, EvalHistory, Evaluator
 from .optim import OptimiserSettings, build_adamw, linear_schedule
 
 @dataclass(frozen=True)
@@ -83,8 +84,9 @@ class Trainer:
                  teacher: torch.nn.Module | None = None, teacher_device: torch.device | None = None,
                  on_checkpoint: Callable[[int, SummaryWriter], None] | None = None, progress: bool = True,
                  lengths: np.ndarray | None = None, student_forward: torch.nn.Module | None = None,
-                 teacher_forward: torch.nn.Module | None = None):
+                 teacher_forward: torch.nn.Module | None = None, evaluator: Evaluator | None = None):
         """``student`` / ``teacher``: the modules whose weights train (and are saved) / stay frozen.
+        ``evaluator``: evaluation during training (engine/evaluation.py), or None.
         ``student_forward`` / ``teacher_forward``: the modules the training forward runs through (the same
         weights; default: the modules themselves), chosen by whoever built the models (e.g.
         ``models/padding_free.training_forwards``)."""
@@ -131,6 +133,9 @@ class Trainer:
         self.rng_devices = {"student": device, **({"teacher": self.teacher_device} if teacher is not None else {})}
         self.stream = make_stream(num_rows, s.micro_batch, s.seed, lengths if s.group_by_length else None)
         self.step = 0
+        self.evaluator = evaluator
+        self.history = EvalHistory(evaluator.settings) if evaluator is not None else None
+        self.eval_fields: dict[str, str] = {}  # the last evaluation, on the progress bar
 
     def _optimised(self, name: str, modules: list[torch.nn.Module], settings: OptimiserSettings,
                    named: list[tuple[str, torch.nn.Parameter]]) -> _Optimised:
@@ -228,6 +233,11 @@ class Trainer:
         self._consecutive_skipped = 0
         if resume_step is not None:
             self.restore(resume_step)
+        if self.history is not None and self.history.stopped_at is not None:  # killed after stopping early
+            self._stopped_early()
+            self.release()
+            return {"steps": self.step, "steps_run": 0, "seconds": 0.0, "examples_per_s": 0.0, "last_losses": {},
+                    "stopped_early_at": self.step}
         writer = None
         if self.world.is_main:  # under torchrun only rank 0 writes
             self.exp.log_dir.mkdir(parents=True, exist_ok=True)
@@ -271,8 +281,15 @@ class Trainer:
                     self._check_finite()
                 if boundary_log:
                     last = self._log(writer, bar)
+                stop = False
+                if self.evaluator is not None and self.evaluator.settings.due(self.step, boundary_ckpt):
+                    stop = self._evaluate(writer, bar, boundary_ckpt)
+                    boundary_ckpt = boundary_ckpt or stop  # a run that stops early ends with a checkpoint
                 if boundary_ckpt:
                     self.save(self.step)
+                if stop:
+                    self._stopped_early()
+                    break
         finally:
             bar.close()
             if writer is not None:
@@ -281,7 +298,46 @@ class Trainer:
         seconds = time.perf_counter() - start
         steps = self.step - start_step
         return {"steps": self.step, "steps_run": steps, "seconds": seconds,
-                "examples_per_s": steps * s.batch_size / max(seconds, 1e-9), "last_losses": last}
+                "examples_per_s": steps * s.batch_size / max(seconds, 1e-9), "last_losses": last,
+                "stopped_early_at": None if self.history is None else self.history.stopped_at}
+
+    # -- evaluation during training (engine/evaluation.py) ------------------------------------------
+    def _evaluate(self, writer: SummaryWriter | None, bar, checkpoint: bool) -> bool:
+        """Evaluate the student now (every rank takes part), record it, log it, write the evaluation files (rank
+        0). Returns whether the patience has run out; then this step becomes the run's last checkpoint."""
+        ev, history = self.evaluator, self.history
+        es = ev.settings
+        with torch.no_grad():
+            metrics = ev.evaluate(self.student, self.step)
+        self.student.train()
+        stop = history.add(self.step, metrics, checkpoint)
+        if stop:
+            history.stopped_at = self.step
+            history.mark_checkpoint(self.step)
+        if writer is not None:
+            for name, value in metrics.items():
+                if name in es.tags:
+                    writer.add_scalar(f"{es.tag_prefix}/{es.tags[name]}", value, self.step)
+        self.eval_fields = {f"{es.split}_{es.tags.get(es.metric, es.metric)}": f"{metrics[es.metric]:.4f}"}
+        bar.set_postfix({**getattr(self, "log_fields", {}), **self.eval_fields}, refresh=False)
+        if self.world.is_main:
+            history.write(self.exp.path)
+            if checkpoint or stop:
+                ev.write_table(history.rows)
+        return stop
+
+    def _stopped_early(self) -> None:
+        """Say so, and mark the run finished (``early-stop.json``, after the checkpoint and its resume state)."""
+        h, es = self.history, self.evaluator.settings
+        best = h.best_checkpoint()
+        print(f"{self.exp.name}: stopped early at step {self.step}: no better {es.split} {es.metric} in "
+              f"{es.patience} evaluations (best {h.best_value:.6f} at step {h.best_step}; best checkpoint "
+              f"model-{best['step']}.pt)", file=sys.stderr)
+        if self.world.is_main:
+            atomic_write_json(self.exp.path / EARLY_STOP_FILE,
+                              {"step": self.step, "split": es.split, "metric": es.metric, "patience": es.patience,
+                               "best": {"step": h.best_step, "value": h.best_value},
+                               "best_checkpoint": {"ckpt": best["step"], "value": best[es.metric]}})
 
     def release(self) -> None:
         """Drop the training wrappers (DDP's, torch.compile's) at the end of a run, so they never outlive the
@@ -317,7 +373,8 @@ class Trainer:
             writer.add_scalar(f"{s.tag_prefix}/loss_scale", self.scaler.get_scale(), self.step)
             if self.window_skipped:
                 fields["skipped"] = str(self.window_skipped)
-        bar.set_postfix(fields, refresh=False)
+        self.log_fields = fields
+        bar.set_postfix({**fields, **self.eval_fields}, refresh=False)
         self._reset_window()
         return last
 
@@ -378,7 +435,10 @@ class Trainer:
         k = self.s.save_total_limit
         if not k:
             return
+        best = self.history.best_checkpoint() if self.history is not None else None
         for old in self.exp.checkpoints()[:-k]:
+            if best is not None and old == best["step"]:  # the best checkpoint on the main metric stays
+                continue
             remove_inside(self.exp.checkpoint_path(old), self.exp.path)
             for stem in self.method.checkpoint_state():
                 remove_inside(self.exp.path / f"{stem}-{old}.pt", self.exp.path)
@@ -390,7 +450,9 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "rng": rng_state(self.rng_devices), "method": method_state,
                 "window": {"sums": {k: v.detach().cpu() for k, v in self.sums.items()},
                            "grad_norm_sum": self.grad_norm_sum.detach().cpu(), "steps": self.window_steps,
-                           "examples": self.window_examples, "skipped": self.window_skipped}}
+                           "examples": self.window_examples, "skipped": self.window_skipped},
+                **({"evaluation": {"history": self.history.state_dict(), "evaluator": self.evaluator.state_dict()}}
+                   if self.history is not None else {})}
 
     def restore(self, step: int) -> None:
         """Continue the run saved at checkpoint ``step``: weights, optimisers, schedulers, scaler, RNG states,
@@ -412,8 +474,24 @@ class Trainer:
         self.grad_norm_sum = w["grad_norm_sum"].to(self.device)
         self.window_steps, self.window_examples = w["steps"], w["examples"]
         self.window_skipped = w.get("skipped", 0)  # resume states written before skipped steps were counted: none
+        if self.history is not None:
+            self._restore_evaluation(state.get("evaluation"))
         for note in set_rng_state(state["rng"], self.rng_devices):
             print(f"note: {self.exp.name}: resuming at step {step}: {note}", file=sys.stderr)
+
+
+    def _restore_evaluation(self, state: dict | None) -> None:
+        """The evaluations up to the resumed checkpoint; the files lose what a killed run evaluated after it."""
+        if state is None or not self.history.load_state_dict(state["history"]):
+            print(f"note: {self.exp.name}: resuming at step {self.step}: no earlier evaluation on "
+                  f"{self.evaluator.settings.split} in the resume state; evaluating from here on", file=sys.stderr)
+            return
+        steps = [r["step"] for r in self.history.rows if r["checkpoint"]]
+        self.evaluator.load_state_dict(state["evaluator"], steps)
+        if self.world.is_main:
+            self.history.write(self.exp.path)
+            if steps:
+                self.evaluator.write_table(self.history.rows)
 
 
 _PER_LAYER = re.compile(r"^(.*)_(\d+)$")

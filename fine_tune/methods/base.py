@@ -21,7 +21,9 @@ class ModelOutputs:
     logits: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attention_mask: torch.Tensor | None = None
-    # per layer (query, key, value) projections [B, S, D], for the methods that read attention (TinyBERT, MiniLM)
+    # per layer (query, key, value) projections, for the methods that read attention (TinyBERT, MiniLM): each
+    # [B, S, D], or [B, S, H, d_head] with the heads split (the own BERT forward over the padded grid hands on
+    # views of its head-major copies): read them through methods/tinybert.split_heads / full_width
     attention_inputs: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...] | None = None
     embeddings: torch.Tensor | None = None  # the embedding layer's output, when a method reads it (TinyBERT)
 

@@ -38,7 +38,7 @@ from ..cli import MiniLMFlags
 from ..errors import UserError
 from .layerwise import LayerwiseKD
 from .logits_kd import logits_kd_loss
-from .tinybert import check_recomputable_attention, split_heads
+from .tinybert import check_recomputable_attention, split_heads, width_of
 
 
 def _fp32_off(x: torch.Tensor):
@@ -48,7 +48,7 @@ def _fp32_off(x: torch.Tensor):
 
 def relation(a: torch.Tensor, b: torch.Tensor, num_heads: int, mask: torch.Tensor | None) -> torch.Tensor:
     r"""Log-probabilities ``log_softmax(a_h b_h^T / sqrt(d_head))`` over the keys, [B, H, S, S], fp32, for
-    a, b [B, S, D] split into ``num_heads`` heads (d_head = D / H). relation(query, key) is MiniLM's
+    a, b [B, S, D] (or [B, S, H', D/H']) split into ``num_heads`` heads (d_head = D / H). relation(query, key) is MiniLM's
     attention distribution, relation(value, value) its value relation, relation(x, x) MiniLMv2's relations.
 
     Padding keys (``mask`` [B, S] == 0) are set to -inf before the softmax: exactly zero probability, a log
@@ -120,7 +120,7 @@ def minilmv2_loss(s_q: torch.Tensor, s_k: torch.Tensor, s_v: torch.Tensor,
     relations (each scaled by 1 / sqrt(D / A_r) of its own model), each KL reduced by :func:`relation_kl`,
     total = their sum. Works across widths (no projection). Returns
     ``(total, {"qq_kl": ..., "kk_kl": ..., "vv_kl": ...})``."""
-    s_width, t_width = s_q.shape[-1], t_q.shape[-1]
+    s_width, t_width = width_of(s_q), width_of(t_q)
     if relation_heads < 1 or s_width % relation_heads or t_width % relation_heads:
         raise UserError(f"--relation_heads {relation_heads} must divide both hidden sizes: "
                         f"student {s_width}, teacher {t_width}")

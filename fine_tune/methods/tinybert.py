@@ -15,7 +15,8 @@ already added) with every value <= -1e2 replaced by 0, so padded keys contribute
 MSE is ``nn.MSELoss()`` (a plain mean over all elements).
 
 Inputs: per layer, the attention's query / key / value projections [B, S, D] (D the hidden size, before the
-heads are split) and the attention mask [B, S] (1 = real token, 0 = padding, right padding). Every function
+heads are split; or [B, S, H, D/H], the heads already split) and the attention mask [B, S] (1 = real token,
+0 = padding, right padding). Every function
 computes in fp32 (autocast off), whatever the input dtype or the surrounding autocast.
 """
 
@@ -37,9 +38,30 @@ def _fp32_off(x: torch.Tensor):
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
+def full_width(x: torch.Tensor) -> torch.Tensor:
+    """[B, S, D] as it is; [B, S, H, D/H] (heads split) -> [B, S, D]."""
+    return x.flatten(2) if x.dim() == 4 else x
+
+
+def width_of(x: torch.Tensor) -> int:
+    """The full width D of [B, S, D] or [B, S, H, D/H] (without flattening a head-split view)."""
+    return x.shape[2] * x.shape[3] if x.dim() == 4 else x.shape[-1]
+
+
+def _token_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[B, S] mask -> float, broadcastable over ``like`` ([B, S, D] or [B, S, H, d]), on its device."""
+    real = mask.to(like.device).float()
+    return real.view(*real.shape, *([1] * (like.dim() - 2)))
+
+
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """[B, S, D] -> [B, H, S, D/H] (BERT's ``transpose_for_scores``: head h takes dims h*D/H .. (h+1)*D/H - 1).
-    Raises :class:`UserError` when D is not a multiple of ``num_heads``."""
+    ``x`` may come with its heads split already, [B, S, H', D/H'] (a view of head-major storage: then the result
+    is that storage, no copy, when H' = H). Raises :class:`UserError` when D is not a multiple of ``num_heads``."""
+    if x.dim() == 4:
+        if x.shape[2] == num_heads:
+            return x.transpose(1, 2)
+        x = full_width(x)
     batch, length, width = x.shape
     if num_heads < 1 or width % num_heads:
         raise UserError(f"cannot split a hidden size of {width} into {num_heads} heads: "
@@ -120,17 +142,17 @@ def attention_mse_from_projections(s_query: torch.Tensor, s_key: torch.Tensor, t
         dev = s_query.device
         sq, sk = s_query.float(), s_key.float()
         tq, tk = t_query.to(dev).float(), t_key.to(dev).float()
-        real = None if mask is None else mask.to(dev).float()[..., None]
-        if real is not None:
-            sk, tk = sk * real, tk * real
+        if mask is not None:  # (elementwise products keep a head-major input head-major)
+            sk, tk = sk * _token_mask(mask, sk), tk * _token_mask(mask, tk)
             if masked:
-                sq, tq = sq * real, tq * real
+                sq, tq = sq * _token_mask(mask, sq), tq * _token_mask(mask, tq)
+        s_width, t_width = width_of(s_query), width_of(t_query)
         if head_mean:  # one "head" of the full width, scaled by 1 / (h sqrt(d_head))
-            s_scale = 1.0 / (s_heads * math.sqrt(sq.shape[-1] // s_heads))
-            t_scale = 1.0 / (t_heads * math.sqrt(tq.shape[-1] // t_heads))
-            sq, sk, tq, tk = sq[:, None], sk[:, None], tq[:, None], tk[:, None]
+            s_scale = 1.0 / (s_heads * math.sqrt(s_width // s_heads))
+            t_scale = 1.0 / (t_heads * math.sqrt(t_width // t_heads))
+            sq, sk, tq, tk = (full_width(x)[:, None] for x in (sq, sk, tq, tk))
         else:
-            s_scale, t_scale = 1.0 / math.sqrt(sq.shape[-1] // s_heads), 1.0 / math.sqrt(tq.shape[-1] // t_heads)
+            s_scale, t_scale = 1.0 / math.sqrt(s_width // s_heads), 1.0 / math.sqrt(t_width // t_heads)
             sq, sk = split_heads(sq, s_heads), split_heads(sk, s_heads)
             tq, tk = split_heads(tq, t_heads), split_heads(tk, t_heads)
 
@@ -156,9 +178,9 @@ def hidden_mse(student_projected: torch.Tensor, teacher: torch.Tensor, mask: tor
     over all B*S*D_t elements. ``masked=True`` (dynamic padding): the mean over the real tokens and every
     dimension, ``sum_{b, s real, d} (h^S - h^T)^2 / (D_t * sum_b n_b)``."""
     with _fp32_off(student_projected):
+        if not masked or mask is None:  # one fused kernel (forward and backward)
+            return F.mse_loss(student_projected.float(), teacher.float().to(student_projected.device))
         squared = (student_projected.float() - teacher.float().to(student_projected.device)).pow(2)
-        if not masked or mask is None:
-            return squared.mean()
         real = mask.to(squared.device).float()
         count = real.sum() * squared.shape[-1]
         return (squared * real[..., None]).sum() / count.clamp_min(1.0)

@@ -203,11 +203,26 @@ class Packing:
         """[N, ...] -> [B, S, ...] with zeros at padding positions (differentiable)."""
         return _Pad.apply(x, self.index, self.pad_index).view(*self.shape_ref.shape, *x.shape[1:])
 
-    def attention(self, qkv: torch.Tensor, heads: int, scale: float, dropout_p: float) -> torch.Tensor:
+    def attention(self, qkv: torch.Tensor, heads: int, scale: float, dropout_p: float,
+                  record: list | None = None) -> torch.Tensor:
         """Multi-head attention of packed [N, 3 * D] queries, keys and values, bucket by bucket: each bucket's
         sequences padded to its own longest length only. Returns the packed [N, D] context. A bucket's sizes
-        are read from its tensors' shapes where it has them (one bucket with a key mask: the compiled plan)."""
+        are read from its tensors' shapes where it has them (one bucket with a key mask: the compiled plan).
+
+        ``record`` (the attention-reading methods): appends this layer's (query, key, value). Over the padded
+        grid (one bucket, no packing) they are [B, S, H, d_head] views of head-major [B, H, S, d_head] copies,
+        made once and used by the attention too, so the losses' per-head products read them without copying;
+        packed, the [N, 3 * D] projection itself (:class:`PaddingFree` pads it)."""
         d = qkv.shape[-1] // 3
+        if record is not None and len(self.buckets) == 1 and self.buckets[0].index is None:
+            b = self.buckets[0]
+            rows, length = (b.key_mask.shape[0], b.key_mask.shape[-1]) if b.key_mask is not None else (b.rows, b.length)
+            q, k, v = qkv.view(rows, length, 3, heads, d // heads).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+            record.append((q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)))
+            ctx = _attention(q, k, v, b.key_mask, scale, dropout_p)
+            return ctx.transpose(1, 2).reshape(rows * length, d)
+        if record is not None:
+            record.append(qkv)
         parts = qkv.split([b.stop - b.start for b in self.buckets]) if len(self.buckets) > 1 else (qkv,)
         out = []
         for b, part in zip(self.buckets, parts):
@@ -269,8 +284,8 @@ def _attention(q, k, v, key_mask, scale: float, dropout_p: float) -> torch.Tenso
     if dropout_p == 0.0 or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale, dropout_p=dropout_p)
     scores = torch.matmul(q * scale, k.transpose(-1, -2))
-    if key_mask is not None:
-        scores = scores.masked_fill(~key_mask, float("-inf"))  # every row attends to at least its [CLS]
+    if key_mask is not None:  # in place: the product's backward keeps its inputs, not its output
+        scores.masked_fill_(~key_mask, float("-inf"))  # every row attends to at least its [CLS]
     return torch.matmul(dropout(scores.softmax(-1), dropout_p, True), v)
 
 
@@ -314,7 +329,8 @@ def _scatter_rows(x: torch.Tensor, index: torch.Tensor, pad_index: torch.Tensor)
 class PaddingFreeOutput:
     logits: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None  # [embeddings, layer 1, ..., layer L], each [B, S, D]
-    # per layer (query, key, value) [B, S, D] (zeros at padding positions when packed), with record_attention
+    # per layer (query, key, value) with record_attention: [B, S, D] (zeros at padding positions) when packed,
+    # [B, S, H, d_head] views of head-major copies over the padded grid
     attention_inputs: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...] | None = None
 
 
@@ -330,9 +346,9 @@ def _layer(layer, x: torch.Tensor, pk: Packing, qkv_record: list | None = None) 
     w = torch.cat([sa.query.weight, sa.key.weight, sa.value.weight])
     b = torch.cat([sa.query.bias, sa.key.bias, sa.value.bias])
     qkv = F.linear(x, w, b)  # [N, 3D]
-    if qkv_record is not None:  # the attention-reading methods (TinyBERT, MiniLM) read Q, K, V
-        qkv_record.append(qkv)
-    attn = pk.attention(qkv, sa.num_attention_heads, sa.scaling, sa.dropout.p if sa.training else 0.0)  # [N, D]
+    # the attention-reading methods (TinyBERT, MiniLM) read Q, K, V: qkv_record gets them (Packing.attention)
+    attn = pk.attention(qkv, sa.num_attention_heads, sa.scaling, sa.dropout.p if sa.training else 0.0,
+                        qkv_record)  # [N, D]
     so = layer.attention.output
     x = so.LayerNorm(dropout(so.dense(attn), so.dropout.p, so.training) + x)
     inter = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))
@@ -386,7 +402,8 @@ class PaddingFree(torch.nn.Module):
                 hidden.append(x)
         pooled = bert.pooler.activation(bert.pooler.dense(x.index_select(0, pk.first)))
         logits = self.model.classifier(dropout(pooled, self.model.dropout.p, self.model.training))
-        attention = None if qkv is None else tuple(tuple(pk.pad(t).chunk(3, dim=-1)) for t in qkv)
+        attention = None if qkv is None else tuple(t if isinstance(t, tuple) else tuple(pk.pad(t).chunk(3, dim=-1))
+                                                   for t in qkv)
         return PaddingFreeOutput(logits, tuple(pk.pad(h) for h in hidden) if hidden is not None else None, attention)
 
 

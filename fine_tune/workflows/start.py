@@ -13,6 +13,7 @@ import torch
 from .. import config as cfg
 from ..engine import distributed
 from ..engine.device import Precision, resolve_device, resolve_precision
+from ..engine.evaluation import EARLY_STOP_FILE
 from ..errors import UserError
 from ..experiment import ExperimentDir, roots
 from ..io_utils import TMP_PREFIX, check_writable, remove_inside, sha256_file
@@ -27,6 +28,8 @@ class Prepared:
     data_root: Path
     device: torch.device | None = None
     precision: Precision | None = None
+    eval_examples: list | None = None  # --eval_dataset's rows, parsed before anything is written
+    eval_file: Path | None = None
 
     def resolve_device(self, device_flags) -> None:
         """After every input has been checked, so an error is never preceded by device warnings."""
@@ -46,7 +49,16 @@ def prepare(flags) -> Prepared:
     if num_class is not None and num_class != task.num_class:
         raise UserError(f"--num_class {num_class}: {task.name} has {task.num_class} classes "
                         f"({', '.join(task.label_names)})")
-    return Prepared(exp, data_root)
+    p = Prepared(exp, data_root)
+    split = flags.run.eval_dataset
+    if split:  # evaluation during training: the split checked and parsed before anything is written
+        task.check_split(split, "--eval_dataset")
+        if split not in task.labelled:
+            raise UserError(f"--eval_dataset {split!r} has no labels to evaluate against; labelled {task.name} "
+                            f"splits: {', '.join(s for s in task.splits if s in task.labelled)}")
+        p.eval_file = task.path(data_root, split)
+        p.eval_examples = task.load(data_root, split, flags.paths.max_examples)
+    return p
 
 
 @dataclass
@@ -71,6 +83,17 @@ def clear_outputs(exp: ExperimentDir) -> None:
             remove_inside(entry, exp.path)
     if exp.log_dir.exists():
         remove_inside(exp.log_dir, exp.root)
+
+
+def stopped_early(exp: ExperimentDir) -> int | None:
+    """The step at which the run in ``exp`` stopped early (``--early_stop_patience``), or None."""
+    path = exp.path / EARLY_STOP_FILE
+    if not path.is_file():
+        return None
+    try:
+        return int(cfg.load_config(path, required=("step",))["step"])
+    except (UserError, TypeError, ValueError):
+        return None  # a damaged marker: the run resumes from its resume state, which knows it stopped
 
 
 def changed_input(old: dict, data_files: dict[str, str], config_path: Path) -> str | None:
@@ -112,6 +135,8 @@ def start_experiment(p: Prepared, flags, record: dict, data_files: dict[str, str
     already finished. ``--overwrite`` with a different config deletes the old run's outputs first.
     Under torchrun rank 0 decides (and writes); every rank follows its decision."""
     task = get_task(flags.experiment.task)
+    if p.eval_file is not None:  # the evaluation split decides early stopping and the best checkpoint
+        data_files = {**data_files, str(p.eval_file): sha256_file(p.eval_file)}
     if task.definition_file is not None:  # a task of your own: its definition in config.json, task.json's sha256 checked
         record = dict(record, task_definition=task.definition)
         data_files = {**data_files, str(task.definition_file): sha256_file(task.definition_file)}
@@ -145,6 +170,10 @@ def _start_experiment(p: Prepared, flags, record: dict, data_files: dict[str, st
     final_whole = same and (total_step in ready or whole_checkpoint(p.exp.checkpoint_path(total_step)))
     if final_whole and (not ready or ready[-1] == total_step):
         print(f"{p.exp.path}: already finished (model-{total_step}.pt exists); nothing to do")
+        return Start(False, legacy=legacy)
+    stopped = stopped_early(p.exp)
+    if same and stopped is not None and ready and ready[-1] == stopped:
+        print(f"{p.exp.path}: already finished (stopped early at step {stopped}, {EARLY_STOP_FILE}); nothing to do")
         return Start(False, legacy=legacy)
     if same:
         changed = changed_input(old, data_files, p.exp.config_path) if ready else None

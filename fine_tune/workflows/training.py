@@ -25,6 +25,22 @@ def train_settings(flags, dataset: str) -> TrainSettings:
                          compile=flags.speed.compile, tag_prefix=f"{e.task}/{dataset}/{e.model}")
 
 
+def training_evaluator(p: Prepared, flags, tokenizer):
+    """``--eval_dataset``: the evaluation during training of the student (tokenised as it trains), or None."""
+    r = flags.run
+    if not r.eval_dataset:
+        return None
+    from ..evaluate import TrainingEvaluator
+    from ..io_utils import sha256_file
+    from ..tasks import get_task
+
+    features = cached_features(p.data_root / "cache", tokenizer, p.eval_examples, flags.batching.max_seq_len,
+                               sha256_file(p.eval_file))
+    return TrainingEvaluator(p.exp, get_task(flags.experiment.task), r.eval_dataset, p.eval_examples, features,
+                             tokenizer.pad_token_id, flags.batching.max_seq_len, r.eval_batch_size, p.device,
+                             p.precision, r.eval_step, r.early_stop_patience)
+
+
 def run_training(p: Prepared, flags, model, method: Method, tokenizer, examples, source_hash: str,
                  teacher_logits: np.ndarray | None = None, teacher=None, teacher_device=None, make_hook=None,
                  resume_step: int | None = None) -> dict:
@@ -45,13 +61,24 @@ def run_training(p: Prepared, flags, model, method: Method, tokenizer, examples,
     settings = train_settings(flags, dataset)
     trainer = Trainer(model, method, collator, len(features), settings, p.exp, p.device, p.precision,
                       teacher=teacher, teacher_device=teacher_device, lengths=features.lengths(),
-                      student_forward=forwards.student, teacher_forward=forwards.teacher)
+                      student_forward=forwards.student, teacher_forward=forwards.teacher,
+                      evaluator=training_evaluator(p, flags, tokenizer))
     if make_hook is not None:
         trainer.on_checkpoint = make_hook(trainer)
     print(f"{p.exp.name}: {len(features)} examples, {settings.total_step} steps of {b.batch_size} "
           f"({b.accum_step} x {settings.micro_batch}), {p.device}, {p.precision.describe()}{forwards.describe()}"
           f"{', torch.compile' if settings.compile else ''}"
           f"{', attention projections recorded' if method.reads_attention else ''}", file=sys.stderr)
+    if trainer.evaluator is not None:
+        es = trainer.evaluator.settings
+        print(f"{p.exp.name}: evaluating on {es.split} ({len(p.eval_examples)} rows) "
+              f"{f'every {es.every} steps and ' if es.every else ''}at each checkpoint"
+              f"{f', stopping after {es.patience} evaluations without a better {es.metric}' if es.patience else ''}",
+              file=sys.stderr)
+    elif flags.run.save_total_limit:
+        print(f"note: {p.exp.name}: --save_total_limit {flags.run.save_total_limit} keeps the newest checkpoints "
+              f"whether or not they are the best; with --eval_dataset SPLIT the best one on SPLIT is kept too",
+              file=sys.stderr)
     summary = trainer.train(resume_step)
     print(f"{p.exp.name}: trained {summary['steps_run']} steps in {summary['seconds']:.1f} s "
           f"({summary['examples_per_s']:.1f} examples/s); checkpoints in {p.exp.path}")

@@ -1,0 +1,124 @@
+"""Evaluation during training (``--eval_dataset SPLIT --eval_step N --early_stop_patience P``): when the engine
+evaluates, what it remembers (every evaluation, the best checkpoint, the evaluations without improvement), and
+what it writes (``training-eval-{split}.json`` in the experiment folder; the scalars go to TensorBoard).
+
+The engine knows no task: a workflow hands it an :class:`Evaluator`, which computes the metrics of the student on
+the split (every rank takes part under torchrun; each row is predicted once) and writes the task's evaluation
+table at checkpoints (``eval-{split}.json``, where ``--ckpt best`` and ``results_table.py`` read). Every metric is
+higher-is-better; the task's main metric decides the best checkpoint and the patience.
+
+What a resumed run does: the history, the best checkpoint and the patience count are part of the resume state, so
+a run resumed from checkpoint ``k`` drops whatever a killed run evaluated after ``k`` and evaluates those steps
+again: no evaluation is repeated in the files, none is lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from ..io_utils import atomic_write_json
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    split: str
+    every: int | None  # evaluate every N optimizer steps (None: at checkpoints only); checkpoints always
+    patience: int | None  # stop after P evaluations without a better main metric (None: never)
+    metric: str  # the task's main metric (higher is better)
+    tag_prefix: str  # "{task}/{split}": TensorBoard tags "{tag_prefix}/{tag}", as run_fine_tune_eval.py writes
+    tags: dict[str, str] = field(default_factory=dict)  # metric name -> TensorBoard tag (accuracy, f1_score, ...)
+
+    def due(self, step: int, checkpoint: bool) -> bool:
+        return checkpoint or (self.every is not None and step % self.every == 0)
+
+
+class Evaluator(Protocol):
+    """What a workflow gives the engine to evaluate its student (``fine_tune.evaluate.TrainingEvaluator``)."""
+
+    settings: EvalSettings
+
+    def evaluate(self, model: torch.nn.Module, step: int) -> dict[str, float]:
+        """The task's metrics of ``model`` on the split (called on every rank), plus ``examples_per_s``."""
+
+    def write_table(self, rows: list[dict]) -> None:
+        """Rank 0, after evaluating a checkpoint (and on a resume): write the task's evaluation table of the
+        checkpoint rows of ``rows`` (and their predictions)."""
+
+    def state_dict(self) -> dict:
+        """What the evaluator must keep across a resume (the checkpoints' predictions)."""
+
+    def load_state_dict(self, state: dict, steps: list[int]) -> None:
+        """Restore :meth:`state_dict`, keeping the checkpoints in ``steps`` only."""
+
+
+class EvalHistory:
+    """Every evaluation of a run, the best checkpoint on the main metric, and the patience count."""
+
+    def __init__(self, settings: EvalSettings):
+        self.s = settings
+        self.rows: list[dict] = []  # {"step", "checkpoint", metrics...} in step order
+        self.best_value: float | None = None  # the best main metric of any evaluation (the patience's reference)
+        self.best_step: int | None = None
+        self.without_improvement = 0
+        self.stopped_at: int | None = None
+
+    def add(self, step: int, metrics: dict[str, float], checkpoint: bool) -> bool:
+        """Record one evaluation; True when the patience has run out (the run should stop here)."""
+        self.rows.append({"step": step, "checkpoint": checkpoint, **metrics})
+        value = metrics[self.s.metric]
+        if self.best_value is None or value > self.best_value:
+            self.best_value, self.best_step, self.without_improvement = value, step, 0
+        else:
+            self.without_improvement += 1
+        return self.s.patience is not None and self.without_improvement >= self.s.patience
+
+    def mark_checkpoint(self, step: int) -> None:
+        """The evaluation at ``step`` became a checkpoint's (the run stops early there and saves it)."""
+        for row in self.rows:
+            if row["step"] == step:
+                row["checkpoint"] = True
+
+    def best_checkpoint(self) -> dict | None:
+        """The checkpoint row with the best main metric (ties: the later checkpoint, as the evaluation tables)."""
+        best = None
+        for row in self.rows:
+            if row["checkpoint"] and (best is None or row[self.s.metric] >= best[self.s.metric]):
+                best = row
+        return best
+
+    def record(self) -> dict:
+        best = self.best_checkpoint()
+        return {"split": self.s.split, "metric": self.s.metric, "every": self.s.every, "patience": self.s.patience,
+                "rows": self.rows,
+                "best_checkpoint": None if best is None else {"ckpt": best["step"], "value": best[self.s.metric]},
+                "best": None if self.best_step is None else {"step": self.best_step, "value": self.best_value},
+                "evaluations_without_improvement": self.without_improvement,
+                "stopped_early_at": self.stopped_at}
+
+    def write(self, folder: Path) -> None:
+        atomic_write_json(Path(folder) / training_eval_name(self.s.split), self.record())
+
+    def state_dict(self) -> dict:
+        return {"split": self.s.split, "rows": [dict(r) for r in self.rows], "best_value": self.best_value,
+                "best_step": self.best_step, "without_improvement": self.without_improvement,
+                "stopped_at": self.stopped_at}
+
+    def load_state_dict(self, state: dict) -> bool:
+        """Restore a resumed run's history; False (nothing restored) when it evaluated another split."""
+        if state.get("split") != self.s.split:
+            return False
+        self.rows = [dict(r) for r in state["rows"]]
+        self.best_value, self.best_step = state["best_value"], state["best_step"]
+        self.without_improvement, self.stopped_at = state["without_improvement"], state["stopped_at"]
+        return True
+
+
+def training_eval_name(split: str) -> str:
+    return f"training-eval-{split}.json"
+
+
+EARLY_STOP_FILE = "early-stop.json"  # written once a run stopped early: the run is finished (workflows/start.py)

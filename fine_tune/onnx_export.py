@@ -1,0 +1,315 @@
+"""``export_model.py --format onnx [--quantize int8]``: an experiment checkpoint as an ONNX model, checked
+against PyTorch on the task's dev rows before it is kept.
+
+The folder (default ``<experiment folder>/onnx-model-<step>/``) holds ``model.onnx`` (inputs ``input_ids``,
+``attention_mask`` and, for models that read token types, ``token_type_ids``, all int64 ``[batch, sequence]``;
+output ``logits`` float32 ``[batch, num_labels]``; batch and sequence axes dynamic; fp32, exported in eval mode with
+``torch.onnx.export``'s TorchScript exporter at opset :data:`OPSET`), with ``--quantize int8`` also
+``model.int8.onnx`` (ONNX Runtime's ``quantize_dynamic``, int8 weights, activations quantized at run time), the
+tokenizer (``model_max_length`` = the experiment's ``max_seq_len``), the model's ``config.json`` (``id2label`` /
+``label2id`` as the Hugging Face export names them) and ``export.json``.
+
+The check: the task's dev split (its ``dev_split``: ``dev`` for QQP, ``val`` for BoolQ; all rows, or the first
+``--max_examples``) runs through PyTorch (:func:`fine_tune.evaluate.predict_logits`, fp32 on the CPU) and through
+ONNX Runtime (``CPUExecutionProvider``) in the same batches (:data:`BATCH_SIZE` rows in length order, each padded
+to its longest row). Every logit must satisfy
+
+    |onnx - pytorch| <= ATOL + RTOL * |pytorch|        (ATOL = RTOL = 1e-4)
+
+else the export is refused with one line naming the largest difference, and nothing is left in the output folder
+(an earlier export there stays as it was). The int8 model has no tolerance: its metrics and its agreement with the
+fp32 predictions (the share of rows whose predicted class is the same; null for a regression task) are
+reported. Speed (examples/s) is measured on the same rows and batches, forward passes only
+(tokenisation and padding excluded), PyTorch and ONNX Runtime on the same number of threads
+(``torch.get_num_threads()``); the median of three passes when one pass of every model takes little time (under
+:data:`CHEAP_SECONDS` together), else of the one pass.
+
+``onnx`` and ``onnxruntime`` are imported here only, so the rest of the toolkit runs without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import json
+import logging
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .batching import Collator, sequential_batches
+from .engine.device import Precision
+from .errors import UserError
+from .evaluate import metrics, predict_logits
+from .models.forward import reads_token_types
+
+ATOL = 1e-4  # absolute tolerance on every logit, ONNX Runtime fp32 against PyTorch fp32
+RTOL = 1e-4  # relative tolerance (times |PyTorch logit|)
+OPSET = 17  # LayerNormalization is one op from opset 17 on
+BATCH_SIZE = 32  # rows per batch of the check and the speed measurement
+CHEAP_SECONDS = 10.0  # one pass of every model together under this: three passes each, their median
+PASSES = 3
+ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
+PACKAGES = ("onnx", "onnxruntime")
+
+
+def check_packages() -> None:
+    """``--format onnx`` needs onnx and onnxruntime; refused (one line) before anything is read or written."""
+    missing = []
+    for name in PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise UserError(f"--format onnx needs the Python package(s) {', '.join(missing)}: "
+                        f"pip install {' '.join(missing)}")
+
+
+def input_names(model: torch.nn.Module) -> list[str]:
+    """The ONNX model's inputs: ``token_type_ids`` only for a model that reads token types (models/forward.py)."""
+    return ["input_ids", "attention_mask"] + (["token_type_ids"] if reads_token_types(model) else [])
+
+
+class _LogitsOnly(torch.nn.Module):
+    """The classifier as a function of its input tensors (positional, in :func:`input_names` order) to logits."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.names, inputs)), return_dict=True).logits
+
+
+class _ForwardTimer:
+    """Seconds spent inside ``model``'s forward (hooks), so a pass through predict_logits is timed without its
+    padding and batching work."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.seconds, self._start = model, 0.0, 0.0
+
+    def __enter__(self) -> "_ForwardTimer":
+        self._handles = [self.model.register_forward_pre_hook(self._pre),
+                         self.model.register_forward_hook(self._post)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def _pre(self, module, args) -> None:
+        self._start = time.perf_counter()
+
+    def _post(self, module, args, output) -> None:
+        self.seconds += time.perf_counter() - self._start
+
+
+def _pytorch_pass(le, features) -> tuple[np.ndarray, float]:
+    """The toolkit's logits (fp32, CPU) and the seconds of the forward passes."""
+    with _ForwardTimer(le.model) as timer:
+        logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"], BATCH_SIZE,
+                                torch.device("cpu"), Precision("cpu", None))
+    return logits, timer.seconds
+
+
+def _batches(le, features, names: list[str]) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """The batches predict_logits forms (same rows, same per-batch padding), as ONNX Runtime feeds."""
+    collator = Collator(features, le.tokenizer.pad_token_id, le.config["max_seq_len"], "dynamic")
+    out = []
+    for rows in sequential_batches(len(features), BATCH_SIZE, features.lengths()):
+        batch = collator(rows)
+        out.append((np.asarray(rows), {k: batch[k].numpy().astype(np.int64) for k in names}))
+    return out
+
+
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - one line, not ONNX Runtime's traceback
+        raise UserError(f"ONNX Runtime cannot load the exported {path.name}: {_first_line(e)}") from None
+
+
+def _ort_pass(session, batches, num_rows: int, num_labels: int) -> tuple[np.ndarray, float]:
+    out = np.zeros((num_rows, num_labels), dtype=np.float32)
+    seconds = 0.0
+    for rows, feed in batches:
+        start = time.perf_counter()
+        try:
+            logits = session.run(["logits"], feed)[0]
+        except Exception as e:  # noqa: BLE001 - one line, not ONNX Runtime's traceback
+            raise UserError(f"ONNX Runtime cannot run the exported model on a batch of shape "
+                            f"{tuple(feed['input_ids'].shape)}: {_first_line(e)}") from None
+        seconds += time.perf_counter() - start
+        out[rows] = logits
+    return out, seconds
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _export(model: torch.nn.Module, names: list[str], path: Path, pad_token_id: int, max_seq_len: int) -> None:
+    """``torch.onnx.export`` (TorchScript exporter: no onnxscript needed, well under a second for a small model) of
+    the model in eval mode, fp32, on an example batch of two rows, one padded (so no shortcut for unpadded batches
+    is traced), with dynamic batch and sequence axes."""
+    import onnx
+
+    length = max(2, min(8, max_seq_len))
+    ids = torch.full((2, length), min(5, model.config.vocab_size - 1), dtype=torch.long)
+    mask = torch.ones_like(ids)
+    ids[1, length // 2:], mask[1, length // 2:] = pad_token_id if pad_token_id is not None else 0, 0
+    example = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    wrapper = _LogitsOnly(model.float().eval(), names).eval()
+    axes = {name: {0: "batch", 1: "sequence"} for name in names}
+    axes["logits"] = {0: "batch"}
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+            # torch >= 2.9 defaults to the dynamo exporter (needs onnxscript); torch 2.4 has no ``dynamo`` argument
+            legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+            torch.onnx.export(wrapper, tuple(example[n] for n in names), str(path), **legacy,
+                              input_names=names, output_names=["logits"], dynamic_axes=axes, opset_version=OPSET,
+                              do_constant_folding=True)
+        onnx.checker.check_model(str(path))
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a model the exporter cannot handle: one line
+        raise UserError(f"torch.onnx.export cannot export this {model.config.model_type} model: "
+                        f"{_first_line(e)}") from None
+    finally:
+        model.eval()
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """onnxruntime.quantization advises pre-processing through the root logger on every call."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _quantize(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_root_logger():
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+
+
+def _beyond_tolerance(got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    return np.abs(got - expected) > ATOL + RTOL * np.abs(expected)
+
+
+def _metrics(task, labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics(task, labels, task.predictions(logits)).items()}
+
+
+def export_onnx(le, step: int, label: str, out: Path, record: dict, features, quantize: str | None) -> dict:
+    """Write the ONNX export of the loaded checkpoint (``le.model``) into ``out`` (atomically: a temporary folder
+    renamed at the end) after checking it on ``features`` (the dev rows); returns the ``export.json`` record.
+    Every input was checked by the caller; a failed check raises :class:`UserError` and leaves nothing."""
+    import onnxruntime
+
+    from .io_utils import atomic_save_with
+
+    task, split = le.task, le.task.dev_split
+    model, tokenizer = le.model, le.tokenizer
+    names = input_names(model)
+    threads = torch.get_num_threads()
+    num_labels = model.config.num_labels
+    labels = np.asarray(features.labels)
+    n = len(features)
+    torch_logits, torch_seconds = _pytorch_pass(le, features)
+    batches = _batches(le, features, names)
+    summary: dict = {}
+
+    def save(tmp: Path) -> None:
+        onnx_path = tmp / ONNX_FILE
+        _export(model, names, onnx_path, tokenizer.pad_token_id, le.config["max_seq_len"])
+        session = _session(onnx_path, threads)
+        onnx_logits, onnx_seconds = _ort_pass(session, batches, n, num_labels)
+        diff = np.abs(onnx_logits - torch_logits)
+        max_diff = float(diff.max()) if diff.size else 0.0
+        bad = _beyond_tolerance(onnx_logits, torch_logits)
+        if bad.any() or not np.isfinite(onnx_logits).all():
+            row = int(np.argwhere(bad | ~np.isfinite(onnx_logits))[0][0])
+            raise UserError(f"the ONNX model of model-{step}.pt differs from PyTorch beyond the tolerance {ATOL:g} + "
+                            f"{RTOL:g}*|logit| on the {n} {split} rows (max |logit difference| {max_diff:.3g}, first "
+                            f"at row {row}); no export was written")
+        seconds = {"pytorch": [torch_seconds], "onnxruntime": [onnx_seconds]}
+        int8_logits, int8_session = None, None
+        if quantize == "int8":
+            _quantize(onnx_path, tmp / INT8_FILE)
+            int8_session = _session(tmp / INT8_FILE, threads)
+            int8_logits, int8_seconds = _ort_pass(int8_session, batches, n, num_labels)
+            seconds["onnxruntime_int8"] = [int8_seconds]
+        if sum(s[0] for s in seconds.values()) < CHEAP_SECONDS:
+            for _ in range(PASSES - 1):  # interleaved, so a busy moment of the machine hits every model alike
+                seconds["pytorch"].append(_pytorch_pass(le, features)[1])
+                seconds["onnxruntime"].append(_ort_pass(session, batches, n, num_labels)[1])
+                if int8_session is not None:
+                    seconds["onnxruntime_int8"].append(_ort_pass(int8_session, batches, n, num_labels)[1])
+        rates = {k: round(n / max(statistics.median(v), 1e-9), 2) for k, v in seconds.items()}
+        agreement = None
+        if int8_logits is not None and not task.regression:
+            agreement = float(np.mean(task.predictions(int8_logits) == task.predictions(onnx_logits)))
+        summary.update(passes=len(seconds["pytorch"]))
+        record.update({
+            "format": "onnx",
+            "onnx": {
+                "file": ONNX_FILE, "int8_file": INT8_FILE if int8_logits is not None else None, "opset": OPSET,
+                "split": split, "rows": n, "batch_size": BATCH_SIZE,
+                "tolerance": {"atol": ATOL, "rtol": RTOL}, "max_abs_diff": max_diff,
+                "metrics": {"pytorch": _metrics(task, labels, torch_logits),
+                            "onnx": _metrics(task, labels, onnx_logits),
+                            "int8": None if int8_logits is None else _metrics(task, labels, int8_logits)},
+                "int8_agreement": agreement,
+                "examples_per_s": {"pytorch": rates["pytorch"], "onnxruntime": rates["onnxruntime"],
+                                   "onnxruntime_int8": rates.get("onnxruntime_int8")},
+                "device": "cpu", "threads": threads, "onnxruntime_version": onnxruntime.__version__,
+                "torch_version": torch.__version__,
+            },
+        })
+        tokenizer.save_pretrained(tmp)
+        model.config.architectures = [type(model).__name__]
+        model.config.save_pretrained(tmp)
+        (tmp / "export.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+    atomic_save_with(out, save)
+    _print_summary(le, label, out, record["onnx"], summary["passes"])
+    return record
+
+
+def _print_summary(le, label: str, out: Path, o: dict, passes: int) -> None:
+    names = list(o["metrics"]["pytorch"])
+    rows = [("pytorch", "pytorch"), ("onnxruntime", "onnx")]
+    if o["int8_file"]:
+        rows.append(("onnxruntime_int8", "int8"))
+    print(f"ONNX export of {label} of {le.exp.name}: {o['split']} split, {o['rows']} rows, batches of "
+          f"{o['batch_size']}, {o['threads']} thread(s), CPU, median of {passes} pass(es)")
+    print("\t".join(["runtime".ljust(17), *names, "examples/s"]))
+    for rate_key, metric_key in rows:
+        m = o["metrics"][metric_key]
+        print("\t".join([rate_key.ljust(17), *(f"{m[k]:.6f}" for k in names), f"{o['examples_per_s'][rate_key]:.1f}"]))
+    line = (f"max |ONNX - PyTorch| logit difference {o['max_abs_diff']:.3g} (tolerance {o['tolerance']['atol']:g} + "
+            f"{o['tolerance']['rtol']:g}*|logit|)")
+    if o["int8_agreement"] is not None:
+        line += f"; int8 predictions agree with fp32 on {100 * o['int8_agreement']:.2f} % of rows"
+    print(line)
+    files = o["file"] + (f", {o['int8_file']}" if o["int8_file"] else "")
+    print(f"exported {label} of {le.exp.name} to {out} ({files})")

@@ -1,0 +1,205 @@
+"""``export_model.py --format onnx [--quantize int8]``: a tiny fine-tuned BERT exported to ONNX, then checked here
+independently of the toolkit: ONNX Runtime on the exported tokenizer's output against the checkpoint in plain
+Hugging Face PyTorch (two batch sizes, two sequence lengths), the int8 model, export.json's numbers, the Hugging
+Face export left as it was, and a bad export refused with one line and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from conftest import run_in_process  # noqa: E402
+from fine_tune import onnx_export, synthetic  # noqa: E402
+from fine_tune.onnx_export import ATOL, RTOL  # noqa: E402
+
+SEQ = 48
+COMMON = ["--experiment", "ft", "--model", "bert", "--task", "qqp"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Synthetic QQP (48 dev rows), a tiny BERT fine-tuned for 4 steps, exported with --format onnx --quantize int8."""
+    base = tmp_path_factory.mktemp("onnx")
+    w = {"base": base, "data": base / "data", "exp": base / "exp"}
+    synthetic.write_qqp(w["data"], n_train=48, n_dev=48, n_test=8)
+    pre = synthetic.write_tiny_model(base / "pre-bert", "bert", num_layers=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(w, "run_fine_tune.py", *COMMON, "--ptrain_ver", str(pre), "--max_seq_len", str(SEQ), "--total_step", "4",
+            "--warmup_step", "1", "--ckpt_step", "2", "--log_step", "2", "--batch_size", "8", "--lr", "1e-3")
+        w["proc"] = run(w, "export_model.py", *COMMON, "--format", "onnx", "--quantize", "int8")
+        w["folder"] = w["exp"] / "ft_bert_qqp"
+        w["out"] = w["folder"] / "onnx-model-4"
+        yield w
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(w, script, *args, check=True):
+    return run_in_process(script, *args, data_root=w["data"], exp_root=w["exp"], check=check)
+
+
+def dev_rows(w) -> tuple[list[tuple[str, str]], np.ndarray]:
+    lines = (w["data"] / "QQP" / "dev.tsv").read_text().splitlines()[1:]
+    cells = [line.split("\t") for line in lines]  # id qid1 qid2 question1 question2 is_duplicate
+    return [(c[3], c[4]) for c in cells], np.array([int(c[5]) for c in cells])
+
+
+def pytorch_model(w, step: int = 4):
+    """The checkpoint in plain Hugging Face PyTorch (the experiment's config, the toolkit's state_dict)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(w["folder"] / "model")
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+    model.load_state_dict(torch.load(w["folder"] / f"model-{step}.pt", weights_only=True))
+    return model.eval()
+
+
+def session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def encode(tokenizer, pairs, **padding):
+    return tokenizer([a for a, _ in pairs], [b for _, b in pairs], truncation=True, return_tensors="np", **padding)
+
+
+def ort_logits(sess, enc) -> np.ndarray:
+    names = [i.name for i in sess.get_inputs()]
+    return sess.run(["logits"], {n: enc[n].astype(np.int64) for n in names})[0]
+
+
+def test_onnx_export_matches_pytorch_on_dynamic_shapes_and_records_its_check(world):
+    from transformers import AutoConfig, AutoTokenizer
+
+    w, out = world, world["out"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["config.json", "export.json", "model.int8.onnx", "model.onnx", "tokenizer.json", "tokenizer_config.json"])
+    assert not list(w["folder"].glob(".tmp-*"))
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.model_max_length == SEQ
+    config = AutoConfig.from_pretrained(out)
+    assert config.id2label == {0: "0", 1: "1"} and config.label2id == {"0": 0, "1": 1}
+    sess = session(out / "model.onnx")
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert [o.name for o in sess.get_outputs()] == ["logits"]
+
+    pairs, labels = dev_rows(w)
+    model = pytorch_model(w)
+    # two batch sizes and two sequence lengths through the one graph: 5 rows padded to their longest, 13 to SEQ
+    shapes = set()
+    for chunk, padding in ((pairs[:5], {"padding": True}), (pairs[5:18], {"padding": "max_length", "max_length": SEQ})):
+        enc = encode(tokenizer, chunk, **padding)
+        shapes.add(enc["input_ids"].shape)
+        got = ort_logits(sess, enc)
+        with torch.no_grad():
+            expected = model(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits.numpy()
+        np.testing.assert_allclose(got, expected, atol=ATOL, rtol=RTOL)
+    assert len(shapes) == 2 and len({s[0] for s in shapes}) == 2 and len({s[1] for s in shapes}) == 2, shapes
+
+    # every dev row, one row at a time (no padding): the accuracy export.json reports for ONNX
+    onnx_all = np.concatenate([ort_logits(sess, encode(tokenizer, [p])) for p in pairs])
+    int8_sess = session(out / "model.int8.onnx")
+    int8_all = np.concatenate([ort_logits(int8_sess, encode(tokenizer, [p])) for p in pairs])
+    assert int8_all.shape == (len(pairs), 2) and np.isfinite(int8_all).all()
+    int8_preds = int8_all.argmax(1)
+    assert set(int8_preds.tolist()) <= {0, 1}
+
+    record = json.loads((out / "export.json").read_text())
+    assert list(record) == ["experiment", "checkpoint", "selected", "task", "max_seq_len", "inputs", "format", "onnx"]
+    assert record["format"] == "onnx" and record["checkpoint"] == "model-4.pt" and record["max_seq_len"] == SEQ
+    o = record["onnx"]
+    assert list(o) == ["file", "int8_file", "opset", "split", "rows", "batch_size", "tolerance", "max_abs_diff",
+                       "metrics", "int8_agreement", "examples_per_s", "device", "threads", "onnxruntime_version",
+                       "torch_version"]
+    assert (o["file"], o["int8_file"], o["split"], o["rows"], o["batch_size"]) == \
+        ("model.onnx", "model.int8.onnx", "dev", 48, 32)
+    assert isinstance(o["opset"], int) and o["tolerance"] == {"atol": ATOL, "rtol": RTOL}
+    assert 0 <= o["max_abs_diff"] <= ATOL
+    assert o["device"] == "cpu" and o["threads"] == 1
+    assert o["onnxruntime_version"] == ort.__version__ and o["torch_version"] == torch.__version__
+    assert all(isinstance(v, float) and v > 0 for v in o["examples_per_s"].values())
+    accuracy = float((onnx_all.argmax(1) == labels).mean())
+    assert o["metrics"]["onnx"]["accuracy"] == pytest.approx(accuracy)
+    assert o["metrics"]["pytorch"]["accuracy"] == pytest.approx(accuracy)  # fp32 logits agree to 1e-4
+    assert o["metrics"]["int8"]["accuracy"] == pytest.approx(float((int8_preds == labels).mean()))
+    assert o["int8_agreement"] == pytest.approx(float((int8_preds == onnx_all.argmax(1)).mean()))
+    assert set(o["metrics"]["onnx"]) == {"accuracy", "f1"}
+    stdout = w["proc"].stdout
+    assert "max |ONNX - PyTorch| logit difference" in stdout and "onnxruntime_int8" in stdout
+
+
+def test_hugging_face_export_is_unchanged_and_exports_are_not_replaced_silently(world):
+    w = world
+    onnx_before = (w["out"] / "model.onnx").read_bytes()
+    run(w, "export_model.py", *COMMON)  # the default: a Hugging Face folder
+    hf = w["folder"] / "hf-model-4"
+    assert (hf / "model.safetensors").is_file() and not (hf / "model.onnx").exists()
+    record = json.loads((hf / "export.json").read_text())
+    assert "format" not in record and "onnx" not in record and record["checkpoint"] == "model-4.pt"
+    assert (w["out"] / "model.onnx").read_bytes() == onnx_before
+    proc = run(w, "export_model.py", *COMMON, "--format", "onnx", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "pass --overwrite" in proc.stderr
+    proc = run(w, "export_model.py", *COMMON, "--quantize", "int8", check=False)
+    assert proc.returncode == 2 and proc.stderr == "error: --quantize int8 needs --format onnx\n"
+
+
+def test_an_export_beyond_the_tolerance_is_refused_and_leaves_nothing(world, monkeypatch):
+    w = world
+    real = onnx_export._export
+
+    def perturbed(model, *args):  # the exported graph's classifier bias is off by 1e-2
+        with torch.no_grad():
+            model.classifier.bias += 1e-2
+        try:
+            real(model, *args)
+        finally:
+            with torch.no_grad():
+                model.classifier.bias -= 1e-2
+
+    monkeypatch.setattr(onnx_export, "_export", perturbed)
+    out = w["base"] / "refused"
+    proc = run(w, "export_model.py", *COMMON, "--ckpt", "2", "--format", "onnx", "--out", str(out), check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: the ONNX model of model-2.pt differs from PyTorch beyond the tolerance "
+                                  "0.0001 + 0.0001*|logit| on the 48 dev rows (max |logit difference| 0.01, first at "
+                                  "row "), proc.stderr
+    assert proc.stderr.endswith("); no export was written\n")
+    assert not out.exists() and not list(w["base"].glob(".tmp-*"))
+    # --overwrite of an existing export that fails the check leaves the old export as it was
+    before = {p.name: p.read_bytes() for p in w["out"].iterdir()}
+    proc = run(w, "export_model.py", *COMMON, "--format", "onnx", "--overwrite", check=False)
+    assert proc.returncode == 2 and "differs from PyTorch" in proc.stderr
+    assert {p.name: p.read_bytes() for p in w["out"].iterdir()} == before
+    assert not list(w["folder"].glob(".tmp-*"))
+
+
+def test_a_model_without_token_types_exports_two_inputs_and_max_examples_limits_the_rows(world):
+    from transformers import AutoTokenizer
+
+    w = world
+    pre = synthetic.write_tiny_model(w["base"] / "pre-roberta", "roberta", num_layers=2)
+    common = ["--experiment", "rob", "--model", "roberta", "--task", "qqp"]
+    run(w, "run_fine_tune.py", *common, "--ptrain_ver", str(pre), "--max_seq_len", str(SEQ), "--total_step", "2",
+        "--warmup_step", "1", "--ckpt_step", "2", "--log_step", "2", "--batch_size", "8", "--lr", "1e-3")
+    out = w["base"] / "rob-onnx"
+    run(w, "export_model.py", *common, "--format", "onnx", "--out", str(out), "--max_examples", "20")
+    sess = session(out / "model.onnx")
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask"]
+    record = json.loads((out / "export.json").read_text())["onnx"]
+    assert record["rows"] == 20 and record["int8_file"] is None and record["metrics"]["int8"] is None
+    assert record["int8_agreement"] is None and record["examples_per_s"]["onnxruntime_int8"] is None
+    assert not (out / "model.int8.onnx").exists()
+    pairs, _ = dev_rows(w)
+    enc = encode(AutoTokenizer.from_pretrained(out), pairs[:7], padding=True)
+    model = pytorch_model({"folder": w["exp"] / "rob_roberta_qqp"}, step=2)
+    with torch.no_grad():
+        expected = model(input_ids=torch.from_numpy(enc["input_ids"]),
+                         attention_mask=torch.from_numpy(enc["attention_mask"])).logits.numpy()
+    np.testing.assert_allclose(ort_logits(sess, enc), expected, atol=ATOL, rtol=RTOL)
