@@ -59,6 +59,11 @@ def test_a_killed_run_neither_repeats_nor_loses_an_evaluation(run, tiny_bert, da
     wait_killed(start_killed("before:model-8.pt", "run_fine_tune.py", args, w))
     killed = exp_root / "killed_bert_qqp"
     assert [r["step"] for r in read(killed / "training-eval-dev.json")["rows"]] == [3, 4, 6, 8]
+    # resumed from checkpoint 4, the run first writes the evaluations it restored (killed right after that
+    # write, before it evaluates again): the file no longer claims the killed run's steps 6 and 8
+    wait_killed(start_killed("after:training-eval-dev.json", "run_fine_tune.py", args, w))
+    assert [r["step"] for r in read(killed / "training-eval-dev.json")["rows"]] == [3, 4]
+    assert [r["ckpt"] for r in read(killed / "eval-dev.json")["rows"]] == [4]
     resumed = run("run_fine_tune.py", *args)
     assert "resuming from model-4.pt" in resumed.stderr
     ref = exp_root / "ref_bert_qqp"

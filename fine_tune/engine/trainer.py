@@ -488,10 +488,10 @@ class Trainer:
             return
         steps = [r["step"] for r in self.history.rows if r["checkpoint"]]
         self.evaluator.load_state_dict(state["evaluator"], steps)
-        if self.world.is_main:
-            self.history.write(self.exp.path)
+        if self.world.is_main:  # the checkpoints' table first (what --ckpt best reads), then the history
             if steps:
                 self.evaluator.write_table(self.history.rows)
+            self.history.write(self.exp.path)
 
 
 _PER_LAYER = re.compile(r"^(.*)_(\d+)$")
