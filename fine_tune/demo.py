@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     try:  # a folder the demo wrote before is replaced; any other existing folder is refused
         reset_own_folder(out, ".fine_tune_demo", ("tiny-bert", "data", "experiments"), "--out")
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None
+    except UserError as e:  # one line, exit status 2, as every entry script refuses a bad input
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     start = time.time()
     model_dir = synthetic.write_tiny_model(out / "tiny-bert", "bert", num_layers=4, hidden=64, heads=4, ff=128)
     data_root, exp_root = out / "data", out / "experiments"
