@@ -178,7 +178,7 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def onnx_export(exp: ExperimentDir) -> dict | None:
+def onnx_speed_record(exp: ExperimentDir) -> dict | None:
     """The newest ONNX export of an experiment (``export_model.py --format onnx`` writes
     ``<folder>/onnx-model-<step>/export.json``; any sub-folder's ``export.json`` with ``"format": "onnx"`` counts),
     newest by the record's modification time, then by step; None when it has none."""
@@ -257,7 +257,7 @@ def row_record(members: list[Experiment], task, rule: Rule, splits: list[str], t
                            "examples_per_s": statistics.median(r for _, r, _ in rates) if rates else None,
                            "device": rates[0][2] if rates else None,
                            "members": [n for n, _, _ in rates], "values": [r for _, r, _ in rates]}
-    record["onnx"] = onnx_export(first.exp)
+    record["onnx"] = onnx_speed_record(first.exp)
     record["is_teacher"] = any(m.name in teachers for m in members)
     record["hyper"] = {}  # filled by build_table (the varying fields are known once every row is)
     record["commands"] = [{"member": m.name, "command": recorded_command(m.config)} for m in members]
