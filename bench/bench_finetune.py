@@ -67,6 +67,7 @@ def worker_toolkit(args, t0: float, *, group_by_length: bool = False, padding: s
     from fine_tune.engine.optim import OptimiserSettings
     from fine_tune.engine.seeding import seed_everything
     from fine_tune.engine.trainer import Trainer, TrainSettings
+    from fine_tune.models.forward import forward
     from fine_tune.experiment import ExperimentDir
     from fine_tune.methods import HardLabel
     from fine_tune.models.classifier import build_pretrained_classifier, load_tokenizer
@@ -94,7 +95,7 @@ def worker_toolkit(args, t0: float, *, group_by_length: bool = False, padding: s
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, HardLabel(), collator, len(features), settings,
                           ExperimentDir(Path(tmp), "bench"), device, precision, progress=False,
-                          student_forward=forwards.student, **extra)
+                          student_forward=forwards.student, forward=forward, **extra)
         start = time.perf_counter()
         trainer.train()  # writes model-{n}.pt once, at the end (outside the timed window)
         train_s = time.perf_counter() - start

@@ -46,6 +46,7 @@ def count(contender: str, args, root: Path) -> dict:
     from fine_tune.engine.seeding import seed_everything
     from fine_tune.engine.syncs import count_training_syncs
     from fine_tune.engine.trainer import Trainer, TrainSettings
+    from fine_tune.models.forward import forward
     from fine_tune.experiment import ExperimentDir
     from fine_tune.methods import LAD, PKD, HardLabel
     from fine_tune.models.padding_free import training_forwards
@@ -88,7 +89,7 @@ def count(contender: str, args, root: Path) -> dict:
     trainer = Trainer(student, method, collator, len(features), settings, exp, torch.device("cpu"),
                       Precision("cpu", torch.float16 if contender.endswith("fp16") else None), teacher=teacher,
                       progress=False,
-                      student_forward=forwards.student, teacher_forward=forwards.teacher)
+                      student_forward=forwards.student, teacher_forward=forwards.teacher, forward=forward)
     counter = count_training_syncs(trainer)
     return {"contender": contender, "steps": n, "syncs": counter.total, "per_step": counter.total / n,
             "by_op": dict(counter.by_op), "by_site": dict(counter.by_site.most_common(8))}

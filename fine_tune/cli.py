@@ -673,10 +673,9 @@ def parse_flags(prog: str, description: str, groups: Sequence[type], argv: Seque
     parser = build_parser(prog, description, groups, required=not with_config)
     values = vars(parser.parse_args(argv))
     source = None
-    if values.pop("config") is not None:
-        if given is None:  # not reached: what the probe cannot parse, the parser refuses; flags not at their default
-            given = {k: v for k, v in values.items() if v != parser.get_default(k)}
-        values, source = _merge_config(parser, groups, values, set(given) - {"config"}, given["config"])
+    config = values.pop("config")
+    if config is not None:  # (the probe parsed argv: what it cannot parse, the parser above refuses)
+        values, source = _merge_config(parser, groups, values, set(given) - {"config"}, config)
     parsed = {group.key: group(**{f.name: values[f.name] for f in dataclasses.fields(group)}) for group in groups}
     if source is not None:
         parsed[source.key] = source

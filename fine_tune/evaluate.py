@@ -183,11 +183,11 @@ def run_eval(flags) -> dict:
     if not rows:
         raise UserError(f"every checkpoint of {le.exp.path} from --ckpt {first} on was deleted while this evaluation "
                         f"ran; nothing evaluated")
-    best = {m: best_row(rows, m) for m in metric_names}
+    table = write_eval_table(le.exp, le.task, e.dataset, examples, features.labels, rows, predictions,
+                             inference_record(le.device, le.precision, batch_size), write=main)
     for m in metric_names:
-        print(f"best {m}: {best[m][m]:.6f} at model-{best[m]['ckpt']}.pt")
-    return write_eval_table(le.exp, le.task, e.dataset, examples, features.labels, rows, predictions,
-                            inference_record(le.device, le.precision, batch_size), write=main)
+        print(f"best {m}: {table['best'][m]['value']:.6f} at model-{table['best'][m]['ckpt']}.pt")
+    return table
 
 
 def inference_record(device, precision: Precision, batch_size: int) -> dict:

@@ -108,18 +108,16 @@ def atomic_save_with(path: Path, save: Callable[[Path], None]) -> None:
         honour_umask(tmp, folder=True)
         save(tmp)
         if path.exists():
-            import shutil
-
             old = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + "old.", dir=path.parent))
             os.replace(path, old / path.name)
             os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            with contextlib.suppress(OSError):  # a leftover .tmp-* folder is removed at the next start
+                remove_inside(old, path.parent)
         else:
             os.replace(tmp, path)
     except BaseException as e:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_inside(tmp, path.parent)
         raise_write_failure(path, e)
         raise
 

@@ -571,11 +571,11 @@ def run_results(args) -> str:
         split = args.compare_split or task.dev_split
         task.check_split(split, "--compare_split")
         text += "\n" + compare(exp_root, args.task, a, b, split, rule, args.resamples, args.bootstrap_seed).describe(a, b) + "\n"
-    if getattr(args, "commands", False):
+    if args.commands:
         text += "\n" + table.commands()
     files: dict[str, str | bytes | dict] = {"md": text, "csv": table.csv(), "json": table.data()}
     notes = [f"(the same table as data: {paths['csv']}, {paths['json']})"]
-    if getattr(args, "plot", False):
+    if args.plot:
         pareto = result_plots.pareto_data(table)
         if not any(panel["points"] for panel in pareto["panels"].values()):
             raise UserError(f"--plot: no row has a {pareto['split']} {pareto['metric']} together with a checkpoint "
@@ -583,7 +583,7 @@ def run_results(args) -> str:
         files["pareto_json"], files["pareto_png"] = pareto, result_plots.render_pareto(pareto)
         fronts = "; ".join(f"{k}: {', '.join(v['front']) or 'none'}" for k, v in pareto["panels"].items())
         notes.append(f"(Pareto plot: {paths['pareto_png']}, its data {paths['pareto_json']}; front by {fronts})")
-    if getattr(args, "curves", None) is not None:
+    if args.curves is not None:
         groups = _curve_groups(exp_root, args.task, args.curves)
         curves = result_plots.curves_data(groups, [group_name(g) for g in groups], task, splits)
         files["curves_json"], files["curves_png"] = curves, result_plots.render_curves(curves)

@@ -97,7 +97,7 @@ def _train(features, tok, tmp_path, batch, accum, steps=3, padding="dynamic"):
     collator = Collator(features, tok.pad_token_id, 32, padding)
     exp = ExperimentDir(tmp_path, f"run-{batch}-{accum}-{padding}")
     trainer = Trainer(model, HardLabel(), collator, len(features), settings, exp, torch.device("cpu"),
-                      Precision("cpu", None), progress=False)
+                      Precision("cpu", None), progress=False, forward=forward)
     result = trainer.train()
     assert result["steps"] == steps
     return model, exp

@@ -15,6 +15,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from fine_tune.engine.device import Precision
 from fine_tune.engine.optim import GATE_NO_DECAY, OptimiserSettings
 from fine_tune.engine.trainer import Trainer, TrainSettings
+from fine_tune.models.forward import forward
 from fine_tune.errors import UserError
 from fine_tune.experiment import ExperimentDir
 from fine_tune.methods import LAD, PKD, HardLabel
@@ -50,7 +51,7 @@ def trainer_for(tmp_path, name, method, steps, *, log_step=None, ckpt_step=None,
     batch = fixed_batch()
     return Trainer(kw.pop("student", None) or bert(2), method, collator or (lambda r: dict(batch)), rows, settings,
                    exp, torch.device("cpu"), precision or Precision("cpu", None), teacher=teacher,
-                   teacher_device=teacher_device, progress=False, **kw)
+                   teacher_device=teacher_device, progress=False, forward=forward, **kw)
 
 
 # ------------------------------------------------------------------ 1. torchrun: teacher and gate devices per rank

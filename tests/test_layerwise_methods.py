@@ -327,6 +327,7 @@ def test_gates_get_gradient_only_from_the_hidden_loss():
 def test_one_engine_step_moves_student_and_gates_not_teacher(tmp_path):
     from fine_tune.engine.device import Precision
     from fine_tune.engine.trainer import Trainer, TrainSettings
+    from fine_tune.models.forward import forward
     from fine_tune.experiment import ExperimentDir
 
     teacher, student, batch = tiny_pair()
@@ -340,7 +341,7 @@ def test_one_engine_step_moves_student_and_gates_not_teacher(tmp_path):
     exp = ExperimentDir(tmp_path, "lad_step")
     exp.path.mkdir()
     trainer = Trainer(student, method, lambda rows: batch, 4, settings, exp, torch.device("cpu"),
-                      Precision("cpu", None), teacher=teacher, progress=False)
+                      Precision("cpu", None), teacher=teacher, progress=False, forward=forward)
     trainer.train()
     assert all(torch.equal(v, before_t[k]) for k, v in teacher.state_dict().items())
     changed = [k for k, v in student.state_dict().items() if not torch.equal(v, before_s[k])]

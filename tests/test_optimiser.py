@@ -10,6 +10,7 @@ from fine_tune.cli import parse_layerwise
 from fine_tune.engine.device import Precision
 from fine_tune.engine.optim import GATE_NO_DECAY, STUDENT_NO_DECAY, decays
 from fine_tune.engine.trainer import Trainer, TrainSettings
+from fine_tune.models.forward import forward
 from fine_tune.experiment import ExperimentDir
 from fine_tune.methods import LAD, TeacherShape
 from fine_tune.models.classifier import build_from_config, student_config
@@ -33,7 +34,7 @@ def engine_for(flags, tmp_path) -> tuple[Trainer, LAD]:
     settings = TrainSettings(optimiser=o.settings(), batch_size=2, accum_step=1, ckpt_step=10, log_step=10, seed=0,
                              tag_prefix="qqp/train/bert")
     trainer = Trainer(student, method, lambda rows: {}, 4, settings, ExperimentDir(tmp_path, "opt"),
-                      torch.device("cpu"), Precision("cpu", None), progress=False)
+                      torch.device("cpu"), Precision("cpu", None), progress=False, forward=forward)
     return trainer, method
 
 

@@ -61,19 +61,26 @@ class EvalHistory:
     def __init__(self, settings: EvalSettings):
         self.s = settings
         self.rows: list[dict] = []  # {"step", "checkpoint", metrics...} in step order
-        self.best_value: float | None = None  # the best main metric of any evaluation (the patience's reference)
-        self.best_step: int | None = None
-        self.without_improvement = 0
         self.stopped_at: int | None = None
+
+    @property
+    def best(self) -> dict | None:
+        """The evaluation with the best main metric (the patience's reference: ties keep the earlier one)."""
+        best = None
+        for row in self.rows:
+            if best is None or row[self.s.metric] > best[self.s.metric]:
+                best = row
+        return best
+
+    @property
+    def without_improvement(self) -> int:
+        """How many evaluations came after the best one."""
+        best = self.best
+        return 0 if best is None else len(self.rows) - 1 - self.rows.index(best)
 
     def add(self, step: int, metrics: dict[str, float], checkpoint: bool) -> bool:
         """Record one evaluation; True when the patience has run out (the run should stop here)."""
         self.rows.append({"step": step, "checkpoint": checkpoint, **metrics})
-        value = metrics[self.s.metric]
-        if self.best_value is None or value > self.best_value:
-            self.best_value, self.best_step, self.without_improvement = value, step, 0
-        else:
-            self.without_improvement += 1
         return self.s.patience is not None and self.without_improvement >= self.s.patience
 
     def mark_checkpoint(self, step: int) -> None:
@@ -95,7 +102,7 @@ class EvalHistory:
         return {"split": self.s.split, "metric": self.s.metric, "every": self.s.every, "patience": self.s.patience,
                 "rows": self.rows,
                 "best_checkpoint": None if best is None else {"ckpt": best["step"], "value": best[self.s.metric]},
-                "best": None if self.best_step is None else {"step": self.best_step, "value": self.best_value},
+                "best": None if self.best is None else {"step": self.best["step"], "value": self.best[self.s.metric]},
                 "evaluations_without_improvement": self.without_improvement,
                 "stopped_early_at": self.stopped_at}
 
@@ -103,17 +110,14 @@ class EvalHistory:
         atomic_write_json(Path(folder) / training_eval_name(self.s.split), self.record())
 
     def state_dict(self) -> dict:
-        return {"split": self.s.split, "rows": [dict(r) for r in self.rows], "best_value": self.best_value,
-                "best_step": self.best_step, "without_improvement": self.without_improvement,
-                "stopped_at": self.stopped_at}
+        return {"split": self.s.split, "rows": [dict(r) for r in self.rows], "stopped_at": self.stopped_at}
 
     def load_state_dict(self, state: dict) -> bool:
         """Restore a resumed run's history; False (nothing restored) when it evaluated another split."""
         if state.get("split") != self.s.split:
             return False
         self.rows = [dict(r) for r in state["rows"]]
-        self.best_value, self.best_step = state["best_value"], state["best_step"]
-        self.without_improvement, self.stopped_at = state["without_improvement"], state["stopped_at"]
+        self.stopped_at = state["stopped_at"]
         return True
 
 

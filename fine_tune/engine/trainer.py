@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 from ..batching import Collator, make_stream
 from ..experiment import ExperimentDir
 from ..methods.base import Method, ModelOutputs
-from ..models.forward import forward
 from ..errors import UserError
 from ..io_utils import atomic_torch_save, atomic_write_json, remove_inside
 from .allocator import tune_malloc_for_training
@@ -84,9 +83,11 @@ class Trainer:
                  teacher: torch.nn.Module | None = None, teacher_device: torch.device | None = None,
                  on_checkpoint: Callable[[int, SummaryWriter], None] | None = None, progress: bool = True,
                  lengths: np.ndarray | None = None, student_forward: torch.nn.Module | None = None,
-                 teacher_forward: torch.nn.Module | None = None, evaluator: Evaluator | None = None):
+                 teacher_forward: torch.nn.Module | None = None, evaluator: Evaluator | None = None, *,
+                 forward: Callable[[torch.nn.Module, dict, bool], ModelOutputs]):
         """``student`` / ``teacher``: the modules whose weights train (and are saved) / stay frozen.
-        ``evaluator``: evaluation during training (engine/evaluation.py), or None.
+        ``evaluator``: evaluation during training (engine/evaluation.py), or None. ``forward(model, batch,
+        hidden)``: how a model runs on a batch (``fine_tune.models.forward.forward``), chosen by the caller.
         ``student_forward`` / ``teacher_forward``: the modules the training forward runs through (the same
         weights; default: the modules themselves), chosen by whoever built the models (e.g.
         ``models/padding_free.training_forwards``)."""
@@ -134,6 +135,8 @@ class Trainer:
         self.stream = make_stream(num_rows, s.micro_batch, s.seed, lengths if s.group_by_length else None)
         self.step = 0
         self.evaluator = evaluator
+        self.forward = forward
+        self.log_fields: dict[str, str] = {}  # the last logged window, on the progress bar
         self.history = EvalHistory(evaluator.settings) if evaluator is not None else None
         self.eval_fields: dict[str, str] = {}  # the last evaluation, on the progress bar
 
@@ -161,13 +164,13 @@ class Trainer:
             if self.teacher is not None and self.method.uses_teacher:
                 tb = batch if same_device(self.teacher_device, self.device) else to_device(batch, self.teacher_device)
                 with torch.no_grad():
-                    teacher_out = forward(self.teacher_model, tb, self.method.needs_hidden_states)
+                    teacher_out = self.forward(self.teacher_model, tb, self.method.needs_hidden_states)
                 if not same_device(self.teacher_device, self.device):
                     # only the logits cross here; the hidden states stay on the teacher's device and each method
                     # moves the ones it reads, once (PKD: L_s of them; LAD: its targets, from the gates' device)
                     teacher_out = ModelOutputs(teacher_out.logits.to(self.device), teacher_out.hidden_states,
                                                teacher_out.attention_mask)
-            student_out = forward(self.model, batch, self.method.needs_hidden_states)
+            student_out = self.forward(self.model, batch, self.method.needs_hidden_states)
             parts = self.method.losses(batch, student_out, teacher_out)
         loss = parts["loss"] / self.s.accum_step
         self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
@@ -319,7 +322,7 @@ class Trainer:
                 if name in es.tags:
                     writer.add_scalar(f"{es.tag_prefix}/{es.tags[name]}", value, self.step)
         self.eval_fields = {f"{es.split}_{es.tags.get(es.metric, es.metric)}": f"{metrics[es.metric]:.4f}"}
-        bar.set_postfix({**getattr(self, "log_fields", {}), **self.eval_fields}, refresh=False)
+        bar.set_postfix({**self.log_fields, **self.eval_fields}, refresh=False)
         if self.world.is_main:
             history.write(self.exp.path)
             if checkpoint or stop:
@@ -329,14 +332,14 @@ class Trainer:
     def _stopped_early(self) -> None:
         """Say so, and mark the run finished (``early-stop.json``, after the checkpoint and its resume state)."""
         h, es = self.history, self.evaluator.settings
-        best = h.best_checkpoint()
+        best, top = h.best_checkpoint(), h.best
         print(f"{self.exp.name}: stopped early at step {self.step}: no better {es.split} {es.metric} in "
-              f"{es.patience} evaluations (best {h.best_value:.6f} at step {h.best_step}; best checkpoint "
+              f"{es.patience} evaluations (best {top[es.metric]:.6f} at step {top['step']}; best checkpoint "
               f"model-{best['step']}.pt)", file=sys.stderr)
         if self.world.is_main:
             atomic_write_json(self.exp.path / EARLY_STOP_FILE,
                               {"step": self.step, "split": es.split, "metric": es.metric, "patience": es.patience,
-                               "best": {"step": h.best_step, "value": h.best_value},
+                               "best": {"step": top["step"], "value": top[es.metric]},
                                "best_checkpoint": {"ckpt": best["step"], "value": best[es.metric]}})
 
     def release(self) -> None:

@@ -214,14 +214,8 @@ class Packing:
         made once and used by the attention too, so the losses' per-head products read them without copying;
         packed, the [N, 3 * D] projection itself (:class:`PaddingFree` pads it)."""
         d = qkv.shape[-1] // 3
-        if record is not None and len(self.buckets) == 1 and self.buckets[0].index is None:
-            b = self.buckets[0]
-            rows, length = (b.key_mask.shape[0], b.key_mask.shape[-1]) if b.key_mask is not None else (b.rows, b.length)
-            q, k, v = qkv.view(rows, length, 3, heads, d // heads).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
-            record.append((q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)))
-            ctx = _attention(q, k, v, b.key_mask, scale, dropout_p)
-            return ctx.transpose(1, 2).reshape(rows * length, d)
-        if record is not None:
+        grid = len(self.buckets) == 1 and self.buckets[0].index is None
+        if record is not None and not grid:
             record.append(qkv)
         parts = qkv.split([b.stop - b.start for b in self.buckets]) if len(self.buckets) > 1 else (qkv,)
         out = []
@@ -229,8 +223,12 @@ class Packing:
             rows, length = (b.key_mask.shape[0], b.key_mask.shape[-1]) if b.key_mask is not None else (b.rows, b.length)
             if b.index is not None:
                 part = _Pad.apply(part, b.index, b.pad_index)
-            q, k, v = (t.reshape(rows, length, heads, d // heads).transpose(1, 2)
-                       for t in part.view(rows, length, 3 * d).chunk(3, dim=-1))
+            if record is not None and grid:  # one head-major copy, read by the attention and the losses
+                q, k, v = part.view(rows, length, 3, heads, d // heads).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+                record.append((q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)))
+            else:
+                q, k, v = (t.reshape(rows, length, heads, d // heads).transpose(1, 2)
+                           for t in part.view(rows, length, 3 * d).chunk(3, dim=-1))
             ctx = _attention(q, k, v, b.key_mask, scale, dropout_p)
             ctx = ctx.transpose(1, 2).reshape(rows * length, d)
             out.append(_Pack.apply(ctx, b.index, b.pad_index) if b.index is not None else ctx)

@@ -30,6 +30,7 @@ class Prepared:
     precision: Precision | None = None
     eval_examples: list | None = None  # --eval_dataset's rows, parsed before anything is written
     eval_file: Path | None = None
+    eval_sha256: str | None = None  # its digest: an input of the run, and the key of its tokenisation cache
 
     def resolve_device(self, device_flags) -> None:
         """After every input has been checked, so an error is never preceded by device warnings."""
@@ -58,6 +59,7 @@ def prepare(flags) -> Prepared:
                             f"splits: {', '.join(s for s in task.splits if s in task.labelled)}")
         p.eval_file = task.path(data_root, split)
         p.eval_examples = task.load(data_root, split, flags.paths.max_examples)
+        p.eval_sha256 = sha256_file(p.eval_file)
     return p
 
 
@@ -136,7 +138,7 @@ def start_experiment(p: Prepared, flags, record: dict, data_files: dict[str, str
     Under torchrun rank 0 decides (and writes); every rank follows its decision."""
     task = get_task(flags.experiment.task)
     if p.eval_file is not None:  # the evaluation split decides early stopping and the best checkpoint
-        data_files = {**data_files, str(p.eval_file): sha256_file(p.eval_file)}
+        data_files = {**data_files, str(p.eval_file): p.eval_sha256}
     if task.definition_file is not None:  # a task of your own: its definition in config.json, task.json's sha256 checked
         record = dict(record, task_definition=task.definition)
         data_files = {**data_files, str(task.definition_file): sha256_file(task.definition_file)}

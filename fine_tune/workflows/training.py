@@ -11,6 +11,7 @@ from ..batching import Collator, cached_features
 from ..engine.trainer import Trainer, TrainSettings
 from ..errors import UserError
 from ..methods import Method
+from ..models.forward import forward
 from ..models.padding_free import training_forwards
 from .start import Prepared
 
@@ -31,11 +32,10 @@ def training_evaluator(p: Prepared, flags, tokenizer):
     if not r.eval_dataset:
         return None
     from ..evaluate import TrainingEvaluator
-    from ..io_utils import sha256_file
     from ..tasks import get_task
 
     features = cached_features(p.data_root / "cache", tokenizer, p.eval_examples, flags.batching.max_seq_len,
-                               sha256_file(p.eval_file))
+                               p.eval_sha256)
     return TrainingEvaluator(p.exp, get_task(flags.experiment.task), r.eval_dataset, p.eval_examples, features,
                              tokenizer.pad_token_id, flags.batching.max_seq_len, r.eval_batch_size, p.device,
                              p.precision, r.eval_step, r.early_stop_patience)
@@ -62,7 +62,7 @@ def run_training(p: Prepared, flags, model, method: Method, tokenizer, examples,
     trainer = Trainer(model, method, collator, len(features), settings, p.exp, p.device, p.precision,
                       teacher=teacher, teacher_device=teacher_device, lengths=features.lengths(),
                       student_forward=forwards.student, teacher_forward=forwards.teacher,
-                      evaluator=training_evaluator(p, flags, tokenizer))
+                      evaluator=training_evaluator(p, flags, tokenizer), forward=forward)
     if make_hook is not None:
         trainer.on_checkpoint = make_hook(trainer)
     print(f"{p.exp.name}: {len(features)} examples, {settings.total_step} steps of {b.batch_size} "
