@@ -106,12 +106,21 @@ def _question(rng: random.Random, label: int, noise: float) -> tuple[str, int]:
     return "is " + " ".join(words) + " ?", label
 
 
+def unlabelled_id(i: int) -> int:
+    """The id of row ``i`` of a synthetic test split: unique, unsorted and never the row number (1000 + a
+    permutation of 0..10006), so a submission that numbers its rows instead of copying the file's ids is caught."""
+    return 1000 + (7919 * i + 17) % 10007
+
+
 def boolq_rows(n: int, seed: int, labelled: bool, noise: float = 0.05, string_labels: bool = False) -> list[dict]:
+    """BoolQ rows; labelled splits are numbered 0..n-1 as the official files are, unlabelled (test) rows carry
+    :func:`unlabelled_id` ids."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         question, label = _question(rng, rng.randint(0, 1), noise)
-        row = {"question": question, "passage": _sentence(rng, rng.randint(8, 40)) + " .", "idx": i}
+        row = {"question": question, "passage": _sentence(rng, rng.randint(8, 40)) + " .",
+               "idx": i if labelled else unlabelled_id(i)}
         if labelled:
             row["label"] = ("true" if label else "false") if string_labels else bool(label)
         rows.append(row)
@@ -142,7 +151,7 @@ def write_qqp(data_root: Path, n_train: int = 256, n_dev: int = 128, n_test: int
             q1, label = _question(rng, rng.randint(0, 1), 0.05)
             q2 = _sentence(rng, rng.randint(3, 9)) + " ?"
             if split == "test":
-                lines.append(f"{i}\t{q1}\t{q2}")
+                lines.append(f"{unlabelled_id(i)}\t{q1}\t{q2}")  # ids that are not row numbers
             else:
                 lines.append(f"{i}\t{2 * i}\t{2 * i + 1}\t{q1}\t{q2}\t{label}")
         (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")

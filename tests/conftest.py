@@ -67,7 +67,14 @@ def exp_root(tmp_path) -> Path:
     return tmp_path / "exp"
 
 
-def run_script(script: str, *args: str, data_root: Path, exp_root: Path, check: bool = True, timeout: int = 300):
+# A hang guard, not a time budget: no test waits on a clock for an outcome (kills and races synchronise on process
+# handles, pipes and files). A subprocess that has not ended after this long is stuck (a deadlock), and failing then
+# beats holding CI until its own limit; no correct run of the suite's tiny models comes within minutes of it.
+HANG_GUARD = 1800
+
+
+def run_script(script: str, *args: str, data_root: Path, exp_root: Path, check: bool = True,
+               timeout: int = HANG_GUARD):
     """Run an entry script in a subprocess, as a user would; returns the CompletedProcess."""
     env = dict(os.environ, FT_DATA_ROOT=str(data_root), FT_EXP_ROOT=str(exp_root), TQDM_DISABLE="1",
                PYTHONUNBUFFERED="1")
@@ -126,6 +133,15 @@ def needs_shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not present (../shared is only beside the development checkout)")
     return path
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The order's seed, last (also under -q, which hides pytest-randomly's header line): CI runs the suite in a
+    random order (pytest-randomly, requirements.txt) so that a test depending on another's leftovers fails at
+    once; ``python -m pytest -p randomly --randomly-seed=N`` brings the same order back."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if seed is not None and config.pluginmanager.has_plugin("randomly"):
+        terminalreporter.write_line(f"test order: random, --randomly-seed={seed} (-p no:randomly: file order)")
 
 
 # CI sets FT_REQUIRE_ALL_TESTS=1 (.ci/run): there every skip is a failure, so a missing ../shared (the real-model and

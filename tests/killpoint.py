@@ -14,6 +14,11 @@ A writer that stops writing atomically never reaches the kill, so the run exits 
 expects exit status -9 fails. Under torchrun the kill happens on the rank that writes (rank 0); with
 ``KILLPOINT_GROUP=1`` it SIGKILLs the launcher (its parent) and every rank the launcher started, then itself: the
 whole job dies at once, as when a scheduler pre-empts it.
+
+With ``KILLPOINT_ALIVE=FIFO`` every process this launcher runs in (each rank under torchrun) opens the named pipe
+FIFO for writing first, writes one ``+`` to it and keeps it open until it dies: a test holding the read end reads
+one ``+`` per process and then end-of-file exactly when every one of them is gone (the kernel closes a process's
+files when it exits, however it exits), with no polling.
 """
 
 from __future__ import annotations
@@ -26,7 +31,14 @@ import sys
 from pathlib import Path
 
 
+_alive: int | None = None  # this process's write end of KILLPOINT_ALIVE, open until it dies
+
+
 def main() -> None:
+    global _alive
+    if os.environ.get("KILLPOINT_ALIVE"):
+        _alive = os.open(os.environ["KILLPOINT_ALIVE"], os.O_WRONLY)  # not inherited (PEP 446)
+        os.write(_alive, b"+")  # one byte per process: the reader counts who held it
     spec, script, *args = sys.argv[1:]
     when, pattern = spec.split(":", 1)
     if when not in ("before", "after"):

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from conftest import REPO, run_in_process
+from conftest import HANG_GUARD
 from fine_tune import synthetic
 
 TEACHER = ["--experiment", "teacher", "--model", "bert", "--task", "qqp"]
@@ -71,7 +72,7 @@ def killed(tmp_path_factory, tiny_bert):
         procs[cid] = subprocess.Popen([sys.executable, str(REPO / "tests" / "killpoint.py"), f"before:{pattern}",
                                        str(REPO / script), *flags], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, cwd=str(base))
-    results = {cid: (p.communicate(timeout=300), p.returncode) for cid, p in procs.items()}
+    results = {cid: (p.communicate(timeout=HANG_GUARD), p.returncode) for cid, p in procs.items()}
     return base, before, results
 
 

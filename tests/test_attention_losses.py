@@ -7,6 +7,7 @@ only for storage), not with the vectorised code under test.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -483,3 +484,182 @@ def test_head_split_inputs_give_the_same_losses_and_gradients(masked, head_mean)
         for ga, gc in zip(torch.autograd.grad(a, (sq, sk, sv), allow_unused=True),
                           torch.autograd.grad(c, (sq, sk, sv), allow_unused=True)):
             assert (ga is None) == (gc is None) and (ga is None or torch.allclose(ga, gc, rtol=1e-4, atol=1e-6)), name
+
+
+# ---------------------------------------------------------------- the methods, built from their scripts' flags
+#
+# TinyBERT and MiniLM as run_tinybert_distil.py / run_minilm_distil.py build them: every flag away from its
+# default (the temperature, both weights, mu, the padding, the stage, the attention mode, the relation heads, the
+# teacher layer), a 2-layer student of a 6-layer teacher (TinyBERT's map 3, 6: an off-by-one lands on another
+# layer), sequences 6, 4 and 2 tokens long with random values at the padding positions, labels not in sorted
+# order. The expected values are the loop references above.
+
+M_LT, M_LS, M_S, M_DT = 6, 2, 6, 8
+M_LENGTHS = (6, 4, 2)
+
+
+def method_from_flags(name, own, student_width, padding, heads=2, teacher_heads=2, layers=M_LS):
+    from fine_tune.cli import parse_layerwise
+    from fine_tune.methods import get_method
+    from fine_tune.methods.base import TeacherShape
+
+    flags = parse_layerwise(f"run_{name}_distil.py", "", name, [
+        "--experiment", "x", "--task", "qqp", "--teacher_exp", "t", "--tckpt", "1", "--d_model", str(student_width),
+        "--d_ff", "16", "--num_attention_heads", str(heads), "--num_hidden_layers", str(layers),
+        "--max_seq_len", str(M_S), "--padding", padding, *own])
+    method = get_method(name).from_flags(flags, TeacherShape(M_LT, M_DT, teacher_heads))
+    torch.manual_seed(3)
+    method.create_parameters(None, None)
+    return method
+
+
+def qkv_outputs(seed, layers, width, lengths=M_LENGTHS, classes=3):
+    """ModelOutputs of ``layers`` layers: logits, hidden states, embeddings and (Q, K, V) per layer, float32
+    tensors whose float64 copies (numpy) the references read."""
+    from fine_tune.methods.base import ModelOutputs
+
+    arrays = [data(seed + i, length=M_S, width=width, lengths=lengths)[0] for i in range(4 * layers + 1)]
+    mask = torch.tensor(make_mask(lengths, M_S))
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((len(lengths), classes)).astype(np.float32).astype(np.float64) * 2
+    out = ModelOutputs(t32(logits), tuple(t32(a) for a in arrays[:layers]), mask,
+                       tuple(tuple(t32(a) for a in arrays[layers + 3 * i:layers + 3 * i + 3]) for i in range(layers)),
+                       t32(arrays[-1]))
+    return out, arrays, logits
+
+
+def ref_ce(s, y):
+    total = 0.0
+    for b in range(len(y)):
+        norm = sum(math.exp(v) for v in s[b])
+        total += -(s[b][y[b]] - math.log(norm))
+    return total / len(y)
+
+
+def test_tinybert_prediction_stage_from_its_flags_is_the_released_soft_cross_entropy():
+    """--tinybert_stage prediction at T = 2.5 with both weights given: soft_weight * soft CE of z/T (once, no T^2)
+    + hard_weight * CE(s, y), each part logged; a regression task: the weighted MSEs, no temperature."""
+    method = method_from_flags("tinybert", ["--tinybert_stage", "prediction", "--softmax_temp", "2.5",
+                                            "--hard_weight", "0.3", "--soft_weight", "0.6"], M_DT, "max_length")
+    assert (method.stage, method.temperature, method.hard_weight, method.soft_weight) == ("prediction", 2.5, 0.3, 0.6)
+    assert method.projection is None and not method.reads_attention and not method.needs_hidden_states
+    assert method.ignores_padding and method.uses_teacher and method.every_parameter_learns
+    st, _, s = qkv_outputs(100, M_LS, M_DT)
+    te, _, t = qkv_outputs(200, M_LT, M_DT)
+    t = t * 2  # a sharper teacher
+    te.logits = t32(t)
+    y = [2, 0, 1]
+    parts = method.losses({"labels": torch.tensor(y)}, st, te)
+    soft, hard = ref_soft_ce(s, t, 2.5), ref_ce(s, y)
+    assert set(parts) == {"soft_loss", "hard_loss", "loss"}
+    close(parts["soft_loss"], soft)
+    close(parts["hard_loss"], hard)
+    close(parts["loss"], 0.6 * soft + 0.3 * hard)
+    # regression (one output): hard_weight * MSE(s, y) + soft_weight * MSE(s, t)
+    reg = method_from_flags("tinybert", ["--tinybert_stage", "prediction", "--hard_weight", "0.3",
+                                         "--soft_weight", "0.6"], M_DT, "max_length")
+    sr, tr, yr = s[:, :1], t[:, :1], np.array([0.5, 3.25, 1.0])
+    parts = reg.losses({"labels": t32(yr)}, replace(st, logits=t32(sr)), replace(te, logits=t32(tr)))
+    expected = 0.3 * float(np.mean((sr[:, 0] - yr) ** 2)) + 0.6 * float(np.mean((sr[:, 0] - tr[:, 0]) ** 2))
+    close(parts["loss"], expected)
+
+
+@pytest.mark.parametrize("attention", ["per_head", "head_mean"])
+@pytest.mark.parametrize("student_width", [M_DT, 6], ids=["same_width", "projected"])
+@pytest.mark.parametrize("padding", ["max_length", "dynamic"])
+def test_tinybert_intermediate_stage_from_its_flags_matches_the_equations(padding, student_width, attention):
+    """The intermediate stage as the script builds it: mu * (sum over m of the attention MSE of student layer m and
+    teacher layer 3m, the same for the hidden states through the shared W_h, and the embeddings' MSE through W_h);
+    --padding dynamic reaches the method and every mean is then over the real tokens (query-key pairs) only."""
+    heads = 3 if attention == "head_mean" and student_width == 6 else 2  # head_mean: 3 student heads, 2 teacher's
+    method = method_from_flags("tinybert", ["--mu", "0.7", "--tinybert_attention", attention], student_width,
+                               padding, heads=heads)
+    s_heads = method.student_heads
+    assert method.padding == padding and method.masked == (padding == "dynamic") and method.mu == 0.7
+    assert method.attention == attention and method.teacher_layers == [3, 6] and method.teacher_heads == 2
+    assert (method.projection is not None) == (student_width != M_DT)
+    assert method.ignores_padding == (padding == "dynamic") and method.reads_attention and method.needs_hidden_states
+    assert not method.every_parameter_learns  # the intermediate stage trains no classifier head
+    st, s_arr, _ = qkv_outputs(300, M_LS, student_width)
+    te, t_arr, _ = qkv_outputs(400, M_LT, M_DT)
+    w = b = None
+    if method.projection is not None:
+        assert len(method.projection.maps) == 1  # TinyBERT's one W_h, shared by the layers and the embeddings
+        rng = np.random.default_rng(5)
+        w = rng.standard_normal((M_DT, student_width)).astype(np.float32).astype(np.float64) * 0.5
+        b = rng.standard_normal(M_DT).astype(np.float32).astype(np.float64) * 0.5
+        with torch.no_grad():
+            method.projection.maps[0].weight.copy_(t32(w))
+            method.projection.maps[0].bias.copy_(t32(b))
+    project = (lambda x: x) if w is None else (lambda x: x @ w.T + b)
+    mask = make_mask(M_LENGTHS, M_S)
+    parts = method.losses({}, st, te)
+
+    def reference(masked):
+        s_hid, t_hid = s_arr[:M_LS], t_arr[:M_LT]
+        s_qkv = [s_arr[M_LS + 3 * i:M_LS + 3 * i + 2] for i in range(M_LS)]
+        t_qkv = [t_arr[M_LT + 3 * i:M_LT + 3 * i + 2] for i in range(M_LT)]
+
+        def maps(q, k, h):
+            scores = ref_scores(q, k, h, mask)
+            return scores if attention == "per_head" else scores.mean(1, keepdims=True)
+
+        att = [ref_attention_mse(maps(*s_qkv[m - 1], s_heads), maps(*t_qkv[3 * m - 1], 2), mask, masked)
+               for m in (1, 2)]
+        hid = [ref_hidden_mse(project(s_hid[m - 1]), t_hid[3 * m - 1], mask, masked) for m in (1, 2)]
+        emb = ref_hidden_mse(project(s_arr[-1]), t_arr[-1], mask, masked)
+        return att, hid, emb
+
+    att, hid, emb = reference(padding == "dynamic")
+    other = reference(padding != "dynamic")
+    assert abs(sum(other[0]) - sum(att)) > 1e-3 * sum(att) and abs(other[2] - emb) > 1e-3 * emb  # paddings differ
+    close(parts["attention_loss"], 0.7 * sum(att))
+    close(parts["hidden_loss"], 0.7 * sum(hid))
+    close(parts["embedding_loss"], 0.7 * emb)
+    for m in (1, 2):
+        close(parts[f"attention_loss_{m}"], 0.7 * att[m - 1])
+        close(parts[f"hidden_loss_{m}"], 0.7 * hid[m - 1])
+    close(parts["loss"], 0.7 * (sum(att) + sum(hid) + emb))
+
+
+@pytest.mark.parametrize("padding", ["max_length", "dynamic"])
+@pytest.mark.parametrize("variant", ["minilm", "minilmv2"])
+def test_minilm_from_its_flags_matches_the_equations(variant, padding):
+    """run_minilm_distil.py's method: --minilm_teacher_layer 5 (not the last), mu, T and both weights away from
+    their defaults; MiniLM v1 (equal heads) or v2 (--relation_heads 4, a student of another width and head count).
+    The relations leave padding out under either padding."""
+    own = ["--minilm_teacher_layer", "5", "--mu", "0.7", "--softmax_temp", "2.5", "--hard_weight", "0.3",
+           "--soft_weight", "0.6"]
+    if variant == "minilmv2":
+        method = method_from_flags("minilm", own + ["--relation_heads", "4"], 12, padding, heads=3)
+        assert method.relation_heads == 4 and method.student_heads == 3
+    else:
+        method = method_from_flags("minilm", own, M_DT, padding)
+        assert method.relation_heads is None and method.student_heads == 2
+    assert (method.teacher_layer, method.mu, method.temperature, method.hard_weight, method.soft_weight,
+            method.padding, method.teacher_heads) == (5, 0.7, 2.5, 0.3, 0.6, padding, 2)
+    assert method.projection is None  # relations are [S, S] whatever the width
+    width = 12 if variant == "minilmv2" else M_DT
+    st, s_arr, s = qkv_outputs(500, M_LS, width)
+    te, t_arr, t = qkv_outputs(600, M_LT, M_DT)
+    y = [1, 2, 0]
+    parts = method.losses({"labels": torch.tensor(y)}, st, te)
+    mask = make_mask(M_LENGTHS, M_S)
+    sq, sk, sv = s_arr[M_LS + 3:M_LS + 6]  # the student's last layer
+    tq, tk, tv = t_arr[M_LT + 3 * 4:M_LT + 3 * 4 + 3]  # teacher layer 5
+    if variant == "minilmv2":
+        kl, names = ref_minilmv2(sq, sk, sv, tq, tk, tv, 4, mask)[1], ("qq_kl", "kk_kl", "vv_kl")
+    else:
+        kl, names = ref_minilm(sq, sk, sv, tq, tk, tv, 2, 2, mask)[1:], ("attention_kl", "value_kl")
+    for name, v in zip(names, kl):
+        close(parts[name], 0.7 * v)
+    close(parts["attention_relation_loss"], 0.7 * sum(kl))
+    # the logits loss: hard_weight * CE + soft_weight * T^2 * KL(teacher || student) at T = 2.5
+    kd = 0.0
+    for row in range(3):
+        ps = np.exp(s[row] / 2.5) / np.exp(s[row] / 2.5).sum()
+        pt = np.exp(t[row] / 2.5) / np.exp(t[row] / 2.5).sum()
+        kd += float((pt * np.log(pt / ps)).sum()) / 3
+    logits = 0.3 * ref_ce(s, y) + 0.6 * 2.5 ** 2 * kd
+    close(parts["logits_loss"], logits)
+    close(parts["loss"], logits + 0.7 * sum(kl))

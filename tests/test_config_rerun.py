@@ -29,7 +29,9 @@ def roots(tmp_path_factory, tiny_bert):
     """One data root and experiment root for the module, with the teacher ``orig`` trained once."""
     base = tmp_path_factory.mktemp("rerun")
     data_root, exp_root = base / "data", base / "exp"
-    synthetic.write_qqp(data_root, n_train=32, n_dev=16, n_test=8)
+    # 40 dev rows, more than the run's --max_examples 32: an evaluation that took the training run's flags from
+    # its config.json would read 32
+    synthetic.write_qqp(data_root, n_train=32, n_dev=40, n_test=8)
 
     def run(script, *args, check=True):
         return run_in_process(script, *args, data_root=data_root, exp_root=exp_root, check=check)
@@ -81,10 +83,13 @@ def test_override_is_recorded_and_used(roots):
     run, _, exp_root = roots
     cfg_file = exp_root / "orig_bert_qqp" / "config.json"
     # --flag=value and an abbreviation (--warm: --warmup_step) count as given; one equal to the file is no override
-    run("run_fine_tune.py", f"--config={cfg_file}", "--experiment", "fast", "--lr=2e-3", "--warm", "1")
+    # a boolean flag (store_true) given over the file's false is an override too
+    assert config(exp_root, "orig_bert_qqp")["group_by_length"] is False
+    run("run_fine_tune.py", f"--config={cfg_file}", "--experiment", "fast", "--lr=2e-3", "--warm", "1",
+        "--group_by_length")
     fast = config(exp_root, "fast_bert_qqp")
-    assert fast["overrides"] == {"experiment": "fast", "lr": 0.002}
-    assert fast["lr"] == 0.002 and fast["warmup_step"] == 1
+    assert fast["overrides"] == {"experiment": "fast", "lr": 0.002, "group_by_length": True}
+    assert fast["lr"] == 0.002 and fast["warmup_step"] == 1 and fast["group_by_length"] is True
     assert not same_tensors(state(exp_root, "orig_bert_qqp", 4), state(exp_root, "fast_bert_qqp", 4))
 
 
@@ -101,10 +106,14 @@ def test_layerwise_script_reissues_from_its_config(roots):
 
 
 def test_evaluation_takes_the_experiment_from_the_config(roots):
-    run, _, exp_root = roots  # copy's config.json holds config_from and overrides: recorded fields, ignored
-    run("run_fine_tune_eval.py", "--config", str(exp_root / "copy_bert_qqp" / "config.json"), "--dataset", "dev")
-    table = json.loads((exp_root / "copy_bert_qqp" / "eval-dev.json").read_text())
-    assert [r["ckpt"] for r in table["rows"]] == [2, 4] and table["num_rows"] == 16  # the run's max_examples: not taken
+    run, _, exp_root = roots
+    # a re-issued run of its own (this test runs alone too): its config.json holds config_from and overrides,
+    # recorded fields that the evaluation ignores
+    run("run_fine_tune.py", "--config", str(exp_root / "orig_bert_qqp" / "config.json"), "--experiment", "evalsrc")
+    assert config(exp_root, "evalsrc_bert_qqp")["overrides"] == {"experiment": "evalsrc"}
+    run("run_fine_tune_eval.py", "--config", str(exp_root / "evalsrc_bert_qqp" / "config.json"), "--dataset", "dev")
+    table = json.loads((exp_root / "evalsrc_bert_qqp" / "eval-dev.json").read_text())
+    assert [r["ckpt"] for r in table["rows"]] == [2, 4] and table["num_rows"] == 40  # the run's max_examples: not taken
 
 
 BAD = {  # (change to the teacher's config.json, the message after "error: --config <file>: ")

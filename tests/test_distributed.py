@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import REPO
+from conftest import HANG_GUARD
 from test_scripts_e2e import tb_scalars
 
 TINY = ["--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2"]
@@ -24,7 +25,7 @@ def torchrun(script: str, args: list[str], data_root, exp_root, nproc: int = 2) 
                OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            str(REPO / script), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=str(data_root.parent))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=HANG_GUARD, cwd=str(data_root.parent))
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr[-4000:]}"
     return proc
 
@@ -199,5 +200,6 @@ def test_torchrun_worker_closes_then_exits_with_its_status(monkeypatch):
 def test_exit_process_flushes_and_exits_with_the_code():
     code = ("import sys; from fine_tune.engine.distributed import exit_process; print('printed', end=''); "
             "sys.stderr.write('said'); exit_process(3)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO), timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO),
+                          timeout=HANG_GUARD)
     assert (proc.returncode, proc.stdout, proc.stderr) == (3, "printed", "said")

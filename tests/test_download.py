@@ -112,6 +112,11 @@ def test_table_holds_official_sources():
         read = {task.path(root, split) for split in task.splits}
         assert fetched == (set() if name == "mrpc" else read), name
     assert set(dl.sources_for("glue")) | set(dl.sources_for("superglue")) == set(dl.SOURCES)
+    # each benchmark fetches exactly its own tasks' data and diagnostics
+    for benchmark in ("glue", "superglue"):
+        own = {s for name, task in TASKS.items() if task.benchmark == benchmark for s in dl.TASK_SOURCES.get(name, ())}
+        assert set(dl.sources_for(benchmark)) == own, benchmark
+    assert dl.sources_for("all") == list(dl.SOURCES)
     assert dl.sources_for("mnli") == ["mnli", "ax"] and dl.sources_for("rte_superglue") == ["rte_superglue", "axb", "axg"]
     assert dl.SOURCES["boolq"].files == {"train.jsonl": 9427, "val.jsonl": 3270, "test.jsonl": 3245}
     assert dl.SOURCES["qqp"].files == {"train.tsv": 363846, "dev.tsv": 40430, "test.tsv": 390965}
@@ -124,6 +129,10 @@ def test_count_rows(tmp_path: Path):
     (tmp_path / "b.tsv").write_text(_tsv(5))
     (tmp_path / "c.tsv").write_text(_tsv(5).rstrip("\n"))  # no final newline
     (tmp_path / "empty.tsv").write_text("")
+    (tmp_path / "d.tsv").write_bytes(_tsv(3).replace("\n", "\r\n").encode() + b"\r\n")  # CRLF, a blank last line
+    assert dl.count_rows(tmp_path / "d.tsv") == 3
+    assert dl.count_rows(tmp_path / "b.tsv", header=False) == 6  # the header counted when told there is none
+    assert dl.count_rows(tmp_path / "a.jsonl", header=True) == 3
     assert dl.count_rows(tmp_path / "a.jsonl") == 4
     assert dl.count_rows(tmp_path / "b.tsv") == 5
     assert dl.count_rows(tmp_path / "c.tsv") == 5
@@ -189,16 +198,17 @@ def test_broken_file_triggers_redownload_without_force(tmp_path: Path, zips):
     assert len(fake.calls) == 2
 
 
-def test_wrong_row_count_raises_naming_file_and_counts(tmp_path: Path):
-    src = make_zip(tmp_path / "BoolQ.zip", boolq_members(train_rows=4))
+@pytest.mark.parametrize("train_rows", [4, 2], ids=["more", "fewer"])
+def test_wrong_row_count_raises_naming_file_and_counts(tmp_path: Path, train_rows: int):
+    src = make_zip(tmp_path / "BoolQ.zip", boolq_members(train_rows=train_rows))
     root = tmp_path / "data"
     fake = FakeDownloader({SMALL["boolq"].url: src})
     with pytest.raises(dl.DownloadError) as exc:
         dl.fetch(root, ["boolq"], sources=SMALL, downloader=fake)
     msg = str(exc.value)
-    assert "BoolQ/train.jsonl: 4 rows, expected 3" in msg
+    assert f"BoolQ/train.jsonl: {train_rows} rows, expected 3" in msg
     assert "\n" not in msg
-    assert dl.verify(root, SMALL["boolq"]) == ["BoolQ/train.jsonl: 4 rows, expected 3"]
+    assert dl.verify(root, SMALL["boolq"]) == [f"BoolQ/train.jsonl: {train_rows} rows, expected 3"]
     assert not list(root.glob(".tmp-*"))
 
 

@@ -67,3 +67,25 @@ def test_attention_with_dropout_is_the_written_out_product():
     torch.testing.assert_close(got, (probs * keep * scale) @ v)
     # no dropout: PyTorch's kernel, the same product without the mask
     torch.testing.assert_close(_attention(q, k, v, key_mask, 0.35, 0.0), probs @ v, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.55])
+def test_the_mask_is_the_documented_function_of_the_random_words(p):
+    """Read back the 64-bit words the generator gives under the same seed and cut each into four 16-bit integers
+    (with shifts, independently of the implementation's int16 view), each read as signed s in [-2^15, 2^15) and
+    shifted to u = s + 2^15, uniform in [0, 2^16): exactly the elements with u < round(p * 2^16) are dropped, so p
+    is rounded (not truncated) and the cut is '>='. 0.1 * 2^16 = 6553.6, 0.3 * 2^16 = 19660.8 and
+    0.55 * 2^16 = 36044.8 all round up, and 2^20 draws hold about 16 u equal to each cut."""
+    n = 1 << 20  # a multiple of 4: every u of every word is used, so the count does not depend on their order
+    torch.manual_seed(7)
+    keep, scale = keep_mask((n // 512, 512), p)
+    torch.manual_seed(7)
+    words = torch.empty(n // 4, dtype=torch.int64).random_(-(1 << 63), (1 << 63) - 1)
+    bits = torch.stack([(words >> (16 * j)) & 0xFFFF for j in range(4)])  # 0 .. 65535
+    signed = torch.where(bits >= 1 << 15, bits - (1 << 16), bits)
+    u = signed + (1 << 15)
+    cut = math.floor(p * 65536 + 0.5)
+    assert keep.dtype == torch.bool and keep.shape == (n // 512, 512)
+    assert int((~keep).sum()) == int((u < cut).sum())
+    assert int((u == cut).sum()) > 0  # the draw can tell '>=' from '>'
+    assert scale == 65536 / (65536 - cut)

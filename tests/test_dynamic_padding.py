@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -255,3 +256,72 @@ def test_lad_and_pkd_scripts_run_with_dynamic_padding(run, teacher, exp_root, mo
     folder = exp_root / "pkd_dyn_bert_qqp"
     assert json.loads((folder / "config.json").read_text())["padding"] == "dynamic"
     assert (folder / "model-2.pt").is_file() and min(widths) < 24
+
+
+# ------------------------------------------------------------------------------------------ (f) the collator
+
+# Six rows of a hand-written token file (not from a tokenizer): lengths that differ, a second segment (token type
+# 1) in most rows, labels neither sorted nor balanced, a pad id that is neither 0 nor a token of any row.
+FILE_ROWS = [  # (ids, token types, label)
+    ([11, 12, 13, 14], [0, 0, 1, 1], 2),
+    ([21, 22, 23, 24, 25, 26, 27], [0, 0, 0, 1, 1, 1, 1], 0),
+    ([31, 32], [0, 1], 1),
+    ([41, 42, 43, 44, 45, 46, 47], [0, 0, 0, 0, 0, 1, 1], 2),
+    ([51, 52, 53, 54, 55], [0, 0, 1, 1, 1], 2),
+    ([61, 62, 63], [0, 0, 0], 1),
+]
+PAD_ID, MAX_SEQ = 3, 9
+
+
+def file_features():
+    from fine_tune.batching import Features
+
+    ids = np.concatenate([np.asarray(r[0], dtype=np.int32) for r in FILE_ROWS])
+    types = np.concatenate([np.asarray(r[1], dtype=np.int8) for r in FILE_ROWS])
+    offsets = np.concatenate([[0], np.cumsum([len(r[0]) for r in FILE_ROWS])]).astype(np.int64)
+    return Features(ids, types, offsets, np.asarray([r[2] for r in FILE_ROWS], dtype=np.int64))
+
+
+@pytest.mark.parametrize("padding", ["dynamic", "max_length"])
+def test_the_collator_pads_exactly_the_rows_it_is_given(padding):
+    """Rows asked for out of file order and without the file's longest rows: every tensor is those rows, in that
+    order, right-padded with the pad id (types 0, mask 0 there) to the longest of them (dynamic) or to
+    max_seq_len; ``index`` is the rows' file positions; labels, teacher logits and the host-built layout follow."""
+    from fine_tune.batching import Collator
+
+    logits = np.arange(len(FILE_ROWS) * 3, dtype=np.float32).reshape(-1, 3) / 4 - 1
+    seen = []
+
+    def layout(lengths, width):
+        seen.append((np.asarray(lengths).tolist(), width))
+        return "layout"
+
+    rows = np.array([4, 0, 2, 5])  # lengths 5, 4, 2, 3: the longest file rows (7 tokens) are not among them
+    batch = Collator(file_features(), PAD_ID, MAX_SEQ, padding, teacher_logits=logits, layout=layout)(rows)
+    width = 5 if padding == "dynamic" else MAX_SEQ
+    expected_ids = [FILE_ROWS[r][0] + [PAD_ID] * (width - len(FILE_ROWS[r][0])) for r in rows]
+    expected_types = [FILE_ROWS[r][1] + [0] * (width - len(FILE_ROWS[r][1])) for r in rows]
+    expected_mask = [[1] * len(FILE_ROWS[r][0]) + [0] * (width - len(FILE_ROWS[r][0])) for r in rows]
+    assert batch["input_ids"].tolist() == expected_ids
+    assert batch["token_type_ids"].tolist() == expected_types
+    assert batch["attention_mask"].tolist() == expected_mask
+    assert all(batch[k].dtype == torch.long for k in ("input_ids", "token_type_ids", "attention_mask", "labels"))
+    assert batch["index"].tolist() == [4, 0, 2, 5]
+    assert batch["labels"].tolist() == [2, 2, 1, 1]
+    assert batch["teacher_logits"].tolist() == logits[rows].tolist()
+    assert seen == [([5, 4, 2, 3], width)] and batch["model_kwargs"] == {"layout": "layout"}
+    # one row: its own length, nothing padded (dynamic)
+    one = Collator(file_features(), PAD_ID, MAX_SEQ, padding)(np.array([1]))
+    assert one["input_ids"].shape == (1, 7 if padding == "dynamic" else MAX_SEQ) and "teacher_logits" not in one
+    assert one["input_ids"][0, :7].tolist() == FILE_ROWS[1][0]
+
+
+def test_evaluation_batches_are_length_sorted_and_cover_every_row_once():
+    """sequential_batches: rows in increasing length, ties in file order, cut into batches of batch_size with a
+    short last one; without lengths, file order."""
+    from fine_tune.batching import sequential_batches
+
+    lengths = np.array([5, 2, 9, 2, 7, 3, 2])
+    got = [b.tolist() for b in sequential_batches(7, 3, lengths)]
+    assert got == [[1, 3, 6], [5, 0, 4], [2]]
+    assert [b.tolist() for b in sequential_batches(7, 3)] == [[0, 1, 2], [3, 4, 5], [6]]

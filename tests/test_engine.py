@@ -89,13 +89,13 @@ def _features(tiny_bert, data_root, n, max_len=32):
     return tokenize(tok, get_task("boolq").load(data_root, "train", n), max_len), tok
 
 
-def _train(features, tok, tmp_path, batch, accum, steps=3, padding="dynamic"):
+def _train(features, tok, tmp_path, batch, accum, steps=3, padding="dynamic", log_step=1, max_norm=1.0, warmup=1):
     model = tiny(dropout=0.0, seed=1)
-    optimiser = OptimiserSettings(lr=1e-3, total_step=steps, warmup_step=1, weight_decay=0.01, max_norm=1.0)
-    settings = TrainSettings(optimiser=optimiser, batch_size=batch, accum_step=accum, ckpt_step=1000, log_step=1,
-                             seed=5, tag_prefix="boolq/train/bert")
+    optimiser = OptimiserSettings(lr=1e-3, total_step=steps, warmup_step=warmup, weight_decay=0.01, max_norm=max_norm)
+    settings = TrainSettings(optimiser=optimiser, batch_size=batch, accum_step=accum, ckpt_step=1000,
+                             log_step=log_step, seed=5, tag_prefix="boolq/train/bert")
     collator = Collator(features, tok.pad_token_id, 32, padding)
-    exp = ExperimentDir(tmp_path, f"run-{batch}-{accum}-{padding}")
+    exp = ExperimentDir(tmp_path, f"run-{batch}-{accum}-{padding}-{log_step}")
     trainer = Trainer(model, HardLabel(), collator, len(features), settings, exp, torch.device("cpu"),
                       Precision("cpu", None), progress=False, forward=forward)
     result = trainer.train()
@@ -132,11 +132,47 @@ def test_gradient_accumulation_matches_full_batch(tiny_bert, data_root, tmp_path
         logits = model(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
                        attention_mask=b["attention_mask"]).logits
     true_loss = F.cross_entropy(logits, b["labels"]).item()
-    full_log = tb_scalars(tmp_path / "log" / "run-32-1-dynamic")["boolq/train/bert/loss"]
+    full_log = tb_scalars(tmp_path / "log" / "run-32-1-dynamic-1")["boolq/train/bert/loss"]
     accum_log = tb_scalars(exp.log_dir)["boolq/train/bert/loss"]
     assert [s for s, _ in full_log] == [s for s, _ in accum_log] == [1, 2, 3]
     assert full_log[0][1] == pytest.approx(true_loss, rel=1e-5)
     assert [v for _, v in accum_log] == pytest.approx([v for _, v in full_log], rel=1e-4)
+
+
+def test_a_logged_window_is_the_mean_of_its_steps(tiny_bert, data_root, tmp_path):
+    """log_step 3 over 7 steps (windows 1-3, 4-6 and the short last one, 7), accumulation 2, clipping at 0.002 (every
+    step clipped): each logged loss and grad_norm is the mean over its window's steps of what a log_step 1 run of
+    the same training logs, the lr the schedule's at the logged step; the step-1 norm is the student's gradient
+    norm before clipping, computed here (the clipping itself: tests/test_optimiser.py)."""
+    from fine_tune.batching import MicroBatchStream
+    from test_scripts_e2e import tb_scalars
+
+    features, tok = _features(tiny_bert, data_root, 40)
+    every, exp1 = _train(features, tok, tmp_path, 8, 2, steps=7, log_step=1, max_norm=0.002, warmup=2)
+    windowed, exp3 = _train(features, tok, tmp_path, 8, 2, steps=7, log_step=3, max_norm=0.002, warmup=2)
+    a, b = tb_scalars(exp1.log_dir), tb_scalars(exp3.log_dir)
+    tag = "boolq/train/bert/"
+    for name in ("loss", "grad_norm"):
+        per_step = [v for _, v in a[tag + name]]
+        assert [s for s, _ in a[tag + name]] == list(range(1, 8)) and len(set(per_step)) == 7, name
+        assert name == "loss" or min(per_step) > 0.002 * 2  # every step clipped
+        assert [s for s, _ in b[tag + name]] == [3, 6, 7], name
+        want = [np.mean(per_step[0:3]), np.mean(per_step[3:6]), per_step[6]]
+        assert [v for _, v in b[tag + name]] == pytest.approx(want, rel=1e-5), name
+    # lr: warmup 2 then linear decay to 0 at step 7, read after the step's schedule update
+    assert [v for _, v in b[tag + "lr"]] == pytest.approx([1e-3 * (7 - s) / 5 for s in (3, 6, 7)], rel=1e-6)
+    assert all(torch.equal(v, windowed.state_dict()[k]) for k, v in every.state_dict().items())
+
+    # step 1's norm: the student's whole gradient norm of the mean loss over the step's 8 rows, before clipping
+    stream = MicroBatchStream(40, 4, seed=5)
+    model = tiny(dropout=0.0, seed=1)
+    collate = Collator(features, tok.pad_token_id, 32, "dynamic")
+    for _ in range(2):
+        rb = collate(stream.next())
+        out = model(input_ids=rb["input_ids"], token_type_ids=rb["token_type_ids"], attention_mask=rb["attention_mask"])
+        (F.cross_entropy(out.logits, rb["labels"]) / 2).backward()
+    norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters() if p.grad is not None)).item()
+    assert norm > 0.002 * 4 and a[tag + "grad_norm"][0][1] == pytest.approx(norm, rel=1e-4)
 
 
 def test_dynamic_padding_same_logits_as_fixed(tiny_bert, data_root):

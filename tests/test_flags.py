@@ -73,3 +73,19 @@ def test_bad_values_are_one_line_errors_at_parse_time():
 def test_a_flag_lives_in_one_group():
     with pytest.raises(ValueError, match="--lr is in two groups"):
         build_parser("x", "", [OptimiserFlags, OptimiserFlags])
+
+
+def test_results_and_checkpoint_defaults_are_the_documented_ones():
+    """README.md: results_table.py reports the best checkpoint on the reported split itself and compares with a
+    paired bootstrap of 10,000 resamples (seed 0); --ckpt defaults to the newest checkpoint, --select_on to the task's
+    dev split; export_model.py writes a Hugging Face folder unless --format onnx."""
+    from fine_tune.cli import CheckpointFlags, ExportFlags, ResultsFlags, SweepFlags
+
+    record = parse_flags("results_table.py", "", [ResultsFlags], ["--task", "qqp"]).record()
+    expected = dict(rule="best", select_on=None, resamples=10000, bootstrap_seed=0, splits=None, compare_split=None)
+    assert subset(record, expected) == expected
+    record = parse_flags("x", "", [CheckpointFlags, ExportFlags], []).record()
+    assert subset(record, dict(ckpt=None, select_on=None, format="hf", quantize=None)) == \
+        dict(ckpt=None, select_on=None, format="hf", quantize=None)
+    record = parse_flags("x", "", [SweepFlags], []).record()
+    assert (record["ckpt"], record["save_predictions"]) == (0, False)  # every checkpoint, no per-example files

@@ -27,21 +27,30 @@ def tsv(path, header, rows):
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def mnli_index(i):
+    """The ``index`` column of row ``i``: unique, unsorted, never the row number."""
+    return 500 + (37 * i + 11) % 101
+
+
 def mnli_rows(n, seed, header):
-    """MNLI rows whose label a tiny model can learn: the hypothesis repeats a cue word of its class."""
+    """MNLI rows whose label a tiny model can learn: the hypothesis repeats a cue word of its class. The annotators
+    (label1..label5) disagree with the gold label on every row and with each other, so reading any column but
+    ``gold_label`` gives other labels; ``index`` is not the row number."""
     rng = random.Random(seed)
     cues = {"entailment": "yes", "neutral": "maybe", "contradiction": "no"}
     rows, labels = [], []
     for i in range(n):
-        label = NLI3[rng.randrange(3)]
+        gold = rng.randrange(3)
+        label = NLI3[gold]
         s1 = " ".join(rng.choice(["the", "a", "cat", "dog", "sat", "ran", "on", "mat"]) for _ in range(rng.randint(4, 12)))
         s2 = f"{cues[label]} {cues[label]} " + " ".join(rng.choice(["it", "is", "was", "there"]) for _ in range(3))
-        row = {"index": i, "promptID": 100 + i, "pairID": f"{100 + i}e", "genre": "fiction",
+        row = {"index": mnli_index(i), "promptID": 100 + i, "pairID": f"{100 + i}e", "genre": "fiction",
                "sentence1_binary_parse": "( x )", "sentence2_binary_parse": "( y )", "sentence1_parse": "(ROOT x)",
-               "sentence2_parse": "(ROOT y)", "sentence1": s1, "sentence2": s2}
-        row.update({k: label for k in header if k.startswith("label") or k == "gold_label"})
+               "sentence2_parse": "(ROOT y)", "sentence1": s1, "sentence2": s2, "gold_label": label}
+        # annotator k: one of the two other classes, alternating with k and the row
+        row.update({f"label{k}": NLI3[(gold + 1 + (i + k) % 2) % 3] for k in range(1, 6)})
         rows.append([row[k] for k in header])
-        labels.append(NLI3.index(label))
+        labels.append(gold)
     return rows, labels
 
 
@@ -57,19 +66,23 @@ def write_mnli(root, n_train=96, n_dev=32, n_test=16):
 
 
 def test_cola_header_less_train_and_indexed_test(tmp_path):
-    tsv(tmp_path / "CoLA" / "train.tsv", None, [["gj04", 1, "", "Our friends won't buy this analysis."],
-                                                ["gj04", 0, "*", "They drank the pub."]])
-    tsv(tmp_path / "CoLA" / "test.tsv", ["index", "sentence"], [[0, "Bill whistled past the house."],
-                                                                [1, "The car honked its way."]])
+    # train: no header; source, label, original label ("*" where it was changed), sentence
+    tsv(tmp_path / "CoLA" / "train.tsv", None, [["gj04", 0, "*", "They drank the pub."],
+                                                ["gj04", 1, "", "Our friends won't buy this analysis."],
+                                                ["cj99", 1, "", "The sailors rode the breeze clear of the rocks."]])
+    tsv(tmp_path / "CoLA" / "test.tsv", ["index", "sentence"], [[31, "Bill whistled past the house."],
+                                                                [4, "The car honked its way."]])
     task = get_task("cola")
     train = task.load(tmp_path, "train")
     assert [(e.idx, e.text, e.text_pair, e.label) for e in train] == [
-        (0, "Our friends won't buy this analysis.", None, 1), (1, "They drank the pub.", None, 0)]
+        (0, "They drank the pub.", None, 0), (1, "Our friends won't buy this analysis.", None, 1),
+        (2, "The sailors rode the breeze clear of the rocks.", None, 1)]
     test = task.load(tmp_path, "test")
-    assert [(e.idx, e.label) for e in test] == [(0, None), (1, None)]
+    assert [(e.idx, e.text, e.label) for e in test] == [(31, "Bill whistled past the house.", None),
+                                                        (4, "The car honked its way.", None)]
     out = tmp_path / "CoLA.tsv"
     task.write_submission(out, test, [1, 0])
-    assert out.read_text() == "index\tprediction\n0\t1\n1\t0\n"  # GLUE: class indices for CoLA
+    assert out.read_text() == "index\tprediction\n31\t1\n4\t0\n"  # GLUE: class indices for CoLA
     assert task.main_metric == "mcc" and task.label_names == ("unacceptable", "acceptable")
 
 
@@ -104,19 +117,32 @@ def test_glue_pair_and_single_sentence_layouts(tmp_path, name, folder, labelled_
 
 
 def test_mnli_splits_columns_and_two_submission_files(tmp_path):
-    write_mnli(tmp_path, 6, 4, 3)
+    write_mnli(tmp_path, 6, 6, 3)
     task = get_task("mnli")
     assert task.num_class == 3 and task.dev_split == "dev_matched"
-    _, labels = mnli_rows(4, 2, MNLI_DEV)
-    dev = task.load(tmp_path, "dev_mismatched")
-    assert [e.label for e in dev] == labels and [e.idx for e in dev] == [0, 1, 2, 3]
-    assert dev[0].text_pair.split()[0] in ("yes", "maybe", "no")
+    cues = {"yes": 0, "maybe": 1, "no": 2}  # entailment, neutral, contradiction: the model's output order
+    for split, header, n, seed in (("dev_matched", MNLI_DEV, 6, 1), ("dev_mismatched", MNLI_DEV, 6, 2),
+                                   ("train", MNLI_TRAIN, 6, 0)):
+        rows, labels = mnli_rows(n, seed, header)
+        got = task.load(tmp_path, split)
+        gold = [NLI3.index(r[header.index("gold_label")]) for r in rows]  # read back from the file's column
+        assert [e.label for e in got] == labels == gold, split
+        assert len(set(labels)) == 3, split  # every class appears
+        for column in [c for c in header if c.startswith("label")]:  # no annotator agrees with the gold label
+            assert all(NLI3.index(r[header.index(column)]) != g for r, g in zip(rows, gold)), (split, column)
+        assert [e.idx for e in got] == [r[0] for r in rows] == [mnli_index(i) for i in range(n)]
+        assert [(e.text, e.text_pair) for e in got] == [(r[header.index("sentence1")], r[header.index("sentence2")])
+                                                        for r in rows]
+        assert [cues[e.text_pair.split()[0]] for e in got] == labels  # the hypothesis is the pair's second text
     for split, name in (("test_matched", "MNLI-m.tsv"), ("test_mismatched", "MNLI-mm.tsv")):
         rows = task.load(tmp_path, split)
+        assert all(e.label is None for e in rows)
         out = tmp_path / task.submission_name(split)
-        task.write_submission(out, rows, [0, 1, 2])
+        task.write_submission(out, rows, [2, 0, 1])
         assert out.name == name
-        assert out.read_text() == "index\tprediction\n0\tentailment\n1\tneutral\n2\tcontradiction\n"
+        ids = [mnli_index(i) for i in range(3)]
+        assert out.read_text() == (f"index\tprediction\n{ids[0]}\tcontradiction\n{ids[1]}\tentailment\n"
+                                   f"{ids[2]}\tneutral\n")
     with pytest.raises(UserError, match="'dev' is not a mnli split; valid splits: train, dev_matched"):
         task.path(tmp_path, "dev")
 
@@ -124,16 +150,23 @@ def test_mnli_splits_columns_and_two_submission_files(tmp_path):
 def test_cb_jsonl_and_its_superglue_file(tmp_path):
     folder = tmp_path / "CB"
     folder.mkdir()
-    (folder / "val.jsonl").write_text(
-        json.dumps({"premise": "It rained.", "hypothesis": "It was dry.", "label": "contradiction", "idx": 0}) + "\n"
-        + json.dumps({"premise": "It rained.", "hypothesis": "It was wet.", "label": "entailment", "idx": 1}) + "\n")
-    (folder / "test.jsonl").write_text(json.dumps({"premise": "p", "hypothesis": "h", "idx": 5}) + "\n")
+    val = [{"premise": "It rained.", "hypothesis": "It was dry.", "label": "contradiction", "idx": 3},
+           {"premise": "It rained.", "hypothesis": "It was wet.", "label": "entailment", "idx": 0},
+           {"premise": "It rained.", "hypothesis": "It was cold.", "label": "neutral", "idx": 1},
+           {"premise": "It poured.", "hypothesis": "It was wet.", "label": "entailment", "idx": 2}]
+    (folder / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in val))
+    (folder / "test.jsonl").write_text("".join(json.dumps({"premise": f"p{i}", "hypothesis": f"h{i}", "idx": i})
+                                               + "\n" for i in (5, 2, 9)))
     task = get_task("cb")
-    assert [(e.text, e.text_pair, e.label) for e in task.load(tmp_path, "val")] == [
-        ("It rained.", "It was dry.", 1), ("It rained.", "It was wet.", 0)]
+    assert [(e.idx, e.text, e.text_pair, e.label) for e in task.load(tmp_path, "val")] == [
+        (3, "It rained.", "It was dry.", 1), (0, "It rained.", "It was wet.", 0), (1, "It rained.", "It was cold.", 2),
+        (2, "It poured.", "It was wet.", 0)]  # the model's order: entailment, contradiction, neutral
     out = tmp_path / "CB.jsonl"
-    task.write_submission(out, task.load(tmp_path, "test"), [2])
-    assert [json.loads(x) for x in out.read_text().splitlines()] == [{"idx": 5, "label": "neutral"}]
+    test = task.load(tmp_path, "test")
+    assert [(e.idx, e.text, e.text_pair) for e in test] == [(5, "p5", "h5"), (2, "p2", "h2"), (9, "p9", "h9")]
+    task.write_submission(out, test, [2, 0, 1])
+    assert [json.loads(x) for x in out.read_text().splitlines()] == [
+        {"idx": 5, "label": "neutral"}, {"idx": 2, "label": "entailment"}, {"idx": 9, "label": "contradiction"}]
 
 
 @pytest.mark.parametrize("name, content, message", [
@@ -154,19 +187,101 @@ def test_a_bad_row_names_file_line_and_column(tmp_path, name, content, message):
         task.load(tmp_path, "dev")
 
 
+def test_rte_superglue_jsonl_labels_and_ids(tmp_path):
+    """SuperGLUE's RTE: premise/hypothesis, "entailment" 0 and "not_entailment" 1 (unbalanced, not in row order),
+    the file's idx (not the row number) on the test rows and in RTE.jsonl."""
+    folder = tmp_path / "RTE"
+    folder.mkdir()
+    val = [("not_entailment", 4), ("entailment", 0), ("not_entailment", 2), ("not_entailment", 1)]
+    (folder / "val.jsonl").write_text("".join(json.dumps({"premise": f"p{i}", "hypothesis": f"h{i}", "label": y,
+                                                          "idx": i}) + "\n" for y, i in val))
+    (folder / "test.jsonl").write_text("".join(json.dumps({"premise": f"p{i}", "hypothesis": f"h{i}", "idx": i})
+                                               + "\n" for i in (8, 3)))
+    task = get_task("rte_superglue")
+    assert [(e.idx, e.text, e.text_pair, e.label) for e in task.load(tmp_path, "val")] == [
+        (4, "p4", "h4", 1), (0, "p0", "h0", 0), (2, "p2", "h2", 1), (1, "p1", "h1", 1)]
+    out = tmp_path / task.submission_name("test")
+    task.write_submission(out, task.load(tmp_path, "test"), [1, 0])
+    assert out.name == "RTE.jsonl" and [json.loads(x) for x in out.read_text().splitlines()] == [
+        {"idx": 8, "label": "not_entailment"}, {"idx": 3, "label": "entailment"}]
+
+
 # ------------------------------------------------------------------------ metrics
 
 
+# unbalanced classes, so that F1 of class 1, F1 of class 0, macro, weighted and micro F1 (= accuracy) all differ
+BIN_LABELS = np.array([1, 1, 1, 1, 1, 0, 0, 1, 1, 0])
+BIN_PREDS = np.array([1, 1, 1, 0, 1, 1, 0, 1, 0, 0])
+# tp 5, fn 2, fp 1, tn 2: accuracy 7/10; F1(1) = 2*5 / (2*5 + 2 + 1) = 10/13; F1(0) = 2*2 / (2*2 + 1 + 2) = 4/7;
+# MCC = (5*2 - 1*2) / sqrt((5+1)(5+2)(2+1)(2+2))
+BIN = {"accuracy": 0.7, "f1": 10 / 13, "mcc": 8 / np.sqrt(6 * 7 * 3 * 4)}
+THREE_LABELS = np.array([0, 0, 0, 0, 0, 1, 1, 2, 0, 1])  # 6, 3 and 1 rows
+THREE_PREDS = np.array([0, 0, 0, 1, 0, 1, 2, 2, 2, 1])
+# per-class F1: class 0 tp 4 fn 2 fp 0 -> 0.8; class 1 tp 2 fn 1 fp 1 -> 2/3; class 2 tp 1 fn 0 fp 2 -> 0.5
+THREE_F1 = (0.8, 2 / 3, 0.5)
+
+
 def test_metrics_against_hand_computed_values():
-    labels = np.array([1, 1, 1, 0, 0, 0, 0, 1])
-    preds = np.array([1, 1, 0, 0, 0, 1, 0, 1])
-    # tp 3, fn 1, fp 1, tn 3: accuracy 6/8; F1 = 2*3 / (2*3 + 1 + 1) = 0.75; MCC = (3*3 - 1*1) / sqrt(4*4*4*4) = 0.5
-    got = compute(("accuracy", "f1", "mcc"), labels, preds)
-    assert got == pytest.approx({"accuracy": 0.75, "f1": 0.75, "mcc": 0.5})
-    # three classes: per-class F1 1.0 (class 0: 2 of 2), 2/3 (class 1: tp 1, fp 0, fn 1), 0.8 (class 2: tp 2, fp 1, fn 0)
-    three = compute(("macro_f1",), np.array([0, 0, 1, 1, 2, 2]), np.array([0, 0, 1, 2, 2, 2]))
-    assert three["macro_f1"] == pytest.approx((1.0 + 2 / 3 + 0.8) / 3)
-    assert compute(("mcc",), labels, np.ones(8, dtype=int))["mcc"] == 0.0  # a constant prediction
+    from sklearn.metrics import f1_score, matthews_corrcoef
+
+    got = compute(("accuracy", "f1", "mcc"), BIN_LABELS, BIN_PREDS)
+    assert got == pytest.approx(BIN, abs=1e-12)
+    # the alternatives a slip would compute are all different here
+    assert got["f1"] != pytest.approx(4 / 7) and got["f1"] != pytest.approx(f1_score(BIN_LABELS, BIN_PREDS,
+                                                                                       average="macro"))
+    assert got["mcc"] == pytest.approx(matthews_corrcoef(BIN_LABELS, BIN_PREDS))
+    three = compute(("macro_f1", "accuracy"), THREE_LABELS, THREE_PREDS)
+    assert three["macro_f1"] == pytest.approx(sum(THREE_F1) / 3, abs=1e-12)
+    assert three["macro_f1"] == pytest.approx(f1_score(THREE_LABELS, THREE_PREDS, average="macro"))
+    weighted = np.dot(THREE_F1, [6, 3, 1]) / 10
+    assert weighted == pytest.approx(f1_score(THREE_LABELS, THREE_PREDS, average="weighted"))
+    assert abs(three["macro_f1"] - weighted) > 0.05 and abs(three["macro_f1"] - three["accuracy"]) > 0.04
+    assert three["accuracy"] == pytest.approx(0.7)
+    # the edge cases: 0, not NaN, an exception or a warning on every evaluation
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert compute(("mcc",), BIN_LABELS, np.ones(10, dtype=int))["mcc"] == 0.0  # a constant prediction
+        assert compute(("f1", "macro_f1"), BIN_LABELS, np.zeros(10, dtype=int)) == pytest.approx(
+            {"f1": 0.0, "macro_f1": (0 + 2 * 3 / (3 + 10)) / 2})  # nothing predicted positive: F1(1) = 0
+        assert compute(("f1",), np.zeros(4, dtype=int), np.zeros(4, dtype=int))["f1"] == 0.0  # no positive at all
+        flat = compute(("pearson", "spearman"), np.array([1.5, 2.25, 4.0]), np.array([3.0, 3.0, 3.0]))
+        assert flat == {"pearson": 0.0, "spearman": 0.0}
+
+
+# every task's metrics (what evaluation reports) and its main metric (what picks the best checkpoint)
+TASK_METRICS = {
+    "cola": (("mcc", "accuracy"), "mcc"), "sst2": (("accuracy",), "accuracy"),
+    "mrpc": (("accuracy", "f1"), "accuracy"), "qqp": (("accuracy", "f1"), "accuracy"),
+    "stsb": (("pearson", "spearman"), "pearson"), "mnli": (("accuracy",), "accuracy"),
+    "qnli": (("accuracy",), "accuracy"), "rte": (("accuracy",), "accuracy"), "wnli": (("accuracy",), "accuracy"),
+    "boolq": (("accuracy",), "accuracy"), "cb": (("accuracy", "macro_f1"), "accuracy"),
+    "rte_superglue": (("accuracy",), "accuracy"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TASK_METRICS))
+def test_each_task_reports_its_metrics_computed_independently(name):
+    """Each task's metric list on labels and predictions where the alternatives differ, against scikit-learn and
+    SciPy: MCC for CoLA, F1 of class 1 for MRPC and QQP, macro F1 for CB, Pearson and Spearman for STS-B."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    task = get_task(name)
+    assert (task.metrics, task.main_metric) == TASK_METRICS[name]
+    if task.regression:
+        labels, preds = np.array([3.8, 0.25, 4.6, 1.75, 2.5, 0.0]), np.array([3.1, 1.0, 4.9, 2.6, 1.9, 1.2])
+        want = {"pearson": pearsonr(labels, preds)[0], "spearman": spearmanr(labels, preds)[0]}
+        assert abs(want["pearson"] - want["spearman"]) > 0.01
+    else:
+        labels, preds = (THREE_LABELS, THREE_PREDS) if task.num_class == 3 else (BIN_LABELS, BIN_PREDS)
+        want = {"accuracy": accuracy_score(labels, preds), "mcc": matthews_corrcoef(labels, preds),
+                "f1": f1_score(labels, preds, pos_label=1, average="binary") if task.num_class == 2 else None,
+                "macro_f1": f1_score(labels, preds, average="macro")}
+    got = compute(task.metrics, labels, preds)
+    assert set(got) == set(task.metrics)
+    assert got == pytest.approx({k: want[k] for k in task.metrics}, abs=1e-12)
 
 
 def test_the_main_metric_picks_the_best_checkpoint(tmp_path):
@@ -196,6 +311,7 @@ def test_mnli_fine_tune_eval_submission_and_a_layerwise_student(run, tiny_bert, 
             "--dataset", split, "--ckpt", "4")
         lines = (exp / name).read_text().splitlines()
         assert lines[0] == "index\tprediction" and len(lines) == 17
+        assert [x.split("\t")[0] for x in lines[1:]] == [str(mnli_index(i)) for i in range(16)]  # the file's ids
         assert all(x.split("\t")[1] in NLI3 for x in lines[1:])
     with pytest.raises(AssertionError, match="--num_class 2: mnli has 3 classes"):
         run("run_fine_tune.py", "--experiment", "two", "--ptrain_ver", str(tiny_bert), *common, "--num_class", "2")
@@ -274,6 +390,10 @@ def test_the_glue_zip_holds_exactly_the_required_files_or_is_refused(run, exp_ro
 STSB = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score"]
 
 
+def stsb_index(i):
+    return 2000 + (13 * i + 5) % 97  # unique, unsorted, never the row number
+
+
 def stsb_rows(n, seed, labelled=True):
     rng = random.Random(seed)
     words = ["a", "man", "plays", "guitar", "woman", "cuts", "onion", "dog", "runs", "park"]
@@ -282,8 +402,10 @@ def stsb_rows(n, seed, labelled=True):
         s1 = [rng.choice(words) for _ in range(6)]
         keep = rng.randint(0, 6)  # the score follows how much of sentence 1 sentence 2 repeats
         s2 = s1[:keep] + [rng.choice(words) for _ in range(6 - keep)]
-        row = [i, "main-captions", "MSRvid", "2012test", f"{i:04d}", "none", "none", " ".join(s1), " ".join(s2)]
-        rows.append(row + [f"{5 * keep / 6:.3f}"] if labelled else row)
+        row = [stsb_index(i), "main-captions", "MSRvid", "2012test", f"{i:04d}", "none", "none", " ".join(s1),
+               " ".join(s2)]
+        score = (5 * keep + rng.choice((0.25, 0.5, 0.75))) / 6.2  # fractional, in (0, 5)
+        rows.append(row + [f"{score:.3f}"] if labelled else row)
     return rows
 
 
@@ -296,14 +418,30 @@ def write_stsb(root, n_train=96, n_dev=32, n_test=12):
 def test_stsb_scores_metrics_and_file(tmp_path):
     write_stsb(tmp_path, 4, 3, 2)
     task = get_task("stsb")
-    dev = task.load(tmp_path, "dev")
     assert task.num_class == 1 and task.regression and task.main_metric == "pearson"
-    assert all(isinstance(e.label, float) and 0 <= e.label <= 5 for e in dev)
-    assert [e.label for e in dev] == [float(r[-1]) for r in stsb_rows(3, 1)]
+    for split, n, seed in (("train", 4, 0), ("dev", 3, 1)):
+        got = task.load(tmp_path, split)
+        rows = stsb_rows(n, seed)
+        assert all(isinstance(e.label, float) and 0 < e.label < 5 and e.label != int(e.label) for e in got)
+        assert [e.label for e in got] == [float(r[-1]) for r in rows]
+        assert [(e.idx, e.text, e.text_pair) for e in got] == [(r[0], r[7], r[8]) for r in rows]
     test = task.load(tmp_path, "test")
+    assert [e.idx for e in test] == [stsb_index(0), stsb_index(1)] and all(e.label is None for e in test)
     out = tmp_path / "STS-B.tsv"
     task.write_submission(out, test, np.array([3.14159, 0.5]))
-    assert out.read_text() == "index\tprediction\n0\t3.142\n1\t0.500\n"
+    assert out.read_text() == f"index\tprediction\n{stsb_index(0)}\t3.142\n{stsb_index(1)}\t0.500\n"
+    # fractional gold scores, read as written: Pearson and Spearman on them, not on whole numbers
+    tsv(tmp_path / "frac" / "STS-B" / "dev.tsv", STSB, [
+        [9 - i, "main-news", "x", "2012", "0", "none", "none", f"a{i}", f"b{i}", score]
+        for i, score in enumerate(["3.8", "0.25", "4.6", "1.75", "2.5", "4.2"])])
+    gold = np.array([e.label for e in task.load(tmp_path / "frac", "dev")])
+    assert gold.tolist() == [3.8, 0.25, 4.6, 1.75, 2.5, 4.2]
+    pred = np.array([3.4, 0.9, 4.1, 2.6, 1.8, 4.4])
+    want = {"pearson": np.corrcoef(gold, pred)[0, 1], "spearman": 1 - 6 * 4 / (6 * (6 ** 2 - 1))}  # ranks: one swap
+    assert compute(task.metrics, gold, pred) == pytest.approx(want, abs=1e-12)
+    whole = np.trunc(gold)  # what truncated or rounded scores would give
+    assert abs(compute(("pearson",), whole, pred)["pearson"] - want["pearson"]) > 1e-3
+    assert abs(compute(("spearman",), np.round(gold), pred)["spearman"] - want["spearman"]) > 1e-3
     bad = tmp_path / "bad"
     tsv(bad / "STS-B" / "dev.tsv", STSB, [stsb_rows(1, 0)[0][:-1] + ["high"]])
     with pytest.raises(UserError, match=r"STS-B/dev.tsv, line 2: label 'high' in column score is not a number"):
@@ -356,10 +494,20 @@ def test_stsb_fine_tune_logits_offline_kd_eval_and_file(run, tiny_bert, data_roo
     run("run_fine_tune_eval.py", "--experiment", "s", "--model", "bert", "--task", "stsb", "--dataset", "dev")
     table = json.loads((exp_root / "s_bert_stsb" / "eval-dev.json").read_text())
     assert set(table["rows"][0]) >= {"pearson", "spearman"} and table["best"]["pearson"]["ckpt"] == 2
+    # the evaluation scored the fractional gold scores of the file, as written
+    from scipy.stats import pearsonr, spearmanr
+
+    with np.load(exp_root / "s_bert_stsb" / "eval-dev-predictions.npz") as z:
+        gold, pred = z["labels"], z["pred_2"]
+        assert z["idx"].tolist() == [stsb_index(i) for i in range(32)]
+    assert gold.tolist() == pytest.approx([float(r[-1]) for r in stsb_rows(32, 1)], abs=1e-6)
+    assert (gold != np.round(gold)).all()
+    assert table["rows"][0]["pearson"] == pytest.approx(pearsonr(gold, pred)[0], abs=1e-5)
+    assert table["rows"][0]["spearman"] == pytest.approx(spearmanr(gold, pred)[0], abs=1e-5)
     run("generate_test_prediction.py", "--experiment", "s", "--model", "bert", "--task", "stsb", "--ckpt", "best")
     lines = (exp_root / "s_bert_stsb" / "STS-B.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 13
-    assert [x.split("\t")[0] for x in lines[1:]] == [str(i) for i in range(12)]
+    assert [x.split("\t")[0] for x in lines[1:]] == [str(stsb_index(i)) for i in range(12)]  # the file's ids
     assert all(np.isfinite(float(x.split("\t")[1])) for x in lines[1:])  # scores, not class indices
     table = run("results_table.py", "--task", "stsb").stdout
     assert "dev Pearson" in table and "dev Spearman" in table

@@ -132,3 +132,56 @@ def test_fine_tune_with_group_by_length(run, tiny_bert, exp_root):
                   "--task", "boolq", "--total_step", "4", "--warmup_step", "1", "--ckpt_step", "4",
                   "--batch_size", "8", "--accum_step", "2", "--max_seq_len", "32", check=False)
     assert refused.returncode == 2 and "group_by_length" in refused.stderr
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The documented seeding of an epoch's shuffle: ``seed * 1_000_003 + epoch``."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def test_plain_stream_is_the_documented_seeded_shuffle():
+    """MicroBatchStream: epoch e is torch.randperm(n) seeded with seed * 1_000_003 + e, cut into micro-batches in
+    order, the last one short (drop_last=False); epochs follow each other and a restart continues anywhere."""
+    n, mb, seed = 23, 5, 9  # 5 micro-batches an epoch, the last of 3 rows
+    expected = []
+    for epoch in range(3):
+        perm = torch.randperm(n, generator=epoch_generator(seed, epoch)).numpy()
+        expected += [perm[i:i + mb] for i in range(0, n, mb)]
+    s = MicroBatchStream(n, mb, seed)
+    got = take(s, 15)
+    assert [len(b) for b in got] == [5, 5, 5, 5, 3] * 3
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected)) and s.epoch == 3
+    resumed = MicroBatchStream(n, mb, seed, position=7)
+    assert all(np.array_equal(a, b) for a, b in zip(take(resumed, 8), expected[7:]))
+
+
+def reference_grouped_epoch(n: int, mb: int, seed: int, epoch: int, lengths: np.ndarray) -> list[list[int]]:
+    """LengthGroupedMicroBatchStream's epoch written out from its docstring, in plain Python."""
+    g = epoch_generator(seed, epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    mega = 50 * mb
+    batches = []
+    for start in range(0, n, mega):
+        chunk = perm[start:start + mega]
+        chunk = sorted(chunk, key=lambda r: -int(lengths[r]))  # Python's sort is stable: ties keep shuffled order
+        batches += [chunk[i:i + mb] for i in range(0, len(chunk), mb)]
+    order = torch.randperm(len(batches), generator=g).tolist()
+    return [batches[j] for j in order]
+
+
+def test_grouped_stream_is_the_documented_algorithm():
+    """Three mega-batches (50 micro-batches of 4, the last mega-batch 13 rows), lengths with many ties (1..6), a
+    seed away from the default: two epochs equal the docstring's steps written out independently; the one short
+    micro-batch holds the shortest rows of the last mega-batch."""
+    n, mb, seed = 413, 4, 13
+    lengths = np.random.default_rng(3).integers(1, 7, size=n)
+    s = make_stream(n, mb, seed, lengths=lengths)
+    per_epoch = -(-n // mb)
+    for epoch in range(2):
+        got = [b.tolist() for b in take(s, per_epoch)]
+        expected = reference_grouped_epoch(n, mb, seed, epoch, lengths)
+        assert got == expected, epoch
+        short = [b for b in got if len(b) != mb]
+        last_mega = torch.randperm(n, generator=epoch_generator(seed, epoch)).numpy()[400:]
+        assert len(short) == 1 and len(short[0]) == n % mb
+        assert sorted(lengths[short[0]].tolist()) == sorted(lengths[last_mega].tolist())[:n % mb]

@@ -275,6 +275,9 @@ def test_mu_zero_is_logits_only_and_hard_only_needs_no_teacher():
     assert parts["loss"].item() == pytest.approx(manual_logits_loss(st.logits, te.logits, y, 0.3, 0.7, 2.0).item(), rel=1e-5)
     hard = PKD(6, 12, 1.0, 0.0, 1.0, 0.0)
     assert not hard.uses_teacher
+    hidden_only = PKD(6, 12, 0.0, 0.0, 1.0, 5.0)  # hidden states only: the teacher runs, the head learns nothing
+    assert hidden_only.uses_teacher and hidden_only.needs_hidden_states and not hidden_only.every_parameter_learns
+    assert m.every_parameter_learns and hard.every_parameter_learns
     parts = hard.losses({"labels": y}, ModelOutputs(st.logits), None)  # the engine runs no teacher: None
     assert parts["loss"].item() == pytest.approx(torch.nn.functional.cross_entropy(st.logits, y).item(), rel=1e-6)
     assert "soft_loss" not in parts
@@ -352,3 +355,257 @@ def test_one_engine_step_moves_student_and_gates_not_teacher(tmp_path):
     # the checkpoint holds the gates after the step: gate-{i}-1.pt, 0-based as the original
     saved = torch.load(exp.path / "gate-3-1.pt", weights_only=True)
     assert torch.equal(saved["linear.weight"], method.gates[3].linear.weight.detach())
+
+
+# -- every layer-wise method built from its script's flags, under both paddings, with and without a projection ---
+#
+# Each case: a 3-layer student of a 6-layer teacher (a layer map off by one lands on another layer), a batch whose
+# sequences are 5, 3 and 2 tokens long with random values at the padding positions (the masked and the plain means
+# differ), labels not in sorted order, flags away from every default (T, both weights, mu, the method's own), and
+# a student narrower than the teacher (6 vs 8: one learned map per student layer, re-drawn large so that a map
+# applied to the wrong layer changes the loss). The expected loss is computed here in float64 from the equations
+# of doc/methods.md and the method's docstrings, with the gates and maps read from the method.
+
+LT, LS, DT, SEQ = 6, 3, 8, 5
+LENGTHS = (5, 3, 2)
+FLAG_T, FLAG_HARD, FLAG_SOFT, FLAG_MU = 2.5, 0.3, 0.6, 7.5
+LAYERWISE_CASES = {  # id: (method name, its own flags)
+    "lad": ("lad", []),
+    "lad_no": ("lad_no", []),
+    "partial_lad": ("partial_lad", ["--probing_exp", "partial_lad", "--gate_indices", "2,4"]),
+    "alp_kd": ("alp", ["--alp_exp", "alp-kd"]),
+    "alp_kd_hidden": ("alp", ["--alp_exp", "alp-kd-hidden"]),
+    "alp_kd_hidden_v2": ("alp", ["--alp_exp", "alp-kd-hidden-v2"]),
+    "pkd_skip": ("pkd", []),
+    "pkd_last": ("pkd", ["--pkd_strategy", "last"]),
+    "pkd_cls_skip": ("pkd", ["--pkd_loss", "normalized_cls"]),
+    "pkd_cls_last": ("pkd", ["--pkd_loss", "normalized_cls", "--pkd_strategy", "last"]),
+}
+
+
+def padded_mask() -> torch.Tensor:
+    return torch.tensor([[1 if s < n else 0 for s in range(SEQ)] for n in LENGTHS])
+
+
+def layerwise_from_flags(method_name: str, own: list[str], padding: str, student_width: int):
+    from fine_tune.cli import parse_layerwise
+    from fine_tune.methods import get_method
+    from fine_tune.methods.base import TeacherShape
+
+    flags = parse_layerwise("x", "", method_name, [
+        "--experiment", "x", "--task", "qqp", "--teacher_exp", "t", "--tckpt", "1", "--d_model", str(student_width),
+        "--d_ff", "16", "--num_attention_heads", "2", "--num_hidden_layers", str(LS), "--max_seq_len", str(SEQ),
+        "--softmax_temp", str(FLAG_T), "--hard_weight", str(FLAG_HARD), "--soft_weight", str(FLAG_SOFT),
+        "--mu", str(FLAG_MU), "--padding", padding, *own])
+    method = get_method(method_name).from_flags(flags, TeacherShape(LT, DT, 2))
+    torch.manual_seed(5)
+    method.create_parameters(None, None)
+    return method
+
+
+def ref_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Plain mean over every element; with ``mask`` ([B, S] pairs only): the mean over the real tokens and D."""
+    sq = (a.double() - b.double()) ** 2
+    if mask is None or a.dim() < 3:
+        return sq.mean()
+    m = mask.double()[..., None]
+    return (sq * m).sum() / (m.sum() * a.shape[-1])
+
+
+def ref_gate(gate: GateBlock, prev: torch.Tensor, cur: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """LAD's gate in float64; ``mask``: the LayerNorm's statistics over each example's real tokens, 0 at padding."""
+    W, b = gate.linear.weight.detach().double(), gate.linear.bias.detach().double()
+    gamma, beta = gate.layernorm.weight.detach().double(), gate.layernorm.bias.detach().double()
+    g = 1.0 / (1.0 + torch.exp(-(prev @ W.T + b)))
+    x = cur * g + prev * (1 - g)
+    out = torch.zeros_like(x)
+    for i in range(x.shape[0]):
+        real = slice(None) if mask is None else mask[i].bool()
+        xi = x[i][real]
+        mean, var = xi.mean(), ((xi - xi.mean()) ** 2).mean()
+        out[i][real] = (xi - mean) / torch.sqrt(var + 1e-5) * gamma[real] + beta[real]
+    return out
+
+
+def ref_layerwise(case: str, method, st: ModelOutputs, te: ModelOutputs, y: torch.Tensor,
+                  mask: torch.Tensor | None) -> tuple[float, dict[int, float]]:
+    """The hidden loss and its per-layer terms of ``case``, in float64, from the equations."""
+    hs = [h.double() for h in st.hidden_states]
+    if method.projection is not None:  # one map per student layer: W_j h + b_j
+        hs = [h @ m.weight.detach().double().T + m.bias.detach().double()
+              for h, m in zip(hs, method.projection.maps)]
+    ht = [h.double() for h in te.hidden_states]
+    if case in ("lad", "partial_lad"):
+        upto = 6 if case == "lad" else 4
+        agg = [ht[0]]
+        for k in range(2, upto + 1):  # A_k = gate_k(A_{k-1}, H_k)
+            agg.append(ref_gate(method.gates[k - 1], agg[-1], ht[k - 1], mask))
+        targets = [agg[1], agg[3], agg[5]] if case == "lad" else [agg[1], agg[3], ht[5]]  # A2, A4, A6 / A2, A4, T6
+        terms = [ref_mse(h, t, mask) / LS for h, t in zip(hs, targets)]
+    elif case == "lad_no":  # gate_j(H_{2j-1}, H_{2j})
+        terms = [ref_mse(hs[j - 1], ref_gate(method.gates[j - 1], ht[2 * j - 2], ht[2 * j - 1], mask), mask) / LS
+                 for j in range(1, LS + 1)]
+    elif case.startswith("alp"):
+        cls = case == "alp_kd"
+        stack = torch.stack([h[:, 0] if cls else h for h in ht])  # [K, B, (S,) D]
+        terms = []
+        for j in range(1, LS + 1):
+            s = hs[j - 1][:, 0] if cls else hs[j - 1]
+            scores = torch.einsum("...d,k...d->...k", s, stack) / math.sqrt(DT)
+            if case == "alp_kd_hidden_v2" and j < LS:  # student j sees teacher layers 1..2j
+                scores[..., 2 * j:] = -math.inf
+            w = torch.softmax(scores, -1)
+            terms.append(ref_mse(s, torch.einsum("...k,k...d->...d", w, stack), mask) / LS)
+    elif case in ("pkd_skip", "pkd_last"):
+        layers = [2, 4, 6] if case == "pkd_skip" else [4, 5, 6]
+        terms = [ref_mse(hs[j - 1], ht[t - 1], mask) / LS for j, t in enumerate(layers, 1)]
+    else:  # Sun et al.: normalised [CLS] of student layers 1..M-1, the mean over batch, layers and D
+        layers = [2, 4] if case == "pkd_cls_skip" else [4, 5]
+        terms = []
+        for j, t in enumerate(layers, 1):
+            s, t_ = hs[j - 1][:, 0], ht[t - 1][:, 0]
+            d = s / s.norm(dim=-1, keepdim=True) - t_ / t_.norm(dim=-1, keepdim=True)
+            terms.append((d ** 2).mean() / len(layers))
+    per = {j: FLAG_MU * float(v) for j, v in enumerate(terms, 1)}
+    return sum(per.values()), per
+
+
+def ref_layer_map(case: str, method, st: ModelOutputs, te: ModelOutputs, mask: torch.Tensor,
+                  dynamic: bool) -> np.ndarray | None:
+    """The heat-map's [L_s, L_t] matrix: ALP-KD's attention weights averaged over the batch's real tokens (the
+    [CLS] weights over the batch); LAD's chain contributions w_i = g_i prod_{m=i+1..k} (1 - g_m) of the gate values
+    averaged over the real tokens and D (g_1 = 1); LAD-NO's g on the upper layer of its pair, 1 - g on the lower;
+    partial LAD's raw rows one-hot. PKD draws none."""
+    if case.startswith("pkd"):
+        return None
+    ht = [h.double() for h in te.hidden_states]
+    real = mask.double()[..., None]
+    if case.startswith("alp"):
+        hs = [h.double() for h in st.hidden_states]
+        if method.projection is not None:
+            hs = [h @ m.weight.detach().double().T + m.bias.detach().double()
+                  for h, m in zip(hs, method.projection.maps)]
+        cls = case == "alp_kd"
+        stack = torch.stack([h[:, 0] if cls else h for h in ht])
+        rows = []
+        for j in range(1, LS + 1):
+            s = hs[j - 1][:, 0] if cls else hs[j - 1]
+            scores = torch.einsum("...d,k...d->...k", s, stack) / math.sqrt(DT)
+            if case == "alp_kd_hidden_v2" and j < LS:
+                scores[..., 2 * j:] = -math.inf
+            w = torch.softmax(scores, -1)
+            rows.append(w.mean(0) if cls else (w * real).sum((0, 1)) / real.sum())
+        return torch.stack(rows).numpy()
+
+    def gate_mean(gate: GateBlock, prev: torch.Tensor) -> float:
+        W, b = gate.linear.weight.detach().double(), gate.linear.bias.detach().double()
+        g = torch.sigmoid(prev @ W.T + b)
+        return ((g * real).sum() / (real.sum() * DT)).item()
+
+    gate_mask = mask if dynamic else None
+    if case == "lad_no":
+        out = np.zeros((LS, LT))
+        for j in range(1, LS + 1):
+            g = gate_mean(method.gates[j - 1], ht[2 * j - 2])
+            out[j - 1, 2 * j - 1], out[j - 1, 2 * j - 2] = g, 1 - g
+        return out
+    upto = 6 if case == "lad" else 4
+    agg, gbar = [ht[0]], [1.0]
+    for k in range(2, upto + 1):
+        gbar.append(gate_mean(method.gates[k - 1], agg[-1]))
+        agg.append(ref_gate(method.gates[k - 1], agg[-1], ht[k - 1], gate_mask))
+
+    def chain(k: int) -> np.ndarray:
+        row = np.zeros(LT)
+        for i in range(1, k + 1):
+            row[i - 1] = gbar[i - 1] * np.prod([1 - gbar[m - 1] for m in range(i + 1, k + 1)])
+        return row
+
+    if case == "lad":
+        return np.stack([chain(2), chain(4), chain(6)])
+    return np.stack([chain(2), chain(4), np.eye(LT)[5]])
+
+
+@pytest.mark.parametrize("student_width", [DT, 6], ids=["same_width", "projected"])
+@pytest.mark.parametrize("padding", ["max_length", "dynamic"])
+@pytest.mark.parametrize("case", list(LAYERWISE_CASES))
+def test_every_layerwise_method_from_its_flags_matches_its_equation(case, padding, student_width):
+    method_name, own = LAYERWISE_CASES[case]
+    method = layerwise_from_flags(method_name, own, padding, student_width)
+    assert (method.temperature, method.hard_weight, method.soft_weight, method.mu) == \
+        (FLAG_T, FLAG_HARD, FLAG_SOFT, FLAG_MU)
+    assert method.padding == padding and method.masked == (padding == "dynamic")
+    assert (method.projection is not None) == (student_width != DT)
+    # what the engine reads off the method: the padding-free forward only where no loss looks at padding
+    assert method.ignores_padding == (padding == "dynamic") and method.needs_hidden_states and method.uses_teacher
+    if method.projection is not None:
+        assert len(method.projection.maps) == LS
+        with torch.no_grad():  # large, distinct maps: one applied to the wrong layer changes the loss
+            g = torch.Generator().manual_seed(11)
+            for m in method.projection.maps:
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.5)
+    if getattr(method, "gates", None) is not None:
+        with torch.no_grad():  # non-trivial LayerNorm affine parameters, different per position
+            g = torch.Generator().manual_seed(12)
+            for gate in method.gates:
+                gate.layernorm.weight.copy_(torch.rand(gate.layernorm.weight.shape, generator=g) + 0.5)
+                gate.layernorm.bias.copy_(torch.rand(gate.layernorm.bias.shape, generator=g) - 0.5)
+    mask = padded_mask()
+    g = torch.Generator().manual_seed(13)
+    st = ModelOutputs(torch.randn(B, 3, generator=g) * 2,
+                      tuple(torch.randn(B, SEQ, student_width, generator=g) for _ in range(LS)), mask)
+    te = ModelOutputs(torch.randn(B, 3, generator=g) * 2,
+                      tuple(torch.randn(B, SEQ, DT, generator=g) * (1 + k / 2) for k in range(LT)), mask)
+    y = torch.tensor([2, 0, 1])
+    parts = method.losses({"labels": y}, st, te)
+    hidden, per = ref_layerwise(case, method, st, te, y, mask if padding == "dynamic" else None)
+    if padding == "dynamic" and not case.startswith("pkd_cls") and case != "alp_kd":
+        # the fixture tells the paddings apart: the unmasked equation gives another loss
+        other, _ = ref_layerwise(case, method, st, te, y, None)
+        assert abs(other - hidden) > 1e-3 * abs(hidden)
+    logits = manual_logits_loss(st.logits, te.logits, y, FLAG_HARD, FLAG_SOFT, FLAG_T).item()
+    assert parts["hidden_loss"].item() == pytest.approx(hidden, rel=1e-4)
+    assert sorted(k for k in parts if k.startswith("hidden_loss_")) == [f"hidden_loss_{j}" for j in sorted(per)]
+    for j, v in per.items():
+        assert parts[f"hidden_loss_{j}"].item() == pytest.approx(v, rel=1e-4), j
+    assert parts["logits_loss"].item() == pytest.approx(logits, rel=1e-5)
+    assert parts["loss"].item() == pytest.approx(logits + hidden, rel=1e-4)
+    expected_map = ref_layer_map(case, method, st, te, mask, padding == "dynamic")
+    with torch.no_grad():  # as the heat-map writer calls it (workflows/layer_map.py)
+        got_map = method.layer_map(st, te)
+    if expected_map is None:
+        assert got_map is None
+    else:
+        assert got_map.shape == (LS, LT)
+        np.testing.assert_allclose(got_map, expected_map, rtol=1e-4, atol=1e-6)
+    if case in ("lad", "partial_lad", "lad_no"):  # the logged gate means: over the real tokens under dynamic
+        first = method.gates[1] if case != "lad_no" else method.gates[0]
+        W, b = first.linear.weight.detach().double(), first.linear.bias.detach().double()
+        gv = torch.sigmoid(te.hidden_states[0].double() @ W.T + b)
+        m = mask.double()[..., None] if padding == "dynamic" else torch.ones(B, SEQ, 1, dtype=torch.float64)
+        expected = (gv * m).sum() / (m.sum() * DT)
+        key = "gate_mean_2" if case != "lad_no" else "gate_mean_1"
+        assert parts[key].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_width_projection_layout_and_initialisation():
+    """One map per student layer (layer j -> maps[j-1]) or TinyBERT's one shared map (layers and embeddings alike),
+    weights N(0, 0.02) and zero biases (BERT's initialisation, as TinyBERT's released code)."""
+    from fine_tune.models.projection import WidthProjection
+
+    torch.manual_seed(0)
+    per_layer = WidthProjection(6, 8, 3)
+    assert len(per_layer.maps) == 3 and not per_layer.shared
+    x = torch.randn(2, 4, 6)
+    for j in (1, 2, 3):
+        m = per_layer.maps[j - 1]
+        assert torch.equal(per_layer(j, x), m(x)) and tuple(m.weight.shape) == (8, 6)
+        assert not torch.equal(per_layer(j, x), per_layer.maps[j % 3](x))
+    shared = WidthProjection(6, 8, 3, shared=True)
+    assert len(shared.maps) == 1 and all(torch.equal(shared(j, x), shared.maps[0](x)) for j in (0, 1, 3))
+    big = WidthProjection(256, 256, 2)  # 65536 weights a map: the sample std is within ~1% of the true one
+    for m in big.maps:
+        assert m.weight.std().item() == pytest.approx(0.02, rel=0.03) and abs(m.weight.mean().item()) < 1e-3
+        assert torch.equal(m.bias.detach(), torch.zeros(256))
+    assert not torch.equal(big.maps[0].weight, big.maps[1].weight)

@@ -11,12 +11,21 @@ normalized_cls loss) must not reach an experiment whose config.json predates it.
 flags under a new experiment name must still work.
 
 The reference tensors were computed on one CPU thread; the resumed runs use one thread too (OMP_NUM_THREADS=1).
+Bit for bit holds on the kind of machine that made them (the manifest's ``machine``: processor, the kernels torch
+picks for it, torch; a manifest without it, made before it was recorded, counts as another machine). Another
+processor picks other kernels whose float32 sums round differently in the last bit: there each tensor must agree
+within ``ULPS`` float32 rounding units of its largest magnitude, plus ``FLOOR``. Measured on an AMD EPYC against
+the stored references: at most one unit (1.2e-7 on a weight of 1), and up to 1e-9 on the attention key biases,
+which softmax leaves gradient-free in exact arithmetic, so that their values are rounding noise. Both are far
+below the smallest behaviour this test tells apart (PKD's fix moves a query weight by 2e-6, LAD's a gate
+LayerNorm weight by 2e-4).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +38,12 @@ from conftest import run_in_process, run_script
 LEGACY = Path(__file__).resolve().parent / "data" / "legacy_runs"
 MANIFEST = json.loads((LEGACY / "manifest.json").read_text(encoding="utf-8"))
 CASES = {c["id"]: c for c in MANIFEST["cases"]}
+sys.path.insert(0, str(LEGACY.parent))
+from make_legacy_runs import machine  # noqa: E402
+
+SAME_MACHINE = MANIFEST.get("machine") == machine()
+ULPS = 4  # float32 rounding units allowed on another kind of machine (see the module docstring)
+FLOOR = 1e-8  # absolute, for weights that are rounding noise themselves (attention key biases: no gradient exactly)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +74,15 @@ def assert_bitwise_equal(a, b, what: str) -> None:
         for k in a:
             assert_bitwise_equal(a[k], b[k], f"{what}/{k}")
     elif isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), \
-            f"{what}: differs from the old code's uninterrupted run"
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, what
+        if SAME_MACHINE or not a.is_floating_point():
+            assert torch.equal(a, b), f"{what}: differs from the old code's uninterrupted run"
+        else:  # another processor: the last bits of a float32 sum may differ, nothing more
+            unit = torch.finfo(a.dtype).eps
+            scale = a.abs().max().item() if a.numel() else 0.0
+            worst = (a - b).abs().max().item() if a.numel() else 0.0
+            assert worst <= ULPS * unit * scale + FLOOR, \
+                f"{what}: differs from the old code's uninterrupted run by {worst:.3g}, beyond {ULPS} float32 units"
     else:
         assert a == b, what
 

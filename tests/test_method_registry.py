@@ -95,3 +95,39 @@ def test_the_docs_new_method_trains_through_the_engine(teacher, data_root, exp_r
 
     expected = 3.0 / 2 * sum((1 - cos(hs[j - 1], ht[2 * j - 1])).mean() for j in (1, 2))
     assert parts["hidden_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["lad", "lad_no", "partial_lad"])
+def test_the_gate_flags_reach_the_gated_methods(name):
+    """Every gate flag, given away from its default, is what the built method's gates train with; the gates work
+    in the teacher's width over --max_seq_len positions (a flag plumbed as its default would pass unnoticed with
+    default values)."""
+    from fine_tune.methods.base import TeacherShape
+
+    argv = ["--experiment", "x", "--task", "qqp", *TEACHER, "--d_model", "6", "--d_ff", "16",
+            "--num_attention_heads", "2", "--num_hidden_layers", "3", "--max_seq_len", "7", "--total_step", "20",
+            "--warmup_step", "2", "--gate_lr", "3e-4", "--gate_beta1", "0.8", "--gate_beta2", "0.95",
+            "--gate_eps", "1e-7", "--gate_weight_decay", "0.05", "--gate_max_norm", "2.5",
+            "--gate_total_step", "9", "--gate_warmup_step", "3", "--padding", "dynamic"]
+    if name == "partial_lad":
+        argv = ["--probing_exp", "partial_lad", "--gate_indices", "1,3", *argv]
+    method = get_method(name).from_flags(parse_layerwise(f"run_{name}.py", "", name, argv), TeacherShape(6, 10, 2))
+    o = method.gate_optimiser
+    assert (o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.max_norm, o.total_step, o.warmup_step) == \
+        (3e-4, 0.8, 0.95, 1e-7, 0.05, 2.5, 9, 3)
+    assert o.clip_per_module and method.padding == "dynamic"
+    assert (method.d_model, method.seq_len, method.student_width, method.teacher_width) == (10, 7, 6, 10)
+    assert method.projection_optimiser.lr == parse_layerwise("x", "", name, argv).optimiser.lr
+    torch.manual_seed(0)
+    method.create_parameters(None, None)
+    assert tuple(method.gates[0].layernorm.weight.shape) == (7, 10) and method.projection is not None
+    assert [e.name for e in method.extra_parameters()] == ["gate", "projection"]
+    expected = {"lad": (6, "S1<-A2, S2<-A4, S3<-A6"), "lad_no": (3, "S1<-gate(T1,T2), S2<-gate(T3,T4), S3<-gate(T5,T6)"),
+                "partial_lad": (3, "S1<-A1, S2<-A3, S3<-T5")}[name]
+    assert (len(method.gates), method.describe_mapping()) == expected
+    # without the gate schedule flags the gates follow the student's
+    default = get_method(name).from_flags(parse_layerwise("x", "", name, argv[:argv.index("--gate_lr")]),
+                                          TeacherShape(6, 10, 2))
+    d = default.gate_optimiser
+    assert (d.lr, d.total_step, d.warmup_step, d.weight_decay) == (1e-5, 20, 2, 0.01)
+    assert default.padding == "max_length"

@@ -10,13 +10,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import REPO, run_in_process
+from conftest import HANG_GUARD
 
 BASE = ["--model", "bert", "--task", "qqp", "--total_step", "4", "--warmup_step", "1", "--ckpt_step", "2",
         "--log_step", "2", "--batch_size", "8", "--lr", "1e-3", "--max_seq_len", "24"]
@@ -94,10 +94,10 @@ def test_the_demo_replaces_only_a_folder_it_wrote(tmp_path):
 
 def hold_lock(folder: Path) -> subprocess.Popen:
     """Another process that holds ``folder``'s writer lock until it is killed; returns once it holds it."""
-    code = ("import sys, time; from fine_tune.locking import lock_folder; lock_folder(sys.argv[1], 'experiment'); "
-            "print('locked', flush=True); time.sleep(600)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], cwd=REPO, stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    code = ("import sys; from fine_tune.locking import lock_folder; lock_folder(sys.argv[1], 'experiment'); "
+            "print('locked', flush=True); sys.stdin.read()")  # holds it until killed (or its stdin closes)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -126,7 +126,7 @@ def test_one_writer_per_experiment(run, tiny_bert, exp_root):
 def killed_after(kill: str, script: str, args: list[str], data_root: Path, exp_root: Path) -> None:
     env = dict(os.environ, FT_DATA_ROOT=str(data_root), FT_EXP_ROOT=str(exp_root), TQDM_DISABLE="1")
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "killpoint.py"), kill, str(REPO / script), *args],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=HANG_GUARD)
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr)
 
 
@@ -198,7 +198,7 @@ def test_the_file_size_limit_is_one_line_and_the_previous_checkpoint_stays(tiny_
 
     env = dict(os.environ, FT_DATA_ROOT=str(data_root), FT_EXP_ROOT=str(exp_root), TQDM_DISABLE="1")
     proc = subprocess.run([sys.executable, str(REPO / "run_fine_tune.py"), *tune("full", tiny_bert)], env=env,
-                          capture_output=True, text=True, timeout=300, preexec_fn=limited)
+                          capture_output=True, text=True, timeout=HANG_GUARD, preexec_fn=limited)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]  # after the run's banner line
     folder = exp_root / "full_bert_qqp"
@@ -228,20 +228,58 @@ def test_outputs_respect_the_umask(run, tiny_bert, exp_root):
     assert (folder / "model").stat().st_mode & 0o777 == 0o775
 
 
+# Runs an entry script with a barrier around the experiment lock: "ready" on stdout and a wait for a line on stdin
+# just before lock_folder, "locked" and another wait right after taking it.
+AT_THE_LOCK = """
+import runpy, sys
+from fine_tune.workflows import start
+real = start.lock_folder
+
+def lock_folder(*a, **k):
+    print("ready", flush=True)
+    sys.stdin.readline()
+    real(*a, **k)
+    print("locked", flush=True)
+    sys.stdin.readline()
+
+start.lock_folder = lock_folder
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def test_two_runs_started_at_once_write_one_event_stream(tiny_bert, data_root, exp_root):
+    """Two runs of one experiment reach the lock at the same moment (both wait at a barrier just before it, the
+    test releases both): exactly one takes it and trains, the other is refused naming it, while the first still
+    holds it; one event stream is written."""
+
     env = dict(os.environ, FT_DATA_ROOT=str(data_root), FT_EXP_ROOT=str(exp_root), TQDM_DISABLE="1",
-               OMP_NUM_THREADS="1")
-    cmd = [sys.executable, str(REPO / "run_fine_tune.py"), *tune("twin", tiny_bert)]
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    results = [p.communicate(timeout=300) for p in procs]
-    codes = sorted(p.returncode for p in procs)
-    # one trains; the other is refused by the lock, or (started after the first finished) finds it finished
-    assert codes[0] == 0 and codes[1] in (0, 2), results
-    if codes[1] == 2:
-        assert any("is being written by another run" in err for _, err in results), results
-    else:
-        assert any("already finished" in out for out, _ in results), results
+               OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-c", AT_THE_LOCK, str(REPO / "run_fine_tune.py"), *tune("twin", tiny_bert)]
+    procs = [subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=str(data_root.parent)) for _ in range(2)]
+    try:
+        for p in procs:  # both passed the first guard and stand before the lock
+            assert p.stdout.readline().strip() == "ready", p.communicate(timeout=HANG_GUARD)
+        for p in procs:
+            p.stdin.write("\n")
+            p.stdin.flush()
+        # one says "locked" and waits; the other is refused and exits while the first holds the lock
+        firsts = {i: p.stdout.readline().strip() for i, p in enumerate(procs)}
+        assert sorted(firsts.values()) == ["", "locked"], firsts
+        winner, loser = (procs[0], procs[1]) if firsts[0] == "locked" else (procs[1], procs[0])
+        _, lerr = loser.communicate(timeout=HANG_GUARD)
+        assert loser.returncode == 2 and "is being written by another run (" in lerr, lerr
+        # it names the winner, or says the holder has not yet written who it is (between its flock and .writer.json)
+        assert f"(pid {winner.pid} on " in lerr or "(a process that has not yet said who it is)" in lerr, lerr
+        wout, werr = winner.communicate("\n", timeout=HANG_GUARD)
+        assert winner.returncode == 0, werr
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert (exp_root / "twin_bert_qqp" / "model-4.pt").is_file()
     events = list((exp_root / "log" / "twin_bert_qqp").glob("events.out.tfevents.*"))
     assert len(events) == 1, events
 
@@ -296,3 +334,69 @@ def test_an_unreadable_checkpoint_says_what_is_wrong(tmp_path):
     cut.write_bytes(b"")
     with pytest.raises(UserError, match=r"\(an empty file, 0 bytes\)$"):
         read_checkpoint(cut, mmap=True)
+
+
+def flock_free(folder: Path) -> bool:
+    """Whether a new descriptor can take ``folder``'s writer lock now (flock locks belong to the open file, so this
+    tells a lock held by this very process too); the probe lets it go again."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing the probe's descriptor drops its lock
+    return True
+
+
+def test_a_workflow_that_fails_in_process_releases_what_it_holds(run, tiny_bert, exp_root, monkeypatch):
+    """A run that fails inside this process (not killed: the kernel would drop its lock) still gives back the
+    experiment lock (the flock and .writer.json), the TensorBoard writer and its thread, and the same command then
+    runs. The failure is injected after the lock is taken and training has logged (a crash in step 3)."""
+    import threading
+
+    from fine_tune import locking
+    from fine_tune.engine import trainer as trainer_mod
+    from fine_tune.methods import logits_kd
+
+    folder = (exp_root / "f_bert_qqp").resolve()
+    writers, seen = [], {}
+
+    class Writer(trainer_mod.SummaryWriter):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            writers.append(self)
+
+    real = logits_kd.HardLabel.losses
+    calls = {"n": 0}
+
+    def crash(self, batch, student, teacher=None):
+        calls["n"] += 1
+        if calls["n"] == 3:  # step 3 of 4: after checkpoint 2 and the log at step 2
+            # inside the run: the lock is held, by this process, and says so
+            seen.update(held=folder in locking._held, free=flock_free(folder),
+                        holder=json.loads((folder / locking.HOLDER_FILE).read_text())["pid"])
+            raise RuntimeError("injected failure")
+        return real(self, batch, student, teacher)
+
+    monkeypatch.setattr(trainer_mod, "SummaryWriter", Writer)
+    monkeypatch.setattr(logits_kd.HardLabel, "losses", crash)
+    threads = set(threading.enumerate())
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run("run_fine_tune.py", *tune("f", tiny_bert))
+    assert seen == {"held": True, "free": False, "holder": os.getpid()}
+    # released: nothing in this process holds it, the kernel lock is free, the holder note is gone
+    assert locking._held == {} and flock_free(folder)
+    assert not (folder / locking.HOLDER_FILE).exists()
+    assert len(writers) == 1 and writers[0].file_writer is None  # closed (close() drops its file writer)
+    assert set(threading.enumerate()) <= threads  # the writer's flushing thread ended with it
+    assert sorted(p.name for p in folder.glob("model-*.pt")) == ["model-2.pt"]
+
+    # the same command now runs: it resumes from the checkpoint the failed run left and finishes
+    monkeypatch.setattr(logits_kd.HardLabel, "losses", real)
+    proc = run("run_fine_tune.py", *tune("f", tiny_bert))
+    assert "resuming from model-2.pt" in proc.stderr
+    assert (folder / "model-4.pt").is_file() and locking._held == {} and flock_free(folder)
+    assert not (folder / locking.HOLDER_FILE).exists()

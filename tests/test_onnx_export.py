@@ -180,16 +180,43 @@ def test_an_export_beyond_the_tolerance_is_refused_and_leaves_nothing(world, mon
     assert not list(w["folder"].glob(".tmp-*"))
 
 
+PAIR_LABELS = ["same", "different"]  # the model's output order: not sorted (sorted would put "different" first)
+
+
+def write_pairs_task(w) -> list[int]:
+    """A task of your own from the synthetic QQP rows: string labels in a non-sorted output order, ids that are not
+    row numbers. Returns the dev rows' class indices (in PAIR_LABELS order)."""
+    folder = w["data"] / "pairs"
+    folder.mkdir(exist_ok=True)
+    classes = []
+    for split in ("train", "dev"):
+        cells = [line.split("\t") for line in (w["data"] / "QQP" / f"{split}.tsv").read_text().splitlines()[1:]]
+        rows = [(500 - 7 * i, c[3], c[4], "same" if c[5] == "1" else "different") for i, c in enumerate(cells)]
+        (folder / f"{split}.tsv").write_text("qid\tfirst\tsecond\tverdict\n" +
+                                             "".join(f"{q}\t{a}\t{b}\t{v}\n" for q, a, b, v in rows))
+        if split == "dev":
+            classes = [PAIR_LABELS.index(v) for *_, v in rows]
+    (folder / "task.json").write_text(json.dumps({
+        "files": {"train": "train.tsv", "dev": "dev.tsv"}, "text": "first", "text_pair": "second",
+        "label": "verdict", "labels": PAIR_LABELS, "id": "qid"}))
+    return classes
+
+
 def test_a_model_without_token_types_exports_two_inputs_and_max_examples_limits_the_rows(world):
-    from transformers import AutoTokenizer
+    """RoBERTa (no token types) on a task of your own whose labels are not in sorted order: the export names them
+    in the model's output order, and its accuracy is the ONNX model's against the file's labels."""
+    from transformers import AutoConfig, AutoTokenizer
 
     w = world
+    classes = write_pairs_task(w)
     pre = synthetic.write_tiny_model(w["base"] / "pre-roberta", "roberta", num_layers=2)
-    common = ["--experiment", "rob", "--model", "roberta", "--task", "qqp"]
+    common = ["--experiment", "rob", "--model", "roberta", "--task", "pairs"]
     run(w, "run_fine_tune.py", *common, "--ptrain_ver", str(pre), "--max_seq_len", str(SEQ), "--total_step", "2",
         "--warmup_step", "1", "--ckpt_step", "2", "--log_step", "2", "--batch_size", "8", "--lr", "1e-3")
     out = w["base"] / "rob-onnx"
     run(w, "export_model.py", *common, "--format", "onnx", "--out", str(out), "--max_examples", "20")
+    config = AutoConfig.from_pretrained(out)
+    assert config.id2label == {0: "same", 1: "different"} and config.label2id == {"same": 0, "different": 1}
     sess = session(out / "model.onnx")
     assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask"]
     record = json.loads((out / "export.json").read_text())["onnx"]
@@ -197,9 +224,53 @@ def test_a_model_without_token_types_exports_two_inputs_and_max_examples_limits_
     assert record["int8_agreement"] is None and record["examples_per_s"]["onnxruntime_int8"] is None
     assert not (out / "model.int8.onnx").exists()
     pairs, _ = dev_rows(w)
-    enc = encode(AutoTokenizer.from_pretrained(out), pairs[:7], padding=True)
-    model = pytorch_model({"folder": w["exp"] / "rob_roberta_qqp"}, step=2)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    enc = encode(tokenizer, pairs[:7], padding=True)
+    model = pytorch_model({"folder": w["exp"] / "rob_roberta_pairs"}, step=2)
     with torch.no_grad():
         expected = model(input_ids=torch.from_numpy(enc["input_ids"]),
                          attention_mask=torch.from_numpy(enc["attention_mask"])).logits.numpy()
     np.testing.assert_allclose(ort_logits(sess, enc), expected, atol=ATOL, rtol=RTOL)
+    # the first 20 dev rows one at a time: the accuracy export.json reports, against the labels' class indices
+    preds = np.concatenate([ort_logits(sess, encode(tokenizer, [p])) for p in pairs[:20]]).argmax(1)
+    assert record["metrics"]["onnx"]["accuracy"] == pytest.approx(float((preds == np.array(classes[:20])).mean()))
+
+
+def test_int8_numbers_come_from_the_int8_model(world, monkeypatch):
+    """export.json's int8 metrics and agreement are the int8 model's own. Its classifier bias is skewed here (after
+    the real quantization) by +-100 towards the class the fp32 model predicts less often, so the int8 model predicts
+    that class on every row, whatever its quantization noise: a record computed from the fp32 logits would differ."""
+    import onnx
+    from onnx import numpy_helper
+    from transformers import AutoTokenizer
+
+    w = world
+    pairs, labels = dev_rows(w)
+    tokenizer = AutoTokenizer.from_pretrained(w["out"])
+    fp32 = np.concatenate([ort_logits(session(w["out"] / "model.onnx"), encode(tokenizer, [p])) for p in pairs])
+    minority = 0 if (fp32.argmax(1) == 0).mean() <= 0.5 else 1
+    delta = np.array([100.0, -100.0] if minority == 0 else [-100.0, 100.0], np.float32)
+    real = onnx_export._quantize
+
+    def skewed(src, dst):
+        real(src, dst)
+        model = onnx.load(str(dst))
+        (bias,) = [t for t in model.graph.initializer if t.name.endswith("classifier.bias")]
+        bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + delta, bias.name))
+        onnx.save(model, str(dst))
+
+    monkeypatch.setattr(onnx_export, "_quantize", skewed)
+    out = w["base"] / "skewed-int8"
+    run(w, "export_model.py", *COMMON, "--format", "onnx", "--quantize", "int8", "--out", str(out))
+    int8 = np.concatenate([ort_logits(session(out / "model.int8.onnx"), encode(tokenizer, [p])) for p in pairs])
+    assert (int8.argmax(1) == minority).all()
+    o = json.loads((out / "export.json").read_text())["onnx"]
+    assert o["int8_agreement"] == pytest.approx(float((fp32.argmax(1) == minority).mean()))
+    # every row predicted `minority`: accuracy = its share of the labels; F1 of the duplicate class (1) = 2tp / (2tp
+    # + fp + fn)
+    tp, fp, fn = (int(((minority == 1) & (labels == 1)).sum()), int(((minority == 1) & (labels == 0)).sum()),
+                  int(((minority == 0) & (labels == 1)).sum()))
+    assert o["metrics"]["int8"] == pytest.approx({"accuracy": float((labels == minority).mean()),
+                                                  "f1": 2 * tp / (2 * tp + fp + fn)})
+    assert o["metrics"]["onnx"]["accuracy"] == pytest.approx(float((fp32.argmax(1) == labels).mean()))
+    assert o["metrics"]["int8"] != o["metrics"]["onnx"] and o["int8_agreement"] < 1  # the fixture tells them apart

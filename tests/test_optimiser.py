@@ -90,3 +90,62 @@ def test_gate_schedule_defaults_to_the_students(tmp_path):
     gate = trainer.parts[1]
     assert (gate.settings.total_step, gate.settings.warmup_step, gate.settings.lr) == (30, 6, 1e-5)
     assert gate.settings.no_decay == GATE_NO_DECAY
+
+
+def _set_grads(params, norm, gen):
+    """Give ``params`` random gradients whose joint L2 norm is exactly ``norm``; returns them (copies)."""
+    grads = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+    total = torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).item()
+    for p, g in zip(params, grads):
+        p.grad = (g * (norm / total)).to(p.dtype)
+    return [p.grad.clone() for p in params]
+
+
+def _clipped(grads, max_norm):
+    """torch.nn.utils.clip_grad_norm_'s rule, written out: scale by max_norm / (norm + 1e-6) when that is < 1."""
+    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).item()
+    coef = min(1.0, max_norm / (norm + 1e-6))
+    return [g * coef for g in grads], norm
+
+
+def test_each_gate_is_clipped_with_its_own_norm_and_the_student_as_a_whole(tmp_path):
+    """The original clips every LAD gate on its own (``--gate_max_norm``) and the student over all its parameters
+    (``--max_norm``). Gates given different gradient norms (two above the limit by different factors, two below)
+    must each come out of the step at their own clip: a joint clip over all the gates would scale every gate by
+    the same factor, a clip with the student's limit (or no clip) would leave other norms."""
+    flags = lad_flags("--max_norm", "0.7", "--gate_max_norm", "0.5", "--lr", "1e-3", "--gate_lr", "1e-3",
+                      "--total_step", "4", "--warmup_step", "1")
+    trainer, method = engine_for(flags, tmp_path)
+    student, gate = trainer.parts
+    assert student.settings.max_norm == 0.7 and gate.settings.max_norm == 0.5 and len(method.gates) == LT
+    gen = torch.Generator().manual_seed(7)
+    student_params = [p for p in trainer.student.parameters() if p.requires_grad]
+    # the student's parameters in two halves with very different norms: only the whole set's norm matters
+    half = len(student_params) // 2
+    student_grads = _set_grads(student_params[:half], 2.5, gen) + _set_grads(student_params[half:], 0.3, gen)
+    gate_norms = [2.0, 0.2, 5.0, 0.4]  # above, below, far above, below gate_max_norm
+    gate_grads = [_set_grads(list(g.parameters()), n, gen) for g, n in zip(method.gates, gate_norms)]
+
+    seen = {}
+    for part in trainer.parts:  # the gradients each optimiser steps with (the step zeroes them after)
+        part.optimizer.register_step_pre_hook(
+            lambda opt, args, kwargs, _part=part: seen.__setitem__(_part.name, [p.grad.clone() for p in _part.params]))
+    grad_norm, skipped = trainer._optimizer_step()
+    assert not skipped and set(seen) == {"student", "gate"}
+
+    want_student, student_norm = _clipped(student_grads, 0.7)
+    assert student_norm > 0.7 * 3  # clipped, by one factor over the whole set
+    assert grad_norm.item() == pytest.approx(student_norm, rel=1e-5)  # the logged norm: the student's, before clipping
+    by_id = {id(p): g for p, g in zip(student.params, seen["student"])}
+    for p, want in zip(student_params, want_student):
+        assert torch.allclose(by_id[id(p)].double(), want.double(), rtol=1e-5, atol=1e-9)
+
+    got = dict(zip([id(p) for p in gate.params], seen["gate"]))
+    for g, grads, n in zip(method.gates, gate_grads, gate_norms):
+        want, norm = _clipped(grads, 0.5)
+        assert norm == pytest.approx(n, rel=1e-6)
+        after = [got[id(p)] for p in g.parameters()]
+        after_norm = torch.sqrt(sum((a.double() ** 2).sum() for a in after)).item()
+        assert after_norm == pytest.approx(min(n, 0.5), rel=1e-4), (n, after_norm)
+        for a, w in zip(after, want):
+            assert torch.allclose(a.double(), w.double(), rtol=1e-5, atol=1e-9)

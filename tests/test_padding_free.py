@@ -3,6 +3,7 @@ the real tokens, zeros at padding, the same gradients for a loss that ignores pa
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -39,9 +40,20 @@ def overhead(request, monkeypatch):
     return request.param
 
 
-def test_forward_matches_hugging_face_on_real_tokens(overhead):
+# Batches whose packing bugs differ: distinct lengths with one row filling the width; ties (two rows of 9, two of
+# 3, whose stable order matters) padded beyond the longest member (fixed padding: no row fills the width).
+SHAPES = {"distinct-one-full": ((9, 3, 12, 1, 7), 12), "ties-none-full": ((7, 3, 9, 3, 9, 1), 14)}
+
+
+@pytest.fixture(params=list(SHAPES))
+def shaped(request):
+    lengths, seq = SHAPES[request.param]
+    return batch(lengths, seq), torch.tensor([0, 2, 1, 1, 0, 2][:len(lengths)])
+
+
+def test_forward_matches_hugging_face_on_real_tokens(overhead, shaped):
     model = tiny().eval()
-    b = batch()
+    b, _ = shaped
     with torch.no_grad():
         ref = model(**b, output_hidden_states=True)
         got = PaddingFree(model)(**b, output_hidden_states=True)
@@ -53,11 +65,10 @@ def test_forward_matches_hugging_face_on_real_tokens(overhead):
         assert h_got[~real].abs().max() == 0  # padding positions are zeros, never garbage
 
 
-def test_gradients_match_for_a_loss_that_ignores_padding(overhead):
-    b = batch()
+def test_gradients_match_for_a_loss_that_ignores_padding(overhead, shaped):
+    b, labels = shaped
     real = b["attention_mask"].bool()
-    labels = torch.tensor([0, 2, 1, 1, 0])
-    targets = [torch.randn(5, 12, 32, generator=torch.Generator().manual_seed(k)) for k in range(3)]
+    targets = [torch.randn(*real.shape, 32, generator=torch.Generator().manual_seed(k)) for k in range(3)]
 
     def loss_and_grads(model, use_padding_free: bool):
         model.zero_grad()
@@ -225,3 +236,34 @@ def test_every_dropout_site_runs_with_its_own_p_in_training(packed, monkeypatch)
     model.eval()
     wrapped(**b)
     assert all(not training for _, _, training in calls)
+
+
+@pytest.mark.parametrize("kind, compile", [("packed", False), ("packed", True), ("grid", False)])
+def test_the_training_forward_with_a_host_built_layout_equals_hugging_face(kind, compile):
+    """What training runs: ``forward`` (models/forward.py) through ``training_forwards``' module with the batch's
+    host-built layout in ``model_kwargs`` (the planned buckets, the compiled one-bucket plan, the padded grid),
+    on a batch whose one full-width row sits between padded ones (so the grid still needs its key mask), with
+    token types 1 in every row's second half: the logits, the embeddings and each layer's hidden states equal
+    Hugging Face's (real positions; the grid: every position)."""
+    from fine_tune.models.forward import forward
+    from fine_tune.models.padding_free import training_forwards
+
+    lengths, seq = (7, 14, 3, 7, 1), 14
+    b = batch(lengths, seq)
+    model = tiny().eval()
+    forwards = training_forwards(model, None, enabled=True, ignores_padding=kind == "packed", compile=compile)
+    assert forwards.kind == kind and forwards.takes_layout
+    b["model_kwargs"] = {"layout": forwards.layout(np.asarray(lengths), seq)}
+    with torch.no_grad():
+        ref = model(**{k: b[k] for k in ("input_ids", "token_type_ids", "attention_mask")}, output_hidden_states=True)
+        got = forward(forwards.student, b, hidden=True)
+    at = b["attention_mask"].bool() if kind == "packed" else torch.ones(len(lengths), seq, dtype=torch.bool)
+    torch.testing.assert_close(got.logits, ref.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.embeddings[at], ref.hidden_states[0][at], atol=1e-5, rtol=1e-5)
+    assert len(got.hidden_states) == 3
+    for h_got, h_ref in zip(got.hidden_states, ref.hidden_states[1:]):
+        torch.testing.assert_close(h_got[at], h_ref[at], atol=1e-5, rtol=1e-5)
+    # the token types matter here: without them the logits differ
+    with torch.no_grad():
+        no_types = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    assert not torch.allclose(no_types, ref.logits, atol=1e-3)

@@ -41,7 +41,7 @@ from typing import Callable, Iterator
 import pytest
 import torch
 
-from conftest import REPO, run_in_process
+from conftest import HANG_GUARD, REPO, run_in_process
 from fine_tune import synthetic
 from fine_tune.models.classifier import weight_file_hashes
 
@@ -109,7 +109,7 @@ def read_only(root: Path) -> Iterator[Callable[[list[str]], list[str]]]:
             return ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'D=$1; shift; ' + _MOUNT + _PROBE,
                     "read-only-wrapper", str(root), *argv]
 
-        check = subprocess.run(wrap(["true"]), capture_output=True, text=True, timeout=60)
+        check = subprocess.run(wrap(["true"]), capture_output=True, text=True, timeout=HANG_GUARD)
         if check.returncode == _NO_MOUNT or (check.returncode != 0 and "unshare" in check.stderr):
             pytest.skip(f"running as root without mount namespaces here: {check.stderr.strip()}")
         assert check.returncode == 0, check.stderr
@@ -161,7 +161,7 @@ class Runs:
         self.procs.append(proc)
         return name, script, proc
 
-    def wait(self, started: tuple, expect: int = 0, timeout: int = 300) -> subprocess.CompletedProcess:
+    def wait(self, started: tuple, expect: int = 0, timeout: int = HANG_GUARD) -> subprocess.CompletedProcess:
         name, script, proc = started
         try:
             proc.wait(timeout=timeout)
@@ -219,7 +219,7 @@ def checkpoint_names(folder: Path) -> list[str]:
 def assert_really_read_only(wrap, root: Path) -> None:
     """Creating a file in ``root`` fails for a wrapped command (root included), though not for this process."""
     probe = subprocess.run(wrap(["touch", str(root / "QQP" / "new-file")]), capture_output=True, text=True,
-                           timeout=60)
+                           timeout=HANG_GUARD)
     assert probe.returncode != 0 and "read-only wrapper" not in probe.stderr, probe
     assert ("Read-only file system" if os.geteuid() == 0 else "Permission denied") in probe.stderr, probe.stderr
     assert not (root / "QQP" / "new-file").exists()

@@ -60,9 +60,10 @@ def root(tmp_path) -> Path:
                                           "provenance": {"command": "python3 run_fine_tune.py --experiment teacher"}},
                {"dev": [(5, 0.90, 0.88)]}, {5: 400}, examples_per_s=100.0)
     # two seeds of one student: best dev accuracy at 20 (seed 1) and at 10 (seed 2)
+    # (seed 1 also saved checkpoint 30, never evaluated: the size columns are the chosen checkpoint's, not the latest)
     experiment(root, "kd_s1_bert_qqp", {**STUDENT, "experiment": "kd_s1", "seed": 1, "provenance": {"command": KD1}},
                {"train": [(10, 0.91, 0.90), (20, 0.95, 0.93)], "dev": [(10, 0.80, 0.70), (20, 0.84, 0.75)]},
-               {10: 100, 20: 100}, examples_per_s=500.0)
+               {10: 100, 20: 100, 30: 100}, examples_per_s=500.0)
     experiment(root, "kd_s2_bert_qqp", {**STUDENT, "experiment": "kd_s2", "seed": 2, "device_id": 0,
                                         "provenance": {"started": "2024-01-01"}},  # an older config: no command
                {"train": [(10, 0.97, 0.96), (20, 0.93, 0.92)], "dev": [(10, 0.86, 0.80), (20, 0.83, 0.79)]},
@@ -220,8 +221,9 @@ def export(folder: Path, step: int, ort: float, int8: float | None, torch_rate: 
 
 
 def test_onnx_columns(run, root):
-    export(root / "kd_s1_bert_qqp", 20, 1200.0, 2100.0, 650.0, mtime=2e9)
-    export(root / "kd_s1_bert_qqp", 10, 111.0, None, 222.0, mtime=1e9)  # older: not shown
+    # the newest export (by its record's time) is shown, though it is of the earlier checkpoint
+    export(root / "kd_s1_bert_qqp", 10, 1200.0, 2100.0, 650.0, mtime=2e9)
+    export(root / "kd_s1_bert_qqp", 20, 111.0, None, 222.0, mtime=1e9)  # older: not shown
     export(root / "small_bert_qqp", 10, 1500.0, None, 700.0, mtime=1e9)
     (root / "dominated_bert_qqp" / "hf-model-10").mkdir()  # a Hugging Face export: no ONNX numbers
     (root / "dominated_bert_qqp" / "hf-model-10" / "export.json").write_text(json.dumps({"checkpoint": "model-10.pt"}))
@@ -235,7 +237,8 @@ def test_onnx_columns(run, root):
     assert md["dominated"]["onnx ex/s"] == md["teacher"]["torch ex/s (same run)"] == "—"
     kd = next(r for r in data["rows"] if r["group"] == "kd (seeds 1,2)")
     assert (kd["onnx"]["onnxruntime"], kd["onnx"]["onnxruntime_int8"], kd["onnx"]["pytorch"]) == (1200.0, 2100.0, 650.0)
-    assert kd["onnx"]["export"] == "onnx-model-20/export.json" and kd["onnx"]["exports"] == 2
+    assert kd["onnx"]["export"] == "onnx-model-10/export.json" and kd["onnx"]["exports"] == 2
+    assert (kd["onnx"]["checkpoint"], kd["onnx"]["step"]) == ("model-10.pt", 10)
     c = csv_rows["kd (seeds 1,2)"]
     assert [number(c[k]) for k in ("onnx examples/s", "onnx int8 examples/s", "torch examples/s (same run)")] == \
         [1200.0, 2100.0, 650.0]

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import select
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,10 +25,12 @@ import torch
 
 from conftest import REPO, run_in_process
 from fine_tune import synthetic
-from killpoint import proc_stat
+from conftest import HANG_GUARD
 from test_scripts_e2e import tb_scalars
 
-STEPS, CKPT, LOG = 12, 4, 2
+# LOG does not divide CKPT: a checkpoint falls inside an open logging window (steps 4 and 7-8 of the windows 4-6 and
+# 7-9), so a resumed run must restore the window's sums, step and example counts to log what the uninterrupted run logs
+STEPS, CKPT, LOG = 12, 4, 3
 TINY = ["--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2"]  # the tiny teacher's widths
 TEACHER = ["--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", "4"]
 # 30 training rows in micro-batches of 4 (batch 8, accum 2): epochs end with a 2-row micro-batch and accumulation
@@ -74,44 +78,45 @@ def env_for(w: World) -> dict:
 
 
 def start_killed(kill: str, script: str, args: list[str], w: World, torchrun: int = 0) -> subprocess.Popen:
-    """``script args`` in a subprocess that tests/killpoint.py SIGKILLs at ``kill`` (WHEN:PATTERN)."""
+    """``script args`` in a subprocess that tests/killpoint.py SIGKILLs at ``kill`` (WHEN:PATTERN). Under torchrun
+    every rank holds the write end of a named pipe whose read end the test keeps (``proc.alive``): end-of-file on
+    it says that every rank is gone (tests/killpoint.py, KILLPOINT_ALIVE)."""
     launcher = [sys.executable, str(REPO / "tests" / "killpoint.py"), kill, str(REPO / script)]
     env = env_for(w)
+    alive = None
     if torchrun:  # the whole job (launcher and every rank) is killed at once, as a pre-emption does
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(torchrun),
                     *launcher[1:]]
         env["KILLPOINT_GROUP"] = "1"
-    return subprocess.Popen([*launcher, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        fifo = Path(tempfile.mkdtemp()) / "alive"
+        os.mkfifo(fifo)
+        alive = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # open before any rank opens its write end
+        env["KILLPOINT_ALIVE"] = str(fifo)
+    proc = subprocess.Popen([*launcher, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=str(w.data.parent))
+    proc.alive, proc.ranks = alive, torchrun
+    return proc
 
 
 def wait_killed(proc: subprocess.Popen, torchrun: bool = False) -> str:
-    """Drain the child's output and check it died by the planned SIGKILL (not by finishing or by an error)."""
-    out, err = proc.communicate(timeout=300)
+    """Drain the child's output and check it died by the planned SIGKILL (not by finishing or by an error); under
+    torchrun, wait for every rank to be gone too (end-of-file on the pipe each rank holds open until it dies)."""
+    out, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == -signal.SIGKILL, f"not killed at the planned write ({proc.returncode}):\n{out}\n{err}"
     if torchrun:  # every rank went with the launcher: none of the job's processes is left running
-        import time
-
-        marker = str(REPO / "tests" / "killpoint.py")
-        for _ in range(100):
-            alive = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if _running(pid, marker)]
-            if not alive:
-                break
-            time.sleep(0.1)
-        assert not alive, f"processes of the killed job still running: {alive}"
+        fd, held = proc.alive, b""
+        try:
+            while True:  # one "+" from each rank when it started, then end-of-file when the last one has exited
+                ready, _, _ = select.select([fd], [], [], HANG_GUARD)  # a hang guard only, never reached
+                assert ready, f"processes of the killed job still running ({len(held)} started)"
+                chunk = os.read(fd, 64)
+                if not chunk:
+                    break
+                held += chunk
+        finally:
+            os.close(fd)
+        assert held == b"+" * proc.ranks, held  # every rank held it (an empty pipe would say nothing)
     return err
-
-
-def _running(pid: int, marker: str) -> bool:
-    """Whether process ``pid`` runs a command line holding ``marker`` and is not a zombie."""
-    stat = proc_stat(pid)
-    if stat is None or stat[0] == "Z":
-        return False
-    try:
-        return marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
-
 
 
 def outputs(folder: Path) -> dict[str, dict]:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import REPO
+from conftest import HANG_GUARD
 from test_scripts_e2e import TRAIN
 
 FLAGS = [*TRAIN, "--batch_size", "8", "--warmup_step", "1", "--lr", "1e-3"]
@@ -99,46 +100,79 @@ def test_overwrite_leaves_nothing_of_the_old_run(run, exp_root, tiny_bert):
 
 
 WORKER = textwrap.dedent("""
-    import sys, time, json
+    import sys, json
     from pathlib import Path
     sys.path.insert(0, {repo!r})
+    from fine_tune import batching
     from fine_tune.tasks import get_task
-    from fine_tune.batching import cached_features
     from fine_tune.models.classifier import load_tokenizer
     from fine_tune.io_utils import sha256_file
-    data_root, cache, go, model = map(Path, sys.argv[1:5])
+    data_root, cache, model = map(Path, sys.argv[1:4])
     task = get_task("boolq")
     examples = task.load(data_root, "train")
     tok = load_tokenizer(model)
-    while not go.exists():
-        time.sleep(0.001)
-    for _ in range(5):
-        f = cached_features(cache, tok, examples, 48, sha256_file(task.path(data_root, "train")))
-    print(json.dumps([f.input_ids.tolist(), f.offsets.tolist()]))
+    real, calls = batching.tokenize, []
+
+    def tokenize(*a, **k):  # reached only after this worker found no cache file; nothing is written yet
+        features = real(*a, **k)
+        calls.append(1)
+        print("ready", flush=True)  # the barrier: the test answers once both workers are here
+        assert sys.stdin.readline().strip() == "go"
+        return features
+
+    batching.tokenize = tokenize
+    runs = [batching.cached_features(cache, tok, examples, 48, sha256_file(task.path(data_root, "train")))
+            for _ in range(2)]  # the second read finds the file one of the two wrote
+    def listed(f):
+        return [f.input_ids.tolist(), f.token_type_ids.tolist(), f.offsets.tolist(), f.labels.tolist()]
+
+    print(json.dumps({{"tokenised": len(calls), "features": [listed(f) for f in runs]}}))
 """)
 
 
-def test_two_processes_share_a_tokenisation_cache(data_root, tmp_path, tiny_bert):
-    from fine_tune.batching import tokenize
+def test_two_processes_share_a_tokenisation_cache(data_root, tmp_path, tiny_bert, monkeypatch):
+    """Both workers miss the cache at the same moment (each tokenises, then waits at a barrier before writing; the
+    test releases them only when both are there), then write the same cache file at once: both get the whole,
+    correct features, the file is whole and holds them, no temporary file is left, and a third read hits it."""
+    from fine_tune import batching
+    from fine_tune.io_utils import sha256_file
     from fine_tune.models.classifier import load_tokenizer
     from fine_tune.tasks import get_task
 
-    cache, go = tmp_path / "cache", tmp_path / "go"
+    cache = tmp_path / "cache"
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(repo=str(REPO)))
-    procs = [subprocess.Popen([sys.executable, str(script), str(data_root), str(cache), str(go), str(tiny_bert)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    import time
-
-    time.sleep(1.0)
-    go.touch()  # both start at once
-    outs = [p.communicate(timeout=120) for p in procs]
+    procs = [subprocess.Popen([sys.executable, str(script), str(data_root), str(cache), str(tiny_bert)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    try:
+        for p in procs:  # both have tokenised and neither has written: the race is certain
+            assert p.stdout.readline().strip() == "ready", p.communicate(timeout=HANG_GUARD)
+        assert not cache.exists() or not any(cache.iterdir())
+        outs = [p.communicate("go\n", timeout=HANG_GUARD) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
-    expected = tokenize(load_tokenizer(tiny_bert), get_task("boolq").load(data_root, "train"), 48)
-    want = [expected.input_ids.tolist(), expected.offsets.tolist()]
+    tok = load_tokenizer(tiny_bert)
+    examples = get_task("boolq").load(data_root, "train")
+    expected = batching.tokenize(tok, examples, 48)
+    def listed(f):
+        return [f.input_ids.tolist(), f.token_type_ids.tolist(), f.offsets.tolist(), f.labels.tolist()]
+
+    want = listed(expected)
+    assert len(set(want[3])) == 2  # both labels occur
     for out, _ in outs:
-        assert json.loads(out) == want
+        result = json.loads(out)
+        assert result == {"tokenised": 1, "features": [want, want]}
     names = sorted(p.name for p in cache.iterdir())
-    assert len(names) == 1 and names[0].startswith("features-") and names[0].endswith(".pt")
-    state = torch.load(cache / names[0], weights_only=True)  # complete and loadable
-    assert state["version"]
+    assert len(names) == 1 and names[0].startswith("features-") and names[0].endswith(".pt"), names
+    state = torch.load(cache / names[0], weights_only=True)  # complete and loadable, and it holds the features
+    cached = batching.Features.from_state(state)
+    assert listed(cached) == want
+    # a third reader hits the cache: it never tokenises
+    monkeypatch.setattr(batching, "tokenize", lambda *a, **k: pytest.fail("tokenised although the cache was written"))
+    hit = batching.cached_features(cache, tok, examples, 48, sha256_file(get_task("boolq").path(data_root, "train")))
+    assert listed(hit) == want

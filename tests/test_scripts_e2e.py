@@ -260,7 +260,18 @@ def check_logits_set(data_root: Path, exp_root: Path, name: str, split: str, ste
 # BERT / BoolQ: teacher, evaluation, predictions, logits, layer initialisation, teacher-assistant chain
 # --------------------------------------------------------------------------------------------------------------
 
+def renumber_boolq(data_root: Path) -> None:
+    """BoolQ ids that are not row numbers (descending, steps of 11, different per split): every file the pipeline
+    writes (per-example predictions, logits data sets, the submission) must carry the data file's ids."""
+    for split, start in (("train", 9000), ("val", 5000), ("test", 2000)):
+        path = data_root / "BoolQ" / f"{split}.jsonl"
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        path.write_text("".join(json.dumps({**r, "idx": start - 11 * i}) + "\n" for i, r in enumerate(rows)),
+                        encoding="utf-8")
+
+
 def test_bert_boolq_pipeline(run, data_root, exp_root, tiny_bert, monkeypatch):
+    renumber_boolq(data_root)
     # --- teacher fine-tuning (a real subprocess: the provenance records its command line) -----------------
     run("run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(tiny_bert),
         "--task", "boolq", "--dataset", "train", "--accum_step", "2", "--batch_size", "8", "--ckpt_step", "5",
@@ -305,24 +316,29 @@ def test_bert_boolq_pipeline(run, data_root, exp_root, tiny_bert, monkeypatch):
 
     pretrained = AutoModel.from_pretrained(tiny_bert).state_dict()
 
-    # --- attention-only initialisation, distilled from the val logits ------------------------------------
+    # --- attention-only initialisation of a 1-layer student from the teacher's 2nd layer (not its 1st: the
+    # student's layer comes from --init_start), distilled from the val logits -----------------------------
     # lr 1e-12: the only checkpoint shows the initial weights
+    one_layer = [*TEACHER_SHAPE[:TEACHER_SHAPE.index("--num_hidden_layers")], "--num_hidden_layers", "1",
+                 "--type_vocab_size", "2"]
     run("run_fine_tune_distill.py", "--experiment", "attn", "--model", "bert", "--task", "boolq",
         "--dataset", "teacher_bert_boolq:val", "--accum_step", "1", "--batch_size", "8", "--ckpt_step", "1",
-        "--log_step", "1", "--lr", "1e-12", "--total_step", "1", "--warmup_step", "0", *TEACHER_SHAPE,
-        "--init_start", "1", "--init_end", "2", "--init_step", "1", "--init_attn_only", *TRAIN)
+        "--log_step", "1", "--lr", "1e-12", "--total_step", "1", "--warmup_step", "0", *one_layer,
+        "--init_start", "2", "--init_end", "2", "--init_step", "1", "--init_attn_only", *TRAIN)
     attn = exp_root / "attn_bert_boolq"
     config = json.loads((attn / "config.json").read_text())
     assert config["dataset"] == "teacher_bert_boolq:val" and config["logits_split"] == "val"
     assert config["teacher_experiment"] == "teacher_bert_boolq" and config["teacher_checkpoint"] == 12
     assert checkpoints(attn) == ["model-1.pt"]
     state = load_checkpoint_model(attn, 1).state_dict()
+    assert not any(k.startswith("bert.encoder.layer.1.") for k in state)
+    for part in ("query", "key", "value"):
+        key = f"encoder.layer.{{}}.attention.self.{part}.weight"
+        assert torch.allclose(state["bert." + key.format(0)], pretrained[key.format(1)], atol=1e-6), key
+        assert not torch.allclose(state["bert." + key.format(0)], pretrained[key.format(0)], atol=1e-3), key
+    ff = "encoder.layer.{}.intermediate.dense.weight"
     for layer in (0, 1):
-        for part in ("query", "key", "value"):
-            key = f"encoder.layer.{layer}.attention.self.{part}.weight"
-            assert torch.allclose(state["bert." + key], pretrained[key], atol=1e-6), key
-        ff = f"encoder.layer.{layer}.intermediate.dense.weight"
-        assert not torch.allclose(state["bert." + ff], pretrained[ff], atol=1e-3), ff
+        assert not torch.allclose(state["bert." + ff.format(0)], pretrained[ff.format(layer)], atol=1e-3), layer
     scalars = tb_scalars(exp_root / "log" / "attn_bert_boolq")
     for name in ("loss", "hard_loss", "soft_loss", "logits_loss"):
         assert [s for s, _ in scalars[f"boolq/teacher_bert_boolq:val/bert/{name}"]] == [1], name

@@ -21,7 +21,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, SHARED
+from conftest import HANG_GUARD, REPO, SHARED
 from doc_commands import NONE_CELLS, OUTCOME_HEADING, REWRITABLE, Command, parse_commands, parse_outcome_table, rewrite
 
 STOP = OUTCOME_HEADING  # where the maintained documents' own additions begin
@@ -221,7 +221,7 @@ def test_boolq_document(run, cpu_only, tiny_bert, tiny_albert, data_root, exp_ro
     # The same documented error from a real shell process: one line, exit status 2.
     last = commands[-1]
     proc = subprocess.run([sys.executable, str(REPO / last.script), *shrink(last, models)], capture_output=True,
-                          text=True, cwd=str(data_root.parent), timeout=120,
+                          text=True, cwd=str(data_root.parent), timeout=HANG_GUARD,
                           env={**os.environ, "FT_DATA_ROOT": str(data_root), "FT_EXP_ROOT": str(exp_root)})
     assert single_error(proc) == ("error: --dataset 'dev_mismatched' is not a boolq split; "
                                   "valid splits: train, val, test")

@@ -44,6 +44,8 @@ def test_boolq_boolean_and_string_labels_give_the_same_examples(tmp_path):
     expected = [Example(10, "p one", "q one", 1), Example(42, "p two", "q two", 0), Example(7, "p three", "q three", 1)]
     assert parse_boolq(official, True) == expected
     assert parse_boolq(strings, True) == expected
+    capitalised = write(tmp_path / "capitalised.jsonl", jsonl(dict(r, label=str(r["label"])) for r in rows))
+    assert parse_boolq(capitalised, True) == expected  # "True" / "False", as some copies write them
 
 
 def test_boolq_test_split_without_label(tmp_path):
@@ -80,8 +82,32 @@ def test_qqp_labelled_splits(tmp_path, split):
 
 
 def test_qqp_test_split(tmp_path):
-    write(tmp_path / "QQP" / "test.tsv", f"{QQP_TEST_HEADER}\n0\tx?\ty?\n1\tz\tw\r\n\n")
-    assert get_task("qqp").load(tmp_path, "test") == [Example(0, "x?", "y?", None), Example(1, "z", "w", None)]
+    write(tmp_path / "QQP" / "test.tsv", f"{QQP_TEST_HEADER}\n12\tx?\ty?\n3\tz\tw\r\n\n")
+    assert get_task("qqp").load(tmp_path, "test") == [Example(12, "x?", "y?", None), Example(3, "z", "w", None)]
+
+
+@pytest.mark.parametrize("name, split, file, read_ids", [
+    ("qqp", "test", "QQP/test.tsv", lambda text: [int(x.split("\t")[0]) for x in text.splitlines()[1:]]),
+    ("boolq", "test", "BoolQ/test.jsonl", lambda text: [json.loads(x)["idx"] for x in text.splitlines()]),
+], ids=["qqp", "boolq"])
+def test_synthetic_test_ids_reach_the_submission_file(tmp_path, name, split, file, read_ids):
+    """The synthetic test splits' ids are not row numbers (nor sorted): parsing keeps them and the submission file
+    names each row by the file's id, in the file's order."""
+    from fine_tune import synthetic
+
+    synthetic.write_boolq(tmp_path, n_train=4, n_val=4, n_test=6)
+    synthetic.write_qqp(tmp_path, n_train=4, n_dev=4, n_test=6)
+    ids = read_ids((tmp_path / file).read_text(encoding="utf-8"))
+    assert len(set(ids)) == 6 and ids != list(range(6)) and ids != sorted(ids)
+    task = get_task(name)
+    examples = task.load(tmp_path, split)
+    assert [e.idx for e in examples] == ids and all(e.label is None for e in examples)
+    out = tmp_path / task.submission_name(split)
+    task.write_submission(out, examples, [1, 0, 0, 1, 1, 0])
+    assert read_ids(out.read_text()) == ids  # QQP.tsv: a header line, then index<TAB>prediction
+    # the labelled splits are numbered as the official files are
+    labelled = "dev" if name == "qqp" else "val"
+    assert [e.idx for e in task.load(tmp_path, labelled)] == list(range(4))
 
 
 @pytest.mark.parametrize("body, fragment, line", [
@@ -132,13 +158,13 @@ def test_load_max_examples_and_missing_file(data_root, tmp_path):
 
 
 def test_submission_writers(tmp_path):
-    examples = [Example(0, "a", "b", None), Example(1, "c", "d", None), Example(2, "e", "f", None),
-                Example(5, "g", "h", None)]
+    examples = [Example(40, "a", "b", None), Example(1, "c", "d", None), Example(7, "e", "f", None),
+                Example(5, "g", "h", None)]  # ids neither row numbers nor sorted
     get_task("qqp").write_submission(tmp_path / "QQP.tsv", examples, [1, 0, 1, 1])
-    assert (tmp_path / "QQP.tsv").read_text() == "index\tprediction\n0\t1\n1\t0\n2\t1\n5\t1\n"
+    assert (tmp_path / "QQP.tsv").read_text() == "index\tprediction\n40\t1\n1\t0\n7\t1\n5\t1\n"
     get_task("boolq").write_submission(tmp_path / "BoolQ.jsonl", examples, np.array([1, 0, 0, 1]))
     assert (tmp_path / "BoolQ.jsonl").read_text().splitlines() == [
-        '{"idx": 0, "label": "true"}', '{"idx": 1, "label": "false"}', '{"idx": 2, "label": "false"}',
+        '{"idx": 40, "label": "true"}', '{"idx": 1, "label": "false"}', '{"idx": 7, "label": "false"}',
         '{"idx": 5, "label": "true"}']
 
 

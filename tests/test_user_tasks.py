@@ -9,11 +9,13 @@ import hashlib
 import json
 import random
 
+import numpy as np
 import pytest
+from sklearn.metrics import f1_score
 
 from fine_tune.errors import UserError
 
-LABELS = ["different", "same"]
+LABELS = ["same", "different"]  # the output order the task.json declares: not sorted
 
 
 def rows(n, seed):
@@ -24,7 +26,8 @@ def rows(n, seed):
         a = [rng.choice(words) for _ in range(5)]
         same = rng.random() < 0.5
         b = a[:] if same else [rng.choice(words) for _ in range(5)]
-        out.append({"qid": 1000 + i, "first": " ".join(a), "second": " ".join(b), "verdict": LABELS[same]})
+        out.append({"qid": 1000 + i, "first": " ".join(a), "second": " ".join(b),
+                    "verdict": "same" if same else "different"})
     return out
 
 
@@ -64,6 +67,16 @@ def test_a_task_of_your_own_through_fine_tune_eval_and_predictions(fmt, run, tin
     run("run_fine_tune_eval.py", "--experiment", "mine", "--model", "bert", "--task", name, "--dataset", "dev")
     table = json.loads((exp / "eval-dev.json").read_text())
     assert [r["ckpt"] for r in table["rows"]] == [2, 4] and {"accuracy", "f1"} <= set(table["rows"][0])
+    # class ids in the declared order (same 0, different 1), through evaluation and back to names in the file
+    dev = rows(24, 1)
+    with np.load(exp / "eval-dev-predictions.npz") as z:
+        labels, idx, pred = z["labels"].tolist(), z["idx"].tolist(), z["pred_4"].tolist()
+    assert labels == [LABELS.index(r["verdict"]) for r in dev] and idx == [r["qid"] for r in dev]
+    assert table["rows"][1]["f1"] == pytest.approx(f1_score(labels, pred, pos_label=1, zero_division=0))
+    run("generate_test_prediction.py", "--experiment", "mine", "--model", "bert", "--task", name, "--dataset", "dev",
+        "--ckpt", "4")
+    lines = (exp / f"{name}-dev.tsv").read_text().splitlines()
+    assert lines[1:] == [f"{r['qid']}\t{LABELS[p]}" for r, p in zip(dev, pred)]
     run("generate_test_prediction.py", "--experiment", "mine", "--model", "bert", "--task", name, "--ckpt", "best")
     lines = (exp / f"{name}.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction" and [x.split("\t")[0] for x in lines[1:]] == [str(1000 + i) for i in range(10)]
@@ -107,7 +120,7 @@ def test_a_bad_definition_is_one_line(change, message, tmp_path):
 @pytest.mark.parametrize("content, labelled, regression, message", [
     ("qid,first,verdict\n1,a,same\n", True, False, r"train.csv, line 2: no value in column 'second'"),
     ("qid,first,second,verdict\n1,a,b,maybe\n", True, False,
-     r"train.csv, line 2: label 'maybe' in column 'verdict' is not one of the task's labels \(different, same\)"),
+     r"train.csv, line 2: label 'maybe' in column 'verdict' is not one of the task's labels \(same, different\)"),
     ("qid,first,second,verdict\n1,a,b,high\n", True, True, r"train.csv, line 2: label 'high' in column 'verdict' is not a number"),
     ("qid,first,second,verdict\n1,a,b,nan\n", True, True,
      r"train.csv, line 2: label 'nan' in column 'verdict' is not a finite number"),
@@ -160,3 +173,101 @@ def test_a_task_from_a_hugging_face_dataset(run, tiny_bert, data_root, exp_root,
         run("run_fine_tune.py", "--experiment", "x", "--model", "bert", "--task", "nowhere", "--ptrain_ver",
             str(tiny_bert), "--max_seq_len", "24", "--total_step", "1", "--warmup_step", "0", "--device_id", "-1")
     assert not (exp_root / "x_bert_nowhere").exists() and not (bad / "train.jsonl").exists()
+
+
+def test_labels_follow_the_declared_order_through_parse_and_the_prediction_file(tmp_path):
+    """Three classes listed out of sorted order in a .tsv task: the class ids are positions in ``labels`` (as the
+    model's outputs are), the prediction file writes the names back, the ids are the id column's."""
+    from fine_tune.tasks.user import check_definition, user_task
+
+    declared = ["positive", "negative", "neutral"]
+    folder = tmp_path / "moods"
+    folder.mkdir()
+    (folder / "train.tsv").write_text("text\tmood\tn\nfine day\tneutral\t9\ngreat\tpositive\t4\n"
+                                      "awful\tnegative\t7\nlovely, really\tpositive\t2\n")
+    (folder / "test.tsv").write_text("n\ttext\n30\tso so\n11\tbad\n25\tgood\n")
+    spec = check_definition({"files": {"train": "train.tsv", "test": "test.tsv"}, "text": "text", "label": "mood",
+                             "labels": declared, "id": "n", "metrics": ["macro_f1", "accuracy"]}, "task.json")
+    task = user_task("moods", spec)
+    assert task.label_names == tuple(declared) and task.num_class == 3 and task.main_metric == "macro_f1"
+    assert task.labelled == frozenset({"train"}) and task.train_split == "train" and task.submission_labels == "names"
+    train = task.load(tmp_path, "train")
+    assert [(e.idx, e.text, e.text_pair, e.label) for e in train] == [
+        (9, "fine day", None, 2), (4, "great", None, 0), (7, "awful", None, 1), (2, "lovely, really", None, 0)]
+    test = task.load(tmp_path, "test")
+    assert [(e.idx, e.text, e.label) for e in test] == [(30, "so so", None), (11, "bad", None), (25, "good", None)]
+    out = tmp_path / task.submission_name("test")
+    task.write_submission(out, test, np.array([2, 1, 0]))
+    assert out.name == "moods.tsv"
+    assert out.read_text() == "index\tprediction\n30\tneutral\n11\tnegative\n25\tpositive\n"
+    # integer labels listed out of order are classes by position too, not by value
+    (folder / "ints.csv").write_text("text,y\na,3\nb,1\nc,2\n")
+    ints = user_task("moods", check_definition({"files": {"train": "ints.csv"}, "text": "text", "label": "y",
+                                                "labels": [3, 1, 2]}, "task.json"))
+    assert [(e.idx, e.label) for e in ints.load(tmp_path, "train")] == [(0, 0), (1, 1), (2, 2)]
+
+
+def test_the_definitions_defaults_and_options(tmp_path):
+    """dev_split: dev, else val, else the first labelled split but train; unlabelled: the test... splits unless
+    listed; main_metric: the first metric; regression: fractional scores as written, Pearson and Spearman."""
+    from fine_tune.tasks.user import check_definition, user_task
+
+    def task(**spec):
+        base = {"text": "t", "label": "y", "labels": ["b", "a"]}
+        return user_task("x", check_definition({**base, **spec}, "task.json"))
+
+    three = {"train": "train.csv", "held": "held.csv", "val": "val.csv", "test_a": "a.csv", "test_b": "b.csv"}
+    t = task(files=three)
+    assert t.dev_split == "val" and t.labelled == frozenset({"train", "held", "val"})
+    assert (t.metrics, t.main_metric) == (("accuracy",), "accuracy")
+    t = task(files={"train": "train.csv", "held": "held.csv", "test": "test.csv"}, metrics=["f1", "accuracy"])
+    assert t.dev_split == "held" and t.main_metric == "f1" and t.metrics == ("f1", "accuracy")
+    t = task(files={"train": "train.csv", "dev": "dev.csv", "val": "val.csv"}, dev_split="val",
+             unlabelled=["dev"], metrics=["accuracy", "mcc"], main_metric="mcc")
+    assert t.dev_split == "val" and t.labelled == frozenset({"train", "val"}) and t.main_metric == "mcc"
+    t = task(files={"train": "train.csv", "val": "val.csv", "dev": "dev.csv"})
+    assert t.dev_split == "dev"  # dev before val, whatever the files' order
+    t = task(files={"all": "all.csv", "extra": "extra.csv"})
+    assert t.train_split == "all"  # no split named train: the first
+    # regression: one output, the scores as written (fractions kept), ids from the id column
+    folder = tmp_path / "x"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps({"t": f"s{i}", "y": y, "k": k}) + "\n"
+                                               for i, (y, k) in enumerate([(3.8, 12), ("0.25", 5), (4.6, 8)])))
+    r = user_task("x", check_definition({"files": {"train": "train.jsonl"}, "text": "t", "label": "y", "id": "k",
+                                         "regression": True}, "task.json"))
+    assert r.regression and r.num_class == 1 and (r.metrics, r.main_metric) == (("pearson", "spearman"), "pearson")
+    got = r.load(tmp_path, "train")
+    assert [(e.idx, e.label) for e in got] == [(12, 3.8), (5, 0.25), (8, 4.6)]
+    assert all(isinstance(e.label, float) for e in got)
+    r.write_submission(tmp_path / "x.tsv", got, np.array([1.23456, 0.5, 4.0]))
+    assert (tmp_path / "x.tsv").read_text() == "index\tprediction\n12\t1.235\n5\t0.500\n8\t4.000\n"
+
+
+def test_a_hugging_face_class_label_is_written_as_its_name(tmp_path, monkeypatch):
+    """materialise: a ClassLabel column becomes its names (the dataset's own order, here not sorted and not the
+    task's), so the task maps them through its declared labels; an unlabelled split drops the label column."""
+    datasets = pytest.importorskip("datasets")
+    from fine_tune.tasks.user import check_definition, materialise, user_task
+
+    features = datasets.Features({"t": datasets.Value("string"), "n": datasets.Value("int64"),
+                                  "y": datasets.ClassLabel(names=["pos", "neg", "mid"])})
+    data = {"t": ["a", "b", "c", "d"], "n": [40, 3, 17, 8], "y": [1, 2, 0, 1]}
+    calls = []
+
+    def load_dataset(path, name=None, split=None):
+        calls.append((path, name, split))
+        return datasets.Dataset.from_dict(data, features=features)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    spec = check_definition({"hf": {"path": "someone/moods", "name": "v2", "splits": {"train": "train",
+                                                                                      "test": "test_split"}},
+                             "text": "t", "label": "y", "id": "n", "labels": ["mid", "neg", "pos"]}, "task.json")
+    task = user_task("moods", spec)
+    materialise(spec, "train", tmp_path / "moods" / "train.jsonl", True)
+    materialise(spec, "test", tmp_path / "moods" / "test.jsonl", False)
+    assert calls == [("someone/moods", "v2", "train"), ("someone/moods", "v2", "test_split")]
+    written = [json.loads(x) for x in (tmp_path / "moods" / "train.jsonl").read_text().splitlines()]
+    assert [r["y"] for r in written] == ["neg", "mid", "pos", "neg"]
+    assert [(e.idx, e.label) for e in task.load(tmp_path, "train")] == [(40, 1), (3, 0), (17, 2), (8, 1)]
+    assert all("y" not in json.loads(x) for x in (tmp_path / "moods" / "test.jsonl").read_text().splitlines())

@@ -70,6 +70,21 @@ CASES = {  # case id: (script, flags without --experiment)
 }
 
 
+def machine() -> dict:
+    """What decides the last bits of a CPU run besides the code: the processor and the kernels torch picks for it
+    (tests/test_legacy_resume.py compares bit for bit only on a machine with the same signature)."""
+    import torch
+
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="utf-8")
+                      if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"cpu": model or platform.processor(), "capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder to write (tests/data/legacy_runs)")
@@ -150,6 +165,7 @@ def main() -> None:
         "commit": commit, "dirty": dirty, "repo": str(repo),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__},
+        "machine": machine(),
         "prefix": str(out), "prefix_files": with_prefix,
         "layout": {"models": "models", "data_root": "data", "exp_root": "exp", "reference": "reference"},
         "env": env, "tiny_model": TINY, "commands": commands, "cases": cases,
