@@ -128,6 +128,23 @@ def run(data_root, exp_root):
     return _run
 
 
+@pytest.fixture()
+def batch_widths(monkeypatch) -> list[int]:
+    """The padded width of every batch the collator builds from here on in this process (in-process runs)."""
+    from fine_tune import batching
+
+    widths: list[int] = []
+    call = batching.Collator.__call__
+
+    def recording(self, rows):
+        batch = call(self, rows)
+        widths.append(batch["input_ids"].shape[1])
+        return batch
+
+    monkeypatch.setattr(batching.Collator, "__call__", recording)
+    return widths
+
+
 def needs_shared(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)
     if not path.exists():

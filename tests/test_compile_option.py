@@ -25,7 +25,7 @@ def register_counting_backend() -> None:
         register_backend(counting_backend, COUNTING)
 
 
-def test_compile_trains_to_the_same_weights(run, tiny_bert, exp_root, monkeypatch):
+def test_compile_trains_to_the_same_weights(run, tiny_bert, exp_root, monkeypatch, batch_widths):
     register_counting_backend()
     monkeypatch.setenv("FT_COMPILE_BACKEND", COUNTING)
     torch._dynamo.reset()
@@ -35,24 +35,14 @@ def test_compile_trains_to_the_same_weights(run, tiny_bert, exp_root, monkeypatc
               "--max_seq_len", "24", "--padding", "dynamic"]
     run("run_fine_tune.py", "--experiment", "plain", *common)
     assert GRAPHS == []  # without --compile nothing is captured
-    from fine_tune import batching
-
-    widths: list[int] = []
-    call = batching.Collator.__call__
-
-    def recording(self, rows):
-        batch = call(self, rows)
-        widths.append(batch["input_ids"].shape[1])
-        return batch
-
-    monkeypatch.setattr(batching.Collator, "__call__", recording)
+    batch_widths.clear()  # the compiled run's batches only
     out = run("run_fine_tune.py", "--experiment", "compiled", "--compile", *common)
     assert "torch.compile" in out.stderr
     # the training forward went through TorchDynamo: graphs holding the student's embedding and encoder weights
     captured = " ".join(str(gm.code) for gm in GRAPHS)
     assert GRAPHS and "word_embeddings" in captured and "encoder" in captured, captured[:2000]
     # compiled with dynamic shapes: batches of different widths (dynamic padding) reuse the one graph
-    assert len(set(widths)) > 1 and len(GRAPHS) == 1, (widths, len(GRAPHS))
+    assert len(set(batch_widths)) > 1 and len(GRAPHS) == 1, (batch_widths, len(GRAPHS))
     a = torch.load(exp_root / "plain_bert_qqp" / "model-3.pt", weights_only=True)
     b = torch.load(exp_root / "compiled_bert_qqp" / "model-3.pt", weights_only=True)
     assert a.keys() == b.keys()  # the checkpoint is the plain student's state_dict, no compile prefixes

@@ -219,18 +219,7 @@ def test_losses_gates_and_gradients_do_not_depend_on_how_far_a_batch_is_padded(n
 
 # ------------------------------------------------------------------------------------------ (e) end to end
 
-def test_lad_and_pkd_scripts_run_with_dynamic_padding(run, teacher, exp_root, monkeypatch):
-    from fine_tune import batching
-
-    widths: list[int] = []
-    call = batching.Collator.__call__
-
-    def recording(self, rows):
-        batch = call(self, rows)
-        widths.append(batch["input_ids"].shape[1])
-        return batch
-
-    monkeypatch.setattr(batching.Collator, "__call__", recording)
+def test_lad_and_pkd_scripts_run_with_dynamic_padding(run, teacher, exp_root, batch_widths):
     common = ["--task", "qqp", *TINY, "--num_hidden_layers", "3", "--total_step", "2", "--warmup_step", "1",
               "--ckpt_step", "2", "--log_step", "1", "--batch_size", "8", "--mu", "10", "--padding", "dynamic",
               "--map_examples", "8"]
@@ -248,14 +237,14 @@ def test_lad_and_pkd_scripts_run_with_dynamic_padding(run, teacher, exp_root, mo
     m = json.loads((folder / "layer-map-2.json").read_text())["matrix"]  # heat-map on variable-length batches
     assert len(m) == 3 and all(abs(sum(r) - 1) < 1e-4 for r in m)
     assert (folder / "layer-map-2.png").is_file()
-    assert min(widths) < 24 and max(widths) <= 24, widths  # batches padded to their longest member
+    assert min(batch_widths) < 24 and max(batch_widths) <= 24, batch_widths  # batches padded to their longest member
     assert "padding-free forward" in proc.stderr  # no loss looks at padding positions
 
-    widths.clear()
+    batch_widths.clear()
     run("run_pkd_distill.py", *TEACHER, "--experiment", "pkd_dyn", *common)
     folder = exp_root / "pkd_dyn_bert_qqp"
     assert json.loads((folder / "config.json").read_text())["padding"] == "dynamic"
-    assert (folder / "model-2.pt").is_file() and min(widths) < 24
+    assert (folder / "model-2.pt").is_file() and min(batch_widths) < 24
 
 
 # ------------------------------------------------------------------------------------------ (f) the collator
