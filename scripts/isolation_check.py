@@ -55,10 +55,12 @@ def main() -> int:
     print(f"{len(tests)} tests, each alone, {args.jobs} at a time", flush=True)
     start, failed = time.perf_counter(), []
     with tempfile.TemporaryDirectory(prefix="isolation-check-") as base, ThreadPoolExecutor(args.jobs) as pool:
-        for test, code, out, secs in pool.map(lambda t: run_alone(t, Path(base)), tests):
+        for done, (test, code, out, secs) in enumerate(pool.map(lambda t: run_alone(t, Path(base)), tests), 1):
             if code != 0:
                 failed.append((test, code, out))
                 print(f"FAILED alone ({code}, {secs:.0f} s): {test}\n{out}", flush=True)
+            else:
+                print(f"[{done}/{len(tests)}] passed alone ({secs:.0f} s): {test}", flush=True)
     total = time.perf_counter() - start
     lines = [f"Isolation check: {len(tests) - len(failed)} of {len(tests)} tests pass alone ({total:.0f} s, "
              f"{args.jobs} at a time)."] + [f"- FAILED alone: `{t}` (exit {c})" for t, c, _ in failed]
