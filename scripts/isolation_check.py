@@ -6,7 +6,7 @@ the suite's order and fails alone, or in another order. CI runs the suite in a r
 seed printed last), which finds most such dependencies; this script finds the rest: it collects the suite's test
 ids and runs each in its own pytest process, ``--jobs`` at a time, and prints those that fail alone.
 
-    python scripts/isolation_check.py                          # every test (about 40 minutes on 2 cores)
+    python scripts/isolation_check.py                          # every test (49 minutes on 2 cores, 2026-12-06)
     python scripts/isolation_check.py tests/test_model_families.py tests/test_tasks.py
     python scripts/isolation_check.py --jobs 2 --out bench/results/isolation_check.md
 
