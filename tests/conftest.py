@@ -145,6 +145,23 @@ def batch_widths(monkeypatch) -> list[int]:
     return widths
 
 
+def method_from_flags(name: str, args: list[str], teacher, seed: int):
+    """The layer-wise method ``name`` as its script builds it: its flags parsed (``args`` after an experiment,
+    task and teacher of its own), the registry's ``from_flags`` against ``teacher`` (a TeacherShape), then its
+    parameters (gates, projections) created under ``torch.manual_seed(seed)``."""
+    import torch
+
+    from fine_tune.cli import parse_layerwise
+    from fine_tune.methods import get_method
+
+    flags = parse_layerwise(f"run_{name}_distil.py", "", name, [
+        "--experiment", "x", "--task", "qqp", "--teacher_exp", "t", "--tckpt", "1", *args])
+    method = get_method(name).from_flags(flags, teacher)
+    torch.manual_seed(seed)
+    method.create_parameters(None, None)
+    return method
+
+
 def needs_shared(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)
     if not path.exists():

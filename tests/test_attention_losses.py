@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import method_from_flags as built_from_flags
 from fine_tune.errors import UserError
 from fine_tune.methods.minilm import minilm_loss, minilmv2_loss, relation, relation_kl
 from fine_tune.methods.tinybert import (attention_mse, attention_scores, hidden_mse, soft_cross_entropy,
@@ -499,18 +500,11 @@ M_LENGTHS = (6, 4, 2)
 
 
 def method_from_flags(name, own, student_width, padding, heads=2, teacher_heads=2, layers=M_LS):
-    from fine_tune.cli import parse_layerwise
-    from fine_tune.methods import get_method
     from fine_tune.methods.base import TeacherShape
 
-    flags = parse_layerwise(f"run_{name}_distil.py", "", name, [
-        "--experiment", "x", "--task", "qqp", "--teacher_exp", "t", "--tckpt", "1", "--d_model", str(student_width),
-        "--d_ff", "16", "--num_attention_heads", str(heads), "--num_hidden_layers", str(layers),
-        "--max_seq_len", str(M_S), "--padding", padding, *own])
-    method = get_method(name).from_flags(flags, TeacherShape(M_LT, M_DT, teacher_heads))
-    torch.manual_seed(3)
-    method.create_parameters(None, None)
-    return method
+    return built_from_flags(name, [
+        "--d_model", str(student_width), "--d_ff", "16", "--num_attention_heads", str(heads), "--num_hidden_layers",
+        str(layers), "--max_seq_len", str(M_S), "--padding", padding, *own], TeacherShape(M_LT, M_DT, teacher_heads), 3)
 
 
 def qkv_outputs(seed, layers, width, lengths=M_LENGTHS, classes=3):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import method_from_flags
 from fine_tune.engine.optim import GATE_NO_DECAY, OptimiserSettings
 
 from fine_tune.errors import UserError
@@ -22,6 +23,7 @@ from fine_tune.methods import ALPKD, LAD, LADNO, PKD, PartialLAD, ModelOutputs
 from fine_tune.methods.alp import alp_weights
 from fine_tune.methods.lad import chain_contributions, lad_targets, partial_lad_mapping
 from fine_tune.methods.logits_kd import logits_kd_loss
+from fine_tune.methods.base import TeacherShape
 from fine_tune.methods.pkd import normalized_cls_loss, pkd_teacher_layers
 from fine_tune.models.gates import GateBlock, make_gates
 
@@ -388,19 +390,10 @@ def padded_mask() -> torch.Tensor:
 
 
 def layerwise_from_flags(method_name: str, own: list[str], padding: str, student_width: int):
-    from fine_tune.cli import parse_layerwise
-    from fine_tune.methods import get_method
-    from fine_tune.methods.base import TeacherShape
-
-    flags = parse_layerwise("x", "", method_name, [
-        "--experiment", "x", "--task", "qqp", "--teacher_exp", "t", "--tckpt", "1", "--d_model", str(student_width),
-        "--d_ff", "16", "--num_attention_heads", "2", "--num_hidden_layers", str(LS), "--max_seq_len", str(SEQ),
-        "--softmax_temp", str(FLAG_T), "--hard_weight", str(FLAG_HARD), "--soft_weight", str(FLAG_SOFT),
-        "--mu", str(FLAG_MU), "--padding", padding, *own])
-    method = get_method(method_name).from_flags(flags, TeacherShape(LT, DT, 2))
-    torch.manual_seed(5)
-    method.create_parameters(None, None)
-    return method
+    return method_from_flags(method_name, [
+        "--d_model", str(student_width), "--d_ff", "16", "--num_attention_heads", "2", "--num_hidden_layers", str(LS),
+        "--max_seq_len", str(SEQ), "--softmax_temp", str(FLAG_T), "--hard_weight", str(FLAG_HARD), "--soft_weight",
+        str(FLAG_SOFT), "--mu", str(FLAG_MU), "--padding", padding, *own], TeacherShape(LT, DT, 2), 5)
 
 
 def ref_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
