@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .io_utils import atomic_torch_save, sha256_text, writable
-from .tasks.example import Example
+from .tasks.example import Example, examples_digest
 
 CACHE_VERSION = 1
 
@@ -113,14 +113,15 @@ def tokenize(tokenizer, examples: Sequence[Example], max_seq_len: int, chunk: in
     return Features(cat(ids, np.int32), cat(types, np.int8), offsets, labels)
 
 
-def cached_features(cache_dir: Path, tokenizer, examples: Sequence[Example], max_seq_len: int,
-                    source_hash: str) -> Features:
-    """Tokenise once per (tokenizer, source file content, max_seq_len, row count); reuse afterwards.
+def cached_features(cache_dir: Path, tokenizer, examples: Sequence[Example], max_seq_len: int) -> Features:
+    """Tokenise once per (tokenizer, rows' content, max_seq_len); reuse afterwards.
 
-    ``source_hash`` identifies the parsed file (its sha256). The cache file is written atomically, so two
-    runs sharing it at the same moment both end with a complete file.
+    The rows are identified by their content (:func:`~fine_tune.tasks.example.examples_digest`), not by the file
+    they came from: a changed data file, task definition (label order, columns) or ``--max_examples`` is a miss.
+    The cache file is written atomically, so two runs sharing it at the same moment both end with a complete file.
     """
-    key = sha256_text(f"{tokenizer_fingerprint(tokenizer)}|{source_hash}|{max_seq_len}|{len(examples)}|v{CACHE_VERSION}")[:24]
+    key = sha256_text(f"{tokenizer_fingerprint(tokenizer)}|{examples_digest(examples)}|{max_seq_len}|"
+                      f"v{CACHE_VERSION}")[:24]
     path = Path(cache_dir) / f"features-{key}.pt"
     if path.is_file():
         try:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import config as cfg
-from .batching import Collator, Features, cached_features, sequential_batches
+from .batching import Collator, Features, cached_features, sequential_batches, tokenizer_fingerprint
 from .engine import distributed
 from .engine.allocator import tune_malloc_for_training
 from .engine.device import Precision, resolve_device, resolve_precision
@@ -32,6 +32,7 @@ from .engine.checkpoint import load_checkpoint_into
 from .models.classifier import build_from_config, check_checkpoint, load_model_dir
 from .tasks.metrics import TAGS
 from .tasks import Task, get_task
+from .tasks.example import examples_digest
 from .tasks.logits import check_logits_target, logits_dir, write_logits
 
 
@@ -60,19 +61,19 @@ def open_experiment(flags) -> LoadedExperiment:
     task.check_split(e.dataset)
     exp = ExperimentDir.of(exp_root, e.experiment, e.model, e.task).require()
     config = cfg.load_config(exp.config_path, required=("max_seq_len",))
+    task.check_trained_labels(config, str(exp.path))
     model_config, tokenizer = load_model_dir(exp.model_dir)
     model = build_from_config(model_config)
     return LoadedExperiment(exp, config, model, tokenizer, task, None, None, data_root)
 
 
 def load_split(le: LoadedExperiment, split: str, max_examples: int | None, before_tokenizing=None):
-    """Parse a split, then (after ``before_tokenizing(le, path)``, which may refuse) tokenise it through the cache."""
+    """Parse a split, then (after ``before_tokenizing(le, path, examples)``, which may refuse) tokenise it through the cache."""
     path = le.task.path(le.data_root, split)
     examples = le.task.load(le.data_root, split, max_examples)
     if before_tokenizing is not None:
-        before_tokenizing(le, path)
-    source_hash = sha256_file(path)
-    features = cached_features(le.data_root / "cache", le.tokenizer, examples, le.config["max_seq_len"], source_hash)
+        before_tokenizing(le, path, examples)
+    features = cached_features(le.data_root / "cache", le.tokenizer, examples, le.config["max_seq_len"])
     return path, examples, features
 
 
@@ -304,12 +305,12 @@ class CheckpointLogits:
 
 def checkpoint_logits(flags, before_predicting=None) -> CheckpointLogits:
     """Open the experiment, load ``--ckpt`` (default: latest) and compute its logits on ``--dataset``.
-    ``before_predicting(le, step, path)`` may refuse (raise) once the inputs are known, before any work."""
+    ``before_predicting(le, step, path, examples)`` may refuse (raise) once the inputs are known, before any work."""
     le = open_experiment(flags)
     step, label = _checkpoint(le, flags)
     ckpt_path = le.exp.checkpoint_path(step)
     check_checkpoint(le.model.config, ckpt_path)
-    refuse = None if before_predicting is None else (lambda le_, path: before_predicting(le_, step, path))
+    refuse = None if before_predicting is None else (lambda le_, path, rows: before_predicting(le_, step, path, rows))
     # before_predicting runs before tokenising: a refused run writes nothing, not even the tokenisation cache
     path, examples, features = load_split(le, flags.experiment.dataset, flags.paths.max_examples, refuse)
     load_checkpoint_into(le.model, ckpt_path)
@@ -321,7 +322,7 @@ def checkpoint_logits(flags, before_predicting=None) -> CheckpointLogits:
 
 def hf_teacher_logits(flags, before_predicting=None) -> CheckpointLogits:
     """``--teacher_hf``: a Hugging Face classifier's logits on ``--dataset`` (its outputs in the task's label
-    order), the data set named ``{experiment}_{model}_{task}``. ``before_predicting(le, step, path)`` as in
+    order), the data set named ``{experiment}_{model}_{task}``. ``before_predicting(le, step, path, examples)`` as in
     :func:`checkpoint_logits` (``step`` is the source as given)."""
     from .teacher import open_hf_teacher
 
@@ -341,7 +342,8 @@ def hf_teacher_logits(flags, before_predicting=None) -> CheckpointLogits:
     exp = ExperimentDir.of(exp_root, e.experiment, e.model, e.task)
     le = LoadedExperiment(exp, {"max_seq_len": f.max_seq_len, "task": e.task}, None, teacher.tokenizer, task, None,
                           None, data_root)
-    refuse = None if before_predicting is None else (lambda le_, path: before_predicting(le_, f.teacher_hf, path))
+    refuse = None if before_predicting is None else (
+        lambda le_, path, rows: before_predicting(le_, f.teacher_hf, path, rows))
     path, examples, features = load_split(le, e.dataset, flags.paths.max_examples, refuse)
     le.model = teacher.build()
     le.resolve_device(flags.device)
@@ -369,11 +371,13 @@ def run_gen_logits(flags) -> Path:
     foreign = flags.foreign.teacher_hf
     identity: dict = {}  # what the set is of; hashed once, checked before predicting and recorded in meta.json
 
-    def refuse_to_replace(le, step, path):
+    def refuse_to_replace(le, step, path, examples):
         out = logits_dir(le.data_root, le.exp.name, e.dataset)
         digest = _weights_digest(foreign) if foreign else sha256_file(le.exp.checkpoint_path(step))
         identity.update(teacher_experiment=None if foreign else le.exp.name, checkpoint=step, split=e.dataset,
-                        source_sha256=sha256_file(path), checkpoint_sha256=digest)
+                        source_sha256=sha256_file(path), checkpoint_sha256=digest,
+                        max_seq_len=le.config["max_seq_len"], examples_sha256=examples_digest(examples),
+                        tokenizer=tokenizer_fingerprint(le.tokenizer))
         check_logits_target(out, identity, overwrite)
         if distributed.is_main():  # one writer per logits data set (rank 0 under torchrun)
             out.mkdir(parents=True, exist_ok=True)
@@ -387,11 +391,12 @@ def run_gen_logits(flags) -> Path:
     mc = le.model.config
     meta = {"name": le.exp.name, "task": e.task, "split": e.dataset, "model": e.model,
             "teacher_experiment": identity["teacher_experiment"], "teacher_hf": foreign, "checkpoint": r.step,
+            "label_names": list(le.task.label_names), "regression": le.task.regression,
             "ptrain_ver": le.config.get("ptrain_ver"),
             "vocab_size": mc.vocab_size, "max_position_embeddings": mc.max_position_embeddings,
             "hidden_size": mc.hidden_size, "num_hidden_layers": mc.num_hidden_layers,
-            "max_seq_len": le.config["max_seq_len"], "source": str(path), "source_sha256": identity["source_sha256"],
-            "checkpoint_sha256": identity["checkpoint_sha256"]}
+            "source": str(path), **{k: identity[k] for k in ("source_sha256", "checkpoint_sha256", "max_seq_len",
+                                                             "examples_sha256", "tokenizer")}}
     out = logits_dir(le.data_root, le.exp.name, e.dataset)
     if distributed.is_main():
         write_logits(out, meta, r.examples, r.logits, le.tokenizer, overwrite=overwrite)

@@ -894,6 +894,42 @@ MUTATIONS = [
              'lines.append(f"{ex.idx}\\t{label}\\t{int(p.argmax())}\\t"',
              'lines.append(f"{len(lines) - 1}\\t{label}\\t{int(p.argmax())}\\t"',
              ('tests/test_scripts_e2e.py::test_bert_boolq_pipeline',)),
+    # identity of derived files (issue 28): each keyed by everything that decided it
+    Mutation("cache_keyed_by_row_count", "the tokenisation cache is keyed by the row count, not the rows' content: a "
+             "task.json edit (label order, columns) is served the old features",
+             "fine_tune/batching.py", 'f"{tokenizer_fingerprint(tokenizer)}|{examples_digest(examples)}|{max_seq_len}|"',
+             'f"{tokenizer_fingerprint(tokenizer)}|{len(examples)}|{max_seq_len}|"',
+             ("tests/test_identity.py::test_the_tokenisation_cache_misses_on_each_input_and_hits_on_none",
+              "tests/test_identity.py::test_a_task_json_edit_is_not_served_the_old_features")),
+    Mutation("examples_digest_without_labels", "the rows' identity leaves out the labels: a reordered label list is a "
+             "cache hit", "fine_tune/tasks/example.py", '\\x1f{e.label!r}\\x1e', '\\x1e',
+             ("tests/test_identity.py::test_the_tokenisation_cache_misses_on_each_input_and_hits_on_none",)),
+    Mutation("logits_identity_without_max_seq_len", "a logits set of another max_seq_len replaces the old one without "
+             "--overwrite", "fine_tune/tasks/logits.py",
+             '"checkpoint_sha256", "max_seq_len",\n            "examples_sha256"',
+             '"checkpoint_sha256",\n            "examples_sha256"',
+             ("tests/test_identity.py::test_each_identity_field_of_a_logits_set_is_named_when_it_changes",
+              "tests/test_identity.py::test_a_logits_set_is_not_replaced_by_one_of_other_inputs")),
+    Mutation("logits_identity_rows_not_recorded", "a logits set records no identity of its rows: the same file read "
+             "under another task.json replaces it silently", "fine_tune/evaluate.py",
+             'examples_sha256=examples_digest(examples)', 'examples_sha256=None',
+             ("tests/test_identity.py::test_a_logits_set_is_not_replaced_by_one_of_other_inputs",)),
+    Mutation("prediction_reads_current_labels", "prediction and evaluation name a run's classes by the current "
+             "task.json's labels, not the ones it was trained with", "fine_tune/evaluate.py",
+             '    task.check_trained_labels(config, str(exp.path))\n', '',
+             ("tests/test_identity.py::test_renamed_or_reordered_labels_are_refused_where_a_model_is_read",)),
+    Mutation("trained_labels_order_ignored", "a reordered label list (same names) passes the trained-labels check",
+             "fine_tune/tasks/registry.py", '        if before != now:',
+             '        if sorted(before[0]) != sorted(now[0]) or before[1] != now[1]:',
+             ("tests/test_identity.py::test_renamed_or_reordered_labels_are_refused_where_a_model_is_read",)),
+    Mutation("hf_split_never_refetched", "a split fetched from Hugging Face is read as it is after task.json's hf "
+             "source changed", "fine_tune/tasks/user.py",
+             "        if not isinstance(have, dict) or have.get(\"source\") == want:",
+             "        if True:",
+             ("tests/test_identity.py::test_a_changed_hf_source_fetches_the_split_again",)),
+    Mutation("hf_split_edited_file_replaced", "a fetched split edited by hand is replaced when the hf source changes",
+             "fine_tune/tasks/user.py", "        if sha256_file(path) != have.get(\"sha256\"):", "        if False:",
+             ("tests/test_identity.py::test_a_changed_hf_source_fetches_the_split_again",)),
 ]
 
 

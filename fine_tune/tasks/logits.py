@@ -9,7 +9,8 @@ Written by ``run_fine_tune_gen_logits.py`` to ``{data_root}/logits/{experiment}_
 
 ``run_fine_tune_distill.py --dataset NAME`` reads them: the bare name ``{experiment}_{model}_{task}``
 resolves to the training split; ``NAME:split`` (e.g. ``BLarge_uncased_TA_1_bert_boolq:val``) picks another.
-Logits of a split are never silently replaced by those of another checkpoint (``--overwrite`` does).
+Logits of a split are never silently replaced by those of another checkpoint, data, tokenizer or ``max_seq_len``
+(:data:`IDENTITY`; ``--overwrite`` does).
 """
 
 from __future__ import annotations
@@ -57,7 +58,19 @@ class LogitsDataset:
         return self.path / "logits.jsonl"
 
 
-IDENTITY = ("teacher_experiment", "checkpoint", "split", "source_sha256", "checkpoint_sha256")
+# What decides a logits set: its teacher checkpoint (by name, step and sha256), the split and its file, the rows
+# that file became (the task's definition and --max_examples included: examples_sha256), the tokenizer and
+# max_seq_len. Another value of any is another set: never written over the old one without --overwrite.
+IDENTITY = ("teacher_experiment", "checkpoint", "split", "source_sha256", "checkpoint_sha256", "max_seq_len",
+            "examples_sha256", "tokenizer")
+# fields a set written by an older version lacks: not compared (the fields above them are)
+SINCE_LATER = ("examples_sha256", "tokenizer")
+
+
+def changed_identity(old: dict, new: dict) -> list[str]:
+    """The fields of :data:`IDENTITY` in which two logits sets' meta.json differ, as "field (old there, new now)"."""
+    return [f"{k} ({old.get(k)!r} there, {new.get(k)!r} now)" for k in IDENTITY
+            if old.get(k) != new.get(k) and not (k in SINCE_LATER and k not in old)]
 
 
 def check_teacher_unchanged(meta: dict, exp_root: Path, dataset: str) -> None:
@@ -85,9 +98,11 @@ def check_logits_target(out_dir: Path, meta: dict, overwrite: bool) -> None:
     meta_path = out_dir / "meta.json"
     if meta_path.is_file() and not overwrite:
         old = read_json_object(meta_path)
-        if not all(old.get(k) == meta.get(k) for k in IDENTITY):
-            raise UserError(f"{out_dir} already holds logits of {old.get('teacher_experiment')} checkpoint "
-                            f"{old.get('checkpoint')} on {old.get('split')}; pass --overwrite to replace them")
+        changed = changed_identity(old, meta)
+        if changed:
+            raise UserError(f"{out_dir} already holds logits of {old.get('teacher_experiment') or old.get('teacher_hf')} "
+                            f"checkpoint {old.get('checkpoint')} on {old.get('split')} that differ in "
+                            f"{'; '.join(changed)}; pass --overwrite to replace them")
 
 
 def write_logits(out_dir: Path, meta: dict, examples: Sequence[Example], logits: np.ndarray, tokenizer,

@@ -84,10 +84,10 @@ class Task:
         from .download import SOURCES
 
         path = self.path(data_root, split)
-        if not path.is_file() and self.definition is not None and self.definition.get("hf"):
-            from .user import materialise  # a task of your own from a Hugging Face dataset: fetched once
+        if self.definition is not None and self.definition.get("hf"):
+            from .user import ensure_materialised  # a task of your own from a Hugging Face dataset: fetched once
 
-            materialise(self.definition, split, path, split in self.labelled)
+            ensure_materialised(self.definition, split, path, split in self.labelled)
         if not path.is_file():
             fetch = (f"run `python download_data.py --task {self.name}`" if self.name in SOURCES
                      else f"put the official {Path(self.split_paths.get(split, self.folder)).parts[0]} files there")
@@ -98,6 +98,29 @@ class Task:
         if max_examples is not None:
             examples = examples[:max_examples]
         return examples
+
+    def check_trained_labels(self, record: dict, source: str) -> None:
+        """A model's output i means the class its task named i when it was trained. A task of your own may be edited
+        since: ``record`` (a run's config.json, with its ``task_definition``, or a logits set's meta.json, with its
+        ``label_names``) says what the classes were; other names, another order or another kind (a class against a
+        score) would name every prediction wrongly, silently: refused, naming ``source``. Built-in tasks' labels are
+        the toolkit's own and records of them are not compared."""
+        if self.definition is None:
+            return
+        if record.get("label_names") is not None:
+            before = (tuple(map(str, record["label_names"])), bool(record.get("regression")))
+        elif isinstance(record.get("task_definition"), dict):
+            d = record["task_definition"]
+            before = (tuple(str(x) for x in d.get("labels") or ["score"]), bool(d.get("regression")))
+        else:
+            return
+        now = (self.label_names, self.regression)
+        if before != now:
+            def shown(labels):
+                return "a score (regression)" if labels[1] else "[" + ", ".join(labels[0]) + "]"
+            raise UserError(f"{source} was made with {self.name}'s labels {shown(before)}; its task.json "
+                            f"({self.definition_file}) now says {shown(now)}: its outputs would be named wrongly; "
+                            f"restore the labels in task.json, or train again")
 
     def submission_name(self, split: str) -> str:
         """The official file name of a split's predictions (``MNLI-m.tsv``); other splits get the test file's

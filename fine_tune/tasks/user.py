@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 from ..errors import UserError
@@ -175,6 +176,45 @@ def user_task(name: str, spec: dict, folder: str | None = None):
 
 def _parse(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
     return parse_user_file(path, labelled, spec)
+
+
+SOURCES_FILE = "hf-sources.json"  # in the task's folder: each fetched file's Hugging Face source and sha256
+
+
+def hf_source(spec: dict, split: str, labelled: bool) -> dict:
+    """What decides the file a split of a Hugging Face source becomes (:func:`materialise`)."""
+    hf = spec["hf"]
+    return {"path": hf["path"], "name": hf.get("name"), "split": hf["splits"].get(split), "label": spec["label"],
+            "labelled": labelled}
+
+
+def ensure_materialised(spec: dict, split: str, path: Path, labelled: bool) -> None:
+    """The split's file, fetched from the definition's Hugging Face source unless already there from that same
+    source. Each fetched file's source and sha256 are recorded in the folder's ``hf-sources.json``: when
+    ``task.json``'s ``hf`` changes (another dataset, configuration or split), a file the toolkit fetched and nobody
+    edited is fetched again; one edited since is refused (it is not the toolkit's to replace). A file the record
+    does not name (written by hand, or by a version before the record) is read as it is."""
+    from ..io_utils import atomic_write_json, read_json_object, sha256_file
+
+    want = hf_source(spec, split, labelled)
+    records_path = path.parent / SOURCES_FILE
+    records = read_json_object(records_path) if records_path.is_file() else {}
+    have = records.get(path.name)
+    if path.is_file():
+        if not isinstance(have, dict) or have.get("source") == want:
+            return
+        if sha256_file(path) != have.get("sha256"):
+            raise UserError(f"{path} was fetched from {have.get('source')} and has been edited since; the task's hf "
+                            f"source is now {want}: move the file away to fetch it again, or restore task.json")
+        print(f"note: {path}: the task's hf source changed ({have.get('source')} -> {want}): fetching it again",
+              file=sys.stderr)
+    materialise(spec, split, path, labelled)
+    records = read_json_object(records_path) if records_path.is_file() else {}  # another split may have been added
+    records[path.name] = {"source": want, "sha256": sha256_file(path)}
+    try:
+        atomic_write_json(records_path, records)
+    except OSError as e:
+        raise UserError(f"could not write {records_path}: {e.strerror or e}") from None
 
 
 def materialise(spec: dict, split: str, path: Path, labelled: bool) -> None:

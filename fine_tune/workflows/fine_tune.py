@@ -38,4 +38,4 @@ def run_fine_tune(flags) -> dict | None:
     model = build_pretrained_classifier(ptrain_ver, e.model, flags.classifier.num_class, flags.classifier.dropout)
     if distributed.is_main():
         save_model_dir(p.exp.model_dir, model.config, tokenizer)
-    return run_training(p, flags, model, method, tokenizer, examples, source_hash, resume_step=start.resume_step)
+    return run_training(p, flags, model, method, tokenizer, examples, resume_step=start.resume_step)

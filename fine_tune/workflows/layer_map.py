@@ -10,7 +10,6 @@ import torch
 from ..batching import Collator, cached_features
 from ..engine.trainer import to_device
 from ..models.forward import forward
-from ..io_utils import sha256_file
 from ..methods.layerwise import LayerwiseKD
 from ..plots import write_layer_map
 
@@ -75,7 +74,7 @@ def layer_map_hook(method: LayerwiseKD, flags, task, p, tokenizer, teacher_model
         return None
     b, e = flags.batching, flags.experiment
     dev = task.load(p.data_root, split, flags.layerwise.map_examples)
-    features = cached_features(p.data_root / "cache", tokenizer, dev, b.max_seq_len, sha256_file(path))
+    features = cached_features(p.data_root / "cache", tokenizer, dev, b.max_seq_len)
     collator = Collator(features, tokenizer.pad_token_id, b.max_seq_len, b.padding)  # as in training
 
     def make(trainer):

@@ -23,6 +23,7 @@ def run_offline_distill(flags) -> dict | None:
     p = prepare(flags)
     logits = read_logits(p.data_root, e.dataset, e.task)
     meta = logits.meta
+    get_task(e.task).check_trained_labels(meta, f"the logits data set {e.dataset!r}")
     check_teacher_unchanged(meta, p.exp.root, e.dataset)
     classes = logits.logits.shape[1]
     if flags.classifier.num_class is None:  # resolved from the logits data set, recorded in config.json
@@ -73,6 +74,6 @@ def run_offline_distill(flags) -> dict | None:
     student = build_student(p, flags, vocab_size=meta.get("vocab_size") or len(tokenizer),
                             num_class=flags.classifier.num_class, max_positions=max_positions, tokenizer=tokenizer,
                             source=source, pairs=pairs, method=method)
-    return run_training(p, flags, student, method, tokenizer, examples, source_hash, teacher_logits=teacher_logits,
+    return run_training(p, flags, student, method, tokenizer, examples, teacher_logits=teacher_logits,
                         resume_step=start.resume_step)
 

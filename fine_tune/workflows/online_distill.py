@@ -75,6 +75,7 @@ def run_online_distill(flags, method_name: str) -> dict | None:
     e, t = flags.experiment, flags.teacher
     task = get_task(e.task)
     teacher = open_any_teacher(flags, exp_root, task)
+    task.check_trained_labels(teacher.record, f"the teacher {teacher.name}")
     flags = resolve_from_teacher(flags, teacher)
     notes: list[str] = []  # printed once the run starts
     flags, student_tokenizer = resolve_pretrained_student(flags, notes)
@@ -152,6 +153,6 @@ def run_online_distill(flags, method_name: str) -> dict | None:
     make_hook = None
     if flags.layerwise.map_examples and flags.layerwise.mu and method.map_caption:
         make_hook = layer_map_hook(method, flags, task, p, tokenizer, teacher_model, teacher_device)
-    return run_training(p, flags, student, method, tokenizer, examples, source_hash,
+    return run_training(p, flags, student, method, tokenizer, examples,
                         teacher=teacher_model if method.uses_teacher else None, teacher_device=teacher_device,
                         make_hook=make_hook, resume_step=start.resume_step)

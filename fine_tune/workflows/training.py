@@ -34,21 +34,20 @@ def training_evaluator(p: Prepared, flags, tokenizer):
     from ..evaluate import TrainingEvaluator
     from ..tasks import get_task
 
-    features = cached_features(p.data_root / "cache", tokenizer, p.eval_examples, flags.batching.max_seq_len,
-                               p.eval_sha256)
+    features = cached_features(p.data_root / "cache", tokenizer, p.eval_examples, flags.batching.max_seq_len)
     return TrainingEvaluator(p.exp, get_task(flags.experiment.task), r.eval_dataset, p.eval_examples, features,
                              tokenizer.pad_token_id, flags.batching.max_seq_len, r.eval_batch_size, p.device,
                              p.precision, r.eval_step, r.early_stop_patience)
 
 
-def run_training(p: Prepared, flags, model, method: Method, tokenizer, examples, source_hash: str,
+def run_training(p: Prepared, flags, model, method: Method, tokenizer, examples,
                  teacher_logits: np.ndarray | None = None, teacher=None, teacher_device=None, make_hook=None,
                  resume_step: int | None = None) -> dict:
     """Tokenise (through the cache), build the collator and run the one engine. ``make_hook(trainer)`` may
     return an ``on_checkpoint(step, writer)`` callback (e.g. the layer-contribution heat-map)."""
     b = flags.batching
     dataset = flags.experiment.dataset
-    features = cached_features(p.data_root / "cache", tokenizer, examples, b.max_seq_len, source_hash)
+    features = cached_features(p.data_root / "cache", tokenizer, examples, b.max_seq_len)
     if features.labels is None and method.needs_labels:
         raise UserError(f"--dataset {dataset!r} has no labels; train on a labelled split")
     forwards = training_forwards(model, teacher, enabled=flags.speed.padding_free == "auto",
