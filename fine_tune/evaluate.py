@@ -57,7 +57,7 @@ def open_experiment(flags) -> LoadedExperiment:
     """Check the split, then the folder; build the model from the experiment's own config and tokenizer."""
     e = flags.experiment
     data_root, exp_root = roots(flags.paths)
-    task = get_task(e.task)
+    task = get_task(e.task, data_root)
     task.check_split(e.dataset)
     exp = ExperimentDir.of(exp_root, e.experiment, e.model, e.task).require()
     config = cfg.load_config(exp.config_path, required=("max_seq_len",))
@@ -289,7 +289,7 @@ def _checkpoint(le: LoadedExperiment, flags) -> tuple[int, str]:
     ckpt = parse_ckpt(str(c.ckpt)) if c.ckpt is not None else None
     select_on = c.select_on or le.task.dev_split
     le.task.check_split(select_on, "--select_on")
-    return resolve_ckpt(le.exp, ckpt, select_on, task=e.task, model=e.model, experiment=e.experiment)
+    return resolve_ckpt(le.exp, ckpt, select_on, task=le.task, model=e.model, experiment=e.experiment)
 
 
 @dataclass
@@ -328,7 +328,7 @@ def hf_teacher_logits(flags, before_predicting=None) -> CheckpointLogits:
 
     e, f = flags.experiment, flags.foreign
     data_root, exp_root = roots(flags.paths)
-    task = get_task(e.task)
+    task = get_task(e.task, data_root)
     task.check_split(e.dataset)
     if flags.checkpoint.ckpt is not None or flags.checkpoint.select_on is not None:
         raise UserError("--ckpt/--select_on choose an experiment's checkpoint; --teacher_hf is the teacher itself")

@@ -143,9 +143,6 @@ def closest_experiments(root: Path, name: str, limit: int = 5) -> list[str]:
 
 def roots(paths) -> tuple[Path, Path]:
     """The data root and the experiment root of a run's ``PathFlags`` (flag, else environment, else default)."""
-    from .tasks.registry import add_user_root
-
     data_root = Path(paths.data_root) if paths.data_root else default_data_root()
     exp_root = Path(paths.exp_root) if paths.exp_root else default_exp_root()
-    add_user_root(data_root)  # --task may name a task of your own there (tasks/user.py)
     return data_root, exp_root

@@ -36,7 +36,7 @@ from .experiment import CKPT_RE, ExperimentDir, check_name, default_exp_root
 from .io_utils import atomic_write, atomic_write_json, atomic_write_text, check_writable
 from .selection import Rule, read_eval, read_predictions, select_row
 from .tasks.metrics import SHORT
-from .tasks import get_task
+from .tasks import Task, get_task
 
 # Config fields that never make two experiments different as science (names, provenance, where it ran).
 IGNORED_FIELDS = RUNTIME_FIELDS | {"experiment", "seed", "provenance", "command", "max_examples"}
@@ -53,7 +53,7 @@ class Experiment:
         return self.exp.name
 
 
-def scan(exp_root: Path, task: str, patterns: list[str] | None = None, evaluated: bool = True) -> list[Experiment]:
+def scan(exp_root: Path, task: Task, patterns: list[str] | None = None, evaluated: bool = True) -> list[Experiment]:
     """Every experiment folder of ``task`` under ``exp_root`` (matching a ``--experiments`` glob when given)
     that has at least one evaluation table (``evaluated=False``: every one, evaluated or not)."""
     exp_root = Path(exp_root)
@@ -64,12 +64,12 @@ def scan(exp_root: Path, task: str, patterns: list[str] | None = None, evaluated
         if not (folder / "config.json").is_file():
             continue
         config = load_config(folder / "config.json")
-        if config.get("task") != task:
+        if config.get("task") != task.name:
             continue
         if patterns and not any(matches(folder.name, config, p) for p in patterns):
             continue
         exp = ExperimentDir(exp_root, folder.name)
-        tables = {split: t for split in get_task(task).labelled if (t := read_eval(exp, split)) is not None}
+        tables = {split: t for split in task.labelled if (t := read_eval(exp, split)) is not None}
         if tables or not evaluated:
             found.append(Experiment(exp, config, tables))
     return found
@@ -398,8 +398,7 @@ class Table:
         return "\n".join(lines + ["```"]) + "\n"
 
 
-def build_table(experiments: list[Experiment], task: str, rule: Rule, splits: list[str] | None = None) -> Table:
-    t = get_task(task)
+def build_table(experiments: list[Experiment], t: Task, rule: Rule, splits: list[str] | None = None) -> Table:
     if splits is None:
         splits = [s for s in t.splits if s in t.labelled and any(s in e.tables for e in experiments)]
     if rule.select_on is not None:
@@ -421,7 +420,7 @@ def build_table(experiments: list[Experiment], task: str, rule: Rule, splits: li
         columns.append(f"{s} ckpt")
     columns += ["params", "size", "infer ex/s", *(["onnx ex/s", "torch ex/s (same run)"] if onnx else []), *hyper]
     rows = [markdown_cells(r, splits, metric_cols, hyper, onnx) for r in records]
-    return Table(task, splits, rule, columns, rows, hyper, records, metric_cols, t.main_metric, onnx)
+    return Table(t.name, splits, rule, columns, rows, hyper, records, metric_cols, t.main_metric, onnx)
 
 
 @dataclass
@@ -491,7 +490,7 @@ def paired_bootstrap_metric(labels: np.ndarray, preds_a: np.ndarray, preds_b: np
                      float((stats <= 0).mean()), metric)
 
 
-def compare(exp_root: Path, task: str, name_a: str, name_b: str, split: str, rule: Rule,
+def compare(exp_root: Path, task: Task, name_a: str, name_b: str, split: str, rule: Rule,
             resamples: int = 10000, seed: int = 0) -> Bootstrap:
     """Paired bootstrap of the task's main metric between two experiments (folder names), each at its checkpoint
     chosen by ``rule``."""
@@ -501,15 +500,15 @@ def compare(exp_root: Path, task: str, name_a: str, name_b: str, split: str, rul
         exp = ExperimentDir(Path(exp_root), check_name(name, "--compare"))
         if not exp.config_path.is_file():
             raise UserError(f"--compare {name}: no experiment folder {exp.path}")
-        tables = {s: t for s in get_task(task).labelled if (t := read_eval(exp, s)) is not None}
-        step, _ = select_row(tables, split, rule, get_task(task).main_metric)
+        tables = {s: t for s in task.labelled if (t := read_eval(exp, s)) is not None}
+        step, _ = select_row(tables, split, rule, task.main_metric)
         idx, labels, preds = read_predictions(exp, split, step, tables.get(split))
         if idx_seen is not None and not np.array_equal(idx, idx_seen):
             raise UserError(f"--compare: {name_a} and {name_b} were evaluated on different rows of {split}")
         idx_seen = idx
         correct.append(preds == labels)
         predicted.append(preds)
-    metric = get_task(task).main_metric
+    metric = task.main_metric
     if metric == "accuracy":
         return paired_bootstrap(correct[0], correct[1], resamples, seed, split)
     return paired_bootstrap_metric(labels, predicted[0], predicted[1], metric, resamples, seed, split)
@@ -525,7 +524,7 @@ def output_paths(out: Path) -> dict[str, Path]:
             "curves_json": named("-curves.json")}
 
 
-def _curve_groups(exp_root: Path, task: str, value: str) -> list[list[Experiment]]:
+def _curve_groups(exp_root: Path, task: Task, value: str) -> list[list[Experiment]]:
     """The seed groups of the experiments ``--curves`` names (every glob must name one)."""
     patterns = [p.strip() for p in value.split(",") if p.strip()]
     if not patterns:
@@ -533,7 +532,7 @@ def _curve_groups(exp_root: Path, task: str, value: str) -> list[list[Experiment
     candidates = scan(exp_root, task, None, evaluated=False)
     for p in patterns:
         if not any(matches(e.name, e.config, p) for e in candidates):
-            raise UserError(f"--curves {p!r}: no {task} experiment folder or name in {exp_root} matches it")
+            raise UserError(f"--curves {p!r}: no {task.name} experiment folder or name in {exp_root} matches it")
     return group_by_seed([e for e in candidates if any(matches(e.name, e.config, p) for p in patterns)])
 
 
@@ -545,19 +544,18 @@ def run_results(args) -> str:
 
     exp_root = Path(args.exp_root) if args.exp_root else default_exp_root()
     from .tasks.download import default_data_root
-    from .tasks.registry import add_user_root
 
-    add_user_root(Path(args.data_root) if args.data_root else default_data_root())
-    task = get_task(args.task)  # an unknown task is refused before anything is scanned
+    data_root = Path(args.data_root) if args.data_root else default_data_root()
+    task = get_task(args.task, data_root)  # an unknown task is refused before anything is scanned
     rule = Rule(args.rule, args.select_on)
     splits = args.splits.split(",") if args.splits else None
     if splits:
         for s in splits:
             task.check_split(s, "--splits")
-    experiments = scan(exp_root, args.task, args.experiments.split(",") if args.experiments else None)
+    experiments = scan(exp_root, task, args.experiments.split(",") if args.experiments else None)
     if not experiments:
         raise UserError(f"no evaluated {args.task} experiment in {exp_root} (run run_fine_tune_eval.py first)")
-    table = build_table(experiments, args.task, rule, splits)
+    table = build_table(experiments, task, rule, splits)
     out = Path(args.out) if args.out else exp_root / f"results-{args.task}.md"
     paths = output_paths(out)
     for key, path in paths.items():
@@ -570,7 +568,7 @@ def run_results(args) -> str:
         a, b = args.compare
         split = args.compare_split or task.dev_split
         task.check_split(split, "--compare_split")
-        text += "\n" + compare(exp_root, args.task, a, b, split, rule, args.resamples, args.bootstrap_seed).describe(a, b) + "\n"
+        text += "\n" + compare(exp_root, task, a, b, split, rule, args.resamples, args.bootstrap_seed).describe(a, b) + "\n"
     if args.commands:
         text += "\n" + table.commands()
     files: dict[str, str | bytes | dict] = {"md": text, "csv": table.csv(), "json": table.data()}
@@ -584,7 +582,7 @@ def run_results(args) -> str:
         fronts = "; ".join(f"{k}: {', '.join(v['front']) or 'none'}" for k, v in pareto["panels"].items())
         notes.append(f"(Pareto plot: {paths['pareto_png']}, its data {paths['pareto_json']}; front by {fronts})")
     if args.curves is not None:
-        groups = _curve_groups(exp_root, args.task, args.curves)
+        groups = _curve_groups(exp_root, task, args.curves)
         curves = result_plots.curves_data(groups, [group_name(g) for g in groups], task, splits)
         files["curves_json"], files["curves_png"] = curves, result_plots.render_curves(curves)
         notes.append(f"(learning curves: {paths['curves_png']}, its data {paths['curves_json']})")

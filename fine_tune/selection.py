@@ -122,11 +122,11 @@ def parse_ckpt(value: str) -> int | str:
         raise UserError(f"--ckpt must be a checkpoint step, 'best' or 'last', got {value!r}") from None
 
 
-def resolve_ckpt(exp: ExperimentDir, ckpt: int | str | None, select_on: str, *, task: str, model: str,
+def resolve_ckpt(exp: ExperimentDir, ckpt: int | str | None, select_on: str, *, task, model: str,
                  experiment: str) -> tuple[int, str]:
     """The step ``--ckpt`` names and a label saying why: a number as given; ``last`` (or None) = the newest
     checkpoint on disk; ``best`` = the best checkpoint on ``select_on`` by the task's main metric (from its
-    evaluation)."""
+    evaluation). ``task``: the :class:`~fine_tune.tasks.task.Task`."""
     if isinstance(ckpt, int):
         exp.require_checkpoint(ckpt)
         return ckpt, f"model-{ckpt}.pt"
@@ -135,10 +135,8 @@ def resolve_ckpt(exp: ExperimentDir, ckpt: int | str | None, select_on: str, *, 
         if not have:
             raise UserError(f"no checkpoint in {exp.path}")
         return have[-1], f"model-{have[-1]}.pt (latest)"
-    from .tasks import get_task
-
-    table = require_eval(exp, select_on, task, model, experiment)
-    metric = get_task(task).main_metric
+    table = require_eval(exp, select_on, task.name, model, experiment)
+    metric = task.main_metric
     row = best_row(table["rows"], metric)
     exp.require_checkpoint(row["ckpt"])
     return row["ckpt"], f"model-{row['ckpt']}.pt (best {select_on} {metric} {row[metric]:.4f})"

@@ -531,7 +531,8 @@ def test_a_parquet_file_of_your_own(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from fine_tune.tasks.user import check_definition, user_task
+    from fine_tune.tasks.registry import user_task
+    from fine_tune.tasks.user import check_definition
 
     (tmp_path / "mine").mkdir()
     pq.write_table(pa.table({"q": ["a b", "c d"], "y": ["no", "yes"], "n": [7, 8]}), tmp_path / "mine" / "train.parquet")

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
@@ -23,7 +21,8 @@ import torch
 from fine_tune import batching
 from fine_tune.errors import UserError
 from fine_tune.tasks.logits import IDENTITY, SINCE_LATER, changed_identity
-from fine_tune.tasks.user import SOURCES_FILE, read_definition, user_task
+from fine_tune.tasks import get_task
+from fine_tune.tasks.user import SOURCES_FILE
 
 LABELS = ["same", "different"]  # declared order, not sorted
 WORDS = ["how", "do", "i", "learn", "python", "java", "cook", "rice", "fast", "well"]
@@ -61,8 +60,7 @@ def edit_definition(folder, **changes) -> None:
 
 
 def task_of(folder):
-    spec = read_definition(folder / "task.json")
-    return replace(user_task(folder.name, spec), definition=spec, definition_file=folder / "task.json")
+    return get_task(folder.name, folder.parent)
 
 
 # -- tokenised features ---------------------------------------------------------------------------------------

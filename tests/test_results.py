@@ -246,15 +246,16 @@ def test_main_metric_chooses_the_checkpoint_for_tables_ckpt_best_and_compare(run
     accuracy nor the last; --compare bootstraps the MCC difference."""
     from fine_tune.experiment import ExperimentDir
     from fine_tune.selection import resolve_ckpt
+    from fine_tune.tasks import get_task
 
     root = tmp_path / "exp"
     # MCC best at 20 and 30 (a tie: 30), accuracy best at 40 (also the last)
     curve = [(10, 0.30, 0.80), (20, 0.50, 0.70), (30, 0.50, 0.60), (40, 0.20, 0.85)]
     write_cola(root, "c_bert_cola", curve)
     exp = ExperimentDir(root, "c_bert_cola")
-    step, label = resolve_ckpt(exp, "best", "dev", task="cola", model="bert", experiment="c")
+    step, label = resolve_ckpt(exp, "best", "dev", task=get_task("cola"), model="bert", experiment="c")
     assert step == 30 and label == "model-30.pt (best dev mcc 0.5000)"
-    assert resolve_ckpt(exp, "last", "dev", task="cola", model="bert", experiment="c")[0] == 40
+    assert resolve_ckpt(exp, "last", "dev", task=get_task("cola"), model="bert", experiment="c")[0] == 40
     proc = run("results_table.py", "--task", "cola", "--exp_root", str(root), "--splits", "dev")
     header, rows = parse_table(proc.stdout)
     assert header[:4] == ["ex", "dev MCC", "dev acc", "dev ckpt"]

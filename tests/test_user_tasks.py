@@ -106,15 +106,14 @@ def test_a_task_of_your_own_through_fine_tune_eval_and_predictions(fmt, run, tin
     (lambda s: s.update(metrics=["bleu"]), r"task.json: unknown metric\(s\) bleu"),
 ])
 def test_a_bad_definition_is_one_line(change, message, tmp_path):
-    from fine_tune.tasks.registry import add_user_root, get_task
+    from fine_tune.tasks.registry import get_task
 
     spec = {"files": {"train": "train.csv"}, "text": "first", "label": "verdict", "labels": LABELS}
     change(spec)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "task.json").write_text(json.dumps(spec))
-    add_user_root(tmp_path)
     with pytest.raises(UserError, match=message):
-        get_task("bad")
+        get_task("bad", tmp_path)
 
 
 @pytest.mark.parametrize("content, labelled, regression, message", [
@@ -128,7 +127,8 @@ def test_a_bad_definition_is_one_line(change, message, tmp_path):
     ("qid,first,second\n", True, False, r"holds no examples"),
 ])
 def test_a_bad_row_names_file_line_and_column(content, labelled, regression, message, tmp_path):
-    from fine_tune.tasks.user import check_definition, user_task
+    from fine_tune.tasks.registry import user_task
+    from fine_tune.tasks.user import check_definition
 
     spec = check_definition({"files": {"train": "train.csv"} if labelled else {"test": "train.csv"}, "text": "first",
                              "text_pair": "second", "label": "verdict", "id": "qid",
@@ -178,7 +178,8 @@ def test_a_task_from_a_hugging_face_dataset(run, tiny_bert, data_root, exp_root,
 def test_labels_follow_the_declared_order_through_parse_and_the_prediction_file(tmp_path):
     """Three classes listed out of sorted order in a .tsv task: the class ids are positions in ``labels`` (as the
     model's outputs are), the prediction file writes the names back, the ids are the id column's."""
-    from fine_tune.tasks.user import check_definition, user_task
+    from fine_tune.tasks.registry import user_task
+    from fine_tune.tasks.user import check_definition
 
     declared = ["positive", "negative", "neutral"]
     folder = tmp_path / "moods"
@@ -210,7 +211,8 @@ def test_labels_follow_the_declared_order_through_parse_and_the_prediction_file(
 def test_the_definitions_defaults_and_options(tmp_path):
     """dev_split: dev, else val, else the first labelled split but train; unlabelled: the test... splits unless
     listed; main_metric: the first metric; regression: fractional scores as written, Pearson and Spearman."""
-    from fine_tune.tasks.user import check_definition, user_task
+    from fine_tune.tasks.registry import user_task
+    from fine_tune.tasks.user import check_definition
 
     def task(**spec):
         base = {"text": "t", "label": "y", "labels": ["b", "a"]}
@@ -248,7 +250,8 @@ def test_a_hugging_face_class_label_is_written_as_its_name(tmp_path, monkeypatch
     """materialise: a ClassLabel column becomes its names (the dataset's own order, here not sorted and not the
     task's), so the task maps them through its declared labels; an unlabelled split drops the label column."""
     datasets = pytest.importorskip("datasets")
-    from fine_tune.tasks.user import check_definition, materialise, user_task
+    from fine_tune.tasks.registry import user_task
+    from fine_tune.tasks.user import check_definition, materialise
 
     features = datasets.Features({"t": datasets.Value("string"), "n": datasets.Value("int64"),
                                   "y": datasets.ClassLabel(names=["pos", "neg", "mid"])})

@@ -69,7 +69,7 @@ def _rows(path: Path):
         yield f"{path}, line {i}", row
 
 
-def parse_user_file(path: Path, labelled: bool, spec: dict) -> list[Example]:
+def parse_user_file(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
     """Rows of one of the task's files as :class:`Example`s; a missing column, a label outside the set, a score
     that is not a number or a test row without its id names the file, the line (or row) and the column."""
     examples: list[Example] = []
@@ -153,29 +153,6 @@ def check_definition(spec, where: str) -> dict:
     if main not in metrics:
         raise UserError(f"{where}: main_metric {main!r} is not one of its metrics {metrics}")
     return dict(spec, metrics=list(metrics), main_metric=main)
-
-
-def user_task(name: str, spec: dict, folder: str | None = None):
-    """A :class:`~fine_tune.tasks.registry.Task` from a checked definition."""
-    from functools import partial
-
-    from .registry import Task
-
-    files = dict(spec["files"])
-    unlabelled = set(spec.get("unlabelled") or [s for s in files if s.startswith("test")])
-    labelled = frozenset(s for s in files if s not in unlabelled)
-    dev = spec.get("dev_split") or next((s for s in ("dev", "val") if s in labelled),
-                                        next((s for s in files if s in labelled and s != "train"), "train"))
-    regression = bool(spec.get("regression"))
-    labels = tuple(str(x) for x in spec.get("labels") or ["score"])
-    return Task(name=name, folder=folder or name, files=files, labelled=labelled,
-                parse=partial(_parse, spec=spec), metrics=tuple(spec["metrics"]), main_metric=spec["main_metric"],
-                submission_file=f"{name}.tsv", dev_split=dev, train_split="train" if "train" in files else next(iter(files)),
-                label_names=labels, regression=regression, benchmark="user", submission_labels="names")
-
-
-def _parse(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
-    return parse_user_file(path, labelled, spec)
 
 
 SOURCES_FILE = "hf-sources.json"  # in the task's folder: each fetched file's Hugging Face source and sha256

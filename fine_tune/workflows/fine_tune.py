@@ -10,7 +10,6 @@ from ..locking import releases_locks
 from ..methods import get_method
 from ..models.classifier import (build_pretrained_classifier, load_pretrained_config, load_tokenizer, save_model_dir,
                                 weight_file_hashes)
-from ..tasks import get_task
 from .start import prepare, start_experiment
 from .training import run_training
 
@@ -19,7 +18,7 @@ from .training import run_training
 def run_fine_tune(flags) -> dict | None:
     p = prepare(flags)  # checks --num_class against the task
     e, ptrain_ver = flags.experiment, flags.pretrained.ptrain_ver
-    task = get_task(e.task)
+    task = p.task
     if flags.classifier.num_class is None:  # the task's label set, recorded in config.json
         flags = flags.replace(classifier={"num_class": task.num_class})
     data_file = task.path(p.data_root, e.dataset)

@@ -10,7 +10,6 @@ from ..locking import releases_locks
 from ..methods import get_method
 from ..models.classifier import load_pretrained_config, load_tokenizer, weight_file_hashes
 from ..models.init import check_copyable, teacher_layer_map
-from ..tasks import get_task
 from ..tasks.logits import check_teacher_unchanged, read_logits
 from .start import prepare, start_experiment
 from .student import build_student, print_notes, resolve_pretrained_student
@@ -23,13 +22,13 @@ def run_offline_distill(flags) -> dict | None:
     p = prepare(flags)
     logits = read_logits(p.data_root, e.dataset, e.task)
     meta = logits.meta
-    get_task(e.task).check_trained_labels(meta, f"the logits data set {e.dataset!r}")
+    p.task.check_trained_labels(meta, f"the logits data set {e.dataset!r}")
     check_teacher_unchanged(meta, p.exp.root, e.dataset)
     classes = logits.logits.shape[1]
     if flags.classifier.num_class is None:  # resolved from the logits data set, recorded in config.json
-        if classes != get_task(e.task).num_class:
+        if classes != p.task.num_class:
             raise UserError(f"the logits data set {e.dataset!r} has {classes} classes, {e.task} has "
-                            f"{get_task(e.task).num_class}")
+                            f"{p.task.num_class}")
         flags = flags.replace(classifier={"num_class": classes})
     elif flags.classifier.num_class != classes:
         raise UserError(f"--num_class {flags.classifier.num_class}: the logits data set has {classes} classes")

@@ -28,7 +28,7 @@ from .student import build_student, check_initialisation, print_notes, resolve_p
 from .training import run_training
 
 
-def resolve_from_teacher(flags, teacher: Teacher):
+def resolve_from_teacher(flags, teacher: Teacher, task):
     """The flags with max_seq_len, num_class and the training split filled in from the teacher's config where
     not given (a Hugging Face teacher records none: --max_seq_len is then required); a num_class other than the
     teacher's is an error."""
@@ -42,7 +42,7 @@ def resolve_from_teacher(flags, teacher: Teacher):
     if max_seq_len is None:
         raise UserError(f"--teacher_hf {teacher.name!r}: give --max_seq_len (a teacher fine-tuned elsewhere records "
                         f"none)")
-    dataset = flags.experiment.dataset or rec.get("dataset") or get_task(flags.experiment.task).train_split
+    dataset = flags.experiment.dataset or rec.get("dataset") or task.train_split
     return flags.replace(classifier={"num_class": num_class}, batching={"max_seq_len": max_seq_len},
                          experiment={"dataset": dataset})
 
@@ -71,12 +71,12 @@ def open_any_teacher(flags, exp_root, task) -> Teacher:
 def run_online_distill(flags, method_name: str) -> dict | None:
     """Distil a student from a fine-tuned teacher with the registered method ``method_name``."""
     method_cls = get_method(method_name)
-    _, exp_root = roots(flags.paths)
+    data_root, exp_root = roots(flags.paths)
     e, t = flags.experiment, flags.teacher
-    task = get_task(e.task)
+    task = get_task(e.task, data_root)
     teacher = open_any_teacher(flags, exp_root, task)
     task.check_trained_labels(teacher.record, f"the teacher {teacher.name}")
-    flags = resolve_from_teacher(flags, teacher)
+    flags = resolve_from_teacher(flags, teacher, task)
     notes: list[str] = []  # printed once the run starts
     flags, student_tokenizer = resolve_pretrained_student(flags, notes)
     e, st = flags.experiment, flags.student

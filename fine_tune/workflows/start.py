@@ -19,13 +19,14 @@ from ..experiment import ExperimentDir, roots
 from ..io_utils import TMP_PREFIX, check_writable, remove_inside, sha256_file
 from ..locking import HOLDER_FILE, lock_folder
 from ..provenance import collect
-from ..tasks import get_task
+from ..tasks import Task, get_task
 
 
 @dataclass
 class Prepared:
     exp: ExperimentDir
     data_root: Path
+    task: Task  # resolved once (a task of your own: from <data_root>/<name>/task.json)
     device: torch.device | None = None
     precision: Precision | None = None
     eval_examples: list | None = None  # --eval_dataset's rows, parsed before anything is written
@@ -42,7 +43,7 @@ def prepare(flags) -> Prepared:
     """The experiment folder of a training run (not created yet) and its data root; the class count checked
     against the task."""
     data_root, exp_root = roots(flags.paths)
-    task = get_task(flags.experiment.task)
+    task = get_task(flags.experiment.task, data_root)
     e = flags.experiment
     exp = ExperimentDir.of(exp_root, e.experiment, e.model, e.task)
     check_writable(exp_root, "--exp_root")
@@ -50,7 +51,7 @@ def prepare(flags) -> Prepared:
     if num_class is not None and num_class != task.num_class:
         raise UserError(f"--num_class {num_class}: {task.name} has {task.num_class} classes "
                         f"({', '.join(task.label_names)})")
-    p = Prepared(exp, data_root)
+    p = Prepared(exp, data_root, task)
     split = flags.run.eval_dataset
     if split:  # evaluation during training: the split checked and parsed before anything is written
         task.check_split(split, "--eval_dataset")
@@ -136,7 +137,7 @@ def start_experiment(p: Prepared, flags, record: dict, data_files: dict[str, str
     run with the same config (from its latest checkpoint with a resume state), or nothing when the run
     already finished. ``--overwrite`` with a different config deletes the old run's outputs first.
     Under torchrun rank 0 decides (and writes); every rank follows its decision."""
-    task = get_task(flags.experiment.task)
+    task = p.task
     if p.eval_file is not None:  # the evaluation split decides early stopping and the best checkpoint
         data_files = {**data_files, str(p.eval_file): p.eval_sha256}
     if task.definition_file is not None:  # a task of your own: its definition in config.json, task.json's sha256 checked

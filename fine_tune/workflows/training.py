@@ -32,10 +32,9 @@ def training_evaluator(p: Prepared, flags, tokenizer):
     if not r.eval_dataset:
         return None
     from ..evaluate import TrainingEvaluator
-    from ..tasks import get_task
 
     features = cached_features(p.data_root / "cache", tokenizer, p.eval_examples, flags.batching.max_seq_len)
-    return TrainingEvaluator(p.exp, get_task(flags.experiment.task), r.eval_dataset, p.eval_examples, features,
+    return TrainingEvaluator(p.exp, p.task, r.eval_dataset, p.eval_examples, features,
                              tokenizer.pad_token_id, flags.batching.max_seq_len, r.eval_batch_size, p.device,
                              p.precision, r.eval_step, r.early_stop_patience)
 

@@ -1,0 +1,141 @@
+"""One task: its files and splits, how its rows are parsed, its labels, metrics and submission format.
+
+A :class:`Task` is a record: the official tasks' are in :mod:`fine_tune.tasks.registry`, and a task of your own is
+built there from its ``task.json`` (:mod:`fine_tune.tasks.user`). Nothing here knows where a task came from: a
+Hugging Face source is a ``fetch`` function the registry gives the record.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ..errors import UserError
+from .example import Example
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task. ``label_names``: the classes in the model's output order (Hugging Face's names: exported as
+    ``id2label``); ``file_labels``: how the data files and the submission server write each class (default: the
+    label names). ``metrics``: reported by evaluation; ``main_metric`` picks the best checkpoint."""
+
+    name: str
+    folder: str  # sub-folder of the data root, as the official zip unpacks
+    files: dict[str, str]  # split -> file name
+    labelled: frozenset[str]
+    parse: Callable[[Path, bool], list[Example]]
+    metrics: tuple[str, ...]
+    submission_file: str  # the test split's official file
+    train_split: str = "train"
+    dev_split: str = "dev"  # the labelled held-out split that chooses checkpoints by default
+    label_names: tuple[str, ...] = field(default=("0", "1"))
+    file_labels: tuple[str, ...] | None = None
+    main_metric: str = "accuracy"
+    submission_format: str = "glue"  # "glue": index<TAB>prediction; "superglue": {"idx", "label"} JSON lines
+    submission_labels: str = "names"  # glue: "names" (file labels) or "ints" (class indices)
+    submission_files: dict[str, str] = field(default_factory=dict)  # other unlabelled splits' official files
+    benchmark: str = "glue"
+    regression: bool = False  # one output, a score (STS-B): MSE loss, Pearson/Spearman, --num_class 1
+    # splits whose file lies in another folder of the data root (the diagnostics): split -> path under the root
+    split_paths: dict[str, str] = field(default_factory=dict)
+    # a task of your own (tasks/user.py): its checked definition and its task.json
+    definition: dict | None = None
+    definition_file: Path | None = None
+    # fetch(split, path, labelled): makes sure the split's file is there (a Hugging Face source, tasks/user.py)
+    fetch: Callable[[str, Path, bool], None] | None = None
+
+    @property
+    def num_class(self) -> int:
+        return 1 if self.regression else len(self.label_names)
+
+    def predictions(self, logits):
+        """The model's predictions from its outputs [n, num_class]: the class index, or the score (regression)."""
+        return logits[:, 0] if self.regression else logits.argmax(axis=1)
+
+    @property
+    def labels_in_files(self) -> tuple[str, ...]:
+        return self.file_labels or self.label_names
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self.files)
+
+    def check_split(self, split: str, flag: str = "--dataset") -> None:
+        """``flag``: the flag that named the split, for the error (``--select_on``, ``--splits``...)."""
+        if split not in self.files:
+            raise UserError(
+                f"{flag} {split!r} is not a {self.name} split; valid splits: {', '.join(self.splits)}"
+            )
+
+    def path(self, data_root: Path, split: str) -> Path:
+        self.check_split(split)
+        if split in self.split_paths:
+            return Path(data_root) / self.split_paths[split]
+        return Path(data_root) / self.folder / self.files[split]
+
+    def load(self, data_root: Path, split: str, max_examples: int | None = None) -> list[Example]:
+        from .download import SOURCES
+
+        path = self.path(data_root, split)
+        if self.fetch is not None:  # a task of your own from a Hugging Face dataset: fetched once
+            self.fetch(split, path, split in self.labelled)
+        if not path.is_file():
+            fetch = (f"run `python download_data.py --task {self.name}`" if self.name in SOURCES
+                     else f"put the official {Path(self.split_paths.get(split, self.folder)).parts[0]} files there")
+            raise UserError(f"data file {path} not found; {fetch} or pass --data_root (env FT_DATA_ROOT)")
+        examples = self.parse(path, split in self.labelled)
+        if not examples:
+            raise UserError(f"data file {path} holds no examples")
+        if max_examples is not None:
+            examples = examples[:max_examples]
+        return examples
+
+    def check_trained_labels(self, record: dict, source: str) -> None:
+        """A model's output i means the class its task named i when it was trained. A task of your own may be edited
+        since: ``record`` (a run's config.json, with its ``task_definition``, or a logits set's meta.json, with its
+        ``label_names``) says what the classes were; other names, another order or another kind (a class against a
+        score) would name every prediction wrongly, silently: refused, naming ``source``. Built-in tasks' labels are
+        the toolkit's own and records of them are not compared."""
+        if self.definition is None:
+            return
+        if record.get("label_names") is not None:
+            before = (tuple(map(str, record["label_names"])), bool(record.get("regression")))
+        elif isinstance(record.get("task_definition"), dict):
+            d = record["task_definition"]
+            before = (tuple(str(x) for x in d.get("labels") or ["score"]), bool(d.get("regression")))
+        else:
+            return
+        now = (self.label_names, self.regression)
+        if before != now:
+            def shown(labels):
+                return "a score (regression)" if labels[1] else "[" + ", ".join(labels[0]) + "]"
+            raise UserError(f"{source} was made with {self.name}'s labels {shown(before)}; its task.json "
+                            f"({self.definition_file}) now says {shown(now)}: its outputs would be named wrongly; "
+                            f"restore the labels in task.json, or train again")
+
+    def submission_name(self, split: str) -> str:
+        """The official file name of a split's predictions (``MNLI-m.tsv``); other splits get the test file's
+        name with the split added (``QQP-dev.tsv``)."""
+        if split in self.submission_files:
+            return self.submission_files[split]
+        if split == "test":
+            return self.submission_file
+        stem, _, ext = self.submission_file.partition(".")
+        return f"{stem}-{split}.{ext}"
+
+    def write_submission(self, path: Path, examples: Sequence[Example], predictions: Sequence[int]) -> None:
+        """Write the official submission file: GLUE ``index<TAB>prediction`` lines after a header (class indices
+        or label names, as the server expects for the task), SuperGLUE ``{"idx": ..., "label": ...}`` lines."""
+        from ..io_utils import atomic_write_text
+
+        names = self.labels_in_files
+        if self.submission_format == "glue":
+            shown = ((lambda p: f"{float(p):.3f}") if self.regression
+                     else (lambda p: str(int(p))) if self.submission_labels == "ints" else (lambda p: names[int(p)]))
+            lines = ["index\tprediction"] + [f"{ex.idx}\t{shown(p)}" for ex, p in zip(examples, predictions)]
+        else:
+            lines = [json.dumps({"idx": ex.idx, "label": names[int(p)]}) for ex, p in zip(examples, predictions)]
+        atomic_write_text(path, "\n".join(lines) + "\n")
