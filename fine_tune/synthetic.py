@@ -12,6 +12,8 @@ import json
 import random
 from pathlib import Path
 
+from .models.families import FAMILIES, Widths
+
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _SYL = ["ba", "ko", "ri", "mu", "te", "sa", "lo", "ne", "pi", "du", "ga", "fe", "zo", "hi", "wu", "ya"]
 WORDS = sorted({a + b for a in _SYL for b in _SYL})  # 256 filler words
@@ -22,16 +24,17 @@ VOCAB = SPECIAL + sorted(set(WORDS + TRUE_CUES + FALSE_CUES + ["is", "does", "th
 
 # the byte-pair-style families' special tokens (RoBERTa's order: <s> 0, <pad> 1, </s> 2, <unk> 3, <mask> 4)
 BPE_SPECIAL = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-WORDPIECE_FAMILIES = ("bert", "albert", "distilbert", "electra")
 
 
 def tiny_tokenizer(family: str = "bert", max_positions: int = 128):
-    """A tokenizer over the synthetic vocabulary: BERT's WordPiece for the BERT-like families (token types 0/1);
-    for RoBERTa and DeBERTa-v2 a word-level fast tokenizer with RoBERTa's special tokens and pair template
-    ``<s> A </s></s> B </s>`` (no token types), so the two kinds tokenise the same text differently."""
+    """A tokenizer over the synthetic vocabulary, of the kind the family's record names: BERT's WordPiece
+    (``"wordpiece"``, token types 0/1); or (``"bpe"``, RoBERTa and DeBERTa-v2) a word-level fast tokenizer with
+    RoBERTa's special tokens and pair template ``<s> A </s></s> B </s>`` (no token types), so the two kinds
+    tokenise the same text differently."""
     from transformers import BertTokenizer, PreTrainedTokenizerFast
 
-    if family in WORDPIECE_FAMILIES:
+    f = FAMILIES.get(family)
+    if f is not None and f.tokenizer == "wordpiece":
         return BertTokenizer(vocab={tok: i for i, tok in enumerate(VOCAB)}, do_lower_case=True,
                              model_max_length=max_positions)
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
@@ -51,30 +54,22 @@ def tiny_tokenizer(family: str = "bert", max_positions: int = 128):
 
 def tiny_config(family: str, num_layers: int = 2, hidden: int = 32, heads: int = 2, ff: int = 64, emb: int = 16,
                 max_positions: int = 128, vocab_size: int | None = None, **extra):
-    """A small config of ``family`` (a Hugging Face model type the toolkit trains)."""
+    """A small config of ``family`` (a Hugging Face model type the toolkit trains), from its record: the
+    padding index and token types of its tiny tokenizer, its config names and rules, its tiny extras."""
     from transformers import AutoConfig
 
-    pad = 1 if family not in WORDPIECE_FAMILIES else 0
-    vocab_size = vocab_size or len(VOCAB)
-    if family == "distilbert":
-        return AutoConfig.for_model(family, vocab_size=vocab_size, dim=hidden, n_layers=num_layers, n_heads=heads,
-                                    hidden_dim=ff, max_position_embeddings=max_positions, pad_token_id=pad, **extra)
-    common = dict(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=heads,
-                  intermediate_size=ff, max_position_embeddings=max_positions, type_vocab_size=2, pad_token_id=pad)
-    if family == "albert":
-        common["embedding_size"] = emb
-    elif family == "electra":
-        common["embedding_size"] = emb
-    elif family == "roberta":
-        common.update(type_vocab_size=1, max_position_embeddings=max_positions + pad + 1, bos_token_id=0,
-                      eos_token_id=2)
-    elif family == "deberta-v2":
-        common.update(type_vocab_size=0, relative_attention=True, position_biased_input=False,
-                      pos_att_type=["p2c", "c2p"], max_relative_positions=-1, position_buckets=32,
-                      norm_rel_ebd="layer_norm", share_att_key=True)
-    elif family != "bert":
+    f = FAMILIES.get(family)
+    if f is None:
         raise ValueError(family)
-    return AutoConfig.for_model(family, **common, **extra)
+    wordpiece = f.tokenizer == "wordpiece"
+    pad = SPECIAL.index("[PAD]") if wordpiece else BPE_SPECIAL.index("<pad>")
+    # WordPiece gives token types 0/1; the BPE-style template none (one type, which a family may write as none)
+    kwargs = f.config_kwargs(dict(
+        vocab_size=vocab_size or len(VOCAB), hidden_size=hidden, num_hidden_layers=num_layers,
+        num_attention_heads=heads, intermediate_size=ff, max_position_embeddings=max_positions,
+        type_vocab_size=2 if wordpiece else 1, pad_token_id=pad))
+    kwargs.update(f.tiny_extras(Widths(hidden=hidden, emb=emb)))
+    return AutoConfig.for_model(family, **kwargs, **extra)
 
 
 def write_tiny_model(folder: Path, family: str = "bert", num_layers: int = 2, hidden: int = 32, heads: int = 2,

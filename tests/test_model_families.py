@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -470,3 +471,46 @@ def test_token_types_go_only_to_models_that_read_them(world):
     run(w, "run_fine_tune.py", "--experiment", "rwp", "--model", "roberta", "--ptrain_ver", str(folder),
         "--max_seq_len", "48", *STEPS)
     run(w, "run_fine_tune_eval.py", "--experiment", "rwp", "--model", "roberta", "--task", "qqp", "--dataset", "dev")
+
+
+def test_the_family_records_import_without_torch_or_transformers():
+    """The command line reads FAMILY_NAMES before --help: the records (and synthetic.py) stay light to import."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fine_tune.models.families as f, fine_tune.synthetic; "
+            "assert f.FAMILY_NAMES == tuple(f.FAMILIES); "
+            "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_a_seventh_family_is_one_record(monkeypatch, tmp_path):
+    """Adding a family is one record: XLM-RoBERTa as RoBERTa's record under its own model type configures a
+    student, a tiny pretrained folder with its tokenizer, and the tokens both take (RoBERTa's position offset), with
+    no other change."""
+    import dataclasses
+
+    from fine_tune.models import families
+    from fine_tune.models.classifier import build_from_config, student_config
+
+    record = dataclasses.replace(families.FAMILIES["roberta"], name="xlm-roberta")
+    monkeypatch.setitem(families.FAMILIES, "xlm-roberta", record)
+    config = student_config("xlm-roberta", vocab_size=len(synthetic.VOCAB), num_class=3, d_model=32, d_ff=64,
+                            num_attention_heads=2, num_hidden_layers=2, type_vocab_size=1, dropout=0.1,
+                            max_position_embeddings=40, pad_token_id=1)
+    assert config.model_type == "xlm-roberta" and config.num_labels == 3 and config.type_vocab_size == 1
+    assert config.max_position_embeddings == 42 and families.usable_positions(config) == 40
+    folder = synthetic.write_tiny_model(tmp_path / "xlmr", "xlm-roberta", max_positions=40)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tiny = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    assert tiny.config.model_type == "xlm-roberta" and families.usable_positions(tiny.config) == 40
+    assert tokenizer.pad_token_id == tiny.config.pad_token_id == 1  # the BPE-style tokenizer of the record
+    # a full-length sequence: every one of the usable positions is in the table
+    enc = tokenizer(" ".join(synthetic.WORDS[:38]), truncation=True, return_tensors="pt")
+    enc = {k: enc[k] for k in ("input_ids", "attention_mask")}
+    assert enc["input_ids"].shape[1] == 40
+    student = build_from_config(config).eval()
+    with torch.no_grad():
+        assert tiny(**enc).logits.shape == (1, 2) and student(**enc).logits.shape == (1, 3)

@@ -66,10 +66,9 @@ def copy_teacher_layers_at(student: PreTrainedModel, pretrained: PreTrainedModel
                         f"pretrained teacher a {pretrained.config.model_type!r} one")
     family = family_of(student)
     s_layers, t_layers = family.layers(s_base), family.layers(t_base)
-    albert = family.name == "albert"
     with torch.no_grad():
         for j, t in pairs:
-            if albert:  # shared weights: every student layer is the one shared layer
+            if family.shared_layers:  # ALBERT: every student layer is the one shared layer
                 src, dst = t_layers[0], s_layers[min(j - 1, len(s_layers) - 1)]
             else:
                 if not 1 <= t <= len(t_layers):

@@ -38,11 +38,14 @@ import torch
 import torch.nn.functional as F
 
 from .dropout import dropout
+from .families import FAMILIES
 
 
 def supports_padding_free(config) -> bool:
-    """BERT with absolute positions and no decoder/cross-attention (ALBERT and others: the padded forward)."""
-    return (getattr(config, "model_type", None) == "bert"
+    """A family whose record says ``padding_free`` (BERT), with absolute positions and no decoder/cross-attention
+    (ALBERT and others: the padded forward)."""
+    family = FAMILIES.get(getattr(config, "model_type", None))
+    return (family is not None and family.padding_free
             and getattr(config, "position_embedding_type", "absolute") == "absolute"
             and not getattr(config, "is_decoder", False) and not getattr(config, "add_cross_attention", False))
 
