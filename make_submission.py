@@ -12,7 +12,8 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from fine_tune.cli import SubmissionFlags, parse_flags, run_main
+from fine_tune.cli import parse_flags, run_main
+from fine_tune.settings import SubmissionFlags
 
 
 def main(argv=None):

@@ -17,7 +17,8 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from fine_tune.cli import ResultsFlags, parse_flags, run_main
+from fine_tune.cli import parse_flags, run_main
+from fine_tune.settings import ResultsFlags
 
 
 def main(argv=None):

@@ -10,7 +10,8 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from fine_tune.cli import OFFLINE_DISTILL, parse_flags, run_main
+from fine_tune.cli import parse_flags, run_main
+from fine_tune.settings import OFFLINE_DISTILL
 
 
 def main(argv=None):

@@ -8,7 +8,8 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from fine_tune.cli import EVAL, parse_flags, run_main
+from fine_tune.cli import parse_flags, run_main
+from fine_tune.settings import EVAL
 
 
 def main(argv=None):

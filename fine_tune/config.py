@@ -1,5 +1,5 @@
 """``config.json``: save/load, and the guard that protects an existing experiment folder from a run with a
-different configuration. The record is every flag of the run (``fine_tune.cli.Flags.record``) plus the values
+different configuration. The record is every flag of the run (``fine_tune.settings.Flags.record``) plus the values
 resolved on the way (from the teacher or the logits data set) and what the method adds (``Method.record``)."""
 
 from __future__ import annotations

@@ -500,7 +500,7 @@ M_LENGTHS = (6, 4, 2)
 
 
 def method_from_flags(name, own, student_width, padding, heads=2, teacher_heads=2, layers=M_LS):
-    from fine_tune.methods.base import TeacherShape
+    from fine_tune.engine.protocol import TeacherShape
 
     return built_from_flags(name, [
         "--d_model", str(student_width), "--d_ff", "16", "--num_attention_heads", str(heads), "--num_hidden_layers",
@@ -510,7 +510,7 @@ def method_from_flags(name, own, student_width, padding, heads=2, teacher_heads=
 def qkv_outputs(seed, layers, width, lengths=M_LENGTHS, classes=3):
     """ModelOutputs of ``layers`` layers: logits, hidden states, embeddings and (Q, K, V) per layer, float32
     tensors whose float64 copies (numpy) the references read."""
-    from fine_tune.methods.base import ModelOutputs
+    from fine_tune.engine.protocol import ModelOutputs
 
     arrays = [data(seed + i, length=M_S, width=width, lengths=lengths)[0] for i in range(4 * layers + 1)]
     mask = torch.tensor(make_mask(lengths, M_S))

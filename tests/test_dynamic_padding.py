@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from fine_tune.methods import ALPKD, LAD, LADNO, PKD, ModelOutputs, PartialLAD
+from fine_tune.engine.protocol import ModelOutputs
+from fine_tune.methods import ALPKD, LAD, LADNO, PKD, PartialLAD
 from fine_tune.methods.layerwise import HiddenPair, hidden_mse_loss
 from fine_tune.models.gates import GateBlock, aggregate_chain
 from test_layerwise_methods import GATES, gated

@@ -11,11 +11,12 @@ from fine_tune.batching import Collator, tokenize
 from fine_tune.engine import device as devmod
 from fine_tune.engine.device import Precision, resolve_device, resolve_precision
 from fine_tune.engine.optim import OptimiserSettings, linear_schedule, param_groups
+from fine_tune.engine.protocol import ModelOutputs
 from fine_tune.engine.trainer import Trainer, TrainSettings
 from fine_tune.models.forward import forward
 from fine_tune.errors import UserError
 from fine_tune.experiment import ExperimentDir
-from fine_tune.methods import HardLabel, ModelOutputs, logits_kd_loss
+from fine_tune.methods import HardLabel, logits_kd_loss
 from fine_tune.models.classifier import build_from_config, student_config
 from fine_tune.tasks import get_task
 

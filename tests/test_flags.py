@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from fine_tune.cli import (FINE_TUNE, LAYERWISE, OFFLINE_DISTILL, BatchingFlags, Flags, OptimiserFlags,
-                           build_parser, parse_flags, parse_layerwise)
+from fine_tune.cli import build_parser, parse_flags, parse_layerwise
+from fine_tune.settings import FINE_TUNE, LAYERWISE, OFFLINE_DISTILL, BatchingFlags, Flags, OptimiserFlags
 from fine_tune.errors import UserError
 
 # shared/reference/original_methods.md: the 2020 run_fine_tune.py / run_fine_tune_distill.py and the layer-wise
@@ -79,7 +79,7 @@ def test_results_and_checkpoint_defaults_are_the_documented_ones():
     """README.md: results_table.py reports the best checkpoint on the reported split itself and compares with a
     paired bootstrap of 10,000 resamples (seed 0); --ckpt defaults to the newest checkpoint, --select_on to the task's
     dev split; export_model.py writes a Hugging Face folder unless --format onnx."""
-    from fine_tune.cli import CheckpointFlags, ExportFlags, ResultsFlags, SweepFlags
+    from fine_tune.settings import CheckpointFlags, ExportFlags, ResultsFlags, SweepFlags
 
     record = parse_flags("results_table.py", "", [ResultsFlags], ["--task", "qqp"]).record()
     expected = dict(rule="best", select_on=None, resamples=10000, bootstrap_seed=0, splits=None, compare_split=None)

@@ -457,7 +457,7 @@ def test_stsb_scores_metrics_and_file(tmp_path):
 def test_regression_losses_are_mean_squared_errors():
     import torch
 
-    from fine_tune.methods.base import ModelOutputs
+    from fine_tune.engine.protocol import ModelOutputs
     from fine_tune.methods.logits_kd import HardLabel, logits_kd_loss
 
     s, t, y = torch.tensor([[1.0], [2.0]]), torch.tensor([[1.5], [1.0]]), torch.tensor([2.0, 2.5])

@@ -19,7 +19,7 @@ from fine_tune.models.forward import forward
 from fine_tune.errors import UserError
 from fine_tune.experiment import ExperimentDir
 from fine_tune.methods import LAD, PKD, HardLabel
-from fine_tune.methods.base import ExtraParameters
+from fine_tune.engine.protocol import ExtraParameters
 from test_scripts_e2e import tb_scalars
 
 D, S = 8, 12
@@ -314,7 +314,7 @@ def test_the_compiled_forward_compiles_a_bounded_number_of_graphs(packed, tmp_pa
 
 def test_alp_scores_and_targets_stay_fp32_under_autocast():
     from fine_tune.methods.alp import ALPKD, alp_target, alp_weights
-    from fine_tune.methods.base import ModelOutputs
+    from fine_tune.engine.protocol import ModelOutputs
 
     g = torch.Generator().manual_seed(0)
     student = [torch.randn(2, 5, D, generator=g) for _ in range(2)]

@@ -100,8 +100,9 @@ def test_lengths_must_match_rows():
 
 
 def test_flag_is_a_config_field():
-    from fine_tune.cli import BatchingFlags, parse_flags
+    from fine_tune.cli import parse_flags
     from fine_tune.config import changed_fields
+    from fine_tune.settings import BatchingFlags
 
     assert parse_flags("x", "", [BatchingFlags], []).batching.group_by_length is False
     flags = parse_flags("x", "", [BatchingFlags], ["--group_by_length"])

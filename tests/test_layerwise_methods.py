@@ -17,13 +17,13 @@ import torch
 
 from conftest import method_from_flags
 from fine_tune.engine.optim import GATE_NO_DECAY, OptimiserSettings
+from fine_tune.engine.protocol import ModelOutputs, TeacherShape
 
 from fine_tune.errors import UserError
-from fine_tune.methods import ALPKD, LAD, LADNO, PKD, PartialLAD, ModelOutputs
+from fine_tune.methods import ALPKD, LAD, LADNO, PKD, PartialLAD
 from fine_tune.methods.alp import alp_weights
 from fine_tune.methods.lad import chain_contributions, lad_targets, partial_lad_mapping
 from fine_tune.methods.logits_kd import logits_kd_loss
-from fine_tune.methods.base import TeacherShape
 from fine_tune.methods.pkd import normalized_cls_loss, pkd_teacher_layers
 from fine_tune.models.gates import GateBlock, make_gates
 

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from conftest import REPO
-from fine_tune.cli import LAYERWISE, parse_layerwise
+from fine_tune.cli import parse_layerwise
 from fine_tune.methods import METHODS, Method, get_method
 from fine_tune.methods.registry import METHODS as REGISTRY
+from fine_tune.settings import LAYERWISE
 from test_layerwise_scripts import TEACHER, TINY, teacher  # noqa: F401  (teacher: the fixture)
 
 SCRIPTS = {"run_lad_distil.py": "lad", "run_lad_no_distil.py": "lad_no", "run_probing_lad.py": "partial_lad",
@@ -84,7 +85,7 @@ def test_the_docs_new_method_trains_through_the_engine(teacher, data_root, exp_r
     torch.manual_seed(0)
     hs = tuple(torch.randn(2, 5, 8) for _ in range(2))
     ht = tuple(torch.randn(2, 5, 8) for _ in range(4))
-    from fine_tune.methods import ModelOutputs
+    from fine_tune.engine.protocol import ModelOutputs
 
     mask = torch.ones(2, 5, dtype=torch.long)
     parts = method.losses({"labels": torch.tensor([0, 1])}, ModelOutputs(torch.zeros(2, 2), hs, mask),
@@ -102,7 +103,7 @@ def test_the_gate_flags_reach_the_gated_methods(name):
     """Every gate flag, given away from its default, is what the built method's gates train with; the gates work
     in the teacher's width over --max_seq_len positions (a flag plumbed as its default would pass unnoticed with
     default values)."""
-    from fine_tune.methods.base import TeacherShape
+    from fine_tune.engine.protocol import TeacherShape
 
     argv = ["--experiment", "x", "--task", "qqp", *TEACHER, "--d_model", "6", "--d_ff", "16",
             "--num_attention_heads", "2", "--num_hidden_layers", "3", "--max_seq_len", "7", "--total_step", "20",

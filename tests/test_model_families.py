@@ -17,7 +17,7 @@ from conftest import run_in_process
 from fine_tune import synthetic
 from fine_tune.models.forward import forward
 from fine_tune.methods import MiniLM, TinyBERT
-from fine_tune.methods.base import ModelOutputs, TeacherShape
+from fine_tune.engine.protocol import ModelOutputs, TeacherShape
 from fine_tune.methods.tinybert import full_width
 from fine_tune.models.attention_capture import AttentionCapture
 from fine_tune.models.families import FAMILIES
@@ -413,7 +413,7 @@ def test_the_padding_free_forward_records_the_same_attention_inputs(packed):
     """TinyBERT and MiniLM on a BERT run the toolkit's own forward (fused Q/K/V, real tokens only under --padding
     dynamic): its recorded projections equal the hooks' on Hugging Face's forward (at every position over the
     padded grid; at the real tokens when packed), and so do the methods' losses."""
-    from fine_tune.methods.base import ModelOutputs as MO
+    from fine_tune.engine.protocol import ModelOutputs as MO
     from fine_tune.models.padding_free import PaddingFree
 
     torch.manual_seed(4)

@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 
 from ..batching import Collator, make_stream
 from ..experiment import ExperimentDir
-from ..methods.base import Method, ModelOutputs
 from ..errors import UserError
 from ..io_utils import atomic_torch_save, atomic_write_json, remove_inside
 from .allocator import tune_malloc_for_training
@@ -35,6 +34,7 @@ from .checkpoint import load_checkpoint_into, load_resume_state, rng_state, save
 from .device import Precision, same_device
 from .evaluation import EARLY_STOP_FILE, EvalHistory, Evaluator
 from .optim import OptimiserSettings, build_adamw, linear_schedule
+from .protocol import ModelOutputs, TrainingMethod
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -78,7 +78,7 @@ class Trainer:
     """Runs one training job. The engine never knows which method runs; a method never touches an
     optimiser or a file."""
 
-    def __init__(self, student: torch.nn.Module, method: Method, collator: Collator, num_rows: int,
+    def __init__(self, student: torch.nn.Module, method: TrainingMethod, collator: Collator, num_rows: int,
                  settings: TrainSettings, exp: ExperimentDir, device: torch.device, precision: Precision,
                  teacher: torch.nn.Module | None = None, teacher_device: torch.device | None = None,
                  on_checkpoint: Callable[[int, SummaryWriter], None] | None = None, progress: bool = True,

@@ -7,12 +7,14 @@ AAAI 2021; the three variants are the LAD code base's (Lin et al., Sensors 2023,
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from ..errors import UserError
-from ..cli import AlpFlags
+from ..settings import flag
 from .layerwise import HiddenPair, LayerwiseKD, uniform_layers
 
 ALP_MODES = ("alp-kd", "alp-kd-hidden", "alp-kd-hidden-v2")
@@ -44,6 +46,13 @@ def fp32(x: torch.Tensor):
     """Autocast off on ``x``'s device: under ``--amp`` autocast would run the einsums in fp16/bf16 whatever their
     inputs' dtype (the ``.float()`` casts alone do not keep them in fp32)."""
     return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+@dataclass(frozen=True)
+class AlpFlags:
+    key: ClassVar[str] = "alp"
+    alp_exp: str = flag("alp-kd-hidden", "ALP-KD variant",
+                        choices=("alp-kd", "alp-kd-hidden", "alp-kd-hidden-v2"))
 
 
 class ALPKD(LayerwiseKD):

@@ -1,49 +1,17 @@
-"""The method interface the training engine drives, and what a method tells the workflow that builds it."""
+"""The method interface the training engine drives (:class:`fine_tune.engine.protocol.TrainingMethod`), and what a
+method tells the workflow that builds it. The protocol types a method reads and returns (``ModelOutputs``,
+``ExtraParameters``, ``TeacherShape``) are the engine's (:mod:`fine_tune.engine.protocol`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from ..engine.optim import OptimiserSettings
+from ..engine.protocol import ExtraParameters, ModelOutputs, TeacherShape
 
 if TYPE_CHECKING:
-    from ..cli import Flags
-
-
-@dataclass
-class ModelOutputs:
-    """What a forward pass hands to a loss: logits, hidden states (without the embedding output,
-    layer 1..L) when asked for, the attention mask of the batch, and what attention-reading methods ask for."""
-
-    logits: torch.Tensor
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attention_mask: torch.Tensor | None = None
-    # per layer (query, key, value) projections, for the methods that read attention (TinyBERT, MiniLM): each
-    # [B, S, D], or [B, S, H, d_head] with the heads split (the own BERT forward over the padded grid hands on
-    # views of its head-major copies): read them through methods/tinybert.split_heads / full_width
-    attention_inputs: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...] | None = None
-    embeddings: torch.Tensor | None = None  # the embedding layer's output, when a method reads it (TinyBERT)
-
-
-@dataclass(frozen=True)
-class TeacherShape:
-    """What a layer-wise method needs to know of the teacher to lay out its mapping."""
-
-    num_layers: int
-    hidden_size: int
-    num_heads: int | None = None
-
-
-@dataclass
-class ExtraParameters:
-    """Trainable parameters a method adds (e.g. LAD gates), optimised as ``optimiser`` describes."""
-
-    name: str
-    modules: list[torch.nn.Module]
-    optimiser: OptimiserSettings
+    from ..settings import Flags
 
 
 class Method:
@@ -60,7 +28,8 @@ class Method:
     """
 
     name: ClassVar[str] = "method"
-    # the method's own flag groups (fine_tune.cli), beyond the ones every script of its kind has
+    # the method's own flag groups (defined beside it, on fine_tune.settings' helpers), beyond the ones every
+    # script of its kind has (fine_tune.settings.LAYERWISE...)
     flag_groups: ClassVar[tuple[type, ...]] = ()
     # the caption of the layer-contribution heat-map drawn at each checkpoint; None: no map
     map_caption: ClassVar[str | None] = None

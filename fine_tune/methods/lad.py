@@ -9,14 +9,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
-from ..cli import GateFlags, ProbingFlags
 from ..engine.device import same_device
-from ..engine.optim import OptimiserSettings
+from ..engine.optim import GATE_NO_DECAY, OptimiserSettings
+from ..engine.protocol import ExtraParameters
 from ..errors import UserError
 from ..models.gates import aggregate_chain, make_gates
-from .base import ExtraParameters
+from ..settings import OptimiserFlags, _check_adamw, flag
 from .layerwise import HiddenPair, LayerwiseKD, masked_mean, uniform_layers
 
 
@@ -37,6 +38,39 @@ def chain_contributions(gbar: list[float], k: int, num_teacher_layers: int) -> n
         gi = 1.0 if i == 1 else gbar[i - 1]
         w[i - 1] = gi * np.prod([1.0 - gbar[m - 1] for m in range(i + 1, k + 1)])
     return w
+
+
+@dataclass(frozen=True)
+class GateFlags:
+    """The LAD gates' own AdamW, schedule and clipping (the original's gate optimiser)."""
+
+    key: ClassVar[str] = "gate"
+    gate_lr: float = flag(1e-5, "gate AdamW peak learning rate")
+    gate_beta1: float = flag(0.9, "gate AdamW beta1")
+    gate_beta2: float = flag(0.999, "gate AdamW beta2")
+    gate_eps: float = flag(1e-8, "gate AdamW epsilon")
+    gate_weight_decay: float = flag(0.01, "gate AdamW weight decay (not on biases and LayerNorm weights)")
+    gate_max_norm: float = flag(1.0, "gradient clipping norm, per gate")
+    gate_total_step: int = flag(None, "gate schedule length (default: --total_step)")
+    gate_warmup_step: int = flag(None, "gate linear warmup steps (default: --warmup_step)")
+    gate_device_id: int = flag(None, "gates' CUDA device index; -1 = CPU (default: the student's device); under "
+                                     "torchrun relative to each rank: k means cuda:(LOCAL_RANK + k * processes per node)")
+
+    def __post_init__(self) -> None:
+        _check_adamw(self, "gate_")  # the student's checks (OptimiserFlags), of the gate_ flags
+
+    def settings(self, student: OptimiserFlags, no_decay: tuple[str, ...] | None = None):
+        """The gates' :class:`OptimiserSettings`; the schedule's lengths default to the student's. ``no_decay``:
+        the names exempt from weight decay (default: the original gate optimiser's)."""
+        total = self.gate_total_step or student.total_step
+        warmup = student.warmup_step if self.gate_warmup_step is None else self.gate_warmup_step
+        if warmup > total:
+            raise UserError(f"--gate_warmup_step {warmup} exceeds the gates' schedule of {total} steps "
+                            f"(--gate_total_step, default --total_step)")
+        return OptimiserSettings(
+            lr=self.gate_lr, beta1=self.gate_beta1, beta2=self.gate_beta2, eps=self.gate_eps,
+            weight_decay=self.gate_weight_decay, max_norm=self.gate_max_norm, total_step=total, warmup_step=warmup,
+            no_decay=GATE_NO_DECAY if no_decay is None else tuple(no_decay), clip_per_module=True)
 
 
 class GatedKD(LayerwiseKD):
@@ -225,6 +259,16 @@ def partial_lad_mapping(gate_indices: list[int], num_student_layers: int, num_te
                         f"{num_student_layers - len(gate_indices)} student layer(s) would learn teacher layers {raw}, "
                         f"beyond the teacher's {num_teacher_layers}")
     return [("agg", g) for g in gate_indices] + [("raw", t) for t in raw]
+
+
+@dataclass(frozen=True)
+class ProbingFlags:
+    key: ClassVar[str] = "probing"
+    probing_exp: str = flag(None, "probing experiment", required=True, choices=("partial_lad",))
+    gate_indices: str = flag("2,4,6,8,10", "partial LAD: comma-separated gate (teacher layer) indices, 1-based, "
+                                           "whose aggregation student layers 1..|G| learn")
+    student_indices: str = flag(None, "student layers that learn (partial LAD uses every student layer; "
+                                      "accepted for the seed commands)")
 
 
 class PartialLAD(GatedKD):

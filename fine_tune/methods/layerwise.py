@@ -31,10 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.optim import OptimiserSettings
+from ..engine.protocol import ExtraParameters, ModelOutputs, TeacherShape
 from ..errors import UserError
 from ..models.init import teacher_layer_map
 from ..models.projection import WidthProjection
-from .base import ExtraParameters, Method, ModelOutputs, TeacherShape
+from .base import Method
 from .logits_kd import check_temperature, logits_kd_loss
 
 PADDINGS = ("max_length", "dynamic")

@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..engine.protocol import ModelOutputs
 from ..errors import UserError
-from .base import Method, ModelOutputs
+from .base import Method
 
 
 def logits_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor | None,

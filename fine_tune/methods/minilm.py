@@ -30,12 +30,14 @@ off), whatever the input dtype or the surrounding autocast.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from ..cli import MiniLMFlags
 from ..errors import UserError
+from ..settings import _positive, flag
 from .layerwise import LayerwiseKD
 from .logits_kd import logits_kd_loss
 from .tinybert import check_recomputable_attention, split_heads, width_of
@@ -129,6 +131,20 @@ def minilmv2_loss(s_q: torch.Tensor, s_k: torch.Tensor, s_v: torch.Tensor,
         parts[name] = relation_kl(relation(student, student, relation_heads, mask),
                                   relation(teacher, teacher, relation_heads, mask), mask)
     return parts["qq_kl"] + parts["kk_kl"] + parts["vv_kl"], parts
+
+
+@dataclass(frozen=True)
+class MiniLMFlags:
+    key: ClassVar[str] = "minilm"
+    relation_heads: int = flag(None, "MiniLMv2: Q-Q, K-K and V-V relations over R relation heads (R dividing both "
+                                     "widths; works for any head counts); default: MiniLM's attention distributions "
+                                     "and value relations, head by head (equal head counts)")
+    minilm_teacher_layer: int = flag(None, "the teacher layer (1-based) the student's last layer learns (default: the "
+                                           "teacher's last, as MiniLM; MiniLMv2 takes an upper-middle one of large "
+                                           "teachers)")
+
+    def __post_init__(self) -> None:
+        _positive(self, "relation_heads", "minilm_teacher_layer")
 
 
 class MiniLM(LayerwiseKD):

@@ -8,11 +8,14 @@ al.'s own loss.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from ..cli import PkdFlags
+from ..settings import flag
 from .layerwise import HiddenPair, LayerwiseKD, uniform_layers
 
 PKD_LOSSES = ("hidden_mse", "normalized_cls")
@@ -40,6 +43,17 @@ def normalized_cls_loss(student_cls: torch.Tensor, teacher_cls: torch.Tensor, re
     t = F.normalize(teacher_cls.float(), dim=-1)
     squared = (s - t).pow(2)
     return squared.mean() if reduction == "mean" else squared.sum(-1).mean()
+
+
+@dataclass(frozen=True)
+class PkdFlags:
+    key: ClassVar[str] = "pkd"
+    pkd_loss: str = flag("hidden_mse", "hidden_mse: full-sequence MSE on every student layer (the original's "
+                                       "'our implementation'); normalized_cls: Sun et al. 2019, normalised [CLS] "
+                                       "states of student layers 1..L_s-1, averaged as their released code",
+                         choices=("hidden_mse", "normalized_cls"))
+    pkd_strategy: str = flag("skip", "teacher layers: skip (j * L_t/L_s) or last (PKD-last: the top layers)",
+                             choices=("skip", "last"))
 
 
 class PKD(LayerwiseKD):

@@ -23,12 +23,14 @@ computes in fp32 (autocast off), whatever the input dtype or the surrounding aut
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from ..cli import TinyBertDistilFlags, TinyBertFlags
 from ..errors import UserError
+from ..settings import DistilFlags, flag
 from .layerwise import LayerwiseKD
 from .logits_kd import check_temperature, logits_kd_loss
 
@@ -216,6 +218,29 @@ def tinybert_layer_map(num_student_layers: int, num_teacher_layers: int) -> list
         raise UserError(f"TinyBERT maps student layer m to teacher layer m*N/M: the student's {m} layers exceed "
                         f"the teacher's {n}")
     return [-(-layer * n // m) for layer in range(1, m + 1)]
+
+
+@dataclass(frozen=True)
+class TinyBertFlags:
+    key: ClassVar[str] = "tinybert"
+    tinybert_stage: str = flag("intermediate", "TinyBERT's task-specific distillation stage: intermediate (attention-score "
+                                               "and hidden-state MSE of the mapped layers, embedding MSE; no prediction "
+                                               "loss) or prediction (soft cross-entropy with the teacher's logits, "
+                                               "from the intermediate stage's student: --student_ptrain_ver of its export)",
+                               choices=("intermediate", "prediction"))
+    tinybert_attention: str = flag("per_head", "per_head: attention-score MSE head by head (TinyBERT; equal head "
+                                               "counts); head_mean: MSE of the head-averaged score maps, for a student "
+                                               "whose head count differs from the teacher's (a deviation)",
+                                   choices=("per_head", "head_mean"))
+
+
+@dataclass(frozen=True)
+class TinyBertDistilFlags(DistilFlags):
+    """TinyBERT's prediction stage: the soft cross-entropy alone (its released code's defaults)."""
+
+    soft_weight: float = flag(1.0, "weight of TinyBERT's soft cross-entropy -softmax(t/T) . log_softmax(s/T) "
+                                   "(prediction stage)")
+    hard_weight: float = flag(0.0, "weight of the cross-entropy with the gold labels (prediction stage)")
 
 
 class TinyBERT(LayerwiseKD):

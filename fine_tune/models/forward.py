@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..methods.base import ModelOutputs
+from ..engine.protocol import ModelOutputs
 
 INPUT_KEYS = ("input_ids", "token_type_ids", "attention_mask")
 

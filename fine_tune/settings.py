@@ -1,0 +1,505 @@
+"""The settings every entry script composes: flag groups, typed and validated, and the parsed :class:`Flags`.
+
+Each group is a frozen dataclass: its fields are the flags (name, type, default, help), its ``key`` names it in
+the parsed :class:`Flags`, and its ``__post_init__`` refuses bad values with a one-line :class:`UserError`. A
+script's groups are one of the tuples below (``FINE_TUNE``, ``LAYERWISE``...), plus, for a layer-wise method,
+the groups of its own that live beside it in ``fine_tune/methods/`` (its registry entry's ``flag_groups``). The
+parsed :class:`Flags` hold one instance per group (``flags.optimiser.lr``), never mutated; a value resolved later
+(e.g. from the teacher's config) makes a new :class:`Flags` with :meth:`Flags.replace`. Every flag has one
+default, in its group; a script whose original had other defaults composes a subclass of the group that says so
+(``Layerwise*``).
+
+A leaf: this module knows no parser, no method and no engine (``fine_tune/cli.py`` builds the command line from
+these groups; ``OptimiserFlags.settings`` reaches the engine's optimiser description only when called).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .tasks.registry import TASKS
+from .errors import UserError
+
+FAMILY_NAMES = ("bert", "albert", "roberta", "distilbert", "electra", "deberta-v2")  # models/families.py
+TASK_NAMES = tuple(TASKS)  # --task: GLUE's and SuperGLUE's Hugging Face configuration names
+
+
+def flag(default: Any = None, help: str = "", **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+def _positive(group: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(group, name)
+        if value is not None and value <= 0:
+            raise UserError(f"--{name} must be positive, got {value}")
+
+
+def _non_negative(group: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(group, name)
+        if value is not None and value < 0:
+            raise UserError(f"--{name} must be >= 0, got {value}")
+
+
+def _adam(beta1: float, beta2: float, eps: float, prefix: str = "") -> None:
+    """What torch's AdamW would refuse (or silently mishandle), refused at parse time."""
+    for name, beta in (("beta1", beta1), ("beta2", beta2)):
+        if not 0.0 <= beta < 1.0:
+            raise UserError(f"--{prefix}{name} must lie in [0, 1), got {beta}")
+    if eps <= 0:
+        raise UserError(f"--{prefix}eps must be positive, got {eps}")
+
+
+def _check_adamw(group: Any, prefix: str = "") -> None:
+    """The checks of an AdamW group whose flags are ``--{prefix}lr``, ``beta1``, ``beta2``, ``eps``,
+    ``weight_decay``, ``max_norm``, ``total_step`` and ``warmup_step``: the student's (:class:`OptimiserFlags`, no
+    prefix) and LAD's gates' (``methods/lad.GateFlags``, ``gate_``). A schedule length left None (the gates'
+    default: the student's) is checked where it is resolved."""
+    _positive(group, f"{prefix}total_step", f"{prefix}lr")
+    _non_negative(group, f"{prefix}weight_decay")
+    _adam(getattr(group, f"{prefix}beta1"), getattr(group, f"{prefix}beta2"), getattr(group, f"{prefix}eps"), prefix)
+    _non_negative(group, f"{prefix}warmup_step")
+    total, warmup = getattr(group, f"{prefix}total_step"), getattr(group, f"{prefix}warmup_step")
+    if total is not None and warmup is not None and warmup > total:
+        raise UserError(f"--{prefix}warmup_step {warmup} exceeds --{prefix}total_step {total}")
+    _positive(group, f"{prefix}max_norm")
+
+
+SEED_RANGE = 2**63  # torch.manual_seed takes [-2^63, 2^64); the toolkit takes the non-negative part of both
+
+
+# -- what a run is ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExperimentFlags:
+    key: ClassVar[str] = "experiment"
+    experiment: str = flag(None, "experiment name; folder {experiment}_{model}_{task}", required=True)
+    model: str = flag("bert", "model family (Hugging Face model type)", choices=FAMILY_NAMES)
+    task: str = flag(None, "task: " + " ".join(TASK_NAMES) + ", or NAME for a task of your own, "
+                           "<data_root>/NAME/task.json (doc/methods.md)", required=True)
+    dataset: str = flag("train", "split (train/val/test for boolq, train/dev/test for qqp)")
+
+
+@dataclass(frozen=True)
+class LayerwiseExperimentFlags(ExperimentFlags):
+    dataset: str = flag(None, "training split (default: the teacher's)")
+
+
+@dataclass(frozen=True)
+class PredictionExperimentFlags(ExperimentFlags):
+    dataset: str = flag("test", "split to predict (train/val/test for boolq, train/dev/test for qqp)")
+
+
+@dataclass(frozen=True)
+class PathFlags:
+    key: ClassVar[str] = "paths"
+    data_root: str = flag(None, "data root (default: env FT_DATA_ROOT, else <repo>/data/fine_tune)")
+    exp_root: str = flag(None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)")
+    max_examples: int = flag(None, "use only the first N rows of the split (smoke runs, tests)")
+    overwrite: bool = flag(False, "replace an existing experiment (or logits data set) with a different config")
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_examples")
+
+
+@dataclass(frozen=True)
+class DeviceFlags:
+    key: ClassVar[str] = "device"
+    device_id: int = flag(None, "CUDA device index; -1 = CPU (2021-era flag)")
+    num_gpu: int = flag(None, "number of GPUs; 0 = CPU, >=1 = cuda:0 (2020-era flag)")
+    amp: bool = flag(False, "mixed precision: fp16 autocast + GradScaler on CUDA (bf16 with --amp_dtype bf16); "
+                     "on CPU bf16 when the processor has native bf16, else fp32 with a warning")
+    amp_dtype: str = flag("fp16", "autocast dtype on CUDA", choices=("fp16", "bf16"))
+
+
+# -- training ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClassifierFlags:
+    key: ClassVar[str] = "classifier"
+    num_class: int = flag(None, "number of classes (default: the task's, e.g. 3 for mnli and cb; 1: regression, "
+                                "as stsb)")
+    dropout: float = flag(0.1, "dropout of encoder (hidden and attention) and classifier head")
+
+    def __post_init__(self) -> None:
+        if self.num_class is not None and self.num_class < 1:
+            raise UserError(f"--num_class must be at least 1 (1: regression), got {self.num_class}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"--dropout must lie in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class DistilClassifierFlags(ClassifierFlags):
+    num_class: int = flag(None, "number of classes (default: the logits data set's)")
+
+
+@dataclass(frozen=True)
+class LayerwiseClassifierFlags(ClassifierFlags):
+    num_class: int = flag(None, "number of classes (default: the teacher's)")
+
+
+@dataclass(frozen=True)
+class OptimiserFlags:
+    """The student's AdamW, schedule and clipping (:class:`fine_tune.engine.optim.OptimiserSettings`)."""
+
+    key: ClassVar[str] = "optimiser"
+    lr: float = flag(3e-5, "peak learning rate")
+    beta1: float = flag(0.9, "AdamW beta1")
+    beta2: float = flag(0.999, "AdamW beta2")
+    eps: float = flag(1e-8, "AdamW epsilon")
+    weight_decay: float = flag(0.01, "AdamW weight decay (not on names containing 'bias' or 'LayerNorm.weight')")
+    max_norm: float = flag(1.0, "gradient clipping norm")
+    total_step: int = flag(50000, "number of optimizer steps")
+    warmup_step: int = flag(10000, "linear warmup steps, then linear decay to 0 at total_step")
+
+    def __post_init__(self) -> None:
+        _check_adamw(self)
+
+    def settings(self):
+        from .engine.optim import OptimiserSettings  # when called: settings imports no engine module
+
+        return OptimiserSettings(lr=self.lr, total_step=self.total_step, warmup_step=self.warmup_step,
+                                 beta1=self.beta1, beta2=self.beta2, eps=self.eps, weight_decay=self.weight_decay,
+                                 max_norm=self.max_norm)
+
+
+@dataclass(frozen=True)
+class BatchingFlags:
+    key: ClassVar[str] = "batching"
+    batch_size: int = flag(32, "effective batch size per optimizer step")
+    accum_step: int = flag(1, "micro-batches per optimizer step (each forward sees batch_size // accum_step)")
+    max_seq_len: int = flag(512, "maximum tokens per (text, text_pair)")
+    padding: str = flag("dynamic", "pad each batch to its longest member (dynamic) or to max_seq_len (max_length)",
+                        choices=("dynamic", "max_length"))
+    group_by_length: bool = flag(False, "length-grouped micro-batches: each epoch's shuffle is cut into mega-batches "
+                                        "of 50 micro-batches, each sorted by length, and the micro-batches shuffled, "
+                                        "so dynamic padding pads little. Changes the training order and so the "
+                                        "trajectory: off by default to stay faithful to the original")
+
+    def __post_init__(self) -> None:
+        _positive(self, "batch_size", "accum_step", "max_seq_len")
+        if self.batch_size % self.accum_step:
+            raise UserError(f"--batch_size {self.batch_size} is not divisible by --accum_step {self.accum_step}")
+
+
+@dataclass(frozen=True)
+class LayerwiseBatchingFlags(BatchingFlags):
+    max_seq_len: int = flag(None, "maximum tokens per (text, text_pair) (default: the teacher's)")
+    padding: str = flag("max_length", "max_length: every batch padded to max_seq_len, the original (hidden MSE over "
+                                      "padding positions too, LAD's gate LayerNorm over [max_seq_len, D]); dynamic: "
+                                      "each batch padded to its longest member, faster, with hidden losses masked to "
+                                      "the real tokens and a masked gate LayerNorm; changes results (doc/methods.md)",
+                        choices=("dynamic", "max_length"))
+
+
+@dataclass(frozen=True)
+class RunFlags:
+    key: ClassVar[str] = "run"
+    seed: int = flag(42, "random seed (Python, NumPy, torch)")
+    ckpt_step: int = flag(1000, "save model-{step}.pt every N optimizer steps (and at the end)")
+    log_step: int = flag(500, "TensorBoard scalars every N optimizer steps")
+    save_total_limit: int = flag(None, "keep only the newest K checkpoints (default: keep all, as the original); "
+                                       "with --eval_dataset the best checkpoint on the task's main metric is kept too")
+    eval_dataset: str = flag(None, "evaluate the student on this labelled split while training (default: no "
+                                   "evaluation during training, as the original: run_fine_tune_eval.py afterwards)")
+    eval_step: int = flag(None, "with --eval_dataset: evaluate every N optimizer steps (default: at each checkpoint "
+                                "only); every checkpoint is evaluated too")
+    eval_batch_size: int = flag(128, "rows per forward pass of the evaluation during training")
+    early_stop_patience: int = flag(None, "with --eval_dataset: stop after P evaluations without a better main metric "
+                                          "(default: never stop early)")
+
+    def __post_init__(self) -> None:
+        _positive(self, "ckpt_step", "log_step", "save_total_limit", "eval_step", "eval_batch_size",
+                  "early_stop_patience")
+        for name in ("eval_step", "early_stop_patience"):
+            if getattr(self, name) is not None and not self.eval_dataset:
+                raise UserError(f"--{name} needs --eval_dataset (the split to evaluate on)")
+        if not 0 <= self.seed < SEED_RANGE:
+            raise UserError(f"--seed must lie in [0, 2^63), got {self.seed}")
+
+
+@dataclass(frozen=True)
+class SpeedFlags:
+    """How fast the same model trains; changes float rounding only (doc/performance.md)."""
+
+    key: ClassVar[str] = "speed"
+    padding_free: str = flag("auto", "auto: BERT's position-wise layers run on the real tokens only, and attention "
+                                     "in buckets of similar lengths, wherever no loss looks at padding positions "
+                                     "(fine-tuning, logits KD, layer-wise losses under --padding dynamic), and the "
+                                     "same layers over the padded grid elsewhere; cheaper dropout masks on CPU: the "
+                                     "same model, fewer FLOPs; off: Hugging Face's padded forward",
+                             choices=("auto", "off"))
+    compile: bool = flag(False, "torch.compile the student's (and the teacher's) forward; whether it pays depends on "
+                                "the machine and the run's length (doc/performance.md). Float-rounding changes only")
+
+
+@dataclass(frozen=True)
+class PretrainedFlags:
+    key: ClassVar[str] = "pretrained"
+    ptrain_ver: str = flag(None, "pretrained model: a Hugging Face hub name or a local folder", required=True)
+
+
+@dataclass(frozen=True)
+class StudentFlags:
+    key: ClassVar[str] = "student"
+    d_model: int = flag(768, "student hidden size")
+    d_ff: int = flag(3072, "student feed-forward size")
+    d_emb: int = flag(128, "student embedding size (ALBERT only)")
+    num_attention_heads: int = flag(16, "student attention heads")
+    num_hidden_layers: int = flag(6, "student layers")
+    type_vocab_size: int = flag(2, "student token type vocabulary")
+    init_start: int = flag(None, "initialise student layers from the teacher's pretrained layers "
+                                 "range(init_start, init_end + 1, init_step), 1-based (off unless given)")
+    init_end: int = flag(None, "last teacher layer (inclusive) for --init_start")
+    init_step: int = flag(1, "teacher layer step for --init_start")
+    init_attn_only: bool = flag(False, "with --init_start: copy only the self-attention weights (the original's 'attn_W only')")
+    init_embeddings: bool = flag(False, "with the layer initialisation: also copy the pretrained teacher's embeddings "
+                                        "(the original leaves them random; needs the teacher's widths)")
+    student_ptrain_ver: str = flag(None, "a pretrained student (Hugging Face folder or hub name, of --model's family) "
+                                         "instead of one built from --d_model/--d_ff/--num_attention_heads/"
+                                         "--num_hidden_layers: its widths, layers and weights, a new head; of another "
+                                         "width than the teacher's, hidden losses go through a learned projection")
+
+    def __post_init__(self) -> None:
+        _positive(self, "d_model", "d_ff", "num_attention_heads", "num_hidden_layers", "type_vocab_size", "d_emb")
+        if self.d_model % self.num_attention_heads:
+            raise UserError(f"--d_model {self.d_model} is not divisible by --num_attention_heads {self.num_attention_heads}")
+        if (self.init_start is None) != (self.init_end is None):
+            raise UserError("--init_start and --init_end go together")
+        if self.student_ptrain_ver is not None and (self.init_start is not None or self.init_embeddings):
+            raise UserError("--init_start/--init_embeddings copy pretrained teacher layers into a student built from "
+                            "flags; a --student_ptrain_ver student brings its own weights: give one or the other")
+
+
+@dataclass(frozen=True)
+class DistilFlags:
+    key: ClassVar[str] = "distil"
+    softmax_temp: float = flag(1.0, "temperature T of the soft loss")
+    soft_weight: float = flag(1.0, "weight of T^2 * KL(teacher || student)")
+    hard_weight: float = flag(1.0, "weight of the cross-entropy with the gold labels")
+
+    def __post_init__(self) -> None:
+        _positive(self, "softmax_temp")
+        _non_negative(self, "soft_weight", "hard_weight")
+
+
+@dataclass(frozen=True)
+class LayerwiseDistilFlags(DistilFlags):
+    soft_weight: float = flag(0.2, "weight of T^2 * KL(teacher || student)")
+    hard_weight: float = flag(0.8, "weight of the cross-entropy with the gold labels")
+
+
+# -- online distillation -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TeacherFlags:
+    key: ClassVar[str] = "teacher"
+    teacher_exp: str = flag(None, "fine-tuned teacher experiment (folder {teacher_exp}_{tmodel}_{task}); or --teacher_hf")
+    tmodel: str = flag("bert", "teacher model family", choices=FAMILY_NAMES)
+    tckpt: int = flag(None, "teacher checkpoint step (model-{tckpt}.pt), with --teacher_exp")
+    teacher_hf: str = flag(None, "a teacher fine-tuned elsewhere: a Hugging Face sequence-classification folder or hub "
+                                 "name (instead of --teacher_exp/--tckpt); its id2label must name the task's labels "
+                                 "(or --teacher_label_map); give --max_seq_len")
+    teacher_label_map: str = flag(None, "with --teacher_hf: the teacher's output index of each of the task's labels, in "
+                                        "the task's order, comma-separated (e.g. 2,1,0)")
+    tdevice_id: int = flag(None, "teacher's CUDA device index; -1 = CPU (default: the student's device); under "
+                                 "torchrun relative to each rank: k means cuda:(LOCAL_RANK + k * processes per node)")
+
+    def __post_init__(self) -> None:
+        if self.teacher_hf is not None and (self.teacher_exp is not None or self.tckpt is not None):
+            raise UserError("--teacher_hf names the teacher: give it instead of --teacher_exp/--tckpt, not with them")
+        if self.teacher_hf is None and (self.teacher_exp is None or self.tckpt is None):
+            raise UserError("the teacher: give --teacher_exp and --tckpt (a teacher fine-tuned by this toolkit) or "
+                            "--teacher_hf (a fine-tuned Hugging Face model)")
+        if self.teacher_label_map is not None and self.teacher_hf is None:
+            raise UserError("--teacher_label_map maps the outputs of a --teacher_hf teacher; a toolkit teacher has the "
+                            "task's labels")
+
+
+@dataclass(frozen=True)
+class LayerwiseFlags:
+    key: ClassVar[str] = "layerwise"
+    mu: float = flag(1.0, "weight of the hidden-state loss, mu * sum_j MSE_j / L_s (0: online logits KD only)")
+    init_uncovered: bool = flag(False, "partial LAD: also initialise the student layers not covered by "
+                                       "--gate_indices (the original leaves them random)")
+    map_examples: int = flag(64, "dev examples averaged for the layer-contribution heat-map at each checkpoint "
+                                 "(0: no map)")
+
+    def __post_init__(self) -> None:
+        if self.mu < 0:
+            raise UserError(f"--mu must be >= 0, got {self.mu}")
+        if self.map_examples < 0:
+            raise UserError(f"--map_examples must be >= 0, got {self.map_examples}")
+
+
+# -- using a trained experiment ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InferenceFlags:
+    key: ClassVar[str] = "inference"
+    batch_size: int = flag(128, "evaluation batch size")
+
+    def __post_init__(self) -> None:
+        _positive(self, "batch_size")
+
+
+@dataclass(frozen=True)
+class SweepFlags:
+    key: ClassVar[str] = "sweep"
+    ckpt: int = flag(0, "first checkpoint step to evaluate (all later ones too)")
+    save_predictions: bool = flag(False, "write per-example probabilities and predictions for every checkpoint")
+
+
+@dataclass(frozen=True)
+class CheckpointFlags:
+    key: ClassVar[str] = "checkpoint"
+    ckpt: str = flag(None, "checkpoint: a step, 'last' (the newest checkpoint; the default) or 'best' (best "
+                           "accuracy on --select_on, from run_fine_tune_eval.py's evaluation of that split)")
+    select_on: str = flag(None, "split whose evaluation chooses --ckpt best (default: val for boolq, dev for qqp)")
+
+
+@dataclass(frozen=True)
+class ForeignTeacherFlags:
+    """``run_fine_tune_gen_logits.py`` from a teacher fine-tuned elsewhere."""
+
+    key: ClassVar[str] = "foreign"
+    teacher_hf: str = flag(None, "write the logits of a fine-tuned Hugging Face sequence classifier (folder or hub "
+                                 "name, of --model's family) instead of an experiment's checkpoint; the data set is "
+                                 "named {experiment}_{model}_{task}; give --max_seq_len")
+    teacher_label_map: str = flag(None, "with --teacher_hf: the teacher's output index of each of the task's labels, "
+                                        "in the task's order, comma-separated (e.g. 2,1,0)")
+    max_seq_len: int = flag(None, "with --teacher_hf: maximum tokens per (text, text_pair)")
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_seq_len")
+        if self.teacher_hf is None and (self.teacher_label_map is not None or self.max_seq_len is not None):
+            raise UserError("--teacher_label_map and --max_seq_len go with --teacher_hf (an experiment's checkpoint "
+                            "brings its own labels and max_seq_len)")
+        if self.teacher_hf is not None and self.max_seq_len is None:
+            raise UserError(f"--teacher_hf {self.teacher_hf!r}: give --max_seq_len (a teacher fine-tuned elsewhere "
+                            f"records none)")
+
+
+@dataclass(frozen=True)
+class ExportFlags:
+    key: ClassVar[str] = "export"
+    out: str = flag(None, "output folder (default: <experiment folder>/hf-model-<step>, or onnx-model-<step> with "
+                          "--format onnx)")
+    format: str = flag("hf", "hf: a Hugging Face model folder (the default); onnx: an ONNX model (dynamic batch and "
+                             "sequence axes) checked against PyTorch's logits on the task's dev rows",
+                       choices=("hf", "onnx"))
+    quantize: str = flag(None, "with --format onnx: also write an ONNX Runtime dynamically quantized model "
+                               "(int8), with its dev accuracy next to the fp32 one", choices=("int8",))
+
+    def __post_init__(self) -> None:
+        if self.quantize and self.format != "onnx":
+            raise UserError(f"--quantize {self.quantize} needs --format onnx")
+
+
+@dataclass(frozen=True)
+class ResultsFlags:
+    key: ClassVar[str] = "results"
+    task: str = flag(None, "task: " + " ".join(TASK_NAMES) + ", or NAME for a task of your own, "
+                           "<data_root>/NAME/task.json", required=True)
+    exp_root: str = flag(None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)")
+    data_root: str = flag(None, "data root, where tasks of your own are defined (default: env FT_DATA_ROOT, else "
+                                "<repo>/data/fine_tune)")
+    experiments: str = flag(None, "comma-separated globs of experiment folders or names (default: every evaluated one)")
+    splits: str = flag(None, "comma-separated reported splits (default: every evaluated labelled split)")
+    rule: str = flag("best", "checkpoint rule: best (best on --select_on, by default on the reported split itself: "
+                             "the original's rule) or last", choices=("best", "last"))
+    select_on: str = flag(None, "split that chooses the checkpoint for every reported split (e.g. val / dev)")
+    compare: tuple = flag(None, "two experiment folders A B: paired bootstrap of their accuracy difference", nargs=2)
+    compare_split: str = flag(None, "split of --compare (default: val for boolq, dev for qqp)")
+    resamples: int = flag(10000, "bootstrap resamples")
+    bootstrap_seed: int = flag(0, "bootstrap random seed")
+    out: str = flag(None, "markdown file to write (default: <exp_root>/results-<task>.md); the CSV and JSON of the "
+                          "same table are written beside it (.csv, .json)")
+    commands: bool = flag(False, "also print each row's exact command (each run's, from its config.json)")
+    plot: bool = flag(False, "also draw the students' main metric against parameters and against inference "
+                             "examples/s (teacher and Pareto front marked) as <out>-pareto.png, its data as .json")
+    curves: str = flag(None, "comma-separated globs of experiments whose learning curves (loss and evaluation metric "
+                             "vs step, from their TensorBoard logs) to draw as <out>-curves.png, its data as .json")
+
+    def __post_init__(self) -> None:
+        _positive(self, "resamples")
+        if not 0 <= self.bootstrap_seed < 2**32:
+            raise UserError(f"--bootstrap_seed must lie in [0, 2^32), got {self.bootstrap_seed}")
+
+
+@dataclass(frozen=True)
+class SubmissionFlags:
+    key: ClassVar[str] = "submission"
+    benchmark: str = flag(None, "the benchmark whose server takes the zip", required=True, choices=("glue", "superglue"))
+    exp_root: str = flag(None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)")
+    use: tuple = flag(None, "TASK=EXPERIMENT_FOLDER: take that task's file from this experiment (default: the "
+                            "experiment holding it with the best main metric on the task's dev split)", nargs="+")
+    out: str = flag(None, "the zip to write (default: <exp_root>/<benchmark>-submission.zip)")
+
+
+# Training scripts' groups (their union of fields is config.json's record)
+TRAINING = (ClassifierFlags, OptimiserFlags, BatchingFlags, RunFlags, SpeedFlags, DeviceFlags, PathFlags)
+FINE_TUNE = (ExperimentFlags, PretrainedFlags, *TRAINING)
+OFFLINE_DISTILL = (ExperimentFlags, StudentFlags, DistilFlags, DistilClassifierFlags, *TRAINING[1:])
+LAYERWISE = (LayerwiseExperimentFlags, TeacherFlags, StudentFlags, LayerwiseDistilFlags, LayerwiseFlags,
+             LayerwiseClassifierFlags, OptimiserFlags, LayerwiseBatchingFlags, RunFlags, SpeedFlags, DeviceFlags,
+             PathFlags)
+# Scripts that use a trained experiment
+EVAL = (ExperimentFlags, SweepFlags, InferenceFlags, DeviceFlags, PathFlags)
+GEN_LOGITS = (ExperimentFlags, CheckpointFlags, ForeignTeacherFlags, InferenceFlags, DeviceFlags, PathFlags)
+PREDICT = (PredictionExperimentFlags, CheckpointFlags, InferenceFlags, DeviceFlags, PathFlags)
+EXPORT = (ExperimentFlags, CheckpointFlags, ExportFlags, PathFlags)
+
+
+class Flags:
+    """The parsed flags of one script: one frozen group instance per group key (``flags.optimiser``)."""
+
+    def __init__(self, groups: dict[str, Any]):
+        object.__setattr__(self, "_groups", dict(groups))
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._groups[key]
+        except KeyError:
+            raise AttributeError(f"no flag group {key!r} (groups: {', '.join(self._groups)})") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("Flags are read-only: make a new one with replace()")
+
+    def has(self, key: str) -> bool:
+        return key in self._groups
+
+    def replace(self, **changes: Any) -> "Flags":
+        """A new :class:`Flags` with fields of groups changed: ``replace(batching={"max_seq_len": 128})``."""
+        groups = dict(self._groups)
+        for key, fields in changes.items():
+            groups[key] = dataclasses.replace(groups[key], **fields)
+        return Flags(groups)
+
+    def record(self) -> dict[str, Any]:
+        """Every flag by name, flat: the fields of ``config.json``."""
+        out: dict[str, Any] = {}
+        for group in self._groups.values():
+            for f in dataclasses.fields(group):
+                out[f.name] = getattr(group, f.name)
+        return out
+
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Not flags: where the flags of a run started with ``--config`` came from, in its ``Flags`` (key ``rerun``) so
+    that ``Flags.record()`` and so its config.json hold them (config.RERUN_FIELDS, runtime fields)."""
+
+    key: ClassVar[str] = "rerun"
+    config_from: str  # the config file, absolute
+    overrides: dict  # flags given on the command line whose value differs from the file's
+
+
+# A run's own config.json read by a script that trains nothing (evaluation, logits, predictions, export, tables):
+# the fields that name the experiment and where and how it runs; the run's other flags (its training split,
+# batch size, max_seq_len...) mean something else there. Fields no training run records fill such a script's
+# flags of the same name (a config.json written by hand).
+IDENTITY_FIELDS = frozenset({"experiment", "model", "task", "data_root", "exp_root", "device_id", "num_gpu", "amp",
+                             "amp_dtype"})
+# An instruction to one invocation, never taken from a file: give it on the command line.
+NOT_FROM_CONFIG = frozenset({"overwrite"})
