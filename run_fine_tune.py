@@ -14,9 +14,10 @@ from fine_tune.settings import FINE_TUNE
 
 def main(argv=None):
     flags = parse_flags("run_fine_tune.py", __doc__.splitlines()[0], FINE_TUNE, argv)
-    from fine_tune.workflows.fine_tune import run_fine_tune
+    from fine_tune.plan.training import plan_fine_tune
+    from fine_tune.run import run
 
-    run_fine_tune(flags)
+    run(plan_fine_tune(flags))
 
 
 if __name__ == "__main__":

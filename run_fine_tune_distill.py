@@ -16,9 +16,10 @@ from fine_tune.settings import OFFLINE_DISTILL
 
 def main(argv=None):
     flags = parse_flags("run_fine_tune_distill.py", __doc__.splitlines()[0], OFFLINE_DISTILL, argv)
-    from fine_tune.workflows.offline_distill import run_offline_distill
+    from fine_tune.plan.training import plan_offline_distill
+    from fine_tune.run import run
 
-    run_offline_distill(flags)
+    run(plan_offline_distill(flags))
 
 
 if __name__ == "__main__":

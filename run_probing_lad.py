@@ -14,9 +14,10 @@ from fine_tune.cli import parse_layerwise, run_main
 
 def main(argv=None):
     flags = parse_layerwise("run_probing_lad.py", __doc__.splitlines()[0], "partial_lad", argv)
-    from fine_tune.workflows.online_distill import run_online_distill
+    from fine_tune.plan.training import plan_online_distill
+    from fine_tune.run import run
 
-    run_online_distill(flags, "partial_lad")
+    run(plan_online_distill(flags, "partial_lad"))
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ def worker_toolkit(args, contender: str, t0: float) -> dict:
                              log_step=args.steps, seed=SEED, tag_prefix="qqp/train/bert")
     forwards = training_forwards(student, teacher, enabled=True, ignores_padding=method.ignores_padding,
                                  device_type=device.type, record_attention=method.reads_attention)
-    if forwards.takes_layout:  # as fine_tune.workflows.training: the packing built on the host, once per batch
+    if forwards.takes_layout:  # as fine_tune.run.training: the packing built on the host, once per batch
         collator.layout = forwards.layout
     collator.pin_memory = device.type == "cuda"
     stamps = Stamps(args)

@@ -60,7 +60,7 @@ CONTENDERS = ("toolkit", "toolkit_fast", "toolkit_padded", "trainer", "trainer_g
 
 def worker_toolkit(args, t0: float, *, group_by_length: bool = False, padding: str = "dynamic",
                    count_flops: bool = False, name: str = "toolkit", padding_free: bool = True) -> dict:
-    """The toolkit's public engine, exactly as ``run_fine_tune.py`` drives it (fine_tune.workflows.training) with
+    """The toolkit's public engine, exactly as ``run_fine_tune.py`` drives it (fine_tune.run.training) with
     its default flags (dynamic padding, ``--padding_free auto``: BERT's position-wise layers on the real tokens
     only); ``group_by_length``: plus its fastest data option (``--group_by_length``)."""
     from fine_tune.batching import Collator, tokenize

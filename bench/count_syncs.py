@@ -6,7 +6,7 @@
 Each contender trains a tiny random BERT (teacher 4 layers, student 2, hidden 32) on the synthetic QQP rows for
 ``--steps`` optimizer steps (fp32; the fp16 row with a GradScaler, which this engine builds on any device for
 fp16 autocast) through the toolkit's engine exactly as the scripts wire it (the training forward of
-models/padding_free.training_forwards, the collator of workflows/training), with
+models/padding_free.training_forwards, the collator of run/training), with
 fine_tune.engine.syncs.SyncCounter active; the logging step, the finiteness check and the checkpoint at the end
 (which read values on purpose) are left out. A sync is a call that makes the host wait for the device: a tensor
 turned into a Python number or list, ``bool()`` of a tensor, ``nonzero``, ``torch.equal``... (see

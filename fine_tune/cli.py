@@ -30,6 +30,41 @@ def parse_layerwise(prog: str, description: str, method: str, argv: Sequence[str
     return parse_flags(prog, description, (*(g for g in LAYERWISE if g.key not in keys), *own), argv)
 
 
+def parse_distil(prog: str, description: str, argv: Sequence[str] | None = None) -> tuple[str, Flags]:
+    """``run_distil.py --method NAME ...``: the method named by ``--method`` (or by the ``method`` field of
+    ``--config FILE``, a run's config.json), and the flags of its layer-wise script (:func:`parse_layerwise`)."""
+    import json
+
+    from .methods.registry import METHODS
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    online = [name for name, cls in METHODS.items() if cls.online]
+    pick = argparse.ArgumentParser(prog=prog, add_help=False)
+    pick.add_argument("--method")
+    pick.add_argument("--config")
+    pick.add_argument("-h", "--help", action="store_true")
+    try:
+        given, _ = pick.parse_known_args(argv)
+    except SystemExit:
+        given = argparse.Namespace(method=None, config=None, help=False)
+    name = given.method
+    if name is None and given.config is not None:
+        record = read_config(given.config)
+        name = record.get("method") if isinstance(record.get("method"), str) else None
+    if name is None:
+        if given.help:
+            sys.stdout.write(f"usage: {prog} --method METHOD [flags of the method's script]\n\n{description}\n\n"
+                             f"methods: {', '.join(online)}; `{prog} --method METHOD --help` lists its flags\n")
+            raise SystemExit(0)
+        _Parser(prog=prog).error(f"--method is required (one of {', '.join(online)})")
+    if name not in online:
+        _Parser(prog=prog).error(f"--method {json.dumps(name)}: not a distillation method; methods: "
+                                 f"{', '.join(online)}")
+    rest = [a for i, a in enumerate(argv) if not (a == "--method" or a.startswith("--method=")
+                                                 or (i and argv[i - 1] == "--method"))]
+    return name, parse_layerwise(prog, description, name, rest)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
         sys.stderr.write(f"error: {self.prog}: {message} (see --help)\n")

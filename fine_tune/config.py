@@ -44,7 +44,7 @@ LEGACY_FIELDS: dict[str, Any] = {
 
 
 # Fields config.json holds besides the flags: what a workflow resolves on the way (from the teacher, the logits
-# data set, a task of your own: workflows/*.py, start.py) and what a method adds (Method.record()). --config
+# data set, a task of your own: plan/training.py) and what a method adds (Method.record()). --config
 # takes none of them but a script's own flag of that name (ptrain_ver): a re-issued run resolves them again;
 # tests/test_config_rerun.py checks that runs record no others.
 RESOLVED_FIELDS = frozenset({"task_definition", "ptrain_ver", "teacher_experiment", "teacher_checkpoint",

@@ -4,7 +4,7 @@ The lock is ``flock`` on the folder's own file descriptor, so it needs no lock f
 when the process ends however it ends: a killed run never leaves a stale lock. Beside it the holder writes
 ``.writer.json`` (pid, host, command, since when) so that a second writer's error names it; that file is only
 information, never trusted as the lock. Readers (evaluation, results tables) take no lock and are never blocked.
-Under torchrun rank 0 takes it (the workflows decide and write on rank 0).
+Under torchrun rank 0 takes it (the run decides and writes on rank 0).
 """
 
 from __future__ import annotations

@@ -143,12 +143,16 @@ def test_bad_config_is_one_line_and_writes_nothing(roots, tmp_path, tiny_bert, c
 
 
 def _recorded_names() -> set[str]:
-    """Every field name the workflows add to ``flags.record()`` and every ``Method.record()`` key, read from the
-    source: ``dict(<...>.record() or record, name=...)``, ``record["name"] = ...``, ``def record(): return {...}``."""
+    """Every field name the planners add to ``flags.record()`` and every ``Method.record()`` key, read from the
+    source: ``dict(<...>.record() or record, name=...)``, ``_record(flags, task, name=...)`` (the planners'),
+    ``record["name"] = ...``, ``def record(): return {...}``."""
     names: set[str] = set()
-    for path in (*(REPO / "fine_tune" / "workflows").glob("*.py"), *(REPO / "fine_tune" / "methods").glob("*.py")):
+    for path in (*(REPO / "fine_tune" / "plan").glob("*.py"), *(REPO / "fine_tune" / "run").glob("*.py"),
+                 *(REPO / "fine_tune" / "methods").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "dict" and node.args:
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_record":
+                names |= {k.arg for k in node.keywords if k.arg}
+            elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "dict" and node.args:
                 first = node.args[0]
                 if (isinstance(first, ast.Name) and first.id == "record") or (
                         isinstance(first, ast.Call) and getattr(first.func, "attr", None) == "record"):
@@ -174,6 +178,6 @@ def test_every_recorded_field_is_known_to_config():
 
     names = _recorded_names()
     assert {"teacher_label_order", "hidden_mapping", "tinybert_layers", "gate_no_decay", "task_definition",
-            "provenance", "logits_split"} <= names  # the scan sees the workflows' and the methods' records
+            "provenance", "logits_split"} <= names  # the scan sees the planners' and the methods' records
     flags = {f.name for g in cli._all_flag_groups() for f in dataclasses.fields(g)}
     assert names - flags - cfg.recorded_fields() == set()

@@ -565,7 +565,7 @@ def test_every_layerwise_method_from_its_flags_matches_its_equation(case, paddin
     assert parts["logits_loss"].item() == pytest.approx(logits, rel=1e-5)
     assert parts["loss"].item() == pytest.approx(logits + hidden, rel=1e-4)
     expected_map = ref_layer_map(case, method, st, te, mask, padding == "dynamic")
-    with torch.no_grad():  # as the heat-map writer calls it (workflows/layer_map.py)
+    with torch.no_grad():  # as the heat-map writer calls it (run/layer_map.py)
         got_map = method.layer_map(st, te)
     if expected_map is None:
         assert got_map is None

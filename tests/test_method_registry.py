@@ -38,7 +38,7 @@ def test_each_layerwise_script_runs_its_registered_method(script):
     source = (REPO / script).read_text(encoding="utf-8")
     name = SCRIPTS[script]
     assert f'parse_layerwise("{script}", __doc__.splitlines()[0], "{name}", argv)' in source
-    assert f'run_online_distill(flags, "{name}")' in source
+    assert f'run(plan_online_distill(flags, "{name}"))' in source
     # the script's flags are the layer-wise groups plus the method's own
     argv = ["--experiment", "x", "--task", "qqp", *TEACHER]
     if name == "partial_lad":
@@ -50,6 +50,50 @@ def test_each_layerwise_script_runs_its_registered_method(script):
                                                           "device", "paths", "gate", "probing", "alp", "pkd",
                                                           "tinybert", "minilm")
                                               if flags.has(k)}
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_run_distil_takes_each_scripts_flags_and_defaults(script, run):
+    """``run_distil.py --method NAME`` is NAME's script: the same flags with the same defaults (its --help differs
+    in the program name and the description only), the same parsed values, the same one-line errors."""
+    from fine_tune.cli import parse_distil
+
+    name = SCRIPTS[script]
+    argv = ["--experiment", "x", "--task", "qqp", *TEACHER, "--mu", "2.5", "--seed", "3"]
+    if name == "partial_lad":
+        argv += ["--probing_exp", "partial_lad"]
+    method, flags = parse_distil("run_distil.py", "", ["--method", name, *argv])
+    assert method == name and flags.record() == parse_layerwise(script, "", name, argv).record()
+    assert parse_distil("run_distil.py", "", [*argv, f"--method={name}"])[1].record() == flags.record()
+
+    def usage(*args):
+        proc = run(*args, "--help", check=False)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout[proc.stdout.index("options:"):]
+
+    assert usage("run_distil.py", "--method", name) == usage(script)
+    bad = run("run_distil.py", "--method", name, *argv, "--batch_size", "0", check=False)
+    assert bad.returncode == 2 and bad.stderr == run(script, *argv, "--batch_size", "0", check=False).stderr
+
+
+def test_run_distil_trains_what_the_method_script_trains(run, teacher, exp_root):  # noqa: F811
+    argv = ["--model", "bert", "--task", "qqp", *TEACHER, *TINY, "--num_hidden_layers", "2", "--total_step", "3",
+            "--warmup_step", "1", "--ckpt_step", "3", "--batch_size", "8", "--mu", "2.5", "--seed", "5"]
+    run("run_lad_distil.py", "--experiment", "script", *argv)
+    run("run_distil.py", "--method", "lad", "--experiment", "entry", *argv)
+    a = torch.load(exp_root / "script_bert_qqp" / "model-3.pt", map_location="cpu", weights_only=True)
+    b = torch.load(exp_root / "entry_bert_qqp" / "model-3.pt", map_location="cpu", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    runs = [json.loads((exp_root / f"{n}_bert_qqp" / "config.json").read_text()) for n in ("script", "entry")]
+    assert runs[1]["method"] == "lad" and {k: v for k, v in runs[0].items() if k not in ("experiment", "provenance")} \
+        == {k: v for k, v in runs[1].items() if k not in ("experiment", "provenance")}
+    # its config.json re-issues it through the same entry: the method is read from the file
+    proc = run("run_distil.py", "--config", str(exp_root / "entry_bert_qqp" / "config.json"))
+    assert "already finished" in proc.stdout
+    for argv_, message in ((["--experiment", "x"], "--method is required (one of lad, lad_no, partial_lad"),
+                           (["--method", "fine_tune"], '--method "fine_tune": not a distillation method')):
+        proc = run("run_distil.py", *argv_, check=False)
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.splitlines()) == 1
 
 
 def walkthrough_code() -> str:
@@ -69,12 +113,13 @@ def test_the_docs_new_method_trains_through_the_engine(teacher, data_root, exp_r
     monkeypatch.setitem(REGISTRY, "cosine", cosine)
     assert get_method("cosine") is cosine
 
-    from fine_tune.workflows.online_distill import run_online_distill
+    from fine_tune.plan.training import plan_online_distill
+    from fine_tune.run import run
 
     argv = ["--experiment", "cos", "--model", "bert", "--task", "qqp", *TEACHER, *TINY, "--num_hidden_layers", "4",
             "--total_step", "2", "--warmup_step", "0", "--ckpt_step", "2", "--log_step", "1", "--batch_size", "8",
             "--mu", "3", "--data_root", str(data_root), "--exp_root", str(exp_root)]
-    run_online_distill(parse_layerwise("run_cosine_distil.py", "", "cosine", argv), "cosine")
+    run(plan_online_distill(parse_layerwise("run_cosine_distil.py", "", "cosine", argv), "cosine"))
     folder = exp_root / "cos_bert_qqp"
     config = json.loads((folder / "config.json").read_text())
     assert config["method"] == "cosine" and config["hidden_mapping"] == "S1<-T3, S2<-T6, S3<-T9, S4<-T12"

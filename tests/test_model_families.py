@@ -371,7 +371,7 @@ def test_layer_maps_of_a_student_whose_layers_do_not_divide_the_teachers():
     assert [ALPKD(4, 6, 1, 1, 1, 1, mode="alp-kd-hidden-v2").visible(j) for j in range(1, 5)] == [2, 3, 5, None]
     assert TinyBERT(4, 6, 0, 1, 1, 1).teacher_layers == [2, 3, 5, 6]
     with pytest.raises(UserError, match="not a multiple"):
-        from fine_tune.workflows.online_distill import check_shapes
+        from fine_tune.plan.training import check_shapes
 
         check_shapes(types_flags(4), TeacherShape(6, 8), LADNO)
     check_shapes(types_flags(4), TeacherShape(6, 8), PKD)  # spread: accepted

@@ -232,7 +232,7 @@ def test_outputs_respect_the_umask(run, tiny_bert, exp_root):
 # just before lock_folder, "locked" and another wait right after taking it.
 AT_THE_LOCK = """
 import runpy, sys
-from fine_tune.workflows import start
+from fine_tune.run import start
 real = start.lock_folder
 
 def lock_folder(*a, **k):

@@ -247,18 +247,20 @@ def test_boolq_document_additions(run, cpu_only, tiny_bert, tiny_albert, data_ro
     assert seed_distill[1].flag("--dataset") == f"{albert_logits.flag('--experiment')}_albert_boolq"
     assert albert_logits.flag("--ckpt") == seeds[7].flag("--total_step")
 
-    # Every command parses (flags, types, choices): the workflows are replaced by recorders.
+    # Every command parses (flags, types, choices): the planners are replaced by recorders.
     import fine_tune.evaluate as evaluate
-    import fine_tune.workflows.offline_distill as offline_distill
+    import fine_tune.plan.training as training_plans
+    import fine_tune.run as running
 
     seen = []
     with monkeypatch.context() as m:
-        for module, fn in ((offline_distill, "run_offline_distill"), (evaluate, "run_gen_logits")):
+        m.setattr(running, "run", lambda plan: None)
+        for module, fn in ((training_plans, "plan_offline_distill"), (evaluate, "run_gen_logits")):
             m.setattr(module, fn, lambda args, fn=fn: seen.append((fn, args)))
         for cmd in extra:
             proc = run(cmd.script, *cmd.argv[1:], check=False)
             assert proc.returncode == 0 and proc.stderr == "", (str(cmd), proc.stderr)
-    assert [fn for fn, _ in seen] == ["run_gen_logits", "run_offline_distill", "run_gen_logits", "run_gen_logits"]
+    assert [fn for fn, _ in seen] == ["run_gen_logits", "plan_offline_distill", "run_gen_logits", "run_gen_logits"]
     distil = seen[1][1]
     assert distil.student.num_hidden_layers == 12 and distil.device.amp and distil.student.d_model == 1024
 

@@ -125,4 +125,4 @@ def training_eval_name(split: str) -> str:
     return f"training-eval-{split}.json"
 
 
-EARLY_STOP_FILE = "early-stop.json"  # written once a run stopped early: the run is finished (workflows/start.py)
+EARLY_STOP_FILE = "early-stop.json"  # written once a run stopped early: the run is finished (run/start.py)

@@ -69,7 +69,7 @@ class ALPKD(LayerwiseKD):
     map_caption = "Mean ALP-KD attention of each student layer over the teacher layers (non-padding tokens of the dev sample)."
 
     @classmethod
-    def own_arguments(cls, flags, teacher) -> dict:
+    def own_arguments(cls, flags, teacher, legacy) -> dict:
         return {"mode": flags.alp.alp_exp}
 
     def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *, mode: str,

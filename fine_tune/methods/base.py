@@ -31,6 +31,9 @@ class Method:
     # the method's own flag groups (defined beside it, on fine_tune.settings' helpers), beyond the ones every
     # script of its kind has (fine_tune.settings.LAYERWISE...)
     flag_groups: ClassVar[tuple[type, ...]] = ()
+    # True: distilled beside a live teacher (``run_distil.py --method NAME``, the layer-wise scripts); False: the
+    # fine-tuning and logits-set methods of their own scripts
+    online: ClassVar[bool] = False
     # the caption of the layer-contribution heat-map drawn at each checkpoint; None: no map
     map_caption: ClassVar[str | None] = None
     # whether the training split must have gold labels
@@ -48,9 +51,12 @@ class Method:
     ignores_padding = True
 
     @classmethod
-    def from_flags(cls, flags: "Flags", teacher: TeacherShape | None = None) -> "Method":
-        """Build the method from the script's parsed flags (and the teacher's shape for online methods); bad
-        values are refused here, before anything is written."""
+    def from_flags(cls, flags: "Flags", teacher: TeacherShape | None = None,
+                   legacy: dict[str, Any] | None = None) -> "Method":
+        """Build the method complete from the script's parsed flags (and the teacher's shape for online methods);
+        bad values are refused here, before anything is written. ``legacy``: a run started before a fidelity fix,
+        resumed: the old rule of each field of :meth:`record` its config.json lacks (fine_tune.config.LEGACY_FIELDS),
+        which the method keeps."""
         return cls()
 
     def check_models(self, teacher_config, student_family: str) -> None:
@@ -60,10 +66,6 @@ class Method:
     def record(self) -> dict[str, Any]:
         """Fields this method adds to ``config.json`` (what it computes that its flags do not say)."""
         return {}
-
-    def continue_legacy(self, legacy: dict[str, Any]) -> None:
-        """Resume a run started before a fidelity fix: ``legacy`` holds the old value of each field of
-        :meth:`record` the run's config.json lacks (fine_tune.config.LEGACY_FIELDS)."""
 
     def init_pairs(self, flags: "Flags") -> list[tuple[int, int]]:
         """(student layer, pretrained teacher layer) pairs to initialise the student from, 1-based."""

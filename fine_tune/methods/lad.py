@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 from ..engine.device import same_device
@@ -92,16 +92,12 @@ class GatedKD(LayerwiseKD):
         self.gate_optimiser = gate_optimiser
 
     @classmethod
-    def own_arguments(cls, flags, teacher) -> dict:
+    def own_arguments(cls, flags, teacher, legacy) -> dict:
         return {"d_model": teacher.hidden_size, "seq_len": flags.batching.max_seq_len,
-                "gate_optimiser": flags.gate.settings(flags.optimiser)}
+                "gate_optimiser": flags.gate.settings(flags.optimiser, legacy.get("gate_no_decay"))}
 
     def record(self) -> dict:
         return {"gate_no_decay": list(self.gate_optimiser.no_decay)}
-
-    def continue_legacy(self, legacy: dict) -> None:
-        if "gate_no_decay" in legacy:
-            self.gate_optimiser = replace(self.gate_optimiser, no_decay=tuple(legacy["gate_no_decay"]))
 
     def create_parameters(self, device: torch.device | None, student_device: torch.device | None = None) -> None:
         """The gates (on ``device``, the gates' device), then the width projection where the student's width
@@ -289,8 +285,8 @@ class PartialLAD(GatedKD):
         self.gate_indices = list(gate_indices)
 
     @classmethod
-    def own_arguments(cls, flags, teacher) -> dict:
-        return {**super().own_arguments(flags, teacher),
+    def own_arguments(cls, flags, teacher, legacy) -> dict:
+        return {**super().own_arguments(flags, teacher, legacy),
                 "gate_indices": parse_indices(flags.probing.gate_indices, "--gate_indices")}
 
     def default_init_pairs(self, flags) -> list[tuple[int, int]]:

@@ -85,6 +85,7 @@ class LayerwiseKD(Method):
     ``hidden_pairs`` (and, for a heat-map, ``layer_map``)."""
 
     name = "online_kd"
+    online = True
 
     # whether the method pairs layers by skipping L_t / L_s teacher layers exactly (LAD-NO's pairs, partial LAD's
     # raw layers): a student whose layers do not divide the teacher's is then refused
@@ -96,7 +97,7 @@ class LayerwiseKD(Method):
     shared_projection = False
 
     @classmethod
-    def from_flags(cls, flags, teacher: TeacherShape | None = None) -> "LayerwiseKD":
+    def from_flags(cls, flags, teacher: TeacherShape | None = None, legacy: dict | None = None) -> "LayerwiseKD":
         """The common arguments from the layer-wise scripts' flags, plus :meth:`own_arguments`."""
         d = flags.distil
         if not (d.hard_weight or d.soft_weight or flags.layerwise.mu):
@@ -104,13 +105,13 @@ class LayerwiseKD(Method):
         check_temperature(flags.classifier.num_class, d.softmax_temp)
         method = cls(flags.student.num_hidden_layers, teacher.num_layers, d.hard_weight, d.soft_weight,
                      d.softmax_temp, flags.layerwise.mu, padding=flags.batching.padding,
-                     **cls.own_arguments(flags, teacher))
+                     **cls.own_arguments(flags, teacher, legacy or {}))
         method.set_widths(flags.student.d_model, teacher.hidden_size, flags.optimiser.settings())
         return method
 
     @classmethod
-    def own_arguments(cls, flags, teacher: TeacherShape) -> dict:
-        """The subclass's own constructor arguments, from its flag groups."""
+    def own_arguments(cls, flags, teacher: TeacherShape, legacy: dict) -> dict:
+        """The subclass's own constructor arguments, from its flag groups (``legacy``: as :meth:`from_flags`)."""
         return {}
 
     def init_pairs(self, flags) -> list[tuple[int, int]]:

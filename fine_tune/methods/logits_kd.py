@@ -86,7 +86,7 @@ class OfflineLogitsKD(Method):
         self.hard_weight, self.soft_weight, self.temperature = hard_weight, soft_weight, temperature
 
     @classmethod
-    def from_flags(cls, flags, teacher=None) -> "OfflineLogitsKD":
+    def from_flags(cls, flags, teacher=None, legacy=None) -> "OfflineLogitsKD":
         d = flags.distil
         if not (d.hard_weight or d.soft_weight):
             raise UserError("--hard_weight and --soft_weight are both 0: the student would learn nothing")

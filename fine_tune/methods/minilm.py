@@ -185,7 +185,7 @@ class MiniLM(LayerwiseKD):
                             f"{student_width}, teacher {teacher_width}")
 
     @classmethod
-    def own_arguments(cls, flags, teacher) -> dict:
+    def own_arguments(cls, flags, teacher, legacy) -> dict:
         return {"student_heads": flags.student.num_attention_heads,
                 "teacher_heads": getattr(teacher, "num_heads", None) or flags.student.num_attention_heads,
                 "relation_heads": flags.minilm.relation_heads, "teacher_layer": flags.minilm.minilm_teacher_layer,

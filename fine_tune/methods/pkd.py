@@ -88,14 +88,12 @@ class PKD(LayerwiseKD):
         self.teacher_layers = pkd_teacher_layers(num_teacher_layers, num_student_layers, strategy, count)
 
     @classmethod
-    def own_arguments(cls, flags, teacher) -> dict:
-        return {"loss": flags.pkd.pkd_loss, "strategy": flags.pkd.pkd_strategy}
+    def own_arguments(cls, flags, teacher, legacy) -> dict:
+        return {"loss": flags.pkd.pkd_loss, "strategy": flags.pkd.pkd_strategy,
+                "cls_reduction": legacy.get("pkd_cls_reduction", "mean")}
 
     def record(self) -> dict:
         return {"pkd_cls_reduction": self.cls_reduction} if self.loss_kind == "normalized_cls" else {}
-
-    def continue_legacy(self, legacy: dict) -> None:
-        self.cls_reduction = legacy.get("pkd_cls_reduction", self.cls_reduction)
 
     def hidden_pairs(self, student, teacher):
         dev = student.hidden_states[0].device

@@ -289,7 +289,7 @@ class TinyBERT(LayerwiseKD):
             self.reads_attention = False  # the prediction stage reads logits only
 
     @classmethod
-    def from_flags(cls, flags, teacher=None) -> "TinyBERT":
+    def from_flags(cls, flags, teacher=None, legacy=None) -> "TinyBERT":
         d, stage = flags.distil, flags.tinybert.tinybert_stage
         if stage == "intermediate" and not flags.layerwise.mu:
             raise UserError("--mu 0: TinyBERT's intermediate stage has no other loss; the student would learn nothing")

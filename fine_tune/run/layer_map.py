@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import torch
 
@@ -11,15 +9,8 @@ from ..batching import Collator, cached_features
 from ..engine.trainer import to_device
 from ..models.forward import forward
 from ..methods.layerwise import LayerwiseKD
+from ..plan import RunPlan
 from ..plots import write_layer_map
-
-
-def dev_split(task) -> str | None:
-    """The task's first labelled split other than the training split (val for BoolQ, dev for QQP)."""
-    for split in task.splits:
-        if split in task.labelled and split != task.train_split:
-            return split
-    return None
 
 
 class LayerMapWriter:
@@ -64,21 +55,15 @@ class LayerMapWriter:
         write_layer_map(self.folder, step, m, f"{self.title} (step {step})", self.caption, labels, writer, self.tag)
 
 
-def layer_map_hook(method: LayerwiseKD, flags, task, p, tokenizer, teacher_model, teacher_device):
-    """A ``make_hook`` for :func:`fine_tune.workflows.training.run_training`: the heat-map writer over the first
-    ``--map_examples`` dev rows, batched as in training."""
-    split = dev_split(task)
-    path = task.path(p.data_root, split) if split else None
-    if path is None or not path.is_file():
-        print(f"note: no {split or 'dev'} split at {path}: no layer-contribution map", file=sys.stderr)
+def layer_map_writer(plan: RunPlan, method: LayerwiseKD, teacher: torch.nn.Module, student: torch.nn.Module,
+                     device: torch.device, teacher_device: torch.device, precision) -> LayerMapWriter | None:
+    """The heat-map writer of the plan's dev rows (the first ``--map_examples``), batched as in training; None when
+    the plan draws no map."""
+    lm = plan.layer_map
+    if lm is None:
         return None
-    b, e = flags.batching, flags.experiment
-    dev = task.load(p.data_root, split, flags.layerwise.map_examples)
-    features = cached_features(p.data_root / "cache", tokenizer, dev, b.max_seq_len)
-    collator = Collator(features, tokenizer.pad_token_id, b.max_seq_len, b.padding)  # as in training
-
-    def make(trainer):
-        return LayerMapWriter(method, collator, len(features), teacher_model, trainer.student, p.device,
-                              teacher_device, p.precision, p.exp.path, f"{e.task}/{e.dataset}/{e.model}/layer_map",
-                              f"{p.exp.name}: teacher-layer contributions ({split} sample)", method.map_caption)
-    return make
+    features = cached_features(plan.data_root / "cache", plan.tokenizer, lm.examples, plan.max_seq_len)
+    collator = Collator(features, plan.tokenizer.pad_token_id, plan.max_seq_len, plan.padding)  # as in training
+    return LayerMapWriter(method, collator, len(features), teacher, student, device, teacher_device, precision,
+                          plan.exp.path, f"{plan.training.tag_prefix}/layer_map",
+                          f"{plan.exp.name}: teacher-layer contributions ({lm.split} sample)", method.map_caption)

@@ -15,53 +15,11 @@ from ..engine import distributed
 from ..engine.device import Precision, resolve_device, resolve_precision
 from ..engine.evaluation import EARLY_STOP_FILE
 from ..errors import UserError
-from ..experiment import ExperimentDir, roots
-from ..io_utils import TMP_PREFIX, check_writable, remove_inside, sha256_file
+from ..experiment import ExperimentDir
+from ..io_utils import TMP_PREFIX, remove_inside
 from ..locking import HOLDER_FILE, lock_folder
+from ..plan import Devices, RunPlan
 from ..provenance import collect
-from ..tasks import Task, get_task
-
-
-@dataclass
-class Prepared:
-    exp: ExperimentDir
-    data_root: Path
-    task: Task  # resolved once (a task of your own: from <data_root>/<name>/task.json)
-    device: torch.device | None = None
-    precision: Precision | None = None
-    eval_examples: list | None = None  # --eval_dataset's rows, parsed before anything is written
-    eval_file: Path | None = None
-    eval_sha256: str | None = None  # its digest: an input of the run, and the key of its tokenisation cache
-
-    def resolve_device(self, device_flags) -> None:
-        """After every input has been checked, so an error is never preceded by device warnings."""
-        self.device = resolve_device(device_flags.device_id, device_flags.num_gpu)
-        self.precision = resolve_precision(device_flags.amp, device_flags.amp_dtype, self.device)
-
-
-def prepare(flags) -> Prepared:
-    """The experiment folder of a training run (not created yet) and its data root; the class count checked
-    against the task."""
-    data_root, exp_root = roots(flags.paths)
-    task = get_task(flags.experiment.task, data_root)
-    e = flags.experiment
-    exp = ExperimentDir.of(exp_root, e.experiment, e.model, e.task)
-    check_writable(exp_root, "--exp_root")
-    num_class = flags.classifier.num_class
-    if num_class is not None and num_class != task.num_class:
-        raise UserError(f"--num_class {num_class}: {task.name} has {task.num_class} classes "
-                        f"({', '.join(task.label_names)})")
-    p = Prepared(exp, data_root, task)
-    split = flags.run.eval_dataset
-    if split:  # evaluation during training: the split checked and parsed before anything is written
-        task.check_split(split, "--eval_dataset")
-        if split not in task.labelled:
-            raise UserError(f"--eval_dataset {split!r} has no labels to evaluate against; labelled {task.name} "
-                            f"splits: {', '.join(s for s in task.splits if s in task.labelled)}")
-        p.eval_file = task.path(data_root, split)
-        p.eval_examples = task.load(data_root, split, flags.paths.max_examples)
-        p.eval_sha256 = sha256_file(p.eval_file)
-    return p
 
 
 @dataclass
@@ -132,74 +90,75 @@ def whole_checkpoint(path: Path) -> bool:
     return True
 
 
-def start_experiment(p: Prepared, flags, record: dict, data_files: dict[str, str]) -> Start:
+def resolve_devices(devices: Devices, quiet: bool = False) -> tuple[torch.device, Precision]:
+    """The student's device and the precision the run asked for, after every input has been checked (so an error
+    is never preceded by device warnings)."""
+    device = resolve_device(devices.device_id, devices.num_gpu, quiet=quiet)
+    return device, resolve_precision(devices.amp, devices.amp_dtype, device, quiet=quiet)
+
+
+def start_experiment(plan: RunPlan) -> Start:
     """Write config.json (after the guard) and decide how to start: a new run, the continuation of a killed
     run with the same config (from its latest checkpoint with a resume state), or nothing when the run
     already finished. ``--overwrite`` with a different config deletes the old run's outputs first.
     Under torchrun rank 0 decides (and writes); every rank follows its decision."""
-    task = p.task
-    if p.eval_file is not None:  # the evaluation split decides early stopping and the best checkpoint
-        data_files = {**data_files, str(p.eval_file): p.eval_sha256}
-    if task.definition_file is not None:  # a task of your own: its definition in config.json, task.json's sha256 checked
-        record = dict(record, task_definition=task.definition)
-        data_files = {**data_files, str(task.definition_file): sha256_file(task.definition_file)}
-    start = distributed.broadcast_from_main(lambda: _start_experiment(p, flags, record, data_files))
-    if p.device is None:
-        p.resolve_device(flags.device)
-    return start
+    return distributed.broadcast_from_main(lambda: _start_experiment(plan))
 
 
-def _start_experiment(p: Prepared, flags, record: dict, data_files: dict[str, str]) -> Start:
+def _start_experiment(plan: RunPlan) -> Start:
     from ..engine.checkpoint import resume_steps
 
-    total_step = flags.optimiser.total_step
-    cfg.guard_experiment(p.exp.config_path, record, flags.paths.overwrite)  # refused: nothing written
-    p.resolve_device(flags.device)
+    exp, record, data_files, overwrite = plan.exp, plan.record, plan.inputs, plan.overwrite
+    total_step = plan.training.total_step
+    cfg.guard_experiment(exp.config_path, record, overwrite)  # refused: nothing written
+    device, _ = resolve_devices(plan.devices)  # their warnings once the guard passed, as the run starts
     # one writer per experiment: the lock is held until the workflow ends (fine_tune/locking.py); the guard runs
     # again under it, as the holder before us may have changed the folder
-    p.exp.path.mkdir(parents=True, exist_ok=True)
-    lock_folder(p.exp.path, "experiment")
-    old = cfg.guard_experiment(p.exp.config_path, record, flags.paths.overwrite)
-    for leftover in p.exp.path.glob(TMP_PREFIX + "*"):  # of a killed write of this experiment (we hold its lock)
-        remove_inside(leftover, p.exp.path)
+    exp.path.mkdir(parents=True, exist_ok=True)
+    lock_folder(exp.path, "experiment")
+    old = cfg.guard_experiment(exp.config_path, record, overwrite)
+    for leftover in exp.path.glob(TMP_PREFIX + "*"):  # of a killed write of this experiment (we hold its lock)
+        remove_inside(leftover, exp.path)
     same = old is not None and not cfg.changed_fields(old, record)
     legacy = cfg.legacy_values(old, record) if same else {}
+    if legacy != plan.legacy:  # the plan built the method for the config.json it read: another writer since
+        raise UserError(f"{exp.config_path} changed while this run was being planned; run the command again")
     start = Start(True, legacy=legacy)
     # The resume state is written last at every checkpoint (Trainer.save), and the previous one is deleted only
     # after it: a last checkpoint whose resume state is missing while an older one exists is a run killed while
     # writing it (resumed below). With no resume state at all (deleted to save space), model-{total} means done.
     # A checkpoint that is not whole (damaged on disk) counts as absent.
-    ready = [s for s in resume_steps(p.exp.path) if whole_checkpoint(p.exp.checkpoint_path(s))] if same else []
-    final_whole = same and (total_step in ready or whole_checkpoint(p.exp.checkpoint_path(total_step)))
+    ready = [s for s in resume_steps(exp.path) if whole_checkpoint(exp.checkpoint_path(s))] if same else []
+    final_whole = same and (total_step in ready or whole_checkpoint(exp.checkpoint_path(total_step)))
     if final_whole and (not ready or ready[-1] == total_step):
-        print(f"{p.exp.path}: already finished (model-{total_step}.pt exists); nothing to do")
+        print(f"{exp.path}: already finished (model-{total_step}.pt exists); nothing to do")
         return Start(False, legacy=legacy)
-    stopped = stopped_early(p.exp)
+    stopped = stopped_early(exp)
     if same and stopped is not None and ready and ready[-1] == stopped:
-        print(f"{p.exp.path}: already finished (stopped early at step {stopped}, {EARLY_STOP_FILE}); nothing to do")
+        print(f"{exp.path}: already finished (stopped early at step {stopped}, {EARLY_STOP_FILE}); nothing to do")
         return Start(False, legacy=legacy)
     if same:
-        changed = changed_input(old, data_files, p.exp.config_path) if ready else None
-        if changed and not flags.paths.overwrite:
+        changed = changed_input(old, data_files, exp.config_path) if ready else None
+        if changed and not overwrite:
             raise UserError(f"{changed}; restore the file, or pass --overwrite to start over")
         if changed:  # --overwrite: the same config on other inputs is another run
             print(f"note: {changed}; --overwrite: starting over", file=sys.stderr)
-            clear_outputs(p.exp)
+            clear_outputs(exp)
             ready = []
         if ready:
             start = Start(True, ready[-1], legacy)
-            print(f"{p.exp.name}: resuming from model-{ready[-1]}.pt (same config; pass --overwrite with "
+            print(f"{exp.name}: resuming from model-{ready[-1]}.pt (same config; pass --overwrite with "
                   f"another config to start over)", file=sys.stderr)
-        elif p.exp.checkpoints():
-            print(f"{p.exp.name}: checkpoints {p.exp.checkpoints()} have no resume state; starting over",
+        elif exp.checkpoints():
+            print(f"{exp.name}: checkpoints {exp.checkpoints()} have no resume state; starting over",
                   file=sys.stderr)
         if legacy:
-            print(f"{p.exp.name}: started before a fidelity fix ({', '.join(legacy)} not in its config.json): it "
+            print(f"{exp.name}: started before a fidelity fix ({', '.join(legacy)} not in its config.json): it "
                   f"continues with the rule it started with (doc/methods.md)", file=sys.stderr)
     if old is not None and not same:  # --overwrite: start over, drop every output of the old run
-        clear_outputs(p.exp)
+        clear_outputs(exp)
     record = {k: v for k, v in record.items() if k not in legacy}  # the config keeps saying which rule runs
     record = cfg.as_before(old if same else None, record)
-    record = dict(record, provenance=collect(p.device, data_files))
-    cfg.save_config(p.exp.config_path, record)
+    record = dict(record, provenance=collect(device, data_files))
+    cfg.save_config(exp.config_path, record)
     return start

@@ -1,0 +1,393 @@
+"""The planners of the training scripts: parsed flags in, a checked :class:`~fine_tune.plan.types.RunPlan` out.
+
+Each resolves what the flags leave open (the task's class count, the teacher's max_seq_len and training split, a
+pretrained student's widths, the layers to initialise), checks every input before anything is written, and
+records what ``config.json`` will hold. One planner per way a student learns:
+
+* :func:`plan_fine_tune` (``run_fine_tune.py``): a pretrained encoder and a new head on gold labels;
+* :func:`plan_offline_distill` (``run_fine_tune_distill.py``): a student from a logits data set;
+* :func:`plan_online_distill` (``run_distil.py --method NAME``, the layer-wise scripts): a student beside its
+  fine-tuned teacher, with any registered method.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import config as cfg
+from ..engine.device import resolve_placement
+from ..engine.trainer import TrainSettings
+from ..errors import UserError
+from ..experiment import ExperimentDir, roots
+from ..io_utils import check_writable, sha256_file
+from ..methods import Method, get_method
+from ..models.classifier import (check_same_tokenisation, load_pretrained_config, load_tokenizer,
+                                weight_file_hashes)
+from ..models.families import usable_positions
+from ..models.init import check_copyable, teacher_layer_map
+from ..tasks import Task, get_task
+from ..tasks.logits import check_teacher_unchanged, read_logits
+from ..teacher import Teacher, open_hf_teacher, open_teacher
+from .types import Devices, EvalPlan, LayerMapPlan, PretrainedModel, RunPlan, Split, StudentModel
+
+
+# -- what every training run resolves ------------------------------------------------------------------------
+def _task_and_folder(flags) -> tuple[Path, Task, ExperimentDir]:
+    """The data root, the task (resolved once: a task of your own from ``<data_root>/<name>/task.json``) and the
+    experiment folder (not created), whose root must be writable; ``--num_class`` checked against the task."""
+    data_root, exp_root = roots(flags.paths)
+    e = flags.experiment
+    task = get_task(e.task, data_root)
+    exp = ExperimentDir.of(exp_root, e.experiment, e.model, e.task)
+    check_writable(exp_root, "--exp_root")
+    num_class = flags.classifier.num_class
+    if num_class is not None and num_class != task.num_class:
+        raise UserError(f"--num_class {num_class}: {task.name} has {task.num_class} classes "
+                        f"({', '.join(task.label_names)})")
+    return data_root, task, exp
+
+
+def load_split(task: Task, data_root: Path, split: str, max_examples: int | None) -> Split:
+    """A split parsed and hashed (its rows; its file's sha256, an input of the run)."""
+    path = task.path(data_root, split)
+    examples = task.load(data_root, split, max_examples)
+    return Split(split, path, sha256_file(path), examples)
+
+
+def _evaluation(flags, task: Task, data_root: Path) -> EvalPlan | None:
+    """``--eval_dataset``: the split checked (it exists and has labels) and parsed before anything is written."""
+    r = flags.run
+    if not r.eval_dataset:
+        return None
+    task.check_split(r.eval_dataset, "--eval_dataset")
+    if r.eval_dataset not in task.labelled:
+        raise UserError(f"--eval_dataset {r.eval_dataset!r} has no labels to evaluate against; labelled {task.name} "
+                        f"splits: {', '.join(s for s in task.splits if s in task.labelled)}")
+    return EvalPlan(load_split(task, data_root, r.eval_dataset, flags.paths.max_examples), r.eval_step,
+                    r.eval_batch_size, r.early_stop_patience)
+
+
+def _inputs(task: Task, train: tuple[Path, str], evaluation: EvalPlan | None, *weights: dict[str, str]
+            ) -> dict[str, str]:
+    """Every input file of the run and its sha256 (config.json's provenance; checked before a resume): the training
+    data, the evaluation split, a task of your own's task.json, pretrained weights."""
+    inputs = {str(train[0]): train[1]}
+    for w in weights:
+        inputs.update(w)
+    if evaluation is not None:
+        inputs[str(evaluation.split.file)] = evaluation.split.sha256
+    if task.definition_file is not None:
+        inputs[str(task.definition_file)] = sha256_file(task.definition_file)
+    return inputs
+
+
+def _record(flags, task: Task, **resolved) -> dict:
+    """config.json's fields: every flag, what the planner resolved, a task of your own's definition."""
+    record = dict(flags.record(), **resolved)
+    if task.definition_file is not None:
+        record["task_definition"] = task.definition
+    return record
+
+
+def _training(flags, dataset: str) -> TrainSettings:
+    """The engine's settings (``dataset``: the training split, resolved, in the TensorBoard tags)."""
+    b, r, e = flags.batching, flags.run, flags.experiment
+    return TrainSettings(optimiser=flags.optimiser.settings(), batch_size=b.batch_size, accum_step=b.accum_step,
+                         ckpt_step=r.ckpt_step, log_step=r.log_step, seed=r.seed,
+                         save_total_limit=r.save_total_limit or 0, group_by_length=b.group_by_length,
+                         compile=flags.speed.compile, tag_prefix=f"{e.task}/{dataset}/{e.model}")
+
+
+def _devices(flags, teacher_device_id: int | None = None, gate_device_id: int | None = None) -> Devices:
+    d = flags.device
+    return Devices(d.device_id, d.num_gpu, d.amp, d.amp_dtype, teacher_device_id, gate_device_id)
+
+
+def _legacy(exp: ExperimentDir, record: dict) -> dict:
+    """A run started before a fidelity fix resumes with the rule it started with: the fields of
+    config.LEGACY_FIELDS that ``record`` holds and the existing config.json of the same run lacks (read here, so
+    the method is built with its rule; the start decision checks it again under the experiment's lock)."""
+    if not exp.config_path.is_file():
+        return {}
+    try:
+        old = cfg.load_config(exp.config_path)
+    except UserError:
+        return {}  # the start refuses it, naming the file
+    return cfg.legacy_values(old, record) if not cfg.changed_fields(old, record) else {}
+
+
+def _plan(flags, *, data_root, task, exp, train, tokenizer, max_seq_len, model, method, record, inputs, evaluation,
+          devices=None, **extra) -> RunPlan:
+    b = flags.batching
+    return RunPlan(exp=exp, data_root=data_root, task=task, train=train, tokenizer=tokenizer, max_seq_len=max_seq_len,
+                   padding=b.padding, padding_free=flags.speed.padding_free == "auto", model=model, method=method,
+                   training=_training(flags, train.name), devices=devices or _devices(flags), record=record,
+                   inputs=inputs, overwrite=flags.paths.overwrite, evaluation=evaluation, **extra)
+
+
+# -- fine-tuning ---------------------------------------------------------------------------------------------
+def plan_fine_tune(flags) -> RunPlan:
+    """``run_fine_tune.py``: a pretrained encoder (``--ptrain_ver``) and a new head, cross-entropy on gold labels."""
+    data_root, task, exp = _task_and_folder(flags)
+    evaluation = _evaluation(flags, task, data_root)
+    e, ptrain_ver = flags.experiment, flags.pretrained.ptrain_ver
+    if flags.classifier.num_class is None:  # the task's label set, recorded in config.json
+        flags = flags.replace(classifier={"num_class": task.num_class})
+    train = load_split(task, data_root, e.dataset, flags.paths.max_examples)
+    pre_config = load_pretrained_config(ptrain_ver, e.model)
+    max_seq_len = flags.batching.max_seq_len
+    cfg.check_max_seq_len(max_seq_len, pre_config.max_position_embeddings, f"--ptrain_ver {ptrain_ver!r}")
+    tokenizer = load_tokenizer(ptrain_ver, "--ptrain_ver")
+    cfg.check_room_for_text(max_seq_len, tokenizer)
+    method = get_method("fine_tune").from_flags(flags)
+    inputs = _inputs(task, (train.file, train.sha256), evaluation, weight_file_hashes(ptrain_ver))
+    model = PretrainedModel(ptrain_ver, e.model, flags.classifier.num_class, flags.classifier.dropout)
+    return _plan(flags, data_root=data_root, task=task, exp=exp, train=train, tokenizer=tokenizer,
+                 max_seq_len=max_seq_len, model=model, method=method, record=_record(flags, task), inputs=inputs,
+                 evaluation=evaluation)
+
+
+# -- the student of distillation -----------------------------------------------------------------------------
+def resolve_pretrained_student(flags, notes: list[str]):
+    """``--student_ptrain_ver``: checked (a model folder of ``--model``'s family, or a hub name) before anything is
+    written, and its shape (width, feed-forward size, heads, layers) recorded in place of the shape flags, which
+    do not apply to it (said in ``notes``); ``--max_seq_len`` checked against its positions. Returns the flags
+    (unchanged without a pretrained student) and the student's tokenizer (None: the student takes the
+    teacher's)."""
+    st = flags.student
+    if st.student_ptrain_ver is None:
+        return flags, None
+    config = load_pretrained_config(st.student_ptrain_ver, flags.experiment.model, "--student_ptrain_ver")
+    d_ff = getattr(config, "intermediate_size", None) or getattr(config, "hidden_dim", None) or st.d_ff
+    shape = {"d_model": config.hidden_size, "d_ff": d_ff, "num_attention_heads": config.num_attention_heads,
+             "num_hidden_layers": config.num_hidden_layers}
+    if any(getattr(st, k) != v for k, v in shape.items()):
+        notes.append(f"the student is --student_ptrain_ver {st.student_ptrain_ver} ({config.num_hidden_layers} layers, "
+                     f"width {config.hidden_size}, {config.num_attention_heads} heads): --d_model/--d_ff/"
+                     f"--num_attention_heads/--num_hidden_layers do not apply")
+    cfg.check_max_seq_len(flags.batching.max_seq_len, usable_positions(config), f"the student {st.student_ptrain_ver}")
+    tokenizer = load_tokenizer(st.student_ptrain_ver, "--student_ptrain_ver")
+    return flags.replace(student=shape), tokenizer
+
+
+def check_initialisation(pairs: list[tuple[int, int]], source: str | None, model: str, student, missing: str) -> None:
+    """Before anything is written: the pretrained model to copy ``pairs`` from exists and fits the student's
+    widths (``missing``: the error when no source is recorded)."""
+    if not pairs:
+        return
+    if not source:
+        raise UserError(missing)
+    check_copyable(load_pretrained_config(source, model), student.d_model, student.d_ff, student.init_attn_only)
+
+
+def _student(flags, *, vocab_size: int, max_positions: int, source: str | None,
+             pairs: list[tuple[int, int]]) -> StudentModel:
+    st = flags.student
+    return StudentModel(family=flags.experiment.model, num_class=flags.classifier.num_class,
+                        dropout=flags.classifier.dropout, d_model=st.d_model, d_ff=st.d_ff, d_emb=st.d_emb,
+                        num_attention_heads=st.num_attention_heads, num_hidden_layers=st.num_hidden_layers,
+                        type_vocab_size=st.type_vocab_size, vocab_size=vocab_size, max_positions=max_positions,
+                        pretrained=st.student_ptrain_ver, init_source=source if pairs else None,
+                        init_pairs=tuple(pairs), init_attn_only=st.init_attn_only, init_embeddings=st.init_embeddings)
+
+
+# -- offline distillation ------------------------------------------------------------------------------------
+def plan_offline_distill(flags) -> RunPlan:
+    """``run_fine_tune_distill.py``: a student learns from a logits data set (``--dataset NAME[:split]``); the
+    teacher's logits travel in the batch."""
+    data_root, task, exp = _task_and_folder(flags)
+    evaluation = _evaluation(flags, task, data_root)
+    e = flags.experiment
+    logits = read_logits(data_root, e.dataset, e.task)
+    meta = logits.meta
+    task.check_trained_labels(meta, f"the logits data set {e.dataset!r}")
+    check_teacher_unchanged(meta, exp.root, e.dataset)
+    classes = logits.logits.shape[1]
+    if flags.classifier.num_class is None:  # resolved from the logits data set, recorded in config.json
+        if classes != task.num_class:
+            raise UserError(f"the logits data set {e.dataset!r} has {classes} classes, {e.task} has {task.num_class}")
+        flags = flags.replace(classifier={"num_class": classes})
+    elif flags.classifier.num_class != classes:
+        raise UserError(f"--num_class {flags.classifier.num_class}: the logits data set has {classes} classes")
+    # the student: built from its flags with the logits set's tokenizer (of any family: the teacher's tokenizer
+    # only turns text into ids), or --student_ptrain_ver with its own tokenizer (logits are per row, so any
+    # tokenisation learns from them)
+    notes: list[str] = []
+    flags, student_tokenizer = resolve_pretrained_student(flags, notes)
+    st = flags.student
+    max_examples = flags.paths.max_examples
+    examples = logits.examples[:max_examples] if max_examples else logits.examples
+    max_seq_len = flags.batching.max_seq_len
+    max_positions = (max(512, max_seq_len) if meta.get("max_position_embeddings") is None
+                     else meta["max_position_embeddings"])
+    if student_tokenizer is None:  # a pretrained student's positions were checked by resolve_pretrained_student
+        cfg.check_max_seq_len(max_seq_len, max_positions, "the student (teacher's position table)")
+    record = _record(flags, task, ptrain_ver=meta.get("ptrain_ver"), teacher_experiment=meta.get("teacher_experiment"),
+                     teacher_checkpoint=meta.get("checkpoint"), logits_split=meta.get("split"))
+    tokenizer = student_tokenizer or load_tokenizer(logits.tokenizer_dir)
+    cfg.check_room_for_text(max_seq_len, tokenizer)
+    source = meta.get("ptrain_ver")
+    if st.init_embeddings and st.init_start is None:
+        raise UserError("--init_embeddings belongs to the layer initialisation: give --init_start/--init_end too")
+    pairs: list[tuple[int, int]] = []
+    if st.init_start is not None:  # checked (and the pretrained folder found) before anything is written
+        if not source:
+            raise UserError("--init_start: the logits data set records no pretrained teacher (ptrain_ver) to copy from")
+        pre_config = load_pretrained_config(source, e.model)
+        layers = teacher_layer_map(st.init_start, st.init_end, st.init_step, st.num_hidden_layers,
+                                   pre_config.num_hidden_layers)
+        pairs = list(enumerate(layers, 1))
+        check_copyable(pre_config, st.d_model, st.d_ff, st.init_attn_only)
+    method = get_method("offline_logits_kd").from_flags(flags)
+    train = Split(e.dataset, logits.data_file, meta["logits_sha256"], examples)
+    inputs = _inputs(task, (train.file, train.sha256), evaluation, weight_file_hashes(source) if pairs else {},
+                     weight_file_hashes(st.student_ptrain_ver) if st.student_ptrain_ver else {})
+    student = _student(flags, vocab_size=meta.get("vocab_size") or len(tokenizer), max_positions=max_positions,
+                       source=source, pairs=pairs)
+    return _plan(flags, data_root=data_root, task=task, exp=exp, train=train, tokenizer=tokenizer,
+                 max_seq_len=max_seq_len, model=student, method=method, record=record, inputs=inputs,
+                 evaluation=evaluation, teacher_logits=logits.logits[: len(examples)], notes=tuple(notes))
+
+
+# -- online distillation -------------------------------------------------------------------------------------
+def resolve_from_teacher(flags, teacher: Teacher, task: Task):
+    """The flags with max_seq_len, num_class and the training split filled in from the teacher's config where
+    not given (a Hugging Face teacher records none: --max_seq_len is then required); a num_class other than the
+    teacher's is an error."""
+    rec = teacher.record
+    num_class = flags.classifier.num_class
+    if num_class is None:
+        num_class = rec.get("num_class", teacher.hf_config.num_labels)
+    elif num_class != teacher.hf_config.num_labels:
+        raise UserError(f"--num_class {num_class}: the teacher {teacher.name} has {teacher.hf_config.num_labels} classes")
+    max_seq_len = flags.batching.max_seq_len or rec.get("max_seq_len")
+    if max_seq_len is None:
+        raise UserError(f"--teacher_hf {teacher.name!r}: give --max_seq_len (a teacher fine-tuned elsewhere records "
+                        f"none)")
+    dataset = flags.experiment.dataset or rec.get("dataset") or task.train_split
+    return flags.replace(classifier={"num_class": num_class}, batching={"max_seq_len": max_seq_len},
+                         experiment={"dataset": dataset})
+
+
+def check_shapes(flags, teacher: Teacher, method_cls) -> None:
+    """The student has at most the teacher's layers, and divides them for the methods that skip L_t / L_s
+    teacher layers exactly (LAD-NO, partial LAD; the others spread ceil(j L_t / L_s)); widths may differ (a learned
+    projection, models/projection.py)."""
+    st = flags.student
+    if st.num_hidden_layers > teacher.num_layers:
+        raise UserError(f"--num_hidden_layers {st.num_hidden_layers} exceeds the teacher's {teacher.num_layers} layers")
+    if method_cls.needs_layer_multiple and teacher.num_layers % st.num_hidden_layers:
+        raise UserError(f"--num_hidden_layers {st.num_hidden_layers}: the teacher's {teacher.num_layers} layers are "
+                        f"not a multiple of the student's")
+
+
+def open_any_teacher(flags, exp_root: Path, task: Task) -> Teacher:
+    """``--teacher_exp``/``--tckpt`` (a toolkit experiment) or ``--teacher_hf`` (a Hugging Face classifier)."""
+    t, e = flags.teacher, flags.experiment
+    if t.teacher_hf is not None:
+        return open_hf_teacher(t.teacher_hf, task, t.teacher_label_map)
+    return open_teacher(exp_root, t.teacher_exp, t.tmodel, e.task, t.tckpt)
+
+
+def dev_split(task: Task) -> str | None:
+    """The task's first labelled split other than the training split (val for BoolQ, dev for QQP)."""
+    for split in task.splits:
+        if split in task.labelled and split != task.train_split:
+            return split
+    return None
+
+
+def _layer_map(flags, task: Task, data_root: Path, method: Method, notes: list[str]) -> LayerMapPlan | None:
+    """The heat-map's dev rows (the first ``--map_examples``), parsed before anything is written; none without a
+    dev split (a note says so) or when the method draws no map."""
+    lw = flags.layerwise
+    if not (lw.map_examples and lw.mu and method.map_caption):
+        return None
+    split = dev_split(task)
+    path = task.path(data_root, split) if split else None
+    if path is None or not path.is_file():
+        notes.append(f"no {split or 'dev'} split at {path}: no layer-contribution map")
+        return None
+    return LayerMapPlan(split, task.load(data_root, split, lw.map_examples))
+
+
+def plan_online_distill(flags, method_name: str) -> RunPlan:
+    """A student beside its fine-tuned teacher, distilled with the registered method ``method_name``; max_seq_len,
+    num_class and the training split come from the teacher's config unless given."""
+    method_cls = get_method(method_name)
+    data_root, exp_root = roots(flags.paths)
+    e, t = flags.experiment, flags.teacher
+    task = get_task(e.task, data_root)
+    teacher = open_any_teacher(flags, exp_root, task)
+    task.check_trained_labels(teacher.record, f"the teacher {teacher.name}")
+    flags = resolve_from_teacher(flags, teacher, task)
+    notes: list[str] = []
+    flags, student_tokenizer = resolve_pretrained_student(flags, notes)
+    e, st = flags.experiment, flags.student
+    data_root, task, exp = _task_and_folder(flags)
+    evaluation = _evaluation(flags, task, data_root)
+    if task.name != teacher.record.get("task", task.name):
+        raise UserError(f"--task {e.task}: the teacher was fine-tuned on {teacher.record.get('task')}")
+    max_seq_len = flags.batching.max_seq_len
+    cfg.check_max_seq_len(max_seq_len, usable_positions(teacher.hf_config), f"the teacher {teacher.name}")
+    cfg.check_room_for_text(max_seq_len, teacher.tokenizer)
+    check_shapes(flags, teacher, method_cls)
+    if flags.has("probing") and flags.probing.student_indices is not None:
+        from ..methods.lad import parse_indices
+
+        given = parse_indices(flags.probing.student_indices, "--student_indices")
+        if given != list(range(1, st.num_hidden_layers + 1)):
+            notes.insert(0, f"--student_indices {flags.probing.student_indices} is ignored by partial LAD: every "
+                            f"student layer learns")
+    method = method_cls.from_flags(flags, teacher)  # validates its mapping before anything is written
+    method.check_models(teacher.hf_config, student_family=e.model)
+    train = load_split(task, data_root, e.dataset, flags.paths.max_examples)
+    if student_tokenizer is not None:  # token-level losses need one tokenisation
+        check_same_tokenisation(teacher.tokenizer, student_tokenizer, train.examples, teacher.name,
+                                st.student_ptrain_ver)
+    ptrain_ver = teacher.record.get("ptrain_ver")
+    pairs = method.init_pairs(flags)  # checked (and the pretrained folder found) before anything is written
+    if pairs and teacher.hf_config.model_type != e.model:
+        if st.init_start is not None:
+            raise UserError(f"--init_start: the teacher's pretrained layers are {teacher.hf_config.model_type!r} "
+                            f"layers, the student a {e.model!r} model")
+        notes.append(f"the student ({e.model}) cannot take the {teacher.hf_config.model_type} teacher's pretrained "
+                     f"layers: they start random (--student_ptrain_ver gives a pretrained student)")
+        pairs = []
+    if pairs and not ptrain_ver and st.init_start is None:
+        notes.append(f"{teacher.name} records no pretrained model (ptrain_ver) to copy the student's layers from: "
+                     f"they start random (--student_ptrain_ver gives a pretrained student)")
+        pairs = []
+    if method.needs_projection and st.student_ptrain_ver is None and st.init_start is None:
+        notes.append(f"the student's width {st.d_model} differs from the teacher's {teacher.hidden_size}: its layers "
+                     f"start random (no teacher layer fits), and its hidden states reach the teacher's width through a "
+                     f"learned projection")
+    check_initialisation(pairs, ptrain_ver, teacher.hf_config.model_type, st,
+                         f"{teacher.name}: no ptrain_ver recorded to initialise the student from (give "
+                         f"--student_ptrain_ver, or a student of the teacher's family started from --init_start)")
+    gate_device_id = flags.gate.gate_device_id if flags.has("gate") else None
+    for flag_name, device_id in (("--tdevice_id", t.tdevice_id), ("--gate_device_id", gate_device_id)):
+        # a CUDA index (or, under torchrun, a per-rank slot) the machine lacks: refused before anything is written
+        resolve_placement(device_id, flag_name, None, flags.device.device_id, quiet=True)
+    record = _record(flags, task, method=method.name, ptrain_ver=ptrain_ver, teacher_experiment=teacher.name,
+                     teacher_checkpoint=(f"{teacher.name}/{teacher.checkpoint.name}" if teacher.checkpoint is not None
+                                         else teacher.source),
+                     teacher_layers=teacher.num_layers, teacher_label_order=teacher.label_order,
+                     hidden_mapping=method.describe_mapping(), **method.record())
+    if t.teacher_hf is not None:
+        record["tmodel"] = teacher.hf_config.model_type
+    legacy = _legacy(exp, record)
+    if legacy:  # a run started before a fidelity fix: its method keeps the rule it started with
+        method = method_cls.from_flags(flags, teacher, legacy=legacy)
+        record = dict(record, **method.record())
+    inputs = _inputs(task, (train.file, train.sha256), evaluation, teacher.input_hashes(),
+                     weight_file_hashes(ptrain_ver) if pairs else {},
+                     weight_file_hashes(st.student_ptrain_ver) if st.student_ptrain_ver else {})
+    student = _student(flags, vocab_size=teacher.hf_config.vocab_size,
+                       max_positions=teacher.hf_config.max_position_embeddings, source=ptrain_ver, pairs=pairs)
+    layer_map = _layer_map(flags, task, data_root, method, notes)
+    return _plan(flags, data_root=data_root, task=task, exp=exp, train=train,
+                 tokenizer=student_tokenizer or teacher.tokenizer,  # the same tokenisation (checked above)
+                 max_seq_len=max_seq_len, model=student, method=method, record=record, inputs=inputs,
+                 evaluation=evaluation, devices=_devices(flags, t.tdevice_id, gate_device_id), teacher=teacher,
+                 layer_map=layer_map, notes=tuple(notes), legacy=legacy)

@@ -1,0 +1,51 @@
+"""Carrying out a training run's plan (:class:`fine_tune.plan.RunPlan`): one :func:`run` for fine-tuning, offline
+and online distillation.
+
+* ``start.py``: the experiment folder (config guard, lock, resume or finished, ``--overwrite``)
+* ``student.py``: the model of the plan, its method's own parameters, the pretrained layers, the model folder
+* ``training.py``: tokenisation, collator, training forward and the one engine (``fine_tune.engine.trainer``)
+* ``layer_map.py``: the layer-contribution heat-map of the layer-wise methods
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ..engine import distributed
+from ..engine.device import resolve_placement
+from ..engine.seeding import seed_everything
+from ..locking import releases_locks
+from ..plan import RunPlan
+from .layer_map import layer_map_writer
+from .start import resolve_devices, start_experiment
+from .student import build_model, print_notes
+from .training import run_training
+
+
+@releases_locks
+def run(plan: RunPlan) -> dict | None:
+    """Start the experiment (or resume it, or find it finished: None), build the model and the method's
+    parameters under the run's seed, and train."""
+    start = start_experiment(plan)
+    if not start.run:
+        return None
+    print_notes(plan.notes)
+    d, method = plan.devices, plan.method
+    device, precision = resolve_devices(d, quiet=distributed.is_main())  # rank 0 said its warnings at the start
+    teacher_device = resolve_placement(d.teacher_device_id, "--tdevice_id", device, d.device_id)
+    gate_device = resolve_placement(d.gate_device_id, "--gate_device_id", device, d.device_id)
+    seed_everything(plan.training.seed)
+    model = build_model(plan.model, method, plan.tokenizer, plan.exp, device, gate_device)
+    teacher = None
+    if plan.teacher is not None:
+        teacher = plan.teacher.build()
+        print(f"{plan.exp.name}: {method.name}, teacher {plan.teacher.describe()} ({plan.teacher.num_layers} layers), "
+              f"mapping {method.describe_mapping() or 'logits only'}"
+              f"{', learned width projection' if getattr(method, 'projection', None) is not None else ''}",
+              file=sys.stderr)
+    on_checkpoint = None
+    if teacher is not None:
+        on_checkpoint = layer_map_writer(plan, method, teacher, model, device, teacher_device, precision)
+    return run_training(plan, model, method, device, precision,
+                        teacher=teacher if method.uses_teacher else None, teacher_device=teacher_device,
+                        on_checkpoint=on_checkpoint, resume_step=start.resume_step)

@@ -1,0 +1,50 @@
+"""The model a run trains, built from its plan: a pretrained encoder with a new head (fine-tuning), or a student
+from its widths with its layers initialised from pretrained teacher layers (distillation); rank 0 saves its model
+folder (Hugging Face config and tokenizer) in the experiment."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from ..engine import distributed
+from ..experiment import ExperimentDir
+from ..methods import Method
+from ..models.classifier import build_from_config, build_pretrained_classifier, save_model_dir, student_config
+from ..models.init import copy_teacher_layers_at
+from ..plan import PretrainedModel, StudentModel
+
+
+def print_notes(notes) -> None:
+    """What the plan decided for the user, printed once every check passed and the run starts (a refused command
+    prints its one error line only)."""
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
+def build_model(spec: PretrainedModel | StudentModel, method: Method, tokenizer, exp: ExperimentDir,
+                device: torch.device, method_device: torch.device | None = None) -> torch.nn.Module:
+    """The model of ``spec`` (after the seed is set), then the method's own parameters (LAD gates, on
+    ``method_device``; a width projection, on ``device``), then the pretrained layers ``spec.init_pairs`` copied
+    from ``spec.init_source``; rank 0 saves the model folder. The order fixes what each draws from the seeded
+    generator. A pretrained student (``--student_ptrain_ver``) is loaded with a new head instead."""
+    source = spec.source if isinstance(spec, PretrainedModel) else spec.pretrained
+    if source is not None:
+        model = build_pretrained_classifier(source, spec.family, spec.num_class, spec.dropout)
+    else:
+        config = student_config(spec.family, vocab_size=spec.vocab_size, num_class=spec.num_class,
+                                d_model=spec.d_model, d_ff=spec.d_ff, num_attention_heads=spec.num_attention_heads,
+                                num_hidden_layers=spec.num_hidden_layers, type_vocab_size=spec.type_vocab_size,
+                                dropout=spec.dropout, max_position_embeddings=spec.max_positions,
+                                pad_token_id=tokenizer.pad_token_id, d_emb=spec.d_emb)
+        model = build_from_config(config)
+    method.create_parameters(method_device, device)
+    if isinstance(spec, StudentModel) and spec.init_pairs:
+        copy_teacher_layers_at(model, spec.init_source, list(spec.init_pairs), attn_only=spec.init_attn_only,
+                               embeddings=spec.init_embeddings)
+        print(f"initialised student layers from {spec.init_source}: "
+              + ", ".join(f"{s}<-{t}" for s, t in spec.init_pairs), file=sys.stderr)
+    if distributed.is_main():
+        save_model_dir(exp.model_dir, model.config, tokenizer)
+    return model
