@@ -116,8 +116,8 @@ def worker_toolkit(args, contender: str, t0: float) -> dict:
         from fine_tune.methods import TinyBERT
 
         method = TinyBERT(ls, lt, 0.0, 1.0, 1.0, 1.0, stage="intermediate", student_heads=12, teacher_heads=12,
-                          padding=padding)
-        method.set_widths(TINY_STUDENT["d_model"], 384, optimiser)
+                          padding=padding, student_width=TINY_STUDENT["d_model"], teacher_width=384,
+                          projection_optimiser=optimiser)
         method.create_parameters(None, device)
     elif contender.startswith("pkd"):
         method = PKD(ls, lt, HARD, SOFT, TEMP, MU, padding=padding)

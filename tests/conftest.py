@@ -145,18 +145,21 @@ def batch_widths(monkeypatch) -> list[int]:
     return widths
 
 
-def method_from_flags(name: str, args: list[str], teacher, seed: int):
+def method_from_flags(name: str, args: list[str], teacher, seed: int, task: str = "qqp"):
     """The layer-wise method ``name`` as its script builds it: its flags parsed (``args`` after an experiment,
-    task and teacher of its own), the registry's ``from_flags`` against ``teacher`` (a TeacherShape), then its
-    parameters (gates, projections) created under ``torch.manual_seed(seed)``."""
+    task and teacher of its own), built by the registry's ``build`` from the settings the run plan resolves
+    (``method_settings``: of ``task``, against ``teacher``, a TeacherShape), then its parameters (gates,
+    projections) created under ``torch.manual_seed(seed)``."""
     import torch
 
     from fine_tune.cli import parse_layerwise
     from fine_tune.methods import get_method
+    from fine_tune.plan.training import method_settings
+    from fine_tune.tasks import get_task
 
     flags = parse_layerwise(f"run_{name}_distil.py", "", name, [
-        "--experiment", "x", "--task", "qqp", "--teacher_exp", "t", "--tckpt", "1", *args])
-    method = get_method(name).from_flags(flags, teacher)
+        "--experiment", "x", "--task", task, "--teacher_exp", "t", "--tckpt", "1", *args])
+    method = get_method(name).build(method_settings(flags, get_task(task), teacher))
     torch.manual_seed(seed)
     method.create_parameters(None, None)
     return method

@@ -499,12 +499,13 @@ M_LT, M_LS, M_S, M_DT = 6, 2, 6, 8
 M_LENGTHS = (6, 4, 2)
 
 
-def method_from_flags(name, own, student_width, padding, heads=2, teacher_heads=2, layers=M_LS):
+def method_from_flags(name, own, student_width, padding, heads=2, teacher_heads=2, layers=M_LS, task="qqp"):
     from fine_tune.engine.protocol import TeacherShape
 
     return built_from_flags(name, [
         "--d_model", str(student_width), "--d_ff", "16", "--num_attention_heads", str(heads), "--num_hidden_layers",
-        str(layers), "--max_seq_len", str(M_S), "--padding", padding, *own], TeacherShape(M_LT, M_DT, teacher_heads), 3)
+        str(layers), "--max_seq_len", str(M_S), "--padding", padding, *own], TeacherShape(M_LT, M_DT, teacher_heads), 3,
+        task)
 
 
 def qkv_outputs(seed, layers, width, lengths=M_LENGTHS, classes=3):
@@ -549,9 +550,9 @@ def test_tinybert_prediction_stage_from_its_flags_is_the_released_soft_cross_ent
     close(parts["soft_loss"], soft)
     close(parts["hard_loss"], hard)
     close(parts["loss"], 0.6 * soft + 0.3 * hard)
-    # regression (one output): hard_weight * MSE(s, y) + soft_weight * MSE(s, t)
+    # a regression task (STS-B, one output): hard_weight * MSE(s, y) + soft_weight * MSE(s, t)
     reg = method_from_flags("tinybert", ["--tinybert_stage", "prediction", "--hard_weight", "0.3",
-                                         "--soft_weight", "0.6"], M_DT, "max_length")
+                                         "--soft_weight", "0.6"], M_DT, "max_length", task="stsb")
     sr, tr, yr = s[:, :1], t[:, :1], np.array([0.5, 3.25, 1.0])
     parts = reg.losses({"labels": t32(yr)}, replace(st, logits=t32(sr)), replace(te, logits=t32(tr)))
     expected = 0.3 * float(np.mean((sr[:, 0] - yr) ** 2)) + 0.6 * float(np.mean((sr[:, 0] - tr[:, 0]) ** 2))

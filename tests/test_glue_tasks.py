@@ -455,17 +455,22 @@ def test_stsb_scores_metrics_and_file(tmp_path):
 
 
 def test_regression_losses_are_mean_squared_errors():
+    """Whether the losses are MSEs is the task's (Task.regression, STS-B), read by the method at its build."""
     import torch
 
     from fine_tune.engine.protocol import ModelOutputs
+    from fine_tune.methods import MethodSettings
     from fine_tune.methods.logits_kd import HardLabel, logits_kd_loss
 
+    stsb = get_task("stsb")
+    assert stsb.regression and not get_task("qqp").regression
     s, t, y = torch.tensor([[1.0], [2.0]]), torch.tensor([[1.5], [1.0]]), torch.tensor([2.0, 2.5])
-    parts = logits_kd_loss(s, t, y, hard_weight=0.3, soft_weight=0.7, temperature=1.0)
+    parts = logits_kd_loss(s, t, y, hard_weight=0.3, soft_weight=0.7, temperature=1.0, regression=stsb.regression)
     hard, soft = ((1 - 2) ** 2 + (2 - 2.5) ** 2) / 2, ((1 - 1.5) ** 2 + (2 - 1) ** 2) / 2
     assert parts["hard_loss"].item() == pytest.approx(hard) and parts["soft_loss"].item() == pytest.approx(soft)
     assert parts["logits_loss"].item() == pytest.approx(0.3 * hard + 0.7 * soft)
-    assert HardLabel().losses({"labels": y}, ModelOutputs(s))["loss"].item() == pytest.approx(hard)
+    method = HardLabel.build(MethodSettings({}, num_class=stsb.num_class, regression=stsb.regression))
+    assert method.losses({"labels": y}, ModelOutputs(s))["loss"].item() == pytest.approx(hard)
 
 
 def test_stsb_fine_tune_logits_offline_kd_eval_and_file(run, tiny_bert, data_root, exp_root):

@@ -171,6 +171,7 @@ class WithExtra(HardLabel):
     the extra set only), "inf_student" (in the student), "nan_loss" (a NaN loss from the forward)."""
 
     def __init__(self, bad: dict[int, str], total_step: int):
+        super().__init__()
         self.bad, self.calls = bad, 0
         self.probe = Probe()
         self.settings = OptimiserSettings(lr=1e-2, total_step=total_step, warmup_step=1, weight_decay=0.0)

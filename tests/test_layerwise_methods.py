@@ -20,11 +20,12 @@ from fine_tune.engine.optim import GATE_NO_DECAY, OptimiserSettings
 from fine_tune.engine.protocol import ModelOutputs, TeacherShape
 
 from fine_tune.errors import UserError
-from fine_tune.methods import ALPKD, LAD, LADNO, PKD, PartialLAD
+from fine_tune.methods import ALPKD, LAD, LADNO, PKD, MethodSettings, PartialLAD, StudentShape
 from fine_tune.methods.alp import alp_weights
 from fine_tune.methods.lad import chain_contributions, lad_targets, partial_lad_mapping
 from fine_tune.methods.logits_kd import logits_kd_loss
-from fine_tune.methods.pkd import normalized_cls_loss, pkd_teacher_layers
+from fine_tune.methods.pkd import PkdFlags, normalized_cls_loss, pkd_teacher_layers
+from fine_tune.settings import DistilFlags, LayerwiseFlags
 from fine_tune.models.gates import GateBlock, make_gates
 
 B, S, D = 3, 5, 8
@@ -256,9 +257,13 @@ def test_pkd_mappings_and_losses():
     dims = st.hidden_states[0].shape[-1]
     assert exp2 == pytest.approx(released * 5 * dims, rel=1e-9)  # the sum over layers and D: (M-1) D times larger
     # a run started before the fix keeps the summed reduction (config.json without pkd_cls_reduction)
-    legacy = PKD(6, 12, 0.0, 0.0, 1.0, 100.0, loss="normalized_cls")
-    assert legacy.record() == {"pkd_cls_reduction": "mean"}
-    legacy.continue_legacy({"pkd_cls_reduction": "sum"})
+    assert PKD(6, 12, 0.0, 0.0, 1.0, 100.0, loss="normalized_cls").record() == {"pkd_cls_reduction": "mean"}
+    legacy = PKD.build(MethodSettings({"distil": DistilFlags(softmax_temp=1.0, soft_weight=0.0, hard_weight=0.0),
+                                       "layerwise": LayerwiseFlags(mu=100.0),
+                                       "pkd": PkdFlags(pkd_loss="normalized_cls")}, num_class=2,
+                                      student=StudentShape(6, D, 2), teacher=TeacherShape(12, D),
+                                      legacy={"pkd_cls_reduction": "sum"}))
+    assert legacy.record() == {"pkd_cls_reduction": "sum"}
     assert legacy.losses({"labels": y}, st, te)["hidden_loss"].item() == pytest.approx(exp2, rel=1e-5)
     a, b = torch.randn(4, D), torch.randn(4, D)
     assert normalized_cls_loss(a, 3 * a).item() == pytest.approx(0.0, abs=1e-6)

@@ -157,7 +157,13 @@ def test_the_gate_flags_reach_the_gated_methods(name):
             "--gate_total_step", "9", "--gate_warmup_step", "3", "--padding", "dynamic"]
     if name == "partial_lad":
         argv = ["--probing_exp", "partial_lad", "--gate_indices", "1,3", *argv]
-    method = get_method(name).from_flags(parse_layerwise(f"run_{name}.py", "", name, argv), TeacherShape(6, 10, 2))
+    from fine_tune.plan.training import method_settings
+    from fine_tune.tasks import get_task
+
+    def built(flags):
+        return get_method(name).build(method_settings(flags, get_task("qqp"), TeacherShape(6, 10, 2)))
+
+    method = built(parse_layerwise(f"run_{name}.py", "", name, argv))
     o = method.gate_optimiser
     assert (o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.max_norm, o.total_step, o.warmup_step) == \
         (3e-4, 0.8, 0.95, 1e-7, 0.05, 2.5, 9, 3)
@@ -172,8 +178,7 @@ def test_the_gate_flags_reach_the_gated_methods(name):
                 "partial_lad": (3, "S1<-A1, S2<-A3, S3<-T5")}[name]
     assert (len(method.gates), method.describe_mapping()) == expected
     # without the gate schedule flags the gates follow the student's
-    default = get_method(name).from_flags(parse_layerwise("x", "", name, argv[:argv.index("--gate_lr")]),
-                                          TeacherShape(6, 10, 2))
+    default = built(parse_layerwise("x", "", name, argv[:argv.index("--gate_lr")]))
     d = default.gate_optimiser
     assert (d.lr, d.total_step, d.warmup_step, d.weight_decay) == (1e-5, 20, 2, 0.01)
     assert default.padding == "max_length"

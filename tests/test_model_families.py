@@ -183,7 +183,10 @@ def test_the_projection_gets_gradient_from_every_layerwise_loss():
                                                         "--max_seq_len", "6", *extra])
         from fine_tune.methods import get_method
 
-        method = get_method(method_name).from_flags(flags, TeacherShape(4, 12, 2))
+        from fine_tune.plan.training import method_settings
+        from fine_tune.tasks import get_task
+
+        method = get_method(method_name).build(method_settings(flags, get_task("qqp"), TeacherShape(4, 12, 2)))
         torch.manual_seed(0)
         method.create_parameters(None, None)
         assert method.projection is not None and [e.name for e in method.extra_parameters()][-1] == "projection"
@@ -217,10 +220,11 @@ def test_tinybert_loss_matches_an_independent_computation_on_real_models(world):
         synthetic.tiny_config("bert", num_layers=2, hidden=24, ff=48)).eval()
     sharpen(teacher)
     sharpen(student)
-    method = TinyBERT(2, 4, 0.0, 1.0, 1.0, 1.0, stage="intermediate", student_heads=2, teacher_heads=2)
     from fine_tune.engine.optim import OptimiserSettings
 
-    method.set_widths(24, 32, OptimiserSettings(lr=1e-3, total_step=1, warmup_step=0))
+    method = TinyBERT(2, 4, 0.0, 1.0, 1.0, 1.0, stage="intermediate", student_heads=2, teacher_heads=2,
+                      student_width=24, teacher_width=32,
+                      projection_optimiser=OptimiserSettings(lr=1e-3, total_step=1, warmup_step=0))
     method.create_parameters(None, None)
     ids = torch.randint(5, 100, (2, 7))
     mask = torch.ones(2, 7, dtype=torch.long)

@@ -14,6 +14,8 @@ from fine_tune.engine.trainer import Trainer, TrainSettings
 from fine_tune.models.forward import forward
 from fine_tune.experiment import ExperimentDir
 from fine_tune.methods import LAD
+from fine_tune.plan.training import method_settings
+from fine_tune.tasks import get_task
 from fine_tune.models.classifier import build_from_config, student_config
 
 D, S, LT = 16, 8, 4
@@ -26,7 +28,7 @@ def lad_flags(*extra: str):
 
 
 def engine_for(flags, tmp_path) -> tuple[Trainer, LAD]:
-    method = LAD.from_flags(flags, TeacherShape(num_layers=LT, hidden_size=D))
+    method = LAD.build(method_settings(flags, get_task("qqp"), TeacherShape(num_layers=LT, hidden_size=D)))
     method.create_parameters(None)
     student = build_from_config(student_config("bert", vocab_size=50, num_class=2, d_model=D, d_ff=32,
                                                num_attention_heads=2, num_hidden_layers=2, type_vocab_size=2,

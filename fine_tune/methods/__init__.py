@@ -4,7 +4,7 @@ name in :mod:`fine_tune.methods.registry`.
 A method never touches an optimiser or a file; the engine (``fine_tune.engine.trainer``) does.
 """
 
-from .base import Method
+from .base import Method, MethodSettings, StudentShape
 from .alp import ALPKD
 from .lad import LAD, LADNO, PartialLAD
 from .layerwise import LayerwiseKD
@@ -14,5 +14,5 @@ from .pkd import PKD
 from .tinybert import TinyBERT
 from .registry import METHODS, get_method
 
-__all__ = ["Method", "HardLabel", "OfflineLogitsKD", "logits_kd_loss", "LayerwiseKD", "LAD", "LADNO", "PartialLAD",
+__all__ = ["Method", "MethodSettings", "StudentShape", "HardLabel", "OfflineLogitsKD", "logits_kd_loss", "LayerwiseKD", "LAD", "LADNO", "PartialLAD",
            "ALPKD", "PKD", "TinyBERT", "MiniLM", "METHODS", "get_method"]

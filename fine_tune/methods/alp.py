@@ -69,14 +69,15 @@ class ALPKD(LayerwiseKD):
     map_caption = "Mean ALP-KD attention of each student layer over the teacher layers (non-padding tokens of the dev sample)."
 
     @classmethod
-    def own_arguments(cls, flags, teacher, legacy) -> dict:
-        return {"mode": flags.alp.alp_exp}
+    def own_arguments(cls, settings) -> dict:
+        return {"mode": settings["alp"].alp_exp}
 
     def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *, mode: str,
-                 padding: str = "max_length"):
+                 padding: str = "max_length", **common):
         if mode not in ALP_MODES:
             raise UserError(f"--alp_exp {mode!r}: choose one of {', '.join(ALP_MODES)}")
-        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding)
+        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding,
+                         **common)
         self.mode = mode
 
     def visible(self, j: int) -> int | None:

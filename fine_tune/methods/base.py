@@ -4,14 +4,45 @@ method tells the workflow that builds it. The protocol types a method reads and 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
 
 import torch
 
+from ..engine.optim import OptimiserSettings
 from ..engine.protocol import ExtraParameters, ModelOutputs, TeacherShape
 
-if TYPE_CHECKING:
-    from ..settings import Flags
+
+@dataclass(frozen=True)
+class StudentShape:
+    """The student's layers, width and heads, as the run plan resolved them (a pretrained student's own)."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """What a method is built from (:meth:`Method.build`), resolved once by the run plan
+    (``fine_tune/plan/training.method_settings``): the settings groups it reads, by key (its own ``flag_groups``,
+    and the common ``distil`` and ``layerwise`` groups of the distillation scripts: ``settings["distil"]``), and the
+    facts of the run that are not flags."""
+
+    groups: Mapping[str, Any]
+    num_class: int
+    regression: bool = False  # the task's (Task.regression): one output, a score
+    student: StudentShape | None = None
+    teacher: TeacherShape | None = None
+    padding: str = "dynamic"  # --padding
+    max_seq_len: int = 512
+    optimiser: OptimiserSettings | None = None  # the student's (a width projection learns with it)
+    # a run started before a fidelity fix, resumed: the old rule of each field of Method.record() its config.json
+    # lacks (fine_tune.config.LEGACY_FIELDS), which the method keeps
+    legacy: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.groups[key]
 
 
 class Method:
@@ -24,7 +55,7 @@ class Method:
 
     ``losses`` returns a dict of scalar tensors; key ``"loss"`` is what is back-propagated, every other key
     is logged as ``{task}/{dataset}/{model}/{key}``. A method is registered under its ``name`` in
-    :mod:`fine_tune.methods.registry` and built by :meth:`from_flags`.
+    :mod:`fine_tune.methods.registry` and built complete by :meth:`build`.
     """
 
     name: ClassVar[str] = "method"
@@ -51,12 +82,9 @@ class Method:
     ignores_padding = True
 
     @classmethod
-    def from_flags(cls, flags: "Flags", teacher: TeacherShape | None = None,
-                   legacy: dict[str, Any] | None = None) -> "Method":
-        """Build the method complete from the script's parsed flags (and the teacher's shape for online methods);
-        bad values are refused here, before anything is written. ``legacy``: a run started before a fidelity fix,
-        resumed: the old rule of each field of :meth:`record` its config.json lacks (fine_tune.config.LEGACY_FIELDS),
-        which the method keeps."""
+    def build(cls, settings: MethodSettings) -> "Method":
+        """The method, complete, from its settings and the run's resolved facts; bad values are refused here,
+        before anything is written."""
         return cls()
 
     def check_models(self, teacher_config, student_family: str) -> None:
@@ -67,8 +95,9 @@ class Method:
         """Fields this method adds to ``config.json`` (what it computes that its flags do not say)."""
         return {}
 
-    def init_pairs(self, flags: "Flags") -> list[tuple[int, int]]:
-        """(student layer, pretrained teacher layer) pairs to initialise the student from, 1-based."""
+    def init_pairs(self, init_range: tuple[int, int, int] | None, pretrained_student: bool) -> list[tuple[int, int]]:
+        """(student layer, pretrained teacher layer) pairs to initialise the student from, 1-based; ``init_range``:
+        ``--init_start/--init_end/--init_step`` when given; ``pretrained_student``: ``--student_ptrain_ver``."""
         return []
 
     def create_parameters(self, device: torch.device | None, student_device: torch.device | None = None) -> None:

@@ -84,17 +84,18 @@ class GatedKD(LayerwiseKD):
 
     def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
                  d_model: int, seq_len: int, num_gates: int, gate_optimiser: OptimiserSettings,
-                 padding: str = "max_length"):
-        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding)
+                 padding: str = "max_length", **common):
+        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding,
+                         **common)
         self.d_model, self.seq_len, self.num_gates = d_model, seq_len, num_gates
         self.gates: torch.nn.ModuleList | None = None
         self.gate_device: torch.device | None = None
         self.gate_optimiser = gate_optimiser
 
     @classmethod
-    def own_arguments(cls, flags, teacher, legacy) -> dict:
-        return {"d_model": teacher.hidden_size, "seq_len": flags.batching.max_seq_len,
-                "gate_optimiser": flags.gate.settings(flags.optimiser, legacy.get("gate_no_decay"))}
+    def own_arguments(cls, settings) -> dict:
+        return {"d_model": settings.teacher.hidden_size, "seq_len": settings.max_seq_len,
+                "gate_optimiser": settings["gate"].settings(settings.optimiser, settings.legacy.get("gate_no_decay"))}
 
     def record(self) -> dict:
         return {"gate_no_decay": list(self.gate_optimiser.no_decay)}
@@ -278,21 +279,22 @@ class PartialLAD(GatedKD):
     map_caption = LAD.map_caption + " Rows beyond the gate indices learn one raw teacher layer."
 
     def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
-                 gate_indices: list[int], **kw):
+                 gate_indices: list[int], init_uncovered: bool = False, **kw):
         self.mapping = partial_lad_mapping(gate_indices, num_student_layers, num_teacher_layers)
         super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu,
                          num_gates=max(gate_indices), **kw)
         self.gate_indices = list(gate_indices)
+        self.init_uncovered = init_uncovered
 
     @classmethod
-    def own_arguments(cls, flags, teacher, legacy) -> dict:
-        return {**super().own_arguments(flags, teacher, legacy),
-                "gate_indices": parse_indices(flags.probing.gate_indices, "--gate_indices")}
+    def own_arguments(cls, settings) -> dict:
+        return {**super().own_arguments(settings), "init_uncovered": settings["layerwise"].init_uncovered,
+                "gate_indices": parse_indices(settings["probing"].gate_indices, "--gate_indices")}
 
-    def default_init_pairs(self, flags) -> list[tuple[int, int]]:
+    def default_init_pairs(self) -> list[tuple[int, int]]:
         """Student layer j <- G[j] for j <= |G|; the uncovered layers stay random (the original's quirk) unless
         ``--init_uncovered``."""
-        return [(j, idx) for j, (k, idx) in enumerate(self.mapping, 1) if k == "agg" or flags.layerwise.init_uncovered]
+        return [(j, idx) for j, (k, idx) in enumerate(self.mapping, 1) if k == "agg" or self.init_uncovered]
 
     def hidden_pairs(self, student, teacher):
         values: list = []

@@ -35,7 +35,7 @@ from ..engine.protocol import ExtraParameters, ModelOutputs, TeacherShape
 from ..errors import UserError
 from ..models.init import teacher_layer_map
 from ..models.projection import WidthProjection
-from .base import Method
+from .base import Method, MethodSettings
 from .logits_kd import check_temperature, logits_kd_loss
 
 PADDINGS = ("max_length", "dynamic")
@@ -97,55 +97,53 @@ class LayerwiseKD(Method):
     shared_projection = False
 
     @classmethod
-    def from_flags(cls, flags, teacher: TeacherShape | None = None, legacy: dict | None = None) -> "LayerwiseKD":
-        """The common arguments from the layer-wise scripts' flags, plus :meth:`own_arguments`."""
-        d = flags.distil
-        if not (d.hard_weight or d.soft_weight or flags.layerwise.mu):
+    def build(cls, settings: MethodSettings) -> "LayerwiseKD":
+        """The common arguments (``settings["distil"]``, ``settings["layerwise"]``, the student's and the teacher's
+        shapes), plus :meth:`own_arguments`."""
+        d, mu = settings["distil"], settings["layerwise"].mu
+        if not (d.hard_weight or d.soft_weight or mu):
             raise UserError("--hard_weight, --soft_weight and --mu are all 0: the student would learn nothing")
-        check_temperature(flags.classifier.num_class, d.softmax_temp)
-        method = cls(flags.student.num_hidden_layers, teacher.num_layers, d.hard_weight, d.soft_weight,
-                     d.softmax_temp, flags.layerwise.mu, padding=flags.batching.padding,
-                     **cls.own_arguments(flags, teacher, legacy or {}))
-        method.set_widths(flags.student.d_model, teacher.hidden_size, flags.optimiser.settings())
-        return method
+        check_temperature(settings.regression, d.softmax_temp)
+        return cls(settings.student.num_layers, settings.teacher.num_layers, d.hard_weight, d.soft_weight,
+                   d.softmax_temp, mu, padding=settings.padding, student_width=settings.student.hidden_size,
+                   teacher_width=settings.teacher.hidden_size, projection_optimiser=settings.optimiser,
+                   regression=settings.regression, **cls.own_arguments(settings))
 
     @classmethod
-    def own_arguments(cls, flags, teacher: TeacherShape, legacy: dict) -> dict:
-        """The subclass's own constructor arguments, from its flag groups (``legacy``: as :meth:`from_flags`)."""
+    def own_arguments(cls, settings: MethodSettings) -> dict:
+        """The subclass's own constructor arguments, from its settings groups (and ``settings.legacy``)."""
         return {}
 
-    def init_pairs(self, flags) -> list[tuple[int, int]]:
+    def init_pairs(self, init_range: tuple[int, int, int] | None, pretrained_student: bool) -> list[tuple[int, int]]:
         """(student layer, pretrained teacher layer) pairs to copy, 1-based: ``--init_start`` /``--init_end`` /
         ``--init_step`` when given, else :meth:`default_init_pairs`."""
-        st = flags.student
-        if st.init_start is not None:
-            return list(enumerate(teacher_layer_map(st.init_start, st.init_end, st.init_step, self.ls, self.lt), 1))
-        if st.student_ptrain_ver is not None or (self.student_width is not None
-                                                 and self.student_width != self.teacher_width):
+        if init_range is not None:
+            return list(enumerate(teacher_layer_map(*init_range, self.ls, self.lt), 1))
+        if pretrained_student or (self.student_width is not None and self.student_width != self.teacher_width):
             return []  # a pretrained student brings its weights; a student of another width cannot take the teacher's
-        return self.default_init_pairs(flags)
+        return self.default_init_pairs()
 
-    def default_init_pairs(self, flags) -> list[tuple[int, int]]:
+    def default_init_pairs(self) -> list[tuple[int, int]]:
         """Student layer j <- teacher layer j * skip (the original's layer-wise scripts; ``uniform_layers`` when the
         student's layers do not divide the teacher's)."""
         return list(enumerate(uniform_layers(self.ls, self.lt), 1))
 
     def __init__(self, num_student_layers: int, num_teacher_layers: int, hard_weight: float, soft_weight: float,
-                 temperature: float, mu: float, padding: str = "max_length"):
+                 temperature: float, mu: float, padding: str = "max_length", *, student_width: int | None = None,
+                 teacher_width: int | None = None, projection_optimiser: OptimiserSettings | None = None,
+                 regression: bool = False):
+        """``student_width``/``teacher_width``: the hidden widths; where they differ (and a hidden loss runs) the
+        student's hidden states reach the teacher's width through a learned :class:`WidthProjection`, trained with
+        ``projection_optimiser`` (the student's settings). ``regression``: the task's (one output, a score)."""
         if padding not in PADDINGS:
             raise ValueError(f"padding {padding!r}: expected one of {PADDINGS}")
         self.ls, self.lt = num_student_layers, num_teacher_layers
         self.hard_weight, self.soft_weight, self.temperature, self.mu = hard_weight, soft_weight, temperature, mu
         self.padding = padding
-        self.student_width = self.teacher_width = None
-        self.projection_optimiser: OptimiserSettings | None = None
+        self.student_width, self.teacher_width = student_width, teacher_width
+        self.projection_optimiser = projection_optimiser
+        self.regression = regression
         self.projection: WidthProjection | None = None
-
-    def set_widths(self, student_width: int, teacher_width: int, optimiser: OptimiserSettings) -> None:
-        """The student's and the teacher's hidden widths; where they differ (and a hidden loss runs) the student's
-        hidden states reach the teacher's width through a learned :class:`WidthProjection`, trained with the
-        student's optimiser settings (``optimiser``)."""
-        self.student_width, self.teacher_width, self.projection_optimiser = student_width, teacher_width, optimiser
 
     @property
     def needs_projection(self) -> bool:
@@ -233,7 +231,7 @@ class LayerwiseKD(Method):
 
     def losses(self, batch, student: ModelOutputs, teacher: ModelOutputs | None):
         parts = logits_kd_loss(student.logits, None if teacher is None else teacher.logits, batch.get("labels"),
-                               self.hard_weight, self.soft_weight, self.temperature)
+                               self.hard_weight, self.soft_weight, self.temperature, self.regression)
         loss = parts["logits_loss"]
         if self.mu:
             student = self.in_teacher_space(student)

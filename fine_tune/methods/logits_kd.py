@@ -11,11 +11,12 @@ import torch.nn.functional as F
 
 from ..engine.protocol import ModelOutputs
 from ..errors import UserError
-from .base import Method
+from .base import Method, MethodSettings
 
 
 def logits_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor | None,
-                   hard_weight: float, soft_weight: float, temperature: float) -> dict[str, torch.Tensor]:
+                   hard_weight: float, soft_weight: float, temperature: float,
+                   regression: bool = False) -> dict[str, torch.Tensor]:
     r"""Weighted logits loss (batch mean)::
 
         L = hard_weight * CE(s, y) + soft_weight * T^2 * KL(softmax(t / T) || softmax(s / T))
@@ -23,7 +24,8 @@ def logits_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | 
     with ``s`` the student and ``t`` the teacher logits. The 2020-era offline loss
     ``CE(s, y) - sum softmax(t) log softmax(s)`` has the same gradients as hard_weight = soft_weight = 1,
     T = 1 (KL and soft cross-entropy differ by the teacher's entropy, a constant in the student).
-    Computed in fp32 whatever the autocast dtype. **Regression** (one output, STS-B): both terms are mean squared
+    Computed in fp32 whatever the autocast dtype. **Regression** (``regression``: the task's, one output, STS-B):
+    both terms are mean squared
     errors, of the student's score against the gold score and against the teacher's, and no temperature applies::
 
         L = hard_weight * MSE(s, y) + soft_weight * MSE(s, t)
@@ -31,7 +33,7 @@ def logits_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | 
     s = student_logits.float()
     parts: dict[str, torch.Tensor] = {}
     total = s.new_zeros(())
-    if s.shape[-1] == 1:
+    if regression:
         if labels is not None and hard_weight:
             parts["hard_loss"] = F.mse_loss(s[:, 0], labels.float())
             total = total + hard_weight * parts["hard_loss"]
@@ -54,9 +56,9 @@ def logits_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | 
     return parts
 
 
-def check_temperature(num_class: int | None, temperature: float) -> None:
+def check_temperature(regression: bool, temperature: float) -> None:
     """Regression (one output) has no softmax, so no temperature: one other than the default is refused."""
-    if num_class == 1 and temperature != 1.0:
+    if regression and temperature != 1.0:
         raise UserError(f"--softmax_temp {temperature:g}: a regression task (one output) has no softmax to soften; "
                         f"the soft loss is the MSE to the teacher's score (leave --softmax_temp at 1)")
 
@@ -68,9 +70,16 @@ class HardLabel(Method):
     name = "fine_tune"
     needs_labels = True
 
+    def __init__(self, regression: bool = False):
+        self.regression = regression
+
+    @classmethod
+    def build(cls, settings: MethodSettings) -> "HardLabel":
+        return cls(settings.regression)
+
     def losses(self, batch, student: ModelOutputs, teacher=None):
         logits = student.logits.float()
-        if logits.shape[-1] == 1:
+        if self.regression:
             return {"loss": F.mse_loss(logits[:, 0], batch["labels"].float())}
         return {"loss": F.cross_entropy(logits, batch["labels"])}
 
@@ -82,19 +91,21 @@ class OfflineLogitsKD(Method):
     name = "offline_logits_kd"
     needs_labels = False  # a logits data set of an unlabelled split trains on the soft loss alone
 
-    def __init__(self, hard_weight: float = 1.0, soft_weight: float = 1.0, temperature: float = 1.0):
+    def __init__(self, hard_weight: float = 1.0, soft_weight: float = 1.0, temperature: float = 1.0,
+                 regression: bool = False):
         self.hard_weight, self.soft_weight, self.temperature = hard_weight, soft_weight, temperature
+        self.regression = regression
 
     @classmethod
-    def from_flags(cls, flags, teacher=None, legacy=None) -> "OfflineLogitsKD":
-        d = flags.distil
+    def build(cls, settings: MethodSettings) -> "OfflineLogitsKD":
+        d = settings["distil"]
         if not (d.hard_weight or d.soft_weight):
             raise UserError("--hard_weight and --soft_weight are both 0: the student would learn nothing")
-        check_temperature(flags.classifier.num_class, d.softmax_temp)
-        return cls(d.hard_weight, d.soft_weight, d.softmax_temp)
+        check_temperature(settings.regression, d.softmax_temp)
+        return cls(d.hard_weight, d.soft_weight, d.softmax_temp, settings.regression)
 
     def losses(self, batch, student: ModelOutputs, teacher=None):
         parts = logits_kd_loss(student.logits, batch["teacher_logits"], batch.get("labels"),
-                               self.hard_weight, self.soft_weight, self.temperature)
+                               self.hard_weight, self.soft_weight, self.temperature, self.regression)
         parts["loss"] = parts["logits_loss"]
         return parts

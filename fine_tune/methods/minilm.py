@@ -168,8 +168,9 @@ class MiniLM(LayerwiseKD):
     def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
                  student_heads: int, teacher_heads: int, relation_heads: int | None = None,
                  teacher_layer: int | None = None, student_width: int | None = None, teacher_width: int | None = None,
-                 padding: str = "max_length"):
-        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding)
+                 padding: str = "max_length", **common):
+        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding,
+                         student_width=student_width, teacher_width=teacher_width, **common)
         self.teacher_layer = teacher_layer or num_teacher_layers
         if not 1 <= self.teacher_layer <= num_teacher_layers:
             raise UserError(f"--minilm_teacher_layer {self.teacher_layer}: the teacher has {num_teacher_layers} "
@@ -185,11 +186,11 @@ class MiniLM(LayerwiseKD):
                             f"{student_width}, teacher {teacher_width}")
 
     @classmethod
-    def own_arguments(cls, flags, teacher, legacy) -> dict:
-        return {"student_heads": flags.student.num_attention_heads,
-                "teacher_heads": getattr(teacher, "num_heads", None) or flags.student.num_attention_heads,
-                "relation_heads": flags.minilm.relation_heads, "teacher_layer": flags.minilm.minilm_teacher_layer,
-                "student_width": flags.student.d_model, "teacher_width": teacher.hidden_size}
+    def own_arguments(cls, settings) -> dict:
+        return {"student_heads": settings.student.num_heads,
+                "teacher_heads": settings.teacher.num_heads or settings.student.num_heads,
+                "relation_heads": settings["minilm"].relation_heads,
+                "teacher_layer": settings["minilm"].minilm_teacher_layer}
 
     def check_models(self, teacher_config, student_family: str) -> None:
         if self.mu:
@@ -209,7 +210,7 @@ class MiniLM(LayerwiseKD):
 
     def losses(self, batch, student, teacher):
         parts = logits_kd_loss(student.logits, None if teacher is None else teacher.logits, batch.get("labels"),
-                               self.hard_weight, self.soft_weight, self.temperature)
+                               self.hard_weight, self.soft_weight, self.temperature, self.regression)
         loss = parts["logits_loss"]
         if self.mu:
             mask = student.attention_mask

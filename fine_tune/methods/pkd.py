@@ -76,10 +76,11 @@ class PKD(LayerwiseKD):
 
     def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
                  loss: str = "hidden_mse", strategy: str = "skip", padding: str = "max_length",
-                 cls_reduction: str = "mean"):
+                 cls_reduction: str = "mean", **common):
         if loss not in PKD_LOSSES:
             raise UserError(f"--pkd_loss {loss!r}: choose one of {', '.join(PKD_LOSSES)}")
-        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding)
+        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding,
+                         **common)
         self.loss_kind = loss
         self.cls_reduction = cls_reduction
         count = num_student_layers if loss == "hidden_mse" else num_student_layers - 1
@@ -88,9 +89,9 @@ class PKD(LayerwiseKD):
         self.teacher_layers = pkd_teacher_layers(num_teacher_layers, num_student_layers, strategy, count)
 
     @classmethod
-    def own_arguments(cls, flags, teacher, legacy) -> dict:
-        return {"loss": flags.pkd.pkd_loss, "strategy": flags.pkd.pkd_strategy,
-                "cls_reduction": legacy.get("pkd_cls_reduction", "mean")}
+    def own_arguments(cls, settings) -> dict:
+        return {"loss": settings["pkd"].pkd_loss, "strategy": settings["pkd"].pkd_strategy,
+                "cls_reduction": settings.legacy.get("pkd_cls_reduction", "mean")}
 
     def record(self) -> dict:
         return {"pkd_cls_reduction": self.cls_reduction} if self.loss_kind == "normalized_cls" else {}

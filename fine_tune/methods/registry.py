@@ -1,7 +1,7 @@
 """Every method by name: ``config.json``'s ``method`` field and the entry scripts find them here.
 
 Adding a method is one new file in ``fine_tune/methods/`` (a :class:`~fine_tune.methods.base.Method` subclass
-with its ``name``, ``flag_groups``, ``from_flags`` and ``losses``) and one line in ``METHODS`` below
+with its ``name``, ``flag_groups``, ``build`` and ``losses``) and one line in ``METHODS`` below
 (doc/methods.md, "Adding a method").
 """
 

@@ -266,14 +266,14 @@ class TinyBERT(LayerwiseKD):
     name = "tinybert"
     flag_groups = (TinyBertFlags, TinyBertDistilFlags)
     shared_projection = True
-    reads_attention = True
 
     def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
                  stage: str = "intermediate", student_heads: int | None = None, teacher_heads: int | None = None,
-                 attention: str = "per_head", padding: str = "max_length"):
+                 attention: str = "per_head", padding: str = "max_length", **common):
         if stage not in TINYBERT_STAGES:
             raise UserError(f"--tinybert_stage {stage!r}: choose one of {', '.join(TINYBERT_STAGES)}")
-        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding)
+        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding,
+                         **common)
         self.stage = stage
         self.teacher_layers = tinybert_layer_map(num_student_layers, num_teacher_layers)
         if attention not in TINYBERT_ATTENTION:
@@ -285,23 +285,21 @@ class TinyBERT(LayerwiseKD):
                             f"attention heads (--num_attention_heads), the teacher {teacher_heads} (or pass "
                             f"--tinybert_attention head_mean)")
         self.student_heads, self.teacher_heads = student_heads, teacher_heads
-        if not self.intermediate:
-            self.reads_attention = False  # the prediction stage reads logits only
 
     @classmethod
-    def from_flags(cls, flags, teacher=None, legacy=None) -> "TinyBERT":
-        d, stage = flags.distil, flags.tinybert.tinybert_stage
-        if stage == "intermediate" and not flags.layerwise.mu:
+    def build(cls, settings) -> "TinyBERT":
+        d, stage, mu = settings["distil"], settings["tinybert"].tinybert_stage, settings["layerwise"].mu
+        if stage == "intermediate" and not mu:
             raise UserError("--mu 0: TinyBERT's intermediate stage has no other loss; the student would learn nothing")
         if stage == "prediction" and not (d.hard_weight or d.soft_weight):
             raise UserError("--hard_weight and --soft_weight are both 0: TinyBERT's prediction stage would learn nothing")
-        check_temperature(flags.classifier.num_class, d.softmax_temp)
-        method = cls(flags.student.num_hidden_layers, teacher.num_layers, d.hard_weight, d.soft_weight,
-                     d.softmax_temp, flags.layerwise.mu, stage=stage,
-                     student_heads=flags.student.num_attention_heads, teacher_heads=getattr(teacher, "num_heads", None),
-                     attention=flags.tinybert.tinybert_attention, padding=flags.batching.padding)
-        method.set_widths(flags.student.d_model, teacher.hidden_size, flags.optimiser.settings())
-        return method
+        check_temperature(settings.regression, d.softmax_temp)
+        return cls(settings.student.num_layers, settings.teacher.num_layers, d.hard_weight, d.soft_weight,
+                   d.softmax_temp, mu, stage=stage, student_heads=settings.student.num_heads,
+                   teacher_heads=settings.teacher.num_heads, attention=settings["tinybert"].tinybert_attention,
+                   padding=settings.padding, student_width=settings.student.hidden_size,
+                   teacher_width=settings.teacher.hidden_size, projection_optimiser=settings.optimiser,
+                   regression=settings.regression)
 
     def check_models(self, teacher_config, student_family: str) -> None:
         if self.intermediate:
@@ -314,6 +312,10 @@ class TinyBERT(LayerwiseKD):
     @property
     def needs_hidden_states(self) -> bool:  # type: ignore[override]
         return self.intermediate
+
+    @property
+    def reads_attention(self) -> bool:  # type: ignore[override]
+        return self.intermediate  # the prediction stage reads logits only
 
     @property
     def needs_projection(self) -> bool:  # type: ignore[override]
@@ -334,9 +336,9 @@ class TinyBERT(LayerwiseKD):
 
     def losses(self, batch, student, teacher):
         if not self.intermediate:
-            if student.logits.shape[-1] == 1:  # regression: the released code's MSE to the teacher's score
+            if self.regression:  # the released code's MSE to the teacher's score
                 parts = logits_kd_loss(student.logits, teacher.logits, batch.get("labels"), self.hard_weight,
-                                       self.soft_weight, 1.0)
+                                       self.soft_weight, 1.0, regression=True)
                 parts["loss"] = parts["logits_loss"]
                 return parts
             parts = {}

@@ -20,7 +20,9 @@ from ..engine.trainer import TrainSettings
 from ..errors import UserError
 from ..experiment import ExperimentDir, roots
 from ..io_utils import check_writable, sha256_file
+from ..engine.protocol import TeacherShape
 from ..methods import Method, get_method
+from ..methods.base import MethodSettings, StudentShape
 from ..models.classifier import (check_same_tokenisation, load_pretrained_config, load_tokenizer,
                                 weight_file_hashes)
 from ..models.families import usable_positions
@@ -116,6 +118,21 @@ def _legacy(exp: ExperimentDir, record: dict) -> dict:
     return cfg.legacy_values(old, record) if not cfg.changed_fields(old, record) else {}
 
 
+def method_settings(flags, task: Task, teacher: TeacherShape | None = None,
+                    legacy: dict | None = None) -> MethodSettings:
+    """What a method is built from: the settings groups of the script (the method's own, ``distil``,
+    ``layerwise``...) and the run's resolved facts (the task's regression, the student's and the teacher's
+    shapes, the padding, the student's optimiser, a resumed run's legacy rules)."""
+    st, b = flags.student if flags.has("student") else None, flags.batching
+    return MethodSettings(
+        groups={key: getattr(flags, key) for key in ("distil", "layerwise", "gate", "probing", "alp", "pkd",
+                                                     "tinybert", "minilm") if flags.has(key)},
+        num_class=flags.classifier.num_class, regression=task.regression,
+        student=StudentShape(st.num_hidden_layers, st.d_model, st.num_attention_heads) if st else None,
+        teacher=teacher, padding=b.padding, max_seq_len=b.max_seq_len, optimiser=flags.optimiser.settings(),
+        legacy=legacy or {})
+
+
 def _plan(flags, *, data_root, task, exp, train, tokenizer, max_seq_len, model, method, record, inputs, evaluation,
           devices=None, **extra) -> RunPlan:
     b = flags.batching
@@ -139,7 +156,7 @@ def plan_fine_tune(flags) -> RunPlan:
     cfg.check_max_seq_len(max_seq_len, pre_config.max_position_embeddings, f"--ptrain_ver {ptrain_ver!r}")
     tokenizer = load_tokenizer(ptrain_ver, "--ptrain_ver")
     cfg.check_room_for_text(max_seq_len, tokenizer)
-    method = get_method("fine_tune").from_flags(flags)
+    method = get_method("fine_tune").build(method_settings(flags, task))
     inputs = _inputs(task, (train.file, train.sha256), evaluation, weight_file_hashes(ptrain_ver))
     model = PretrainedModel(ptrain_ver, e.model, flags.classifier.num_class, flags.classifier.dropout)
     return _plan(flags, data_root=data_root, task=task, exp=exp, train=train, tokenizer=tokenizer,
@@ -238,7 +255,7 @@ def plan_offline_distill(flags) -> RunPlan:
                                    pre_config.num_hidden_layers)
         pairs = list(enumerate(layers, 1))
         check_copyable(pre_config, st.d_model, st.d_ff, st.init_attn_only)
-    method = get_method("offline_logits_kd").from_flags(flags)
+    method = get_method("offline_logits_kd").build(method_settings(flags, task))
     train = Split(e.dataset, logits.data_file, meta["logits_sha256"], examples)
     inputs = _inputs(task, (train.file, train.sha256), evaluation, weight_file_hashes(source) if pairs else {},
                      weight_file_hashes(st.student_ptrain_ver) if st.student_ptrain_ver else {})
@@ -339,14 +356,16 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
         if given != list(range(1, st.num_hidden_layers + 1)):
             notes.insert(0, f"--student_indices {flags.probing.student_indices} is ignored by partial LAD: every "
                             f"student layer learns")
-    method = method_cls.from_flags(flags, teacher)  # validates its mapping before anything is written
+    shape = TeacherShape(teacher.num_layers, teacher.hidden_size, teacher.num_heads)
+    method = method_cls.build(method_settings(flags, task, shape))  # its mapping validated before anything is written
     method.check_models(teacher.hf_config, student_family=e.model)
     train = load_split(task, data_root, e.dataset, flags.paths.max_examples)
     if student_tokenizer is not None:  # token-level losses need one tokenisation
         check_same_tokenisation(teacher.tokenizer, student_tokenizer, train.examples, teacher.name,
                                 st.student_ptrain_ver)
     ptrain_ver = teacher.record.get("ptrain_ver")
-    pairs = method.init_pairs(flags)  # checked (and the pretrained folder found) before anything is written
+    init_range = None if st.init_start is None else (st.init_start, st.init_end, st.init_step)
+    pairs = method.init_pairs(init_range, st.student_ptrain_ver is not None)  # checked below, before any write
     if pairs and teacher.hf_config.model_type != e.model:
         if st.init_start is not None:
             raise UserError(f"--init_start: the teacher's pretrained layers are {teacher.hf_config.model_type!r} "
@@ -378,7 +397,7 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
         record["tmodel"] = teacher.hf_config.model_type
     legacy = _legacy(exp, record)
     if legacy:  # a run started before a fidelity fix: its method keeps the rule it started with
-        method = method_cls.from_flags(flags, teacher, legacy=legacy)
+        method = method_cls.build(method_settings(flags, task, shape, legacy))
         record = dict(record, **method.record())
     inputs = _inputs(task, (train.file, train.sha256), evaluation, teacher.input_hashes(),
                      weight_file_hashes(ptrain_ver) if pairs else {},
