@@ -76,8 +76,9 @@ class Features:
 
 
 def tokenize(tokenizer, examples: Sequence[Example], max_seq_len: int, chunk: int = 4096,
-             progress: bool = False) -> Features:
-    """Tokenise (text, text_pair) with truncation 'longest_first' to ``max_seq_len`` (as the original)."""
+             progress: bool = False, regression: bool = False) -> Features:
+    """Tokenise (text, text_pair) with truncation 'longest_first' to ``max_seq_len`` (as the original). The labels:
+    class indices (int64), or scores (float32) for a ``regression`` task (the task's ``Task.regression``)."""
     from tqdm.auto import tqdm
 
     ids: list[np.ndarray] = []
@@ -107,13 +108,15 @@ def tokenize(tokenizer, examples: Sequence[Example], max_seq_len: int, chunk: in
     np.cumsum(lengths, out=offsets[1:])
     labels = None
     if examples and examples[0].label is not None:
-        regression = isinstance(examples[0].label, float)  # a score (STS-B): float32, else class indices
+        if not regression and any(isinstance(e.label, float) for e in examples):
+            raise ValueError("scores as labels of a task that is not a regression task (pass regression=True)")
         labels = np.asarray([e.label for e in examples], dtype=np.float32 if regression else np.int64)
     cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dtype=dt))
     return Features(cat(ids, np.int32), cat(types, np.int8), offsets, labels)
 
 
-def cached_features(cache_dir: Path, tokenizer, examples: Sequence[Example], max_seq_len: int) -> Features:
+def cached_features(cache_dir: Path, tokenizer, examples: Sequence[Example], max_seq_len: int, *,
+                    regression: bool) -> Features:
     """Tokenise once per (tokenizer, rows' content, max_seq_len); reuse afterwards.
 
     The rows are identified by their content (:func:`~fine_tune.tasks.example.examples_digest`), not by the file
@@ -130,7 +133,7 @@ def cached_features(cache_dir: Path, tokenizer, examples: Sequence[Example], max
                 return Features.from_state(state)
         except Exception:  # a corrupt cache file is rebuilt, never trusted
             pass
-    features = tokenize(tokenizer, examples, max_seq_len, progress=len(examples) > 20000)
+    features = tokenize(tokenizer, examples, max_seq_len, progress=len(examples) > 20000, regression=regression)
     if writable(path.parent):  # a read-only data root only costs time: nothing is written there
         try:
             atomic_torch_save(features.to_state(), path)

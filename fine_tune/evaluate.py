@@ -73,7 +73,8 @@ def load_split(le: LoadedExperiment, split: str, max_examples: int | None, befor
     examples = le.task.load(le.data_root, split, max_examples)
     if before_tokenizing is not None:
         before_tokenizing(le, path, examples)
-    features = cached_features(le.data_root / "cache", le.tokenizer, examples, le.config["max_seq_len"])
+    features = cached_features(le.data_root / "cache", le.tokenizer, examples, le.config["max_seq_len"],
+                               regression=le.task.regression)
     return path, examples, features
 
 

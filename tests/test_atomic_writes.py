@@ -111,7 +111,7 @@ def check_complete(cid: str, base: Path) -> None:
         fresh = batching.tokenize(tok, examples, 20)
         real, batching.tokenize = batching.tokenize, None  # any attempt to tokenise again fails
         try:
-            cached = batching.cached_features(base / "cache_data" / "cache", tok, examples, 20)
+            cached = batching.cached_features(base / "cache_data" / "cache", tok, examples, 20, regression=False)
         finally:
             batching.tokenize = real
         for a, b in ((cached.input_ids, fresh.input_ids), (cached.offsets, fresh.offsets), (cached.labels, fresh.labels)):

@@ -79,7 +79,7 @@ def test_the_tokenisation_cache_misses_on_each_input_and_hits_on_none(tmp_path, 
     def features(tokenizer=bert, max_seq_len=24, max_examples=None):
         task = task_of(folder)
         return batching.cached_features(cache, tokenizer, task.load(folder.parent, "train", max_examples),
-                                        max_seq_len)
+                                        max_seq_len, regression=task.regression)
 
     base = features()
     assert len(calls) == 1

@@ -121,7 +121,7 @@ WORKER = textwrap.dedent("""
         return features
 
     batching.tokenize = tokenize
-    runs = [batching.cached_features(cache, tok, examples, 48)
+    runs = [batching.cached_features(cache, tok, examples, 48, regression=False)
             for _ in range(2)]  # the second read finds the file one of the two wrote
     def listed(f):
         return [f.input_ids.tolist(), f.token_type_ids.tolist(), f.offsets.tolist(), f.labels.tolist()]
@@ -174,5 +174,5 @@ def test_two_processes_share_a_tokenisation_cache(data_root, tmp_path, tiny_bert
     assert listed(cached) == want
     # a third reader hits the cache: it never tokenises
     monkeypatch.setattr(batching, "tokenize", lambda *a, **k: pytest.fail("tokenised although the cache was written"))
-    hit = batching.cached_features(cache, tok, examples, 48)
+    hit = batching.cached_features(cache, tok, examples, 48, regression=False)
     assert listed(hit) == want

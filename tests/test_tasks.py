@@ -229,7 +229,7 @@ def _same(a: Features, b: Features) -> bool:
 def test_cached_features_round_trip(tokenizer, data_root, tmp_path, monkeypatch):
     examples = get_task("boolq").load(data_root, "train")
     cache = tmp_path / "cache"
-    first = cached_features(cache, tokenizer, examples, 32)
+    first = cached_features(cache, tokenizer, examples, 32, regression=False)
     files = list(cache.glob("features-*.pt"))
     assert len(files) == 1 and files[0].is_file()
     assert _same(first, tokenize(tokenizer, examples, 32))
@@ -238,37 +238,37 @@ def test_cached_features_round_trip(tokenizer, data_root, tmp_path, monkeypatch)
         raise AssertionError("tokenised again instead of loading the cache")
 
     monkeypatch.setattr(batching, "tokenize", boom)
-    again = cached_features(cache, tokenizer, examples, 32)
+    again = cached_features(cache, tokenizer, examples, 32, regression=False)
     assert _same(again, first)
     with pytest.raises(AssertionError, match="tokenised again"):  # another max_seq_len is another entry
-        cached_features(cache, tokenizer, examples, 16)
+        cached_features(cache, tokenizer, examples, 16, regression=False)
     with pytest.raises(AssertionError, match="tokenised again"):  # other rows too (tests/test_identity.py: each input)
-        cached_features(cache, tokenizer, examples[:-1], 32)
+        cached_features(cache, tokenizer, examples[:-1], 32, regression=False)
     monkeypatch.undo()
 
-    short = cached_features(cache, tokenizer, examples, 16)
+    short = cached_features(cache, tokenizer, examples, 16, regression=False)
     assert len(list(cache.glob("features-*.pt"))) == 2
     assert short.lengths().max() <= 16 < first.lengths().max()
 
 
 def test_cached_features_unlabelled_split(tokenizer, data_root, tmp_path, monkeypatch):
     examples = get_task("boolq").load(data_root, "test")
-    first = cached_features(tmp_path, tokenizer, examples, 32)
+    first = cached_features(tmp_path, tokenizer, examples, 32, regression=False)
     monkeypatch.setattr(batching, "tokenize", lambda *a, **k: pytest.fail("cache not used"))
-    again = cached_features(tmp_path, tokenizer, examples, 32)
+    again = cached_features(tmp_path, tokenizer, examples, 32, regression=False)
     assert again.labels is None and _same(again, first)
 
 
 @pytest.mark.parametrize("garbage", [b"truncated", b""])
 def test_corrupt_cache_file_is_rebuilt(tokenizer, data_root, tmp_path, monkeypatch, garbage):
     examples = get_task("qqp").load(data_root, "dev")
-    first = cached_features(tmp_path, tokenizer, examples, 32)
+    first = cached_features(tmp_path, tokenizer, examples, 32, regression=False)
     (path,) = tmp_path.glob("features-*.pt")
     path.write_bytes(garbage)
     calls = []
     real = batching.tokenize
     monkeypatch.setattr(batching, "tokenize", lambda *a, **k: calls.append(1) or real(*a, **k))
-    rebuilt = cached_features(tmp_path, tokenizer, examples, 32)
+    rebuilt = cached_features(tmp_path, tokenizer, examples, 32, regression=False)
     assert calls == [1] and _same(rebuilt, first)
     assert _same(Features.from_state(torch.load(path, weights_only=True)), first)  # the file was rewritten
 

@@ -62,7 +62,8 @@ def layer_map_writer(plan: RunPlan, method: LayerwiseKD, teacher: torch.nn.Modul
     lm = plan.layer_map
     if lm is None:
         return None
-    features = cached_features(plan.data_root / "cache", plan.tokenizer, lm.examples, plan.max_seq_len)
+    features = cached_features(plan.data_root / "cache", plan.tokenizer, lm.examples, plan.max_seq_len,
+                               regression=plan.task.regression)
     collator = Collator(features, plan.tokenizer.pad_token_id, plan.max_seq_len, plan.padding)  # as in training
     return LayerMapWriter(method, collator, len(features), teacher, student, device, teacher_device, precision,
                           plan.exp.path, f"{plan.training.tag_prefix}/layer_map",

@@ -24,7 +24,8 @@ def training_evaluator(plan: RunPlan, tokenizer, device: torch.device, precision
         return None
     from ..evaluate import TrainingEvaluator
 
-    features = cached_features(plan.data_root / "cache", tokenizer, ev.split.examples, plan.max_seq_len)
+    features = cached_features(plan.data_root / "cache", tokenizer, ev.split.examples, plan.max_seq_len,
+                               regression=plan.task.regression)
     return TrainingEvaluator(plan.exp, plan.task, ev.split.name, ev.split.examples, features, tokenizer.pad_token_id,
                              plan.max_seq_len, ev.batch_size, device, precision, ev.every, ev.patience)
 
@@ -35,7 +36,8 @@ def run_training(plan: RunPlan, model: torch.nn.Module, method: Method, device: 
     """Tokenise (through the cache), build the collator and run the one engine; ``on_checkpoint(step, writer)``
     runs at each checkpoint (e.g. the layer-contribution heat-map)."""
     tokenizer, exp, s = plan.tokenizer, plan.exp, plan.training
-    features = cached_features(plan.data_root / "cache", tokenizer, plan.train.examples, plan.max_seq_len)
+    features = cached_features(plan.data_root / "cache", tokenizer, plan.train.examples, plan.max_seq_len,
+                               regression=plan.task.regression)
     if features.labels is None and method.needs_labels:
         raise UserError(f"--dataset {plan.train.name!r} has no labels; train on a labelled split")
     forwards = training_forwards(model, teacher, enabled=plan.padding_free, ignores_padding=method.ignores_padding,
