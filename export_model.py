@@ -26,8 +26,9 @@ from fine_tune.settings import EXPORT
 def main(argv=None):
     flags = parse_flags("export_model.py", __doc__.splitlines()[0], EXPORT, argv)
     from fine_tune.export import run_export
+    from fine_tune.plan.inference import plan_export
 
-    run_export(flags)
+    run_export(plan_export(flags))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ from fine_tune.settings import PREDICT
 def main(argv=None):
     flags = parse_flags("generate_test_prediction.py", __doc__.splitlines()[0], PREDICT, argv)
     from fine_tune.evaluate import run_test_prediction
+    from fine_tune.plan.inference import plan_prediction
 
-    run_test_prediction(flags)
+    run_test_prediction(plan_prediction(flags))
 
 
 if __name__ == "__main__":

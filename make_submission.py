@@ -18,9 +18,10 @@ from fine_tune.settings import SubmissionFlags
 
 def main(argv=None):
     flags = parse_flags("make_submission.py", __doc__.splitlines()[0], [SubmissionFlags], argv)
+    from fine_tune.plan.inference import plan_submission
     from fine_tune.submission import run_submission
 
-    run_submission(flags.submission)
+    run_submission(plan_submission(flags))
 
 
 if __name__ == "__main__":

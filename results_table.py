@@ -23,9 +23,10 @@ from fine_tune.settings import ResultsFlags
 
 def main(argv=None):
     flags = parse_flags("results_table.py", __doc__.splitlines()[0], [ResultsFlags], argv)
+    from fine_tune.plan.inference import plan_results
     from fine_tune.results import run_results
 
-    run_results(flags.results)
+    run_results(plan_results(flags.results))
 
 
 if __name__ == "__main__":

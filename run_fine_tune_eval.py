@@ -15,8 +15,9 @@ from fine_tune.settings import EVAL
 def main(argv=None):
     flags = parse_flags("run_fine_tune_eval.py", __doc__.splitlines()[0], EVAL, argv)
     from fine_tune.evaluate import run_eval
+    from fine_tune.plan.inference import plan_eval
 
-    run_eval(flags)
+    run_eval(plan_eval(flags))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ from fine_tune.settings import GEN_LOGITS
 def main(argv=None):
     flags = parse_flags("run_fine_tune_gen_logits.py", __doc__.splitlines()[0], GEN_LOGITS, argv)
     from fine_tune.evaluate import run_gen_logits
+    from fine_tune.plan.inference import plan_gen_logits
 
-    run_gen_logits(flags)
+    run_gen_logits(plan_gen_logits(flags))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,17 +24,21 @@ from .engine.device import Precision, resolve_device, resolve_precision
 from .engine.trainer import to_device
 from .models.forward import forward
 from .errors import UserError
-from .experiment import ExperimentDir, roots
+from .experiment import ExperimentDir
 from .io_utils import (TMP_PREFIX, atomic_write, atomic_write_json, atomic_write_text, check_writable, remove_inside,
                        sha256_file)
 from .locking import lock_folder, releases_locks
-from .selection import best_row, parse_ckpt, predictions_path, resolve_ckpt
+from .selection import best_row, predictions_path, resolve_ckpt
 from .engine.checkpoint import load_checkpoint_into
 from .models.classifier import build_from_config, check_checkpoint, load_model_dir
 from .tasks.metrics import TAGS
-from .tasks import Task, get_task
+from .tasks import Task
 from .tasks.example import examples_digest
 from .tasks.logits import check_logits_target, logits_dir, write_logits
+
+if TYPE_CHECKING:
+    from .plan.inference import (CheckpointChoice, EvalPlan, InferenceDevices, LogitsPlan, PredictionPlan,
+                                 TrainedExperiment)
 
 
 @dataclass
@@ -47,19 +52,16 @@ class LoadedExperiment:
     precision: Precision | None
     data_root: Path
 
-    def resolve_device(self, device_flags) -> None:
+    def resolve_device(self, devices: InferenceDevices) -> None:
         """After every input has been checked, so an error is never preceded by device warnings."""
-        self.device = resolve_device(device_flags.device_id, device_flags.num_gpu)
-        self.precision = resolve_precision(device_flags.amp, device_flags.amp_dtype, self.device)
+        self.device = resolve_device(devices.device_id, devices.num_gpu)
+        self.precision = resolve_precision(devices.amp, devices.amp_dtype, self.device)
 
 
-def open_experiment(flags) -> LoadedExperiment:
-    """Check the split, then the folder; build the model from the experiment's own config and tokenizer."""
-    e = flags.experiment
-    data_root, exp_root = roots(flags.paths)
-    task = get_task(e.task, data_root)
-    task.check_split(e.dataset)
-    exp = ExperimentDir.of(exp_root, e.experiment, e.model, e.task).require()
+def open_experiment(target: TrainedExperiment) -> LoadedExperiment:
+    """The planned experiment (its split and folder checked by the plan): its config and the labels it was trained
+    with checked, the model built from its own config and tokenizer."""
+    data_root, task, exp = target.data_root, target.task, target.exp
     config = cfg.load_config(exp.config_path, required=("max_seq_len",))
     task.check_trained_labels(config, str(exp.path))
     model_config, tokenizer = load_model_dir(exp.model_dir)
@@ -132,13 +134,10 @@ def write_predictions(path: Path, examples, logits: np.ndarray) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def run_eval(flags) -> dict:
-    """``run_fine_tune_eval.py``: every checkpoint from ``--ckpt`` on, in step order, on one split."""
-    le = open_experiment(flags)
-    e, first, batch_size = flags.experiment, flags.sweep.ckpt, flags.inference.batch_size
-    if e.dataset not in le.task.labelled:
-        raise UserError(f"--dataset {e.dataset!r} has no labels to evaluate against; "
-                        f"use generate_test_prediction.py for {e.dataset}")
+def run_eval(plan: EvalPlan) -> dict:
+    """``run_fine_tune_eval.py``: every checkpoint from ``--ckpt`` on, in step order, on one (labelled) split."""
+    le = open_experiment(plan.target)
+    split, first, batch_size = plan.split, plan.first_ckpt, plan.batch_size
     steps = [s for s in le.exp.checkpoints() if s >= first]
     if not steps:
         have = ", ".join(map(str, le.exp.checkpoints())) or "none"
@@ -148,8 +147,8 @@ def run_eval(flags) -> dict:
             steps.remove(step)
     check_writable(le.exp.path, "--exp_root", root=le.exp.root)
     check_writable(le.exp.log_dir, "--exp_root", root=le.exp.root)
-    _, examples, features = load_split(le, e.dataset, flags.paths.max_examples)
-    le.resolve_device(flags.device)
+    _, examples, features = load_split(le, split, plan.max_examples)
+    le.resolve_device(plan.devices)
     from torch.utils.tensorboard import SummaryWriter
 
     main = distributed.is_main()  # under torchrun every rank predicts its share; rank 0 writes
@@ -157,7 +156,7 @@ def run_eval(flags) -> dict:
     rows = []
     predictions: dict[str, np.ndarray] = {}
     metric_names = list(le.task.metrics)
-    print(f"{le.exp.name}: {e.dataset} ({len(examples)} rows), {len(steps)} checkpoint(s) on {le.device}")
+    print(f"{le.exp.name}: {split} ({len(examples)} rows), {len(steps)} checkpoint(s) on {le.device}")
     print("ckpt\t" + "\t".join(metric_names))
     try:
         for step in steps:
@@ -176,16 +175,16 @@ def run_eval(flags) -> dict:
             if not main:
                 continue
             for m in metric_names:  # accuracy, f1_score (the toolkit's tags), mcc, macro_f1, ...
-                writer.add_scalar(f"{e.task}/{e.dataset}/{TAGS.get(m, m)}", row[m], step)
-            if flags.sweep.save_predictions:
-                write_predictions(le.exp.path / f"predictions-{e.dataset}-{step}.tsv", examples, logits)
+                writer.add_scalar(f"{le.task.name}/{split}/{TAGS.get(m, m)}", row[m], step)
+            if plan.save_predictions:
+                write_predictions(le.exp.path / f"predictions-{split}-{step}.tsv", examples, logits)
     finally:
         if writer is not None:
             writer.close()
     if not rows:
         raise UserError(f"every checkpoint of {le.exp.path} from --ckpt {first} on was deleted while this evaluation "
                         f"ran; nothing evaluated")
-    table = write_eval_table(le.exp, le.task, e.dataset, examples, features.labels, rows, predictions,
+    table = write_eval_table(le.exp, le.task, split, examples, features.labels, rows, predictions,
                              inference_record(le.device, le.precision, batch_size), write=main)
     for m in metric_names:
         print(f"best {m}: {table['best'][m]['value']:.6f} at model-{table['best'][m]['ckpt']}.pt")
@@ -283,14 +282,11 @@ def _still_there(le: LoadedExperiment, step: int, read) -> bool:
     return True
 
 
-def _checkpoint(le: LoadedExperiment, flags) -> tuple[int, str]:
-    """``--ckpt``: a step, ``last`` / not given (the newest checkpoint) or ``best`` (on ``--select_on``). Returns
-    the step and how it was chosen."""
-    c, e = flags.checkpoint, flags.experiment
-    ckpt = parse_ckpt(str(c.ckpt)) if c.ckpt is not None else None
-    select_on = c.select_on or le.task.dev_split
-    le.task.check_split(select_on, "--select_on")
-    return resolve_ckpt(le.exp, ckpt, select_on, task=le.task, model=e.model, experiment=e.experiment)
+def _checkpoint(le: LoadedExperiment, target: TrainedExperiment, choice: CheckpointChoice) -> tuple[int, str]:
+    """The planned ``--ckpt``: a step, ``last`` / not given (the newest checkpoint) or ``best`` (on
+    ``--select_on``), found in the experiment folder. Returns the step and how it was chosen."""
+    return resolve_ckpt(le.exp, choice.ckpt, choice.select_on, task=le.task, model=target.model,
+                        experiment=target.experiment)
 
 
 @dataclass
@@ -304,53 +300,49 @@ class CheckpointLogits:
     logits: np.ndarray
 
 
-def checkpoint_logits(flags, before_predicting=None) -> CheckpointLogits:
-    """Open the experiment, load ``--ckpt`` (default: latest) and compute its logits on ``--dataset``.
-    ``before_predicting(le, step, path, examples)`` may refuse (raise) once the inputs are known, before any work."""
-    le = open_experiment(flags)
-    step, label = _checkpoint(le, flags)
+def checkpoint_logits(plan: PredictionPlan | LogitsPlan, before_predicting=None) -> CheckpointLogits:
+    """Open the experiment, load the planned checkpoint (default: latest) and compute its logits on the planned
+    split. ``before_predicting(le, step, path, examples)`` may refuse (raise) once the inputs are known, before any
+    work."""
+    le = open_experiment(plan.target)
+    step, label = _checkpoint(le, plan.target, plan.checkpoint)
     ckpt_path = le.exp.checkpoint_path(step)
     check_checkpoint(le.model.config, ckpt_path)
     refuse = None if before_predicting is None else (lambda le_, path, rows: before_predicting(le_, step, path, rows))
     # before_predicting runs before tokenising: a refused run writes nothing, not even the tokenisation cache
-    path, examples, features = load_split(le, flags.experiment.dataset, flags.paths.max_examples, refuse)
+    path, examples, features = load_split(le, plan.split, plan.max_examples, refuse)
     load_checkpoint_into(le.model, ckpt_path)
-    le.resolve_device(flags.device)
+    le.resolve_device(plan.devices)
     logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"],
-                            flags.inference.batch_size, le.device, le.precision)
+                            plan.batch_size, le.device, le.precision)
     return CheckpointLogits(le, step, label, path, examples, features, logits)
 
 
-def hf_teacher_logits(flags, before_predicting=None) -> CheckpointLogits:
-    """``--teacher_hf``: a Hugging Face classifier's logits on ``--dataset`` (its outputs in the task's label
+def hf_teacher_logits(plan: LogitsPlan, before_predicting=None) -> CheckpointLogits:
+    """``--teacher_hf``: a Hugging Face classifier's logits on the planned split (its outputs in the task's label
     order), the data set named ``{experiment}_{model}_{task}``. ``before_predicting(le, step, path, examples)`` as in
     :func:`checkpoint_logits` (``step`` is the source as given)."""
     from .teacher import open_hf_teacher
 
-    e, f = flags.experiment, flags.foreign
-    data_root, exp_root = roots(flags.paths)
-    task = get_task(e.task, data_root)
-    task.check_split(e.dataset)
-    if flags.checkpoint.ckpt is not None or flags.checkpoint.select_on is not None:
-        raise UserError("--ckpt/--select_on choose an experiment's checkpoint; --teacher_hf is the teacher itself")
-    teacher = open_hf_teacher(f.teacher_hf, task, f.teacher_label_map)
-    if teacher.hf_config.model_type != e.model:
-        raise UserError(f"--model {e.model}: --teacher_hf {f.teacher_hf!r} is a {teacher.hf_config.model_type!r} model")
+    t, f = plan.target, plan.teacher
+    task = t.task
+    teacher = open_hf_teacher(f.source, task, f.label_map)
+    if teacher.hf_config.model_type != t.model:
+        raise UserError(f"--model {t.model}: --teacher_hf {f.source!r} is a {teacher.hf_config.model_type!r} model")
     from .models.families import usable_positions
 
-    cfg.check_max_seq_len(f.max_seq_len, usable_positions(teacher.hf_config), f"--teacher_hf {f.teacher_hf!r}")
+    cfg.check_max_seq_len(f.max_seq_len, usable_positions(teacher.hf_config), f"--teacher_hf {f.source!r}")
     cfg.check_room_for_text(f.max_seq_len, teacher.tokenizer)
-    exp = ExperimentDir.of(exp_root, e.experiment, e.model, e.task)
-    le = LoadedExperiment(exp, {"max_seq_len": f.max_seq_len, "task": e.task}, None, teacher.tokenizer, task, None,
-                          None, data_root)
+    le = LoadedExperiment(t.exp, {"max_seq_len": f.max_seq_len, "task": task.name}, None, teacher.tokenizer, task,
+                          None, None, t.data_root)
     refuse = None if before_predicting is None else (
-        lambda le_, path, rows: before_predicting(le_, f.teacher_hf, path, rows))
-    path, examples, features = load_split(le, e.dataset, flags.paths.max_examples, refuse)
+        lambda le_, path, rows: before_predicting(le_, f.source, path, rows))
+    path, examples, features = load_split(le, plan.split, plan.max_examples, refuse)
     le.model = teacher.build()
-    le.resolve_device(flags.device)
-    logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, f.max_seq_len, flags.inference.batch_size,
+    le.resolve_device(plan.devices)
+    logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, f.max_seq_len, plan.batch_size,
                             le.device, le.precision)
-    return CheckpointLogits(le, f.teacher_hf, f"{f.teacher_hf} (Hugging Face)", path, examples, features, logits)
+    return CheckpointLogits(le, f.source, f"{f.source} (Hugging Face)", path, examples, features, logits)
 
 
 def _weights_digest(source: str) -> str:
@@ -365,17 +357,17 @@ def _weights_digest(source: str) -> str:
 
 
 @releases_locks
-def run_gen_logits(flags) -> Path:
+def run_gen_logits(plan: LogitsPlan) -> Path:
     """``run_fine_tune_gen_logits.py``: a checkpoint's logits for a split, stored as a logits data set; or, with
     ``--teacher_hf``, a Hugging Face classifier's."""
-    e, overwrite = flags.experiment, flags.paths.overwrite
-    foreign = flags.foreign.teacher_hf
+    split, overwrite = plan.split, plan.overwrite
+    foreign = plan.teacher.source if plan.teacher is not None else None
     identity: dict = {}  # what the set is of; hashed once, checked before predicting and recorded in meta.json
 
     def refuse_to_replace(le, step, path, examples):
-        out = logits_dir(le.data_root, le.exp.name, e.dataset)
+        out = logits_dir(le.data_root, le.exp.name, split)
         digest = _weights_digest(foreign) if foreign else sha256_file(le.exp.checkpoint_path(step))
-        identity.update(teacher_experiment=None if foreign else le.exp.name, checkpoint=step, split=e.dataset,
+        identity.update(teacher_experiment=None if foreign else le.exp.name, checkpoint=step, split=split,
                         source_sha256=sha256_file(path), checkpoint_sha256=digest,
                         max_seq_len=le.config["max_seq_len"], examples_sha256=examples_digest(examples),
                         tokenizer=tokenizer_fingerprint(le.tokenizer))
@@ -387,10 +379,10 @@ def run_gen_logits(flags) -> Path:
             for leftover in out.glob(TMP_PREFIX + "*"):  # of a killed write of this set
                 remove_inside(leftover, out)
 
-    r = hf_teacher_logits(flags, refuse_to_replace) if foreign else checkpoint_logits(flags, refuse_to_replace)
+    r = hf_teacher_logits(plan, refuse_to_replace) if foreign else checkpoint_logits(plan, refuse_to_replace)
     le, path = r.le, r.path
     mc = le.model.config
-    meta = {"name": le.exp.name, "task": e.task, "split": e.dataset, "model": e.model,
+    meta = {"name": le.exp.name, "task": le.task.name, "split": split, "model": plan.target.model,
             "teacher_experiment": identity["teacher_experiment"], "teacher_hf": foreign, "checkpoint": r.step,
             "label_names": list(le.task.label_names), "regression": le.task.regression,
             "ptrain_ver": le.config.get("ptrain_ver"),
@@ -398,23 +390,23 @@ def run_gen_logits(flags) -> Path:
             "hidden_size": mc.hidden_size, "num_hidden_layers": mc.num_hidden_layers,
             "source": str(path), **{k: identity[k] for k in ("source_sha256", "checkpoint_sha256", "max_seq_len",
                                                              "examples_sha256", "tokenizer")}}
-    out = logits_dir(le.data_root, le.exp.name, e.dataset)
+    out = logits_dir(le.data_root, le.exp.name, split)
     if distributed.is_main():
         write_logits(out, meta, r.examples, r.logits, le.tokenizer, overwrite=overwrite)
-    name = le.exp.name if e.dataset == le.task.train_split else f"{le.exp.name}:{e.dataset}"
+    name = le.exp.name if split == le.task.train_split else f"{le.exp.name}:{split}"
     acc = ""
     if r.features.labels is not None:
         m = le.task.main_metric
         acc = f", {m} {metrics(le.task, r.features.labels, le.task.predictions(r.logits))[m]:.4f}"
-    print(f"wrote logits of {r.label if foreign else f'model-{r.step}.pt'} on {e.dataset} ({len(r.examples)} rows{acc}) to {out}; "
+    print(f"wrote logits of {r.label if foreign else f'model-{r.step}.pt'} on {split} ({len(r.examples)} rows{acc}) to {out}; "
           f"use it as --dataset {name}")
     return out
 
 
-def run_test_prediction(flags) -> Path:
+def run_test_prediction(plan: PredictionPlan) -> Path:
     """``generate_test_prediction.py``: the official submission file of a checkpoint's predictions."""
-    r = checkpoint_logits(flags)
-    le, dataset = r.le, flags.experiment.dataset
+    r = checkpoint_logits(plan)
+    le, dataset = r.le, plan.split
     out = le.exp.path / le.task.submission_name(dataset)
     if distributed.is_main():
         le.task.write_submission(out, r.examples, le.task.predictions(r.logits))

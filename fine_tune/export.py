@@ -11,48 +11,46 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UserError
 from .evaluate import _checkpoint, load_split, open_experiment
 from .io_utils import atomic_save_with
 from .engine.checkpoint import load_checkpoint_into
 
+if TYPE_CHECKING:
+    from .plan.inference import ExportPlan
 
-def run_export(flags) -> Path:
-    onnx = flags.export.format == "onnx"
-    le = open_experiment(flags)
-    step, label = _checkpoint(le, flags)
+
+def run_export(plan: ExportPlan) -> Path:
+    """``export_model.py``: the plan (fine_tune/plan/inference.py) has checked the flags, the experiment folder's
+    name and, for ONNX, the packages and the split the export is checked on."""
+    onnx = plan.format == "onnx"
+    le = open_experiment(plan.target)
+    step, label = _checkpoint(le, plan.target, plan.checkpoint)
     ckpt_path = le.exp.checkpoint_path(step)
     default = f"onnx-model-{step}" if onnx else f"hf-model-{step}"
-    out = Path(flags.export.out) if flags.export.out else le.exp.path / default
+    out = plan.out if plan.out is not None else le.exp.path / default
     if out.exists() and not (out.is_dir() and (out / "export.json").is_file()):
         raise UserError(f"--out {out} exists and is not an export; choose another folder")
-    if out.exists() and not flags.paths.overwrite:
+    if out.exists() and not plan.overwrite:
         raise UserError(f"--out {out} already holds an export; pass --overwrite to replace it")
-    if onnx:
-        from .onnx_export import check_packages
-
-        check_packages()
     load_checkpoint_into(le.model, ckpt_path)
     features = None
     if onnx:  # the rows the ONNX model is checked on (a missing file is refused before anything is written)
-        split = le.task.dev_split
-        if split not in le.task.labelled:
-            raise UserError(f"--format onnx checks the export on the {le.task.name} split {split!r}, which has no "
-                            f"labels")
-        _, _, features = load_split(le, split, flags.paths.max_examples)
+        _, _, features = load_split(le, plan.check_split, plan.max_examples)
     model, tokenizer = le.model.eval(), le.tokenizer
     tokenizer.model_max_length = le.config["max_seq_len"]
     model.config.id2label = {i: name for i, name in enumerate(le.task.label_names)}
     model.config.label2id = {name: i for i, name in enumerate(le.task.label_names)}
     record = {"experiment": le.exp.name, "checkpoint": f"model-{step}.pt", "selected": label,
-              "task": flags.experiment.task, "max_seq_len": le.config["max_seq_len"],
+              "task": le.task.name, "max_seq_len": le.config["max_seq_len"],
               "inputs": "tokenizer(text, text_pair, truncation=True): BoolQ text = passage, text_pair = question; "
                         "QQP text = question1, text_pair = question2"}
     if onnx:
         from .onnx_export import export_onnx
 
-        export_onnx(le, step, label, out, record, features, flags.export.quantize)
+        export_onnx(le, step, label, out, record, features, plan.quantize)
         return out
 
     def save(tmp: Path) -> None:

@@ -27,16 +27,20 @@ import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .config import RUNTIME_FIELDS, load_config
 from .errors import UserError
-from .experiment import CKPT_RE, ExperimentDir, check_name, default_exp_root
-from .io_utils import atomic_write, atomic_write_json, atomic_write_text, check_writable
+from .experiment import CKPT_RE, ExperimentDir, check_name
+from .io_utils import atomic_write, atomic_write_json, atomic_write_text
 from .selection import Rule, read_eval, read_predictions, select_row
 from .tasks.metrics import SHORT
-from .tasks import Task, get_task
+from .tasks import Task
+
+if TYPE_CHECKING:
+    from .plan.inference import ResultsPlan
 
 # Config fields that never make two experiments different as science (names, provenance, where it ran).
 IGNORED_FIELDS = RUNTIME_FIELDS | {"experiment", "seed", "provenance", "command", "max_examples"}
@@ -524,11 +528,8 @@ def output_paths(out: Path) -> dict[str, Path]:
             "curves_json": named("-curves.json")}
 
 
-def _curve_groups(exp_root: Path, task: Task, value: str) -> list[list[Experiment]]:
-    """The seed groups of the experiments ``--curves`` names (every glob must name one)."""
-    patterns = [p.strip() for p in value.split(",") if p.strip()]
-    if not patterns:
-        raise UserError(f"--curves {value!r}: name at least one experiment folder or name (globs, comma-separated)")
+def _curve_groups(exp_root: Path, task: Task, patterns: tuple[str, ...]) -> list[list[Experiment]]:
+    """The seed groups of the experiments the ``--curves`` globs name (every glob must name one)."""
     candidates = scan(exp_root, task, None, evaluated=False)
     for p in patterns:
         if not any(matches(e.name, e.config, p) for e in candidates):
@@ -536,44 +537,27 @@ def _curve_groups(exp_root: Path, task: Task, value: str) -> list[list[Experimen
     return group_by_seed([e for e in candidates if any(matches(e.name, e.config, p) for p in patterns)])
 
 
-def run_results(args) -> str:
+def run_results(plan: ResultsPlan) -> str:
     """``results_table.py``: print the table (and the comparison, the commands), write it as markdown, CSV and
-    JSON, and with ``--plot`` / ``--curves`` the pictures and their data. Every input is read and checked before
-    the first file is written. ``args``: the script's ``ResultsFlags``."""
+    JSON, and with ``--plot`` / ``--curves`` the pictures and their data. The plan (fine_tune/plan/inference.py) has
+    checked the flags and the output paths; every input is read and checked before the first file is written."""
     from . import result_plots
 
-    exp_root = Path(args.exp_root) if args.exp_root else default_exp_root()
-    from .tasks.download import default_data_root
-
-    data_root = Path(args.data_root) if args.data_root else default_data_root()
-    task = get_task(args.task, data_root)  # an unknown task is refused before anything is scanned
-    rule = Rule(args.rule, args.select_on)
-    splits = args.splits.split(",") if args.splits else None
-    if splits:
-        for s in splits:
-            task.check_split(s, "--splits")
-    experiments = scan(exp_root, task, args.experiments.split(",") if args.experiments else None)
+    exp_root, task, rule, splits, paths, out = plan.exp_root, plan.task, plan.rule, plan.splits, plan.paths, plan.out
+    experiments = scan(exp_root, task, plan.experiments)
     if not experiments:
-        raise UserError(f"no evaluated {args.task} experiment in {exp_root} (run run_fine_tune_eval.py first)")
+        raise UserError(f"no evaluated {task.name} experiment in {exp_root} (run run_fine_tune_eval.py first)")
     table = build_table(experiments, task, rule, splits)
-    out = Path(args.out) if args.out else exp_root / f"results-{args.task}.md"
-    paths = output_paths(out)
-    for key, path in paths.items():
-        if path.is_dir():
-            raise UserError(f"--out {out}: {path} is a folder (--out names the markdown file; the "
-                            f"{'table' if key == 'md' else 'files beside it'} would be written there)")
-    check_writable(out.parent, "--out", root=out)
     text = table.markdown()
-    if args.compare:
-        a, b = args.compare
-        split = args.compare_split or task.dev_split
-        task.check_split(split, "--compare_split")
-        text += "\n" + compare(exp_root, task, a, b, split, rule, args.resamples, args.bootstrap_seed).describe(a, b) + "\n"
-    if args.commands:
+    if plan.compare:
+        a, b = plan.compare
+        split = plan.compare_split
+        text += "\n" + compare(exp_root, task, a, b, split, rule, plan.resamples, plan.bootstrap_seed).describe(a, b) + "\n"
+    if plan.commands:
         text += "\n" + table.commands()
     files: dict[str, str | bytes | dict] = {"md": text, "csv": table.csv(), "json": table.data()}
     notes = [f"(the same table as data: {paths['csv']}, {paths['json']})"]
-    if args.plot:
+    if plan.plot:
         pareto = result_plots.pareto_data(table)
         if not any(panel["points"] for panel in pareto["panels"].values()):
             raise UserError(f"--plot: no row has a {pareto['split']} {pareto['metric']} together with a checkpoint "
@@ -581,8 +565,8 @@ def run_results(args) -> str:
         files["pareto_json"], files["pareto_png"] = pareto, result_plots.render_pareto(pareto)
         fronts = "; ".join(f"{k}: {', '.join(v['front']) or 'none'}" for k, v in pareto["panels"].items())
         notes.append(f"(Pareto plot: {paths['pareto_png']}, its data {paths['pareto_json']}; front by {fronts})")
-    if args.curves is not None:
-        groups = _curve_groups(exp_root, task, args.curves)
+    if plan.curves is not None:
+        groups = _curve_groups(exp_root, task, plan.curves)
         curves = result_plots.curves_data(groups, [group_name(g) for g in groups], task, splits)
         files["curves_json"], files["curves_png"] = curves, result_plots.render_curves(curves)
         notes.append(f"(learning curves: {paths['curves_png']}, its data {paths['curves_json']})")

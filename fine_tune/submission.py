@@ -13,11 +13,15 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UserError
 from .experiment import check_name
 from .io_utils import atomic_write
 from .tasks import TASKS
+
+if TYPE_CHECKING:
+    from .plan.inference import SubmissionPlan
 
 # every file each server requires (GLUE: gluebenchmark.com/submit; SuperGLUE: super.gluebenchmark.com/submit)
 REQUIRED = {
@@ -118,14 +122,11 @@ def choose(exp_root: Path, benchmark: str, use: dict[str, str]) -> list[Chosen]:
     return chosen
 
 
-def make_submission(exp_root: Path, benchmark: str, use: dict[str, str], out: Path | None) -> Path:
-    exp_root = Path(exp_root)
-    if not exp_root.is_dir():
-        raise UserError(f"--exp_root {exp_root}: no such folder")
-    chosen = choose(exp_root, benchmark, use)
-    out = Path(out) if out else exp_root / f"{benchmark}-submission.zip"
-    if out.suffix != ".zip":
-        raise UserError(f"--out {out}: the servers take a .zip file")
+def run_submission(plan: SubmissionPlan) -> Path:
+    """``make_submission.py``: the plan (fine_tune/plan/inference.py) has checked ``--use``, ``--exp_root`` and
+    ``--out``; every required file is found before the zip is written."""
+    chosen = choose(plan.exp_root, plan.benchmark, plan.use)
+    out = plan.out
     with atomic_write(out) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for c in chosen:
             z.write(c.folder / c.file, arcname=c.file)
@@ -133,12 +134,3 @@ def make_submission(exp_root: Path, benchmark: str, use: dict[str, str], out: Pa
         print(f"{c.file}\t{c.folder.name}\t({c.why})")
     print(f"wrote {out} ({len(chosen)} files)")
     return out
-
-
-def run_submission(flags) -> Path:
-    """``make_submission.py``: ``flags`` is its ``SubmissionFlags``."""
-    from .experiment import default_exp_root
-
-    exp_root = Path(flags.exp_root) if flags.exp_root else default_exp_root()
-    return make_submission(exp_root, flags.benchmark, parse_use(list(flags.use or [])),
-                           Path(flags.out) if flags.out else None)

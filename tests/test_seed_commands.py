@@ -247,21 +247,36 @@ def test_boolq_document_additions(run, cpu_only, tiny_bert, tiny_albert, data_ro
     assert seed_distill[1].flag("--dataset") == f"{albert_logits.flag('--experiment')}_albert_boolq"
     assert albert_logits.flag("--ckpt") == seeds[7].flag("--total_step")
 
-    # Every command parses (flags, types, choices): the planners are replaced by recorders.
+    # Every command parses (flags, types, choices): the planners are replaced by recorders (logits generation:
+    # its planner, which would need the teachers made below, records the parsed flags; the run gets its plan).
     import fine_tune.evaluate as evaluate
+    import fine_tune.plan.inference as inference
     import fine_tune.plan.training as training_plans
     import fine_tune.run as running
 
     seen = []
+
+    def plan_recorder(flags):
+        seen.append(("plan_gen_logits", flags))
+        return ("plan of", flags)
+
     with monkeypatch.context() as m:
+        m.setattr(inference, "plan_gen_logits", plan_recorder)
         m.setattr(running, "run", lambda plan: None)
         for module, fn in ((training_plans, "plan_offline_distill"), (evaluate, "run_gen_logits")):
             m.setattr(module, fn, lambda args, fn=fn: seen.append((fn, args)))
         for cmd in extra:
             proc = run(cmd.script, *cmd.argv[1:], check=False)
             assert proc.returncode == 0 and proc.stderr == "", (str(cmd), proc.stderr)
-    assert [fn for fn, _ in seen] == ["run_gen_logits", "plan_offline_distill", "run_gen_logits", "run_gen_logits"]
-    distil = seen[1][1]
+    assert [fn for fn, _ in seen] == ["plan_gen_logits", "run_gen_logits", "plan_offline_distill", "plan_gen_logits",
+                                      "run_gen_logits", "plan_gen_logits", "run_gen_logits"]
+    for i in (0, 3, 5):  # the run function gets what the planner made of the parsed flags
+        assert seen[i + 1][1] == ("plan of", seen[i][1])
+    for i, cmd in zip((0, 3, 5), (chain_logits, chain_logits_ta, albert_logits)):
+        flags = seen[i][1]
+        assert (flags.experiment.experiment, flags.experiment.model, flags.checkpoint.ckpt) == (
+            cmd.flag("--experiment"), cmd.flag("--model"), cmd.flag("--ckpt"))
+    distil = seen[2][1]
     assert distil.student.num_hidden_layers == 12 and distil.device.amp and distil.student.d_model == 1024
 
     # The logits steps for real, on the teachers the seed commands create (shrunken as in the seed test).

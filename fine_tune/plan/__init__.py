@@ -9,6 +9,8 @@ Nothing is written while planning: a refused command leaves no trace. Below the 
 * :mod:`.training`: ``plan_fine_tune`` (``run_fine_tune.py``), ``plan_offline_distill``
   (``run_fine_tune_distill.py``), ``plan_online_distill`` (``run_distil.py --method NAME`` and the layer-wise
   scripts)
+* :mod:`.inference`: the scripts that use a trained experiment: ``plan_eval`` (``run_fine_tune_eval.py``),
+  ``plan_gen_logits``, ``plan_prediction``, ``plan_export``, ``plan_submission``, ``plan_results``
 """
 
 from .types import Devices, EvalPlan, LayerMapPlan, PretrainedModel, RunPlan, Split, StudentModel
