@@ -172,3 +172,32 @@ def test_own_forward_ends_like_hugging_face(run, teacher, exp_root, script, padd
         assert a.keys() == b.keys()
         for k in a:
             torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=f"{name}: {k}")
+
+
+def test_a_config_written_between_plan_and_start_is_refused(teacher, data_root, exp_root):
+    """The method is built for the config.json the plan read (a resumed run before a fidelity fix keeps its old
+    rule: fine_tune/plan/training._legacy). A config.json another writer puts there after the plan (here one of a
+    run started before LAD's gate-decay fix: the same flags, no ``gate_no_decay``) would resume under a method
+    built for a new run: the start, under the experiment's lock, refuses it and writes nothing."""
+    from fine_tune.cli import parse_layerwise
+    from fine_tune.errors import UserError
+    from fine_tune.plan.training import plan_online_distill
+    from fine_tune.run import run
+
+    argv = ["--experiment", "race", "--model", "bert", "--task", "qqp", *TEACHER, *TINY, "--num_hidden_layers", "2",
+            "--total_step", "2", "--warmup_step", "0", "--ckpt_step", "2", "--batch_size", "8",
+            "--data_root", str(data_root), "--exp_root", str(exp_root)]
+    plan = plan_online_distill(parse_layerwise("run_lad_distil.py", "", "lad", argv), "lad")
+    assert plan.legacy == {} and plan.record["gate_no_decay"] == ["bias", "LayerNorm.weight", "layernorm.weight"]
+    folder = exp_root / "race_bert_qqp"
+    folder.mkdir()
+    old = {k: v for k, v in plan.record.items() if k != "gate_no_decay"}
+    (folder / "config.json").write_text(json.dumps(old))
+    with pytest.raises(UserError, match="changed while this run was being planned"):
+        run(plan)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json"]
+    assert json.loads((folder / "config.json").read_text()) == old
+    # planned now, the same folder is a legacy run: its method keeps the old rule
+    again = plan_online_distill(parse_layerwise("run_lad_distil.py", "", "lad", argv), "lad")
+    assert again.legacy == {"gate_no_decay": ["bias", "LayerNorm.weight"]}
+    assert again.method.gate_optimiser.no_decay == ("bias", "LayerNorm.weight")
