@@ -159,7 +159,7 @@ def method_from_flags(name: str, args: list[str], teacher, seed: int, task: str 
 
     flags = parse_layerwise(f"run_{name}_distil.py", "", name, [
         "--experiment", "x", "--task", task, "--teacher_exp", "t", "--tckpt", "1", *args])
-    method = get_method(name).build(method_settings(flags, get_task(task), teacher))
+    method = get_method(name).build(method_settings(flags, get_task(task), get_method(name), teacher))
     torch.manual_seed(seed)
     method.create_parameters(None, None)
     return method

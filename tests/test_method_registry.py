@@ -102,7 +102,9 @@ def walkthrough_code() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_the_docs_new_method_trains_through_the_engine(teacher, data_root, exp_root, monkeypatch):  # noqa: F811
+def test_the_docs_new_method_trains_through_the_engine(run, teacher, data_root, exp_root, monkeypatch):  # noqa: F811
+    """doc/methods.md's "Adding a method": a method with an option of its own is its file and one registry line;
+    run_distil.py then parses its flag, the plan builds it, the engine trains it, config.json records the option."""
     # the walkthrough's file, as fine_tune/methods/cosine.py
     module = types.ModuleType("fine_tune.methods.cosine")
     module.__package__ = "fine_tune.methods"
@@ -113,20 +115,22 @@ def test_the_docs_new_method_trains_through_the_engine(teacher, data_root, exp_r
     monkeypatch.setitem(REGISTRY, "cosine", cosine)
     assert get_method("cosine") is cosine
 
-    from fine_tune.plan.training import plan_online_distill
-    from fine_tune.run import run
-
     argv = ["--experiment", "cos", "--model", "bert", "--task", "qqp", *TEACHER, *TINY, "--num_hidden_layers", "4",
             "--total_step", "2", "--warmup_step", "0", "--ckpt_step", "2", "--log_step", "1", "--batch_size", "8",
-            "--mu", "3", "--data_root", str(data_root), "--exp_root", str(exp_root)]
-    run(plan_online_distill(parse_layerwise("run_cosine_distil.py", "", "cosine", argv), "cosine"))
+            "--mu", "3"]
+    assert "--cosine_power" in run("run_distil.py", "--method", "cosine", "--help").stdout
+    bad = run("run_distil.py", "--method", "cosine", *argv, "--cosine_power", "0", check=False)
+    assert bad.returncode == 2 and bad.stderr == "error: --cosine_power must be positive, got 0.0\n"
+    run("run_distil.py", "--method", "cosine", *argv, "--cosine_power", "2")
     folder = exp_root / "cos_bert_qqp"
     config = json.loads((folder / "config.json").read_text())
     assert config["method"] == "cosine" and config["hidden_mapping"] == "S1<-T3, S2<-T6, S3<-T9, S4<-T12"
+    assert config["cosine_power"] == 2.0
     assert (folder / "model-2.pt").is_file() and (folder / "resume-2.pt").is_file()
+    assert "already finished" in run("run_distil.py", "--config", str(folder / "config.json")).stdout
 
-    # its loss is the docstring's equation
-    method = cosine(2, 4, 0.0, 0.0, 1.0, 3.0)
+    # its loss is the docstring's equation, at the option's value
+    method = cosine(2, 4, 0.0, 0.0, 1.0, 3.0, power=2.0)
     torch.manual_seed(0)
     hs = tuple(torch.randn(2, 5, 8) for _ in range(2))
     ht = tuple(torch.randn(2, 5, 8) for _ in range(4))
@@ -139,7 +143,7 @@ def test_the_docs_new_method_trains_through_the_engine(teacher, data_root, exp_r
     def cos(a, b):
         return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
 
-    expected = 3.0 / 2 * sum((1 - cos(hs[j - 1], ht[2 * j - 1])).mean() for j in (1, 2))
+    expected = 3.0 / 2 * sum(((1 - cos(hs[j - 1], ht[2 * j - 1])) ** 2).mean() for j in (1, 2))
     assert parts["hidden_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -161,7 +165,8 @@ def test_the_gate_flags_reach_the_gated_methods(name):
     from fine_tune.tasks import get_task
 
     def built(flags):
-        return get_method(name).build(method_settings(flags, get_task("qqp"), TeacherShape(6, 10, 2)))
+        return get_method(name).build(method_settings(flags, get_task("qqp"), get_method(name),
+                                                     TeacherShape(6, 10, 2)))
 
     method = built(parse_layerwise(f"run_{name}.py", "", name, argv))
     o = method.gate_optimiser

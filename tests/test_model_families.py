@@ -186,7 +186,8 @@ def test_the_projection_gets_gradient_from_every_layerwise_loss():
         from fine_tune.plan.training import method_settings
         from fine_tune.tasks import get_task
 
-        method = get_method(method_name).build(method_settings(flags, get_task("qqp"), TeacherShape(4, 12, 2)))
+        method = get_method(method_name).build(method_settings(flags, get_task("qqp"), get_method(method_name),
+                                                                     TeacherShape(4, 12, 2)))
         torch.manual_seed(0)
         method.create_parameters(None, None)
         assert method.projection is not None and [e.name for e in method.extra_parameters()][-1] == "projection"

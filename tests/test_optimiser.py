@@ -28,7 +28,7 @@ def lad_flags(*extra: str):
 
 
 def engine_for(flags, tmp_path) -> tuple[Trainer, LAD]:
-    method = LAD.build(method_settings(flags, get_task("qqp"), TeacherShape(num_layers=LT, hidden_size=D)))
+    method = LAD.build(method_settings(flags, get_task("qqp"), LAD, TeacherShape(num_layers=LT, hidden_size=D)))
     method.create_parameters(None)
     student = build_from_config(student_config("bert", vocab_size=50, num_class=2, d_model=D, d_ff=32,
                                                num_attention_heads=2, num_hidden_layers=2, type_vocab_size=2,

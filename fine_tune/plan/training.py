@@ -118,15 +118,15 @@ def _legacy(exp: ExperimentDir, record: dict) -> dict:
     return cfg.legacy_values(old, record) if not cfg.changed_fields(old, record) else {}
 
 
-def method_settings(flags, task: Task, teacher: TeacherShape | None = None,
+def method_settings(flags, task: Task, method_cls: type[Method], teacher: TeacherShape | None = None,
                     legacy: dict | None = None) -> MethodSettings:
-    """What a method is built from: the settings groups of the script (the method's own, ``distil``,
-    ``layerwise``...) and the run's resolved facts (the task's regression, the student's and the teacher's
-    shapes, the padding, the student's optimiser, a resumed run's legacy rules)."""
+    """What ``method_cls`` is built from: its settings groups (its own ``flag_groups``, and the distillation
+    scripts' ``distil`` and ``layerwise``) and the run's resolved facts (the task's regression, the student's and
+    the teacher's shapes, the padding, the student's optimiser, a resumed run's legacy rules)."""
     st, b = flags.student if flags.has("student") else None, flags.batching
+    keys = ("distil", "layerwise", *(g.key for g in method_cls.flag_groups))
     return MethodSettings(
-        groups={key: getattr(flags, key) for key in ("distil", "layerwise", "gate", "probing", "alp", "pkd",
-                                                     "tinybert", "minilm") if flags.has(key)},
+        groups={key: getattr(flags, key) for key in keys if flags.has(key)},
         num_class=flags.classifier.num_class, regression=task.regression,
         student=StudentShape(st.num_hidden_layers, st.d_model, st.num_attention_heads) if st else None,
         teacher=teacher, padding=b.padding, max_seq_len=b.max_seq_len, optimiser=flags.optimiser.settings(),
@@ -156,7 +156,8 @@ def plan_fine_tune(flags) -> RunPlan:
     cfg.check_max_seq_len(max_seq_len, pre_config.max_position_embeddings, f"--ptrain_ver {ptrain_ver!r}")
     tokenizer = load_tokenizer(ptrain_ver, "--ptrain_ver")
     cfg.check_room_for_text(max_seq_len, tokenizer)
-    method = get_method("fine_tune").build(method_settings(flags, task))
+    fine_tuning = get_method("fine_tune")
+    method = fine_tuning.build(method_settings(flags, task, fine_tuning))
     inputs = _inputs(task, (train.file, train.sha256), evaluation, weight_file_hashes(ptrain_ver))
     model = PretrainedModel(ptrain_ver, e.model, flags.classifier.num_class, flags.classifier.dropout)
     return _plan(flags, data_root=data_root, task=task, exp=exp, train=train, tokenizer=tokenizer,
@@ -255,7 +256,8 @@ def plan_offline_distill(flags) -> RunPlan:
                                    pre_config.num_hidden_layers)
         pairs = list(enumerate(layers, 1))
         check_copyable(pre_config, st.d_model, st.d_ff, st.init_attn_only)
-    method = get_method("offline_logits_kd").build(method_settings(flags, task))
+    offline = get_method("offline_logits_kd")
+    method = offline.build(method_settings(flags, task, offline))
     train = Split(e.dataset, logits.data_file, meta["logits_sha256"], examples)
     inputs = _inputs(task, (train.file, train.sha256), evaluation, weight_file_hashes(source) if pairs else {},
                      weight_file_hashes(st.student_ptrain_ver) if st.student_ptrain_ver else {})
@@ -357,7 +359,7 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
             notes.insert(0, f"--student_indices {flags.probing.student_indices} is ignored by partial LAD: every "
                             f"student layer learns")
     shape = TeacherShape(teacher.num_layers, teacher.hidden_size, teacher.num_heads)
-    method = method_cls.build(method_settings(flags, task, shape))  # its mapping validated before anything is written
+    method = method_cls.build(method_settings(flags, task, method_cls, shape))  # its mapping checked here, before any write
     method.check_models(teacher.hf_config, student_family=e.model)
     train = load_split(task, data_root, e.dataset, flags.paths.max_examples)
     if student_tokenizer is not None:  # token-level losses need one tokenisation
@@ -397,7 +399,7 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
         record["tmodel"] = teacher.hf_config.model_type
     legacy = _legacy(exp, record)
     if legacy:  # a run started before a fidelity fix: its method keeps the rule it started with
-        method = method_cls.build(method_settings(flags, task, shape, legacy))
+        method = method_cls.build(method_settings(flags, task, method_cls, shape, legacy))
         record = dict(record, **method.record())
     inputs = _inputs(task, (train.file, train.sha256), evaluation, teacher.input_hashes(),
                      weight_file_hashes(ptrain_ver) if pairs else {},
