@@ -141,8 +141,8 @@ def closest_experiments(root: Path, name: str, limit: int = 5) -> list[str]:
     return [n for _, n in sorted(scored)[:limit]]
 
 
-def roots(paths) -> tuple[Path, Path]:
-    """The data root and the experiment root of a run's ``PathFlags`` (flag, else environment, else default)."""
-    data_root = Path(paths.data_root) if paths.data_root else default_data_root()
-    exp_root = Path(paths.exp_root) if paths.exp_root else default_exp_root()
-    return data_root, exp_root
+def roots(data_root: str | None, exp_root: str | None) -> tuple[Path, Path]:
+    """The data root and the experiment root: as given (``--data_root``, ``--exp_root``), else the environment,
+    else the defaults."""
+    return (Path(data_root) if data_root else default_data_root(),
+            Path(exp_root) if exp_root else default_exp_root())

@@ -156,13 +156,6 @@ class OptimiserFlags:
     def __post_init__(self) -> None:
         _check_adamw(self)
 
-    def settings(self):
-        from .engine.optim import OptimiserSettings  # when called: settings imports no engine module
-
-        return OptimiserSettings(lr=self.lr, total_step=self.total_step, warmup_step=self.warmup_step,
-                                 beta1=self.beta1, beta2=self.beta2, eps=self.eps, weight_decay=self.weight_decay,
-                                 max_norm=self.max_norm)
-
 
 @dataclass(frozen=True)
 class BatchingFlags:

@@ -165,6 +165,20 @@ def method_from_flags(name: str, args: list[str], teacher, seed: int, task: str 
     return method
 
 
+def write_hub_copy(folder: Path, splits: dict[str, list[dict]], columns: list[str]) -> Path:
+    """A local stand-in for a Hugging Face dataset: one CSV file per split (``columns`` of each row), which
+    ``datasets.load_dataset(folder)`` reads as it would read the hub's files."""
+    import csv
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        with open(folder / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=columns)
+            w.writeheader()
+            w.writerows({k: r[k] for k in columns} for r in rows)
+    return folder
+
+
 def needs_shared(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)
     if not path.exists():

@@ -12,12 +12,12 @@ refusal naming what changed, never a silent reuse.
 
 from __future__ import annotations
 
-import csv
 import json
 import numpy as np
 import pytest
 import torch
 
+from conftest import write_hub_copy
 from fine_tune import batching
 from fine_tune.errors import UserError
 from fine_tune.tasks.logits import IDENTITY, SINCE_LATER, changed_identity
@@ -241,13 +241,8 @@ def test_renamed_or_reordered_labels_are_refused_where_a_model_is_read(run, tiny
 def test_a_changed_hf_source_fetches_the_split_again(tmp_path, capsys):
     """The issue's fourth case: hf.splits changed, and the file written on first use kept being read."""
     pytest.importorskip("datasets")
-    source = tmp_path / "hub_copy"
-    source.mkdir()
-    for split, n, seed in (("train", 30, 0), ("validation", 12, 1)):
-        with open(source / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=["first", "second", "verdict"])
-            w.writeheader()
-            w.writerows({k: r[k] for k in ("first", "second", "verdict")} for r in pair_rows(n, seed))
+    source = write_hub_copy(tmp_path / "hub_copy", {"train": pair_rows(30, 0), "validation": pair_rows(12, 1)},
+                            ["first", "second", "verdict"])
     folder = tmp_path / "data" / "hubbed"
     folder.mkdir(parents=True)
     (folder / "task.json").write_text(json.dumps({

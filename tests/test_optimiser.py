@@ -14,7 +14,7 @@ from fine_tune.engine.trainer import Trainer, TrainSettings
 from fine_tune.models.forward import forward
 from fine_tune.experiment import ExperimentDir
 from fine_tune.methods import LAD
-from fine_tune.plan.training import method_settings
+from fine_tune.plan.training import method_settings, optimiser_settings
 from fine_tune.tasks import get_task
 from fine_tune.models.classifier import build_from_config, student_config
 
@@ -34,7 +34,7 @@ def engine_for(flags, tmp_path) -> tuple[Trainer, LAD]:
                                                num_attention_heads=2, num_hidden_layers=2, type_vocab_size=2,
                                                dropout=0.0, max_position_embeddings=S, pad_token_id=0))
     o = flags.optimiser
-    settings = TrainSettings(optimiser=o.settings(), batch_size=2, accum_step=1, ckpt_step=10, log_step=10, seed=0,
+    settings = TrainSettings(optimiser=optimiser_settings(o), batch_size=2, accum_step=1, ckpt_step=10, log_step=10, seed=0,
                              tag_prefix="qqp/train/bert")
     trainer = Trainer(student, method, lambda rows: {}, 4, settings, ExperimentDir(tmp_path, "opt"),
                       torch.device("cpu"), Precision("cpu", None), progress=False, forward=forward)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
+from conftest import write_hub_copy
 from fine_tune.errors import UserError
 
 LABELS = ["same", "different"]  # the output order the task.json declares: not sorted
@@ -144,13 +145,8 @@ def test_a_task_from_a_hugging_face_dataset(run, tiny_bert, data_root, exp_root,
     """"hf": a datasets source (here a local folder of CSV files, read by datasets.load_dataset as a hub dataset
     would be): each split is written once into the task's folder as JSON lines, class labels as names, and the task
     trains and evaluates like any other."""
-    source = tmp_path / "hub_copy"
-    source.mkdir()
-    for split, n, seed in (("train", 48, 0), ("validation", 16, 1)):
-        with open(source / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=["first", "second", "verdict"])
-            w.writeheader()
-            w.writerows({k: r[k] for k in ("first", "second", "verdict")} for r in rows(n, seed))
+    source = write_hub_copy(tmp_path / "hub_copy", {"train": rows(48, 0), "validation": rows(16, 1)},
+                            ["first", "second", "verdict"])
     folder = data_root / "from_hub"
     folder.mkdir()
     (folder / "task.json").write_text(json.dumps({

@@ -17,7 +17,7 @@ from ..engine.optim import GATE_NO_DECAY, OptimiserSettings
 from ..engine.protocol import ExtraParameters
 from ..errors import UserError
 from ..models.gates import aggregate_chain, make_gates
-from ..settings import OptimiserFlags, _check_adamw, flag
+from ..settings import _check_adamw, flag
 from .layerwise import HiddenPair, LayerwiseKD, masked_mean, uniform_layers
 
 
@@ -59,7 +59,7 @@ class GateFlags:
     def __post_init__(self) -> None:
         _check_adamw(self, "gate_")  # the student's checks (OptimiserFlags), of the gate_ flags
 
-    def settings(self, student: OptimiserFlags, no_decay: tuple[str, ...] | None = None):
+    def settings(self, student: OptimiserSettings, no_decay: tuple[str, ...] | None = None):
         """The gates' :class:`OptimiserSettings`; the schedule's lengths default to the student's. ``no_decay``:
         the names exempt from weight decay (default: the original gate optimiser's)."""
         total = self.gate_total_step or student.total_step

@@ -159,7 +159,7 @@ def _trained_experiment(flags, require: bool = True) -> TrainedExperiment:
     """The task (once), the split of ``--dataset`` checked, the experiment folder named (and ``require``: holding a
     config.json)."""
     e = flags.experiment
-    data_root, exp_root = roots(flags.paths)
+    data_root, exp_root = roots(flags.paths.data_root, flags.paths.exp_root)
     task = get_task(e.task, data_root)
     task.check_split(e.dataset)
     return _named(flags, data_root, exp_root, task, require)
@@ -205,7 +205,7 @@ def plan_gen_logits(flags) -> LogitsPlan:
         checkpoint, teacher = _checkpoint_choice(flags, target.task), None
     else:
         e = flags.experiment
-        data_root, exp_root = roots(flags.paths)
+        data_root, exp_root = roots(flags.paths.data_root, flags.paths.exp_root)
         task = get_task(e.task, data_root)
         task.check_split(e.dataset)
         if flags.checkpoint.ckpt is not None or flags.checkpoint.select_on is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .. import config as cfg
 from ..engine.device import resolve_placement
+from ..engine.optim import OptimiserSettings
 from ..engine.trainer import TrainSettings
 from ..errors import UserError
 from ..experiment import ExperimentDir, roots
@@ -37,7 +38,7 @@ from .types import Devices, EvalPlan, LayerMapPlan, PretrainedModel, RunPlan, Sp
 def _task_and_folder(flags) -> tuple[Path, Task, ExperimentDir]:
     """The data root, the task (resolved once: a task of your own from ``<data_root>/<name>/task.json``) and the
     experiment folder (not created), whose root must be writable; ``--num_class`` checked against the task."""
-    data_root, exp_root = roots(flags.paths)
+    data_root, exp_root = roots(flags.paths.data_root, flags.paths.exp_root)
     e = flags.experiment
     task = get_task(e.task, data_root)
     exp = ExperimentDir.of(exp_root, e.experiment, e.model, e.task)
@@ -91,10 +92,16 @@ def _record(flags, task: Task, **resolved) -> dict:
     return record
 
 
+def optimiser_settings(o) -> OptimiserSettings:
+    """The engine's settings of the student's optimiser from its flags (``flags.optimiser``)."""
+    return OptimiserSettings(lr=o.lr, total_step=o.total_step, warmup_step=o.warmup_step, beta1=o.beta1,
+                             beta2=o.beta2, eps=o.eps, weight_decay=o.weight_decay, max_norm=o.max_norm)
+
+
 def _training(flags, dataset: str) -> TrainSettings:
     """The engine's settings (``dataset``: the training split, resolved, in the TensorBoard tags)."""
     b, r, e = flags.batching, flags.run, flags.experiment
-    return TrainSettings(optimiser=flags.optimiser.settings(), batch_size=b.batch_size, accum_step=b.accum_step,
+    return TrainSettings(optimiser=optimiser_settings(flags.optimiser), batch_size=b.batch_size, accum_step=b.accum_step,
                          ckpt_step=r.ckpt_step, log_step=r.log_step, seed=r.seed,
                          save_total_limit=r.save_total_limit or 0, group_by_length=b.group_by_length,
                          compile=flags.speed.compile, tag_prefix=f"{e.task}/{dataset}/{e.model}")
@@ -129,7 +136,7 @@ def method_settings(flags, task: Task, method_cls: type[Method], teacher: Teache
         groups={key: getattr(flags, key) for key in keys if flags.has(key)},
         num_class=flags.classifier.num_class, regression=task.regression,
         student=StudentShape(st.num_hidden_layers, st.d_model, st.num_attention_heads) if st else None,
-        teacher=teacher, padding=b.padding, max_seq_len=b.max_seq_len, optimiser=flags.optimiser.settings(),
+        teacher=teacher, padding=b.padding, max_seq_len=b.max_seq_len, optimiser=optimiser_settings(flags.optimiser),
         legacy=legacy or {})
 
 
@@ -334,7 +341,7 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
     """A student beside its fine-tuned teacher, distilled with the registered method ``method_name``; max_seq_len,
     num_class and the training split come from the teacher's config unless given."""
     method_cls = get_method(method_name)
-    data_root, exp_root = roots(flags.paths)
+    data_root, exp_root = roots(flags.paths.data_root, flags.paths.exp_root)
     e, t = flags.experiment, flags.teacher
     task = get_task(e.task, data_root)
     teacher = open_any_teacher(flags, exp_root, task)
