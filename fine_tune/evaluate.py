@@ -28,7 +28,7 @@ from .experiment import ExperimentDir
 from .io_utils import (TMP_PREFIX, atomic_write, atomic_write_json, atomic_write_text, check_writable, remove_inside,
                        sha256_file)
 from .locking import lock_folder, releases_locks
-from .selection import best_row, predictions_path, resolve_ckpt
+from .selection import best_row, evaluated_rows_changed, predictions_path, read_eval, resolve_ckpt
 from .engine.checkpoint import load_checkpoint_into
 from .models.classifier import build_from_config, check_checkpoint, load_model_dir
 from .tasks.metrics import TAGS
@@ -185,7 +185,8 @@ def run_eval(plan: EvalPlan) -> dict:
         raise UserError(f"every checkpoint of {le.exp.path} from --ckpt {first} on was deleted while this evaluation "
                         f"ran; nothing evaluated")
     table = write_eval_table(le.exp, le.task, split, examples, features.labels, rows, predictions,
-                             inference_record(le.device, le.precision, batch_size), write=main)
+                             inference_record(le.device, le.precision, batch_size), write=main,
+                             max_examples=plan.max_examples)
     for m in metric_names:
         print(f"best {m}: {table['best'][m]['value']:.6f} at model-{table['best'][m]['ckpt']}.pt")
     return table
@@ -199,12 +200,17 @@ def inference_record(device, precision: Precision, batch_size: int) -> dict:
 
 def write_eval_table(exp: ExperimentDir, task: Task, split: str, examples, labels, rows: list[dict],
                      predictions: dict[str, np.ndarray], inference: dict, write: bool = True,
-                     selection: str = "best on this split; ties go to the later checkpoint") -> dict:
+                     selection: str = "best on this split; ties go to the later checkpoint",
+                     max_examples: int | None = None) -> dict:
     """``eval-{split}.json`` (a row of metrics per checkpoint, the best per metric) and its predictions file, as
-    ``run_fine_tune_eval.py`` and the evaluation during training write them. ``write=False``: the table only."""
+    ``run_fine_tune_eval.py`` and the evaluation during training write them. ``write=False``: the table only.
+    The table records the identity of the rows it was computed on (``examples_sha256``, ``max_examples``): a reader
+    choosing a checkpoint by it (``--ckpt best``, results tables) refuses it once the split's rows changed
+    (selection.evaluated_rows_changed)."""
     metric_names = list(task.metrics)
     best = {m: best_row(rows, m) for m in metric_names}
     table = {"experiment": exp.name, "task": task.name, "split": split, "num_rows": len(examples),
+             "examples_sha256": examples_digest(examples), "max_examples": max_examples,
              "rows": rows, "best": {m: {"ckpt": best[m]["ckpt"], "value": best[m][m]} for m in metric_names},
              "selection": selection,
              "inference": {"examples_per_s": statistics.median(r["examples_per_s"] for r in rows), **inference}}
@@ -228,12 +234,12 @@ class TrainingEvaluator:
 
     def __init__(self, exp: ExperimentDir, task: Task, split: str, examples, features: Features, pad_token_id: int,
                  max_seq_len: int, batch_size: int, device, precision: Precision, every: int | None,
-                 patience: int | None):
+                 patience: int | None, max_examples: int | None = None):
         from .engine.evaluation import EvalSettings
 
         self.exp, self.task, self.split, self.examples, self.features = exp, task, split, examples, features
         self.pad_token_id, self.max_seq_len, self.batch_size = pad_token_id, max_seq_len, batch_size
-        self.device, self.precision = device, precision
+        self.device, self.precision, self.max_examples = device, precision, max_examples
         self.settings = EvalSettings(split=split, every=every, patience=patience, metric=task.main_metric,
                                      tag_prefix=f"{task.name}/{split}", tags={m: TAGS.get(m, m) for m in task.metrics})
         self.predictions: dict[int, np.ndarray] = {}  # step -> predictions, of the checkpoints and the latest
@@ -258,7 +264,8 @@ class TrainingEvaluator:
         write_eval_table(self.exp, self.task, self.split, self.examples, self.features.labels, ckpt_rows,
                          {f"pred_{s}": p for s, p in sorted(self.predictions.items())},
                          inference_record(self.device, self.precision, self.batch_size),
-                         selection="best on this split; ties go to the later checkpoint (evaluated during training)")
+                         selection="best on this split; ties go to the later checkpoint (evaluated during training)",
+                         max_examples=self.max_examples)
 
     def state_dict(self) -> dict:
         return {"predictions": {str(s): torch.from_numpy(p.copy()) for s, p in self.predictions.items()}}
@@ -285,6 +292,11 @@ def _still_there(le: LoadedExperiment, step: int, read) -> bool:
 def _checkpoint(le: LoadedExperiment, target: TrainedExperiment, choice: CheckpointChoice) -> tuple[int, str]:
     """The planned ``--ckpt``: a step, ``last`` / not given (the newest checkpoint) or ``best`` (on
     ``--select_on``), found in the experiment folder. Returns the step and how it was chosen."""
+    if choice.ckpt == "best":  # chosen by an evaluation of the rows the split holds now, or refused
+        table = read_eval(le.exp, choice.select_on)
+        why = None if table is None else evaluated_rows_changed(le.exp, table, le.task, le.data_root, choice.select_on)
+        if why:
+            raise UserError(f"--ckpt best: {why}")
     return resolve_ckpt(le.exp, choice.ckpt, choice.select_on, task=le.task, model=target.model,
                         experiment=target.experiment)
 
@@ -409,6 +421,14 @@ def run_test_prediction(plan: PredictionPlan) -> Path:
     le, dataset = r.le, plan.split
     out = le.exp.path / le.task.submission_name(dataset)
     if distributed.is_main():
+        from .submission import write_prediction_record
+
         le.task.write_submission(out, r.examples, le.task.predictions(r.logits))
+        complete = plan.max_examples is None or len(r.examples) == len(le.task.load(le.data_root, dataset))
+        write_prediction_record(out, {
+            "experiment": le.exp.name, "checkpoint": f"model-{r.step}.pt", "selected": r.label,
+            "checkpoint_sha256": sha256_file(le.exp.checkpoint_path(r.step)), "split": dataset,
+            "data_file": str(r.path), "examples_sha256": examples_digest(r.examples), "num_rows": len(r.examples),
+            "complete": complete, "label_names": list(le.task.label_names), "max_seq_len": le.config["max_seq_len"]})
     print(f"wrote {len(r.examples)} predictions of {r.label} on {dataset} to {out}")
     return out

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from .errors import UserError
 from .evaluate import _checkpoint, load_split, open_experiment
-from .io_utils import atomic_save_with
+from .io_utils import atomic_save_with, sha256_file
 from .engine.checkpoint import load_checkpoint_into
 
 if TYPE_CHECKING:
@@ -44,7 +44,8 @@ def run_export(plan: ExportPlan) -> Path:
     model.config.id2label = {i: name for i, name in enumerate(le.task.label_names)}
     model.config.label2id = {name: i for i, name in enumerate(le.task.label_names)}
     record = {"experiment": le.exp.name, "checkpoint": f"model-{step}.pt", "selected": label,
-              "task": le.task.name, "max_seq_len": le.config["max_seq_len"],
+              "checkpoint_sha256": sha256_file(ckpt_path), "task": le.task.name,
+              "label_names": list(le.task.label_names), "max_seq_len": le.config["max_seq_len"],
               "inputs": "tokenizer(text, text_pair, truncation=True): BoolQ text = passage, text_pair = question; "
                         "QQP text = question1, text_pair = question2"}
     if onnx:

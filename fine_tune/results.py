@@ -35,7 +35,7 @@ from .config import RUNTIME_FIELDS, load_config
 from .errors import UserError
 from .experiment import CKPT_RE, ExperimentDir, check_name
 from .io_utils import atomic_write, atomic_write_json, atomic_write_text
-from .selection import Rule, read_eval, read_predictions, select_row
+from .selection import Rule, evaluated_rows_changed, read_eval, read_predictions, select_row
 from .tasks.metrics import SHORT
 from .tasks import Task
 
@@ -547,6 +547,13 @@ def run_results(plan: ResultsPlan) -> str:
     experiments = scan(exp_root, task, plan.experiments)
     if not experiments:
         raise UserError(f"no evaluated {task.name} experiment in {exp_root} (run run_fine_tune_eval.py first)")
+    if plan.data_root is not None:  # no number of rows that have changed since their evaluation reaches the table
+        digests: dict = {}
+        for e in experiments:
+            for split, evaluation in e.tables.items():
+                why = evaluated_rows_changed(e.exp, evaluation, task, plan.data_root, split, digests)
+                if why:
+                    raise UserError(why)
     table = build_table(experiments, task, rule, splits)
     text = table.markdown()
     if plan.compare:

@@ -33,6 +33,30 @@ def eval_path(exp: ExperimentDir, split: str) -> Path:
     return exp.path / f"eval-{split}.json"
 
 
+def evaluated_rows_changed(exp: ExperimentDir, table: dict, task, data_root: Path, split: str,
+                           digests: dict | None = None) -> str | None:
+    """Why the evaluation ``table`` of ``split`` no longer describes the split's rows (its data file, the task's
+    definition or the rows chosen changed since it was computed: its ``examples_sha256`` against the rows the
+    current file gives with its ``max_examples``), or None. A table written before the rows were recorded, or a
+    split whose file is not here (tables copied to another machine), is not checked. ``digests``: a cache shared
+    by the checks of one command."""
+    from .tasks.example import examples_digest
+
+    recorded = table.get("examples_sha256")
+    path = task.path(data_root, split)
+    if recorded is None or not path.is_file():
+        return None
+    key = (split, table.get("max_examples"))
+    digests = {} if digests is None else digests
+    if key not in digests:
+        digests[key] = examples_digest(task.load(data_root, split, table.get("max_examples")))
+    if digests[key] == recorded:
+        return None
+    return (f"{eval_path(exp, split)} was computed on other rows of {split} than {path} gives now "
+            f"({table.get('num_rows')} rows then; the file, the task's definition or --max_examples changed since): "
+            f"evaluate again with run_fine_tune_eval.py")
+
+
 def predictions_path(exp: ExperimentDir, split: str) -> Path:
     return exp.path / f"eval-{split}-predictions.npz"
 

@@ -427,6 +427,9 @@ class SubmissionFlags:
     use: tuple = flag(None, "TASK=EXPERIMENT_FOLDER: take that task's file from this experiment (default: the "
                             "experiment holding it with the best main metric on the task's dev split)", nargs="+")
     out: str = flag(None, "the zip to write (default: <exp_root>/<benchmark>-submission.zip)")
+    data_root: str = flag(None, "data root: each file is checked to predict every row its split holds there now "
+                                "(default: env FT_DATA_ROOT, else <repo>/data/fine_tune; a split not there is not "
+                                "checked)")
 
 
 # Training scripts' groups (their union of fields is config.json's record)

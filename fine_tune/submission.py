@@ -5,6 +5,11 @@ Every file the server requires must be there; for each one the experiment is the
 TASK=FOLDER``, else the experiment of that task holding the file with the best main metric on the task's dev split
 (from its ``eval-{split}.json``). A missing file is refused, with the command that writes it, before anything is
 written. The zip holds the files at its root, as the servers expect.
+
+Each submission file ``generate_test_prediction.py`` writes has a record beside it (``<file>.json``: the
+checkpoint and its sha256, the split, the rows' identity, whether every row of the split was predicted, the file's
+own sha256). A file that is not the one its record describes, that predicts only the first rows
+(``--max_examples``), or whose split holds other rows now, is refused (:func:`check_prediction_file`).
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from typing import TYPE_CHECKING
 
 from .errors import UserError
 from .experiment import check_name
-from .io_utils import atomic_write
+from .io_utils import atomic_write, atomic_write_json, read_json_object, sha256_file
 from .tasks import TASKS
+from .tasks.example import examples_digest
 
 if TYPE_CHECKING:
     from .plan.inference import SubmissionPlan
@@ -30,6 +36,39 @@ REQUIRED = {
     "superglue": ("AX-b.jsonl", "AX-g.jsonl", "BoolQ.jsonl", "CB.jsonl", "COPA.jsonl", "MultiRC.jsonl",
                   "ReCoRD.jsonl", "RTE.jsonl", "WiC.jsonl", "WSC.jsonl"),
 }
+
+
+def record_path(path: Path) -> Path:
+    """The record of a submission file: ``QQP.tsv`` -> ``QQP.tsv.json``."""
+    return path.with_name(path.name + ".json")
+
+
+def write_prediction_record(path: Path, record: dict) -> None:
+    """The record of the submission file ``path`` just written: ``record`` (what decided it) and the file's sha256,
+    written after the file (a record naming another file's sha256 is a write that did not finish)."""
+    atomic_write_json(record_path(path), dict(record, sha256=sha256_file(path)))
+
+
+def check_prediction_file(path: Path, task, split: str, data_root: Path | None) -> None:
+    """Refuse a submission file that is not the one its record describes (edited, or a killed or concurrent
+    prediction), that predicts only the first rows of its split, or whose split holds other rows now (when the
+    split's file is under ``data_root``). A file without a record (written by hand, or before records) is taken as
+    it is."""
+    rec_path = record_path(path)
+    if not rec_path.is_file():
+        return
+    record = read_json_object(rec_path)
+    if record.get("sha256") != sha256_file(path):
+        raise UserError(f"{path} is not the file its record {rec_path.name} describes (edited, or a killed or "
+                        f"concurrent prediction): write it again with generate_test_prediction.py")
+    if not record.get("complete", True):
+        raise UserError(f"{path} predicts only the first {record.get('num_rows')} rows of {split} (--max_examples): "
+                        f"predict the whole split with generate_test_prediction.py")
+    data_file = task.path(data_root, split) if data_root is not None else None
+    if data_file is not None and data_file.is_file() and record.get("examples_sha256"):
+        if examples_digest(task.load(data_root, split)) != record["examples_sha256"]:
+            raise UserError(f"{path} was predicted on other rows of {split} than {data_file} holds now (the file or "
+                            f"the task changed since): predict again with generate_test_prediction.py")
 
 
 def writers(benchmark: str) -> dict[str, tuple[str, str]]:
@@ -126,6 +165,8 @@ def run_submission(plan: SubmissionPlan) -> Path:
     """``make_submission.py``: the plan (fine_tune/plan/inference.py) has checked ``--use``, ``--exp_root`` and
     ``--out``; every required file is found before the zip is written."""
     chosen = choose(plan.exp_root, plan.benchmark, plan.use)
+    for c in chosen:  # each file the one its record describes, of every row of its split as it is now
+        check_prediction_file(c.folder / c.file, TASKS[c.task], c.split, plan.data_root)
     out = plan.out
     with atomic_write(out) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for c in chosen:

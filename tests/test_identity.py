@@ -270,3 +270,82 @@ def test_a_changed_hf_source_fetches_the_split_again(tmp_path, capsys):
     edit_definition(folder, hf={"path": str(source), "splits": {"train": "train", "dev": "validation",
                                                                  "test": "validation"}})
     assert len(task_of(folder).load(folder.parent, "test")) == 5 and (folder / "test.jsonl").read_text() == mine
+
+
+# -- evaluation tables and submission files ----------------------------------------------------------------------
+def test_an_evaluation_of_other_rows_never_chooses_the_best_checkpoint(run, tiny_bert, data_root, exp_root):
+    """eval-{split}.json records the rows it was computed on (their sha256 and --max_examples): --ckpt best and the
+    results table refuse it once the split's file or the task's definition changed, and take it again when the
+    rows are back; an evaluation of the first rows is checked against the first rows."""
+    folder = write_pairs(data_root)
+    common = ["--experiment", "t", "--model", "bert", "--task", "pairs"]
+    run("run_fine_tune.py", *common, "--ptrain_ver", str(tiny_bert), "--max_seq_len", "24", "--total_step", "4",
+        "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "8", "--device_id", "-1")
+    run("run_fine_tune_eval.py", *common, "--dataset", "dev", "--max_examples", "12")
+    table = json.loads((exp_root / "t_bert_pairs" / "eval-dev.json").read_text())
+    assert table["num_rows"] == 12 and table["max_examples"] == 12 and len(table["examples_sha256"]) == 64
+    predict = ["generate_test_prediction.py", *common, "--ckpt", "best"]
+    results = ["results_table.py", "--task", "pairs", "--data_root", str(data_root), "--exp_root", str(exp_root)]
+    run(*predict)
+    run(*results)
+    dev = folder / "dev.jsonl"
+    original = dev.read_text()
+    lines = original.splitlines()
+    dev.write_text("\n".join(lines[20:] + lines[:20]) + "\n")  # rows appended: the first 12 unchanged
+    lines[20:] = []
+    run(*predict)
+    dev.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")  # two of the first 12 rows swapped
+    for command in (predict, results):
+        proc = run(*command, check=False)
+        assert proc.returncode == 2 and "eval-dev.json was computed on other rows of dev" in proc.stderr, proc.stderr
+        assert len(proc.stderr.splitlines()) == 1
+    dev.write_text(original)
+    edit_definition(folder, text="second", text_pair="first")  # the same file read as other rows
+    assert run(*predict, check=False).returncode == 2
+    edit_definition(folder, text="first", text_pair="second")
+    run(*predict)
+
+
+def test_a_submission_file_is_zipped_only_as_its_record_describes(run, tiny_bert, data_root, exp_root, tmp_path):
+    """generate_test_prediction.py records beside each file what made it; make_submission.py refuses a file
+    predicted from the first rows only (--max_examples), one that is not the file its record describes, and one
+    whose split holds other rows now. Files written without a record are zipped as they are."""
+    from fine_tune.submission import REQUIRED, writers
+
+    for task, names in {(t, tuple(n for n, (tt, _) in writers("glue").items() if tt == t))
+                        for t, _ in writers("glue").values()}:
+        if task == "qqp":
+            continue
+        placed = exp_root / f"hand_bert_{task}"
+        placed.mkdir(parents=True)
+        (placed / "config.json").write_text(json.dumps({"task": task}))
+        for name in names:
+            (placed / name).write_text("index\tprediction\n0\t1\n")
+    common = ["--experiment", "q", "--model", "bert", "--task", "qqp"]
+    run("run_fine_tune.py", *common, "--ptrain_ver", str(tiny_bert), "--max_seq_len", "24", "--total_step", "2",
+        "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "8", "--device_id", "-1")
+    zip_ = ["make_submission.py", "--benchmark", "glue", "--exp_root", str(exp_root), "--data_root", str(data_root),
+            "--out", str(tmp_path / "glue.zip")]
+    qqp = exp_root / "q_bert_qqp" / "QQP.tsv"
+
+    def refused(message):
+        proc = run(*zip_, check=False)
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert not (tmp_path / "glue.zip").exists()
+
+    run("generate_test_prediction.py", *common, "--max_examples", "5")
+    record = json.loads((exp_root / "q_bert_qqp" / "QQP.tsv.json").read_text())
+    assert record["num_rows"] == 5 and record["complete"] is False and record["checkpoint"] == "model-2.pt"
+    refused("QQP.tsv predicts only the first 5 rows of test (--max_examples)")
+    run("generate_test_prediction.py", *common)
+    assert json.loads((exp_root / "q_bert_qqp" / "QQP.tsv.json").read_text())["complete"] is True
+    whole = qqp.read_text()
+    qqp.write_text(whole.replace("\t0\n", "\t1\n", 1) if "\t0\n" in whole else whole.replace("\t1\n", "\t0\n", 1))
+    refused("QQP.tsv is not the file its record QQP.tsv.json describes")
+    qqp.write_text(whole)
+    run(*zip_)
+    assert sorted(__import__("zipfile").ZipFile(tmp_path / "glue.zip").namelist()) == sorted(REQUIRED["glue"])
+    (tmp_path / "glue.zip").unlink()
+    test = data_root / "QQP" / "test.tsv"
+    test.write_text(test.read_text() + "999999\tanother question?\tand another\n")
+    refused("QQP.tsv was predicted on other rows of test")

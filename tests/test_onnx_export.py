@@ -143,6 +143,11 @@ def test_hugging_face_export_is_unchanged_and_exports_are_not_replaced_silently(
     assert (hf / "model.safetensors").is_file() and not (hf / "model.onnx").exists()
     record = json.loads((hf / "export.json").read_text())
     assert "format" not in record and "onnx" not in record and record["checkpoint"] == "model-4.pt"
+    # what decided the export: the checkpoint's content and the class names its outputs carry
+    import hashlib
+
+    assert record["checkpoint_sha256"] == hashlib.sha256((w["folder"] / "model-4.pt").read_bytes()).hexdigest()
+    assert record["label_names"] == list(json.loads((hf / "config.json").read_text())["id2label"].values())
     assert (w["out"] / "model.onnx").read_bytes() == onnx_before
     proc = run(w, "export_model.py", *COMMON, "--format", "onnx", check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "pass --overwrite" in proc.stderr

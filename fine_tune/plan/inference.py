@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..experiment import ExperimentDir, default_exp_root, roots
+from ..experiment import ExperimentDir, default_data_root, default_exp_root, roots
 from ..selection import Rule, parse_ckpt
 from ..tasks import Task, get_task
 
@@ -129,6 +129,7 @@ class SubmissionPlan:
     benchmark: str
     use: dict  # task -> experiment folder name (--use TASK=FOLDER)
     out: Path
+    data_root: Path | None = None  # where each file's split is checked against its record
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class ResultsPlan:
     commands: bool
     plot: bool
     curves: tuple | None  # --curves globs (at least one)
+    data_root: Path | None = None  # the task's files: each evaluation table is checked against its split's rows
 
 
 def _devices(device) -> InferenceDevices:
@@ -246,7 +248,8 @@ def plan_submission(flags) -> SubmissionPlan:
     out = Path(s.out) if s.out else exp_root / f"{s.benchmark}-submission.zip"
     if out.suffix != ".zip":
         raise UserError(f"--out {out}: the servers take a .zip file")
-    return SubmissionPlan(exp_root, s.benchmark, use, out)
+    data_root = Path(s.data_root) if s.data_root else default_data_root()
+    return SubmissionPlan(exp_root, s.benchmark, use, out, data_root)
 
 
 def plan_results(args) -> ResultsPlan:
@@ -286,4 +289,4 @@ def plan_results(args) -> ResultsPlan:
             raise UserError(f"--curves {args.curves!r}: name at least one experiment folder or name (globs, "
                             f"comma-separated)")
     return ResultsPlan(exp_root, task, rule, splits, experiments, out, paths, compare, split, args.resamples,
-                       args.bootstrap_seed, args.commands, args.plot, curves)
+                       args.bootstrap_seed, args.commands, args.plot, curves, data_root)

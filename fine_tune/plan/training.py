@@ -67,7 +67,7 @@ def _evaluation(flags, task: Task, data_root: Path) -> EvalPlan | None:
         raise UserError(f"--eval_dataset {r.eval_dataset!r} has no labels to evaluate against; labelled {task.name} "
                         f"splits: {', '.join(s for s in task.splits if s in task.labelled)}")
     return EvalPlan(load_split(task, data_root, r.eval_dataset, flags.paths.max_examples), r.eval_step,
-                    r.eval_batch_size, r.early_stop_patience)
+                    r.eval_batch_size, r.early_stop_patience, flags.paths.max_examples)
 
 
 def _inputs(task: Task, train: tuple[Path, str], evaluation: EvalPlan | None, *weights: dict[str, str]

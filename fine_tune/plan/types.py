@@ -33,6 +33,7 @@ class EvalPlan:
     every: int | None  # --eval_step (None: at each checkpoint only)
     batch_size: int
     patience: int | None  # --early_stop_patience
+    max_examples: int | None = None  # --max_examples: the split's first rows only (recorded in its table)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ def training_evaluator(plan: RunPlan, tokenizer, device: torch.device, precision
     features = cached_features(plan.data_root / "cache", tokenizer, ev.split.examples, plan.max_seq_len,
                                regression=plan.task.regression)
     return TrainingEvaluator(plan.exp, plan.task, ev.split.name, ev.split.examples, features, tokenizer.pad_token_id,
-                             plan.max_seq_len, ev.batch_size, device, precision, ev.every, ev.patience)
+                             plan.max_seq_len, ev.batch_size, device, precision, ev.every, ev.patience,
+                             ev.max_examples)
 
 
 def run_training(plan: RunPlan, model: torch.nn.Module, method: Method, device: torch.device,
