@@ -37,7 +37,7 @@ from .tasks.example import examples_digest
 from .tasks.logits import check_logits_target, logits_dir, write_logits
 
 if TYPE_CHECKING:
-    from .plan.inference import (CheckpointChoice, EvalPlan, InferenceDevices, LogitsPlan, PredictionPlan,
+    from .plan.types import (CheckpointChoice, EvalPlan, InferenceDevices, LogitsPlan, PredictionPlan,
                                  TrainedExperiment)
 
 

@@ -19,7 +19,7 @@ from .io_utils import atomic_save_with, sha256_file
 from .engine.checkpoint import load_checkpoint_into
 
 if TYPE_CHECKING:
-    from .plan.inference import ExportPlan
+    from .plan.types import ExportPlan
 
 
 def run_export(plan: ExportPlan) -> Path:

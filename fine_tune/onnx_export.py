@@ -30,7 +30,6 @@ reported. Speed (examples/s) is measured on the same rows and batches, forward p
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import json
 import logging
@@ -55,20 +54,6 @@ BATCH_SIZE = 32  # rows per batch of the check and the speed measurement
 CHEAP_SECONDS = 10.0  # one pass of every model together under this: three passes each, their median
 PASSES = 3
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
-PACKAGES = ("onnx", "onnxruntime")
-
-
-def check_packages() -> None:
-    """``--format onnx`` needs onnx and onnxruntime; refused (one line) before anything is read or written."""
-    missing = []
-    for name in PACKAGES:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise UserError(f"--format onnx needs the Python package(s) {', '.join(missing)}: "
-                        f"pip install {' '.join(missing)}")
 
 
 def input_names(model: torch.nn.Module) -> list[str]:

@@ -40,7 +40,7 @@ from .tasks.metrics import SHORT
 from .tasks import Task
 
 if TYPE_CHECKING:
-    from .plan.inference import ResultsPlan
+    from .plan.types import ResultsPlan
 
 # Config fields that never make two experiments different as science (names, provenance, where it ran).
 IGNORED_FIELDS = RUNTIME_FIELDS | {"experiment", "seed", "provenance", "command", "max_examples"}
@@ -516,16 +516,6 @@ def compare(exp_root: Path, task: Task, name_a: str, name_b: str, split: str, ru
     if metric == "accuracy":
         return paired_bootstrap(correct[0], correct[1], resamples, seed, split)
     return paired_bootstrap_metric(labels, predicted[0], predicted[1], metric, resamples, seed, split)
-
-
-def output_paths(out: Path) -> dict[str, Path]:
-    """The files of one results_table.py run: the markdown ``--out`` and, beside it, ``<out without .md>.csv``,
-    ``.json``, ``-pareto.png``/``.json`` (``--plot``), ``-curves.png``/``.json`` (``--curves``)."""
-    base = out.with_suffix("") if out.suffix == ".md" else out
-    named = lambda tail: base.with_name(base.name + tail)  # noqa: E731
-    return {"md": out, "csv": named(".csv"), "json": named(".json"), "pareto_png": named("-pareto.png"),
-            "pareto_json": named("-pareto.json"), "curves_png": named("-curves.png"),
-            "curves_json": named("-curves.json")}
 
 
 def _curve_groups(exp_root: Path, task: Task, patterns: tuple[str, ...]) -> list[list[Experiment]]:

@@ -27,7 +27,7 @@ from .tasks import TASKS
 from .tasks.example import examples_digest
 
 if TYPE_CHECKING:
-    from .plan.inference import SubmissionPlan
+    from .plan.types import SubmissionPlan
 
 # every file each server requires (GLUE: gluebenchmark.com/submit; SuperGLUE: super.gluebenchmark.com/submit)
 REQUIRED = {
@@ -111,17 +111,6 @@ def _dev_score(folder: Path, task: str) -> float | None:
         return float(table["best"][t.main_metric]["value"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def parse_use(values: list[str] | None) -> dict[str, str]:
-    """``--use TASK=FOLDER ...`` -> {task: folder name}."""
-    out = {}
-    for item in values or []:
-        task, eq, folder = item.partition("=")
-        if not eq or task not in TASKS or not folder:
-            raise UserError(f"--use {item!r}: expected TASK=EXPERIMENT_FOLDER with a task of {', '.join(TASKS)}")
-        out[task] = check_name(folder, "--use")
-    return out
 
 
 def choose(exp_root: Path, benchmark: str, use: dict[str, str]) -> list[Chosen]:

@@ -112,7 +112,8 @@ def test_onnx_export_matches_pytorch_on_dynamic_shapes_and_records_its_check(wor
     assert set(int8_preds.tolist()) <= {0, 1}
 
     record = json.loads((out / "export.json").read_text())
-    assert list(record) == ["experiment", "checkpoint", "selected", "task", "max_seq_len", "inputs", "format", "onnx"]
+    assert list(record) == ["experiment", "checkpoint", "selected", "checkpoint_sha256", "task", "label_names",
+                            "max_seq_len", "inputs", "format", "onnx"]
     assert record["format"] == "onnx" and record["checkpoint"] == "model-4.pt" and record["max_seq_len"] == SEQ
     o = record["onnx"]
     assert list(o) == ["file", "int8_file", "opset", "split", "rows", "batch_size", "tolerance", "max_abs_diff",

@@ -13,6 +13,6 @@ Nothing is written while planning: a refused command leaves no trace. Below the 
   ``plan_gen_logits``, ``plan_prediction``, ``plan_export``, ``plan_submission``, ``plan_results``
 """
 
-from .types import Devices, EvalPlan, LayerMapPlan, PretrainedModel, RunPlan, Split, StudentModel
+from .types import Devices, LayerMapPlan, PretrainedModel, RunPlan, Split, StudentModel, TrainingEvaluation
 
-__all__ = ["Devices", "EvalPlan", "LayerMapPlan", "PretrainedModel", "RunPlan", "Split", "StudentModel"]
+__all__ = ["Devices", "LayerMapPlan", "PretrainedModel", "RunPlan", "Split", "StudentModel", "TrainingEvaluation"]

@@ -16,141 +16,53 @@ function takes the parsed flags: ``run_eval(plan)``, ``run_gen_logits(plan)``, `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
 from pathlib import Path
 
 from ..errors import UserError
-from ..experiment import ExperimentDir, default_data_root, default_exp_root, roots
+from ..experiment import ExperimentDir, check_name, default_data_root, default_exp_root, roots
 from ..selection import Rule, parse_ckpt
-from ..tasks import Task, get_task
+from ..tasks import TASKS, Task, get_task
+from .types import (CheckpointChoice, EvalPlan, ExportPlan, ForeignTeacher, InferenceDevices, LogitsPlan,
+                    PredictionPlan, ResultsPlan, SubmissionPlan, TrainedExperiment)
 
 
-@dataclass(frozen=True)
-class InferenceDevices:
-    """``--device_id``/``--num_gpu``/``--amp``/``--amp_dtype`` as given: resolved to a torch device and a
-    precision (``LoadedExperiment.resolve_device``) once every input has been checked."""
-
-    device_id: int | None
-    num_gpu: int | None
-    amp: bool
-    amp_dtype: str
+# -- what the planners check and name for the scripts that use a trained experiment ----------------------------
+PACKAGES = ("onnx", "onnxruntime")  # what --format onnx needs (fine_tune/onnx_export.py)
 
 
-@dataclass(frozen=True)
-class TrainedExperiment:
-    """The experiment a script reads: its folder (named, and for a toolkit experiment required to hold a
-    config.json), its task and the data root the task's files live under."""
-
-    data_root: Path
-    task: Task
-    exp: ExperimentDir
-    experiment: str  # --experiment as given (the commands that error lines suggest name it)
-    model: str  # --model
-
-
-@dataclass(frozen=True)
-class CheckpointChoice:
-    """``--ckpt`` parsed (a step, ``best``, ``last`` or None: the newest checkpoint) and the split that chooses
-    ``best`` (``--select_on``, default the task's dev split; checked). The step itself is resolved from the
-    experiment folder when the run reads it (``evaluate._checkpoint``)."""
-
-    ckpt: int | str | None
-    select_on: str
+def check_packages() -> None:
+    """``--format onnx`` needs onnx and onnxruntime; refused (one line) before anything is read or written."""
+    missing = []
+    for name in PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise UserError(f"--format onnx needs the Python package(s) {', '.join(missing)}: "
+                        f"pip install {' '.join(missing)}")
 
 
-@dataclass(frozen=True)
-class ForeignTeacher:
-    """``run_fine_tune_gen_logits.py --teacher_hf``: a classifier fine-tuned elsewhere."""
-
-    source: str  # a Hugging Face folder or hub name
-    label_map: str | None  # --teacher_label_map as given (checked when the teacher is opened)
-    max_seq_len: int
-
-
-@dataclass(frozen=True)
-class EvalPlan:
-    """``run_fine_tune_eval.py``: every checkpoint from ``first_ckpt`` on, on one labelled split."""
-
-    target: TrainedExperiment
-    split: str
-    max_examples: int | None
-    first_ckpt: int
-    save_predictions: bool
-    batch_size: int
-    devices: InferenceDevices
+def parse_use(values: list[str] | None) -> dict[str, str]:
+    """``--use TASK=FOLDER ...`` -> {task: folder name}."""
+    out = {}
+    for item in values or []:
+        task, eq, folder = item.partition("=")
+        if not eq or task not in TASKS or not folder:
+            raise UserError(f"--use {item!r}: expected TASK=EXPERIMENT_FOLDER with a task of {', '.join(TASKS)}")
+        out[task] = check_name(folder, "--use")
+    return out
 
 
-@dataclass(frozen=True)
-class PredictionPlan:
-    """``generate_test_prediction.py``: one checkpoint's predictions on a split, as the task's submission file."""
-
-    target: TrainedExperiment
-    split: str
-    max_examples: int | None
-    checkpoint: CheckpointChoice
-    batch_size: int
-    devices: InferenceDevices
-
-
-@dataclass(frozen=True)
-class LogitsPlan:
-    """``run_fine_tune_gen_logits.py``: one checkpoint's (or with ``teacher`` a foreign classifier's) logits on a
-    split, written as the logits data set named after the experiment."""
-
-    target: TrainedExperiment  # with a foreign teacher: the folder names the data set only (it need not exist)
-    split: str
-    max_examples: int | None
-    checkpoint: CheckpointChoice | None  # None with a foreign teacher
-    teacher: ForeignTeacher | None
-    batch_size: int
-    devices: InferenceDevices
-    overwrite: bool
-
-
-@dataclass(frozen=True)
-class ExportPlan:
-    """``export_model.py``: one checkpoint as a Hugging Face folder or (``format`` onnx) an ONNX model."""
-
-    target: TrainedExperiment
-    checkpoint: CheckpointChoice
-    format: str  # hf | onnx
-    quantize: str | None  # int8 (onnx only)
-    out: Path | None  # None: <experiment folder>/hf-model-<step> (onnx-model-<step>), once the step is known
-    check_split: str | None  # onnx: the labelled split the export is checked on (the task's dev split)
-    max_examples: int | None  # rows of check_split
-    overwrite: bool
-
-
-@dataclass(frozen=True)
-class SubmissionPlan:
-    """``make_submission.py``: the benchmark's zip from the experiments under ``exp_root``."""
-
-    exp_root: Path
-    benchmark: str
-    use: dict  # task -> experiment folder name (--use TASK=FOLDER)
-    out: Path
-    data_root: Path | None = None  # where each file's split is checked against its record
-
-
-@dataclass(frozen=True)
-class ResultsPlan:
-    """``results_table.py``: the table of ``task`` under ``exp_root`` and the files it writes."""
-
-    exp_root: Path
-    task: Task
-    rule: Rule
-    splits: list | None  # reported splits (checked); None: every evaluated labelled split
-    experiments: list | None  # --experiments globs; None: every evaluated experiment
-    out: Path  # the markdown file; paths: it and the files beside it (results.output_paths)
-    paths: dict
-    compare: tuple | None  # two experiment folder names
-    compare_split: str | None  # with compare: its split (checked)
-    resamples: int
-    bootstrap_seed: int
-    commands: bool
-    plot: bool
-    curves: tuple | None  # --curves globs (at least one)
-    data_root: Path | None = None  # the task's files: each evaluation table is checked against its split's rows
+def output_paths(out: Path) -> dict[str, Path]:
+    """The files of one results_table.py run: the markdown ``--out`` and, beside it, ``<out without .md>.csv``,
+    ``.json``, ``-pareto.png``/``.json`` (``--plot``), ``-curves.png``/``.json`` (``--curves``)."""
+    base = out.with_suffix("") if out.suffix == ".md" else out
+    named = lambda tail: base.with_name(base.name + tail)  # noqa: E731
+    return {"md": out, "csv": named(".csv"), "json": named(".json"), "pareto_png": named("-pareto.png"),
+            "pareto_json": named("-pareto.json"), "curves_png": named("-curves.png"),
+            "curves_json": named("-curves.json")}
 
 
 def _devices(device) -> InferenceDevices:
@@ -225,8 +137,6 @@ def plan_export(flags) -> ExportPlan:
     onnx = x.format == "onnx"
     check_split = None
     if onnx:
-        from ..onnx_export import check_packages
-
         check_packages()
         task = target.task
         check_split = task.dev_split  # the rows the ONNX model is checked on
@@ -238,8 +148,6 @@ def plan_export(flags) -> ExportPlan:
 
 
 def plan_submission(flags) -> SubmissionPlan:
-    from ..submission import parse_use
-
     s = flags.submission
     exp_root = Path(s.exp_root) if s.exp_root else default_exp_root()
     use = parse_use(list(s.use or []))
@@ -256,7 +164,6 @@ def plan_results(args) -> ResultsPlan:
     """``args``: the script's ``ResultsFlags`` group. An unknown task is refused before anything is scanned, an
     output path that cannot be written before anything is read."""
     from ..io_utils import check_writable
-    from ..results import output_paths
     from ..tasks.download import default_data_root
 
     exp_root = Path(args.exp_root) if args.exp_root else default_exp_root()

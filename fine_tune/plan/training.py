@@ -31,7 +31,7 @@ from ..models.init import check_copyable, teacher_layer_map
 from ..tasks import Task, get_task
 from ..tasks.logits import check_teacher_unchanged, read_logits
 from ..teacher import Teacher, open_hf_teacher, open_teacher
-from .types import Devices, EvalPlan, LayerMapPlan, PretrainedModel, RunPlan, Split, StudentModel
+from .types import Devices, LayerMapPlan, PretrainedModel, RunPlan, Split, StudentModel, TrainingEvaluation
 
 
 # -- what every training run resolves ------------------------------------------------------------------------
@@ -57,7 +57,7 @@ def load_split(task: Task, data_root: Path, split: str, max_examples: int | None
     return Split(split, path, sha256_file(path), examples)
 
 
-def _evaluation(flags, task: Task, data_root: Path) -> EvalPlan | None:
+def _evaluation(flags, task: Task, data_root: Path) -> TrainingEvaluation | None:
     """``--eval_dataset``: the split checked (it exists and has labels) and parsed before anything is written."""
     r = flags.run
     if not r.eval_dataset:
@@ -66,11 +66,11 @@ def _evaluation(flags, task: Task, data_root: Path) -> EvalPlan | None:
     if r.eval_dataset not in task.labelled:
         raise UserError(f"--eval_dataset {r.eval_dataset!r} has no labels to evaluate against; labelled {task.name} "
                         f"splits: {', '.join(s for s in task.splits if s in task.labelled)}")
-    return EvalPlan(load_split(task, data_root, r.eval_dataset, flags.paths.max_examples), r.eval_step,
+    return TrainingEvaluation(load_split(task, data_root, r.eval_dataset, flags.paths.max_examples), r.eval_step,
                     r.eval_batch_size, r.early_stop_patience, flags.paths.max_examples)
 
 
-def _inputs(task: Task, train: tuple[Path, str], evaluation: EvalPlan | None, *weights: dict[str, str]
+def _inputs(task: Task, train: tuple[Path, str], evaluation: TrainingEvaluation | None, *weights: dict[str, str]
             ) -> dict[str, str]:
     """Every input file of the run and its sha256 (config.json's provenance; checked before a resume): the training
     data, the evaluation split, a task of your own's task.json, pretrained weights."""

@@ -1,5 +1,7 @@
-"""What a resolved training run is made of (:class:`RunPlan`): plain frozen records, built by the planners in
-:mod:`fine_tune.plan.training` and read by :mod:`fine_tune.run`."""
+"""What every plan is made of: plain frozen records. A training run's :class:`RunPlan` (built by
+:mod:`fine_tune.plan.training`, carried out by :mod:`fine_tune.run`), and the plans of the scripts that use a trained
+experiment or the tables (built by :mod:`fine_tune.plan.inference`, carried out by ``evaluate``, ``export``,
+``submission`` and ``results``)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import numpy as np
 from ..engine.trainer import TrainSettings
 from ..experiment import ExperimentDir
 from ..methods.base import Method
+from ..selection import Rule
 from ..tasks import Example, Task
 
 
@@ -26,7 +29,7 @@ class Split:
 
 
 @dataclass(frozen=True)
-class EvalPlan:
+class TrainingEvaluation:
     """``--eval_dataset``: the student evaluated on a labelled split while it trains (engine/evaluation.py)."""
 
     split: Split
@@ -108,7 +111,7 @@ class RunPlan:
     record: dict[str, Any]  # config.json's fields (without provenance, added when it is written)
     inputs: dict[str, str]  # every input file -> its sha256, recorded and checked on resume
     overwrite: bool
-    evaluation: EvalPlan | None = None
+    evaluation: TrainingEvaluation | None = None
     teacher: Any = None  # fine_tune.teacher.Teacher (online distillation)
     teacher_logits: np.ndarray | None = None  # offline distillation: [rows, num_class], row-aligned with train
     layer_map: LayerMapPlan | None = None
@@ -116,3 +119,132 @@ class RunPlan:
     # a run started before a fidelity fix, resumed: the old rule of each field config.LEGACY_FIELDS names, with which
     # the method was built (the start decision checks it against config.json under the experiment's lock)
     legacy: dict[str, Any] = field(default_factory=dict)
+
+
+# -- the scripts that use a trained experiment, and the tables ------------------------------------------------
+@dataclass(frozen=True)
+class InferenceDevices:
+    """``--device_id``/``--num_gpu``/``--amp``/``--amp_dtype`` as given: resolved to a torch device and a
+    precision (``LoadedExperiment.resolve_device``) once every input has been checked."""
+
+    device_id: int | None
+    num_gpu: int | None
+    amp: bool
+    amp_dtype: str
+
+
+@dataclass(frozen=True)
+class TrainedExperiment:
+    """The experiment a script reads: its folder (named, and for a toolkit experiment required to hold a
+    config.json), its task and the data root the task's files live under."""
+
+    data_root: Path
+    task: Task
+    exp: ExperimentDir
+    experiment: str  # --experiment as given (the commands that error lines suggest name it)
+    model: str  # --model
+
+
+@dataclass(frozen=True)
+class CheckpointChoice:
+    """``--ckpt`` parsed (a step, ``best``, ``last`` or None: the newest checkpoint) and the split that chooses
+    ``best`` (``--select_on``, default the task's dev split; checked). The step itself is resolved from the
+    experiment folder when the run reads it (``evaluate._checkpoint``)."""
+
+    ckpt: int | str | None
+    select_on: str
+
+
+@dataclass(frozen=True)
+class ForeignTeacher:
+    """``run_fine_tune_gen_logits.py --teacher_hf``: a classifier fine-tuned elsewhere."""
+
+    source: str  # a Hugging Face folder or hub name
+    label_map: str | None  # --teacher_label_map as given (checked when the teacher is opened)
+    max_seq_len: int
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """``run_fine_tune_eval.py``: every checkpoint from ``first_ckpt`` on, on one labelled split."""
+
+    target: TrainedExperiment
+    split: str
+    max_examples: int | None
+    first_ckpt: int
+    save_predictions: bool
+    batch_size: int
+    devices: InferenceDevices
+
+
+@dataclass(frozen=True)
+class PredictionPlan:
+    """``generate_test_prediction.py``: one checkpoint's predictions on a split, as the task's submission file."""
+
+    target: TrainedExperiment
+    split: str
+    max_examples: int | None
+    checkpoint: CheckpointChoice
+    batch_size: int
+    devices: InferenceDevices
+
+
+@dataclass(frozen=True)
+class LogitsPlan:
+    """``run_fine_tune_gen_logits.py``: one checkpoint's (or with ``teacher`` a foreign classifier's) logits on a
+    split, written as the logits data set named after the experiment."""
+
+    target: TrainedExperiment  # with a foreign teacher: the folder names the data set only (it need not exist)
+    split: str
+    max_examples: int | None
+    checkpoint: CheckpointChoice | None  # None with a foreign teacher
+    teacher: ForeignTeacher | None
+    batch_size: int
+    devices: InferenceDevices
+    overwrite: bool
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """``export_model.py``: one checkpoint as a Hugging Face folder or (``format`` onnx) an ONNX model."""
+
+    target: TrainedExperiment
+    checkpoint: CheckpointChoice
+    format: str  # hf | onnx
+    quantize: str | None  # int8 (onnx only)
+    out: Path | None  # None: <experiment folder>/hf-model-<step> (onnx-model-<step>), once the step is known
+    check_split: str | None  # onnx: the labelled split the export is checked on (the task's dev split)
+    max_examples: int | None  # rows of check_split
+    overwrite: bool
+
+
+@dataclass(frozen=True)
+class SubmissionPlan:
+    """``make_submission.py``: the benchmark's zip from the experiments under ``exp_root``."""
+
+    exp_root: Path
+    benchmark: str
+    use: dict  # task -> experiment folder name (--use TASK=FOLDER)
+    out: Path
+    data_root: Path | None = None  # where each file's split is checked against its record
+
+
+@dataclass(frozen=True)
+class ResultsPlan:
+    """``results_table.py``: the table of ``task`` under ``exp_root`` and the files it writes."""
+
+    exp_root: Path
+    task: Task
+    rule: Rule
+    splits: list | None  # reported splits (checked); None: every evaluated labelled split
+    experiments: list | None  # --experiments globs; None: every evaluated experiment
+    out: Path  # the markdown file; paths: it and the files beside it (results.output_paths)
+    paths: dict
+    compare: tuple | None  # two experiment folder names
+    compare_split: str | None  # with compare: its split (checked)
+    resamples: int
+    bootstrap_seed: int
+    commands: bool
+    plot: bool
+    curves: tuple | None  # --curves globs (at least one)
+    data_root: Path | None = None  # the task's files: each evaluation table is checked against its split's rows
