@@ -35,12 +35,13 @@ from .types import Devices, LayerMapPlan, PretrainedModel, RunPlan, Split, Stude
 
 
 # -- what every training run resolves ------------------------------------------------------------------------
-def _task_and_folder(flags) -> tuple[Path, Task, ExperimentDir]:
-    """The data root, the task (resolved once: a task of your own from ``<data_root>/<name>/task.json``) and the
-    experiment folder (not created), whose root must be writable; ``--num_class`` checked against the task."""
+def _task_and_folder(flags, task: Task | None = None) -> tuple[Path, Task, ExperimentDir]:
+    """The data root, the task (resolved once, unless given: a task of your own from ``<data_root>/<name>/task.json``)
+    and the experiment folder (not created), whose root must be writable; ``--num_class`` checked against the
+    task."""
     data_root, exp_root = roots(flags.paths.data_root, flags.paths.exp_root)
     e = flags.experiment
-    task = get_task(e.task, data_root)
+    task = task or get_task(e.task, data_root)
     exp = ExperimentDir.of(exp_root, e.experiment, e.model, e.task)
     check_writable(exp_root, "--exp_root")
     num_class = flags.classifier.num_class
@@ -350,7 +351,7 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
     notes: list[str] = []
     flags, student_tokenizer = resolve_pretrained_student(flags, notes)
     e, st = flags.experiment, flags.student
-    data_root, task, exp = _task_and_folder(flags)
+    data_root, task, exp = _task_and_folder(flags, task)
     evaluation = _evaluation(flags, task, data_root)
     if task.name != teacher.record.get("task", task.name):
         raise UserError(f"--task {e.task}: the teacher was fine-tuned on {teacher.record.get('task')}")
