@@ -277,6 +277,11 @@ def run_main(main, argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         sys.stderr.write(f"error: {e}\n")
         code = e.exit_code
+    except OSError as e:  # the one boundary for operating-system failures: one line naming the path, exit 2
+        from .errors import os_error_line
+
+        sys.stderr.write(f"error: {os_error_line(e)}\n")
+        code = 2
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         code = 130

@@ -5,6 +5,16 @@ status 2 (no traceback). Every message names the file, line, flag or folder at f
 """
 
 
+def os_error_line(error: OSError) -> str:
+    """One line for an operating-system failure no check foresaw (a folder that cannot be written, a name too long
+    for the file system, a disk that is full): the path(s) and the cause as the system says it."""
+    cause = error.strerror or str(error) or type(error).__name__
+    if error.filename is None:
+        return f"{cause} ({type(error).__name__})"
+    where = str(error.filename) + (f" -> {error.filename2}" if error.filename2 is not None else "")
+    return f"{where}: {cause}"
+
+
 class UserError(Exception):
     """A problem with the user's input (flags, files, folders) described in one line."""
 

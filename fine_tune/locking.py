@@ -64,7 +64,10 @@ def release_all() -> None:
 
     for folder, fd in list(_held.items()):
         try:
-            (folder / HOLDER_FILE).unlink(missing_ok=True)
+            try:  # the holder's name is a courtesy to readers; a folder that no longer lets us remove it keeps it
+                (folder / HOLDER_FILE).unlink(missing_ok=True)
+            except OSError:
+                pass
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)

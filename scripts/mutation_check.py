@@ -980,6 +980,14 @@ MUTATIONS = [
     Mutation("export_without_checkpoint_identity", "an export does not record the checkpoint content it was made from",
              "fine_tune/export.py", '"checkpoint_sha256": sha256_file(ckpt_path),', '"checkpoint_sha256": None,',
              ("tests/test_onnx_export.py::test_hugging_face_export_is_unchanged_and_exports_are_not_replaced_silently",)),
+    # issue 29 (started): one boundary for operating-system failures
+    Mutation("os_error_traceback", "an operating-system failure no check foresaw is a traceback",
+             "fine_tune/cli.py", "    except OSError as e:  # the one boundary", "    except ImportError as e:  # the one boundary",
+             ("tests/test_never_lose_a_run.py::test_an_operating_system_failure_is_one_line_and_writes_nothing",)),
+    Mutation("lock_release_fails_on_holder_file", "a holder file that cannot be removed turns the end of a run into a "
+             "second error and keeps the lock", "fine_tune/locking.py",
+             "            except OSError:\n                pass\n", "            except ImportError:\n                pass\n",
+             ("tests/test_never_lose_a_run.py::test_a_lock_is_released_when_its_holder_file_cannot_be_removed",)),
 ]
 
 

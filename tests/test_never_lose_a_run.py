@@ -400,3 +400,46 @@ def test_a_workflow_that_fails_in_process_releases_what_it_holds(run, tiny_bert,
     assert "resuming from model-2.pt" in proc.stderr
     assert (folder / "model-4.pt").is_file() and locking._held == {} and flock_free(folder)
     assert not (folder / locking.HOLDER_FILE).exists()
+
+
+def test_an_operating_system_failure_is_one_line_and_writes_nothing(run, tiny_bert, data_root, exp_root, tmp_path):
+    """The one boundary (cli.run_main): an OSError no check foresaw is one line naming the path and the cause, exit
+    status 2, never a traceback. A 300-character --experiment is longer than a file name may be (issue 29)."""
+    common = ["--model", "bert", "--task", "qqp", "--ptrain_ver", str(tiny_bert), "--max_seq_len", "24",
+              "--total_step", "1", "--warmup_step", "0", "--device_id", "-1"]
+    for runner in (False, True):  # in this process, and as a user's shell runs it
+        proc = run("run_fine_tune.py", "--experiment", "x" * 300, *common, check=False, subprocess=runner)
+        assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+        assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+        assert "x" * 300 in proc.stderr and "File name too long" in proc.stderr
+        assert not exp_root.exists() or not any(exp_root.rglob("*"))
+    from fine_tune.errors import os_error_line
+
+    assert os_error_line(OSError(28, "No space left on device", "/d/f", None, "/d/g")) == \
+        "/d/f -> /d/g: No space left on device"
+    assert os_error_line(OSError("no path")) == "no path (OSError)"
+
+
+def test_a_lock_is_released_when_its_holder_file_cannot_be_removed(tmp_path, monkeypatch):
+    """A folder that stopped letting the run remove its holder file (made read-only while the run wrote) must not
+    turn the end of the run into a second error: the lock is released, the next writer takes it."""
+    import pathlib
+
+    from fine_tune import locking
+
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    locking.lock_folder(folder, "experiment")
+    real = pathlib.Path.unlink
+
+    def refuse(self, missing_ok=False):
+        if self.name == locking.HOLDER_FILE:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(pathlib.Path, "unlink", refuse)
+    locking.release_all()  # no exception
+    monkeypatch.undo()
+    assert not locking._held
+    locking.lock_folder(folder, "experiment")  # free again (flock released)
+    locking.release_all()
