@@ -16,7 +16,7 @@ import sys
 from typing import Any, Sequence
 
 from . import settings
-from .errors import UserError
+from .errors import OneLineParser, UserError
 from .settings import FINE_TUNE, IDENTITY_FIELDS, LAYERWISE, NOT_FROM_CONFIG, OFFLINE_DISTILL, ConfigSource, Flags
 
 
@@ -56,19 +56,13 @@ def parse_distil(prog: str, description: str, argv: Sequence[str] | None = None)
             sys.stdout.write(f"usage: {prog} --method METHOD [flags of the method's script]\n\n{description}\n\n"
                              f"methods: {', '.join(online)}; `{prog} --method METHOD --help` lists its flags\n")
             raise SystemExit(0)
-        _Parser(prog=prog).error(f"--method is required (one of {', '.join(online)})")
+        OneLineParser(prog=prog).error(f"--method is required (one of {', '.join(online)})")
     if name not in online:
-        _Parser(prog=prog).error(f"--method {json.dumps(name)}: not a distillation method; methods: "
+        OneLineParser(prog=prog).error(f"--method {json.dumps(name)}: not a distillation method; methods: "
                                  f"{', '.join(online)}")
     rest = [a for i, a in enumerate(argv) if not (a == "--method" or a.startswith("--method=")
                                                  or (i and argv[i - 1] == "--method"))]
     return name, parse_layerwise(prog, description, name, rest)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        sys.stderr.write(f"error: {self.prog}: {message} (see --help)\n")
-        raise SystemExit(2)
 
 
 class _ProbeFailed(Exception):
@@ -101,7 +95,7 @@ def build_parser(prog: str, description: str, groups: Sequence[type], *, require
         parser: argparse.ArgumentParser = _Probe(prog=prog, add_help=False)
         parser.add_argument("-h", "--help", action="store_true", default=argparse.SUPPRESS)
     else:
-        parser = _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        parser = OneLineParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument_group("config").add_argument("--config", metavar="FILE", help=CONFIG_HELP,
                                                      default=argparse.SUPPRESS if probe else None)
     seen: set[str] = {"config"}

@@ -1,8 +1,21 @@
-"""One exception type for every error a user can fix.
+"""One exception type for every error a user can fix, and one line for each.
 
 Entry scripts catch :class:`UserError`, print ``error: <message>`` as one line on stderr and exit with
-status 2 (no traceback). Every message names the file, line, flag or folder at fault.
+status 2 (no traceback). Every message names the file, line, flag or folder at fault. Flag syntax errors are one
+line too (:class:`OneLineParser`).
 """
+
+import argparse
+import sys
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors (an unknown choice, a word where a number goes) are one line on stderr and
+    exit status 2, as every other error of the toolkit; argparse's own prints the usage block first."""
+
+    def error(self, message: str) -> None:
+        sys.stderr.write(f"error: {self.prog}: {message} (see --help)\n")
+        raise SystemExit(2)
 
 
 def os_error_line(error: OSError) -> str:

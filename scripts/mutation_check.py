@@ -988,6 +988,9 @@ MUTATIONS = [
              "second error and keeps the lock", "fine_tune/locking.py",
              "            except OSError:\n                pass\n", "            except ImportError:\n                pass\n",
              ("tests/test_never_lose_a_run.py::test_a_lock_is_released_when_its_holder_file_cannot_be_removed",)),
+    Mutation("download_usage_block", "download_data.py's flag errors print argparse's usage block (two lines or more)",
+             "fine_tune/tasks/download.py", "    parser = OneLineParser(", "    parser = __import__('argparse').ArgumentParser(",
+             ("tests/test_download.py::test_a_bad_flag_is_one_line",)),
 ]
 
 

@@ -345,3 +345,14 @@ def test_headerless_tsv_and_a_single_file_source(tmp_path: Path):
     assert (root / "diagnostic" / "diagnostic.tsv").read_text().startswith("index\tsentence1")
     assert dl.count_rows(root / "CoLA" / "train.tsv", header=False) == 2
     assert listing(root) == ["CoLA", "CoLA/test.tsv", "CoLA/train.tsv", "diagnostic", "diagnostic/diagnostic.tsv"]
+
+
+def test_a_bad_flag_is_one_line(tmp_path: Path):
+    """download_data.py's flag errors are one line and exit status 2, as every entry script's (issue 29: it printed
+    argparse's usage block first)."""
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(repo / "download_data.py"), "--task", "bad", "--data_root",
+                           str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: download_data.py: argument --task: invalid choice: 'bad'")
+    assert not any(tmp_path.iterdir())

@@ -29,7 +29,6 @@ Importing this module does nothing (no folders are created, nothing is downloade
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import http.client
 import os
@@ -43,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Mapping
 
-from ..errors import UserError
+from ..errors import OneLineParser, UserError
 from ..io_utils import honour_umask
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -336,7 +335,7 @@ def fetch(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="download_data.py",
         description="Download, unpack and verify the GLUE and SuperGLUE data sets into the data root.",
     )
