@@ -991,6 +991,10 @@ MUTATIONS = [
     Mutation("download_usage_block", "download_data.py's flag errors print argparse's usage block (two lines or more)",
              "fine_tune/tasks/download.py", "    parser = OneLineParser(", "    parser = __import__('argparse').ArgumentParser(",
              ("tests/test_download.py::test_a_bad_flag_is_one_line",)),
+    Mutation("logits_refusal_names_none", "refusing to replace a Hugging Face teacher's logits says 'logits of None "
+             "checkpoint ...'", "fine_tune/tasks/logits.py", 'else f"the Hugging Face model {old.get(\'teacher_hf\') or old.get(\'checkpoint\')}")',
+             'else f"{old.get(\'teacher_experiment\')} checkpoint {old.get(\'checkpoint\')}")',
+             ("tests/test_identity.py::test_a_logits_set_is_not_replaced_by_one_of_other_inputs",)),
 ]
 
 

@@ -193,6 +193,7 @@ def test_a_logits_set_is_not_replaced_by_one_of_other_inputs(run, tiny_bert, dat
     hf_meta = json.loads(hf_meta_path.read_text())
     proc = run("run_fine_tune_gen_logits.py", *foreign, "--max_seq_len", "16", check=False)
     assert proc.returncode == 2 and "differ in max_seq_len (24 there, 16 now)" in proc.stderr, proc.stderr
+    assert f"already holds logits of the Hugging Face model {hf} on dev" in proc.stderr  # not "of None checkpoint"
     assert json.loads(hf_meta_path.read_text()) == hf_meta
 
 

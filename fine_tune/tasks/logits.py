@@ -100,8 +100,9 @@ def check_logits_target(out_dir: Path, meta: dict, overwrite: bool) -> None:
         old = read_json_object(meta_path)
         changed = changed_identity(old, meta)
         if changed:
-            raise UserError(f"{out_dir} already holds logits of {old.get('teacher_experiment') or old.get('teacher_hf')} "
-                            f"checkpoint {old.get('checkpoint')} on {old.get('split')} that differ in "
+            made_by = (f"{old['teacher_experiment']} checkpoint {old.get('checkpoint')}" if old.get("teacher_experiment")
+                       else f"the Hugging Face model {old.get('teacher_hf') or old.get('checkpoint')}")
+            raise UserError(f"{out_dir} already holds logits of {made_by} on {old.get('split')} that differ in "
                             f"{'; '.join(changed)}; pass --overwrite to replace them")
 
 
