@@ -9,7 +9,8 @@ written. The zip holds the files at its root, as the servers expect.
 Each submission file ``generate_test_prediction.py`` writes has a record beside it (``<file>.json``: the
 checkpoint and its sha256, the split, the rows' identity, whether every row of the split was predicted, the file's
 own sha256). A file that is not the one its record describes, that predicts only the first rows
-(``--max_examples``), or whose split holds other rows now, is refused (:func:`check_prediction_file`).
+(``--max_examples``), or whose split holds other rows now, is refused, and every file must predict each row of its
+split by its id (:func:`check_prediction_file`).
 """
 
 from __future__ import annotations
@@ -49,13 +50,55 @@ def write_prediction_record(path: Path, record: dict) -> None:
     atomic_write_json(record_path(path), dict(record, sha256=sha256_file(path)))
 
 
+def submission_ids(path: Path, task) -> list[str]:
+    """The row ids a submission file predicts, in file order, read by its format (GLUE: ``index<TAB>prediction``
+    lines after that header; SuperGLUE: ``{"idx": ..., "label": ...}`` lines); a file of another shape is refused,
+    naming its line."""
+    from .tasks.example import json_objects, text_lines
+
+    ids = []
+    if task.submission_format == "glue":
+        for line_no, line in text_lines(path):
+            cells = line.split("\t")
+            if line_no == 1:
+                if cells[:2] != ["index", "prediction"]:
+                    raise UserError(f"{path}, line 1: not a GLUE submission file (its header is index<TAB>prediction)")
+            elif line:
+                if len(cells) != 2:
+                    raise UserError(f"{path}, line {line_no}: {len(cells)} tab-separated cells, expected 2")
+                ids.append(cells[0])
+        return ids
+    for where, obj in json_objects(path):
+        if "idx" not in obj or "label" not in obj:
+            raise UserError(f"{where}: a SuperGLUE submission line is {{\"idx\": ..., \"label\": ...}}")
+        ids.append(str(obj["idx"]))
+    return ids
+
+
+def check_rows(path: Path, task, split: str, data_root: Path | None) -> None:
+    """A submission file predicts every row of its split, by the split's own ids in its order (when the split's
+    file is under ``data_root``); without the split here, it predicts at least one row."""
+    ids = submission_ids(path, task)
+    data_file = task.path(data_root, split) if data_root is not None else None
+    if data_file is None or not data_file.is_file():
+        if not ids:
+            raise UserError(f"{path} predicts no row")
+        return
+    expected = [str(e.idx) for e in task.load(data_root, split)]
+    if ids != expected:
+        first = next((i for i, (a, b) in enumerate(zip(ids, expected)) if a != b), min(len(ids), len(expected)))
+        raise UserError(f"{path} predicts {len(ids)} rows; {data_file} has {len(expected)} (the ids differ from row "
+                        f"{first + 1} on): predict the whole split with generate_test_prediction.py")
+
+
 def check_prediction_file(path: Path, task, split: str, data_root: Path | None) -> None:
-    """Refuse a submission file that is not the one its record describes (edited, or a killed or concurrent
-    prediction), that predicts only the first rows of its split, or whose split holds other rows now (when the
-    split's file is under ``data_root``). A file without a record (written by hand, or before records) is taken as
-    it is."""
+    """Refuse a submission file that does not predict every row of its split by its ids (:func:`check_rows`), that is
+    not the one its record describes (edited, or a killed or concurrent prediction), that predicts only the first
+    rows of its split, or whose split holds other rows now (when the split's file is under ``data_root``). A file
+    without a record (written by hand, or before records) is checked by its rows only."""
     rec_path = record_path(path)
     if not rec_path.is_file():
+        check_rows(path, task, split, data_root)
         return
     record = read_json_object(rec_path)
     if record.get("sha256") != sha256_file(path):

@@ -995,6 +995,13 @@ MUTATIONS = [
              "checkpoint ...'", "fine_tune/tasks/logits.py", 'else f"the Hugging Face model {old.get(\'teacher_hf\') or old.get(\'checkpoint\')}")',
              'else f"{old.get(\'teacher_experiment\')} checkpoint {old.get(\'checkpoint\')}")',
              ("tests/test_identity.py::test_a_logits_set_is_not_replaced_by_one_of_other_inputs",)),
+    Mutation("submission_rows_unchecked", "a submission file that predicts only some rows of its split is zipped",
+             "fine_tune/submission.py", "    if ids != expected:", "    if False:",
+             ("tests/test_glue_tasks.py::test_the_glue_zip_holds_exactly_the_required_files_or_is_refused",)),
+    Mutation("unrecorded_submission_unchecked", "a submission file without a record is zipped unchecked",
+             "fine_tune/submission.py", "        check_rows(path, task, split, data_root)\n        return\n",
+             "        return\n",
+             ("tests/test_glue_tasks.py::test_the_glue_zip_holds_exactly_the_required_files_or_is_refused",)),
 ]
 
 

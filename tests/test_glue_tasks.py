@@ -348,22 +348,25 @@ def test_diagnostics_are_splits_of_the_task_whose_model_predicts_them(tmp_path):
         assert json.loads(out.read_text()) == {"idx": row["idx"], "label": "not_entailment"}
 
 
-def test_the_glue_zip_holds_exactly_the_required_files_or_is_refused(run, exp_root, tmp_path):
+def test_the_glue_zip_holds_exactly_the_required_files_or_is_refused(run, exp_root, data_root, tmp_path):
     """Submission files placed in experiment folders as generate_test_prediction.py writes them: the zip holds every
     file GLUE requires at its root, each from the best experiment of its task on dev (or the one named with --use);
-    a missing one is refused with what writes it, before anything is written."""
+    a missing one is refused with what writes it, and a file that does not predict every row of its split (by the
+    split's ids, where the split is under the data root: QQP here) too, before anything is written."""
     import zipfile
 
     from fine_tune.submission import REQUIRED, writers
 
-    def place(task, names, scores=(("a", 0.6), ("b", 0.7))):
+    def place(task, names, scores=(("a", 0.6), ("b", 0.7)), rows=None):
         t = get_task(task)
         for exp, score in scores:
             folder = exp_root / f"{exp}_bert_{task}"
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "config.json").write_text(json.dumps({"task": task}))
             for name in names:
-                (folder / name).write_text(f"index\tprediction\n0\t{exp}\n")
+                split = made_by[name][1]
+                ids = [e.idx for e in t.load(data_root, split)] if t.path(data_root, split).is_file() else [0]
+                (folder / name).write_text("index\tprediction\n" + "".join(f"{i}\t{exp}\n" for i in ids[:rows]))
             (folder / f"eval-{t.dev_split}.json").write_text(json.dumps(
                 {"best": {t.main_metric: {"ckpt": 1, "value": score}}}))
 
@@ -377,6 +380,12 @@ def test_the_glue_zip_holds_exactly_the_required_files_or_is_refused(run, exp_ro
     assert not list(exp_root.glob("*.zip"))
     place("stsb", ["STS-B.tsv"])
     out = tmp_path / "glue.zip"
+    place("qqp", ["QQP.tsv"], rows=1)  # the issue's one-row QQP.tsv: refused, nothing written
+    with pytest.raises(AssertionError, match=r"QQP.tsv predicts 1 rows; .*QQP/test.tsv has 32 \(the ids differ from "
+                                             r"row 2 on\)"):
+        run("make_submission.py", "--benchmark", "glue", "--data_root", str(data_root), "--out", str(out))
+    assert not out.exists()
+    place("qqp", ["QQP.tsv"])
     run("make_submission.py", "--benchmark", "glue", "--use", "mnli=a_bert_mnli", "--out", str(out))
     with zipfile.ZipFile(out) as z:
         assert sorted(z.namelist()) == sorted(REQUIRED["glue"])
