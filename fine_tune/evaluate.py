@@ -20,7 +20,7 @@ from . import config as cfg
 from .batching import Collator, Features, cached_features, sequential_batches, tokenizer_fingerprint
 from .engine import distributed
 from .engine.allocator import tune_malloc_for_training
-from .engine.device import Precision, resolve_device, resolve_precision
+from .engine.device import Precision
 from .engine.trainer import to_device
 from .models.forward import forward
 from .errors import UserError
@@ -37,7 +37,7 @@ from .tasks.example import examples_digest
 from .tasks.logits import check_logits_target, logits_dir, write_logits
 
 if TYPE_CHECKING:
-    from .plan.types import (CheckpointChoice, EvalPlan, InferenceDevices, LogitsPlan, PredictionPlan,
+    from .plan.types import (CheckpointChoice, Devices, EvalPlan, LogitsPlan, PredictionPlan,
                                  TrainedExperiment)
 
 
@@ -52,10 +52,9 @@ class LoadedExperiment:
     precision: Precision | None
     data_root: Path
 
-    def resolve_device(self, devices: InferenceDevices) -> None:
+    def resolve_device(self, devices: Devices) -> None:
         """After every input has been checked, so an error is never preceded by device warnings."""
-        self.device = resolve_device(devices.device_id, devices.num_gpu)
-        self.precision = resolve_precision(devices.amp, devices.amp_dtype, self.device)
+        self.device, self.precision = devices.resolve()
 
 
 def open_experiment(target: TrainedExperiment) -> LoadedExperiment:

@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..experiment import ExperimentDir, check_name, default_data_root, default_exp_root, roots
 from ..selection import Rule, parse_ckpt
 from ..tasks import TASKS, Task, get_task
-from .types import (CheckpointChoice, EvalPlan, ExportPlan, ForeignTeacher, InferenceDevices, LogitsPlan,
+from .types import (CheckpointChoice, Devices, EvalPlan, ExportPlan, ForeignTeacher, LogitsPlan,
                     PredictionPlan, ResultsPlan, SubmissionPlan, TrainedExperiment)
 
 
@@ -65,10 +65,6 @@ def output_paths(out: Path) -> dict[str, Path]:
             "curves_json": named("-curves.json")}
 
 
-def _devices(device) -> InferenceDevices:
-    return InferenceDevices(device.device_id, device.num_gpu, device.amp, device.amp_dtype)
-
-
 def _trained_experiment(flags, require: bool = True) -> TrainedExperiment:
     """The task (once), the split of ``--dataset`` checked, the experiment folder named (and ``require``: holding a
     config.json)."""
@@ -103,13 +99,13 @@ def plan_eval(flags) -> EvalPlan:
         raise UserError(f"--dataset {split!r} has no labels to evaluate against; "
                         f"use generate_test_prediction.py for {split}")
     return EvalPlan(target, split, flags.paths.max_examples, flags.sweep.ckpt, flags.sweep.save_predictions,
-                    flags.inference.batch_size, _devices(flags.device))
+                    flags.inference.batch_size, Devices.of(flags.device))
 
 
 def plan_prediction(flags) -> PredictionPlan:
     target = _trained_experiment(flags)
     return PredictionPlan(target, flags.experiment.dataset, flags.paths.max_examples,
-                          _checkpoint_choice(flags, target.task), flags.inference.batch_size, _devices(flags.device))
+                          _checkpoint_choice(flags, target.task), flags.inference.batch_size, Devices.of(flags.device))
 
 
 def plan_gen_logits(flags) -> LogitsPlan:
@@ -127,7 +123,7 @@ def plan_gen_logits(flags) -> LogitsPlan:
         target = _named(flags, data_root, exp_root, task, require=False)  # names the data set
         checkpoint, teacher = None, ForeignTeacher(f.teacher_hf, f.teacher_label_map, f.max_seq_len)
     return LogitsPlan(target, flags.experiment.dataset, flags.paths.max_examples, checkpoint, teacher,
-                      flags.inference.batch_size, _devices(flags.device), flags.paths.overwrite)
+                      flags.inference.batch_size, Devices.of(flags.device), flags.paths.overwrite)
 
 
 def plan_export(flags) -> ExportPlan:

@@ -108,11 +108,6 @@ def _training(flags, dataset: str) -> TrainSettings:
                          compile=flags.speed.compile, tag_prefix=f"{e.task}/{dataset}/{e.model}")
 
 
-def _devices(flags, teacher_device_id: int | None = None, gate_device_id: int | None = None) -> Devices:
-    d = flags.device
-    return Devices(d.device_id, d.num_gpu, d.amp, d.amp_dtype, teacher_device_id, gate_device_id)
-
-
 def _legacy(exp: ExperimentDir, record: dict) -> dict:
     """A run started before a fidelity fix resumes with the rule it started with: the fields of
     config.LEGACY_FIELDS that ``record`` holds and the existing config.json of the same run lacks (read here, so
@@ -146,7 +141,7 @@ def _plan(flags, *, data_root, task, exp, train, tokenizer, max_seq_len, model, 
     b = flags.batching
     return RunPlan(exp=exp, data_root=data_root, task=task, train=train, tokenizer=tokenizer, max_seq_len=max_seq_len,
                    padding=b.padding, padding_free=flags.speed.padding_free == "auto", model=model, method=method,
-                   training=_training(flags, train.name), devices=devices or _devices(flags), record=record,
+                   training=_training(flags, train.name), devices=devices or Devices.of(flags.device), record=record,
                    inputs=inputs, overwrite=flags.paths.overwrite, evaluation=evaluation, **extra)
 
 
@@ -418,5 +413,5 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
     return _plan(flags, data_root=data_root, task=task, exp=exp, train=train,
                  tokenizer=student_tokenizer or teacher.tokenizer,  # the same tokenisation (checked above)
                  max_seq_len=max_seq_len, model=student, method=method, record=record, inputs=inputs,
-                 evaluation=evaluation, devices=_devices(flags, t.tdevice_id, gate_device_id), teacher=teacher,
+                 evaluation=evaluation, devices=Devices.of(flags.device, t.tdevice_id, gate_device_id), teacher=teacher,
                  layer_map=layer_map, notes=tuple(notes), legacy=legacy)

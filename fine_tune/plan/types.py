@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from ..engine.device import Precision, resolve_device, resolve_precision
 from ..engine.trainer import TrainSettings
 from ..experiment import ExperimentDir
 from ..methods.base import Method
@@ -41,7 +43,9 @@ class TrainingEvaluation:
 
 @dataclass(frozen=True)
 class Devices:
-    """Where the run asks to run; resolved to torch devices once every input is checked (fine_tune/run)."""
+    """Where a command asks to run (``--device_id``/``--num_gpu``/``--amp``/``--amp_dtype``, and for online
+    distillation ``--tdevice_id``/``--gate_device_id``): resolved to torch devices by :meth:`resolve` once every
+    input is checked."""
 
     device_id: int | None
     num_gpu: int | None
@@ -49,6 +53,18 @@ class Devices:
     amp_dtype: str
     teacher_device_id: int | None = None  # --tdevice_id
     gate_device_id: int | None = None  # --gate_device_id
+
+    @classmethod
+    def of(cls, device_flags, teacher_device_id: int | None = None, gate_device_id: int | None = None) -> "Devices":
+        """From a script's ``DeviceFlags`` group (the planners')."""
+        d = device_flags
+        return cls(d.device_id, d.num_gpu, d.amp, d.amp_dtype, teacher_device_id, gate_device_id)
+
+    def resolve(self, quiet: bool = False) -> tuple[torch.device, Precision]:
+        """The student's (the model's) device and the precision asked for, after every input has been checked (so
+        an error is never preceded by device warnings); ``quiet``: without the warnings said once already."""
+        device = resolve_device(self.device_id, self.num_gpu, quiet=quiet)
+        return device, resolve_precision(self.amp, self.amp_dtype, device, quiet=quiet)
 
 
 @dataclass(frozen=True)
@@ -123,17 +139,6 @@ class RunPlan:
 
 # -- the scripts that use a trained experiment, and the tables ------------------------------------------------
 @dataclass(frozen=True)
-class InferenceDevices:
-    """``--device_id``/``--num_gpu``/``--amp``/``--amp_dtype`` as given: resolved to a torch device and a
-    precision (``LoadedExperiment.resolve_device``) once every input has been checked."""
-
-    device_id: int | None
-    num_gpu: int | None
-    amp: bool
-    amp_dtype: str
-
-
-@dataclass(frozen=True)
 class TrainedExperiment:
     """The experiment a script reads: its folder (named, and for a toolkit experiment required to hold a
     config.json), its task and the data root the task's files live under."""
@@ -174,7 +179,7 @@ class EvalPlan:
     first_ckpt: int
     save_predictions: bool
     batch_size: int
-    devices: InferenceDevices
+    devices: Devices
 
 
 @dataclass(frozen=True)
@@ -186,7 +191,7 @@ class PredictionPlan:
     max_examples: int | None
     checkpoint: CheckpointChoice
     batch_size: int
-    devices: InferenceDevices
+    devices: Devices
 
 
 @dataclass(frozen=True)
@@ -200,7 +205,7 @@ class LogitsPlan:
     checkpoint: CheckpointChoice | None  # None with a foreign teacher
     teacher: ForeignTeacher | None
     batch_size: int
-    devices: InferenceDevices
+    devices: Devices
     overwrite: bool
 
 

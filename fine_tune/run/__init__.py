@@ -17,7 +17,7 @@ from ..engine.seeding import seed_everything
 from ..locking import releases_locks
 from ..plan import RunPlan
 from .layer_map import layer_map_writer
-from .start import resolve_devices, start_experiment
+from .start import start_experiment
 from .student import build_model, print_notes
 from .training import run_training
 
@@ -31,7 +31,7 @@ def run(plan: RunPlan) -> dict | None:
         return None
     print_notes(plan.notes)
     d, method = plan.devices, plan.method
-    device, precision = resolve_devices(d, quiet=distributed.is_main())  # rank 0 said its warnings at the start
+    device, precision = d.resolve(quiet=distributed.is_main())  # rank 0 said its warnings at the start
     teacher_device = resolve_placement(d.teacher_device_id, "--tdevice_id", device, d.device_id)
     gate_device = resolve_placement(d.gate_device_id, "--gate_device_id", device, d.device_id)
     seed_everything(plan.training.seed)

@@ -8,17 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .. import config as cfg
 from ..engine import distributed
-from ..engine.device import Precision, resolve_device, resolve_precision
 from ..engine.evaluation import EARLY_STOP_FILE
 from ..errors import UserError
 from ..experiment import ExperimentDir
 from ..io_utils import TMP_PREFIX, remove_inside
 from ..locking import HOLDER_FILE, lock_folder
-from ..plan import Devices, RunPlan
+from ..plan import RunPlan
 from ..provenance import collect
 
 
@@ -90,13 +87,6 @@ def whole_checkpoint(path: Path) -> bool:
     return True
 
 
-def resolve_devices(devices: Devices, quiet: bool = False) -> tuple[torch.device, Precision]:
-    """The student's device and the precision the run asked for, after every input has been checked (so an error
-    is never preceded by device warnings)."""
-    device = resolve_device(devices.device_id, devices.num_gpu, quiet=quiet)
-    return device, resolve_precision(devices.amp, devices.amp_dtype, device, quiet=quiet)
-
-
 def start_experiment(plan: RunPlan) -> Start:
     """Write config.json (after the guard) and decide how to start: a new run, the continuation of a killed
     run with the same config (from its latest checkpoint with a resume state), or nothing when the run
@@ -111,7 +101,7 @@ def _start_experiment(plan: RunPlan) -> Start:
     exp, record, data_files, overwrite = plan.exp, plan.record, plan.inputs, plan.overwrite
     total_step = plan.training.total_step
     cfg.guard_experiment(exp.config_path, record, overwrite)  # refused: nothing written
-    device, _ = resolve_devices(plan.devices)  # their warnings once the guard passed, as the run starts
+    device, _ = plan.devices.resolve()  # their warnings once the guard passed, as the run starts
     # one writer per experiment: the lock is held until the workflow ends (fine_tune/locking.py); the guard runs
     # again under it, as the holder before us may have changed the folder
     exp.path.mkdir(parents=True, exist_ok=True)
