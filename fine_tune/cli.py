@@ -39,20 +39,19 @@ def parse_distil(prog: str, description: str, argv: Sequence[str] | None = None)
 
     argv = sys.argv[1:] if argv is None else list(argv)
     online = [name for name, cls in METHODS.items() if cls.online]
-    pick = argparse.ArgumentParser(prog=prog, add_help=False)
+    pick = _Probe(prog=prog, add_help=False, allow_abbrev=False)  # --method out of argv; the rest is the script's
     pick.add_argument("--method")
-    pick.add_argument("--config")
-    pick.add_argument("-h", "--help", action="store_true")
     try:
-        given, _ = pick.parse_known_args(argv)
-    except SystemExit:
-        given = argparse.Namespace(method=None, config=None, help=False)
-    name = given.method
-    if name is None and given.config is not None:
-        record = read_config(given.config)
+        name, rest = pick.parse_known_args(argv)
+    except _ProbeFailed as e:  # --method without a name
+        OneLineParser(prog=prog).error(str(e))
+    name = name.method
+    config = (_given_flags(prog, (), rest) or {}).get("config")
+    if name is None and config is not None:
+        record = read_config(config)
         name = record.get("method") if isinstance(record.get("method"), str) else None
     if name is None:
-        if given.help:
+        if "-h" in rest or "--help" in rest:
             sys.stdout.write(f"usage: {prog} --method METHOD [flags of the method's script]\n\n{description}\n\n"
                              f"methods: {', '.join(online)}; `{prog} --method METHOD --help` lists its flags\n")
             raise SystemExit(0)
@@ -60,8 +59,6 @@ def parse_distil(prog: str, description: str, argv: Sequence[str] | None = None)
     if name not in online:
         OneLineParser(prog=prog).error(f"--method {json.dumps(name)}: not a distillation method; methods: "
                                  f"{', '.join(online)}")
-    rest = [a for i, a in enumerate(argv) if not (a == "--method" or a.startswith("--method=")
-                                                 or (i and argv[i - 1] == "--method"))]
     return name, parse_layerwise(prog, description, name, rest)
 
 

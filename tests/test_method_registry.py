@@ -91,7 +91,8 @@ def test_run_distil_trains_what_the_method_script_trains(run, teacher, exp_root)
     proc = run("run_distil.py", "--config", str(exp_root / "entry_bert_qqp" / "config.json"))
     assert "already finished" in proc.stdout
     for argv_, message in ((["--experiment", "x"], "--method is required (one of lad, lad_no, partial_lad"),
-                           (["--method", "fine_tune"], '--method "fine_tune": not a distillation method')):
+                           (["--method", "fine_tune"], '--method "fine_tune": not a distillation method'),
+                           (["--experiment", "x", "--method"], "argument --method: expected one argument")):
         proc = run("run_distil.py", *argv_, check=False)
         assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.splitlines()) == 1
 
