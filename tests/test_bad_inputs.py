@@ -76,6 +76,11 @@ CASES = [
     Case("data_file_not_utf8", "run_fine_tune.py", [*FT, "--data_root", "{base}/latin1"]),
     Case("boolq_test_row_without_idx", "run_fine_tune.py", [*FT, "--dataset", "test", "--data_root", "{base}/noidx"]),
     Case("duplicate_test_ids", "run_fine_tune.py", [*FT, "--dataset", "test", "--data_root", "{base}/twiceidx"]),
+    # Tasks of your own (issue 29): task.json by its typed schema, data files by their format's rules
+    *[Case(f"own_{name}", "run_fine_tune.py", [*FT, "--task", name, "--data_root", "{base}/own"]) for name in (
+        "regression_string", "metrics_number", "text_pair_list", "id_list", "unlabelled_string", "dev_split_unknown",
+        "unknown_field", "csv_unclosed_quote", "csv_line_after_quoted_newline", "tsv_cell_count", "jsonl_text_number",
+        "fractional_id", "corrupt_parquet")],
     # ---- names: task, model family, split, method modes ----------------------------------------------------
     Case("unknown_task", "run_fine_tune.py", [*FT, "--task", "squad"]),
     Case("unknown_model_family", "run_fine_tune.py", [*FT, "--model", "gpt2"]),
@@ -240,6 +245,37 @@ def world(tmp_path_factory, tiny_bert12):
         torch.set_num_threads(threads)
 
 
+def write_own_tasks(root: Path) -> None:
+    """Tasks of your own under ``root``, each a folder (its name the case's id without ``own_``) with a task.json
+    and a train file that break one rule of the definition's schema or of the file's format."""
+    base = {"files": {"train": "train.csv", "dev": "dev.csv"}, "text": "first", "label": "verdict",
+            "labels": ["same", "different"]}
+    csv_head = "first,verdict\n"
+    tasks = {
+        "regression_string": ({**base, "regression": "false"}, None),
+        "metrics_number": ({**base, "metrics": 5}, None),
+        "text_pair_list": ({**base, "text_pair": ["passage"]}, None),
+        "id_list": ({**base, "id": ["pair_id"]}, None),
+        "unlabelled_string": ({**base, "unlabelled": "test"}, None),
+        "dev_split_unknown": ({**base, "dev_split": "validation"}, None),
+        "unknown_field": ({**base, "colour": "red"}, None),
+        "csv_unclosed_quote": (base, csv_head + 'a b,same\n"c d,different\ne f,same\n'),
+        "csv_line_after_quoted_newline": (base, csv_head + '"a\nb",same\nc,different\nd,maybe\n'),
+        "tsv_cell_count": ({**base, "files": {"train": "train.tsv"}}, 'first\tverdict\n"a\tsame\nb"\n'),
+        "jsonl_text_number": ({**base, "files": {"train": "train.jsonl"}},
+                              '{"first": "a", "verdict": "same"}\n{"first": 12345, "verdict": "same"}\n'),
+        "fractional_id": ({**base, "files": {"train": "train.jsonl"}, "id": "n"},
+                          '{"n": 1, "first": "a", "verdict": "same"}\n{"n": 1.5, "first": "b", "verdict": "same"}\n'),
+        "corrupt_parquet": ({**base, "files": {"train": "train.parquet"}}, b"PAR1 cut short"),
+    }
+    for name, (spec, train) in tasks.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "task.json").write_text(json.dumps(spec))
+        if train is not None:
+            target = root / name / spec["files"]["train"]
+            target.write_bytes(train if isinstance(train, bytes) else train.encode())
+
+
 def make_world(base: Path, tiny_bert12: Path) -> dict:
     data, exp = base / "data", base / "exp"
     synthetic.write_boolq(data, n_train=32, n_val=16, n_test=16)
@@ -294,6 +330,7 @@ def make_world(base: Path, tiny_bert12: Path) -> dict:
     latin.parent.mkdir(parents=True)
     latin.write_bytes(boolq_lines[0].encode() + boolq_lines[1].replace("is", "caf\u00e9 is", 1).encode("latin-1"))
     assert '"maybe"' in (base / "badlabel/BoolQ/train.jsonl").read_text()
+    write_own_tasks(base / "own")  # tasks of your own (issue 29)
 
     # a data root whose logits data set was edited after it was written (one row's logits changed, same rows)
     shutil.copytree(data, base / "changedlogits")

@@ -100,23 +100,6 @@ def test_a_task_of_your_own_through_fine_tune_eval_and_predictions(fmt, run, tin
         assert json.loads((exp_root / folder / "config.json").read_text())["task_definition"]["text"] == "first"
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda s: s.pop("labels"), r"task.json: 'labels' must list at least two distinct classes"),
-    (lambda s: s.update(colour="red"), r"task.json: unknown field\(s\) colour"),
-    (lambda s: s.update(files={"train": "../x.csv"}), r"task.json: files.train '../x.csv': a file in the task's folder"),
-    (lambda s: s.update(metrics=["bleu"]), r"task.json: unknown metric\(s\) bleu"),
-])
-def test_a_bad_definition_is_one_line(change, message, tmp_path):
-    from fine_tune.tasks.registry import get_task
-
-    spec = {"files": {"train": "train.csv"}, "text": "first", "label": "verdict", "labels": LABELS}
-    change(spec)
-    (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "task.json").write_text(json.dumps(spec))
-    with pytest.raises(UserError, match=message):
-        get_task("bad", tmp_path)
-
-
 @pytest.mark.parametrize("content, labelled, regression, message", [
     ("qid,first,verdict\n1,a,same\n", True, False, r"train.csv, line 2: no value in column 'second'"),
     ("qid,first,second,verdict\n1,a,b,maybe\n", True, False,
@@ -247,6 +230,7 @@ def test_a_hugging_face_class_label_is_written_as_its_name(tmp_path, monkeypatch
     task's), so the task maps them through its declared labels; an unlabelled split drops the label column."""
     datasets = pytest.importorskip("datasets")
     from fine_tune.tasks.registry import user_task
+    from fine_tune.tasks import user
     from fine_tune.tasks.user import check_definition, materialise
 
     features = datasets.Features({"t": datasets.Value("string"), "n": datasets.Value("int64"),
@@ -259,6 +243,7 @@ def test_a_hugging_face_class_label_is_written_as_its_name(tmp_path, monkeypatch
         return datasets.Dataset.from_dict(data, features=features)
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(user, "hub_unreachable", lambda path: None)  # the hub answers
     spec = check_definition({"hf": {"path": "someone/moods", "name": "v2", "splits": {"train": "train",
                                                                                       "test": "test_split"}},
                              "text": "t", "label": "y", "id": "n", "labels": ["mid", "neg", "pos"]}, "task.json")
@@ -270,3 +255,42 @@ def test_a_hugging_face_class_label_is_written_as_its_name(tmp_path, monkeypatch
     assert [r["y"] for r in written] == ["neg", "mid", "pos", "neg"]
     assert [(e.idx, e.label) for e in task.load(tmp_path, "train")] == [(40, 1), (3, 0), (17, 2), (8, 1)]
     assert all("y" not in json.loads(x) for x in (tmp_path / "moods" / "test.jsonl").read_text().splitlines())
+
+
+def test_an_unreachable_hub_is_one_line_at_once(run, data_root, exp_root, tiny_bert, monkeypatch):
+    """An "hf" source on a hub that does not answer (here an endpoint nothing listens on, as a machine without
+    network sees the real one): datasets.load_dataset retried it five times, a warning line each (11 lines on stderr
+    over about 24 s); the hub is asked once first, without retries, and the refusal is the one line. The warnings
+    are counted at huggingface_hub's and datasets' loggers (their handler holds the stderr of the process start,
+    which an in-process run does not capture)."""
+    import logging
+
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    warnings = []
+
+    class Count(logging.Handler):
+        def emit(self, record):
+            warnings.append(record.getMessage())
+
+    handler = Count(logging.WARNING)
+    for name in ("huggingface_hub", "datasets"):
+        logging.getLogger(name).addHandler(handler)
+    folder = data_root / "hubbed"
+    folder.mkdir()
+    (folder / "task.json").write_text(json.dumps({"hf": {"path": "someone/nosuch", "splits": {"train": "train"}},
+                                                  "text": "first", "label": "verdict", "labels": LABELS}))
+    try:
+        proc = run("run_fine_tune.py", "--experiment", "x", "--model", "bert", "--task", "hubbed", "--ptrain_ver",
+                   str(tiny_bert), "--max_seq_len", "24", "--total_step", "1", "--warmup_step", "0", "--device_id",
+                   "-1", check=False)
+    finally:
+        for name in ("huggingface_hub", "datasets"):
+            logging.getLogger(name).removeHandler(handler)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "error: could not load the Hugging Face dataset 'someone/nosuch' split 'train': the hub cannot be reached "
+        "(ConnectError: [Errno 111] Connection refused); a dataset in the local cache loads with HF_HUB_OFFLINE=1"]
+    assert warnings == []
+    assert sorted(p.name for p in folder.iterdir()) == ["task.json"] and not (exp_root / "x_bert_hubbed").exists()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .example import Example, check_unique_ids, json_objects, text_lines
+from .example import Example, check_unique_ids, json_objects, tab_separated_rows
 
 
 @dataclass(frozen=True)
@@ -53,24 +53,22 @@ def _label(raw: str, file_labels: tuple[str, ...] | None, where: str, column: st
 
 def parse_tsv(path: Path, labelled: bool, layout: TsvLayout, file_labels: tuple[str, ...] | None) -> list[Example]:
     """Rows of a GLUE ``.tsv`` file as :class:`Example`s (``labelled``: the split has gold labels)."""
-    lines = text_lines(path)
+    rows = tab_separated_rows(path)
     if layout.header:
-        header = next(lines, (1, ""))[1].split("\t")
+        header_line, header = next(rows, (1, [""]))
         wanted = [c for c in (layout.text, layout.pair, layout.idx, layout.label if labelled else None) if c is not None]
         missing = [c for c in wanted if c not in header]
         if missing:
-            raise UserError(f"{path}, line 1: header {header} lacks the column(s) {', '.join(map(repr, missing))}")
+            raise UserError(f"{path}, line {header_line}: header {header} lacks the column(s) "
+                            f"{', '.join(map(repr, missing))}")
         width = len(header)
         pos = {c: header.index(c) for c in wanted}
     else:
         width = layout.width
         pos = {c: c for c in (layout.text, layout.pair, layout.idx, layout.label) if c is not None}
     examples: list[Example] = []
-    for line_no, line in lines:
-        if not line:
-            continue
+    for line_no, cols in rows:
         where = f"{path}, line {line_no}"
-        cols = line.split("\t")
         if len(cols) != width:
             raise UserError(f"{where}: {len(cols)} tab-separated columns, expected {width}")
         idx = len(examples)

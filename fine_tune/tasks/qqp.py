@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .example import Example, check_unique_ids, text_lines
+from .example import Example, check_unique_ids, tab_separated_rows
 
 LABELLED_HEADER = ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"]
 TEST_HEADER = ["id", "question1", "question2"]
@@ -19,14 +19,11 @@ TEST_HEADER = ["id", "question1", "question2"]
 def parse_qqp(path: Path, labelled: bool) -> list[Example]:
     expected = LABELLED_HEADER if labelled else TEST_HEADER
     examples: list[Example] = []
-    lines = text_lines(path)
-    header = next(lines, (1, ""))[1].split("\t")
+    rows = tab_separated_rows(path)
+    header_line, header = next(rows, (1, [""]))
     if header != expected:
-        raise UserError(f"{path}, line 1: header {header} does not match the expected {expected}")
-    for line_no, line in lines:
-        if not line:
-            continue
-        cols = line.split("\t")
+        raise UserError(f"{path}, line {header_line}: header {header} does not match the expected {expected}")
+    for line_no, cols in rows:
         where = f"{path}, line {line_no}"
         if len(cols) != len(expected):
             raise UserError(f"{where}: {len(cols)} tab-separated columns, expected {len(expected)}")

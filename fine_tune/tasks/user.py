@@ -7,6 +7,10 @@ the results tables and the submission file). Example (doc/methods.md, "Your own 
      "text": "question", "text_pair": "answer", "label": "verdict", "labels": ["wrong", "right"],
      "id": "qid", "metrics": ["accuracy", "f1"]}
 
+:class:`TaskDefinition` declares every field with its type; ``task.json`` is read by it in strict mode (a string
+is not a boolean, a string is not a list) and then checked for meaning: every split, metric and file it names must
+exist when the task is read. Each problem is one line naming ``task.json`` and the field.
+
 - ``files``: split -> file in the folder: ``.csv``, ``.tsv`` (a header line naming the columns), ``.jsonl``
   (one JSON object a line) or ``.parquet`` (needs pyarrow). Splits named ``test...`` are unlabelled unless
   ``unlabelled`` lists others.
@@ -20,58 +24,299 @@ the results tables and the submission file). Example (doc/methods.md, "Your own 
   On first use each split is loaded with ``datasets.load_dataset`` and written into the task's folder as
   ``<split>.jsonl`` (class labels as their names), which every later run reads and hashes like any data file.
 
+How the files are read (:func:`parse_user_file`):
+
+- ``.csv`` by the format's quoting rules (Python's csv module, strict): a cell in quotes may hold commas, doubled
+  quotes and newlines; line numbers in messages are the file's own; a cell of any length.
+- ``.tsv``: cells split on tabs with no quoting (a quote is an ordinary character), every line one row, as GLUE's
+  files are read.
+- every row of a ``.csv`` or ``.tsv`` file has as many cells as its header; text cells of ``.jsonl`` and
+  ``.parquet`` files are strings; an id is an integer (a JSON or Parquet integer, or a cell of decimal digits):
+  ``1.5``, ``3.0`` or ``"7a"`` is refused, never rounded.
+
 The definition and the sha256 of ``task.json`` go into each experiment's ``config.json``; its data files are
 checked by sha256 on resume like every input.
 """
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import json
+import re
 import sys
 from pathlib import Path
+from typing import Annotated, Optional, Union, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.functional_validators import PlainValidator
+from pydantic_core import PydanticCustomError
 
 from ..errors import UserError
 from .columns import score
-from .example import Example, check_unique_ids, json_objects, text_lines
+from .example import Example, check_unique_ids, csv_rows, json_objects, tab_separated_rows
 from .metrics import METRICS
 
 TASK_FILE = "task.json"
 FORMATS = (".csv", ".tsv", ".jsonl", ".parquet")
-KEYS = {"files", "text", "text_pair", "label", "labels", "regression", "id", "metrics", "main_metric", "dev_split",
-        "unlabelled", "hf"}
-HF_KEYS = {"path", "name", "splits"}
 
 
 def definition_path(data_root: Path, name: str) -> Path:
     return Path(data_root) / name / TASK_FILE
 
 
+# ------------------------------------------------------------------------------------------- the definition
+
+
+def _class_name(value):
+    """A class of ``labels``: a string or an integer (a boolean is neither)."""
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return value
+    raise PydanticCustomError("class_type", "expected a class: a string or an integer")
+
+
+COLUMN = "a column name (a non-empty string)"
+
+
+class HfSource(BaseModel):
+    """``hf``: a Hugging Face ``datasets`` source instead of data files."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    path: str = Field(min_length=1, description="a hub name or a local folder (a non-empty string)")
+    name: Optional[str] = Field(None, description="a configuration name, or null")
+    splits: dict[str, str] = Field(min_length=1, description="an object mapping each split to its Hugging Face "
+                                                             'split, e.g. {"train": "train", "dev": "validation"}')
+
+
+class TaskDefinition(BaseModel):
+    """Every field of ``task.json`` and its type (strict: a value of another JSON type is refused, never
+    converted); :func:`check_definition` checks what the fields name."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    files: Optional[dict[str, str]] = Field(None, min_length=1, description=(
+        'an object mapping each split to a file in the task\'s folder, e.g. {"train": "train.csv"}'))
+    text: str = Field(min_length=1, description=COLUMN)
+    text_pair: Optional[str] = Field(None, min_length=1, description=COLUMN + ", or null")
+    label: str = Field(min_length=1, description=COLUMN)
+    labels: Optional[list[Annotated[Union[str, int], PlainValidator(_class_name)]]] = Field(None, description=(
+        "a list of at least two distinct classes (strings or integers) in the model's output order"))
+    regression: bool = Field(False, description="true or false")
+    id: Optional[str] = Field(None, min_length=1, description=COLUMN + ", or null")
+    metrics: Optional[list[str]] = Field(None, description=f"a list of metric names ({', '.join(METRICS)})")
+    main_metric: Optional[str] = Field(None, description="a metric name of metrics")
+    dev_split: Optional[str] = Field(None, description="a split name of files")
+    unlabelled: Optional[list[str]] = Field(None, description="a list of split names of files")
+    hf: Optional[HfSource] = Field(None, description=(
+        'an object {"path": NAME, "name": CONFIG (optional), "splits": {SPLIT: HF_SPLIT}}'))
+
+
+# what a value of each JSON type is called when the schema expects it
+_EXPECTED = {"string_type": "a string", "string_too_short": "a non-empty string", "bool_type": "true or false",
+             "list_type": "a list", "dict_type": "an object", "int_type": "an integer", "model_type": "an object",
+             "too_short": "a non-empty value"}
+
+
+def shown(value) -> str:
+    """A JSON (or Parquet) value as a message shows it: ``the string "false"``, ``the number 5``, ``the list
+    ["a"]``, ``null``; long values shortened."""
+    def short(text: str) -> str:
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f"the string {short(json.dumps(value, ensure_ascii=False))}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, (list, dict)):
+        kind = "list" if isinstance(value, list) else "object"
+        return f"the {kind} {short(json.dumps(value, ensure_ascii=False, default=str))}"
+    return f"a {type(value).__name__} value {short(repr(value))}"
+
+
+def _field_name(loc) -> str:
+    """``("hf", "splits", "dev")`` -> ``hf.splits.dev``; ``("labels", 2)`` -> ``labels[2]``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _schema_field(loc):
+    """(the model holding the field ``loc`` names, its FieldInfo), or (the model, None) for an item or a key."""
+    model, info = TaskDefinition, None
+    for part in loc:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return model, None
+        info = model.model_fields[part]
+        model = next((t for t in (info.annotation, *get_args(info.annotation))
+                      if isinstance(t, type) and issubclass(t, BaseModel)), None)
+    return model, info
+
+
+def _schema_error(error: dict) -> str:
+    """One line for pydantic's first error: the field, what it must be, what it is."""
+    loc = error["loc"]
+    field = _field_name(loc)
+    if error["type"] == "extra_forbidden":
+        model, _ = _schema_field(loc[:-1])
+        parent = f" of {_field_name(loc[:-1])}" if loc[:-1] else ""
+        return f'field "{field}": unknown (fields{parent}: {", ".join(model.model_fields)})'
+    _, info = _schema_field(loc)
+    expected = info.description if info is not None else None
+    if error["type"] == "missing":
+        return f'field "{field}": missing; expected {expected}'
+    if not loc:
+        return f"expected a JSON object (a task definition), got {shown(error['input'])}"
+    if expected is None:
+        expected = (error["msg"].removeprefix("expected ") if error["type"] == "class_type"
+                    else _EXPECTED.get(error["type"], error["msg"]))
+    return f'field "{field}": expected {expected}, got {shown(error["input"])}'
+
+
+def _unique_keys(pairs):
+    """A JSON object's fields; a field written twice is refused (JSON would silently keep the last)."""
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f'field "{key}" appears twice')
+        seen[key] = value
+    return seen
+
+
+def read_definition(path: Path) -> dict:
+    """The checked definition of ``task.json`` (one-line errors naming the file and the field)."""
+    try:
+        spec = json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable task definition ({e})") from None
+    return check_definition(spec, str(path))
+
+
+def check_definition(spec, where: str) -> dict:
+    """The definition ``spec`` (``task.json`` as JSON) checked: its types by :class:`TaskDefinition`, then what
+    its fields name (splits, files, metrics, labels), each problem one line naming ``where`` and the field.
+    Returns ``spec`` with ``files`` (a Hugging Face source's default), ``metrics`` and ``main_metric`` filled in."""
+    try:
+        d = TaskDefinition.model_validate(spec)
+    except ValidationError as e:
+        raise UserError(f"{where}: {_schema_error(e.errors()[0])}") from None
+
+    def refuse(field: str, expected: str, value) -> UserError:
+        return UserError(f'{where}: field "{field}": expected {expected}, got {shown(value)}')
+
+    files = d.files
+    if d.hf is not None:
+        files = files or {split: f"{split}.jsonl" for split in d.hf.splits}
+        for split in d.hf.splits:
+            if split not in files:
+                raise refuse(f"hf.splits.{split}", f"a split of files ({', '.join(files)})", split)
+    if files is None:
+        raise UserError(f'{where}: field "files": missing; expected '
+                        f'{TaskDefinition.model_fields["files"].description} (or "hf": a Hugging Face source)')
+    formats = (".jsonl",) if d.hf is not None else FORMATS  # a Hugging Face split is written as JSON lines
+    for split, name in files.items():
+        if Path(name).suffix.lower() not in formats or "/" in name or "\\" in name or name.startswith("."):
+            raise refuse(f"files.{split}", f"a file in the task's folder ending in {', '.join(formats)}", name)
+        if d.hf is not None and split not in d.hf.splits:
+            raise refuse(f"files.{split}", f"a split of hf.splits ({', '.join(d.hf.splits)})", split)
+    if d.regression and d.labels is not None:
+        raise UserError(f'{where}: field "labels": a regression task ("regression": true) has no classes; remove '
+                        f'"labels", or set "regression": false')
+    classes = TaskDefinition.model_fields["labels"].description + ' (or "regression": true)'
+    if not d.regression and d.labels is None:
+        raise UserError(f'{where}: field "labels": missing; expected {classes}')
+    if not d.regression and (len(d.labels) < 2 or len({str(x) for x in d.labels}) != len(d.labels)):
+        raise refuse("labels", classes, d.labels)
+    metrics = d.metrics or (["pearson", "spearman"] if d.regression else ["accuracy"])
+    for i, m in enumerate(metrics):
+        if m not in METRICS:
+            raise refuse(f"metrics[{i}]", f"a metric name ({', '.join(METRICS)})", m)
+    main = d.main_metric or metrics[0]
+    if main not in metrics:
+        raise refuse("main_metric", f"one of its metrics ({', '.join(metrics)})", main)
+    for i, split in enumerate(d.unlabelled or []):
+        if split not in files:
+            raise refuse(f"unlabelled[{i}]", f"a split of files ({', '.join(files)})", split)
+    if d.dev_split is not None:
+        labelled = [s for s in files if s not in (d.unlabelled or [s for s in files if s.startswith("test")])]
+        if d.dev_split not in labelled:
+            raise refuse("dev_split", f"a labelled split of files ({', '.join(labelled) or 'none'})", d.dev_split)
+    return dict(spec, files=files, metrics=list(metrics), main_metric=main)
+
+
+# ---------------------------------------------------------------------------------------------- the files
+
+
+def _table_rows(path: Path, cells_of_lines, what: str):
+    """(where, row dict) of a file of cells under a header line; a row of another cell count is refused."""
+    header, names = None, []
+    for line_no, cells in cells_of_lines:
+        if header is None:
+            header, names = line_no, cells
+            twice = sorted({c for c in cells if cells.count(c) > 1})
+            if twice:
+                raise UserError(f"{path}, line {line_no}: the header names {', '.join(map(repr, twice))} twice")
+            continue
+        if len(cells) != len(names):
+            raise UserError(f"{path}, line {line_no}: {len(cells)} {what}, the header (line {header}) names "
+                            f"{len(names)}")
+        yield f"{path}, line {line_no}", dict(zip(names, cells))
+
+
+def _parquet_rows(path: Path):
+    """(where, row dict) of a Parquet file; a file pyarrow cannot read is one line naming it."""
+    try:
+        import pyarrow
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError(f"{path}: reading .parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pyarrow.ArrowException, OSError) as e:
+        raise UserError(f"{path}: not a readable Parquet file ({(str(e).splitlines() or [type(e).__name__])[0]})") \
+            from None
+    for i, row in enumerate(rows):
+        yield f"{path}, row {i + 1}", row
+
+
 def _rows(path: Path):
     """(where, row dict) of a data file, by its extension."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        yield from json_objects(path)
-        return
+        return json_objects(path)
     if suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise UserError(f"{path}: reading .parquet needs pyarrow (pip install pyarrow)") from None
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
-            yield f"{path}, row {i + 1}", row
-        return
-    lines = [line for _, line in text_lines(path)]
-    reader = csv.DictReader(lines, delimiter="\t" if suffix == ".tsv" else ",")
-    for i, row in enumerate(reader, start=2):
-        if None in row:  # more cells than the header names
-            raise UserError(f"{path}, line {i}: {len(row) - 1 + len(row[None])} cells, the header names {len(row) - 1}")
-        yield f"{path}, line {i}", row
+        return _parquet_rows(path)
+    if suffix == ".tsv":
+        return _table_rows(path, tab_separated_rows(path), "tab-separated cells (no quoting: one line, one row)")
+    return _table_rows(path, csv_rows(path), "cells")
+
+
+_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
+
+
+def _row_id(raw, where: str, column: str) -> int:
+    """An id exactly: a JSON or Parquet integer, or a text of decimal digits; a fraction, a float, a boolean or
+    any other text is refused (never rounded)."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and _INTEGER.fullmatch(raw):
+        return int(raw)
+    raise UserError(f"{where}: id {raw!r} in column {column!r} is not an integer")
+
+
+def _label_text(raw):
+    """A class label as ``labels`` writes it: a JSON boolean as ``true``/``false``, other values as text."""
+    return json.dumps(raw) if isinstance(raw, bool) else str(raw)
 
 
 def parse_user_file(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
-    """Rows of one of the task's files as :class:`Example`s; a missing column, a label outside the set, a score
-    that is not a number or a test row without its id names the file, the line (or row) and the column."""
+    """Rows of one of the task's files as :class:`Example`s; a missing column, a text that is not a string, an id
+    that is not an integer, a label outside the set, a score that is not a number or a test row without its id
+    names the file, the line (or row) and the column."""
     examples: list[Example] = []
     labels = [str(x) for x in spec.get("labels") or []]
     for where, row in _rows(Path(path)):
@@ -82,77 +327,35 @@ def parse_user_file(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
                 return None
             return row[column]
 
+        def text(column: str) -> str:
+            value = cell(column)
+            if not isinstance(value, str):
+                raise UserError(f"{where}: column {column!r} holds {shown(value)}; a text column holds strings")
+            return value
+
         idx = len(examples)
         if spec.get("id"):
-            raw = cell(spec["id"])
-            try:
-                idx = int(raw)
-            except (TypeError, ValueError):
-                raise UserError(f"{where}: id {raw!r} in column {spec['id']!r} is not an integer") from None
-        text = str(cell(spec["text"]))
+            idx = _row_id(cell(spec["id"]), where, spec["id"])
+        first = text(spec["text"])
         pair = spec.get("text_pair")
-        pair = None if not pair else str(cell(pair))
+        pair = None if not pair else text(pair)
         label = None
         if labelled:
             raw = cell(spec["label"])
             if spec.get("regression"):
+                if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+                    raise UserError(f"{where}: label {shown(raw)} in column {spec['label']!r} is not a number "
+                                    f"(a regression score)")
                 label = score(raw, where, repr(spec["label"]))
             else:
-                if str(raw) not in labels:
+                if _label_text(raw) not in labels:
                     raise UserError(f"{where}: label {raw!r} in column {spec['label']!r} is not one of the task's "
                                     f"labels ({', '.join(labels)})")
-                label = labels.index(str(raw))
-        examples.append(Example(idx=idx, text=text, text_pair=pair, label=label))
+                label = labels.index(_label_text(raw))
+        examples.append(Example(idx=idx, text=first, text_pair=pair, label=label))
     if not labelled:
         check_unique_ids(examples, Path(path))
     return examples
-
-
-def read_definition(path: Path) -> dict:
-    """The checked definition of ``task.json`` (one-line errors naming the file and the field)."""
-    try:
-        spec = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable task definition ({e})") from None
-    return check_definition(spec, str(path))
-
-
-def check_definition(spec, where: str) -> dict:
-    if not isinstance(spec, dict):
-        raise UserError(f"{where}: a task definition is a JSON object")
-    unknown = sorted(set(spec) - KEYS)
-    if unknown:
-        raise UserError(f"{where}: unknown field(s) {', '.join(unknown)} (fields: {', '.join(sorted(KEYS))})")
-    hf = spec.get("hf")
-    if hf is not None:
-        if (not isinstance(hf, dict) or set(hf) - HF_KEYS or not isinstance(hf.get("path"), str)
-                or not isinstance(hf.get("splits"), dict) or not hf["splits"]):
-            raise UserError(f"{where}: 'hf' must be {{\"path\": NAME, \"name\": CONFIG (optional), \"splits\": "
-                            f"{{SPLIT: HF_SPLIT}}}}")
-        spec = dict(spec, files=spec.get("files") or {split: f"{split}.jsonl" for split in hf["splits"]})
-    files = spec.get("files")
-    if not isinstance(files, dict) or not files or not all(isinstance(v, str) for v in files.values()):
-        raise UserError(f"{where}: 'files' must map each split to a file name, e.g. {{\"train\": \"train.csv\"}}")
-    for split, name in files.items():
-        if Path(name).suffix.lower() not in FORMATS or "/" in name or "\\" in name or name.startswith("."):
-            raise UserError(f"{where}: files.{split} {name!r}: a file in the task's folder ending in "
-                            f"{', '.join(FORMATS)}")
-    for field in ("text", "label"):
-        if not isinstance(spec.get(field), str) or not spec[field]:
-            raise UserError(f"{where}: '{field}' must name a column")
-    regression = bool(spec.get("regression"))
-    labels = spec.get("labels")
-    if not regression and (not isinstance(labels, list) or len(labels) < 2 or len({str(x) for x in labels}) != len(labels)):
-        raise UserError(f"{where}: 'labels' must list at least two distinct classes in output order "
-                        f"(or set \"regression\": true)")
-    metrics = spec.get("metrics") or (["pearson", "spearman"] if regression else ["accuracy"])
-    bad = [m for m in metrics if m not in METRICS]
-    if bad:
-        raise UserError(f"{where}: unknown metric(s) {', '.join(bad)} (metrics: {', '.join(METRICS)})")
-    main = spec.get("main_metric") or metrics[0]
-    if main not in metrics:
-        raise UserError(f"{where}: main_metric {main!r} is not one of its metrics {metrics}")
-    return dict(spec, metrics=list(metrics), main_metric=main)
 
 
 SOURCES_FILE = "hf-sources.json"  # in the task's folder: each fetched file's Hugging Face source and sha256
@@ -194,6 +397,48 @@ def ensure_materialised(spec: dict, split: str, path: Path, labelled: bool) -> N
         raise UserError(f"could not write {records_path}: {e.strerror or e}") from None
 
 
+def hub_unreachable(path: str) -> str | None:
+    """Why the Hugging Face hub does not answer for the dataset ``path``, from one request without retries (its
+    timeout HF_HUB_ETAG_TIMEOUT, huggingface_hub's setting), or None when it answers (any HTTP status), when
+    ``path`` is not a hub name (a local folder, or a path datasets reads as one: absolute, or with more than one
+    ``/``), or in offline mode (HF_HUB_OFFLINE: the cache is read). ``datasets.load_dataset`` retries an
+    unreachable hub five times over about 25 s, each retry a warning on stderr; asking once first turns that into
+    one line at once."""
+    import datasets.config
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    hub_name = not Path(path).exists() and not Path(path).is_absolute() and path.count("/") <= 1
+    if not hub_name or datasets.config.HF_HUB_OFFLINE:
+        return None
+    url = huggingface_hub.hf_hub_url(path, datasets.config.REPOCARD_FILENAME, repo_type="dataset",
+                                     endpoint=datasets.config.HF_ENDPOINT)
+    try:
+        huggingface_hub.get_hf_file_metadata(url, timeout=huggingface_hub.constants.HF_HUB_ETAG_TIMEOUT)
+    except HfHubHTTPError:  # the hub answered (no such dataset, gated...): load_dataset says which
+        return None
+    except Exception as e:  # noqa: BLE001 - a network failure of any kind
+        return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_hub():
+    """huggingface_hub's and datasets' warnings (a retry of a request each) off stderr while a dataset loads: a
+    failure is the one line :func:`materialise` says."""
+    import datasets.utils.logging as datasets_logging
+    import huggingface_hub.utils.logging as hub_logging
+
+    levels = hub_logging.get_verbosity(), datasets_logging.get_verbosity()
+    hub_logging.set_verbosity_error()
+    datasets_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hub_logging.set_verbosity(levels[0])
+        datasets_logging.set_verbosity(levels[1])
+
+
 def materialise(spec: dict, split: str, path: Path, labelled: bool) -> None:
     """Write split ``split`` of the definition's Hugging Face source to ``path`` (JSON lines, atomically): every
     column, class labels as their names; an unlabelled split without its label column."""
@@ -208,8 +453,13 @@ def materialise(spec: dict, split: str, path: Path, labelled: bool) -> None:
     except ImportError:
         raise UserError("a Hugging Face dataset source needs the datasets library: pip install datasets") from None
     name = f"{hf['path']}{'/' + hf['name'] if hf.get('name') else ''}"
+    unreachable = hub_unreachable(hf["path"])
+    if unreachable is not None:
+        raise UserError(f"could not load the Hugging Face dataset {name!r} split {hf_split!r}: the hub cannot be "
+                        f"reached ({unreachable}); a dataset in the local cache loads with HF_HUB_OFFLINE=1")
     try:
-        ds = datasets.load_dataset(hf["path"], hf.get("name"), split=hf_split)
+        with _quiet_hub():
+            ds = datasets.load_dataset(hf["path"], hf.get("name"), split=hf_split)
     except Exception as e:  # noqa: BLE001 - network, unknown name or split: one line
         raise UserError(f"could not load the Hugging Face dataset {name!r} split {hf_split!r}: "
                         f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
