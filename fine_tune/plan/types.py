@@ -192,6 +192,8 @@ class PredictionPlan:
     checkpoint: CheckpointChoice
     batch_size: int
     devices: Devices
+    out: Path  # the official name in the experiment folder; with max_examples <name>.partial-<N>.<ext>
+    overwrite: bool  # replace a file generate_test_prediction.py did not write (fine_tune/outputs.py)
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,7 @@ class SubmissionPlan:
     use: dict  # task -> experiment folder name (--use TASK=FOLDER)
     out: Path
     data_root: Path | None = None  # where each file's split is checked against its record
+    overwrite: bool = False  # replace an existing zip make_submission.py did not write (fine_tune/outputs.py)
 
 
 @dataclass(frozen=True)
@@ -253,3 +256,4 @@ class ResultsPlan:
     plot: bool
     curves: tuple | None  # --curves globs (at least one)
     data_root: Path | None = None  # the task's files: each evaluation table is checked against its split's rows
+    overwrite: bool = False  # replace existing files results_table.py did not write (fine_tune/outputs.py)
