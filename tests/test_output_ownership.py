@@ -192,6 +192,18 @@ def test_weights_damaged_after_the_check_are_one_line_naming_the_file(tmp_path, 
     with pytest.raises(UserError) as e:
         classifier._from_pretrained(str(cut), config, classifier.get_family("bert"), "--ptrain_ver")
     assert str(e.value).startswith(f"--ptrain_ver '{cut}': {weights} is not a readable weights file (")
+    # PyTorch weight files: one of the zip format cut short is refused by the check; the legacy format is read at load
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    state = {"w": torch.arange(4096, dtype=torch.float32)}
+    torch.save(state, bin_folder / "pytorch_model.bin")
+    classifier.check_weight_files(bin_folder, "--teacher_hf 'bin'")
+    whole = (bin_folder / "pytorch_model.bin").read_bytes()
+    (bin_folder / "pytorch_model.bin").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(UserError, match=r"^--teacher_hf 'bin': .*pytorch_model.bin is not a readable weights file"):
+        classifier.check_weight_files(bin_folder, "--teacher_hf 'bin'")
+    torch.save(state, bin_folder / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    classifier.check_weight_files(bin_folder, "--teacher_hf 'bin'")
 
 
 def test_a_read_only_experiment_folder_is_one_line_for_every_command_that_writes_there(world, tmp_path):

@@ -109,8 +109,11 @@ def weights_error(where: str, path: Path, error: BaseException) -> UserError:
 
 def check_weight_files(folder: Path, where: str) -> None:
     """Before anything is written: every weight file of the folder is there and whole, read without loading a
-    tensor (safetensors: the header and that the data covers the file; PyTorch files: the zip's directory, memory
-    mapped); ``where`` (``--ptrain_ver 'x'``) names the source in the error."""
+    tensor (safetensors: the header and that the data covers the file; a PyTorch file of the zip format: its
+    directory, at the end of the file; one of the legacy format, older than torch 1.6, is not checked here: it is
+    read when the weights load); ``where`` (``--ptrain_ver 'x'``) names the source in the error."""
+    import zipfile
+
     from safetensors import safe_open
 
     for path in _weight_files(folder):
@@ -121,8 +124,12 @@ def check_weight_files(folder: Path, where: str) -> None:
                 with safe_open(str(path), framework="pt") as f:
                     f.keys()
             else:
-                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as e:  # noqa: BLE001 - safetensors' SafetensorError, torch's RuntimeError/pickle errors
+                with open(path, "rb") as f:
+                    zip_format = f.read(4) == b"PK\x03\x04"
+                if zip_format:
+                    with zipfile.ZipFile(path) as z:
+                        z.namelist()
+        except Exception as e:  # noqa: BLE001 - safetensors' SafetensorError, zipfile's BadZipFile, OSError
             raise weights_error(where, path, e) from None
 
 

@@ -122,7 +122,7 @@ def plan_prediction(flags) -> PredictionPlan:
     out = prediction_path(target.exp, target.task, split, max_examples)
     check_outputs([out, record_path(out)], "generate_test_prediction.py", overwrite)
     return PredictionPlan(target, split, max_examples, _checkpoint_choice(flags, target.task),
-                          flags.inference.batch_size, Devices.of(flags.device), out, overwrite)
+                          flags.inference.batch_size, Devices.of(flags.device), out)
 
 
 def plan_gen_logits(flags) -> LogitsPlan:
@@ -174,7 +174,7 @@ def plan_submission(flags) -> SubmissionPlan:
         raise UserError(f"--out {out}: the servers take a .zip file")
     check_outputs([out], "make_submission.py", s.overwrite, "--out")
     data_root = Path(s.data_root) if s.data_root else default_data_root()
-    return SubmissionPlan(exp_root, s.benchmark, use, out, data_root, s.overwrite)
+    return SubmissionPlan(exp_root, s.benchmark, use, out, data_root)
 
 
 def plan_results(args) -> ResultsPlan:
@@ -215,4 +215,4 @@ def plan_results(args) -> ResultsPlan:
             raise UserError(f"--curves {args.curves!r}: name at least one experiment folder or name (globs, "
                             f"comma-separated)")
     return ResultsPlan(exp_root, task, rule, splits, experiments, out, paths, compare, split, args.resamples,
-                       args.bootstrap_seed, args.commands, args.plot, curves, data_root, args.overwrite)
+                       args.bootstrap_seed, args.commands, args.plot, curves, data_root)

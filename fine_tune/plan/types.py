@@ -192,8 +192,8 @@ class PredictionPlan:
     checkpoint: CheckpointChoice
     batch_size: int
     devices: Devices
-    out: Path  # the official name in the experiment folder; with max_examples <name>.partial-<N>.<ext>
-    overwrite: bool  # replace a file generate_test_prediction.py did not write (fine_tune/outputs.py)
+    out: Path  # the official name in the experiment folder; with max_examples <name>.partial-<N>.<ext> (checked:
+    # no file generate_test_prediction.py did not write, unless --overwrite)
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,6 @@ class SubmissionPlan:
     use: dict  # task -> experiment folder name (--use TASK=FOLDER)
     out: Path
     data_root: Path | None = None  # where each file's split is checked against its record
-    overwrite: bool = False  # replace an existing zip make_submission.py did not write (fine_tune/outputs.py)
 
 
 @dataclass(frozen=True)
@@ -246,7 +245,7 @@ class ResultsPlan:
     rule: Rule
     splits: list | None  # reported splits (checked); None: every evaluated labelled split
     experiments: list | None  # --experiments globs; None: every evaluated experiment
-    out: Path  # the markdown file; paths: it and the files beside it (results.output_paths)
+    out: Path  # the markdown file; paths: the files this run writes, it and the ones beside it (output_paths)
     paths: dict
     compare: tuple | None  # two experiment folder names
     compare_split: str | None  # with compare: its split (checked)
@@ -256,4 +255,3 @@ class ResultsPlan:
     plot: bool
     curves: tuple | None  # --curves globs (at least one)
     data_root: Path | None = None  # the task's files: each evaluation table is checked against its split's rows
-    overwrite: bool = False  # replace existing files results_table.py did not write (fine_tune/outputs.py)
