@@ -415,12 +415,14 @@ def run_gen_logits(plan: LogitsPlan) -> Path:
 
 
 def run_test_prediction(plan: PredictionPlan) -> Path:
-    """``generate_test_prediction.py``: the official submission file of a checkpoint's predictions."""
+    """``generate_test_prediction.py``: the official submission file of a checkpoint's predictions (with
+    ``--max_examples`` a ``.partial-N`` file: plan/inference.prediction_path), where the plan found no file this
+    command did not write (fine_tune/outputs.py)."""
     r = checkpoint_logits(plan)
-    le, dataset = r.le, plan.split
-    out = le.exp.path / le.task.submission_name(dataset)
+    le, dataset, out = r.le, plan.split, plan.out
     if distributed.is_main():
-        from .submission import write_prediction_record
+        from .outputs import record_outputs
+        from .submission import record_path, write_prediction_record
 
         le.task.write_submission(out, r.examples, le.task.predictions(r.logits))
         complete = plan.max_examples is None or len(r.examples) == len(le.task.load(le.data_root, dataset))
@@ -429,5 +431,6 @@ def run_test_prediction(plan: PredictionPlan) -> Path:
             "checkpoint_sha256": sha256_file(le.exp.checkpoint_path(r.step)), "split": dataset,
             "data_file": str(r.path), "examples_sha256": examples_digest(r.examples), "num_rows": len(r.examples),
             "complete": complete, "label_names": list(le.task.label_names), "max_seq_len": le.config["max_seq_len"]})
+        record_outputs([out, record_path(out)], "generate_test_prediction.py")
     print(f"wrote {len(r.examples)} predictions of {r.label} on {dataset} to {out}")
     return out

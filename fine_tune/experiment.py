@@ -34,20 +34,37 @@ def default_exp_root() -> Path:
     return Path(os.environ.get("FT_EXP_ROOT") or REPO_ROOT / "data" / "fine_tune_experiment")
 
 
+NAME_MAX = 255  # bytes of one file or folder name (Linux, macOS and Windows file systems)
+
+
+def check_length(name: str, flag: str, value: str) -> str:
+    """A folder name of at most :data:`NAME_MAX` bytes (UTF-8), else refused naming ``flag`` and its ``value``
+    (shortened): longer names fail at the first write with ``File name too long``."""
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > NAME_MAX:
+        shown = repr(value) if len(value) <= 40 else repr(value[:40]) + "…"
+        raise UserError(f"{flag} {shown}: makes a folder name of {size} bytes; file systems take at most "
+                        f"{NAME_MAX}: choose a shorter name")
+    return name
+
+
 def check_name(value: str, flag: str) -> str:
     """A name the toolkit turns into one folder name (an experiment, a teacher experiment, a logits data set, a
     task): the one place such names are checked, so no flag can reach a path outside its root. Refused: empty
-    names, ``.`` and ``..``, path separators, NUL and other control characters."""
+    names, ``.`` and ``..``, path separators, NUL and other control characters, and names longer than a folder
+    name can be (:func:`check_length`)."""
     bad = (not value or value in (".", "..") or "/" in value or "\\" in value
            or any(ord(c) < 32 or ord(c) == 127 for c in value))
     if bad:
         raise UserError(f"{flag} {value!r}: must be a plain name (no '/', '\\', '..' or control characters): it "
                         f"names a folder inside its root")
-    return value
+    return check_length(value, flag, value)
 
 
 def experiment_name(experiment: str, model: str, task: str, flag: str = "--experiment") -> str:
-    return f"{check_name(experiment, flag)}_{check_name(model, '--model')}_{check_name(task, '--task')}"
+    """The folder name ``{experiment}_{model}_{task}``, each part and the whole checked (:func:`check_name`)."""
+    name = f"{check_name(experiment, flag)}_{check_name(model, '--model')}_{check_name(task, '--task')}"
+    return check_length(name, flag, experiment)
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import UserError
 from .evaluate import _checkpoint, load_split, open_experiment
 from .io_utils import atomic_save_with, sha256_file
+from .outputs import check_folder_output
 from .engine.checkpoint import load_checkpoint_into
 
 if TYPE_CHECKING:
@@ -31,10 +31,7 @@ def run_export(plan: ExportPlan) -> Path:
     ckpt_path = le.exp.checkpoint_path(step)
     default = f"onnx-model-{step}" if onnx else f"hf-model-{step}"
     out = plan.out if plan.out is not None else le.exp.path / default
-    if out.exists() and not (out.is_dir() and (out / "export.json").is_file()):
-        raise UserError(f"--out {out} exists and is not an export; choose another folder")
-    if out.exists() and not plan.overwrite:
-        raise UserError(f"--out {out} already holds an export; pass --overwrite to replace it")
+    check_folder_output(out, "export.json", "an export", "--out", plan.overwrite)  # a given --out: also in the plan
     load_checkpoint_into(le.model, ckpt_path)
     features = None
     if onnx:  # the rows the ONNX model is checked on (a missing file is refused before anything is written)

@@ -50,18 +50,31 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
+def _errno_of(error: BaseException) -> int | None:
+    """The operating-system error number of a failed write: an OSError's, or the one a Rust library (safetensors'
+    ``SafetensorError: ... I/O error: File too large (os error 27)``) names in its message."""
+    import re
+
+    if isinstance(error, OSError):
+        return error.errno
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    return int(found.group(1)) if found else None
+
+
 def write_failure(path: Path, error: BaseException) -> str | None:
     """Why a write failed when the machine, not the code, is at fault (a full disk, a quota, the file-size limit),
-    in words; None for any other error. torch.save reports such failures as a RuntimeError of its zip writer."""
+    in words; None for any other error. torch.save reports such failures as a RuntimeError of its zip writer,
+    safetensors as a SafetensorError naming the OS error number."""
     import errno
     import resource
     import shutil
 
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    if isinstance(error, OSError) and error.errno == errno.EFBIG and limit != resource.RLIM_INFINITY:
+    code = _errno_of(error)
+    if code == errno.EFBIG and limit != resource.RLIM_INFINITY:
         return f"the file-size limit (ulimit -f) of {limit} bytes"
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return error.strerror or str(error)
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return getattr(error, "strerror", None) or os.strerror(code)
     if isinstance(error, RuntimeError) and any(s in str(error) for s in ("inline_container", "PytorchStreamWriter",
                                                                         "file write failed")):
         if limit != resource.RLIM_INFINITY:
@@ -99,19 +112,61 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, f)
 
 
+def _writer_tag() -> str:
+    """``<host>-<pid>`` of this process (the host as a short hash): what names the temporary folders it writes, so a
+    later writer can tell a dead writer's leftovers from a live one's."""
+    import socket
+
+    return f"{hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def remove_dead_writers_temporaries(path: Path) -> None:
+    """Remove the temporary folders of ``path`` (``.tmp-<name>.<host>-<pid>.*``, :func:`atomic_save_with`) that a
+    writer on this machine left when it was killed (its pid is gone); a live writer's, or another machine's, are left
+    alone. A kill between the two renames of a replacement leaves ``path`` absent and its previous version in
+    such a folder: it is put back first."""
+    import glob
+
+    path = Path(path)
+    host = _writer_tag().split("-")[0]
+    for leftover in sorted(path.parent.glob(glob.escape(TMP_PREFIX + path.name + ".") + "*")):
+        tag = leftover.name[len(TMP_PREFIX + path.name) + 1:].split(".")[0]
+        writer_host, _, pid = tag.partition("-")
+        if writer_host != host or not pid.isdigit() or _alive(int(pid)) or not leftover.is_dir():
+            continue
+        previous = leftover / path.name
+        if leftover.name.endswith(".old") and previous.exists() and not (path.exists() or path.is_symlink()):
+            os.replace(previous, path)
+        remove_inside(leftover, path.parent)
+
+
 def atomic_save_with(path: Path, save: Callable[[Path], None]) -> None:
-    """For writers that need a path (e.g. ``tokenizer.save_pretrained``): write to a temp dir, then rename."""
+    """For writers that need a path (e.g. ``tokenizer.save_pretrained``, an export folder): ``save`` writes into a
+    temporary folder beside ``path`` (``.tmp-<name>.<host>-<pid>.<random>``), which then replaces ``path``. Such
+    folders of writers that were killed are removed first (:func:`remove_dead_writers_temporaries`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent))
+    remove_dead_writers_temporaries(path)
+    prefix = f"{TMP_PREFIX}{path.name}.{_writer_tag()}."
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     try:
         honour_umask(tmp, folder=True)
         save(tmp)
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + "old.", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=prefix, suffix=".old", dir=path.parent))
             os.replace(path, old / path.name)
             os.replace(tmp, path)
-            with contextlib.suppress(OSError):  # a leftover .tmp-* folder is removed at the next start
+            with contextlib.suppress(OSError):  # a leftover is removed by the next writer of this path
                 remove_inside(old, path.parent)
         else:
             os.replace(tmp, path)

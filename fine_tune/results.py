@@ -35,6 +35,7 @@ from .config import RUNTIME_FIELDS, load_config
 from .errors import UserError
 from .experiment import CKPT_RE, ExperimentDir, check_name
 from .io_utils import atomic_write, atomic_write_json, atomic_write_text
+from .outputs import record_outputs
 from .selection import Rule, evaluated_rows_changed, read_eval, read_predictions, select_row
 from .tasks.metrics import SHORT
 from .tasks import Task
@@ -530,7 +531,8 @@ def _curve_groups(exp_root: Path, task: Task, patterns: tuple[str, ...]) -> list
 def run_results(plan: ResultsPlan) -> str:
     """``results_table.py``: print the table (and the comparison, the commands), write it as markdown, CSV and
     JSON, and with ``--plot`` / ``--curves`` the pictures and their data. The plan (fine_tune/plan/inference.py) has
-    checked the flags and the output paths; every input is read and checked before the first file is written."""
+    checked the flags and the output paths (none is a file results_table.py did not write, unless --overwrite);
+    every input is read and checked before the first file is written."""
     from . import result_plots
 
     exp_root, task, rule, splits, paths, out = plan.exp_root, plan.task, plan.rule, plan.splits, plan.paths, plan.out
@@ -575,6 +577,7 @@ def run_results(plan: ResultsPlan) -> str:
             atomic_write_json(paths[key], content)
         else:
             atomic_write_text(paths[key], content)
+    record_outputs([paths[key] for key in files], "results_table.py")  # its own from now on (fine_tune/outputs.py)
     print(text, end="")
     print(f"(written to {out})")
     for note in notes:

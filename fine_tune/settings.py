@@ -98,7 +98,8 @@ class PathFlags:
     data_root: str = flag(None, "data root (default: env FT_DATA_ROOT, else <repo>/data/fine_tune)")
     exp_root: str = flag(None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)")
     max_examples: int = flag(None, "use only the first N rows of the split (smoke runs, tests)")
-    overwrite: bool = flag(False, "replace an existing experiment (or logits data set) with a different config")
+    overwrite: bool = flag(False, "replace an existing experiment (or logits data set) with a different config, an "
+                                  "existing export, or a submission file this command did not write")
 
     def __post_init__(self) -> None:
         _positive(self, "max_examples")
@@ -412,6 +413,8 @@ class ResultsFlags:
                              "examples/s (teacher and Pareto front marked) as <out>-pareto.png, its data as .json")
     curves: str = flag(None, "comma-separated globs of experiments whose learning curves (loss and evaluation metric "
                              "vs step, from their TensorBoard logs) to draw as <out>-curves.png, its data as .json")
+    overwrite: bool = flag(False, "replace existing files at the output paths that results_table.py did not write "
+                                  "(or that were changed since)")
 
     def __post_init__(self) -> None:
         _positive(self, "resamples")
@@ -430,6 +433,8 @@ class SubmissionFlags:
     data_root: str = flag(None, "data root: each file is checked to predict every row its split holds there now "
                                 "(default: env FT_DATA_ROOT, else <repo>/data/fine_tune; a split not there is not "
                                 "checked)")
+    overwrite: bool = flag(False, "replace an existing --out zip that make_submission.py did not write (or that was "
+                                  "changed since)")
 
 
 # Training scripts' groups (their union of fields is config.json's record)

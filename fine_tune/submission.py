@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from .errors import UserError
 from .experiment import check_name
 from .io_utils import atomic_write, atomic_write_json, read_json_object, sha256_file
+from .outputs import record_outputs
 from .tasks import TASKS
 from .tasks.example import examples_digest
 
@@ -195,7 +196,8 @@ def choose(exp_root: Path, benchmark: str, use: dict[str, str]) -> list[Chosen]:
 
 def run_submission(plan: SubmissionPlan) -> Path:
     """``make_submission.py``: the plan (fine_tune/plan/inference.py) has checked ``--use``, ``--exp_root`` and
-    ``--out``; every required file is found before the zip is written."""
+    ``--out`` (not a zip make_submission.py did not write, unless ``--overwrite``); every required file is found
+    and checked before the zip is written."""
     chosen = choose(plan.exp_root, plan.benchmark, plan.use)
     for c in chosen:  # each file the one its record describes, of every row of its split as it is now
         check_prediction_file(c.folder / c.file, TASKS[c.task], c.split, plan.data_root)
@@ -203,6 +205,7 @@ def run_submission(plan: SubmissionPlan) -> Path:
     with atomic_write(out) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for c in chosen:
             z.write(c.folder / c.file, arcname=c.file)
+    record_outputs([out], "make_submission.py")  # its own from now on (fine_tune/outputs.py)
     for c in chosen:
         print(f"{c.file}\t{c.folder.name}\t({c.why})")
     print(f"wrote {out} ({len(chosen)} files)")

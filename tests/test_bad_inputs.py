@@ -224,6 +224,38 @@ CASES = [
          [*EV, "--ckpt", "4", "--data_root", "{base}/ro_data"], patch="readonly:ro_data"),
     Case("data_root_under_a_file_logits", "run_fine_tune_gen_logits.py",
          [*EV, "--ckpt", "4", "--data_root", "{base}/qqp_in_file"]),
+    # Outputs and the file system (issue 29)
+    Case("results_out_beside_a_file_it_did_not_write", "results_table.py",
+         ["--task", "qqp", "--exp_root", "{base}/results_exp", "--out", "{base}/reports/report.md"],
+         where={"<out>": "{base}/reports/report.md", "<file>": "{base}/reports/report.csv"}),
+    Case("results_out_under_a_file", "results_table.py",
+         ["--task", "qqp", "--exp_root", "{base}/results_exp", "--out", "{base}/afile/report.md"],
+         where={"<file>": "{base}/afile"}),
+    Case("submission_out_replaces_a_file", "make_submission.py",
+         ["--benchmark", "glue", "--exp_root", "{exp}", "--out", "{base}/reports/other.zip"],
+         where={"<out>": "{base}/reports/other.zip"}),
+    Case("submission_out_is_a_folder", "make_submission.py",
+         ["--benchmark", "glue", "--exp_root", "{exp}", "--out", "{base}/reports/folder.zip"],
+         where={"<out>": "{base}/reports/folder.zip"}),
+    Case("prediction_replaces_a_file_it_did_not_write", "generate_test_prediction.py",
+         ["--experiment", "teacher", *EXP, "--dataset", "dev", "--ckpt", "4"]),
+    Case("prediction_in_a_read_only_experiment", "generate_test_prediction.py",
+         ["--experiment", "teacher", *EXP, "--dataset", "test", "--ckpt", "4", "--exp_root", "{base}/ro_teacher"],
+         patch="readonly:ro_teacher/teacher_bert_qqp"),
+    Case("training_in_a_read_only_experiment", "run_fine_tune.py", [*TEACHER_RUN, "--exp_root", "{base}/ro_teacher"],
+         patch="readonly:ro_teacher/teacher_bert_qqp"),
+    Case("export_out_under_a_file", "export_model.py", ["--experiment", "teacher", *EXP[:4], "--out", "{base}/afile/x"],
+         where={"<file>": "{base}/afile"}),
+    Case("export_out_is_a_file", "export_model.py", ["--experiment", "teacher", *EXP[:4], "--out", "{base}/afile"],
+         where={"<file>": "{base}/afile"}),
+    Case("experiment_name_too_long", "run_fine_tune.py", [*FT, "--experiment", "x" * 300]),
+    Case("experiment_folder_name_too_long", "run_fine_tune.py", [*FT, "--experiment", "x" * 250]),
+    Case("ptrain_ver_weights_truncated", "run_fine_tune.py", [*FT, "--ptrain_ver", "{base}/truncweights"]),
+    Case("teacher_hf_weights_truncated", "run_lad_distil.py", [*HF, "{base}/hf_trunc"],
+         where={"<teacher>": "{base}/hf_trunc"}),
+    Case("gen_logits_teacher_hf_weights_truncated", "run_fine_tune_gen_logits.py",
+         ["--experiment", "hf", *EXP[:4], "--teacher_hf", "{base}/hf_trunc", "--max_seq_len", SEQ],
+         where={"<teacher>": "{base}/hf_trunc"}),
 ]
 
 
@@ -398,6 +430,17 @@ def make_world(base: Path, tiny_bert12: Path) -> dict:
     (base / "cfg_type.json").write_text(json.dumps({**teacher_config, "lr": "fast"}))
     # an experiment root holding only the evaluated teacher (the world's root also holds broken folders)
     shutil.copytree(exp / "teacher_bert_qqp", base / "results_exp" / "teacher_bert_qqp")
+    # outputs and the file system (issue 29): files no command wrote where outputs would go; a copy of the teacher
+    # to make read-only; pretrained and fine-tuned folders whose model.safetensors was cut in half
+    (base / "reports" / "folder.zip").mkdir(parents=True)
+    (base / "reports" / "report.csv").write_text("a table of my own\n")
+    (base / "reports" / "other.zip").write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip of someone else's
+    (exp / "teacher_bert_qqp" / "QQP-dev.tsv").write_text("index\tprediction\n0\t1\n")
+    shutil.copytree(exp / "teacher_bert_qqp", base / "ro_teacher" / "teacher_bert_qqp")
+    for name, source in (("truncweights", tiny_bert12), ("hf_trunc", base / "hf_teacher")):
+        shutil.copytree(source, base / name)
+        weights = base / name / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     return w
 
 

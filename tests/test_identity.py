@@ -334,11 +334,20 @@ def test_a_submission_file_is_zipped_only_as_its_record_describes(run, tiny_bert
         assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
         assert not (tmp_path / "glue.zip").exists()
 
-    run("generate_test_prediction.py", *common, "--max_examples", "5")
-    record = json.loads((exp_root / "q_bert_qqp" / "QQP.tsv.json").read_text())
+    run("generate_test_prediction.py", *common, "--max_examples", "5")  # never under the official name (issue 29)
+    partial = exp_root / "q_bert_qqp" / "QQP.partial-5.tsv"
+    record = json.loads((exp_root / "q_bert_qqp" / "QQP.partial-5.tsv.json").read_text())
     assert record["num_rows"] == 5 and record["complete"] is False and record["checkpoint"] == "model-2.pt"
+    assert not qqp.exists()
+    refused("QQP.tsv (generate_test_prediction.py --task qqp --dataset test")
+    partial.rename(qqp)  # renamed by hand, with its record: the record still says what it is
+    (exp_root / "q_bert_qqp" / "QQP.partial-5.tsv.json").rename(exp_root / "q_bert_qqp" / "QQP.tsv.json")
     refused("QQP.tsv predicts only the first 5 rows of test (--max_examples)")
-    run("generate_test_prediction.py", *common)
+    proc = run("generate_test_prediction.py", *common, check=False)  # the renamed file is not one it wrote there
+    assert proc.returncode == 2 and proc.stderr == (f"error: {qqp} exists and was not written by "
+                                                    f"generate_test_prediction.py (or was changed since); pass "
+                                                    f"--overwrite to replace it\n")
+    run("generate_test_prediction.py", *common, "--overwrite")
     assert json.loads((exp_root / "q_bert_qqp" / "QQP.tsv.json").read_text())["complete"] is True
     whole = qqp.read_text()
     qqp.write_text(whole.replace("\t0\n", "\t1\n", 1) if "\t0\n" in whole else whole.replace("\t1\n", "\t0\n", 1))

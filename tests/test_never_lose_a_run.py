@@ -404,11 +404,13 @@ def test_a_workflow_that_fails_in_process_releases_what_it_holds(run, tiny_bert,
 
 def test_an_operating_system_failure_is_one_line_and_writes_nothing(run, tiny_bert, data_root, exp_root, tmp_path):
     """The one boundary (cli.run_main): an OSError no check foresaw is one line naming the path and the cause, exit
-    status 2, never a traceback. A 300-character --experiment is longer than a file name may be (issue 29)."""
-    common = ["--model", "bert", "--task", "qqp", "--ptrain_ver", str(tiny_bert), "--max_seq_len", "24",
-              "--total_step", "1", "--warmup_step", "0", "--device_id", "-1"]
+    status 2, never a traceback: an --exp_root with a 300-character folder name is longer than a file name may be
+    (a 300-character --experiment is refused by the name check, before: tests/test_bad_inputs.py)."""
+    common = ["--experiment", "x", "--model", "bert", "--task", "qqp", "--ptrain_ver", str(tiny_bert),
+              "--max_seq_len", "24", "--total_step", "1", "--warmup_step", "0", "--device_id", "-1"]
     for runner in (False, True):  # in this process, and as a user's shell runs it
-        proc = run("run_fine_tune.py", "--experiment", "x" * 300, *common, check=False, subprocess=runner)
+        proc = run("run_fine_tune.py", *common, "--exp_root", str(exp_root / ("x" * 300)), check=False,
+                   subprocess=runner)
         assert proc.returncode == 2 and proc.stdout == "", proc.stderr
         assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
         assert "x" * 300 in proc.stderr and "File name too long" in proc.stderr

@@ -75,7 +75,62 @@ def load_pretrained_config(ptrain_ver: str, model: str | None, flag: str = "--pt
     get_family(config.model_type, f"{flag} {ptrain_ver!r}: model type")
     if folder.is_dir() and not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise UserError(f"{flag} {ptrain_ver!r}: no weights in the folder ({' or '.join(WEIGHT_FILES[::2])})")
+    if folder.is_dir():
+        check_weight_files(folder, f"{flag} {ptrain_ver!r}")
     return config
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The weight files a local Hugging Face folder's model is loaded from: the first of :data:`WEIGHT_FILES`
+    present, and for a sharded model (an ``.index.json``) the shards it names."""
+    import json
+
+    for name in WEIGHT_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return [path]
+        try:
+            shards = sorted(set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise UserError(f"{path}: not a readable weights index (no weight_map)") from None
+        return [folder / shard for shard in shards]
+    return []
+
+
+def weights_error(where: str, path: Path, error: BaseException) -> UserError:
+    """One line for a weight file that cannot be read (safetensors' or torch's own error, first line); ``where``
+    (``--ptrain_ver 'x'``) names the source."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return UserError(f"{where}: {path} is not a readable weights file ({reason}): damaged or incomplete (a copy or "
+                     f"download that stopped?)")
+
+
+def check_weight_files(folder: Path, where: str) -> None:
+    """Before anything is written: every weight file of the folder is there and whole, read without loading a
+    tensor (safetensors: the header and that the data covers the file; a PyTorch file of the zip format: its
+    directory, at the end of the file; one of the legacy format, older than torch 1.6, is not checked here: it is
+    read when the weights load); ``where`` (``--ptrain_ver 'x'``) names the source in the error."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    for path in _weight_files(folder):
+        if not path.is_file():
+            raise UserError(f"{where}: {path} (named in its weights index) not found")
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as f:
+                    f.keys()
+            else:
+                with open(path, "rb") as f:
+                    zip_format = f.read(4) == b"PK\x03\x04"
+                if zip_format:
+                    with zipfile.ZipFile(path) as z:
+                        z.namelist()
+        except Exception as e:  # noqa: BLE001 - safetensors' SafetensorError, zipfile's BadZipFile, OSError
+            raise weights_error(where, path, e) from None
 
 
 @contextlib.contextmanager
@@ -102,6 +157,11 @@ def _from_pretrained(source: str, config: PretrainedConfig, family, flag: str):
                 source, config=config, attn_implementation=family.attn_implementation, output_loading_info=True)
     except (OSError, ValueError) as e:
         raise UserError(f"{flag} {source!r}: could not load the weights ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # a weight file damaged since it was checked: safetensors' or torch's own error
+        if type(e).__name__ != "SafetensorError" and not isinstance(e, (RuntimeError, EOFError)):
+            raise
+        files = _weight_files(Path(source).expanduser()) if Path(source).expanduser().is_dir() else []
+        raise weights_error(f"{flag} {source!r}", files[0] if len(files) == 1 else Path(source), e) from None
 
 
 def build_pretrained_classifier(ptrain_ver: str, model: str, num_class: int, dropout: float) -> PreTrainedModel:

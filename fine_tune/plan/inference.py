@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..experiment import ExperimentDir, check_name, default_data_root, default_exp_root, roots
+from ..outputs import check_folder_output, check_outputs
 from ..selection import Rule, parse_ckpt
 from ..tasks import TASKS, Task, get_task
 from .types import (CheckpointChoice, Devices, EvalPlan, ExportPlan, ForeignTeacher, LogitsPlan,
@@ -102,10 +103,26 @@ def plan_eval(flags) -> EvalPlan:
                     flags.inference.batch_size, Devices.of(flags.device))
 
 
+def prediction_path(exp: ExperimentDir, task: Task, split: str, max_examples: int | None) -> Path:
+    """Where ``generate_test_prediction.py`` writes: the split's official submission file name in the experiment
+    folder (``BoolQ.jsonl``); with ``--max_examples N`` never that name but ``<name>.partial-N.<ext>``
+    (``BoolQ.partial-5.jsonl``), so a partial file never stands in for the whole split (make_submission.py takes
+    official names only)."""
+    name = Path(task.submission_name(split))
+    if max_examples is not None:
+        name = name.with_name(f"{name.stem}.partial-{max_examples}{name.suffix}")
+    return exp.path / name.name
+
+
 def plan_prediction(flags) -> PredictionPlan:
+    from ..submission import record_path
+
     target = _trained_experiment(flags)
-    return PredictionPlan(target, flags.experiment.dataset, flags.paths.max_examples,
-                          _checkpoint_choice(flags, target.task), flags.inference.batch_size, Devices.of(flags.device))
+    split, max_examples, overwrite = flags.experiment.dataset, flags.paths.max_examples, flags.paths.overwrite
+    out = prediction_path(target.exp, target.task, split, max_examples)
+    check_outputs([out, record_path(out)], "generate_test_prediction.py", overwrite)
+    return PredictionPlan(target, split, max_examples, _checkpoint_choice(flags, target.task),
+                          flags.inference.batch_size, Devices.of(flags.device), out)
 
 
 def plan_gen_logits(flags) -> LogitsPlan:
@@ -139,8 +156,11 @@ def plan_export(flags) -> ExportPlan:
         if check_split not in task.labelled:
             raise UserError(f"--format onnx checks the export on the {task.name} split {check_split!r}, which has "
                             f"no labels")
-    return ExportPlan(target, checkpoint, x.format, x.quantize, Path(x.out) if x.out else None, check_split,
-                      flags.paths.max_examples, flags.paths.overwrite)
+    out = Path(x.out) if x.out else None  # None: in the experiment folder, named after the step (known later)
+    if out is not None:
+        check_folder_output(out, "export.json", "an export", "--out", flags.paths.overwrite)
+    return ExportPlan(target, checkpoint, x.format, x.quantize, out, check_split, flags.paths.max_examples,
+                      flags.paths.overwrite)
 
 
 def plan_submission(flags) -> SubmissionPlan:
@@ -152,14 +172,15 @@ def plan_submission(flags) -> SubmissionPlan:
     out = Path(s.out) if s.out else exp_root / f"{s.benchmark}-submission.zip"
     if out.suffix != ".zip":
         raise UserError(f"--out {out}: the servers take a .zip file")
+    check_outputs([out], "make_submission.py", s.overwrite, "--out")
     data_root = Path(s.data_root) if s.data_root else default_data_root()
     return SubmissionPlan(exp_root, s.benchmark, use, out, data_root)
 
 
 def plan_results(args) -> ResultsPlan:
     """``args``: the script's ``ResultsFlags`` group. An unknown task is refused before anything is scanned, an
-    output path that cannot be written before anything is read."""
-    from ..io_utils import check_writable
+    output path that cannot be written (or is a file results_table.py did not write: fine_tune/outputs.py) before
+    anything is read."""
     from ..tasks.download import default_data_root
 
     exp_root = Path(args.exp_root) if args.exp_root else default_exp_root()
@@ -174,12 +195,14 @@ def plan_results(args) -> ResultsPlan:
         task.check_split(rule.select_on, "--select_on")
     experiments = args.experiments.split(",") if args.experiments else None
     out = Path(args.out) if args.out else exp_root / f"results-{args.task}.md"
-    paths = output_paths(out)
+    written = ("md", "csv", "json") + (("pareto_png", "pareto_json") if args.plot else ()) + (
+        ("curves_png", "curves_json") if args.curves is not None else ())
+    paths = {key: path for key, path in output_paths(out).items() if key in written}
     for key, path in paths.items():
         if path.is_dir():
             raise UserError(f"--out {out}: {path} is a folder (--out names the markdown file; the "
                             f"{'table' if key == 'md' else 'files beside it'} would be written there)")
-    check_writable(out.parent, "--out", root=out)
+    check_outputs(paths.values(), "results_table.py", args.overwrite, "--out", out)
     compare, split = None, None
     if args.compare:
         compare = tuple(args.compare)

@@ -37,13 +37,15 @@ from .types import Devices, LayerMapPlan, PretrainedModel, RunPlan, Split, Stude
 # -- what every training run resolves ------------------------------------------------------------------------
 def _task_and_folder(flags, task: Task | None = None) -> tuple[Path, Task, ExperimentDir]:
     """The data root, the task (resolved once, unless given: a task of your own from ``<data_root>/<name>/task.json``)
-    and the experiment folder (not created), whose root must be writable; ``--num_class`` checked against the
-    task."""
+    and the experiment folder (not created), whose root must be writable, as must the folder itself and its
+    TensorBoard folder where they exist (a resume, ``--overwrite``); ``--num_class`` checked against the task."""
     data_root, exp_root = roots(flags.paths.data_root, flags.paths.exp_root)
     e = flags.experiment
     task = task or get_task(e.task, data_root)
     exp = ExperimentDir.of(exp_root, e.experiment, e.model, e.task)
     check_writable(exp_root, "--exp_root")
+    check_writable(exp.path, "--exp_root", root=exp_root)  # an experiment folder already there (resume, --overwrite)
+    check_writable(exp.log_dir, "--exp_root", root=exp_root)
     num_class = flags.classifier.num_class
     if num_class is not None and num_class != task.num_class:
         raise UserError(f"--num_class {num_class}: {task.name} has {task.num_class} classes "

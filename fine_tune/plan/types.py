@@ -192,6 +192,8 @@ class PredictionPlan:
     checkpoint: CheckpointChoice
     batch_size: int
     devices: Devices
+    out: Path  # the official name in the experiment folder; with max_examples <name>.partial-<N>.<ext> (checked:
+    # no file generate_test_prediction.py did not write, unless --overwrite)
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,7 @@ class ResultsPlan:
     rule: Rule
     splits: list | None  # reported splits (checked); None: every evaluated labelled split
     experiments: list | None  # --experiments globs; None: every evaluated experiment
-    out: Path  # the markdown file; paths: it and the files beside it (results.output_paths)
+    out: Path  # the markdown file; paths: the files this run writes, it and the ones beside it (output_paths)
     paths: dict
     compare: tuple | None  # two experiment folder names
     compare_split: str | None  # with compare: its split (checked)

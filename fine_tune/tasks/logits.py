@@ -23,8 +23,8 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UserError
-from ..io_utils import (atomic_save_with, atomic_write, atomic_write_json, check_writable, read_json_object,
-                        sha256_file)
+from ..io_utils import (TMP_PREFIX, check_writable, honour_umask, read_json_object,
+                        remove_inside, sha256_file, write_failure)
 from .example import Example, json_objects
 
 LOGITS_DIR = "logits"
@@ -106,20 +106,53 @@ def check_logits_target(out_dir: Path, meta: dict, overwrite: bool) -> None:
                             f"{'; '.join(changed)}; pass --overwrite to replace them")
 
 
+def _write_synced(path: Path, text: str) -> None:
+    """A file of the private staging folder, on disk (fsync) before it is renamed into place."""
+    import os
+
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_logits(out_dir: Path, meta: dict, examples: Sequence[Example], logits: np.ndarray, tokenizer,
                  overwrite: bool = False) -> None:
+    """Write the logits data set ``out_dir``: the new set is built whole in a temporary folder inside it first
+    (every write that can fail, e.g. on a full disk, fails there, and the set already there stays as it was,
+    byte for byte), then swapped in by renames: the old ``meta.json`` moved aside first (a kill during the swap
+    leaves a set without ``meta.json``, which reads as absent and is written again by the next run, without
+    ``--overwrite``), the new ``logits.jsonl`` and ``tokenizer/`` moved in, the new ``meta.json`` last."""
+    import os
+    import tempfile
+
     out_dir = Path(out_dir)
-    meta_path = out_dir / "meta.json"
     check_logits_target(out_dir, meta, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta_path.unlink(missing_ok=True)  # until the new meta.json is written, the folder reads as incomplete
-    with atomic_write(out_dir / "logits.jsonl", "w") as f:
-        for ex, row in zip(examples, logits):
-            f.write(json.dumps({"idx": ex.idx, "text": ex.text, "text_pair": ex.text_pair, "label": ex.label,
-                                "logits": [float(x) for x in row]}) + "\n")
-    atomic_save_with(out_dir / "tokenizer", tokenizer.save_pretrained)
-    meta = dict(meta, num_rows=len(examples), logits_sha256=sha256_file(out_dir / "logits.jsonl"))
-    atomic_write_json(meta_path, meta)  # written last: a folder without meta.json is incomplete
+    stage = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + "new.", dir=out_dir))  # a kill leaves it: removed at the next start
+    try:
+        honour_umask(stage, folder=True)
+        _write_synced(stage / "logits.jsonl", "".join(
+            json.dumps({"idx": ex.idx, "text": ex.text, "text_pair": ex.text_pair, "label": ex.label,
+                        "logits": [float(x) for x in row]}) + "\n" for ex, row in zip(examples, logits)))
+        tokenizer.save_pretrained(stage / "tokenizer")
+        meta = dict(meta, num_rows=len(examples), logits_sha256=sha256_file(stage / "logits.jsonl"))
+        _write_synced(stage / "meta.json", json.dumps(meta, indent=2, default=str) + "\n")
+    except BaseException as e:
+        remove_inside(stage, out_dir)
+        reason = write_failure(out_dir, e)
+        if reason is None:
+            raise
+        raise UserError(f"could not write the logits data set {out_dir}: {reason}; nothing was replaced (the set "
+                        f"there, if any, is as it was)") from None
+    if (out_dir / "meta.json").exists():
+        os.replace(out_dir / "meta.json", stage / "old-meta.json")  # from here until the end the set reads as absent
+    os.replace(stage / "logits.jsonl", out_dir / "logits.jsonl")
+    if (out_dir / "tokenizer").exists():
+        os.replace(out_dir / "tokenizer", stage / "old-tokenizer")
+    os.replace(stage / "tokenizer", out_dir / "tokenizer")
+    os.replace(stage / "meta.json", out_dir / "meta.json")  # last: a folder without meta.json is incomplete
+    remove_inside(stage, out_dir)
 
 
 def read_logits(data_root: Path, dataset: str, task: str) -> LogitsDataset:
