@@ -1002,6 +1002,57 @@ MUTATIONS = [
              "fine_tune/submission.py", "        check_rows(path, task, split, data_root)\n        return\n",
              "        return\n",
              ("tests/test_glue_tasks.py::test_the_glue_zip_holds_exactly_the_required_files_or_is_refused",)),
+    # Results and resume (issue 29)
+    Mutation("seed_counted_per_run", "runs of one config and one seed count as several seeds (n = runs)",
+             "fine_tune/results.py", 'setdefault(repr(e.config.get("seed")), [])', 'setdefault(e.name, [])',
+             ("tests/test_results_truth.py::test_a_seed_counts_once_however_many_runs_it_has",)),
+    Mutation("seed_run_oldest", "of several runs of one seed, the oldest evaluated counts, not the newest",
+             "fine_tune/results.py", "counted = max(runs, key=lambda e: (evaluated_at(e), e.name))",
+             "counted = min(runs, key=lambda e: (evaluated_at(e), e.name))",
+             ("tests/test_results_truth.py::test_a_seed_counts_once_however_many_runs_it_has",)),
+    Mutation("absent_checkpoint_cited", "a table (and --ckpt best) cites an evaluated checkpoint that is not on disk",
+             "fine_tune/selection.py", 'rows = [r for r in table["rows"] if exp.checkpoint_path(r["ckpt"]).is_file()]',
+             'rows = list(table["rows"])',
+             ("tests/test_results_truth.py::test_an_evaluation_whose_checkpoint_is_absent_is_skipped_and_said",)),
+    Mutation("absent_checkpoint_unsaid", "the table skips an evaluation whose checkpoint is absent without a note",
+             "fine_tune/results.py", 'notes += [f"{e.name}: {absent_note(s, steps)}" for s, steps in e.absent.items()]',
+             "notes += []", ("tests/test_results_truth.py::test_an_evaluation_whose_checkpoint_is_absent_is_skipped_and_said",)),
+    Mutation("eval_table_before_checkpoint", "the engine writes a checkpoint's eval-SPLIT.json before the checkpoint "
+             "(a kill in between leaves a table citing an absent checkpoint)", "fine_tune/engine/trainer.py",
+             "            self._eval_files_due = True\n        elif",
+             "            self._eval_files_due = True\n            ev.write_table(history.rows)\n        elif",
+             ("tests/test_results_truth.py::test_the_engine_writes_an_evaluation_table_after_its_checkpoint",)),
+    Mutation("edited_config_unchecked", "a resume does not compare config.json with the digest its resume state holds",
+             "fine_tune/run/start.py", "    if recorded is None or recorded == cfg.config_digest(old):",
+             "    if True:", ("tests/test_resume_hygiene.py::test_a_config_edited_by_hand_is_refused_on_resume",)),
+    Mutation("config_digest_not_recorded", "the resume state does not record the digest of the run's config.json",
+             "fine_tune/engine/trainer.py",
+             '                **({"config_sha256": self.config_sha256} if self.config_sha256 is not None else {}),\n',
+             "", ("tests/test_resume_hygiene.py::test_a_config_edited_by_hand_is_refused_on_resume",)),
+    Mutation("config_digest_with_runtime_fields", "the config digest covers the runtime fields (provenance): a resumed "
+             "run killed before its next checkpoint can no longer resume", "fine_tune/config.py",
+             "fields = {k: v for k, v in config.items() if k not in RUNTIME_FIELDS}", "fields = dict(config)",
+             ("tests/test_resume_hygiene.py::test_a_resumed_run_killed_again_still_resumes",)),
+    Mutation("model_folder_keeps_source_labels", "an experiment's model folder keeps the id2label of the folder its "
+             "weights came from (or LABEL_0...), not the task's", "fine_tune/run/student.py",
+             "    set_task_labels(model.config, label_names)\n", "",
+             ("tests/test_resume_hygiene.py::test_every_saved_model_folder_names_the_task_labels",)),
+    Mutation("prune_not_on_finished_rerun", "a finished run killed before --save_total_limit pruned keeps its old "
+             "checkpoint on the re-run", "fine_tune/run/start.py", "        prune_finished(exp, limit, total_step, metric)\n",
+             "", ("tests/test_resume_hygiene.py::test_a_kill_before_pruning_the_last_checkpoint_is_pruned_on_the_rerun",)),
+    Mutation("prune_not_on_resume", "a resumed run prunes only at its next save (a checkpoint a kill left unpruned "
+             "stays until then)", "fine_tune/engine/trainer.py",
+             "            self._prune()  # a run killed after its last save, before pruning\n", "",
+             ("tests/test_resume_hygiene.py::test_a_kill_before_pruning_is_pruned_when_the_run_resumes",)),
+    Mutation("prune_finished_deletes_the_best", "pruning a finished run on its re-run deletes the best checkpoint of "
+             "its evaluation during training", "fine_tune/run/start.py",
+             'pruned = prune_checkpoints(exp, limit, step, None if best is None else best["step"]',
+             "pruned = prune_checkpoints(exp, limit, step, None",
+             ("tests/test_resume_hygiene.py::test_pruning_on_the_rerun_keeps_the_best_checkpoint",)),
+    Mutation("prune_counts_later_checkpoints", "pruning on resume counts a later checkpoint of the killed run (and "
+             "deletes the one it resumed from)", "fine_tune/engine/checkpoint.py",
+             "old = [s for s in exp.checkpoints() if s <= upto][:-limit]", "old = exp.checkpoints()[:-limit]",
+             ("tests/test_resume_hygiene.py::test_pruning_on_resume_leaves_a_later_checkpoint_of_the_killed_run_alone",)),
 ]
 
 
