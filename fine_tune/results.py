@@ -279,7 +279,7 @@ def row_record(members: list[Experiment], task, rule: Rule, splits: list[str], t
     folded = folded or {}
     record: dict = {"group": group_name(members, folded), "members": [m.name for m in members],
                     "seeds": [m.config.get("seed") for m in members],
-                    "folded": {m.name: folded[m.name] for m in members if m.name in folded}, "splits": {}}
+                    "folded": dict(folded), "splits": {}}
     chosen_steps: list[int] = []
     for s in splits:
         evaluated, steps = [], []
