@@ -1052,7 +1052,7 @@ MUTATIONS = [
     Mutation("prune_counts_later_checkpoints", "pruning on resume counts a later checkpoint of the killed run (and "
              "deletes the one it resumed from)", "fine_tune/engine/checkpoint.py",
              "old = [s for s in exp.checkpoints() if s <= upto][:-limit]", "old = exp.checkpoints()[:-limit]",
-             ("tests/test_resume_hygiene.py::test_pruning_on_resume_leaves_a_later_checkpoint_of_the_killed_run_alone",)),
+             ("tests/test_resume_hygiene.py::test_a_kill_before_pruning_is_pruned_when_the_run_resumes",)),
 ]
 
 
