@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Scan the experiment root and print (and write as markdown) the results table of a task.
 
-Every evaluated experiment is a row (seeds of one config are grouped into mean ± std with n); each number
-names its checkpoint and the rule that chose it (--rule / --select_on). --compare A B adds a paired bootstrap
+Every evaluated experiment is a row (seeds of one config are grouped into mean ± std with n, n counting seeds:
+several runs of one config and seed count once, as the newest evaluated); each number names its checkpoint (one on
+disk: an evaluation whose checkpoint is gone is skipped, with a note) and the rule that chose it (--rule /
+--select_on). --compare A B adds a paired bootstrap
 95 % interval of the accuracy difference. The same table is written as numbers beside the markdown (.csv, .json);
 ONNX exports (export_model.py --format onnx) add their ONNX Runtime examples/s. --commands prints each row's
 command lines, --plot the Pareto plot (main metric vs parameters and vs examples/s: <out>-pareto.png and .json),

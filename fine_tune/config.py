@@ -114,5 +114,16 @@ def guard_experiment(config_path: Path, record: dict[str, Any], overwrite: bool)
     return old
 
 
+def config_digest(config: dict[str, Any]) -> str:
+    """The sha256 of the fields of a config.json that make its run (every field but the runtime ones, which a
+    resume may change), as canonical JSON: each resume state records the one of the config.json its run wrote, so
+    a resume notices a config.json edited by hand since (fine_tune/run/start.py)."""
+    import hashlib
+    import json
+
+    fields = {k: v for k, v in config.items() if k not in RUNTIME_FIELDS}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
+
+
 def save_config(path: Path, record: dict[str, Any]) -> None:
     atomic_write_json(path, record)

@@ -17,6 +17,7 @@ from .evaluate import _checkpoint, load_split, open_experiment
 from .io_utils import atomic_save_with, sha256_file
 from .outputs import check_folder_output
 from .engine.checkpoint import load_checkpoint_into
+from .models.classifier import set_task_labels
 
 if TYPE_CHECKING:
     from .plan.types import ExportPlan
@@ -38,8 +39,7 @@ def run_export(plan: ExportPlan) -> Path:
         _, _, features = load_split(le, plan.check_split, plan.max_examples)
     model, tokenizer = le.model.eval(), le.tokenizer
     tokenizer.model_max_length = le.config["max_seq_len"]
-    model.config.id2label = {i: name for i, name in enumerate(le.task.label_names)}
-    model.config.label2id = {name: i for i, name in enumerate(le.task.label_names)}
+    set_task_labels(model.config, le.task.label_names)
     record = {"experiment": le.exp.name, "checkpoint": f"model-{step}.pt", "selected": label,
               "checkpoint_sha256": sha256_file(ckpt_path), "task": le.task.name,
               "label_names": list(le.task.label_names), "max_seq_len": le.config["max_seq_len"],

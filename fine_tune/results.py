@@ -5,7 +5,10 @@ wrote (``eval-{split}.json``, ``eval-{split}-predictions.npz``). A row shows, pe
 (and F1 for QQP) with the checkpoint it comes from, chosen by one :class:`~fine_tune.selection.Rule` named in
 the table's caption; the student's parameters and checkpoint size next to its teacher's; the evaluation's
 inference throughput; and the hyper-parameters that differ between the rows. Experiments whose configs differ
-only in ``--seed`` (and name) are one row: mean ± sample std over the n seeds.
+only in ``--seed`` (and name) are one row: mean ± sample std over the n seeds. A seed counts once: of several runs
+with one config and one seed, the newest evaluated one is the seed's run (:func:`seed_groups`; a note names the
+others). A number never cites a checkpoint that is not on disk: such evaluations are skipped, with a note
+(:func:`~fine_tune.selection.on_disk`).
 
 One source of truth: :func:`row_record` computes each row's numbers (per split and metric the mean, sample std, n
 and per-seed values, the checkpoints, sizes, throughputs, hyper-parameters and commands); the markdown cells are
@@ -36,7 +39,8 @@ from .errors import UserError
 from .experiment import CKPT_RE, ExperimentDir, check_name
 from .io_utils import atomic_write, atomic_write_json, atomic_write_text
 from .outputs import record_outputs
-from .selection import Rule, evaluated_rows_changed, read_eval, read_predictions, select_row
+from .selection import (Rule, absent_note, eval_path, evaluated_rows_changed, on_disk, read_eval, read_predictions,
+                        select_row)
 from .tasks.metrics import SHORT
 from .tasks import Task
 
@@ -51,7 +55,8 @@ IGNORED_FIELDS = RUNTIME_FIELDS | {"experiment", "seed", "provenance", "command"
 class Experiment:
     exp: ExperimentDir
     config: dict
-    tables: dict[str, dict]  # split -> evaluation table
+    tables: dict[str, dict]  # split -> evaluation table, its rows of checkpoints on disk only
+    absent: dict[str, list[int]] = field(default_factory=dict)  # split -> evaluated steps not on disk (skipped)
 
     @property
     def name(self) -> str:
@@ -60,7 +65,8 @@ class Experiment:
 
 def scan(exp_root: Path, task: Task, patterns: list[str] | None = None, evaluated: bool = True) -> list[Experiment]:
     """Every experiment folder of ``task`` under ``exp_root`` (matching a ``--experiments`` glob when given)
-    that has at least one evaluation table (``evaluated=False``: every one, evaluated or not)."""
+    that has at least one evaluation table (``evaluated=False``: every one, evaluated or not). The tables keep the
+    rows of checkpoints on disk; the others are in :attr:`Experiment.absent`."""
     exp_root = Path(exp_root)
     if not exp_root.is_dir():
         raise UserError(f"--exp_root {exp_root}: folder not found")
@@ -74,9 +80,16 @@ def scan(exp_root: Path, task: Task, patterns: list[str] | None = None, evaluate
         if patterns and not any(matches(folder.name, config, p) for p in patterns):
             continue
         exp = ExperimentDir(exp_root, folder.name)
-        tables = {split: t for split in task.labelled if (t := read_eval(exp, split)) is not None}
-        if tables or not evaluated:
-            found.append(Experiment(exp, config, tables))
+        tables, absent = {}, {}
+        read = [(split, table) for split in task.labelled if (table := read_eval(exp, split)) is not None]
+        for split, table in read:
+            kept, skipped = on_disk(exp, table)
+            if kept is not None:
+                tables[split] = kept
+            if skipped:
+                absent[split] = skipped
+        if read or not evaluated:
+            found.append(Experiment(exp, config, tables, absent))
     return found
 
 
@@ -89,22 +102,57 @@ def science_key(config: dict) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in config.items() if k not in IGNORED_FIELDS))
 
 
-def group_by_seed(experiments: list[Experiment]) -> list[list[Experiment]]:
-    """Experiments whose configs differ only by seed (and name, paths, devices) form one group."""
-    groups: dict[tuple, list[Experiment]] = {}
+def evaluated_at(e: Experiment) -> int:
+    """When ``e`` was last evaluated: the newest modification time (ns) of its evaluation tables (of its
+    config.json when it has none)."""
+    paths = [eval_path(e.exp, s) for s in sorted(set(e.tables) | set(e.absent))] or [e.exp.config_path]
+    return max((p.stat().st_mtime_ns for p in paths if p.is_file()), default=0)
+
+
+def seed_groups(experiments: list[Experiment]) -> list[tuple[list[Experiment], dict[str, list[str]]]]:
+    """Experiments whose configs differ only by seed (and name, paths, devices) form one group; a seed counts
+    once. Each group: its runs, one per seed in seed order (of several runs with one seed, the newest evaluated:
+    :func:`evaluated_at`, then the last folder name), and for each of them that stands for several runs, its name
+    -> every run of its seed (folder names, in order)."""
+    groups: dict[tuple, dict] = {}
     for e in experiments:
-        groups.setdefault(science_key(e.config), []).append(e)
-    return [sorted(g, key=lambda e: (e.config.get("seed") is None, e.config.get("seed"), e.name))
-            for g in groups.values()]
+        groups.setdefault(science_key(e.config), {}).setdefault(repr(e.config.get("seed")), []).append(e)
+    result = []
+    for by_seed in groups.values():
+        members, folded = [], {}
+        for runs in by_seed.values():
+            counted = max(runs, key=lambda e: (evaluated_at(e), e.name))
+            members.append(counted)
+            if len(runs) > 1:
+                folded[counted.name] = sorted(e.name for e in runs)
+        members.sort(key=lambda e: (e.config.get("seed") is None, e.config.get("seed"), e.name))
+        result.append((members, folded))
+    return result
 
 
-def group_name(members: list[Experiment]) -> str:
+def group_by_seed(experiments: list[Experiment]) -> list[list[Experiment]]:
+    """The runs of each group of :func:`seed_groups` (one per seed)."""
+    return [members for members, _ in seed_groups(experiments)]
+
+
+def folded_note(members: list[Experiment], folded: dict[str, list[str]]) -> str:
+    """Which runs of a group count, when some of its seeds have several runs."""
+    parts = [f"seed {m.config.get('seed')}: {len(folded[m.name])} runs ({', '.join(folded[m.name])}) count once, "
+             f"as {m.name} (the newest evaluated)" for m in members if m.name in folded]
+    return "; ".join(parts)
+
+
+def group_name(members: list[Experiment], folded: dict[str, list[str]] | None = None) -> str:
+    """A row's name: the run's (one seed), or the runs' common prefix with the seeds; with how many runs a seed
+    that has several stands for (``folded``: :func:`seed_groups`)."""
     names = [str(m.config.get("experiment", m.name)) for m in members]
+    runs = "; ".join(f"{len(folded[m.name])} runs of seed {m.config.get('seed')}"
+                     for m in members if folded and m.name in folded)
     if len(names) == 1:
-        return names[0]
+        return names[0] + (f" ({runs})" if runs else "")
     prefix = os.path.commonprefix(names).rstrip("_-.s")
     seeds = ",".join(str(m.config.get("seed")) for m in members)
-    return f"{prefix or names[0]} (seeds {seeds})"
+    return f"{prefix or names[0]} (seeds {seeds}{'; ' + runs if runs else ''})"
 
 
 def varying_fields(experiments: list[Experiment]) -> list[str]:
@@ -224,11 +272,15 @@ def onnx_speed_record(exp: ExperimentDir) -> dict | None:
     return newest
 
 
-def row_record(members: list[Experiment], task, rule: Rule, splits: list[str], teachers: set[str]) -> dict:
-    """The numbers of one table row (a seed group): every cell of the markdown row is formatted from them."""
+def row_record(members: list[Experiment], task, rule: Rule, splits: list[str], teachers: set[str],
+               folded: dict[str, list[str]] | None = None) -> dict:
+    """The numbers of one table row (a seed group, one run per seed: ``folded`` names the runs of a seed that
+    count once, :func:`seed_groups`): every cell of the markdown row is formatted from them."""
     metric_cols = list(task.metrics)
-    record: dict = {"group": group_name(members), "members": [m.name for m in members],
-                    "seeds": [m.config.get("seed") for m in members], "splits": {}}
+    folded = folded or {}
+    record: dict = {"group": group_name(members, folded), "members": [m.name for m in members],
+                    "seeds": [m.config.get("seed") for m in members],
+                    "folded": dict(folded), "splits": {}}
     chosen_steps: list[int] = []
     for s in splits:
         evaluated, steps = [], []
@@ -329,12 +381,15 @@ class Table:
     metrics: list[str] = field(default_factory=list)
     main_metric: str = "accuracy"
     onnx: bool = False  # whether the ONNX columns are shown
+    notes: list[str] = field(default_factory=list)  # runs of one seed counted once, evaluations skipped
 
     def caption(self) -> str:
         parts = [f"{s}: {self.rule.label(s)}" for s in self.splits]
         caption = ("Checkpoint per reported split — " + "; ".join(parts) + ". Groups of seeds: mean ± sample std "
-                   "over n runs; ckpt lists each run's checkpoint. params/size: the student checkpoint (teacher's in "
-                   "brackets). infer ex/s: median rows/s of the evaluation's forward passes on the device named.")
+                   "over n seeds, each seed once (of several runs of one config and seed, the newest evaluated); ckpt "
+                   "lists each seed's checkpoint, never one that is not on disk. params/size: the student checkpoint "
+                   "(teacher's in brackets). infer ex/s: median rows/s of the evaluation's forward passes on the "
+                   "device named.")
         if self.onnx:
             caption += (" onnx ex/s: ONNX Runtime fp32 rows/s of the first run's newest ONNX export (int8 in "
                         "brackets); torch ex/s (same run): PyTorch's rows/s measured by that export.")
@@ -344,6 +399,8 @@ class Table:
         lines = [f"**{self.task}** — {self.caption()}", "", "|" + "|".join(self.columns) + "|",
                  "|" + "|".join("-" for _ in self.columns) + "|"]
         lines += ["|" + "|".join(r) + "|" for r in self.rows]
+        if self.notes:
+            lines += ["", *(f"- note: {n}" for n in self.notes)]
         return "\n".join(lines) + "\n"
 
     def data(self) -> dict:
@@ -352,13 +409,14 @@ class Table:
                 "rule": {"kind": self.rule.kind, "select_on": self.rule.select_on,
                          "per_split": {s: self.rule.label(s) for s in self.splits}},
                 "splits": self.splits, "metrics": self.metrics, "main_metric": self.main_metric,
-                "hyper": self.hyper, "columns": self.columns, "rows": self.records}
+                "hyper": self.hyper, "columns": self.columns, "rows": self.records, "notes": self.notes}
 
     def hyper_column(self, key: str) -> str:
-        return f"hyper {key}" if key in CSV_FIXED or key in ("group", "members", "seeds", "commands") else key
+        own = ("group", "members", "seeds", "folded runs", "commands")
+        return f"hyper {key}" if key in CSV_FIXED or key in own else key
 
     def csv_columns(self) -> list[str]:
-        cols = ["group", "members", "seeds"]
+        cols = ["group", "members", "seeds", "folded runs"]
         for s in self.splits:
             for m in self.metrics:
                 cols += [f"{s} {m} mean", f"{s} {m} std", f"{s} {m} n", f"{s} {m} values"]
@@ -374,7 +432,7 @@ class Table:
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(self.csv_columns())
         for r in self.records:
-            line = [r["group"], r["members"], r["seeds"]]
+            line = [r["group"], r["members"], r["seeds"], r["folded"]]
             for s in self.splits:
                 split = r["splits"][s]
                 for m in self.metrics:
@@ -411,9 +469,13 @@ def build_table(experiments: list[Experiment], t: Task, rule: Rule, splits: list
     metric_cols = list(t.metrics)
     hyper = varying_fields(experiments)
     teachers = {d.name for e in experiments if (d := teacher_of(e)) is not None}
-    records = []
-    for members in group_by_seed(experiments):
-        record = row_record(members, t, rule, splits, teachers)
+    records, notes = [], []
+    for e in experiments:
+        notes += [f"{e.name}: {absent_note(s, steps)}" for s, steps in e.absent.items()]
+    for members, folded in seed_groups(experiments):
+        record = row_record(members, t, rule, splits, teachers, folded)
+        if folded:
+            notes.append(f"{record['group']}: {folded_note(members, folded)}")
         # members of a group share every field that can vary (science_key): the first one's values are the row's
         record["hyper"] = {k: members[0].config[k] for k in hyper if k in members[0].config}
         records.append(record)
@@ -425,7 +487,7 @@ def build_table(experiments: list[Experiment], t: Task, rule: Rule, splits: list
         columns.append(f"{s} ckpt")
     columns += ["params", "size", "infer ex/s", *(["onnx ex/s", "torch ex/s (same run)"] if onnx else []), *hyper]
     rows = [markdown_cells(r, splits, metric_cols, hyper, onnx) for r in records]
-    return Table(t.name, splits, rule, columns, rows, hyper, records, metric_cols, t.main_metric, onnx)
+    return Table(t.name, splits, rule, columns, rows, hyper, records, metric_cols, t.main_metric, onnx, notes)
 
 
 @dataclass
@@ -505,7 +567,8 @@ def compare(exp_root: Path, task: Task, name_a: str, name_b: str, split: str, ru
         exp = ExperimentDir(Path(exp_root), check_name(name, "--compare"))
         if not exp.config_path.is_file():
             raise UserError(f"--compare {name}: no experiment folder {exp.path}")
-        tables = {s: t for s in task.labelled if (t := read_eval(exp, s)) is not None}
+        tables = {s: kept for s in task.labelled if (t := read_eval(exp, s)) is not None
+                  and (kept := on_disk(exp, t)[0]) is not None}
         step, _ = select_row(tables, split, rule, task.main_metric)
         idx, labels, preds = read_predictions(exp, split, step, tables.get(split))
         if idx_seen is not None and not np.array_equal(idx, idx_seen):

@@ -80,6 +80,24 @@ def read_eval(exp: ExperimentDir, split: str) -> dict | None:
     return table
 
 
+def on_disk(exp: ExperimentDir, table: dict) -> tuple[dict | None, list[int]]:
+    """An evaluation table with only the rows whose checkpoint is on disk (the others were deleted by
+    ``--save_total_limit``, or a kill came between the table and its checkpoint: no number may cite them), and
+    the steps of the rows left out; None for the table when no row is left."""
+    rows = [r for r in table["rows"] if exp.checkpoint_path(r["ckpt"]).is_file()]
+    absent = [r["ckpt"] for r in table["rows"] if r not in rows]
+    if not absent:
+        return table, []
+    return (dict(table, rows=rows) if rows else None), absent
+
+
+def absent_note(split: str, absent: list[int]) -> str:
+    """Says that the evaluations of ``split`` at the steps ``absent`` were skipped, and why."""
+    names = ", ".join(f"model-{s}.pt" for s in absent)
+    return (f"{split} evaluation{'s' if len(absent) > 1 else ''} of {names} skipped: not on disk (deleted by "
+            f"--save_total_limit, or a run killed before writing it)")
+
+
 def require_eval(exp: ExperimentDir, split: str, task: str, model: str, experiment: str) -> dict:
     table = read_eval(exp, split)
     if table is None:
@@ -150,7 +168,8 @@ def resolve_ckpt(exp: ExperimentDir, ckpt: int | str | None, select_on: str, *, 
                  experiment: str) -> tuple[int, str]:
     """The step ``--ckpt`` names and a label saying why: a number as given; ``last`` (or None) = the newest
     checkpoint on disk; ``best`` = the best checkpoint on ``select_on`` by the task's main metric (from its
-    evaluation). ``task``: the :class:`~fine_tune.tasks.task.Task`."""
+    evaluation, among the checkpoints still on disk: :func:`on_disk`). ``task``: the
+    :class:`~fine_tune.tasks.task.Task`."""
     if isinstance(ckpt, int):
         exp.require_checkpoint(ckpt)
         return ckpt, f"model-{ckpt}.pt"
@@ -159,11 +178,14 @@ def resolve_ckpt(exp: ExperimentDir, ckpt: int | str | None, select_on: str, *, 
         if not have:
             raise UserError(f"no checkpoint in {exp.path}")
         return have[-1], f"model-{have[-1]}.pt (latest)"
-    table = require_eval(exp, select_on, task.name, model, experiment)
+    table, absent = on_disk(exp, require_eval(exp, select_on, task.name, model, experiment))
+    if table is None:
+        raise UserError(f"no checkpoint evaluated on {select_on} is on disk in {exp.path} (model-{absent[-1]}.pt and "
+                        f"the others evaluated were deleted); evaluate the checkpoints there with run_fine_tune_eval.py")
     metric = task.main_metric
     row = best_row(table["rows"], metric)
-    exp.require_checkpoint(row["ckpt"])
-    return row["ckpt"], f"model-{row['ckpt']}.pt (best {select_on} {metric} {row[metric]:.4f})"
+    skipped = f"; {absent_note(select_on, absent)}" if absent else ""
+    return row["ckpt"], f"model-{row['ckpt']}.pt (best {select_on} {metric} {row[metric]:.4f}{skipped})"
 
 
 def read_predictions(exp: ExperimentDir, split: str, step: int,

@@ -256,6 +256,9 @@ CASES = [
     Case("gen_logits_teacher_hf_weights_truncated", "run_fine_tune_gen_logits.py",
          ["--experiment", "hf", *EXP[:4], "--teacher_hf", "{base}/hf_trunc", "--max_seq_len", SEQ],
          where={"<teacher>": "{base}/hf_trunc"}),
+    # Results and resume (issue 29)
+    Case("config_edited_since_the_run_wrote_it", "run_fine_tune.py",
+         [*TEACHER_RUN, "--total_step", "6", "--exp_root", "{base}/edited_exp"]),
 ]
 
 
@@ -333,6 +336,12 @@ def make_world(base: Path, tiny_bert12: Path) -> dict:
     for name, config in (("listconfig", "[1, 2]\n"), ("noseqlen", json.dumps({"task": "qqp"}) + "\n")):
         shutil.copytree(teacher, exp / f"{name}_bert_qqp")
         (exp / f"{name}_bert_qqp" / "config.json").write_text(config)
+    # Results and resume (issue 29): the teacher's folder in a root of its own, its config.json edited by hand to
+    # train on (--total_step 6): a resume from model-4.pt whose config.json is not the one the run wrote
+    edited = base / "edited_exp" / "teacher_bert_qqp"
+    shutil.copytree(teacher, edited)
+    config = json.loads((edited / "config.json").read_text())
+    (edited / "config.json").write_text(json.dumps({**config, "total_step": 6}, indent=2))
 
     # data roots: one without data files, one with an empty file, four with malformed files
     (base / "nodata").mkdir()

@@ -54,11 +54,13 @@ def test_evaluations_at_their_steps_equal_the_evaluation_script(run, tiny_bert, 
 def test_a_killed_run_neither_repeats_nor_loses_an_evaluation(run, tiny_bert, data_root, exp_root, one_thread):
     run("run_fine_tune.py", "--experiment", "ref", "--ptrain_ver", str(tiny_bert), *RUN)
     w = World(data_root, exp_root, tiny_bert)
-    # killed as checkpoint 8 is written: it had evaluated steps 3, 4, 6 and 8, and resumes from checkpoint 4
+    # killed as checkpoint 8 is written: it had evaluated steps 3, 4, 6 and 8 (8's files wait for model-8.pt, so
+    # none cites a checkpoint that is not on disk), and resumes from checkpoint 4
     args = ["--experiment", "killed", "--ptrain_ver", str(tiny_bert), *RUN]
     wait_killed(start_killed("before:model-8.pt", "run_fine_tune.py", args, w))
     killed = exp_root / "killed_bert_qqp"
-    assert [r["step"] for r in read(killed / "training-eval-dev.json")["rows"]] == [3, 4, 6, 8]
+    assert [r["step"] for r in read(killed / "training-eval-dev.json")["rows"]] == [3, 4, 6]
+    assert [r["ckpt"] for r in read(killed / "eval-dev.json")["rows"]] == [4]
     # resumed from checkpoint 4, the run first writes the evaluations it restored (killed right after that
     # write, before it evaluates again): the file no longer claims the killed run's steps 6 and 8
     wait_killed(start_killed("after:training-eval-dev.json", "run_fine_tune.py", args, w))

@@ -175,10 +175,10 @@ def test_compare_reads_selected_checkpoints(run, tmp_path):
         worse[i] = 1 - worse[i]  # B wrong on the first 60 rows at its best checkpoint
     # on train the other way round: A best at 10 (worse), B at 20 (good)
     write_experiment(root, "a_bert_boolq", {**BASE, "experiment": "a", "seed": 1},
-                     {"val": [(10, 0.9), (20, 1.0)], "train": [(10, 0.7), (20, 0.6)]}, {20: 1},
+                     {"val": [(10, 0.9), (20, 1.0)], "train": [(10, 0.7), (20, 0.6)]}, {10: 1, 20: 1},
                      {"val": {10: worse, 20: good}, "train": {10: worse, 20: good}}, {"val": labels, "train": labels})
     write_experiment(root, "b_bert_boolq", {**BASE, "experiment": "b", "seed": 1},
-                     {"val": [(10, 0.85), (20, 0.1)], "train": [(10, 0.6), (20, 0.7)]}, {10: 1},
+                     {"val": [(10, 0.85), (20, 0.1)], "train": [(10, 0.6), (20, 0.7)]}, {10: 1, 20: 1},
                      {"val": {10: worse, 20: good}, "train": {10: worse, 20: good}}, {"val": labels, "train": labels})
     proc = run("results_table.py", "--task", "boolq", "--exp_root", str(root), "--compare", "a_bert_boolq",
                "b_bert_boolq", "--resamples", "2000", "--bootstrap_seed", "1")

@@ -9,12 +9,16 @@ from __future__ import annotations
 import random
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import torch
 
 from ..errors import UserError
 from ..io_utils import atomic_torch_save, remove_inside
+
+if TYPE_CHECKING:
+    from ..experiment import ExperimentDir
 
 RESUME_RE = re.compile(r"^resume-(\d+)\.pt$")
 
@@ -135,10 +139,29 @@ def save_resume_state(folder: Path, step: int, state: dict) -> None:
             remove_inside(resume_path(folder, old), folder)
 
 
-def load_resume_state(folder: Path, step: int) -> dict:
+def prune_checkpoints(exp: ExperimentDir, limit: int, upto: int, keep: int | None, stems: Iterable[str]) -> list[int]:
+    """``--save_total_limit``: delete the checkpoints up to step ``upto`` beyond the newest ``limit`` of them
+    (``limit`` 0: none), except ``keep`` (the best one of the evaluation during training), each with its method
+    files (``{stem}-{step}.pt``). A checkpoint after ``upto`` (left by a killed run, about to be written again) is
+    neither counted nor deleted. The method files go first and the model file last, so a kill in between leaves
+    a checkpoint that the next call prunes again: any number of calls leave what one call leaves. Returns the
+    steps deleted."""
+    if not limit:
+        return []
+    stems = list(stems)
+    old = [s for s in exp.checkpoints() if s <= upto][:-limit]
+    for step in (s for s in old if s != keep):
+        for stem in stems:
+            remove_inside(exp.path / f"{stem}-{step}.pt", exp.path)
+        remove_inside(exp.checkpoint_path(step), exp.path)
+    return [s for s in old if s != keep]
+
+
+def load_resume_state(folder: Path, step: int, mmap: bool = False) -> dict:
+    """``resume-{step}.pt`` (``mmap``: its tensors mapped, not read: for looking at its other entries)."""
     path = resume_path(folder, step)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
         raise UserError(f"{path}: not a readable resume state ({str(e).splitlines()[0]}); "
                         f"delete it to restart from scratch, or pass --overwrite") from None

@@ -91,11 +91,7 @@ class EvalHistory:
 
     def best_checkpoint(self) -> dict | None:
         """The checkpoint row with the best main metric (ties: the later checkpoint, as the evaluation tables)."""
-        best = None
-        for row in self.rows:
-            if row["checkpoint"] and (best is None or row[self.s.metric] >= best[self.s.metric]):
-                best = row
-        return best
+        return best_checkpoint_row(self.rows, self.s.metric)
 
     def record(self) -> dict:
         best = self.best_checkpoint()
@@ -119,6 +115,15 @@ class EvalHistory:
         self.rows = [dict(r) for r in state["rows"]]
         self.stopped_at = state["stopped_at"]
         return True
+
+
+def best_checkpoint_row(rows: list[dict], metric: str) -> dict | None:
+    """Of an :class:`EvalHistory`'s rows, the checkpoint row with the best ``metric`` (ties: the later one)."""
+    best = None
+    for row in rows:
+        if row["checkpoint"] and (best is None or row[metric] >= best[metric]):
+            best = row
+    return best
 
 
 def training_eval_name(split: str) -> str:

@@ -27,10 +27,11 @@ from tqdm.auto import tqdm
 from ..batching import Collator, make_stream
 from ..experiment import ExperimentDir
 from ..errors import UserError
-from ..io_utils import atomic_torch_save, atomic_write_json, remove_inside
+from ..io_utils import atomic_torch_save, atomic_write_json
 from .allocator import tune_malloc_for_training
 from . import distributed
-from .checkpoint import load_checkpoint_into, load_resume_state, rng_state, save_model_checkpoint, save_resume_state, set_rng_state
+from .checkpoint import (load_checkpoint_into, load_resume_state, prune_checkpoints, rng_state, save_model_checkpoint,
+                         save_resume_state, set_rng_state)
 from .device import Precision, same_device
 from .evaluation import EARLY_STOP_FILE, EvalHistory, Evaluator
 from .optim import OptimiserSettings, build_adamw, linear_schedule
@@ -84,13 +85,14 @@ class Trainer:
                  on_checkpoint: Callable[[int, SummaryWriter], None] | None = None, progress: bool = True,
                  lengths: np.ndarray | None = None, student_forward: torch.nn.Module | None = None,
                  teacher_forward: torch.nn.Module | None = None, evaluator: Evaluator | None = None, *,
-                 forward: Callable[[torch.nn.Module, dict, bool], ModelOutputs]):
+                 forward: Callable[[torch.nn.Module, dict, bool], ModelOutputs], config_sha256: str | None = None):
         """``student`` / ``teacher``: the modules whose weights train (and are saved) / stay frozen.
         ``evaluator``: evaluation during training (engine/evaluation.py), or None. ``forward(model, batch,
         hidden)``: how a model runs on a batch (``fine_tune.models.forward.forward``), chosen by the caller.
         ``student_forward`` / ``teacher_forward``: the modules the training forward runs through (the same
         weights; default: the modules themselves), chosen by whoever built the models (e.g.
-        ``models/padding_free.training_forwards``)."""
+        ``models/padding_free.training_forwards``). ``config_sha256``: the digest of the config.json the run wrote
+        (config.config_digest), recorded in each resume state so a resume notices a config.json edited since."""
         if device.type == "cpu" or (teacher_device is not None and teacher_device.type == "cpu"):
             tune_malloc_for_training()  # every step reuses the previous step's pages (engine/allocator.py)
         self.student = student.to(device)
@@ -136,9 +138,11 @@ class Trainer:
         self.step = 0
         self.evaluator = evaluator
         self.forward = forward
+        self.config_sha256 = config_sha256
         self.log_fields: dict[str, str] = {}  # the last logged window, on the progress bar
         self.history = EvalHistory(evaluator.settings) if evaluator is not None else None
         self.eval_fields: dict[str, str] = {}  # the last evaluation, on the progress bar
+        self._eval_files_due = False  # a checkpoint's evaluation, whose files save() writes after the checkpoint
 
     def _optimised(self, name: str, modules: list[torch.nn.Module], settings: OptimiserSettings,
                    named: list[tuple[str, torch.nn.Parameter]]) -> _Optimised:
@@ -236,6 +240,7 @@ class Trainer:
         self._consecutive_skipped = 0
         if resume_step is not None:
             self.restore(resume_step)
+            self._prune()  # a run killed after its last save, before pruning
         if self.history is not None and self.history.stopped_at is not None:  # killed after stopping early
             self._stopped_early()
             self.release()
@@ -323,10 +328,10 @@ class Trainer:
                     writer.add_scalar(f"{es.tag_prefix}/{es.tags[name]}", value, self.step)
         self.eval_fields = {f"{es.split}_{es.tags.get(es.metric, es.metric)}": f"{metrics[es.metric]:.4f}"}
         bar.set_postfix({**self.log_fields, **self.eval_fields}, refresh=False)
-        if self.world.is_main:
+        if checkpoint or stop:  # its files are written by save(), once the checkpoint they cite is on disk
+            self._eval_files_due = True
+        elif self.world.is_main:
             history.write(self.exp.path)
-            if checkpoint or stop:
-                ev.write_table(history.rows)
         return stop
 
     def _stopped_early(self) -> None:
@@ -414,11 +419,12 @@ class Trainer:
 
     # -- checkpoints and resume ---------------------------------------------------------------------
     def save(self, step: int) -> None:
-        """Write checkpoint ``step``: the model, the method's files (LAD gates), the checkpoint hook's outputs
+        """Write checkpoint ``step``: the model, the method's files (LAD gates), the evaluation files of this
+        checkpoint (``eval-{split}.json`` cites only checkpoints already on disk), the checkpoint hook's outputs
         (heat-maps, scalars), the TensorBoard events logged so far, and last the resume state. The resume state
         is the commit point: a run killed anywhere before it resumes from the previous checkpoint and writes
         this one again, and its last checkpoint does not count as finished while an older resume state is the
-        newest one (train._start_experiment)."""
+        newest one (train._start_experiment). Then ``--save_total_limit`` prunes."""
         if not self.world.is_main:
             return
         save_model_checkpoint(self.student, self.exp.checkpoint_path(step))
@@ -426,28 +432,30 @@ class Trainer:
                         for stem, state in self.method.checkpoint_state().items()}
         for stem, state in method_state.items():
             atomic_torch_save(state, self.exp.path / f"{stem}-{step}.pt")
+        if self._eval_files_due:
+            self.evaluator.write_table(self.history.rows)
+            self.history.write(self.exp.path)
+            self._eval_files_due = False
         if self.on_checkpoint is not None:
             self.on_checkpoint(step, self.writer)
         if self.writer is not None:
             self.writer.flush()  # every step logged up to here is on disk before the run can resume from here
         save_resume_state(self.exp.path, step, self.resume_state(method_state))
-        self._prune(step)
+        self._prune()
 
-    def _prune(self, step: int) -> None:
-        """``save_total_limit``: keep the newest K checkpoints (with their method files)."""
-        k = self.s.save_total_limit
-        if not k:
+    def _prune(self) -> None:
+        """``save_total_limit``: keep the newest K checkpoints up to the current step (with their method files)
+        and the best one of the evaluation during training. Idempotent: run at every save and when a run resumes,
+        so a run killed between a save and its pruning is pruned as the uninterrupted run was."""
+        if not self.world.is_main:
             return
         best = self.history.best_checkpoint() if self.history is not None else None
-        for old in self.exp.checkpoints()[:-k]:
-            if best is not None and old == best["step"]:  # the best checkpoint on the main metric stays
-                continue
-            remove_inside(self.exp.checkpoint_path(old), self.exp.path)
-            for stem in self.method.checkpoint_state():
-                remove_inside(self.exp.path / f"{stem}-{old}.pt", self.exp.path)
+        prune_checkpoints(self.exp, self.s.save_total_limit, self.step, None if best is None else best["step"],
+                          self.method.checkpoint_state())
 
     def resume_state(self, method_state: dict) -> dict:
         return {"step": self.step, "stream_position": self.stream.position,
+                **({"config_sha256": self.config_sha256} if self.config_sha256 is not None else {}),
                 "optimizers": {p.name: p.optimizer.state_dict() for p in self.parts},
                 "schedulers": {p.name: p.scheduler.state_dict() for p in self.parts},
                 "scaler": self.scaler.state_dict(), "rng": rng_state(self.rng_devices), "method": method_state,

@@ -222,6 +222,14 @@ def build_from_config(config: PretrainedConfig) -> PreTrainedModel:
     return AutoModelForSequenceClassification.from_config(config, attn_implementation=family.attn_implementation)
 
 
+def set_task_labels(config: PretrainedConfig, label_names) -> None:
+    """Name the model's outputs by the task's labels (``id2label`` / ``label2id``, Hugging Face's names; a
+    regression task's one output is its score): every model folder the toolkit saves carries its task's labels,
+    never those of the folder the weights came from."""
+    config.id2label = {i: name for i, name in enumerate(label_names)}
+    config.label2id = {name: i for i, name in enumerate(label_names)}
+
+
 def save_model_dir(path: Path, config: PretrainedConfig, tokenizer) -> None:
     """Write the Hugging Face config and the tokenizer (no weights) so the experiment works offline."""
     def save(tmp: Path) -> None:

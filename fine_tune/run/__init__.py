@@ -35,7 +35,8 @@ def run(plan: RunPlan) -> dict | None:
     teacher_device = resolve_placement(d.teacher_device_id, "--tdevice_id", device, d.device_id)
     gate_device = resolve_placement(d.gate_device_id, "--gate_device_id", device, d.device_id)
     seed_everything(plan.training.seed)
-    model = build_model(plan.model, method, plan.tokenizer, plan.exp, device, gate_device)
+    model = build_model(plan.model, method, plan.tokenizer, plan.exp, device, gate_device,
+                        label_names=plan.task.label_names)
     teacher = None
     if plan.teacher is not None:
         teacher = plan.teacher.build()
@@ -48,4 +49,4 @@ def run(plan: RunPlan) -> dict | None:
         on_checkpoint = layer_map_writer(plan, method, teacher, model, device, teacher_device, precision)
     return run_training(plan, model, method, device, precision,
                         teacher=teacher if method.uses_teacher else None, teacher_device=teacher_device,
-                        on_checkpoint=on_checkpoint, resume_step=start.resume_step)
+                        on_checkpoint=on_checkpoint, resume_step=start.resume_step, config_sha256=start.config_sha256)

@@ -25,6 +25,7 @@ class Start:
     resume_step: int | None = None  # continue from this checkpoint
     # fidelity-fix fields the resumed run's config.json lacks, with its old rule (config.LEGACY_FIELDS)
     legacy: dict[str, Any] = field(default_factory=dict)
+    config_sha256: str | None = None  # config.config_digest of the config.json this run wrote (its resume states')
 
 
 def clear_outputs(exp: ExperimentDir) -> None:
@@ -71,6 +72,40 @@ def changed_input(old: dict, data_files: dict[str, str], config_path: Path) -> s
             return (f"{path} changed since this run started (sha256 {digest[:12]}… now, {before[:12]}… recorded in "
                     f"{config_path}): resuming would train on other inputs")
     return None
+
+
+def edited_config(exp: ExperimentDir, old: dict, step: int) -> str | None:
+    """Before a resume from ``step``: why ``config.json`` is not the one the run wrote (its fields no longer have
+    the digest its resume state recorded: edited by hand since), in words; or None. A resume state written
+    before the digest was recorded is not checked."""
+    from ..engine.checkpoint import load_resume_state, resume_path
+
+    recorded = load_resume_state(exp.path, step, mmap=True).get("config_sha256")
+    if recorded is None or recorded == cfg.config_digest(old):
+        return None
+    return (f"{exp.config_path} was edited since this run wrote it (its fields no longer have the sha256 recorded "
+            f"in {resume_path(exp.path, step).name}): resuming would continue the run under settings it did not "
+            f"train with")
+
+
+def prune_finished(exp: ExperimentDir, limit: int, step: int, metric: str) -> None:
+    """A finished run killed after its last save, before ``--save_total_limit`` pruned: prune as the run does
+    (engine/checkpoint.prune_checkpoints), keeping the best checkpoint of the evaluation during training its last
+    resume state holds. Without a resume state nothing is pruned (which files are the method's, and which
+    checkpoint is the best, are not known)."""
+    from ..engine.checkpoint import load_resume_state, prune_checkpoints, resume_steps
+    from ..engine.evaluation import best_checkpoint_row
+
+    if not limit or step not in resume_steps(exp.path):
+        return
+    state = load_resume_state(exp.path, step, mmap=True)
+    rows = ((state.get("evaluation") or {}).get("history") or {}).get("rows") or []
+    best = best_checkpoint_row(rows, metric) if rows and all(metric in r for r in rows) else None
+    pruned = prune_checkpoints(exp, limit, step, None if best is None else best["step"], state.get("method") or {})
+    if pruned:
+        print(f"note: {exp.name}: --save_total_limit {limit}: deleted "
+              f"{', '.join(exp.checkpoint_path(s).name for s in pruned)} (a kill had stopped the run before it "
+              f"pruned them)", file=sys.stderr)
 
 
 def whole_checkpoint(path: Path) -> bool:
@@ -120,15 +155,19 @@ def _start_experiment(plan: RunPlan) -> Start:
     # A checkpoint that is not whole (damaged on disk) counts as absent.
     ready = [s for s in resume_steps(exp.path) if whole_checkpoint(exp.checkpoint_path(s))] if same else []
     final_whole = same and (total_step in ready or whole_checkpoint(exp.checkpoint_path(total_step)))
+    limit, metric = plan.training.save_total_limit, plan.task.main_metric
     if final_whole and (not ready or ready[-1] == total_step):
         print(f"{exp.path}: already finished (model-{total_step}.pt exists); nothing to do")
+        prune_finished(exp, limit, total_step, metric)
         return Start(False, legacy=legacy)
     stopped = stopped_early(exp)
     if same and stopped is not None and ready and ready[-1] == stopped:
         print(f"{exp.path}: already finished (stopped early at step {stopped}, {EARLY_STOP_FILE}); nothing to do")
+        prune_finished(exp, limit, stopped, metric)
         return Start(False, legacy=legacy)
     if same:
-        changed = changed_input(old, data_files, exp.config_path) if ready else None
+        changed = (edited_config(exp, old, ready[-1]) or changed_input(old, data_files, exp.config_path)
+                   if ready else None)
         if changed and not overwrite:
             raise UserError(f"{changed}; restore the file, or pass --overwrite to start over")
         if changed:  # --overwrite: the same config on other inputs is another run
@@ -151,4 +190,5 @@ def _start_experiment(plan: RunPlan) -> Start:
     record = cfg.as_before(old if same else None, record)
     record = dict(record, provenance=collect(device, data_files))
     cfg.save_config(exp.config_path, record)
+    start.config_sha256 = cfg.config_digest(cfg.load_config(exp.config_path))  # as written: what a resume compares
     return start

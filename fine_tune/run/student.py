@@ -11,7 +11,8 @@ import torch
 from ..engine import distributed
 from ..experiment import ExperimentDir
 from ..methods import Method
-from ..models.classifier import build_from_config, build_pretrained_classifier, save_model_dir, student_config
+from ..models.classifier import (build_from_config, build_pretrained_classifier, save_model_dir, set_task_labels,
+                                 student_config)
 from ..models.init import copy_teacher_layers_at
 from ..plan import PretrainedModel, StudentModel
 
@@ -24,11 +25,13 @@ def print_notes(notes) -> None:
 
 
 def build_model(spec: PretrainedModel | StudentModel, method: Method, tokenizer, exp: ExperimentDir,
-                device: torch.device, method_device: torch.device | None = None) -> torch.nn.Module:
+                device: torch.device, method_device: torch.device | None = None, *,
+                label_names: tuple[str, ...]) -> torch.nn.Module:
     """The model of ``spec`` (after the seed is set), then the method's own parameters (LAD gates, on
     ``method_device``; a width projection, on ``device``), then the pretrained layers ``spec.init_pairs`` copied
     from ``spec.init_source``; rank 0 saves the model folder. The order fixes what each draws from the seeded
-    generator. A pretrained student (``--student_ptrain_ver``) is loaded with a new head instead."""
+    generator. A pretrained student (``--student_ptrain_ver``) is loaded with a new head instead. The model's
+    outputs are named by the task's ``label_names`` (a classifier folder's own labels are another task's)."""
     source = spec.source if isinstance(spec, PretrainedModel) else spec.pretrained
     if source is not None:
         model = build_pretrained_classifier(source, spec.family, spec.num_class, spec.dropout)
@@ -45,6 +48,7 @@ def build_model(spec: PretrainedModel | StudentModel, method: Method, tokenizer,
                                embeddings=spec.init_embeddings)
         print(f"initialised student layers from {spec.init_source}: "
               + ", ".join(f"{s}<-{t}" for s, t in spec.init_pairs), file=sys.stderr)
+    set_task_labels(model.config, label_names)
     if distributed.is_main():
         save_model_dir(exp.model_dir, model.config, tokenizer)
     return model

@@ -33,9 +33,10 @@ def training_evaluator(plan: RunPlan, tokenizer, device: torch.device, precision
 
 def run_training(plan: RunPlan, model: torch.nn.Module, method: Method, device: torch.device,
                  precision: Precision, teacher=None, teacher_device=None, on_checkpoint=None,
-                 resume_step: int | None = None) -> dict:
+                 resume_step: int | None = None, config_sha256: str | None = None) -> dict:
     """Tokenise (through the cache), build the collator and run the one engine; ``on_checkpoint(step, writer)``
-    runs at each checkpoint (e.g. the layer-contribution heat-map)."""
+    runs at each checkpoint (e.g. the layer-contribution heat-map); ``config_sha256`` goes into each resume state
+    (the digest of the config.json the run wrote: run/start.py)."""
     tokenizer, exp, s = plan.tokenizer, plan.exp, plan.training
     features = cached_features(plan.data_root / "cache", tokenizer, plan.train.examples, plan.max_seq_len,
                                regression=plan.task.regression)
@@ -49,7 +50,7 @@ def run_training(plan: RunPlan, model: torch.nn.Module, method: Method, device: 
     trainer = Trainer(model, method, collator, len(features), s, exp, device, precision, teacher=teacher,
                       teacher_device=teacher_device, lengths=features.lengths(), student_forward=forwards.student,
                       teacher_forward=forwards.teacher, evaluator=training_evaluator(plan, tokenizer, device, precision),
-                      forward=forward, on_checkpoint=on_checkpoint)
+                      forward=forward, on_checkpoint=on_checkpoint, config_sha256=config_sha256)
     print(f"{exp.name}: {len(features)} examples, {s.total_step} steps of {s.batch_size} "
           f"({s.accum_step} x {s.micro_batch}), {device}, {precision.describe()}{forwards.describe()}"
           f"{', torch.compile' if s.compile else ''}"
