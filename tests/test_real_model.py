@@ -44,7 +44,8 @@ def test_real_boolq_files_run(run, tiny_bert, exp_root, data_root):
         "--ckpt_step", "3", "--log_step", "1", "--batch_size", "16", "--max_seq_len", "128", "--max_examples", "64")
     run("run_fine_tune_eval.py", *common, "--dataset", "val", "--max_examples", "64")
     run("generate_test_prediction.py", *common, "--dataset", "test", "--max_examples", "50")
-    lines = (exp_root / "real_bert_boolq" / "BoolQ.jsonl").read_text().splitlines()
+    assert not (exp_root / "real_bert_boolq" / "BoolQ.jsonl").exists()  # a partial file never takes the official name
+    lines = (exp_root / "real_bert_boolq" / "BoolQ.partial-50.jsonl").read_text().splitlines()
     assert len(lines) == 50 and [json.loads(x)["idx"] for x in lines] == list(range(50))
     table = json.loads((exp_root / "real_bert_boolq" / "eval-val.json").read_text())
     assert table["num_rows"] == 64 and [r["ckpt"] for r in table["rows"]] == [3]
