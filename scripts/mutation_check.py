@@ -58,6 +58,8 @@ PF_SITES = "tests/test_padding_free.py::test_every_dropout_site_runs_with_its_ow
 DIST_FT = "tests/test_distributed.py::test_fine_tune_two_processes_match_one"
 DIST_LAD = "tests/test_distributed.py::test_lad_two_processes_match_one"
 GPU = "tests/test_gpu_paths.py"
+OWN_SCHEMA = "tests/test_task_schema.py::test_a_definition_is_refused_in_one_line_naming_the_field"
+OWN_FILES = "tests/test_task_schema.py::test_a_task_json_with_a_byte_order_mark_reads_and_a_folder_is_named"
 
 EV = 'tests/test_eval_during_training.py'
 MUTATIONS = [
@@ -448,7 +450,7 @@ MUTATIONS = [
              ("tests/test_glue_tasks.py::test_stsb_scores_metrics_and_file",
               "tests/test_glue_tasks.py::test_mnli_splits_columns_and_two_submission_files")),
     Mutation("tsv_ids_row_numbers", "every GLUE .tsv id replaced by the row number", "fine_tune/tasks/columns.py",
-             "                idx = int(cols[pos[layout.idx]])", "                idx = len(examples)",
+             "            idx = exact_id(cols[pos[layout.idx]], where, str(layout.idx))", "            idx = len(examples)",
              ("tests/test_glue_tasks.py::test_mnli_splits_columns_and_two_submission_files",)),
     Mutation("regression_submission_2dp", "STS-B's submission scores written with 2 decimals instead of 3",
              "fine_tune/tasks/task.py", 'f"{float(p):.3f}"', 'f"{float(p):.2f}"',
@@ -458,7 +460,7 @@ MUTATIONS = [
              "labels=np.asarray(labels, dtype=np.int16)",
              ("tests/test_glue_tasks.py::test_stsb_fine_tune_logits_offline_kd_eval_and_file",)),
     Mutation("user_id_ignored", "a task of your own ignores its id column (rows numbered instead)",
-             "fine_tune/tasks/user.py", '            idx = _row_id(cell(spec["id"]), where, spec["id"])\n',
+             "fine_tune/tasks/user.py", '            idx = exact_id(cell(spec["id"]), where, repr(spec["id"]))\n',
              "            idx = len(examples)\n",
              ("tests/test_user_tasks.py::test_labels_follow_the_declared_order_through_parse_and_the_prediction_file",)),
     Mutation("user_tsv_read_as_csv", "a task of your own reads .tsv files as comma-separated",
@@ -1048,13 +1050,13 @@ MUTATIONS = [
              "fine_tune/tasks/user.py", "            if not isinstance(value, str):\n", "            if False:\n",
              ("tests/test_readers.py::test_a_text_column_holds_strings",)),
     Mutation("fractional_id_truncated", "a fractional or float id is truncated to an integer",
-             "fine_tune/tasks/user.py",
-             "    if isinstance(raw, int) and not isinstance(raw, bool):\n        return raw\n",
-             "    if isinstance(raw, (int, float)) and not isinstance(raw, bool):\n        return int(raw)\n",
+             "fine_tune/tasks/example.py",
+             "    elif isinstance(raw, int) and not isinstance(raw, bool):\n        value = raw\n",
+             "    elif isinstance(raw, (int, float)) and not isinstance(raw, bool):\n        value = int(raw)\n",
              ("tests/test_readers.py::test_an_id_is_an_integer_exactly",)),
     Mutation("id_text_lenient", "an id cell that is not decimal digits is read as a number",
-             "fine_tune/tasks/user.py", "    if isinstance(raw, str) and _INTEGER.fullmatch(raw):\n        return int(raw)\n",
-             "    if isinstance(raw, str):\n        return int(float(raw))\n",
+             "fine_tune/tasks/example.py", "        value = int(raw)\n    elif isinstance(raw, int)",
+             "        value = int(raw)\n    elif isinstance(raw, str):\n        value = int(float(raw))\n    elif isinstance(raw, int)",
              ("tests/test_readers.py::test_an_id_is_an_integer_exactly",)),
     Mutation("regression_boolean_score", "a JSON boolean regression label is read as the score 1.0 or 0.0",
              "fine_tune/tasks/user.py", "                if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):",
@@ -1186,6 +1188,75 @@ MUTATIONS = [
              "deletes the one it resumed from)", "fine_tune/engine/checkpoint.py",
              "old = [s for s in exp.checkpoints() if s <= upto][:-limit]", "old = exp.checkpoints()[:-limit]",
              ("tests/test_resume_hygiene.py::test_a_kill_before_pruning_is_pruned_when_the_run_resumes",)),
+    # Tasks of your own (issue 29, the adversarial run): task.json's lists and metrics, printable names, exact ids,
+    # JSON beyond Python's limits, messages
+    Mutation("own_metric_twice", "a task.json listing a metric twice is accepted (reported, and pooled, twice)",
+             "fine_tune/tasks/user.py", '    _once("metrics", metrics, where)\n', "", (OWN_SCHEMA,)),
+    Mutation("own_unlabelled_twice", "a task.json listing an unlabelled split twice is accepted",
+             "fine_tune/tasks/user.py", '    _once("unlabelled", d.unlabelled or [], where)\n', "", (OWN_SCHEMA,)),
+    Mutation("own_metrics_empty", 'a task.json "metrics": [] is silently the default', "fine_tune/tasks/user.py",
+             "metrics: Optional[list[Text]] = Field(None, min_length=1,", "metrics: Optional[list[Text]] = Field(None,",
+             (OWN_SCHEMA,)),
+    Mutation("own_unlabelled_empty", 'a task.json "unlabelled": [] is silently the default', "fine_tune/tasks/user.py",
+             "unlabelled: Optional[list[Text]] = Field(None, min_length=1,", "unlabelled: Optional[list[Text]] = Field(None,",
+             (OWN_SCHEMA,)),
+    Mutation("own_metric_unsuited", "a metric that cannot score the task (accuracy of scores, f1 of three classes) "
+             "is accepted, an sklearn traceback at the first evaluation", "fine_tune/tasks/user.py",
+             "        reason = unsuitable(m, d.regression, len(d.labels or []))", "        reason = None", (OWN_SCHEMA,)),
+    Mutation("two_class_metric_of_many", "f1 (of class 1) is taken as suiting a task of three classes",
+             "fine_tune/tasks/metrics.py", "name in TWO_CLASS_METRICS and num_class != 2", "name in TWO_CLASS_METRICS "
+             "and num_class < 2", (OWN_SCHEMA, "tests/test_task_schema.py::test_the_official_tasks_metrics_suit_them")),
+    Mutation("own_label_control_character", "a label holding a tab or a newline is accepted (it splits the "
+             "prediction file's cells)", "fine_tune/tasks/user.py", "        return _printable(value)\n",
+             "        return value\n", (OWN_SCHEMA,)),
+    Mutation("own_name_control_character", "a file or column name of task.json holding a control character is "
+             "accepted (a NUL in a file name reached stderr raw)", "fine_tune/tasks/user.py",
+             "Text = Annotated[str, AfterValidator(_printable)]", "Text = str", (OWN_SCHEMA,)),
+    Mutation("shown_control_characters_raw", "a value a message shows keeps its control characters (a line break "
+             "U+2028, DEL)", "fine_tune/tasks/user.py",
+             "short(escape_controls(json.dumps(value, ensure_ascii=False)))", "short(json.dumps(value, ensure_ascii=False))",
+             (OWN_SCHEMA,)),
+    Mutation("id_not_canonical", "an id cell written 007, +3, ' 5 ' or -0 is read as an integer (the submission "
+             "writes another id)", "fine_tune/tasks/example.py", '_DECIMAL = re.compile(r"0|-?[1-9][0-9]*")',
+             '_DECIMAL = re.compile(r"\\s*[+-]?[0-9]+\\s*")',
+             ("tests/test_readers.py::test_an_id_cell_is_canonical_decimal",)),
+    Mutation("id_beyond_int64", "an id outside the signed 64-bit range is accepted (an OverflowError in the "
+             "evaluation table)", "fine_tune/tasks/example.py", "    if not ID_RANGE[0] <= value <= ID_RANGE[1]:",
+             "    if False:", ("tests/test_readers.py::test_an_id_fits_a_signed_64_bit_integer",)),
+    Mutation("id_digit_limit_traceback", "an id cell of thousands of digits reaches int() (a ValueError traceback "
+             "of Python's digit limit)", "fine_tune/tasks/example.py", "        if len(raw) > 20:", "        if False:",
+             ("tests/test_readers.py::test_an_id_fits_a_signed_64_bit_integer",)),
+    Mutation("duplicate_id_without_line", "two rows with one id are refused without naming their lines",
+             "fine_tune/tasks/example.py", 'raise UserError(f"{wheres[i]}: id {ex.idx} appears twice',
+             'raise UserError(f"{path}: id {ex.idx} appears twice',
+             ("tests/test_readers.py::test_a_duplicate_id_names_both_lines",)),
+    Mutation("json_key_twice_kept", "a JSON line (or task.json) with a key written twice keeps the last value "
+             "silently", "fine_tune/tasks/example.py", "return json.loads(text, object_pairs_hook=_unique_keys)",
+             "return json.loads(text)",
+             ("tests/test_readers.py::test_a_json_line_python_cannot_take_exactly_is_one_line", OWN_SCHEMA)),
+    Mutation("json_nesting_traceback", "JSON nested deeper than Python reads is a RecursionError traceback",
+             "fine_tune/tasks/example.py", '    except RecursionError:\n        raise ValueError("nested too deep") '
+             "from None\n", "", ("tests/test_readers.py::test_a_json_line_python_cannot_take_exactly_is_one_line",
+                                 OWN_SCHEMA)),
+    Mutation("json_digit_limit_unsaid", "a JSON integer beyond Python's digit limit is refused with Python's "
+             "advice (sys.set_int_max_str_digits), not the cause", "fine_tune/tasks/example.py",
+             '        raise ValueError(f"an integer of more than {sys.get_int_max_str_digits()} digits") from None',
+             "        raise", ("tests/test_readers.py::test_a_json_line_python_cannot_take_exactly_is_one_line",)),
+    Mutation("score_overflow_traceback", "a regression score beyond any float is an OverflowError traceback",
+             "fine_tune/tasks/columns.py", '    except OverflowError:  # an integer beyond any float\n        value = '
+             'float("inf")\n', "", ("tests/test_readers.py::test_a_huge_regression_score_is_not_finite",)),
+    Mutation("boolean_label_as_python", "a boolean label is shown True (Python's spelling), not true",
+             "fine_tune/tasks/user.py", "return json.dumps(raw) if isinstance(raw, bool) else brief(raw)",
+             "return brief(raw)", ("tests/test_readers.py::test_a_boolean_label_is_shown_as_json_writes_it",)),
+    Mutation("task_json_bom_refused", "a task.json with a UTF-8 byte-order mark is refused (data files take one)",
+             "fine_tune/tasks/user.py", 'path.read_text(encoding="utf-8-sig")', 'path.read_text(encoding="utf-8")',
+             (OWN_FILES,)),
+    Mutation("task_json_folder_unknown_task", "a folder task.json makes the task 'unknown' (it has a task.json)",
+             "fine_tune/tasks/registry.py", "        if path.exists():", "        if path.is_file():", (OWN_FILES,)),
+    Mutation("own_data_file_says_official", "a missing data file of a task of your own says 'put the official "
+             "files there', not the task.json field naming it", "fine_tune/tasks/task.py",
+             "            if self.definition_file is not None:  # a task of your own", "            if False:",
+             ("tests/test_task_schema.py::test_a_data_file_missing_or_a_folder_names_the_field_of_task_json",)),
 ]
 
 

@@ -80,7 +80,12 @@ CASES = [
     *[Case(f"own_{name}", "run_fine_tune.py", [*FT, "--task", name, "--data_root", "{base}/own"]) for name in (
         "regression_string", "metrics_number", "text_pair_list", "id_list", "unlabelled_string", "dev_split_unknown",
         "unknown_field", "csv_unclosed_quote", "csv_line_after_quoted_newline", "tsv_cell_count", "jsonl_text_number",
-        "fractional_id", "corrupt_parquet")],
+        "fractional_id", "corrupt_parquet",
+        # the adversarial run of issue 29: lists, metrics that cannot score the task, control characters, exact
+        # ids, JSON beyond Python's limits, a folder where a file goes
+        "metrics_twice", "metrics_empty", "f1_of_three_labels", "regression_accuracy", "label_with_tab",
+        "id_leading_zero", "id_outside_int64", "jsonl_key_twice", "task_json_nested_deep", "score_too_large",
+        "task_json_folder", "train_file_folder")],
     # ---- names: task, model family, split, method modes ----------------------------------------------------
     Case("unknown_task", "run_fine_tune.py", [*FT, "--task", "squad"]),
     Case("unknown_model_family", "run_fine_tune.py", [*FT, "--model", "gpt2"]),
@@ -302,10 +307,32 @@ def write_own_tasks(root: Path) -> None:
         "fractional_id": ({**base, "files": {"train": "train.jsonl"}, "id": "n"},
                           '{"n": 1, "first": "a", "verdict": "same"}\n{"n": 1.5, "first": "b", "verdict": "same"}\n'),
         "corrupt_parquet": ({**base, "files": {"train": "train.parquet"}}, b"PAR1 cut short"),
+        "metrics_twice": ({**base, "metrics": ["accuracy", "accuracy"]}, None),
+        "metrics_empty": ({**base, "metrics": []}, None),
+        "f1_of_three_labels": ({**base, "labels": ["x", "y", "z"], "metrics": ["accuracy", "f1"]}, None),
+        "regression_accuracy": ({**base, "labels": None, "regression": True, "metrics": ["accuracy"]}, None),
+        "label_with_tab": ({**base, "labels": ["a\tb", "c"]}, None),
+        "id_leading_zero": ({**base, "id": "n"}, "n,first,verdict\n1,a,same\n007,b,same\n"),
+        "id_outside_int64": ({**base, "files": {"train": "train.jsonl"}, "id": "n"},
+                             json.dumps({"n": 2 ** 64, "first": "a", "verdict": "same"}) + "\n"),
+        "jsonl_key_twice": ({**base, "files": {"train": "train.jsonl"}},
+                            '{"first": "a", "verdict": "same"}\n{"first": "b", "verdict": "same", "verdict": "x"}\n'),
+        "task_json_nested_deep": ('{"text": ' + "[" * 100_000 + "]" * 100_000 + "}", None),
+        "score_too_large": ({**base, "labels": None, "regression": True, "files": {"train": "train.jsonl"}},
+                            '{"first": "a", "verdict": 1' + "0" * 400 + "}\n"),
+        "task_json_folder": (None, None),  # task.json is a folder
+        "train_file_folder": (base, None),  # train.csv is a folder
     }
     for name, (spec, train) in tasks.items():
         (root / name).mkdir(parents=True)
-        (root / name / "task.json").write_text(json.dumps(spec))
+        if spec is None:
+            (root / name / "task.json").mkdir()
+            continue
+        if isinstance(spec, dict):
+            spec = {k: v for k, v in spec.items() if v is not None}
+        (root / name / "task.json").write_text(spec if isinstance(spec, str) else json.dumps(spec))
+        if name == "train_file_folder":
+            (root / name / "train.csv").mkdir()
         if train is not None:
             target = root / name / spec["files"]["train"]
             target.write_bytes(train if isinstance(train, bytes) else train.encode())

@@ -209,3 +209,74 @@ def test_parquet_without_pyarrow_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_pyarrow)
     assert refused(tmp_path, {"train.parquet": b"PAR1"}) == (
         f"{tmp_path}/mine/train.parquet: reading .parquet needs pyarrow (pip install pyarrow)")
+
+
+# ------------------------------------------------------------- issue 29's adversarial run: exact ids, JSON limits
+
+
+@pytest.mark.parametrize("raw", ["007", "+3", " 5 ", "-0", "5 "])
+def test_an_id_cell_is_canonical_decimal(tmp_path, raw):
+    """The prediction file wrote 7, 3, 5, 0 for these cells: the submission's ids were not the file's. A cell that
+    is an integer only after reformatting is refused, saying how an id is written."""
+    message = refused(tmp_path, {"test.csv": f'qid,first,second\n1,a,b\n"{raw}",a,b\n'})
+    assert message == (f"{tmp_path}/mine/test.csv, line 3: id {raw!r} in column 'qid' is not an integer (as the file "
+                       f"writes it: digits, an optional '-', no leading zero, space or '+')")
+
+
+@pytest.mark.parametrize("fmt, raw, shown", [
+    ("jsonl", 2 ** 64, str(2 ** 64)), ("jsonl", 2 ** 63, str(2 ** 63)), ("csv", str(2 ** 63), str(2 ** 63)),
+    ("csv", "1" * 5001, "'" + "1" * 39 + "..." + "1" * 11 + "' (5003 characters)")], ids=["2^64", "2^63", "csv_2^63",
+                                                                                        "csv_5001_digits"])
+def test_an_id_fits_a_signed_64_bit_integer(tmp_path, fmt, raw, shown):
+    """Ids beyond int64 were accepted for training and prediction, then an OverflowError in the evaluation table
+    (and a 5001-digit CSV id a ValueError of Python's digit limit): refused when the file is read."""
+    if fmt == "jsonl":
+        content, line = json.dumps({"qid": raw, "first": "a", "second": "b"}) + "\n", 1
+    else:
+        content, line = f"qid,first,second\n{raw},a,b\n", 2
+    assert refused(tmp_path, {f"test.{fmt}": content}) == (
+        f"{tmp_path}/mine/test.{fmt}, line {line}: id {shown} in column 'qid' is outside the signed 64-bit range "
+        f"(-9223372036854775808 to 9223372036854775807)")
+    edge = f"qid,first,second\n{-2 ** 63},a,b\n{2 ** 63 - 1},c,d\n0,e,f\n-12,g,h\n"
+    assert [e.idx for e in load(tmp_path, {"test.csv": edge})] == [-2 ** 63, 2 ** 63 - 1, 0, -12]
+
+
+def test_a_duplicate_id_names_both_lines(tmp_path):
+    content = "qid,first,second\n4,a,b\n7,c,d\n5,e,f\n7,g,h\n"
+    assert refused(tmp_path, {"test.csv": content}) == (
+        f"{tmp_path}/mine/test.csv, line 5: id 7 appears twice (first at line 3); a submission needs one row per id")
+    from fine_tune.tasks.qqp import parse_qqp
+
+    qqp = tmp_path / "test.tsv"
+    qqp.write_text("id\tquestion1\tquestion2\n3\ta\tb\n3\tc\td\n")
+    with pytest.raises(UserError) as e:
+        parse_qqp(qqp, False)
+    assert str(e.value) == f"{qqp}, line 3: id 3 appears twice (first at line 2); a submission needs one row per id"
+
+
+@pytest.mark.parametrize("line, reason", [
+    ('{"qid": 1, "first": "a", "first": "b", "second": "c"}', 'key "first" appears twice'),
+    ('{"qid": 1, "first": ' + "[" * 5000 + "]" * 5000 + ', "second": "c"}', "nested too deep"),
+    ('{"qid": 1' + "0" * 5000 + ', "first": "a", "second": "c"}', "an integer of more than 4300 digits"),
+], ids=["key_twice", "nested_5000_deep", "integer_of_5001_digits"])
+def test_a_json_line_python_cannot_take_exactly_is_one_line(tmp_path, line, reason):
+    """A key written twice kept its last value silently; deep nesting and Python's integer digit limit were
+    tracebacks (RecursionError, ValueError)."""
+    content = json.dumps({"qid": 0, "first": "a", "second": "b"}) + "\n" + line + "\n"
+    assert refused(tmp_path, {"test.jsonl": content}) == f"{tmp_path}/mine/test.jsonl, line 2: not valid JSON ({reason})"
+
+
+def test_a_huge_regression_score_is_not_finite(tmp_path):
+    """1 followed by 400 zeros (a JSON integer) was an OverflowError traceback converting it to a float."""
+    content = '{"first": "a", "second": "b", "verdict": 1' + "0" * 400 + "}\n"
+    message = refused(tmp_path, {"train.jsonl": content}, id=None, labels=None, regression=True)
+    assert message == (f"{tmp_path}/mine/train.jsonl, line 1: label 1{'0' * 39}...{'0' * 12} (401 characters) in "
+                       f"column 'verdict' is not a finite number")
+
+
+def test_a_boolean_label_is_shown_as_json_writes_it(tmp_path):
+    """A JSON (or Parquet) boolean label outside the task's labels is shown `true`, as task.json would write it."""
+    content = '{"first": "a", "second": "b", "verdict": true}\n'
+    assert refused(tmp_path, {"train.jsonl": content}, id=None) == (
+        f"{tmp_path}/mine/train.jsonl, line 1: label true in column 'verdict' is not one of the task's labels (same, "
+        f"different)")

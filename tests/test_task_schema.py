@@ -33,13 +33,14 @@ def changed(**fields):
 @pytest.mark.parametrize("spec, message", [
     # the issue's cases: a value of another type is refused, not converted
     (changed(regression="false"), 'field "regression": expected true or false, got the string "false"'),
-    (changed(metrics=5), 'field "metrics": expected a list of metric names (accuracy, f1, macro_f1, mcc, pearson, '
+    (changed(metrics=5), 'field "metrics": expected a non-empty list of metric names (accuracy, f1, macro_f1, mcc, pearson, '
                          'spearman), got the number 5'),
     (changed(text_pair=["passage"]), 'field "text_pair": expected a column name (a non-empty string), or null, got '
                                      'the list ["passage"]'),
     (changed(id=["pair_id"]), 'field "id": expected a column name (a non-empty string), or null, got the list '
                               '["pair_id"]'),
-    (changed(unlabelled="test"), 'field "unlabelled": expected a list of split names of files, got the string "test"'),
+    (changed(unlabelled="test"), 'field "unlabelled": expected a non-empty list of split names of files, got the '
+                                 'string "test"'),
     (changed(colour="red"), 'field "colour": unknown (fields: files, text, text_pair, label, labels, regression, id, '
                             'metrics, main_metric, dev_split, unlabelled, hf)'),
     # every name a field gives is checked when the task is read
@@ -98,7 +99,40 @@ def changed(**fields):
                                         '["accuracy"]'),
     (changed(dev_split=None, metrics=[1]), 'field "metrics[0]": expected a string, got the number 1'),
     ('["files"]', 'expected a JSON object (a task definition), got the list ["files"]'),
-    ('{"text": "a", "text": "b"}', 'not a readable task definition (field "text" appears twice)'),
+    ('{"text": "a", "text": "b"}', 'not a readable task definition (key "text" appears twice)'),
+    # issue 29's adversarial run: a list written with a name twice, or empty (it was taken as the default)
+    (changed(metrics=["accuracy", "accuracy"]), 'field "metrics[1]": the string "accuracy" is listed twice '
+                                                '(metrics[0] and metrics[1]); list each once'),
+    (changed(unlabelled=["test", "dev", "test"]), 'field "unlabelled[2]": the string "test" is listed twice '
+                                                  '(unlabelled[0] and unlabelled[2]); list each once'),
+    (changed(metrics=[]), 'field "metrics": expected a non-empty list of metric names (accuracy, f1, macro_f1, mcc, '
+                          'pearson, spearman), got the list []'),
+    (changed(unlabelled=[]), 'field "unlabelled": expected a non-empty list of split names of files, got the list []'),
+    # metrics that cannot score the task (sklearn tracebacks at the first evaluation, mid-training)
+    (changed(labels=["x", "y", "z"], metrics=["accuracy", "f1", "mcc"]),
+     'field "metrics[1]": the string "f1" is a metric of two classes (F1 of class 1); the task has 3 labels: use '
+     'macro_f1'),
+    (changed(labels=None, regression=True, metrics=["pearson", "accuracy"]),
+     'field "metrics[1]": the string "accuracy" is a metric of classes; a regression task takes pearson, spearman'),
+    (changed(metrics=["spearman"]), 'field "metrics[0]": the string "spearman" is a metric of scores (regression); a '
+                                    'classification task takes accuracy, f1, macro_f1, mcc'),
+    # control characters in labels and names (a tab in a label broke the prediction file's cells), shown escaped
+    (changed(labels=["a\tb", "c"]), 'field "labels[0]": the string "a\\tb" holds a control character '
+                                    '(U+0009); names and labels in task.json are printable text'),
+    (changed(labels=["a", "c\nd"]), 'field "labels[1]": the string "c\\nd" holds a control character '
+                                    '(U+000A); names and labels in task.json are printable text'),
+    (changed(labels=["a", "c\u2028d"]), 'field "labels[1]": the string "c\\u2028d" holds a control '
+                                        'character (U+2028); names and labels in task.json are printable text'),
+    (changed(files={"train": "tr\u0000ain.csv"}), 'field "files.train": the string "tr\\u0000ain.csv" holds '
+                                                  'a control character (U+0000); names and labels in task.json are '
+                                                  'printable text'),
+    (changed(files={"tr\rain": "train.csv"}), 'field "files": the key "tr\\rain" holds a control '
+                                              'character (U+000D); names and labels in task.json are printable text'),
+    (changed(text="q\x7f"), 'field "text": the string "q\\u007f" holds a control character (U+007F); '
+                            'names and labels in task.json are printable text'),
+    # JSON that Python's reader cannot take (tracebacks)
+    ('{"text": ' + "[" * 100_000 + "]" * 100_000 + "}", 'not a readable task definition (nested too deep)'),
+    ('{"text": 1' + "0" * 5000 + "}", 'not a readable task definition (an integer of more than 4300 digits)'),
 ], ids=lambda x: None)
 def test_a_definition_is_refused_in_one_line_naming_the_field(spec, message, tmp_path):
     with pytest.raises(UserError) as e:
@@ -135,3 +169,41 @@ def test_valid_definitions_keep_their_meaning_and_recorded_form(tmp_path):
                              "files": {"train": "train.jsonl", "dev": "dev.jsonl"}, "metrics": ["pearson", "spearman"],
                              "main_metric": "pearson"}
     assert hf.regression and hf.num_class == 1 and hf.dev_split == "dev"
+
+
+def test_a_task_json_with_a_byte_order_mark_reads_and_a_folder_is_named(tmp_path):
+    """task.json read as data files are (UTF-8, a byte-order mark allowed: it was "Unexpected UTF-8 BOM"); a folder
+    task.json is named as one (it was "--task ... is unknown ... or a folder with a task.json")."""
+    task = read(tmp_path, "\ufeff" + json.dumps(BASE), "bom")
+    assert task.label_names == ("same", "different")
+    (tmp_path / "dir" / "task.json").mkdir(parents=True)
+    from fine_tune.tasks.registry import get_task
+
+    with pytest.raises(UserError) as e:
+        get_task("dir", tmp_path)
+    assert str(e.value) == (f"{tmp_path}/dir/task.json is a folder; a task's definition is a file task.json "
+                            f"(doc/methods.md, \"Your own data\")")
+
+
+def test_a_data_file_missing_or_a_folder_names_the_field_of_task_json(tmp_path):
+    """The message of a task of your own names the task.json field, never "the official files"."""
+    task = read(tmp_path, BASE, "own")
+    (tmp_path / "own" / "dev.csv").mkdir()
+    for split, state in (("train", "not found"), ("dev", "is a folder, not a file")):
+        with pytest.raises(UserError) as e:
+            task.load(tmp_path, split)
+        assert str(e.value) == (f"data file {tmp_path}/own/{split}.csv {state}; {tmp_path}/own/task.json names it "
+                                f"in field \"files.{split}\": put the file there, correct the field, or pass "
+                                f"--data_root (env FT_DATA_ROOT)")
+
+
+def test_the_official_tasks_metrics_suit_them():
+    """The rule a task.json's metrics meet (fine_tune/tasks/metrics.py, unsuitable) holds for every official task:
+    F1 on two classes (MRPC, QQP), macro-F1 on three (CB), correlations on STS-B's scores only."""
+    from fine_tune.tasks.metrics import unsuitable
+    from fine_tune.tasks.registry import TASKS
+
+    for task in TASKS.values():
+        for m in task.metrics:
+            assert unsuitable(m, task.regression, task.num_class) is None, (task.name, m)
+    assert unsuitable("f1", False, 3) and unsuitable("macro_f1", True, 1) and unsuitable("pearson", False, 2)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .example import Example, check_unique_ids, json_objects
+from .example import Example, check_unique_ids, exact_id, json_objects
 
 _LABELS = {True: 1, False: 0, "true": 1, "false": 0, "True": 1, "False": 0}
 
@@ -19,6 +19,7 @@ _LABELS = {True: 1, False: 0, "true": 1, "false": 0, "True": 1, "False": 0}
 def parse_boolq(path: Path, labelled: bool) -> list[Example]:
     """Parse a BoolQ jsonl file; any malformed line is a :class:`UserError` naming file and line."""
     examples: list[Example] = []
+    wheres: list[str] = []
     for where, row in json_objects(path):
         for key in ("question", "passage"):
             if not isinstance(row.get(key), str):
@@ -28,6 +29,7 @@ def parse_boolq(path: Path, labelled: bool) -> list[Example]:
         idx = row.get("idx", len(examples))
         if not isinstance(idx, int) or isinstance(idx, bool):
             raise UserError(f"{where}: field 'idx' must be an integer, got {idx!r}")
+        idx = exact_id(idx, where, "'idx'")
         label = None
         if "label" in row:
             raw = row["label"]
@@ -38,6 +40,7 @@ def parse_boolq(path: Path, labelled: bool) -> list[Example]:
         elif labelled:
             raise UserError(f"{where}: missing 'label' in a labelled split")
         examples.append(Example(idx=idx, text=row["passage"], text_pair=row["question"], label=label))
+        wheres.append(where)
     if not labelled:
-        check_unique_ids(examples, path)
+        check_unique_ids(examples, path, wheres)
     return examples

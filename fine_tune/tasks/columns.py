@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .example import Example, check_unique_ids, json_objects, tab_separated_rows
+from .example import Example, brief, check_unique_ids, exact_id, json_objects, tab_separated_rows
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,12 @@ def score(raw, where: str, column: str) -> float:
     try:
         value = float(raw)
     except (TypeError, ValueError):
-        raise UserError(f"{where}: label {raw!r} in column {column} is not a number (a regression score)") from None
+        raise UserError(f"{where}: label {brief(raw)} in column {column} is not a number (a regression score)") \
+            from None
+    except OverflowError:  # an integer beyond any float
+        value = float("inf")
     if value != value or value in (float("inf"), float("-inf")):
-        raise UserError(f"{where}: label {raw!r} in column {column} is not a finite number")
+        raise UserError(f"{where}: label {brief(raw)} in column {column} is not a finite number")
     return value
 
 
@@ -67,23 +70,22 @@ def parse_tsv(path: Path, labelled: bool, layout: TsvLayout, file_labels: tuple[
         width = layout.width
         pos = {c: c for c in (layout.text, layout.pair, layout.idx, layout.label) if c is not None}
     examples: list[Example] = []
+    wheres: list[str] = []
     for line_no, cols in rows:
         where = f"{path}, line {line_no}"
         if len(cols) != width:
             raise UserError(f"{where}: {len(cols)} tab-separated columns, expected {width}")
         idx = len(examples)
         if layout.idx is not None:
-            try:
-                idx = int(cols[pos[layout.idx]])
-            except ValueError:
-                raise UserError(f"{where}: id {cols[pos[layout.idx]]!r} in column {layout.idx} is not an integer") from None
+            idx = exact_id(cols[pos[layout.idx]], where, str(layout.idx))
         label = None
         if labelled and layout.label is not None:
             label = _label(cols[pos[layout.label]], file_labels, where, str(layout.label))
         examples.append(Example(idx=idx, text=cols[pos[layout.text]],
                                 text_pair=None if layout.pair is None else cols[pos[layout.pair]], label=label))
+        wheres.append(where)
     if not labelled:
-        check_unique_ids(examples, path)
+        check_unique_ids(examples, path, wheres)
     return examples
 
 
@@ -100,6 +102,7 @@ class JsonFields:
 def parse_jsonl(path: Path, labelled: bool, fields: JsonFields, file_labels: tuple[str, ...]) -> list[Example]:
     """Rows of a SuperGLUE ``.jsonl`` file as :class:`Example`s."""
     examples: list[Example] = []
+    wheres: list[str] = []
     for where, row in json_objects(path):
         for key in (fields.text, fields.pair):
             if key is not None and not isinstance(row.get(key), str):
@@ -110,6 +113,7 @@ def parse_jsonl(path: Path, labelled: bool, fields: JsonFields, file_labels: tup
         idx = len(examples) if idx is None else idx
         if not isinstance(idx, int) or isinstance(idx, bool):
             raise UserError(f"{where}: field '{fields.idx}' must be an integer, got {idx!r}")
+        idx = exact_id(idx, where, repr(fields.idx))
         label = None
         if labelled:
             if fields.label not in row:
@@ -117,6 +121,7 @@ def parse_jsonl(path: Path, labelled: bool, fields: JsonFields, file_labels: tup
             label = _label(str(row[fields.label]), file_labels, where, fields.label)
         examples.append(Example(idx=idx, text=row[fields.text],
                                 text_pair=None if fields.pair is None else row[fields.pair], label=label))
+        wheres.append(where)
     if not labelled:
-        check_unique_ids(examples, path)
+        check_unique_ids(examples, path, wheres)
     return examples

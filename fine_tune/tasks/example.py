@@ -4,6 +4,8 @@ tab-separated cells, CSV by its quoting rules, JSON lines)."""
 from __future__ import annotations
 
 import csv
+import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,28 +96,88 @@ def csv_rows(path: Path):
             yield first, cells
 
 
+def _unique_keys(pairs):
+    """A JSON object's keys; a key written twice is refused (JSON would silently keep the last)."""
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"key {json.dumps(key)} appears twice")
+        seen[key] = value
+    return seen
+
+
+def parse_json(text: str):
+    """The JSON value of ``text``, by the format's rules and this toolkit's: an object with a key written twice is
+    refused. Every way it can fail is a ``ValueError`` whose message says why in a few words: not JSON, a key twice,
+    nested too deep (Python's recursion limit), an integer of more digits than Python converts."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as e:
+        raise ValueError(e.msg) from None
+    except RecursionError:
+        raise ValueError("nested too deep") from None
+    except ValueError as e:
+        if "appears twice" in str(e):
+            raise
+        raise ValueError(f"an integer of more than {sys.get_int_max_str_digits()} digits") from None
+
+
 def json_objects(path: Path):
     """(``"<path>, line N"``, object) for every non-blank line of a JSON-lines file; a line that is not a JSON
-    object is a :class:`UserError` naming the file and the line."""
-    import json
-
+    object (:func:`parse_json`'s rules: no key twice) is a :class:`UserError` naming the file and the line."""
     for line_no, line in text_lines(path):
         if not line.strip():
             continue
         where = f"{path}, line {line_no}"
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: not valid JSON ({e.msg})") from None
+            row = parse_json(line)
+        except ValueError as e:
+            raise UserError(f"{where}: not valid JSON ({e})") from None
         if not isinstance(row, dict):
             raise UserError(f"{where}: expected a JSON object")
         yield where, row
 
 
-def check_unique_ids(examples: list, path: Path) -> None:
-    """Ids name the rows of a submission file: two rows with one id are an error."""
-    seen: set[int] = set()
-    for ex in examples:
-        if ex.idx in seen:
-            raise UserError(f"{path}: id {ex.idx} appears twice; a submission needs one row per id")
-        seen.add(ex.idx)
+def brief(value) -> str:
+    """``repr(value)`` as a message shows it: control characters escaped, long values shortened."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}...{text[-12:]} ({len(text)} characters)"
+
+
+# an id as a text cell writes it: decimal digits, no leading zero, an optional minus (not on 0), nothing else
+_DECIMAL = re.compile(r"0|-?[1-9][0-9]*")
+ID_RANGE = (-2 ** 63, 2 ** 63 - 1)  # ids are stored as signed 64-bit integers (evaluation tables, logits sets)
+
+
+def exact_id(raw, where: str, column: str) -> int:
+    """An id exactly as the file writes it, which is what a submission writes back: a JSON or Parquet integer, or a
+    text cell of canonical decimal digits (``7``, ``-3``; not ``007``, ``+3``, `` 5 ``, ``-0``, ``1_000``, ``1.5``),
+    within the signed 64-bit range. Anything else is a :class:`UserError` naming ``where`` (file and line) and
+    ``column`` (as the message shows it); nothing is rounded or reformatted."""
+    if isinstance(raw, str) and _DECIMAL.fullmatch(raw):
+        if len(raw) > 20:  # beyond any 64-bit integer (and int() refuses texts of thousands of digits)
+            raise UserError(f"{where}: id {brief(raw)} in column {column} is outside the signed 64-bit range "
+                            f"({ID_RANGE[0]} to {ID_RANGE[1]})")
+        value = int(raw)
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    else:
+        written = " (as the file writes it: digits, an optional '-', no leading zero, space or '+')" \
+            if isinstance(raw, str) and raw.strip().lstrip("+-").isdigit() else ""
+        raise UserError(f"{where}: id {brief(raw)} in column {column} is not an integer{written}")
+    if not ID_RANGE[0] <= value <= ID_RANGE[1]:
+        raise UserError(f"{where}: id {value} in column {column} is outside the signed 64-bit range "
+                        f"({ID_RANGE[0]} to {ID_RANGE[1]})")
+    return value
+
+
+def check_unique_ids(examples: list, path: Path, wheres: list[str]) -> None:
+    """Ids name the rows of a submission file: two rows with one id are an error, naming the line (``wheres``:
+    each example's ``"<path>, line N"``) of the second and of the first."""
+    first: dict[int, int] = {}
+    for i, ex in enumerate(examples):
+        if ex.idx in first:
+            before = wheres[first[ex.idx]].removeprefix(f"{path}, ")
+            raise UserError(f"{wheres[i]}: id {ex.idx} appears twice (first at {before}); a submission needs one "
+                            f"row per id")
+        first[ex.idx] = i

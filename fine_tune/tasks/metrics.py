@@ -61,6 +61,24 @@ def spearman(labels: np.ndarray, preds: np.ndarray) -> float:
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": accuracy, "f1": f1, "macro_f1": macro_f1, "mcc": mcc, "pearson": pearson, "spearman": spearman}
 
+REGRESSION_METRICS = ("pearson", "spearman")  # of scores; the others are of classes
+TWO_CLASS_METRICS = ("f1",)  # of class 1 against class 0 (scikit-learn's average="binary")
+
+
+def unsuitable(name: str, regression: bool, num_class: int) -> str | None:
+    """Why the metric ``name`` cannot score a task (a regression task when ``regression``, else one of
+    ``num_class`` classes), or None when it can: a correlation needs scores, the class metrics need classes, F1
+    of class 1 needs exactly two classes."""
+    if regression and name not in REGRESSION_METRICS:
+        return f"a metric of classes; a regression task takes {', '.join(REGRESSION_METRICS)}"
+    if not regression and name in REGRESSION_METRICS:
+        return (f"a metric of scores (regression); a classification task takes "
+                f"{', '.join(m for m in METRICS if m not in REGRESSION_METRICS)}")
+    if not regression and name in TWO_CLASS_METRICS and num_class != 2:
+        return f"a metric of two classes (F1 of class 1); the task has {num_class} labels: use macro_f1"
+    return None
+
+
 # column titles of the results tables
 SHORT = {"accuracy": "acc", "f1": "F1", "macro_f1": "macro-F1", "mcc": "MCC", "pearson": "Pearson",
          "spearman": "Spearman"}

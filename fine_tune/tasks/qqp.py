@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .example import Example, check_unique_ids, tab_separated_rows
+from .example import Example, check_unique_ids, exact_id, tab_separated_rows
 
 LABELLED_HEADER = ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"]
 TEST_HEADER = ["id", "question1", "question2"]
@@ -19,6 +19,7 @@ TEST_HEADER = ["id", "question1", "question2"]
 def parse_qqp(path: Path, labelled: bool) -> list[Example]:
     expected = LABELLED_HEADER if labelled else TEST_HEADER
     examples: list[Example] = []
+    wheres: list[str] = []
     rows = tab_separated_rows(path)
     header_line, header = next(rows, (1, [""]))
     if header != expected:
@@ -27,10 +28,8 @@ def parse_qqp(path: Path, labelled: bool) -> list[Example]:
         where = f"{path}, line {line_no}"
         if len(cols) != len(expected):
             raise UserError(f"{where}: {len(cols)} tab-separated columns, expected {len(expected)}")
-        try:
-            idx = int(cols[0])
-        except ValueError:
-            raise UserError(f"{where}: id {cols[0]!r} is not an integer") from None
+        idx = exact_id(cols[0], where, "'id'")
+        wheres.append(where)
         if labelled:
             if cols[5] not in ("0", "1"):
                 raise UserError(f"{where}: unknown label {cols[5]!r} in column is_duplicate (expected 0 or 1)")
@@ -38,5 +37,5 @@ def parse_qqp(path: Path, labelled: bool) -> list[Example]:
         else:
             examples.append(Example(idx=idx, text=cols[1], text_pair=cols[2], label=None))
     if not labelled:
-        check_unique_ids(examples, path)
+        check_unique_ids(examples, path, wheres)
     return examples

@@ -185,7 +185,7 @@ def get_task(name: str, data_root: Path | None = None) -> Task:
     check_name(name, "--task")
     if data_root is not None:
         path = definition_path(data_root, name)
-        if path.is_file():
+        if path.exists():  # a file, or something in its place (a folder) that read_definition names
             return user_task(name, read_definition(path), path)
     where = (f" or a folder {Path(data_root) / name} with a task.json (doc/methods.md, \"Your own data\")"
              if data_root is not None else "")

@@ -83,9 +83,14 @@ class Task:
         if self.fetch is not None:  # a task of your own from a Hugging Face dataset: fetched once
             self.fetch(split, path, split in self.labelled)
         if not path.is_file():
+            state = "is a folder, not a file" if path.is_dir() else "not found"
+            if self.definition_file is not None:  # a task of your own: its task.json names the file
+                raise UserError(f"data file {path} {state}; {self.definition_file} names it in field "
+                                f"\"files.{split}\": put the file there, correct the field, or pass --data_root "
+                                f"(env FT_DATA_ROOT)")
             fetch = (f"run `python download_data.py --task {self.name}`" if self.name in SOURCES
                      else f"put the official {Path(self.split_paths.get(split, self.folder)).parts[0]} files there")
-            raise UserError(f"data file {path} not found; {fetch} or pass --data_root (env FT_DATA_ROOT)")
+            raise UserError(f"data file {path} {state}; {fetch} or pass --data_root (env FT_DATA_ROOT)")
         examples = self.parse(path, split in self.labelled)
         if not examples:
             raise UserError(f"data file {path} holds no examples")

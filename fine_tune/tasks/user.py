@@ -9,7 +9,9 @@ the results tables and the submission file). Example (doc/methods.md, "Your own 
 
 :class:`TaskDefinition` declares every field with its type; ``task.json`` is read by it in strict mode (a string
 is not a boolean, a string is not a list) and then checked for meaning: every split, metric and file it names must
-exist when the task is read. Each problem is one line naming ``task.json`` and the field.
+exist when the task is read. Each problem is one line naming ``task.json`` and the field. Every string is
+printable (no tab, newline or other control character: they would break the prediction files and the messages);
+``task.json`` is UTF-8 (a byte-order mark allowed) read by :func:`~fine_tune.tasks.example.parse_json`.
 
 - ``files``: split -> file in the folder: ``.csv``, ``.tsv`` (a header line naming the columns), ``.jsonl``
   (one JSON object a line) or ``.parquet`` (needs pyarrow). Splits named ``test...`` are unlabelled unless
@@ -17,8 +19,10 @@ exist when the task is read. Each problem is one line naming ``task.json`` and t
 - ``text``, optional ``text_pair``, ``label``: column names. ``labels``: the classes in the model's output order,
   as the files write them (strings or integers), or ``"regression": true`` for a numeric score.
 - ``id`` (optional): an integer id column (submissions name rows by it); default the row number from 0.
-- ``metrics`` (default accuracy, or Pearson and Spearman for regression), ``main_metric`` (default the first),
-  ``dev_split`` (default ``dev``, else ``val``, else the first labelled split other than train).
+- ``metrics`` (default accuracy, or Pearson and Spearman for regression; given, a non-empty list naming each once,
+  each suiting the task: :func:`~fine_tune.tasks.metrics.unsuitable`), ``main_metric`` (default the first),
+  ``dev_split`` (default ``dev``, else ``val``, else the first labelled split other than train), ``unlabelled``
+  (given, a non-empty list naming each split once).
 - ``hf`` (instead of data files): a Hugging Face ``datasets`` source, ``{"path": "glue", "name": "sst2", "splits":
   {"train": "train", "dev": "validation", "test": "test"}}`` (``path``: a hub name, or a local folder of data files).
   On first use each split is loaded with ``datasets.load_dataset`` and written into the task's folder as
@@ -31,8 +35,9 @@ How the files are read (:func:`parse_user_file`):
 - ``.tsv``: cells split on tabs with no quoting (a quote is an ordinary character), every line one row, as GLUE's
   files are read.
 - every row of a ``.csv`` or ``.tsv`` file has as many cells as its header; text cells of ``.jsonl`` and
-  ``.parquet`` files are strings; an id is an integer (a JSON or Parquet integer, or a cell of decimal digits):
-  ``1.5``, ``3.0`` or ``"7a"`` is refused, never rounded.
+  ``.parquet`` files are strings; an id is an integer exactly (:func:`~fine_tune.tasks.example.exact_id`: a JSON
+  or Parquet integer, or a cell of canonical decimal digits, within 64 bits): ``1.5``, ``3.0``, ``"7a"``, ``"007"``
+  or ``"+3"`` is refused, never rounded or reformatted; a JSON line with a key written twice is refused.
 
 The definition and the sha256 of ``task.json`` go into each experiment's ``config.json``; its data files are
 checked by sha256 on resume like every input.
@@ -42,19 +47,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Optional, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.functional_validators import PlainValidator
+from pydantic.functional_validators import AfterValidator, PlainValidator
 from pydantic_core import PydanticCustomError
 
 from ..errors import UserError
 from .columns import score
-from .example import Example, check_unique_ids, csv_rows, json_objects, tab_separated_rows
-from .metrics import METRICS
+from .example import (Example, brief, check_unique_ids, csv_rows, exact_id, json_objects, parse_json,
+                      tab_separated_rows)
+from .metrics import METRICS, unsuitable
 
 TASK_FILE = "task.json"
 FORMATS = (".csv", ".tsv", ".jsonl", ".parquet")
@@ -67,9 +73,33 @@ def definition_path(data_root: Path, name: str) -> Path:
 # ------------------------------------------------------------------------------------------- the definition
 
 
+CONTROL = ("Cc", "Zl", "Zp")  # Unicode categories of control characters (tab, newline, NUL...) and line breaks
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character and line break written as its ``\\uXXXX`` escape: one line, every
+    character visible."""
+    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) in CONTROL else c for c in text)
+
+
+def _printable(text: str) -> str:
+    """A name or a label of ``task.json``: printable text. A tab, a newline or another control character would
+    break the tab-separated prediction files, ``id2label`` and every message that shows it."""
+    bad = next((c for c in text if unicodedata.category(c) in CONTROL), None)
+    if bad is not None:
+        raise PydanticCustomError("control_character", "holds the control character U+{code}",
+                                  {"code": f"{ord(bad):04X}"})
+    return text
+
+
+Text = Annotated[str, AfterValidator(_printable)]  # every string of task.json
+
+
 def _class_name(value):
-    """A class of ``labels``: a string or an integer (a boolean is neither)."""
-    if isinstance(value, (str, int)) and not isinstance(value, bool):
+    """A class of ``labels``: a string (printable) or an integer (a boolean is neither)."""
+    if isinstance(value, str):
+        return _printable(value)
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise PydanticCustomError("class_type", "expected a class: a string or an integer")
 
@@ -82,9 +112,9 @@ class HfSource(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    path: str = Field(min_length=1, description="a hub name or a local folder (a non-empty string)")
-    name: Optional[str] = Field(None, description="a configuration name, or null")
-    splits: dict[str, str] = Field(min_length=1, description="an object mapping each split to its Hugging Face "
+    path: Text = Field(min_length=1, description="a hub name or a local folder (a non-empty string)")
+    name: Optional[Text] = Field(None, description="a configuration name, or null")
+    splits: dict[Text, Text] = Field(min_length=1, description="an object mapping each split to its Hugging Face "
                                                              'split, e.g. {"train": "train", "dev": "validation"}')
 
 
@@ -94,19 +124,20 @@ class TaskDefinition(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    files: Optional[dict[str, str]] = Field(None, min_length=1, description=(
+    files: Optional[dict[Text, Text]] = Field(None, min_length=1, description=(
         'an object mapping each split to a file in the task\'s folder, e.g. {"train": "train.csv"}'))
-    text: str = Field(min_length=1, description=COLUMN)
-    text_pair: Optional[str] = Field(None, min_length=1, description=COLUMN + ", or null")
-    label: str = Field(min_length=1, description=COLUMN)
+    text: Text = Field(min_length=1, description=COLUMN)
+    text_pair: Optional[Text] = Field(None, min_length=1, description=COLUMN + ", or null")
+    label: Text = Field(min_length=1, description=COLUMN)
     labels: Optional[list[Annotated[Union[str, int], PlainValidator(_class_name)]]] = Field(None, description=(
         "a list of at least two distinct classes (strings or integers) in the model's output order"))
     regression: bool = Field(False, description="true or false")
-    id: Optional[str] = Field(None, min_length=1, description=COLUMN + ", or null")
-    metrics: Optional[list[str]] = Field(None, description=f"a list of metric names ({', '.join(METRICS)})")
-    main_metric: Optional[str] = Field(None, description="a metric name of metrics")
-    dev_split: Optional[str] = Field(None, description="a split name of files")
-    unlabelled: Optional[list[str]] = Field(None, description="a list of split names of files")
+    id: Optional[Text] = Field(None, min_length=1, description=COLUMN + ", or null")
+    metrics: Optional[list[Text]] = Field(None, min_length=1, description=(
+        f"a non-empty list of metric names ({', '.join(METRICS)})"))
+    main_metric: Optional[Text] = Field(None, description="a metric name of metrics")
+    dev_split: Optional[Text] = Field(None, description="a split name of files")
+    unlabelled: Optional[list[Text]] = Field(None, min_length=1, description="a non-empty list of split names of files")
     hf: Optional[HfSource] = Field(None, description=(
         'an object {"path": NAME, "name": CONFIG (optional), "splits": {SPLIT: HF_SPLIT}}'))
 
@@ -128,13 +159,17 @@ def shown(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return f"the string {short(json.dumps(value, ensure_ascii=False))}"
+        return f"the string {short(escape_controls(json.dumps(value, ensure_ascii=False)))}"
     if isinstance(value, (int, float)):
-        return f"the number {value!r}"
+        return f"the number {short(repr(value))}"
     if isinstance(value, (list, dict)):
         kind = "list" if isinstance(value, list) else "object"
-        return f"the {kind} {short(json.dumps(value, ensure_ascii=False, default=str))}"
-    return f"a {type(value).__name__} value {short(repr(value))}"
+        try:
+            text = json.dumps(value, ensure_ascii=False, default=str)
+        except (RecursionError, ValueError):
+            text = "[...]" if kind == "list" else "{...}"
+        return f"the {kind} {short(escape_controls(text))}"
+    return f"a {type(value).__name__} value {brief(value)}"
 
 
 def _field_name(loc) -> str:
@@ -142,7 +177,7 @@ def _field_name(loc) -> str:
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
+    return escape_controls(out)
 
 
 def _schema_field(loc):
@@ -161,6 +196,12 @@ def _schema_error(error: dict) -> str:
     """One line for pydantic's first error: the field, what it must be, what it is."""
     loc = error["loc"]
     field = _field_name(loc)
+    if error["type"] == "control_character":
+        key = loc[-1:] == ("[key]",)
+        field = _field_name(loc[:-2] if key else loc)
+        value = shown(error["input"]).replace("the string", "the key", 1) if key else shown(error["input"])
+        return (f'field "{field}": {value} holds a control character (U+{error["ctx"]["code"]}); names and labels '
+                f'in task.json are printable text')
     if error["type"] == "extra_forbidden":
         model, _ = _schema_field(loc[:-1])
         parent = f" of {_field_name(loc[:-1])}" if loc[:-1] else ""
@@ -177,21 +218,19 @@ def _schema_error(error: dict) -> str:
     return f'field "{field}": expected {expected}, got {shown(error["input"])}'
 
 
-def _unique_keys(pairs):
-    """A JSON object's fields; a field written twice is refused (JSON would silently keep the last)."""
-    seen = {}
-    for key, value in pairs:
-        if key in seen:
-            raise ValueError(f'field "{key}" appears twice')
-        seen[key] = value
-    return seen
-
-
 def read_definition(path: Path) -> dict:
-    """The checked definition of ``task.json`` (one-line errors naming the file and the field)."""
+    """The checked definition of ``task.json`` (UTF-8, a byte-order mark allowed as in data files; JSON by
+    :func:`~fine_tune.tasks.example.parse_json`'s rules: no field twice, nesting within Python's limit): one-line
+    errors naming the file and the field."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; a task's definition is a file {TASK_FILE} (doc/methods.md, "
+                        f"\"Your own data\")")
     try:
-        spec = json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
-    except (OSError, ValueError) as e:
+        spec = parse_json(path.read_text(encoding="utf-8-sig"))
+    except OSError as e:
+        raise UserError(f"{path}: not a readable task definition ({e.strerror or e})") from None
+    except ValueError as e:  # not UTF-8, not JSON
         raise UserError(f"{path}: not a readable task definition ({e})") from None
     return check_definition(spec, str(path))
 
@@ -232,12 +271,17 @@ def check_definition(spec, where: str) -> dict:
     if not d.regression and (len(d.labels) < 2 or len({str(x) for x in d.labels}) != len(d.labels)):
         raise refuse("labels", classes, d.labels)
     metrics = d.metrics or (["pearson", "spearman"] if d.regression else ["accuracy"])
+    _once("metrics", metrics, where)
     for i, m in enumerate(metrics):
         if m not in METRICS:
             raise refuse(f"metrics[{i}]", f"a metric name ({', '.join(METRICS)})", m)
+        reason = unsuitable(m, d.regression, len(d.labels or []))
+        if reason is not None:
+            raise UserError(f'{where}: field "metrics[{i}]": {shown(m)} is {reason}')
     main = d.main_metric or metrics[0]
     if main not in metrics:
         raise refuse("main_metric", f"one of its metrics ({', '.join(metrics)})", main)
+    _once("unlabelled", d.unlabelled or [], where)
     for i, split in enumerate(d.unlabelled or []):
         if split not in files:
             raise refuse(f"unlabelled[{i}]", f"a split of files ({', '.join(files)})", split)
@@ -246,6 +290,17 @@ def check_definition(spec, where: str) -> dict:
         if d.dev_split not in labelled:
             raise refuse("dev_split", f"a labelled split of files ({', '.join(labelled) or 'none'})", d.dev_split)
     return dict(spec, files=files, metrics=list(metrics), main_metric=main)
+
+
+def _once(field: str, values: list, where: str) -> None:
+    """A list of names written each once: a name listed twice is refused naming both places (a metric twice
+    was reported, and pooled in the results tables, twice)."""
+    first: dict = {}
+    for i, value in enumerate(values):
+        if value in first:
+            raise UserError(f'{where}: field "{field}[{i}]": {shown(value)} is listed twice ({field}[{first[value]}] '
+                            f'and {field}[{i}]); list each once')
+        first[value] = i
 
 
 # ---------------------------------------------------------------------------------------------- the files
@@ -295,22 +350,14 @@ def _rows(path: Path):
     return _table_rows(path, csv_rows(path), "cells")
 
 
-_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
-
-
-def _row_id(raw, where: str, column: str) -> int:
-    """An id exactly: a JSON or Parquet integer, or a text of decimal digits; a fraction, a float, a boolean or
-    any other text is refused (never rounded)."""
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        return raw
-    if isinstance(raw, str) and _INTEGER.fullmatch(raw):
-        return int(raw)
-    raise UserError(f"{where}: id {raw!r} in column {column!r} is not an integer")
-
-
 def _label_text(raw):
     """A class label as ``labels`` writes it: a JSON boolean as ``true``/``false``, other values as text."""
     return json.dumps(raw) if isinstance(raw, bool) else str(raw)
+
+
+def _label_shown(raw) -> str:
+    """A label cell as a message shows it: a boolean in JSON's spelling (``true``), other values by ``repr``."""
+    return json.dumps(raw) if isinstance(raw, bool) else brief(raw)
 
 
 def parse_user_file(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
@@ -318,12 +365,14 @@ def parse_user_file(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
     that is not an integer, a label outside the set, a score that is not a number or a test row without its id
     names the file, the line (or row) and the column."""
     examples: list[Example] = []
+    wheres: list[str] = []
     labels = [str(x) for x in spec.get("labels") or []]
     for where, row in _rows(Path(path)):
         def cell(column: str, required: bool = True):
             if column not in row or row[column] is None or row[column] == "":
                 if required:
-                    raise UserError(f"{where}: no value in column {column!r} (columns: {', '.join(map(str, row))})")
+                    raise UserError(f"{where}: no value in column {column!r} (columns: "
+                                    f"{escape_controls(', '.join(map(str, row)))})")
                 return None
             return row[column]
 
@@ -335,7 +384,7 @@ def parse_user_file(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
 
         idx = len(examples)
         if spec.get("id"):
-            idx = _row_id(cell(spec["id"]), where, spec["id"])
+            idx = exact_id(cell(spec["id"]), where, repr(spec["id"]))
         first = text(spec["text"])
         pair = spec.get("text_pair")
         pair = None if not pair else text(pair)
@@ -349,12 +398,13 @@ def parse_user_file(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
                 label = score(raw, where, repr(spec["label"]))
             else:
                 if _label_text(raw) not in labels:
-                    raise UserError(f"{where}: label {raw!r} in column {spec['label']!r} is not one of the task's "
-                                    f"labels ({', '.join(labels)})")
+                    raise UserError(f"{where}: label {_label_shown(raw)} in column {spec['label']!r} is not one of the "
+                                    f"task's labels ({', '.join(labels)})")
                 label = labels.index(_label_text(raw))
         examples.append(Example(idx=idx, text=first, text_pair=pair, label=label))
+        wheres.append(where)
     if not labelled:
-        check_unique_ids(examples, Path(path))
+        check_unique_ids(examples, Path(path), wheres)
     return examples
 
 
