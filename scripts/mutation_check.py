@@ -1225,6 +1225,10 @@ MUTATIONS = [
              "fine_tune/run/start.py", "if not start.created or start.created[0] != exp.path or not "
              "distributed.is_main():", "if not distributed.is_main():",
              ("tests/test_resume_hygiene.py::test_weights_failing_to_load_leave_nothing_of_a_new_experiment",)),
+    Mutation("sound_weights_called_damaged", "weights that read whole but fail to load are called damaged or incomplete",
+             "fine_tune/models/classifier.py", "            check_weight_files(folder, where)  # damaged since the plan "
+             "checked it: says so\n", "            raise weights_error(where, folder, e) from None\n",
+             ("tests/test_resume_hygiene.py::test_a_classifier_of_another_class_count_gets_a_new_head",)),
 ]
 
 

@@ -156,7 +156,7 @@ def classifier_folder(tiny: Path, path: Path, labels: list[str]) -> Path:
     return path
 
 
-def test_a_classifier_of_another_class_count_gets_a_new_head(run, tiny_bert, tmp_path, exp_root):
+def test_a_classifier_of_another_class_count_gets_a_new_head(run, tiny_bert, tmp_path, exp_root, monkeypatch):
     # F9: a 3-class classifier (neg, neu, pos) for 2-class QQP: its encoder is kept, its head replaced, said in a
     # note naming the flag given (never "damaged": the file is sound)
     cls3 = classifier_folder(tiny_bert, tmp_path / "cls3", ["neg", "neu", "pos"])
@@ -176,6 +176,21 @@ def test_a_classifier_of_another_class_count_gets_a_new_head(run, tiny_bert, tmp
     assert f"note: --student_ptrain_ver {cls3} {note}" in out.stderr and "--ptrain_ver" not in out.stderr.replace(
         "--student_ptrain_ver", "")
     assert (exp_root / "kd3_bert_qqp" / "model-1.pt").is_file()
+    # sound files that fail as they load (transformers' own error): the line names the flag given, not "damaged",
+    # and the new experiment is not left behind
+    from fine_tune.models import classifier
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("Error(s) in loading state_dict (simulated)")
+
+    monkeypatch.setattr(classifier.AutoModelForSequenceClassification, "from_pretrained", fails)
+    out = run("run_fine_tune_distill.py", "--experiment", "kd4", "--model", "bert", "--task", "qqp", "--dataset",
+              "c3_bert_qqp", "--student_ptrain_ver", str(cls3), "--total_step", "1", "--warmup_step", "0",
+              "--batch_size", "8", "--max_seq_len", "24", check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (f"error: --student_ptrain_ver {str(cls3)!r}: could not load the weights (Error(s) in loading "
+                    f"state_dict (simulated))")
+    assert not (exp_root / "kd4_bert_qqp").exists()
 
 
 def test_weights_failing_to_load_leave_nothing_of_a_new_experiment(run, tiny_bert, data_root, exp_root, monkeypatch):
