@@ -116,13 +116,20 @@ def guard_experiment(config_path: Path, record: dict[str, Any], overwrite: bool)
 
 def config_digest(config: dict[str, Any]) -> str:
     """The sha256 of the fields of a config.json that make its run (every field but the runtime ones, which a
-    resume may change), as canonical JSON: each resume state records the one of the config.json its run wrote, so
-    a resume notices a config.json edited by hand since (fine_tune/run/start.py)."""
+    resume may change) and of the inputs it recorded (``provenance.data_files``: each file's name and sha256, not
+    its folder, which a resume from moved roots changes), as canonical JSON: each resume state records the one of
+    the config.json its run wrote, so a resume notices a config.json edited by hand since, its recorded inputs
+    cleared or changed included (fine_tune/run/start.py)."""
     import hashlib
     import json
 
     fields = {k: v for k, v in config.items() if k not in RUNTIME_FIELDS}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
+    provenance = config.get("provenance")
+    recorded = provenance.get("data_files") if isinstance(provenance, dict) else None
+    inputs = (sorted([Path(str(path)).name, digest] for path, digest in recorded.items())
+              if isinstance(recorded, dict) else recorded)
+    return hashlib.sha256(json.dumps([fields, inputs], sort_keys=True, ensure_ascii=True, default=str).encode()
+                          ).hexdigest()
 
 
 def save_config(path: Path, record: dict[str, Any]) -> None:

@@ -5,9 +5,11 @@ wrote (``eval-{split}.json``, ``eval-{split}-predictions.npz``). A row shows, pe
 (and F1 for QQP) with the checkpoint it comes from, chosen by one :class:`~fine_tune.selection.Rule` named in
 the table's caption; the student's parameters and checkpoint size next to its teacher's; the evaluation's
 inference throughput; and the hyper-parameters that differ between the rows. Experiments whose configs differ
-only in ``--seed`` (and name) are one row: mean ± sample std over the n seeds. A seed counts once: of several runs
-with one config and one seed, the newest evaluated one is the seed's run (:func:`seed_groups`; a note names the
-others). A number never cites a checkpoint that is not on disk: such evaluations are skipped, with a note
+only in ``--seed`` (and name) are one row: mean ± sample std over the n seeds (a training ``--max_examples`` is part
+of the config). A seed counts once: of several runs with one config and one seed, the newest evaluated one is the
+seed's run (:func:`seed_groups`; a note names the others). Evaluations of other rows are never pooled nor folded: a
+split evaluated on its first rows only (``run_fine_tune_eval.py --max_examples N``) makes a row of its own, its cells
+marked ``(first N rows)`` (:func:`evaluated_rows_key`). A number never cites a checkpoint that is not on disk: such evaluations are skipped, with a note
 (:func:`~fine_tune.selection.on_disk`).
 
 One source of truth: :func:`row_record` computes each row's numbers (per split and metric the mean, sample std, n
@@ -47,8 +49,9 @@ from .tasks import Task
 if TYPE_CHECKING:
     from .plan.types import ResultsPlan
 
-# Config fields that never make two experiments different as science (names, provenance, where it ran).
-IGNORED_FIELDS = RUNTIME_FIELDS | {"experiment", "seed", "provenance", "command", "max_examples"}
+# Config fields that never make two experiments different as science (names, provenance, where it ran). A run's
+# training --max_examples is not one of them: runs on 8 and on 48 training rows are two configs, not seeds of one.
+IGNORED_FIELDS = RUNTIME_FIELDS | {"experiment", "seed", "provenance", "command"}
 
 
 @dataclass
@@ -102,6 +105,23 @@ def science_key(config: dict) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in config.items() if k not in IGNORED_FIELDS))
 
 
+def subset_rows(table: dict) -> int | None:
+    """How many rows an evaluation table covers when it was computed on the first rows of its split only
+    (``run_fine_tune_eval.py --max_examples N``, recorded in ``eval-{split}.json``; a split with fewer rows than N
+    was evaluated whole); None for an evaluation of the whole split."""
+    limit, rows = table.get("max_examples"), table.get("num_rows")
+    if limit is None or (isinstance(rows, int) and rows < limit):
+        return None
+    return rows if isinstance(rows, int) else limit
+
+
+def evaluated_rows_key(e: Experiment) -> tuple:
+    """The rows an experiment's evaluations cover, split by split: the splits evaluated on their first rows only
+    (:func:`subset_rows`) with their row counts. Runs whose evaluations cover other rows are never pooled into one
+    mean nor folded into one seed (:func:`seed_groups`)."""
+    return tuple(sorted((s, n) for s, t in e.tables.items() if (n := subset_rows(t)) is not None))
+
+
 def evaluated_at(e: Experiment) -> int:
     """When ``e`` was last evaluated: the newest modification time (ns) of its evaluation tables (of its
     config.json when it has none)."""
@@ -110,13 +130,14 @@ def evaluated_at(e: Experiment) -> int:
 
 
 def seed_groups(experiments: list[Experiment]) -> list[tuple[list[Experiment], dict[str, list[str]]]]:
-    """Experiments whose configs differ only by seed (and name, paths, devices) form one group; a seed counts
-    once. Each group: its runs, one per seed in seed order (of several runs with one seed, the newest evaluated:
+    """Experiments whose configs differ only by seed (and name, paths, devices) and whose evaluations cover the
+    same rows (a split evaluated on its first rows only, ``--max_examples``, is another group:
+    :func:`evaluated_rows_key`) form one group; a seed counts once. Each group: its runs, one per seed in seed order (of several runs with one seed, the newest evaluated:
     :func:`evaluated_at`, then the last folder name), and for each of them that stands for several runs, its name
     -> every run of its seed (folder names, in order)."""
     groups: dict[tuple, dict] = {}
     for e in experiments:
-        groups.setdefault(science_key(e.config), {}).setdefault(repr(e.config.get("seed")), []).append(e)
+        groups.setdefault((science_key(e.config), evaluated_rows_key(e)), {}).setdefault(repr(e.config.get("seed")), []).append(e)
     result = []
     for by_seed in groups.values():
         members, folded = [], {}
@@ -294,7 +315,8 @@ def row_record(members: list[Experiment], task, rule: Rule, splits: list[str], t
             steps.append(step)
             for m in metric_cols:
                 values[m].append(row[m])
-        record["splits"][s] = {"members": evaluated, "ckpt": steps,
+        subset = next((n for e in members if s in e.tables and (n := subset_rows(e.tables[s])) is not None), None)
+        record["splits"][s] = {"members": evaluated, "ckpt": steps, "subset_rows": subset,
                                "metrics": {m: stats(values[m]) for m in metric_cols}}
         chosen_steps = chosen_steps or steps
     first = members[0]
@@ -329,7 +351,8 @@ def markdown_cells(record: dict, splits: list[str], metrics: list[str], hyper: l
         if not split["ckpt"]:
             cells += ["—"] * (len(metrics) + 1)
             continue
-        cells += [format_stats(split["metrics"][m]) for m in metrics]
+        subset = f" (first {split['subset_rows']} rows)" if split.get("subset_rows") is not None else ""
+        cells += [format_stats(split["metrics"][m]) + subset for m in metrics]
         cells.append(",".join(str(x) for x in split["ckpt"]))
     size = record["size"]
     if size["params"] is None:
@@ -386,7 +409,9 @@ class Table:
     def caption(self) -> str:
         parts = [f"{s}: {self.rule.label(s)}" for s in self.splits]
         caption = ("Checkpoint per reported split — " + "; ".join(parts) + ". Groups of seeds: mean ± sample std "
-                   "over n seeds, each seed once (of several runs of one config and seed, the newest evaluated); ckpt "
+                   "over n seeds, each seed once (of several runs of one config and seed, the newest evaluated); runs whose "
+                   "evaluations cover other rows are never pooled (\"first N rows\": evaluated with --max_examples N, "
+                   "a row of its own); ckpt "
                    "lists each seed's checkpoint, never one that is not on disk. params/size: the student checkpoint "
                    "(teacher's in brackets). infer ex/s: median rows/s of the evaluation's forward passes on the "
                    "device named.")
@@ -420,7 +445,7 @@ class Table:
         for s in self.splits:
             for m in self.metrics:
                 cols += [f"{s} {m} mean", f"{s} {m} std", f"{s} {m} n", f"{s} {m} values"]
-            cols.append(f"{s} ckpt")
+            cols += [f"{s} ckpt", f"{s} subset rows"]
         return cols + CSV_FIXED + [self.hyper_column(k) for k in self.hyper] + ["commands"]
 
     def csv(self) -> str:
@@ -438,7 +463,7 @@ class Table:
                 for m in self.metrics:
                     st = split["metrics"][m]
                     line += [st["mean"], st["std"], st["n"], st["values"]]
-                line.append(split["ckpt"])
+                line += [split["ckpt"], split.get("subset_rows")]
             size, inference, o = r["size"], r["inference"], r["onnx"] or {}
             line += [size["ckpt"], size["params"], size["bytes"], size["teacher"], size["teacher_ckpt"],
                      size["teacher_params"], size["teacher_bytes"], inference["examples_per_s"], inference["device"],

@@ -1173,7 +1173,7 @@ MUTATIONS = [
              "    set_task_labels(model.config, label_names)\n", "",
              ("tests/test_resume_hygiene.py::test_every_saved_model_folder_names_the_task_labels",)),
     Mutation("prune_not_on_finished_rerun", "a finished run killed before --save_total_limit pruned keeps its old "
-             "checkpoint on the re-run", "fine_tune/run/start.py", "        prune_finished(exp, limit, total_step, metric)\n",
+             "checkpoint on the re-run", "fine_tune/run/start.py", "        prune_finished(exp, old, flag, total_step, metric)\n",
              "", ("tests/test_resume_hygiene.py::test_a_kill_before_pruning_the_last_checkpoint_is_pruned_on_the_rerun",)),
     Mutation("prune_not_on_resume", "a resumed run prunes only at its next save (a checkpoint a kill left unpruned "
              "stays until then)", "fine_tune/engine/trainer.py",
@@ -1257,6 +1257,49 @@ MUTATIONS = [
              "files there', not the task.json field naming it", "fine_tune/tasks/task.py",
              "            if self.definition_file is not None:  # a task of your own", "            if False:",
              ("tests/test_task_schema.py::test_a_data_file_missing_or_a_folder_names_the_field_of_task_json",)),
+    Mutation("training_max_examples_ignored", "runs trained on 8 and on 48 rows are pooled as seeds of one config",
+             "fine_tune/results.py", 'IGNORED_FIELDS = RUNTIME_FIELDS | {"experiment", "seed", "provenance", "command"}',
+             'IGNORED_FIELDS = RUNTIME_FIELDS | {"experiment", "seed", "provenance", "command", "max_examples"}',
+             ("tests/test_results_truth.py::test_runs_on_other_rows_are_never_pooled",)),
+    Mutation("subset_evaluation_pooled", "a run evaluated on the first rows of a split only is pooled and folded with "
+             "runs evaluated on the whole split", "fine_tune/results.py",
+             "groups.setdefault((science_key(e.config), evaluated_rows_key(e)), {})",
+             "groups.setdefault((science_key(e.config), ()), {})",
+             ("tests/test_results_truth.py::test_runs_on_other_rows_are_never_pooled",)),
+    Mutation("subset_evaluation_unmarked", "a cell computed on the first rows of a split does not say so",
+             "fine_tune/results.py", 'cells += [format_stats(split["metrics"][m]) + subset for m in metrics]',
+             'cells += [format_stats(split["metrics"][m]) for m in metrics]',
+             ("tests/test_results_truth.py::test_runs_on_other_rows_are_never_pooled",)),
+    Mutation("digest_without_recorded_inputs", "clearing config.json's recorded inputs lets a run resume on changed "
+             "data", "fine_tune/config.py", "json.dumps([fields, inputs], sort_keys=True",
+             "json.dumps([fields, None], sort_keys=True",
+             ("tests/test_resume_hygiene.py::test_cleared_recorded_inputs_are_refused_on_resume",
+              "tests/test_bad_inputs.py::test_bad_input_is_refused_in_one_line_writing_nothing"
+              "[recorded_inputs_cleared_since_the_run_wrote_them]")),
+    Mutation("finished_run_pruned_to_the_new_flag", "re-running a finished run with a smaller --save_total_limit deletes "
+             "checkpoints it kept", "fine_tune/run/start.py", '    limit = old.get("save_total_limit")\n',
+             "    limit = flag\n",
+             ("tests/test_resume_hygiene.py::test_a_finished_run_keeps_its_checkpoints_under_a_smaller_limit",)),
+    Mutation("classifier_head_of_other_count_refused", "a classifier folder of another class count is refused as a "
+             "damaged weights file", "fine_tune/models/classifier.py", "return _from_pretrained(ptrain_ver, config, "
+             "family, flag, new_head=True)[0]", "return _from_pretrained(ptrain_ver, config, family, flag)[0]",
+             ("tests/test_resume_hygiene.py::test_a_classifier_of_another_class_count_gets_a_new_head",)),
+    Mutation("student_flag_misnamed", "a --student_ptrain_ver folder is named --ptrain_ver in messages",
+             "fine_tune/run/student.py", "build_pretrained_classifier(source, spec.family, spec.num_class, "
+             "spec.dropout, flag)", "build_pretrained_classifier(source, spec.family, spec.num_class, spec.dropout)",
+             ("tests/test_resume_hygiene.py::test_a_classifier_of_another_class_count_gets_a_new_head",)),
+    Mutation("failed_load_leaves_the_new_experiment", "weights failing to load leave a new experiment's config.json "
+             "(the corrected command is refused as another config)", "fine_tune/run/__init__.py",
+             "        remove_new_experiment(plan.exp, start)\n", "",
+             ("tests/test_resume_hygiene.py::test_weights_failing_to_load_leave_nothing_of_a_new_experiment",)),
+    Mutation("failed_load_deletes_a_resumed_experiment", "weights failing to load on resume delete the experiment",
+             "fine_tune/run/start.py", "if not start.created or start.created[0] != exp.path or not "
+             "distributed.is_main():", "if not distributed.is_main():",
+             ("tests/test_resume_hygiene.py::test_weights_failing_to_load_leave_nothing_of_a_new_experiment",)),
+    Mutation("sound_weights_called_damaged", "weights that read whole but fail to load are called damaged or incomplete",
+             "fine_tune/models/classifier.py", "            check_weight_files(folder, where)  # damaged since the plan "
+             "checked it: says so\n", "            raise weights_error(where, folder, e) from None\n",
+             ("tests/test_resume_hygiene.py::test_a_classifier_of_another_class_count_gets_a_new_head",)),
 ]
 
 

@@ -264,6 +264,8 @@ CASES = [
     # Results and resume (issue 29)
     Case("config_edited_since_the_run_wrote_it", "run_fine_tune.py",
          [*TEACHER_RUN, "--total_step", "6", "--exp_root", "{base}/edited_exp"]),
+    Case("recorded_inputs_cleared_since_the_run_wrote_them", "run_fine_tune.py",
+         [*TEACHER_RUN, "--total_step", "6", "--exp_root", "{base}/cleared_exp"]),
 ]
 
 
@@ -369,6 +371,15 @@ def make_world(base: Path, tiny_bert12: Path) -> dict:
     shutil.copytree(teacher, edited)
     config = json.loads((edited / "config.json").read_text())
     (edited / "config.json").write_text(json.dumps({**config, "total_step": 6}, indent=2))
+    # ... and one of a run of 6 steps killed after its resume state at 4, its recorded inputs (provenance) cleared
+    cleared = base / "cleared_exp" / "teacher_bert_qqp"
+    shutil.copytree(teacher, cleared)
+    from fine_tune.config import config_digest
+
+    state = torch.load(cleared / "resume-4.pt", weights_only=True)
+    torch.save({**state, "config_sha256": config_digest({**config, "total_step": 6})}, cleared / "resume-4.pt")
+    config = {**config, "total_step": 6, "provenance": {**config["provenance"], "data_files": {}}}
+    (cleared / "config.json").write_text(json.dumps(config, indent=2))
 
     # data roots: one without data files, one with an empty file, four with malformed files
     (base / "nodata").mkdir()

@@ -7,6 +7,7 @@ by run, so a wrong choice of run, a seed counted twice or a cited absent checkpo
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import statistics
@@ -118,3 +119,31 @@ def test_the_engine_writes_an_evaluation_table_after_its_checkpoint(run, tiny_be
     assert cited == [2] and (folder / "model-2.pt").is_file()
     run("run_fine_tune.py", *tune("e", tiny_bert, "--eval_dataset", "dev"))  # resumes and finishes
     assert [r["ckpt"] for r in json.loads((folder / "eval-dev.json").read_text())["rows"]] == [2, 4]
+
+
+def test_runs_on_other_rows_are_never_pooled(run, tmp_path):
+    root = tmp_path / "exp"
+    # F2: one config on 8 training rows (seed 1), the others on every row; seed 2 twice, its newer run evaluated on
+    # the first 5 val rows only; seed 4 evaluated with a --max_examples above the split's 24 rows (the whole split)
+    for folder, seed, acc, when, train_rows, val_rows in (
+            ("me_s1_bert_boolq", 1, 0.50, 1000, 8, None), ("me_s2_bert_boolq", 2, 0.60, 1000, None, None),
+            ("me_s3_bert_boolq", 2, 0.80, 2000, None, (5, 5)), ("me_s4_bert_boolq", 3, 0.70, 1000, None, None),
+            ("me_s5_bert_boolq", 4, 0.65, 1000, None, (100, 24))):
+        evaluated(root, folder, seed, [(10, acc)], when, max_examples=train_rows)
+        path = root / folder / "eval-val.json"
+        limit, rows = val_rows or (None, 24)
+        path.write_text(json.dumps({**json.loads(path.read_text()), "max_examples": limit, "num_rows": rows}))
+        os.utime(path, (when, when))
+    text, rows, data = table(run, root)
+    # the 8-row training run is another config; the subset evaluation is a row of its own, marked, never folded
+    assert rows["me_s1"]["val acc"] == "0.5000"
+    values = [0.60, 0.70, 0.65]
+    assert rows["me (seeds 2,3,4)"]["val acc"] == f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} (n=3)"
+    assert rows["me_s3"]["val acc"] == "0.8000 (first 5 rows)"
+    assert "runs of seed" not in text and "count once" not in text
+    by_group = {r["group"]: r for r in data["rows"]}
+    assert by_group["me_s3"]["splits"]["val"]["subset_rows"] == 5
+    assert by_group["me (seeds 2,3,4)"]["splits"]["val"]["subset_rows"] is None
+    assert by_group["me (seeds 2,3,4)"]["folded"] == {}
+    csv_rows = list(csv.DictReader((root / "t.csv").open()))
+    assert {r["group"]: r["val subset rows"] for r in csv_rows} == {"me_s1": "", "me (seeds 2,3,4)": "", "me_s3": "5"}

@@ -42,6 +42,23 @@ def test_a_config_edited_by_hand_is_refused_on_resume(run, tiny_bert, data_root,
     assert (folder / "model-4.pt").is_file()
 
 
+def test_cleared_recorded_inputs_are_refused_on_resume(run, tiny_bert, data_root, exp_root):
+    # F3: the training file changed and config.json's recorded inputs cleared by hand, so no input check sees it:
+    # the digest in the resume state covers the recorded inputs
+    killed_after("after:resume-2.pt", "run_fine_tune.py", tune("p", tiny_bert), data_root, exp_root)
+    train = data_root / "QQP" / "train.tsv"
+    lines = train.read_text().splitlines(keepends=True)
+    train.write_text("".join(lines[:1] + [lines[1].replace("\t0\n", "\t1\n").replace("\t1\n", "\t0\n")] + lines[2:]))
+    folder = exp_root / "p_bert_qqp"
+    config = json.loads((folder / "config.json").read_text())
+    config["provenance"]["data_files"] = {}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    before = without_lock_record(snapshot(exp_root))
+    line = one_line_error(run("run_fine_tune.py", *tune("p", tiny_bert), check=False))
+    assert line.startswith(f"error: {folder / 'config.json'} was edited since this run wrote it")
+    assert without_lock_record(snapshot(exp_root)) == before
+
+
 def test_a_resumed_run_killed_again_still_resumes(run, tiny_bert, data_root, exp_root):
     # the resumed run rewrites config.json (its provenance) and is killed before its next checkpoint: the resume
     # state it resumed from still matches (runtime fields aside)
@@ -114,3 +131,90 @@ def test_pruning_on_the_rerun_keeps_the_best_checkpoint(run, tiny_bert, exp_root
     out = run("run_fine_tune.py", *args)
     assert "already finished" in out.stdout and "deleted model-4.pt" in out.stderr
     assert models(folder) == ["model-12.pt", "model-8.pt"]  # the best (8) and the newest stay
+
+
+def test_a_finished_run_keeps_its_checkpoints_under_a_smaller_limit(run, tiny_bert, exp_root):
+    run("run_fine_tune.py", *tune("keep", tiny_bert))  # no --save_total_limit: model-2.pt and model-4.pt
+    folder = exp_root / "keep_bert_qqp"
+    before = snapshot(exp_root)
+    out = run("run_fine_tune.py", *tune("keep", tiny_bert, "--save_total_limit", "1"))
+    assert "already finished" in out.stdout and "deleted" not in out.stderr
+    assert ("note: keep_bert_qqp finished with no --save_total_limit: a finished run keeps its checkpoints "
+            "(--save_total_limit 1 here changes nothing") in out.stderr
+    assert models(folder) == ["model-2.pt", "model-4.pt"]
+    assert without_lock_record(snapshot(exp_root)) == without_lock_record(before)
+
+
+def classifier_folder(tiny: Path, path: Path, labels: list[str]) -> Path:
+    """A fine-tuned classifier folder (Hugging Face's layout) of ``len(labels)`` classes named ``labels``."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny).save_pretrained(path)
+    return path
+
+
+def test_a_classifier_of_another_class_count_gets_a_new_head(run, tiny_bert, tmp_path, exp_root, monkeypatch):
+    # F9: a 3-class classifier (neg, neu, pos) for 2-class QQP: its encoder is kept, its head replaced, said in a
+    # note naming the flag given (never "damaged": the file is sound)
+    cls3 = classifier_folder(tiny_bert, tmp_path / "cls3", ["neg", "neu", "pos"])
+    note = "is a classifier of 3 classes (neg, neu, pos): its head is discarded and a new head for the task's 2 classes"
+    out = run("run_fine_tune.py", *tune("c3", cls3, "--total_step", "2", "--warmup_step", "0"))
+    assert f"note: --ptrain_ver {cls3} {note}" in out.stderr and "damaged" not in out.stderr
+    folder = exp_root / "c3_bert_qqp"
+    state = torch.load(folder / "model-2.pt", weights_only=True)
+    assert state["classifier.weight"].shape[0] == 2
+    assert json.loads((folder / "model" / "config.json").read_text())["id2label"] == {"0": "0", "1": "1"}
+    # the same folder as the student of logits KD: the note names --student_ptrain_ver
+    run("run_fine_tune_gen_logits.py", "--experiment", "c3", "--model", "bert", "--task", "qqp", "--dataset", "train",
+        "--ckpt", "2")
+    out = run("run_fine_tune_distill.py", "--experiment", "kd3", "--model", "bert", "--task", "qqp", "--dataset",
+              "c3_bert_qqp", "--student_ptrain_ver", str(cls3), "--total_step", "1", "--warmup_step", "0",
+              "--batch_size", "8", "--max_seq_len", "24")
+    assert f"note: --student_ptrain_ver {cls3} {note}" in out.stderr and "--ptrain_ver" not in out.stderr.replace(
+        "--student_ptrain_ver", "")
+    assert (exp_root / "kd3_bert_qqp" / "model-1.pt").is_file()
+    # sound files that fail as they load (transformers' own error): the line names the flag given, not "damaged",
+    # and the new experiment is not left behind
+    from fine_tune.models import classifier
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("Error(s) in loading state_dict (simulated)")
+
+    monkeypatch.setattr(classifier.AutoModelForSequenceClassification, "from_pretrained", fails)
+    out = run("run_fine_tune_distill.py", "--experiment", "kd4", "--model", "bert", "--task", "qqp", "--dataset",
+              "c3_bert_qqp", "--student_ptrain_ver", str(cls3), "--total_step", "1", "--warmup_step", "0",
+              "--batch_size", "8", "--max_seq_len", "24", check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (f"error: --student_ptrain_ver {str(cls3)!r}: could not load the weights (Error(s) in loading "
+                    f"state_dict (simulated))")
+    assert not (exp_root / "kd4_bert_qqp").exists()
+
+
+def test_weights_failing_to_load_leave_nothing_of_a_new_experiment(run, tiny_bert, data_root, exp_root, monkeypatch):
+    # weights that pass the plan's check but fail as they load: a new experiment leaves no folder, no TensorBoard
+    # folder (the corrected command is then not refused as "a different config"); a resumed one loses nothing
+    from fine_tune.errors import UserError
+    from fine_tune.run import student
+
+    killed_after("after:resume-2.pt", "run_fine_tune.py", tune("old", tiny_bert), data_root, exp_root)
+    before = without_lock_record(snapshot(exp_root / "old_bert_qqp"))
+
+    def fails(source, *args):
+        raise UserError(f"--ptrain_ver {source!r}: could not load the weights (simulated)")
+
+    monkeypatch.setattr(student, "build_pretrained_classifier", fails)
+    line = one_line_error(run("run_fine_tune.py", *tune("new", tiny_bert), check=False))
+    assert line.endswith("could not load the weights (simulated)")
+    assert not (exp_root / "new_bert_qqp").exists() and not (exp_root / "log" / "new_bert_qqp").exists()
+    out = run("run_fine_tune.py", *tune("old", tiny_bert), check=False)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].endswith("(simulated)")
+    after = without_lock_record(snapshot(exp_root / "old_bert_qqp"))
+    assert {k: v for k, v in after.items() if k != "config.json"} == {
+        k: v for k, v in before.items() if k != "config.json"} and "resume-2.pt" in after
+    monkeypatch.undo()
+    out = run("run_fine_tune.py", *tune("old", tiny_bert))
+    assert "resuming from model-2.pt" in out.stderr
+    run("run_fine_tune.py", *tune("new", tiny_bert, "--total_step", "2"))  # the corrected command starts afresh

@@ -148,30 +148,54 @@ def quiet_hf():
         hf_logging.enable_progress_bar()
 
 
-def _from_pretrained(source: str, config: PretrainedConfig, family, flag: str):
+def _from_pretrained(source: str, config: PretrainedConfig, family, flag: str, new_head: bool = False):
     """``AutoModelForSequenceClassification`` weights of ``source`` in ``config``, with the loading info; a source
-    that cannot be read is a one-line :class:`UserError` naming ``flag``."""
+    that cannot be read is a one-line :class:`UserError` naming ``flag`` (a weight file is called damaged only when
+    it no longer reads whole: :func:`check_weight_files`). ``new_head``: weights of ``source`` whose shape differs
+    from ``config``'s (a classifier head of another class count) are left out and start new."""
+    where = f"{flag} {source!r}"
     try:
         with quiet_hf():
             return AutoModelForSequenceClassification.from_pretrained(
-                source, config=config, attn_implementation=family.attn_implementation, output_loading_info=True)
+                source, config=config, attn_implementation=family.attn_implementation, output_loading_info=True,
+                ignore_mismatched_sizes=new_head)
     except (OSError, ValueError) as e:
-        raise UserError(f"{flag} {source!r}: could not load the weights ({str(e).splitlines()[0]})") from None
-    except Exception as e:  # a weight file damaged since it was checked: safetensors' or torch's own error
+        raise UserError(f"{where}: could not load the weights ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # safetensors' or torch's own error: a weight file damaged since it was checked, or not
         if type(e).__name__ != "SafetensorError" and not isinstance(e, (RuntimeError, EOFError)):
             raise
-        files = _weight_files(Path(source).expanduser()) if Path(source).expanduser().is_dir() else []
-        raise weights_error(f"{flag} {source!r}", files[0] if len(files) == 1 else Path(source), e) from None
+        folder = Path(source).expanduser()
+        if folder.is_dir():
+            check_weight_files(folder, where)  # damaged since the plan checked it: says so
+        raise UserError(f"{where}: could not load the weights "
+                        f"({(str(e).strip().splitlines() or [type(e).__name__])[0]})") from None
 
 
-def build_pretrained_classifier(ptrain_ver: str, model: str, num_class: int, dropout: float) -> PreTrainedModel:
-    """The teacher: pretrained encoder + new classification head."""
-    config = load_pretrained_config(ptrain_ver, model)
+def head_note(config: PretrainedConfig, num_class: int | None, flag: str, source: str) -> str | None:
+    """What a run does with a classifier folder whose head has another class count than the task (``config``:
+    the folder's, ``num_class``: the task's): its encoder is kept and its head replaced by a new one, as Hugging
+    Face's run_glue does with ``--ignore_mismatched_sizes``; said in a note naming the discarded head's classes.
+    None for a pretrained encoder or a head of the task's class count."""
+    architectures = getattr(config, "architectures", None) or []
+    if num_class is None or config.num_labels == num_class or not any(
+            a.endswith("ForSequenceClassification") for a in architectures):
+        return None
+    names = ", ".join(str(config.id2label[i]) for i in sorted(config.id2label))
+    return (f"{flag} {source} is a classifier of {config.num_labels} classes ({names}): its head is discarded and "
+            f"a new head for the task's {num_class} classes is trained (its encoder's weights are kept)")
+
+
+def build_pretrained_classifier(ptrain_ver: str, model: str, num_class: int, dropout: float,
+                                flag: str = "--ptrain_ver") -> PreTrainedModel:
+    """A pretrained encoder (``flag`` names where it was given) + a new classification head of ``num_class``
+    classes; a classifier folder's head of that class count is loaded, one of another count is replaced
+    (:func:`head_note`)."""
+    config = load_pretrained_config(ptrain_ver, model, flag)
     family = get_family(model)
     config.num_labels = num_class
     for name, value in family.dropout_kwargs(dropout).items():  # set on the config: DeBERTa's cls_dropout is optional
         setattr(config, name, value)
-    return _from_pretrained(ptrain_ver, config, family, "--ptrain_ver")[0]
+    return _from_pretrained(ptrain_ver, config, family, flag, new_head=True)[0]
 
 
 def load_classifier(source: str, config: PretrainedConfig, flag: str) -> PreTrainedModel:

@@ -24,7 +24,7 @@ from ..io_utils import check_writable, sha256_file
 from ..engine.protocol import TeacherShape
 from ..methods import Method, get_method
 from ..methods.base import MethodSettings, StudentShape
-from ..models.classifier import (check_same_tokenisation, load_pretrained_config, load_tokenizer,
+from ..models.classifier import (check_same_tokenisation, head_note, load_pretrained_config, load_tokenizer,
                                 weight_file_hashes)
 from ..models.families import usable_positions
 from ..models.init import check_copyable, teacher_layer_map
@@ -165,9 +165,10 @@ def plan_fine_tune(flags) -> RunPlan:
     method = fine_tuning.build(method_settings(flags, task, fine_tuning))
     inputs = _inputs(task, (train.file, train.sha256), evaluation, weight_file_hashes(ptrain_ver))
     model = PretrainedModel(ptrain_ver, e.model, flags.classifier.num_class, flags.classifier.dropout)
+    notes = [n for n in (head_note(pre_config, flags.classifier.num_class, "--ptrain_ver", ptrain_ver),) if n]
     return _plan(flags, data_root=data_root, task=task, exp=exp, train=train, tokenizer=tokenizer,
                  max_seq_len=max_seq_len, model=model, method=method, record=_record(flags, task), inputs=inputs,
-                 evaluation=evaluation)
+                 evaluation=evaluation, notes=tuple(notes))
 
 
 # -- the student of distillation -----------------------------------------------------------------------------
@@ -188,6 +189,8 @@ def resolve_pretrained_student(flags, notes: list[str]):
         notes.append(f"the student is --student_ptrain_ver {st.student_ptrain_ver} ({config.num_hidden_layers} layers, "
                      f"width {config.hidden_size}, {config.num_attention_heads} heads): --d_model/--d_ff/"
                      f"--num_attention_heads/--num_hidden_layers do not apply")
+    head = head_note(config, flags.classifier.num_class, "--student_ptrain_ver", st.student_ptrain_ver)
+    notes += [head] if head else []
     cfg.check_max_seq_len(flags.batching.max_seq_len, usable_positions(config), f"the student {st.student_ptrain_ver}")
     tokenizer = load_tokenizer(st.student_ptrain_ver, "--student_ptrain_ver")
     return flags.replace(student=shape), tokenizer

@@ -14,10 +14,11 @@ import sys
 from ..engine import distributed
 from ..engine.device import resolve_placement
 from ..engine.seeding import seed_everything
+from ..errors import UserError
 from ..locking import releases_locks
 from ..plan import RunPlan
 from .layer_map import layer_map_writer
-from .start import start_experiment
+from .start import remove_new_experiment, start_experiment
 from .student import build_model, print_notes
 from .training import run_training
 
@@ -35,11 +36,14 @@ def run(plan: RunPlan) -> dict | None:
     teacher_device = resolve_placement(d.teacher_device_id, "--tdevice_id", device, d.device_id)
     gate_device = resolve_placement(d.gate_device_id, "--gate_device_id", device, d.device_id)
     seed_everything(plan.training.seed)
-    model = build_model(plan.model, method, plan.tokenizer, plan.exp, device, gate_device,
-                        label_names=plan.task.label_names)
-    teacher = None
-    if plan.teacher is not None:
-        teacher = plan.teacher.build()
+    try:  # a new experiment whose weights fail to load leaves nothing behind
+        model = build_model(plan.model, method, plan.tokenizer, plan.exp, device, gate_device,
+                            label_names=plan.task.label_names)
+        teacher = plan.teacher.build() if plan.teacher is not None else None
+    except (UserError, OSError):
+        remove_new_experiment(plan.exp, start)
+        raise
+    if teacher is not None:
         print(f"{plan.exp.name}: {method.name}, teacher {plan.teacher.describe()} ({plan.teacher.num_layers} layers), "
               f"mapping {method.describe_mapping() or 'logits only'}"
               f"{', learned width projection' if getattr(method, 'projection', None) is not None else ''}",

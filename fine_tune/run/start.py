@@ -26,6 +26,10 @@ class Start:
     # fidelity-fix fields the resumed run's config.json lacks, with its old rule (config.LEGACY_FIELDS)
     legacy: dict[str, Any] = field(default_factory=dict)
     config_sha256: str | None = None  # config.config_digest of the config.json this run wrote (its resume states')
+    # the folders this start created (the experiment folder, then any missing parent), deepest first: a new
+    # experiment's, removed again when its weights fail to load (remove_new_experiment); empty when it existed
+    created: list[Path] = field(default_factory=list)
+    log_existed: bool = True  # whether the experiment's TensorBoard folder existed before this start
 
 
 def clear_outputs(exp: ExperimentDir) -> None:
@@ -88,15 +92,23 @@ def edited_config(exp: ExperimentDir, old: dict, step: int) -> str | None:
             f"train with")
 
 
-def prune_finished(exp: ExperimentDir, limit: int, step: int, metric: str) -> None:
-    """A finished run killed after its last save, before ``--save_total_limit`` pruned: prune as the run does
+def prune_finished(exp: ExperimentDir, old: dict, flag: int | None, step: int, metric: str) -> None:
+    """A finished run killed after its last save, before ``--save_total_limit`` pruned: finish its own pruning, to
+    the limit it ran with (its config.json's ``save_total_limit``; none: nothing is pruned), as the run does
     (engine/checkpoint.prune_checkpoints), keeping the best checkpoint of the evaluation during training its last
-    resume state holds. Without a resume state nothing is pruned (which files are the method's, and which
-    checkpoint is the best, are not known)."""
+    resume state holds. A finished run keeps its checkpoints: the re-run's ``--save_total_limit`` (``flag``) never
+    deletes one, and a note says so when it differs. Without a resume state nothing is pruned (which files are the
+    method's, and which checkpoint is the best, are not known)."""
     from ..engine.checkpoint import load_resume_state, prune_checkpoints, resume_steps
     from ..engine.evaluation import best_checkpoint_row
 
-    if not limit or step not in resume_steps(exp.path):
+    limit = old.get("save_total_limit")
+    if (flag or None) != (limit or None):
+        ran = f"--save_total_limit {limit}" if limit else "no --save_total_limit"
+        given = f"--save_total_limit {flag}" if flag else "no --save_total_limit"
+        print(f"note: {exp.name} finished with {ran}: a finished run keeps its checkpoints ({given} here changes "
+              f"nothing; only a pruning of its own that a kill stopped is finished)", file=sys.stderr)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0 or step not in resume_steps(exp.path):
         return
     state = load_resume_state(exp.path, step, mmap=True)
     rows = ((state.get("evaluation") or {}).get("history") or {}).get("rows") or []
@@ -122,6 +134,23 @@ def whole_checkpoint(path: Path) -> bool:
     return True
 
 
+def remove_new_experiment(exp: ExperimentDir, start: Start) -> None:
+    """A new experiment whose model or teacher failed to load before it trained: remove what its start wrote (the
+    experiment folder with its lock record, config.json and model folder; a TensorBoard folder that did not exist
+    before; the parent folders the start created, when empty), so the corrected command starts afresh. An
+    experiment that existed before this start (a resume, ``--overwrite``) is left as it is. Rank 0 only."""
+    if not start.created or start.created[0] != exp.path or not distributed.is_main():
+        return
+    remove_inside(exp.path, exp.root)  # under the lock, held on until the workflow ends: no other writer meanwhile
+    if not start.log_existed and exp.log_dir.exists():
+        remove_inside(exp.log_dir, exp.root)
+    for folder in start.created[1:]:  # the parents it created, deepest first, while empty
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
 def start_experiment(plan: RunPlan) -> Start:
     """Write config.json (after the guard) and decide how to start: a new run, the continuation of a killed
     run with the same config (from its latest checkpoint with a resume state), or nothing when the run
@@ -139,6 +168,8 @@ def _start_experiment(plan: RunPlan) -> Start:
     device, _ = plan.devices.resolve()  # their warnings once the guard passed, as the run starts
     # one writer per experiment: the lock is held until the workflow ends (fine_tune/locking.py); the guard runs
     # again under it, as the holder before us may have changed the folder
+    created = [p for p in (exp.path, *exp.path.parents) if not p.exists()]
+    log_existed = exp.log_dir.exists()
     exp.path.mkdir(parents=True, exist_ok=True)
     lock_folder(exp.path, "experiment")
     old = cfg.guard_experiment(exp.config_path, record, overwrite)
@@ -148,22 +179,22 @@ def _start_experiment(plan: RunPlan) -> Start:
     legacy = cfg.legacy_values(old, record) if same else {}
     if legacy != plan.legacy:  # the plan built the method for the config.json it read: another writer since
         raise UserError(f"{exp.config_path} changed while this run was being planned; run the command again")
-    start = Start(True, legacy=legacy)
+    start = Start(True, legacy=legacy, created=created, log_existed=log_existed)
     # The resume state is written last at every checkpoint (Trainer.save), and the previous one is deleted only
     # after it: a last checkpoint whose resume state is missing while an older one exists is a run killed while
     # writing it (resumed below). With no resume state at all (deleted to save space), model-{total} means done.
     # A checkpoint that is not whole (damaged on disk) counts as absent.
     ready = [s for s in resume_steps(exp.path) if whole_checkpoint(exp.checkpoint_path(s))] if same else []
     final_whole = same and (total_step in ready or whole_checkpoint(exp.checkpoint_path(total_step)))
-    limit, metric = plan.training.save_total_limit, plan.task.main_metric
+    flag, metric = plan.training.save_total_limit, plan.task.main_metric
     if final_whole and (not ready or ready[-1] == total_step):
         print(f"{exp.path}: already finished (model-{total_step}.pt exists); nothing to do")
-        prune_finished(exp, limit, total_step, metric)
+        prune_finished(exp, old, flag, total_step, metric)
         return Start(False, legacy=legacy)
     stopped = stopped_early(exp)
     if same and stopped is not None and ready and ready[-1] == stopped:
         print(f"{exp.path}: already finished (stopped early at step {stopped}, {EARLY_STOP_FILE}); nothing to do")
-        prune_finished(exp, limit, stopped, metric)
+        prune_finished(exp, old, flag, stopped, metric)
         return Start(False, legacy=legacy)
     if same:
         changed = (edited_config(exp, old, ready[-1]) or changed_input(old, data_files, exp.config_path)
@@ -175,7 +206,7 @@ def _start_experiment(plan: RunPlan) -> Start:
             clear_outputs(exp)
             ready = []
         if ready:
-            start = Start(True, ready[-1], legacy)
+            start = Start(True, ready[-1], legacy, created=created, log_existed=log_existed)
             print(f"{exp.name}: resuming from model-{ready[-1]}.pt (same config; pass --overwrite with "
                   f"another config to start over)", file=sys.stderr)
         elif exp.checkpoints():

@@ -34,7 +34,8 @@ def build_model(spec: PretrainedModel | StudentModel, method: Method, tokenizer,
     outputs are named by the task's ``label_names`` (a classifier folder's own labels are another task's)."""
     source = spec.source if isinstance(spec, PretrainedModel) else spec.pretrained
     if source is not None:
-        model = build_pretrained_classifier(source, spec.family, spec.num_class, spec.dropout)
+        flag = "--ptrain_ver" if isinstance(spec, PretrainedModel) else "--student_ptrain_ver"
+        model = build_pretrained_classifier(source, spec.family, spec.num_class, spec.dropout, flag)
     else:
         config = student_config(spec.family, vocab_size=spec.vocab_size, num_class=spec.num_class,
                                 d_model=spec.d_model, d_ff=spec.d_ff, num_attention_heads=spec.num_attention_heads,
