@@ -421,16 +421,17 @@ def run_test_prediction(plan: PredictionPlan) -> Path:
     r = checkpoint_logits(plan)
     le, dataset, out = r.le, plan.split, plan.out
     if distributed.is_main():
-        from .outputs import record_outputs
-        from .submission import record_path, write_prediction_record
+        from .outputs import write_outputs
+        from .submission import prediction_record, record_path
 
-        le.task.write_submission(out, r.examples, le.task.predictions(r.logits))
+        text = le.task.submission_text(r.examples, le.task.predictions(r.logits))
         complete = plan.max_examples is None or len(r.examples) == len(le.task.load(le.data_root, dataset))
-        write_prediction_record(out, {
+        record = prediction_record(text, {
             "experiment": le.exp.name, "checkpoint": f"model-{r.step}.pt", "selected": r.label,
             "checkpoint_sha256": sha256_file(le.exp.checkpoint_path(r.step)), "split": dataset,
             "data_file": str(r.path), "examples_sha256": examples_digest(r.examples), "num_rows": len(r.examples),
             "complete": complete, "label_names": list(le.task.label_names), "max_seq_len": le.config["max_seq_len"]})
-        record_outputs([out, record_path(out)], "generate_test_prediction.py")
+        # the file and its record as one replacement a kill cannot block (fine_tune/outputs.py)
+        write_outputs({out: text, record_path(out): record}, "generate_test_prediction.py")
     print(f"wrote {len(r.examples)} predictions of {r.label} on {dataset} to {out}")
     return out

@@ -30,12 +30,37 @@ def honour_umask(path: str | Path, folder: bool = False) -> None:
     os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
 
 
+NAME_MAX = 255  # bytes of one file or folder name on the file systems the toolkit runs on
+_TMP_NAME_MAX = 200  # of the name part of a temporary's name: room for its prefix, writer tag, random part, ".old"
+
+
+def tmp_name_part(name: str) -> str:
+    """The part of a temporary's name (``.tmp-<part>.<host>-<pid>.<random>``) that names its target ``name``: the
+    name itself, or for a name too long to leave room for the rest within :data:`NAME_MAX` bytes, its first bytes
+    and a hash of the whole name (still one part per name)."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= _TMP_NAME_MAX:
+        return name
+    head = raw[:_TMP_NAME_MAX - 17].decode("utf-8", "ignore")
+    return f"{head}~{hashlib.sha256(raw).hexdigest()[:16]}"
+
+
+def tmp_prefix(path: Path) -> str:
+    """``.tmp-<name part>.<host>-<pid>.``: the start of the name of every temporary this process writes for
+    ``path`` (:func:`atomic_write`, :func:`atomic_save_with`), which tells a dead writer's leftovers from a live
+    one's (:func:`remove_dead_writers_temporaries`)."""
+    return f"{TMP_PREFIX}{tmp_name_part(Path(path).name)}.{_writer_tag()}."
+
+
 @contextlib.contextmanager
 def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary sibling of ``path``; on success it replaces ``path`` atomically."""
+    """Open a temporary sibling of ``path`` (``.tmp-<name>.<host>-<pid>.<random>``); on success it replaces ``path``
+    atomically. The temporaries of ``path`` that killed writers left are removed first
+    (:func:`remove_dead_writers_temporaries`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    remove_dead_writers_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path), dir=path.parent)
     try:
         honour_umask(tmp)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
@@ -131,23 +156,31 @@ def _alive(pid: int) -> bool:
 
 
 def remove_dead_writers_temporaries(path: Path) -> None:
-    """Remove the temporary folders of ``path`` (``.tmp-<name>.<host>-<pid>.*``, :func:`atomic_save_with`) that a
-    writer on this machine left when it was killed (its pid is gone); a live writer's, or another machine's, are left
-    alone. A kill between the two renames of a replacement leaves ``path`` absent and its previous version in
-    such a folder: it is put back first."""
+    """Remove the temporary files and folders of ``path`` (``.tmp-<name>.<host>-<pid>.*``: :func:`atomic_write`,
+    :func:`atomic_save_with`) that a writer on this machine left when it was killed (its pid is gone); a live
+    writer's, or another machine's, are left alone. A kill between the two renames of a folder's replacement leaves
+    ``path`` absent and its previous version in such a folder: it is put back first."""
     import glob
 
     path = Path(path)
     host = _writer_tag().split("-")[0]
-    for leftover in sorted(path.parent.glob(glob.escape(TMP_PREFIX + path.name + ".") + "*")):
-        tag = leftover.name[len(TMP_PREFIX + path.name) + 1:].split(".")[0]
+    start = TMP_PREFIX + tmp_name_part(path.name) + "."
+    try:
+        found = sorted(path.parent.glob(glob.escape(start) + "*"))
+    except OSError:
+        return
+    for leftover in found:
+        tag = leftover.name[len(start):].split(".")[0]
         writer_host, _, pid = tag.partition("-")
-        if writer_host != host or not pid.isdigit() or _alive(int(pid)) or not leftover.is_dir():
+        if writer_host != host or not pid.isdigit() or _alive(int(pid)) or leftover.is_symlink():
             continue
         previous = leftover / path.name
-        if leftover.name.endswith(".old") and previous.exists() and not (path.exists() or path.is_symlink()):
-            os.replace(previous, path)
-        remove_inside(leftover, path.parent)
+        try:
+            if leftover.name.endswith(".old") and previous.exists() and not (path.exists() or path.is_symlink()):
+                os.replace(previous, path)
+            remove_inside(leftover, path.parent)
+        except OSError:  # left for a later writer (never the previous version removed before it is back)
+            continue
 
 
 def atomic_save_with(path: Path, save: Callable[[Path], None]) -> None:
@@ -157,7 +190,7 @@ def atomic_save_with(path: Path, save: Callable[[Path], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_writers_temporaries(path)
-    prefix = f"{TMP_PREFIX}{path.name}.{_writer_tag()}."
+    prefix = tmp_prefix(path)
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     try:
         honour_umask(tmp, folder=True)

@@ -39,8 +39,7 @@ import numpy as np
 from .config import RUNTIME_FIELDS, load_config
 from .errors import UserError
 from .experiment import CKPT_RE, ExperimentDir, check_name
-from .io_utils import atomic_write, atomic_write_json, atomic_write_text
-from .outputs import record_outputs
+from .outputs import write_outputs
 from .selection import (Rule, absent_note, eval_path, evaluated_rows_changed, on_disk, read_eval, read_predictions,
                         select_row)
 from .tasks.metrics import SHORT
@@ -657,15 +656,9 @@ def run_results(plan: ResultsPlan) -> str:
         curves = result_plots.curves_data(groups, [group_name(g) for g in groups], task, splits)
         files["curves_json"], files["curves_png"] = curves, result_plots.render_curves(curves)
         notes.append(f"(learning curves: {paths['curves_png']}, its data {paths['curves_json']})")
-    for key, content in files.items():  # every input read and checked: now write
-        if isinstance(content, bytes):
-            with atomic_write(paths[key]) as f:
-                f.write(content)
-        elif isinstance(content, dict):
-            atomic_write_json(paths[key], content)
-        else:
-            atomic_write_text(paths[key], content)
-    record_outputs([paths[key] for key in files], "results_table.py")  # its own from now on (fine_tune/outputs.py)
+    # every input read and checked: now write, as one replacement a kill cannot block (fine_tune/outputs.py)
+    write_outputs({paths[key]: json.dumps(content, indent=2, default=str) + "\n" if isinstance(content, dict)
+                   else content for key, content in files.items()}, "results_table.py")
     print(text, end="")
     print(f"(written to {out})")
     for note in notes:

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 from .errors import UserError
 from .experiment import check_name
-from .io_utils import atomic_write, atomic_write_json, read_json_object, sha256_file
-from .outputs import record_outputs
+from .io_utils import read_json_object, sha256_file
+from .outputs import write_outputs
 from .tasks import TASKS
 from .tasks.example import examples_digest
 
@@ -45,41 +45,94 @@ def record_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def write_prediction_record(path: Path, record: dict) -> None:
-    """The record of the submission file ``path`` just written: ``record`` (what decided it) and the file's sha256,
-    written after the file (a record naming another file's sha256 is a write that did not finish)."""
-    atomic_write_json(record_path(path), dict(record, sha256=sha256_file(path)))
+def prediction_record(text: str, record: dict) -> str:
+    """The record of the submission file of ``text``: ``record`` (what decided it) and the file's sha256, as JSON
+    (written after the file: a record naming another file's sha256 is a write that did not finish)."""
+    import hashlib
+
+    return json.dumps(dict(record, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest()), indent=2,
+                      default=str) + "\n"
+
+
+def _accepted(task) -> tuple[str, ...] | None:
+    """The predictions the task's server takes, as the toolkit writes them (Task.write_submission): class indices
+    (``"ints"``) or the labels' file spelling; None for a regression task (a number)."""
+    if task.regression:
+        return None
+    if task.submission_format == "glue" and task.submission_labels == "ints":
+        return tuple(str(i) for i in range(task.num_class))
+    return tuple(task.labels_in_files)
+
+
+def _check_prediction(where: str, value, task) -> None:
+    accepted = _accepted(task)
+    if accepted is None:
+        import math
+
+        try:
+            ok = isinstance(value, str) and math.isfinite(float(value))
+        except ValueError:
+            ok = False
+        if not ok:
+            shown = "an empty prediction" if value == "" else f"prediction {value!r}"
+            raise UserError(f"{where}: {shown} is not a number ({task.name} predicts a score)")
+    elif value not in accepted:
+        shown = "an empty prediction" if value == "" else f"prediction {value!r}"
+        raise UserError(f"{where}: {shown} is not one the server takes for {task.name} ({', '.join(accepted)})")
 
 
 def submission_ids(path: Path, task) -> list[str]:
-    """The row ids a submission file predicts, in file order, read by its format (GLUE: ``index<TAB>prediction``
-    lines after that header; SuperGLUE: ``{"idx": ..., "label": ...}`` lines); a file of another shape is refused,
-    naming its line."""
+    """The row ids a submission file predicts, in file order, after checking its content by the task's rules (with
+    or without the split's data): GLUE ``index<TAB>prediction`` lines after exactly that header, SuperGLUE
+    ``{"idx": ..., "label": ...}`` lines; every id an integer and unique, every prediction one the task's server
+    takes (a label of the task as the file spells it, a class index, or a number for a regression task). Anything
+    else is refused, naming the file and the line."""
+    import re
+
     from .tasks.example import json_objects, text_lines
 
-    ids = []
+    ids, first_seen = [], {}
+
+    def add(where: str, idx: str) -> None:
+        if idx in first_seen:
+            raise UserError(f"{where}: id {idx} appears twice (first on line {first_seen[idx]}); a submission has "
+                            f"one row per id")
+        first_seen[idx] = where.rsplit(" ", 1)[-1]
+        ids.append(idx)
+
     if task.submission_format == "glue":
+        header = False
         for line_no, line in text_lines(path):
+            where = f"{path}, line {line_no}"
             cells = line.split("\t")
             if line_no == 1:
-                if cells[:2] != ["index", "prediction"]:
-                    raise UserError(f"{path}, line 1: not a GLUE submission file (its header is index<TAB>prediction)")
+                if cells != ["index", "prediction"]:
+                    raise UserError(f"{where}: not a GLUE submission file (its header is index<TAB>prediction)")
+                header = True
             elif line:
                 if len(cells) != 2:
-                    raise UserError(f"{path}, line {line_no}: {len(cells)} tab-separated cells, expected 2")
-                ids.append(cells[0])
+                    raise UserError(f"{where}: {len(cells)} tab-separated cells, expected 2")
+                if not re.fullmatch(r"[0-9]+", cells[0]):
+                    raise UserError(f"{where}: id {cells[0]!r} is not an integer")
+                _check_prediction(where, cells[1], task)
+                add(where, cells[0])
+        if not header:
+            raise UserError(f"{path}: empty; a GLUE submission file starts with the header index<TAB>prediction")
         return ids
     for where, obj in json_objects(path):
         if "idx" not in obj or "label" not in obj:
             raise UserError(f"{where}: a SuperGLUE submission line is {{\"idx\": ..., \"label\": ...}}")
-        ids.append(str(obj["idx"]))
+        idx = obj["idx"]
+        if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0:
+            raise UserError(f"{where}: idx {json.dumps(idx)} is not an integer")
+        _check_prediction(where, obj["label"], task)
+        add(where, str(idx))
     return ids
 
 
-def check_rows(path: Path, task, split: str, data_root: Path | None) -> None:
-    """A submission file predicts every row of its split, by the split's own ids in its order (when the split's
-    file is under ``data_root``); without the split here, it predicts at least one row."""
-    ids = submission_ids(path, task)
+def check_rows(path: Path, ids: list[str], task, split: str, data_root: Path | None) -> None:
+    """A submission file (its ``ids``: :func:`submission_ids`) predicts every row of its split, by the split's own
+    ids in its order (when the split's file is under ``data_root``); without the split here, at least one row."""
     data_file = task.path(data_root, split) if data_root is not None else None
     if data_file is None or not data_file.is_file():
         if not ids:
@@ -93,13 +146,15 @@ def check_rows(path: Path, task, split: str, data_root: Path | None) -> None:
 
 
 def check_prediction_file(path: Path, task, split: str, data_root: Path | None) -> None:
-    """Refuse a submission file that does not predict every row of its split by its ids (:func:`check_rows`), that is
-    not the one its record describes (edited, or a killed or concurrent prediction), that predicts only the first
+    """Refuse a submission file whose content breaks the task's rules (:func:`submission_ids`: always, with or
+    without the split's data), that does not predict every row of its split by its ids (:func:`check_rows`), that
+    is not the one its record describes (edited, or a killed or concurrent prediction), that predicts only the first
     rows of its split, or whose split holds other rows now (when the split's file is under ``data_root``). A file
-    without a record (written by hand, or before records) is checked by its rows only."""
+    without a record (written by hand, or before records) is checked by its content and rows only."""
+    ids = submission_ids(path, task)
     rec_path = record_path(path)
     if not rec_path.is_file():
-        check_rows(path, task, split, data_root)
+        check_rows(path, ids, task, split, data_root)
         return
     record = read_json_object(rec_path)
     if record.get("sha256") != sha256_file(path):
@@ -202,10 +257,13 @@ def run_submission(plan: SubmissionPlan) -> Path:
     for c in chosen:  # each file the one its record describes, of every row of its split as it is now
         check_prediction_file(c.folder / c.file, TASKS[c.task], c.split, plan.data_root)
     out = plan.out
-    with atomic_write(out) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as z:
+    import io
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for c in chosen:
             z.write(c.folder / c.file, arcname=c.file)
-    record_outputs([out], "make_submission.py")  # its own from now on (fine_tune/outputs.py)
+    write_outputs({out: buffer.getvalue()}, "make_submission.py")  # its own from now on (fine_tune/outputs.py)
     for c in chosen:
         print(f"{c.file}\t{c.folder.name}\t({c.why})")
     print(f"wrote {out} ({len(chosen)} files)")

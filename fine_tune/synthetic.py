@@ -151,3 +151,11 @@ def write_qqp(data_root: Path, n_train: int = 256, n_dev: int = 128, n_test: int
                 lines.append(f"{i}\t{2 * i}\t{2 * i + 1}\t{q1}\t{q2}\t{label}")
         (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
+
+
+def write_submission_file(path: Path, task, ids, prediction: int | float = 0) -> None:
+    """A submission file of ``task`` (a Task) as generate_test_prediction.py writes it, without its record: every id
+    of ``ids`` predicted as the class index ``prediction`` (the score, for a regression task)."""
+    from .tasks.example import Example
+
+    task.write_submission(Path(path), [Example(i, "", None, None) for i in ids], [prediction] * len(ids))

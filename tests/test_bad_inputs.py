@@ -52,6 +52,16 @@ EXP = ["--model", "bert", "--task", "qqp", "--batch_size", "16"]
 EV = ["--experiment", "teacher", *EXP, "--dataset", "dev"]
 
 
+# QQP submission files (in {base}/hand_glue/<name>_bert_qqp) that break the task's rules, the split's data absent
+SUBMISSION_FILES = {
+    "prediction_not_a_label": "index\tprediction\n0\tbanana\n",
+    "prediction_empty": "index\tprediction\n0\t\n",
+    "duplicate_ids": "index\tprediction\n0\t1\n1\t0\n0\t0\n",
+    "header_extra_cell": "index\tprediction\textra\n0\t1\n",
+    "fractional_id": "index\tprediction\n0.5\t1\n",
+}
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -261,6 +271,31 @@ CASES = [
     Case("gen_logits_teacher_hf_weights_truncated", "run_fine_tune_gen_logits.py",
          ["--experiment", "hf", *EXP[:4], "--teacher_hf", "{base}/hf_trunc", "--max_seq_len", SEQ],
          where={"<teacher>": "{base}/hf_trunc"}),
+    Case("results_out_root", "results_table.py", ["--task", "qqp", "--exp_root", "{base}/results_exp", "--out", "/"]),
+    Case("results_out_dot", "results_table.py", ["--task", "qqp", "--exp_root", "{base}/results_exp", "--out", "."]),
+    Case("results_out_empty", "results_table.py", ["--task", "qqp", "--exp_root", "{base}/results_exp", "--out", ""]),
+    Case("results_out_trailing_slash", "results_table.py",
+         ["--task", "qqp", "--exp_root", "{base}/results_exp", "--out", "{base}/newdir/"],
+         where={"<dir>": "{base}/newdir"}),
+    Case("results_out_name_too_long", "results_table.py",
+         ["--task", "qqp", "--exp_root", "{base}/results_exp", "--out", "{base}/reports/" + "r" * 253 + ".md"],
+         where={"<out>": "{base}/reports/" + "r" * 253 + ".md"}),
+    Case("results_out_beside_name_too_long", "results_table.py",
+         ["--task", "qqp", "--exp_root", "{base}/results_exp", "--out", "{base}/reports/" + "s" * 252 + ".md"],
+         where={"<out>": "{base}/reports/" + "s" * 252 + ".md"}),
+    Case("results_out_record_not_the_toolkits", "results_table.py",
+         ["--task", "qqp", "--exp_root", "{base}/results_exp", "--out", "{base}/foreign_record/report.md"],
+         where={"<out>": "{base}/foreign_record/report.md", "<dir>": "{base}/foreign_record"}),
+    Case("submission_out_empty", "make_submission.py", ["--benchmark", "glue", "--exp_root", "{exp}", "--out", ""]),
+    Case("submission_out_trailing_slash", "make_submission.py",
+         ["--benchmark", "glue", "--exp_root", "{exp}", "--out", "{base}/newdir/"], where={"<dir>": "{base}/newdir"}),
+    Case("export_out_empty", "export_model.py", ["--experiment", "teacher", *EXP[:4], "--out", ""]),
+    Case("export_out_name_too_long", "export_model.py",
+         ["--experiment", "teacher", *EXP[:4], "--out", "{base}/" + "e" * 256], where={"<out>": "{base}/" + "e" * 256}),
+    *[Case(f"submission_{name}", "make_submission.py",
+           ["--benchmark", "glue", "--exp_root", "{base}/hand_glue", "--data_root", "{base}/nodata", "--use",
+            f"qqp={name}_bert_qqp", "--out", "{base}/reports/glue.zip"]) for name in SUBMISSION_FILES],
+    Case("logits_write_killed_during_swap", "run_fine_tune_distill.py", [*KD, "--data_root", "{base}/killedlogits"]),
     # Results and resume (issue 29)
     Case("config_edited_since_the_run_wrote_it", "run_fine_tune.py",
          [*TEACHER_RUN, "--total_step", "6", "--exp_root", "{base}/edited_exp"]),
@@ -488,6 +523,25 @@ def make_world(base: Path, tiny_bert12: Path) -> dict:
         shutil.copytree(source, base / name)
         weights = base / name / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    # ... a record of outputs that is not the toolkit's; a GLUE experiment root of valid hand-written submission files
+    # beside QQP files that break the task's rules (SUBMISSION_FILES); a logits set killed during its swap (its
+    # meta.json moved into the stage folder, write_logits' first rename)
+    (base / "foreign_record").mkdir()
+    (base / "foreign_record" / ".fine_tune-outputs.json").write_text("not json\n")
+    from fine_tune.submission import writers
+    from fine_tune.tasks import TASKS
+
+    for name, (task, _) in writers("glue").items():
+        synthetic.write_submission_file(base / "hand_glue" / f"hand_bert_{task}" / name, TASKS[task], [0, 1], 1)
+        (base / "hand_glue" / f"hand_bert_{task}" / "config.json").write_text(json.dumps({"task": task}))
+    for name, text in SUBMISSION_FILES.items():
+        (base / "hand_glue" / f"{name}_bert_qqp").mkdir()
+        (base / "hand_glue" / f"{name}_bert_qqp" / "config.json").write_text(json.dumps({"task": "qqp"}))
+        (base / "hand_glue" / f"{name}_bert_qqp" / "QQP.tsv").write_text(text)
+    shutil.copytree(data, base / "killedlogits")
+    killed = base / "killedlogits" / "logits" / "teacher_bert_qqp" / "train"
+    (killed / ".tmp-new.killed").mkdir()
+    os.replace(killed / "meta.json", killed / ".tmp-new.killed" / "old-meta.json")
     return w
 
 

@@ -10,6 +10,7 @@ import random
 import numpy as np
 import pytest
 
+from fine_tune import synthetic
 from fine_tune.errors import UserError
 from fine_tune.tasks import get_task
 from fine_tune.tasks.metrics import compute
@@ -366,7 +367,7 @@ def test_the_glue_zip_holds_exactly_the_required_files_or_is_refused(run, exp_ro
             for name in names:
                 split = made_by[name][1]
                 ids = [e.idx for e in t.load(data_root, split)] if t.path(data_root, split).is_file() else [0]
-                (folder / name).write_text("index\tprediction\n" + "".join(f"{i}\t{exp}\n" for i in ids[:rows]))
+                synthetic.write_submission_file(folder / name, t, ids[:rows], {"a": 0, "b": 1}[exp])
             (folder / f"eval-{t.dev_split}.json").write_text(json.dumps(
                 {"best": {t.main_metric: {"ckpt": 1, "value": score}}}))
 
@@ -389,9 +390,9 @@ def test_the_glue_zip_holds_exactly_the_required_files_or_is_refused(run, exp_ro
     run("make_submission.py", "--benchmark", "glue", "--use", "mnli=a_bert_mnli", "--out", str(out))
     with zipfile.ZipFile(out) as z:
         assert sorted(z.namelist()) == sorted(REQUIRED["glue"])
-        assert z.read("CoLA.tsv").decode().endswith("\tb\n")  # the best on dev (0.7)
-        assert z.read("MNLI-m.tsv").decode().endswith("\ta\n")  # --use mnli=a_bert_mnli
-        assert z.read("AX.tsv").decode().endswith("\ta\n")  # AX comes from the MNLI experiment too
+        assert z.read("CoLA.tsv").decode().endswith("\t1\n")  # the best on dev (0.7): b, predicting class 1
+        assert z.read("MNLI-m.tsv").decode().endswith("\tentailment\n")  # --use mnli=a_bert_mnli: class 0
+        assert z.read("AX.tsv").decode().endswith("\tentailment\n")  # AX comes from the MNLI experiment too
 
 
 # ------------------------------------------------------------------------ regression: STS-B

@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from conftest import write_hub_copy
-from fine_tune import batching
+from fine_tune import batching, synthetic
 from fine_tune.errors import UserError
 from fine_tune.tasks.logits import IDENTITY, SINCE_LATER, changed_identity
-from fine_tune.tasks import get_task
+from fine_tune.tasks import TASKS, get_task
 from fine_tune.tasks.user import SOURCES_FILE
 
 LABELS = ["same", "different"]  # declared order, not sorted
@@ -321,7 +321,7 @@ def test_a_submission_file_is_zipped_only_as_its_record_describes(run, tiny_bert
         placed.mkdir(parents=True)
         (placed / "config.json").write_text(json.dumps({"task": task}))
         for name in names:
-            (placed / name).write_text("index\tprediction\n0\t1\n")
+            synthetic.write_submission_file(placed / name, TASKS[task], [0], 1)
     common = ["--experiment", "q", "--model", "bert", "--task", "qqp"]
     run("run_fine_tune.py", *common, "--ptrain_ver", str(tiny_bert), "--max_seq_len", "24", "--total_step", "2",
         "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "8", "--device_id", "-1")

@@ -25,6 +25,7 @@ import torch
 
 from conftest import HANG_GUARD, REPO, run_in_process
 from fine_tune import synthetic
+from fine_tune.tasks import TASKS
 
 COMMON = ["--experiment", "ft", "--model", "bert", "--task", "qqp"]
 
@@ -114,7 +115,7 @@ def test_a_partial_prediction_never_takes_the_official_name_and_a_zip_is_replace
         (folder / "config.json").write_text(json.dumps({"task": task}))
         for name, (t, _) in writers("glue").items():
             if t == task:
-                (folder / name).write_text("index\tprediction\n0\t1\n")
+                synthetic.write_submission_file(folder / name, TASKS[task], [0], 1)
     run(w, "generate_test_prediction.py", *COMMON)
     official = w["folder"] / "QQP.tsv"
     whole = official.read_bytes()
@@ -283,3 +284,111 @@ def test_a_kill_between_the_two_renames_of_a_replacement_puts_the_previous_versi
     assert not out.exists()
     io_utils.remove_dead_writers_temporaries(out)
     assert tree(out) == old and not list(w["folder"].glob(".tmp-hf-model-2.*"))
+
+
+# -- issue 29, second round: kills, foreign records, long names ------------------------------------------------
+
+def test_a_killed_results_table_neither_blocks_its_rerun_nor_leaves_temporaries(world):
+    """results_table.py replaces its three files as one (fine_tune/outputs.py, write_outputs): killed after the table
+    and its CSV were replaced and in the middle of the JSON, its re-run takes them back without --overwrite, and
+    removes the killed writer's temporary; a live writer's (this process's) and another machine's stay."""
+    from fine_tune import io_utils
+    from fine_tune.outputs import OWNERS_FILE
+
+    w = world
+    out = w["base"] / "killed" / "k.md"
+    args = ["--task", "qqp", "--out", str(out)]
+    run(w, "results_table.py", *args)
+    first = out.read_text()
+    argv = [str(REPO / "tests" / "killpoint.py"), "before:k.json", str(REPO / "results_table.py"), *args, "--commands"]
+    proc = subprocess_run(w, argv)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert out.read_text().startswith(first) and out.read_text() != first  # the new table (--commands)
+    stale = list(out.parent.glob(".tmp-k.json.*"))
+    assert len(stale) == 1 and stale[0].is_file()
+    live = out.parent / f".tmp-k.json.{io_utils._writer_tag()}.live"
+    elsewhere = out.parent / ".tmp-k.json.00000000-1.elsewhere"
+    live.write_text("a live writer's")
+    elsewhere.write_text("another machine's")
+    run(w, "results_table.py", *args)  # no --overwrite: every file is in a version its record accepts
+    assert out.read_text() == first and not stale[0].exists() and live.is_file() and elsewhere.is_file()
+    live.unlink()
+    elsewhere.unlink()
+    record = json.loads((out.parent / OWNERS_FILE).read_text())["files"]
+    assert {name: entry for name, entry in record.items()} == {
+        p.name: {"by": "results_table.py", "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+        for p in (out, out.with_suffix(".csv"), out.with_suffix(".json"))}
+    assert sorted(p.name for p in out.parent.glob(".tmp-*")) == []
+
+
+def test_a_record_that_is_not_the_toolkits_is_replaced_only_with_overwrite(world):
+    """The refusal is doc/errors.md's results_out_record_not_the_toolkits; --overwrite writes a record in its place."""
+    from fine_tune.outputs import OWNERS_FILE
+
+    w = world
+    out = w["base"] / "foreign" / "t.md"
+    out.parent.mkdir()
+    (out.parent / OWNERS_FILE).write_text('{"files": ["not", "a", "record"]}\n')
+    line = one_line(run(w, "results_table.py", "--task", "qqp", "--out", str(out), check=False))
+    assert line.startswith(f"error: --out {out}: {out.parent / OWNERS_FILE} exists and is not the toolkit's record")
+    assert not out.exists()
+    run(w, "results_table.py", "--task", "qqp", "--out", str(out), "--overwrite")
+    assert set(json.loads((out.parent / OWNERS_FILE).read_text())["files"]) == {"t.md", "t.csv", "t.json"}
+    run(w, "results_table.py", "--task", "qqp", "--out", str(out))  # its own record now: no --overwrite needed
+
+
+def test_any_legal_output_name_is_written(world):
+    """A 248-byte table name (its CSV and JSON beside it: 249 and 250 bytes) and a 250-byte export folder name are
+    written: the temporaries' names shorten a long name (unique still) to stay within 255 bytes."""
+    from fine_tune import io_utils
+
+    w = world
+    out = w["base"] / "long" / ("l" * 245 + ".md")
+    run(w, "results_table.py", "--task", "qqp", "--out", str(out))
+    assert {p.name for p in out.parent.iterdir()} == {out.name, "l" * 245 + ".csv", "l" * 245 + ".json",
+                                                      ".fine_tune-outputs.json"}
+    export = w["base"] / ("b" * 250)
+    run(w, "export_model.py", *COMMON, "--out", str(export))
+    assert json.loads((export / "export.json").read_text())["checkpoint"] == "model-2.pt"
+    assert not list(w["base"].glob(".tmp-*"))
+    a, b = w["base"] / ("n" * 254 + "a"), w["base"] / ("n" * 254 + "b")
+    assert io_utils.tmp_prefix(a) != io_utils.tmp_prefix(b)
+    assert len((io_utils.tmp_prefix(a) + "12345678.old").encode()) <= 255
+
+
+def test_a_logits_write_killed_during_its_swap_is_named_incomplete_and_the_rerun_completes(world):
+    from fine_tune.errors import UserError
+    from fine_tune.tasks.logits import read_logits
+
+    w = world
+    args = [*COMMON, "--dataset", "train", "--ckpt", "2", "--batch_size", "16"]
+    run(w, "run_fine_tune_gen_logits.py", *args)
+    folder = w["data"] / "logits" / "ft_bert_qqp" / "train"
+    argv = [str(REPO / "tests" / "killpoint.py"), "after:old-meta.json", str(REPO / "run_fine_tune_gen_logits.py"),
+            *args, "--overwrite"]
+    proc = subprocess_run(w, argv)  # killed right after the old meta.json was moved into the stage folder
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not (folder / "meta.json").exists() and len(list(folder.glob(".tmp-new.*"))) == 1
+    with pytest.raises(UserError) as e:
+        read_logits(w["data"], "ft_bert_qqp", "qqp")
+    assert str(e.value) == (f"--dataset 'ft_bert_qqp': logits data set {folder} is incomplete: a write of it was "
+                            f"killed; run run_fine_tune_gen_logits.py again")
+    run(w, "run_fine_tune_gen_logits.py", *args)  # the same command, without --overwrite, completes it
+    assert read_logits(w["data"], "ft_bert_qqp", "qqp").logits.shape == (32, 2) and not list(folder.glob(".tmp-*"))
+
+
+def test_a_prediction_killed_between_its_file_and_its_record_does_not_block_its_rerun(world):
+    """generate_test_prediction.py writes its file and the file's record as one replacement (write_outputs)."""
+    from fine_tune.submission import record_path
+
+    w = world
+    out = w["folder"] / "QQP-dev.tsv"
+    argv = [str(REPO / "tests" / "killpoint.py"), "after:QQP-dev.tsv", str(REPO / "generate_test_prediction.py"),
+            *COMMON, "--dataset", "dev"]
+    proc = subprocess_run(w, argv)  # killed right after the file, before its record
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert out.is_file() and not record_path(out).exists()
+    run(w, "generate_test_prediction.py", *COMMON, "--dataset", "dev")  # no --overwrite
+    record = json.loads(record_path(out).read_text())
+    assert record["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest() and record["num_rows"] == 16
+    assert not list(w["folder"].glob(".tmp-QQP-dev*"))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..experiment import ExperimentDir, check_name, default_data_root, default_exp_root, roots
-from ..outputs import check_folder_output, check_outputs
+from ..outputs import check_folder_output, check_name_length, check_outputs, out_file, out_folder
 from ..selection import Rule, parse_ckpt
 from ..tasks import TASKS, Task, get_task
 from .types import (CheckpointChoice, Devices, EvalPlan, ExportPlan, ForeignTeacher, LogitsPlan,
@@ -156,7 +156,7 @@ def plan_export(flags) -> ExportPlan:
         if check_split not in task.labelled:
             raise UserError(f"--format onnx checks the export on the {task.name} split {check_split!r}, which has "
                             f"no labels")
-    out = Path(x.out) if x.out else None  # None: in the experiment folder, named after the step (known later)
+    out = out_folder(x.out, "--out")  # None: in the experiment folder, named after the step (known later)
     if out is not None:
         check_folder_output(out, "export.json", "an export", "--out", flags.paths.overwrite)
     return ExportPlan(target, checkpoint, x.format, x.quantize, out, check_split, flags.paths.max_examples,
@@ -169,7 +169,7 @@ def plan_submission(flags) -> SubmissionPlan:
     use = parse_use(list(s.use or []))
     if not exp_root.is_dir():
         raise UserError(f"--exp_root {exp_root}: no such folder")
-    out = Path(s.out) if s.out else exp_root / f"{s.benchmark}-submission.zip"
+    out = out_file(s.out, "--out", exp_root / f"{s.benchmark}-submission.zip")
     if out.suffix != ".zip":
         raise UserError(f"--out {out}: the servers take a .zip file")
     check_outputs([out], "make_submission.py", s.overwrite, "--out")
@@ -194,11 +194,12 @@ def plan_results(args) -> ResultsPlan:
     if rule.select_on is not None:
         task.check_split(rule.select_on, "--select_on")
     experiments = args.experiments.split(",") if args.experiments else None
-    out = Path(args.out) if args.out else exp_root / f"results-{args.task}.md"
+    out = out_file(args.out, "--out", exp_root / f"results-{args.task}.md")
     written = ("md", "csv", "json") + (("pareto_png", "pareto_json") if args.plot else ()) + (
         ("curves_png", "curves_json") if args.curves is not None else ())
     paths = {key: path for key, path in output_paths(out).items() if key in written}
     for key, path in paths.items():
+        check_name_length(path, "--out", out)
         if path.is_dir():
             raise UserError(f"--out {out}: {path} is a folder (--out names the markdown file; the "
                             f"{'table' if key == 'md' else 'files beside it'} would be written there)")

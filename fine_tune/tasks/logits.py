@@ -122,7 +122,8 @@ def write_logits(out_dir: Path, meta: dict, examples: Sequence[Example], logits:
     (every write that can fail, e.g. on a full disk, fails there, and the set already there stays as it was,
     byte for byte), then swapped in by renames: the old ``meta.json`` moved aside first (a kill during the swap
     leaves a set without ``meta.json``, which reads as absent and is written again by the next run, without
-    ``--overwrite``), the new ``logits.jsonl`` and ``tokenizer/`` moved in, the new ``meta.json`` last."""
+    ``--overwrite``; :func:`read_logits` names it incomplete, a write that was killed, while the stage folder is
+    there), the new ``logits.jsonl`` and ``tokenizer/`` moved in, the new ``meta.json`` last."""
     import os
     import tempfile
 
@@ -159,6 +160,9 @@ def read_logits(data_root: Path, dataset: str, task: str) -> LogitsDataset:
     name, split = split_name(dataset)
     path = logits_dir(data_root, name, split)
     meta_path = path / "meta.json"
+    if not meta_path.is_file() and any(path.glob(TMP_PREFIX + "new.*")):  # write_logits' stage: a killed swap
+        raise UserError(f"--dataset {dataset!r}: logits data set {path} is incomplete: a write of it was killed; run "
+                        f"run_fine_tune_gen_logits.py again")
     if not meta_path.is_file():
         root = Path(data_root) / LOGITS_DIR
         have = sorted(f"{p.parent.name}:{p.name}" for p in root.glob("*/*") if (p / "meta.json").is_file()) if root.is_dir() else []

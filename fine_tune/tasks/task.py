@@ -132,10 +132,14 @@ class Task:
         return f"{stem}-{split}.{ext}"
 
     def write_submission(self, path: Path, examples: Sequence[Example], predictions: Sequence[int]) -> None:
-        """Write the official submission file: GLUE ``index<TAB>prediction`` lines after a header (class indices
-        or label names, as the server expects for the task), SuperGLUE ``{"idx": ..., "label": ...}`` lines."""
+        """Write the official submission file (:meth:`submission_text`)."""
         from ..io_utils import atomic_write_text
 
+        atomic_write_text(path, self.submission_text(examples, predictions))
+
+    def submission_text(self, examples: Sequence[Example], predictions: Sequence[int]) -> str:
+        """The official submission file's text: GLUE ``index<TAB>prediction`` lines after a header (class indices
+        or label names, as the server expects for the task), SuperGLUE ``{"idx": ..., "label": ...}`` lines."""
         names = self.labels_in_files
         if self.submission_format == "glue":
             shown = ((lambda p: f"{float(p):.3f}") if self.regression
@@ -143,4 +147,4 @@ class Task:
             lines = ["index\tprediction"] + [f"{ex.idx}\t{shown(p)}" for ex, p in zip(examples, predictions)]
         else:
             lines = [json.dumps({"idx": ex.idx, "label": names[int(p)]}) for ex, p in zip(examples, predictions)]
-        atomic_write_text(path, "\n".join(lines) + "\n")
+        return "\n".join(lines) + "\n"
