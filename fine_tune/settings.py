@@ -407,7 +407,7 @@ class ResultsFlags:
     resamples: int = flag(10000, "bootstrap resamples")
     bootstrap_seed: int = flag(0, "bootstrap random seed")
     out: str = flag(None, "markdown file to write (default: <exp_root>/results-<task>.md); the CSV and JSON of the "
-                          "same table are written beside it (.csv, .json)")
+                          "same table are written beside it (.csv, .json); a file name, not a folder")
     commands: bool = flag(False, "also print each row's exact command (each run's, from its config.json)")
     plot: bool = flag(False, "also draw the students' main metric against parameters and against inference "
                              "examples/s (teacher and Pareto front marked) as <out>-pareto.png, its data as .json")
@@ -429,7 +429,8 @@ class SubmissionFlags:
     exp_root: str = flag(None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)")
     use: tuple = flag(None, "TASK=EXPERIMENT_FOLDER: take that task's file from this experiment (default: the "
                             "experiment holding it with the best main metric on the task's dev split)", nargs="+")
-    out: str = flag(None, "the zip to write (default: <exp_root>/<benchmark>-submission.zip)")
+    out: str = flag(None, "the zip to write (default: <exp_root>/<benchmark>-submission.zip); a file name, not "
+                          "a folder")
     data_root: str = flag(None, "data root: each file is checked to predict every row its split holds there now "
                                 "(default: env FT_DATA_ROOT, else <repo>/data/fine_tune; a split not there is not "
                                 "checked)")

@@ -119,6 +119,24 @@ def run_in_process(script: str, *args: str, data_root: Path, exp_root: Path, che
     return proc
 
 
+def run_in_world(w: dict, script: str, *args: str, check: bool = True):
+    """:func:`run_in_process` against a module world's roots (``w["data"]``, ``w["exp"]``)."""
+    return run_in_process(script, *args, data_root=w["data"], exp_root=w["exp"], check=check)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch on one thread while a module world is built and used (tiny models: threads only add overhead)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture()
 def run(data_root, exp_root):
     """Run an entry script in-process (``subprocess=True``: in a real subprocess, as from a shell)."""

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import run_in_process
+from conftest import one_thread, run_in_world as run
 from fine_tune import synthetic
 from fine_tune.models.forward import forward
 from fine_tune.methods import MiniLM, TinyBERT
@@ -34,22 +34,14 @@ def world(tmp_path_factory):
     base = tmp_path_factory.mktemp("families")
     data, exp = base / "data", base / "exp"
     synthetic.write_qqp(data, n_train=48, n_dev=24, n_test=8)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     w = {"base": base, "data": data, "exp": exp}
-    try:
+    with one_thread():
         for family in FAMILY_NAMES:
             layers = 4 if family in ("bert", "roberta") else 2
             w[family] = synthetic.write_tiny_model(base / f"pre-{family}", family, num_layers=layers)
             run(w, "run_fine_tune.py", "--experiment", "ft", "--model", family, "--ptrain_ver", str(w[family]),
                 "--max_seq_len", "48", *STEPS)
         yield w
-    finally:
-        torch.set_num_threads(threads)
-
-
-def run(w, script, *args, check=True):
-    return run_in_process(script, *args, data_root=w["data"], exp_root=w["exp"], check=check)
 
 
 def own_logits(w, family: str = "bert", split: str = "dev") -> str:

@@ -130,11 +130,16 @@ def killed_after(kill: str, script: str, args: list[str], data_root: Path, exp_r
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr)
 
 
+def flip_first_label(path: Path) -> None:
+    """Change a QQP file's first data row: its label (the last cell) 0 <-> 1."""
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:1] + [lines[1].replace("\t0\n", "\t1\n").replace("\t1\n", "\t0\n")] + lines[2:]))
+
+
 def test_resume_refuses_a_changed_training_file(run, tiny_bert, data_root, exp_root):
     killed_after("after:resume-2.pt", "run_fine_tune.py", tune("r", tiny_bert), data_root, exp_root)
     train = data_root / "QQP" / "train.tsv"
-    lines = train.read_text().splitlines(keepends=True)
-    train.write_text("".join(lines[:1] + [lines[1].replace("\t0\n", "\t1\n").replace("\t1\n", "\t0\n")] + lines[2:]))
+    flip_first_label(train)
     folder = exp_root / "r_bert_qqp"
     config = (folder / "config.json").read_bytes()
     line = one_line_error(run("run_fine_tune.py", *tune("r", tiny_bert), check=False))

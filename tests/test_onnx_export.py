@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from conftest import run_in_process  # noqa: E402
+from conftest import one_thread, run_in_world as run  # noqa: E402
 from fine_tune import onnx_export, synthetic  # noqa: E402
 from fine_tune.onnx_export import ATOL, RTOL  # noqa: E402
 
@@ -29,21 +29,13 @@ def world(tmp_path_factory):
     w = {"base": base, "data": base / "data", "exp": base / "exp"}
     synthetic.write_qqp(w["data"], n_train=48, n_dev=48, n_test=8)
     pre = synthetic.write_tiny_model(base / "pre-bert", "bert", num_layers=2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         run(w, "run_fine_tune.py", *COMMON, "--ptrain_ver", str(pre), "--max_seq_len", str(SEQ), "--total_step", "4",
             "--warmup_step", "1", "--ckpt_step", "2", "--log_step", "2", "--batch_size", "8", "--lr", "1e-3")
         w["proc"] = run(w, "export_model.py", *COMMON, "--format", "onnx", "--quantize", "int8")
         w["folder"] = w["exp"] / "ft_bert_qqp"
         w["out"] = w["folder"] / "onnx-model-4"
         yield w
-    finally:
-        torch.set_num_threads(threads)
-
-
-def run(w, script, *args, check=True):
-    return run_in_process(script, *args, data_root=w["data"], exp_root=w["exp"], check=check)
 
 
 def dev_rows(w) -> tuple[list[tuple[str, str]], np.ndarray]:

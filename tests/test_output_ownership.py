@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import HANG_GUARD, REPO, run_in_process
+from conftest import HANG_GUARD, REPO, one_thread, run_in_world as run
 from fine_tune import synthetic
 from fine_tune.tasks import TASKS
 
@@ -36,20 +36,12 @@ def world(tmp_path_factory, tiny_bert):
     base = tmp_path_factory.mktemp("outputs")
     w = {"base": base, "data": base / "data", "exp": base / "exp", "tiny": tiny_bert}
     synthetic.write_qqp(w["data"], n_train=32, n_dev=16, n_test=16)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         run(w, "run_fine_tune.py", *COMMON, "--ptrain_ver", str(tiny_bert), "--max_seq_len", "24", "--total_step", "2",
             "--warmup_step", "0", "--ckpt_step", "2", "--batch_size", "8", "--lr", "1e-3")
         run(w, "run_fine_tune_eval.py", *COMMON, "--dataset", "dev", "--batch_size", "16")
         w["folder"] = w["exp"] / "ft_bert_qqp"
         yield w
-    finally:
-        torch.set_num_threads(threads)
-
-
-def run(w, script, *args, check=True):
-    return run_in_process(script, *args, data_root=w["data"], exp_root=w["exp"], check=check)
 
 
 def subprocess_run(w, argv: list[str], file_size_limit: int | None = None) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from test_eval_during_training import RUN, scripted
-from test_never_lose_a_run import killed_after, one_line_error, snapshot, tune
+from test_never_lose_a_run import flip_first_label, killed_after, one_line_error, snapshot, tune
 
 
 def models(folder: Path) -> list[str]:
@@ -46,9 +46,7 @@ def test_cleared_recorded_inputs_are_refused_on_resume(run, tiny_bert, data_root
     # F3: the training file changed and config.json's recorded inputs cleared by hand, so no input check sees it:
     # the digest in the resume state covers the recorded inputs
     killed_after("after:resume-2.pt", "run_fine_tune.py", tune("p", tiny_bert), data_root, exp_root)
-    train = data_root / "QQP" / "train.tsv"
-    lines = train.read_text().splitlines(keepends=True)
-    train.write_text("".join(lines[:1] + [lines[1].replace("\t0\n", "\t1\n").replace("\t1\n", "\t0\n")] + lines[2:]))
+    flip_first_label(data_root / "QQP" / "train.tsv")
     folder = exp_root / "p_bert_qqp"
     config = json.loads((folder / "config.json").read_text())
     config["provenance"]["data_files"] = {}
