@@ -371,7 +371,7 @@ def markdown_cells(record: dict, splits: list[str], metrics: list[str], hyper: l
             int8 = o["onnxruntime_int8"]
             cells.append(f"{o['onnxruntime']:.0f}" + (f" (int8 {int8:.0f})" if int8 is not None else ""))
             cells.append(f"{o['pytorch']:.0f}")
-    cells += [str(record["hyper"][k]) if k in record["hyper"] else "—" for k in hyper]
+    cells += [str(record["hyper"][k]) if record["hyper"].get(k) is not None else "—" for k in hyper]  # None: unset
     return cells
 
 

@@ -16,6 +16,7 @@ split by its id (:func:`check_prediction_file`).
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,13 +65,21 @@ def _accepted(task) -> tuple[str, ...] | None:
     return tuple(task.labels_in_files)
 
 
+# a prediction of a regression task, and a GLUE file's id, as the servers read them (ASCII only)
+_NUMBER = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+_INDEX = re.compile(r"0|[1-9][0-9]*")
+
+
 def _check_prediction(where: str, value, task) -> None:
     accepted = _accepted(task)
     if accepted is None:
         import math
 
+        # a number as the server reads it: ASCII decimal notation (Python's float() also takes "1_0", " 3 " and
+        # other scripts' digits, which a server need not)
         try:
-            ok = isinstance(value, str) and math.isfinite(float(value))
+            ok = (isinstance(value, str) and _NUMBER.fullmatch(value) is not None
+                  and math.isfinite(float(value)))
         except ValueError:
             ok = False
         if not ok:
@@ -87,8 +96,6 @@ def submission_ids(path: Path, task) -> list[str]:
     ``{"idx": ..., "label": ...}`` lines; every id an integer and unique, every prediction one the task's server
     takes (a label of the task as the file spells it, a class index, or a number for a regression task). Anything
     else is refused, naming the file and the line."""
-    import re
-
     from .tasks.example import json_objects, text_lines
 
     ids, first_seen = [], {}
@@ -112,8 +119,8 @@ def submission_ids(path: Path, task) -> list[str]:
             elif line:
                 if len(cells) != 2:
                     raise UserError(f"{where}: {len(cells)} tab-separated cells, expected 2")
-                if not re.fullmatch(r"[0-9]+", cells[0]):
-                    raise UserError(f"{where}: id {cells[0]!r} is not an integer")
+                if not _INDEX.fullmatch(cells[0]):  # one spelling per id: '007' is not a second '7'
+                    raise UserError(f"{where}: id {cells[0]!r} is not an index (decimal digits, no leading zero)")
                 _check_prediction(where, cells[1], task)
                 add(where, cells[0])
         if not header:

@@ -1152,7 +1152,7 @@ MUTATIONS = [
              '                if cells[:2] != ["index", "prediction"]:',
              ('tests/test_bad_inputs.py::test_bad_input_is_refused_in_one_line_writing_nothing[submission_header_extra_cell]',)),
     Mutation('submission_fractional_id_taken', 'a submission id 0.5 is zipped',
-             'fine_tune/submission.py', '                if not re.fullmatch(r"[0-9]+", cells[0]):',
+             'fine_tune/submission.py', '                if not _INDEX.fullmatch(cells[0]):  # one spelling per id: \'007\' is not a second \'7\'',
              '                if False:',
              ('tests/test_bad_inputs.py::test_bad_input_is_refused_in_one_line_writing_nothing[submission_fractional_id]',)),
     Mutation('out_folder_name_taken', '--out / or . is a traceback, --out newdir/ writes a file newdir',
@@ -1286,8 +1286,8 @@ MUTATIONS = [
              'raise UserError(f"{path}: id {ex.idx} appears twice',
              ("tests/test_readers.py::test_a_duplicate_id_names_both_lines",)),
     Mutation("json_key_twice_kept", "a JSON line (or task.json) with a key written twice keeps the last value "
-             "silently", "fine_tune/tasks/example.py", "return json.loads(text, object_pairs_hook=_unique_keys)",
-             "return json.loads(text)",
+             "silently", "fine_tune/tasks/example.py", "value = json.loads(text, object_pairs_hook=_unique_keys)",
+             "value = json.loads(text)",
              ("tests/test_readers.py::test_a_json_line_python_cannot_take_exactly_is_one_line", OWN_SCHEMA)),
     Mutation("json_nesting_traceback", "JSON nested deeper than Python reads is a RecursionError traceback",
              "fine_tune/tasks/example.py", '    except RecursionError:\n        raise ValueError("nested too deep") '
@@ -1355,6 +1355,28 @@ MUTATIONS = [
              "fine_tune/models/classifier.py", "            check_weight_files(folder, where)  # damaged since the plan "
              "checked it: says so\n", "            raise weights_error(where, folder, e) from None\n",
              ("tests/test_resume_hygiene.py::test_a_classifier_of_another_class_count_gets_a_new_head",)),
+    # issue 29, the second adversarial run
+    Mutation("lone_surrogate_taken", "a JSON text holding half a surrogate pair reaches the tokenizer (a traceback "
+             "mid-run, after config.json)", "fine_tune/tasks/example.py",
+             "    if \"\\\\u\" in text and _holds_lone_surrogate(value):", "    if False:",
+             ("tests/test_readers.py::test_a_json_line_python_cannot_take_exactly_is_one_line",)),
+    Mutation("one_column_two_fields", "task.json may name the label column as the text (the model reads its label)",
+             "fine_tune/tasks/user.py", "            if same == column:", "            if False:",
+             ("tests/test_task_schema.py::test_a_definition_is_refused_in_one_line_naming_the_field",)),
+    Mutation("submission_id_spelt_twice", "a GLUE submission file's '007' and '7' are two rows",
+             "fine_tune/submission.py", '_INDEX = re.compile(r"0|[1-9][0-9]*")', '_INDEX = re.compile(r"[0-9]+")',
+             ("tests/test_glue_tasks.py::test_a_submission_file_is_read_as_the_server_reads_it",)),
+    Mutation("submission_score_as_python_reads_it", "a score the server cannot read ('1_0', other scripts' digits) "
+             "is zipped", "fine_tune/submission.py", "isinstance(value, str) and _NUMBER.fullmatch(value) is not None",
+             "isinstance(value, str)",
+             ("tests/test_glue_tasks.py::test_a_submission_file_is_read_as_the_server_reads_it",)),
+    Mutation("json_true_as_python", "a JSON true is shown as Python's True in a message", "fine_tune/tasks/example.py",
+             "    text = json.dumps(value) if value is None or isinstance(value, bool) else repr(value)",
+             "    text = repr(value)", ("tests/test_readers.py::test_an_id_is_an_integer_exactly",)),
+    Mutation("unset_field_shown_as_none", "a results table shows an unset varying field as None",
+             "fine_tune/results.py", 'if record["hyper"].get(k) is not None else "—" for k in hyper]',
+             'if k in record["hyper"] else "—" for k in hyper]',
+             ("tests/test_results_truth.py::test_runs_on_other_rows_are_never_pooled",)),
 ]
 
 

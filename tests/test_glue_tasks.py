@@ -555,3 +555,26 @@ def test_a_parquet_file_of_your_own(tmp_path):
                              "id": "n"}, "task.json")
     rows = user_task("mine", spec).load(tmp_path, "train")
     assert [(e.idx, e.text, e.text_pair, e.label) for e in rows] == [(7, "a b", None, 0), (8, "c d", None, 1)]
+
+
+@pytest.mark.parametrize("task, rows, message", [
+    # one id written two ways: '007' and '7' compared as strings were two rows
+    ("qqp", ["7\t1", "007\t0"], "line 3: id '007' is not an index (decimal digits, no leading zero)"),
+    # float() takes other scripts' digits, underscores and spaces; a server reads ASCII decimal numbers
+    ("stsb", ["0\t3.5", "1\t\u0661\u0662"], "line 3: prediction '\u0661\u0662' is not a number (stsb predicts a score)"),
+    ("stsb", ["0\t1_0"], "line 2: prediction '1_0' is not a number (stsb predicts a score)"),
+    ("stsb", ["0\t 3 "], "line 2: prediction ' 3 ' is not a number (stsb predicts a score)"),
+], ids=["id_leading_zero", "score_other_digits", "score_underscore", "score_spaces"])
+def test_a_submission_file_is_read_as_the_server_reads_it(tmp_path, task, rows, message):
+    """Without the split's data (nothing to compare ids against), a file's ids and scores are still checked by
+    the server's rules; the toolkit's own numbers (``-0.25``, ``4.0``, ``1e-3``) pass."""
+    from fine_tune.submission import submission_ids
+    from fine_tune.tasks import TASKS
+
+    path = tmp_path / "file.tsv"
+    path.write_text("index\tprediction\n" + "\n".join(rows) + "\n")
+    with pytest.raises(UserError) as e:
+        submission_ids(path, TASKS[task])
+    assert str(e.value) == f"{path}, {message}"
+    path.write_text("index\tprediction\n0\t-0.25\n1\t4.0\n10\t1e-3\n")
+    assert submission_ids(path, TASKS["stsb"]) == ["0", "1", "10"]

@@ -137,7 +137,7 @@ def test_a_text_column_holds_strings(tmp_path, value, shown):
     ("jsonl", 1.5, "id 1.5 in column 'qid' is not an integer"),
     ("jsonl", 3.0, "id 3.0 in column 'qid' is not an integer"),
     ("jsonl", "1.5", "id '1.5' in column 'qid' is not an integer"),
-    ("jsonl", True, "id True in column 'qid' is not an integer"),
+    ("jsonl", True, "id true in column 'qid' is not an integer"),
     ("jsonl", "1_000", "id '1_000' in column 'qid' is not an integer"),
     ("csv", "1.5", "id '1.5' in column 'qid' is not an integer"),
     ("csv", "7a", "id '7a' in column 'qid' is not an integer"),
@@ -258,7 +258,10 @@ def test_a_duplicate_id_names_both_lines(tmp_path):
     ('{"qid": 1, "first": "a", "first": "b", "second": "c"}', 'key "first" appears twice'),
     ('{"qid": 1, "first": ' + "[" * 5000 + "]" * 5000 + ', "second": "c"}', "nested too deep"),
     ('{"qid": 1' + "0" * 5000 + ', "first": "a", "second": "c"}', "an integer of more than 4300 digits"),
-], ids=["key_twice", "nested_5000_deep", "integer_of_5001_digits"])
+    # a lone surrogate escape: no character (the tokenizer raised a TypeError traceback mid-run, after config.json)
+    ('{"qid": 1, "first": "a \\ud800 b", "second": "c"}',
+     "a \\u escape of half a surrogate pair, which is no character: not Unicode text"),
+], ids=["key_twice", "nested_5000_deep", "integer_of_5001_digits", "lone_surrogate"])
 def test_a_json_line_python_cannot_take_exactly_is_one_line(tmp_path, line, reason):
     """A key written twice kept its last value silently; deep nesting and Python's integer digit limit were
     tracebacks (RecursionError, ValueError)."""
@@ -280,3 +283,8 @@ def test_a_boolean_label_is_shown_as_json_writes_it(tmp_path):
     assert refused(tmp_path, {"train.jsonl": content}, id=None) == (
         f"{tmp_path}/mine/train.jsonl, line 1: label true in column 'verdict' is not one of the task's labels (same, "
         f"different)")
+
+
+def test_a_surrogate_pair_is_one_character_and_reads(tmp_path):
+    content = '{"qid": 3, "first": "smile \\ud83d\\ude00", "second": "b"}\n'  # U+1F600 as JSON escapes it
+    assert [e.text for e in load(tmp_path, {"test.jsonl": content})] == ["smile \U0001f600"]

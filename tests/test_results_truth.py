@@ -137,6 +137,7 @@ def test_runs_on_other_rows_are_never_pooled(run, tmp_path):
     text, rows, data = table(run, root)
     # the 8-row training run is another config; the subset evaluation is a row of its own, marked, never folded
     assert rows["me_s1"]["val acc"] == "0.5000"
+    assert rows["me_s1"]["max_examples"] == "8" and rows["me_s3"]["max_examples"] == "—"  # unset: not "None"
     values = [0.60, 0.70, 0.65]
     assert rows["me (seeds 2,3,4)"]["val acc"] == f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} (n=3)"
     assert rows["me_s3"]["val acc"] == "0.8000 (first 5 rows)"

@@ -130,6 +130,13 @@ def changed(**fields):
                                               'character (U+000D); names and labels in task.json are printable text'),
     (changed(text="q\x7f"), 'field "text": the string "q\\u007f" holds a control character (U+007F); '
                             'names and labels in task.json are printable text'),
+    # a column read as two things (the label as the model's input text trained silently)
+    (changed(text="verdict"), 'field "label": the column the string "verdict" is field "text" too; each field names '
+                              'its own column'),
+    (changed(text_pair="first"), 'field "text_pair": the column the string "first" is field "text" too; each '
+                                 'field names its own column'),
+    (changed(labels=["no", "\ud800"]), 'not a readable task definition (a \\u escape of half a surrogate pair, '
+                                       'which is no character: not Unicode text)'),
     # JSON that Python's reader cannot take (tracebacks)
     ('{"text": ' + "[" * 100_000 + "]" * 100_000 + "}", 'not a readable task definition (nested too deep)'),
     ('{"text": 1' + "0" * 5000 + "}", 'not a readable task definition (an integer of more than 4300 digits)'),

@@ -111,7 +111,7 @@ def parse_json(text: str):
     refused. Every way it can fail is a ``ValueError`` whose message says why in a few words: not JSON, a key twice,
     nested too deep (Python's recursion limit), an integer of more digits than Python converts."""
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)
+        value = json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
         raise ValueError(e.msg) from None
     except RecursionError:
@@ -120,6 +120,25 @@ def parse_json(text: str):
         if "appears twice" in str(e):
             raise
         raise ValueError(f"an integer of more than {sys.get_int_max_str_digits()} digits") from None
+    if "\\u" in text and _holds_lone_surrogate(value):  # only an escape (JSON writes it \\u) can make one
+        raise ValueError("a \\u escape of half a surrogate pair, which is no character: not Unicode text")
+    return value
+
+
+def _holds_lone_surrogate(value) -> bool:
+    """Whether a JSON value holds a string (or key) with a lone UTF-16 surrogate (``"\\ud800"``): JSON's
+    escapes can write one, but it is no character (a tokenizer refuses it, UTF-8 cannot encode it)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and any("\ud800" <= c <= "\udfff" for c in item):
+            return True
+    return False
 
 
 def json_objects(path: Path):
@@ -139,8 +158,9 @@ def json_objects(path: Path):
 
 
 def brief(value) -> str:
-    """``repr(value)`` as a message shows it: control characters escaped, long values shortened."""
-    text = repr(value)
+    """``repr(value)`` as a message shows it: control characters escaped, long values shortened; ``true``,
+    ``false`` and ``null`` as a JSON file writes them."""
+    text = json.dumps(value) if value is None or isinstance(value, bool) else repr(value)
     return text if len(text) <= 60 else f"{text[:40]}...{text[-12:]} ({len(text)} characters)"
 
 

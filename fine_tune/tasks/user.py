@@ -262,6 +262,13 @@ def check_definition(spec, where: str) -> dict:
             raise refuse(f"files.{split}", f"a file in the task's folder ending in {', '.join(formats)}", name)
         if d.hf is not None and split not in d.hf.splits:
             raise refuse(f"files.{split}", f"a split of hf.splits ({', '.join(d.hf.splits)})", split)
+    columns = {"text": d.text, "text_pair": d.text_pair, "label": d.label, "id": d.id}
+    named = [(f, c) for f, c in columns.items() if c is not None]
+    for i, (field, column) in enumerate(named):  # a model must not read its label (or its id) as its text
+        for other, same in named[:i]:
+            if same == column:
+                raise UserError(f'{where}: field "{field}": the column {shown(column)} is field "{other}" too; '
+                                f"each field names its own column")
     if d.regression and d.labels is not None:
         raise UserError(f'{where}: field "labels": a regression task ("regression": true) has no classes; remove '
                         f'"labels", or set "regression": false')
