@@ -142,6 +142,8 @@ def check_outputs(paths: Iterable[Path], command: str, overwrite: bool, flag: st
     for path in paths:
         if flag:
             check_name_length(path, flag, given)
+        if path.name == OWNERS_FILE:  # the record itself: an output of that name would replace it (and lose it)
+            refuse(path, "is the name of the record of the files written in its folder; name another file")
         if path.is_dir():
             refuse(path, "is a folder, not a file; name a file")
         if flag:

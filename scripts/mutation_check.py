@@ -1377,6 +1377,9 @@ MUTATIONS = [
              "fine_tune/results.py", 'if record["hyper"].get(k) is not None else "—" for k in hyper]',
              'if k in record["hyper"] else "—" for k in hyper]',
              ("tests/test_results_truth.py::test_runs_on_other_rows_are_never_pooled",)),
+    Mutation("output_named_as_the_record", "an output named as the folder's record replaces it (every command's "
+             "entries lost)", "fine_tune/outputs.py", "        if path.name == OWNERS_FILE:", "        if False:",
+             ("tests/test_output_ownership.py::test_a_record_that_is_not_the_toolkits_is_replaced_only_with_overwrite",)),
 ]
 
 

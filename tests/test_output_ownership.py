@@ -327,6 +327,15 @@ def test_a_record_that_is_not_the_toolkits_is_replaced_only_with_overwrite(world
     run(w, "results_table.py", "--task", "qqp", "--out", str(out), "--overwrite")
     assert set(json.loads((out.parent / OWNERS_FILE).read_text())["files"]) == {"t.md", "t.csv", "t.json"}
     run(w, "results_table.py", "--task", "qqp", "--out", str(out))  # its own record now: no --overwrite needed
+    # an output named as the record (the table's JSON beside .fine_tune-outputs.md replaced the record, and with it
+    # every other command's entries) is refused, --overwrite or not
+    record = (out.parent / OWNERS_FILE).read_bytes()
+    clash = out.parent / ".fine_tune-outputs.md"
+    for extra in ([], ["--overwrite"]):
+        line = one_line(run(w, "results_table.py", "--task", "qqp", "--out", str(clash), *extra, check=False))
+        assert line == (f"error: --out {clash}: {out.parent / OWNERS_FILE} is the name of the record of the files "
+                        f"written in its folder; name another file")
+    assert (out.parent / OWNERS_FILE).read_bytes() == record and not clash.exists()
 
 
 def test_any_legal_output_name_is_written(world):
