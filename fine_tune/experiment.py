@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .io_utils import NAME_MAX
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CKPT_RE = re.compile(r"^model-(\d+)\.pt$")
@@ -32,9 +33,6 @@ def default_data_root() -> Path:
 
 def default_exp_root() -> Path:
     return Path(os.environ.get("FT_EXP_ROOT") or REPO_ROOT / "data" / "fine_tune_experiment")
-
-
-NAME_MAX = 255  # bytes of one file or folder name (Linux, macOS and Windows file systems)
 
 
 def check_length(name: str, flag: str, value: str) -> str:

@@ -30,7 +30,7 @@ def honour_umask(path: str | Path, folder: bool = False) -> None:
     os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
 
 
-NAME_MAX = 255  # bytes of one file or folder name on the file systems the toolkit runs on
+NAME_MAX = 255  # bytes of one file or folder name (Linux, macOS and Windows file systems)
 _TMP_NAME_MAX = 200  # of the name part of a temporary's name: room for its prefix, writer tag, random part, ".old"
 
 
