@@ -1380,6 +1380,15 @@ MUTATIONS = [
     Mutation("output_named_as_the_record", "an output named as the folder's record replaces it (every command's "
              "entries lost)", "fine_tune/outputs.py", "        if path.name == OWNERS_FILE:", "        if False:",
              ("tests/test_output_ownership.py::test_a_record_that_is_not_the_toolkits_is_replaced_only_with_overwrite",)),
+    # issue 30 (lead): the attention MSE accurate relative to itself near the teacher
+    Mutation("attention_mse_fp32_grams", "TinyBERT's attention MSE makes its Gram matrices in fp32 again: near the "
+             "teacher the difference of squared norms cancels (wrong, even negative losses)",
+             "fine_tune/methods/tinybert.py", "        sq, sk, tq, tk = sq.double(), sk.double(), tq.double(), tk.double()\n",
+             "\n", ("tests/test_attention_losses.py::test_attention_mse_is_accurate_relative_to_itself_near_the_teacher",)),
+    Mutation("attention_mse_unclamped", "TinyBERT's attention MSE can come out below 0 (float64 rounding at the teacher)",
+             "fine_tune/methods/tinybert.py", "(student + teacher - 2 * cross).clamp_min(0.0)",
+             "(student + teacher - 2 * cross)",
+             ("tests/test_attention_losses.py::test_attention_mse_is_never_negative_and_zero_at_the_teacher",)),
 ]
 
 

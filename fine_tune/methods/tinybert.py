@@ -133,9 +133,15 @@ def attention_mse_from_projections(s_query: torch.Tensor, s_key: torch.Tensor, t
         sum_{q,k} (A^S - A^T)^2 = ||A^S||^2 + ||A^T||^2 - 2 <A^S, A^T>
         ||Q K^T||_F^2 = sum((Q^T Q) * (K^T K)),   <Q_s K_s^T, Q_t K_t^T> = sum((Q_s^T Q_t) * (K_s^T K_t))
 
-    per batch row and head: d x d Gram matrices, O(S d^2) work instead of O(S^2 d) and no B*H*S*S tensor (the
-    equality is exact; the Grams are made in fp32 and combined in float64, so the difference of the large
-    squared norms loses no more than the Grams' own fp32 rounding). ``head_mean``: the heads' mean maps, ``(1/h) sum_i Q_i K_i^T / sqrt(d)``, i.e. ``Q K^T / (h
+    per batch row and head: d x d Gram matrices, O(S d^2) work instead of O(S^2 d) and no B*H*S*S tensor. The
+    equality is exact, but the right-hand side subtracts squared norms of the size of ||A||^2 to get a loss that
+    can be many orders of magnitude smaller (a student near its teacher): made in fp32, the Grams' rounding
+    (relative to ||A||^2, and far worse under TF32 matmuls) swamps the loss, which can even come out negative.
+    So the Grams are made and combined in float64 from the fp32 inputs (every product of two fp32 numbers is
+    exact in float64, and TF32 never applies to float64): the loss stays accurate relative to itself down to
+    ``MSE / mean(A^2) = 1e-10`` and below (tests/test_attention_losses.py), at about twice the fp32 Grams' cost
+    on a CPU, small beside the models' forward. A result below 0 (float64 rounding, at most ~1e-16 ||A||^2) is
+    clamped to 0. ``head_mean``: the heads' mean maps, ``(1/h) sum_i Q_i K_i^T / sqrt(d)``, i.e. ``Q K^T / (h
     sqrt(d))`` over the full width. Same value and gradient as ``attention_mse(attention_scores(...), ...)``."""
     if not head_mean and s_heads != t_heads:
         raise UserError(f"TinyBERT's attention loss compares head by head: the student has {s_heads} attention "
@@ -158,19 +164,19 @@ def attention_mse_from_projections(s_query: torch.Tensor, s_key: torch.Tensor, t
             sq, sk = split_heads(sq, s_heads), split_heads(sk, s_heads)
             tq, tk = split_heads(tq, t_heads), split_heads(tk, t_heads)
 
-        def gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [B, H, d_a, d_b], float64 from here on
-            return torch.matmul(a.transpose(-1, -2), b).double()
+        sq, sk, tq, tk = sq.double(), sk.double(), tq.double(), tk.double()
+
+        def gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [B, H, d_a, d_b], float64
+            return torch.matmul(a.transpose(-1, -2), b)
 
         student = (gram(sq, sq) * gram(sk, sk)).sum() * s_scale ** 2
         teacher = (gram(tq, tq) * gram(tk, tk)).sum() * t_scale ** 2
         cross = (gram(sq, tq) * gram(sk, tk)).sum() * (s_scale * t_scale)
-        total = student + teacher - 2 * cross
+        total = (student + teacher - 2 * cross).clamp_min(0.0)
         heads = sq.shape[1]
         if masked and mask is not None:
-            count = heads * mask.to(dev).double().sum(-1).pow(2).sum()
-        else:
-            count = torch.tensor(float(sq.shape[0] * heads * s_query.shape[1] ** 2), dtype=torch.float64, device=dev)
-        return (total / count.clamp_min(1.0)).float()
+            return (total / (heads * mask.to(dev).double().sum(-1).pow(2).sum()).clamp_min(1.0)).float()
+        return (total / max(float(sq.shape[0] * heads * s_query.shape[1] ** 2), 1.0)).float()
 
 
 def hidden_mse(student_projected: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None,
