@@ -40,6 +40,8 @@ def as_before(old: dict[str, Any] | None, record: dict[str, Any]) -> dict[str, A
 LEGACY_FIELDS: dict[str, Any] = {
     "gate_no_decay": ["bias", "LayerNorm.weight"],  # LAD gates: their layernorm.weight was decayed
     "pkd_cls_reduction": "sum",  # PKD normalized_cls: summed over layers and hidden dimensions
+    # issue 30: MiniLM (E)
+    "minilm_average": "token",  # MiniLM / MiniLMv2 relation KLs: averaged over the batch's real tokens
 }
 
 
@@ -49,7 +51,9 @@ LEGACY_FIELDS: dict[str, Any] = {
 # tests/test_config_rerun.py checks that runs record no others.
 RESOLVED_FIELDS = frozenset({"task_definition", "ptrain_ver", "teacher_experiment", "teacher_checkpoint",
                              "logits_split", "method", "teacher_layers", "teacher_label_order", "hidden_mapping",
-                             "gate_no_decay", "pkd_cls_reduction", "tinybert_layers"})
+                             "gate_no_decay", "pkd_cls_reduction", "tinybert_layers",
+                             # issue 30: MiniLM (E)
+                             "minilm_average"})
 
 
 def recorded_fields() -> frozenset[str]:

@@ -1389,6 +1389,51 @@ MUTATIONS = [
              "fine_tune/methods/tinybert.py", "(student + teacher - 2 * cross).clamp_min(0.0)",
              "(student + teacher - 2 * cross)",
              ("tests/test_attention_losses.py::test_attention_mse_is_never_negative_and_zero_at_the_teacher",)),
+    # issue 30 (E)
+    Mutation("minilm_token_average_for_new_runs", "a new MiniLM run averages its relation KLs over the batch's "
+             "tokens, not per sequence as MiniLMv2's public code", "fine_tune/methods/minilm.py",
+             '"average": settings.legacy.get("minilm_average", "sequence"),',
+             '"average": settings.legacy.get("minilm_average", "token"),',
+             ("tests/test_minilm_average.py::test_a_run_started_before_keeps_the_token_average",)),
+    Mutation("minilm_old_run_takes_the_new_average", "a MiniLM run started before the per-sequence average resumes "
+             "with it (not bit for bit)", "fine_tune/methods/minilm.py",
+             '"average": settings.legacy.get("minilm_average", "sequence"),', '"average": "sequence",',
+             ("tests/test_minilm_average.py::test_a_run_started_before_keeps_the_token_average",)),
+    Mutation("minilm_average_not_recorded", "config.json does not say which MiniLM average a run uses (an old run "
+             "cannot be told from a new one)", "fine_tune/methods/minilm.py",
+             '        return {"minilm_average": self.average}', "        return {}",
+             ("tests/test_minilm_average.py::test_a_run_started_before_keeps_the_token_average",)),
+    Mutation("minilm_average_not_legacy", "a MiniLM run started before the per-sequence average is refused as another "
+             "config instead of resuming", "fine_tune/config.py", '    "minilm_average": "token",  # MiniLM',
+             '    "minilm_average_": "token",  # MiniLM',
+             ("tests/test_minilm_average.py::test_an_old_run_resumes_with_the_token_average",)),
+    Mutation("minilm_v1_average_not_passed", "MiniLM (v1) ignores an old run's token average",
+             "fine_tune/methods/minilm.py", "self.student_heads, self.teacher_heads, mask,\n"
+             "                                        self.average)", "self.student_heads, self.teacher_heads, mask)",
+             ("tests/test_minilm_average.py::test_a_run_started_before_keeps_the_token_average[minilm]",)),
+    Mutation("minilm_v2_average_not_passed", "MiniLMv2 ignores an old run's token average",
+             "fine_tune/methods/minilm.py", "self.relation_heads, mask, self.average)", "self.relation_heads, mask)",
+             ("tests/test_minilm_average.py::test_a_run_started_before_keeps_the_token_average[minilmv2]",)),
+    Mutation("minilm_sequence_average_is_the_token_one", "MiniLM's per-sequence average computes the batch-token "
+             "average", "fine_tune/methods/minilm.py", '        if average == "token":', "        if True:",
+             ("tests/test_minilm_average.py::test_per_sequence_average_is_the_released_reduction_and_differs_from_"
+              "the_token_average",)),
+    Mutation("minilm_sequence_average_counts_padding_queries", "MiniLM's per-sequence average divides by the padded "
+             "width, not the sequence's real tokens", "fine_tune/methods/minilm.py",
+             "        tokens = real.sum(-1).to(log_s.dtype)  # n_b, [B]",
+             "        tokens = torch.full((batch,), float(length), device=log_s.device)",
+             ("tests/test_minilm_average.py::test_extra_padding_changes_nothing[sequence]",)),
+    Mutation("minilm_sequence_average_without_heads", "MiniLM's per-sequence average sums over the heads instead of "
+             "averaging", "fine_tune/methods/minilm.py",
+             "per_sequence = terms.sum(dim=(1, 2, 3)) / (tokens * heads).clamp_min(1.0)",
+             "per_sequence = terms.sum(dim=(1, 2, 3)) / tokens.clamp_min(1.0)",
+             ("tests/test_minilm_average.py::test_per_sequence_average_is_the_released_reduction_and_differs_from_"
+              "the_token_average",)),
+    Mutation("minilm_empty_row_counted", "a row with no real token counts as a sequence in MiniLM's average",
+             "fine_tune/methods/minilm.py",
+             "return per_sequence.sum() / (tokens > 0).sum().to(log_s.dtype).clamp_min(1.0)",
+             "return per_sequence.mean()",
+             ("tests/test_minilm_average.py::test_extra_padding_changes_nothing[sequence]",)),
 ]
 
 

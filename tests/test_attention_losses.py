@@ -125,12 +125,13 @@ def ref_relation(a, b_, heads, mask):
     return out
 
 
-def ref_kl(p_s, p_t, mask):
-    """1/(H * sum_b n_b) * sum_{b, h, real q} sum_{real k} p_t log(p_t / p_s)."""
+def ref_kl(p_s, p_t, mask, average="sequence"):
+    """sequence (MiniLMv2's public code, minilmv2.bb): 1/B * sum_b 1/(H n_b) * sum_{h, real q} sum_{real k}
+    p_t log(p_t / p_s); token (runs started before): 1/(H * sum_b n_b) * sum_{b, h, real q} sum_{real k} ..."""
     batch, heads, length, _ = p_s.shape
-    total = 0.0
-    tokens = 0
+    sums, counts = [], []
     for b in range(batch):
+        total, tokens = 0.0, 0
         for i in range(length):
             if mask[b][i] == 0:
                 continue
@@ -142,7 +143,11 @@ def ref_kl(p_s, p_t, mask):
                     pt, ps = p_t[b][h][i][j], p_s[b][h][i][j]
                     if pt > 0:
                         total += pt * math.log(pt / ps)
-    return total / (heads * tokens)
+        sums.append(total)
+        counts.append(tokens)
+    if average == "token":
+        return sum(sums) / (heads * sum(counts))
+    return sum(t / (heads * n) for t, n in zip(sums, counts)) / batch
 
 
 def ref_minilm(sq, sk, sv, tq, tk, tv, s_heads, t_heads, mask):

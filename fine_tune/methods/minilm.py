@@ -2,7 +2,7 @@ r"""MiniLM and MiniLMv2 self-attention distillation: the losses and the method (
 
 MiniLM: Wang, Wei, Dong, Bao, Yang, Zhou, "MiniLM: Deep Self-Attention Distillation for Task-Agnostic
 Compression of Pre-Trained Transformers", NeurIPS 2020. The last layer's attention distributions and
-value relations (eq. 5-7), each averaged over heads and tokens::
+value relations (eq. 5-7), each averaged over heads and the |x| tokens of the sequence::
 
     A_a = softmax(Q_a K_a^T / sqrt(d_k))                         (attention distribution, per head a)
     VR_a = softmax(V_a V_a^T / sqrt(d_k))                        (value relation)
@@ -18,13 +18,23 @@ widths; d_r = D / A_r per model), and the Q-Q, K-K and V-V relations are distill
     R_{ij,a} = softmax(A_{i,a} A_{j,a}^T / sqrt(d_r))            A in {Q, K, V}, a = 1..A_r
     L = sum_{(i,j) in {QQ, KK, VV}} 1/(A_r |x|) * sum_a sum_t KL(R^T_{ij,a,t} || R^S_{ij,a,t})
 
-The relation matrices are [S, S] whatever the hidden size, so teacher and student may differ in width with no
-projection. Padding keys get probability exactly 0 (masked to -inf before the softmax) and padding query rows
-are left out of the average, so ``|x|`` is, over the batch, ``sum_b n_b`` (n_b the real tokens of sequence b).
+The papers write one sequence x. Over a batch of B sequences with n_b real tokens each, every KL is averaged
+per sequence, then over the batch (``average="sequence"``, the default)::
+
+    KL_batch = 1/B * sum_b 1/(H n_b) * sum_h sum_{t real in b} KL(P^T_{b,h,t} || P^S_{b,h,t})
+
+as MiniLMv2's only public distillation code, Bloomberg's minilmv2.bb (``minilmv2/minilmv2.py``,
+``MiniLM._get_kl_loss``: per sequence, ``KLDivLoss(reduction="sum")`` over its real rows and keys divided by
+``A_r * cur_seq_len``, then ``loss /= batch_size``; Microsoft's microsoft/unilm publishes checkpoints and
+fine-tuning examples, not the distillation code, so MiniLM v1 takes the same rule). Runs started before this
+rule was chosen keep their batch-token average (``average="token"``: ``1/(H sum_b n_b) * sum_b sum_h sum_t``, a
+long sequence weighing more), equal to it when every sequence has the same length. Padding keys get probability
+exactly 0 (masked to -inf before the softmax) and padding query rows are left out, so neither average depends
+on the padding.
 
 Inputs: the last layer's query / key / value projections [B, S, D] (before the heads are split) and the
-attention mask [B, S] (1 = real token, 0 = padding, right padding). Every function computes in fp32 (autocast
-off), whatever the input dtype or the surrounding autocast.
+attention mask [B, S] (1 = real token, 0 = padding). Every function computes in fp32 (autocast off), whatever
+the input dtype or the surrounding autocast.
 """
 
 from __future__ import annotations
@@ -67,17 +77,31 @@ def relation(a: torch.Tensor, b: torch.Tensor, num_heads: int, mask: torch.Tenso
         return F.log_softmax(scores, dim=-1)
 
 
+# How each relation KL is averaged over a batch: "sequence" (MiniLMv2's public code, new runs), "token" (runs
+# started before; the field minilm_average of their config.json is missing)
+MINILM_AVERAGES = ("sequence", "token")
+
+
 def relation_kl(student_log_rel: torch.Tensor, teacher_log_rel: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
-    r"""KL(teacher || student) of [B, H, S, S] log-probability relations, summed over the keys and averaged
-    over the heads and the REAL query positions of the whole batch, in fp32::
+                mask: torch.Tensor | None, average: str = "sequence") -> torch.Tensor:
+    r"""KL(teacher || student) of [B, H, S, S] log-probability relations, summed over the keys, in fp32, averaged
+    over the heads and the REAL query positions of each sequence, then over the sequences (``average="sequence"``,
+    MiniLMv2's public code)::
+
+        1/B' * sum_b 1/(H n_b) * sum_{h, q real} sum_k p^T log(p^T / p^S)
+
+    (n_b: the real tokens of sequence b; B': the sequences with at least one, so an all-padding row changes
+    nothing), or over the heads and the real query positions of the whole batch (``average="token"``, runs
+    started before)::
 
         1/(H * sum_b n_b) * sum_{b, h, q real} sum_k p^T log(p^T / p^S)
 
-    (MiniLM's "averaged over heads and tokens"). Padding query rows are left out; padding keys (p^T = 0)
-    contribute exactly 0, with no 0 * log 0 or (-inf) - (-inf) NaN in the value or the gradient: the log
-    probabilities are replaced by 0 at every excluded (query, key) pair before the difference is taken. With
-    ``mask`` None every position is real. Student and teacher must have the same number of (relation) heads."""
+    Padding query rows are left out; padding keys (p^T = 0) contribute exactly 0, with no 0 * log 0 or
+    (-inf) - (-inf) NaN in the value or the gradient: the log probabilities are replaced by 0 at every excluded
+    (query, key) pair before the difference is taken. With ``mask`` None every position is real (the two
+    averages agree). Student and teacher must have the same number of (relation) heads."""
+    if average not in MINILM_AVERAGES:
+        raise ValueError(f"average {average!r}: one of {', '.join(MINILM_AVERAGES)}")
     if student_log_rel.shape != teacher_log_rel.shape:
         raise UserError(f"relation shapes differ: student {tuple(student_log_rel.shape)}, "
                         f"teacher {tuple(teacher_log_rel.shape)} (the same heads and length are needed)")
@@ -93,35 +117,38 @@ def relation_kl(student_log_rel: torch.Tensor, teacher_log_rel: torch.Tensor,
         log_s = log_s.masked_fill(~valid, 0.0)
         log_t = log_t.masked_fill(~valid, 0.0)
         terms = (log_t.exp() * (log_t - log_s)).masked_fill(~valid, 0.0)
-        count = real.sum().to(log_s.dtype) * heads
-        return terms.sum() / count.clamp_min(1.0)
+        tokens = real.sum(-1).to(log_s.dtype)  # n_b, [B]
+        if average == "token":
+            return terms.sum() / (tokens.sum() * heads).clamp_min(1.0)
+        per_sequence = terms.sum(dim=(1, 2, 3)) / (tokens * heads).clamp_min(1.0)  # 0 for an all-padding row
+        return per_sequence.sum() / (tokens > 0).sum().to(log_s.dtype).clamp_min(1.0)
 
 
 def minilm_loss(s_q: torch.Tensor, s_k: torch.Tensor, s_v: torch.Tensor,
                 t_q: torch.Tensor, t_k: torch.Tensor, t_v: torch.Tensor,
                 s_heads: int, t_heads: int,
-                mask: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                mask: torch.Tensor | None, average: str = "sequence") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""MiniLM (v1) loss of the LAST layers: attention-distribution KL (query-key) + value-relation KL
     (value-value), each computed with each model's own head count (d_k = D / heads per model) and reduced by
-    :func:`relation_kl`. Requires ``s_heads == t_heads`` (MiniLM compares head by head), :class:`UserError`
-    otherwise. Returns ``(total, {"attention_kl": ..., "value_kl": ...})``."""
+    :func:`relation_kl` with ``average``. Requires ``s_heads == t_heads`` (MiniLM compares head by head),
+    :class:`UserError` otherwise. Returns ``(total, {"attention_kl": ..., "value_kl": ...})``."""
     if s_heads != t_heads:
         raise UserError(f"MiniLM distils attention head by head: the student has {s_heads} heads, the teacher "
                         f"{t_heads}; pass --relation_heads R (MiniLMv2's relation heads, R dividing both hidden sizes)")
-    attention = relation_kl(relation(s_q, s_k, s_heads, mask), relation(t_q, t_k, t_heads, mask), mask)
-    value = relation_kl(relation(s_v, s_v, s_heads, mask), relation(t_v, t_v, t_heads, mask), mask)
+    attention = relation_kl(relation(s_q, s_k, s_heads, mask), relation(t_q, t_k, t_heads, mask), mask, average)
+    value = relation_kl(relation(s_v, s_v, s_heads, mask), relation(t_v, t_v, t_heads, mask), mask, average)
     return attention + value, {"attention_kl": attention, "value_kl": value}
 
 
 def minilmv2_loss(s_q: torch.Tensor, s_k: torch.Tensor, s_v: torch.Tensor,
                   t_q: torch.Tensor, t_k: torch.Tensor, t_v: torch.Tensor,
                   relation_heads: int,
-                  mask: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  mask: torch.Tensor | None, average: str = "sequence") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""MiniLMv2 loss: both models' concatenated heads re-split into ``relation_heads`` (A_r) relation heads
     (D_s / A_r and D_t / A_r wide; :class:`UserError` unless A_r divides both widths), the Q-Q, K-K and V-V
-    relations (each scaled by 1 / sqrt(D / A_r) of its own model), each KL reduced by :func:`relation_kl`,
-    total = their sum. Works across widths (no projection). Returns
-    ``(total, {"qq_kl": ..., "kk_kl": ..., "vv_kl": ...})``."""
+    relations (each scaled by 1 / sqrt(D / A_r) of its own model), each KL reduced by :func:`relation_kl` with
+    ``average``, total = their sum (minilmv2.bb's default relation weights, 1 each). Works across widths (no
+    projection). Returns ``(total, {"qq_kl": ..., "kk_kl": ..., "vv_kl": ...})``."""
     s_width, t_width = width_of(s_q), width_of(t_q)
     if relation_heads < 1 or s_width % relation_heads or t_width % relation_heads:
         raise UserError(f"--relation_heads {relation_heads} must divide both hidden sizes: "
@@ -129,7 +156,7 @@ def minilmv2_loss(s_q: torch.Tensor, s_k: torch.Tensor, s_v: torch.Tensor,
     parts = {}
     for name, student, teacher in (("qq_kl", s_q, t_q), ("kk_kl", s_k, t_k), ("vv_kl", s_v, t_v)):
         parts[name] = relation_kl(relation(student, student, relation_heads, mask),
-                                  relation(teacher, teacher, relation_heads, mask), mask)
+                                  relation(teacher, teacher, relation_heads, mask), mask, average)
     return parts["qq_kl"] + parts["kk_kl"] + parts["vv_kl"], parts
 
 
@@ -159,7 +186,9 @@ class MiniLM(LayerwiseKD):
     ``--relation_heads R`` MiniLMv2's Q-Q, K-K and V-V relation KL over R relation heads (any head counts).
     Relations are [S, S] whatever the width: no projection, so a student of any width learns from any teacher.
     The relations are recomputed from the last layer's query/key/value projections
-    (:mod:`fine_tune.models.attention_capture`)."""
+    (:mod:`fine_tune.models.attention_capture`). Each KL is averaged per sequence, then over the batch
+    (``average="sequence"``, recorded as ``minilm_average``); a run started before keeps its batch-token average
+    (``"token"``, :func:`relation_kl`)."""
 
     name = "minilm"
     flag_groups = (MiniLMFlags,)
@@ -168,7 +197,7 @@ class MiniLM(LayerwiseKD):
     def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
                  student_heads: int, teacher_heads: int, relation_heads: int | None = None,
                  teacher_layer: int | None = None, student_width: int | None = None, teacher_width: int | None = None,
-                 padding: str = "max_length", **common):
+                 padding: str = "max_length", average: str = "sequence", **common):
         super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding,
                          student_width=student_width, teacher_width=teacher_width, **common)
         self.teacher_layer = teacher_layer or num_teacher_layers
@@ -176,6 +205,9 @@ class MiniLM(LayerwiseKD):
             raise UserError(f"--minilm_teacher_layer {self.teacher_layer}: the teacher has {num_teacher_layers} "
                             f"layers (1..{num_teacher_layers})")
         self.student_heads, self.teacher_heads, self.relation_heads = student_heads, teacher_heads, relation_heads
+        if average not in MINILM_AVERAGES:
+            raise ValueError(f"average {average!r}: one of {', '.join(MINILM_AVERAGES)}")
+        self.average = average
         if relation_heads is None and student_heads != teacher_heads:
             raise UserError(f"MiniLM distils attention head by head: the student has {student_heads} heads, the "
                             f"teacher {teacher_heads}; pass --relation_heads R (MiniLMv2's relation heads, R dividing "
@@ -190,7 +222,11 @@ class MiniLM(LayerwiseKD):
         return {"student_heads": settings.student.num_heads,
                 "teacher_heads": settings.teacher.num_heads or settings.student.num_heads,
                 "relation_heads": settings["minilm"].relation_heads,
+                "average": settings.legacy.get("minilm_average", "sequence"),
                 "teacher_layer": settings["minilm"].minilm_teacher_layer}
+
+    def record(self) -> dict:
+        return {"minilm_average": self.average}
 
     def check_models(self, teacher_config, student_family: str) -> None:
         if self.mu:
@@ -218,9 +254,10 @@ class MiniLM(LayerwiseKD):
             dev = sq.device
             tq, tk, tv = (x.to(dev) for x in teacher.attention_inputs[self.teacher_layer - 1])
             if self.relation_heads is None:
-                total, kl = minilm_loss(sq, sk, sv, tq, tk, tv, self.student_heads, self.teacher_heads, mask)
+                total, kl = minilm_loss(sq, sk, sv, tq, tk, tv, self.student_heads, self.teacher_heads, mask,
+                                        self.average)
             else:
-                total, kl = minilmv2_loss(sq, sk, sv, tq, tk, tv, self.relation_heads, mask)
+                total, kl = minilmv2_loss(sq, sk, sv, tq, tk, tv, self.relation_heads, mask, self.average)
             parts.update({k: self.mu * v for k, v in kl.items()})
             parts["attention_relation_loss"] = self.mu * total
             loss = loss + self.mu * total

@@ -3,8 +3,9 @@
 ``--init_start S --init_end E --init_step K`` copies teacher layers ``range(S, E + 1, K)`` (1-based,
 inclusive; the original's start/end/step) into student layers 1..n, plus the pooler. With
 ``--init_attn_only`` only the self-attention projections (query, key, value) are copied (the original's
-"attn_W only" runs). Embeddings are not copied. The source is the teacher's own ``ptrain_ver`` (the
-original always took bert-base-uncased / albert-base-v2; see doc/methods.md).
+"attn_W only" runs). Embeddings are not copied. The source is the teacher's own ``ptrain_ver`` (the original's
+2021-era layer-wise code always took bert-base-uncased; its 2020-era code had no such copy, only a fixed student
+tokenizer; see doc/methods.md, "Models").
 """
 
 from __future__ import annotations
