@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -117,19 +117,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def write_predictions(path: Path, examples, logits: np.ndarray) -> None:
-    """One row per example: id, gold label, prediction and (classification) the class probabilities."""
+def write_predictions(path: Path, examples, logits: np.ndarray, label_names: Sequence[str]) -> None:
+    """One row per example: id, gold label, prediction and (classification) the class probabilities. Classes are
+    written by the task's label names (Hugging Face's, as its ``run_glue.py`` writes its predictions: QQP
+    ``duplicate``, BoolQ ``True``), the probability columns ``prob_<name>`` in the model's output order."""
     if logits.shape[1] == 1:  # regression: the predicted score
         lines = ["idx\tlabel\tprediction"] + [f"{ex.idx}\t{'' if ex.label is None else ex.label}\t{float(x[0]):.6f}"
                                                for ex, x in zip(examples, logits)]
         atomic_write_text(path, "\n".join(lines) + "\n")
         return
     probs = softmax(logits)
-    header = "idx\tlabel\tprediction\t" + "\t".join(f"prob_{c}" for c in range(probs.shape[1]))
+    header = "idx\tlabel\tprediction\t" + "\t".join(f"prob_{name}" for name in label_names)
     lines = [header]
     for ex, p in zip(examples, probs):
-        label = "" if ex.label is None else str(ex.label)
-        lines.append(f"{ex.idx}\t{label}\t{int(p.argmax())}\t" + "\t".join(f"{x:.6f}" for x in p))
+        label = "" if ex.label is None else label_names[int(ex.label)]
+        lines.append(f"{ex.idx}\t{label}\t{label_names[int(p.argmax())]}\t" + "\t".join(f"{x:.6f}" for x in p))
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -176,7 +178,8 @@ def run_eval(plan: EvalPlan) -> dict:
             for m in metric_names:  # accuracy, f1_score (the toolkit's tags), mcc, macro_f1, ...
                 writer.add_scalar(f"{le.task.name}/{split}/{TAGS.get(m, m)}", row[m], step)
             if plan.save_predictions:
-                write_predictions(le.exp.path / f"predictions-{split}-{step}.tsv", examples, logits)
+                write_predictions(le.exp.path / f"predictions-{split}-{step}.tsv", examples, logits,
+                                  le.task.label_names)
     finally:
         if writer is not None:
             writer.close()

@@ -101,8 +101,10 @@ def _label_key(name) -> str:
 
 def match_labels(id2label: dict, task, label_map: str | None, source: str) -> list[int] | None:
     """The teacher's output index of each of the task's labels: from ``--teacher_label_map`` when given, else by
-    matching ``id2label``'s names with the task's label names (or the labels as its files write them), case and
-    punctuation aside. None when the teacher's order is already the task's."""
+    matching ``id2label``'s names with the task's label names (Hugging Face's) or the labels as its files write
+    them, case and punctuation aside. The latter are the names the toolkit's own exports carried before it took
+    Hugging Face's (QQP ``0``/``1``, BoolQ ``false``/``true``): such a teacher is the same classes, matched by
+    name, in whatever order its outputs come. None when the teacher's order is already the task's."""
     n = task.num_class
     names = [id2label[i] if i in id2label else id2label.get(str(i)) for i in range(len(id2label))]
     if len(names) != n:
@@ -128,9 +130,11 @@ def match_labels(id2label: dict, task, label_map: str | None, source: str) -> li
         if sorted(wanted) == sorted(keys) and len(set(keys)) == n:
             order = [keys.index(w) for w in wanted]
             return None if order == list(range(n)) else order
+    files = getattr(task, "file_labels", None)
+    spelled = f", or as its files write them: {', '.join(files)}" if files and files != task.label_names else ""
     raise UserError(f"--teacher_hf {source!r}: its labels ({', '.join(map(str, names))}) are not {task.name}'s "
-                    f"({', '.join(task.label_names)}); name the teacher's output of each with --teacher_label_map, "
-                    f"e.g. {','.join(map(str, range(n)))}")
+                    f"({', '.join(task.label_names)}{spelled}); name the teacher's output of each with "
+                    f"--teacher_label_map, e.g. {','.join(map(str, range(n)))}")
 
 
 def reorder_outputs(model: torch.nn.Module, order: list[int]) -> None:

@@ -894,8 +894,8 @@ MUTATIONS = [
              '    layers = list(range(1, end - start + 2, step))\n',
              ('tests/test_scripts_e2e.py::test_bert_boolq_pipeline',)),
     Mutation("saved_predictions_row_numbers", "--save_predictions files number their rows instead of the data file's ids", "fine_tune/evaluate.py",
-             'lines.append(f"{ex.idx}\\t{label}\\t{int(p.argmax())}\\t"',
-             'lines.append(f"{len(lines) - 1}\\t{label}\\t{int(p.argmax())}\\t"',
+             'lines.append(f"{ex.idx}\\t{label}\\t{label_names[int(p.argmax())]}\\t"',
+             'lines.append(f"{len(lines) - 1}\\t{label}\\t{label_names[int(p.argmax())]}\\t"',
              ('tests/test_scripts_e2e.py::test_bert_boolq_pipeline',)),
     # identity of derived files (issue 28): each keyed by everything that decided it
     Mutation("cache_keyed_by_row_count", "the tokenisation cache is keyed by the row count, not the rows' content: a "
@@ -1434,6 +1434,51 @@ MUTATIONS = [
              "return per_sequence.sum() / (tokens > 0).sum().to(log_s.dtype).clamp_min(1.0)",
              "return per_sequence.mean()",
              ("tests/test_minilm_average.py::test_extra_padding_changes_nothing[sequence]",)),
+    # issue 30 (D): class names are Hugging Face's; files, submissions and older experiments as before
+    Mutation("qqp_classes_named_0_1", "QQP's classes are named 0/1 (the files' spelling), not Hugging Face's "
+             "not_duplicate/duplicate", "fine_tune/tasks/registry.py",
+             'label_names=("not_duplicate", "duplicate"), file_labels=BINARY,',
+             "label_names=BINARY, file_labels=BINARY,",
+             ("tests/test_label_names.py::test_every_built_in_task_names_its_classes_as_hugging_face",
+              "tests/test_label_names.py::test_an_export_of_an_experiment_made_with_the_old_names_carries_hugging_face_names")),
+    Mutation("boolq_classes_named_lowercase", "BoolQ's classes are named false/true, not Hugging Face's False/True",
+             "fine_tune/tasks/registry.py", 'label_names=("False", "True"), file_labels=("false", "true"),',
+             'label_names=("false", "true"), file_labels=("false", "true"),',
+             ("tests/test_label_names.py::test_every_built_in_task_names_its_classes_as_hugging_face",
+              "tests/test_label_names.py::test_an_export_of_an_experiment_made_with_the_old_names_carries_hugging_face_names")),
+    Mutation("boolq_submission_capitalised", 'BoolQ.jsonl writes "False"/"True" (the class names), not the '
+             'server\'s "false"/"true"', "fine_tune/tasks/registry.py",
+             'label_names=("False", "True"), file_labels=("false", "true"),', 'label_names=("False", "True"),',
+             ("tests/test_label_names.py::test_prediction_files_name_the_classes_and_submission_files_keep_the_servers_format",)),
+    Mutation("submission_by_class_names", "a submission file writes the class names, not the server's spelling",
+             "fine_tune/tasks/task.py", "        names = self.labels_in_files\n", "        names = self.label_names\n",
+             ("tests/test_label_names.py::test_prediction_files_name_the_classes_and_submission_files_keep_the_servers_format",)),
+    Mutation("saved_predictions_class_indices", "--save_predictions files write the gold class as its index, not its "
+             "name", "fine_tune/evaluate.py",
+             'label = "" if ex.label is None else label_names[int(ex.label)]',
+             'label = "" if ex.label is None else str(ex.label)',
+             ("tests/test_label_names.py::test_prediction_files_name_the_classes_and_submission_files_keep_the_servers_format",)),
+    Mutation("saved_predictions_prob_columns_numbered", "--save_predictions files number their probability columns "
+             "(prob_0), not by class name", "fine_tune/evaluate.py",
+             '"\\t".join(f"prob_{name}" for name in label_names)',
+             '"\\t".join(f"prob_{c}" for c in range(probs.shape[1]))',
+             ("tests/test_label_names.py::test_prediction_files_name_the_classes_and_submission_files_keep_the_servers_format",)),
+    Mutation("teacher_old_names_refused", "a Hugging Face teacher named as the files write the classes (an export "
+             "made before: QQP 0/1) is refused", "fine_tune/teacher.py",
+             'for candidates in (task.label_names, getattr(task, "file_labels", None)):',
+             "for candidates in (task.label_names,):",
+             ("tests/test_label_names.py::test_a_hugging_face_teacher_named_the_old_way_is_matched_as_the_same_classes",)),
+    Mutation("export_keeps_the_experiments_names", "an export keeps the names its experiment's folder holds (an "
+             "older experiment's 0/1), not the task's", "fine_tune/export.py",
+             "    set_task_labels(model.config, le.task.label_names)\n", "",
+             ("tests/test_label_names.py::test_an_export_of_an_experiment_made_with_the_old_names_carries_hugging_face_names",)),
+    Mutation("built_in_label_records_compared", "a built-in task's records made with its old names (a logits set's "
+             "label_names 0/1) are refused", "fine_tune/tasks/task.py",
+             "        if self.definition is None:\n            return\n", "",
+             ("tests/test_label_names.py::test_a_logits_set_recorded_with_the_old_names_distils_and_is_not_refused",)),
+    Mutation("task_without_names_accepted", "a task without label_names is accepted (QQP's classes were named 0/1 by "
+             "a silent default)", "fine_tune/tasks/task.py", "        if not self.label_names or (",
+             "        if (", ("tests/test_label_names.py::test_every_built_in_task_names_its_classes_as_hugging_face",)),
 ]
 
 

@@ -77,7 +77,8 @@ def test_onnx_export_matches_pytorch_on_dynamic_shapes_and_records_its_check(wor
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.model_max_length == SEQ
     config = AutoConfig.from_pretrained(out)
-    assert config.id2label == {0: "0", 1: "1"} and config.label2id == {"0": 0, "1": 1}
+    assert config.id2label == {0: "not_duplicate", 1: "duplicate"}  # Hugging Face's glue/qqp names
+    assert config.label2id == {"not_duplicate": 0, "duplicate": 1}
     sess = session(out / "model.onnx")
     assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
     assert [o.name for o in sess.get_outputs()] == ["logits"]

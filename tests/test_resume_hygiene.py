@@ -76,8 +76,8 @@ def test_every_saved_model_folder_names_the_task_labels(run, tiny_bert, tmp_path
     run("run_fine_tune.py", "--experiment", "lbl", "--ptrain_ver", str(other), "--model", "bert", "--task", "boolq",
         "--total_step", "2", "--warmup_step", "0", "--ckpt_step", "2", "--batch_size", "8", "--max_seq_len", "24")
     saved = json.loads((exp_root / "lbl_bert_boolq" / "model" / "config.json").read_text())
-    assert saved["id2label"] == {"0": "false", "1": "true"} and saved["label2id"] == {"false": 0, "true": 1}
-    # a student built from its widths (logits KD) too: QQP's names ("0", "1"), not LABEL_0 / LABEL_1
+    assert saved["id2label"] == {"0": "False", "1": "True"} and saved["label2id"] == {"False": 0, "True": 1}
+    # a student built from its widths (logits KD) too: QQP's names (Hugging Face's), not LABEL_0 / LABEL_1
     run("run_fine_tune.py", *tune("t", tiny_bert, "--total_step", "2", "--warmup_step", "0"))
     run("run_fine_tune_gen_logits.py", "--experiment", "t", "--model", "bert", "--task", "qqp", "--dataset", "train",
         "--ckpt", "2")
@@ -85,7 +85,8 @@ def test_every_saved_model_folder_names_the_task_labels(run, tiny_bert, tmp_path
         "t_bert_qqp", "--d_model", "16", "--d_ff", "32", "--num_attention_heads", "2", "--num_hidden_layers", "1",
         "--total_step", "1", "--warmup_step", "0", "--batch_size", "8", "--max_seq_len", "24")
     saved = json.loads((exp_root / "kd_bert_qqp" / "model" / "config.json").read_text())
-    assert saved["id2label"] == {"0": "0", "1": "1"} and saved["label2id"] == {"0": 0, "1": 1}
+    assert saved["id2label"] == {"0": "not_duplicate", "1": "duplicate"}
+    assert saved["label2id"] == {"not_duplicate": 0, "duplicate": 1}
 
 
 def test_a_kill_before_pruning_the_last_checkpoint_is_pruned_on_the_rerun(run, tiny_bert, data_root, exp_root):
@@ -164,7 +165,8 @@ def test_a_classifier_of_another_class_count_gets_a_new_head(run, tiny_bert, tmp
     folder = exp_root / "c3_bert_qqp"
     state = torch.load(folder / "model-2.pt", weights_only=True)
     assert state["classifier.weight"].shape[0] == 2
-    assert json.loads((folder / "model" / "config.json").read_text())["id2label"] == {"0": "0", "1": "1"}
+    assert json.loads((folder / "model" / "config.json").read_text())["id2label"] == {"0": "not_duplicate",
+                                                                                   "1": "duplicate"}
     # the same folder as the student of logits KD: the note names --student_ptrain_ver
     run("run_fine_tune_gen_logits.py", "--experiment", "c3", "--model", "bert", "--task", "qqp", "--dataset", "train",
         "--ckpt", "2")

@@ -222,16 +222,17 @@ def check_eval(proc, data_root: Path, exp_root: Path) -> None:
     assert [s for s, _ in points] == [5, 10, 12]
     assert [v for _, v in points] == pytest.approx([r["accuracy"] for r in table["rows"]], abs=1e-6)
 
-    # --save_predictions: one file per checkpoint, file order, probabilities = softmax of the logits
+    # --save_predictions: one file per checkpoint, file order, probabilities = softmax of the logits; classes by
+    # Hugging Face's names (super_glue/boolq: False, True)
     for step in (5, 10, 12):
         lines = (exp / f"predictions-val-{step}.tsv").read_text().splitlines()
-        assert lines[0] == "idx\tlabel\tprediction\tprob_0\tprob_1"
+        assert lines[0] == "idx\tlabel\tprediction\tprob_False\tprob_True"
         body = [line.split("\t") for line in lines[1:]]
         assert [int(c[0]) for c in body] == [r["idx"] for r in val]
-        assert [int(c[1]) for c in body] == [r["label"] for r in val]
+        assert [c[1] for c in body] == [["False", "True"][int(r["label"])] for r in val]
         probs = np.array([[float(c[3]), float(c[4])] for c in body])
         assert np.allclose(probs.sum(1), 1.0, atol=2e-6)
-        assert [int(c[2]) for c in body] == list(probs.argmax(1))
+        assert [c[2] for c in body] == [["False", "True"][k] for k in probs.argmax(1)]
         z = logits[step] - logits[step].max(1, keepdims=True)
         assert np.allclose(probs, np.exp(z) / np.exp(z).sum(1, keepdims=True), atol=1e-5)
 

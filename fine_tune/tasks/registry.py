@@ -3,7 +3,9 @@
 GLUE (the official ``glue_data`` layout, one folder per task): CoLA, SST-2, MRPC, STS-B (regression), QQP, MNLI,
 QNLI, RTE, WNLI.
 SuperGLUE (the official ``.jsonl`` releases): BoolQ, CB, RTE (``rte_superglue``). ``--task`` takes Hugging Face's
-configuration names (``cola sst2 mrpc stsb qqp mnli qnli rte wnli``, ``boolq cb``); ``--dataset`` the file stem. The
+configuration names (``cola sst2 mrpc stsb qqp mnli qnli rte wnli``, ``boolq cb``); ``--dataset`` the file stem.
+``label_names`` are the class names of Hugging Face's ``glue`` / ``super_glue`` datasets (their ``ClassLabel``
+features), in their order; ``file_labels`` how the official files write them where that differs. The
 diagnostics are splits of the task whose model predicts them: GLUE's AX of ``mnli`` (``--dataset ax``),
 SuperGLUE's AX-b and AX-g of ``rte_superglue`` (``--dataset axb``, ``axg``).
 """
@@ -54,7 +56,8 @@ TASKS: dict[str, Task] = {
         metrics=("accuracy",),
         submission_file="BoolQ.jsonl",
         dev_split="val",
-        label_names=("false", "true"),
+        # Hugging Face's super_glue/boolq names; the files and the SuperGLUE server write false/true
+        label_names=("False", "True"), file_labels=("false", "true"),
         submission_format="superglue",
         benchmark="superglue",
     ),
@@ -66,6 +69,8 @@ TASKS: dict[str, Task] = {
         parse=parse_qqp,
         metrics=("accuracy", "f1"),
         submission_file="QQP.tsv",
+        # Hugging Face's glue/qqp names; the files (is_duplicate) and the GLUE server write 0/1
+        label_names=("not_duplicate", "duplicate"), file_labels=BINARY,
         submission_labels="ints",
     ),
     "cola": Task(

@@ -18,9 +18,13 @@ from .example import Example
 
 @dataclass(frozen=True)
 class Task:
-    """One task. ``label_names``: the classes in the model's output order (Hugging Face's names: exported as
-    ``id2label``); ``file_labels``: how the data files and the submission server write each class (default: the
-    label names). ``metrics``: reported by evaluation; ``main_metric`` picks the best checkpoint."""
+    """One task. ``label_names``: the classes in the model's output order, named as Hugging Face's dataset names
+    them (its ``ClassLabel`` names: QQP ``not_duplicate``/``duplicate``, BoolQ ``False``/``True``; a task of your own:
+    its ``labels``): every model folder's ``id2label``, the exports and the ``--save_predictions`` files use them.
+    ``file_labels``: how the data files and the submission server write each class (default: the label names; QQP
+    ``0``/``1``, BoolQ ``false``/``true``); a Hugging Face teacher whose ``id2label`` names them (the toolkit's
+    own exports before it took Hugging Face's names) is matched by them too (fine_tune/teacher.py). ``metrics``:
+    reported by evaluation; ``main_metric`` picks the best checkpoint."""
 
     name: str
     folder: str  # sub-folder of the data root, as the official zip unpacks
@@ -31,7 +35,7 @@ class Task:
     submission_file: str  # the test split's official file
     train_split: str = "train"
     dev_split: str = "dev"  # the labelled held-out split that chooses checkpoints by default
-    label_names: tuple[str, ...] = field(default=("0", "1"))
+    label_names: tuple[str, ...] = ()  # required: a task without names is refused below (no silent "0", "1")
     file_labels: tuple[str, ...] | None = None
     main_metric: str = "accuracy"
     submission_format: str = "glue"  # "glue": index<TAB>prediction; "superglue": {"idx", "label"} JSON lines
@@ -46,6 +50,10 @@ class Task:
     definition_file: Path | None = None
     # fetch(split, path, labelled): makes sure the split's file is there (a Hugging Face source, tasks/user.py)
     fetch: Callable[[str, Path, bool], None] | None = None
+
+    def __post_init__(self):
+        if not self.label_names or (self.file_labels is not None and len(self.file_labels) != len(self.label_names)):
+            raise ValueError(f"task {self.name}: give label_names (and file_labels, when given, one per class)")
 
     @property
     def num_class(self) -> int:
