@@ -40,6 +40,8 @@ def as_before(old: dict[str, Any] | None, record: dict[str, Any]) -> dict[str, A
 LEGACY_FIELDS: dict[str, Any] = {
     "gate_no_decay": ["bias", "LayerNorm.weight"],  # LAD gates: their layernorm.weight was decayed
     "pkd_cls_reduction": "sum",  # PKD normalized_cls: summed over layers and hidden dimensions
+    # issue 30: TinyBERT fit_dense (B)
+    "tinybert_fit_dense": "when_widths_differ",  # TinyBERT's W_h: none at equal widths, else from N(0, 0.02)
 }
 
 
