@@ -42,6 +42,8 @@ LEGACY_FIELDS: dict[str, Any] = {
     "pkd_cls_reduction": "sum",  # PKD normalized_cls: summed over layers and hidden dimensions
     # issue 30: MiniLM (E)
     "minilm_average": "token",  # MiniLM / MiniLMv2 relation KLs: averaged over the batch's real tokens
+    # issue 30: TinyBERT fit_dense (B)
+    "tinybert_fit_dense": "when_widths_differ",  # TinyBERT's W_h: none at equal widths, else from N(0, 0.02)
 }
 
 

@@ -1479,6 +1479,74 @@ MUTATIONS = [
     Mutation("task_without_names_accepted", "a task without label_names is accepted (QQP's classes were named 0/1 by "
              "a silent default)", "fine_tune/tasks/task.py", "        if not self.label_names or (",
              "        if (", ("tests/test_label_names.py::test_every_built_in_task_names_its_classes_as_hugging_face",)),
+    # issue 30 (B): TinyBERT's W_h (fit_dense) as its released code has it
+    Mutation("tinybert_fit_dense_only_when_widths_differ", "TinyBERT's intermediate stage has no W_h at equal widths "
+             "(the released student always applies its fit_dense)", "fine_tune/methods/tinybert.py",
+             '        return self.fit_dense == "always" or super().needs_projection',
+             "        return super().needs_projection",
+             ("tests/test_tinybert_fit_dense.py::test_equal_widths_loss_is_the_released_formula[always]",)),
+    Mutation("tinybert_fit_dense_flag_ignored", "--tinybert_fit_dense when_widths_differ still gives a W_h at equal "
+             "widths", "fine_tune/methods/tinybert.py",
+             '        return self.fit_dense == "always" or super().needs_projection', "        return True",
+             ("tests/test_tinybert_fit_dense.py::test_equal_widths_loss_is_the_released_formula[when_widths_differ]",)),
+    Mutation("tinybert_w_h_in_prediction_stage", "TinyBERT's prediction stage creates (and checks) a W_h it never "
+             "uses", "fine_tune/methods/tinybert.py",
+             "        if not (self.intermediate and self.mu and self.student_width is not None):",
+             "        if not (self.mu and self.student_width is not None):",
+             ("tests/test_tinybert_fit_dense.py::test_a_pretrained_students_fit_dense_starts_w_h",)),
+    Mutation("fit_dense_not_looked_up", "a pretrained student's fit_dense is never looked for: W_h starts from "
+             "N(0, 0.02)", "fine_tune/plan/training.py",
+             "    if source is None or method_cls.projection_weights is None:", "    if True:",
+             ("tests/test_tinybert_fit_dense.py::test_a_pretrained_students_fit_dense_starts_w_h",)),
+    Mutation("fit_dense_loaded_under_old_rule", "--tinybert_fit_dense when_widths_differ (the old rule) starts W_h "
+             "from the pretrained student's fit_dense", "fine_tune/methods/tinybert.py",
+             '        used = self.needs_projection and fit_dense == "always"', "        used = self.needs_projection",
+             ("tests/test_tinybert_fit_dense.py::test_a_pretrained_students_fit_dense_starts_w_h",)),
+    Mutation("fit_dense_found_not_applied", "the pretrained student's fit_dense is found but W_h keeps its N(0, 0.02) "
+             "start", "fine_tune/methods/tinybert.py",
+             "            self.pretrained_projection.copy_to(self.projection.maps[0])", "            pass",
+             ("tests/test_tinybert_fit_dense.py::test_a_pretrained_students_fit_dense_starts_w_h",)),
+    Mutation("fit_dense_shape_unchecked", "a fit_dense of the wrong shape is not refused in the plan (the run fails "
+             "after writing)", "fine_tune/methods/tinybert.py",
+             "            self.pretrained_projection.check(self.student_width, self.teacher_width, \"TinyBERT's W_h\")",
+             "            pass",
+             ("tests/test_tinybert_fit_dense.py::test_a_fit_dense_of_the_wrong_shape_is_refused_before_anything_is_written",
+              "tests/test_bad_inputs.py::test_bad_input_is_refused_in_one_line_writing_nothing[tinybert_fit_dense_of_other_shape]")),
+    Mutation("fit_dense_without_bias_accepted", "a fit_dense weight without its bias passes the check (copy fails in "
+             "the run)", "fine_tune/models/projection.py", "        if have_w != need_w or have_b != need_b:",
+             "        if have_w != need_w:", ("tests/test_tinybert_fit_dense.py::test_reading_fit_dense_from_the_weights_layouts",)),
+    Mutation("fit_dense_prefixes_ignored", "a fit_dense saved under module. or bert. is not found",
+             "fine_tune/models/projection.py", 'PROJECTION_PREFIXES = ("", "module.", "bert.")',
+             'PROJECTION_PREFIXES = ("",)', ("tests/test_tinybert_fit_dense.py::test_reading_fit_dense_from_the_weights_layouts",)),
+    Mutation("fit_dense_prefixed_first", "a prefixed fit_dense wins over the top-level one",
+             "fine_tune/models/projection.py", "        for prefix in wanted:", "        for prefix in wanted[::-1]:",
+             ("tests/test_tinybert_fit_dense.py::test_reading_fit_dense_from_the_weights_layouts",)),
+    Mutation("fit_dense_legacy_bin_unread", "a pytorch_model.bin of the legacy (pre-1.6) format is called unreadable",
+             "fine_tune/models/projection.py",
+             "    except RuntimeError:  # the legacy (pre-1.6, not zip) format cannot be memory-mapped",
+             "    except KeyError:", ("tests/test_tinybert_fit_dense.py::test_reading_fit_dense_from_the_weights_layouts",)),
+    Mutation("fit_dense_hub_shards_skipped", "a sharded hub model's fit_dense is looked for in its index file only",
+             "fine_tune/models/classifier.py",
+             "            return [Path(cached_file(source, shard)) for shard in shards]",
+             "            return [Path(found)]", ("tests/test_tinybert_fit_dense.py::test_reading_fit_dense_from_the_weights_layouts",)),
+    Mutation("fit_dense_note_missing", "the run does not say that W_h starts from the pretrained student's fit_dense",
+             "fine_tune/methods/tinybert.py", "        if found is None or not self.intermediate:", "        if True:",
+             ("tests/test_tinybert_fit_dense.py::test_a_pretrained_students_fit_dense_starts_w_h",)),
+    Mutation("width_note_at_equal_widths", "a student of the teacher's width is told its width differs (W_h exists at "
+             "equal widths now)", "fine_tune/plan/training.py",
+             "    if method.needs_projection and st.d_model != teacher.hidden_size and st.student_ptrain_ver is None \\",
+             "    if method.needs_projection and st.student_ptrain_ver is None \\",
+             ("tests/test_tinybert_fit_dense.py::test_equal_widths_run_trains_w_h_and_when_widths_differ_has_none",)),
+    Mutation("fit_dense_legacy_entry_missing", "a TinyBERT run started before the fix resumes with a W_h at equal "
+             "widths", "fine_tune/config.py",
+             '    "tinybert_fit_dense": "when_widths_differ",  # TinyBERT\'s W_h: none at equal widths, else from N(0, 0.02)',
+             "",
+             ("tests/test_tinybert_fit_dense.py::test_an_old_tinybert_run_resumes_bit_identically_without_w_h",)),
+    Mutation("fit_dense_legacy_not_read", "TinyBERT's build ignores the resumed run's old rule",
+             "fine_tune/methods/tinybert.py",
+             'fit_dense=settings.legacy.get("tinybert_fit_dense", settings["tinybert"].tinybert_fit_dense),',
+             'fit_dense=settings["tinybert"].tinybert_fit_dense,',
+             ("tests/test_tinybert_fit_dense.py::test_an_old_tinybert_run_resumes_bit_identically_without_w_h",)),
 ]
 
 

@@ -301,6 +301,10 @@ CASES = [
          [*TEACHER_RUN, "--total_step", "6", "--exp_root", "{base}/edited_exp"]),
     Case("recorded_inputs_cleared_since_the_run_wrote_them", "run_fine_tune.py",
          [*TEACHER_RUN, "--total_step", "6", "--exp_root", "{base}/cleared_exp"]),
+    # issue 30 (B)
+    Case("tinybert_fit_dense_of_other_shape", "run_tinybert_distil.py",
+         [*LW, "--num_hidden_layers", "2", "--student_ptrain_ver", "{base}/fit_dense_student"],
+         where={"<student>": "{base}/fit_dense_student"}),
 ]
 
 
@@ -542,6 +546,14 @@ def make_world(base: Path, tiny_bert12: Path) -> dict:
     killed = base / "killedlogits" / "logits" / "teacher_bert_qqp" / "train"
     (killed / ".tmp-new.killed").mkdir()
     os.replace(killed / "meta.json", killed / ".tmp-new.killed" / "old-meta.json")
+    # issue 30 (B): a pretrained student (2 layers, the teacher's width 32) whose weights hold a fit_dense (TinyBERT's
+    # W_h) mapping 32 -> 16
+    from safetensors.torch import load_file, save_file
+
+    student = synthetic.write_tiny_model(base / "fit_dense_student", "bert")
+    state = dict(load_file(student / "model.safetensors"), **{"fit_dense.weight": torch.zeros(16, 32),
+                                                              "fit_dense.bias": torch.zeros(16)})
+    save_file(state, student / "model.safetensors", metadata={"format": "pt"})
     return w
 
 

@@ -40,6 +40,9 @@ class MethodSettings:
     # a run started before a fidelity fix, resumed: the old rule of each field of Method.record() its config.json
     # lacks (fine_tune.config.LEGACY_FIELDS), which the method keeps
     legacy: Mapping[str, Any] = field(default_factory=dict)
+    # a pretrained student's own projection, found in its weights file under the method's projection_weights name
+    # (models/projection.PretrainedProjection; None: --student_ptrain_ver holds none, or no pretrained student)
+    student_projection: Any = None
 
     def __getitem__(self, key: str) -> Any:
         return self.groups[key]
@@ -74,6 +77,9 @@ class Method:
     # models then go through models/attention_capture.py (TinyBERT, MiniLM); no other method pays for it
     reads_attention = False
     uses_teacher = False
+    # the name under which a pretrained student's weights may hold this method's projection, which then starts from
+    # it (TinyBERT: "fit_dense", its released student's W_h); the run plan looks it up (MethodSettings.student_projection)
+    projection_weights: ClassVar[str | None] = None
     # False when some student parameter gets no gradient from the losses (hidden losses only: the pooler and
     # classifier); DistributedDataParallel is then told to look for such parameters (engine/distributed.wrap_ddp)
     every_parameter_learns = True
@@ -117,6 +123,11 @@ class Method:
 
     def train(self, mode: bool = True) -> None:
         """Switch the method's own modules (e.g. gates) between training and evaluation mode."""
+
+    def notes(self) -> list[str]:
+        """What the method made of the run's facts that the user should know (e.g. where a projection starts from),
+        printed as notes when the run starts."""
+        return []
 
     def describe_mapping(self) -> str:
         """The student/teacher layer mapping in words ("S1<-A2, ..."), or "" when there is none."""

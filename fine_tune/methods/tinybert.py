@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..models.projection import PretrainedProjection
 from ..settings import DistilFlags, flag
 from .layerwise import LayerwiseKD
 from .logits_kd import check_temperature, logits_kd_loss
@@ -238,6 +239,13 @@ class TinyBertFlags:
                                                "counts); head_mean: MSE of the head-averaged score maps, for a student "
                                                "whose head count differs from the teacher's (a deviation)",
                                    choices=("per_head", "head_mean"))
+    tinybert_fit_dense: str = flag("always", "the intermediate stage's W_h (the released code's fit_dense, one learned "
+                                             "projection shared by every student layer and the embeddings): always "
+                                             "(the released code: also at equal widths, started from the pretrained "
+                                             "student's fit_dense when its weights hold one) or when_widths_differ "
+                                             "(the toolkit before issue 30: none at the teacher's width, always "
+                                             "started from N(0, 0.02))",
+                                   choices=("always", "when_widths_differ"))
 
 
 @dataclass(frozen=True)
@@ -258,7 +266,9 @@ class TinyBERT(LayerwiseKD):
                    + MSE(E^S W_h, E^T) )
 
     (sums over layers, as the released code; W_h one learned projection shared by every layer and the
-    embeddings when the widths differ, :mod:`fine_tune.models.projection`; none when they are equal).
+    embeddings, :mod:`fine_tune.models.projection`, at any widths as the released code's ``fit_dense``, started
+    from a pretrained student's ``fit_dense`` when its weights hold one; ``fit_dense="when_widths_differ"``, the
+    toolkit's rule before issue 30: none at equal widths, always started from N(0, 0.02)).
 
     ``--tinybert_stage prediction``: ``L = soft_weight * soft_cross_entropy(s, t, T) + hard_weight * CE(s, y)``
     (defaults 1 and 0: the released code's ``--pred_distill``; a regression task: ``MSE(s, t)``), started from
@@ -272,10 +282,12 @@ class TinyBERT(LayerwiseKD):
     name = "tinybert"
     flag_groups = (TinyBertFlags, TinyBertDistilFlags)
     shared_projection = True
+    projection_weights = "fit_dense"
 
     def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
                  stage: str = "intermediate", student_heads: int | None = None, teacher_heads: int | None = None,
-                 attention: str = "per_head", padding: str = "max_length", **common):
+                 attention: str = "per_head", padding: str = "max_length", fit_dense: str = "always",
+                 pretrained_projection: PretrainedProjection | None = None, **common):
         if stage not in TINYBERT_STAGES:
             raise UserError(f"--tinybert_stage {stage!r}: choose one of {', '.join(TINYBERT_STAGES)}")
         super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding,
@@ -291,6 +303,16 @@ class TinyBERT(LayerwiseKD):
                             f"attention heads (--num_attention_heads), the teacher {teacher_heads} (or pass "
                             f"--tinybert_attention head_mean)")
         self.student_heads, self.teacher_heads = student_heads, teacher_heads
+        if fit_dense not in TINYBERT_FIT_DENSE:
+            raise UserError(f"--tinybert_fit_dense {fit_dense!r}: choose one of {', '.join(TINYBERT_FIT_DENSE)}")
+        self.fit_dense = fit_dense
+        # the pretrained student's fit_dense: W_h starts from it (checked here, before anything is written), as the
+        # released code's does; when_widths_differ keeps the old rule whole (N(0, 0.02))
+        self.found_projection = pretrained_projection
+        used = self.needs_projection and fit_dense == "always"
+        self.pretrained_projection = pretrained_projection if used else None
+        if self.pretrained_projection is not None:
+            self.pretrained_projection.check(self.student_width, self.teacher_width, "TinyBERT's W_h")
 
     @classmethod
     def build(cls, settings) -> "TinyBERT":
@@ -305,7 +327,9 @@ class TinyBERT(LayerwiseKD):
                    teacher_heads=settings.teacher.num_heads, attention=settings["tinybert"].tinybert_attention,
                    padding=settings.padding, student_width=settings.student.hidden_size,
                    teacher_width=settings.teacher.hidden_size, projection_optimiser=settings.optimiser,
-                   regression=settings.regression)
+                   regression=settings.regression,
+                   fit_dense=settings.legacy.get("tinybert_fit_dense", settings["tinybert"].tinybert_fit_dense),
+                   pretrained_projection=settings.student_projection)
 
     def check_models(self, teacher_config, student_family: str) -> None:
         if self.intermediate:
@@ -325,7 +349,28 @@ class TinyBERT(LayerwiseKD):
 
     @property
     def needs_projection(self) -> bool:  # type: ignore[override]
-        return self.intermediate and super().needs_projection
+        """The intermediate stage's W_h: at any widths (``fit_dense="always"``, the released code's student always
+        applies its ``fit_dense``), or only where the student's width differs from the teacher's."""
+        if not (self.intermediate and self.mu and self.student_width is not None):
+            return False
+        return self.fit_dense == "always" or super().needs_projection
+
+    def create_parameters(self, device, student_device=None) -> None:
+        """W_h (N(0, 0.02) weights, zero bias), then, from a pretrained student that has one, its ``fit_dense``
+        (drawn first all the same, so the seeded stream that follows does not depend on it)."""
+        super().create_parameters(device, student_device)
+        if self.projection is not None and self.pretrained_projection is not None:
+            self.pretrained_projection.copy_to(self.projection.maps[0])
+
+    def notes(self) -> list[str]:
+        found = self.found_projection
+        if found is None or not self.intermediate:
+            return []
+        if self.pretrained_projection is not None:
+            return [f"W_h starts from the pretrained student's {found.prefix}weight/bias in {found.file} (the "
+                    f"released code's fit_dense), not from N(0, 0.02)"]
+        return [f"{found.file} holds a {found.prefix}weight: unused under --tinybert_fit_dense {self.fit_dense} (W_h "
+                f"starts from N(0, 0.02), or there is none at the teacher's width)"]
 
     @property
     def every_parameter_learns(self) -> bool:  # type: ignore[override]
@@ -391,6 +436,7 @@ class TinyBERT(LayerwiseKD):
 
 TINYBERT_STAGES = ("intermediate", "prediction")
 TINYBERT_ATTENTION = ("per_head", "head_mean")
+TINYBERT_FIT_DENSE = ("always", "when_widths_differ")
 
 
 def check_recomputable_attention(teacher_family: str, student_family: str, method: str) -> None:

@@ -99,6 +99,31 @@ def _weight_files(folder: Path) -> list[Path]:
     return []
 
 
+def pretrained_weight_files(source: str, flag: str) -> list[Path]:
+    """The weight files the pretrained model ``source`` loads from (``flag`` names it in errors): a local folder's
+    (:func:`_weight_files`), or a hub name's from the hub's cache, downloaded there as ``from_pretrained`` would
+    (the first of :data:`WEIGHT_FILES` the repository has; a sharded one's shards)."""
+    import json
+
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        return _weight_files(folder)
+    from transformers.utils import cached_file
+
+    try:
+        for name in WEIGHT_FILES:
+            found = cached_file(source, name, _raise_exceptions_for_missing_entries=False)
+            if found is None:
+                continue
+            if not name.endswith(".index.json"):
+                return [Path(found)]
+            shards = sorted(set(json.loads(Path(found).read_text(encoding="utf-8"))["weight_map"].values()))
+            return [Path(cached_file(source, shard)) for shard in shards]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{flag} {source!r}: could not fetch its weights ({str(e).splitlines()[0]})") from None
+    return []
+
+
 def weights_error(where: str, path: Path, error: BaseException) -> UserError:
     """One line for a weight file that cannot be read (safetensors' or torch's own error, first line); ``where``
     (``--ptrain_ver 'x'``) names the source."""

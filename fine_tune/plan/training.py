@@ -28,6 +28,7 @@ from ..models.classifier import (check_same_tokenisation, head_note, load_pretra
                                 weight_file_hashes)
 from ..models.families import usable_positions
 from ..models.init import check_copyable, teacher_layer_map
+from ..models.projection import PretrainedProjection, read_pretrained_projection
 from ..tasks import Task, get_task
 from ..tasks.logits import check_teacher_unchanged, read_logits
 from ..teacher import Teacher, open_hf_teacher, open_teacher
@@ -124,10 +125,12 @@ def _legacy(exp: ExperimentDir, record: dict) -> dict:
 
 
 def method_settings(flags, task: Task, method_cls: type[Method], teacher: TeacherShape | None = None,
-                    legacy: dict | None = None) -> MethodSettings:
+                    legacy: dict | None = None,
+                    student_projection: PretrainedProjection | None = None) -> MethodSettings:
     """What ``method_cls`` is built from: its settings groups (its own ``flag_groups``, and the distillation
     scripts' ``distil`` and ``layerwise``) and the run's resolved facts (the task's regression, the student's and
-    the teacher's shapes, the padding, the student's optimiser, a resumed run's legacy rules)."""
+    the teacher's shapes, the padding, the student's optimiser, a resumed run's legacy rules, the projection a
+    pretrained student's weights hold: :func:`student_projection`)."""
     st, b = flags.student if flags.has("student") else None, flags.batching
     keys = ("distil", "layerwise", *(g.key for g in method_cls.flag_groups))
     return MethodSettings(
@@ -135,7 +138,16 @@ def method_settings(flags, task: Task, method_cls: type[Method], teacher: Teache
         num_class=flags.classifier.num_class, regression=task.regression,
         student=StudentShape(st.num_hidden_layers, st.d_model, st.num_attention_heads) if st else None,
         teacher=teacher, padding=b.padding, max_seq_len=b.max_seq_len, optimiser=optimiser_settings(flags.optimiser),
-        legacy=legacy or {})
+        legacy=legacy or {}, student_projection=student_projection)
+
+
+def student_projection(flags, method_cls: type[Method]) -> PretrainedProjection | None:
+    """The projection ``--student_ptrain_ver``'s weights hold under the method's ``projection_weights`` name (TinyBERT:
+    General TinyBERT's trained ``fit_dense``), read before anything is written; None without one."""
+    source = flags.student.student_ptrain_ver if flags.has("student") else None
+    if source is None or method_cls.projection_weights is None:
+        return None
+    return read_pretrained_projection(source, method_cls.projection_weights, "--student_ptrain_ver")
 
 
 def _plan(flags, *, data_root, task, exp, train, tokenizer, max_seq_len, model, method, record, inputs, evaluation,
@@ -367,7 +379,9 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
             notes.insert(0, f"--student_indices {flags.probing.student_indices} is ignored by partial LAD: every "
                             f"student layer learns")
     shape = TeacherShape(teacher.num_layers, teacher.hidden_size, teacher.num_heads)
-    method = method_cls.build(method_settings(flags, task, method_cls, shape))  # its mapping checked here, before any write
+    projection = student_projection(flags, method_cls)
+    # its mapping (and a pretrained student's projection) checked here, before any write
+    method = method_cls.build(method_settings(flags, task, method_cls, shape, student_projection=projection))
     method.check_models(teacher.hf_config, student_family=e.model)
     train = load_split(task, data_root, e.dataset, flags.paths.max_examples)
     if student_tokenizer is not None:  # token-level losses need one tokenisation
@@ -387,7 +401,8 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
         notes.append(f"{teacher.name} records no pretrained model (ptrain_ver) to copy the student's layers from: "
                      f"they start random (--student_ptrain_ver gives a pretrained student)")
         pairs = []
-    if method.needs_projection and st.student_ptrain_ver is None and st.init_start is None:
+    if method.needs_projection and st.d_model != teacher.hidden_size and st.student_ptrain_ver is None \
+            and st.init_start is None:
         notes.append(f"the student's width {st.d_model} differs from the teacher's {teacher.hidden_size}: its layers "
                      f"start random (no teacher layer fits), and its hidden states reach the teacher's width through a "
                      f"learned projection")
@@ -407,13 +422,14 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
         record["tmodel"] = teacher.hf_config.model_type
     legacy = _legacy(exp, record)
     if legacy:  # a run started before a fidelity fix: its method keeps the rule it started with
-        method = method_cls.build(method_settings(flags, task, method_cls, shape, legacy))
+        method = method_cls.build(method_settings(flags, task, method_cls, shape, legacy, projection))
         record = dict(record, **method.record())
     inputs = _inputs(task, (train.file, train.sha256), evaluation, teacher.input_hashes(),
                      weight_file_hashes(ptrain_ver) if pairs else {},
                      weight_file_hashes(st.student_ptrain_ver) if st.student_ptrain_ver else {})
     student = _student(flags, vocab_size=teacher.hf_config.vocab_size,
                        max_positions=teacher.hf_config.max_position_embeddings, source=ptrain_ver, pairs=pairs)
+    notes += method.notes()
     layer_map = _layer_map(flags, task, data_root, method, notes)
     return _plan(flags, data_root=data_root, task=task, exp=exp, train=train,
                  tokenizer=student_tokenizer or teacher.tokenizer,  # the same tokenisation (checked above)
