@@ -1508,7 +1508,7 @@ MUTATIONS = [
              ("tests/test_tinybert_fit_dense.py::test_a_pretrained_students_fit_dense_starts_w_h",)),
     Mutation("fit_dense_shape_unchecked", "a fit_dense of the wrong shape is not refused in the plan (the run fails "
              "after writing)", "fine_tune/methods/tinybert.py",
-             "            self.pretrained_projection.check(self.student_width, self.teacher_width, \"TinyBERT's W_h\")",
+             "            self.pretrained_projection.check(self.student_width, self.teacher_width, \"TinyBERT's W_h\",",
              "            pass",
              ("tests/test_tinybert_fit_dense.py::test_a_fit_dense_of_the_wrong_shape_is_refused_before_anything_is_written",
               "tests/test_bad_inputs.py::test_bad_input_is_refused_in_one_line_writing_nothing[tinybert_fit_dense_of_other_shape]")),

@@ -316,6 +316,10 @@ def test_a_fit_dense_of_the_wrong_shape_is_refused_before_anything_is_written(wo
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), bad.stderr
     assert str(student / "pytorch_model.bin") in lines[0] and "[16, 24]" in lines[0] and "[32, 24]" in lines[0]
+    assert lines[0].endswith("; pass --tinybert_fit_dense when_widths_differ to start it from N(0, 0.02)")
+    # ... which is the way around it: W_h then starts from N(0, 0.02), the file's fit_dense unused (a note)
+    assert plan_of(w, "--experiment", "tb_wrong3", "--student_ptrain_ver", str(student), "--tinybert_fit_dense",
+                   "when_widths_differ").method.pretrained_projection is None
     assert not (w["exp"] / "tb_wrong_bert_qqp").exists()
     # a run that uses no W_h (the prediction stage) does not read it as an error
     assert plan_of(w, "--experiment", "tb_wrong2", "--student_ptrain_ver", str(student), "--tinybert_stage",

@@ -312,7 +312,8 @@ class TinyBERT(LayerwiseKD):
         used = self.needs_projection and fit_dense == "always"
         self.pretrained_projection = pretrained_projection if used else None
         if self.pretrained_projection is not None:
-            self.pretrained_projection.check(self.student_width, self.teacher_width, "TinyBERT's W_h")
+            self.pretrained_projection.check(self.student_width, self.teacher_width, "TinyBERT's W_h",
+                                             "pass --tinybert_fit_dense when_widths_differ to start it from N(0, 0.02)")
 
     @classmethod
     def build(cls, settings) -> "TinyBERT":

@@ -53,9 +53,10 @@ class PretrainedProjection:
     weight: torch.Tensor
     bias: torch.Tensor | None
 
-    def check(self, student_width: int, teacher_width: int, what: str) -> None:
+    def check(self, student_width: int, teacher_width: int, what: str, remedy: str = "") -> None:
         """Refuse (one line naming the file and both shapes) a map that is not ``[teacher_width, student_width]``
-        with a bias of ``[teacher_width]``; ``what`` names the projection it would start."""
+        with a bias of ``[teacher_width]``; ``what`` names the projection it would start, ``remedy`` (appended
+        after a semicolon) the way around it."""
         need_w, need_b = (teacher_width, student_width), (teacher_width,)
         have_w = tuple(self.weight.shape)
         have_b = None if self.bias is None else tuple(self.bias.shape)
@@ -63,7 +64,8 @@ class PretrainedProjection:
             bias = "missing" if have_b is None else list(have_b)
             raise UserError(f"{self.file}: {self.prefix}weight {list(have_w)} and {self.prefix}bias {bias} cannot "
                             f"start {what}, which maps the student's width {student_width} to the teacher's "
-                            f"{teacher_width}: it needs {list(need_w)} and {list(need_b)}")
+                            f"{teacher_width}: it needs {list(need_w)} and {list(need_b)}"
+                            + (f"; {remedy}" if remedy else ""))
 
     def copy_to(self, linear: torch.nn.Linear) -> None:
         """Set ``linear``'s weight and bias to this map's values (in the parameters' dtype and device)."""
