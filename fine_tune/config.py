@@ -40,6 +40,11 @@ def as_before(old: dict[str, Any] | None, record: dict[str, Any]) -> dict[str, A
 LEGACY_FIELDS: dict[str, Any] = {
     "gate_no_decay": ["bias", "LayerNorm.weight"],  # LAD gates: their layernorm.weight was decayed
     "pkd_cls_reduction": "sum",  # PKD normalized_cls: summed over layers and hidden dimensions
+    # issue 30: TinyBERT (A)
+    "tinybert_soft_reduction": "batchmean",  # prediction stage: soft CE summed over the classes, mean over the batch
+    "tinybert_regression_target": "teacher",  # prediction stage, regression: MSE to the teacher's score
+    "tinybert_intermediate_schedule": "linear",  # intermediate stage: linear warmup/decay (not constant)
+    "tinybert_incomplete_batches": "train",  # each epoch's short last micro-batch trained
 }
 
 

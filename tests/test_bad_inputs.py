@@ -301,6 +301,8 @@ CASES = [
          [*TEACHER_RUN, "--total_step", "6", "--exp_root", "{base}/edited_exp"]),
     Case("recorded_inputs_cleared_since_the_run_wrote_them", "run_fine_tune.py",
          [*TEACHER_RUN, "--total_step", "6", "--exp_root", "{base}/cleared_exp"]),
+    # issue 30 (A)
+    Case("tinybert_no_full_micro_batch", "run_tinybert_distil.py", [*LW, "--max_examples", "3"]),
 ]
 
 
