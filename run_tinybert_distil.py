@@ -5,8 +5,9 @@ The teacher is a toolkit experiment ({teacher_exp}_{tmodel}_{task}/model-{tckpt}
 classifier (--teacher_hf); the student is built from --d_model ... or pretrained (--student_ptrain_ver, e.g. a
 General TinyBERT). Stage 1 (intermediate): attention-score, hidden-state and embedding MSE of the mapped layers,
 through a learned projection W_h (the released code's fit_dense, at any widths; a pretrained student's own when its
-weights hold one). Stage 2 (prediction): soft cross-entropy with the teacher's
-logits, from stage 1's student (--student_ptrain_ver of its export_model.py folder). doc/methods.md, "TinyBERT".
+weights hold one), at a constant learning rate. Stage 2 (prediction): soft cross-entropy with the teacher's logits
+(a regression task: MSE to the gold scores), from stage 1's student (--student_ptrain_ver of its export_model.py
+folder). Each epoch's incomplete batch is skipped, as the released code does. doc/methods.md, "TinyBERT".
 """
 import pathlib
 import sys

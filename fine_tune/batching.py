@@ -197,18 +197,28 @@ class Collator:
 
 class MicroBatchStream:
     """The training data order: each epoch a fresh shuffle (seeded by ``seed`` and the epoch number),
-    cut into micro-batches of ``micro_batch`` rows with ``drop_last=False``; epochs follow each other
-    without a break, so an accumulation window can cross an epoch boundary (the original's behaviour).
+    cut into micro-batches of ``micro_batch`` rows; epochs follow each other without a break, so an accumulation
+    window can cross an epoch boundary (the original's behaviour).
+
+    ``drop_last=False`` (the original's): the epoch's last micro-batch holds the ``num_rows % micro_batch`` rows
+    left over, so ``ceil(num_rows / micro_batch)`` micro-batches per epoch. ``drop_last=True`` (TinyBERT's
+    released loop, which skips a batch smaller than its batch size): only the ``num_rows // micro_batch`` full
+    micro-batches; the rows at the end of the epoch's shuffle that do not fill one are left out of that epoch (others
+    each epoch, as the shuffle changes). The micro-batch is the global one: under torchrun each rank then takes its
+    share of a full micro-batch (engine/distributed.shard).
 
     The position is one integer (micro-batches consumed), so a run can restart anywhere.
     """
 
-    def __init__(self, num_rows: int, micro_batch: int, seed: int, position: int = 0):
+    def __init__(self, num_rows: int, micro_batch: int, seed: int, position: int = 0, drop_last: bool = False):
+        if drop_last and num_rows < micro_batch:
+            raise ValueError(f"{num_rows} rows hold no full micro-batch of {micro_batch} (drop_last)")
         self.n = num_rows
         self.mb = micro_batch
         self.seed = seed
         self.position = position
-        self.per_epoch = math.ceil(num_rows / micro_batch)
+        self.drop_last = drop_last
+        self.per_epoch = num_rows // micro_batch if drop_last else math.ceil(num_rows / micro_batch)
         self._epoch = -1
         self._perm: np.ndarray | None = None
 
@@ -252,22 +262,26 @@ class LengthGroupedMicroBatchStream(MicroBatchStream):
        the Hugging Face Trainer's ``LengthGroupedSampler``); the last mega-batch may be shorter;
     3. each mega-batch is sorted by length, longest first (a stable sort, so ties keep their shuffled order),
        and cut into micro-batches of ``micro_batch`` rows; only the very last micro-batch of the epoch can
-       be short (``drop_last=False``: ``num_rows % micro_batch`` rows, the shortest of the last mega-batch);
-    4. the order of the epoch's ``ceil(num_rows / micro_batch)`` micro-batches is shuffled by a second
-       ``torch.randperm`` drawn from the same generator, right after step 1's (so the longest micro-batches
-       are not all first); the short micro-batch can land anywhere in the epoch.
+       be short (``drop_last=False``: ``num_rows % micro_batch`` rows, the shortest of the last mega-batch).
+       ``drop_last=True``: the ``num_rows % micro_batch`` rows at the end of step 1's permutation are left out
+       before the mega-batches are cut (the rows the plain stream leaves out), so every micro-batch is full;
+    4. the order of the epoch's ``ceil(num_rows / micro_batch)`` micro-batches (``drop_last``:
+       ``num_rows // micro_batch``) is shuffled by a second ``torch.randperm`` drawn from the same generator, right
+       after step 1's (so the longest micro-batches are not all first); the short micro-batch can land anywhere in
+       the epoch.
 
-    Every row appears exactly once per epoch; epochs follow each other without a break, and ``position``
-    (micro-batches consumed) restarts the stream anywhere, as for :class:`MicroBatchStream`.
+    Every row appears exactly once per epoch (``drop_last``: at most once); epochs follow each other without a
+    break, and ``position`` (micro-batches consumed) restarts the stream anywhere, as for :class:`MicroBatchStream`.
     """
 
     MEGA_BATCHES = 50
 
-    def __init__(self, num_rows: int, micro_batch: int, seed: int, lengths: np.ndarray, position: int = 0):
+    def __init__(self, num_rows: int, micro_batch: int, seed: int, lengths: np.ndarray, position: int = 0,
+                 drop_last: bool = False):
         lengths = np.asarray(lengths)
         if lengths.shape != (num_rows,):
             raise ValueError(f"lengths has shape {lengths.shape}, expected ({num_rows},)")
-        super().__init__(num_rows, micro_batch, seed, position)
+        super().__init__(num_rows, micro_batch, seed, position, drop_last)
         self.lengths = lengths
         self._batches: list[np.ndarray] = []
 
@@ -275,6 +289,8 @@ class LengthGroupedMicroBatchStream(MicroBatchStream):
         if epoch != self._epoch:
             g = self._generator(epoch)
             perm = torch.randperm(self.n, generator=g).numpy()
+            if self.drop_last:  # the rows that fill no micro-batch, as the plain stream leaves them out
+                perm = perm[:self.per_epoch * self.mb]
             mega = self.MEGA_BATCHES * self.mb
             batches: list[np.ndarray] = []
             for start in range(0, self.n, mega):
@@ -290,12 +306,14 @@ class LengthGroupedMicroBatchStream(MicroBatchStream):
         return self._epoch_batches(epoch)[i]
 
 
-def make_stream(num_rows: int, micro_batch: int, seed: int, lengths: np.ndarray | None = None) -> MicroBatchStream:
+def make_stream(num_rows: int, micro_batch: int, seed: int, lengths: np.ndarray | None = None, *,
+                drop_last: bool = False) -> MicroBatchStream:
     """The training order: :class:`MicroBatchStream` (the original's), or with ``lengths`` (``--group_by_length``)
-    :class:`LengthGroupedMicroBatchStream`. Both expose ``position`` (saved in the resume state) and ``next()``."""
+    :class:`LengthGroupedMicroBatchStream`; ``drop_last``: full micro-batches only. Both expose ``position`` (saved
+    in the resume state) and ``next()``."""
     if lengths is not None:
-        return LengthGroupedMicroBatchStream(num_rows, micro_batch, seed, lengths)
-    return MicroBatchStream(num_rows, micro_batch, seed)
+        return LengthGroupedMicroBatchStream(num_rows, micro_batch, seed, lengths, drop_last=drop_last)
+    return MicroBatchStream(num_rows, micro_batch, seed, drop_last=drop_last)
 
 
 def sequential_batches(num_rows: int, batch_size: int, lengths: np.ndarray | None = None) -> list[np.ndarray]:

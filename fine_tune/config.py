@@ -44,6 +44,11 @@ LEGACY_FIELDS: dict[str, Any] = {
     "minilm_average": "token",  # MiniLM / MiniLMv2 relation KLs: averaged over the batch's real tokens
     # issue 30: TinyBERT fit_dense (B)
     "tinybert_fit_dense": "when_widths_differ",  # TinyBERT's W_h: none at equal widths, else from N(0, 0.02)
+    # issue 30: TinyBERT (A)
+    "tinybert_soft_reduction": "batchmean",  # prediction stage: soft CE summed over the classes, mean over the batch
+    "tinybert_regression_target": "teacher",  # prediction stage, regression: MSE to the teacher's score
+    "tinybert_intermediate_schedule": "linear",  # intermediate stage: linear warmup/decay (not constant)
+    "tinybert_incomplete_batches": "train",  # each epoch's short last micro-batch trained
 }
 
 

@@ -240,10 +240,13 @@ def test_hidden_mse(masked):
 
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 def test_soft_cross_entropy(temperature):
+    """batchmean: summed over the 4 classes, averaged over the batch; mean (the released code): also over the
+    classes, 4 times smaller (tests/test_tinybert_released.py writes the released form out)."""
     rng = np.random.default_rng(8)
     s = rng.standard_normal((3, 4)).astype(np.float32).astype(np.float64) * 3
     t = rng.standard_normal((3, 4)).astype(np.float32).astype(np.float64) * 3
-    close(soft_cross_entropy(t32(s), t32(t), temperature), ref_soft_ce(s, t, temperature))
+    close(soft_cross_entropy(t32(s), t32(t), temperature, "batchmean"), ref_soft_ce(s, t, temperature))
+    close(soft_cross_entropy(t32(s), t32(t), temperature, "mean"), ref_soft_ce(s, t, temperature) / 4)
 
 
 @pytest.mark.parametrize("m, n, expected", [
@@ -405,7 +408,7 @@ def test_fp32_under_bf16_autocast():
         scores_t = attention_scores(t32(tq8), t32(tk8), heads, m)
         att = attention_mse(scores_s, scores_t, m, True)
         hid = hidden_mse(t32(sq), t32(tq8), m, True)
-        ce = soft_cross_entropy(t32(logits_s), t32(logits_t), 2.0)
+        ce = soft_cross_entropy(t32(logits_s), t32(logits_t), 2.0, "batchmean")
         v1, _ = minilm_loss(t32(sq), t32(sk), t32(sv), t32(tq), t32(tk), t32(tv), heads, heads, m)
         v2, _ = minilmv2_loss(t32(sq), t32(sk), t32(sv), t32(tq), t32(tk), t32(tv), 4, m)
     close(scores_s, ref_scores(sq, sk, heads, mask))
@@ -538,8 +541,9 @@ def ref_ce(s, y):
 
 
 def test_tinybert_prediction_stage_from_its_flags_is_the_released_soft_cross_entropy():
-    """--tinybert_stage prediction at T = 2.5 with both weights given: soft_weight * soft CE of z/T (once, no T^2)
-    + hard_weight * CE(s, y), each part logged; a regression task: the weighted MSEs, no temperature."""
+    """--tinybert_stage prediction at T = 2.5 with both weights given: soft_weight * soft CE of z/T (once, no T^2;
+    averaged over the batch and the 3 classes, as the released code) + hard_weight * CE(s, y), each part logged; a
+    regression task: the weighted MSEs to the gold score, no temperature, no teacher."""
     method = method_from_flags("tinybert", ["--tinybert_stage", "prediction", "--softmax_temp", "2.5",
                                             "--hard_weight", "0.3", "--soft_weight", "0.6"], M_DT, "max_length")
     assert (method.stage, method.temperature, method.hard_weight, method.soft_weight) == ("prediction", 2.5, 0.3, 0.6)
@@ -551,15 +555,24 @@ def test_tinybert_prediction_stage_from_its_flags_is_the_released_soft_cross_ent
     te.logits = t32(t)
     y = [2, 0, 1]
     parts = method.losses({"labels": torch.tensor(y)}, st, te)
-    soft, hard = ref_soft_ce(s, t, 2.5), ref_ce(s, y)
+    soft, hard = ref_soft_ce(s, t, 2.5) / 3, ref_ce(s, y)
     assert set(parts) == {"soft_loss", "hard_loss", "loss"}
     close(parts["soft_loss"], soft)
     close(parts["hard_loss"], hard)
     close(parts["loss"], 0.6 * soft + 0.3 * hard)
-    # a regression task (STS-B, one output): hard_weight * MSE(s, y) + soft_weight * MSE(s, t)
+    # a regression task (STS-B, one output): (hard_weight + soft_weight) * MSE(s, y), no teacher
     reg = method_from_flags("tinybert", ["--tinybert_stage", "prediction", "--hard_weight", "0.3",
                                          "--soft_weight", "0.6"], M_DT, "max_length", task="stsb")
+    assert not reg.uses_teacher
     sr, tr, yr = s[:, :1], t[:, :1], np.array([0.5, 3.25, 1.0])
+    parts = reg.losses({"labels": t32(yr)}, replace(st, logits=t32(sr)), None)
+    close(parts["loss"], 0.9 * float(np.mean((sr[:, 0] - yr) ** 2)))
+    # --tinybert_regression_target teacher (the toolkit's rule before issue 30): hard_weight * MSE(s, y) +
+    # soft_weight * MSE(s, t)
+    reg = method_from_flags("tinybert", ["--tinybert_stage", "prediction", "--hard_weight", "0.3",
+                                         "--soft_weight", "0.6", "--tinybert_regression_target", "teacher"], M_DT,
+                            "max_length", task="stsb")
+    assert reg.uses_teacher
     parts = reg.losses({"labels": t32(yr)}, replace(st, logits=t32(sr)), replace(te, logits=t32(tr)))
     expected = 0.3 * float(np.mean((sr[:, 0] - yr) ** 2)) + 0.6 * float(np.mean((sr[:, 0] - tr[:, 0]) ** 2))
     close(parts["loss"], expected)

@@ -305,6 +305,8 @@ CASES = [
     Case("tinybert_fit_dense_of_other_shape", "run_tinybert_distil.py",
          [*LW, "--num_hidden_layers", "2", "--student_ptrain_ver", "{base}/fit_dense_student"],
          where={"<student>": "{base}/fit_dense_student"}),
+    # issue 30 (A)
+    Case("tinybert_no_full_micro_batch", "run_tinybert_distil.py", [*LW, "--max_examples", "3"]),
 ]
 
 

@@ -1,6 +1,6 @@
-"""The one optimiser description: AdamW, its weight-decay rule, gradient clipping and the linear warmup / decay
-schedule. The student and every extra parameter set a method adds (LAD gates) are described by an
-:class:`OptimiserSettings` each; the engine builds them all the same way."""
+"""The one optimiser description: AdamW, its weight-decay rule, gradient clipping and its learning-rate schedule
+(linear warmup / decay, or constant). The student and every extra parameter set a method adds (LAD gates) are
+described by an :class:`OptimiserSettings` each; the engine builds them all the same way."""
 
 from __future__ import annotations
 
@@ -15,14 +15,18 @@ from transformers import get_linear_schedule_with_warmup
 # gate optimiser also exempts "layernorm.weight", the gates' own LayerNorm.
 STUDENT_NO_DECAY = ("bias", "LayerNorm.weight")
 GATE_NO_DECAY = ("bias", "LayerNorm.weight", "layernorm.weight")
+# the learning-rate schedules (OptimiserSettings.schedule): "linear" warmup then decay (every script's); "constant",
+# no warmup (TinyBERT's released intermediate stage, BertAdam's schedule 'none')
+SCHEDULES = ("linear", "constant")
 
 
 @dataclass(frozen=True)
 class OptimiserSettings:
-    """AdamW + linear warmup/decay + gradient clipping for one parameter set.
+    """AdamW + its learning-rate schedule + gradient clipping for one parameter set.
 
-    ``lr(step) = lr * step / warmup_step`` for ``step < warmup_step``, then
-    ``lr * (total_step - step) / (total_step - warmup_step)``; gradients clipped to ``max_norm`` (over the whole
+    ``schedule="linear"``: ``lr(step) = lr * step / warmup_step`` for ``step < warmup_step``, then
+    ``lr * (total_step - step) / (total_step - warmup_step)``; ``schedule="constant"``: ``lr(step) = lr`` at every
+    step (``warmup_step`` does not apply); gradients clipped to ``max_norm`` (over the whole
     set, or per module with ``clip_per_module``, as the original clips each LAD gate); no weight decay on
     parameters whose name contains one of ``no_decay``."""
 
@@ -36,6 +40,11 @@ class OptimiserSettings:
     max_norm: float = 1.0
     no_decay: tuple[str, ...] = STUDENT_NO_DECAY
     clip_per_module: bool = False
+    schedule: str = "linear"  # one of SCHEDULES
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r}: expected one of {SCHEDULES}")
 
 
 def decays(name: str, no_decay: tuple[str, ...]) -> bool:
@@ -65,3 +74,20 @@ def build_adamw(named: Iterable[tuple[str, torch.nn.Parameter]], settings: Optim
 def linear_schedule(optimizer: torch.optim.Optimizer, warmup_step: int, total_step: int):
     """lr(step) = peak * step / warmup for step < warmup, then peak * (total - step) / (total - warmup)."""
     return get_linear_schedule_with_warmup(optimizer, num_warmup_steps=warmup_step, num_training_steps=total_step)
+
+
+def _constant(step: int) -> float:
+    return 1.0
+
+
+def constant_schedule(optimizer: torch.optim.Optimizer):
+    """lr(step) = peak at every step, no warmup (BertAdam's ``schedule='none'``). A LambdaLR like the linear one, so
+    the resume state holds the same kind of scheduler state."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _constant)
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, settings: OptimiserSettings):
+    """The schedule ``settings.schedule`` names, over ``optimizer``."""
+    if settings.schedule == "constant":
+        return constant_schedule(optimizer)
+    return linear_schedule(optimizer, settings.warmup_step, settings.total_step)

@@ -4,9 +4,10 @@ Per optimizer step: ``accum_step`` micro-batches of ``batch_size // accum_step``
 student forward (and the teacher forward under ``torch.no_grad()`` when the method uses one) under
 autocast, the method's losses, ``loss / accum_step`` back-propagated (through the GradScaler for fp16);
 then gradients are unscaled, clipped (``max_norm``; extra parameter sets such as LAD gates clipped with
-their own norm), every optimiser and its linear warmup schedule step together (under fp16 loss scaling a step
-whose gradients overflow in any set is skipped by all of them together: ``Trainer._optimizer_step``). Checkpoints every
-``ckpt_step`` and at the end; TensorBoard scalars every ``log_step``.
+their own norm), every optimiser and its learning-rate schedule (``OptimiserSettings.schedule``) step together
+(under fp16 loss scaling a step whose gradients overflow in any set is skipped by all of them together:
+``Trainer._optimizer_step``). Checkpoints every ``ckpt_step`` and at the end; TensorBoard scalars every
+``log_step``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .checkpoint import (load_checkpoint_into, load_resume_state, prune_checkpoi
                          save_resume_state, set_rng_state)
 from .device import Precision, same_device
 from .evaluation import EARLY_STOP_FILE, EvalHistory, Evaluator
-from .optim import OptimiserSettings, build_adamw, linear_schedule
+from .optim import OptimiserSettings, build_adamw, lr_schedule
 from .protocol import ModelOutputs, TrainingMethod
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class TrainSettings:
     save_total_limit: int = 0  # keep only the newest K checkpoints (0: all)
     group_by_length: bool = False  # length-grouped shuffled micro-batches (needs the rows' lengths)
     compile: bool = False  # torch.compile the training forward (and the teacher's)
+    drop_last: bool = False  # each epoch trains only full micro-batches: its incomplete last one is skipped
 
     @property
     def total_step(self) -> int:
@@ -134,7 +136,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
         # the CUDA devices whose random streams the resume state keeps, by role (engine/checkpoint.rng_state)
         self.rng_devices = {"student": device, **({"teacher": self.teacher_device} if teacher is not None else {})}
-        self.stream = make_stream(num_rows, s.micro_batch, s.seed, lengths if s.group_by_length else None)
+        self.stream = make_stream(num_rows, s.micro_batch, s.seed, lengths if s.group_by_length else None,
+                                  drop_last=s.drop_last)
         self.step = 0
         self.evaluator = evaluator
         self.forward = forward
@@ -148,7 +151,7 @@ class Trainer:
                    named: list[tuple[str, torch.nn.Parameter]]) -> _Optimised:
         opt = build_adamw(named, settings, self.device)
         return _Optimised(name, [p for _, p in named if p.requires_grad], modules, opt,
-                          linear_schedule(opt, settings.warmup_step, settings.total_step), settings)
+                          lr_schedule(opt, settings), settings)
 
     # -- one optimizer step -------------------------------------------------------------------------
     def _micro_step(self, rows: np.ndarray, sync: bool = True) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ import torch
 
 from ..engine.optim import OptimiserSettings
 from ..engine.protocol import ExtraParameters, ModelOutputs, TeacherShape
+from ..errors import UserError
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,12 @@ class Method:
     # True when no loss term looks at padding positions, so the student may run the padding-free forward
     # (models/padding_free.py); False for the original's full-sequence hidden MSE and the fixed-length LAD gate
     ignores_padding = True
+    # how the method trains, beyond its losses (the run plan resolves them into the engine's settings): the
+    # learning-rate schedule of the student's optimiser and of the method's own parameter sets
+    # (engine/optim.SCHEDULES: "linear" warmup/decay, or "constant"), and whether each epoch trains only full
+    # micro-batches (its incomplete last one skipped, TinyBERT's released loop)
+    schedule = "linear"
+    drop_last = False
 
     @classmethod
     def build(cls, settings: MethodSettings) -> "Method":
@@ -96,6 +103,14 @@ class Method:
     def check_models(self, teacher_config, student_family: str) -> None:
         """Refuse, before anything is written, a teacher (its Hugging Face config) or student family the method
         cannot read (e.g. an attention it cannot recompute)."""
+
+    def check_training_rows(self, rows: int, micro_batch: int, source: str) -> None:
+        """Refuse, before anything is written, a training set of ``rows`` rows the method would not train on in
+        micro-batches of ``micro_batch`` rows (with :attr:`drop_last`: fewer rows than one micro-batch);
+        ``source`` names the data set and the batch flags in the error."""
+        if self.drop_last and rows < micro_batch:
+            raise UserError(f"{source}: {rows} rows, fewer than one micro-batch ({micro_batch} rows: --batch_size / "
+                            f"--accum_step); {self.name} skips incomplete batches, so nothing would train")
 
     def record(self) -> dict[str, Any]:
         """Fields this method adds to ``config.json`` (what it computes that its flags do not say)."""

@@ -6,7 +6,8 @@ prediction-layer distillation (eq. 11)::
 
     L_attn = 1/h * sum_{i=1..h} MSE(A_i^S, A_i^T)          A = Q K^T / sqrt(d_k)   (pre-softmax, eq. 7-8)
     L_hidn = MSE(H^S W_h, H^T)                              (eq. 9; eq. 10 for the embeddings, W_e)
-    L_pred = CE(z^T / t, z^S / t) = -softmax(z^T/t) . log_softmax(z^S/t)        (eq. 11)
+    L_pred = CE(z^T / t, z^S / t) = -softmax(z^T/t) . log_softmax(z^S/t)        (eq. 11; the released code
+                                                                               averages it over the classes too)
 
 with the uniform layer mapping n = g(m) = m * N / M (student layer m learns teacher layer g(m); g(0) = 0 for
 the embeddings). Conventions follow the authors' released code (huawei-noah/Pretrained-Language-Model,
@@ -23,7 +24,7 @@ computes in fp32 (autocast off), whatever the input dtype or the surrounding aut
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -195,21 +196,33 @@ def hidden_mse(student_projected: torch.Tensor, teacher: torch.Tensor, mask: tor
         return (squared * real[..., None]).sum() / count.clamp_min(1.0)
 
 
-def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                       temperature: float) -> torch.Tensor:
-    r"""TinyBERT's prediction-layer loss (eq. 11), the released code's ``soft_cross_entropy`` of the logits
-    divided by the temperature T, in fp32::
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                       reduction: str = "mean") -> torch.Tensor:
+    r"""TinyBERT's prediction-layer loss (eq. 11): the soft cross-entropy of the logits [B, C] divided by the
+    temperature T, in fp32.
+
+    ``reduction="mean"`` (the released code: ``soft_cross_entropy(predicts, targets) = (-softmax(targets) *
+    log_softmax(predicts)).mean()``, called on ``logits / T``, task_distill.py), the mean over the batch AND the
+    C classes::
+
+        1/(B C) * sum_b sum_c -softmax(z^T_b / T)_c * log_softmax(z^S_b / T)_c
+
+    ``reduction="batchmean"`` (the paper's eq. 11 as a per-example cross-entropy, TextBrewer's form), summed over
+    the classes and averaged over the batch, C times the released value::
 
         1/B * sum_b sum_c -softmax(z^T_b / T)_c * log_softmax(z^S_b / T)_c
 
-    With NO T^2 factor (the released code has none, unlike Hinton et al.'s KD), so at T > 1 its gradients are
-    T^2 times smaller than a T^2-scaled KL's."""
+    Either with NO T^2 factor (the released code has none, unlike Hinton et al.'s KD), so at T > 1 its gradients
+    are T^2 times smaller than a T^2-scaled KL's."""
     if not temperature > 0:
         raise UserError(f"the temperature must be positive, got {temperature}")
+    if reduction not in SOFT_REDUCTIONS:
+        raise ValueError(f"reduction {reduction!r}: expected one of {SOFT_REDUCTIONS}")
     with _fp32_off(student_logits):
         log_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
         teacher = F.softmax(teacher_logits.float().to(student_logits.device) / temperature, dim=-1)
-        return (-teacher * log_student).sum(-1).mean()
+        terms = -teacher * log_student
+        return terms.mean() if reduction == "mean" else terms.sum(-1).mean()
 
 
 def tinybert_layer_map(num_student_layers: int, num_teacher_layers: int) -> list[int]:
@@ -239,6 +252,21 @@ class TinyBertFlags:
                                                "counts); head_mean: MSE of the head-averaged score maps, for a student "
                                                "whose head count differs from the teacher's (a deviation)",
                                    choices=("per_head", "head_mean"))
+    tinybert_soft_reduction: str = flag("mean", "prediction stage: mean: the soft cross-entropy averaged over the "
+                                                "batch and the classes (the released code); batchmean: summed over "
+                                                "the classes, averaged over the batch (the paper's eq. 11, "
+                                                "TextBrewer's; C times larger)", choices=("mean", "batchmean"))
+    tinybert_regression_target: str = flag("gold", "prediction stage on a regression task: gold: MSE to the gold "
+                                                   "score, no teacher forward (the released code); teacher: MSE to "
+                                                   "the teacher's score", choices=("gold", "teacher"))
+    tinybert_intermediate_schedule: str = flag("constant", "intermediate stage's learning rate: constant, no warmup "
+                                                           "(the released code's schedule 'none'); linear: "
+                                                           "--warmup_step warmup, then linear decay (the prediction "
+                                                           "stage's, always)", choices=("constant", "linear"))
+    tinybert_incomplete_batches: str = flag("skip", "skip: each epoch trains only full micro-batches (the released "
+                                                    "loop skips a batch smaller than batch_size / accumulation); "
+                                                    "train: its short last micro-batch trains too",
+                                            choices=("skip", "train"))
     tinybert_fit_dense: str = flag("always", "the intermediate stage's W_h (the released code's fit_dense, one learned "
                                              "projection shared by every student layer and the embeddings): always "
                                              "(the released code: also at equal widths, started from the pretrained "
@@ -252,9 +280,11 @@ class TinyBertFlags:
 class TinyBertDistilFlags(DistilFlags):
     """TinyBERT's prediction stage: the soft cross-entropy alone (its released code's defaults)."""
 
-    soft_weight: float = flag(1.0, "weight of TinyBERT's soft cross-entropy -softmax(t/T) . log_softmax(s/T) "
-                                   "(prediction stage)")
-    hard_weight: float = flag(0.0, "weight of the cross-entropy with the gold labels (prediction stage)")
+    soft_weight: float = flag(1.0, "weight of TinyBERT's prediction-layer loss (prediction stage): the soft "
+                                   "cross-entropy -softmax(t/T) . log_softmax(s/T); on a regression task the MSE "
+                                   "to --tinybert_regression_target")
+    hard_weight: float = flag(0.0, "weight of the cross-entropy with the gold labels (regression: the MSE to the "
+                                   "gold score) (prediction stage)")
 
 
 class TinyBERT(LayerwiseKD):
@@ -271,8 +301,18 @@ class TinyBERT(LayerwiseKD):
     toolkit's rule before issue 30: none at equal widths, always started from N(0, 0.02)).
 
     ``--tinybert_stage prediction``: ``L = soft_weight * soft_cross_entropy(s, t, T) + hard_weight * CE(s, y)``
-    (defaults 1 and 0: the released code's ``--pred_distill``; a regression task: ``MSE(s, t)``), started from
-    the intermediate stage's student (``--student_ptrain_ver`` of its export).
+    (defaults 1 and 0: the released code's ``--pred_distill``; the soft cross-entropy averaged over batch and
+    classes, ``soft_reduction="mean"``, or summed over the classes, ``"batchmean"``), started from the
+    intermediate stage's student (``--student_ptrain_ver`` of its export). A regression task (one output):
+    ``L = soft_weight * MSE(s, y) + hard_weight * MSE(s, y)`` against the gold score (``regression_target="gold"``,
+    the released code's ``MSELoss()(student_logits.view(-1), label_ids.view(-1))``; no teacher forward), or
+    ``hard_weight * MSE(s, y) + soft_weight * MSE(s, t)`` (``"teacher"``).
+
+    How it trains, as the released code (the run plan resolves :attr:`schedule` and :attr:`drop_last` into the
+    engine's settings): the intermediate stage at a constant learning rate (``intermediate_schedule="constant"``,
+    BertAdam's ``schedule='none'``; ``"linear"``: the warmup/decay of every script), the prediction stage with the
+    linear warmup/decay; W_h with the student's schedule; each epoch's incomplete last micro-batch skipped
+    (``incomplete_batches="skip"``; ``"train"`` keeps it).
 
     The attention maps are recomputed from each layer's query and key projections
     (:mod:`fine_tune.models.attention_capture`); student and teacher need the same number of heads, unless
@@ -286,7 +326,9 @@ class TinyBERT(LayerwiseKD):
 
     def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
                  stage: str = "intermediate", student_heads: int | None = None, teacher_heads: int | None = None,
-                 attention: str = "per_head", padding: str = "max_length", fit_dense: str = "always",
+                 attention: str = "per_head", padding: str = "max_length", soft_reduction: str = "mean",
+                 regression_target: str = "gold", intermediate_schedule: str = "constant",
+                 incomplete_batches: str = "skip", fit_dense: str = "always",
                  pretrained_projection: PretrainedProjection | None = None, **common):
         if stage not in TINYBERT_STAGES:
             raise UserError(f"--tinybert_stage {stage!r}: choose one of {', '.join(TINYBERT_STAGES)}")
@@ -303,6 +345,18 @@ class TinyBERT(LayerwiseKD):
                             f"attention heads (--num_attention_heads), the teacher {teacher_heads} (or pass "
                             f"--tinybert_attention head_mean)")
         self.student_heads, self.teacher_heads = student_heads, teacher_heads
+        for name, value, choices in (("--tinybert_soft_reduction", soft_reduction, SOFT_REDUCTIONS),
+                                     ("--tinybert_regression_target", regression_target, REGRESSION_TARGETS),
+                                     ("--tinybert_intermediate_schedule", intermediate_schedule,
+                                      INTERMEDIATE_SCHEDULES),
+                                     ("--tinybert_incomplete_batches", incomplete_batches, INCOMPLETE_BATCHES)):
+            if value not in choices:
+                raise UserError(f"{name} {value!r}: choose one of {', '.join(choices)}")
+        self.soft_reduction, self.regression_target = soft_reduction, regression_target
+        self.schedule = intermediate_schedule if stage == "intermediate" else "linear"
+        self.drop_last = incomplete_batches == "skip"
+        if self.projection_optimiser is not None:  # W_h learns on the student's schedule
+            self.projection_optimiser = replace(self.projection_optimiser, schedule=self.schedule)
         if fit_dense not in TINYBERT_FIT_DENSE:
             raise UserError(f"--tinybert_fit_dense {fit_dense!r}: choose one of {', '.join(TINYBERT_FIT_DENSE)}")
         self.fit_dense = fit_dense
@@ -328,9 +382,25 @@ class TinyBERT(LayerwiseKD):
                    teacher_heads=settings.teacher.num_heads, attention=settings["tinybert"].tinybert_attention,
                    padding=settings.padding, student_width=settings.student.hidden_size,
                    teacher_width=settings.teacher.hidden_size, projection_optimiser=settings.optimiser,
-                   regression=settings.regression,
-                   fit_dense=settings.legacy.get("tinybert_fit_dense", settings["tinybert"].tinybert_fit_dense),
+                   regression=settings.regression, **cls.released_rules(settings),
                    pretrained_projection=settings.student_projection)
+
+    @staticmethod
+    def released_rules(settings) -> dict:
+        """The rules a fidelity fix made the released code's (issue 30), from their flags; a run started before a
+        fix keeps its old rule (``settings.legacy``, config.LEGACY_FIELDS)."""
+        t, old = settings["tinybert"], settings.legacy
+        return {"soft_reduction": old.get("tinybert_soft_reduction", t.tinybert_soft_reduction),
+                "regression_target": old.get("tinybert_regression_target", t.tinybert_regression_target),
+                "intermediate_schedule": old.get("tinybert_intermediate_schedule", t.tinybert_intermediate_schedule),
+                "incomplete_batches": old.get("tinybert_incomplete_batches", t.tinybert_incomplete_batches),
+                "fit_dense": old.get("tinybert_fit_dense", t.tinybert_fit_dense)}
+
+    def check_training_rows(self, rows: int, micro_batch: int, source: str) -> None:
+        if self.drop_last and rows < micro_batch:
+            raise UserError(f"{source}: {rows} rows, fewer than one micro-batch ({micro_batch} rows: --batch_size / "
+                            f"--accum_step); TinyBERT skips incomplete batches as its released code, so nothing would "
+                            f"train: lower --batch_size, or pass --tinybert_incomplete_batches train")
 
     def check_models(self, teacher_config, student_family: str) -> None:
         if self.intermediate:
@@ -383,12 +453,19 @@ class TinyBERT(LayerwiseKD):
         return not self.intermediate or self.masked
 
     @property
+    def gold_regression(self) -> bool:
+        """The prediction stage of a regression task against the gold score: no teacher forward."""
+        return not self.intermediate and self.regression and self.regression_target == "gold"
+
+    @property
     def uses_teacher(self) -> bool:  # type: ignore[override]
-        return self.intermediate or bool(self.soft_weight)
+        return self.intermediate or (bool(self.soft_weight) and not self.gold_regression)
 
     def losses(self, batch, student, teacher):
         if not self.intermediate:
-            if self.regression:  # the released code's MSE to the teacher's score
+            if self.gold_regression:  # the released code: MSELoss()(student_logits.view(-1), label_ids.view(-1))
+                return gold_regression_loss(student.logits, batch["labels"], self.hard_weight, self.soft_weight)
+            if self.regression:  # --tinybert_regression_target teacher: MSE to the teacher's score
                 parts = logits_kd_loss(student.logits, teacher.logits, batch.get("labels"), self.hard_weight,
                                        self.soft_weight, 1.0, regression=True)
                 parts["loss"] = parts["logits_loss"]
@@ -396,7 +473,8 @@ class TinyBERT(LayerwiseKD):
             parts = {}
             loss = student.logits.new_zeros((), dtype=torch.float32)
             if self.soft_weight:
-                parts["soft_loss"] = soft_cross_entropy(student.logits, teacher.logits, self.temperature)
+                parts["soft_loss"] = soft_cross_entropy(student.logits, teacher.logits, self.temperature,
+                                                        self.soft_reduction)
                 loss = loss + self.soft_weight * parts["soft_loss"]
             if self.hard_weight and batch.get("labels") is not None:
                 parts["hard_loss"] = F.cross_entropy(student.logits.float(), batch["labels"])
@@ -437,7 +515,33 @@ class TinyBERT(LayerwiseKD):
 
 TINYBERT_STAGES = ("intermediate", "prediction")
 TINYBERT_ATTENTION = ("per_head", "head_mean")
+SOFT_REDUCTIONS = ("mean", "batchmean")
+REGRESSION_TARGETS = ("gold", "teacher")
+INTERMEDIATE_SCHEDULES = ("constant", "linear")
+INCOMPLETE_BATCHES = ("skip", "train")
 TINYBERT_FIT_DENSE = ("always", "when_widths_differ")
+
+
+def gold_regression_loss(student_logits: torch.Tensor, labels: torch.Tensor, hard_weight: float,
+                         soft_weight: float) -> dict[str, torch.Tensor]:
+    r"""TinyBERT's prediction stage on a regression task, as its released code: the student's score [B, 1] against
+    the GOLD score, no teacher (``MSELoss()(student_logits.view(-1), label_ids.view(-1))``), in fp32::
+
+        pred_loss = 1/B * sum_b (s_b - y_b)^2,      L = soft_weight * pred_loss + hard_weight * MSE(s, y)
+
+    (``soft_weight`` weighs the prediction-layer loss, ``hard_weight`` the gold-label loss, here the same MSE)."""
+    with _fp32_off(student_logits):
+        mse = F.mse_loss(student_logits.float().reshape(-1), labels.float().to(student_logits.device).reshape(-1))
+    parts: dict[str, torch.Tensor] = {}
+    loss = mse.new_zeros(())
+    if soft_weight:
+        parts["pred_loss"] = mse
+        loss = loss + soft_weight * mse
+    if hard_weight:
+        parts["hard_loss"] = mse
+        loss = loss + hard_weight * mse
+    parts["loss"] = loss
+    return parts
 
 
 def check_recomputable_attention(teacher_family: str, student_family: str, method: str) -> None:

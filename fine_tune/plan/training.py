@@ -12,6 +12,7 @@ records what ``config.json`` will hold. One planner per way a student learns:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from .. import config as cfg
@@ -102,13 +103,16 @@ def optimiser_settings(o) -> OptimiserSettings:
                              beta2=o.beta2, eps=o.eps, weight_decay=o.weight_decay, max_norm=o.max_norm)
 
 
-def _training(flags, dataset: str) -> TrainSettings:
-    """The engine's settings (``dataset``: the training split, resolved, in the TensorBoard tags)."""
+def _training(flags, dataset: str, method: Method) -> TrainSettings:
+    """The engine's settings (``dataset``: the training split, resolved, in the TensorBoard tags); what the method
+    decides of its training (``Method.schedule``, ``Method.drop_last``) resolved into plain settings."""
     b, r, e = flags.batching, flags.run, flags.experiment
-    return TrainSettings(optimiser=optimiser_settings(flags.optimiser), batch_size=b.batch_size, accum_step=b.accum_step,
+    optimiser = replace(optimiser_settings(flags.optimiser), schedule=method.schedule)
+    return TrainSettings(optimiser=optimiser, batch_size=b.batch_size, accum_step=b.accum_step,
                          ckpt_step=r.ckpt_step, log_step=r.log_step, seed=r.seed,
                          save_total_limit=r.save_total_limit or 0, group_by_length=b.group_by_length,
-                         compile=flags.speed.compile, tag_prefix=f"{e.task}/{dataset}/{e.model}")
+                         compile=flags.speed.compile, tag_prefix=f"{e.task}/{dataset}/{e.model}",
+                         drop_last=method.drop_last)
 
 
 def _legacy(exp: ExperimentDir, record: dict) -> dict:
@@ -151,12 +155,17 @@ def student_projection(flags, method_cls: type[Method]) -> PretrainedProjection 
 
 
 def _plan(flags, *, data_root, task, exp, train, tokenizer, max_seq_len, model, method, record, inputs, evaluation,
-          devices=None, **extra) -> RunPlan:
+          devices=None, notes=(), **extra) -> RunPlan:
     b = flags.batching
+    training = _training(flags, train.name, method)
+    method.check_training_rows(len(train.examples), training.micro_batch, f"--dataset {train.name!r}")
+    if training.optimiser.schedule == "constant" and flags.optimiser.warmup_step:
+        notes = (*notes, f"the learning rate stays constant ({method.name}'s schedule): --warmup_step "
+                         f"{flags.optimiser.warmup_step} and the linear decay do not apply")
     return RunPlan(exp=exp, data_root=data_root, task=task, train=train, tokenizer=tokenizer, max_seq_len=max_seq_len,
                    padding=b.padding, padding_free=flags.speed.padding_free == "auto", model=model, method=method,
-                   training=_training(flags, train.name), devices=devices or Devices.of(flags.device), record=record,
-                   inputs=inputs, overwrite=flags.paths.overwrite, evaluation=evaluation, **extra)
+                   training=training, devices=devices or Devices.of(flags.device), record=record,
+                   inputs=inputs, overwrite=flags.paths.overwrite, evaluation=evaluation, notes=tuple(notes), **extra)
 
 
 # -- fine-tuning ---------------------------------------------------------------------------------------------
