@@ -33,6 +33,7 @@ from .engine.checkpoint import load_checkpoint_into
 from .models.classifier import build_from_config, check_checkpoint, load_model_dir
 from .tasks.metrics import TAGS
 from .tasks import Task
+from .tasks.diagnostics import check_whole_pairs
 from .tasks.example import examples_digest
 from .tasks.logits import check_logits_target, logits_dir, write_logits
 
@@ -104,11 +105,15 @@ def predict_logits(model: torch.nn.Module, features: Features, pad_token_id: int
     return out
 
 
-def metrics(task: Task, labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
-    """The task's metrics (fine_tune/tasks/metrics.py) of ``preds`` against ``labels``."""
+def metrics(task: Task, labels: np.ndarray, preds: np.ndarray, split: str | None = None,
+            examples=None) -> dict[str, float]:
+    """The metrics (fine_tune/tasks/metrics.py) of ``preds`` against ``labels``: the task's, or ``split``'s (a
+    diagnostic's own: ``Task.metrics_for``); ``examples``: the rows, whose groups (AX-g's minimal pairs) the pair
+    metrics read."""
     from .tasks.metrics import compute
 
-    return compute(task.metrics, labels, preds)
+    groups = None if examples is None else np.asarray([ex.group for ex in examples], dtype=object)
+    return compute(task.metrics if split is None else task.metrics_for(split), labels, preds, groups)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -148,7 +153,13 @@ def run_eval(plan: EvalPlan) -> dict:
             steps.remove(step)
     check_writable(le.exp.path, "--exp_root", root=le.exp.root)
     check_writable(le.exp.log_dir, "--exp_root", root=le.exp.root)
-    _, examples, features = load_split(le, split, plan.max_examples)
+    pairs = "gender_parity" in le.task.metrics_for(split)
+
+    def whole_pairs(le_, path, rows):  # AX-g: --max_examples keeps both rows of every pair, before any write
+        if pairs:
+            check_whole_pairs(rows, path, plan.max_examples)
+
+    _, examples, features = load_split(le, split, plan.max_examples, whole_pairs)
     le.resolve_device(plan.devices)
     from torch.utils.tensorboard import SummaryWriter
 
@@ -156,8 +167,11 @@ def run_eval(plan: EvalPlan) -> dict:
     writer = SummaryWriter(log_dir=str(le.exp.log_dir)) if main else None
     rows = []
     predictions: dict[str, np.ndarray] = {}
-    metric_names = list(le.task.metrics)
-    print(f"{le.exp.name}: {split} ({len(examples)} rows), {len(steps)} checkpoint(s) on {le.device}")
+    metric_names = list(le.task.metrics_for(split))
+    diagnostic = split in le.task.diagnostics
+    print(f"{le.exp.name}: {split} ({len(examples)} rows"
+          f"{f', {len(examples) // 2} minimal pairs' if pairs else ''}), {len(steps)} checkpoint(s) on {le.device}"
+          f"{'; a diagnostic: scored, never choosing a checkpoint' if diagnostic else ''}")
     print("ckpt\t" + "\t".join(metric_names))
     try:
         for step in steps:
@@ -169,7 +183,7 @@ def run_eval(plan: EvalPlan) -> dict:
             seconds = time.perf_counter() - start
             preds = le.task.predictions(logits)
             predictions[f"pred_{step}"] = preds.astype(np.float32 if le.task.regression else np.int16)
-            row = {"ckpt": step, **metrics(le.task, features.labels, preds),
+            row = {"ckpt": step, **metrics(le.task, features.labels, preds, split, examples),
                    "examples_per_s": round(len(examples) / max(seconds, 1e-9), 2)}
             rows.append(row)
             print(f"{step}\t" + "\t".join(f"{row[m]:.6f}" for m in metric_names), flush=True)
@@ -189,6 +203,10 @@ def run_eval(plan: EvalPlan) -> dict:
     table = write_eval_table(le.exp, le.task, split, examples, features.labels, rows, predictions,
                              inference_record(le.device, le.precision, batch_size), write=main,
                              max_examples=plan.max_examples)
+    if diagnostic:  # reported at the checkpoint the dev split chooses (results_table.py), never choosing one
+        print(f"{split} is a diagnostic of {le.task.name}: results_table.py reports it at the checkpoint chosen on "
+              f"{le.task.dev_split}")
+        return table
     for m in metric_names:
         print(f"best {m}: {table['best'][m]['value']:.6f} at model-{table['best'][m]['ckpt']}.pt")
     return table
@@ -208,9 +226,13 @@ def write_eval_table(exp: ExperimentDir, task: Task, split: str, examples, label
     ``run_fine_tune_eval.py`` and the evaluation during training write them. ``write=False``: the table only.
     The table records the identity of the rows it was computed on (``examples_sha256``, ``max_examples``): a reader
     choosing a checkpoint by it (``--ckpt best``, results tables) refuses it once the split's rows changed
-    (selection.evaluated_rows_changed)."""
-    metric_names = list(task.metrics)
+    (selection.evaluated_rows_changed). A diagnostic's table (SuperGLUE's AX-b, AX-g) holds its own metrics and says
+    that it chooses no checkpoint."""
+    metric_names = list(task.metrics_for(split))
     best = {m: best_row(rows, m) for m in metric_names}
+    if split in task.diagnostics:
+        selection = (f"a diagnostic: scored at every checkpoint, never choosing one (results tables report it at the "
+                     f"checkpoint chosen on {task.dev_split}); best: each metric's best row, for reference")
     table = {"experiment": exp.name, "task": task.name, "split": split, "num_rows": len(examples),
              "examples_sha256": examples_digest(examples), "max_examples": max_examples,
              "rows": rows, "best": {m: {"ckpt": best[m]["ckpt"], "value": best[m][m]} for m in metric_names},
@@ -253,7 +275,7 @@ class TrainingEvaluator:
         seconds = time.perf_counter() - start
         preds = self.task.predictions(logits)
         self.predictions[step] = preds.astype(np.float32 if self.task.regression else np.int16)
-        return {**metrics(self.task, self.features.labels, preds),
+        return {**metrics(self.task, self.features.labels, preds, self.split, self.examples),
                 "examples_per_s": round(len(self.examples) / max(seconds, 1e-9), 2)}
 
     def _keep(self, steps: list[int]) -> None:

@@ -44,8 +44,10 @@ PANELS = (("params", "parameters (log scale)", "lower", "log"),
 
 def pareto_data(table) -> dict:
     """The points of both panels from the table's numbers (:class:`fine_tune.results.Table`): per row (seed group)
-    the main metric on the last reported split against its parameters and its inference examples/s."""
-    split, metric = table.splits[-1], table.main_metric
+    the main metric on the last reported split that is not a diagnostic (``Table.headline``; a diagnostic alone:
+    its first metric) against its parameters and its inference examples/s."""
+    split = table.headline or table.splits[-1]
+    metric = table.metrics_of(split)[0] if split in table.diagnostics else table.main_metric
     panels = {}
     for key, label, better, scale in PANELS:
         points = []
@@ -61,7 +63,7 @@ def pareto_data(table) -> dict:
         front = sorted((p for p in points if p["on_front"]), key=lambda p: (p["x"], p["y_mean"]))
         panels[key] = {"x_label": label, "x_better": better, "x_scale": scale, "points": points,
                        "front": [p["group"] for p in front]}
-    return {"task": table.task, "split": split, "metric": metric, "rule": table.rule.label(split),
+    return {"task": table.task, "split": split, "metric": metric, "rule": table.rule_of(split).label(split),
             "error_bars": "sample std over the group's seeds (n>1)", "panels": panels}
 
 
@@ -168,6 +170,7 @@ def curves_data(groups: list[list], names: list[str], task, splits: list[str] | 
     metric = task.main_metric
     if splits:
         split = splits[-1]
+        metric = task.metrics_for(split)[0] if split in task.diagnostics else metric
     else:
         logged = [s for s in [task.dev_split, *task.splits] if s in task.labelled
                   and any(metric_tag(task.name, s, metric) in sc for sc in logs.values())]

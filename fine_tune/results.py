@@ -21,6 +21,11 @@ learning curves (``--plot``, ``--curves``) live in :mod:`fine_tune.result_plots`
 :func:`paired_bootstrap` compares two experiments' per-example predictions on one split (Efron & Tibshirani
 1993; Koehn 2004 for its use in NLP): resample the examples with replacement B times, keeping each example's
 pair of outcomes together, and take the 2.5 / 97.5 percentiles of the accuracy difference.
+
+Diagnostics (SuperGLUE's AX-b and AX-g, splits of ``rte_superglue``: ``Task.diagnostics``) are scored splits of their
+own: their metrics (MCC; gender parity and accuracy) fill their own columns, never pooled with a dev split's, and a
+diagnostic never chooses the checkpoint it is reported at: under the ``best`` rule that is the checkpoint chosen on
+``--select_on``, else on the task's dev split (:func:`split_rule`).
 """
 
 from __future__ import annotations
@@ -83,7 +88,7 @@ def scan(exp_root: Path, task: Task, patterns: list[str] | None = None, evaluate
             continue
         exp = ExperimentDir(exp_root, folder.name)
         tables, absent = {}, {}
-        read = [(split, table) for split in task.labelled if (table := read_eval(exp, split)) is not None]
+        read = [(split, table) for split in task.scored if (table := read_eval(exp, split)) is not None]
         for split, table in read:
             kept, skipped = on_disk(exp, table)
             if kept is not None:
@@ -292,23 +297,43 @@ def onnx_speed_record(exp: ExperimentDir) -> dict | None:
     return newest
 
 
+def split_rule(task: Task, rule: Rule, split: str) -> Rule:
+    """The rule that picks the checkpoint reported on ``split``: ``rule``, except that a diagnostic never chooses:
+    under ``best`` without ``--select_on`` it is reported at the checkpoint best on the task's dev split."""
+    if split in task.diagnostics and rule.kind == "best" and rule.select_on is None:
+        return Rule("best", task.dev_split)
+    return rule
+
+
+def headline_split(task: Task, splits: list[str]) -> str | None:
+    """The split whose main metric a row is summed up by (throughput, the Pareto plot): the last reported split
+    that is not a diagnostic, else the last one."""
+    return next((s for s in reversed(splits) if s not in task.diagnostics), splits[-1] if splits else None)
+
+
 def row_record(members: list[Experiment], task, rule: Rule, splits: list[str], teachers: set[str],
                folded: dict[str, list[str]] | None = None) -> dict:
     """The numbers of one table row (a seed group, one run per seed: ``folded`` names the runs of a seed that
-    count once, :func:`seed_groups`): every cell of the markdown row is formatted from them."""
-    metric_cols = list(task.metrics)
+    count once, :func:`seed_groups`): every cell of the markdown row is formatted from them. Each split holds its
+    own metrics (``Task.metrics_for``: a diagnostic's), at the checkpoint :func:`split_rule` picks."""
     folded = folded or {}
     record: dict = {"group": group_name(members, folded), "members": [m.name for m in members],
                     "seeds": [m.config.get("seed") for m in members],
-                    "folded": dict(folded), "splits": {}}
+                    "folded": dict(folded), "splits": {}, "notes": []}
     chosen_steps: list[int] = []
     for s in splits:
+        metric_cols = list(task.metrics_for(s))
+        split_rule_ = split_rule(task, rule, s)
         evaluated, steps = [], []
         values: dict[str, list[float]] = {m: [] for m in metric_cols}
         for e in members:
             try:
-                step, row = select_row(e.tables, s, rule, task.main_metric)
+                step, row = select_row(e.tables, s, split_rule_, task.main_metric)
             except UserError:
+                chooser = split_rule_.chooser(s)
+                if s in task.diagnostics and s in e.tables and chooser not in e.tables:
+                    record["notes"].append(f"{e.name}: {s} evaluated but not {chooser}, which chooses the checkpoint "
+                                           f"{s} is reported at: evaluate {chooser} too")
                 continue
             evaluated.append(e.name)
             steps.append(step)
@@ -316,6 +341,7 @@ def row_record(members: list[Experiment], task, rule: Rule, splits: list[str], t
                 values[m].append(row[m])
         subset = next((n for e in members if s in e.tables and (n := subset_rows(e.tables[s])) is not None), None)
         record["splits"][s] = {"members": evaluated, "ckpt": steps, "subset_rows": subset,
+                               "diagnostic": s in task.diagnostics,
                                "metrics": {m: stats(values[m]) for m in metric_cols}}
         chosen_steps = chosen_steps or steps
     first = members[0]
@@ -327,11 +353,12 @@ def row_record(members: list[Experiment], task, rule: Rule, splits: list[str], t
                       "teacher_ckpt": tsize[2] if tsize else None, "teacher_params": tsize[0] if tsize else None,
                       "teacher_bytes": tsize[1] if tsize else None}
     rates = []
+    headline = headline_split(task, splits)
     for e in members:
-        table = e.tables.get(splits[-1]) if splits else None
+        table = e.tables.get(headline) if splits else None
         if table and table.get("inference"):
             rates.append((e.name, table["inference"]["examples_per_s"], table["inference"]["device"]))
-    record["inference"] = {"split": splits[-1] if splits else None,
+    record["inference"] = {"split": headline,
                            "examples_per_s": statistics.median(r for _, r, _ in rates) if rates else None,
                            "device": rates[0][2] if rates else None,
                            "members": [n for n, _, _ in rates], "values": [r for _, r, _ in rates]}
@@ -342,16 +369,17 @@ def row_record(members: list[Experiment], task, rule: Rule, splits: list[str], t
     return record
 
 
-def markdown_cells(record: dict, splits: list[str], metrics: list[str], hyper: list[str], onnx: bool) -> list[str]:
-    """One markdown row, formatted from :func:`row_record`'s numbers."""
+def markdown_cells(record: dict, splits: list[str], metrics: dict[str, list[str]], hyper: list[str],
+                   onnx: bool) -> list[str]:
+    """One markdown row, formatted from :func:`row_record`'s numbers; ``metrics``: each split's metric columns."""
     cells = [record["group"]]
     for s in splits:
         split = record["splits"][s]
         if not split["ckpt"]:
-            cells += ["—"] * (len(metrics) + 1)
+            cells += ["—"] * (len(metrics[s]) + 1)
             continue
         subset = f" (first {split['subset_rows']} rows)" if split.get("subset_rows") is not None else ""
-        cells += [format_stats(split["metrics"][m]) + subset for m in metrics]
+        cells += [format_stats(split["metrics"][m]) + subset for m in metrics[s]]
         cells.append(",".join(str(x) for x in split["ckpt"]))
     size = record["size"]
     if size["params"] is None:
@@ -404,9 +432,19 @@ class Table:
     main_metric: str = "accuracy"
     onnx: bool = False  # whether the ONNX columns are shown
     notes: list[str] = field(default_factory=list)  # runs of one seed counted once, evaluations skipped
+    split_metrics: dict[str, list[str]] = field(default_factory=dict)  # each split's metric columns
+    split_rules: dict[str, Rule] = field(default_factory=dict)  # the rule of each split (split_rule)
+    diagnostics: list[str] = field(default_factory=list)  # the reported splits that are diagnostics
+    headline: str | None = None  # the split a row is summed up by (headline_split)
+
+    def metrics_of(self, split: str) -> list[str]:
+        return self.split_metrics.get(split, self.metrics)
+
+    def rule_of(self, split: str) -> Rule:
+        return self.split_rules.get(split, self.rule)
 
     def caption(self) -> str:
-        parts = [f"{s}: {self.rule.label(s)}" for s in self.splits]
+        parts = [f"{s}: {self.rule_of(s).label(s)}" for s in self.splits]
         caption = ("Checkpoint per reported split — " + "; ".join(parts) + ". Groups of seeds: mean ± sample std "
                    "over n seeds, each seed once (of several runs of one config and seed, the newest evaluated); runs whose "
                    "evaluations cover other rows are never pooled (\"first N rows\": evaluated with --max_examples N, "
@@ -414,6 +452,10 @@ class Table:
                    "lists each seed's checkpoint, never one that is not on disk. params/size: the student checkpoint "
                    "(teacher's in brackets). infer ex/s: median rows/s of the evaluation's forward passes on the "
                    "device named.")
+        if self.diagnostics:
+            caption += (f" Diagnostics ({', '.join(self.diagnostics)}): scored with their own metrics in their own "
+                        f"columns, never pooled with another split's, and never choosing the checkpoint they are "
+                        f"reported at.")
         if self.onnx:
             caption += (" onnx ex/s: ONNX Runtime fp32 rows/s of the first run's newest ONNX export (int8 in "
                         "brackets); torch ex/s (same run): PyTorch's rows/s measured by that export.")
@@ -431,8 +473,9 @@ class Table:
         """The table as numbers (the JSON file beside the markdown)."""
         return {"task": self.task, "caption": self.caption(),
                 "rule": {"kind": self.rule.kind, "select_on": self.rule.select_on,
-                         "per_split": {s: self.rule.label(s) for s in self.splits}},
+                         "per_split": {s: self.rule_of(s).label(s) for s in self.splits}},
                 "splits": self.splits, "metrics": self.metrics, "main_metric": self.main_metric,
+                "split_metrics": {s: self.metrics_of(s) for s in self.splits}, "diagnostics": self.diagnostics,
                 "hyper": self.hyper, "columns": self.columns, "rows": self.records, "notes": self.notes}
 
     def hyper_column(self, key: str) -> str:
@@ -442,7 +485,7 @@ class Table:
     def csv_columns(self) -> list[str]:
         cols = ["group", "members", "seeds", "folded runs"]
         for s in self.splits:
-            for m in self.metrics:
+            for m in self.metrics_of(s):
                 cols += [f"{s} {m} mean", f"{s} {m} std", f"{s} {m} n", f"{s} {m} values"]
             cols += [f"{s} ckpt", f"{s} subset rows"]
         return cols + CSV_FIXED + [self.hyper_column(k) for k in self.hyper] + ["commands"]
@@ -459,7 +502,7 @@ class Table:
             line = [r["group"], r["members"], r["seeds"], r["folded"]]
             for s in self.splits:
                 split = r["splits"][s]
-                for m in self.metrics:
+                for m in self.metrics_of(s):
                     st = split["metrics"][m]
                     line += [st["mean"], st["std"], st["n"], st["values"]]
                 line += [split["ckpt"], split.get("subset_rows")]
@@ -487,10 +530,11 @@ class Table:
 
 def build_table(experiments: list[Experiment], t: Task, rule: Rule, splits: list[str] | None = None) -> Table:
     if splits is None:
-        splits = [s for s in t.splits if s in t.labelled and any(s in e.tables for e in experiments)]
+        splits = [s for s in t.scored if any(s in e.tables for e in experiments)]
     if rule.select_on is not None:
         t.check_split(rule.select_on, "--select_on")
     metric_cols = list(t.metrics)
+    split_metrics = {s: list(t.metrics_for(s)) for s in splits}
     hyper = varying_fields(experiments)
     teachers = {d.name for e in experiments if (d := teacher_of(e)) is not None}
     records, notes = [], []
@@ -498,6 +542,7 @@ def build_table(experiments: list[Experiment], t: Task, rule: Rule, splits: list
         notes += [f"{e.name}: {absent_note(s, steps)}" for s, steps in e.absent.items()]
     for members, folded in seed_groups(experiments):
         record = row_record(members, t, rule, splits, teachers, folded)
+        notes += record["notes"]
         if folded:
             notes.append(f"{record['group']}: {folded_note(members, folded)}")
         # members of a group share every field that can vary (science_key): the first one's values are the row's
@@ -506,12 +551,14 @@ def build_table(experiments: list[Experiment], t: Task, rule: Rule, splits: list
     onnx = any(r["onnx"] is not None for r in records)
     columns = ["ex"]
     for s in splits:
-        for m in metric_cols:
+        for m in split_metrics[s]:
             columns.append(f"{s} {SHORT[m]}")
         columns.append(f"{s} ckpt")
     columns += ["params", "size", "infer ex/s", *(["onnx ex/s", "torch ex/s (same run)"] if onnx else []), *hyper]
-    rows = [markdown_cells(r, splits, metric_cols, hyper, onnx) for r in records]
-    return Table(t.name, splits, rule, columns, rows, hyper, records, metric_cols, t.main_metric, onnx, notes)
+    rows = [markdown_cells(r, splits, split_metrics, hyper, onnx) for r in records]
+    return Table(t.name, splits, rule, columns, rows, hyper, records, metric_cols, t.main_metric, onnx, notes,
+                 split_metrics, {s: split_rule(t, rule, s) for s in splits}, [s for s in splits if s in t.diagnostics],
+                 headline_split(t, splits))
 
 
 @dataclass

@@ -69,10 +69,10 @@ def read_eval(exp: ExperimentDir, split: str) -> dict | None:
     try:
         table = json.loads(path.read_text(encoding="utf-8"))
         rows = table["rows"]
-        from .tasks import TASKS  # every row holds the task's metrics (accuracy, or pearson for STS-B...)
+        from .tasks import TASKS  # every row holds its split's metrics (a diagnostic's own: Task.metrics_for)
 
         task = TASKS.get(table.get("task"))
-        wanted = task.metrics if task is not None else ("accuracy",)
+        wanted = task.metrics_for(split) if task is not None else ("accuracy",)
         if not rows or not all("ckpt" in r and all(m in r for m in wanted) for r in rows):
             raise KeyError("rows")
     except (json.JSONDecodeError, KeyError, TypeError) as e:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -172,7 +172,11 @@ def check_prediction_file(path: Path, task, split: str, data_root: Path | None) 
                         f"predict the whole split with generate_test_prediction.py")
     data_file = task.path(data_root, split) if data_root is not None else None
     if data_file is not None and data_file.is_file() and record.get("examples_sha256"):
-        if examples_digest(task.load(data_root, split)) != record["examples_sha256"]:
+        rows = task.load(data_root, split)
+        digests = {examples_digest(rows)}
+        if split in task.diagnostics:  # a file predicted before the diagnostics were scored read them unlabelled
+            digests.add(examples_digest([replace(e, label=None, group=None) for e in rows]))
+        if record["examples_sha256"] not in digests:
             raise UserError(f"{path} was predicted on other rows of {split} than {data_file} holds now (the file or "
                             f"the task changed since): predict again with generate_test_prediction.py")
 

@@ -50,6 +50,9 @@ HF = [*LW[6:], "--max_seq_len", SEQ, "--teacher_hf"]
 # reading an existing experiment
 EXP = ["--model", "bert", "--task", "qqp", "--batch_size", "16"]
 EV = ["--experiment", "teacher", *EXP, "--dataset", "dev"]
+# the QQP teacher's copy as an rte_superglue experiment (issue 30 (C): the diagnostics)
+DIAG = ["--experiment", "teacher", "--model", "bert", "--task", "rte_superglue", "--batch_size", "16", "--exp_root",
+        "{base}/diag_exp", "--data_root", "{base}/diag_data"]
 
 
 # QQP submission files (in {base}/hand_glue/<name>_bert_qqp) that break the task's rules, the split's data absent
@@ -307,6 +310,29 @@ CASES = [
          where={"<student>": "{base}/fit_dense_student"}),
     # issue 30 (A)
     Case("tinybert_no_full_micro_batch", "run_tinybert_distil.py", [*LW, "--max_examples", "3"]),
+    # issue 30 (C): SuperGLUE's diagnostics scored (AX-g's minimal pairs), never training data nor a chooser; GLUE's
+    # AX without labels. The rte_superglue and mnli "teachers" are copies of the QQP teacher in a root of their own
+    *[Case(f"axg_{name}", "run_fine_tune_eval.py", [*DIAG, "--dataset", "axg", "--data_root", f"{{base}}/axg_{name}"])
+      for name in ("row_without_pair_id", "pair_id_on_three_rows", "pair_id_alone_among_pairs", "odd_rows_of_own_ids",
+                   "pair_hypotheses_differ")],
+    Case("axg_max_examples_cut_a_pair", "run_fine_tune_eval.py",
+         [*DIAG, "--dataset", "axg", "--data_root", "{base}/diag_data", "--max_examples", "3"]),
+    Case("diagnostic_as_training_split", "run_fine_tune.py",
+         [*FT, "--task", "rte_superglue", "--dataset", "axb", "--exp_root", "{base}/diag_exp"]),
+    Case("diagnostic_logits_set", "run_fine_tune_gen_logits.py", [*DIAG, "--dataset", "axb", "--ckpt", "4"]),
+    Case("distill_from_an_old_diagnostic_logits_set", "run_fine_tune_distill.py",
+         [*KD, "--task", "rte_superglue", "--dataset", "teacher_bert_rte_superglue:axb", "--data_root",
+          "{base}/diag_data", "--exp_root", "{base}/diag_exp"]),
+    Case("diagnostic_chooses_the_checkpoint", "generate_test_prediction.py",
+         [*DIAG, "--dataset", "axb", "--ckpt", "best", "--select_on", "axb"]),
+    Case("results_diagnostic_chooses_the_checkpoint", "results_table.py",
+         ["--task", "rte_superglue", "--exp_root", "{base}/diag_exp", "--select_on", "axg"]),
+    Case("results_compare_on_a_diagnostic", "results_table.py",
+         ["--task", "rte_superglue", "--exp_root", "{base}/diag_exp", "--compare", "teacher_bert_rte_superglue",
+          "teacher_bert_rte_superglue", "--compare_split", "axb"]),
+    Case("glue_ax_evaluated", "run_fine_tune_eval.py",
+         ["--experiment", "teacher", "--model", "bert", "--task", "mnli", "--dataset", "ax", "--exp_root",
+          "{base}/diag_exp"]),
 ]
 
 
@@ -556,7 +582,40 @@ def make_world(base: Path, tiny_bert12: Path) -> dict:
     state = dict(load_file(student / "model.safetensors"), **{"fit_dense.weight": torch.zeros(16, 32),
                                                               "fit_dense.bias": torch.zeros(16)})
     save_file(state, student / "model.safetensors", metadata={"format": "pt"})
+    make_diagnostics_world(base, teacher, data)
     return w
+
+
+def make_diagnostics_world(base: Path, teacher: Path, data: Path) -> None:
+    """issue 30 (C): an experiment root whose rte_superglue and mnli experiments are copies of the QQP teacher (two
+    classes: RTE's count), a data root with SuperGLUE's AX-b and AX-g (shared pair_ids, pairs not on adjacent rows)
+    and an AX-b logits set made before diagnostics were refused as training data, and data roots whose AX-g breaks
+    the minimal pairs."""
+    for task in ("rte_superglue", "mnli"):
+        folder = base / "diag_exp" / f"teacher_bert_{task}"
+        shutil.copytree(teacher, folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "task": task}, indent=2))
+    axg = [{"hypothesis": f"h{p}", "idx": i, "label": ("entailment", "not_entailment")[i % 2], "pair_id": 551600 + p,
+            "premise": f"p{p} {('his', 'her')[i in (2, 4, 5)]}"} for i, p in enumerate((50, 62, 50, 70, 62, 70))]
+    axb = [{"sentence1": f"s{i}", "sentence2": f"t{i}", "label": "not_entailment", "idx": str(i)} for i in range(4)]
+    broken = {
+        "diag_data": axg,
+        "axg_row_without_pair_id": [axg[0], {k: v for k, v in axg[1].items() if k != "pair_id"}] + axg[2:],
+        "axg_pair_id_on_three_rows": axg + [dict(axg[0], idx=6)],
+        "axg_pair_id_alone_among_pairs": axg[:3] + [dict(axg[3], pair_id=7)] + axg[4:],
+        "axg_odd_rows_of_own_ids": [dict(a, pair_id=100 + i) for i, a in enumerate(axg[:5])],
+        "axg_pair_hypotheses_differ": axg[:4] + [dict(axg[4], hypothesis="another")] + axg[5:],
+    }
+    for root, rows in broken.items():
+        (base / root / "AX-g").mkdir(parents=True)
+        (base / root / "AX-g" / "AX-g.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (base / "diag_data" / "AX-b").mkdir()
+    (base / "diag_data" / "AX-b" / "AX-b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in axb))
+    old_set = base / "diag_data" / "logits" / "teacher_bert_rte_superglue" / "axb"
+    shutil.copytree(data / "logits" / "teacher_bert_qqp" / "train", old_set)
+    meta = json.loads((old_set / "meta.json").read_text())
+    (old_set / "meta.json").write_text(json.dumps({**meta, "task": "rte_superglue", "split": "axb"}))
 
 
 def snapshot(base: Path) -> dict[str, str]:

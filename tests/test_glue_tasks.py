@@ -335,18 +335,22 @@ def test_diagnostics_are_splits_of_the_task_whose_model_predicts_them(tmp_path):
     mnli.write_submission(tmp_path / mnli.submission_name("ax"), [ax], [1])
     assert (tmp_path / "AX.tsv").read_text() == "index\tprediction\n0\tneutral\n"
     rte = get_task("rte_superglue")
-    for folder, row in (("AX-b", {"sentence1": "s1", "sentence2": "s2", "label": "entailment", "idx": 3}),
-                        ("AX-g", {"premise": "p", "hypothesis": "h", "idx": 4, "label": "not_entailment",
-                                  "pair_id": 1})):
+    for folder, rows in (("AX-b", [{"sentence1": "s1", "sentence2": "s2", "label": "entailment", "idx": 3}]),
+                         ("AX-g", [{"premise": "p his", "hypothesis": "h", "idx": 4, "label": "not_entailment",
+                                    "pair_id": 1},
+                                   {"premise": "p her", "hypothesis": "h", "idx": 5, "label": "not_entailment",
+                                    "pair_id": 1}])):
         (tmp_path / folder).mkdir()
-        (tmp_path / folder / f"{folder}.jsonl").write_text(json.dumps(row) + "\n")
+        (tmp_path / folder / f"{folder}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         split = folder.lower().replace("-", "")
-        (ex,) = rte.load(tmp_path, split)
-        assert ex.idx == row["idx"] and ex.text in ("s1", "p") and ex.label is None  # predicted, not scored
+        examples = rte.load(tmp_path, split)
+        # predicted for the submission, and scored too (issue 30): the labels are read (tests/test_diagnostics.py)
+        assert [(e.idx, e.label) for e in examples] == [(r["idx"], rte.label_names.index(r["label"])) for r in rows]
         out = tmp_path / rte.submission_name(split)
-        rte.write_submission(out, [ex], [1])
+        rte.write_submission(out, examples, [1] * len(rows))
         assert out.name == f"{folder}.jsonl"
-        assert json.loads(out.read_text()) == {"idx": row["idx"], "label": "not_entailment"}
+        assert [json.loads(x) for x in out.read_text().splitlines()] == [
+            {"idx": r["idx"], "label": "not_entailment"} for r in rows]
 
 
 def test_the_glue_zip_holds_exactly_the_required_files_or_is_refused(run, exp_root, data_root, tmp_path):

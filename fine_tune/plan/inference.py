@@ -90,14 +90,17 @@ def _checkpoint_choice(flags, task: Task) -> CheckpointChoice:
     ckpt = parse_ckpt(str(c.ckpt)) if c.ckpt is not None else None
     select_on = c.select_on or task.dev_split
     task.check_split(select_on, "--select_on")
+    task.check_not_diagnostic(select_on, "--select_on", "the split that chooses a checkpoint")
     return CheckpointChoice(ckpt, select_on)
 
 
 def plan_eval(flags) -> EvalPlan:
     target = _trained_experiment(flags)
     split = flags.experiment.dataset
-    if split not in target.task.labelled:
-        raise UserError(f"--dataset {split!r} has no labels to evaluate against; "
+    if not target.task.has_labels(split):
+        why = target.task.unlabelled_why.get(split)
+        raise UserError(f"--dataset {split!r} has no labels to evaluate against: {why}" if why else
+                        f"--dataset {split!r} has no labels to evaluate against; "
                         f"use generate_test_prediction.py for {split}")
     return EvalPlan(target, split, flags.paths.max_examples, flags.sweep.ckpt, flags.sweep.save_predictions,
                     flags.inference.batch_size, Devices.of(flags.device))
@@ -129,12 +132,14 @@ def plan_gen_logits(flags) -> LogitsPlan:
     f = flags.foreign
     if f.teacher_hf is None:
         target = _trained_experiment(flags)
+        target.task.check_not_diagnostic(flags.experiment.dataset, "--dataset", "a logits data set to train on")
         checkpoint, teacher = _checkpoint_choice(flags, target.task), None
     else:
         e = flags.experiment
         data_root, exp_root = roots(flags.paths.data_root, flags.paths.exp_root)
         task = get_task(e.task, data_root)
         task.check_split(e.dataset)
+        task.check_not_diagnostic(e.dataset, "--dataset", "a logits data set to train on")
         if flags.checkpoint.ckpt is not None or flags.checkpoint.select_on is not None:
             raise UserError("--ckpt/--select_on choose an experiment's checkpoint; --teacher_hf is the teacher itself")
         target = _named(flags, data_root, exp_root, task, require=False)  # names the data set
@@ -193,6 +198,7 @@ def plan_results(args) -> ResultsPlan:
             task.check_split(s, "--splits")
     if rule.select_on is not None:
         task.check_split(rule.select_on, "--select_on")
+        task.check_not_diagnostic(rule.select_on, "--select_on", "the split that chooses a checkpoint")
     experiments = args.experiments.split(",") if args.experiments else None
     out = out_file(args.out, "--out", exp_root / f"results-{args.task}.md")
     written = ("md", "csv", "json") + (("pareto_png", "pareto_json") if args.plot else ()) + (
@@ -209,6 +215,8 @@ def plan_results(args) -> ResultsPlan:
         compare = tuple(args.compare)
         split = args.compare_split or task.dev_split
         task.check_split(split, "--compare_split")
+        task.check_not_diagnostic(split, "--compare_split", "the split --compare compares on (the table reports "
+                                  "it; compare on a dev split)")
     curves = None
     if args.curves is not None:
         curves = tuple(p.strip() for p in args.curves.split(",") if p.strip())

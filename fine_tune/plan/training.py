@@ -62,6 +62,12 @@ def load_split(task: Task, data_root: Path, split: str, max_examples: int | None
     return Split(split, path, sha256_file(path), examples)
 
 
+def training_split(task: Task, data_root: Path, split: str, max_examples: int | None) -> Split:
+    """The training split (``--dataset``), parsed: a diagnostic split (SuperGLUE's AX-b, AX-g) is never one."""
+    task.check_not_diagnostic(split, "--dataset", "training data")
+    return load_split(task, data_root, split, max_examples)
+
+
 def _evaluation(flags, task: Task, data_root: Path) -> TrainingEvaluation | None:
     """``--eval_dataset``: the split checked (it exists and has labels) and parsed before anything is written."""
     r = flags.run
@@ -176,7 +182,7 @@ def plan_fine_tune(flags) -> RunPlan:
     e, ptrain_ver = flags.experiment, flags.pretrained.ptrain_ver
     if flags.classifier.num_class is None:  # the task's label set, recorded in config.json
         flags = flags.replace(classifier={"num_class": task.num_class})
-    train = load_split(task, data_root, e.dataset, flags.paths.max_examples)
+    train = training_split(task, data_root, e.dataset, flags.paths.max_examples)
     pre_config = load_pretrained_config(ptrain_ver, e.model)
     max_seq_len = flags.batching.max_seq_len
     cfg.check_max_seq_len(max_seq_len, pre_config.max_position_embeddings, f"--ptrain_ver {ptrain_ver!r}")
@@ -247,6 +253,8 @@ def plan_offline_distill(flags) -> RunPlan:
     e = flags.experiment
     logits = read_logits(data_root, e.dataset, e.task)
     meta = logits.meta
+    task.check_not_diagnostic(str(meta.get("split")), f"--dataset {e.dataset}: the logits data set's split",
+                              "training data")  # a set made before the diagnostics were refused as one
     task.check_trained_labels(meta, f"the logits data set {e.dataset!r}")
     check_teacher_unchanged(meta, exp.root, e.dataset)
     classes = logits.logits.shape[1]
@@ -392,7 +400,7 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
     # its mapping (and a pretrained student's projection) checked here, before any write
     method = method_cls.build(method_settings(flags, task, method_cls, shape, student_projection=projection))
     method.check_models(teacher.hf_config, student_family=e.model)
-    train = load_split(task, data_root, e.dataset, flags.paths.max_examples)
+    train = training_split(task, data_root, e.dataset, flags.paths.max_examples)
     if student_tokenizer is not None:  # token-level losses need one tokenisation
         check_same_tokenisation(teacher.tokenizer, student_tokenizer, train.examples, teacher.name,
                                 st.student_ptrain_ver)

@@ -8,10 +8,11 @@ position for header-less files (CoLA's train and dev). Labels are read as the fi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import UserError
+from .diagnostics import minimal_pairs
 from .example import Example, brief, check_unique_ids, exact_id, json_objects, tab_separated_rows
 
 
@@ -91,29 +92,45 @@ def parse_tsv(path: Path, labelled: bool, layout: TsvLayout, file_labels: tuple[
 
 @dataclass(frozen=True)
 class JsonFields:
-    """The fields of a SuperGLUE JSON-lines row: text, optional text pair, label and id (``idx``)."""
+    """The fields of a SuperGLUE JSON-lines row: text, optional text pair, label and id (``idx``).
+
+    The diagnostics' files are labelled and submitted at once: ``submitted_ids`` makes every row's id required and
+    unique (as in a test file) although the split is labelled; ``text_ids`` accepts an id written as decimal text
+    (``"idx": "0"``, as the official ``AX-b.jsonl`` writes it) beside a JSON integer; ``pairs`` names the field of
+    each row's minimal pair (AX-g's ``pair_id``), required, from which :func:`fine_tune.tasks.diagnostics.
+    minimal_pairs` forms the pairs (``Example.group``)."""
 
     text: str
     pair: str | None = None
     label: str = "label"
     idx: str = "idx"
+    submitted_ids: bool = False
+    text_ids: bool = False
+    pairs: str | None = None
 
 
 def parse_jsonl(path: Path, labelled: bool, fields: JsonFields, file_labels: tuple[str, ...]) -> list[Example]:
     """Rows of a SuperGLUE ``.jsonl`` file as :class:`Example`s."""
     examples: list[Example] = []
     wheres: list[str] = []
+    pair_ids: list[int] = []
+    submitted = fields.submitted_ids or not labelled
     for where, row in json_objects(path):
         for key in (fields.text, fields.pair):
             if key is not None and not isinstance(row.get(key), str):
                 raise UserError(f"{where}: missing or non-string field '{key}'")
         idx = row.get(fields.idx)
-        if idx is None and not labelled:
+        if idx is None and submitted:
             raise UserError(f"{where}: missing field '{fields.idx}' (a test row's id names it in the submission)")
         idx = len(examples) if idx is None else idx
-        if not isinstance(idx, int) or isinstance(idx, bool):
+        if not (fields.text_ids and isinstance(idx, str)) and (not isinstance(idx, int) or isinstance(idx, bool)):
             raise UserError(f"{where}: field '{fields.idx}' must be an integer, got {idx!r}")
         idx = exact_id(idx, where, repr(fields.idx))
+        if fields.pairs is not None:
+            if fields.pairs not in row:
+                raise UserError(f"{where}: missing field '{fields.pairs}' (AX-g is scored in minimal pairs: gender "
+                                f"parity compares the predictions of a pair's two rows)")
+            pair_ids.append(exact_id(row[fields.pairs], where, repr(fields.pairs)))
         label = None
         if labelled:
             if fields.label not in row:
@@ -122,6 +139,9 @@ def parse_jsonl(path: Path, labelled: bool, fields: JsonFields, file_labels: tup
         examples.append(Example(idx=idx, text=row[fields.text],
                                 text_pair=None if fields.pair is None else row[fields.pair], label=label))
         wheres.append(where)
-    if not labelled:
+    if submitted:
         check_unique_ids(examples, path, wheres)
+    if fields.pairs is not None and examples:
+        groups = minimal_pairs(path, wheres, pair_ids, [e.text_pair for e in examples])
+        examples = [replace(e, group=g) for e, g in zip(examples, groups)]
     return examples

@@ -18,13 +18,15 @@ class Example:
     """One row of a data file.
 
     ``idx`` is the row's id as the official file gives it (BoolQ ``idx``, QQP ``id``); submissions use it.
-    ``label`` is ``None`` for unlabelled splits (test).
+    ``label`` is ``None`` for unlabelled splits (test). ``group``: the group of rows a metric scores together, or
+    ``None``: AX-g's minimal pairs (:mod:`fine_tune.tasks.diagnostics`), the two rows of a pair sharing one value.
     """
 
     idx: int
     text: str
     text_pair: str | None
     label: int | float | None  # a class index, or a score for regression (STS-B)
+    group: int | None = None
 
 
 def examples_digest(examples) -> str:
@@ -32,13 +34,15 @@ def examples_digest(examples) -> str:
 
     What a row became is decided by the data file, the task's definition (its columns, label order, regression),
     the parser and ``--max_examples``; hashing the rows themselves keys every derived file on all of them at once,
-    so an edit of any (a ``task.json`` that reorders the labels) is a miss, never a stale hit. About 1 s per
+    so an edit of any (a ``task.json`` that reorders the labels) is a miss, never a stale hit. A row's ``group``
+    (AX-g's minimal pair) is hashed too where it has one; rows without one hash as they always have. About 1 s per
     million rows."""
     import hashlib
 
     h = hashlib.sha256()
     for e in examples:
-        h.update(f"{e.idx!r}\x1f{e.text!r}\x1f{e.text_pair!r}\x1f{e.label!r}\x1e".encode())
+        group = "" if e.group is None else f"\x1f{e.group!r}"
+        h.update(f"{e.idx!r}\x1f{e.text!r}\x1f{e.text_pair!r}\x1f{e.label!r}{group}\x1e".encode())
     return h.hexdigest()
 
 

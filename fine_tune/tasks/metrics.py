@@ -5,6 +5,8 @@
 - ``macro_f1``: the unweighted mean of the per-class F1 (SuperGLUE's CB).
 - ``mcc``: Matthews correlation coefficient (CoLA), 0 when a prediction or label column is constant.
 - ``pearson`` / ``spearman``: correlations of predicted and gold scores (STS-B), 0 when either is constant.
+- ``gender_parity``: the share of minimal pairs whose two rows are predicted alike (SuperGLUE's AX-g; a metric of
+  pairs, not of rows: :data:`PAIR_METRICS`, scored on a split only, never a task's own metric).
 
 Each task names its metrics and its *main* metric (``Task.main_metric``), the one that picks the best checkpoint
 (doc/methods.md, "Tasks and their metrics").
@@ -58,8 +60,24 @@ def spearman(labels: np.ndarray, preds: np.ndarray) -> float:
     return _correlation(spearmanr, labels, preds)
 
 
+def gender_parity(labels: np.ndarray, preds: np.ndarray, groups: np.ndarray) -> float:
+    """Wang et al. 2019 (SuperGLUE, §3.2): the gender parity score of AX-g, the share of minimal pairs for which
+    the two predictions are the same, GP = #{pairs (i, j): ŷ_i = ŷ_j} / #pairs, as jiant's ``GenderParity``
+    (``same_preds / (same_preds + diff_preds)``; a fraction, as every metric here). ``groups``: each row's pair
+    (``Example.group``), two rows each (:mod:`fine_tune.tasks.diagnostics`); the labels do not enter it."""
+    groups, preds = np.asarray(groups), np.asarray(preds)
+    pairs: dict = {}
+    for g, p in zip(groups.tolist(), preds.tolist()):
+        pairs.setdefault(g, []).append(p)
+    if not pairs or any(len(v) != 2 for v in pairs.values()):
+        raise ValueError("gender parity needs rows in pairs (tasks/diagnostics.check_whole_pairs)")
+    return float(np.mean([v[0] == v[1] for v in pairs.values()]))
+
+
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": accuracy, "f1": f1, "macro_f1": macro_f1, "mcc": mcc, "pearson": pearson, "spearman": spearman}
+# metrics of groups of rows: (labels, preds, groups) -> value
+PAIR_METRICS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], float]] = {"gender_parity": gender_parity}
 
 REGRESSION_METRICS = ("pearson", "spearman")  # of scores; the others are of classes
 TWO_CLASS_METRICS = ("f1",)  # of class 1 against class 0 (scikit-learn's average="binary")
@@ -81,11 +99,13 @@ def unsuitable(name: str, regression: bool, num_class: int) -> str | None:
 
 # column titles of the results tables
 SHORT = {"accuracy": "acc", "f1": "F1", "macro_f1": "macro-F1", "mcc": "MCC", "pearson": "Pearson",
-         "spearman": "Spearman"}
+         "spearman": "Spearman", "gender_parity": "gender parity"}
 # TensorBoard tags written by run_fine_tune_eval.py ("f1_score": the tag the toolkit has always written)
 TAGS = {"f1": "f1_score"}
 
 
-def compute(names: tuple[str, ...], labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
-    """``{name: value}`` for each metric in ``names``."""
-    return {name: METRICS[name](labels, preds) for name in names}
+def compute(names: tuple[str, ...], labels: np.ndarray, preds: np.ndarray,
+            groups: np.ndarray | None = None) -> dict[str, float]:
+    """``{name: value}`` for each metric in ``names``; ``groups``: each row's group, for :data:`PAIR_METRICS`."""
+    return {name: PAIR_METRICS[name](labels, preds, groups) if name in PAIR_METRICS else METRICS[name](labels, preds)
+            for name in names}

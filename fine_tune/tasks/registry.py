@@ -6,8 +6,9 @@ SuperGLUE (the official ``.jsonl`` releases): BoolQ, CB, RTE (``rte_superglue``)
 configuration names (``cola sst2 mrpc stsb qqp mnli qnli rte wnli``, ``boolq cb``); ``--dataset`` the file stem.
 ``label_names`` are the class names of Hugging Face's ``glue`` / ``super_glue`` datasets (their ``ClassLabel``
 features), in their order; ``file_labels`` how the official files write them where that differs. The
-diagnostics are splits of the task whose model predicts them: GLUE's AX of ``mnli`` (``--dataset ax``),
-SuperGLUE's AX-b and AX-g of ``rte_superglue`` (``--dataset axb``, ``axg``).
+diagnostics are splits of the task whose model predicts them: GLUE's AX of ``mnli`` (``--dataset ax``, released
+without labels: predicted only), SuperGLUE's AX-b and AX-g of ``rte_superglue`` (``--dataset axb``, ``axg``: their
+files carry labels, and an evaluation scores them with their own metrics: tasks/diagnostics.py).
 """
 
 from __future__ import annotations
@@ -114,6 +115,9 @@ TASKS: dict[str, Task] = {
         metrics=("accuracy",), submission_file="MNLI-m.tsv", dev_split="dev_matched",
         submission_files={"test_matched": "MNLI-m.tsv", "test_mismatched": "MNLI-mm.tsv", "ax": "AX.tsv"},
         label_names=("entailment", "neutral", "contradiction"),
+        unlabelled_why={"ax": "GLUE's diagnostic (AX) is released without labels; the GLUE server scores it (R3, "
+                              "a Matthews correlation over the three classes): predict it with "
+                              "generate_test_prediction.py --task mnli --dataset ax and submit AX.tsv"},
     ),
     "qnli": Task(
         name="qnli", folder="QNLI", files=GLUE_FILES, labelled=GLUE_LABELLED,
@@ -140,15 +144,20 @@ TASKS: dict[str, Task] = {
         label_names=("entailment", "contradiction", "neutral"), submission_format="superglue", benchmark="superglue",
     ),
     # SuperGLUE's RTE: the same RTE/ folder as GLUE's, its .jsonl files; the diagnostics AX-b and AX-g are predicted
-    # with its model (--dataset axb, axg)
+    # with its model (--dataset axb, axg) and scored with their own metrics (tasks/diagnostics.py): AX-b by the
+    # Matthews correlation, AX-g by gender parity over its minimal pairs (pair_id) and accuracy
     "rte_superglue": Task(
         name="rte_superglue", folder="RTE",
         files={"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl", "axb": "AX-b.jsonl",
                "axg": "AX-g.jsonl"},
         split_paths={"axb": "AX-b/AX-b.jsonl", "axg": "AX-g/AX-g.jsonl"},
         labelled=frozenset({"train", "val"}),
+        diagnostics={"axb": ("mcc", "accuracy"), "axg": ("gender_parity", "accuracy")},
         parse=_jsonl(JsonFields(text="premise", pair="hypothesis"), NLI2,
-                     by_file={"AX-b.jsonl": JsonFields(text="sentence1", pair="sentence2")}),
+                     by_file={"AX-b.jsonl": JsonFields(text="sentence1", pair="sentence2", submitted_ids=True,
+                                                       text_ids=True),
+                              "AX-g.jsonl": JsonFields(text="premise", pair="hypothesis", submitted_ids=True,
+                                                       text_ids=True, pairs="pair_id")}),
         metrics=("accuracy",), submission_file="RTE.jsonl", dev_split="val", label_names=NLI2,
         submission_files={"axb": "AX-b.jsonl", "axg": "AX-g.jsonl"},
         submission_format="superglue", benchmark="superglue",

@@ -24,7 +24,13 @@ class Task:
     ``file_labels``: how the data files and the submission server write each class (default: the label names; QQP
     ``0``/``1``, BoolQ ``false``/``true``); a Hugging Face teacher whose ``id2label`` names them (the toolkit's
     own exports before it took Hugging Face's names) is matched by them too (fine_tune/teacher.py). ``metrics``:
-    reported by evaluation; ``main_metric`` picks the best checkpoint."""
+    reported by evaluation; ``main_metric`` picks the best checkpoint.
+
+    ``labelled``: the splits with gold labels that train and choose checkpoints. ``diagnostics``: splits whose
+    files carry gold labels too but that are only *scored*, each with its own metrics (SuperGLUE's AX-b: MCC; AX-g:
+    gender parity and accuracy), and predicted for the submission: never training data, never the split that
+    chooses a checkpoint (:meth:`check_not_diagnostic`). ``unlabelled_why``: why a split has no labels to evaluate
+    against, where there is more to say than "a test split" (GLUE's AX)."""
 
     name: str
     folder: str  # sub-folder of the data root, as the official zip unpacks
@@ -45,6 +51,9 @@ class Task:
     regression: bool = False  # one output, a score (STS-B): MSE loss, Pearson/Spearman, --num_class 1
     # splits whose file lies in another folder of the data root (the diagnostics): split -> path under the root
     split_paths: dict[str, str] = field(default_factory=dict)
+    # labelled splits only scored, never trained on nor choosing a checkpoint: split -> its metrics (main first)
+    diagnostics: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    unlabelled_why: dict[str, str] = field(default_factory=dict)  # split -> why it cannot be evaluated
     # a task of your own (tasks/user.py): its checked definition and its task.json
     definition: dict | None = None
     definition_file: Path | None = None
@@ -71,6 +80,25 @@ class Task:
     def splits(self) -> tuple[str, ...]:
         return tuple(self.files)
 
+    def has_labels(self, split: str) -> bool:
+        """Whether the split's file carries gold labels: a labelled split or a diagnostic."""
+        return split in self.labelled or split in self.diagnostics
+
+    @property
+    def scored(self) -> tuple[str, ...]:
+        """The splits an evaluation can score, in file order: the labelled ones and the diagnostics."""
+        return tuple(s for s in self.splits if self.has_labels(s))
+
+    def metrics_for(self, split: str) -> tuple[str, ...]:
+        """The metrics an evaluation of ``split`` reports: a diagnostic's own, else the task's."""
+        return self.diagnostics.get(split, self.metrics)
+
+    def check_not_diagnostic(self, split: str, flag: str, use: str) -> None:
+        """A diagnostic split is scored and predicted for the submission, never ``use`` (named by ``flag``)."""
+        if split in self.diagnostics:
+            raise UserError(f"{flag} {split}: a diagnostic split of {self.name}, only scored (run_fine_tune_eval.py) "
+                            f"and predicted for the submission, never {use}")
+
     def check_split(self, split: str, flag: str = "--dataset") -> None:
         """``flag``: the flag that named the split, for the error (``--select_on``, ``--splits``...)."""
         if split not in self.files:
@@ -89,7 +117,7 @@ class Task:
 
         path = self.path(data_root, split)
         if self.fetch is not None:  # a task of your own from a Hugging Face dataset: fetched once
-            self.fetch(split, path, split in self.labelled)
+            self.fetch(split, path, self.has_labels(split))
         if not path.is_file():
             state = "is a folder, not a file" if path.is_dir() else "not found"
             if self.definition_file is not None:  # a task of your own: its task.json names the file
@@ -99,7 +127,7 @@ class Task:
             fetch = (f"run `python download_data.py --task {self.name}`" if self.name in SOURCES
                      else f"put the official {Path(self.split_paths.get(split, self.folder)).parts[0]} files there")
             raise UserError(f"data file {path} {state}; {fetch} or pass --data_root (env FT_DATA_ROOT)")
-        examples = self.parse(path, split in self.labelled)
+        examples = self.parse(path, self.has_labels(split))
         if not examples:
             raise UserError(f"data file {path} holds no examples")
         if max_examples is not None:
