@@ -288,6 +288,25 @@ def test_reading_fit_dense_from_the_weights_layouts(tmp_path, monkeypatch):
     found = read_pretrained_projection(str(f), "fit_dense", "x")
     with pytest.raises(UserError, match=r"fit_dense\.weight \[6, 4\] and fit_dense\.bias missing"):
         found.check(4, 6, "W_h")
+    # a sharded model whose weight and bias sit in different shards (Hugging Face cuts shards between any keys)
+    f = tmp_path / "split"
+    f.mkdir()
+    shards = {"model-00001-of-00002.safetensors": {**other, "fit_dense.weight": weight},
+              "model-00002-of-00002.safetensors": {"fit_dense.bias": bias}}
+    for shard, tensors in shards.items():
+        save_file(tensors, f / shard, metadata={"format": "pt"})
+    (f / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: s for s, tensors in shards.items() for k in tensors}}))
+    found = read_pretrained_projection(str(f), "fit_dense", "x")
+    assert found.file == f / "model-00001-of-00002.safetensors"
+    assert torch.equal(found.weight, weight) and torch.equal(found.bias, bias)
+    found.check(4, 6, "W_h")
+    # values that are not finite cannot start W_h (refused naming the file and the key, not a NaN loss at step 1)
+    for bad in (float("nan"), float("inf")):
+        f = folder(f"not_finite_{bad}", dict(other, **{"fit_dense.weight": weight, "fit_dense.bias": bias.clone().fill_(bad)}),
+                   safetensors_file)
+        with pytest.raises(UserError, match=r"model\.safetensors: fit_dense\.bias holds values that are not finite"):
+            read_pretrained_projection(str(f), "fit_dense", "x").check(4, 6, "W_h")
     # a hub name: the weight files come from the hub's cache (here a stand-in serving a folder)
     hub = folder("hub", dict(other, **{"fit_dense.weight": weight, "fit_dense.bias": bias}), sharded)
     asked = []
@@ -316,7 +335,7 @@ def test_a_fit_dense_of_the_wrong_shape_is_refused_before_anything_is_written(wo
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), bad.stderr
     assert str(student / "pytorch_model.bin") in lines[0] and "[16, 24]" in lines[0] and "[32, 24]" in lines[0]
-    assert lines[0].endswith("; pass --tinybert_fit_dense when_widths_differ to start it from N(0, 0.02)")
+    assert lines[0].endswith("; pass --tinybert_fit_dense when_widths_differ to start W_h from N(0, 0.02)")
     # ... which is the way around it: W_h then starts from N(0, 0.02), the file's fit_dense unused (a note)
     assert plan_of(w, "--experiment", "tb_wrong3", "--student_ptrain_ver", str(student), "--tinybert_fit_dense",
                    "when_widths_differ").method.pretrained_projection is None

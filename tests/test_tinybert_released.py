@@ -394,6 +394,17 @@ def test_a_run_started_before_the_fixes_resumes_with_its_old_rules(cid, world, m
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{cid}/{name}"
     assert scalars(w, f"{cid}_old_bert_{task}", "loss") == scalars(w, f"{cid}_ref_bert_{task}", "loss")
 
+    # re-issued with --config from the old run's config.json into a folder of its own: that older run again (its
+    # rules, its config.json without the fields), bit for bit
+    with one_thread():
+        again = run(w, "run_tinybert_distil.py", "--config", str(old / "config.json"), "--experiment", f"{cid}_cfg")
+    assert "re-issued from" in again.stderr and all(k in again.stderr for k in OLD_RULES), again.stderr
+    cfg_run = w["exp"] / f"{cid}_cfg_bert_{task}"
+    assert not set(OLD_RULES) & set(json.loads((cfg_run / "config.json").read_text(encoding="utf-8")))
+    for name in files:
+        a, b = (torch.load(f / name, weights_only=True) for f in (ref, cfg_run))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{cid}/--config/{name}"
+
     with one_thread():
         fresh = run(w, "run_tinybert_distil.py", "--experiment", f"{cid}_new", *command)
     assert "fidelity fix" not in fresh.stderr
@@ -425,3 +436,18 @@ def test_skipping_incomplete_batches_under_torchrun_matches_one_process(run, tin
         np.testing.assert_allclose([v for _, v in b[f"qqp/train/bert/{tag}"]], [v for _, v in a[f"qqp/train/bert/{tag}"]],
                                    rtol=1e-4, err_msg=tag)
     assert [v for _, v in b["qqp/train/bert/lr"]] == pytest.approx([1e-3, 1e-3], rel=1e-6)
+
+
+def test_a_regression_temperature_refusal_names_the_soft_loss_of_the_rule():
+    """--softmax_temp on a regression task is refused; the message says what the soft loss is under the rule in
+    force (the MSE to the gold score by default, to the teacher's score under --tinybert_regression_target teacher)."""
+    from conftest import method_from_flags
+    from fine_tune.engine.protocol import TeacherShape
+    from fine_tune.errors import UserError
+
+    shape = TeacherShape(2, 32, 2)
+    stage = ["--tinybert_stage", "prediction", "--softmax_temp", "2"]
+    with pytest.raises(UserError, match=r"the soft loss is the MSE to the gold score \(leave --softmax_temp at 1\)"):
+        method_from_flags("tinybert", stage, shape, 0, task="stsb")
+    with pytest.raises(UserError, match=r"the soft loss is the MSE to the teacher's score"):
+        method_from_flags("tinybert", [*stage, "--tinybert_regression_target", "teacher"], shape, 0, task="stsb")

@@ -56,11 +56,12 @@ def logits_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | 
     return parts
 
 
-def check_temperature(regression: bool, temperature: float) -> None:
-    """Regression (one output) has no softmax, so no temperature: one other than the default is refused."""
+def check_temperature(regression: bool, temperature: float, soft_loss: str = "the MSE to the teacher's score") -> None:
+    """Regression (one output) has no softmax, so no temperature: one other than the default is refused;
+    ``soft_loss`` says what the method's soft loss is instead."""
     if regression and temperature != 1.0:
         raise UserError(f"--softmax_temp {temperature:g}: a regression task (one output) has no softmax to soften; "
-                        f"the soft loss is the MSE to the teacher's score (leave --softmax_temp at 1)")
+                        f"the soft loss is {soft_loss} (leave --softmax_temp at 1)")
 
 
 class HardLabel(Method):

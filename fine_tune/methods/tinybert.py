@@ -366,8 +366,10 @@ class TinyBERT(LayerwiseKD):
         used = self.needs_projection and fit_dense == "always"
         self.pretrained_projection = pretrained_projection if used else None
         if self.pretrained_projection is not None:
+            way_around = ("to compare the hidden states without W_h, as before issue 30"
+                          if self.student_width == self.teacher_width else "to start W_h from N(0, 0.02)")
             self.pretrained_projection.check(self.student_width, self.teacher_width, "TinyBERT's W_h",
-                                             "pass --tinybert_fit_dense when_widths_differ to start it from N(0, 0.02)")
+                                             f"pass --tinybert_fit_dense when_widths_differ {way_around}")
 
     @classmethod
     def build(cls, settings) -> "TinyBERT":
@@ -376,13 +378,16 @@ class TinyBERT(LayerwiseKD):
             raise UserError("--mu 0: TinyBERT's intermediate stage has no other loss; the student would learn nothing")
         if stage == "prediction" and not (d.hard_weight or d.soft_weight):
             raise UserError("--hard_weight and --soft_weight are both 0: TinyBERT's prediction stage would learn nothing")
-        check_temperature(settings.regression, d.softmax_temp)
+        rules = cls.released_rules(settings)
+        check_temperature(settings.regression, d.softmax_temp,
+                          "the MSE to the gold score" if rules["regression_target"] == "gold"
+                          else "the MSE to the teacher's score")
         return cls(settings.student.num_layers, settings.teacher.num_layers, d.hard_weight, d.soft_weight,
                    d.softmax_temp, mu, stage=stage, student_heads=settings.student.num_heads,
                    teacher_heads=settings.teacher.num_heads, attention=settings["tinybert"].tinybert_attention,
                    padding=settings.padding, student_width=settings.student.hidden_size,
                    teacher_width=settings.teacher.hidden_size, projection_optimiser=settings.optimiser,
-                   regression=settings.regression, **cls.released_rules(settings),
+                   regression=settings.regression, **rules,
                    pretrained_projection=settings.student_projection)
 
     @staticmethod

@@ -57,6 +57,10 @@ class PretrainedProjection:
         """Refuse (one line naming the file and both shapes) a map that is not ``[teacher_width, student_width]``
         with a bias of ``[teacher_width]``; ``what`` names the projection it would start, ``remedy`` (appended
         after a semicolon) the way around it."""
+        for part, tensor in (("weight", self.weight), ("bias", self.bias)):
+            if tensor is not None and not bool(torch.isfinite(tensor).all()):
+                raise UserError(f"{self.file}: {self.prefix}{part} holds values that are not finite (NaN or "
+                                f"infinite): it cannot start {what}")
         need_w, need_b = (teacher_width, student_width), (teacher_width,)
         have_w = tuple(self.weight.shape)
         have_b = None if self.bias is None else tuple(self.bias.shape)
@@ -85,10 +89,12 @@ def read_pretrained_projection(source: str, name: str, flag: str) -> PretrainedP
     folder: the file Hugging Face would load, safetensors or ``pytorch_model.bin``, every shard of a sharded one; a
     hub name: the same files from the hub's cache, downloaded as loading the model would), or None when they hold
     none. Only those tensors are read (safetensors; a zip-format PyTorch file through a memory map). ``flag`` names
-    the source in the error for an unreadable file."""
+    the source in the error for an unreadable file. A sharded model may hold the weight and the bias in different
+    shards: every shard is read."""
     from .classifier import pretrained_weight_files, weights_error
 
     wanted = [f"{prefix}{name}." for prefix in PROJECTION_PREFIXES]
+    found: dict[str, tuple[Path, torch.Tensor]] = {}  # key -> (the file holding it first, its tensor)
     for path in pretrained_weight_files(source, flag):
         try:
             tensors = _read_tensors(path, tuple(p + part for p in wanted for part in ("weight", "bias")))
@@ -96,9 +102,13 @@ def read_pretrained_projection(source: str, name: str, flag: str) -> PretrainedP
             raise
         except Exception as e:  # noqa: BLE001 - safetensors' or torch's own error
             raise weights_error(f"{flag} {source!r}", path, e) from None
-        for prefix in wanted:
-            if prefix + "weight" in tensors:
-                return PretrainedProjection(path, prefix, tensors[prefix + "weight"], tensors.get(prefix + "bias"))
+        for key, tensor in tensors.items():
+            found.setdefault(key, (path, tensor))
+    for prefix in wanted:
+        if prefix + "weight" in found:
+            path, weight = found[prefix + "weight"]
+            bias = found.get(prefix + "bias")
+            return PretrainedProjection(path, prefix, weight, None if bias is None else bias[1])
     return None
 
 

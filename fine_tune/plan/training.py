@@ -20,6 +20,7 @@ from ..engine.device import resolve_placement
 from ..engine.optim import OptimiserSettings
 from ..engine.trainer import TrainSettings
 from ..errors import UserError
+from ..settings import ConfigSource
 from ..experiment import ExperimentDir, roots
 from ..io_utils import check_writable, sha256_file
 from ..engine.protocol import TeacherShape
@@ -121,17 +122,31 @@ def _training(flags, dataset: str, method: Method) -> TrainSettings:
                          drop_last=method.drop_last)
 
 
-def _legacy(exp: ExperimentDir, record: dict) -> dict:
+def _legacy(exp: ExperimentDir, record: dict, rerun: ConfigSource | None = None) -> dict:
     """A run started before a fidelity fix resumes with the rule it started with: the fields of
     config.LEGACY_FIELDS that ``record`` holds and the existing config.json of the same run lacks (read here, so
-    the method is built with its rule; the start decision checks it again under the experiment's lock)."""
-    if not exp.config_path.is_file():
+    the method is built with its rule; the start decision checks it again under the experiment's lock).
+
+    A run re-issued with ``--config`` from such a run's config.json (``rerun``) into a folder of its own is that
+    older run again: the fields the file lacks keep their old rule (a file of another method's run says nothing
+    about this method's fields; a flag given on the command line with another value than the file's wins), and
+    the new config.json lacks them too, so it resumes the same way."""
+    if exp.config_path.is_file():
+        try:
+            old = cfg.load_config(exp.config_path)
+        except UserError:
+            return {}  # the start refuses it, naming the file
+        if not cfg.changed_fields(old, record):
+            return cfg.legacy_values(old, record)
+    if rerun is None:
         return {}
     try:
-        old = cfg.load_config(exp.config_path)
+        source = cfg.load_config(Path(rerun.config_from))
     except UserError:
-        return {}  # the start refuses it, naming the file
-    return cfg.legacy_values(old, record) if not cfg.changed_fields(old, record) else {}
+        return {}  # read once already by the command line
+    if source.get("method") != record.get("method"):
+        return {}
+    return {k: v for k, v in cfg.legacy_values(source, record).items() if k not in rerun.overrides}
 
 
 def method_settings(flags, task: Task, method_cls: type[Method], teacher: TeacherShape | None = None,
@@ -437,7 +452,7 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
                      hidden_mapping=method.describe_mapping(), **method.record())
     if t.teacher_hf is not None:
         record["tmodel"] = teacher.hf_config.model_type
-    legacy = _legacy(exp, record)
+    legacy = _legacy(exp, record, flags.rerun if flags.has("rerun") else None)
     if legacy:  # a run started before a fidelity fix: its method keeps the rule it started with
         method = method_cls.build(method_settings(flags, task, method_cls, shape, legacy, projection))
         record = dict(record, **method.record())

@@ -32,6 +32,12 @@ class Start:
     log_existed: bool = True  # whether the experiment's TensorBoard folder existed before this start
 
 
+def _rules(legacy: dict[str, Any]) -> str:
+    """The old rules a run keeps, each as its field and value: ``tinybert_fit_dense when_widths_differ,
+    pkd_cls_reduction sum``."""
+    return ", ".join(f"{k} {v if isinstance(v, str) else v!r}" for k, v in legacy.items())
+
+
 def clear_outputs(exp: ExperimentDir) -> None:
     """``--overwrite``: delete everything the old run left in its folder (checkpoints, resume states, method
     files, heat-maps, eval tables and predictions, submissions, the model folder, leftover temporary files of a
@@ -176,7 +182,8 @@ def _start_experiment(plan: RunPlan) -> Start:
     for leftover in exp.path.glob(TMP_PREFIX + "*"):  # of a killed write of this experiment (we hold its lock)
         remove_inside(leftover, exp.path)
     same = old is not None and not cfg.changed_fields(old, record)
-    legacy = cfg.legacy_values(old, record) if same else {}
+    # (not the same run: a new folder, or --overwrite; a --config re-run of an older run keeps its rules: the plan's)
+    legacy = cfg.legacy_values(old, record) if same else dict(plan.legacy)
     if legacy != plan.legacy:  # the plan built the method for the config.json it read: another writer since
         raise UserError(f"{exp.config_path} changed while this run was being planned; run the command again")
     start = Start(True, legacy=legacy, created=created, log_existed=log_existed)
@@ -214,7 +221,12 @@ def _start_experiment(plan: RunPlan) -> Start:
                   file=sys.stderr)
         if legacy:
             print(f"{exp.name}: started before a fidelity fix ({', '.join(legacy)} not in its config.json): it "
-                  f"continues with the rule it started with (doc/methods.md)", file=sys.stderr)
+                  f"continues with the rule it started with: {_rules(legacy)} (doc/methods.md, \"Fidelity fixes\")",
+                  file=sys.stderr)
+    elif legacy:
+        print(f"{exp.name}: re-issued from {record.get('config_from')}, a run started before a fidelity fix "
+              f"({', '.join(legacy)} not in it): it keeps that run's rule: {_rules(legacy)} (doc/methods.md, "
+              f"\"Fidelity fixes\")", file=sys.stderr)
     if old is not None and not same:  # --overwrite: start over, drop every output of the old run
         clear_outputs(exp)
     record = {k: v for k, v in record.items() if k not in legacy}  # the config keeps saying which rule runs

@@ -121,7 +121,7 @@ def parse_jsonl(path: Path, labelled: bool, fields: JsonFields, file_labels: tup
                 raise UserError(f"{where}: missing or non-string field '{key}'")
         idx = row.get(fields.idx)
         if idx is None and submitted:
-            raise UserError(f"{where}: missing field '{fields.idx}' (a test row's id names it in the submission)")
+            raise UserError(f"{where}: missing field '{fields.idx}' (a row's id names it in the submission)")
         idx = len(examples) if idx is None else idx
         if not (fields.text_ids and isinstance(idx, str)) and (not isinstance(idx, int) or isinstance(idx, bool)):
             raise UserError(f"{where}: field '{fields.idx}' must be an integer, got {idx!r}")
