@@ -362,11 +362,6 @@ def _label_text(raw):
     return json.dumps(raw) if isinstance(raw, bool) else str(raw)
 
 
-def _label_shown(raw) -> str:
-    """A label cell as a message shows it: a boolean in JSON's spelling (``true``), other values by ``repr``."""
-    return json.dumps(raw) if isinstance(raw, bool) else brief(raw)
-
-
 def parse_user_file(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
     """Rows of one of the task's files as :class:`Example`s; a missing column, a text that is not a string, an id
     that is not an integer, a label outside the set, a score that is not a number or a test row without its id
@@ -405,7 +400,7 @@ def parse_user_file(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
                 label = score(raw, where, repr(spec["label"]))
             else:
                 if _label_text(raw) not in labels:
-                    raise UserError(f"{where}: label {_label_shown(raw)} in column {spec['label']!r} is not one of the "
+                    raise UserError(f"{where}: label {brief(raw)} in column {spec['label']!r} is not one of the "
                                     f"task's labels ({', '.join(labels)})")
                 label = labels.index(_label_text(raw))
         examples.append(Example(idx=idx, text=first, text_pair=pair, label=label))
