@@ -11,7 +11,6 @@ import torch
 
 from ..engine.optim import OptimiserSettings
 from ..engine.protocol import ExtraParameters, ModelOutputs, TeacherShape
-from ..errors import UserError
 
 
 @dataclass(frozen=True)
@@ -106,11 +105,8 @@ class Method:
 
     def check_training_rows(self, rows: int, micro_batch: int, source: str) -> None:
         """Refuse, before anything is written, a training set of ``rows`` rows the method would not train on in
-        micro-batches of ``micro_batch`` rows (with :attr:`drop_last`: fewer rows than one micro-batch);
-        ``source`` names the data set and the batch flags in the error."""
-        if self.drop_last and rows < micro_batch:
-            raise UserError(f"{source}: {rows} rows, fewer than one micro-batch ({micro_batch} rows: --batch_size / "
-                            f"--accum_step); {self.name} skips incomplete batches, so nothing would train")
+        micro-batches of ``micro_batch`` rows (a method with :attr:`drop_last`: fewer rows than one micro-batch, in
+        words that name its flag); ``source`` names the data set in the error. Every row trains by default."""
 
     def record(self) -> dict[str, Any]:
         """Fields this method adds to ``config.json`` (what it computes that its flags do not say)."""

@@ -349,7 +349,8 @@ class TinyBERT(LayerwiseKD):
                                      ("--tinybert_regression_target", regression_target, REGRESSION_TARGETS),
                                      ("--tinybert_intermediate_schedule", intermediate_schedule,
                                       INTERMEDIATE_SCHEDULES),
-                                     ("--tinybert_incomplete_batches", incomplete_batches, INCOMPLETE_BATCHES)):
+                                     ("--tinybert_incomplete_batches", incomplete_batches, INCOMPLETE_BATCHES),
+                                     ("--tinybert_fit_dense", fit_dense, TINYBERT_FIT_DENSE)):
             if value not in choices:
                 raise UserError(f"{name} {value!r}: choose one of {', '.join(choices)}")
         self.soft_reduction, self.regression_target = soft_reduction, regression_target
@@ -357,8 +358,6 @@ class TinyBERT(LayerwiseKD):
         self.drop_last = incomplete_batches == "skip"
         if self.projection_optimiser is not None:  # W_h learns on the student's schedule
             self.projection_optimiser = replace(self.projection_optimiser, schedule=self.schedule)
-        if fit_dense not in TINYBERT_FIT_DENSE:
-            raise UserError(f"--tinybert_fit_dense {fit_dense!r}: choose one of {', '.join(TINYBERT_FIT_DENSE)}")
         self.fit_dense = fit_dense
         # the pretrained student's fit_dense: W_h starts from it (checked here, before anything is written), as the
         # released code's does; when_widths_differ keeps the old rule whole (N(0, 0.02))
