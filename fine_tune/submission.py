@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import UserError
-from .experiment import check_name
 from .io_utils import read_json_object, sha256_file
 from .outputs import write_outputs
 from .tasks import TASKS

@@ -12,7 +12,6 @@ their own norm), every optimiser and its learning-rate schedule (``OptimiserSett
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import sys
