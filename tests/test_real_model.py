@@ -12,7 +12,8 @@ from conftest import needs_shared
 
 
 def test_minilm_learns_qp_pairs(run, exp_root, data_root):
-    """MiniLM fine-tuned as a QQP teacher on real question-passage pairs reaches dev accuracy >= 0.85.
+    """MiniLM fine-tuned as a QQP teacher on real question-passage pairs reaches dev accuracy >= 0.85 in 40 steps
+    (0.878 measured; 80 steps at lr 5e-5 reached 0.946: doc/fine_tune_qqp.md).
 
     The wall-clock time is measured and printed (doc/fine_tune_qqp.md reports it), not asserted."""
     model = needs_shared("models", "minilm-l6-h384-uncased")
@@ -21,11 +22,11 @@ def test_minilm_learns_qp_pairs(run, exp_root, data_root):
     shutil.copytree(qp, data_root / "QQP")
     start = time.time()
     run("run_fine_tune.py", "--experiment", "minilm", "--model", "bert", "--ptrain_ver", str(model), "--task", "qqp",
-        "--dataset", "train", "--batch_size", "32", "--lr", "5e-5", "--max_seq_len", "64", "--total_step", "80",
-        "--warmup_step", "8", "--ckpt_step", "80", "--log_step", "20", "--seed", "42")
+        "--dataset", "train", "--batch_size", "32", "--lr", "1e-4", "--max_seq_len", "64", "--total_step", "40",
+        "--warmup_step", "4", "--ckpt_step", "40", "--log_step", "20", "--seed", "42")
     run("run_fine_tune_eval.py", "--experiment", "minilm", "--model", "bert", "--task", "qqp", "--dataset", "dev",
         "--batch_size", "128", "--max_examples", "500")
-    print(f"MiniLM QQP fine-tune (80 steps) + dev evaluation (500 rows): {time.time() - start:.1f} s")
+    print(f"MiniLM QQP fine-tune (40 steps) + dev evaluation (500 rows): {time.time() - start:.1f} s")
     table = json.loads((exp_root / "minilm_bert_qqp" / "eval-dev.json").read_text())
     assert table["num_rows"] == 500
     assert table["best"]["accuracy"]["value"] >= 0.85, table
