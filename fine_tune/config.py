@@ -15,7 +15,7 @@ from .io_utils import atomic_write_json, read_json_object
 # command line that differ from it (fine_tune/cli.py); only a run started with --config records them.
 RERUN_FIELDS = ("config_from", "overrides")
 RUNTIME_FIELDS = frozenset({"device_id", "num_gpu", "tdevice_id", "gate_device_id", "data_root", "exp_root",
-                            "overwrite", "provenance", "amp_dtype_resolved",
+                            "overwrite", "provenance", "amp_dtype_resolved", "ddp_timeout",
                             "save_total_limit", "eval_dataset", "eval_step", "eval_batch_size", *RERUN_FIELDS})
 
 # Flags added after experiments already existed, with the value that means "as before": an older config.json
@@ -24,7 +24,7 @@ ADDED_FIELDS: dict[str, Any] = {"init_embeddings": False, "group_by_length": Fal
                                 "compile": False, "student_ptrain_ver": None, "teacher_hf": None,
                                 "teacher_label_map": None, "teacher_label_order": None,
                                 "early_stop_patience": None, "eval_dataset": None, "eval_step": None,
-                                "eval_batch_size": 128}
+                                "eval_batch_size": 128, "deterministic": False}
 
 
 def as_before(old: dict[str, Any] | None, record: dict[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from .tasks import Task
 from .tasks.diagnostics import check_whole_pairs
 from .tasks.example import examples_digest
 from .tasks.logits import check_logits_target, logits_dir, write_logits
+from .plan.types import applies_devices
 
 if TYPE_CHECKING:
     from .plan.types import (CheckpointChoice, Devices, EvalPlan, LogitsPlan, PredictionPlan,
@@ -140,6 +141,7 @@ def write_predictions(path: Path, examples, logits: np.ndarray, label_names: Seq
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+@applies_devices
 def run_eval(plan: EvalPlan) -> dict:
     """``run_fine_tune_eval.py``: every checkpoint from ``--ckpt`` on, in step order, on one (labelled) split."""
     le = open_experiment(plan.target)
@@ -393,6 +395,7 @@ def _weights_digest(source: str) -> str:
 
 
 @releases_locks
+@applies_devices
 def run_gen_logits(plan: LogitsPlan) -> Path:
     """``run_fine_tune_gen_logits.py``: a checkpoint's logits for a split, stored as a logits data set; or, with
     ``--teacher_hf``, a Hugging Face classifier's."""
@@ -439,6 +442,7 @@ def run_gen_logits(plan: LogitsPlan) -> Path:
     return out
 
 
+@applies_devices
 def run_test_prediction(plan: PredictionPlan) -> Path:
     """``generate_test_prediction.py``: the official submission file of a checkpoint's predictions (with
     ``--max_examples`` a ``.partial-N`` file: plan/inference.prediction_path), where the plan found no file this

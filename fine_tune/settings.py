@@ -113,6 +113,15 @@ class DeviceFlags:
     amp: bool = flag(False, "mixed precision: fp16 autocast + GradScaler on CUDA (bf16 with --amp_dtype bf16); "
                      "on CPU bf16 when the processor has native bf16, else fp32 with a warning")
     amp_dtype: str = flag("fp16", "autocast dtype on CUDA", choices=("fp16", "bf16"))
+    ddp_timeout: int = flag(1800, "under torchrun: seconds a process waits in a collective (or for the others to "
+                                  "join) before the job fails; as Hugging Face's TrainingArguments.ddp_timeout. "
+                                  "Rank 0's own work between collectives (hashing, checkpoints, heat-maps) must fit")
+    deterministic: bool = flag(False, "deterministic algorithms only (torch.use_deterministic_algorithms, cuBLAS "
+                                      "workspace :4096:8, cuDNN deterministic, attention by PyTorch's math kernel): "
+                                      "the condition for a bit-exact resume on a GPU; slower (doc/methods.md)")
+
+    def __post_init__(self) -> None:
+        _positive(self, "ddp_timeout")
 
 
 # -- training ----------------------------------------------------------------------------------------------

@@ -333,6 +333,8 @@ CASES = [
     Case("glue_ax_evaluated", "run_fine_tune_eval.py",
          ["--experiment", "teacher", "--model", "bert", "--task", "mnli", "--dataset", "ax", "--exp_root",
           "{base}/diag_exp"]),
+    # issue 31: DDP settings (doc/errors.md, "DDP settings (issue 31)")
+    Case("ddp_timeout_not_positive", "run_fine_tune.py", [*FT, "--ddp_timeout", "0"]),
 ]
 
 

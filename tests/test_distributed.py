@@ -203,3 +203,149 @@ def test_exit_process_flushes_and_exits_with_the_code():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO),
                           timeout=HANG_GUARD)
     assert (proc.returncode, proc.stdout, proc.stderr) == (3, "printed", "said")
+
+
+# -- issue 31: --ddp_timeout, broadcast_buffers, the bucketed gradient average, two "nodes" -----------------------
+def test_ddp_timeout_reaches_the_process_group(run, tiny_bert, monkeypatch):
+    """The process group is created (first use, after the flags are parsed) with --ddp_timeout's seconds, 1800 by
+    default; faked here: the run ends at the group's creation, before anything is written."""
+    from datetime import timedelta
+
+    from fine_tune.engine import distributed
+    from fine_tune.errors import UserError
+
+    seen = []
+
+    def init_process_group(backend, timeout=None, **kwargs):
+        seen.append(timeout)
+        raise UserError("no other rank in this test")
+
+    monkeypatch.setattr(distributed.tdist, "init_process_group", init_process_group)
+    monkeypatch.setattr(distributed, "_group_timeout", distributed.DEFAULT_TIMEOUT)  # restored afterwards
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    distributed.world.cache_clear()
+    args = ["--model", "bert", "--ptrain_ver", str(tiny_bert), *TRAIN, "--total_step", "1"]
+    try:
+        for timeout in (["--ddp_timeout", "7"], []):
+            out = run("run_fine_tune.py", "--experiment", "timeout", *args, *timeout, check=False)
+            assert (out.returncode, out.stderr.splitlines()[-1]) == (2, "error: no other rank in this test")
+    finally:
+        distributed.world.cache_clear()
+    assert seen == [timedelta(seconds=7), timedelta(seconds=1800)]
+
+
+def test_no_buffer_is_broadcast_and_none_changes_in_training(monkeypatch):
+    """Every family's model holds integer index constants only, unchanged by a training step: DDP is told not to
+    broadcast them before each forward; a model with running statistics (BatchNorm) still gets them broadcast."""
+    import torch.nn.parallel
+
+    from transformers import AutoModelForSequenceClassification
+
+    from fine_tune.engine import distributed
+    from fine_tune.models.families import FAMILY_NAMES
+    from fine_tune.synthetic import tiny_config
+
+    told = []
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel",
+                        lambda model, device_ids=None, **kw: told.append(kw["broadcast_buffers"]))
+    for family in FAMILY_NAMES:
+        model = AutoModelForSequenceClassification.from_config(tiny_config(family)).train()
+        before = {n: b.clone() for n, b in model.named_buffers()}
+        assert before and not any(b.is_floating_point() for b in before.values()), family
+        ids = torch.randint(5, 50, (2, 6))
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([0, 1])).loss.backward()
+        assert all(torch.equal(before[n], b) for n, b in model.named_buffers()), family
+        distributed.wrap_ddp(model, torch.device("cpu"))
+    distributed.wrap_ddp(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)), torch.device("cpu"))
+    assert told == [False] * len(FAMILY_NAMES) + [True]
+
+
+def test_bucketed_average_overlaps_backward_and_equals_the_flat_average(monkeypatch):
+    """Two ranks, faked: the other rank's gradient is 0.25 everywhere. Over a step of two micro-batches the buckets
+    are all-reduced during the last backward only (in bucket order), and every gradient ends as
+    (accumulated + 0.25) / 2, bit for bit all_reduce_mean_'s average; a parameter without gradient stays without
+    one, and after the first step it no longer holds a bucket back."""
+    import copy
+
+    from fine_tune.engine import distributed
+
+    launched = []
+
+    class Done:
+        def wait(self):
+            pass
+
+    def all_reduce(flat, async_op=False):
+        launched.append(flat.numel())
+        flat += 0.25
+        return Done() if async_op else None
+
+    monkeypatch.setattr(distributed, "world", lambda: distributed.World(0, 2, 0))
+    monkeypatch.setattr(distributed.tdist, "all_reduce", all_reduce)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8), torch.nn.Tanh(),
+                                torch.nn.Linear(8, 3))
+    unused = torch.nn.Linear(3, 3)  # the last parameters: the first bucket, which they would hold back
+    batches = [torch.randn(5, 4) for _ in range(4)]
+
+    def backward(m, x):
+        m(x).square().mean().backward()
+
+    reference = copy.deepcopy(model)
+    average = distributed.BucketedGradientAverage([*model.parameters(), *unused.parameters()], bucket_bytes=200)
+    assert len(average.buckets) >= 3
+    for step in range(2):
+        for m in (model, reference):
+            m.zero_grad(set_to_none=True)
+        backward(model, batches[2 * step])  # the step's first micro-batch: nothing averaged yet
+        assert launched == []
+        average.arm()
+        backward(model, batches[2 * step + 1])
+        during = list(launched)
+        average.finish()
+        # the first step: the bucket of the unused parameters holds the others back until finish(); then none does
+        assert during == ([] if step == 0 else launched)
+        assert sum(launched) == sum(p.numel() for p in model.parameters())  # each gradient once
+        launched.clear()
+        for x in batches[2 * step:2 * step + 2]:
+            backward(reference, x)
+        expected = [p.grad.clone() for p in reference.parameters()]
+        distributed.all_reduce_mean_(expected)
+        launched.clear()
+        for got, want in zip(model.parameters(), expected):
+            assert torch.equal(got.grad, want)
+        assert all(p.grad is None for p in unused.parameters())
+    average.remove()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_of_one_process_match_one_process(run, tiny_bert, data_root, exp_root):
+    """Several machines, on this host: two torchrun launches ("nodes", one process each) meet at a c10d
+    rendezvous, as README's multi-node command; both exit 0 and the job ends with one process's weights."""
+    common = ["--model", "bert", "--ptrain_ver", str(tiny_bert), *TRAIN, "--total_step", "2", "--ckpt_step", "2"]
+    run("run_fine_tune.py", "--experiment", "one", *common)
+    env = dict(os.environ, FT_DATA_ROOT=str(data_root), FT_EXP_ROOT=str(exp_root), TQDM_DISABLE="1",
+               OMP_NUM_THREADS="1")
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                               "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "two-nodes",
+                               "--rdzv_conf", f"is_host={int(node == 0)}", "--local_addr", "127.0.0.1",
+                               str(REPO / "run_fine_tune.py"), "--experiment", "nodes", *common],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                              cwd=str(data_root.parent))
+             for node in range(2)]
+    outputs = [node.communicate(timeout=HANG_GUARD) for node in nodes]
+    for node, (out, err) in zip(nodes, outputs):
+        assert node.returncode == 0, f"{out}\n{err[-4000:]}"
+    close(load(exp_root / "one_bert_qqp" / "model-2.pt"), load(exp_root / "nodes_bert_qqp" / "model-2.pt"))
+    assert json.loads((exp_root / "nodes_bert_qqp" / "config.json").read_text())["provenance"]["processes"] == 2
+    assert sum(out.count("trained 2 steps") for out, _ in outputs) == 1  # rank 0 speaks for the job

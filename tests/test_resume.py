@@ -153,9 +153,37 @@ def check_same_run(w: World, ref: str, killed: str, name=lambda e: f"{e}_bert_qq
         assert [v for _, v in sb[tag]] == [v for _, v in sa[tag]], tag
 
 
+def deterministic_state() -> tuple:
+    """What ``--deterministic`` sets (engine/determinism.py), as torch and the environment hold it now."""
+    b = torch.backends
+    return (torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+            b.cudnn.deterministic, b.cuda.flash_sdp_enabled(), b.cuda.mem_efficient_sdp_enabled(),
+            b.cuda.cudnn_sdp_enabled(), b.cuda.math_sdp_enabled())
+
+
+DETERMINISTIC = (True, ":4096:8", True, False, False, False, True)
+NOT_DETERMINISTIC = (False, None, False, True, True, True, True)
+
+
+def deterministic_states(monkeypatch) -> list[tuple]:
+    """:func:`deterministic_state` at each optimizer step of the runs in this process (filled as they train)."""
+    from fine_tune.engine.trainer import Trainer
+
+    states, step = [], Trainer._optimizer_step
+
+    def recording(self):
+        states.append(deterministic_state())
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", recording)
+    return states
+
+
 # (id, script, flags, where the kill lands, the checkpoint the resumed run starts from)
 CASES = [
-    ("fine_tune", "run_fine_tune.py", ["--model", "bert", "--ptrain_ver", "{tiny}", "--max_seq_len", "24", *RUN],
+    # --deterministic: the condition for a bit-exact resume on a GPU; on this CPU the flag must reach torch and keep it
+    ("fine_tune", "run_fine_tune.py",
+     ["--model", "bert", "--ptrain_ver", "{tiny}", "--max_seq_len", "24", "--deterministic", *RUN],
      "after:resume-4.pt", 4),
     ("fine_tune_group_by_length", "run_fine_tune.py",
      ["--model", "bert", "--ptrain_ver", "{tiny}", "--max_seq_len", "24", "--group_by_length", *RUN],
@@ -187,12 +215,17 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_killed_and_resumed_is_bit_identical(case, world, one_thread):
+def test_killed_and_resumed_is_bit_identical(case, world, one_thread, monkeypatch):
     cid, script, flags, kill, resume_from = case
     flags = [f.replace("{tiny}", str(world.tiny_bert)) for f in flags]
     killed_args, ref_args = [*flags, "--experiment", f"{cid}_killed"], [*flags, "--experiment", f"{cid}_ref"]
     proc = start_killed(kill, script, killed_args, world)
+    states = deterministic_states(monkeypatch)
     run_in_process(script, *ref_args, data_root=world.data, exp_root=world.exp)  # meanwhile, uninterrupted
+    # at every step: deterministic algorithms, cuBLAS's workspace, cuDNN's, attention by the math kernel only; after
+    # the run torch is as before (engine/determinism.py)
+    assert states and set(states) == {DETERMINISTIC if "--deterministic" in flags else NOT_DETERMINISTIC}
+    assert deterministic_state() == NOT_DETERMINISTIC
     wait_killed(proc)
     folder = world.exp / f"{cid}_killed_bert_qqp"
     when, pattern = kill.split(":")

@@ -16,9 +16,9 @@ Semantics, chosen so that N processes compute what one process computes:
   (``Method.every_parameter_learns`` False: hidden losses only, ``--hard_weight 0 --soft_weight 0``, never reach
   the pooler and classifier) is not wrapped: DDP would wait for those gradients (and with
   ``find_unused_parameters`` still counts the classifier as used, since it produced the logits the losses
-  ignore); its student gradients are averaged across ranks after the last micro-batch of each step, as the extra
-  parameter sets are, those without gradient left out on every rank alike. Extra parameter sets (LAD gates) are averaged across ranks
-  after the window. Clipping, optimiser and schedule steps then run identically on every rank.
+  ignore); its student gradients are averaged across ranks as the extra parameter sets' (LAD gates) are: by
+  buckets launched during the backward of each step's last micro-batch (:class:`BucketedGradientAverage`), those
+  without gradient left out on every rank alike. Clipping, optimiser and schedule steps then run identically on every rank.
 - Only rank 0 writes: config, model folder, checkpoints, resume state, TensorBoard, tables, logits and
   submissions. Decisions rank 0 takes (start over, resume from step k, already finished, or an error) are
   broadcast so every rank follows them and an error ends every rank with the same one-line message.
@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Callable
 
 import numpy as np
@@ -58,16 +59,32 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
+DEFAULT_TIMEOUT = timedelta(seconds=1800)  # --ddp_timeout's default, as Hugging Face's TrainingArguments.ddp_timeout
+_group_timeout = DEFAULT_TIMEOUT  # the timeout world() creates the process group with (configure())
+
+
+def configure(timeout: timedelta) -> None:
+    """The timeout of the process group this process will create (``--ddp_timeout``, resolved by the plan and set
+    by the runner before anything asks for :func:`world`): how long a rank waits for the others to join and in each
+    collective (Gloo's and NCCL's watchdog) before the job fails, e.g. while rank 0 alone hashes inputs or writes a
+    checkpoint. The group is created once per process: a timeout given after that is refused, not ignored."""
+    global _group_timeout
+    if tdist.is_available() and tdist.is_initialized() and timeout != _group_timeout:
+        raise RuntimeError(f"the process group exists already (timeout {_group_timeout}); configure() comes first")
+    _group_timeout = timeout
+
+
 @functools.lru_cache(maxsize=1)
 def world() -> World:
-    """This process's place; the process group is created on first use (Gloo without CUDA, else NCCL)."""
+    """This process's place; the process group is created on first use (Gloo without CUDA, else NCCL), with the
+    timeout :func:`configure` set."""
     if not launched_by_torchrun():
         return World()
     if not tdist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        tdist.init_process_group(backend)
+        tdist.init_process_group(backend, timeout=_group_timeout)
     return World(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -128,6 +145,106 @@ def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
         offset += n
 
 
+BUCKET_BYTES = 25 * 2**20  # as DistributedDataParallel's bucket_cap_mb
+
+
+class BucketedGradientAverage:
+    """The gradient average of parameters DDP does not hold (a student whose losses leave parameters without
+    gradient, LAD's gates), overlapped with the backward that makes the gradients.
+
+    The parameters (those that train) are cut into buckets of about :data:`BUCKET_BYTES` of fp32, in reverse order
+    (backward makes the last layers' gradients first), one device and dtype per bucket. During the backward of a
+    step's last micro-batch (:meth:`arm`), each parameter's post-accumulate-grad hook marks it ready, and each
+    bucket is all-reduced asynchronously as soon as it and every bucket before it are ready: buckets are launched
+    in the same order on every rank whatever order a rank's backward made them in (collectives must match).
+    :meth:`finish` (before unscaling and clipping) launches what is left, waits, and writes ``sum / world`` back
+    into each gradient. Parameters the first step left without gradient (hidden losses only: the pooler and
+    classifier; they are left out on every rank alike) are taken out of the buckets after it, as DDP rebuilds its
+    buckets after its first step, so they never hold a bucket back; should one get a gradient later it is averaged
+    by :meth:`finish`, after the buckets.
+
+    The same average as :func:`all_reduce_mean_` of the same gradients, bit for bit on two ranks (each element is
+    one fp32 sum of the same two values, divided by the same size); on more ranks a ring all-reduce may add in
+    another order per bucket than over one flat buffer: a rounding difference, not another average."""
+
+    def __init__(self, params: list[torch.nn.Parameter], bucket_bytes: int = BUCKET_BYTES):
+        self.size = world().size
+        self.bucket_bytes = bucket_bytes
+        self.params = [p for p in params if p.requires_grad]
+        self.handles = [p.register_post_accumulate_grad_hook(self._ready) for p in self.params]
+        self.armed, self.learned = False, False
+        self._cut(self.params)
+
+    def _cut(self, params: list[torch.nn.Parameter]) -> None:
+        """Buckets of ``params``, last parameter first; the others of :attr:`params` are averaged after them."""
+        self.buckets: list[list[torch.nn.Parameter]] = []
+        filled: list[int] = []  # each bucket's bytes
+        open_bucket: dict[tuple, int] = {}  # (device, dtype): the bucket that fills now
+        for p in reversed(params):
+            key = (p.device, p.dtype)
+            i = open_bucket.get(key)
+            if i is None or filled[i] + 4 * p.numel() > self.bucket_bytes:
+                i = open_bucket[key] = len(self.buckets)
+                self.buckets.append([])
+                filled.append(0)
+            self.buckets[i].append(p)
+            filled[i] += 4 * p.numel()
+        self.bucket_of = {p: i for i, b in enumerate(self.buckets) for p in b}
+        self.rest = [p for p in self.params if p not in self.bucket_of]
+        self._reset()
+
+    def _reset(self) -> None:
+        self.missing = [len(b) for b in self.buckets]
+        self.launched: list[tuple[Any, torch.Tensor | None, list[torch.Tensor]]] = []
+
+    def arm(self) -> None:
+        """The next backward is the step's last: average the gradients as they become ready."""
+        self.armed = True
+
+    def _ready(self, p: torch.nn.Parameter) -> None:
+        i = self.bucket_of.get(p)
+        if not self.armed or i is None:
+            return
+        self.missing[i] -= 1
+        while len(self.launched) < len(self.buckets) and self.missing[len(self.launched)] == 0:
+            self._launch(self.buckets[len(self.launched)])
+
+    def _launch(self, params: list[torch.nn.Parameter]) -> None:
+        grads = [p.grad for p in params if p.grad is not None]
+        flat = torch.cat([g.reshape(-1).float() for g in grads]) if grads else None
+        self.launched.append((tdist.all_reduce(flat, async_op=True) if flat is not None else None, flat, grads))
+
+    def finish(self) -> None:
+        """Launch what is not launched yet (in bucket order, then the parameters outside the buckets), wait for
+        every all-reduce, write the averages back; ready for the next step."""
+        for i in range(len(self.launched), len(self.buckets)):
+            self._launch(self.buckets[i])
+        if self.rest:
+            self._launch(self.rest)
+        for work, flat, grads in self.launched:
+            if work is None:
+                continue
+            work.wait()
+            flat /= self.size
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset:offset + g.numel()].view_as(g).to(g.dtype))
+                offset += g.numel()
+        self.armed = False
+        if not self.learned:
+            self.learned = True
+            learning = [p for p in self.params if p.grad is not None]
+            if len(learning) < len(self.params):
+                self._cut(learning)
+                return
+        self._reset()
+
+    def remove(self) -> None:
+        """Take the hooks off the parameters (the run is over)."""
+        for h in self.handles:
+            h.remove()
+
+
 def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
     if world().enabled:
         tdist.all_reduce(t)
@@ -144,15 +261,28 @@ def gather_batches(parts: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.
     return [p for rank_parts in out for p in rank_parts]
 
 
+def needs_buffer_broadcast(model: torch.nn.Module) -> bool:
+    """Whether DDP must copy rank 0's buffers to every rank before each forward: only where training can change a
+    buffer, i.e. a norm's running statistics (BatchNorm's floating-point ``running_mean``/``running_var``). Every
+    family's students and teachers here hold integer index constants only (the embeddings' ``position_ids``, and
+    ``token_type_ids`` except DistilBERT's and DeBERTa-v2's), made alike on every rank and never written
+    (tests/test_distributed.py checks both for every family), so nothing is broadcast: no extra collective
+    per forward."""
+    return any(b.is_floating_point() for b in model.buffers())
+
+
 def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   broadcast_buffers=needs_buffer_broadcast(model))
 
 
 def silence_other_ranks() -> None:
-    """Ranks other than 0 print nothing to stdout (rank 0 speaks for the job); errors still reach stderr."""
-    if world().enabled and not world().is_main:
+    """Ranks other than 0 print nothing to stdout (rank 0 speaks for the job); errors still reach stderr. Read
+    from torchrun's environment (``RANK``), so the process group is not created before the command's flags (its
+    timeout) are known."""
+    if launched_by_torchrun() and int(os.environ["RANK"]) != 0:
         import sys
 
         sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the life of the process

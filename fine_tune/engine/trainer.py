@@ -131,6 +131,10 @@ class Trainer:
         for extra in method.extra_parameters():
             named = [(f"{i}.{n}", p) for i, m in enumerate(extra.modules) for n, p in m.named_parameters()]
             self.parts.append(self._optimised(extra.name, list(extra.modules), extra.optimiser, named))
+        # under torchrun, the gradients DDP does not average (an unwrapped student's, the extra parameter sets'):
+        # averaged by buckets during the backward of each step's last micro-batch (engine/distributed.py)
+        averaged = [p for part in (self.parts[1:] if self.ddp else self.parts) for p in part.params]
+        self.average = distributed.BucketedGradientAverage(averaged) if self.world.enabled and averaged else None
         s = settings
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
         # the CUDA devices whose random streams the resume state keeps, by role (engine/checkpoint.rng_state)
@@ -157,6 +161,8 @@ class Trainer:
         """Forward and backward of one micro-batch (this rank's share of it under torchrun; ``sync=False``
         defers DDP's gradient all-reduce to the last micro-batch of the step)."""
         rows, weight = distributed.shard(rows)
+        if self.average is not None and sync:
+            self.average.arm()
         if self.ddp and not sync:
             with self.model.no_sync():
                 return self._forward_backward(rows, weight)
@@ -197,9 +203,8 @@ class Trainer:
         decision is one host sync per step, the one GradScaler.step itself would make. Without loss scaling
         nothing is skipped and nothing syncs."""
         grad_norm = None
-        if self.world.enabled:  # DDP averaged the student's gradients (unless it is not wrapped); the others here
-            averaged = self.parts[1:] if self.ddp else self.parts
-            distributed.all_reduce_mean_([p.grad for part in averaged for p in part.params if p.grad is not None])
+        if self.average is not None:  # DDP averaged the student's gradients (unless it is not wrapped); the others
+            self.average.finish()  # were launched during the last backward: wait, and write the averages back
         norms = []
         for part in self.parts:
             self.scaler.unscale_(part.optimizer)
@@ -355,6 +360,9 @@ class Trainer:
         self.model = self.student
         if self.teacher is not None:
             self.teacher_model = self.teacher
+        if self.average is not None:
+            self.average.remove()
+            self.average = None
 
     def _log(self, writer: SummaryWriter | None, bar) -> dict[str, float]:
         s = self.s

@@ -5,13 +5,18 @@ experiment or the tables (built by :mod:`fine_tune.plan.inference`, carried out 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
 
+from ..engine import distributed
+from ..engine.determinism import deterministic_algorithms
 from ..engine.device import Precision, resolve_device, resolve_precision
 from ..engine.trainer import TrainSettings
 from ..experiment import ExperimentDir
@@ -53,12 +58,23 @@ class Devices:
     amp_dtype: str
     teacher_device_id: int | None = None  # --tdevice_id
     gate_device_id: int | None = None  # --gate_device_id
+    ddp_timeout: timedelta = distributed.DEFAULT_TIMEOUT  # --ddp_timeout
+    deterministic: bool = False  # --deterministic
 
     @classmethod
     def of(cls, device_flags, teacher_device_id: int | None = None, gate_device_id: int | None = None) -> "Devices":
         """From a script's ``DeviceFlags`` group (the planners')."""
         d = device_flags
-        return cls(d.device_id, d.num_gpu, d.amp, d.amp_dtype, teacher_device_id, gate_device_id)
+        return cls(d.device_id, d.num_gpu, d.amp, d.amp_dtype, teacher_device_id, gate_device_id,
+                   timedelta(seconds=d.ddp_timeout), d.deterministic)
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        """The process-wide settings of a command, from its start to its end: the process group's timeout (given
+        before anything creates the group) and ``--deterministic`` (engine/determinism.py)."""
+        distributed.configure(self.ddp_timeout)
+        with deterministic_algorithms(self.deterministic):
+            yield
 
     def resolve(self, quiet: bool = False) -> tuple[torch.device, Precision]:
         """The student's (the model's) device and the precision asked for, after every input has been checked (so
@@ -255,3 +271,16 @@ class ResultsPlan:
     plot: bool
     curves: tuple | None  # --curves globs (at least one)
     data_root: Path | None = None  # the task's files: each evaluation table is checked against its split's rows
+
+
+Runner = TypeVar("Runner", bound=Callable[..., Any])
+
+
+def applies_devices(runner: Runner) -> Runner:
+    """A command's runner (``run(plan)``, ``run_eval(plan)``...) carried out under its plan's
+    :meth:`Devices.applied`."""
+    @functools.wraps(runner)
+    def wrapped(plan, *args, **kwargs):
+        with plan.devices.applied():
+            return runner(plan, *args, **kwargs)
+    return wrapped  # type: ignore[return-value]

@@ -17,6 +17,7 @@ from ..engine.seeding import seed_everything
 from ..errors import UserError
 from ..locking import releases_locks
 from ..plan import RunPlan
+from ..plan.types import applies_devices
 from .layer_map import layer_map_writer
 from .start import remove_new_experiment, start_experiment
 from .student import build_model, print_notes
@@ -24,9 +25,11 @@ from .training import run_training
 
 
 @releases_locks
+@applies_devices
 def run(plan: RunPlan) -> dict | None:
     """Start the experiment (or resume it, or find it finished: None), build the model and the method's
-    parameters under the run's seed, and train."""
+    parameters under the run's seed, and train; from start to end under the plan's process-wide settings
+    (``--ddp_timeout``, ``--deterministic``: plan/types.Devices.applied)."""
     start = start_experiment(plan)
     if not start.run:
         return None
