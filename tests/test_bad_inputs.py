@@ -333,6 +333,9 @@ CASES = [
     Case("glue_ax_evaluated", "run_fine_tune_eval.py",
          ["--experiment", "teacher", "--model", "bert", "--task", "mnli", "--dataset", "ax", "--exp_root",
           "{base}/diag_exp"]),
+    # Memory (issue 31)
+    Case("gradient_checkpointing_without_support", "run_fine_tune_distill.py",
+         [*KD, "--model", "albert", "--gradient_checkpointing"]),
 ]
 
 
