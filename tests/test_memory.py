@@ -103,14 +103,25 @@ def test_gradient_checkpointing_recomputes_each_layer_and_trains_to_the_same_wei
     assert any(not torch.equal(v, plain[k]) for k, v in start.items())  # it trained
 
 
-def test_the_flag_reaches_the_training_forward(run, tiny_bert, exp_root):
-    """``run_fine_tune.py --gradient_checkpointing`` (dropout 0.1): recorded in config.json, said on stderr, the
-    same checkpoint bit for bit as without."""
+def test_the_flag_reaches_the_training_forward(run, tiny_bert, exp_root, monkeypatch):
+    """``run_fine_tune.py --gradient_checkpointing`` (dropout 0.1): recorded in config.json, said on stderr, its
+    layers checkpointed (and only then), the same checkpoint bit for bit as without."""
+    from fine_tune.models import padding_free
+
+    calls = []
+
+    def counting(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+    real = padding_free.checkpointed
+    monkeypatch.setattr(padding_free, "checkpointed", counting)
     common = ["--model", "bert", "--ptrain_ver", str(tiny_bert), "--task", "qqp", "--total_step", "2",
               "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "8", "--lr", "1e-3", "--max_seq_len", "24",
               "--padding", "dynamic"]
     run("run_fine_tune.py", "--experiment", "plain", *common)
+    assert calls == []
     out = run("run_fine_tune.py", "--experiment", "ckpt", "--gradient_checkpointing", *common)
+    assert len(calls) == 2 * 2  # 2 steps of 2 layers
     assert "gradient checkpointing" in out.stderr
     assert json.loads((exp_root / "ckpt_bert_qqp" / "config.json").read_text())["gradient_checkpointing"] is True
     a, b = (torch.load(exp_root / f"{name}_bert_qqp" / "model-2.pt", weights_only=True) for name in ("plain", "ckpt"))
@@ -153,6 +164,11 @@ def test_the_teachers_linear_weights_cast_once_give_the_same_outputs(wrap):
     for name, p in cast.named_parameters():
         linear = not ("embeddings" in name or "LayerNorm" in name)
         assert p.dtype == (torch.bfloat16 if linear else torch.float32), name
+    # a linear weight tied to an embedding stays the embedding's fp32 table
+    tied = torch.nn.ModuleDict({"emb": torch.nn.Embedding(10, 4), "out": torch.nn.Linear(4, 10)})
+    tied.out.weight = tied.emb.weight
+    assert precision.cast_frozen_linears(tied, torch.device("cpu")) == 1  # the bias
+    assert tied.emb.weight.dtype == torch.float32 and tied.out.bias.dtype == torch.bfloat16
     # no autocast on the teacher's device (fp32, or a teacher on another kind of device): nothing cast
     assert Precision("cpu", None).cast_frozen_linears(cast, torch.device("cpu")) == 0
     assert Precision("cuda", torch.float16).cast_frozen_linears(teacher, torch.device("cpu")) == 0
