@@ -1847,8 +1847,11 @@ MUTATIONS = [
              (f"{MEM}::test_gradient_checkpointing_is_refused_for_a_family_without_it",)),
     Mutation("teacher_cast_layernorm_and_embeddings", "the teacher's LayerNorm and embedding weights are cast too "
              "(autocast runs them in fp32: other outputs)", "fine_tune/engine/device.py",
+             "                  for p in m.parameters(recurse=False)}\n        cast = 0\n        for m in module.modules():\n"
              "            if isinstance(m, torch.nn.Linear):\n",
-             "            if isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.Embedding)):\n",
+             "                  for p in m.parameters(recurse=False)} & set()\n        cast = 0\n"
+             "        for m in module.modules():\n            if isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm, "
+             "torch.nn.Embedding)):\n",
              (f"{MEM}::test_the_teachers_linear_weights_cast_once_give_the_same_outputs",)),
     Mutation("teacher_not_cast", "the trainer keeps the teacher's fp32 linear weights (re-cast at every forward)",
              "fine_tune/engine/trainer.py", "            precision.cast_frozen_linears(teacher, self.teacher_device)\n",
