@@ -235,6 +235,10 @@ class SpeedFlags:
                              choices=("auto", "off"))
     compile: bool = flag(False, "torch.compile the student's (and the teacher's) forward; whether it pays depends on "
                                 "the machine and the run's length (doc/performance.md). Float-rounding changes only")
+    gradient_checkpointing: bool = flag(False, "keep only each student layer's input for the backward pass and "
+                                               "recompute the layer there (torch.utils.checkpoint, random state "
+                                               "replayed): activation memory of one layer instead of all, for about "
+                                               "one more forward per step; the same gradients (doc/performance.md)")
 
 
 @dataclass(frozen=True)

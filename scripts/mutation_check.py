@@ -56,6 +56,7 @@ RESUME = "tests/test_resume.py::test_killed_and_resumed_is_bit_identical"
 ATOMIC = "tests/test_atomic_writes.py::test_kill_mid_write_leaves_the_target_whole_and_the_rerun_completes"
 PF_SITES = "tests/test_padding_free.py::test_every_dropout_site_runs_with_its_own_p_in_training"
 DIST_FT = "tests/test_distributed.py::test_fine_tune_two_processes_match_one"
+MEM = "tests/test_memory.py"  # issue 31: memory
 DIST_LAD = "tests/test_distributed.py::test_lad_two_processes_match_one"
 GPU = "tests/test_gpu_paths.py"
 OWN_SCHEMA = "tests/test_task_schema.py::test_a_definition_is_refused_in_one_line_naming_the_field"
@@ -1853,6 +1854,56 @@ MUTATIONS = [
     Mutation("deterministic_not_restored", "after a --deterministic run the process keeps deterministic algorithms",
              "fine_tune/engine/determinism.py", "        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])\n",
              "", ("tests/test_resume.py::test_killed_and_resumed_is_bit_identical[fine_tune]",)),
+    # issue 31: memory (--gradient_checkpointing, the teacher's weights cast once)
+    Mutation("ckpt_own_forward_not_applied", "--gradient_checkpointing leaves the toolkit's forward uncheckpointed "
+             "(every activation kept)", "fine_tune/models/padding_free.py",
+             "if self.gradient_checkpointing and torch.is_grad_enabled()", "if False",
+             (f"{MEM}::test_gradient_checkpointing_recomputes_each_layer_and_trains_to_the_same_weights[fine_tune-packed]",)),
+    Mutation("ckpt_hf_forward_not_applied", "--gradient_checkpointing leaves Hugging Face's forward uncheckpointed",
+             "fine_tune/models/padding_free.py", "        if gradient_checkpointing:\n            enable_hf_checkpointing",
+             "        if False:\n            enable_hf_checkpointing",
+             (f"{MEM}::test_gradient_checkpointing_recomputes_each_layer_and_trains_to_the_same_weights[lad-hugging_face]",)),
+    Mutation("ckpt_rng_not_preserved", "the recomputed layer draws new dropout masks (wrong gradients)",
+             "fine_tune/models/checkpointing.py", "    return checkpoint(run, *args, use_reentrant=False)",
+             "    return checkpoint(run, *args, use_reentrant=False, preserve_rng_state=False)",
+             (f"{MEM}::test_gradient_checkpointing_recomputes_each_layer_and_trains_to_the_same_weights[fine_tune-packed]",)),
+    Mutation("ckpt_hf_rng_not_preserved", "Hugging Face's recomputed layers draw new dropout masks",
+             "fine_tune/models/checkpointing.py", 'kwargs = {"use_reentrant": False}',
+             'kwargs = {"use_reentrant": False, "preserve_rng_state": False}',
+             (f"{MEM}::test_gradient_checkpointing_recomputes_each_layer_and_trains_to_the_same_weights[fine_tune-hugging_face]",)),
+    Mutation("ckpt_flag_not_planned", "--gradient_checkpointing never reaches the engine's settings",
+             "fine_tune/plan/training.py", "gradient_checkpointing=flags.speed.gradient_checkpointing,",
+             "gradient_checkpointing=False,", (f"{MEM}::test_the_flag_reaches_the_training_forward",)),
+    Mutation("ckpt_flag_not_given_to_the_forward", "the run says gradient checkpointing but builds a forward without it",
+             "fine_tune/run/training.py", "gradient_checkpointing=s.gradient_checkpointing)",
+             "gradient_checkpointing=False)", (f"{MEM}::test_the_flag_reaches_the_training_forward",)),
+    Mutation("ckpt_albert_not_refused", "--gradient_checkpointing with ALBERT is not refused (a ValueError from "
+             "transformers after the experiment folder was written)", "fine_tune/plan/training.py",
+             "    if flags.speed.gradient_checkpointing:\n        check_gradient_checkpointing",
+             "    if False:\n        check_gradient_checkpointing",
+             ("tests/test_bad_inputs.py::test_bad_input_is_refused_in_one_line_writing_nothing[gradient_checkpointing_without_support]",)),
+    Mutation("ckpt_family_record_wrong", "ALBERT's record claims gradient checkpointing", "fine_tune/models/families.py",
+             'shared_layers=True, gradient_checkpointing=False,', 'shared_layers=True, gradient_checkpointing=True,',
+             (f"{MEM}::test_gradient_checkpointing_is_refused_for_a_family_without_it",)),
+    Mutation("teacher_cast_layernorm_and_embeddings", "the teacher's LayerNorm and embedding weights are cast too "
+             "(autocast runs them in fp32: other outputs)", "fine_tune/engine/device.py",
+             "                  for p in m.parameters(recurse=False)}\n        cast = 0\n        for m in module.modules():\n"
+             "            if isinstance(m, torch.nn.Linear):\n",
+             "                  for p in m.parameters(recurse=False)} & set()\n        cast = 0\n"
+             "        for m in module.modules():\n            if isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm, "
+             "torch.nn.Embedding)):\n",
+             (f"{MEM}::test_the_teachers_linear_weights_cast_once_give_the_same_outputs",)),
+    Mutation("teacher_not_cast", "the trainer keeps the teacher's fp32 linear weights (re-cast at every forward)",
+             "fine_tune/engine/trainer.py", "            precision.cast_frozen_linears(teacher, self.teacher_device)\n",
+             "", (f"{MEM}::test_the_trainer_casts_the_teacher_once_and_trains_as_before",)),
+    Mutation("teacher_cast_off_autocast_device", "a teacher on a device autocast does not cover is cast (its fp32 "
+             "forward gets bf16 weights)", "fine_tune/engine/device.py",
+             "if self.dtype is None or device.type != self.device_type:", "if self.dtype is None:",
+             (f"{MEM}::test_the_teachers_linear_weights_cast_once_give_the_same_outputs",)),
+    Mutation("teacher_cast_tied_weight", "a linear weight tied to an embedding is cast with it (the embedding "
+             "then runs in bf16)", "fine_tune/engine/device.py",
+             "if p.dtype == torch.float32 and id(p) not in shared:", "if p.dtype == torch.float32:",
+             (f"{MEM}::test_the_teachers_linear_weights_cast_once_give_the_same_outputs",)),
 ]
 
 

@@ -335,6 +335,9 @@ CASES = [
           "{base}/diag_exp"]),
     # issue 31: DDP settings (doc/errors.md, "DDP settings (issue 31)")
     Case("ddp_timeout_not_positive", "run_fine_tune.py", [*FT, "--ddp_timeout", "0"]),
+    # Memory (issue 31)
+    Case("gradient_checkpointing_without_support", "run_fine_tune_distill.py",
+         [*KD, "--model", "albert", "--gradient_checkpointing"]),
 ]
 
 

@@ -130,6 +130,26 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
+    def cast_frozen_linears(self, module: torch.nn.Module, device: torch.device) -> int:
+        """Cast once what autocast would cast at every call: the fp32 weights and biases of ``module``'s linear
+        layers (``F.linear``, on autocast's lower-precision list on CPU and CUDA), to the autocast dtype, when
+        ``module`` sits on a device this precision autocasts. For a frozen module (the teacher): its outputs under
+        autocast stay bit-identical (autocast rounds the same fp32 values to the same dtype) and its fp32 copies of
+        those weights are gone. Embeddings and LayerNorm, which autocast runs in fp32, stay fp32, and so does a
+        linear weight shared with another kind of module (tied to an embedding). Returns the tensors cast."""
+        if self.dtype is None or device.type != self.device_type:
+            return 0
+        shared = {id(p) for m in module.modules() if not isinstance(m, torch.nn.Linear)
+                  for p in m.parameters(recurse=False)}
+        cast = 0
+        for m in module.modules():
+            if isinstance(m, torch.nn.Linear):
+                for p in m.parameters(recurse=False):
+                    if p.dtype == torch.float32 and id(p) not in shared:
+                        p.data = p.data.to(self.dtype)
+                        cast += 1
+        return cast
+
     def describe(self) -> str:
         return "fp32" if self.dtype is None else {torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype] + " autocast"
 

@@ -49,6 +49,7 @@ class TrainSettings:
     save_total_limit: int = 0  # keep only the newest K checkpoints (0: all)
     group_by_length: bool = False  # length-grouped shuffled micro-batches (needs the rows' lengths)
     compile: bool = False  # torch.compile the training forward (and the teacher's)
+    gradient_checkpointing: bool = False  # the student's layers recomputed in the backward pass (its forward's choice)
     drop_last: bool = False  # each epoch trains only full micro-batches: its incomplete last one is skipped
 
     @property
@@ -126,6 +127,8 @@ class Trainer:
             teacher.to(self.teacher_device).eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
+            # frozen: its linear weights cast to the autocast dtype once, not at every forward
+            precision.cast_frozen_linears(teacher, self.teacher_device)
         self.parts: list[_Optimised] = [self._optimised("student", [student], settings.optimiser,
                                                          list(student.named_parameters()))]
         for extra in method.extra_parameters():

@@ -24,7 +24,8 @@ A record says:
   ``--init_attn_only``, the attention-reading methods TinyBERT and MiniLM); ``relative_positions``, whether its
   attention scores hold terms beyond Q K^T (those methods refuse it); ``sdpa``, PyTorch's scaled-dot-product
   attention (else Hugging Face's eager attention); ``padding_free``, whether the toolkit's own padding-free
-  forward (``models/padding_free.py``) serves it.
+  forward (``models/padding_free.py``) serves it; ``gradient_checkpointing``, whether its Hugging Face forward
+  can recompute its layers in the backward pass (``--gradient_checkpointing``: ``supports_gradient_checkpointing``).
 * The tiny test model (``synthetic.py``, for the tests and the offline demo): ``tokenizer``, the kind of tiny
   tokenizer (``"wordpiece"``: BERT's, ``[PAD]`` 0, token types 0/1; ``"bpe"``: RoBERTa's special tokens, ``<pad>``
   1, no token types), and ``tiny_extras``, a function of the tiny model's :class:`Widths` giving its further
@@ -69,6 +70,7 @@ class Family:
     relative_positions: bool = False  # attention scores hold terms beyond Q K^T (DeBERTa's disentangled attention)
     shared_layers: bool = False  # every layer is one shared layer (ALBERT)
     padding_free: bool = False  # the toolkit's own padding-free forward serves the family (models/padding_free.py)
+    gradient_checkpointing: bool = True  # Hugging Face's forward supports gradient checkpointing (not ALBERT's)
     # the config: BERT's field names -> the family's (where they differ), as (bert_name, own_name) pairs
     config_names: tuple[tuple[str, str], ...] = ()
     token_types: bool = True  # the config has a token type table (type_vocab_size)
@@ -155,7 +157,7 @@ _BERT_QKV = ("query", "key", "value")
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("bert", _BERT_DROPOUT, _bert_layers, _BERT_QKV, "attention.self", padding_free=True),
     Family("albert", ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"),
-           _albert_layers, _BERT_QKV, "attention", shared_layers=True,
+           _albert_layers, _BERT_QKV, "attention", shared_layers=True, gradient_checkpointing=False,
            student_extras=lambda w: dict(embedding_size=w.emb, hidden_act="gelu_new"),
            tiny_extras=lambda w: dict(embedding_size=w.emb)),
     Family("roberta", _BERT_DROPOUT, _bert_layers, _BERT_QKV, "attention.self", positions_after_padding=True,

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpointing import checkpointed, enable_hf_checkpointing
 from .dropout import dropout
 from .families import FAMILIES
 
@@ -366,7 +367,8 @@ class PaddingFree(torch.nn.Module):
     skipped, but the fused Q/K/V projection and the cheaper CPU dropout masks still apply, and the outputs
     equal Hugging Face's at every position, padding included."""
 
-    def __init__(self, model: torch.nn.Module, packed: bool = True, record_attention: bool = False):
+    def __init__(self, model: torch.nn.Module, packed: bool = True, record_attention: bool = False,
+                 gradient_checkpointing: bool = False):
         super().__init__()
         if not supports_padding_free(model.config):
             raise ValueError(f"padding-free forward supports BERT only, not {model.config.model_type}")
@@ -375,6 +377,7 @@ class PaddingFree(torch.nn.Module):
         # return each layer's query/key/value projections (the attention-reading methods), from the fused
         # projection this forward computes anyway (models/attention_capture.py does it for other forwards)
         self.record_attention = record_attention
+        self.gradient_checkpointing = gradient_checkpointing  # each layer recomputed in the backward pass
 
     @property
     def config(self):
@@ -398,7 +401,8 @@ class PaddingFree(torch.nn.Module):
         hidden = [x] if output_hidden_states else None
         qkv: list | None = [] if self.record_attention else None
         for layer in bert.encoder.layer:
-            x = _layer(layer, x, pk, qkv)
+            x = (checkpointed(_layer, layer, x, pk, record=qkv) if self.gradient_checkpointing and torch.is_grad_enabled()
+                 else _layer(layer, x, pk, qkv))
             if hidden is not None:
                 hidden.append(x)
         pooled = bert.pooler.activation(bert.pooler.dense(x.index_select(0, pk.first)))
@@ -443,13 +447,14 @@ class TrainingForwards:
 
 def training_forwards(student: torch.nn.Module, teacher: torch.nn.Module | None, *, enabled: bool,
                       ignores_padding: bool, device_type: str = "cpu", compile: bool = False,
-                      record_attention: bool = False) -> TrainingForwards:
+                      record_attention: bool = False, gradient_checkpointing: bool = False) -> TrainingForwards:
     """Choose the training forward: with ``enabled`` (``--padding_free auto``) and a BERT, :class:`PaddingFree`,
     packed when no loss reads padding positions (``ignores_padding``), over the padded grid otherwise; else the
     models' own forward. The teacher gets the same treatment where it is a BERT. ``device_type`` (the student's)
     prices the attention buckets; ``compile``: the one-bucket plan. ``record_attention`` (TinyBERT, MiniLM): the
     outputs carry each layer's query/key/value projections, from :class:`PaddingFree` or, for a model running
-    Hugging Face's forward, from :class:`fine_tune.models.attention_capture.AttentionCapture`."""
+    Hugging Face's forward, from :class:`fine_tune.models.attention_capture.AttentionCapture`.
+    ``gradient_checkpointing``: the student's layers recomputed in the backward pass (models/checkpointing.py)."""
     from .attention_capture import AttentionCapture
 
     own = (lambda m: m) if not record_attention else AttentionCapture
@@ -457,8 +462,11 @@ def training_forwards(student: torch.nn.Module, teacher: torch.nn.Module | None,
     if enabled and teacher is not None and supports_padding_free(teacher.config):
         teacher_fwd = PaddingFree(teacher, packed=ignores_padding, record_attention=record_attention)
     if not (enabled and supports_padding_free(student.config)):
+        if gradient_checkpointing:
+            enable_hf_checkpointing(student)
         return TrainingForwards(own(student), teacher_fwd, "hugging_face")
     cfg = student.config
-    return TrainingForwards(PaddingFree(student, packed=ignores_padding, record_attention=record_attention), teacher_fwd,
+    return TrainingForwards(PaddingFree(student, packed=ignores_padding, record_attention=record_attention,
+                                        gradient_checkpointing=gradient_checkpointing), teacher_fwd,
                             "packed" if ignores_padding else "grid", cfg.hidden_size // cfg.num_attention_heads,
                             device_type, compile)

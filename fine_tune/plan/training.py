@@ -28,6 +28,7 @@ from ..methods import Method, get_method
 from ..methods.base import MethodSettings, StudentShape
 from ..models.classifier import (check_same_tokenisation, head_note, load_pretrained_config, load_tokenizer,
                                 weight_file_hashes)
+from ..models.checkpointing import check_gradient_checkpointing
 from ..models.families import usable_positions
 from ..models.init import check_copyable, teacher_layer_map
 from ..models.projection import PretrainedProjection, read_pretrained_projection
@@ -112,13 +113,17 @@ def optimiser_settings(o) -> OptimiserSettings:
 
 def _training(flags, dataset: str, method: Method) -> TrainSettings:
     """The engine's settings (``dataset``: the training split, resolved, in the TensorBoard tags); what the method
-    decides of its training (``Method.schedule``, ``Method.drop_last``) resolved into plain settings."""
+    decides of its training (``Method.schedule``, ``Method.drop_last``) resolved into plain settings;
+    ``--gradient_checkpointing`` refused for a student family that cannot recompute its layers."""
     b, r, e = flags.batching, flags.run, flags.experiment
+    if flags.speed.gradient_checkpointing:
+        check_gradient_checkpointing(e.model)
     optimiser = replace(optimiser_settings(flags.optimiser), schedule=method.schedule)
     return TrainSettings(optimiser=optimiser, batch_size=b.batch_size, accum_step=b.accum_step,
                          ckpt_step=r.ckpt_step, log_step=r.log_step, seed=r.seed,
                          save_total_limit=r.save_total_limit or 0, group_by_length=b.group_by_length,
-                         compile=flags.speed.compile, tag_prefix=f"{e.task}/{dataset}/{e.model}",
+                         compile=flags.speed.compile, gradient_checkpointing=flags.speed.gradient_checkpointing,
+                         tag_prefix=f"{e.task}/{dataset}/{e.model}",
                          drop_last=method.drop_last)
 
 

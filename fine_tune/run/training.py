@@ -43,7 +43,8 @@ def run_training(plan: RunPlan, model: torch.nn.Module, method: Method, device: 
     if features.labels is None and method.needs_labels:
         raise UserError(f"--dataset {plan.train.name!r} has no labels; train on a labelled split")
     forwards = training_forwards(model, teacher, enabled=plan.padding_free, ignores_padding=method.ignores_padding,
-                                 device_type=device.type, compile=s.compile, record_attention=method.reads_attention)
+                                 device_type=device.type, compile=s.compile, record_attention=method.reads_attention,
+                                 gradient_checkpointing=s.gradient_checkpointing)
     # the padding-free forward's packing built on the host from the collator's lengths (no host-device sync)
     collator = Collator(features, tokenizer.pad_token_id, plan.max_seq_len, plan.padding, plan.teacher_logits,
                         layout=forwards.layout if forwards.takes_layout else None, pin_memory=device.type == "cuda")
@@ -53,7 +54,7 @@ def run_training(plan: RunPlan, model: torch.nn.Module, method: Method, device: 
                       forward=forward, on_checkpoint=on_checkpoint, config_sha256=config_sha256)
     print(f"{exp.name}: {len(features)} examples, {s.total_step} steps of {s.batch_size} "
           f"({s.accum_step} x {s.micro_batch}), {device}, {precision.describe()}{forwards.describe()}"
-          f"{', torch.compile' if s.compile else ''}"
+          f"{', torch.compile' if s.compile else ''}{', gradient checkpointing' if s.gradient_checkpointing else ''}"
           f"{', attention projections recorded' if method.reads_attention else ''}", file=sys.stderr)
     if trainer.evaluator is not None:
         es = trainer.evaluator.settings
