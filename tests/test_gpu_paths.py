@@ -1,7 +1,8 @@
 """The GPU paths, proven on a CPU (issue 20): device placement under torchrun, logged parts from another device,
 fp16 loss-scaling semantics with a GradScaler forced on, no host-device sync in a training step, a shape-stable
-compiled forward, ALP-KD in fp32 under autocast, only what a method reads crossing devices, CUDA random streams
-restored by role. The torchrun run with hidden losses only is in test_distributed.py."""
+compiled forward, ALP-KD in fp32 under autocast, only what a method reads crossing devices, a teacher on another
+device queued to overlap the student (issue 31), CUDA random streams restored by role. The torchrun run with hidden
+losses only is in test_distributed.py."""
 
 from __future__ import annotations
 
