@@ -59,6 +59,7 @@ DIST_FT = "tests/test_distributed.py::test_fine_tune_two_processes_match_one"
 MEM = "tests/test_memory.py"  # issue 31: memory
 DIST_LAD = "tests/test_distributed.py::test_lad_two_processes_match_one"
 GPU = "tests/test_gpu_paths.py"
+OVERLAP = "tests/test_gpu_paths.py::test_the_students_forward_is_queued_before_anything_crosses_from_the_teacher_device"
 OWN_SCHEMA = "tests/test_task_schema.py::test_a_definition_is_refused_in_one_line_naming_the_field"
 OWN_FILES = "tests/test_task_schema.py::test_a_task_json_with_a_byte_order_mark_reads_and_a_folder_is_named"
 
@@ -1904,6 +1905,28 @@ MUTATIONS = [
              "then runs in bf16)", "fine_tune/engine/device.py",
              "if p.dtype == torch.float32 and id(p) not in shared:", "if p.dtype == torch.float32:",
              (f"{MEM}::test_the_teachers_linear_weights_cast_once_give_the_same_outputs",)),
+    # issue 31, item 3: the teacher on another device overlaps the student (engine/trainer.Trainer._forwards)
+    Mutation("overlap_logits_cross_before_student", "a teacher on another GPU: its logits cross to the student's "
+             "device before the student's forward is queued (no overlap)", "fine_tune/engine/trainer.py",
+             "            teacher_out = self._teacher_forward(teacher_batch)\n            student_out",
+             "            teacher_out = self._teacher_forward(teacher_batch)\n"
+             "            teacher_out = replace(teacher_out, logits=teacher_out.logits.to(self.device))\n            student_out",
+             (OVERLAP,)),
+    Mutation("overlap_cpu_teacher_before_student", "a CPU teacher runs before a GPU student's forward is queued",
+             "fine_tune/engine/trainer.py",
+             "if computed_by_host(self.teacher_device) and not computed_by_host(self.device):", "if False:",
+             (OVERLAP,)),
+    Mutation("overlap_teacher_batch_through_student", "the teacher's batch is copied from the student's device, not "
+             "the host", "fine_tune/engine/trainer.py", "teacher_batch = to_device(host, self.teacher_device)",
+             "teacher_batch = to_device(batch, self.teacher_device)", (OVERLAP,)),
+    Mutation("overlap_logits_cross_blocking", "the teacher's logits cross blocking the host",
+             "fine_tune/engine/trainer.py", "non_blocking=not computed_by_host(self.device))\n",
+             "non_blocking=False)\n", (OVERLAP,)),
+    Mutation("overlap_crossed_outputs_lose_attention", "a teacher on another device hands the method no attention "
+             "inputs (TinyBERT, MiniLM crash)", "fine_tune/engine/trainer.py",
+             "return replace(teacher_out, logits=logits), student_out",
+             "return ModelOutputs(logits, teacher_out.hidden_states, teacher_out.attention_mask), student_out",
+             (OVERLAP,)),
 ]
 
 

@@ -1,7 +1,8 @@
 """The GPU paths, proven on a CPU (issue 20): device placement under torchrun, logged parts from another device,
 fp16 loss-scaling semantics with a GradScaler forced on, no host-device sync in a training step, a shape-stable
-compiled forward, ALP-KD in fp32 under autocast, only what a method reads crossing devices, CUDA random streams
-restored by role. The torchrun run with hidden losses only is in test_distributed.py."""
+compiled forward, ALP-KD in fp32 under autocast, only what a method reads crossing devices, a teacher on another
+device queued to overlap the student (issue 31), CUDA random streams restored by role. The torchrun run with hidden
+losses only is in test_distributed.py."""
 
 from __future__ import annotations
 
@@ -381,6 +382,72 @@ def test_only_what_a_method_reads_crosses_from_the_teacher_device(kind, moves, t
     with CountTeacherMoves(recording.hidden_ids) as counter:
         trainer._micro_step(np.arange(4))
     assert len(recording.hidden_ids) == 5 and counter.moves == moves
+
+
+class Noted(torch.nn.Module):
+    """A forward that notes each of its calls in ``events`` and keeps the logits it returned (``logits``)."""
+
+    def __init__(self, model, name, events):
+        super().__init__()
+        self.model, self.name, self.events, self.logits = model, name, events, []
+
+    def forward(self, **kw):
+        self.events.append(self.name)
+        out = self.model(**kw)
+        self.logits.append(out.logits)
+        return out
+
+
+class NoteLogitsMoves(torch.overrides.TorchFunctionMode):
+    def __init__(self, logits, events):
+        super().__init__()
+        self.logits, self.events = logits, events
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") == "to" and args and any(args[0] is t for t in self.logits):
+            self.events.append(("teacher logits moved", (kwargs or {}).get("non_blocking", False)))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("teacher_on, order", [("gpu", ["teacher", "student"]), ("cpu", ["student", "teacher"])])
+def test_the_students_forward_is_queued_before_anything_crosses_from_the_teacher_device(teacher_on, order, tmp_path,
+                                                                                          monkeypatch):
+    """MiniLM (it reads the teacher's attention inputs and logits), teacher on another device (cpu:0 stands for
+    it): the teacher's batch comes from the host, both forwards are called before the teacher's logits move to the
+    student's device (a teacher on another GPU first; a CPU teacher under a GPU student's queued forward after it),
+    the method gets the teacher's attention inputs, and every loss and gradient equals the one-device run's."""
+    from fine_tune.engine import trainer as engine
+    from fine_tune.methods import MiniLM
+    from fine_tune.models.attention_capture import AttentionCapture
+
+    def run(teacher_device):
+        events, batches = [], []
+        method = MiniLM(2, 4, 0.5, 0.5, 1.0, 1.0, student_heads=2, teacher_heads=2)
+        student, teacher = bert(2), bert(4, seed=3)
+        noted_teacher = Noted(AttentionCapture(teacher), "teacher", events)
+        host = fixed_batch()
+        trainer = trainer_for(tmp_path, f"minilm-{teacher_device}", method, 1, student=student, teacher=teacher,
+                              teacher_device=teacher_device, teacher_forward=noted_teacher,
+                              student_forward=Noted(AttentionCapture(student), "student", events),
+                              collator=lambda rows: host)
+        real_to_device, real_losses = engine.to_device, method.losses
+        monkeypatch.setattr(engine, "to_device", lambda b, d: batches.append((b is host, d)) or real_to_device(b, d))
+        monkeypatch.setattr(method, "losses", lambda b, s, t: events.append(t) or real_losses(b, s, t))
+        with NoteLogitsMoves(noted_teacher.logits, events):
+            parts = trainer._micro_step(np.arange(4))
+        return events, batches, parts, {n: p.grad for n, p in student.named_parameters()}
+
+    single = run(None)
+    monkeypatch.setattr(engine, "same_device", lambda a, b: a == b)
+    # which device the host computes on: the CPU (a cpu:0 teacher with teacher_on="cpu"); every other one queues
+    monkeypatch.setattr(engine, "computed_by_host", lambda d: teacher_on == "cpu" and d.index == 0)
+    events, batches, parts, grads = run(torch.device("cpu", 0))
+    assert events[:3] == order + [("teacher logits moved", True)]  # to a device that queues: without blocking
+    assert events[3].attention_inputs is not None  # what the teacher's forward gave, the logits moved
+    assert batches == [(True, torch.device("cpu")), (True, torch.device("cpu", 0))]  # both copies from the host
+    assert single[0][:2] == ["teacher", "student"] and len(single[0]) == 3  # no move: the method
+    assert parts.keys() == single[2].keys() and all(torch.equal(parts[k], single[2][k]) for k in parts)
+    assert all(torch.equal(grads[n], single[3][n]) for n in grads)
 
 
 def test_cuda_random_streams_are_restored_by_role_not_by_index(monkeypatch, capsys):

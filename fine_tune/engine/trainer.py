@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -69,6 +69,12 @@ class _Optimised:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     settings: OptimiserSettings
+
+
+def computed_by_host(device: torch.device) -> bool:
+    """Whether work on ``device`` runs on the host as it is called (the CPU), rather than queued to run later (a GPU);
+    a copy to such a device may not be ``non_blocking`` (the host could read it before it lands)."""
+    return device.type == "cpu"
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -172,20 +178,10 @@ class Trainer:
         return self._forward_backward(rows, weight)
 
     def _forward_backward(self, rows: np.ndarray, weight: float) -> dict[str, torch.Tensor]:
-        batch = to_device(self.collator(rows), self.device)
+        host = self.collator(rows)
+        batch = to_device(host, self.device)
         with self.precision.autocast():
-            # the teacher first: its activations are freed before the student's (kept for backward) are made
-            teacher_out = None
-            if self.teacher is not None and self.method.uses_teacher:
-                tb = batch if same_device(self.teacher_device, self.device) else to_device(batch, self.teacher_device)
-                with torch.no_grad():
-                    teacher_out = self.forward(self.teacher_model, tb, self.method.needs_hidden_states)
-                if not same_device(self.teacher_device, self.device):
-                    # only the logits cross here; the hidden states stay on the teacher's device and each method
-                    # moves the ones it reads, once (PKD: L_s of them; LAD: its targets, from the gates' device)
-                    teacher_out = ModelOutputs(teacher_out.logits.to(self.device), teacher_out.hidden_states,
-                                               teacher_out.attention_mask)
-            student_out = self.forward(self.model, batch, self.method.needs_hidden_states)
+            teacher_out, student_out = self._forwards(host, batch)
             parts = self.method.losses(batch, student_out, teacher_out)
         loss = parts["loss"] / self.s.accum_step
         self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
@@ -195,6 +191,37 @@ class Trainer:
         nb = self.device.type == "cuda"
         return {k: (v.detach().to(self.device, non_blocking=nb) * weight if weight != 1.0
                     else v.detach().to(self.device, non_blocking=nb)) for k, v in parts.items()}
+
+    def _forwards(self, host: dict, batch: dict) -> tuple[ModelOutputs | None, ModelOutputs]:
+        """The teacher's outputs (None when the method reads no teacher) and the student's, for the collated batch
+        ``host`` (on the host) and ``batch`` (its copy on the student's device).
+
+        One device: the teacher first, so its activations are freed before the student's (kept for backward) are
+        made. A teacher on another device overlaps the student: its batch is copied from the host (not through
+        the student's device), both forwards are queued before anything crosses (a teacher computed by the host
+        itself, on the CPU, runs after the student's forward is queued on its GPU, under it), and then only the
+        logits cross to the student's device, each device's queue ordering the copy; the hidden states,
+        attention inputs and embeddings stay on the teacher's device, and each method moves the ones it reads,
+        once (PKD: L_s of them; LAD: its targets, from the gates' device)."""
+        hidden = self.method.needs_hidden_states
+        if self.teacher is None or not self.method.uses_teacher:
+            return None, self.forward(self.model, batch, hidden)
+        if same_device(self.teacher_device, self.device):
+            teacher_out = self._teacher_forward(batch)
+            return teacher_out, self.forward(self.model, batch, hidden)
+        teacher_batch = to_device(host, self.teacher_device)
+        if computed_by_host(self.teacher_device) and not computed_by_host(self.device):
+            student_out = self.forward(self.model, batch, hidden)
+            teacher_out = self._teacher_forward(teacher_batch)
+        else:
+            teacher_out = self._teacher_forward(teacher_batch)
+            student_out = self.forward(self.model, batch, hidden)
+        logits = teacher_out.logits.to(self.device, non_blocking=not computed_by_host(self.device))
+        return replace(teacher_out, logits=logits), student_out
+
+    def _teacher_forward(self, batch: dict) -> ModelOutputs:
+        with torch.no_grad():
+            return self.forward(self.teacher_model, batch, self.method.needs_hidden_states)
 
     def _optimizer_step(self) -> tuple[torch.Tensor | None, bool]:
         """Unscale, clip, step every optimiser and schedule. Returns the student's gradient norm and whether the
