@@ -58,6 +58,8 @@ PF_SITES = "tests/test_padding_free.py::test_every_dropout_site_runs_with_its_ow
 DIST_FT = "tests/test_distributed.py::test_fine_tune_two_processes_match_one"
 DIST_LAD = "tests/test_distributed.py::test_lad_two_processes_match_one"
 GPU = "tests/test_gpu_paths.py"
+RECORDS = "tests/test_recorded_layers.py::test_recording_only_the_declared_layers_changes_nothing_but_what_is_kept"
+CHUNKED = "tests/test_recorded_layers.py::test_the_chunked_relation_kl_equals_the_whole_formula"
 OWN_SCHEMA = "tests/test_task_schema.py::test_a_definition_is_refused_in_one_line_naming_the_field"
 OWN_FILES = "tests/test_task_schema.py::test_a_task_json_with_a_byte_order_mark_reads_and_a_folder_is_named"
 
@@ -1813,6 +1815,61 @@ MUTATIONS = [
              "does something else (no W_h at all)", "fine_tune/methods/tinybert.py",
              "if self.student_width == self.teacher_width else", "if False else",
              ("tests/test_bad_inputs.py::test_bad_input_is_refused_in_one_line_writing_nothing[tinybert_fit_dense_of_other_shape]",)),
+    # -- Recording only the layers read (issue 31): the declared layer sets, the forwards that honour them, the
+    # chunked MiniLM relation KL
+    Mutation("tinybert_records_teacher_layers_off_by_one", "TinyBERT declares the teacher layers before its mapped ones",
+             "fine_tune/methods/tinybert.py", "mapped = frozenset(self.teacher_layers)",
+             "mapped = frozenset(t - 1 for t in self.teacher_layers)",
+             (f"{RECORDS}[tinybert-packed]",)),
+    Mutation("minilm_records_teacher_layer_off_by_one", "MiniLM declares the teacher layer before the one it reads",
+             "fine_tune/methods/minilm.py", "attention=frozenset({self.teacher_layer})",
+             "attention=frozenset({self.teacher_layer - 1})", (f"{RECORDS}[minilm-packed]",)),
+    Mutation("minilm_records_student_layer_off_by_one", "MiniLM declares the student's second-to-last layer",
+             "fine_tune/methods/minilm.py", "attention=frozenset({num_student_layers})",
+             "attention=frozenset({num_student_layers - 1})", (f"{RECORDS}[minilm-hugging_face]",)),
+    Mutation("pkd_records_teacher_layers_off_by_one", "PKD keeps the teacher's hidden states after its matched ones",
+             "fine_tune/methods/pkd.py", "LayerRecord(hidden=frozenset(self.teacher_layers))",
+             "LayerRecord(hidden=frozenset(t + 1 for t in self.teacher_layers))",
+             ("tests/test_recorded_layers.py::test_pkd_keeps_the_teachers_matched_hidden_states_only",)),
+    Mutation("padding_free_records_every_layer", "the own forward keeps every layer's Q/K/V though the method reads "
+             "fewer (the memory the record saves)", "fine_tune/models/padding_free.py",
+             "qkv: list | None = [] if rec.records_attention(i) else None",
+             "qkv: list | None = [] if attention is not None else None", (f"{RECORDS}[minilm-packed]",)),
+    Mutation("padding_free_keeps_every_hidden_state", "the own forward keeps every hidden state though the method "
+             "reads fewer", "fine_tune/models/padding_free.py", "hidden.append(pk.pad(x) if rec.keeps_hidden(i) else None)",
+             "hidden.append(pk.pad(x))", (f"{RECORDS}[tinybert-packed]",)),
+    Mutation("padding_free_grid_unrecorded_not_head_major", "over the grid an unrecorded layer's attention reads "
+             "strided views, not the head-major copy (results differ from recording every layer)",
+             "fine_tune/models/padding_free.py", "x = _layer(layer, x, pk, qkv, attention is not None)",
+             "x = _layer(layer, x, pk, qkv)", (f"{RECORDS}[minilmv2-grid]",)),
+    Mutation("attention_capture_layer_count_off_by_one", "the hooks count layers from 0: they record the layer after "
+             "the declared one", "fine_tune/models/attention_capture.py",
+             "self.record.records_attention(len(calls) + 1)", "self.record.records_attention(len(calls))",
+             (f"{RECORDS}[minilm-hugging_face]",)),
+    Mutation("attention_capture_keeps_every_hidden_state", "Hugging Face's forward keeps every hidden state though "
+             "the method reads fewer", "fine_tune/models/attention_capture.py",
+             "if hidden is not None and not self.record.keeps_every_hidden_state:", "if False:",
+             ("tests/test_recorded_layers.py::test_pkd_keeps_the_teachers_matched_hidden_states_only",)),
+    Mutation("unrecorded_layer_read_silently", "reading a layer the forward did not keep gives None instead of "
+             "failing", "fine_tune/engine/protocol.py", "        if item is None:\n            layer = self.first",
+             "        if False:\n            layer = self.first",
+             ("tests/test_recorded_layers.py::test_reading_an_undeclared_layer_fails_loudly",)),
+    Mutation("relation_kl_chunks_not_summed", "the chunked relation KL keeps only the last chunk's sum",
+             "fine_tune/methods/minilm.py", "total = total + (_row_kl(log_s, log_t, keys[rows]) * weights[rows]).sum()",
+             "total = (_row_kl(log_s, log_t, keys[rows]) * weights[rows]).sum()", (f"{CHUNKED}[2-1-sequence]",)),
+    Mutation("relation_kl_backward_first_chunk_only", "the chunked relation KL's backward fills only the first "
+             "chunk's gradients", "fine_tune/methods/minilm.py", "for r in range(0, len(s_left), ctx.chunk):",
+             "for r in range(0, ctx.chunk, ctx.chunk):", (f"{CHUNKED}[4-3-token]",)),
+    Mutation("relation_kl_student_gradient_unweighted", "the student's relation gradient ignores the rows' "
+             "averaging weights", "fine_tune/methods/minilm.py", "log_s.exp_().sub_(log_t.exp_()).mul_(w)",
+             "log_s.exp_().sub_(log_t.exp_())", (f"{CHUNKED}[4-3-token]",)),
+    Mutation("relation_kl_teacher_gradient_without_kl", "the teacher's relation gradient leaves out the row's KL",
+             "fine_tune/methods/minilm.py", "(log_t - log_s).sub_(kl)", "(log_t - log_s)",
+             (f"{CHUNKED}[4-3-token]",)),
+    Mutation("relation_kl_rows_of_other_sequences", "each (sequence, head) row takes the key mask and weights of "
+             "another sequence", "fine_tune/methods/minilm.py", "[:, None, :].repeat_interleave(s_heads, 0)",
+             "[:, None, :].repeat(s_heads, 1, 1)", (f"{CHUNKED}[4-3-sequence]",)),
+
 ]
 
 

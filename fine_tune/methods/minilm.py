@@ -101,8 +101,10 @@ RELATION_CHUNK_ELEMENTS = 1 << 24
 
 
 def _row_kl(log_s: torch.Tensor, log_t: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """KL(teacher || student) of each query row, summed over the real keys (``keys`` [rows, 1, S]): [rows, S]."""
-    return torch.where(keys, log_t.exp() * (log_t - log_s), 0.0).sum(-1)
+    """KL(teacher || student) of each query row, summed over the real keys (``keys`` [rows, 1, S]): [rows, S].
+    In place on one new tensor (no autograd here: :class:`_ChunkedRelationKL` writes its gradient)."""
+    terms = log_t - log_s
+    return terms.mul_(log_t.exp()).masked_fill_(~keys, 0.0).sum(-1)  # a padding key's -inf - -inf NaN -> 0
 
 
 class _ChunkedRelationKL(torch.autograd.Function):
@@ -140,12 +142,13 @@ class _ChunkedRelationKL(torch.autograd.Function):
                 log_s = _log_relation(s_left[rows], s_right[rows], keys[rows])
                 log_t = _log_relation(t_left[rows], t_right[rows], keys[rows])
                 w = (weights[rows] * grad)[..., None]  # [rows, S, 1]
-                if student:
-                    _score_grads(grads[0], grads[1], (log_s.exp() - log_t.exp()) * w, s_left, s_right, rows)
-                if teacher:
+                if teacher:  # first: the student's writes over log_s
                     kl = _row_kl(log_s, log_t, keys[rows])[..., None]
-                    d_scores = torch.where(keys[rows], log_t.exp() * (log_t - log_s - kl), 0.0) * w
+                    d_scores = (log_t - log_s).sub_(kl).mul_(log_t.exp()).masked_fill_(~keys[rows], 0.0).mul_(w)
                     _score_grads(grads[2], grads[3], d_scores, t_left, t_right, rows)
+                if student:  # p^S - p^T (both exactly 0 at a padding key), weighted, in place
+                    d_scores = log_s.exp_().sub_(log_t.exp_()).mul_(w)
+                    _score_grads(grads[0], grads[1], d_scores, s_left, s_right, rows)
         return (*grads, None, None, None)
 
 
@@ -153,7 +156,7 @@ def _score_grads(left_grad: torch.Tensor, right_grad: torch.Tensor, d_scores: to
                  right: torch.Tensor, rows: slice) -> None:
     """Fill rows ``rows`` of the gradients of ``left`` and ``right`` from ``d_scores``, the gradient of the scores
     ``left right^T / sqrt(d)`` of those rows."""
-    d_scores = d_scores / math.sqrt(left.shape[-1])
+    d_scores = d_scores.div_(math.sqrt(left.shape[-1]))
     left_grad[rows] = torch.matmul(d_scores, right[rows])
     right_grad[rows] = torch.matmul(d_scores.transpose(-1, -2), left[rows])
 
