@@ -476,9 +476,12 @@ def training_forwards(student: torch.nn.Module, teacher: torch.nn.Module | None,
     def own(model: torch.nn.Module, record: LayerRecord) -> torch.nn.Module:
         return model if record == PLAIN_RECORD else AttentionCapture(model, record)
 
-    teacher_fwd = None if teacher is None else own(teacher, teacher_record)
-    if enabled and teacher is not None and supports_padding_free(teacher.config):
+    if teacher is None:
+        teacher_fwd = None
+    elif enabled and supports_padding_free(teacher.config):
         teacher_fwd = PaddingFree(teacher, packed=ignores_padding, record=teacher_record)
+    else:  # no hooks on a teacher that runs the own forward
+        teacher_fwd = own(teacher, teacher_record)
     if not (enabled and supports_padding_free(student.config)):
         return TrainingForwards(own(student, student_record), teacher_fwd, "hugging_face")
     cfg = student.config
