@@ -130,7 +130,8 @@ def worker_toolkit(args, contender: str, t0: float) -> dict:
     settings = TrainSettings(optimiser=optimiser, batch_size=args.batch_size, accum_step=1, ckpt_step=10**9,
                              log_step=args.steps, seed=SEED, tag_prefix="qqp/train/bert")
     forwards = training_forwards(student, teacher, enabled=True, ignores_padding=method.ignores_padding,
-                                 device_type=device.type, record_attention=method.reads_attention)
+                                 device_type=device.type, student_record=method.recorded_layers("student"),
+                                 teacher_record=method.recorded_layers("teacher"))
     if forwards.takes_layout:  # as fine_tune.run.training: the packing built on the host, once per batch
         collator.layout = forwards.layout
     collator.pin_memory = device.type == "cuda"

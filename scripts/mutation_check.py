@@ -60,6 +60,8 @@ MEM = "tests/test_memory.py"  # issue 31: memory
 DIST_LAD = "tests/test_distributed.py::test_lad_two_processes_match_one"
 GPU = "tests/test_gpu_paths.py"
 OVERLAP = "tests/test_gpu_paths.py::test_the_students_forward_is_queued_before_anything_crosses_from_the_teacher_device"
+RECORDS = "tests/test_recorded_layers.py::test_recording_only_the_declared_layers_changes_nothing_but_what_is_kept"
+CHUNKED = "tests/test_recorded_layers.py::test_the_chunked_relation_kl_equals_the_whole_formula"
 OWN_SCHEMA = "tests/test_task_schema.py::test_a_definition_is_refused_in_one_line_naming_the_field"
 OWN_FILES = "tests/test_task_schema.py::test_a_task_json_with_a_byte_order_mark_reads_and_a_folder_is_named"
 
@@ -96,9 +98,9 @@ MUTATIONS = [
              (f"{GPU}::test_alp_scores_and_targets_stay_fp32_under_autocast",)),
     Mutation("engine_moves_every_teacher_layer", "every teacher layer crosses to the student's device",
              "fine_tune/engine/trainer.py",
-             "teacher_out = ModelOutputs(teacher_out.logits.to(self.device), teacher_out.hidden_states,",
-             "teacher_out = ModelOutputs(teacher_out.logits.to(self.device), None if teacher_out.hidden_states is None "
-             "else tuple(h.to(self.device) for h in teacher_out.hidden_states),",
+             "        return replace(teacher_out, logits=logits), student_out",
+             "        return replace(teacher_out, logits=logits, hidden_states=None if teacher_out.hidden_states is None "
+             "else tuple(h.to(self.device) for h in teacher_out.hidden_states)), student_out",
              (f"{GPU}::test_only_what_a_method_reads_crosses_from_the_teacher_device",)),
     Mutation("cuda_rng_by_index", "the student's CUDA random stream is restored to the saved device index",
              "fine_tune/engine/checkpoint.py", "                torch.cuda.set_rng_state(by_role[role], d)\n",
@@ -306,8 +308,8 @@ MUTATIONS = [
              "teacher.attention_inputs[self.teacher_layer - 2]",
              ("tests/test_model_families.py::test_minilm_attention_kl_matches_hugging_faces_own_attention",)),
     Mutation("padding_free_qkv_misordered", "the padding-free forward records Q, K, V in the wrong order",
-             "fine_tune/models/padding_free.py", "else tuple(pk.pad(t).chunk(3, dim=-1))",
-             "else tuple(pk.pad(t).chunk(3, dim=-1))[::-1]",
+             "fine_tune/models/padding_free.py", "else tuple(pk.pad(qkv[0]).chunk(3, dim=-1))",
+             "else tuple(pk.pad(qkv[0]).chunk(3, dim=-1))[::-1]",
              ("tests/test_model_families.py::test_the_padding_free_forward_records_the_same_attention_inputs",)),
     Mutation("padding_free_grid_qkv_misordered", "over the padded grid the own forward records its keys as queries",
              "fine_tune/models/padding_free.py", "record.append((q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)))",
@@ -694,8 +696,8 @@ MUTATIONS = [
              'GridLayout(bool((lengths == width).any()))',
              ('tests/test_padding_free.py::test_the_training_forward_with_a_host_built_layout_equals_hugging_face',)),
     Mutation('forward_hidden_states_off_by_one', 'forward() hands the losses the embeddings as layer 1 (layers shifted by one)',
-             'fine_tune/models/forward.py', 'hidden_states=tuple(out.hidden_states[1:]) if hidden',
-             'hidden_states=tuple(out.hidden_states[:-1]) if hidden',
+             'fine_tune/models/forward.py', 'hidden_states=states[1:] if hidden',
+             'hidden_states=states[:-1] if hidden',
              ('tests/test_padding_free.py::test_the_training_forward_with_a_host_built_layout_equals_hugging_face',)),
     Mutation('forward_never_gives_token_types', 'forward() never passes token type ids (BERT sees one segment)',
              'fine_tune/models/forward.py', 'keys = INPUT_KEYS if reads_token_types(model) else ("input_ids", "attention_mask")',
@@ -950,8 +952,8 @@ MUTATIONS = [
              ("tests/test_glue_tasks.py::test_stsb_fine_tune_logits_offline_kd_eval_and_file",)),
     Mutation("tinybert_prediction_records_attention", "TinyBERT's prediction stage records every layer's attention "
              "projections it never reads", "fine_tune/methods/tinybert.py",
-             "        return self.intermediate  # the prediction stage reads logits only",
-             "        return True  # the prediction stage reads logits only",
+             'if stage == "intermediate" else dict.fromkeys(("student", "teacher"), PLAIN_RECORD))',
+             'if stage == "intermediate" else dict.fromkeys(("student", "teacher"), LayerRecord(hidden=None, attention=None)))',
              ("tests/test_attention_losses.py::test_tinybert_prediction_stage_from_its_flags_is_the_released_soft_cross_entropy",)),
     Mutation("pkd_build_default_summed", "a new PKD normalized_cls run is built with the summed (pre-fix) reduction",
              "fine_tune/methods/pkd.py", 'settings.legacy.get("pkd_cls_reduction", "mean")',
@@ -1420,19 +1422,19 @@ MUTATIONS = [
               "the_token_average",)),
     Mutation("minilm_sequence_average_counts_padding_queries", "MiniLM's per-sequence average divides by the padded "
              "width, not the sequence's real tokens", "fine_tune/methods/minilm.py",
-             "        tokens = real.sum(-1).to(log_s.dtype)  # n_b, [B]",
-             "        tokens = torch.full((batch,), float(length), device=log_s.device)",
+             "        tokens = real.sum(-1).float()  # n_b, [B]",
+             "        tokens = torch.full((batch,), float(length), device=device)",
              ("tests/test_minilm_average.py::test_extra_padding_changes_nothing[sequence]",)),
     Mutation("minilm_sequence_average_without_heads", "MiniLM's per-sequence average sums over the heads instead of "
              "averaging", "fine_tune/methods/minilm.py",
-             "per_sequence = terms.sum(dim=(1, 2, 3)) / (tokens * heads).clamp_min(1.0)",
-             "per_sequence = terms.sum(dim=(1, 2, 3)) / tokens.clamp_min(1.0)",
+             "weights = real / (tokens * s_heads).clamp_min(1.0)[:, None]",
+             "weights = real / tokens.clamp_min(1.0)[:, None]",
              ("tests/test_minilm_average.py::test_per_sequence_average_is_the_released_reduction_and_differs_from_"
               "the_token_average",)),
     Mutation("minilm_empty_row_counted", "a row with no real token counts as a sequence in MiniLM's average",
              "fine_tune/methods/minilm.py",
-             "return per_sequence.sum() / (tokens > 0).sum().to(log_s.dtype).clamp_min(1.0)",
-             "return per_sequence.mean()",
+             "/ (tokens > 0).sum().float().clamp_min(1.0)",
+             "/ float(batch)",
              ("tests/test_minilm_average.py::test_extra_padding_changes_nothing[sequence]",)),
     # issue 30 (D): class names are Hugging Face's; files, submissions and older experiments as before
     Mutation("qqp_classes_named_0_1", "QQP's classes are named 0/1 (the files' spelling), not Hugging Face's "
@@ -1927,6 +1929,61 @@ MUTATIONS = [
              "return replace(teacher_out, logits=logits), student_out",
              "return ModelOutputs(logits, teacher_out.hidden_states, teacher_out.attention_mask), student_out",
              (OVERLAP,)),
+    # -- Recording only the layers read (issue 31): the declared layer sets, the forwards that honour them, the
+    # chunked MiniLM relation KL
+    Mutation("tinybert_records_teacher_layers_off_by_one", "TinyBERT declares the teacher layers before its mapped ones",
+             "fine_tune/methods/tinybert.py", "mapped = frozenset(self.teacher_layers)",
+             "mapped = frozenset(t - 1 for t in self.teacher_layers)",
+             (f"{RECORDS}[tinybert-packed]",)),
+    Mutation("minilm_records_teacher_layer_off_by_one", "MiniLM declares the teacher layer before the one it reads",
+             "fine_tune/methods/minilm.py", "attention=frozenset({self.teacher_layer})",
+             "attention=frozenset({self.teacher_layer - 1})", (f"{RECORDS}[minilm-packed]",)),
+    Mutation("minilm_records_student_layer_off_by_one", "MiniLM declares the student's second-to-last layer",
+             "fine_tune/methods/minilm.py", "attention=frozenset({num_student_layers})",
+             "attention=frozenset({num_student_layers - 1})", (f"{RECORDS}[minilm-hugging_face]",)),
+    Mutation("pkd_records_teacher_layers_off_by_one", "PKD keeps the teacher's hidden states after its matched ones",
+             "fine_tune/methods/pkd.py", "LayerRecord(hidden=frozenset(self.teacher_layers))",
+             "LayerRecord(hidden=frozenset(t + 1 for t in self.teacher_layers))",
+             ("tests/test_recorded_layers.py::test_pkd_keeps_the_teachers_matched_hidden_states_only",)),
+    Mutation("padding_free_records_every_layer", "the own forward keeps every layer's Q/K/V though the method reads "
+             "fewer (the memory the record saves)", "fine_tune/models/padding_free.py",
+             "qkv: list | None = [] if rec.records_attention(i) else None",
+             "qkv: list | None = [] if attention is not None else None", (f"{RECORDS}[minilm-packed]",)),
+    Mutation("padding_free_keeps_every_hidden_state", "the own forward keeps every hidden state though the method "
+             "reads fewer", "fine_tune/models/padding_free.py", "hidden.append(pk.pad(x) if rec.keeps_hidden(i) else None)",
+             "hidden.append(pk.pad(x))", (f"{RECORDS}[tinybert-packed]",)),
+    Mutation("padding_free_grid_unrecorded_not_head_major", "over the grid an unrecorded layer's attention reads "
+             "strided views, not the head-major copy (results differ from recording every layer)",
+             "fine_tune/models/padding_free.py", "x = _layer(layer, x, pk, qkv, attention is not None)",
+             "x = _layer(layer, x, pk, qkv)", (f"{RECORDS}[minilmv2-grid]",)),
+    Mutation("attention_capture_layer_count_off_by_one", "the hooks count layers from 0: they record the layer after "
+             "the declared one", "fine_tune/models/attention_capture.py",
+             "self.record.records_attention(len(calls) + 1)", "self.record.records_attention(len(calls))",
+             (f"{RECORDS}[minilm-hugging_face]",)),
+    Mutation("attention_capture_keeps_every_hidden_state", "Hugging Face's forward keeps every hidden state though "
+             "the method reads fewer", "fine_tune/models/attention_capture.py",
+             "if hidden is not None and not self.record.keeps_every_hidden_state:", "if False:",
+             ("tests/test_recorded_layers.py::test_pkd_keeps_the_teachers_matched_hidden_states_only",)),
+    Mutation("unrecorded_layer_read_silently", "reading a layer the forward did not keep gives None instead of "
+             "failing", "fine_tune/engine/protocol.py", "        if item is None:\n            layer = self.first",
+             "        if False:\n            layer = self.first",
+             ("tests/test_recorded_layers.py::test_reading_an_undeclared_layer_fails_loudly",)),
+    Mutation("relation_kl_chunks_not_summed", "the chunked relation KL keeps only the last chunk's sum",
+             "fine_tune/methods/minilm.py", "total = total + (_row_kl(log_s, log_t, keys[rows]) * weights[rows]).sum()",
+             "total = (_row_kl(log_s, log_t, keys[rows]) * weights[rows]).sum()", (f"{CHUNKED}[2-1-sequence]",)),
+    Mutation("relation_kl_backward_first_chunk_only", "the chunked relation KL's backward fills only the first "
+             "chunk's gradients", "fine_tune/methods/minilm.py", "for r in range(0, len(s_left), ctx.chunk):",
+             "for r in range(0, ctx.chunk, ctx.chunk):", (f"{CHUNKED}[4-3-token]",)),
+    Mutation("relation_kl_student_gradient_unweighted", "the student's relation gradient ignores the rows' "
+             "averaging weights", "fine_tune/methods/minilm.py", "log_s.exp_().sub_(log_t.exp_()).mul_(w)",
+             "log_s.exp_().sub_(log_t.exp_())", (f"{CHUNKED}[4-3-token]",)),
+    Mutation("relation_kl_teacher_gradient_without_kl", "the teacher's relation gradient leaves out the row's KL",
+             "fine_tune/methods/minilm.py", "(log_t - log_s).sub_(kl)", "(log_t - log_s)",
+             (f"{CHUNKED}[4-3-token]",)),
+    Mutation("relation_kl_rows_of_other_sequences", "each (sequence, head) row takes the key mask and weights of "
+             "another sequence", "fine_tune/methods/minilm.py", "[:, None, :].repeat_interleave(s_heads, 0)",
+             "[:, None, :].repeat(s_heads, 1, 1)", (f"{CHUNKED}[4-3-sequence]",)),
+
 ]
 
 

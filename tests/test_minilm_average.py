@@ -23,7 +23,7 @@ from transformers import AutoModelForSequenceClassification
 from conftest import REPO, run_in_process
 from fine_tune import synthetic
 from fine_tune.engine.protocol import TeacherShape
-from fine_tune.methods.minilm import minilm_loss, minilmv2_loss, relation, relation_kl
+from fine_tune.methods.minilm import minilm_loss, minilmv2_loss, relation_kl
 
 LENGTHS = (7, 4, 2)
 
@@ -158,9 +158,9 @@ def test_a_batch_is_the_row_weighted_mean_of_its_shards():
 
 
 def test_relation_kl_refuses_an_unknown_average():
-    log_rel = relation(torch.randn(1, 3, 4), torch.randn(1, 3, 4), 2, None)
+    x = torch.randn(1, 3, 4)
     with pytest.raises(ValueError, match="sequence"):
-        relation_kl(log_rel, log_rel, None, "tokens")
+        relation_kl(x, x, x, x, 2, 2, None, "tokens")
 
 
 # ---------------------------------------------------------------- real models, every forward

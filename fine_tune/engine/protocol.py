@@ -26,9 +26,73 @@ class ModelOutputs:
     attention_mask: torch.Tensor | None = None
     # per layer (query, key, value) projections, for the methods that read attention (TinyBERT, MiniLM): each
     # [B, S, D], or [B, S, H, d_head] with the heads split (the own BERT forward over the padded grid hands on
-    # views of its head-major copies): read them through methods/tinybert.split_heads / full_width
+    # views of its head-major copies): read them through methods/tinybert.split_heads / full_width. Only the
+    # layers the method declared are kept (LayerRecord; here and in hidden_states: RecordedLayers)
     attention_inputs: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...] | None = None
     embeddings: torch.Tensor | None = None  # the embedding layer's output, when a method reads it (TinyBERT)
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """Which layers' outputs a model's training forward keeps for a method's losses (the method declares them:
+    ``Method.recorded_layers``), so that nothing else stays alive for the step. ``hidden``: the hidden states kept
+    when hidden states are asked for, 0 the embedding output and 1..L the layers (None: all of them);
+    ``attention``: the layers (1..L) whose query/key/value projections are recorded (None: all; empty: none)."""
+
+    hidden: frozenset[int] | None = None
+    attention: frozenset[int] | None = frozenset()
+
+    def keeps_hidden(self, layer: int) -> bool:
+        return self.hidden is None or layer in self.hidden
+
+    def records_attention(self, layer: int) -> bool:
+        return self.attention is None or layer in self.attention
+
+    @property
+    def reads_attention(self) -> bool:
+        return self.attention is None or bool(self.attention)
+
+    @property
+    def keeps_every_hidden_state(self) -> bool:
+        return self.hidden is None
+
+
+# a forward's outputs without a method's record: every hidden state (when asked for), no attention inputs
+PLAIN_RECORD = LayerRecord()
+# every hidden state and every layer's attention inputs (tests, benches)
+EVERY_LAYER = LayerRecord(hidden=None, attention=None)
+
+
+class RecordedLayers(tuple):
+    """Per-layer outputs in layer order (hidden states, or attention inputs) of which a forward kept only the layers
+    a method declared (:class:`LayerRecord`); the others are None placeholders, so positions are the layers'
+    as ever. Reading a placeholder (by index or by iterating) raises :class:`LookupError` naming the layer: a
+    method that reads a layer it did not declare fails loudly instead of reading nothing. ``first``: the layer
+    number of position 0 (0 for hidden states with the embedding output, 1 for layers 1..L)."""
+
+    def __new__(cls, items, what: str, first: int = 1):
+        self = super().__new__(cls, items)
+        self.what, self.first = what, first
+        return self
+
+    def kept(self, index: int) -> bool:
+        return tuple.__getitem__(self, index) is not None
+
+    def __getitem__(self, index):
+        item = tuple.__getitem__(self, index)
+        if isinstance(index, slice):
+            start = range(len(self))[index]
+            return RecordedLayers(item, self.what, self.first + (start[0] if len(start) else 0)) \
+                if index.step in (None, 1) else item
+        if item is None:
+            layer = self.first + (index if index >= 0 else len(self) + index)
+            kept = [self.first + i for i in range(len(self)) if self.kept(i)]
+            raise LookupError(f"the {self.what} of layer {layer} were not recorded: the method declared layers "
+                              f"{kept} (Method.recorded_layers)")
+        return item
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,10 @@ from typing import Any, ClassVar, Mapping
 import torch
 
 from ..engine.optim import OptimiserSettings
-from ..engine.protocol import ExtraParameters, ModelOutputs, TeacherShape
+from ..engine.protocol import PLAIN_RECORD, ExtraParameters, LayerRecord, ModelOutputs, TeacherShape
+
+# the two models whose layers a method reads (Method.recorded_layers)
+ROLES = ("student", "teacher")
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,6 @@ class Method:
     # whether the training split must have gold labels
     needs_labels: ClassVar[bool] = True
     needs_hidden_states = False
-    # whether the losses read each layer's query/key/value projections (ModelOutputs.attention_inputs): the run's
-    # models then go through models/attention_capture.py (TinyBERT, MiniLM); no other method pays for it
-    reads_attention = False
     uses_teacher = False
     # the name under which a pretrained student's weights may hold this method's projection, which then starts from
     # it (TinyBERT: "fit_dense", its released student's W_h); the run plan looks it up (MethodSettings.student_projection)
@@ -107,6 +107,19 @@ class Method:
         """Refuse, before anything is written, a training set of ``rows`` rows the method would not train on in
         micro-batches of ``micro_batch`` rows (a method with :attr:`drop_last`: fewer rows than one micro-batch, in
         words that name its flag); ``source`` names the data set in the error. Every row trains by default."""
+
+    def recorded_layers(self, role: str) -> LayerRecord:
+        """The layers of the ``role`` model (one of :data:`ROLES`) whose outputs the losses read: its training forward
+        keeps only these for the step (models/padding_free.training_forwards), and reading another one fails loudly
+        (engine/protocol.RecordedLayers). Resolved when the method is built. Default: every hidden state (when
+        :attr:`needs_hidden_states`), no attention inputs."""
+        return PLAIN_RECORD
+
+    @property
+    def reads_attention(self) -> bool:
+        """Whether the losses read some layer's query/key/value projections (ModelOutputs.attention_inputs): the
+        run's forwards then record them (TinyBERT, MiniLM); no other method pays for it."""
+        return any(self.recorded_layers(role).reads_attention for role in ROLES)
 
     def record(self) -> dict[str, Any]:
         """Fields this method adds to ``config.json`` (what it computes that its flags do not say)."""

@@ -46,6 +46,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..engine.protocol import PLAIN_RECORD, LayerRecord
 from ..errors import UserError
 from ..settings import _positive, flag
 from .layerwise import LayerwiseKD
@@ -58,10 +59,27 @@ def _fp32_off(x: torch.Tensor):
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
+def _real_keys(mask: torch.Tensor) -> torch.Tensor:
+    """[B, S] mask -> bool [B, S], True at the keys a query attends to: the real ones (a sequence with no real token
+    at all: every key, so no row is -inf only; its rows are ignored)."""
+    keys = mask.bool()
+    return keys | ~keys.any(-1, keepdim=True)
+
+
+def _log_relation(left: torch.Tensor, right: torch.Tensor, keys: torch.Tensor | None) -> torch.Tensor:
+    """``log_softmax(left right^T / sqrt(d))`` over the keys of fp32 [..., S, d] rows, -inf at the keys ``keys``
+    (broadcastable to [..., S, S], True = real) leaves out."""
+    scores = torch.matmul(left, right.transpose(-1, -2)) / math.sqrt(left.shape[-1])
+    if keys is not None:
+        scores.masked_fill_(~keys, float("-inf"))  # a new tensor whose backward needs no output
+    return F.log_softmax(scores, dim=-1)
+
+
 def relation(a: torch.Tensor, b: torch.Tensor, num_heads: int, mask: torch.Tensor | None) -> torch.Tensor:
     r"""Log-probabilities ``log_softmax(a_h b_h^T / sqrt(d_head))`` over the keys, [B, H, S, S], fp32, for
     a, b [B, S, D] (or [B, S, H', D/H']) split into ``num_heads`` heads (d_head = D / H). relation(query, key) is MiniLM's
-    attention distribution, relation(value, value) its value relation, relation(x, x) MiniLMv2's relations.
+    attention distribution, relation(value, value) its value relation, relation(x, x) MiniLMv2's relations. (The
+    losses never hold it whole: :func:`relation_kl` computes the same a chunk of heads at a time.)
 
     Padding keys (``mask`` [B, S] == 0) are set to -inf before the softmax: exactly zero probability, a log
     of -inf. Padding query rows are computed as usual (over the real keys) and are for the caller to ignore
@@ -69,24 +87,92 @@ def relation(a: torch.Tensor, b: torch.Tensor, num_heads: int, mask: torch.Tenso
     with _fp32_off(a):
         left = split_heads(a.float(), num_heads)
         right = split_heads(b.float().to(a.device), num_heads)
-        scores = torch.matmul(left, right.transpose(-1, -2)) / math.sqrt(left.shape[-1])
-        if mask is not None:
-            keys = mask.to(scores.device).bool()
-            keys = keys | ~keys.any(-1, keepdim=True)  # an all-padding sequence: no -inf-only rows
-            scores = scores.masked_fill(~keys[:, None, None, :], float("-inf"))
-        return F.log_softmax(scores, dim=-1)
+        keys = None if mask is None else _real_keys(mask.to(left.device))[:, None, None, :]
+        return _log_relation(left, right, keys)
 
 
 # How each relation KL is averaged over a batch: "sequence" (MiniLMv2's public code, new runs), "token" (runs
 # started before; the field minilm_average of their config.json is missing)
 MINILM_AVERAGES = ("sequence", "token")
 
+# The most elements of one fp32 [rows, S, S] chunk of relations (64 MB): relation_kl never holds more of them at
+# once (a few such tensors per chunk), in the forward or the backward, instead of whole [B, H, S, S] relations
+RELATION_CHUNK_ELEMENTS = 1 << 24
 
-def relation_kl(student_log_rel: torch.Tensor, teacher_log_rel: torch.Tensor,
-                mask: torch.Tensor | None, average: str = "sequence") -> torch.Tensor:
-    r"""KL(teacher || student) of [B, H, S, S] log-probability relations, summed over the keys, in fp32, averaged
-    over the heads and the REAL query positions of each sequence, then over the sequences (``average="sequence"``,
-    MiniLMv2's public code)::
+
+def _row_kl(log_s: torch.Tensor, log_t: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) of each query row, summed over the real keys (``keys`` [rows, 1, S]): [rows, S].
+    In place on one new tensor (no autograd here: :class:`_ChunkedRelationKL` writes its gradient)."""
+    terms = log_t - log_s
+    return terms.mul_(log_t.exp()).masked_fill_(~keys, 0.0).sum(-1)  # a padding key's -inf - -inf NaN -> 0
+
+
+class _ChunkedRelationKL(torch.autograd.Function):
+    r"""``sum_{r, q} w[r, q] * KL_q(R^T_r || R^S_r)`` over (sequence, head) rows r of relations
+    ``R_r = softmax(left_r right_r^T / sqrt(d))``, computed ``chunk`` rows at a time: only one chunk's relations
+    exist at once. Nothing of them is kept for the backward, which recomputes each chunk's relations and applies
+    the KL's gradient with respect to the scores z (per query row, with the real keys' probabilities summing to 1)::
+
+        dKL/dz^S = p^S - p^T,        dKL/dz^T = p^T * (log p^T - log p^S - KL)
+
+    through ``z = left right^T / sqrt(d)``. Inputs: fp32 [R, S, d] rows of each side (R = B * H), the keys each row
+    attends to [R, 1, S], the weights [R, S] of its query rows (0 at a padding row)."""
+
+    @staticmethod
+    def forward(ctx, s_left, s_right, t_left, t_right, keys, weights, chunk: int):
+        ctx.save_for_backward(s_left, s_right, t_left, t_right, keys, weights)
+        ctx.chunk = chunk
+        total = s_left.new_zeros(())
+        for r in range(0, len(s_left), chunk):
+            rows = slice(r, r + chunk)
+            log_s = _log_relation(s_left[rows], s_right[rows], keys[rows])
+            log_t = _log_relation(t_left[rows], t_right[rows], keys[rows])
+            total = total + (_row_kl(log_s, log_t, keys[rows]) * weights[rows]).sum()
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        s_left, s_right, t_left, t_right, keys, weights = ctx.saved_tensors
+        student, teacher = any(ctx.needs_input_grad[:2]), any(ctx.needs_input_grad[2:4])
+        grads = [torch.zeros_like(x) if need else None for x, need in
+                 zip((s_left, s_right, t_left, t_right), (student, student, teacher, teacher))]
+        with _fp32_off(s_left):
+            for r in range(0, len(s_left), ctx.chunk):
+                rows = slice(r, r + ctx.chunk)
+                log_s = _log_relation(s_left[rows], s_right[rows], keys[rows])
+                log_t = _log_relation(t_left[rows], t_right[rows], keys[rows])
+                w = (weights[rows] * grad)[..., None]  # [rows, S, 1]
+                if teacher:  # first: the student's writes over log_s
+                    kl = _row_kl(log_s, log_t, keys[rows])[..., None]
+                    d_scores = (log_t - log_s).sub_(kl).mul_(log_t.exp()).masked_fill_(~keys[rows], 0.0).mul_(w)
+                    _score_grads(grads[2], grads[3], d_scores, t_left, t_right, rows)
+                if student:  # p^S - p^T (both exactly 0 at a padding key), weighted, in place
+                    d_scores = log_s.exp_().sub_(log_t.exp_()).mul_(w)
+                    _score_grads(grads[0], grads[1], d_scores, s_left, s_right, rows)
+        return (*grads, None, None, None)
+
+
+def _score_grads(left_grad: torch.Tensor, right_grad: torch.Tensor, d_scores: torch.Tensor, left: torch.Tensor,
+                 right: torch.Tensor, rows: slice) -> None:
+    """Fill rows ``rows`` of the gradients of ``left`` and ``right`` from ``d_scores``, the gradient of the scores
+    ``left right^T / sqrt(d)`` of those rows."""
+    d_scores = d_scores.div_(math.sqrt(left.shape[-1]))
+    left_grad[rows] = torch.matmul(d_scores, right[rows])
+    right_grad[rows] = torch.matmul(d_scores.transpose(-1, -2), left[rows])
+
+
+def _head_rows(x: torch.Tensor, num_heads: int, device: torch.device) -> torch.Tensor:
+    """[B, S, D] (or [B, S, H', D/H']) -> fp32 [B * H, S, D/H]: one row per (sequence, head)."""
+    heads = split_heads(x.float().to(device), num_heads)
+    return heads.reshape(-1, *heads.shape[2:])
+
+
+def relation_kl(s_left: torch.Tensor, s_right: torch.Tensor, t_left: torch.Tensor, t_right: torch.Tensor,
+                s_heads: int, t_heads: int, mask: torch.Tensor | None, average: str = "sequence",
+                chunk_rows: int | None = None) -> torch.Tensor:
+    r"""KL(teacher || student) of the relations ``relation(s_left, s_right, s_heads)`` and ``relation(t_left,
+    t_right, t_heads)`` (:func:`relation`), summed over the keys, in fp32, averaged over the heads and the REAL
+    query positions of each sequence, then over the sequences (``average="sequence"``, MiniLMv2's public code)::
 
         1/B' * sum_b 1/(H n_b) * sum_{h, q real} sum_k p^T log(p^T / p^S)
 
@@ -96,32 +182,35 @@ def relation_kl(student_log_rel: torch.Tensor, teacher_log_rel: torch.Tensor,
 
         1/(H * sum_b n_b) * sum_{b, h, q real} sum_k p^T log(p^T / p^S)
 
-    Padding query rows are left out; padding keys (p^T = 0) contribute exactly 0, with no 0 * log 0 or
-    (-inf) - (-inf) NaN in the value or the gradient: the log probabilities are replaced by 0 at every excluded
-    (query, key) pair before the difference is taken. With ``mask`` None every position is real (the two
-    averages agree). Student and teacher must have the same number of (relation) heads."""
+    Padding query rows are left out; padding keys (p^T = p^S = 0) contribute exactly 0, with no NaN in the value
+    or the gradient. With ``mask`` None every position is real (the two averages agree). Student and teacher must
+    have the same number of (relation) heads and length.
+
+    Computed ``chunk_rows`` (sequence, head) rows at a time (default: as many as fit
+    :data:`RELATION_CHUNK_ELEMENTS`), forward and backward (:class:`_ChunkedRelationKL`): no [B, H, S, S] relation
+    is ever held whole. A relation of x with itself takes the same tensor twice."""
     if average not in MINILM_AVERAGES:
         raise ValueError(f"average {average!r}: one of {', '.join(MINILM_AVERAGES)}")
-    if student_log_rel.shape != teacher_log_rel.shape:
-        raise UserError(f"relation shapes differ: student {tuple(student_log_rel.shape)}, "
-                        f"teacher {tuple(teacher_log_rel.shape)} (the same heads and length are needed)")
-    with _fp32_off(student_log_rel):
-        log_s = student_log_rel.float()
-        log_t = teacher_log_rel.float().to(log_s.device)
-        batch, heads, length, _ = log_s.shape
-        if mask is None:
-            real = torch.ones(batch, length, dtype=torch.bool, device=log_s.device)
-        else:
-            real = mask.to(log_s.device).bool()
-        valid = real[:, None, :, None] & real[:, None, None, :]  # [B, 1, S, S]
-        log_s = log_s.masked_fill(~valid, 0.0)
-        log_t = log_t.masked_fill(~valid, 0.0)
-        terms = (log_t.exp() * (log_t - log_s)).masked_fill(~valid, 0.0)
-        tokens = real.sum(-1).to(log_s.dtype)  # n_b, [B]
+    device = s_left.device
+    with _fp32_off(s_left):
+        s_rows = [_head_rows(x, s_heads, device) for x in (s_left,) + ((s_right,) if s_right is not s_left else ())]
+        t_rows = [_head_rows(x, t_heads, device) for x in (t_left,) + ((t_right,) if t_right is not t_left else ())]
+        batch, length = s_left.shape[:2]
+        if s_heads != t_heads or t_left.shape[:2] != (batch, length):
+            raise UserError(f"relation shapes differ: student {(batch, s_heads, length, length)}, teacher "
+                            f"{(t_left.shape[0], t_heads, t_left.shape[1], t_left.shape[1])} (the same heads and "
+                            f"length are needed)")
+        real = (torch.ones(batch, length, dtype=torch.bool, device=device) if mask is None
+                else mask.to(device).bool())
+        tokens = real.sum(-1).float()  # n_b, [B]
         if average == "token":
-            return terms.sum() / (tokens.sum() * heads).clamp_min(1.0)
-        per_sequence = terms.sum(dim=(1, 2, 3)) / (tokens * heads).clamp_min(1.0)  # 0 for an all-padding row
-        return per_sequence.sum() / (tokens > 0).sum().to(log_s.dtype).clamp_min(1.0)
+            weights = real / (tokens.sum() * s_heads).clamp_min(1.0)
+        else:  # 0 for an all-padding row
+            weights = real / (tokens * s_heads).clamp_min(1.0)[:, None] / (tokens > 0).sum().float().clamp_min(1.0)
+        keys = _real_keys(real)[:, None, :].repeat_interleave(s_heads, 0)  # [B * H, 1, S]
+        chunk = chunk_rows or max(1, RELATION_CHUNK_ELEMENTS // (length * length))
+        return _ChunkedRelationKL.apply(s_rows[0], s_rows[-1], t_rows[0], t_rows[-1], keys,
+                                        weights.repeat_interleave(s_heads, 0), chunk)
 
 
 def minilm_loss(s_q: torch.Tensor, s_k: torch.Tensor, s_v: torch.Tensor,
@@ -135,8 +224,8 @@ def minilm_loss(s_q: torch.Tensor, s_k: torch.Tensor, s_v: torch.Tensor,
     if s_heads != t_heads:
         raise UserError(f"MiniLM distils attention head by head: the student has {s_heads} heads, the teacher "
                         f"{t_heads}; pass --relation_heads R (MiniLMv2's relation heads, R dividing both hidden sizes)")
-    attention = relation_kl(relation(s_q, s_k, s_heads, mask), relation(t_q, t_k, t_heads, mask), mask, average)
-    value = relation_kl(relation(s_v, s_v, s_heads, mask), relation(t_v, t_v, t_heads, mask), mask, average)
+    attention = relation_kl(s_q, s_k, t_q, t_k, s_heads, t_heads, mask, average)
+    value = relation_kl(s_v, s_v, t_v, t_v, s_heads, t_heads, mask, average)
     return attention + value, {"attention_kl": attention, "value_kl": value}
 
 
@@ -155,8 +244,7 @@ def minilmv2_loss(s_q: torch.Tensor, s_k: torch.Tensor, s_v: torch.Tensor,
                         f"student {s_width}, teacher {t_width}")
     parts = {}
     for name, student, teacher in (("qq_kl", s_q, t_q), ("kk_kl", s_k, t_k), ("vv_kl", s_v, t_v)):
-        parts[name] = relation_kl(relation(student, student, relation_heads, mask),
-                                  relation(teacher, teacher, relation_heads, mask), mask, average)
+        parts[name] = relation_kl(student, student, teacher, teacher, relation_heads, relation_heads, mask, average)
     return parts["qq_kl"] + parts["kk_kl"] + parts["vv_kl"], parts
 
 
@@ -205,6 +293,10 @@ class MiniLM(LayerwiseKD):
             raise UserError(f"--minilm_teacher_layer {self.teacher_layer}: the teacher has {num_teacher_layers} "
                             f"layers (1..{num_teacher_layers})")
         self.student_heads, self.teacher_heads, self.relation_heads = student_heads, teacher_heads, relation_heads
+        # the relations of one layer of each model: the student's last and the chosen teacher layer (no hidden state)
+        self.records = ({"student": LayerRecord(hidden=frozenset(), attention=frozenset({num_student_layers})),
+                         "teacher": LayerRecord(hidden=frozenset(), attention=frozenset({self.teacher_layer}))}
+                        if mu else dict.fromkeys(("student", "teacher"), PLAIN_RECORD))
         if average not in MINILM_AVERAGES:
             raise ValueError(f"average {average!r}: one of {', '.join(MINILM_AVERAGES)}")
         self.average = average
@@ -236,9 +328,8 @@ class MiniLM(LayerwiseKD):
     def needs_hidden_states(self) -> bool:  # type: ignore[override]
         return False  # the attention projections only
 
-    @property
-    def reads_attention(self) -> bool:  # type: ignore[override]
-        return bool(self.mu)
+    def recorded_layers(self, role: str) -> LayerRecord:
+        return self.records[role]
 
     @property
     def ignores_padding(self) -> bool:  # type: ignore[override]

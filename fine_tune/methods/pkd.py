@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..engine.protocol import PLAIN_RECORD, LayerRecord
 from ..errors import UserError
 from ..settings import flag
 from .layerwise import HiddenPair, LayerwiseKD, uniform_layers
@@ -87,6 +88,12 @@ class PKD(LayerwiseKD):
         if count < 1:
             raise UserError("--pkd_loss normalized_cls needs a student with at least 2 layers")
         self.teacher_layers = pkd_teacher_layers(num_teacher_layers, num_student_layers, strategy, count)
+        # of the teacher only the matched layers' hidden states (L_s of L_t); the student's all (every one matched,
+        # or projected to the teacher's width)
+        self.records = {"student": PLAIN_RECORD, "teacher": LayerRecord(hidden=frozenset(self.teacher_layers))}
+
+    def recorded_layers(self, role: str) -> LayerRecord:
+        return self.records[role]
 
     @classmethod
     def own_arguments(cls, settings) -> dict:

@@ -30,6 +30,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..engine.protocol import PLAIN_RECORD, LayerRecord
 from ..errors import UserError
 from ..models.projection import PretrainedProjection
 from ..settings import DistilFlags, flag
@@ -336,6 +337,12 @@ class TinyBERT(LayerwiseKD):
                          **common)
         self.stage = stage
         self.teacher_layers = tinybert_layer_map(num_student_layers, num_teacher_layers)
+        # the intermediate stage reads every student layer, and of the teacher the embeddings and the mapped layers;
+        # the prediction stage logits only
+        mapped = frozenset(self.teacher_layers)
+        self.records = ({"student": LayerRecord(hidden=None, attention=None),
+                         "teacher": LayerRecord(hidden=mapped | {0}, attention=mapped)}
+                        if stage == "intermediate" else dict.fromkeys(("student", "teacher"), PLAIN_RECORD))
         if attention not in TINYBERT_ATTENTION:
             raise UserError(f"--tinybert_attention {attention!r}: choose one of {', '.join(TINYBERT_ATTENTION)}")
         self.attention = attention
@@ -418,9 +425,8 @@ class TinyBERT(LayerwiseKD):
     def needs_hidden_states(self) -> bool:  # type: ignore[override]
         return self.intermediate
 
-    @property
-    def reads_attention(self) -> bool:  # type: ignore[override]
-        return self.intermediate  # the prediction stage reads logits only
+    def recorded_layers(self, role: str) -> LayerRecord:
+        return self.records[role]
 
     @property
     def needs_projection(self) -> bool:  # type: ignore[override]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..engine.protocol import ModelOutputs
+from ..engine.protocol import ModelOutputs, RecordedLayers
 
 INPUT_KEYS = ("input_ids", "token_type_ids", "attention_mask")
 
@@ -22,10 +22,15 @@ def reads_token_types(model: torch.nn.Module) -> bool:
 def forward(model: torch.nn.Module, batch: dict, hidden: bool) -> ModelOutputs:
     """The model on a batch; ``batch["model_kwargs"]`` (the collator's extra inputs for the model, e.g. the
     padding-free forward's host-built packing) is handed to it as it is. A model's output may carry
-    ``attention_inputs`` (the attention-capturing forward of TinyBERT and MiniLM, models/attention_capture.py)."""
+    ``attention_inputs`` (the attention-capturing forward of TinyBERT and MiniLM, models/attention_capture.py).
+    Hidden states and attention inputs come as :class:`RecordedLayers`: a layer the forward did not keep (its
+    method did not declare it) raises when read."""
     keys = INPUT_KEYS if reads_token_types(model) else ("input_ids", "attention_mask")
     out = model(**{k: batch[k] for k in keys}, **batch.get("model_kwargs", {}), output_hidden_states=hidden,
                 return_dict=True)
-    return ModelOutputs(logits=out.logits, hidden_states=tuple(out.hidden_states[1:]) if hidden else None,
-                        attention_mask=batch["attention_mask"], embeddings=out.hidden_states[0] if hidden else None,
-                        attention_inputs=getattr(out, "attention_inputs", None))
+    states = RecordedLayers(out.hidden_states, "hidden states", first=0) if hidden else None
+    attention = getattr(out, "attention_inputs", None)
+    return ModelOutputs(logits=out.logits, hidden_states=states[1:] if hidden else None,
+                        attention_mask=batch["attention_mask"],
+                        embeddings=states[0] if hidden and states.kept(0) else None,
+                        attention_inputs=None if attention is None else RecordedLayers(attention, "attention inputs"))

@@ -32,12 +32,14 @@ generator (the same Bernoulli masks, p rounded to a multiple of 2^-16), so a tra
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .checkpointing import checkpointed, enable_hf_checkpointing
+from ..engine.protocol import EVERY_LAYER, PLAIN_RECORD, LayerRecord
 from .dropout import dropout
 from .families import FAMILIES
 
@@ -208,7 +210,7 @@ class Packing:
         return _Pad.apply(x, self.index, self.pad_index).view(*self.shape_ref.shape, *x.shape[1:])
 
     def attention(self, qkv: torch.Tensor, heads: int, scale: float, dropout_p: float,
-                  record: list | None = None) -> torch.Tensor:
+                  record: list | None = None, head_major: bool = False) -> torch.Tensor:
         """Multi-head attention of packed [N, 3 * D] queries, keys and values, bucket by bucket: each bucket's
         sequences padded to its own longest length only. Returns the packed [N, D] context. A bucket's sizes
         are read from its tensors' shapes where it has them (one bucket with a key mask: the compiled plan).
@@ -216,7 +218,9 @@ class Packing:
         ``record`` (the attention-reading methods): appends this layer's (query, key, value). Over the padded
         grid (one bucket, no packing) they are [B, S, H, d_head] views of head-major [B, H, S, d_head] copies,
         made once and used by the attention too, so the losses' per-head products read them without copying;
-        packed, the [N, 3 * D] projection itself (:class:`PaddingFree` pads it)."""
+        packed, the [N, 3 * D] projection itself (:class:`PaddingFree` pads it). ``head_major``: over the grid, the
+        attention reads such a copy even unrecorded (in a forward that records some layers, every layer computes as
+        when all are recorded: bit for bit the same results)."""
         d = qkv.shape[-1] // 3
         grid = len(self.buckets) == 1 and self.buckets[0].index is None
         if record is not None and not grid:
@@ -227,9 +231,10 @@ class Packing:
             rows, length = (b.key_mask.shape[0], b.key_mask.shape[-1]) if b.key_mask is not None else (b.rows, b.length)
             if b.index is not None:
                 part = _Pad.apply(part, b.index, b.pad_index)
-            if record is not None and grid:  # one head-major copy, read by the attention and the losses
+            if grid and (record is not None or head_major):  # one head-major copy, read by the attention and the losses
                 q, k, v = part.view(rows, length, 3, heads, d // heads).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
-                record.append((q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)))
+                if record is not None:
+                    record.append((q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)))
             else:
                 q, k, v = (t.reshape(rows, length, heads, d // heads).transpose(1, 2)
                            for t in part.view(rows, length, 3 * d).chunk(3, dim=-1))
@@ -330,9 +335,10 @@ def _scatter_rows(x: torch.Tensor, index: torch.Tensor, pad_index: torch.Tensor)
 @dataclass
 class PaddingFreeOutput:
     logits: torch.Tensor
-    hidden_states: tuple[torch.Tensor, ...] | None  # [embeddings, layer 1, ..., layer L], each [B, S, D]
-    # per layer (query, key, value) with record_attention: [B, S, D] (zeros at padding positions) when packed,
-    # [B, S, H, d_head] views of head-major copies over the padded grid
+    # [embeddings, layer 1, ..., layer L], each [B, S, D]; None at a layer the record does not keep
+    hidden_states: tuple[torch.Tensor | None, ...] | None
+    # per layer (query, key, value) of the layers recorded (None at the others): [B, S, D] (zeros at padding
+    # positions) when packed, [B, S, H, d_head] views of head-major copies over the padded grid
     attention_inputs: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...] | None = None
 
 
@@ -343,14 +349,15 @@ def _embeddings(emb, input_ids, token_type_ids, pk: Packing) -> torch.Tensor:
     return dropout(emb.LayerNorm(x), emb.dropout.p, emb.training)
 
 
-def _layer(layer, x: torch.Tensor, pk: Packing, qkv_record: list | None = None) -> torch.Tensor:
+def _layer(layer, x: torch.Tensor, pk: Packing, qkv_record: list | None = None,
+           head_major: bool = False) -> torch.Tensor:
     sa = layer.attention.self
     w = torch.cat([sa.query.weight, sa.key.weight, sa.value.weight])
     b = torch.cat([sa.query.bias, sa.key.bias, sa.value.bias])
     qkv = F.linear(x, w, b)  # [N, 3D]
     # the attention-reading methods (TinyBERT, MiniLM) read Q, K, V: qkv_record gets them (Packing.attention)
     attn = pk.attention(qkv, sa.num_attention_heads, sa.scaling, sa.dropout.p if sa.training else 0.0,
-                        qkv_record)  # [N, D]
+                        qkv_record, head_major)  # [N, D]
     so = layer.attention.output
     x = so.LayerNorm(dropout(so.dense(attn), so.dropout.p, so.training) + x)
     inter = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))
@@ -368,15 +375,16 @@ class PaddingFree(torch.nn.Module):
     equal Hugging Face's at every position, padding included."""
 
     def __init__(self, model: torch.nn.Module, packed: bool = True, record_attention: bool = False,
-                 gradient_checkpointing: bool = False):
+                 record: LayerRecord | None = None, gradient_checkpointing: bool = False):
         super().__init__()
         if not supports_padding_free(model.config):
             raise ValueError(f"padding-free forward supports BERT only, not {model.config.model_type}")
         self.model = model
         self.packed = packed
-        # return each layer's query/key/value projections (the attention-reading methods), from the fused
-        # projection this forward computes anyway (models/attention_capture.py does it for other forwards)
-        self.record_attention = record_attention
+        # the layers whose outputs are kept (the method's LayerRecord): their hidden states, and their query/key/value
+        # projections (the attention-reading methods), from the fused projection this forward computes anyway
+        # (models/attention_capture.py does it for other forwards); record_attention: every layer's
+        self.record = record if record is not None else EVERY_LAYER if record_attention else PLAIN_RECORD
         self.gradient_checkpointing = gradient_checkpointing  # each layer recomputed in the backward pass
 
     @property
@@ -398,18 +406,25 @@ class PaddingFree(torch.nn.Module):
                   else FullGrid(attention_mask))
         bert = self.model.bert
         x = _embeddings(bert.embeddings, input_ids, token_type_ids, pk)
-        hidden = [x] if output_hidden_states else None
-        qkv: list | None = [] if self.record_attention else None
-        for layer in bert.encoder.layer:
-            x = (checkpointed(_layer, layer, x, pk, record=qkv) if self.gradient_checkpointing and torch.is_grad_enabled()
-                 else _layer(layer, x, pk, qkv))
+        rec = self.record
+        # only the layers the record keeps stay alive (padded as they come, so no packed copy waits beside them)
+        hidden = [pk.pad(x) if rec.keeps_hidden(0) else None] if output_hidden_states else None
+        attention: list | None = [] if rec.reads_attention else None
+        for i, layer in enumerate(bert.encoder.layer, 1):
+            qkv: list | None = [] if rec.records_attention(i) else None
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = checkpointed(partial(_layer, head_major=attention is not None), layer, x, pk, record=qkv)
+            else:
+                x = _layer(layer, x, pk, qkv, attention is not None)
+            if attention is not None:
+                attention.append(None if qkv is None else
+                                 qkv[0] if isinstance(qkv[0], tuple) else tuple(pk.pad(qkv[0]).chunk(3, dim=-1)))
             if hidden is not None:
-                hidden.append(x)
+                hidden.append(pk.pad(x) if rec.keeps_hidden(i) else None)
         pooled = bert.pooler.activation(bert.pooler.dense(x.index_select(0, pk.first)))
         logits = self.model.classifier(dropout(pooled, self.model.dropout.p, self.model.training))
-        attention = None if qkv is None else tuple(t if isinstance(t, tuple) else tuple(pk.pad(t).chunk(3, dim=-1))
-                                                   for t in qkv)
-        return PaddingFreeOutput(logits, tuple(pk.pad(h) for h in hidden) if hidden is not None else None, attention)
+        return PaddingFreeOutput(logits, None if hidden is None else tuple(hidden),
+                                 None if attention is None else tuple(attention))
 
 
 @dataclass(frozen=True)
@@ -447,26 +462,40 @@ class TrainingForwards:
 
 def training_forwards(student: torch.nn.Module, teacher: torch.nn.Module | None, *, enabled: bool,
                       ignores_padding: bool, device_type: str = "cpu", compile: bool = False,
-                      record_attention: bool = False, gradient_checkpointing: bool = False) -> TrainingForwards:
+                      record_attention: bool = False, student_record: LayerRecord | None = None,
+                      teacher_record: LayerRecord | None = None, gradient_checkpointing: bool = False
+                      ) -> TrainingForwards:
     """Choose the training forward: with ``enabled`` (``--padding_free auto``) and a BERT, :class:`PaddingFree`,
     packed when no loss reads padding positions (``ignores_padding``), over the padded grid otherwise; else the
     models' own forward. The teacher gets the same treatment where it is a BERT. ``device_type`` (the student's)
-    prices the attention buckets; ``compile``: the one-bucket plan. ``record_attention`` (TinyBERT, MiniLM): the
-    outputs carry each layer's query/key/value projections, from :class:`PaddingFree` or, for a model running
-    Hugging Face's forward, from :class:`fine_tune.models.attention_capture.AttentionCapture`.
-    ``gradient_checkpointing``: the student's layers recomputed in the backward pass (models/checkpointing.py)."""
+    prices the attention buckets; ``compile``: the one-bucket plan.
+
+    ``student_record`` / ``teacher_record`` (the method's ``recorded_layers``): the layers whose outputs each
+    forward keeps: their hidden states, and their query/key/value projections (TinyBERT, MiniLM), from
+    :class:`PaddingFree` or, for a model running Hugging Face's forward, through
+    :class:`fine_tune.models.attention_capture.AttentionCapture`. Default: every hidden state, and every layer's
+    attention inputs with ``record_attention`` (benches) or none. ``gradient_checkpointing``: the student's layers
+    recomputed in the backward pass (models/checkpointing.py)."""
     from .attention_capture import AttentionCapture
 
-    own = (lambda m: m) if not record_attention else AttentionCapture
-    teacher_fwd = None if teacher is None else own(teacher)
-    if enabled and teacher is not None and supports_padding_free(teacher.config):
-        teacher_fwd = PaddingFree(teacher, packed=ignores_padding, record_attention=record_attention)
+    default = EVERY_LAYER if record_attention else PLAIN_RECORD
+    student_record, teacher_record = student_record or default, teacher_record or default
+
+    def own(model: torch.nn.Module, record: LayerRecord) -> torch.nn.Module:
+        return model if record == PLAIN_RECORD else AttentionCapture(model, record)
+
+    if teacher is None:
+        teacher_fwd = None
+    elif enabled and supports_padding_free(teacher.config):
+        teacher_fwd = PaddingFree(teacher, packed=ignores_padding, record=teacher_record)
+    else:  # no hooks on a teacher that runs the own forward
+        teacher_fwd = own(teacher, teacher_record)
     if not (enabled and supports_padding_free(student.config)):
         if gradient_checkpointing:
             enable_hf_checkpointing(student)
-        return TrainingForwards(own(student), teacher_fwd, "hugging_face")
+        return TrainingForwards(own(student, student_record), teacher_fwd, "hugging_face")
     cfg = student.config
-    return TrainingForwards(PaddingFree(student, packed=ignores_padding, record_attention=record_attention,
+    return TrainingForwards(PaddingFree(student, packed=ignores_padding, record=student_record,
                                         gradient_checkpointing=gradient_checkpointing), teacher_fwd,
                             "packed" if ignores_padding else "grid", cfg.hidden_size // cfg.num_attention_heads,
                             device_type, compile)

@@ -43,7 +43,9 @@ def run_training(plan: RunPlan, model: torch.nn.Module, method: Method, device: 
     if features.labels is None and method.needs_labels:
         raise UserError(f"--dataset {plan.train.name!r} has no labels; train on a labelled split")
     forwards = training_forwards(model, teacher, enabled=plan.padding_free, ignores_padding=method.ignores_padding,
-                                 device_type=device.type, compile=s.compile, record_attention=method.reads_attention,
+                                 device_type=device.type, compile=s.compile,
+                                 student_record=method.recorded_layers("student"),
+                                 teacher_record=method.recorded_layers("teacher"),
                                  gradient_checkpointing=s.gradient_checkpointing)
     # the padding-free forward's packing built on the host from the collator's lengths (no host-device sync)
     collator = Collator(features, tokenizer.pad_token_id, plan.max_seq_len, plan.padding, plan.teacher_logits,
