@@ -77,7 +77,7 @@ MUTATIONS = [
              "                    else v.detach()) for k, v in parts.items()}",
              (f"{GPU}::test_a_resumed_window_meets_parts_logged_on_another_device",)),
     Mutation("fp16_skip_not_joint", "an fp16 step whose gradients overflow is applied (schedules advance, weights "
-             "move)", "fine_tune/engine/trainer.py", "            skipped = not bool(finite)\n",
+             "move)", "fine_tune/engine/trainer.py", "            skipped = not ok\n",
              "            skipped = False\n", (f"{GPU}::test_a_skipped_fp16_step_moves_no_optimiser_and_no_schedule",)),
     Mutation("fp16_nan_loss_tolerated", "a NaN loss is tolerated under fp16 loss scaling", "fine_tune/engine/trainer.py",
              "        if not bad:\n            return\n",
@@ -734,7 +734,8 @@ MUTATIONS = [
     # ---- clipping per parameter group, logging windows, locks and resources on failure, races (issue 27) -------
     Mutation("gate_clip_joint", "the LAD gates are clipped together (one norm over all gates), not each on its own",
              "fine_tune/engine/trainer.py",
-             "                for m in part.modules:\n                    norms.append(torch.nn.utils.clip_grad_norm_(m.parameters(), part.settings.max_norm))\n",
+             "                for m in part.modules:\n                    if any(p.grad is not None for p in m.parameters()):\n"
+             "                        norms.append(torch.nn.utils.clip_grad_norm_(m.parameters(), part.settings.max_norm))\n",
              "                norms.append(torch.nn.utils.clip_grad_norm_(part.params, part.settings.max_norm))\n",
              ("tests/test_optimiser.py::test_each_gate_is_clipped_with_its_own_norm_and_the_student_as_a_whole",)),
     Mutation("gate_clip_with_student_norm", "the gates are clipped with the student's --max_norm, not --gate_max_norm",
@@ -1984,6 +1985,38 @@ MUTATIONS = [
              "another sequence", "fine_tune/methods/minilm.py", "[:, None, :].repeat_interleave(s_heads, 0)",
              "[:, None, :].repeat(s_heads, 1, 1)", (f"{CHUNKED}[4-3-sequence]",)),
 
+    # ---- issue 31 (1): blocking host-device copies counted, and none left in a training step -----------------
+    Mutation("tinybert_device_tensor_per_layer", "TinyBERT at fixed padding builds a tensor on the device per mapped "
+             "layer per micro-batch again (a blocking host-to-device copy each)", "fine_tune/methods/tinybert.py",
+             "        return (total / max(float(sq.shape[0] * heads * s_query.shape[1] ** 2), 1.0)).float()",
+             "        return (total / torch.tensor(max(float(sq.shape[0] * heads * s_query.shape[1] ** 2), 1.0), "
+             "dtype=torch.float64, device=dev)).float()",
+             (f"{GPU}::test_a_training_step_makes_no_host_device_sync[tinybert_intermediate]",)),
+    Mutation("fp16_clip_norm_host_zero", "a parameter set without gradient (LAD's first gate) is clipped: its host "
+             "zero norm is copied to the device every fp16 step", "fine_tune/engine/trainer.py",
+             "                    if any(p.grad is not None for p in m.parameters()):\n", "                    if True:\n",
+             (f"{GPU}::test_a_training_step_makes_no_host_device_sync[lad_fp16]",)),
+    Mutation("skipped_step_reads_the_scale", "a skipped fp16 step reads the loss scale back (a second sync)",
+             "fine_tune/engine/trainer.py",
+             "        scale = self._loss_scale * self.scaler.get_backoff_factor()",
+             "        scale = self.scaler.get_scale()",
+             (f"{GPU}::test_a_training_step_makes_no_host_device_sync[lad_fp16]",)),
+    Mutation("batch_copied_blocking", "a CPU run copies its batches to the device as blocking copies (not what a "
+             "CUDA run passes)", "fine_tune/engine/device.py",
+             '    return target.type == "cuda" or source.type == target.type == "cpu"', '    return target.type == "cuda"',
+             (f"{GPU}::test_a_training_step_makes_no_host_device_sync[fine_tune]",)),
+    Mutation("counter_blind_to_h2d_moves", "the sync counter does not count a host tensor moved to the device with a "
+             "blocking .to()", "fine_tune/engine/syncs.py",
+             "            if to_device and self.on_host(source):\n", "            if False:\n",
+             ("tests/test_syncs.py::test_the_counter_counts_the_calls_that_make_the_host_wait",)),
+    Mutation("counter_blind_to_device_factories", "the sync counter does not count torch.tensor(data, device=dev)",
+             "fine_tune/engine/syncs.py", "        if to_device and (self.on_host(data)",
+             "        if False and (self.on_host(data)",
+             ("tests/test_syncs.py::test_the_counter_counts_the_calls_that_make_the_host_wait",)),
+    Mutation("counter_forgets_host_born", "on a CPU run the sync counter does not keep host and device apart "
+             "(every CPU tensor taken for a host one)", "fine_tune/engine/syncs.py",
+             "        self.emulated = self.device.type == \"cpu\"", "        self.emulated = False",
+             ("tests/test_syncs.py::test_the_counter_counts_the_calls_that_make_the_host_wait",)),
 ]
 
 

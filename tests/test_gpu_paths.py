@@ -235,43 +235,60 @@ def test_a_collapsing_loss_scale_stops_the_run_and_says_so(tmp_path, scaler_on_c
 # ------------------------------------------------------------------ 4. no host-device sync in a training step
 
 
-@pytest.mark.parametrize("kind", ["fine_tune", "lad", "pkd", "lad_dynamic"])
+@pytest.mark.parametrize("kind", ["fine_tune", "lad", "pkd", "lad_dynamic", "tinybert_intermediate",
+                                  "tinybert_prediction", "minilm", "lad_fp16"])
 def test_a_training_step_makes_no_host_device_sync(kind, tmp_path, tiny_bert, data_root):
     """The default training path of each method, counted by fine_tune.engine.syncs.SyncCounter (tensor-to-Python
-    conversions, bool() of a tensor, nonzero, torch.equal, ...) outside the logging and checkpoint steps."""
+    conversions, bool() of a tensor, nonzero, torch.equal, blocking host-device copies, ...) outside the logging
+    and checkpoint steps: none in fp32; under fp16 the one skip decision per step."""
     from transformers import AutoTokenizer
 
     from fine_tune.batching import Collator, tokenize
     from fine_tune.engine.syncs import count_training_syncs
+    from fine_tune.methods import MiniLM, TinyBERT
     from fine_tune.models.padding_free import training_forwards
     from fine_tune.tasks import get_task
 
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     features = tokenize(tok, get_task("qqp").load(data_root, "train", 32), S)
-    padding = "max_length" if kind in ("lad", "pkd") else "dynamic"
+    padding = "dynamic" if kind in ("fine_tune", "lad_dynamic") else "max_length"
     teacher = None if kind == "fine_tune" else bert(4, seed=3)
     gates = OptimiserSettings(lr=1e-3, total_step=4, warmup_step=1, no_decay=GATE_NO_DECAY, clip_per_module=True)
+    projection = OptimiserSettings(lr=1e-3, total_step=4, warmup_step=1)
+    heads = dict(student_heads=2, teacher_heads=2, student_width=D, teacher_width=D)
     method = {"fine_tune": lambda: HardLabel(),
               "pkd": lambda: PKD(2, 4, 0.5, 0.5, 1.0, 1.0, padding=padding),
               "lad": lambda: LAD(2, 4, 0.5, 0.5, 1.0, 1.0, d_model=D, seq_len=S, gate_optimiser=gates, padding=padding),
-              "lad_dynamic": lambda: LAD(2, 4, 0.5, 0.5, 1.0, 1.0, d_model=D, seq_len=S, gate_optimiser=gates,
-                                         padding=padding)}[kind]()
+              "tinybert_intermediate": lambda: TinyBERT(2, 4, 0.0, 1.0, 1.0, 1.0, padding=padding,
+                                                        projection_optimiser=projection, **heads),
+              "tinybert_prediction": lambda: TinyBERT(2, 4, 0.0, 1.0, 1.0, 1.0, stage="prediction", padding=padding,
+                                                      **heads),
+              "minilm": lambda: MiniLM(2, 4, 0.5, 0.5, 1.0, 1.0, padding=padding, **heads)}.get(
+        kind, lambda: LAD(2, 4, 0.5, 0.5, 1.0, 1.0, d_model=D, seq_len=S, gate_optimiser=gates, padding=padding))()
     method.create_parameters(None)
     student = bert(2, dropout=0.1)
-    forwards = training_forwards(student, teacher, enabled=True, ignores_padding=method.ignores_padding)
-    assert forwards.takes_layout and forwards.kind == ("grid" if padding == "max_length" else "packed")
+    forwards = training_forwards(student, teacher, enabled=True, ignores_padding=method.ignores_padding,
+                                 record_attention=method.reads_attention)
+    assert forwards.takes_layout and forwards.kind == ("packed" if method.ignores_padding else "grid")
     collator = Collator(features, tok.pad_token_id, S, padding, layout=forwards.layout)
     trainer = trainer_for(tmp_path, kind, method, 4, log_step=2, ckpt_step=4, teacher=teacher, collator=collator,
                           rows=len(features), student=student, student_forward=forwards.student,
-                          teacher_forward=forwards.teacher)
+                          teacher_forward=forwards.teacher, precision=FP16 if kind.endswith("fp16") else None)
+    if kind.endswith("fp16"):  # the skip decision (with the loss scale), one read per step, skipped steps included
+        trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 40, backoff_factor=2.0 ** -30)  # 1st skipped
+        counter = count_training_syncs(trainer)
+        assert dict(counter.by_op) == {"tolist": 4}, dict(counter.by_site)
+        assert trainer.scaler.get_scale() == 2.0 ** 10  # one step skipped, then three applied
+        return
     counter = count_training_syncs(trainer)
     assert counter.total == 0, dict(counter.by_site)
     # the counter does see syncs: the padding-free forward without a layout reads the lengths back
     from fine_tune.engine.syncs import SyncCounter
+    from fine_tune.engine.trainer import to_device
 
     with SyncCounter() as c:
-        forwards.student(**{k: v for k, v in collator(np.arange(4)).items() if k != "model_kwargs" and k != "index"
-                            and k != "labels"})
+        batch = to_device(collator(np.arange(4)), torch.device("cpu"))
+        forwards.student(**{k: v for k, v in batch.items() if k != "model_kwargs" and k != "index" and k != "labels"})
     assert c.total > 0
 
 

@@ -68,6 +68,15 @@ def same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index or 0) == (b.index or 0)
 
 
+def non_blocking(source: torch.device, target: torch.device) -> bool:
+    """Whether a copy from ``source`` to ``target`` may leave the host running (``.to(target, non_blocking=...)``):
+    onto a CUDA device (queued from the collator's page-locked batch; staged by the driver from pageable memory,
+    without waiting for the device), or from the CPU to the CPU, which copies nothing, so a CPU run passes what a
+    CUDA run does (fine_tune/engine/syncs.py counts blocking copies). A copy to the host from a device blocks:
+    the host reads it next."""
+    return target.type == "cuda" or source.type == target.type == "cpu"
+
+
 def resolve_placement(device_id: int | None, flag_name: str, student_device: torch.device,
                       student_id: int | None = None, quiet: bool = False) -> torch.device:
     """Where ``--tdevice_id`` / ``--gate_device_id`` put the teacher / the gates (default: the student's device).

@@ -32,7 +32,7 @@ from .allocator import tune_malloc_for_training
 from . import distributed
 from .checkpoint import (load_checkpoint_into, load_resume_state, prune_checkpoints, rng_state, save_model_checkpoint,
                          save_resume_state, set_rng_state)
-from .device import Precision, same_device
+from .device import Precision, non_blocking, same_device
 from .evaluation import EARLY_STOP_FILE, EvalHistory, Evaluator
 from .optim import OptimiserSettings, build_adamw, lr_schedule
 from .protocol import ModelOutputs, TrainingMethod
@@ -78,9 +78,10 @@ def computed_by_host(device: torch.device) -> bool:
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    """The batch's tensors on ``device`` (without blocking the host on CUDA); other entries as they are."""
-    nb = device.type == "cuda"
-    return {k: v.to(device, non_blocking=nb) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """The batch's tensors on ``device`` (without blocking the host: engine/device.non_blocking); other entries as
+    they are."""
+    return {k: v.to(device, non_blocking=non_blocking(v.device, device)) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
 
 
 class Trainer:
@@ -239,8 +240,11 @@ class Trainer:
         for part in self.parts:
             self.scaler.unscale_(part.optimizer)
             if part.settings.clip_per_module:
+                # a set without gradient (LAD's first gate) has nothing to clip, and clip_grad_norm_'s zero norm
+                # for it is a host tensor that fp16's finiteness check below would copy to the device, blocking
                 for m in part.modules:
-                    norms.append(torch.nn.utils.clip_grad_norm_(m.parameters(), part.settings.max_norm))
+                    if any(p.grad is not None for p in m.parameters()):
+                        norms.append(torch.nn.utils.clip_grad_norm_(m.parameters(), part.settings.max_norm))
             else:
                 norm = torch.nn.utils.clip_grad_norm_(part.params, part.settings.max_norm)
                 norms.append(norm)
@@ -249,7 +253,9 @@ class Trainer:
         skipped = False
         if self.scaler.is_enabled():
             finite = torch.stack([n.float().to(self.device) for n in norms]).isfinite().all()
-            skipped = not bool(finite)
+            # the step's one host sync: the decision, with the loss scale a skipped step's collapse check reads
+            ok, self._loss_scale = torch.stack([finite.float(), self.scaler._get_scale_async().float()]).tolist()
+            skipped = not ok
         if not skipped:
             for part in self.parts:
                 part.optimizer.step()
@@ -437,7 +443,7 @@ class Trainer:
         """Book a step skipped for overflowing fp16 gradients; stop the run when the loss scale has collapsed."""
         self.window_skipped += 1
         self._consecutive_skipped += 1
-        scale = self.scaler.get_scale()  # a host sync on skipped steps only
+        scale = self._loss_scale * self.scaler.get_backoff_factor()  # as GradScaler.update() left it: halved
         if scale < self.MIN_LOSS_SCALE:
             raise UserError(f"fp16 loss scale collapsed to {scale:g} at step {self.step} of {self.exp.name} "
                             f"({self._consecutive_skipped} consecutive steps skipped: the gradients overflow fp16 even "

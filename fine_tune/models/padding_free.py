@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from .checkpointing import checkpointed, enable_hf_checkpointing
 from ..engine.protocol import EVERY_LAYER, PLAIN_RECORD, LayerRecord
+from ..engine.device import non_blocking
 from .dropout import dropout
 from .families import FAMILIES
 
@@ -193,8 +194,7 @@ class Packing:
         return pk
 
     def _copy(self, layout: PackedLayout, device: torch.device, attention_mask: torch.Tensor) -> None:
-        nb = device.type == "cuda"
-        move = (lambda t: None if t is None else t.to(device, non_blocking=nb))
+        move = (lambda t: None if t is None else t.to(device, non_blocking=non_blocking(t.device, device)))
         self.shape_ref = attention_mask  # [B, S]: pad() takes the batch's shape from a tensor (symbolic when compiled)
         self.index, self.pad_index = move(layout.index), move(layout.pad_index)
         self.positions, self.first = move(layout.positions), move(layout.first)
