@@ -90,8 +90,9 @@ MUTATIONS = [
              "fine_tune/models/padding_free.py", "        if layout is not None:\n", "        if False:\n",
              (f"{GPU}::test_a_training_step_makes_no_host_device_sync",)),
     Mutation("compile_planned_buckets", "a compiled run plans its attention buckets (ints TorchDynamo guards on)",
-             "fine_tune/models/padding_free.py", 'overhead=float("inf") if self.compile else None',
-             "overhead=None", (f"{GPU}::test_the_compiled_forward_compiles_a_bounded_number_of_graphs",)),
+             "fine_tune/models/padding_free.py", "self.device_type, compiled=self.compile)",
+             "self.device_type, compiled=False)",
+             (f"{GPU}::test_the_compiled_forwards_make_one_graph_each_for_every_batch",)),
     Mutation("alp_under_autocast", "ALP-KD's einsums run in the autocast dtype", "fine_tune/methods/alp.py",
              "    return torch.autocast(device_type=x.device.type, enabled=False)",
              "    return torch.autocast(device_type=x.device.type, enabled=torch.is_autocast_enabled(x.device.type))",
@@ -692,8 +693,8 @@ MUTATIONS = [
              'types = torch.zeros_like(ids)',
              ('tests/test_padding_free.py::test_forward_matches_hugging_face_on_real_tokens',)),
     Mutation('grid_layout_any_row_full', "the grid's host layout drops the key mask when any row (not every row) is full",
-             'fine_tune/models/padding_free.py', 'GridLayout(bool((lengths == width).all()))',
-             'GridLayout(bool((lengths == width).any()))',
+             'fine_tune/models/padding_free.py', 'GridLayout(bool((lengths == width).all()),',
+             'GridLayout(bool((lengths == width).any()),',
              ('tests/test_padding_free.py::test_the_training_forward_with_a_host_built_layout_equals_hugging_face',)),
     Mutation('forward_hidden_states_off_by_one', 'forward() hands the losses the embeddings as layer 1 (layers shifted by one)',
              'fine_tune/models/forward.py', 'hidden_states=states[1:] if hidden',
@@ -2017,6 +2018,27 @@ MUTATIONS = [
              "(every CPU tensor taken for a host one)", "fine_tune/engine/syncs.py",
              "        self.emulated = self.device.type == \"cpu\"", "        self.emulated = False",
              ("tests/test_syncs.py::test_the_counter_counts_the_calls_that_make_the_host_wait",)),
+    # ---- --compile: one graph for every batch (issue 31) ----------------------------------------------------
+    Mutation("compile_batch_size_specialised", "a compiled run's 1-row batch compiles a graph of its own (the batch "
+             "size traced as a backed size: 1 a constant)", "fine_tune/models/padding_free.py",
+             'mark_unbacked(t, 0, shape_id="rows")', "maybe_mark_dynamic(t, 0)",
+             (f"{GPU}::test_the_compiled_forwards_make_one_graph_each_for_every_batch",)),
+    Mutation("compile_pad_list_kept", "the compiled plan keeps its list of padding positions (empty for a batch "
+             "without padding: another graph)", "fine_tune/models/padding_free.py",
+             "pad_index = None if compiled else", "pad_index = None if False else",
+             (f"{GPU}::test_the_compiled_forwards_make_one_graph_each_for_every_batch",)),
+    Mutation("compile_grid_mask_dropped", "the compiled grid drops its key mask on a full-width batch (another "
+             "graph)", "fine_tune/models/padding_free.py", "self.all_real and not self.compiled", "self.all_real",
+             (f"{GPU}::test_the_compiled_forwards_make_one_graph_each_for_every_batch",)),
+    Mutation("compile_key_mask_a_view", "the grid's key mask is a view (TorchDynamo guards its base's batch size: "
+             "a 1-row batch recompiles)", "fine_tune/models/padding_free.py",
+             "key_mask = None if all_real else mask\n", "key_mask = None if all_real else mask[:, :]\n",
+             (f"{GPU}::test_the_compiled_forwards_make_one_graph_each_for_every_batch",)),
+    Mutation("compile_sizes_duck_shaped", "the compiled forward's other sizes are left duck-shaped (sizes equal in "
+             "the first batch are tied: a later batch recompiles)", "fine_tune/models/padding_free.py",
+             "from torch._dynamo.decorators import mark_unbacked, maybe_mark_dynamic\n",
+             "from torch._dynamo.decorators import mark_unbacked\n\n    def maybe_mark_dynamic(t, dim):\n"
+             "        pass\n", (f"{GPU}::test_the_compiled_forwards_make_one_graph_each_for_every_batch",)),
 ]
 
 

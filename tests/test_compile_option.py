@@ -1,7 +1,8 @@
 """--compile wires torch.compile into the training forward without changing the result (dropout 0). The test
 compiles with a counting backend (graph capture through TorchDynamo, then the captured graph runs eagerly: no
 code generation, fast) and checks that the student's forward (with dynamic shapes: one graph for every batch
-width) and the teacher's really were captured; users get inductor."""
+width, the padding-free forward's and Hugging Face's) and the teacher's really were captured; users get
+inductor. One graph for 1-row, unpadded and full-width batches too: tests/test_gpu_paths.py."""
 
 import re
 
@@ -48,6 +49,11 @@ def test_compile_trains_to_the_same_weights(run, tiny_bert, exp_root, monkeypatc
     assert a.keys() == b.keys()  # the checkpoint is the plain student's state_dict, no compile prefixes
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
+    # Hugging Face's forward (--padding_free off) compiled with dynamic shapes too: one graph for every width
+    GRAPHS.clear()
+    batch_widths.clear()
+    run("run_fine_tune.py", "--experiment", "compiled_hf", "--compile", "--padding_free", "off", *common)
+    assert len(set(batch_widths)) > 1 and len(GRAPHS) == 1, (batch_widths, len(GRAPHS))
 
 
 def test_compile_captures_the_teacher_forward_too(tmp_path, monkeypatch):

@@ -166,7 +166,7 @@ def test_buckets_of_a_batch():
     pk = Packing(batch()["attention_mask"], head_dim=8, overhead=float("inf"))
     (b,) = pk.buckets
     assert (b.rows, b.length, b.start, b.stop) == (5, 12, 0, 32)
-    assert b.key_mask.shape == (5, 1, 1, 12) and int(b.key_mask.sum()) == 32
+    assert b.key_mask.shape == (5, 12) and int(b.key_mask.sum()) == 32
     short = batch(lengths=(5, 3), seq=12)["attention_mask"]  # fixed padding to 12, longest real 5
     assert [(b.rows, b.length) for b in Packing(short, overhead=float("inf")).buckets] == [(2, 5)]
 

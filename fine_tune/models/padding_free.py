@@ -70,8 +70,8 @@ class Bucket:
     start: int
     stop: int
     index: torch.Tensor | None  # real positions in the bucket's [rows * length] grid; None: no padding in it
-    pad_index: torch.Tensor | None
-    key_mask: torch.Tensor | None  # [rows, 1, 1, length], True = attend; None: every key is real
+    pad_index: torch.Tensor | None  # the other positions; None: no padding, or the compiled plan
+    key_mask: torch.Tensor | None  # [rows, length], True = attend; None: every key is real
 
 
 def plan_buckets(lengths: list[int], head_dim: int, overhead: float) -> list[tuple[int, int]]:
@@ -121,17 +121,21 @@ class PackedLayout:
     collator knows) with NumPy: no host-device sync. Built once per batch and handed to the teacher and the
     student (:meth:`on` copies its index tensors to a model's device, once per device, without blocking).
 
-    ``overhead`` (default: :data:`BUCKET_OVERHEAD` of ``device_type``) prices a bucket; ``inf`` gives one bucket
-    (the compiled forward's plan: its shapes then depend on the batch size, the longest length and the token
-    count only, which TorchDynamo treats as dynamic sizes instead of constants to guard on)."""
+    ``overhead`` (default: :data:`BUCKET_OVERHEAD` of ``device_type``) prices a bucket; ``inf`` gives one bucket.
+    ``compiled``: the plan of the compiled forward, one graph for every batch (:func:`mark_sizes`): one bucket
+    with index and key mask even where no row is padded, and no list of padding positions (a batch without
+    padding would make it empty, a size TorchDynamo specialises): padding rows are zeroed with the rest."""
 
     def __init__(self, lengths, seq: int, head_dim: int = 64, device_type: str = "cpu",
-                 overhead: float | None = None):
+                 overhead: float | None = None, compiled: bool = False):
         lengths = np.asarray(lengths, dtype=np.int64)
         if lengths.ndim != 1 or (lengths < 1).any() or (lengths > seq).any():
             raise ValueError(f"padding-free forward: lengths must lie in 1..{seq}")
         self.batch, self.seq = len(lengths), seq
-        if overhead is None:
+        self.compiled = compiled
+        if compiled:
+            overhead = float("inf")
+        elif overhead is None:
             overhead = BUCKET_OVERHEAD.get(device_type, BUCKET_OVERHEAD["cuda"])
         order = np.argsort(-lengths, kind="stable")  # ties keep batch order
         sorted_lens = lengths[order]
@@ -139,7 +143,8 @@ class PackedLayout:
         np.cumsum(sorted_lens, out=starts[1:])
         positions = np.arange(int(starts[-1]), dtype=np.int64) - np.repeat(starts[:-1], sorted_lens)
         self.index = _host_index(np.repeat(order, sorted_lens) * seq + positions)  # [N] positions in B * S
-        self.pad_index = _host_index(np.flatnonzero(np.arange(seq)[None, :] >= lengths[:, None]))
+        self.pad_index = (None if compiled
+                          else _host_index(np.flatnonzero(np.arange(seq)[None, :] >= lengths[:, None])))
         self.positions = _host_index(positions)  # position id of each real token
         first = np.empty(self.batch, dtype=np.int64)
         first[order] = starts[:-1]  # packed row of each [CLS], in batch order
@@ -151,15 +156,17 @@ class PackedLayout:
             index = pad_index = key_mask = None
             if lens[r1 - 1] != width or overhead == float("inf"):
                 local = np.arange(width)[None, :] < sorted_lens[r0:r1, None]  # [rows, width]
-                index, pad_index = _host_index(np.flatnonzero(local)), _host_index(np.flatnonzero(~local))
-                key_mask = torch.from_numpy(local)[:, None, None, :]
+                index = _host_index(np.flatnonzero(local))
+                pad_index = None if compiled else _host_index(np.flatnonzero(~local))
+                key_mask = torch.from_numpy(local)
             self.buckets.append(Bucket(r1 - r0, width, int(starts[r0]), int(starts[r1]), index, pad_index, key_mask))
         self._placed: dict[torch.device, Packing] = {}
 
     def pin_memory(self) -> "PackedLayout":
         """Page-locked host tensors, so that :meth:`on` copies to a GPU without blocking (CUDA only)."""
         for name in ("index", "pad_index", "positions", "first"):
-            setattr(self, name, getattr(self, name).pin_memory())
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).pin_memory())
         self.buckets = [Bucket(b.rows, b.length, b.start, b.stop,
                                *(None if t is None else t.pin_memory() for t in (b.index, b.pad_index, b.key_mask)))
                         for b in self.buckets]
@@ -207,7 +214,8 @@ class Packing:
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """[N, ...] -> [B, S, ...] with zeros at padding positions (differentiable)."""
-        return _Pad.apply(x, self.index, self.pad_index).view(*self.shape_ref.shape, *x.shape[1:])
+        batch, seq = self.shape_ref.shape
+        return _Pad.apply(x, self.index, self.pad_index, batch * seq).view(batch, seq, *x.shape[1:])
 
     def attention(self, qkv: torch.Tensor, heads: int, scale: float, dropout_p: float,
                   record: list | None = None, head_major: bool = False) -> torch.Tensor:
@@ -228,9 +236,9 @@ class Packing:
         parts = qkv.split([b.stop - b.start for b in self.buckets]) if len(self.buckets) > 1 else (qkv,)
         out = []
         for b, part in zip(self.buckets, parts):
-            rows, length = (b.key_mask.shape[0], b.key_mask.shape[-1]) if b.key_mask is not None else (b.rows, b.length)
+            rows, length = b.key_mask.shape if b.key_mask is not None else (b.rows, b.length)
             if b.index is not None:
-                part = _Pad.apply(part, b.index, b.pad_index)
+                part = _Pad.apply(part, b.index, b.pad_index, rows * length)
             if grid and (record is not None or head_major):  # one head-major copy, read by the attention and the losses
                 q, k, v = part.view(rows, length, 3, heads, d // heads).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
                 if record is not None:
@@ -238,24 +246,25 @@ class Packing:
             else:
                 q, k, v = (t.reshape(rows, length, heads, d // heads).transpose(1, 2)
                            for t in part.view(rows, length, 3 * d).chunk(3, dim=-1))
-            ctx = _attention(q, k, v, b.key_mask, scale, dropout_p)
+            ctx = _attention(q, k, v, None if b.key_mask is None else b.key_mask[:, None, None, :], scale, dropout_p)
             ctx = ctx.transpose(1, 2).reshape(rows * length, d)
             out.append(_Pack.apply(ctx, b.index, b.pad_index) if b.index is not None else ctx)
         return torch.cat(out) if len(out) > 1 else out[0]
 
 
 class GridLayout:
-    """The host's knowledge of a batch for :class:`FullGrid`: whether every position is real (no key mask)."""
+    """The host's knowledge of a batch for :class:`FullGrid`: whether every position is real (no key mask).
+    ``compiled``: a key mask all the same (one graph for batches with and without padding)."""
 
-    def __init__(self, all_real: bool):
-        self.all_real = all_real
+    def __init__(self, all_real: bool, compiled: bool = False):
+        self.all_real, self.compiled = all_real, compiled
 
     def pin_memory(self) -> "GridLayout":
         return self
 
     @torch.compiler.disable
     def on(self, attention_mask: torch.Tensor) -> "FullGrid":
-        return FullGrid(attention_mask, self.all_real)
+        return FullGrid(attention_mask, self.all_real and not self.compiled)
 
 
 class FullGrid(Packing):
@@ -274,7 +283,7 @@ class FullGrid(Packing):
         self.first = torch.arange(batch, device=device) * seq
         if all_real is None:
             all_real = bool(mask.all())
-        key_mask = None if all_real else mask[:, None, None, :]
+        key_mask = None if all_real else mask
         self.buckets = [Bucket(batch, seq, 0, batch * seq, None, None, key_mask)]
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
@@ -303,33 +312,61 @@ class _Pack(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, index, pad_index):
         ctx.save_for_backward(index, pad_index)
+        ctx.rows = x.shape[0]
         return x.index_select(0, index)
 
     @staticmethod
     def backward(ctx, grad):
         index, pad_index = ctx.saved_tensors
-        return _scatter_rows(grad, index, pad_index), None, None
+        return _scatter_rows(grad, index, pad_index, ctx.rows), None, None
 
 
 class _Pad(torch.autograd.Function):
     """x copied into rows ``index`` of a zero tensor with ``rows`` rows; backward: the same rows of the grad."""
 
     @staticmethod
-    def forward(ctx, x, index, pad_index):
-        ctx.save_for_backward(index, pad_index)
-        return _scatter_rows(x, index, pad_index)
+    def forward(ctx, x, index, pad_index, rows):
+        ctx.save_for_backward(index)
+        return _scatter_rows(x, index, pad_index, rows)
 
     @staticmethod
     def backward(ctx, grad):
-        index, _ = ctx.saved_tensors
-        return grad.index_select(0, index), None, None
+        (index,) = ctx.saved_tensors
+        return grad.index_select(0, index), None, None, None
 
 
-def _scatter_rows(x: torch.Tensor, index: torch.Tensor, pad_index: torch.Tensor) -> torch.Tensor:
-    """[N, ...] into rows ``index`` of a new [N + P, ...] tensor whose rows ``pad_index`` are zero (only those
-    rows are filled: cheaper than zeroing everything first)."""
-    out = x.new_empty(len(index) + len(pad_index), *x.shape[1:]).index_copy_(0, index, x)
+def _scatter_rows(x: torch.Tensor, index: torch.Tensor, pad_index: torch.Tensor | None, rows) -> torch.Tensor:
+    """[N, ...] into rows ``index`` of a new [rows, ...] tensor whose other rows (``pad_index``) are zero: only
+    those rows are filled, cheaper than zeroing everything first; without ``pad_index`` (the compiled plan)
+    everything is zeroed first."""
+    if pad_index is None:
+        return x.new_zeros(rows, *x.shape[1:]).index_copy_(0, index, x)
+    out = x.new_empty(rows, *x.shape[1:]).index_copy_(0, index, x)
     return out.index_fill_(0, pad_index, 0) if len(pad_index) else out
+
+
+@torch.compiler.disable
+def mark_sizes(pk: Packing, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> None:
+    """Tell TorchDynamo how the compiled forward's inputs vary, so that one graph serves every batch of a run.
+    By default it traces a size of 0 or 1 as a constant, and two sizes that happen to be equal in the first
+    batch as one symbol: each a guard that a later batch fails (another graph). Here the batch size (1 for an
+    epoch's tail or a one-row share under torchrun) is one unbacked size shared by every tensor that has it
+    (``mark_unbacked``: never specialised, nothing guarded on it), and every other size (width, token count,
+    bucket width: at least 2 for rows of two tokens or more, as every tokenized row is) a dynamic size of its own
+    (``maybe_mark_dynamic``: no equality by coincidence). The compiled layouts hold no tensor whose size may be
+    0 (no list of padding positions) and always a key mask."""
+    from torch._dynamo.decorators import mark_unbacked, maybe_mark_dynamic
+
+    (b,) = pk.buckets
+    for t in (input_ids, token_type_ids, pk.shape_ref, pk.first, b.key_mask):
+        if t is not None:
+            mark_unbacked(t, 0, shape_id="rows")
+    for t in (input_ids, token_type_ids, pk.shape_ref, b.key_mask):
+        if t is not None:
+            maybe_mark_dynamic(t, 1)
+    for t in (pk.index, pk.positions, b.index):
+        if t is not None:
+            maybe_mark_dynamic(t, 0)
 
 
 @dataclass
@@ -391,19 +428,30 @@ class PaddingFree(torch.nn.Module):
     def config(self):
         return self.model.config
 
+    @torch.compiler.disable(recursive=False)
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, output_hidden_states: bool = False,
                 return_dict: bool = True, layout: PackedLayout | GridLayout | None = None) -> PaddingFreeOutput:
         """``layout``: the batch's packing built on the host (:meth:`TrainingForwards.layout`); without it the
-        packing is read from ``attention_mask`` (host-device syncs)."""
+        packing is read from ``attention_mask`` (host-device syncs).
+
+        Under torch.compile this method runs eagerly (it places the packing on the device and, with a compiled
+        layout, marks its sizes: :func:`mark_sizes`) and :meth:`encode` is the compiled frame."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         cfg = self.model.config
         if layout is not None:
             pk = layout.on(attention_mask)
+            if layout.compiled:
+                mark_sizes(pk, input_ids, token_type_ids)
         else:
             pk = (Packing(attention_mask, head_dim=cfg.hidden_size // cfg.num_attention_heads) if self.packed
                   else FullGrid(attention_mask))
+        return self.encode(input_ids, token_type_ids, pk, output_hidden_states)
+
+    def encode(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, pk: Packing,
+               output_hidden_states: bool) -> PaddingFreeOutput:
+        """The forward on a batch whose packing ``pk`` is on the model's device."""
         bert = self.model.bert
         x = _embeddings(bert.embeddings, input_ids, token_type_ids, pk)
         rec = self.record
@@ -452,12 +500,11 @@ class TrainingForwards:
         return self.kind != "hugging_face" and (self.teacher is None or isinstance(self.teacher, PaddingFree))
 
     def layout(self, lengths: np.ndarray, width: int) -> PackedLayout | GridLayout:
-        """The packing of a batch of rows with these ``lengths`` padded to ``width``. Compiled runs get one
-        attention bucket (shapes TorchDynamo treats as dynamic sizes)."""
+        """The packing of a batch of rows with these ``lengths`` padded to ``width``. Compiled runs get the
+        compiled plan (one graph for every batch: :func:`mark_sizes`)."""
         if self.kind == "grid":
-            return GridLayout(bool((lengths == width).all()))
-        return PackedLayout(lengths, width, self.head_dim, self.device_type,
-                            overhead=float("inf") if self.compile else None)
+            return GridLayout(bool((lengths == width).all()), compiled=self.compile)
+        return PackedLayout(lengths, width, self.head_dim, self.device_type, compiled=self.compile)
 
 
 def training_forwards(student: torch.nn.Module, teacher: torch.nn.Module | None, *, enabled: bool,
