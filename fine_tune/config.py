@@ -24,7 +24,8 @@ ADDED_FIELDS: dict[str, Any] = {"init_embeddings": False, "group_by_length": Fal
                                 "compile": False, "student_ptrain_ver": None, "teacher_hf": None,
                                 "teacher_label_map": None, "teacher_label_order": None,
                                 "early_stop_patience": None, "eval_dataset": None, "eval_step": None,
-                                "eval_batch_size": 128, "deterministic": False, "gradient_checkpointing": False}
+                                "eval_batch_size": 128, "deterministic": False, "gradient_checkpointing": False,
+                                "ddp_timeout": 1800}  # a runtime field too: never a different config
 
 
 def as_before(old: dict[str, Any] | None, record: dict[str, Any]) -> dict[str, Any]:

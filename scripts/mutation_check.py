@@ -1845,6 +1845,10 @@ MUTATIONS = [
     Mutation("ddp_timeout_not_checked", "--ddp_timeout 0 is accepted (a group that fails its first collective)",
              "fine_tune/settings.py", '        _positive(self, "ddp_timeout")\n', "        pass\n",
              ("tests/test_bad_inputs.py::test_bad_input_is_refused_in_one_line_writing_nothing[ddp_timeout_not_positive]",)),
+    Mutation("ddp_timeout_added_to_old_configs", "an experiment started before --ddp_timeout existed gains the field "
+             "in its config.json when it resumes", "fine_tune/config.py",
+             '\n                                "ddp_timeout": 1800}', "}",
+             ("tests/test_legacy_resume.py::test_old_run_resumes_bit_identically[fine_tune]",)),
     Mutation("deterministic_not_applied", "--deterministic reaches no kernel", "fine_tune/plan/types.py",
              "with deterministic_algorithms(self.deterministic):", "with deterministic_algorithms(False):",
              ("tests/test_resume.py::test_killed_and_resumed_is_bit_identical[fine_tune]",)),
