@@ -37,6 +37,7 @@ output is in ``OUT/logs``. Exit status 0 when every check passed or was skipped,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import itertools
@@ -116,27 +117,23 @@ def counted_train(trainer, resume_step, real_train) -> dict:
     SyncCounter."""
     import torch
 
-    from fine_tune.engine.syncs import SyncCounter
+    from fine_tune.engine.syncs import SyncCounter, leave_out_reads_on_purpose
 
-    counter, cuda = SyncCounter(), trainer.device.type == "cuda"
+    counter, cuda = SyncCounter(trainer.device), trainer.device.type == "cuda"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         left_out = [0]
 
-        def pause(name):
-            method = getattr(trainer, name)
+        @contextlib.contextmanager
+        def region():  # SyncCounter paused, and CUDA's warnings there booked as left out
+            before = sync_warnings(caught)
+            with counter.paused():
+                try:
+                    yield
+                finally:
+                    left_out[0] += sync_warnings(caught) - before
 
-            def paused(*a, **k):
-                before = sync_warnings(caught)
-                with counter.paused():
-                    try:
-                        return method(*a, **k)
-                    finally:
-                        left_out[0] += sync_warnings(caught) - before
-            setattr(trainer, name, paused)
-
-        for name in ("_log", "_check_finite", "save", "_evaluate"):
-            pause(name)
+        leave_out_reads_on_purpose(trainer, region)
         marks = [(0, 0)]  # (CUDA's, SyncCounter's) counts at the end of each optimizer step
         step = trainer._optimizer_step
 

@@ -48,6 +48,7 @@ import sys
 import weakref
 from collections import Counter
 from contextlib import contextmanager
+from typing import Callable, ContextManager
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -318,17 +319,27 @@ class SyncCounter:
             torch.from_numpy, self._from_numpy = self._from_numpy, None
 
 
-def count_training_syncs(trainer) -> SyncCounter:
-    """Run ``trainer.train()`` counting the syncs of its training steps on ``trainer.device``; its logging,
-    finiteness check and checkpoints (the steps that read values on purpose) are left out."""
-    counter = SyncCounter(trainer.device)
-    for name in ("_log", "_check_finite", "save"):
+# the Trainer's steps that read values on purpose: logging, the finiteness check, evaluation, checkpoints
+READS_ON_PURPOSE = ("_log", "_check_finite", "_evaluate", "save")
+
+
+def leave_out_reads_on_purpose(trainer, region: Callable[[], ContextManager]) -> None:
+    """Run each of ``trainer``'s :data:`READS_ON_PURPOSE` steps inside ``region()`` (a counter's ``paused``, or
+    a region that also books what CUDA's own sync report saw there: scripts/gpu_check.py)."""
+    for name in READS_ON_PURPOSE:
         method = getattr(trainer, name)
 
-        def paused(*a, _method=method, **k):
-            with counter.paused():
+        def left_out(*a, _method=method, **k):
+            with region():
                 return _method(*a, **k)
-        setattr(trainer, name, paused)
+        setattr(trainer, name, left_out)
+
+
+def count_training_syncs(trainer) -> SyncCounter:
+    """Run ``trainer.train()`` counting the syncs of its training steps on ``trainer.device``; its logging,
+    finiteness check, evaluation and checkpoints (the steps that read values on purpose) are left out."""
+    counter = SyncCounter(trainer.device)
+    leave_out_reads_on_purpose(trainer, counter.paused)
     with counter:
         trainer.train()
     return counter
