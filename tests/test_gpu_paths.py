@@ -6,8 +6,6 @@ losses only is in test_distributed.py."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
