@@ -73,8 +73,8 @@ MUTATIONS = [
              "    index = device_id\n", (f"{GPU}::test_teacher_and_gate_devices_are_relative_to_each_rank_under_torchrun",)),
     Mutation("logged_parts_stay_on_their_device", "a logged part from the gates' device meets a resumed window on the "
              "student's", "fine_tune/engine/trainer.py",
-             "                    else v.detach().to(self.device, non_blocking=nb)) for k, v in parts.items()}",
-             "                    else v.detach()) for k, v in parts.items()}",
+             "if weight != 1.0 else v.detach().to(self.device, non_blocking=non_blocking(v.device, self.device)))",
+             "if weight != 1.0 else v.detach())",
              (f"{GPU}::test_a_resumed_window_meets_parts_logged_on_another_device",)),
     Mutation("fp16_skip_not_joint", "an fp16 step whose gradients overflow is applied (schedules advance, weights "
              "move)", "fine_tune/engine/trainer.py", "            skipped = not ok\n",
@@ -141,9 +141,9 @@ MUTATIONS = [
              "self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()",
              "self.scaler.scale(loss).backward()", (DIST_FT,)),
     Mutation("ddp_logged_weight", "DDP logs the unweighted per-shard losses", "fine_tune/engine/trainer.py",
-             "(v.detach().to(self.device, non_blocking=nb) * weight if weight != 1.0\n"
-             "                    else v.detach().to(self.device, non_blocking=nb))",
-             "v.detach().to(self.device, non_blocking=nb)", (DIST_FT,)),
+             "* weight\n                    if weight != 1.0 else v.detach().to(self.device, "
+             "non_blocking=non_blocking(v.device, self.device)))",
+             ")", (DIST_FT,)),
     Mutation("ddp_logged_rank_mean", "DDP logs rank 0's losses instead of the mean over ranks",
              "fine_tune/engine/trainer.py", "            distributed.all_reduce_mean_([stacked])\n", "            pass\n",
              (DIST_FT,)),
@@ -1928,7 +1928,7 @@ MUTATIONS = [
              "the host", "fine_tune/engine/trainer.py", "teacher_batch = to_device(host, self.teacher_device)",
              "teacher_batch = to_device(batch, self.teacher_device)", (OVERLAP,)),
     Mutation("overlap_logits_cross_blocking", "the teacher's logits cross blocking the host",
-             "fine_tune/engine/trainer.py", "non_blocking=not computed_by_host(self.device))\n",
+             "fine_tune/engine/trainer.py", "non_blocking=non_blocking(self.teacher_device, self.device))\n",
              "non_blocking=False)\n", (OVERLAP,)),
     Mutation("overlap_crossed_outputs_lose_attention", "a teacher on another device hands the method no attention "
              "inputs (TinyBERT, MiniLM crash)", "fine_tune/engine/trainer.py",

@@ -72,8 +72,8 @@ class _Optimised:
 
 
 def computed_by_host(device: torch.device) -> bool:
-    """Whether work on ``device`` runs on the host as it is called (the CPU), rather than queued to run later (a GPU);
-    a copy to such a device may not be ``non_blocking`` (the host could read it before it lands)."""
+    """Whether work on ``device`` runs on the host as it is called (the CPU), rather than queued to run later (a GPU):
+    which of two forwards on different devices to call first so that they overlap (copies: engine/device.non_blocking)."""
     return device.type == "cpu"
 
 
@@ -189,9 +189,9 @@ class Trainer:
         # every logged part on the student's device (the one place they are moved: a gate statistic comes from the
         # gates' device, the window sums restored by a resume live here); they carry the shard's weight too, so
         # their mean over ranks (Trainer._log) is the mean over the whole micro-batch, as one process logs it
-        nb = self.device.type == "cuda"
-        return {k: (v.detach().to(self.device, non_blocking=nb) * weight if weight != 1.0
-                    else v.detach().to(self.device, non_blocking=nb)) for k, v in parts.items()}
+        return {k: (v.detach().to(self.device, non_blocking=non_blocking(v.device, self.device)) * weight
+                    if weight != 1.0 else v.detach().to(self.device, non_blocking=non_blocking(v.device, self.device)))
+                for k, v in parts.items()}
 
     def _forwards(self, host: dict, batch: dict) -> tuple[ModelOutputs | None, ModelOutputs]:
         """The teacher's outputs (None when the method reads no teacher) and the student's, for the collated batch
@@ -217,7 +217,7 @@ class Trainer:
         else:
             teacher_out = self._teacher_forward(teacher_batch)
             student_out = self.forward(self.model, batch, hidden)
-        logits = teacher_out.logits.to(self.device, non_blocking=not computed_by_host(self.device))
+        logits = teacher_out.logits.to(self.device, non_blocking=non_blocking(self.teacher_device, self.device))
         return replace(teacher_out, logits=logits), student_out
 
     def _teacher_forward(self, batch: dict) -> ModelOutputs:
