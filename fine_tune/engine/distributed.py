@@ -135,9 +135,19 @@ def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
     w = world()
     if not w.enabled or not tensors:
         return
-    flat = torch.cat([t.reshape(-1).float() for t in tensors])
+    flat = _flattened(tensors)
     tdist.all_reduce(flat)
     flat /= w.size
+    _unflatten_into_(flat, tensors)
+
+
+def _flattened(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One fp32 buffer of ``tensors``' elements, in order (what one all-reduce takes)."""
+    return torch.cat([t.reshape(-1).float() for t in tensors])
+
+
+def _unflatten_into_(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
+    """Copy :func:`_flattened`'s buffer back into ``tensors``, each in its own shape and dtype."""
     offset = 0
     for t in tensors:
         n = t.numel()
@@ -211,7 +221,7 @@ class BucketedGradientAverage:
 
     def _launch(self, params: list[torch.nn.Parameter]) -> None:
         grads = [p.grad for p in params if p.grad is not None]
-        flat = torch.cat([g.reshape(-1).float() for g in grads]) if grads else None
+        flat = _flattened(grads) if grads else None
         self.launched.append((tdist.all_reduce(flat, async_op=True) if flat is not None else None, flat, grads))
 
     def finish(self) -> None:
@@ -226,10 +236,7 @@ class BucketedGradientAverage:
                 continue
             work.wait()
             flat /= self.size
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset:offset + g.numel()].view_as(g).to(g.dtype))
-                offset += g.numel()
+            _unflatten_into_(flat, grads)
         self.armed = False
         if not self.learned:
             self.learned = True
