@@ -2012,7 +2012,7 @@ MUTATIONS = [
              (f"{GPU}::test_a_training_step_makes_no_host_device_sync[fine_tune]",)),
     Mutation("counter_blind_to_h2d_moves", "the sync counter does not count a host tensor moved to the device with a "
              "blocking .to()", "fine_tune/engine/syncs.py",
-             "            if to_device and self.on_host(source):\n", "            if False:\n",
+             "            self._crossing(self.on_host(source), not to_device)\n", "            pass\n",
              ("tests/test_syncs.py::test_the_counter_counts_the_calls_that_make_the_host_wait",)),
     Mutation("counter_blind_to_device_factories", "the sync counter does not count torch.tensor(data, device=dev)",
              "fine_tune/engine/syncs.py", "        if to_device and (self.on_host(data)",

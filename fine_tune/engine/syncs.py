@@ -239,12 +239,14 @@ class SyncCounter:
         return out
 
     def _copy(self, target: torch.Tensor, source: torch.Tensor, non_blocking: bool) -> None:
-        if non_blocking or not isinstance(source, torch.Tensor):
-            return
-        src_host, dst_host = self.on_host(source), self.on_host(target)
-        if src_host and not dst_host:
+        if not non_blocking and isinstance(source, torch.Tensor):
+            self._crossing(self.on_host(source), self.on_host(target))
+
+    def _crossing(self, from_host: bool, to_host: bool) -> None:
+        """A blocking copy: counted where it crosses between host and device."""
+        if from_host and not to_host:
             self._record("h2d_copy")
-        elif dst_host and not src_host:
+        elif to_host and not from_host:
             self._record("d2h_copy")
 
     def _move(self, func, name: str, args: tuple, kwargs: dict):
@@ -269,10 +271,7 @@ class SyncCounter:
                 return out
             to_device = not self.on_host(other) if isinstance(other, torch.Tensor) else self._targets_device(device)
         if not non_blocking:
-            if to_device and self.on_host(source):
-                self._record("h2d_copy")
-            elif not to_device and not self.on_host(source):
-                self._record("d2h_copy")
+            self._crossing(self.on_host(source), not to_device)
         out = func(*args, **kwargs)
         if out is not source or to_device:  # a CPU run's .cpu() of a device tensor is that tensor: it stays put
             self._place(out, not to_device)
