@@ -6,7 +6,8 @@ not the pixels. Rendering uses matplotlib's Agg canvas without pyplot, as fine_t
 
 Pareto front: a point is on it when no other point has a better-or-equal main metric and fewer-or-equal parameters
 (more-or-equal examples/s), strictly better in one of the two. Every plotted point counts, the teacher's too (it
-is one of the models one could deploy).
+is one of the models one could deploy). Labels: points drawn at one place share one label naming them all
+(:func:`label_groups`); labels that would overlap are moved apart (:func:`place_labels`).
 
 Curves: the training loss (``{task}/{dataset}/{model}/loss``, written every ``--log_step``) and the task's main
 metric on one evaluated split (``{task}/{split}/{metric tag}``, written by run_fine_tune_eval.py at each checkpoint
@@ -39,7 +40,7 @@ def pareto_front(points: list[tuple[float, float]], lower_x: bool) -> list[bool]
 
 
 PANELS = (("params", "parameters (log scale)", "lower", "log"),
-          ("examples_per_s", "inference examples/s (evaluation)", "higher", "linear"))
+          ("examples_per_s", "PyTorch examples/s (evaluation)", "higher", "linear"))
 
 
 def pareto_data(table) -> dict:
@@ -67,14 +68,48 @@ def pareto_data(table) -> dict:
             "error_bars": "sample std over the group's seeds (n>1)", "panels": panels}
 
 
-def render_pareto(data: dict) -> bytes:
+def label_groups(points: list[dict]) -> list[tuple[list[dict], str]]:
+    """The labels of a panel: points drawn at one place (the same x and mean) share one label naming them all, in
+    the panel's order; each: (its points, its text)."""
+    at: dict[tuple, list[dict]] = {}
+    for p in points:
+        at.setdefault((p["x"], p["y_mean"]), []).append(p)
+    return [(group, ", ".join(p["group"] + (" (teacher)" if p["is_teacher"] and "teacher" not in p["group"] else "")
+                              for p in group)) for group in at.values()]
+
+
+def _overlap(a, b, pad: float) -> bool:
+    return a.x0 < b.x1 + pad and b.x0 < a.x1 + pad and a.y0 < b.y1 + pad and b.y0 < a.y1 + pad
+
+
+def place_labels(ax, labels: list, pad: float = 2.0) -> None:
+    """Move labels (annotations offset from their points) apart: in order of their point's height on screen, lowest
+    first, each label that overlaps one already placed goes up just above it, until it overlaps none. Deterministic;
+    uses the figure's renderer (Agg) for the text's extent."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for ann in sorted(labels, key=lambda a: (ax.transData.transform(a.xy)[1], ax.transData.transform(a.xy)[0])):
+        for _ in range(len(labels) + 1):
+            box = ann.get_window_extent(renderer)
+            hit = [b for b in placed if _overlap(box, b, pad)]
+            if not hit:
+                break
+            rise = max(b.y1 for b in hit) + pad - box.y0  # pixels
+            dx, dy = ann.xyann
+            ann.xyann = (dx, dy + rise * 72.0 / fig.dpi)
+        placed.append(ann.get_window_extent(renderer))
+
+
+def pareto_figure(data: dict):
+    """The Pareto plot as a matplotlib Figure (Agg canvas, no pyplot), its labels placed apart (:func:`place_labels`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(12, 5.2), dpi=100)
     FigureCanvasAgg(fig)
     ylabel = f"{data['split']} {SHORT.get(data['metric'], data['metric'])}"
-    notes = []
+    notes, labels = [], []
     for i, (key, *_rest) in enumerate(PANELS):
         panel = data["panels"][key]
         ax = fig.add_subplot(1, 2, i + 1)
@@ -83,9 +118,8 @@ def render_pareto(data: dict) -> bytes:
                 dict(marker="o", markersize=7, color="tab:blue")
             ax.errorbar([p["x"]], [p["y_mean"]], yerr=[p["y_std"]] if p["n"] > 1 else None, linestyle="none",
                         capsize=3, markeredgecolor="black" if p["on_front"] else style["color"], **style)
-            teacher = p["is_teacher"] and "teacher" not in p["group"]
-            ax.annotate(p["group"] + (" (teacher)" if teacher else ""), (p["x"], p["y_mean"]),
-                        textcoords="offset points", xytext=(5, 4), fontsize=7)
+        labels.append((ax, [ax.annotate(text, (group[0]["x"], group[0]["y_mean"]), textcoords="offset points",
+                                        xytext=(5, 4), fontsize=7) for group, text in label_groups(panel["points"])]))
         front = sorted((p for p in panel["points"] if p["on_front"]), key=lambda p: p["x"])
         if front:
             ax.step([p["x"] for p in front], [p["y_mean"] for p in front], color="gray", linestyle="--",
@@ -103,8 +137,14 @@ def render_pareto(data: dict) -> bytes:
     fig.text(0.01, 0.01, f"{data['task']}, checkpoint: {data['rule']}; star: teacher; error bars: "
              f"{data['error_bars']}. " + "; ".join(notes), fontsize=7, wrap=True)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
+    for ax, anns in labels:  # after the layout: the labels' places on screen are final
+        place_labels(ax, anns)
+    return fig
+
+
+def render_pareto(data: dict) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    pareto_figure(data).savefig(buf, format="png")
     return buf.getvalue()
 
 

@@ -14,7 +14,8 @@ marked ``(first N rows)`` (:func:`evaluated_rows_key`). A number never cites a c
 
 One source of truth: :func:`row_record` computes each row's numbers (per split and metric the mean, sample std, n
 and per-seed values, the checkpoints, sizes, throughputs, hyper-parameters and commands); the markdown cells are
-formatted from those records, and the same records are written as CSV and JSON beside the markdown. An ONNX export
+formatted from those records (the columns ``--columns`` chooses: :mod:`fine_tune.result_columns`), and the same
+records are written as CSV and JSON beside the markdown, every field whatever the markdown shows. An ONNX export
 of a row's first run (``onnx-model-<step>/export.json``) adds its ONNX Runtime examples/s. The Pareto plot and the
 learning curves (``--plot``, ``--curves``) live in :mod:`fine_tune.result_plots`.
 
@@ -45,6 +46,7 @@ from .config import RUNTIME_FIELDS, load_config
 from .errors import UserError
 from .experiment import CKPT_RE, ExperimentDir, check_name
 from .outputs import write_outputs
+from .result_columns import format_stats
 from .selection import (Rule, absent_note, eval_path, evaluated_rows_changed, on_disk, read_eval, read_predictions,
                         select_row)
 from .tasks.metrics import SHORT
@@ -183,8 +185,9 @@ def group_name(members: list[Experiment], folded: dict[str, list[str]] | None = 
 def varying_fields(experiments: list[Experiment]) -> list[str]:
     """Fields whose value differs between at least two experiments that both have the field (a field only
     one kind of run has, e.g. the student shape of a distillation next to a teacher, is left out)."""
-    keys = sorted({k for e in experiments for k in e.config} - IGNORED_FIELDS)
-    return [k for k in keys if len({repr(e.config[k]) for e in experiments if k in e.config}) > 1]
+    from .result_columns import varying
+
+    return varying([e.config for e in experiments], IGNORED_FIELDS)
 
 
 def stats(values: list[float]) -> dict:
@@ -192,15 +195,6 @@ def stats(values: list[float]) -> dict:
     n = len(values)
     return {"mean": statistics.mean(values) if n else None, "std": statistics.stdev(values) if n > 1 else None,
             "n": n, "values": list(values)}
-
-
-def format_stats(st: dict, digits: int = 4) -> str:
-    """A cell from :func:`stats`: the value (n=1), ``mean ± std (n=…)`` (n>1), ``—`` (none)."""
-    if st["n"] == 0:
-        return "—"
-    if st["n"] == 1:
-        return f"{st['values'][0]:.{digits}f}"
-    return f"{st['mean']:.{digits}f} ± {st['std']:.{digits}f} (n={st['n']})"
 
 
 def mean_std(values: list[float], digits: int = 4) -> str:
@@ -236,13 +230,6 @@ def _size(exp: ExperimentDir, step: int | None) -> tuple[int, int, int] | None:
     if not path.is_file():
         return None
     return checkpoint_params(path), path.stat().st_size, step
-
-
-def _human(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f}{unit}"
-    return str(int(n))
 
 
 def recorded_command(config: dict) -> str | None:
@@ -352,15 +339,17 @@ def row_record(members: list[Experiment], task, rule: Rule, splits: list[str], t
                       "bytes": size[1] if size else None, "teacher": teacher.name if teacher is not None else None,
                       "teacher_ckpt": tsize[2] if tsize else None, "teacher_params": tsize[0] if tsize else None,
                       "teacher_bytes": tsize[1] if tsize else None}
-    rates = []
+    rates, how = [], {}
     headline = headline_split(task, splits)
     for e in members:
         table = e.tables.get(headline) if splits else None
         if table and table.get("inference"):
             rates.append((e.name, table["inference"]["examples_per_s"], table["inference"]["device"]))
+            how = how or table["inference"]
     record["inference"] = {"split": headline,
                            "examples_per_s": statistics.median(r for _, r, _ in rates) if rates else None,
                            "device": rates[0][2] if rates else None,
+                           "precision": how.get("precision"), "batch_size": how.get("batch_size"),
                            "members": [n for n, _, _ in rates], "values": [r for _, r, _ in rates]}
     record["onnx"] = onnx_speed_record(first.exp)
     record["is_teacher"] = any(m.name in teachers for m in members)
@@ -369,44 +358,10 @@ def row_record(members: list[Experiment], task, rule: Rule, splits: list[str], t
     return record
 
 
-def markdown_cells(record: dict, splits: list[str], metrics: dict[str, list[str]], hyper: list[str],
-                   onnx: bool) -> list[str]:
-    """One markdown row, formatted from :func:`row_record`'s numbers; ``metrics``: each split's metric columns."""
-    cells = [record["group"]]
-    for s in splits:
-        split = record["splits"][s]
-        if not split["ckpt"]:
-            cells += ["—"] * (len(metrics[s]) + 1)
-            continue
-        subset = f" (first {split['subset_rows']} rows)" if split.get("subset_rows") is not None else ""
-        cells += [format_stats(split["metrics"][m]) + subset for m in metrics[s]]
-        cells.append(",".join(str(x) for x in split["ckpt"]))
-    size = record["size"]
-    if size["params"] is None:
-        cells += ["—", "—"]
-    else:
-        tp, tb = size["teacher_params"], size["teacher_bytes"]
-        ratio = f"{size['params'] / tp:.2f}×" if tp else "—"
-        cells.append(_human(size["params"]) + (f" ({_human(tp)}, {ratio})" if tp is not None else ""))
-        cells.append(f"{size['bytes'] / 2**20:.1f} MiB" + (f" ({tb / 2**20:.1f} MiB)" if tp is not None else ""))
-    inference = record["inference"]
-    cells.append(f"{inference['examples_per_s']:.0f} ({inference['device']})" if inference["values"] else "—")
-    if onnx:
-        o = record["onnx"]
-        if o is None:
-            cells += ["—", "—"]
-        else:
-            int8 = o["onnxruntime_int8"]
-            cells.append(f"{o['onnxruntime']:.0f}" + (f" (int8 {int8:.0f})" if int8 is not None else ""))
-            cells.append(f"{o['pytorch']:.0f}")
-    cells += [str(record["hyper"][k]) if record["hyper"].get(k) is not None else "—" for k in hyper]  # None: unset
-    return cells
-
-
 # the fixed columns of the CSV after the per-split ones (the varying hyper-parameters and commands follow)
 CSV_FIXED = ["size ckpt", "params", "bytes", "teacher", "teacher ckpt", "teacher params", "teacher bytes",
-             "infer examples/s", "infer device", "infer values", "onnx examples/s", "onnx int8 examples/s",
-             "torch examples/s (same run)", "onnx export", "is teacher"]
+             "infer examples/s", "infer device", "infer values", "infer precision", "infer batch size",
+             "onnx examples/s", "onnx int8 examples/s", "onnx export torch examples/s", "onnx export", "is teacher"]
 
 
 def _csv_cell(value) -> str:
@@ -424,18 +379,18 @@ class Table:
     task: str
     splits: list[str]
     rule: Rule
-    columns: list[str]
-    rows: list[list[str]]
-    hyper: list[str]
+    hyper: list[str]  # the config fields that differ between rows (the CSV's and JSON's hyper-parameters)
     records: list[dict] = field(default_factory=list)  # the numbers of each row (row_record)
     metrics: list[str] = field(default_factory=list)
     main_metric: str = "accuracy"
-    onnx: bool = False  # whether the ONNX columns are shown
     notes: list[str] = field(default_factory=list)  # runs of one seed counted once, evaluations skipped
     split_metrics: dict[str, list[str]] = field(default_factory=dict)  # each split's metric columns
     split_rules: dict[str, Rule] = field(default_factory=dict)  # the rule of each split (split_rule)
     diagnostics: list[str] = field(default_factory=list)  # the reported splits that are diagnostics
     headline: str | None = None  # the split a row is summed up by (headline_split)
+    configs: list[dict] = field(default_factory=list)  # each row's config.json (its first run's)
+    ignored: frozenset = IGNORED_FIELDS  # config fields never shown (names, provenance, devices)
+    shown: list = field(default_factory=list)  # the markdown's columns (result_columns.Column), in order
 
     def metrics_of(self, split: str) -> list[str]:
         return self.split_metrics.get(split, self.metrics)
@@ -443,22 +398,49 @@ class Table:
     def rule_of(self, split: str) -> Rule:
         return self.split_rules.get(split, self.rule)
 
+    def choose(self, spec: tuple[str, ...] | None, roots: list[Path]) -> None:
+        """Show the columns ``--columns`` names (None: the default set; fine_tune/result_columns.py); paths in the
+        cells relative to ``roots`` (the experiment root, the data root)."""
+        from . import result_columns
+
+        self.shown = result_columns.choose(self, spec, roots)
+        exported = [r["group"] for r in self.records if r["onnx"] is not None]
+        if exported and not any(c.name.startswith("onnx") for c in self.shown):
+            self.notes.append(f"ONNX exports of {', '.join(exported)}: --columns default,onnx,onnx_speedup shows "
+                              f"their ONNX Runtime examples/s")
+
+    @property
+    def columns(self) -> list[str]:
+        """The markdown's header."""
+        return [c.header for c in self.shown]
+
+    @property
+    def rows(self) -> list[list[str]]:
+        """The markdown's cells, row by row."""
+        return [list(cells) for cells in zip(*(c.cells for c in self.shown))] if self.shown else []
+
     def caption(self) -> str:
+        names = {c.name for c in self.shown}
         parts = [f"{s}: {self.rule_of(s).label(s)}" for s in self.splits]
         caption = ("Checkpoint per reported split — " + "; ".join(parts) + ". Groups of seeds: mean ± sample std "
                    "over n seeds, each seed once (of several runs of one config and seed, the newest evaluated); runs whose "
                    "evaluations cover other rows are never pooled (\"first N rows\": evaluated with --max_examples N, "
                    "a row of its own); ckpt "
-                   "lists each seed's checkpoint, never one that is not on disk. params/size: the student checkpoint "
-                   "(teacher's in brackets). infer ex/s: median rows/s of the evaluation's forward passes on the "
-                   "device named.")
+                   "lists each seed's checkpoint, never one that is not on disk. — : no value (or not a number). "
+                   "Paths: relative to the experiment root or the data root (…/: the last parts of a path outside "
+                   "both).")
+        if names & {"params", "params_ratio", "size", "teacher_params"}:
+            caption += " params, size: the row's first run's checkpoint (the one reported) and its teacher's."
+        if "speed" in names:
+            caption += (" ex/s (PyTorch, evaluation): median rows/s of run_fine_tune_eval.py's forward passes, on "
+                        "the device, precision and batch size named (in the header when every row shares them).")
         if self.diagnostics:
             caption += (f" Diagnostics ({', '.join(self.diagnostics)}): scored with their own metrics in their own "
                         f"columns, never pooled with another split's, and never choosing the checkpoint they are "
                         f"reported at.")
-        if self.onnx:
-            caption += (" onnx ex/s: ONNX Runtime fp32 rows/s of the first run's newest ONNX export (int8 in "
-                        "brackets); torch ex/s (same run): PyTorch's rows/s measured by that export.")
+        if any(n.startswith("onnx") for n in names):
+            caption += (" ONNX Runtime: rows/s of the first run's newest ONNX export (export_model.py --format onnx), "
+                        "measured by its check; ONNX Runtime ÷ PyTorch: over PyTorch's rows/s in that same check.")
         return caption
 
     def markdown(self) -> str:
@@ -476,7 +458,8 @@ class Table:
                          "per_split": {s: self.rule_of(s).label(s) for s in self.splits}},
                 "splits": self.splits, "metrics": self.metrics, "main_metric": self.main_metric,
                 "split_metrics": {s: self.metrics_of(s) for s in self.splits}, "diagnostics": self.diagnostics,
-                "hyper": self.hyper, "columns": self.columns, "rows": self.records, "notes": self.notes}
+                "hyper": self.hyper, "columns": self.columns, "column_names": [c.name for c in self.shown],
+                "rows": self.records, "notes": self.notes}
 
     def hyper_column(self, key: str) -> str:
         own = ("group", "members", "seeds", "folded runs", "commands")
@@ -509,7 +492,7 @@ class Table:
             size, inference, o = r["size"], r["inference"], r["onnx"] or {}
             line += [size["ckpt"], size["params"], size["bytes"], size["teacher"], size["teacher_ckpt"],
                      size["teacher_params"], size["teacher_bytes"], inference["examples_per_s"], inference["device"],
-                     inference["values"], o.get("onnxruntime"), o.get("onnxruntime_int8"), o.get("pytorch"),
+                     inference["values"], inference["precision"], inference["batch_size"], o.get("onnxruntime"), o.get("onnxruntime_int8"), o.get("pytorch"),
                      o.get("export"), r["is_teacher"]]
             line += [r["hyper"].get(k) for k in self.hyper]
             line.append([c["command"] for c in r["commands"]])
@@ -528,7 +511,11 @@ class Table:
         return "\n".join(lines + ["```"]) + "\n"
 
 
-def build_table(experiments: list[Experiment], t: Task, rule: Rule, splits: list[str] | None = None) -> Table:
+def build_table(experiments: list[Experiment], t: Task, rule: Rule, splits: list[str] | None = None,
+                columns: tuple[str, ...] | None = None, roots: list[Path] | None = None) -> Table:
+    """The table of ``experiments``: its rows' numbers (:func:`row_record`), the markdown showing the columns
+    ``columns`` names (None: the default set; ``("list",)``: none chosen yet), paths relative to ``roots`` (default:
+    the experiment root)."""
     if splits is None:
         splits = [s for s in t.scored if any(s in e.tables for e in experiments)]
     if rule.select_on is not None:
@@ -537,7 +524,7 @@ def build_table(experiments: list[Experiment], t: Task, rule: Rule, splits: list
     split_metrics = {s: list(t.metrics_for(s)) for s in splits}
     hyper = varying_fields(experiments)
     teachers = {d.name for e in experiments if (d := teacher_of(e)) is not None}
-    records, notes = [], []
+    records, notes, configs = [], [], []
     for e in experiments:
         notes += [f"{e.name}: {absent_note(s, steps)}" for s, steps in e.absent.items()]
     for members, folded in seed_groups(experiments):
@@ -548,17 +535,14 @@ def build_table(experiments: list[Experiment], t: Task, rule: Rule, splits: list
         # members of a group share every field that can vary (science_key): the first one's values are the row's
         record["hyper"] = {k: members[0].config[k] for k in hyper if k in members[0].config}
         records.append(record)
-    onnx = any(r["onnx"] is not None for r in records)
-    columns = ["ex"]
-    for s in splits:
-        for m in split_metrics[s]:
-            columns.append(f"{s} {SHORT[m]}")
-        columns.append(f"{s} ckpt")
-    columns += ["params", "size", "infer ex/s", *(["onnx ex/s", "torch ex/s (same run)"] if onnx else []), *hyper]
-    rows = [markdown_cells(r, splits, split_metrics, hyper, onnx) for r in records]
-    return Table(t.name, splits, rule, columns, rows, hyper, records, metric_cols, t.main_metric, onnx, notes,
-                 split_metrics, {s: split_rule(t, rule, s) for s in splits}, [s for s in splits if s in t.diagnostics],
-                 headline_split(t, splits))
+        configs.append(members[0].config)
+    table = Table(t.name, splits, rule, hyper, records, metric_cols, t.main_metric, notes, split_metrics,
+                  {s: split_rule(t, rule, s) for s in splits}, [s for s in splits if s in t.diagnostics],
+                  headline_split(t, splits), configs)
+    if columns != ("list",):
+        root = experiments[0].exp.root if experiments else Path(".")
+        table.choose(columns, roots if roots is not None else [Path(root).absolute()])
+    return table
 
 
 @dataclass
@@ -680,7 +664,14 @@ def run_results(plan: ResultsPlan) -> str:
                 why = evaluated_rows_changed(e.exp, evaluation, task, plan.data_root, split, digests)
                 if why:
                     raise UserError(why)
-    table = build_table(experiments, task, rule, splits)
+    roots = [r for root in (exp_root, plan.data_root) if root is not None
+             for r in dict.fromkeys((Path(root).absolute(), Path(root).resolve()))]
+    table = build_table(experiments, task, rule, splits, plan.columns, roots)
+    if plan.columns == ("list",):  # the names there are, nothing written
+        from .result_columns import listing
+
+        print(listing(table, roots), end="")
+        return ""
     text = table.markdown()
     if plan.compare:
         a, b = plan.compare

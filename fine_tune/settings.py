@@ -428,6 +428,10 @@ class ResultsFlags:
                              "vs step, from their TensorBoard logs) to draw as <out>-curves.png, its data as .json")
     overwrite: bool = flag(False, "replace existing files at the output paths that results_table.py did not write "
                                   "(or that were changed since)")
+    columns: str = flag(None, "comma-separated columns the markdown shows, in that order (default: experiment, "
+                              "method, model, teacher, each split's metrics and checkpoint, params, params_ratio, "
+                              "speed, differs; 'default' names that set); 'list' prints every name; the CSV and "
+                              "JSON keep every field")
 
     def __post_init__(self) -> None:
         _positive(self, "resamples")

@@ -66,6 +66,8 @@ OWN_SCHEMA = "tests/test_task_schema.py::test_a_definition_is_refused_in_one_lin
 OWN_FILES = "tests/test_task_schema.py::test_a_task_json_with_a_byte_order_mark_reads_and_a_folder_is_named"
 
 EV = 'tests/test_eval_during_training.py'
+TABLE_COLUMNS = "tests/test_results_data.py::test_markdown_columns_short_paths_one_missing_mark_no_pairs"  # issue 32
+PARETO_LABELS = "tests/test_results_data.py::test_pareto_labels_of_tied_and_near_points_do_not_overlap"  # issue 32
 MUTATIONS = [
     # ---- the GPU paths (issue 20), proven on a CPU: tests/test_gpu_paths.py ---------------------------------
     Mutation("placement_absolute_under_torchrun", "under torchrun --tdevice_id is an absolute index (every rank's "
@@ -859,9 +861,9 @@ MUTATIONS = [
              'split = args.compare_split or task.dev_split',
              'split = task.dev_split',
              ('tests/test_results.py::test_compare_reads_selected_checkpoints',)),
-    Mutation("varying_fields_one_sided", "a field only one kind of run has (teacher_exp) counts as a varying hyper-parameter column", "fine_tune/results.py",
-             'return [k for k in keys if len({repr(e.config[k]) for e in experiments if k in e.config}) > 1]',
-             'return [k for k in keys if len({repr(e.config.get(k)) for e in experiments}) > 1]',
+    Mutation("varying_fields_one_sided", "a field only one kind of run has (teacher_exp) counts as a varying hyper-parameter column", "fine_tune/result_columns.py",
+             'return [k for k in keys if len({repr(c[k]) for c in configs if k in c}) > 1]',
+             'return [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]',
              ('tests/test_results.py::test_table_best_on_reported_split_groups_seeds',)),
     Mutation("onnx_speed_newest_by_step", "the ONNX columns show the export of the highest step, not the newest export", "fine_tune/results.py",
              'found.sort(key=lambda f: f[:2])',
@@ -1325,8 +1327,7 @@ MUTATIONS = [
              "groups.setdefault((science_key(e.config), ()), {})",
              ("tests/test_results_truth.py::test_runs_on_other_rows_are_never_pooled",)),
     Mutation("subset_evaluation_unmarked", "a cell computed on the first rows of a split does not say so",
-             "fine_tune/results.py", 'cells += [format_stats(split["metrics"][m]) + subset for m in metrics[s]]',
-             'cells += [format_stats(split["metrics"][m]) for m in metrics[s]]',
+             "fine_tune/result_columns.py", "    return format_stats(st) + subset\n", "    return format_stats(st)\n",
              ("tests/test_results_truth.py::test_runs_on_other_rows_are_never_pooled",)),
     Mutation("digest_without_recorded_inputs", "clearing config.json's recorded inputs lets a run resume on changed "
              "data", "fine_tune/config.py", "json.dumps([fields, inputs], sort_keys=True",
@@ -2043,6 +2044,46 @@ MUTATIONS = [
              "from torch._dynamo.decorators import mark_unbacked, maybe_mark_dynamic\n",
              "from torch._dynamo.decorators import mark_unbacked\n\n    def maybe_mark_dynamic(t, dim):\n"
              "        pass\n", (f"{GPU}::test_the_compiled_forwards_make_one_graph_each_for_every_batch",)),
+    # ---- issue 32, table lane: results_table.py's markdown columns and the Pareto plot's labels -----------------
+    Mutation("columns_flag_ignored", "results_table.py --columns does not choose the markdown's columns (the default "
+             "set is shown)", "fine_tune/result_columns.py", 'for token in spec or ("default",):',
+             'for token in ("default",):', (f"{TABLE_COLUMNS}",)),
+    Mutation("markdown_absolute_paths", "the markdown shows recorded paths whole (absolute), not relative to the "
+             "experiment or data root / by their last parts", "fine_tune/result_columns.py",
+             "return paths.get(value, str(value)) if isinstance(value, str) else str(value)", "return str(value)",
+             (f"{TABLE_COLUMNS}",)),
+    Mutation("missing_shown_as_none", "an unset field shows as None in the markdown, not the one missing mark",
+             "fine_tune/result_columns.py", "    if missing(value):\n        return MISSING\n    return paths",
+             "    return paths", (f"{TABLE_COLUMNS}",)),
+    Mutation("nan_metric_shown_as_nan", "a metric that is not a number shows as nan, not the one missing mark",
+             "fine_tune/result_columns.py", 'if st["n"] == 0 or any(missing(v) for v in st["values"]):',
+             'if st["n"] == 0:', (f"{TABLE_COLUMNS}",)),
+    Mutation("duplicate_pairs_in_differs", "differs lists the fields a shown column stands for (tckpt next to "
+             "teacher_checkpoint and the teacher column)", "fine_tune/result_columns.py",
+             "keys = varying(views, set(shown) | COVERED | table.ignored)", "keys = varying(views, set(shown) | "
+             "table.ignored)", (f"{TABLE_COLUMNS}",)),
+    Mutation("kd_dataset_not_viewed", "differs shows a logits-distilled student's logits set as its dataset (the "
+             "teacher column's), not the split its logits were computed on", "fine_tune/result_columns.py",
+             '    return {**config, "dataset": split}', "    return config",
+             ("tests/test_results_data.py::test_csv_and_json_hold_the_markdown_numbers",)),
+    Mutation("column_named_twice_shown_twice", "a column --columns names twice (or default names again) is shown "
+             "twice", "fine_tune/result_columns.py", "names += [n for n in expanded if n not in names]",
+             "names += expanded", (f"{TABLE_COLUMNS}",)),
+    Mutation("second_speed_by_default", "the default markdown shows a second speed column (ONNX Runtime's) beside "
+             "the evaluation's", "fine_tune/result_columns.py", '"params_ratio", "speed", "differs")',
+             '"params_ratio", "speed", "onnx", "differs")', ("tests/test_results_data.py::test_onnx_columns",)),
+    Mutation("speed_conditions_unsaid", "the speed column's header does not say how every row's speed was measured "
+             "(device, precision, batch size)", "fine_tune/result_columns.py",
+             "shared = [k for k in keys if all(p.get(k) == measured[0][k] for p in measured)]", "shared = []",
+             ("tests/test_results_data.py::test_csv_and_json_hold_the_markdown_numbers",)),
+    Mutation("unknown_column_not_refused", "an unknown --columns name is not refused in one line",
+             "fine_tune/result_columns.py", 'elif token in cols or token == "differs":', "elif True:",
+             ("tests/test_bad_inputs.py::test_bad_input_is_refused_in_one_line_writing_nothing[results_column_unknown]",)),
+    Mutation("tied_labels_unmerged", "points drawn at one place in the Pareto plot get a label each (drawn over each "
+             "other)", "fine_tune/result_plots.py", 'at.setdefault((p["x"], p["y_mean"]), [])',
+             "at.setdefault(id(p), [])", (PARETO_LABELS,)),
+    Mutation("labels_not_placed", "the Pareto plot's labels of near points are left where they overlap",
+             "fine_tune/result_plots.py", "        place_labels(ax, anns)\n", "        pass\n", (PARETO_LABELS,)),
 ]
 
 

@@ -333,6 +333,10 @@ CASES = [
     Case("glue_ax_evaluated", "run_fine_tune_eval.py",
          ["--experiment", "teacher", "--model", "bert", "--task", "mnli", "--dataset", "ax", "--exp_root",
           "{base}/diag_exp"]),
+    # issue 32, table lane: results_table.py --columns (doc/errors.md, "Results table columns (issue 32)")
+    Case("results_column_unknown", "results_table.py",
+         ["--task", "qqp", "--exp_root", "{base}/results_exp", "--columns", "experiment,lrr"]),
+    Case("results_columns_empty", "results_table.py", ["--task", "qqp", "--exp_root", "{base}/results_exp", "--columns", ","]),
     # issue 31: DDP settings (doc/errors.md, "DDP settings (issue 31)")
     Case("ddp_timeout_not_positive", "run_fine_tune.py", [*FT, "--ddp_timeout", "0"]),
     # Memory (issue 31)

@@ -96,22 +96,24 @@ def test_table_best_on_reported_split_groups_seeds(run, table_root):
     lad = rows[LAD]
     # best val: seed 1 -> 0.70 at 10, seed 2 -> 0.75 at 20, seed 10 -> 0.66 at 20; best train: 0.90 at 20,
     # 0.95 at 20, 0.60 at 10 (in seed order, not folder order); mean ± sample std (n - 1)
-    assert lad["val acc"] == ms([0.70, 0.75, 0.66]) and lad["val ckpt"] == "10,20,20"
-    assert lad["train acc"] == ms([0.90, 0.95, 0.60]) and lad["train ckpt"] == "20,20,10"
+    assert lad["val acc"] == ms([0.70, 0.75, 0.66]) and lad["val ckpt (best)"] == "10,20,20"
+    assert lad["train acc"] == ms([0.90, 0.95, 0.60]) and lad["train ckpt (best)"] == "20,20,10"
     population = f"{statistics.mean([0.70, 0.75, 0.66]):.4f} ± {statistics.pstdev([0.70, 0.75, 0.66]):.4f} (n=3)"
     assert lad["val acc"] != population
     # ties go to the later checkpoint
-    assert rows["pkd"]["val ckpt"] == "20" and rows["pkd"]["val acc"] == "0.5500"
+    assert rows["pkd"]["val ckpt (best)"] == "20" and rows["pkd"]["val acc"] == "0.5500"
     # the fields that differ between rows having them (seed, name and device never count; teacher_exp is
     # only in one row)
-    assert header[header.index("infer ex/s") + 1:] == ["lr"]
-    assert lad["lr"] == "0.0001" and rows["pkd"]["lr"] == "5e-05"
-    # parameters and size next to the teacher's checkpoint distilled from (--tckpt 5): 100 vs 400 parameters
-    assert rows["pkd"]["params"] == "100 (400, 0.25×)"
-    assert lad["params"] == "100"
+    assert lad["differs"] == "lr=0.0001" and rows["pkd"]["differs"] == "lr=5e-05"
+    assert json.loads(out.with_suffix(".json").read_text())["hyper"] == ["lr"]
+    # parameters next to the teacher's checkpoint distilled from (--tckpt 5): 100 vs 400 parameters
+    assert (rows["pkd"]["params"], rows["pkd"]["params ÷ teacher"], rows["pkd"]["teacher"]) == (
+        "100", "0.25×", "teacher_bert_boolq/model-5.pt")
+    assert lad["params"] == "100" and lad["params ÷ teacher"] == "—"
     # the inference rate of the last reported split (val), the median over the seeds (100, 110, 400)
-    assert rows["pkd"]["infer ex/s"] == "123 (cpu)"
-    assert lad["infer ex/s"] == f"{statistics.median([100.0, 110.0, 400.0]):.0f} (cpu)" == "110 (cpu)"
+    speed = "ex/s (PyTorch, evaluation, cpu)"
+    assert header[-2:] == [speed, "differs"] and rows["pkd"][speed] == "123"
+    assert lad[speed] == f"{statistics.median([100.0, 110.0, 400.0]):.0f}" == "110"
 
 
 def test_table_select_on_and_last(run, table_root):
@@ -119,14 +121,14 @@ def test_table_select_on_and_last(run, table_root):
     _, rows = parse_table(proc.stdout)
     lad = rows[LAD]
     # checkpoints chosen on val (10 for seed 1, 20 for seeds 2 and 10) and reported on train: 0.80, 0.95, 0.50
-    assert lad["train ckpt"] == "10,20,20" and lad["train acc"] == ms([0.80, 0.95, 0.50])
+    assert lad["train ckpt (best on val)"] == "10,20,20" and lad["train acc"] == ms([0.80, 0.95, 0.50])
     assert "train: best checkpoint on val" in proc.stdout
     proc = run("results_table.py", "--task", "boolq", "--exp_root", str(table_root), "--rule", "last",
                "--splits", "val")
     header, rows = parse_table(proc.stdout)
     assert "train acc" not in header
     # the last evaluated checkpoint (20), not the best nor the first: 0.65, 0.75, 0.66
-    assert rows[LAD]["val acc"] == ms([0.65, 0.75, 0.66]) and rows[LAD]["val ckpt"] == "20,20,20"
+    assert rows[LAD]["val acc"] == ms([0.65, 0.75, 0.66]) and rows[LAD]["val ckpt (last)"] == "20,20,20"
     assert "last evaluated checkpoint" in proc.stdout
 
 
@@ -258,8 +260,8 @@ def test_main_metric_chooses_the_checkpoint_for_tables_ckpt_best_and_compare(run
     assert resolve_ckpt(exp, "last", "dev", task=get_task("cola"), model="bert", experiment="c")[0] == 40
     proc = run("results_table.py", "--task", "cola", "--exp_root", str(root), "--splits", "dev")
     header, rows = parse_table(proc.stdout)
-    assert header[:4] == ["ex", "dev MCC", "dev acc", "dev ckpt"]
-    assert (rows["c"]["dev MCC"], rows["c"]["dev acc"], rows["c"]["dev ckpt"]) == ("0.5000", "0.6000", "30")
+    assert header[:6] == ["experiment", "method", "model", "dev MCC", "dev acc", "dev ckpt (best)"]
+    assert (rows["c"]["dev MCC"], rows["c"]["dev acc"], rows["c"]["dev ckpt (best)"]) == ("0.5000", "0.6000", "30")
 
     # --compare on MCC: labels unbalanced (1 in 3 is 0); A errs on 6 rows of class 0, B on 6 of class 1
     labels = [0 if i % 3 == 0 else 1 for i in range(60)]

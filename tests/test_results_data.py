@@ -49,6 +49,9 @@ def experiment(root: Path, folder: str, config: dict, evals: dict[str, list[tupl
     return d
 
 
+SPEED = "ex/s (PyTorch, evaluation, cpu, fp32, batch 128)"  # every row's evaluation: one device, precision, batch
+DEFAULT_HEADER = ["experiment", "method", "model", "teacher", "train acc", "train F1", "train ckpt (best)", "dev acc",
+                  "dev F1", "dev ckpt (best)", "params", "params ÷ teacher", SPEED, "differs"]
 KD1 = "python3 run_fine_tune_distill.py --experiment kd_s1 --model bert --task qqp --dataset teacher_bert_qqp --seed 1"
 
 
@@ -130,7 +133,7 @@ def test_csv_and_json_hold_the_markdown_numbers(run, root):
                 for key in ("mean", "std", "n", "values"):  # the CSV holds the same numbers, exactly
                     assert number(c[f"{split} {metric} {key}"]) == (st[key] if st[key] != [] else [])
                 assert md[g][f"{split} {short}"] == (cell(values) if values else "—")
-            assert md[g][f"{split} ckpt"] == (",".join(map(str, steps)) if steps else "—")
+            assert md[g][f"{split} ckpt (best)"] == (",".join(map(str, steps)) if steps else "—")
         assert number(c["members"]) == r["members"]
     kd = next(r for r in data["rows"] if r["group"] == "kd (seeds 1,2)")
     assert kd["members"] == ["kd_s1_bert_qqp", "kd_s2_bert_qqp"] and kd["seeds"] == [1, 2]
@@ -139,22 +142,28 @@ def test_csv_and_json_hold_the_markdown_numbers(run, root):
     assert (size["params"], size["teacher"], size["teacher_params"]) == (100, "teacher_bert_qqp", 400)
     assert size["bytes"] == (root / "kd_s1_bert_qqp" / "model-20.pt").stat().st_size
     assert size["teacher_bytes"] == (root / "teacher_bert_qqp" / "model-5.pt").stat().st_size
-    assert md["kd (seeds 1,2)"]["params"] == "100 (400, 0.25×)"
-    assert md["kd (seeds 1,2)"]["size"] == f"{size['bytes'] / 2**20:.1f} MiB ({size['teacher_bytes'] / 2**20:.1f} MiB)"
+    assert (md["kd (seeds 1,2)"]["params"], md["kd (seeds 1,2)"]["params ÷ teacher"]) == ("100", "0.25×")
+    assert (md["teacher"]["params"], md["teacher"]["params ÷ teacher"]) == ("400", "—")
     c = csv_rows["kd (seeds 1,2)"]
     assert [number(c[k]) for k in ("params", "bytes", "teacher params", "teacher bytes", "size ckpt")] == \
         [100, size["bytes"], 400, size["teacher_bytes"], 20]
     # inference examples/s: the median over the seeds of the last reported split's table
     assert kd["inference"]["examples_per_s"] == 600.0 == number(c["infer examples/s"])
-    assert md["kd (seeds 1,2)"]["infer ex/s"] == "600 (cpu)" and c["infer device"] == "cpu"
-    # the varying hyper-parameters, as numbers
-    assert header[header.index("infer ex/s") + 1:] == ["d_model", "dataset", "lr"]
+    assert md["kd (seeds 1,2)"][SPEED] == "600" and c["infer device"] == "cpu"  # cpu, fp32, batch 128: the header's
+    assert (c["infer precision"], c["infer batch size"]) == ("fp32", "128")
+    # the varying hyper-parameters: in the CSV and JSON as numbers, each field; in the markdown the student's width
+    # in its model, the logits set in its teacher (the split the logits were computed on is train, as the
+    # teacher's), the others in differs
     assert kd["hyper"] == {"d_model": 32, "dataset": "teacher_bert_qqp", "lr": 1e-4}
-    assert number(c["lr"]) == 1e-4 and md["kd (seeds 1,2)"]["lr"] == "0.0001" and md["teacher"]["d_model"] == "—"
-    assert c["d_model"] == "32" and csv_rows["teacher"]["d_model"] == ""
+    assert [md[g]["model"] for g in ("kd (seeds 1,2)", "small", "teacher")] == ["bert H32", "bert H16", "bert"]
+    assert [md[g]["teacher"] for g in ("kd (seeds 1,2)", "teacher")] == ["teacher_bert_qqp", "—"]
+    assert [md[g]["method"] for g in ("kd (seeds 1,2)", "teacher")] == ["KD", "fine-tune"]
+    assert md["kd (seeds 1,2)"]["differs"] == "lr=0.0001" and md["teacher"]["differs"] == "lr=2e-05"
+    assert number(c["lr"]) == 1e-4 and c["d_model"] == "32" and csv_rows["teacher"]["d_model"] == ""
+    assert header == DEFAULT_HEADER
     assert [x["command"] for x in kd["commands"]] == [KD1, None] == number(c["commands"])
     assert next(r for r in data["rows"] if r["group"] == "teacher")["is_teacher"] and not kd["is_teacher"]
-    assert "onnx ex/s" not in header and kd["onnx"] is None  # no export: no ONNX columns
+    assert kd["onnx"] is None and "ONNX" not in out.read_text()  # no export: no ONNX column, no note
 
 
 def test_commands_printed(run, root):
@@ -164,6 +173,69 @@ def test_commands_printed(run, root):
     assert "# run: small_bert_qqp: (not recorded)" in text
     assert "# run: teacher_bert_qqp\npython3 run_fine_tune.py --experiment teacher\n" in text
     assert text in out.read_text()  # the markdown file holds them too
+
+
+def test_markdown_columns_short_paths_one_missing_mark_no_pairs(run, root, data_root, tmp_path):
+    import re
+
+    from fine_tune.result_columns import COVERED
+
+    elsewhere = tmp_path / "elsewhere"  # pretrained students outside both roots, of one name
+    # a layer-wise student: its teacher named by five fields (teacher_exp, tmodel, tckpt, teacher_experiment,
+    # teacher_checkpoint); a KD student recording its logits set's teacher and split; an F1 that is not a number
+    experiment(root, "lw_bert_qqp", {**STUDENT, "experiment": "lw", "seed": 1, "method": "lad", "dataset": "train",
+                                     "teacher_exp": "teacher", "tmodel": "bert", "tckpt": 5, "teacher_layers": 12,
+                                     "teacher_experiment": "teacher_bert_qqp", "hidden_mapping": "S1<-A2, S2<-A4",
+                                     "teacher_checkpoint": "teacher_bert_qqp/model-5.pt", "num_hidden_layers": 6,
+                                     "ptrain_ver": str(data_root / "models" / "tiny"), "max_examples": 8,
+                                     "student_ptrain_ver": str(elsewhere / "a" / "mini")},
+               {"dev": [(10, 0.82, float("nan"))]}, {10: 200}, examples_per_s=400.0)
+    experiment(root, "kd2_bert_qqp", {**STUDENT, "experiment": "kd2", "seed": 1, "lr": 3e-4,
+                                      "teacher_experiment": "teacher_bert_qqp", "teacher_checkpoint": 5,
+                                      "logits_split": "train", "student_ptrain_ver": str(elsewhere / "b" / "mini"),
+                                      "max_examples": None},
+               {"dev": [(10, 0.81, 0.70)]}, {10: 100}, examples_per_s=650.0)
+    _, out, csv_rows, data = outputs(root, run=run)
+    text = out.read_text()
+    header, md = parse_table(text)
+    assert header == DEFAULT_HEADER == data["columns"] and len(data["column_names"]) == len(header)
+    cells = [c for r in md.values() for c in r.values()]
+    assert str(tmp_path) not in text and not any(w.startswith("/") for c in cells for w in c.split())
+    assert all(cells) and not re.search(r"\b(None|nan|NaN)\b", text)
+    lw, kd2 = md["lw"], md["kd2"]
+    assert (lw["method"], lw["model"], lw["teacher"]) == ("lad", "bert L6 H32 from …/a/mini",
+                                                          "teacher_bert_qqp/model-5.pt")
+    assert (kd2["method"], kd2["model"], kd2["teacher"]) == ("KD", "bert H32 from …/b/mini",
+                                                             "teacher_bert_qqp/model-5.pt")
+    assert (lw["dev acc"], lw["dev F1"], lw["params ÷ teacher"]) == ("0.8200", "—", "0.50×")
+    # no pair saying one thing twice: the teacher once per row, no covered field in differs
+    assert [c for c in lw.values() if "teacher_bert_qqp" in c] == [lw["teacher"]]
+    assert not any(f"{f}=" in r["differs"] for r in md.values() for f in COVERED)
+    assert (lw["differs"], kd2["differs"]) == ("lr=0.0001, max_examples=8", "lr=0.0003, max_examples=—")
+    # the CSV and JSON keep every field as recorded
+    lw_data = next(r for r in data["rows"] if r["group"] == "lw")
+    assert lw_data["hyper"]["student_ptrain_ver"] == str(elsewhere / "a" / "mini") == csv_rows["lw"]["student_ptrain_ver"]
+    assert (csv_rows["lw"]["teacher_checkpoint"], csv_rows["kd2"]["teacher_checkpoint"]) == (
+        "teacher_bert_qqp/model-5.pt", "5")
+    assert lw_data["splits"]["dev"]["metrics"]["f1"]["n"] == 1 and csv_rows["lw"]["dev f1 values"] == "[NaN]"
+
+    # --columns: these, in this order (a split: its metrics and checkpoint; default: the rest of the default set;
+    # a name given twice: once), paths under the data root relative to it
+    names = "dev,experiment,ptrain_ver,tckpt,size,default,dev.f1"
+    _, out, _, data = outputs(root, "--columns", names, run=run)
+    header, md = parse_table(out.read_text())
+    md = {r["experiment"]: r for r in md.values()}
+    assert header[:7] == ["dev acc", "dev F1", "dev ckpt (best)", "experiment", "ptrain_ver", "tckpt", "size"]
+    assert header[7:] == [h for h in DEFAULT_HEADER if h not in header[:7]] and len(set(header)) == len(header)
+    assert data["column_names"][:7] == ["dev.accuracy", "dev.f1", "dev.ckpt", "experiment", "ptrain_ver", "tckpt",
+                                        "size"]
+    assert (md["lw"]["ptrain_ver"], md["lw"]["tckpt"], md["kd2"]["tckpt"]) == ("models/tiny", "5", "—")
+    assert md["lw"]["size"] == f"{(root / 'lw_bert_qqp' / 'model-10.pt').stat().st_size / 2**20:.1f} MiB"
+    # --columns list: every name, nothing written
+    before = out.read_bytes()
+    proc = run("results_table.py", "--task", "qqp", "--exp_root", str(root), "--out", str(out), "--columns", "list")
+    assert "  speed: PyTorch examples/s of the evaluation" in proc.stdout and "tckpt" in proc.stdout
+    assert "  dev: dev.accuracy, dev.f1, dev.ckpt" in proc.stdout and out.read_bytes() == before
 
 
 def png_ok(path: Path) -> None:
@@ -197,6 +269,30 @@ def test_pareto_plot_data(run, root):
     assert "front by params: small, kd (seeds 1,2), teacher" in proc.stdout
 
 
+def test_pareto_labels_of_tied_and_near_points_do_not_overlap(tmp_path):
+    """Points drawn at one place share one label; labels of points a few pixels apart are moved apart: no two
+    labels' boxes (matplotlib's renderer, Agg) overlap."""
+    from fine_tune.result_plots import pareto_figure
+
+    def point(group, x, y, teacher=False):
+        return {"group": group, "members": [group], "x": x, "y_mean": y, "y_std": None, "n": 1,
+                "is_teacher": teacher, "on_front": False}
+
+    points = [point("tie_a", 100, 0.80), point("far", 400, 0.90, True), point("tie_b", 100, 0.80),
+              point("near", 101, 0.8005), point("nearer", 100.5, 0.8002)]
+    data = {"task": "qqp", "split": "dev", "metric": "accuracy", "rule": "best", "error_bars": "std",
+            "panels": {key: {"x_label": key, "x_better": "lower", "x_scale": scale, "points": points, "front": []}
+                       for key, scale in (("params", "log"), ("examples_per_s", "linear"))}}
+    fig = pareto_figure(data)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        labels = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
+        assert sorted(labels) == ["far (teacher)", "near", "nearer", "tie_a, tie_b"]
+        boxes = list(labels.values())
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), labels
+
+
 def test_pareto_front_hand_made():
     from fine_tune.result_plots import pareto_front
 
@@ -227,21 +323,32 @@ def test_onnx_columns(run, root):
     export(root / "small_bert_qqp", 10, 1500.0, None, 700.0, mtime=1e9)
     (root / "dominated_bert_qqp" / "hf-model-10").mkdir()  # a Hugging Face export: no ONNX numbers
     (root / "dominated_bert_qqp" / "hf-model-10" / "export.json").write_text(json.dumps({"checkpoint": "model-10.pt"}))
+    # two speeds of one row: PyTorch's of the evaluation, and PyTorch's and ONNX Runtime's of the export's check
+    # (its own batch size and threads): the markdown shows one PyTorch speed, the evaluation's, its header saying so
     _, out, csv_rows, data = outputs(root, run=run)
     header, md = parse_table(out.read_text())
-    assert header[header.index("infer ex/s") + 1:header.index("infer ex/s") + 3] == ["onnx ex/s",
-                                                                                      "torch ex/s (same run)"]
-    assert (md["kd (seeds 1,2)"]["onnx ex/s"], md["kd (seeds 1,2)"]["torch ex/s (same run)"]) == ("1200 (int8 2100)",
-                                                                                                  "650")
-    assert (md["small"]["onnx ex/s"], md["small"]["torch ex/s (same run)"]) == ("1500", "700")
-    assert md["dominated"]["onnx ex/s"] == md["teacher"]["torch ex/s (same run)"] == "—"
+    assert header == DEFAULT_HEADER and [h for h in header if "ex/s" in h or "PyTorch" in h] == [SPEED]
+    assert md["kd (seeds 1,2)"][SPEED] == "600" and not any("650" in c.split() for c in md["kd (seeds 1,2)"].values())
+    assert ("- note: ONNX exports of kd (seeds 1,2), small: --columns default,onnx,onnx_speedup shows their ONNX "
+            "Runtime examples/s") in out.read_text().splitlines()
+    # asked for: ONNX Runtime's examples/s and their ratio to PyTorch's in the same check, never that PyTorch speed
+    names = ["experiment", "speed", "onnx", "onnx_int8", "onnx_speedup"]
+    _, out, csv_rows, data = outputs(root, "--columns", ",".join(names), run=run)
+    header, md = parse_table(out.read_text())
+    assert data["column_names"] == names and header == data["columns"] == [
+        "experiment", SPEED, "ex/s (ONNX Runtime fp32, export check, 1 thread, batch 32)",
+        "ex/s (ONNX Runtime int8, export check, 1 thread, batch 32)", "ONNX Runtime ÷ PyTorch (same export check)"]
+    assert [h for h in header if "PyTorch," in h] == [SPEED]
+    assert list(md["kd (seeds 1,2)"].values())[2:] == ["1200", "2100", f"{1200 / 650:.2f}× (int8 {2100 / 650:.2f}×)"]
+    assert list(md["small"].values())[2:] == ["1500", "—", f"{1500 / 700:.2f}×"]
+    assert list(md["dominated"].values())[2:] == list(md["teacher"].values())[2:] == ["—"] * 3
     kd = next(r for r in data["rows"] if r["group"] == "kd (seeds 1,2)")
     assert (kd["onnx"]["onnxruntime"], kd["onnx"]["onnxruntime_int8"], kd["onnx"]["pytorch"]) == (1200.0, 2100.0, 650.0)
     assert kd["onnx"]["export"] == "onnx-model-10/export.json" and kd["onnx"]["exports"] == 2
     assert (kd["onnx"]["checkpoint"], kd["onnx"]["step"]) == ("model-10.pt", 10)
-    c = csv_rows["kd (seeds 1,2)"]
-    assert [number(c[k]) for k in ("onnx examples/s", "onnx int8 examples/s", "torch examples/s (same run)")] == \
-        [1200.0, 2100.0, 650.0]
+    c = csv_rows["kd (seeds 1,2)"]  # the CSV keeps every speed
+    assert [number(c[k]) for k in ("infer examples/s", "onnx examples/s", "onnx int8 examples/s",
+                                   "onnx export torch examples/s")] == [600.0, 1200.0, 2100.0, 650.0]
     assert csv_rows["small"]["onnx int8 examples/s"] == "" and "ONNX Runtime" in data["caption"]
 
 

@@ -223,5 +223,11 @@ def plan_results(args) -> ResultsPlan:
         if not curves:
             raise UserError(f"--curves {args.curves!r}: name at least one experiment folder or name (globs, "
                             f"comma-separated)")
+    columns = None
+    if args.columns is not None:
+        columns = tuple(dict.fromkeys(c.strip() for c in args.columns.split(",") if c.strip()))
+        if not columns:
+            raise UserError(f"--columns {args.columns!r}: name at least one column (comma-separated; --columns list "
+                            f"names them)")
     return ResultsPlan(exp_root, task, rule, splits, experiments, out, paths, compare, split, args.resamples,
-                       args.bootstrap_seed, args.commands, args.plot, curves, data_root)
+                       args.bootstrap_seed, args.commands, args.plot, curves, data_root, columns)

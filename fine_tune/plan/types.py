@@ -271,6 +271,7 @@ class ResultsPlan:
     plot: bool
     curves: tuple | None  # --curves globs (at least one)
     data_root: Path | None = None  # the task's files: each evaluation table is checked against its split's rows
+    columns: tuple | None = None  # --columns names (checked against the table's columns once scanned); None: default
 
 
 Runner = TypeVar("Runner", bound=Callable[..., Any])
