@@ -1379,8 +1379,7 @@ MUTATIONS = [
              "    text = repr(value)", ("tests/test_readers.py::test_an_id_is_an_integer_exactly",
                                      "tests/test_readers.py::test_a_boolean_label_is_shown_as_json_writes_it")),
     Mutation("unset_field_shown_as_none", "a results table shows an unset varying field as None",
-             "fine_tune/results.py", 'if record["hyper"].get(k) is not None else "—" for k in hyper]',
-             'if k in record["hyper"] else "—" for k in hyper]',
+             "fine_tune/result_columns.py", 'f"{k}={show(v[k], paths)}"', 'f"{k}={v[k]}"',
              ("tests/test_results_truth.py::test_runs_on_other_rows_are_never_pooled",)),
     Mutation("output_named_as_the_record", "an output named as the folder's record replaces it (every command's "
              "entries lost)", "fine_tune/outputs.py", "        if path.name == OWNERS_FILE:", "        if False:",
