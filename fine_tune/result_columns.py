@@ -219,7 +219,7 @@ def catalogue(table, roots: list[Path]) -> tuple[dict[str, Column], dict[str, li
     cols["onnx_int8"] = speed_column("onnx_int8", "ex/s (ONNX Runtime int8, export check",
                                      [o.get("onnxruntime_int8") for o in onnx], how)
     add("onnx_speedup", "ONNX Runtime ÷ PyTorch (same export check)", [
-        MISSING if not o else f"{o['onnxruntime'] / o['pytorch']:.2f}×" + (
+        MISSING if not o.get("pytorch") else f"{o['onnxruntime'] / o['pytorch']:.2f}×" + (
             f" (int8 {o['onnxruntime_int8'] / o['pytorch']:.2f}×)" if o.get("onnxruntime_int8") is not None else "")
         for o in onnx])
     for k in fields:
