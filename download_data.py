@@ -1,6 +1,7 @@
-"""Download, unpack and verify BoolQ and QQP into the data root (see fine_tune/tasks/download.py).
+"""Download, unpack and verify the GLUE and SuperGLUE data sets (every task, or one) into the data root
+(see fine_tune/tasks/download.py).
 
-    python download_data.py [--data_root DIR] [--task {boolq,qqp,all}] [--force]
+    python download_data.py [--data_root DIR] [--task {TASK,glue,superglue,all}] [--force]
 """
 
 import os

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Write the official submission file (QQP.tsv / BoolQ.jsonl) of a checkpoint's predictions.
+"""Predict a split of the task (default: test) with a checkpoint and write the task's official submission file
+for it into the experiment folder (e.g. QQP.tsv for qqp, BoolQ.jsonl for boolq), as make_submission.py takes it.
 
-Example: see doc/fine_tune_boolq.md and doc/fine_tune_qqp.md. --ckpt defaults to the latest checkpoint; --ckpt best takes the best
-checkpoint on --select_on (default: the dev split, val for BoolQ) as evaluated by run_fine_tune_eval.py.
+Docs: doc/methods.md ("Test predictions"); README.md ("Results tables, significance, export").
 """
 import pathlib
 import sys
@@ -14,7 +14,7 @@ from fine_tune.settings import PREDICT
 
 
 def main(argv=None):
-    flags = parse_flags("generate_test_prediction.py", __doc__.splitlines()[0], PREDICT, argv)
+    flags = parse_flags("generate_test_prediction.py", __doc__, PREDICT, argv)
     from fine_tune.evaluate import run_test_prediction
     from fine_tune.plan.inference import plan_prediction
 

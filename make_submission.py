@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Assemble a whole GLUE or SuperGLUE submission (the zip the server accepts) from the experiments' files.
-
-Each file comes from the experiment named with --use TASK=FOLDER, else from the experiment of that task holding
-it (written by generate_test_prediction.py) with the best main metric on the task's dev split. A missing file is
-refused with the command that writes it, before anything is written. Example:
+"""Assemble a whole GLUE or SuperGLUE submission (the zip the server accepts) from the experiments' files
+(generate_test_prediction.py's), each task's from --use TASK=FOLDER or else from its best experiment on dev.
 
     python make_submission.py --benchmark glue --use mnli=lad_s42_bert_mnli
+
+A missing file is refused with the command that writes it, before anything is written. Docs: README.md ("The
+pipeline"); doc/methods.md ("Test predictions").
 """
 import pathlib
 import sys
@@ -17,7 +17,7 @@ from fine_tune.settings import SubmissionFlags
 
 
 def main(argv=None):
-    flags = parse_flags("make_submission.py", __doc__.splitlines()[0], [SubmissionFlags], argv)
+    flags = parse_flags("make_submission.py", __doc__, [SubmissionFlags], argv)
     from fine_tune.plan.inference import plan_submission
     from fine_tune.submission import run_submission
 

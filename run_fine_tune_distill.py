@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Distil a student from a logits data set (made by run_fine_tune_gen_logits.py).
+"""Distil a student from a logits data set (made by run_fine_tune_gen_logits.py):
+hard_weight * CE(s, y) + soft_weight * T^2 * KL(softmax(t/T) || softmax(s/T)), T = --softmax_temp.
 
-Loss: hard_weight * CE(s, y) + soft_weight * T^2 * KL(softmax(t/T) || softmax(s/T)); defaults 1, 1, T = 1
-(gradient-identical to the original 2020 loss). --dataset NAME is a logits data set; NAME:split picks a
-split other than train.
+--dataset NAME is a logits data set; NAME:split picks a split other than train. Docs: README.md ("The pipeline");
+doc/methods.md ("Losses", "Defaults of every training script").
 """
 import pathlib
 import sys
@@ -15,7 +15,7 @@ from fine_tune.settings import OFFLINE_DISTILL
 
 
 def main(argv=None):
-    flags = parse_flags("run_fine_tune_distill.py", __doc__.splitlines()[0], OFFLINE_DISTILL, argv)
+    flags = parse_flags("run_fine_tune_distill.py", __doc__, OFFLINE_DISTILL, argv)
     from fine_tune.plan.training import plan_offline_distill
     from fine_tune.run import run
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Evaluate every checkpoint of an experiment (from --ckpt on) on one split.
+"""Evaluate every checkpoint of an experiment (from --ckpt on) on one labelled split of its task: the task's
+metrics for each checkpoint, in eval-{split}.json in the experiment folder.
 
-Example: see doc/fine_tune_boolq.md and doc/fine_tune_qqp.md. --ckpt defaults to 0.
+Docs: README.md ("Results tables, significance, export"); doc/methods.md ("Evaluation").
 """
 import pathlib
 import sys
@@ -13,7 +14,7 @@ from fine_tune.settings import EVAL
 
 
 def main(argv=None):
-    flags = parse_flags("run_fine_tune_eval.py", __doc__.splitlines()[0], EVAL, argv)
+    flags = parse_flags("run_fine_tune_eval.py", __doc__, EVAL, argv)
     from fine_tune.evaluate import run_eval
     from fine_tune.plan.inference import plan_eval
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Write a checkpoint's logits for a split as a logits data set for run_fine_tune_distill.py.
+"""Write a checkpoint's logits (or a teacher's fine-tuned elsewhere: --teacher_hf) for a split of the task: the
+logits data set {experiment}_{model}_{task} that run_fine_tune_distill.py trains a student on.
 
-Example: see doc/fine_tune_boolq.md and doc/fine_tune_qqp.md. --ckpt defaults to the latest checkpoint.
+Docs: README.md ("The pipeline"); doc/methods.md ("Logits data sets").
 """
 import pathlib
 import sys
@@ -13,7 +14,7 @@ from fine_tune.settings import GEN_LOGITS
 
 
 def main(argv=None):
-    flags = parse_flags("run_fine_tune_gen_logits.py", __doc__.splitlines()[0], GEN_LOGITS, argv)
+    flags = parse_flags("run_fine_tune_gen_logits.py", __doc__, GEN_LOGITS, argv)
     from fine_tune.evaluate import run_gen_logits
     from fine_tune.plan.inference import plan_gen_logits
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """LAD: distil a student from a fine-tuned teacher through chained gate blocks (Lin et al., Sensors 2023).
 
-The fine-tuned teacher is {teacher_exp}_{tmodel}_{task}/model-{tckpt}.pt; max_seq_len, num_class and the
-training split come from its config.json. Defaults are the original script's (doc/methods.md).
+The fine-tuned teacher is {teacher_exp}_{tmodel}_{task}/model-{tckpt}.pt (or --teacher_hf, a Hugging Face
+classifier); max_seq_len, num_class and the training split come from its config. Defaults are the original
+script's (doc/methods.md, "Defaults of every training script").
 """
 import pathlib
 import sys
@@ -13,7 +14,7 @@ from fine_tune.cli import parse_layerwise, run_main
 
 
 def main(argv=None):
-    flags = parse_layerwise("run_lad_distil.py", __doc__.splitlines()[0], "lad", argv)
+    flags = parse_layerwise("run_lad_distil.py", __doc__, "lad", argv)
     from fine_tune.plan.training import plan_online_distill
     from fine_tune.run import run
 

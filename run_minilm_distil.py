@@ -15,7 +15,7 @@ from fine_tune.cli import parse_layerwise, run_main
 
 
 def main(argv=None):
-    flags = parse_layerwise("run_minilm_distil.py", __doc__.splitlines()[0], "minilm", argv)
+    flags = parse_layerwise("run_minilm_distil.py", __doc__, "minilm", argv)
     from fine_tune.plan.training import plan_online_distill
     from fine_tune.run import run
 

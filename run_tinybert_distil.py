@@ -18,7 +18,7 @@ from fine_tune.cli import parse_layerwise, run_main
 
 
 def main(argv=None):
-    flags = parse_layerwise("run_tinybert_distil.py", __doc__.splitlines()[0], "tinybert", argv)
+    flags = parse_layerwise("run_tinybert_distil.py", __doc__, "tinybert", argv)
     from fine_tune.plan.training import plan_online_distill
     from fine_tune.run import run
 

@@ -16,7 +16,7 @@ import sys
 from typing import Any, Sequence
 
 from . import settings
-from .errors import OneLineParser, UserError
+from .errors import OneLineParser, UserError, closest_name, did_you_mean
 from .settings import FINE_TUNE, IDENTITY_FIELDS, LAYERWISE, NOT_FROM_CONFIG, OFFLINE_DISTILL, ConfigSource, Flags
 
 
@@ -52,13 +52,13 @@ def parse_distil(prog: str, description: str, argv: Sequence[str] | None = None)
         name = record.get("method") if isinstance(record.get("method"), str) else None
     if name is None:
         if "-h" in rest or "--help" in rest:
-            sys.stdout.write(f"usage: {prog} --method METHOD [flags of the method's script]\n\n{description}\n\n"
+            sys.stdout.write(f"usage: {prog} --method METHOD [flags of the method's script]\n\n{description.strip()}\n\n"
                              f"methods: {', '.join(online)}; `{prog} --method METHOD --help` lists its flags\n")
             raise SystemExit(0)
         OneLineParser(prog=prog).error(f"--method is required (one of {', '.join(online)})")
     if name not in online:
-        OneLineParser(prog=prog).error(f"--method {json.dumps(name)}: not a distillation method; methods: "
-                                 f"{', '.join(online)}")
+        OneLineParser(prog=prog).error(f"--method {json.dumps(name)}: not a distillation method; "
+                                       f"{did_you_mean(name, online)}methods: {', '.join(online)}")
     return name, parse_layerwise(prog, description, name, rest)
 
 
@@ -92,7 +92,7 @@ def build_parser(prog: str, description: str, groups: Sequence[type], *, require
         parser: argparse.ArgumentParser = _Probe(prog=prog, add_help=False)
         parser.add_argument("-h", "--help", action="store_true", default=argparse.SUPPRESS)
     else:
-        parser = OneLineParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        parser = OneLineParser(prog=prog, description=description)  # errors.HelpFormatter: defaults once
     parser.add_argument_group("config").add_argument("--config", metavar="FILE", help=CONFIG_HELP,
                                                      default=argparse.SUPPRESS if probe else None)
     seen: set[str] = {"config"}
@@ -211,8 +211,10 @@ def _config_value(path: str, f: dataclasses.Field, value: Any) -> Any:
         raise UserError(f"--config {path}: field \"{f.name}\": --{f.name} takes {what}, got {shown}")
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
+        meant = closest_name(value, choices) if isinstance(value, str) else None
+        hint = f"; did you mean {json.dumps(meant)}?" if meant is not None else ""
         raise UserError(f"--config {path}: field \"{f.name}\": --{f.name} takes one of {', '.join(map(str, choices))}, "
-                        f"got {shown}")
+                        f"got {shown}{hint}")
     return value
 
 

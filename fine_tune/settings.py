@@ -24,6 +24,8 @@ from .errors import UserError
 
 from .models.families import FAMILY_NAMES  # noqa: E402  (one record per family)
 TASK_NAMES = tuple(TASKS)  # --task: GLUE's and SuperGLUE's Hugging Face configuration names
+# how a split flag's help names the splits: each task has its own (its task record's files)
+SPLITS_E_G = "train (GLUE tasks: train, dev, test; SuperGLUE tasks: train, val, test; a task of your own: its task.json's)"
 
 
 def flag(default: Any = None, help: str = "", **kw: Any) -> Any:
@@ -76,10 +78,12 @@ SEED_RANGE = 2**63  # torch.manual_seed takes [-2^63, 2^64); the toolkit takes t
 class ExperimentFlags:
     key: ClassVar[str] = "experiment"
     experiment: str = flag(None, "experiment name; folder {experiment}_{model}_{task}", required=True)
-    model: str = flag("bert", "model family (Hugging Face model type)", choices=FAMILY_NAMES)
-    task: str = flag(None, "task: " + " ".join(TASK_NAMES) + ", or NAME for a task of your own, "
-                           "<data_root>/NAME/task.json (doc/methods.md)", required=True)
-    dataset: str = flag("train", "split (train/val/test for boolq, train/dev/test for qqp)")
+    model: str = flag("bert", "model family: the Hugging Face model type (config.json's model_type)",
+                      choices=FAMILY_NAMES)
+    task: str = flag(None, "task: " + " ".join(TASK_NAMES) + " (GLUE's and SuperGLUE's, by Hugging Face's "
+                           "configuration names), or NAME for a task of your own, <data_root>/NAME/task.json "
+                           "(doc/methods.md)", required=True)
+    dataset: str = flag("train", "split to train on: one of the task's splits, e.g. " + SPLITS_E_G)
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,32 @@ class LayerwiseExperimentFlags(ExperimentFlags):
 
 @dataclass(frozen=True)
 class PredictionExperimentFlags(ExperimentFlags):
-    dataset: str = flag("test", "split to predict (train/val/test for boolq, train/dev/test for qqp)")
+    dataset: str = flag("test", "split to predict: one of the task's splits, e.g. test (mnli: test_matched, "
+                                "test_mismatched, ax); the file is the task's official submission file of that split")
+
+
+@dataclass(frozen=True)
+class EvalExperimentFlags(ExperimentFlags):
+    dataset: str = flag("train", "split to evaluate: one of the task's labelled splits, e.g. dev (GLUE tasks), "
+                                 "val (SuperGLUE tasks)")
+
+
+@dataclass(frozen=True)
+class LogitsExperimentFlags(ExperimentFlags):
+    dataset: str = flag("train", "split whose logits to write: one of the task's splits, e.g. " + SPLITS_E_G)
+
+
+@dataclass(frozen=True)
+class DistilExperimentFlags(ExperimentFlags):
+    dataset: str = flag("train", "logits data set to train on, as run_fine_tune_gen_logits.py printed its name "
+                                 "({experiment}_{model}_{task} of the teacher), or NAME:SPLIT for its split other "
+                                 "than train; always give it (the default, train, names no logits data set)")
+
+
+@dataclass(frozen=True)
+class ExportExperimentFlags(ExperimentFlags):
+    dataset: str = flag("train", "not used by the export: a split of the task (--format onnx checks the model on "
+                                 "the task's dev split)")
 
 
 @dataclass(frozen=True)
@@ -108,8 +137,10 @@ class PathFlags:
 @dataclass(frozen=True)
 class DeviceFlags:
     key: ClassVar[str] = "device"
-    device_id: int = flag(None, "CUDA device index; -1 = CPU (2021-era flag)")
-    num_gpu: int = flag(None, "number of GPUs; 0 = CPU, >=1 = cuda:0 (2020-era flag)")
+    device_id: int = flag(None, "CUDA device index; -1 = CPU (default: cuda:0 when CUDA is available, else the "
+                                "CPU); wins over --num_gpu; under torchrun each process takes its LOCAL_RANK's")
+    num_gpu: int = flag(None, "0 = CPU, >=1 = cuda:0 (one device; several GPUs: torchrun, README.md); --device_id "
+                              "says the same with an index (doc/methods.md, \"Flags kept from the original scripts\")")
     amp: bool = flag(False, "mixed precision: fp16 autocast + GradScaler on CUDA (bf16 with --amp_dtype bf16); "
                      "on CPU bf16 when the processor has native bf16, else fp32 with a warning")
     amp_dtype: str = flag("fp16", "autocast dtype on CUDA", choices=("fp16", "bf16"))
@@ -343,7 +374,7 @@ class LayerwiseFlags:
 @dataclass(frozen=True)
 class InferenceFlags:
     key: ClassVar[str] = "inference"
-    batch_size: int = flag(128, "evaluation batch size")
+    batch_size: int = flag(128, "rows per forward pass")
 
     def __post_init__(self) -> None:
         _positive(self, "batch_size")
@@ -359,9 +390,11 @@ class SweepFlags:
 @dataclass(frozen=True)
 class CheckpointFlags:
     key: ClassVar[str] = "checkpoint"
-    ckpt: str = flag(None, "checkpoint: a step, 'last' (the newest checkpoint; the default) or 'best' (best "
-                           "accuracy on --select_on, from run_fine_tune_eval.py's evaluation of that split)")
-    select_on: str = flag(None, "split whose evaluation chooses --ckpt best (default: val for boolq, dev for qqp)")
+    ckpt: str = flag(None, "checkpoint: a step, 'last' (the newest checkpoint; the default) or 'best' (the best "
+                           "main metric of the task on --select_on, from run_fine_tune_eval.py's evaluation of that "
+                           "split)")
+    select_on: str = flag(None, "split whose evaluation chooses --ckpt best (default: the task's dev split, e.g. val "
+                                "for SuperGLUE tasks, dev for GLUE tasks, dev_matched for mnli)")
 
 
 @dataclass(frozen=True)
@@ -395,7 +428,7 @@ class ExportFlags:
                              "sequence axes) checked against PyTorch's logits on the task's dev rows",
                        choices=("hf", "onnx"))
     quantize: str = flag(None, "with --format onnx: also write an ONNX Runtime dynamically quantized model "
-                               "(int8), with its dev accuracy next to the fp32 one", choices=("int8",))
+                               "(int8), with its dev metrics next to the fp32 one's", choices=("int8",))
 
     def __post_init__(self) -> None:
         if self.quantize and self.format != "onnx":
@@ -405,8 +438,8 @@ class ExportFlags:
 @dataclass(frozen=True)
 class ResultsFlags:
     key: ClassVar[str] = "results"
-    task: str = flag(None, "task: " + " ".join(TASK_NAMES) + ", or NAME for a task of your own, "
-                           "<data_root>/NAME/task.json", required=True)
+    task: str = flag(None, "task: " + " ".join(TASK_NAMES) + " (GLUE's and SuperGLUE's), or NAME for a task of "
+                           "your own, <data_root>/NAME/task.json", required=True)
     exp_root: str = flag(None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)")
     data_root: str = flag(None, "data root, where tasks of your own are defined (default: env FT_DATA_ROOT, else "
                                 "<repo>/data/fine_tune)")
@@ -414,9 +447,12 @@ class ResultsFlags:
     splits: str = flag(None, "comma-separated reported splits (default: every evaluated labelled split)")
     rule: str = flag("best", "checkpoint rule: best (best on --select_on, by default on the reported split itself: "
                              "the original's rule) or last", choices=("best", "last"))
-    select_on: str = flag(None, "split that chooses the checkpoint for every reported split (e.g. val / dev)")
-    compare: tuple = flag(None, "two experiment folders A B: paired bootstrap of their accuracy difference", nargs=2)
-    compare_split: str = flag(None, "split of --compare (default: val for boolq, dev for qqp)")
+    select_on: str = flag(None, "split that chooses the checkpoint for every reported split (e.g. the task's dev "
+                                "split: val for SuperGLUE tasks, dev for GLUE tasks)")
+    compare: tuple = flag(None, "two experiment folders A B: paired bootstrap of the difference of their main metric",
+                          nargs=2)
+    compare_split: str = flag(None, "split of --compare (default: the task's dev split, e.g. val for SuperGLUE "
+                                    "tasks, dev for GLUE tasks)")
     resamples: int = flag(10000, "bootstrap resamples")
     bootstrap_seed: int = flag(0, "bootstrap random seed")
     out: str = flag(None, "markdown file to write (default: <exp_root>/results-<task>.md); the CSV and JSON of the "
@@ -458,15 +494,15 @@ class SubmissionFlags:
 # Training scripts' groups (their union of fields is config.json's record)
 TRAINING = (ClassifierFlags, OptimiserFlags, BatchingFlags, RunFlags, SpeedFlags, DeviceFlags, PathFlags)
 FINE_TUNE = (ExperimentFlags, PretrainedFlags, *TRAINING)
-OFFLINE_DISTILL = (ExperimentFlags, StudentFlags, DistilFlags, DistilClassifierFlags, *TRAINING[1:])
+OFFLINE_DISTILL = (DistilExperimentFlags, StudentFlags, DistilFlags, DistilClassifierFlags, *TRAINING[1:])
 LAYERWISE = (LayerwiseExperimentFlags, TeacherFlags, StudentFlags, LayerwiseDistilFlags, LayerwiseFlags,
              LayerwiseClassifierFlags, OptimiserFlags, LayerwiseBatchingFlags, RunFlags, SpeedFlags, DeviceFlags,
              PathFlags)
 # Scripts that use a trained experiment
-EVAL = (ExperimentFlags, SweepFlags, InferenceFlags, DeviceFlags, PathFlags)
-GEN_LOGITS = (ExperimentFlags, CheckpointFlags, ForeignTeacherFlags, InferenceFlags, DeviceFlags, PathFlags)
+EVAL = (EvalExperimentFlags, SweepFlags, InferenceFlags, DeviceFlags, PathFlags)
+GEN_LOGITS = (LogitsExperimentFlags, CheckpointFlags, ForeignTeacherFlags, InferenceFlags, DeviceFlags, PathFlags)
 PREDICT = (PredictionExperimentFlags, CheckpointFlags, InferenceFlags, DeviceFlags, PathFlags)
-EXPORT = (ExperimentFlags, CheckpointFlags, ExportFlags, PathFlags)
+EXPORT = (ExportExperimentFlags, CheckpointFlags, ExportFlags, PathFlags)
 
 
 class Flags:

@@ -342,6 +342,18 @@ CASES = [
     # Memory (issue 31)
     Case("gradient_checkpointing_without_support", "run_fine_tune_distill.py",
          [*KD, "--model", "albert", "--gradient_checkpointing"]),
+    # help lane (issue 32, item 7): a misspelt name is answered with the closest valid one (doc/errors.md, "Help and
+    # suggestions"): tasks, splits (and another library's name of the dev split), methods, every choices flag
+    Case("misspelt_task", "run_fine_tune.py", [*FT, "--task", "sst-2"]),
+    Case("misspelt_task_results", "results_table.py", ["--task", "QQP"]),
+    Case("misspelt_split", "run_fine_tune_eval.py", [*EV, "--dataset", "dve"]),
+    Case("misspelt_select_on", "generate_test_prediction.py",
+         ["--experiment", "teacher", *EXP, "--ckpt", "best", "--select_on", "deev"]),
+    Case("misspelt_method", "run_distil.py", ["--method", "minlm", *LW]),
+    Case("misspelt_model_family", "run_fine_tune.py", [*FT, "--model", "BERT"]),
+    Case("misspelt_choice", "run_fine_tune.py", [*FT, "--padding", "dynamc"]),
+    Case("misspelt_download_task", "download_data.py", ["--task", "sst-2", "--data_root", "{base}/nodata"]),
+    Case("misspelt_submission_task", "make_submission.py", ["--benchmark", "glue", "--use", "qqq=teacher_bert_qqp"]),
 ]
 
 

@@ -144,7 +144,8 @@ def test_mnli_splits_columns_and_two_submission_files(tmp_path):
         ids = [mnli_index(i) for i in range(3)]
         assert out.read_text() == (f"index\tprediction\n{ids[0]}\tcontradiction\n{ids[1]}\tentailment\n"
                                    f"{ids[2]}\tneutral\n")
-    with pytest.raises(UserError, match="'dev' is not a mnli split; valid splits: train, dev_matched"):
+    with pytest.raises(UserError, match="'dev' is not a mnli split; did you mean dev_matched\\? valid splits: train, "
+                                        "dev_matched"):
         task.path(tmp_path, "dev")
 
 

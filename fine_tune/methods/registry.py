@@ -7,7 +7,7 @@ with its ``name``, ``flag_groups``, ``build`` and ``losses``) and one line in ``
 
 from __future__ import annotations
 
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 from .alp import ALPKD
 from .base import Method
 from .lad import LAD, LADNO, PartialLAD
@@ -33,4 +33,5 @@ def get_method(name: str) -> type[Method]:
     try:
         return METHODS[name]
     except KeyError:
-        raise UserError(f"unknown method {name!r}; methods: {', '.join(METHODS)}") from None
+        raise UserError(f"unknown method {name!r}; {did_you_mean(name, METHODS)}methods: {', '.join(METHODS)}") \
+            from None

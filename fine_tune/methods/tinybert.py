@@ -272,8 +272,8 @@ class TinyBertFlags:
                                              "projection shared by every student layer and the embeddings): always "
                                              "(the released code: also at equal widths, started from the pretrained "
                                              "student's fit_dense when its weights hold one) or when_widths_differ "
-                                             "(the toolkit before issue 30: none at the teacher's width, always "
-                                             "started from N(0, 0.02))",
+                                             "(none at the teacher's width, always started from N(0, 0.02): the "
+                                             "toolkit's earlier rule, doc/methods.md \"Fidelity fixes\")",
                                    choices=("always", "when_widths_differ"))
 
 

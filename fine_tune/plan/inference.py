@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, closest_name
 from ..experiment import ExperimentDir, check_name, default_data_root, default_exp_root, roots
 from ..outputs import check_folder_output, check_name_length, check_outputs, out_file, out_folder
 from ..selection import Rule, parse_ckpt
@@ -51,7 +51,9 @@ def parse_use(values: list[str] | None) -> dict[str, str]:
     for item in values or []:
         task, eq, folder = item.partition("=")
         if not eq or task not in TASKS or not folder:
-            raise UserError(f"--use {item!r}: expected TASK=EXPERIMENT_FOLDER with a task of {', '.join(TASKS)}")
+            meant = closest_name(task, TASKS) if eq and folder else None
+            hint = f"did you mean {meant}={folder}? " if meant else ""
+            raise UserError(f"--use {item!r}: {hint}expected TASK=EXPERIMENT_FOLDER with a task of {', '.join(TASKS)}")
         out[task] = check_name(folder, "--use")
     return out
 

@@ -337,7 +337,8 @@ def fetch(
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(
         prog="download_data.py",
-        description="Download, unpack and verify the GLUE and SuperGLUE data sets into the data root.",
+        description="Download, unpack and verify the GLUE and SuperGLUE data sets (every task, or one) into the\n"
+                    "data root.\n\nDocs: README.md (\"Real data and models\").",
     )
     parser.add_argument("--data_root", default=None,
                         help="data root (default: env FT_DATA_ROOT, else <repo>/data/fine_tune)")

@@ -16,7 +16,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 from ..experiment import check_name
 from .boolq import parse_boolq
 from .columns import JsonFields, TsvLayout, parse_jsonl, parse_tsv
@@ -203,4 +203,16 @@ def get_task(name: str, data_root: Path | None = None) -> Task:
             return user_task(name, read_definition(path), path)
     where = (f" or a folder {Path(data_root) / name} with a task.json (doc/methods.md, \"Your own data\")"
              if data_root is not None else "")
-    raise UserError(f"--task {name!r} is unknown; valid tasks: {', '.join(TASKS)}{where}")
+    hint = did_you_mean(name, [*TASKS, *own_task_names(data_root)])
+    raise UserError(f"--task {name!r} is unknown; {hint}valid tasks: {', '.join(TASKS)}{where}")
+
+
+def own_task_names(data_root: Path | None) -> list[str]:
+    """The tasks of your own the data root defines (its folders holding a task.json), sorted; none where it
+    cannot be listed."""
+    if data_root is None:
+        return []
+    try:
+        return sorted(p.name for p in Path(data_root).iterdir() if definition_path(data_root, p.name).is_file())
+    except OSError:
+        return []

@@ -12,8 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 from .example import Example
+
+# Other names of a task's dev split (Hugging Face's "validation", SuperGLUE's "val", GLUE's "dev"): a split named so
+# that the task lacks is answered with "did you mean <its dev split>?"
+DEV_ALIASES = ("validation", "valid", "val", "dev", "development", "eval")
 
 
 @dataclass(frozen=True)
@@ -102,9 +106,8 @@ class Task:
     def check_split(self, split: str, flag: str = "--dataset") -> None:
         """``flag``: the flag that named the split, for the error (``--select_on``, ``--splits``...)."""
         if split not in self.files:
-            raise UserError(
-                f"{flag} {split!r} is not a {self.name} split; valid splits: {', '.join(self.splits)}"
-            )
+            hint = did_you_mean(split, self.splits, {alias: self.dev_split for alias in DEV_ALIASES})
+            raise UserError(f"{flag} {split!r} is not a {self.name} split; {hint}valid splits: {', '.join(self.splits)}")
 
     def path(self, data_root: Path, split: str) -> Path:
         self.check_split(split)
