@@ -107,6 +107,10 @@ def section_finetune(args, datasets: list[str]) -> tuple[dict, list[list[str]]]:
         runs = alternate(FINETUNE, args.repeats, lambda c: run_worker(c, wa, script, allow_fail=True),
                          progress("finetune", ds))
         ratios = {f"{a}/{b}": ratio_summary(pair_ratios(runs, a, b)) for a, b in FINETUNE_RATIOS}
+        # whole process (Python start to exit: imports, model load, tokenisation, every step, the final save), as a
+        # speed ratio: the Trainer's wall time over the toolkit's
+        ratios["whole_process toolkit_fast/trainer_best"] = ratio_summary(
+            pair_ratios(runs, "trainer_best", "toolkit_fast", key="wall_s"))
         out[ds] = {"max_seq_len": wa.max_seq_len, "rows": len(lengths), "real_tokens": int(lengths.sum()),
                    "ideal_ratio": ideal, "runs": runs, "ratios": ratios,
                    "worker_args": vars(wa)}
@@ -115,7 +119,8 @@ def section_finetune(args, datasets: list[str]) -> tuple[dict, list[list[str]]]:
                       "trainer_glue": "1 (reference)", "trainer_best": "1 (reference)",
                       "trainer_best_same": "1 (reference)"}
         notes = {"toolkit_fast": f"vs Trainer run_glue {fmt_ratio(ratios['toolkit_fast/trainer_glue'])}; vs Trainer "
-                                 f"best fed the same batches {fmt_ratio(ratios['toolkit_fast/trainer_best_same'])}"}
+                                 f"best fed the same batches {fmt_ratio(ratios['toolkit_fast/trainer_best_same'])}; "
+                                 f"whole process vs Trainer best {fmt_ratio(ratios['whole_process toolkit_fast/trainer_best'])}"}
         for c, name in FINETUNE.items():
             rows.append(["finetune", label, name, *summary_cells(runs, c), ratio_cell[c],
                          f"{ideal:.3f}" if c in ("toolkit", "toolkit_fast") else "",

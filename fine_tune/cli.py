@@ -254,16 +254,20 @@ def _merge_config(parser: argparse.ArgumentParser, groups: Sequence[type], value
 def run_main(main, argv: Sequence[str] | None = None) -> int:
     """Run an entry point: a :class:`UserError` becomes one line on stderr and exit status 2. Under torchrun
     only rank 0 prints to stdout, and at the end the process group is closed and the worker exits at once with
-    its status (engine/distributed.exit_process says why)."""
-    from .engine import distributed
-
+    its status (engine/distributed.exit_process says why). Torch is imported here only under torchrun: a plain
+    process imports it with the command's modules, after its flags are parsed (``--help`` and a refused flag need
+    none)."""
+    import os
     import signal
 
     if hasattr(signal, "SIGXFSZ"):  # past the file-size limit a write fails (EFBIG, reported) instead of killing us
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     finished, closed = False, False
     try:
-        distributed.silence_other_ranks()
+        if "RANK" in os.environ:  # maybe a torchrun worker (distributed.launched_by_torchrun decides)
+            from .engine import distributed
+
+            distributed.silence_other_ranks()
         main(argv)
         finished = True
         code = 0
@@ -278,8 +282,9 @@ def run_main(main, argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         code = 130
-    finally:
-        closed = distributed.close(synchronize=finished)
+    finally:  # a process group exists only where the engine's distributed module was imported
+        distributed = sys.modules.get(f"{__package__}.engine.distributed")
+        closed = distributed is not None and distributed.close(synchronize=finished)
     if closed:
         distributed.exit_process(code)
     return code

@@ -59,6 +59,7 @@ DIST_FT = "tests/test_distributed.py::test_fine_tune_two_processes_match_one"
 MEM = "tests/test_memory.py"  # issue 31: memory
 DIST_LAD = "tests/test_distributed.py::test_lad_two_processes_match_one"
 GPU = "tests/test_gpu_paths.py"
+STARTUP = "tests/test_startup.py::test_each_command_imports_only_what_it_uses"  # issue 32: start-up
 OVERLAP = "tests/test_gpu_paths.py::test_the_students_forward_is_queued_before_anything_crosses_from_the_teacher_device"
 RECORDS = "tests/test_recorded_layers.py::test_recording_only_the_declared_layers_changes_nothing_but_what_is_kept"
 CHUNKED = "tests/test_recorded_layers.py::test_the_chunked_relation_kl_equals_the_whole_formula"
@@ -2140,6 +2141,20 @@ MUTATIONS = [
     Mutation("suggest_config_choice_dropped", "a misspelt choice in a --config file gets no suggestion",
              "fine_tune/cli.py", "meant = closest_name(value, choices) if isinstance(value, str) else None",
              "meant = None", ("tests/test_help.py::test_a_misspelt_name_is_answered_with_the_closest",)),
+    # -- startup (issue 32, item 10): a command imports only what it uses ------------------------------------------
+    Mutation("startup_help_imports_torch", "--help (and a refused flag) imports torch before the flags are parsed",
+             "fine_tune/cli.py", "    import os\n    import signal\n",
+             "    import os\n    import signal\n\n    from .engine import distributed  # noqa: F401\n",
+             (STARTUP,)),
+    Mutation("startup_modeling_utils_eager", "importing the methods loads transformers' modeling utilities (and SciPy's "
+             "optimiser) before any model is built", "fine_tune/models/init.py", "from transformers import AutoModel\n",
+             "from transformers import AutoModel, PreTrainedModel\n", (STARTUP,)),
+    Mutation("startup_results_imports_the_engine", "results_table.py's plan imports the training engine (torch, "
+             "transformers)", "fine_tune/plan/types.py", "from ..selection import Rule\n",
+             "from ..selection import Rule\nfrom ..engine.trainer import TrainSettings  # noqa: F401\n", (STARTUP,)),
+    Mutation("startup_help_imports_pydantic", "--help loads pydantic's schema of a task of one's own (and NumPy)",
+             "fine_tune/tasks/registry.py", "from .task import Task\n",
+             "from .task import Task\nfrom .user import read_definition  # noqa: F401\n", (STARTUP,)),
 ]
 
 

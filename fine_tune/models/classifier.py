@@ -11,14 +11,18 @@ from __future__ import annotations
 import contextlib
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
 
 from ..errors import UserError
 from ..engine.checkpoint import check_fits, read_checkpoint
 from ..io_utils import atomic_save_with
 from .families import get_family, student_config_kwargs
+
+if TYPE_CHECKING:  # importing it loads transformers' modeling utilities (seconds): a model built loads them
+    from transformers import PreTrainedModel
 
 
 def _looks_local(name: str) -> bool:

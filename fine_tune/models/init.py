@@ -10,11 +10,16 @@ tokenizer; see doc/methods.md, "Models").
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoModel
 
 from ..errors import UserError
 from .families import family_of
+
+if TYPE_CHECKING:  # importing it loads transformers' modeling utilities (seconds): a model built loads them
+    from transformers import PreTrainedModel
 
 
 def teacher_layer_map(start: int, end: int, step: int, num_student_layers: int, num_teacher_layers: int) -> list[int]:

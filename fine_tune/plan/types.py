@@ -10,19 +10,19 @@ import functools
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
-import numpy as np
-import torch
-
-from ..engine import distributed
-from ..engine.determinism import deterministic_algorithms
-from ..engine.device import Precision, resolve_device, resolve_precision
-from ..engine.trainer import TrainSettings
 from ..experiment import ExperimentDir
-from ..methods.base import Method
 from ..selection import Rule
 from ..tasks import Example, Task
+
+if TYPE_CHECKING:  # the engine (torch) is imported where it is used: the tables' plans (results_table.py) need none
+    import numpy as np
+    import torch
+
+    from ..engine.device import Precision
+    from ..engine.trainer import TrainSettings
+    from ..methods.base import Method
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Devices:
     amp_dtype: str
     teacher_device_id: int | None = None  # --tdevice_id
     gate_device_id: int | None = None  # --gate_device_id
-    ddp_timeout: timedelta = distributed.DEFAULT_TIMEOUT  # --ddp_timeout
+    ddp_timeout: timedelta | None = None  # --ddp_timeout (None: engine/distributed.DEFAULT_TIMEOUT)
     deterministic: bool = False  # --deterministic
 
     @classmethod
@@ -72,13 +72,18 @@ class Devices:
     def applied(self) -> Iterator[None]:
         """The process-wide settings of a command, from its start to its end: the process group's timeout (given
         before anything creates the group) and ``--deterministic`` (engine/determinism.py)."""
-        distributed.configure(self.ddp_timeout)
+        from ..engine import distributed
+        from ..engine.determinism import deterministic_algorithms
+
+        distributed.configure(self.ddp_timeout or distributed.DEFAULT_TIMEOUT)
         with deterministic_algorithms(self.deterministic):
             yield
 
     def resolve(self, quiet: bool = False) -> tuple[torch.device, Precision]:
         """The student's (the model's) device and the precision asked for, after every input has been checked (so
         an error is never preceded by device warnings); ``quiet``: without the warnings said once already."""
+        from ..engine.device import resolve_device, resolve_precision
+
         device = resolve_device(self.device_id, self.num_gpu, quiet=quiet)
         return device, resolve_precision(self.amp, self.amp_dtype, device, quiet=quiet)
 

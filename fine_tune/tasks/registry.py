@@ -23,7 +23,6 @@ from .columns import JsonFields, TsvLayout, parse_jsonl, parse_tsv
 from .example import Example
 from .qqp import parse_qqp
 from .task import Task
-from .user import definition_path, ensure_materialised, parse_user_file, read_definition
 
 
 def _tsv(labelled_layout: TsvLayout, test_layout: TsvLayout, file_labels: tuple[str, ...]):
@@ -172,6 +171,8 @@ DIAGNOSTICS = {"ax": ("mnli", "ax"), "axb": ("rte_superglue", "axb"), "axg": ("r
 
 def user_task(name: str, spec: dict, definition_file: Path | None = None) -> Task:
     """The :class:`Task` of a checked definition (:func:`fine_tune.tasks.user.check_definition`)."""
+    from .user import ensure_materialised, parse_user_file  # pydantic's schema: only for a task of one's own
+
     files = dict(spec["files"])
     unlabelled = set(spec.get("unlabelled") or [s for s in files if s.startswith("test")])
     labelled = frozenset(s for s in files if s not in unlabelled)
@@ -198,6 +199,8 @@ def get_task(name: str, data_root: Path | None = None) -> Task:
                         f"--task {task} --dataset {split}")
     check_name(name, "--task")
     if data_root is not None:
+        from .user import definition_path, read_definition  # pydantic's schema: only for a task of one's own
+
         path = definition_path(data_root, name)
         if path.exists():  # a file, or something in its place (a folder) that read_definition names
             return user_task(name, read_definition(path), path)
