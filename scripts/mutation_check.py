@@ -2055,7 +2055,7 @@ MUTATIONS = [
              ("tests/test_flags.py::test_num_epochs_and_warmup_ratio_resolve_into_the_steps_of_the_data_stream",)),
     Mutation("epochs_float_product", "--num_epochs 0.7 of 10 steps an epoch is 8 steps (the float product rounded up)",
              "fine_tune/plan/training.py", "math.ceil(Fraction(str(o.num_epochs)) * per_epoch)",
-             "math.ceil(Fraction(o.num_epochs) * per_epoch)",
+             "math.ceil(o.num_epochs * float(per_epoch))",
              ("tests/test_flags.py::test_num_epochs_and_warmup_ratio_resolve_into_the_steps_of_the_data_stream",)),
     Mutation("warmup_ratio_ignored", "--warmup_ratio leaves --warmup_step's default", "fine_tune/plan/training.py",
              "warmup = o.warmup_step if o.warmup_ratio is None else", "warmup = o.warmup_step if True else",
