@@ -2053,7 +2053,8 @@ MUTATIONS = [
              "ignored)", "fine_tune/plan/training.py", "per_epoch = Fraction(micro, b.accum_step)",
              "per_epoch = Fraction(micro)",
              ("tests/test_flags.py::test_num_epochs_and_warmup_ratio_resolve_into_the_steps_of_the_data_stream",)),
-    Mutation("epochs_float_product", "--num_epochs 0.7 of 10 steps an epoch is 8 steps (the float product rounded up)",
+    Mutation("epochs_float_product", "--num_epochs 1.1 of 50 steps an epoch is 56 steps (the float product rounded "
+             "up)",
              "fine_tune/plan/training.py", "math.ceil(Fraction(str(o.num_epochs)) * per_epoch)",
              "math.ceil(o.num_epochs * float(per_epoch))",
              ("tests/test_flags.py::test_num_epochs_and_warmup_ratio_resolve_into_the_steps_of_the_data_stream",)),

@@ -99,7 +99,7 @@ def _ft(*extra: str):
 @pytest.mark.parametrize("rows, batch, accum, epochs, ratio, drop_last", [
     (90, 8, 1, "1", "0.05", False),  # rows not a multiple of the batch: the last micro-batch is short
     (90, 8, 2, "2.5", "0.1", False),  # accumulation: 23 micro-batches an epoch, 11.5 steps
-    (100, 10, 1, "0.7", "0.3", False),  # decimals exact: 0.7 x 10 is 7 steps (the float product, 7.000000000000001)
+    (100, 2, 1, "1.1", "0.3", False),  # decimals exact: 1.1 x 50 is 55 steps (the float product, 55.00000000000001)
     (90, 8, 1, "3", "0", True),  # a method that trains full micro-batches only (TinyBERT): 11 an epoch
 ])
 def test_num_epochs_and_warmup_ratio_resolve_into_the_steps_of_the_data_stream(rows, batch, accum, epochs, ratio,
