@@ -232,6 +232,14 @@ def test_best_is_one_rule_with_each_metrics_direction():
     assert best_checkpoint_row(history, "loss")["step"] == 1 and best_checkpoint_row(history, "accuracy")["step"] == 3
     qqp = get_task("qqp")
     assert [metric_for_best(qqp, m) for m in (None, "f1", "loss")] == ["accuracy", "f1", "loss"]
+    import numpy as np
+
+    from fine_tune.evaluate import evaluation_loss  # the loss: cross-entropy, or MSE of a regression task's score
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=np.float32)
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    assert evaluation_loss(qqp, np.array([0, 0, 1]), logits) == pytest.approx(
+        -(log_p[0, 0] + log_p[1, 0] + log_p[2, 1]) / 3, rel=1e-6)
+    assert evaluation_loss(get_task("stsb"), np.array([1.0, 4.5]), np.array([[2.0], [4.0]])) == pytest.approx(0.625)
     with pytest.raises(UserError, match=r"^--metric_for_best 'bleu': not a metric of qqp; its metrics: accuracy, "
                                         r"f1, loss$"):
         metric_for_best(qqp, "bleu")
