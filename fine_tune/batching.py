@@ -195,6 +195,12 @@ class Collator:
         return batch
 
 
+def micro_batches_per_epoch(num_rows: int, micro_batch: int, drop_last: bool = False) -> int:
+    """The micro-batches of one epoch of :class:`MicroBatchStream`: ``ceil(num_rows / micro_batch)``, or with
+    ``drop_last`` the ``num_rows // micro_batch`` full ones (the plan's --num_epochs counts in them too)."""
+    return num_rows // micro_batch if drop_last else math.ceil(num_rows / micro_batch)
+
+
 class MicroBatchStream:
     """The training data order: each epoch a fresh shuffle (seeded by ``seed`` and the epoch number),
     cut into micro-batches of ``micro_batch`` rows; epochs follow each other without a break, so an accumulation
@@ -218,7 +224,7 @@ class MicroBatchStream:
         self.seed = seed
         self.position = position
         self.drop_last = drop_last
-        self.per_epoch = num_rows // micro_batch if drop_last else math.ceil(num_rows / micro_batch)
+        self.per_epoch = micro_batches_per_epoch(num_rows, micro_batch, drop_last)
         self._epoch = -1
         self._perm: np.ndarray | None = None
 

@@ -104,11 +104,12 @@ def build_parser(prog: str, description: str, groups: Sequence[type], *, require
             seen.add(f.name)
             meta = dict(f.metadata)
             help_ = meta.pop("help", "")
-            kind = _kind(f)
+            meta.pop("exclusive_with", None)
+            kind = meta.pop("type", None) or _kind(f)
             if probe:
-                shape = {"action": "store_true"} if kind is bool else {"nargs": meta.get("nargs")}
+                shape = {"action": "store_true"} if _kind(f) is bool else {"nargs": meta.get("nargs")}
                 g.add_argument(f"--{f.name}", default=argparse.SUPPRESS, **shape)
-            elif kind is bool:
+            elif _kind(f) is bool:
                 g.add_argument(f"--{f.name}", action="store_true", default=f.default, help=help_)
             else:
                 if not required:
@@ -140,12 +141,28 @@ def parse_flags(prog: str, description: str, groups: Sequence[type], argv: Seque
     values = vars(parser.parse_args(argv))
     source = None
     config = values.pop("config")
+    _refuse_exclusive(groups, set(given or ()), values)
     if config is not None:  # (the probe parsed argv: what it cannot parse, the parser above refuses)
         values, source = _merge_config(parser, groups, values, set(given) - {"config"}, config)
     parsed = {group.key: group(**{f.name: values[f.name] for f in dataclasses.fields(group)}) for group in groups}
     if source is not None:
         parsed[source.key] = source
     return Flags(parsed)
+
+
+def _exclusive_pairs(groups: Sequence[type]) -> list[tuple[str, str]]:
+    """(flag, the flag it replaces) of every field with ``exclusive_with`` metadata (``--num_epochs`` sets
+    ``--total_step``, ``--warmup_ratio`` sets ``--warmup_step``): the plan resolves the second from the first."""
+    return [(f.name, f.metadata["exclusive_with"]) for g in groups for f in dataclasses.fields(g)
+            if "exclusive_with" in f.metadata]
+
+
+def _refuse_exclusive(groups: Sequence[type], given: set[str], values: dict[str, Any]) -> None:
+    """Both flags of an exclusive pair given on the command line: one line naming both."""
+    for name, other in _exclusive_pairs(groups):
+        if name in given and other in given:
+            raise UserError(f"--{name} {values[name]} and --{other} {values[other]}: give one or the other "
+                            f"(--{name} sets --{other})")
 
 
 def _all_flag_groups() -> list[type]:
@@ -193,6 +210,12 @@ def _config_value(path: str, f: dataclasses.Field, value: Any) -> Any:
     kind, nargs = _kind(f), f.metadata.get("nargs")
     if value is None and f.default is None:
         return None
+    parse = f.metadata.get("type")  # a flag of its own syntax (--tckpt: a step or best) reads a string as its flag
+    if parse is not None and isinstance(value, str):
+        try:
+            return parse(value)
+        except (argparse.ArgumentTypeError, ValueError) as e:
+            raise UserError(f"--config {path}: field \"{f.name}\": --{f.name} takes {e}") from None
     if nargs is not None:
         ok = (isinstance(value, list) and all(isinstance(v, str) for v in value)
               and (len(value) == nargs if isinstance(nargs, int) else len(value) >= 1))
@@ -241,6 +264,11 @@ def _merge_config(parser: argparse.ArgumentParser, groups: Sequence[type], value
         if name in fields and name not in NOT_FROM_CONFIG and (
                 trains or name in IDENTITY_FIELDS or name not in training_fields):
             from_file[name] = _config_value(path, fields[name], value)
+    for name, other in _exclusive_pairs(groups):  # the one the command line gives wins; else the file's own choice
+        if name in given or (other not in given and from_file.get(name) is not None):
+            from_file.pop(other, None)  # (a file's total_step of a --num_epochs run was resolved: resolved again)
+        elif other in given:
+            from_file.pop(name, None)
     merged = {**values, **{k: v for k, v in from_file.items() if k not in given}}
     missing = [f"--{name}" for name, f in fields.items() if f.metadata.get("required") and merged[name] is None]
     if missing:  # argparse's message, as without --config, naming the file

@@ -25,7 +25,9 @@ ADDED_FIELDS: dict[str, Any] = {"init_embeddings": False, "group_by_length": Fal
                                 "teacher_label_map": None, "teacher_label_order": None,
                                 "early_stop_patience": None, "eval_dataset": None, "eval_step": None,
                                 "eval_batch_size": 128, "deterministic": False, "gradient_checkpointing": False,
-                                "ddp_timeout": 1800}  # a runtime field too: never a different config
+                                "ddp_timeout": 1800,  # a runtime field too: never a different config
+                                # issue 32 (train): the schedule in epochs / warmup share, the metric for "best"
+                                "num_epochs": None, "warmup_ratio": None, "metric_for_best": None}
 
 
 def as_before(old: dict[str, Any] | None, record: dict[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from .experiment import ExperimentDir
 from .io_utils import (TMP_PREFIX, atomic_write, atomic_write_json, atomic_write_text, check_writable, remove_inside,
                        sha256_file)
 from .locking import lock_folder, releases_locks
-from .selection import best_row, evaluated_rows_changed, predictions_path, read_eval, resolve_ckpt
+from .selection import LOSS, best_row, experiment_metric, predictions_path, resolve_ckpt
 from .engine.checkpoint import load_checkpoint_into
 from .models.classifier import build_from_config, check_checkpoint, load_model_dir
 from .tasks.metrics import TAGS
@@ -117,6 +117,18 @@ def metrics(task: Task, labels: np.ndarray, preds: np.ndarray, split: str | None
     return compute(task.metrics if split is None else task.metrics_for(split), labels, preds, groups)
 
 
+def evaluation_loss(task: Task, labels: np.ndarray, logits: np.ndarray) -> float:
+    """The evaluation loss (``--metric_for_best loss``), the fine-tuning loss on the split: the mean cross-entropy
+    ``-1/n sum_i log softmax(z_i)[y_i]`` of a classification task, the MSE ``1/n sum_i (z_i - y_i)^2`` of a
+    regression one (its one output ``z_i``), in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    if task.regression:
+        return float(np.mean((z[:, 0] - np.asarray(labels, dtype=np.float64)) ** 2))
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-np.mean(log_p[np.arange(len(z)), np.asarray(labels, dtype=np.int64)]))
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -186,12 +198,13 @@ def run_eval(plan: EvalPlan) -> dict:
             preds = le.task.predictions(logits)
             predictions[f"pred_{step}"] = preds.astype(np.float32 if le.task.regression else np.int16)
             row = {"ckpt": step, **metrics(le.task, features.labels, preds, split, examples),
+                   LOSS: evaluation_loss(le.task, features.labels, logits),
                    "examples_per_s": round(len(examples) / max(seconds, 1e-9), 2)}
             rows.append(row)
             print(f"{step}\t" + "\t".join(f"{row[m]:.6f}" for m in metric_names), flush=True)
             if not main:
                 continue
-            for m in metric_names:  # accuracy, f1_score (the toolkit's tags), mcc, macro_f1, ...
+            for m in (*metric_names, LOSS):  # accuracy, f1_score (the toolkit's tags), mcc, macro_f1, ..., loss
                 writer.add_scalar(f"{le.task.name}/{split}/{TAGS.get(m, m)}", row[m], step)
             if plan.save_predictions:
                 write_predictions(le.exp.path / f"predictions-{split}-{step}.tsv", examples, logits,
@@ -202,15 +215,19 @@ def run_eval(plan: EvalPlan) -> dict:
     if not rows:
         raise UserError(f"every checkpoint of {le.exp.path} from --ckpt {first} on was deleted while this evaluation "
                         f"ran; nothing evaluated")
+    metric = experiment_metric(le.exp, le.task)
     table = write_eval_table(le.exp, le.task, split, examples, features.labels, rows, predictions,
                              inference_record(le.device, le.precision, batch_size), write=main,
-                             max_examples=plan.max_examples)
+                             max_examples=plan.max_examples, metric_for_best=metric)
     if diagnostic:  # reported at the checkpoint the dev split chooses (results_table.py), never choosing one
         print(f"{split} is a diagnostic of {le.task.name}: results_table.py reports it at the checkpoint chosen on "
               f"{le.task.dev_split}")
         return table
-    for m in metric_names:
+    for m in table["best"]:
         print(f"best {m}: {table['best'][m]['value']:.6f} at model-{table['best'][m]['ckpt']}.pt")
+    best = table["best"][metric]
+    print(f"best checkpoint on {split} by {metric} (the experiment's metric for best; ties go to the later "
+          f"checkpoint): model-{best['ckpt']}.pt")
     return table
 
 
@@ -223,14 +240,16 @@ def inference_record(device, precision: Precision, batch_size: int) -> dict:
 def write_eval_table(exp: ExperimentDir, task: Task, split: str, examples, labels, rows: list[dict],
                      predictions: dict[str, np.ndarray], inference: dict, write: bool = True,
                      selection: str = "best on this split; ties go to the later checkpoint",
-                     max_examples: int | None = None) -> dict:
+                     max_examples: int | None = None, metric_for_best: str | None = None) -> dict:
     """``eval-{split}.json`` (a row of metrics per checkpoint, the best per metric) and its predictions file, as
     ``run_fine_tune_eval.py`` and the evaluation during training write them. ``write=False``: the table only.
     The table records the identity of the rows it was computed on (``examples_sha256``, ``max_examples``): a reader
     choosing a checkpoint by it (``--ckpt best``, results tables) refuses it once the split's rows changed
     (selection.evaluated_rows_changed). A diagnostic's table (SuperGLUE's AX-b, AX-g) holds its own metrics and says
-    that it chooses no checkpoint."""
-    metric_names = list(task.metrics_for(split))
+    that it chooses no checkpoint. ``best``: each metric's best row (and the loss's, lowest, where the rows hold
+    it); ``metric_for_best``: the one the experiment's best checkpoint is chosen by (selection.experiment_metric).
+    """
+    metric_names = list(task.metrics_for(split)) + ([LOSS] if all(LOSS in r for r in rows) else [])
     best = {m: best_row(rows, m) for m in metric_names}
     if split in task.diagnostics:
         selection = (f"a diagnostic: scored at every checkpoint, never choosing one (results tables report it at the "
@@ -238,7 +257,7 @@ def write_eval_table(exp: ExperimentDir, task: Task, split: str, examples, label
     table = {"experiment": exp.name, "task": task.name, "split": split, "num_rows": len(examples),
              "examples_sha256": examples_digest(examples), "max_examples": max_examples,
              "rows": rows, "best": {m: {"ckpt": best[m]["ckpt"], "value": best[m][m]} for m in metric_names},
-             "selection": selection,
+             "selection": selection, "metric_for_best": metric_for_best or task.main_metric,
              "inference": {"examples_per_s": statistics.median(r["examples_per_s"] for r in rows), **inference}}
     if not write:
         return table
@@ -260,14 +279,15 @@ class TrainingEvaluator:
 
     def __init__(self, exp: ExperimentDir, task: Task, split: str, examples, features: Features, pad_token_id: int,
                  max_seq_len: int, batch_size: int, device, precision: Precision, every: int | None,
-                 patience: int | None, max_examples: int | None = None):
+                 patience: int | None, max_examples: int | None = None, metric: str | None = None):
         from .engine.evaluation import EvalSettings
 
         self.exp, self.task, self.split, self.examples, self.features = exp, task, split, examples, features
         self.pad_token_id, self.max_seq_len, self.batch_size = pad_token_id, max_seq_len, batch_size
         self.device, self.precision, self.max_examples = device, precision, max_examples
-        self.settings = EvalSettings(split=split, every=every, patience=patience, metric=task.main_metric,
-                                     tag_prefix=f"{task.name}/{split}", tags={m: TAGS.get(m, m) for m in task.metrics})
+        self.settings = EvalSettings(split=split, every=every, patience=patience, metric=metric or task.main_metric,
+                                     tag_prefix=f"{task.name}/{split}",
+                                     tags={**{m: TAGS.get(m, m) for m in task.metrics}, LOSS: LOSS})
         self.predictions: dict[int, np.ndarray] = {}  # step -> predictions, of the checkpoints and the latest
 
     def evaluate(self, model: torch.nn.Module, step: int) -> dict[str, float]:
@@ -278,6 +298,7 @@ class TrainingEvaluator:
         preds = self.task.predictions(logits)
         self.predictions[step] = preds.astype(np.float32 if self.task.regression else np.int16)
         return {**metrics(self.task, self.features.labels, preds, self.split, self.examples),
+                LOSS: evaluation_loss(self.task, self.features.labels, logits),
                 "examples_per_s": round(len(self.examples) / max(seconds, 1e-9), 2)}
 
     def _keep(self, steps: list[int]) -> None:
@@ -291,7 +312,7 @@ class TrainingEvaluator:
                          {f"pred_{s}": p for s, p in sorted(self.predictions.items())},
                          inference_record(self.device, self.precision, self.batch_size),
                          selection="best on this split; ties go to the later checkpoint (evaluated during training)",
-                         max_examples=self.max_examples)
+                         max_examples=self.max_examples, metric_for_best=self.settings.metric)
 
     def state_dict(self) -> dict:
         return {"predictions": {str(s): torch.from_numpy(p.copy()) for s, p in self.predictions.items()}}
@@ -318,13 +339,9 @@ def _still_there(le: LoadedExperiment, step: int, read) -> bool:
 def _checkpoint(le: LoadedExperiment, target: TrainedExperiment, choice: CheckpointChoice) -> tuple[int, str]:
     """The planned ``--ckpt``: a step, ``last`` / not given (the newest checkpoint) or ``best`` (on
     ``--select_on``), found in the experiment folder. Returns the step and how it was chosen."""
-    if choice.ckpt == "best":  # chosen by an evaluation of the rows the split holds now, or refused
-        table = read_eval(le.exp, choice.select_on)
-        why = None if table is None else evaluated_rows_changed(le.exp, table, le.task, le.data_root, choice.select_on)
-        if why:
-            raise UserError(f"--ckpt best: {why}")
+    # best: chosen by an evaluation of the rows the split holds now, or refused
     return resolve_ckpt(le.exp, choice.ckpt, choice.select_on, task=le.task, model=target.model,
-                        experiment=target.experiment)
+                        experiment=target.experiment, data_root=le.data_root)
 
 
 @dataclass

@@ -13,7 +13,10 @@ Rules (every table says which one it used):
 * ``best on S`` (``--select_on S``): the checkpoint with the best metric on split S, reported on another
   split (S = val/dev, reported = test-like held-out data: the honest protocol).
 
-Ties go to the later checkpoint.
+Ties go to the later checkpoint. "Best" is by the experiment's ``--metric_for_best`` (its config.json; default
+the task's main metric): higher is better, lower for ``loss`` (:func:`greater_is_better`); every place that decides
+a best row (these rules, ``--ckpt best``, ``--tckpt best``, the evaluation tables, the evaluation during training's
+keep-best and patience) goes through :func:`best_row`.
 """
 
 from __future__ import annotations
@@ -106,13 +109,59 @@ def require_eval(exp: ExperimentDir, split: str, task: str, model: str, experime
     return table
 
 
-def best_row(rows: list[dict], metric: str = "accuracy") -> dict:
-    """Best row for ``metric``; ties go to the later checkpoint (rows are in step order)."""
-    best = rows[0]
-    for row in rows[1:]:
-        if row[metric] >= best[metric]:
+LOSS = "loss"  # the evaluation's mean cross-entropy (MSE on a regression task) on the split (evaluate.evaluation_loss)
+
+
+def greater_is_better(metric: str) -> bool:
+    """The direction of ``metric``: every metric the tasks compute is higher-is-better; the loss lower-is-better."""
+    return metric != LOSS
+
+
+def best_row(rows: list[dict], metric: str = "accuracy", ties: str = "later") -> dict | None:
+    """The row with the best ``metric`` (by :func:`greater_is_better`; None for no rows). Rows are in step order;
+    ``ties``: ``later`` (a checkpoint's choice: the later checkpoint) or ``earlier`` (the patience's reference: the
+    first evaluation that reached the value)."""
+    sign = 1.0 if greater_is_better(metric) else -1.0
+    best = None
+    for row in rows:
+        gain = None if best is None else sign * (row[metric] - best[metric])
+        if best is None or gain > 0 or (gain == 0 and ties == "later"):
             best = row
     return best
+
+
+def metric_for_best(task, name: str | None, source: str = "--metric_for_best") -> str:
+    """The metric that decides "best" for ``task``: ``name`` (one of the task's metrics, or ``loss``; anything else
+    refused in one line naming ``source``, with the closest name) or, None, the task's main metric."""
+    if name is None:
+        return task.main_metric
+    choices = (*task.metrics, LOSS)
+    if name not in choices:
+        import difflib
+
+        close = difflib.get_close_matches(name, choices, n=1, cutoff=0.4)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UserError(f"{source} {name!r}: not a metric of {task.name}; its metrics: {', '.join(choices)}{hint}")
+    return name
+
+
+def experiment_metric(exp: ExperimentDir, task) -> str:
+    """The metric that decides an experiment's best checkpoint: its config.json's ``metric_for_best`` (checked), else
+    the task's main metric (an experiment without a config.json too)."""
+    name = None
+    if exp.config_path.is_file():
+        from .config import load_config
+
+        name = load_config(exp.config_path).get("metric_for_best")
+    return metric_for_best(task, name, f"{exp.config_path}: metric_for_best")
+
+
+def check_has_metric(table: dict, metric: str, path: Path) -> None:
+    """An evaluation table whose rows lack ``metric`` (a loss asked of a table written before evaluations recorded
+    it) cannot choose by it: one line saying how to evaluate again."""
+    if not all(metric in r for r in table["rows"]):
+        raise UserError(f"{path} records no {metric} of its checkpoints (written before evaluations recorded it); "
+                        f"evaluate the split again with run_fine_tune_eval.py")
 
 
 @dataclass(frozen=True)
@@ -165,11 +214,12 @@ def parse_ckpt(value: str) -> int | str:
 
 
 def resolve_ckpt(exp: ExperimentDir, ckpt: int | str | None, select_on: str, *, task, model: str,
-                 experiment: str) -> tuple[int, str]:
+                 experiment: str, data_root: Path | None = None, flag: str = "--ckpt") -> tuple[int, str]:
     """The step ``--ckpt`` names and a label saying why: a number as given; ``last`` (or None) = the newest
-    checkpoint on disk; ``best`` = the best checkpoint on ``select_on`` by the task's main metric (from its
-    evaluation, among the checkpoints still on disk: :func:`on_disk`). ``task``: the
-    :class:`~fine_tune.tasks.task.Task`."""
+    checkpoint on disk; ``best`` = the best checkpoint on ``select_on`` by the experiment's metric for best
+    (:func:`experiment_metric`; from its evaluation, among the checkpoints still on disk: :func:`on_disk`), the
+    evaluation refused once the split's rows under ``data_root`` changed since (:func:`evaluated_rows_changed`).
+    ``task``: the :class:`~fine_tune.tasks.task.Task`; ``flag``: the flag errors name (``--tckpt`` for a teacher)."""
     if isinstance(ckpt, int):
         exp.require_checkpoint(ckpt)
         return ckpt, f"model-{ckpt}.pt"
@@ -178,11 +228,16 @@ def resolve_ckpt(exp: ExperimentDir, ckpt: int | str | None, select_on: str, *, 
         if not have:
             raise UserError(f"no checkpoint in {exp.path}")
         return have[-1], f"model-{have[-1]}.pt (latest)"
-    table, absent = on_disk(exp, require_eval(exp, select_on, task.name, model, experiment))
+    metric = experiment_metric(exp, task)
+    evaluated = require_eval(exp, select_on, task.name, model, experiment)
+    why = None if data_root is None else evaluated_rows_changed(exp, evaluated, task, data_root, select_on)
+    if why:
+        raise UserError(f"{flag} best: {why}")
+    check_has_metric(evaluated, metric, eval_path(exp, select_on))
+    table, absent = on_disk(exp, evaluated)
     if table is None:
         raise UserError(f"no checkpoint evaluated on {select_on} is on disk in {exp.path} (model-{absent[-1]}.pt and "
                         f"the others evaluated were deleted); evaluate the checkpoints there with run_fine_tune_eval.py")
-    metric = task.main_metric
     row = best_row(table["rows"], metric)
     skipped = f"; {absent_note(select_on, absent)}" if absent else ""
     return row["ckpt"], f"model-{row['ckpt']}.pt (best {select_on} {metric} {row[metric]:.4f}{skipped})"

@@ -65,9 +65,22 @@ def _check_adamw(group: Any, prefix: str = "") -> None:
     _adam(getattr(group, f"{prefix}beta1"), getattr(group, f"{prefix}beta2"), getattr(group, f"{prefix}eps"), prefix)
     _non_negative(group, f"{prefix}warmup_step")
     total, warmup = getattr(group, f"{prefix}total_step"), getattr(group, f"{prefix}warmup_step")
-    if total is not None and warmup is not None and warmup > total:
+    resolved_later = getattr(group, f"{prefix}num_epochs", None) is not None  # the plan checks it (--num_epochs)
+    if total is not None and warmup is not None and warmup > total and not resolved_later:
         raise UserError(f"--{prefix}warmup_step {warmup} exceeds --{prefix}total_step {total}")
     _positive(group, f"{prefix}max_norm")
+
+
+def step_or_best(value: str) -> int | str:
+    """``--tckpt``: a checkpoint step, or ``best`` (resolved by the plan through fine_tune/selection.py)."""
+    import argparse
+
+    if value == "best":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a checkpoint step or 'best', got {value!r}") from None
 
 
 SEED_RANGE = 2**63  # torch.manual_seed takes [-2^63, 2^64); the toolkit takes the non-negative part of both
@@ -193,9 +206,20 @@ class OptimiserFlags:
     max_norm: float = flag(1.0, "gradient clipping norm")
     total_step: int = flag(50000, "number of optimizer steps")
     warmup_step: int = flag(10000, "linear warmup steps, then linear decay to 0 at total_step")
+    # issue 32 (train): the schedule in epochs and a warmup share, as Hugging Face's num_train_epochs/warmup_ratio;
+    # the plan resolves them into total_step / warmup_step (plan/training.resolve_schedule), which config.json records
+    num_epochs: float = flag(None, "train for N epochs of the training split (fractions too): --total_step = "
+                                   "ceil(N x micro-batches per epoch / --accum_step); instead of --total_step",
+                             exclusive_with="total_step")
+    warmup_ratio: float = flag(None, "warm up for this share of the training steps: --warmup_step = "
+                                     "ceil(R x total steps), R in [0, 1); instead of --warmup_step",
+                               exclusive_with="warmup_step")
 
     def __post_init__(self) -> None:
         _check_adamw(self)
+        _positive(self, "num_epochs")
+        if self.warmup_ratio is not None and not 0.0 <= self.warmup_ratio < 1.0:
+            raise UserError(f"--warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
 
 
 @dataclass(frozen=True)
@@ -242,6 +266,11 @@ class RunFlags:
     eval_batch_size: int = flag(128, "rows per forward pass of the evaluation during training")
     early_stop_patience: int = flag(None, "with --eval_dataset: stop after P evaluations without a better main metric "
                                           "(default: never stop early)")
+    metric_for_best: str = flag(None, "the metric that decides the best checkpoint (keep-best of --save_total_limit, "
+                                      "--early_stop_patience, run_fine_tune_eval.py's best, --ckpt best, --tckpt best "
+                                      "of a student): any metric the task computes, or loss (the evaluation's mean "
+                                      "cross-entropy, MSE for regression; lower is better) (default: the task's main "
+                                      "metric)")
 
     def __post_init__(self) -> None:
         _positive(self, "ckpt_step", "log_step", "save_total_limit", "eval_step", "eval_batch_size",
@@ -334,7 +363,9 @@ class TeacherFlags:
     key: ClassVar[str] = "teacher"
     teacher_exp: str = flag(None, "fine-tuned teacher experiment (folder {teacher_exp}_{tmodel}_{task}); or --teacher_hf")
     tmodel: str = flag("bert", "teacher model family", choices=FAMILY_NAMES)
-    tckpt: int = flag(None, "teacher checkpoint step (model-{tckpt}.pt), with --teacher_exp")
+    tckpt: int = flag(None, "teacher checkpoint step (model-{tckpt}.pt), or best: the teacher's best checkpoint on "
+                            "its dev split's evaluation, by its --metric_for_best, as --ckpt best; with --teacher_exp",
+                      type=step_or_best)
     teacher_hf: str = flag(None, "a teacher fine-tuned elsewhere: a Hugging Face sequence-classification folder or hub "
                                  "name (instead of --teacher_exp/--tckpt); its id2label must name the task's labels "
                                  "(or --teacher_label_map); give --max_seq_len")
@@ -391,8 +422,8 @@ class SweepFlags:
 class CheckpointFlags:
     key: ClassVar[str] = "checkpoint"
     ckpt: str = flag(None, "checkpoint: a step, 'last' (the newest checkpoint; the default) or 'best' (the best "
-                           "main metric of the task on --select_on, from run_fine_tune_eval.py's evaluation of that "
-                           "split)")
+                           "on --select_on by the experiment's --metric_for_best, default its task's main metric, "
+                           "from run_fine_tune_eval.py's evaluation of that split)")
     select_on: str = flag(None, "split whose evaluation chooses --ckpt best (default: the task's dev split, e.g. val "
                                 "for SuperGLUE tasks, dev for GLUE tasks, dev_matched for mnli)")
 

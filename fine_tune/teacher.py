@@ -70,9 +70,13 @@ class Teacher:
         return model
 
 
-def open_teacher(exp_root: Path, teacher_exp: str, tmodel: str, task: str, tckpt: int) -> Teacher:
+def open_teacher(exp_root: Path, teacher_exp: str, tmodel: str, task: str, tckpt: int | str,
+                 choose: tuple | None = None) -> Teacher:
     """Check the teacher folder, its config and checkpoint (readable, of the teacher's shape); clear errors name
-    what is missing and what exists."""
+    what is missing and what exists. ``tckpt`` ``best``: the checkpoint ``--ckpt best`` would choose
+    (selection.resolve_ckpt: on the task's dev split, by the teacher's metric for best), ``choose`` being
+    (the :class:`~fine_tune.tasks.task.Task`, the data root); refused in one line when the teacher has no such
+    evaluation."""
     exp = ExperimentDir.of(exp_root, teacher_exp, tmodel, task, "--teacher_exp")
     if not exp.config_path.is_file():
         root = Path(exp_root)
@@ -84,6 +88,15 @@ def open_teacher(exp_root: Path, teacher_exp: str, tmodel: str, task: str, tckpt
                 else f"; {root} holds no experiment")
         raise UserError(f"--teacher_exp {teacher_exp} --tmodel {tmodel}: teacher folder {exp.path} not found{hint}")
     record = cfg.load_config(exp.config_path, required=("max_seq_len", "task"))
+    if tckpt == "best":
+        from .selection import resolve_ckpt
+
+        task_def, data_root = choose
+        try:
+            tckpt, _ = resolve_ckpt(exp, "best", task_def.dev_split, task=task_def, model=tmodel,
+                                    experiment=teacher_exp, data_root=data_root, flag="--tckpt")
+        except UserError as e:
+            raise UserError(str(e) if str(e).startswith("--tckpt") else f"--tckpt best: {e}") from None
     ckpt = exp.checkpoint_path(tckpt)
     if not ckpt.is_file():
         have = ", ".join(map(str, exp.checkpoints())) or "none"

@@ -354,6 +354,16 @@ CASES = [
     Case("misspelt_choice", "run_fine_tune.py", [*FT, "--padding", "dynamc"]),
     Case("misspelt_download_task", "download_data.py", ["--task", "sst-2", "--data_root", "{base}/nodata"]),
     Case("misspelt_submission_task", "make_submission.py", ["--benchmark", "glue", "--use", "qqq=teacher_bert_qqp"]),
+    # issue 32, lane train: epochs and the best checkpoint (doc/errors.md, "Epochs and the best checkpoint");
+    # FT[:8] + FT[12:]: the new fine-tuning run without --total_step / --warmup_step
+    Case("num_epochs_with_total_step", "run_fine_tune.py", [*FT, "--num_epochs", "3"]),
+    Case("warmup_ratio_with_warmup_step", "run_fine_tune.py", [*FT, "--warmup_ratio", "0.1"]),
+    Case("zero_num_epochs", "run_fine_tune.py", [*FT[:8], *FT[12:], "--num_epochs", "0"]),
+    Case("warmup_ratio_of_one", "run_fine_tune.py", [*FT[:8], *FT[12:], "--warmup_ratio", "1"]),
+    Case("default_warmup_beyond_the_epochs", "run_fine_tune.py", [*FT[:8], *FT[12:], "--num_epochs", "1"]),
+    Case("unknown_metric_for_best", "run_fine_tune.py", [*FT, "--metric_for_best", "acuracy"]),
+    Case("tckpt_best_without_evaluation", "run_pkd_distill.py", [*LW, "--teacher_exp", "student", "--tckpt", "best"]),
+    Case("tckpt_neither_step_nor_best", "run_lad_distil.py", [*LW, "--tckpt", "last"]),
 ]
 
 

@@ -82,10 +82,10 @@ def test_rerun_from_config_is_bit_identical(roots):
 def test_override_is_recorded_and_used(roots):
     run, _, exp_root = roots
     cfg_file = exp_root / "orig_bert_qqp" / "config.json"
-    # --flag=value and an abbreviation (--warm: --warmup_step) count as given; one equal to the file is no override
+    # --flag=value and an abbreviation (--warmup_s: --warmup_step) count as given; one equal to the file is no override
     # a boolean flag (store_true) given over the file's false is an override too
     assert config(exp_root, "orig_bert_qqp")["group_by_length"] is False
-    run("run_fine_tune.py", f"--config={cfg_file}", "--experiment", "fast", "--lr=2e-3", "--warm", "1",
+    run("run_fine_tune.py", f"--config={cfg_file}", "--experiment", "fast", "--lr=2e-3", "--warmup_s", "1",
         "--group_by_length")
     fast = config(exp_root, "fast_bert_qqp")
     assert fast["overrides"] == {"experiment": "fast", "lr": 0.002, "group_by_length": True}

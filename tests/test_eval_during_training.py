@@ -7,6 +7,7 @@ flags: tests/test_bad_inputs.py.)"""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -15,9 +16,13 @@ import torch
 from test_resume import World, assert_bitwise_equal, one_thread, start_killed, wait_killed  # noqa: F401
 from test_scripts_e2e import tb_scalars
 
-RUN = ["--model", "bert", "--task", "qqp", "--total_step", "12", "--warmup_step", "1", "--ckpt_step", "4",
-       "--log_step", "2", "--batch_size", "8", "--lr", "1e-3", "--max_seq_len", "24", "--seed", "3",
+# the schedule in epochs (issue 32): one epoch of 90 rows (not a multiple of the batch) in batches of 8 is
+# ceil(90 / 8) = 12 optimizer steps, warmup ceil(0.05 x 12) = 1 step; every run here (a killed and resumed one too)
+# resolves it so
+RUN = ["--model", "bert", "--task", "qqp", "--num_epochs", "1", "--warmup_ratio", "0.05", "--max_examples", "90",
+       "--ckpt_step", "4", "--log_step", "2", "--batch_size", "8", "--lr", "1e-3", "--max_seq_len", "24", "--seed", "3",
        "--eval_dataset", "dev", "--eval_step", "3"]
+STEPS, WARMUP = math.ceil(90 / 8), math.ceil(0.05 * math.ceil(90 / 8))
 EVAL_STEPS = [3, 4, 6, 8, 9, 12]  # every 3 steps and at each checkpoint (4, 8, 12)
 
 
@@ -25,28 +30,48 @@ def read(path):
     return json.loads(path.read_text())
 
 
-def test_evaluations_at_their_steps_equal_the_evaluation_script(run, tiny_bert, exp_root):
-    run("run_fine_tune.py", "--experiment", "ev", "--ptrain_ver", str(tiny_bert), *RUN)
+def test_evaluations_at_their_steps_equal_the_evaluation_script(run, tiny_bert, data_root, exp_root):
+    out = run("run_fine_tune.py", "--experiment", "ev", "--ptrain_ver", str(tiny_bert), *RUN)
     folder = exp_root / "ev_bert_qqp"
+    config = read(folder / "config.json")  # the resolved schedule is what config.json records, beside the epochs
+    assert (config["total_step"], config["warmup_step"], config["num_epochs"], config["warmup_ratio"]) == \
+        (STEPS, WARMUP, 1.0, 0.05) and (STEPS, WARMUP) == (12, 1)
+    assert "steps = " not in out.stderr  # the note on the default length: only a run left at the default
     history = read(folder / "training-eval-dev.json")
     assert [r["step"] for r in history["rows"]] == EVAL_STEPS
     assert [r["checkpoint"] for r in history["rows"]] == [s % 4 == 0 for s in EVAL_STEPS]
     assert history["metric"] == "accuracy" and history["stopped_early_at"] is None
     scalars = tb_scalars(exp_root / "log" / "ev_bert_qqp")
-    for tag, metric in (("qqp/dev/accuracy", "accuracy"), ("qqp/dev/f1_score", "f1")):
+    # linear warmup over WARMUP steps, then linear decay to 0 at STEPS (the scheduler's lr after each logged step)
+    lr = [1e-3 * (s / WARMUP if s < WARMUP else (STEPS - s) / (STEPS - WARMUP)) for s in range(2, STEPS + 1, 2)]
+    np.testing.assert_allclose([v for _, v in scalars["qqp/train/bert/lr"]], lr, rtol=1e-5, atol=1e-12)
+    for tag, metric in (("qqp/dev/accuracy", "accuracy"), ("qqp/dev/f1_score", "f1"), ("qqp/dev/loss", "loss")):
         assert [s for s, _ in scalars[tag]] == EVAL_STEPS
         np.testing.assert_allclose([v for _, v in scalars[tag]], [r[metric] for r in history["rows"]], rtol=1e-6)
     table = read(folder / "eval-dev.json")  # the checkpoints' table, where --ckpt best and results_table.py read
     assert [r["ckpt"] for r in table["rows"]] == [4, 8, 12]
     best = max(table["rows"], key=lambda r: (r["accuracy"], r["ckpt"]))
     assert history["best_checkpoint"] == {"ckpt": best["ckpt"], "value": best["accuracy"]}
+    assert f"ev_bert_qqp: best dev accuracy {history['best']['value']:.6f} " in out.stderr
     during = {r["ckpt"]: r for r in table["rows"]}
+    # the loss: the mean cross-entropy of the checkpoint's logits on the split, computed here independently
+    from test_scripts_e2e import qqp_rows, recompute_logits
+
+    dev = qqp_rows(data_root, "dev")
+    logits = torch.from_numpy(recompute_logits(folder, 12, dev, max_seq_len=24)).double()
+    gold = torch.tensor([int(r["label"]) for r in dev])
+    assert during[12]["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, gold).item(), rel=1e-5)
     # the evaluation script, afterwards, on the same checkpoints, computes the same numbers
-    run("run_fine_tune_eval.py", "--experiment", "ev", "--model", "bert", "--task", "qqp", "--dataset", "dev")
+    proc = run("run_fine_tune_eval.py", "--experiment", "ev", "--model", "bert", "--task", "qqp", "--dataset", "dev")
     after = read(folder / "eval-dev.json")
     for row in after["rows"]:
-        for metric in ("accuracy", "f1"):
-            assert row[metric] == pytest.approx(during[row["ckpt"]][metric], abs=1e-12), (row["ckpt"], metric)
+        for metric in ("accuracy", "f1", "loss"):
+            assert row[metric] == pytest.approx(during[row["ckpt"]][metric], abs=1e-9), (row["ckpt"], metric)
+    lowest = min(after["rows"], key=lambda r: (r["loss"], -r["ckpt"]))  # lower is better; ties: the later one
+    assert after["best"]["loss"] == {"ckpt": lowest["ckpt"], "value": lowest["loss"]}
+    assert after["metric_for_best"] == "accuracy"
+    assert (f"best checkpoint on dev by accuracy (the experiment's metric for best; ties go to the later checkpoint): "
+            f"model-{after['best']['accuracy']['ckpt']}.pt") in proc.stdout
     preds = np.load(folder / "eval-dev-predictions.npz")
     assert sorted(k for k in preds.files if k.startswith("pred_")) == ["pred_12", "pred_4", "pred_8"]
 
@@ -82,30 +107,48 @@ def test_a_killed_run_neither_repeats_nor_loses_an_evaluation(run, tiny_bert, da
     assert_bitwise_equal(torch.load(ref / "model-12.pt"), torch.load(killed / "model-12.pt"))
 
 
-def scripted(monkeypatch, accuracy: dict[int, float]):
-    """The evaluation's accuracy replaced by ``accuracy[step]`` (the real evaluation still runs and its
-    predictions are written): the run's choices can then be checked against a known sequence."""
+def scripted(monkeypatch, accuracy: dict[int, float], loss: dict[int, float] | None = None):
+    """The evaluation's accuracy (and loss) replaced by ``accuracy[step]`` (``loss[step]``) (the real evaluation still
+    runs and its predictions are written): the run's choices can then be checked against a known sequence."""
     from fine_tune.evaluate import TrainingEvaluator
 
     real = TrainingEvaluator.evaluate
 
     def evaluate(self, model, step):
-        return {**real(self, model, step), "accuracy": accuracy[step]}
+        return {**real(self, model, step), "accuracy": accuracy[step], **({"loss": loss[step]} if loss else {})}
 
     monkeypatch.setattr(TrainingEvaluator, "evaluate", evaluate)
 
 
 def test_save_total_limit_keeps_the_best_checkpoint_and_the_newest(run, tiny_bert, exp_root, monkeypatch):
-    scripted(monkeypatch, {2: 0.5, 4: 0.9, 6: 0.6, 8: 0.7, 10: 0.8, 12: 0.85})
-    run("run_fine_tune.py", "--experiment", "keep", "--ptrain_ver", str(tiny_bert), *RUN[:-2], "--ckpt_step", "2",
-        "--save_total_limit", "1")
+    # --metric_for_best loss: the lowest loss (first at 4, tied at 8: the later checkpoint) decides, where accuracy
+    # would choose 10 (and, of the checkpoints left, 12)
+    scripted(monkeypatch, {2: 0.5, 4: 0.6, 6: 0.6, 8: 0.5, 10: 0.9, 12: 0.85},
+             {2: 0.7, 4: 0.3, 6: 0.5, 8: 0.3, 10: 0.4, 12: 0.6})
+    out = run("run_fine_tune.py", "--experiment", "keep", "--ptrain_ver", str(tiny_bert), *RUN[:-2], "--ckpt_step",
+              "2", "--save_total_limit", "1", "--metric_for_best", "loss")
     folder = exp_root / "keep_bert_qqp"
-    assert sorted(p.name for p in folder.glob("model-*.pt")) == ["model-12.pt", "model-4.pt"]
-    assert read(folder / "training-eval-dev.json")["best_checkpoint"] == {"ckpt": 4, "value": 0.9}
-    assert read(folder / "eval-dev.json")["best"]["accuracy"] == {"ckpt": 4, "value": 0.9}
+    assert sorted(p.name for p in folder.glob("model-*.pt")) == ["model-12.pt", "model-8.pt"]
+    assert ("keep_bert_qqp: best dev loss 0.300000 first at step 4, tied at 8 (ties go to the later checkpoint; "
+            "model-4.pt was pruned by --save_total_limit 1): best checkpoint model-8.pt") in out.stderr
+    history = read(folder / "training-eval-dev.json")
+    assert history["metric"] == "loss" and history["best_checkpoint"] == {"ckpt": 8, "value": 0.3}
+    assert history["best"] == {"step": 4, "value": 0.3}  # the patience's reference: the first to reach it
+    table = read(folder / "eval-dev.json")
+    assert table["best"]["loss"] == {"ckpt": 8, "value": 0.3} and table["metric_for_best"] == "loss"
+    assert table["best"]["accuracy"] == {"ckpt": 10, "value": 0.9}
     out = run("generate_test_prediction.py", "--experiment", "keep", "--model", "bert", "--task", "qqp",
-              "--dataset", "test", "--ckpt", "best", "--select_on", "dev")
-    assert "model-4.pt" in out.stdout + out.stderr
+              "--dataset", "test", "--ckpt", "best", "--select_on", "dev")  # by the experiment's metric: loss
+    assert "of model-8.pt (best dev loss 0.3000" in out.stdout
+    # --tckpt best: a student of this teacher takes the checkpoint --ckpt best chooses (not the last one), and its
+    # config.json records the step
+    out = run("run_pkd_distill.py", "--teacher_exp", "keep", "--tmodel", "bert", "--tckpt", "best", "--experiment",
+              "stu", "--task", "qqp", "--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2",
+              "--num_hidden_layers", "1", "--total_step", "1", "--warmup_step", "0", "--batch_size", "8",
+              "--max_examples", "8", "--map_examples", "0")
+    assert "note: --tckpt best: keep_bert_qqp model-8.pt, its best checkpoint on dev" in out.stderr
+    student = read(exp_root / "stu_bert_qqp" / "config.json")
+    assert student["tckpt"] == 8 and student["teacher_checkpoint"] == "keep_bert_qqp/model-8.pt"
 
 
 def test_early_stopping_stops_after_p_evaluations_and_the_run_is_finished(run, tiny_bert, exp_root, monkeypatch):
@@ -113,7 +156,8 @@ def test_early_stopping_stops_after_p_evaluations_and_the_run_is_finished(run, t
     scripted(monkeypatch, {3: 0.5, 4: 0.9, 6: 0.6, 8: 0.9, 9: 0.7, 12: 0.99})
     args = ["--experiment", "stop", "--ptrain_ver", str(tiny_bert), *RUN, "--early_stop_patience", "3"]
     out = run("run_fine_tune.py", *args)
-    assert "stopped early at step 9: no better dev accuracy in 3 evaluations" in out.stderr
+    assert ("stopped early at step 9: no better dev accuracy in 3 evaluations; best dev accuracy 0.900000 first at "
+            "step 4, tied at 8 (ties go to the later checkpoint): best checkpoint model-8.pt\n") in out.stderr
     folder = exp_root / "stop_bert_qqp"
     assert sorted(int(p.stem.split("-")[1]) for p in folder.glob("model-*.pt")) == [4, 8, 9]  # 9: the last one
     history = read(folder / "training-eval-dev.json")

@@ -29,8 +29,9 @@ def scheduled(lr: float, warmup: int, total: int, step: int) -> float:
 
 
 def test_lad_logs_checkpoints_maps_and_evaluates(run, teacher, exp_root, data_root):
+    # the schedule in epochs: a third of 96 rows / 8 = 12 steps is ceil(0.3333 x 12) = 4 steps, warmup half of them
     proc = run("run_lad_distil.py", *TEACHER, "--experiment", "lad", "--task", "qqp", *TINY, "--num_hidden_layers", "6",
-               "--total_step", "4", "--warmup_step", "2", "--ckpt_step", "2", "--log_step", "1", "--batch_size", "8",
+               "--num_epochs", "0.3333", "--warmup_ratio", "0.5", "--ckpt_step", "2", "--log_step", "1", "--batch_size", "8",
                "--lr", "1e-3", "--gate_lr", "1e-2", "--gate_total_step", "8", "--gate_warmup_step", "4", "--mu", "10")
     assert "S1<-A2, S2<-A4, S3<-A6, S4<-A8, S5<-A10, S6<-A12" in proc.stderr
     folder = exp_root / "lad_bert_qqp"
@@ -38,6 +39,7 @@ def test_lad_logs_checkpoints_maps_and_evaluates(run, teacher, exp_root, data_ro
     assert (config["max_seq_len"], config["num_class"], config["dataset"]) == (24, 2, "train")  # the teacher's
     # per-script defaults of the original: T 1, soft 0.2, hard 0.8; 16 heads unless given
     assert (config["softmax_temp"], config["soft_weight"], config["hard_weight"]) == (1.0, 0.2, 0.8)
+    assert (config["total_step"], config["warmup_step"]) == (4, 2)
 
     s = tb_scalars(exp_root / "log" / "lad_bert_qqp")
     p = "qqp/train/bert/"

@@ -366,13 +366,15 @@ def test_bert_boolq_pipeline(run, data_root, exp_root, tiny_bert, monkeypatch):
         "--dataset", "train", "--batch_size", "16")  # default: the latest checkpoint (2)
     check_logits_set(data_root, exp_root, "ta_bert_boolq", "train", 2, train, str(tiny_bert))
 
+    # the schedule in epochs: a third of 96 rows / 8 = 12 steps is ceil(0.3333 x 12) = 4, warmup ceil(0.25 x 4) = 1
     run("run_fine_tune_distill.py", "--experiment", "student", "--model", "bert", "--task", "boolq",
         "--dataset", "ta_bert_boolq", "--accum_step", "1", "--batch_size", "8", "--ckpt_step", "2",
-        "--log_step", "2", "--lr", "1e-3", "--total_step", "4", "--warmup_step", "1", "--d_model", "16",
+        "--log_step", "2", "--lr", "1e-3", "--num_epochs", "0.3333", "--warmup_ratio", "0.25", "--d_model", "16",
         "--d_ff", "32", "--num_attention_heads", "2", "--num_hidden_layers", "1", "--type_vocab_size", "2", *TRAIN)
     student = exp_root / "student_bert_boolq"
     s_config = json.loads((student / "config.json").read_text())
     assert s_config["teacher_experiment"] == "ta_bert_boolq" and s_config["teacher_checkpoint"] == 2
+    assert (s_config["total_step"], s_config["warmup_step"], s_config["num_epochs"]) == (4, 1, 0.3333)
     assert checkpoints(student) == ["model-2.pt", "model-4.pt"]
     load_checkpoint_model(student, 2)
     model = load_checkpoint_model(student, 4)

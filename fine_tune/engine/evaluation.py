@@ -4,8 +4,9 @@ what it writes (``training-eval-{split}.json`` in the experiment folder; the sca
 
 The engine knows no task: a workflow hands it an :class:`Evaluator`, which computes the metrics of the student on
 the split (every rank takes part under torchrun; each row is predicted once) and writes the task's evaluation
-table at checkpoints (``eval-{split}.json``, where ``--ckpt best`` and ``results_table.py`` read). Every metric is
-higher-is-better; the task's main metric decides the best checkpoint and the patience.
+table at checkpoints (``eval-{split}.json``, where ``--ckpt best`` and ``results_table.py`` read). The metric for
+best (``--metric_for_best``, default the task's main metric) decides the best checkpoint and the patience, in its
+direction (higher is better, lower for the loss: fine_tune/selection.best_row, the one rule of "best").
 
 What a resumed run does: the history, the best checkpoint and the patience count are part of the resume state, so
 a run resumed from checkpoint ``k`` drops whatever a killed run evaluated after ``k`` and evaluates those steps
@@ -21,6 +22,7 @@ from typing import Protocol
 import torch
 
 from ..io_utils import atomic_write_json
+from ..selection import best_row
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class EvalSettings:
     split: str
     every: int | None  # evaluate every N optimizer steps (None: at checkpoints only); checkpoints always
     patience: int | None  # stop after P evaluations without a better main metric (None: never)
-    metric: str  # the task's main metric (higher is better)
+    metric: str  # the metric for best (selection.greater_is_better: its direction)
     tag_prefix: str  # "{task}/{split}": TensorBoard tags "{tag_prefix}/{tag}", as run_fine_tune_eval.py writes
     tags: dict[str, str] = field(default_factory=dict)  # metric name -> TensorBoard tag (accuracy, f1_score, ...)
 
@@ -56,7 +58,7 @@ class Evaluator(Protocol):
 
 
 class EvalHistory:
-    """Every evaluation of a run, the best checkpoint on the main metric, and the patience count."""
+    """Every evaluation of a run, the best checkpoint on the metric for best, and the patience count."""
 
     def __init__(self, settings: EvalSettings):
         self.s = settings
@@ -65,12 +67,8 @@ class EvalHistory:
 
     @property
     def best(self) -> dict | None:
-        """The evaluation with the best main metric (the patience's reference: ties keep the earlier one)."""
-        best = None
-        for row in self.rows:
-            if best is None or row[self.s.metric] > best[self.s.metric]:
-                best = row
-        return best
+        """The evaluation with the best metric (the patience's reference: ties keep the earlier one)."""
+        return best_row(self.rows, self.s.metric, ties="earlier")
 
     @property
     def without_improvement(self) -> int:
@@ -90,8 +88,35 @@ class EvalHistory:
                 row["checkpoint"] = True
 
     def best_checkpoint(self) -> dict | None:
-        """The checkpoint row with the best main metric (ties: the later checkpoint, as the evaluation tables)."""
+        """The checkpoint row with the best metric (ties: the later checkpoint, as the evaluation tables)."""
         return best_checkpoint_row(self.rows, self.s.metric)
+
+    def describe_best(self, on_disk, limit: int) -> str:
+        """What the best is and why its checkpoint is the one kept, exactly: the metric, its best value and the first
+        step that reached it; the later evaluations that tied it (ties go to the later checkpoint); a first one that
+        was an evaluation between checkpoints (no file), or whose checkpoint ``--save_total_limit`` (``limit``)
+        pruned (``on_disk(step)``: whether model-{step}.pt is there); and the best checkpoint, with its own value
+        where it is lower than the best evaluation's."""
+        m, top, ckpt = self.s.metric, self.best, self.best_checkpoint()
+        if top is None:
+            return f"no evaluation on {self.s.split}"
+        value = top[m]
+        ties = [r["step"] for r in self.rows if r[m] == value and r["step"] > top["step"]]
+        first = f"first at step {top['step']}, tied at {', '.join(map(str, ties))}" if ties else f"at step {top['step']}"
+        text = f"best {self.s.split} {m} {value:.6f} {first}"
+        if ckpt is None:
+            return f"{text}: no checkpoint evaluated"
+        if ckpt["step"] == top["step"]:
+            return f"{text}: best checkpoint model-{ckpt['step']}.pt"
+        why = []
+        if not top["checkpoint"]:
+            why.append(f"step {top['step']} was an evaluation between checkpoints: no model-{top['step']}.pt")
+        elif not on_disk(top["step"]):
+            why.append(f"model-{top['step']}.pt was pruned by --save_total_limit {limit}")
+        if ckpt[m] == value:
+            why.insert(0, "ties go to the later checkpoint")
+            return f"{text} ({'; '.join(why)}): best checkpoint model-{ckpt['step']}.pt"
+        return f"{text} ({'; '.join(why)}): best checkpoint model-{ckpt['step']}.pt ({m} {ckpt[m]:.6f})"
 
     def record(self) -> dict:
         best = self.best_checkpoint()
@@ -119,11 +144,7 @@ class EvalHistory:
 
 def best_checkpoint_row(rows: list[dict], metric: str) -> dict | None:
     """Of an :class:`EvalHistory`'s rows, the checkpoint row with the best ``metric`` (ties: the later one)."""
-    best = None
-    for row in rows:
-        if row["checkpoint"] and (best is None or row[metric] >= best[metric]):
-            best = row
-    return best
+    return best_row([row for row in rows if row["checkpoint"]], metric)
 
 
 def training_eval_name(split: str) -> str:

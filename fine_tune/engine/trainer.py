@@ -346,6 +346,8 @@ class Trainer:
             if writer is not None:
                 writer.close()
             self.release()
+        if self.history is not None and self.history.stopped_at is None and self.world.is_main:
+            print(f"{self.exp.name}: {self.describe_best()}", file=sys.stderr)
         seconds = time.perf_counter() - start
         steps = self.step - start_step
         return {"steps": self.step, "steps_run": steps, "seconds": seconds,
@@ -382,13 +384,17 @@ class Trainer:
         h, es = self.history, self.evaluator.settings
         best, top = h.best_checkpoint(), h.best
         print(f"{self.exp.name}: stopped early at step {self.step}: no better {es.split} {es.metric} in "
-              f"{es.patience} evaluations (best {top[es.metric]:.6f} at step {top['step']}; best checkpoint "
-              f"model-{best['step']}.pt)", file=sys.stderr)
+              f"{es.patience} evaluations; {self.describe_best()}", file=sys.stderr)
         if self.world.is_main:
             atomic_write_json(self.exp.path / EARLY_STOP_FILE,
                               {"step": self.step, "split": es.split, "metric": es.metric, "patience": es.patience,
                                "best": {"step": top["step"], "value": top[es.metric]},
                                "best_checkpoint": {"ckpt": best["step"], "value": best[es.metric]}})
+
+    def describe_best(self) -> str:
+        """The evaluation's best and the checkpoint kept for it (EvalHistory.describe_best), as the files are now."""
+        return self.history.describe_best(lambda step: self.exp.checkpoint_path(step).is_file(),
+                                          self.s.save_total_limit)
 
     def release(self) -> None:
         """Drop the training wrappers (DDP's, torch.compile's) at the end of a run, so they never outlive the

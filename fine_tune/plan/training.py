@@ -12,15 +12,20 @@ records what ``config.json`` will hold. One planner per way a student learns:
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 
 from .. import config as cfg
+from ..batching import micro_batches_per_epoch
 from ..engine.device import resolve_placement
 from ..engine.optim import OptimiserSettings
 from ..engine.trainer import TrainSettings
 from ..errors import UserError
-from ..settings import ConfigSource
+from ..selection import metric_for_best
+from ..settings import ConfigSource, OptimiserFlags
 from ..experiment import ExperimentDir, roots
 from ..io_utils import check_writable, sha256_file
 from ..engine.protocol import TeacherShape
@@ -73,6 +78,7 @@ def training_split(task: Task, data_root: Path, split: str, max_examples: int | 
 def _evaluation(flags, task: Task, data_root: Path) -> TrainingEvaluation | None:
     """``--eval_dataset``: the split checked (it exists and has labels) and parsed before anything is written."""
     r = flags.run
+    metric = metric_for_best(task, r.metric_for_best)  # checked whether or not this run evaluates (--ckpt best reads it)
     if not r.eval_dataset:
         return None
     task.check_split(r.eval_dataset, "--eval_dataset")
@@ -80,7 +86,7 @@ def _evaluation(flags, task: Task, data_root: Path) -> TrainingEvaluation | None
         raise UserError(f"--eval_dataset {r.eval_dataset!r} has no labels to evaluate against; labelled {task.name} "
                         f"splits: {', '.join(s for s in task.splits if s in task.labelled)}")
     return TrainingEvaluation(load_split(task, data_root, r.eval_dataset, flags.paths.max_examples), r.eval_step,
-                    r.eval_batch_size, r.early_stop_patience, flags.paths.max_examples)
+                    r.eval_batch_size, r.early_stop_patience, flags.paths.max_examples, metric)
 
 
 def _inputs(task: Task, train: tuple[Path, str], evaluation: TrainingEvaluation | None, *weights: dict[str, str]
@@ -109,6 +115,57 @@ def optimiser_settings(o) -> OptimiserSettings:
     """The engine's settings of the student's optimiser from its flags (``flags.optimiser``)."""
     return OptimiserSettings(lr=o.lr, total_step=o.total_step, warmup_step=o.warmup_step, beta1=o.beta1,
                              beta2=o.beta2, eps=o.eps, weight_decay=o.weight_decay, max_norm=o.max_norm)
+
+
+def _number(x: float) -> str:
+    """A count of epochs for people: whole above 10 (``2,632``), else up to one decimal (``0.5``, ``3``)."""
+    return f"{round(x):,}" if x >= 10 else f"{x:.1f}".rstrip("0").rstrip(".")
+
+
+DEFAULT_TOTAL_STEP = {f.name: f.default for f in dataclasses.fields(OptimiserFlags)}["total_step"]
+
+
+def resolve_schedule(flags, rows: int, drop_last: bool = False):
+    """The flags with ``--num_epochs`` / ``--warmup_ratio`` resolved into ``--total_step`` / ``--warmup_step`` (what
+    config.json records, beside the two as given), and a note (or None) for a run left at the default length.
+
+    An epoch is the ``rows`` rows of the training split (after ``--max_examples``) in micro-batches of
+    ``batch_size // accum_step`` (:func:`~fine_tune.batching.micro_batches_per_epoch`; ``drop_last``: the method's
+    full micro-batches only), ``accum_step`` of them per optimizer step; the data order runs on across epochs, so
+    ``total_step = ceil(N x micro-batches per epoch / accum_step)`` (Hugging Face's num_train_epochs, at least 1)
+    and ``warmup_step = ceil(R x total_step)`` (its warmup_ratio), both computed on the decimal values given. Under
+    torchrun the batch is the global one (each rank takes its share of every micro-batch: engine/distributed.shard),
+    so the world size changes neither."""
+    o, b = flags.optimiser, flags.batching
+    micro = micro_batches_per_epoch(rows, b.batch_size // b.accum_step, drop_last)
+    per_epoch = Fraction(micro, b.accum_step)  # optimizer steps per epoch
+    total = o.total_step if o.num_epochs is None else max(1, math.ceil(Fraction(str(o.num_epochs)) * per_epoch))
+    warmup = o.warmup_step if o.warmup_ratio is None else math.ceil(Fraction(str(o.warmup_ratio)) * total)
+    if warmup > total:  # (--total_step given: refused at parse time; a ratio below 1 never exceeds)
+        raise UserError(f"--warmup_step {warmup} exceeds the {total} steps of --num_epochs {_number(o.num_epochs)} "
+                        f"({rows} rows, {_number(float(per_epoch))} steps per epoch): give a smaller --warmup_step, "
+                        f"or --warmup_ratio")
+    note = None
+    if o.num_epochs is None and total == DEFAULT_TOTAL_STEP and per_epoch:
+        note = (f"{total} steps = {_number(total / per_epoch)} epochs of {rows} examples (batch {b.batch_size}); "
+                f"--num_epochs or --total_step to choose")
+    if (total, warmup) == (o.total_step, o.warmup_step):
+        return flags, note
+    return flags.replace(optimiser={"total_step": total, "warmup_step": warmup}), note
+
+
+def _schedule_and_method(flags, rows: int, build) -> tuple:
+    """The flags with the schedule resolved (:func:`resolve_schedule`), the method ``build(flags)`` built from them
+    (its own parameter sets follow the student's schedule: LAD's gates, a width projection) and the schedule's note.
+    Built with every row counted, and again where the built method trains full micro-batches only (TinyBERT's
+    ``--tinybert_incomplete_batches skip``) and that changes the schedule."""
+    resolved, note = resolve_schedule(flags, rows)
+    method = build(resolved)
+    if method.drop_last:
+        again, note = resolve_schedule(flags, rows, drop_last=True)
+        if again.optimiser != resolved.optimiser:
+            resolved, method = again, build(again)
+    return resolved, method, note
 
 
 def _training(flags, dataset: str, method: Method) -> TrainSettings:
@@ -209,10 +266,12 @@ def plan_fine_tune(flags) -> RunPlan:
     tokenizer = load_tokenizer(ptrain_ver, "--ptrain_ver")
     cfg.check_room_for_text(max_seq_len, tokenizer)
     fine_tuning = get_method("fine_tune")
-    method = fine_tuning.build(method_settings(flags, task, fine_tuning))
+    flags, method, schedule = _schedule_and_method(
+        flags, len(train.examples), lambda f: fine_tuning.build(method_settings(f, task, fine_tuning)))
     inputs = _inputs(task, (train.file, train.sha256), evaluation, weight_file_hashes(ptrain_ver))
     model = PretrainedModel(ptrain_ver, e.model, flags.classifier.num_class, flags.classifier.dropout)
-    notes = [n for n in (head_note(pre_config, flags.classifier.num_class, "--ptrain_ver", ptrain_ver),) if n]
+    notes = [n for n in (head_note(pre_config, flags.classifier.num_class, "--ptrain_ver", ptrain_ver), schedule)
+             if n]
     return _plan(flags, data_root=data_root, task=task, exp=exp, train=train, tokenizer=tokenizer,
                  max_seq_len=max_seq_len, model=model, method=method, record=_record(flags, task), inputs=inputs,
                  evaluation=evaluation, notes=tuple(notes))
@@ -292,6 +351,8 @@ def plan_offline_distill(flags) -> RunPlan:
     st = flags.student
     max_examples = flags.paths.max_examples
     examples = logits.examples[:max_examples] if max_examples else logits.examples
+    flags, schedule = resolve_schedule(flags, len(examples))  # (every row trains: offline KD drops none)
+    notes += [schedule] if schedule else []
     max_seq_len = flags.batching.max_seq_len
     max_positions = (max(512, max_seq_len) if meta.get("max_position_embeddings") is None
                      else meta["max_position_embeddings"])
@@ -357,12 +418,13 @@ def check_shapes(flags, teacher: Teacher, method_cls) -> None:
                         f"not a multiple of the student's")
 
 
-def open_any_teacher(flags, exp_root: Path, task: Task) -> Teacher:
-    """``--teacher_exp``/``--tckpt`` (a toolkit experiment) or ``--teacher_hf`` (a Hugging Face classifier)."""
+def open_any_teacher(flags, exp_root: Path, task: Task, data_root: Path | None = None) -> Teacher:
+    """``--teacher_exp``/``--tckpt`` (a toolkit experiment; ``--tckpt best`` chosen by its evaluation of the task's
+    dev split under ``data_root``) or ``--teacher_hf`` (a Hugging Face classifier)."""
     t, e = flags.teacher, flags.experiment
     if t.teacher_hf is not None:
         return open_hf_teacher(t.teacher_hf, task, t.teacher_label_map)
-    return open_teacher(exp_root, t.teacher_exp, t.tmodel, e.task, t.tckpt)
+    return open_teacher(exp_root, t.teacher_exp, t.tmodel, e.task, t.tckpt, choose=(task, data_root))
 
 
 def dev_split(task: Task) -> str | None:
@@ -394,10 +456,13 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
     data_root, exp_root = roots(flags.paths.data_root, flags.paths.exp_root)
     e, t = flags.experiment, flags.teacher
     task = get_task(e.task, data_root)
-    teacher = open_any_teacher(flags, exp_root, task)
+    teacher = open_any_teacher(flags, exp_root, task, data_root)
     task.check_trained_labels(teacher.record, f"the teacher {teacher.name}")
     flags = resolve_from_teacher(flags, teacher, task)
     notes: list[str] = []
+    if t.tckpt == "best":  # the student's config.json records the step it resolved to
+        flags = flags.replace(teacher={"tckpt": teacher.step})
+        notes.append(f"--tckpt best: {teacher.name} model-{teacher.step}.pt, its best checkpoint on {task.dev_split}")
     flags, student_tokenizer = resolve_pretrained_student(flags, notes)
     e, st = flags.experiment, flags.student
     data_root, task, exp = _task_and_folder(flags, task)
@@ -417,10 +482,13 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
                             f"student layer learns")
     shape = TeacherShape(teacher.num_layers, teacher.hidden_size, teacher.num_heads)
     projection = student_projection(flags, method_cls)
-    # its mapping (and a pretrained student's projection) checked here, before any write
-    method = method_cls.build(method_settings(flags, task, method_cls, shape, student_projection=projection))
-    method.check_models(teacher.hf_config, student_family=e.model)
     train = training_split(task, data_root, e.dataset, flags.paths.max_examples)
+    # its mapping (and a pretrained student's projection) checked here, before any write; the schedule in epochs
+    # resolved for the method's epochs (the gates' and the projection's follow the student's)
+    flags, method, schedule = _schedule_and_method(flags, len(train.examples), lambda f: method_cls.build(
+        method_settings(f, task, method_cls, shape, student_projection=projection)))
+    notes += [schedule] if schedule else []
+    method.check_models(teacher.hf_config, student_family=e.model)
     if student_tokenizer is not None:  # token-level losses need one tokenisation
         check_same_tokenisation(teacher.tokenizer, student_tokenizer, train.examples, teacher.name,
                                 st.student_ptrain_ver)

@@ -44,6 +44,7 @@ class TrainingEvaluation:
     batch_size: int
     patience: int | None  # --early_stop_patience
     max_examples: int | None = None  # --max_examples: the split's first rows only (recorded in its table)
+    metric: str | None = None  # --metric_for_best, checked (None: the task's main metric)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from ..io_utils import TMP_PREFIX, remove_inside
 from ..locking import HOLDER_FILE, lock_folder
 from ..plan import RunPlan
 from ..provenance import collect
+from ..selection import metric_for_best
 
 
 @dataclass
@@ -193,7 +194,7 @@ def _start_experiment(plan: RunPlan) -> Start:
     # A checkpoint that is not whole (damaged on disk) counts as absent.
     ready = [s for s in resume_steps(exp.path) if whole_checkpoint(exp.checkpoint_path(s))] if same else []
     final_whole = same and (total_step in ready or whole_checkpoint(exp.checkpoint_path(total_step)))
-    flag, metric = plan.training.save_total_limit, plan.task.main_metric
+    flag, metric = plan.training.save_total_limit, metric_for_best(plan.task, record.get("metric_for_best"))
     if final_whole and (not ready or ready[-1] == total_step):
         print(f"{exp.path}: already finished (model-{total_step}.pt exists); nothing to do")
         prune_finished(exp, old, flag, total_step, metric)

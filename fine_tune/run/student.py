@@ -19,8 +19,8 @@ from ..plan import PretrainedModel, StudentModel
 
 def print_notes(notes) -> None:
     """What the plan decided for the user, printed once every check passed and the run starts (a refused command
-    prints its one error line only)."""
-    for note in notes:
+    prints its one error line only); under torchrun once, by rank 0."""
+    for note in notes if distributed.is_main() else ():
         print(f"note: {note}", file=sys.stderr)
 
 

@@ -28,7 +28,7 @@ def training_evaluator(plan: RunPlan, tokenizer, device: torch.device, precision
                                regression=plan.task.regression)
     return TrainingEvaluator(plan.exp, plan.task, ev.split.name, ev.split.examples, features, tokenizer.pad_token_id,
                              plan.max_seq_len, ev.batch_size, device, precision, ev.every, ev.patience,
-                             ev.max_examples)
+                             ev.max_examples, ev.metric)
 
 
 def run_training(plan: RunPlan, model: torch.nn.Module, method: Method, device: torch.device,
