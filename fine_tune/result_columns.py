@@ -26,12 +26,11 @@ The markdown is for reading; the CSV and JSON beside it keep every number and ev
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-from .errors import UserError
+from .errors import UserError, did_you_mean
 from .tasks.metrics import SHORT
 
 MISSING = "—"
@@ -293,8 +292,7 @@ def choose(table, spec: tuple[str, ...] | None, roots: list[Path]) -> list[Colum
             expanded = [token]
         else:
             known = available(cols, groups)
-            close = difflib.get_close_matches(token, known, n=3)
-            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            hint = did_you_mean(token, known)
             named = [n for n in known if n not in fields or n in FIXED_ABOUT]
             raise UserError(f"--columns {token}: no such column; {hint}columns: {', '.join(named)}, or one of the "
                             f"{len(fields)} config fields (--columns list names them)")

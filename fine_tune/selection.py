@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, did_you_mean
 from .experiment import ExperimentDir
 from .io_utils import sha256_file
 
@@ -137,11 +137,8 @@ def metric_for_best(task, name: str | None, source: str = "--metric_for_best") -
         return task.main_metric
     choices = (*task.metrics, LOSS)
     if name not in choices:
-        import difflib
-
-        close = difflib.get_close_matches(name, choices, n=1, cutoff=0.4)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise UserError(f"{source} {name!r}: not a metric of {task.name}; its metrics: {', '.join(choices)}{hint}")
+        raise UserError(f"{source} {name!r}: not a metric of {task.name}; {did_you_mean(name, choices)}its metrics: "
+                        f"{', '.join(choices)}")
     return name
 
 

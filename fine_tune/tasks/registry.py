@@ -215,6 +215,8 @@ def own_task_names(data_root: Path | None) -> list[str]:
     cannot be listed."""
     if data_root is None:
         return []
+    from .user import definition_path  # (an error's path: pydantic's import is paid only here)
+
     try:
         return sorted(p.name for p in Path(data_root).iterdir() if definition_path(data_root, p.name).is_file())
     except OSError:
