@@ -11,8 +11,10 @@ run_fine_tune_eval.py). --out defaults to <experiment folder>/hf-model-<step> (o
 output logits; dynamic batch and sequence axes), the tokenizer, config.json and export.json, after checking ONNX
 Runtime's logits against PyTorch's on the task's dev split (all rows, or the first --max_examples): every logit
 within 1e-4 + 1e-4*|logit|, else refused and nothing is written. --quantize int8 adds model.int8.onnx (dynamic
-quantization) with its dev metrics and agreement with fp32. The ONNX export prints the dev metrics and examples/s
-of PyTorch and ONNX Runtime on the CPU (doc/deploy.md).
+quantization) with its dev metrics and agreement with fp32. model.onnx is ONNX Runtime's transformer optimiser's
+fused graph where it fuses the family's attention (BERT, RoBERTa, DistilBERT, ELECTRA; the exporter's plain graph
+kept as model.plain.onnx), else the plain graph. The ONNX export prints the dev metrics and examples/s of PyTorch
+and ONNX Runtime on the CPU (doc/deploy.md).
 """
 import pathlib
 import sys
