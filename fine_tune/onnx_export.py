@@ -26,7 +26,8 @@ to its longest row). Every logit must satisfy
     |onnx - pytorch| <= ATOL + RTOL * |pytorch|        (ATOL = RTOL = 1e-4)
 
 else the export is refused with one line naming the largest difference, and nothing is left in the output folder
-(an earlier export there stays as it was); the plain graph is checked first, then the fused one. The int8 model has no tolerance: its metrics and its agreement with the
+(an earlier export there stays as it was); the plain graph is checked first, then the fused one. The int8 model
+has no tolerance: its metrics and its agreement with the
 fp32 predictions (the share of rows whose predicted class is the same; null for a regression task) are
 reported. Speed (examples/s) is measured on the same rows and batches, forward passes only
 (tokenisation and padding excluded), PyTorch and ONNX Runtime on the same number of threads
@@ -46,6 +47,7 @@ import statistics
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -151,6 +153,16 @@ def _ort_pass(session, batches, num_rows: int, num_labels: int) -> tuple[np.ndar
         seconds += time.perf_counter() - start
         out[rows] = logits
     return out, seconds
+
+
+class _Checked(NamedTuple):
+    """One graph's pass over the check rows: its session, logits, forward seconds, largest |logit difference| from
+    PyTorch and the first row beyond the tolerance (None when every logit is within it)."""
+    session: object
+    logits: np.ndarray
+    seconds: float
+    max_diff: float
+    bad_row: int | None
 
 
 def _first_line(error: BaseException) -> str:
@@ -288,15 +300,14 @@ def export_onnx(le, step: int, label: str, out: Path, record: dict, features, qu
     batches = _batches(le, features, names)
     summary: dict = {}
 
-    def check(path: Path):
-        """The graph at ``path`` against PyTorch: (session, logits, seconds, max |difference|, first row beyond the
-        tolerance or None)."""
+    def check(path: Path) -> _Checked:
+        """The graph at ``path`` against PyTorch's logits."""
         session = _session(path, threads)
         logits, seconds = _ort_pass(session, batches, n, num_labels)
         diff = np.abs(logits - torch_logits)
         bad = _beyond_tolerance(logits, torch_logits) | ~np.isfinite(logits)
-        row = int(np.argwhere(bad)[0][0]) if bad.any() else None
-        return session, logits, seconds, (float(diff.max()) if diff.size else 0.0), row
+        return _Checked(session, logits, seconds, float(diff.max()) if diff.size else 0.0,
+                        int(np.argwhere(bad)[0][0]) if bad.any() else None)
 
     def save(tmp: Path) -> None:
         onnx_path, plain_path = tmp / ONNX_FILE, tmp / PLAIN_FILE
@@ -309,11 +320,11 @@ def export_onnx(le, step: int, label: str, out: Path, record: dict, features, qu
         max_diff, optimizer = plain_diff, _optimize(plain_path, onnx_path, model.config)
         if optimizer["fused"]:
             fused = check(onnx_path)
-            if fused[4] is None:
+            if fused.bad_row is None:
                 session, onnx_logits, onnx_seconds, max_diff, _ = fused
             else:
-                optimizer.update(fused=False, reason=f"its graph differs from PyTorch beyond the tolerance (max "
-                                                     f"|logit difference| {fused[3]:.3g}, first at row {fused[4]})")
+                optimizer.update(fused=False, reason=f"its graph differs from PyTorch beyond the tolerance (max |logit "
+                                                     f"difference| {fused.max_diff:.3g}, first at row {fused.bad_row})")
                 onnx_path.unlink()
         if not optimizer["fused"]:
             plain_path.rename(onnx_path)
