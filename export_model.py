@@ -5,6 +5,9 @@ against PyTorch's logits on the task's dev split (--format onnx; --quantize int8
     python export_model.py --experiment lad --model bert --task qqp --ckpt best --out data/lad-qqp
     python export_model.py --experiment lad --model bert --task qqp --ckpt best --format onnx --quantize int8
 
+model.onnx is ONNX Runtime's transformer optimiser's fused graph where it fuses the family's attention (BERT,
+RoBERTa, DistilBERT, ELECTRA; the exporter's plain graph kept as model.plain.onnx), else the plain graph.
+
 Docs: doc/deploy.md (what the ONNX export checks and writes, its speed); README.md ("Results tables, significance,
 export").
 """

@@ -3,11 +3,20 @@ against PyTorch on the task's dev rows before it is kept.
 
 The folder (default ``<experiment folder>/onnx-model-<step>/``) holds ``model.onnx`` (inputs ``input_ids``,
 ``attention_mask`` and, for models that read token types, ``token_type_ids``, all int64 ``[batch, sequence]``;
-output ``logits`` float32 ``[batch, num_labels]``; batch and sequence axes dynamic; fp32, exported in eval mode with
-``torch.onnx.export``'s TorchScript exporter at opset :data:`OPSET`), with ``--quantize int8`` also
-``model.int8.onnx`` (ONNX Runtime's ``quantize_dynamic``, int8 weights, activations quantized at run time), the
-tokenizer (``model_max_length`` = the experiment's ``max_seq_len``), the model's ``config.json`` (``id2label`` /
-``label2id`` as the Hugging Face export names them) and ``export.json``.
+output ``logits`` float32 ``[batch, num_labels]``; batch and sequence axes dynamic; fp32), with ``--quantize int8``
+also ``model.int8.onnx`` (ONNX Runtime's ``quantize_dynamic`` of ``model.onnx``: int8 weights, activations quantized
+at run time), the tokenizer (``model_max_length`` = the experiment's ``max_seq_len``), the model's ``config.json``
+(``id2label`` / ``label2id`` as the Hugging Face export names them) and ``export.json``.
+
+The graphs: ``torch.onnx.export``'s TorchScript exporter writes the model in eval mode (Hugging Face's eager
+attention, whose pattern the optimiser recognises) at opset :data:`OPSET`: the plain graph, standard ONNX ops only.
+ONNX Runtime's transformer optimiser (``onnxruntime.transformers.optimizer.optimize_model``, ``model_type``
+:data:`OPTIMIZER_MODEL_TYPE`, offline fusions only: ``opt_level`` 0, the session applies its own graph optimisations
+when it loads the file) fuses it into ONNX Runtime's contrib ops (Attention, SkipLayerNormalization, BiasGelu,
+EmbedLayerNormalization) with the raw 0/1 attention mask as the Attention input (any mask, not only right padding).
+When attention is fused in every encoder layer and the fused graph passes the check below, it is ``model.onnx`` and
+the plain graph is kept beside it as ``model.plain.onnx`` (for runtimes other than ONNX Runtime); otherwise (ALBERT's
+shared layer, DeBERTa-v2's disentangled attention) ``model.onnx`` is the plain graph and one printed line says why.
 
 The check: the task's dev split (its ``dev_split``: ``dev`` for QQP, ``val`` for BoolQ; all rows, or the first
 ``--max_examples``) runs through PyTorch (:func:`fine_tune.evaluate.predict_logits`, fp32 on the CPU) and through
@@ -17,7 +26,8 @@ to its longest row). Every logit must satisfy
     |onnx - pytorch| <= ATOL + RTOL * |pytorch|        (ATOL = RTOL = 1e-4)
 
 else the export is refused with one line naming the largest difference, and nothing is left in the output folder
-(an earlier export there stays as it was). The int8 model has no tolerance: its metrics and its agreement with the
+(an earlier export there stays as it was); the plain graph is checked first, then the fused one. The int8 model
+has no tolerance: its metrics and its agreement with the
 fp32 predictions (the share of rows whose predicted class is the same; null for a regression task) are
 reported. Speed (examples/s) is measured on the same rows and batches, forward passes only
 (tokenisation and padding excluded), PyTorch and ONNX Runtime on the same number of threads
@@ -37,6 +47,7 @@ import statistics
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -53,7 +64,10 @@ OPSET = 17  # LayerNormalization is one op from opset 17 on
 BATCH_SIZE = 32  # rows per batch of the check and the speed measurement
 CHEAP_SECONDS = 10.0  # one pass of every model together under this: three passes each, their median
 PASSES = 3
-ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
+ONNX_FILE, INT8_FILE, PLAIN_FILE = "model.onnx", "model.int8.onnx", "model.plain.onnx"
+OPTIMIZER_MODEL_TYPE = "bert"  # the optimiser's fusions for BERT-like encoders (post-LayerNorm, absolute positions)
+OPTIMIZER_OPT_LEVEL = 0  # offline fusions only: no hardware-specific session optimisations baked into the file
+ATTENTION_OPS = ("Attention", "MultiHeadAttention")  # the optimiser's fused attention
 
 
 def input_names(model: torch.nn.Module) -> list[str]:
@@ -141,14 +155,36 @@ def _ort_pass(session, batches, num_rows: int, num_labels: int) -> tuple[np.ndar
     return out, seconds
 
 
+class _Checked(NamedTuple):
+    """One graph's pass over the check rows: its session, logits, forward seconds, largest |logit difference| from
+    PyTorch and the first row beyond the tolerance (None when every logit is within it)."""
+    session: object
+    logits: np.ndarray
+    seconds: float
+    max_diff: float
+    bad_row: int | None
+
+
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+@contextlib.contextmanager
+def _eager_attention(model: torch.nn.Module):
+    """The model with Hugging Face's eager attention inside the block (the matmul-softmax-matmul pattern the
+    transformer optimiser fuses; PyTorch's SDPA traces into a form it does not recognise), its own afterwards."""
+    own = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(own)
+
+
 def _export(model: torch.nn.Module, names: list[str], path: Path, pad_token_id: int, max_seq_len: int) -> None:
     """``torch.onnx.export`` (TorchScript exporter: no onnxscript needed, well under a second for a small model) of
-    the model in eval mode, fp32, on an example batch of two rows, one padded (so no shortcut for unpadded batches
-    is traced), with dynamic batch and sequence axes."""
+    the model in eval mode, fp32, with eager attention, on an example batch of two rows, one padded (so no shortcut
+    for unpadded batches is traced), with dynamic batch and sequence axes."""
     import onnx
 
     length = max(2, min(8, max_seq_len))
@@ -160,7 +196,7 @@ def _export(model: torch.nn.Module, names: list[str], path: Path, pad_token_id: 
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
     axes["logits"] = {0: "batch"}
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _eager_attention(model):
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
             # torch >= 2.9 defaults to the dynamo exporter (needs onnxscript); torch 2.4 has no ``dynamo`` argument
             legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
@@ -179,21 +215,62 @@ def _export(model: torch.nn.Module, names: list[str], path: Path, pad_token_id: 
 
 @contextlib.contextmanager
 def _quiet_root_logger():
-    """onnxruntime.quantization advises pre-processing through the root logger on every call."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    """onnxruntime.quantization advises pre-processing through the root logger on every call; the transformer
+    optimiser logs its progress through its own loggers."""
+    loggers = [logging.getLogger(), logging.getLogger("onnxruntime.transformers")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        root.setLevel(level)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _optimize(src: Path, dst: Path, config) -> dict:
+    """ONNX Runtime's transformer optimiser on the plain graph ``src``: the fused graph is written to ``dst`` when
+    attention is fused in every one of the model's ``num_hidden_layers`` encoder layers (the fusion that pays);
+    returns the record: ``fused`` (whether ``dst`` was written), the optimiser's settings, the count of each fused
+    operator it made and, when not fused, ``reason``."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions(OPTIMIZER_MODEL_TYPE)
+    options.use_raw_attention_mask(True)  # the 0/1 mask as given: right padding not assumed
+    record = {"fused": False, "model_type": OPTIMIZER_MODEL_TYPE, "opt_level": OPTIMIZER_OPT_LEVEL,
+              "attention_mask": "raw", "fused_operators": {}, "reason": None}
+    with _quiet_root_logger(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            optimized = optimize_model(str(src), model_type=OPTIMIZER_MODEL_TYPE,
+                                       num_heads=config.num_attention_heads, hidden_size=config.hidden_size,
+                                       optimization_options=options, opt_level=OPTIMIZER_OPT_LEVEL)
+        except Exception as e:  # noqa: BLE001 - the plain graph serves; say why
+            record["reason"] = f"the optimiser failed ({_first_line(e)})"
+            return record
+        counts = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+    record["fused_operators"] = counts
+    layers = config.num_hidden_layers
+    fused = sum(counts.get(op, 0) for op in ATTENTION_OPS)
+    if fused != layers:
+        record["reason"] = f"it fuses attention in {fused} of the {layers} layers of this {config.model_type} model"
+        return record
+    optimized.save_model_to_file(str(dst))
+    record["fused"] = True
+    return record
 
 
 def _quantize(src: Path, dst: Path) -> None:
+    """``quantize_dynamic`` of ``src`` (the fused graph where there is one: ONNX Runtime's advice for transformers,
+    so that fused Attention becomes QAttention). The contrib ops' outputs have no types for ONNX's shape inference:
+    float32 is the default tensor type."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet_root_logger():
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 def _beyond_tolerance(got: np.ndarray, expected: np.ndarray) -> np.ndarray:
@@ -223,19 +300,34 @@ def export_onnx(le, step: int, label: str, out: Path, record: dict, features, qu
     batches = _batches(le, features, names)
     summary: dict = {}
 
+    def check(path: Path) -> _Checked:
+        """The graph at ``path`` against PyTorch's logits."""
+        session = _session(path, threads)
+        logits, seconds = _ort_pass(session, batches, n, num_labels)
+        diff = np.abs(logits - torch_logits)
+        bad = _beyond_tolerance(logits, torch_logits) | ~np.isfinite(logits)
+        return _Checked(session, logits, seconds, float(diff.max()) if diff.size else 0.0,
+                        int(np.argwhere(bad)[0][0]) if bad.any() else None)
+
     def save(tmp: Path) -> None:
-        onnx_path = tmp / ONNX_FILE
-        _export(model, names, onnx_path, tokenizer.pad_token_id, le.config["max_seq_len"])
-        session = _session(onnx_path, threads)
-        onnx_logits, onnx_seconds = _ort_pass(session, batches, n, num_labels)
-        diff = np.abs(onnx_logits - torch_logits)
-        max_diff = float(diff.max()) if diff.size else 0.0
-        bad = _beyond_tolerance(onnx_logits, torch_logits)
-        if bad.any() or not np.isfinite(onnx_logits).all():
-            row = int(np.argwhere(bad | ~np.isfinite(onnx_logits))[0][0])
+        onnx_path, plain_path = tmp / ONNX_FILE, tmp / PLAIN_FILE
+        _export(model, names, plain_path, tokenizer.pad_token_id, le.config["max_seq_len"])
+        session, onnx_logits, onnx_seconds, plain_diff, row = check(plain_path)
+        if row is not None:
             raise UserError(f"the ONNX model of model-{step}.pt differs from PyTorch beyond the tolerance {ATOL:g} + "
-                            f"{RTOL:g}*|logit| on the {n} {split} rows (max |logit difference| {max_diff:.3g}, first "
-                            f"at row {row}); no export was written")
+                            f"{RTOL:g}*|logit| on the {n} {split} rows (max |logit difference| {plain_diff:.3g}, "
+                            f"first at row {row}); no export was written")
+        max_diff, optimizer = plain_diff, _optimize(plain_path, onnx_path, model.config)
+        if optimizer["fused"]:
+            fused = check(onnx_path)
+            if fused.bad_row is None:
+                session, onnx_logits, onnx_seconds, max_diff, _ = fused
+            else:
+                optimizer.update(fused=False, reason=f"its graph differs from PyTorch beyond the tolerance (max |logit "
+                                                     f"difference| {fused.max_diff:.3g}, first at row {fused.bad_row})")
+                onnx_path.unlink()
+        if not optimizer["fused"]:
+            plain_path.rename(onnx_path)
         seconds = {"pytorch": [torch_seconds], "onnxruntime": [onnx_seconds]}
         int8_logits, int8_session = None, None
         if quantize == "int8":
@@ -268,6 +360,8 @@ def export_onnx(le, step: int, label: str, out: Path, record: dict, features, qu
                                    "onnxruntime_int8": rates.get("onnxruntime_int8")},
                 "device": "cpu", "threads": threads, "onnxruntime_version": onnxruntime.__version__,
                 "torch_version": torch.__version__,
+                "optimizer": optimizer, "plain_file": PLAIN_FILE if optimizer["fused"] else None,
+                "plain_max_abs_diff": plain_diff,
             },
         })
         tokenizer.save_pretrained(tmp)
@@ -296,5 +390,18 @@ def _print_summary(le, label: str, out: Path, o: dict, passes: int) -> None:
     if o["int8_agreement"] is not None:
         line += f"; int8 predictions agree with fp32 on {100 * o['int8_agreement']:.2f} % of rows"
     print(line)
-    files = o["file"] + (f", {o['int8_file']}" if o["int8_file"] else "")
+    print(_optimizer_line(o))
+    files = ", ".join(f for f in (o["file"], o["int8_file"], o["plain_file"]) if f)
     print(f"exported {label} of {le.exp.name} to {out} ({files})")
+
+
+def _optimizer_line(o: dict) -> str:
+    """What ONNX Runtime's transformer optimiser made of the graph: the fused operators, or why model.onnx is the
+    plain graph."""
+    opt = o["optimizer"]
+    if opt["fused"]:
+        ops = ", ".join(f"{k} {v}" for k, v in opt["fused_operators"].items())
+        return (f"{o['file']}: ONNX Runtime's transformer optimiser's graph ({ops}); the exporter's plain graph is "
+                f"{o['plain_file']} (max |logit difference| {o['plain_max_abs_diff']:.3g})")
+    return (f"{o['file']}: the exporter's plain graph, not ONNX Runtime's transformer optimiser's: {opt['reason']} "
+            f"(ONNX Runtime applies its own graph optimisations when it loads the file)")

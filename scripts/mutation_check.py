@@ -2236,6 +2236,31 @@ MUTATIONS = [
              "fine_tune/engine/evaluation.py", 'return best_row(self.rows, self.s.metric, ties="earlier")',
              "return best_row(self.rows, self.s.metric)",
              (f"{EV}::test_early_stopping_stops_after_p_evaluations_and_the_run_is_finished",)),
+    # issue 32, onnx lane: the fp32 export through ONNX Runtime's transformer optimiser
+    Mutation("onnx_export_sdpa_attention", "the ONNX export traces PyTorch's SDPA attention (the optimiser fuses no "
+             "attention: model.onnx stays the plain graph)", "fine_tune/onnx_export.py",
+             "torch.no_grad(), _eager_attention(model):", "torch.no_grad():",
+             ("tests/test_onnx_export.py::test_onnx_export_matches_pytorch_on_dynamic_shapes_and_records_its_check",)),
+    Mutation("onnx_fused_mask_index", "the fused Attention reads the mask as sequence lengths (right padding "
+             "assumed), not the raw mask", "fine_tune/onnx_export.py",
+             "options.use_raw_attention_mask(True)", "options.use_raw_attention_mask(False)",
+             ("tests/test_onnx_export.py::test_the_optimiser_fuses_bert_like_families_on_the_raw_mask_and_leaves_the_others",)),
+    Mutation("onnx_partly_fused_kept", "a graph with attention fused in only some layers (ALBERT's shared layer) is "
+             "kept as the optimised graph", "fine_tune/onnx_export.py",
+             "if fused != layers:", "if fused == 0:",
+             ("tests/test_onnx_export.py::test_the_optimiser_fuses_bert_like_families_on_the_raw_mask_and_leaves_the_others",)),
+    Mutation("onnx_fused_graph_unchecked", "the optimiser's graph is kept even when it differs from PyTorch beyond "
+             "the tolerance", "fine_tune/onnx_export.py",
+             "            if fused.bad_row is None:\n", "            if True:\n",
+             ("tests/test_onnx_export.py::test_a_fused_graph_beyond_the_tolerance_falls_back_to_the_plain_graph",)),
+    Mutation("onnx_plain_graph_not_model_onnx", "where the optimiser does not fuse, the plain graph stays "
+             "model.plain.onnx and model.onnx is missing", "fine_tune/onnx_export.py",
+             "            plain_path.rename(onnx_path)\n", "            pass\n",
+             ("tests/test_onnx_export.py::test_a_model_without_token_types_exports_two_inputs_and_max_examples_limits_the_rows",)),
+    Mutation("onnx_int8_from_plain_graph", "int8 is quantised from the plain graph, not the fused one (no QAttention)",
+             "fine_tune/onnx_export.py", "_quantize(onnx_path, tmp / INT8_FILE)",
+             "_quantize(plain_path if plain_path.exists() else onnx_path, tmp / INT8_FILE)",
+             ("tests/test_onnx_export.py::test_onnx_export_matches_pytorch_on_dynamic_shapes_and_records_its_check",)),
 ]
 
 

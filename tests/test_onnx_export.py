@@ -1,7 +1,9 @@
 """``export_model.py --format onnx [--quantize int8]``: a tiny fine-tuned BERT exported to ONNX, then checked here
 independently of the toolkit: ONNX Runtime on the exported tokenizer's output against the checkpoint in plain
-Hugging Face PyTorch (two batch sizes, two sequence lengths), the int8 model, export.json's numbers, the Hugging
-Face export left as it was, and a bad export refused with one line and nothing left behind."""
+Hugging Face PyTorch (two batch sizes, two sequence lengths), the graph ONNX Runtime's
+transformer optimiser fused and the int8 model quantised from it, export.json's numbers, the Hugging Face export
+left as it was, a bad export refused with one line and nothing left behind, and which families the optimiser
+fuses (DeBERTa-v2's export keeps the plain graph)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import torch
 
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
+
+from collections import Counter  # noqa: E402
 
 from conftest import one_thread, run_in_world as run  # noqa: E402
 from fine_tune import onnx_export, synthetic  # noqa: E402
@@ -67,12 +71,28 @@ def ort_logits(sess, enc) -> np.ndarray:
     return sess.run(["logits"], {n: enc[n].astype(np.int64) for n in names})[0]
 
 
+def op_counts(path) -> Counter:
+    import onnx
+
+    return Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
+FUSED = {"Attention", "MultiHeadAttention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu",
+         "FastGelu", "Gelu", "QAttention"}  # ONNX Runtime's contrib ops (com.microsoft), none in a plain graph
+
+
 def test_onnx_export_matches_pytorch_on_dynamic_shapes_and_records_its_check(world):
     from transformers import AutoConfig, AutoTokenizer
 
     w, out = world, world["out"]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["config.json", "export.json", "model.int8.onnx", "model.onnx", "tokenizer.json", "tokenizer_config.json"])
+        ["config.json", "export.json", "model.int8.onnx", "model.onnx", "model.plain.onnx", "tokenizer.json",
+         "tokenizer_config.json"])
+    # model.onnx: the optimiser's graph, attention fused in both layers; model.plain.onnx: standard ops only
+    fused, plain = op_counts(out / "model.onnx"), op_counts(out / "model.plain.onnx")
+    assert fused["Attention"] == 2 and fused["SkipLayerNormalization"] == 4 and fused["EmbedLayerNormalization"] == 1
+    assert fused["Softmax"] == 0 and plain["Softmax"] == 2 and not FUSED & set(plain)
+    assert op_counts(out / "model.int8.onnx")["QAttention"] == 2  # quantised from the fused graph
     assert not list(w["folder"].glob(".tmp-*"))
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.model_max_length == SEQ
@@ -111,7 +131,11 @@ def test_onnx_export_matches_pytorch_on_dynamic_shapes_and_records_its_check(wor
     o = record["onnx"]
     assert list(o) == ["file", "int8_file", "opset", "split", "rows", "batch_size", "tolerance", "max_abs_diff",
                        "metrics", "int8_agreement", "examples_per_s", "device", "threads", "onnxruntime_version",
-                       "torch_version"]
+                       "torch_version", "optimizer", "plain_file", "plain_max_abs_diff"]
+    assert o["optimizer"] == {"fused": True, "model_type": "bert", "opt_level": 0, "attention_mask": "raw",
+                              "fused_operators": dict(Counter({k: v for k, v in fused.items() if k in FUSED})),
+                              "reason": None}
+    assert o["plain_file"] == "model.plain.onnx" and 0 <= o["plain_max_abs_diff"] <= ATOL
     assert (o["file"], o["int8_file"], o["split"], o["rows"], o["batch_size"]) == \
         ("model.onnx", "model.int8.onnx", "dev", 48, 32)
     assert isinstance(o["opset"], int) and o["tolerance"] == {"atol": ATOL, "rtol": RTOL}
@@ -127,6 +151,9 @@ def test_onnx_export_matches_pytorch_on_dynamic_shapes_and_records_its_check(wor
     assert set(o["metrics"]["onnx"]) == {"accuracy", "f1"}
     stdout = w["proc"].stdout
     assert "max |ONNX - PyTorch| logit difference" in stdout and "onnxruntime_int8" in stdout
+    assert ("model.onnx: ONNX Runtime's transformer optimiser's graph (EmbedLayerNormalization 1, Attention 2, "
+            "BiasGelu 2, SkipLayerNormalization 4); the exporter's plain graph is model.plain.onnx") in stdout
+    assert "(model.onnx, model.int8.onnx, model.plain.onnx)" in stdout
 
 
 def test_hugging_face_export_is_unchanged_and_exports_are_not_replaced_silently(world):
@@ -179,6 +206,38 @@ def test_an_export_beyond_the_tolerance_is_refused_and_leaves_nothing(world, mon
     assert not list(w["folder"].glob(".tmp-*"))
 
 
+def test_a_fused_graph_beyond_the_tolerance_falls_back_to_the_plain_graph(world, monkeypatch):
+    """The optimiser's graph is checked as the plain one is: one beyond the tolerance (its classifier bias moved
+    here by 1e-2) is not kept; model.onnx is the plain graph, and a line says why."""
+    import onnx
+    from onnx import numpy_helper
+
+    w = world
+    real = onnx_export._optimize
+
+    def off(src, dst, config):
+        record = real(src, dst, config)
+        model = onnx.load(str(dst))
+        (bias,) = [t for t in model.graph.initializer if t.name.endswith("classifier.bias")]
+        bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32(1e-2), bias.name))
+        onnx.save(model, str(dst))
+        return record
+
+    monkeypatch.setattr(onnx_export, "_optimize", off)
+    out = w["base"] / "fused-off"
+    proc = run(w, "export_model.py", *COMMON, "--ckpt", "2", "--format", "onnx", "--out", str(out),
+               "--max_examples", "16")
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["model.onnx"]
+    assert not FUSED & set(op_counts(out / "model.onnx"))  # the plain graph
+    o = json.loads((out / "export.json").read_text())["onnx"]
+    assert o["optimizer"]["fused"] is False and o["plain_file"] is None and o["max_abs_diff"] <= ATOL
+    assert o["optimizer"]["fused_operators"]["Attention"] == 2
+    assert o["optimizer"]["reason"].startswith("its graph differs from PyTorch beyond the tolerance (max |logit "
+                                               "difference| 0.01, first at row ")
+    assert "model.onnx: the exporter's plain graph, not ONNX Runtime's transformer optimiser's: its graph differs" \
+        in proc.stdout
+
+
 PAIR_LABELS = ["same", "different"]  # the model's output order: not sorted (sorted would put "different" first)
 
 
@@ -202,18 +261,24 @@ def write_pairs_task(w) -> list[int]:
 
 
 def test_a_model_without_token_types_exports_two_inputs_and_max_examples_limits_the_rows(world):
-    """RoBERTa (no token types) on a task of your own whose labels are not in sorted order: the export names them
-    in the model's output order, and its accuracy is the ONNX model's against the file's labels."""
+    """DeBERTa-v2 (no token types; attention the optimiser does not fuse) on a task of your own whose labels are not
+    in sorted order: model.onnx is the plain graph (no model.plain.onnx) and a line says why; the export names the
+    labels in the model's output order, and its accuracy is the ONNX model's against the file's labels."""
     from transformers import AutoConfig, AutoTokenizer
 
     w = world
     classes = write_pairs_task(w)
-    pre = synthetic.write_tiny_model(w["base"] / "pre-roberta", "roberta", num_layers=2)
-    common = ["--experiment", "rob", "--model", "roberta", "--task", "pairs"]
+    pre = synthetic.write_tiny_model(w["base"] / "pre-deberta", "deberta-v2", num_layers=2)
+    common = ["--experiment", "deb", "--model", "deberta-v2", "--task", "pairs"]
     run(w, "run_fine_tune.py", *common, "--ptrain_ver", str(pre), "--max_seq_len", str(SEQ), "--total_step", "2",
         "--warmup_step", "1", "--ckpt_step", "2", "--log_step", "2", "--batch_size", "8", "--lr", "1e-3")
-    out = w["base"] / "rob-onnx"
-    run(w, "export_model.py", *common, "--format", "onnx", "--out", str(out), "--max_examples", "20")
+    out = w["base"] / "deb-onnx"
+    proc = run(w, "export_model.py", *common, "--format", "onnx", "--out", str(out), "--max_examples", "20")
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["model.onnx"]
+    assert not FUSED & set(op_counts(out / "model.onnx"))  # the plain graph
+    assert ("model.onnx: the exporter's plain graph, not ONNX Runtime's transformer optimiser's: it fuses attention in "
+            "0 of the 2 layers of this deberta-v2 model (ONNX Runtime applies its own graph optimisations when it "
+            "loads the file)\n") in proc.stdout
     config = AutoConfig.from_pretrained(out)
     assert config.id2label == {0: "same", 1: "different"} and config.label2id == {"same": 0, "different": 1}
     sess = session(out / "model.onnx")
@@ -222,10 +287,12 @@ def test_a_model_without_token_types_exports_two_inputs_and_max_examples_limits_
     assert record["rows"] == 20 and record["int8_file"] is None and record["metrics"]["int8"] is None
     assert record["int8_agreement"] is None and record["examples_per_s"]["onnxruntime_int8"] is None
     assert not (out / "model.int8.onnx").exists()
+    assert not record["optimizer"]["fused"] and record["plain_file"] is None
+    assert record["max_abs_diff"] == record["plain_max_abs_diff"] <= ATOL
     pairs, _ = dev_rows(w)
     tokenizer = AutoTokenizer.from_pretrained(out)
     enc = encode(tokenizer, pairs[:7], padding=True)
-    model = pytorch_model({"folder": w["exp"] / "rob_roberta_pairs"}, step=2)
+    model = pytorch_model({"folder": w["exp"] / "deb_deberta-v2_pairs"}, step=2)
     with torch.no_grad():
         expected = model(input_ids=torch.from_numpy(enc["input_ids"]),
                          attention_mask=torch.from_numpy(enc["attention_mask"])).logits.numpy()
@@ -273,3 +340,52 @@ def test_int8_numbers_come_from_the_int8_model(world, monkeypatch):
                                                   "f1": 2 * tp / (2 * tp + fp + fn)})
     assert o["metrics"]["onnx"]["accuracy"] == pytest.approx(float((fp32.argmax(1) == labels).mean()))
     assert o["metrics"]["int8"] != o["metrics"]["onnx"] and o["int8_agreement"] < 1  # the fixture tells them apart
+
+
+FUSES = {"bert": True, "albert": False, "roberta": True, "distilbert": True, "electra": True}  # deberta-v2: above
+
+
+def test_the_optimiser_fuses_bert_like_families_on_the_raw_mask_and_leaves_the_others(tmp_path):
+    """Each family's tiny classifier (weights drawn wide, so the logits follow the inputs) through the exporter and
+    the optimiser: BERT, RoBERTa, DistilBERT and ELECTRA get fused attention in every layer and fused skip
+    LayerNorms, whose logits match PyTorch's on a mask with a hole (the raw mask: a mask read as right padding would
+    attend the hole and drop the last tokens); ALBERT (one layer shared: fused once) keeps the plain graph, with the
+    reason (DeBERTa-v2, never fused, in the export above)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from fine_tune.models.families import FAMILIES
+
+    assert set(FUSES) | {"deberta-v2"} == set(FAMILIES)
+    seen = {}
+    for family in FUSES:
+        config = synthetic.tiny_config(family, num_layers=2, num_labels=3, initializer_range=0.5)
+        torch.manual_seed(0)
+        model = AutoModelForSequenceClassification.from_config(
+            config, attn_implementation=FAMILIES[family].attn_implementation).eval()
+        names = onnx_export.input_names(model)
+        plain, fused = tmp_path / f"{family}.onnx", tmp_path / f"{family}.fused.onnx"
+        onnx_export._export(model, names, plain, config.pad_token_id, SEQ)
+        record = onnx_export._optimize(plain, fused, config)
+        seen[family] = record["fused"]
+        if not record["fused"]:
+            assert not fused.exists() and record["reason"].startswith("it fuses attention in ")
+            assert record["reason"].endswith(f" of the 2 layers of this {family} model")
+            continue
+        counts = op_counts(fused)
+        assert counts["Attention"] == 2 and counts["SkipLayerNormalization"] == 4 and counts["Softmax"] == 0
+        assert record["fused_operators"] == {k: counts[k] for k in record["fused_operators"]}  # as in the file
+        assert record["fused_operators"]["Attention"] == 2 and record["reason"] is None
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(len(synthetic.SPECIAL), config.vocab_size, (3, 12), generator=g)
+        mask = torch.ones_like(ids)
+        mask[0, 2:5] = 0  # a hole
+        mask[1, 8:] = 0  # right padding
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": (torch.arange(12) >= 6).long().repeat(3, 1)}
+        with torch.no_grad():
+            expected = model(**{k: feed[k] for k in names}).logits.numpy()
+            holeless = model(**{k: feed[k] for k in names if k != "attention_mask"},
+                             attention_mask=torch.ones_like(mask)).logits.numpy()
+        got = session(fused).run(["logits"], {k: feed[k].numpy() for k in names})[0]
+        np.testing.assert_allclose(got, expected, atol=ATOL, rtol=RTOL)
+        assert np.abs(holeless[0] - expected[0]).max() > 100 * (ATOL + RTOL * np.abs(expected[0]).max())
+    assert seen == FUSES
