@@ -422,7 +422,7 @@ class SweepFlags:
 class CheckpointFlags:
     key: ClassVar[str] = "checkpoint"
     ckpt: str = flag(None, "checkpoint: a step, 'last' (the newest checkpoint; the default) or 'best' (the best "
-                           "on --select_on by the experiment's --metric_for_best, default its task's main metric, "
+                           "on --select_on by the experiment's --metric_for_best, else its task's main metric, "
                            "from run_fine_tune_eval.py's evaluation of that split)")
     select_on: str = flag(None, "split whose evaluation chooses --ckpt best (default: the task's dev split, e.g. val "
                                 "for SuperGLUE tasks, dev for GLUE tasks, dev_matched for mnli)")
@@ -497,7 +497,7 @@ class ResultsFlags:
                                   "(or that were changed since)")
     columns: str = flag(None, "comma-separated columns the markdown shows, in that order (default: experiment, "
                               "method, model, teacher, each split's metrics and checkpoint, params, params_ratio, "
-                              "speed, differs; 'default' names that set); 'list' prints every name; the CSV and "
+                              "speed, differs, less columns empty in every row; 'default' names that set); 'list' prints every name; the CSV and "
                               "JSON keep every field")
 
     def __post_init__(self) -> None:
