@@ -532,11 +532,13 @@ class Flags:
         return Flags(groups)
 
     def record(self) -> dict[str, Any]:
-        """Every flag by name, flat: the fields of ``config.json``."""
+        """Every flag by name, flat: the fields of ``config.json``, as it holds them (a tuple default, e.g.
+        ``--report_to``'s, as the list JSON makes of it and a command line gives)."""
         out: dict[str, Any] = {}
         for group in self._groups.values():
             for f in dataclasses.fields(group):
-                out[f.name] = getattr(group, f.name)
+                value = getattr(group, f.name)
+                out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
 
