@@ -100,6 +100,7 @@ def worker_toolkit(args, contender: str, t0: float) -> dict:
     teacher and student run on the real tokens only)."""
     from fine_tune.engine.optim import GATE_NO_DECAY, OptimiserSettings
     from fine_tune.engine.trainer import Trainer, TrainSettings
+    from fine_tune.reporting import TensorBoardReporter
     from fine_tune.models.forward import forward
     from fine_tune.experiment import ExperimentDir
     from fine_tune.methods import LAD, PKD
@@ -142,7 +143,8 @@ def worker_toolkit(args, contender: str, t0: float) -> dict:
         exp.path.mkdir()
         trainer = Trainer(student, method, stamps.wrap(collator), len(features), settings, exp, device,
                           toolkit_precision(args, device), teacher=teacher, progress=False,
-                          student_forward=forwards.student, teacher_forward=forwards.teacher, forward=forward)
+                          student_forward=forwards.student, teacher_forward=forwards.teacher, forward=forward,
+                          reporter=TensorBoardReporter(exp.log_dir))  # as the scripts' default --report_to
         start = time.perf_counter()
         trainer.train()
         train_s = time.perf_counter() - start

@@ -67,6 +67,7 @@ def worker_toolkit(args, t0: float, *, group_by_length: bool = False, padding: s
     from fine_tune.engine.optim import OptimiserSettings
     from fine_tune.engine.seeding import seed_everything
     from fine_tune.engine.trainer import Trainer, TrainSettings
+    from fine_tune.reporting import TensorBoardReporter
     from fine_tune.models.forward import forward
     from fine_tune.experiment import ExperimentDir
     from fine_tune.methods import HardLabel
@@ -93,9 +94,10 @@ def worker_toolkit(args, t0: float, *, group_by_length: bool = False, padding: s
     extra = {"lengths": features.lengths()} if group_by_length else {}
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, HardLabel(), collator, len(features), settings,
-                          ExperimentDir(Path(tmp), "bench"), device, precision, progress=False,
-                          student_forward=forwards.student, forward=forward, **extra)
+        exp = ExperimentDir(Path(tmp), "bench")
+        trainer = Trainer(model, HardLabel(), collator, len(features), settings, exp, device, precision,
+                          progress=False, student_forward=forwards.student, forward=forward,
+                          reporter=TensorBoardReporter(exp.log_dir), **extra)  # as the scripts' default --report_to
         start = time.perf_counter()
         trainer.train()  # writes model-{n}.pt once, at the end (outside the timed window)
         train_s = time.perf_counter() - start

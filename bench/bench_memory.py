@@ -105,6 +105,7 @@ def step_peak(args, root: Path, name: str, *, checkpointing: bool = False, paddi
     from fine_tune.engine.device import Precision
     from fine_tune.engine.optim import OptimiserSettings
     from fine_tune.engine.trainer import Trainer, TrainSettings
+    from fine_tune.reporting import TensorBoardReporter
     from fine_tune.experiment import ExperimentDir
     from fine_tune.methods import PKD, HardLabel
     from fine_tune.models.forward import forward
@@ -125,7 +126,8 @@ def step_peak(args, root: Path, name: str, *, checkpointing: bool = False, paddi
     exp.path.mkdir(parents=True)
     trainer = Trainer(student, method, lambda rows: dict(batch), args.batch_size, settings, exp, torch.device("cpu"),
                       precision or Precision("cpu", None), teacher=teacher, progress=False,
-                      student_forward=forwards.student, teacher_forward=forwards.teacher, forward=forward)
+                      student_forward=forwards.student, teacher_forward=forwards.teacher, forward=forward,
+                      reporter=TensorBoardReporter(exp.log_dir))  # as the scripts' default --report_to
     student.train()
     rows = list(range(args.batch_size))
     trainer._micro_step(rows)  # warm-up: AdamW's moments exist from here on

@@ -111,6 +111,7 @@ def count(key: str, args, root: Path) -> dict:
     from fine_tune.engine.seeding import seed_everything
     from fine_tune.engine.syncs import count_training_syncs
     from fine_tune.engine.trainer import Trainer, TrainSettings
+    from fine_tune.reporting import TensorBoardReporter
     from fine_tune.experiment import ExperimentDir
     from fine_tune.models.forward import forward
     from fine_tune.models.padding_free import training_forwards
@@ -144,7 +145,8 @@ def count(key: str, args, root: Path) -> dict:
     exp.path.mkdir(parents=True)
     trainer = Trainer(student, method, collator, len(features), settings, exp, torch.device("cpu"),
                       Precision("cpu", torch.float16 if c.fp16 else None), teacher=teacher, progress=False,
-                      student_forward=forwards.student, teacher_forward=forwards.teacher, forward=forward)
+                      student_forward=forwards.student, teacher_forward=forwards.teacher, forward=forward,
+                      reporter=TensorBoardReporter(exp.log_dir))  # as the scripts' default --report_to
     counter = count_training_syncs(trainer)
     forwards_per_step = 1 + (teacher is not None)
     return {"contender": key, "forward": forwards.kind, "forwards_per_step": forwards_per_step, "steps": n,

@@ -16,7 +16,8 @@ from .io_utils import atomic_write_json, read_json_object
 RERUN_FIELDS = ("config_from", "overrides")
 RUNTIME_FIELDS = frozenset({"device_id", "num_gpu", "tdevice_id", "gate_device_id", "data_root", "exp_root",
                             "overwrite", "provenance", "amp_dtype_resolved", "ddp_timeout",
-                            "save_total_limit", "eval_dataset", "eval_step", "eval_batch_size", *RERUN_FIELDS})
+                            "save_total_limit", "eval_dataset", "eval_step", "eval_batch_size", *RERUN_FIELDS,
+                            "report_to"})  # --report_to: where the run is tracked, not what it computes
 
 # Flags added after experiments already existed, with the value that means "as before": an older config.json
 # without the field matches a new run that leaves it at that value (so older runs still resume).

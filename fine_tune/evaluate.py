@@ -31,7 +31,6 @@ from .locking import lock_folder, releases_locks
 from .selection import LOSS, best_row, experiment_metric, predictions_path, resolve_ckpt
 from .engine.checkpoint import load_checkpoint_into
 from .models.classifier import build_from_config, check_checkpoint, load_model_dir
-from .tasks.metrics import TAGS
 from .tasks import Task
 from .tasks.diagnostics import check_whole_pairs
 from .tasks.example import examples_digest
@@ -175,10 +174,11 @@ def run_eval(plan: EvalPlan) -> dict:
 
     _, examples, features = load_split(le, split, plan.max_examples, whole_pairs)
     le.resolve_device(plan.devices)
-    from torch.utils.tensorboard import SummaryWriter
+    from .engine.reporting import Reporter
 
     main = distributed.is_main()  # under torchrun every rank predicts its share; rank 0 writes
-    writer = SummaryWriter(log_dir=str(le.exp.log_dir)) if main else None
+    # --report_to (default: where the run reported): rank 0's trackers, started before the first checkpoint
+    reporter = plan.reporting.open() if plan.reporting is not None else Reporter()
     rows = []
     predictions: dict[str, np.ndarray] = {}
     metric_names = list(le.task.metrics_for(split))
@@ -187,7 +187,10 @@ def run_eval(plan: EvalPlan) -> dict:
           f"{f', {len(examples) // 2} minimal pairs' if pairs else ''}), {len(steps)} checkpoint(s) on {le.device}"
           f"{'; a diagnostic: scored, never choosing a checkpoint' if diagnostic else ''}")
     print("ckpt\t" + "\t".join(metric_names))
+    failed = True
     try:
+        reporter.start(None)
+        reporter.log_params(le.config)
         for step in steps:
             if not _still_there(le, step, lambda path: load_checkpoint_into(le.model, path)):
                 continue
@@ -204,21 +207,22 @@ def run_eval(plan: EvalPlan) -> dict:
             print(f"{step}\t" + "\t".join(f"{row[m]:.6f}" for m in metric_names), flush=True)
             if not main:
                 continue
-            for m in (*metric_names, LOSS):  # accuracy, f1_score (the toolkit's tags), mcc, macro_f1, ..., loss
-                writer.add_scalar(f"{le.task.name}/{split}/{TAGS.get(m, m)}", row[m], step)
+            # accuracy, f1, mcc, macro_f1, ..., loss: the metrics' names, as the evaluation table names them
+            reporter.log_scalars({f"{le.task.name}/{split}/{m}": row[m] for m in (*metric_names, LOSS)}, step)
             if plan.save_predictions:
                 write_predictions(le.exp.path / f"predictions-{split}-{step}.tsv", examples, logits,
                                   le.task.label_names)
+        if not rows:
+            raise UserError(f"every checkpoint of {le.exp.path} from --ckpt {first} on was deleted while this "
+                            f"evaluation ran; nothing evaluated")
+        metric = experiment_metric(le.exp, le.task)
+        table = write_eval_table(le.exp, le.task, split, examples, features.labels, rows, predictions,
+                                 inference_record(le.device, le.precision, batch_size), write=main,
+                                 max_examples=plan.max_examples, metric_for_best=metric)
+        reporter.log_final(best_metrics(f"{le.task.name}/{split}", table))
+        failed = False
     finally:
-        if writer is not None:
-            writer.close()
-    if not rows:
-        raise UserError(f"every checkpoint of {le.exp.path} from --ckpt {first} on was deleted while this evaluation "
-                        f"ran; nothing evaluated")
-    metric = experiment_metric(le.exp, le.task)
-    table = write_eval_table(le.exp, le.task, split, examples, features.labels, rows, predictions,
-                             inference_record(le.device, le.precision, batch_size), write=main,
-                             max_examples=plan.max_examples, metric_for_best=metric)
+        reporter.close(failed)
     if diagnostic:  # reported at the checkpoint the dev split chooses (results_table.py), never choosing one
         print(f"{split} is a diagnostic of {le.task.name}: results_table.py reports it at the checkpoint chosen on "
               f"{le.task.dev_split}")
@@ -229,6 +233,16 @@ def run_eval(plan: EvalPlan) -> dict:
     print(f"best checkpoint on {split} by {metric} (the experiment's metric for best; ties go to the later "
           f"checkpoint): model-{best['ckpt']}.pt")
     return table
+
+
+def best_metrics(prefix: str, table: dict) -> dict[str, float]:
+    """An evaluation table's final metrics: each metric's best value over the checkpoints and its step, as
+    ``{prefix}/best_{metric}`` and ``{prefix}/best_{metric}_step`` (the training's own: Trainer._final_metrics)."""
+    out = {}
+    for m, best in table["best"].items():
+        out[f"{prefix}/best_{m}"] = best["value"]
+        out[f"{prefix}/best_{m}_step"] = best["ckpt"]
+    return out
 
 
 def inference_record(device, precision: Precision, batch_size: int) -> dict:
@@ -286,8 +300,7 @@ class TrainingEvaluator:
         self.pad_token_id, self.max_seq_len, self.batch_size = pad_token_id, max_seq_len, batch_size
         self.device, self.precision, self.max_examples = device, precision, max_examples
         self.settings = EvalSettings(split=split, every=every, patience=patience, metric=metric or task.main_metric,
-                                     tag_prefix=f"{task.name}/{split}",
-                                     tags={**{m: TAGS.get(m, m) for m in task.metrics}, LOSS: LOSS})
+                                     tag_prefix=f"{task.name}/{split}", tags={m: m for m in (*task.metrics, LOSS)})
         self.predictions: dict[int, np.ndarray] = {}  # step -> predictions, of the checkpoints and the latest
 
     def evaluate(self, model: torch.nn.Module, step: int) -> dict[str, float]:

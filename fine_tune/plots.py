@@ -47,14 +47,15 @@ def render_layer_map(matrix: np.ndarray, title: str, caption: str, row_labels: l
 
 
 def write_layer_map(folder: Path, step: int, matrix: np.ndarray, title: str, caption: str, row_labels: list[str],
-                    writer=None, tag: str | None = None) -> Path:
+                    reporter=None, tag: str | None = None) -> Path:
+    """The heat-map as ``layer-map-{step}.png`` and ``.json`` in ``folder``, and with a ``reporter``
+    (engine/reporting.py) as the image ``tag`` (TensorBoard's; trackers without images skip it)."""
     png, rgb = render_layer_map(matrix, title, caption, row_labels)
     path = Path(folder) / f"layer-map-{step}.png"
     with atomic_write(path) as f:
         f.write(png)
     atomic_write_json(Path(folder) / f"layer-map-{step}.json",
                       {"step": step, "rows": row_labels, "matrix": matrix.round(6).tolist(), "caption": caption})
-    if writer is not None and tag:
-        writer.add_image(tag, rgb, step, dataformats="HWC")
-        writer.flush()
+    if reporter is not None and tag:
+        reporter.log_image(tag, rgb, step)
     return path

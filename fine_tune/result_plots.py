@@ -9,9 +9,9 @@ Pareto front: a point is on it when no other point has a better-or-equal main me
 is one of the models one could deploy). Labels: points drawn at one place share one label naming them all
 (:func:`label_groups`); labels that would overlap are moved apart (:func:`place_labels`).
 
-Curves: the training loss (``{task}/{dataset}/{model}/loss``, written every ``--log_step``) and the task's main
-metric on one evaluated split (``{task}/{split}/{metric tag}``, written by run_fine_tune_eval.py at each checkpoint
-and by the evaluation during training). A group of seeds is drawn as the mean over its runs with a min–max band,
+Curves: the training loss (``{task}/{training split}/{model}/loss``, written every ``--log_step``) and the task's
+main metric on one evaluated split (``{task}/{split}/{metric}``, written by run_fine_tune_eval.py at each checkpoint
+and by the evaluation during training; README.md, "TensorBoard tags"; older runs' tags are read too). A group of seeds is drawn as the mean over its runs with a min–max band,
 at the steps every run of the group logged; when a log holds several values at one step (a resumed run logging
 that step again), the last one written counts.
 """
@@ -22,7 +22,7 @@ import io
 from pathlib import Path
 
 from .errors import UserError
-from .tasks.metrics import SHORT, TAGS
+from .tasks.metrics import OLD_TAGS, SHORT
 
 BAND = "min-max over the group's runs"
 
@@ -172,17 +172,24 @@ def read_scalars(log_dir: Path) -> dict[str, dict[int, float]] | None:
 
 
 def loss_tag(scalars: dict, config: dict, task: str) -> str | None:
-    """The training loss tag of a run: ``{task}/{dataset}/{model}/loss`` (its tag prefix), else the one tag of the
-    task ending in ``/loss`` four levels deep (a config whose training split was resolved later)."""
-    exact = f"{task}/{config.get('dataset')}/{config.get('model')}/loss"
-    if exact in scalars:
-        return exact
+    """The training loss tag of a run: ``{task}/{training split}/{model}/loss`` (its tag prefix: the training split
+    is ``--dataset``, or for offline distillation the logits data set's split, ``logits_split``; before issue 32
+    offline distillation logged under the data set's name, ``--dataset``), else the one tag of the task ending in
+    ``/loss`` four levels deep (a config whose training split was resolved later)."""
+    for split in (config.get("logits_split"), config.get("dataset")):
+        exact = f"{task}/{split}/{config.get('model')}/loss"
+        if split is not None and exact in scalars:
+            return exact
     candidates = sorted(t for t in scalars if t.startswith(f"{task}/") and t.endswith("/loss") and t.count("/") == 3)
     return candidates[0] if candidates else None
 
 
-def metric_tag(task: str, split: str, metric: str) -> str:
-    return f"{task}/{split}/{TAGS.get(metric, metric)}"
+def metric_tag(task: str, split: str, metric: str, scalars: dict | None = None) -> str:
+    """The evaluation metric's tag, ``{task}/{split}/{metric}``; given a run's ``scalars``, the tag it logged it
+    under: runs before issue 32 logged F1 as ``f1_score`` (OLD_TAGS)."""
+    tag = f"{task}/{split}/{metric}"
+    old = f"{task}/{split}/{OLD_TAGS[metric]}" if metric in OLD_TAGS else None
+    return old if scalars is not None and tag not in scalars and old in scalars else tag
 
 
 def _band(series: list[dict[int, float]]) -> tuple[list[int], list[float], list[float], list[float]]:
@@ -213,17 +220,19 @@ def curves_data(groups: list[list], names: list[str], task, splits: list[str] | 
         metric = task.metrics_for(split)[0] if split in task.diagnostics else metric
     else:
         logged = [s for s in [task.dev_split, *task.splits] if s in task.labelled
-                  and any(metric_tag(task.name, s, metric) in sc for sc in logs.values())]
+                  and any(metric_tag(task.name, s, metric, sc) in sc for sc in logs.values())]
         split = logged[0] if logged else task.dev_split
     mtag = metric_tag(task.name, split, metric)
     out = []
     for name, members in zip(names, groups):
         ltags = [loss_tag(logs[e.name], e.config, task.name) for e in members]
         steps, mean, low, high = _band([logs[e.name].get(t, {}) if t else {} for e, t in zip(members, ltags)])
-        esteps, emean, elow, ehigh = _band([logs[e.name].get(mtag, {}) for e in members])
+        mtags = [metric_tag(task.name, split, metric, logs[e.name]) for e in members]
+        esteps, emean, elow, ehigh = _band([logs[e.name].get(t, {}) for e, t in zip(members, mtags)])
         out.append({"group": name, "members": [e.name for e in members], "n": len(members),
                     "loss_tags": ltags, "steps": steps, "loss_mean": mean, "loss_low": low, "loss_high": high,
-                    "metric": metric, "metric_tag": mtag, "eval_steps": esteps, "metric_mean": emean,
+                    "metric": metric, "metric_tag": mtag, "metric_tags": mtags, "eval_steps": esteps,
+                    "metric_mean": emean,
                     "metric_low": elow, "metric_high": ehigh})
     return {"task": task.name, "split": split, "metric": metric, "band": BAND,
             "steps": "the steps every run of a group logged", "groups": out}

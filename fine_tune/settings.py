@@ -86,6 +86,31 @@ def step_or_best(value: str) -> int | str:
 SEED_RANGE = 2**63  # torch.manual_seed takes [-2^63, 2^64); the toolkit takes the non-negative part of both
 
 
+# -- experiment tracking (--report_to) -----------------------------------------------------------------------
+REPORT_TO = ("tensorboard", "mlflow", "wandb")  # Hugging Face's names (TrainingArguments.report_to)
+REPORT_TO_HELP = ("where the run's parameters, scalars and final metrics go, as Hugging Face's --report_to: "
+                  "tensorboard, mlflow, wandb (several: space- or comma-separated), all (every one installed) or "
+                  "none (README.md, 'Experiment tracking')")
+
+
+def report_targets(value: Any, flag: str = "--report_to") -> tuple[str, ...]:
+    """``--report_to``'s value (a string or a list of them, each space- or comma-separated) as the names it gives,
+    checked: ``tensorboard``, ``mlflow``, ``wandb``, or ``all`` / ``none`` alone. ``all`` stays ``all`` (which
+    packages are installed is the plan's to find out: ``fine_tune/reporting.py``); ``none`` is ``()``."""
+    items = [value] if isinstance(value, str) else list(value)
+    names = [n for item in items for n in str(item).replace(",", " ").split()]
+    if not names:
+        raise UserError(f"{flag}: give tensorboard, mlflow, wandb, all or none")
+    for name in names:
+        if name not in (*REPORT_TO, "all", "none"):
+            raise UserError(f"{flag} {name!r}: not a tracker; choose from {', '.join(REPORT_TO)}, all or none")
+    if len(names) > 1 and ("all" in names or "none" in names):
+        raise UserError(f"{flag} {' '.join(names)}: all and none stand alone")
+    if names == ["none"]:
+        return ()
+    return tuple(dict.fromkeys(names))
+
+
 # -- what a run is ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ExperimentFlags:
@@ -271,10 +296,12 @@ class RunFlags:
                                       "of a student): any metric the task computes, or loss (the evaluation's mean "
                                       "cross-entropy, MSE for regression; lower is better) (default: the task's main "
                                       "metric)")
+    report_to: tuple = flag(("tensorboard",), REPORT_TO_HELP, nargs="+", metavar="TRACKER")
 
     def __post_init__(self) -> None:
         _positive(self, "ckpt_step", "log_step", "save_total_limit", "eval_step", "eval_batch_size",
                   "early_stop_patience")
+        report_targets(self.report_to)
         for name in ("eval_step", "early_stop_patience"):
             if getattr(self, name) is not None and not self.eval_dataset:
                 raise UserError(f"--{name} needs --eval_dataset (the split to evaluate on)")
@@ -412,6 +439,20 @@ class InferenceFlags:
 
 
 @dataclass(frozen=True)
+class ReportingFlags:
+    """``run_fine_tune_eval.py --report_to``: where its evaluation goes (by default where the run trained)."""
+
+    key: ClassVar[str] = "reporting"
+    report_to: tuple = flag(None, "where the evaluation's scalars and final metrics go: tensorboard, mlflow, wandb "
+                                  "(several: space- or comma-separated), all or none (default: where the run reported, "
+                                  "its config.json's report_to)", nargs="+", metavar="TRACKER")
+
+    def __post_init__(self) -> None:
+        if self.report_to is not None:
+            report_targets(self.report_to)
+
+
+@dataclass(frozen=True)
 class SweepFlags:
     key: ClassVar[str] = "sweep"
     ckpt: int = flag(0, "first checkpoint step to evaluate (all later ones too)")
@@ -530,7 +571,7 @@ LAYERWISE = (LayerwiseExperimentFlags, TeacherFlags, StudentFlags, LayerwiseDist
              LayerwiseClassifierFlags, OptimiserFlags, LayerwiseBatchingFlags, RunFlags, SpeedFlags, DeviceFlags,
              PathFlags)
 # Scripts that use a trained experiment
-EVAL = (EvalExperimentFlags, SweepFlags, InferenceFlags, DeviceFlags, PathFlags)
+EVAL = (EvalExperimentFlags, SweepFlags, InferenceFlags, DeviceFlags, PathFlags, ReportingFlags)
 GEN_LOGITS = (LogitsExperimentFlags, CheckpointFlags, ForeignTeacherFlags, InferenceFlags, DeviceFlags, PathFlags)
 PREDICT = (PredictionExperimentFlags, CheckpointFlags, InferenceFlags, DeviceFlags, PathFlags)
 EXPORT = (ExportExperimentFlags, CheckpointFlags, ExportFlags, PathFlags)
@@ -562,11 +603,13 @@ class Flags:
         return Flags(groups)
 
     def record(self) -> dict[str, Any]:
-        """Every flag by name, flat: the fields of ``config.json``."""
+        """Every flag by name, flat: the fields of ``config.json``, as it holds them (a tuple default, e.g.
+        ``--report_to``'s, as the list JSON makes of it and a command line gives)."""
         out: dict[str, Any] = {}
         for group in self._groups.values():
             for f in dataclasses.fields(group):
-                out[f.name] = getattr(group, f.name)
+                value = getattr(group, f.name)
+                out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
 

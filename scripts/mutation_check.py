@@ -62,6 +62,10 @@ GPU = "tests/test_gpu_paths.py"
 STARTUP = "tests/test_startup.py::test_each_command_imports_only_what_it_uses"  # issue 32: start-up
 OVERLAP = "tests/test_gpu_paths.py::test_the_students_forward_is_queued_before_anything_crosses_from_the_teacher_device"
 RECORDS = "tests/test_recorded_layers.py::test_recording_only_the_declared_layers_changes_nothing_but_what_is_kept"
+TRACK_EV = "tests/test_eval_during_training.py::test_evaluations_at_their_steps_equal_the_evaluation_script"
+TRACK_KILL = "tests/test_eval_during_training.py::test_a_killed_run_neither_repeats_nor_loses_an_evaluation"
+TRACK_WANDB = "tests/test_reporting.py::test_wandb_offline_in_the_experiment_folder_a_resume_continues_its_run"
+TRACK_CURVES = "tests/test_reporting.py::test_curves_read_the_tags_of_runs_before_and_after_issue_32"
 CHUNKED = "tests/test_recorded_layers.py::test_the_chunked_relation_kl_equals_the_whole_formula"
 OWN_SCHEMA = "tests/test_task_schema.py::test_a_definition_is_refused_in_one_line_naming_the_field"
 OWN_FILES = "tests/test_task_schema.py::test_a_task_json_with_a_byte_order_mark_reads_and_a_folder_is_named"
@@ -236,8 +240,8 @@ MUTATIONS = [
              '        if state["method"]:\n            self.method.load_checkpoint_state(state["method"])\n', "",
              (f"{RESUME}[partial_lad]",)),
     Mutation("restart_keeps_old_events", "a run killed before its first complete checkpoint starts over with the "
-             "killed run's TensorBoard events left in (steps logged twice)", "fine_tune/engine/trainer.py",
-             "purge_step=self.step + 1)", "purge_step=self.step + 1 if self.step else None)",
+             "killed run's TensorBoard events left in (steps logged twice)", "fine_tune/reporting.py",
+             "purge_step=None if step is None else step + 1)", "purge_step=step + 1 if step else None)",
              (f"{RESUME}[alp_kd_hidden]",)),
     Mutation("finished_without_gates", "a run killed between model-N.pt and its gate files counts as finished",
              "fine_tune/run/start.py",
@@ -775,7 +779,7 @@ MUTATIONS = [
              ("tests/test_never_lose_a_run.py::test_a_workflow_that_fails_in_process_releases_what_it_holds",)),
     Mutation("tensorboard_writer_left_open_on_failure", "a run that fails leaves its TensorBoard writer (and thread) open",
              "fine_tune/engine/trainer.py",
-             "            if writer is not None:\n                writer.close()\n            self.release()\n",
+             "            self.reporter.close(failed)\n            self.release()\n",
              "            self.release()\n",
              ("tests/test_never_lose_a_run.py::test_a_workflow_that_fails_in_process_releases_what_it_holds",)),
     Mutation("experiment_lock_shared", "the experiment lock is shared: two runs that reach it at once both write",
@@ -2261,6 +2265,78 @@ MUTATIONS = [
              "fine_tune/onnx_export.py", "_quantize(onnx_path, tmp / INT8_FILE)",
              "_quantize(plain_path if plain_path.exists() else onnx_path, tmp / INT8_FILE)",
              ("tests/test_onnx_export.py::test_onnx_export_matches_pytorch_on_dynamic_shapes_and_records_its_check",)),
+    # issue 32, tracking lane: --report_to (fine_tune/reporting.py) and the TensorBoard tag scheme
+    Mutation("report_to_ignored", "--report_to is ignored: every run reports to TensorBoard only",
+             "fine_tune/plan/training.py", "reporting=resolve_reporting(flags.run.report_to, exp, task.name)",
+             'reporting=resolve_reporting(("tensorboard",), exp, task.name)', (TRACK_EV,)),
+    Mutation("report_to_none_writes_tensorboard", "--report_to none still writes TensorBoard files",
+             "fine_tune/settings.py", '    if names == ["none"]:\n        return ()\n',
+             '    if names == ["none"]:\n        return ("tensorboard",)\n',
+             ("tests/test_eval_during_training.py::test_save_total_limit_keeps_the_best_checkpoint_and_the_newest",)),
+    Mutation("tracked_run_without_params", "the run's config.json never reaches the trackers as parameters",
+             "fine_tune/engine/trainer.py", "                self.reporter.log_params(self.run_params)\n",
+             "                pass\n", (TRACK_EV,)),
+    Mutation("training_final_metrics_not_reported", "a training run reports no final metrics",
+             "fine_tune/engine/trainer.py", "            self.reporter.log_final(self._final_metrics(steps, seconds))\n",
+             "", (TRACK_EV,)),
+    Mutation("eval_final_metrics_not_reported", "run_fine_tune_eval.py reports no final metrics (the bests)",
+             "fine_tune/evaluate.py", '        reporter.log_final(best_metrics(f"{le.task.name}/{split}", table))\n',
+             "", (TRACK_EV,)),
+    Mutation("eval_reports_only_to_tensorboard", "run_fine_tune_eval.py ignores where the run reported",
+             "fine_tune/plan/inference.py", 'value = recorded if recorded is not None else ("tensorboard",)',
+             'value = ("tensorboard",)', (TRACK_EV,)),
+    Mutation("mlflow_resume_starts_a_new_run", "a resumed run (and the evaluation) starts another MLflow run",
+             "fine_tune/reporting.py", '                if stored.get("tracking_uri") == uri:\n',
+             "                if False:\n", (TRACK_EV, TRACK_KILL)),
+    Mutation("mlflow_resume_logs_steps_twice", "a resumed run logs the steps MLflow already holds again",
+             "fine_tune/reporting.py", " for k, v in values.items() if step > self.logged.get(k, -1)]",
+             " for k, v in values.items()]", (TRACK_KILL,)),
+    Mutation("mlflow_params_not_json", "MLflow parameters are Python's str() (None, True) instead of the values' JSON",
+             "fine_tune/reporting.py",
+             "text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)",
+             "text = str(value)", ("tests/test_reporting.py", TRACK_EV)),
+    Mutation("mlflow_file_store_refused", "the default MLflow store (MLflow 3's file store) is opened without its "
+             "opt-in: MLflow refuses it", "fine_tune/reporting.py",
+             '    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"\n', "", (TRACK_EV,)),
+    Mutation("reports_on_every_rank", "under torchrun every rank reports (two TensorBoard event streams)",
+             "fine_tune/reporting.py", "        if not self.backends or not distributed.is_main():\n",
+             "        if not self.backends:\n", (DIST_FT,)),
+    Mutation("missing_tracker_package_not_refused", "a tracker whose package is missing fails after the run started "
+             "writing", "fine_tune/reporting.py", "        if not installed(name):\n", "        if False:\n",
+             ("tests/test_bad_inputs.py::test_bad_input_is_refused_in_one_line_writing_nothing"
+              "[report_to_mlflow_not_installed]",)),
+    Mutation("report_to_all_includes_missing", "--report_to all names trackers that are not installed",
+             "fine_tune/reporting.py", "names = tuple(n for n in REPORT_TO if installed(n))", "names = REPORT_TO",
+             ("tests/test_reporting.py::test_all_is_every_installed_tracker",)),
+    Mutation("wandb_not_offline_without_key", "W&B without an API key or WANDB_MODE does not log offline",
+             "fine_tune/reporting.py", 'os.environ.get("WANDB_MODE") else "offline"',
+             'os.environ.get("WANDB_MODE") else "disabled"', (TRACK_WANDB,)),
+    Mutation("wandb_resume_starts_a_new_run", "a resumed run starts another W&B run",
+             "fine_tune/reporting.py", '        if self.job == "train" and path.is_file():\n',
+             "        if False:\n", (TRACK_WANDB,)),
+    Mutation("wandb_eval_into_the_training_run", "run_fine_tune_eval.py logs earlier steps into the training's W&B "
+             "run (W&B drops them)", "fine_tune/reporting.py", '        if self.job == "train" and path.is_file():\n',
+             "        if path.is_file():\n",
+             ("tests/test_reporting.py::test_an_evaluation_is_a_wandb_run_of_its_own_in_the_runs_group",)),
+    Mutation("offline_distill_tags_under_the_set_name", "offline distillation logs under the logits data set's name "
+             "instead of its training split", "fine_tune/plan/training.py",
+             'tag_split=str(meta.get("split") or task.train_split))', "tag_split=None)",
+             ("tests/test_scripts_e2e.py::test_bert_boolq_pipeline",)),
+    Mutation("eval_f1_tag_not_the_json_name", "run_fine_tune_eval.py logs F1 as f1_score, not as the JSON's f1",
+             "fine_tune/evaluate.py", 'reporter.log_scalars({f"{le.task.name}/{split}/{m}": row[m]',
+             'reporter.log_scalars({f"{le.task.name}/{split}/{\'f1_score\' if m == \'f1\' else m}": row[m]',
+             ("tests/test_scripts_e2e.py::test_qqp_pipeline_and_amp_on_cpu",)),
+    Mutation("training_eval_f1_tag_not_the_json_name", "the evaluation during training logs F1 as f1_score",
+             "fine_tune/evaluate.py", "tags={m: m for m in (*task.metrics, LOSS)})",
+             'tags={m: "f1_score" if m == "f1" else m for m in (*task.metrics, LOSS)})', (TRACK_EV,)),
+    Mutation("curves_miss_old_f1_tags", "--curves finds no F1 in runs that logged it as f1_score (before issue 32)",
+             "fine_tune/result_plots.py",
+             "    return old if scalars is not None and tag not in scalars and old in scalars else tag\n",
+             "    return tag\n", (TRACK_CURVES,)),
+    Mutation("curves_loss_by_set_name_only", "--curves takes another loss tag than an offline distillation's own "
+             "(named after its logits set's split)", "fine_tune/result_plots.py",
+             'for split in (config.get("logits_split"), config.get("dataset")):',
+             'for split in (config.get("dataset"),):', (TRACK_CURVES,)),
 ]
 
 

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -70,7 +71,7 @@ class Case:
     id: str
     script: str
     args: list[str]
-    patch: str | None = None  # no_hub | hub_offline | fake_cuda | readonly:<folder under the world>
+    patch: str | None = None  # no_hub | hub_offline | fake_cuda | readonly:<folder under the world> | no_module:<name>
     marks: list = field(default_factory=list)
     # placeholders of the documented message beyond the ones every case has (<data_root>, <exp_root>: the roots
     # given; <path>, <model>: the --ptrain_ver given), e.g. {"<file>": "{base}/afile"}; {base}... are filled in
@@ -364,6 +365,12 @@ CASES = [
     Case("unknown_metric_for_best", "run_fine_tune.py", [*FT, "--metric_for_best", "acuracy"]),
     Case("tckpt_best_without_evaluation", "run_pkd_distill.py", [*LW, "--teacher_exp", "student", "--tckpt", "best"]),
     Case("tckpt_neither_step_nor_best", "run_lad_distil.py", [*LW, "--tckpt", "last"]),
+    # issue 32, tracking lane: experiment tracking (doc/errors.md, "Experiment tracking")
+    Case("report_to_unknown_tracker", "run_fine_tune.py", [*FT, "--report_to", "tensorboard", "comet"]),
+    Case("report_to_mlflow_not_installed", "run_fine_tune.py", [*FT, "--report_to", "mlflow"],
+         patch="no_module:mlflow"),
+    Case("report_to_wandb_not_installed_eval", "run_fine_tune_eval.py", [*EV, "--report_to", "wandb"],
+         patch="no_module:wandb"),
 ]
 
 
@@ -694,6 +701,9 @@ def apply_patch(patch: str | None, world: dict, monkeypatch) -> Callable[[], Non
     if patch == "fake_cuda":  # a machine with one CUDA device (the test machine may have none)
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        return lambda: None
+    if patch.startswith("no_module:"):  # a package that is not installed: importing it fails
+        monkeypatch.setitem(sys.modules, patch.split(":", 1)[1], None)
         return lambda: None
     if patch.startswith("readonly:"):
         folder = world["base"] / patch.split(":", 1)[1]

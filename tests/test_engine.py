@@ -18,6 +18,7 @@ from fine_tune.errors import UserError
 from fine_tune.experiment import ExperimentDir
 from fine_tune.methods import HardLabel, logits_kd_loss
 from fine_tune.models.classifier import build_from_config, student_config
+from fine_tune.reporting import TensorBoardReporter
 from fine_tune.tasks import get_task
 
 
@@ -98,7 +99,8 @@ def _train(features, tok, tmp_path, batch, accum, steps=3, padding="dynamic", lo
     collator = Collator(features, tok.pad_token_id, 32, padding)
     exp = ExperimentDir(tmp_path, f"run-{batch}-{accum}-{padding}-{log_step}")
     trainer = Trainer(model, HardLabel(), collator, len(features), settings, exp, torch.device("cpu"),
-                      Precision("cpu", None), progress=False, forward=forward)
+                      Precision("cpu", None), progress=False, forward=forward,
+                      reporter=TensorBoardReporter(exp.log_dir))
     result = trainer.train()
     assert result["steps"] == steps
     return model, exp

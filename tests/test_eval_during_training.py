@@ -2,12 +2,18 @@
 right steps and equal run_fine_tune_eval.py's on the same checkpoints; a killed and resumed run neither repeats nor
 loses one; ``--save_total_limit`` keeps the best checkpoint; ``--early_stop_patience`` stops after P evaluations
 without improvement and the run counts as finished. (Two processes under torchrun: tests/test_distributed.py; bad
-flags: tests/test_bad_inputs.py.)"""
+flags: tests/test_bad_inputs.py.)
+
+Experiment tracking (``--report_to``, fine_tune/reporting.py) rides on these runs: MLflow's real local store read
+back with its client (parameters, every scalar against TensorBoard's, final metrics; the evaluation script and a
+killed, resumed run continue the same MLflow run, each step once); ``--report_to none`` writes no TensorBoard
+files. W&B: tests/test_reporting.py."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -30,8 +36,44 @@ def read(path):
     return json.loads(path.read_text())
 
 
-def test_evaluations_at_their_steps_equal_the_evaluation_script(run, tiny_bert, data_root, exp_root):
-    out = run("run_fine_tune.py", "--experiment", "ev", "--ptrain_ver", str(tiny_bert), *RUN)
+@pytest.fixture()
+def mlflow_store(exp_root, monkeypatch):
+    """The experiment root's own MLflow store (no MLFLOW_TRACKING_URI), and a reader of a run's metrics in it."""
+    pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def metrics(folder):
+        """(the run, {metric: [(step, value)] in step order}) of the MLflow run the folder's mlflow-run.json names."""
+        from mlflow.tracking import MlflowClient
+
+        stored = read(folder / "mlflow-run.json")
+        assert stored["tracking_uri"] == (exp_root / "mlruns").resolve().as_uri()  # the local file store
+        os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # (MLflow 3's opt-in to its file store; monkeypatch undoes)
+        client = MlflowClient(stored["tracking_uri"])
+        run = client.get_run(stored["run_id"])
+        return run, {k: sorted(((m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)),
+                               key=lambda sv: sv[0]) for k in run.data.metrics}
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "false")  # the toolkit opts in for its own store only
+    return metrics
+
+
+def same_as_tensorboard(tracked: dict, scalars: dict) -> None:
+    """Every TensorBoard scalar is a tracked metric of the same name, at the same steps, with the same values (a
+    step logged twice, once by the training and once by run_fine_tune_eval.py: in the order they were logged).
+    ``examples_per_s`` is a measurement: after a resume MLflow keeps the killed process's at the steps it logged,
+    TensorBoard the resumed one's; its steps still match."""
+    for tag, points in scalars.items():
+        points = sorted(points, key=lambda sv: sv[0])
+        assert [s for s, _ in tracked[tag]] == [s for s, _ in points], tag
+        if tag.endswith("/examples_per_s"):
+            continue
+        np.testing.assert_allclose([v for _, v in tracked[tag]], [v for _, v in points], rtol=1e-6, err_msg=tag)
+
+
+def test_evaluations_at_their_steps_equal_the_evaluation_script(run, tiny_bert, data_root, exp_root, mlflow_store):
+    out = run("run_fine_tune.py", "--experiment", "ev", "--ptrain_ver", str(tiny_bert), *RUN,
+        "--report_to", "tensorboard", "mlflow")
     folder = exp_root / "ev_bert_qqp"
     config = read(folder / "config.json")  # the resolved schedule is what config.json records, beside the epochs
     assert (config["total_step"], config["warmup_step"], config["num_epochs"], config["warmup_ratio"]) == \
@@ -45,9 +87,25 @@ def test_evaluations_at_their_steps_equal_the_evaluation_script(run, tiny_bert, 
     # linear warmup over WARMUP steps, then linear decay to 0 at STEPS (the scheduler's lr after each logged step)
     lr = [1e-3 * (s / WARMUP if s < WARMUP else (STEPS - s) / (STEPS - WARMUP)) for s in range(2, STEPS + 1, 2)]
     np.testing.assert_allclose([v for _, v in scalars["qqp/train/bert/lr"]], lr, rtol=1e-5, atol=1e-12)
-    for tag, metric in (("qqp/dev/accuracy", "accuracy"), ("qqp/dev/f1_score", "f1"), ("qqp/dev/loss", "loss")):
+    for tag, metric in (("qqp/dev/accuracy", "accuracy"), ("qqp/dev/f1", "f1"), ("qqp/dev/loss", "loss")):  # the JSON's names
         assert [s for s, _ in scalars[tag]] == EVAL_STEPS
         np.testing.assert_allclose([v for _, v in scalars[tag]], [r[metric] for r in history["rows"]], rtol=1e-6)
+    # MLflow: experiment = the task, run = the folder; the config.json as parameters (a string as it is, anything
+    # else as its JSON); the same scalars as TensorBoard; the final metrics
+    mrun, tracked = mlflow_store(folder)
+    assert (mrun.info.run_name, mrun.info.status) == ("ev_bert_qqp", "FINISHED")
+    config = read(folder / "config.json")
+    assert set(mrun.data.params) == set(config) and config["report_to"] == ["tensorboard", "mlflow"]
+    for k, v in config.items():
+        p = mrun.data.params[k]
+        assert (p == v) if isinstance(v, str) else (json.loads(p) == v), k
+    same_as_tensorboard(tracked, scalars)
+    assert [s for s, _ in tracked["qqp/train/bert/loss"]] == [2, 4, 6, 8, 10, 12]
+    final = {"qqp/train/bert/train_steps": 12, "qqp/dev/best_accuracy": history["best_checkpoint"]["value"],
+             "qqp/dev/best_accuracy_step": history["best_checkpoint"]["ckpt"]}
+    assert set(tracked) - set(scalars) == {*final, "qqp/train/bert/train_seconds", "qqp/train/bert/train_examples_per_s"}
+    assert {k: tracked[k][-1][1] for k in final} == pytest.approx(final)
+    run_id = read(folder / "mlflow-run.json")["run_id"]
     table = read(folder / "eval-dev.json")  # the checkpoints' table, where --ckpt best and results_table.py read
     assert [r["ckpt"] for r in table["rows"]] == [4, 8, 12]
     best = max(table["rows"], key=lambda r: (r["accuracy"], r["ckpt"]))
@@ -72,20 +130,32 @@ def test_evaluations_at_their_steps_equal_the_evaluation_script(run, tiny_bert, 
     assert after["metric_for_best"] == "accuracy"
     assert (f"best checkpoint on dev by accuracy (the experiment's metric for best; ties go to the later checkpoint): "
             f"model-{after['best']['accuracy']['ckpt']}.pt") in proc.stdout
+    # ... and reports where the run did (its config.json's report_to): into the same MLflow run, TensorBoard too
+    assert read(folder / "mlflow-run.json")["run_id"] == run_id
+    _, tracked = mlflow_store(folder)
+    same_as_tensorboard(tracked, tb_scalars(exp_root / "log" / "ev_bert_qqp"))
+    for metric in ("accuracy", "f1"):
+        assert [s for s, _ in tracked[f"qqp/dev/{metric}"]] == sorted(EVAL_STEPS + [4, 8, 12])
+        assert tracked[f"qqp/dev/best_{metric}"][-1][1] == pytest.approx(after["best"][metric]["value"])
+        assert tracked[f"qqp/dev/best_{metric}_step"][-1][1] == after["best"][metric]["ckpt"]
     preds = np.load(folder / "eval-dev-predictions.npz")
     assert sorted(k for k in preds.files if k.startswith("pred_")) == ["pred_12", "pred_4", "pred_8"]
 
 
-def test_a_killed_run_neither_repeats_nor_loses_an_evaluation(run, tiny_bert, data_root, exp_root, one_thread):
+def test_a_killed_run_neither_repeats_nor_loses_an_evaluation(run, tiny_bert, data_root, exp_root, one_thread,
+                                                              mlflow_store):
     run("run_fine_tune.py", "--experiment", "ref", "--ptrain_ver", str(tiny_bert), *RUN)
     w = World(data_root, exp_root, tiny_bert)
     # killed as checkpoint 8 is written: it had evaluated steps 3, 4, 6 and 8 (8's files wait for model-8.pt, so
     # none cites a checkpoint that is not on disk), and resumes from checkpoint 4
-    args = ["--experiment", "killed", "--ptrain_ver", str(tiny_bert), *RUN]
+    args = ["--experiment", "killed", "--ptrain_ver", str(tiny_bert), *RUN, "--report_to", "tensorboard,mlflow"]
     wait_killed(start_killed("before:model-8.pt", "run_fine_tune.py", args, w))
     killed = exp_root / "killed_bert_qqp"
     assert [r["step"] for r in read(killed / "training-eval-dev.json")["rows"]] == [3, 4, 6]
     assert [r["ckpt"] for r in read(killed / "eval-dev.json")["rows"]] == [4]
+    run_id = read(killed / "mlflow-run.json")["run_id"]  # MLflow already holds what the killed run logged after 4
+    _, tracked = mlflow_store(killed)
+    assert [s for s, _ in tracked["qqp/dev/accuracy"]] == [3, 4, 6, 8]
     # resumed from checkpoint 4, the run first writes the evaluations it restored (killed right after that
     # write, before it evaluates again): the file no longer claims the killed run's steps 6 and 8
     wait_killed(start_killed("after:training-eval-dev.json", "run_fine_tune.py", args, w))
@@ -104,6 +174,11 @@ def test_a_killed_run_neither_repeats_nor_loses_an_evaluation(run, tiny_bert, da
                {k: v for k, v in rb.items() if k != "examples_per_s"}
     sa, sb = tb_scalars(exp_root / "log" / "ref_bert_qqp"), tb_scalars(exp_root / "log" / "killed_bert_qqp")
     assert sb["qqp/dev/accuracy"] == sa["qqp/dev/accuracy"]  # each step once, the same values
+    # the same MLflow run, continued: each step once there too, as TensorBoard shows the run
+    assert read(killed / "mlflow-run.json")["run_id"] == run_id
+    mrun, tracked = mlflow_store(killed)
+    assert mrun.info.status == "FINISHED"
+    same_as_tensorboard(tracked, sb)
     assert_bitwise_equal(torch.load(ref / "model-12.pt"), torch.load(killed / "model-12.pt"))
 
 
@@ -126,8 +201,9 @@ def test_save_total_limit_keeps_the_best_checkpoint_and_the_newest(run, tiny_ber
     scripted(monkeypatch, {2: 0.5, 4: 0.6, 6: 0.6, 8: 0.5, 10: 0.9, 12: 0.85},
              {2: 0.7, 4: 0.3, 6: 0.5, 8: 0.3, 10: 0.4, 12: 0.6})
     out = run("run_fine_tune.py", "--experiment", "keep", "--ptrain_ver", str(tiny_bert), *RUN[:-2], "--ckpt_step",
-              "2", "--save_total_limit", "1", "--metric_for_best", "loss")
+              "2", "--save_total_limit", "1", "--metric_for_best", "loss", "--report_to", "none")
     folder = exp_root / "keep_bert_qqp"
+    assert not (exp_root / "log").exists() and not (exp_root / "mlruns").exists()  # --report_to none: no tracker
     assert sorted(p.name for p in folder.glob("model-*.pt")) == ["model-12.pt", "model-8.pt"]
     assert ("keep_bert_qqp: best dev loss 0.300000 first at step 4, tied at 8 (ties go to the later checkpoint; "
             "model-4.pt was pruned by --save_total_limit 1): best checkpoint model-8.pt") in out.stderr

@@ -48,9 +48,12 @@ def trainer_for(tmp_path, name, method, steps, *, log_step=None, ckpt_step=None,
     exp = ExperimentDir(tmp_path, name)
     exp.path.mkdir(parents=True, exist_ok=True)
     batch = fixed_batch()
+    from fine_tune.reporting import TensorBoardReporter
+
     return Trainer(kw.pop("student", None) or bert(2), method, collator or (lambda r: dict(batch)), rows, settings,
                    exp, torch.device("cpu"), precision or Precision("cpu", None), teacher=teacher,
-                   teacher_device=teacher_device, progress=False, forward=forward, **kw)
+                   teacher_device=teacher_device, progress=False, forward=forward,
+                   reporter=TensorBoardReporter(exp.log_dir), **kw)
 
 
 # ------------------------------------------------------------------ 1. torchrun: teacher and gate devices per rank

@@ -363,13 +363,14 @@ def test_a_workflow_that_fails_in_process_releases_what_it_holds(run, tiny_bert,
     import threading
 
     from fine_tune import locking
-    from fine_tune.engine import trainer as trainer_mod
     from fine_tune.methods import logits_kd
 
     folder = (exp_root / "f_bert_qqp").resolve()
     writers, seen = [], {}
 
-    class Writer(trainer_mod.SummaryWriter):
+    from torch.utils import tensorboard
+
+    class Writer(tensorboard.SummaryWriter):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
             writers.append(self)
@@ -386,7 +387,7 @@ def test_a_workflow_that_fails_in_process_releases_what_it_holds(run, tiny_bert,
             raise RuntimeError("injected failure")
         return real(self, batch, student, teacher)
 
-    monkeypatch.setattr(trainer_mod, "SummaryWriter", Writer)
+    monkeypatch.setattr(tensorboard, "SummaryWriter", Writer)  # what the TensorBoard reporter opens
     monkeypatch.setattr(logits_kd.HardLabel, "losses", crash)
     threads = set(threading.enumerate())
     with pytest.raises(RuntimeError, match="injected failure"):

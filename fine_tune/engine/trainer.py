@@ -6,8 +6,9 @@ autocast, the method's losses, ``loss / accum_step`` back-propagated (through th
 then gradients are unscaled, clipped (``max_norm``; extra parameter sets such as LAD gates clipped with
 their own norm), every optimiser and its learning-rate schedule (``OptimiserSettings.schedule``) step together
 (under fp16 loss scaling a step whose gradients overflow in any set is skipped by all of them together:
-``Trainer._optimizer_step``). Checkpoints every ``ckpt_step`` and at the end; TensorBoard scalars every
-``log_step``.
+``Trainer._optimizer_step``). Checkpoints every ``ckpt_step`` and at the end; the scalars every ``log_step`` to
+the run's reporter (engine/reporting.py: TensorBoard, MLflow, W&B as ``--report_to`` chose), under the tags
+``{tag_prefix}/{name}``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from ..batching import Collator, make_stream
@@ -36,6 +36,7 @@ from .device import Precision, non_blocking, same_device
 from .evaluation import EARLY_STOP_FILE, EvalHistory, Evaluator
 from .optim import OptimiserSettings, build_adamw, lr_schedule
 from .protocol import ModelOutputs, TrainingMethod
+from .reporting import Reporter
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -45,7 +46,7 @@ class TrainSettings:
     ckpt_step: int
     log_step: int
     seed: int
-    tag_prefix: str  # "{task}/{dataset}/{model}"
+    tag_prefix: str  # "{task}/{training split}/{model}": the scalars' names (README.md, "TensorBoard tags")
     save_total_limit: int = 0  # keep only the newest K checkpoints (0: all)
     group_by_length: bool = False  # length-grouped shuffled micro-batches (needs the rows' lengths)
     compile: bool = False  # torch.compile the training forward (and the teacher's)
@@ -91,17 +92,21 @@ class Trainer:
     def __init__(self, student: torch.nn.Module, method: TrainingMethod, collator: Collator, num_rows: int,
                  settings: TrainSettings, exp: ExperimentDir, device: torch.device, precision: Precision,
                  teacher: torch.nn.Module | None = None, teacher_device: torch.device | None = None,
-                 on_checkpoint: Callable[[int, SummaryWriter], None] | None = None, progress: bool = True,
+                 on_checkpoint: Callable[[int, Reporter], None] | None = None, progress: bool = True,
                  lengths: np.ndarray | None = None, student_forward: torch.nn.Module | None = None,
                  teacher_forward: torch.nn.Module | None = None, evaluator: Evaluator | None = None, *,
-                 forward: Callable[[torch.nn.Module, dict, bool], ModelOutputs], config_sha256: str | None = None):
+                 forward: Callable[[torch.nn.Module, dict, bool], ModelOutputs], config_sha256: str | None = None,
+                 reporter: Reporter | None = None, run_params: dict | None = None):
         """``student`` / ``teacher``: the modules whose weights train (and are saved) / stay frozen.
         ``evaluator``: evaluation during training (engine/evaluation.py), or None. ``forward(model, batch,
         hidden)``: how a model runs on a batch (``fine_tune.models.forward.forward``), chosen by the caller.
         ``student_forward`` / ``teacher_forward``: the modules the training forward runs through (the same
         weights; default: the modules themselves), chosen by whoever built the models (e.g.
         ``models/padding_free.training_forwards``). ``config_sha256``: the digest of the config.json the run wrote
-        (config.config_digest), recorded in each resume state so a resume notices a config.json edited since."""
+        (config.config_digest), recorded in each resume state so a resume notices a config.json edited since.
+        ``reporter``: where the scalars and the final metrics go (engine/reporting.py; default: nowhere; under
+        torchrun the caller gives rank 0's only: fine_tune/reporting.Reporting.open), started when training
+        starts, with ``run_params`` (the run's config) as the run's parameters, and closed when it ends."""
         if device.type == "cpu" or (teacher_device is not None and teacher_device.type == "cpu"):
             tune_malloc_for_training()  # every step reuses the previous step's pages (engine/allocator.py)
         self.student = student.to(device)
@@ -155,6 +160,8 @@ class Trainer:
         self.evaluator = evaluator
         self.forward = forward
         self.config_sha256 = config_sha256
+        self.reporter = reporter if reporter is not None else Reporter()  # reports nothing
+        self.run_params = run_params
         self.log_fields: dict[str, str] = {}  # the last logged window, on the progress bar
         self.history = EvalHistory(evaluator.settings) if evaluator is not None else None
         self.eval_fields: dict[str, str] = {}  # the last evaluation, on the progress bar
@@ -287,23 +294,21 @@ class Trainer:
         if self.history is not None and self.history.stopped_at is not None:  # killed after stopping early
             self._stopped_early()
             self.release()
+            self.reporter.close()
             return {"steps": self.step, "steps_run": 0, "seconds": 0.0, "examples_per_s": 0.0, "last_losses": {},
                     "stopped_early_at": self.step}
-        writer = None
-        if self.world.is_main:  # under torchrun only rank 0 writes
-            self.exp.log_dir.mkdir(parents=True, exist_ok=True)
-            # purge_step: TensorBoard drops events a killed run wrote after the checkpoint it resumes from (all of
-            # them when a run killed before its first complete checkpoint starts over)
-            writer = SummaryWriter(log_dir=str(self.exp.log_dir), purge_step=self.step + 1)
         self.student.train()
         self.method.train(True)
-        self.writer = writer
         start_step, start = self.step, time.perf_counter()
         last: dict[str, float] = {}
         bar = tqdm(total=s.total_step, initial=self.step, desc=self.exp.name, unit="step", dynamic_ncols=True,
                    disable=(not self.progress) or not self.world.is_main
                    or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true"))
+        failed = True
         try:
+            self.reporter.start(self.step)  # a resumed run: what a killed run logged after this step is logged again
+            if self.run_params is not None:
+                self.reporter.log_params(self.run_params)
             while self.step < s.total_step:
                 loss_finite = torch.ones((), dtype=torch.bool, device=self.device)
                 for micro in range(s.accum_step):
@@ -331,31 +336,46 @@ class Trainer:
                 if boundary_log or boundary_ckpt:
                     self._check_finite()
                 if boundary_log:
-                    last = self._log(writer, bar)
+                    last = self._log(bar)
                 stop = False
                 if self.evaluator is not None and self.evaluator.settings.due(self.step, boundary_ckpt):
-                    stop = self._evaluate(writer, bar, boundary_ckpt)
+                    stop = self._evaluate(bar, boundary_ckpt)
                     boundary_ckpt = boundary_ckpt or stop  # a run that stops early ends with a checkpoint
                 if boundary_ckpt:
                     self.save(self.step)
                 if stop:
                     self._stopped_early()
                     break
+            seconds = time.perf_counter() - start
+            steps = self.step - start_step
+            self.reporter.log_final(self._final_metrics(steps, seconds))
+            failed = False
         finally:
             bar.close()
-            if writer is not None:
-                writer.close()
+            self.reporter.close(failed)
             self.release()
         if self.history is not None and self.history.stopped_at is None and self.world.is_main:
             print(f"{self.exp.name}: {self.describe_best()}", file=sys.stderr)
-        seconds = time.perf_counter() - start
-        steps = self.step - start_step
         return {"steps": self.step, "steps_run": steps, "seconds": seconds,
                 "examples_per_s": steps * s.batch_size / max(seconds, 1e-9), "last_losses": last,
                 "stopped_early_at": None if self.history is None else self.history.stopped_at}
 
+    def _final_metrics(self, steps: int, seconds: float) -> dict[str, float]:
+        """The run's final metrics: this process's training (steps, seconds, examples/s) and, with evaluation during
+        training, the best checkpoint's main metric and its step (``{split tag prefix}/best_{metric}``, ``..._step``,
+        as run_fine_tune_eval.py names its bests)."""
+        p = self.s.tag_prefix
+        final = {f"{p}/train_steps": steps, f"{p}/train_seconds": seconds,
+                 f"{p}/train_examples_per_s": steps * self.s.batch_size / max(seconds, 1e-9)}
+        best = self.history.best_checkpoint() if self.history is not None else None
+        if best is not None:
+            es = self.evaluator.settings
+            name = f"{es.tag_prefix}/best_{es.tags.get(es.metric, es.metric)}"
+            final.update({name: best[es.metric], f"{name}_step": best["step"]})
+        return final
+
     # -- evaluation during training (engine/evaluation.py) ------------------------------------------
-    def _evaluate(self, writer: SummaryWriter | None, bar, checkpoint: bool) -> bool:
+    def _evaluate(self, bar, checkpoint: bool) -> bool:
         """Evaluate the student now (every rank takes part), record it, log it, write the evaluation files (rank
         0). Returns whether the patience has run out; then this step becomes the run's last checkpoint."""
         ev, history = self.evaluator, self.history
@@ -367,10 +387,8 @@ class Trainer:
         if stop:
             history.stopped_at = self.step
             history.mark_checkpoint(self.step)
-        if writer is not None:
-            for name, value in metrics.items():
-                if name in es.tags:
-                    writer.add_scalar(f"{es.tag_prefix}/{es.tags[name]}", value, self.step)
+        self.reporter.log_scalars({f"{es.tag_prefix}/{es.tags[name]}": value for name, value in metrics.items()
+                                   if name in es.tags}, self.step)
         self.eval_fields = {f"{es.split}_{es.tags.get(es.metric, es.metric)}": f"{metrics[es.metric]:.4f}"}
         bar.set_postfix({**self.log_fields, **self.eval_fields}, refresh=False)
         if checkpoint or stop:  # its files are written by save(), once the checkpoint they cite is on disk
@@ -406,7 +424,7 @@ class Trainer:
             self.average.remove()
             self.average = None
 
-    def _log(self, writer: SummaryWriter | None, bar) -> dict[str, float]:
+    def _log(self, bar) -> dict[str, float]:
         s = self.s
         elapsed = time.perf_counter() - self.window_start
         keys = sorted(self.sums)
@@ -415,24 +433,23 @@ class Trainer:
             distributed.all_reduce_mean_([stacked])
             self.sums = dict(zip(keys, stacked.unbind()))
         last = {k: (v / self.window_steps).item() for k, v in self.sums.items()}
-        if writer is None:
+        if not self.world.is_main:
             self._reset_window()
             return last
-        for k, v in last.items():
-            writer.add_scalar(f"{s.tag_prefix}/{k}", v, self.step)
+        scalars = dict(last)
         for part in self.parts:
-            tag = "lr" if part.name == "student" else f"{part.name}_lr"
-            writer.add_scalar(f"{s.tag_prefix}/{tag}", part.scheduler.get_last_lr()[0], self.step)
+            scalars["lr" if part.name == "student" else f"{part.name}_lr"] = part.scheduler.get_last_lr()[0]
         applied = self.window_steps - self.window_skipped
         if applied:  # the mean over the steps whose update was applied (a skipped step's norm is inf or NaN)
-            writer.add_scalar(f"{s.tag_prefix}/grad_norm", (self.grad_norm_sum / applied).item(), self.step)
-        writer.add_scalar(f"{s.tag_prefix}/examples_per_s", self.window_examples / max(elapsed, 1e-9), self.step)
+            scalars["grad_norm"] = (self.grad_norm_sum / applied).item()
+        scalars["examples_per_s"] = self.window_examples / max(elapsed, 1e-9)
         fields = progress_fields(last, {part.name: part.scheduler.get_last_lr()[0] for part in self.parts})
         if self.scaler.is_enabled():
-            writer.add_scalar(f"{s.tag_prefix}/skipped_steps", self.window_skipped, self.step)
-            writer.add_scalar(f"{s.tag_prefix}/loss_scale", self.scaler.get_scale(), self.step)
+            scalars["skipped_steps"] = self.window_skipped
+            scalars["loss_scale"] = self.scaler.get_scale()
             if self.window_skipped:
                 fields["skipped"] = str(self.window_skipped)
+        self.reporter.log_scalars({f"{s.tag_prefix}/{k}": v for k, v in scalars.items()}, self.step)
         self.log_fields = fields
         bar.set_postfix({**fields, **self.eval_fields}, refresh=False)
         self._reset_window()
@@ -473,8 +490,8 @@ class Trainer:
     def save(self, step: int) -> None:
         """Write checkpoint ``step``: the model, the method's files (LAD gates), the evaluation files of this
         checkpoint (``eval-{split}.json`` cites only checkpoints already on disk), the checkpoint hook's outputs
-        (heat-maps, scalars), the TensorBoard events logged so far, and last the resume state. The resume state
-        is the commit point: a run killed anywhere before it resumes from the previous checkpoint and writes
+        (heat-maps, scalars), the reporter's scalars logged so far (flushed), and last the resume state. The resume
+        state is the commit point: a run killed anywhere before it resumes from the previous checkpoint and writes
         this one again, and its last checkpoint does not count as finished while an older resume state is the
         newest one (train._start_experiment). Then ``--save_total_limit`` prunes."""
         if not self.world.is_main:
@@ -489,9 +506,8 @@ class Trainer:
             self.history.write(self.exp.path)
             self._eval_files_due = False
         if self.on_checkpoint is not None:
-            self.on_checkpoint(step, self.writer)
-        if self.writer is not None:
-            self.writer.flush()  # every step logged up to here is on disk before the run can resume from here
+            self.on_checkpoint(step, self.reporter)
+        self.reporter.flush()  # every step logged up to here is stored before the run can resume from here
         save_resume_state(self.exp.path, step, self.resume_state(method_state))
         self._prune()
 

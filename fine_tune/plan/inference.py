@@ -105,7 +105,21 @@ def plan_eval(flags) -> EvalPlan:
                         f"--dataset {split!r} has no labels to evaluate against; "
                         f"use generate_test_prediction.py for {split}")
     return EvalPlan(target, split, flags.paths.max_examples, flags.sweep.ckpt, flags.sweep.save_predictions,
-                    flags.inference.batch_size, Devices.of(flags.device))
+                    flags.inference.batch_size, Devices.of(flags.device), _eval_reporting(flags, target))
+
+
+def _eval_reporting(flags, target: TrainedExperiment):
+    """``run_fine_tune_eval.py --report_to``: as given, else where the run reported (its config.json's
+    ``report_to``; tensorboard for a run that records none), its trackers' packages checked."""
+    from ..config import load_config
+    from ..reporting import resolve_reporting
+
+    value, source = flags.reporting.report_to, ""
+    if value is None:
+        recorded = load_config(target.exp.config_path).get("report_to")
+        value = recorded if recorded is not None else ("tensorboard",)
+        source = f" (the run's, {target.exp.config_path})" if recorded is not None else ""
+    return resolve_reporting(value, target.exp, target.task.name, job="eval", source=source)
 
 
 def prediction_path(exp: ExperimentDir, task: Task, split: str, max_examples: int | None) -> Path:

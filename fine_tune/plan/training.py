@@ -169,7 +169,8 @@ def _schedule_and_method(flags, rows: int, build) -> tuple:
 
 
 def _training(flags, dataset: str, method: Method) -> TrainSettings:
-    """The engine's settings (``dataset``: the training split, resolved, in the TensorBoard tags); what the method
+    """The engine's settings (``dataset``: the training split, resolved, in the scalars' names: README.md,
+    "TensorBoard tags"); what the method
     decides of its training (``Method.schedule``, ``Method.drop_last``) resolved into plain settings;
     ``--gradient_checkpointing`` refused for a student family that cannot recompute its layers."""
     b, r, e = flags.batching, flags.run, flags.experiment
@@ -238,9 +239,12 @@ def student_projection(flags, method_cls: type[Method]) -> PretrainedProjection 
 
 
 def _plan(flags, *, data_root, task, exp, train, tokenizer, max_seq_len, model, method, record, inputs, evaluation,
-          devices=None, notes=(), **extra) -> RunPlan:
+          devices=None, notes=(), tag_split=None, **extra) -> RunPlan:
+    """The run's plan; ``tag_split``: the training split the scalars' names give (default: ``train``'s name)."""
+    from ..reporting import resolve_reporting
+
     b = flags.batching
-    training = _training(flags, train.name, method)
+    training = _training(flags, tag_split or train.name, method)
     method.check_training_rows(len(train.examples), training.micro_batch, f"--dataset {train.name!r}")
     if training.optimiser.schedule == "constant" and flags.optimiser.warmup_step:
         notes = (*notes, f"the learning rate stays constant ({method.name}'s schedule): --warmup_step "
@@ -248,7 +252,8 @@ def _plan(flags, *, data_root, task, exp, train, tokenizer, max_seq_len, model, 
     return RunPlan(exp=exp, data_root=data_root, task=task, train=train, tokenizer=tokenizer, max_seq_len=max_seq_len,
                    padding=b.padding, padding_free=flags.speed.padding_free == "auto", model=model, method=method,
                    training=training, devices=devices or Devices.of(flags.device), record=record,
-                   inputs=inputs, overwrite=flags.paths.overwrite, evaluation=evaluation, notes=tuple(notes), **extra)
+                   inputs=inputs, overwrite=flags.paths.overwrite, evaluation=evaluation, notes=tuple(notes),
+                   reporting=resolve_reporting(flags.run.report_to, exp, task.name), **extra)
 
 
 # -- fine-tuning ---------------------------------------------------------------------------------------------
@@ -383,7 +388,8 @@ def plan_offline_distill(flags) -> RunPlan:
                        source=source, pairs=pairs)
     return _plan(flags, data_root=data_root, task=task, exp=exp, train=train, tokenizer=tokenizer,
                  max_seq_len=max_seq_len, model=student, method=method, record=record, inputs=inputs,
-                 evaluation=evaluation, teacher_logits=logits.logits[: len(examples)], notes=tuple(notes))
+                 evaluation=evaluation, teacher_logits=logits.logits[: len(examples)], notes=tuple(notes),
+                 tag_split=str(meta.get("split") or task.train_split))  # the split the set's rows are, not its name
 
 
 # -- online distillation -------------------------------------------------------------------------------------

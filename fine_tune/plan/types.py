@@ -157,6 +157,7 @@ class RunPlan:
     # a run started before a fidelity fix, resumed: the old rule of each field config.LEGACY_FIELDS names, with which
     # the method was built (the start decision checks it against config.json under the experiment's lock)
     legacy: dict[str, Any] = field(default_factory=dict)
+    reporting: Any = None  # fine_tune.reporting.Reporting: --report_to resolved (None: report nothing)
 
 
 # -- the scripts that use a trained experiment, and the tables ------------------------------------------------
@@ -202,6 +203,7 @@ class EvalPlan:
     save_predictions: bool
     batch_size: int
     devices: Devices
+    reporting: Any = None  # fine_tune.reporting.Reporting: --report_to resolved (None: report nothing)
 
 
 @dataclass(frozen=True)

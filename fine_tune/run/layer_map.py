@@ -47,12 +47,13 @@ class LayerMapWriter:
             self.method.train(True)
         return total / rows
 
-    def __call__(self, step: int, writer) -> None:
+    def __call__(self, step: int, reporter) -> None:
         m = self.matrix()
         labels = self.method.describe_mapping().replace("<-", " <- ").split(", ")
         if len(labels) != m.shape[0]:
             labels = [str(j) for j in range(1, m.shape[0] + 1)]
-        write_layer_map(self.folder, step, m, f"{self.title} (step {step})", self.caption, labels, writer, self.tag)
+        write_layer_map(self.folder, step, m, f"{self.title} (step {step})", self.caption, labels, reporter,
+                        self.tag)
 
 
 def layer_map_writer(plan: RunPlan, method: LayerwiseKD, teacher: torch.nn.Module, student: torch.nn.Module,

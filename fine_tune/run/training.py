@@ -7,6 +7,7 @@ import sys
 
 import torch
 
+from .. import config as cfg
 from ..batching import Collator, cached_features
 from ..engine.device import Precision
 from ..engine.trainer import Trainer
@@ -34,7 +35,8 @@ def training_evaluator(plan: RunPlan, tokenizer, device: torch.device, precision
 def run_training(plan: RunPlan, model: torch.nn.Module, method: Method, device: torch.device,
                  precision: Precision, teacher=None, teacher_device=None, on_checkpoint=None,
                  resume_step: int | None = None, config_sha256: str | None = None) -> dict:
-    """Tokenise (through the cache), build the collator and run the one engine; ``on_checkpoint(step, writer)``
+    """Tokenise (through the cache), build the collator and run the one engine, reporting where the plan says
+    (``--report_to``: the run's config.json as parameters); ``on_checkpoint(step, reporter)``
     runs at each checkpoint (e.g. the layer-contribution heat-map); ``config_sha256`` goes into each resume state
     (the digest of the config.json the run wrote: run/start.py)."""
     tokenizer, exp, s = plan.tokenizer, plan.exp, plan.training
@@ -50,10 +52,12 @@ def run_training(plan: RunPlan, model: torch.nn.Module, method: Method, device: 
     # the padding-free forward's packing built on the host from the collator's lengths (no host-device sync)
     collator = Collator(features, tokenizer.pad_token_id, plan.max_seq_len, plan.padding, plan.teacher_logits,
                         layout=forwards.layout if forwards.takes_layout else None, pin_memory=device.type == "cuda")
+    reporter = plan.reporting.open() if plan.reporting is not None else None  # --report_to (starts with training)
     trainer = Trainer(model, method, collator, len(features), s, exp, device, precision, teacher=teacher,
                       teacher_device=teacher_device, lengths=features.lengths(), student_forward=forwards.student,
                       teacher_forward=forwards.teacher, evaluator=training_evaluator(plan, tokenizer, device, precision),
-                      forward=forward, on_checkpoint=on_checkpoint, config_sha256=config_sha256)
+                      forward=forward, on_checkpoint=on_checkpoint, config_sha256=config_sha256, reporter=reporter,
+                      run_params=cfg.load_config(exp.config_path) if reporter is not None else None)
     print(f"{exp.name}: {len(features)} examples, {s.total_step} steps of {s.batch_size} "
           f"({s.accum_step} x {s.micro_batch}), {device}, {precision.describe()}{forwards.describe()}"
           f"{', torch.compile' if s.compile else ''}{', gradient checkpointing' if s.gradient_checkpointing else ''}"

@@ -100,8 +100,9 @@ def unsuitable(name: str, regression: bool, num_class: int) -> str | None:
 # column titles of the results tables
 SHORT = {"accuracy": "acc", "f1": "F1", "macro_f1": "macro-F1", "mcc": "MCC", "pearson": "Pearson",
          "spearman": "Spearman", "gender_parity": "gender parity"}
-# TensorBoard tags written by run_fine_tune_eval.py ("f1_score": the tag the toolkit has always written)
-TAGS = {"f1": "f1_score"}
+# The scalars' names are the metrics' own (``{task}/{split}/f1``, as eval-{split}.json names them); runs before issue
+# 32 logged F1 as "f1_score": the readers of TensorBoard logs (result_plots.py --curves) read those too
+OLD_TAGS = {"f1": "f1_score"}
 
 
 def compute(names: tuple[str, ...], labels: np.ndarray, preds: np.ndarray,
