@@ -254,6 +254,7 @@ def run_main(main, argv: Sequence[str] | None = None) -> int:
     only rank 0 prints to stdout, and at the end the process group is closed and the worker exits at once with
     its status (engine/distributed.exit_process says why)."""
     from .engine import distributed
+    from .progress import quiet_other_bars
 
     import signal
 
@@ -262,6 +263,7 @@ def run_main(main, argv: Sequence[str] | None = None) -> int:
     finished, closed = False, False
     try:
         distributed.silence_other_ranks()
+        quiet_other_bars()
         main(argv)
         finished = True
         code = 0

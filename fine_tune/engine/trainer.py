@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -22,11 +21,11 @@ from typing import Callable
 import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from tqdm.auto import tqdm
 
 from ..batching import Collator, make_stream
 from ..experiment import ExperimentDir
 from ..errors import UserError
+from ..progress import progress, say
 from ..io_utils import atomic_torch_save, atomic_write_json
 from .allocator import tune_malloc_for_training
 from . import distributed
@@ -300,9 +299,8 @@ class Trainer:
         self.writer = writer
         start_step, start = self.step, time.perf_counter()
         last: dict[str, float] = {}
-        bar = tqdm(total=s.total_step, initial=self.step, desc=self.exp.name, unit="step", dynamic_ncols=True,
-                   disable=(not self.progress) or not self.world.is_main
-                   or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true"))
+        bar = progress(total=s.total_step, initial=self.step, desc=self.exp.name, unit="step", dynamic_ncols=True,
+                       enabled=self.progress and self.world.is_main)
         try:
             while self.step < s.total_step:
                 loss_finite = torch.ones((), dtype=torch.bool, device=self.device)
@@ -381,9 +379,9 @@ class Trainer:
         """Say so, and mark the run finished (``early-stop.json``, after the checkpoint and its resume state)."""
         h, es = self.history, self.evaluator.settings
         best, top = h.best_checkpoint(), h.best
-        print(f"{self.exp.name}: stopped early at step {self.step}: no better {es.split} {es.metric} in "
-              f"{es.patience} evaluations (best {top[es.metric]:.6f} at step {top['step']}; best checkpoint "
-              f"model-{best['step']}.pt)", file=sys.stderr)
+        say(f"{self.exp.name}: stopped early at step {self.step}: no better {es.split} {es.metric} in "
+            f"{es.patience} evaluations (best {top[es.metric]:.6f} at step {top['step']}; best checkpoint "
+            f"model-{best['step']}.pt)")
         if self.world.is_main:
             atomic_write_json(self.exp.path / EARLY_STOP_FILE,
                               {"step": self.step, "split": es.split, "metric": es.metric, "patience": es.patience,
@@ -534,14 +532,14 @@ class Trainer:
         if self.history is not None:
             self._restore_evaluation(state.get("evaluation"))
         for note in set_rng_state(state["rng"], self.rng_devices):
-            print(f"note: {self.exp.name}: resuming at step {step}: {note}", file=sys.stderr)
+            say(f"note: {self.exp.name}: resuming at step {step}: {note}")
 
 
     def _restore_evaluation(self, state: dict | None) -> None:
         """The evaluations up to the resumed checkpoint; the files lose what a killed run evaluated after it."""
         if state is None or not self.history.load_state_dict(state["history"]):
-            print(f"note: {self.exp.name}: resuming at step {self.step}: no earlier evaluation on "
-                  f"{self.evaluator.settings.split} in the resume state; evaluating from here on", file=sys.stderr)
+            say(f"note: {self.exp.name}: resuming at step {self.step}: no earlier evaluation on "
+                f"{self.evaluator.settings.split} in the resume state; evaluating from here on")
             return
         steps = [r["step"] for r in self.history.rows if r["checkpoint"]]
         self.evaluator.load_state_dict(state["evaluator"], steps)
