@@ -3,6 +3,9 @@
 
 Example: see doc/fine_tune_boolq.md and doc/fine_tune_qqp.md. --ckpt defaults to the latest checkpoint; --ckpt best takes the best
 checkpoint on --select_on (default: the dev split, val for BoolQ) as evaluated by run_fine_tune_eval.py.
+With --predict_file FILE (.csv, .tsv or .jsonl holding the task's text columns) it predicts the rows of FILE instead:
+one line per row with the label and each class's probability, written beside FILE as <stem>.predictions.<ext> or
+to --out (doc/deploy.md, "Predicting a file of your own").
 """
 import pathlib
 import sys

@@ -364,6 +364,27 @@ class CheckpointFlags:
     select_on: str = flag(None, "split whose evaluation chooses --ckpt best (default: val for boolq, dev for qqp)")
 
 
+PREDICTION_FORMATS = (".csv", ".tsv", ".jsonl")  # --predict_file and --out: the format from the extension
+
+
+@dataclass(frozen=True)
+class PredictFileFlags:
+    """``generate_test_prediction.py`` on a file of your own rows instead of a split (doc/deploy.md)."""
+
+    key: ClassVar[str] = "prediction"
+    predict_file: str = flag(None, "predict the rows of this .csv, .tsv or .jsonl file (the task's text columns, its "
+                                   "id column if it has one) instead of a split: one line per row, in order, with "
+                                   "the predicted label and each class's probability (a regression task: the "
+                                   "score), written beside it as <stem>.predictions.<ext>")
+    out: str = flag(None, "with --predict_file: the file to write instead (.csv, .tsv or .jsonl: the format from "
+                          "its extension)")
+
+    def __post_init__(self) -> None:
+        if self.out is not None and self.predict_file is None:
+            raise UserError("--out goes with --predict_file (a split's predictions are the task's submission file, "
+                            "written in the experiment folder)")
+
+
 @dataclass(frozen=True)
 class ForeignTeacherFlags:
     """``run_fine_tune_gen_logits.py`` from a teacher fine-tuned elsewhere."""
@@ -461,7 +482,7 @@ LAYERWISE = (LayerwiseExperimentFlags, TeacherFlags, StudentFlags, LayerwiseDist
 # Scripts that use a trained experiment
 EVAL = (ExperimentFlags, SweepFlags, InferenceFlags, DeviceFlags, PathFlags)
 GEN_LOGITS = (ExperimentFlags, CheckpointFlags, ForeignTeacherFlags, InferenceFlags, DeviceFlags, PathFlags)
-PREDICT = (PredictionExperimentFlags, CheckpointFlags, InferenceFlags, DeviceFlags, PathFlags)
+PREDICT = (PredictionExperimentFlags, CheckpointFlags, InferenceFlags, DeviceFlags, PathFlags, PredictFileFlags)
 EXPORT = (ExperimentFlags, CheckpointFlags, ExportFlags, PathFlags)
 
 

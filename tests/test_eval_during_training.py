@@ -25,8 +25,15 @@ def read(path):
     return json.loads(path.read_text())
 
 
-def test_evaluations_at_their_steps_equal_the_evaluation_script(run, tiny_bert, exp_root):
-    run("run_fine_tune.py", "--experiment", "ev", "--ptrain_ver", str(tiny_bert), *RUN)
+def test_evaluations_at_their_steps_equal_the_evaluation_script(run, tiny_bert, exp_root, monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE")  # issue 32: the bars, on stderr
+    said = run("run_fine_tune.py", "--experiment", "ev", "--ptrain_ver", str(tiny_bert), *RUN).stderr
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    # each evaluation's bar (its rows) below the training bar, one line down and back up (\x1b[A), then cleared
+    assert "ev_bert_qqp:   0%|" in said and "/12 [" in said
+    for step in EVAL_STEPS:
+        assert f"\revaluating dev at step {step}:   0%|" in said and "0/48 [" in said
+    assert said.count("\x1b[A") >= 2 * len(EVAL_STEPS)
     folder = exp_root / "ev_bert_qqp"
     history = read(folder / "training-eval-dev.json")
     assert [r["step"] for r in history["rows"]] == EVAL_STEPS
@@ -42,7 +49,8 @@ def test_evaluations_at_their_steps_equal_the_evaluation_script(run, tiny_bert, 
     assert history["best_checkpoint"] == {"ckpt": best["ckpt"], "value": best["accuracy"]}
     during = {r["ckpt"]: r for r in table["rows"]}
     # the evaluation script, afterwards, on the same checkpoints, computes the same numbers
-    run("run_fine_tune_eval.py", "--experiment", "ev", "--model", "bert", "--task", "qqp", "--dataset", "dev")
+    quiet = run("run_fine_tune_eval.py", "--experiment", "ev", "--model", "bert", "--task", "qqp", "--dataset", "dev")
+    assert quiet.stderr == ""  # TQDM_DISABLE=1: no bar
     after = read(folder / "eval-dev.json")
     for row in after["rows"]:
         for metric in ("accuracy", "f1"):

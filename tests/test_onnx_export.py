@@ -201,7 +201,7 @@ def write_pairs_task(w) -> list[int]:
     return classes
 
 
-def test_a_model_without_token_types_exports_two_inputs_and_max_examples_limits_the_rows(world):
+def test_a_model_without_token_types_exports_two_inputs_and_max_examples_limits_the_rows(world, monkeypatch):
     """RoBERTa (no token types) on a task of your own whose labels are not in sorted order: the export names them
     in the model's output order, and its accuracy is the ONNX model's against the file's labels."""
     from transformers import AutoConfig, AutoTokenizer
@@ -213,7 +213,10 @@ def test_a_model_without_token_types_exports_two_inputs_and_max_examples_limits_
     run(w, "run_fine_tune.py", *common, "--ptrain_ver", str(pre), "--max_seq_len", str(SEQ), "--total_step", "2",
         "--warmup_step", "1", "--ckpt_step", "2", "--log_step", "2", "--batch_size", "8", "--lr", "1e-3")
     out = w["base"] / "rob-onnx"
-    run(w, "export_model.py", *common, "--format", "onnx", "--out", str(out), "--max_examples", "20")
+    monkeypatch.delenv("TQDM_DISABLE")  # issue 32: the check's and the speed passes' bars on stderr
+    said = run(w, "export_model.py", *common, "--format", "onnx", "--out", str(out), "--max_examples", "20").stderr
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert "PyTorch:   0%" in said and "0/20 [" in said and "ONNX Runtime:   0%" in said and "/1 [" in said
     config = AutoConfig.from_pretrained(out)
     assert config.id2label == {0: "same", 1: "different"} and config.label2id == {"same": 0, "different": 1}
     sess = session(out / "model.onnx")
