@@ -530,17 +530,17 @@ def test_stsb_fine_tune_logits_offline_kd_eval_and_file(run, tiny_bert, data_roo
     assert [x.split("\t")[0] for x in lines[1:]] == [str(stsb_index(i)) for i in range(12)]  # the file's ids
     assert all(np.isfinite(float(x.split("\t")[1])) for x in lines[1:])  # scores, not class indices
     # issue 32: --predict_file on a regression task: each row's score, equal to a forward of the checkpoint (a .tsv
-    # without the index column: rows by number; --out as CSV)
+    # without the index column: rows by number; --out as TSV)
     from conftest import checkpoint_logits
 
     pairs = [("a man is playing", "a man plays"), ("the cat sat", "dogs run fast")]
     source = data_root.parent / "pairs.tsv"
     source.write_text("sentence1\tsentence2\n" + "".join(f"{a}\t{b}\n" for a, b in pairs))
     run("generate_test_prediction.py", "--experiment", "s", "--model", "bert", "--task", "stsb", "--ckpt", "best",
-        "--predict_file", str(source), "--out", str(data_root.parent / "scores.csv"))
-    lines = (data_root.parent / "scores.csv").read_text().splitlines()
-    assert lines[0] == "row,prediction" and [x.split(",")[0] for x in lines[1:]] == ["0", "1"]
-    np.testing.assert_allclose([float(x.split(",")[1]) for x in lines[1:]],
+        "--predict_file", str(source), "--out", str(data_root.parent / "scores.tsv"))
+    lines = (data_root.parent / "scores.tsv").read_text().splitlines()
+    assert lines[0] == "row\tprediction" and [x.split("\t")[0] for x in lines[1:]] == ["0", "1"]
+    np.testing.assert_allclose([float(x.split("\t")[1]) for x in lines[1:]],
                                checkpoint_logits(exp_root / "s_bert_stsb", 2, pairs, 32)[:, 0], atol=1e-5)
     table = run("results_table.py", "--task", "stsb").stdout
     assert "dev Pearson" in table and "dev Spearman" in table
