@@ -2,6 +2,10 @@
 """Predict a split of the task (default: test) with a checkpoint and write the task's official submission file
 for it into the experiment folder (e.g. QQP.tsv for qqp, BoolQ.jsonl for boolq), as make_submission.py takes it.
 
+With --predict_file FILE (.csv, .tsv or .jsonl holding the task's text columns) it predicts the rows of FILE instead:
+one line per row with the label and each class's probability, written beside FILE as <stem>.predictions.<ext> or
+to --out (doc/deploy.md, "Predicting a file of your own").
+
 Docs: doc/methods.md ("Test predictions"); README.md ("Results tables, significance, export").
 """
 import pathlib

@@ -79,13 +79,13 @@ def tokenize(tokenizer, examples: Sequence[Example], max_seq_len: int, chunk: in
              progress: bool = False, regression: bool = False) -> Features:
     """Tokenise (text, text_pair) with truncation 'longest_first' to ``max_seq_len`` (as the original). The labels:
     class indices (int64), or scores (float32) for a ``regression`` task (the task's ``Task.regression``)."""
-    from tqdm.auto import tqdm
+    from .progress import progress as progress_bar
 
     ids: list[np.ndarray] = []
     types: list[np.ndarray] = []
     lengths = np.zeros(len(examples), dtype=np.int64)
     pairs = examples[0].text_pair is not None if examples else False
-    bar = tqdm(total=len(examples), desc="tokenising", unit="rows", disable=not progress, leave=False)
+    bar = progress_bar(total=len(examples), desc="tokenising", unit="rows", enabled=progress, leave=False)
     for start in range(0, len(examples), chunk):
         part = examples[start:start + chunk]
         enc = tokenizer(

@@ -288,6 +288,8 @@ def run_main(main, argv: Sequence[str] | None = None) -> int:
     import os
     import signal
 
+    from .progress import quiet_other_bars
+
     if hasattr(signal, "SIGXFSZ"):  # past the file-size limit a write fails (EFBIG, reported) instead of killing us
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     finished, closed = False, False
@@ -296,6 +298,7 @@ def run_main(main, argv: Sequence[str] | None = None) -> int:
             from .engine import distributed
 
             distributed.silence_other_ranks()
+        quiet_other_bars()
         main(argv)
         finished = True
         code = 0

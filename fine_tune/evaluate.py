@@ -7,7 +7,6 @@ computed or written.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from .engine.device import Precision
 from .engine.trainer import to_device
 from .models.forward import forward
 from .errors import UserError
+from .progress import progress, say
 from .experiment import ExperimentDir
 from .io_utils import (TMP_PREFIX, atomic_write, atomic_write_json, atomic_write_text, check_writable, remove_inside,
                        sha256_file)
@@ -82,9 +82,11 @@ def load_split(le: LoadedExperiment, split: str, max_examples: int | None, befor
 
 @torch.inference_mode()
 def predict_logits(model: torch.nn.Module, features: Features, pad_token_id: int, max_seq_len: int, batch_size: int,
-                   device: torch.device, precision: Precision) -> np.ndarray:
+                   device: torch.device, precision: Precision, desc: str = "predicting") -> np.ndarray:
     """Logits of every row, in file order (batches are formed in length order, then un-permuted). Under
-    torchrun rank r predicts batches r, r + N, ... and every rank receives all of them: no row twice."""
+    torchrun rank r predicts batches r, r + N, ... and every rank receives all of them: no row twice. A bar
+    (``desc``, rows; rank 0's share under torchrun) shows the pass and is cleared when it ends (``leave=False``:
+    the command's own line reports it; during training it sits under the training bar, which it leaves as it was)."""
     if device.type == "cpu":
         tune_malloc_for_training()
     model.to(device).eval()
@@ -92,11 +94,14 @@ def predict_logits(model: torch.nn.Module, features: Features, pad_token_id: int
     out = np.zeros((len(features), model.config.num_labels), dtype=np.float32)
     w = distributed.world()
     mine = []
-    for rows in sequential_batches(len(features), batch_size, features.lengths())[w.rank::w.size]:
-        batch = to_device(collator(rows), device)
-        with precision.autocast():
-            logits = forward(model, batch, hidden=False).logits
-        mine.append((rows, logits.float().cpu().numpy()))
+    batches = sequential_batches(len(features), batch_size, features.lengths())[w.rank::w.size]
+    with progress(total=sum(map(len, batches)), desc=desc, unit="rows", leave=False) as bar:
+        for rows in batches:
+            batch = to_device(collator(rows), device)
+            with precision.autocast():
+                logits = forward(model, batch, hidden=False).logits
+            mine.append((rows, logits.float().cpu().numpy()))
+            bar.update(len(rows))
     seen = np.zeros(len(features), dtype=np.int64)
     for rows, logits in distributed.gather_batches(mine):
         out[rows] = logits
@@ -196,7 +201,7 @@ def run_eval(plan: EvalPlan) -> dict:
                 continue
             start = time.perf_counter()
             logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"],
-                                    batch_size, le.device, le.precision)
+                                    batch_size, le.device, le.precision, desc=f"{split} model-{step}.pt")
             seconds = time.perf_counter() - start
             preds = le.task.predictions(logits)
             predictions[f"pred_{step}"] = preds.astype(np.float32 if le.task.regression else np.int16)
@@ -306,7 +311,7 @@ class TrainingEvaluator:
     def evaluate(self, model: torch.nn.Module, step: int) -> dict[str, float]:
         start = time.perf_counter()
         logits = predict_logits(model, self.features, self.pad_token_id, self.max_seq_len, self.batch_size,
-                                self.device, self.precision)
+                                self.device, self.precision, desc=f"evaluating {self.split} at step {step}")
         seconds = time.perf_counter() - start
         preds = self.task.predictions(logits)
         self.predictions[step] = preds.astype(np.float32 if self.task.regression else np.int16)
@@ -343,8 +348,8 @@ def _still_there(le: LoadedExperiment, step: int, read) -> bool:
     except UserError:
         if path.exists():
             raise
-        print(f"note: {path.name} was deleted while this evaluation ran (--save_total_limit of a running training "
-              f"run?); skipped", file=sys.stderr)
+        say(f"note: {path.name} was deleted while this evaluation ran (--save_total_limit of a running training "
+            f"run?); skipped")
         return False
     return True
 
@@ -368,21 +373,22 @@ class CheckpointLogits:
     logits: np.ndarray
 
 
-def checkpoint_logits(plan: PredictionPlan | LogitsPlan, before_predicting=None) -> CheckpointLogits:
+def checkpoint_logits(plan: PredictionPlan | LogitsPlan, before_predicting=None, read_rows=None) -> CheckpointLogits:
     """Open the experiment, load the planned checkpoint (default: latest) and compute its logits on the planned
     split. ``before_predicting(le, step, path, examples)`` may refuse (raise) once the inputs are known, before any
-    work."""
+    work. ``read_rows(le)``: other rows than the split's, as (path, examples, features) (``--predict_file``)."""
     le = open_experiment(plan.target)
     step, label = _checkpoint(le, plan.target, plan.checkpoint)
     ckpt_path = le.exp.checkpoint_path(step)
     check_checkpoint(le.model.config, ckpt_path)
     refuse = None if before_predicting is None else (lambda le_, path, rows: before_predicting(le_, step, path, rows))
     # before_predicting runs before tokenising: a refused run writes nothing, not even the tokenisation cache
-    path, examples, features = load_split(le, plan.split, plan.max_examples, refuse)
+    path, examples, features = (load_split(le, plan.split, plan.max_examples, refuse) if read_rows is None
+                                else read_rows(le))
     load_checkpoint_into(le.model, ckpt_path)
     le.resolve_device(plan.devices)
     logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"],
-                            plan.batch_size, le.device, le.precision)
+                            plan.batch_size, le.device, le.precision, desc=f"{path.name} model-{step}.pt")
     return CheckpointLogits(le, step, label, path, examples, features, logits)
 
 
@@ -409,7 +415,7 @@ def hf_teacher_logits(plan: LogitsPlan, before_predicting=None) -> CheckpointLog
     le.model = teacher.build()
     le.resolve_device(plan.devices)
     logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, f.max_seq_len, plan.batch_size,
-                            le.device, le.precision)
+                            le.device, le.precision, desc=f"{plan.split} {f.source}")
     return CheckpointLogits(le, f.source, f"{f.source} (Hugging Face)", path, examples, features, logits)
 
 
@@ -472,11 +478,67 @@ def run_gen_logits(plan: LogitsPlan) -> Path:
     return out
 
 
+def predictions_text(fmt: str, id_column: str | None, examples, logits: np.ndarray, task: Task) -> str:
+    """The predictions of ``--predict_file`` as ``fmt`` (``.csv``: Python's csv module, quoting where a cell needs
+    it; ``.tsv``: tab-separated without quoting, as the toolkit's tab-separated files; ``.jsonl``: one JSON object
+    a line). One row per example, in order, with the same columns in every format: the id (named ``id_column``;
+    None: ``row``, the row's number from 0), ``prediction`` (the label name; a regression task: the score) and,
+    for a classifier, ``prob_<label>`` for each class in the model's output order (the softmax of the logits).
+    Numbers are written in full (``repr`` of the float)."""
+    import csv
+    import io
+    import json
+
+    names = list(task.label_names)
+    header = [id_column or "row", "prediction"] + ([] if task.regression else [f"prob_{n}" for n in names])
+    if task.regression:
+        rows = [[ex.idx, float(x[0])] for ex, x in zip(examples, logits)]
+    else:
+        rows = [[ex.idx, names[int(p.argmax())], *map(float, p)] for ex, p in zip(examples, softmax(logits))]
+    if fmt == ".jsonl":
+        return "".join(json.dumps(dict(zip(header, row)), ensure_ascii=False) + "\n" for row in rows)
+    if fmt == ".tsv":
+        return "".join("\t".join(map(str, row)) + "\n" for row in [header, *rows])
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
+    return buffer.getvalue()
+
+
+def run_file_prediction(plan: PredictionPlan) -> Path:
+    """``generate_test_prediction.py --predict_file FILE``: the planned checkpoint's prediction of every row of
+    FILE (read by the task's input columns: tasks/user.parse_rows_to_predict), in input order, as
+    :func:`predictions_text` in the format of the output's extension, written atomically where the plan found no
+    file this option did not write (fine_tune/outputs.py). Nothing is cached: the rows are tokenised here."""
+    from .batching import tokenize
+    from .tasks.user import parse_rows_to_predict
+
+    read: dict = {}
+
+    def read_rows(le):
+        examples, read["id_column"] = parse_rows_to_predict(plan.predict_file, le.task.input_columns)
+        return plan.predict_file, examples, tokenize(le.tokenizer, examples, le.config["max_seq_len"],
+                                                     progress=len(examples) > 20000)
+
+    r = checkpoint_logits(plan, read_rows=read_rows)
+    out = plan.out
+    if distributed.is_main():
+        from .outputs import write_outputs
+        from .plan.inference import PREDICT_FILE_COMMAND
+
+        text = predictions_text(out.suffix.lower(), read["id_column"], r.examples, r.logits, r.le.task)
+        write_outputs({out: text}, PREDICT_FILE_COMMAND)
+    by = f"its {read['id_column']} column" if read["id_column"] else "row number"
+    print(f"wrote {len(r.examples)} predictions of {r.label} on {plan.predict_file} (rows named by {by}) to {out}")
+    return out
+
+
 @applies_devices
 def run_test_prediction(plan: PredictionPlan) -> Path:
     """``generate_test_prediction.py``: the official submission file of a checkpoint's predictions (with
     ``--max_examples`` a ``.partial-N`` file: plan/inference.prediction_path), where the plan found no file this
-    command did not write (fine_tune/outputs.py)."""
+    command did not write (fine_tune/outputs.py); with ``--predict_file``, :func:`run_file_prediction`."""
+    if plan.predict_file is not None:
+        return run_file_prediction(plan)
     r = checkpoint_logits(plan)
     le, dataset, out = r.le, plan.split, plan.out
     if distributed.is_main():

@@ -57,6 +57,7 @@ from .engine.device import Precision
 from .errors import UserError
 from .evaluate import metrics, predict_logits
 from .models.forward import reads_token_types
+from .progress import progress
 
 ATOL = 1e-4  # absolute tolerance on every logit, ONNX Runtime fp32 against PyTorch fp32
 RTOL = 1e-4  # relative tolerance (times |PyTorch logit|)
@@ -113,7 +114,7 @@ def _pytorch_pass(le, features) -> tuple[np.ndarray, float]:
     """The toolkit's logits (fp32, CPU) and the seconds of the forward passes."""
     with _ForwardTimer(le.model) as timer:
         logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"], BATCH_SIZE,
-                                torch.device("cpu"), Precision("cpu", None))
+                                torch.device("cpu"), Precision("cpu", None), desc="PyTorch")
     return logits, timer.seconds
 
 
@@ -143,7 +144,7 @@ def _session(path: Path, threads: int):
 def _ort_pass(session, batches, num_rows: int, num_labels: int) -> tuple[np.ndarray, float]:
     out = np.zeros((num_rows, num_labels), dtype=np.float32)
     seconds = 0.0
-    for rows, feed in batches:
+    for rows, feed in progress(batches, desc="ONNX Runtime", unit="batch", leave=False):  # the bar is not timed
         start = time.perf_counter()
         try:
             logits = session.run(["logits"], feed)[0]

@@ -49,7 +49,6 @@ from .outputs import write_outputs
 from .result_columns import format_stats
 from .selection import (Rule, absent_note, eval_path, evaluated_rows_changed, on_disk, read_eval, read_predictions,
                         select_row)
-from .tasks.metrics import SHORT
 from .tasks import Task
 
 if TYPE_CHECKING:

@@ -469,6 +469,27 @@ class CheckpointFlags:
                                 "for SuperGLUE tasks, dev for GLUE tasks, dev_matched for mnli)")
 
 
+PREDICTION_FORMATS = (".csv", ".tsv", ".jsonl")  # --predict_file and --out: the format from the extension
+
+
+@dataclass(frozen=True)
+class PredictFileFlags:
+    """``generate_test_prediction.py`` on a file of your own rows instead of a split (doc/deploy.md)."""
+
+    key: ClassVar[str] = "prediction"
+    predict_file: str = flag(None, "predict the rows of this .csv, .tsv or .jsonl file (the task's text columns, its "
+                                   "id column if it has one) instead of a split: one line per row, in order, with "
+                                   "the predicted label and each class's probability (a regression task: the "
+                                   "score), written beside it as <stem>.predictions.<ext>")
+    out: str = flag(None, "with --predict_file: the file to write instead (.csv, .tsv or .jsonl: the format from "
+                          "its extension)")
+
+    def __post_init__(self) -> None:
+        if self.out is not None and self.predict_file is None:
+            raise UserError("--out goes with --predict_file (a split's predictions are the task's submission file, "
+                            "written in the experiment folder)")
+
+
 @dataclass(frozen=True)
 class ForeignTeacherFlags:
     """``run_fine_tune_gen_logits.py`` from a teacher fine-tuned elsewhere."""
@@ -573,7 +594,7 @@ LAYERWISE = (LayerwiseExperimentFlags, TeacherFlags, StudentFlags, LayerwiseDist
 # Scripts that use a trained experiment
 EVAL = (EvalExperimentFlags, SweepFlags, InferenceFlags, DeviceFlags, PathFlags, ReportingFlags)
 GEN_LOGITS = (LogitsExperimentFlags, CheckpointFlags, ForeignTeacherFlags, InferenceFlags, DeviceFlags, PathFlags)
-PREDICT = (PredictionExperimentFlags, CheckpointFlags, InferenceFlags, DeviceFlags, PathFlags)
+PREDICT = (PredictionExperimentFlags, CheckpointFlags, InferenceFlags, DeviceFlags, PathFlags, PredictFileFlags)
 EXPORT = (ExportExperimentFlags, CheckpointFlags, ExportFlags, PathFlags)
 
 

@@ -197,6 +197,22 @@ def write_hub_copy(folder: Path, splits: dict[str, list[dict]], columns: list[st
     return folder
 
 
+def checkpoint_logits(folder: Path, step: int, pairs, max_len: int):
+    """An experiment checkpoint's logits in plain Hugging Face PyTorch (its model folder's config and tokenizer),
+    one (text, text pair) at a time, unpadded: what a prediction of those rows must equal."""
+    import numpy as np
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(folder / "model"))
+    model.load_state_dict(torch.load(folder / f"model-{step}.pt", weights_only=True))
+    tokenizer = AutoTokenizer.from_pretrained(folder / "model")
+    model.eval()
+    with torch.inference_mode():
+        return np.concatenate([model(**tokenizer(a, b, truncation=True, max_length=max_len,
+                                                 return_tensors="pt")).logits.numpy() for a, b in pairs])
+
+
 def needs_shared(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)
     if not path.exists():

@@ -371,6 +371,25 @@ CASES = [
          patch="no_module:mlflow"),
     Case("report_to_wandb_not_installed_eval", "run_fine_tune_eval.py", [*EV, "--report_to", "wandb"],
          patch="no_module:wandb"),
+    # progress lane (issue 32): generate_test_prediction.py --predict_file (doc/errors.md, "Progress and predictions")
+    *[Case(f"predict_file_{name}", "generate_test_prediction.py",
+           ["--experiment", "teacher", *EXP, "--ckpt", "4", "--predict_file", f"{{base}}/topredict/{file}", *more],
+           where={"<file>": f"{{base}}/topredict/{file}", "<out>": "{base}/topredict/rows.predictions.csv"})
+      for name, file, more in (
+          ("missing_text_column", "no_question2.csv", []),
+          ("not_a_format", "rows.txt", []),
+          ("not_there", "absent.csv", []),
+          ("a_folder", "folder.csv", []),
+          ("without_rows", "header_only.tsv", []),
+          ("output_of_someone_else", "rows.csv", []),
+          ("output_is_the_input", "rows.csv", ["--out", "{base}/topredict/rows.csv", "--overwrite"]),
+          ("output_is_a_data_file", "rows.csv", ["--out", "{data}/QQP/dev.tsv", "--overwrite"]),
+          ("output_in_an_experiment", "rows.csv", ["--out", "{exp}/teacher_bert_qqp/mine.csv"]),
+          ("output_format", "rows.csv", ["--out", "{base}/topredict/out.txt"]),
+          ("with_a_split", "rows.csv", ["--dataset", "dev"]),
+          ("with_max_examples", "rows.csv", ["--max_examples", "1"]))],
+    Case("predict_out_without_predict_file", "generate_test_prediction.py",
+         ["--experiment", "teacher", *EXP, "--out", "{base}/topredict/out.csv"]),
 ]
 
 
@@ -621,6 +640,14 @@ def make_world(base: Path, tiny_bert12: Path) -> dict:
                                                               "fit_dense.bias": torch.zeros(16)})
     save_file(state, student / "model.safetensors", metadata={"format": "pt"})
     make_diagnostics_world(base, teacher, data)
+    # progress lane (issue 32): files to predict with --predict_file (QQP's columns), one beside a file of someone
+    # else's where its predictions would go, one without the question2 column, one of another format, one without
+    # rows, a folder named like a file
+    (base / "topredict" / "folder.csv").mkdir(parents=True)
+    for name, text in (("rows.csv", "id,question1,question2\n7,a b,c d\n"), ("rows.predictions.csv", "mine\n"),
+                       ("no_question2.csv", "id,question1\n7,a b\n"), ("rows.txt", "a b\tc d\n"),
+                       ("header_only.tsv", "question1\tquestion2\n")):
+        (base / "topredict" / name).write_text(text)
     return w
 
 

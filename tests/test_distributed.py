@@ -54,7 +54,7 @@ def test_fine_tune_two_processes_match_one(run, tiny_bert, data_root, exp_root):
     run("run_fine_tune.py", "--experiment", "one", *common)
     # the two processes on two "nodes" (two torchrun launches, c10d rendezvous: README's multi-node command); the
     # killed job below runs as one launch of two processes and must end bit-identical to them
-    outs = two_nodes("run_fine_tune.py", ["--experiment", "two", *common], data_root, exp_root)
+    outs, errs = two_nodes("run_fine_tune.py", ["--experiment", "two", *common], data_root, exp_root)
     one, two = exp_root / "one_bert_qqp", exp_root / "two_bert_qqp"
     close(load(one / "model-9.pt"), load(two / "model-9.pt"))
     assert json.loads((two / "config.json").read_text())["provenance"]["processes"] == 2
@@ -68,6 +68,10 @@ def test_fine_tune_two_processes_match_one(run, tiny_bert, data_root, exp_root):
         np.testing.assert_allclose([v for _, v in b[f"qqp/train/bert/{tag}"]],
                                    [v for _, v in a[f"qqp/train/bert/{tag}"]], rtol=1e-4, err_msg=tag)
     assert sum(out.count("trained 9 steps") for out in outs) == 1  # rank 1 prints nothing to stdout
+    # and says no start-up line (fine_tune/progress.say): each once, from rank 0 (before, every rank said them)
+    said = "".join(errs)
+    for line in ("two_bert_qqp: 29 examples, 9 steps of 6", "two_bert_qqp: evaluating on dev (29 rows) every 2 steps"):
+        assert said.count(line) == 1, (line, said)
 
     # pre-empted: the whole two-process job SIGKILLed right after checkpoint 3, then the same command again ends
     # bit-identical to the uninterrupted two-process run
@@ -80,6 +84,10 @@ def test_fine_tune_two_processes_match_one(run, tiny_bert, data_root, exp_root):
     assert sorted(p.name for p in killed.glob("*.pt")) == ["model-3.pt", "resume-3.pt"]
     resumed = torchrun("run_fine_tune.py", ["--experiment", "killed", *common], data_root, exp_root)
     assert "resuming from model-3.pt" in resumed.stderr
+    # one launch of two processes (their stderr together): every start-up line once
+    for line in ("killed_bert_qqp: resuming from model-3.pt", "killed_bert_qqp: 29 examples, 9 steps of 6",
+                 "killed_bert_qqp: evaluating on dev (29 rows)"):
+        assert resumed.stderr.count(line) == 1, (line, resumed.stderr)
     for step in (3, 6, 9):
         assert_bitwise_equal(load(two / f"model-{step}.pt"), load(killed / f"model-{step}.pt"), str(step))
     sa, sb = tb_scalars(exp_root / "log" / "two_bert_qqp"), tb_scalars(exp_root / "log" / "killed_bert_qqp")
@@ -330,9 +338,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_nodes(script: str, args: list[str], data_root, exp_root) -> list[str]:
+def two_nodes(script: str, args: list[str], data_root, exp_root) -> tuple[list[str], list[str]]:
     """Several machines, on this host: two torchrun launches ("nodes", one process each) meeting at a c10d
-    rendezvous, as README's multi-node command. Both must exit 0; returns their stdouts."""
+    rendezvous, as README's multi-node command. Both must exit 0; returns their stdouts and their stderrs."""
     env = dict(os.environ, FT_DATA_ROOT=str(data_root), FT_EXP_ROOT=str(exp_root), TQDM_DISABLE="1",
                OMP_NUM_THREADS="1")
     endpoint = f"127.0.0.1:{free_port()}"
@@ -346,4 +354,4 @@ def two_nodes(script: str, args: list[str], data_root, exp_root) -> list[str]:
     outputs = [node.communicate(timeout=HANG_GUARD) for node in nodes]
     for node, (out, err) in zip(nodes, outputs):
         assert node.returncode == 0, f"{out}\n{err[-4000:]}"
-    return [out for out, _ in outputs]
+    return [out for out, _ in outputs], [err for _, err in outputs]

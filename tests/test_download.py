@@ -267,13 +267,22 @@ def test_download_failure_message_names_url_and_cleans_part(tmp_path: Path):
     assert listing(tmp_path) == []
 
 
-def test_download_success_via_file_url(tmp_path: Path, zips):
+def test_download_success_via_file_url(tmp_path: Path, zips, monkeypatch, capsys):
     dest = tmp_path / "out" / "BoolQ.zip"
     dest.parent.mkdir()
     src = zips[SMALL["boolq"].url]
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # issue 32: the bytes' bar on stderr
     dl.download(src.as_uri(), dest)
+    assert f"BoolQ.zip:   0%|          | 0.00/{src.stat().st_size} [" in capsys.readouterr().err
     assert dest.read_bytes() == src.read_bytes()
     assert listing(dest.parent) == ["BoolQ.zip"]
+    big = tmp_path / "big.zip"  # sizes scaled by 1024: 3 MiB
+    big.write_bytes(bytes(3 * 1024 * 1024 + 5))
+    dl.download(big.as_uri(), tmp_path / "out" / "big.zip")
+    assert "big.zip:   0%|          | 0.00/3.00M [" in capsys.readouterr().err
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    dl.download(src.as_uri(), dest)
+    assert capsys.readouterr().err == ""
 
 
 def test_unknown_name(tmp_path: Path):

@@ -71,9 +71,18 @@ def same_as_tensorboard(tracked: dict, scalars: dict) -> None:
         np.testing.assert_allclose([v for _, v in tracked[tag]], [v for _, v in points], rtol=1e-6, err_msg=tag)
 
 
-def test_evaluations_at_their_steps_equal_the_evaluation_script(run, tiny_bert, data_root, exp_root, mlflow_store):
+def test_evaluations_at_their_steps_equal_the_evaluation_script(run, tiny_bert, data_root, exp_root, mlflow_store,
+                                                                monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE")  # issue 32: the bars, on stderr
     out = run("run_fine_tune.py", "--experiment", "ev", "--ptrain_ver", str(tiny_bert), *RUN,
-        "--report_to", "tensorboard", "mlflow")
+              "--report_to", "tensorboard", "mlflow")
+    said = out.stderr
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    # each evaluation's bar (its rows) below the training bar, one line down and back up (\x1b[A), then cleared
+    assert "ev_bert_qqp:   0%|" in said and "/12 [" in said
+    for step in EVAL_STEPS:
+        assert f"\revaluating dev at step {step}:   0%|" in said and "0/48 [" in said
+    assert said.count("\x1b[A") >= 2 * len(EVAL_STEPS)
     folder = exp_root / "ev_bert_qqp"
     config = read(folder / "config.json")  # the resolved schedule is what config.json records, beside the epochs
     assert (config["total_step"], config["warmup_step"], config["num_epochs"], config["warmup_ratio"]) == \
@@ -121,6 +130,7 @@ def test_evaluations_at_their_steps_equal_the_evaluation_script(run, tiny_bert, 
     assert during[12]["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, gold).item(), rel=1e-5)
     # the evaluation script, afterwards, on the same checkpoints, computes the same numbers
     proc = run("run_fine_tune_eval.py", "--experiment", "ev", "--model", "bert", "--task", "qqp", "--dataset", "dev")
+    assert proc.stderr == ""  # TQDM_DISABLE=1: no bar
     after = read(folder / "eval-dev.json")
     for row in after["rows"]:
         for metric in ("accuracy", "f1", "loss"):

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fine_tune import synthetic
 from fine_tune.errors import UserError
-from fine_tune.tasks import get_task
+from fine_tune.tasks import TASKS, get_task
 from fine_tune.tasks.metrics import compute
 
 MNLI_TRAIN = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
@@ -529,6 +530,19 @@ def test_stsb_fine_tune_logits_offline_kd_eval_and_file(run, tiny_bert, data_roo
     assert lines[0] == "index\tprediction" and len(lines) == 13
     assert [x.split("\t")[0] for x in lines[1:]] == [str(stsb_index(i)) for i in range(12)]  # the file's ids
     assert all(np.isfinite(float(x.split("\t")[1])) for x in lines[1:])  # scores, not class indices
+    # issue 32: --predict_file on a regression task: each row's score, equal to a forward of the checkpoint (a .tsv
+    # without the index column: rows by number; --out as TSV)
+    from conftest import checkpoint_logits
+
+    pairs = [("a man is playing", "a man plays"), ("the cat sat", "dogs run fast")]
+    source = data_root.parent / "pairs.tsv"
+    source.write_text("sentence1\tsentence2\n" + "".join(f"{a}\t{b}\n" for a, b in pairs))
+    run("generate_test_prediction.py", "--experiment", "s", "--model", "bert", "--task", "stsb", "--ckpt", "best",
+        "--predict_file", str(source), "--out", str(data_root.parent / "scores.tsv"))
+    lines = (data_root.parent / "scores.tsv").read_text().splitlines()
+    assert lines[0] == "row\tprediction" and [x.split("\t")[0] for x in lines[1:]] == ["0", "1"]
+    np.testing.assert_allclose([float(x.split("\t")[1]) for x in lines[1:]],
+                               checkpoint_logits(exp_root / "s_bert_stsb", 2, pairs, 32)[:, 0], atol=1e-5)
     table = run("results_table.py", "--task", "stsb").stdout
     assert "dev Pearson" in table and "dev Spearman" in table
     # a layer-wise method on the regression teacher works unchanged on hidden states
@@ -583,3 +597,24 @@ def test_a_submission_file_is_read_as_the_server_reads_it(tmp_path, task, rows, 
     assert str(e.value) == f"{path}, {message}"
     path.write_text("index\tprediction\n0\t-0.25\n1\t4.0\n10\t1e-3\n")
     assert submission_ids(path, TASKS["stsb"]) == ["0", "1", "10"]
+
+
+def test_each_tasks_input_columns_name_its_test_files_columns(tmp_path):
+    """issue 32: generate_test_prediction.py --predict_file reads a file of one's own rows by the task's
+    InputColumns; they are the columns of the task's own test files: a test file written in them (id, text, pair,
+    in that order; a QQP test file's exact header) parses to the same row through the task's parser and through
+    the --predict_file reader, for every built-in task."""
+    from fine_tune.tasks.user import parse_rows_to_predict
+
+    for name, task in TASKS.items():
+        c = task.input_columns
+        split = next(s for s in task.splits if not task.has_labels(s))
+        path = tmp_path / f"{name}{Path(task.files[split]).suffix}"
+        row = {c.id: 17, c.text: "some text", **({c.pair: "a pair"} if c.pair else {})}
+        if path.suffix == ".jsonl":
+            path.write_text(json.dumps(row) + "\n")
+        else:
+            path.write_text("\t".join(row) + "\n" + "\t".join(map(str, row.values())) + "\n")
+        parsed = task.parse(path, False)
+        assert parsed == parse_rows_to_predict(path, c)[0], name
+        assert (parsed[0].idx, parsed[0].text, parsed[0].text_pair) == (17, "some text", "a pair" if c.pair else None)

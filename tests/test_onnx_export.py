@@ -260,7 +260,7 @@ def write_pairs_task(w) -> list[int]:
     return classes
 
 
-def test_a_model_without_token_types_exports_two_inputs_and_max_examples_limits_the_rows(world):
+def test_a_model_without_token_types_exports_two_inputs_and_max_examples_limits_the_rows(world, monkeypatch):
     """DeBERTa-v2 (no token types; attention the optimiser does not fuse) on a task of your own whose labels are not
     in sorted order: model.onnx is the plain graph (no model.plain.onnx) and a line says why; the export names the
     labels in the model's output order, and its accuracy is the ONNX model's against the file's labels."""
@@ -273,7 +273,11 @@ def test_a_model_without_token_types_exports_two_inputs_and_max_examples_limits_
     run(w, "run_fine_tune.py", *common, "--ptrain_ver", str(pre), "--max_seq_len", str(SEQ), "--total_step", "2",
         "--warmup_step", "1", "--ckpt_step", "2", "--log_step", "2", "--batch_size", "8", "--lr", "1e-3")
     out = w["base"] / "deb-onnx"
+    monkeypatch.delenv("TQDM_DISABLE")  # issue 32: the check's and the speed passes' bars on stderr
     proc = run(w, "export_model.py", *common, "--format", "onnx", "--out", str(out), "--max_examples", "20")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    said = proc.stderr
+    assert "PyTorch:   0%" in said and "0/20 [" in said and "ONNX Runtime:   0%" in said and "/1 [" in said
     assert sorted(p.name for p in out.glob("*.onnx")) == ["model.onnx"]
     assert not FUSED & set(op_counts(out / "model.onnx"))  # the plain graph
     assert ("model.onnx: the exporter's plain graph, not ONNX Runtime's transformer optimiser's: it fuses attention in "

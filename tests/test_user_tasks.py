@@ -53,8 +53,41 @@ def write_task(root, name, fmt, definition=None):
     return folder
 
 
+def softmax(logits):
+    z = np.exp(logits - logits.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
+def read_predictions(path):
+    """A --predict_file output as (header, rows of cells as text or JSON values), by its extension."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in text.splitlines()]
+        return list(rows[0]), [list(r.values()) for r in rows]
+    if path.suffix == ".tsv":
+        lines = [line.split("\t") for line in text.splitlines()]
+    else:
+        lines = list(csv.reader(text.splitlines(keepends=True)))
+    return lines[0], lines[1:]
+
+
+def check_predictions(path, exp, pairs, ids, id_column):
+    """The predictions file holds one row per input row, in input order: the id, the label name of the argmax and
+    each class's probability (columns in the task's label order, not sorted), equal to a forward of the checkpoint
+    (model-4.pt) on those rows, read independently."""
+    from conftest import checkpoint_logits
+
+    header, rows = read_predictions(path)
+    assert header == [id_column, "prediction", "prob_same", "prob_different"]
+    expected = softmax(checkpoint_logits(exp, 4, pairs, 24))
+    assert [int(r[0]) for r in rows] == ids
+    assert [r[1] for r in rows] == [LABELS[k] for k in expected.argmax(1)]
+    np.testing.assert_allclose(np.array([[float(x) for x in r[2:]] for r in rows]), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-def test_a_task_of_your_own_through_fine_tune_eval_and_predictions(fmt, run, tiny_bert, data_root, exp_root):
+def test_a_task_of_your_own_through_fine_tune_eval_and_predictions(fmt, run, tiny_bert, data_root, exp_root,
+                                                                   monkeypatch, tmp_path):
     name = f"pairs_{fmt}"
     folder = write_task(data_root, name, fmt)
     common = ["--model", "bert", "--task", name, "--max_seq_len", "24", "--device_id", "-1"]
@@ -65,7 +98,11 @@ def test_a_task_of_your_own_through_fine_tune_eval_and_predictions(fmt, run, tin
     assert config["num_class"] == 2 and config["task_definition"]["labels"] == LABELS
     digest = hashlib.sha256((folder / "task.json").read_bytes()).hexdigest()
     assert digest in json.dumps(config)  # task.json's sha256 with the data files'
-    run("run_fine_tune_eval.py", "--experiment", "mine", "--model", "bert", "--task", name, "--dataset", "dev")
+    monkeypatch.delenv("TQDM_DISABLE")  # issue 32: a bar on stderr for each checkpoint's pass
+    said = run("run_fine_tune_eval.py", "--experiment", "mine", "--model", "bert", "--task", name, "--dataset",
+               "dev").stderr
+    assert "dev model-2.pt:   0%" in said and "dev model-4.pt:   0%" in said and "0/24 [" in said  # 24 rows
+    monkeypatch.setenv("TQDM_DISABLE", "1")
     table = json.loads((exp / "eval-dev.json").read_text())
     assert [r["ckpt"] for r in table["rows"]] == [2, 4] and {"accuracy", "f1"} <= set(table["rows"][0])
     # class ids in the declared order (same 0, different 1), through evaluation and back to names in the file
@@ -84,11 +121,48 @@ def test_a_task_of_your_own_through_fine_tune_eval_and_predictions(fmt, run, tin
     assert {x.split("\t")[1] for x in lines[1:]} <= set(LABELS)  # the original label names
     out = run("results_table.py", "--task", name, "--data_root", str(data_root)).stdout
     assert "dev acc" in out and "dev F1" in out
+
+    # issue 32: --predict_file, a file of one's own rows in the task's columns (others ignored, in another order),
+    # ids that are not row numbers; the CSV by its quoting rules (a comma, doubled quotes, a newline in a cell)
+    predict = [{"second": "well, fast", "qid": 31, "first": 'say "hi" then\nleave', "verdict": "ignored"},
+               {"second": "cook rice", "qid": 7, "first": "how do i", "verdict": "ignored"},
+               {"second": "rice", "qid": 1002, "first": "python java", "verdict": "ignored"}]
+    pairs, ids = [(r["first"], r["second"]) for r in predict], [r["qid"] for r in predict]
+    common = ["--experiment", "mine", "--model", "bert", "--task", name, "--ckpt", "4"]
+    source = tmp_path / f"new rows.{fmt}"
+    if fmt == "csv":
+        with open(source, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(predict[0]))
+            w.writeheader()
+            w.writerows(predict)
+    else:
+        source.write_text("".join(json.dumps(r) + "\n" for r in predict))
+    monkeypatch.delenv("TQDM_DISABLE")  # and a bar on stderr
+    said = run("generate_test_prediction.py", *common, "--predict_file", str(source))
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert f"{source.name} model-4.pt:   0%" in said.stderr and "0/3 [" in said.stderr
+    written = tmp_path / f"new rows.predictions.{fmt}"  # beside it, in its format
+    assert said.stdout.strip().endswith(f"to {written}")
+    check_predictions(written, exp, pairs, ids, "qid")
+    first = written.read_bytes()
+    run("generate_test_prediction.py", *common, "--predict_file", str(source))  # its own file: replaced, no --overwrite
+    assert written.read_bytes() == first
     if fmt != "csv":
         return
+    # a .tsv without the id column (rows by number from 0), read as the task's .tsv files are (no quoting: a quote
+    # is text), predicted to --out as JSON lines
+    tsv = tmp_path / "rows.tsv"
+    tsv.write_text('first\tsecond\n"quoted"\tcook "rice\nhow do i\tpython\n')
+    run("generate_test_prediction.py", *common, "--predict_file", str(tsv), "--out", str(tmp_path / "out.jsonl"))
+    check_predictions(tmp_path / "out.jsonl", exp, [('"quoted"', 'cook "rice'), ("how do i", "python")], [0, 1],
+                      "row")
+    assert not (tmp_path / "rows.predictions.tsv").exists()
     # every other script too: the teacher's logits, offline KD, a layer-wise method
-    run("run_fine_tune_gen_logits.py", "--experiment", "mine", "--model", "bert", "--task", name, "--dataset", "train",
-        "--ckpt", "4")
+    monkeypatch.delenv("TQDM_DISABLE")  # issue 32: the logits' bar
+    said = run("run_fine_tune_gen_logits.py", "--experiment", "mine", "--model", "bert", "--task", name, "--dataset",
+               "train", "--ckpt", "4").stderr
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert "train.csv model-4.pt:   0%" in said and "0/64 [" in said
     student = ["--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2", "--num_hidden_layers", "1",
                "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "8", "--device_id", "-1"]
     run("run_fine_tune_distill.py", "--experiment", "kd", "--model", "bert", "--task", name,

@@ -11,16 +11,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import sys
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import UserError
+from ..progress import say
 
 
 def warn(message: str) -> None:
-    sys.stderr.write(f"warning: {message}\n")
+    say(f"warning: {message}")  # once per job: rank 0's under torchrun (fine_tune/progress.py)
 
 
 def resolve_device(device_id: int | None, num_gpu: int | None, flag_name: str = "--device_id",

@@ -25,6 +25,9 @@ Semantics, chosen so that N processes compute what one process computes:
 - Evaluation and logits generation are sharded by batch (rank r predicts batches r, r + N, ...) and gathered
   on every rank in file order: no row is counted twice.
 - ``LOCAL_RANK`` chooses the CUDA device and takes precedence over ``--device_id``.
+- Only rank 0 speaks: the other ranks' stdout is silenced (:func:`silence_other_ranks`), and the start-up and
+  information lines and the progress bars (fine_tune/progress.py: ``say``, ``progress``) are rank 0's alone;
+  an error still reaches every rank's stderr.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.distributed as tdist
+
+from ..progress import torchrun_rank
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ class World:
 
 
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+    return torchrun_rank() is not None
 
 
 DEFAULT_TIMEOUT = timedelta(seconds=1800)  # --ddp_timeout's default, as Hugging Face's TrainingArguments.ddp_timeout
@@ -289,7 +294,7 @@ def silence_other_ranks() -> None:
     """Ranks other than 0 print nothing to stdout (rank 0 speaks for the job); errors still reach stderr. Read
     from torchrun's environment (``RANK``), so the process group is not created before the command's flags (its
     timeout) are known."""
-    if launched_by_torchrun() and int(os.environ["RANK"]) != 0:
+    if torchrun_rank() not in (None, 0):
         import sys
 
         sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the life of the process

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..batching import Collator, make_stream
 from ..experiment import ExperimentDir
 from ..errors import UserError
+from ..progress import progress, say
 from ..io_utils import atomic_torch_save, atomic_write_json
 from .allocator import tune_malloc_for_training
 from . import distributed
@@ -301,9 +300,8 @@ class Trainer:
         self.method.train(True)
         start_step, start = self.step, time.perf_counter()
         last: dict[str, float] = {}
-        bar = tqdm(total=s.total_step, initial=self.step, desc=self.exp.name, unit="step", dynamic_ncols=True,
-                   disable=(not self.progress) or not self.world.is_main
-                   or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true"))
+        bar = progress(total=s.total_step, initial=self.step, desc=self.exp.name, unit="step", dynamic_ncols=True,
+                       enabled=self.progress and self.world.is_main)
         failed = True
         try:
             self.reporter.start(self.step)  # a resumed run: what a killed run logged after this step is logged again
@@ -354,8 +352,8 @@ class Trainer:
             bar.close()
             self.reporter.close(failed)
             self.release()
-        if self.history is not None and self.history.stopped_at is None and self.world.is_main:
-            print(f"{self.exp.name}: {self.describe_best()}", file=sys.stderr)
+        if self.history is not None and self.history.stopped_at is None:
+            say(f"{self.exp.name}: {self.describe_best()}")
         return {"steps": self.step, "steps_run": steps, "seconds": seconds,
                 "examples_per_s": steps * s.batch_size / max(seconds, 1e-9), "last_losses": last,
                 "stopped_early_at": None if self.history is None else self.history.stopped_at}
@@ -401,8 +399,8 @@ class Trainer:
         """Say so, and mark the run finished (``early-stop.json``, after the checkpoint and its resume state)."""
         h, es = self.history, self.evaluator.settings
         best, top = h.best_checkpoint(), h.best
-        print(f"{self.exp.name}: stopped early at step {self.step}: no better {es.split} {es.metric} in "
-              f"{es.patience} evaluations; {self.describe_best()}", file=sys.stderr)
+        say(f"{self.exp.name}: stopped early at step {self.step}: no better {es.split} {es.metric} in "
+            f"{es.patience} evaluations; {self.describe_best()}")
         if self.world.is_main:
             atomic_write_json(self.exp.path / EARLY_STOP_FILE,
                               {"step": self.step, "split": es.split, "metric": es.metric, "patience": es.patience,
@@ -556,14 +554,14 @@ class Trainer:
         if self.history is not None:
             self._restore_evaluation(state.get("evaluation"))
         for note in set_rng_state(state["rng"], self.rng_devices):
-            print(f"note: {self.exp.name}: resuming at step {step}: {note}", file=sys.stderr)
+            say(f"note: {self.exp.name}: resuming at step {step}: {note}")
 
 
     def _restore_evaluation(self, state: dict | None) -> None:
         """The evaluations up to the resumed checkpoint; the files lose what a killed run evaluated after it."""
         if state is None or not self.history.load_state_dict(state["history"]):
-            print(f"note: {self.exp.name}: resuming at step {self.step}: no earlier evaluation on "
-                  f"{self.evaluator.settings.split} in the resume state; evaluating from here on", file=sys.stderr)
+            say(f"note: {self.exp.name}: resuming at step {self.step}: no earlier evaluation on "
+                f"{self.evaluator.settings.split} in the resume state; evaluating from here on")
             return
         steps = [r["step"] for r in self.history.rows if r["checkpoint"]]
         self.evaluator.load_state_dict(state["evaluator"], steps)

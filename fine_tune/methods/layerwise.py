@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.optim import OptimiserSettings
-from ..engine.protocol import ExtraParameters, ModelOutputs, TeacherShape
+from ..engine.protocol import ExtraParameters, ModelOutputs
 from ..errors import UserError
 from ..models.init import teacher_layer_map
 from ..models.projection import WidthProjection

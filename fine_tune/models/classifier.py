@@ -164,17 +164,25 @@ def check_weight_files(folder: Path, where: str) -> None:
 
 @contextlib.contextmanager
 def quiet_hf():
-    """Silence transformers' load reports and progress bars (the new head is expected to be missing)."""
+    """Silence transformers' load reports and its own progress bar (the new head is expected to be missing; the
+    weights being loaded, one bar per model); the Hugging Face hub's download bars (the bytes of a model fetched by
+    name) stay as they were, and afterwards every bar is as it was: off where fine_tune/progress.py turned them off
+    (``TQDM_DISABLE``, a torchrun rank but 0)."""
+    import huggingface_hub.utils as hub
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars, downloads = (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled(),
+                                  not hub.are_progress_bars_disabled())
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # transformers' bars, and the hub's with them
+    if downloads:
+        hub.enable_progress_bars()
     try:
         yield
     finally:
         hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
+        if bars and downloads:  # (with the hub's off, enabling would warn where HF_HUB_DISABLE_PROGRESS_BARS is set)
+            hf_logging.enable_progress_bar()
 
 
 def _from_pretrained(source: str, config: PretrainedConfig, family, flag: str, new_head: bool = False):

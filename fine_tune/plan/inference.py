@@ -17,6 +17,7 @@ function takes the parsed flags: ``run_eval(plan)``, ``run_gen_logits(plan)``, `
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 
 from ..errors import UserError, closest_name
@@ -133,9 +134,71 @@ def prediction_path(exp: ExperimentDir, task: Task, split: str, max_examples: in
     return exp.path / name.name
 
 
+PREDICT_FILE_COMMAND = "generate_test_prediction.py --predict_file"  # owner of its files (fine_tune/outputs.py)
+TOOLKIT_FOLDERS = (("meta.json", "a logits data set"), ("export.json", "an export"),
+                   ("config.json", "an experiment folder"))  # folders the toolkit writes whole: their marks
+
+
+def predict_file_output(source: Path, given: str | None) -> Path:
+    """Where ``--predict_file``'s predictions go: ``--out``, else ``<stem>.predictions.<ext>`` beside the file."""
+    return out_file(given, "--out", source.with_name(f"{source.stem}.predictions{source.suffix}"))
+
+
+def _plan_file_prediction(flags, target: TrainedExperiment) -> PredictionPlan:
+    """``--predict_file FILE [--out OUT]``: every check of the two paths before anything is read or written. The
+    file: an existing, readable .csv, .tsv or .jsonl file (its rows are checked as they are read). The output: a
+    .csv, .tsv or .jsonl name that is not the file itself, not one of the task's data files, not inside a folder
+    the toolkit writes whole (an experiment, a logits data set, an export), and not a file this option did not
+    write (unless ``--overwrite``; the owner is ``--predict_file``'s own, so a submission file is never replaced)."""
+    from ..settings import PREDICTION_FORMATS
+
+    p, task = flags.prediction, target.task
+    formats = ", ".join(PREDICTION_FORMATS)
+    source = Path(p.predict_file)
+    if source.suffix.lower() not in PREDICTION_FORMATS:
+        raise UserError(f"--predict_file {source}: not a {formats} file (the format is read from the extension)")
+    if not source.exists():
+        raise UserError(f"--predict_file {source}: no such file")
+    if not source.is_file():
+        raise UserError(f"--predict_file {source}: not a file")
+    try:
+        with open(source, "rb"):
+            pass
+    except OSError as e:
+        raise UserError(f"--predict_file {source}: cannot be read ({e.strerror or e})") from None
+    if flags.experiment.dataset != "test":  # PredictionExperimentFlags.dataset's default
+        raise UserError(f"--dataset {flags.experiment.dataset} and --predict_file {source} name two inputs; give one")
+    if flags.paths.max_examples is not None:
+        raise UserError(f"--max_examples limits a split's rows; --predict_file {source} predicts every row of the "
+                        f"file (cut the file instead)")
+    out = predict_file_output(source, p.out)
+    flag = "--out" if p.out is not None else "--predict_file"
+    shown = out if p.out is not None else source
+    if out.suffix.lower() not in PREDICTION_FORMATS:
+        raise UserError(f"--out {out}: not a {formats} name (the format is taken from the extension)")
+    if out.resolve() == source.resolve() or (out.exists() and os.path.samefile(out, source)):
+        raise UserError(f"{flag} {shown}: the predictions would replace the file they predict; name another --out")
+    its = "" if p.out is not None else f"its predictions {out}: "
+    for split in task.splits:
+        if out.resolve() == task.path(target.data_root, split).resolve():
+            raise UserError(f"{flag} {shown}: {its}the {task.name} {split} data file; predictions never replace a "
+                            f"data file: name another --out")
+    for mark, what in TOOLKIT_FOLDERS:
+        if (out.parent / mark).is_file():
+            raise UserError(f"{flag} {shown}: {its}{out.parent} is {what} (it holds {mark}), which the toolkit "
+                            f"writes and checks whole; write the predictions elsewhere (--out)")
+    check_outputs([out], PREDICT_FILE_COMMAND, flags.paths.overwrite, flag, shown)
+    return PredictionPlan(target, None, None, _checkpoint_choice(flags, task), flags.inference.batch_size,
+                          Devices.of(flags.device), out, predict_file=source)
+
+
 def plan_prediction(flags) -> PredictionPlan:
     from ..submission import record_path
 
+    if flags.prediction.predict_file is not None:  # no split: the task need not have a test split
+        e = flags.experiment
+        data_root, exp_root = roots(flags.paths.data_root, flags.paths.exp_root)
+        return _plan_file_prediction(flags, _named(flags, data_root, exp_root, get_task(e.task, data_root), True))
     target = _trained_experiment(flags)
     split, max_examples, overwrite = flags.experiment.dataset, flags.paths.max_examples, flags.paths.overwrite
     out = prediction_path(target.exp, target.task, split, max_examples)

@@ -211,13 +211,14 @@ class PredictionPlan:
     """``generate_test_prediction.py``: one checkpoint's predictions on a split, as the task's submission file."""
 
     target: TrainedExperiment
-    split: str
+    split: str | None  # None with predict_file
     max_examples: int | None
     checkpoint: CheckpointChoice
     batch_size: int
     devices: Devices
     out: Path  # the official name in the experiment folder; with max_examples <name>.partial-<N>.<ext> (checked:
-    # no file generate_test_prediction.py did not write, unless --overwrite)
+    # no file generate_test_prediction.py did not write, unless --overwrite); with predict_file the predictions file
+    predict_file: Path | None = None  # --predict_file: rows of a file of one's own instead of the split
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,12 @@ and online distillation.
 
 from __future__ import annotations
 
-import sys
 
 from ..engine import distributed
 from ..engine.device import resolve_placement
 from ..engine.seeding import seed_everything
 from ..errors import UserError
+from ..progress import say
 from ..locking import releases_locks
 from ..plan import RunPlan
 from ..plan.types import applies_devices
@@ -47,10 +47,9 @@ def run(plan: RunPlan) -> dict | None:
         remove_new_experiment(plan.exp, start)
         raise
     if teacher is not None:
-        print(f"{plan.exp.name}: {method.name}, teacher {plan.teacher.describe()} ({plan.teacher.num_layers} layers), "
-              f"mapping {method.describe_mapping() or 'logits only'}"
-              f"{', learned width projection' if getattr(method, 'projection', None) is not None else ''}",
-              file=sys.stderr)
+        say(f"{plan.exp.name}: {method.name}, teacher {plan.teacher.describe()} ({plan.teacher.num_layers} layers), "
+            f"mapping {method.describe_mapping() or 'logits only'}"
+            f"{', learned width projection' if getattr(method, 'projection', None) is not None else ''}")
     on_checkpoint = None
     if teacher is not None:
         on_checkpoint = layer_map_writer(plan, method, teacher, model, device, teacher_device, precision)

@@ -3,7 +3,6 @@ finished one, and ``--overwrite``."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from .. import config as cfg
 from ..engine import distributed
 from ..engine.evaluation import EARLY_STOP_FILE
 from ..errors import UserError
+from ..progress import say
 from ..experiment import ExperimentDir
 from ..io_utils import TMP_PREFIX, remove_inside
 from ..locking import HOLDER_FILE, lock_folder
@@ -113,8 +113,8 @@ def prune_finished(exp: ExperimentDir, old: dict, flag: int | None, step: int, m
     if (flag or None) != (limit or None):
         ran = f"--save_total_limit {limit}" if limit else "no --save_total_limit"
         given = f"--save_total_limit {flag}" if flag else "no --save_total_limit"
-        print(f"note: {exp.name} finished with {ran}: a finished run keeps its checkpoints ({given} here changes "
-              f"nothing; only a pruning of its own that a kill stopped is finished)", file=sys.stderr)
+        say(f"note: {exp.name} finished with {ran}: a finished run keeps its checkpoints ({given} here changes "
+            f"nothing; only a pruning of its own that a kill stopped is finished)")
     if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0 or step not in resume_steps(exp.path):
         return
     state = load_resume_state(exp.path, step, mmap=True)
@@ -122,9 +122,9 @@ def prune_finished(exp: ExperimentDir, old: dict, flag: int | None, step: int, m
     best = best_checkpoint_row(rows, metric) if rows and all(metric in r for r in rows) else None
     pruned = prune_checkpoints(exp, limit, step, None if best is None else best["step"], state.get("method") or {})
     if pruned:
-        print(f"note: {exp.name}: --save_total_limit {limit}: deleted "
-              f"{', '.join(exp.checkpoint_path(s).name for s in pruned)} (a kill had stopped the run before it "
-              f"pruned them)", file=sys.stderr)
+        say(f"note: {exp.name}: --save_total_limit {limit}: deleted "
+            f"{', '.join(exp.checkpoint_path(s).name for s in pruned)} (a kill had stopped the run before it "
+            f"pruned them)")
 
 
 def whole_checkpoint(path: Path) -> bool:
@@ -136,7 +136,7 @@ def whole_checkpoint(path: Path) -> bool:
     try:
         read_checkpoint(path, mmap=True)
     except UserError as e:
-        print(f"note: {e}: it does not count as a checkpoint of this run", file=sys.stderr)
+        say(f"note: {e}: it does not count as a checkpoint of this run")
         return False
     return True
 
@@ -210,24 +210,22 @@ def _start_experiment(plan: RunPlan) -> Start:
         if changed and not overwrite:
             raise UserError(f"{changed}; restore the file, or pass --overwrite to start over")
         if changed:  # --overwrite: the same config on other inputs is another run
-            print(f"note: {changed}; --overwrite: starting over", file=sys.stderr)
+            say(f"note: {changed}; --overwrite: starting over")
             clear_outputs(exp)
             ready = []
         if ready:
             start = Start(True, ready[-1], legacy, created=created, log_existed=log_existed)
-            print(f"{exp.name}: resuming from model-{ready[-1]}.pt (same config; pass --overwrite with "
-                  f"another config to start over)", file=sys.stderr)
+            say(f"{exp.name}: resuming from model-{ready[-1]}.pt (same config; pass --overwrite with "
+                f"another config to start over)")
         elif exp.checkpoints():
-            print(f"{exp.name}: checkpoints {exp.checkpoints()} have no resume state; starting over",
-                  file=sys.stderr)
+            say(f"{exp.name}: checkpoints {exp.checkpoints()} have no resume state; starting over")
         if legacy:
-            print(f"{exp.name}: started before a fidelity fix ({', '.join(legacy)} not in its config.json): it "
-                  f"continues with the rule it started with: {_rules(legacy)} (doc/methods.md, \"Fidelity fixes\")",
-                  file=sys.stderr)
+            say(f"{exp.name}: started before a fidelity fix ({', '.join(legacy)} not in its config.json): it "
+                f"continues with the rule it started with: {_rules(legacy)} (doc/methods.md, \"Fidelity fixes\")")
     elif legacy:
-        print(f"{exp.name}: re-issued from {record.get('config_from')}, a run started before a fidelity fix "
-              f"({', '.join(legacy)} not in it): it keeps that run's rule: {_rules(legacy)} (doc/methods.md, "
-              f"\"Fidelity fixes\")", file=sys.stderr)
+        say(f"{exp.name}: re-issued from {record.get('config_from')}, a run started before a fidelity fix "
+            f"({', '.join(legacy)} not in it): it keeps that run's rule: {_rules(legacy)} (doc/methods.md, "
+            f"\"Fidelity fixes\")")
     if old is not None and not same:  # --overwrite: start over, drop every output of the old run
         clear_outputs(exp)
     record = {k: v for k, v in record.items() if k not in legacy}  # the config keeps saying which rule runs

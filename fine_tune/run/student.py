@@ -4,11 +4,11 @@ folder (Hugging Face config and tokenizer) in the experiment."""
 
 from __future__ import annotations
 
-import sys
 
 import torch
 
 from ..engine import distributed
+from ..progress import say
 from ..experiment import ExperimentDir
 from ..methods import Method
 from ..models.classifier import (build_from_config, build_pretrained_classifier, save_model_dir, set_task_labels,
@@ -19,9 +19,9 @@ from ..plan import PretrainedModel, StudentModel
 
 def print_notes(notes) -> None:
     """What the plan decided for the user, printed once every check passed and the run starts (a refused command
-    prints its one error line only); under torchrun once, by rank 0."""
-    for note in notes if distributed.is_main() else ():
-        print(f"note: {note}", file=sys.stderr)
+    prints its one error line only)."""
+    for note in notes:
+        say(f"note: {note}")
 
 
 def build_model(spec: PretrainedModel | StudentModel, method: Method, tokenizer, exp: ExperimentDir,
@@ -47,8 +47,8 @@ def build_model(spec: PretrainedModel | StudentModel, method: Method, tokenizer,
     if isinstance(spec, StudentModel) and spec.init_pairs:
         copy_teacher_layers_at(model, spec.init_source, list(spec.init_pairs), attn_only=spec.init_attn_only,
                                embeddings=spec.init_embeddings)
-        print(f"initialised student layers from {spec.init_source}: "
-              + ", ".join(f"{s}<-{t}" for s, t in spec.init_pairs), file=sys.stderr)
+        say(f"initialised student layers from {spec.init_source}: "
+            + ", ".join(f"{s}<-{t}" for s, t in spec.init_pairs))
     set_task_labels(model.config, label_names)
     if distributed.is_main():
         save_model_dir(exp.model_dir, model.config, tokenizer)

@@ -3,7 +3,6 @@ collator, choose the training forward, run the one engine."""
 
 from __future__ import annotations
 
-import sys
 
 import torch
 
@@ -12,6 +11,7 @@ from ..batching import Collator, cached_features
 from ..engine.device import Precision
 from ..engine.trainer import Trainer
 from ..errors import UserError
+from ..progress import say
 from ..methods import Method
 from ..models.forward import forward
 from ..models.padding_free import training_forwards
@@ -58,20 +58,18 @@ def run_training(plan: RunPlan, model: torch.nn.Module, method: Method, device: 
                       teacher_forward=forwards.teacher, evaluator=training_evaluator(plan, tokenizer, device, precision),
                       forward=forward, on_checkpoint=on_checkpoint, config_sha256=config_sha256, reporter=reporter,
                       run_params=cfg.load_config(exp.config_path) if reporter is not None else None)
-    print(f"{exp.name}: {len(features)} examples, {s.total_step} steps of {s.batch_size} "
-          f"({s.accum_step} x {s.micro_batch}), {device}, {precision.describe()}{forwards.describe()}"
-          f"{', torch.compile' if s.compile else ''}{', gradient checkpointing' if s.gradient_checkpointing else ''}"
-          f"{', attention projections recorded' if method.reads_attention else ''}", file=sys.stderr)
+    say(f"{exp.name}: {len(features)} examples, {s.total_step} steps of {s.batch_size} "
+        f"({s.accum_step} x {s.micro_batch}), {device}, {precision.describe()}{forwards.describe()}"
+        f"{', torch.compile' if s.compile else ''}{', gradient checkpointing' if s.gradient_checkpointing else ''}"
+        f"{', attention projections recorded' if method.reads_attention else ''}")
     if trainer.evaluator is not None:
         es = trainer.evaluator.settings
-        print(f"{exp.name}: evaluating on {es.split} ({len(plan.evaluation.split.examples)} rows) "
-              f"{f'every {es.every} steps and ' if es.every else ''}at each checkpoint"
-              f"{f', stopping after {es.patience} evaluations without a better {es.metric}' if es.patience else ''}",
-              file=sys.stderr)
+        say(f"{exp.name}: evaluating on {es.split} ({len(plan.evaluation.split.examples)} rows) "
+            f"{f'every {es.every} steps and ' if es.every else ''}at each checkpoint"
+            f"{f', stopping after {es.patience} evaluations without a better {es.metric}' if es.patience else ''}")
     elif s.save_total_limit:
-        print(f"note: {exp.name}: --save_total_limit {s.save_total_limit} keeps the newest checkpoints "
-              f"whether or not they are the best; with --eval_dataset SPLIT the best one on SPLIT is kept too",
-              file=sys.stderr)
+        say(f"note: {exp.name}: --save_total_limit {s.save_total_limit} keeps the newest checkpoints "
+            f"whether or not they are the best; with --eval_dataset SPLIT the best one on SPLIT is kept too")
     summary = trainer.train(resume_step)
     print(f"{exp.name}: trained {summary['steps_run']} steps in {summary['seconds']:.1f} s "
           f"({summary['examples_per_s']:.1f} examples/s); checkpoints in {exp.path}")

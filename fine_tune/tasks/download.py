@@ -233,11 +233,11 @@ def unpack(zip_path: Path, data_root: Path, source: DatasetSource) -> None:
 
 
 def _progress(total: int | None, desc: str):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency; fall back to no bar
-        return contextlib.nullcontext(None)
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=False)
+    """The bytes of one download (KiB, MiB... as they grow: unit scaling by 1024), on stderr
+    (fine_tune/progress.py: off with TQDM_DISABLE and on every torchrun rank but 0)."""
+    from ..progress import progress
+
+    return progress(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
 
 
 def download(url: str, dest: Path) -> None:
@@ -261,8 +261,7 @@ def download(url: str, dest: Path) -> None:
                         break
                     out.write(chunk)
                     received += len(chunk)
-                    if bar is not None:
-                        bar.update(len(chunk))
+                    bar.update(len(chunk))
                 out.flush()
                 os.fsync(out.fileno())
             if total is not None and received != total:

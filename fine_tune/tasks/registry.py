@@ -22,7 +22,7 @@ from .boolq import parse_boolq
 from .columns import JsonFields, TsvLayout, parse_jsonl, parse_tsv
 from .example import Example
 from .qqp import parse_qqp
-from .task import Task
+from .task import InputColumns, Task
 
 
 def _tsv(labelled_layout: TsvLayout, test_layout: TsvLayout, file_labels: tuple[str, ...]):
@@ -45,6 +45,9 @@ BINARY = ("0", "1")
 NLI2 = ("entailment", "not_entailment")
 SENTENCE_PAIR = TsvLayout(text="sentence1", pair="sentence2", label="label", idx="index")
 SENTENCE_PAIR_TEST = TsvLayout(text="sentence1", pair="sentence2", idx="index")
+# the columns of a row to predict (--predict_file), as each task's test file names them
+SENTENCE_PAIR_COLUMNS = InputColumns("sentence1", "sentence2", "index")
+PREMISE_HYPOTHESIS = InputColumns("premise", "hypothesis", "idx")
 
 TASKS: dict[str, Task] = {
     "boolq": Task(
@@ -60,6 +63,7 @@ TASKS: dict[str, Task] = {
         label_names=("False", "True"), file_labels=("false", "true"),
         submission_format="superglue",
         benchmark="superglue",
+        input_columns=InputColumns("passage", "question", "idx"),
     ),
     "qqp": Task(
         name="qqp",
@@ -72,6 +76,7 @@ TASKS: dict[str, Task] = {
         # Hugging Face's glue/qqp names; the files (is_duplicate) and the GLUE server write 0/1
         label_names=("not_duplicate", "duplicate"), file_labels=BINARY,
         submission_labels="ints",
+        input_columns=InputColumns("question1", "question2", "id"),
     ),
     "cola": Task(
         name="cola", folder="CoLA", files=GLUE_FILES, labelled=GLUE_LABELLED,
@@ -80,12 +85,14 @@ TASKS: dict[str, Task] = {
                    TsvLayout(text="sentence", idx="index"), BINARY),
         metrics=("mcc", "accuracy"), main_metric="mcc", submission_file="CoLA.tsv",
         label_names=("unacceptable", "acceptable"), file_labels=BINARY, submission_labels="ints",
+        input_columns=InputColumns("sentence", None, "index"),
     ),
     "sst2": Task(
         name="sst2", folder="SST-2", files=GLUE_FILES, labelled=GLUE_LABELLED,
         parse=_tsv(TsvLayout(text="sentence", label="label"), TsvLayout(text="sentence", idx="index"), BINARY),
         metrics=("accuracy",), submission_file="SST-2.tsv",
         label_names=("negative", "positive"), file_labels=BINARY, submission_labels="ints",
+        input_columns=InputColumns("sentence", None, "index"),
     ),
     "mrpc": Task(
         name="mrpc", folder="MRPC", files=GLUE_FILES, labelled=GLUE_LABELLED,
@@ -93,6 +100,7 @@ TASKS: dict[str, Task] = {
                    TsvLayout(text="#1 String", pair="#2 String", idx="index"), BINARY),
         metrics=("accuracy", "f1"), submission_file="MRPC.tsv",
         label_names=("not_equivalent", "equivalent"), file_labels=BINARY, submission_labels="ints",
+        input_columns=InputColumns("#1 String", "#2 String", "index"),
     ),
     "stsb": Task(
         name="stsb", folder="STS-B", files=GLUE_FILES, labelled=GLUE_LABELLED,
@@ -101,6 +109,7 @@ TASKS: dict[str, Task] = {
                    None),
         metrics=("pearson", "spearman"), main_metric="pearson", submission_file="STS-B.tsv",
         label_names=("score",), regression=True,
+        input_columns=SENTENCE_PAIR_COLUMNS,
     ),
     "mnli": Task(
         name="mnli", folder="MNLI",
@@ -117,23 +126,27 @@ TASKS: dict[str, Task] = {
         unlabelled_why={"ax": "GLUE's diagnostic (AX) is released without labels; the GLUE server scores it (R3, "
                               "a Matthews correlation over the three classes): predict it with "
                               "generate_test_prediction.py --task mnli --dataset ax and submit AX.tsv"},
+        input_columns=SENTENCE_PAIR_COLUMNS,
     ),
     "qnli": Task(
         name="qnli", folder="QNLI", files=GLUE_FILES, labelled=GLUE_LABELLED,
         parse=_tsv(TsvLayout(text="question", pair="sentence", label="label", idx="index"),
                    TsvLayout(text="question", pair="sentence", idx="index"), NLI2),
         metrics=("accuracy",), submission_file="QNLI.tsv", label_names=NLI2,
+        input_columns=InputColumns("question", "sentence", "index"),
     ),
     "rte": Task(
         name="rte", folder="RTE", files=GLUE_FILES, labelled=GLUE_LABELLED,
         parse=_tsv(SENTENCE_PAIR, SENTENCE_PAIR_TEST, NLI2),
         metrics=("accuracy",), submission_file="RTE.tsv", label_names=NLI2,
+        input_columns=SENTENCE_PAIR_COLUMNS,
     ),
     "wnli": Task(
         name="wnli", folder="WNLI", files=GLUE_FILES, labelled=GLUE_LABELLED,
         parse=_tsv(SENTENCE_PAIR, SENTENCE_PAIR_TEST, BINARY),
         metrics=("accuracy",), submission_file="WNLI.tsv",
         label_names=("not_entailment", "entailment"), file_labels=BINARY, submission_labels="ints",
+        input_columns=SENTENCE_PAIR_COLUMNS,
     ),
     "cb": Task(
         name="cb", folder="CB", files={"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl"},
@@ -141,6 +154,7 @@ TASKS: dict[str, Task] = {
         parse=_jsonl(JsonFields(text="premise", pair="hypothesis"), ("entailment", "contradiction", "neutral")),
         metrics=("accuracy", "macro_f1"), submission_file="CB.jsonl", dev_split="val",
         label_names=("entailment", "contradiction", "neutral"), submission_format="superglue", benchmark="superglue",
+        input_columns=PREMISE_HYPOTHESIS,
     ),
     # SuperGLUE's RTE: the same RTE/ folder as GLUE's, its .jsonl files; the diagnostics AX-b and AX-g are predicted
     # with its model (--dataset axb, axg) and scored with their own metrics (tasks/diagnostics.py): AX-b by the
@@ -160,6 +174,7 @@ TASKS: dict[str, Task] = {
         metrics=("accuracy",), submission_file="RTE.jsonl", dev_split="val", label_names=NLI2,
         submission_files={"axb": "AX-b.jsonl", "axg": "AX-g.jsonl"},
         submission_format="superglue", benchmark="superglue",
+        input_columns=PREMISE_HYPOTHESIS,
     ),
 }
 
@@ -186,7 +201,8 @@ def user_task(name: str, spec: dict, definition_file: Path | None = None) -> Tas
                 train_split="train" if "train" in files else next(iter(files)), label_names=labels,
                 regression=regression, benchmark="user", submission_labels="names", definition=spec,
                 definition_file=definition_file,
-                fetch=partial(ensure_materialised, spec) if spec.get("hf") else None)
+                fetch=partial(ensure_materialised, spec) if spec.get("hf") else None,
+                input_columns=InputColumns(spec["text"], spec.get("text_pair"), spec.get("id")))
 
 
 def get_task(name: str, data_root: Path | None = None) -> Task:

@@ -21,6 +21,17 @@ DEV_ALIASES = ("validation", "valid", "val", "dev", "development", "eval")
 
 
 @dataclass(frozen=True)
+class InputColumns:
+    """The columns a row to predict is read from, named as the task's test files name them: the text, the text pair
+    (None: a single-text task) and the id (None: none; rows are numbered from 0). ``generate_test_prediction.py
+    --predict_file`` reads a file of your own rows by them (:func:`fine_tune.tasks.user.parse_rows_to_predict`)."""
+
+    text: str
+    pair: str | None = None
+    id: str | None = None
+
+
+@dataclass(frozen=True)
 class Task:
     """One task. ``label_names``: the classes in the model's output order, named as Hugging Face's dataset names
     them (its ``ClassLabel`` names: QQP ``not_duplicate``/``duplicate``, BoolQ ``False``/``True``; a task of your own:
@@ -63,6 +74,8 @@ class Task:
     definition_file: Path | None = None
     # fetch(split, path, labelled): makes sure the split's file is there (a Hugging Face source, tasks/user.py)
     fetch: Callable[[str, Path, bool], None] | None = None
+    # the columns of a row to predict (its test files' names): generate_test_prediction.py --predict_file
+    input_columns: InputColumns | None = None
 
     def __post_init__(self):
         if not self.label_names or (self.file_labels is not None and len(self.file_labels) != len(self.label_names)):

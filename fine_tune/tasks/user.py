@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import unicodedata
 from pathlib import Path
 from typing import Annotated, Optional, Union, get_args
@@ -57,6 +56,7 @@ from pydantic.functional_validators import AfterValidator, PlainValidator
 from pydantic_core import PydanticCustomError
 
 from ..errors import UserError
+from ..progress import say
 from .columns import score
 from .example import (Example, brief, check_unique_ids, csv_rows, exact_id, json_objects, parse_json,
                       tab_separated_rows)
@@ -410,6 +410,22 @@ def parse_user_file(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
     return examples
 
 
+def parse_rows_to_predict(path: Path, columns) -> tuple[list[Example], str | None]:
+    """The rows of a file to predict (``generate_test_prediction.py --predict_file``), read as a task's own data
+    files are (:func:`parse_user_file`, by the extension: ``.csv`` by its quoting rules, ``.tsv`` without quoting,
+    ``.jsonl``) with the task's :class:`~fine_tune.tasks.task.InputColumns`, unlabelled (a label column is ignored).
+    The id column is used when the file has it (its header; a JSON-lines file: its first row), each id an integer
+    and once; else each row's number from 0. Returns the rows and the id column used (None: row numbers). A file
+    without rows, a missing text column, a malformed line: one line naming the file, the line and the column."""
+    path = Path(path)
+    first = next(iter(_rows(path)), None)
+    if first is None:
+        raise UserError(f"{path}: holds no rows to predict")
+    id_column = columns.id if columns.id is not None and columns.id in first[1] else None
+    spec = {"text": columns.text, "text_pair": columns.pair, "id": id_column}
+    return parse_user_file(path, False, spec=spec), id_column
+
+
 SOURCES_FILE = "hf-sources.json"  # in the task's folder: each fetched file's Hugging Face source and sha256
 
 
@@ -438,8 +454,7 @@ def ensure_materialised(spec: dict, split: str, path: Path, labelled: bool) -> N
         if sha256_file(path) != have.get("sha256"):
             raise UserError(f"{path} was fetched from {have.get('source')} and has been edited since; the task's hf "
                             f"source is now {want}: move the file away to fetch it again, or restore task.json")
-        print(f"note: {path}: the task's hf source changed ({have.get('source')} -> {want}): fetching it again",
-              file=sys.stderr)
+        say(f"note: {path}: the task's hf source changed ({have.get('source')} -> {want}): fetching it again")
     materialise(spec, split, path, labelled)
     records = read_json_object(records_path) if records_path.is_file() else {}  # another split may have been added
     records[path.name] = {"source": want, "sha256": sha256_file(path)}
