@@ -40,6 +40,13 @@ def main() -> None:
         _alive = os.open(os.environ["KILLPOINT_ALIVE"], os.O_WRONLY)  # not inherited (PEP 446)
         os.write(_alive, b"+")  # one byte per process: the reader counts who held it
     spec, script, *args = sys.argv[1:]
+    arm(spec)
+    run_script(script, args)
+
+
+def arm(spec: str) -> None:
+    """Wrap ``os.replace`` in this process: SIGKILL it at the first rename whose target matches ``spec``
+    (WHEN:PATTERN, as on the command line)."""
     when, pattern = spec.split(":", 1)
     if when not in ("before", "after"):
         raise SystemExit(f"killpoint: WHEN must be before or after, not {when!r}")
@@ -69,10 +76,101 @@ def main() -> None:
             kill()
 
     os.replace = replace
+
+
+def run_script(script: str, args: list[str]) -> None:
+    """Run an entry script as ``python script args`` would (``__main__``, its folder first on the path)."""
     script = str(Path(script).resolve())
     sys.path.insert(0, str(Path(script).parent))
     sys.argv = [script, *args]
     runpy.run_path(script, run_name="__main__")
+
+
+class Forked:
+    """A child forked from the test process running one entry script under a kill point: a real process, killed by
+    a real SIGKILL, that skips the interpreter's start-up and the imports the test process has already done (several
+    seconds per launch on the suite's machine). Its stdout and stderr go to files; ``communicate`` and
+    ``returncode`` answer as :class:`subprocess.Popen`'s do (``-9`` for the planned SIGKILL)."""
+
+    def __init__(self, spec: str, script: str, args: list[str], env: dict, cwd: str | Path,
+                 logs: str | Path | None = None):
+        import tempfile
+
+        import torch
+
+        assert env.get("KILLPOINT_GROUP") != "1", "a forked child's parent is the test process: kill groups need torchrun"
+        # GNU OpenMP's thread pool does not survive a fork: a child that starts a parallel region of two threads
+        # waits forever at its barrier. So only a command that a subprocess would run on one thread is forked.
+        assert env.get("OMP_NUM_THREADS") == "1", "fork only a one-thread command (OMP_NUM_THREADS=1 in env)"
+        fd, self._out = tempfile.mkstemp(prefix="forked-out-", dir=logs)
+        os.close(fd)
+        fd, self._err = tempfile.mkstemp(prefix="forked-err-", dir=logs)
+        os.close(fd)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never returns into the test process (os._exit)
+            code = 1
+            try:
+                for fd, path in ((1, self._out), (2, self._err)):
+                    target = os.open(path, os.O_WRONLY | os.O_TRUNC)
+                    os.dup2(target, fd)
+                    os.close(target)
+                sys.stdout = open(1, "w", buffering=1, closefd=False)
+                sys.stderr = open(2, "w", buffering=1, closefd=False)
+                os.chdir(cwd)
+                os.environ.clear()
+                os.environ.update(env)
+                # tokenizers' threads are not in the child either (its fork handler turned them off): keep them off
+                os.environ["TOKENIZERS_PARALLELISM"] = "false"
+                torch.set_num_threads(1)
+                arm(spec)
+                run_script(script, args)
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                if not isinstance(e.code, (int, type(None))):
+                    print(e.code, file=sys.stderr)
+            except BaseException:  # noqa: BLE001 - reported as an interpreter would, then the exit status 1
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        self.returncode: int | None = None
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The child's exit status, once it has ended; a child still running after ``timeout`` seconds (a hang
+        guard: a deadlock) is killed and :class:`subprocess.TimeoutExpired` raised. Waits on a pidfd, no polling."""
+        if self.returncode is None:
+            if timeout is not None:
+                import select
+                import subprocess
+
+                pidfd = os.pidfd_open(self.pid)
+                try:
+                    ended, _, _ = select.select([pidfd], [], [], timeout)
+                finally:
+                    os.close(pidfd)
+                if not ended:
+                    os.kill(self.pid, signal.SIGKILL)
+                    os.waitpid(self.pid, 0)
+                    raise subprocess.TimeoutExpired(f"forked {self.pid}", timeout)
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        """Wait for the child (as :meth:`wait`), then its stdout and stderr."""
+        self.wait(timeout)
+        out, err = Path(self._out).read_text(), Path(self._err).read_text()
+        for path in (self._out, self._err):
+            os.unlink(path)
+        return out, err
 
 
 def proc_stat(pid: int) -> list[str] | None:

@@ -4,8 +4,9 @@ the previous complete version; the same command run again completes and nothing 
 
 (Checkpoints, resume states, LAD gate files and heat-maps: tests/test_resume.py, which also resumes from them.)
 
-Each case is a real subprocess killed by tests/killpoint.py just before the rename of its file, all of them
-started at once; a writer that stopped writing atomically is never killed there, so its case fails.
+Each case is a real child process (forked from the test process: tests/killpoint.py's Forked) killed just before
+the rename of its file, all of them started at once; a writer that stopped writing atomically is never killed
+there, so its case fails.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 
 from conftest import REPO, run_in_process
 from conftest import HANG_GUARD
+from killpoint import Forked
 from fine_tune import synthetic
 
 TEACHER = ["--experiment", "teacher", "--model", "bert", "--task", "qqp"]
@@ -69,9 +69,7 @@ def killed(tmp_path_factory, tiny_bert):
     procs = {}
     for cid, (pattern, _, _, _) in KILLS.items():
         script, flags = command(cid, base, tiny_bert)
-        procs[cid] = subprocess.Popen([sys.executable, str(REPO / "tests" / "killpoint.py"), f"before:{pattern}",
-                                       str(REPO / script), *flags], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, cwd=str(base))
+        procs[cid] = Forked(f"before:{pattern}", str(REPO / script), flags, env, base)
     results = {cid: (p.communicate(timeout=HANG_GUARD), p.returncode) for cid, p in procs.items()}
     return base, before, results
 

@@ -5,8 +5,9 @@ between ``model-N.pt`` and the method's files is not taken for a finished run.
 
 Kills are deterministic: tests/killpoint.py SIGKILLs the process at a chosen file write (before the rename of a
 half-written temporary file, or right after a rename), so each case interrupts the same place every time. The
-killed run is a real subprocess; the uninterrupted reference runs in this process at the same time (one torch
-thread each, so both compute bit for bit alike), and so does the resumed run.
+killed run is a real child process (forked from this one: tests/killpoint.py's Forked); the uninterrupted reference
+runs in this process at the same time (one torch thread each, so both compute bit for bit alike), and so does the
+resumed run.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from conftest import REPO, run_in_process
 from fine_tune import synthetic
 from conftest import HANG_GUARD
+from killpoint import Forked
 from test_scripts_e2e import tb_scalars
 
 # LOG does not divide CKPT: a checkpoint falls inside an open logging window (steps 4 and 7-8 of the windows 4-6 and
@@ -77,21 +79,24 @@ def env_for(w: World) -> dict:
                 PYTHONUNBUFFERED="1")
 
 
-def start_killed(kill: str, script: str, args: list[str], w: World, torchrun: int = 0) -> subprocess.Popen:
-    """``script args`` in a subprocess that tests/killpoint.py SIGKILLs at ``kill`` (WHEN:PATTERN). Under torchrun
-    every rank holds the write end of a named pipe whose read end the test keeps (``proc.alive``): end-of-file on
-    it says that every rank is gone (tests/killpoint.py, KILLPOINT_ALIVE)."""
-    launcher = [sys.executable, str(REPO / "tests" / "killpoint.py"), kill, str(REPO / script)]
+def start_killed(kill: str, script: str, args: list[str], w: World, torchrun: int = 0):
+    """``script args`` in a child process that tests/killpoint.py SIGKILLs at ``kill`` (WHEN:PATTERN): forked from
+    this one (killpoint's Forked: no interpreter start-up), or under torchrun a subprocess job whose every rank holds
+    the write end of a named pipe whose read end the test keeps (``proc.alive``): end-of-file on it says that every
+    rank is gone (tests/killpoint.py, KILLPOINT_ALIVE)."""
     env = env_for(w)
-    alive = None
-    if torchrun:  # the whole job (launcher and every rank) is killed at once, as a pre-emption does
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(torchrun),
-                    *launcher[1:]]
-        env["KILLPOINT_GROUP"] = "1"
-        fifo = Path(tempfile.mkdtemp()) / "alive"
-        os.mkfifo(fifo)
-        alive = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # open before any rank opens its write end
-        env["KILLPOINT_ALIVE"] = str(fifo)
+    if not torchrun:
+        proc = Forked(kill, str(REPO / script), args, env, w.data.parent)
+        proc.alive, proc.ranks = None, 0
+        return proc
+    # the whole job (launcher and every rank) is killed at once, as a pre-emption does
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(torchrun),
+                str(REPO / "tests" / "killpoint.py"), kill, str(REPO / script)]
+    env["KILLPOINT_GROUP"] = "1"
+    fifo = Path(tempfile.mkdtemp()) / "alive"
+    os.mkfifo(fifo)
+    alive = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # open before any rank opens its write end
+    env["KILLPOINT_ALIVE"] = str(fifo)
     proc = subprocess.Popen([*launcher, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=str(w.data.parent))
     proc.alive, proc.ranks = alive, torchrun
