@@ -28,7 +28,9 @@ ADDED_FIELDS: dict[str, Any] = {"init_embeddings": False, "group_by_length": Fal
                                 "eval_batch_size": 128, "deterministic": False, "gradient_checkpointing": False,
                                 "ddp_timeout": 1800,  # a runtime field too: never a different config
                                 # issue 32 (train): the schedule in epochs / warmup share, the metric for "best"
-                                "num_epochs": None, "warmup_ratio": None, "metric_for_best": None}
+                                "num_epochs": None, "warmup_ratio": None, "metric_for_best": None,
+                                # issue 32 (tracking): a runtime field too; as config.json holds it (a list)
+                                "report_to": ["tensorboard"]}
 
 
 def as_before(old: dict[str, Any] | None, record: dict[str, Any]) -> dict[str, Any]:

@@ -2203,6 +2203,9 @@ MUTATIONS = [
     Mutation("num_epochs_added_to_old_configs", "an experiment started before --num_epochs existed gains the field "
              "in its config.json when it resumes", "fine_tune/config.py", '"num_epochs": None, ', "",
              ("tests/test_legacy_resume.py::test_old_run_resumes_bit_identically[fine_tune]",)),
+    Mutation("report_to_added_to_old_configs", "an experiment started before --report_to existed gains the field in "
+             "its config.json when it resumes", "fine_tune/config.py", '"report_to": ["tensorboard"]}', "}",
+             ("tests/test_legacy_resume.py::test_old_run_resumes_bit_identically[fine_tune]",)),
     Mutation("loss_higher_is_better", "the best loss is the highest", "fine_tune/selection.py",
              "    return metric != LOSS\n", "    return True\n",
              (f"{EV}::test_save_total_limit_keeps_the_best_checkpoint_and_the_newest",

@@ -305,9 +305,9 @@ def test_eval_scores_the_diagnostics_and_the_table_reports_them_at_the_dev_check
     tables = {s: json.loads((exp / f"eval-{s}.json").read_text()) for s in outs}
     assert [r["ckpt"] for r in tables["axg"]["rows"]] == [2, 4, 6]
     # each split holds its own metrics: val the task's (accuracy), the diagnostics theirs
-    assert {k for r in tables["val"]["rows"] for k in r} == {"ckpt", "accuracy", "examples_per_s"}
-    assert {k for r in tables["axb"]["rows"] for k in r} == {"ckpt", "mcc", "accuracy", "examples_per_s"}
-    assert {k for r in tables["axg"]["rows"] for k in r} == {"ckpt", "gender_parity", "accuracy", "examples_per_s"}
+    assert {k for r in tables["val"]["rows"] for k in r} == {"ckpt", "accuracy", "loss", "examples_per_s"}
+    assert {k for r in tables["axb"]["rows"] for k in r} == {"ckpt", "mcc", "accuracy", "loss", "examples_per_s"}
+    assert {k for r in tables["axg"]["rows"] for k in r} == {"ckpt", "gender_parity", "accuracy", "loss", "examples_per_s"}
     assert "best accuracy" in outs["val"] and "best" not in outs["axg"].split("\n", 2)[-1]
     assert "8 rows, 4 minimal pairs" in outs["axg"] and "never choosing a checkpoint" in outs["axg"]
     assert tables["axg"]["selection"].startswith("a diagnostic: scored at every checkpoint, never choosing one")

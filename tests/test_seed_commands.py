@@ -368,7 +368,7 @@ def test_qqp_document(run, cpu_only, tiny_bert12, data_root, exp_root):
     proc = run(evaluation.script, *shrink(evaluation, models))
     assert_no_traceback(proc)
     table = json.loads((exp_root / "teacher_base_bert_qqp" / "eval-dev.json").read_text())
-    assert [r["ckpt"] for r in table["rows"]] == [3, 6] and set(table["best"]) == {"accuracy", "f1"}
+    assert [r["ckpt"] for r in table["rows"]] == [3, 6] and set(table["best"]) == {"accuracy", "f1", "loss"}
     assert table["num_rows"] == 48
     proc = run(prediction.script, *shrink(prediction, models))
     assert_no_traceback(proc)
