@@ -28,6 +28,7 @@ in the same change that moved the code.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import queue
 import shutil
@@ -2206,6 +2207,11 @@ MUTATIONS = [
     Mutation("report_to_added_to_old_configs", "an experiment started before --report_to existed gains the field in "
              "its config.json when it resumes", "fine_tune/config.py", '"report_to": ["tensorboard"]}', "}",
              ("tests/test_legacy_resume.py::test_old_run_resumes_bit_identically[fine_tune]",)),
+    Mutation("mutation_check_accepts_unparsable", "the mutation check applies a mutant that does not parse (every test "
+             "fails on it: counted as caught)", "scripts/mutation_check.py",
+             '    if m.file.endswith(".py")' ':  # a mutant that does not parse',
+             '    if False:  # a mutant that does not parse',
+             ("tests/test_mutation_list.py::test_every_mutation_applies_once_and_parses",)),
     Mutation("loss_higher_is_better", "the best loss is the highest", "fine_tune/selection.py",
              "    return metric != LOSS\n", "    return True\n",
              (f"{EV}::test_save_total_limit_keeps_the_best_checkpoint_and_the_newest",
@@ -2460,7 +2466,13 @@ def apply(main: Path, m: Mutation) -> str | None:
     n = text.count(m.old)
     if n != 1:
         return f"source text found {n} times in {m.file} (update the mutation)"
-    path.write_text(text.replace(m.old, m.new))
+    mutated = text.replace(m.old, m.new)
+    if m.file.endswith(".py"):  # a mutant that does not parse fails every test: "caught" would prove nothing
+        try:
+            ast.parse(mutated)
+        except SyntaxError as e:
+            return f"the mutated {m.file} does not parse (line {e.lineno}: {e.msg}); update the mutation"
+    path.write_text(mutated)
     return None
 
 
