@@ -305,7 +305,7 @@ class TrainingEvaluator:
         self.pad_token_id, self.max_seq_len, self.batch_size = pad_token_id, max_seq_len, batch_size
         self.device, self.precision, self.max_examples = device, precision, max_examples
         self.settings = EvalSettings(split=split, every=every, patience=patience, metric=metric or task.main_metric,
-                                     tag_prefix=f"{task.name}/{split}", tags={m: m for m in (*task.metrics, LOSS)})
+                                     tag_prefix=f"{task.name}/{split}", logged=(*task.metrics, LOSS))
         self.predictions: dict[int, np.ndarray] = {}  # step -> predictions, of the checkpoints and the latest
 
     def evaluate(self, model: torch.nn.Module, step: int) -> dict[str, float]:

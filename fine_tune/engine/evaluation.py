@@ -15,7 +15,7 @@ again: no evaluation is repeated in the files, none is lost.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -32,7 +32,7 @@ class EvalSettings:
     patience: int | None  # stop after P evaluations without a better main metric (None: never)
     metric: str  # the metric for best (selection.greater_is_better: its direction)
     tag_prefix: str  # "{task}/{split}": TensorBoard tags "{tag_prefix}/{tag}", as run_fine_tune_eval.py writes
-    tags: dict[str, str] = field(default_factory=dict)  # metric name -> TensorBoard tag (accuracy, f1, ..., loss)
+    logged: tuple[str, ...] = ()  # the metrics logged, each as "{tag_prefix}/{name}" (accuracy, f1, ..., loss)
 
     def due(self, step: int, checkpoint: bool) -> bool:
         return checkpoint or (self.every is not None and step % self.every == 0)

@@ -368,7 +368,7 @@ class Trainer:
         best = self.history.best_checkpoint() if self.history is not None else None
         if best is not None:
             es = self.evaluator.settings
-            name = f"{es.tag_prefix}/best_{es.tags.get(es.metric, es.metric)}"
+            name = f"{es.tag_prefix}/best_{es.metric}"
             final.update({name: best[es.metric], f"{name}_step": best["step"]})
         return final
 
@@ -385,9 +385,9 @@ class Trainer:
         if stop:
             history.stopped_at = self.step
             history.mark_checkpoint(self.step)
-        self.reporter.log_scalars({f"{es.tag_prefix}/{es.tags[name]}": value for name, value in metrics.items()
-                                   if name in es.tags}, self.step)
-        self.eval_fields = {f"{es.split}_{es.tags.get(es.metric, es.metric)}": f"{metrics[es.metric]:.4f}"}
+        self.reporter.log_scalars({f"{es.tag_prefix}/{name}": value for name, value in metrics.items()
+                                   if name in es.logged}, self.step)
+        self.eval_fields = {f"{es.split}_{es.metric}": f"{metrics[es.metric]:.4f}"}
         bar.set_postfix({**self.log_fields, **self.eval_fields}, refresh=False)
         if checkpoint or stop:  # its files are written by save(), once the checkpoint they cite is on disk
             self._eval_files_due = True
