@@ -26,6 +26,13 @@ contender once over all rows; the order alternates (A B C D, then D C B A, ...),
 markdown table of each contender's median examples/s, its ratio to PyTorch fp32 in each round (the same round's
 PyTorch pass) and their median, the largest |logit - PyTorch logit|, the share of rows whose predicted class is
 PyTorch's, and the accuracy against the labels. ``--json OUT`` writes every pass and the machine.
+
+``--ceiling`` also measures what bounds the fp32 ratio: the model's encoder linear layers alone (every
+``nn.Linear`` of its encoder, ``x W^T + b`` on each batch's padded rows), in PyTorch (``F.linear``) and in ONNX
+Runtime (one graph of ``MatMul`` + ``Add`` per layer, the same session settings), in each round beside the
+contenders; printed: their seconds per pass, their share of the PyTorch / optimised-graph pass, and the bound
+PyTorch pass / ONNX Runtime linear layers alone: the fp32 ratio ONNX Runtime would reach if everything but its
+matrix multiplies (attention scores, softmax, LayerNorm, GELU, embeddings) cost nothing.
 """
 
 from __future__ import annotations
@@ -60,6 +67,8 @@ def parse(argv=None):
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="pretrained BERT folder (default: MiniLM of ../shared)")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="data root holding QQP/ (default: qp_pairs)")
     p.add_argument("--boolq", default=str(DEFAULT_BOOLQ), help="BoolQ jsonl with labels (default: ../shared)")
+    p.add_argument("--ceiling", action="store_true",
+                   help="also time the encoder's linear layers alone in PyTorch and ONNX Runtime (the fp32 bound)")
     p.add_argument("--json", metavar="OUT", help="write every pass, the summary and the machine to this JSON file")
     args = p.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
@@ -137,6 +146,71 @@ def mask_index_graph(src: Path, dst: Path, config) -> Path:
     return dst
 
 
+def encoder_linears(model) -> list:
+    """Every ``nn.Linear`` of the encoder (Q, K, V, attention output, feed-forward in and out, per layer)."""
+    import torch
+
+    return [m for m in model.base_model.encoder.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def linears_graph(linears, path: Path) -> Path:
+    """One ONNX graph: for each linear layer i, ``y_i = x_{in width} W_i^T + b_i`` (MatMul, Add), with one input
+    per input width ([rows, width], rows dynamic)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    widths = sorted({m.in_features for m in linears})
+    nodes, inits, outputs = [], [], []
+    for i, m in enumerate(linears):
+        inits += [numpy_helper.from_array(m.weight.detach().t().contiguous().numpy(), f"w{i}"),
+                  numpy_helper.from_array(m.bias.detach().numpy(), f"b{i}")]
+        nodes += [helper.make_node("MatMul", [f"x{m.in_features}", f"w{i}"], [f"m{i}"]),
+                  helper.make_node("Add", [f"m{i}", f"b{i}"], [f"y{i}"])]
+        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["rows", m.out_features]))
+    inputs = [helper.make_tensor_value_info(f"x{w}", TensorProto.FLOAT, ["rows", w]) for w in widths]
+    graph = helper.make_graph(nodes, "encoder_linears", inputs, outputs, inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def linears_passes(linears, session, batches):
+    """(PyTorch seconds, ONNX Runtime seconds) of the encoder's linear layers alone over every batch's padded rows
+    (random inputs of the batch's [rows x width]: the cost of a matrix multiply does not depend on its values)."""
+    import time
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    widths = sorted({m.in_features for m in linears})
+    rng = np.random.default_rng(SEED)
+    torch_s = ort_s = 0.0
+    for _, feed in batches:
+        rows = int(np.prod(feed["input_ids"].shape))
+        xs = {w: rng.standard_normal((rows, w), dtype=np.float32) for w in widths}
+        tx = {w: torch.from_numpy(x) for w, x in xs.items()}
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for m in linears:
+                F.linear(tx[m.in_features], m.weight, m.bias)
+        torch_s += time.perf_counter() - start
+        start = time.perf_counter()
+        session.run(None, {f"x{w}": x for w, x in xs.items()})
+        ort_s += time.perf_counter() - start
+    return torch_s, ort_s
+
+
+def ceiling_rows(seconds: dict, ceiling: dict) -> list[list[str]]:
+    """The ceiling table: per pass medians of the linear layers alone, their shares, and the bound."""
+    med = {k: statistics.median(v) for k, v in {**seconds, **ceiling}.items()}
+    bound = [p / o for p, o in zip(seconds["pytorch_fp32"], ceiling["ort_linears"])]
+    return [["PyTorch F.linear", f"{med['torch_linears']:.2f}",
+             f"{100 * med['torch_linears'] / med['pytorch_fp32']:.0f} % of the PyTorch pass", ""],
+            ["ONNX Runtime MatMul + Add", f"{med['ort_linears']:.2f}",
+             f"{100 * med['ort_linears'] / med['ort_fp32']:.0f} % of the optimised graph's pass",
+             " / ".join(f"{b:.2f}" for b in bound) + f" (median **{statistics.median(bound):.2f}x**)"]]
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     missing = [p for p in (Path(args.model), Path(args.boolq) if args.dataset == "boolq" else Path(args.data))
@@ -185,14 +259,24 @@ def main(argv=None) -> int:
 
         seconds = {c: [] for c in contenders}
         logits = {}
+        linears = encoder_linears(model) if args.ceiling else []
+        ceiling = {"torch_linears": [], "ort_linears": []}
+        lin_session = onnx_export._session(linears_graph(linears, Path(tmp) / "linears.onnx"), threads) \
+            if linears else None
         one_pass("pytorch_fp32")  # warm-up: first-call allocations of each runtime
         for s in sessions:
             one_pass(s)
+        if lin_session is not None:
+            linears_passes(linears, lin_session, batches[:2])
         for r in range(args.repeats):
             for c in contenders if r % 2 == 0 else contenders[::-1]:
                 out, sec = one_pass(c)
                 seconds[c].append(sec)
                 logits.setdefault(c, out)
+            if lin_session is not None:
+                torch_s, ort_s = linears_passes(linears, lin_session, batches)
+                ceiling["torch_linears"].append(torch_s)
+                ceiling["ort_linears"].append(ort_s)
             print(f"round {r + 1}: " + ", ".join(f"{c} {n / seconds[c][-1]:.1f}/s" for c in contenders), flush=True)
     ref = logits["pytorch_fp32"]
     rows, summary = [], {}
@@ -210,8 +294,14 @@ def main(argv=None) -> int:
                      f"{s['accuracy']:.3f}"])
     print(markdown_table(["contender", "examples/s (median)", "ratio to PyTorch fp32 per round", "median ratio",
                           "max abs logit diff", "argmax = PyTorch's", "accuracy"], rows))
+    if linears:
+        print(f"\nThe fp32 bound: the encoder's {len(linears)} linear layers alone on the same padded rows, seconds "
+              "per pass (median); bound = PyTorch's whole pass / ONNX Runtime's linear layers alone, per round:")
+        print(markdown_table(["linear layers alone", "s per pass", "share", "bound on the fp32 ratio per round"],
+                             ceiling_rows(seconds, ceiling)))
     if args.json:
         write_json(args.json, {"args": vars(args), "rows": n, "threads": threads, "seconds": seconds,
+                               "ceiling": ceiling,
                                "summary": summary, "machine": {**host, "load_avg_end": os.getloadavg()}})
     return 0
 

@@ -148,9 +148,10 @@ MUTATIONS = [
     Mutation("onednn_linear_under_autocast", "oneDNN linear ignores autocast (fp32 where bf16 was asked)",
              "fine_tune/models/linear.py", "and not torch.is_autocast_enabled(\"cpu\")\n",
              "\n", ("tests/test_linear.py",)),
-    Mutation("pf_linear_is_f_linear_for_ffn", "the padding-free forward's feed-forward output layer drops its bias",
+    Mutation("pf_ffn_output_bias_dropped", "the padding-free forward's feed-forward output layer drops its bias",
              "fine_tune/models/padding_free.py", "linear(inter, out.dense.weight, out.dense.bias), out.dropout.p",
-             "linear(inter, out.dense.weight, None), out.dropout.p", (PF_SITES,)),
+             "linear(inter, out.dense.weight, None), out.dropout.p",
+             ("tests/test_padding_free.py::test_forward_matches_hugging_face_on_real_tokens",)),
     # ---- engine ------------------------------------------------------------------------------------------------
     Mutation("compile_ignored", "--compile is ignored by the trainer", "fine_tune/engine/trainer.py",
              "        if settings.compile:\n", "        if False:\n", ("tests/test_compile_option.py",)),

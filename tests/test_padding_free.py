@@ -18,7 +18,12 @@ def tiny(dropout: float = 0.0, seed: int = 0) -> BertForSequenceClassification:
     cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
                      max_position_embeddings=40, type_vocab_size=2, hidden_dropout_prob=dropout,
                      attention_probs_dropout_prob=dropout, num_labels=3)
-    return BertForSequenceClassification(cfg)
+    model = BertForSequenceClassification(cfg)
+    with torch.no_grad():  # BERT's init leaves every bias 0 and LayerNorm the identity: a dropped bias would pass
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.2)
+    return model
 
 
 def batch(lengths=(9, 3, 12, 1, 7), seq: int = 12, seed: int = 1) -> dict:
