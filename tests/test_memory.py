@@ -70,8 +70,8 @@ def _train(tmp_path, method_name: str, forward_kind: str, checkpointing: bool):
                                  gradient_checkpointing=checkpointing)
     assert forwards.kind == forward_kind
     runs = []
-    for layer in student.bert.encoder.layer:
-        layer.intermediate.dense.register_forward_hook(lambda *a: runs.append(1))
+    for layer in student.bert.encoder.layer:  # the feed-forward's activation module: both forwards call it
+        layer.intermediate.intermediate_act_fn.register_forward_hook(lambda *a: runs.append(1))
     trainer = trainer_for(tmp_path, f"{method_name}_{forward_kind}_{checkpointing}", method, STEPS, student=student,
                           teacher=teacher, student_forward=forwards.student, teacher_forward=forwards.teacher)
     trainer.train()
