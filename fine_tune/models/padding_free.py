@@ -26,8 +26,7 @@ states are returned re-padded to [B, S, D] with zeros at padding positions: use 
 those positions (every loss under ``--padding dynamic``; not the original's full-sequence MSE under fixed
 padding). Dropout masks are drawn for the real tokens only, and on CPU with models/dropout.py's cheaper
 generator (the same Bernoulli masks, p rounded to a multiple of 2^-16), so a training run draws different
-(equally distributed) masks than the padded forward. On CPU in fp32 the four linear layers of each encoder layer
-go through oneDNN (models/linear.py): the same fp32 products, summed in another order.
+(equally distributed) masks than the padded forward.
 """
 
 from __future__ import annotations
@@ -43,7 +42,6 @@ from .checkpointing import checkpointed, enable_hf_checkpointing
 from ..engine.protocol import EVERY_LAYER, PLAIN_RECORD, LayerRecord
 from ..engine.device import non_blocking
 from .dropout import dropout
-from .linear import linear
 from .families import FAMILIES
 
 
@@ -393,16 +391,15 @@ def _layer(layer, x: torch.Tensor, pk: Packing, qkv_record: list | None = None,
     sa = layer.attention.self
     w = torch.cat([sa.query.weight, sa.key.weight, sa.value.weight])
     b = torch.cat([sa.query.bias, sa.key.bias, sa.value.bias])
-    qkv = linear(x, w, b)  # [N, 3D]
+    qkv = F.linear(x, w, b)  # [N, 3D]
     # the attention-reading methods (TinyBERT, MiniLM) read Q, K, V: qkv_record gets them (Packing.attention)
     attn = pk.attention(qkv, sa.num_attention_heads, sa.scaling, sa.dropout.p if sa.training else 0.0,
                         qkv_record, head_major)  # [N, D]
     so = layer.attention.output
-    x = so.LayerNorm(dropout(linear(attn, so.dense.weight, so.dense.bias), so.dropout.p, so.training) + x)
-    inter = layer.intermediate.intermediate_act_fn(linear(x, layer.intermediate.dense.weight,
-                                                          layer.intermediate.dense.bias))
+    x = so.LayerNorm(dropout(so.dense(attn), so.dropout.p, so.training) + x)
+    inter = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))
     out = layer.output
-    return out.LayerNorm(dropout(linear(inter, out.dense.weight, out.dense.bias), out.dropout.p, out.training) + x)
+    return out.LayerNorm(dropout(out.dense(inter), out.dropout.p, out.training) + x)
 
 
 class PaddingFree(torch.nn.Module):
