@@ -141,6 +141,9 @@ MUTATIONS = [
              "fine_tune/models/padding_free.py", "dropout(out.dense(inter), out.dropout.p",
              "dropout(F.linear(inter, out.dense.weight), out.dropout.p",
              ("tests/test_padding_free.py::test_forward_matches_hugging_face_on_real_tokens",)),
+    Mutation("int8_per_tensor", "the int8 export quantises each weight matrix with one scale, not one per channel",
+             "fine_tune/onnx_export.py", 'per_channel=INT8_QUANTIZATION["per_channel"],',
+             "per_channel=False,", ("tests/test_onnx_export.py",)),
     # ---- engine ------------------------------------------------------------------------------------------------
     Mutation("compile_ignored", "--compile is ignored by the trainer", "fine_tune/engine/trainer.py",
              "        if settings.compile:\n", "        if False:\n", ("tests/test_compile_option.py",)),

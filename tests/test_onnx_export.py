@@ -77,6 +77,21 @@ def op_counts(path) -> Counter:
     return Counter(node.op_type for node in onnx.load(str(path)).graph.node)
 
 
+def int8_weight_scales(path) -> dict[str, list[list[int]]]:
+    """The dims of each int8 weight matrix's scale, by the node type that multiplies by it (input 1, the
+    ``<weight>_quantized`` initializer whose scale is ``<weight>_scale``), in graph order."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    dims = {i.name: list(i.dims) for i in graph.initializer}
+    scales: dict[str, list[list[int]]] = {}
+    for node in graph.node:
+        weight = node.input[1] if node.op_type in ("QAttention", "MatMulInteger") else ""
+        if weight.endswith("_quantized") and len(dims.get(weight, [])) == 2:
+            scales.setdefault(node.op_type, []).append(dims[weight[:-len("_quantized")] + "_scale"])
+    return scales
+
+
 FUSED = {"Attention", "MultiHeadAttention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu",
          "FastGelu", "Gelu", "QAttention"}  # ONNX Runtime's contrib ops (com.microsoft), none in a plain graph
 
@@ -93,6 +108,9 @@ def test_onnx_export_matches_pytorch_on_dynamic_shapes_and_records_its_check(wor
     assert fused["Attention"] == 2 and fused["SkipLayerNormalization"] == 4 and fused["EmbedLayerNormalization"] == 1
     assert fused["Softmax"] == 0 and plain["Softmax"] == 2 and not FUSED & set(plain)
     assert op_counts(out / "model.int8.onnx")["QAttention"] == 2  # quantised from the fused graph
+    assert int8_weight_scales(out / "model.int8.onnx") == {  # a scale per output channel of each weight matrix
+        "QAttention": [[3 * 32]] * 2,  # Q, K, V of width 32, two layers
+        "MatMulInteger": [[32], [64], [32]] * 2 + [[32], [2]]}  # attention output, feed-forward; pooler, classifier
     assert not list(w["folder"].glob(".tmp-*"))
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.model_max_length == SEQ
@@ -129,12 +147,13 @@ def test_onnx_export_matches_pytorch_on_dynamic_shapes_and_records_its_check(wor
                             "max_seq_len", "inputs", "format", "onnx"]
     assert record["format"] == "onnx" and record["checkpoint"] == "model-4.pt" and record["max_seq_len"] == SEQ
     o = record["onnx"]
-    assert list(o) == ["file", "int8_file", "opset", "split", "rows", "batch_size", "tolerance", "max_abs_diff",
+    assert list(o) == ["file", "int8_file", "int8_quantization", "opset", "split", "rows", "batch_size", "tolerance", "max_abs_diff",
                        "metrics", "int8_agreement", "examples_per_s", "device", "threads", "onnxruntime_version",
                        "torch_version", "optimizer", "plain_file", "plain_max_abs_diff"]
     assert o["optimizer"] == {"fused": True, "model_type": "bert", "opt_level": 0, "attention_mask": "raw",
                               "fused_operators": dict(Counter({k: v for k, v in fused.items() if k in FUSED})),
                               "reason": None}
+    assert o["int8_quantization"] == {"method": "quantize_dynamic", "weight_type": "QInt8", "per_channel": True}
     assert o["plain_file"] == "model.plain.onnx" and 0 <= o["plain_max_abs_diff"] <= ATOL
     assert (o["file"], o["int8_file"], o["split"], o["rows"], o["batch_size"]) == \
         ("model.onnx", "model.int8.onnx", "dev", 48, 32)
