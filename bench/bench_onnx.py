@@ -15,8 +15,9 @@ padded to its longest row: dynamic padding).
 
 The graphs are made by the export's own functions (``fine_tune/onnx_export.py``): ``torch.onnx.export`` (eager
 attention, opset 17), ``optimize_model`` (``model_type`` bert, ``opt_level`` 0, raw attention mask), and
-``quantize_dynamic`` (QInt8) of the fused graph; ``--variants`` adds ``int8_plain`` (``quantize_dynamic`` of the
-plain graph: the int8 model before issue 32) and ``fp32_mask_index`` (the optimiser's default mask form for BERT,
+``quantize_dynamic`` (QInt8, a scale per output channel) of the fused graph; ``--variants`` adds ``int8_plain``
+(``quantize_dynamic`` of the plain graph: the int8 model before issue 32), ``int8_per_tensor`` (the fused graph
+quantised with one scale per weight matrix: the export before per-channel scales) and ``fp32_mask_index`` (the optimiser's default mask form for BERT,
 sequence lengths: right padding only). Every ONNX Runtime session: ``CPUExecutionProvider``, graph optimisation
 level ``ORT_ENABLE_ALL`` (its default), ``intra_op_num_threads`` = ``torch.get_num_threads()`` (set
 ``OMP_NUM_THREADS`` or ``--threads``), one inter-op thread.
@@ -50,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_BOOLQ, DEFAULT_DATA, DEFAULT_MODEL, SEED, machine, markdown_table, skipped, \
     write_json  # noqa: E402
 
-VARIANTS = ("int8_plain", "fp32_mask_index")
+VARIANTS = ("int8_plain", "int8_per_tensor", "fp32_mask_index")
 
 
 def parse(argv=None):
@@ -126,9 +127,24 @@ def build_graphs(model, names, folder: Path, args) -> dict[str, Path]:
     if "int8_plain" in args.variants:
         onnx_export._quantize(plain, folder / "plain.int8.onnx")
         graphs["ort_int8_plain"] = folder / "plain.int8.onnx"
+    if "int8_per_tensor" in args.variants:
+        graphs["ort_int8_per_tensor"] = per_tensor_int8(graphs["ort_fp32"], folder / "fused.int8_per_tensor.onnx")
     if "fp32_mask_index" in args.variants:
         graphs["ort_fp32_mask_index"] = mask_index_graph(plain, folder / "fused.mask_index.onnx", model.config)
     return graphs
+
+
+def per_tensor_int8(src: Path, dst: Path) -> Path:
+    """``quantize_dynamic`` as the export did before per-channel weights: one scale per weight matrix."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from fine_tune import onnx_export
+
+    with onnx_export._quiet_root_logger():
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return dst
 
 
 def mask_index_graph(src: Path, dst: Path, config) -> Path:
