@@ -46,6 +46,8 @@ def parse_distil(prog: str, description: str, argv: Sequence[str] | None = None)
     except _ProbeFailed as e:  # --method without a name
         OneLineParser(prog=prog).error(str(e))
     name = name.method
+    if name is None and any(a == "--recipe" or a.startswith("--recipe=") for a in rest):
+        name = "recipe"  # run_distil.py --recipe FILE: the recipe method
     config = (_given_flags(prog, (), rest) or {}).get("config")
     if name is None and config is not None:
         record = read_config(config)

@@ -14,6 +14,7 @@ from .lad import LAD, LADNO, PartialLAD
 from .logits_kd import HardLabel, OfflineLogitsKD
 from .minilm import MiniLM
 from .pkd import PKD
+from .recipe import RecipeKD
 from .tinybert import TinyBERT
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
@@ -26,6 +27,7 @@ METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
     PKD,              # run_pkd_distill.py
     TinyBERT,         # run_tinybert_distil.py
     MiniLM,           # run_minilm_distil.py
+    RecipeKD,         # run_distil.py --recipe FILE
 )}
 
 
