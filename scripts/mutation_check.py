@@ -74,6 +74,8 @@ OWN_FILES = "tests/test_task_schema.py::test_a_task_json_with_a_byte_order_mark_
 EV = 'tests/test_eval_during_training.py'
 TABLE_COLUMNS = "tests/test_results_data.py::test_markdown_columns_short_paths_one_missing_mark_no_pairs"  # issue 32
 PARETO_LABELS = "tests/test_results_data.py::test_pareto_labels_of_tied_and_near_points_do_not_overlap"  # issue 32
+RECIPE_FORMAT = "fine_tune/recipes/format.py"  # issue 33: distillation recipes
+RECIPE_RULES = "tests/test_recipe_format.py::test_each_rule_resolves_on_unequal_depths"
 MUTATIONS = [
     # ---- the GPU paths (issue 20), proven on a CPU: tests/test_gpu_paths.py ---------------------------------
     Mutation("placement_absolute_under_torchrun", "under torchrun --tdevice_id is an absolute index (every rank's "
@@ -2429,6 +2431,24 @@ MUTATIONS = [
              "fine_tune/tasks/registry.py", 'InputColumns("passage", "question", "idx")',
              'InputColumns("question", "passage", "idx")',
              ("tests/test_glue_tasks.py::test_each_tasks_input_columns_name_its_test_files_columns",)),
+    # ---- distillation recipes' file format (issue 33): tests/test_recipe_format.py ----------------------------
+    Mutation("recipe_uniform_floor", "a recipe's uniform/skip layer rule maps student layer j to floor(j * Lt / Ls) "
+             "instead of the ceiling (4 of 6: 1, 3, 4, 6 instead of 2, 3, 5, 6)", RECIPE_FORMAT,
+             "return tuple((j, -(-j * lt // ls)) for j in range(1, ls + 1))",
+             "return tuple((j, j * lt // ls) for j in range(1, ls + 1))", (RECIPE_RULES,)),
+    Mutation("recipe_last_off_by_one", "a recipe's last layer rule maps onto the teacher's layers one below its top",
+             RECIPE_FORMAT, "tuple((j, lt - ls + j) for j", "tuple((j, lt - ls + j - 1) for j", (RECIPE_RULES,)),
+    Mutation("recipe_schedule_unclamped", "a linear weight schedule keeps moving past its last step",
+             RECIPE_FORMAT, "* min(step, self.steps) / self.steps", "* step / self.steps",
+             ("tests/test_recipe_format.py::test_schedules_value_at_each_step",)),
+    Mutation("recipe_loss_feature_unchecked", "a recipe term's loss is not checked against its feature (hidden: kl "
+             "accepted)", RECIPE_FORMAT, "    if loss not in ALLOWED[feature]:\n", "    if False:\n",
+             ("tests/test_recipe_format.py::test_a_bad_recipe_is_refused_in_one_line_naming_the_file_and_key"
+              "[loss_not_allowed]",)),
+    Mutation("recipe_names_collide", "a repeated term's default name is not checked against names already taken "
+             "(two terms logged under logits_kl_2)", RECIPE_FORMAT, "            while name in taken:\n",
+             "            if name in taken:\n",
+             ("tests/test_recipe_format.py::test_repeated_terms_are_named_in_order_around_given_names",)),
 ]
 
 

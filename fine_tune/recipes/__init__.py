@@ -1,0 +1,1 @@
+"""Distillation recipes (issue 33): a YAML or JSON file of loss terms, teachers and layer maps (format.py)."""
