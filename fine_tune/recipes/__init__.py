@@ -1,0 +1,1 @@
+"""Distillation recipes: a method composed of loss terms from a file."""
