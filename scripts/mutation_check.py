@@ -76,6 +76,7 @@ TABLE_COLUMNS = "tests/test_results_data.py::test_markdown_columns_short_paths_o
 PARETO_LABELS = "tests/test_results_data.py::test_pareto_labels_of_tied_and_near_points_do_not_overlap"  # issue 32
 RECIPE_FORMAT = "fine_tune/recipes/format.py"  # issue 33: distillation recipes
 RECIPE_RULES = "tests/test_recipe_format.py::test_each_rule_resolves_on_unequal_depths"
+RECIPE_TERMS = "tests/test_recipe_terms.py"  # issue 33
 MUTATIONS = [
     # ---- the GPU paths (issue 20), proven on a CPU: tests/test_gpu_paths.py ---------------------------------
     Mutation("placement_absolute_under_torchrun", "under torchrun --tdevice_id is an absolute index (every rank's "
@@ -2449,6 +2450,20 @@ MUTATIONS = [
              "(two terms logged under logits_kl_2)", RECIPE_FORMAT, "            while name in taken:\n",
              "            if name in taken:\n",
              ("tests/test_recipe_format.py::test_repeated_terms_are_named_in_order_around_given_names",)),
+    # ---- distillation recipes' loss terms (issue 33): tests/test_recipe_terms.py ----------------------------
+    Mutation("recipe_kl_temperature_ignored", "a recipe's logits KL term softens with T = 1 whatever its temperature",
+             "fine_tune/methods/terms.py", 'o.temperature)["soft_loss"]', '1.0)["soft_loss"]', (RECIPE_TERMS,)),
+    Mutation("recipe_cosine_mask_ignored", "a recipe's masked cosine term averages over the padding tokens too",
+             "fine_tune/methods/terms.py", "        if mask is None or distance.dim() < 2:\n", "        if True:\n",
+             (RECIPE_TERMS,)),
+    Mutation("recipe_pairs_summed", "a recipe's multi-pair term sums its layer pairs instead of averaging them",
+             "fine_tune/methods/terms.py", "term * (weight / len(terms))", "term * weight", (RECIPE_TERMS,)),
+    Mutation("recipe_scores_padding_keys_kept", "a recipe's full-sequence attention-score MSE keeps the padding keys' "
+             "scores (TinyBERT's released code zeroes them)", "fine_tune/methods/terms.py",
+             "key_mask = mask if mask is not None else student.attention_mask", "key_mask = mask", (RECIPE_TERMS,)),
+    Mutation("recipe_projection_skipped", "a recipe's hidden-state terms compare the student's states unprojected",
+             "fine_tune/methods/terms.py", "        if project is not None:\n            s = project(j, s)\n",
+             "        if False:\n            s = project(j, s)\n", (RECIPE_TERMS,)),
 ]
 
 

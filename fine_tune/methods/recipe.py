@@ -33,6 +33,7 @@ from ..settings import flag
 from .base import Method, MethodSettings
 from .layerwise import HiddenPair, hidden_mse_loss, uniform_layers
 from .logits_kd import check_temperature
+from .terms import term_loss
 
 # features read from the hidden states (and their projection to the teacher's width), and from the attention
 # projections
@@ -205,6 +206,13 @@ class RecipeKD(Method):
             h = self.projection(layer, h)
         return h
 
+    def _projector(self, term: Term):
+        """``project(layer, hidden)`` for :func:`~fine_tune.methods.terms.term_loss`: the student's layer in the
+        teacher's width (None: no projection for this term)."""
+        if self.projection is None or term.projection != "auto" or term.feature not in HIDDEN_FEATURES:
+            return None
+        return lambda layer, h: self.projection(layer, h) if layer > 0 else h
+
     def _term(self, t: ResolvedTerm, batch: dict, student: ModelOutputs, teacher: ModelOutputs | None,
               mask: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
         """(value, weighted): the term's value, and whether the weight is already in it."""
@@ -224,13 +232,10 @@ class RecipeKD(Method):
             pairs = [HiddenPair(s, self._student_hidden(student, s, term), teacher.hidden_states[tt - 1].to(dev))
                      for s, tt in t.pairs]
             return hidden_mse_loss(pairs, t.weight, mask)[0], True
-        from .terms import term_loss
-
         return term_loss(term.feature, term.loss, student, teacher, pairs=t.pairs, labels=batch.get("labels"),
                          temperature=t.temperature, mask=mask, num_heads=self.heads,
                          relation_heads=term.relation_heads, head_mean=term.head_mean,
-                         project=(lambda layer, h: self._student_hidden(student, layer, term))
-                         if term.feature in HIDDEN_FEATURES else None), False
+                         project=self._projector(term), weight=t.weight), True
 
     def losses(self, batch, student: ModelOutputs, teacher: ModelOutputs | None):
         mask = student.attention_mask if self.padding == "dynamic" else None
