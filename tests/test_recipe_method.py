@@ -60,12 +60,82 @@ def test_recipe_weights_and_temperature_equal_the_same_flags(run, teacher, exp_r
     assert any(not torch.equal(other[k], v) for k, v in weights(exp_root / "recipe_bert_qqp").items())
 
 
-def test_a_layer_outside_the_student_is_one_line_and_writes_nothing(run, teacher, exp_root, tmp_path):  # noqa: F811
+MIXED = """\
+terms:
+  - {feature: logits, loss: kl, temperature: 2.0, weight: 0.5}
+  - {feature: hard_labels, loss: ce, weight: 0.5}
+  - {feature: hidden, loss: mse, layers: [[1, 4], [2, 8], [3, 12]], weight: 3.0}
+  - {feature: hidden, loss: cosine, layers: last, weight: 0.25, name: hidden_cos}
+  - {feature: cls, loss: normalized_mse, layers: uniform, weight: 2.0}
+  - {feature: attention_probs, loss: kl, layers: [[3, 12]], weight: 1.5}
+  - {feature: value_relation, loss: kl, layers: [[3, 12]], weight: 0.75}
+"""
+
+
+def test_a_mixed_recipe_trains_logs_every_term_and_records_itself(run, teacher, exp_root, tmp_path):  # noqa: F811
+    from test_scripts_e2e import tb_scalars
+
+    recipe = tmp_path / "mixed.yaml"
+    recipe.write_text(MIXED)
+    proc = run("run_distil.py", "--recipe", str(recipe), *TEACHER, "--experiment", "mixed", *COMMON,
+               "--padding", "dynamic")
+    assert "hidden_mse: S1<-T4, S2<-T8, S3<-T12" in proc.stderr, proc.stderr
+    folder = exp_root / "mixed_bert_qqp"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["method"] == "recipe" and config["recipe"]["sha256"] == \
+        __import__("hashlib").sha256(MIXED.encode()).hexdigest()
+    assert [t["name"] for t in config["recipe"]["terms"]] == [
+        "logits_kl", "hard_labels_ce", "hidden_mse", "hidden_cos", "cls_normalized_mse", "attention_probs_kl",
+        "value_relation_kl"]
+    s = tb_scalars(exp_root / "log" / "mixed_bert_qqp")
+    p = "qqp/train/bert/"
+    names = [t["name"] for t in config["recipe"]["terms"]]
+    for step in range(3):
+        v = {name: s[p + name][step][1] for name in names}
+        assert all(x > 0 for x in v.values()), v
+        assert s[p + "loss"][step][1] == pytest.approx(sum(v.values()), rel=1e-5)
+    assert (folder / "model-3.pt").exists()
+
+
+@pytest.mark.parametrize("text,message", [
+    ("terms:\n  - {feature: hidden, loss: mse, layers: [[4, 8]], weight: 1.0}\n",
+     "terms[0].layers: student layer 4 is outside the 3-layer student"),
+    ("method: lad\nterms:\n  - {feature: logits, loss: kl}\n", "method: adding terms to a built-in method"),
+    ("teachers:\n  - {name: a, hf: x}\n  - {name: b, hf: y}\nterms:\n  - {feature: logits, loss: kl}\n",
+     "teachers: 2 teachers; this version distils from one"),
+    ("terms:\n  - {feature: logits, loss: kl, weight: {schedule: linear, from: 0, to: 1, steps: 10}}\n",
+     "terms[0].weight: linear schedules are not supported yet"),
+    ("terms:\n  - {feature: hidden, loss: msee, layers: skip}\n", "did you mean 'mse'"),
+])
+def test_a_bad_recipe_is_one_line_and_writes_nothing(run, teacher, exp_root, tmp_path, text, message):  # noqa: F811
     recipe = tmp_path / "bad.yaml"
-    recipe.write_text("terms:\n  - {feature: hidden, loss: mse, layers: [[4, 8]], weight: 1.0}\n")
+    recipe.write_text(text)
     proc = run("run_distil.py", "--recipe", str(recipe), *TEACHER, "--experiment", "bad", *COMMON, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert "terms[0].layers" in lines[0] and "student layer 4" in lines[0], lines[0]
+    assert f"recipe {recipe}" in lines[0] and message in lines[0], lines[0]
     assert not (exp_root / "bad_bert_qqp").exists()
+
+
+def test_widths_and_heads_that_differ_are_refused_where_the_recipe_cannot_compare(run, teacher, exp_root,  # noqa: F811
+                                                                               tmp_path):
+    recipe = tmp_path / "narrow.yaml"
+    narrow = ["--task", "qqp", "--d_model", "16", "--d_ff", "32", "--num_attention_heads", "1",
+              "--num_hidden_layers", "3", "--total_step", "2", "--warmup_step", "0", "--batch_size", "8"]
+    for text, message in [
+            ("terms:\n  - {feature: hidden, loss: mse, layers: skip, projection: none}\n",
+             "projection none, but the student's width 16 differs from the teacher's 32"),
+            ("terms:\n  - {feature: attention_probs, loss: kl, layers: [[3, 12]]}\n",
+             "the student has 1 attention heads and the teacher 2: add head_mean: true")]:
+        recipe.write_text(text)
+        proc = run("run_distil.py", "--recipe", str(recipe), *TEACHER, "--experiment", "bad", *narrow, check=False)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert not (exp_root / "bad_bert_qqp").exists()
+    # with the projection (auto) and head means the same recipe trains
+    recipe.write_text("terms:\n  - {feature: hidden, loss: mse, layers: skip}\n"
+                      "  - {feature: attention_probs, loss: kl, layers: [[3, 12]], head_mean: true}\n"
+                      "  - {feature: hard_labels, loss: ce}\n")
+    run("run_distil.py", "--recipe", str(recipe), *TEACHER, "--experiment", "narrow", *narrow, "--ckpt_step", "2")
+    folder = exp_root / "narrow_bert_qqp"
+    assert (folder / "model-2.pt").exists() and (folder / "projection-2.pt").exists()
