@@ -165,6 +165,9 @@ MUTATIONS = [
              "and False:", ("tests/test_recipe_method.py",)),
     Mutation("recipe_terms_unnamed", "a recipe's terms are logged by position, not by name", "fine_tune/methods/recipe.py",
              "parts[t.term.name] = contribution", 'parts[f"term_{t.term.index}"] = contribution', ("tests/test_recipe_method.py",)),
+    Mutation("recipe_schedules_frozen", "the engine never tells the method the step: schedules stay at step 0",
+             "fine_tune/engine/trainer.py", "                self.method.begin_step(self.step)\n", "",
+             ("tests/test_recipe_method.py",)),
     # ---- engine ------------------------------------------------------------------------------------------------
     Mutation("compile_ignored", "--compile is ignored by the trainer", "fine_tune/engine/trainer.py",
              "        if settings.compile:\n", "        if False:\n", ("tests/test_compile_option.py",)),

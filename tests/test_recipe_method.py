@@ -103,8 +103,6 @@ def test_a_mixed_recipe_trains_logs_every_term_and_records_itself(run, teacher, 
     ("method: lad\nterms:\n  - {feature: logits, loss: kl}\n", "method: adding terms to a built-in method"),
     ("teachers:\n  - {name: a, hf: x}\n  - {name: b, hf: y}\nterms:\n  - {feature: logits, loss: kl}\n",
      "teachers: 2 teachers; this version distils from one"),
-    ("terms:\n  - {feature: logits, loss: kl, weight: {schedule: linear, from: 0, to: 1, steps: 10}}\n",
-     "terms[0].weight: linear schedules are not supported yet"),
     ("terms:\n  - {feature: hidden, loss: msee, layers: skip}\n", "did you mean 'mse'"),
 ])
 def test_a_bad_recipe_is_one_line_and_writes_nothing(run, teacher, exp_root, tmp_path, text, message):  # noqa: F811
@@ -139,3 +137,23 @@ def test_widths_and_heads_that_differ_are_refused_where_the_recipe_cannot_compar
     run("run_distil.py", "--recipe", str(recipe), *TEACHER, "--experiment", "narrow", *narrow, "--ckpt_step", "2")
     folder = exp_root / "narrow_bert_qqp"
     assert (folder / "model-2.pt").exists() and (folder / "projection-2.pt").exists()
+
+
+def test_schedules_follow_the_optimizer_steps(run, teacher, exp_root, tmp_path):  # noqa: F811
+    """The hard-label weight rises 0 -> 1 over 2 steps (then held), the temperature falls 3 -> 1.5 over 4 steps;
+    each step's values are logged; at step 1 the hard-label term is exactly 0."""
+    from test_scripts_e2e import tb_scalars
+
+    recipe = tmp_path / "scheduled.yaml"
+    recipe.write_text("terms:\n"
+                      "  - {feature: hard_labels, loss: ce, weight: {schedule: linear, from: 0.0, to: 1.0, steps: 2}}\n"
+                      "  - {feature: logits, loss: kl, weight: 0.5,\n"
+                      "     temperature: {schedule: linear, from: 3.0, to: 1.5, steps: 4}}\n")
+    run("run_distil.py", "--recipe", str(recipe), *TEACHER, "--experiment", "sched", *COMMON, "--padding", "dynamic")
+    s = tb_scalars(exp_root / "log" / "sched_bert_qqp")
+    p = "qqp/train/bert/"
+    assert [v for _, v in s[p + "hard_labels_ce_weight"]] == [0.0, 0.5, 1.0]
+    assert [v for _, v in s[p + "logits_kl_temperature"]] == [3.0, 2.625, 2.25]
+    assert "logits_kl_weight" not in {t[len(p):] for t in s}  # a constant is not logged
+    hard = [v for _, v in s[p + "hard_labels_ce"]]
+    assert hard[0] == 0.0 and hard[1] > 0 and hard[2] > 0

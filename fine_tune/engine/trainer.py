@@ -309,6 +309,7 @@ class Trainer:
                 self.reporter.log_params(self.run_params)
             while self.step < s.total_step:
                 loss_finite = torch.ones((), dtype=torch.bool, device=self.device)
+                self.method.begin_step(self.step)
                 for micro in range(s.accum_step):
                     rows = self.stream.next()
                     self.window_examples += len(rows)

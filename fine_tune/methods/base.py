@@ -157,5 +157,10 @@ class Method:
         """The student/teacher layer mapping in words ("S1<-A2, ..."), or "" when there is none."""
         return ""
 
+    def begin_step(self, step: int) -> None:
+        """Called by the engine before each optimizer step's micro-batches with the optimizer steps already taken
+        (0 first; a resumed run: the step it resumes at), for losses that change with the step (a recipe's weight
+        and temperature schedules). Nothing by default."""
+
     def losses(self, batch: dict, student: ModelOutputs, teacher: ModelOutputs | None) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -11,13 +11,15 @@ hidden MSE ``w * (1/|J|) sum_j MSE(H_s[j], H_t[t_j])`` of :func:`~fine_tune.meth
 (BERT-PKD, Sun et al. 2019, as the LAD code computes it), masked under ``--padding dynamic``, over the whole
 sequence under ``--padding max_length`` (the original's).
 
-This first version takes one teacher (the run's), constant weights and temperatures; a recipe that asks for more
-is refused in one line before anything is written.
+A term's weight and temperature may follow a schedule over the optimizer steps (``{schedule: linear, from, to,
+steps}``, held at ``to`` after ``steps``): the engine tells the method each step before its micro-batches
+(:meth:`begin_step`), so a resumed run continues the schedule where it stopped. This version takes one teacher
+(the run's); a recipe that names several is refused in one line before anything is written.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -52,12 +54,20 @@ class RecipeFlags:
 @dataclass(frozen=True)
 class ResolvedTerm:
     """A recipe term with its layer pairs resolved for this student and teacher ((student, teacher), 0 = the
-    embeddings) and its constant weight and temperature."""
+    embeddings); its weight and temperature are those of the current step (:meth:`at`)."""
 
     term: Term
     pairs: tuple[tuple[int, int], ...]
     weight: float
     temperature: float
+
+    def at(self, step: int) -> "ResolvedTerm":
+        """This term at optimizer step ``step`` (its schedules' values; the term itself when both are constant)."""
+        t = self.term
+        if t.weight.kind == "constant" and (t.temperature is None or t.temperature.kind == "constant"):
+            return self
+        return replace(self, weight=t.weight.value_at(step),
+                       temperature=t.temperature.value_at(step) if t.temperature is not None else 1.0)
 
 
 class RecipeKD(Method):
@@ -85,6 +95,7 @@ class RecipeKD(Method):
         masked_or_free = padding == "dynamic" or not (features - {"logits", "hard_labels"})
         self.ignores_padding = masked_or_free
         self.records = {role: self._record(role) for role in ("student", "teacher")}
+        self.step, self.current = 0, list(terms)
 
     @classmethod
     def build(cls, settings: MethodSettings) -> "RecipeKD":
@@ -113,12 +124,10 @@ class RecipeKD(Method):
 
     @staticmethod
     def _resolve(term: Term, ls: int, lt: int, regression: bool, where: str) -> ResolvedTerm:
-        for name, value in (("weight", term.weight), ("temperature", term.temperature)):
-            if value is not None and value.kind != "constant":
-                raise UserError(f"{where}.{name}: {value.kind} schedules are not supported yet (a number)")
         temperature = term.temperature.value_at(0) if term.temperature is not None else 1.0
-        if term.feature == "logits":
-            check_temperature(regression, temperature)
+        if term.feature == "logits" and term.temperature is not None:
+            for value in {term.temperature.start, term.temperature.end}:  # a schedule's values lie between
+                check_temperature(regression, value)
         if term.teacher is not None:
             raise UserError(f"{where}.teacher: naming a teacher is not supported yet")
         if term.feature == "embeddings":
@@ -237,14 +246,23 @@ class RecipeKD(Method):
                          relation_heads=term.relation_heads, head_mean=term.head_mean,
                          project=self._projector(term), weight=t.weight), True
 
+    def begin_step(self, step: int) -> None:
+        """The schedules' weights and temperatures for optimizer step ``step`` (0-based: the steps taken)."""
+        self.step = step
+        self.current = [t.at(step) for t in self.terms]
+
     def losses(self, batch, student: ModelOutputs, teacher: ModelOutputs | None):
         mask = student.attention_mask if self.padding == "dynamic" else None
         total = student.logits.float().new_zeros(())
         parts: dict[str, torch.Tensor] = {}
-        for t in self.terms:
+        for t in self.current:
             value, weighted = self._term(t, batch, student, teacher, mask)
             contribution = value if weighted else t.weight * value
             parts[t.term.name] = contribution
             total = total + contribution
+            for what, schedule, value in (("weight", t.term.weight, t.weight),
+                                          ("temperature", t.term.temperature, t.temperature)):
+                if schedule is not None and schedule.kind != "constant":  # TensorBoard shows the schedule
+                    parts[f"{t.term.name}_{what}"] = total.new_tensor(value)
         parts["loss"] = total
         return parts
