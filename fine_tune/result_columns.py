@@ -108,6 +108,11 @@ def show(value, paths: dict[str, str]) -> str:
 
 
 def method_of(config: dict, teacher: str | None) -> str:
+    """The method's registry name; a recipe run: ``recipe <file name> <first 8 hex of its SHA-256>`` (two edits of
+    one file are two recipes)."""
+    recipe = config.get("recipe")
+    if config.get("method") == "recipe" and isinstance(recipe, dict):
+        return f"recipe {Path(str(recipe.get('path', '?'))).name} {str(recipe.get('sha256', ''))[:8]}".rstrip()
     if config.get("method"):
         return str(config["method"])
     return "KD" if teacher is not None else "fine-tune"

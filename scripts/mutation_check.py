@@ -168,6 +168,9 @@ MUTATIONS = [
     Mutation("recipe_schedules_frozen", "the engine never tells the method the step: schedules stay at step 0",
              "fine_tune/engine/trainer.py", "                self.method.begin_step(self.step)\n", "",
              ("tests/test_recipe_method.py",)),
+    Mutation("recipe_unnamed_in_table", "the results table says 'recipe' without the recipe's file and content",
+             "fine_tune/result_columns.py", 'if config.get("method") == "recipe" and isinstance(recipe, dict):',
+             "if False:", ("tests/test_recipe_method.py",)),
     # ---- engine ------------------------------------------------------------------------------------------------
     Mutation("compile_ignored", "--compile is ignored by the trainer", "fine_tune/engine/trainer.py",
              "        if settings.compile:\n", "        if False:\n", ("tests/test_compile_option.py",)),

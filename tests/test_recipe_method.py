@@ -95,6 +95,10 @@ def test_a_mixed_recipe_trains_logs_every_term_and_records_itself(run, teacher, 
         assert all(x > 0 for x in v.values()), v
         assert s[p + "loss"][step][1] == pytest.approx(sum(v.values()), rel=1e-5)
     assert (folder / "model-3.pt").exists()
+    run("run_fine_tune_eval.py", "--experiment", "mixed", "--model", "bert", "--task", "qqp", "--dataset", "dev")
+    table = run("results_table.py", "--task", "qqp").stdout  # the results table names the recipe and its content
+    sha = __import__("hashlib").sha256(MIXED.encode()).hexdigest()
+    assert f"recipe mixed.yaml {sha[:8]}" in table, table
 
 
 @pytest.mark.parametrize("text,message", [
