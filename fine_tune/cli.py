@@ -20,14 +20,23 @@ from .errors import OneLineParser, UserError, closest_name, did_you_mean
 from .settings import FINE_TUNE, IDENTITY_FIELDS, LAYERWISE, NOT_FROM_CONFIG, OFFLINE_DISTILL, ConfigSource, Flags
 
 
-def parse_layerwise(prog: str, description: str, method: str, argv: Sequence[str] | None = None) -> Flags:
-    """The flags of a layer-wise script: the groups every one has, then the method's own (its registry entry's
-    ``flag_groups``)."""
+# flags of the layer-wise scripts that a recipe's terms replace (run_distil.py --recipe refuses them given)
+RECIPE_SETS = ("hard_weight", "soft_weight", "softmax_temp", "mu")
+
+
+def layerwise_groups(method: str) -> tuple[type, ...]:
+    """The flag groups of a layer-wise script: the groups every one has, then the method's own (its registry
+    entry's ``flag_groups``); a method's group of a common key (TinyBERT's defaults) replaces the common one."""
     from .methods.registry import get_method
 
     own = get_method(method).flag_groups
-    keys = {g.key for g in own}  # a method's group of a common key (TinyBERT's defaults) replaces the common one
-    return parse_flags(prog, description, (*(g for g in LAYERWISE if g.key not in keys), *own), argv)
+    keys = {g.key for g in own}
+    return (*(g for g in LAYERWISE if g.key not in keys), *own)
+
+
+def parse_layerwise(prog: str, description: str, method: str, argv: Sequence[str] | None = None) -> Flags:
+    """The flags of a layer-wise script (:func:`layerwise_groups`)."""
+    return parse_flags(prog, description, layerwise_groups(method), argv)
 
 
 def parse_distil(prog: str, description: str, argv: Sequence[str] | None = None) -> tuple[str, Flags]:
@@ -61,6 +70,12 @@ def parse_distil(prog: str, description: str, argv: Sequence[str] | None = None)
     if name not in online:
         OneLineParser(prog=prog).error(f"--method {json.dumps(name)}: not a distillation method; "
                                        f"{did_you_mean(name, online)}methods: {', '.join(online)}")
+    if name == "recipe":  # the recipe's terms set what these flags set for the other methods
+        given = _given_flags(prog, layerwise_groups(name), rest) or {}
+        clash = [f"--{k}" for k in RECIPE_SETS if given.get(k) is not None]
+        if clash:
+            OneLineParser(prog=prog).error(f"{', '.join(clash)}: with --recipe the recipe's terms set the loss weights "
+                                           f"and temperatures; give them there (doc/methods.md, 'Distillation recipes')")
     return name, parse_layerwise(prog, description, name, rest)
 
 

@@ -171,6 +171,9 @@ MUTATIONS = [
     Mutation("recipe_unnamed_in_table", "the results table says 'recipe' without the recipe's file and content",
              "fine_tune/result_columns.py", 'if config.get("method") == "recipe" and isinstance(recipe, dict):',
              "if False:", ("tests/test_recipe_method.py",)),
+    Mutation("recipe_replaced_flags_accepted", "run_distil.py --recipe silently ignores --mu and the logits weights",
+             "fine_tune/cli.py", "        if clash:\n            OneLineParser", "        if False:\n            OneLineParser",
+             ("tests/test_recipe_method.py",)),
     # ---- engine ------------------------------------------------------------------------------------------------
     Mutation("compile_ignored", "--compile is ignored by the trainer", "fine_tune/engine/trainer.py",
              "        if settings.compile:\n", "        if False:\n", ("tests/test_compile_option.py",)),

@@ -26,7 +26,7 @@ SCRIPTS = {"run_lad_distil.py": "lad", "run_lad_no_distil.py": "lad_no", "run_pr
 def test_every_method_is_registered_under_its_name():
     assert METHODS is REGISTRY
     assert set(METHODS) == {"fine_tune", "offline_logits_kd", "lad", "lad_no", "partial_lad", "alp", "pkd", "tinybert",
-                            "minilm"}
+                            "minilm", "recipe"}
     for name, cls in METHODS.items():
         assert issubclass(cls, Method) and cls.name == name and get_method(name) is cls
     with pytest.raises(Exception, match="unknown method 'nope'; methods: fine_tune, offline_logits_kd"):

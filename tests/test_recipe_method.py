@@ -161,3 +161,13 @@ def test_schedules_follow_the_optimizer_steps(run, teacher, exp_root, tmp_path):
     assert "logits_kl_weight" not in {t[len(p):] for t in s}  # a constant is not logged
     hard = [v for _, v in s[p + "hard_labels_ce"]]
     assert hard[0] == 0.0 and hard[1] > 0 and hard[2] > 0
+
+
+@pytest.mark.parametrize("flag", ["--mu", "--hard_weight", "--soft_weight", "--softmax_temp"])
+def test_the_flags_a_recipe_replaces_are_refused(run, exp_root, flag):
+    proc = run("run_distil.py", "--recipe", str(RECIPES / "pkd.yaml"), *TEACHER, "--experiment", "bad", *COMMON,
+               flag, "0.5", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{flag}: with --recipe the recipe's terms set the loss weights" in lines[0], lines
+    assert not (exp_root / "bad_bert_qqp").exists()

@@ -80,7 +80,42 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum() / m.sum().clamp_min(1)
 
 
-class LayerwiseKD(Method):
+class WidthProjecting:
+    """A method's learned width projection as its own parameters (:class:`WidthProjection`): made when the method's
+    ``needs_projection`` says so (a student of another width than the teacher's), on the student's device, trained
+    with ``projection_optimiser`` (the student's settings), saved beside each checkpoint (``projection-{step}.pt``)
+    and restored on resume. The method sets ``student_width``, ``teacher_width``, ``ls`` (the student's layers),
+    ``projection_optimiser`` and ``projection = None``."""
+
+    # one projection shared by every layer (TinyBERT's W_h) or one per matched student layer
+    shared_projection = False
+
+    def create_parameters(self, device: torch.device | None, student_device: torch.device | None = None) -> None:
+        """The width projection (when ``needs_projection``), on the student's device."""
+        if self.needs_projection:
+            self.projection = WidthProjection(self.student_width, self.teacher_width, self.ls, self.shared_projection)
+            if student_device is not None:
+                self.projection.to(student_device)
+
+    def extra_parameters(self) -> list[ExtraParameters]:
+        if self.projection is None:
+            return []
+        return [ExtraParameters(name="projection", modules=[self.projection], optimiser=self.projection_optimiser)]
+
+    def checkpoint_state(self) -> dict[str, dict]:
+        """``projection`` -> its state_dict (``projection-{step}.pt``) when the method has one."""
+        return {} if self.projection is None else {"projection": self.projection.state_dict()}
+
+    def load_checkpoint_state(self, states: dict[str, dict]) -> None:
+        if self.projection is not None:
+            self.projection.load_state_dict(states["projection"])
+
+    def train(self, mode: bool = True) -> None:
+        if self.projection is not None:
+            self.projection.train(mode)
+
+
+class LayerwiseKD(WidthProjecting, Method):
     """Online logits KD plus a hidden loss over the pairs :meth:`hidden_pairs` returns. Subclasses define
     ``hidden_pairs`` (and, for a heat-map, ``layer_map``)."""
 
@@ -93,8 +128,6 @@ class LayerwiseKD(Method):
     # whether hidden states of a student narrower or wider than the teacher go through a learned projection
     # (models/projection.py; False: the method compares something width-free, e.g. MiniLM's relations)
     projects = True
-    # one projection shared by every layer (TinyBERT's W_h) or one per matched student layer
-    shared_projection = False
 
     @classmethod
     def build(cls, settings: MethodSettings) -> "LayerwiseKD":
@@ -149,30 +182,6 @@ class LayerwiseKD(Method):
     def needs_projection(self) -> bool:
         return (self.projects and bool(self.mu) and self.student_width is not None
                 and self.student_width != self.teacher_width)
-
-    def create_parameters(self, device: torch.device | None, student_device: torch.device | None = None) -> None:
-        """The width projection (when :attr:`needs_projection`), on the student's device."""
-        if self.needs_projection:
-            self.projection = WidthProjection(self.student_width, self.teacher_width, self.ls, self.shared_projection)
-            if student_device is not None:
-                self.projection.to(student_device)
-
-    def extra_parameters(self) -> list[ExtraParameters]:
-        if self.projection is None:
-            return []
-        return [ExtraParameters(name="projection", modules=[self.projection], optimiser=self.projection_optimiser)]
-
-    def checkpoint_state(self) -> dict[str, dict]:
-        """``projection`` -> its state_dict (``projection-{step}.pt``) when the method has one."""
-        return {} if self.projection is None else {"projection": self.projection.state_dict()}
-
-    def load_checkpoint_state(self, states: dict[str, dict]) -> None:
-        if self.projection is not None:
-            self.projection.load_state_dict(states["projection"])
-
-    def train(self, mode: bool = True) -> None:
-        if self.projection is not None:
-            self.projection.train(mode)
 
     def in_teacher_space(self, student: ModelOutputs) -> ModelOutputs:
         """The student's outputs with its hidden states (and embeddings) projected to the teacher's width; as they

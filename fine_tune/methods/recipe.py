@@ -26,14 +26,14 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..engine.protocol import ExtraParameters, LayerRecord, ModelOutputs
+from ..engine.protocol import LayerRecord, ModelOutputs
 from ..errors import UserError
 from ..models.init import teacher_layer_map
 from ..models.projection import WidthProjection
 from ..recipes.format import Recipe, Term, load_recipe
 from ..settings import flag
 from .base import Method, MethodSettings
-from .layerwise import HiddenPair, hidden_mse_loss, uniform_layers
+from .layerwise import HiddenPair, WidthProjecting, hidden_mse_loss, uniform_layers
 from .logits_kd import check_temperature
 from .terms import term_loss
 
@@ -70,7 +70,7 @@ class ResolvedTerm:
                        temperature=t.temperature.value_at(step) if t.temperature is not None else 1.0)
 
 
-class RecipeKD(Method):
+class RecipeKD(WidthProjecting, Method):
     """The method a recipe file describes (module docstring)."""
 
     name = "recipe"
@@ -185,28 +185,6 @@ class RecipeKD(Method):
     def needs_projection(self) -> bool:
         return self.student_width != self.teacher_width and any(
             t.term.feature in HIDDEN_FEATURES and t.term.projection == "auto" for t in self.terms)
-
-    def create_parameters(self, device, student_device=None) -> None:
-        if self.needs_projection:
-            self.projection = WidthProjection(self.student_width, self.teacher_width, self.ls)
-            if student_device is not None:
-                self.projection.to(student_device)
-
-    def extra_parameters(self) -> list[ExtraParameters]:
-        if self.projection is None:
-            return []
-        return [ExtraParameters(name="projection", modules=[self.projection], optimiser=self.projection_optimiser)]
-
-    def checkpoint_state(self) -> dict[str, dict]:
-        return {} if self.projection is None else {"projection": self.projection.state_dict()}
-
-    def load_checkpoint_state(self, states: dict[str, dict]) -> None:
-        if self.projection is not None:
-            self.projection.load_state_dict(states["projection"])
-
-    def train(self, mode: bool = True) -> None:
-        if self.projection is not None:
-            self.projection.train(mode)
 
     # -- the loss ------------------------------------------------------------------------------------------------
     def _student_hidden(self, student: ModelOutputs, layer: int, term: Term) -> torch.Tensor:
