@@ -26,11 +26,14 @@ def assert_same_weights(a: dict, b: dict) -> None:
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
-@pytest.mark.parametrize("recipe,flags", [("pkd.yaml", []), ("logits_kd.yaml", ["--mu", "0"])])
-def test_shipped_recipe_equals_its_script(run, teacher, exp_root, recipe, flags):  # noqa: F811
-    run("run_pkd_distill.py", *TEACHER, "--experiment", "script", *COMMON, *flags, "--padding", "dynamic")
-    run("run_distil.py", "--recipe", str(RECIPES / recipe), *TEACHER, "--experiment", "recipe", *COMMON,
-        "--padding", "dynamic")
+@pytest.mark.parametrize("recipe,flags,padding", [
+    ("pkd.yaml", [], "dynamic"), ("logits_kd.yaml", ["--mu", "0"], "dynamic"),
+    ("pkd_normalized_cls_6of12.yaml", ["--pkd_loss", "normalized_cls", "--mu", "100"], "max_length")])
+def test_shipped_recipe_equals_its_script(run, teacher, exp_root, recipe, flags, padding):  # noqa: F811
+    layers = ["--num_hidden_layers", "6"] if "6of12" in recipe else []
+    run("run_pkd_distill.py", *TEACHER, "--experiment", "script", *COMMON, *layers, *flags, "--padding", padding)
+    run("run_distil.py", "--recipe", str(RECIPES / recipe), *TEACHER, "--experiment", "recipe", *COMMON, *layers,
+        "--padding", padding)
     script, recipe_run = exp_root / "script_bert_qqp", exp_root / "recipe_bert_qqp"
     assert_same_weights(weights(script), weights(recipe_run))
     config = json.loads((recipe_run / "config.json").read_text())
