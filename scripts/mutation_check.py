@@ -174,6 +174,10 @@ MUTATIONS = [
     Mutation("recipe_replaced_flags_accepted", "run_distil.py --recipe silently ignores --mu and the logits weights",
              "fine_tune/cli.py", "        if clash:\n            OneLineParser", "        if False:\n            OneLineParser",
              ("tests/test_recipe_method.py",)),
+    Mutation("recipe_attention_family_unchecked", "a recipe's attention terms accept DeBERTa's relative-position "
+             "attention they cannot recompute", "fine_tune/methods/recipe.py",
+             "if any(t.term.feature in ATTENTION_FEATURES for t in self.terms):", "if False:",
+             ("tests/test_recipe_method.py",)),
     # ---- engine ------------------------------------------------------------------------------------------------
     Mutation("compile_ignored", "--compile is ignored by the trainer", "fine_tune/engine/trainer.py",
              "        if settings.compile:\n", "        if False:\n", ("tests/test_compile_option.py",)),

@@ -174,3 +174,29 @@ def test_the_flags_a_recipe_replaces_are_refused(run, exp_root, flag):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{flag}: with --recipe the recipe's terms set the loss weights" in lines[0], lines
     assert not (exp_root / "bad_bert_qqp").exists()
+
+
+def test_attention_terms_refuse_a_family_whose_attention_cannot_be_recomputed(tmp_path):
+    """DeBERTa-v2's relative-position scores cannot be recomputed from Q and K: a recipe with an attention term is
+    refused for it (as TinyBERT and MiniLM are); a recipe of hidden states alone is not."""
+    from types import SimpleNamespace
+
+    from fine_tune.engine.protocol import TeacherShape
+    from fine_tune.errors import UserError
+    from fine_tune.methods.base import MethodSettings, StudentShape
+    from fine_tune.methods.recipe import RecipeFlags, RecipeKD
+
+    def built(text: str) -> RecipeKD:
+        path = tmp_path / "r.yaml"
+        path.write_text(text)
+        return RecipeKD.build(MethodSettings(groups={"recipe": RecipeFlags(recipe=str(path))}, num_class=2,
+                                             student=StudentShape(3, 32, 2), teacher=TeacherShape(12, 32, 2),
+                                             padding="dynamic"))
+
+    attention = built("terms:\n  - {feature: attention_probs, loss: kl, layers: [[3, 12]]}\n")
+    for teacher, student in (("deberta-v2", "bert"), ("bert", "deberta-v2")):
+        with pytest.raises(UserError, match="a recipe with attention terms recomputes attention .* relative-position"):
+            attention.check_models(SimpleNamespace(model_type=teacher), student)
+    attention.check_models(SimpleNamespace(model_type="roberta"), "bert")
+    built("terms:\n  - {feature: hidden, loss: mse, layers: skip}\n").check_models(
+        SimpleNamespace(model_type="deberta-v2"), "bert")

@@ -36,6 +36,7 @@ from .base import Method, MethodSettings
 from .layerwise import HiddenPair, WidthProjecting, hidden_mse_loss, uniform_layers
 from .logits_kd import check_temperature
 from .terms import term_loss
+from .tinybert import check_recomputable_attention
 
 # features read from the hidden states (and their projection to the teacher's width), and from the attention
 # projections
@@ -153,6 +154,12 @@ class RecipeKD(WidthProjecting, Method):
                     and not term.head_mean:
                 raise UserError(f"{where}: terms[{term.index}]: the student has {self.heads[0]} attention heads and "
                                 f"the teacher {self.heads[1]}: add head_mean: true to compare head means")
+
+    def check_models(self, teacher_config, student_family: str) -> None:
+        """Attention terms recompute attention from the recorded Q, K, V: refused for a family whose attention is
+        not recomputable that way (as TinyBERT and MiniLM refuse it)."""
+        if any(t.term.feature in ATTENTION_FEATURES for t in self.terms):
+            check_recomputable_attention(teacher_config.model_type, student_family, "a recipe with attention terms")
 
     # -- what the forwards keep --------------------------------------------------------------------------------
     def _record(self, role: str) -> LayerRecord:
