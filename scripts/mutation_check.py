@@ -178,6 +178,10 @@ MUTATIONS = [
              "attention they cannot recompute", "fine_tune/methods/recipe.py",
              "if any(t.term.feature in ATTENTION_FEATURES for t in self.terms):", "if False:",
              ("tests/test_recipe_method.py",)),
+    Mutation("recipe_relations_see_padding", "a recipe's MiniLM relations read padding positions at max_length",
+             "fine_tune/methods/recipe.py",
+             "term_mask = student.attention_mask if t.term.feature in ALWAYS_MASKED else mask", "term_mask = mask",
+             ("tests/test_recipe_method.py",)),
     # ---- engine ------------------------------------------------------------------------------------------------
     Mutation("compile_ignored", "--compile is ignored by the trainer", "fine_tune/engine/trainer.py",
              "        if settings.compile:\n", "        if False:\n", ("tests/test_compile_option.py",)),

@@ -42,6 +42,9 @@ from .tinybert import check_recomputable_attention
 # projections
 HIDDEN_FEATURES = ("hidden", "cls", "embeddings")
 ATTENTION_FEATURES = ("attention_scores", "attention_probs", "value_relation", "qkv_relation")
+# compared over the real tokens whatever --padding says (MiniLM's relations exclude padding keys and query rows in
+# either padding); the other token-wise terms are masked under --padding dynamic only
+ALWAYS_MASKED = ("attention_probs", "value_relation", "qkv_relation")
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,7 @@ class RecipeKD(WidthProjecting, Method):
         self.needs_hidden_states = bool(features & set(HIDDEN_FEATURES))
         self.uses_teacher = any(t.term.feature != "hard_labels" for t in terms)
         self.every_parameter_learns = bool(features & {"logits", "hard_labels"})
-        masked_or_free = padding == "dynamic" or not (features - {"logits", "hard_labels"})
-        self.ignores_padding = masked_or_free
+        self.ignores_padding = padding == "dynamic" or not (features - {"logits", "hard_labels", *ALWAYS_MASKED})
         self.records = {role: self._record(role) for role in ("student", "teacher")}
         self.step, self.current = 0, list(terms)
 
@@ -241,7 +243,8 @@ class RecipeKD(WidthProjecting, Method):
         total = student.logits.float().new_zeros(())
         parts: dict[str, torch.Tensor] = {}
         for t in self.current:
-            value, weighted = self._term(t, batch, student, teacher, mask)
+            term_mask = student.attention_mask if t.term.feature in ALWAYS_MASKED else mask
+            value, weighted = self._term(t, batch, student, teacher, term_mask)
             contribution = value if weighted else t.weight * value
             parts[t.term.name] = contribution
             total = total + contribution
