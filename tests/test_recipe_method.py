@@ -215,3 +215,23 @@ def test_a_minilmv2_recipe_equals_run_minilm_distil(run, teacher, exp_root, tmp_
         "--padding", padding)
     run("run_distil.py", "--recipe", str(recipe), *TEACHER, "--experiment", "recipe", *COMMON, "--padding", padding)
     assert_same_weights(weights(exp_root / "script_bert_qqp"), weights(exp_root / "recipe_bert_qqp"))
+
+
+def test_on_a_regression_task_the_logits_terms_are_the_scripts_mses(tmp_path):
+    """STS-B-like (one output, a score): hard_labels ce and logits kl are MSE(s, y) and MSE(s, t), weighted as
+    logits_kd_loss(regression=True) weighs them, so recipes/pkd.yaml's logits part is the script's there too."""
+    from fine_tune.engine.protocol import ModelOutputs, TeacherShape
+    from fine_tune.methods.base import MethodSettings, StudentShape
+    from fine_tune.methods.recipe import RecipeFlags, RecipeKD
+
+    method = RecipeKD.build(MethodSettings(groups={"recipe": RecipeFlags(recipe=str(RECIPES / "logits_kd.yaml"))},
+                                           num_class=1, regression=True, student=StudentShape(3, 32, 2),
+                                           teacher=TeacherShape(12, 32, 2), padding="dynamic"))
+    g = torch.Generator().manual_seed(11)
+    s, t = torch.randn(5, 1, generator=g) * 2, torch.randn(5, 1, generator=g) + 1.5
+    y = torch.tensor([0.2, 4.8, 2.5, 3.75, 1.0])
+    parts = method.losses({"labels": y}, ModelOutputs(logits=s), ModelOutputs(logits=t))
+    hard, soft = ((s[:, 0] - y) ** 2).mean(), ((s[:, 0] - t[:, 0]) ** 2).mean()
+    torch.testing.assert_close(parts["hard_labels_ce"], 0.8 * hard)
+    torch.testing.assert_close(parts["logits_kl"], 0.2 * soft)
+    torch.testing.assert_close(parts["loss"], 0.8 * hard + 0.2 * soft)

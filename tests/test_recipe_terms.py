@@ -225,6 +225,10 @@ def test_every_term_has_an_equation_here():
     assert set(REFS) == set(TERMS)
     assert set(FEATURES) == {f for f, _ in TERMS}
     assert losses_of("hidden") == ("mse", "cosine", "normalized_mse") and losses_of("nope") == ()
+    # every (feature, loss) a recipe file may name has its term
+    from fine_tune.recipes.format import ALLOWED
+
+    assert {(f, loss) for f, losses in ALLOWED.items() for loss in losses} <= set(TERMS)
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["full_sequence", "masked"])

@@ -24,24 +24,22 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from ..engine.protocol import LayerRecord, ModelOutputs
 from ..errors import UserError
 from ..models.init import teacher_layer_map
 from ..models.projection import WidthProjection
-from ..recipes.format import Recipe, Term, load_recipe
+from ..recipes.format import ATTENTION_FEATURES, HEAD_MEAN_FEATURES, PROJECTION_FEATURES, Recipe, Term, load_recipe
 from ..settings import flag
 from .base import Method, MethodSettings
-from .layerwise import HiddenPair, WidthProjecting, hidden_mse_loss, uniform_layers
+from .layerwise import WidthProjecting, uniform_layers
 from .logits_kd import check_temperature
 from .terms import term_loss
 from .tinybert import check_recomputable_attention
 
-# features read from the hidden states (and their projection to the teacher's width), and from the attention
-# projections
-HIDDEN_FEATURES = ("hidden", "cls", "embeddings")
-ATTENTION_FEATURES = ("attention_scores", "attention_probs", "value_relation", "qkv_relation")
+# the features read from the hidden states (those a width projection applies to); ATTENTION_FEATURES: from the
+# attention projections
+HIDDEN_FEATURES = PROJECTION_FEATURES
 # compared over the real tokens whatever --padding says (MiniLM's relations exclude padding keys and query rows in
 # either padding); the other token-wise terms are masked under --padding dynamic only
 ALWAYS_MASKED = ("attention_probs", "value_relation", "qkv_relation")
@@ -55,21 +53,26 @@ class RecipeFlags:
                              "--softmax_temp and --mu")
 
 
+# on a regression task (one output, a score) the logits losses are mean squared errors, as the layer-wise
+# scripts' (logits_kd_loss with regression): hard_labels ce -> MSE(s, y), logits kl -> MSE(s, t)
+REGRESSION_LOSSES = {("hard_labels", "ce"): "mse", ("logits", "kl"): "mse"}
+
+
 @dataclass(frozen=True)
 class ResolvedTerm:
     """A recipe term with its layer pairs resolved for this student and teacher ((student, teacher), 0 = the
-    embeddings); its weight and temperature are those of the current step (:meth:`at`)."""
+    embeddings), the loss it computes on this task, and its weight and temperature at the current step
+    (:meth:`at`)."""
 
     term: Term
     pairs: tuple[tuple[int, int], ...]
-    weight: float
-    temperature: float
+    loss: str
+    weight: float = 0.0
+    temperature: float = 1.0
 
     def at(self, step: int) -> "ResolvedTerm":
-        """This term at optimizer step ``step`` (its schedules' values; the term itself when both are constant)."""
+        """This term at optimizer step ``step``: its schedules' values."""
         t = self.term
-        if t.weight.kind == "constant" and (t.temperature is None or t.temperature.kind == "constant"):
-            return self
         return replace(self, weight=t.weight.value_at(step),
                        temperature=t.temperature.value_at(step) if t.temperature is not None else 1.0)
 
@@ -98,7 +101,7 @@ class RecipeKD(WidthProjecting, Method):
         self.every_parameter_learns = bool(features & {"logits", "hard_labels"})
         self.ignores_padding = padding == "dynamic" or not (features - {"logits", "hard_labels", *ALWAYS_MASKED})
         self.records = {role: self._record(role) for role in ("student", "teacher")}
-        self.step, self.current = 0, list(terms)
+        self.current = list(terms)  # at step 0 (begin_step: at the step being taken)
 
     @classmethod
     def build(cls, settings: MethodSettings) -> "RecipeKD":
@@ -127,7 +130,6 @@ class RecipeKD(WidthProjecting, Method):
 
     @staticmethod
     def _resolve(term: Term, ls: int, lt: int, regression: bool, where: str) -> ResolvedTerm:
-        temperature = term.temperature.value_at(0) if term.temperature is not None else 1.0
         if term.feature == "logits" and term.temperature is not None:
             for value in {term.temperature.start, term.temperature.end}:  # a schedule's values lie between
                 check_temperature(regression, value)
@@ -139,7 +141,8 @@ class RecipeKD(WidthProjecting, Method):
             pairs = tuple(term.layers.resolve(ls, lt, f"{where}.layers"))
         else:
             pairs = ()
-        return ResolvedTerm(term, pairs, term.weight.value_at(0), temperature)
+        loss = REGRESSION_LOSSES.get((term.feature, term.loss), term.loss) if regression else term.loss
+        return ResolvedTerm(term, pairs, loss).at(0)
 
     def _check_widths_and_heads(self, where: str) -> None:
         widths_differ = self.student_width != self.teacher_width
@@ -152,7 +155,7 @@ class RecipeKD(WidthProjecting, Method):
                 if term.feature == "embeddings":
                     raise UserError(f"{where}: terms[{term.index}]: embeddings of another width than the teacher's "
                                     f"are not supported yet")
-            if term.feature in ("attention_scores", "attention_probs") and self.heads[0] != self.heads[1] \
+            if term.feature in HEAD_MEAN_FEATURES and self.heads[0] != self.heads[1] \
                     and not term.head_mean:
                 raise UserError(f"{where}: terms[{term.index}]: the student has {self.heads[0]} attention heads and "
                                 f"the teacher {self.heads[1]}: add head_mean: true to compare head means")
@@ -196,12 +199,6 @@ class RecipeKD(WidthProjecting, Method):
             t.term.feature in HIDDEN_FEATURES and t.term.projection == "auto" for t in self.terms)
 
     # -- the loss ------------------------------------------------------------------------------------------------
-    def _student_hidden(self, student: ModelOutputs, layer: int, term: Term) -> torch.Tensor:
-        h = student.embeddings if layer == 0 else student.hidden_states[layer - 1]
-        if self.projection is not None and term.projection == "auto" and layer > 0:
-            h = self.projection(layer, h)
-        return h
-
     def _projector(self, term: Term):
         """``project(layer, hidden)`` for :func:`~fine_tune.methods.terms.term_loss`: the student's layer in the
         teacher's width (None: no projection for this term)."""
@@ -209,48 +206,26 @@ class RecipeKD(WidthProjecting, Method):
             return None
         return lambda layer, h: self.projection(layer, h) if layer > 0 else h
 
-    def _term(self, t: ResolvedTerm, batch: dict, student: ModelOutputs, teacher: ModelOutputs | None,
-              mask: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
-        """(value, weighted): the term's value, and whether the weight is already in it."""
-        term = t.term
-        s_logits = student.logits.float()
-        if (term.feature, term.loss) == ("hard_labels", "ce"):
-            if self.regression:
-                return F.mse_loss(s_logits[:, 0], batch["labels"].float()), False
-            return F.cross_entropy(s_logits, batch["labels"]), False
-        if (term.feature, term.loss) == ("logits", "kl") and not self.regression:
-            log_p_s = F.log_softmax(s_logits / t.temperature, dim=-1)
-            log_p_t = F.log_softmax(teacher.logits.float() / t.temperature, dim=-1)
-            kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
-            return kl * t.temperature ** 2, False
-        if (term.feature, term.loss) == ("hidden", "mse"):
-            dev = student.logits.device
-            pairs = [HiddenPair(s, self._student_hidden(student, s, term), teacher.hidden_states[tt - 1].to(dev))
-                     for s, tt in t.pairs]
-            return hidden_mse_loss(pairs, t.weight, mask)[0], True
-        return term_loss(term.feature, term.loss, student, teacher, pairs=t.pairs, labels=batch.get("labels"),
-                         temperature=t.temperature, mask=mask, num_heads=self.heads,
-                         relation_heads=term.relation_heads, head_mean=term.head_mean,
-                         project=self._projector(term), weight=t.weight), True
-
     def begin_step(self, step: int) -> None:
         """The schedules' weights and temperatures for optimizer step ``step`` (0-based: the steps taken)."""
-        self.step = step
         self.current = [t.at(step) for t in self.terms]
 
     def losses(self, batch, student: ModelOutputs, teacher: ModelOutputs | None):
         mask = student.attention_mask if self.padding == "dynamic" else None
         total = student.logits.float().new_zeros(())
         parts: dict[str, torch.Tensor] = {}
-        for t in self.current:
-            term_mask = student.attention_mask if t.term.feature in ALWAYS_MASKED else mask
-            value, weighted = self._term(t, batch, student, teacher, term_mask)
-            contribution = value if weighted else t.weight * value
-            parts[t.term.name] = contribution
+        for t in self.current:  # each term weighted where the built-in methods weigh theirs (term_loss)
+            term = t.term
+            contribution = term_loss(
+                term.feature, t.loss, student, teacher, pairs=t.pairs, labels=batch.get("labels"),
+                temperature=t.temperature, mask=student.attention_mask if term.feature in ALWAYS_MASKED else mask,
+                num_heads=self.heads, relation_heads=term.relation_heads, head_mean=term.head_mean,
+                project=self._projector(term), weight=t.weight)
+            parts[term.name] = contribution
             total = total + contribution
             for what, schedule, value in (("weight", t.term.weight, t.weight),
                                           ("temperature", t.term.temperature, t.temperature)):
                 if schedule is not None and schedule.kind != "constant":  # TensorBoard shows the schedule
-                    parts[f"{t.term.name}_{what}"] = total.new_tensor(value)
+                    parts[f"{term.name}_{what}"] = total.new_tensor(value)
         parts["loss"] = total
         return parts

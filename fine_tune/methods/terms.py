@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.protocol import ModelOutputs
+from ..recipes.format import HEAD_MEAN_FEATURES, LAYER_FEATURES
 from .layerwise import HiddenPair, hidden_mse_loss, masked_mean
 from .logits_kd import logits_kd_loss
 from .minilm import minilmv2_loss, relation, relation_kl
@@ -261,10 +262,9 @@ TERMS: dict[tuple[str, str], Callable] = {
     ("qkv_relation", "kl"): _qkv_kl,
 }
 FEATURES: tuple[str, ...] = tuple(FEATURE_KINDS)
-# the features read per (student layer, teacher layer) pair
-PAIRED = frozenset({"hidden", "cls", "attention_scores", "attention_probs", "value_relation", "qkv_relation"})
-# the features head_mean applies to
-HEAD_MEAN = frozenset({"attention_scores", "attention_probs"})
+# the features read per (student layer, teacher layer) pair, and those head_mean applies to: the recipe format's
+PAIRED = frozenset(LAYER_FEATURES)
+HEAD_MEAN = frozenset(HEAD_MEAN_FEATURES)
 
 
 def losses_of(feature: str) -> tuple[str, ...]:
