@@ -70,13 +70,29 @@ def parse_distil(prog: str, description: str, argv: Sequence[str] | None = None)
     if name not in online:
         OneLineParser(prog=prog).error(f"--method {json.dumps(name)}: not a distillation method; "
                                        f"{did_you_mean(name, online)}methods: {', '.join(online)}")
+    groups = layerwise_groups(name)
     if name == "recipe":  # the recipe's terms set what these flags set for the other methods
-        given = _given_flags(prog, layerwise_groups(name), rest) or {}
+        given = _given_flags(prog, groups, rest) or {}
         clash = [f"--{k}" for k in RECIPE_SETS if given.get(k) is not None]
         if clash:
             OneLineParser(prog=prog).error(f"{', '.join(clash)}: with --recipe the recipe's terms set the loss weights "
                                            f"and temperatures; give them there (doc/methods.md, 'Distillation recipes')")
-    return name, parse_layerwise(prog, description, name, rest)
+        if isinstance(given.get("recipe"), str) and _names_teachers(given["recipe"]):
+            groups = tuple(settings.RecipeTeacherFlags if g.key == "teacher" else g for g in groups)
+    return name, parse_flags(prog, description, groups, rest)
+
+
+def _names_teachers(path: str) -> bool:
+    """Whether the recipe at ``path`` names its teachers (then no teacher flag names one); a recipe that cannot be
+    read is the plan's to refuse, naming what is wrong."""
+    from pathlib import Path
+
+    from .recipes.format import load_recipe
+
+    try:
+        return bool(load_recipe(Path(path)).teachers)
+    except UserError:
+        return False
 
 
 class _ProbeFailed(Exception):

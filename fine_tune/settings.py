@@ -413,6 +413,19 @@ class TeacherFlags:
 
 
 @dataclass(frozen=True)
+class RecipeTeacherFlags(TeacherFlags):
+    """The teacher flags of ``run_distil.py --recipe FILE`` whose recipe names its teachers (``teachers:``): none of
+    them may name another teacher (``--tdevice_id`` still places them)."""
+
+    def __post_init__(self) -> None:
+        given = [f"--{k}" for k in ("teacher_exp", "tckpt", "teacher_hf", "teacher_label_map")
+                 if getattr(self, k) is not None]
+        if given:
+            raise UserError(f"{', '.join(given)}: the recipe names its teachers (teachers:); a teacher is given there, "
+                            f"not on the command line")
+
+
+@dataclass(frozen=True)
 class LayerwiseFlags:
     key: ClassVar[str] = "layerwise"
     mu: float = flag(1.0, "weight of the hidden-state loss, mu * sum_j MSE_j / L_s (0: online logits KD only)")

@@ -48,6 +48,14 @@ class Teacher:
     def describe(self) -> str:
         return f"{self.name} model-{self.step}.pt" if self.source is None else f"{self.source} (Hugging Face)"
 
+    def summary(self) -> str:
+        return f"{self.describe()} ({self.num_layers} layers)"
+
+    def checkpoint_name(self) -> str:
+        """The weights' source as config.json records it: ``{experiment}/model-{step}.pt`` or the Hugging Face
+        source."""
+        return f"{self.name}/{self.checkpoint.name}" if self.checkpoint is not None else self.source
+
     def input_hashes(self) -> dict[str, str]:
         """sha256 of the files the teacher's weights come from (recorded as inputs of the run)."""
         if self.source is None:
@@ -68,6 +76,36 @@ class Teacher:
         for p in model.parameters():
             p.requires_grad_(False)
         return model
+
+
+@dataclass
+class Teachers:
+    """Several named teachers (a distillation recipe's ``teachers:``), each with its weight in the combination of
+    their logits; the first is the primary: the run's tokenizer, sequence length, classes and pretrained layers are
+    its. Built, they run as one :class:`~fine_tune.models.teacher_set.TeacherSet`."""
+
+    members: tuple[tuple[str, Teacher, float], ...]
+
+    @property
+    def primary(self) -> Teacher:
+        return self.members[0][1]
+
+    def summary(self) -> str:
+        return "set " + "; ".join(f"{name}: {t.summary()[:-1]}, weight {weight:g})" for name, t, weight in self.members)
+
+    def input_hashes(self) -> dict[str, str]:
+        return {k: v for _, t, _ in self.members for k, v in t.input_hashes().items()}
+
+    def build(self) -> torch.nn.Module:
+        from .models.teacher_set import TeacherSet
+
+        built = {self.members[0][0]: self.primary.build()}
+        for name, t, _ in self.members[1:]:
+            # building a model draws its random initialisation before the weights load: the other teachers draw
+            # from a forked generator, so the run's random stream (the student's dropout) is the one-teacher run's
+            with torch.random.fork_rng(devices=[]):
+                built[name] = t.build()
+        return TeacherSet(built)
 
 
 def open_teacher(exp_root: Path, teacher_exp: str, tmodel: str, task: str, tckpt: int | str,

@@ -8,7 +8,7 @@ The engine and the models know these and nothing of ``fine_tune/methods/``: a me
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -30,6 +30,14 @@ class ModelOutputs:
     # layers the method declared are kept (LayerRecord; here and in hidden_states: RecordedLayers)
     attention_inputs: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...] | None = None
     embeddings: torch.Tensor | None = None  # the embedding layer's output, when a method reads it (TinyBERT)
+    # several teachers (a recipe's teachers:): each one's outputs by name; the fields above are the first one's
+    members: dict[str, "ModelOutputs"] | None = None
+
+    def logits_to(self, device: torch.device, non_blocking: bool = False) -> "ModelOutputs":
+        """These outputs with the logits (each member's too) on ``device``; the rest stays where it is."""
+        members = None if self.members is None else {name: m.logits_to(device, non_blocking)
+                                                     for name, m in self.members.items()}
+        return replace(self, logits=self.logits.to(device, non_blocking=non_blocking), members=members)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -223,8 +223,7 @@ class Trainer:
         else:
             teacher_out = self._teacher_forward(teacher_batch)
             student_out = self.forward(self.model, batch, hidden)
-        logits = teacher_out.logits.to(self.device, non_blocking=non_blocking(self.teacher_device, self.device))
-        return replace(teacher_out, logits=logits), student_out
+        return teacher_out.logits_to(self.device, non_blocking(self.teacher_device, self.device)), student_out
 
     def _teacher_forward(self, batch: dict) -> ModelOutputs:
         with torch.no_grad():

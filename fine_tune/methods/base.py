@@ -46,6 +46,11 @@ class MethodSettings:
     # a pretrained student's own projection, found in its weights file under the method's projection_weights name
     # (models/projection.PretrainedProjection; None: --student_ptrain_ver holds none, or no pretrained student)
     student_projection: Any = None
+    # a distillation recipe's several teachers: each one's shape by name, in the recipe's order (empty: one teacher,
+    # ``teacher``); and the recipe the plan read (fine_tune.recipes.format.Recipe; None: none, or a method built
+    # outside a plan, which reads its --recipe file)
+    teachers: Mapping[str, TeacherShape] = field(default_factory=dict)
+    recipe: Any = None
 
     def __getitem__(self, key: str) -> Any:
         return self.groups[key]

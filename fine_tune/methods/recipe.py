@@ -13,8 +13,11 @@ sequence under ``--padding max_length`` (the original's).
 
 A term's weight and temperature may follow a schedule over the optimizer steps (``{schedule: linear, from, to,
 steps}``, held at ``to`` after ``steps``): the engine tells the method each step before its micro-batches
-(:meth:`begin_step`), so a resumed run continues the schedule where it stopped. This version takes one teacher
-(the run's); a recipe that names several is refused in one line before anything is written.
+(:meth:`begin_step`), so a resumed run continues the schedule where it stopped.
+
+Several teachers (the recipe's ``teachers:``, run as one set by the engine): a term with ``teacher: NAME`` reads that
+teacher's features; a logits term without one reads the teachers' weighted mean logits (:func:`weighted_logits`);
+every other term names its teacher.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from ..engine.protocol import LayerRecord, ModelOutputs
 from ..errors import UserError
 from ..models.init import teacher_layer_map
 from ..models.projection import WidthProjection
-from ..recipes.format import ATTENTION_FEATURES, HEAD_MEAN_FEATURES, PROJECTION_FEATURES, Recipe, Term, load_recipe
+from ..engine.protocol import TeacherShape
+from ..recipes.format import (ATTENTION_FEATURES, DEFAULT_TEACHER, HEAD_MEAN_FEATURES, PROJECTION_FEATURES, Recipe, Term,
+                              load_recipe)
 from ..settings import flag
 from .base import Method, MethodSettings
 from .layerwise import WidthProjecting, uniform_layers
@@ -58,15 +63,33 @@ class RecipeFlags:
 REGRESSION_LOSSES = {("hard_labels", "ce"): "mse", ("logits", "kl"): "mse"}
 
 
+def weighted_logits(logits: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """The teachers' logits combined by their recipe weights ``w_k`` (a weighted mean, so the weights' scale leaves
+    the temperature's meaning alone), in float32::
+
+        z = sum_k w_k z_k / sum_k w_k
+
+    (TextBrewer's ``MultiTeacherDistiller`` takes the plain mean: every ``w_k`` equal.)"""
+    total = sum(weights)
+    out = logits[0].float() * (weights[0] / total)
+    for z, w in zip(logits[1:], weights[1:]):
+        out = out + z.float() * (w / total)
+    return out
+
+
 @dataclass(frozen=True)
 class ResolvedTerm:
-    """A recipe term with its layer pairs resolved for this student and teacher ((student, teacher), 0 = the
-    embeddings), the loss it computes on this task, and its weight and temperature at the current step
-    (:meth:`at`)."""
+    """A recipe term with its layer pairs resolved for this student and its teacher ((student, teacher), 0 = the
+    embeddings), the teacher it reads (``teacher``: a name of several teachers' set; None: the run's one teacher,
+    or for logits the teachers' weighted mean), the two models' head counts, the loss it computes on this task, and
+    its weight and temperature at the current step (:meth:`at`)."""
 
     term: Term
     pairs: tuple[tuple[int, int], ...]
     loss: str
+    teacher: str | None = None
+    heads: tuple[int, int] = (0, 0)
+    teacher_width: int = 0
     weight: float = 0.0
     temperature: float = 1.0
 
@@ -87,12 +110,14 @@ class RecipeKD(WidthProjecting, Method):
 
     def __init__(self, recipe: Recipe, terms: list[ResolvedTerm], *, num_student_layers: int, num_teacher_layers: int,
                  padding: str, regression: bool, student_width: int, teacher_width: int,
-                 student_heads: int, teacher_heads: int, projection_optimiser=None):
+                 projection_optimiser=None, teacher_weights: dict[str, float] | None = None):
+        """``teacher_width``: the width the projected hidden terms' teachers share (the projection's output);
+        ``teacher_weights``: several teachers' weights by name, in order (None: one teacher)."""
         self.recipe, self.terms = recipe, terms
         self.ls, self.lt = num_student_layers, num_teacher_layers
         self.padding, self.regression = padding, regression
         self.student_width, self.teacher_width = student_width, teacher_width
-        self.heads = (student_heads, teacher_heads)
+        self.teacher_weights = teacher_weights
         self.projection_optimiser = projection_optimiser
         self.projection: WidthProjection | None = None
         features = {t.term.feature for t in terms}
@@ -106,35 +131,51 @@ class RecipeKD(WidthProjecting, Method):
     @classmethod
     def build(cls, settings: MethodSettings) -> "RecipeKD":
         path = settings["recipe"].recipe
-        if path is None:
-            raise UserError("--recipe FILE is required: the recipe whose loss terms the student learns from")
-        recipe = load_recipe(Path(path))
-        where = f"recipe {path}"
+        recipe = settings.recipe
+        if recipe is None:
+            if path is None:
+                raise UserError("--recipe FILE is required: the recipe whose loss terms the student learns from")
+            recipe = load_recipe(Path(path))
+        where = f"recipe {recipe.path or path}"
         if recipe.method is not None:
             raise UserError(f"{where}: method: adding terms to a built-in method is not supported yet")
-        if len(recipe.teachers) > 1:
-            raise UserError(f"{where}: teachers: {len(recipe.teachers)} teachers; this version distils from one "
-                            f"(the run's: --teacher_exp or --teacher_hf)")
-        if recipe.teachers:
-            raise UserError(f"{where}: teachers: naming teachers in the recipe is not supported yet; give the "
-                            f"teacher with --teacher_exp/--tmodel/--tckpt or --teacher_hf")
-        s, t = settings.student, settings.teacher
-        terms = [cls._resolve(term, s.num_layers, t.num_layers, settings.regression, f"{where}: terms[{term.index}]")
+        s = settings.student
+        # the teachers by name (a recipe's several, or the run's one: DEFAULT_TEACHER), the first the primary
+        several = len(recipe.teachers) > 1
+        shapes: dict[str, TeacherShape] = dict(settings.teachers) if several else {}
+        if several and list(shapes) != [t.name for t in recipe.teachers]:
+            raise ValueError(f"{where}: the plan opened teachers {list(shapes)}, the recipe names "
+                             f"{[t.name for t in recipe.teachers]}")
+        if not several:
+            shapes = {recipe.teachers[0].name if recipe.teachers else DEFAULT_TEACHER: settings.teacher}
+        terms = [cls._resolve(term, s, shapes, settings.regression, f"{where}: terms[{term.index}]")
                  for term in recipe.terms]
-        method = cls(recipe, terms, num_student_layers=s.num_layers, num_teacher_layers=t.num_layers,
+        primary = next(iter(shapes.values()))
+        widths = {t.teacher_width for t in terms if t.term.feature in HIDDEN_FEATURES and t.term.projection == "auto"
+                  and t.teacher_width != s.hidden_size}
+        if len(widths) > 1:
+            raise UserError(f"{where}: the projected hidden terms read teachers of widths {sorted(widths)}; one learned "
+                            f"projection maps the student to one width: project to one teacher's width only")
+        method = cls(recipe, terms, num_student_layers=s.num_layers, num_teacher_layers=primary.num_layers,
                      padding=settings.padding, regression=settings.regression, student_width=s.hidden_size,
-                     teacher_width=t.hidden_size, student_heads=s.num_heads, teacher_heads=t.num_heads,
-                     projection_optimiser=settings.optimiser)
+                     teacher_width=widths.pop() if widths else primary.hidden_size,
+                     projection_optimiser=settings.optimiser,
+                     teacher_weights={t.name: t.weight for t in recipe.teachers} if several else None)
         method._check_widths_and_heads(where)
         return method
 
     @staticmethod
-    def _resolve(term: Term, ls: int, lt: int, regression: bool, where: str) -> ResolvedTerm:
+    def _resolve(term: Term, student, teachers: dict[str, TeacherShape], regression: bool,
+                 where: str) -> ResolvedTerm:
         if term.feature == "logits" and term.temperature is not None:
             for value in {term.temperature.start, term.temperature.end}:  # a schedule's values lie between
                 check_temperature(regression, value)
-        if term.teacher is not None:
-            raise UserError(f"{where}.teacher: naming a teacher is not supported yet")
+        name = term.teacher
+        if name is None and len(teachers) > 1 and term.feature not in ("logits", "hard_labels"):
+            raise UserError(f"{where}: with several teachers a {term.feature} term names its teacher "
+                            f"(teacher: {' or '.join(teachers)})")
+        shape = teachers[name] if name is not None else next(iter(teachers.values()))
+        ls, lt = student.num_layers, shape.num_layers
         if term.feature == "embeddings":
             pairs: tuple[tuple[int, int], ...] = ((0, 0),)
         elif term.layers is not None:
@@ -142,23 +183,25 @@ class RecipeKD(WidthProjecting, Method):
         else:
             pairs = ()
         loss = REGRESSION_LOSSES.get((term.feature, term.loss), term.loss) if regression else term.loss
-        return ResolvedTerm(term, pairs, loss).at(0)
+        # a named teacher of a set is read from its members; the one teacher (even named) is the run's outputs
+        member = name if len(teachers) > 1 else None
+        return ResolvedTerm(term, pairs, loss, member, (student.num_heads, shape.num_heads),
+                            shape.hidden_size).at(0)
 
     def _check_widths_and_heads(self, where: str) -> None:
-        widths_differ = self.student_width != self.teacher_width
         for t in self.terms:
             term = t.term
-            if term.feature in HIDDEN_FEATURES and widths_differ:
+            who = f"teacher {t.teacher}" if t.teacher else "teacher"
+            if term.feature in HIDDEN_FEATURES and self.student_width != t.teacher_width:
                 if term.projection == "none":
                     raise UserError(f"{where}: terms[{term.index}]: projection none, but the student's width "
-                                    f"{self.student_width} differs from the teacher's {self.teacher_width}")
+                                    f"{self.student_width} differs from the {who}'s {t.teacher_width}")
                 if term.feature == "embeddings":
-                    raise UserError(f"{where}: terms[{term.index}]: embeddings of another width than the teacher's "
+                    raise UserError(f"{where}: terms[{term.index}]: embeddings of another width than the {who}'s "
                                     f"are not supported yet")
-            if term.feature in HEAD_MEAN_FEATURES and self.heads[0] != self.heads[1] \
-                    and not term.head_mean:
-                raise UserError(f"{where}: terms[{term.index}]: the student has {self.heads[0]} attention heads and "
-                                f"the teacher {self.heads[1]}: add head_mean: true to compare head means")
+            if term.feature in HEAD_MEAN_FEATURES and t.heads[0] != t.heads[1] and not term.head_mean:
+                raise UserError(f"{where}: terms[{term.index}]: the student has {t.heads[0]} attention heads and "
+                                f"the {who} {t.heads[1]}: add head_mean: true to compare head means")
 
     def check_models(self, teacher_config, student_family: str) -> None:
         """Attention terms recompute attention from the recorded Q, K, V: refused for a family whose attention is
@@ -180,8 +223,8 @@ class RecipeKD(WidthProjecting, Method):
         return {"recipe": self.recipe.record()}
 
     def describe_mapping(self) -> str:
-        return "; ".join(f"{t.term.name}: " + ", ".join(f"S{s}<-T{tt}" for s, tt in t.pairs)
-                         for t in self.terms if t.pairs)
+        return "; ".join(f"{t.term.name}{f' ({t.teacher})' if t.teacher else ''}: "
+                         + ", ".join(f"S{s}<-T{tt}" for s, tt in t.pairs) for t in self.terms if t.pairs)
 
     def init_pairs(self, init_range, pretrained_student: bool) -> list[tuple[int, int]]:
         """As every layer-wise method: student layer j <- teacher layer ceil(j L_t / L_s), or
@@ -195,14 +238,18 @@ class RecipeKD(WidthProjecting, Method):
     # -- the width projection ----------------------------------------------------------------------------------
     @property
     def needs_projection(self) -> bool:
-        return self.student_width != self.teacher_width and any(
-            t.term.feature in HIDDEN_FEATURES and t.term.projection == "auto" for t in self.terms)
+        return any(self._projected(t) for t in self.terms)
+
+    def _projected(self, t: ResolvedTerm) -> bool:
+        """Whether a term's student hidden states go through the learned projection: a hidden feature with
+        ``projection: auto`` whose teacher is of another width."""
+        return t.term.feature in HIDDEN_FEATURES and t.term.projection == "auto" and t.teacher_width != self.student_width
 
     # -- the loss ------------------------------------------------------------------------------------------------
-    def _projector(self, term: Term):
+    def _projector(self, t: ResolvedTerm):
         """``project(layer, hidden)`` for :func:`~fine_tune.methods.terms.term_loss`: the student's layer in the
         teacher's width (None: no projection for this term)."""
-        if self.projection is None or term.projection != "auto" or term.feature not in HIDDEN_FEATURES:
+        if self.projection is None or not self._projected(t):
             return None
         return lambda layer, h: self.projection(layer, h) if layer > 0 else h
 
@@ -210,17 +257,27 @@ class RecipeKD(WidthProjecting, Method):
         """The schedules' weights and temperatures for optimizer step ``step`` (0-based: the steps taken)."""
         self.current = [t.at(step) for t in self.terms]
 
+    def _sources(self, teacher: ModelOutputs | None) -> dict[str | None, ModelOutputs | None]:
+        """The teacher outputs each term reads, by :attr:`ResolvedTerm.teacher`: the run's (None), or of several
+        teachers each member's by name and, under None, their weighted mean logits (:func:`weighted_logits`)."""
+        if self.teacher_weights is None or teacher is None:
+            return {None: teacher}
+        members = teacher.members
+        combined = weighted_logits([members[n].logits for n in self.teacher_weights], list(self.teacher_weights.values()))
+        return {None: ModelOutputs(logits=combined, attention_mask=teacher.attention_mask), **members}
+
     def losses(self, batch, student: ModelOutputs, teacher: ModelOutputs | None):
         mask = student.attention_mask if self.padding == "dynamic" else None
         total = student.logits.float().new_zeros(())
         parts: dict[str, torch.Tensor] = {}
+        sources = self._sources(teacher)
         for t in self.current:  # each term weighted where the built-in methods weigh theirs (term_loss)
             term = t.term
             contribution = term_loss(
-                term.feature, t.loss, student, teacher, pairs=t.pairs, labels=batch.get("labels"),
+                term.feature, t.loss, student, sources[t.teacher], pairs=t.pairs, labels=batch.get("labels"),
                 temperature=t.temperature, mask=student.attention_mask if term.feature in ALWAYS_MASKED else mask,
-                num_heads=self.heads, relation_heads=term.relation_heads, head_mean=term.head_mean,
-                project=self._projector(term), weight=t.weight)
+                num_heads=t.heads, relation_heads=term.relation_heads, head_mean=term.head_mean,
+                project=self._projector(t), weight=t.weight)
             parts[term.name] = contribution
             total = total + contribution
             for what, schedule, value in (("weight", t.term.weight, t.weight),

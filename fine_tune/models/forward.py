@@ -3,6 +3,8 @@ training engine, evaluation and the layer-map probe all run models through :func
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..engine.protocol import ModelOutputs, RecordedLayers
@@ -24,10 +26,20 @@ def forward(model: torch.nn.Module, batch: dict, hidden: bool) -> ModelOutputs:
     padding-free forward's host-built packing) is handed to it as it is. A model's output may carry
     ``attention_inputs`` (the attention-capturing forward of TinyBERT and MiniLM, models/attention_capture.py).
     Hidden states and attention inputs come as :class:`RecordedLayers`: a layer the forward did not keep (its
-    method did not declare it) raises when read."""
+    method did not declare it) raises when read. Several teachers (a :class:`~fine_tune.models.teacher_set.TeacherSet`):
+    each member's outputs by name in ``members``, the first member's at the top level."""
     keys = INPUT_KEYS if reads_token_types(model) else ("input_ids", "attention_mask")
     out = model(**{k: batch[k] for k in keys}, **batch.get("model_kwargs", {}), output_hidden_states=hidden,
                 return_dict=True)
+    members = getattr(out, "members", None)  # several teachers (models/teacher_set.TeacherSet)
+    if members is not None:
+        outs = {name: _outputs(o, batch, hidden) for name, o in members.items()}
+        return replace(next(iter(outs.values())), members=outs)
+    return _outputs(out, batch, hidden)
+
+
+def _outputs(out, batch: dict, hidden: bool) -> ModelOutputs:
+    """One model's output as a loss reads it."""
     states = RecordedLayers(out.hidden_states, "hidden states", first=0) if hidden else None
     attention = getattr(out, "attention_inputs", None)
     return ModelOutputs(logits=out.logits, hidden_states=states[1:] if hidden else None,

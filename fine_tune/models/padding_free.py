@@ -43,6 +43,7 @@ from ..engine.protocol import EVERY_LAYER, PLAIN_RECORD, LayerRecord
 from ..engine.device import non_blocking
 from .dropout import dropout
 from .families import FAMILIES
+from .teacher_set import TeacherSet
 
 
 def supports_padding_free(config) -> bool:
@@ -531,12 +532,14 @@ def training_forwards(student: torch.nn.Module, teacher: torch.nn.Module | None,
     def own(model: torch.nn.Module, record: LayerRecord) -> torch.nn.Module:
         return model if record == PLAIN_RECORD else AttentionCapture(model, record)
 
-    if teacher is None:
-        teacher_fwd = None
-    elif enabled and supports_padding_free(teacher.config):
-        teacher_fwd = PaddingFree(teacher, packed=ignores_padding, record=teacher_record)
-    else:  # no hooks on a teacher that runs the own forward
-        teacher_fwd = own(teacher, teacher_record)
+    def teacher_forward(model: torch.nn.Module) -> torch.nn.Module:
+        if enabled and supports_padding_free(model.config):
+            return PaddingFree(model, packed=ignores_padding, record=teacher_record)
+        return own(model, teacher_record)  # no hooks on a teacher that runs the own forward
+
+    # several teachers (a recipe's): each member gets its own training forward
+    teacher_fwd = None if teacher is None else (teacher.map(teacher_forward) if isinstance(teacher, TeacherSet)
+                                                else teacher_forward(teacher))
     if not (enabled and supports_padding_free(student.config)):
         if gradient_checkpointing:
             enable_hf_checkpointing(student)

@@ -39,7 +39,8 @@ from ..models.init import check_copyable, teacher_layer_map
 from ..models.projection import PretrainedProjection, read_pretrained_projection
 from ..tasks import Task, get_task
 from ..tasks.logits import check_teacher_unchanged, read_logits
-from ..teacher import Teacher, open_hf_teacher, open_teacher
+from ..recipes.format import Recipe, load_recipe
+from ..teacher import Teacher, Teachers, open_hf_teacher, open_teacher
 from .types import Devices, LayerMapPlan, PretrainedModel, RunPlan, Split, StudentModel, TrainingEvaluation
 
 
@@ -213,12 +214,13 @@ def _legacy(exp: ExperimentDir, record: dict, rerun: ConfigSource | None = None)
 
 
 def method_settings(flags, task: Task, method_cls: type[Method], teacher: TeacherShape | None = None,
-                    legacy: dict | None = None,
-                    student_projection: PretrainedProjection | None = None) -> MethodSettings:
+                    legacy: dict | None = None, student_projection: PretrainedProjection | None = None,
+                    teachers: dict[str, TeacherShape] | None = None, recipe: Recipe | None = None) -> MethodSettings:
     """What ``method_cls`` is built from: its settings groups (its own ``flag_groups``, and the distillation
     scripts' ``distil`` and ``layerwise``) and the run's resolved facts (the task's regression, the student's and
     the teacher's shapes, the padding, the student's optimiser, a resumed run's legacy rules, the projection a
-    pretrained student's weights hold: :func:`student_projection`)."""
+    pretrained student's weights hold: :func:`student_projection`; a recipe's teachers' shapes by name, and the
+    recipe as the plan read it)."""
     st, b = flags.student if flags.has("student") else None, flags.batching
     keys = ("distil", "layerwise", *(g.key for g in method_cls.flag_groups))
     return MethodSettings(
@@ -226,7 +228,7 @@ def method_settings(flags, task: Task, method_cls: type[Method], teacher: Teache
         num_class=flags.classifier.num_class, regression=task.regression,
         student=StudentShape(st.num_hidden_layers, st.d_model, st.num_attention_heads) if st else None,
         teacher=teacher, padding=b.padding, max_seq_len=b.max_seq_len, optimiser=optimiser_settings(flags.optimiser),
-        legacy=legacy or {}, student_projection=student_projection)
+        legacy=legacy or {}, student_projection=student_projection, teachers=teachers or {}, recipe=recipe)
 
 
 def student_projection(flags, method_cls: type[Method]) -> PretrainedProjection | None:
@@ -424,6 +426,58 @@ def check_shapes(flags, teacher: Teacher, method_cls) -> None:
                         f"not a multiple of the student's")
 
 
+def _recipe(flags) -> Recipe | None:
+    """``--recipe FILE``, read once (its teachers are opened by the plan, its terms built into the method)."""
+    if not flags.has("recipe") or flags.recipe.recipe is None:
+        return None
+    return load_recipe(Path(flags.recipe.recipe))
+
+
+def open_recipe_teachers(recipe: Recipe, exp_root: Path, task: Task, data_root: Path) -> Teachers:
+    """The teachers a recipe names (``teachers:``), each opened and checked as ``--teacher_exp``/``--teacher_hf``
+    opens one (``ckpt: last``: its newest checkpoint); a refusal names the recipe's entry."""
+    members = []
+    for i, spec in enumerate(recipe.teachers):
+        try:
+            if spec.hf is not None:
+                member = open_hf_teacher(spec.hf, task, None)
+            else:
+                ckpt = spec.ckpt
+                if ckpt == "last":
+                    steps = ExperimentDir.of(exp_root, spec.experiment, spec.model, task.name, "--teacher_exp") \
+                        .checkpoints()
+                    ckpt = max(steps) if steps else 0  # none: open_teacher names what is missing
+                member = open_teacher(exp_root, spec.experiment, spec.model, task.name, ckpt, choose=(task, data_root))
+        except UserError as e:
+            raise UserError(f"recipe {recipe.path}: teachers[{i}] ({spec.name}): {e}") from None
+        members.append((spec.name, member, spec.weight))
+    return Teachers(tuple(members))
+
+
+def check_teacher_set(teachers: Teachers, task: Task, max_seq_len: int, examples, recipe_path: str) -> None:
+    """Every teacher of a set reads the same batches as the primary (the first): the same task and classes, room
+    for ``max_seq_len`` positions, and the primary's token ids for the run's text (compared as the student's
+    tokenisation is)."""
+    (first, primary, _), *others = teachers.members
+    for i, (name, member, _) in enumerate(teachers.members):
+        where = f"recipe {recipe_path}: teachers[{i}] ({name})"
+        try:
+            task.check_trained_labels(member.record, f"the teacher {member.name}")
+            if task.name != member.record.get("task", task.name):
+                raise UserError(f"it was fine-tuned on {member.record.get('task')}, the run's task is {task.name}")
+            if member.hf_config.num_labels != primary.hf_config.num_labels:
+                raise UserError(f"{member.hf_config.num_labels} outputs; {first} has {primary.hf_config.num_labels}")
+            cfg.check_max_seq_len(max_seq_len, usable_positions(member.hf_config), f"the teacher {member.name}")
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+        if i:
+            try:
+                check_same_tokenisation(primary.tokenizer, member.tokenizer, examples, first, name)
+            except UserError:
+                raise UserError(f"{where}: tokenises the run's text differently from {first}: the teachers read the "
+                                f"same token ids (use teachers of one tokenizer)") from None
+
+
 def open_any_teacher(flags, exp_root: Path, task: Task, data_root: Path | None = None) -> Teacher:
     """``--teacher_exp``/``--tckpt`` (a toolkit experiment; ``--tckpt best`` chosen by its evaluation of the task's
     dev split under ``data_root``) or ``--teacher_hf`` (a Hugging Face classifier)."""
@@ -462,11 +516,14 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
     data_root, exp_root = roots(flags.paths.data_root, flags.paths.exp_root)
     e, t = flags.experiment, flags.teacher
     task = get_task(e.task, data_root)
-    teacher = open_any_teacher(flags, exp_root, task, data_root)
+    recipe = _recipe(flags)
+    # a recipe's teachers (several: run as one set; the first, the primary, decides what one teacher decides)
+    teachers = open_recipe_teachers(recipe, exp_root, task, data_root) if recipe and recipe.teachers else None
+    teacher = teachers.primary if teachers else open_any_teacher(flags, exp_root, task, data_root)
     task.check_trained_labels(teacher.record, f"the teacher {teacher.name}")
     flags = resolve_from_teacher(flags, teacher, task)
     notes: list[str] = []
-    if t.tckpt == "best":  # the student's config.json records the step it resolved to
+    if t.tckpt == "best" and teachers is None:  # the student's config.json records the step it resolved to
         flags = flags.replace(teacher={"tckpt": teacher.step})
         notes.append(f"--tckpt best: {teacher.name} model-{teacher.step}.pt, its best checkpoint on {task.dev_split}")
     flags, student_tokenizer = resolve_pretrained_student(flags, notes)
@@ -487,14 +544,19 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
             notes.insert(0, f"--student_indices {flags.probing.student_indices} is ignored by partial LAD: every "
                             f"student layer learns")
     shape = TeacherShape(teacher.num_layers, teacher.hidden_size, teacher.num_heads)
+    shapes = {} if teachers is None else {name: TeacherShape(m.num_layers, m.hidden_size, m.num_heads)
+                                          for name, m, _ in teachers.members}
     projection = student_projection(flags, method_cls)
     train = training_split(task, data_root, e.dataset, flags.paths.max_examples)
+    if teachers is not None:
+        check_teacher_set(teachers, task, max_seq_len, train.examples, recipe.path)
     # its mapping (and a pretrained student's projection) checked here, before any write; the schedule in epochs
     # resolved for the method's epochs (the gates' and the projection's follow the student's)
     flags, method, schedule = _schedule_and_method(flags, len(train.examples), lambda f: method_cls.build(
-        method_settings(f, task, method_cls, shape, student_projection=projection)))
+        method_settings(f, task, method_cls, shape, student_projection=projection, teachers=shapes, recipe=recipe)))
     notes += [schedule] if schedule else []
-    method.check_models(teacher.hf_config, student_family=e.model)
+    for _, member, _ in teachers.members if teachers is not None else ((None, teacher, None),):
+        method.check_models(member.hf_config, student_family=e.model)
     if student_tokenizer is not None:  # token-level losses need one tokenisation
         check_same_tokenisation(teacher.tokenizer, student_tokenizer, train.examples, teacher.name,
                                 st.student_ptrain_ver)
@@ -525,17 +587,19 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
         # a CUDA index (or, under torchrun, a per-rank slot) the machine lacks: refused before anything is written
         resolve_placement(device_id, flag_name, None, flags.device.device_id, quiet=True)
     record = _record(flags, task, method=method.name, ptrain_ver=ptrain_ver, teacher_experiment=teacher.name,
-                     teacher_checkpoint=(f"{teacher.name}/{teacher.checkpoint.name}" if teacher.checkpoint is not None
-                                         else teacher.source),
+                     teacher_checkpoint=teacher.checkpoint_name(),
                      teacher_layers=teacher.num_layers, teacher_label_order=teacher.label_order,
                      hidden_mapping=method.describe_mapping(), **method.record())
+    if teachers is not None:  # each teacher's weights as resolved (ckpt best / last: the step)
+        record["teachers"] = [{"name": name, "checkpoint": m.checkpoint_name(), "layers": m.num_layers,
+                               "weight": weight} for name, m, weight in teachers.members]
     if t.teacher_hf is not None:
         record["tmodel"] = teacher.hf_config.model_type
     legacy = _legacy(exp, record, flags.rerun if flags.has("rerun") else None)
     if legacy:  # a run started before a fidelity fix: its method keeps the rule it started with
-        method = method_cls.build(method_settings(flags, task, method_cls, shape, legacy, projection))
+        method = method_cls.build(method_settings(flags, task, method_cls, shape, legacy, projection, shapes, recipe))
         record = dict(record, **method.record())
-    inputs = _inputs(task, (train.file, train.sha256), evaluation, teacher.input_hashes(),
+    inputs = _inputs(task, (train.file, train.sha256), evaluation, (teachers or teacher).input_hashes(),
                      weight_file_hashes(ptrain_ver) if pairs else {},
                      weight_file_hashes(st.student_ptrain_ver) if st.student_ptrain_ver else {})
     student = _student(flags, vocab_size=teacher.hf_config.vocab_size,
@@ -545,5 +609,5 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
     return _plan(flags, data_root=data_root, task=task, exp=exp, train=train,
                  tokenizer=student_tokenizer or teacher.tokenizer,  # the same tokenisation (checked above)
                  max_seq_len=max_seq_len, model=student, method=method, record=record, inputs=inputs,
-                 evaluation=evaluation, devices=Devices.of(flags.device, t.tdevice_id, gate_device_id), teacher=teacher,
-                 layer_map=layer_map, notes=tuple(notes), legacy=legacy)
+                 evaluation=evaluation, devices=Devices.of(flags.device, t.tdevice_id, gate_device_id),
+                 teacher=teachers or teacher, layer_map=layer_map, notes=tuple(notes), legacy=legacy)

@@ -47,7 +47,7 @@ def run(plan: RunPlan) -> dict | None:
         remove_new_experiment(plan.exp, start)
         raise
     if teacher is not None:
-        say(f"{plan.exp.name}: {method.name}, teacher {plan.teacher.describe()} ({plan.teacher.num_layers} layers), "
+        say(f"{plan.exp.name}: {method.name}, teacher {plan.teacher.summary()}, "
             f"mapping {method.describe_mapping() or 'logits only'}"
             f"{', learned width projection' if getattr(method, 'projection', None) is not None else ''}")
     on_checkpoint = None
