@@ -243,6 +243,8 @@ def _config_value(path: str, f: dataclasses.Field, value: Any) -> Any:
     kind, nargs = _kind(f), f.metadata.get("nargs")
     if value is None and f.default is None:
         return None
+    if kind is str and _recorded_file(value):  # (checked against its sha256 when the file's value is taken)
+        return value["path"]
     parse = f.metadata.get("type")  # a flag of its own syntax (--tckpt: a step or best) reads a string as its flag
     if parse is not None and isinstance(value, str):
         try:
@@ -274,6 +276,31 @@ def _config_value(path: str, f: dataclasses.Field, value: Any) -> Any:
     return value
 
 
+def _recorded_file(value: Any) -> bool:
+    """Whether a config.json value is an input file a run recorded in place of its flag's path: a mapping with the
+    file's ``path`` and the ``sha256`` of its bytes (``--recipe``: the recipe, fine_tune/recipes/format.py)."""
+    return isinstance(value, dict) and isinstance(value.get("path"), str) and isinstance(value.get("sha256"), str)
+
+
+def _check_recorded_file(path: str, name: str, value: dict[str, Any]) -> None:
+    """``--config``: the file a run recorded for ``--name`` still has the sha256 it trained with; else one line
+    naming the file (a re-run would silently train on another file's content)."""
+    from pathlib import Path
+
+    from .io_utils import sha256_file
+
+    file = value["path"]
+    try:
+        digest = sha256_file(Path(file))
+    except OSError as e:
+        raise UserError(f"--config {path}: field \"{name}\": {file} cannot be read ({e.strerror}); give --{name} "
+                        f"FILE") from None
+    if digest != value["sha256"]:
+        raise UserError(f"--config {path}: field \"{name}\": {file} changed since the run (sha256 {digest[:12]}… "
+                        f"now, {value['sha256'][:12]}… recorded); restore it, or give --{name} {file} to run with "
+                        f"it as it is")
+
+
 def _merge_config(parser: argparse.ArgumentParser, groups: Sequence[type], values: dict[str, Any], given: set[str],
                   path: str) -> tuple[dict[str, Any], ConfigSource]:
     """The flags' values from the config file ``path`` where the command line does not give them, and the record
@@ -303,6 +330,9 @@ def _merge_config(parser: argparse.ArgumentParser, groups: Sequence[type], value
         elif other in given:
             from_file.pop(name, None)
     merged = {**values, **{k: v for k, v in from_file.items() if k not in given}}
+    for name in from_file.keys() - given:
+        if _recorded_file(record[name]):
+            _check_recorded_file(path, name, record[name])
     missing = [f"--{name}" for name, f in fields.items() if f.metadata.get("required") and merged[name] is None]
     if missing:  # argparse's message, as without --config, naming the file
         parser.error(f"the following arguments are required: {', '.join(missing)} (neither on the command line nor "

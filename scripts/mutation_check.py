@@ -77,6 +77,7 @@ PARETO_LABELS = "tests/test_results_data.py::test_pareto_labels_of_tied_and_near
 RECIPE_FORMAT = "fine_tune/recipes/format.py"  # issue 33: distillation recipes
 RECIPE_RULES = "tests/test_recipe_format.py::test_each_rule_resolves_on_unequal_depths"
 RECIPE_TERMS = "tests/test_recipe_terms.py"  # issue 33
+RECIPE_CONFIG = "tests/test_recipe_engine.py::test_config_reruns_a_recipe_run_and_refuses_an_edited_recipe"
 MUTATIONS = [
     # ---- the GPU paths (issue 20), proven on a CPU: tests/test_gpu_paths.py ---------------------------------
     Mutation("placement_absolute_under_torchrun", "under torchrun --tdevice_id is an absolute index (every rank's "
@@ -2505,6 +2506,16 @@ MUTATIONS = [
     Mutation("recipe_projection_skipped", "a recipe's hidden-state terms compare the student's states unprojected",
              "fine_tune/methods/terms.py", "        if project is not None:\n            s = project(j, s)\n",
              "        if False:\n            s = project(j, s)\n", (RECIPE_TERMS,)),
+    # ---- a recipe run and the engine (issue 33): --config re-runs check the recipe file's SHA-256 ---------------
+    Mutation("config_recorded_file_unchecked", "--config re-issues a recipe run from an edited recipe file without a "
+             "word", "fine_tune/cli.py", "            _check_recorded_file(path, name, record[name])\n",
+             "            pass\n", (RECIPE_CONFIG,)),
+    Mutation("config_recorded_file_not_read", "--config cannot re-issue a recipe run (config.json's recipe record "
+             "taken as --recipe's value)", "fine_tune/cli.py", '        return value["path"]\n',
+             "        return value\n", (RECIPE_CONFIG,)),
+    Mutation("config_recorded_file_checked_when_given", "--config refuses an edited recipe file even when --recipe "
+             "is given on the command line", "fine_tune/cli.py", "    for name in from_file.keys() - given:\n",
+             "    for name in from_file.keys():\n", (RECIPE_CONFIG,)),
 ]
 
 
