@@ -77,7 +77,12 @@ def parse_distil(prog: str, description: str, argv: Sequence[str] | None = None)
         if clash:
             OneLineParser(prog=prog).error(f"{', '.join(clash)}: with --recipe the recipe's terms set the loss weights "
                                            f"and temperatures; give them there (doc/methods.md, 'Distillation recipes')")
-        if isinstance(given.get("recipe"), str) and _names_teachers(given["recipe"]):
+        if isinstance(given.get("recipe"), str):
+            names = _names_teachers(given["recipe"])
+        else:  # --config: the recipe the run recorded (its file is checked against its sha256 as it is read)
+            recorded = read_config(config).get("recipe") if config is not None else None
+            names = isinstance(recorded, dict) and bool(recorded.get("teachers"))
+        if names:
             groups = tuple(settings.RecipeTeacherFlags if g.key == "teacher" else g for g in groups)
     return name, parse_flags(prog, description, groups, rest)
 

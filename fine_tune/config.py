@@ -66,7 +66,9 @@ RESOLVED_FIELDS = frozenset({"task_definition", "ptrain_ver", "teacher_experimen
                              "logits_split", "method", "teacher_layers", "teacher_label_order", "hidden_mapping",
                              "gate_no_decay", "pkd_cls_reduction", "tinybert_layers",
                              # issue 30: MiniLM (E)
-                             "minilm_average"})
+                             "minilm_average",
+                             # issue 33: a recipe's several teachers as resolved (checkpoints, layers, weights)
+                             "teachers"})
 
 
 def recorded_fields() -> frozenset[str]:

@@ -191,6 +191,9 @@ def test_two_teachers_train_and_are_recorded(run, teacher, exp_root, tmp_path): 
     files = config["provenance"]["data_files"]  # checked before a resume
     assert {str(teacher / "model-2.pt"), str(teacher / "model-4.pt")} <= set(files), files
     assert (exp_root / "two_bert_qqp" / "model-3.pt").is_file()
+    # --config re-issues it (the recipe's teachers, not --teacher flags)
+    run("run_distil.py", "--config", str(exp_root / "two_bert_qqp" / "config.json"), "--experiment", "again")
+    assert_same_weights(weights(exp_root / "two_bert_qqp"), weights(exp_root / "again_bert_qqp"))
 
 
 @pytest.mark.parametrize("extra,replace_,message", [
