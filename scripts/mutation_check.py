@@ -77,6 +77,7 @@ PARETO_LABELS = "tests/test_results_data.py::test_pareto_labels_of_tied_and_near
 RECIPE_FORMAT = "fine_tune/recipes/format.py"  # issue 33: distillation recipes
 RECIPE_RULES = "tests/test_recipe_format.py::test_each_rule_resolves_on_unequal_depths"
 RECIPE_TERMS = "tests/test_recipe_terms.py"  # issue 33
+RECIPE_TEACHERS = "tests/test_recipe_teachers.py"
 RECIPE_CONFIG = "tests/test_recipe_engine.py::test_config_reruns_a_recipe_run_and_refuses_an_edited_recipe"
 MUTATIONS = [
     # ---- the GPU paths (issue 20), proven on a CPU: tests/test_gpu_paths.py ---------------------------------
@@ -111,9 +112,10 @@ MUTATIONS = [
              (f"{GPU}::test_alp_scores_and_targets_stay_fp32_under_autocast",)),
     Mutation("engine_moves_every_teacher_layer", "every teacher layer crosses to the student's device",
              "fine_tune/engine/trainer.py",
-             "        return replace(teacher_out, logits=logits), student_out",
-             "        return replace(teacher_out, logits=logits, hidden_states=None if teacher_out.hidden_states is None "
-             "else tuple(h.to(self.device) for h in teacher_out.hidden_states)), student_out",
+             "        return teacher_out.logits_to(self.device, non_blocking(self.teacher_device, self.device)), student_out",
+             "        crossed = teacher_out.logits_to(self.device, non_blocking(self.teacher_device, self.device))\n"
+             "        return __import__('dataclasses').replace(crossed, hidden_states=None if crossed.hidden_states is None "
+             "else tuple(h.to(self.device) for h in crossed.hidden_states)), student_out",
              (f"{GPU}::test_only_what_a_method_reads_crosses_from_the_teacher_device",)),
     Mutation("cuda_rng_by_index", "the student's CUDA random stream is restored to the saved device index",
              "fine_tune/engine/checkpoint.py", "                torch.cuda.set_rng_state(by_role[role], d)\n",
@@ -150,7 +152,7 @@ MUTATIONS = [
              "per_channel=False,", ("tests/test_onnx_export.py",)),
     # ---- recipes (issue 33): the method ------------------------------------------------------------------------
     Mutation("recipe_weight_ignored", "a recipe term's weight is not applied", "fine_tune/methods/recipe.py",
-             "project=self._projector(term), weight=t.weight)", "project=self._projector(term))",
+             "project=self._projector(t), weight=t.weight)", "project=self._projector(t))",
              ("tests/test_recipe_method.py",)),
     Mutation("recipe_temperature_not_passed", "a recipe's terms compute at temperature 1 whatever the recipe says",
              "fine_tune/methods/recipe.py", "temperature=t.temperature, mask=", "temperature=1.0, mask=",
@@ -164,7 +166,7 @@ MUTATIONS = [
              "fine_tune/methods/recipe.py", "        return list(enumerate(uniform_layers(self.ls, self.lt), 1))",
              "        return []", ("tests/test_recipe_method.py",)),
     Mutation("recipe_heads_unchecked", "a recipe compares attention maps of different head counts",
-             "fine_tune/methods/recipe.py", "and self.heads[0] != self.heads[1] \\\n                    and not term.head_mean:",
+             "fine_tune/methods/recipe.py", "and t.heads[0] != t.heads[1] and not term.head_mean:",
              "and False:", ("tests/test_recipe_method.py",)),
     Mutation("recipe_terms_unnamed", "a recipe's terms are logged by position, not by name", "fine_tune/methods/recipe.py",
              "parts[term.name] = contribution", 'parts[f"term_{term.index}"] = contribution', ("tests/test_recipe_method.py",)),
@@ -1024,8 +1026,8 @@ MUTATIONS = [
              ("tests/test_layerwise_methods.py::test_every_layerwise_method_from_its_flags_matches_its_equation"
               "[pkd_cls_skip-max_length-same_width]",)),
     Mutation("run_distil_ignores_method", "run_distil.py --method NAME runs another method",
-             "fine_tune/cli.py", "    return name, parse_layerwise(prog, description, name, rest)",
-             '    return name, parse_layerwise(prog, description, "pkd", rest)',
+             "fine_tune/cli.py", "    return name, parse_flags(prog, description, groups, rest)",
+             '    return name, parse_flags(prog, description, layerwise_groups("pkd"), rest)',
              ("tests/test_method_registry.py::test_run_distil_takes_each_scripts_flags_and_defaults",)),
     Mutation("best_ckpt_from_stale_evaluation", "--ckpt best chooses by an evaluation of rows the split no longer holds",
              "fine_tune/selection.py", '    if why:\n        raise UserError(f"{flag} best: {why}")\n', "",
@@ -1987,12 +1989,13 @@ MUTATIONS = [
              "the host", "fine_tune/engine/trainer.py", "teacher_batch = to_device(host, self.teacher_device)",
              "teacher_batch = to_device(batch, self.teacher_device)", (OVERLAP,)),
     Mutation("overlap_logits_cross_blocking", "the teacher's logits cross blocking the host",
-             "fine_tune/engine/trainer.py", "non_blocking=non_blocking(self.teacher_device, self.device))\n",
-             "non_blocking=False)\n", (OVERLAP,)),
+             "fine_tune/engine/trainer.py", "non_blocking(self.teacher_device, self.device)), student_out\n",
+             "False), student_out\n", (OVERLAP,)),
     Mutation("overlap_crossed_outputs_lose_attention", "a teacher on another device hands the method no attention "
              "inputs (TinyBERT, MiniLM crash)", "fine_tune/engine/trainer.py",
-             "return replace(teacher_out, logits=logits), student_out",
-             "return ModelOutputs(logits, teacher_out.hidden_states, teacher_out.attention_mask), student_out",
+             "return teacher_out.logits_to(self.device, non_blocking(self.teacher_device, self.device)), student_out",
+             "return ModelOutputs(teacher_out.logits.to(self.device), teacher_out.hidden_states, "
+             "teacher_out.attention_mask), student_out",
              (OVERLAP,)),
     # -- Recording only the layers read (issue 31): the declared layer sets, the forwards that honour them, the
     # chunked MiniLM relation KL
@@ -2516,6 +2519,30 @@ MUTATIONS = [
     Mutation("config_recorded_file_checked_when_given", "--config refuses an edited recipe file even when --recipe "
              "is given on the command line", "fine_tune/cli.py", "    for name in from_file.keys() - given:\n",
              "    for name in from_file.keys():\n", (RECIPE_CONFIG,)),
+    # ---- several teachers in a recipe (issue 33): tests/test_recipe_teachers.py ---------------------------------
+    Mutation("teachers_mean_unnormalised", "several teachers' logits are summed by their weights, not averaged "
+             "(the temperature's meaning changes with the weights' scale)", "fine_tune/methods/recipe.py",
+             "    total = sum(weights)\n", "    total = 1.0\n", (RECIPE_TEACHERS,)),
+    Mutation("teachers_term_reads_primary", "a term naming a teacher of several reads the first teacher's features",
+             "fine_tune/methods/recipe.py", "        member = name if len(teachers) > 1 else None\n",
+             "        member = next(iter(teachers)) if len(teachers) > 1 else None\n", (RECIPE_TEACHERS,)),
+    Mutation("teachers_layers_of_primary", "a term's layer pairs are resolved against the first teacher's depth, not "
+             "its own teacher's", "fine_tune/methods/recipe.py",
+             "        shape = teachers[name] if name is not None else next(iter(teachers.values()))\n",
+             "        shape = next(iter(teachers.values()))\n", (RECIPE_TEACHERS,)),
+    Mutation("teachers_rng_not_forked", "building the teachers after the first draws from the run's random stream "
+             "(a set of one teacher twice trains another student)", "fine_tune/teacher.py",
+             "            with torch.random.fork_rng(devices=[]):\n", "            if True:\n",
+             (RECIPE_TEACHERS + "::test_a_set_of_one_teacher_twice_trains_the_one_teacher_student",)),
+    Mutation("teachers_tokenisation_unchecked", "teachers that tokenise the run's text differently read one batch of "
+             "token ids without a word", "fine_tune/plan/training.py", "        if i:\n            try:\n",
+             "        if False:\n            try:\n", (RECIPE_TEACHERS,)),
+    Mutation("teachers_members_logits_stay", "across devices only the primary's logits cross to the student's device",
+             "fine_tune/engine/protocol.py", "members = None if self.members is None else {name: m.logits_to(",
+             "members = self.members if True else {name: m.logits_to(", (RECIPE_TEACHERS,)),
+    Mutation("teachers_flags_allowed", "--teacher_exp beside a recipe naming its teachers is silently ignored",
+             "fine_tune/settings.py", "        if given:\n            raise UserError(f\"{', '.join(given)}: the recipe names",
+             "        if False:\n            raise UserError(f\"{', '.join(given)}: the recipe names", (RECIPE_TEACHERS,)),
 ]
 
 
