@@ -71,33 +71,40 @@ def parse_distil(prog: str, description: str, argv: Sequence[str] | None = None)
         OneLineParser(prog=prog).error(f"--method {json.dumps(name)}: not a distillation method; "
                                        f"{did_you_mean(name, online)}methods: {', '.join(online)}")
     groups = layerwise_groups(name)
-    if name == "recipe":  # the recipe's terms set what these flags set for the other methods
+    if name == "recipe":
         given = _given_flags(prog, groups, rest) or {}
-        clash = [f"--{k}" for k in RECIPE_SETS if given.get(k) is not None]
-        if clash:
-            OneLineParser(prog=prog).error(f"{', '.join(clash)}: with --recipe the recipe's terms set the loss weights "
-                                           f"and temperatures; give them there (doc/methods.md, 'Distillation recipes')")
         if isinstance(given.get("recipe"), str):
-            names = _names_teachers(given["recipe"])
+            base, names_teachers = _peek_recipe(given["recipe"])
         else:  # --config: the recipe the run recorded (its file is checked against its sha256 as it is read)
             recorded = read_config(config).get("recipe") if config is not None else None
-            names = isinstance(recorded, dict) and bool(recorded.get("teachers"))
-        if names:
+            recorded = recorded if isinstance(recorded, dict) else {}
+            base, names_teachers = recorded.get("method"), bool(recorded.get("teachers"))
+        if isinstance(base, str) and base in online and base != "recipe":
+            # method: NAME: that method's flags (its losses' weights among them) beside the recipe's
+            groups = (*layerwise_groups(base), *(g for g in layerwise_groups(name) if g.key == "recipe"))
+        else:  # the recipe's terms set what these flags set for the other methods
+            clash = [f"--{k}" for k in RECIPE_SETS if given.get(k) is not None]
+            if clash:
+                OneLineParser(prog=prog).error(f"{', '.join(clash)}: with --recipe the recipe's terms set the loss "
+                                               f"weights and temperatures; give them there (doc/methods.md, "
+                                               f"'Distillation recipes')")
+        if names_teachers:
             groups = tuple(settings.RecipeTeacherFlags if g.key == "teacher" else g for g in groups)
     return name, parse_flags(prog, description, groups, rest)
 
 
-def _names_teachers(path: str) -> bool:
-    """Whether the recipe at ``path`` names its teachers (then no teacher flag names one); a recipe that cannot be
-    read is the plan's to refuse, naming what is wrong."""
+def _peek_recipe(path: str) -> tuple[str | None, bool]:
+    """The recipe's ``method:`` and whether it names its teachers (they choose the script's flags); a recipe that
+    cannot be read is the plan's to refuse, naming what is wrong."""
     from pathlib import Path
 
     from .recipes.format import load_recipe
 
     try:
-        return bool(load_recipe(Path(path)).teachers)
+        recipe = load_recipe(Path(path))
     except UserError:
-        return False
+        return None, False
+    return recipe.method, bool(recipe.teachers)
 
 
 class _ProbeFailed(Exception):

@@ -109,10 +109,11 @@ def show(value, paths: dict[str, str]) -> str:
 
 def method_of(config: dict, teacher: str | None) -> str:
     """The method's registry name; a recipe run: ``recipe <file name> <first 8 hex of its SHA-256>`` (two edits of
-    one file are two recipes)."""
+    one file are two recipes), after ``<method> + `` where the recipe adds its terms to a method."""
     recipe = config.get("recipe")
     if config.get("method") == "recipe" and isinstance(recipe, dict):
-        return f"recipe {Path(str(recipe.get('path', '?'))).name} {str(recipe.get('sha256', ''))[:8]}".rstrip()
+        base = f"{recipe['method']} + " if isinstance(recipe.get("method"), str) else ""
+        return f"{base}recipe {Path(str(recipe.get('path', '?'))).name} {str(recipe.get('sha256', ''))[:8]}".rstrip()
     if config.get("method"):
         return str(config["method"])
     return "KD" if teacher is not None else "fine-tune"

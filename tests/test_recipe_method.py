@@ -107,7 +107,8 @@ def test_a_mixed_recipe_trains_logs_every_term_and_records_itself(run, teacher, 
 @pytest.mark.parametrize("text,message", [
     ("terms:\n  - {feature: hidden, loss: mse, layers: [[4, 8]], weight: 1.0}\n",
      "terms[0].layers: student layer 4 is outside the 3-layer student"),
-    ("method: lad\nterms:\n  - {feature: logits, loss: kl}\n", "method: adding terms to a built-in method"),
+    ("method: lads\nterms:\n  - {feature: logits, loss: kl}\n",
+     "method: 'lads' is not a distillation method terms can be added to; did you mean lad?"),
     ("terms:\n  - {feature: hidden, loss: msee, layers: skip}\n", "did you mean 'mse'"),
 ])
 def test_a_bad_recipe_is_one_line_and_writes_nothing(run, teacher, exp_root, tmp_path, text, message):  # noqa: F811

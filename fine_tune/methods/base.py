@@ -51,6 +51,8 @@ class MethodSettings:
     # outside a plan, which reads its --recipe file)
     teachers: Mapping[str, TeacherShape] = field(default_factory=dict)
     recipe: Any = None
+    # a recipe's method: NAME, built by the plan from its flags: the method the recipe's terms are added to
+    base: Any = None
 
     def __getitem__(self, key: str) -> Any:
         return self.groups[key]

@@ -89,6 +89,9 @@ class WidthProjecting:
 
     # one projection shared by every layer (TinyBERT's W_h) or one per matched student layer
     shared_projection = False
+    # its parameter set's and its files' name (projection-{step}.pt); a recipe's terms added to a method that has its
+    # own projection: recipe_projection
+    projection_name = "projection"
 
     def create_parameters(self, device: torch.device | None, student_device: torch.device | None = None) -> None:
         """The width projection (when ``needs_projection``), on the student's device."""
@@ -100,15 +103,16 @@ class WidthProjecting:
     def extra_parameters(self) -> list[ExtraParameters]:
         if self.projection is None:
             return []
-        return [ExtraParameters(name="projection", modules=[self.projection], optimiser=self.projection_optimiser)]
+        return [ExtraParameters(name=self.projection_name, modules=[self.projection],
+                                optimiser=self.projection_optimiser)]
 
     def checkpoint_state(self) -> dict[str, dict]:
         """``projection`` -> its state_dict (``projection-{step}.pt``) when the method has one."""
-        return {} if self.projection is None else {"projection": self.projection.state_dict()}
+        return {} if self.projection is None else {self.projection_name: self.projection.state_dict()}
 
     def load_checkpoint_state(self, states: dict[str, dict]) -> None:
         if self.projection is not None:
-            self.projection.load_state_dict(states["projection"])
+            self.projection.load_state_dict(states[self.projection_name])
 
     def train(self, mode: bool = True) -> None:
         if self.projection is not None:

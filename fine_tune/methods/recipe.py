@@ -40,6 +40,7 @@ from .base import Method, MethodSettings
 from .layerwise import WidthProjecting, uniform_layers
 from .logits_kd import check_temperature
 from .terms import term_loss
+from .with_terms import MethodWithTerms
 from .tinybert import check_recomputable_attention
 
 # the features read from the hidden states (those a width projection applies to); ATTENTION_FEATURES: from the
@@ -129,7 +130,9 @@ class RecipeKD(WidthProjecting, Method):
         self.current = list(terms)  # at step 0 (begin_step: at the step being taken)
 
     @classmethod
-    def build(cls, settings: MethodSettings) -> "RecipeKD":
+    def build(cls, settings: MethodSettings) -> "RecipeKD | MethodWithTerms":
+        """The recipe's terms as a method; with ``method: NAME`` (``settings.base``, the built-in method the plan
+        built from its flags) that method with the terms added."""
         path = settings["recipe"].recipe
         recipe = settings.recipe
         if recipe is None:
@@ -137,8 +140,8 @@ class RecipeKD(WidthProjecting, Method):
                 raise UserError("--recipe FILE is required: the recipe whose loss terms the student learns from")
             recipe = load_recipe(Path(path))
         where = f"recipe {recipe.path or path}"
-        if recipe.method is not None:
-            raise UserError(f"{where}: method: adding terms to a built-in method is not supported yet")
+        if recipe.method is not None and settings.base is None:
+            raise ValueError(f"{where}: method: {recipe.method}: the run plan builds the method the terms add to")
         s = settings.student
         # the teachers by name (a recipe's several, or the run's one: DEFAULT_TEACHER), the first the primary
         several = len(recipe.teachers) > 1
@@ -162,7 +165,10 @@ class RecipeKD(WidthProjecting, Method):
                      projection_optimiser=settings.optimiser,
                      teacher_weights={t.name: t.weight for t in recipe.teachers} if several else None)
         method._check_widths_and_heads(where)
-        return method
+        if settings.base is None:
+            return method
+        method.projection_name = "recipe_projection"  # beside the method's own
+        return MethodWithTerms(settings.base, method)
 
     @staticmethod
     def _resolve(term: Term, student, teachers: dict[str, TeacherShape], regression: bool,

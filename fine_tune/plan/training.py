@@ -23,7 +23,7 @@ from ..batching import micro_batches_per_epoch
 from ..engine.device import resolve_placement
 from ..engine.optim import OptimiserSettings
 from ..engine.trainer import TrainSettings
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 from ..selection import metric_for_best
 from ..settings import ConfigSource, OptimiserFlags
 from ..experiment import ExperimentDir, roots
@@ -215,12 +215,13 @@ def _legacy(exp: ExperimentDir, record: dict, rerun: ConfigSource | None = None)
 
 def method_settings(flags, task: Task, method_cls: type[Method], teacher: TeacherShape | None = None,
                     legacy: dict | None = None, student_projection: PretrainedProjection | None = None,
-                    teachers: dict[str, TeacherShape] | None = None, recipe: Recipe | None = None) -> MethodSettings:
+                    teachers: dict[str, TeacherShape] | None = None, recipe: Recipe | None = None,
+                    base: Method | None = None) -> MethodSettings:
     """What ``method_cls`` is built from: its settings groups (its own ``flag_groups``, and the distillation
     scripts' ``distil`` and ``layerwise``) and the run's resolved facts (the task's regression, the student's and
     the teacher's shapes, the padding, the student's optimiser, a resumed run's legacy rules, the projection a
     pretrained student's weights hold: :func:`student_projection`; a recipe's teachers' shapes by name, and the
-    recipe as the plan read it)."""
+    recipe as the plan read it, and the method built for its ``method:``)."""
     st, b = flags.student if flags.has("student") else None, flags.batching
     keys = ("distil", "layerwise", *(g.key for g in method_cls.flag_groups))
     return MethodSettings(
@@ -228,7 +229,8 @@ def method_settings(flags, task: Task, method_cls: type[Method], teacher: Teache
         num_class=flags.classifier.num_class, regression=task.regression,
         student=StudentShape(st.num_hidden_layers, st.d_model, st.num_attention_heads) if st else None,
         teacher=teacher, padding=b.padding, max_seq_len=b.max_seq_len, optimiser=optimiser_settings(flags.optimiser),
-        legacy=legacy or {}, student_projection=student_projection, teachers=teachers or {}, recipe=recipe)
+        legacy=legacy or {}, student_projection=student_projection, teachers=teachers or {}, recipe=recipe,
+        base=base)
 
 
 def student_projection(flags, method_cls: type[Method]) -> PretrainedProjection | None:
@@ -433,6 +435,17 @@ def _recipe(flags) -> Recipe | None:
     return load_recipe(Path(flags.recipe.recipe))
 
 
+def _base_method(recipe: Recipe) -> type[Method]:
+    """The registered online method a recipe's ``method:`` names (not a recipe); refused in one line otherwise."""
+    from ..methods.registry import METHODS
+
+    online = [name for name, cls in METHODS.items() if cls.online and name != "recipe"]
+    if recipe.method not in online:
+        raise UserError(f"recipe {recipe.path}: method: {recipe.method!r} is not a distillation method terms can be "
+                        f"added to; {did_you_mean(recipe.method, online)}methods: {', '.join(online)}")
+    return get_method(recipe.method)
+
+
 def open_recipe_teachers(recipe: Recipe, exp_root: Path, task: Task, data_root: Path) -> Teachers:
     """The teachers a recipe names (``teachers:``), each opened and checked as ``--teacher_exp``/``--teacher_hf``
     opens one (``ckpt: last``: its newest checkpoint); a refusal names the recipe's entry."""
@@ -520,6 +533,9 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
     # a recipe's teachers (several: run as one set; the first, the primary, decides what one teacher decides)
     teachers = open_recipe_teachers(recipe, exp_root, task, data_root) if recipe and recipe.teachers else None
     teacher = teachers.primary if teachers else open_any_teacher(flags, exp_root, task, data_root)
+    # a recipe's method: NAME: the built-in method its terms are added to (its class decides the layer shapes, the
+    # pretrained projection, the schedule)
+    base_cls = _base_method(recipe) if recipe is not None and recipe.method is not None else None
     task.check_trained_labels(teacher.record, f"the teacher {teacher.name}")
     flags = resolve_from_teacher(flags, teacher, task)
     notes: list[str] = []
@@ -535,7 +551,7 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
     max_seq_len = flags.batching.max_seq_len
     cfg.check_max_seq_len(max_seq_len, usable_positions(teacher.hf_config), f"the teacher {teacher.name}")
     cfg.check_room_for_text(max_seq_len, teacher.tokenizer)
-    check_shapes(flags, teacher, method_cls)
+    check_shapes(flags, teacher, base_cls or method_cls)
     if flags.has("probing") and flags.probing.student_indices is not None:
         from ..methods.lad import parse_indices
 
@@ -546,14 +562,18 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
     shape = TeacherShape(teacher.num_layers, teacher.hidden_size, teacher.num_heads)
     shapes = {} if teachers is None else {name: TeacherShape(m.num_layers, m.hidden_size, m.num_heads)
                                           for name, m, _ in teachers.members}
-    projection = student_projection(flags, method_cls)
+    projection = student_projection(flags, base_cls or method_cls)
     train = training_split(task, data_root, e.dataset, flags.paths.max_examples)
     if teachers is not None:
         check_teacher_set(teachers, task, max_seq_len, train.examples, recipe.path)
     # its mapping (and a pretrained student's projection) checked here, before any write; the schedule in epochs
     # resolved for the method's epochs (the gates' and the projection's follow the student's)
-    flags, method, schedule = _schedule_and_method(flags, len(train.examples), lambda f: method_cls.build(
-        method_settings(f, task, method_cls, shape, student_projection=projection, teachers=shapes, recipe=recipe)))
+
+    def build(f, legacy=None):
+        base = None if base_cls is None else base_cls.build(method_settings(f, task, base_cls, shape, legacy, projection))
+        return method_cls.build(method_settings(f, task, method_cls, shape, legacy, projection, shapes, recipe, base))
+
+    flags, method, schedule = _schedule_and_method(flags, len(train.examples), build)
     notes += [schedule] if schedule else []
     for _, member, _ in teachers.members if teachers is not None else ((None, teacher, None),):
         method.check_models(member.hf_config, student_family=e.model)
@@ -597,7 +617,7 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
         record["tmodel"] = teacher.hf_config.model_type
     legacy = _legacy(exp, record, flags.rerun if flags.has("rerun") else None)
     if legacy:  # a run started before a fidelity fix: its method keeps the rule it started with
-        method = method_cls.build(method_settings(flags, task, method_cls, shape, legacy, projection, shapes, recipe))
+        method = build(flags, legacy)
         record = dict(record, **method.record())
     inputs = _inputs(task, (train.file, train.sha256), evaluation, (teachers or teacher).input_hashes(),
                      weight_file_hashes(ptrain_ver) if pairs else {},
