@@ -77,6 +77,8 @@ PARETO_LABELS = "tests/test_results_data.py::test_pareto_labels_of_tied_and_near
 RECIPE_FORMAT = "fine_tune/recipes/format.py"  # issue 33: distillation recipes
 RECIPE_RULES = "tests/test_recipe_format.py::test_each_rule_resolves_on_unequal_depths"
 RECIPE_TERMS = "tests/test_recipe_terms.py"  # issue 33
+WITH_TERMS = "tests/test_recipe_with_method.py"
+WITH_TERMS_FILE = "fine_tune/methods/with_terms.py"
 RECIPE_TEACHERS = "tests/test_recipe_teachers.py"
 RECIPE_CONFIG = "tests/test_recipe_engine.py::test_config_reruns_a_recipe_run_and_refuses_an_edited_recipe"
 MUTATIONS = [
@@ -177,7 +179,8 @@ MUTATIONS = [
              "fine_tune/result_columns.py", 'if config.get("method") == "recipe" and isinstance(recipe, dict):',
              "if False:", ("tests/test_recipe_method.py",)),
     Mutation("recipe_replaced_flags_accepted", "run_distil.py --recipe silently ignores --mu and the logits weights",
-             "fine_tune/cli.py", "        if clash:\n            OneLineParser", "        if False:\n            OneLineParser",
+             "fine_tune/cli.py", "            if clash:\n                OneLineParser",
+             "            if False:\n                OneLineParser",
              ("tests/test_recipe_method.py",)),
     Mutation("recipe_attention_family_unchecked", "a recipe's attention terms accept DeBERTa's relative-position "
              "attention they cannot recompute", "fine_tune/methods/recipe.py",
@@ -353,7 +356,7 @@ MUTATIONS = [
              "    return True", ("tests/test_model_families.py::test_token_types_go_only_to_models_that_read_them",)),
     Mutation("projection_not_saved", "the width projection is not saved with the checkpoints and the resume state",
              "fine_tune/methods/layerwise.py",
-             '        return {} if self.projection is None else {"projection": self.projection.state_dict()}',
+             '        return {} if self.projection is None else {self.projection_name: self.projection.state_dict()}',
              "        return {}", (f"{RESUME}[lad_other_width]",
                                    "tests/test_model_families.py::test_a_pretrained_student_of_another_width_learns_through_a_projection")),
     Mutation("projection_not_applied", "student hidden states reach the losses unprojected (the projection learns nothing)",
@@ -2543,6 +2546,35 @@ MUTATIONS = [
     Mutation("teachers_flags_allowed", "--teacher_exp beside a recipe naming its teachers is silently ignored",
              "fine_tune/settings.py", "        if given:\n            raise UserError(f\"{', '.join(given)}: the recipe names",
              "        if False:\n            raise UserError(f\"{', '.join(given)}: the recipe names", (RECIPE_TEACHERS,)),
+    # ---- a recipe's terms added to a built-in method (issue 33): tests/test_recipe_with_method.py ---------------
+    Mutation("with_terms_loss_not_added", "a recipe's terms added to a method are logged but not trained on",
+             WITH_TERMS_FILE, '        parts["loss"] = parts["loss"] + total\n', '        parts["loss"] = parts["loss"]\n',
+             (WITH_TERMS,)),
+    Mutation("with_terms_name_overwrites", "a term named as the method's part overwrites the method's logged part",
+             WITH_TERMS_FILE, 'parts[f"recipe_{name}" if name in parts else name] = value',
+             "parts[name] = value", (WITH_TERMS,)),
+    Mutation("with_terms_records_base_only", "the forwards keep only the layers the method reads, not the terms'",
+             WITH_TERMS_FILE, "        return union(self.base.recorded_layers(role), self.terms.recorded_layers(role))",
+             "        return self.base.recorded_layers(role)", (WITH_TERMS,)),
+    Mutation("with_terms_state_of_base_only", "the terms' own parameters (their projection) are not saved with the "
+             "checkpoints: a resumed run restarts them", WITH_TERMS_FILE,
+             "        return {**self.base.checkpoint_state(), **self.terms.checkpoint_state()}",
+             "        return self.base.checkpoint_state()",
+             ("tests/test_resume.py::test_killed_and_resumed_is_bit_identical[recipe_scheduled_with_lad]",)),
+    Mutation("with_terms_packs_padding", "the padding-free forward packs when only one of the method and the terms "
+             "ignores padding", WITH_TERMS_FILE,
+             "self.ignores_padding = base.ignores_padding and terms.ignores_padding",
+             "self.ignores_padding = base.ignores_padding or terms.ignores_padding", (WITH_TERMS,)),
+    Mutation("with_terms_schedule_of_terms", "the method's learning-rate schedule (TinyBERT's constant) is lost when "
+             "terms are added", WITH_TERMS_FILE, "self.schedule, self.drop_last = base.schedule, base.drop_last",
+             "self.schedule, self.drop_last = terms.schedule, terms.drop_last", (WITH_TERMS,)),
+    Mutation("with_terms_method_flags_missing", "run_distil.py --recipe with method: NAME does not take the method's "
+             "flags", "fine_tune/cli.py", "            groups = (*layerwise_groups(base), ",
+             "            groups = (*layerwise_groups(name), ", (WITH_TERMS,)),
+    Mutation("with_terms_zero_weight_differs", "a recipe's terms projection is created for a method with no width "
+             "difference (its random draw shifts the run's stream)", "fine_tune/methods/layerwise.py",
+             "        if self.needs_projection:\n            self.projection = WidthProjection(",
+             "        if True:\n            self.projection = WidthProjection(", (WITH_TERMS,)),
 ]
 
 
