@@ -20,6 +20,7 @@ steps}``, held at ``to`` after ``steps``): the engine tells the method each step
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from itertools import groupby
 from pathlib import Path
 from typing import ClassVar
 
@@ -93,8 +94,15 @@ class RecipeKD(WidthProjecting, Method):
         self.padding, self.regression = padding, regression
         self.student_width, self.teacher_width = student_width, teacher_width
         self.heads = (student_heads, teacher_heads)
+        # how it trains (the recipe's training:), the run plan's to resolve; a projection learns on the same schedule
+        self.schedule = recipe.training.schedule
+        self.drop_last = recipe.training.incomplete_batches == "skip"
+        if projection_optimiser is not None:
+            projection_optimiser = replace(projection_optimiser, schedule=self.schedule)
         self.projection_optimiser = projection_optimiser
         self.projection: WidthProjection | None = None
+        # projection: shared, TinyBERT's W_h: one map for every layer and the embeddings, at any widths
+        self.shared_projection = any(t.term.projection == "shared" for t in terms)
         features = {t.term.feature for t in terms}
         self.needs_hidden_states = bool(features & set(HIDDEN_FEATURES))
         self.uses_teacher = any(t.term.feature != "hard_labels" for t in terms)
@@ -119,7 +127,7 @@ class RecipeKD(WidthProjecting, Method):
             raise UserError(f"{where}: teachers: naming teachers in the recipe is not supported yet; give the "
                             f"teacher with --teacher_exp/--tmodel/--tckpt or --teacher_hf")
         s, t = settings.student, settings.teacher
-        terms = [cls._resolve(term, s.num_layers, t.num_layers, settings.regression, f"{where}: terms[{term.index}]")
+        terms = [cls._resolve(term, s.num_layers, t.num_layers, settings.regression, f"{where}: {term.key}")
                  for term in recipe.terms]
         method = cls(recipe, terms, num_student_layers=s.num_layers, num_teacher_layers=t.num_layers,
                      padding=settings.padding, regression=settings.regression, student_width=s.hidden_size,
@@ -150,15 +158,21 @@ class RecipeKD(WidthProjecting, Method):
             term = t.term
             if term.feature in HIDDEN_FEATURES and widths_differ:
                 if term.projection == "none":
-                    raise UserError(f"{where}: terms[{term.index}]: projection none, but the student's width "
+                    raise UserError(f"{where}: {term.key}: projection none, but the student's width "
                                     f"{self.student_width} differs from the teacher's {self.teacher_width}")
-                if term.feature == "embeddings":
-                    raise UserError(f"{where}: terms[{term.index}]: embeddings of another width than the teacher's "
-                                    f"are not supported yet")
+                if term.feature == "embeddings" and term.projection != "shared":
+                    raise UserError(f"{where}: {term.key}: embeddings of another width than the teacher's need "
+                                    f"projection: shared (one map for every layer and the embeddings)")
             if term.feature in HEAD_MEAN_FEATURES and self.heads[0] != self.heads[1] \
                     and not term.head_mean:
-                raise UserError(f"{where}: terms[{term.index}]: the student has {self.heads[0]} attention heads and "
+                raise UserError(f"{where}: {term.key}: the student has {self.heads[0]} attention heads and "
                                 f"the teacher {self.heads[1]}: add head_mean: true to compare head means")
+
+    def check_training_rows(self, rows: int, micro_batch: int, source: str) -> None:
+        if self.drop_last and rows < micro_batch:
+            raise UserError(f"{source}: {rows} rows, fewer than one micro-batch ({micro_batch} rows: --batch_size / "
+                            f"--accum_step); the recipe {self.recipe.path} skips incomplete batches "
+                            f"(training.incomplete_batches: skip), so nothing would train: lower --batch_size")
 
     def check_models(self, teacher_config, student_family: str) -> None:
         """Attention terms recompute attention from the recorded Q, K, V: refused for a family whose attention is
@@ -195,15 +209,18 @@ class RecipeKD(WidthProjecting, Method):
     # -- the width projection ----------------------------------------------------------------------------------
     @property
     def needs_projection(self) -> bool:
-        return self.student_width != self.teacher_width and any(
+        """``auto``: a map per layer where the widths differ; ``shared``: one map at any widths (TinyBERT's)."""
+        return self.shared_projection or self.student_width != self.teacher_width and any(
             t.term.feature in HIDDEN_FEATURES and t.term.projection == "auto" for t in self.terms)
 
     # -- the loss ------------------------------------------------------------------------------------------------
     def _projector(self, term: Term):
         """``project(layer, hidden)`` for :func:`~fine_tune.methods.terms.term_loss`: the student's layer in the
         teacher's width (None: no projection for this term)."""
-        if self.projection is None or term.projection != "auto" or term.feature not in HIDDEN_FEATURES:
+        if self.projection is None or term.projection not in ("auto", "shared") or term.feature not in HIDDEN_FEATURES:
             return None
+        if self.projection.shared:  # the embeddings (layer 0) too
+            return self.projection
         return lambda layer, h: self.projection(layer, h) if layer > 0 else h
 
     def begin_step(self, step: int) -> None:
@@ -214,18 +231,33 @@ class RecipeKD(WidthProjecting, Method):
         mask = student.attention_mask if self.padding == "dynamic" else None
         total = student.logits.float().new_zeros(())
         parts: dict[str, torch.Tensor] = {}
-        for t in self.current:  # each term weighted where the built-in methods weigh theirs (term_loss)
+
+        def loss_of(t: ResolvedTerm, weight: float) -> torch.Tensor:
             term = t.term
-            contribution = term_loss(
+            return term_loss(
                 term.feature, t.loss, student, teacher, pairs=t.pairs, labels=batch.get("labels"),
                 temperature=t.temperature, mask=student.attention_mask if term.feature in ALWAYS_MASKED else mask,
                 num_heads=self.heads, relation_heads=term.relation_heads, head_mean=term.head_mean,
-                project=self._projector(term), weight=t.weight)
-            parts[term.name] = contribution
-            total = total + contribution
+                project=self._projector(term), weight=weight, reduction=term.reduction)
+
+        for group, members in groupby(self.current, key=lambda t: t.term.group):
+            members = list(members)
+            if group is None:  # each term weighted where the built-in methods weigh theirs (term_loss)
+                for t in members:
+                    contribution = loss_of(t, t.weight)
+                    parts[t.term.name] = contribution
+                    total = total + contribution
+            else:  # a sum: its members' losses added in order, then weighted once (MiniLM's mu * (L_AT + L_VR))
+                summed = parts[members[0].term.name] = loss_of(members[0], 1.0)  # members logged unweighted
+                for t in members[1:]:
+                    parts[t.term.name] = loss_of(t, 1.0)
+                    summed = summed + parts[t.term.name]
+                parts[group] = summed * members[0].weight
+                total = total + parts[group]
+        for t in self.current:
             for what, schedule, value in (("weight", t.term.weight, t.weight),
                                           ("temperature", t.term.temperature, t.temperature)):
                 if schedule is not None and schedule.kind != "constant":  # TensorBoard shows the schedule
-                    parts[f"{term.name}_{what}"] = total.new_tensor(value)
+                    parts[f"{t.term.group or t.term.name}_{what}"] = total.new_tensor(value)
         parts["loss"] = total
         return parts
