@@ -215,9 +215,13 @@ MUTATIONS = [
              (RECIPE_BUILTIN_E2E,)),
     Mutation("recipe_sum_weighted_per_member", "a sum term weighs each member, then adds (MiniLM weighs the sum "
              "once: the same value, rounded otherwise)", "fine_tune/methods/recipe.py",
-             "summed = parts[members[0].term.name] = loss_of(members[0], 1.0)  # members logged unweighted",
-             "summed = parts[members[0].term.name] = loss_of(members[0], members[0].weight) / members[0].weight",
-             (RECIPE_BUILTIN_E2E,)),
+             "loss_of(members[0], 1.0)  # members logged unweighted\n                for t in members[1:]:\n"
+             "                    parts[t.term.name] = loss_of(t, 1.0)\n                    summed = summed + "
+             "parts[t.term.name]\n                parts[group] = summed * members[0].weight",
+             "loss_of(members[0], members[0].weight)\n                for t in members[1:]:\n"
+             "                    parts[t.term.name] = loss_of(t, t.weight)\n                    summed = summed + "
+             "parts[t.term.name]\n                parts[group] = summed",
+             ("tests/test_recipe_builtin.py::test_minilms_sum_term_is_its_loss_bit_for_bit",)),
     Mutation("recipe_summed_mse_layerwise_form", "a recipe's reduction: sum masked MSE takes the per-token means "
              "(not TinyBERT's one division)", "fine_tune/methods/terms.py",
              'fn = _SUMMED_VECTOR_LOSSES.get(loss, fn) if reduction == "sum" else fn', "fn = fn",

@@ -15,10 +15,12 @@ import yaml
 
 from test_layerwise_scripts import TEACHER, TINY, teacher  # noqa: F401 - the fixture
 from test_recipe_method import assert_same_weights, weights
+from test_scripts_e2e import tb_scalars
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 COMMON = ["--task", "qqp", *TINY, "--num_hidden_layers", "3", "--total_step", "3", "--warmup_step", "1",
-          "--ckpt_step", "3", "--log_step", "3", "--lr", "1e-3", "--batch_size", "8"]
+          "--ckpt_step", "3", "--log_step", "1", "--lr", "1e-3", "--batch_size", "8"]
+LOSS = "qqp/train/bert/loss"
 
 
 def shipped(name: str) -> dict:
@@ -41,6 +43,9 @@ def same(run, exp_root, script_args: list[str], recipe: str, args: list[str], na
     run("run_distil.py", "--recipe", recipe, *TEACHER, "--experiment", f"{name}r", *args)
     script, recipe_run = exp_root / f"{name}s_bert_qqp", exp_root / f"{name}r_bert_qqp"
     assert_same_weights(weights(script), weights(recipe_run))
+    # and the same logged loss at every step, bit for bit (MiniLM's mu (L_AT + L_VR): a sum term weighted once)
+    logged = [tb_scalars(exp_root / "log" / f"{name}{who}_bert_qqp")[LOSS] for who in ("s", "r")]
+    assert logged[0] == logged[1] and len(logged[0]) == 3, logged
     projections = [torch.load(f / "projection-3.pt", weights_only=True) if (f / "projection-3.pt").exists() else None
                    for f in (script, recipe_run)]
     if projections != [None, None]:
@@ -102,6 +107,9 @@ def test_tinybert_recipes_train_as_the_script(tmp_path, stage):
     assert (recipe.schedule, recipe.drop_last) == (script.schedule, script.drop_last)
     assert recipe.drop_last and recipe.schedule == ("constant" if stage == "intermediate" else "linear")
     assert recipe.needs_projection == script.needs_projection == (stage == "intermediate")
+    for t in recipe.terms:  # the uniform rule is TinyBERT's g(m) = ceil(m N / M); the embeddings (0, 0)
+        assert [p[1] for p in t.pairs] == (script.teacher_layers if t.term.feature in ("attention_scores", "hidden")
+                                           else [0] if t.term.feature == "embeddings" else [])
     assert recipe.projection_optimiser.schedule == script.projection_optimiser.schedule == recipe.schedule
     with pytest.raises(UserError, match="fewer than one micro-batch .*training.incomplete_batches: skip"):
         recipe.check_training_rows(5, 8, "train.jsonl")
@@ -124,3 +132,28 @@ def test_the_shipped_files_parse_with_their_stated_values():
     assert [(t.reduction, t.projection) for t in mid.terms] == [("sum", None), ("sum", "shared"), ("sum", "shared")]
     pred = load_recipe(RECIPES / "tinybert_prediction.yaml")
     assert (pred.training.schedule, pred.training.incomplete_batches) == ("linear", "skip")
+
+
+def test_minilms_sum_term_is_its_loss_bit_for_bit(tmp_path):
+    """recipes/minilm.yaml (sum weighted 2.5, hard 0.35, soft 0.65 at T 2) on synthetic outputs (2 of 3 layers, real
+    tokens 7, 5, 3 of 7): the loss is MiniLM's mu (L_AT + L_VR) bit for bit, which the two terms weighted one by
+    one are not (the same gradients: the weights trained are equal either way; the logged loss is not)."""
+    from test_recipe_terms import LABELS, STUDENT, TEACHER
+
+    from fine_tune.engine.protocol import TeacherShape
+    from fine_tune.methods.base import MethodSettings, StudentShape
+    from fine_tune.methods.minilm import MiniLM
+    from fine_tune.methods.recipe import RecipeFlags, RecipeKD
+
+    data = shipped("minilm.yaml")
+    data["terms"] = [dict(data["terms"][0], weight=0.35), dict(data["terms"][1], weight=0.65, temperature=2.0),
+                     dict(data["terms"][2], weight=2.5)]
+    recipe = RecipeKD.build(MethodSettings(groups={"recipe": RecipeFlags(recipe=written(tmp_path, data, "m"))},
+                                           num_class=3, student=StudentShape(2, 8, 2), teacher=TeacherShape(3, 8, 2)))
+    minilm = MiniLM(2, 3, 0.35, 0.65, 2.0, 2.5, student_heads=2, teacher_heads=2, padding="dynamic")
+    batch = {"labels": LABELS}
+    want, got = minilm.losses(batch, STUDENT, TEACHER), recipe.losses(batch, STUDENT, TEACHER)
+    assert torch.equal(got["loss"], want["loss"]) and torch.equal(got["minilm"], want["attention_relation_loss"])
+    assert torch.equal(got["attention_probs_kl"] * 2.5, want["attention_kl"])
+    separately = (want["logits_loss"] + got["attention_probs_kl"] * 2.5) + got["value_relation_kl"] * 2.5
+    assert not torch.equal(separately, want["loss"])  # (this fixture tells the two apart)
