@@ -81,6 +81,8 @@ WITH_TERMS = "tests/test_recipe_with_method.py"
 WITH_TERMS_FILE = "fine_tune/methods/with_terms.py"
 RECIPE_TEACHERS = "tests/test_recipe_teachers.py"
 RECIPE_CONFIG = "tests/test_recipe_engine.py::test_config_reruns_a_recipe_run_and_refuses_an_edited_recipe"
+RECIPE_BUILTIN_E2E = "tests/test_recipe_builtin.py::test_shipped_builtin_recipes_equal_their_scripts"
+RECIPE_BUILTIN_PLAN = "tests/test_recipe_builtin.py::test_tinybert_recipes_train_as_the_script"
 MUTATIONS = [
     # ---- the GPU paths (issue 20), proven on a CPU: tests/test_gpu_paths.py ---------------------------------
     Mutation("placement_absolute_under_torchrun", "under torchrun --tdevice_id is an absolute index (every rank's "
@@ -154,7 +156,7 @@ MUTATIONS = [
              "per_channel=False,", ("tests/test_onnx_export.py",)),
     # ---- recipes (issue 33): the method ------------------------------------------------------------------------
     Mutation("recipe_weight_ignored", "a recipe term's weight is not applied", "fine_tune/methods/recipe.py",
-             "project=self._projector(t), weight=t.weight)", "project=self._projector(t))",
+             "contribution = loss_of(t, t.weight)", "contribution = loss_of(t, 1.0)",
              ("tests/test_recipe_method.py",)),
     Mutation("recipe_temperature_not_passed", "a recipe's terms compute at temperature 1 whatever the recipe says",
              "fine_tune/methods/recipe.py", "temperature=t.temperature, mask=", "temperature=1.0, mask=",
@@ -171,7 +173,7 @@ MUTATIONS = [
              "fine_tune/methods/recipe.py", "and t.heads[0] != t.heads[1] and not term.head_mean:",
              "and False:", ("tests/test_recipe_method.py",)),
     Mutation("recipe_terms_unnamed", "a recipe's terms are logged by position, not by name", "fine_tune/methods/recipe.py",
-             "parts[term.name] = contribution", 'parts[f"term_{term.index}"] = contribution', ("tests/test_recipe_method.py",)),
+             "parts[t.term.name] = contribution", 'parts[f"term_{t.term.index}"] = contribution', ("tests/test_recipe_method.py",)),
     Mutation("recipe_schedules_frozen", "the engine never tells the method the step: schedules stay at step 0",
              "fine_tune/engine/trainer.py", "                self.method.begin_step(self.step)\n", "",
              ("tests/test_recipe_method.py",)),
@@ -193,7 +195,58 @@ MUTATIONS = [
     Mutation("recipe_relations_see_padding", "a recipe's MiniLM relations read padding positions at max_length",
              "fine_tune/methods/recipe.py",
              "mask=student.attention_mask if term.feature in ALWAYS_MASKED else mask,", "mask=mask,",
-             ("tests/test_recipe_method.py",)),
+             (RECIPE_BUILTIN_E2E,)),
+    # ---- recipes of the built-in methods (issue 33: TinyBERT's two stages, MiniLM, MiniLMv2) ------------------
+    Mutation("recipe_training_schedule_ignored", "a recipe's training: schedule: constant trains with the linear "
+             "warmup/decay (not TinyBERT's intermediate stage)", "fine_tune/methods/recipe.py",
+             "self.schedule = recipe.training.schedule", 'self.schedule = "linear"', (RECIPE_BUILTIN_PLAN,)),
+    Mutation("recipe_incomplete_batches_trained", "a recipe's training: incomplete_batches: skip still trains each "
+             "epoch's short last batch", "fine_tune/methods/recipe.py",
+             'self.drop_last = recipe.training.incomplete_batches == "skip"', "self.drop_last = False",
+             (RECIPE_BUILTIN_PLAN,)),
+    Mutation("recipe_projection_schedule_linear", "a recipe's projection keeps the linear schedule when the student's "
+             "is constant (TinyBERT's W_h follows the student's)", "fine_tune/methods/recipe.py",
+             "projection_optimiser = replace(projection_optimiser, schedule=self.schedule)",
+             "projection_optimiser = projection_optimiser", (RECIPE_BUILTIN_PLAN,)),
+    Mutation("recipe_shared_projection_only_when_widths_differ", "projection: shared makes no W_h at equal widths "
+             "(TinyBERT's fit_dense is made at any widths)", "fine_tune/methods/recipe.py",
+             "(t.term.projection == \"shared\" or (", "(t.term.projection == \"shared\" and t.teacher_width != "
+             "self.student_width or (",
+             (RECIPE_BUILTIN_PLAN,)),
+    Mutation("recipe_shared_projection_skips_embeddings", "projection: shared leaves the embeddings unprojected "
+             "(TinyBERT's W_h maps them too)", "fine_tune/methods/recipe.py",
+             "        if self.projection.shared:  # the embeddings (layer 0) too\n            return self.projection\n",
+             "", (RECIPE_BUILTIN_E2E,)),
+    Mutation("recipe_reduction_ignored", "a recipe term's reduction: sum averages its layer pairs (TinyBERT sums "
+             "them)", "fine_tune/methods/recipe.py", "weight=weight, reduction=term.reduction)", "weight=weight)",
+             (RECIPE_BUILTIN_E2E,)),
+    Mutation("recipe_sum_weighted_per_member", "a sum term weighs each member, then adds (MiniLM weighs the sum "
+             "once: the same value, rounded otherwise)", "fine_tune/methods/recipe.py",
+             "loss_of(members[0], 1.0)  # members logged unweighted\n                for t in members[1:]:\n"
+             "                    parts[t.term.name] = loss_of(t, 1.0)\n                    summed = summed + "
+             "parts[t.term.name]\n                parts[group] = summed * members[0].weight",
+             "loss_of(members[0], members[0].weight)\n                for t in members[1:]:\n"
+             "                    parts[t.term.name] = loss_of(t, t.weight)\n                    summed = summed + "
+             "parts[t.term.name]\n                parts[group] = summed",
+             ("tests/test_recipe_builtin.py::test_minilms_sum_term_is_its_loss_bit_for_bit",)),
+    Mutation("recipe_summed_mse_layerwise_form", "a recipe's reduction: sum masked MSE takes the per-token means "
+             "(not TinyBERT's one division)", "fine_tune/methods/terms.py",
+             'fn = _SUMMED_VECTOR_LOSSES.get(loss, fn) if reduction == "sum" else fn', "fn = fn",
+             (f"{RECIPE_TERMS}::test_attention_scores_hidden_and_embeddings_are_tinyberts",)),
+    Mutation("recipe_final_rule_off_by_one", "a recipe's final layer rule maps onto the teacher's layer below its "
+             "last", RECIPE_FORMAT, "return ((ls, lt),)", "return ((ls, lt - 1),)",
+             ("tests/test_recipe_format.py::test_the_final_rule_is_the_last_layers_alone",)),
+    Mutation("recipe_training_key_ignored", "a recipe's training: is parsed and dropped", RECIPE_FORMAT,
+             'parse_training(data["training"], where) if "training" in data else Training()', "Training()",
+             ("tests/test_recipe_format.py::test_sums_training_and_reductions_record_and_parse_back",)),
+    Mutation("recipe_projections_mix", "a recipe mixing projection auto and shared is not refused", RECIPE_FORMAT,
+             "    if len(kinds) > 1:\n", "    if False:\n",
+             ("tests/test_recipe_format.py::test_a_bad_recipe_is_refused_in_one_line_naming_the_file_and_key"
+              "[projections_mixed]",)),
+    Mutation("recipe_sum_member_weight_accepted", "a sum's member may give a weight of its own (silently the sum's)",
+             RECIPE_FORMAT, '    if group is not None and "weight" in data:\n', "    if False:\n",
+             ("tests/test_recipe_format.py::test_a_bad_recipe_is_refused_in_one_line_naming_the_file_and_key"
+              "[sum_member_weight]",)),
     # ---- engine ------------------------------------------------------------------------------------------------
     Mutation("compile_ignored", "--compile is ignored by the trainer", "fine_tune/engine/trainer.py",
              "        if settings.compile:\n", "        if False:\n", ("tests/test_compile_option.py",)),
@@ -2495,8 +2548,8 @@ MUTATIONS = [
              ("tests/test_recipe_format.py::test_a_bad_recipe_is_refused_in_one_line_naming_the_file_and_key"
               "[loss_not_allowed]",)),
     Mutation("recipe_names_collide", "a repeated term's default name is not checked against names already taken "
-             "(two terms logged under logits_kl_2)", RECIPE_FORMAT, "            while name in taken:\n",
-             "            if name in taken:\n",
+             "(two terms logged under logits_kl_2)", RECIPE_FORMAT, "        while name in taken:\n",
+             "        if name in taken:\n",
              ("tests/test_recipe_format.py::test_repeated_terms_are_named_in_order_around_given_names",)),
     # ---- distillation recipes' loss terms (issue 33): tests/test_recipe_terms.py ----------------------------
     Mutation("recipe_kl_temperature_ignored", "a recipe's logits KL term softens with T = 1 whatever its temperature",

@@ -89,10 +89,10 @@ def test_the_record_is_json_and_parses_back_to_the_same_recipe(tmp_path):
     assert record["teachers"][0] == {"name": "t1", "experiment": "t1", "model": "bert", "ckpt": 1200, "weight": 1.0}
     assert record["terms"][5] == {"name": "attention_scores_mse", "feature": "attention_scores", "loss": "mse",
                                   "weight": {"schedule": "constant", "value": 0.25}, "layers": {"rule": "skip"},
-                                  "head_mean": True}
+                                  "head_mean": True, "reduction": "mean"}
     assert record["terms"][6] == {"name": "embeddings_cosine", "feature": "embeddings", "loss": "cosine",
                                   "weight": {"schedule": "constant", "value": 1.0}, "projection": "none",
-                                  "teacher": "t2"}
+                                  "reduction": "mean", "teacher": "t2"}
     assert record["terms"][4]["name"] == "rel"
     again = parse_recipe({k: record[k] for k in ("method", "teachers", "terms")}, "config.json")
     assert again == replace(recipe, path=None, sha256=None, text=None)
@@ -142,7 +142,7 @@ REFUSALS = [
     ("loss_not_allowed_hard", "r.yaml", term("feature: hard_labels, loss: kl"),
      "terms[0].loss: loss 'kl' is not allowed for feature 'hard_labels' (allowed: ce)"),
     ("layers_missing", "r.yaml", term("feature: attention_probs, loss: kl"),
-     "terms[0]: attention_probs needs layers: [student, teacher] pairs or a rule (uniform, skip, last)"),
+     "terms[0]: attention_probs needs layers: [student, teacher] pairs or a rule (uniform, skip, last, final)"),
     ("layers_on_logits", "r.yaml", term("feature: logits, loss: kl, layers: uniform"),
      "terms[0].layers: logits takes no layers (it is not a layer feature"),
     ("layers_on_embeddings", "r.yaml", term("feature: embeddings, loss: mse, layers: [[0, 0]]"),
@@ -244,6 +244,39 @@ REFUSALS = [
      "teachers[1].name: 't1' names teachers[0] too"),
     ("teachers_empty", "r.yaml", "teachers: []\n" + GOOD, "teachers: expected a non-empty list of teachers"),
     ("method_number", "r.yaml", "method: 3\n" + GOOD, "method: expected a method name or null, got a number (3)"),
+    # training:, reduction, sums, projections (issue 33, the built-ins as recipes)
+    ("training_key", "r.yaml", "training: {schedul: constant}\n" + GOOD,
+     "training.schedul: unknown key 'schedul'; did you mean 'schedule'? expected one of: schedule, incomplete_batches"),
+    ("training_schedule", "r.yaml", "training: {schedule: constnt}\n" + GOOD,
+     "training.schedule: unknown learning-rate schedule 'constnt'; did you mean 'constant'? expected one of: linear, "
+     "constant"),
+    ("training_batches", "r.yaml", "training: {incomplete_batches: skp}\n" + GOOD,
+     "training.incomplete_batches: unknown incomplete_batches value 'skp'; did you mean 'skip'?"),
+    ("training_list", "r.yaml", "training: [constant]\n" + GOOD, "training: expected a mapping, got a list"),
+    ("reduction_typo", "r.yaml", term("feature: hidden, loss: mse, layers: skip, reduction: summ"),
+     "terms[0].reduction: unknown reduction 'summ'; did you mean 'sum'? expected one of: mean, sum"),
+    ("reduction_on_logits", "r.yaml", term("feature: logits, loss: kl, reduction: sum"),
+     "terms[0].reduction: logits takes no reduction (it has no layer pairs to combine)"),
+    ("final_typo", "r.yaml", term("feature: hidden, loss: mse, layers: finl"),
+     "terms[0].layers: unknown layer rule 'finl'; did you mean 'final'?"),
+    ("sum_member_weight", "r.yaml", "terms:\n  - {weight: 2, sum: [{feature: logits, loss: kl, weight: 3}]}\n",
+     "terms[0].sum[0].weight: a member of a sum takes the sum's weight (terms[0].weight)"),
+    ("sum_nested", "r.yaml", "terms:\n  - {sum: [{sum: [{feature: logits, loss: kl}]}]}\n",
+     "terms[0].sum[0].sum: a sum's member is one term (sums do not nest)"),
+    ("sum_empty", "r.yaml", "terms:\n  - {sum: []}\n", "terms[0].sum: expected a non-empty list of terms, got a list"),
+    ("sum_key", "r.yaml", "terms:\n  - {sum: [{feature: logits, loss: kl}], weigth: 2}\n",
+     "terms[0].weigth: unknown key 'weigth'; did you mean 'weight'? expected one of: sum, weight, name"),
+    ("sum_member_loss", "r.yaml", "terms:\n  - {sum: [{feature: logits, loss: kl}, {feature: logits, loss: msee}]}\n",
+     "terms[0].sum[1].loss: unknown loss 'msee'; did you mean 'mse'?"),
+    ("sum_name_twice", "r.yaml", "terms:\n  - {feature: logits, loss: kl, name: a}\n"
+     "  - {name: a, sum: [{feature: logits, loss: ce}]}\n", "terms[1].name: 'a' names terms[0] too"),
+    ("projections_mixed", "r.yaml", "terms:\n  - {feature: hidden, loss: mse, layers: skip}\n"
+     "  - {feature: embeddings, loss: mse, projection: shared}\n",
+     "terms[0].projection: auto (a projection per layer) beside terms[1]'s shared (one for every layer): a recipe has "
+     "one projection"),
+    ("training_with_method", "r.yaml", "method: tinybert\ntraining: {schedule: linear}\n" + GOOD,
+     "training: a recipe adding terms to tinybert trains as tinybert does (its schedule and batches are its flags'); "
+     "drop training:"),
 ]
 
 
@@ -371,3 +404,44 @@ def test_repeated_terms_are_named_in_order_around_given_names():
                                               "hidden_mse_2", "hidden_mse_3", "hidden_mse_4"]
     assert recipe.terms[1].temperature == Schedule.constant(3.0)
     assert isinstance(recipe, Recipe)
+
+
+def test_sums_training_and_reductions_record_and_parse_back(tmp_path):
+    """A sum's members are flat terms that carry the sum's name and weight (its weight applied once, methods/recipe.py);
+    unnamed sums are sum, sum_2 (members named as terms); training: and reduction: are recorded with their defaults
+    spelt out, and the record parses back to the same recipe."""
+    path = tmp_path / "r.yaml"
+    path.write_text("training: {schedule: constant}\nterms:\n"
+                    "  - {feature: hidden, loss: mse, layers: uniform, reduction: sum, projection: shared}\n"
+                    "  - {weight: 2.5, sum: [{feature: attention_probs, loss: kl, layers: final},\n"
+                    "                        {feature: value_relation, loss: kl, layers: final}]}\n"
+                    "  - {name: rel, weight: {schedule: linear, from: 0.0, to: 1.0, steps: 4},\n"
+                    "     sum: [{feature: attention_probs, loss: kl, layers: [[1, 2]]}]}\n"
+                    "  - {sum: [{feature: logits, loss: kl, temperature: 2.0}]}\n")
+    recipe = load_recipe(path)
+    assert [(t.key, t.name, t.group, t.member, t.weight.record()) for t in recipe.terms] == [
+        ("terms[0]", "hidden_mse", None, None, {"schedule": "constant", "value": 1.0}),
+        ("terms[1].sum[0]", "attention_probs_kl", "sum", 0, {"schedule": "constant", "value": 2.5}),
+        ("terms[1].sum[1]", "value_relation_kl", "sum", 1, {"schedule": "constant", "value": 2.5}),
+        ("terms[2].sum[0]", "attention_probs_kl_2", "rel", 0,
+         {"schedule": "linear", "from": 0.0, "to": 1.0, "steps": 4}),
+        ("terms[3].sum[0]", "logits_kl", "sum_2", 0, {"schedule": "constant", "value": 1.0})]
+    assert (recipe.training.schedule, recipe.training.incomplete_batches) == ("constant", "train")
+    assert (recipe.terms[0].reduction, recipe.terms[0].projection, recipe.terms[1].reduction) == ("sum", "shared",
+                                                                                                   "mean")
+    record = json.loads(json.dumps(recipe.record()))
+    assert record["training"] == {"schedule": "constant", "incomplete_batches": "train"}
+    assert record["terms"][1] == {"name": "sum", "weight": {"schedule": "constant", "value": 2.5}, "sum": [
+        {"name": "attention_probs_kl", "feature": "attention_probs", "loss": "kl", "layers": {"rule": "final"},
+         "head_mean": False, "reduction": "mean"},
+        {"name": "value_relation_kl", "feature": "value_relation", "loss": "kl", "layers": {"rule": "final"},
+         "reduction": "mean"}]}
+    again = parse_recipe({k: record[k] for k in ("method", "terms", "training")}, "config.json")
+    assert again == replace(recipe, path=None, sha256=None, text=None)
+    assert parse_recipe({"terms": record["terms"]}, "x").training == type(recipe.training)()  # default: linear, train
+
+
+def test_the_final_rule_is_the_last_layers_alone():
+    final = LayerMap(rule="final")
+    assert final.resolve(3, 12, "w") == ((3, 12),) and final.resolve(6, 4, "w") == ((6, 4),)
+    assert final.resolve(1, 1, "w") == ((1, 1),)

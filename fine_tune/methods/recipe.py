@@ -23,6 +23,7 @@ every other term names its teacher.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from itertools import groupby
 from pathlib import Path
 from typing import ClassVar
 
@@ -119,8 +120,15 @@ class RecipeKD(WidthProjecting, Method):
         self.padding, self.regression = padding, regression
         self.student_width, self.teacher_width = student_width, teacher_width
         self.teacher_weights = teacher_weights
+        # how it trains (the recipe's training:), the run plan's to resolve; a projection learns on the same schedule
+        self.schedule = recipe.training.schedule
+        self.drop_last = recipe.training.incomplete_batches == "skip"
+        if projection_optimiser is not None:
+            projection_optimiser = replace(projection_optimiser, schedule=self.schedule)
         self.projection_optimiser = projection_optimiser
         self.projection: WidthProjection | None = None
+        # projection: shared, TinyBERT's W_h: one map for every layer and the embeddings, at any widths
+        self.shared_projection = any(t.term.projection == "shared" for t in terms)
         features = {t.term.feature for t in terms}
         self.needs_hidden_states = bool(features & set(HIDDEN_FEATURES))
         self.uses_teacher = any(t.term.feature != "hard_labels" for t in terms)
@@ -151,11 +159,11 @@ class RecipeKD(WidthProjecting, Method):
                              f"{[t.name for t in recipe.teachers]}")
         if not several:
             shapes = {recipe.teachers[0].name if recipe.teachers else DEFAULT_TEACHER: settings.teacher}
-        terms = [cls._resolve(term, s, shapes, settings.regression, f"{where}: terms[{term.index}]")
+        terms = [cls._resolve(term, s, shapes, settings.regression, f"{where}: {term.key}")
                  for term in recipe.terms]
         primary = next(iter(shapes.values()))
-        widths = {t.teacher_width for t in terms if t.term.feature in HIDDEN_FEATURES and t.term.projection == "auto"
-                  and t.teacher_width != s.hidden_size}
+        widths = {t.teacher_width for t in terms if t.term.feature in HIDDEN_FEATURES and (
+            t.term.projection == "shared" or t.term.projection == "auto" and t.teacher_width != s.hidden_size)}
         if len(widths) > 1:
             raise UserError(f"{where}: the projected hidden terms read teachers of widths {sorted(widths)}; one learned "
                             f"projection maps the student to one width: project to one teacher's width only")
@@ -200,14 +208,20 @@ class RecipeKD(WidthProjecting, Method):
             who = f"teacher {t.teacher}" if t.teacher else "teacher"
             if term.feature in HIDDEN_FEATURES and self.student_width != t.teacher_width:
                 if term.projection == "none":
-                    raise UserError(f"{where}: terms[{term.index}]: projection none, but the student's width "
+                    raise UserError(f"{where}: {term.key}: projection none, but the student's width "
                                     f"{self.student_width} differs from the {who}'s {t.teacher_width}")
-                if term.feature == "embeddings":
-                    raise UserError(f"{where}: terms[{term.index}]: embeddings of another width than the {who}'s "
-                                    f"are not supported yet")
+                if term.feature == "embeddings" and term.projection != "shared":
+                    raise UserError(f"{where}: {term.key}: embeddings of another width than the {who}'s need "
+                                    f"projection: shared (one map for every layer and the embeddings)")
             if term.feature in HEAD_MEAN_FEATURES and t.heads[0] != t.heads[1] and not term.head_mean:
-                raise UserError(f"{where}: terms[{term.index}]: the student has {t.heads[0]} attention heads and "
+                raise UserError(f"{where}: {term.key}: the student has {t.heads[0]} attention heads and "
                                 f"the {who} {t.heads[1]}: add head_mean: true to compare head means")
+
+    def check_training_rows(self, rows: int, micro_batch: int, source: str) -> None:
+        if self.drop_last and rows < micro_batch:
+            raise UserError(f"{source}: {rows} rows, fewer than one micro-batch ({micro_batch} rows: --batch_size / "
+                            f"--accum_step); the recipe {self.recipe.path} skips incomplete batches "
+                            f"(training.incomplete_batches: skip), so nothing would train: lower --batch_size")
 
     def check_models(self, teacher_config, student_family: str) -> None:
         """Attention terms recompute attention from the recorded Q, K, V: refused for a family whose attention is
@@ -244,12 +258,14 @@ class RecipeKD(WidthProjecting, Method):
     # -- the width projection ----------------------------------------------------------------------------------
     @property
     def needs_projection(self) -> bool:
+        """``auto``: a map per layer where the widths differ; ``shared``: one map at any widths (TinyBERT's)."""
         return any(self._projected(t) for t in self.terms)
 
     def _projected(self, t: ResolvedTerm) -> bool:
         """Whether a term's student hidden states go through the learned projection: a hidden feature with
-        ``projection: auto`` whose teacher is of another width."""
-        return t.term.feature in HIDDEN_FEATURES and t.term.projection == "auto" and t.teacher_width != self.student_width
+        ``projection: shared``, or ``auto`` where its teacher is of another width."""
+        return t.term.feature in HIDDEN_FEATURES and (t.term.projection == "shared" or (
+            t.term.projection == "auto" and t.teacher_width != self.student_width))
 
     # -- the loss ------------------------------------------------------------------------------------------------
     def _projector(self, t: ResolvedTerm):
@@ -257,6 +273,8 @@ class RecipeKD(WidthProjecting, Method):
         teacher's width (None: no projection for this term)."""
         if self.projection is None or not self._projected(t):
             return None
+        if self.projection.shared:  # the embeddings (layer 0) too
+            return self.projection
         return lambda layer, h: self.projection(layer, h) if layer > 0 else h
 
     def begin_step(self, step: int) -> None:
@@ -276,19 +294,35 @@ class RecipeKD(WidthProjecting, Method):
         mask = student.attention_mask if self.padding == "dynamic" else None
         total = student.logits.float().new_zeros(())
         parts: dict[str, torch.Tensor] = {}
+
         sources = self._sources(teacher)
-        for t in self.current:  # each term weighted where the built-in methods weigh theirs (term_loss)
+
+        def loss_of(t: ResolvedTerm, weight: float) -> torch.Tensor:
             term = t.term
-            contribution = term_loss(
+            return term_loss(
                 term.feature, t.loss, student, sources[t.teacher], pairs=t.pairs, labels=batch.get("labels"),
                 temperature=t.temperature, mask=student.attention_mask if term.feature in ALWAYS_MASKED else mask,
                 num_heads=t.heads, relation_heads=term.relation_heads, head_mean=term.head_mean,
-                project=self._projector(t), weight=t.weight)
-            parts[term.name] = contribution
-            total = total + contribution
+                project=self._projector(t), weight=weight, reduction=term.reduction)
+
+        for group, members in groupby(self.current, key=lambda t: t.term.group):
+            members = list(members)
+            if group is None:  # each term weighted where the built-in methods weigh theirs (term_loss)
+                for t in members:
+                    contribution = loss_of(t, t.weight)
+                    parts[t.term.name] = contribution
+                    total = total + contribution
+            else:  # a sum: its members' losses added in order, then weighted once (MiniLM's mu * (L_AT + L_VR))
+                summed = parts[members[0].term.name] = loss_of(members[0], 1.0)  # members logged unweighted
+                for t in members[1:]:
+                    parts[t.term.name] = loss_of(t, 1.0)
+                    summed = summed + parts[t.term.name]
+                parts[group] = summed * members[0].weight
+                total = total + parts[group]
+        for t in self.current:
             for what, schedule, value in (("weight", t.term.weight, t.weight),
                                           ("temperature", t.term.temperature, t.temperature)):
                 if schedule is not None and schedule.kind != "constant":  # TensorBoard shows the schedule
-                    parts[f"{term.name}_{what}"] = total.new_tensor(value)
+                    parts[f"{t.term.group or t.term.name}_{what}"] = total.new_tensor(value)
         parts["loss"] = total
         return parts

@@ -41,7 +41,11 @@ Features and losses:
 
 Layer pairs (``hidden``, ``cls`` and the attention features): the term is ``1/|P| sum_{(j, i) in P} L(s_j, t_i)``
 computed as :func:`hidden_mse_loss` computes its sum (each pair's loss times ``weight / |P|``, then summed);
-``reduction="sum"`` sums them instead, ``weight * sum_P L`` (TinyBERT's per-layer sums).
+``reduction="sum"`` sums them instead, ``weight * sum_P L`` (TinyBERT's per-layer sums, eq. 7-10 as its released
+code), and its vectors' masked ``mse`` is TinyBERT's :func:`~fine_tune.methods.tinybert.hidden_mse` (the squared
+differences of the real tokens summed whole, then divided by ``D sum_b n_b`` once) where ``"mean"`` takes
+:func:`~fine_tune.methods.layerwise.masked_mean`'s per-token means: one equation, each built-in's order of
+additions, so each reproduces its method bit for bit.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ from .layerwise import HiddenPair, hidden_mse_loss, masked_mean
 from .logits_kd import logits_kd_loss
 from .minilm import minilmv2_loss, relation, relation_kl
 from .pkd import normalized_cls_loss
-from .tinybert import attention_mse, attention_mse_from_projections, soft_cross_entropy
+from .tinybert import attention_mse, attention_mse_from_projections, hidden_mse, soft_cross_entropy
 
 Projection = Callable[[int, torch.Tensor], torch.Tensor]
 REDUCTIONS = ("mean", "sum")
@@ -121,6 +125,12 @@ def _labels(o: _Options) -> torch.Tensor:
 def _vector_mse(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """hidden_mse_loss's MSE of one pair (itself, with mu = 1 and one pair: ``MSE * 1.0`` exactly)."""
     return hidden_mse_loss([HiddenPair(0, s, t)], 1.0, mask)[0]
+
+
+def _vector_summed_mse(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """TinyBERT's hidden_mse (itself): masked, ``sum_{b, s real, d} (s - t)^2 / (D sum_b n_b)`` summed whole and
+    divided once (the same value as :func:`_vector_mse`'s per-token means, rounded otherwise)."""
+    return hidden_mse(s, t, mask, mask is not None and s.dim() > 2)
 
 
 def _vector_cosine(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -252,6 +262,7 @@ FEATURE_KINDS: dict[str, str] = {
     "value_relation": "attention", "qkv_relation": "attention",
 }
 _VECTOR_LOSSES = {"mse": _vector_mse, "cosine": _vector_cosine, "normalized_mse": _vector_normalized_mse}
+_SUMMED_VECTOR_LOSSES = {"mse": _vector_summed_mse}  # reduction "sum": TinyBERT's form where it differs
 TERMS: dict[tuple[str, str], Callable] = {
     ("logits", "kl"): _logits_kl, ("logits", "mse"): _logits_mse, ("logits", "ce"): _logits_ce,
     ("hard_labels", "ce"): _hard_ce, ("hard_labels", "mse"): _hard_mse,
@@ -322,6 +333,7 @@ def term_loss(feature: str, loss: str, student: ModelOutputs, teacher: ModelOutp
     if feature in PAIRED and not pairs:
         raise ValueError(f"the {feature} term needs at least one (student layer, teacher layer) pair")
     if kind == "vectors":
+        fn = _SUMMED_VECTOR_LOSSES.get(loss, fn) if reduction == "sum" else fn
         terms = [fn(s, t, mask) for s, t in _vector_pairs(feature, student, teacher, pairs, project)]
     else:
         terms = [fn(s, t, o) for s, t in _attention_pairs(student, teacher, pairs)]

@@ -1,6 +1,6 @@
 """The file format of distillation recipes (issue 33): parsing and validation only, no model code.
 
-A recipe is a YAML (``.yaml``/``.yml``) or JSON (``.json``) mapping with three keys::
+A recipe is a YAML (``.yaml``/``.yml``) or JSON (``.json``) mapping with these keys::
 
     method: null          # optional: a built-in method (lad, minilm, ...) whose losses the terms are added to
     teachers:             # optional; default: the run's teacher, named "teacher"
@@ -11,8 +11,14 @@ A recipe is a YAML (``.yaml``/``.yml``) or JSON (``.json``) mapping with three k
       - {feature: hidden, loss: mse, layers: [[1, 2], [2, 4], [3, 6]]}      # [student, teacher]; 0 = embeddings
       - {feature: attention_probs, loss: kl, layers: {rule: last},
          weight: {schedule: linear, from: 0.0, to: 1.0, steps: 1000}}
+      - {name: minilm, weight: 2.5, sum: [{feature: attention_probs, loss: kl, layers: final},
+                                          {feature: value_relation, loss: kl, layers: final}]}
+    training: {schedule: constant, incomplete_batches: skip}    # optional; default: linear, train
 
-Each term is one loss ``weight(step) * loss(student feature, teacher feature)``; the run's loss is their sum.
+Each term is one loss ``weight(step) * loss(student feature, teacher feature)``; the run's loss is their sum. A sum
+term (``sum: [...]``) is ``weight(step) * (L_1 + L_2 + ...)``, its members' losses added first (MiniLM's
+``mu (L_AT + L_VR)``); a layer term's ``reduction`` combines its pairs by their mean (default) or TinyBERT's sum.
+``training`` (:class:`Training`) sets the learning rate's schedule and whether incomplete batches train.
 The losses a feature allows (:data:`ALLOWED`), with ``s`` the student's and ``t`` the teacher's feature:
 
 - ``kl``: ``KL(softmax(t / T) || softmax(s / T))`` over the last axis (Hinton et al. 2015, "Distilling the
@@ -61,17 +67,25 @@ LAYER_FEATURES: tuple[str, ...] = ("hidden", "cls", "attention_scores", "attenti
 ATTENTION_FEATURES: tuple[str, ...] = ("attention_scores", "attention_probs", "value_relation", "qkv_relation")
 HEAD_MEAN_FEATURES: tuple[str, ...] = ("attention_scores", "attention_probs")
 PROJECTION_FEATURES: tuple[str, ...] = ("hidden", "cls", "embeddings")
-PROJECTIONS: tuple[str, ...] = ("auto", "none")
-RULES: tuple[str, ...] = ("uniform", "skip", "last")
+PROJECTIONS: tuple[str, ...] = ("auto", "none", "shared")
+RULES: tuple[str, ...] = ("uniform", "skip", "last", "final")
+# how a term combines its layer pairs (and the masked MSE's order of additions): the layer-wise scripts' mean, or
+# TinyBERT's sum (terms.py)
+REDUCTIONS: tuple[str, ...] = ("mean", "sum")
+REDUCTION_FEATURES: tuple[str, ...] = LAYER_FEATURES + ("embeddings",)
+LR_SCHEDULES: tuple[str, ...] = ("linear", "constant")  # the learning rate's (engine/optim.SCHEDULES)
+INCOMPLETE_BATCHES: tuple[str, ...] = ("train", "skip")
 SCHEDULES: tuple[str, ...] = ("constant", "linear")
 CKPT_NAMES: tuple[str, ...] = ("best", "last")
 DEFAULT_TEACHER = "teacher"  # the run's own teacher, the only one when a recipe declares none
 SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".json")
 
-TOP_KEYS: tuple[str, ...] = ("method", "teachers", "terms")
+TOP_KEYS: tuple[str, ...] = ("method", "teachers", "terms", "training")
+TRAINING_KEYS: tuple[str, ...] = ("schedule", "incomplete_batches")
 TEACHER_KEYS: tuple[str, ...] = ("name", "experiment", "model", "ckpt", "hf", "weight")
 TERM_KEYS: tuple[str, ...] = ("feature", "loss", "weight", "temperature", "layers", "projection", "teacher",
-                              "relation_heads", "head_mean", "name")
+                              "relation_heads", "head_mean", "name", "reduction")
+SUM_KEYS: tuple[str, ...] = ("sum", "weight", "name")  # a sum term: its members' losses added, then weighted once
 _NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
@@ -229,7 +243,8 @@ class LayerMap:
 
     - ``uniform`` and ``skip``: ``j -> ceil(j * Lt / Ls)`` (every ``Lt/Ls``-th layer, the last onto the last;
       PKD-skip, Sun et al. 2019; TinyBERT's uniform map);
-    - ``last``: ``j -> Lt - Ls + j`` (the teacher's top ``Ls`` layers; PKD-last)."""
+    - ``last``: ``j -> Lt - Ls + j`` (the teacher's top ``Ls`` layers; PKD-last);
+    - ``final``: the student's last layer alone onto the teacher's last, ``(Ls, Lt)`` (MiniLM, MiniLMv2)."""
 
     rule: str | None = None
     pairs: tuple[tuple[int, int], ...] | None = None
@@ -245,6 +260,8 @@ class LayerMap:
                 if t > lt:
                     raise UserError(f"{where}: teacher layer {t} is outside the {lt}-layer teacher")
             return self.pairs
+        if self.rule == "final":
+            return ((ls, lt),)
         if self.rule == "last":
             if ls > lt:
                 raise UserError(f"{where}: rule 'last' maps the {ls}-layer student onto the teacher's last layers, "
@@ -257,7 +274,7 @@ class LayerMap:
 
 
 def parse_layers(value: Any, feature: str, where: str, key: str) -> LayerMap:
-    """``uniform``/``skip``/``last``, ``{rule: ...}`` or a list of ``[student, teacher]`` pairs of ints >= 0 (>= 1
+    """``uniform``/``skip``/``last``/``final``, ``{rule: ...}`` or a list of ``[student, teacher]`` pairs of ints >= 0 (>= 1
     for an attention feature: layer 0, the embeddings, has no attention), no student layer twice."""
     if isinstance(value, str):
         return LayerMap(rule=_choice(value, RULES, "layer rule", where, key))
@@ -316,7 +333,9 @@ class Term:
     """One loss term: ``weight(step) * loss(student feature, teacher feature)`` (the module docstring gives each
     loss). ``index`` is its place in the recipe's ``terms``; ``name`` (default ``{feature}_{loss}``, ``_2``,
     ``_3``... on repeats) names it in logs. Fields that do not apply to the feature are None (``head_mean``:
-    False)."""
+    False). ``reduction``: how a layer feature combines its pairs, ``mean`` (the layer-wise scripts') or ``sum``
+    (TinyBERT's). A member of a sum term (``{sum: [...], weight, name}``) has ``group``, the sum's name, and
+    ``member``, its place in the sum; its ``weight`` is the sum's, applied once to the members' added losses."""
 
     index: int
     feature: str
@@ -329,11 +348,21 @@ class Term:
     relation_heads: int | None
     head_mean: bool
     name: str
+    reduction: str = "mean"
+    group: str | None = None
+    member: int | None = None
+
+    @property
+    def key(self) -> str:
+        """Its key path in the recipe: ``terms[2]``, or ``terms[2].sum[0]`` for a sum's member."""
+        return f"terms[{self.index}]" + (f".sum[{self.member}]" if self.member is not None else "")
 
     def record(self) -> dict:
-        """The term as a recipe would write it, every default spelt out (it parses back to this term)."""
-        out: dict[str, Any] = {"name": self.name, "feature": self.feature, "loss": self.loss,
-                               "weight": self.weight.record()}
+        """The term as a recipe would write it, every default spelt out (it parses back to this term; a sum's
+        member without its weight, which is the sum's)."""
+        out: dict[str, Any] = {"name": self.name, "feature": self.feature, "loss": self.loss}
+        if self.group is None:
+            out["weight"] = self.weight.record()
         if self.temperature is not None:
             out["temperature"] = self.temperature.record()
         if self.layers is not None:
@@ -344,16 +373,44 @@ class Term:
             out["head_mean"] = self.head_mean
         if self.relation_heads is not None:
             out["relation_heads"] = self.relation_heads
+        if self.feature in REDUCTION_FEATURES:
+            out["reduction"] = self.reduction
         if self.teacher is not None:
             out["teacher"] = self.teacher
         return out
 
 
 @dataclass(frozen=True)
+class Training:
+    """How a recipe's student trains, beyond its losses (``training:``; the method's ``schedule`` and
+    ``drop_last``, which the run plan resolves into the engine's settings): the learning rate's ``schedule``,
+    ``linear`` (``--warmup_step`` warmup, then linear decay: every script's) or ``constant`` (TinyBERT's
+    intermediate stage), followed by a learned projection too; ``incomplete_batches``: ``train`` (every row) or
+    ``skip`` (each epoch trains only full micro-batches, TinyBERT's released loop)."""
+
+    schedule: str = "linear"
+    incomplete_batches: str = "train"
+
+    def record(self) -> dict:
+        return {"schedule": self.schedule, "incomplete_batches": self.incomplete_batches}
+
+
+def parse_training(value: Any, where: str) -> Training:
+    """``training: {schedule: linear|constant, incomplete_batches: train|skip}`` (either key optional)."""
+    data = _mapping(value, where, "training")
+    _check_keys(data, TRAINING_KEYS, where, "training")
+    return Training(_choice(data.get("schedule", "linear"), LR_SCHEDULES, "learning-rate schedule", where,
+                            "training.schedule"),
+                    _choice(data.get("incomplete_batches", "train"), INCOMPLETE_BATCHES, "incomplete_batches value",
+                            where, "training.incomplete_batches"))
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A parsed recipe: the file (``path``, the ``sha256`` of its bytes, its ``text``; None from
     :func:`parse_recipe`), the built-in ``method`` its terms add to (or None), its ``teachers`` (empty: the run's
-    teacher, :data:`DEFAULT_TEACHER`) and its ``terms``."""
+    teacher, :data:`DEFAULT_TEACHER`), its ``terms`` (a sum's members in place, one after the other) and how it
+    trains (:class:`Training`)."""
 
     path: str | None
     sha256: str | None
@@ -361,11 +418,21 @@ class Recipe:
     method: str | None
     teachers: tuple[TeacherSpec, ...]
     terms: tuple[Term, ...]
+    training: Training = Training()
 
     def record(self) -> dict:
-        """JSON-able, for config.json: the file and its content normalised (defaults spelt out)."""
+        """JSON-able, for config.json: the file and its content normalised (defaults spelt out; a sum as
+        ``{name, weight, sum: [members]}``)."""
+        terms: list[dict] = []
+        for t in self.terms:
+            if t.group is None:
+                terms.append(t.record())
+            elif t.member == 0:
+                terms.append({"name": t.group, "weight": t.weight.record(), "sum": [t.record()]})
+            else:
+                terms[-1]["sum"].append(t.record())
         return {"path": self.path, "sha256": self.sha256, "method": self.method,
-                "teachers": [t.record() for t in self.teachers], "terms": [t.record() for t in self.terms]}
+                "teachers": [t.record() for t in self.teachers], "terms": terms, "training": self.training.record()}
 
 
 def _parse_teacher(data: Any, where: str, key: str) -> TeacherSpec:
@@ -397,9 +464,16 @@ def _parse_teacher(data: Any, where: str, key: str) -> TeacherSpec:
                        _text(data["model"], where, f"{key}.model"), ckpt, None, weight)
 
 
-def _parse_term(data: Any, index: int, teachers: tuple[str, ...], where: str) -> Term:
-    key = f"terms[{index}]"
+def _parse_term(data: Any, index: int, teachers: tuple[str, ...], where: str, member: int | None = None,
+                group: tuple[str, Schedule] | None = None) -> Term:
+    """One term; ``group`` (name, weight) for the ``member``-th term of a sum (which takes no weight of its own)."""
+    key = f"terms[{index}]" + (f".sum[{member}]" if member is not None else "")
     data = _mapping(data, where, key)
+    if group is not None and "weight" in data:
+        raise _refuse(where, f"{key}.weight", "a member of a sum takes the sum's weight (terms[{}].weight)"
+                      .format(index))
+    if group is not None and "sum" in data:
+        raise _refuse(where, f"{key}.sum", "a sum's member is one term (sums do not nest)")
     _check_keys(data, TERM_KEYS, where, key)
     for k in ("feature", "loss"):
         if k not in data:
@@ -415,7 +489,7 @@ def _parse_term(data: Any, index: int, teachers: tuple[str, ...], where: str) ->
             raise _refuse(where, f"{key}.{k}", f"{feature} takes no {k} ({why})")
         return feature in features
 
-    weight = parse_schedule(data.get("weight", 1.0), where, f"{key}.weight")
+    weight = group[1] if group is not None else parse_schedule(data.get("weight", 1.0), where, f"{key}.weight")
     temperature = None
     if only("temperature", ("logits",), "only logits have a temperature"):
         temperature = parse_schedule(data.get("temperature", 1.0), where, f"{key}.temperature", positive=True)
@@ -448,32 +522,71 @@ def _parse_term(data: Any, index: int, teachers: tuple[str, ...], where: str) ->
             raise _expect(teacher, "a teacher's name", where, f"{key}.teacher")
         if teacher not in teachers:
             raise _refuse(where, f"{key}.teacher", _unknown(teacher, teachers, "teacher"))
+    reduction = "mean"
+    if only("reduction", REDUCTION_FEATURES, "it has no layer pairs to combine"):
+        reduction = _choice(data.get("reduction", "mean"), REDUCTIONS, "reduction", where, f"{key}.reduction")
     name = _name(data["name"], where, f"{key}.name") if "name" in data else ""
     return Term(index, feature, loss, weight, temperature, layers, projection, teacher, relation_heads, head_mean,
-                name)
+                name, reduction, None if group is None else group[0], member)
+
+
+def _parse_entry(data: Any, index: int, teachers: tuple[str, ...], where: str) -> list[Term]:
+    """``terms[index]``: one term, or a sum ``{sum: [term, ...], weight, name}`` (its members, flat)."""
+    key = f"terms[{index}]"
+    if not (isinstance(data, dict) and "sum" in data):
+        return [_parse_term(data, index, teachers, where)]
+    _check_keys(data, SUM_KEYS, where, key)
+    members = data["sum"]
+    if not isinstance(members, list) or not members:
+        raise _expect(members, "a non-empty list of terms", where, f"{key}.sum")
+    group = (_name(data["name"], where, f"{key}.name") if "name" in data else "",
+             parse_schedule(data.get("weight", 1.0), where, f"{key}.weight"))
+    return [_parse_term(raw, index, teachers, where, i, group) for i, raw in enumerate(members)]
 
 
 def _name_terms(terms: list[Term], where: str) -> tuple[Term, ...]:
-    """Given names stay (twice is refused); the others get ``{feature}_{loss}``, then ``_2``, ``_3``... in order,
-    skipping any name already taken."""
-    taken: dict[str, int] = {}
+    """Given names stay (twice is refused, terms' and sums' alike: each is logged under its name); the others get
+    ``{feature}_{loss}`` (a sum: ``sum``), then ``_2``, ``_3``... in order, skipping any name already taken."""
+    taken: dict[str, str] = {}
+
+    def take(name: str, key: str) -> None:
+        if name in taken:
+            raise _refuse(where, f"{key}.name", f"{name!r} names {taken[name]} too")
+        taken[name] = key
+
     for t in terms:
+        if t.group and t.member == 0:
+            take(t.group, f"terms[{t.index}]")
         if t.name:
-            if t.name in taken:
-                raise _refuse(where, f"terms[{t.index}].name", f"{t.name!r} names terms[{taken[t.name]}] too")
-            taken[t.name] = t.index
-    out = []
+            take(t.name, t.key)
+
+    def fresh(base: str, key: str) -> str:
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}_{n}"
+        taken[name] = key
+        return name
+
+    out: list[Term] = []
     for t in terms:
+        if t.group == "":
+            group = fresh("sum", f"terms[{t.index}]") if t.member == 0 else out[-1].group
+            t = replace(t, group=group)
         if not t.name:
-            base, n = f"{t.feature}_{t.loss}", 1
-            name = base
-            while name in taken:
-                n += 1
-                name = f"{base}_{n}"
-            taken[name] = t.index
-            t = replace(t, name=name)
+            t = replace(t, name=fresh(f"{t.feature}_{t.loss}", t.key))
         out.append(t)
     return tuple(out)
+
+
+def _check_projections(terms: tuple[Term, ...], where: str) -> None:
+    """One projection per recipe: ``shared`` (one map for every layer and the embeddings) and ``auto`` (one per
+    layer) do not mix."""
+    kinds = {t.projection: t for t in terms if t.projection in ("auto", "shared")}
+    if len(kinds) > 1:
+        raise _refuse(where, f"{kinds['auto'].key}.projection", f"auto (a projection per layer) beside "
+                      f"{kinds['shared'].key}'s shared (one for every layer): a recipe has one projection; give both "
+                      f"the same (or none)")
 
 
 def parse_recipe(data: object, where: str) -> Recipe:
@@ -486,7 +599,7 @@ def parse_recipe(data: object, where: str) -> Recipe:
     if method is not None:
         if not isinstance(method, str):
             raise _expect(method, "a method name or null", where, "method")
-        # its name is checked by the method that reads the recipe (methods/recipe.py): the registry lies above
+        # its name is checked by the run plan (plan/training.py): the registry lies above
     teachers: tuple[TeacherSpec, ...] = ()
     if data.get("teachers") is not None:
         if not isinstance(data["teachers"], list) or not data["teachers"]:
@@ -507,8 +620,13 @@ def parse_recipe(data: object, where: str) -> Recipe:
     if not data["terms"]:
         raise _refuse(where, "terms", "empty; a recipe has at least one term")
     names = tuple(t.name for t in teachers) or (DEFAULT_TEACHER,)
-    terms = [_parse_term(raw, i, names, where) for i, raw in enumerate(data["terms"])]
-    return Recipe(None, None, None, method, teachers, _name_terms(terms, where))
+    terms = _name_terms([t for i, raw in enumerate(data["terms"]) for t in _parse_entry(raw, i, names, where)], where)
+    _check_projections(terms, where)
+    if method is not None and "training" in data:
+        raise _refuse(where, "training", f"a recipe adding terms to {method} trains as {method} does (its schedule "
+                                         f"and batches are its flags'); drop training:")
+    training = parse_training(data["training"], where) if "training" in data else Training()
+    return Recipe(None, None, None, method, teachers, terms, training)
 
 
 # ---- files -----------------------------------------------------------------------------------------------------
@@ -580,4 +698,4 @@ def load_recipe(path: str | Path) -> Recipe:
             at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
             raise UserError(f"{where}: not valid YAML ({at}{problem})") from None
     recipe = parse_recipe(data, where)
-    return Recipe(str(path), hashlib.sha256(raw).hexdigest(), text, recipe.method, recipe.teachers, recipe.terms)
+    return replace(recipe, path=str(path), sha256=hashlib.sha256(raw).hexdigest(), text=text)
