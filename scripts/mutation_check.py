@@ -2628,6 +2628,10 @@ MUTATIONS = [
              "difference (its random draw shifts the run's stream)", "fine_tune/methods/layerwise.py",
              "        if self.needs_projection:\n            self.projection = WidthProjection(",
              "        if True:\n            self.projection = WidthProjection(", (WITH_TERMS,)),
+    Mutation("recipe_fit_dense_ignored", "a recipe's shared projection starts from N(0, 0.02) beside a pretrained "
+             "student's fit_dense (the TinyBERT script starts W_h from it)", "fine_tune/methods/recipe.py",
+             "            method.pretrained_projection = settings.student_projection\n",
+             "            pass\n", ("tests/test_tinybert_fit_dense.py::test_a_pretrained_students_fit_dense_starts_w_h",)),
 ]
 
 

@@ -200,6 +200,16 @@ def test_a_pretrained_students_fit_dense_starts_w_h(world):
         moved = (after[key] - values[name]).abs().max().item()
         assert 5e-6 < moved < 1.05e-5, (key, moved)  # one AdamW step from the file's values
 
+    # the shipped recipe of the stage starts its shared projection from the same fit_dense: the same student, bit for bit
+    recipe = run(w, "run_distil.py", "--recipe", str(REPO / "recipes" / "tinybert_intermediate.yaml"), "--experiment",
+                 "tb_general_recipe", *TEACHER, "--student_ptrain_ver", str(student), "--total_step", "1",
+                 "--warmup_step", "0", "--ckpt_step", "1", "--log_step", "1", "--batch_size", "8", "--lr", "1e-5")
+    assert "the shared projection starts from the pretrained student's fit_dense.weight/bias" in recipe.stderr
+    for name in ("model-1.pt", "projection-1.pt"):
+        a, b = (torch.load(w["exp"] / f"{e}_bert_qqp" / name, weights_only=True) for e in ("tb_general",
+                                                                                           "tb_general_recipe"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
     # --tinybert_fit_dense when_widths_differ, the old rule whole: a W_h (the widths differ) from N(0, 0.02)
     old = plan_of(w, "--experiment", "tb_general_old", "--student_ptrain_ver", str(student), "--tinybert_fit_dense",
                   "when_widths_differ")

@@ -92,11 +92,16 @@ class WidthProjecting:
     # its parameter set's and its files' name (projection-{step}.pt); a recipe's terms added to a method that has its
     # own projection: recipe_projection
     projection_name = "projection"
+    # a pretrained student's own map (models/projection.PretrainedProjection, checked by the method that sets it):
+    # the shared projection starts from it (TinyBERT's W_h from General TinyBERT's fit_dense)
+    pretrained_projection = None
 
     def create_parameters(self, device: torch.device | None, student_device: torch.device | None = None) -> None:
         """The width projection (when ``needs_projection``), on the student's device."""
         if self.needs_projection:
             self.projection = WidthProjection(self.student_width, self.teacher_width, self.ls, self.shared_projection)
+            if self.pretrained_projection is not None:  # drawn first all the same: the seeded stream that follows
+                self.pretrained_projection.copy_to(self.projection.maps[0])  # does not depend on it
             if student_device is not None:
                 self.projection.to(student_device)
 

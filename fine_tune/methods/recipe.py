@@ -109,6 +109,8 @@ class RecipeKD(WidthProjecting, Method):
     online = True
     flag_groups = (RecipeFlags,)
     needs_layer_multiple = False  # layer pairs come from the recipe (rules spread ceil(j L_t / L_s))
+    # projection: shared starts from a pretrained student's own fit_dense (TinyBERT's W_h, General TinyBERT's)
+    projection_weights = "fit_dense"
 
     def __init__(self, recipe: Recipe, terms: list[ResolvedTerm], *, num_student_layers: int, num_teacher_layers: int,
                  padding: str, regression: bool, student_width: int, teacher_width: int,
@@ -127,6 +129,7 @@ class RecipeKD(WidthProjecting, Method):
             projection_optimiser = replace(projection_optimiser, schedule=self.schedule)
         self.projection_optimiser = projection_optimiser
         self.projection: WidthProjection | None = None
+        self.found_projection = None  # a pretrained student's fit_dense (build), used by projection: shared
         # projection: shared, TinyBERT's W_h: one map for every layer and the embeddings, at any widths
         self.shared_projection = any(t.term.projection == "shared" for t in terms)
         features = {t.term.feature for t in terms}
@@ -173,6 +176,10 @@ class RecipeKD(WidthProjecting, Method):
                      projection_optimiser=settings.optimiser,
                      teacher_weights={t.name: t.weight for t in recipe.teachers} if several else None)
         method._check_widths_and_heads(where)
+        method.found_projection = settings.student_projection
+        if method.shared_projection and settings.student_projection is not None:  # checked before any write
+            settings.student_projection.check(s.hidden_size, method.teacher_width, "the recipe's shared projection")
+            method.pretrained_projection = settings.student_projection
         if settings.base is None:
             return method
         method.projection_name = "recipe_projection"  # beside the method's own
@@ -222,6 +229,15 @@ class RecipeKD(WidthProjecting, Method):
             raise UserError(f"{source}: {rows} rows, fewer than one micro-batch ({micro_batch} rows: --batch_size / "
                             f"--accum_step); the recipe {self.recipe.path} skips incomplete batches "
                             f"(training.incomplete_batches: skip), so nothing would train: lower --batch_size")
+
+    def notes(self) -> list[str]:
+        found = self.found_projection
+        if found is None:
+            return []
+        if self.pretrained_projection is not None:
+            return [f"the shared projection starts from the pretrained student's {found.prefix}weight/bias in "
+                    f"{found.file} (TinyBERT's fit_dense), not from N(0, 0.02)"]
+        return [f"{found.file} holds a {found.prefix}weight: unused (only projection: shared starts from it)"]
 
     def check_models(self, teacher_config, student_family: str) -> None:
         """Attention terms recompute attention from the recorded Q, K, V: refused for a family whose attention is

@@ -436,13 +436,6 @@ class TinyBERT(LayerwiseKD):
             return False
         return self.fit_dense == "always" or super().needs_projection
 
-    def create_parameters(self, device, student_device=None) -> None:
-        """W_h (N(0, 0.02) weights, zero bias), then, from a pretrained student that has one, its ``fit_dense``
-        (drawn first all the same, so the seeded stream that follows does not depend on it)."""
-        super().create_parameters(device, student_device)
-        if self.projection is not None and self.pretrained_projection is not None:
-            self.pretrained_projection.copy_to(self.projection.maps[0])
-
     def notes(self) -> list[str]:
         found = self.found_projection
         if found is None or not self.intermediate:
