@@ -1624,8 +1624,8 @@ MUTATIONS = [
              '        used = self.needs_projection and fit_dense == "always"', "        used = self.needs_projection",
              ("tests/test_tinybert_fit_dense.py::test_a_pretrained_students_fit_dense_starts_w_h",)),
     Mutation("fit_dense_found_not_applied", "the pretrained student's fit_dense is found but W_h keeps its N(0, 0.02) "
-             "start", "fine_tune/methods/tinybert.py",
-             "            self.pretrained_projection.copy_to(self.projection.maps[0])", "            pass",
+             "start", "fine_tune/methods/layerwise.py",
+             "                self.pretrained_projection.copy_to(self.projection.maps[0])", "                pass",
              ("tests/test_tinybert_fit_dense.py::test_a_pretrained_students_fit_dense_starts_w_h",)),
     Mutation("fit_dense_shape_unchecked", "a fit_dense of the wrong shape is not refused in the plan (the run fails "
              "after writing)", "fine_tune/methods/tinybert.py",
