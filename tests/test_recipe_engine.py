@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import run_in_process
-from fine_tune import synthetic
+from module_world import data_root, exp_root  # noqa: F401 - fixtures
 from test_distributed import close, layerwise_over_a_teacher, load, torchrun
 from test_eval_during_training import mlflow_store, same_as_tensorboard  # noqa: F401 - the fixture
 from test_scripts_e2e import tb_scalars
@@ -30,19 +30,6 @@ terms:
 """
 NAMES = ["logits_kl", "hard_labels_ce", "hidden_mse", "attention_probs_kl"]
 P = "qqp/train/bert/"
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    """One data root and experiment root for the module (the teacher trained once)."""
-    root = tmp_path_factory.mktemp("recipe_engine") / "data"
-    synthetic.write_qqp(root, n_train=96, n_dev=48, n_test=8)
-    return root
-
-
-@pytest.fixture(scope="module")
-def exp_root(data_root):
-    return data_root.parent / "exp"
 
 
 @pytest.fixture(scope="module")

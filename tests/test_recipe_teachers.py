@@ -12,36 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_in_process
-from fine_tune import synthetic
+from module_world import data_root, exp_root, teacher  # noqa: F401 - fixtures
 from test_layerwise_scripts import TEACHER, TINY
 from test_recipe_method import assert_same_weights, weights
 
 COMMON = ["--task", "qqp", *TINY, "--num_hidden_layers", "3", "--total_step", "3", "--warmup_step", "1",
           "--ckpt_step", "3", "--log_step", "1", "--batch_size", "8", "--lr", "1e-3"]
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    """One data root and experiment root for the module: the tiny teacher is trained once."""
-    root = tmp_path_factory.mktemp("recipe_teachers") / "data"
-    synthetic.write_qqp(root, n_train=96, n_dev=48, n_test=8)
-    return root
-
-
-@pytest.fixture(scope="module")
-def exp_root(data_root):
-    return data_root.parent / "exp"
-
-
-@pytest.fixture(scope="module")
-def teacher(data_root, exp_root, tiny_bert12):
-    """test_layerwise_scripts' teacher (12 layers, checkpoints 2 and 4), trained once for the module."""
-    run_in_process("run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(tiny_bert12),
-                   "--task", "qqp", "--total_step", "4", "--warmup_step", "1", "--ckpt_step", "2", "--log_step", "2",
-                   "--batch_size", "16", "--lr", "1e-3", "--max_seq_len", "24", data_root=data_root,
-                   exp_root=exp_root)
-    return exp_root / "teacher_bert_qqp"
 
 
 def built(tmp_path, text: str, shapes: dict, student=(3, 32, 2)):

@@ -10,35 +10,13 @@ import json
 import pytest
 import torch
 
-from conftest import run_in_process
-from fine_tune import synthetic
+from module_world import data_root, exp_root, teacher  # noqa: F401 - fixtures
 from test_layerwise_scripts import TEACHER, TINY
 from test_recipe_method import assert_same_weights, weights
 
 COMMON = ["--task", "qqp", *TINY, "--num_hidden_layers", "6", "--total_step", "3", "--warmup_step", "1",
           "--ckpt_step", "3", "--log_step", "1", "--batch_size", "8", "--lr", "1e-3", "--gate_lr", "1e-2",
           "--mu", "10", "--softmax_temp", "2.0", "--soft_weight", "0.3", "--hard_weight", "0.7"]
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recipe_with_method") / "data"
-    synthetic.write_qqp(root, n_train=96, n_dev=48, n_test=8)
-    return root
-
-
-@pytest.fixture(scope="module")
-def exp_root(data_root):
-    return data_root.parent / "exp"
-
-
-@pytest.fixture(scope="module")
-def teacher(data_root, exp_root, tiny_bert12):
-    run_in_process("run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(tiny_bert12),
-                   "--task", "qqp", "--total_step", "4", "--warmup_step", "1", "--ckpt_step", "2", "--log_step", "2",
-                   "--batch_size", "16", "--lr", "1e-3", "--max_seq_len", "24", data_root=data_root,
-                   exp_root=exp_root)
-    return exp_root / "teacher_bert_qqp"
 
 
 def test_lad_with_a_zero_weight_term_is_run_lad_distil(run, teacher, exp_root, tmp_path):
