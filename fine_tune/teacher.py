@@ -97,8 +97,11 @@ class Teachers:
         return {k: v for _, t, _ in self.members for k, v in t.input_hashes().items()}
 
     def build(self) -> torch.nn.Module:
+        """The teachers' set; a recipe naming one teacher: that teacher's model."""
         from .models.teacher_set import TeacherSet
 
+        if len(self.members) == 1:
+            return self.primary.build()
         built = {self.members[0][0]: self.primary.build()}
         for name, t, _ in self.members[1:]:
             # building a model draws its random initialisation before the weights load: the other teachers draw

@@ -2632,6 +2632,10 @@ MUTATIONS = [
              "student's fit_dense (the TinyBERT script starts W_h from it)", "fine_tune/methods/recipe.py",
              "            method.pretrained_projection = settings.student_projection\n",
              "            pass\n", ("tests/test_tinybert_fit_dense.py::test_a_pretrained_students_fit_dense_starts_w_h",)),
+    Mutation("teachers_one_named_as_a_set", "a recipe naming one teacher builds a set of one (refused at the start of "
+             "training)", "fine_tune/teacher.py", "        if len(self.members) == 1:\n            return self.primary.build()",
+             "        if False:\n            return self.primary.build()",
+             (RECIPE_TEACHERS + "::test_a_set_of_one_teacher_twice_trains_the_one_teacher_student",)),
 ]
 
 

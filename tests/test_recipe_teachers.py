@@ -147,6 +147,12 @@ def test_a_set_of_one_teacher_twice_trains_the_one_teacher_student(run, teacher,
             "b: teacher_bert_qqp model-4.pt (12 layers, weight 1)") \
         in proc.stderr, proc.stderr
     assert_same_weights(weights(exp_root / "one_bert_qqp"), weights(exp_root / "twice_bert_qqp"))
+    # a recipe naming one teacher: that teacher, as --teacher_exp names it
+    single = tmp_path / "single.yaml"
+    single.write_text(SAME_TWICE.replace("  - {name: b, experiment: teacher, model: bert, ckpt: last, weight: 1.0}\n",
+                                         "").replace("teacher: b", "teacher: a"))
+    run("run_distil.py", "--recipe", str(single), "--experiment", "single", *COMMON)
+    assert_same_weights(weights(exp_root / "one_bert_qqp"), weights(exp_root / "single_bert_qqp"))
 
 
 def test_two_teachers_train_and_are_recorded(run, teacher, exp_root, tmp_path):  # noqa: F811

@@ -29,11 +29,10 @@ from typing import ClassVar
 
 import torch
 
-from ..engine.protocol import LayerRecord, ModelOutputs
+from ..engine.protocol import LayerRecord, ModelOutputs, TeacherShape
 from ..errors import UserError
 from ..models.init import teacher_layer_map
 from ..models.projection import WidthProjection
-from ..engine.protocol import TeacherShape
 from ..recipes.format import (ATTENTION_FEATURES, DEFAULT_TEACHER, HEAD_MEAN_FEATURES, PROJECTION_FEATURES, Recipe, Term,
                               load_recipe)
 from ..settings import flag
