@@ -44,7 +44,7 @@ def parse_distil(prog: str, description: str, argv: Sequence[str] | None = None)
     ``--config FILE``, a run's config.json), and the flags of its layer-wise script (:func:`parse_layerwise`)."""
     import json
 
-    from .methods.registry import METHODS
+    from .methods.registry import METHODS, extendable_methods
 
     argv = sys.argv[1:] if argv is None else list(argv)
     online = [name for name, cls in METHODS.items() if cls.online]
@@ -79,7 +79,7 @@ def parse_distil(prog: str, description: str, argv: Sequence[str] | None = None)
             recorded = read_config(config).get("recipe") if config is not None else None
             recorded = recorded if isinstance(recorded, dict) else {}
             base, names_teachers = recorded.get("method"), bool(recorded.get("teachers"))
-        if isinstance(base, str) and base in online and base != "recipe":
+        if isinstance(base, str) and base in extendable_methods():
             # method: NAME: that method's flags (its losses' weights among them) beside the recipe's
             groups = (*layerwise_groups(base), *(g for g in layerwise_groups(name) if g.key == "recipe"))
         else:  # the recipe's terms set what these flags set for the other methods

@@ -2636,6 +2636,10 @@ MUTATIONS = [
              "training)", "fine_tune/teacher.py", "        if len(self.members) == 1:\n            return self.primary.build()",
              "        if False:\n            return self.primary.build()",
              (RECIPE_TEACHERS + "::test_a_set_of_one_teacher_twice_trains_the_one_teacher_student",)),
+    Mutation("recipe_record_spells_added_defaults", "a recipe's record spells out reduction: mean (added after the "
+             "first recipes): a recipe run started before it is refused on resume as another config", RECIPE_FORMAT,
+             'REDUCTION_FEATURES and self.reduction != "mean":', "REDUCTION_FEATURES:",
+             ("tests/test_recipe_format.py::test_a_recipe_s_record_is_the_one_runs_before_reduction_and_training_recorded",)),
 ]
 
 

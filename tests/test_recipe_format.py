@@ -89,10 +89,10 @@ def test_the_record_is_json_and_parses_back_to_the_same_recipe(tmp_path):
     assert record["teachers"][0] == {"name": "t1", "experiment": "t1", "model": "bert", "ckpt": 1200, "weight": 1.0}
     assert record["terms"][5] == {"name": "attention_scores_mse", "feature": "attention_scores", "loss": "mse",
                                   "weight": {"schedule": "constant", "value": 0.25}, "layers": {"rule": "skip"},
-                                  "head_mean": True, "reduction": "mean"}
+                                  "head_mean": True}
     assert record["terms"][6] == {"name": "embeddings_cosine", "feature": "embeddings", "loss": "cosine",
                                   "weight": {"schedule": "constant", "value": 1.0}, "projection": "none",
-                                  "reduction": "mean", "teacher": "t2"}
+                                  "teacher": "t2"}
     assert record["terms"][4]["name"] == "rel"
     again = parse_recipe({k: record[k] for k in ("method", "teachers", "terms")}, "config.json")
     assert again == replace(recipe, path=None, sha256=None, text=None)
@@ -433,12 +433,25 @@ def test_sums_training_and_reductions_record_and_parse_back(tmp_path):
     assert record["training"] == {"schedule": "constant", "incomplete_batches": "train"}
     assert record["terms"][1] == {"name": "sum", "weight": {"schedule": "constant", "value": 2.5}, "sum": [
         {"name": "attention_probs_kl", "feature": "attention_probs", "loss": "kl", "layers": {"rule": "final"},
-         "head_mean": False, "reduction": "mean"},
-        {"name": "value_relation_kl", "feature": "value_relation", "loss": "kl", "layers": {"rule": "final"},
-         "reduction": "mean"}]}
+         "head_mean": False},
+        {"name": "value_relation_kl", "feature": "value_relation", "loss": "kl", "layers": {"rule": "final"}}]}
+    assert record["terms"][0]["reduction"] == "sum"
     again = parse_recipe({k: record[k] for k in ("method", "terms", "training")}, "config.json")
     assert again == replace(recipe, path=None, sha256=None, text=None)
     assert parse_recipe({"terms": record["terms"]}, "x").training == type(recipe.training)()  # default: linear, train
+
+
+def test_a_recipe_s_record_is_the_one_runs_before_reduction_and_training_recorded():
+    """reduction and training came after the first recipes: at their defaults they stay out of the record, so a run
+    started before them has the same config.json record and resumes (config.changed_fields compares records)."""
+    before = {"path": None, "sha256": None, "method": None, "teachers": [], "terms": [
+        {"name": "hard_labels_ce", "feature": "hard_labels", "loss": "ce",
+         "weight": {"schedule": "constant", "value": 0.3}},
+        {"name": "hidden_mse", "feature": "hidden", "loss": "mse", "weight": {"schedule": "constant", "value": 100.0},
+         "layers": {"rule": "skip"}, "projection": "auto"}]}
+    recipe = parse_recipe({"terms": [{"feature": "hard_labels", "loss": "ce", "weight": 0.3},
+                                     {"feature": "hidden", "loss": "mse", "layers": "skip", "weight": 100}]}, "r.yaml")
+    assert recipe.record() == before
 
 
 def test_the_final_rule_is_the_last_layers_alone():

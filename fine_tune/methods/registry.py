@@ -37,3 +37,9 @@ def get_method(name: str) -> type[Method]:
     except KeyError:
         raise UserError(f"unknown method {name!r}; {did_you_mean(name, METHODS)}methods: {', '.join(METHODS)}") \
             from None
+
+
+def extendable_methods() -> list[str]:
+    """The distillation methods a recipe's terms can be added to (a recipe's ``method: NAME``): every online
+    method but the recipe itself."""
+    return [name for name, cls in METHODS.items() if cls.online and cls is not RecipeKD]

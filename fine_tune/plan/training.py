@@ -30,6 +30,7 @@ from ..experiment import ExperimentDir, roots
 from ..io_utils import check_writable, sha256_file
 from ..engine.protocol import TeacherShape
 from ..methods import Method, get_method
+from ..methods.registry import extendable_methods
 from ..methods.base import MethodSettings, StudentShape
 from ..models.classifier import (check_same_tokenisation, head_note, load_pretrained_config, load_tokenizer,
                                 weight_file_hashes)
@@ -437,9 +438,7 @@ def _recipe(flags) -> Recipe | None:
 
 def _base_method(recipe: Recipe) -> type[Method]:
     """The registered online method a recipe's ``method:`` names (not a recipe); refused in one line otherwise."""
-    from ..methods.registry import METHODS
-
-    online = [name for name, cls in METHODS.items() if cls.online and name != "recipe"]
+    online = extendable_methods()
     if recipe.method not in online:
         raise UserError(f"recipe {recipe.path}: method: {recipe.method!r} is not a distillation method terms can be "
                         f"added to; {did_you_mean(recipe.method, online)}methods: {', '.join(online)}")

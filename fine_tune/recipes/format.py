@@ -359,7 +359,8 @@ class Term:
 
     def record(self) -> dict:
         """The term as a recipe would write it, every default spelt out (it parses back to this term; a sum's
-        member without its weight, which is the sum's)."""
+        member without its weight, which is the sum's) but ``reduction``'s, added after the first recipes: written
+        where it is not ``mean``, so the record of a run started before it is the same record and the run resumes."""
         out: dict[str, Any] = {"name": self.name, "feature": self.feature, "loss": self.loss}
         if self.group is None:
             out["weight"] = self.weight.record()
@@ -373,7 +374,7 @@ class Term:
             out["head_mean"] = self.head_mean
         if self.relation_heads is not None:
             out["relation_heads"] = self.relation_heads
-        if self.feature in REDUCTION_FEATURES:
+        if self.feature in REDUCTION_FEATURES and self.reduction != "mean":
             out["reduction"] = self.reduction
         if self.teacher is not None:
             out["teacher"] = self.teacher
@@ -422,7 +423,8 @@ class Recipe:
 
     def record(self) -> dict:
         """JSON-able, for config.json: the file and its content normalised (defaults spelt out; a sum as
-        ``{name, weight, sum: [members]}``)."""
+        ``{name, weight, sum: [members]}``); ``training`` only where it is not the default (added after the first
+        recipes: a run started before it has the same record, and resumes)."""
         terms: list[dict] = []
         for t in self.terms:
             if t.group is None:
@@ -431,8 +433,11 @@ class Recipe:
                 terms.append({"name": t.group, "weight": t.weight.record(), "sum": [t.record()]})
             else:
                 terms[-1]["sum"].append(t.record())
-        return {"path": self.path, "sha256": self.sha256, "method": self.method,
-                "teachers": [t.record() for t in self.teachers], "terms": terms, "training": self.training.record()}
+        out = {"path": self.path, "sha256": self.sha256, "method": self.method,
+               "teachers": [t.record() for t in self.teachers], "terms": terms}
+        if self.training != Training():
+            out["training"] = self.training.record()
+        return out
 
 
 def _parse_teacher(data: Any, where: str, key: str) -> TeacherSpec:
