@@ -153,6 +153,15 @@ def test_a_set_of_one_teacher_twice_trains_the_one_teacher_student(run, teacher,
                                          "").replace("teacher: b", "teacher: a"))
     run("run_distil.py", "--recipe", str(single), "--experiment", "single", *COMMON)
     assert_same_weights(weights(exp_root / "one_bert_qqp"), weights(exp_root / "single_bert_qqp"))
+    # the second teacher a Hugging Face folder (the same checkpoint, exported): opened as --teacher_hf opens one
+    hf = tmp_path / "hf-teacher"
+    run("export_model.py", "--experiment", "teacher", "--model", "bert", "--task", "qqp", "--ckpt", "4", "--out",
+        str(hf))
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text(SAME_TWICE.replace("experiment: teacher, model: bert, ckpt: last", f"hf: {hf}"))
+    proc = run("run_distil.py", "--recipe", str(mixed), "--experiment", "hf", *COMMON)
+    assert f"b: {hf} (Hugging Face) (12 layers, weight 1)" in proc.stderr, proc.stderr
+    assert_same_weights(weights(exp_root / "one_bert_qqp"), weights(exp_root / "hf_bert_qqp"))
 
 
 def test_two_teachers_train_and_are_recorded(run, teacher, exp_root, tmp_path):  # noqa: F811
