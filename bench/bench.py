@@ -33,9 +33,28 @@ from types import SimpleNamespace
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_flops import add_flops_args  # noqa: E402
-from common import (DATASETS, add_worker_args, alternate, check_args, fmt_flops, fmt_ratio, ideal_ratio,  # noqa: E402
-                    load_examples, machine, markdown_table, median_of, missing_inputs, ok_runs, pair_ratios,
-                    precision_name, ratio_summary, run_worker, skipped, token_lengths, write_json)
+from common import (  # noqa: E402
+    DATASETS,
+    add_worker_args,
+    alternate,
+    check_args,
+    fmt_flops,
+    fmt_ratio,
+    ideal_ratio,
+    load_examples,
+    machine,
+    markdown_table,
+    median_of,
+    missing_inputs,
+    ok_runs,
+    pair_ratios,
+    precision_name,
+    ratio_summary,
+    run_worker,
+    skipped,
+    token_lengths,
+    write_json,
+)
 
 SECTIONS = ("finetune", "distill", "flops")
 FINETUNE_LEN = {"qp_pairs": 128, "boolq": 256}

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import math
-from itertools import chain
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ class Features:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def head(self, n: int) -> "Features":
+    def head(self, n: int) -> Features:
         n = min(n, len(self))
         end = self.offsets[n]
         return Features(self.input_ids[:end], self.token_type_ids[:end], self.offsets[: n + 1],
@@ -69,7 +69,7 @@ class Features:
         }
 
     @classmethod
-    def from_state(cls, state: dict) -> "Features":
+    def from_state(cls, state: dict) -> Features:
         labels = state["labels"]
         return cls(state["input_ids"].numpy(), state["token_type_ids"].numpy(), state["offsets"].numpy(),
                    None if labels is None else labels.numpy())

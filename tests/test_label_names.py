@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import one_thread
+from conftest import run_in_world as run
 
-from conftest import one_thread, run_in_world as run
 from fine_tune import synthetic
 
 SEQ = 32

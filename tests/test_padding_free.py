@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AlbertConfig, BertConfig, BertForSequenceClassification
 
-from fine_tune.models.padding_free import (BUCKET_OVERHEAD, Packing, PaddingFree, plan_buckets,
-                                           supports_padding_free)
+from fine_tune.models.padding_free import BUCKET_OVERHEAD, Packing, PaddingFree, plan_buckets, supports_padding_free
 
 
 def tiny(dropout: float = 0.0, seed: int = 0) -> BertForSequenceClassification:

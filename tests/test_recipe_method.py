@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_layerwise_scripts import TEACHER, TINY, teacher  # noqa: F401 - the fixture
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"

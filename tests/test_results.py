@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from test_scripts_e2e import SEQ, TRAIN, qqp_rows, recompute_logits
 
 

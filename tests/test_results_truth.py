@@ -15,7 +15,6 @@ import statistics
 from pathlib import Path
 
 import pytest
-
 from test_never_lose_a_run import killed_after, tune
 from test_results import BASE, parse_table, write_experiment
 

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from conftest import REPO
-from conftest import HANG_GUARD
+from conftest import HANG_GUARD, REPO
 from test_scripts_e2e import TRAIN
 
 FLAGS = [*TRAIN, "--batch_size", "8", "--warmup_step", "1", "--lr", "1e-3"]
@@ -135,7 +133,6 @@ def test_two_processes_share_a_tokenisation_cache(data_root, tmp_path, tiny_bert
     test releases them only when both are there), then write the same cache file at once: both get the whole,
     correct features, the file is whole and holds them, no temporary file is left, and a third read hits it."""
     from fine_tune import batching
-    from fine_tune.io_utils import sha256_file
     from fine_tune.models.classifier import load_tokenizer
     from fine_tune.tasks import get_task
 

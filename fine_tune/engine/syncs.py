@@ -47,8 +47,9 @@ from __future__ import annotations
 import sys
 import weakref
 from collections import Counter
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable, ContextManager
+from typing import ContextManager
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -298,7 +299,7 @@ class SyncCounter:
         finally:
             self._paused -= 1
 
-    def __enter__(self) -> "SyncCounter":
+    def __enter__(self) -> SyncCounter:
         if self.emulated:  # not a torch function the modes see; its tensors are host-born
             self._from_numpy = torch.from_numpy
 
