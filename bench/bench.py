@@ -123,7 +123,8 @@ def section_finetune(args, datasets: list[str]) -> tuple[dict, list[list[str]]]:
         label = f"{ds}, max_seq_len {wa.max_seq_len}, {len(lengths)} rows"
         print(f"finetune {label}: ideal ratio (padded / real tokens at max_seq_len) {ideal:.3f}", flush=True)
         script = str(HERE / "bench_finetune.py")
-        runs = alternate(FINETUNE, args.repeats, lambda c: run_worker(c, wa, script, allow_fail=True),
+        runs = alternate(FINETUNE, args.repeats,
+                         lambda c, wa=wa, script=script: run_worker(c, wa, script, allow_fail=True),
                          progress("finetune", ds))
         ratios = {f"{a}/{b}": ratio_summary(pair_ratios(runs, a, b)) for a, b in FINETUNE_RATIOS}
         # whole process (Python start to exit: imports, model load, tokenisation, every step, the final save), as a

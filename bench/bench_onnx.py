@@ -48,7 +48,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (
+from common import (  # noqa: E402
     DEFAULT_BOOLQ,
     DEFAULT_DATA,
     DEFAULT_MODEL,
@@ -56,7 +56,7 @@ from common import (
     machine,
     markdown_table,
     skipped,
-    write_json,  # noqa: E402
+    write_json,
 )
 
 VARIANTS = ("int8_plain", "int8_per_tensor", "fp32_mask_index")

@@ -111,7 +111,10 @@ def tokenize(tokenizer, examples: Sequence[Example], max_seq_len: int, chunk: in
         if not regression and any(isinstance(e.label, float) for e in examples):
             raise ValueError("scores as labels of a task that is not a regression task (pass regression=True)")
         labels = np.asarray([e.label for e in examples], dtype=np.float32 if regression else np.int64)
-    cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dtype=dt))
+
+    def cat(xs, dt):
+        return np.concatenate(xs) if xs else np.zeros(0, dtype=dt)
+
     return Features(cat(ids, np.int32), cat(types, np.int8), offsets, labels)
 
 

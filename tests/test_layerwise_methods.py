@@ -263,7 +263,7 @@ def test_pkd_mappings_and_losses():
                                       legacy={"pkd_cls_reduction": "sum"}))
     assert legacy.record() == {"pkd_cls_reduction": "sum"}
     assert legacy.losses({"labels": y}, st, te)["hidden_loss"].item() == pytest.approx(exp2, rel=1e-5)
-    a, b = torch.randn(4, D), torch.randn(4, D)
+    a = torch.randn(4, D)
     assert normalized_cls_loss(a, 3 * a).item() == pytest.approx(0.0, abs=1e-6)
     # opposite unit vectors: squared distance 4, i.e. 4 / D per dimension (mean) or 4 (summed over D)
     assert normalized_cls_loss(a, -a).item() == pytest.approx(4.0 / D, rel=1e-5)

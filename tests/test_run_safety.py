@@ -40,7 +40,7 @@ def test_non_finite_loss_stops_run_keeping_last_good_checkpoint(run, exp_root, t
     proc = run("run_fine_tune.py", "--experiment", "nan", "--model", "bert", "--task", "boolq", "--ptrain_ver",
                str(tiny_bert), *FLAGS, "--total_step", "12", "--ckpt_step", "4", "--log_step", "2", check=False)
     assert proc.returncode == 2
-    lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    lines = [printed for printed in proc.stderr.splitlines() if printed.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in proc.stderr and proc.stderr.rstrip().endswith(lines[0])
     assert "non-finite loss (loss) at step 6" in lines[0] and "model-4.pt" in lines[0]
     folder = exp_root / "nan_bert_boolq"

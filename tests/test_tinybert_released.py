@@ -47,7 +47,10 @@ def released_soft_ce(s: np.ndarray, t: np.ndarray, temperature: float) -> float:
     return float((-p * log_q).sum() / s.size)
 
 
-def built(args: list[str], task: str = "mnli", teacher=TeacherShape(4, 8, 2)):
+SMALL_TEACHER = TeacherShape(4, 8, 2)
+
+
+def built(args: list[str], task: str = "mnli", teacher=SMALL_TEACHER):
     return method_from_flags("tinybert", [*SHAPE, *args], teacher, 0, task)
 
 

@@ -48,8 +48,7 @@ import sys
 import weakref
 from collections import Counter
 from collections.abc import Callable
-from contextlib import contextmanager
-from typing import ContextManager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -323,7 +322,7 @@ class SyncCounter:
 READS_ON_PURPOSE = ("_log", "_check_finite", "_evaluate", "save")
 
 
-def leave_out_reads_on_purpose(trainer, region: Callable[[], ContextManager]) -> None:
+def leave_out_reads_on_purpose(trainer, region: Callable[[], AbstractContextManager]) -> None:
     """Run each of ``trainer``'s :data:`READS_ON_PURPOSE` steps inside ``region()`` (a counter's ``paused``, or
     a region that also books what CUDA's own sync report saw there: scripts/gpu_check.py)."""
     for name in READS_ON_PURPOSE:

@@ -202,7 +202,9 @@ class Packing:
         return pk
 
     def _copy(self, layout: PackedLayout, device: torch.device, attention_mask: torch.Tensor) -> None:
-        move = (lambda t: None if t is None else t.to(device, non_blocking=non_blocking(t.device, device)))
+        def move(t):
+            return None if t is None else t.to(device, non_blocking=non_blocking(t.device, device))
+
         self.shape_ref = attention_mask  # [B, S]: pad() takes the batch's shape from a tensor (symbolic when compiled)
         self.index, self.pad_index = move(layout.index), move(layout.pad_index)
         self.positions, self.first = move(layout.positions), move(layout.first)

@@ -369,7 +369,7 @@ def parse_user_file(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
     wheres: list[str] = []
     labels = [str(x) for x in spec.get("labels") or []]
     for where, row in _rows(Path(path)):
-        def cell(column: str, required: bool = True):
+        def cell(column: str, required: bool = True, *, row=row, where=where):
             if column not in row or row[column] is None or row[column] == "":
                 if required:
                     raise UserError(f"{where}: no value in column {column!r} (columns: "
@@ -377,7 +377,7 @@ def parse_user_file(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
                 return None
             return row[column]
 
-        def text(column: str) -> str:
+        def text(column: str, *, where=where) -> str:
             value = cell(column)
             if not isinstance(value, str):
                 raise UserError(f"{where}: column {column!r} holds {shown(value)}; a text column holds strings")
