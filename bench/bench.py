@@ -33,9 +33,28 @@ from types import SimpleNamespace
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_flops import add_flops_args  # noqa: E402
-from common import (DATASETS, add_worker_args, alternate, check_args, fmt_flops, fmt_ratio, ideal_ratio,  # noqa: E402
-                    load_examples, machine, markdown_table, median_of, missing_inputs, ok_runs, pair_ratios,
-                    precision_name, ratio_summary, run_worker, skipped, token_lengths, write_json)
+from common import (  # noqa: E402
+    DATASETS,
+    add_worker_args,
+    alternate,
+    check_args,
+    fmt_flops,
+    fmt_ratio,
+    ideal_ratio,
+    load_examples,
+    machine,
+    markdown_table,
+    median_of,
+    missing_inputs,
+    ok_runs,
+    pair_ratios,
+    precision_name,
+    ratio_summary,
+    run_worker,
+    skipped,
+    token_lengths,
+    write_json,
+)
 
 SECTIONS = ("finetune", "distill", "flops")
 FINETUNE_LEN = {"qp_pairs": 128, "boolq": 256}
@@ -104,7 +123,8 @@ def section_finetune(args, datasets: list[str]) -> tuple[dict, list[list[str]]]:
         label = f"{ds}, max_seq_len {wa.max_seq_len}, {len(lengths)} rows"
         print(f"finetune {label}: ideal ratio (padded / real tokens at max_seq_len) {ideal:.3f}", flush=True)
         script = str(HERE / "bench_finetune.py")
-        runs = alternate(FINETUNE, args.repeats, lambda c: run_worker(c, wa, script, allow_fail=True),
+        runs = alternate(FINETUNE, args.repeats,
+                         lambda c, wa=wa, script=script: run_worker(c, wa, script, allow_fail=True),
                          progress("finetune", ds))
         ratios = {f"{a}/{b}": ratio_summary(pair_ratios(runs, a, b)) for a, b in FINETUNE_RATIOS}
         # whole process (Python start to exit: imports, model load, tokenisation, every step, the final save), as a

@@ -72,9 +72,23 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (SEED, Stamps, add_worker_args, alternate, device_of, load_examples, parse_args,  # noqa: E402
-                    machine, median_of, pair_ratios, precision_name, run_worker,
-                    toolkit_precision, total_steps, write_json)
+from common import (  # noqa: E402
+    SEED,
+    Stamps,
+    add_worker_args,
+    alternate,
+    device_of,
+    load_examples,
+    machine,
+    median_of,
+    pair_ratios,
+    parse_args,
+    precision_name,
+    run_worker,
+    toolkit_precision,
+    total_steps,
+    write_json,
+)
 
 LR, WEIGHT_DECAY, MAX_NORM = 1e-4, 0.01, 1.0
 HARD, SOFT, TEMP, MU = 0.3, 0.7, 20.0, 100.0
@@ -219,9 +233,13 @@ def build(args, padding: str = "max_length", student_shape: dict = STUDENT):
     import torch
 
     from fine_tune.batching import Collator, tokenize
-    from fine_tune.models.classifier import (build_from_config, build_pretrained_classifier, load_tokenizer,
-                                             student_config)
     from fine_tune.engine.seeding import seed_everything
+    from fine_tune.models.classifier import (
+        build_from_config,
+        build_pretrained_classifier,
+        load_tokenizer,
+        student_config,
+    )
 
     seed_everything(SEED)
     tok = load_tokenizer(args.model)
@@ -251,11 +269,11 @@ def worker_toolkit(args, contender: str, t0: float) -> dict:
     teacher and student run on the real tokens only)."""
     from fine_tune.engine.optim import GATE_NO_DECAY, OptimiserSettings
     from fine_tune.engine.trainer import Trainer, TrainSettings
-    from fine_tune.reporting import TensorBoardReporter
-    from fine_tune.models.forward import forward
     from fine_tune.experiment import ExperimentDir
     from fine_tune.methods import LAD, PKD
+    from fine_tune.models.forward import forward
     from fine_tune.models.padding_free import training_forwards
+    from fine_tune.reporting import TensorBoardReporter
 
     padding = padding_of(contender)
     torch, features, teacher, student, collator = build(args, padding, student_of(contender))

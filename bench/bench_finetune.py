@@ -47,9 +47,24 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (SEED, Stamps, add_worker_args, alternate, device_of, load_examples, parse_args,  # noqa: E402
-                    machine, median_of, pair_ratios, precision_name, run_worker,
-                    toolkit_precision, total_steps, warmup_steps, write_json)
+from common import (  # noqa: E402
+    SEED,
+    Stamps,
+    add_worker_args,
+    alternate,
+    device_of,
+    load_examples,
+    machine,
+    median_of,
+    pair_ratios,
+    parse_args,
+    precision_name,
+    run_worker,
+    toolkit_precision,
+    total_steps,
+    warmup_steps,
+    write_json,
+)
 
 LR = 5e-5
 WEIGHT_DECAY = 0.01
@@ -67,12 +82,12 @@ def worker_toolkit(args, t0: float, *, group_by_length: bool = False, padding: s
     from fine_tune.engine.optim import OptimiserSettings
     from fine_tune.engine.seeding import seed_everything
     from fine_tune.engine.trainer import Trainer, TrainSettings
-    from fine_tune.reporting import TensorBoardReporter
-    from fine_tune.models.forward import forward
     from fine_tune.experiment import ExperimentDir
     from fine_tune.methods import HardLabel
     from fine_tune.models.classifier import build_pretrained_classifier, load_tokenizer
+    from fine_tune.models.forward import forward
     from fine_tune.models.padding_free import training_forwards
+    from fine_tune.reporting import TensorBoardReporter
 
     device = device_of(args)
     precision = toolkit_precision(args, device)
@@ -128,8 +143,15 @@ def worker_trainer(args, t0: float, mode: str = "same_order") -> dict:
     length-grouped batches)."""
     import numpy as np
     import torch
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainerCallback, TrainingArguments, default_data_collator)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        default_data_collator,
+    )
     from transformers.utils import logging as hf_logging
 
     from fine_tune.batching import LengthGroupedMicroBatchStream, MicroBatchStream

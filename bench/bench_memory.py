@@ -105,11 +105,11 @@ def step_peak(args, root: Path, name: str, *, checkpointing: bool = False, paddi
     from fine_tune.engine.device import Precision
     from fine_tune.engine.optim import OptimiserSettings
     from fine_tune.engine.trainer import Trainer, TrainSettings
-    from fine_tune.reporting import TensorBoardReporter
     from fine_tune.experiment import ExperimentDir
     from fine_tune.methods import PKD, HardLabel
     from fine_tune.models.forward import forward
     from fine_tune.models.padding_free import training_forwards
+    from fine_tune.reporting import TensorBoardReporter
 
     student = _bert(args.layers, args, 0)
     teacher = _bert(teacher_layers, args, 1) if teacher_layers else None

@@ -48,8 +48,16 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DEFAULT_BOOLQ, DEFAULT_DATA, DEFAULT_MODEL, SEED, machine, markdown_table, skipped, \
-    write_json  # noqa: E402
+from common import (  # noqa: E402
+    DEFAULT_BOOLQ,
+    DEFAULT_DATA,
+    DEFAULT_MODEL,
+    SEED,
+    machine,
+    markdown_table,
+    skipped,
+    write_json,
+)
 
 VARIANTS = ("int8_plain", "int8_per_tensor", "fp32_mask_index")
 

@@ -111,10 +111,10 @@ def count(key: str, args, root: Path) -> dict:
     from fine_tune.engine.seeding import seed_everything
     from fine_tune.engine.syncs import count_training_syncs
     from fine_tune.engine.trainer import Trainer, TrainSettings
-    from fine_tune.reporting import TensorBoardReporter
     from fine_tune.experiment import ExperimentDir
     from fine_tune.models.forward import forward
     from fine_tune.models.padding_free import training_forwards
+    from fine_tune.reporting import TensorBoardReporter
     from fine_tune.tasks import get_task
 
     c = CONTENDERS[key]

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import math
-from itertools import chain
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ class Features:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def head(self, n: int) -> "Features":
+    def head(self, n: int) -> Features:
         n = min(n, len(self))
         end = self.offsets[n]
         return Features(self.input_ids[:end], self.token_type_ids[:end], self.offsets[: n + 1],
@@ -69,7 +69,7 @@ class Features:
         }
 
     @classmethod
-    def from_state(cls, state: dict) -> "Features":
+    def from_state(cls, state: dict) -> Features:
         labels = state["labels"]
         return cls(state["input_ids"].numpy(), state["token_type_ids"].numpy(), state["offsets"].numpy(),
                    None if labels is None else labels.numpy())
@@ -111,7 +111,10 @@ def tokenize(tokenizer, examples: Sequence[Example], max_seq_len: int, chunk: in
         if not regression and any(isinstance(e.label, float) for e in examples):
             raise ValueError("scores as labels of a task that is not a regression task (pass regression=True)")
         labels = np.asarray([e.label for e in examples], dtype=np.float32 if regression else np.int64)
-    cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dtype=dt))
+
+    def cat(xs, dt):
+        return np.concatenate(xs) if xs else np.zeros(0, dtype=dt)
+
     return Features(cat(ids, np.int32), cat(types, np.int8), offsets, labels)
 
 

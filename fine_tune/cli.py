@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from . import settings
 from .errors import OneLineParser, UserError, closest_name, did_you_mean
 from .settings import FINE_TUNE, IDENTITY_FIELDS, LAYERWISE, NOT_FROM_CONFIG, OFFLINE_DISTILL, ConfigSource, Flags
-
 
 # flags of the layer-wise scripts that a recipe's terms replace (run_distil.py --recipe refuses them given)
 RECIPE_SETS = ("hard_weight", "soft_weight", "softmax_temp", "mu")

@@ -10,7 +10,7 @@ A misspelt name (a choice, a task, a split, a method) is answered with the close
 import argparse
 import re
 import sys
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 
 def closest_name(word: str, names: Iterable[str], aliases: Mapping[str, str] | None = None) -> str | None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,27 +20,33 @@ from . import config as cfg
 from .batching import Collator, Features, cached_features, sequential_batches, tokenizer_fingerprint
 from .engine import distributed
 from .engine.allocator import tune_malloc_for_training
+from .engine.checkpoint import load_checkpoint_into
 from .engine.device import Precision
 from .engine.trainer import to_device
-from .models.forward import forward
 from .errors import UserError
-from .progress import progress, say
 from .experiment import ExperimentDir
-from .io_utils import (TMP_PREFIX, atomic_write, atomic_write_json, atomic_write_text, check_writable, remove_inside,
-                       sha256_file)
+from .io_utils import (
+    TMP_PREFIX,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    check_writable,
+    remove_inside,
+    sha256_file,
+)
 from .locking import lock_folder, releases_locks
-from .selection import LOSS, best_row, experiment_metric, predictions_path, resolve_ckpt
-from .engine.checkpoint import load_checkpoint_into
 from .models.classifier import build_from_config, check_checkpoint, load_model_dir
+from .models.forward import forward
+from .plan.types import applies_devices
+from .progress import progress, say
+from .selection import LOSS, best_row, experiment_metric, predictions_path, resolve_ckpt
 from .tasks import Task
 from .tasks.diagnostics import check_whole_pairs
 from .tasks.example import examples_digest
 from .tasks.logits import check_logits_target, logits_dir, write_logits
-from .plan.types import applies_devices
 
 if TYPE_CHECKING:
-    from .plan.types import (CheckpointChoice, Devices, EvalPlan, LogitsPlan, PredictionPlan,
-                                 TrainedExperiment)
+    from .plan.types import CheckpointChoice, Devices, EvalPlan, LogitsPlan, PredictionPlan, TrainedExperiment
 
 
 @dataclass

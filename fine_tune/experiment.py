@@ -73,7 +73,7 @@ class ExperimentDir:
     name: str  # {experiment}_{model}_{task}
 
     @classmethod
-    def of(cls, exp_root: Path, experiment: str, model: str, task: str, flag: str = "--experiment") -> "ExperimentDir":
+    def of(cls, exp_root: Path, experiment: str, model: str, task: str, flag: str = "--experiment") -> ExperimentDir:
         """``flag``: the flag that named the experiment (``--teacher_exp`` for a teacher), for errors."""
         return cls(Path(exp_root), experiment_name(experiment, model, task, flag))
 
@@ -108,7 +108,7 @@ class ExperimentDir:
                 steps.append(int(m.group(1)))
         return sorted(steps)
 
-    def require(self) -> "ExperimentDir":
+    def require(self) -> ExperimentDir:
         """Fail with a clear message unless the folder holds a finished or running experiment."""
         if not self.config_path.is_file():
             count = sum((p / "config.json").is_file() for p in self.root.iterdir()) if self.root.is_dir() else 0

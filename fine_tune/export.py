@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .engine.checkpoint import load_checkpoint_into
 from .evaluate import _checkpoint, load_split, open_experiment
 from .io_utils import atomic_save_with, sha256_file
-from .outputs import check_folder_output
-from .engine.checkpoint import load_checkpoint_into
 from .models.classifier import set_task_labels
+from .outputs import check_folder_output
 
 if TYPE_CHECKING:
     from .plan.types import ExportPlan

@@ -12,8 +12,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, IO, Iterator
+from typing import IO, Any
 
 TMP_PREFIX = ".tmp-"
 

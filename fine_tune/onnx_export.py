@@ -94,7 +94,7 @@ class _ForwardTimer:
     def __init__(self, model: torch.nn.Module):
         self.model, self.seconds, self._start = model, 0.0, 0.0
 
-    def __enter__(self) -> "_ForwardTimer":
+    def __enter__(self) -> _ForwardTimer:
         self._handles = [self.model.register_forward_pre_hook(self._pre),
                          self.model.register_forward_hook(self._post)]
         return self

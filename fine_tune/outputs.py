@@ -34,12 +34,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from .errors import UserError
-from .io_utils import (NAME_MAX, atomic_write, atomic_write_json, check_writable, nearest_existing, sha256_file,
-                       writable)
+from .io_utils import NAME_MAX, atomic_write, atomic_write_json, check_writable, nearest_existing, sha256_file, writable
 
 OWNERS_FILE = ".fine_tune-outputs.json"
 

@@ -61,7 +61,7 @@ def installed(name: str) -> bool:
 
 
 def resolve_reporting(value: Any, exp, project: str, job: str = "train", flag: str = "--report_to",
-                      source: str = "") -> "Reporting":
+                      source: str = "") -> Reporting:
     """``--report_to`` for the experiment ``exp`` (an :class:`~fine_tune.experiment.ExperimentDir`): its names
     checked, ``all`` made the installed trackers, each named tracker's package imported (else one line, before
     anything is written). ``project``: the task's name; ``job``: ``train`` or ``eval``; ``source``: where the value

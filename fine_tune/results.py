@@ -47,8 +47,16 @@ from .errors import UserError
 from .experiment import CKPT_RE, ExperimentDir, check_name
 from .outputs import write_outputs
 from .result_columns import format_stats
-from .selection import (Rule, absent_note, eval_path, evaluated_rows_changed, on_disk, read_eval, read_predictions,
-                        select_row)
+from .selection import (
+    Rule,
+    absent_note,
+    eval_path,
+    evaluated_rows_changed,
+    on_disk,
+    read_eval,
+    read_predictions,
+    select_row,
+)
 from .tasks import Task
 
 if TYPE_CHECKING:

@@ -19,10 +19,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .tasks.registry import TASKS
 from .errors import UserError
-
 from .models.families import FAMILY_NAMES  # noqa: E402  (one record per family)
+from .tasks.registry import TASKS
+
 TASK_NAMES = tuple(TASKS)  # --task: GLUE's and SuperGLUE's Hugging Face configuration names
 # how a split flag's help names the splits: each task has its own (its task record's files)
 SPLITS_E_G = "train (GLUE tasks: train, dev, test; SuperGLUE tasks: train, val, test; a task of your own: its task.json's)"
@@ -629,7 +629,7 @@ class Flags:
     def has(self, key: str) -> bool:
         return key in self._groups
 
-    def replace(self, **changes: Any) -> "Flags":
+    def replace(self, **changes: Any) -> Flags:
         """A new :class:`Flags` with fields of groups changed: ``replace(batching={"max_seq_len": 128})``."""
         groups = dict(self._groups)
         for key, fields in changes.items():

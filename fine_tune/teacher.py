@@ -13,12 +13,19 @@ from pathlib import Path
 import torch
 
 from . import config as cfg
+from .engine.checkpoint import load_checkpoint_into
 from .errors import UserError
 from .experiment import ExperimentDir, closest_experiments
-from .engine.checkpoint import load_checkpoint_into
 from .io_utils import sha256_file
-from .models.classifier import (build_from_config, check_checkpoint, load_classifier, load_model_dir,
-                                load_pretrained_config, load_tokenizer, weight_file_hashes)
+from .models.classifier import (
+    build_from_config,
+    check_checkpoint,
+    load_classifier,
+    load_model_dir,
+    load_pretrained_config,
+    load_tokenizer,
+    weight_file_hashes,
+)
 
 
 @dataclass

@@ -216,7 +216,7 @@ def boolq(args) -> None:
        "--dataset", "train", "--batch_size", "32", "--lr", "5e-5", "--max_seq_len", "256", "--seed", "42", *steps(n))
     sh("run_fine_tune_eval.py", "--experiment", "teacher", "--model", "bert", "--task", "boolq", "--dataset", "val",
        "--batch_size", "128")
-    labels = [json.loads(l)["label"] for l in (BOOLQ_ROOT / "BoolQ" / "val.jsonl").read_text().splitlines()]
+    labels = [json.loads(line)["label"] for line in (BOOLQ_ROOT / "BoolQ" / "val.jsonl").read_text().splitlines()]
     major = max(labels.count(v) for v in set(labels)) / len(labels)
     print(f"\nBoolQ teacher val accuracy {dev_accuracy('teacher', 'boolq', 'val'):.4f} after {n} steps; "
           f"majority rate {major:.4f}")

@@ -1375,10 +1375,10 @@ MUTATIONS = [
     Mutation("own_unlabelled_twice", "a task.json listing an unlabelled split twice is accepted",
              "fine_tune/tasks/user.py", '    _once("unlabelled", d.unlabelled or [], where)\n', "", (OWN_SCHEMA,)),
     Mutation("own_metrics_empty", 'a task.json "metrics": [] is silently the default', "fine_tune/tasks/user.py",
-             "metrics: Optional[list[Text]] = Field(None, min_length=1,", "metrics: Optional[list[Text]] = Field(None,",
+             "metrics: list[Text] | None = Field(None, min_length=1,", "metrics: list[Text] | None = Field(None,",
              (OWN_SCHEMA,)),
     Mutation("own_unlabelled_empty", 'a task.json "unlabelled": [] is silently the default', "fine_tune/tasks/user.py",
-             "unlabelled: Optional[list[Text]] = Field(None, min_length=1,", "unlabelled: Optional[list[Text]] = Field(None,",
+             "unlabelled: list[Text] | None = Field(None, min_length=1,", "unlabelled: list[Text] | None = Field(None,",
              (OWN_SCHEMA,)),
     Mutation("own_metric_unsuited", "a metric that cannot score the task (accuracy of scores, f1 of three classes) "
              "is accepted, an sklearn traceback at the first evaluation", "fine_tune/tasks/user.py",
@@ -2738,7 +2738,7 @@ def main() -> int:
                 else:
                     code, out, secs = run_tests(main_copy, m.tests, args.timeout)
                     if code == 1:
-                        failed = [l for l in out.splitlines() if l.startswith(("FAILED", "ERROR"))]
+                        failed = [line for line in out.splitlines() if line.startswith(("FAILED", "ERROR"))]
                         row = (m, "caught", failed[0] if failed else "tests failed", secs)
                     elif code == 0:
                         row = (m, "MISSED", "the tests pass with the bug in place", secs)

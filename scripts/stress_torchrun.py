@@ -75,7 +75,7 @@ def main() -> int:
                 finished = (folder / f"resume-{args.steps}.pt").is_file()
                 if proc.returncode != 0 or not finished:
                     lines = proc.stderr.strip().splitlines()
-                    said = [l for l in lines if "terminate" in l or "Abort" in l or "what()" in l]
+                    said = [line for line in lines if "terminate" in line or "Abort" in line or "what()" in line]
                     tail = "\n    ".join([*said, *lines[-6:]])
                     failures[kind].append((i, proc.returncode, tail))
                     print(f"run {i} {kind}: exit {proc.returncode}, finished={finished}\n    {tail}", flush=True)

@@ -30,7 +30,6 @@ import signal
 import sys
 from pathlib import Path
 
-
 _alive: int | None = None  # this process's write end of KILLPOINT_ALIVE, open until it dies
 
 

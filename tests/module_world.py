@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import run_in_process
+
 from fine_tune import synthetic
 
 

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-
-from conftest import REPO, run_in_process
-from conftest import HANG_GUARD
+from conftest import HANG_GUARD, REPO, run_in_process
 from killpoint import Forked
+
 from fine_tune import synthetic
 
 TEACHER = ["--experiment", "teacher", "--model", "bert", "--task", "qqp"]
@@ -102,7 +100,6 @@ def check_complete(cid: str, base: Path) -> None:
         assert AutoTokenizer.from_pretrained(exp / "dir_bert_qqp" / "model").pad_token == "[PAD]"
     elif cid == "tokenisation_cache":  # the rerun's cache file is whole: read back, never re-tokenised
         from fine_tune import batching
-        from fine_tune.io_utils import sha256_file
         from fine_tune.models.classifier import load_tokenizer
         from fine_tune.tasks import get_task
         tok = load_tokenizer(exp / "cache_bert_qqp" / "model")

@@ -13,12 +13,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-
 from conftest import method_from_flags as built_from_flags
+
 from fine_tune.errors import UserError
 from fine_tune.methods.minilm import minilm_loss, minilmv2_loss, relation, relation_kl
-from fine_tune.methods.tinybert import (attention_mse, attention_scores, hidden_mse, soft_cross_entropy,
-                                               split_heads, tinybert_layer_map)
+from fine_tune.methods.tinybert import (
+    attention_mse,
+    attention_scores,
+    hidden_mse,
+    soft_cross_entropy,
+    split_heads,
+    tinybert_layer_map,
+)
 
 TOL = dict(rtol=1e-5, atol=1e-6)
 

@@ -20,14 +20,14 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
-
 from conftest import REPO, run_in_process
+
 from fine_tune import synthetic
 
 SEQ = "24"

@@ -60,6 +60,8 @@ def test_compile_captures_the_teacher_forward_too(tmp_path, monkeypatch):
     """A distillation step (logits KD, T = 2) under compile=True: TorchDynamo captures the teacher's forward as well
     as the student's (a 2-layer teacher, a 1-layer student, both through the padding-free forward with the batch's
     host-built layout: one graph with 1 encoder layer, one with 2), and the step's losses equal the eager step's."""
+    from test_gpu_paths import bert, fixed_batch
+
     from fine_tune.engine.device import Precision
     from fine_tune.engine.optim import OptimiserSettings
     from fine_tune.engine.trainer import Trainer, TrainSettings
@@ -67,7 +69,6 @@ def test_compile_captures_the_teacher_forward_too(tmp_path, monkeypatch):
     from fine_tune.methods import PKD
     from fine_tune.models.forward import forward
     from fine_tune.models.padding_free import training_forwards
-    from test_gpu_paths import bert, fixed_batch
 
     register_counting_backend()
     monkeypatch.setenv("FT_COMPILE_BACKEND", COUNTING)

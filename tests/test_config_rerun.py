@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, run_in_process
+
 from fine_tune import synthetic
 
 TEACHER = ["--experiment", "orig", "--model", "bert", "--task", "qqp", "--total_step", "4", "--warmup_step", "1",
@@ -65,7 +65,8 @@ def test_rerun_from_config_is_bit_identical(roots):
         assert same_tensors(state(exp_root, "orig_bert_qqp", step), state(exp_root, "copy_bert_qqp", step))
 
     # the new fields are runtime fields: not "different science" for the guard nor for the results tables
-    from fine_tune import config as cfg, results
+    from fine_tune import config as cfg
+    from fine_tune import results
 
     assert set(cfg.RERUN_FIELDS) <= cfg.RUNTIME_FIELDS and set(cfg.RERUN_FIELDS) <= results.IGNORED_FIELDS
     assert cfg.changed_fields(orig, copy) == ["experiment"]
@@ -174,7 +175,8 @@ def _recorded_names() -> set[str]:
 def test_every_recorded_field_is_known_to_config():
     """A field a run records is a flag or a known recorded field, so its config.json re-issues (else: 'unknown
     field')."""
-    from fine_tune import cli, config as cfg
+    from fine_tune import cli
+    from fine_tune import config as cfg
 
     names = _recorded_names()
     assert {"teacher_label_order", "hidden_mapping", "tinybert_layers", "gate_no_decay", "task_definition",

@@ -12,9 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-from conftest import REPO
-from conftest import HANG_GUARD
+from conftest import HANG_GUARD, REPO
 from test_scripts_e2e import tb_scalars
 
 TINY = ["--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2"]
@@ -75,7 +73,7 @@ def test_fine_tune_two_processes_match_one(run, tiny_bert, data_root, exp_root):
 
     # pre-empted: the whole two-process job SIGKILLed right after checkpoint 3, then the same command again ends
     # bit-identical to the uninterrupted two-process run
-    from test_resume import assert_bitwise_equal, start_killed, wait_killed, World
+    from test_resume import World, assert_bitwise_equal, start_killed, wait_killed
 
     w = World(data_root, exp_root, tiny_bert)
     wait_killed(start_killed("after:resume-3.pt", "run_fine_tune.py", ["--experiment", "killed", *common], w,
@@ -250,7 +248,6 @@ def test_no_buffer_is_broadcast_and_none_changes_in_training(monkeypatch):
     """Every family's model holds integer index constants only, unchanged by a training step: DDP is told not to
     broadcast them before each forward; a model with running statistics (BatchNorm) still gets them broadcast."""
     import torch.nn.parallel
-
     from transformers import AutoModelForSequenceClassification
 
     from fine_tune.engine import distributed

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fine_tune.models.dropout import dropout, keep_mask
 from fine_tune.models.padding_free import _attention

@@ -12,13 +12,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_layerwise_methods import GATES, gated
+from test_layerwise_scripts import TEACHER, TINY, teacher  # noqa: F401  (teacher: the fixture, 4 steps)
 
 from fine_tune.engine.protocol import ModelOutputs
 from fine_tune.methods import ALPKD, LAD, LADNO, PKD, PartialLAD
 from fine_tune.methods.layerwise import HiddenPair, hidden_mse_loss
 from fine_tune.models.gates import GateBlock, aggregate_chain
-from test_layerwise_methods import GATES, gated
-from test_layerwise_scripts import TEACHER, TINY, teacher  # noqa: F401  (teacher: the fixture, 4 steps)
 
 B, D, MAX = 3, 8, 9
 LENGTHS = [5, 3, 2]  # right padding; the longest member is 5 < MAX

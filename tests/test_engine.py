@@ -13,11 +13,11 @@ from fine_tune.engine.device import Precision, resolve_device, resolve_precision
 from fine_tune.engine.optim import OptimiserSettings, linear_schedule, param_groups
 from fine_tune.engine.protocol import ModelOutputs
 from fine_tune.engine.trainer import Trainer, TrainSettings
-from fine_tune.models.forward import forward
 from fine_tune.errors import UserError
 from fine_tune.experiment import ExperimentDir
 from fine_tune.methods import HardLabel, logits_kd_loss
 from fine_tune.models.classifier import build_from_config, student_config
+from fine_tune.models.forward import forward
 from fine_tune.reporting import TensorBoardReporter
 from fine_tune.tasks import get_task
 
@@ -125,8 +125,9 @@ def test_gradient_accumulation_matches_full_batch(tiny_bert, data_root, tmp_path
 
     # the logged loss is the mean over the step's rows whatever the accumulation: at step 1 it is the cross-entropy
     # of the initial model on the first 32 rows of the seeded order, computed here independently
-    from fine_tune.batching import MicroBatchStream
     from test_scripts_e2e import tb_scalars
+
+    from fine_tune.batching import MicroBatchStream
 
     rows = MicroBatchStream(64, 32, seed=5).next()
     b = Collator(features, tok.pad_token_id, 32, "dynamic")(rows)
@@ -147,8 +148,9 @@ def test_a_logged_window_is_the_mean_of_its_steps(tiny_bert, data_root, tmp_path
     step clipped): each logged loss and grad_norm is the mean over its window's steps of what a log_step 1 run of
     the same training logs, the lr the schedule's at the logged step; the step-1 norm is the student's gradient
     norm before clipping, computed here (the clipping itself: tests/test_optimiser.py)."""
-    from fine_tune.batching import MicroBatchStream
     from test_scripts_e2e import tb_scalars
+
+    from fine_tune.batching import MicroBatchStream
 
     features, tok = _features(tiny_bert, data_root, 40)
     every, exp1 = _train(features, tok, tmp_path, 8, 2, steps=7, log_step=1, max_norm=0.002, warmup=2)

@@ -18,7 +18,6 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from test_resume import World, assert_bitwise_equal, one_thread, start_killed, wait_killed  # noqa: F401
 from test_scripts_e2e import tb_scalars
 

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from fine_tune.cli import build_parser, parse_flags, parse_layerwise
-from fine_tune.settings import FINE_TUNE, LAYERWISE, OFFLINE_DISTILL, BatchingFlags, Flags, OptimiserFlags
 from fine_tune.errors import UserError
+from fine_tune.settings import FINE_TUNE, LAYERWISE, OFFLINE_DISTILL, BatchingFlags, Flags, OptimiserFlags
 
 # shared/reference/original_methods.md: the 2020 run_fine_tune.py / run_fine_tune_distill.py and the layer-wise
 # scripts' argparse defaults

@@ -9,17 +9,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_scripts_e2e import tb_scalars
 from transformers import BertConfig, BertForSequenceClassification
 
 from fine_tune.engine.device import Precision
 from fine_tune.engine.optim import GATE_NO_DECAY, OptimiserSettings
+from fine_tune.engine.protocol import ExtraParameters
 from fine_tune.engine.trainer import Trainer, TrainSettings
-from fine_tune.models.forward import forward
 from fine_tune.errors import UserError
 from fine_tune.experiment import ExperimentDir
 from fine_tune.methods import LAD, PKD, HardLabel
-from fine_tune.engine.protocol import ExtraParameters
-from test_scripts_e2e import tb_scalars
+from fine_tune.models.forward import forward
 
 D, S = 8, 12
 
@@ -362,8 +362,8 @@ def test_the_compiled_forwards_make_one_graph_each_for_every_batch(kind, tmp_pat
 
 
 def test_alp_scores_and_targets_stay_fp32_under_autocast():
-    from fine_tune.methods.alp import ALPKD, alp_target, alp_weights
     from fine_tune.engine.protocol import ModelOutputs
+    from fine_tune.methods.alp import ALPKD, alp_target, alp_weights
 
     g = torch.Generator().manual_seed(0)
     student = [torch.randn(2, 5, D, generator=g) for _ in range(2)]

@@ -14,8 +14,8 @@ import json
 import re
 
 import pytest
-
 from conftest import run_in_process
+
 from fine_tune.errors import OneLineParser, UserError, closest_name, did_you_mean
 from fine_tune.methods.registry import METHODS
 from fine_tune.models.families import FAMILY_NAMES

@@ -13,15 +13,16 @@ refusal naming what changed, never a silent reuse.
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_hub_copy
+
 from fine_tune import batching, synthetic
 from fine_tune.errors import UserError
-from fine_tune.tasks.logits import IDENTITY, SINCE_LATER, changed_identity
 from fine_tune.tasks import TASKS, get_task
+from fine_tune.tasks.logits import IDENTITY, SINCE_LATER, changed_identity
 from fine_tune.tasks.user import SOURCES_FILE
 
 LABELS = ["same", "different"]  # declared order, not sorted

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import one_thread
+from conftest import run_in_world as run
 
-from conftest import one_thread, run_in_world as run
 from fine_tune import synthetic
 
 SEQ = 32
@@ -194,7 +195,7 @@ def test_prediction_files_name_the_classes_and_submission_files_keep_the_servers
     if task == "qqp":
         expected = "index\tprediction\n" + "".join(f"{r['idx']}\t{int(k)}\n" for r, k in zip(test, predicted))
     else:
-        expected = "".join('{"idx": %d, "label": "%s"}\n' % (r["idx"], "true" if k else "false")
+        expected = "".join(f'{{"idx": {r["idx"]:d}, "label": "{"true" if k else "false"}"}}\n'
                            for r, k in zip(test, predicted))
     assert out.read_text() == expected
     assert len(set(predicted.tolist())) == 2, "both classes predicted (the check covers each spelling)"

@@ -7,26 +7,24 @@ toolkit's helpers.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import method_from_flags
+
 from fine_tune.engine.optim import GATE_NO_DECAY, OptimiserSettings
 from fine_tune.engine.protocol import ModelOutputs, TeacherShape
-
 from fine_tune.errors import UserError
 from fine_tune.methods import ALPKD, LAD, LADNO, PKD, MethodSettings, PartialLAD, StudentShape
 from fine_tune.methods.alp import alp_weights
 from fine_tune.methods.lad import chain_contributions, lad_targets, partial_lad_mapping
 from fine_tune.methods.logits_kd import logits_kd_loss
 from fine_tune.methods.pkd import PkdFlags, normalized_cls_loss, pkd_teacher_layers
-from fine_tune.settings import DistilFlags, LayerwiseFlags
 from fine_tune.models.gates import GateBlock, make_gates
+from fine_tune.settings import DistilFlags, LayerwiseFlags
 
 B, S, D = 3, 5, 8
 GATES = OptimiserSettings(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, max_norm=1.0, total_step=10,
@@ -265,7 +263,7 @@ def test_pkd_mappings_and_losses():
                                       legacy={"pkd_cls_reduction": "sum"}))
     assert legacy.record() == {"pkd_cls_reduction": "sum"}
     assert legacy.losses({"labels": y}, st, te)["hidden_loss"].item() == pytest.approx(exp2, rel=1e-5)
-    a, b = torch.randn(4, D), torch.randn(4, D)
+    a = torch.randn(4, D)
     assert normalized_cls_loss(a, 3 * a).item() == pytest.approx(0.0, abs=1e-6)
     # opposite unit vectors: squared distance 4, i.e. 4 / D per dimension (mean) or 4 (summed over D)
     assert normalized_cls_loss(a, -a).item() == pytest.approx(4.0 / D, rel=1e-5)
@@ -337,8 +335,8 @@ def test_gates_get_gradient_only_from_the_hidden_loss():
 def test_one_engine_step_moves_student_and_gates_not_teacher(tmp_path):
     from fine_tune.engine.device import Precision
     from fine_tune.engine.trainer import Trainer, TrainSettings
-    from fine_tune.models.forward import forward
     from fine_tune.experiment import ExperimentDir
+    from fine_tune.models.forward import forward
 
     teacher, student, batch = tiny_pair()
     method = gated(LAD, 2, 4, 0.5, 0.5, 2.0, 10.0, d_model=D, seq_len=S, gate_optimiser=replace(GATES, total_step=1))

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from test_scripts_e2e import tb_scalars
 
 TINY = ["--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2"]  # the tiny teacher's widths
@@ -88,7 +87,7 @@ def layer_state(model, j: int) -> dict[str, torch.Tensor]:
 
 
 def test_student_layers_come_from_the_pretrained_teacher(run, teacher, exp_root, tiny_bert12):
-    from transformers import AutoModel, AutoModelForSequenceClassification, AutoConfig
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
     pretrained = AutoModel.from_pretrained(tiny_bert12)
 

@@ -30,10 +30,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_in_process, run_script
 
 from fine_tune.config import ADDED_FIELDS
-
-from conftest import run_in_process, run_script
 
 LEGACY = Path(__file__).resolve().parent / "data" / "legacy_runs"
 MANIFEST = json.loads((LEGACY / "manifest.json").read_text(encoding="utf-8"))

@@ -9,6 +9,8 @@ import json
 
 import pytest
 import torch
+from conftest import one_thread
+from test_gpu_paths import D, S, bert, fixed_batch, trainer_for
 
 from fine_tune.engine.device import Precision
 from fine_tune.engine.optim import GATE_NO_DECAY, OptimiserSettings
@@ -17,8 +19,6 @@ from fine_tune.methods import LAD, HardLabel
 from fine_tune.methods.minilm import MiniLM
 from fine_tune.models.forward import forward
 from fine_tune.models.padding_free import PaddingFree, training_forwards
-from conftest import one_thread
-from test_gpu_paths import D, S, bert, fixed_batch, trainer_for
 
 STEPS = 3
 

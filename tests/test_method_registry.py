@@ -10,13 +10,13 @@ import types
 
 import pytest
 import torch
-
 from conftest import REPO
+from test_layerwise_scripts import TEACHER, TINY, teacher  # noqa: F401  (teacher: the fixture)
+
 from fine_tune.cli import parse_layerwise
 from fine_tune.methods import METHODS, Method, get_method
 from fine_tune.methods.registry import METHODS as REGISTRY
 from fine_tune.settings import LAYERWISE
-from test_layerwise_scripts import TEACHER, TINY, teacher  # noqa: F401  (teacher: the fixture)
 
 SCRIPTS = {"run_lad_distil.py": "lad", "run_lad_no_distil.py": "lad_no", "run_probing_lad.py": "partial_lad",
            "run_alp_distil.py": "alp", "run_pkd_distill.py": "pkd", "run_tinybert_distil.py": "tinybert",

@@ -18,9 +18,9 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO, run_in_process
 from transformers import AutoModelForSequenceClassification
 
-from conftest import REPO, run_in_process
 from fine_tune import synthetic
 from fine_tune.engine.protocol import TeacherShape
 from fine_tune.methods.minilm import minilm_loss, minilmv2_loss, relation_kl

@@ -11,16 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import one_thread
+from conftest import run_in_world as run
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import one_thread, run_in_world as run
 from fine_tune import synthetic
-from fine_tune.models.forward import forward
-from fine_tune.methods import MiniLM, TinyBERT
 from fine_tune.engine.protocol import ModelOutputs, TeacherShape
+from fine_tune.methods import MiniLM, TinyBERT
 from fine_tune.methods.tinybert import full_width
 from fine_tune.models.attention_capture import AttentionCapture
 from fine_tune.models.families import FAMILIES
+from fine_tune.models.forward import forward
 
 FAMILY_NAMES = list(FAMILIES)
 STEPS = ["--total_step", "4", "--warmup_step", "1", "--ckpt_step", "2", "--log_step", "2", "--batch_size", "8",
@@ -174,7 +175,6 @@ def test_the_projection_gets_gradient_from_every_layerwise_loss():
                                                         "--num_attention_heads", "2", "--num_hidden_layers", "2",
                                                         "--max_seq_len", "6", *extra])
         from fine_tune.methods import get_method
-
         from fine_tune.plan.training import method_settings
         from fine_tune.tasks import get_task
 
@@ -352,11 +352,11 @@ def test_a_layerwise_teacher_from_another_family_and_a_distilbert_student(world)
 def test_layer_maps_of_a_student_whose_layers_do_not_divide_the_teachers():
     """4 of 6 layers (the real-model check's MiniLM teacher): ceil(j * 6 / 4) = 2, 3, 5, 6 for every mapping that
     spreads the student over the teacher; divisible counts keep the original's j * skip."""
-    from fine_tune.methods import LAD, PKD, ALPKD
-    from fine_tune.methods.lad import LADNO, lad_targets
-    from fine_tune.methods.layerwise import uniform_layers
     from fine_tune.engine.optim import OptimiserSettings
     from fine_tune.errors import UserError
+    from fine_tune.methods import ALPKD, LAD, PKD
+    from fine_tune.methods.lad import LADNO, lad_targets
+    from fine_tune.methods.layerwise import uniform_layers
 
     assert uniform_layers(4, 6) == [2, 3, 5, 6] and uniform_layers(6, 12) == [2, 4, 6, 8, 10, 12]
     assert uniform_layers(4, 12) == [3, 6, 9, 12] and uniform_layers(3, 3) == [1, 2, 3]
@@ -411,7 +411,6 @@ def test_the_padding_free_forward_records_the_same_attention_inputs(packed):
     """TinyBERT and MiniLM on a BERT run the toolkit's own forward (fused Q/K/V, real tokens only under --padding
     dynamic): its recorded projections equal the hooks' on Hugging Face's forward (at every position over the
     padded grid; at the real tokens when packed), and so do the methods' losses."""
-    from fine_tune.engine.protocol import ModelOutputs as MO
     from fine_tune.models.padding_free import PaddingFree
 
     torch.manual_seed(4)

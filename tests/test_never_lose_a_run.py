@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from conftest import REPO, run_in_process
-from conftest import HANG_GUARD
+from conftest import HANG_GUARD, REPO
 
 BASE = ["--model", "bert", "--task", "qqp", "--total_step", "4", "--warmup_step", "1", "--ckpt_step", "2",
         "--log_step", "2", "--batch_size", "8", "--lr", "1e-3", "--max_seq_len", "24"]

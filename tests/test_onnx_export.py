@@ -18,7 +18,9 @@ ort = pytest.importorskip("onnxruntime")
 
 from collections import Counter  # noqa: E402
 
-from conftest import one_thread, run_in_world as run  # noqa: E402
+from conftest import one_thread  # noqa: E402
+from conftest import run_in_world as run  # noqa: E402
+
 from fine_tune import onnx_export, synthetic  # noqa: E402
 from fine_tune.onnx_export import ATOL, RTOL  # noqa: E402
 

@@ -11,12 +11,12 @@ from fine_tune.engine.device import Precision
 from fine_tune.engine.optim import GATE_NO_DECAY, STUDENT_NO_DECAY, decays
 from fine_tune.engine.protocol import TeacherShape
 from fine_tune.engine.trainer import Trainer, TrainSettings
-from fine_tune.models.forward import forward
 from fine_tune.experiment import ExperimentDir
 from fine_tune.methods import LAD
+from fine_tune.models.classifier import build_from_config, student_config
+from fine_tune.models.forward import forward
 from fine_tune.plan.training import method_settings, optimiser_settings
 from fine_tune.tasks import get_task
-from fine_tune.models.classifier import build_from_config, student_config
 
 D, S, LT = 16, 8, 4
 

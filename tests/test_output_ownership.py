@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import HANG_GUARD, REPO, one_thread
+from conftest import run_in_world as run
 
-from conftest import HANG_GUARD, REPO, one_thread, run_in_world as run
 from fine_tune import synthetic
 from fine_tune.tasks import TASKS
 

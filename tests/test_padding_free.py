@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AlbertConfig, BertConfig, BertForSequenceClassification
 
-from fine_tune.models.padding_free import (BUCKET_OVERHEAD, Packing, PaddingFree, plan_buckets,
-                                           supports_padding_free)
+from fine_tune.models.padding_free import BUCKET_OVERHEAD, Packing, PaddingFree, plan_buckets, supports_padding_free
 
 
 def tiny(dropout: float = 0.0, seed: int = 0) -> BertForSequenceClassification:
@@ -20,7 +19,7 @@ def tiny(dropout: float = 0.0, seed: int = 0) -> BertForSequenceClassification:
                      attention_probs_dropout_prob=dropout, num_labels=3)
     model = BertForSequenceClassification(cfg)
     with torch.no_grad():  # BERT's init leaves every bias 0 and LayerNorm the identity: a dropped bias would pass
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.add_(torch.randn_like(p) * 0.2)
     return model

@@ -35,13 +35,13 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import torch
-
 from conftest import HANG_GUARD, REPO, run_in_process
+
 from fine_tune import synthetic
 from fine_tune.models.classifier import weight_file_hashes
 

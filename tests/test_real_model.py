@@ -7,7 +7,6 @@ import shutil
 import time
 
 import numpy as np
-
 from conftest import needs_shared
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from test_layerwise_scripts import TEACHER, TINY, teacher  # noqa: F401 - the fixture
 from test_recipe_method import assert_same_weights, weights
 from test_scripts_e2e import tb_scalars

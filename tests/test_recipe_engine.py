@@ -13,7 +13,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_in_process
 from module_world import data_root, exp_root  # noqa: F401 - fixtures
 from test_distributed import close, layerwise_over_a_teacher, load, torchrun

@@ -12,8 +12,19 @@ from fractions import Fraction
 import pytest
 
 from fine_tune.errors import UserError
-from fine_tune.recipes.format import (ALLOWED, FEATURES, LAYER_FEATURES, LOSSES, LayerMap, Recipe, Schedule,
-                                      TeacherSpec, load_recipe, parse_recipe, parse_schedule)
+from fine_tune.recipes.format import (
+    ALLOWED,
+    FEATURES,
+    LAYER_FEATURES,
+    LOSSES,
+    LayerMap,
+    Recipe,
+    Schedule,
+    TeacherSpec,
+    load_recipe,
+    parse_recipe,
+    parse_schedule,
+)
 
 EXAMPLE_YAML = """\
 method: null          # optional; a built-in method name whose losses the terms are added to

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_layerwise_scripts import TEACHER, TINY, teacher  # noqa: F401 - the fixture
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -193,9 +192,9 @@ def test_attention_terms_refuse_a_family_whose_attention_cannot_be_recomputed(tm
                                              padding="dynamic"))
 
     attention = built("terms:\n  - {feature: attention_probs, loss: kl, layers: [[3, 12]]}\n")
-    for teacher, student in (("deberta-v2", "bert"), ("bert", "deberta-v2")):
+    for teacher_type, student_type in (("deberta-v2", "bert"), ("bert", "deberta-v2")):
         with pytest.raises(UserError, match="a recipe with attention terms recomputes attention .* relative-position"):
-            attention.check_models(SimpleNamespace(model_type=teacher), student)
+            attention.check_models(SimpleNamespace(model_type=teacher_type), student_type)
     attention.check_models(SimpleNamespace(model_type="roberta"), "bert")
     built("terms:\n  - {feature: hidden, loss: mse, layers: skip}\n").check_models(
         SimpleNamespace(model_type="deberta-v2"), "bert")

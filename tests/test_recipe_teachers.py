@@ -11,7 +11,6 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-
 from module_world import data_root, exp_root, teacher  # noqa: F401 - fixtures
 from test_layerwise_scripts import TEACHER, TINY
 from test_recipe_method import assert_same_weights, weights

@@ -20,9 +20,9 @@ from fine_tune.methods.layerwise import HiddenPair, hidden_mse_loss
 from fine_tune.methods.logits_kd import logits_kd_loss
 from fine_tune.methods.minilm import minilm_loss, minilmv2_loss
 from fine_tune.methods.pkd import PKD, normalized_cls_loss
+from fine_tune.methods.terms import FEATURES, TERMS, features_needed, losses_of, term_loss
 from fine_tune.methods.tinybert import TinyBERT, attention_mse, attention_scores, soft_cross_entropy
 from fine_tune.models.projection import WidthProjection
-from fine_tune.methods.terms import FEATURES, TERMS, features_needed, losses_of, term_loss
 
 B, S, D, HEADS, CLASSES = 3, 7, 8, 2, 3
 LENGTHS = (7, 5, 3)

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from test_scripts_e2e import SEQ, TRAIN, qqp_rows, recompute_logits
 
 
@@ -73,7 +72,7 @@ def table_root(tmp_path) -> Path:
 
 
 def parse_table(text: str) -> tuple[list[str], dict[str, dict[str, str]]]:
-    lines = [l for l in text.splitlines() if l.startswith("|")]
+    lines = [row for row in text.splitlines() if row.startswith("|")]
     header = lines[0].strip("|").split("|")
     rows = {}
     for line in lines[2:]:
@@ -184,7 +183,7 @@ def test_compare_reads_selected_checkpoints(run, tmp_path):
                      {"val": {10: worse, 20: good}, "train": {10: worse, 20: good}}, {"val": labels, "train": labels})
     proc = run("results_table.py", "--task", "boolq", "--exp_root", str(root), "--compare", "a_bert_boolq",
                "b_bert_boolq", "--resamples", "2000", "--bootstrap_seed", "1")
-    line = [l for l in proc.stdout.splitlines() if l.startswith("a_bert_boolq − b_bert_boolq")][0]
+    line = [printed for printed in proc.stdout.splitlines() if printed.startswith("a_bert_boolq − b_bert_boolq")][0]
     assert "+0.1500" in line and "a_bert_boolq 1.0000, b_bert_boolq 0.8500" in line  # 60 / 400
     # --resamples and --bootstrap_seed reach the bootstrap: the interval of those resamples of that seed
     from fine_tune.results import paired_bootstrap
@@ -197,7 +196,7 @@ def test_compare_reads_selected_checkpoints(run, tmp_path):
     # --compare_split train: each at its best train checkpoint (A 10, B 20)
     proc = run("results_table.py", "--task", "boolq", "--exp_root", str(root), "--compare", "a_bert_boolq",
                "b_bert_boolq", "--resamples", "200", "--compare_split", "train")
-    line = [l for l in proc.stdout.splitlines() if l.startswith("a_bert_boolq − b_bert_boolq")][0]
+    line = [printed for printed in proc.stdout.splitlines() if printed.startswith("a_bert_boolq − b_bert_boolq")][0]
     assert line.startswith("a_bert_boolq − b_bert_boolq accuracy on train: -0.1500 ")
     assert "a_bert_boolq 0.8500, b_bert_boolq 1.0000" in line
 
@@ -277,7 +276,7 @@ def test_main_metric_chooses_the_checkpoint_for_tables_ckpt_best_and_compare(run
     assert np.mean(np.array(pa) == labels) == np.mean(np.array(pb) == labels) and mcc(labels, pa) != mcc(labels, pb)
     proc = run("results_table.py", "--task", "cola", "--exp_root", str(other), "--compare", "a_bert_cola",
                "b_bert_cola", "--resamples", "200")
-    line = [l for l in proc.stdout.splitlines() if l.startswith("a_bert_cola − b_bert_cola")][0]
+    line = [printed for printed in proc.stdout.splitlines() if printed.startswith("a_bert_cola − b_bert_cola")][0]
     assert line.startswith(f"a_bert_cola − b_bert_cola mcc on dev: {mcc(labels, pa) - mcc(labels, pb):+.4f} ")
     assert f"a_bert_cola {mcc(labels, pa):.4f}, b_bert_cola {mcc(labels, pb):.4f}" in line
 
@@ -320,7 +319,7 @@ def test_ckpt_best_submission_and_export_round_trip(run, data_root, exp_root, ti
     proc = run("generate_test_prediction.py", "--experiment", "t", "--model", "bert", "--task", "qqp", "--ckpt", "best")
     assert f"model-{best}.pt (best dev accuracy" in proc.stdout
     test = qqp_rows(data_root, "test")
-    cols = [l.split("\t") for l in (exp / "QQP.tsv").read_text().splitlines()[1:]]
+    cols = [row.split("\t") for row in (exp / "QQP.tsv").read_text().splitlines()[1:]]
     assert [int(c[0]) for c in cols] == [r["idx"] for r in test] and cols[0][0] != "0"  # the file's ids
     assert [int(c[1]) for c in cols] == recompute_logits(exp, best, test).argmax(1).tolist()
     # --select_on reaches --ckpt best: an evaluation table of train (written here) whose best is another checkpoint
@@ -330,7 +329,7 @@ def test_ckpt_best_submission_and_export_round_trip(run, data_root, exp_root, ti
     proc = run("generate_test_prediction.py", "--experiment", "t", "--model", "bert", "--task", "qqp", "--ckpt", "best",
                "--select_on", "train")
     assert f"model-{other}.pt (best train accuracy 0.9000)" in proc.stdout
-    cols = [l.split("\t") for l in (exp / "QQP.tsv").read_text().splitlines()[1:]]
+    cols = [row.split("\t") for row in (exp / "QQP.tsv").read_text().splitlines()[1:]]
     assert [int(c[1]) for c in cols] == recompute_logits(exp, other, test).argmax(1).tolist()
 
     out = exp_root.parent / "exported"

@@ -81,9 +81,9 @@ def root(tmp_path) -> Path:
 
 
 def parse_table(text: str) -> tuple[list[str], dict[str, dict[str, str]]]:
-    lines = [l for l in text.splitlines() if l.startswith("|")]
+    lines = [row for row in text.splitlines() if row.startswith("|")]
     header = lines[0].strip("|").split("|")
-    return header, {c[0]: dict(zip(header, c)) for c in (l.strip("|").split("|") for l in lines[2:])}
+    return header, {c[0]: dict(zip(header, c)) for c in (row.strip("|").split("|") for row in lines[2:])}
 
 
 def cell(values: list[float]) -> str:

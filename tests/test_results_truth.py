@@ -15,7 +15,6 @@ import statistics
 from pathlib import Path
 
 import pytest
-
 from test_never_lose_a_run import killed_after, tune
 from test_results import BASE, parse_table, write_experiment
 
@@ -107,7 +106,7 @@ def test_compare_skips_an_absent_checkpoint(run, tmp_path):
                      {10: 1}, {"val": {10: labels}}, {"val": labels})
     proc = run("results_table.py", "--task", "boolq", "--exp_root", str(root), "--compare", "a_bert_boolq",
                "b_bert_boolq", "--resamples", "50")
-    line = [l for l in proc.stdout.splitlines() if l.startswith("a_bert_boolq − b_bert_boolq")][0]
+    line = [printed for printed in proc.stdout.splitlines() if printed.startswith("a_bert_boolq − b_bert_boolq")][0]
     assert "a_bert_boolq 0.0000, b_bert_boolq 1.0000" in line
 
 

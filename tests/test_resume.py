@@ -23,12 +23,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from conftest import REPO, run_in_process
-from fine_tune import synthetic
-from conftest import HANG_GUARD
+from conftest import HANG_GUARD, REPO, run_in_process
 from killpoint import Forked
 from test_scripts_e2e import tb_scalars
+
+from fine_tune import synthetic
 
 # LOG does not divide CKPT: a checkpoint falls inside an open logging window (steps 4 and 7-8 of the windows 4-6 and
 # 7-9), so a resumed run must restore the window's sums, step and example counts to log what the uninterrupted run logs

@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import torch
-
 from test_eval_during_training import RUN, scripted
 from test_never_lose_a_run import flip_first_label, killed_after, one_line_error, snapshot, tune
 

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from conftest import REPO
-from conftest import HANG_GUARD
+from conftest import HANG_GUARD, REPO
 from test_scripts_e2e import TRAIN
 
 FLAGS = [*TRAIN, "--batch_size", "8", "--warmup_step", "1", "--lr", "1e-3"]
@@ -42,7 +40,7 @@ def test_non_finite_loss_stops_run_keeping_last_good_checkpoint(run, exp_root, t
     proc = run("run_fine_tune.py", "--experiment", "nan", "--model", "bert", "--task", "boolq", "--ptrain_ver",
                str(tiny_bert), *FLAGS, "--total_step", "12", "--ckpt_step", "4", "--log_step", "2", check=False)
     assert proc.returncode == 2
-    lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    lines = [printed for printed in proc.stderr.splitlines() if printed.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in proc.stderr and proc.stderr.rstrip().endswith(lines[0])
     assert "non-finite loss (loss) at step 6" in lines[0] and "model-4.pt" in lines[0]
     folder = exp_root / "nan_bert_boolq"
@@ -135,7 +133,6 @@ def test_two_processes_share_a_tokenisation_cache(data_root, tmp_path, tiny_bert
     test releases them only when both are there), then write the same cache file at once: both get the whole,
     correct features, the file is whole and holds them, no temporary file is left, and a third read hits it."""
     from fine_tune import batching
-    from fine_tune.io_utils import sha256_file
     from fine_tune.models.classifier import load_tokenizer
     from fine_tune.tasks import get_task
 

@@ -20,7 +20,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import HANG_GUARD, REPO, SHARED
 from doc_commands import NONE_CELLS, OUTCOME_HEADING, REWRITABLE, Command, parse_commands, parse_outcome_table, rewrite
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import needs_shared
+
 from fine_tune import batching
 from fine_tune.batching import Features, MicroBatchStream, cached_features, tokenize
 from fine_tune.errors import UserError

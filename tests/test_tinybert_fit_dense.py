@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, method_from_flags, one_thread
+from conftest import run_in_world as run
 from transformers import AutoModelForSequenceClassification, BertForPreTraining
 
-from conftest import REPO, method_from_flags, one_thread, run_in_world as run
 from fine_tune import synthetic
 from fine_tune.engine.protocol import TeacherShape
 from fine_tune.models.attention_capture import AttentionCapture

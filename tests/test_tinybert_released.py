@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from conftest import method_from_flags, one_thread, run_in_world as run
-from fine_tune import synthetic
-from fine_tune.engine.protocol import ModelOutputs, TeacherShape
+from conftest import method_from_flags, one_thread
+from conftest import run_in_world as run
 from test_glue_tasks import write_stsb
 from test_scripts_e2e import tb_scalars
+
+from fine_tune import synthetic
+from fine_tune.engine.protocol import ModelOutputs, TeacherShape
 
 OLD_RULES = {"tinybert_soft_reduction": "batchmean", "tinybert_regression_target": "teacher",
              "tinybert_intermediate_schedule": "linear", "tinybert_incomplete_batches": "train"}
@@ -46,7 +47,10 @@ def released_soft_ce(s: np.ndarray, t: np.ndarray, temperature: float) -> float:
     return float((-p * log_q).sum() / s.size)
 
 
-def built(args: list[str], task: str = "mnli", teacher=TeacherShape(4, 8, 2)):
+SMALL_TEACHER = TeacherShape(4, 8, 2)
+
+
+def built(args: list[str], task: str = "mnli", teacher=SMALL_TEACHER):
     return method_from_flags("tinybert", [*SHAPE, *args], teacher, 0, task)
 
 
@@ -442,6 +446,7 @@ def test_a_regression_temperature_refusal_names_the_soft_loss_of_the_rule():
     """--softmax_temp on a regression task is refused; the message says what the soft loss is under the rule in
     force (the MSE to the gold score by default, to the teacher's score under --tinybert_regression_target teacher)."""
     from conftest import method_from_flags
+
     from fine_tune.engine.protocol import TeacherShape
     from fine_tune.errors import UserError
 

@@ -11,9 +11,9 @@ import random
 
 import numpy as np
 import pytest
+from conftest import write_hub_copy
 from sklearn.metrics import f1_score
 
-from conftest import write_hub_copy
 from fine_tune.errors import UserError
 
 LABELS = ["same", "different"]  # the output order the task.json declares: not sorted
@@ -303,8 +303,8 @@ def test_a_hugging_face_class_label_is_written_as_its_name(tmp_path, monkeypatch
     """materialise: a ClassLabel column becomes its names (the dataset's own order, here not sorted and not the
     task's), so the task maps them through its declared labels; an unlabelled split drops the label column."""
     datasets = pytest.importorskip("datasets")
-    from fine_tune.tasks.registry import user_task
     from fine_tune.tasks import user
+    from fine_tune.tasks.registry import user_task
     from fine_tune.tasks.user import check_definition, materialise
 
     features = datasets.Features({"t": datasets.Value("string"), "n": datasets.Value("int64"),

@@ -4,8 +4,8 @@ described by an :class:`OptimiserSettings` each; the engine builds them all the 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 from transformers import get_linear_schedule_with_warmup

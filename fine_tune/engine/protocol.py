@@ -31,9 +31,9 @@ class ModelOutputs:
     attention_inputs: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...] | None = None
     embeddings: torch.Tensor | None = None  # the embedding layer's output, when a method reads it (TinyBERT)
     # several teachers (a recipe's teachers:): each one's outputs by name; the fields above are the first one's
-    members: dict[str, "ModelOutputs"] | None = None
+    members: dict[str, ModelOutputs] | None = None
 
-    def logits_to(self, device: torch.device, non_blocking: bool = False) -> "ModelOutputs":
+    def logits_to(self, device: torch.device, non_blocking: bool = False) -> ModelOutputs:
         """These outputs with the logits (each member's too) on ``device``; the rest stays where it is."""
         members = None if self.members is None else {name: m.logits_to(device, non_blocking)
                                                      for name, m in self.members.items()}

@@ -18,7 +18,8 @@ The base class reports nothing (``--report_to none``, ranks other than 0 under t
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 class Reporter:

@@ -47,8 +47,8 @@ from __future__ import annotations
 import sys
 import weakref
 from collections import Counter
-from contextlib import contextmanager
-from typing import Callable, ContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -298,7 +298,7 @@ class SyncCounter:
         finally:
             self._paused -= 1
 
-    def __enter__(self) -> "SyncCounter":
+    def __enter__(self) -> SyncCounter:
         if self.emulated:  # not a torch function the modes see; its tensors are host-born
             self._from_numpy = torch.from_numpy
 
@@ -322,7 +322,7 @@ class SyncCounter:
 READS_ON_PURPOSE = ("_log", "_check_finite", "_evaluate", "save")
 
 
-def leave_out_reads_on_purpose(trainer, region: Callable[[], ContextManager]) -> None:
+def leave_out_reads_on_purpose(trainer, region: Callable[[], AbstractContextManager]) -> None:
     """Run each of ``trainer``'s :data:`READS_ON_PURPOSE` steps inside ``region()`` (a counter's ``paused``, or
     a region that also books what CUDA's own sync report saw there: scripts/gpu_check.py)."""
     for name in READS_ON_PURPOSE:

@@ -16,26 +16,34 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ..batching import Collator, make_stream
-from ..experiment import ExperimentDir
 from ..errors import UserError
-from ..progress import progress, say
+from ..experiment import ExperimentDir
 from ..io_utils import atomic_torch_save, atomic_write_json
-from .allocator import tune_malloc_for_training
+from ..progress import progress, say
 from . import distributed
-from .checkpoint import (load_checkpoint_into, load_resume_state, prune_checkpoints, rng_state, save_model_checkpoint,
-                         save_resume_state, set_rng_state)
+from .allocator import tune_malloc_for_training
+from .checkpoint import (
+    load_checkpoint_into,
+    load_resume_state,
+    prune_checkpoints,
+    rng_state,
+    save_model_checkpoint,
+    save_resume_state,
+    set_rng_state,
+)
 from .device import Precision, non_blocking, same_device
 from .evaluation import EARLY_STOP_FILE, EvalHistory, Evaluator
 from .optim import OptimiserSettings, build_adamw, lr_schedule
 from .protocol import ModelOutputs, TrainingMethod
 from .reporting import Reporter
+
 
 @dataclass(frozen=True)
 class TrainSettings:

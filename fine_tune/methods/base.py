@@ -4,8 +4,9 @@ method tells the workflow that builds it. The protocol types a method reads and 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 
@@ -101,7 +102,7 @@ class Method:
     drop_last = False
 
     @classmethod
-    def build(cls, settings: MethodSettings) -> "Method":
+    def build(cls, settings: MethodSettings) -> Method:
         """The method, complete, from its settings and the run's resolved facts; bad values are refused here,
         before anything is written."""
         return cls()

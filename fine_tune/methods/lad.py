@@ -6,11 +6,11 @@ Lin, Chen, Kao, "LAD: Layer-Wise Adaptive Distillation for BERT Model Compressio
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-
 from dataclasses import dataclass
 from typing import ClassVar
+
+import numpy as np
+import torch
 
 from ..engine.device import same_device
 from ..engine.optim import GATE_NO_DECAY, OptimiserSettings

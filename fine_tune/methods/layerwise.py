@@ -139,7 +139,7 @@ class LayerwiseKD(WidthProjecting, Method):
     projects = True
 
     @classmethod
-    def build(cls, settings: MethodSettings) -> "LayerwiseKD":
+    def build(cls, settings: MethodSettings) -> LayerwiseKD:
         """The common arguments (``settings["distil"]``, ``settings["layerwise"]``, the student's and the teacher's
         shapes), plus :meth:`own_arguments`."""
         d, mu = settings["distil"], settings["layerwise"].mu

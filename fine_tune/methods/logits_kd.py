@@ -75,7 +75,7 @@ class HardLabel(Method):
         self.regression = regression
 
     @classmethod
-    def build(cls, settings: MethodSettings) -> "HardLabel":
+    def build(cls, settings: MethodSettings) -> HardLabel:
         return cls(settings.regression)
 
     def losses(self, batch, student: ModelOutputs, teacher=None):
@@ -98,7 +98,7 @@ class OfflineLogitsKD(Method):
         self.regression = regression
 
     @classmethod
-    def build(cls, settings: MethodSettings) -> "OfflineLogitsKD":
+    def build(cls, settings: MethodSettings) -> OfflineLogitsKD:
         d = settings["distil"]
         if not (d.hard_weight or d.soft_weight):
             raise UserError("--hard_weight and --soft_weight are both 0: the student would learn nothing")

@@ -33,15 +33,22 @@ from ..engine.protocol import LayerRecord, ModelOutputs, TeacherShape
 from ..errors import UserError
 from ..models.init import teacher_layer_map
 from ..models.projection import WidthProjection
-from ..recipes.format import (ATTENTION_FEATURES, DEFAULT_TEACHER, HEAD_MEAN_FEATURES, PROJECTION_FEATURES, Recipe, Term,
-                              load_recipe)
+from ..recipes.format import (
+    ATTENTION_FEATURES,
+    DEFAULT_TEACHER,
+    HEAD_MEAN_FEATURES,
+    PROJECTION_FEATURES,
+    Recipe,
+    Term,
+    load_recipe,
+)
 from ..settings import flag
 from .base import Method, MethodSettings
 from .layerwise import WidthProjecting, uniform_layers
 from .logits_kd import check_temperature
 from .terms import term_loss
-from .with_terms import MethodWithTerms
 from .tinybert import check_recomputable_attention
+from .with_terms import MethodWithTerms
 
 # the features read from the hidden states (those a width projection applies to); ATTENTION_FEATURES: from the
 # attention projections
@@ -94,7 +101,7 @@ class ResolvedTerm:
     weight: float = 0.0
     temperature: float = 1.0
 
-    def at(self, step: int) -> "ResolvedTerm":
+    def at(self, step: int) -> ResolvedTerm:
         """This term at optimizer step ``step``: its schedules' values."""
         t = self.term
         return replace(self, weight=t.weight.value_at(step),
@@ -140,7 +147,7 @@ class RecipeKD(WidthProjecting, Method):
         self.current = list(terms)  # at step 0 (begin_step: at the step being taken)
 
     @classmethod
-    def build(cls, settings: MethodSettings) -> "RecipeKD | MethodWithTerms":
+    def build(cls, settings: MethodSettings) -> RecipeKD | MethodWithTerms:
         """The recipe's terms as a method; with ``method: NAME`` (``settings.base``, the built-in method the plan
         built from its flags) that method with the terms added."""
         path = settings["recipe"].recipe

@@ -378,7 +378,7 @@ class TinyBERT(LayerwiseKD):
                                              f"pass --tinybert_fit_dense when_widths_differ {way_around}")
 
     @classmethod
-    def build(cls, settings) -> "TinyBERT":
+    def build(cls, settings) -> TinyBERT:
         d, stage, mu = settings["distil"], settings["tinybert"].tinybert_stage, settings["layerwise"].mu
         if stage == "intermediate" and not mu:
             raise UserError("--mu 0: TinyBERT's intermediate stage has no other loss; the student would learn nothing")

@@ -13,7 +13,7 @@ bit for bit (tests/test_memory.py).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.utils.checkpoint import checkpoint

@@ -9,15 +9,14 @@ its config is beside it. ``--dropout`` sets the encoder's hidden and attention d
 from __future__ import annotations
 
 import contextlib
-
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
 
-from ..errors import UserError
 from ..engine.checkpoint import check_fits, read_checkpoint
+from ..errors import UserError
 from ..io_utils import atomic_save_with
 from .families import get_family, student_config_kwargs
 

@@ -36,8 +36,9 @@ This module imports neither torch nor transformers: the command line reads :data
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 

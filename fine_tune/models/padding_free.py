@@ -38,9 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpointing import checkpointed, enable_hf_checkpointing
-from ..engine.protocol import EVERY_LAYER, PLAIN_RECORD, LayerRecord
 from ..engine.device import non_blocking
+from ..engine.protocol import EVERY_LAYER, PLAIN_RECORD, LayerRecord
+from .checkpointing import checkpointed, enable_hf_checkpointing
 from .dropout import dropout
 from .families import FAMILIES
 from .teacher_set import TeacherSet
@@ -163,7 +163,7 @@ class PackedLayout:
             self.buckets.append(Bucket(r1 - r0, width, int(starts[r0]), int(starts[r1]), index, pad_index, key_mask))
         self._placed: dict[torch.device, Packing] = {}
 
-    def pin_memory(self) -> "PackedLayout":
+    def pin_memory(self) -> PackedLayout:
         """Page-locked host tensors, so that :meth:`on` copies to a GPU without blocking (CUDA only)."""
         for name in ("index", "pad_index", "positions", "first"):
             if getattr(self, name) is not None:
@@ -174,7 +174,7 @@ class PackedLayout:
         return self
 
     @torch.compiler.disable
-    def on(self, attention_mask: torch.Tensor) -> "Packing":
+    def on(self, attention_mask: torch.Tensor) -> Packing:
         """This layout on the device of ``attention_mask`` (the batch a model receives), copied there once."""
         device = attention_mask.device
         if device not in self._placed:
@@ -196,13 +196,15 @@ class Packing:
         self._copy(layout, attention_mask.device, attention_mask)
 
     @classmethod
-    def placed(cls, layout: PackedLayout, device: torch.device, attention_mask: torch.Tensor) -> "Packing":
+    def placed(cls, layout: PackedLayout, device: torch.device, attention_mask: torch.Tensor) -> Packing:
         pk = cls.__new__(cls)
         pk._copy(layout, device, attention_mask)
         return pk
 
     def _copy(self, layout: PackedLayout, device: torch.device, attention_mask: torch.Tensor) -> None:
-        move = (lambda t: None if t is None else t.to(device, non_blocking=non_blocking(t.device, device)))
+        def move(t):
+            return None if t is None else t.to(device, non_blocking=non_blocking(t.device, device))
+
         self.shape_ref = attention_mask  # [B, S]: pad() takes the batch's shape from a tensor (symbolic when compiled)
         self.index, self.pad_index = move(layout.index), move(layout.pad_index)
         self.positions, self.first = move(layout.positions), move(layout.first)
@@ -260,11 +262,11 @@ class GridLayout:
     def __init__(self, all_real: bool, compiled: bool = False):
         self.all_real, self.compiled = all_real, compiled
 
-    def pin_memory(self) -> "GridLayout":
+    def pin_memory(self) -> GridLayout:
         return self
 
     @torch.compiler.disable
-    def on(self, attention_mask: torch.Tensor) -> "FullGrid":
+    def on(self, attention_mask: torch.Tensor) -> FullGrid:
         return FullGrid(attention_mask, self.all_real and not self.compiled)
 
 

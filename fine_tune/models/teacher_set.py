@@ -9,8 +9,9 @@ through :meth:`TeacherSet.map` (same weights, new wrappers)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -35,7 +36,7 @@ class TeacherSet(torch.nn.Module):
         self.members = torch.nn.ModuleDict(members)
         self.token_types = {name: reads_token_types(m) for name, m in members.items()}
 
-    def map(self, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> "TeacherSet":
+    def map(self, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> TeacherSet:
         """A set of the same teachers, each wrapped by ``wrap`` (e.g. its training forward)."""
         return TeacherSet({name: wrap(m) for name, m in self.members.items()})
 

@@ -25,9 +25,18 @@ from ..experiment import ExperimentDir, check_name, default_data_root, default_e
 from ..outputs import check_folder_output, check_name_length, check_outputs, out_file, out_folder
 from ..selection import Rule, parse_ckpt
 from ..tasks import TASKS, Task, get_task
-from .types import (CheckpointChoice, Devices, EvalPlan, ExportPlan, ForeignTeacher, LogitsPlan,
-                    PredictionPlan, ResultsPlan, SubmissionPlan, TrainedExperiment)
-
+from .types import (
+    CheckpointChoice,
+    Devices,
+    EvalPlan,
+    ExportPlan,
+    ForeignTeacher,
+    LogitsPlan,
+    PredictionPlan,
+    ResultsPlan,
+    SubmissionPlan,
+    TrainedExperiment,
+)
 
 # -- what the planners check and name for the scripts that use a trained experiment ----------------------------
 PACKAGES = ("onnx", "onnxruntime")  # what --format onnx needs (fine_tune/onnx_export.py)

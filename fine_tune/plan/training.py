@@ -22,25 +22,30 @@ from .. import config as cfg
 from ..batching import micro_batches_per_epoch
 from ..engine.device import resolve_placement
 from ..engine.optim import OptimiserSettings
+from ..engine.protocol import TeacherShape
 from ..engine.trainer import TrainSettings
 from ..errors import UserError, did_you_mean
-from ..selection import metric_for_best
-from ..settings import ConfigSource, OptimiserFlags
 from ..experiment import ExperimentDir, roots
 from ..io_utils import check_writable, sha256_file
-from ..engine.protocol import TeacherShape
 from ..methods import Method, get_method
-from ..methods.registry import extendable_methods
 from ..methods.base import MethodSettings, StudentShape
-from ..models.classifier import (check_same_tokenisation, head_note, load_pretrained_config, load_tokenizer,
-                                weight_file_hashes)
+from ..methods.registry import extendable_methods
 from ..models.checkpointing import check_gradient_checkpointing
+from ..models.classifier import (
+    check_same_tokenisation,
+    head_note,
+    load_pretrained_config,
+    load_tokenizer,
+    weight_file_hashes,
+)
 from ..models.families import usable_positions
 from ..models.init import check_copyable, teacher_layer_map
 from ..models.projection import PretrainedProjection, read_pretrained_projection
+from ..recipes.format import Recipe, load_recipe
+from ..selection import metric_for_best
+from ..settings import ConfigSource, OptimiserFlags
 from ..tasks import Task, get_task
 from ..tasks.logits import check_teacher_unchanged, read_logits
-from ..recipes.format import Recipe, load_recipe
 from ..teacher import Teacher, Teachers, open_hf_teacher, open_teacher
 from .types import Devices, LayerMapPlan, PretrainedModel, RunPlan, Split, StudentModel, TrainingEvaluation
 

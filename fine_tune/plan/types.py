@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..experiment import ExperimentDir
 from ..selection import Rule
@@ -63,7 +64,7 @@ class Devices:
     deterministic: bool = False  # --deterministic
 
     @classmethod
-    def of(cls, device_flags, teacher_device_id: int | None = None, gate_device_id: int | None = None) -> "Devices":
+    def of(cls, device_flags, teacher_device_id: int | None = None, gate_device_id: int | None = None) -> Devices:
         """From a script's ``DeviceFlags`` group (the planners')."""
         d = device_flags
         return cls(d.device_id, d.num_gpu, d.amp, d.amp_dtype, teacher_device_id, gate_device_id,

@@ -475,8 +475,8 @@ def _parse_term(data: Any, index: int, teachers: tuple[str, ...], where: str, me
     key = f"terms[{index}]" + (f".sum[{member}]" if member is not None else "")
     data = _mapping(data, where, key)
     if group is not None and "weight" in data:
-        raise _refuse(where, f"{key}.weight", "a member of a sum takes the sum's weight (terms[{}].weight)"
-                      .format(index))
+        raise _refuse(where, f"{key}.weight", f"a member of a sum takes the sum's weight (terms[{index}].weight)"
+                      )
     if group is not None and "sum" in data:
         raise _refuse(where, f"{key}.sum", "a sum's member is one term (sums do not nest)")
     _check_keys(data, TERM_KEYS, where, key)

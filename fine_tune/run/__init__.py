@@ -9,15 +9,14 @@ and online distillation.
 
 from __future__ import annotations
 
-
 from ..engine import distributed
 from ..engine.device import resolve_placement
 from ..engine.seeding import seed_everything
 from ..errors import UserError
-from ..progress import say
 from ..locking import releases_locks
 from ..plan import RunPlan
 from ..plan.types import applies_devices
+from ..progress import say
 from .layer_map import layer_map_writer
 from .start import remove_new_experiment, start_experiment
 from .student import build_model, print_notes

@@ -7,8 +7,8 @@ import torch
 
 from ..batching import Collator, cached_features
 from ..engine.trainer import to_device
-from ..models.forward import forward
 from ..methods.layerwise import LayerwiseKD
+from ..models.forward import forward
 from ..plan import RunPlan
 from ..plots import write_layer_map
 

@@ -11,11 +11,11 @@ from .. import config as cfg
 from ..engine import distributed
 from ..engine.evaluation import EARLY_STOP_FILE
 from ..errors import UserError
-from ..progress import say
 from ..experiment import ExperimentDir
 from ..io_utils import TMP_PREFIX, remove_inside
 from ..locking import HOLDER_FILE, lock_folder
 from ..plan import RunPlan
+from ..progress import say
 from ..provenance import collect
 from ..selection import metric_for_best
 

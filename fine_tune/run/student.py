@@ -4,17 +4,21 @@ folder (Hugging Face config and tokenizer) in the experiment."""
 
 from __future__ import annotations
 
-
 import torch
 
 from ..engine import distributed
-from ..progress import say
 from ..experiment import ExperimentDir
 from ..methods import Method
-from ..models.classifier import (build_from_config, build_pretrained_classifier, save_model_dir, set_task_labels,
-                                 student_config)
+from ..models.classifier import (
+    build_from_config,
+    build_pretrained_classifier,
+    save_model_dir,
+    set_task_labels,
+    student_config,
+)
 from ..models.init import copy_teacher_layers_at
 from ..plan import PretrainedModel, StudentModel
+from ..progress import say
 
 
 def print_notes(notes) -> None:

@@ -3,7 +3,6 @@ collator, choose the training forward, run the one engine."""
 
 from __future__ import annotations
 
-
 import torch
 
 from .. import config as cfg
@@ -11,11 +10,11 @@ from ..batching import Collator, cached_features
 from ..engine.device import Precision
 from ..engine.trainer import Trainer
 from ..errors import UserError
-from ..progress import say
 from ..methods import Method
 from ..models.forward import forward
 from ..models.padding_free import training_forwards
 from ..plan import RunPlan
+from ..progress import say
 
 
 def training_evaluator(plan: RunPlan, tokenizer, device: torch.device, precision: Precision):

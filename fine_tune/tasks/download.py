@@ -38,9 +38,9 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Mapping
 
 from ..errors import OneLineParser, UserError
 from ..io_utils import honour_umask

@@ -16,15 +16,22 @@ Logits of a split are never silently replaced by those of another checkpoint, da
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from ..errors import UserError
-from ..io_utils import (TMP_PREFIX, check_writable, honour_umask, read_json_object,
-                        remove_inside, sha256_file, write_failure)
+from ..io_utils import (
+    TMP_PREFIX,
+    check_writable,
+    honour_umask,
+    read_json_object,
+    remove_inside,
+    sha256_file,
+    write_failure,
+)
 from .example import Example, json_objects
 
 LOGITS_DIR = "logits"

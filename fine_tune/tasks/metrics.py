@@ -14,7 +14,7 @@ Each task names its metrics and its *main* metric (``Task.main_metric``), the on
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -8,9 +8,9 @@ Hugging Face source is a ``fetch`` function the registry gives the record.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from ..errors import UserError, did_you_mean
 from .example import Example

@@ -49,7 +49,7 @@ import contextlib
 import json
 import unicodedata
 from pathlib import Path
-from typing import Annotated, Optional, Union, get_args
+from typing import Annotated, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.functional_validators import AfterValidator, PlainValidator
@@ -58,8 +58,7 @@ from pydantic_core import PydanticCustomError
 from ..errors import UserError
 from ..progress import say
 from .columns import score
-from .example import (Example, brief, check_unique_ids, csv_rows, exact_id, json_objects, parse_json,
-                      tab_separated_rows)
+from .example import Example, brief, check_unique_ids, csv_rows, exact_id, json_objects, parse_json, tab_separated_rows
 from .metrics import METRICS, unsuitable
 
 TASK_FILE = "task.json"
@@ -113,7 +112,7 @@ class HfSource(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
     path: Text = Field(min_length=1, description="a hub name or a local folder (a non-empty string)")
-    name: Optional[Text] = Field(None, description="a configuration name, or null")
+    name: Text | None = Field(None, description="a configuration name, or null")
     splits: dict[Text, Text] = Field(min_length=1, description="an object mapping each split to its Hugging Face "
                                                              'split, e.g. {"train": "train", "dev": "validation"}')
 
@@ -124,21 +123,21 @@ class TaskDefinition(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    files: Optional[dict[Text, Text]] = Field(None, min_length=1, description=(
+    files: dict[Text, Text] | None = Field(None, min_length=1, description=(
         'an object mapping each split to a file in the task\'s folder, e.g. {"train": "train.csv"}'))
     text: Text = Field(min_length=1, description=COLUMN)
-    text_pair: Optional[Text] = Field(None, min_length=1, description=COLUMN + ", or null")
+    text_pair: Text | None = Field(None, min_length=1, description=COLUMN + ", or null")
     label: Text = Field(min_length=1, description=COLUMN)
-    labels: Optional[list[Annotated[Union[str, int], PlainValidator(_class_name)]]] = Field(None, description=(
+    labels: list[Annotated[str | int, PlainValidator(_class_name)]] | None = Field(None, description=(
         "a list of at least two distinct classes (strings or integers) in the model's output order"))
     regression: bool = Field(False, description="true or false")
-    id: Optional[Text] = Field(None, min_length=1, description=COLUMN + ", or null")
-    metrics: Optional[list[Text]] = Field(None, min_length=1, description=(
+    id: Text | None = Field(None, min_length=1, description=COLUMN + ", or null")
+    metrics: list[Text] | None = Field(None, min_length=1, description=(
         f"a non-empty list of metric names ({', '.join(METRICS)})"))
-    main_metric: Optional[Text] = Field(None, description="a metric name of metrics")
-    dev_split: Optional[Text] = Field(None, description="a split name of files")
-    unlabelled: Optional[list[Text]] = Field(None, min_length=1, description="a non-empty list of split names of files")
-    hf: Optional[HfSource] = Field(None, description=(
+    main_metric: Text | None = Field(None, description="a metric name of metrics")
+    dev_split: Text | None = Field(None, description="a split name of files")
+    unlabelled: list[Text] | None = Field(None, min_length=1, description="a non-empty list of split names of files")
+    hf: HfSource | None = Field(None, description=(
         'an object {"path": NAME, "name": CONFIG (optional), "splits": {SPLIT: HF_SPLIT}}'))
 
 
@@ -370,7 +369,7 @@ def parse_user_file(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
     wheres: list[str] = []
     labels = [str(x) for x in spec.get("labels") or []]
     for where, row in _rows(Path(path)):
-        def cell(column: str, required: bool = True):
+        def cell(column: str, required: bool = True, *, row=row, where=where):
             if column not in row or row[column] is None or row[column] == "":
                 if required:
                     raise UserError(f"{where}: no value in column {column!r} (columns: "
@@ -378,7 +377,7 @@ def parse_user_file(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
                 return None
             return row[column]
 
-        def text(column: str) -> str:
+        def text(column: str, *, where=where) -> str:
             value = cell(column)
             if not isinstance(value, str):
                 raise UserError(f"{where}: column {column!r} holds {shown(value)}; a text column holds strings")
