@@ -8,9 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as a package (the test extra)
+    import tomli as tomllib
 
 from conftest import REPO
 
