@@ -11,6 +11,7 @@ RoBERTa, DistilBERT, ELECTRA; the exporter's plain graph kept as model.plain.onn
 Docs: doc/deploy.md (what the ONNX export checks and writes, its speed); README.md ("Results tables, significance,
 export").
 """
+
 import pathlib
 import sys
 

@@ -8,6 +8,7 @@ to --out (doc/deploy.md, "Predicting a file of your own").
 
 Docs: doc/methods.md ("Test predictions"); README.md ("Results tables, significance, export").
 """
+
 import pathlib
 import sys
 

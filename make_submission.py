@@ -7,6 +7,7 @@
 A missing file is refused with the command that writes it, before anything is written. Docs: README.md ("The
 pipeline"); doc/methods.md ("Test predictions").
 """
+
 import pathlib
 import sys
 

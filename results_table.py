@@ -8,6 +8,7 @@ experiment a row, seeds of one config grouped, each number naming its checkpoint
 
 Docs: README.md ("Results tables, significance, export").
 """
+
 import pathlib
 import sys
 

@@ -5,6 +5,7 @@ The fine-tuned teacher is {teacher_exp}_{tmodel}_{task}/model-{tckpt}.pt (or --t
 classifier); max_seq_len, num_class and the training split come from its config. Defaults are the original
 script's (doc/methods.md, "Defaults of every training script").
 """
+
 import pathlib
 import sys
 

@@ -6,6 +6,7 @@ same defaults; `--method NAME --help` lists them. The fine-tuned teacher is
 {teacher_exp}_{tmodel}_{task}/model-{tckpt}.pt (or --teacher_hf); max_seq_len, num_class and the training split
 come from its config.json. Docs: doc/methods.md ("Layer-wise distillation", "Adding a method").
 """
+
 import pathlib
 import sys
 

@@ -5,6 +5,7 @@ the gold labels (MSE on a regression task's scores), a checkpoint model-{step}.p
 Docs: README.md ("The pipeline"); doc/fine_tune_boolq.md and doc/fine_tune_qqp.md (the original commands);
 doc/methods.md ("Defaults of every training script").
 """
+
 import pathlib
 import sys
 

@@ -5,6 +5,7 @@ hard_weight * CE(s, y) + soft_weight * T^2 * KL(softmax(t/T) || softmax(s/T)), T
 --dataset NAME is a logits data set; NAME:split picks a split other than train. Docs: README.md ("The pipeline");
 doc/methods.md ("Losses", "Defaults of every training script").
 """
+
 import pathlib
 import sys
 

@@ -4,6 +4,7 @@ metrics for each checkpoint, in eval-{split}.json in the experiment folder.
 
 Docs: README.md ("Results tables, significance, export"); doc/methods.md ("Evaluation").
 """
+
 import pathlib
 import sys
 

@@ -4,6 +4,7 @@ logits data set {experiment}_{model}_{task} that run_fine_tune_distill.py trains
 
 Docs: README.md ("The pipeline"); doc/methods.md ("Logits data sets").
 """
+
 import pathlib
 import sys
 

@@ -6,6 +6,7 @@ Q-Q, K-K and V-V relations over --relation_heads relation heads (MiniLMv2), besi
 [S, S] whatever the width, so the student may be of any width (no projection). The teacher is a toolkit experiment
 (--teacher_exp/--tckpt) or a fine-tuned Hugging Face classifier (--teacher_hf). doc/methods.md, "MiniLM".
 """
+
 import pathlib
 import sys
 

@@ -9,6 +9,7 @@ weights hold one), at a constant learning rate. Stage 2 (prediction): soft cross
 (a regression task: MSE to the gold scores), from stage 1's student (--student_ptrain_ver of its export_model.py
 folder). Each epoch's incomplete batch is skipped, as the released code does. doc/methods.md, "TinyBERT".
 """
+
 import pathlib
 import sys
 

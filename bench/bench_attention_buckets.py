@@ -78,8 +78,9 @@ def main(argv=None) -> int:
         for s in settings:
             if s != "padded":
                 padding_free.BUCKET_OVERHEAD["cpu"] = float(s)
-                buckets[s] = statistics.mean(len(padding_free.Packing(b["attention_mask"], head_dim).buckets)
-                                             for b in batches)
+                buckets[s] = statistics.mean(
+                    len(padding_free.Packing(b["attention_mask"], head_dim).buckets) for b in batches
+                )
             t0 = time.perf_counter()
             for b in batches:
                 step(model if s == "padded" else pf, b)
@@ -87,16 +88,20 @@ def main(argv=None) -> int:
     real = sum(int(b["attention_mask"].sum()) for b in batches)
     padded = sum(b["attention_mask"].numel() for b in batches)
     full = len(batches) * args.batch_size * args.max_seq_len
-    print(f"{args.dataset} at {args.max_seq_len}: {len(batches)} batches of {args.batch_size}, real tokens "
-          f"{real}, padded to batch max {padded} ({padded / real:.3f}x), to max_seq_len {full} ({full / real:.3f}x)")
+    print(
+        f"{args.dataset} at {args.max_seq_len}: {len(batches)} batches of {args.batch_size}, real tokens "
+        f"{real}, padded to batch max {padded} ({padded / real:.3f}x), to max_seq_len {full} ({full / real:.3f}x)"
+    )
     base = statistics.median(times["padded"])
     print("| forward | buckets/batch | s/step (median) | speed-up vs padded |")
     print("|---|---|---|---|")
     for s in settings:
         med = statistics.median(times[s])
         name = "HF padded" if s == "padded" else f"padding-free, overhead {s}"
-        print(f"| {name} | {buckets.get(s, '-') if s == 'padded' else f'{buckets[s]:.1f}'} | {med:.3f} | "
-              f"{base / med:.3f} |")
+        print(
+            f"| {name} | {buckets.get(s, '-') if s == 'padded' else f'{buckets[s]:.1f}'} | {med:.3f} | "
+            f"{base / med:.3f} |"
+        )
     return 0
 
 

@@ -109,12 +109,15 @@ PKD_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "pkd.yaml"
 # the mixed recipe's values (module docstring): weights and the logits' temperature; pairs S_j <- T_2j
 MIXED_T, MIXED_KD, MIXED_CE, MIXED_HIDDEN, MIXED_COS, MIXED_ATT = 2.0, 0.5, 0.5, 3.0, 0.25, 1.5
 MIXED_PAIRS = [[1, 2], [2, 4], [3, 6]]
-MIXED = {"terms": [
-    {"feature": "logits", "loss": "kl", "temperature": MIXED_T, "weight": MIXED_KD},
-    {"feature": "hard_labels", "loss": "ce", "weight": MIXED_CE},
-    {"feature": "hidden", "loss": "mse", "layers": MIXED_PAIRS, "weight": MIXED_HIDDEN},
-    {"feature": "hidden", "loss": "cosine", "layers": [MIXED_PAIRS[-1]], "weight": MIXED_COS},
-    {"feature": "attention_probs", "loss": "mse", "layers": MIXED_PAIRS, "weight": MIXED_ATT}]}
+MIXED = {
+    "terms": [
+        {"feature": "logits", "loss": "kl", "temperature": MIXED_T, "weight": MIXED_KD},
+        {"feature": "hard_labels", "loss": "ce", "weight": MIXED_CE},
+        {"feature": "hidden", "loss": "mse", "layers": MIXED_PAIRS, "weight": MIXED_HIDDEN},
+        {"feature": "hidden", "loss": "cosine", "layers": [MIXED_PAIRS[-1]], "weight": MIXED_COS},
+        {"feature": "attention_probs", "loss": "mse", "layers": MIXED_PAIRS, "weight": MIXED_ATT},
+    ]
+}
 
 
 def padding_of(contender: str) -> str:
@@ -134,9 +137,9 @@ def reference_of(contender: str) -> str:
     """The contender a toolkit contender's examples/s are divided by: the PKD method for the PKD recipe, TextBrewer
     with the same matches for the others."""
     if contender.startswith("recipe_pkd"):
-        return contender[len("recipe_"):]
+        return contender[len("recipe_") :]
     if contender.startswith("recipe_"):
-        return "textbrewer_" + contender[len("recipe_"):]
+        return "textbrewer_" + contender[len("recipe_") :]
     if contender.startswith("tinybert"):
         return "textbrewer_" + contender
     return "textbrewer" + contender[3:]
@@ -148,7 +151,11 @@ def pkd_recipe() -> dict:
     import yaml
 
     data = yaml.safe_load(PKD_RECIPE.read_text())
-    values = {"hard_labels": {"weight": HARD}, "logits": {"weight": SOFT, "temperature": TEMP}, "hidden": {"weight": MU}}
+    values = {
+        "hard_labels": {"weight": HARD},
+        "logits": {"weight": SOFT, "temperature": TEMP},
+        "hidden": {"weight": MU},
+    }
     assert [t["feature"] for t in data["terms"]] == ["hard_labels", "logits", "hidden"], data
     return {**data, "terms": [{**t, **values[t["feature"]]} for t in data["terms"]]}
 
@@ -165,10 +172,15 @@ def build_recipe(contender: str, folder: Path, teacher, padding: str, max_seq_le
     path.write_text(json.dumps(pkd_recipe() if contender.startswith("recipe_pkd") else MIXED, indent=1) + "\n")
     s, c = STUDENT, teacher.config
     settings = MethodSettings(
-        groups={"recipe": RecipeFlags(recipe=str(path))}, num_class=2, regression=False,
+        groups={"recipe": RecipeFlags(recipe=str(path))},
+        num_class=2,
+        regression=False,
         student=StudentShape(s["num_hidden_layers"], s["d_model"], s["num_attention_heads"]),
-        teacher=TeacherShape(c.num_hidden_layers, c.hidden_size, c.num_attention_heads), padding=padding,
-        max_seq_len=max_seq_len, optimiser=optimiser)
+        teacher=TeacherShape(c.num_hidden_layers, c.hidden_size, c.num_attention_heads),
+        padding=padding,
+        max_seq_len=max_seq_len,
+        optimiser=optimiser,
+    )
     method = RecipeKD.build(settings)
     method.check_models(c, student_family="bert")
     return method
@@ -181,20 +193,52 @@ def textbrewer_matches(contender: str) -> list[dict]:
     ls = student_of(contender)["num_hidden_layers"]
     if "tinybert" in contender:
         width = TINY_STUDENT["d_model"]
-        matches = [{"layer_T": 2 * j - 1, "layer_S": j - 1, "feature": "attention", "loss": "attention_mse",
-                    "weight": 1} for j in range(1, ls + 1)]
-        return matches + [{"layer_T": 2 * j, "layer_S": j, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
-                           "proj": ["linear", width, 384, {}]} for j in range(0, ls + 1)]
+        matches = [
+            {"layer_T": 2 * j - 1, "layer_S": j - 1, "feature": "attention", "loss": "attention_mse", "weight": 1}
+            for j in range(1, ls + 1)
+        ]
+        return matches + [
+            {
+                "layer_T": 2 * j,
+                "layer_S": j,
+                "feature": "hidden",
+                "loss": "hidden_mse",
+                "weight": 1,
+                "proj": ["linear", width, 384, {}],
+            }
+            for j in range(0, ls + 1)
+        ]
     if "mixed" in contender:
         n = len(MIXED_PAIRS)
-        return ([{"layer_T": t, "layer_S": j, "feature": "hidden", "loss": "hidden_mse", "weight": MIXED_HIDDEN / n}
-                 for j, t in MIXED_PAIRS]
-                + [{"layer_T": MIXED_PAIRS[-1][1], "layer_S": MIXED_PAIRS[-1][0], "feature": "hidden", "loss": "cos",
-                    "weight": MIXED_COS}]
-                + [{"layer_T": t - 1, "layer_S": j - 1, "feature": "attention", "loss": "attention_mse",
-                    "weight": MIXED_ATT / n} for j, t in MIXED_PAIRS])
-    return [{"layer_T": 2 * j, "layer_S": j, "feature": "hidden", "loss": "hidden_mse", "weight": MU / ls}
-            for j in range(1, ls + 1)]
+        return (
+            [
+                {"layer_T": t, "layer_S": j, "feature": "hidden", "loss": "hidden_mse", "weight": MIXED_HIDDEN / n}
+                for j, t in MIXED_PAIRS
+            ]
+            + [
+                {
+                    "layer_T": MIXED_PAIRS[-1][1],
+                    "layer_S": MIXED_PAIRS[-1][0],
+                    "feature": "hidden",
+                    "loss": "cos",
+                    "weight": MIXED_COS,
+                }
+            ]
+            + [
+                {
+                    "layer_T": t - 1,
+                    "layer_S": j - 1,
+                    "feature": "attention",
+                    "loss": "attention_mse",
+                    "weight": MIXED_ATT / n,
+                }
+                for j, t in MIXED_PAIRS
+            ]
+        )
+    return [
+        {"layer_T": 2 * j, "layer_S": j, "feature": "hidden", "loss": "hidden_mse", "weight": MU / ls}
+        for j in range(1, ls + 1)
+    ]
 
 
 def textbrewer_adaptor(contender: str):
@@ -211,6 +255,7 @@ def textbrewer_adaptor(contender: str):
         if dynamic:
             res["inputs_mask"] = batch["attention_mask"]
         return res
+
     return adaptor
 
 
@@ -220,11 +265,16 @@ def textbrewer_distillation(contender: str) -> dict:
     if "tinybert" in contender:
         t, hard, soft = 1.0, 0.0, 0.0
     elif "mixed" in contender:
-        t, hard, soft = MIXED_T, MIXED_CE, MIXED_KD * MIXED_T ** 2
+        t, hard, soft = MIXED_T, MIXED_CE, MIXED_KD * MIXED_T**2
     else:
         t, hard, soft = TEMP, HARD, SOFT
-    return dict(temperature=t, hard_label_weight=hard, kd_loss_type="ce", kd_loss_weight=soft,
-                intermediate_matches=textbrewer_matches(contender))
+    return dict(
+        temperature=t,
+        hard_label_weight=hard,
+        kd_loss_type="ce",
+        kd_loss_weight=soft,
+        intermediate_matches=textbrewer_matches(contender),
+    )
 
 
 def build(args, padding: str = "max_length", student_shape: dict = STUDENT):
@@ -247,9 +297,16 @@ def build(args, padding: str = "max_length", student_shape: dict = STUDENT):
     teacher = build_pretrained_classifier(args.model, "bert", 2, 0.1).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    cfg = student_config("bert", vocab_size=teacher.config.vocab_size, num_class=2, type_vocab_size=2, dropout=0.1,
-                         max_position_embeddings=teacher.config.max_position_embeddings,
-                         pad_token_id=tok.pad_token_id, **student_shape)
+    cfg = student_config(
+        "bert",
+        vocab_size=teacher.config.vocab_size,
+        num_class=2,
+        type_vocab_size=2,
+        dropout=0.1,
+        max_position_embeddings=teacher.config.max_position_embeddings,
+        pad_token_id=tok.pad_token_id,
+        **student_shape,
+    )
     student = build_from_config(cfg)
     collator = Collator(features, tok.pad_token_id, args.max_seq_len, padding)
     return torch, features, teacher, student, collator
@@ -280,14 +337,27 @@ def worker_toolkit(args, contender: str, t0: float) -> dict:
     n = total_steps(args)
     ls, lt = student_of(contender)["num_hidden_layers"], teacher.config.num_hidden_layers
     device = device_of(args)
-    optimiser = OptimiserSettings(lr=LR, total_step=n, warmup_step=max(1, n // 10), weight_decay=WEIGHT_DECAY,
-                                  max_norm=MAX_NORM)
+    optimiser = OptimiserSettings(
+        lr=LR, total_step=n, warmup_step=max(1, n // 10), weight_decay=WEIGHT_DECAY, max_norm=MAX_NORM
+    )
     if contender.startswith("tinybert"):  # as run_tinybert_distil.py --tinybert_stage intermediate
         from fine_tune.methods import TinyBERT
 
-        method = TinyBERT(ls, lt, 0.0, 1.0, 1.0, 1.0, stage="intermediate", student_heads=12, teacher_heads=12,
-                          padding=padding, student_width=TINY_STUDENT["d_model"], teacher_width=384,
-                          projection_optimiser=optimiser)
+        method = TinyBERT(
+            ls,
+            lt,
+            0.0,
+            1.0,
+            1.0,
+            1.0,
+            stage="intermediate",
+            student_heads=12,
+            teacher_heads=12,
+            padding=padding,
+            student_width=TINY_STUDENT["d_model"],
+            teacher_width=384,
+            projection_optimiser=optimiser,
+        )
         method.create_parameters(None, device)
     elif contender.startswith("pkd"):
         method = PKD(ls, lt, HARD, SOFT, TEMP, MU, padding=padding)
@@ -296,16 +366,37 @@ def worker_toolkit(args, contender: str, t0: float) -> dict:
             method = build_recipe(contender, Path(tmp), teacher, padding, args.max_seq_len, optimiser)
         method.create_parameters(None, device)
     else:
-        gates = OptimiserSettings(lr=5e-7, weight_decay=0.01, max_norm=1.0, total_step=n, warmup_step=max(1, n // 10),
-                                  no_decay=GATE_NO_DECAY, clip_per_module=True)
-        method = LAD(ls, lt, HARD, SOFT, TEMP, MU, d_model=384, seq_len=args.max_seq_len, gate_optimiser=gates,
-                     padding=padding)
+        gates = OptimiserSettings(
+            lr=5e-7,
+            weight_decay=0.01,
+            max_norm=1.0,
+            total_step=n,
+            warmup_step=max(1, n // 10),
+            no_decay=GATE_NO_DECAY,
+            clip_per_module=True,
+        )
+        method = LAD(
+            ls, lt, HARD, SOFT, TEMP, MU, d_model=384, seq_len=args.max_seq_len, gate_optimiser=gates, padding=padding
+        )
         method.create_parameters(None)
-    settings = TrainSettings(optimiser=optimiser, batch_size=args.batch_size, accum_step=1, ckpt_step=10**9,
-                             log_step=args.steps, seed=SEED, tag_prefix="qqp/train/bert")
-    forwards = training_forwards(student, teacher, enabled=True, ignores_padding=method.ignores_padding,
-                                 device_type=device.type, student_record=method.recorded_layers("student"),
-                                 teacher_record=method.recorded_layers("teacher"))
+    settings = TrainSettings(
+        optimiser=optimiser,
+        batch_size=args.batch_size,
+        accum_step=1,
+        ckpt_step=10**9,
+        log_step=args.steps,
+        seed=SEED,
+        tag_prefix="qqp/train/bert",
+    )
+    forwards = training_forwards(
+        student,
+        teacher,
+        enabled=True,
+        ignores_padding=method.ignores_padding,
+        device_type=device.type,
+        student_record=method.recorded_layers("student"),
+        teacher_record=method.recorded_layers("teacher"),
+    )
     if forwards.takes_layout:  # as fine_tune.run.training: the packing built on the host, once per batch
         collator.layout = forwards.layout
     collator.pin_memory = device.type == "cuda"
@@ -314,10 +405,22 @@ def worker_toolkit(args, contender: str, t0: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         exp = ExperimentDir(Path(tmp), "bench")
         exp.path.mkdir()
-        trainer = Trainer(student, method, stamps.wrap(collator), len(features), settings, exp, device,
-                          toolkit_precision(args, device), teacher=teacher, progress=False,
-                          student_forward=forwards.student, teacher_forward=forwards.teacher, forward=forward,
-                          reporter=TensorBoardReporter(exp.log_dir))  # as the scripts' default --report_to
+        trainer = Trainer(
+            student,
+            method,
+            stamps.wrap(collator),
+            len(features),
+            settings,
+            exp,
+            device,
+            toolkit_precision(args, device),
+            teacher=teacher,
+            progress=False,
+            student_forward=forwards.student,
+            teacher_forward=forwards.teacher,
+            forward=forward,
+            reporter=TensorBoardReporter(exp.log_dir),
+        )  # as the scripts' default --report_to
         start = time.perf_counter()
         trainer.train()
         train_s = time.perf_counter() - start
@@ -362,10 +465,16 @@ def worker_textbrewer(args, t0: float, contender: str = "textbrewer") -> dict:
         opt = optimizer_for(student, device)
         start = time.perf_counter()
         with distiller:
-            distiller.train(opt, Batches(), num_steps=n, scheduler_class=get_linear_schedule_with_warmup,
-                            scheduler_args={"num_warmup_steps": max(1, n // 10), "num_training_steps": n},
-                            max_grad_norm=MAX_NORM, output_hidden_states=True, **({"output_attentions": True}
-                                                                                   if attention else {}))
+            distiller.train(
+                opt,
+                Batches(),
+                num_steps=n,
+                scheduler_class=get_linear_schedule_with_warmup,
+                scheduler_args={"num_warmup_steps": max(1, n // 10), "num_training_steps": n},
+                max_grad_norm=MAX_NORM,
+                output_hidden_states=True,
+                **({"output_attentions": True} if attention else {}),
+            )
         train_s = time.perf_counter() - start
     # TextBrewer fetches one more batch than it trains on only when it cycles past the end: trim to n stamps
     stamps.begin, stamps.widths, stamps.real = stamps.begin[:n], stamps.widths[:n], stamps.real[:n]
@@ -376,21 +485,32 @@ def contenders_of(methods: str, padding: str) -> tuple[str, ...]:
     """The contenders of ``--methods`` and ``--padding``, in the order of the first alternation."""
     groups = {"pkd_lad": (FIXED, DYNAMIC), "tinybert": (TINYBERT, TINYBERT_DYN), "recipe": (RECIPE, RECIPE_DYN)}
     chosen = list(groups) if methods == "all" else [methods]
-    names = [c for m in chosen for c in {"fixed": groups[m][0], "dynamic": groups[m][1],
-                                         "both": groups[m][0] + groups[m][1]}[padding]]
+    names = [
+        c
+        for m in chosen
+        for c in {"fixed": groups[m][0], "dynamic": groups[m][1], "both": groups[m][0] + groups[m][1]}[padding]
+    ]
     return tuple(dict.fromkeys(names))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--contender", choices=CONTENDERS, help="run one contender here (worker)")
-    p.add_argument("--padding", choices=("fixed", "dynamic", "both"), default="both",
-                   help="fixed: every batch padded to max_seq_len (the scripts' default, as LAD's original gates "
-                        "need); dynamic: padded to the batch's longest row, hidden losses masked (default: both)")
-    p.add_argument("--methods", choices=("pkd_lad", "tinybert", "recipe", "all"), default="pkd_lad",
-                   help="pkd_lad: PKD and LAD vs TextBrewer's hidden_mse matches (the default); tinybert: TinyBERT's "
-                        "intermediate stage vs TextBrewer's attention_mse + hidden_mse with proj matches; recipe: "
-                        "the PKD recipe vs the PKD method, and a mixed recipe vs TextBrewer's same matches")
+    p.add_argument(
+        "--padding",
+        choices=("fixed", "dynamic", "both"),
+        default="both",
+        help="fixed: every batch padded to max_seq_len (the scripts' default, as LAD's original gates "
+        "need); dynamic: padded to the batch's longest row, hidden losses masked (default: both)",
+    )
+    p.add_argument(
+        "--methods",
+        choices=("pkd_lad", "tinybert", "recipe", "all"),
+        default="pkd_lad",
+        help="pkd_lad: PKD and LAD vs TextBrewer's hidden_mse matches (the default); tinybert: TinyBERT's "
+        "intermediate stage vs TextBrewer's attention_mse + hidden_mse with proj matches; recipe: "
+        "the PKD recipe vs the PKD method, and a mixed recipe vs TextBrewer's same matches",
+    )
     add_worker_args(p, steps=20, rows=2048, repeats=3)
     args = parse_args(p, argv)
     if args is None:
@@ -403,15 +523,20 @@ def main(argv=None) -> int:
         return 0
     names = contenders_of(args.methods, args.padding)
     info = machine()
-    print(f"distilling {Path(args.model).name} (6 layers) into a 3-layer student on {args.dataset}: {args.steps} timed "
-          f"steps (after {args.warm_steps}) x batch {args.batch_size}, max_seq_len {args.max_seq_len}, padding "
-          f"{args.padding}, toolkit {precision_name(args)}, TextBrewer fp32, on {args.device}; torch {info['torch']}, "
-          f"{info['cores']} cores; load average at start {info['load_avg_start'][0]:.2f}")
+    print(
+        f"distilling {Path(args.model).name} (6 layers) into a 3-layer student on {args.dataset}: {args.steps} timed "
+        f"steps (after {args.warm_steps}) x batch {args.batch_size}, max_seq_len {args.max_seq_len}, padding "
+        f"{args.padding}, toolkit {precision_name(args)}, TextBrewer fp32, on {args.device}; torch {info['torch']}, "
+        f"{info['cores']} cores; load average at start {info['load_avg_start'][0]:.2f}"
+    )
     print("\n| run | contender | examples/s | timed loop s | process wall s | peak MiB |\n|---|---|---|---|---|---|")
 
     def show(res: dict) -> None:
-        print(f"| {res['run'] + 1} | {res['contender']} | {res['examples_per_s']:.2f} | {res['loop_s']:.1f} "
-              f"| {res['wall_s']:.1f} | {res['peak_mib']:.0f} |", flush=True)
+        print(
+            f"| {res['run'] + 1} | {res['contender']} | {res['examples_per_s']:.2f} | {res['loop_s']:.1f} "
+            f"| {res['wall_s']:.1f} | {res['peak_mib']:.0f} |",
+            flush=True,
+        )
 
     runs = alternate(names, args.repeats, lambda c: run_worker(c, args, __file__, ["--padding", args.padding]), show)
     pairs = [(c, reference_of(c)) for c in names if not c.startswith("textbrewer") and reference_of(c) in names]

@@ -69,12 +69,27 @@ from common import (  # noqa: E402
 LR = 5e-5
 WEIGHT_DECAY = 0.01
 MAX_NORM = 1.0
-CONTENDERS = ("toolkit", "toolkit_fast", "toolkit_padded", "trainer", "trainer_glue", "trainer_best",
-              "trainer_best_same")
+CONTENDERS = (
+    "toolkit",
+    "toolkit_fast",
+    "toolkit_padded",
+    "trainer",
+    "trainer_glue",
+    "trainer_best",
+    "trainer_best_same",
+)
 
 
-def worker_toolkit(args, t0: float, *, group_by_length: bool = False, padding: str = "dynamic",
-                   count_flops: bool = False, name: str = "toolkit", padding_free: bool = True) -> dict:
+def worker_toolkit(
+    args,
+    t0: float,
+    *,
+    group_by_length: bool = False,
+    padding: str = "dynamic",
+    count_flops: bool = False,
+    name: str = "toolkit",
+    padding_free: bool = True,
+) -> dict:
     """The toolkit's public engine, exactly as ``run_fine_tune.py`` drives it (fine_tune.run.training) with
     its default flags (dynamic padding, ``--padding_free auto``: BERT's position-wise layers on the real tokens
     only); ``group_by_length``: plus its fastest data option (``--group_by_length``)."""
@@ -97,22 +112,50 @@ def worker_toolkit(args, t0: float, *, group_by_length: bool = False, padding: s
     model = build_pretrained_classifier(args.model, "bert", 2, 0.1)
     n = total_steps(args)
     task = "boolq" if args.dataset == "boolq" else "qqp"
-    optimiser = OptimiserSettings(lr=LR, total_step=n, warmup_step=warmup_steps(args), weight_decay=WEIGHT_DECAY,
-                                  max_norm=MAX_NORM)
-    settings = TrainSettings(optimiser=optimiser, batch_size=args.batch_size, accum_step=1, ckpt_step=10**9,
-                             log_step=n, seed=SEED, tag_prefix=f"{task}/train/bert", group_by_length=group_by_length)
+    optimiser = OptimiserSettings(
+        lr=LR, total_step=n, warmup_step=warmup_steps(args), weight_decay=WEIGHT_DECAY, max_norm=MAX_NORM
+    )
+    settings = TrainSettings(
+        optimiser=optimiser,
+        batch_size=args.batch_size,
+        accum_step=1,
+        ckpt_step=10**9,
+        log_step=n,
+        seed=SEED,
+        tag_prefix=f"{task}/train/bert",
+        group_by_length=group_by_length,
+    )
     forwards = training_forwards(model, None, enabled=padding_free, ignores_padding=True, device_type=device.type)
     stamps = Stamps(args, count_flops=count_flops)
-    collator = stamps.wrap(Collator(features, tok.pad_token_id, args.max_seq_len, padding,
-                                    layout=forwards.layout if forwards.takes_layout else None,
-                                    pin_memory=device.type == "cuda"))
+    collator = stamps.wrap(
+        Collator(
+            features,
+            tok.pad_token_id,
+            args.max_seq_len,
+            padding,
+            layout=forwards.layout if forwards.takes_layout else None,
+            pin_memory=device.type == "cuda",
+        )
+    )
     extra = {"lengths": features.lengths()} if group_by_length else {}
 
     with tempfile.TemporaryDirectory() as tmp:
         exp = ExperimentDir(Path(tmp), "bench")
-        trainer = Trainer(model, HardLabel(), collator, len(features), settings, exp, device, precision,
-                          progress=False, student_forward=forwards.student, forward=forward,
-                          reporter=TensorBoardReporter(exp.log_dir), **extra)  # as the scripts' default --report_to
+        trainer = Trainer(
+            model,
+            HardLabel(),
+            collator,
+            len(features),
+            settings,
+            exp,
+            device,
+            precision,
+            progress=False,
+            student_forward=forwards.student,
+            forward=forward,
+            reporter=TensorBoardReporter(exp.log_dir),
+            **extra,
+        )  # as the scripts' default --report_to
         start = time.perf_counter()
         trainer.train()  # writes model-{n}.pt once, at the end (outside the timed window)
         train_s = time.perf_counter() - start
@@ -162,10 +205,22 @@ def worker_trainer(args, t0: float, mode: str = "same_order") -> dict:
     prec = precision_name(args)
     tok = AutoTokenizer.from_pretrained(args.model)
     examples = load_examples(args)
-    enc = tok([e.text for e in examples], [e.text_pair for e in examples], truncation=True,
-              max_length=args.max_seq_len, padding="max_length" if mode == "run_glue" else False)
-    rows = [{"input_ids": enc["input_ids"][i], "token_type_ids": enc["token_type_ids"][i],
-             "attention_mask": enc["attention_mask"][i], "labels": e.label} for i, e in enumerate(examples)]
+    enc = tok(
+        [e.text for e in examples],
+        [e.text_pair for e in examples],
+        truncation=True,
+        max_length=args.max_seq_len,
+        padding="max_length" if mode == "run_glue" else False,
+    )
+    rows = [
+        {
+            "input_ids": enc["input_ids"][i],
+            "token_type_ids": enc["token_type_ids"][i],
+            "attention_mask": enc["attention_mask"][i],
+            "labels": e.label,
+        }
+        for i, e in enumerate(examples)
+    ]
     n = total_steps(args)
     if mode in ("same_order", "best_same_order"):
         if mode == "same_order":
@@ -175,8 +230,9 @@ def worker_trainer(args, t0: float, mode: str = "same_order") -> dict:
             stream = LengthGroupedMicroBatchStream(len(rows), args.batch_size, SEED, lengths)
         dataset = [rows[i] for _ in range(n) for i in stream.next()]
         sampling = sampling_args("sequential")
-        pad = DataCollatorWithPadding(tok, pad_to_multiple_of=8 if mode == "best_same_order" and prec == "fp16"
-                                      else None)
+        pad = DataCollatorWithPadding(
+            tok, pad_to_multiple_of=8 if mode == "best_same_order" and prec == "fp16" else None
+        )
     elif mode == "run_glue":
         dataset, sampling, pad = rows, {}, default_data_collator  # the random sampler, TrainingArguments' default
     else:
@@ -192,17 +248,40 @@ def worker_trainer(args, t0: float, mode: str = "same_order") -> dict:
         def on_step_begin(self, *a, **k):
             stamps.step_begins()
 
-    name = {"same_order": "trainer", "run_glue": "trainer_glue", "best": "trainer_best",
-            "best_same_order": "trainer_best_same"}[mode]
+    name = {
+        "same_order": "trainer",
+        "run_glue": "trainer_glue",
+        "best": "trainer_best",
+        "best_same_order": "trainer_best_same",
+    }[mode]
     with tempfile.TemporaryDirectory() as tmp:
         targs = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=args.batch_size, max_steps=n, learning_rate=LR,
-            adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, warmup_steps=warmup_steps(args),
-            lr_scheduler_type="linear", weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_NORM, logging_steps=n,
-            eval_strategy="no", save_strategy="no", report_to="none", dataloader_num_workers=0, seed=SEED,
-            use_cpu=args.device == "cpu", fp16=prec == "fp16", bf16=prec == "bf16", disable_tqdm=True, **sampling)
-        trainer = Trainer(model=model, args=targs, train_dataset=dataset, data_collator=collate,
-                          callbacks=[BeginStamp()])
+            output_dir=tmp,
+            per_device_train_batch_size=args.batch_size,
+            max_steps=n,
+            learning_rate=LR,
+            adam_beta1=0.9,
+            adam_beta2=0.999,
+            adam_epsilon=1e-8,
+            warmup_steps=warmup_steps(args),
+            lr_scheduler_type="linear",
+            weight_decay=WEIGHT_DECAY,
+            max_grad_norm=MAX_NORM,
+            logging_steps=n,
+            eval_strategy="no",
+            save_strategy="no",
+            report_to="none",
+            dataloader_num_workers=0,
+            seed=SEED,
+            use_cpu=args.device == "cpu",
+            fp16=prec == "fp16",
+            bf16=prec == "bf16",
+            disable_tqdm=True,
+            **sampling,
+        )
+        trainer = Trainer(
+            model=model, args=targs, train_dataset=dataset, data_collator=collate, callbacks=[BeginStamp()]
+        )
         start = time.perf_counter()
         trainer.train()
         train_s = time.perf_counter() - start
@@ -217,8 +296,16 @@ def run_contender(name: str, args, t0: float) -> dict:
         return worker_toolkit(args, t0, group_by_length=True, name="toolkit_fast")
     if name == "toolkit_padded":  # --padding_free off: the padded forward, for profiles and the ablation
         return worker_toolkit(args, t0, name="toolkit_padded", padding_free=False)
-    return worker_trainer(args, t0, {"trainer": "same_order", "trainer_glue": "run_glue", "trainer_best": "best",
-                                     "trainer_best_same": "best_same_order"}[name])
+    return worker_trainer(
+        args,
+        t0,
+        {
+            "trainer": "same_order",
+            "trainer_glue": "run_glue",
+            "trainer_best": "best",
+            "trainer_best_same": "best_same_order",
+        }[name],
+    )
 
 
 def main(argv=None) -> int:
@@ -234,43 +321,71 @@ def main(argv=None) -> int:
 
     info = machine()
     data = "qp_pairs/QQP train" if args.dataset == "qp_pairs" else f"BoolQ {Path(args.boolq).name}"
-    print(f"fine-tuning {Path(args.model).name} on {data}: {args.steps} timed steps "
-          f"(after {args.warm_steps} untimed) x batch {args.batch_size}, max_seq_len {args.max_seq_len}, dynamic "
-          f"padding, {precision_name(args)} on {args.device}; torch {info['torch']}, transformers "
-          f"{info['transformers']}, {info['cores']} cores, {info['torch_threads']} torch threads; load average at "
-          f"start {info['load_avg_start'][0]:.2f}")
-    print("\n| run | contender | examples/s | timed loop s | train() s | process wall s | peak MiB |"
-          "\n|---|---|---|---|---|---|---|")
+    print(
+        f"fine-tuning {Path(args.model).name} on {data}: {args.steps} timed steps "
+        f"(after {args.warm_steps} untimed) x batch {args.batch_size}, max_seq_len {args.max_seq_len}, dynamic "
+        f"padding, {precision_name(args)} on {args.device}; torch {info['torch']}, transformers "
+        f"{info['transformers']}, {info['cores']} cores, {info['torch_threads']} torch threads; load average at "
+        f"start {info['load_avg_start'][0]:.2f}"
+    )
+    print(
+        "\n| run | contender | examples/s | timed loop s | train() s | process wall s | peak MiB |"
+        "\n|---|---|---|---|---|---|---|"
+    )
 
     def show(res: dict) -> None:
-        print(f"| {res['run'] + 1} | {res['contender']} | {res['examples_per_s']:.2f} | {res['loop_s']:.1f} "
-              f"| {res['train_call_s']:.1f} | {res['wall_s']:.1f} | {res['peak_mib']:.0f} |", flush=True)
+        print(
+            f"| {res['run'] + 1} | {res['contender']} | {res['examples_per_s']:.2f} | {res['loop_s']:.1f} "
+            f"| {res['train_call_s']:.1f} | {res['wall_s']:.1f} | {res['peak_mib']:.0f} |",
+            flush=True,
+        )
         mate = [x for x in runs_so_far if x["run"] == res["run"] and x["contender"] != res["contender"]]
         if mate and mate[0]["padded_tokens"] != res["padded_tokens"]:
-            raise SystemExit(f"the contenders padded differently ({mate[0]['padded_tokens']} vs "
-                             f"{res['padded_tokens']} tokens): the comparison would be unfair")
+            raise SystemExit(
+                f"the contenders padded differently ({mate[0]['padded_tokens']} vs "
+                f"{res['padded_tokens']} tokens): the comparison would be unfair"
+            )
         runs_so_far.append(res)
 
     runs_so_far: list[dict] = []
     runs = alternate(("toolkit", "trainer"), args.repeats, lambda c: run_worker(c, args, __file__), show)
     ratios = pair_ratios(runs, "toolkit", "trainer")
-    summary = {c: {k: median_of(runs, c, k) for k in ("examples_per_s", "wall_s", "peak_mib")}
-               for c in ("toolkit", "trainer")}
+    summary = {
+        c: {k: median_of(runs, c, k) for k in ("examples_per_s", "wall_s", "peak_mib")} for c in ("toolkit", "trainer")
+    }
     ratio = statistics.median(ratios)
     wall_ratio = summary["trainer"]["wall_s"] / summary["toolkit"]["wall_s"]
-    print(f"\nmedian examples/s: toolkit {summary['toolkit']['examples_per_s']:.2f}, "
-          f"Trainer {summary['trainer']['examples_per_s']:.2f}")
-    print(f"median process wall s: toolkit {summary['toolkit']['wall_s']:.1f}, Trainer {summary['trainer']['wall_s']:.1f}"
-          f" (Trainer / toolkit {wall_ratio:.3f})")
-    print(f"median peak memory MiB: toolkit {summary['toolkit']['peak_mib']:.0f}, "
-          f"Trainer {summary['trainer']['peak_mib']:.0f}")
-    print(f"median ratio toolkit / Trainer examples/s (per alternation): {ratio:.3f} "
-          f"(min {min(ratios):.3f}, max {max(ratios):.3f}) -> toolkit {'not slower' if ratio >= 1.0 else 'SLOWER'}")
+    print(
+        f"\nmedian examples/s: toolkit {summary['toolkit']['examples_per_s']:.2f}, "
+        f"Trainer {summary['trainer']['examples_per_s']:.2f}"
+    )
+    print(
+        f"median process wall s: toolkit {summary['toolkit']['wall_s']:.1f}, Trainer {summary['trainer']['wall_s']:.1f}"
+        f" (Trainer / toolkit {wall_ratio:.3f})"
+    )
+    print(
+        f"median peak memory MiB: toolkit {summary['toolkit']['peak_mib']:.0f}, "
+        f"Trainer {summary['trainer']['peak_mib']:.0f}"
+    )
+    print(
+        f"median ratio toolkit / Trainer examples/s (per alternation): {ratio:.3f} "
+        f"(min {min(ratios):.3f}, max {max(ratios):.3f}) -> toolkit {'not slower' if ratio >= 1.0 else 'SLOWER'}"
+    )
     print(f"load average at end {os.getloadavg()[0]:.2f} (other processes share this machine)")
     if args.json:
-        write_json(args.json, {"args": {k: v for k, v in vars(args).items() if k != "contender"}, "machine": info,
-                               "load_avg_end": os.getloadavg(), "runs": runs, "ratios": ratios, "median_ratio": ratio,
-                               "median": summary, "wall_ratio_trainer_over_toolkit": wall_ratio})
+        write_json(
+            args.json,
+            {
+                "args": {k: v for k, v in vars(args).items() if k != "contender"},
+                "machine": info,
+                "load_avg_end": os.getloadavg(),
+                "runs": runs,
+                "ratios": ratios,
+                "median_ratio": ratio,
+                "median": summary,
+                "wall_ratio_trainer_over_toolkit": wall_ratio,
+            },
+        )
     return 0
 
 

@@ -47,8 +47,7 @@ def mm_peak(device: str, dtype_name: str, n: int, repeats: int) -> dict:
         torch.mm(a, b)
         sync()
         times.append(time.perf_counter() - start)
-    return {"dtype": dtype_name, "n": n, "repeats": repeats, "best_s": min(times),
-            "flops_per_s": 2 * n**3 / min(times)}
+    return {"dtype": dtype_name, "n": n, "repeats": repeats, "best_s": min(times), "flops_per_s": 2 * n**3 / min(times)}
 
 
 def measure(args) -> dict:
@@ -67,7 +66,9 @@ def measure(args) -> dict:
 
 
 def add_flops_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mm_size", type=int, default=0, help="n of the n x n torch.mm peak (default 2048 on CPU, 8192 on CUDA)")
+    p.add_argument(
+        "--mm_size", type=int, default=0, help="n of the n x n torch.mm peak (default 2048 on CPU, 8192 on CUDA)"
+    )
     p.add_argument("--mm_repeats", type=int, default=10, help="timed torch.mm calls; the best counts (default 10)")
 
 
@@ -82,10 +83,12 @@ def main(argv=None) -> int:
     res = measure(args)
     if not args.contender:
         peak = res["mm_peak"][res["peak_dtype"]]
-        print(f"{res['flops_per_step'] / 1e12:.3f} TFLOP per step ({args.batch_size} x {args.max_seq_len}, "
-              f"{res['precision']}), {res['step_s']:.3f} s per step -> {fmt_flops(res['achieved_flops_per_s'])}; "
-              f"torch.mm {peak['n']}x{peak['n']} {peak['dtype']} best of {peak['repeats']}: "
-              f"{fmt_flops(peak['flops_per_s'])} -> {res['percent_of_peak']:.1f} % of peak")
+        print(
+            f"{res['flops_per_step'] / 1e12:.3f} TFLOP per step ({args.batch_size} x {args.max_seq_len}, "
+            f"{res['precision']}), {res['step_s']:.3f} s per step -> {fmt_flops(res['achieved_flops_per_s'])}; "
+            f"torch.mm {peak['n']}x{peak['n']} {peak['dtype']} best of {peak['repeats']}: "
+            f"{fmt_flops(peak['flops_per_s'])} -> {res['percent_of_peak']:.1f} % of peak"
+        )
     print(json.dumps(res))
     return 0
 

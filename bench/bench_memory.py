@@ -64,7 +64,9 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        inputs = {
+            t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)
+        }
         for t in tree_flatten(out)[0]:
             if not isinstance(t, torch.Tensor):
                 continue
@@ -83,10 +85,18 @@ def _bert(layers: int, args, seed: int):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    return BertForSequenceClassification(BertConfig(
-        vocab_size=1000, hidden_size=args.hidden, num_hidden_layers=layers, num_attention_heads=args.hidden // 64,
-        intermediate_size=4 * args.hidden, max_position_embeddings=args.max_seq_len, hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1))
+    return BertForSequenceClassification(
+        BertConfig(
+            vocab_size=1000,
+            hidden_size=args.hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=args.hidden // 64,
+            intermediate_size=4 * args.hidden,
+            max_position_embeddings=args.max_seq_len,
+            hidden_dropout_prob=0.1,
+            attention_probs_dropout_prob=0.1,
+        )
+    )
 
 
 def _batch(args) -> dict:
@@ -94,13 +104,25 @@ def _batch(args) -> dict:
     b, s = args.batch_size, args.max_seq_len
     lengths = torch.linspace(s // 4, s, b).round().long()
     mask = (torch.arange(s)[None, :] < lengths[:, None]).long()
-    return {"input_ids": torch.randint(5, 1000, (b, s), generator=g) * mask, "attention_mask": mask,
-            "token_type_ids": torch.zeros(b, s, dtype=torch.long), "labels": torch.randint(0, 2, (b,), generator=g),
-            "lengths": lengths.numpy()}
+    return {
+        "input_ids": torch.randint(5, 1000, (b, s), generator=g) * mask,
+        "attention_mask": mask,
+        "token_type_ids": torch.zeros(b, s, dtype=torch.long),
+        "labels": torch.randint(0, 2, (b,), generator=g),
+        "lengths": lengths.numpy(),
+    }
 
 
-def step_peak(args, root: Path, name: str, *, checkpointing: bool = False, padding_free: bool = True,
-              teacher_layers: int = 0, precision=None) -> dict:
+def step_peak(
+    args,
+    root: Path,
+    name: str,
+    *,
+    checkpointing: bool = False,
+    padding_free: bool = True,
+    teacher_layers: int = 0,
+    precision=None,
+) -> dict:
     """One warm-up step, then the peak bytes of one step under :class:`LiveBytes`; the teacher's weight bytes."""
     from fine_tune.engine.device import Precision
     from fine_tune.engine.optim import OptimiserSettings
@@ -114,20 +136,44 @@ def step_peak(args, root: Path, name: str, *, checkpointing: bool = False, paddi
     student = _bert(args.layers, args, 0)
     teacher = _bert(teacher_layers, args, 1) if teacher_layers else None
     method = PKD(args.layers, teacher_layers, 0.5, 0.5, 1.0, 1.0, padding="dynamic") if teacher else HardLabel()
-    forwards = training_forwards(student, teacher, enabled=padding_free, ignores_padding=method.ignores_padding,
-                                 gradient_checkpointing=checkpointing)
+    forwards = training_forwards(
+        student,
+        teacher,
+        enabled=padding_free,
+        ignores_padding=method.ignores_padding,
+        gradient_checkpointing=checkpointing,
+    )
     batch = _batch(args)
     if forwards.takes_layout:
         batch["model_kwargs"] = {"layout": forwards.layout(batch["lengths"], args.max_seq_len)}
     batch.pop("lengths")
-    settings = TrainSettings(optimiser=OptimiserSettings(lr=1e-4, total_step=2, warmup_step=1), batch_size=args.batch_size,
-                             accum_step=1, ckpt_step=100, log_step=100, seed=0, tag_prefix="qqp/train/bert")
+    settings = TrainSettings(
+        optimiser=OptimiserSettings(lr=1e-4, total_step=2, warmup_step=1),
+        batch_size=args.batch_size,
+        accum_step=1,
+        ckpt_step=100,
+        log_step=100,
+        seed=0,
+        tag_prefix="qqp/train/bert",
+    )
     exp = ExperimentDir(root, name)
     exp.path.mkdir(parents=True)
-    trainer = Trainer(student, method, lambda rows: dict(batch), args.batch_size, settings, exp, torch.device("cpu"),
-                      precision or Precision("cpu", None), teacher=teacher, progress=False,
-                      student_forward=forwards.student, teacher_forward=forwards.teacher, forward=forward,
-                      reporter=TensorBoardReporter(exp.log_dir))  # as the scripts' default --report_to
+    trainer = Trainer(
+        student,
+        method,
+        lambda rows: dict(batch),
+        args.batch_size,
+        settings,
+        exp,
+        torch.device("cpu"),
+        precision or Precision("cpu", None),
+        teacher=teacher,
+        progress=False,
+        student_forward=forwards.student,
+        teacher_forward=forwards.teacher,
+        forward=forward,
+        reporter=TensorBoardReporter(exp.log_dir),
+    )  # as the scripts' default --report_to
     student.train()
     rows = list(range(args.batch_size))
     trainer._micro_step(rows)  # warm-up: AdamW's moments exist from here on
@@ -148,15 +194,28 @@ def measured(args) -> list[dict]:
         for forward_name, padding_free in (("padding-free (packed)", True), ("Hugging Face", False)):
             for ckpt in (False, True):
                 r = step_peak(args, root, f"ft_{padding_free}_{ckpt}", checkpointing=ckpt, padding_free=padding_free)
-                rows.append({"what": f"fine-tuning, {forward_name} forward", "variant":
-                             "--gradient_checkpointing" if ckpt else "plain", **r})
+                rows.append(
+                    {
+                        "what": f"fine-tuning, {forward_name} forward",
+                        "variant": "--gradient_checkpointing" if ckpt else "plain",
+                        **r,
+                    }
+                )
         bf16 = Precision("cpu", torch.bfloat16)
         for cast in (False, True):
-            with (contextlib.nullcontext() if cast else
-                  mock.patch.object(Precision, "cast_frozen_linears", lambda self, module, device: 0)):
+            with (
+                contextlib.nullcontext()
+                if cast
+                else mock.patch.object(Precision, "cast_frozen_linears", lambda self, module, device: 0)
+            ):
                 r = step_peak(args, root, f"pkd_{cast}", teacher_layers=2 * args.layers, precision=bf16)
-            rows.append({"what": f"PKD, teacher {2 * args.layers} layers, bf16 autocast", "variant":
-                         "teacher cast once" if cast else "teacher fp32 (before)", **r})
+            rows.append(
+                {
+                    "what": f"PKD, teacher {2 * args.layers} layers, bf16 autocast",
+                    "variant": "teacher cast once" if cast else "teacher fp32 (before)",
+                    **r,
+                }
+            )
     return rows
 
 
@@ -173,15 +232,23 @@ def computed() -> list[dict]:
         sbh = s * b * h
         per_layer, scores = 34 * sbh, 5 * heads * s * s * b
         with torch.device("meta"):
-            model = BertForSequenceClassification(BertConfig(hidden_size=h, num_hidden_layers=layers,
-                                                             num_attention_heads=heads, intermediate_size=4 * h))
+            model = BertForSequenceClassification(
+                BertConfig(hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=4 * h)
+            )
         fp32 = sum(p.numel() * 4 for p in model.parameters())
         Precision("cuda", torch.float16).cast_frozen_linears(model, torch.device("cuda"))
         cast = sum(p.numel() * p.element_size() for p in model.parameters())
-        out.append({"model": name, "layers": layers, "fused_gb": layers * per_layer / 1e9,
-                    "eager_gb": layers * (per_layer + scores) / 1e9,
-                    "checkpointed_gb": (layers * 4 * sbh + per_layer) / 1e9,
-                    "teacher_fp32_gb": fp32 / 1e9, "teacher_cast_gb": cast / 1e9})
+        out.append(
+            {
+                "model": name,
+                "layers": layers,
+                "fused_gb": layers * per_layer / 1e9,
+                "eager_gb": layers * (per_layer + scores) / 1e9,
+                "checkpointed_gb": (layers * 4 * sbh + per_layer) / 1e9,
+                "teacher_fp32_gb": fp32 / 1e9,
+                "teacher_cast_gb": cast / 1e9,
+            }
+        )
     return out
 
 
@@ -195,21 +262,27 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     rows, gpu = measured(args), computed()
-    print(f"measured on CPU: {args.layers} layers, hidden {args.hidden}, batch {args.batch_size} x "
-          f"{args.max_seq_len}\n")
+    print(
+        f"measured on CPU: {args.layers} layers, hidden {args.hidden}, batch {args.batch_size} x {args.max_seq_len}\n"
+    )
     print("| step | variant | peak bytes of the step (MB) | teacher weights (MB) |\n|---|---|---|---|")
     for r in rows:
         weights = f"{r['teacher_weights_mb']:.1f}" if r["teacher_weights_mb"] else "-"
         print(f"| {r['what']} | {r['variant']} | {r['peak_mb']:.1f} | {weights} |")
     print("\ncomputed: batch 32 x 512, fp16 autocast on a GPU\n")
-    print("| model | activations kept, fused attention (GB) | eager attention (GB) | --gradient_checkpointing (GB) "
-          "| teacher weights fp32 (GB) | cast once (GB) |\n|---|---|---|---|---|---|")
+    print(
+        "| model | activations kept, fused attention (GB) | eager attention (GB) | --gradient_checkpointing (GB) "
+        "| teacher weights fp32 (GB) | cast once (GB) |\n|---|---|---|---|---|---|"
+    )
     for g in gpu:
-        print(f"| {g['model']} ({g['layers']} layers) | {g['fused_gb']:.2f} | {g['eager_gb']:.2f} | "
-              f"{g['checkpointed_gb']:.2f} | {g['teacher_fp32_gb']:.3f} | {g['teacher_cast_gb']:.3f} |")
+        print(
+            f"| {g['model']} ({g['layers']} layers) | {g['fused_gb']:.2f} | {g['eager_gb']:.2f} | "
+            f"{g['checkpointed_gb']:.2f} | {g['teacher_fp32_gb']:.3f} | {g['teacher_cast_gb']:.3f} |"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"measured": rows, "computed": gpu, "args": vars(args) | {"json": None}},
-                                        indent=1, default=str))
+        args.json.write_text(
+            json.dumps({"measured": rows, "computed": gpu, "args": vars(args) | {"json": None}}, indent=1, default=str)
+        )
 
 
 if __name__ == "__main__":

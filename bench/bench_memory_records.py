@@ -77,20 +77,45 @@ def build(name: str, args):
     width, heads = args.width, args.heads
 
     def bert(layers):
-        return AutoModelForSequenceClassification.from_config(synthetic.tiny_config(
-            "bert", num_layers=layers, hidden=width, heads=heads, ff=2 * width, max_positions=args.seq_len + 8))
+        return AutoModelForSequenceClassification.from_config(
+            synthetic.tiny_config(
+                "bert", num_layers=layers, hidden=width, heads=heads, ff=2 * width, max_positions=args.seq_len + 8
+            )
+        )
 
     teacher = bert(args.teacher_layers).eval()
     student_layers = 4 if name == "tinybert" else 6
     student = bert(student_layers)
     if name == "tinybert":  # TinyBERT_4 of a 12-layer teacher: teacher layers 3, 6, 9, 12 and the embeddings
-        method = TinyBERT(student_layers, args.teacher_layers, 0.0, 0.0, 1.0, 1.0, stage="intermediate",
-                          student_heads=heads, teacher_heads=heads, padding="dynamic", student_width=width,
-                          teacher_width=width)
+        method = TinyBERT(
+            student_layers,
+            args.teacher_layers,
+            0.0,
+            0.0,
+            1.0,
+            1.0,
+            stage="intermediate",
+            student_heads=heads,
+            teacher_heads=heads,
+            padding="dynamic",
+            student_width=width,
+            teacher_width=width,
+        )
     else:  # the student's last layer from the teacher's last
-        method = MiniLM(student_layers, args.teacher_layers, 0.5, 0.5, 1.0, 1.0, student_heads=heads,
-                        teacher_heads=heads, relation_heads=heads if name == "minilmv2" else None,
-                        student_width=width, teacher_width=width, padding="dynamic")
+        method = MiniLM(
+            student_layers,
+            args.teacher_layers,
+            0.5,
+            0.5,
+            1.0,
+            1.0,
+            student_heads=heads,
+            teacher_heads=heads,
+            relation_heads=heads if name == "minilmv2" else None,
+            student_width=width,
+            teacher_width=width,
+            padding="dynamic",
+        )
     method.create_parameters(None)
     return method, teacher, student
 
@@ -102,18 +127,24 @@ def peak_of_step(name: str, forward_kind: str, records: str, args) -> int:
     from fine_tune.models.padding_free import training_forwards
 
     method, teacher, student = build(name, args)
-    chosen = ({"record_attention": True} if records == "every" else
-              {"student_record": method.recorded_layers("student"),
-               "teacher_record": method.recorded_layers("teacher")})
-    fw = training_forwards(student, teacher, enabled=forward_kind == "own", ignores_padding=method.ignores_padding,
-                           **chosen)
+    chosen = (
+        {"record_attention": True}
+        if records == "every"
+        else {"student_record": method.recorded_layers("student"), "teacher_record": method.recorded_layers("teacher")}
+    )
+    fw = training_forwards(
+        student, teacher, enabled=forward_kind == "own", ignores_padding=method.ignores_padding, **chosen
+    )
     g = torch.Generator().manual_seed(1)
     lengths = torch.randint(args.seq_len // 2, args.seq_len + 1, (args.batch_size,), generator=g)
     lengths[0] = args.seq_len
     mask = (torch.arange(args.seq_len)[None, :] < lengths[:, None]).long()
-    batch = {"input_ids": torch.randint(5, 100, mask.shape, generator=g) * mask,
-             "token_type_ids": torch.zeros_like(mask), "attention_mask": mask,
-             "labels": torch.randint(0, 2, (args.batch_size,), generator=g)}
+    batch = {
+        "input_ids": torch.randint(5, 100, mask.shape, generator=g) * mask,
+        "token_type_ids": torch.zeros_like(mask),
+        "attention_mask": mask,
+        "labels": torch.randint(0, 2, (args.batch_size,), generator=g),
+    }
     params = [p for m in (teacher, student) for p in (*m.parameters(), *m.buffers())]
     mode = live_bytes_mode([*params, *(v for v in batch.values())])
     with mode:
@@ -149,8 +180,13 @@ def peak_of_relation_loss(name: str, args) -> int:
     return mode.peak
 
 
-CONTENDERS = [("tinybert", "own"), ("tinybert", "hugging_face"), ("minilm", "own"), ("minilm", "hugging_face"),
-              ("minilmv2", "own")]
+CONTENDERS = [
+    ("tinybert", "own"),
+    ("tinybert", "hugging_face"),
+    ("minilm", "own"),
+    ("minilm", "hugging_face"),
+    ("minilmv2", "own"),
+]
 
 
 def main(argv=None) -> None:
@@ -161,8 +197,12 @@ def main(argv=None) -> None:
     ap.add_argument("--width", type=int, default=192)
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--teacher_layers", type=int, default=12)
-    ap.add_argument("--what", choices=("both", "steps", "loss"), default="both",
-                    help="the training steps' table, the MiniLM loss alone, or both")
+    ap.add_argument(
+        "--what",
+        choices=("both", "steps", "loss"),
+        default="both",
+        help="the training steps' table, the MiniLM loss alone, or both",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     sys.path.insert(0, str((args.tree or Path(__file__).resolve().parents[1]).resolve()))
@@ -174,25 +214,29 @@ def main(argv=None) -> None:
     columns = ["every"] + (["declared"] if hasattr(Method, "recorded_layers") else [])
     rows = []
     for name, kind in CONTENDERS if args.what != "loss" else ():
-        rows.append({"method": name, "forward": kind,
-                     **{col: peak_of_step(name, kind, col, args) for col in columns}})
+        rows.append({"method": name, "forward": kind, **{col: peak_of_step(name, kind, col, args) for col in columns}})
         print(rows[-1], file=sys.stderr)
     if rows:
         print(f"| method | forward | {' | '.join(f'peak MB, {c}' for c in columns)} |")
         print("|---|---|" + "---|" * len(columns))
         for r in rows:
             print(f"| {r['method']} | {r['forward']} | {' | '.join(f'{r[c] / 1e6:.1f}' for c in columns)} |")
-    relation = args.batch_size * args.heads * args.seq_len ** 2 * 4  # one fp32 [B, H, S, S]
-    losses = ({name: peak_of_relation_loss(name, args) for name in ("minilm", "minilmv2")} if args.what != "steps"
-              else {})
+    relation = args.batch_size * args.heads * args.seq_len**2 * 4  # one fp32 [B, H, S, S]
+    losses = (
+        {name: peak_of_relation_loss(name, args) for name in ("minilm", "minilmv2")} if args.what != "steps" else {}
+    )
     if losses:
         print(f"\n| loss alone (forward + backward) | peak MB | in fp32 [B, H, S, S] ({relation / 1e6:.1f} MB) |")
         print("|---|---|---|")
         for name, peak in losses.items():
             print(f"| {name} | {peak / 1e6:.1f} | {peak / relation:.2f} |")
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
-                                         "relation_loss_peaks": losses}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "relation_loss_peaks": losses},
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -63,8 +63,9 @@ VARIANTS = ("int8_plain", "int8_per_tensor", "fp32_mask_index")
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("--dataset", choices=("qp_pairs", "boolq"), default="qp_pairs")
     p.add_argument("--rows", type=int, default=1000, help="evaluation rows (default 1000)")
     p.add_argument("--batch_size", type=int, default=32, help="rows per batch (default 32, the export's)")
@@ -76,8 +77,11 @@ def parse(argv=None):
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="pretrained BERT folder (default: MiniLM of ../shared)")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="data root holding QQP/ (default: qp_pairs)")
     p.add_argument("--boolq", default=str(DEFAULT_BOOLQ), help="BoolQ jsonl with labels (default: ../shared)")
-    p.add_argument("--ceiling", action="store_true",
-                   help="also time the encoder's linear layers alone in PyTorch and ONNX Runtime (the fp32 bound)")
+    p.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also time the encoder's linear layers alone in PyTorch and ONNX Runtime (the fp32 bound)",
+    )
     p.add_argument("--json", metavar="OUT", help="write every pass, the summary and the machine to this JSON file")
     args = p.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
@@ -93,9 +97,9 @@ def load_rows(args):
 
     if args.dataset == "boolq":
         examples = get_task("boolq").parse(Path(args.boolq), True)
-        return examples[:-args.rows], examples[-args.rows:]
+        return examples[: -args.rows], examples[-args.rows :]
     qqp = get_task("qqp")
-    return qqp.load(Path(args.data), "train"), qqp.load(Path(args.data), "dev")[:args.rows]
+    return qqp.load(Path(args.data), "train"), qqp.load(Path(args.data), "dev")[: args.rows]
 
 
 def fine_tune(model, features, pad_token_id: int, args) -> None:
@@ -108,13 +112,17 @@ def fine_tune(model, features, pad_token_id: int, args) -> None:
         return
     collator = Collator(features, pad_token_id, args.max_seq_len, "dynamic")
     order = torch.randperm(len(features), generator=torch.Generator().manual_seed(SEED)).tolist()
-    rows = [order[i:i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+    rows = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
     opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
     model.train()
     for step in range(args.train_steps):
         batch = collator(rows[step % len(rows)])
-        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     token_type_ids=batch["token_type_ids"], labels=batch["labels"]).loss
+        loss = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            token_type_ids=batch["token_type_ids"],
+            labels=batch["labels"],
+        ).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -150,8 +158,13 @@ def per_tensor_int8(src: Path, dst: Path) -> Path:
     from fine_tune import onnx_export
 
     with onnx_export._quiet_root_logger():
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            per_channel=False,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     return dst
 
 
@@ -164,9 +177,14 @@ def mask_index_graph(src: Path, dst: Path, config) -> Path:
     options = FusionOptions("bert")
     options.use_raw_attention_mask(False)
     with onnx_export._quiet_root_logger():
-        optimize_model(str(src), model_type="bert", num_heads=config.num_attention_heads,
-                       hidden_size=config.hidden_size, optimization_options=options,
-                       opt_level=onnx_export.OPTIMIZER_OPT_LEVEL).save_model_to_file(str(dst))
+        optimize_model(
+            str(src),
+            model_type="bert",
+            num_heads=config.num_attention_heads,
+            hidden_size=config.hidden_size,
+            optimization_options=options,
+            opt_level=onnx_export.OPTIMIZER_OPT_LEVEL,
+        ).save_model_to_file(str(dst))
     return dst
 
 
@@ -186,10 +204,14 @@ def linears_graph(linears, path: Path) -> Path:
     widths = sorted({m.in_features for m in linears})
     nodes, inits, outputs = [], [], []
     for i, m in enumerate(linears):
-        inits += [numpy_helper.from_array(m.weight.detach().t().contiguous().numpy(), f"w{i}"),
-                  numpy_helper.from_array(m.bias.detach().numpy(), f"b{i}")]
-        nodes += [helper.make_node("MatMul", [f"x{m.in_features}", f"w{i}"], [f"m{i}"]),
-                  helper.make_node("Add", [f"m{i}", f"b{i}"], [f"y{i}"])]
+        inits += [
+            numpy_helper.from_array(m.weight.detach().t().contiguous().numpy(), f"w{i}"),
+            numpy_helper.from_array(m.bias.detach().numpy(), f"b{i}"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", [f"x{m.in_features}", f"w{i}"], [f"m{i}"]),
+            helper.make_node("Add", [f"m{i}", f"b{i}"], [f"y{i}"]),
+        ]
         outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["rows", m.out_features]))
     inputs = [helper.make_tensor_value_info(f"x{w}", TensorProto.FLOAT, ["rows", w]) for w in widths]
     graph = helper.make_graph(nodes, "encoder_linears", inputs, outputs, inits)
@@ -228,17 +250,29 @@ def ceiling_rows(seconds: dict, ceiling: dict) -> list[list[str]]:
     """The ceiling table: per pass medians of the linear layers alone, their shares, and the bound."""
     med = {k: statistics.median(v) for k, v in {**seconds, **ceiling}.items()}
     bound = [p / o for p, o in zip(seconds["pytorch_fp32"], ceiling["ort_linears"])]
-    return [["PyTorch F.linear", f"{med['torch_linears']:.2f}",
-             f"{100 * med['torch_linears'] / med['pytorch_fp32']:.0f} % of the PyTorch pass", ""],
-            ["ONNX Runtime MatMul + Add", f"{med['ort_linears']:.2f}",
-             f"{100 * med['ort_linears'] / med['ort_fp32']:.0f} % of the optimised graph's pass",
-             " / ".join(f"{b:.2f}" for b in bound) + f" (median **{statistics.median(bound):.2f}x**)"]]
+    return [
+        [
+            "PyTorch F.linear",
+            f"{med['torch_linears']:.2f}",
+            f"{100 * med['torch_linears'] / med['pytorch_fp32']:.0f} % of the PyTorch pass",
+            "",
+        ],
+        [
+            "ONNX Runtime MatMul + Add",
+            f"{med['ort_linears']:.2f}",
+            f"{100 * med['ort_linears'] / med['ort_fp32']:.0f} % of the optimised graph's pass",
+            " / ".join(f"{b:.2f}" for b in bound) + f" (median **{statistics.median(bound):.2f}x**)",
+        ],
+    ]
 
 
 def main(argv=None) -> int:
     args = parse(argv)
-    missing = [p for p in (Path(args.model), Path(args.boolq) if args.dataset == "boolq" else Path(args.data))
-               if not p.exists()]
+    missing = [
+        p
+        for p in (Path(args.model), Path(args.boolq) if args.dataset == "boolq" else Path(args.data))
+        if not p.exists()
+    ]
     if missing:
         print(skipped(missing))
         return 0
@@ -257,20 +291,22 @@ def main(argv=None) -> int:
     host = machine()  # the load average at the start
     tokenizer = load_tokenizer(args.model)
     train, dev = load_rows(args)
-    train_features = tokenize(tokenizer, train[:args.train_steps * args.batch_size], args.max_seq_len)
+    train_features = tokenize(tokenizer, train[: args.train_steps * args.batch_size], args.max_seq_len)
     features = tokenize(tokenizer, dev, args.max_seq_len)
     torch.manual_seed(SEED)
     with quiet_hf():
-        model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2,
-                                                                   attn_implementation="sdpa")
+        model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2, attn_implementation="sdpa")
     fine_tune(model, train_features, tokenizer.pad_token_id, args)
     names = onnx_export.input_names(model)
     le = SimpleNamespace(model=model, tokenizer=tokenizer, config={"max_seq_len": args.max_seq_len})
     batches = onnx_export._batches(le, features, names)
     n, labels = len(features), np.asarray(features.labels)
     lengths = features.lengths()
-    print(f"{args.dataset}: {n} rows, mean {np.mean(lengths):.1f} tokens (max_seq_len {args.max_seq_len}), "
-          f"batches of {args.batch_size} padded to their longest row, {threads} thread(s)", flush=True)
+    print(
+        f"{args.dataset}: {n} rows, mean {np.mean(lengths):.1f} tokens (max_seq_len {args.max_seq_len}), "
+        f"batches of {args.batch_size} padded to their longest row, {threads} thread(s)",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         graphs = build_graphs(model, names, Path(tmp), args)
         sessions = {k: onnx_export._session(p, threads) for k, p in graphs.items()}
@@ -285,8 +321,9 @@ def main(argv=None) -> int:
         logits = {}
         linears = encoder_linears(model) if args.ceiling else []
         ceiling = {"torch_linears": [], "ort_linears": []}
-        lin_session = onnx_export._session(linears_graph(linears, Path(tmp) / "linears.onnx"), threads) \
-            if linears else None
+        lin_session = (
+            onnx_export._session(linears_graph(linears, Path(tmp) / "linears.onnx"), threads) if linears else None
+        )
         one_pass("pytorch_fp32")  # warm-up: first-call allocations of each runtime
         for s in sessions:
             one_pass(s)
@@ -307,26 +344,64 @@ def main(argv=None) -> int:
     for c in contenders:
         ratios = [p / s for p, s in zip(seconds["pytorch_fp32"], seconds[c])]
         summary[c] = {
-            "examples_per_s": [n / s for s in seconds[c]], "median_examples_per_s": n / statistics.median(seconds[c]),
-            "ratios": ratios, "median_ratio": statistics.median(ratios),
+            "examples_per_s": [n / s for s in seconds[c]],
+            "median_examples_per_s": n / statistics.median(seconds[c]),
+            "ratios": ratios,
+            "median_ratio": statistics.median(ratios),
             "max_abs_diff": float(np.abs(logits[c] - ref).max()),
             "agreement": float((logits[c].argmax(1) == ref.argmax(1)).mean()),
-            "accuracy": float((logits[c].argmax(1) == labels).mean())}
+            "accuracy": float((logits[c].argmax(1) == labels).mean()),
+        }
         s = summary[c]
-        rows.append([c, f"{s['median_examples_per_s']:.1f}", " / ".join(f"{x:.2f}" for x in ratios),
-                     f"**{s['median_ratio']:.2f}x**", f"{s['max_abs_diff']:.2g}", f"{100 * s['agreement']:.1f} %",
-                     f"{s['accuracy']:.3f}"])
-    print(markdown_table(["contender", "examples/s (median)", "ratio to PyTorch fp32 per round", "median ratio",
-                          "max abs logit diff", "argmax = PyTorch's", "accuracy"], rows))
+        rows.append(
+            [
+                c,
+                f"{s['median_examples_per_s']:.1f}",
+                " / ".join(f"{x:.2f}" for x in ratios),
+                f"**{s['median_ratio']:.2f}x**",
+                f"{s['max_abs_diff']:.2g}",
+                f"{100 * s['agreement']:.1f} %",
+                f"{s['accuracy']:.3f}",
+            ]
+        )
+    print(
+        markdown_table(
+            [
+                "contender",
+                "examples/s (median)",
+                "ratio to PyTorch fp32 per round",
+                "median ratio",
+                "max abs logit diff",
+                "argmax = PyTorch's",
+                "accuracy",
+            ],
+            rows,
+        )
+    )
     if linears:
-        print(f"\nThe fp32 bound: the encoder's {len(linears)} linear layers alone on the same padded rows, seconds "
-              "per pass (median); bound = PyTorch's whole pass / ONNX Runtime's linear layers alone, per round:")
-        print(markdown_table(["linear layers alone", "s per pass", "share", "bound on the fp32 ratio per round"],
-                             ceiling_rows(seconds, ceiling)))
+        print(
+            f"\nThe fp32 bound: the encoder's {len(linears)} linear layers alone on the same padded rows, seconds "
+            "per pass (median); bound = PyTorch's whole pass / ONNX Runtime's linear layers alone, per round:"
+        )
+        print(
+            markdown_table(
+                ["linear layers alone", "s per pass", "share", "bound on the fp32 ratio per round"],
+                ceiling_rows(seconds, ceiling),
+            )
+        )
     if args.json:
-        write_json(args.json, {"args": vars(args), "rows": n, "threads": threads, "seconds": seconds,
-                               "ceiling": ceiling,
-                               "summary": summary, "machine": {**host, "load_avg_end": os.getloadavg()}})
+        write_json(
+            args.json,
+            {
+                "args": vars(args),
+                "rows": n,
+                "threads": threads,
+                "seconds": seconds,
+                "ceiling": ceiling,
+                "summary": summary,
+                "machine": {**host, "load_avg_end": os.getloadavg()},
+            },
+        )
     return 0
 
 

@@ -62,9 +62,18 @@ def run_datasets(tokenizer, premises, hypotheses, max_seq_len: int) -> float:
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
         ds = Dataset.from_dict({"text": premises, "text_pair": hypotheses})
-        out = ds.map(lambda b: tokenizer(b["text"], b["text_pair"], truncation=True, max_length=max_seq_len,
-                                         return_attention_mask=False, return_token_type_ids=True),
-                     batched=True, cache_file_name=str(Path(cache) / "tokenised.arrow"))
+        out = ds.map(
+            lambda b: tokenizer(
+                b["text"],
+                b["text_pair"],
+                truncation=True,
+                max_length=max_seq_len,
+                return_attention_mask=False,
+                return_token_type_ids=True,
+            ),
+            batched=True,
+            cache_file_name=str(Path(cache) / "tokenised.arrow"),
+        )
         seconds = time.perf_counter() - start
         assert len(out) == len(premises) and (Path(cache) / "tokenised.arrow").is_file()
     return seconds
@@ -96,11 +105,15 @@ def main(argv=None) -> None:
     import datasets
     import tokenizers
 
-    print(f"\n{args.rows:,} synthetic MNLI-shaped pairs, max_seq_len {args.max_seq_len}, tokenizers "
-          f"{tokenizers.__version__}, datasets {datasets.__version__}")
+    print(
+        f"\n{args.rows:,} synthetic MNLI-shaped pairs, max_seq_len {args.max_seq_len}, tokenizers "
+        f"{tokenizers.__version__}, datasets {datasets.__version__}"
+    )
     print("| contender | rows/s (median) | ratio toolkit / datasets (per alternation) |\n|---|---|---|")
-    print(f"| toolkit cache | {statistics.median(runs['toolkit']):,.0f} | **{statistics.median(ratios):.3f}** "
-          f"({min(ratios):.3f}–{max(ratios):.3f}) |")
+    print(
+        f"| toolkit cache | {statistics.median(runs['toolkit']):,.0f} | **{statistics.median(ratios):.3f}** "
+        f"({min(ratios):.3f}–{max(ratios):.3f}) |"
+    )
     print(f"| datasets.map | {statistics.median(runs['datasets']):,.0f} | 1 (reference) |")
     if args.json:
         args.json.write_text(json.dumps({"rows": args.rows, "runs": runs, "ratios": ratios}, indent=1))

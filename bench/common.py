@@ -31,36 +31,57 @@ SEED = 42
 
 
 # -- flags ---------------------------------------------------------------------------------------------------
-def add_worker_args(p: argparse.ArgumentParser, *, steps: int, rows: int | None, repeats: int, max_seq_len: int = 128,
-                    worker: bool = True, notes: dict[str, str] | None = None) -> None:
+def add_worker_args(
+    p: argparse.ArgumentParser,
+    *,
+    steps: int,
+    rows: int | None,
+    repeats: int,
+    max_seq_len: int = 128,
+    worker: bool = True,
+    notes: dict[str, str] | None = None,
+) -> None:
     """The flags every bench script takes; ``worker``: also ``--dataset`` and ``--profile`` (what one worker runs).
     ``notes`` replaces the "default N" of a flag's help (bench.py: per-section defaults)."""
     notes = notes or {}
-    default = {"steps": f"default {steps}", "rows": f"0 = all; default {rows}", "repeats": f"default {repeats}",
-               "max_seq_len": f"default {max_seq_len}", **notes}
+    default = {
+        "steps": f"default {steps}",
+        "rows": f"0 = all; default {rows}",
+        "repeats": f"default {repeats}",
+        "max_seq_len": f"default {max_seq_len}",
+        **notes,
+    }
     p.add_argument("--steps", type=int, default=steps, help=f"timed optimizer steps per run ({default['steps']})")
     p.add_argument("--warm_steps", type=int, default=3, help="untimed optimizer steps before the window (default 3)")
-    p.add_argument("--repeats", type=int, default=repeats, help=f"alternations of the contenders ({default['repeats']})")
+    p.add_argument(
+        "--repeats", type=int, default=repeats, help=f"alternations of the contenders ({default['repeats']})"
+    )
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--max_seq_len", type=int, default=max_seq_len, help=f"truncation length ({default['max_seq_len']})")
     p.add_argument("--rows", type=int, default=rows, help=f"use only the first ROWS training rows ({default['rows']})")
     if worker:
-        p.add_argument("--dataset", choices=DATASETS, default="qp_pairs",
-                       help="qp_pairs (QQP/train.tsv under --data) or boolq (--boolq, parsed by fine_tune.tasks)")
+        p.add_argument(
+            "--dataset",
+            choices=DATASETS,
+            default="qp_pairs",
+            help="qp_pairs (QQP/train.tsv under --data) or boolq (--boolq, parsed by fine_tune.tasks)",
+        )
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="pretrained BERT folder (default: MiniLM of ../shared)")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="data root holding QQP/train.tsv (default: qp_pairs)")
     p.add_argument("--boolq", default=str(DEFAULT_BOOLQ), help="BoolQ jsonl with labels (default: ../shared BoolQ val)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--amp", action="store_true",
-                   help="mixed precision: toolkit fp16 autocast + GradScaler and Trainer fp16=True on CUDA "
-                        "(bf16 on a CPU with native bf16, else fp32); TextBrewer stays fp32 (its fp16 needs apex)")
+    p.add_argument(
+        "--amp",
+        action="store_true",
+        help="mixed precision: toolkit fp16 autocast + GradScaler and Trainer fp16=True on CUDA "
+        "(bf16 on a CPU with native bf16, else fp32); TextBrewer stays fp32 (its fp16 needs apex)",
+    )
     if worker:
         p.add_argument("--profile", metavar="TXT", help="worker only: write a torch.profiler table of the timed steps")
     p.add_argument("--json", metavar="OUT", help="write every run and summary to this JSON file")
 
 
-FORWARDED = ("steps", "warm_steps", "batch_size", "max_seq_len", "rows", "dataset", "model", "data", "boolq",
-             "device")
+FORWARDED = ("steps", "warm_steps", "batch_size", "max_seq_len", "rows", "dataset", "model", "data", "boolq", "device")
 
 
 def check_args(p: argparse.ArgumentParser, args, steps_may_be_0: bool = False) -> None:
@@ -93,8 +114,10 @@ def missing_inputs(args, datasets=None) -> list[Path]:
 
 
 def skipped(missing: list[Path]) -> str:
-    return (f"skipped: {', '.join(map(str, missing))} not found (the MiniLM model and the data of ../shared; "
-            f"pass --model / --data / --boolq or set FT_SHARED)")
+    return (
+        f"skipped: {', '.join(map(str, missing))} not found (the MiniLM model and the data of ../shared; "
+        f"pass --model / --data / --boolq or set FT_SHARED)"
+    )
 
 
 # -- steps and data ------------------------------------------------------------------------------------------
@@ -141,7 +164,7 @@ def device_of(args):
 
 
 def precision_name(args) -> str:
-    """"fp32", "fp16" or "bf16": what ``--amp`` means on ``--device`` (the toolkit's own rule)."""
+    """ "fp32", "fp16" or "bf16": what ``--amp`` means on ``--device`` (the toolkit's own rule)."""
     if not args.amp:
         return "fp32"
     if args.device == "cuda":
@@ -218,23 +241,40 @@ class Stamps:
 
     def wrap(self, collator):
         """The toolkit's collator, stamped: the engine calls it once at the beginning of each step (accum 1)."""
+
         def timed_collator(rows):
             self.step_begins()
             return self.batch(collator(rows))
+
         return timed_collator
 
-    def result(self, args, contender: str, train_s: float, t0: float, device_type: str | None = None,
-               precision: str | None = None) -> dict:
+    def result(
+        self,
+        args,
+        contender: str,
+        train_s: float,
+        t0: float,
+        device_type: str | None = None,
+        precision: str | None = None,
+    ) -> dict:
         w = args.warm_steps
         if len(self.begin) != total_steps(args):
             raise SystemExit(f"{contender}: {len(self.begin)} steps seen, expected {total_steps(args)}")
         loop_s = self.begin[w + args.steps] - self.begin[w]
-        padded = args.batch_size * sum(self.widths[w:w + args.steps])
-        real = sum(self.real[w:w + args.steps])
-        out = {"contender": contender, "steps": args.steps, "loop_s": loop_s,
-               "examples_per_s": args.steps * args.batch_size / loop_s, "padded_tokens": padded,
-               "real_tokens": real, "padded_over_real": padded / max(real, 1), "train_call_s": train_s,
-               "in_process_s": time.perf_counter() - t0, "precision": precision or precision_name(args)}
+        padded = args.batch_size * sum(self.widths[w : w + args.steps])
+        real = sum(self.real[w : w + args.steps])
+        out = {
+            "contender": contender,
+            "steps": args.steps,
+            "loop_s": loop_s,
+            "examples_per_s": args.steps * args.batch_size / loop_s,
+            "padded_tokens": padded,
+            "real_tokens": real,
+            "padded_over_real": padded / max(real, 1),
+            "train_call_s": train_s,
+            "in_process_s": time.perf_counter() - t0,
+            "precision": precision or precision_name(args),
+        }
         out.update(peak_memory(device_type or getattr(args, "device", "cpu")))
         if self.flops_per_step is not None:
             out["flops_per_step"] = self.flops_per_step
@@ -277,8 +317,13 @@ def run_worker(contender: str, args, script: str, extra: list[str] | None = None
     if out.returncode != 0:
         if allow_fail:
             lines = [x for x in out.stderr.strip().splitlines() if x.strip()]
-            return {"contender": contender, "error": lines[-1] if lines else f"exit {out.returncode}",
-                    "exit": out.returncode, "stderr_tail": out.stderr[-3000:], "wall_s": wall}
+            return {
+                "contender": contender,
+                "error": lines[-1] if lines else f"exit {out.returncode}",
+                "exit": out.returncode,
+                "stderr_tail": out.stderr[-3000:],
+                "wall_s": wall,
+            }
         raise SystemExit(f"{contender} worker failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["wall_s"] = wall
@@ -295,9 +340,15 @@ def machine() -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python":
-            platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "load_avg_start": os.getloadavg()}
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "load_avg_start": os.getloadavg(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -337,8 +388,11 @@ def ok_runs(runs: list[dict], contender: str) -> list[dict]:
 def pair_ratios(runs: list[dict], num: str, den: str, key: str = "examples_per_s") -> list[float]:
     """``num / den`` of ``key`` taken per alternation (the runs of the same ``run`` index), where both ran."""
     by = {(x["run"], x["contender"]): x for x in runs if "error" not in x}
-    return [by[(r, num)][key] / by[(r, den)][key] for r in sorted({x["run"] for x in runs})
-            if (r, num) in by and (r, den) in by]
+    return [
+        by[(r, num)][key] / by[(r, den)][key]
+        for r in sorted({x["run"] for x in runs})
+        if (r, num) in by and (r, den) in by
+    ]
 
 
 def median_of(runs: list[dict], contender: str, key: str) -> float | None:

@@ -42,28 +42,35 @@ class Contender:
 
 
 def _contenders() -> dict[str, Contender]:
-    methods = [("fine_tune", "fine-tuning", "dynamic"), ("logits_kd", "logits KD (a logits data set)", "dynamic"),
-               ("lad", "LAD", "max_length"), ("pkd", "PKD", "max_length"), ("alp", "ALP-KD", "max_length"),
-               ("tinybert_intermediate", "TinyBERT, intermediate stage", "max_length"),
-               ("tinybert_prediction", "TinyBERT, prediction stage", "max_length"),
-               ("minilm", "MiniLM", "max_length")]
+    methods = [
+        ("fine_tune", "fine-tuning", "dynamic"),
+        ("logits_kd", "logits KD (a logits data set)", "dynamic"),
+        ("lad", "LAD", "max_length"),
+        ("pkd", "PKD", "max_length"),
+        ("alp", "ALP-KD", "max_length"),
+        ("tinybert_intermediate", "TinyBERT, intermediate stage", "max_length"),
+        ("tinybert_prediction", "TinyBERT, prediction stage", "max_length"),
+        ("minilm", "MiniLM", "max_length"),
+    ]
     found = {}
     for key, label, padding in methods:
         found[key] = Contender(key, label, padding)
         found[f"{key}_fp16"] = Contender(key, f"{label}, fp16", padding, fp16=True)
     found["lad_dynamic"] = Contender("lad", "LAD `--padding dynamic`", "dynamic")
     found["pkd_dynamic"] = Contender("pkd", "PKD `--padding dynamic`", "dynamic")
-    found["fine_tune_hf"] = Contender("fine_tune", "fine-tuning, BERT `--padding_free off`", "dynamic",
-                                      padding_free=False)
+    found["fine_tune_hf"] = Contender(
+        "fine_tune", "fine-tuning, BERT `--padding_free off`", "dynamic", padding_free=False
+    )
     for family in ("roberta", "distilbert"):
         found[f"fine_tune_{family}"] = Contender("fine_tune", f"fine-tuning, {family}", "dynamic", family)
-        found[f"fine_tune_{family}_fp16"] = Contender("fine_tune", f"fine-tuning, {family}, fp16", "dynamic", family,
-                                                      fp16=True)
+        found[f"fine_tune_{family}_fp16"] = Contender(
+            "fine_tune", f"fine-tuning, {family}, fp16", "dynamic", family, fp16=True
+        )
     found["lad_roberta"] = Contender("lad", "LAD, roberta", "max_length", "roberta")
     found["minilm_roberta"] = Contender("minilm", "MiniLM, roberta", "max_length", "roberta")
-    found["tinybert_intermediate_distilbert"] = Contender("tinybert_intermediate",
-                                                          "TinyBERT intermediate, distilbert", "max_length",
-                                                          "distilbert")
+    found["tinybert_intermediate_distilbert"] = Contender(
+        "tinybert_intermediate", "TinyBERT intermediate, distilbert", "max_length", "distilbert"
+    )
     return found
 
 
@@ -84,16 +91,39 @@ def build_method(name: str, padding: str, args, width: int = 32, heads: int = 2)
         return OfflineLogitsKD(0.5, 0.5, 2.0)
     if name == "lad":
         gates = OptimiserSettings(lr=1e-4, total_step=n, warmup_step=1, no_decay=GATE_NO_DECAY, clip_per_module=True)
-        return LAD(2, 4, 0.5, 0.5, 1.0, 10.0, d_model=width, seq_len=args.max_seq_len, gate_optimiser=gates,
-                   padding=padding, **shapes)
+        return LAD(
+            2,
+            4,
+            0.5,
+            0.5,
+            1.0,
+            10.0,
+            d_model=width,
+            seq_len=args.max_seq_len,
+            gate_optimiser=gates,
+            padding=padding,
+            **shapes,
+        )
     if name == "pkd":
         return PKD(2, 4, 0.5, 0.5, 1.0, 10.0, padding=padding, **shapes)
     if name == "alp":
         return ALPKD(2, 4, 0.5, 0.5, 1.0, 10.0, mode="alp-kd-hidden", padding=padding, **shapes)
     if name.startswith("tinybert"):
         stage = name.split("_", 1)[1]
-        return TinyBERT(2, 4, 0.0, 1.0, 1.0, 1.0, stage=stage, student_heads=heads, teacher_heads=heads,
-                        padding=padding, projection_optimiser=projection, **shapes)
+        return TinyBERT(
+            2,
+            4,
+            0.0,
+            1.0,
+            1.0,
+            1.0,
+            stage=stage,
+            student_heads=heads,
+            teacher_heads=heads,
+            padding=padding,
+            projection_optimiser=projection,
+            **shapes,
+        )
     if name == "minilm":
         return MiniLM(2, 4, 0.5, 0.5, 1.0, 1.0, student_heads=heads, teacher_heads=heads, padding=padding, **shapes)
     raise ValueError(name)
@@ -132,26 +162,65 @@ def count(key: str, args, root: Path) -> dict:
     if method.uses_teacher and c.method not in ("fine_tune", "logits_kd"):
         teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, num_labels=2)
     student = AutoModelForSequenceClassification.from_pretrained(student_dir, num_labels=2)
-    forwards = training_forwards(student, teacher, enabled=c.padding_free, ignores_padding=method.ignores_padding,
-                                 device_type="cpu", record_attention=method.reads_attention)
-    logits = np.random.default_rng(0).normal(size=(len(features), 2)).astype(np.float32) \
-        if c.method == "logits_kd" else None
-    collator = Collator(features, tok.pad_token_id, args.max_seq_len, c.padding, logits,
-                        layout=forwards.layout if forwards.takes_layout else None)
+    forwards = training_forwards(
+        student,
+        teacher,
+        enabled=c.padding_free,
+        ignores_padding=method.ignores_padding,
+        device_type="cpu",
+        record_attention=method.reads_attention,
+    )
+    logits = (
+        np.random.default_rng(0).normal(size=(len(features), 2)).astype(np.float32) if c.method == "logits_kd" else None
+    )
+    collator = Collator(
+        features,
+        tok.pad_token_id,
+        args.max_seq_len,
+        c.padding,
+        logits,
+        layout=forwards.layout if forwards.takes_layout else None,
+    )
     optimiser = OptimiserSettings(lr=1e-4, total_step=n, warmup_step=1)
-    settings = TrainSettings(optimiser=optimiser, batch_size=args.batch_size, accum_step=1, ckpt_step=n, log_step=n,
-                             seed=0, tag_prefix="qqp/train/bert")
+    settings = TrainSettings(
+        optimiser=optimiser,
+        batch_size=args.batch_size,
+        accum_step=1,
+        ckpt_step=n,
+        log_step=n,
+        seed=0,
+        tag_prefix="qqp/train/bert",
+    )
     exp = ExperimentDir(root / "exp", key)
     exp.path.mkdir(parents=True)
-    trainer = Trainer(student, method, collator, len(features), settings, exp, torch.device("cpu"),
-                      Precision("cpu", torch.float16 if c.fp16 else None), teacher=teacher, progress=False,
-                      student_forward=forwards.student, teacher_forward=forwards.teacher, forward=forward,
-                      reporter=TensorBoardReporter(exp.log_dir))  # as the scripts' default --report_to
+    trainer = Trainer(
+        student,
+        method,
+        collator,
+        len(features),
+        settings,
+        exp,
+        torch.device("cpu"),
+        Precision("cpu", torch.float16 if c.fp16 else None),
+        teacher=teacher,
+        progress=False,
+        student_forward=forwards.student,
+        teacher_forward=forwards.teacher,
+        forward=forward,
+        reporter=TensorBoardReporter(exp.log_dir),
+    )  # as the scripts' default --report_to
     counter = count_training_syncs(trainer)
     forwards_per_step = 1 + (teacher is not None)
-    return {"contender": key, "forward": forwards.kind, "forwards_per_step": forwards_per_step, "steps": n,
-            "syncs": counter.total, "per_step": counter.total / n, "by_op": dict(counter.by_op),
-            "by_site": dict(counter.by_site.most_common(8))}
+    return {
+        "contender": key,
+        "forward": forwards.kind,
+        "forwards_per_step": forwards_per_step,
+        "steps": n,
+        "syncs": counter.total,
+        "per_step": counter.total / n,
+        "by_op": dict(counter.by_op),
+        "by_site": dict(counter.by_site.most_common(8)),
+    }
 
 
 def main(argv=None) -> None:

@@ -56,8 +56,12 @@ class Features:
     def head(self, n: int) -> Features:
         n = min(n, len(self))
         end = self.offsets[n]
-        return Features(self.input_ids[:end], self.token_type_ids[:end], self.offsets[: n + 1],
-                        None if self.labels is None else self.labels[:n])
+        return Features(
+            self.input_ids[:end],
+            self.token_type_ids[:end],
+            self.offsets[: n + 1],
+            None if self.labels is None else self.labels[:n],
+        )
 
     def to_state(self) -> dict:
         return {
@@ -71,12 +75,22 @@ class Features:
     @classmethod
     def from_state(cls, state: dict) -> Features:
         labels = state["labels"]
-        return cls(state["input_ids"].numpy(), state["token_type_ids"].numpy(), state["offsets"].numpy(),
-                   None if labels is None else labels.numpy())
+        return cls(
+            state["input_ids"].numpy(),
+            state["token_type_ids"].numpy(),
+            state["offsets"].numpy(),
+            None if labels is None else labels.numpy(),
+        )
 
 
-def tokenize(tokenizer, examples: Sequence[Example], max_seq_len: int, chunk: int = 4096,
-             progress: bool = False, regression: bool = False) -> Features:
+def tokenize(
+    tokenizer,
+    examples: Sequence[Example],
+    max_seq_len: int,
+    chunk: int = 4096,
+    progress: bool = False,
+    regression: bool = False,
+) -> Features:
     """Tokenise (text, text_pair) with truncation 'longest_first' to ``max_seq_len`` (as the original). The labels:
     class indices (int64), or scores (float32) for a ``regression`` task (the task's ``Task.regression``)."""
     from .progress import progress as progress_bar
@@ -87,7 +101,7 @@ def tokenize(tokenizer, examples: Sequence[Example], max_seq_len: int, chunk: in
     pairs = examples[0].text_pair is not None if examples else False
     bar = progress_bar(total=len(examples), desc="tokenising", unit="rows", enabled=progress, leave=False)
     for start in range(0, len(examples), chunk):
-        part = examples[start:start + chunk]
+        part = examples[start : start + chunk]
         enc = tokenizer(
             [e.text for e in part],
             [e.text_pair or "" for e in part] if pairs else None,
@@ -98,7 +112,7 @@ def tokenize(tokenizer, examples: Sequence[Example], max_seq_len: int, chunk: in
         )
         # one flat array per chunk (not one per row): the conversion costs a fraction of the tokenisation
         n = np.fromiter(map(len, enc["input_ids"]), dtype=np.int64, count=len(part))
-        lengths[start:start + len(part)] = n
+        lengths[start : start + len(part)] = n
         total = int(n.sum())
         ids.append(np.fromiter(chain.from_iterable(enc["input_ids"]), dtype=np.int32, count=total))
         types.append(np.fromiter(chain.from_iterable(enc["token_type_ids"]), dtype=np.int8, count=total))
@@ -118,16 +132,18 @@ def tokenize(tokenizer, examples: Sequence[Example], max_seq_len: int, chunk: in
     return Features(cat(ids, np.int32), cat(types, np.int8), offsets, labels)
 
 
-def cached_features(cache_dir: Path, tokenizer, examples: Sequence[Example], max_seq_len: int, *,
-                    regression: bool) -> Features:
+def cached_features(
+    cache_dir: Path, tokenizer, examples: Sequence[Example], max_seq_len: int, *, regression: bool
+) -> Features:
     """Tokenise once per (tokenizer, rows' content, max_seq_len); reuse afterwards.
 
     The rows are identified by their content (:func:`~fine_tune.tasks.example.examples_digest`), not by the file
     they came from: a changed data file, task definition (label order, columns) or ``--max_examples`` is a miss.
     The cache file is written atomically, so two runs sharing it at the same moment both end with a complete file.
     """
-    key = sha256_text(f"{tokenizer_fingerprint(tokenizer)}|{examples_digest(examples)}|{max_seq_len}|"
-                      f"v{CACHE_VERSION}")[:24]
+    key = sha256_text(f"{tokenizer_fingerprint(tokenizer)}|{examples_digest(examples)}|{max_seq_len}|v{CACHE_VERSION}")[
+        :24
+    ]
     path = Path(cache_dir) / f"features-{key}.pt"
     if path.is_file():
         try:
@@ -154,8 +170,16 @@ class Collator:
     models/padding_free.TrainingForwards.layout). ``pin_memory``: page-locked
     tensors, so the copy to a GPU does not block the host."""
 
-    def __init__(self, features: Features, pad_token_id: int, max_seq_len: int, padding: str = "dynamic",
-                 teacher_logits: np.ndarray | None = None, layout=None, pin_memory: bool = False):
+    def __init__(
+        self,
+        features: Features,
+        pad_token_id: int,
+        max_seq_len: int,
+        padding: str = "dynamic",
+        teacher_logits: np.ndarray | None = None,
+        layout=None,
+        pin_memory: bool = False,
+    ):
         if padding not in ("dynamic", "max_length"):
             raise ValueError(padding)
         self.layout = layout
@@ -177,8 +201,8 @@ class Collator:
         mask = np.zeros((n, width), dtype=np.int64)
         starts = self.f.offsets[rows]
         for i, (s, ln) in enumerate(zip(starts, lengths)):
-            ids[i, :ln] = self.f.input_ids[s:s + ln]
-            types[i, :ln] = self.f.token_type_ids[s:s + ln]
+            ids[i, :ln] = self.f.input_ids[s : s + ln]
+            types[i, :ln] = self.f.token_type_ids[s : s + ln]
             mask[i, :ln] = 1
         batch = {
             "input_ids": torch.from_numpy(ids),
@@ -247,7 +271,7 @@ class MicroBatchStream:
 
     def _batch(self, epoch: int, i: int) -> np.ndarray:
         """Micro-batch ``i`` of ``epoch``."""
-        return self._permutation(epoch)[i * self.mb:(i + 1) * self.mb]
+        return self._permutation(epoch)[i * self.mb : (i + 1) * self.mb]
 
     def next(self) -> np.ndarray:
         epoch, i = divmod(self.position, self.per_epoch)
@@ -285,8 +309,15 @@ class LengthGroupedMicroBatchStream(MicroBatchStream):
 
     MEGA_BATCHES = 50
 
-    def __init__(self, num_rows: int, micro_batch: int, seed: int, lengths: np.ndarray, position: int = 0,
-                 drop_last: bool = False):
+    def __init__(
+        self,
+        num_rows: int,
+        micro_batch: int,
+        seed: int,
+        lengths: np.ndarray,
+        position: int = 0,
+        drop_last: bool = False,
+    ):
         lengths = np.asarray(lengths)
         if lengths.shape != (num_rows,):
             raise ValueError(f"lengths has shape {lengths.shape}, expected ({num_rows},)")
@@ -299,13 +330,13 @@ class LengthGroupedMicroBatchStream(MicroBatchStream):
             g = self._generator(epoch)
             perm = torch.randperm(self.n, generator=g).numpy()
             if self.drop_last:  # the rows that fill no micro-batch, as the plain stream leaves them out
-                perm = perm[:self.per_epoch * self.mb]
+                perm = perm[: self.per_epoch * self.mb]
             mega = self.MEGA_BATCHES * self.mb
             batches: list[np.ndarray] = []
             for start in range(0, self.n, mega):
-                chunk = perm[start:start + mega]
+                chunk = perm[start : start + mega]
                 chunk = chunk[np.argsort(-self.lengths[chunk].astype(np.int64), kind="stable")]
-                batches.extend(chunk[i:i + self.mb] for i in range(0, len(chunk), self.mb))
+                batches.extend(chunk[i : i + self.mb] for i in range(0, len(chunk), self.mb))
             order = torch.randperm(len(batches), generator=g).tolist()
             self._batches = [batches[j] for j in order]
             self._epoch = epoch
@@ -315,8 +346,9 @@ class LengthGroupedMicroBatchStream(MicroBatchStream):
         return self._epoch_batches(epoch)[i]
 
 
-def make_stream(num_rows: int, micro_batch: int, seed: int, lengths: np.ndarray | None = None, *,
-                drop_last: bool = False) -> MicroBatchStream:
+def make_stream(
+    num_rows: int, micro_batch: int, seed: int, lengths: np.ndarray | None = None, *, drop_last: bool = False
+) -> MicroBatchStream:
     """The training order: :class:`MicroBatchStream` (the original's), or with ``lengths`` (``--group_by_length``)
     :class:`LengthGroupedMicroBatchStream`; ``drop_last``: full micro-batches only. Both expose ``position`` (saved
     in the resume state) and ``next()``."""
@@ -329,4 +361,4 @@ def sequential_batches(num_rows: int, batch_size: int, lengths: np.ndarray | Non
     """Evaluation order. With ``lengths``, rows are sorted by length so each batch pads little; callers
     restore file order through the batch's ``index``."""
     order = np.argsort(lengths, kind="stable") if lengths is not None else np.arange(num_rows)
-    return [order[i:i + batch_size] for i in range(0, num_rows, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, num_rows, batch_size)]

@@ -63,13 +63,17 @@ def parse_distil(prog: str, description: str, argv: Sequence[str] | None = None)
         name = record.get("method") if isinstance(record.get("method"), str) else None
     if name is None:
         if "-h" in rest or "--help" in rest:
-            sys.stdout.write(f"usage: {prog} --method METHOD [flags of the method's script]\n\n{description.strip()}\n\n"
-                             f"methods: {', '.join(online)}; `{prog} --method METHOD --help` lists its flags\n")
+            sys.stdout.write(
+                f"usage: {prog} --method METHOD [flags of the method's script]\n\n{description.strip()}\n\n"
+                f"methods: {', '.join(online)}; `{prog} --method METHOD --help` lists its flags\n"
+            )
             raise SystemExit(0)
         OneLineParser(prog=prog).error(f"--method is required (one of {', '.join(online)})")
     if name not in online:
-        OneLineParser(prog=prog).error(f"--method {json.dumps(name)}: not a distillation method; "
-                                       f"{did_you_mean(name, online)}methods: {', '.join(online)}")
+        OneLineParser(prog=prog).error(
+            f"--method {json.dumps(name)}: not a distillation method; "
+            f"{did_you_mean(name, online)}methods: {', '.join(online)}"
+        )
     groups = layerwise_groups(name)
     if name == "recipe":
         given = _given_flags(prog, groups, rest) or {}
@@ -85,9 +89,11 @@ def parse_distil(prog: str, description: str, argv: Sequence[str] | None = None)
         else:  # the recipe's terms set what these flags set for the other methods
             clash = [f"--{k}" for k in RECIPE_SETS if given.get(k) is not None]
             if clash:
-                OneLineParser(prog=prog).error(f"{', '.join(clash)}: with --recipe the recipe's terms set the loss "
-                                               f"weights and temperatures; give them there (doc/methods.md, "
-                                               f"'Distillation recipes')")
+                OneLineParser(prog=prog).error(
+                    f"{', '.join(clash)}: with --recipe the recipe's terms set the loss "
+                    f"weights and temperatures; give them there (doc/methods.md, "
+                    f"'Distillation recipes')"
+                )
         if names_teachers:
             groups = tuple(settings.RecipeTeacherFlags if g.key == "teacher" else g for g in groups)
     return name, parse_flags(prog, description, groups, rest)
@@ -119,17 +125,23 @@ class _Probe(argparse.ArgumentParser):
         raise _ProbeFailed(message)
 
 
-CONFIG_HELP = ("re-issue a run: every flag from FILE, a run's config.json; flags given on the command line "
-               "override it (README.md, 'Re-run from a config')")
+CONFIG_HELP = (
+    "re-issue a run: every flag from FILE, a run's config.json; flags given on the command line "
+    "override it (README.md, 'Re-run from a config')"
+)
 
 
 def _kind(f: dataclasses.Field) -> type:
-    return f.type if isinstance(f.type, type) else {"str": str, "int": int, "float": float, "bool": bool,
-                                                    "tuple": str}[f.type]
+    return (
+        f.type
+        if isinstance(f.type, type)
+        else {"str": str, "int": int, "float": float, "bool": bool, "tuple": str}[f.type]
+    )
 
 
-def build_parser(prog: str, description: str, groups: Sequence[type], *, required: bool = True,
-                 probe: bool = False) -> argparse.ArgumentParser:
+def build_parser(
+    prog: str, description: str, groups: Sequence[type], *, required: bool = True, probe: bool = False
+) -> argparse.ArgumentParser:
     """A parser with ``--config`` and the flags of ``groups`` (each flag in exactly one group). ``required=False``:
     no flag is required (``--config`` may give them; :func:`parse_flags` checks). ``probe``: the same flags without
     defaults, types or choices (:func:`_given_flags`)."""
@@ -138,8 +150,9 @@ def build_parser(prog: str, description: str, groups: Sequence[type], *, require
         parser.add_argument("-h", "--help", action="store_true", default=argparse.SUPPRESS)
     else:
         parser = OneLineParser(prog=prog, description=description)  # errors.HelpFormatter: defaults once
-    parser.add_argument_group("config").add_argument("--config", metavar="FILE", help=CONFIG_HELP,
-                                                     default=argparse.SUPPRESS if probe else None)
+    parser.add_argument_group("config").add_argument(
+        "--config", metavar="FILE", help=CONFIG_HELP, default=argparse.SUPPRESS if probe else None
+    )
     seen: set[str] = {"config"}
     for group in groups:
         g = parser.add_argument_group(group.key)
@@ -198,24 +211,36 @@ def parse_flags(prog: str, description: str, groups: Sequence[type], argv: Seque
 def _exclusive_pairs(groups: Sequence[type]) -> list[tuple[str, str]]:
     """(flag, the flag it replaces) of every field with ``exclusive_with`` metadata (``--num_epochs`` sets
     ``--total_step``, ``--warmup_ratio`` sets ``--warmup_step``): the plan resolves the second from the first."""
-    return [(f.name, f.metadata["exclusive_with"]) for g in groups for f in dataclasses.fields(g)
-            if "exclusive_with" in f.metadata]
+    return [
+        (f.name, f.metadata["exclusive_with"])
+        for g in groups
+        for f in dataclasses.fields(g)
+        if "exclusive_with" in f.metadata
+    ]
 
 
 def _refuse_exclusive(groups: Sequence[type], given: set[str], values: dict[str, Any]) -> None:
     """Both flags of an exclusive pair given on the command line: one line naming both."""
     for name, other in _exclusive_pairs(groups):
         if name in given and other in given:
-            raise UserError(f"--{name} {values[name]} and --{other} {values[other]}: give one or the other "
-                            f"(--{name} sets --{other})")
+            raise UserError(
+                f"--{name} {values[name]} and --{other} {values[other]}: give one or the other "
+                f"(--{name} sets --{other})"
+            )
 
 
 def _all_flag_groups() -> list[type]:
     """Every flag group some script has: the common ones (:mod:`fine_tune.settings`) and every method's own."""
     from .methods.registry import METHODS
 
-    own = [obj for obj in vars(settings).values() if isinstance(obj, type) and dataclasses.is_dataclass(obj)
-           and isinstance(getattr(obj, "key", None), str) and obj is not ConfigSource]
+    own = [
+        obj
+        for obj in vars(settings).values()
+        if isinstance(obj, type)
+        and dataclasses.is_dataclass(obj)
+        and isinstance(getattr(obj, "key", None), str)
+        and obj is not ConfigSource
+    ]
     return own + [g for method in METHODS.values() for g in method.flag_groups]
 
 
@@ -264,8 +289,11 @@ def _config_value(path: str, f: dataclasses.Field, value: Any) -> Any:
         except (argparse.ArgumentTypeError, ValueError) as e:
             raise UserError(f"--config {path}: field \"{f.name}\": --{f.name} takes {e}") from None
     if nargs is not None:
-        ok = (isinstance(value, list) and all(isinstance(v, str) for v in value)
-              and (len(value) == nargs if isinstance(nargs, int) else len(value) >= 1))
+        ok = (
+            isinstance(value, list)
+            and all(isinstance(v, str) for v in value)
+            and (len(value) == nargs if isinstance(nargs, int) else len(value) >= 1)
+        )
         what = f"a list of {nargs} strings" if isinstance(nargs, int) else "a list of strings"
     elif kind is bool:
         ok, what = isinstance(value, bool), _WHAT[bool]
@@ -283,8 +311,10 @@ def _config_value(path: str, f: dataclasses.Field, value: Any) -> Any:
     if choices is not None and value not in choices:
         meant = closest_name(value, choices) if isinstance(value, str) else None
         hint = f"; did you mean {json.dumps(meant)}?" if meant is not None else ""
-        raise UserError(f"--config {path}: field \"{f.name}\": --{f.name} takes one of {', '.join(map(str, choices))}, "
-                        f"got {shown}{hint}")
+        raise UserError(
+            f"--config {path}: field \"{f.name}\": --{f.name} takes one of {', '.join(map(str, choices))}, "
+            f"got {shown}{hint}"
+        )
     return value
 
 
@@ -305,16 +335,20 @@ def _check_recorded_file(path: str, name: str, value: dict[str, Any]) -> None:
     try:
         digest = sha256_file(Path(file))
     except OSError as e:
-        raise UserError(f"--config {path}: field \"{name}\": {file} cannot be read ({e.strerror}); give --{name} "
-                        f"FILE") from None
+        raise UserError(
+            f"--config {path}: field \"{name}\": {file} cannot be read ({e.strerror}); give --{name} FILE"
+        ) from None
     if digest != value["sha256"]:
-        raise UserError(f"--config {path}: field \"{name}\": {file} changed since the run (sha256 {digest[:12]}… "
-                        f"now, {value['sha256'][:12]}… recorded); restore it, or give --{name} {file} to run with "
-                        f"it as it is")
+        raise UserError(
+            f"--config {path}: field \"{name}\": {file} changed since the run (sha256 {digest[:12]}… "
+            f"now, {value['sha256'][:12]}… recorded); restore it, or give --{name} {file} to run with "
+            f"it as it is"
+        )
 
 
-def _merge_config(parser: argparse.ArgumentParser, groups: Sequence[type], values: dict[str, Any], given: set[str],
-                  path: str) -> tuple[dict[str, Any], ConfigSource]:
+def _merge_config(
+    parser: argparse.ArgumentParser, groups: Sequence[type], values: dict[str, Any], given: set[str], path: str
+) -> tuple[dict[str, Any], ConfigSource]:
     """The flags' values from the config file ``path`` where the command line does not give them, and the record
     of where they came from. A field no script has as a flag and no run records is refused, a value a flag cannot
     take too; a field this script does not take (another script's flag, a resolved value) is ignored."""
@@ -326,15 +360,20 @@ def _merge_config(parser: argparse.ArgumentParser, groups: Sequence[type], value
     known = {f.name for g in _all_flag_groups() for f in dataclasses.fields(g)} | cfg.recorded_fields()
     for name in record:
         if name not in known:
-            raise UserError(f"--config {path}: unknown field \"{name}\" (no script has a flag --{name}, and no run "
-                            f"records such a field)")
+            raise UserError(
+                f"--config {path}: unknown field \"{name}\" (no script has a flag --{name}, and no run "
+                f"records such a field)"
+            )
     fields = {f.name: f for g in groups for f in dataclasses.fields(g)}
     trains = any(g.key == "optimiser" for g in groups)
     training_fields = set() if trains else _training_fields()
     from_file: dict[str, Any] = {}
     for name, value in record.items():
-        if name in fields and name not in NOT_FROM_CONFIG and (
-                trains or name in IDENTITY_FIELDS or name not in training_fields):
+        if (
+            name in fields
+            and name not in NOT_FROM_CONFIG
+            and (trains or name in IDENTITY_FIELDS or name not in training_fields)
+        ):
             from_file[name] = _config_value(path, fields[name], value)
     for name, other in _exclusive_pairs(groups):  # the one the command line gives wins; else the file's own choice
         if name in given or (other not in given and from_file.get(name) is not None):
@@ -347,10 +386,15 @@ def _merge_config(parser: argparse.ArgumentParser, groups: Sequence[type], value
             _check_recorded_file(path, name, record[name])
     missing = [f"--{name}" for name, f in fields.items() if f.metadata.get("required") and merged[name] is None]
     if missing:  # argparse's message, as without --config, naming the file
-        parser.error(f"the following arguments are required: {', '.join(missing)} (neither on the command line nor "
-                     f"in --config {path})")
-    overrides = {name: values[name] for name in fields
-                 if name in given and values[name] != from_file.get(name, fields[name].default)}
+        parser.error(
+            f"the following arguments are required: {', '.join(missing)} (neither on the command line nor "
+            f"in --config {path})"
+        )
+    overrides = {
+        name: values[name]
+        for name in fields
+        if name in given and values[name] != from_file.get(name, fields[name].default)
+    }
     return merged, ConfigSource(config_from=os.path.abspath(path), overrides=overrides)
 
 

@@ -14,23 +14,52 @@ from .io_utils import atomic_write_json, read_json_object
 # config_from and overrides: the config.json a run was re-issued from with --config and the flags given on its
 # command line that differ from it (fine_tune/cli.py); only a run started with --config records them.
 RERUN_FIELDS = ("config_from", "overrides")
-RUNTIME_FIELDS = frozenset({"device_id", "num_gpu", "tdevice_id", "gate_device_id", "data_root", "exp_root",
-                            "overwrite", "provenance", "amp_dtype_resolved", "ddp_timeout",
-                            "save_total_limit", "eval_dataset", "eval_step", "eval_batch_size", *RERUN_FIELDS,
-                            "report_to"})  # --report_to: where the run is tracked, not what it computes
+RUNTIME_FIELDS = frozenset(
+    {
+        "device_id",
+        "num_gpu",
+        "tdevice_id",
+        "gate_device_id",
+        "data_root",
+        "exp_root",
+        "overwrite",
+        "provenance",
+        "amp_dtype_resolved",
+        "ddp_timeout",
+        "save_total_limit",
+        "eval_dataset",
+        "eval_step",
+        "eval_batch_size",
+        *RERUN_FIELDS,
+        "report_to",
+    }
+)  # --report_to: where the run is tracked, not what it computes
 
 # Flags added after experiments already existed, with the value that means "as before": an older config.json
 # without the field matches a new run that leaves it at that value (so older runs still resume).
-ADDED_FIELDS: dict[str, Any] = {"init_embeddings": False, "group_by_length": False, "padding_free": "auto",
-                                "compile": False, "student_ptrain_ver": None, "teacher_hf": None,
-                                "teacher_label_map": None, "teacher_label_order": None,
-                                "early_stop_patience": None, "eval_dataset": None, "eval_step": None,
-                                "eval_batch_size": 128, "deterministic": False, "gradient_checkpointing": False,
-                                "ddp_timeout": 1800,  # a runtime field too: never a different config
-                                # issue 32 (train): the schedule in epochs / warmup share, the metric for "best"
-                                "num_epochs": None, "warmup_ratio": None, "metric_for_best": None,
-                                # issue 32 (tracking): a runtime field too; as config.json holds it (a list)
-                                "report_to": ["tensorboard"]}
+ADDED_FIELDS: dict[str, Any] = {
+    "init_embeddings": False,
+    "group_by_length": False,
+    "padding_free": "auto",
+    "compile": False,
+    "student_ptrain_ver": None,
+    "teacher_hf": None,
+    "teacher_label_map": None,
+    "teacher_label_order": None,
+    "early_stop_patience": None,
+    "eval_dataset": None,
+    "eval_step": None,
+    "eval_batch_size": 128,
+    "deterministic": False,
+    "gradient_checkpointing": False,
+    "ddp_timeout": 1800,  # a runtime field too: never a different config
+    # issue 32 (train): the schedule in epochs / warmup share, the metric for "best"
+    "num_epochs": None,
+    "warmup_ratio": None,
+    "metric_for_best": None,
+    # issue 32 (tracking): a runtime field too; as config.json holds it (a list)
+    "report_to": ["tensorboard"],
+}
 
 
 def as_before(old: dict[str, Any] | None, record: dict[str, Any]) -> dict[str, Any]:
@@ -39,6 +68,7 @@ def as_before(old: dict[str, Any] | None, record: dict[str, Any]) -> dict[str, A
     if old is None:
         return record
     return {k: v for k, v in record.items() if not (k in ADDED_FIELDS and k not in old and v == ADDED_FIELDS[k])}
+
 
 # Fields a fidelity fix added, with the rule a run started before the fix used: such a run (its config.json
 # lacks the field) resumes and finishes with its old rule, and its config.json keeps saying so by the field's
@@ -62,13 +92,26 @@ LEGACY_FIELDS: dict[str, Any] = {
 # data set, a task of your own: plan/training.py) and what a method adds (Method.record()). --config
 # takes none of them but a script's own flag of that name (ptrain_ver): a re-issued run resolves them again;
 # tests/test_config_rerun.py checks that runs record no others.
-RESOLVED_FIELDS = frozenset({"task_definition", "ptrain_ver", "teacher_experiment", "teacher_checkpoint",
-                             "logits_split", "method", "teacher_layers", "teacher_label_order", "hidden_mapping",
-                             "gate_no_decay", "pkd_cls_reduction", "tinybert_layers",
-                             # issue 30: MiniLM (E)
-                             "minilm_average",
-                             # issue 33: a recipe's several teachers as resolved (checkpoints, layers, weights)
-                             "teachers"})
+RESOLVED_FIELDS = frozenset(
+    {
+        "task_definition",
+        "ptrain_ver",
+        "teacher_experiment",
+        "teacher_checkpoint",
+        "logits_split",
+        "method",
+        "teacher_layers",
+        "teacher_label_order",
+        "hidden_mapping",
+        "gate_no_decay",
+        "pkd_cls_reduction",
+        "tinybert_layers",
+        # issue 30: MiniLM (E)
+        "minilm_average",
+        # issue 33: a recipe's several teachers as resolved (checkpoints, layers, weights)
+        "teachers",
+    }
+)
 
 
 def recorded_fields() -> frozenset[str]:
@@ -87,8 +130,10 @@ def check_room_for_text(max_seq_len: int, tokenizer) -> None:
     the tokenizer adds ([CLS] a [SEP] b [SEP]: 3 for BERT)."""
     need = tokenizer.num_special_tokens_to_add(pair=True) + 2
     if max_seq_len < need:
-        raise UserError(f"--max_seq_len {max_seq_len} leaves no room for the text: the tokenizer adds "
-                        f"{need - 2} special tokens to a pair; use at least {need}")
+        raise UserError(
+            f"--max_seq_len {max_seq_len} leaves no room for the text: the tokenizer adds "
+            f"{need - 2} special tokens to a pair; use at least {need}"
+        )
 
 
 def load_config(path: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -115,6 +160,7 @@ def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         if k in ADDED_FIELDS and (k not in old or k not in new):
             return old.get(k, ADDED_FIELDS[k]) == new.get(k, ADDED_FIELDS[k])
         return old.get(k) == new.get(k)
+
     return sorted(k for k in keys if not same(k))
 
 
@@ -128,8 +174,10 @@ def guard_experiment(config_path: Path, record: dict[str, Any], overwrite: bool)
     if diff and not overwrite:
         shown = ", ".join(f"{k} ({old.get(k)!r} -> {record.get(k)!r})" for k in diff[:6])
         more = f" and {len(diff) - 6} more" if len(diff) > 6 else ""
-        raise UserError(f"{config_path.parent} holds a run with a different config: {shown}{more}; "
-                        f"use another --experiment or pass --overwrite")
+        raise UserError(
+            f"{config_path.parent} holds a run with a different config: {shown}{more}; "
+            f"use another --experiment or pass --overwrite"
+        )
     return old
 
 
@@ -145,10 +193,14 @@ def config_digest(config: dict[str, Any]) -> str:
     fields = {k: v for k, v in config.items() if k not in RUNTIME_FIELDS}
     provenance = config.get("provenance")
     recorded = provenance.get("data_files") if isinstance(provenance, dict) else None
-    inputs = (sorted([Path(str(path)).name, digest] for path, digest in recorded.items())
-              if isinstance(recorded, dict) else recorded)
-    return hashlib.sha256(json.dumps([fields, inputs], sort_keys=True, ensure_ascii=True, default=str).encode()
-                          ).hexdigest()
+    inputs = (
+        sorted([Path(str(path)).name, digest] for path, digest in recorded.items())
+        if isinstance(recorded, dict)
+        else recorded
+    )
+    return hashlib.sha256(
+        json.dumps([fields, inputs], sort_keys=True, ensure_ascii=True, default=str).encode()
+    ).hexdigest()
 
 
 def save_config(path: Path, record: dict[str, Any]) -> None:

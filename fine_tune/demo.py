@@ -47,16 +47,68 @@ def main(argv: list[str] | None = None) -> int:
     data_root, exp_root = out / "data", out / "experiments"
     synthetic.write_boolq(data_root, n_train=1024, n_val=256, n_test=128)
     env = dict(os.environ, FT_DATA_ROOT=str(data_root), FT_EXP_ROOT=str(exp_root))
-    _run("run_fine_tune.py", TEACHER + ["--ptrain_ver", str(model_dir), "--dataset", "train", "--batch_size", "32",
-                                        "--lr", "1e-3", "--total_step", "150", "--warmup_step", "15", "--ckpt_step", "50",
-                                        "--log_step", "25", *COMMON], env)
+    _run(
+        "run_fine_tune.py",
+        TEACHER
+        + [
+            "--ptrain_ver",
+            str(model_dir),
+            "--dataset",
+            "train",
+            "--batch_size",
+            "32",
+            "--lr",
+            "1e-3",
+            "--total_step",
+            "150",
+            "--warmup_step",
+            "15",
+            "--ckpt_step",
+            "50",
+            "--log_step",
+            "25",
+            *COMMON,
+        ],
+        env,
+    )
     _run("run_fine_tune_eval.py", TEACHER + ["--dataset", "val", "--batch_size", "128"], env)
     _run("run_fine_tune_gen_logits.py", TEACHER + ["--dataset", "train", "--ckpt", "150", "--batch_size", "128"], env)
-    _run("run_fine_tune_distill.py", STUDENT + ["--dataset", "teacher_bert_boolq", "--batch_size", "32", "--lr", "1e-3",
-                                                "--total_step", "150", "--warmup_step", "15", "--ckpt_step", "50",
-                                                "--log_step", "25", "--d_model", "64", "--d_ff", "128",
-                                                "--num_attention_heads", "4", "--num_hidden_layers", "2",
-                                                "--init_start", "2", "--init_end", "4", "--init_step", "2", *COMMON], env)
+    _run(
+        "run_fine_tune_distill.py",
+        STUDENT
+        + [
+            "--dataset",
+            "teacher_bert_boolq",
+            "--batch_size",
+            "32",
+            "--lr",
+            "1e-3",
+            "--total_step",
+            "150",
+            "--warmup_step",
+            "15",
+            "--ckpt_step",
+            "50",
+            "--log_step",
+            "25",
+            "--d_model",
+            "64",
+            "--d_ff",
+            "128",
+            "--num_attention_heads",
+            "4",
+            "--num_hidden_layers",
+            "2",
+            "--init_start",
+            "2",
+            "--init_end",
+            "4",
+            "--init_step",
+            "2",
+            *COMMON,
+        ],
+        env,
+    )
     _run("run_fine_tune_eval.py", STUDENT + ["--dataset", "val", "--batch_size", "128"], env)
     _run("generate_test_prediction.py", STUDENT + ["--dataset", "test", "--ckpt", "150", "--batch_size", "128"], env)
 

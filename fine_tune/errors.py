@@ -48,8 +48,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         help_ = re.sub(r"(?<!%)%(?![(%])", "%%", action.help or "")
         default = action.default
-        if (action.option_strings and "default" not in help_.lower() and default is not argparse.SUPPRESS
-                and default is not None and default is not False):
+        if (
+            action.option_strings
+            and "default" not in help_.lower()
+            and default is not argparse.SUPPRESS
+            and default is not None
+            and default is not False
+        ):
             help_ += " (default: %(default)s)"
         return help_
 
@@ -72,8 +77,7 @@ class OneLineParser(argparse.ArgumentParser):
             if name is None:
                 raise
             bad = f"invalid choice: {value!r}"
-            raise argparse.ArgumentError(action, e.message.replace(bad, f"{bad}; did you mean {name!r}?", 1)) \
-                from None
+            raise argparse.ArgumentError(action, e.message.replace(bad, f"{bad}; did you mean {name!r}?", 1)) from None
 
     def error(self, message: str) -> None:
         sys.stderr.write(f"error: {self.prog}: {message} (see --help)\n")

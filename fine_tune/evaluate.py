@@ -82,14 +82,23 @@ def load_split(le: LoadedExperiment, split: str, max_examples: int | None, befor
     examples = le.task.load(le.data_root, split, max_examples)
     if before_tokenizing is not None:
         before_tokenizing(le, path, examples)
-    features = cached_features(le.data_root / "cache", le.tokenizer, examples, le.config["max_seq_len"],
-                               regression=le.task.regression)
+    features = cached_features(
+        le.data_root / "cache", le.tokenizer, examples, le.config["max_seq_len"], regression=le.task.regression
+    )
     return path, examples, features
 
 
 @torch.inference_mode()
-def predict_logits(model: torch.nn.Module, features: Features, pad_token_id: int, max_seq_len: int, batch_size: int,
-                   device: torch.device, precision: Precision, desc: str = "predicting") -> np.ndarray:
+def predict_logits(
+    model: torch.nn.Module,
+    features: Features,
+    pad_token_id: int,
+    max_seq_len: int,
+    batch_size: int,
+    device: torch.device,
+    precision: Precision,
+    desc: str = "predicting",
+) -> np.ndarray:
     """Logits of every row, in file order (batches are formed in length order, then un-permuted). Under
     torchrun rank r predicts batches r, r + N, ... and every rank receives all of them: no row twice. A bar
     (``desc``, rows; rank 0's share under torchrun) shows the pass and is cleared when it ends (``leave=False``:
@@ -101,7 +110,7 @@ def predict_logits(model: torch.nn.Module, features: Features, pad_token_id: int
     out = np.zeros((len(features), model.config.num_labels), dtype=np.float32)
     w = distributed.world()
     mine = []
-    batches = sequential_batches(len(features), batch_size, features.lengths())[w.rank::w.size]
+    batches = sequential_batches(len(features), batch_size, features.lengths())[w.rank :: w.size]
     with progress(total=sum(map(len, batches)), desc=desc, unit="rows", leave=False) as bar:
         for rows in batches:
             batch = to_device(collator(rows), device)
@@ -117,8 +126,9 @@ def predict_logits(model: torch.nn.Module, features: Features, pad_token_id: int
     return out
 
 
-def metrics(task: Task, labels: np.ndarray, preds: np.ndarray, split: str | None = None,
-            examples=None) -> dict[str, float]:
+def metrics(
+    task: Task, labels: np.ndarray, preds: np.ndarray, split: str | None = None, examples=None
+) -> dict[str, float]:
     """The metrics (fine_tune/tasks/metrics.py) of ``preds`` against ``labels``: the task's, or ``split``'s (a
     diagnostic's own: ``Task.metrics_for``); ``examples``: the rows, whose groups (AX-g's minimal pairs) the pair
     metrics read."""
@@ -151,8 +161,9 @@ def write_predictions(path: Path, examples, logits: np.ndarray, label_names: Seq
     written by the task's label names (Hugging Face's, as its ``run_glue.py`` writes its predictions: QQP
     ``duplicate``, BoolQ ``True``), the probability columns ``prob_<name>`` in the model's output order."""
     if logits.shape[1] == 1:  # regression: the predicted score
-        lines = ["idx\tlabel\tprediction"] + [f"{ex.idx}\t{'' if ex.label is None else ex.label}\t{float(x[0]):.6f}"
-                                               for ex, x in zip(examples, logits)]
+        lines = ["idx\tlabel\tprediction"] + [
+            f"{ex.idx}\t{'' if ex.label is None else ex.label}\t{float(x[0]):.6f}" for ex, x in zip(examples, logits)
+        ]
         atomic_write_text(path, "\n".join(lines) + "\n")
         return
     probs = softmax(logits)
@@ -195,9 +206,11 @@ def run_eval(plan: EvalPlan) -> dict:
     predictions: dict[str, np.ndarray] = {}
     metric_names = list(le.task.metrics_for(split))
     diagnostic = split in le.task.diagnostics
-    print(f"{le.exp.name}: {split} ({len(examples)} rows"
-          f"{f', {len(examples) // 2} minimal pairs' if pairs else ''}), {len(steps)} checkpoint(s) on {le.device}"
-          f"{'; a diagnostic: scored, never choosing a checkpoint' if diagnostic else ''}")
+    print(
+        f"{le.exp.name}: {split} ({len(examples)} rows"
+        f"{f', {len(examples) // 2} minimal pairs' if pairs else ''}), {len(steps)} checkpoint(s) on {le.device}"
+        f"{'; a diagnostic: scored, never choosing a checkpoint' if diagnostic else ''}"
+    )
     print("ckpt\t" + "\t".join(metric_names))
     failed = True
     try:
@@ -207,14 +220,25 @@ def run_eval(plan: EvalPlan) -> dict:
             if not _still_there(le, step, lambda path: load_checkpoint_into(le.model, path)):
                 continue
             start = time.perf_counter()
-            logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"],
-                                    batch_size, le.device, le.precision, desc=f"{split} model-{step}.pt")
+            logits = predict_logits(
+                le.model,
+                features,
+                le.tokenizer.pad_token_id,
+                le.config["max_seq_len"],
+                batch_size,
+                le.device,
+                le.precision,
+                desc=f"{split} model-{step}.pt",
+            )
             seconds = time.perf_counter() - start
             preds = le.task.predictions(logits)
             predictions[f"pred_{step}"] = preds.astype(np.float32 if le.task.regression else np.int16)
-            row = {"ckpt": step, **metrics(le.task, features.labels, preds, split, examples),
-                   LOSS: evaluation_loss(le.task, features.labels, logits),
-                   "examples_per_s": round(len(examples) / max(seconds, 1e-9), 2)}
+            row = {
+                "ckpt": step,
+                **metrics(le.task, features.labels, preds, split, examples),
+                LOSS: evaluation_loss(le.task, features.labels, logits),
+                "examples_per_s": round(len(examples) / max(seconds, 1e-9), 2),
+            }
             rows.append(row)
             print(f"{step}\t" + "\t".join(f"{row[m]:.6f}" for m in metric_names), flush=True)
             if not main:
@@ -222,28 +246,45 @@ def run_eval(plan: EvalPlan) -> dict:
             # accuracy, f1, mcc, macro_f1, ..., loss: the metrics' names, as the evaluation table names them
             reporter.log_scalars({f"{le.task.name}/{split}/{m}": row[m] for m in (*metric_names, LOSS)}, step)
             if plan.save_predictions:
-                write_predictions(le.exp.path / f"predictions-{split}-{step}.tsv", examples, logits,
-                                  le.task.label_names)
+                write_predictions(
+                    le.exp.path / f"predictions-{split}-{step}.tsv", examples, logits, le.task.label_names
+                )
         if not rows:
-            raise UserError(f"every checkpoint of {le.exp.path} from --ckpt {first} on was deleted while this "
-                            f"evaluation ran; nothing evaluated")
+            raise UserError(
+                f"every checkpoint of {le.exp.path} from --ckpt {first} on was deleted while this "
+                f"evaluation ran; nothing evaluated"
+            )
         metric = experiment_metric(le.exp, le.task)
-        table = write_eval_table(le.exp, le.task, split, examples, features.labels, rows, predictions,
-                                 inference_record(le.device, le.precision, batch_size), write=main,
-                                 max_examples=plan.max_examples, metric_for_best=metric)
+        table = write_eval_table(
+            le.exp,
+            le.task,
+            split,
+            examples,
+            features.labels,
+            rows,
+            predictions,
+            inference_record(le.device, le.precision, batch_size),
+            write=main,
+            max_examples=plan.max_examples,
+            metric_for_best=metric,
+        )
         reporter.log_final(best_metrics(f"{le.task.name}/{split}", table))
         failed = False
     finally:
         reporter.close(failed)
     if diagnostic:  # reported at the checkpoint the dev split chooses (results_table.py), never choosing one
-        print(f"{split} is a diagnostic of {le.task.name}: results_table.py reports it at the checkpoint chosen on "
-              f"{le.task.dev_split}")
+        print(
+            f"{split} is a diagnostic of {le.task.name}: results_table.py reports it at the checkpoint chosen on "
+            f"{le.task.dev_split}"
+        )
         return table
     for m in table["best"]:
         print(f"best {m}: {table['best'][m]['value']:.6f} at model-{table['best'][m]['ckpt']}.pt")
     best = table["best"][metric]
-    print(f"best checkpoint on {split} by {metric} (the experiment's metric for best; ties go to the later "
-          f"checkpoint): model-{best['ckpt']}.pt")
+    print(
+        f"best checkpoint on {split} by {metric} (the experiment's metric for best; ties go to the later "
+        f"checkpoint): model-{best['ckpt']}.pt"
+    )
     return table
 
 
@@ -258,15 +299,29 @@ def best_metrics(prefix: str, table: dict) -> dict[str, float]:
 
 
 def inference_record(device, precision: Precision, batch_size: int) -> dict:
-    return {"device": str(device), "precision": precision.describe(), "batch_size": batch_size,
-            "note": "median over the checkpoints of rows/s of the forward passes (length-sorted batches), "
-                    "tokenisation and checkpoint loading excluded"}
+    return {
+        "device": str(device),
+        "precision": precision.describe(),
+        "batch_size": batch_size,
+        "note": "median over the checkpoints of rows/s of the forward passes (length-sorted batches), "
+        "tokenisation and checkpoint loading excluded",
+    }
 
 
-def write_eval_table(exp: ExperimentDir, task: Task, split: str, examples, labels, rows: list[dict],
-                     predictions: dict[str, np.ndarray], inference: dict, write: bool = True,
-                     selection: str = "best on this split; ties go to the later checkpoint",
-                     max_examples: int | None = None, metric_for_best: str | None = None) -> dict:
+def write_eval_table(
+    exp: ExperimentDir,
+    task: Task,
+    split: str,
+    examples,
+    labels,
+    rows: list[dict],
+    predictions: dict[str, np.ndarray],
+    inference: dict,
+    write: bool = True,
+    selection: str = "best on this split; ties go to the later checkpoint",
+    max_examples: int | None = None,
+    metric_for_best: str | None = None,
+) -> dict:
     """``eval-{split}.json`` (a row of metrics per checkpoint, the best per metric) and its predictions file, as
     ``run_fine_tune_eval.py`` and the evaluation during training write them. ``write=False``: the table only.
     The table records the identity of the rows it was computed on (``examples_sha256``, ``max_examples``): a reader
@@ -278,20 +333,34 @@ def write_eval_table(exp: ExperimentDir, task: Task, split: str, examples, label
     metric_names = list(task.metrics_for(split)) + ([LOSS] if all(LOSS in r for r in rows) else [])
     best = {m: best_row(rows, m) for m in metric_names}
     if split in task.diagnostics:
-        selection = (f"a diagnostic: scored at every checkpoint, never choosing one (results tables report it at the "
-                     f"checkpoint chosen on {task.dev_split}); best: each metric's best row, for reference")
-    table = {"experiment": exp.name, "task": task.name, "split": split, "num_rows": len(examples),
-             "examples_sha256": examples_digest(examples), "max_examples": max_examples,
-             "rows": rows, "best": {m: {"ckpt": best[m]["ckpt"], "value": best[m][m]} for m in metric_names},
-             "selection": selection, "metric_for_best": metric_for_best or task.main_metric,
-             "inference": {"examples_per_s": statistics.median(r["examples_per_s"] for r in rows), **inference}}
+        selection = (
+            f"a diagnostic: scored at every checkpoint, never choosing one (results tables report it at the "
+            f"checkpoint chosen on {task.dev_split}); best: each metric's best row, for reference"
+        )
+    table = {
+        "experiment": exp.name,
+        "task": task.name,
+        "split": split,
+        "num_rows": len(examples),
+        "examples_sha256": examples_digest(examples),
+        "max_examples": max_examples,
+        "rows": rows,
+        "best": {m: {"ckpt": best[m]["ckpt"], "value": best[m][m]} for m in metric_names},
+        "selection": selection,
+        "metric_for_best": metric_for_best or task.main_metric,
+        "inference": {"examples_per_s": statistics.median(r["examples_per_s"] for r in rows), **inference},
+    }
     if not write:
         return table
     # the predictions first, then the table naming their sha256: a reader never combines the two of different
     # evaluations (selection.read_predictions checks it)
     with atomic_write(predictions_path(exp, split)) as f:
-        np.savez(f, idx=np.asarray([ex.idx for ex in examples], dtype=np.int64),
-                 labels=np.asarray(labels, dtype=np.float32 if task.regression else np.int16), **predictions)
+        np.savez(
+            f,
+            idx=np.asarray([ex.idx for ex in examples], dtype=np.int64),
+            labels=np.asarray(labels, dtype=np.float32 if task.regression else np.int16),
+            **predictions,
+        )
     table["predictions_sha256"] = sha256_file(predictions_path(exp, split))
     atomic_write_json(exp.path / f"eval-{split}.json", table)
     return table
@@ -303,41 +372,82 @@ class TrainingEvaluator:
     ``run_fine_tune_eval.py`` writes (``eval-{split}.json`` and its predictions), so ``--ckpt best`` and
     ``results_table.py`` find the best checkpoint. An engine :class:`~fine_tune.engine.evaluation.Evaluator`."""
 
-    def __init__(self, exp: ExperimentDir, task: Task, split: str, examples, features: Features, pad_token_id: int,
-                 max_seq_len: int, batch_size: int, device, precision: Precision, every: int | None,
-                 patience: int | None, max_examples: int | None = None, metric: str | None = None):
+    def __init__(
+        self,
+        exp: ExperimentDir,
+        task: Task,
+        split: str,
+        examples,
+        features: Features,
+        pad_token_id: int,
+        max_seq_len: int,
+        batch_size: int,
+        device,
+        precision: Precision,
+        every: int | None,
+        patience: int | None,
+        max_examples: int | None = None,
+        metric: str | None = None,
+    ):
         from .engine.evaluation import EvalSettings
 
         self.exp, self.task, self.split, self.examples, self.features = exp, task, split, examples, features
         self.pad_token_id, self.max_seq_len, self.batch_size = pad_token_id, max_seq_len, batch_size
         self.device, self.precision, self.max_examples = device, precision, max_examples
-        self.settings = EvalSettings(split=split, every=every, patience=patience, metric=metric or task.main_metric,
-                                     tag_prefix=f"{task.name}/{split}", logged=(*task.metrics, LOSS))
+        self.settings = EvalSettings(
+            split=split,
+            every=every,
+            patience=patience,
+            metric=metric or task.main_metric,
+            tag_prefix=f"{task.name}/{split}",
+            logged=(*task.metrics, LOSS),
+        )
         self.predictions: dict[int, np.ndarray] = {}  # step -> predictions, of the checkpoints and the latest
 
     def evaluate(self, model: torch.nn.Module, step: int) -> dict[str, float]:
         start = time.perf_counter()
-        logits = predict_logits(model, self.features, self.pad_token_id, self.max_seq_len, self.batch_size,
-                                self.device, self.precision, desc=f"evaluating {self.split} at step {step}")
+        logits = predict_logits(
+            model,
+            self.features,
+            self.pad_token_id,
+            self.max_seq_len,
+            self.batch_size,
+            self.device,
+            self.precision,
+            desc=f"evaluating {self.split} at step {step}",
+        )
         seconds = time.perf_counter() - start
         preds = self.task.predictions(logits)
         self.predictions[step] = preds.astype(np.float32 if self.task.regression else np.int16)
-        return {**metrics(self.task, self.features.labels, preds, self.split, self.examples),
-                LOSS: evaluation_loss(self.task, self.features.labels, logits),
-                "examples_per_s": round(len(self.examples) / max(seconds, 1e-9), 2)}
+        return {
+            **metrics(self.task, self.features.labels, preds, self.split, self.examples),
+            LOSS: evaluation_loss(self.task, self.features.labels, logits),
+            "examples_per_s": round(len(self.examples) / max(seconds, 1e-9), 2),
+        }
 
     def _keep(self, steps: list[int]) -> None:
         self.predictions = {s: p for s, p in self.predictions.items() if s in steps}
 
     def write_table(self, rows: list[dict]) -> None:
-        ckpt_rows = [{"ckpt": r["step"], **{k: v for k, v in r.items() if k not in ("step", "checkpoint")}}
-                     for r in rows if r["checkpoint"]]
+        ckpt_rows = [
+            {"ckpt": r["step"], **{k: v for k, v in r.items() if k not in ("step", "checkpoint")}}
+            for r in rows
+            if r["checkpoint"]
+        ]
         self._keep([r["ckpt"] for r in ckpt_rows])
-        write_eval_table(self.exp, self.task, self.split, self.examples, self.features.labels, ckpt_rows,
-                         {f"pred_{s}": p for s, p in sorted(self.predictions.items())},
-                         inference_record(self.device, self.precision, self.batch_size),
-                         selection="best on this split; ties go to the later checkpoint (evaluated during training)",
-                         max_examples=self.max_examples, metric_for_best=self.settings.metric)
+        write_eval_table(
+            self.exp,
+            self.task,
+            self.split,
+            self.examples,
+            self.features.labels,
+            ckpt_rows,
+            {f"pred_{s}": p for s, p in sorted(self.predictions.items())},
+            inference_record(self.device, self.precision, self.batch_size),
+            selection="best on this split; ties go to the later checkpoint (evaluated during training)",
+            max_examples=self.max_examples,
+            metric_for_best=self.settings.metric,
+        )
 
     def state_dict(self) -> dict:
         return {"predictions": {str(s): torch.from_numpy(p.copy()) for s, p in self.predictions.items()}}
@@ -355,8 +465,10 @@ def _still_there(le: LoadedExperiment, step: int, read) -> bool:
     except UserError:
         if path.exists():
             raise
-        say(f"note: {path.name} was deleted while this evaluation ran (--save_total_limit of a running training "
-            f"run?); skipped")
+        say(
+            f"note: {path.name} was deleted while this evaluation ran (--save_total_limit of a running training "
+            f"run?); skipped"
+        )
         return False
     return True
 
@@ -365,8 +477,15 @@ def _checkpoint(le: LoadedExperiment, target: TrainedExperiment, choice: Checkpo
     """The planned ``--ckpt``: a step, ``last`` / not given (the newest checkpoint) or ``best`` (on
     ``--select_on``), found in the experiment folder. Returns the step and how it was chosen."""
     # best: chosen by an evaluation of the rows the split holds now, or refused
-    return resolve_ckpt(le.exp, choice.ckpt, choice.select_on, task=le.task, model=target.model,
-                        experiment=target.experiment, data_root=le.data_root)
+    return resolve_ckpt(
+        le.exp,
+        choice.ckpt,
+        choice.select_on,
+        task=le.task,
+        model=target.model,
+        experiment=target.experiment,
+        data_root=le.data_root,
+    )
 
 
 @dataclass
@@ -390,12 +509,21 @@ def checkpoint_logits(plan: PredictionPlan | LogitsPlan, before_predicting=None,
     check_checkpoint(le.model.config, ckpt_path)
     refuse = None if before_predicting is None else (lambda le_, path, rows: before_predicting(le_, step, path, rows))
     # before_predicting runs before tokenising: a refused run writes nothing, not even the tokenisation cache
-    path, examples, features = (load_split(le, plan.split, plan.max_examples, refuse) if read_rows is None
-                                else read_rows(le))
+    path, examples, features = (
+        load_split(le, plan.split, plan.max_examples, refuse) if read_rows is None else read_rows(le)
+    )
     load_checkpoint_into(le.model, ckpt_path)
     le.resolve_device(plan.devices)
-    logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"],
-                            plan.batch_size, le.device, le.precision, desc=f"{path.name} model-{step}.pt")
+    logits = predict_logits(
+        le.model,
+        features,
+        le.tokenizer.pad_token_id,
+        le.config["max_seq_len"],
+        plan.batch_size,
+        le.device,
+        le.precision,
+        desc=f"{path.name} model-{step}.pt",
+    )
     return CheckpointLogits(le, step, label, path, examples, features, logits)
 
 
@@ -414,15 +542,25 @@ def hf_teacher_logits(plan: LogitsPlan, before_predicting=None) -> CheckpointLog
 
     cfg.check_max_seq_len(f.max_seq_len, usable_positions(teacher.hf_config), f"--teacher_hf {f.source!r}")
     cfg.check_room_for_text(f.max_seq_len, teacher.tokenizer)
-    le = LoadedExperiment(t.exp, {"max_seq_len": f.max_seq_len, "task": task.name}, None, teacher.tokenizer, task,
-                          None, None, t.data_root)
-    refuse = None if before_predicting is None else (
-        lambda le_, path, rows: before_predicting(le_, f.source, path, rows))
+    le = LoadedExperiment(
+        t.exp, {"max_seq_len": f.max_seq_len, "task": task.name}, None, teacher.tokenizer, task, None, None, t.data_root
+    )
+    refuse = (
+        None if before_predicting is None else (lambda le_, path, rows: before_predicting(le_, f.source, path, rows))
+    )
     path, examples, features = load_split(le, plan.split, plan.max_examples, refuse)
     le.model = teacher.build()
     le.resolve_device(plan.devices)
-    logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, f.max_seq_len, plan.batch_size,
-                            le.device, le.precision, desc=f"{plan.split} {f.source}")
+    logits = predict_logits(
+        le.model,
+        features,
+        le.tokenizer.pad_token_id,
+        f.max_seq_len,
+        plan.batch_size,
+        le.device,
+        le.precision,
+        desc=f"{plan.split} {f.source}",
+    )
     return CheckpointLogits(le, f.source, f"{f.source} (Hugging Face)", path, examples, features, logits)
 
 
@@ -449,10 +587,16 @@ def run_gen_logits(plan: LogitsPlan) -> Path:
     def refuse_to_replace(le, step, path, examples):
         out = logits_dir(le.data_root, le.exp.name, split)
         digest = _weights_digest(foreign) if foreign else sha256_file(le.exp.checkpoint_path(step))
-        identity.update(teacher_experiment=None if foreign else le.exp.name, checkpoint=step, split=split,
-                        source_sha256=sha256_file(path), checkpoint_sha256=digest,
-                        max_seq_len=le.config["max_seq_len"], examples_sha256=examples_digest(examples),
-                        tokenizer=tokenizer_fingerprint(le.tokenizer))
+        identity.update(
+            teacher_experiment=None if foreign else le.exp.name,
+            checkpoint=step,
+            split=split,
+            source_sha256=sha256_file(path),
+            checkpoint_sha256=digest,
+            max_seq_len=le.config["max_seq_len"],
+            examples_sha256=examples_digest(examples),
+            tokenizer=tokenizer_fingerprint(le.tokenizer),
+        )
         check_logits_target(out, identity, overwrite)
         if distributed.is_main():  # one writer per logits data set (rank 0 under torchrun)
             out.mkdir(parents=True, exist_ok=True)
@@ -464,14 +608,27 @@ def run_gen_logits(plan: LogitsPlan) -> Path:
     r = hf_teacher_logits(plan, refuse_to_replace) if foreign else checkpoint_logits(plan, refuse_to_replace)
     le, path = r.le, r.path
     mc = le.model.config
-    meta = {"name": le.exp.name, "task": le.task.name, "split": split, "model": plan.target.model,
-            "teacher_experiment": identity["teacher_experiment"], "teacher_hf": foreign, "checkpoint": r.step,
-            "label_names": list(le.task.label_names), "regression": le.task.regression,
-            "ptrain_ver": le.config.get("ptrain_ver"),
-            "vocab_size": mc.vocab_size, "max_position_embeddings": mc.max_position_embeddings,
-            "hidden_size": mc.hidden_size, "num_hidden_layers": mc.num_hidden_layers,
-            "source": str(path), **{k: identity[k] for k in ("source_sha256", "checkpoint_sha256", "max_seq_len",
-                                                             "examples_sha256", "tokenizer")}}
+    meta = {
+        "name": le.exp.name,
+        "task": le.task.name,
+        "split": split,
+        "model": plan.target.model,
+        "teacher_experiment": identity["teacher_experiment"],
+        "teacher_hf": foreign,
+        "checkpoint": r.step,
+        "label_names": list(le.task.label_names),
+        "regression": le.task.regression,
+        "ptrain_ver": le.config.get("ptrain_ver"),
+        "vocab_size": mc.vocab_size,
+        "max_position_embeddings": mc.max_position_embeddings,
+        "hidden_size": mc.hidden_size,
+        "num_hidden_layers": mc.num_hidden_layers,
+        "source": str(path),
+        **{
+            k: identity[k]
+            for k in ("source_sha256", "checkpoint_sha256", "max_seq_len", "examples_sha256", "tokenizer")
+        },
+    }
     out = logits_dir(le.data_root, le.exp.name, split)
     if distributed.is_main():
         write_logits(out, meta, r.examples, r.logits, le.tokenizer, overwrite=overwrite)
@@ -480,8 +637,10 @@ def run_gen_logits(plan: LogitsPlan) -> Path:
     if r.features.labels is not None:
         m = le.task.main_metric
         acc = f", {m} {metrics(le.task, r.features.labels, le.task.predictions(r.logits))[m]:.4f}"
-    print(f"wrote logits of {r.label if foreign else f'model-{r.step}.pt'} on {split} ({len(r.examples)} rows{acc}) to {out}; "
-          f"use it as --dataset {name}")
+    print(
+        f"wrote logits of {r.label if foreign else f'model-{r.step}.pt'} on {split} ({len(r.examples)} rows{acc}) to {out}; "
+        f"use it as --dataset {name}"
+    )
     return out
 
 
@@ -523,8 +682,11 @@ def run_file_prediction(plan: PredictionPlan) -> Path:
 
     def read_rows(le):
         examples, read["id_column"] = parse_rows_to_predict(plan.predict_file, le.task.input_columns)
-        return plan.predict_file, examples, tokenize(le.tokenizer, examples, le.config["max_seq_len"],
-                                                     progress=len(examples) > 20000)
+        return (
+            plan.predict_file,
+            examples,
+            tokenize(le.tokenizer, examples, le.config["max_seq_len"], progress=len(examples) > 20000),
+        )
 
     r = checkpoint_logits(plan, read_rows=read_rows)
     out = plan.out
@@ -554,11 +716,22 @@ def run_test_prediction(plan: PredictionPlan) -> Path:
 
         text = le.task.submission_text(r.examples, le.task.predictions(r.logits))
         complete = plan.max_examples is None or len(r.examples) == len(le.task.load(le.data_root, dataset))
-        record = prediction_record(text, {
-            "experiment": le.exp.name, "checkpoint": f"model-{r.step}.pt", "selected": r.label,
-            "checkpoint_sha256": sha256_file(le.exp.checkpoint_path(r.step)), "split": dataset,
-            "data_file": str(r.path), "examples_sha256": examples_digest(r.examples), "num_rows": len(r.examples),
-            "complete": complete, "label_names": list(le.task.label_names), "max_seq_len": le.config["max_seq_len"]})
+        record = prediction_record(
+            text,
+            {
+                "experiment": le.exp.name,
+                "checkpoint": f"model-{r.step}.pt",
+                "selected": r.label,
+                "checkpoint_sha256": sha256_file(le.exp.checkpoint_path(r.step)),
+                "split": dataset,
+                "data_file": str(r.path),
+                "examples_sha256": examples_digest(r.examples),
+                "num_rows": len(r.examples),
+                "complete": complete,
+                "label_names": list(le.task.label_names),
+                "max_seq_len": le.config["max_seq_len"],
+            },
+        )
         # the file and its record as one replacement a kill cannot block (fine_tune/outputs.py)
         write_outputs({out: text, record_path(out): record}, "generate_test_prediction.py")
     print(f"wrote {len(r.examples)} predictions of {r.label} on {dataset} to {out}")

@@ -41,8 +41,10 @@ def check_length(name: str, flag: str, value: str) -> str:
     size = len(name.encode("utf-8", "surrogateescape"))
     if size > NAME_MAX:
         shown = repr(value) if len(value) <= 40 else repr(value[:40]) + "…"
-        raise UserError(f"{flag} {shown}: makes a folder name of {size} bytes; file systems take at most "
-                        f"{NAME_MAX}: choose a shorter name")
+        raise UserError(
+            f"{flag} {shown}: makes a folder name of {size} bytes; file systems take at most "
+            f"{NAME_MAX}: choose a shorter name"
+        )
     return name
 
 
@@ -51,11 +53,18 @@ def check_name(value: str, flag: str) -> str:
     task): the one place such names are checked, so no flag can reach a path outside its root. Refused: empty
     names, ``.`` and ``..``, path separators, NUL and other control characters, and names longer than a folder
     name can be (:func:`check_length`)."""
-    bad = (not value or value in (".", "..") or "/" in value or "\\" in value
-           or any(ord(c) < 32 or ord(c) == 127 for c in value))
+    bad = (
+        not value
+        or value in (".", "..")
+        or "/" in value
+        or "\\" in value
+        or any(ord(c) < 32 or ord(c) == 127 for c in value)
+    )
     if bad:
-        raise UserError(f"{flag} {value!r}: must be a plain name (no '/', '\\', '..' or control characters): it "
-                        f"names a folder inside its root")
+        raise UserError(
+            f"{flag} {value!r}: must be a plain name (no '/', '\\', '..' or control characters): it "
+            f"names a folder inside its root"
+        )
     return check_length(value, flag, value)
 
 
@@ -114,9 +123,13 @@ class ExperimentDir:
             count = sum((p / "config.json").is_file() for p in self.root.iterdir()) if self.root.is_dir() else 0
             close = closest_experiments(self.root, self.path.name)
             n = f"{count} experiment{'s' if count != 1 else ''}"
-            hint = (f"; did you mean {', '.join(close)}? ({n} in {self.root})" if close
-                    else f"; {self.root} holds {n}, none with a similar name" if count
-                    else f"; {self.root} holds no experiment")
+            hint = (
+                f"; did you mean {', '.join(close)}? ({n} in {self.root})"
+                if close
+                else f"; {self.root} holds {n}, none with a similar name"
+                if count
+                else f"; {self.root} holds no experiment"
+            )
             raise UserError(f"experiment folder {self.path} not found (no config.json){hint}")
         return self
 
@@ -150,7 +163,7 @@ def closest_experiments(root: Path, name: str, limit: int = 5) -> list[str]:
             shared += 1
         cut = name.find("_", len(name) - shared)  # from an underscore on: run1 vs xrun1 keeps "run1"
         shared = len(name) - cut if cut >= 0 else 0
-        ratio = difflib.SequenceMatcher(None, name[:len(name) - shared], p.name[:len(p.name) - shared]).ratio()
+        ratio = difflib.SequenceMatcher(None, name[: len(name) - shared], p.name[: len(p.name) - shared]).ratio()
         if ratio >= 0.6:
             scored.append((-ratio, p.name))
     return [n for _, n in sorted(scored)[:limit]]
@@ -159,5 +172,4 @@ def closest_experiments(root: Path, name: str, limit: int = 5) -> list[str]:
 def roots(data_root: str | None, exp_root: str | None) -> tuple[Path, Path]:
     """The data root and the experiment root: as given (``--data_root``, ``--exp_root``), else the environment,
     else the defaults."""
-    return (Path(data_root) if data_root else default_data_root(),
-            Path(exp_root) if exp_root else default_exp_root())
+    return (Path(data_root) if data_root else default_data_root(), Path(exp_root) if exp_root else default_exp_root())

@@ -40,11 +40,17 @@ def run_export(plan: ExportPlan) -> Path:
     model, tokenizer = le.model.eval(), le.tokenizer
     tokenizer.model_max_length = le.config["max_seq_len"]
     set_task_labels(model.config, le.task.label_names)
-    record = {"experiment": le.exp.name, "checkpoint": f"model-{step}.pt", "selected": label,
-              "checkpoint_sha256": sha256_file(ckpt_path), "task": le.task.name,
-              "label_names": list(le.task.label_names), "max_seq_len": le.config["max_seq_len"],
-              "inputs": "tokenizer(text, text_pair, truncation=True): BoolQ text = passage, text_pair = question; "
-                        "QQP text = question1, text_pair = question2"}
+    record = {
+        "experiment": le.exp.name,
+        "checkpoint": f"model-{step}.pt",
+        "selected": label,
+        "checkpoint_sha256": sha256_file(ckpt_path),
+        "task": le.task.name,
+        "label_names": list(le.task.label_names),
+        "max_seq_len": le.config["max_seq_len"],
+        "inputs": "tokenizer(text, text_pair, truncation=True): BoolQ text = passage, text_pair = question; "
+        "QQP text = question1, text_pair = question2",
+    }
     if onnx:
         from .onnx_export import export_onnx
 

@@ -42,7 +42,7 @@ def tmp_name_part(name: str) -> str:
     raw = name.encode("utf-8", "surrogateescape")
     if len(raw) <= _TMP_NAME_MAX:
         return name
-    head = raw[:_TMP_NAME_MAX - 17].decode("utf-8", "ignore")
+    head = raw[: _TMP_NAME_MAX - 17].decode("utf-8", "ignore")
     return f"{head}~{hashlib.sha256(raw).hexdigest()[:16]}"
 
 
@@ -101,8 +101,9 @@ def write_failure(path: Path, error: BaseException) -> str | None:
         return f"the file-size limit (ulimit -f) of {limit} bytes"
     if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return getattr(error, "strerror", None) or os.strerror(code)
-    if isinstance(error, RuntimeError) and any(s in str(error) for s in ("inline_container", "PytorchStreamWriter",
-                                                                        "file write failed")):
+    if isinstance(error, RuntimeError) and any(
+        s in str(error) for s in ("inline_container", "PytorchStreamWriter", "file write failed")
+    ):
         if limit != resource.RLIM_INFINITY:
             return f"the file-size limit (ulimit -f) of {limit} bytes"
         with contextlib.suppress(OSError):
@@ -118,8 +119,10 @@ def raise_write_failure(path: Path, error: BaseException) -> None:
     if reason is not None:
         from .errors import UserError
 
-        raise UserError(f"could not write {path}: {reason}; nothing was replaced (its previous version and every "
-                        f"earlier file are intact)") from None
+        raise UserError(
+            f"could not write {path}: {reason}; nothing was replaced (its previous version and every "
+            f"earlier file are intact)"
+        ) from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -171,7 +174,7 @@ def remove_dead_writers_temporaries(path: Path) -> None:
     except OSError:
         return
     for leftover in found:
-        tag = leftover.name[len(start):].split(".")[0]
+        tag = leftover.name[len(start) :].split(".")[0]
         writer_host, _, pid = tag.partition("-")
         if writer_host != host or not pid.isdigit() or _alive(int(pid)) or leftover.is_symlink():
             continue
@@ -241,7 +244,9 @@ def reset_own_folder(path: Path, mark: str, known: tuple[str, ...], flag: str) -
             raise UserError(f"{flag} {path}: exists and was not written by this tool; name a new or empty folder")
         remove_inside(path, path.parent)
     path.mkdir(parents=True)
-    (path / mark).write_text("written by the fine_tune toolkit; deleted and re-created on every run\n", encoding="utf-8")
+    (path / mark).write_text(
+        "written by the fine_tune toolkit; deleted and re-created on every run\n", encoding="utf-8"
+    )
 
 
 def read_json_object(path: Path) -> dict:

@@ -46,16 +46,23 @@ def lock_folder(folder: Path, what: str) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise UserError(f"{what} {folder} is being written by another run ({holder(folder)}); wait for it to "
-                        f"finish or stop it") from None
+        raise UserError(
+            f"{what} {folder} is being written by another run ({holder(folder)}); wait for it to finish or stop it"
+        ) from None
     except OSError as e:  # a file system without locks (some network mounts): say so, run unlocked
         os.close(fd)
         print(f"warning: cannot lock {folder} ({e.strerror}); make sure no other run writes it", file=sys.stderr)
         return
     _held[folder] = fd
-    atomic_write_json(folder / HOLDER_FILE, {"pid": os.getpid(), "host": socket.gethostname(),
-                                             "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])})
+    atomic_write_json(
+        folder / HOLDER_FILE,
+        {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        },
+    )
 
 
 def release_all() -> None:
@@ -76,10 +83,12 @@ def release_all() -> None:
 
 def releases_locks(workflow):
     """Decorator: the locks a workflow took are released when it returns or fails."""
+
     @functools.wraps(workflow)
     def run(*args, **kwargs):
         try:
             return workflow(*args, **kwargs)
         finally:
             release_all()
+
     return run

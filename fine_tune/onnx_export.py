@@ -95,8 +95,7 @@ class _ForwardTimer:
         self.model, self.seconds, self._start = model, 0.0, 0.0
 
     def __enter__(self) -> _ForwardTimer:
-        self._handles = [self.model.register_forward_pre_hook(self._pre),
-                         self.model.register_forward_hook(self._post)]
+        self._handles = [self.model.register_forward_pre_hook(self._pre), self.model.register_forward_hook(self._post)]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -113,8 +112,16 @@ class _ForwardTimer:
 def _pytorch_pass(le, features) -> tuple[np.ndarray, float]:
     """The toolkit's logits (fp32, CPU) and the seconds of the forward passes."""
     with _ForwardTimer(le.model) as timer:
-        logits = predict_logits(le.model, features, le.tokenizer.pad_token_id, le.config["max_seq_len"], BATCH_SIZE,
-                                torch.device("cpu"), Precision("cpu", None), desc="PyTorch")
+        logits = predict_logits(
+            le.model,
+            features,
+            le.tokenizer.pad_token_id,
+            le.config["max_seq_len"],
+            BATCH_SIZE,
+            torch.device("cpu"),
+            Precision("cpu", None),
+            desc="PyTorch",
+        )
     return logits, timer.seconds
 
 
@@ -149,8 +156,10 @@ def _ort_pass(session, batches, num_rows: int, num_labels: int) -> tuple[np.ndar
         try:
             logits = session.run(["logits"], feed)[0]
         except Exception as e:  # noqa: BLE001 - one line, not ONNX Runtime's traceback
-            raise UserError(f"ONNX Runtime cannot run the exported model on a batch of shape "
-                            f"{tuple(feed['input_ids'].shape)}: {_first_line(e)}") from None
+            raise UserError(
+                f"ONNX Runtime cannot run the exported model on a batch of shape "
+                f"{tuple(feed['input_ids'].shape)}: {_first_line(e)}"
+            ) from None
         seconds += time.perf_counter() - start
         out[rows] = logits
     return out, seconds
@@ -159,6 +168,7 @@ def _ort_pass(session, batches, num_rows: int, num_labels: int) -> tuple[np.ndar
 class _Checked(NamedTuple):
     """One graph's pass over the check rows: its session, logits, forward seconds, largest |logit difference| from
     PyTorch and the first row beyond the tolerance (None when every logit is within it)."""
+
     session: object
     logits: np.ndarray
     seconds: float
@@ -191,7 +201,7 @@ def _export(model: torch.nn.Module, names: list[str], path: Path, pad_token_id: 
     length = max(2, min(8, max_seq_len))
     ids = torch.full((2, length), min(5, model.config.vocab_size - 1), dtype=torch.long)
     mask = torch.ones_like(ids)
-    ids[1, length // 2:], mask[1, length // 2:] = pad_token_id if pad_token_id is not None else 0, 0
+    ids[1, length // 2 :], mask[1, length // 2 :] = pad_token_id if pad_token_id is not None else 0, 0
     example = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
     wrapper = _LogitsOnly(model.float().eval(), names).eval()
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
@@ -201,15 +211,24 @@ def _export(model: torch.nn.Module, names: list[str], path: Path, pad_token_id: 
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
             # torch >= 2.9 defaults to the dynamo exporter (needs onnxscript); torch 2.4 has no ``dynamo`` argument
             legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-            torch.onnx.export(wrapper, tuple(example[n] for n in names), str(path), **legacy,
-                              input_names=names, output_names=["logits"], dynamic_axes=axes, opset_version=OPSET,
-                              do_constant_folding=True)
+            torch.onnx.export(
+                wrapper,
+                tuple(example[n] for n in names),
+                str(path),
+                **legacy,
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                do_constant_folding=True,
+            )
         onnx.checker.check_model(str(path))
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - a model the exporter cannot handle: one line
-        raise UserError(f"torch.onnx.export cannot export this {model.config.model_type} model: "
-                        f"{_first_line(e)}") from None
+        raise UserError(
+            f"torch.onnx.export cannot export this {model.config.model_type} model: {_first_line(e)}"
+        ) from None
     finally:
         model.eval()
 
@@ -239,14 +258,25 @@ def _optimize(src: Path, dst: Path, config) -> dict:
 
     options = FusionOptions(OPTIMIZER_MODEL_TYPE)
     options.use_raw_attention_mask(True)  # the 0/1 mask as given: right padding not assumed
-    record = {"fused": False, "model_type": OPTIMIZER_MODEL_TYPE, "opt_level": OPTIMIZER_OPT_LEVEL,
-              "attention_mask": "raw", "fused_operators": {}, "reason": None}
+    record = {
+        "fused": False,
+        "model_type": OPTIMIZER_MODEL_TYPE,
+        "opt_level": OPTIMIZER_OPT_LEVEL,
+        "attention_mask": "raw",
+        "fused_operators": {},
+        "reason": None,
+    }
     with _quiet_root_logger(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            optimized = optimize_model(str(src), model_type=OPTIMIZER_MODEL_TYPE,
-                                       num_heads=config.num_attention_heads, hidden_size=config.hidden_size,
-                                       optimization_options=options, opt_level=OPTIMIZER_OPT_LEVEL)
+            optimized = optimize_model(
+                str(src),
+                model_type=OPTIMIZER_MODEL_TYPE,
+                num_heads=config.num_attention_heads,
+                hidden_size=config.hidden_size,
+                optimization_options=options,
+                opt_level=OPTIMIZER_OPT_LEVEL,
+            )
         except Exception as e:  # noqa: BLE001 - the plain graph serves; say why
             record["reason"] = f"the optimiser failed ({_first_line(e)})"
             return record
@@ -277,9 +307,13 @@ def _quantize(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet_root_logger():
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
-                         per_channel=INT8_QUANTIZATION["per_channel"],
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            per_channel=INT8_QUANTIZATION["per_channel"],
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
 
 
 def _beyond_tolerance(got: np.ndarray, expected: np.ndarray) -> np.ndarray:
@@ -315,25 +349,35 @@ def export_onnx(le, step: int, label: str, out: Path, record: dict, features, qu
         logits, seconds = _ort_pass(session, batches, n, num_labels)
         diff = np.abs(logits - torch_logits)
         bad = _beyond_tolerance(logits, torch_logits) | ~np.isfinite(logits)
-        return _Checked(session, logits, seconds, float(diff.max()) if diff.size else 0.0,
-                        int(np.argwhere(bad)[0][0]) if bad.any() else None)
+        return _Checked(
+            session,
+            logits,
+            seconds,
+            float(diff.max()) if diff.size else 0.0,
+            int(np.argwhere(bad)[0][0]) if bad.any() else None,
+        )
 
     def save(tmp: Path) -> None:
         onnx_path, plain_path = tmp / ONNX_FILE, tmp / PLAIN_FILE
         _export(model, names, plain_path, tokenizer.pad_token_id, le.config["max_seq_len"])
         session, onnx_logits, onnx_seconds, plain_diff, row = check(plain_path)
         if row is not None:
-            raise UserError(f"the ONNX model of model-{step}.pt differs from PyTorch beyond the tolerance {ATOL:g} + "
-                            f"{RTOL:g}*|logit| on the {n} {split} rows (max |logit difference| {plain_diff:.3g}, "
-                            f"first at row {row}); no export was written")
+            raise UserError(
+                f"the ONNX model of model-{step}.pt differs from PyTorch beyond the tolerance {ATOL:g} + "
+                f"{RTOL:g}*|logit| on the {n} {split} rows (max |logit difference| {plain_diff:.3g}, "
+                f"first at row {row}); no export was written"
+            )
         max_diff, optimizer = plain_diff, _optimize(plain_path, onnx_path, model.config)
         if optimizer["fused"]:
             fused = check(onnx_path)
             if fused.bad_row is None:
                 session, onnx_logits, onnx_seconds, max_diff, _ = fused
             else:
-                optimizer.update(fused=False, reason=f"its graph differs from PyTorch beyond the tolerance (max |logit "
-                                                     f"difference| {fused.max_diff:.3g}, first at row {fused.bad_row})")
+                optimizer.update(
+                    fused=False,
+                    reason=f"its graph differs from PyTorch beyond the tolerance (max |logit "
+                    f"difference| {fused.max_diff:.3g}, first at row {fused.bad_row})",
+                )
                 onnx_path.unlink()
         if not optimizer["fused"]:
             plain_path.rename(onnx_path)
@@ -355,25 +399,40 @@ def export_onnx(le, step: int, label: str, out: Path, record: dict, features, qu
         if int8_logits is not None and not task.regression:
             agreement = float(np.mean(task.predictions(int8_logits) == task.predictions(onnx_logits)))
         summary.update(passes=len(seconds["pytorch"]))
-        record.update({
-            "format": "onnx",
-            "onnx": {
-                "file": ONNX_FILE, "int8_file": INT8_FILE if int8_logits is not None else None,
-                "int8_quantization": dict(INT8_QUANTIZATION) if int8_logits is not None else None, "opset": OPSET,
-                "split": split, "rows": n, "batch_size": BATCH_SIZE,
-                "tolerance": {"atol": ATOL, "rtol": RTOL}, "max_abs_diff": max_diff,
-                "metrics": {"pytorch": _metrics(task, labels, torch_logits),
-                            "onnx": _metrics(task, labels, onnx_logits),
-                            "int8": None if int8_logits is None else _metrics(task, labels, int8_logits)},
-                "int8_agreement": agreement,
-                "examples_per_s": {"pytorch": rates["pytorch"], "onnxruntime": rates["onnxruntime"],
-                                   "onnxruntime_int8": rates.get("onnxruntime_int8")},
-                "device": "cpu", "threads": threads, "onnxruntime_version": onnxruntime.__version__,
-                "torch_version": torch.__version__,
-                "optimizer": optimizer, "plain_file": PLAIN_FILE if optimizer["fused"] else None,
-                "plain_max_abs_diff": plain_diff,
-            },
-        })
+        record.update(
+            {
+                "format": "onnx",
+                "onnx": {
+                    "file": ONNX_FILE,
+                    "int8_file": INT8_FILE if int8_logits is not None else None,
+                    "int8_quantization": dict(INT8_QUANTIZATION) if int8_logits is not None else None,
+                    "opset": OPSET,
+                    "split": split,
+                    "rows": n,
+                    "batch_size": BATCH_SIZE,
+                    "tolerance": {"atol": ATOL, "rtol": RTOL},
+                    "max_abs_diff": max_diff,
+                    "metrics": {
+                        "pytorch": _metrics(task, labels, torch_logits),
+                        "onnx": _metrics(task, labels, onnx_logits),
+                        "int8": None if int8_logits is None else _metrics(task, labels, int8_logits),
+                    },
+                    "int8_agreement": agreement,
+                    "examples_per_s": {
+                        "pytorch": rates["pytorch"],
+                        "onnxruntime": rates["onnxruntime"],
+                        "onnxruntime_int8": rates.get("onnxruntime_int8"),
+                    },
+                    "device": "cpu",
+                    "threads": threads,
+                    "onnxruntime_version": onnxruntime.__version__,
+                    "torch_version": torch.__version__,
+                    "optimizer": optimizer,
+                    "plain_file": PLAIN_FILE if optimizer["fused"] else None,
+                    "plain_max_abs_diff": plain_diff,
+                },
+            }
+        )
         tokenizer.save_pretrained(tmp)
         model.config.architectures = [type(model).__name__]
         model.config.save_pretrained(tmp)
@@ -389,14 +448,18 @@ def _print_summary(le, label: str, out: Path, o: dict, passes: int) -> None:
     rows = [("pytorch", "pytorch"), ("onnxruntime", "onnx")]
     if o["int8_file"]:
         rows.append(("onnxruntime_int8", "int8"))
-    print(f"ONNX export of {label} of {le.exp.name}: {o['split']} split, {o['rows']} rows, batches of "
-          f"{o['batch_size']}, {o['threads']} thread(s), CPU, median of {passes} pass(es)")
+    print(
+        f"ONNX export of {label} of {le.exp.name}: {o['split']} split, {o['rows']} rows, batches of "
+        f"{o['batch_size']}, {o['threads']} thread(s), CPU, median of {passes} pass(es)"
+    )
     print("\t".join(["runtime".ljust(17), *names, "examples/s"]))
     for rate_key, metric_key in rows:
         m = o["metrics"][metric_key]
         print("\t".join([rate_key.ljust(17), *(f"{m[k]:.6f}" for k in names), f"{o['examples_per_s'][rate_key]:.1f}"]))
-    line = (f"max |ONNX - PyTorch| logit difference {o['max_abs_diff']:.3g} (tolerance {o['tolerance']['atol']:g} + "
-            f"{o['tolerance']['rtol']:g}*|logit|)")
+    line = (
+        f"max |ONNX - PyTorch| logit difference {o['max_abs_diff']:.3g} (tolerance {o['tolerance']['atol']:g} + "
+        f"{o['tolerance']['rtol']:g}*|logit|)"
+    )
     if o["int8_agreement"] is not None:
         line += f"; int8 predictions agree with fp32 on {100 * o['int8_agreement']:.2f} % of rows"
     print(line)
@@ -411,7 +474,11 @@ def _optimizer_line(o: dict) -> str:
     opt = o["optimizer"]
     if opt["fused"]:
         ops = ", ".join(f"{k} {v}" for k, v in opt["fused_operators"].items())
-        return (f"{o['file']}: ONNX Runtime's transformer optimiser's graph ({ops}); the exporter's plain graph is "
-                f"{o['plain_file']} (max |logit difference| {o['plain_max_abs_diff']:.3g})")
-    return (f"{o['file']}: the exporter's plain graph, not ONNX Runtime's transformer optimiser's: {opt['reason']} "
-            f"(ONNX Runtime applies its own graph optimisations when it loads the file)")
+        return (
+            f"{o['file']}: ONNX Runtime's transformer optimiser's graph ({ops}); the exporter's plain graph is "
+            f"{o['plain_file']} (max |logit difference| {o['plain_max_abs_diff']:.3g})"
+        )
+    return (
+        f"{o['file']}: the exporter's plain graph, not ONNX Runtime's transformer optimiser's: {opt['reason']} "
+        f"(ONNX Runtime applies its own graph optimisations when it loads the file)"
+    )

@@ -94,8 +94,10 @@ def check_name_length(path: Path, flag: str, given: Path | str) -> None:
     long = _too_long(path)
     if long:
         what = "a name" if long[0] in Path(given).parts else "writes beside it a file name"
-        raise UserError(f"{flag} {given}: {what} of {long[1]} bytes ({long[0][:24]}…); file systems take at most "
-                        f"{NAME_MAX}: choose a shorter name")
+        raise UserError(
+            f"{flag} {given}: {what} of {long[1]} bytes ({long[0][:24]}…); file systems take at most "
+            f"{NAME_MAX}: choose a shorter name"
+        )
 
 
 def out_file(given: str | None, flag: str, default: Path) -> Path:
@@ -125,8 +127,9 @@ def out_folder(given: str | None, flag: str) -> Path | None:
     return Path(given)
 
 
-def check_outputs(paths: Iterable[Path], command: str, overwrite: bool, flag: str | None = None,
-                  given: Path | None = None) -> None:
+def check_outputs(
+    paths: Iterable[Path], command: str, overwrite: bool, flag: str | None = None, given: Path | None = None
+) -> None:
     """Refuse, before anything is written, any of ``paths`` (every file the command will write) that it may not
     write: a folder, a path under a regular file, a folder it cannot write, or an existing file it does not own
     (unless ``overwrite``). ``flag`` and ``given`` name where the paths come from (``--out report.md`` for
@@ -154,14 +157,18 @@ def check_outputs(paths: Iterable[Path], command: str, overwrite: bool, flag: st
         if record.is_dir() and not record.is_symlink():
             refuse(record, "is a folder, not the toolkit's record of the files written there; remove or rename it")
         if not overwrite and _record(folder) is None:
-            refuse(record, "exists and is not the toolkit's record of the files written there (a file of someone "
-                           "else's?); pass --overwrite to replace it")
+            refuse(
+                record,
+                "exists and is not the toolkit's record of the files written there (a file of someone "
+                "else's?); pass --overwrite to replace it",
+            )
     if overwrite:
         return
     for path in paths:
         if (path.exists() or path.is_symlink()) and not written_by(path, command):
-            refuse(path, f"exists and was not written by {command} (or was changed since); pass --overwrite to "
-                         f"replace it")
+            refuse(
+                path, f"exists and was not written by {command} (or was changed since); pass --overwrite to replace it"
+            )
 
 
 def _update_record(entries: Mapping[Path, dict], command: str) -> None:
@@ -173,10 +180,14 @@ def _update_record(entries: Mapping[Path, dict], command: str) -> None:
     for folder, named in by_folder.items():
         files = dict(_owners(folder))
         files.update(named)
-        atomic_write_json(folder / OWNERS_FILE, {
-            "note": "files written here by the fine_tune toolkit (fine_tune/outputs.py); a command replaces only its "
-                    "own, unchanged files without --overwrite",
-            "files": files})
+        atomic_write_json(
+            folder / OWNERS_FILE,
+            {
+                "note": "files written here by the fine_tune toolkit (fine_tune/outputs.py); a command replaces only its "
+                "own, unchanged files without --overwrite",
+                "files": files,
+            },
+        )
 
 
 def record_outputs(paths: Iterable[Path], command: str) -> None:
@@ -191,8 +202,9 @@ def write_outputs(contents: Mapping[Path, str | bytes], command: str) -> None:
     version the record accepts as ``command``'s own."""
     data = {Path(p): c.encode("utf-8") if isinstance(c, str) else bytes(c) for p, c in contents.items()}
     new = {p: hashlib.sha256(b).hexdigest() for p, b in data.items()}
-    _update_record({p: {"sha256": new[p], "previous_sha256": sha256_file(p) if p.is_file() else None}
-                    for p in data}, command)
+    _update_record(
+        {p: {"sha256": new[p], "previous_sha256": sha256_file(p) if p.is_file() else None} for p in data}, command
+    )
     for path, content in data.items():
         with atomic_write(path) as f:
             f.write(content)

@@ -34,8 +34,15 @@ def render_layer_map(matrix: np.ndarray, title: str, caption: str, row_labels: l
         for j in range(ls):
             for i in range(lt):
                 if matrix[j, i] >= 0.005:
-                    ax.text(i, j, f"{matrix[j, i]:.2f}", ha="center", va="center", fontsize=7,
-                            color="black" if matrix[j, i] > 0.6 * np.max(matrix) else "white")
+                    ax.text(
+                        i,
+                        j,
+                        f"{matrix[j, i]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="black" if matrix[j, i] > 0.6 * np.max(matrix) else "white",
+                    )
     fig.colorbar(im, ax=ax, fraction=0.04)
     fig.text(0.01, 0.01, caption, fontsize=7, wrap=True)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
@@ -46,16 +53,26 @@ def render_layer_map(matrix: np.ndarray, title: str, caption: str, row_labels: l
     return buf.getvalue(), rgb
 
 
-def write_layer_map(folder: Path, step: int, matrix: np.ndarray, title: str, caption: str, row_labels: list[str],
-                    reporter=None, tag: str | None = None) -> Path:
+def write_layer_map(
+    folder: Path,
+    step: int,
+    matrix: np.ndarray,
+    title: str,
+    caption: str,
+    row_labels: list[str],
+    reporter=None,
+    tag: str | None = None,
+) -> Path:
     """The heat-map as ``layer-map-{step}.png`` and ``.json`` in ``folder``, and with a ``reporter``
     (engine/reporting.py) as the image ``tag`` (TensorBoard's; trackers without images skip it)."""
     png, rgb = render_layer_map(matrix, title, caption, row_labels)
     path = Path(folder) / f"layer-map-{step}.png"
     with atomic_write(path) as f:
         f.write(png)
-    atomic_write_json(Path(folder) / f"layer-map-{step}.json",
-                      {"step": step, "rows": row_labels, "matrix": matrix.round(6).tolist(), "caption": caption})
+    atomic_write_json(
+        Path(folder) / f"layer-map-{step}.json",
+        {"step": step, "rows": row_labels, "matrix": matrix.round(6).tolist(), "caption": caption},
+    )
     if reporter is not None and tag:
         reporter.log_image(tag, rgb, step)
     return path

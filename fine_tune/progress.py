@@ -43,8 +43,15 @@ def bars_disabled() -> bool:
     return os.environ.get("TQDM_DISABLE", "").strip().lower() not in OFF
 
 
-def progress(iterable=None, *, total: int | float | None = None, desc: str | None = None, unit: str = "it",
-             enabled: bool = True, **options):
+def progress(
+    iterable=None,
+    *,
+    total: int | float | None = None,
+    desc: str | None = None,
+    unit: str = "it",
+    enabled: bool = True,
+    **options,
+):
     """A tqdm bar on stderr over ``iterable`` (or, without one, updated by hand: ``bar.update(n)``; a context
     manager either way), off where ``enabled`` is false, where ``TQDM_DISABLE`` says so, and on every rank but 0
     under torchrun. ``options`` go to tqdm (``leave``, ``initial``, ``unit_scale``, ``dynamic_ncols``...)."""

@@ -42,8 +42,11 @@ from .io_utils import atomic_write_json
 from .settings import REPORT_TO, report_targets
 
 PACKAGE = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # what each tracker imports
-INSTALL = {"tensorboard": "pip install tensorboard", "mlflow": "pip install mlflow-skinny",
-           "wandb": "pip install wandb"}
+INSTALL = {
+    "tensorboard": "pip install tensorboard",
+    "mlflow": "pip install mlflow-skinny",
+    "wandb": "pip install wandb",
+}
 MLFLOW_RUN_FILE = "mlflow-run.json"
 WANDB_RUN_FILE = "wandb-run.json"
 
@@ -60,8 +63,9 @@ def installed(name: str) -> bool:
     return True
 
 
-def resolve_reporting(value: Any, exp, project: str, job: str = "train", flag: str = "--report_to",
-                      source: str = "") -> Reporting:
+def resolve_reporting(
+    value: Any, exp, project: str, job: str = "train", flag: str = "--report_to", source: str = ""
+) -> Reporting:
     """``--report_to`` for the experiment ``exp`` (an :class:`~fine_tune.experiment.ExperimentDir`): its names
     checked, ``all`` made the installed trackers, each named tracker's package imported (else one line, before
     anything is written). ``project``: the task's name; ``job``: ``train`` or ``eval``; ``source``: where the value
@@ -92,9 +96,11 @@ class Reporting:
         before it starts."""
         if not self.backends or not distributed.is_main():
             return Reporter()
-        made = {"tensorboard": lambda: TensorBoardReporter(self.log_dir),
-                "mlflow": lambda: MLflowReporter(self.folder, self.exp_root, self.project, self.run_name),
-                "wandb": lambda: WandbReporter(self.folder, self.project, self.run_name, self.job)}
+        made = {
+            "tensorboard": lambda: TensorBoardReporter(self.log_dir),
+            "mlflow": lambda: MLflowReporter(self.folder, self.exp_root, self.project, self.run_name),
+            "wandb": lambda: WandbReporter(self.folder, self.project, self.run_name, self.job),
+        }
         reporters = [made[name]() for name in self.backends]
         return reporters[0] if len(reporters) == 1 else FanOut(reporters)
 
@@ -220,8 +226,9 @@ class MLflowReporter(Reporter):
                 experiment_id = self.client.get_experiment_by_name(self.experiment).experiment_id
         else:
             experiment_id = experiment.experiment_id
-        run = self.client.create_run(experiment_id, run_name=self.run_name,
-                                     tags={"fine_tune.experiment_folder": str(self.folder.resolve())})
+        run = self.client.create_run(
+            experiment_id, run_name=self.run_name, tags={"fine_tune.experiment_folder": str(self.folder.resolve())}
+        )
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, {"run_id": run.info.run_id, "tracking_uri": uri, "experiment": self.experiment})
         return run.info.run_id, False
@@ -235,7 +242,7 @@ class MLflowReporter(Reporter):
         held = self.client.get_run(self.run_id).data.params
         params = [Param(k, v) for k, v in mlflow_params(config, MAX_PARAM_VAL_LENGTH).items() if k not in held]
         for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=params[i:i + MAX_PARAMS_TAGS_PER_BATCH])
+            self.client.log_batch(self.run_id, params=params[i : i + MAX_PARAMS_TAGS_PER_BATCH])
         self.client.log_dict(self.run_id, config, "config.json")
 
     def _log(self, values: dict[str, float], step: int) -> None:
@@ -245,7 +252,7 @@ class MLflowReporter(Reporter):
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, step) for k, v in values.items() if step > self.logged.get(k, -1)]
         for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH])
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH])
 
     def log_scalars(self, scalars: dict[str, float], step: int) -> None:
         self.step = max(self.step, step)
@@ -283,10 +290,17 @@ class WandbReporter(Reporter):
                 run_id = None
         mode = None if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") else "offline"
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(project=self.project, name=self.run_name if self.job == "train" else
-                              f"{self.run_name} ({self.job})", group=self.run_name, job_type=self.job,
-                              id=run_id, resume="allow" if run_id else None, dir=str(self.folder), mode=mode,
-                              settings=wandb.Settings(console="off", silent=True))
+        self.run = wandb.init(
+            project=self.project,
+            name=self.run_name if self.job == "train" else f"{self.run_name} ({self.job})",
+            group=self.run_name,
+            job_type=self.job,
+            id=run_id,
+            resume="allow" if run_id else None,
+            dir=str(self.folder),
+            mode=mode,
+            settings=wandb.Settings(console="off", silent=True),
+        )
         if self.job == "train" and run_id is None:
             atomic_write_json(path, {"id": self.run.id, "project": self.project})
 

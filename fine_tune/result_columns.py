@@ -37,8 +37,19 @@ MISSING = "—"
 
 # the config fields each column stands for: never listed again in ``differs``
 COVERS = {
-    "teacher": frozenset({"teacher_exp", "tmodel", "tckpt", "teacher_experiment", "teacher_checkpoint", "teacher_hf",
-                          "teacher_layers", "teacher_label_order", "logits_split"}),
+    "teacher": frozenset(
+        {
+            "teacher_exp",
+            "tmodel",
+            "tckpt",
+            "teacher_experiment",
+            "teacher_checkpoint",
+            "teacher_hf",
+            "teacher_layers",
+            "teacher_label_order",
+            "logits_split",
+        }
+    ),
     "model": frozenset({"model", "num_hidden_layers", "d_model", "ptrain_ver", "student_ptrain_ver"}),
     "method": frozenset({"method", "hidden_mapping"}),
 }
@@ -139,8 +150,16 @@ def teacher_of_config(config: dict, fallback: str | None) -> str | None:
 
 def model_of(config: dict, teacher: str | None) -> tuple[str, str | None]:
     """(the family and the student's shape, the pretrained weights it started from or None)."""
-    text = " ".join([str(config.get("model", MISSING)), *(f"{short}{config[k]}" for short, k in (
-        ("L", "num_hidden_layers"), ("H", "d_model")) if config.get(k) is not None)])
+    text = " ".join(
+        [
+            str(config.get("model", MISSING)),
+            *(
+                f"{short}{config[k]}"
+                for short, k in (("L", "num_hidden_layers"), ("H", "d_model"))
+                if config.get(k) is not None
+            ),
+        ]
+    )
     source = config.get("student_ptrain_ver") or (config.get("ptrain_ver") if teacher is None else None)
     return text, source
 
@@ -165,8 +184,9 @@ def conditions(parts: list[dict | None]) -> tuple[str, list[str]]:
     return ", ".join(str(measured[0][k]) for k in shared if measured[0][k] is not None), own
 
 
-def speed_column(name: str, header: str, values: list[float | None], parts: list[dict | None],
-                 fmt=lambda v: f"{v:.0f}") -> Column:
+def speed_column(
+    name: str, header: str, values: list[float | None], parts: list[dict | None], fmt=lambda v: f"{v:.0f}"
+) -> Column:
     shared, own = conditions([p if v is not None else None for v, p in zip(values, parts)])
     cells = [MISSING if v is None else fmt(v) + (f" ({o})" if o else "") for v, o in zip(values, own)]
     return Column(name, f"{header}{', ' + shared if shared else ''})", cells)
@@ -199,34 +219,70 @@ def catalogue(table, roots: list[Path]) -> tuple[dict[str, Column], dict[str, li
         for m in table.metrics_of(s):
             add(f"{s}.{m}", f"{s} {SHORT.get(m, m)}", [metric_cell(r["splits"][s], m) for r in records])
             names.append(f"{s}.{m}")
-        add(f"{s}.ckpt", f"{s} ckpt ({rule_short(table.rule_of(s), s)})",
-            [",".join(map(str, r["splits"][s]["ckpt"])) or MISSING for r in records])
+        add(
+            f"{s}.ckpt",
+            f"{s} ckpt ({rule_short(table.rule_of(s), s)})",
+            [",".join(map(str, r["splits"][s]["ckpt"])) or MISSING for r in records],
+        )
         groups[s] = names + [f"{s}.ckpt"]
         groups["metrics"] += groups[s]
-    add("seeds", "seeds", [",".join(map(str, r["seeds"])) if any(x is not None for x in r["seeds"]) else MISSING
-                           for r in records])
+    add(
+        "seeds",
+        "seeds",
+        [",".join(map(str, r["seeds"])) if any(x is not None for x in r["seeds"]) else MISSING for r in records],
+    )
     size = [r["size"] for r in records]
     add("params", "params", [MISSING if z["params"] is None else _human(z["params"]) for z in size])
-    add("params_ratio", "params ÷ teacher", [f"{z['params'] / z['teacher_params']:.2f}×"
-                                             if z["params"] and z["teacher_params"] else MISSING for z in size])
-    add("teacher_params", "teacher params",
-        [MISSING if z["teacher_params"] is None else _human(z["teacher_params"]) for z in size])
+    add(
+        "params_ratio",
+        "params ÷ teacher",
+        [f"{z['params'] / z['teacher_params']:.2f}×" if z["params"] and z["teacher_params"] else MISSING for z in size],
+    )
+    add(
+        "teacher_params",
+        "teacher params",
+        [MISSING if z["teacher_params"] is None else _human(z["teacher_params"]) for z in size],
+    )
     add("size", "size", [MISSING if z["bytes"] is None else f"{z['bytes'] / 2**20:.1f} MiB" for z in size])
     inference = [r["inference"] for r in records]
-    cols["speed"] = speed_column("speed", "ex/s (PyTorch, evaluation", [i["examples_per_s"] for i in inference], [
-        {"device": i["device"], "precision": i.get("precision"),
-         "batch": None if i.get("batch_size") is None else f"batch {i['batch_size']}"} for i in inference])
+    cols["speed"] = speed_column(
+        "speed",
+        "ex/s (PyTorch, evaluation",
+        [i["examples_per_s"] for i in inference],
+        [
+            {
+                "device": i["device"],
+                "precision": i.get("precision"),
+                "batch": None if i.get("batch_size") is None else f"batch {i['batch_size']}",
+            }
+            for i in inference
+        ],
+    )
     onnx = [r["onnx"] or {} for r in records]
-    how = [{"threads": _threads(o.get("threads")),
-            "batch": None if o.get("batch_size") is None else f"batch {o['batch_size']}"} for o in onnx]
-    cols["onnx"] = speed_column("onnx", "ex/s (ONNX Runtime fp32, export check", [o.get("onnxruntime") for o in onnx],
-                                how)
-    cols["onnx_int8"] = speed_column("onnx_int8", "ex/s (ONNX Runtime int8, export check",
-                                     [o.get("onnxruntime_int8") for o in onnx], how)
-    add("onnx_speedup", "ONNX Runtime ÷ PyTorch (same export check)", [
-        MISSING if not o.get("pytorch") else f"{o['onnxruntime'] / o['pytorch']:.2f}×" + (
-            f" (int8 {o['onnxruntime_int8'] / o['pytorch']:.2f}×)" if o.get("onnxruntime_int8") is not None else "")
-        for o in onnx])
+    how = [
+        {
+            "threads": _threads(o.get("threads")),
+            "batch": None if o.get("batch_size") is None else f"batch {o['batch_size']}",
+        }
+        for o in onnx
+    ]
+    cols["onnx"] = speed_column(
+        "onnx", "ex/s (ONNX Runtime fp32, export check", [o.get("onnxruntime") for o in onnx], how
+    )
+    cols["onnx_int8"] = speed_column(
+        "onnx_int8", "ex/s (ONNX Runtime int8, export check", [o.get("onnxruntime_int8") for o in onnx], how
+    )
+    add(
+        "onnx_speedup",
+        "ONNX Runtime ÷ PyTorch (same export check)",
+        [
+            MISSING
+            if not o.get("pytorch")
+            else f"{o['onnxruntime'] / o['pytorch']:.2f}×"
+            + (f" (int8 {o['onnxruntime_int8'] / o['pytorch']:.2f}×)" if o.get("onnxruntime_int8") is not None else "")
+            for o in onnx
+        ],
+    )
     for k in fields:
         if k not in cols:
             add(k, k, [show(c.get(k), paths) for c in configs])
@@ -243,8 +299,10 @@ def varying(configs: list[dict], ignored) -> list[str]:
 def differs_column(table, shown: list[str], roots: list[Path]) -> Column:
     """``name=value`` of the config fields whose values differ between rows having them (:func:`varying`), leaving
     out those a shown column says (by name, or standing for them: :data:`COVERS`, always left out)."""
-    views = [viewed(c, method_of(c, teacher_of_config(c, r["size"]["teacher"])))
-             for r, c in zip(table.records, table.configs)]
+    views = [
+        viewed(c, method_of(c, teacher_of_config(c, r["size"]["teacher"])))
+        for r, c in zip(table.records, table.configs)
+    ]
     keys = varying(views, set(shown) | COVERED | table.ignored)
     paths = short_paths([v.get(k) for v in views for k in keys], roots)
     cells = [", ".join(f"{k}={show(v[k], paths)}" for k in keys if k in v) or MISSING for v in views]
@@ -290,8 +348,12 @@ def choose(table, spec: tuple[str, ...] | None, roots: list[Path]) -> list[Colum
     names: list[str] = []
     for token in spec or ("default",):
         if token == "default":
-            expanded = [n for d in DEFAULT for n in groups.get(d, [d]) if n in ("experiment", "differs")
-                        or n in groups["metrics"] or any(c != MISSING for c in cols[n].cells)]
+            expanded = [
+                n
+                for d in DEFAULT
+                for n in groups.get(d, [d])
+                if n in ("experiment", "differs") or n in groups["metrics"] or any(c != MISSING for c in cols[n].cells)
+            ]
         elif token in groups:
             expanded = groups[token]
         elif token in cols or token == "differs":
@@ -300,8 +362,10 @@ def choose(table, spec: tuple[str, ...] | None, roots: list[Path]) -> list[Colum
             known = available(cols, groups)
             hint = did_you_mean(token, known)
             named = [n for n in known if n not in fields or n in FIXED_ABOUT]
-            raise UserError(f"--columns {token}: no such column; {hint}columns: {', '.join(named)}, or one of the "
-                            f"{len(fields)} config fields (--columns list names them)")
+            raise UserError(
+                f"--columns {token}: no such column; {hint}columns: {', '.join(named)}, or one of the "
+                f"{len(fields)} config fields (--columns list names them)"
+            )
         names += [n for n in expanded if n not in names]
     shown = [cols[n] if n != "differs" else None for n in names]
     if "differs" in names:
@@ -318,9 +382,11 @@ def available(cols: dict[str, Column], groups: dict[str, list[str]]) -> list[str
 def listing(table, roots: list[Path]) -> str:
     """``--columns list``: every name, what it shows, and the default set."""
     cols, groups, fields = catalogue(table, roots)
-    lines = [f"columns of the {table.task} table (--columns NAME,NAME...; the markdown shows them in that order, the "
-             f"CSV and JSON keep every field):",
-             f"  default: {', '.join(DEFAULT)} (less the columns no row has a value in)"]
+    lines = [
+        f"columns of the {table.task} table (--columns NAME,NAME...; the markdown shows them in that order, the "
+        f"CSV and JSON keep every field):",
+        f"  default: {', '.join(DEFAULT)} (less the columns no row has a value in)",
+    ]
     for name, about in FIXED_ABOUT.items():
         if name in cols or name in groups or name == "differs":
             lines.append(f"  {name}: {about}")

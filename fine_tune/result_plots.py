@@ -29,18 +29,21 @@ BAND = "min-max over the group's runs"
 
 # ---- Pareto ---------------------------------------------------------------------------------------------------
 
+
 def pareto_front(points: list[tuple[float, float]], lower_x: bool) -> list[bool]:
     """Whether each (x, y) point is on the Pareto front: higher y is better; lower x is better when ``lower_x``
     (parameters), higher x otherwise (examples/s)."""
+
     def no_worse(a, b):  # a at least as good as b in both
         return a[1] >= b[1] and (a[0] <= b[0] if lower_x else a[0] >= b[0])
 
-    return [not any(j != i and no_worse(q, p) and q != p for j, q in enumerate(points))
-            for i, p in enumerate(points)]
+    return [not any(j != i and no_worse(q, p) and q != p for j, q in enumerate(points)) for i, p in enumerate(points)]
 
 
-PANELS = (("params", "parameters (log scale)", "lower", "log"),
-          ("examples_per_s", "PyTorch examples/s (evaluation)", "higher", "linear"))
+PANELS = (
+    ("params", "parameters (log scale)", "lower", "log"),
+    ("examples_per_s", "PyTorch examples/s (evaluation)", "higher", "linear"),
+)
 
 
 def pareto_data(table) -> dict:
@@ -57,15 +60,35 @@ def pareto_data(table) -> dict:
             x = r["size"]["params"] if key == "params" else r["inference"]["examples_per_s"]
             if st["n"] == 0 or x is None:
                 continue
-            points.append({"group": r["group"], "members": r["members"], "x": x, "y_mean": st["mean"],
-                           "y_std": st["std"], "n": st["n"], "is_teacher": r["is_teacher"]})
+            points.append(
+                {
+                    "group": r["group"],
+                    "members": r["members"],
+                    "x": x,
+                    "y_mean": st["mean"],
+                    "y_std": st["std"],
+                    "n": st["n"],
+                    "is_teacher": r["is_teacher"],
+                }
+            )
         for p, on in zip(points, pareto_front([(p["x"], p["y_mean"]) for p in points], lower_x=better == "lower")):
             p["on_front"] = on
         front = sorted((p for p in points if p["on_front"]), key=lambda p: (p["x"], p["y_mean"]))
-        panels[key] = {"x_label": label, "x_better": better, "x_scale": scale, "points": points,
-                       "front": [p["group"] for p in front]}
-    return {"task": table.task, "split": split, "metric": metric, "rule": table.rule_of(split).label(split),
-            "error_bars": "sample std over the group's seeds (n>1)", "panels": panels}
+        panels[key] = {
+            "x_label": label,
+            "x_better": better,
+            "x_scale": scale,
+            "points": points,
+            "front": [p["group"] for p in front],
+        }
+    return {
+        "task": table.task,
+        "split": split,
+        "metric": metric,
+        "rule": table.rule_of(split).label(split),
+        "error_bars": "sample std over the group's seeds (n>1)",
+        "panels": panels,
+    }
 
 
 def label_groups(points: list[dict]) -> list[tuple[list[dict], str]]:
@@ -74,8 +97,15 @@ def label_groups(points: list[dict]) -> list[tuple[list[dict], str]]:
     at: dict[tuple, list[dict]] = {}
     for p in points:
         at.setdefault((p["x"], p["y_mean"]), []).append(p)
-    return [(group, ", ".join(p["group"] + (" (teacher)" if p["is_teacher"] and "teacher" not in p["group"] else "")
-                              for p in group)) for group in at.values()]
+    return [
+        (
+            group,
+            ", ".join(
+                p["group"] + (" (teacher)" if p["is_teacher"] and "teacher" not in p["group"] else "") for p in group
+            ),
+        )
+        for group in at.values()
+    ]
 
 
 def _overlap(a, b, pad: float) -> bool:
@@ -114,16 +144,41 @@ def pareto_figure(data: dict):
         panel = data["panels"][key]
         ax = fig.add_subplot(1, 2, i + 1)
         for p in panel["points"]:
-            style = dict(marker="*", markersize=14, color="tab:red") if p["is_teacher"] else \
-                dict(marker="o", markersize=7, color="tab:blue")
-            ax.errorbar([p["x"]], [p["y_mean"]], yerr=[p["y_std"]] if p["n"] > 1 else None, linestyle="none",
-                        capsize=3, markeredgecolor="black" if p["on_front"] else style["color"], **style)
-        labels.append((ax, [ax.annotate(text, (group[0]["x"], group[0]["y_mean"]), textcoords="offset points",
-                                        xytext=(5, 4), fontsize=7) for group, text in label_groups(panel["points"])]))
+            style = (
+                dict(marker="*", markersize=14, color="tab:red")
+                if p["is_teacher"]
+                else dict(marker="o", markersize=7, color="tab:blue")
+            )
+            ax.errorbar(
+                [p["x"]],
+                [p["y_mean"]],
+                yerr=[p["y_std"]] if p["n"] > 1 else None,
+                linestyle="none",
+                capsize=3,
+                markeredgecolor="black" if p["on_front"] else style["color"],
+                **style,
+            )
+        labels.append(
+            (
+                ax,
+                [
+                    ax.annotate(
+                        text, (group[0]["x"], group[0]["y_mean"]), textcoords="offset points", xytext=(5, 4), fontsize=7
+                    )
+                    for group, text in label_groups(panel["points"])
+                ],
+            )
+        )
         front = sorted((p for p in panel["points"] if p["on_front"]), key=lambda p: p["x"])
         if front:
-            ax.step([p["x"] for p in front], [p["y_mean"] for p in front], color="gray", linestyle="--",
-                    where="post" if panel["x_better"] == "lower" else "pre", label="Pareto front")
+            ax.step(
+                [p["x"] for p in front],
+                [p["y_mean"] for p in front],
+                color="gray",
+                linestyle="--",
+                where="post" if panel["x_better"] == "lower" else "pre",
+                label="Pareto front",
+            )
             ax.legend(fontsize=7, loc="lower right")
         if not panel["points"]:
             ax.text(0.5, 0.5, "no row has these numbers", ha="center", va="center", transform=ax.transAxes)
@@ -134,8 +189,14 @@ def pareto_figure(data: dict):
         ax.set_title(f"({'ab'[i]}) {ylabel} vs {panel['x_label'].split(' (')[0]}", fontsize=10)
         ax.grid(True, alpha=0.3)
         notes.append(f"front ({'ab'[i]}): " + (", ".join(panel["front"]) or "none"))
-    fig.text(0.01, 0.01, f"{data['task']}, checkpoint: {data['rule']}; star: teacher; error bars: "
-             f"{data['error_bars']}. " + "; ".join(notes), fontsize=7, wrap=True)
+    fig.text(
+        0.01,
+        0.01,
+        f"{data['task']}, checkpoint: {data['rule']}; star: teacher; error bars: "
+        f"{data['error_bars']}. " + "; ".join(notes),
+        fontsize=7,
+        wrap=True,
+    )
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     for ax, anns in labels:  # after the layout: the labels' places on screen are final
         place_labels(ax, anns)
@@ -149,6 +210,7 @@ def render_pareto(data: dict) -> bytes:
 
 
 # ---- learning curves -------------------------------------------------------------------------------------------
+
 
 def read_scalars(log_dir: Path) -> dict[str, dict[int, float]] | None:
     """Every scalar tag of a TensorBoard folder as {step: value} (the last value written at each step); None when
@@ -211,16 +273,21 @@ def curves_data(groups: list[list], names: list[str], task, splits: list[str] | 
         for e in members:
             scalars = read_scalars(e.exp.log_dir)
             if not scalars:
-                raise UserError(f"--curves: {e.name} has no TensorBoard scalars in its log folder {e.exp.log_dir} "
-                                f"({'no event file' if scalars is None else 'its event files hold no scalar'})")
+                raise UserError(
+                    f"--curves: {e.name} has no TensorBoard scalars in its log folder {e.exp.log_dir} "
+                    f"({'no event file' if scalars is None else 'its event files hold no scalar'})"
+                )
             logs[e.name] = scalars
     metric = task.main_metric
     if splits:
         split = splits[-1]
         metric = task.metrics_for(split)[0] if split in task.diagnostics else metric
     else:
-        logged = [s for s in [task.dev_split, *task.splits] if s in task.labelled
-                  and any(metric_tag(task.name, s, metric, sc) in sc for sc in logs.values())]
+        logged = [
+            s
+            for s in [task.dev_split, *task.splits]
+            if s in task.labelled and any(metric_tag(task.name, s, metric, sc) in sc for sc in logs.values())
+        ]
         split = logged[0] if logged else task.dev_split
     mtag = metric_tag(task.name, split, metric)
     out = []
@@ -229,13 +296,33 @@ def curves_data(groups: list[list], names: list[str], task, splits: list[str] | 
         steps, mean, low, high = _band([logs[e.name].get(t, {}) if t else {} for e, t in zip(members, ltags)])
         mtags = [metric_tag(task.name, split, metric, logs[e.name]) for e in members]
         esteps, emean, elow, ehigh = _band([logs[e.name].get(t, {}) for e, t in zip(members, mtags)])
-        out.append({"group": name, "members": [e.name for e in members], "n": len(members),
-                    "loss_tags": ltags, "steps": steps, "loss_mean": mean, "loss_low": low, "loss_high": high,
-                    "metric": metric, "metric_tag": mtag, "metric_tags": mtags, "eval_steps": esteps,
-                    "metric_mean": emean,
-                    "metric_low": elow, "metric_high": ehigh})
-    return {"task": task.name, "split": split, "metric": metric, "band": BAND,
-            "steps": "the steps every run of a group logged", "groups": out}
+        out.append(
+            {
+                "group": name,
+                "members": [e.name for e in members],
+                "n": len(members),
+                "loss_tags": ltags,
+                "steps": steps,
+                "loss_mean": mean,
+                "loss_low": low,
+                "loss_high": high,
+                "metric": metric,
+                "metric_tag": mtag,
+                "metric_tags": mtags,
+                "eval_steps": esteps,
+                "metric_mean": emean,
+                "metric_low": elow,
+                "metric_high": ehigh,
+            }
+        )
+    return {
+        "task": task.name,
+        "split": split,
+        "metric": metric,
+        "band": BAND,
+        "steps": "the steps every run of a group logged",
+        "groups": out,
+    }
 
 
 def render_curves(data: dict) -> bytes:
@@ -245,8 +332,9 @@ def render_curves(data: dict) -> bytes:
     fig = Figure(figsize=(12, 4.8), dpi=100)
     FigureCanvasAgg(fig)
     metric_label = f"{data['split']} {SHORT.get(data['metric'], data['metric'])}"
-    for i, (key, xkey, ylabel) in enumerate((("loss", "steps", "training loss"),
-                                             ("metric", "eval_steps", metric_label))):
+    for i, (key, xkey, ylabel) in enumerate(
+        (("loss", "steps", "training loss"), ("metric", "eval_steps", metric_label))
+    ):
         ax = fig.add_subplot(1, 2, i + 1)
         drawn = 0
         for k, g in enumerate(data["groups"]):
@@ -266,8 +354,12 @@ def render_curves(data: dict) -> bytes:
         ax.set_ylabel(ylabel)
         ax.set_title(f"({'ab'[i]}) {ylabel} vs step", fontsize=10)
         ax.grid(True, alpha=0.3)
-    fig.text(0.01, 0.01, f"{data['task']}; groups of seeds: mean line, band = {data['band']}, at "
-             f"{data['steps']}.", fontsize=7)
+    fig.text(
+        0.01,
+        0.01,
+        f"{data['task']}; groups of seeds: mean line, band = {data['band']}, at {data['steps']}.",
+        fontsize=7,
+    )
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -150,7 +150,9 @@ def seed_groups(experiments: list[Experiment]) -> list[tuple[list[Experiment], d
     -> every run of its seed (folder names, in order)."""
     groups: dict[tuple, dict] = {}
     for e in experiments:
-        groups.setdefault((science_key(e.config), evaluated_rows_key(e)), {}).setdefault(repr(e.config.get("seed")), []).append(e)
+        groups.setdefault((science_key(e.config), evaluated_rows_key(e)), {}).setdefault(
+            repr(e.config.get("seed")), []
+        ).append(e)
     result = []
     for by_seed in groups.values():
         members, folded = [], {}
@@ -171,8 +173,12 @@ def group_by_seed(experiments: list[Experiment]) -> list[list[Experiment]]:
 
 def folded_note(members: list[Experiment], folded: dict[str, list[str]]) -> str:
     """Which runs of a group count, when some of its seeds have several runs."""
-    parts = [f"seed {m.config.get('seed')}: {len(folded[m.name])} runs ({', '.join(folded[m.name])}) count once, "
-             f"as {m.name} (the newest evaluated)" for m in members if m.name in folded]
+    parts = [
+        f"seed {m.config.get('seed')}: {len(folded[m.name])} runs ({', '.join(folded[m.name])}) count once, "
+        f"as {m.name} (the newest evaluated)"
+        for m in members
+        if m.name in folded
+    ]
     return "; ".join(parts)
 
 
@@ -180,8 +186,9 @@ def group_name(members: list[Experiment], folded: dict[str, list[str]] | None = 
     """A row's name: the run's (one seed), or the runs' common prefix with the seeds; with how many runs a seed
     that has several stands for (``folded``: :func:`seed_groups`)."""
     names = [str(m.config.get("experiment", m.name)) for m in members]
-    runs = "; ".join(f"{len(folded[m.name])} runs of seed {m.config.get('seed')}"
-                     for m in members if folded and m.name in folded)
+    runs = "; ".join(
+        f"{len(folded[m.name])} runs of seed {m.config.get('seed')}" for m in members if folded and m.name in folded
+    )
     if len(names) == 1:
         return names[0] + (f" ({runs})" if runs else "")
     prefix = os.path.commonprefix(names).rstrip("_-.s")
@@ -200,8 +207,12 @@ def varying_fields(experiments: list[Experiment]) -> list[str]:
 def stats(values: list[float]) -> dict:
     """The numbers behind a table cell: mean, sample std (None for fewer than two values), n and the values."""
     n = len(values)
-    return {"mean": statistics.mean(values) if n else None, "std": statistics.stdev(values) if n > 1 else None,
-            "n": n, "values": list(values)}
+    return {
+        "mean": statistics.mean(values) if n else None,
+        "std": statistics.stdev(values) if n > 1 else None,
+        "n": n,
+        "values": list(values),
+    }
 
 
 def mean_std(values: list[float], digits: int = 4) -> str:
@@ -263,26 +274,45 @@ def onnx_speed_record(exp: ExperimentDir) -> dict | None:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             if ours:
-                raise UserError(f"{path}: not an export record written by export_model.py --format onnx "
-                                f"({type(e).__name__})") from None
+                raise UserError(
+                    f"{path}: not an export record written by export_model.py --format onnx ({type(e).__name__})"
+                ) from None
             continue
         if not isinstance(record, dict) or record.get("format") != "onnx":
             continue
         onnx = record.get("onnx")
         rates = onnx.get("examples_per_s") if isinstance(onnx, dict) else None
-        if (not isinstance(rates, dict) or not _number(rates.get("onnxruntime")) or not _number(rates.get("pytorch"))
-                or not (rates.get("onnxruntime_int8") is None or _number(rates.get("onnxruntime_int8")))):
-            raise UserError(f"{path}: not an ONNX export record written by export_model.py --format onnx (no "
-                            f"onnx.examples_per_s with numbers for onnxruntime and pytorch)")
+        if (
+            not isinstance(rates, dict)
+            or not _number(rates.get("onnxruntime"))
+            or not _number(rates.get("pytorch"))
+            or not (rates.get("onnxruntime_int8") is None or _number(rates.get("onnxruntime_int8")))
+        ):
+            raise UserError(
+                f"{path}: not an ONNX export record written by export_model.py --format onnx (no "
+                f"onnx.examples_per_s with numbers for onnxruntime and pytorch)"
+            )
         m = CKPT_RE.match(str(record.get("checkpoint", "")))
         step = int(m.group(1)) if m else None
-        found.append((path.stat().st_mtime_ns, -1 if step is None else step, {
-            "export": f"{path.parent.name}/{path.name}", "checkpoint": record.get("checkpoint"), "step": step,
-            "onnxruntime": float(rates["onnxruntime"]),
-            "onnxruntime_int8": None if rates.get("onnxruntime_int8") is None else float(rates["onnxruntime_int8"]),
-            "pytorch": float(rates["pytorch"]),
-            **{k: onnx.get(k) for k in ("split", "rows", "batch_size", "threads", "device")},
-            "metrics": onnx.get("metrics"), "exports": 0}))
+        found.append(
+            (
+                path.stat().st_mtime_ns,
+                -1 if step is None else step,
+                {
+                    "export": f"{path.parent.name}/{path.name}",
+                    "checkpoint": record.get("checkpoint"),
+                    "step": step,
+                    "onnxruntime": float(rates["onnxruntime"]),
+                    "onnxruntime_int8": None
+                    if rates.get("onnxruntime_int8") is None
+                    else float(rates["onnxruntime_int8"]),
+                    "pytorch": float(rates["pytorch"]),
+                    **{k: onnx.get(k) for k in ("split", "rows", "batch_size", "threads", "device")},
+                    "metrics": onnx.get("metrics"),
+                    "exports": 0,
+                },
+            )
+        )
     if not found:
         return None
     found.sort(key=lambda f: f[:2])
@@ -305,15 +335,26 @@ def headline_split(task: Task, splits: list[str]) -> str | None:
     return next((s for s in reversed(splits) if s not in task.diagnostics), splits[-1] if splits else None)
 
 
-def row_record(members: list[Experiment], task, rule: Rule, splits: list[str], teachers: set[str],
-               folded: dict[str, list[str]] | None = None) -> dict:
+def row_record(
+    members: list[Experiment],
+    task,
+    rule: Rule,
+    splits: list[str],
+    teachers: set[str],
+    folded: dict[str, list[str]] | None = None,
+) -> dict:
     """The numbers of one table row (a seed group, one run per seed: ``folded`` names the runs of a seed that
     count once, :func:`seed_groups`): every cell of the markdown row is formatted from them. Each split holds its
     own metrics (``Task.metrics_for``: a diagnostic's), at the checkpoint :func:`split_rule` picks."""
     folded = folded or {}
-    record: dict = {"group": group_name(members, folded), "members": [m.name for m in members],
-                    "seeds": [m.config.get("seed") for m in members],
-                    "folded": dict(folded), "splits": {}, "notes": []}
+    record: dict = {
+        "group": group_name(members, folded),
+        "members": [m.name for m in members],
+        "seeds": [m.config.get("seed") for m in members],
+        "folded": dict(folded),
+        "splits": {},
+        "notes": [],
+    }
     chosen_steps: list[int] = []
     for s in splits:
         metric_cols = list(task.metrics_for(s))
@@ -326,26 +367,37 @@ def row_record(members: list[Experiment], task, rule: Rule, splits: list[str], t
             except UserError:
                 chooser = split_rule_.chooser(s)
                 if s in task.diagnostics and s in e.tables and chooser not in e.tables:
-                    record["notes"].append(f"{e.name}: {s} evaluated but not {chooser}, which chooses the checkpoint "
-                                           f"{s} is reported at: evaluate {chooser} too")
+                    record["notes"].append(
+                        f"{e.name}: {s} evaluated but not {chooser}, which chooses the checkpoint "
+                        f"{s} is reported at: evaluate {chooser} too"
+                    )
                 continue
             evaluated.append(e.name)
             steps.append(step)
             for m in metric_cols:
                 values[m].append(row[m])
         subset = next((n for e in members if s in e.tables and (n := subset_rows(e.tables[s])) is not None), None)
-        record["splits"][s] = {"members": evaluated, "ckpt": steps, "subset_rows": subset,
-                               "diagnostic": s in task.diagnostics,
-                               "metrics": {m: stats(values[m]) for m in metric_cols}}
+        record["splits"][s] = {
+            "members": evaluated,
+            "ckpt": steps,
+            "subset_rows": subset,
+            "diagnostic": s in task.diagnostics,
+            "metrics": {m: stats(values[m]) for m in metric_cols},
+        }
         chosen_steps = chosen_steps or steps
     first = members[0]
     size = _size(first.exp, chosen_steps[0] if chosen_steps else None)
     teacher = teacher_of(first)
     tsize = _size(teacher, first.config.get("tckpt")) if teacher is not None else None
-    record["size"] = {"ckpt": size[2] if size else None, "params": size[0] if size else None,
-                      "bytes": size[1] if size else None, "teacher": teacher.name if teacher is not None else None,
-                      "teacher_ckpt": tsize[2] if tsize else None, "teacher_params": tsize[0] if tsize else None,
-                      "teacher_bytes": tsize[1] if tsize else None}
+    record["size"] = {
+        "ckpt": size[2] if size else None,
+        "params": size[0] if size else None,
+        "bytes": size[1] if size else None,
+        "teacher": teacher.name if teacher is not None else None,
+        "teacher_ckpt": tsize[2] if tsize else None,
+        "teacher_params": tsize[0] if tsize else None,
+        "teacher_bytes": tsize[1] if tsize else None,
+    }
     rates, how = [], {}
     headline = headline_split(task, splits)
     for e in members:
@@ -353,11 +405,15 @@ def row_record(members: list[Experiment], task, rule: Rule, splits: list[str], t
         if table and table.get("inference"):
             rates.append((e.name, table["inference"]["examples_per_s"], table["inference"]["device"]))
             how = how or table["inference"]
-    record["inference"] = {"split": headline,
-                           "examples_per_s": statistics.median(r for _, r, _ in rates) if rates else None,
-                           "device": rates[0][2] if rates else None,
-                           "precision": how.get("precision"), "batch_size": how.get("batch_size"),
-                           "members": [n for n, _, _ in rates], "values": [r for _, r, _ in rates]}
+    record["inference"] = {
+        "split": headline,
+        "examples_per_s": statistics.median(r for _, r, _ in rates) if rates else None,
+        "device": rates[0][2] if rates else None,
+        "precision": how.get("precision"),
+        "batch_size": how.get("batch_size"),
+        "members": [n for n, _, _ in rates],
+        "values": [r for _, r, _ in rates],
+    }
     record["onnx"] = onnx_speed_record(first.exp)
     record["is_teacher"] = any(m.name in teachers for m in members)
     record["hyper"] = {}  # filled by build_table (the varying fields are known once every row is)
@@ -366,9 +422,25 @@ def row_record(members: list[Experiment], task, rule: Rule, splits: list[str], t
 
 
 # the fixed columns of the CSV after the per-split ones (the varying hyper-parameters and commands follow)
-CSV_FIXED = ["size ckpt", "params", "bytes", "teacher", "teacher ckpt", "teacher params", "teacher bytes",
-             "infer examples/s", "infer device", "infer values", "infer precision", "infer batch size",
-             "onnx examples/s", "onnx int8 examples/s", "onnx export torch examples/s", "onnx export", "is teacher"]
+CSV_FIXED = [
+    "size ckpt",
+    "params",
+    "bytes",
+    "teacher",
+    "teacher ckpt",
+    "teacher params",
+    "teacher bytes",
+    "infer examples/s",
+    "infer device",
+    "infer values",
+    "infer precision",
+    "infer batch size",
+    "onnx examples/s",
+    "onnx int8 examples/s",
+    "onnx export torch examples/s",
+    "onnx export",
+    "is teacher",
+]
 
 
 def _csv_cell(value) -> str:
@@ -413,8 +485,10 @@ class Table:
         self.shown = result_columns.choose(self, spec, roots)
         exported = [r["group"] for r in self.records if r["onnx"] is not None]
         if exported and not any(c.name.startswith("onnx") for c in self.shown):
-            self.notes.append(f"ONNX exports of {', '.join(exported)}: --columns default,onnx,onnx_speedup shows "
-                              f"their ONNX Runtime examples/s")
+            self.notes.append(
+                f"ONNX exports of {', '.join(exported)}: --columns default,onnx,onnx_speedup shows "
+                f"their ONNX Runtime examples/s"
+            )
 
     @property
     def columns(self) -> list[str]:
@@ -429,30 +503,42 @@ class Table:
     def caption(self) -> str:
         names = {c.name for c in self.shown}
         parts = [f"{s}: {self.rule_of(s).label(s)}" for s in self.splits]
-        caption = ("Checkpoint per reported split — " + "; ".join(parts) + ". Groups of seeds: mean ± sample std "
-                   "over n seeds, each seed once (of several runs of one config and seed, the newest evaluated); runs whose "
-                   "evaluations cover other rows are never pooled (\"first N rows\": evaluated with --max_examples N, "
-                   "a row of its own); ckpt "
-                   "lists each seed's checkpoint, never one that is not on disk. — : no value (or not a number). "
-                   "Paths: relative to the experiment root or the data root (…/: the last parts of a path outside "
-                   "both).")
+        caption = (
+            "Checkpoint per reported split — " + "; ".join(parts) + ". Groups of seeds: mean ± sample std "
+            "over n seeds, each seed once (of several runs of one config and seed, the newest evaluated); runs whose "
+            "evaluations cover other rows are never pooled (\"first N rows\": evaluated with --max_examples N, "
+            "a row of its own); ckpt "
+            "lists each seed's checkpoint, never one that is not on disk. — : no value (or not a number). "
+            "Paths: relative to the experiment root or the data root (…/: the last parts of a path outside "
+            "both)."
+        )
         if names & {"params", "params_ratio", "size", "teacher_params"}:
             caption += " params, size: the row's first run's checkpoint (the one reported) and its teacher's."
         if "speed" in names:
-            caption += (" ex/s (PyTorch, evaluation): median rows/s of run_fine_tune_eval.py's forward passes, on "
-                        "the device, precision and batch size named (in the header when every row shares them).")
+            caption += (
+                " ex/s (PyTorch, evaluation): median rows/s of run_fine_tune_eval.py's forward passes, on "
+                "the device, precision and batch size named (in the header when every row shares them)."
+            )
         if self.diagnostics:
-            caption += (f" Diagnostics ({', '.join(self.diagnostics)}): scored with their own metrics in their own "
-                        f"columns, never pooled with another split's, and never choosing the checkpoint they are "
-                        f"reported at.")
+            caption += (
+                f" Diagnostics ({', '.join(self.diagnostics)}): scored with their own metrics in their own "
+                f"columns, never pooled with another split's, and never choosing the checkpoint they are "
+                f"reported at."
+            )
         if any(n.startswith("onnx") for n in names):
-            caption += (" ONNX Runtime: rows/s of the first run's newest ONNX export (export_model.py --format onnx), "
-                        "measured by its check; ONNX Runtime ÷ PyTorch: over PyTorch's rows/s in that same check.")
+            caption += (
+                " ONNX Runtime: rows/s of the first run's newest ONNX export (export_model.py --format onnx), "
+                "measured by its check; ONNX Runtime ÷ PyTorch: over PyTorch's rows/s in that same check."
+            )
         return caption
 
     def markdown(self) -> str:
-        lines = [f"**{self.task}** — {self.caption()}", "", "|" + "|".join(self.columns) + "|",
-                 "|" + "|".join("-" for _ in self.columns) + "|"]
+        lines = [
+            f"**{self.task}** — {self.caption()}",
+            "",
+            "|" + "|".join(self.columns) + "|",
+            "|" + "|".join("-" for _ in self.columns) + "|",
+        ]
         lines += ["|" + "|".join(r) + "|" for r in self.rows]
         if self.notes:
             lines += ["", *(f"- note: {n}" for n in self.notes)]
@@ -460,13 +546,25 @@ class Table:
 
     def data(self) -> dict:
         """The table as numbers (the JSON file beside the markdown)."""
-        return {"task": self.task, "caption": self.caption(),
-                "rule": {"kind": self.rule.kind, "select_on": self.rule.select_on,
-                         "per_split": {s: self.rule_of(s).label(s) for s in self.splits}},
-                "splits": self.splits, "metrics": self.metrics, "main_metric": self.main_metric,
-                "split_metrics": {s: self.metrics_of(s) for s in self.splits}, "diagnostics": self.diagnostics,
-                "hyper": self.hyper, "columns": self.columns, "column_names": [c.name for c in self.shown],
-                "rows": self.records, "notes": self.notes}
+        return {
+            "task": self.task,
+            "caption": self.caption(),
+            "rule": {
+                "kind": self.rule.kind,
+                "select_on": self.rule.select_on,
+                "per_split": {s: self.rule_of(s).label(s) for s in self.splits},
+            },
+            "splits": self.splits,
+            "metrics": self.metrics,
+            "main_metric": self.main_metric,
+            "split_metrics": {s: self.metrics_of(s) for s in self.splits},
+            "diagnostics": self.diagnostics,
+            "hyper": self.hyper,
+            "columns": self.columns,
+            "column_names": [c.name for c in self.shown],
+            "rows": self.records,
+            "notes": self.notes,
+        }
 
     def hyper_column(self, key: str) -> str:
         own = ("group", "members", "seeds", "folded runs", "commands")
@@ -497,10 +595,25 @@ class Table:
                     line += [st["mean"], st["std"], st["n"], st["values"]]
                 line += [split["ckpt"], split.get("subset_rows")]
             size, inference, o = r["size"], r["inference"], r["onnx"] or {}
-            line += [size["ckpt"], size["params"], size["bytes"], size["teacher"], size["teacher_ckpt"],
-                     size["teacher_params"], size["teacher_bytes"], inference["examples_per_s"], inference["device"],
-                     inference["values"], inference["precision"], inference["batch_size"], o.get("onnxruntime"), o.get("onnxruntime_int8"), o.get("pytorch"),
-                     o.get("export"), r["is_teacher"]]
+            line += [
+                size["ckpt"],
+                size["params"],
+                size["bytes"],
+                size["teacher"],
+                size["teacher_ckpt"],
+                size["teacher_params"],
+                size["teacher_bytes"],
+                inference["examples_per_s"],
+                inference["device"],
+                inference["values"],
+                inference["precision"],
+                inference["batch_size"],
+                o.get("onnxruntime"),
+                o.get("onnxruntime_int8"),
+                o.get("pytorch"),
+                o.get("export"),
+                r["is_teacher"],
+            ]
             line += [r["hyper"].get(k) for k in self.hyper]
             line.append([c["command"] for c in r["commands"]])
             writer.writerow([_csv_cell(v) for v in line])
@@ -513,13 +626,22 @@ class Table:
         for i, r in enumerate(self.records):
             lines += [""] * (i > 0) + [f"# row: {r['group']}"]
             for c in r["commands"]:
-                lines += ([f"# run: {c['member']}", c["command"]] if c["command"]
-                          else [f"# run: {c['member']}: (not recorded)"])
+                lines += (
+                    [f"# run: {c['member']}", c["command"]]
+                    if c["command"]
+                    else [f"# run: {c['member']}: (not recorded)"]
+                )
         return "\n".join(lines + ["```"]) + "\n"
 
 
-def build_table(experiments: list[Experiment], t: Task, rule: Rule, splits: list[str] | None = None,
-                columns: tuple[str, ...] | None = None, roots: list[Path] | None = None) -> Table:
+def build_table(
+    experiments: list[Experiment],
+    t: Task,
+    rule: Rule,
+    splits: list[str] | None = None,
+    columns: tuple[str, ...] | None = None,
+    roots: list[Path] | None = None,
+) -> Table:
     """The table of ``experiments``: its rows' numbers (:func:`row_record`), the markdown showing the columns
     ``columns`` names (None: the default set; ``("list",)``: none chosen yet), paths relative to ``roots`` (default:
     the experiment root)."""
@@ -543,9 +665,21 @@ def build_table(experiments: list[Experiment], t: Task, rule: Rule, splits: list
         record["hyper"] = {k: members[0].config[k] for k in hyper if k in members[0].config}
         records.append(record)
         configs.append(members[0].config)
-    table = Table(t.name, splits, rule, hyper, records, metric_cols, t.main_metric, notes, split_metrics,
-                  {s: split_rule(t, rule, s) for s in splits}, [s for s in splits if s in t.diagnostics],
-                  headline_split(t, splits), configs)
+    table = Table(
+        t.name,
+        splits,
+        rule,
+        hyper,
+        records,
+        metric_cols,
+        t.main_metric,
+        notes,
+        split_metrics,
+        {s: split_rule(t, rule, s) for s in splits},
+        [s for s in splits if s in t.diagnostics],
+        headline_split(t, splits),
+        configs,
+    )
     if columns != ("list",):
         root = experiments[0].exp.root if experiments else Path(".")
         table.choose(columns, roots if roots is not None else [Path(root).absolute()])
@@ -569,13 +703,16 @@ class Bootstrap:
         return self.acc_a - self.acc_b
 
     def describe(self, a: str, b: str) -> str:
-        return (f"{a} − {b} {self.metric} on {self.split}: {self.diff:+.4f} (95% CI [{self.low:+.4f}, {self.high:+.4f}]; "
-                f"{a} {self.acc_a:.4f}, {b} {self.acc_b:.4f}; paired bootstrap, {self.resamples} resamples of "
-                f"n={self.n}; share of resamples with difference <= 0: {self.p_not_better:.4f})")
+        return (
+            f"{a} − {b} {self.metric} on {self.split}: {self.diff:+.4f} (95% CI [{self.low:+.4f}, {self.high:+.4f}]; "
+            f"{a} {self.acc_a:.4f}, {b} {self.acc_b:.4f}; paired bootstrap, {self.resamples} resamples of "
+            f"n={self.n}; share of resamples with difference <= 0: {self.p_not_better:.4f})"
+        )
 
 
-def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, resamples: int = 10000, seed: int = 0,
-                     split: str = "") -> Bootstrap:
+def paired_bootstrap(
+    correct_a: np.ndarray, correct_b: np.ndarray, resamples: int = 10000, seed: int = 0, split: str = ""
+) -> Bootstrap:
     """Percentile interval of acc(A) - acc(B) over ``resamples`` paired resamples of the examples.
 
     With d_i = 1[A right on i] - 1[B right on i], the statistic of resample r is (1/n) sum_i c_{r,i} d_i where
@@ -594,12 +731,20 @@ def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, resamples: in
         counts = rng.multinomial(n, np.full(n, 1.0 / n), size=stop - start)
         stats[start:stop] = counts @ d / n
     low, high = np.percentile(stats, [2.5, 97.5])
-    return Bootstrap(split, n, float(a.mean()), float(b.mean()), float(low), float(high), resamples,
-                     float((stats <= 0).mean()))
+    return Bootstrap(
+        split, n, float(a.mean()), float(b.mean()), float(low), float(high), resamples, float((stats <= 0).mean())
+    )
 
 
-def paired_bootstrap_metric(labels: np.ndarray, preds_a: np.ndarray, preds_b: np.ndarray, metric: str,
-                            resamples: int = 10000, seed: int = 0, split: str = "") -> Bootstrap:
+def paired_bootstrap_metric(
+    labels: np.ndarray,
+    preds_a: np.ndarray,
+    preds_b: np.ndarray,
+    metric: str,
+    resamples: int = 10000,
+    seed: int = 0,
+    split: str = "",
+) -> Bootstrap:
     """Percentile interval of m(A) - m(B) for a metric m that is not a mean over rows (MCC, F1, macro-F1): each
     of ``resamples`` paired resamples draws n row indices with replacement and computes m of both on them."""
     from .tasks.metrics import METRICS
@@ -615,12 +760,22 @@ def paired_bootstrap_metric(labels: np.ndarray, preds_a: np.ndarray, preds_b: np
         i = rng.integers(0, n, n)
         stats[r] = fn(labels[i], preds_a[i]) - fn(labels[i], preds_b[i])
     low, high = np.percentile(stats, [2.5, 97.5])
-    return Bootstrap(split, n, fn(labels, preds_a), fn(labels, preds_b), float(low), float(high), resamples,
-                     float((stats <= 0).mean()), metric)
+    return Bootstrap(
+        split,
+        n,
+        fn(labels, preds_a),
+        fn(labels, preds_b),
+        float(low),
+        float(high),
+        resamples,
+        float((stats <= 0).mean()),
+        metric,
+    )
 
 
-def compare(exp_root: Path, task: Task, name_a: str, name_b: str, split: str, rule: Rule,
-            resamples: int = 10000, seed: int = 0) -> Bootstrap:
+def compare(
+    exp_root: Path, task: Task, name_a: str, name_b: str, split: str, rule: Rule, resamples: int = 10000, seed: int = 0
+) -> Bootstrap:
     """Paired bootstrap of the task's main metric between two experiments (folder names), each at its checkpoint
     chosen by ``rule``."""
     correct, predicted = [], []
@@ -629,8 +784,11 @@ def compare(exp_root: Path, task: Task, name_a: str, name_b: str, split: str, ru
         exp = ExperimentDir(Path(exp_root), check_name(name, "--compare"))
         if not exp.config_path.is_file():
             raise UserError(f"--compare {name}: no experiment folder {exp.path}")
-        tables = {s: kept for s in task.labelled if (t := read_eval(exp, s)) is not None
-                  and (kept := on_disk(exp, t)[0]) is not None}
+        tables = {
+            s: kept
+            for s in task.labelled
+            if (t := read_eval(exp, s)) is not None and (kept := on_disk(exp, t)[0]) is not None
+        }
         step, _ = select_row(tables, split, rule, task.main_metric)
         idx, labels, preds = read_predictions(exp, split, step, tables.get(split))
         if idx_seen is not None and not np.array_equal(idx, idx_seen):
@@ -671,8 +829,12 @@ def run_results(plan: ResultsPlan) -> str:
                 why = evaluated_rows_changed(e.exp, evaluation, task, plan.data_root, split, digests)
                 if why:
                     raise UserError(why)
-    roots = [r for root in (exp_root, plan.data_root) if root is not None
-             for r in dict.fromkeys((Path(root).absolute(), Path(root).resolve()))]
+    roots = [
+        r
+        for root in (exp_root, plan.data_root)
+        if root is not None
+        for r in dict.fromkeys((Path(root).absolute(), Path(root).resolve()))
+    ]
     table = build_table(experiments, task, rule, splits, plan.columns, roots)
     if plan.columns == ("list",):  # the names there are, nothing written
         from .result_columns import listing
@@ -683,7 +845,9 @@ def run_results(plan: ResultsPlan) -> str:
     if plan.compare:
         a, b = plan.compare
         split = plan.compare_split
-        text += "\n" + compare(exp_root, task, a, b, split, rule, plan.resamples, plan.bootstrap_seed).describe(a, b) + "\n"
+        text += (
+            "\n" + compare(exp_root, task, a, b, split, rule, plan.resamples, plan.bootstrap_seed).describe(a, b) + "\n"
+        )
     if plan.commands:
         text += "\n" + table.commands()
     files: dict[str, str | bytes | dict] = {"md": text, "csv": table.csv(), "json": table.data()}
@@ -691,8 +855,10 @@ def run_results(plan: ResultsPlan) -> str:
     if plan.plot:
         pareto = result_plots.pareto_data(table)
         if not any(panel["points"] for panel in pareto["panels"].values()):
-            raise UserError(f"--plot: no row has a {pareto['split']} {pareto['metric']} together with a checkpoint "
-                            f"to count parameters or an inference examples/s; nothing to plot")
+            raise UserError(
+                f"--plot: no row has a {pareto['split']} {pareto['metric']} together with a checkpoint "
+                f"to count parameters or an inference examples/s; nothing to plot"
+            )
         files["pareto_json"], files["pareto_png"] = pareto, result_plots.render_pareto(pareto)
         fronts = "; ".join(f"{k}: {', '.join(v['front']) or 'none'}" for k, v in pareto["panels"].items())
         notes.append(f"(Pareto plot: {paths['pareto_png']}, its data {paths['pareto_json']}; front by {fronts})")
@@ -702,8 +868,13 @@ def run_results(plan: ResultsPlan) -> str:
         files["curves_json"], files["curves_png"] = curves, result_plots.render_curves(curves)
         notes.append(f"(learning curves: {paths['curves_png']}, its data {paths['curves_json']})")
     # every input read and checked: now write, as one replacement a kill cannot block (fine_tune/outputs.py)
-    write_outputs({paths[key]: json.dumps(content, indent=2, default=str) + "\n" if isinstance(content, dict)
-                   else content for key, content in files.items()}, "results_table.py")
+    write_outputs(
+        {
+            paths[key]: json.dumps(content, indent=2, default=str) + "\n" if isinstance(content, dict) else content
+            for key, content in files.items()
+        },
+        "results_table.py",
+    )
     print(text, end="")
     print(f"(written to {out})")
     for note in notes:

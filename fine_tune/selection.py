@@ -36,8 +36,9 @@ def eval_path(exp: ExperimentDir, split: str) -> Path:
     return exp.path / f"eval-{split}.json"
 
 
-def evaluated_rows_changed(exp: ExperimentDir, table: dict, task, data_root: Path, split: str,
-                           digests: dict | None = None) -> str | None:
+def evaluated_rows_changed(
+    exp: ExperimentDir, table: dict, task, data_root: Path, split: str, digests: dict | None = None
+) -> str | None:
     """Why the evaluation ``table`` of ``split`` no longer describes the split's rows (its data file, the task's
     definition or the rows chosen changed since it was computed: its ``examples_sha256`` against the rows the
     current file gives with its ``max_examples``), or None. A table written before the rows were recorded, or a
@@ -55,9 +56,11 @@ def evaluated_rows_changed(exp: ExperimentDir, table: dict, task, data_root: Pat
         digests[key] = examples_digest(task.load(data_root, split, table.get("max_examples")))
     if digests[key] == recorded:
         return None
-    return (f"{eval_path(exp, split)} was computed on other rows of {split} than {path} gives now "
-            f"({table.get('num_rows')} rows then; the file, the task's definition or --max_examples changed since): "
-            f"evaluate again with run_fine_tune_eval.py")
+    return (
+        f"{eval_path(exp, split)} was computed on other rows of {split} than {path} gives now "
+        f"({table.get('num_rows')} rows then; the file, the task's definition or --max_examples changed since): "
+        f"evaluate again with run_fine_tune_eval.py"
+    )
 
 
 def predictions_path(exp: ExperimentDir, split: str) -> Path:
@@ -97,15 +100,19 @@ def on_disk(exp: ExperimentDir, table: dict) -> tuple[dict | None, list[int]]:
 def absent_note(split: str, absent: list[int]) -> str:
     """Says that the evaluations of ``split`` at the steps ``absent`` were skipped, and why."""
     names = ", ".join(f"model-{s}.pt" for s in absent)
-    return (f"{split} evaluation{'s' if len(absent) > 1 else ''} of {names} skipped: not on disk (deleted by "
-            f"--save_total_limit, or a run killed before writing it)")
+    return (
+        f"{split} evaluation{'s' if len(absent) > 1 else ''} of {names} skipped: not on disk (deleted by "
+        f"--save_total_limit, or a run killed before writing it)"
+    )
 
 
 def require_eval(exp: ExperimentDir, split: str, task: str, model: str, experiment: str) -> dict:
     table = read_eval(exp, split)
     if table is None:
-        raise UserError(f"{exp.path} has no evaluation on {split!r}; run: python run_fine_tune_eval.py "
-                        f"--experiment {experiment} --model {model} --task {task} --dataset {split}")
+        raise UserError(
+            f"{exp.path} has no evaluation on {split!r}; run: python run_fine_tune_eval.py "
+            f"--experiment {experiment} --model {model} --task {task} --dataset {split}"
+        )
     return table
 
 
@@ -137,8 +144,10 @@ def metric_for_best(task, name: str | None, source: str = "--metric_for_best") -
         return task.main_metric
     choices = (*task.metrics, LOSS)
     if name not in choices:
-        raise UserError(f"{source} {name!r}: not a metric of {task.name}; {did_you_mean(name, choices)}its metrics: "
-                        f"{', '.join(choices)}")
+        raise UserError(
+            f"{source} {name!r}: not a metric of {task.name}; {did_you_mean(name, choices)}its metrics: "
+            f"{', '.join(choices)}"
+        )
     return name
 
 
@@ -157,8 +166,10 @@ def check_has_metric(table: dict, metric: str, path: Path) -> None:
     """An evaluation table whose rows lack ``metric`` (a loss asked of a table written before evaluations recorded
     it) cannot choose by it: one line saying how to evaluate again."""
     if not all(metric in r for r in table["rows"]):
-        raise UserError(f"{path} records no {metric} of its checkpoints (written before evaluations recorded it); "
-                        f"evaluate the split again with run_fine_tune_eval.py")
+        raise UserError(
+            f"{path} records no {metric} of its checkpoints (written before evaluations recorded it); "
+            f"evaluate the split again with run_fine_tune_eval.py"
+        )
 
 
 @dataclass(frozen=True)
@@ -210,8 +221,17 @@ def parse_ckpt(value: str) -> int | str:
         raise UserError(f"--ckpt must be a checkpoint step, 'best' or 'last', got {value!r}") from None
 
 
-def resolve_ckpt(exp: ExperimentDir, ckpt: int | str | None, select_on: str, *, task, model: str,
-                 experiment: str, data_root: Path | None = None, flag: str = "--ckpt") -> tuple[int, str]:
+def resolve_ckpt(
+    exp: ExperimentDir,
+    ckpt: int | str | None,
+    select_on: str,
+    *,
+    task,
+    model: str,
+    experiment: str,
+    data_root: Path | None = None,
+    flag: str = "--ckpt",
+) -> tuple[int, str]:
     """The step ``--ckpt`` names and a label saying why: a number as given; ``last`` (or None) = the newest
     checkpoint on disk; ``best`` = the best checkpoint on ``select_on`` by the experiment's metric for best
     (:func:`experiment_metric`; from its evaluation, among the checkpoints still on disk: :func:`on_disk`), the
@@ -233,15 +253,18 @@ def resolve_ckpt(exp: ExperimentDir, ckpt: int | str | None, select_on: str, *, 
     check_has_metric(evaluated, metric, eval_path(exp, select_on))
     table, absent = on_disk(exp, evaluated)
     if table is None:
-        raise UserError(f"no checkpoint evaluated on {select_on} is on disk in {exp.path} (model-{absent[-1]}.pt and "
-                        f"the others evaluated were deleted); evaluate the checkpoints there with run_fine_tune_eval.py")
+        raise UserError(
+            f"no checkpoint evaluated on {select_on} is on disk in {exp.path} (model-{absent[-1]}.pt and "
+            f"the others evaluated were deleted); evaluate the checkpoints there with run_fine_tune_eval.py"
+        )
     row = best_row(table["rows"], metric)
     skipped = f"; {absent_note(select_on, absent)}" if absent else ""
     return row["ckpt"], f"model-{row['ckpt']}.pt (best {select_on} {metric} {row[metric]:.4f}{skipped})"
 
 
-def read_predictions(exp: ExperimentDir, split: str, step: int,
-                     table: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_predictions(
+    exp: ExperimentDir, split: str, step: int, table: dict | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(idx, labels, predictions) of checkpoint ``step`` on ``split``, in file order. With the split's evaluation
     ``table``: the predictions file must be the one that evaluation wrote (its recorded sha256)."""
     path = predictions_path(exp, split)
@@ -249,8 +272,10 @@ def read_predictions(exp: ExperimentDir, split: str, step: int,
         raise UserError(f"{path} not found; evaluate the experiment with run_fine_tune_eval.py first")
     recorded = (table or {}).get("predictions_sha256")
     if recorded and sha256_file(path) != recorded:
-        raise UserError(f"{path} is not the predictions file of {eval_path(exp, split).name} (a killed or concurrent "
-                        f"evaluation); evaluate {split} again with run_fine_tune_eval.py")
+        raise UserError(
+            f"{path} is not the predictions file of {eval_path(exp, split).name} (a killed or concurrent "
+            f"evaluation); evaluate {split} again with run_fine_tune_eval.py"
+        )
     with np.load(path) as z:
         key = f"pred_{step}"
         if key not in z:

@@ -25,7 +25,9 @@ from .tasks.registry import TASKS
 
 TASK_NAMES = tuple(TASKS)  # --task: GLUE's and SuperGLUE's Hugging Face configuration names
 # how a split flag's help names the splits: each task has its own (its task record's files)
-SPLITS_E_G = "train (GLUE tasks: train, dev, test; SuperGLUE tasks: train, val, test; a task of your own: its task.json's)"
+SPLITS_E_G = (
+    "train (GLUE tasks: train, dev, test; SuperGLUE tasks: train, val, test; a task of your own: its task.json's)"
+)
 
 
 def flag(default: Any = None, help: str = "", **kw: Any) -> Any:
@@ -88,9 +90,11 @@ SEED_RANGE = 2**63  # torch.manual_seed takes [-2^63, 2^64); the toolkit takes t
 
 # -- experiment tracking (--report_to) -----------------------------------------------------------------------
 REPORT_TO = ("tensorboard", "mlflow", "wandb")  # Hugging Face's names (TrainingArguments.report_to)
-REPORT_TO_HELP = ("where the run's parameters, scalars and final metrics go, as Hugging Face's --report_to: "
-                  "tensorboard, mlflow, wandb (several: space- or comma-separated), all (every one installed) or "
-                  "none (README.md, 'Experiment tracking')")
+REPORT_TO_HELP = (
+    "where the run's parameters, scalars and final metrics go, as Hugging Face's --report_to: "
+    "tensorboard, mlflow, wandb (several: space- or comma-separated), all (every one installed) or "
+    "none (README.md, 'Experiment tracking')"
+)
 
 
 def report_targets(value: Any, flag: str = "--report_to") -> tuple[str, ...]:
@@ -116,11 +120,16 @@ def report_targets(value: Any, flag: str = "--report_to") -> tuple[str, ...]:
 class ExperimentFlags:
     key: ClassVar[str] = "experiment"
     experiment: str = flag(None, "experiment name; folder {experiment}_{model}_{task}", required=True)
-    model: str = flag("bert", "model family: the Hugging Face model type (config.json's model_type)",
-                      choices=FAMILY_NAMES)
-    task: str = flag(None, "task: " + " ".join(TASK_NAMES) + " (GLUE's and SuperGLUE's, by Hugging Face's "
-                           "configuration names), or NAME for a task of your own, <data_root>/NAME/task.json "
-                           "(doc/methods.md)", required=True)
+    model: str = flag(
+        "bert", "model family: the Hugging Face model type (config.json's model_type)", choices=FAMILY_NAMES
+    )
+    task: str = flag(
+        None,
+        "task: " + " ".join(TASK_NAMES) + " (GLUE's and SuperGLUE's, by Hugging Face's "
+        "configuration names), or NAME for a task of your own, <data_root>/NAME/task.json "
+        "(doc/methods.md)",
+        required=True,
+    )
     dataset: str = flag("train", "split to train on: one of the task's splits, e.g. " + SPLITS_E_G)
 
 
@@ -131,14 +140,18 @@ class LayerwiseExperimentFlags(ExperimentFlags):
 
 @dataclass(frozen=True)
 class PredictionExperimentFlags(ExperimentFlags):
-    dataset: str = flag("test", "split to predict: one of the task's splits, e.g. test (mnli: test_matched, "
-                                "test_mismatched, ax); the file is the task's official submission file of that split")
+    dataset: str = flag(
+        "test",
+        "split to predict: one of the task's splits, e.g. test (mnli: test_matched, "
+        "test_mismatched, ax); the file is the task's official submission file of that split",
+    )
 
 
 @dataclass(frozen=True)
 class EvalExperimentFlags(ExperimentFlags):
-    dataset: str = flag("train", "split to evaluate: one of the task's labelled splits, e.g. dev (GLUE tasks), "
-                                 "val (SuperGLUE tasks)")
+    dataset: str = flag(
+        "train", "split to evaluate: one of the task's labelled splits, e.g. dev (GLUE tasks), val (SuperGLUE tasks)"
+    )
 
 
 @dataclass(frozen=True)
@@ -148,15 +161,19 @@ class LogitsExperimentFlags(ExperimentFlags):
 
 @dataclass(frozen=True)
 class DistilExperimentFlags(ExperimentFlags):
-    dataset: str = flag("train", "logits data set to train on, as run_fine_tune_gen_logits.py printed its name "
-                                 "({experiment}_{model}_{task} of the teacher), or NAME:SPLIT for its split other "
-                                 "than train; always give it (the default, train, names no logits data set)")
+    dataset: str = flag(
+        "train",
+        "logits data set to train on, as run_fine_tune_gen_logits.py printed its name "
+        "({experiment}_{model}_{task} of the teacher), or NAME:SPLIT for its split other "
+        "than train; always give it (the default, train, names no logits data set)",
+    )
 
 
 @dataclass(frozen=True)
 class ExportExperimentFlags(ExperimentFlags):
-    dataset: str = flag("train", "not used by the export: a split of the task (--format onnx checks the model on "
-                                 "the task's dev split)")
+    dataset: str = flag(
+        "train", "not used by the export: a split of the task (--format onnx checks the model on the task's dev split)"
+    )
 
 
 @dataclass(frozen=True)
@@ -165,8 +182,11 @@ class PathFlags:
     data_root: str = flag(None, "data root (default: env FT_DATA_ROOT, else <repo>/data/fine_tune)")
     exp_root: str = flag(None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)")
     max_examples: int = flag(None, "use only the first N rows of the split (smoke runs, tests)")
-    overwrite: bool = flag(False, "replace an existing experiment (or logits data set) with a different config, an "
-                                  "existing export, or a submission file this command did not write")
+    overwrite: bool = flag(
+        False,
+        "replace an existing experiment (or logits data set) with a different config, an "
+        "existing export, or a submission file this command did not write",
+    )
 
     def __post_init__(self) -> None:
         _positive(self, "max_examples")
@@ -175,19 +195,34 @@ class PathFlags:
 @dataclass(frozen=True)
 class DeviceFlags:
     key: ClassVar[str] = "device"
-    device_id: int = flag(None, "CUDA device index; -1 = CPU (default: cuda:0 when CUDA is available, else the "
-                                "CPU); wins over --num_gpu; under torchrun each process takes its LOCAL_RANK's")
-    num_gpu: int = flag(None, "0 = CPU, >=1 = cuda:0 (one device; several GPUs: torchrun, README.md); --device_id "
-                              "says the same with an index (doc/methods.md, \"Flags kept from the original scripts\")")
-    amp: bool = flag(False, "mixed precision: fp16 autocast + GradScaler on CUDA (bf16 with --amp_dtype bf16); "
-                     "on CPU bf16 when the processor has native bf16, else fp32 with a warning")
+    device_id: int = flag(
+        None,
+        "CUDA device index; -1 = CPU (default: cuda:0 when CUDA is available, else the "
+        "CPU); wins over --num_gpu; under torchrun each process takes its LOCAL_RANK's",
+    )
+    num_gpu: int = flag(
+        None,
+        "0 = CPU, >=1 = cuda:0 (one device; several GPUs: torchrun, README.md); --device_id "
+        "says the same with an index (doc/methods.md, \"Flags kept from the original scripts\")",
+    )
+    amp: bool = flag(
+        False,
+        "mixed precision: fp16 autocast + GradScaler on CUDA (bf16 with --amp_dtype bf16); "
+        "on CPU bf16 when the processor has native bf16, else fp32 with a warning",
+    )
     amp_dtype: str = flag("fp16", "autocast dtype on CUDA", choices=("fp16", "bf16"))
-    ddp_timeout: int = flag(1800, "under torchrun: seconds a process waits in a collective (or for the others to "
-                                  "join) before the job fails; as Hugging Face's TrainingArguments.ddp_timeout. "
-                                  "Rank 0's own work between collectives (hashing, checkpoints, heat-maps) must fit")
-    deterministic: bool = flag(False, "deterministic algorithms only (torch.use_deterministic_algorithms, cuBLAS "
-                                      "workspace :4096:8, cuDNN deterministic, attention by PyTorch's math kernel): "
-                                      "the condition for a bit-exact resume on a GPU; slower (doc/methods.md)")
+    ddp_timeout: int = flag(
+        1800,
+        "under torchrun: seconds a process waits in a collective (or for the others to "
+        "join) before the job fails; as Hugging Face's TrainingArguments.ddp_timeout. "
+        "Rank 0's own work between collectives (hashing, checkpoints, heat-maps) must fit",
+    )
+    deterministic: bool = flag(
+        False,
+        "deterministic algorithms only (torch.use_deterministic_algorithms, cuBLAS "
+        "workspace :4096:8, cuDNN deterministic, attention by PyTorch's math kernel): "
+        "the condition for a bit-exact resume on a GPU; slower (doc/methods.md)",
+    )
 
     def __post_init__(self) -> None:
         _positive(self, "ddp_timeout")
@@ -197,8 +232,9 @@ class DeviceFlags:
 @dataclass(frozen=True)
 class ClassifierFlags:
     key: ClassVar[str] = "classifier"
-    num_class: int = flag(None, "number of classes (default: the task's, e.g. 3 for mnli and cb; 1: regression, "
-                                "as stsb)")
+    num_class: int = flag(
+        None, "number of classes (default: the task's, e.g. 3 for mnli and cb; 1: regression, as stsb)"
+    )
     dropout: float = flag(0.1, "dropout of encoder (hidden and attention) and classifier head")
 
     def __post_init__(self) -> None:
@@ -233,12 +269,18 @@ class OptimiserFlags:
     warmup_step: int = flag(10000, "linear warmup steps, then linear decay to 0 at total_step")
     # issue 32 (train): the schedule in epochs and a warmup share, as Hugging Face's num_train_epochs/warmup_ratio;
     # the plan resolves them into total_step / warmup_step (plan/training.resolve_schedule), which config.json records
-    num_epochs: float = flag(None, "train for N epochs of the training split (fractions too): --total_step = "
-                                   "ceil(N x micro-batches per epoch / --accum_step); instead of --total_step",
-                             exclusive_with="total_step")
-    warmup_ratio: float = flag(None, "warm up for this share of the training steps: --warmup_step = "
-                                     "ceil(R x total steps), R in [0, 1); instead of --warmup_step",
-                               exclusive_with="warmup_step")
+    num_epochs: float = flag(
+        None,
+        "train for N epochs of the training split (fractions too): --total_step = "
+        "ceil(N x micro-batches per epoch / --accum_step); instead of --total_step",
+        exclusive_with="total_step",
+    )
+    warmup_ratio: float = flag(
+        None,
+        "warm up for this share of the training steps: --warmup_step = "
+        "ceil(R x total steps), R in [0, 1); instead of --warmup_step",
+        exclusive_with="warmup_step",
+    )
 
     def __post_init__(self) -> None:
         _check_adamw(self)
@@ -253,12 +295,18 @@ class BatchingFlags:
     batch_size: int = flag(32, "effective batch size per optimizer step")
     accum_step: int = flag(1, "micro-batches per optimizer step (each forward sees batch_size // accum_step)")
     max_seq_len: int = flag(512, "maximum tokens per (text, text_pair)")
-    padding: str = flag("dynamic", "pad each batch to its longest member (dynamic) or to max_seq_len (max_length)",
-                        choices=("dynamic", "max_length"))
-    group_by_length: bool = flag(False, "length-grouped micro-batches: each epoch's shuffle is cut into mega-batches "
-                                        "of 50 micro-batches, each sorted by length, and the micro-batches shuffled, "
-                                        "so dynamic padding pads little. Changes the training order and so the "
-                                        "trajectory: off by default to stay faithful to the original")
+    padding: str = flag(
+        "dynamic",
+        "pad each batch to its longest member (dynamic) or to max_seq_len (max_length)",
+        choices=("dynamic", "max_length"),
+    )
+    group_by_length: bool = flag(
+        False,
+        "length-grouped micro-batches: each epoch's shuffle is cut into mega-batches "
+        "of 50 micro-batches, each sorted by length, and the micro-batches shuffled, "
+        "so dynamic padding pads little. Changes the training order and so the "
+        "trajectory: off by default to stay faithful to the original",
+    )
 
     def __post_init__(self) -> None:
         _positive(self, "batch_size", "accum_step", "max_seq_len")
@@ -269,11 +317,14 @@ class BatchingFlags:
 @dataclass(frozen=True)
 class LayerwiseBatchingFlags(BatchingFlags):
     max_seq_len: int = flag(None, "maximum tokens per (text, text_pair) (default: the teacher's)")
-    padding: str = flag("max_length", "max_length: every batch padded to max_seq_len, the original (hidden MSE over "
-                                      "padding positions too, LAD's gate LayerNorm over [max_seq_len, D]); dynamic: "
-                                      "each batch padded to its longest member, faster, with hidden losses masked to "
-                                      "the real tokens and a masked gate LayerNorm; changes results (doc/methods.md)",
-                        choices=("dynamic", "max_length"))
+    padding: str = flag(
+        "max_length",
+        "max_length: every batch padded to max_seq_len, the original (hidden MSE over "
+        "padding positions too, LAD's gate LayerNorm over [max_seq_len, D]); dynamic: "
+        "each batch padded to its longest member, faster, with hidden losses masked to "
+        "the real tokens and a masked gate LayerNorm; changes results (doc/methods.md)",
+        choices=("dynamic", "max_length"),
+    )
 
 
 @dataclass(frozen=True)
@@ -282,25 +333,39 @@ class RunFlags:
     seed: int = flag(42, "random seed (Python, NumPy, torch)")
     ckpt_step: int = flag(1000, "save model-{step}.pt every N optimizer steps (and at the end)")
     log_step: int = flag(500, "TensorBoard scalars every N optimizer steps")
-    save_total_limit: int = flag(None, "keep only the newest K checkpoints (default: keep all, as the original); "
-                                       "with --eval_dataset the best checkpoint on the task's main metric is kept too")
-    eval_dataset: str = flag(None, "evaluate the student on this labelled split while training (default: no "
-                                   "evaluation during training, as the original: run_fine_tune_eval.py afterwards)")
-    eval_step: int = flag(None, "with --eval_dataset: evaluate every N optimizer steps (default: at each checkpoint "
-                                "only); every checkpoint is evaluated too")
+    save_total_limit: int = flag(
+        None,
+        "keep only the newest K checkpoints (default: keep all, as the original); "
+        "with --eval_dataset the best checkpoint on the task's main metric is kept too",
+    )
+    eval_dataset: str = flag(
+        None,
+        "evaluate the student on this labelled split while training (default: no "
+        "evaluation during training, as the original: run_fine_tune_eval.py afterwards)",
+    )
+    eval_step: int = flag(
+        None,
+        "with --eval_dataset: evaluate every N optimizer steps (default: at each checkpoint "
+        "only); every checkpoint is evaluated too",
+    )
     eval_batch_size: int = flag(128, "rows per forward pass of the evaluation during training")
-    early_stop_patience: int = flag(None, "with --eval_dataset: stop after P evaluations without a better main metric "
-                                          "(default: never stop early)")
-    metric_for_best: str = flag(None, "the metric that decides the best checkpoint (keep-best of --save_total_limit, "
-                                      "--early_stop_patience, run_fine_tune_eval.py's best, --ckpt best, --tckpt best "
-                                      "of a student): any metric the task computes, or loss (the evaluation's mean "
-                                      "cross-entropy, MSE for regression; lower is better) (default: the task's main "
-                                      "metric)")
+    early_stop_patience: int = flag(
+        None, "with --eval_dataset: stop after P evaluations without a better main metric (default: never stop early)"
+    )
+    metric_for_best: str = flag(
+        None,
+        "the metric that decides the best checkpoint (keep-best of --save_total_limit, "
+        "--early_stop_patience, run_fine_tune_eval.py's best, --ckpt best, --tckpt best "
+        "of a student): any metric the task computes, or loss (the evaluation's mean "
+        "cross-entropy, MSE for regression; lower is better) (default: the task's main "
+        "metric)",
+    )
     report_to: tuple = flag(("tensorboard",), REPORT_TO_HELP, nargs="+", metavar="TRACKER")
 
     def __post_init__(self) -> None:
-        _positive(self, "ckpt_step", "log_step", "save_total_limit", "eval_step", "eval_batch_size",
-                  "early_stop_patience")
+        _positive(
+            self, "ckpt_step", "log_step", "save_total_limit", "eval_step", "eval_batch_size", "early_stop_patience"
+        )
         report_targets(self.report_to)
         for name in ("eval_step", "early_stop_patience"):
             if getattr(self, name) is not None and not self.eval_dataset:
@@ -314,18 +379,27 @@ class SpeedFlags:
     """How fast the same model trains; changes float rounding only (doc/performance.md)."""
 
     key: ClassVar[str] = "speed"
-    padding_free: str = flag("auto", "auto: BERT's position-wise layers run on the real tokens only, and attention "
-                                     "in buckets of similar lengths, wherever no loss looks at padding positions "
-                                     "(fine-tuning, logits KD, layer-wise losses under --padding dynamic), and the "
-                                     "same layers over the padded grid elsewhere; cheaper dropout masks on CPU: the "
-                                     "same model, fewer FLOPs; off: Hugging Face's padded forward",
-                             choices=("auto", "off"))
-    compile: bool = flag(False, "torch.compile the student's (and the teacher's) forward; whether it pays depends on "
-                                "the machine and the run's length (doc/performance.md). Float-rounding changes only")
-    gradient_checkpointing: bool = flag(False, "keep only each student layer's input for the backward pass and "
-                                               "recompute the layer there (torch.utils.checkpoint, random state "
-                                               "replayed): activation memory of one layer instead of all, for about "
-                                               "one more forward per step; the same gradients (doc/performance.md)")
+    padding_free: str = flag(
+        "auto",
+        "auto: BERT's position-wise layers run on the real tokens only, and attention "
+        "in buckets of similar lengths, wherever no loss looks at padding positions "
+        "(fine-tuning, logits KD, layer-wise losses under --padding dynamic), and the "
+        "same layers over the padded grid elsewhere; cheaper dropout masks on CPU: the "
+        "same model, fewer FLOPs; off: Hugging Face's padded forward",
+        choices=("auto", "off"),
+    )
+    compile: bool = flag(
+        False,
+        "torch.compile the student's (and the teacher's) forward; whether it pays depends on "
+        "the machine and the run's length (doc/performance.md). Float-rounding changes only",
+    )
+    gradient_checkpointing: bool = flag(
+        False,
+        "keep only each student layer's input for the backward pass and "
+        "recompute the layer there (torch.utils.checkpoint, random state "
+        "replayed): activation memory of one layer instead of all, for about "
+        "one more forward per step; the same gradients (doc/performance.md)",
+    )
 
 
 @dataclass(frozen=True)
@@ -343,27 +417,42 @@ class StudentFlags:
     num_attention_heads: int = flag(16, "student attention heads")
     num_hidden_layers: int = flag(6, "student layers")
     type_vocab_size: int = flag(2, "student token type vocabulary")
-    init_start: int = flag(None, "initialise student layers from the teacher's pretrained layers "
-                                 "range(init_start, init_end + 1, init_step), 1-based (off unless given)")
+    init_start: int = flag(
+        None,
+        "initialise student layers from the teacher's pretrained layers "
+        "range(init_start, init_end + 1, init_step), 1-based (off unless given)",
+    )
     init_end: int = flag(None, "last teacher layer (inclusive) for --init_start")
     init_step: int = flag(1, "teacher layer step for --init_start")
-    init_attn_only: bool = flag(False, "with --init_start: copy only the self-attention weights (the original's 'attn_W only')")
-    init_embeddings: bool = flag(False, "with the layer initialisation: also copy the pretrained teacher's embeddings "
-                                        "(the original leaves them random; needs the teacher's widths)")
-    student_ptrain_ver: str = flag(None, "a pretrained student (Hugging Face folder or hub name, of --model's family) "
-                                         "instead of one built from --d_model/--d_ff/--num_attention_heads/"
-                                         "--num_hidden_layers: its widths, layers and weights, a new head; of another "
-                                         "width than the teacher's, hidden losses go through a learned projection")
+    init_attn_only: bool = flag(
+        False, "with --init_start: copy only the self-attention weights (the original's 'attn_W only')"
+    )
+    init_embeddings: bool = flag(
+        False,
+        "with the layer initialisation: also copy the pretrained teacher's embeddings "
+        "(the original leaves them random; needs the teacher's widths)",
+    )
+    student_ptrain_ver: str = flag(
+        None,
+        "a pretrained student (Hugging Face folder or hub name, of --model's family) "
+        "instead of one built from --d_model/--d_ff/--num_attention_heads/"
+        "--num_hidden_layers: its widths, layers and weights, a new head; of another "
+        "width than the teacher's, hidden losses go through a learned projection",
+    )
 
     def __post_init__(self) -> None:
         _positive(self, "d_model", "d_ff", "num_attention_heads", "num_hidden_layers", "type_vocab_size", "d_emb")
         if self.d_model % self.num_attention_heads:
-            raise UserError(f"--d_model {self.d_model} is not divisible by --num_attention_heads {self.num_attention_heads}")
+            raise UserError(
+                f"--d_model {self.d_model} is not divisible by --num_attention_heads {self.num_attention_heads}"
+            )
         if (self.init_start is None) != (self.init_end is None):
             raise UserError("--init_start and --init_end go together")
         if self.student_ptrain_ver is not None and (self.init_start is not None or self.init_embeddings):
-            raise UserError("--init_start/--init_embeddings copy pretrained teacher layers into a student built from "
-                            "flags; a --student_ptrain_ver student brings its own weights: give one or the other")
+            raise UserError(
+                "--init_start/--init_embeddings copy pretrained teacher layers into a student built from "
+                "flags; a --student_ptrain_ver student brings its own weights: give one or the other"
+            )
 
 
 @dataclass(frozen=True)
@@ -388,28 +477,46 @@ class LayerwiseDistilFlags(DistilFlags):
 @dataclass(frozen=True)
 class TeacherFlags:
     key: ClassVar[str] = "teacher"
-    teacher_exp: str = flag(None, "fine-tuned teacher experiment (folder {teacher_exp}_{tmodel}_{task}); or --teacher_hf")
+    teacher_exp: str = flag(
+        None, "fine-tuned teacher experiment (folder {teacher_exp}_{tmodel}_{task}); or --teacher_hf"
+    )
     tmodel: str = flag("bert", "teacher model family", choices=FAMILY_NAMES)
-    tckpt: int = flag(None, "teacher checkpoint step (model-{tckpt}.pt), or best: the teacher's best checkpoint on "
-                            "its dev split's evaluation, by its --metric_for_best, as --ckpt best; with --teacher_exp",
-                      type=step_or_best)
-    teacher_hf: str = flag(None, "a teacher fine-tuned elsewhere: a Hugging Face sequence-classification folder or hub "
-                                 "name (instead of --teacher_exp/--tckpt); its id2label must name the task's labels "
-                                 "(or --teacher_label_map); give --max_seq_len")
-    teacher_label_map: str = flag(None, "with --teacher_hf: the teacher's output index of each of the task's labels, in "
-                                        "the task's order, comma-separated (e.g. 2,1,0)")
-    tdevice_id: int = flag(None, "teacher's CUDA device index; -1 = CPU (default: the student's device); under "
-                                 "torchrun relative to each rank: k means cuda:(LOCAL_RANK + k * processes per node)")
+    tckpt: int = flag(
+        None,
+        "teacher checkpoint step (model-{tckpt}.pt), or best: the teacher's best checkpoint on "
+        "its dev split's evaluation, by its --metric_for_best, as --ckpt best; with --teacher_exp",
+        type=step_or_best,
+    )
+    teacher_hf: str = flag(
+        None,
+        "a teacher fine-tuned elsewhere: a Hugging Face sequence-classification folder or hub "
+        "name (instead of --teacher_exp/--tckpt); its id2label must name the task's labels "
+        "(or --teacher_label_map); give --max_seq_len",
+    )
+    teacher_label_map: str = flag(
+        None,
+        "with --teacher_hf: the teacher's output index of each of the task's labels, in "
+        "the task's order, comma-separated (e.g. 2,1,0)",
+    )
+    tdevice_id: int = flag(
+        None,
+        "teacher's CUDA device index; -1 = CPU (default: the student's device); under "
+        "torchrun relative to each rank: k means cuda:(LOCAL_RANK + k * processes per node)",
+    )
 
     def __post_init__(self) -> None:
         if self.teacher_hf is not None and (self.teacher_exp is not None or self.tckpt is not None):
             raise UserError("--teacher_hf names the teacher: give it instead of --teacher_exp/--tckpt, not with them")
         if self.teacher_hf is None and (self.teacher_exp is None or self.tckpt is None):
-            raise UserError("the teacher: give --teacher_exp and --tckpt (a teacher fine-tuned by this toolkit) or "
-                            "--teacher_hf (a fine-tuned Hugging Face model)")
+            raise UserError(
+                "the teacher: give --teacher_exp and --tckpt (a teacher fine-tuned by this toolkit) or "
+                "--teacher_hf (a fine-tuned Hugging Face model)"
+            )
         if self.teacher_label_map is not None and self.teacher_hf is None:
-            raise UserError("--teacher_label_map maps the outputs of a --teacher_hf teacher; a toolkit teacher has the "
-                            "task's labels")
+            raise UserError(
+                "--teacher_label_map maps the outputs of a --teacher_hf teacher; a toolkit teacher has the "
+                "task's labels"
+            )
 
 
 @dataclass(frozen=True)
@@ -418,21 +525,30 @@ class RecipeTeacherFlags(TeacherFlags):
     them may name another teacher (``--tdevice_id`` still places them)."""
 
     def __post_init__(self) -> None:
-        given = [f"--{k}" for k in ("teacher_exp", "tckpt", "teacher_hf", "teacher_label_map")
-                 if getattr(self, k) is not None]
+        given = [
+            f"--{k}"
+            for k in ("teacher_exp", "tckpt", "teacher_hf", "teacher_label_map")
+            if getattr(self, k) is not None
+        ]
         if given:
-            raise UserError(f"{', '.join(given)}: the recipe names its teachers (teachers:); a teacher is given there, "
-                            f"not on the command line")
+            raise UserError(
+                f"{', '.join(given)}: the recipe names its teachers (teachers:); a teacher is given there, "
+                f"not on the command line"
+            )
 
 
 @dataclass(frozen=True)
 class LayerwiseFlags:
     key: ClassVar[str] = "layerwise"
     mu: float = flag(1.0, "weight of the hidden-state loss, mu * sum_j MSE_j / L_s (0: online logits KD only)")
-    init_uncovered: bool = flag(False, "partial LAD: also initialise the student layers not covered by "
-                                       "--gate_indices (the original leaves them random)")
-    map_examples: int = flag(64, "dev examples averaged for the layer-contribution heat-map at each checkpoint "
-                                 "(0: no map)")
+    init_uncovered: bool = flag(
+        False,
+        "partial LAD: also initialise the student layers not covered by "
+        "--gate_indices (the original leaves them random)",
+    )
+    map_examples: int = flag(
+        64, "dev examples averaged for the layer-contribution heat-map at each checkpoint (0: no map)"
+    )
 
     def __post_init__(self) -> None:
         if self.mu < 0:
@@ -456,9 +572,14 @@ class ReportingFlags:
     """``run_fine_tune_eval.py --report_to``: where its evaluation goes (by default where the run trained)."""
 
     key: ClassVar[str] = "reporting"
-    report_to: tuple = flag(None, "where the evaluation's scalars and final metrics go: tensorboard, mlflow, wandb "
-                                  "(several: space- or comma-separated), all or none (default: where the run reported, "
-                                  "its config.json's report_to)", nargs="+", metavar="TRACKER")
+    report_to: tuple = flag(
+        None,
+        "where the evaluation's scalars and final metrics go: tensorboard, mlflow, wandb "
+        "(several: space- or comma-separated), all or none (default: where the run reported, "
+        "its config.json's report_to)",
+        nargs="+",
+        metavar="TRACKER",
+    )
 
     def __post_init__(self) -> None:
         if self.report_to is not None:
@@ -475,11 +596,17 @@ class SweepFlags:
 @dataclass(frozen=True)
 class CheckpointFlags:
     key: ClassVar[str] = "checkpoint"
-    ckpt: str = flag(None, "checkpoint: a step, 'last' (the newest checkpoint; the default) or 'best' (the best "
-                           "on --select_on by the experiment's --metric_for_best, else its task's main metric, "
-                           "from run_fine_tune_eval.py's evaluation of that split)")
-    select_on: str = flag(None, "split whose evaluation chooses --ckpt best (default: the task's dev split, e.g. val "
-                                "for SuperGLUE tasks, dev for GLUE tasks, dev_matched for mnli)")
+    ckpt: str = flag(
+        None,
+        "checkpoint: a step, 'last' (the newest checkpoint; the default) or 'best' (the best "
+        "on --select_on by the experiment's --metric_for_best, else its task's main metric, "
+        "from run_fine_tune_eval.py's evaluation of that split)",
+    )
+    select_on: str = flag(
+        None,
+        "split whose evaluation chooses --ckpt best (default: the task's dev split, e.g. val "
+        "for SuperGLUE tasks, dev for GLUE tasks, dev_matched for mnli)",
+    )
 
 
 PREDICTION_FORMATS = (".csv", ".tsv", ".jsonl")  # --predict_file and --out: the format from the extension
@@ -490,17 +617,23 @@ class PredictFileFlags:
     """``generate_test_prediction.py`` on a file of your own rows instead of a split (doc/deploy.md)."""
 
     key: ClassVar[str] = "prediction"
-    predict_file: str = flag(None, "predict the rows of this .csv, .tsv or .jsonl file (the task's text columns, its "
-                                   "id column if it has one) instead of a split: one line per row, in order, with "
-                                   "the predicted label and each class's probability (a regression task: the "
-                                   "score), written beside it as <stem>.predictions.<ext>")
-    out: str = flag(None, "with --predict_file: the file to write instead (.csv, .tsv or .jsonl: the format from "
-                          "its extension)")
+    predict_file: str = flag(
+        None,
+        "predict the rows of this .csv, .tsv or .jsonl file (the task's text columns, its "
+        "id column if it has one) instead of a split: one line per row, in order, with "
+        "the predicted label and each class's probability (a regression task: the "
+        "score), written beside it as <stem>.predictions.<ext>",
+    )
+    out: str = flag(
+        None, "with --predict_file: the file to write instead (.csv, .tsv or .jsonl: the format from its extension)"
+    )
 
     def __post_init__(self) -> None:
         if self.out is not None and self.predict_file is None:
-            raise UserError("--out goes with --predict_file (a split's predictions are the task's submission file, "
-                            "written in the experiment folder)")
+            raise UserError(
+                "--out goes with --predict_file (a split's predictions are the task's submission file, "
+                "written in the experiment folder)"
+            )
 
 
 @dataclass(frozen=True)
@@ -508,33 +641,50 @@ class ForeignTeacherFlags:
     """``run_fine_tune_gen_logits.py`` from a teacher fine-tuned elsewhere."""
 
     key: ClassVar[str] = "foreign"
-    teacher_hf: str = flag(None, "write the logits of a fine-tuned Hugging Face sequence classifier (folder or hub "
-                                 "name, of --model's family) instead of an experiment's checkpoint; the data set is "
-                                 "named {experiment}_{model}_{task}; give --max_seq_len")
-    teacher_label_map: str = flag(None, "with --teacher_hf: the teacher's output index of each of the task's labels, "
-                                        "in the task's order, comma-separated (e.g. 2,1,0)")
+    teacher_hf: str = flag(
+        None,
+        "write the logits of a fine-tuned Hugging Face sequence classifier (folder or hub "
+        "name, of --model's family) instead of an experiment's checkpoint; the data set is "
+        "named {experiment}_{model}_{task}; give --max_seq_len",
+    )
+    teacher_label_map: str = flag(
+        None,
+        "with --teacher_hf: the teacher's output index of each of the task's labels, "
+        "in the task's order, comma-separated (e.g. 2,1,0)",
+    )
     max_seq_len: int = flag(None, "with --teacher_hf: maximum tokens per (text, text_pair)")
 
     def __post_init__(self) -> None:
         _positive(self, "max_seq_len")
         if self.teacher_hf is None and (self.teacher_label_map is not None or self.max_seq_len is not None):
-            raise UserError("--teacher_label_map and --max_seq_len go with --teacher_hf (an experiment's checkpoint "
-                            "brings its own labels and max_seq_len)")
+            raise UserError(
+                "--teacher_label_map and --max_seq_len go with --teacher_hf (an experiment's checkpoint "
+                "brings its own labels and max_seq_len)"
+            )
         if self.teacher_hf is not None and self.max_seq_len is None:
-            raise UserError(f"--teacher_hf {self.teacher_hf!r}: give --max_seq_len (a teacher fine-tuned elsewhere "
-                            f"records none)")
+            raise UserError(
+                f"--teacher_hf {self.teacher_hf!r}: give --max_seq_len (a teacher fine-tuned elsewhere records none)"
+            )
 
 
 @dataclass(frozen=True)
 class ExportFlags:
     key: ClassVar[str] = "export"
-    out: str = flag(None, "output folder (default: <experiment folder>/hf-model-<step>, or onnx-model-<step> with "
-                          "--format onnx)")
-    format: str = flag("hf", "hf: a Hugging Face model folder (the default); onnx: an ONNX model (dynamic batch and "
-                             "sequence axes) checked against PyTorch's logits on the task's dev rows",
-                       choices=("hf", "onnx"))
-    quantize: str = flag(None, "with --format onnx: also write an ONNX Runtime dynamically quantized model "
-                               "(int8), with its dev metrics next to the fp32 one's", choices=("int8",))
+    out: str = flag(
+        None, "output folder (default: <experiment folder>/hf-model-<step>, or onnx-model-<step> with --format onnx)"
+    )
+    format: str = flag(
+        "hf",
+        "hf: a Hugging Face model folder (the default); onnx: an ONNX model (dynamic batch and "
+        "sequence axes) checked against PyTorch's logits on the task's dev rows",
+        choices=("hf", "onnx"),
+    )
+    quantize: str = flag(
+        None,
+        "with --format onnx: also write an ONNX Runtime dynamically quantized model "
+        "(int8), with its dev metrics next to the fp32 one's",
+        choices=("int8",),
+    )
 
     def __post_init__(self) -> None:
         if self.quantize and self.format != "onnx":
@@ -544,36 +694,64 @@ class ExportFlags:
 @dataclass(frozen=True)
 class ResultsFlags:
     key: ClassVar[str] = "results"
-    task: str = flag(None, "task: " + " ".join(TASK_NAMES) + " (GLUE's and SuperGLUE's), or NAME for a task of "
-                           "your own, <data_root>/NAME/task.json", required=True)
+    task: str = flag(
+        None,
+        "task: " + " ".join(TASK_NAMES) + " (GLUE's and SuperGLUE's), or NAME for a task of "
+        "your own, <data_root>/NAME/task.json",
+        required=True,
+    )
     exp_root: str = flag(None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)")
-    data_root: str = flag(None, "data root, where tasks of your own are defined (default: env FT_DATA_ROOT, else "
-                                "<repo>/data/fine_tune)")
+    data_root: str = flag(
+        None, "data root, where tasks of your own are defined (default: env FT_DATA_ROOT, else <repo>/data/fine_tune)"
+    )
     experiments: str = flag(None, "comma-separated globs of experiment folders or names (default: every evaluated one)")
     splits: str = flag(None, "comma-separated reported splits (default: every evaluated labelled split)")
-    rule: str = flag("best", "checkpoint rule: best (best on --select_on, by default on the reported split itself: "
-                             "the original's rule) or last", choices=("best", "last"))
-    select_on: str = flag(None, "split that chooses the checkpoint for every reported split (e.g. the task's dev "
-                                "split: val for SuperGLUE tasks, dev for GLUE tasks)")
-    compare: tuple = flag(None, "two experiment folders A B: paired bootstrap of the difference of their main metric",
-                          nargs=2)
-    compare_split: str = flag(None, "split of --compare (default: the task's dev split, e.g. val for SuperGLUE "
-                                    "tasks, dev for GLUE tasks)")
+    rule: str = flag(
+        "best",
+        "checkpoint rule: best (best on --select_on, by default on the reported split itself: "
+        "the original's rule) or last",
+        choices=("best", "last"),
+    )
+    select_on: str = flag(
+        None,
+        "split that chooses the checkpoint for every reported split (e.g. the task's dev "
+        "split: val for SuperGLUE tasks, dev for GLUE tasks)",
+    )
+    compare: tuple = flag(
+        None, "two experiment folders A B: paired bootstrap of the difference of their main metric", nargs=2
+    )
+    compare_split: str = flag(
+        None, "split of --compare (default: the task's dev split, e.g. val for SuperGLUE tasks, dev for GLUE tasks)"
+    )
     resamples: int = flag(10000, "bootstrap resamples")
     bootstrap_seed: int = flag(0, "bootstrap random seed")
-    out: str = flag(None, "markdown file to write (default: <exp_root>/results-<task>.md); the CSV and JSON of the "
-                          "same table are written beside it (.csv, .json); a file name, not a folder")
+    out: str = flag(
+        None,
+        "markdown file to write (default: <exp_root>/results-<task>.md); the CSV and JSON of the "
+        "same table are written beside it (.csv, .json); a file name, not a folder",
+    )
     commands: bool = flag(False, "also print each row's exact command (each run's, from its config.json)")
-    plot: bool = flag(False, "also draw the students' main metric against parameters and against inference "
-                             "examples/s (teacher and Pareto front marked) as <out>-pareto.png, its data as .json")
-    curves: str = flag(None, "comma-separated globs of experiments whose learning curves (loss and evaluation metric "
-                             "vs step, from their TensorBoard logs) to draw as <out>-curves.png, its data as .json")
-    overwrite: bool = flag(False, "replace existing files at the output paths that results_table.py did not write "
-                                  "(or that were changed since)")
-    columns: str = flag(None, "comma-separated columns the markdown shows, in that order (default: experiment, "
-                              "method, model, teacher, each split's metrics and checkpoint, params, params_ratio, "
-                              "speed, differs, less columns empty in every row; 'default' names that set); 'list' prints every name; the CSV and "
-                              "JSON keep every field")
+    plot: bool = flag(
+        False,
+        "also draw the students' main metric against parameters and against inference "
+        "examples/s (teacher and Pareto front marked) as <out>-pareto.png, its data as .json",
+    )
+    curves: str = flag(
+        None,
+        "comma-separated globs of experiments whose learning curves (loss and evaluation metric "
+        "vs step, from their TensorBoard logs) to draw as <out>-curves.png, its data as .json",
+    )
+    overwrite: bool = flag(
+        False,
+        "replace existing files at the output paths that results_table.py did not write (or that were changed since)",
+    )
+    columns: str = flag(
+        None,
+        "comma-separated columns the markdown shows, in that order (default: experiment, "
+        "method, model, teacher, each split's metrics and checkpoint, params, params_ratio, "
+        "speed, differs, less columns empty in every row; 'default' names that set); 'list' prints every name; the CSV and "
+        "JSON keep every field",
+    )
 
     def __post_init__(self) -> None:
         _positive(self, "resamples")
@@ -584,26 +762,48 @@ class ResultsFlags:
 @dataclass(frozen=True)
 class SubmissionFlags:
     key: ClassVar[str] = "submission"
-    benchmark: str = flag(None, "the benchmark whose server takes the zip", required=True, choices=("glue", "superglue"))
+    benchmark: str = flag(
+        None, "the benchmark whose server takes the zip", required=True, choices=("glue", "superglue")
+    )
     exp_root: str = flag(None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)")
-    use: tuple = flag(None, "TASK=EXPERIMENT_FOLDER: take that task's file from this experiment (default: the "
-                            "experiment holding it with the best main metric on the task's dev split)", nargs="+")
-    out: str = flag(None, "the zip to write (default: <exp_root>/<benchmark>-submission.zip); a file name, not "
-                          "a folder")
-    data_root: str = flag(None, "data root: each file is checked to predict every row its split holds there now "
-                                "(default: env FT_DATA_ROOT, else <repo>/data/fine_tune; a split not there is not "
-                                "checked)")
-    overwrite: bool = flag(False, "replace an existing --out zip that make_submission.py did not write (or that was "
-                                  "changed since)")
+    use: tuple = flag(
+        None,
+        "TASK=EXPERIMENT_FOLDER: take that task's file from this experiment (default: the "
+        "experiment holding it with the best main metric on the task's dev split)",
+        nargs="+",
+    )
+    out: str = flag(
+        None, "the zip to write (default: <exp_root>/<benchmark>-submission.zip); a file name, not a folder"
+    )
+    data_root: str = flag(
+        None,
+        "data root: each file is checked to predict every row its split holds there now "
+        "(default: env FT_DATA_ROOT, else <repo>/data/fine_tune; a split not there is not "
+        "checked)",
+    )
+    overwrite: bool = flag(
+        False, "replace an existing --out zip that make_submission.py did not write (or that was changed since)"
+    )
 
 
 # Training scripts' groups (their union of fields is config.json's record)
 TRAINING = (ClassifierFlags, OptimiserFlags, BatchingFlags, RunFlags, SpeedFlags, DeviceFlags, PathFlags)
 FINE_TUNE = (ExperimentFlags, PretrainedFlags, *TRAINING)
 OFFLINE_DISTILL = (DistilExperimentFlags, StudentFlags, DistilFlags, DistilClassifierFlags, *TRAINING[1:])
-LAYERWISE = (LayerwiseExperimentFlags, TeacherFlags, StudentFlags, LayerwiseDistilFlags, LayerwiseFlags,
-             LayerwiseClassifierFlags, OptimiserFlags, LayerwiseBatchingFlags, RunFlags, SpeedFlags, DeviceFlags,
-             PathFlags)
+LAYERWISE = (
+    LayerwiseExperimentFlags,
+    TeacherFlags,
+    StudentFlags,
+    LayerwiseDistilFlags,
+    LayerwiseFlags,
+    LayerwiseClassifierFlags,
+    OptimiserFlags,
+    LayerwiseBatchingFlags,
+    RunFlags,
+    SpeedFlags,
+    DeviceFlags,
+    PathFlags,
+)
 # Scripts that use a trained experiment
 EVAL = (EvalExperimentFlags, SweepFlags, InferenceFlags, DeviceFlags, PathFlags, ReportingFlags)
 GEN_LOGITS = (LogitsExperimentFlags, CheckpointFlags, ForeignTeacherFlags, InferenceFlags, DeviceFlags, PathFlags)
@@ -647,7 +847,6 @@ class Flags:
         return out
 
 
-
 @dataclass(frozen=True)
 class ConfigSource:
     """Not flags: where the flags of a run started with ``--config`` came from, in its ``Flags`` (key ``rerun``) so
@@ -662,7 +861,8 @@ class ConfigSource:
 # the fields that name the experiment and where and how it runs; the run's other flags (its training split,
 # batch size, max_seq_len...) mean something else there. Fields no training run records fill such a script's
 # flags of the same name (a config.json written by hand).
-IDENTITY_FIELDS = frozenset({"experiment", "model", "task", "data_root", "exp_root", "device_id", "num_gpu", "amp",
-                             "amp_dtype"})
+IDENTITY_FIELDS = frozenset(
+    {"experiment", "model", "task", "data_root", "exp_root", "device_id", "num_gpu", "amp", "amp_dtype"}
+)
 # An instruction to one invocation, never taken from a file: give it on the command line.
 NOT_FROM_CONFIG = frozenset({"overwrite"})

@@ -33,10 +33,31 @@ if TYPE_CHECKING:
 
 # every file each server requires (GLUE: gluebenchmark.com/submit; SuperGLUE: super.gluebenchmark.com/submit)
 REQUIRED = {
-    "glue": ("CoLA.tsv", "SST-2.tsv", "MRPC.tsv", "STS-B.tsv", "QQP.tsv", "MNLI-m.tsv", "MNLI-mm.tsv", "QNLI.tsv",
-             "RTE.tsv", "WNLI.tsv", "AX.tsv"),
-    "superglue": ("AX-b.jsonl", "AX-g.jsonl", "BoolQ.jsonl", "CB.jsonl", "COPA.jsonl", "MultiRC.jsonl",
-                  "ReCoRD.jsonl", "RTE.jsonl", "WiC.jsonl", "WSC.jsonl"),
+    "glue": (
+        "CoLA.tsv",
+        "SST-2.tsv",
+        "MRPC.tsv",
+        "STS-B.tsv",
+        "QQP.tsv",
+        "MNLI-m.tsv",
+        "MNLI-mm.tsv",
+        "QNLI.tsv",
+        "RTE.tsv",
+        "WNLI.tsv",
+        "AX.tsv",
+    ),
+    "superglue": (
+        "AX-b.jsonl",
+        "AX-g.jsonl",
+        "BoolQ.jsonl",
+        "CB.jsonl",
+        "COPA.jsonl",
+        "MultiRC.jsonl",
+        "ReCoRD.jsonl",
+        "RTE.jsonl",
+        "WiC.jsonl",
+        "WSC.jsonl",
+    ),
 }
 
 
@@ -50,8 +71,9 @@ def prediction_record(text: str, record: dict) -> str:
     (written after the file: a record naming another file's sha256 is a write that did not finish)."""
     import hashlib
 
-    return json.dumps(dict(record, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest()), indent=2,
-                      default=str) + "\n"
+    return (
+        json.dumps(dict(record, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest()), indent=2, default=str) + "\n"
+    )
 
 
 def _accepted(task) -> tuple[str, ...] | None:
@@ -77,8 +99,7 @@ def _check_prediction(where: str, value, task) -> None:
         # a number as the server reads it: ASCII decimal notation (Python's float() also takes "1_0", " 3 " and
         # other scripts' digits, which a server need not)
         try:
-            ok = (isinstance(value, str) and _NUMBER.fullmatch(value) is not None
-                  and math.isfinite(float(value)))
+            ok = isinstance(value, str) and _NUMBER.fullmatch(value) is not None and math.isfinite(float(value))
         except ValueError:
             ok = False
         if not ok:
@@ -101,8 +122,9 @@ def submission_ids(path: Path, task) -> list[str]:
 
     def add(where: str, idx: str) -> None:
         if idx in first_seen:
-            raise UserError(f"{where}: id {idx} appears twice (first on line {first_seen[idx]}); a submission has "
-                            f"one row per id")
+            raise UserError(
+                f"{where}: id {idx} appears twice (first on line {first_seen[idx]}); a submission has one row per id"
+            )
         first_seen[idx] = where.rsplit(" ", 1)[-1]
         ids.append(idx)
 
@@ -147,8 +169,10 @@ def check_rows(path: Path, ids: list[str], task, split: str, data_root: Path | N
     expected = [str(e.idx) for e in task.load(data_root, split)]
     if ids != expected:
         first = next((i for i, (a, b) in enumerate(zip(ids, expected)) if a != b), min(len(ids), len(expected)))
-        raise UserError(f"{path} predicts {len(ids)} rows; {data_file} has {len(expected)} (the ids differ from row "
-                        f"{first + 1} on): predict the whole split with generate_test_prediction.py")
+        raise UserError(
+            f"{path} predicts {len(ids)} rows; {data_file} has {len(expected)} (the ids differ from row "
+            f"{first + 1} on): predict the whole split with generate_test_prediction.py"
+        )
 
 
 def check_prediction_file(path: Path, task, split: str, data_root: Path | None) -> None:
@@ -164,11 +188,15 @@ def check_prediction_file(path: Path, task, split: str, data_root: Path | None) 
         return
     record = read_json_object(rec_path)
     if record.get("sha256") != sha256_file(path):
-        raise UserError(f"{path} is not the file its record {rec_path.name} describes (edited, or a killed or "
-                        f"concurrent prediction): write it again with generate_test_prediction.py")
+        raise UserError(
+            f"{path} is not the file its record {rec_path.name} describes (edited, or a killed or "
+            f"concurrent prediction): write it again with generate_test_prediction.py"
+        )
     if not record.get("complete", True):
-        raise UserError(f"{path} predicts only the first {record.get('num_rows')} rows of {split} (--max_examples): "
-                        f"predict the whole split with generate_test_prediction.py")
+        raise UserError(
+            f"{path} predicts only the first {record.get('num_rows')} rows of {split} (--max_examples): "
+            f"predict the whole split with generate_test_prediction.py"
+        )
     data_file = task.path(data_root, split) if data_root is not None else None
     if data_file is not None and data_file.is_file() and record.get("examples_sha256"):
         rows = task.load(data_root, split)
@@ -176,8 +204,10 @@ def check_prediction_file(path: Path, task, split: str, data_root: Path | None) 
         if split in task.diagnostics:  # a file predicted before the diagnostics were scored read them unlabelled
             digests.add(examples_digest([replace(e, label=None, group=None) for e in rows]))
         if record["examples_sha256"] not in digests:
-            raise UserError(f"{path} was predicted on other rows of {split} than {data_file} holds now (the file or "
-                            f"the task changed since): predict again with generate_test_prediction.py")
+            raise UserError(
+                f"{path} was predicted on other rows of {split} than {data_file} holds now (the file or "
+                f"the task changed since): predict again with generate_test_prediction.py"
+            )
 
 
 def writers(benchmark: str) -> dict[str, tuple[str, str]]:
@@ -231,7 +261,7 @@ def choose(exp_root: Path, benchmark: str, use: dict[str, str]) -> list[Chosen]:
             missing.append(f"{name} (no task of this toolkit writes it yet)")
             continue
         task, split = made_by[name]
-        command = (f"generate_test_prediction.py --task {task} --dataset {split} --experiment ... --ckpt best")
+        command = f"generate_test_prediction.py --task {task} --dataset {split} --experiment ... --ckpt best"
         if task in use:
             folder = exp_root / use[task]
             if not (folder / name).is_file():
@@ -250,12 +280,16 @@ def choose(exp_root: Path, benchmark: str, use: dict[str, str]) -> list[Chosen]:
         elif len(holders) == 1:
             folder, why = holders[0], "the only one"
         else:
-            raise UserError(f"{name}: {len(holders)} experiments hold it and none was evaluated on "
-                            f"{TASKS[task].dev_split}; name one with --use {task}=FOLDER")
+            raise UserError(
+                f"{name}: {len(holders)} experiments hold it and none was evaluated on "
+                f"{TASKS[task].dev_split}; name one with --use {task}=FOLDER"
+            )
         chosen.append(Chosen(name, task, split, folder, why))
     if missing:
-        raise UserError(f"the {benchmark} submission lacks {len(missing)} of {len(REQUIRED[benchmark])} files: "
-                        + "; ".join(missing))
+        raise UserError(
+            f"the {benchmark} submission lacks {len(missing)} of {len(REQUIRED[benchmark])} files: "
+            + "; ".join(missing)
+        )
     return chosen
 
 

@@ -35,25 +35,45 @@ def tiny_tokenizer(family: str = "bert", max_positions: int = 128):
 
     f = FAMILIES.get(family)
     if f is not None and f.tokenizer == "wordpiece":
-        return BertTokenizer(vocab={tok: i for i, tok in enumerate(VOCAB)}, do_lower_case=True,
-                             model_max_length=max_positions)
+        return BertTokenizer(
+            vocab={tok: i for i, tok in enumerate(VOCAB)}, do_lower_case=True, model_max_length=max_positions
+        )
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
 
-    vocab = {tok: i for i, tok in enumerate(BPE_SPECIAL + VOCAB[len(SPECIAL):])}
+    vocab = {tok: i for i, tok in enumerate(BPE_SPECIAL + VOCAB[len(SPECIAL) :])}
     tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
-        special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   sep_token="</s>", cls_token="<s>", pad_token="<pad>", mask_token="<mask>",
-                                   model_max_length=max_positions)
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        sep_token="</s>",
+        cls_token="<s>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        model_max_length=max_positions,
+    )
 
 
-def tiny_config(family: str, num_layers: int = 2, hidden: int = 32, heads: int = 2, ff: int = 64, emb: int = 16,
-                max_positions: int = 128, vocab_size: int | None = None, **extra):
+def tiny_config(
+    family: str,
+    num_layers: int = 2,
+    hidden: int = 32,
+    heads: int = 2,
+    ff: int = 64,
+    emb: int = 16,
+    max_positions: int = 128,
+    vocab_size: int | None = None,
+    **extra,
+):
     """A small config of ``family`` (a Hugging Face model type the toolkit trains), from its record: the
     padding index and token types of its tiny tokenizer, its config names and rules, its tiny extras."""
     from transformers import AutoConfig
@@ -64,16 +84,33 @@ def tiny_config(family: str, num_layers: int = 2, hidden: int = 32, heads: int =
     wordpiece = f.tokenizer == "wordpiece"
     pad = SPECIAL.index("[PAD]") if wordpiece else BPE_SPECIAL.index("<pad>")
     # WordPiece gives token types 0/1; the BPE-style template none (one type, which a family may write as none)
-    kwargs = f.config_kwargs(dict(
-        vocab_size=vocab_size or len(VOCAB), hidden_size=hidden, num_hidden_layers=num_layers,
-        num_attention_heads=heads, intermediate_size=ff, max_position_embeddings=max_positions,
-        type_vocab_size=2 if wordpiece else 1, pad_token_id=pad))
+    kwargs = f.config_kwargs(
+        dict(
+            vocab_size=vocab_size or len(VOCAB),
+            hidden_size=hidden,
+            num_hidden_layers=num_layers,
+            num_attention_heads=heads,
+            intermediate_size=ff,
+            max_position_embeddings=max_positions,
+            type_vocab_size=2 if wordpiece else 1,
+            pad_token_id=pad,
+        )
+    )
     kwargs.update(f.tiny_extras(Widths(hidden=hidden, emb=emb)))
     return AutoConfig.for_model(family, **kwargs, **extra)
 
 
-def write_tiny_model(folder: Path, family: str = "bert", num_layers: int = 2, hidden: int = 32, heads: int = 2,
-                     ff: int = 64, emb: int = 16, max_positions: int = 128, seed: int = 0) -> Path:
+def write_tiny_model(
+    folder: Path,
+    family: str = "bert",
+    num_layers: int = 2,
+    hidden: int = 32,
+    heads: int = 2,
+    ff: int = 64,
+    emb: int = 16,
+    max_positions: int = 128,
+    seed: int = 0,
+) -> Path:
     """A small random 'pretrained' encoder folder of ``family`` with tokenizer, loadable by ``from_pretrained``."""
     import torch
     from transformers import AutoModel
@@ -114,20 +151,27 @@ def boolq_rows(n: int, seed: int, labelled: bool, noise: float = 0.05, string_la
     rows = []
     for i in range(n):
         question, label = _question(rng, rng.randint(0, 1), noise)
-        row = {"question": question, "passage": _sentence(rng, rng.randint(8, 40)) + " .",
-               "idx": i if labelled else unlabelled_id(i)}
+        row = {
+            "question": question,
+            "passage": _sentence(rng, rng.randint(8, 40)) + " .",
+            "idx": i if labelled else unlabelled_id(i),
+        }
         if labelled:
             row["label"] = ("true" if label else "false") if string_labels else bool(label)
         rows.append(row)
     return rows
 
 
-def write_boolq(data_root: Path, n_train: int = 256, n_val: int = 128, n_test: int = 64, seed: int = 0,
-                string_labels: bool = False) -> Path:
+def write_boolq(
+    data_root: Path, n_train: int = 256, n_val: int = 128, n_test: int = 64, seed: int = 0, string_labels: bool = False
+) -> Path:
     folder = Path(data_root) / "BoolQ"
     folder.mkdir(parents=True, exist_ok=True)
-    for split, n, labelled, s in (("train", n_train, True, seed), ("val", n_val, True, seed + 1),
-                                  ("test", n_test, False, seed + 2)):
+    for split, n, labelled, s in (
+        ("train", n_train, True, seed),
+        ("val", n_val, True, seed + 1),
+        ("test", n_test, False, seed + 2),
+    ):
         rows = boolq_rows(n, s, labelled, string_labels=string_labels)
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return folder

@@ -118,8 +118,9 @@ class Teachers:
         return TeacherSet(built)
 
 
-def open_teacher(exp_root: Path, teacher_exp: str, tmodel: str, task: str, tckpt: int | str,
-                 choose: tuple | None = None) -> Teacher:
+def open_teacher(
+    exp_root: Path, teacher_exp: str, tmodel: str, task: str, tckpt: int | str, choose: tuple | None = None
+) -> Teacher:
     """Check the teacher folder, its config and checkpoint (readable, of the teacher's shape); clear errors name
     what is missing and what exists. ``tckpt`` ``best``: the checkpoint ``--ckpt best`` would choose
     (selection.resolve_ckpt: on the task's dev split, by the teacher's metric for best), ``choose`` being
@@ -131,9 +132,13 @@ def open_teacher(exp_root: Path, teacher_exp: str, tmodel: str, task: str, tckpt
         count = sum((p / "config.json").is_file() for p in root.iterdir()) if root.is_dir() else 0
         close = closest_experiments(root, exp.path.name)
         n = f"{count} experiment{'s' if count != 1 else ''}"
-        hint = (f"; did you mean {', '.join(close)}? ({n} in {root})" if close
-                else f"; {root} holds {n}, none with a similar name" if count
-                else f"; {root} holds no experiment")
+        hint = (
+            f"; did you mean {', '.join(close)}? ({n} in {root})"
+            if close
+            else f"; {root} holds {n}, none with a similar name"
+            if count
+            else f"; {root} holds no experiment"
+        )
         raise UserError(f"--teacher_exp {teacher_exp} --tmodel {tmodel}: teacher folder {exp.path} not found{hint}")
     record = cfg.load_config(exp.config_path, required=("max_seq_len", "task"))
     if tckpt == "best":
@@ -141,8 +146,16 @@ def open_teacher(exp_root: Path, teacher_exp: str, tmodel: str, task: str, tckpt
 
         task_def, data_root = choose
         try:
-            tckpt, _ = resolve_ckpt(exp, "best", task_def.dev_split, task=task_def, model=tmodel,
-                                    experiment=teacher_exp, data_root=data_root, flag="--tckpt")
+            tckpt, _ = resolve_ckpt(
+                exp,
+                "best",
+                task_def.dev_split,
+                task=task_def,
+                model=tmodel,
+                experiment=teacher_exp,
+                data_root=data_root,
+                flag="--tckpt",
+            )
         except UserError as e:
             raise UserError(str(e) if str(e).startswith("--tckpt") else f"--tckpt best: {e}") from None
     ckpt = exp.checkpoint_path(tckpt)
@@ -169,17 +182,23 @@ def match_labels(id2label: dict, task, label_map: str | None, source: str) -> li
     n = task.num_class
     names = [id2label[i] if i in id2label else id2label.get(str(i)) for i in range(len(id2label))]
     if len(names) != n:
-        raise UserError(f"--teacher_hf {source!r} has {len(names)} outputs ({', '.join(map(str, names))}); "
-                        f"{task.name} has {n} ({', '.join(task.label_names)})")
+        raise UserError(
+            f"--teacher_hf {source!r} has {len(names)} outputs ({', '.join(map(str, names))}); "
+            f"{task.name} has {n} ({', '.join(task.label_names)})"
+        )
     if label_map is not None:
         try:
             order = [int(x) for x in label_map.replace(" ", "").split(",")]
         except ValueError:
-            raise UserError(f"--teacher_label_map {label_map!r}: expected comma-separated output indices, e.g. "
-                            f"{','.join(map(str, range(n)))}") from None
+            raise UserError(
+                f"--teacher_label_map {label_map!r}: expected comma-separated output indices, e.g. "
+                f"{','.join(map(str, range(n)))}"
+            ) from None
         if sorted(order) != list(range(n)):
-            raise UserError(f"--teacher_label_map {label_map!r}: give each of the teacher's output indices "
-                            f"0..{n - 1} once, for {task.name}'s labels {', '.join(task.label_names)} in that order")
+            raise UserError(
+                f"--teacher_label_map {label_map!r}: give each of the teacher's output indices "
+                f"0..{n - 1} once, for {task.name}'s labels {', '.join(task.label_names)} in that order"
+            )
         return None if order == list(range(n)) else order
     if n == 1:  # regression: one score, nothing to name
         return None
@@ -193,9 +212,11 @@ def match_labels(id2label: dict, task, label_map: str | None, source: str) -> li
             return None if order == list(range(n)) else order
     files = getattr(task, "file_labels", None)
     spelled = f", or as its files write them: {', '.join(files)}" if files and files != task.label_names else ""
-    raise UserError(f"--teacher_hf {source!r}: its labels ({', '.join(map(str, names))}) are not {task.name}'s "
-                    f"({', '.join(task.label_names)}{spelled}); name the teacher's output of each with "
-                    f"--teacher_label_map, e.g. {','.join(map(str, range(n)))}")
+    raise UserError(
+        f"--teacher_hf {source!r}: its labels ({', '.join(map(str, names))}) are not {task.name}'s "
+        f"({', '.join(task.label_names)}{spelled}); name the teacher's output of each with "
+        f"--teacher_label_map, e.g. {','.join(map(str, range(n)))}"
+    )
 
 
 def reorder_outputs(model: torch.nn.Module, order: list[int]) -> None:
@@ -217,8 +238,10 @@ def open_hf_teacher(source: str, task, label_map: str | None) -> Teacher:
     config = load_pretrained_config(source, None, "--teacher_hf")
     archs = getattr(config, "architectures", None) or []
     if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
-        raise UserError(f"--teacher_hf {source!r} is a {', '.join(archs)}, not a fine-tuned sequence classifier "
-                        f"(fine-tune it first, e.g. with run_fine_tune.py)")
+        raise UserError(
+            f"--teacher_hf {source!r} is a {', '.join(archs)}, not a fine-tuned sequence classifier "
+            f"(fine-tune it first, e.g. with run_fine_tune.py)"
+        )
     order = match_labels(dict(config.id2label), task, label_map, source)
     tokenizer = load_tokenizer(source, "--teacher_hf")
     return Teacher(source, {}, config, tokenizer, None, None, source=source, label_order=order)

@@ -51,21 +51,55 @@ def main() -> None:
     mine.mkdir(parents=True)
     for split in ("train", "dev", "test"):
         to_csv(data / "QQP" / f"{split}.tsv", mine / f"{split}.csv", labelled=split != "test")
-    (mine / "task.json").write_text(json.dumps({
-        "files": {"train": "train.csv", "dev": "dev.csv", "test": "test.csv"}, "text": "query",
-        "text_pair": "passage", "label": "match", "labels": ["no", "yes"], "id": "pair_id",
-        "metrics": ["accuracy", "f1"]}, indent=1))
+    (mine / "task.json").write_text(
+        json.dumps(
+            {
+                "files": {"train": "train.csv", "dev": "dev.csv", "test": "test.csv"},
+                "text": "query",
+                "text_pair": "passage",
+                "label": "match",
+                "labels": ["no", "yes"],
+                "id": "pair_id",
+                "metrics": ["accuracy", "f1"],
+            },
+            indent=1,
+        )
+    )
     env = dict(os.environ, FT_DATA_ROOT=str(data), FT_EXP_ROOT=str(exps), TQDM_DISABLE="1")
     model = SHARED / "models" / "minilm-l6-h384-uncased"
     results = {}
     for task in ("qqp", "qp_csv"):
         common = ["--experiment", "check", "--model", "bert", "--task", task]
-        subprocess.run([sys.executable, str(REPO / "run_fine_tune.py"), *common, "--ptrain_ver", str(model),
-                        "--total_step", str(args.steps), "--warmup_step", str(max(1, args.steps // 10)),
-                        "--ckpt_step", str(args.steps), "--batch_size", "32", "--lr", "5e-5", "--max_seq_len", "64",
-                        "--seed", "42", "--device_id", "-1"], check=True, env=env)
-        subprocess.run([sys.executable, str(REPO / "run_fine_tune_eval.py"), *common, "--dataset", "dev"],
-                       check=True, env=env)
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "run_fine_tune.py"),
+                *common,
+                "--ptrain_ver",
+                str(model),
+                "--total_step",
+                str(args.steps),
+                "--warmup_step",
+                str(max(1, args.steps // 10)),
+                "--ckpt_step",
+                str(args.steps),
+                "--batch_size",
+                "32",
+                "--lr",
+                "5e-5",
+                "--max_seq_len",
+                "64",
+                "--seed",
+                "42",
+                "--device_id",
+                "-1",
+            ],
+            check=True,
+            env=env,
+        )
+        subprocess.run(
+            [sys.executable, str(REPO / "run_fine_tune_eval.py"), *common, "--dataset", "dev"], check=True, env=env
+        )
         table = json.loads((exps / f"check_bert_{task}" / "eval-dev.json").read_text())
         results[task] = table["rows"][-1]
     for task, row in results.items():

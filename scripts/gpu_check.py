@@ -80,20 +80,46 @@ class Sizes:
 
 
 def student(width: int, ff: int, heads: int, layers: int) -> tuple[str, ...]:
-    return ("--d_model", str(width), "--d_ff", str(ff), "--num_attention_heads", str(heads),
-            "--num_hidden_layers", str(layers))
+    return (
+        "--d_model",
+        str(width),
+        "--d_ff",
+        str(ff),
+        "--num_attention_heads",
+        str(heads),
+        "--num_hidden_layers",
+        str(layers),
+    )
 
 
-GPU = Sizes(teacher={"num_layers": 12, "hidden": 768, "heads": 12, "ff": 3072, "max_positions": 512}, vocab_size=30522,
-            lad=student(768, 3072, 12, 6), tinybert=student(312, 1200, 12, 4), minilm=student(384, 1536, 12, 6),
-            batch_size=32, max_seq_len=128, rows=2048, steps=8, device_id="0",
-            bench=("--device", "cuda", "--amp", "--steps", "20", "--warm_steps", "3", "--repeats", "2"),
-            deadline_s=540.0)
-SMOKE = Sizes(teacher={"num_layers": 4, "hidden": 32, "heads": 2, "ff": 64, "max_positions": 128}, vocab_size=None,
-              lad=student(32, 64, 2, 2), tinybert=student(24, 48, 2, 2), minilm=student(32, 64, 2, 2),
-              batch_size=8, max_seq_len=32, rows=48, steps=2, device_id="-1",
-              bench=("--device", "cpu", "--steps", "2", "--warm_steps", "1", "--repeats", "1", "--rows", "48"),
-              deadline_s=float("inf"))
+GPU = Sizes(
+    teacher={"num_layers": 12, "hidden": 768, "heads": 12, "ff": 3072, "max_positions": 512},
+    vocab_size=30522,
+    lad=student(768, 3072, 12, 6),
+    tinybert=student(312, 1200, 12, 4),
+    minilm=student(384, 1536, 12, 6),
+    batch_size=32,
+    max_seq_len=128,
+    rows=2048,
+    steps=8,
+    device_id="0",
+    bench=("--device", "cuda", "--amp", "--steps", "20", "--warm_steps", "3", "--repeats", "2"),
+    deadline_s=540.0,
+)
+SMOKE = Sizes(
+    teacher={"num_layers": 4, "hidden": 32, "heads": 2, "ff": 64, "max_positions": 128},
+    vocab_size=None,
+    lad=student(32, 64, 2, 2),
+    tinybert=student(24, 48, 2, 2),
+    minilm=student(32, 64, 2, 2),
+    batch_size=8,
+    max_seq_len=32,
+    rows=48,
+    steps=2,
+    device_id="-1",
+    bench=("--device", "cpu", "--steps", "2", "--warm_steps", "1", "--repeats", "1", "--rows", "48"),
+    deadline_s=float("inf"),
+)
 
 
 def has_flag(group: str, name: str) -> bool:
@@ -141,6 +167,7 @@ def counted_train(trainer, resume_step, real_train) -> dict:
             out = step()
             marks.append((sync_warnings(caught) - left_out[0], counter.total))
             return out
+
         trainer._optimizer_step = stepped
         if cuda:
             torch.cuda.set_sync_debug_mode("warn")
@@ -153,8 +180,11 @@ def counted_train(trainer, resume_step, real_train) -> dict:
         if len(marks) > 1:  # what ran after the last step's optimizer step belongs to it
             marks[-1] = (sync_warnings(caught) - left_out[0], counter.total)
     per_step = [(b[0] - a[0], b[1] - a[1]) for a, b in itertools.pairwise(marks)]
-    CURRENT["syncs"] = {"cuda": [c for c, _ in per_step] if cuda else None, "counter": [s for _, s in per_step],
-                        "by_site": dict(counter.by_site.most_common(6))}
+    CURRENT["syncs"] = {
+        "cuda": [c for c, _ in per_step] if cuda else None,
+        "counter": [s for _, s in per_step],
+        "by_site": dict(counter.by_site.most_common(6)),
+    }
     return out
 
 
@@ -168,10 +198,14 @@ def instrument() -> None:
 
     def train(self, resume_step=None):
         CURRENT["precision"] = {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.precision.dtype]
-        out = (counted_train(self, resume_step, real_train) if "syncs" in CURRENT["measure"]
-               else real_train(self, resume_step))
+        out = (
+            counted_train(self, resume_step, real_train)
+            if "syncs" in CURRENT["measure"]
+            else real_train(self, resume_step)
+        )
         CURRENT["losses"], CURRENT["steps_run"] = out["last_losses"], out["steps_run"]
         return out
+
     engine.Trainer.train = train
 
 
@@ -257,8 +291,14 @@ class Check:
         start = time.perf_counter()
         with open(self.out / "logs" / f"{name}.log", "w", encoding="utf-8") as log:
             # its own process group: at the deadline it goes with the processes it started (the bench's workers)
-            proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env={**self.env, **(extra_env or {})})
+            proc = subprocess.Popen(
+                cmd,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**self.env, **(extra_env or {})},
+            )
             try:
                 code = proc.wait(None if math.isinf(timeout) else timeout)
             except subprocess.TimeoutExpired:
@@ -271,8 +311,9 @@ class Check:
         """Run ``jobs`` in one worker process; their measurements, and why any job has none."""
         spec = self.out / "logs" / f"{name}.json"
         results = self.out / "logs" / f"{name}-results.json"
-        spec.write_text(json.dumps({"device": "cuda" if self.sizes is GPU else "cpu", "jobs": jobs,
-                                    "out": str(results)}))
+        spec.write_text(
+            json.dumps({"device": "cuda" if self.sizes is GPU else "cpu", "jobs": jobs, "out": str(results)})
+        )
         code, _ = self.process(name, [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec)], extra_env)
         got = json.loads(results.read_text()) if results.is_file() else []
         why = f"worker {exit_text(code)} (logs/{name}.log)"
@@ -284,9 +325,26 @@ def exit_text(code: int | None) -> str:
 
 
 def base_args(s: Sizes, experiment: str, steps: int, ckpt_step: int | None = None) -> list[str]:
-    return ["--experiment", experiment, "--model", "bert", "--task", "qqp", "--total_step", str(steps),
-            "--warmup_step", "1", "--ckpt_step", str(ckpt_step or steps), "--log_step", str(steps), "--batch_size",
-            str(s.batch_size), "--device_id", s.device_id]
+    return [
+        "--experiment",
+        experiment,
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--total_step",
+        str(steps),
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        str(ckpt_step or steps),
+        "--log_step",
+        str(steps),
+        "--batch_size",
+        str(s.batch_size),
+        "--device_id",
+        s.device_id,
+    ]
 
 
 def amp_jobs(s: Sizes, pretrained: Path, dtype: str, steps: int, out: Path) -> list[dict]:
@@ -301,16 +359,40 @@ def amp_jobs(s: Sizes, pretrained: Path, dtype: str, steps: int, out: Path) -> l
 
     export = out / "exports" / f"tinybert1_{dtype}"
     return [
-        {"name": "fine-tuning", "script": "run_fine_tune.py", "measure": measure,
-         "args": [*base_args(s, ft, steps), "--ptrain_ver", str(pretrained), "--lr", "5e-5", "--max_seq_len",
-                  str(s.max_seq_len), *amp]},
+        {
+            "name": "fine-tuning",
+            "script": "run_fine_tune.py",
+            "measure": measure,
+            "args": [
+                *base_args(s, ft, steps),
+                "--ptrain_ver",
+                str(pretrained),
+                "--lr",
+                "5e-5",
+                "--max_seq_len",
+                str(s.max_seq_len),
+                *amp,
+            ],
+        },
         {"name": "LAD", "script": "run_lad_distil.py", "measure": measure, "args": distil("lad", s.lad)},
-        {"name": "TinyBERT intermediate", "script": "run_tinybert_distil.py", "measure": measure,
-         "args": distil("tinybert1", s.tinybert)},
-        {"name": "TinyBERT export", "script": "export_model.py", "measure": [],
-         "args": ["--experiment", f"tinybert1_{dtype}", "--model", "bert", "--task", "qqp", "--out", str(export)]},
-        {"name": "TinyBERT prediction", "script": "run_tinybert_distil.py", "measure": measure,
-         "args": distil("tinybert2", ["--tinybert_stage", "prediction", "--student_ptrain_ver", str(export)])},
+        {
+            "name": "TinyBERT intermediate",
+            "script": "run_tinybert_distil.py",
+            "measure": measure,
+            "args": distil("tinybert1", s.tinybert),
+        },
+        {
+            "name": "TinyBERT export",
+            "script": "export_model.py",
+            "measure": [],
+            "args": ["--experiment", f"tinybert1_{dtype}", "--model", "bert", "--task", "qqp", "--out", str(export)],
+        },
+        {
+            "name": "TinyBERT prediction",
+            "script": "run_tinybert_distil.py",
+            "measure": measure,
+            "args": distil("tinybert2", ["--tinybert_stage", "prediction", "--student_ptrain_ver", str(export)]),
+        },
         {"name": "MiniLM", "script": "run_minilm_distil.py", "measure": measure, "args": distil("minilm", s.minilm)},
     ]
 
@@ -345,6 +427,7 @@ def check_amp(c: Check, pretrained: Path, steps: int) -> None:
 def sync_text(syncs: dict) -> str:
     def first_then(xs):
         return f"{xs[0]} then {max(xs[1:], default=0)}" if xs else "none"
+
     text = f"SyncCounter {first_then(syncs['counter'])}"
     if syncs.get("cuda") is not None:
         text = f"CUDA {first_then(syncs['cuda'])}, " + text
@@ -355,34 +438,73 @@ def check_resume(c: Check, pretrained: Path, steps: int) -> None:
     cuda = c.sizes is GPU
     deterministic = has_flag("DeviceFlags", "deterministic")
     if not deterministic and cuda:
-        c.row("resume", "fine-tuning killed and resumed", "--amp", "skipped: this checkout has no --deterministic "
-              "(DeviceFlags.deterministic, issue 31 item 6)", None, 0)
+        c.row(
+            "resume",
+            "fine-tuning killed and resumed",
+            "--amp",
+            "skipped: this checkout has no --deterministic (DeviceFlags.deterministic, issue 31 item 6)",
+            None,
+            0,
+        )
         return
     total, half = 2 * steps, steps
 
     def flags(experiment: str) -> list[str]:
-        return [*base_args(c.sizes, experiment, total, half), "--ptrain_ver", str(pretrained), "--lr", "5e-5",
-                "--max_seq_len", str(c.sizes.max_seq_len), "--amp", *(["--deterministic"] if deterministic else [])]
+        return [
+            *base_args(c.sizes, experiment, total, half),
+            "--ptrain_ver",
+            str(pretrained),
+            "--lr",
+            "5e-5",
+            "--max_seq_len",
+            str(c.sizes.max_seq_len),
+            "--amp",
+            *(["--deterministic"] if deterministic else []),
+        ]
 
     start = time.perf_counter()
-    runs = [("resume_ref", [sys.executable, "run_fine_tune.py", *flags("resume_ref")], 0),
-            ("resume_killed", [sys.executable, "tests/killpoint.py", f"after:resume-{half}.pt", "run_fine_tune.py",
-                               *flags("resume_killed")], -9),
-            ("resume_again", [sys.executable, "run_fine_tune.py", *flags("resume_killed")], 0)]
+    runs = [
+        ("resume_ref", [sys.executable, "run_fine_tune.py", *flags("resume_ref")], 0),
+        (
+            "resume_killed",
+            [
+                sys.executable,
+                "tests/killpoint.py",
+                f"after:resume-{half}.pt",
+                "run_fine_tune.py",
+                *flags("resume_killed"),
+            ],
+            -9,
+        ),
+        ("resume_again", [sys.executable, "run_fine_tune.py", *flags("resume_killed")], 0),
+    ]
     for name, cmd, expected in runs:
         code, _ = c.process(name, cmd)
         if code != expected:
-            c.row("resume", "fine-tuning killed and resumed", "--amp", f"{name}: {exit_text(code)}, expected exit "
-                  f"{expected} (logs/{name}.log)", False, time.perf_counter() - start)
+            c.row(
+                "resume",
+                "fine-tuning killed and resumed",
+                "--amp",
+                f"{name}: {exit_text(code)}, expected exit {expected} (logs/{name}.log)",
+                False,
+                time.perf_counter() - start,
+            )
             return
     resumed = f"resuming from model-{half}.pt" in (c.out / "logs" / "resume_again.log").read_text()
-    same, diff = same_weights(c.out / "experiments" / "resume_ref_bert_qqp" / f"model-{total}.pt",
-                              c.out / "experiments" / "resume_killed_bert_qqp" / f"model-{total}.pt")
+    same, diff = same_weights(
+        c.out / "experiments" / "resume_ref_bert_qqp" / f"model-{total}.pt",
+        c.out / "experiments" / "resume_killed_bert_qqp" / f"model-{total}.pt",
+    )
     how = "--deterministic" if deterministic else "no --deterministic in this checkout (CPU)"
-    c.row("resume", f"fine-tuning killed after step {half} of {total}, resumed", "--amp",
-          f"{how}; {'resumed' if resumed else 'did NOT resume'}; weights "
-          f"{'bit-identical' if same else f'differ (max |diff| {diff:.3g})'}", same and resumed,
-          time.perf_counter() - start)
+    c.row(
+        "resume",
+        f"fine-tuning killed after step {half} of {total}, resumed",
+        "--amp",
+        f"{how}; {'resumed' if resumed else 'did NOT resume'}; weights "
+        f"{'bit-identical' if same else f'differ (max |diff| {diff:.3g})'}",
+        same and resumed,
+        time.perf_counter() - start,
+    )
 
 
 def same_weights(a: Path, b: Path) -> tuple[bool, float]:
@@ -397,56 +519,138 @@ def same_weights(a: Path, b: Path) -> tuple[bool, float]:
 
 def check_memory(c: Check, pretrained: Path, steps: int) -> None:
     if not has_flag("SpeedFlags", "gradient_checkpointing"):
-        c.row("memory", "fine-tuning, with and without --gradient_checkpointing", "--amp", "skipped: this checkout "
-              "has no --gradient_checkpointing (SpeedFlags.gradient_checkpointing, issue 31 item 4)", None, 0)
+        c.row(
+            "memory",
+            "fine-tuning, with and without --gradient_checkpointing",
+            "--amp",
+            "skipped: this checkout "
+            "has no --gradient_checkpointing (SpeedFlags.gradient_checkpointing, issue 31 item 4)",
+            None,
+            0,
+        )
         return
-    common = ["--ptrain_ver", str(pretrained), "--lr", "5e-5", "--max_seq_len", str(c.sizes.max_seq_len),
-              "--padding", "max_length", "--amp"]
-    jobs = [{"name": name, "script": "run_fine_tune.py", "measure": [],
-             "args": [*base_args(c.sizes, f"memory_{i}", steps), *common, *extra]}
-            for i, (name, extra) in enumerate((("without", []), ("with", ["--gradient_checkpointing"])))]
+    common = [
+        "--ptrain_ver",
+        str(pretrained),
+        "--lr",
+        "5e-5",
+        "--max_seq_len",
+        str(c.sizes.max_seq_len),
+        "--padding",
+        "max_length",
+        "--amp",
+    ]
+    jobs = [
+        {
+            "name": name,
+            "script": "run_fine_tune.py",
+            "measure": [],
+            "args": [*base_args(c.sizes, f"memory_{i}", steps), *common, *extra],
+        }
+        for i, (name, extra) in enumerate((("without", []), ("with", ["--gradient_checkpointing"])))
+    ]
     got, why = c.jobs("memory", jobs)
     if len(got) < 2 or any(r["exit"] != 0 for r in got):
-        c.row("memory", "fine-tuning, with and without --gradient_checkpointing", "--amp", f"runs failed: {why}",
-              False, sum(r["seconds"] for r in got))
+        c.row(
+            "memory",
+            "fine-tuning, with and without --gradient_checkpointing",
+            "--amp",
+            f"runs failed: {why}",
+            False,
+            sum(r["seconds"] for r in got),
+        )
         return
     seconds = sum(r["seconds"] for r in got)
     if "peak_mib" not in got[0]:
-        c.row("memory", "fine-tuning, with and without --gradient_checkpointing", got[0].get("precision", "?"),
-              "both ran; peak memory is CUDA's (n/a on the CPU)", True, seconds)
+        c.row(
+            "memory",
+            "fine-tuning, with and without --gradient_checkpointing",
+            got[0].get("precision", "?"),
+            "both ran; peak memory is CUDA's (n/a on the CPU)",
+            True,
+            seconds,
+        )
         return
     (a, b) = ((r["peak_mib"] - r["base_mib"]) for r in got)
-    c.row("memory", f"fine-tuning at batch {c.sizes.batch_size} x {c.sizes.max_seq_len}", got[0].get("precision", "?"),
-          f"peak {a:,.0f} MiB without, {b:,.0f} MiB with --gradient_checkpointing (ratio {b / a:.2f})", b < a, seconds)
+    c.row(
+        "memory",
+        f"fine-tuning at batch {c.sizes.batch_size} x {c.sizes.max_seq_len}",
+        got[0].get("precision", "?"),
+        f"peak {a:,.0f} MiB without, {b:,.0f} MiB with --gradient_checkpointing (ratio {b / a:.2f})",
+        b < a,
+        seconds,
+    )
 
 
 def check_throughput(c: Check, pretrained: Path, data: Path) -> None:
     out = c.out / "logs" / "bench_finetune.json"
-    cmd = [sys.executable, "bench/bench_finetune.py", "--model", str(pretrained), "--data", str(data),
-           "--batch_size", str(c.sizes.batch_size), "--max_seq_len", str(c.sizes.max_seq_len), *c.sizes.bench,
-           "--json", str(out)]
+    cmd = [
+        sys.executable,
+        "bench/bench_finetune.py",
+        "--model",
+        str(pretrained),
+        "--data",
+        str(data),
+        "--batch_size",
+        str(c.sizes.batch_size),
+        "--max_seq_len",
+        str(c.sizes.max_seq_len),
+        *c.sizes.bench,
+        "--json",
+        str(out),
+    ]
     code, seconds = c.process("throughput", cmd)
     if code != 0 or not out.is_file():
-        c.row("throughput", "toolkit vs Hugging Face Trainer", "?", f"bench {exit_text(code)} (logs/throughput.log)",
-              False, seconds)
+        c.row(
+            "throughput",
+            "toolkit vs Hugging Face Trainer",
+            "?",
+            f"bench {exit_text(code)} (logs/throughput.log)",
+            False,
+            seconds,
+        )
         return
     r = json.loads(out.read_text())
     m = r["median"]
     precision = r["runs"][0].get("precision", "?")
-    c.row("throughput", f"toolkit vs Hugging Face Trainer, fine-tuning, same batches ({r['args']['steps']} timed "
-          f"steps x {len(r['ratios'])} alternations)", precision,
-          f"{m['toolkit']['examples_per_s']:.1f} vs {m['trainer']['examples_per_s']:.1f} examples/s; ratio "
-          f"{r['median_ratio']:.3f} (min {min(r['ratios']):.3f}, max {max(r['ratios']):.3f})", True, seconds)
+    c.row(
+        "throughput",
+        f"toolkit vs Hugging Face Trainer, fine-tuning, same batches ({r['args']['steps']} timed "
+        f"steps x {len(r['ratios'])} alternations)",
+        precision,
+        f"{m['toolkit']['examples_per_s']:.1f} vs {m['trainer']['examples_per_s']:.1f} examples/s; ratio "
+        f"{r['median_ratio']:.3f} (min {min(r['ratios']):.3f}, max {max(r['ratios']):.3f})",
+        True,
+        seconds,
+    )
 
 
 def check_compile(c: Check, pretrained: Path, steps: int) -> None:
     s = c.sizes
     rows = 2 * s.batch_size + 1  # two full batches and a 1-row epoch tail
     total = max(steps, 4)
-    jobs = [{"name": "fine-tuning --compile", "script": "run_fine_tune.py", "measure": ["graphs"],
-             "args": [*base_args(s, "compile", total), "--ptrain_ver", str(pretrained), "--lr", "5e-5",
-                      "--max_seq_len", str(s.max_seq_len), "--max_examples", str(rows), "--compile", "--amp",
-                      "--amp_dtype", "bf16"]}]
+    jobs = [
+        {
+            "name": "fine-tuning --compile",
+            "script": "run_fine_tune.py",
+            "measure": ["graphs"],
+            "args": [
+                *base_args(s, "compile", total),
+                "--ptrain_ver",
+                str(pretrained),
+                "--lr",
+                "5e-5",
+                "--max_seq_len",
+                str(s.max_seq_len),
+                "--max_examples",
+                str(rows),
+                "--compile",
+                "--amp",
+                "--amp_dtype",
+                "bf16",
+            ],
+        }
+    ]
     env = {"TORCH_LOGS": "recompiles"}
     if s is SMOKE:
         env["FT_COMPILE_BACKEND"] = "eager"  # capture only: no code generation on a CPU smoke run
@@ -457,9 +661,16 @@ def check_compile(c: Check, pretrained: Path, steps: int) -> None:
         return
     r = got[0]
     recompiles = (c.out / "logs" / "compile.log").read_text(errors="replace").count("Recompiling function")
-    c.row("compile", run, r.get("precision", "?"), f"{recompiles} recompile(s) (logs/compile.log); "
-          f"{r['graphs']} graph(s), {r['dynamo_counters'].get('frames', {}).get('ok', 0)} frame compile(s), "
-          f"{r['graph_breaks']} graph break(s)", recompiles == 0, r["seconds"])
+    c.row(
+        "compile",
+        run,
+        r.get("precision", "?"),
+        f"{recompiles} recompile(s) (logs/compile.log); "
+        f"{r['graphs']} graph(s), {r['dynamo_counters'].get('frames', {}).get('ok', 0)} frame compile(s), "
+        f"{r['graph_breaks']} graph break(s)",
+        recompiles == 0,
+        r["seconds"],
+    )
 
 
 def prepare(out: Path, s: Sizes) -> tuple[Path, Path]:
@@ -494,8 +705,11 @@ def markdown(rows: list[list[str]]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny models, 2 steps, on the CPU: that the check runs")
-    p.add_argument("--out", default=str(REPO / "data" / "gpu_check"),
-                   help="folder for everything the check writes (re-created on every run; default data/gpu_check)")
+    p.add_argument(
+        "--out",
+        default=str(REPO / "data" / "gpu_check"),
+        help="folder for everything the check writes (re-created on every run; default data/gpu_check)",
+    )
     p.add_argument("--steps", type=int, help="optimizer steps per training run (default 8; --smoke 2)")
     p.add_argument("--only", help="comma-separated checks to run: " + ",".join(GROUPS) + " (default all)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -520,18 +734,26 @@ def main(argv=None) -> int:
     out = Path(args.out).resolve()
     reset_own_folder(out, MARK, ("data", "experiments", "exports", "logs", "pretrained", "gpu_check.md"), "--out")
     (out / "logs").mkdir()
-    env = {**os.environ, "FT_DATA_ROOT": str(out / "data"), "FT_EXP_ROOT": str(out / "experiments"),
-           "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "FT_DATA_ROOT": str(out / "data"),
+        "FT_EXP_ROOT": str(out / "experiments"),
+        "TQDM_DISABLE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     c = Check(out, sizes, env)
     pretrained, data = prepare(out, sizes)
     machine = torch.cuda.get_device_name(0) if sizes is GPU else f"CPU ({os.cpu_count()} cores)"
     print(f"[gpu_check] {machine}; torch {torch.__version__}; models and data in {out}", flush=True)
-    for group, run in (("amp", lambda: check_amp(c, pretrained, steps)),
-                       ("resume", lambda: check_resume(c, pretrained, steps)),
-                       ("memory", lambda: check_memory(c, pretrained, steps)),
-                       ("throughput", lambda: check_throughput(c, pretrained, data)),
-                       ("compile", lambda: check_compile(c, pretrained, steps))):
+    for group, run in (
+        ("amp", lambda: check_amp(c, pretrained, steps)),
+        ("resume", lambda: check_resume(c, pretrained, steps)),
+        ("memory", lambda: check_memory(c, pretrained, steps)),
+        ("throughput", lambda: check_throughput(c, pretrained, data)),
+        ("compile", lambda: check_compile(c, pretrained, steps)),
+    ):
         if group not in only:
             continue
         if c.left() <= 0:
@@ -539,8 +761,10 @@ def main(argv=None) -> int:
             continue
         run()
     total = time.perf_counter() - c.start
-    table = (f"GPU check ({'smoke, ' if args.smoke else ''}{machine}, torch {torch.__version__}, {steps} steps per "
-             f"run, {total:.0f} s in all)\n\n{markdown(c.rows)}\n")
+    table = (
+        f"GPU check ({'smoke, ' if args.smoke else ''}{machine}, torch {torch.__version__}, {steps} steps per "
+        f"run, {total:.0f} s in all)\n\n{markdown(c.rows)}\n"
+    )
     (out / "gpu_check.md").write_text(table, encoding="utf-8")
     print("\n" + table + f"\n(written to {out / 'gpu_check.md'})")
     if c.failed:

@@ -28,11 +28,17 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def collect(paths: list[str]) -> list[str]:
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:randomly",
-                           "-p", "no:cacheprovider", *paths], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:randomly", "-p", "no:cacheprovider", *paths],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     ids = [line for line in proc.stdout.splitlines() if "::" in line and not line.startswith(" ")]
     if proc.returncode != 0 or not ids:
-        raise SystemExit(f"error: collecting {' '.join(paths) or 'tests'} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+        raise SystemExit(
+            f"error: collecting {' '.join(paths) or 'tests'} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+        )
     return ids
 
 
@@ -40,8 +46,24 @@ def run_alone(test: str, base: Path) -> tuple[str, int, str, float]:
     env = dict(os.environ, TQDM_DISABLE="1", PYTHONDONTWRITEBYTECODE="1")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=base) as tmp:  # each test its own pytest base folder
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
-                               f"--basetemp={tmp}/t", test], cwd=REPO, env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:randomly",
+                "-p",
+                "no:cacheprovider",
+                f"--basetemp={tmp}/t",
+                test,
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
     return test, proc.returncode, (proc.stdout + proc.stderr)[-2000:], time.perf_counter() - start
 
 
@@ -62,8 +84,10 @@ def main() -> int:
             else:
                 print(f"[{done}/{len(tests)}] passed alone ({secs:.0f} s): {test}", flush=True)
     total = time.perf_counter() - start
-    lines = [f"Isolation check: {len(tests) - len(failed)} of {len(tests)} tests pass alone ({total:.0f} s, "
-             f"{args.jobs} at a time)."] + [f"- FAILED alone: `{t}` (exit {c})" for t, c, _ in failed]
+    lines = [
+        f"Isolation check: {len(tests) - len(failed)} of {len(tests)} tests pass alone ({total:.0f} s, "
+        f"{args.jobs} at a time)."
+    ] + [f"- FAILED alone: `{t}` (exit {c})" for t, c, _ in failed]
     print("\n".join(lines))
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -23,8 +23,10 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package (the t
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRAS = ("onnx", "tracking", "test", "lint")  # what the README's setup installs beside the package's own
-HEADER = ("# Generated from pyproject.toml by `python scripts/requirements.py`: edit pyproject.toml, then run it.\n"
-          "# Install torch first where a CPU build is wanted: pip install torch==2.13.0 (scripts/setup.sh does)\n")
+HEADER = (
+    "# Generated from pyproject.toml by `python scripts/requirements.py`: edit pyproject.toml, then run it.\n"
+    "# Install torch first where a CPU build is wanted: pip install torch==2.13.0 (scripts/setup.sh does)\n"
+)
 
 
 def comments(text: str) -> dict[str, str]:

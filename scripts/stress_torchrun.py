@@ -29,8 +29,16 @@ sys.path.insert(0, str(REPO))
 
 
 def torchrun(script: str, args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / script), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO / script),
+        *args,
+    ]
     return subprocess.run(cmd, env=env, cwd=str(cwd), capture_output=True, text=True, timeout=900)
 
 
@@ -50,27 +58,95 @@ def main() -> int:
         data, exp = base / "data", base / "exp"
         synthetic.write_qqp(data, n_train=256, n_dev=32, n_test=16)
         tiny = synthetic.write_tiny_model(base / "tiny-bert12", "bert", num_layers=12)
-        env = dict(os.environ, FT_DATA_ROOT=str(data), FT_EXP_ROOT=str(exp), TQDM_DISABLE="1", OMP_NUM_THREADS="1",
-                   TMPDIR=str(base))
-        common = ["--task", "qqp", "--batch_size", "16", "--max_seq_len", "64", "--total_step", str(args.steps),
-                  "--warmup_step", "2", "--ckpt_step", str(args.ckpt_step), "--log_step", "5", "--lr", "1e-3",
-                  "--device_id", "-1"]
+        env = dict(
+            os.environ,
+            FT_DATA_ROOT=str(data),
+            FT_EXP_ROOT=str(exp),
+            TQDM_DISABLE="1",
+            OMP_NUM_THREADS="1",
+            TMPDIR=str(base),
+        )
+        common = [
+            "--task",
+            "qqp",
+            "--batch_size",
+            "16",
+            "--max_seq_len",
+            "64",
+            "--total_step",
+            str(args.steps),
+            "--warmup_step",
+            "2",
+            "--ckpt_step",
+            str(args.ckpt_step),
+            "--log_step",
+            "5",
+            "--lr",
+            "1e-3",
+            "--device_id",
+            "-1",
+        ]
         if "lad" in kinds:  # the LAD runs' teacher (one process)
-            subprocess.run([sys.executable, str(REPO / "run_fine_tune.py"), "--experiment", "teacher", "--model", "bert",
-                            "--ptrain_ver", str(tiny), *common, "--total_step", "4", "--ckpt_step", "4"],
-                           env=env, cwd=str(base), check=True, capture_output=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(REPO / "run_fine_tune.py"),
+                    "--experiment",
+                    "teacher",
+                    "--model",
+                    "bert",
+                    "--ptrain_ver",
+                    str(tiny),
+                    *common,
+                    "--total_step",
+                    "4",
+                    "--ckpt_step",
+                    "4",
+                ],
+                env=env,
+                cwd=str(base),
+                check=True,
+                capture_output=True,
+            )
         start = time.perf_counter()
         for i in range(args.runs):
             for kind in kinds:
                 if kind == "fine_tune":
-                    proc = torchrun("run_fine_tune.py", ["--experiment", f"ft{i}", "--model", "bert", "--ptrain_ver",
-                                                         str(tiny), *common], env, base)
+                    proc = torchrun(
+                        "run_fine_tune.py",
+                        ["--experiment", f"ft{i}", "--model", "bert", "--ptrain_ver", str(tiny), *common],
+                        env,
+                        base,
+                    )
                 else:
-                    proc = torchrun("run_lad_distil.py", ["--experiment", f"lad{i}", "--teacher_exp", "teacher",
-                                                          "--tmodel", "bert", "--tckpt", "4", "--model", "bert",
-                                                          "--d_model", "32", "--d_ff", "64", "--num_attention_heads",
-                                                          "2", "--num_hidden_layers", "6", "--map_examples", "0",
-                                                          *common], env, base)
+                    proc = torchrun(
+                        "run_lad_distil.py",
+                        [
+                            "--experiment",
+                            f"lad{i}",
+                            "--teacher_exp",
+                            "teacher",
+                            "--tmodel",
+                            "bert",
+                            "--tckpt",
+                            "4",
+                            "--model",
+                            "bert",
+                            "--d_model",
+                            "32",
+                            "--d_ff",
+                            "64",
+                            "--num_attention_heads",
+                            "2",
+                            "--num_hidden_layers",
+                            "6",
+                            "--map_examples",
+                            "0",
+                            *common,
+                        ],
+                        env,
+                        base,
+                    )
                 folder = exp / (f"ft{i}_bert_qqp" if kind == "fine_tune" else f"lad{i}_bert_qqp")
                 finished = (folder / f"resume-{args.steps}.pt").is_file()
                 if proc.returncode != 0 or not finished:

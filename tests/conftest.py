@@ -73,13 +73,19 @@ def exp_root(tmp_path) -> Path:
 HANG_GUARD = 1800
 
 
-def run_script(script: str, *args: str, data_root: Path, exp_root: Path, check: bool = True,
-               timeout: int = HANG_GUARD):
+def run_script(script: str, *args: str, data_root: Path, exp_root: Path, check: bool = True, timeout: int = HANG_GUARD):
     """Run an entry script in a subprocess, as a user would; returns the CompletedProcess."""
-    env = dict(os.environ, FT_DATA_ROOT=str(data_root), FT_EXP_ROOT=str(exp_root), TQDM_DISABLE="1",
-               PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=str(data_root.parent))
+    env = dict(
+        os.environ, FT_DATA_ROOT=str(data_root), FT_EXP_ROOT=str(exp_root), TQDM_DISABLE="1", PYTHONUNBUFFERED="1"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=str(data_root.parent),
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -140,9 +146,11 @@ def one_thread():
 @pytest.fixture()
 def run(data_root, exp_root):
     """Run an entry script in-process (``subprocess=True``: in a real subprocess, as from a shell)."""
+
     def _run(script: str, *args: str, check: bool = True, subprocess: bool = False):
         runner = run_script if subprocess else run_in_process
         return runner(script, *args, data_root=data_root, exp_root=exp_root, check=check)
+
     return _run
 
 
@@ -175,8 +183,12 @@ def method_from_flags(name: str, args: list[str], teacher, seed: int, task: str 
     from fine_tune.plan.training import method_settings
     from fine_tune.tasks import get_task
 
-    flags = parse_layerwise(f"run_{name}_distil.py", "", name, [
-        "--experiment", "x", "--task", task, "--teacher_exp", "t", "--tckpt", "1", *args])
+    flags = parse_layerwise(
+        f"run_{name}_distil.py",
+        "",
+        name,
+        ["--experiment", "x", "--task", task, "--teacher_exp", "t", "--tckpt", "1", *args],
+    )
     method = get_method(name).build(method_settings(flags, get_task(task), get_method(name), teacher))
     torch.manual_seed(seed)
     method.create_parameters(None, None)
@@ -209,8 +221,12 @@ def checkpoint_logits(folder: Path, step: int, pairs, max_len: int):
     tokenizer = AutoTokenizer.from_pretrained(folder / "model")
     model.eval()
     with torch.inference_mode():
-        return np.concatenate([model(**tokenizer(a, b, truncation=True, max_length=max_len,
-                                                 return_tensors="pt")).logits.numpy() for a, b in pairs])
+        return np.concatenate(
+            [
+                model(**tokenizer(a, b, truncation=True, max_length=max_len, return_tensors="pt")).logits.numpy()
+                for a, b in pairs
+            ]
+        )
 
 
 def needs_shared(*parts: str) -> Path:

@@ -20,8 +20,21 @@ from pathlib import Path
 # The only flags a test may change: the model source, step counts, checkpoint numbers, sequence length, and
 # the student widths, all three together (so they match a tiny teacher).
 WIDTHS = ("--d_model", "--d_ff", "--num_attention_heads")
-REWRITABLE = frozenset({"--ptrain_ver", "--total_step", "--warmup_step", "--ckpt_step", "--log_step", "--ckpt",
-                        "--max_seq_len", "--tckpt", "--gate_total_step", "--gate_warmup_step", *WIDTHS})
+REWRITABLE = frozenset(
+    {
+        "--ptrain_ver",
+        "--total_step",
+        "--warmup_step",
+        "--ckpt_step",
+        "--log_step",
+        "--ckpt",
+        "--max_seq_len",
+        "--tckpt",
+        "--gate_total_step",
+        "--gate_warmup_step",
+        *WIDTHS,
+    }
+)
 INTERPRETER = re.compile(r"python(3(\.\d+)?)?")
 OUTCOME_HEADING = "## Seed commands: expected outcome"
 NONE_CELLS = frozenset({"", "—", "-"})  # a table cell that states "the command has no such flag"
@@ -121,6 +134,7 @@ def rewrite(cmd: Command, **values: object) -> list[str]:
 @dataclass
 class OutcomeRow:
     """One row of a "Seed commands: expected outcome" table (cells without their Markdown backticks/bold)."""
+
     number: int
     script: str
     experiment: str | None  # None: the row says the command has no --experiment ("—")
@@ -170,7 +184,7 @@ def parse_outcome_table(md_path: Path | str, heading: str = OUTCOME_HEADING) -> 
         if in_fence:
             continue
         heading_level = len(line) - len(line.lstrip("#"))
-        if 0 < heading_level <= level and line[heading_level:heading_level + 1] == " ":
+        if 0 < heading_level <= level and line[heading_level : heading_level + 1] == " ":
             break
         if line.lstrip().startswith("|"):
             table.append((no + 1, line))
@@ -178,7 +192,9 @@ def parse_outcome_table(md_path: Path | str, heading: str = OUTCOME_HEADING) -> 
             break  # the first table only
     assert len(table) >= 3, f"{md_path}: no table under {heading!r}"
     header = [_clean(c).lower() for c in _cells(table[0][1])]
-    assert all(re.fullmatch(r":?-+:?", c) for c in _cells(table[1][1])), f"{md_path}: line {table[1][0]} is not a separator"
+    assert all(re.fullmatch(r":?-+:?", c) for c in _cells(table[1][1])), (
+        f"{md_path}: line {table[1][0]} is not a separator"
+    )
     required = ("#", "script", "--experiment", "--dataset", "outcome")
     missing = [c for c in required if c not in header]
     assert not missing, f"{md_path}: the table under {heading!r} lacks the columns {missing} (has {header})"
@@ -189,8 +205,19 @@ def parse_outcome_table(md_path: Path | str, heading: str = OUTCOME_HEADING) -> 
         cells = dict(zip(header, raw))
         number = _clean(cells["#"])
         assert number.isdigit(), f"{md_path}: line {no}: row number {number!r}"
-        optional = {key: (None if _clean(cells[key]) in NONE_CELLS else _clean(cells[key]))
-                    for key in ("--experiment", "--dataset")}
-        rows.append(OutcomeRow(int(number), _clean(cells["script"]), optional["--experiment"],
-                               optional["--dataset"], " ".join(_clean(cells["outcome"]).split()), cells, no))
+        optional = {
+            key: (None if _clean(cells[key]) in NONE_CELLS else _clean(cells[key]))
+            for key in ("--experiment", "--dataset")
+        }
+        rows.append(
+            OutcomeRow(
+                int(number),
+                _clean(cells["script"]),
+                optional["--experiment"],
+                optional["--dataset"],
+                " ".join(_clean(cells["outcome"]).split()),
+                cells,
+                no,
+            )
+        )
     return rows

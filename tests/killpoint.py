@@ -91,13 +91,16 @@ class Forked:
     seconds per launch on the suite's machine). Its stdout and stderr go to files; ``communicate`` and
     ``returncode`` answer as :class:`subprocess.Popen`'s do (``-9`` for the planned SIGKILL)."""
 
-    def __init__(self, spec: str, script: str, args: list[str], env: dict, cwd: str | Path,
-                 logs: str | Path | None = None):
+    def __init__(
+        self, spec: str, script: str, args: list[str], env: dict, cwd: str | Path, logs: str | Path | None = None
+    ):
         import tempfile
 
         import torch
 
-        assert env.get("KILLPOINT_GROUP") != "1", "a forked child's parent is the test process: kill groups need torchrun"
+        assert env.get("KILLPOINT_GROUP") != "1", (
+            "a forked child's parent is the test process: kill groups need torchrun"
+        )
         # GNU OpenMP's thread pool does not survive a fork: a child that starts a parallel region of two threads
         # waits forever at its barrier. So only a command that a subprocess would run on one thread is forked.
         assert env.get("OMP_NUM_THREADS") == "1", "fork only a one-thread command (OMP_NUM_THREADS=1 in env)"

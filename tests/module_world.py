@@ -28,8 +28,31 @@ def exp_root(data_root) -> Path:
 @pytest.fixture(scope="module")
 def teacher(data_root, exp_root, tiny_bert12) -> Path:
     """test_layerwise_scripts' teacher ("teacher", 12 layers, checkpoints 2 and 4), trained once for the module."""
-    run_in_process("run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(tiny_bert12),
-                   "--task", "qqp", "--total_step", "4", "--warmup_step", "1", "--ckpt_step", "2", "--log_step", "2",
-                   "--batch_size", "16", "--lr", "1e-3", "--max_seq_len", "24", data_root=data_root,
-                   exp_root=exp_root)
+    run_in_process(
+        "run_fine_tune.py",
+        "--experiment",
+        "teacher",
+        "--model",
+        "bert",
+        "--ptrain_ver",
+        str(tiny_bert12),
+        "--task",
+        "qqp",
+        "--total_step",
+        "4",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "2",
+        "--log_step",
+        "2",
+        "--batch_size",
+        "16",
+        "--lr",
+        "1e-3",
+        "--max_seq_len",
+        "24",
+        data_root=data_root,
+        exp_root=exp_root,
+    )
     return exp_root / "teacher_bert_qqp"

@@ -72,7 +72,9 @@ def test_a_20_mb_activation_comes_from_the_heap_and_stays(tuning):
     grows by it plus a top pad (64 MB, less what the heap's top already had free) and keeps it after the free
     (no trim below 1 GiB)."""
     env = {**os.environ, "FT_MALLOC_TUNING": tuning, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-c", HEAP_PROBE], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", HEAP_PROBE], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
     r = json.loads(out.stdout.strip().splitlines()[-1])
     if tuning == "1":
         assert r["applied"] is True and r["grown"] >= (20 << 20) + (32 << 20) and r["kept"] == r["grown"], r

@@ -24,22 +24,54 @@ from killpoint import Forked
 from fine_tune import synthetic
 
 TEACHER = ["--experiment", "teacher", "--model", "bert", "--task", "qqp"]
-FT = ["--model", "bert", "--task", "qqp", "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2",
-      "--batch_size", "8", "--lr", "1e-3", "--max_seq_len", "24"]
+FT = [
+    "--model",
+    "bert",
+    "--task",
+    "qqp",
+    "--total_step",
+    "2",
+    "--warmup_step",
+    "1",
+    "--ckpt_step",
+    "2",
+    "--batch_size",
+    "8",
+    "--lr",
+    "1e-3",
+    "--max_seq_len",
+    "24",
+]
 
 # id: (file-name pattern killed before its rename, where it lands, script, flags)
 KILLS = {
     "config": ("config.json", "exp/cfg_bert_qqp", "run_fine_tune.py", ["--experiment", "cfg", *FT]),
     "model_folder": ("model", "exp/dir_bert_qqp", "run_fine_tune.py", ["--experiment", "dir", *FT]),
     # a data root of its own (no other run writes into its cache)
-    "tokenisation_cache": ("features-*.pt", "cache_data/cache", "run_fine_tune.py",
-                           ["--experiment", "cache", *FT, "--max_seq_len", "20", "--data_root", "{base}/cache_data"]),
-    "logits": ("logits.jsonl", "data/logits/teacher_bert_qqp/dev", "run_fine_tune_gen_logits.py",
-               [*TEACHER, "--ckpt", "2", "--dataset", "dev"]),
-    "eval_table": ("eval-dev.json", "exp/teacher_bert_qqp", "run_fine_tune_eval.py",
-                   [*TEACHER, "--dataset", "dev", "--batch_size", "16"]),
-    "submission": ("QQP.tsv", "exp/teacher_bert_qqp", "generate_test_prediction.py",
-                   [*TEACHER, "--ckpt", "2", "--dataset", "test"]),
+    "tokenisation_cache": (
+        "features-*.pt",
+        "cache_data/cache",
+        "run_fine_tune.py",
+        ["--experiment", "cache", *FT, "--max_seq_len", "20", "--data_root", "{base}/cache_data"],
+    ),
+    "logits": (
+        "logits.jsonl",
+        "data/logits/teacher_bert_qqp/dev",
+        "run_fine_tune_gen_logits.py",
+        [*TEACHER, "--ckpt", "2", "--dataset", "dev"],
+    ),
+    "eval_table": (
+        "eval-dev.json",
+        "exp/teacher_bert_qqp",
+        "run_fine_tune_eval.py",
+        [*TEACHER, "--dataset", "dev", "--batch_size", "16"],
+    ),
+    "submission": (
+        "QQP.tsv",
+        "exp/teacher_bert_qqp",
+        "generate_test_prediction.py",
+        [*TEACHER, "--ckpt", "2", "--dataset", "test"],
+    ),
 }
 
 
@@ -59,10 +91,13 @@ def killed(tmp_path_factory, tiny_bert):
     synthetic.write_qqp(data, n_train=24, n_dev=16, n_test=8)
     synthetic.write_qqp(base / "cache_data", n_train=24, n_dev=16, n_test=8)
     run_in_process("run_fine_tune.py", *TEACHER, "--ptrain_ver", str(tiny_bert), *FT[4:], data_root=data, exp_root=exp)
-    run_in_process("run_fine_tune_eval.py", *TEACHER, "--dataset", "dev", "--batch_size", "16", data_root=data,
-                   exp_root=exp)
-    before = {cid: {p.name: p.read_bytes() for p in (base / where).glob(pattern) if p.is_file()}
-              for cid, (pattern, where, _, _) in KILLS.items()}
+    run_in_process(
+        "run_fine_tune_eval.py", *TEACHER, "--dataset", "dev", "--batch_size", "16", data_root=data, exp_root=exp
+    )
+    before = {
+        cid: {p.name: p.read_bytes() for p in (base / where).glob(pattern) if p.is_file()}
+        for cid, (pattern, where, _, _) in KILLS.items()
+    }
     env = dict(os.environ, FT_DATA_ROOT=str(data), FT_EXP_ROOT=str(exp), TQDM_DISABLE="1", OMP_NUM_THREADS="1")
     procs = {}
     for cid, (pattern, _, _, _) in KILLS.items():
@@ -96,12 +131,14 @@ def check_complete(cid: str, base: Path) -> None:
         assert json.loads((exp / "cfg_bert_qqp" / "config.json").read_text())["experiment"] == "cfg"
     elif cid == "model_folder":
         from transformers import AutoConfig, AutoTokenizer
+
         assert AutoConfig.from_pretrained(exp / "dir_bert_qqp" / "model").num_labels == 2
         assert AutoTokenizer.from_pretrained(exp / "dir_bert_qqp" / "model").pad_token == "[PAD]"
     elif cid == "tokenisation_cache":  # the rerun's cache file is whole: read back, never re-tokenised
         from fine_tune import batching
         from fine_tune.models.classifier import load_tokenizer
         from fine_tune.tasks import get_task
+
         tok = load_tokenizer(exp / "cache_bert_qqp" / "model")
         examples = get_task("qqp").load(base / "cache_data", "train", None)
         fresh = batching.tokenize(tok, examples, 20)
@@ -110,10 +147,15 @@ def check_complete(cid: str, base: Path) -> None:
             cached = batching.cached_features(base / "cache_data" / "cache", tok, examples, 20, regression=False)
         finally:
             batching.tokenize = real
-        for a, b in ((cached.input_ids, fresh.input_ids), (cached.offsets, fresh.offsets), (cached.labels, fresh.labels)):
+        for a, b in (
+            (cached.input_ids, fresh.input_ids),
+            (cached.offsets, fresh.offsets),
+            (cached.labels, fresh.labels),
+        ):
             assert np.array_equal(a, b)
     elif cid == "logits":
         from fine_tune.tasks.logits import read_logits
+
         ds = read_logits(data, "teacher_bert_qqp:dev", "qqp")
         assert ds.logits.shape == (16, 2) and ds.meta["checkpoint"] == 2
     elif cid == "eval_table":
@@ -121,6 +163,7 @@ def check_complete(cid: str, base: Path) -> None:
         pred = np.load(exp / "teacher_bert_qqp" / "eval-dev-predictions.npz")
         assert [r["ckpt"] for r in table["rows"]] == [2] and len(pred["pred_2"]) == table["num_rows"]
         from fine_tune.tasks import get_task  # the accuracy in the table is the one of the saved predictions
+
         labels = np.array([e.label for e in get_task("qqp").load(data, "dev", None)])
         assert table["rows"][0]["accuracy"] == pytest.approx(float((pred["pred_2"] == labels[pred["idx"]]).mean()))
     elif cid == "submission":

@@ -163,8 +163,10 @@ def ref_minilm(sq, sk, sv, tq, tk, tv, s_heads, t_heads, mask):
 
 
 def ref_minilmv2(sq, sk, sv, tq, tk, tv, rel_heads, mask):
-    parts = [ref_kl(ref_relation(s, s, rel_heads, mask), ref_relation(t, t, rel_heads, mask), mask)
-             for s, t in ((sq, tq), (sk, tk), (sv, tv))]
+    parts = [
+        ref_kl(ref_relation(s, s, rel_heads, mask), ref_relation(t, t, rel_heads, mask), mask)
+        for s, t in ((sq, tq), (sk, tk), (sv, tv))
+    ]
     return sum(parts), parts
 
 
@@ -183,7 +185,7 @@ def test_split_heads_layout():
     for b in range(2):
         for h in range(4):
             for s in range(3):
-                assert heads[b, h, s].tolist() == x[b, s, 2 * h:2 * h + 2].tolist()
+                assert heads[b, h, s].tolist() == x[b, s, 2 * h : 2 * h + 2].tolist()
     with pytest.raises(UserError) as info:
         split_heads(x, 3)
     assert "\n" not in str(info.value) and "8" in str(info.value) and "3" in str(info.value)
@@ -255,15 +257,18 @@ def test_soft_cross_entropy(temperature):
     close(soft_cross_entropy(t32(s), t32(t), temperature, "mean"), ref_soft_ce(s, t, temperature) / 4)
 
 
-@pytest.mark.parametrize("m, n, expected", [
-    (4, 12, [3, 6, 9, 12]),
-    (6, 12, [2, 4, 6, 8, 10, 12]),
-    (4, 24, [6, 12, 18, 24]),
-    (6, 24, [4, 8, 12, 16, 20, 24]),
-    (12, 12, list(range(1, 13))),
-    (4, 6, [2, 3, 5, 6]),  # not a multiple: ceil(m N / M), evenly up to the last layer
-    (5, 12, [3, 5, 8, 10, 12]),
-])
+@pytest.mark.parametrize(
+    "m, n, expected",
+    [
+        (4, 12, [3, 6, 9, 12]),
+        (6, 12, [2, 4, 6, 8, 10, 12]),
+        (4, 24, [6, 12, 18, 24]),
+        (6, 24, [4, 8, 12, 16, 20, 24]),
+        (12, 12, list(range(1, 13))),
+        (4, 6, [2, 3, 5, 6]),  # not a multiple: ceil(m N / M), evenly up to the last layer
+        (5, 12, [3, 5, 8, 10, 12]),
+    ],
+)
 def test_tinybert_layer_map(m, n, expected):
     assert tinybert_layer_map(m, n) == expected
     assert tinybert_layer_map(m, n) == [int(np.ceil(j * n / m - 1e-9)) for j in range(1, m + 1)]
@@ -488,16 +493,19 @@ def test_head_split_inputs_give_the_same_losses_and_gradients(masked, head_mean)
     for flat, got in ((sq, split[0]), (tk, split[4])):
         assert torch.equal(split_heads(flat, heads), split_heads(got, heads))
     losses = {
-        "tinybert": lambda q, k, v, Q, K, V: attention_mse_from_projections(q, k, Q, K, heads, heads, mask, masked,
-                                                                              head_mean=head_mean),
+        "tinybert": lambda q, k, v, Q, K, V: attention_mse_from_projections(
+            q, k, Q, K, heads, heads, mask, masked, head_mean=head_mean
+        ),
         "minilm": lambda q, k, v, Q, K, V: minilm_loss(q, k, v, Q, K, V, heads, heads, mask)[0],
         "minilmv2": lambda q, k, v, Q, K, V: minilmv2_loss(q, k, v, Q, K, V, 2 if head_mean else 1, mask)[0],
     }
     for name, loss in losses.items():
         a, c = loss(sq, sk, sv, tq, tk, tv), loss(*split)
         assert torch.allclose(a, c, rtol=1e-5, atol=1e-7), (name, a, c)
-        for ga, gc in zip(torch.autograd.grad(a, (sq, sk, sv), allow_unused=True),
-                          torch.autograd.grad(c, (sq, sk, sv), allow_unused=True)):
+        for ga, gc in zip(
+            torch.autograd.grad(a, (sq, sk, sv), allow_unused=True),
+            torch.autograd.grad(c, (sq, sk, sv), allow_unused=True),
+        ):
             assert (ga is None) == (gc is None) and (ga is None or torch.allclose(ga, gc, rtol=1e-4, atol=1e-6)), name
 
 
@@ -516,10 +524,27 @@ M_LENGTHS = (6, 4, 2)
 def method_from_flags(name, own, student_width, padding, heads=2, teacher_heads=2, layers=M_LS, task="qqp"):
     from fine_tune.engine.protocol import TeacherShape
 
-    return built_from_flags(name, [
-        "--d_model", str(student_width), "--d_ff", "16", "--num_attention_heads", str(heads), "--num_hidden_layers",
-        str(layers), "--max_seq_len", str(M_S), "--padding", padding, *own], TeacherShape(M_LT, M_DT, teacher_heads), 3,
-        task)
+    return built_from_flags(
+        name,
+        [
+            "--d_model",
+            str(student_width),
+            "--d_ff",
+            "16",
+            "--num_attention_heads",
+            str(heads),
+            "--num_hidden_layers",
+            str(layers),
+            "--max_seq_len",
+            str(M_S),
+            "--padding",
+            padding,
+            *own,
+        ],
+        TeacherShape(M_LT, M_DT, teacher_heads),
+        3,
+        task,
+    )
 
 
 def qkv_outputs(seed, layers, width, lengths=M_LENGTHS, classes=3):
@@ -531,9 +556,13 @@ def qkv_outputs(seed, layers, width, lengths=M_LENGTHS, classes=3):
     mask = torch.tensor(make_mask(lengths, M_S))
     rng = np.random.default_rng(seed)
     logits = rng.standard_normal((len(lengths), classes)).astype(np.float32).astype(np.float64) * 2
-    out = ModelOutputs(t32(logits), tuple(t32(a) for a in arrays[:layers]), mask,
-                       tuple(tuple(t32(a) for a in arrays[layers + 3 * i:layers + 3 * i + 3]) for i in range(layers)),
-                       t32(arrays[-1]))
+    out = ModelOutputs(
+        t32(logits),
+        tuple(t32(a) for a in arrays[:layers]),
+        mask,
+        tuple(tuple(t32(a) for a in arrays[layers + 3 * i : layers + 3 * i + 3]) for i in range(layers)),
+        t32(arrays[-1]),
+    )
     return out, arrays, logits
 
 
@@ -549,8 +578,12 @@ def test_tinybert_prediction_stage_from_its_flags_is_the_released_soft_cross_ent
     """--tinybert_stage prediction at T = 2.5 with both weights given: soft_weight * soft CE of z/T (once, no T^2;
     averaged over the batch and the 3 classes, as the released code) + hard_weight * CE(s, y), each part logged; a
     regression task: the weighted MSEs to the gold score, no temperature, no teacher."""
-    method = method_from_flags("tinybert", ["--tinybert_stage", "prediction", "--softmax_temp", "2.5",
-                                            "--hard_weight", "0.3", "--soft_weight", "0.6"], M_DT, "max_length")
+    method = method_from_flags(
+        "tinybert",
+        ["--tinybert_stage", "prediction", "--softmax_temp", "2.5", "--hard_weight", "0.3", "--soft_weight", "0.6"],
+        M_DT,
+        "max_length",
+    )
     assert (method.stage, method.temperature, method.hard_weight, method.soft_weight) == ("prediction", 2.5, 0.3, 0.6)
     assert method.projection is None and not method.reads_attention and not method.needs_hidden_states
     assert method.ignores_padding and method.uses_teacher and method.every_parameter_learns
@@ -566,17 +599,35 @@ def test_tinybert_prediction_stage_from_its_flags_is_the_released_soft_cross_ent
     close(parts["hard_loss"], hard)
     close(parts["loss"], 0.6 * soft + 0.3 * hard)
     # a regression task (STS-B, one output): (hard_weight + soft_weight) * MSE(s, y), no teacher
-    reg = method_from_flags("tinybert", ["--tinybert_stage", "prediction", "--hard_weight", "0.3",
-                                         "--soft_weight", "0.6"], M_DT, "max_length", task="stsb")
+    reg = method_from_flags(
+        "tinybert",
+        ["--tinybert_stage", "prediction", "--hard_weight", "0.3", "--soft_weight", "0.6"],
+        M_DT,
+        "max_length",
+        task="stsb",
+    )
     assert not reg.uses_teacher
     sr, tr, yr = s[:, :1], t[:, :1], np.array([0.5, 3.25, 1.0])
     parts = reg.losses({"labels": t32(yr)}, replace(st, logits=t32(sr)), None)
     close(parts["loss"], 0.9 * float(np.mean((sr[:, 0] - yr) ** 2)))
     # --tinybert_regression_target teacher (the toolkit's rule before issue 30): hard_weight * MSE(s, y) +
     # soft_weight * MSE(s, t)
-    reg = method_from_flags("tinybert", ["--tinybert_stage", "prediction", "--hard_weight", "0.3",
-                                         "--soft_weight", "0.6", "--tinybert_regression_target", "teacher"], M_DT,
-                            "max_length", task="stsb")
+    reg = method_from_flags(
+        "tinybert",
+        [
+            "--tinybert_stage",
+            "prediction",
+            "--hard_weight",
+            "0.3",
+            "--soft_weight",
+            "0.6",
+            "--tinybert_regression_target",
+            "teacher",
+        ],
+        M_DT,
+        "max_length",
+        task="stsb",
+    )
     assert reg.uses_teacher
     parts = reg.losses({"labels": t32(yr)}, replace(st, logits=t32(sr)), replace(te, logits=t32(tr)))
     expected = 0.3 * float(np.mean((sr[:, 0] - yr) ** 2)) + 0.6 * float(np.mean((sr[:, 0] - tr[:, 0]) ** 2))
@@ -591,8 +642,9 @@ def test_tinybert_intermediate_stage_from_its_flags_matches_the_equations(paddin
     teacher layer 3m, the same for the hidden states through the shared W_h, and the embeddings' MSE through W_h);
     --padding dynamic reaches the method and every mean is then over the real tokens (query-key pairs) only."""
     heads = 3 if attention == "head_mean" and student_width == 6 else 2  # head_mean: 3 student heads, 2 teacher's
-    method = method_from_flags("tinybert", ["--mu", "0.7", "--tinybert_attention", attention], student_width,
-                               padding, heads=heads)
+    method = method_from_flags(
+        "tinybert", ["--mu", "0.7", "--tinybert_attention", attention], student_width, padding, heads=heads
+    )
     s_heads = method.student_heads
     assert method.padding == padding and method.masked == (padding == "dynamic") and method.mu == 0.7
     assert method.attention == attention and method.teacher_layers == [3, 6] and method.teacher_heads == 2
@@ -616,15 +668,16 @@ def test_tinybert_intermediate_stage_from_its_flags_matches_the_equations(paddin
 
     def reference(masked):
         s_hid, t_hid = s_arr[:M_LS], t_arr[:M_LT]
-        s_qkv = [s_arr[M_LS + 3 * i:M_LS + 3 * i + 2] for i in range(M_LS)]
-        t_qkv = [t_arr[M_LT + 3 * i:M_LT + 3 * i + 2] for i in range(M_LT)]
+        s_qkv = [s_arr[M_LS + 3 * i : M_LS + 3 * i + 2] for i in range(M_LS)]
+        t_qkv = [t_arr[M_LT + 3 * i : M_LT + 3 * i + 2] for i in range(M_LT)]
 
         def maps(q, k, h):
             scores = ref_scores(q, k, h, mask)
             return scores if attention == "per_head" else scores.mean(1, keepdims=True)
 
-        att = [ref_attention_mse(maps(*s_qkv[m - 1], s_heads), maps(*t_qkv[3 * m - 1], 2), mask, masked)
-               for m in (1, 2)]
+        att = [
+            ref_attention_mse(maps(*s_qkv[m - 1], s_heads), maps(*t_qkv[3 * m - 1], 2), mask, masked) for m in (1, 2)
+        ]
         hid = [ref_hidden_mse(project(s_hid[m - 1]), t_hid[3 * m - 1], mask, masked) for m in (1, 2)]
         emb = ref_hidden_mse(project(s_arr[-1]), t_arr[-1], mask, masked)
         return att, hid, emb
@@ -647,16 +700,33 @@ def test_minilm_from_its_flags_matches_the_equations(variant, padding):
     """run_minilm_distil.py's method: --minilm_teacher_layer 5 (not the last), mu, T and both weights away from
     their defaults; MiniLM v1 (equal heads) or v2 (--relation_heads 4, a student of another width and head count).
     The relations leave padding out under either padding."""
-    own = ["--minilm_teacher_layer", "5", "--mu", "0.7", "--softmax_temp", "2.5", "--hard_weight", "0.3",
-           "--soft_weight", "0.6"]
+    own = [
+        "--minilm_teacher_layer",
+        "5",
+        "--mu",
+        "0.7",
+        "--softmax_temp",
+        "2.5",
+        "--hard_weight",
+        "0.3",
+        "--soft_weight",
+        "0.6",
+    ]
     if variant == "minilmv2":
         method = method_from_flags("minilm", own + ["--relation_heads", "4"], 12, padding, heads=3)
         assert method.relation_heads == 4 and method.student_heads == 3
     else:
         method = method_from_flags("minilm", own, M_DT, padding)
         assert method.relation_heads is None and method.student_heads == 2
-    assert (method.teacher_layer, method.mu, method.temperature, method.hard_weight, method.soft_weight,
-            method.padding, method.teacher_heads) == (5, 0.7, 2.5, 0.3, 0.6, padding, 2)
+    assert (
+        method.teacher_layer,
+        method.mu,
+        method.temperature,
+        method.hard_weight,
+        method.soft_weight,
+        method.padding,
+        method.teacher_heads,
+    ) == (5, 0.7, 2.5, 0.3, 0.6, padding, 2)
     assert method.projection is None  # relations are [S, S] whatever the width
     width = 12 if variant == "minilmv2" else M_DT
     st, s_arr, s = qkv_outputs(500, M_LS, width)
@@ -664,8 +734,8 @@ def test_minilm_from_its_flags_matches_the_equations(variant, padding):
     y = [1, 2, 0]
     parts = method.losses({"labels": torch.tensor(y)}, st, te)
     mask = make_mask(M_LENGTHS, M_S)
-    sq, sk, sv = s_arr[M_LS + 3:M_LS + 6]  # the student's last layer
-    tq, tk, tv = t_arr[M_LT + 3 * 4:M_LT + 3 * 4 + 3]  # teacher layer 5
+    sq, sk, sv = s_arr[M_LS + 3 : M_LS + 6]  # the student's last layer
+    tq, tk, tv = t_arr[M_LT + 3 * 4 : M_LT + 3 * 4 + 3]  # teacher layer 5
     if variant == "minilmv2":
         kl, names = ref_minilmv2(sq, sk, sv, tq, tk, tv, 4, mask)[1], ("qq_kl", "kk_kl", "vv_kl")
     else:
@@ -679,7 +749,7 @@ def test_minilm_from_its_flags_matches_the_equations(variant, padding):
         ps = np.exp(s[row] / 2.5) / np.exp(s[row] / 2.5).sum()
         pt = np.exp(t[row] / 2.5) / np.exp(t[row] / 2.5).sum()
         kd += float((pt * np.log(pt / ps)).sum()) / 3
-    logits = 0.3 * ref_ce(s, y) + 0.6 * 2.5 ** 2 * kd
+    logits = 0.3 * ref_ce(s, y) + 0.6 * 2.5**2 * kd
     close(parts["logits_loss"], logits)
     close(parts["loss"], logits + 0.7 * sum(kl))
 
@@ -690,6 +760,7 @@ def test_minilm_from_its_flags_matches_the_equations(variant, padding):
 def direct_mse64(sq, sk, tq, tk, heads, mask, masked):
     """The attention MSE by its definition, every [S, S] map formed in float64 from the fp32 inputs: the
     reference the Gram form must meet relative to the loss itself."""
+
     def maps(q, k):
         b, s, d = q.shape
         q = q.double().view(b, s, heads, d // heads).transpose(1, 2)
@@ -734,8 +805,8 @@ def test_attention_mse_is_accurate_relative_to_itself_near_the_teacher(masked, d
     assert got.dtype == torch.float32
     got_, ref_ = float(got.detach()), float(reference.detach())
     assert abs(got_ - ref_) <= 1e-4 * ref_, (got_, ref_, ratio)
-    g_got, = torch.autograd.grad(got, sq)
-    g_ref, = torch.autograd.grad(reference, sq)
+    (g_got,) = torch.autograd.grad(got, sq)
+    (g_ref,) = torch.autograd.grad(reference, sq)
     err = (g_got.double() - g_ref).norm() / g_ref.norm()
     assert err < 1e-4, float(err)
 

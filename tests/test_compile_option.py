@@ -31,9 +31,30 @@ def test_compile_trains_to_the_same_weights(run, tiny_bert, exp_root, monkeypatc
     monkeypatch.setenv("FT_COMPILE_BACKEND", COUNTING)
     torch._dynamo.reset()
     GRAPHS.clear()
-    common = ["--model", "bert", "--ptrain_ver", str(tiny_bert), "--task", "qqp", "--total_step", "3",
-              "--warmup_step", "1", "--ckpt_step", "3", "--batch_size", "8", "--dropout", "0", "--lr", "1e-3",
-              "--max_seq_len", "24", "--padding", "dynamic"]
+    common = [
+        "--model",
+        "bert",
+        "--ptrain_ver",
+        str(tiny_bert),
+        "--task",
+        "qqp",
+        "--total_step",
+        "3",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "3",
+        "--batch_size",
+        "8",
+        "--dropout",
+        "0",
+        "--lr",
+        "1e-3",
+        "--max_seq_len",
+        "24",
+        "--padding",
+        "dynamic",
+    ]
     run("run_fine_tune.py", "--experiment", "plain", *common)
     assert GRAPHS == []  # without --compile nothing is captured
     batch_widths.clear()  # the compiled run's batches only
@@ -76,19 +97,39 @@ def test_compile_captures_the_teacher_forward_too(tmp_path, monkeypatch):
     def step(compile: bool) -> dict[str, float]:
         torch._dynamo.reset()
         GRAPHS.clear()
-        settings = TrainSettings(optimiser=OptimiserSettings(lr=1e-3, total_step=1, warmup_step=0), batch_size=4,
-                                 accum_step=1, ckpt_step=1, log_step=1, seed=0, tag_prefix="qqp/train/bert",
-                                 compile=compile)
+        settings = TrainSettings(
+            optimiser=OptimiserSettings(lr=1e-3, total_step=1, warmup_step=0),
+            batch_size=4,
+            accum_step=1,
+            ckpt_step=1,
+            log_step=1,
+            seed=0,
+            tag_prefix="qqp/train/bert",
+            compile=compile,
+        )
         exp = ExperimentDir(tmp_path, f"compile-{compile}")
         exp.path.mkdir(parents=True, exist_ok=True)
         student, teacher, method = bert(1), bert(2, seed=3), PKD(1, 2, 0.5, 0.5, 2.0, 0.0)
-        forwards = training_forwards(student, teacher, enabled=True, ignores_padding=method.ignores_padding,
-                                     compile=compile)
+        forwards = training_forwards(
+            student, teacher, enabled=True, ignores_padding=method.ignores_padding, compile=compile
+        )
         batch = fixed_batch()
         batch["model_kwargs"] = {"layout": forwards.layout(batch["attention_mask"].sum(1).numpy(), 12)}
-        trainer = Trainer(student, method, lambda rows: dict(batch), 4, settings, exp, torch.device("cpu"),
-                          Precision("cpu", None), teacher=teacher, progress=False, forward=forward,
-                          student_forward=forwards.student, teacher_forward=forwards.teacher)
+        trainer = Trainer(
+            student,
+            method,
+            lambda rows: dict(batch),
+            4,
+            settings,
+            exp,
+            torch.device("cpu"),
+            Precision("cpu", None),
+            teacher=teacher,
+            progress=False,
+            forward=forward,
+            student_forward=forwards.student,
+            teacher_forward=forwards.teacher,
+        )
         return {k: v.item() for k, v in trainer._micro_step(np.arange(4)).items()}
 
     eager = step(False)

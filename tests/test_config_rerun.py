@@ -14,13 +14,68 @@ from conftest import REPO, run_in_process
 
 from fine_tune import synthetic
 
-TEACHER = ["--experiment", "orig", "--model", "bert", "--task", "qqp", "--total_step", "4", "--warmup_step", "1",
-           "--ckpt_step", "2", "--log_step", "2", "--batch_size", "8", "--lr", "1e-3", "--max_seq_len", "24",
-           "--max_examples", "32", "--seed", "7", "--device_id", "-1"]
-PKD = ["--experiment", "pkd", "--task", "qqp", "--teacher_exp", "orig", "--tmodel", "bert", "--tckpt", "4",
-       "--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2", "--num_hidden_layers", "1", "--total_step", "2",
-       "--warmup_step", "0", "--ckpt_step", "2", "--log_step", "2", "--batch_size", "8", "--max_examples", "16",
-       "--device_id", "-1"]
+TEACHER = [
+    "--experiment",
+    "orig",
+    "--model",
+    "bert",
+    "--task",
+    "qqp",
+    "--total_step",
+    "4",
+    "--warmup_step",
+    "1",
+    "--ckpt_step",
+    "2",
+    "--log_step",
+    "2",
+    "--batch_size",
+    "8",
+    "--lr",
+    "1e-3",
+    "--max_seq_len",
+    "24",
+    "--max_examples",
+    "32",
+    "--seed",
+    "7",
+    "--device_id",
+    "-1",
+]
+PKD = [
+    "--experiment",
+    "pkd",
+    "--task",
+    "qqp",
+    "--teacher_exp",
+    "orig",
+    "--tmodel",
+    "bert",
+    "--tckpt",
+    "4",
+    "--d_model",
+    "32",
+    "--d_ff",
+    "64",
+    "--num_attention_heads",
+    "2",
+    "--num_hidden_layers",
+    "1",
+    "--total_step",
+    "2",
+    "--warmup_step",
+    "0",
+    "--ckpt_step",
+    "2",
+    "--log_step",
+    "2",
+    "--batch_size",
+    "8",
+    "--max_examples",
+    "16",
+    "--device_id",
+    "-1",
+]
 RERUN = {"experiment", "provenance", "config_from", "overrides"}
 
 
@@ -86,8 +141,16 @@ def test_override_is_recorded_and_used(roots):
     # --flag=value and an abbreviation (--warmup_s: --warmup_step) count as given; one equal to the file is no override
     # a boolean flag (store_true) given over the file's false is an override too
     assert config(exp_root, "orig_bert_qqp")["group_by_length"] is False
-    run("run_fine_tune.py", f"--config={cfg_file}", "--experiment", "fast", "--lr=2e-3", "--warmup_s", "1",
-        "--group_by_length")
+    run(
+        "run_fine_tune.py",
+        f"--config={cfg_file}",
+        "--experiment",
+        "fast",
+        "--lr=2e-3",
+        "--warmup_s",
+        "1",
+        "--group_by_length",
+    )
     fast = config(exp_root, "fast_bert_qqp")
     assert fast["overrides"] == {"experiment": "fast", "lr": 0.002, "group_by_length": True}
     assert fast["lr"] == 0.002 and fast["warmup_step"] == 1 and fast["group_by_length"] is True
@@ -119,8 +182,10 @@ def test_evaluation_takes_the_experiment_from_the_config(roots):
 
 BAD = {  # (change to the teacher's config.json, the message after "error: --config <file>: ")
     "bad_json": (None, "not valid JSON (line 1: Expecting ',' delimiter)"),
-    "unknown_field": ({"colour": "blue"}, 'unknown field "colour" (no script has a flag --colour, and no run records '
-                                          'such a field)'),
+    "unknown_field": (
+        {"colour": "blue"},
+        'unknown field "colour" (no script has a flag --colour, and no run records such a field)',
+    ),
     "wrong_type": ({"lr": "fast"}, 'field "lr": --lr takes a number, got "fast"'),
     "list_for_int": ({"total_step": [4]}, 'field "total_step": --total_step takes an integer, got [4]'),
 }
@@ -136,8 +201,16 @@ def test_bad_config_is_one_line_and_writes_nothing(roots, tmp_path, tiny_bert, c
     else:
         path.write_text(json.dumps({**config(exp_root, "orig_bert_qqp"), "ptrain_ver": str(tiny_bert), **change}))
     fresh = tmp_path / "exp"
-    proc = run_in_process("run_fine_tune.py", "--config", str(path), "--experiment", "bad", data_root=data_root,
-                          exp_root=fresh, check=False)
+    proc = run_in_process(
+        "run_fine_tune.py",
+        "--config",
+        str(path),
+        "--experiment",
+        "bad",
+        data_root=data_root,
+        exp_root=fresh,
+        check=False,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == f"error: --config {path}: {message}\n"
     assert not fresh.exists() and not (exp_root / "bad_bert_qqp").exists()
@@ -148,20 +221,27 @@ def _recorded_names() -> set[str]:
     source: ``dict(<...>.record() or record, name=...)``, ``_record(flags, task, name=...)`` (the planners'),
     ``record["name"] = ...``, ``def record(): return {...}``."""
     names: set[str] = set()
-    for path in (*(REPO / "fine_tune" / "plan").glob("*.py"), *(REPO / "fine_tune" / "run").glob("*.py"),
-                 *(REPO / "fine_tune" / "methods").glob("*.py")):
+    for path in (
+        *(REPO / "fine_tune" / "plan").glob("*.py"),
+        *(REPO / "fine_tune" / "run").glob("*.py"),
+        *(REPO / "fine_tune" / "methods").glob("*.py"),
+    ):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_record":
                 names |= {k.arg for k in node.keywords if k.arg}
             elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "dict" and node.args:
                 first = node.args[0]
                 if (isinstance(first, ast.Name) and first.id == "record") or (
-                        isinstance(first, ast.Call) and getattr(first.func, "attr", None) == "record"):
+                    isinstance(first, ast.Call) and getattr(first.func, "attr", None) == "record"
+                ):
                     names |= {k.arg for k in node.keywords if k.arg}
             elif isinstance(node, ast.Assign):
                 for t in node.targets:
-                    if isinstance(t, ast.Subscript) and getattr(t.value, "id", None) == "record" and isinstance(
-                            t.slice, ast.Constant):
+                    if (
+                        isinstance(t, ast.Subscript)
+                        and getattr(t.value, "id", None) == "record"
+                        and isinstance(t.slice, ast.Constant)
+                    ):
                         names.add(t.slice.value)
             elif isinstance(node, ast.FunctionDef) and node.name == "record":
                 for ret in ast.walk(node):
@@ -179,7 +259,14 @@ def test_every_recorded_field_is_known_to_config():
     from fine_tune import config as cfg
 
     names = _recorded_names()
-    assert {"teacher_label_order", "hidden_mapping", "tinybert_layers", "gate_no_decay", "task_definition",
-            "provenance", "logits_split"} <= names  # the scan sees the planners' and the methods' records
+    assert {
+        "teacher_label_order",
+        "hidden_mapping",
+        "tinybert_layers",
+        "gate_no_decay",
+        "task_definition",
+        "provenance",
+        "logits_split",
+    } <= names  # the scan sees the planners' and the methods' records
     flags = {f.name for g in cli._all_flag_groups() for f in dataclasses.fields(g)}
     assert names - flags - cfg.recorded_fields() == set()

@@ -34,44 +34,123 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 # AX-b as the official file writes it: idx as text ("idx": "0"), the diagnostic categories of a row where it has
 # them; 7 not_entailment, 3 entailment
 AXB = [
-    {"sentence1": "The cat sat on the mat.", "sentence2": "The cat did not sit on the mat.", "label": "not_entailment",
-     "idx": "0", "logic": "Negation"},
-    {"sentence1": "The cat did not sit on the mat.", "sentence2": "The cat sat on the mat.", "label": "not_entailment",
-     "idx": "1", "logic": "Negation"},
-    {"sentence1": "When you've got no snow, it's really hard to learn a snow sport.", "sentence2": "When you've got "
-     "snow, it's really hard to learn a snow sport.", "label": "not_entailment", "idx": "2",
-     "logic": "Negation;Conditionals"},
-    {"sentence1": "Tulsi Gabbard disagrees with Bernie Sanders.", "sentence2": "Bernie Sanders disagrees with Tulsi "
-     "Gabbard.", "label": "entailment", "idx": "3", "lexical-semantics": "Symmetry/Collectivity"},
-    {"sentence1": "The dog barked loudly.", "sentence2": "The dog barked.", "label": "entailment", "idx": "4",
-     "lexical-semantics": "Redundancy"},
-    {"sentence1": "Some birds can fly.", "sentence2": "All birds can fly.", "label": "not_entailment", "idx": "5",
-     "logic": "Universal"},
-    {"sentence1": "She bought a car.", "sentence2": "She bought a vehicle.", "label": "entailment", "idx": "6",
-     "lexical-semantics": "Lexical entailment"},
-    {"sentence1": "He might come.", "sentence2": "He will come.", "label": "not_entailment", "idx": "7",
-     "logic": "Intervals/Numbers"},
-    {"sentence1": "Paris is in France.", "sentence2": "Paris is in Spain.", "label": "not_entailment", "idx": "8",
-     "knowledge": "World knowledge"},
-    {"sentence1": "The vase broke.", "sentence2": "Someone broke the vase on purpose.", "label": "not_entailment",
-     "idx": "9", "predicate-argument-structure": "Core args"},
+    {
+        "sentence1": "The cat sat on the mat.",
+        "sentence2": "The cat did not sit on the mat.",
+        "label": "not_entailment",
+        "idx": "0",
+        "logic": "Negation",
+    },
+    {
+        "sentence1": "The cat did not sit on the mat.",
+        "sentence2": "The cat sat on the mat.",
+        "label": "not_entailment",
+        "idx": "1",
+        "logic": "Negation",
+    },
+    {
+        "sentence1": "When you've got no snow, it's really hard to learn a snow sport.",
+        "sentence2": "When you've got snow, it's really hard to learn a snow sport.",
+        "label": "not_entailment",
+        "idx": "2",
+        "logic": "Negation;Conditionals",
+    },
+    {
+        "sentence1": "Tulsi Gabbard disagrees with Bernie Sanders.",
+        "sentence2": "Bernie Sanders disagrees with Tulsi Gabbard.",
+        "label": "entailment",
+        "idx": "3",
+        "lexical-semantics": "Symmetry/Collectivity",
+    },
+    {
+        "sentence1": "The dog barked loudly.",
+        "sentence2": "The dog barked.",
+        "label": "entailment",
+        "idx": "4",
+        "lexical-semantics": "Redundancy",
+    },
+    {
+        "sentence1": "Some birds can fly.",
+        "sentence2": "All birds can fly.",
+        "label": "not_entailment",
+        "idx": "5",
+        "logic": "Universal",
+    },
+    {
+        "sentence1": "She bought a car.",
+        "sentence2": "She bought a vehicle.",
+        "label": "entailment",
+        "idx": "6",
+        "lexical-semantics": "Lexical entailment",
+    },
+    {
+        "sentence1": "He might come.",
+        "sentence2": "He will come.",
+        "label": "not_entailment",
+        "idx": "7",
+        "logic": "Intervals/Numbers",
+    },
+    {
+        "sentence1": "Paris is in France.",
+        "sentence2": "Paris is in Spain.",
+        "label": "not_entailment",
+        "idx": "8",
+        "knowledge": "World knowledge",
+    },
+    {
+        "sentence1": "The vase broke.",
+        "sentence2": "Someone broke the vase on purpose.",
+        "label": "not_entailment",
+        "idx": "9",
+        "predicate-argument-structure": "Core args",
+    },
 ]
 
 # AX-g with pair_ids shared by a pair's two rows, which are not adjacent and whose pair_ids are not row numbers:
 # pairs 551650 (rows 0, 2), 551700 (rows 1, 4), 551662 (rows 3, 5)
 AXG = [
-    {"hypothesis": "The accountant sought help filing taxes.", "idx": 0, "label": "not_entailment", "pair_id": 551650,
-     "premise": "The taxpayer met with the accountant to get help filing his taxes."},
-    {"hypothesis": "The customer could pay with cash.", "idx": 1, "label": "entailment", "pair_id": 551700,
-     "premise": "The technician told the customer that he could pay with cash."},
-    {"hypothesis": "The accountant sought help filing taxes.", "idx": 2, "label": "not_entailment", "pair_id": 551650,
-     "premise": "The taxpayer met with the accountant to get help filing her taxes."},
-    {"hypothesis": "The supervisor gave feedback.", "idx": 3, "label": "entailment", "pair_id": 551662,
-     "premise": "The employee gave the supervisor feedback on his managing style."},
-    {"hypothesis": "The customer could pay with cash.", "idx": 4, "label": "entailment", "pair_id": 551700,
-     "premise": "The technician told the customer that she could pay with cash."},
-    {"hypothesis": "The supervisor gave feedback.", "idx": 5, "label": "entailment", "pair_id": 551662,
-     "premise": "The employee gave the supervisor feedback on her managing style."},
+    {
+        "hypothesis": "The accountant sought help filing taxes.",
+        "idx": 0,
+        "label": "not_entailment",
+        "pair_id": 551650,
+        "premise": "The taxpayer met with the accountant to get help filing his taxes.",
+    },
+    {
+        "hypothesis": "The customer could pay with cash.",
+        "idx": 1,
+        "label": "entailment",
+        "pair_id": 551700,
+        "premise": "The technician told the customer that he could pay with cash.",
+    },
+    {
+        "hypothesis": "The accountant sought help filing taxes.",
+        "idx": 2,
+        "label": "not_entailment",
+        "pair_id": 551650,
+        "premise": "The taxpayer met with the accountant to get help filing her taxes.",
+    },
+    {
+        "hypothesis": "The supervisor gave feedback.",
+        "idx": 3,
+        "label": "entailment",
+        "pair_id": 551662,
+        "premise": "The employee gave the supervisor feedback on his managing style.",
+    },
+    {
+        "hypothesis": "The customer could pay with cash.",
+        "idx": 4,
+        "label": "entailment",
+        "pair_id": 551700,
+        "premise": "The technician told the customer that she could pay with cash.",
+    },
+    {
+        "hypothesis": "The supervisor gave feedback.",
+        "idx": 5,
+        "label": "entailment",
+        "pair_id": 551662,
+        "premise": "The employee gave the supervisor feedback on her managing style.",
+    },
 ]
 
 
@@ -93,6 +172,7 @@ def mcc_by_hand(labels, preds) -> float:
 # what a split is: labelled for scoring, its own metrics, never training data nor a chooser
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def test_the_diagnostics_are_scored_splits_with_their_own_metrics():
     assert (RTE.metrics, RTE.main_metric, RTE.dev_split) == (("accuracy",), "accuracy", "val")  # the task's own
     assert RTE.metrics_for("val") == RTE.metrics_for("train") == ("accuracy",)
@@ -102,9 +182,12 @@ def test_the_diagnostics_are_scored_splits_with_their_own_metrics():
     assert not RTE.has_labels("test")
     for split in ("axb", "axg"):
         for flag, use in (("--dataset", "training data"), ("--select_on", "the split that chooses a checkpoint")):
-            with pytest.raises(UserError, match=f"^{flag} {split}: a diagnostic split of rte_superglue, only scored "
-                                                f"\\(run_fine_tune_eval.py\\) and predicted for the submission, never "
-                                                f"{use}$"):
+            with pytest.raises(
+                UserError,
+                match=f"^{flag} {split}: a diagnostic split of rte_superglue, only scored "
+                f"\\(run_fine_tune_eval.py\\) and predicted for the submission, never "
+                f"{use}$",
+            ):
                 RTE.check_not_diagnostic(split, flag, use)
     RTE.check_not_diagnostic("val", "--select_on", "x")
     RTE.check_not_diagnostic("train", "--dataset", "x")
@@ -115,6 +198,7 @@ def test_the_diagnostics_are_scored_splits_with_their_own_metrics():
 # ---------------------------------------------------------------------------------------------------------------
 # AX-b: the Matthews correlation
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def test_axb_reads_the_official_layout_and_is_scored_by_mcc(tmp_path):
     rows = load(tmp_path, "axb", AXB)
@@ -133,7 +217,10 @@ def test_axb_reads_the_official_layout_and_is_scored_by_mcc(tmp_path):
     out = tmp_path / "AX-b.jsonl"
     RTE.write_submission(out, rows, preds)
     assert [json.loads(x) for x in out.read_text().splitlines()][:3] == [
-        {"idx": 0, "label": "not_entailment"}, {"idx": 1, "label": "not_entailment"}, {"idx": 2, "label": "entailment"}]
+        {"idx": 0, "label": "not_entailment"},
+        {"idx": 1, "label": "not_entailment"},
+        {"idx": 2, "label": "entailment"},
+    ]
 
 
 def test_axb_ids_are_required_unique_and_exact(tmp_path):
@@ -151,6 +238,7 @@ def test_axb_ids_are_required_unique_and_exact(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # AX-g: minimal pairs and gender parity
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def parity_by_hand(pair_of_row: list[int], preds) -> float:
     """The share of pairs whose two predictions agree, from a row -> pair list written out here."""
@@ -175,49 +263,78 @@ def test_axg_pairs_rows_by_pair_id_and_scores_gender_parity_and_accuracy(tmp_pat
     # pairing adjacent rows (0-1, 2-3, 4-5) would give 0, by row number or idx the same: the pairs are pair_id's
     assert parity_by_hand([0, 0, 1, 1, 2, 2], preds) == 0.0
     # every pair alike: 1, whatever the labels; every pair split: 0
-    assert compute(("gender_parity",), labels, np.ones(6, dtype=int), np.array([r.group for r in rows]))[
-        "gender_parity"] == 1.0
-    assert compute(("gender_parity",), labels, np.array([0, 0, 1, 0, 1, 1]), np.array([r.group for r in rows]))[
-        "gender_parity"] == 0.0
+    assert (
+        compute(("gender_parity",), labels, np.ones(6, dtype=int), np.array([r.group for r in rows]))["gender_parity"]
+        == 1.0
+    )
+    assert (
+        compute(("gender_parity",), labels, np.array([0, 0, 1, 0, 1, 1]), np.array([r.group for r in rows]))[
+            "gender_parity"
+        ]
+        == 0.0
+    )
 
 
 def test_axg_with_a_pair_id_per_row_pairs_consecutive_rows_as_jiant_does(tmp_path):
     """One pair_id per sentence (the DNC's numbering; the released AX-g's row 0 has 551646): rows 2k and 2k+1 are
     the k-th pair (jiant's GenderParity), whatever the pair_ids' order."""
     his_her = [("his", 551646), ("her", 551648), ("his", 551647), ("her", 551649), ("his", 551702), ("her", 551650)]
-    rows = [{"hypothesis": f"h{i // 2}", "idx": 10 + i, "label": NLI2[i % 2], "pair_id": pid,
-             "premise": f"p{i // 2} {pron}"} for i, (pron, pid) in enumerate(his_her)]
+    rows = [
+        {
+            "hypothesis": f"h{i // 2}",
+            "idx": 10 + i,
+            "label": NLI2[i % 2],
+            "pair_id": pid,
+            "premise": f"p{i // 2} {pron}",
+        }
+        for i, (pron, pid) in enumerate(his_her)
+    ]
     got = load(tmp_path, "axg", rows)
     assert [r.group for r in got] == [551646, 551646, 551647, 551647, 551702, 551702]
     preds = np.array([1, 1, 0, 1, 1, 1])  # pairs: alike, different, alike
-    assert compute(("gender_parity",), np.array([r.label for r in got]), preds,
-                   np.array([r.group for r in got]))["gender_parity"] == pytest.approx(2 / 3)
+    assert compute(("gender_parity",), np.array([r.label for r in got]), preds, np.array([r.group for r in got]))[
+        "gender_parity"
+    ] == pytest.approx(2 / 3)
 
 
 AXG_REFUSED = {
     # a row without its pair_id: one line naming the file and line
-    "no_pair_id": ([AXG[0], AXG[1], {k: v for k, v in AXG[2].items() if k != "pair_id"}],
-                   r"AX-g.jsonl, line 3: missing field 'pair_id' \(AX-g is scored in minimal pairs: gender parity "
-                   r"compares the predictions of a pair's two rows\)$"),
-    "pair_id_not_an_integer": ([dict(AXG[0], pair_id="p1")] + AXG[1:],
-                               r"AX-g.jsonl, line 1: id 'p1' in column 'pair_id' is not an integer$"),
-    "pair_id_on_three_rows": (AXG + [dict(AXG[0], idx=6, premise="The taxpayer met them.")],
-                              r"AX-g.jsonl, line 1: pair_id 551650 names 3 rows \(line 1, line 3, line 7\); a minimal "
-                              r"pair is two rows$"),
-    "pair_id_alone_among_pairs": (AXG + [dict(AXG[0], idx=6, pair_id=9)],
-                                  r"AX-g.jsonl, line 7: pair_id 9 names this row alone while other pair_ids name two "
-                                  r"rows \(line 1 and line 3 share 551650\): the row has no partner to compare its "
-                                  r"prediction with$"),
-    "odd_rows_of_own_ids": ([dict(a, pair_id=100 + i) for i, a in enumerate(AXG[:3])],
-                            r"AX-g.jsonl, line 3: the last of 3 rows has no partner: every row has a pair_id of its "
-                            r"own, so consecutive rows are the minimal pairs \(rows 1-2, 3-4, ...: jiant's rule\), and "
-                            r"an odd count leaves one alone$"),
-    "pair_hypotheses_differ": ([AXG[0], AXG[1], dict(AXG[2], hypothesis="The taxpayer sought help.")] + AXG[3:],
-                               r"AX-g.jsonl, line 3: this row and line 1 are a minimal pair \(pair_id 551650\) but "
-                               r"their hypotheses differ; a pair differs only in the gender of the premise's pronoun$"),
-    "consecutive_hypotheses_differ": ([dict(a, pair_id=100 + i) for i, a in enumerate(AXG[:4])],
-                                      r"AX-g.jsonl, line 2: this row and line 1 are a minimal pair \(consecutive rows, "
-                                      r"each with a pair_id of its own\) but their hypotheses differ"),
+    "no_pair_id": (
+        [AXG[0], AXG[1], {k: v for k, v in AXG[2].items() if k != "pair_id"}],
+        r"AX-g.jsonl, line 3: missing field 'pair_id' \(AX-g is scored in minimal pairs: gender parity "
+        r"compares the predictions of a pair's two rows\)$",
+    ),
+    "pair_id_not_an_integer": (
+        [dict(AXG[0], pair_id="p1")] + AXG[1:],
+        r"AX-g.jsonl, line 1: id 'p1' in column 'pair_id' is not an integer$",
+    ),
+    "pair_id_on_three_rows": (
+        AXG + [dict(AXG[0], idx=6, premise="The taxpayer met them.")],
+        r"AX-g.jsonl, line 1: pair_id 551650 names 3 rows \(line 1, line 3, line 7\); a minimal "
+        r"pair is two rows$",
+    ),
+    "pair_id_alone_among_pairs": (
+        AXG + [dict(AXG[0], idx=6, pair_id=9)],
+        r"AX-g.jsonl, line 7: pair_id 9 names this row alone while other pair_ids name two "
+        r"rows \(line 1 and line 3 share 551650\): the row has no partner to compare its "
+        r"prediction with$",
+    ),
+    "odd_rows_of_own_ids": (
+        [dict(a, pair_id=100 + i) for i, a in enumerate(AXG[:3])],
+        r"AX-g.jsonl, line 3: the last of 3 rows has no partner: every row has a pair_id of its "
+        r"own, so consecutive rows are the minimal pairs \(rows 1-2, 3-4, ...: jiant's rule\), and "
+        r"an odd count leaves one alone$",
+    ),
+    "pair_hypotheses_differ": (
+        [AXG[0], AXG[1], dict(AXG[2], hypothesis="The taxpayer sought help.")] + AXG[3:],
+        r"AX-g.jsonl, line 3: this row and line 1 are a minimal pair \(pair_id 551650\) but "
+        r"their hypotheses differ; a pair differs only in the gender of the premise's pronoun$",
+    ),
+    "consecutive_hypotheses_differ": (
+        [dict(a, pair_id=100 + i) for i, a in enumerate(AXG[:4])],
+        r"AX-g.jsonl, line 2: this row and line 1 are a minimal pair \(consecutive rows, "
+        r"each with a pair_id of its own\) but their hypotheses differ",
+    ),
 }
 
 
@@ -241,19 +358,26 @@ def test_max_examples_that_cut_a_pair_are_refused_naming_a_count_that_keeps_pair
     consecutive = [1, 1, 2, 2, 3, 3]
     assert [whole_pairs_prefix(consecutive, n) for n in range(7)] == [0, 0, 2, 2, 4, 4, 6]
     check_whole_pairs(rows, path, None)
-    with pytest.raises(UserError, match=rf"^--max_examples 3: the first 3 rows of {path} hold one row of the minimal "
-                                        rf"pair 551700 \(row id 1\) but not the other; gender parity compares both: "
-                                        rf"evaluate the whole split$"):
+    with pytest.raises(
+        UserError,
+        match=rf"^--max_examples 3: the first 3 rows of {path} hold one row of the minimal "
+        rf"pair 551700 \(row id 1\) but not the other; gender parity compares both: "
+        rf"evaluate the whole split$",
+    ):
         check_whole_pairs(rows[:3], path, 3)
     ordered = [replace(r, group=g) for r, g in zip(rows, consecutive)]
-    with pytest.raises(UserError, match=r"--max_examples 5: .* evaluate the whole split; --max_examples 4 keeps whole "
-                                        r"pairs$"):
+    with pytest.raises(
+        UserError,
+        match=r"--max_examples 5: .* evaluate the whole split; --max_examples 4 keeps whole "
+        r"pairs$",
+    ):
         check_whole_pairs(ordered[:5], path, 5)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # end to end: a tiny RTE model evaluated on val, AX-b and AX-g; the results table; the submission files
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def write_rte_superglue(root: Path, seed: int = 0) -> None:
     """RTE's train/val/test (.jsonl, premise/hypothesis, a cue word a tiny model can learn) and the two diagnostics
@@ -265,9 +389,11 @@ def write_rte_superglue(root: Path, seed: int = 0) -> None:
         out = []
         for i in range(n):
             y = rng.randrange(2)
-            row = {"premise": " ".join(rng.choice(words) for _ in range(rng.randint(4, 10))),
-                   "hypothesis": ("yes " if y == 0 else "no ") + " ".join(rng.choice(words) for _ in range(3)),
-                   "idx": first_id + i}
+            row = {
+                "premise": " ".join(rng.choice(words) for _ in range(rng.randint(4, 10))),
+                "hypothesis": ("yes " if y == 0 else "no ") + " ".join(rng.choice(words) for _ in range(3)),
+                "idx": first_id + i,
+            }
             if labelled:
                 row["label"] = NLI2[y]
             out.append(row)
@@ -277,11 +403,26 @@ def write_rte_superglue(root: Path, seed: int = 0) -> None:
     write_jsonl(root / "RTE" / "val.jsonl", rows(24, True))
     write_jsonl(root / "RTE" / "test.jsonl", rows(8, False, 300))
     write_jsonl(root / "AX-b" / "AX-b.jsonl", AXB)
-    write_jsonl(root / "AX-g" / "AX-g.jsonl", AXG + [
-        {"hypothesis": "no The nurse was tired.", "idx": 6, "label": "not_entailment", "pair_id": 551800,
-         "premise": "The nurse notified the patient that his shift would be ending in an hour."},
-        {"hypothesis": "no The nurse was tired.", "idx": 7, "label": "not_entailment", "pair_id": 551800,
-         "premise": "The nurse notified the patient that her shift would be ending in an hour."}])
+    write_jsonl(
+        root / "AX-g" / "AX-g.jsonl",
+        AXG
+        + [
+            {
+                "hypothesis": "no The nurse was tired.",
+                "idx": 6,
+                "label": "not_entailment",
+                "pair_id": 551800,
+                "premise": "The nurse notified the patient that his shift would be ending in an hour.",
+            },
+            {
+                "hypothesis": "no The nurse was tired.",
+                "idx": 7,
+                "label": "not_entailment",
+                "pair_id": 551800,
+                "premise": "The nurse notified the patient that her shift would be ending in an hour.",
+            },
+        ],
+    )
 
 
 def parse_table(text: str) -> tuple[list[str], dict[str, dict[str, str]]]:
@@ -293,34 +434,71 @@ def parse_table(text: str) -> tuple[list[str], dict[str, dict[str, str]]]:
 COMMON = ["--model", "bert", "--task", "rte_superglue"]
 
 
-def test_eval_scores_the_diagnostics_and_the_table_reports_them_at_the_dev_checkpoint(run, tiny_bert, data_root,
-                                                                                       exp_root):
+def test_eval_scores_the_diagnostics_and_the_table_reports_them_at_the_dev_checkpoint(
+    run, tiny_bert, data_root, exp_root
+):
     write_rte_superglue(data_root)
-    run("run_fine_tune.py", "--experiment", "t", "--ptrain_ver", str(tiny_bert), *COMMON, "--max_seq_len", "32",
-        "--device_id", "-1", "--total_step", "6", "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "16",
-        "--lr", "1e-3")
+    run(
+        "run_fine_tune.py",
+        "--experiment",
+        "t",
+        "--ptrain_ver",
+        str(tiny_bert),
+        *COMMON,
+        "--max_seq_len",
+        "32",
+        "--device_id",
+        "-1",
+        "--total_step",
+        "6",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "2",
+        "--batch_size",
+        "16",
+        "--lr",
+        "1e-3",
+    )
     exp = exp_root / "t_bert_rte_superglue"
-    outs = {split: run("run_fine_tune_eval.py", "--experiment", "t", *COMMON, "--dataset", split).stdout
-            for split in ("val", "axb", "axg")}
+    outs = {
+        split: run("run_fine_tune_eval.py", "--experiment", "t", *COMMON, "--dataset", split).stdout
+        for split in ("val", "axb", "axg")
+    }
     tables = {s: json.loads((exp / f"eval-{s}.json").read_text()) for s in outs}
     assert [r["ckpt"] for r in tables["axg"]["rows"]] == [2, 4, 6]
     # each split holds its own metrics: val the task's (accuracy), the diagnostics theirs
     assert {k for r in tables["val"]["rows"] for k in r} == {"ckpt", "accuracy", "loss", "examples_per_s"}
     assert {k for r in tables["axb"]["rows"] for k in r} == {"ckpt", "mcc", "accuracy", "loss", "examples_per_s"}
-    assert {k for r in tables["axg"]["rows"] for k in r} == {"ckpt", "gender_parity", "accuracy", "loss", "examples_per_s"}
+    assert {k for r in tables["axg"]["rows"] for k in r} == {
+        "ckpt",
+        "gender_parity",
+        "accuracy",
+        "loss",
+        "examples_per_s",
+    }
     assert "best accuracy" in outs["val"] and "best" not in outs["axg"].split("\n", 2)[-1]
     assert "8 rows, 4 minimal pairs" in outs["axg"] and "never choosing a checkpoint" in outs["axg"]
     assert tables["axg"]["selection"].startswith("a diagnostic: scored at every checkpoint, never choosing one")
     # every number again from the predictions and the files' own labels and pairs
-    pair = {a["idx"]: a["pair_id"] for a in map(json.loads, (data_root / "AX-g" / "AX-g.jsonl").read_text()
-                                                .splitlines())}
+    pair = {
+        a["idx"]: a["pair_id"] for a in map(json.loads, (data_root / "AX-g" / "AX-g.jsonl").read_text().splitlines())
+    }
     for split in ("axb", "axg"):
         with np.load(exp / f"eval-{split}-predictions.npz") as z:
-            idx, labels, preds = z["idx"], z["labels"], {r["ckpt"]: z[f"pred_{r['ckpt']}"]
-                                                         for r in tables[split]["rows"]}
-        gold = [NLI2.index(json.loads(x)["label"]) for x in (data_root / ("AX-b" if split == "axb" else "AX-g") /
-                                                             f"{'AX-b' if split == 'axb' else 'AX-g'}.jsonl")
-                .read_text().splitlines()]
+            idx, labels, preds = (
+                z["idx"],
+                z["labels"],
+                {r["ckpt"]: z[f"pred_{r['ckpt']}"] for r in tables[split]["rows"]},
+            )
+        gold = [
+            NLI2.index(json.loads(x)["label"])
+            for x in (
+                data_root / ("AX-b" if split == "axb" else "AX-g") / f"{'AX-b' if split == 'axb' else 'AX-g'}.jsonl"
+            )
+            .read_text()
+            .splitlines()
+        ]
         assert labels.tolist() == gold
         for row in tables[split]["rows"]:
             p = preds[row["ckpt"]]
@@ -337,20 +515,36 @@ def test_eval_scores_the_diagnostics_and_the_table_reports_them_at_the_dev_check
     header, rows = parse_table(proc.stdout)
     inference = tables["val"]["inference"]  # one speed: the val evaluation's, how it was measured in its header
     speed = f"ex/s (PyTorch, evaluation, cpu, {inference['precision']}, batch {inference['batch_size']})"
-    assert header[3:] == ["val acc", "val ckpt (best)", "axb MCC", "axb acc", "axb ckpt (best on val)",
-                          "axg gender parity", "axg acc", "axg ckpt (best on val)", "params", speed]
+    assert header[3:] == [
+        "val acc",
+        "val ckpt (best)",
+        "axb MCC",
+        "axb acc",
+        "axb ckpt (best on val)",
+        "axg gender parity",
+        "axg acc",
+        "axg ckpt (best on val)",
+        "params",
+        speed,
+    ]
     best_val = max(tables["val"]["rows"], key=lambda r: (r["accuracy"], r["ckpt"]))["ckpt"]
     row = rows["t"]
     assert row["val ckpt (best)"] == row["axb ckpt (best on val)"] == row["axg ckpt (best on val)"] == str(best_val)
     at = {s: next(r for r in tables[s]["rows"] if r["ckpt"] == best_val) for s in ("axb", "axg")}
-    assert row["axb MCC"] == f"{at['axb']['mcc']:.4f}" and row["axg gender parity"] == \
-        f"{at['axg']['gender_parity']:.4f}" and row["axg acc"] == f"{at['axg']['accuracy']:.4f}"
+    assert (
+        row["axb MCC"] == f"{at['axb']['mcc']:.4f}"
+        and row["axg gender parity"] == f"{at['axg']['gender_parity']:.4f}"
+        and row["axg acc"] == f"{at['axg']['accuracy']:.4f}"
+    )
     assert "axg: best checkpoint on val" in proc.stdout and "Diagnostics (axb, axg)" in proc.stdout
     # the throughput is the val evaluation's, not a diagnostic's
     assert row[speed] == f"{inference['examples_per_s']:.0f}"
     data = json.loads((exp_root / "results-rte_superglue.json").read_text())
-    assert data["split_metrics"] == {"val": ["accuracy"], "axb": ["mcc", "accuracy"],
-                                     "axg": ["gender_parity", "accuracy"]}
+    assert data["split_metrics"] == {
+        "val": ["accuracy"],
+        "axb": ["mcc", "accuracy"],
+        "axg": ["gender_parity", "accuracy"],
+    }
     assert data["rows"][0]["splits"]["axg"]["diagnostic"] is True
     csv_header = (exp_root / "results-rte_superglue.csv").read_text().splitlines()[0].split(",")
     assert "axg gender_parity mean" in csv_header and "val gender_parity mean" not in csv_header
@@ -364,20 +558,70 @@ def test_eval_scores_the_diagnostics_and_the_table_reports_them_at_the_dev_check
     # never training data, never the chooser; --max_examples that cuts a pair: refused, nothing written
     before = {p: p.read_bytes() for p in exp.iterdir() if p.is_file()}
     refused = [
-        (("run_fine_tune.py", "--experiment", "u", "--ptrain_ver", str(tiny_bert), *COMMON, "--dataset", "axb",
-          "--max_seq_len", "32", "--device_id", "-1", "--total_step", "2", "--warmup_step", "1"),
-         "--dataset axb: a diagnostic split of rte_superglue, only scored (run_fine_tune_eval.py) and predicted for "
-         "the submission, never training data"),
-        (("generate_test_prediction.py", "--experiment", "t", *COMMON, "--dataset", "axg", "--ckpt", "best",
-          "--select_on", "axg", "--overwrite"), "--select_on axg: a diagnostic split"),
-        (("run_fine_tune_gen_logits.py", "--experiment", "t", *COMMON, "--dataset", "axb", "--ckpt", "2"),
-         "never a logits data set to train on"),
-        (("results_table.py", "--task", "rte_superglue", "--select_on", "axb", "--overwrite"),
-         "--select_on axb: a diagnostic split"),
-        (("results_table.py", "--task", "rte_superglue", "--compare", "t_bert_rte_superglue", "t_bert_rte_superglue",
-          "--compare_split", "axg", "--overwrite"), "--compare_split axg: a diagnostic split"),
-        (("run_fine_tune_eval.py", "--experiment", "t", *COMMON, "--dataset", "axg", "--max_examples", "3"),
-         "--max_examples 3: the first 3 rows of"),
+        (
+            (
+                "run_fine_tune.py",
+                "--experiment",
+                "u",
+                "--ptrain_ver",
+                str(tiny_bert),
+                *COMMON,
+                "--dataset",
+                "axb",
+                "--max_seq_len",
+                "32",
+                "--device_id",
+                "-1",
+                "--total_step",
+                "2",
+                "--warmup_step",
+                "1",
+            ),
+            "--dataset axb: a diagnostic split of rte_superglue, only scored (run_fine_tune_eval.py) and predicted for "
+            "the submission, never training data",
+        ),
+        (
+            (
+                "generate_test_prediction.py",
+                "--experiment",
+                "t",
+                *COMMON,
+                "--dataset",
+                "axg",
+                "--ckpt",
+                "best",
+                "--select_on",
+                "axg",
+                "--overwrite",
+            ),
+            "--select_on axg: a diagnostic split",
+        ),
+        (
+            ("run_fine_tune_gen_logits.py", "--experiment", "t", *COMMON, "--dataset", "axb", "--ckpt", "2"),
+            "never a logits data set to train on",
+        ),
+        (
+            ("results_table.py", "--task", "rte_superglue", "--select_on", "axb", "--overwrite"),
+            "--select_on axb: a diagnostic split",
+        ),
+        (
+            (
+                "results_table.py",
+                "--task",
+                "rte_superglue",
+                "--compare",
+                "t_bert_rte_superglue",
+                "t_bert_rte_superglue",
+                "--compare_split",
+                "axg",
+                "--overwrite",
+            ),
+            "--compare_split axg: a diagnostic split",
+        ),
+        (
+            ("run_fine_tune_eval.py", "--experiment", "t", *COMMON, "--dataset", "axg", "--max_examples", "3"),
+            "--max_examples 3: the first 3 rows of",
+        ),
     ]
     for args, message in refused:
         proc = run(*args, check=False)
@@ -387,21 +631,28 @@ def test_eval_scores_the_diagnostics_and_the_table_reports_them_at_the_dev_check
     assert not (data_root / "logits").exists()
 
 
-def write_evaluated(root: Path, folder: str, seed: int, evals: dict[str, dict[int, dict[str, float]]],
-                    lr: float = 1e-4) -> None:
+def write_evaluated(
+    root: Path, folder: str, seed: int, evals: dict[str, dict[int, dict[str, float]]], lr: float = 1e-4
+) -> None:
     """An rte_superglue experiment as run_fine_tune_eval.py leaves it: per split the rows of metrics by checkpoint
     (``evals``), a checkpoint file for each step."""
     import torch
 
     d = root / folder
     d.mkdir(parents=True)
-    (d / "config.json").write_text(json.dumps({"task": "rte_superglue", "model": "bert", "seed": seed, "lr": lr,
-                                               "experiment": folder.split("_")[0]}))
+    (d / "config.json").write_text(
+        json.dumps(
+            {"task": "rte_superglue", "model": "bert", "seed": seed, "lr": lr, "experiment": folder.split("_")[0]}
+        )
+    )
     steps = sorted({c for rows in evals.values() for c in rows})
     for split, rows in evals.items():
-        table = {"task": "rte_superglue", "split": split,
-                 "rows": [{"ckpt": c, **m, "examples_per_s": 10.0 * c} for c, m in sorted(rows.items())],
-                 "inference": {"examples_per_s": {"val": 200.0, "axb": 5.0, "axg": 7.0}[split], "device": "cpu"}}
+        table = {
+            "task": "rte_superglue",
+            "split": split,
+            "rows": [{"ckpt": c, **m, "examples_per_s": 10.0 * c} for c, m in sorted(rows.items())],
+            "inference": {"examples_per_s": {"val": 200.0, "axb": 5.0, "axg": 7.0}[split], "device": "cpu"},
+        }
         (d / f"eval-{split}.json").write_text(json.dumps(table))
     for c in steps:
         torch.save({"w": torch.zeros(10)}, d / f"model-{c}.pt")
@@ -414,16 +665,34 @@ def test_the_table_reports_a_diagnostic_at_the_checkpoint_the_dev_split_chooses(
     root = tmp_path / "exp"
     gp = lambda g, a: {"gender_parity": g, "accuracy": a}  # noqa: E731
     # seed 1: val best at 20; axg best at 30, axb best at 10. seed 2: val best at 30
-    write_evaluated(root, "ft_s1_bert_rte_superglue", 1, {
-        "val": {10: {"accuracy": 0.6}, 20: {"accuracy": 0.8}, 30: {"accuracy": 0.7}},
-        "axb": {10: {"mcc": 0.4, "accuracy": 0.9}, 20: {"mcc": 0.1, "accuracy": 0.55},
-                30: {"mcc": 0.3, "accuracy": 0.6}},
-        "axg": {10: gp(0.9, 0.5), 20: gp(0.5, 0.625), 30: gp(1.0, 0.75)}})
-    write_evaluated(root, "ft_s2_bert_rte_superglue", 2, {
-        "val": {10: {"accuracy": 0.5}, 20: {"accuracy": 0.6}, 30: {"accuracy": 0.65}},
-        "axb": {10: {"mcc": 0.8, "accuracy": 0.8}, 20: {"mcc": 0.7, "accuracy": 0.7},
-                30: {"mcc": 0.2, "accuracy": 0.4}},
-        "axg": {10: gp(1.0, 1.0), 20: gp(1.0, 0.9), 30: gp(0.75, 0.5)}})
+    write_evaluated(
+        root,
+        "ft_s1_bert_rte_superglue",
+        1,
+        {
+            "val": {10: {"accuracy": 0.6}, 20: {"accuracy": 0.8}, 30: {"accuracy": 0.7}},
+            "axb": {
+                10: {"mcc": 0.4, "accuracy": 0.9},
+                20: {"mcc": 0.1, "accuracy": 0.55},
+                30: {"mcc": 0.3, "accuracy": 0.6},
+            },
+            "axg": {10: gp(0.9, 0.5), 20: gp(0.5, 0.625), 30: gp(1.0, 0.75)},
+        },
+    )
+    write_evaluated(
+        root,
+        "ft_s2_bert_rte_superglue",
+        2,
+        {
+            "val": {10: {"accuracy": 0.5}, 20: {"accuracy": 0.6}, 30: {"accuracy": 0.65}},
+            "axb": {
+                10: {"mcc": 0.8, "accuracy": 0.8},
+                20: {"mcc": 0.7, "accuracy": 0.7},
+                30: {"mcc": 0.2, "accuracy": 0.4},
+            },
+            "axg": {10: gp(1.0, 1.0), 20: gp(1.0, 0.9), 30: gp(0.75, 0.5)},
+        },
+    )
     write_evaluated(root, "other_bert_rte_superglue", 1, {"axg": {10: gp(0.25, 0.25)}}, lr=3e-5)  # no val
     out = tmp_path / "t.md"
     proc = run("results_table.py", "--task", "rte_superglue", "--exp_root", str(root), "--out", str(out), "--plot")
@@ -437,18 +706,42 @@ def test_the_table_reports_a_diagnostic_at_the_checkpoint_the_dev_split_chooses(
     assert ft["ex/s (PyTorch, evaluation, cpu)"] == "200"  # val's evaluation, not a diagnostic's
     other = rows["other"]
     assert (other["axg gender parity"], other["axg" + on_val], other["val acc"]) == ("—", "—", "—")
-    assert "other_bert_rte_superglue: axg evaluated but not val, which chooses the checkpoint axg is reported at: " \
-           "evaluate val too" in proc.stdout
+    assert (
+        "other_bert_rte_superglue: axg evaluated but not val, which chooses the checkpoint axg is reported at: "
+        "evaluate val too" in proc.stdout
+    )
     pareto = json.loads((tmp_path / "t-pareto.json").read_text())
     assert (pareto["split"], pareto["metric"]) == ("val", "accuracy")
     # --rule last: each split's last evaluated checkpoint (30)
-    proc = run("results_table.py", "--task", "rte_superglue", "--exp_root", str(root), "--out", str(out),
-               "--rule", "last", "--experiments", "ft_*")
+    proc = run(
+        "results_table.py",
+        "--task",
+        "rte_superglue",
+        "--exp_root",
+        str(root),
+        "--out",
+        str(out),
+        "--rule",
+        "last",
+        "--experiments",
+        "ft_*",
+    )
     ft = parse_table(proc.stdout)[1]["ft (seeds 1,2)"]
     assert (ft["axg gender parity"], ft["axg ckpt (last)"]) == (ms(1.0, 0.75), "30,30")
     # --splits axg alone: still chosen on val
-    proc = run("results_table.py", "--task", "rte_superglue", "--exp_root", str(root), "--out", str(out),
-               "--splits", "axg", "--experiments", "ft_*")
+    proc = run(
+        "results_table.py",
+        "--task",
+        "rte_superglue",
+        "--exp_root",
+        str(root),
+        "--out",
+        str(out),
+        "--splits",
+        "axg",
+        "--experiments",
+        "ft_*",
+    )
     header, rows = parse_table(proc.stdout)
     assert header[3:6] == ["axg gender parity", "axg acc", "axg ckpt (best on val)"]
     assert rows["ft (seeds 1,2)"]["axg ckpt (best on val)"] == "20,30"
@@ -456,12 +749,14 @@ def test_the_table_reports_a_diagnostic_at_the_checkpoint_the_dev_split_chooses(
 
 def test_an_evaluation_of_a_diagnostic_must_hold_its_own_metrics(run, tmp_path):
     root = tmp_path / "exp"
-    write_evaluated(root, "ft_bert_rte_superglue", 1, {"val": {10: {"accuracy": 0.5}},
-                                                      "axg": {10: {"accuracy": 0.5}}})  # no gender_parity
+    write_evaluated(
+        root, "ft_bert_rte_superglue", 1, {"val": {10: {"accuracy": 0.5}}, "axg": {10: {"accuracy": 0.5}}}
+    )  # no gender_parity
     proc = run("results_table.py", "--task", "rte_superglue", "--exp_root", str(root), check=False)
     assert proc.returncode == 2 and proc.stderr.strip() == (
         f"error: {root}/ft_bert_rte_superglue/eval-axg.json: not an evaluation table written by run_fine_tune_eval.py "
-        f"('rows')")
+        f"('rows')"
+    )
 
 
 def test_the_rows_sha256_covers_the_pairs_and_is_unchanged_for_rows_without_one():
@@ -476,21 +771,40 @@ def test_the_rows_sha256_covers_the_pairs_and_is_unchanged_for_rows_without_one(
     before = hashlib.sha256(b"3\x1f'a b'\x1f'c'\x1f1\x1e-7\x1f'd'\x1fNone\x1f0.25\x1e").hexdigest()
     assert examples_digest(rows) == before
     paired = [replace(rows[0], group=551650), replace(rows[1], group=551650)]
-    assert len({examples_digest(rows), examples_digest(paired),
-                examples_digest([paired[0], replace(paired[1], group=551651)])}) == 3
+    assert (
+        len(
+            {
+                examples_digest(rows),
+                examples_digest(paired),
+                examples_digest([paired[0], replace(paired[1], group=551651)]),
+            }
+        )
+        == 3
+    )
 
 
 def test_glue_ax_has_no_labels_and_says_so(run, exp_root):
     folder = exp_root / "t_bert_mnli"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"task": "mnli", "max_seq_len": 32}))
-    proc = run("run_fine_tune_eval.py", "--experiment", "t", "--model", "bert", "--task", "mnli", "--dataset", "ax",
-               check=False)
+    proc = run(
+        "run_fine_tune_eval.py",
+        "--experiment",
+        "t",
+        "--model",
+        "bert",
+        "--task",
+        "mnli",
+        "--dataset",
+        "ax",
+        check=False,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "error: --dataset 'ax' has no labels to evaluate against: GLUE's diagnostic (AX) is released without labels; "
         "the GLUE server scores it (R3, a Matthews correlation over the three classes): predict it with "
-        "generate_test_prediction.py --task mnli --dataset ax and submit AX.tsv")
+        "generate_test_prediction.py --task mnli --dataset ax and submit AX.tsv"
+    )
 
 
 def test_a_submission_predicted_before_the_diagnostics_were_scored_is_still_taken(tmp_path):
@@ -507,8 +821,9 @@ def test_a_submission_predicted_before_the_diagnostics_were_scored_is_still_take
     old = examples_digest([replace(r, label=None, group=None) for r in rows])
     assert old != examples_digest(rows)
     for digest, ok in ((old, True), (examples_digest(rows), True), (examples_digest(rows[:4]), False)):
-        record_path(out).write_text(prediction_record(text, {"split": "axg", "examples_sha256": digest,
-                                                             "complete": True}))
+        record_path(out).write_text(
+            prediction_record(text, {"split": "axg", "examples_sha256": digest, "complete": True})
+        )
         if ok:
             check_prediction_file(out, RTE, "axg", tmp_path)
         else:

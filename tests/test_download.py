@@ -103,8 +103,22 @@ def listing(root: Path) -> list[str]:
 def test_table_holds_official_sources():
     from fine_tune.tasks import TASKS
 
-    assert set(dl.SOURCES) == {"boolq", "qqp", "cola", "sst2", "stsb", "mnli", "ax", "qnli", "rte", "wnli", "cb",
-                               "rte_superglue", "axb", "axg"}
+    assert set(dl.SOURCES) == {
+        "boolq",
+        "qqp",
+        "cola",
+        "sst2",
+        "stsb",
+        "mnli",
+        "ax",
+        "qnli",
+        "rte",
+        "wnli",
+        "cb",
+        "rte_superglue",
+        "axb",
+        "axg",
+    }
     # what a task's sources unpack is exactly what the task reads, split by split (MRPC has no official zip)
     root = Path("/root")
     for name, task in TASKS.items():
@@ -117,7 +131,11 @@ def test_table_holds_official_sources():
         own = {s for name, task in TASKS.items() if task.benchmark == benchmark for s in dl.TASK_SOURCES.get(name, ())}
         assert set(dl.sources_for(benchmark)) == own, benchmark
     assert dl.sources_for("all") == list(dl.SOURCES)
-    assert dl.sources_for("mnli") == ["mnli", "ax"] and dl.sources_for("rte_superglue") == ["rte_superglue", "axb", "axg"]
+    assert dl.sources_for("mnli") == ["mnli", "ax"] and dl.sources_for("rte_superglue") == [
+        "rte_superglue",
+        "axb",
+        "axg",
+    ]
     assert dl.SOURCES["boolq"].files == {"train.jsonl": 9427, "val.jsonl": 3270, "test.jsonl": 3245}
     assert dl.SOURCES["qqp"].files == {"train.tsv": 363846, "dev.tsv": 40430, "test.tsv": 390965}
     assert dl.SOURCES["boolq"].url.endswith("/superglue/data/v2/BoolQ.zip")
@@ -141,17 +159,21 @@ def test_count_rows(tmp_path: Path):
 
 def test_unpack_and_verify(tmp_path: Path, zips):
     root = tmp_path / "data"
-    assert dl.verify(root, SMALL["qqp"]) == [
-        "QQP/train.tsv: missing", "QQP/dev.tsv: missing", "QQP/test.tsv: missing"
-    ]
+    assert dl.verify(root, SMALL["qqp"]) == ["QQP/train.tsv: missing", "QQP/dev.tsv: missing", "QQP/test.tsv: missing"]
     dl.unpack(zips[SMALL["qqp"].url], root, SMALL["qqp"])
     dl.unpack(zips[SMALL["boolq"].url], root, SMALL["boolq"])
     assert dl.verify(root, SMALL["qqp"]) == []
     assert dl.verify(root, SMALL["boolq"]) == []
     # only the expected files, no __MACOSX, no original/, no temp files
     assert listing(root) == [
-        "BoolQ", "BoolQ/test.jsonl", "BoolQ/train.jsonl", "BoolQ/val.jsonl",
-        "QQP", "QQP/dev.tsv", "QQP/test.tsv", "QQP/train.tsv",
+        "BoolQ",
+        "BoolQ/test.jsonl",
+        "BoolQ/train.jsonl",
+        "BoolQ/val.jsonl",
+        "QQP",
+        "QQP/dev.tsv",
+        "QQP/test.tsv",
+        "QQP/train.tsv",
     ]
     assert (root / "QQP/dev.tsv").read_text() == _tsv(2)
 
@@ -330,8 +352,10 @@ def test_import_has_no_side_effects_and_entry_script_runs(tmp_path: Path):
     assert r.stdout.strip() == "False"
     r = subprocess.run(
         [sys.executable, str(REPO / "download_data.py"), "--task", "squad"],
-        cwd=tmp_path, env={**os.environ, "FT_DATA_ROOT": str(tmp_path / "nowhere")},
-        capture_output=True, text=True,
+        cwd=tmp_path,
+        env={**os.environ, "FT_DATA_ROOT": str(tmp_path / "nowhere")},
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 2 and "invalid choice" in r.stderr
     assert not (tmp_path / "nowhere").exists()
@@ -339,13 +363,20 @@ def test_import_has_no_side_effects_and_entry_script_runs(tmp_path: Path):
 
 def test_headerless_tsv_and_a_single_file_source(tmp_path: Path):
     """CoLA's train/dev have no header line (every line a row); GLUE's AX is one file, not a zip."""
-    cola = dl.DatasetSource("cola", "https://example.invalid/CoLA.zip", "CoLA", {"train.tsv": 2, "test.tsv": 1},
-                            headerless=frozenset({"train.tsv"}))
+    cola = dl.DatasetSource(
+        "cola",
+        "https://example.invalid/CoLA.zip",
+        "CoLA",
+        {"train.tsv": 2, "test.tsv": 1},
+        headerless=frozenset({"train.tsv"}),
+    )
     ax = dl.DatasetSource("ax", "https://example.invalid/AX.tsv", "diagnostic", {"diagnostic.tsv": 2}, single_file=True)
     src = tmp_path / "src"
     src.mkdir()
-    cola_zip = make_zip(src / "CoLA.zip", {"CoLA/train.tsv": "gj04\t1\t\ta\ngj04\t0\t*\tb\n",
-                                           "CoLA/test.tsv": "index\tsentence\n0\tc\n"})
+    cola_zip = make_zip(
+        src / "CoLA.zip",
+        {"CoLA/train.tsv": "gj04\t1\t\ta\ngj04\t0\t*\tb\n", "CoLA/test.tsv": "index\tsentence\n0\tc\n"},
+    )
     (src / "AX.tsv").write_text("index\tsentence1\tsentence2\n0\ta\tb\n1\tc\td\n")
     fake = FakeDownloader({cola.url: cola_zip, ax.url: src / "AX.tsv"})
     root = tmp_path / "data"
@@ -360,8 +391,12 @@ def test_a_bad_flag_is_one_line(tmp_path: Path):
     """download_data.py's flag errors are one line and exit status 2, as every entry script's (issue 29: it printed
     argparse's usage block first)."""
     repo = Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, str(repo / "download_data.py"), "--task", "bad", "--data_root",
-                           str(tmp_path)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(repo / "download_data.py"), "--task", "bad", "--data_root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("error: download_data.py: argument --task: invalid choice: 'bad'")
     assert not any(tmp_path.iterdir())

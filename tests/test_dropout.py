@@ -27,7 +27,7 @@ def test_drop_rate_scale_and_independence(p):
     # neighbours come from the same 64-bit word: both dropped at rate p'^2, as for independent draws
     for lag in (1, 2, 3, 4):
         both = (dropped[:-lag] & dropped[lag:]).float().mean().item()
-        assert abs(both - p_eff ** 2) < 5 * math.sqrt(p_eff ** 2 * (1 - p_eff ** 2) / n), lag
+        assert abs(both - p_eff**2) < 5 * math.sqrt(p_eff**2 * (1 - p_eff**2) / n), lag
 
 
 def test_gradient_uses_the_forward_mask():

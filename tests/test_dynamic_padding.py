@@ -34,7 +34,7 @@ def padded(real: torch.Tensor, width: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     out = torch.randn(real.shape[0], width, real.shape[2], generator=g) * 50
     m = mask_for(LENGTHS, width).bool()[..., None]
-    out[:, :real.shape[1]] = real
+    out[:, : real.shape[1]] = real
     return torch.where(m, out, torch.randn(out.shape, generator=g) * 50)
 
 
@@ -64,6 +64,7 @@ def manual_masked_ln(gate: GateBlock, prev: torch.Tensor, cur: torch.Tensor, len
 
 # ------------------------------------------------------------------------------------------- (a) masked loss
 
+
 def test_masked_hidden_loss_against_an_independent_computation():
     g = torch.Generator().manual_seed(0)
     S = max(LENGTHS)
@@ -92,18 +93,21 @@ def test_methods_use_the_masked_loss_only_with_dynamic_padding():
         PKD(2, 4, 0.8, 0.2, 1.0, 1.0, padding="longest")
     S = max(LENGTHS)
     g = torch.Generator().manual_seed(1)
-    s = ModelOutputs(torch.randn(B, 2, generator=g), tuple(torch.randn(B, S, D, generator=g) for _ in range(2)),
-                     mask_for(LENGTHS, S))
-    t = ModelOutputs(torch.randn(B, 2, generator=g), tuple(torch.randn(B, S, D, generator=g) for _ in range(4)),
-                     s.attention_mask)
+    s = ModelOutputs(
+        torch.randn(B, 2, generator=g), tuple(torch.randn(B, S, D, generator=g) for _ in range(2)), mask_for(LENGTHS, S)
+    )
+    t = ModelOutputs(
+        torch.randn(B, 2, generator=g), tuple(torch.randn(B, S, D, generator=g) for _ in range(4)), s.attention_mask
+    )
     y = torch.tensor([0, 1, 1])
     batch = {"labels": y}
     fixed = PKD(2, 4, 0.8, 0.2, 1.0, 3.0).losses(batch, s, t)
     dyn = PKD(2, 4, 0.8, 0.2, 1.0, 3.0, padding="dynamic").losses(batch, s, t)
     assert dyn["logits_loss"].item() == pytest.approx(fixed["logits_loss"].item())
     for j, tl in ((1, 2), (2, 4)):
-        num = sum(((s.hidden_states[j - 1][i, :n] - t.hidden_states[tl - 1][i, :n]) ** 2).sum()
-                  for i, n in enumerate(LENGTHS))
+        num = sum(
+            ((s.hidden_states[j - 1][i, :n] - t.hidden_states[tl - 1][i, :n]) ** 2).sum() for i, n in enumerate(LENGTHS)
+        )
         assert dyn[f"hidden_loss_{j}"].item() == pytest.approx(3.0 / 2 * (num / (sum(LENGTHS) * D)).item(), rel=1e-5)
         full = ((s.hidden_states[j - 1] - t.hidden_states[tl - 1]) ** 2).mean() * 3.0 / 2
         assert fixed[f"hidden_loss_{j}"].item() == pytest.approx(full.item(), rel=1e-5)
@@ -114,6 +118,7 @@ def test_methods_use_the_masked_loss_only_with_dynamic_padding():
 
 
 # ------------------------------------------------------------------------------------- (c), (d) masked gate
+
 
 def test_masked_gate_layernorm_against_an_independent_computation():
     gate = random_gate(0)
@@ -151,6 +156,7 @@ def test_masked_gate_without_padding_is_the_original_gate():
 
 
 # --------------------------------------------------------------------------------------------- (b) invariance
+
 
 def batch_at(width: int, student_real, teacher_real, seed: int):
     mask = mask_for(LENGTHS, width)
@@ -200,8 +206,12 @@ def test_losses_gates_and_gradients_do_not_depend_on_how_far_a_batch_is_padded(n
         gate_out = None
         if name in ("lad", "partial_lad"):
             with torch.no_grad():
-                gate_out = [a[:, :S0][real[:, :S0]] for a in
-                            aggregate_chain(method.gates, t.hidden_states, len(method.gates), mask=t.attention_mask)[1:]]
+                gate_out = [
+                    a[:, :S0][real[:, :S0]]
+                    for a in aggregate_chain(method.gates, t.hidden_states, len(method.gates), mask=t.attention_mask)[
+                        1:
+                    ]
+                ]
         results.append(({k: v.item() for k, v in parts.items()}, grads, hgrads, gate_out))
     (p1, g1, h1, o1), (p2, g2, h2, o2) = results
     assert p1.keys() == p2.keys() and "hidden_loss_2" in p1
@@ -220,10 +230,31 @@ def test_losses_gates_and_gradients_do_not_depend_on_how_far_a_batch_is_padded(n
 
 # ------------------------------------------------------------------------------------------ (e) end to end
 
+
 def test_lad_and_pkd_scripts_run_with_dynamic_padding(run, teacher, exp_root, batch_widths):
-    common = ["--task", "qqp", *TINY, "--num_hidden_layers", "3", "--total_step", "2", "--warmup_step", "1",
-              "--ckpt_step", "2", "--log_step", "1", "--batch_size", "8", "--mu", "10", "--padding", "dynamic",
-              "--map_examples", "8"]
+    common = [
+        "--task",
+        "qqp",
+        *TINY,
+        "--num_hidden_layers",
+        "3",
+        "--total_step",
+        "2",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "2",
+        "--log_step",
+        "1",
+        "--batch_size",
+        "8",
+        "--mu",
+        "10",
+        "--padding",
+        "dynamic",
+        "--map_examples",
+        "8",
+    ]
     proc = run("run_lad_distil.py", *TEACHER, "--experiment", "lad_dyn", *common)
     folder = exp_root / "lad_dyn_bert_qqp"
     assert json.loads((folder / "config.json").read_text())["padding"] == "dynamic"

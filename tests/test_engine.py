@@ -24,9 +24,20 @@ from fine_tune.tasks import get_task
 
 def tiny(model="bert", dropout=0.0, layers=2, seed=0):
     torch.manual_seed(seed)
-    cfg = student_config(model, vocab_size=300, num_class=2, d_model=32, d_ff=64, num_attention_heads=2,
-                         num_hidden_layers=layers, type_vocab_size=2, dropout=dropout, max_position_embeddings=64,
-                         pad_token_id=0, d_emb=16)
+    cfg = student_config(
+        model,
+        vocab_size=300,
+        num_class=2,
+        d_model=32,
+        d_ff=64,
+        num_attention_heads=2,
+        num_hidden_layers=layers,
+        type_vocab_size=2,
+        dropout=dropout,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        d_emb=16,
+    )
     return build_from_config(cfg)
 
 
@@ -94,13 +105,30 @@ def _features(tiny_bert, data_root, n, max_len=32):
 def _train(features, tok, tmp_path, batch, accum, steps=3, padding="dynamic", log_step=1, max_norm=1.0, warmup=1):
     model = tiny(dropout=0.0, seed=1)
     optimiser = OptimiserSettings(lr=1e-3, total_step=steps, warmup_step=warmup, weight_decay=0.01, max_norm=max_norm)
-    settings = TrainSettings(optimiser=optimiser, batch_size=batch, accum_step=accum, ckpt_step=1000,
-                             log_step=log_step, seed=5, tag_prefix="boolq/train/bert")
+    settings = TrainSettings(
+        optimiser=optimiser,
+        batch_size=batch,
+        accum_step=accum,
+        ckpt_step=1000,
+        log_step=log_step,
+        seed=5,
+        tag_prefix="boolq/train/bert",
+    )
     collator = Collator(features, tok.pad_token_id, 32, padding)
     exp = ExperimentDir(tmp_path, f"run-{batch}-{accum}-{padding}-{log_step}")
-    trainer = Trainer(model, HardLabel(), collator, len(features), settings, exp, torch.device("cpu"),
-                      Precision("cpu", None), progress=False, forward=forward,
-                      reporter=TensorBoardReporter(exp.log_dir))
+    trainer = Trainer(
+        model,
+        HardLabel(),
+        collator,
+        len(features),
+        settings,
+        exp,
+        torch.device("cpu"),
+        Precision("cpu", None),
+        progress=False,
+        forward=forward,
+        reporter=TensorBoardReporter(exp.log_dir),
+    )
     result = trainer.train()
     assert result["steps"] == steps
     return model, exp
@@ -133,8 +161,9 @@ def test_gradient_accumulation_matches_full_batch(tiny_bert, data_root, tmp_path
     b = Collator(features, tok.pad_token_id, 32, "dynamic")(rows)
     model = tiny(dropout=0.0, seed=1).eval()
     with torch.no_grad():
-        logits = model(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
-                       attention_mask=b["attention_mask"]).logits
+        logits = model(
+            input_ids=b["input_ids"], token_type_ids=b["token_type_ids"], attention_mask=b["attention_mask"]
+        ).logits
     true_loss = F.cross_entropy(logits, b["labels"]).item()
     full_log = tb_scalars(tmp_path / "log" / "run-32-1-dynamic-1")["boolq/train/bert/loss"]
     accum_log = tb_scalars(exp.log_dir)["boolq/train/bert/loss"]

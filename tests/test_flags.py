@@ -12,14 +12,44 @@ from fine_tune.settings import FINE_TUNE, LAYERWISE, OFFLINE_DISTILL, BatchingFl
 
 # shared/reference/original_methods.md: the 2020 run_fine_tune.py / run_fine_tune_distill.py and the layer-wise
 # scripts' argparse defaults
-ORIGINAL_2020 = dict(num_class=2, accum_step=1, batch_size=32, beta1=0.9, beta2=0.999, ckpt_step=1000, dropout=0.1,
-                     eps=1e-8, log_step=500, lr=3e-5, max_norm=1.0, max_seq_len=512, seed=42, total_step=50000,
-                     warmup_step=10000, weight_decay=0.01)
+ORIGINAL_2020 = dict(
+    num_class=2,
+    accum_step=1,
+    batch_size=32,
+    beta1=0.9,
+    beta2=0.999,
+    ckpt_step=1000,
+    dropout=0.1,
+    eps=1e-8,
+    log_step=500,
+    lr=3e-5,
+    max_norm=1.0,
+    max_seq_len=512,
+    seed=42,
+    total_step=50000,
+    warmup_step=10000,
+    weight_decay=0.01,
+)
 STUDENT_2020 = dict(d_emb=128, d_ff=3072, d_model=768, num_attention_heads=16, num_hidden_layers=6, type_vocab_size=2)
-LAYERWISE_ORIGINAL = dict(soft_weight=0.2, hard_weight=0.8, softmax_temp=1.0, mu=1.0, lr=3e-5, num_attention_heads=16,
-                          total_step=50000, warmup_step=10000, ckpt_step=1000, log_step=500, gate_lr=1e-5,
-                          gate_beta1=0.9, gate_beta2=0.999, gate_eps=1e-8, gate_max_norm=1.0, gate_weight_decay=0.01,
-                          padding="max_length")
+LAYERWISE_ORIGINAL = dict(
+    soft_weight=0.2,
+    hard_weight=0.8,
+    softmax_temp=1.0,
+    mu=1.0,
+    lr=3e-5,
+    num_attention_heads=16,
+    total_step=50000,
+    warmup_step=10000,
+    ckpt_step=1000,
+    log_step=500,
+    gate_lr=1e-5,
+    gate_beta1=0.9,
+    gate_beta2=0.999,
+    gate_eps=1e-8,
+    gate_max_norm=1.0,
+    gate_weight_decay=0.01,
+    padding="max_length",
+)
 REQUIRED = ["--experiment", "x", "--task", "qqp"]
 
 
@@ -58,7 +88,9 @@ def test_groups_are_frozen_and_replace_makes_new_flags():
     with pytest.raises(AttributeError):
         flags.batching = BatchingFlags()
     resolved = flags.replace(batching={"max_seq_len": 64}, experiment={"dataset": "train"})
-    assert isinstance(resolved, Flags) and resolved.batching.max_seq_len == 64 and resolved.experiment.dataset == "train"
+    assert (
+        isinstance(resolved, Flags) and resolved.batching.max_seq_len == 64 and resolved.experiment.dataset == "train"
+    )
     assert flags.batching.max_seq_len is None and flags.experiment.dataset is None  # the parsed flags are unchanged
     assert resolved.optimiser is flags.optimiser
 
@@ -85,8 +117,9 @@ def test_results_and_checkpoint_defaults_are_the_documented_ones():
     expected = dict(rule="best", select_on=None, resamples=10000, bootstrap_seed=0, splits=None, compare_split=None)
     assert subset(record, expected) == expected
     record = parse_flags("x", "", [CheckpointFlags, ExportFlags], []).record()
-    assert subset(record, dict(ckpt=None, select_on=None, format="hf", quantize=None)) == \
-        dict(ckpt=None, select_on=None, format="hf", quantize=None)
+    assert subset(record, dict(ckpt=None, select_on=None, format="hf", quantize=None)) == dict(
+        ckpt=None, select_on=None, format="hf", quantize=None
+    )
     record = parse_flags("x", "", [SweepFlags], []).record()
     assert (record["ckpt"], record["save_predictions"]) == (0, False)  # every checkpoint, no per-example files
 
@@ -96,14 +129,18 @@ def _ft(*extra: str):
     return parse_flags("run_fine_tune.py", "", FINE_TUNE, [*REQUIRED, "--ptrain_ver", "m", *extra])
 
 
-@pytest.mark.parametrize("rows, batch, accum, epochs, ratio, drop_last", [
-    (90, 8, 1, "1", "0.05", False),  # rows not a multiple of the batch: the last micro-batch is short
-    (90, 8, 2, "2.5", "0.1", False),  # accumulation: 23 micro-batches an epoch, 11.5 steps
-    (100, 2, 1, "1.1", "0.3", False),  # decimals exact: 1.1 x 50 is 55 steps (the float product, 55.00000000000001)
-    (90, 8, 1, "3", "0", True),  # a method that trains full micro-batches only (TinyBERT): 11 an epoch
-])
-def test_num_epochs_and_warmup_ratio_resolve_into_the_steps_of_the_data_stream(rows, batch, accum, epochs, ratio,
-                                                                               drop_last):
+@pytest.mark.parametrize(
+    "rows, batch, accum, epochs, ratio, drop_last",
+    [
+        (90, 8, 1, "1", "0.05", False),  # rows not a multiple of the batch: the last micro-batch is short
+        (90, 8, 2, "2.5", "0.1", False),  # accumulation: 23 micro-batches an epoch, 11.5 steps
+        (100, 2, 1, "1.1", "0.3", False),  # decimals exact: 1.1 x 50 is 55 steps (the float product, 55.00000000000001)
+        (90, 8, 1, "3", "0", True),  # a method that trains full micro-batches only (TinyBERT): 11 an epoch
+    ],
+)
+def test_num_epochs_and_warmup_ratio_resolve_into_the_steps_of_the_data_stream(
+    rows, batch, accum, epochs, ratio, drop_last
+):
     """--num_epochs N: as many optimizer steps as N epochs of the training rows take (the stream's micro-batches of
     batch_size / accum_step rows, accum_step a step), counted here on the stream itself; --warmup_ratio R:
     ceil(R x steps) (Hugging Face's rule)."""
@@ -123,7 +160,10 @@ def test_num_epochs_and_warmup_ratio_resolve_into_the_steps_of_the_data_stream(r
         steps += 1
     assert resolved.optimiser.total_step == steps
     assert resolved.optimiser.warmup_step == -(-Fraction(ratio) * steps // 1)
-    assert note is None and (resolved.optimiser.num_epochs, resolved.optimiser.warmup_ratio) == (float(epochs), float(ratio))
+    assert note is None and (resolved.optimiser.num_epochs, resolved.optimiser.warmup_ratio) == (
+        float(epochs),
+        float(ratio),
+    )
     assert flags.optimiser.total_step == 50000  # the parsed flags are unchanged: the plan's are new
 
 
@@ -136,8 +176,11 @@ def test_the_default_length_is_kept_and_said_in_epochs():
     assert note == ("50000 steps = 4,167 epochs of 96 examples (batch 8); --num_epochs or --total_step to choose")
     given, note = resolve_schedule(_ft("--total_step", "12", "--warmup_step", "1"), 96)
     assert (given.optimiser.total_step, given.optimiser.warmup_step, note) == (12, 1, None)
-    with pytest.raises(UserError, match=r"^--warmup_step 10000 exceeds the 12 steps of --num_epochs 1 \(96 rows, 12 "
-                                        r"steps per epoch\): give a smaller --warmup_step, or --warmup_ratio$"):
+    with pytest.raises(
+        UserError,
+        match=r"^--warmup_step 10000 exceeds the 12 steps of --num_epochs 1 \(96 rows, 12 "
+        r"steps per epoch\): give a smaller --warmup_step, or --warmup_ratio$",
+    ):
         resolve_schedule(_ft("--batch_size", "8", "--num_epochs", "1"), 96)
 
 
@@ -154,12 +197,14 @@ def test_a_method_that_skips_short_batches_is_built_for_its_own_epochs():
         built.append(f.optimiser.total_step)
         return SimpleNamespace(drop_last=drop_last, total_step=f.optimiser.total_step)
 
-    flags, method, _ = _schedule_and_method(_ft("--batch_size", "8", "--num_epochs", "1", "--warmup_step", "0"), 90,
-                                            build)
+    flags, method, _ = _schedule_and_method(
+        _ft("--batch_size", "8", "--num_epochs", "1", "--warmup_step", "0"), 90, build
+    )
     assert built == [12, 11] and method.total_step == flags.optimiser.total_step == 11
     built.clear()
-    _schedule_and_method(_ft("--batch_size", "8", "--num_epochs", "1", "--warmup_step", "0"), 90,
-                         lambda f: build(f, drop_last=False))
+    _schedule_and_method(
+        _ft("--batch_size", "8", "--num_epochs", "1", "--warmup_step", "0"), 90, lambda f: build(f, drop_last=False)
+    )
     assert built == [12]
 
 
@@ -169,10 +214,32 @@ def test_lad_gates_follow_the_students_resolved_schedule():
     from fine_tune.plan.training import method_settings, resolve_schedule
     from fine_tune.tasks import get_task
 
-    flags = parse_layerwise("x", "", "lad", [*REQUIRED, "--teacher_exp", "t", "--tckpt", "1", "--batch_size", "8",
-                                             "--num_epochs", "2", "--warmup_ratio", "0.25", "--d_model", "8",
-                                             "--num_attention_heads", "2", "--num_hidden_layers", "2",
-                                             "--max_seq_len", "8"])
+    flags = parse_layerwise(
+        "x",
+        "",
+        "lad",
+        [
+            *REQUIRED,
+            "--teacher_exp",
+            "t",
+            "--tckpt",
+            "1",
+            "--batch_size",
+            "8",
+            "--num_epochs",
+            "2",
+            "--warmup_ratio",
+            "0.25",
+            "--d_model",
+            "8",
+            "--num_attention_heads",
+            "2",
+            "--num_hidden_layers",
+            "2",
+            "--max_seq_len",
+            "8",
+        ],
+    )
     flags, _ = resolve_schedule(flags, 20)  # 3 micro-batches an epoch: 6 steps, warmup 2
     method = get_method("lad").build(method_settings(flags, get_task("qqp"), get_method("lad"), TeacherShape(4, 8, 2)))
     assert (method.gate_optimiser.total_step, method.gate_optimiser.warmup_step) == (6, 2)
@@ -184,8 +251,11 @@ def test_every_training_script_takes_epochs_and_refuses_them_with_the_step_count
     if method is None:
         for groups, extra in ((FINE_TUNE, ["--ptrain_ver", "m"]), (OFFLINE_DISTILL, [])):
             assert parse_flags("x", "", groups, [*REQUIRED, *extra, "--num_epochs", "3"]).optimiser.num_epochs == 3.0
-            with pytest.raises(UserError, match=r"^--num_epochs 3.0 and --total_step 10: give one or the other "
-                                                r"\(--num_epochs sets --total_step\)$"):
+            with pytest.raises(
+                UserError,
+                match=r"^--num_epochs 3.0 and --total_step 10: give one or the other "
+                r"\(--num_epochs sets --total_step\)$",
+            ):
                 parse_flags("x", "", groups, [*REQUIRED, *extra, *given])
         return
     teacher = [*REQUIRED, "--teacher_exp", "t", "--tckpt", "best"]
@@ -201,14 +271,26 @@ def test_config_of_an_epochs_run_reissues_the_epochs_and_the_command_line_wins(t
     import json
 
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"experiment": "x", "task": "qqp", "ptrain_ver": "m", "num_epochs": 3.0,
-                                "total_step": 57, "warmup_ratio": 0.1, "warmup_step": 6}))
+    path.write_text(
+        json.dumps(
+            {
+                "experiment": "x",
+                "task": "qqp",
+                "ptrain_ver": "m",
+                "num_epochs": 3.0,
+                "total_step": 57,
+                "warmup_ratio": 0.1,
+                "warmup_step": 6,
+            }
+        )
+    )
     o = parse_flags("x", "", FINE_TUNE, ["--config", str(path)]).optimiser
     assert (o.num_epochs, o.total_step, o.warmup_ratio, o.warmup_step) == (3.0, 50000, 0.1, 10000)
     o = parse_flags("x", "", FINE_TUNE, ["--config", str(path), "--total_step", "100", "--warmup_step", "5"]).optimiser
     assert (o.num_epochs, o.total_step, o.warmup_ratio, o.warmup_step) == (None, 100, None, 5)
-    path.write_text(json.dumps({"experiment": "x", "task": "qqp", "ptrain_ver": "m", "total_step": 57,
-                                "warmup_step": 6}))
+    path.write_text(
+        json.dumps({"experiment": "x", "task": "qqp", "ptrain_ver": "m", "total_step": 57, "warmup_step": 6})
+    )
     o = parse_flags("x", "", FINE_TUNE, ["--config", str(path), "--num_epochs", "2"]).optimiser
     assert (o.num_epochs, o.total_step, o.warmup_step) == (2.0, 50000, 6)
     for tckpt in (4, "best"):
@@ -224,8 +306,11 @@ def test_best_is_one_rule_with_each_metrics_direction():
     from fine_tune.selection import best_row, metric_for_best
     from fine_tune.tasks import get_task
 
-    rows = [{"ckpt": 1, "accuracy": 0.5, "loss": 0.4}, {"ckpt": 2, "accuracy": 0.9, "loss": 0.4},
-            {"ckpt": 3, "accuracy": 0.9, "loss": 0.6}]
+    rows = [
+        {"ckpt": 1, "accuracy": 0.5, "loss": 0.4},
+        {"ckpt": 2, "accuracy": 0.9, "loss": 0.4},
+        {"ckpt": 3, "accuracy": 0.9, "loss": 0.6},
+    ]
     assert [best_row(rows, m)["ckpt"] for m in ("accuracy", "loss")] == [3, 2]  # ties: the later row
     assert [best_row(rows, m, ties="earlier")["ckpt"] for m in ("accuracy", "loss")] == [2, 1]
     history = [{"step": r["ckpt"], "checkpoint": r["ckpt"] != 2, **r} for r in rows]
@@ -235,13 +320,18 @@ def test_best_is_one_rule_with_each_metrics_direction():
     import numpy as np
 
     from fine_tune.evaluate import evaluation_loss  # the loss: cross-entropy, or MSE of a regression task's score
+
     logits = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=np.float32)
     log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
     assert evaluation_loss(qqp, np.array([0, 0, 1]), logits) == pytest.approx(
-        -(log_p[0, 0] + log_p[1, 0] + log_p[2, 1]) / 3, rel=1e-6)
+        -(log_p[0, 0] + log_p[1, 0] + log_p[2, 1]) / 3, rel=1e-6
+    )
     assert evaluation_loss(get_task("stsb"), np.array([1.0, 4.5]), np.array([[2.0], [4.0]])) == pytest.approx(0.625)
-    with pytest.raises(UserError, match=r"^--metric_for_best 'bleu': not a metric of qqp; its metrics: accuracy, "
-                                        r"f1, loss$"):
+    with pytest.raises(
+        UserError,
+        match=r"^--metric_for_best 'bleu': not a metric of qqp; its metrics: accuracy, "
+        r"f1, loss$",
+    ):
         metric_for_best(qqp, "bleu")
     with pytest.raises(UserError, match=r"; did you mean accuracy\? its metrics: accuracy, f1, loss$"):
         metric_for_best(qqp, "acuracy")
@@ -254,10 +344,13 @@ def test_best_is_one_rule_with_each_metrics_direction():
     assert said([(4, True, 0.5), (8, True, 0.9)]) == "best dev accuracy 0.900000 at step 8: best checkpoint model-8.pt"
     assert said([(4, True, 0.9), (6, False, 0.9), (8, True, 0.9)], on_disk=lambda s: s != 4) == (
         "best dev accuracy 0.900000 first at step 4, tied at 6, 8 (ties go to the later checkpoint; model-4.pt was "
-        "pruned by --save_total_limit 2): best checkpoint model-8.pt")
+        "pruned by --save_total_limit 2): best checkpoint model-8.pt"
+    )
     assert said([(3, False, 0.2), (4, True, 0.3), (8, True, 0.25)], metric="loss") == (
         "best dev loss 0.200000 at step 3 (step 3 was an evaluation between checkpoints: no model-3.pt): best "
-        "checkpoint model-8.pt (loss 0.250000)")
+        "checkpoint model-8.pt (loss 0.250000)"
+    )
     assert said([(3, False, 0.9), (4, True, 0.9)]) == (
         "best dev accuracy 0.900000 first at step 3, tied at 4 (ties go to the later checkpoint; step 3 was an "
-        "evaluation between checkpoints: no model-3.pt): best checkpoint model-4.pt")
+        "evaluation between checkpoints: no model-3.pt): best checkpoint model-4.pt"
+    )

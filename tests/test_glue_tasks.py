@@ -16,8 +16,20 @@ from fine_tune.errors import UserError
 from fine_tune.tasks import TASKS, get_task
 from fine_tune.tasks.metrics import compute
 
-MNLI_TRAIN = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
-              "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"]
+MNLI_TRAIN = [
+    "index",
+    "promptID",
+    "pairID",
+    "genre",
+    "sentence1_binary_parse",
+    "sentence2_binary_parse",
+    "sentence1_parse",
+    "sentence2_parse",
+    "sentence1",
+    "sentence2",
+    "label1",
+    "gold_label",
+]
 MNLI_DEV = MNLI_TRAIN[:-2] + ["label1", "label2", "label3", "label4", "label5", "gold_label"]
 MNLI_TEST = MNLI_TRAIN[:-2]
 NLI3 = ("entailment", "neutral", "contradiction")
@@ -44,11 +56,23 @@ def mnli_rows(n, seed, header):
     for i in range(n):
         gold = rng.randrange(3)
         label = NLI3[gold]
-        s1 = " ".join(rng.choice(["the", "a", "cat", "dog", "sat", "ran", "on", "mat"]) for _ in range(rng.randint(4, 12)))
+        s1 = " ".join(
+            rng.choice(["the", "a", "cat", "dog", "sat", "ran", "on", "mat"]) for _ in range(rng.randint(4, 12))
+        )
         s2 = f"{cues[label]} {cues[label]} " + " ".join(rng.choice(["it", "is", "was", "there"]) for _ in range(3))
-        row = {"index": mnli_index(i), "promptID": 100 + i, "pairID": f"{100 + i}e", "genre": "fiction",
-               "sentence1_binary_parse": "( x )", "sentence2_binary_parse": "( y )", "sentence1_parse": "(ROOT x)",
-               "sentence2_parse": "(ROOT y)", "sentence1": s1, "sentence2": s2, "gold_label": label}
+        row = {
+            "index": mnli_index(i),
+            "promptID": 100 + i,
+            "pairID": f"{100 + i}e",
+            "genre": "fiction",
+            "sentence1_binary_parse": "( x )",
+            "sentence2_binary_parse": "( y )",
+            "sentence1_parse": "(ROOT x)",
+            "sentence2_parse": "(ROOT y)",
+            "sentence1": s1,
+            "sentence2": s2,
+            "gold_label": label,
+        }
         # annotator k: one of the two other classes, alternating with k and the row
         row.update({f"label{k}": NLI3[(gold + 1 + (i + k) % 2) % 3] for k in range(1, 6)})
         rows.append([row[k] for k in header])
@@ -69,40 +93,91 @@ def write_mnli(root, n_train=96, n_dev=32, n_test=16):
 
 def test_cola_header_less_train_and_indexed_test(tmp_path):
     # train: no header; source, label, original label ("*" where it was changed), sentence
-    tsv(tmp_path / "CoLA" / "train.tsv", None, [["gj04", 0, "*", "They drank the pub."],
-                                                ["gj04", 1, "", "Our friends won't buy this analysis."],
-                                                ["cj99", 1, "", "The sailors rode the breeze clear of the rocks."]])
-    tsv(tmp_path / "CoLA" / "test.tsv", ["index", "sentence"], [[31, "Bill whistled past the house."],
-                                                                [4, "The car honked its way."]])
+    tsv(
+        tmp_path / "CoLA" / "train.tsv",
+        None,
+        [
+            ["gj04", 0, "*", "They drank the pub."],
+            ["gj04", 1, "", "Our friends won't buy this analysis."],
+            ["cj99", 1, "", "The sailors rode the breeze clear of the rocks."],
+        ],
+    )
+    tsv(
+        tmp_path / "CoLA" / "test.tsv",
+        ["index", "sentence"],
+        [[31, "Bill whistled past the house."], [4, "The car honked its way."]],
+    )
     task = get_task("cola")
     train = task.load(tmp_path, "train")
     assert [(e.idx, e.text, e.text_pair, e.label) for e in train] == [
-        (0, "They drank the pub.", None, 0), (1, "Our friends won't buy this analysis.", None, 1),
-        (2, "The sailors rode the breeze clear of the rocks.", None, 1)]
+        (0, "They drank the pub.", None, 0),
+        (1, "Our friends won't buy this analysis.", None, 1),
+        (2, "The sailors rode the breeze clear of the rocks.", None, 1),
+    ]
     test = task.load(tmp_path, "test")
-    assert [(e.idx, e.text, e.label) for e in test] == [(31, "Bill whistled past the house.", None),
-                                                        (4, "The car honked its way.", None)]
+    assert [(e.idx, e.text, e.label) for e in test] == [
+        (31, "Bill whistled past the house.", None),
+        (4, "The car honked its way.", None),
+    ]
     out = tmp_path / "CoLA.tsv"
     task.write_submission(out, test, [1, 0])
     assert out.read_text() == "index\tprediction\n31\t1\n4\t0\n"  # GLUE: class indices for CoLA
     assert task.main_metric == "mcc" and task.label_names == ("unacceptable", "acceptable")
 
 
-@pytest.mark.parametrize("name, folder, labelled_header, test_header, row, test_row, want", [
-    ("sst2", "SST-2", ["sentence", "label"], ["index", "sentence"], ["a gripping film", 1], [7, "dull"],
-     ("a gripping film", None, 1)),
-    ("mrpc", "MRPC", ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
-     ["index", "#1 ID", "#2 ID", "#1 String", "#2 String"], [1, 702876, 702977, "He said so.", "He did say so."],
-     [7, 1, 2, "a", "b"], ("He said so.", "He did say so.", 1)),
-    ("qnli", "QNLI", ["index", "question", "sentence", "label"], ["index", "question", "sentence"],
-     [0, "Who wrote it?", "Ann wrote it.", "entailment"], [7, "q", "s"], ("Who wrote it?", "Ann wrote it.", 0)),
-    ("rte", "RTE", ["index", "sentence1", "sentence2", "label"], ["index", "sentence1", "sentence2"],
-     [0, "A man sleeps.", "Nobody sleeps.", "not_entailment"], [7, "a", "b"], ("A man sleeps.", "Nobody sleeps.", 1)),
-    ("wnli", "WNLI", ["index", "sentence1", "sentence2", "label"], ["index", "sentence1", "sentence2"],
-     [0, "I stuck a pin.", "The pin stuck.", 1], [7, "a", "b"], ("I stuck a pin.", "The pin stuck.", 1)),
-])
-def test_glue_pair_and_single_sentence_layouts(tmp_path, name, folder, labelled_header, test_header, row, test_row,
-                                               want):
+@pytest.mark.parametrize(
+    "name, folder, labelled_header, test_header, row, test_row, want",
+    [
+        (
+            "sst2",
+            "SST-2",
+            ["sentence", "label"],
+            ["index", "sentence"],
+            ["a gripping film", 1],
+            [7, "dull"],
+            ("a gripping film", None, 1),
+        ),
+        (
+            "mrpc",
+            "MRPC",
+            ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+            ["index", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+            [1, 702876, 702977, "He said so.", "He did say so."],
+            [7, 1, 2, "a", "b"],
+            ("He said so.", "He did say so.", 1),
+        ),
+        (
+            "qnli",
+            "QNLI",
+            ["index", "question", "sentence", "label"],
+            ["index", "question", "sentence"],
+            [0, "Who wrote it?", "Ann wrote it.", "entailment"],
+            [7, "q", "s"],
+            ("Who wrote it?", "Ann wrote it.", 0),
+        ),
+        (
+            "rte",
+            "RTE",
+            ["index", "sentence1", "sentence2", "label"],
+            ["index", "sentence1", "sentence2"],
+            [0, "A man sleeps.", "Nobody sleeps.", "not_entailment"],
+            [7, "a", "b"],
+            ("A man sleeps.", "Nobody sleeps.", 1),
+        ),
+        (
+            "wnli",
+            "WNLI",
+            ["index", "sentence1", "sentence2", "label"],
+            ["index", "sentence1", "sentence2"],
+            [0, "I stuck a pin.", "The pin stuck.", 1],
+            [7, "a", "b"],
+            ("I stuck a pin.", "The pin stuck.", 1),
+        ),
+    ],
+)
+def test_glue_pair_and_single_sentence_layouts(
+    tmp_path, name, folder, labelled_header, test_header, row, test_row, want
+):
     task = get_task(name)
     tsv(tmp_path / folder / "dev.tsv", labelled_header, [row])
     tsv(tmp_path / folder / "test.tsv", test_header, [test_row])
@@ -123,8 +198,11 @@ def test_mnli_splits_columns_and_two_submission_files(tmp_path):
     task = get_task("mnli")
     assert task.num_class == 3 and task.dev_split == "dev_matched"
     cues = {"yes": 0, "maybe": 1, "no": 2}  # entailment, neutral, contradiction: the model's output order
-    for split, header, n, seed in (("dev_matched", MNLI_DEV, 6, 1), ("dev_mismatched", MNLI_DEV, 6, 2),
-                                   ("train", MNLI_TRAIN, 6, 0)):
+    for split, header, n, seed in (
+        ("dev_matched", MNLI_DEV, 6, 1),
+        ("dev_mismatched", MNLI_DEV, 6, 2),
+        ("train", MNLI_TRAIN, 6, 0),
+    ):
         rows, labels = mnli_rows(n, seed, header)
         got = task.load(tmp_path, split)
         gold = [NLI3.index(r[header.index("gold_label")]) for r in rows]  # read back from the file's column
@@ -133,8 +211,9 @@ def test_mnli_splits_columns_and_two_submission_files(tmp_path):
         for column in [c for c in header if c.startswith("label")]:  # no annotator agrees with the gold label
             assert all(NLI3.index(r[header.index(column)]) != g for r, g in zip(rows, gold)), (split, column)
         assert [e.idx for e in got] == [r[0] for r in rows] == [mnli_index(i) for i in range(n)]
-        assert [(e.text, e.text_pair) for e in got] == [(r[header.index("sentence1")], r[header.index("sentence2")])
-                                                        for r in rows]
+        assert [(e.text, e.text_pair) for e in got] == [
+            (r[header.index("sentence1")], r[header.index("sentence2")]) for r in rows
+        ]
         assert [cues[e.text_pair.split()[0]] for e in got] == labels  # the hypothesis is the pair's second text
     for split, name in (("test_matched", "MNLI-m.tsv"), ("test_mismatched", "MNLI-mm.tsv")):
         rows = task.load(tmp_path, split)
@@ -143,44 +222,71 @@ def test_mnli_splits_columns_and_two_submission_files(tmp_path):
         task.write_submission(out, rows, [2, 0, 1])
         assert out.name == name
         ids = [mnli_index(i) for i in range(3)]
-        assert out.read_text() == (f"index\tprediction\n{ids[0]}\tcontradiction\n{ids[1]}\tentailment\n"
-                                   f"{ids[2]}\tneutral\n")
-    with pytest.raises(UserError, match="'dev' is not a mnli split; did you mean dev_matched\\? valid splits: train, "
-                                        "dev_matched"):
+        assert out.read_text() == (
+            f"index\tprediction\n{ids[0]}\tcontradiction\n{ids[1]}\tentailment\n{ids[2]}\tneutral\n"
+        )
+    with pytest.raises(
+        UserError, match="'dev' is not a mnli split; did you mean dev_matched\\? valid splits: train, dev_matched"
+    ):
         task.path(tmp_path, "dev")
 
 
 def test_cb_jsonl_and_its_superglue_file(tmp_path):
     folder = tmp_path / "CB"
     folder.mkdir()
-    val = [{"premise": "It rained.", "hypothesis": "It was dry.", "label": "contradiction", "idx": 3},
-           {"premise": "It rained.", "hypothesis": "It was wet.", "label": "entailment", "idx": 0},
-           {"premise": "It rained.", "hypothesis": "It was cold.", "label": "neutral", "idx": 1},
-           {"premise": "It poured.", "hypothesis": "It was wet.", "label": "entailment", "idx": 2}]
+    val = [
+        {"premise": "It rained.", "hypothesis": "It was dry.", "label": "contradiction", "idx": 3},
+        {"premise": "It rained.", "hypothesis": "It was wet.", "label": "entailment", "idx": 0},
+        {"premise": "It rained.", "hypothesis": "It was cold.", "label": "neutral", "idx": 1},
+        {"premise": "It poured.", "hypothesis": "It was wet.", "label": "entailment", "idx": 2},
+    ]
     (folder / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in val))
-    (folder / "test.jsonl").write_text("".join(json.dumps({"premise": f"p{i}", "hypothesis": f"h{i}", "idx": i})
-                                               + "\n" for i in (5, 2, 9)))
+    (folder / "test.jsonl").write_text(
+        "".join(json.dumps({"premise": f"p{i}", "hypothesis": f"h{i}", "idx": i}) + "\n" for i in (5, 2, 9))
+    )
     task = get_task("cb")
     assert [(e.idx, e.text, e.text_pair, e.label) for e in task.load(tmp_path, "val")] == [
-        (3, "It rained.", "It was dry.", 1), (0, "It rained.", "It was wet.", 0), (1, "It rained.", "It was cold.", 2),
-        (2, "It poured.", "It was wet.", 0)]  # the model's order: entailment, contradiction, neutral
+        (3, "It rained.", "It was dry.", 1),
+        (0, "It rained.", "It was wet.", 0),
+        (1, "It rained.", "It was cold.", 2),
+        (2, "It poured.", "It was wet.", 0),
+    ]  # the model's order: entailment, contradiction, neutral
     out = tmp_path / "CB.jsonl"
     test = task.load(tmp_path, "test")
     assert [(e.idx, e.text, e.text_pair) for e in test] == [(5, "p5", "h5"), (2, "p2", "h2"), (9, "p9", "h9")]
     task.write_submission(out, test, [2, 0, 1])
     assert [json.loads(x) for x in out.read_text().splitlines()] == [
-        {"idx": 5, "label": "neutral"}, {"idx": 2, "label": "entailment"}, {"idx": 9, "label": "contradiction"}]
+        {"idx": 5, "label": "neutral"},
+        {"idx": 2, "label": "entailment"},
+        {"idx": 9, "label": "contradiction"},
+    ]
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("rte", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n",
-     r"RTE/dev.tsv, line 2: unknown label 'maybe' in column label \(expected one of entailment, not_entailment\)"),
-    ("mrpc", "Quality\t#1 ID\t#2 ID\t#1 String\n0\t1\t2\ta\n",
-     r"MRPC/dev.tsv, line 1: header \['Quality', '#1 ID', '#2 ID', '#1 String'\] lacks the column\(s\) '#2 String'"),
-    ("qnli", "index\tquestion\tsentence\tlabel\n0\tq\ts\n", r"QNLI/dev.tsv, line 2: 3 tab-separated columns, expected 4"),
-    ("rte", "index\tsentence1\tsentence2\tlabel\nx\ta\tb\tentailment\n",
-     r"RTE/dev.tsv, line 2: id 'x' in column index is not an integer"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        (
+            "rte",
+            "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n",
+            r"RTE/dev.tsv, line 2: unknown label 'maybe' in column label \(expected one of entailment, not_entailment\)",
+        ),
+        (
+            "mrpc",
+            "Quality\t#1 ID\t#2 ID\t#1 String\n0\t1\t2\ta\n",
+            r"MRPC/dev.tsv, line 1: header \['Quality', '#1 ID', '#2 ID', '#1 String'\] lacks the column\(s\) '#2 String'",
+        ),
+        (
+            "qnli",
+            "index\tquestion\tsentence\tlabel\n0\tq\ts\n",
+            r"QNLI/dev.tsv, line 2: 3 tab-separated columns, expected 4",
+        ),
+        (
+            "rte",
+            "index\tsentence1\tsentence2\tlabel\nx\ta\tb\tentailment\n",
+            r"RTE/dev.tsv, line 2: id 'x' in column index is not an integer",
+        ),
+    ],
+)
 def test_a_bad_row_names_file_line_and_column(tmp_path, name, content, message):
     task = get_task(name)
     path = task.path(tmp_path, "dev")
@@ -196,17 +302,25 @@ def test_rte_superglue_jsonl_labels_and_ids(tmp_path):
     folder = tmp_path / "RTE"
     folder.mkdir()
     val = [("not_entailment", 4), ("entailment", 0), ("not_entailment", 2), ("not_entailment", 1)]
-    (folder / "val.jsonl").write_text("".join(json.dumps({"premise": f"p{i}", "hypothesis": f"h{i}", "label": y,
-                                                          "idx": i}) + "\n" for y, i in val))
-    (folder / "test.jsonl").write_text("".join(json.dumps({"premise": f"p{i}", "hypothesis": f"h{i}", "idx": i})
-                                               + "\n" for i in (8, 3)))
+    (folder / "val.jsonl").write_text(
+        "".join(json.dumps({"premise": f"p{i}", "hypothesis": f"h{i}", "label": y, "idx": i}) + "\n" for y, i in val)
+    )
+    (folder / "test.jsonl").write_text(
+        "".join(json.dumps({"premise": f"p{i}", "hypothesis": f"h{i}", "idx": i}) + "\n" for i in (8, 3))
+    )
     task = get_task("rte_superglue")
     assert [(e.idx, e.text, e.text_pair, e.label) for e in task.load(tmp_path, "val")] == [
-        (4, "p4", "h4", 1), (0, "p0", "h0", 0), (2, "p2", "h2", 1), (1, "p1", "h1", 1)]
+        (4, "p4", "h4", 1),
+        (0, "p0", "h0", 0),
+        (2, "p2", "h2", 1),
+        (1, "p1", "h1", 1),
+    ]
     out = tmp_path / task.submission_name("test")
     task.write_submission(out, task.load(tmp_path, "test"), [1, 0])
     assert out.name == "RTE.jsonl" and [json.loads(x) for x in out.read_text().splitlines()] == [
-        {"idx": 8, "label": "not_entailment"}, {"idx": 3, "label": "entailment"}]
+        {"idx": 8, "label": "not_entailment"},
+        {"idx": 3, "label": "entailment"},
+    ]
 
 
 # ------------------------------------------------------------------------ metrics
@@ -230,8 +344,9 @@ def test_metrics_against_hand_computed_values():
     got = compute(("accuracy", "f1", "mcc"), BIN_LABELS, BIN_PREDS)
     assert got == pytest.approx(BIN, abs=1e-12)
     # the alternatives a slip would compute are all different here
-    assert got["f1"] != pytest.approx(4 / 7) and got["f1"] != pytest.approx(f1_score(BIN_LABELS, BIN_PREDS,
-                                                                                       average="macro"))
+    assert got["f1"] != pytest.approx(4 / 7) and got["f1"] != pytest.approx(
+        f1_score(BIN_LABELS, BIN_PREDS, average="macro")
+    )
     assert got["mcc"] == pytest.approx(matthews_corrcoef(BIN_LABELS, BIN_PREDS))
     three = compute(("macro_f1", "accuracy"), THREE_LABELS, THREE_PREDS)
     assert three["macro_f1"] == pytest.approx(sum(THREE_F1) / 3, abs=1e-12)
@@ -247,7 +362,8 @@ def test_metrics_against_hand_computed_values():
         warnings.simplefilter("error")
         assert compute(("mcc",), BIN_LABELS, np.ones(10, dtype=int))["mcc"] == 0.0  # a constant prediction
         assert compute(("f1", "macro_f1"), BIN_LABELS, np.zeros(10, dtype=int)) == pytest.approx(
-            {"f1": 0.0, "macro_f1": (0 + 2 * 3 / (3 + 10)) / 2})  # nothing predicted positive: F1(1) = 0
+            {"f1": 0.0, "macro_f1": (0 + 2 * 3 / (3 + 10)) / 2}
+        )  # nothing predicted positive: F1(1) = 0
         assert compute(("f1",), np.zeros(4, dtype=int), np.zeros(4, dtype=int))["f1"] == 0.0  # no positive at all
         flat = compute(("pearson", "spearman"), np.array([1.5, 2.25, 4.0]), np.array([3.0, 3.0, 3.0]))
         assert flat == {"pearson": 0.0, "spearman": 0.0}
@@ -255,11 +371,17 @@ def test_metrics_against_hand_computed_values():
 
 # every task's metrics (what evaluation reports) and its main metric (what picks the best checkpoint)
 TASK_METRICS = {
-    "cola": (("mcc", "accuracy"), "mcc"), "sst2": (("accuracy",), "accuracy"),
-    "mrpc": (("accuracy", "f1"), "accuracy"), "qqp": (("accuracy", "f1"), "accuracy"),
-    "stsb": (("pearson", "spearman"), "pearson"), "mnli": (("accuracy",), "accuracy"),
-    "qnli": (("accuracy",), "accuracy"), "rte": (("accuracy",), "accuracy"), "wnli": (("accuracy",), "accuracy"),
-    "boolq": (("accuracy",), "accuracy"), "cb": (("accuracy", "macro_f1"), "accuracy"),
+    "cola": (("mcc", "accuracy"), "mcc"),
+    "sst2": (("accuracy",), "accuracy"),
+    "mrpc": (("accuracy", "f1"), "accuracy"),
+    "qqp": (("accuracy", "f1"), "accuracy"),
+    "stsb": (("pearson", "spearman"), "pearson"),
+    "mnli": (("accuracy",), "accuracy"),
+    "qnli": (("accuracy",), "accuracy"),
+    "rte": (("accuracy",), "accuracy"),
+    "wnli": (("accuracy",), "accuracy"),
+    "boolq": (("accuracy",), "accuracy"),
+    "cb": (("accuracy", "macro_f1"), "accuracy"),
     "rte_superglue": (("accuracy",), "accuracy"),
 }
 
@@ -279,9 +401,12 @@ def test_each_task_reports_its_metrics_computed_independently(name):
         assert abs(want["pearson"] - want["spearman"]) > 0.01
     else:
         labels, preds = (THREE_LABELS, THREE_PREDS) if task.num_class == 3 else (BIN_LABELS, BIN_PREDS)
-        want = {"accuracy": accuracy_score(labels, preds), "mcc": matthews_corrcoef(labels, preds),
-                "f1": f1_score(labels, preds, pos_label=1, average="binary") if task.num_class == 2 else None,
-                "macro_f1": f1_score(labels, preds, average="macro")}
+        want = {
+            "accuracy": accuracy_score(labels, preds),
+            "mcc": matthews_corrcoef(labels, preds),
+            "f1": f1_score(labels, preds, pos_label=1, average="binary") if task.num_class == 2 else None,
+            "macro_f1": f1_score(labels, preds, average="macro"),
+        }
     got = compute(task.metrics, labels, preds)
     assert set(got) == set(task.metrics)
     assert got == pytest.approx({k: want[k] for k in task.metrics}, abs=1e-12)
@@ -301,17 +426,55 @@ def test_the_main_metric_picks_the_best_checkpoint(tmp_path):
 def test_mnli_fine_tune_eval_submission_and_a_layerwise_student(run, tiny_bert, data_root, exp_root):
     write_mnli(data_root)
     common = ["--model", "bert", "--task", "mnli", "--max_seq_len", "32", "--device_id", "-1"]
-    run("run_fine_tune.py", "--experiment", "t", "--ptrain_ver", str(tiny_bert), *common, "--total_step", "4",
-        "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "16", "--lr", "1e-3")
+    run(
+        "run_fine_tune.py",
+        "--experiment",
+        "t",
+        "--ptrain_ver",
+        str(tiny_bert),
+        *common,
+        "--total_step",
+        "4",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "2",
+        "--batch_size",
+        "16",
+        "--lr",
+        "1e-3",
+    )
     exp = exp_root / "t_bert_mnli"
     assert json.loads((exp / "config.json").read_text())["num_class"] == 3  # from the task's label set
-    out = run("run_fine_tune_eval.py", "--experiment", "t", "--model", "bert", "--task", "mnli",
-              "--dataset", "dev_mismatched", "--ckpt", "2")
+    out = run(
+        "run_fine_tune_eval.py",
+        "--experiment",
+        "t",
+        "--model",
+        "bert",
+        "--task",
+        "mnli",
+        "--dataset",
+        "dev_mismatched",
+        "--ckpt",
+        "2",
+    )
     table = json.loads((exp / "eval-dev_mismatched.json").read_text())
     assert [r["ckpt"] for r in table["rows"]] == [2, 4] and "accuracy" in out.stdout
     for split, name in (("test_matched", "MNLI-m.tsv"), ("test_mismatched", "MNLI-mm.tsv")):
-        run("generate_test_prediction.py", "--experiment", "t", "--model", "bert", "--task", "mnli",
-            "--dataset", split, "--ckpt", "4")
+        run(
+            "generate_test_prediction.py",
+            "--experiment",
+            "t",
+            "--model",
+            "bert",
+            "--task",
+            "mnli",
+            "--dataset",
+            split,
+            "--ckpt",
+            "4",
+        )
         lines = (exp / name).read_text().splitlines()
         assert lines[0] == "index\tprediction" and len(lines) == 17
         assert [x.split("\t")[0] for x in lines[1:]] == [str(mnli_index(i)) for i in range(16)]  # the file's ids
@@ -319,10 +482,39 @@ def test_mnli_fine_tune_eval_submission_and_a_layerwise_student(run, tiny_bert, 
     with pytest.raises(AssertionError, match="--num_class 2: mnli has 3 classes"):
         run("run_fine_tune.py", "--experiment", "two", "--ptrain_ver", str(tiny_bert), *common, "--num_class", "2")
     # a layer-wise method on the 3-class teacher: a 1-layer PKD student
-    run("run_pkd_distill.py", "--experiment", "s", "--model", "bert", "--task", "mnli", "--teacher_exp", "t",
-        "--tmodel", "bert", "--tckpt", "4", "--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2",
-        "--num_hidden_layers", "1", "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "8",
-        "--device_id", "-1")
+    run(
+        "run_pkd_distill.py",
+        "--experiment",
+        "s",
+        "--model",
+        "bert",
+        "--task",
+        "mnli",
+        "--teacher_exp",
+        "t",
+        "--tmodel",
+        "bert",
+        "--tckpt",
+        "4",
+        "--d_model",
+        "32",
+        "--d_ff",
+        "64",
+        "--num_attention_heads",
+        "2",
+        "--num_hidden_layers",
+        "1",
+        "--total_step",
+        "2",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "2",
+        "--batch_size",
+        "8",
+        "--device_id",
+        "-1",
+    )
     student = exp_root / "s_bert_mnli"
     assert json.loads((student / "config.json").read_text())["num_class"] == 3
     run("run_fine_tune_eval.py", "--experiment", "s", "--model", "bert", "--task", "mnli", "--dataset", "dev_matched")
@@ -337,11 +529,16 @@ def test_diagnostics_are_splits_of_the_task_whose_model_predicts_them(tmp_path):
     mnli.write_submission(tmp_path / mnli.submission_name("ax"), [ax], [1])
     assert (tmp_path / "AX.tsv").read_text() == "index\tprediction\n0\tneutral\n"
     rte = get_task("rte_superglue")
-    for folder, rows in (("AX-b", [{"sentence1": "s1", "sentence2": "s2", "label": "entailment", "idx": 3}]),
-                         ("AX-g", [{"premise": "p his", "hypothesis": "h", "idx": 4, "label": "not_entailment",
-                                    "pair_id": 1},
-                                   {"premise": "p her", "hypothesis": "h", "idx": 5, "label": "not_entailment",
-                                    "pair_id": 1}])):
+    for folder, rows in (
+        ("AX-b", [{"sentence1": "s1", "sentence2": "s2", "label": "entailment", "idx": 3}]),
+        (
+            "AX-g",
+            [
+                {"premise": "p his", "hypothesis": "h", "idx": 4, "label": "not_entailment", "pair_id": 1},
+                {"premise": "p her", "hypothesis": "h", "idx": 5, "label": "not_entailment", "pair_id": 1},
+            ],
+        ),
+    ):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / f"{folder}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         split = folder.lower().replace("-", "")
@@ -352,7 +549,8 @@ def test_diagnostics_are_splits_of_the_task_whose_model_predicts_them(tmp_path):
         rte.write_submission(out, examples, [1] * len(rows))
         assert out.name == f"{folder}.jsonl"
         assert [json.loads(x) for x in out.read_text().splitlines()] == [
-            {"idx": r["idx"], "label": "not_entailment"} for r in rows]
+            {"idx": r["idx"], "label": "not_entailment"} for r in rows
+        ]
 
 
 def test_the_glue_zip_holds_exactly_the_required_files_or_is_refused(run, exp_root, data_root, tmp_path):
@@ -374,22 +572,29 @@ def test_the_glue_zip_holds_exactly_the_required_files_or_is_refused(run, exp_ro
                 split = made_by[name][1]
                 ids = [e.idx for e in t.load(data_root, split)] if t.path(data_root, split).is_file() else [0]
                 synthetic.write_submission_file(folder / name, t, ids[:rows], {"a": 0, "b": 1}[exp])
-            (folder / f"eval-{t.dev_split}.json").write_text(json.dumps(
-                {"best": {t.main_metric: {"ckpt": 1, "value": score}}}))
+            (folder / f"eval-{t.dev_split}.json").write_text(
+                json.dumps({"best": {t.main_metric: {"ckpt": 1, "value": score}}})
+            )
 
     made_by = writers("glue")
     assert set(made_by) == set(REQUIRED["glue"])  # every GLUE file has its task here
     for task in {t for t, _ in made_by.values()} - {"stsb"}:
         place(task, [n for n, (t, _) in made_by.items() if t == task])
-    with pytest.raises(AssertionError, match=r"the glue submission lacks 1 of 11 files: STS-B.tsv \(generate_test_"
-                                             r"prediction.py --task stsb --dataset test"):
+    with pytest.raises(
+        AssertionError,
+        match=r"the glue submission lacks 1 of 11 files: STS-B.tsv \(generate_test_"
+        r"prediction.py --task stsb --dataset test",
+    ):
         run("make_submission.py", "--benchmark", "glue")
     assert not list(exp_root.glob("*.zip"))
     place("stsb", ["STS-B.tsv"])
     out = tmp_path / "glue.zip"
     place("qqp", ["QQP.tsv"], rows=1)  # the issue's one-row QQP.tsv: refused, nothing written
-    with pytest.raises(AssertionError, match=r"QQP.tsv predicts 1 rows; .*QQP/test.tsv has 32 \(the ids differ from "
-                                             r"row 2 on\)"):
+    with pytest.raises(
+        AssertionError,
+        match=r"QQP.tsv predicts 1 rows; .*QQP/test.tsv has 32 \(the ids differ from "
+        r"row 2 on\)",
+    ):
         run("make_submission.py", "--benchmark", "glue", "--data_root", str(data_root), "--out", str(out))
     assert not out.exists()
     place("qqp", ["QQP.tsv"])
@@ -418,8 +623,17 @@ def stsb_rows(n, seed, labelled=True):
         s1 = [rng.choice(words) for _ in range(6)]
         keep = rng.randint(0, 6)  # the score follows how much of sentence 1 sentence 2 repeats
         s2 = s1[:keep] + [rng.choice(words) for _ in range(6 - keep)]
-        row = [stsb_index(i), "main-captions", "MSRvid", "2012test", f"{i:04d}", "none", "none", " ".join(s1),
-               " ".join(s2)]
+        row = [
+            stsb_index(i),
+            "main-captions",
+            "MSRvid",
+            "2012test",
+            f"{i:04d}",
+            "none",
+            "none",
+            " ".join(s1),
+            " ".join(s2),
+        ]
         score = (5 * keep + rng.choice((0.25, 0.5, 0.75))) / 6.2  # fractional, in (0, 5)
         rows.append(row + [f"{score:.3f}"] if labelled else row)
     return rows
@@ -447,13 +661,18 @@ def test_stsb_scores_metrics_and_file(tmp_path):
     task.write_submission(out, test, np.array([3.14159, 0.5]))
     assert out.read_text() == f"index\tprediction\n{stsb_index(0)}\t3.142\n{stsb_index(1)}\t0.500\n"
     # fractional gold scores, read as written: Pearson and Spearman on them, not on whole numbers
-    tsv(tmp_path / "frac" / "STS-B" / "dev.tsv", STSB, [
-        [9 - i, "main-news", "x", "2012", "0", "none", "none", f"a{i}", f"b{i}", score]
-        for i, score in enumerate(["3.8", "0.25", "4.6", "1.75", "2.5", "4.2"])])
+    tsv(
+        tmp_path / "frac" / "STS-B" / "dev.tsv",
+        STSB,
+        [
+            [9 - i, "main-news", "x", "2012", "0", "none", "none", f"a{i}", f"b{i}", score]
+            for i, score in enumerate(["3.8", "0.25", "4.6", "1.75", "2.5", "4.2"])
+        ],
+    )
     gold = np.array([e.label for e in task.load(tmp_path / "frac", "dev")])
     assert gold.tolist() == [3.8, 0.25, 4.6, 1.75, 2.5, 4.2]
     pred = np.array([3.4, 0.9, 4.1, 2.6, 1.8, 4.4])
-    want = {"pearson": np.corrcoef(gold, pred)[0, 1], "spearman": 1 - 6 * 4 / (6 * (6 ** 2 - 1))}  # ranks: one swap
+    want = {"pearson": np.corrcoef(gold, pred)[0, 1], "spearman": 1 - 6 * 4 / (6 * (6**2 - 1))}  # ranks: one swap
     assert compute(task.metrics, gold, pred) == pytest.approx(want, abs=1e-12)
     whole = np.trunc(gold)  # what truncated or rounded scores would give
     assert abs(compute(("pearson",), whole, pred)["pearson"] - want["pearson"]) > 1e-3
@@ -466,7 +685,7 @@ def test_stsb_scores_metrics_and_file(tmp_path):
     y, p = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 3.0, 2.0, 5.0])
     r = ((y - y.mean()) * (p - p.mean())).sum() / np.sqrt(((y - y.mean()) ** 2).sum() * ((p - p.mean()) ** 2).sum())
     d = np.array([1, 2, 3, 4]) - np.array([1, 3, 2, 4])  # rank differences
-    rho = 1 - 6 * (d ** 2).sum() / (4 * (4 ** 2 - 1))
+    rho = 1 - 6 * (d**2).sum() / (4 * (4**2 - 1))
     assert compute(("pearson", "spearman"), y, p) == pytest.approx({"pearson": r, "spearman": rho})
 
 
@@ -494,20 +713,77 @@ def test_stsb_fine_tune_logits_offline_kd_eval_and_file(run, tiny_bert, data_roo
     column) -> offline KD (MSE to gold and teacher) -> evaluation (Pearson, Spearman) -> STS-B.tsv."""
     write_stsb(data_root)
     common = ["--model", "bert", "--task", "stsb", "--max_seq_len", "32", "--device_id", "-1"]
-    run("run_fine_tune.py", "--experiment", "t", "--ptrain_ver", str(tiny_bert), *common, "--total_step", "4",
-        "--warmup_step", "1", "--ckpt_step", "4", "--batch_size", "16", "--lr", "1e-3")
+    run(
+        "run_fine_tune.py",
+        "--experiment",
+        "t",
+        "--ptrain_ver",
+        str(tiny_bert),
+        *common,
+        "--total_step",
+        "4",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "4",
+        "--batch_size",
+        "16",
+        "--lr",
+        "1e-3",
+    )
     assert json.loads((exp_root / "t_bert_stsb" / "config.json").read_text())["num_class"] == 1
-    out = run("run_fine_tune_gen_logits.py", "--experiment", "t", "--model", "bert", "--task", "stsb",
-              "--dataset", "train", "--ckpt", "4")
+    out = run(
+        "run_fine_tune_gen_logits.py",
+        "--experiment",
+        "t",
+        "--model",
+        "bert",
+        "--task",
+        "stsb",
+        "--dataset",
+        "train",
+        "--ckpt",
+        "4",
+    )
     assert "pearson" in out.stdout
     from fine_tune.tasks.logits import logits_dir
 
-    rows = [json.loads(x) for x in (logits_dir(data_root, "t_bert_stsb", "train") / "logits.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(x) for x in (logits_dir(data_root, "t_bert_stsb", "train") / "logits.jsonl").read_text().splitlines()
+    ]
     assert len(rows) == 96 and all(len(r["logits"]) == 1 and isinstance(r["label"], float) for r in rows)  # one column
-    student = ["--experiment", "s", "--model", "bert", "--task", "stsb", "--dataset", "t_bert_stsb",
-               "--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2", "--num_hidden_layers", "1",
-               "--type_vocab_size", "2", "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2",
-               "--batch_size", "16", "--max_seq_len", "32", "--device_id", "-1"]
+    student = [
+        "--experiment",
+        "s",
+        "--model",
+        "bert",
+        "--task",
+        "stsb",
+        "--dataset",
+        "t_bert_stsb",
+        "--d_model",
+        "32",
+        "--d_ff",
+        "64",
+        "--num_attention_heads",
+        "2",
+        "--num_hidden_layers",
+        "1",
+        "--type_vocab_size",
+        "2",
+        "--total_step",
+        "2",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "2",
+        "--batch_size",
+        "16",
+        "--max_seq_len",
+        "32",
+        "--device_id",
+        "-1",
+    ]
     with pytest.raises(AssertionError, match="--softmax_temp 2: a regression task"):
         run("run_fine_tune_distill.py", *student, "--softmax_temp", "2")
     assert not (exp_root / "s_bert_stsb").exists()
@@ -537,27 +813,80 @@ def test_stsb_fine_tune_logits_offline_kd_eval_and_file(run, tiny_bert, data_roo
     pairs = [("a man is playing", "a man plays"), ("the cat sat", "dogs run fast")]
     source = data_root.parent / "pairs.tsv"
     source.write_text("sentence1\tsentence2\n" + "".join(f"{a}\t{b}\n" for a, b in pairs))
-    run("generate_test_prediction.py", "--experiment", "s", "--model", "bert", "--task", "stsb", "--ckpt", "best",
-        "--predict_file", str(source), "--out", str(data_root.parent / "scores.tsv"))
+    run(
+        "generate_test_prediction.py",
+        "--experiment",
+        "s",
+        "--model",
+        "bert",
+        "--task",
+        "stsb",
+        "--ckpt",
+        "best",
+        "--predict_file",
+        str(source),
+        "--out",
+        str(data_root.parent / "scores.tsv"),
+    )
     lines = (data_root.parent / "scores.tsv").read_text().splitlines()
     assert lines[0] == "row\tprediction" and [x.split("\t")[0] for x in lines[1:]] == ["0", "1"]
-    np.testing.assert_allclose([float(x.split("\t")[1]) for x in lines[1:]],
-                               checkpoint_logits(exp_root / "s_bert_stsb", 2, pairs, 32)[:, 0], atol=1e-5)
+    np.testing.assert_allclose(
+        [float(x.split("\t")[1]) for x in lines[1:]],
+        checkpoint_logits(exp_root / "s_bert_stsb", 2, pairs, 32)[:, 0],
+        atol=1e-5,
+    )
     table = run("results_table.py", "--task", "stsb").stdout
     assert "dev Pearson" in table and "dev Spearman" in table
     # a layer-wise method on the regression teacher works unchanged on hidden states
-    run("run_pkd_distill.py", "--experiment", "p", "--model", "bert", "--task", "stsb", "--teacher_exp", "t",
-        "--tmodel", "bert", "--tckpt", "4", "--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2",
-        "--num_hidden_layers", "1", "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "8",
-        "--device_id", "-1")
+    run(
+        "run_pkd_distill.py",
+        "--experiment",
+        "p",
+        "--model",
+        "bert",
+        "--task",
+        "stsb",
+        "--teacher_exp",
+        "t",
+        "--tmodel",
+        "bert",
+        "--tckpt",
+        "4",
+        "--d_model",
+        "32",
+        "--d_ff",
+        "64",
+        "--num_attention_heads",
+        "2",
+        "--num_hidden_layers",
+        "1",
+        "--total_step",
+        "2",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "2",
+        "--batch_size",
+        "8",
+        "--device_id",
+        "-1",
+    )
     assert json.loads((exp_root / "p_bert_stsb" / "config.json").read_text())["num_class"] == 1
 
 
-@pytest.mark.parametrize("name, hint", [("ax", "--task mnli --dataset ax"), ("axb", "--task rte_superglue --dataset axb"),
-                                        ("axg", "--task rte_superglue --dataset axg")])
+@pytest.mark.parametrize(
+    "name, hint",
+    [
+        ("ax", "--task mnli --dataset ax"),
+        ("axb", "--task rte_superglue --dataset axb"),
+        ("axg", "--task rte_superglue --dataset axg"),
+    ],
+)
 def test_the_diagnostics_names_point_to_their_task(name, hint):
-    with pytest.raises(UserError, match=f"--task {name}: the diagnostic is predicted with the .* model, as a split of "
-                                        f"that task: {hint}"):
+    with pytest.raises(
+        UserError,
+        match=f"--task {name}: the diagnostic is predicted with the .* model, as a split of that task: {hint}",
+    ):
         get_task(name)
 
 
@@ -569,21 +898,33 @@ def test_a_parquet_file_of_your_own(tmp_path):
     from fine_tune.tasks.user import check_definition
 
     (tmp_path / "mine").mkdir()
-    pq.write_table(pa.table({"q": ["a b", "c d"], "y": ["no", "yes"], "n": [7, 8]}), tmp_path / "mine" / "train.parquet")
-    spec = check_definition({"files": {"train": "train.parquet"}, "text": "q", "label": "y", "labels": ["no", "yes"],
-                             "id": "n"}, "task.json")
+    pq.write_table(
+        pa.table({"q": ["a b", "c d"], "y": ["no", "yes"], "n": [7, 8]}), tmp_path / "mine" / "train.parquet"
+    )
+    spec = check_definition(
+        {"files": {"train": "train.parquet"}, "text": "q", "label": "y", "labels": ["no", "yes"], "id": "n"},
+        "task.json",
+    )
     rows = user_task("mine", spec).load(tmp_path, "train")
     assert [(e.idx, e.text, e.text_pair, e.label) for e in rows] == [(7, "a b", None, 0), (8, "c d", None, 1)]
 
 
-@pytest.mark.parametrize("task, rows, message", [
-    # one id written two ways: '007' and '7' compared as strings were two rows
-    ("qqp", ["7\t1", "007\t0"], "line 3: id '007' is not an index (decimal digits, no leading zero)"),
-    # float() takes other scripts' digits, underscores and spaces; a server reads ASCII decimal numbers
-    ("stsb", ["0\t3.5", "1\t\u0661\u0662"], "line 3: prediction '\u0661\u0662' is not a number (stsb predicts a score)"),
-    ("stsb", ["0\t1_0"], "line 2: prediction '1_0' is not a number (stsb predicts a score)"),
-    ("stsb", ["0\t 3 "], "line 2: prediction ' 3 ' is not a number (stsb predicts a score)"),
-], ids=["id_leading_zero", "score_other_digits", "score_underscore", "score_spaces"])
+@pytest.mark.parametrize(
+    "task, rows, message",
+    [
+        # one id written two ways: '007' and '7' compared as strings were two rows
+        ("qqp", ["7\t1", "007\t0"], "line 3: id '007' is not an index (decimal digits, no leading zero)"),
+        # float() takes other scripts' digits, underscores and spaces; a server reads ASCII decimal numbers
+        (
+            "stsb",
+            ["0\t3.5", "1\t\u0661\u0662"],
+            "line 3: prediction '\u0661\u0662' is not a number (stsb predicts a score)",
+        ),
+        ("stsb", ["0\t1_0"], "line 2: prediction '1_0' is not a number (stsb predicts a score)"),
+        ("stsb", ["0\t 3 "], "line 2: prediction ' 3 ' is not a number (stsb predicts a score)"),
+    ],
+    ids=["id_leading_zero", "score_other_digits", "score_underscore", "score_spaces"],
+)
 def test_a_submission_file_is_read_as_the_server_reads_it(tmp_path, task, rows, message):
     """Without the split's data (nothing to compare ids against), a file's ids and scores are still checked by
     the server's rules; the toolkit's own numbers (``-0.25``, ``4.0``, ``1e-3``) pass."""

@@ -26,34 +26,78 @@ D, S = 8, 12
 
 def bert(layers: int, seed: int = 0, dropout: float = 0.0, positions: int = S) -> BertForSequenceClassification:
     torch.manual_seed(seed)
-    return BertForSequenceClassification(BertConfig(
-        vocab_size=300, hidden_size=D, intermediate_size=16, num_attention_heads=2, max_position_embeddings=positions,
-        num_hidden_layers=layers, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout))
+    return BertForSequenceClassification(
+        BertConfig(
+            vocab_size=300,
+            hidden_size=D,
+            intermediate_size=16,
+            num_attention_heads=2,
+            max_position_embeddings=positions,
+            num_hidden_layers=layers,
+            hidden_dropout_prob=dropout,
+            attention_probs_dropout_prob=dropout,
+        )
+    )
 
 
 def fixed_batch(lengths=(12, 7, 3, 9)):
     g = torch.Generator().manual_seed(1)
     n = len(lengths)
     mask = (torch.arange(S)[None, :] < torch.tensor(lengths)[:, None]).long()
-    return {"input_ids": torch.randint(5, 60, (n, S), generator=g) * mask,
-            "token_type_ids": torch.zeros(n, S, dtype=torch.long), "attention_mask": mask,
-            "labels": torch.tensor([0, 1] * (n // 2))}
+    return {
+        "input_ids": torch.randint(5, 60, (n, S), generator=g) * mask,
+        "token_type_ids": torch.zeros(n, S, dtype=torch.long),
+        "attention_mask": mask,
+        "labels": torch.tensor([0, 1] * (n // 2)),
+    }
 
 
-def trainer_for(tmp_path, name, method, steps, *, log_step=None, ckpt_step=None, precision=None, teacher=None,
-                teacher_device=None, collator=None, rows=4, **kw):
+def trainer_for(
+    tmp_path,
+    name,
+    method,
+    steps,
+    *,
+    log_step=None,
+    ckpt_step=None,
+    precision=None,
+    teacher=None,
+    teacher_device=None,
+    collator=None,
+    rows=4,
+    **kw,
+):
     optimiser = OptimiserSettings(lr=1e-3, total_step=steps, warmup_step=1, weight_decay=0.0, max_norm=1.0)
-    settings = TrainSettings(optimiser=optimiser, batch_size=4, accum_step=1, ckpt_step=ckpt_step or steps,
-                             log_step=log_step or steps, seed=0, tag_prefix="qqp/train/bert")
+    settings = TrainSettings(
+        optimiser=optimiser,
+        batch_size=4,
+        accum_step=1,
+        ckpt_step=ckpt_step or steps,
+        log_step=log_step or steps,
+        seed=0,
+        tag_prefix="qqp/train/bert",
+    )
     exp = ExperimentDir(tmp_path, name)
     exp.path.mkdir(parents=True, exist_ok=True)
     batch = fixed_batch()
     from fine_tune.reporting import TensorBoardReporter
 
-    return Trainer(kw.pop("student", None) or bert(2), method, collator or (lambda r: dict(batch)), rows, settings,
-                   exp, torch.device("cpu"), precision or Precision("cpu", None), teacher=teacher,
-                   teacher_device=teacher_device, progress=False, forward=forward,
-                   reporter=TensorBoardReporter(exp.log_dir), **kw)
+    return Trainer(
+        kw.pop("student", None) or bert(2),
+        method,
+        collator or (lambda r: dict(batch)),
+        rows,
+        settings,
+        exp,
+        torch.device("cpu"),
+        precision or Precision("cpu", None),
+        teacher=teacher,
+        teacher_device=teacher_device,
+        progress=False,
+        forward=forward,
+        reporter=TensorBoardReporter(exp.log_dir),
+        **kw,
+    )
 
 
 # ------------------------------------------------------------------ 1. torchrun: teacher and gate devices per rank
@@ -77,13 +121,19 @@ def test_teacher_and_gate_devices_are_relative_to_each_rank_under_torchrun(monke
     for rank in (0, 1):
         fake_rank(monkeypatch, rank, 2)
         student = resolve_device(0, None)  # LOCAL_RANK wins over --device_id
-        placed[rank] = (student, resolve_placement(0, "--tdevice_id", student, 0),
-                        resolve_placement(1, "--tdevice_id", student, 0),
-                        resolve_placement(1, "--gate_device_id", student, 0),
-                        resolve_placement(None, "--gate_device_id", student, 0),
-                        resolve_placement(-1, "--tdevice_id", student, 0))
-        with pytest.raises(UserError, match=r"--tdevice_id 2: under torchrun it is relative to each rank .* use "
-                                            r"--tdevice_id 0\.\.1"):
+        placed[rank] = (
+            student,
+            resolve_placement(0, "--tdevice_id", student, 0),
+            resolve_placement(1, "--tdevice_id", student, 0),
+            resolve_placement(1, "--gate_device_id", student, 0),
+            resolve_placement(None, "--gate_device_id", student, 0),
+            resolve_placement(-1, "--tdevice_id", student, 0),
+        )
+        with pytest.raises(
+            UserError,
+            match=r"--tdevice_id 2: under torchrun it is relative to each rank .* use "
+            r"--tdevice_id 0\.\.1",
+        ):
             resolve_placement(2, "--tdevice_id", student, 0)
     cuda = [torch.device(f"cuda:{i}") for i in range(4)]
     cpu = torch.device("cpu")
@@ -130,6 +180,7 @@ class GateStatFromElsewhere(HardLabel):
 def test_a_resumed_window_meets_parts_logged_on_another_device(tmp_path):
     """The checkpoint (step 2) falls inside the logging window (steps 1-4): the resumed run's restored window sums
     live on the student's device and meet the next step's part from the other device."""
+
     class Killed(Exception):
         pass
 
@@ -184,7 +235,7 @@ class WithExtra(HardLabel):
     def losses(self, batch, student, teacher=None):
         self.calls += 1
         what = self.bad.get(self.calls, "")
-        loss = super().losses(batch, student)["loss"] + 1e-3 * (self.probe.weight ** 2).sum()
+        loss = super().losses(batch, student)["loss"] + 1e-3 * (self.probe.weight**2).sum()
         if what == "inf_extra":  # a finite loss whose gradient overflows in the extra set only
             w = self.probe.weight * 1.0
             w.register_hook(lambda g: torch.full_like(g, float("inf")))
@@ -209,7 +260,7 @@ def test_a_skipped_fp16_step_moves_no_optimiser_and_no_schedule(tmp_path, scaler
     logged = tb_scalars(trainer.exp.log_dir)
     assert logged["qqp/train/bert/skipped_steps"] == [(4, 1.0)]
     assert logged["qqp/train/bert/loss_scale"] == [(4, 32768.0)]
-    (step, norm), = logged["qqp/train/bert/grad_norm"]
+    ((step, norm),) = logged["qqp/train/bert/grad_norm"]
     assert step == 4 and np.isfinite(norm) and norm > 0  # the mean over the 3 applied steps, not poisoned by inf
 
 
@@ -218,8 +269,11 @@ def test_a_nan_loss_stops_an_fp16_run_at_once(tmp_path, scaler_on_cpu):
     checkpoint, with the step named (it was tolerated 99 times before)."""
     method = WithExtra({3: "nan_loss"}, total_step=8)
     trainer = trainer_for(tmp_path, "nan", method, 8, log_step=2, ckpt_step=2, precision=FP16)
-    with pytest.raises(UserError, match=r"non-finite loss \(loss\) at step 3 of nan: run stopped at step 4; the last "
-                                        r"good checkpoint is model-2\.pt \(lower --lr, use --amp_dtype bf16"):
+    with pytest.raises(
+        UserError,
+        match=r"non-finite loss \(loss\) at step 3 of nan: run stopped at step 4; the last "
+        r"good checkpoint is model-2\.pt \(lower --lr, use --amp_dtype bf16",
+    ):
         trainer.train()
     assert trainer.exp.checkpoints() == [2]
 
@@ -227,8 +281,11 @@ def test_a_nan_loss_stops_an_fp16_run_at_once(tmp_path, scaler_on_cpu):
 def test_a_collapsing_loss_scale_stops_the_run_and_says_so(tmp_path, scaler_on_cpu):
     method = WithExtra({k: "inf_student" for k in range(1, 40)}, total_step=40)
     trainer = trainer_for(tmp_path, "collapse", method, 40, log_step=20, ckpt_step=20, precision=FP16)
-    with pytest.raises(UserError, match=r"fp16 loss scale collapsed to 0\.5 at step 17 of collapse \(17 consecutive "
-                                        r"steps skipped.*no checkpoint was written"):
+    with pytest.raises(
+        UserError,
+        match=r"fp16 loss scale collapsed to 0\.5 at step 17 of collapse \(17 consecutive "
+        r"steps skipped.*no checkpoint was written",
+    ):
         trainer.train()
     assert trainer.exp.checkpoints() == []
 
@@ -236,8 +293,10 @@ def test_a_collapsing_loss_scale_stops_the_run_and_says_so(tmp_path, scaler_on_c
 # ------------------------------------------------------------------ 4. no host-device sync in a training step
 
 
-@pytest.mark.parametrize("kind", ["fine_tune", "lad", "pkd", "lad_dynamic", "tinybert_intermediate",
-                                  "tinybert_prediction", "minilm", "lad_fp16"])
+@pytest.mark.parametrize(
+    "kind",
+    ["fine_tune", "lad", "pkd", "lad_dynamic", "tinybert_intermediate", "tinybert_prediction", "minilm", "lad_fp16"],
+)
 def test_a_training_step_makes_no_host_device_sync(kind, tmp_path, tiny_bert, data_root):
     """The default training path of each method, counted by fine_tune.engine.syncs.SyncCounter (tensor-to-Python
     conversions, bool() of a tensor, nonzero, torch.equal, blocking host-device copies, ...) outside the logging
@@ -257,29 +316,43 @@ def test_a_training_step_makes_no_host_device_sync(kind, tmp_path, tiny_bert, da
     gates = OptimiserSettings(lr=1e-3, total_step=4, warmup_step=1, no_decay=GATE_NO_DECAY, clip_per_module=True)
     projection = OptimiserSettings(lr=1e-3, total_step=4, warmup_step=1)
     heads = dict(student_heads=2, teacher_heads=2, student_width=D, teacher_width=D)
-    method = {"fine_tune": lambda: HardLabel(),
-              "pkd": lambda: PKD(2, 4, 0.5, 0.5, 1.0, 1.0, padding=padding),
-              "lad": lambda: LAD(2, 4, 0.5, 0.5, 1.0, 1.0, d_model=D, seq_len=S, gate_optimiser=gates, padding=padding),
-              "tinybert_intermediate": lambda: TinyBERT(2, 4, 0.0, 1.0, 1.0, 1.0, padding=padding,
-                                                        projection_optimiser=projection, **heads),
-              "tinybert_prediction": lambda: TinyBERT(2, 4, 0.0, 1.0, 1.0, 1.0, stage="prediction", padding=padding,
-                                                      **heads),
-              "minilm": lambda: MiniLM(2, 4, 0.5, 0.5, 1.0, 1.0, padding=padding, **heads)}.get(
-        kind, lambda: LAD(2, 4, 0.5, 0.5, 1.0, 1.0, d_model=D, seq_len=S, gate_optimiser=gates, padding=padding))()
+    method = {
+        "fine_tune": lambda: HardLabel(),
+        "pkd": lambda: PKD(2, 4, 0.5, 0.5, 1.0, 1.0, padding=padding),
+        "lad": lambda: LAD(2, 4, 0.5, 0.5, 1.0, 1.0, d_model=D, seq_len=S, gate_optimiser=gates, padding=padding),
+        "tinybert_intermediate": lambda: TinyBERT(
+            2, 4, 0.0, 1.0, 1.0, 1.0, padding=padding, projection_optimiser=projection, **heads
+        ),
+        "tinybert_prediction": lambda: TinyBERT(2, 4, 0.0, 1.0, 1.0, 1.0, stage="prediction", padding=padding, **heads),
+        "minilm": lambda: MiniLM(2, 4, 0.5, 0.5, 1.0, 1.0, padding=padding, **heads),
+    }.get(kind, lambda: LAD(2, 4, 0.5, 0.5, 1.0, 1.0, d_model=D, seq_len=S, gate_optimiser=gates, padding=padding))()
     method.create_parameters(None)
     student = bert(2, dropout=0.1)
-    forwards = training_forwards(student, teacher, enabled=True, ignores_padding=method.ignores_padding,
-                                 record_attention=method.reads_attention)
+    forwards = training_forwards(
+        student, teacher, enabled=True, ignores_padding=method.ignores_padding, record_attention=method.reads_attention
+    )
     assert forwards.takes_layout and forwards.kind == ("packed" if method.ignores_padding else "grid")
     collator = Collator(features, tok.pad_token_id, S, padding, layout=forwards.layout)
-    trainer = trainer_for(tmp_path, kind, method, 4, log_step=2, ckpt_step=4, teacher=teacher, collator=collator,
-                          rows=len(features), student=student, student_forward=forwards.student,
-                          teacher_forward=forwards.teacher, precision=FP16 if kind.endswith("fp16") else None)
+    trainer = trainer_for(
+        tmp_path,
+        kind,
+        method,
+        4,
+        log_step=2,
+        ckpt_step=4,
+        teacher=teacher,
+        collator=collator,
+        rows=len(features),
+        student=student,
+        student_forward=forwards.student,
+        teacher_forward=forwards.teacher,
+        precision=FP16 if kind.endswith("fp16") else None,
+    )
     if kind.endswith("fp16"):  # the skip decision (with the loss scale), one read per step, skipped steps included
-        trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 40, backoff_factor=2.0 ** -30)  # 1st skipped
+        trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40, backoff_factor=2.0**-30)  # 1st skipped
         counter = count_training_syncs(trainer)
         assert dict(counter.by_op) == {"tolist": 4}, dict(counter.by_site)
-        assert trainer.scaler.get_scale() == 2.0 ** 10  # one step skipped, then three applied
+        assert trainer.scaler.get_scale() == 2.0**10  # one step skipped, then three applied
         return
     counter = count_training_syncs(trainer)
     assert counter.total == 0, dict(counter.by_site)
@@ -299,8 +372,10 @@ def test_a_training_step_makes_no_host_device_sync(kind, tmp_path, tiny_bert, da
 # (MiniLM: Q/K/V recorded, --padding dynamic: widths vary) starts with 1 row without padding (its token count
 # equals its width: sizes a default trace would tie); grid (PKD's hidden MSE over every position: width 12
 # always, full-width batches without a key mask in the eager plan) with 4 rows, then 1.
-COMPILE_BATCHES = {"packed": [(7,), (5, 9, 3), (9, 9), (6,), (12, 4, 12, 2), (2, 2)],
-                   "grid": [(12, 7, 3, 9), (12,), (12, 12, 12), (5,), (4, 8)]}
+COMPILE_BATCHES = {
+    "packed": [(7,), (5, 9, 3), (9, 9), (6,), (12, 4, 12, 2), (2, 2)],
+    "grid": [(12, 7, 3, 9), (12,), (12, 12, 12), (5,), (4, 8)],
+}
 
 
 @pytest.mark.parametrize("kind", list(COMPILE_BATCHES))
@@ -316,33 +391,67 @@ def test_the_compiled_forwards_make_one_graph_each_for_every_batch(kind, tmp_pat
     from fine_tune.models.padding_free import training_forwards
 
     monkeypatch.setenv("FT_COMPILE_BACKEND", "eager")
-    method = (MiniLM(1, 2, 0.5, 0.5, 2.0, 1.0, student_heads=2, teacher_heads=2, padding="dynamic")
-              if kind == "packed" else PKD(1, 2, 0.5, 0.5, 2.0, 1.0))
+    method = (
+        MiniLM(1, 2, 0.5, 0.5, 2.0, 1.0, student_heads=2, teacher_heads=2, padding="dynamic")
+        if kind == "packed"
+        else PKD(1, 2, 0.5, 0.5, 2.0, 1.0)
+    )
 
     def batches(forwards):
         for lengths in COMPILE_BATCHES[kind]:
             lengths = np.asarray(lengths)
             width = int(lengths.max()) if kind == "packed" else S
             mask = torch.from_numpy((np.arange(width)[None, :] < lengths[:, None]).astype(np.int64))
-            yield {"input_ids": torch.randint(5, 60, (len(lengths), width), generator=torch.Generator().manual_seed(
-                       len(lengths))) * mask, "token_type_ids": torch.zeros_like(mask), "attention_mask": mask,
-                   "labels": torch.arange(len(lengths)) % 2,
-                   "model_kwargs": {"layout": forwards.layout(lengths, width)}}
+            yield {
+                "input_ids": torch.randint(
+                    5, 60, (len(lengths), width), generator=torch.Generator().manual_seed(len(lengths))
+                )
+                * mask,
+                "token_type_ids": torch.zeros_like(mask),
+                "attention_mask": mask,
+                "labels": torch.arange(len(lengths)) % 2,
+                "model_kwargs": {"layout": forwards.layout(lengths, width)},
+            }
 
     def steps(compile: bool):
         student, teacher = bert(1), bert(2, seed=3)
-        forwards = training_forwards(student, teacher, enabled=True, ignores_padding=method.ignores_padding,
-                                     compile=compile, record_attention=method.reads_attention)
+        forwards = training_forwards(
+            student,
+            teacher,
+            enabled=True,
+            ignores_padding=method.ignores_padding,
+            compile=compile,
+            record_attention=method.reads_attention,
+        )
         assert forwards.kind == kind
         queue = batches(forwards)
-        settings = TrainSettings(optimiser=OptimiserSettings(lr=1e-3, total_step=1, warmup_step=0), batch_size=4,
-                                 accum_step=1, ckpt_step=1, log_step=1, seed=0, tag_prefix="qqp/train/bert",
-                                 compile=compile)
+        settings = TrainSettings(
+            optimiser=OptimiserSettings(lr=1e-3, total_step=1, warmup_step=0),
+            batch_size=4,
+            accum_step=1,
+            ckpt_step=1,
+            log_step=1,
+            seed=0,
+            tag_prefix="qqp/train/bert",
+            compile=compile,
+        )
         exp = ExperimentDir(tmp_path, f"compile-{compile}")
         exp.path.mkdir(parents=True, exist_ok=True)
-        trainer = Trainer(student, method, lambda rows: next(queue), 4, settings, exp, torch.device("cpu"),
-                          Precision("cpu", None), teacher=teacher, progress=False, forward=forward,
-                          student_forward=forwards.student, teacher_forward=forwards.teacher)
+        trainer = Trainer(
+            student,
+            method,
+            lambda rows: next(queue),
+            4,
+            settings,
+            exp,
+            torch.device("cpu"),
+            Precision("cpu", None),
+            teacher=teacher,
+            progress=False,
+            forward=forward,
+            student_forward=forwards.student,
+            teacher_forward=forwards.teacher,
+        )
         for i, lengths in enumerate(COMPILE_BATCHES[kind]):
             with torch._dynamo.config.patch(error_on_recompile=i > 0):  # teacher and student compile in step 1
                 yield {k: v.item() for k, v in trainer._micro_step(np.arange(len(lengths))).items()}
@@ -372,11 +481,13 @@ def test_alp_scores_and_targets_stay_fp32_under_autocast():
         w = alp_weights(student[0], torch.stack(teacher))
         target = alp_target(w, torch.stack(teacher))
         pairs, _ = ALPKD(2, 4, 0.5, 0.5, 1.0, 1.0, mode="alp-kd-hidden").hidden_pairs(
-            ModelOutputs(torch.zeros(2, 2), tuple(student)), ModelOutputs(torch.zeros(2, 2), tuple(teacher)))
+            ModelOutputs(torch.zeros(2, 2), tuple(student)), ModelOutputs(torch.zeros(2, 2), tuple(teacher))
+        )
     assert w.dtype == target.dtype == torch.float32
     assert all(p.target.dtype == torch.float32 for p in pairs)
-    exact = torch.softmax(torch.einsum("bsd,kbsd->bsk", student[0].double(), torch.stack(teacher).double())
-                          / D ** 0.5, -1)
+    exact = torch.softmax(
+        torch.einsum("bsd,kbsd->bsk", student[0].double(), torch.stack(teacher).double()) / D**0.5, -1
+    )
     torch.testing.assert_close(w.double(), exact, atol=1e-6, rtol=1e-6)  # bf16 would miss by ~1e-2
 
 
@@ -419,13 +530,17 @@ def test_only_what_a_method_reads_crosses_from_the_teacher_device(kind, moves, t
     monkeypatch.setattr(engine, "same_device", lambda a, b: a == b)
     gate_device = torch.device("cpu", 0)
     gates = OptimiserSettings(lr=1e-3, total_step=1, warmup_step=0, no_decay=GATE_NO_DECAY, clip_per_module=True)
-    method = (PKD(2, 4, 0.5, 0.5, 1.0, 1.0) if kind == "pkd"
-              else LAD(2, 4, 0.5, 0.5, 1.0, 1.0, d_model=D, seq_len=S, gate_optimiser=gates))
+    method = (
+        PKD(2, 4, 0.5, 0.5, 1.0, 1.0)
+        if kind == "pkd"
+        else LAD(2, 4, 0.5, 0.5, 1.0, 1.0, d_model=D, seq_len=S, gate_optimiser=gates)
+    )
     method.create_parameters(gate_device)
     teacher = bert(4, seed=3)
     recording = Recording(teacher)
-    trainer = trainer_for(tmp_path, kind, method, 1, teacher=teacher, teacher_device=gate_device,
-                          teacher_forward=recording)
+    trainer = trainer_for(
+        tmp_path, kind, method, 1, teacher=teacher, teacher_device=gate_device, teacher_forward=recording
+    )
     with CountTeacherMoves(recording.hidden_ids) as counter:
         trainer._micro_step(np.arange(4))
     assert len(recording.hidden_ids) == 5 and counter.moves == moves
@@ -457,8 +572,9 @@ class NoteLogitsMoves(torch.overrides.TorchFunctionMode):
 
 
 @pytest.mark.parametrize("teacher_on, order", [("gpu", ["teacher", "student"]), ("cpu", ["student", "teacher"])])
-def test_the_students_forward_is_queued_before_anything_crosses_from_the_teacher_device(teacher_on, order, tmp_path,
-                                                                                          monkeypatch):
+def test_the_students_forward_is_queued_before_anything_crosses_from_the_teacher_device(
+    teacher_on, order, tmp_path, monkeypatch
+):
     """MiniLM (it reads the teacher's attention inputs and logits), teacher on another device (cpu:0 stands for
     it): the teacher's batch comes from the host, both forwards are called before the teacher's logits move to the
     student's device (a teacher on another GPU first; a CPU teacher under a GPU student's queued forward after it),
@@ -473,10 +589,18 @@ def test_the_students_forward_is_queued_before_anything_crosses_from_the_teacher
         student, teacher = bert(2), bert(4, seed=3)
         noted_teacher = Noted(AttentionCapture(teacher), "teacher", events)
         host = fixed_batch()
-        trainer = trainer_for(tmp_path, f"minilm-{teacher_device}", method, 1, student=student, teacher=teacher,
-                              teacher_device=teacher_device, teacher_forward=noted_teacher,
-                              student_forward=Noted(AttentionCapture(student), "student", events),
-                              collator=lambda rows: host)
+        trainer = trainer_for(
+            tmp_path,
+            f"minilm-{teacher_device}",
+            method,
+            1,
+            student=student,
+            teacher=teacher,
+            teacher_device=teacher_device,
+            teacher_forward=noted_teacher,
+            student_forward=Noted(AttentionCapture(student), "student", events),
+            collator=lambda rows: host,
+        )
         real_to_device, real_losses = engine.to_device, method.losses
         monkeypatch.setattr(engine, "to_device", lambda b, d: batches.append((b is host, d)) or real_to_device(b, d))
         monkeypatch.setattr(method, "losses", lambda b, s, t: events.append(t) or real_losses(b, s, t))
@@ -505,7 +629,9 @@ def test_cuda_random_streams_are_restored_by_role_not_by_index(monkeypatch, caps
     fake_cuda(monkeypatch, 2)
     streams = {0: torch.tensor([0], dtype=torch.uint8), 1: torch.tensor([1], dtype=torch.uint8)}
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: streams[torch.device(device).index].clone())
-    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: streams.__setitem__(torch.device(device).index, s))
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda s, device: streams.__setitem__(torch.device(device).index, s)
+    )
     saved = checkpoint.rng_state({"student": torch.device("cuda:1")})
     streams[1] = torch.tensor([7], dtype=torch.uint8)
     assert checkpoint.set_rng_state(saved, {"student": torch.device("cuda:0")}) == []

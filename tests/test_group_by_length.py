@@ -56,7 +56,7 @@ def test_micro_batches_are_length_homogeneous():
     # the long micro-batches are spread over the epoch, not all first
     s = make_stream(n, mb, seed=0, lengths=lengths)
     maxima = np.array([lengths[b].max() for b in take(s, per_epoch)])
-    first, second = maxima[: per_epoch // 2].mean(), maxima[per_epoch // 2:].mean()
+    first, second = maxima[: per_epoch // 2].mean(), maxima[per_epoch // 2 :].mean()
     assert abs(first - second) < 10
 
 
@@ -70,7 +70,7 @@ def test_deterministic_per_seed_and_different_across_seeds():
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
     # and the epochs differ from each other
     per_epoch = -(-n // mb)
-    assert not all(np.array_equal(x, y) for x, y in zip(a[:per_epoch], a[per_epoch:2 * per_epoch]))
+    assert not all(np.array_equal(x, y) for x, y in zip(a[:per_epoch], a[per_epoch : 2 * per_epoch]))
 
 
 @pytest.mark.parametrize("k", [0, 1, 41, 42, 43, 100])  # 42 micro-batches an epoch: around the boundaries
@@ -112,26 +112,113 @@ def test_flag_is_a_config_field():
 
 
 def test_fine_tune_with_group_by_length(run, tiny_bert, exp_root):
-    out = run("run_fine_tune.py", "--experiment", "gbl", "--model", "bert", "--ptrain_ver", str(tiny_bert),
-              "--task", "boolq", "--total_step", "4", "--warmup_step", "1", "--ckpt_step", "4",
-              "--batch_size", "8", "--accum_step", "2", "--max_seq_len", "32", "--group_by_length")
+    out = run(
+        "run_fine_tune.py",
+        "--experiment",
+        "gbl",
+        "--model",
+        "bert",
+        "--ptrain_ver",
+        str(tiny_bert),
+        "--task",
+        "boolq",
+        "--total_step",
+        "4",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "4",
+        "--batch_size",
+        "8",
+        "--accum_step",
+        "2",
+        "--max_seq_len",
+        "32",
+        "--group_by_length",
+    )
     exp = exp_root / "gbl_bert_boolq"
     assert json.loads((exp / "config.json").read_text())["group_by_length"] is True
     assert (exp / "model-4.pt").is_file(), out.stderr
     # the flag reached the engine: the same run in the original order ends elsewhere
-    run("run_fine_tune.py", "--experiment", "plain", "--model", "bert", "--ptrain_ver", str(tiny_bert),
-        "--task", "boolq", "--total_step", "4", "--warmup_step", "1", "--ckpt_step", "4",
-        "--batch_size", "8", "--accum_step", "2", "--max_seq_len", "32", "--dropout", "0")
-    run("run_fine_tune.py", "--experiment", "gbl0", "--model", "bert", "--ptrain_ver", str(tiny_bert),
-        "--task", "boolq", "--total_step", "4", "--warmup_step", "1", "--ckpt_step", "4",
-        "--batch_size", "8", "--accum_step", "2", "--max_seq_len", "32", "--dropout", "0", "--group_by_length")
+    run(
+        "run_fine_tune.py",
+        "--experiment",
+        "plain",
+        "--model",
+        "bert",
+        "--ptrain_ver",
+        str(tiny_bert),
+        "--task",
+        "boolq",
+        "--total_step",
+        "4",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "4",
+        "--batch_size",
+        "8",
+        "--accum_step",
+        "2",
+        "--max_seq_len",
+        "32",
+        "--dropout",
+        "0",
+    )
+    run(
+        "run_fine_tune.py",
+        "--experiment",
+        "gbl0",
+        "--model",
+        "bert",
+        "--ptrain_ver",
+        str(tiny_bert),
+        "--task",
+        "boolq",
+        "--total_step",
+        "4",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "4",
+        "--batch_size",
+        "8",
+        "--accum_step",
+        "2",
+        "--max_seq_len",
+        "32",
+        "--dropout",
+        "0",
+        "--group_by_length",
+    )
     a = torch.load(exp_root / "plain_bert_boolq" / "model-4.pt", weights_only=True)
     b = torch.load(exp_root / "gbl0_bert_boolq" / "model-4.pt", weights_only=True)
     assert any(not torch.equal(a[k], b[k]) for k in a)
     # the same experiment without the flag is another config: refused, not resumed
-    refused = run("run_fine_tune.py", "--experiment", "gbl", "--model", "bert", "--ptrain_ver", str(tiny_bert),
-                  "--task", "boolq", "--total_step", "4", "--warmup_step", "1", "--ckpt_step", "4",
-                  "--batch_size", "8", "--accum_step", "2", "--max_seq_len", "32", check=False)
+    refused = run(
+        "run_fine_tune.py",
+        "--experiment",
+        "gbl",
+        "--model",
+        "bert",
+        "--ptrain_ver",
+        str(tiny_bert),
+        "--task",
+        "boolq",
+        "--total_step",
+        "4",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "4",
+        "--batch_size",
+        "8",
+        "--accum_step",
+        "2",
+        "--max_seq_len",
+        "32",
+        check=False,
+    )
     assert refused.returncode == 2 and "group_by_length" in refused.stderr
 
 
@@ -147,7 +234,7 @@ def test_plain_stream_is_the_documented_seeded_shuffle():
     expected = []
     for epoch in range(3):
         perm = torch.randperm(n, generator=epoch_generator(seed, epoch)).numpy()
-        expected += [perm[i:i + mb] for i in range(0, n, mb)]
+        expected += [perm[i : i + mb] for i in range(0, n, mb)]
     s = MicroBatchStream(n, mb, seed)
     got = take(s, 15)
     assert [len(b) for b in got] == [5, 5, 5, 5, 3] * 3
@@ -163,9 +250,9 @@ def reference_grouped_epoch(n: int, mb: int, seed: int, epoch: int, lengths: np.
     mega = 50 * mb
     batches = []
     for start in range(0, n, mega):
-        chunk = perm[start:start + mega]
+        chunk = perm[start : start + mega]
         chunk = sorted(chunk, key=lambda r: -int(lengths[r]))  # Python's sort is stable: ties keep shuffled order
-        batches += [chunk[i:i + mb] for i in range(0, len(chunk), mb)]
+        batches += [chunk[i : i + mb] for i in range(0, len(chunk), mb)]
     order = torch.randperm(len(batches), generator=g).tolist()
     return [batches[j] for j in order]
 
@@ -185,4 +272,4 @@ def test_grouped_stream_is_the_documented_algorithm():
         short = [b for b in got if len(b) != mb]
         last_mega = torch.randperm(n, generator=epoch_generator(seed, epoch)).numpy()[400:]
         assert len(short) == 1 and len(short[0]) == n % mb
-        assert sorted(lengths[short[0]].tolist()) == sorted(lengths[last_mega].tolist())[:n % mb]
+        assert sorted(lengths[short[0]].tolist()) == sorted(lengths[last_mega].tolist())[: n % mb]

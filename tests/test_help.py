@@ -21,21 +21,45 @@ from fine_tune.methods.registry import METHODS
 from fine_tune.models.families import FAMILY_NAMES
 from fine_tune.settings import FINE_TUNE, TASK_NAMES, flag
 
-SCRIPTS = ("run_fine_tune.py", "run_fine_tune_eval.py", "run_fine_tune_gen_logits.py", "run_fine_tune_distill.py",
-           "run_lad_distil.py", "run_lad_no_distil.py", "run_probing_lad.py", "run_alp_distil.py",
-           "run_pkd_distill.py", "run_tinybert_distil.py", "run_minilm_distil.py", "run_distil.py",
-           "generate_test_prediction.py", "export_model.py", "results_table.py", "make_submission.py",
-           "download_data.py")
+SCRIPTS = (
+    "run_fine_tune.py",
+    "run_fine_tune_eval.py",
+    "run_fine_tune_gen_logits.py",
+    "run_fine_tune_distill.py",
+    "run_lad_distil.py",
+    "run_lad_no_distil.py",
+    "run_probing_lad.py",
+    "run_alp_distil.py",
+    "run_pkd_distill.py",
+    "run_tinybert_distil.py",
+    "run_minilm_distil.py",
+    "run_distil.py",
+    "generate_test_prediction.py",
+    "export_model.py",
+    "results_table.py",
+    "make_submission.py",
+    "download_data.py",
+)
 ONLINE = [name for name, cls in METHODS.items() if cls.online]
 # text of the toolkit's first days, or of an era, that no help may print
-STALE = ("BoolQ or QQP", "QQP.tsv / BoolQ.jsonl", "for boolq, ", "BoolQ and QQP", "-era", "era flag", "(default: None)",
-         "(default: False)", "best accuracy", "before issue")
+STALE = (
+    "BoolQ or QQP",
+    "QQP.tsv / BoolQ.jsonl",
+    "for boolq, ",
+    "BoolQ and QQP",
+    "-era",
+    "era flag",
+    "(default: None)",
+    "(default: False)",
+    "best accuracy",
+    "before issue",
+)
 
 
 def options(help_text: str) -> dict[str, str]:
     """Each option of a --help (its first flag name) -> its help, wrapped lines joined with single spaces."""
     out, name = {}, None
-    for line in help_text[help_text.index("\noptions:"):].splitlines():
+    for line in help_text[help_text.index("\noptions:") :].splitlines():
         m = re.match(r"  (-\S+?)[ ,]", line + " ")
         if m:
             name = m.group(1)
@@ -68,14 +92,16 @@ def test_every_help_describes_todays_toolkit(helps):
         if script == "run_distil.py":  # without --method: what it does and the methods, no flags
             assert "doc/methods.md" in text and f"methods: {', '.join(ONLINE)};" in text, text
             continue
-        described = text[:text.index("\noptions:")].split("\n\n", 1)[-1]
+        described = text[: text.index("\noptions:")].split("\n\n", 1)[-1]
         assert described.strip() and ("doc/" in described or "README.md" in described), (script, described)
         for stale in STALE:
             assert stale not in text, (script, stale)
         flags = options(text)
         assert "--help" in flags or "-h" in flags, script
         for name, help_ in flags.items():
-            said = re.sub(r"(?<!\w)'[^'\s]*'", "", help_)  # (a quoted 'default' is a value's name, not what it defaults to)
+            said = re.sub(
+                r"(?<!\w)'[^'\s]*'", "", help_
+            )  # (a quoted 'default' is a value's name, not what it defaults to)
             assert said.lower().count("default") <= 1, (script, name, help_)  # a default is said once
         if "--task" in flags and script != "download_data.py":  # (download: its choices, minus mrpc's own source)
             assert all(re.search(rf"\b{t}\b", flags["--task"]) for t in TASK_NAMES), (script, flags["--task"])
@@ -149,8 +175,11 @@ def test_a_misspelt_name_is_answered_with_the_closest(tmp_path):
     with pytest.raises(UserError, match=r"^--task 'my_tsak' is unknown; did you mean my_task\? valid tasks: "):
         get_task("my_tsak", tmp_path)
     # a split: misspelt, or another library's name of the dev split
-    with pytest.raises(UserError, match=r"^--select_on 'validation_matched' is not a mnli split; did you mean "
-                                        r"dev_matched\? valid"):
+    with pytest.raises(
+        UserError,
+        match=r"^--select_on 'validation_matched' is not a mnli split; did you mean "
+        r"dev_matched\? valid",
+    ):
         TASKS["mnli"].check_split("validation_matched", "--select_on")
     with pytest.raises(UserError, match=r"^--dataset 'validation' is not a cb split; did you mean val\? valid"):
         TASKS["cb"].check_split("validation")
@@ -159,8 +188,11 @@ def test_a_misspelt_name_is_answered_with_the_closest(tmp_path):
     # a choice read from a --config file
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"experiment": "x", "task": "qqp", "ptrain_ver": "m", "padding": "Dynamic"}))
-    with pytest.raises(UserError, match=r"field \"padding\": --padding takes one of dynamic, max_length, got "
-                                        r"\"Dynamic\"; did you mean \"dynamic\"\?$"):
+    with pytest.raises(
+        UserError,
+        match=r"field \"padding\": --padding takes one of dynamic, max_length, got "
+        r"\"Dynamic\"; did you mean \"dynamic\"\?$",
+    ):
         parse_flags("run_fine_tune.py", "", FINE_TUNE, ["--config", str(config)])
     # any flag with choices, one line, exit status 2
     parser = OneLineParser(prog="x.py")
@@ -170,4 +202,5 @@ def test_a_misspelt_name_is_answered_with_the_closest(tmp_path):
         parser.parse_args(["--format", "onxx"])
     assert stop.value.code == 2 and err.getvalue() == (
         "error: x.py: argument --format: invalid choice: 'onxx'; did you mean 'onnx'? (choose from 'hf', 'onnx') "
-        "(see --help)\n")
+        "(see --help)\n"
+    )

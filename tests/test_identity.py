@@ -36,8 +36,14 @@ def pair_rows(n: int, seed: int) -> list[dict]:
         a = [WORDS[j] for j in rng.integers(0, len(WORDS), 5)]
         same = bool(rng.random() < 0.3)  # unbalanced classes
         b = a[:] if same else [WORDS[j] for j in rng.integers(0, len(WORDS), 4)]
-        out.append({"qid": 7000 + 13 * i, "first": " ".join(a), "second": " ".join(b),
-                    "verdict": "same" if same else "different"})
+        out.append(
+            {
+                "qid": 7000 + 13 * i,
+                "first": " ".join(a),
+                "second": " ".join(b),
+                "verdict": "same" if same else "different",
+            }
+        )
     return out
 
 
@@ -49,8 +55,15 @@ def write_pairs(root, name: str = "pairs", **definition) -> object:
         if split == "test":
             data = [{k: v for k, v in r.items() if k != "verdict"} for r in data]
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
-    spec = {"files": {s: f"{s}.jsonl" for s in ("train", "dev", "test")}, "text": "first", "text_pair": "second",
-            "label": "verdict", "labels": LABELS, "id": "qid", **definition}
+    spec = {
+        "files": {s: f"{s}.jsonl" for s in ("train", "dev", "test")},
+        "text": "first",
+        "text_pair": "second",
+        "label": "verdict",
+        "labels": LABELS,
+        "id": "qid",
+        **definition,
+    }
     (folder / "task.json").write_text(json.dumps(spec))
     return folder
 
@@ -79,8 +92,9 @@ def test_the_tokenisation_cache_misses_on_each_input_and_hits_on_none(tmp_path, 
 
     def features(tokenizer=bert, max_seq_len=24, max_examples=None):
         task = task_of(folder)
-        return batching.cached_features(cache, tokenizer, task.load(folder.parent, "train", max_examples),
-                                        max_seq_len, regression=task.regression)
+        return batching.cached_features(
+            cache, tokenizer, task.load(folder.parent, "train", max_examples), max_seq_len, regression=task.regression
+        )
 
     base = features()
     assert len(calls) == 1
@@ -116,9 +130,30 @@ def test_a_task_json_edit_is_not_served_the_old_features(run, tiny_bert, data_ro
     """The issue's first case: a run after an edit of the label order trains on the new labels (before, its
     checkpoint was bit-identical to the run before the edit: the cache served the old features)."""
     folder = write_pairs(data_root)
-    common = ["--model", "bert", "--task", "pairs", "--ptrain_ver", str(tiny_bert), "--max_seq_len", "24",
-              "--total_step", "3", "--warmup_step", "1", "--ckpt_step", "3", "--batch_size", "8", "--lr", "1e-3",
-              "--seed", "7", "--device_id", "-1"]
+    common = [
+        "--model",
+        "bert",
+        "--task",
+        "pairs",
+        "--ptrain_ver",
+        str(tiny_bert),
+        "--max_seq_len",
+        "24",
+        "--total_step",
+        "3",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "3",
+        "--batch_size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--seed",
+        "7",
+        "--device_id",
+        "-1",
+    ]
     run("run_fine_tune.py", "--experiment", "before", *common)
     run("run_fine_tune.py", "--experiment", "same", *common)
     edit_definition(folder, labels=list(reversed(LABELS)))
@@ -138,8 +173,16 @@ def test_a_task_json_edit_is_not_served_the_old_features(run, tiny_bert, data_ro
 
 # -- logits sets ----------------------------------------------------------------------------------------------
 def test_each_identity_field_of_a_logits_set_is_named_when_it_changes():
-    old = {"teacher_experiment": "t_bert_qqp", "checkpoint": 4, "split": "train", "source_sha256": "a" * 64,
-           "checkpoint_sha256": "b" * 64, "max_seq_len": 128, "examples_sha256": "c" * 64, "tokenizer": "d" * 16}
+    old = {
+        "teacher_experiment": "t_bert_qqp",
+        "checkpoint": 4,
+        "split": "train",
+        "source_sha256": "a" * 64,
+        "checkpoint_sha256": "b" * 64,
+        "max_seq_len": 128,
+        "examples_sha256": "c" * 64,
+        "tokenizer": "d" * 16,
+    }
     assert changed_identity(old, dict(old)) == []
     for field in IDENTITY:
         new = dict(old, **{field: "other"})
@@ -151,9 +194,29 @@ def test_each_identity_field_of_a_logits_set_is_named_when_it_changes():
 
 def test_a_logits_set_is_not_replaced_by_one_of_other_inputs(run, tiny_bert, data_root, exp_root, tmp_path):
     folder = write_pairs(data_root)
-    run("run_fine_tune.py", "--experiment", "t", "--model", "bert", "--task", "pairs", "--ptrain_ver", str(tiny_bert),
-        "--max_seq_len", "24", "--total_step", "4", "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "8",
-        "--device_id", "-1")
+    run(
+        "run_fine_tune.py",
+        "--experiment",
+        "t",
+        "--model",
+        "bert",
+        "--task",
+        "pairs",
+        "--ptrain_ver",
+        str(tiny_bert),
+        "--max_seq_len",
+        "24",
+        "--total_step",
+        "4",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "2",
+        "--batch_size",
+        "8",
+        "--device_id",
+        "-1",
+    )
     gen = ["--experiment", "t", "--model", "bert", "--task", "pairs", "--dataset", "dev"]
     run("run_fine_tune_gen_logits.py", *gen, "--ckpt", "4")
     meta_path = data_root / "logits" / "t_bert_pairs" / "dev" / "meta.json"
@@ -185,7 +248,8 @@ def test_a_logits_set_is_not_replaced_by_one_of_other_inputs(run, tiny_bert, dat
 
     hf = tmp_path / "hf_teacher"
     model = AutoModelForSequenceClassification.from_pretrained(
-        tiny_bert, num_labels=2, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
+        tiny_bert, num_labels=2, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)}
+    )
     model.save_pretrained(hf)
     AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(hf)
     foreign = ["--experiment", "hf", "--model", "bert", "--task", "pairs", "--dataset", "dev", "--teacher_hf", str(hf)]
@@ -205,24 +269,70 @@ def test_renamed_or_reordered_labels_are_refused_where_a_model_is_read(run, tiny
     and online distillation from the teacher all refuse, naming both label lists, and write nothing."""
     folder = write_pairs(data_root)
     common = ["--model", "bert", "--task", "pairs"]
-    run("run_fine_tune.py", "--experiment", "t", *common, "--ptrain_ver", str(tiny_bert), "--max_seq_len", "24",
-        "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "8", "--device_id", "-1")
+    run(
+        "run_fine_tune.py",
+        "--experiment",
+        "t",
+        *common,
+        "--ptrain_ver",
+        str(tiny_bert),
+        "--max_seq_len",
+        "24",
+        "--total_step",
+        "2",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "2",
+        "--batch_size",
+        "8",
+        "--device_id",
+        "-1",
+    )
     run("run_fine_tune_gen_logits.py", "--experiment", "t", *common, "--dataset", "train")
     run("generate_test_prediction.py", "--experiment", "t", *common, "--ckpt", "2")
     exp = exp_root / "t_bert_pairs"
     prediction = (exp / "pairs.tsv").read_text()
     assert {line.split("\t")[1] for line in prediction.splitlines()[1:]} <= set(LABELS)
 
-    student = ["--d_model", "16", "--d_ff", "32", "--num_attention_heads", "2", "--num_hidden_layers", "1",
-               "--max_seq_len", "24", "--total_step", "1", "--warmup_step", "0", "--batch_size", "8",
-               "--device_id", "-1"]
+    student = [
+        "--d_model",
+        "16",
+        "--d_ff",
+        "32",
+        "--num_attention_heads",
+        "2",
+        "--num_hidden_layers",
+        "1",
+        "--max_seq_len",
+        "24",
+        "--total_step",
+        "1",
+        "--warmup_step",
+        "0",
+        "--batch_size",
+        "8",
+        "--device_id",
+        "-1",
+    ]
     commands = [
         ("generate_test_prediction.py", "--experiment", "t", *common, "--ckpt", "2"),
         ("run_fine_tune_eval.py", "--experiment", "t", *common, "--dataset", "dev"),
         ("run_fine_tune_gen_logits.py", "--experiment", "t", *common, "--dataset", "dev"),
         ("run_fine_tune_distill.py", "--experiment", "s", *common, "--dataset", "t_bert_pairs", *student),
-        ("run_pkd_distill.py", "--experiment", "p", *common, "--teacher_exp", "t", "--tmodel", "bert", "--tckpt",
-         "2", *student),
+        (
+            "run_pkd_distill.py",
+            "--experiment",
+            "p",
+            *common,
+            "--teacher_exp",
+            "t",
+            "--tmodel",
+            "bert",
+            "--tckpt",
+            "2",
+            *student,
+        ),
     ]
     for labels, shown in ((["yes", "no"], "[yes, no]"), (list(reversed(LABELS)), "[different, same]")):
         edit_definition(folder, labels=labels)
@@ -243,15 +353,27 @@ def test_renamed_or_reordered_labels_are_refused_where_a_model_is_read(run, tiny
 def test_a_changed_hf_source_fetches_the_split_again(tmp_path, capsys):
     """The issue's fourth case: hf.splits changed, and the file written on first use kept being read."""
     pytest.importorskip("datasets")
-    source = write_hub_copy(tmp_path / "hub_copy", {"train": pair_rows(30, 0), "validation": pair_rows(12, 1)},
-                            ["first", "second", "verdict"])
+    source = write_hub_copy(
+        tmp_path / "hub_copy",
+        {"train": pair_rows(30, 0), "validation": pair_rows(12, 1)},
+        ["first", "second", "verdict"],
+    )
     folder = tmp_path / "data" / "hubbed"
     folder.mkdir(parents=True)
-    (folder / "task.json").write_text(json.dumps({
-        "hf": {"path": str(source), "splits": {"train": "train", "dev": "validation"}}, "text": "first",
-        "text_pair": "second", "label": "verdict", "labels": LABELS}))
-    texts = {split: [r["first"] for r in pair_rows(n, seed)] for split, n, seed in (("train", 30, 0),
-                                                                                     ("validation", 12, 1))}
+    (folder / "task.json").write_text(
+        json.dumps(
+            {
+                "hf": {"path": str(source), "splits": {"train": "train", "dev": "validation"}},
+                "text": "first",
+                "text_pair": "second",
+                "label": "verdict",
+                "labels": LABELS,
+            }
+        )
+    )
+    texts = {
+        split: [r["first"] for r in pair_rows(n, seed)] for split, n, seed in (("train", 30, 0), ("validation", 12, 1))
+    }
     dev = task_of(folder).load(folder.parent, "dev")
     assert [e.text for e in dev] == texts["validation"]
     records = json.loads((folder / SOURCES_FILE).read_text())
@@ -269,8 +391,9 @@ def test_a_changed_hf_source_fetches_the_split_again(tmp_path, capsys):
     assert (folder / "dev.jsonl").read_text() == edited
     mine = "".join(json.dumps(r) + "\n" for r in pair_rows(5, 3))  # a file no record names: the user's own
     (folder / "test.jsonl").write_text(mine)
-    edit_definition(folder, hf={"path": str(source), "splits": {"train": "train", "dev": "validation",
-                                                                 "test": "validation"}})
+    edit_definition(
+        folder, hf={"path": str(source), "splits": {"train": "train", "dev": "validation", "test": "validation"}}
+    )
     assert len(task_of(folder).load(folder.parent, "test")) == 5 and (folder / "test.jsonl").read_text() == mine
 
 
@@ -281,8 +404,24 @@ def test_an_evaluation_of_other_rows_never_chooses_the_best_checkpoint(run, tiny
     rows are back; an evaluation of the first rows is checked against the first rows."""
     folder = write_pairs(data_root)
     common = ["--experiment", "t", "--model", "bert", "--task", "pairs"]
-    run("run_fine_tune.py", *common, "--ptrain_ver", str(tiny_bert), "--max_seq_len", "24", "--total_step", "4",
-        "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "8", "--device_id", "-1")
+    run(
+        "run_fine_tune.py",
+        *common,
+        "--ptrain_ver",
+        str(tiny_bert),
+        "--max_seq_len",
+        "24",
+        "--total_step",
+        "4",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "2",
+        "--batch_size",
+        "8",
+        "--device_id",
+        "-1",
+    )
     run("run_fine_tune_eval.py", *common, "--dataset", "dev", "--max_examples", "12")
     table = json.loads((exp_root / "t_bert_pairs" / "eval-dev.json").read_text())
     assert table["num_rows"] == 12 and table["max_examples"] == 12 and len(table["examples_sha256"]) == 64
@@ -314,8 +453,9 @@ def test_a_submission_file_is_zipped_only_as_its_record_describes(run, tiny_bert
     whose split holds other rows now. Files written without a record are zipped as they are."""
     from fine_tune.submission import REQUIRED, writers
 
-    for task, names in {(t, tuple(n for n, (tt, _) in writers("glue").items() if tt == t))
-                        for t, _ in writers("glue").values()}:
+    for task, names in {
+        (t, tuple(n for n, (tt, _) in writers("glue").items() if tt == t)) for t, _ in writers("glue").values()
+    }:
         if task == "qqp":
             continue
         placed = exp_root / f"hand_bert_{task}"
@@ -324,10 +464,35 @@ def test_a_submission_file_is_zipped_only_as_its_record_describes(run, tiny_bert
         for name in names:
             synthetic.write_submission_file(placed / name, TASKS[task], [0], 1)
     common = ["--experiment", "q", "--model", "bert", "--task", "qqp"]
-    run("run_fine_tune.py", *common, "--ptrain_ver", str(tiny_bert), "--max_seq_len", "24", "--total_step", "2",
-        "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "8", "--device_id", "-1")
-    zip_ = ["make_submission.py", "--benchmark", "glue", "--exp_root", str(exp_root), "--data_root", str(data_root),
-            "--out", str(tmp_path / "glue.zip")]
+    run(
+        "run_fine_tune.py",
+        *common,
+        "--ptrain_ver",
+        str(tiny_bert),
+        "--max_seq_len",
+        "24",
+        "--total_step",
+        "2",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "2",
+        "--batch_size",
+        "8",
+        "--device_id",
+        "-1",
+    )
+    zip_ = [
+        "make_submission.py",
+        "--benchmark",
+        "glue",
+        "--exp_root",
+        str(exp_root),
+        "--data_root",
+        str(data_root),
+        "--out",
+        str(tmp_path / "glue.zip"),
+    ]
     qqp = exp_root / "q_bert_qqp" / "QQP.tsv"
 
     def refused(message):
@@ -345,9 +510,11 @@ def test_a_submission_file_is_zipped_only_as_its_record_describes(run, tiny_bert
     (exp_root / "q_bert_qqp" / "QQP.partial-5.tsv.json").rename(exp_root / "q_bert_qqp" / "QQP.tsv.json")
     refused("QQP.tsv predicts only the first 5 rows of test (--max_examples)")
     proc = run("generate_test_prediction.py", *common, check=False)  # the renamed file is not one it wrote there
-    assert proc.returncode == 2 and proc.stderr == (f"error: {qqp} exists and was not written by "
-                                                    f"generate_test_prediction.py (or was changed since); pass "
-                                                    f"--overwrite to replace it\n")
+    assert proc.returncode == 2 and proc.stderr == (
+        f"error: {qqp} exists and was not written by "
+        f"generate_test_prediction.py (or was changed since); pass "
+        f"--overwrite to replace it\n"
+    )
     run("generate_test_prediction.py", *common, "--overwrite")
     assert json.loads((exp_root / "q_bert_qqp" / "QQP.tsv.json").read_text())["complete"] is True
     whole = qqp.read_text()

@@ -28,11 +28,16 @@ SEQ = 32
 # their order, for each built-in task (its diagnostics are splits of mnli and rte_superglue: glue/ax,
 # super_glue/axb and axg have these same names); STS-B's label is a float (no names: its one output is "score")
 HUGGING_FACE = {
-    "cola": ["unacceptable", "acceptable"], "sst2": ["negative", "positive"],
-    "mrpc": ["not_equivalent", "equivalent"], "qqp": ["not_duplicate", "duplicate"],
-    "mnli": ["entailment", "neutral", "contradiction"], "qnli": ["entailment", "not_entailment"],
-    "rte": ["entailment", "not_entailment"], "wnli": ["not_entailment", "entailment"],
-    "boolq": ["False", "True"], "cb": ["entailment", "contradiction", "neutral"],
+    "cola": ["unacceptable", "acceptable"],
+    "sst2": ["negative", "positive"],
+    "mrpc": ["not_equivalent", "equivalent"],
+    "qqp": ["not_duplicate", "duplicate"],
+    "mnli": ["entailment", "neutral", "contradiction"],
+    "qnli": ["entailment", "not_entailment"],
+    "rte": ["entailment", "not_entailment"],
+    "wnli": ["not_entailment", "entailment"],
+    "boolq": ["False", "True"],
+    "cb": ["entailment", "contradiction", "neutral"],
     "rte_superglue": ["entailment", "not_entailment"],
 }
 # the names this toolkit gave QQP's and BoolQ's classes before issue 30 (what an older experiment's folders hold)
@@ -45,9 +50,27 @@ def common(task: str, name: str = "old") -> list[str]:
 
 
 def teacher_run(task: str, tiny: Path, name: str = "old") -> list[str]:
-    return [*common(task, name), "--ptrain_ver", str(tiny), "--max_seq_len", str(SEQ), "--total_step", "4",
-            "--warmup_step", "1", "--ckpt_step", "2", "--log_step", "2", "--batch_size", "8", "--lr", "1e-3",
-            "--seed", "3"]
+    return [
+        *common(task, name),
+        "--ptrain_ver",
+        str(tiny),
+        "--max_seq_len",
+        str(SEQ),
+        "--total_step",
+        "4",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "2",
+        "--log_step",
+        "2",
+        "--batch_size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--seed",
+        "3",
+    ]
 
 
 def set_labels(config_file: Path, names: list[str]) -> None:
@@ -96,13 +119,26 @@ def rows(w, task: str, split: str) -> list[dict]:
         lines = (w["data"] / "QQP" / f"{split}.tsv").read_text().splitlines()
         header, cells = lines[0].split("\t"), [line.split("\t") for line in lines[1:]]
         col = {c: header.index(c) for c in header}
-        return [{"idx": int(c[col["id"]]), "text": c[col["question1"]], "text_pair": c[col["question2"]],
-                 "label": int(c[col["is_duplicate"]]) if "is_duplicate" in col else None} for c in cells]
+        return [
+            {
+                "idx": int(c[col["id"]]),
+                "text": c[col["question1"]],
+                "text_pair": c[col["question2"]],
+                "label": int(c[col["is_duplicate"]]) if "is_duplicate" in col else None,
+            }
+            for c in cells
+        ]
     out = []
     for line in (w["data"] / "BoolQ" / f"{split}.jsonl").read_text().splitlines():
         r = json.loads(line)
-        out.append({"idx": r["idx"], "text": r["passage"], "text_pair": r["question"],
-                    "label": None if "label" not in r else int(r["label"] is True)})
+        out.append(
+            {
+                "idx": r["idx"],
+                "text": r["passage"],
+                "text_pair": r["question"],
+                "label": None if "label" not in r else int(r["label"] is True),
+            }
+        )
     return out
 
 
@@ -115,8 +151,14 @@ def checkpoint_logits(folder: Path, step: int, examples: list[dict]) -> np.ndarr
     model.load_state_dict(torch.load(folder / f"model-{step}.pt", weights_only=True))
     tokenizer = AutoTokenizer.from_pretrained(folder / "model")
     model.eval()
-    return np.concatenate([model(**tokenizer(r["text"], r["text_pair"], truncation=True, max_length=SEQ,
-                                             return_tensors="pt")).logits.numpy() for r in examples])
+    return np.concatenate(
+        [
+            model(
+                **tokenizer(r["text"], r["text_pair"], truncation=True, max_length=SEQ, return_tensors="pt")
+            ).logits.numpy()
+            for r in examples
+        ]
+    )
 
 
 # -- the names ----------------------------------------------------------------------------------------------------
@@ -130,13 +172,21 @@ def test_every_built_in_task_names_its_classes_as_hugging_face(world):
     for task, split in (("qqp", "train"), ("boolq", "train")):
         parsed = TASKS[task].load(world["data"], split)
         assert [(e.idx, e.text, e.text_pair, e.label) for e in parsed] == [
-            (r["idx"], r["text"], r["text_pair"], r["label"]) for r in rows(world, task, split)]
+            (r["idx"], r["text"], r["text_pair"], r["label"]) for r in rows(world, task, split)
+        ]
         assert {e.label for e in parsed} == {0, 1}
     assert TASKS["qqp"].labels_in_files == ("0", "1") and TASKS["boolq"].labels_in_files == ("false", "true")
     # a task has names: no silent default ("0", "1" named QQP's classes by accident)
     with pytest.raises(ValueError, match="label_names"):
-        Task(name="x", folder="X", files={"train": "t.tsv"}, labelled=frozenset({"train"}), parse=None,
-             metrics=("accuracy",), submission_file="X.tsv")
+        Task(
+            name="x",
+            folder="X",
+            files={"train": "t.tsv"},
+            labelled=frozenset({"train"}),
+            parse=None,
+            metrics=("accuracy",),
+            submission_file="X.tsv",
+        )
 
 
 # -- exported models --------------------------------------------------------------------------------------------
@@ -160,8 +210,12 @@ def test_an_export_of_an_experiment_made_with_the_old_names_carries_hugging_face
 
     tokenizer = AutoTokenizer.from_pretrained(out)
     with torch.inference_mode():
-        exported = np.concatenate([model(**tokenizer(r["text"], r["text_pair"], truncation=True, return_tensors="pt"))
-                                   .logits.numpy() for r in dev])
+        exported = np.concatenate(
+            [
+                model(**tokenizer(r["text"], r["text_pair"], truncation=True, return_tensors="pt")).logits.numpy()
+                for r in dev
+            ]
+        )
     np.testing.assert_allclose(exported, checkpoint_logits(folder, 4, dev), atol=1e-5)
     # the experiment's own folder is left as it was (the export relabels its copy)
     assert list(json.loads((folder / "model" / "config.json").read_text())["id2label"].values()) == OLD[task]
@@ -182,10 +236,12 @@ def test_prediction_files_name_the_classes_and_submission_files_keep_the_servers
     assert lines[0] == f"idx\tlabel\tprediction\tprob_{names[0]}\tprob_{names[1]}"
     body = [line.split("\t") for line in lines[1:]]
     assert [(int(c[0]), c[1], c[2]) for c in body] == [
-        (r["idx"], names[r["label"]], names[int(k)]) for r, k in zip(dev, logits.argmax(1))]
+        (r["idx"], names[r["label"]], names[int(k)]) for r, k in zip(dev, logits.argmax(1))
+    ]
     z = np.exp(logits - logits.max(1, keepdims=True))
-    np.testing.assert_allclose(np.array([[float(c[3]), float(c[4])] for c in body]), z / z.sum(1, keepdims=True),
-                               atol=2e-5)
+    np.testing.assert_allclose(
+        np.array([[float(c[3]), float(c[4])] for c in body]), z / z.sum(1, keepdims=True), atol=2e-5
+    )
 
     # the official submission file: the server's format, as before (QQP class indices, BoolQ "true"/"false")
     run(w, "generate_test_prediction.py", *common(task), "--dataset", "test", "--ckpt", "4")
@@ -195,8 +251,9 @@ def test_prediction_files_name_the_classes_and_submission_files_keep_the_servers
     if task == "qqp":
         expected = "index\tprediction\n" + "".join(f"{r['idx']}\t{int(k)}\n" for r, k in zip(test, predicted))
     else:
-        expected = "".join(f'{{"idx": {r["idx"]:d}, "label": "{"true" if k else "false"}"}}\n'
-                           for r, k in zip(test, predicted))
+        expected = "".join(
+            f'{{"idx": {r["idx"]:d}, "label": "{"true" if k else "false"}"}}\n' for r, k in zip(test, predicted)
+        )
     assert out.read_text() == expected
     assert len(set(predicted.tolist())) == 2, "both classes predicted (the check covers each spelling)"
     record = json.loads(record_path(out).read_text())
@@ -231,10 +288,44 @@ def test_a_teacher_experiment_with_the_old_names_distils_as_with_the_new(world):
     Hugging Face's names: the same student, bit for bit, and the same record; the student is named by the task."""
     w = world
     teacher = w["exp"] / "old_bert_qqp" / "model" / "config.json"
-    kd = ["--model", "bert", "--task", "qqp", "--teacher_exp", "old", "--tmodel", "bert", "--tckpt", "4",
-          "--num_hidden_layers", "1", "--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2",
-          "--total_step", "2", "--warmup_step", "0", "--ckpt_step", "2", "--batch_size", "8", "--lr", "1e-3",
-          "--map_examples", "0", "--softmax_temp", "2", "--soft_weight", "0.7", "--hard_weight", "0.3"]
+    kd = [
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--teacher_exp",
+        "old",
+        "--tmodel",
+        "bert",
+        "--tckpt",
+        "4",
+        "--num_hidden_layers",
+        "1",
+        "--d_model",
+        "32",
+        "--d_ff",
+        "64",
+        "--num_attention_heads",
+        "2",
+        "--total_step",
+        "2",
+        "--warmup_step",
+        "0",
+        "--ckpt_step",
+        "2",
+        "--batch_size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--map_examples",
+        "0",
+        "--softmax_temp",
+        "2",
+        "--soft_weight",
+        "0.7",
+        "--hard_weight",
+        "0.3",
+    ]
     old = json.loads(teacher.read_text())
     try:
         run(w, "run_pkd_distill.py", "--experiment", "pkd_old", *kd)
@@ -246,18 +337,25 @@ def test_a_teacher_experiment_with_the_old_names_distils_as_with_the_new(world):
     sa, sb = (torch.load(f / "model-2.pt", weights_only=True) for f in (a, b))
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     ca, cb = (json.loads((f / "config.json").read_text()) for f in (a, b))
-    assert {k: v for k, v in ca.items() if k not in ("experiment", "provenance")} == \
-        {k: v for k, v in cb.items() if k not in ("experiment", "provenance")}
+    assert {k: v for k, v in ca.items() if k not in ("experiment", "provenance")} == {
+        k: v for k, v in cb.items() if k not in ("experiment", "provenance")
+    }
     assert ca["teacher_label_order"] is None
     for f in (a, b):
         assert list(json.loads((f / "model" / "config.json").read_text())["id2label"].values()) == HUGGING_FACE["qqp"]
 
 
-@pytest.mark.parametrize("task, id2label, order", [
-    ("qqp", ["0", "1"], None), ("qqp", ["1", "0"], [1, 0]),
-    ("boolq", ["false", "true"], None), ("boolq", ["true", "false"], [1, 0]),
-    ("boolq", ["True", "False"], [1, 0]), ("qqp", ["duplicate", "not_duplicate"], [1, 0]),
-])
+@pytest.mark.parametrize(
+    "task, id2label, order",
+    [
+        ("qqp", ["0", "1"], None),
+        ("qqp", ["1", "0"], [1, 0]),
+        ("boolq", ["false", "true"], None),
+        ("boolq", ["true", "false"], [1, 0]),
+        ("boolq", ["True", "False"], [1, 0]),
+        ("qqp", ["duplicate", "not_duplicate"], [1, 0]),
+    ],
+)
 def test_a_hugging_face_teacher_named_the_old_way_is_matched_as_the_same_classes(task, id2label, order):
     """The labels an export made before the change carries (the files' spelling), in either output order: matched,
     in the order the old code matched them (its names were those very labels)."""
@@ -293,11 +391,27 @@ def test_an_old_export_as_teacher_hf_gives_the_experiments_own_logits(world, swa
         model.save_pretrained(src)
     set_labels(src / "config.json", names)
     name = f"hf{int(swapped)}"
-    run(w, "run_fine_tune_gen_logits.py", "--experiment", name, "--model", "bert", "--task", "boolq",
-        "--dataset", "val", "--teacher_hf", str(src), "--max_seq_len", str(SEQ))
+    run(
+        w,
+        "run_fine_tune_gen_logits.py",
+        "--experiment",
+        name,
+        "--model",
+        "bert",
+        "--task",
+        "boolq",
+        "--dataset",
+        "val",
+        "--teacher_hf",
+        str(src),
+        "--max_seq_len",
+        str(SEQ),
+    )
     val = rows(w, "boolq", "val")
-    got = [json.loads(line)["logits"] for line in
-           (w["data"] / "logits" / f"{name}_bert_boolq" / "val" / "logits.jsonl").read_text().splitlines()]
+    got = [
+        json.loads(line)["logits"]
+        for line in (w["data"] / "logits" / f"{name}_bert_boolq" / "val" / "logits.jsonl").read_text().splitlines()
+    ]
     np.testing.assert_allclose(np.array(got), checkpoint_logits(w["exp"] / "old_bert_boolq", 4, val), atol=2e-5)
 
 
@@ -313,13 +427,39 @@ def test_a_logits_set_recorded_with_the_old_names_distils_and_is_not_refused(wor
     assert meta["label_names"] == HUGGING_FACE["qqp"]
     (folder / "meta.json").write_text(json.dumps(dict(meta, label_names=OLD["qqp"]), indent=2))
     rows_before = (folder / "logits.jsonl").read_bytes()
-    run(w, "run_fine_tune_distill.py", "--experiment", "kd_old", "--model", "bert", "--task", "qqp", "--dataset",
-        "old_bert_qqp", "--d_model", "16", "--d_ff", "32", "--num_attention_heads", "2", "--num_hidden_layers", "1",
-        "--total_step", "2", "--warmup_step", "0", "--ckpt_step", "2", "--batch_size", "8", "--max_seq_len", str(SEQ))
+    run(
+        w,
+        "run_fine_tune_distill.py",
+        "--experiment",
+        "kd_old",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--dataset",
+        "old_bert_qqp",
+        "--d_model",
+        "16",
+        "--d_ff",
+        "32",
+        "--num_attention_heads",
+        "2",
+        "--num_hidden_layers",
+        "1",
+        "--total_step",
+        "2",
+        "--warmup_step",
+        "0",
+        "--ckpt_step",
+        "2",
+        "--batch_size",
+        "8",
+        "--max_seq_len",
+        str(SEQ),
+    )
     student = w["exp"] / "kd_old_bert_qqp"
     assert (student / "model-2.pt").is_file()
-    assert list(json.loads((student / "model" / "config.json").read_text())["id2label"].values()) == \
-        HUGGING_FACE["qqp"]
+    assert list(json.loads((student / "model" / "config.json").read_text())["id2label"].values()) == HUGGING_FACE["qqp"]
     run(w, "run_fine_tune_gen_logits.py", *gen)
     assert (folder / "logits.jsonl").read_bytes() == rows_before
     assert json.loads((folder / "meta.json").read_text())["label_names"] == HUGGING_FACE["qqp"]
@@ -341,5 +481,4 @@ def test_a_run_started_with_the_old_names_resumes(world):
     ref = torch.load(w["exp"] / "uninterrupted_bert_qqp" / "model-4.pt", weights_only=True)
     got = torch.load(folder / "model-4.pt", weights_only=True)
     assert ref.keys() == got.keys() and all(torch.allclose(ref[k], got[k], atol=1e-5) for k in ref)
-    assert list(json.loads((folder / "model" / "config.json").read_text())["id2label"].values()) == \
-        HUGGING_FACE["qqp"]
+    assert list(json.loads((folder / "model" / "config.json").read_text())["id2label"].values()) == HUGGING_FACE["qqp"]

@@ -27,8 +27,18 @@ from fine_tune.models.gates import GateBlock, make_gates
 from fine_tune.settings import DistilFlags, LayerwiseFlags
 
 B, S, D = 3, 5, 8
-GATES = OptimiserSettings(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, max_norm=1.0, total_step=10,
-                          warmup_step=0, no_decay=GATE_NO_DECAY, clip_per_module=True)
+GATES = OptimiserSettings(
+    lr=1e-3,
+    beta1=0.9,
+    beta2=0.999,
+    eps=1e-8,
+    weight_decay=0.01,
+    max_norm=1.0,
+    total_step=10,
+    warmup_step=0,
+    no_decay=GATE_NO_DECAY,
+    clip_per_module=True,
+)
 
 
 def gated(cls, *args, **kwargs):
@@ -45,8 +55,11 @@ def hidden(n: int, seed: int, scale: float = 1.0) -> tuple[torch.Tensor, ...]:
 
 def outputs(n_layers: int, seed: int, mask: torch.Tensor | None = None) -> ModelOutputs:
     g = torch.Generator().manual_seed(seed + 1000)
-    return ModelOutputs(torch.randn(B, 2, generator=g), hidden(n_layers, seed),
-                        torch.ones(B, S, dtype=torch.long) if mask is None else mask)
+    return ModelOutputs(
+        torch.randn(B, 2, generator=g),
+        hidden(n_layers, seed),
+        torch.ones(B, S, dtype=torch.long) if mask is None else mask,
+    )
 
 
 def manual_gate(gate: GateBlock, prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
@@ -99,7 +112,9 @@ def test_gate_forward_and_all_zeros_first_step():
     d = 256
     xavier_var, xavier_bound = 2 / (d + d), math.sqrt(6 / (d + d))
     default_var, default_bound = 1 / (3 * d), 1 / math.sqrt(d)
-    assert xavier_var / default_var == pytest.approx(3.0) and xavier_bound / default_bound == pytest.approx(math.sqrt(3))
+    assert xavier_var / default_var == pytest.approx(3.0) and xavier_bound / default_bound == pytest.approx(
+        math.sqrt(3)
+    )
     torch.manual_seed(1)
     gates = make_gates(2, d, 2)
     assert all(isinstance(g, GateBlock) for g in gates)
@@ -118,8 +133,18 @@ def test_gate_forward_and_all_zeros_first_step():
 
 def test_lad_aggregation_chain_and_loss():
     torch.manual_seed(0)
-    method = gated(LAD, 6, 12, hard_weight=0.3, soft_weight=0.7, temperature=20.0, mu=500.0, d_model=D, seq_len=S,
-                 gate_optimiser=GATES)
+    method = gated(
+        LAD,
+        6,
+        12,
+        hard_weight=0.3,
+        soft_weight=0.7,
+        temperature=20.0,
+        mu=500.0,
+        d_model=D,
+        seq_len=S,
+        gate_optimiser=GATES,
+    )
     assert len(method.gates) == 12
     st, te = outputs(6, 1), outputs(12, 2)
     y = torch.tensor([0, 1, 1])
@@ -154,31 +179,60 @@ def test_lad_no_pairs():
     assert len(method.gates) == 6 and method.pairs == [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12)]
     st, te = outputs(6, 3), outputs(12, 4)
     parts = method.losses({"labels": torch.tensor([0, 1, 0])}, st, te)
-    expected = sum(2.0 * manual_mse(st.hidden_states[j - 1],
-                                    manual_gate(method.gates[j - 1], te.hidden_states[2 * j - 2], te.hidden_states[2 * j - 1])) / 6
-                   for j in range(1, 7))
+    expected = sum(
+        2.0
+        * manual_mse(
+            st.hidden_states[j - 1],
+            manual_gate(method.gates[j - 1], te.hidden_states[2 * j - 2], te.hidden_states[2 * j - 1]),
+        )
+        / 6
+        for j in range(1, 7)
+    )
     assert parts["hidden_loss"].item() == pytest.approx(expected.item(), rel=1e-4)
-    assert gated(LADNO, 4, 12, 0, 0, 1, 1, d_model=D, seq_len=S, gate_optimiser=GATES).pairs == [(2, 3), (5, 6), (8, 9), (11, 12)]
+    assert gated(LADNO, 4, 12, 0, 0, 1, 1, d_model=D, seq_len=S, gate_optimiser=GATES).pairs == [
+        (2, 3),
+        (5, 6),
+        (8, 9),
+        (11, 12),
+    ]
     with pytest.raises(UserError, match="at least 12 layers"):
         gated(LADNO, 6, 6, 0, 0, 1, 1, d_model=D, seq_len=S, gate_optimiser=GATES)
 
 
 def test_partial_lad_mapping():
-    assert partial_lad_mapping([2, 4, 6, 8, 10], 6, 12) == [("agg", 2), ("agg", 4), ("agg", 6), ("agg", 8),
-                                                           ("agg", 10), ("raw", 12)]
-    assert partial_lad_mapping([1, 2, 3], 6, 12) == [("agg", 1), ("agg", 2), ("agg", 3), ("raw", 5), ("raw", 7),
-                                                    ("raw", 9)]
+    assert partial_lad_mapping([2, 4, 6, 8, 10], 6, 12) == [
+        ("agg", 2),
+        ("agg", 4),
+        ("agg", 6),
+        ("agg", 8),
+        ("agg", 10),
+        ("raw", 12),
+    ]
+    assert partial_lad_mapping([1, 2, 3], 6, 12) == [
+        ("agg", 1),
+        ("agg", 2),
+        ("agg", 3),
+        ("raw", 5),
+        ("raw", 7),
+        ("raw", 9),
+    ]
     assert partial_lad_mapping([3, 6], 4, 12) == [("agg", 3), ("agg", 6), ("raw", 9), ("raw", 12)]
-    for bad, msg in (([0, 2], "0 is out of range"), ([2, 13], "13 is out of range"), ([4, 2], "increasing"),
-                     ([1, 2, 3, 4, 5, 6, 7], "7 indices for a 6-layer student"), ([4, 8], "beyond the teacher")):
+    for bad, msg in (
+        ([0, 2], "0 is out of range"),
+        ([2, 13], "13 is out of range"),
+        ([4, 2], "increasing"),
+        ([1, 2, 3, 4, 5, 6, 7], "7 indices for a 6-layer student"),
+        ([4, 8], "beyond the teacher"),
+    ):
         with pytest.raises(UserError, match=msg):
             partial_lad_mapping(bad, 6, 12)
 
 
 def test_partial_lad_loss():
     torch.manual_seed(0)
-    method = gated(PartialLAD, 6, 12, 0.0, 0.0, 1.0, 1.0, gate_indices=[2, 4, 6, 8, 10], d_model=D, seq_len=S,
-                        gate_optimiser=GATES)
+    method = gated(
+        PartialLAD, 6, 12, 0.0, 0.0, 1.0, 1.0, gate_indices=[2, 4, 6, 8, 10], d_model=D, seq_len=S, gate_optimiser=GATES
+    )
     assert len(method.gates) == 10
     st, te = outputs(6, 5), outputs(12, 6)
     parts = method.losses({"labels": torch.tensor([1, 1, 0])}, st, te)
@@ -210,10 +264,10 @@ def test_alp_kd_weights_and_loss(mode):
             Tj = T
         scores = np.einsum("...d,k...d->...k", Hs, Tj) / math.sqrt(D)
         if mode == "alp-kd-hidden-v2" and j < 3:  # student j sees teacher layers 1..2j only
-            scores[..., 2 * j:] = -np.inf
+            scores[..., 2 * j :] = -np.inf
         w = manual_softmax(scores)
         if mode == "alp-kd-hidden-v2":
-            assert np.all(w[..., 2 * j:] == 0) if j < 3 else np.all(w > 0)
+            assert np.all(w[..., 2 * j :] == 0) if j < 3 else np.all(w > 0)
         target = np.einsum("...k,k...d->...d", w, Tj)
         total += 10.0 * np.mean((Hs - target) ** 2) / 3
     assert parts["hidden_loss"].item() == pytest.approx(total, rel=1e-4)
@@ -246,7 +300,7 @@ def test_pkd_mappings_and_losses():
         s = st.hidden_states[j - 1][:, 0].double().numpy()
         t = te.hidden_states[2 * j - 1][:, 0].double().numpy()
         d = s / np.linalg.norm(s, axis=-1, keepdims=True) - t / np.linalg.norm(t, axis=-1, keepdims=True)
-        exp2 += 100.0 * np.mean(np.sum(d ** 2, axis=-1))
+        exp2 += 100.0 * np.mean(np.sum(d**2, axis=-1))
         stacked.append(d)
     # Sun et al.'s released code: F.mse_loss over the stacked [B, M-1, D] tensor, i.e. the mean over batch,
     # layers and dimensions, so their beta (here mu = 100) transfers
@@ -256,11 +310,19 @@ def test_pkd_mappings_and_losses():
     assert exp2 == pytest.approx(released * 5 * dims, rel=1e-9)  # the sum over layers and D: (M-1) D times larger
     # a run started before the fix keeps the summed reduction (config.json without pkd_cls_reduction)
     assert PKD(6, 12, 0.0, 0.0, 1.0, 100.0, loss="normalized_cls").record() == {"pkd_cls_reduction": "mean"}
-    legacy = PKD.build(MethodSettings({"distil": DistilFlags(softmax_temp=1.0, soft_weight=0.0, hard_weight=0.0),
-                                       "layerwise": LayerwiseFlags(mu=100.0),
-                                       "pkd": PkdFlags(pkd_loss="normalized_cls")}, num_class=2,
-                                      student=StudentShape(6, D, 2), teacher=TeacherShape(12, D),
-                                      legacy={"pkd_cls_reduction": "sum"}))
+    legacy = PKD.build(
+        MethodSettings(
+            {
+                "distil": DistilFlags(softmax_temp=1.0, soft_weight=0.0, hard_weight=0.0),
+                "layerwise": LayerwiseFlags(mu=100.0),
+                "pkd": PkdFlags(pkd_loss="normalized_cls"),
+            },
+            num_class=2,
+            student=StudentShape(6, D, 2),
+            teacher=TeacherShape(12, D),
+            legacy={"pkd_cls_reduction": "sum"},
+        )
+    )
     assert legacy.record() == {"pkd_cls_reduction": "sum"}
     assert legacy.losses({"labels": y}, st, te)["hidden_loss"].item() == pytest.approx(exp2, rel=1e-5)
     a = torch.randn(4, D)
@@ -277,7 +339,9 @@ def test_mu_zero_is_logits_only_and_hard_only_needs_no_teacher():
     y = torch.tensor([1, 0, 1])
     parts = m.losses({"labels": y}, ModelOutputs(st.logits), ModelOutputs(te.logits))
     assert "hidden_loss" not in parts
-    assert parts["loss"].item() == pytest.approx(manual_logits_loss(st.logits, te.logits, y, 0.3, 0.7, 2.0).item(), rel=1e-5)
+    assert parts["loss"].item() == pytest.approx(
+        manual_logits_loss(st.logits, te.logits, y, 0.3, 0.7, 2.0).item(), rel=1e-5
+    )
     hard = PKD(6, 12, 1.0, 0.0, 1.0, 0.0)
     assert not hard.uses_teacher
     hidden_only = PKD(6, 12, 0.0, 0.0, 1.0, 5.0)  # hidden states only: the teacher runs, the head learns nothing
@@ -298,17 +362,29 @@ def test_chain_contributions_formula():
 
 # -- gradient flow through the one engine ----------------------------------------------------------------
 
+
 def tiny_pair(layers_t=4, layers_s=2):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    kw = dict(vocab_size=50, hidden_size=D, intermediate_size=16, num_attention_heads=2, max_position_embeddings=S,
-              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    kw = dict(
+        vocab_size=50,
+        hidden_size=D,
+        intermediate_size=16,
+        num_attention_heads=2,
+        max_position_embeddings=S,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     teacher = BertForSequenceClassification(BertConfig(num_hidden_layers=layers_t, **kw)).eval()
     student = BertForSequenceClassification(BertConfig(num_hidden_layers=layers_s, **kw))
     g = torch.Generator().manual_seed(1)
-    batch = {"input_ids": torch.randint(5, 50, (4, S), generator=g), "token_type_ids": torch.zeros(4, S, dtype=torch.long),
-             "attention_mask": torch.ones(4, S, dtype=torch.long), "labels": torch.tensor([0, 1, 1, 0])}
+    batch = {
+        "input_ids": torch.randint(5, 50, (4, S), generator=g),
+        "token_type_ids": torch.zeros(4, S, dtype=torch.long),
+        "attention_mask": torch.ones(4, S, dtype=torch.long),
+        "labels": torch.tensor([0, 1, 1, 0]),
+    }
     return teacher, student, batch
 
 
@@ -344,12 +420,24 @@ def test_one_engine_step_moves_student_and_gates_not_teacher(tmp_path):
     before_s = {k: v.clone() for k, v in student.state_dict().items()}
     before_g = [{k: v.clone() for k, v in g.state_dict().items()} for g in method.gates]
     optimiser = OptimiserSettings(lr=1e-2, total_step=1, warmup_step=0, weight_decay=0.0, max_norm=1.0)
-    settings = TrainSettings(optimiser=optimiser, batch_size=4, accum_step=1, ckpt_step=1, log_step=1, seed=0,
-                             tag_prefix="qqp/train/bert")
+    settings = TrainSettings(
+        optimiser=optimiser, batch_size=4, accum_step=1, ckpt_step=1, log_step=1, seed=0, tag_prefix="qqp/train/bert"
+    )
     exp = ExperimentDir(tmp_path, "lad_step")
     exp.path.mkdir()
-    trainer = Trainer(student, method, lambda rows: batch, 4, settings, exp, torch.device("cpu"),
-                      Precision("cpu", None), teacher=teacher, progress=False, forward=forward)
+    trainer = Trainer(
+        student,
+        method,
+        lambda rows: batch,
+        4,
+        settings,
+        exp,
+        torch.device("cpu"),
+        Precision("cpu", None),
+        teacher=teacher,
+        progress=False,
+        forward=forward,
+    )
     trainer.train()
     assert all(torch.equal(v, before_t[k]) for k, v in teacher.state_dict().items())
     changed = [k for k, v in student.state_dict().items() if not torch.equal(v, before_s[k])]
@@ -393,10 +481,34 @@ def padded_mask() -> torch.Tensor:
 
 
 def layerwise_from_flags(method_name: str, own: list[str], padding: str, student_width: int):
-    return method_from_flags(method_name, [
-        "--d_model", str(student_width), "--d_ff", "16", "--num_attention_heads", "2", "--num_hidden_layers", str(LS),
-        "--max_seq_len", str(SEQ), "--softmax_temp", str(FLAG_T), "--hard_weight", str(FLAG_HARD), "--soft_weight",
-        str(FLAG_SOFT), "--mu", str(FLAG_MU), "--padding", padding, *own], TeacherShape(LT, DT, 2), 5)
+    return method_from_flags(
+        method_name,
+        [
+            "--d_model",
+            str(student_width),
+            "--d_ff",
+            "16",
+            "--num_attention_heads",
+            "2",
+            "--num_hidden_layers",
+            str(LS),
+            "--max_seq_len",
+            str(SEQ),
+            "--softmax_temp",
+            str(FLAG_T),
+            "--hard_weight",
+            str(FLAG_HARD),
+            "--soft_weight",
+            str(FLAG_SOFT),
+            "--mu",
+            str(FLAG_MU),
+            "--padding",
+            padding,
+            *own,
+        ],
+        TeacherShape(LT, DT, 2),
+        5,
+    )
 
 
 def ref_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -423,13 +535,13 @@ def ref_gate(gate: GateBlock, prev: torch.Tensor, cur: torch.Tensor, mask: torch
     return out
 
 
-def ref_layerwise(case: str, method, st: ModelOutputs, te: ModelOutputs, y: torch.Tensor,
-                  mask: torch.Tensor | None) -> tuple[float, dict[int, float]]:
+def ref_layerwise(
+    case: str, method, st: ModelOutputs, te: ModelOutputs, y: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[float, dict[int, float]]:
     """The hidden loss and its per-layer terms of ``case``, in float64, from the equations."""
     hs = [h.double() for h in st.hidden_states]
     if method.projection is not None:  # one map per student layer: W_j h + b_j
-        hs = [h @ m.weight.detach().double().T + m.bias.detach().double()
-              for h, m in zip(hs, method.projection.maps)]
+        hs = [h @ m.weight.detach().double().T + m.bias.detach().double() for h, m in zip(hs, method.projection.maps)]
     ht = [h.double() for h in te.hidden_states]
     if case in ("lad", "partial_lad"):
         upto = 6 if case == "lad" else 4
@@ -439,8 +551,10 @@ def ref_layerwise(case: str, method, st: ModelOutputs, te: ModelOutputs, y: torc
         targets = [agg[1], agg[3], agg[5]] if case == "lad" else [agg[1], agg[3], ht[5]]  # A2, A4, A6 / A2, A4, T6
         terms = [ref_mse(h, t, mask) / LS for h, t in zip(hs, targets)]
     elif case == "lad_no":  # gate_j(H_{2j-1}, H_{2j})
-        terms = [ref_mse(hs[j - 1], ref_gate(method.gates[j - 1], ht[2 * j - 2], ht[2 * j - 1], mask), mask) / LS
-                 for j in range(1, LS + 1)]
+        terms = [
+            ref_mse(hs[j - 1], ref_gate(method.gates[j - 1], ht[2 * j - 2], ht[2 * j - 1], mask), mask) / LS
+            for j in range(1, LS + 1)
+        ]
     elif case.startswith("alp"):
         cls = case == "alp_kd"
         stack = torch.stack([h[:, 0] if cls else h for h in ht])  # [K, B, (S,) D]
@@ -449,7 +563,7 @@ def ref_layerwise(case: str, method, st: ModelOutputs, te: ModelOutputs, y: torc
             s = hs[j - 1][:, 0] if cls else hs[j - 1]
             scores = torch.einsum("...d,k...d->...k", s, stack) / math.sqrt(DT)
             if case == "alp_kd_hidden_v2" and j < LS:  # student j sees teacher layers 1..2j
-                scores[..., 2 * j:] = -math.inf
+                scores[..., 2 * j :] = -math.inf
             w = torch.softmax(scores, -1)
             terms.append(ref_mse(s, torch.einsum("...k,k...d->...d", w, stack), mask) / LS)
     elif case in ("pkd_skip", "pkd_last"):
@@ -461,13 +575,14 @@ def ref_layerwise(case: str, method, st: ModelOutputs, te: ModelOutputs, y: torc
         for j, t in enumerate(layers, 1):
             s, t_ = hs[j - 1][:, 0], ht[t - 1][:, 0]
             d = s / s.norm(dim=-1, keepdim=True) - t_ / t_.norm(dim=-1, keepdim=True)
-            terms.append((d ** 2).mean() / len(layers))
+            terms.append((d**2).mean() / len(layers))
     per = {j: FLAG_MU * float(v) for j, v in enumerate(terms, 1)}
     return sum(per.values()), per
 
 
-def ref_layer_map(case: str, method, st: ModelOutputs, te: ModelOutputs, mask: torch.Tensor,
-                  dynamic: bool) -> np.ndarray | None:
+def ref_layer_map(
+    case: str, method, st: ModelOutputs, te: ModelOutputs, mask: torch.Tensor, dynamic: bool
+) -> np.ndarray | None:
     """The heat-map's [L_s, L_t] matrix: ALP-KD's attention weights averaged over the batch's real tokens (the
     [CLS] weights over the batch); LAD's chain contributions w_i = g_i prod_{m=i+1..k} (1 - g_m) of the gate values
     averaged over the real tokens and D (g_1 = 1); LAD-NO's g on the upper layer of its pair, 1 - g on the lower;
@@ -479,8 +594,9 @@ def ref_layer_map(case: str, method, st: ModelOutputs, te: ModelOutputs, mask: t
     if case.startswith("alp"):
         hs = [h.double() for h in st.hidden_states]
         if method.projection is not None:
-            hs = [h @ m.weight.detach().double().T + m.bias.detach().double()
-                  for h, m in zip(hs, method.projection.maps)]
+            hs = [
+                h @ m.weight.detach().double().T + m.bias.detach().double() for h, m in zip(hs, method.projection.maps)
+            ]
         cls = case == "alp_kd"
         stack = torch.stack([h[:, 0] if cls else h for h in ht])
         rows = []
@@ -488,7 +604,7 @@ def ref_layer_map(case: str, method, st: ModelOutputs, te: ModelOutputs, mask: t
             s = hs[j - 1][:, 0] if cls else hs[j - 1]
             scores = torch.einsum("...d,k...d->...k", s, stack) / math.sqrt(DT)
             if case == "alp_kd_hidden_v2" and j < LS:
-                scores[..., 2 * j:] = -math.inf
+                scores[..., 2 * j :] = -math.inf
             w = torch.softmax(scores, -1)
             rows.append(w.mean(0) if cls else (w * real).sum((0, 1)) / real.sum())
         return torch.stack(rows).numpy()
@@ -528,8 +644,12 @@ def ref_layer_map(case: str, method, st: ModelOutputs, te: ModelOutputs, mask: t
 def test_every_layerwise_method_from_its_flags_matches_its_equation(case, padding, student_width):
     method_name, own = LAYERWISE_CASES[case]
     method = layerwise_from_flags(method_name, own, padding, student_width)
-    assert (method.temperature, method.hard_weight, method.soft_weight, method.mu) == \
-        (FLAG_T, FLAG_HARD, FLAG_SOFT, FLAG_MU)
+    assert (method.temperature, method.hard_weight, method.soft_weight, method.mu) == (
+        FLAG_T,
+        FLAG_HARD,
+        FLAG_SOFT,
+        FLAG_MU,
+    )
     assert method.padding == padding and method.masked == (padding == "dynamic")
     assert (method.projection is not None) == (student_width != DT)
     # what the engine reads off the method: the padding-free forward only where no loss looks at padding
@@ -549,10 +669,16 @@ def test_every_layerwise_method_from_its_flags_matches_its_equation(case, paddin
                 gate.layernorm.bias.copy_(torch.rand(gate.layernorm.bias.shape, generator=g) - 0.5)
     mask = padded_mask()
     g = torch.Generator().manual_seed(13)
-    st = ModelOutputs(torch.randn(B, 3, generator=g) * 2,
-                      tuple(torch.randn(B, SEQ, student_width, generator=g) for _ in range(LS)), mask)
-    te = ModelOutputs(torch.randn(B, 3, generator=g) * 2,
-                      tuple(torch.randn(B, SEQ, DT, generator=g) * (1 + k / 2) for k in range(LT)), mask)
+    st = ModelOutputs(
+        torch.randn(B, 3, generator=g) * 2,
+        tuple(torch.randn(B, SEQ, student_width, generator=g) for _ in range(LS)),
+        mask,
+    )
+    te = ModelOutputs(
+        torch.randn(B, 3, generator=g) * 2,
+        tuple(torch.randn(B, SEQ, DT, generator=g) * (1 + k / 2) for k in range(LT)),
+        mask,
+    )
     y = torch.tensor([2, 0, 1])
     parts = method.losses({"labels": y}, st, te)
     hidden, per = ref_layerwise(case, method, st, te, y, mask if padding == "dynamic" else None)

@@ -16,9 +16,31 @@ TEACHER = ["--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", "4"]
 
 @pytest.fixture()
 def teacher(run, tiny_bert12, exp_root):
-    run("run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(tiny_bert12),
-        "--task", "qqp", "--total_step", "4", "--warmup_step", "1", "--ckpt_step", "2", "--log_step", "2",
-        "--batch_size", "16", "--lr", "1e-3", "--max_seq_len", "24")
+    run(
+        "run_fine_tune.py",
+        "--experiment",
+        "teacher",
+        "--model",
+        "bert",
+        "--ptrain_ver",
+        str(tiny_bert12),
+        "--task",
+        "qqp",
+        "--total_step",
+        "4",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "2",
+        "--log_step",
+        "2",
+        "--batch_size",
+        "16",
+        "--lr",
+        "1e-3",
+        "--max_seq_len",
+        "24",
+    )
     return exp_root / "teacher_bert_qqp"
 
 
@@ -29,9 +51,37 @@ def scheduled(lr: float, warmup: int, total: int, step: int) -> float:
 
 def test_lad_logs_checkpoints_maps_and_evaluates(run, teacher, exp_root, data_root):
     # the schedule in epochs: a third of 96 rows / 8 = 12 steps is ceil(0.3333 x 12) = 4 steps, warmup half of them
-    proc = run("run_lad_distil.py", *TEACHER, "--experiment", "lad", "--task", "qqp", *TINY, "--num_hidden_layers", "6",
-               "--num_epochs", "0.3333", "--warmup_ratio", "0.5", "--ckpt_step", "2", "--log_step", "1", "--batch_size", "8",
-               "--lr", "1e-3", "--gate_lr", "1e-2", "--gate_total_step", "8", "--gate_warmup_step", "4", "--mu", "10")
+    proc = run(
+        "run_lad_distil.py",
+        *TEACHER,
+        "--experiment",
+        "lad",
+        "--task",
+        "qqp",
+        *TINY,
+        "--num_hidden_layers",
+        "6",
+        "--num_epochs",
+        "0.3333",
+        "--warmup_ratio",
+        "0.5",
+        "--ckpt_step",
+        "2",
+        "--log_step",
+        "1",
+        "--batch_size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--gate_lr",
+        "1e-2",
+        "--gate_total_step",
+        "8",
+        "--gate_warmup_step",
+        "4",
+        "--mu",
+        "10",
+    )
     assert "S1<-A2, S2<-A4, S3<-A6, S4<-A8, S5<-A10, S6<-A12" in proc.stderr
     folder = exp_root / "lad_bert_qqp"
     config = json.loads((folder / "config.json").read_text())
@@ -42,11 +92,20 @@ def test_lad_logs_checkpoints_maps_and_evaluates(run, teacher, exp_root, data_ro
 
     s = tb_scalars(exp_root / "log" / "lad_bert_qqp")
     p = "qqp/train/bert/"
-    for tag in ("loss", "logits_loss", "hard_loss", "soft_loss", "hidden_loss", "lr", "gate_lr",
-                *(f"hidden_loss_{j}" for j in range(1, 7)), *(f"gate_mean_{k}" for k in range(2, 13))):
+    for tag in (
+        "loss",
+        "logits_loss",
+        "hard_loss",
+        "soft_loss",
+        "hidden_loss",
+        "lr",
+        "gate_lr",
+        *(f"hidden_loss_{j}" for j in range(1, 7)),
+        *(f"gate_mean_{k}" for k in range(2, 13)),
+    ):
         assert [st for st, _ in s[p + tag]] == [1, 2, 3, 4], tag
     for i in range(4):
-        v = {k[len(p):]: s[k][i][1] for k in s if k.startswith(p)}
+        v = {k[len(p) :]: s[k][i][1] for k in s if k.startswith(p)}
         assert v["hidden_loss"] == pytest.approx(sum(v[f"hidden_loss_{j}"] for j in range(1, 7)), rel=1e-4)
         assert v["loss"] == pytest.approx(v["logits_loss"] + v["hidden_loss"], rel=1e-4)
         assert v["logits_loss"] == pytest.approx(0.8 * v["hard_loss"] + 0.2 * v["soft_loss"], rel=1e-4)
@@ -55,7 +114,9 @@ def test_lad_logs_checkpoints_maps_and_evaluates(run, teacher, exp_root, data_ro
         assert v["gate_lr"] == pytest.approx(scheduled(1e-2, 4, 8, i + 1))  # the gates' own schedule
 
     # gates: 12 files a checkpoint, 0-based as the original; they moved between the checkpoints
-    assert sorted(x.name for x in folder.glob("gate-*.pt")) == sorted(f"gate-{i}-{st}.pt" for i in range(12) for st in (2, 4))
+    assert sorted(x.name for x in folder.glob("gate-*.pt")) == sorted(
+        f"gate-{i}-{st}.pt" for i in range(12) for st in (2, 4)
+    )
     g2, g4 = (torch.load(folder / f"gate-5-{st}.pt", weights_only=True) for st in (2, 4))
     assert set(g2) == {"linear.weight", "linear.bias", "layernorm.weight", "layernorm.bias"}
     assert tuple(g2["layernorm.weight"].shape) == (24, 32) and not torch.equal(g2["linear.weight"], g4["linear.weight"])
@@ -65,7 +126,7 @@ def test_lad_logs_checkpoints_maps_and_evaluates(run, teacher, exp_root, data_ro
         assert (folder / f"layer-map-{st}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         m = np.array(json.loads((folder / f"layer-map-{st}.json").read_text())["matrix"])
         assert m.shape == (6, 12) and np.allclose(m.sum(1), 1.0, atol=1e-4)
-        assert all(np.all(m[j, 2 * (j + 1):] == 0) for j in range(6))
+        assert all(np.all(m[j, 2 * (j + 1) :] == 0) for j in range(6))
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(exp_root / "log" / "lad_bert_qqp"), size_guidance={"images": 0})
@@ -97,8 +158,23 @@ def test_student_layers_come_from_the_pretrained_teacher(run, teacher, exp_root,
         model.load_state_dict(torch.load(folder / f"model-{step}.pt", weights_only=True), strict=False)
         return model
 
-    common = ["--task", "qqp", *TINY, "--total_step", "1", "--warmup_step", "0", "--ckpt_step", "1", "--lr", "1e-12",
-              "--batch_size", "8", "--map_examples", "0"]
+    common = [
+        "--task",
+        "qqp",
+        *TINY,
+        "--total_step",
+        "1",
+        "--warmup_step",
+        "0",
+        "--ckpt_step",
+        "1",
+        "--lr",
+        "1e-12",
+        "--batch_size",
+        "8",
+        "--map_examples",
+        "0",
+    ]
     run("run_pkd_distill.py", *TEACHER, "--experiment", "pkd4", "--num_hidden_layers", "4", *common)
     m = student("pkd4")
     for j, t in zip(range(1, 5), (3, 6, 9, 12)):  # 4 of 12: teacher layers 3, 6, 9, 12
@@ -106,44 +182,95 @@ def test_student_layers_come_from_the_pretrained_teacher(run, teacher, exp_root,
             assert torch.allclose(layer_state(m, j)[k], v, atol=1e-6), (j, t, k)
     assert torch.allclose(m.bert.pooler.dense.weight, pretrained.pooler.dense.weight, atol=1e-6)
     assert not torch.allclose(m.bert.embeddings.word_embeddings.weight, pretrained.embeddings.word_embeddings.weight)
-    run("run_pkd_distill.py", *TEACHER, "--experiment", "pkd4emb", "--num_hidden_layers", "4", "--init_embeddings",
-        *common)
+    run(
+        "run_pkd_distill.py",
+        *TEACHER,
+        "--experiment",
+        "pkd4emb",
+        "--num_hidden_layers",
+        "4",
+        "--init_embeddings",
+        *common,
+    )
     m = student("pkd4emb")  # --init_embeddings: the embedding block too
     for k, v in pretrained.embeddings.state_dict().items():
         assert torch.allclose(m.bert.embeddings.state_dict()[k].float(), v.float(), atol=1e-6), k
-    assert torch.allclose(layer_state(m, 2)["attention.self.query.weight"],
-                          layer_state(pretrained, 6)["attention.self.query.weight"], atol=1e-6)
+    assert torch.allclose(
+        layer_state(m, 2)["attention.self.query.weight"],
+        layer_state(pretrained, 6)["attention.self.query.weight"],
+        atol=1e-6,
+    )
 
     # partial LAD 2,4,6,8,10: S1..S5 <- T2..T10; S6 stays random (the original's quirk) unless --init_uncovered
     for name, extra in (("partial", []), ("partial_all", ["--init_uncovered"])):
-        run("run_probing_lad.py", "--probing_exp", "partial_lad", "--gate_indices", "2,4,6,8,10", *TEACHER,
-            "--experiment", name, "--num_hidden_layers", "6", *common, *extra)
+        run(
+            "run_probing_lad.py",
+            "--probing_exp",
+            "partial_lad",
+            "--gate_indices",
+            "2,4,6,8,10",
+            *TEACHER,
+            "--experiment",
+            name,
+            "--num_hidden_layers",
+            "6",
+            *common,
+            *extra,
+        )
         m = student(name)
         for j in range(1, 6):
-            assert torch.allclose(layer_state(m, j)["attention.self.query.weight"],
-                                  layer_state(pretrained, 2 * j)["attention.self.query.weight"], atol=1e-6)
-        same = torch.allclose(layer_state(m, 6)["attention.self.query.weight"],
-                              layer_state(pretrained, 12)["attention.self.query.weight"], atol=1e-6)
+            assert torch.allclose(
+                layer_state(m, j)["attention.self.query.weight"],
+                layer_state(pretrained, 2 * j)["attention.self.query.weight"],
+                atol=1e-6,
+            )
+        same = torch.allclose(
+            layer_state(m, 6)["attention.self.query.weight"],
+            layer_state(pretrained, 12)["attention.self.query.weight"],
+            atol=1e-6,
+        )
         assert same == bool(extra), name
-    assert json.loads((exp_root / "partial_bert_qqp" / "config.json").read_text())["hidden_mapping"] == \
-        "S1<-A2, S2<-A4, S3<-A6, S4<-A8, S5<-A10, S6<-T12"
+    assert (
+        json.loads((exp_root / "partial_bert_qqp" / "config.json").read_text())["hidden_mapping"]
+        == "S1<-A2, S2<-A4, S3<-A6, S4<-A8, S5<-A10, S6<-T12"
+    )
 
 
-@pytest.mark.parametrize("script, args, message", [
-    ("run_lad_distil.py", ["--teacher_exp", "nope", "--tmodel", "bert", "--tckpt", "4"],
-     "teacher folder {exp}/nope_bert_qqp not found; {exp} holds 1 experiment, none with a similar name"),
-    ("run_lad_distil.py", ["--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", "3"],
-     "--tckpt 3: teacher checkpoint {exp}/teacher_bert_qqp/model-3.pt not found; checkpoints there: 2, 4"),
-    ("run_pkd_distill.py", [*TEACHER, "--d_model", "64", "--init_start", "2", "--init_end", "12", "--init_step", "2"],
-     "cannot copy teacher layers: student --d_model 64 differs from the teacher's hidden size 32"),
-    ("run_lad_no_distil.py", [*TEACHER, *TINY, "--num_hidden_layers", "5"], "teacher's 12 layers are not a multiple"),
-    ("run_probing_lad.py", ["--probing_exp", "partial_lad", "--gate_indices", "2,4,14", *TEACHER, *TINY],
-     "--gate_indices 2,4,14: 14 is out of range; the teacher has 12 layers"),
-    ("run_lad_no_distil.py", [*TEACHER, *TINY, "--num_class", "3"], "--num_class 3: the teacher"),
-])
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        (
+            "run_lad_distil.py",
+            ["--teacher_exp", "nope", "--tmodel", "bert", "--tckpt", "4"],
+            "teacher folder {exp}/nope_bert_qqp not found; {exp} holds 1 experiment, none with a similar name",
+        ),
+        (
+            "run_lad_distil.py",
+            ["--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", "3"],
+            "--tckpt 3: teacher checkpoint {exp}/teacher_bert_qqp/model-3.pt not found; checkpoints there: 2, 4",
+        ),
+        (
+            "run_pkd_distill.py",
+            [*TEACHER, "--d_model", "64", "--init_start", "2", "--init_end", "12", "--init_step", "2"],
+            "cannot copy teacher layers: student --d_model 64 differs from the teacher's hidden size 32",
+        ),
+        (
+            "run_lad_no_distil.py",
+            [*TEACHER, *TINY, "--num_hidden_layers", "5"],
+            "teacher's 12 layers are not a multiple",
+        ),
+        (
+            "run_probing_lad.py",
+            ["--probing_exp", "partial_lad", "--gate_indices", "2,4,14", *TEACHER, *TINY],
+            "--gate_indices 2,4,14: 14 is out of range; the teacher has 12 layers",
+        ),
+        ("run_lad_no_distil.py", [*TEACHER, *TINY, "--num_class", "3"], "--num_class 3: the teacher"),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(run, teacher, exp_root, script, args, message):
-    proc = run(script, *args, "--experiment", "bad", "--task", "qqp", "--total_step", "2", "--warmup_step", "0",
-               check=False)
+    proc = run(
+        script, *args, "--experiment", "bad", "--task", "qqp", "--total_step", "2", "--warmup_step", "0", check=False
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
@@ -158,9 +285,29 @@ def test_own_forward_ends_like_hugging_face(run, teacher, exp_root, script, padd
     over the padded grid (models/padding_free.FullGrid); --padding dynamic (losses and the LAD gate LayerNorm over
     the real tokens) through the packed padding-free forward. With dropout 0 each trains the same weights, gates
     included, as Hugging Face's forward (--padding_free off) with the same padding."""
-    common = ["--task", "qqp", *TINY, "--num_hidden_layers", "3", "--total_step", "3", "--warmup_step", "1",
-              "--ckpt_step", "3", "--lr", "1e-3", "--batch_size", "8", "--dropout", "0", "--map_examples", "0",
-              "--padding", padding]
+    common = [
+        "--task",
+        "qqp",
+        *TINY,
+        "--num_hidden_layers",
+        "3",
+        "--total_step",
+        "3",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "3",
+        "--lr",
+        "1e-3",
+        "--batch_size",
+        "8",
+        "--dropout",
+        "0",
+        "--map_examples",
+        "0",
+        "--padding",
+        padding,
+    ]
     said = "own BERT forward over the padded batch" if padding == "max_length" else "padding-free forward"
     for mode in ("auto", "off"):
         out = run(script, *TEACHER, "--experiment", f"grid_{mode}", "--padding_free", mode, *common)
@@ -185,9 +332,30 @@ def test_a_config_written_between_plan_and_start_is_refused(teacher, data_root, 
     from fine_tune.plan.training import plan_online_distill
     from fine_tune.run import run
 
-    argv = ["--experiment", "race", "--model", "bert", "--task", "qqp", *TEACHER, *TINY, "--num_hidden_layers", "2",
-            "--total_step", "2", "--warmup_step", "0", "--ckpt_step", "2", "--batch_size", "8",
-            "--data_root", str(data_root), "--exp_root", str(exp_root)]
+    argv = [
+        "--experiment",
+        "race",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        *TEACHER,
+        *TINY,
+        "--num_hidden_layers",
+        "2",
+        "--total_step",
+        "2",
+        "--warmup_step",
+        "0",
+        "--ckpt_step",
+        "2",
+        "--batch_size",
+        "8",
+        "--data_root",
+        str(data_root),
+        "--exp_root",
+        str(exp_root),
+    ]
     plan = plan_online_distill(parse_layerwise("run_lad_distil.py", "", "lad", argv), "lad")
     assert plan.legacy == {} and plan.record["gate_no_decay"] == ["bias", "LayerNorm.weight", "layernorm.weight"]
     folder = exp_root / "race_bert_qqp"

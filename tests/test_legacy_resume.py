@@ -80,15 +80,18 @@ def assert_bitwise_equal(a, b, what: str) -> None:
             unit = torch.finfo(a.dtype).eps
             scale = a.abs().max().item() if a.numel() else 0.0
             worst = (a - b).abs().max().item() if a.numel() else 0.0
-            assert worst <= ULPS * unit * scale + FLOOR, \
+            assert worst <= ULPS * unit * scale + FLOOR, (
                 f"{what}: differs from the old code's uninterrupted run by {worst:.3g}, beyond {ULPS} float32 units"
+            )
     else:
         assert a == b, what
 
 
 # case -> (the field a fidelity fix added, its new value, a file whose weights the fix changes)
-FIXED = {"lad": ("gate_no_decay", ["bias", "LayerNorm.weight", "layernorm.weight"], "gate-3-4.pt"),
-         "pkd": ("pkd_cls_reduction", "mean", "model-4.pt")}
+FIXED = {
+    "lad": ("gate_no_decay", ["bias", "LayerNorm.weight", "layernorm.weight"], "gate-3-4.pt"),
+    "pkd": ("pkd_cls_reduction", "mean", "model-4.pt"),
+}
 KEY = {"lad": "layernorm.weight", "pkd": "bert.encoder.layer.0.attention.self.query.weight"}
 
 
@@ -119,7 +122,7 @@ def test_old_run_resumes_bit_identically(cid, legacy, monkeypatch):
 
     # the same flags under a new experiment name: a fresh run (today's rules) works
     i = args.index("--experiment")
-    fresh = [*args[:i], "--experiment", f"{cid}_fresh", *args[i + 2:]]
+    fresh = [*args[:i], "--experiment", f"{cid}_fresh", *args[i + 2 :]]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -137,7 +140,9 @@ def test_old_run_resumes_bit_identically(cid, legacy, monkeypatch):
     assert set(config) - {"provenance"} == set(old_config) - {"provenance"}, cid
     # config.json keeps its fields (and a new run adds only the fix's)
     added = {k for k in ADDED_FIELDS if k not in old_config}  # flags added since the fixtures were made
-    assert set(new_config) - {"provenance"} - added == set(old_config) - {"provenance"} | ({fixed[0]} if fixed else set())
+    assert set(new_config) - {"provenance"} - added == set(old_config) - {"provenance"} | (
+        {fixed[0]} if fixed else set()
+    )
     if fixed is None:
         assert "fidelity fix" not in resumed.stderr
         for name in case["reference_files"]:

@@ -51,6 +51,7 @@ class SavedBytes:
         def pack(t):
             self.total += t.numel() * t.element_size()
             return t
+
         self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
         self._hooks.__enter__()
         return self
@@ -65,18 +66,33 @@ def _train(tmp_path, method_name: str, forward_kind: str, checkpointing: bool):
     student = bert(2, seed=0, dropout=0.1)
     teacher = None if method_name == "fine_tune" else bert(4, seed=3)
     method = _method(method_name)
-    forwards = training_forwards(student, teacher, enabled=forward_kind != "hugging_face",
-                                 ignores_padding=method.ignores_padding, record_attention=method.reads_attention,
-                                 gradient_checkpointing=checkpointing)
+    forwards = training_forwards(
+        student,
+        teacher,
+        enabled=forward_kind != "hugging_face",
+        ignores_padding=method.ignores_padding,
+        record_attention=method.reads_attention,
+        gradient_checkpointing=checkpointing,
+    )
     assert forwards.kind == forward_kind
     runs = []
     for layer in student.bert.encoder.layer:  # the feed-forward's activation module: both forwards call it
         layer.intermediate.intermediate_act_fn.register_forward_hook(lambda *a: runs.append(1))
-    trainer = trainer_for(tmp_path, f"{method_name}_{forward_kind}_{checkpointing}", method, STEPS, student=student,
-                          teacher=teacher, student_forward=forwards.student, teacher_forward=forwards.teacher)
+    trainer = trainer_for(
+        tmp_path,
+        f"{method_name}_{forward_kind}_{checkpointing}",
+        method,
+        STEPS,
+        student=student,
+        teacher=teacher,
+        student_forward=forwards.student,
+        teacher_forward=forwards.teacher,
+    )
     trainer.train()
-    weights = {**student.state_dict(),
-               **{f"{part.name}.{i}": p for part in trainer.parts[1:] for i, p in enumerate(part.params)}}
+    weights = {
+        **student.state_dict(),
+        **{f"{part.name}.{i}": p for part in trainer.parts[1:] for i, p in enumerate(part.params)},
+    }
     student.train()
     with SavedBytes() as saved:
         out = forward(forwards.student, fixed_batch(), method.needs_hidden_states)
@@ -85,11 +101,20 @@ def _train(tmp_path, method_name: str, forward_kind: str, checkpointing: bool):
     return {k: v.detach().clone() for k, v in weights.items()}, len(runs), saved.total
 
 
-@pytest.mark.parametrize("method_name,forward_kind", [("fine_tune", "packed"), ("fine_tune", "hugging_face"),
-                                                      ("lad", "grid"), ("lad", "hugging_face"), ("minilm", "packed"),
-                                                      ("minilm", "hugging_face")])
-def test_gradient_checkpointing_recomputes_each_layer_and_trains_to_the_same_weights(method_name, forward_kind,
-                                                                                     tmp_path):
+@pytest.mark.parametrize(
+    "method_name,forward_kind",
+    [
+        ("fine_tune", "packed"),
+        ("fine_tune", "hugging_face"),
+        ("lad", "grid"),
+        ("lad", "hugging_face"),
+        ("minilm", "packed"),
+        ("minilm", "hugging_face"),
+    ],
+)
+def test_gradient_checkpointing_recomputes_each_layer_and_trains_to_the_same_weights(
+    method_name, forward_kind, tmp_path
+):
     """Dropout on (its masks replayed by the recomputation from the restored random state): the same weights bit
     for bit after a few steps; each layer ran twice per step (forward, recomputation) and one forward keeps fewer
     bytes for the backward pass."""
@@ -113,11 +138,31 @@ def test_the_flag_reaches_the_training_forward(run, tiny_bert, exp_root, monkeyp
     def counting(*args, **kw):
         calls.append(1)
         return real(*args, **kw)
+
     real = padding_free.checkpointed
     monkeypatch.setattr(padding_free, "checkpointed", counting)
-    common = ["--model", "bert", "--ptrain_ver", str(tiny_bert), "--task", "qqp", "--total_step", "2",
-              "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "8", "--lr", "1e-3", "--max_seq_len", "24",
-              "--padding", "dynamic"]
+    common = [
+        "--model",
+        "bert",
+        "--ptrain_ver",
+        str(tiny_bert),
+        "--task",
+        "qqp",
+        "--total_step",
+        "2",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "2",
+        "--batch_size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--max_seq_len",
+        "24",
+        "--padding",
+        "dynamic",
+    ]
     run("run_fine_tune.py", "--experiment", "plain", *common)
     assert calls == []
     out = run("run_fine_tune.py", "--experiment", "ckpt", "--gradient_checkpointing", *common)
@@ -153,8 +198,11 @@ def test_the_teachers_linear_weights_cast_once_give_the_same_outputs(wrap):
     teacher = bert(3, seed=3).eval()
     cast = copy.deepcopy(teacher)
     assert precision.cast_frozen_linears(cast, torch.device("cpu")) == 3 * 2 * 6 + 4
-    own = {"hugging_face": lambda m: m, "packed": lambda m: PaddingFree(m, True, record_attention=True),
-           "grid": lambda m: PaddingFree(m, False, record_attention=True)}[wrap]
+    own = {
+        "hugging_face": lambda m: m,
+        "packed": lambda m: PaddingFree(m, True, record_attention=True),
+        "grid": lambda m: PaddingFree(m, False, record_attention=True),
+    }[wrap]
     with torch.no_grad(), precision.autocast():
         a, b = (forward(own(m), fixed_batch(), True) for m in (teacher, cast))
     assert a.logits.dtype == torch.bfloat16 and torch.equal(a.logits, b.logits)

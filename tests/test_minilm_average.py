@@ -38,6 +38,7 @@ def released_kl(s_left, s_right, t_left, t_right, heads: int, lengths) -> float:
     """minilmv2.bb's ``_get_kl_loss`` on the scaled dot products of (left, right), float64: per sequence b of
     n_b real tokens, KL(softmax(teacher) || softmax(student)) over its [heads, n_b, n_b] block, summed, divided
     by heads * n_b; then the mean over the batch."""
+
     def scores(left, right):
         a, b_ = split(left.double(), heads), split(right.double(), heads)
         return a @ b_.transpose(-1, -2) / math.sqrt(a.shape[-1])
@@ -54,8 +55,12 @@ def released_kl(s_left, s_right, t_left, t_right, heads: int, lengths) -> float:
 def token_kl(s_left, s_right, t_left, t_right, heads: int, lengths) -> float:
     """The batch-token average of runs started before: the same sums over every sequence's real rows, divided
     once by heads * sum_b n_b."""
-    total = sum(released_kl(s_left[b:b + 1], s_right[b:b + 1], t_left[b:b + 1], t_right[b:b + 1], heads, [n])
-                * heads * n for b, n in enumerate(lengths))
+    total = sum(
+        released_kl(s_left[b : b + 1], s_right[b : b + 1], t_left[b : b + 1], t_right[b : b + 1], heads, [n])
+        * heads
+        * n
+        for b, n in enumerate(lengths)
+    )
     return total / (heads * sum(lengths))
 
 
@@ -152,8 +157,13 @@ def test_a_batch_is_the_row_weighted_mean_of_its_shards():
     for average, equal in (("sequence", True), ("token", False)):
         whole, _ = minilmv2_loss(*tensors, 4, mask, average)
         shards = [[0, 2], [1]]  # rows[rank::2]
-        mean = sum(2 * len(rows) / 3 * minilmv2_loss(*(x[rows] for x in tensors), 4, mask[rows], average)[0].item()
-                   for rows in shards) / 2
+        mean = (
+            sum(
+                2 * len(rows) / 3 * minilmv2_loss(*(x[rows] for x in tensors), 4, mask[rows], average)[0].item()
+                for rows in shards
+            )
+            / 2
+        )
         assert (mean == pytest.approx(whole.item(), rel=1e-6)) is equal, average
 
 
@@ -180,7 +190,8 @@ def test_max_length_dynamic_and_padding_free_give_the_same_loss(relation_heads):
     torch.manual_seed(3)
     teacher = AutoModelForSequenceClassification.from_config(synthetic.tiny_config("bert", num_layers=2)).eval()
     student = AutoModelForSequenceClassification.from_config(
-        synthetic.tiny_config("bert", num_layers=1, hidden=16, ff=32)).eval()
+        synthetic.tiny_config("bert", num_layers=1, hidden=16, ff=32)
+    ).eval()
     for model in (teacher, student):  # sharper attention than the initialisation's near-uniform maps
         for layer in model.bert.encoder.layer:
             layer.attention.self.query.weight.data.mul_(8.0)
@@ -189,18 +200,37 @@ def test_max_length_dynamic_and_padding_free_give_the_same_loss(relation_heads):
 
     def batch(width: int) -> dict:
         mask = torch.tensor([[1 if s < n else 0 for s in range(width)] for n in LENGTHS])
-        return {"input_ids": ids[:, :width] * mask, "token_type_ids": torch.zeros(3, width, dtype=torch.long),
-                "attention_mask": mask}
+        return {
+            "input_ids": ids[:, :width] * mask,
+            "token_type_ids": torch.zeros(3, width, dtype=torch.long),
+            "attention_mask": mask,
+        }
 
-    method = MiniLM(1, 2, 0.0, 0.0, 1.0, 1.0, student_heads=2, teacher_heads=2, relation_heads=relation_heads,
-                    student_width=16, teacher_width=32, padding="dynamic")
+    method = MiniLM(
+        1,
+        2,
+        0.0,
+        0.0,
+        1.0,
+        1.0,
+        student_heads=2,
+        teacher_heads=2,
+        relation_heads=relation_heads,
+        student_width=16,
+        teacher_width=32,
+        padding="dynamic",
+    )
     values = {}
     with torch.no_grad():
-        for name, width, wrap in (("max_length", 12, AttentionCapture), ("dynamic", 7, AttentionCapture),
-                                  ("padding_free", 7, lambda m: PaddingFree(m, True, record_attention=True))):
+        for name, width, wrap in (
+            ("max_length", 12, AttentionCapture),
+            ("dynamic", 7, AttentionCapture),
+            ("padding_free", 7, lambda m: PaddingFree(m, True, record_attention=True)),
+        ):
             b = batch(width)
-            values[name] = method.losses(b, forward(wrap(student), b, False),
-                                         forward(wrap(teacher), b, False))["attention_relation_loss"].item()
+            values[name] = method.losses(b, forward(wrap(student), b, False), forward(wrap(teacher), b, False))[
+                "attention_relation_loss"
+            ].item()
         b = batch(7)
         hidden_s = student.bert(**b, output_hidden_states=True).hidden_states[0]
         hidden_t = teacher.bert(**b, output_hidden_states=True).hidden_states[1]
@@ -225,12 +255,39 @@ def build(legacy: dict, relation_heads: int | None):
     from fine_tune.plan.training import method_settings
     from fine_tune.tasks import get_task
 
-    flags = parse_layerwise("run_minilm_distil.py", "", "minilm", [
-        "--experiment", "x", "--task", "qqp", "--teacher_exp", "t", "--tckpt", "1", "--d_model", "8", "--d_ff", "16",
-        "--num_attention_heads", "2", "--num_hidden_layers", "1", "--mu", "0.5", "--hard_weight", "0",
-        "--soft_weight", "0", *(["--relation_heads", str(relation_heads)] if relation_heads else [])])
-    return get_method("minilm").build(method_settings(flags, get_task("qqp"), get_method("minilm"),
-                                                      TeacherShape(2, 12, 2), legacy))
+    flags = parse_layerwise(
+        "run_minilm_distil.py",
+        "",
+        "minilm",
+        [
+            "--experiment",
+            "x",
+            "--task",
+            "qqp",
+            "--teacher_exp",
+            "t",
+            "--tckpt",
+            "1",
+            "--d_model",
+            "8",
+            "--d_ff",
+            "16",
+            "--num_attention_heads",
+            "2",
+            "--num_hidden_layers",
+            "1",
+            "--mu",
+            "0.5",
+            "--hard_weight",
+            "0",
+            "--soft_weight",
+            "0",
+            *(["--relation_heads", str(relation_heads)] if relation_heads else []),
+        ],
+    )
+    return get_method("minilm").build(
+        method_settings(flags, get_task("qqp"), get_method("minilm"), TeacherShape(2, 12, 2), legacy)
+    )
 
 
 @pytest.mark.parametrize("relation_heads", [None, 4], ids=["minilm", "minilmv2"])
@@ -251,9 +308,11 @@ def test_a_run_started_before_keeps_the_token_average(relation_heads):
     else:  # attention distributions and value relations, head by head
         pairs, heads = ((sq, sk, tq, tk), (sv, sv, tv, tv)), 2
     assert new.losses(batch, student, teacher)["loss"].item() == pytest.approx(
-        0.5 * sum(released_kl(*p, heads, LENGTHS) for p in pairs), rel=1e-5)
+        0.5 * sum(released_kl(*p, heads, LENGTHS) for p in pairs), rel=1e-5
+    )
     assert old.losses(batch, student, teacher)["loss"].item() == pytest.approx(
-        0.5 * sum(token_kl(*p, heads, LENGTHS) for p in pairs), rel=1e-5)
+        0.5 * sum(token_kl(*p, heads, LENGTHS) for p in pairs), rel=1e-5
+    )
 
 
 def test_an_old_run_resumes_with_the_token_average(tiny_bert, data_root, exp_root):
@@ -267,14 +326,73 @@ def test_an_old_run_resumes_with_the_token_average(tiny_bert, data_root, exp_roo
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # computes like the killed subprocess (OMP_NUM_THREADS=1)
     try:
-        run_in_process("run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(tiny_bert),
-                       "--task", "qqp", "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2", "--batch_size",
-                       "16", "--lr", "1e-3", "--max_seq_len", "24", data_root=data_root, exp_root=exp_root)
-        args = ["--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", "2", "--model", "bert", "--task", "qqp",
-                "--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2", "--num_hidden_layers", "1",
-                "--padding", "dynamic", "--relation_heads", "4", "--mu", "5", "--total_step", "4", "--warmup_step",
-                "1", "--ckpt_step", "2", "--log_step", "1", "--batch_size", "8", "--lr", "1e-3", "--seed", "7",
-                "--map_examples", "0"]
+        run_in_process(
+            "run_fine_tune.py",
+            "--experiment",
+            "teacher",
+            "--model",
+            "bert",
+            "--ptrain_ver",
+            str(tiny_bert),
+            "--task",
+            "qqp",
+            "--total_step",
+            "2",
+            "--warmup_step",
+            "1",
+            "--ckpt_step",
+            "2",
+            "--batch_size",
+            "16",
+            "--lr",
+            "1e-3",
+            "--max_seq_len",
+            "24",
+            data_root=data_root,
+            exp_root=exp_root,
+        )
+        args = [
+            "--teacher_exp",
+            "teacher",
+            "--tmodel",
+            "bert",
+            "--tckpt",
+            "2",
+            "--model",
+            "bert",
+            "--task",
+            "qqp",
+            "--d_model",
+            "32",
+            "--d_ff",
+            "64",
+            "--num_attention_heads",
+            "2",
+            "--num_hidden_layers",
+            "1",
+            "--padding",
+            "dynamic",
+            "--relation_heads",
+            "4",
+            "--mu",
+            "5",
+            "--total_step",
+            "4",
+            "--warmup_step",
+            "1",
+            "--ckpt_step",
+            "2",
+            "--log_step",
+            "1",
+            "--batch_size",
+            "8",
+            "--lr",
+            "1e-3",
+            "--seed",
+            "7",
+            "--map_examples",
+            "0",
+        ]
 
         def folder(name: str):
             return exp_root / f"{name}_bert_qqp"
@@ -289,18 +407,38 @@ def test_an_old_run_resumes_with_the_token_average(tiny_bert, data_root, exp_roo
             return old
 
         as_before("old_whole")
-        run_in_process("run_minilm_distil.py", "--experiment", "old_whole", *args, data_root=data_root,
-                       exp_root=exp_root)
+        run_in_process(
+            "run_minilm_distil.py", "--experiment", "old_whole", *args, data_root=data_root, exp_root=exp_root
+        )
         as_before("old")
-        env = dict(os.environ, FT_DATA_ROOT=str(data_root), FT_EXP_ROOT=str(exp_root), TQDM_DISABLE="1",
-                   OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        killed = subprocess.run([sys.executable, str(REPO / "tests" / "killpoint.py"), "after:resume-2.pt",
-                                 str(REPO / "run_minilm_distil.py"), "--experiment", "old", *args],
-                                env=env, capture_output=True, text=True, cwd=str(data_root.parent))
+        env = dict(
+            os.environ,
+            FT_DATA_ROOT=str(data_root),
+            FT_EXP_ROOT=str(exp_root),
+            TQDM_DISABLE="1",
+            OMP_NUM_THREADS="1",
+            PYTHONUNBUFFERED="1",
+        )
+        killed = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "tests" / "killpoint.py"),
+                "after:resume-2.pt",
+                str(REPO / "run_minilm_distil.py"),
+                "--experiment",
+                "old",
+                *args,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=str(data_root.parent),
+        )
         assert killed.returncode == -signal.SIGKILL, killed.stderr
         assert not (folder("old") / "model-4.pt").exists()
-        resumed = run_in_process("run_minilm_distil.py", "--experiment", "old", *args, data_root=data_root,
-                                 exp_root=exp_root)
+        resumed = run_in_process(
+            "run_minilm_distil.py", "--experiment", "old", *args, data_root=data_root, exp_root=exp_root
+        )
         run_in_process("run_minilm_distil.py", "--experiment", "new", *args, data_root=data_root, exp_root=exp_root)
     finally:
         torch.set_num_threads(threads)

@@ -24,8 +24,22 @@ from fine_tune.models.families import FAMILIES
 from fine_tune.models.forward import forward
 
 FAMILY_NAMES = list(FAMILIES)
-STEPS = ["--total_step", "4", "--warmup_step", "1", "--ckpt_step", "2", "--log_step", "2", "--batch_size", "8",
-         "--lr", "1e-3", "--task", "qqp"]
+STEPS = [
+    "--total_step",
+    "4",
+    "--warmup_step",
+    "1",
+    "--ckpt_step",
+    "2",
+    "--log_step",
+    "2",
+    "--batch_size",
+    "8",
+    "--lr",
+    "1e-3",
+    "--task",
+    "qqp",
+]
 SMALL = ["--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2", "--num_hidden_layers", "2"]
 
 
@@ -40,8 +54,19 @@ def world(tmp_path_factory):
         for family in FAMILY_NAMES:
             layers = 4 if family in ("bert", "roberta") else 2
             w[family] = synthetic.write_tiny_model(base / f"pre-{family}", family, num_layers=layers)
-            run(w, "run_fine_tune.py", "--experiment", "ft", "--model", family, "--ptrain_ver", str(w[family]),
-                "--max_seq_len", "48", *STEPS)
+            run(
+                w,
+                "run_fine_tune.py",
+                "--experiment",
+                "ft",
+                "--model",
+                family,
+                "--ptrain_ver",
+                str(w[family]),
+                "--max_seq_len",
+                "48",
+                *STEPS,
+            )
         yield w
 
 
@@ -50,8 +75,18 @@ def own_logits(w, family: str = "bert", split: str = "dev") -> str:
     a test that reads it does not depend on the test that generates it having run first."""
     name = f"ft_{family}_qqp"
     if not (w["data"] / "logits" / name / split / "logits.jsonl").is_file():
-        run(w, "run_fine_tune_gen_logits.py", "--experiment", "ft", "--model", family, "--task", "qqp",
-            "--dataset", split)
+        run(
+            w,
+            "run_fine_tune_gen_logits.py",
+            "--experiment",
+            "ft",
+            "--model",
+            family,
+            "--task",
+            "qqp",
+            "--dataset",
+            split,
+        )
     return name
 
 
@@ -89,21 +124,50 @@ def test_roberta_teacher_distils_into_a_bert_student_offline(world):
     w = world
     run(w, "run_fine_tune_gen_logits.py", "--experiment", "ft", "--model", "roberta", "--task", "qqp")
     # a BERT student built from flags takes the logits set's (RoBERTa's) tokenizer
-    run(w, "run_fine_tune_distill.py", "--experiment", "kd", "--model", "bert", "--dataset", "ft_roberta_qqp",
-        *SMALL, "--max_seq_len", "48", *STEPS)
+    run(
+        w,
+        "run_fine_tune_distill.py",
+        "--experiment",
+        "kd",
+        "--model",
+        "bert",
+        "--dataset",
+        "ft_roberta_qqp",
+        *SMALL,
+        "--max_seq_len",
+        "48",
+        *STEPS,
+    )
     student = w["exp"] / "kd_bert_qqp" / "model"
     assert json.loads((student / "config.json").read_text())["model_type"] == "bert"
-    assert AutoTokenizer.from_pretrained(student).get_vocab() == \
-        AutoTokenizer.from_pretrained(w["exp"] / "ft_roberta_qqp" / "model").get_vocab()
+    assert (
+        AutoTokenizer.from_pretrained(student).get_vocab()
+        == AutoTokenizer.from_pretrained(w["exp"] / "ft_roberta_qqp" / "model").get_vocab()
+    )
     # a pretrained BERT student keeps its own tokenizer: logits are per row, any tokenisation learns from them
-    proc = run(w, "run_fine_tune_distill.py", "--experiment", "kd_pre", "--model", "bert", "--dataset",
-               "ft_roberta_qqp", "--student_ptrain_ver", str(w["bert"]), "--max_seq_len", "48", *STEPS)
+    proc = run(
+        w,
+        "run_fine_tune_distill.py",
+        "--experiment",
+        "kd_pre",
+        "--model",
+        "bert",
+        "--dataset",
+        "ft_roberta_qqp",
+        "--student_ptrain_ver",
+        str(w["bert"]),
+        "--max_seq_len",
+        "48",
+        *STEPS,
+    )
     assert "do not apply" in proc.stderr
     folder = w["exp"] / "kd_pre_bert_qqp"
     config = json.loads((folder / "config.json").read_text())
     assert config["student_ptrain_ver"] == str(w["bert"]) and config["num_hidden_layers"] == 4
-    assert AutoTokenizer.from_pretrained(folder / "model").get_vocab() == \
-        AutoTokenizer.from_pretrained(w["bert"]).get_vocab()
+    assert (
+        AutoTokenizer.from_pretrained(folder / "model").get_vocab()
+        == AutoTokenizer.from_pretrained(w["bert"]).get_vocab()
+    )
     run(w, "export_model.py", "--experiment", "kd_pre", "--model", "bert", "--task", "qqp")
     assert AutoModelForSequenceClassification.from_pretrained(folder / "hf-model-4").config.num_hidden_layers == 4
 
@@ -127,8 +191,22 @@ def test_a_hugging_face_teacher_drives_gen_logits_and_lad(world):
     w = world
     hf = hf_teacher_with_swapped_labels(w)
     # its logits data set: the teacher's outputs put back in the task's order equal the experiment's own logits
-    proc = run(w, "run_fine_tune_gen_logits.py", "--experiment", "hfteacher", "--model", "bert", "--task", "qqp",
-               "--dataset", "dev", "--teacher_hf", str(hf), "--max_seq_len", "48")
+    proc = run(
+        w,
+        "run_fine_tune_gen_logits.py",
+        "--experiment",
+        "hfteacher",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--dataset",
+        "dev",
+        "--teacher_hf",
+        str(hf),
+        "--max_seq_len",
+        "48",
+    )
     assert "(Hugging Face)" in proc.stdout
     _, got = logits_rows(w, "hfteacher_bert_qqp")
     _, reference = logits_rows(w, own_logits(w, "bert", "dev"))
@@ -136,8 +214,20 @@ def test_a_hugging_face_teacher_drives_gen_logits_and_lad(world):
     meta = json.loads((w["data"] / "logits" / "hfteacher_bert_qqp" / "dev" / "meta.json").read_text())
     assert meta["teacher_hf"] == str(hf) and meta["teacher_experiment"] is None
     # LAD from the Hugging Face folder; no toolkit experiment of the teacher is read
-    run(w, "run_lad_distil.py", "--experiment", "lad_hf", "--model", "bert", "--teacher_hf", str(hf),
-        "--max_seq_len", "48", *SMALL, *STEPS)
+    run(
+        w,
+        "run_lad_distil.py",
+        "--experiment",
+        "lad_hf",
+        "--model",
+        "bert",
+        "--teacher_hf",
+        str(hf),
+        "--max_seq_len",
+        "48",
+        *SMALL,
+        *STEPS,
+    )
     config = json.loads((w["exp"] / "lad_hf_bert_qqp" / "config.json").read_text())
     assert config["teacher_checkpoint"] == str(hf) and config["teacher_label_order"] == [1, 0]
     assert config["hidden_mapping"] == "S1<-A2, S2<-A4" and config["tmodel"] == "bert"
@@ -147,8 +237,21 @@ def test_a_hugging_face_teacher_drives_gen_logits_and_lad(world):
 def test_a_pretrained_student_of_another_width_learns_through_a_projection(world):
     w = world
     wide = synthetic.write_tiny_model(w["base"] / "wide-student", "bert", num_layers=2, hidden=48, heads=2, ff=96)
-    proc = run(w, "run_pkd_distill.py", "--experiment", "pkd_wide", "--model", "bert", "--teacher_exp", "ft",
-               "--tckpt", "4", "--student_ptrain_ver", str(wide), *STEPS)
+    proc = run(
+        w,
+        "run_pkd_distill.py",
+        "--experiment",
+        "pkd_wide",
+        "--model",
+        "bert",
+        "--teacher_exp",
+        "ft",
+        "--tckpt",
+        "4",
+        "--student_ptrain_ver",
+        str(wide),
+        *STEPS,
+    )
     folder = w["exp"] / "pkd_wide_bert_qqp"
     assert "learned width projection" in proc.stderr
     projection = torch.load(folder / "projection-4.pt", weights_only=True)
@@ -170,26 +273,59 @@ def test_the_projection_gets_gradient_from_every_layerwise_loss():
     from fine_tune.cli import parse_layerwise
 
     for method_name, extra in (("lad", []), ("pkd", []), ("alp", []), ("tinybert", [])):
-        flags = parse_layerwise("x", "", method_name, ["--experiment", "x", "--task", "qqp", "--teacher_exp", "t",
-                                                        "--tckpt", "1", "--d_model", "8", "--d_ff", "16",
-                                                        "--num_attention_heads", "2", "--num_hidden_layers", "2",
-                                                        "--max_seq_len", "6", *extra])
+        flags = parse_layerwise(
+            "x",
+            "",
+            method_name,
+            [
+                "--experiment",
+                "x",
+                "--task",
+                "qqp",
+                "--teacher_exp",
+                "t",
+                "--tckpt",
+                "1",
+                "--d_model",
+                "8",
+                "--d_ff",
+                "16",
+                "--num_attention_heads",
+                "2",
+                "--num_hidden_layers",
+                "2",
+                "--max_seq_len",
+                "6",
+                *extra,
+            ],
+        )
         from fine_tune.methods import get_method
         from fine_tune.plan.training import method_settings
         from fine_tune.tasks import get_task
 
-        method = get_method(method_name).build(method_settings(flags, get_task("qqp"), get_method(method_name),
-                                                                     TeacherShape(4, 12, 2)))
+        method = get_method(method_name).build(
+            method_settings(flags, get_task("qqp"), get_method(method_name), TeacherShape(4, 12, 2))
+        )
         torch.manual_seed(0)
         method.create_parameters(None, None)
         assert method.projection is not None and [e.name for e in method.extra_parameters()][-1] == "projection"
         b, s = 3, 6
         mask = torch.ones(b, s, dtype=torch.long)
         mask[0, 4:] = 0
-        st = ModelOutputs(torch.randn(b, 2), tuple(torch.randn(b, s, 8) for _ in range(2)), mask,
-                          tuple((torch.randn(b, s, 8),) * 3 for _ in range(2)), torch.randn(b, s, 8))
-        te = ModelOutputs(torch.randn(b, 2), tuple(torch.randn(b, s, 12) for _ in range(4)), mask,
-                          tuple((torch.randn(b, s, 12),) * 3 for _ in range(4)), torch.randn(b, s, 12))
+        st = ModelOutputs(
+            torch.randn(b, 2),
+            tuple(torch.randn(b, s, 8) for _ in range(2)),
+            mask,
+            tuple((torch.randn(b, s, 8),) * 3 for _ in range(2)),
+            torch.randn(b, s, 8),
+        )
+        te = ModelOutputs(
+            torch.randn(b, 2),
+            tuple(torch.randn(b, s, 12) for _ in range(4)),
+            mask,
+            tuple((torch.randn(b, s, 12),) * 3 for _ in range(4)),
+            torch.randn(b, s, 12),
+        )
         method.losses({"labels": torch.tensor([0, 1, 1])}, st, te)["loss"].backward()
         grads = [p.grad for p in method.projection.parameters()]
         assert all(g is not None and g.abs().sum() > 0 for g in grads), method_name
@@ -210,14 +346,26 @@ def test_tinybert_loss_matches_an_independent_computation_on_real_models(world):
     torch.manual_seed(0)
     teacher = AutoModelForSequenceClassification.from_config(synthetic.tiny_config("bert", num_layers=4)).eval()
     student = AutoModelForSequenceClassification.from_config(
-        synthetic.tiny_config("bert", num_layers=2, hidden=24, ff=48)).eval()
+        synthetic.tiny_config("bert", num_layers=2, hidden=24, ff=48)
+    ).eval()
     sharpen(teacher)
     sharpen(student)
     from fine_tune.engine.optim import OptimiserSettings
 
-    method = TinyBERT(2, 4, 0.0, 1.0, 1.0, 1.0, stage="intermediate", student_heads=2, teacher_heads=2,
-                      student_width=24, teacher_width=32,
-                      projection_optimiser=OptimiserSettings(lr=1e-3, total_step=1, warmup_step=0))
+    method = TinyBERT(
+        2,
+        4,
+        0.0,
+        1.0,
+        1.0,
+        1.0,
+        stage="intermediate",
+        student_heads=2,
+        teacher_heads=2,
+        student_width=24,
+        teacher_width=32,
+        projection_optimiser=OptimiserSettings(lr=1e-3, total_step=1, warmup_step=0),
+    )
     method.create_parameters(None, None)
     ids = torch.randint(5, 100, (2, 7))
     mask = torch.ones(2, 7, dtype=torch.long)
@@ -256,9 +404,11 @@ def test_minilm_attention_kl_matches_hugging_faces_own_attention(world):
     Face's eager attention returns (output_attentions), computed here in float64."""
     torch.manual_seed(1)
     teacher = AutoModelForSequenceClassification.from_config(
-        synthetic.tiny_config("bert", num_layers=4), attn_implementation="eager").eval()
+        synthetic.tiny_config("bert", num_layers=4), attn_implementation="eager"
+    ).eval()
     student = AutoModelForSequenceClassification.from_config(
-        synthetic.tiny_config("bert", num_layers=2, hidden=16, ff=32), attn_implementation="eager").eval()
+        synthetic.tiny_config("bert", num_layers=2, hidden=16, ff=32), attn_implementation="eager"
+    ).eval()
     sharpen(teacher)
     sharpen(student)
     method = MiniLM(2, 4, 0.0, 0.0, 1.0, 1.0, student_heads=2, teacher_heads=2)
@@ -267,8 +417,9 @@ def test_minilm_attention_kl_matches_hugging_faces_own_attention(world):
     mask[0, 3:] = 0
     batch = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": mask}
     with torch.no_grad():
-        parts = method.losses(batch, forward(AttentionCapture(student), batch, False),
-                              forward(AttentionCapture(teacher), batch, False))
+        parts = method.losses(
+            batch, forward(AttentionCapture(student), batch, False), forward(AttentionCapture(teacher), batch, False)
+        )
         a_s = student(**batch, output_attentions=True).attentions[-1].double()
         a_t = teacher(**batch, output_attentions=True).attentions[-1].double()
     total = 0.0  # averaged per sequence (its heads and real queries), then over the batch (MiniLMv2's public code)
@@ -293,9 +444,21 @@ def test_tinybert_both_stages_and_minilmv2_across_widths_run_end_to_end(world):
     stage1 = w["exp"] / "tb1_bert_qqp"
     assert json.loads((stage1 / "config.json").read_text())["hidden_mapping"] == "E<-E, S1<-T2, S2<-T4"
     assert torch.load(stage1 / "projection-4.pt", weights_only=True)["maps.0.weight"].shape == (32, 24)
-    run(w, "export_model.py", "--experiment", "tb1", "--model", "bert", "--task", "qqp", "--out", str(w["base"] / "tb1"))
-    run(w, "run_tinybert_distil.py", "--experiment", "tb2", *teacher, "--tinybert_stage", "prediction",
-        "--student_ptrain_ver", str(w["base"] / "tb1"), *STEPS)
+    run(
+        w, "export_model.py", "--experiment", "tb1", "--model", "bert", "--task", "qqp", "--out", str(w["base"] / "tb1")
+    )
+    run(
+        w,
+        "run_tinybert_distil.py",
+        "--experiment",
+        "tb2",
+        *teacher,
+        "--tinybert_stage",
+        "prediction",
+        "--student_ptrain_ver",
+        str(w["base"] / "tb1"),
+        *STEPS,
+    )
     stage2 = w["exp"] / "tb2_bert_qqp"
     assert not list(stage2.glob("projection-*.pt"))  # the prediction stage compares logits only
     # stage 2 starts from stage 1's student: its first checkpoint moved away from it, from there
@@ -303,13 +466,32 @@ def test_tinybert_both_stages_and_minilmv2_across_widths_run_end_to_end(world):
     after = torch.load(stage2 / "model-2.pt", weights_only=True)
     assert max((after[k].float() - start[k].float()).abs().max().item() for k in after if k in start) < 0.05
     # MiniLMv2 relations: a student of another width and head count, no projection
-    run(w, "run_minilm_distil.py", "--experiment", "mini", *teacher, "--d_model", "24", "--d_ff", "48",
-        "--num_attention_heads", "3", "--num_hidden_layers", "2", "--relation_heads", "4", "--padding", "dynamic",
-        *STEPS)
+    run(
+        w,
+        "run_minilm_distil.py",
+        "--experiment",
+        "mini",
+        *teacher,
+        "--d_model",
+        "24",
+        "--d_ff",
+        "48",
+        "--num_attention_heads",
+        "3",
+        "--num_hidden_layers",
+        "2",
+        "--relation_heads",
+        "4",
+        "--padding",
+        "dynamic",
+        *STEPS,
+    )
     mini = w["exp"] / "mini_bert_qqp"
     assert not list(mini.glob("projection-*.pt"))
-    assert json.loads((mini / "config.json").read_text())["hidden_mapping"] == \
-        "S2<-T4 (Q-Q, K-K, V-V relations, 4 relation heads)"
+    assert (
+        json.loads((mini / "config.json").read_text())["hidden_mapping"]
+        == "S2<-T4 (Q-Q, K-K, V-V relations, 4 relation heads)"
+    )
 
 
 def test_attention_capture_records_every_layer_of_every_family():
@@ -317,8 +499,7 @@ def test_attention_capture_records_every_layer_of_every_family():
         torch.manual_seed(0)
         model = AutoModelForSequenceClassification.from_config(synthetic.tiny_config(family, num_layers=3)).eval()
         ids = torch.randint(5, 100, (2, 5))
-        batch = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids),
-                 "attention_mask": torch.ones_like(ids)}
+        batch = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": torch.ones_like(ids)}
         captured = forward(AttentionCapture(model), batch, True)
         plain = forward(model, batch, True)
         assert len(captured.attention_inputs) == 3, family
@@ -341,8 +522,20 @@ def test_attention_capture_records_every_layer_of_every_family():
 def test_a_layerwise_teacher_from_another_family_and_a_distilbert_student(world):
     """A BERT teacher and a DistilBERT student (BERT's tokenizer; no token types) in one layer-wise run."""
     w = world
-    proc = run(w, "run_pkd_distill.py", "--experiment", "pkd_distil", "--model", "distilbert", "--teacher_exp", "ft",
-               "--tckpt", "4", *SMALL, *STEPS)
+    proc = run(
+        w,
+        "run_pkd_distill.py",
+        "--experiment",
+        "pkd_distil",
+        "--model",
+        "distilbert",
+        "--teacher_exp",
+        "ft",
+        "--tckpt",
+        "4",
+        *SMALL,
+        *STEPS,
+    )
     assert "pkd_distil_distilbert_qqp" in proc.stderr
     folder = w["exp"] / "pkd_distil_distilbert_qqp"
     assert json.loads((folder / "model" / "config.json").read_text())["model_type"] == "distilbert"
@@ -364,8 +557,10 @@ def test_layer_maps_of_a_student_whose_layers_do_not_divide_the_teachers():
     assert PKD(4, 6, 1, 1, 1, 1, loss="normalized_cls").teacher_layers == [2, 3, 5]
     assert lad_targets(6, 4) == [2, 3, 5, 6]
     gates = OptimiserSettings(lr=1e-3, total_step=1, warmup_step=0)
-    assert LAD(4, 6, 1, 1, 1, 1, d_model=8, seq_len=4, gate_optimiser=gates).describe_mapping() == \
-        "S1<-A2, S2<-A3, S3<-A5, S4<-A6"
+    assert (
+        LAD(4, 6, 1, 1, 1, 1, d_model=8, seq_len=4, gate_optimiser=gates).describe_mapping()
+        == "S1<-A2, S2<-A3, S3<-A5, S4<-A6"
+    )
     assert [ALPKD(4, 6, 1, 1, 1, 1, mode="alp-kd-hidden-v2").visible(j) for j in range(1, 5)] == [2, 3, 5, None]
     assert TinyBERT(4, 6, 0, 1, 1, 1).teacher_layers == [2, 3, 5, 6]
     with pytest.raises(UserError, match="not a multiple"):
@@ -398,8 +593,9 @@ def test_tinybert_head_mean_compares_the_heads_mean_maps():
 
     def mean_map(q, k, heads):
         d = q.shape[-1] // heads
-        maps = [q[..., h * d:(h + 1) * d] @ k[..., h * d:(h + 1) * d].transpose(-1, -2) / d ** 0.5
-                for h in range(heads)]
+        maps = [
+            q[..., h * d : (h + 1) * d] @ k[..., h * d : (h + 1) * d].transpose(-1, -2) / d**0.5 for h in range(heads)
+        ]
         return sum(maps) / heads * mask[:, None, :].double()
 
     expected = ((mean_map(sq, sk, 3) - mean_map(tq, tk, 2)) ** 2).mean().item()
@@ -422,11 +618,16 @@ def test_the_padding_free_forward_records_the_same_attention_inputs(packed):
     mask[2, 6:] = 0
     batch = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": mask}
     padding = "dynamic" if packed else "max_length"
-    methods = [TinyBERT(2, 4, 0.0, 1.0, 1.0, 1.0, student_heads=2, teacher_heads=2, padding=padding),
-               MiniLM(2, 4, 0.0, 0.0, 1.0, 1.0, student_heads=2, teacher_heads=2, padding=padding)]
+    methods = [
+        TinyBERT(2, 4, 0.0, 1.0, 1.0, 1.0, student_heads=2, teacher_heads=2, padding=padding),
+        MiniLM(2, 4, 0.0, 0.0, 1.0, 1.0, student_heads=2, teacher_heads=2, padding=padding),
+    ]
     with torch.no_grad():
         outs = {}
-        for name, wrap in (("hooks", AttentionCapture), ("own", lambda m: PaddingFree(m, packed, record_attention=True))):
+        for name, wrap in (
+            ("hooks", AttentionCapture),
+            ("own", lambda m: PaddingFree(m, packed, record_attention=True)),
+        ):
             outs[name] = [forward(wrap(m), batch, True) for m in (student, teacher)]
         real = mask.bool()[..., None]
         for a, b in zip(outs["hooks"], outs["own"]):
@@ -465,8 +666,19 @@ def test_token_types_go_only_to_models_that_read_them(world):
         (folder / name).unlink(missing_ok=True)
     synthetic.tiny_tokenizer("bert").save_pretrained(folder)
     assert max(max(t) for t in synthetic.tiny_tokenizer("bert")(["a b"], ["c d"])["token_type_ids"]) == 1
-    run(w, "run_fine_tune.py", "--experiment", "rwp", "--model", "roberta", "--ptrain_ver", str(folder),
-        "--max_seq_len", "48", *STEPS)
+    run(
+        w,
+        "run_fine_tune.py",
+        "--experiment",
+        "rwp",
+        "--model",
+        "roberta",
+        "--ptrain_ver",
+        str(folder),
+        "--max_seq_len",
+        "48",
+        *STEPS,
+    )
     run(w, "run_fine_tune_eval.py", "--experiment", "rwp", "--model", "roberta", "--task", "qqp", "--dataset", "dev")
 
 
@@ -475,11 +687,18 @@ def test_the_family_records_import_without_torch_or_transformers():
     import subprocess
     import sys
 
-    code = ("import sys, fine_tune.models.families as f, fine_tune.synthetic; "
-            "assert f.FAMILY_NAMES == tuple(f.FAMILIES); "
-            "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          cwd=Path(__file__).resolve().parent.parent)
+    code = (
+        "import sys, fine_tune.models.families as f, fine_tune.synthetic; "
+        "assert f.FAMILY_NAMES == tuple(f.FAMILIES); "
+        "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
@@ -494,9 +713,19 @@ def test_a_seventh_family_is_one_record(monkeypatch, tmp_path):
 
     record = dataclasses.replace(families.FAMILIES["roberta"], name="xlm-roberta")
     monkeypatch.setitem(families.FAMILIES, "xlm-roberta", record)
-    config = student_config("xlm-roberta", vocab_size=len(synthetic.VOCAB), num_class=3, d_model=32, d_ff=64,
-                            num_attention_heads=2, num_hidden_layers=2, type_vocab_size=1, dropout=0.1,
-                            max_position_embeddings=40, pad_token_id=1)
+    config = student_config(
+        "xlm-roberta",
+        vocab_size=len(synthetic.VOCAB),
+        num_class=3,
+        d_model=32,
+        d_ff=64,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        type_vocab_size=1,
+        dropout=0.1,
+        max_position_embeddings=40,
+        pad_token_id=1,
+    )
     assert config.model_type == "xlm-roberta" and config.num_labels == 3 and config.type_vocab_size == 1
     assert config.max_position_embeddings == 42 and families.usable_positions(config) == 40
     folder = synthetic.write_tiny_model(tmp_path / "xlmr", "xlm-roberta", max_positions=40)

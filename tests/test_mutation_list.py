@@ -1,6 +1,7 @@
 """The mutation list itself (scripts/mutation_check.py): every mutation applies to today's tree — its source text
 occurs exactly once in its file, and a Python file still parses once mutated (a mutant that does not parse fails
 every test, so its "caught" would prove nothing) — and no two share a name."""
+
 import importlib.util
 import sys
 from pathlib import Path

@@ -16,8 +16,26 @@ import pytest
 import torch
 from conftest import HANG_GUARD, REPO
 
-BASE = ["--model", "bert", "--task", "qqp", "--total_step", "4", "--warmup_step", "1", "--ckpt_step", "2",
-        "--log_step", "2", "--batch_size", "8", "--lr", "1e-3", "--max_seq_len", "24"]
+BASE = [
+    "--model",
+    "bert",
+    "--task",
+    "qqp",
+    "--total_step",
+    "4",
+    "--warmup_step",
+    "1",
+    "--ckpt_step",
+    "2",
+    "--log_step",
+    "2",
+    "--batch_size",
+    "8",
+    "--lr",
+    "1e-3",
+    "--max_seq_len",
+    "24",
+]
 
 
 def tune(name: str, tiny: Path, *extra: str) -> list[str]:
@@ -92,10 +110,18 @@ def test_the_demo_replaces_only_a_folder_it_wrote(tmp_path):
 
 def hold_lock(folder: Path) -> subprocess.Popen:
     """Another process that holds ``folder``'s writer lock until it is killed; returns once it holds it."""
-    code = ("import sys; from fine_tune.locking import lock_folder; lock_folder(sys.argv[1], 'experiment'); "
-            "print('locked', flush=True); sys.stdin.read()")  # holds it until killed (or its stdin closes)
-    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], cwd=REPO, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    code = (
+        "import sys; from fine_tune.locking import lock_folder; lock_folder(sys.argv[1], 'experiment'); "
+        "print('locked', flush=True); sys.stdin.read()"
+    )  # holds it until killed (or its stdin closes)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     assert proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -123,8 +149,13 @@ def test_one_writer_per_experiment(run, tiny_bert, exp_root):
 
 def killed_after(kill: str, script: str, args: list[str], data_root: Path, exp_root: Path) -> None:
     env = dict(os.environ, FT_DATA_ROOT=str(data_root), FT_EXP_ROOT=str(exp_root), TQDM_DISABLE="1")
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "killpoint.py"), kill, str(REPO / script), *args],
-                          env=env, capture_output=True, text=True, timeout=HANG_GUARD)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "killpoint.py"), kill, str(REPO / script), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+    )
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr)
 
 
@@ -149,12 +180,46 @@ def test_resume_refuses_a_changed_training_file(run, tiny_bert, data_root, exp_r
 
 def test_distillation_refuses_logits_of_a_retrained_teacher(run, tiny_bert, data_root, exp_root):
     run("run_fine_tune.py", *tune("teach", tiny_bert))
-    run("run_fine_tune_gen_logits.py", "--experiment", "teach", "--model", "bert", "--task", "qqp", "--dataset", "train",
-        "--ckpt", "4")
+    run(
+        "run_fine_tune_gen_logits.py",
+        "--experiment",
+        "teach",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--dataset",
+        "train",
+        "--ckpt",
+        "4",
+    )
     run("run_fine_tune.py", *tune("teach", tiny_bert, "--seed", "9", "--overwrite"))  # another teacher, same name
-    kd = ["--experiment", "kd", "--model", "bert", "--task", "qqp", "--dataset", "teach_bert_qqp", "--d_model", "16",
-          "--d_ff", "32", "--num_attention_heads", "2", "--num_hidden_layers", "1", "--total_step", "2",
-          "--warmup_step", "0", "--batch_size", "8", "--max_seq_len", "24"]
+    kd = [
+        "--experiment",
+        "kd",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--dataset",
+        "teach_bert_qqp",
+        "--d_model",
+        "16",
+        "--d_ff",
+        "32",
+        "--num_attention_heads",
+        "2",
+        "--num_hidden_layers",
+        "1",
+        "--total_step",
+        "2",
+        "--warmup_step",
+        "0",
+        "--batch_size",
+        "8",
+        "--max_seq_len",
+        "24",
+    ]
     line = one_line_error(run("run_fine_tune_distill.py", *kd, check=False))
     assert "its logits were computed by" in line and "now holds other weights" in line
     assert not (exp_root / "kd_bert_qqp").exists()
@@ -200,13 +265,21 @@ def test_the_file_size_limit_is_one_line_and_the_previous_checkpoint_stays(tiny_
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 
     env = dict(os.environ, FT_DATA_ROOT=str(data_root), FT_EXP_ROOT=str(exp_root), TQDM_DISABLE="1")
-    proc = subprocess.run([sys.executable, str(REPO / "run_fine_tune.py"), *tune("full", tiny_bert)], env=env,
-                          capture_output=True, text=True, timeout=HANG_GUARD, preexec_fn=limited)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run_fine_tune.py"), *tune("full", tiny_bert)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        preexec_fn=limited,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]  # after the run's banner line
     folder = exp_root / "full_bert_qqp"
-    assert line.startswith(f"error: could not write {folder}/model-2.pt: the file-size limit (ulimit -f) of 100000 "
-                           f"bytes; nothing was replaced"), line
+    assert line.startswith(
+        f"error: could not write {folder}/model-2.pt: the file-size limit (ulimit -f) of 100000 "
+        f"bytes; nothing was replaced"
+    ), line
     assert not list(folder.glob("model-*.pt")) and not list(folder.glob("resume-*.pt"))
     assert not list(folder.glob(".tmp-*"))
 
@@ -256,11 +329,27 @@ def test_two_runs_started_at_once_write_one_event_stream(tiny_bert, data_root, e
     test releases both): exactly one takes it and trains, the other is refused naming it, while the first still
     holds it; one event stream is written."""
 
-    env = dict(os.environ, FT_DATA_ROOT=str(data_root), FT_EXP_ROOT=str(exp_root), TQDM_DISABLE="1",
-               OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = dict(
+        os.environ,
+        FT_DATA_ROOT=str(data_root),
+        FT_EXP_ROOT=str(exp_root),
+        TQDM_DISABLE="1",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(REPO),
+    )
     cmd = [sys.executable, "-c", AT_THE_LOCK, str(REPO / "run_fine_tune.py"), *tune("twin", tiny_bert)]
-    procs = [subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, cwd=str(data_root.parent)) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=str(data_root.parent),
+        )
+        for _ in range(2)
+    ]
     try:
         for p in procs:  # both passed the first guard and stand before the lock
             assert p.stdout.readline().strip() == "ready", p.communicate(timeout=HANG_GUARD)
@@ -331,8 +420,11 @@ def test_an_unreadable_checkpoint_says_what_is_wrong(tmp_path):
     cut.write_bytes(data[:-10])
     with pytest.raises(OSError, match="Invalid argument"):  # what torch itself says of this file
         torch.load(cut, weights_only=True)
-    with pytest.raises(UserError, match=rf"^{cut}: not a readable checkpoint \(truncated or damaged: its "
-                                        rf"{len(data) - 10} bytes do not hold a whole PyTorch checkpoint\)$"):
+    with pytest.raises(
+        UserError,
+        match=rf"^{cut}: not a readable checkpoint \(truncated or damaged: its "
+        rf"{len(data) - 10} bytes do not hold a whole PyTorch checkpoint\)$",
+    ):
         read_checkpoint(cut)
     cut.write_bytes(b"")
     with pytest.raises(UserError, match=r"\(an empty file, 0 bytes\)$"):
@@ -380,8 +472,11 @@ def test_a_workflow_that_fails_in_process_releases_what_it_holds(run, tiny_bert,
         calls["n"] += 1
         if calls["n"] == 3:  # step 3 of 4: after checkpoint 2 and the log at step 2
             # inside the run: the lock is held, by this process, and says so
-            seen.update(held=folder in locking._held, free=flock_free(folder),
-                        holder=json.loads((folder / locking.HOLDER_FILE).read_text())["pid"])
+            seen.update(
+                held=folder in locking._held,
+                free=flock_free(folder),
+                holder=json.loads((folder / locking.HOLDER_FILE).read_text())["pid"],
+            )
             raise RuntimeError("injected failure")
         return real(self, batch, student, teacher)
 
@@ -410,19 +505,38 @@ def test_an_operating_system_failure_is_one_line_and_writes_nothing(run, tiny_be
     """The one boundary (cli.run_main): an OSError no check foresaw is one line naming the path and the cause, exit
     status 2, never a traceback: an --exp_root with a 300-character folder name is longer than a file name may be
     (a 300-character --experiment is refused by the name check, before: tests/test_bad_inputs.py)."""
-    common = ["--experiment", "x", "--model", "bert", "--task", "qqp", "--ptrain_ver", str(tiny_bert),
-              "--max_seq_len", "24", "--total_step", "1", "--warmup_step", "0", "--device_id", "-1"]
+    common = [
+        "--experiment",
+        "x",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--ptrain_ver",
+        str(tiny_bert),
+        "--max_seq_len",
+        "24",
+        "--total_step",
+        "1",
+        "--warmup_step",
+        "0",
+        "--device_id",
+        "-1",
+    ]
     for runner in (False, True):  # in this process, and as a user's shell runs it
-        proc = run("run_fine_tune.py", *common, "--exp_root", str(exp_root / ("x" * 300)), check=False,
-                   subprocess=runner)
+        proc = run(
+            "run_fine_tune.py", *common, "--exp_root", str(exp_root / ("x" * 300)), check=False, subprocess=runner
+        )
         assert proc.returncode == 2 and proc.stdout == "", proc.stderr
         assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
         assert "x" * 300 in proc.stderr and "File name too long" in proc.stderr
         assert not exp_root.exists() or not any(exp_root.rglob("*"))
     from fine_tune.errors import os_error_line
 
-    assert os_error_line(OSError(28, "No space left on device", "/d/f", None, "/d/g")) == \
-        "/d/f -> /d/g: No space left on device"
+    assert (
+        os_error_line(OSError(28, "No space left on device", "/d/f", None, "/d/g"))
+        == "/d/f -> /d/g: No space left on device"
+    )
     assert os_error_line(OSError("no path")) == "no path (OSError)"
 
 

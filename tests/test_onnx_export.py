@@ -36,8 +36,27 @@ def world(tmp_path_factory):
     synthetic.write_qqp(w["data"], n_train=48, n_dev=48, n_test=8)
     pre = synthetic.write_tiny_model(base / "pre-bert", "bert", num_layers=2)
     with one_thread():
-        run(w, "run_fine_tune.py", *COMMON, "--ptrain_ver", str(pre), "--max_seq_len", str(SEQ), "--total_step", "4",
-            "--warmup_step", "1", "--ckpt_step", "2", "--log_step", "2", "--batch_size", "8", "--lr", "1e-3")
+        run(
+            w,
+            "run_fine_tune.py",
+            *COMMON,
+            "--ptrain_ver",
+            str(pre),
+            "--max_seq_len",
+            str(SEQ),
+            "--total_step",
+            "4",
+            "--warmup_step",
+            "1",
+            "--ckpt_step",
+            "2",
+            "--log_step",
+            "2",
+            "--batch_size",
+            "8",
+            "--lr",
+            "1e-3",
+        )
         w["proc"] = run(w, "export_model.py", *COMMON, "--format", "onnx", "--quantize", "int8")
         w["folder"] = w["exp"] / "ft_bert_qqp"
         w["out"] = w["folder"] / "onnx-model-4"
@@ -90,12 +109,20 @@ def int8_weight_scales(path) -> dict[str, list[list[int]]]:
     for node in graph.node:
         weight = node.input[1] if node.op_type in ("QAttention", "MatMulInteger") else ""
         if weight.endswith("_quantized") and len(dims.get(weight, [])) == 2:
-            scales.setdefault(node.op_type, []).append(dims[weight[:-len("_quantized")] + "_scale"])
+            scales.setdefault(node.op_type, []).append(dims[weight[: -len("_quantized")] + "_scale"])
     return scales
 
 
-FUSED = {"Attention", "MultiHeadAttention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu",
-         "FastGelu", "Gelu", "QAttention"}  # ONNX Runtime's contrib ops (com.microsoft), none in a plain graph
+FUSED = {
+    "Attention",
+    "MultiHeadAttention",
+    "SkipLayerNormalization",
+    "EmbedLayerNormalization",
+    "BiasGelu",
+    "FastGelu",
+    "Gelu",
+    "QAttention",
+}  # ONNX Runtime's contrib ops (com.microsoft), none in a plain graph
 
 
 def test_onnx_export_matches_pytorch_on_dynamic_shapes_and_records_its_check(world):
@@ -103,8 +130,16 @@ def test_onnx_export_matches_pytorch_on_dynamic_shapes_and_records_its_check(wor
 
     w, out = world, world["out"]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["config.json", "export.json", "model.int8.onnx", "model.onnx", "model.plain.onnx", "tokenizer.json",
-         "tokenizer_config.json"])
+        [
+            "config.json",
+            "export.json",
+            "model.int8.onnx",
+            "model.onnx",
+            "model.plain.onnx",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ]
+    )
     # model.onnx: the optimiser's graph, attention fused in both layers; model.plain.onnx: standard ops only
     fused, plain = op_counts(out / "model.onnx"), op_counts(out / "model.plain.onnx")
     assert fused["Attention"] == 2 and fused["SkipLayerNormalization"] == 4 and fused["EmbedLayerNormalization"] == 1
@@ -112,7 +147,8 @@ def test_onnx_export_matches_pytorch_on_dynamic_shapes_and_records_its_check(wor
     assert op_counts(out / "model.int8.onnx")["QAttention"] == 2  # quantised from the fused graph
     assert int8_weight_scales(out / "model.int8.onnx") == {  # a scale per output channel of each weight matrix
         "QAttention": [[3 * 32]] * 2,  # Q, K, V of width 32, two layers
-        "MatMulInteger": [[32], [64], [32]] * 2 + [[32], [2]]}  # attention output, feed-forward; pooler, classifier
+        "MatMulInteger": [[32], [64], [32]] * 2 + [[32], [2]],
+    }  # attention output, feed-forward; pooler, classifier
     assert not list(w["folder"].glob(".tmp-*"))
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.model_max_length == SEQ
@@ -145,20 +181,58 @@ def test_onnx_export_matches_pytorch_on_dynamic_shapes_and_records_its_check(wor
     assert set(int8_preds.tolist()) <= {0, 1}
 
     record = json.loads((out / "export.json").read_text())
-    assert list(record) == ["experiment", "checkpoint", "selected", "checkpoint_sha256", "task", "label_names",
-                            "max_seq_len", "inputs", "format", "onnx"]
+    assert list(record) == [
+        "experiment",
+        "checkpoint",
+        "selected",
+        "checkpoint_sha256",
+        "task",
+        "label_names",
+        "max_seq_len",
+        "inputs",
+        "format",
+        "onnx",
+    ]
     assert record["format"] == "onnx" and record["checkpoint"] == "model-4.pt" and record["max_seq_len"] == SEQ
     o = record["onnx"]
-    assert list(o) == ["file", "int8_file", "int8_quantization", "opset", "split", "rows", "batch_size", "tolerance", "max_abs_diff",
-                       "metrics", "int8_agreement", "examples_per_s", "device", "threads", "onnxruntime_version",
-                       "torch_version", "optimizer", "plain_file", "plain_max_abs_diff"]
-    assert o["optimizer"] == {"fused": True, "model_type": "bert", "opt_level": 0, "attention_mask": "raw",
-                              "fused_operators": dict(Counter({k: v for k, v in fused.items() if k in FUSED})),
-                              "reason": None}
+    assert list(o) == [
+        "file",
+        "int8_file",
+        "int8_quantization",
+        "opset",
+        "split",
+        "rows",
+        "batch_size",
+        "tolerance",
+        "max_abs_diff",
+        "metrics",
+        "int8_agreement",
+        "examples_per_s",
+        "device",
+        "threads",
+        "onnxruntime_version",
+        "torch_version",
+        "optimizer",
+        "plain_file",
+        "plain_max_abs_diff",
+    ]
+    assert o["optimizer"] == {
+        "fused": True,
+        "model_type": "bert",
+        "opt_level": 0,
+        "attention_mask": "raw",
+        "fused_operators": dict(Counter({k: v for k, v in fused.items() if k in FUSED})),
+        "reason": None,
+    }
     assert o["int8_quantization"] == {"method": "quantize_dynamic", "weight_type": "QInt8", "per_channel": True}
     assert o["plain_file"] == "model.plain.onnx" and 0 <= o["plain_max_abs_diff"] <= ATOL
-    assert (o["file"], o["int8_file"], o["split"], o["rows"], o["batch_size"]) == \
-        ("model.onnx", "model.int8.onnx", "dev", 48, 32)
+    assert (o["file"], o["int8_file"], o["split"], o["rows"], o["batch_size"]) == (
+        "model.onnx",
+        "model.int8.onnx",
+        "dev",
+        48,
+        32,
+    )
     assert isinstance(o["opset"], int) and o["tolerance"] == {"atol": ATOL, "rtol": RTOL}
     assert 0 <= o["max_abs_diff"] <= ATOL
     assert o["device"] == "cpu" and o["threads"] == 1
@@ -172,8 +246,10 @@ def test_onnx_export_matches_pytorch_on_dynamic_shapes_and_records_its_check(wor
     assert set(o["metrics"]["onnx"]) == {"accuracy", "f1"}
     stdout = w["proc"].stdout
     assert "max |ONNX - PyTorch| logit difference" in stdout and "onnxruntime_int8" in stdout
-    assert ("model.onnx: ONNX Runtime's transformer optimiser's graph (EmbedLayerNormalization 1, Attention 2, "
-            "BiasGelu 2, SkipLayerNormalization 4); the exporter's plain graph is model.plain.onnx") in stdout
+    assert (
+        "model.onnx: ONNX Runtime's transformer optimiser's graph (EmbedLayerNormalization 1, Attention 2, "
+        "BiasGelu 2, SkipLayerNormalization 4); the exporter's plain graph is model.plain.onnx"
+    ) in stdout
     assert "(model.onnx, model.int8.onnx, model.plain.onnx)" in stdout
 
 
@@ -214,9 +290,11 @@ def test_an_export_beyond_the_tolerance_is_refused_and_leaves_nothing(world, mon
     out = w["base"] / "refused"
     proc = run(w, "export_model.py", *COMMON, "--ckpt", "2", "--format", "onnx", "--out", str(out), check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert proc.stderr.startswith("error: the ONNX model of model-2.pt differs from PyTorch beyond the tolerance "
-                                  "0.0001 + 0.0001*|logit| on the 48 dev rows (max |logit difference| 0.01, first at "
-                                  "row "), proc.stderr
+    assert proc.stderr.startswith(
+        "error: the ONNX model of model-2.pt differs from PyTorch beyond the tolerance "
+        "0.0001 + 0.0001*|logit| on the 48 dev rows (max |logit difference| 0.01, first at "
+        "row "
+    ), proc.stderr
     assert proc.stderr.endswith("); no export was written\n")
     assert not out.exists() and not list(w["base"].glob(".tmp-*"))
     # --overwrite of an existing export that fails the check leaves the old export as it was
@@ -246,17 +324,21 @@ def test_a_fused_graph_beyond_the_tolerance_falls_back_to_the_plain_graph(world,
 
     monkeypatch.setattr(onnx_export, "_optimize", off)
     out = w["base"] / "fused-off"
-    proc = run(w, "export_model.py", *COMMON, "--ckpt", "2", "--format", "onnx", "--out", str(out),
-               "--max_examples", "16")
+    proc = run(
+        w, "export_model.py", *COMMON, "--ckpt", "2", "--format", "onnx", "--out", str(out), "--max_examples", "16"
+    )
     assert sorted(p.name for p in out.glob("*.onnx")) == ["model.onnx"]
     assert not FUSED & set(op_counts(out / "model.onnx"))  # the plain graph
     o = json.loads((out / "export.json").read_text())["onnx"]
     assert o["optimizer"]["fused"] is False and o["plain_file"] is None and o["max_abs_diff"] <= ATOL
     assert o["optimizer"]["fused_operators"]["Attention"] == 2
-    assert o["optimizer"]["reason"].startswith("its graph differs from PyTorch beyond the tolerance (max |logit "
-                                               "difference| 0.01, first at row ")
-    assert "model.onnx: the exporter's plain graph, not ONNX Runtime's transformer optimiser's: its graph differs" \
+    assert o["optimizer"]["reason"].startswith(
+        "its graph differs from PyTorch beyond the tolerance (max |logit difference| 0.01, first at row "
+    )
+    assert (
+        "model.onnx: the exporter's plain graph, not ONNX Runtime's transformer optimiser's: its graph differs"
         in proc.stdout
+    )
 
 
 PAIR_LABELS = ["same", "different"]  # the model's output order: not sorted (sorted would put "different" first)
@@ -271,13 +353,23 @@ def write_pairs_task(w) -> list[int]:
     for split in ("train", "dev"):
         cells = [line.split("\t") for line in (w["data"] / "QQP" / f"{split}.tsv").read_text().splitlines()[1:]]
         rows = [(500 - 7 * i, c[3], c[4], "same" if c[5] == "1" else "different") for i, c in enumerate(cells)]
-        (folder / f"{split}.tsv").write_text("qid\tfirst\tsecond\tverdict\n" +
-                                             "".join(f"{q}\t{a}\t{b}\t{v}\n" for q, a, b, v in rows))
+        (folder / f"{split}.tsv").write_text(
+            "qid\tfirst\tsecond\tverdict\n" + "".join(f"{q}\t{a}\t{b}\t{v}\n" for q, a, b, v in rows)
+        )
         if split == "dev":
             classes = [PAIR_LABELS.index(v) for *_, v in rows]
-    (folder / "task.json").write_text(json.dumps({
-        "files": {"train": "train.tsv", "dev": "dev.tsv"}, "text": "first", "text_pair": "second",
-        "label": "verdict", "labels": PAIR_LABELS, "id": "qid"}))
+    (folder / "task.json").write_text(
+        json.dumps(
+            {
+                "files": {"train": "train.tsv", "dev": "dev.tsv"},
+                "text": "first",
+                "text_pair": "second",
+                "label": "verdict",
+                "labels": PAIR_LABELS,
+                "id": "qid",
+            }
+        )
+    )
     return classes
 
 
@@ -291,8 +383,27 @@ def test_a_model_without_token_types_exports_two_inputs_and_max_examples_limits_
     classes = write_pairs_task(w)
     pre = synthetic.write_tiny_model(w["base"] / "pre-deberta", "deberta-v2", num_layers=2)
     common = ["--experiment", "deb", "--model", "deberta-v2", "--task", "pairs"]
-    run(w, "run_fine_tune.py", *common, "--ptrain_ver", str(pre), "--max_seq_len", str(SEQ), "--total_step", "2",
-        "--warmup_step", "1", "--ckpt_step", "2", "--log_step", "2", "--batch_size", "8", "--lr", "1e-3")
+    run(
+        w,
+        "run_fine_tune.py",
+        *common,
+        "--ptrain_ver",
+        str(pre),
+        "--max_seq_len",
+        str(SEQ),
+        "--total_step",
+        "2",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "2",
+        "--log_step",
+        "2",
+        "--batch_size",
+        "8",
+        "--lr",
+        "1e-3",
+    )
     out = w["base"] / "deb-onnx"
     monkeypatch.delenv("TQDM_DISABLE")  # issue 32: the check's and the speed passes' bars on stderr
     proc = run(w, "export_model.py", *common, "--format", "onnx", "--out", str(out), "--max_examples", "20")
@@ -301,9 +412,11 @@ def test_a_model_without_token_types_exports_two_inputs_and_max_examples_limits_
     assert "PyTorch:   0%" in said and "0/20 [" in said and "ONNX Runtime:   0%" in said and "/1 [" in said
     assert sorted(p.name for p in out.glob("*.onnx")) == ["model.onnx"]
     assert not FUSED & set(op_counts(out / "model.onnx"))  # the plain graph
-    assert ("model.onnx: the exporter's plain graph, not ONNX Runtime's transformer optimiser's: it fuses attention in "
-            "0 of the 2 layers of this deberta-v2 model (ONNX Runtime applies its own graph optimisations when it "
-            "loads the file)\n") in proc.stdout
+    assert (
+        "model.onnx: the exporter's plain graph, not ONNX Runtime's transformer optimiser's: it fuses attention in "
+        "0 of the 2 layers of this deberta-v2 model (ONNX Runtime applies its own graph optimisations when it "
+        "loads the file)\n"
+    ) in proc.stdout
     config = AutoConfig.from_pretrained(out)
     assert config.id2label == {0: "same", 1: "different"} and config.label2id == {"same": 0, "different": 1}
     sess = session(out / "model.onnx")
@@ -319,8 +432,9 @@ def test_a_model_without_token_types_exports_two_inputs_and_max_examples_limits_
     enc = encode(tokenizer, pairs[:7], padding=True)
     model = pytorch_model({"folder": w["exp"] / "deb_deberta-v2_pairs"}, step=2)
     with torch.no_grad():
-        expected = model(input_ids=torch.from_numpy(enc["input_ids"]),
-                         attention_mask=torch.from_numpy(enc["attention_mask"])).logits.numpy()
+        expected = model(
+            input_ids=torch.from_numpy(enc["input_ids"]), attention_mask=torch.from_numpy(enc["attention_mask"])
+        ).logits.numpy()
     np.testing.assert_allclose(ort_logits(sess, enc), expected, atol=ATOL, rtol=RTOL)
     # the first 20 dev rows one at a time: the accuracy export.json reports, against the labels' class indices
     preds = np.concatenate([ort_logits(sess, encode(tokenizer, [p])) for p in pairs[:20]]).argmax(1)
@@ -359,10 +473,14 @@ def test_int8_numbers_come_from_the_int8_model(world, monkeypatch):
     assert o["int8_agreement"] == pytest.approx(float((fp32.argmax(1) == minority).mean()))
     # every row predicted `minority`: accuracy = its share of the labels; F1 of the duplicate class (1) = 2tp / (2tp
     # + fp + fn)
-    tp, fp, fn = (int(((minority == 1) & (labels == 1)).sum()), int(((minority == 1) & (labels == 0)).sum()),
-                  int(((minority == 0) & (labels == 1)).sum()))
-    assert o["metrics"]["int8"] == pytest.approx({"accuracy": float((labels == minority).mean()),
-                                                  "f1": 2 * tp / (2 * tp + fp + fn)})
+    tp, fp, fn = (
+        int(((minority == 1) & (labels == 1)).sum()),
+        int(((minority == 1) & (labels == 0)).sum()),
+        int(((minority == 0) & (labels == 1)).sum()),
+    )
+    assert o["metrics"]["int8"] == pytest.approx(
+        {"accuracy": float((labels == minority).mean()), "f1": 2 * tp / (2 * tp + fp + fn)}
+    )
     assert o["metrics"]["onnx"]["accuracy"] == pytest.approx(float((fp32.argmax(1) == labels).mean()))
     assert o["metrics"]["int8"] != o["metrics"]["onnx"] and o["int8_agreement"] < 1  # the fixture tells them apart
 
@@ -386,7 +504,8 @@ def test_the_optimiser_fuses_bert_like_families_on_the_raw_mask_and_leaves_the_o
         config = synthetic.tiny_config(family, num_layers=2, num_labels=3, initializer_range=0.5)
         torch.manual_seed(0)
         model = AutoModelForSequenceClassification.from_config(
-            config, attn_implementation=FAMILIES[family].attn_implementation).eval()
+            config, attn_implementation=FAMILIES[family].attn_implementation
+        ).eval()
         names = onnx_export.input_names(model)
         plain, fused = tmp_path / f"{family}.onnx", tmp_path / f"{family}.fused.onnx"
         onnx_export._export(model, names, plain, config.pad_token_id, SEQ)
@@ -408,8 +527,9 @@ def test_the_optimiser_fuses_bert_like_families_on_the_raw_mask_and_leaves_the_o
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": (torch.arange(12) >= 6).long().repeat(3, 1)}
         with torch.no_grad():
             expected = model(**{k: feed[k] for k in names}).logits.numpy()
-            holeless = model(**{k: feed[k] for k in names if k != "attention_mask"},
-                             attention_mask=torch.ones_like(mask)).logits.numpy()
+            holeless = model(
+                **{k: feed[k] for k in names if k != "attention_mask"}, attention_mask=torch.ones_like(mask)
+            ).logits.numpy()
         got = session(fused).run(["logits"], {k: feed[k].numpy() for k in names})[0]
         np.testing.assert_allclose(got, expected, atol=ATOL, rtol=RTOL)
         assert np.abs(holeless[0] - expected[0]).max() > 100 * (ATOL + RTOL * np.abs(expected[0]).max())

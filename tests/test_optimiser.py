@@ -22,22 +22,70 @@ D, S, LT = 16, 8, 4
 
 
 def lad_flags(*extra: str):
-    return parse_layerwise("run_lad_distil.py", "", "lad", ["--experiment", "x", "--task", "qqp", "--teacher_exp", "t",
-                                                            "--tckpt", "1", "--d_model", str(D), "--max_seq_len", str(S),
-                                                            "--num_hidden_layers", "2", *extra])
+    return parse_layerwise(
+        "run_lad_distil.py",
+        "",
+        "lad",
+        [
+            "--experiment",
+            "x",
+            "--task",
+            "qqp",
+            "--teacher_exp",
+            "t",
+            "--tckpt",
+            "1",
+            "--d_model",
+            str(D),
+            "--max_seq_len",
+            str(S),
+            "--num_hidden_layers",
+            "2",
+            *extra,
+        ],
+    )
 
 
 def engine_for(flags, tmp_path) -> tuple[Trainer, LAD]:
     method = LAD.build(method_settings(flags, get_task("qqp"), LAD, TeacherShape(num_layers=LT, hidden_size=D)))
     method.create_parameters(None)
-    student = build_from_config(student_config("bert", vocab_size=50, num_class=2, d_model=D, d_ff=32,
-                                               num_attention_heads=2, num_hidden_layers=2, type_vocab_size=2,
-                                               dropout=0.0, max_position_embeddings=S, pad_token_id=0))
+    student = build_from_config(
+        student_config(
+            "bert",
+            vocab_size=50,
+            num_class=2,
+            d_model=D,
+            d_ff=32,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            type_vocab_size=2,
+            dropout=0.0,
+            max_position_embeddings=S,
+            pad_token_id=0,
+        )
+    )
     o = flags.optimiser
-    settings = TrainSettings(optimiser=optimiser_settings(o), batch_size=2, accum_step=1, ckpt_step=10, log_step=10, seed=0,
-                             tag_prefix="qqp/train/bert")
-    trainer = Trainer(student, method, lambda rows: {}, 4, settings, ExperimentDir(tmp_path, "opt"),
-                      torch.device("cpu"), Precision("cpu", None), progress=False, forward=forward)
+    settings = TrainSettings(
+        optimiser=optimiser_settings(o),
+        batch_size=2,
+        accum_step=1,
+        ckpt_step=10,
+        log_step=10,
+        seed=0,
+        tag_prefix="qqp/train/bert",
+    )
+    trainer = Trainer(
+        student,
+        method,
+        lambda rows: {},
+        4,
+        settings,
+        ExperimentDir(tmp_path, "opt"),
+        torch.device("cpu"),
+        Precision("cpu", None),
+        progress=False,
+        forward=forward,
+    )
     return trainer, method
 
 
@@ -52,9 +100,28 @@ def test_no_decay_rules_by_name():
 
 
 def test_gate_optimiser_groups_lr_and_schedule(tmp_path):
-    flags = lad_flags("--lr", "3e-4", "--total_step", "20", "--warmup_step", "4", "--gate_lr", "2e-3",
-                      "--gate_weight_decay", "0.05", "--gate_total_step", "10", "--gate_warmup_step", "2",
-                      "--gate_beta1", "0.8", "--gate_eps", "1e-7", "--gate_max_norm", "0.5")
+    flags = lad_flags(
+        "--lr",
+        "3e-4",
+        "--total_step",
+        "20",
+        "--warmup_step",
+        "4",
+        "--gate_lr",
+        "2e-3",
+        "--gate_weight_decay",
+        "0.05",
+        "--gate_total_step",
+        "10",
+        "--gate_warmup_step",
+        "2",
+        "--gate_beta1",
+        "0.8",
+        "--gate_eps",
+        "1e-7",
+        "--gate_max_norm",
+        "0.5",
+    )
     trainer, method = engine_for(flags, tmp_path)
     student, gate = trainer.parts
     assert gate.name == "gate" and student.name == "student"
@@ -71,8 +138,9 @@ def test_gate_optimiser_groups_lr_and_schedule(tmp_path):
     # the student's own groups are the student rule's
     s_decayed, s_exempt = student.optimizer.param_groups
     s_named = dict(trainer.student.named_parameters())
-    assert {id(p) for p in s_exempt["params"]} == {id(p) for n, p in s_named.items()
-                                                   if "bias" in n or "LayerNorm.weight" in n}
+    assert {id(p) for p in s_exempt["params"]} == {
+        id(p) for n, p in s_named.items() if "bias" in n or "LayerNorm.weight" in n
+    }
     assert s_decayed["weight_decay"] == 0.01 and not student.settings.clip_per_module
 
     # schedules: each its own peak, warmup and length (linear warmup, then linear decay to 0)
@@ -84,8 +152,12 @@ def test_gate_optimiser_groups_lr_and_schedule(tmp_path):
             part.scheduler.step()
         return out
 
-    assert lrs(gate, 11) == pytest.approx([2e-3 * s / 2 for s in range(2)] + [2e-3 * (10 - s) / 8 for s in range(2, 11)])
-    assert lrs(student, 21) == pytest.approx([3e-4 * s / 4 for s in range(4)] + [3e-4 * (20 - s) / 16 for s in range(4, 21)])
+    assert lrs(gate, 11) == pytest.approx(
+        [2e-3 * s / 2 for s in range(2)] + [2e-3 * (10 - s) / 8 for s in range(2, 11)]
+    )
+    assert lrs(student, 21) == pytest.approx(
+        [3e-4 * s / 4 for s in range(4)] + [3e-4 * (20 - s) / 16 for s in range(4, 21)]
+    )
 
 
 def test_gate_schedule_defaults_to_the_students(tmp_path):
@@ -116,8 +188,20 @@ def test_each_gate_is_clipped_with_its_own_norm_and_the_student_as_a_whole(tmp_p
     (``--max_norm``). Gates given different gradient norms (two above the limit by different factors, two below)
     must each come out of the step at their own clip: a joint clip over all the gates would scale every gate by
     the same factor, a clip with the student's limit (or no clip) would leave other norms."""
-    flags = lad_flags("--max_norm", "0.7", "--gate_max_norm", "0.5", "--lr", "1e-3", "--gate_lr", "1e-3",
-                      "--total_step", "4", "--warmup_step", "1")
+    flags = lad_flags(
+        "--max_norm",
+        "0.7",
+        "--gate_max_norm",
+        "0.5",
+        "--lr",
+        "1e-3",
+        "--gate_lr",
+        "1e-3",
+        "--total_step",
+        "4",
+        "--warmup_step",
+        "1",
+    )
     trainer, method = engine_for(flags, tmp_path)
     student, gate = trainer.parts
     assert student.settings.max_norm == 0.7 and gate.settings.max_norm == 0.5 and len(method.gates) == LT
@@ -132,7 +216,8 @@ def test_each_gate_is_clipped_with_its_own_norm_and_the_student_as_a_whole(tmp_p
     seen = {}
     for part in trainer.parts:  # the gradients each optimiser steps with (the step zeroes them after)
         part.optimizer.register_step_pre_hook(
-            lambda opt, args, kwargs, _part=part: seen.__setitem__(_part.name, [p.grad.clone() for p in _part.params]))
+            lambda opt, args, kwargs, _part=part: seen.__setitem__(_part.name, [p.grad.clone() for p in _part.params])
+        )
     grad_norm, skipped = trainer._optimizer_step()
     assert not skipped and set(seen) == {"student", "gate"}
 

@@ -38,8 +38,25 @@ def world(tmp_path_factory, tiny_bert):
     w = {"base": base, "data": base / "data", "exp": base / "exp", "tiny": tiny_bert}
     synthetic.write_qqp(w["data"], n_train=32, n_dev=16, n_test=16)
     with one_thread():
-        run(w, "run_fine_tune.py", *COMMON, "--ptrain_ver", str(tiny_bert), "--max_seq_len", "24", "--total_step", "2",
-            "--warmup_step", "0", "--ckpt_step", "2", "--batch_size", "8", "--lr", "1e-3")
+        run(
+            w,
+            "run_fine_tune.py",
+            *COMMON,
+            "--ptrain_ver",
+            str(tiny_bert),
+            "--max_seq_len",
+            "24",
+            "--total_step",
+            "2",
+            "--warmup_step",
+            "0",
+            "--ckpt_step",
+            "2",
+            "--batch_size",
+            "8",
+            "--lr",
+            "1e-3",
+        )
         run(w, "run_fine_tune_eval.py", *COMMON, "--dataset", "dev", "--batch_size", "16")
         w["folder"] = w["exp"] / "ft_bert_qqp"
         yield w
@@ -47,19 +64,29 @@ def world(tmp_path_factory, tiny_bert):
 
 def subprocess_run(w, argv: list[str], file_size_limit: int | None = None) -> subprocess.CompletedProcess:
     """An entry script as a user's shell runs it, optionally under ``ulimit -f``."""
+
     def limited():
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
-    env = dict(os.environ, FT_DATA_ROOT=str(w["data"]), FT_EXP_ROOT=str(w["exp"]), TQDM_DISABLE="1",
-               OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, timeout=HANG_GUARD,
-                          preexec_fn=limited if file_size_limit else None)
+    env = dict(
+        os.environ, FT_DATA_ROOT=str(w["data"]), FT_EXP_ROOT=str(w["exp"]), TQDM_DISABLE="1", OMP_NUM_THREADS="1"
+    )
+    return subprocess.run(
+        [sys.executable, *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        preexec_fn=limited if file_size_limit else None,
+    )
 
 
 def tree(root: Path) -> dict[str, str]:
     """Relative path -> sha256 of every file, '<dir>' of every folder, under ``root``."""
-    return {str(p.relative_to(root)): "<dir>" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): "<dir>" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def one_line(proc) -> str:
@@ -70,6 +97,7 @@ def one_line(proc) -> str:
 
 
 # -- class 1: outputs replace only files their command wrote --------------------------------------------------
+
 
 def test_results_table_replaces_its_own_files_and_refuses_others(world):
     w = world
@@ -85,8 +113,10 @@ def test_results_table_replaces_its_own_files_and_refuses_others(world):
     (out.parent / "report.md").unlink()
     before = tree(out.parent)
     line = one_line(run(w, "results_table.py", *args, check=False))
-    assert line == (f"error: --out {out}: {out.parent / 'report.json'} exists and was not written by results_table.py "
-                    f"(or was changed since); pass --overwrite to replace it")
+    assert line == (
+        f"error: --out {out}: {out.parent / 'report.json'} exists and was not written by results_table.py "
+        f"(or was changed since); pass --overwrite to replace it"
+    )
     assert tree(out.parent) == before and not out.exists()
     # a file the plot would replace is checked only when the plot is asked for
     (out.parent / "report-pareto.png").write_bytes(b"someone's picture")
@@ -121,21 +151,33 @@ def test_a_partial_prediction_never_takes_the_official_name_and_a_zip_is_replace
 
     shutil.copytree(w["folder"], hand / w["folder"].name, dirs_exist_ok=True)
     zip_ = w["base"] / "glue.zip"
-    argv = ["make_submission.py", "--benchmark", "glue", "--exp_root", str(hand), "--data_root", str(w["data"]),
-            "--out", str(zip_)]
+    argv = [
+        "make_submission.py",
+        "--benchmark",
+        "glue",
+        "--exp_root",
+        str(hand),
+        "--data_root",
+        str(w["data"]),
+        "--out",
+        str(zip_),
+    ]
     run(w, *argv)
     with zipfile.ZipFile(zip_) as z:
         assert z.read("QQP.tsv") == whole and not any("partial" in n for n in z.namelist())
     run(w, *argv)  # its own zip: replaced
     zip_.write_bytes(zip_.read_bytes() + b"\0")  # changed since: not its own any more
     line = one_line(run(w, *argv, check=False))
-    assert line == (f"error: --out {zip_}: exists and was not written by make_submission.py (or was changed since); "
-                    f"pass --overwrite to replace it")
+    assert line == (
+        f"error: --out {zip_}: exists and was not written by make_submission.py (or was changed since); "
+        f"pass --overwrite to replace it"
+    )
     run(w, *argv, "--overwrite")
     assert zipfile.ZipFile(zip_).testzip() is None
 
 
 # -- class 5: a logits data set is replaced only once the new one is whole --------------------------------------
+
 
 def test_regenerating_logits_under_the_file_size_limit_leaves_the_old_set_whole(world):
     w = world
@@ -146,8 +188,10 @@ def test_regenerating_logits_under_the_file_size_limit_leaves_the_old_set_whole(
     assert (folder / "logits.jsonl").stat().st_size > 2000
     proc = subprocess_run(w, [str(REPO / "run_fine_tune_gen_logits.py"), *args], file_size_limit=2000)
     line = one_line(proc)
-    assert line == (f"error: could not write the logits data set {folder}: the file-size limit (ulimit -f) of 2000 "
-                    f"bytes; nothing was replaced (the set there, if any, is as it was)")
+    assert line == (
+        f"error: could not write the logits data set {folder}: the file-size limit (ulimit -f) of 2000 "
+        f"bytes; nothing was replaced (the set there, if any, is as it was)"
+    )
     assert tree(folder) == before  # meta.json included, byte for byte; no staging folder left
     from fine_tune.tasks.logits import read_logits
 
@@ -158,14 +202,17 @@ def test_regenerating_logits_under_the_file_size_limit_leaves_the_old_set_whole(
 
 # -- class 4: operating-system failures are one line and leave nothing ------------------------------------------
 
+
 def test_an_export_under_the_file_size_limit_is_one_line_and_leaves_nothing(world):
     w = world
     out = w["base"] / "limited-export"
     before = tree(w["folder"])
     proc = subprocess_run(w, [str(REPO / "export_model.py"), *COMMON, "--out", str(out)], file_size_limit=60_000)
     line = one_line(proc)  # safetensors' SafetensorError (os error 27), not a traceback
-    assert line == (f"error: could not write {out}: the file-size limit (ulimit -f) of 60000 bytes; nothing was "
-                    f"replaced (its previous version and every earlier file are intact)")
+    assert line == (
+        f"error: could not write {out}: the file-size limit (ulimit -f) of 60000 bytes; nothing was "
+        f"replaced (its previous version and every earlier file are intact)"
+    )
     assert not out.exists() and not list(w["base"].glob(".tmp-*")) and tree(w["folder"]) == before
 
 
@@ -211,9 +258,24 @@ def test_a_read_only_experiment_folder_is_one_line_for_every_command_that_writes
     folder = w["exp"] / "ft_bert_qqp"
     before = tree(w["exp"])
     commands = {
-        "run_fine_tune.py": [*COMMON, "--ptrain_ver", str(w["tiny"]), "--max_seq_len", "24", "--total_step", "4",
-                             "--warmup_step", "0", "--ckpt_step", "2", "--batch_size", "8", "--lr", "1e-3",
-                             "--overwrite"],
+        "run_fine_tune.py": [
+            *COMMON,
+            "--ptrain_ver",
+            str(w["tiny"]),
+            "--max_seq_len",
+            "24",
+            "--total_step",
+            "4",
+            "--warmup_step",
+            "0",
+            "--ckpt_step",
+            "2",
+            "--batch_size",
+            "8",
+            "--lr",
+            "1e-3",
+            "--overwrite",
+        ],
         "generate_test_prediction.py": COMMON,
     }
     expected = {
@@ -231,6 +293,7 @@ def test_a_read_only_experiment_folder_is_one_line_for_every_command_that_writes
 
 # -- hygiene: a killed export's temporary folder ------------------------------------------------------------------
 
+
 def test_a_killed_exports_temporary_folder_does_not_survive_the_next_export(world):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
@@ -238,8 +301,16 @@ def test_a_killed_exports_temporary_folder_does_not_survive_the_next_export(worl
 
     w = world
     out = w["folder"] / "onnx-model-2"
-    argv = [str(REPO / "tests" / "killpoint.py"), "before:onnx-model-2", str(REPO / "export_model.py"), *COMMON,
-            "--format", "onnx", "--max_examples", "8"]
+    argv = [
+        str(REPO / "tests" / "killpoint.py"),
+        "before:onnx-model-2",
+        str(REPO / "export_model.py"),
+        *COMMON,
+        "--format",
+        "onnx",
+        "--max_examples",
+        "8",
+    ]
     proc = subprocess_run(w, argv)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     stale = list(w["folder"].glob(".tmp-onnx-model-2.*"))
@@ -270,8 +341,13 @@ def test_a_kill_between_the_two_renames_of_a_replacement_puts_the_previous_versi
     out = w["folder"] / "hf-model-2"
     run(w, "export_model.py", *COMMON)
     old = tree(out)
-    argv = [str(REPO / "tests" / "killpoint.py"), "after:hf-model-2", str(REPO / "export_model.py"), *COMMON,
-            "--overwrite"]
+    argv = [
+        str(REPO / "tests" / "killpoint.py"),
+        "after:hf-model-2",
+        str(REPO / "export_model.py"),
+        *COMMON,
+        "--overwrite",
+    ]
     proc = subprocess_run(w, argv)  # killed right after the old export was moved aside
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert not out.exists()
@@ -280,6 +356,7 @@ def test_a_kill_between_the_two_renames_of_a_replacement_puts_the_previous_versi
 
 
 # -- issue 29, second round: kills, foreign records, long names ------------------------------------------------
+
 
 def test_a_killed_results_table_neither_blocks_its_rerun_nor_leaves_temporaries(world):
     """results_table.py replaces its three files as one (fine_tune/outputs.py, write_outputs): killed after the table
@@ -310,7 +387,8 @@ def test_a_killed_results_table_neither_blocks_its_rerun_nor_leaves_temporaries(
     record = json.loads((out.parent / OWNERS_FILE).read_text())["files"]
     assert {name: entry for name, entry in record.items()} == {
         p.name: {"by": "results_table.py", "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-        for p in (out, out.with_suffix(".csv"), out.with_suffix(".json"))}
+        for p in (out, out.with_suffix(".csv"), out.with_suffix(".json"))
+    }
     assert sorted(p.name for p in out.parent.glob(".tmp-*")) == []
 
 
@@ -334,8 +412,10 @@ def test_a_record_that_is_not_the_toolkits_is_replaced_only_with_overwrite(world
     clash = out.parent / ".fine_tune-outputs.md"
     for extra in ([], ["--overwrite"]):
         line = one_line(run(w, "results_table.py", "--task", "qqp", "--out", str(clash), *extra, check=False))
-        assert line == (f"error: --out {clash}: {out.parent / OWNERS_FILE} is the name of the record of the files "
-                        f"written in its folder; name another file")
+        assert line == (
+            f"error: --out {clash}: {out.parent / OWNERS_FILE} is the name of the record of the files "
+            f"written in its folder; name another file"
+        )
     assert (out.parent / OWNERS_FILE).read_bytes() == record and not clash.exists()
 
 
@@ -347,8 +427,12 @@ def test_any_legal_output_name_is_written(world):
     w = world
     out = w["base"] / "long" / ("l" * 245 + ".md")
     run(w, "results_table.py", "--task", "qqp", "--out", str(out))
-    assert {p.name for p in out.parent.iterdir()} == {out.name, "l" * 245 + ".csv", "l" * 245 + ".json",
-                                                      ".fine_tune-outputs.json"}
+    assert {p.name for p in out.parent.iterdir()} == {
+        out.name,
+        "l" * 245 + ".csv",
+        "l" * 245 + ".json",
+        ".fine_tune-outputs.json",
+    }
     export = w["base"] / ("b" * 250)
     run(w, "export_model.py", *COMMON, "--out", str(export))
     assert json.loads((export / "export.json").read_text())["checkpoint"] == "model-2.pt"
@@ -366,15 +450,22 @@ def test_a_logits_write_killed_during_its_swap_is_named_incomplete_and_the_rerun
     args = [*COMMON, "--dataset", "train", "--ckpt", "2", "--batch_size", "16"]
     run(w, "run_fine_tune_gen_logits.py", *args)
     folder = w["data"] / "logits" / "ft_bert_qqp" / "train"
-    argv = [str(REPO / "tests" / "killpoint.py"), "after:old-meta.json", str(REPO / "run_fine_tune_gen_logits.py"),
-            *args, "--overwrite"]
+    argv = [
+        str(REPO / "tests" / "killpoint.py"),
+        "after:old-meta.json",
+        str(REPO / "run_fine_tune_gen_logits.py"),
+        *args,
+        "--overwrite",
+    ]
     proc = subprocess_run(w, argv)  # killed right after the old meta.json was moved into the stage folder
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert not (folder / "meta.json").exists() and len(list(folder.glob(".tmp-new.*"))) == 1
     with pytest.raises(UserError) as e:
         read_logits(w["data"], "ft_bert_qqp", "qqp")
-    assert str(e.value) == (f"--dataset 'ft_bert_qqp': logits data set {folder} is incomplete: a write of it was "
-                            f"killed; run run_fine_tune_gen_logits.py again")
+    assert str(e.value) == (
+        f"--dataset 'ft_bert_qqp': logits data set {folder} is incomplete: a write of it was "
+        f"killed; run run_fine_tune_gen_logits.py again"
+    )
     run(w, "run_fine_tune_gen_logits.py", *args)  # the same command, without --overwrite, completes it
     assert read_logits(w["data"], "ft_bert_qqp", "qqp").logits.shape == (32, 2) and not list(folder.glob(".tmp-*"))
 
@@ -385,8 +476,14 @@ def test_a_prediction_killed_between_its_file_and_its_record_does_not_block_its_
 
     w = world
     out = w["folder"] / "QQP-dev.tsv"
-    argv = [str(REPO / "tests" / "killpoint.py"), "after:QQP-dev.tsv", str(REPO / "generate_test_prediction.py"),
-            *COMMON, "--dataset", "dev"]
+    argv = [
+        str(REPO / "tests" / "killpoint.py"),
+        "after:QQP-dev.tsv",
+        str(REPO / "generate_test_prediction.py"),
+        *COMMON,
+        "--dataset",
+        "dev",
+    ]
     proc = subprocess_run(w, argv)  # killed right after the file, before its record
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert out.is_file() and not record_path(out).exists()

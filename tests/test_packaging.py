@@ -29,8 +29,10 @@ def test_requirements_txt_is_generated_from_pyproject(tmp_path):
     assert (REPO / "requirements.txt").read_text() == text, "run python scripts/requirements.py"
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     pins = [line.split("#")[0].strip() for line in text.splitlines() if line and not line.startswith("#")]
-    assert pins == [*project["dependencies"], *(s for e in ("onnx", "tracking", "test", "lint")
-                                                 for s in project["optional-dependencies"][e])]
+    assert pins == [
+        *project["dependencies"],
+        *(s for e in ("onnx", "tracking", "test", "lint") for s in project["optional-dependencies"][e]),
+    ]
     # a pin edited in one file only is caught
     changed = tmp_path / "pyproject.toml"
     changed.write_text((REPO / "pyproject.toml").read_text().replace('"pyyaml>=6.0"', '"pyyaml>=6.1"'))
@@ -44,8 +46,12 @@ def test_the_wheel_holds_the_package_and_imports_from_anywhere(tmp_path):
         shutil.copy(REPO / name, src / name)
     shutil.copytree(REPO / "fine_tune", src / "fine_tune", ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-                    str(src)], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(src)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     (wheel,) = wheels.glob("*.whl")
     import fine_tune
 
@@ -63,17 +69,27 @@ def test_the_wheel_holds_the_package_and_imports_from_anywhere(tmp_path):
         return [(r.name, r.specifier) for r in map(Requirement, specs)]
 
     assert norm(r for r in requires if "extra ==" not in r) == norm(project["dependencies"])
-    assert {"onnx", "tracking", "test", "lint", "dev"} <= {line.split(": ", 1)[1] for line in metadata.splitlines()
-                                                   if line.startswith("Provides-Extra: ")}
+    assert {"onnx", "tracking", "test", "lint", "dev"} <= {
+        line.split(": ", 1)[1] for line in metadata.splitlines() if line.startswith("Provides-Extra: ")
+    }
     # installed (without its dependencies, which this interpreter has) into a folder of its own, imported from
     # another folder with neither the checkout nor the sources on the path
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(target)}
-    out = subprocess.run([sys.executable, "-c", "import fine_tune, fine_tune.cli, fine_tune.recipes.format; "
-                          "print(fine_tune.__file__)"], cwd=elsewhere, env=env, check=True, capture_output=True,
-                         text=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", "import fine_tune, fine_tune.cli, fine_tune.recipes.format; print(fine_tune.__file__)"],
+        cwd=elsewhere,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     assert Path(out).is_relative_to(target), out

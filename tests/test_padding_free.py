@@ -14,9 +14,18 @@ from fine_tune.models.padding_free import BUCKET_OVERHEAD, Packing, PaddingFree,
 
 def tiny(dropout: float = 0.0, seed: int = 0) -> BertForSequenceClassification:
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
-                     max_position_embeddings=40, type_vocab_size=2, hidden_dropout_prob=dropout,
-                     attention_probs_dropout_prob=dropout, num_labels=3)
+    cfg = BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=40,
+        type_vocab_size=2,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        num_labels=3,
+    )
     model = BertForSequenceClassification(cfg)
     with torch.no_grad():  # BERT's init leaves every bias 0 and LayerNorm the identity: a dropped bias would pass
         for p in model.parameters():
@@ -32,7 +41,7 @@ def batch(lengths=(9, 3, 12, 1, 7), seq: int = 12, seed: int = 1) -> dict:
     types = torch.zeros(len(lengths), seq, dtype=torch.long)
     for i, n in enumerate(lengths):
         mask[i, :n] = 1
-        types[i, n // 2:n] = 1
+        types[i, n // 2 : n] = 1
     ids = ids * mask  # pad id 0 after each sequence
     return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
 
@@ -52,7 +61,7 @@ SHAPES = {"distinct-one-full": ((9, 3, 12, 1, 7), 12), "ties-none-full": ((7, 3,
 @pytest.fixture(params=list(SHAPES))
 def shaped(request):
     lengths, seq = SHAPES[request.param]
-    return batch(lengths, seq), torch.tensor([0, 2, 1, 1, 0, 2][:len(lengths)])
+    return batch(lengths, seq), torch.tensor([0, 2, 1, 1, 0, 2][: len(lengths)])
 
 
 def test_forward_matches_hugging_face_on_real_tokens(overhead, shaped):
@@ -127,9 +136,28 @@ def test_engine_uses_it_only_where_no_loss_sees_padding():
 
 
 def test_fine_tune_with_and_without_padding_free_end_alike(run, tiny_bert, exp_root):
-    common = ["--model", "bert", "--ptrain_ver", str(tiny_bert), "--task", "qqp", "--total_step", "6",
-              "--warmup_step", "1", "--ckpt_step", "6", "--batch_size", "8", "--dropout", "0", "--lr", "1e-3",
-              "--max_seq_len", "24"]
+    common = [
+        "--model",
+        "bert",
+        "--ptrain_ver",
+        str(tiny_bert),
+        "--task",
+        "qqp",
+        "--total_step",
+        "6",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "6",
+        "--batch_size",
+        "8",
+        "--dropout",
+        "0",
+        "--lr",
+        "1e-3",
+        "--max_seq_len",
+        "24",
+    ]
     for mode in ("auto", "off"):
         out = run("run_fine_tune.py", "--experiment", mode, "--padding_free", mode, *common)
         assert ("padding-free forward" in out.stderr) == (mode == "auto"), out.stderr
@@ -148,14 +176,18 @@ def test_attention_buckets_are_the_cheapest_split():
 
     g = torch.Generator().manual_seed(0)
     for trial in range(30):
-        lengths = sorted(torch.randint(1, 256, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist(),
-                         reverse=True)
+        lengths = sorted(
+            torch.randint(1, 256, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist(), reverse=True
+        )
         overhead = [0, 2000, 8192, 1e9][trial % 4]
         runs = plan_buckets(lengths, 32, overhead)
         assert runs[0][0] == 0 and runs[-1][1] == len(lengths)
         assert all(a[1] == b[0] for a, b in zip(runs, runs[1:]))
-        brute = min(cost(lengths, list(zip((0,) + cuts, cuts + (len(lengths),))), 32, overhead)
-                    for k in range(len(lengths)) for cuts in itertools.combinations(range(1, len(lengths)), k))
+        brute = min(
+            cost(lengths, list(zip((0,) + cuts, cuts + (len(lengths),))), 32, overhead)
+            for k in range(len(lengths))
+            for cuts in itertools.combinations(range(1, len(lengths)), k)
+        )
         assert cost(lengths, runs, 32, overhead) == pytest.approx(brute)
     assert plan_buckets([256, 250, 40, 30], 32, 0) == [(0, 1), (1, 2), (2, 3), (3, 4)]
     assert plan_buckets([256, 250, 40, 30], 32, 8192) == [(0, 2), (2, 4)]
@@ -165,7 +197,12 @@ def test_attention_buckets_are_the_cheapest_split():
 def test_buckets_of_a_batch():
     pk = Packing(batch()["attention_mask"], head_dim=8, overhead=0)  # lengths 9, 3, 12, 1, 7
     assert [(b.rows, b.length, b.start, b.stop) for b in pk.buckets] == [
-        (1, 12, 0, 12), (1, 9, 12, 21), (1, 7, 21, 28), (1, 3, 28, 31), (1, 1, 31, 32)]
+        (1, 12, 0, 12),
+        (1, 9, 12, 21),
+        (1, 7, 21, 28),
+        (1, 3, 28, 31),
+        (1, 1, 31, 32),
+    ]
     assert all(b.index is None and b.key_mask is None for b in pk.buckets)  # no padding left to mask
     pk = Packing(batch()["attention_mask"], head_dim=8, overhead=float("inf"))
     (b,) = pk.buckets
@@ -198,8 +235,9 @@ def test_grid_forward_equals_hugging_face_at_every_position():
         torch.testing.assert_close(got_g[name], ref_g[name], atol=2e-5, rtol=1e-4, msg=name)
     gap = {"input_ids": b["input_ids"], "attention_mask": torch.tensor([[1, 0, 1] + [1] * 9] * 5)}  # any mask
     with torch.no_grad():
-        torch.testing.assert_close(PaddingFree(tiny().eval(), packed=False)(**gap).logits, tiny().eval()(**gap).logits,
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            PaddingFree(tiny().eval(), packed=False)(**gap).logits, tiny().eval()(**gap).logits, atol=1e-5, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("packed", [True, False], ids=["packed", "full-grid"])
@@ -211,9 +249,18 @@ def test_every_dropout_site_runs_with_its_own_p_in_training(packed, monkeypatch)
     from fine_tune.models import padding_free
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
-                     max_position_embeddings=40, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.2,
-                     classifier_dropout=0.3, num_labels=3)
+    cfg = BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=40,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.2,
+        classifier_dropout=0.3,
+        num_labels=3,
+    )
     model = BertForSequenceClassification(cfg)
     calls = []
     real = padding_free.dropout

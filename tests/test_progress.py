@@ -35,14 +35,17 @@ def drawn(monkeypatch, env: dict[str, str | None], **kwargs) -> tuple[str, str]:
 ONE = {"WORLD_SIZE": None, "RANK": None}
 
 
-@pytest.mark.parametrize("env, shown", [
-    ({**ONE, "TQDM_DISABLE": None}, True),
-    ({**ONE, "TQDM_DISABLE": "1"}, False),
-    ({**ONE, "TQDM_DISABLE": "true"}, False),
-    ({**ONE, "TQDM_DISABLE": "0"}, True),  # off only where it says so (tqdm itself takes any value as true)
-    ({"WORLD_SIZE": "2", "RANK": "0", "TQDM_DISABLE": None}, True),  # torchrun's rank 0 speaks for the job
-    ({"WORLD_SIZE": "2", "RANK": "1", "TQDM_DISABLE": None}, False),  # ... the others draw nothing
-])
+@pytest.mark.parametrize(
+    "env, shown",
+    [
+        ({**ONE, "TQDM_DISABLE": None}, True),
+        ({**ONE, "TQDM_DISABLE": "1"}, False),
+        ({**ONE, "TQDM_DISABLE": "true"}, False),
+        ({**ONE, "TQDM_DISABLE": "0"}, True),  # off only where it says so (tqdm itself takes any value as true)
+        ({"WORLD_SIZE": "2", "RANK": "0", "TQDM_DISABLE": None}, True),  # torchrun's rank 0 speaks for the job
+        ({"WORLD_SIZE": "2", "RANK": "1", "TQDM_DISABLE": None}, False),  # ... the others draw nothing
+    ],
+)
 def test_a_bar_is_drawn_on_stderr_unless_disabled_or_another_rank(monkeypatch, env, shown):
     bar, said = drawn(monkeypatch, env)
     assert ("counting: 100%" in bar and "3/3" in bar) == shown, bar
@@ -63,8 +66,11 @@ def test_other_libraries_bars_follow_the_same_rule(monkeypatch):
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
     hub.enable_progress_bars()
     try:
-        for env, off in (({**ONE, "TQDM_DISABLE": None}, False), ({**ONE, "TQDM_DISABLE": "1"}, True),
-                         ({"WORLD_SIZE": "2", "RANK": "1", "TQDM_DISABLE": None}, True)):
+        for env, off in (
+            ({**ONE, "TQDM_DISABLE": None}, False),
+            ({**ONE, "TQDM_DISABLE": "1"}, True),
+            ({"WORLD_SIZE": "2", "RANK": "1", "TQDM_DISABLE": None}, True),
+        ):
             hub.enable_progress_bars()
             drawn(monkeypatch, env)
             p.quiet_other_bars()

@@ -51,27 +51,107 @@ EXP = ["--model", "bert", "--task", "qqp"]
 
 
 def fine_tune_args(tiny: Path) -> list[str]:
-    return ["--experiment", "teacher", *EXP, "--ptrain_ver", str(tiny), "--dataset", "train", "--total_step", "4",
-            "--warmup_step", "1", "--ckpt_step", "2", "--log_step", "2", "--batch_size", "8", "--lr", "1e-3",
-            "--max_seq_len", SEQ, "--seed", "42", *CPU]
+    return [
+        "--experiment",
+        "teacher",
+        *EXP,
+        "--ptrain_ver",
+        str(tiny),
+        "--dataset",
+        "train",
+        "--total_step",
+        "4",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "2",
+        "--log_step",
+        "2",
+        "--batch_size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--max_seq_len",
+        SEQ,
+        "--seed",
+        "42",
+        *CPU,
+    ]
 
 
 EVAL = ["--experiment", "teacher", *EXP, "--dataset", "dev", "--batch_size", "8", *CPU]
 PREDICT = ["--experiment", "teacher", *EXP, "--dataset", "test", "--batch_size", "8", "--ckpt", "4", *CPU]
 # BERT-PKD from the fine-tuned teacher (2 layers, hidden 32, feed-forward 64, 2 heads): online, layer-wise
-PKD = ["--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", "4", "--experiment", "pkd", "--task", "qqp",
-       "--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2", "--num_hidden_layers", "1",
-       "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2", "--log_step", "1", "--batch_size", "8",
-       "--lr", "1e-3", *CPU]
+PKD = [
+    "--teacher_exp",
+    "teacher",
+    "--tmodel",
+    "bert",
+    "--tckpt",
+    "4",
+    "--experiment",
+    "pkd",
+    "--task",
+    "qqp",
+    "--d_model",
+    "32",
+    "--d_ff",
+    "64",
+    "--num_attention_heads",
+    "2",
+    "--num_hidden_layers",
+    "1",
+    "--total_step",
+    "2",
+    "--warmup_step",
+    "1",
+    "--ckpt_step",
+    "2",
+    "--log_step",
+    "1",
+    "--batch_size",
+    "8",
+    "--lr",
+    "1e-3",
+    *CPU,
+]
 GEN_LOGITS = ["--experiment", "teacher", *EXP, "--dataset", "train", "--batch_size", "8", "--ckpt", "4", *CPU]
 
 
 def distill_args(name: str) -> list[str]:
     """A logits-KD student of the teacher's train logits (data root ``logits/teacher_bert_qqp/train``)."""
-    return ["--experiment", name, *EXP, "--dataset", "teacher_bert_qqp", "--d_model", "16", "--d_ff", "32",
-            "--num_attention_heads", "2", "--num_hidden_layers", "1", "--total_step", "2", "--warmup_step", "0",
-            "--ckpt_step", "2", "--log_step", "1", "--batch_size", "8", "--lr", "1e-3", "--max_seq_len", SEQ,
-            "--seed", "42", *CPU]
+    return [
+        "--experiment",
+        name,
+        *EXP,
+        "--dataset",
+        "teacher_bert_qqp",
+        "--d_model",
+        "16",
+        "--d_ff",
+        "32",
+        "--num_attention_heads",
+        "2",
+        "--num_hidden_layers",
+        "1",
+        "--total_step",
+        "2",
+        "--warmup_step",
+        "0",
+        "--ckpt_step",
+        "2",
+        "--log_step",
+        "1",
+        "--batch_size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--max_seq_len",
+        SEQ,
+        "--seed",
+        "42",
+        *CPU,
+    ]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -79,11 +159,15 @@ def distill_args(name: str) -> list[str]:
 # --------------------------------------------------------------------------------------------------------------
 
 # Refuses to run the command unless creating a file in the data root ($1) fails right here.
-_PROBE = ('if touch "$D/.read-only-probe" 2>/dev/null; then rm -f "$D/.read-only-probe"; '
-          'echo "read-only wrapper: $D is writable" >&2; exit 97; fi; exec "$@"')
+_PROBE = (
+    'if touch "$D/.read-only-probe" 2>/dev/null; then rm -f "$D/.read-only-probe"; '
+    'echo "read-only wrapper: $D is writable" >&2; exit 97; fi; exec "$@"'
+)
 # Inside a private mount namespace: bind the data root onto itself, remount the bind read-only, probe, exec.
-_MOUNT = ('mount --bind "$D" "$D" && mount -o remount,ro,bind "$D" "$D" '
-          '|| { echo "read-only wrapper: cannot mount $D read-only" >&2; exit 98; }; ')
+_MOUNT = (
+    'mount --bind "$D" "$D" && mount -o remount,ro,bind "$D" "$D" '
+    '|| { echo "read-only wrapper: cannot mount $D read-only" >&2; exit 98; }; '
+)
 _NO_MOUNT = 98
 
 
@@ -106,8 +190,18 @@ def read_only(root: Path) -> Iterator[Callable[[list[str]], list[str]]]:
             pytest.skip("running as root without unshare/mount: cannot make the data root read-only")
 
         def wrap(argv: list[str]) -> list[str]:
-            return ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'D=$1; shift; ' + _MOUNT + _PROBE,
-                    "read-only-wrapper", str(root), *argv]
+            return [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                'D=$1; shift; ' + _MOUNT + _PROBE,
+                "read-only-wrapper",
+                str(root),
+                *argv,
+            ]
 
         check = subprocess.run(wrap(["true"]), capture_output=True, text=True, timeout=HANG_GUARD)
         if check.returncode == _NO_MOUNT or (check.returncode != 0 and "unshare" in check.stderr):
@@ -118,6 +212,7 @@ def read_only(root: Path) -> Iterator[Callable[[list[str]], list[str]]]:
         finally:
             assert not mounts_at(root), f"a mount at {root} leaked into the host's mount table"
     else:
+
         def wrap(argv: list[str]) -> list[str]:
             return ["sh", "-c", 'D=$1; shift; ' + _PROBE, "read-only-wrapper", str(root), *argv]
 
@@ -143,6 +238,7 @@ def tree(root: Path) -> dict[str, str]:
 # Running the entry scripts
 # --------------------------------------------------------------------------------------------------------------
 
+
 class Runs:
     """Entry scripts started as subprocesses (read-only data root) and waited for; output goes to files, so
     several may run at once without filling a pipe. Every process still running at the end is killed."""
@@ -153,8 +249,14 @@ class Runs:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, wrap, name: str, script: str, *args: str, data_root: Path, exp_root: Path) -> tuple:
-        env = dict(os.environ, FT_DATA_ROOT=str(data_root), FT_EXP_ROOT=str(exp_root), TQDM_DISABLE="1",
-                   PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        env = dict(
+            os.environ,
+            FT_DATA_ROOT=str(data_root),
+            FT_EXP_ROOT=str(exp_root),
+            TQDM_DISABLE="1",
+            PYTHONUNBUFFERED="1",
+            OMP_NUM_THREADS="1",
+        )
         argv = [sys.executable, str(REPO / script), *args]
         with open(self.logs / f"{name}.out", "w") as out, open(self.logs / f"{name}.err", "w") as err:
             proc = subprocess.Popen(wrap(argv), stdout=out, stderr=err, env=env, cwd=str(self.logs))
@@ -169,10 +271,12 @@ class Runs:
             proc.kill()
             proc.wait()
             raise
-        done = subprocess.CompletedProcess([script], proc.returncode, (self.logs / f"{name}.out").read_text(),
-                                           (self.logs / f"{name}.err").read_text())
-        assert done.returncode == expect, (f"{name}: {script} exited {done.returncode} (expected {expect}):\n"
-                                           f"{done.stdout}\n{done.stderr}")
+        done = subprocess.CompletedProcess(
+            [script], proc.returncode, (self.logs / f"{name}.out").read_text(), (self.logs / f"{name}.err").read_text()
+        )
+        assert done.returncode == expect, (
+            f"{name}: {script} exited {done.returncode} (expected {expect}):\n{done.stdout}\n{done.stderr}"
+        )
         return done
 
     def kill_all(self) -> None:
@@ -216,10 +320,12 @@ def checkpoint_names(folder: Path) -> list[str]:
 # The test
 # --------------------------------------------------------------------------------------------------------------
 
+
 def assert_really_read_only(wrap, root: Path) -> None:
     """Creating a file in ``root`` fails for a wrapped command (root included), though not for this process."""
-    probe = subprocess.run(wrap(["touch", str(root / "QQP" / "new-file")]), capture_output=True, text=True,
-                           timeout=HANG_GUARD)
+    probe = subprocess.run(
+        wrap(["touch", str(root / "QQP" / "new-file")]), capture_output=True, text=True, timeout=HANG_GUARD
+    )
     assert probe.returncode != 0 and "read-only wrapper" not in probe.stderr, probe
     assert ("Read-only file system" if os.geteuid() == 0 else "Permission denied") in probe.stderr, probe.stderr
     assert not (root / "QQP" / "new-file").exists()
@@ -238,8 +344,9 @@ def test_read_only_data_root_trains_evaluates_predicts_like_a_writable_one(tmp_p
         with read_only(ro_data) as wrap_ro:
             assert_really_read_only(wrap_ro, ro_data)
             # fine-tuning on the read-only root, while the control commands run here on the writable one
-            fine_tune = runs.start(wrap_ro, "fine_tune", "run_fine_tune.py", *fine_tune_args(tiny_bert),
-                                   data_root=ro_data, exp_root=ro_exp)
+            fine_tune = runs.start(
+                wrap_ro, "fine_tune", "run_fine_tune.py", *fine_tune_args(tiny_bert), data_root=ro_data, exp_root=ro_exp
+            )
             control("run_fine_tune.py", *fine_tune_args(tiny_bert), data_root=rw_data, exp_root=rw_exp)
             rw_eval = control("run_fine_tune_eval.py", *EVAL, data_root=rw_data, exp_root=rw_exp)
             rw_rows = metric_rows(rw_teacher / "eval-dev.json")
@@ -256,16 +363,23 @@ def test_read_only_data_root_trains_evaluates_predicts_like_a_writable_one(tmp_p
             with read_only(rw_data) as wrap_rw:
                 assert_really_read_only(wrap_rw, rw_data)
                 # a shared root holding a cache and logits: a student distilled from its logits data set
-                distill = runs.start(wrap_rw, "distill", "run_fine_tune_distill.py", *distill_args("kd_ro"),
-                                     data_root=rw_data, exp_root=rw_exp)
+                distill = runs.start(
+                    wrap_rw,
+                    "distill",
+                    "run_fine_tune_distill.py",
+                    *distill_args("kd_ro"),
+                    data_root=rw_data,
+                    exp_root=rw_exp,
+                )
                 runs.wait(fine_tune)
-                started = [runs.start(wrap_ro, "eval", "run_fine_tune_eval.py", *EVAL, data_root=ro_data,
-                                      exp_root=ro_exp),
-                           runs.start(wrap_ro, "predict", "generate_test_prediction.py", *PREDICT,
-                                      data_root=ro_data, exp_root=ro_exp),
-                           runs.start(wrap_ro, "pkd", "run_pkd_distill.py", *PKD, data_root=ro_data,
-                                      exp_root=ro_exp),
-                           distill]
+                started = [
+                    runs.start(wrap_ro, "eval", "run_fine_tune_eval.py", *EVAL, data_root=ro_data, exp_root=ro_exp),
+                    runs.start(
+                        wrap_ro, "predict", "generate_test_prediction.py", *PREDICT, data_root=ro_data, exp_root=ro_exp
+                    ),
+                    runs.start(wrap_ro, "pkd", "run_pkd_distill.py", *PKD, data_root=ro_data, exp_root=ro_exp),
+                    distill,
+                ]
                 done = {s[0]: runs.wait(s) for s in started}
     finally:
         runs.kill_all()
@@ -296,7 +410,9 @@ def test_read_only_data_root_trains_evaluates_predicts_like_a_writable_one(tmp_p
     assert submission.splitlines()[0] == "index\tprediction" and len(submission.splitlines()) == 24 + 1
 
     # layer-wise (BERT-PKD) from the teacher, and logits KD from the read-only logits data set: the same students
-    for ro_student, rw_student in ((ro_exp / "pkd_bert_qqp", rw_exp / "pkd_bert_qqp"),
-                                   (rw_exp / "kd_ro_bert_qqp", rw_exp / "kd_bert_qqp")):
+    for ro_student, rw_student in (
+        (ro_exp / "pkd_bert_qqp", rw_exp / "pkd_bert_qqp"),
+        (rw_exp / "kd_ro_bert_qqp", rw_exp / "kd_bert_qqp"),
+    ):
         assert checkpoint_names(ro_student) == checkpoint_names(rw_student) == ["model-2.pt"]
         assert_same_checkpoint(ro_student / "model-2.pt", rw_student / "model-2.pt")

@@ -24,8 +24,15 @@ def task_of(tmp_path, files, **fields):
     folder.mkdir(exist_ok=True)
     for name, content in files.items():
         (folder / name).write_bytes(content if isinstance(content, bytes) else content.encode())
-    spec = {"files": {name.split(".")[0]: name for name in files}, "text": "first", "text_pair": "second",
-            "label": "verdict", "labels": LABELS, "id": "qid", **fields}
+    spec = {
+        "files": {name.split(".")[0]: name for name in files},
+        "text": "first",
+        "text_pair": "second",
+        "label": "verdict",
+        "labels": LABELS,
+        "id": "qid",
+        **fields,
+    }
     return user_task("mine", check_definition(spec, "task.json"))
 
 
@@ -49,22 +56,31 @@ def test_csv_keeps_a_quoted_newline_and_counts_the_files_own_lines(tmp_path):
     good = 'qid,first,second,verdict\n1,"line one\nline two, ""quoted""",b,same\n2,c,d,different\n'
     rows = load(tmp_path, {"train.csv": good})
     assert [(e.idx, e.text, e.text_pair, e.label) for e in rows] == [
-        (1, 'line one\nline two, "quoted"', "b", 0), (2, "c", "d", 1)]
+        (1, 'line one\nline two, "quoted"', "b", 0),
+        (2, "c", "d", 1),
+    ]
     crlf = good.replace("\n", "\r\n").replace("one\r\nline", "one\nline")  # Windows line ends, a bare \n in a cell
     assert [e.text for e in load(tmp_path, {"train.csv": crlf})][0] == 'line one\nline two, "quoted"'
     message = refused(tmp_path, {"train.csv": good + "3,e,f,maybe\n"})
-    assert message == (f"{tmp_path}/mine/train.csv, line 5: label 'maybe' in column 'verdict' is not one of the "
-                       f"task's labels (same, different)")
+    assert message == (
+        f"{tmp_path}/mine/train.csv, line 5: label 'maybe' in column 'verdict' is not one of the "
+        f"task's labels (same, different)"
+    )
 
 
-@pytest.mark.parametrize("content, message", [
-    ('qid,first,second,verdict\n1,"a"b,c,same\n', "line 2: not valid CSV (',' expected after '\"'"),
-    ('qid,first,second,verdict\n1,a,b,same\n2,"never closed,b,same\n3,c,d,same\n',
-     "line 3: not valid CSV (unexpected end of data"),
-    ("qid,first,second,verdict\n1,a,b,same\n2,a,b,same,extra\n", "line 3: 5 cells, the header (line 1) names 4"),
-    ("qid,first,second,verdict\n1,a,b\n", "line 2: 3 cells, the header (line 1) names 4"),
-    ("qid,first,first,verdict\n1,a,b,same\n", "line 1: the header names 'first' twice"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('qid,first,second,verdict\n1,"a"b,c,same\n', "line 2: not valid CSV (',' expected after '\"'"),
+        (
+            'qid,first,second,verdict\n1,a,b,same\n2,"never closed,b,same\n3,c,d,same\n',
+            "line 3: not valid CSV (unexpected end of data",
+        ),
+        ("qid,first,second,verdict\n1,a,b,same\n2,a,b,same,extra\n", "line 3: 5 cells, the header (line 1) names 4"),
+        ("qid,first,second,verdict\n1,a,b\n", "line 2: 3 cells, the header (line 1) names 4"),
+        ("qid,first,first,verdict\n1,a,b,same\n", "line 1: the header names 'first' twice"),
+    ],
+)
 def test_csv_that_breaks_its_rules_is_one_line(tmp_path, content, message):
     assert refused(tmp_path, {"train.csv": content}).startswith(f"{tmp_path}/mine/train.csv, {message}")
 
@@ -96,7 +112,8 @@ def test_a_tsv_line_with_another_cell_count_is_refused_naming_it(tmp_path):
     content = "qid\tfirst\tsecond\tverdict\n1\ta\tb\tsame\n2\ta b\tsame\n"
     assert refused(tmp_path, {"train.tsv": content}) == (
         f"{tmp_path}/mine/train.tsv, line 3: 3 tab-separated cells (no quoting: one line, one row), the header "
-        f"(line 1) names 4")
+        f"(line 1) names 4"
+    )
 
 
 def test_glue_tsv_files_share_the_tab_rule(tmp_path):
@@ -107,10 +124,13 @@ def test_glue_tsv_files_share_the_tab_rule(tmp_path):
 
     long = "x" * 200_000
     qqp = tmp_path / "train.tsv"
-    qqp.write_text('id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n5\t1\t2\t"why\tnot "so"\t1\n'
-                   f'6\t3\t4\t{long}\tb\t0\n')
+    qqp.write_text(
+        f'id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n5\t1\t2\t"why\tnot "so"\t1\n6\t3\t4\t{long}\tb\t0\n'
+    )
     assert [(e.idx, e.text, e.text_pair, e.label) for e in parse_qqp(qqp, True)] == [
-        (5, '"why', 'not "so"', 1), (6, long, "b", 0)]
+        (5, '"why', 'not "so"', 1),
+        (6, long, "b", 0),
+    ]
     rte = tmp_path / "rte.tsv"
     rte.write_text('index\tsentence1\tsentence2\tlabel\n0\t"a\tb"\tentailment\n1\tc\td\tnot_entailment\n')
     assert [e.text for e in TASKS["rte"].parse(rte, True)] == ['"a', "c"]
@@ -119,30 +139,43 @@ def test_glue_tsv_files_share_the_tab_rule(tmp_path):
 # ------------------------------------------------------------------------------------ JSON lines, Parquet
 
 
-@pytest.mark.parametrize("value, shown", [(12345, "the number 12345"), (["a", "b"], 'the list ["a", "b"]'),
-                                          (True, "true"), ({"t": "a"}, 'the object {"t": "a"}')])
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        (12345, "the number 12345"),
+        (["a", "b"], 'the list ["a", "b"]'),
+        (True, "true"),
+        ({"t": "a"}, 'the object {"t": "a"}'),
+    ],
+)
 def test_a_text_column_holds_strings(tmp_path, value, shown):
     """JSON lines and Parquet keep their values' types: a text that is not a string is refused (it became its
     Python repr before). CSV and .tsv cells are always text, so a number there is its digits."""
     for column in ("first", "second"):
-        rows = [{"qid": 1, "first": "a", "second": "b", "verdict": "same"},
-                {"qid": 2, "first": "a", "second": "b", "verdict": "same", column: value}]
+        rows = [
+            {"qid": 1, "first": "a", "second": "b", "verdict": "same"},
+            {"qid": 2, "first": "a", "second": "b", "verdict": "same", column: value},
+        ]
         content = "".join(json.dumps(r) + "\n" for r in rows)
         assert refused(tmp_path, {"train.jsonl": content}) == (
-            f"{tmp_path}/mine/train.jsonl, line 2: column '{column}' holds {shown}; a text column holds strings")
+            f"{tmp_path}/mine/train.jsonl, line 2: column '{column}' holds {shown}; a text column holds strings"
+        )
     assert load(tmp_path, {"train.csv": "qid,first,second,verdict\n1,12345,678,same\n"})[0].text == "12345"
 
 
-@pytest.mark.parametrize("fmt, raw, message", [
-    ("jsonl", 1.5, "id 1.5 in column 'qid' is not an integer"),
-    ("jsonl", 3.0, "id 3.0 in column 'qid' is not an integer"),
-    ("jsonl", "1.5", "id '1.5' in column 'qid' is not an integer"),
-    ("jsonl", True, "id true in column 'qid' is not an integer"),
-    ("jsonl", "1_000", "id '1_000' in column 'qid' is not an integer"),
-    ("csv", "1.5", "id '1.5' in column 'qid' is not an integer"),
-    ("csv", "7a", "id '7a' in column 'qid' is not an integer"),
-    ("csv", "1e3", "id '1e3' in column 'qid' is not an integer"),
-])
+@pytest.mark.parametrize(
+    "fmt, raw, message",
+    [
+        ("jsonl", 1.5, "id 1.5 in column 'qid' is not an integer"),
+        ("jsonl", 3.0, "id 3.0 in column 'qid' is not an integer"),
+        ("jsonl", "1.5", "id '1.5' in column 'qid' is not an integer"),
+        ("jsonl", True, "id true in column 'qid' is not an integer"),
+        ("jsonl", "1_000", "id '1_000' in column 'qid' is not an integer"),
+        ("csv", "1.5", "id '1.5' in column 'qid' is not an integer"),
+        ("csv", "7a", "id '7a' in column 'qid' is not an integer"),
+        ("csv", "1e3", "id '1e3' in column 'qid' is not an integer"),
+    ],
+)
 def test_an_id_is_an_integer_exactly(tmp_path, fmt, raw, message):
     """A fractional id was truncated (1.5 -> 1: in the submission as another row's id); a float that happens to be
     whole (3.0) is refused as the official readers refuse it; digits in a text cell are an integer."""
@@ -156,15 +189,19 @@ def test_an_id_is_an_integer_exactly(tmp_path, fmt, raw, message):
 def test_integer_ids_are_read_exactly_and_reach_the_submission(tmp_path):
     import numpy as np
 
-    content = "".join(json.dumps(r) + "\n" for r in [{"qid": 12, "first": "a", "second": "b"},
-                                                      {"qid": "-7", "first": "c", "second": "d"},
-                                                      {"qid": 2 ** 62 + 1, "first": "e", "second": "f"}])
+    content = "".join(
+        json.dumps(r) + "\n"
+        for r in [
+            {"qid": 12, "first": "a", "second": "b"},
+            {"qid": "-7", "first": "c", "second": "d"},
+            {"qid": 2**62 + 1, "first": "e", "second": "f"},
+        ]
+    )
     task = task_of(tmp_path, {"test.jsonl": content})
     rows = task.load(tmp_path, "test")
-    assert [e.idx for e in rows] == [12, -7, 2 ** 62 + 1]
+    assert [e.idx for e in rows] == [12, -7, 2**62 + 1]
     task.write_submission(tmp_path / "out.tsv", rows, np.array([0, 1, 0]))
-    assert (tmp_path / "out.tsv").read_text().splitlines()[1:] == ["12\tsame", "-7\tdifferent",
-                                                                   f"{2 ** 62 + 1}\tsame"]
+    assert (tmp_path / "out.tsv").read_text().splitlines()[1:] == ["12\tsame", "-7\tdifferent", f"{2**62 + 1}\tsame"]
 
 
 def test_json_labels_boolean_and_regression_scores(tmp_path):
@@ -174,13 +211,15 @@ def test_json_labels_boolean_and_regression_scores(tmp_path):
     got = load(tmp_path, {"train.jsonl": content}, id=None, labels=["false", "true"])
     assert [e.label for e in got] == [1, 0]
     message = refused(tmp_path, {"train.jsonl": content}, id=None, labels=None, regression=True)
-    assert message == (f"{tmp_path}/mine/train.jsonl, line 1: label true in column 'verdict' is not a number "
-                       f"(a regression score)")
+    assert message == (
+        f"{tmp_path}/mine/train.jsonl, line 1: label true in column 'verdict' is not a number (a regression score)"
+    )
 
 
 def test_a_corrupt_parquet_file_is_one_line(tmp_path, monkeypatch):
-    pa = pytest.importorskip("pyarrow", reason="pyarrow reads .parquet files; without it the next test covers the "
-                                               "one-line refusal")
+    pa = pytest.importorskip(
+        "pyarrow", reason="pyarrow reads .parquet files; without it the next test covers the one-line refusal"
+    )
     import pyarrow.parquet as pq
 
     table = pa.table({"qid": [1, 2], "first": ["a", "b"], "second": ["c", "d"], "verdict": ["same", "different"]})
@@ -190,10 +229,12 @@ def test_a_corrupt_parquet_file_is_one_line(tmp_path, monkeypatch):
     message = refused(tmp_path, {"train.parquet": data[: len(data) // 2]})
     assert message.startswith(f"{tmp_path}/mine/train.parquet: not a readable Parquet file (")
     assert refused(tmp_path, {"train.parquet": b"not parquet at all"}).startswith(
-        f"{tmp_path}/mine/train.parquet: not a readable Parquet file (")
+        f"{tmp_path}/mine/train.parquet: not a readable Parquet file ("
+    )
     pq.write_table(pa.table({"qid": [1], "first": [7], "second": ["c"], "verdict": ["same"]}), tmp_path / "n.parquet")
     assert refused(tmp_path, {"train.parquet": (tmp_path / "n.parquet").read_bytes()}) == (
-        f"{tmp_path}/mine/train.parquet, row 1: column 'first' holds the number 7; a text column holds strings")
+        f"{tmp_path}/mine/train.parquet, row 1: column 'first' holds the number 7; a text column holds strings"
+    )
 
 
 def test_parquet_without_pyarrow_is_one_line(tmp_path, monkeypatch):
@@ -208,7 +249,8 @@ def test_parquet_without_pyarrow_is_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_pyarrow)
     assert refused(tmp_path, {"train.parquet": b"PAR1"}) == (
-        f"{tmp_path}/mine/train.parquet: reading .parquet needs pyarrow (pip install pyarrow)")
+        f"{tmp_path}/mine/train.parquet: reading .parquet needs pyarrow (pip install pyarrow)"
+    )
 
 
 # ------------------------------------------------------------- issue 29's adversarial run: exact ids, JSON limits
@@ -219,14 +261,22 @@ def test_an_id_cell_is_canonical_decimal(tmp_path, raw):
     """The prediction file wrote 7, 3, 5, 0 for these cells: the submission's ids were not the file's. A cell that
     is an integer only after reformatting is refused, saying how an id is written."""
     message = refused(tmp_path, {"test.csv": f'qid,first,second\n1,a,b\n"{raw}",a,b\n'})
-    assert message == (f"{tmp_path}/mine/test.csv, line 3: id {raw!r} in column 'qid' is not an integer (as the file "
-                       f"writes it: digits, an optional '-', no leading zero, space or '+')")
+    assert message == (
+        f"{tmp_path}/mine/test.csv, line 3: id {raw!r} in column 'qid' is not an integer (as the file "
+        f"writes it: digits, an optional '-', no leading zero, space or '+')"
+    )
 
 
-@pytest.mark.parametrize("fmt, raw, shown", [
-    ("jsonl", 2 ** 64, str(2 ** 64)), ("jsonl", 2 ** 63, str(2 ** 63)), ("csv", str(2 ** 63), str(2 ** 63)),
-    ("csv", "1" * 5001, "'" + "1" * 39 + "..." + "1" * 11 + "' (5003 characters)")], ids=["2^64", "2^63", "csv_2^63",
-                                                                                        "csv_5001_digits"])
+@pytest.mark.parametrize(
+    "fmt, raw, shown",
+    [
+        ("jsonl", 2**64, str(2**64)),
+        ("jsonl", 2**63, str(2**63)),
+        ("csv", str(2**63), str(2**63)),
+        ("csv", "1" * 5001, "'" + "1" * 39 + "..." + "1" * 11 + "' (5003 characters)"),
+    ],
+    ids=["2^64", "2^63", "csv_2^63", "csv_5001_digits"],
+)
 def test_an_id_fits_a_signed_64_bit_integer(tmp_path, fmt, raw, shown):
     """Ids beyond int64 were accepted for training and prediction, then an OverflowError in the evaluation table
     (and a 5001-digit CSV id a ValueError of Python's digit limit): refused when the file is read."""
@@ -236,15 +286,17 @@ def test_an_id_fits_a_signed_64_bit_integer(tmp_path, fmt, raw, shown):
         content, line = f"qid,first,second\n{raw},a,b\n", 2
     assert refused(tmp_path, {f"test.{fmt}": content}) == (
         f"{tmp_path}/mine/test.{fmt}, line {line}: id {shown} in column 'qid' is outside the signed 64-bit range "
-        f"(-9223372036854775808 to 9223372036854775807)")
-    edge = f"qid,first,second\n{-2 ** 63},a,b\n{2 ** 63 - 1},c,d\n0,e,f\n-12,g,h\n"
-    assert [e.idx for e in load(tmp_path, {"test.csv": edge})] == [-2 ** 63, 2 ** 63 - 1, 0, -12]
+        f"(-9223372036854775808 to 9223372036854775807)"
+    )
+    edge = f"qid,first,second\n{-(2**63)},a,b\n{2**63 - 1},c,d\n0,e,f\n-12,g,h\n"
+    assert [e.idx for e in load(tmp_path, {"test.csv": edge})] == [-(2**63), 2**63 - 1, 0, -12]
 
 
 def test_a_duplicate_id_names_both_lines(tmp_path):
     content = "qid,first,second\n4,a,b\n7,c,d\n5,e,f\n7,g,h\n"
     assert refused(tmp_path, {"test.csv": content}) == (
-        f"{tmp_path}/mine/test.csv, line 5: id 7 appears twice (first at line 3); a submission needs one row per id")
+        f"{tmp_path}/mine/test.csv, line 5: id 7 appears twice (first at line 3); a submission needs one row per id"
+    )
     from fine_tune.tasks.qqp import parse_qqp
 
     qqp = tmp_path / "test.tsv"
@@ -254,27 +306,37 @@ def test_a_duplicate_id_names_both_lines(tmp_path):
     assert str(e.value) == f"{qqp}, line 3: id 3 appears twice (first at line 2); a submission needs one row per id"
 
 
-@pytest.mark.parametrize("line, reason", [
-    ('{"qid": 1, "first": "a", "first": "b", "second": "c"}', 'key "first" appears twice'),
-    ('{"qid": 1, "first": ' + "[" * 5000 + "]" * 5000 + ', "second": "c"}', "nested too deep"),
-    ('{"qid": 1' + "0" * 5000 + ', "first": "a", "second": "c"}', "an integer of more than 4300 digits"),
-    # a lone surrogate escape: no character (the tokenizer raised a TypeError traceback mid-run, after config.json)
-    ('{"qid": 1, "first": "a \\ud800 b", "second": "c"}',
-     "a \\u escape of half a surrogate pair, which is no character: not Unicode text"),
-], ids=["key_twice", "nested_5000_deep", "integer_of_5001_digits", "lone_surrogate"])
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ('{"qid": 1, "first": "a", "first": "b", "second": "c"}', 'key "first" appears twice'),
+        ('{"qid": 1, "first": ' + "[" * 5000 + "]" * 5000 + ', "second": "c"}', "nested too deep"),
+        ('{"qid": 1' + "0" * 5000 + ', "first": "a", "second": "c"}', "an integer of more than 4300 digits"),
+        # a lone surrogate escape: no character (the tokenizer raised a TypeError traceback mid-run, after config.json)
+        (
+            '{"qid": 1, "first": "a \\ud800 b", "second": "c"}',
+            "a \\u escape of half a surrogate pair, which is no character: not Unicode text",
+        ),
+    ],
+    ids=["key_twice", "nested_5000_deep", "integer_of_5001_digits", "lone_surrogate"],
+)
 def test_a_json_line_python_cannot_take_exactly_is_one_line(tmp_path, line, reason):
     """A key written twice kept its last value silently; deep nesting and Python's integer digit limit were
     tracebacks (RecursionError, ValueError)."""
     content = json.dumps({"qid": 0, "first": "a", "second": "b"}) + "\n" + line + "\n"
-    assert refused(tmp_path, {"test.jsonl": content}) == f"{tmp_path}/mine/test.jsonl, line 2: not valid JSON ({reason})"
+    assert (
+        refused(tmp_path, {"test.jsonl": content}) == f"{tmp_path}/mine/test.jsonl, line 2: not valid JSON ({reason})"
+    )
 
 
 def test_a_huge_regression_score_is_not_finite(tmp_path):
     """1 followed by 400 zeros (a JSON integer) was an OverflowError traceback converting it to a float."""
     content = '{"first": "a", "second": "b", "verdict": 1' + "0" * 400 + "}\n"
     message = refused(tmp_path, {"train.jsonl": content}, id=None, labels=None, regression=True)
-    assert message == (f"{tmp_path}/mine/train.jsonl, line 1: label 1{'0' * 39}...{'0' * 12} (401 characters) in "
-                       f"column 'verdict' is not a finite number")
+    assert message == (
+        f"{tmp_path}/mine/train.jsonl, line 1: label 1{'0' * 39}...{'0' * 12} (401 characters) in "
+        f"column 'verdict' is not a finite number"
+    )
 
 
 def test_a_boolean_label_is_shown_as_json_writes_it(tmp_path):
@@ -282,7 +344,8 @@ def test_a_boolean_label_is_shown_as_json_writes_it(tmp_path):
     content = '{"first": "a", "second": "b", "verdict": true}\n'
     assert refused(tmp_path, {"train.jsonl": content}, id=None) == (
         f"{tmp_path}/mine/train.jsonl, line 1: label true in column 'verdict' is not one of the task's labels (same, "
-        f"different)")
+        f"different)"
+    )
 
 
 def test_a_surrogate_pair_is_one_character_and_reads(tmp_path):

@@ -20,11 +20,50 @@ def test_minilm_learns_qp_pairs(run, exp_root, data_root):
     shutil.rmtree(data_root / "QQP")
     shutil.copytree(qp, data_root / "QQP")
     start = time.time()
-    run("run_fine_tune.py", "--experiment", "minilm", "--model", "bert", "--ptrain_ver", str(model), "--task", "qqp",
-        "--dataset", "train", "--batch_size", "32", "--lr", "1e-4", "--max_seq_len", "64", "--total_step", "40",
-        "--warmup_step", "4", "--ckpt_step", "40", "--log_step", "20", "--seed", "42")
-    run("run_fine_tune_eval.py", "--experiment", "minilm", "--model", "bert", "--task", "qqp", "--dataset", "dev",
-        "--batch_size", "128", "--max_examples", "500")
+    run(
+        "run_fine_tune.py",
+        "--experiment",
+        "minilm",
+        "--model",
+        "bert",
+        "--ptrain_ver",
+        str(model),
+        "--task",
+        "qqp",
+        "--dataset",
+        "train",
+        "--batch_size",
+        "32",
+        "--lr",
+        "1e-4",
+        "--max_seq_len",
+        "64",
+        "--total_step",
+        "40",
+        "--warmup_step",
+        "4",
+        "--ckpt_step",
+        "40",
+        "--log_step",
+        "20",
+        "--seed",
+        "42",
+    )
+    run(
+        "run_fine_tune_eval.py",
+        "--experiment",
+        "minilm",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--dataset",
+        "dev",
+        "--batch_size",
+        "128",
+        "--max_examples",
+        "500",
+    )
     print(f"MiniLM QQP fine-tune (40 steps) + dev evaluation (500 rows): {time.time() - start:.1f} s")
     table = json.loads((exp_root / "minilm_bert_qqp" / "eval-dev.json").read_text())
     assert table["num_rows"] == 500
@@ -40,8 +79,26 @@ def test_real_boolq_files_run(run, tiny_bert, exp_root, data_root):
     (data_root / "BoolQ" / "val.jsonl").write_text("".join(val[2270:]), encoding="utf-8")
     shutil.copy(boolq / "test.jsonl", data_root / "BoolQ" / "test.jsonl")
     common = ["--experiment", "real", "--model", "bert", "--task", "boolq"]
-    run("run_fine_tune.py", *common, "--ptrain_ver", str(tiny_bert), "--total_step", "3", "--warmup_step", "1",
-        "--ckpt_step", "3", "--log_step", "1", "--batch_size", "16", "--max_seq_len", "128", "--max_examples", "64")
+    run(
+        "run_fine_tune.py",
+        *common,
+        "--ptrain_ver",
+        str(tiny_bert),
+        "--total_step",
+        "3",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "3",
+        "--log_step",
+        "1",
+        "--batch_size",
+        "16",
+        "--max_seq_len",
+        "128",
+        "--max_examples",
+        "64",
+    )
     run("run_fine_tune_eval.py", *common, "--dataset", "val", "--max_examples", "64")
     run("generate_test_prediction.py", *common, "--dataset", "test", "--max_examples", "50")
     assert not (exp_root / "real_bert_boolq" / "BoolQ.jsonl").exists()  # a partial file never takes the official name
@@ -51,7 +108,7 @@ def test_real_boolq_files_run(run, tiny_bert, exp_root, data_root):
     assert table["num_rows"] == 64 and [r["ckpt"] for r in table["rows"]] == [3]
     # The first 64 rows of the val file the evaluation read, their string labels mapped as in the original
     # code (false -> 0, true -> 1), independently of the toolkit's parser.
-    rows = [json.loads(line) for line in val[2270:2270 + 64]]
+    rows = [json.loads(line) for line in val[2270 : 2270 + 64]]
     assert {r["label"] for r in rows} == {"true", "false"}  # string labels, both classes present
     gold = np.array([{"false": 0, "true": 1}[r["label"]] for r in rows])
     saved = np.load(exp_root / "real_bert_boolq" / "eval-val-predictions.npz")

@@ -17,8 +17,25 @@ from test_recipe_method import assert_same_weights, weights
 from test_scripts_e2e import tb_scalars
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-COMMON = ["--task", "qqp", *TINY, "--num_hidden_layers", "3", "--total_step", "3", "--warmup_step", "1",
-          "--ckpt_step", "3", "--log_step", "1", "--lr", "1e-3", "--batch_size", "8"]
+COMMON = [
+    "--task",
+    "qqp",
+    *TINY,
+    "--num_hidden_layers",
+    "3",
+    "--total_step",
+    "3",
+    "--warmup_step",
+    "1",
+    "--ckpt_step",
+    "3",
+    "--log_step",
+    "1",
+    "--lr",
+    "1e-3",
+    "--batch_size",
+    "8",
+]
 LOSS = "qqp/train/bert/loss"
 
 
@@ -45,8 +62,10 @@ def same(run, exp_root, script_args: list[str], recipe: str, args: list[str], na
     # and the same logged loss at every step, bit for bit (MiniLM's mu (L_AT + L_VR): a sum term weighted once)
     logged = [tb_scalars(exp_root / "log" / f"{name}{who}_bert_qqp")[LOSS] for who in ("s", "r")]
     assert logged[0] == logged[1] and len(logged[0]) == 3, logged
-    projections = [torch.load(f / "projection-3.pt", weights_only=True) if (f / "projection-3.pt").exists() else None
-                   for f in (script, recipe_run)]
+    projections = [
+        torch.load(f / "projection-3.pt", weights_only=True) if (f / "projection-3.pt").exists() else None
+        for f in (script, recipe_run)
+    ]
     if projections != [None, None]:
         assert None not in projections
         assert_same_weights(*projections)
@@ -60,27 +79,68 @@ def test_shipped_builtin_recipes_equal_their_scripts(run, teacher, exp_root, tmp
     weighting), hard 0.35, soft 0.65 at T 2. MiniLMv2: the shipped file with its relation heads 48 -> 4 (48 do not
     divide the tiny width 32), at max_length."""
     tiny = ["run_tinybert_distil.py", "--tinybert_stage", "intermediate"]
-    same(run, exp_root, tiny, str(RECIPES / "tinybert_intermediate.yaml"), [*COMMON, "--padding", "max_length"],
-         "tbi")
+    same(run, exp_root, tiny, str(RECIPES / "tinybert_intermediate.yaml"), [*COMMON, "--padding", "max_length"], "tbi")
     data = reweighted(shipped("tinybert_intermediate.yaml"), 2.5)
-    same(run, exp_root, [*tiny, "--mu", "2.5"], written(tmp_path, data, "tbi"), [*COMMON, "--padding", "dynamic"],
-         "tbd")
+    same(
+        run, exp_root, [*tiny, "--mu", "2.5"], written(tmp_path, data, "tbi"), [*COMMON, "--padding", "dynamic"], "tbd"
+    )
     data = shipped("tinybert_prediction.yaml")
-    data["terms"] = [dict(data["terms"][0], weight=0.7, temperature=2.5),
-                     {"feature": "hard_labels", "loss": "ce", "weight": 0.3}]
-    same(run, exp_root, ["run_tinybert_distil.py", "--tinybert_stage", "prediction", "--soft_weight", "0.7",
-                         "--hard_weight", "0.3", "--softmax_temp", "2.5"], written(tmp_path, data, "tbp"),
-         [*COMMON, "--padding", "dynamic"], "tbp")
+    data["terms"] = [
+        dict(data["terms"][0], weight=0.7, temperature=2.5),
+        {"feature": "hard_labels", "loss": "ce", "weight": 0.3},
+    ]
+    same(
+        run,
+        exp_root,
+        [
+            "run_tinybert_distil.py",
+            "--tinybert_stage",
+            "prediction",
+            "--soft_weight",
+            "0.7",
+            "--hard_weight",
+            "0.3",
+            "--softmax_temp",
+            "2.5",
+        ],
+        written(tmp_path, data, "tbp"),
+        [*COMMON, "--padding", "dynamic"],
+        "tbp",
+    )
     data = shipped("minilm.yaml")
-    data["terms"] = [dict(data["terms"][0], weight=0.35), dict(data["terms"][1], weight=0.65, temperature=2.0),
-                     dict(data["terms"][2], weight=2.5)]
-    same(run, exp_root, ["run_minilm_distil.py", "--mu", "2.5", "--hard_weight", "0.35", "--soft_weight", "0.65",
-                         "--softmax_temp", "2"], written(tmp_path, data, "minilm"), [*COMMON, "--padding", "dynamic"],
-         "ml")
+    data["terms"] = [
+        dict(data["terms"][0], weight=0.35),
+        dict(data["terms"][1], weight=0.65, temperature=2.0),
+        dict(data["terms"][2], weight=2.5),
+    ]
+    same(
+        run,
+        exp_root,
+        [
+            "run_minilm_distil.py",
+            "--mu",
+            "2.5",
+            "--hard_weight",
+            "0.35",
+            "--soft_weight",
+            "0.65",
+            "--softmax_temp",
+            "2",
+        ],
+        written(tmp_path, data, "minilm"),
+        [*COMMON, "--padding", "dynamic"],
+        "ml",
+    )
     data = shipped("minilmv2.yaml")
     data["terms"][2] = dict(data["terms"][2], relation_heads=4)
-    same(run, exp_root, ["run_minilm_distil.py", "--relation_heads", "4"], written(tmp_path, data, "minilmv2"),
-         [*COMMON, "--padding", "max_length"], "ml2")
+    same(
+        run,
+        exp_root,
+        ["run_minilm_distil.py", "--relation_heads", "4"],
+        written(tmp_path, data, "minilmv2"),
+        [*COMMON, "--padding", "max_length"],
+        "ml2",
+    )
 
 
 @pytest.mark.parametrize("stage", ["intermediate", "prediction"])
@@ -97,18 +157,36 @@ def test_tinybert_recipes_train_as_the_script(tmp_path, stage):
     from fine_tune.settings import LayerwiseFlags
 
     def settings(groups: dict) -> MethodSettings:
-        return MethodSettings(groups=groups, num_class=2, student=StudentShape(3, 32, 2),
-                              teacher=TeacherShape(12, 32, 2), padding="dynamic", optimiser=OptimiserSettings(1e-3, 10, 1))
+        return MethodSettings(
+            groups=groups,
+            num_class=2,
+            student=StudentShape(3, 32, 2),
+            teacher=TeacherShape(12, 32, 2),
+            padding="dynamic",
+            optimiser=OptimiserSettings(1e-3, 10, 1),
+        )
 
-    script = TinyBERT.build(settings({"tinybert": TinyBertFlags(tinybert_stage=stage),
-                                      "distil": TinyBertDistilFlags(), "layerwise": LayerwiseFlags()}))
+    script = TinyBERT.build(
+        settings(
+            {
+                "tinybert": TinyBertFlags(tinybert_stage=stage),
+                "distil": TinyBertDistilFlags(),
+                "layerwise": LayerwiseFlags(),
+            }
+        )
+    )
     recipe = RecipeKD.build(settings({"recipe": RecipeFlags(recipe=str(RECIPES / f"tinybert_{stage}.yaml"))}))
     assert (recipe.schedule, recipe.drop_last) == (script.schedule, script.drop_last)
     assert recipe.drop_last and recipe.schedule == ("constant" if stage == "intermediate" else "linear")
     assert recipe.needs_projection == script.needs_projection == (stage == "intermediate")
     for t in recipe.terms:  # the uniform rule is TinyBERT's g(m) = ceil(m N / M); the embeddings (0, 0)
-        assert [p[1] for p in t.pairs] == (script.teacher_layers if t.term.feature in ("attention_scores", "hidden")
-                                           else [0] if t.term.feature == "embeddings" else [])
+        assert [p[1] for p in t.pairs] == (
+            script.teacher_layers
+            if t.term.feature in ("attention_scores", "hidden")
+            else [0]
+            if t.term.feature == "embeddings"
+            else []
+        )
     assert recipe.projection_optimiser.schedule == script.projection_optimiser.schedule == recipe.schedule
     with pytest.raises(UserError, match="fewer than one micro-batch .*training.incomplete_batches: skip"):
         recipe.check_training_rows(5, 8, "train.jsonl")
@@ -125,7 +203,9 @@ def test_the_shipped_files_parse_with_their_stated_values():
     assert v2.terms[2].relation_heads == 48 and v2.terms[2].layers.resolve(6, 12, "x") == ((6, 12),)
     v1 = load_recipe(RECIPES / "minilm.yaml")
     assert [(t.feature, t.group, t.weight.start) for t in v1.terms[2:]] == [
-        ("attention_probs", "minilm", 1.0), ("value_relation", "minilm", 1.0)]
+        ("attention_probs", "minilm", 1.0),
+        ("value_relation", "minilm", 1.0),
+    ]
     mid = load_recipe(RECIPES / "tinybert_intermediate.yaml")
     assert (mid.training.schedule, mid.training.incomplete_batches) == ("constant", "skip")
     assert [(t.reduction, t.projection) for t in mid.terms] == [("sum", None), ("sum", "shared"), ("sum", "shared")]
@@ -145,10 +225,19 @@ def test_minilms_sum_term_is_its_loss_bit_for_bit(tmp_path):
     from fine_tune.methods.recipe import RecipeFlags, RecipeKD
 
     data = shipped("minilm.yaml")
-    data["terms"] = [dict(data["terms"][0], weight=0.35), dict(data["terms"][1], weight=0.65, temperature=2.0),
-                     dict(data["terms"][2], weight=2.5)]
-    recipe = RecipeKD.build(MethodSettings(groups={"recipe": RecipeFlags(recipe=written(tmp_path, data, "m"))},
-                                           num_class=3, student=StudentShape(2, 8, 2), teacher=TeacherShape(3, 8, 2)))
+    data["terms"] = [
+        dict(data["terms"][0], weight=0.35),
+        dict(data["terms"][1], weight=0.65, temperature=2.0),
+        dict(data["terms"][2], weight=2.5),
+    ]
+    recipe = RecipeKD.build(
+        MethodSettings(
+            groups={"recipe": RecipeFlags(recipe=written(tmp_path, data, "m"))},
+            num_class=3,
+            student=StudentShape(2, 8, 2),
+            teacher=TeacherShape(3, 8, 2),
+        )
+    )
     minilm = MiniLM(2, 3, 0.35, 0.65, 2.0, 2.5, student_heads=2, teacher_heads=2, padding="dynamic")
     batch = {"labels": LABELS}
     want, got = minilm.losses(batch, STUDENT, TEACHER), recipe.losses(batch, STUDENT, TEACHER)

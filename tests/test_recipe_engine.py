@@ -39,13 +39,23 @@ def student(data_root, exp_root, tiny_bert12):
     masked (per sequence over its real tokens) in either padding. (Under --padding dynamic a masked hidden MSE is
     the mean over a micro-batch's real tokens, which the ranks' row weights do not restore: two processes differ
     from one there, for PKD's script as for a recipe.)"""
+
     def run(script, *args, check=True):
         return run_in_process(script, *args, data_root=data_root, exp_root=exp_root, check=check)
 
     recipe = data_root.parent / "recipe.yaml"
     recipe.write_text(RECIPE)
-    return [*layerwise_over_a_teacher(run, tiny_bert12, 3), "--recipe", str(recipe), "--padding", "max_length",
-            "--warmup_step", "1", "--device_id", "-1"]
+    return [
+        *layerwise_over_a_teacher(run, tiny_bert12, 3),
+        "--recipe",
+        str(recipe),
+        "--padding",
+        "max_length",
+        "--warmup_step",
+        "1",
+        "--device_id",
+        "-1",
+    ]
 
 
 def terms(scalars: dict, step_index: int) -> dict[str, float]:
@@ -66,12 +76,14 @@ def test_a_recipe_under_torchrun_ends_where_one_process_does(run, student, data_
     # teacher both near uniform is ~1e-5, a difference of nearly equal numbers that float noise moves by ~1e-8
     for tag in ("loss", *NAMES, "grad_norm"):
         assert [s for s, _ in b[P + tag]] == [2, 4], tag
-        np.testing.assert_allclose([v for _, v in b[P + tag]], [v for _, v in a[P + tag]], rtol=1e-4, atol=1e-7,
-                                   err_msg=tag)
+        np.testing.assert_allclose(
+            [v for _, v in b[P + tag]], [v for _, v in a[P + tag]], rtol=1e-4, atol=1e-7, err_msg=tag
+        )
 
 
-def test_a_recipe_under_amp_logs_finite_terms_to_tensorboard_and_mlflow(run, student, exp_root, mlflow_store,
-                                                                       monkeypatch):
+def test_a_recipe_under_amp_logs_finite_terms_to_tensorboard_and_mlflow(
+    run, student, exp_root, mlflow_store, monkeypatch
+):
     """--amp on CPU: bf16 autocast (as on a processor with native bf16, whatever this one has); every term by its
     name in TensorBoard and MLflow alike, finite and positive, summing to the logged loss."""
     from fine_tune.engine import device
@@ -117,9 +129,11 @@ def test_config_reruns_a_recipe_run_and_refuses_an_edited_recipe(run, student, e
         proc = run("run_distil.py", "--config", str(cfg_file), "--experiment", "edited", check=False)
         assert proc.returncode == 2 and proc.stdout == ""
         now, before = hashlib.sha256(edited.encode()).hexdigest(), orig["recipe"]["sha256"]
-        assert proc.stderr == (f'error: --config {cfg_file}: field "recipe": {recipe} changed since the run (sha256 '
-                               f"{now[:12]}… now, {before[:12]}… recorded); restore it, or give --recipe {recipe} to "
-                               f"run with it as it is\n")
+        assert proc.stderr == (
+            f'error: --config {cfg_file}: field "recipe": {recipe} changed since the run (sha256 '
+            f"{now[:12]}… now, {before[:12]}… recorded); restore it, or give --recipe {recipe} to "
+            f"run with it as it is\n"
+        )
         assert not (exp_root / "edited_bert_qqp").exists()
         # the run itself, resumed with the edited file: another config (the recipe's record differs)
         proc = run("run_distil.py", "--experiment", "orig", *common, check=False)

@@ -40,11 +40,13 @@ def outputs(seed: int, layers: int, width: int = D, classes: int = CLASSES) -> M
         return torch.randn(*shape, generator=g) * scale
 
     mask = torch.tensor([[1 if s < n else 0 for s in range(S)] for n in LENGTHS])
-    return ModelOutputs(logits=rand(B, classes, scale=2.0),
-                        hidden_states=tuple(rand(B, S, width) for _ in range(layers)),
-                        attention_mask=mask, embeddings=rand(B, S, width),
-                        attention_inputs=tuple(tuple(rand(B, S, width, scale=1.5) for _ in range(3))
-                                               for _ in range(layers)))
+    return ModelOutputs(
+        logits=rand(B, classes, scale=2.0),
+        hidden_states=tuple(rand(B, S, width) for _ in range(layers)),
+        attention_mask=mask,
+        embeddings=rand(B, S, width),
+        attention_inputs=tuple(tuple(rand(B, S, width, scale=1.5) for _ in range(3)) for _ in range(layers)),
+    )
 
 
 STUDENT, TEACHER = outputs(1, 2), outputs(2, 3)
@@ -55,6 +57,7 @@ STUDENT_1, TEACHER_1 = outputs(3, 2, classes=1), outputs(4, 3, classes=1)  # one
 
 
 # ---------------------------------------------------------------- the equations, float64, plain torch
+
 
 def log_softmax(x: torch.Tensor) -> torch.Tensor:
     return x - x.exp().sum(-1, keepdim=True).log()
@@ -95,6 +98,7 @@ def vector_ref(feature, per_token, project=None):
                 s, t = s[:, 0], t[:, 0]
             total = total + token_mean(per_token(s, t), mask)
         return total / len(pairs)
+
     return ref
 
 
@@ -172,8 +176,10 @@ def probs_mse_ref(s_qkv, t_qkv, mask, hs=HEADS, ht=HEADS, head_mean=False):
 
 def attention_ref(per_pair, pairs=ATTENTION_PAIRS):
     def ref(student, teacher, mask):
-        return sum(per_pair(student.attention_inputs[j - 1], teacher.attention_inputs[i - 1], mask)
-                   for j, i in pairs) / len(pairs)
+        return sum(
+            per_pair(student.attention_inputs[j - 1], teacher.attention_inputs[i - 1], mask) for j, i in pairs
+        ) / len(pairs)
+
     return ref
 
 
@@ -200,8 +206,11 @@ REFS = {
     ("attention_probs", "kl"): attention_ref(lambda s, t, m: relation_kl_ref(s[0], s[1], t[0], t[1], HEADS, HEADS, m)),
     ("attention_probs", "mse"): attention_ref(probs_mse_ref),
     ("value_relation", "kl"): attention_ref(lambda s, t, m: relation_kl_ref(s[2], s[2], t[2], t[2], HEADS, HEADS, m)),
-    ("qkv_relation", "kl"): attention_ref(lambda s, t, m: sum(
-        relation_kl_ref(s[x], s[x], t[x], t[x], RELATION_HEADS, RELATION_HEADS, m) for x in range(3))),
+    ("qkv_relation", "kl"): attention_ref(
+        lambda s, t, m: sum(
+            relation_kl_ref(s[x], s[x], t[x], t[x], RELATION_HEADS, RELATION_HEADS, m) for x in range(3)
+        )
+    ),
 }
 
 
@@ -215,11 +224,20 @@ def term(feature, loss, masked, student=STUDENT, teacher=TEACHER, **kw):
     elif feature not in ("logits", "hard_labels", "embeddings"):
         kw.setdefault("pairs", ATTENTION_PAIRS)
     kw.setdefault("num_heads", (HEADS, HEADS))
-    return term_loss(feature, loss, student, teacher, temperature=T, mask=MASK if masked else None,
-                     relation_heads=RELATION_HEADS, **kw)
+    return term_loss(
+        feature,
+        loss,
+        student,
+        teacher,
+        temperature=T,
+        mask=MASK if masked else None,
+        relation_heads=RELATION_HEADS,
+        **kw,
+    )
 
 
 # ---------------------------------------------------------------- every term against its equation
+
 
 def test_every_term_has_an_equation_here():
     assert set(REFS) == set(TERMS)
@@ -248,8 +266,9 @@ def test_logits_mse_of_one_output_is_the_regression_soft_loss():
     got = term("logits", "mse", False, STUDENT_1, TEACHER_1)
     want = ((STUDENT_1.logits.double() - TEACHER_1.logits.double()) ** 2).mean()
     torch.testing.assert_close(got.double(), want, **TOL)
-    assert torch.equal(got, logits_kd_loss(STUDENT_1.logits, TEACHER_1.logits, None, 0.0, 1.0, 1.0,
-                                           regression=True)["soft_loss"])
+    assert torch.equal(
+        got, logits_kd_loss(STUDENT_1.logits, TEACHER_1.logits, None, 0.0, 1.0, 1.0, regression=True)["soft_loss"]
+    )
 
 
 def test_a_weight_and_the_sum_over_pairs():
@@ -259,8 +278,9 @@ def test_a_weight_and_the_sum_over_pairs():
     want = REFS["hidden", "cosine"](STUDENT, TEACHER, MASK)
     torch.testing.assert_close(mean.double(), 0.7 * want, **TOL)
     torch.testing.assert_close(total.double(), 0.7 * 3 * want, **TOL)
-    torch.testing.assert_close(term("logits", "kl", False, weight=0.4).double(),
-                               0.4 * logits_kl_ref(STUDENT, TEACHER, None), **TOL)
+    torch.testing.assert_close(
+        term("logits", "kl", False, weight=0.4).double(), 0.4 * logits_kl_ref(STUDENT, TEACHER, None), **TOL
+    )
 
 
 def test_a_projection_maps_the_student_before_position_0():
@@ -284,10 +304,11 @@ def test_a_projection_maps_the_student_before_position_0():
 def test_head_mean_compares_the_heads_mean_maps_of_unequal_head_counts(masked):
     """Student 2 heads, teacher 4 (same width 8): per head is refused, the heads' mean maps compared."""
     mask = MASK if masked else None
-    for feature, loss, ref in (("attention_scores", "mse", lambda s, t: scores_mse_ref(s, t, mask, 2, 4, True)),
-                               ("attention_probs", "mse", lambda s, t: probs_mse_ref(s, t, mask, 2, 4, True)),
-                               ("attention_probs", "kl", lambda s, t: relation_kl_ref(s[0], s[1], t[0], t[1], 2, 4,
-                                                                                      mask, True))):
+    for feature, loss, ref in (
+        ("attention_scores", "mse", lambda s, t: scores_mse_ref(s, t, mask, 2, 4, True)),
+        ("attention_probs", "mse", lambda s, t: probs_mse_ref(s, t, mask, 2, 4, True)),
+        ("attention_probs", "kl", lambda s, t: relation_kl_ref(s[0], s[1], t[0], t[1], 2, 4, mask, True)),
+    ):
         got = term(feature, loss, masked, num_heads=(2, 4), head_mean=True)
         want = attention_ref(lambda s, t, m, ref=ref: ref(s, t))(STUDENT, TEACHER, mask)
         torch.testing.assert_close(got.double(), want, **TOL)
@@ -308,30 +329,45 @@ def test_qkv_relation_across_widths():
     for masked in (False, True):
         mask = MASK if masked else None
         got = term("qkv_relation", "kl", masked, teacher=teacher)
-        want = attention_ref(lambda s, t, m: sum(relation_kl_ref(s[x], s[x], t[x], t[x], RELATION_HEADS,
-                                                                 RELATION_HEADS, m) for x in range(3)))(
-            STUDENT, teacher, mask)
+        want = attention_ref(
+            lambda s, t, m: sum(
+                relation_kl_ref(s[x], s[x], t[x], t[x], RELATION_HEADS, RELATION_HEADS, m) for x in range(3)
+            )
+        )(STUDENT, teacher, mask)
         torch.testing.assert_close(got.double(), want, **TOL)
 
 
 def test_head_split_views_read_as_full_width():
     """attention_inputs as [B, S, H, D/H] views (the own BERT forward's) give the value of [B, S, D]."""
-    split = ModelOutputs(logits=STUDENT.logits, attention_mask=MASK, attention_inputs=tuple(
-        tuple(x.view(B, S, HEADS, D // HEADS) for x in layer) for layer in STUDENT.attention_inputs))
-    for feature, loss in (("attention_scores", "mse"), ("attention_probs", "kl"), ("value_relation", "kl"),
-                          ("qkv_relation", "kl")):
+    split = ModelOutputs(
+        logits=STUDENT.logits,
+        attention_mask=MASK,
+        attention_inputs=tuple(
+            tuple(x.view(B, S, HEADS, D // HEADS) for x in layer) for layer in STUDENT.attention_inputs
+        ),
+    )
+    for feature, loss in (
+        ("attention_scores", "mse"),
+        ("attention_probs", "kl"),
+        ("value_relation", "kl"),
+        ("qkv_relation", "kl"),
+    ):
         torch.testing.assert_close(term(feature, loss, True, student=split), term(feature, loss, True), **TOL)
 
 
 # ---------------------------------------------------------------- bit for bit with the built-in methods
+
 
 @pytest.mark.parametrize("masked", [False, True], ids=["full_sequence", "masked"])
 def test_logits_terms_are_logits_kd_loss(masked):
     parts = logits_kd_loss(STUDENT.logits, TEACHER.logits, LABELS, 0.3, 0.6, T)
     assert torch.equal(term("logits", "kl", masked), parts["soft_loss"])
     assert torch.equal(term("hard_labels", "ce", masked), parts["hard_loss"])
-    composed = (STUDENT.logits.new_zeros(()) + term("hard_labels", "ce", masked, weight=0.3)
-                + term("logits", "kl", masked, weight=0.6))
+    composed = (
+        STUDENT.logits.new_zeros(())
+        + term("hard_labels", "ce", masked, weight=0.3)
+        + term("logits", "kl", masked, weight=0.6)
+    )
     assert torch.equal(composed, parts["logits_loss"])
     reg = logits_kd_loss(STUDENT_1.logits, None, SCORES, 1.0, 0.0, 1.0, regression=True)
     assert torch.equal(term("hard_labels", "mse", masked), reg["hard_loss"])
@@ -340,8 +376,9 @@ def test_logits_terms_are_logits_kd_loss(masked):
 @pytest.mark.parametrize("mu", [1.0, 0.7])
 @pytest.mark.parametrize("masked", [False, True], ids=["full_sequence", "masked"])
 def test_hidden_and_cls_mse_are_hidden_mse_loss(masked, mu):
-    pairs = [HiddenPair(n, hidden(STUDENT, j).float(), hidden(TEACHER, i).float())
-             for n, (j, i) in enumerate(HIDDEN_PAIRS)]
+    pairs = [
+        HiddenPair(n, hidden(STUDENT, j).float(), hidden(TEACHER, i).float()) for n, (j, i) in enumerate(HIDDEN_PAIRS)
+    ]
     mask = MASK if masked else None
     assert torch.equal(term("hidden", "mse", masked, weight=mu), hidden_mse_loss(pairs, mu, mask)[0])
     cls = [HiddenPair(p.layer, p.student[:, 0], p.target[:, 0]) for p in pairs]
@@ -351,19 +388,35 @@ def test_hidden_and_cls_mse_are_hidden_mse_loss(masked, mu):
 def test_cls_normalized_mse_is_pkds_loss():
     """One pair: normalized_cls_loss; PKD's normalized_cls hidden loss with mu = 0.7 over two pairs."""
     pair = ((2, 3),)
-    assert torch.equal(term("cls", "normalized_mse", True, pairs=pair),
-                       normalized_cls_loss(STUDENT.hidden_states[1][:, 0], TEACHER.hidden_states[2][:, 0]))
+    assert torch.equal(
+        term("cls", "normalized_mse", True, pairs=pair),
+        normalized_cls_loss(STUDENT.hidden_states[1][:, 0], TEACHER.hidden_states[2][:, 0]),
+    )
     pkd = PKD(3, 3, 0.0, 0.0, 1.0, 0.7, loss="normalized_cls")
     pairs = [HiddenPair(j, STUDENT.hidden_states[j - 1], TEACHER.hidden_states[i - 1]) for j, i in ATTENTION_PAIRS]
-    assert torch.equal(term("cls", "normalized_mse", False, pairs=ATTENTION_PAIRS, weight=0.7),
-                       pkd.hidden_loss(pairs)[0])
+    assert torch.equal(
+        term("cls", "normalized_mse", False, pairs=ATTENTION_PAIRS, weight=0.7), pkd.hidden_loss(pairs)[0]
+    )
 
 
 @pytest.mark.parametrize("padding", ["max_length", "dynamic"])
 def test_attention_scores_hidden_and_embeddings_are_tinyberts(padding):
     """TinyBERT's intermediate stage (2 of 3 layers: g = [2, 3]), mu = 0.7, summed over its layers."""
-    tiny = TinyBERT(2, 3, 0.0, 0.0, 1.0, 0.7, stage="intermediate", student_heads=HEADS, teacher_heads=HEADS,
-                    padding=padding, student_width=D, teacher_width=D, fit_dense="when_widths_differ")
+    tiny = TinyBERT(
+        2,
+        3,
+        0.0,
+        0.0,
+        1.0,
+        0.7,
+        stage="intermediate",
+        student_heads=HEADS,
+        teacher_heads=HEADS,
+        padding=padding,
+        student_width=D,
+        teacher_width=D,
+        fit_dense="when_widths_differ",
+    )
     assert tiny.teacher_layers == [2, 3] and tiny.projection is None
     parts = tiny.losses({}, STUDENT, TEACHER)
     masked = padding == "dynamic"
@@ -381,9 +434,15 @@ def test_attention_scores_hidden_and_embeddings_are_tinyberts(padding):
         assert not torch.equal(mean_form, parts["hidden_loss"])
     # and the paper's path, the [B, H, S, S] score maps
     mask = MASK if masked else None
-    maps = sum(attention_mse(attention_scores(*STUDENT.attention_inputs[j - 1][:2], HEADS, MASK),
-                             attention_scores(*TEACHER.attention_inputs[i - 1][:2], HEADS, MASK), mask, masked)
-               for j, i in ATTENTION_PAIRS)
+    maps = sum(
+        attention_mse(
+            attention_scores(*STUDENT.attention_inputs[j - 1][:2], HEADS, MASK),
+            attention_scores(*TEACHER.attention_inputs[i - 1][:2], HEADS, MASK),
+            mask,
+            masked,
+        )
+        for j, i in ATTENTION_PAIRS
+    )
     torch.testing.assert_close(attention, 0.7 * maps, **TOL)
 
 
@@ -405,6 +464,7 @@ def test_relations_are_minilms(masked):
 
 
 # ---------------------------------------------------------------- what a forward keeps, and misuse
+
 
 def test_features_needed():
     assert features_needed("logits") == features_needed("hard_labels") == set()

@@ -13,9 +13,35 @@ from module_world import data_root, exp_root, teacher  # noqa: F401 - fixtures
 from test_layerwise_scripts import TEACHER, TINY
 from test_recipe_method import assert_same_weights, weights
 
-COMMON = ["--task", "qqp", *TINY, "--num_hidden_layers", "6", "--total_step", "3", "--warmup_step", "1",
-          "--ckpt_step", "3", "--log_step", "1", "--batch_size", "8", "--lr", "1e-3", "--gate_lr", "1e-2",
-          "--mu", "10", "--softmax_temp", "2.0", "--soft_weight", "0.3", "--hard_weight", "0.7"]
+COMMON = [
+    "--task",
+    "qqp",
+    *TINY,
+    "--num_hidden_layers",
+    "6",
+    "--total_step",
+    "3",
+    "--warmup_step",
+    "1",
+    "--ckpt_step",
+    "3",
+    "--log_step",
+    "1",
+    "--batch_size",
+    "8",
+    "--lr",
+    "1e-3",
+    "--gate_lr",
+    "1e-2",
+    "--mu",
+    "10",
+    "--softmax_temp",
+    "2.0",
+    "--soft_weight",
+    "0.3",
+    "--hard_weight",
+    "0.7",
+]
 
 
 def test_lad_with_a_zero_weight_term_is_run_lad_distil(run, teacher, exp_root, tmp_path):
@@ -38,18 +64,23 @@ def test_terms_add_to_lad_s_loss_under_their_names(run, teacher, exp_root, tmp_p
     from test_scripts_e2e import tb_scalars
 
     recipe = tmp_path / "lad_plus.yaml"
-    recipe.write_text("method: lad\nterms:\n"
-                      "  - {feature: hidden, loss: cosine, layers: [[2, 5], [6, 12]], weight: 0.75, name: hidden_loss}\n"
-                      "  - {feature: attention_probs, loss: kl, layers: [[6, 12]], weight: 1.25}\n")
+    recipe.write_text(
+        "method: lad\nterms:\n"
+        "  - {feature: hidden, loss: cosine, layers: [[2, 5], [6, 12]], weight: 0.75, name: hidden_loss}\n"
+        "  - {feature: attention_probs, loss: kl, layers: [[6, 12]], weight: 1.25}\n"
+    )
     run("run_distil.py", "--recipe", str(recipe), *TEACHER, "--experiment", "weighted", *COMMON)
     s = tb_scalars(exp_root / "log" / "weighted_bert_qqp")
     p = "qqp/train/bert/"
     for step in range(3):
-        v = {k: s[p + k][step][1] for k in ("logits_loss", "hidden_loss", "recipe_hidden_loss", "attention_probs_kl",
-                                            "loss")}
+        v = {
+            k: s[p + k][step][1]
+            for k in ("logits_loss", "hidden_loss", "recipe_hidden_loss", "attention_probs_kl", "loss")
+        }
         assert v["recipe_hidden_loss"] > 0 and v["attention_probs_kl"] > 0, v
-        assert v["loss"] == pytest.approx(v["logits_loss"] + v["hidden_loss"] + v["recipe_hidden_loss"]
-                                          + v["attention_probs_kl"], rel=1e-5)
+        assert v["loss"] == pytest.approx(
+            v["logits_loss"] + v["hidden_loss"] + v["recipe_hidden_loss"] + v["attention_probs_kl"], rel=1e-5
+        )
     # (kill and resume: tests/test_resume.py, case recipe_scheduled_with_lad)
 
 
@@ -59,8 +90,9 @@ def test_the_union_of_layer_records_and_the_merged_parts(tmp_path):
     from fine_tune.methods.recipe import RecipeFlags, RecipeKD
     from fine_tune.methods.with_terms import MethodWithTerms, union
 
-    assert union(LayerRecord(frozenset({1}), frozenset()), LayerRecord(frozenset({2, 3}), frozenset({3}))) == \
-        LayerRecord(frozenset({1, 2, 3}), frozenset({3}))
+    assert union(
+        LayerRecord(frozenset({1}), frozenset()), LayerRecord(frozenset({2, 3}), frozenset({3}))
+    ) == LayerRecord(frozenset({1, 2, 3}), frozenset({3}))
     assert union(LayerRecord(None, frozenset({1})), LayerRecord(frozenset({2}), None)) == LayerRecord(None, None)
 
     class Base(Method):
@@ -72,9 +104,16 @@ def test_the_union_of_layer_records_and_the_merged_parts(tmp_path):
 
     path = tmp_path / "r.yaml"
     path.write_text("method: pkd\nterms:\n  - {feature: logits, loss: kl, temperature: 3.0, weight: 2.0}\n")
-    method = RecipeKD.build(MethodSettings(groups={"recipe": RecipeFlags(recipe=str(path))}, num_class=2,
-                                           student=StudentShape(3, 32, 2), teacher=TeacherShape(12, 32, 2),
-                                           padding="dynamic", base=Base()))
+    method = RecipeKD.build(
+        MethodSettings(
+            groups={"recipe": RecipeFlags(recipe=str(path))},
+            num_class=2,
+            student=StudentShape(3, 32, 2),
+            teacher=TeacherShape(12, 32, 2),
+            padding="dynamic",
+            base=Base(),
+        )
+    )
     assert isinstance(method, MethodWithTerms)
     assert (method.schedule, method.ignores_padding, method.uses_teacher) == ("constant", False, True)
     s, t = torch.tensor([[1.0, -2.0], [0.5, 0.25]]), torch.tensor([[0.0, 1.0], [2.0, -1.0]])

@@ -37,27 +37,72 @@ def models(seed: int = 0):
 def batches(count: int, width: int = 9):
     g = torch.Generator().manual_seed(1)
     mask = torch.tensor([[1 if s < n else 0 for s in range(width)] for n in LENGTHS])
-    return [{"input_ids": torch.randint(5, 100, (len(LENGTHS), width), generator=g) * mask,
-             "token_type_ids": torch.zeros(len(LENGTHS), width, dtype=torch.long), "attention_mask": mask,
-             "labels": torch.randint(0, 2, (len(LENGTHS),), generator=g)} for _ in range(count)]
+    return [
+        {
+            "input_ids": torch.randint(5, 100, (len(LENGTHS), width), generator=g) * mask,
+            "token_type_ids": torch.zeros(len(LENGTHS), width, dtype=torch.long),
+            "attention_mask": mask,
+            "labels": torch.randint(0, 2, (len(LENGTHS),), generator=g),
+        }
+        for _ in range(count)
+    ]
 
 
 METHODS = {
     # TinyBERT's intermediate stage: 2 of 4 teacher layers (2 and 4) and the embeddings, every student layer
-    "tinybert": lambda padding: TinyBERT(2, 4, 0.0, 0.0, 1.0, 1.0, stage="intermediate", student_heads=2,
-                                         teacher_heads=2, padding=padding, student_width=32, teacher_width=32,
-                                         fit_dense="when_widths_differ"),
+    "tinybert": lambda padding: TinyBERT(
+        2,
+        4,
+        0.0,
+        0.0,
+        1.0,
+        1.0,
+        stage="intermediate",
+        student_heads=2,
+        teacher_heads=2,
+        padding=padding,
+        student_width=32,
+        teacher_width=32,
+        fit_dense="when_widths_differ",
+    ),
     # MiniLM: the student's last layer learns teacher layer 3 (not the last: an off-by-one shows)
-    "minilm": lambda padding: MiniLM(2, 4, 0.5, 0.5, 2.0, 1.0, student_heads=2, teacher_heads=2, teacher_layer=3,
-                                     student_width=32, teacher_width=32, padding=padding),
-    "minilmv2": lambda padding: MiniLM(2, 4, 0.0, 0.0, 1.0, 1.0, student_heads=2, teacher_heads=2,
-                                       relation_heads=4, teacher_layer=3, student_width=32, teacher_width=32,
-                                       padding=padding),
+    "minilm": lambda padding: MiniLM(
+        2,
+        4,
+        0.5,
+        0.5,
+        2.0,
+        1.0,
+        student_heads=2,
+        teacher_heads=2,
+        teacher_layer=3,
+        student_width=32,
+        teacher_width=32,
+        padding=padding,
+    ),
+    "minilmv2": lambda padding: MiniLM(
+        2,
+        4,
+        0.0,
+        0.0,
+        1.0,
+        1.0,
+        student_heads=2,
+        teacher_heads=2,
+        relation_heads=4,
+        teacher_layer=3,
+        student_width=32,
+        teacher_width=32,
+        padding=padding,
+    ),
 }
 # own packed: the padding-free forward; own grid: its layers over the padded batch (TinyBERT's fixed padding);
 # hugging_face: --padding_free off (AttentionCapture's hooks)
-FORWARDS = {"packed": dict(enabled=True, ignores_padding=True), "grid": dict(enabled=True, ignores_padding=False),
-            "hugging_face": dict(enabled=False, ignores_padding=True)}
+FORWARDS = {
+    "packed": dict(enabled=True, ignores_padding=True),
+    "grid": dict(enabled=True, ignores_padding=False),
+    "hugging_face": dict(enabled=False, ignores_padding=True),
+}
 
 
 def train(name: str, kind: str, restricted: bool, steps: int = 2):
@@ -65,9 +110,11 @@ def train(name: str, kind: str, restricted: bool, steps: int = 2):
     layers (``restricted``) or every layer: the losses, the student's final weights and the last step's outputs."""
     teacher, student = models()
     method = METHODS[name]("max_length" if kind == "grid" else "dynamic")
-    records = ({"student_record": method.recorded_layers("student"),
-                "teacher_record": method.recorded_layers("teacher")} if restricted
-               else {"student_record": EVERY_LAYER, "teacher_record": EVERY_LAYER})
+    records = (
+        {"student_record": method.recorded_layers("student"), "teacher_record": method.recorded_layers("teacher")}
+        if restricted
+        else {"student_record": EVERY_LAYER, "teacher_record": EVERY_LAYER}
+    )
     fw = training_forwards(student, teacher, **FORWARDS[kind], **records)
     assert fw.kind == kind
     teacher.eval()
@@ -86,8 +133,17 @@ def train(name: str, kind: str, restricted: bool, steps: int = 2):
     return losses, {k: v.clone() for k, v in student.state_dict().items()}, (s, t), method
 
 
-@pytest.mark.parametrize("name,kind", [("tinybert", "packed"), ("tinybert", "grid"), ("tinybert", "hugging_face"),
-                                       ("minilm", "packed"), ("minilm", "hugging_face"), ("minilmv2", "grid")])
+@pytest.mark.parametrize(
+    "name,kind",
+    [
+        ("tinybert", "packed"),
+        ("tinybert", "grid"),
+        ("tinybert", "hugging_face"),
+        ("minilm", "packed"),
+        ("minilm", "hugging_face"),
+        ("minilmv2", "grid"),
+    ],
+)
 def test_recording_only_the_declared_layers_changes_nothing_but_what_is_kept(name, kind):
     """Two training steps recording the method's declared layers give exactly (bit for bit) the losses and
     weights of recording every layer; the restricted forwards kept exactly the declared layers."""
@@ -98,11 +154,13 @@ def test_recording_only_the_declared_layers_changes_nothing_but_what_is_kept(nam
         assert torch.equal(weights[key], value), key
     for role, out, layers in (("student", s, 2), ("teacher", t, 4)):
         record = method.recorded_layers(role)
-        assert [out.attention_inputs.kept(i) for i in range(layers)] == \
-            [record.records_attention(j) for j in range(1, layers + 1)], role
+        assert [out.attention_inputs.kept(i) for i in range(layers)] == [
+            record.records_attention(j) for j in range(1, layers + 1)
+        ], role
         if out.hidden_states is not None:
-            assert [out.hidden_states.kept(i) for i in range(layers)] == \
-                [record.keeps_hidden(j) for j in range(1, layers + 1)], role
+            assert [out.hidden_states.kept(i) for i in range(layers)] == [
+                record.keeps_hidden(j) for j in range(1, layers + 1)
+            ], role
     expected = {"tinybert": ([2, 4], [1, 2]), "minilm": ([3], [2]), "minilmv2": ([3], [2])}[name]
     assert [j for j in range(1, 5) if t.attention_inputs.kept(j - 1)] == expected[0]
     assert [j for j in range(1, 3) if s.attention_inputs.kept(j - 1)] == expected[1]
@@ -126,8 +184,9 @@ def test_reading_an_undeclared_layer_fails_loudly():
     # a method reading a layer it did not declare: MiniLM's teacher layer 3 recorded, layer 4 read
     teacher, student = models()
     method = METHODS["minilm"]("dynamic")
-    fw = training_forwards(student, teacher, enabled=True, ignores_padding=True,
-                           teacher_record=method.recorded_layers("teacher"))
+    fw = training_forwards(
+        student, teacher, enabled=True, ignores_padding=True, teacher_record=method.recorded_layers("teacher")
+    )
     with torch.no_grad():
         t = forward(fw.teacher, batches(1)[0], False)
     assert t.attention_inputs[2] is not None
@@ -144,9 +203,14 @@ def test_pkd_keeps_the_teachers_matched_hidden_states_only():
     batch = batches(1)[0]
     values = []
     for enabled in (True, False):
-        fw = training_forwards(student, teacher, enabled=enabled, ignores_padding=True,
-                               student_record=method.recorded_layers("student"),
-                               teacher_record=method.recorded_layers("teacher"))
+        fw = training_forwards(
+            student,
+            teacher,
+            enabled=enabled,
+            ignores_padding=True,
+            student_record=method.recorded_layers("student"),
+            teacher_record=method.recorded_layers("teacher"),
+        )
         with torch.no_grad():
             t = forward(fw.teacher, batch, True)
             s = forward(fw.student, batch, True)
@@ -163,6 +227,7 @@ def whole_relation_kl(s_left, s_right, t_left, t_right, s_heads, t_heads, mask, 
     """The unchunked formula: both [B, H, S, S] log relations (padding keys -inf), KL(teacher || student) summed
     over the real keys, averaged over heads and real query rows per sequence then over the batch (sequence), or
     over every real row of the batch (token)."""
+
     def log_relation(a, b, heads):
         batch, length, width = a.shape
         left = a.view(batch, length, heads, width // heads).transpose(1, 2)
@@ -206,8 +271,8 @@ def test_the_chunked_relation_kl_equals_the_whole_formula(average, heads, chunk_
     tq, tk = inputs(12)
     expected = whole(sq, sk, tq, tk)
     assert expected.item() > 0.05
-    check(relation_kl(sq, sk, tq, tk, heads, heads, mask, average, chunk_rows=chunk_rows), expected,
-          (sq, sk, tq, tk))
+    check(relation_kl(sq, sk, tq, tk, heads, heads, mask, average, chunk_rows=chunk_rows), expected, (sq, sk, tq, tk))
     # a relation of x with itself (MiniLM's value relation, MiniLMv2's three): the two gradients add up
-    check(relation_kl(sq, sq, tq, tq, heads, heads, mask, average, chunk_rows=chunk_rows), whole(sq, sq, tq, tq),
-          (sq, tq))
+    check(
+        relation_kl(sq, sq, tq, tq, heads, heads, mask, average, chunk_rows=chunk_rows), whole(sq, sq, tq, tq), (sq, tq)
+    )

@@ -19,9 +19,11 @@ def test_report_to_takes_hugging_faces_names_space_or_comma_separated():
     assert report_targets(["mlflow,wandb"]) == report_targets(["mlflow", "wandb"]) == ("mlflow", "wandb")
     assert report_targets(["tensorboard mlflow", "tensorboard"]) == ("tensorboard", "mlflow")
     assert report_targets(["none"]) == () and report_targets(["all"]) == ("all",)
-    for bad, message in ((["comet"], "--report_to 'comet': not a tracker"),
-                         (["none", "mlflow"], "--report_to none mlflow: all and none stand alone"),
-                         ([","], "--report_to: give tensorboard")):
+    for bad, message in (
+        (["comet"], "--report_to 'comet': not a tracker"),
+        (["none", "mlflow"], "--report_to none mlflow: all and none stand alone"),
+        ([","], "--report_to: give tensorboard"),
+    ):
         with pytest.raises(UserError, match=message):
             report_targets(bad)
 
@@ -40,8 +42,14 @@ def test_all_is_every_installed_tracker(tmp_path, monkeypatch):
 def test_mlflow_parameters_are_config_values_as_text_cut_at_the_limit():
     from fine_tune.reporting import mlflow_params
 
-    config = {"experiment": "e", "lr": 2e-5, "num_class": None, "amp": True, "report_to": ["mlflow"],
-              "provenance": {"b": 1, "a": "x" * 20}}
+    config = {
+        "experiment": "e",
+        "lr": 2e-5,
+        "num_class": None,
+        "amp": True,
+        "report_to": ["mlflow"],
+        "provenance": {"b": 1, "a": "x" * 20},
+    }
     params = mlflow_params(config, limit=30)
     assert params["experiment"] == "e" and params["lr"] == "2e-05" and params["num_class"] == "null"
     assert params["amp"] == "true" and params["report_to"] == '["mlflow"]'
@@ -70,8 +78,10 @@ def test_wandb_offline_in_the_experiment_folder_a_resume_continues_its_run(tmp_p
     wandb.teardown()  # the service has written every record
     run_id = json.loads((exp.path / WANDB_RUN_FILE).read_text())["id"]
     runs = sorted((exp.path / "wandb").glob("offline-run-*"))  # offline: nothing went to a server
-    assert [p.name.rsplit("-", 1)[1] for p in runs] == [run_id] or \
-        [p.name.rsplit("-", 1)[1] for p in runs] == [run_id, run_id]  # (one folder when both start in one second)
+    assert [p.name.rsplit("-", 1)[1] for p in runs] == [run_id] or [p.name.rsplit("-", 1)[1] for p in runs] == [
+        run_id,
+        run_id,
+    ]  # (one folder when both start in one second)
     logged = b"".join(f.read_bytes() for p in runs for f in p.glob("run-*.wandb"))
     for name in (b"loss_first", b"loss_resumed", b"lr_in_config", b"best_accuracy_final"):
         assert name in logged, name
@@ -112,8 +122,12 @@ def test_an_evaluation_is_a_wandb_run_of_its_own_in_the_runs_group(tmp_path, mon
     reporter.close()
     kind, init = calls[0]
     assert (init["id"], init["resume"], init["mode"]) == (None, None, None)
-    assert (init["name"], init["group"], init["job_type"], init["dir"]) == ("w_bert_qqp (eval)", "w_bert_qqp", "eval",
-                                                                          str(exp.path))
+    assert (init["name"], init["group"], init["job_type"], init["dir"]) == (
+        "w_bert_qqp (eval)",
+        "w_bert_qqp",
+        "eval",
+        str(exp.path),
+    )
     assert calls[1:] == [("log", {"qqp/dev/accuracy": 0.5}, 4), ("finish", 0)]
     assert json.loads((exp.path / WANDB_RUN_FILE).read_text()) == {"id": "trainrun"}
 

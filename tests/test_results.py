@@ -19,22 +19,35 @@ import torch
 from test_scripts_e2e import SEQ, TRAIN, qqp_rows, recompute_logits
 
 
-def write_experiment(root: Path, folder: str, config: dict, evals: dict[str, list[tuple[int, float]]],
-                     params: dict[int, int], preds: dict[str, dict[int, list[int]]] | None = None,
-                     labels: dict[str, list[int]] | None = None, rates: dict[str, float] | None = None) -> None:
+def write_experiment(
+    root: Path,
+    folder: str,
+    config: dict,
+    evals: dict[str, list[tuple[int, float]]],
+    params: dict[int, int],
+    preds: dict[str, dict[int, list[int]]] | None = None,
+    labels: dict[str, list[int]] | None = None,
+    rates: dict[str, float] | None = None,
+) -> None:
     """``rates``: the inference examples/s of each split's table (default 123 for every split)."""
     d = root / folder
     d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps(config))
     for split, rows in evals.items():
-        table = {"rows": [{"ckpt": s, "accuracy": a, "examples_per_s": 100.0 + s} for s, a in rows],
-                 "inference": {"examples_per_s": (rates or {}).get(split, 123.0), "device": "cpu"}}
+        table = {
+            "rows": [{"ckpt": s, "accuracy": a, "examples_per_s": 100.0 + s} for s, a in rows],
+            "inference": {"examples_per_s": (rates or {}).get(split, 123.0), "device": "cpu"},
+        }
         (d / f"eval-{split}.json").write_text(json.dumps(table))
     for step, n in params.items():
         torch.save({"w": torch.zeros(n)}, d / f"model-{step}.pt")
     for split, by_step in (preds or {}).items():
-        np.savez(d / f"eval-{split}-predictions.npz", idx=np.arange(len(labels[split])),
-                 labels=np.array(labels[split]), **{f"pred_{s}": np.array(p) for s, p in by_step.items()})
+        np.savez(
+            d / f"eval-{split}-predictions.npz",
+            idx=np.arange(len(labels[split])),
+            labels=np.array(labels[split]),
+            **{f"pred_{s}": np.array(p) for s, p in by_step.items()},
+        )
 
 
 LAD = "lad (seeds 1,2,10)"  # the seed group's row
@@ -49,25 +62,45 @@ def table_root(tmp_path) -> Path:
     is not the one distilled from (--tckpt)."""
     root = tmp_path / "exp"
     # three seeds of one config (names differ, device differs: still one group)
-    write_experiment(root, "lad_s1_bert_boolq", {**BASE, "experiment": "lad_s1", "seed": 1},
-                     {"train": [(10, 0.80), (20, 0.90)], "val": [(10, 0.70), (20, 0.65)]}, {10: 100, 20: 100},
-                     rates={"train": 50.0, "val": 100.0})
-    write_experiment(root, "lad_s2_bert_boolq", {**BASE, "experiment": "lad_s2", "seed": 2, "device_id": 0},
-                     {"train": [(10, 0.85), (20, 0.95)], "val": [(10, 0.60), (20, 0.75)]}, {10: 100, 20: 100},
-                     rates={"train": 50.0, "val": 110.0})
-    write_experiment(root, "lad_s10_bert_boolq", {**BASE, "experiment": "lad_s10", "seed": 10},
-                     {"train": [(10, 0.60), (20, 0.50)], "val": [(10, 0.62), (20, 0.66)]}, {10: 100, 20: 100},
-                     rates={"train": 50.0, "val": 400.0})
+    write_experiment(
+        root,
+        "lad_s1_bert_boolq",
+        {**BASE, "experiment": "lad_s1", "seed": 1},
+        {"train": [(10, 0.80), (20, 0.90)], "val": [(10, 0.70), (20, 0.65)]},
+        {10: 100, 20: 100},
+        rates={"train": 50.0, "val": 100.0},
+    )
+    write_experiment(
+        root,
+        "lad_s2_bert_boolq",
+        {**BASE, "experiment": "lad_s2", "seed": 2, "device_id": 0},
+        {"train": [(10, 0.85), (20, 0.95)], "val": [(10, 0.60), (20, 0.75)]},
+        {10: 100, 20: 100},
+        rates={"train": 50.0, "val": 110.0},
+    )
+    write_experiment(
+        root,
+        "lad_s10_bert_boolq",
+        {**BASE, "experiment": "lad_s10", "seed": 10},
+        {"train": [(10, 0.60), (20, 0.50)], "val": [(10, 0.62), (20, 0.66)]},
+        {10: 100, 20: 100},
+        rates={"train": 50.0, "val": 400.0},
+    )
     # another learning rate, distilled from a teacher folder
-    write_experiment(root, "pkd_bert_boolq", {**BASE, "experiment": "pkd", "seed": 1, "lr": 5e-5,
-                                             "teacher_exp": "teacher", "tmodel": "bert", "tckpt": 5},
-                     {"train": [(10, 0.70), (20, 0.70)], "val": [(10, 0.55), (20, 0.55)]}, {10: 100, 20: 100},
-                     rates={"train": 77.0})
+    write_experiment(
+        root,
+        "pkd_bert_boolq",
+        {**BASE, "experiment": "pkd", "seed": 1, "lr": 5e-5, "teacher_exp": "teacher", "tmodel": "bert", "tckpt": 5},
+        {"train": [(10, 0.70), (20, 0.70)], "val": [(10, 0.55), (20, 0.55)]},
+        {10: 100, 20: 100},
+        rates={"train": 77.0},
+    )
     # the teacher: only checkpoints and a config (not evaluated: no row); distilled from 5, not its latest (10)
     write_experiment(root, "teacher_bert_boolq", {**BASE, "experiment": "teacher", "seed": 1}, {}, {5: 400, 10: 800})
     # another task: never in a boolq table
-    write_experiment(root, "q_bert_qqp", {**BASE, "task": "qqp", "experiment": "q", "seed": 1},
-                     {"dev": [(10, 0.99)]}, {10: 3})
+    write_experiment(
+        root, "q_bert_qqp", {**BASE, "task": "qqp", "experiment": "q", "seed": 1}, {"dev": [(10, 0.99)]}, {10: 3}
+    )
     return root
 
 
@@ -107,7 +140,10 @@ def test_table_best_on_reported_split_groups_seeds(run, table_root):
     assert json.loads(out.with_suffix(".json").read_text())["hyper"] == ["lr"]
     # parameters next to the teacher's checkpoint distilled from (--tckpt 5): 100 vs 400 parameters
     assert (rows["pkd"]["params"], rows["pkd"]["params ÷ teacher"], rows["pkd"]["teacher"]) == (
-        "100", "0.25×", "teacher_bert_boolq/model-5.pt")
+        "100",
+        "0.25×",
+        "teacher_bert_boolq/model-5.pt",
+    )
     assert lad["params"] == "100" and lad["params ÷ teacher"] == "—"
     # the inference rate of the last reported split (val), the median over the seeds (100, 110, 400)
     speed = "ex/s (PyTorch, evaluation, cpu)"
@@ -122,8 +158,9 @@ def test_table_select_on_and_last(run, table_root):
     # checkpoints chosen on val (10 for seed 1, 20 for seeds 2 and 10) and reported on train: 0.80, 0.95, 0.50
     assert lad["train ckpt (best on val)"] == "10,20,20" and lad["train acc"] == ms([0.80, 0.95, 0.50])
     assert "train: best checkpoint on val" in proc.stdout
-    proc = run("results_table.py", "--task", "boolq", "--exp_root", str(table_root), "--rule", "last",
-               "--splits", "val")
+    proc = run(
+        "results_table.py", "--task", "boolq", "--exp_root", str(table_root), "--rule", "last", "--splits", "val"
+    )
     header, rows = parse_table(proc.stdout)
     assert "train acc" not in header
     # the last evaluated checkpoint (20), not the best nor the first: 0.65, 0.75, 0.66
@@ -134,8 +171,7 @@ def test_table_select_on_and_last(run, table_root):
 def test_table_bad_inputs(run, table_root, tmp_path):
     proc = run("results_table.py", "--task", "boolq", "--exp_root", str(tmp_path / "none"), check=False)
     assert proc.returncode == 2 and "folder not found" in proc.stderr
-    proc = run("results_table.py", "--task", "boolq", "--exp_root", str(table_root), "--select_on", "dev",
-               check=False)
+    proc = run("results_table.py", "--task", "boolq", "--exp_root", str(table_root), "--select_on", "dev", check=False)
     assert proc.returncode == 2 and "'dev' is not a boolq split" in proc.stderr
 
 
@@ -144,9 +180,9 @@ def bootstrap_case(n_plus: int, n_minus: int, n: int):
     a = np.zeros(n, bool)
     b = np.zeros(n, bool)
     a[:n_plus] = True
-    b[n_plus:n_plus + n_minus] = True
-    a[n_plus + n_minus: n // 2 + n_plus] = True  # both right on some, both wrong on the rest
-    b[n_plus + n_minus: n // 2 + n_plus] = True
+    b[n_plus : n_plus + n_minus] = True
+    a[n_plus + n_minus : n // 2 + n_plus] = True  # both right on some, both wrong on the rest
+    b[n_plus + n_minus : n // 2 + n_plus] = True
     return a, b
 
 
@@ -175,14 +211,38 @@ def test_compare_reads_selected_checkpoints(run, tmp_path):
     for i in range(0, 60):
         worse[i] = 1 - worse[i]  # B wrong on the first 60 rows at its best checkpoint
     # on train the other way round: A best at 10 (worse), B at 20 (good)
-    write_experiment(root, "a_bert_boolq", {**BASE, "experiment": "a", "seed": 1},
-                     {"val": [(10, 0.9), (20, 1.0)], "train": [(10, 0.7), (20, 0.6)]}, {10: 1, 20: 1},
-                     {"val": {10: worse, 20: good}, "train": {10: worse, 20: good}}, {"val": labels, "train": labels})
-    write_experiment(root, "b_bert_boolq", {**BASE, "experiment": "b", "seed": 1},
-                     {"val": [(10, 0.85), (20, 0.1)], "train": [(10, 0.6), (20, 0.7)]}, {10: 1, 20: 1},
-                     {"val": {10: worse, 20: good}, "train": {10: worse, 20: good}}, {"val": labels, "train": labels})
-    proc = run("results_table.py", "--task", "boolq", "--exp_root", str(root), "--compare", "a_bert_boolq",
-               "b_bert_boolq", "--resamples", "2000", "--bootstrap_seed", "1")
+    write_experiment(
+        root,
+        "a_bert_boolq",
+        {**BASE, "experiment": "a", "seed": 1},
+        {"val": [(10, 0.9), (20, 1.0)], "train": [(10, 0.7), (20, 0.6)]},
+        {10: 1, 20: 1},
+        {"val": {10: worse, 20: good}, "train": {10: worse, 20: good}},
+        {"val": labels, "train": labels},
+    )
+    write_experiment(
+        root,
+        "b_bert_boolq",
+        {**BASE, "experiment": "b", "seed": 1},
+        {"val": [(10, 0.85), (20, 0.1)], "train": [(10, 0.6), (20, 0.7)]},
+        {10: 1, 20: 1},
+        {"val": {10: worse, 20: good}, "train": {10: worse, 20: good}},
+        {"val": labels, "train": labels},
+    )
+    proc = run(
+        "results_table.py",
+        "--task",
+        "boolq",
+        "--exp_root",
+        str(root),
+        "--compare",
+        "a_bert_boolq",
+        "b_bert_boolq",
+        "--resamples",
+        "2000",
+        "--bootstrap_seed",
+        "1",
+    )
     line = [printed for printed in proc.stdout.splitlines() if printed.startswith("a_bert_boolq − b_bert_boolq")][0]
     assert "+0.1500" in line and "a_bert_boolq 1.0000, b_bert_boolq 0.8500" in line  # 60 / 400
     # --resamples and --bootstrap_seed reach the bootstrap: the interval of those resamples of that seed
@@ -194,8 +254,20 @@ def test_compare_reads_selected_checkpoints(run, tmp_path):
     seed0 = paired_bootstrap(correct_a, correct_b, resamples=2000, seed=0)
     assert (want.low, want.high) != (seed0.low, seed0.high)  # the seed shows (seed 0 is the default)
     # --compare_split train: each at its best train checkpoint (A 10, B 20)
-    proc = run("results_table.py", "--task", "boolq", "--exp_root", str(root), "--compare", "a_bert_boolq",
-               "b_bert_boolq", "--resamples", "200", "--compare_split", "train")
+    proc = run(
+        "results_table.py",
+        "--task",
+        "boolq",
+        "--exp_root",
+        str(root),
+        "--compare",
+        "a_bert_boolq",
+        "b_bert_boolq",
+        "--resamples",
+        "200",
+        "--compare_split",
+        "train",
+    )
     line = [printed for printed in proc.stdout.splitlines() if printed.startswith("a_bert_boolq − b_bert_boolq")][0]
     assert line.startswith("a_bert_boolq − b_bert_boolq accuracy on train: -0.1500 ")
     assert "a_bert_boolq 0.8500, b_bert_boolq 1.0000" in line
@@ -210,27 +282,39 @@ def test_paired_bootstrap_counts_ties_as_not_better():
     a[0] = True
     result = paired_bootstrap(a, b, resamples=20000, seed=5)
     assert result.diff == pytest.approx(0.1) and (result.acc_a, result.acc_b) == (0.1, 0.0)
-    assert result.p_not_better == pytest.approx(0.9 ** 10, abs=0.015)
+    assert result.p_not_better == pytest.approx(0.9**10, abs=0.015)
     assert result.low == 0.0 and result.high == pytest.approx(0.3)
 
 
 COLA = {**BASE, "task": "cola"}
 
 
-def write_cola(root: Path, folder: str, rows: list[tuple[int, float, float]], preds: dict[int, list[int]] | None = None,
-               labels: list[int] | None = None) -> Path:
+def write_cola(
+    root: Path,
+    folder: str,
+    rows: list[tuple[int, float, float]],
+    preds: dict[int, list[int]] | None = None,
+    labels: list[int] | None = None,
+) -> Path:
     """A CoLA experiment: MCC is the main metric, accuracy the second; ``rows``: (ckpt, mcc, accuracy)."""
     d = root / folder
     d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps({**COLA, "experiment": folder.split("_")[0], "seed": 1}))
-    table = {"task": "cola", "rows": [{"ckpt": c, "mcc": m, "accuracy": a} for c, m, a in rows],
-             "inference": {"examples_per_s": 50.0, "device": "cpu"}}
+    table = {
+        "task": "cola",
+        "rows": [{"ckpt": c, "mcc": m, "accuracy": a} for c, m, a in rows],
+        "inference": {"examples_per_s": 50.0, "device": "cpu"},
+    }
     (d / "eval-dev.json").write_text(json.dumps(table))
     for c, _, _ in rows:
         torch.save({"w": torch.zeros(10)}, d / f"model-{c}.pt")
     if preds is not None:
-        np.savez(d / "eval-dev-predictions.npz", idx=np.arange(len(labels)) * 3 + 100, labels=np.array(labels),
-                 **{f"pred_{s}": np.array(p) for s, p in preds.items()})
+        np.savez(
+            d / "eval-dev-predictions.npz",
+            idx=np.arange(len(labels)) * 3 + 100,
+            labels=np.array(labels),
+            **{f"pred_{s}": np.array(p) for s, p in preds.items()},
+        )
     return d
 
 
@@ -274,8 +358,18 @@ def test_main_metric_chooses_the_checkpoint_for_tables_ckpt_best_and_compare(run
     write_cola(other, "b_bert_cola", [(10, 0.9, 0.9), (20, 0.1, 0.1)], {10: pb, 20: pa}, labels)
     # the same accuracy (0.9), different MCC: A at its best checkpoint (20), B at its (10)
     assert np.mean(np.array(pa) == labels) == np.mean(np.array(pb) == labels) and mcc(labels, pa) != mcc(labels, pb)
-    proc = run("results_table.py", "--task", "cola", "--exp_root", str(other), "--compare", "a_bert_cola",
-               "b_bert_cola", "--resamples", "200")
+    proc = run(
+        "results_table.py",
+        "--task",
+        "cola",
+        "--exp_root",
+        str(other),
+        "--compare",
+        "a_bert_cola",
+        "b_bert_cola",
+        "--resamples",
+        "200",
+    )
     line = [printed for printed in proc.stdout.splitlines() if printed.startswith("a_bert_cola − b_bert_cola")][0]
     assert line.startswith(f"a_bert_cola − b_bert_cola mcc on dev: {mcc(labels, pa) - mcc(labels, pb):+.4f} ")
     assert f"a_bert_cola {mcc(labels, pa):.4f}, b_bert_cola {mcc(labels, pb):.4f}" in line
@@ -295,11 +389,42 @@ def test_ckpt_best_submission_and_export_round_trip(run, data_root, exp_root, ti
 
     for split in ("dev", "test"):
         renumber_ids(data_root, split)
-    run("run_fine_tune.py", "--experiment", "t", "--model", "bert", "--task", "qqp", "--ptrain_ver", str(tiny_bert),
-        *TRAIN, "--batch_size", "16", "--total_step", "12", "--warmup_step", "2", "--ckpt_step", "4",
-        "--log_step", "4", "--lr", "1e-3")
-    proc = run("generate_test_prediction.py", "--experiment", "t", "--model", "bert", "--task", "qqp", "--ckpt",
-               "best", check=False)
+    run(
+        "run_fine_tune.py",
+        "--experiment",
+        "t",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--ptrain_ver",
+        str(tiny_bert),
+        *TRAIN,
+        "--batch_size",
+        "16",
+        "--total_step",
+        "12",
+        "--warmup_step",
+        "2",
+        "--ckpt_step",
+        "4",
+        "--log_step",
+        "4",
+        "--lr",
+        "1e-3",
+    )
+    proc = run(
+        "generate_test_prediction.py",
+        "--experiment",
+        "t",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--ckpt",
+        "best",
+        check=False,
+    )
     assert proc.returncode == 2 and "no evaluation on 'dev'" in proc.stderr and "run_fine_tune_eval.py" in proc.stderr
     run("run_fine_tune_eval.py", "--experiment", "t", "--model", "bert", "--task", "qqp", "--dataset", "dev")
     exp = exp_root / "t_bert_qqp"
@@ -324,10 +449,27 @@ def test_ckpt_best_submission_and_export_round_trip(run, data_root, exp_root, ti
     assert [int(c[1]) for c in cols] == recompute_logits(exp, best, test).argmax(1).tolist()
     # --select_on reaches --ckpt best: an evaluation table of train (written here) whose best is another checkpoint
     other = min(s for s in (4, 8, 12) if s != best)
-    (exp / "eval-train.json").write_text(json.dumps({"task": "qqp", "rows": [
-        {"ckpt": s, "accuracy": 0.9 if s == other else 0.5, "f1": 0.5} for s in (4, 8, 12)]}))
-    proc = run("generate_test_prediction.py", "--experiment", "t", "--model", "bert", "--task", "qqp", "--ckpt", "best",
-               "--select_on", "train")
+    (exp / "eval-train.json").write_text(
+        json.dumps(
+            {
+                "task": "qqp",
+                "rows": [{"ckpt": s, "accuracy": 0.9 if s == other else 0.5, "f1": 0.5} for s in (4, 8, 12)],
+            }
+        )
+    )
+    proc = run(
+        "generate_test_prediction.py",
+        "--experiment",
+        "t",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--ckpt",
+        "best",
+        "--select_on",
+        "train",
+    )
     assert f"model-{other}.pt (best train accuracy 0.9000)" in proc.stdout
     cols = [row.split("\t") for row in (exp / "QQP.tsv").read_text().splitlines()[1:]]
     assert [int(c[1]) for c in cols] == recompute_logits(exp, other, test).argmax(1).tolist()
@@ -337,8 +479,9 @@ def test_ckpt_best_submission_and_export_round_trip(run, data_root, exp_root, ti
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.model_max_length == SEQ
-    enc = tokenizer([r["text"] for r in dev], [r["text_pair"] for r in dev], truncation=True, padding=True,
-                    return_tensors="pt")
+    enc = tokenizer(
+        [r["text"] for r in dev], [r["text_pair"] for r in dev], truncation=True, padding=True, return_tensors="pt"
+    )
     with torch.no_grad():
         logits = model(**enc).logits.numpy()
     np.testing.assert_allclose(logits, recompute_logits(exp, best, dev), atol=1e-5)
@@ -346,9 +489,22 @@ def test_ckpt_best_submission_and_export_round_trip(run, data_root, exp_root, ti
         np.testing.assert_array_equal(logits.argmax(1), z[f"pred_{best}"])
     assert json.loads((out / "export.json").read_text())["checkpoint"] == f"model-{best}.pt"
     # an existing export is not replaced without --overwrite; a foreign folder never is
-    proc = run("export_model.py", "--experiment", "t", "--model", "bert", "--task", "qqp", "--out", str(out), check=False)
+    proc = run(
+        "export_model.py", "--experiment", "t", "--model", "bert", "--task", "qqp", "--out", str(out), check=False
+    )
     assert proc.returncode == 2 and "--overwrite" in proc.stderr
     (exp_root.parent / "foreign").mkdir()
-    proc = run("export_model.py", "--experiment", "t", "--model", "bert", "--task", "qqp", "--out",
-               str(exp_root.parent / "foreign"), "--overwrite", check=False)
+    proc = run(
+        "export_model.py",
+        "--experiment",
+        "t",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--out",
+        str(exp_root.parent / "foreign"),
+        "--overwrite",
+        check=False,
+    )
     assert proc.returncode == 2 and "is not an export" in proc.stderr

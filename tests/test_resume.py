@@ -36,11 +36,45 @@ TINY = ["--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2"]  # the 
 TEACHER = ["--teacher_exp", "teacher", "--tmodel", "bert", "--tckpt", "4"]
 # 30 training rows in micro-batches of 4 (batch 8, accum 2): epochs end with a 2-row micro-batch and accumulation
 # windows cross epoch boundaries; dropout on, so a resumed run must also continue every random stream
-RUN = ["--task", "qqp", "--total_step", str(STEPS), "--warmup_step", "2", "--ckpt_step", str(CKPT), "--log_step",
-       str(LOG), "--batch_size", "8", "--accum_step", "2", "--seed", "7", "--dropout", "0.1", "--lr", "1e-3",
-       "--max_examples", "30"]
-LAYERWISE = [*TEACHER, "--model", "bert", *TINY, "--num_hidden_layers", "6", "--gate_lr", "1e-2", "--mu", "10",
-             "--map_examples", "0", *RUN]
+RUN = [
+    "--task",
+    "qqp",
+    "--total_step",
+    str(STEPS),
+    "--warmup_step",
+    "2",
+    "--ckpt_step",
+    str(CKPT),
+    "--log_step",
+    str(LOG),
+    "--batch_size",
+    "8",
+    "--accum_step",
+    "2",
+    "--seed",
+    "7",
+    "--dropout",
+    "0.1",
+    "--lr",
+    "1e-3",
+    "--max_examples",
+    "30",
+]
+LAYERWISE = [
+    *TEACHER,
+    "--model",
+    "bert",
+    *TINY,
+    "--num_hidden_layers",
+    "6",
+    "--gate_lr",
+    "1e-2",
+    "--mu",
+    "10",
+    "--map_examples",
+    "0",
+    *RUN,
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,11 +90,46 @@ def world(tmp_path_factory, tiny_bert, tiny_bert12) -> World:
     base = tmp_path_factory.mktemp("resume")
     w = World(base / "data", base / "exp", tiny_bert)
     synthetic.write_qqp(w.data, n_train=40, n_dev=16, n_test=8)
-    run_in_process("run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(tiny_bert12),
-                   "--task", "qqp", "--total_step", "4", "--warmup_step", "1", "--ckpt_step", "4", "--batch_size", "16",
-                   "--lr", "1e-3", "--max_seq_len", "24", data_root=w.data, exp_root=w.exp)
-    run_in_process("run_fine_tune_gen_logits.py", "--experiment", "teacher", "--model", "bert", "--task", "qqp",
-                   "--ckpt", "4", "--dataset", "train", data_root=w.data, exp_root=w.exp)
+    run_in_process(
+        "run_fine_tune.py",
+        "--experiment",
+        "teacher",
+        "--model",
+        "bert",
+        "--ptrain_ver",
+        str(tiny_bert12),
+        "--task",
+        "qqp",
+        "--total_step",
+        "4",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "4",
+        "--batch_size",
+        "16",
+        "--lr",
+        "1e-3",
+        "--max_seq_len",
+        "24",
+        data_root=w.data,
+        exp_root=w.exp,
+    )
+    run_in_process(
+        "run_fine_tune_gen_logits.py",
+        "--experiment",
+        "teacher",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--ckpt",
+        "4",
+        "--dataset",
+        "train",
+        data_root=w.data,
+        exp_root=w.exp,
+    )
     return w
 
 
@@ -74,8 +143,14 @@ def one_thread():
 
 
 def env_for(w: World) -> dict:
-    return dict(os.environ, FT_DATA_ROOT=str(w.data), FT_EXP_ROOT=str(w.exp), TQDM_DISABLE="1", OMP_NUM_THREADS="1",
-                PYTHONUNBUFFERED="1")
+    return dict(
+        os.environ,
+        FT_DATA_ROOT=str(w.data),
+        FT_EXP_ROOT=str(w.exp),
+        TQDM_DISABLE="1",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
 
 
 def start_killed(kill: str, script: str, args: list[str], w: World, torchrun: int = 0):
@@ -89,15 +164,25 @@ def start_killed(kill: str, script: str, args: list[str], w: World, torchrun: in
         proc.alive, proc.ranks = None, 0
         return proc
     # the whole job (launcher and every rank) is killed at once, as a pre-emption does
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(torchrun),
-                str(REPO / "tests" / "killpoint.py"), kill, str(REPO / script)]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(torchrun),
+        str(REPO / "tests" / "killpoint.py"),
+        kill,
+        str(REPO / script),
+    ]
     env["KILLPOINT_GROUP"] = "1"
     fifo = Path(tempfile.mkdtemp()) / "alive"
     os.mkfifo(fifo)
     alive = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # open before any rank opens its write end
     env["KILLPOINT_ALIVE"] = str(fifo)
-    proc = subprocess.Popen([*launcher, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=str(w.data.parent))
+    proc = subprocess.Popen(
+        [*launcher, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(w.data.parent)
+    )
     proc.alive, proc.ranks = alive, torchrun
     return proc
 
@@ -125,8 +210,11 @@ def wait_killed(proc: subprocess.Popen, torchrun: bool = False) -> str:
 
 def outputs(folder: Path) -> dict[str, dict]:
     """Every checkpoint and method file (``*.pt`` except resume states), loaded."""
-    return {p.name: torch.load(p, weights_only=True) for p in sorted(folder.glob("*.pt"))
-            if not p.name.startswith("resume-")}
+    return {
+        p.name: torch.load(p, weights_only=True)
+        for p in sorted(folder.glob("*.pt"))
+        if not p.name.startswith("resume-")
+    }
 
 
 def assert_bitwise_equal(a: dict, b: dict, what: str = "") -> None:
@@ -160,9 +248,15 @@ def check_same_run(w: World, ref: str, killed: str, name=lambda e: f"{e}_bert_qq
 def deterministic_state() -> tuple:
     """What ``--deterministic`` sets (engine/determinism.py), as torch and the environment hold it now."""
     b = torch.backends
-    return (torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-            b.cudnn.deterministic, b.cuda.flash_sdp_enabled(), b.cuda.mem_efficient_sdp_enabled(),
-            b.cuda.cudnn_sdp_enabled(), b.cuda.math_sdp_enabled())
+    return (
+        torch.are_deterministic_algorithms_enabled(),
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        b.cudnn.deterministic,
+        b.cuda.flash_sdp_enabled(),
+        b.cuda.mem_efficient_sdp_enabled(),
+        b.cuda.cudnn_sdp_enabled(),
+        b.cuda.math_sdp_enabled(),
+    )
 
 
 DETERMINISTIC = (True, ":4096:8", True, False, False, False, True)
@@ -186,41 +280,128 @@ def deterministic_states(monkeypatch) -> list[tuple]:
 # (id, script, flags, where the kill lands, the checkpoint the resumed run starts from)
 CASES = [
     # --deterministic: the condition for a bit-exact resume on a GPU; on this CPU the flag must reach torch and keep it
-    ("fine_tune", "run_fine_tune.py",
-     ["--model", "bert", "--ptrain_ver", "{tiny}", "--max_seq_len", "24", "--deterministic", *RUN],
-     "after:resume-4.pt", 4),
-    ("fine_tune_group_by_length", "run_fine_tune.py",
-     ["--model", "bert", "--ptrain_ver", "{tiny}", "--max_seq_len", "24", "--group_by_length", *RUN],
-     "before:model-8.pt", 4),
-    ("offline_distill", "run_fine_tune_distill.py",
-     ["--model", "bert", "--dataset", "teacher_bert_qqp", "--d_model", "16", "--d_ff", "32", "--num_attention_heads",
-      "2", "--num_hidden_layers", "2", "--max_seq_len", "24", "--softmax_temp", "2", "--soft_weight", "0.7",
-      "--hard_weight", "0.3", *RUN],
-     "before:resume-8.pt", 4),
+    (
+        "fine_tune",
+        "run_fine_tune.py",
+        ["--model", "bert", "--ptrain_ver", "{tiny}", "--max_seq_len", "24", "--deterministic", *RUN],
+        "after:resume-4.pt",
+        4,
+    ),
+    (
+        "fine_tune_group_by_length",
+        "run_fine_tune.py",
+        ["--model", "bert", "--ptrain_ver", "{tiny}", "--max_seq_len", "24", "--group_by_length", *RUN],
+        "before:model-8.pt",
+        4,
+    ),
+    (
+        "offline_distill",
+        "run_fine_tune_distill.py",
+        [
+            "--model",
+            "bert",
+            "--dataset",
+            "teacher_bert_qqp",
+            "--d_model",
+            "16",
+            "--d_ff",
+            "32",
+            "--num_attention_heads",
+            "2",
+            "--num_hidden_layers",
+            "2",
+            "--max_seq_len",
+            "24",
+            "--softmax_temp",
+            "2",
+            "--soft_weight",
+            "0.7",
+            "--hard_weight",
+            "0.3",
+            *RUN,
+        ],
+        "before:resume-8.pt",
+        4,
+    ),
     # the last step: model-12.pt written, the gates and the resume state not yet; the run is not finished
     ("lad_last_step", "run_lad_distil.py", LAYERWISE, "after:model-12.pt", 8),
     ("lad_no", "run_lad_no_distil.py", LAYERWISE, "before:gate-2-8.pt", 4),
-    ("partial_lad", "run_probing_lad.py", ["--probing_exp", "partial_lad", "--gate_indices", "2,4", *LAYERWISE],
-     "after:resume-4.pt", 4),
+    (
+        "partial_lad",
+        "run_probing_lad.py",
+        ["--probing_exp", "partial_lad", "--gate_indices", "2,4", *LAYERWISE],
+        "after:resume-4.pt",
+        4,
+    ),
     ("pkd", "run_pkd_distill.py", [a for a in LAYERWISE if a not in ("--gate_lr", "1e-2")], "after:resume-8.pt", 8),
-    ("alp_kd_hidden", "run_alp_distil.py",
-     ["--alp_exp", "alp-kd-hidden", *[a for a in LAYERWISE if a not in ("--gate_lr", "1e-2")]], "before:resume-4.pt", 0),
+    (
+        "alp_kd_hidden",
+        "run_alp_distil.py",
+        ["--alp_exp", "alp-kd-hidden", *[a for a in LAYERWISE if a not in ("--gate_lr", "1e-2")]],
+        "before:resume-4.pt",
+        0,
+    ),
     # a student of another width (48 vs the teacher's 32): the learned projection is saved beside each checkpoint
     # and in the resume state; killed before its file of checkpoint 8
-    ("lad_other_width", "run_lad_distil.py",
-     [*LAYERWISE, "--d_model", "48", "--d_ff", "96", "--num_hidden_layers", "3"], "before:projection-8.pt", 4),
-    ("tinybert_other_width", "run_tinybert_distil.py",
-     [*[a for a in LAYERWISE if a not in ("--gate_lr", "1e-2")], "--d_model", "48", "--d_ff", "96",
-      "--num_hidden_layers", "3"], "after:resume-4.pt", 4),
+    (
+        "lad_other_width",
+        "run_lad_distil.py",
+        [*LAYERWISE, "--d_model", "48", "--d_ff", "96", "--num_hidden_layers", "3"],
+        "before:projection-8.pt",
+        4,
+    ),
+    (
+        "tinybert_other_width",
+        "run_tinybert_distil.py",
+        [
+            *[a for a in LAYERWISE if a not in ("--gate_lr", "1e-2")],
+            "--d_model",
+            "48",
+            "--d_ff",
+            "96",
+            "--num_hidden_layers",
+            "3",
+        ],
+        "after:resume-4.pt",
+        4,
+    ),
     # a recipe (issue 33) of two teachers adding terms to LAD: weight and temperature schedules continue where the
     # killed run stopped; LAD's gates, its projection and the terms' own (recipe_projection); the teacher set
-    ("recipe_scheduled_with_lad", "run_distil.py",
-     ["--recipe", str(REPO / "tests" / "data" / "recipes" / "scheduled.yaml"), "--model", "bert", *TINY,
-      "--d_model", "48", "--d_ff", "96", "--num_hidden_layers", "3", "--gate_lr", "1e-2", "--mu", "10",
-      "--map_examples", "0", "--padding", "dynamic", *RUN], "after:resume-4.pt", 4),
-    ("lad_dynamic_padding_with_maps", "run_lad_distil.py",
-     [*[a for a in LAYERWISE if a not in ("--map_examples", "0")], "--padding", "dynamic", "--map_examples", "8"],
-     "before:layer-map-8.png", 4),
+    (
+        "recipe_scheduled_with_lad",
+        "run_distil.py",
+        [
+            "--recipe",
+            str(REPO / "tests" / "data" / "recipes" / "scheduled.yaml"),
+            "--model",
+            "bert",
+            *TINY,
+            "--d_model",
+            "48",
+            "--d_ff",
+            "96",
+            "--num_hidden_layers",
+            "3",
+            "--gate_lr",
+            "1e-2",
+            "--mu",
+            "10",
+            "--map_examples",
+            "0",
+            "--padding",
+            "dynamic",
+            *RUN,
+        ],
+        "after:resume-4.pt",
+        4,
+    ),
+    (
+        "lad_dynamic_padding_with_maps",
+        "run_lad_distil.py",
+        [*[a for a in LAYERWISE if a not in ("--map_examples", "0")], "--padding", "dynamic", "--map_examples", "8"],
+        "before:layer-map-8.png",
+        4,
+    ),
 ]
 
 

@@ -32,9 +32,11 @@ def test_a_config_edited_by_hand_is_refused_on_resume(run, tiny_bert, data_root,
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     before = without_lock_record(snapshot(exp_root))
     line = one_line_error(run("run_fine_tune.py", *tune("r", tiny_bert, "--lr", "2e-3"), check=False))
-    assert line == (f"error: {folder / 'config.json'} was edited since this run wrote it (its fields no longer have "
-                    f"the sha256 recorded in resume-2.pt): resuming would continue the run under settings it did not "
-                    f"train with; restore the file, or pass --overwrite to start over")
+    assert line == (
+        f"error: {folder / 'config.json'} was edited since this run wrote it (its fields no longer have "
+        f"the sha256 recorded in resume-2.pt): resuming would continue the run under settings it did not "
+        f"train with; restore the file, or pass --overwrite to start over"
+    )
     assert without_lock_record(snapshot(exp_root)) == before
     out = run("run_fine_tune.py", *tune("r", tiny_bert, "--lr", "2e-3", "--overwrite"))  # starts over
     assert "--overwrite: starting over" in out.stderr and "resuming from" not in out.stderr
@@ -72,17 +74,71 @@ def test_every_saved_model_folder_names_the_task_labels(run, tiny_bert, tmp_path
     config = json.loads((other / "config.json").read_text())
     config.update(id2label={"0": "LABEL_A", "1": "LABEL_B"}, label2id={"LABEL_A": 0, "LABEL_B": 1})
     (other / "config.json").write_text(json.dumps(config))
-    run("run_fine_tune.py", "--experiment", "lbl", "--ptrain_ver", str(other), "--model", "bert", "--task", "boolq",
-        "--total_step", "2", "--warmup_step", "0", "--ckpt_step", "2", "--batch_size", "8", "--max_seq_len", "24")
+    run(
+        "run_fine_tune.py",
+        "--experiment",
+        "lbl",
+        "--ptrain_ver",
+        str(other),
+        "--model",
+        "bert",
+        "--task",
+        "boolq",
+        "--total_step",
+        "2",
+        "--warmup_step",
+        "0",
+        "--ckpt_step",
+        "2",
+        "--batch_size",
+        "8",
+        "--max_seq_len",
+        "24",
+    )
     saved = json.loads((exp_root / "lbl_bert_boolq" / "model" / "config.json").read_text())
     assert saved["id2label"] == {"0": "False", "1": "True"} and saved["label2id"] == {"False": 0, "True": 1}
     # a student built from its widths (logits KD) too: QQP's names (Hugging Face's), not LABEL_0 / LABEL_1
     run("run_fine_tune.py", *tune("t", tiny_bert, "--total_step", "2", "--warmup_step", "0"))
-    run("run_fine_tune_gen_logits.py", "--experiment", "t", "--model", "bert", "--task", "qqp", "--dataset", "train",
-        "--ckpt", "2")
-    run("run_fine_tune_distill.py", "--experiment", "kd", "--model", "bert", "--task", "qqp", "--dataset",
-        "t_bert_qqp", "--d_model", "16", "--d_ff", "32", "--num_attention_heads", "2", "--num_hidden_layers", "1",
-        "--total_step", "1", "--warmup_step", "0", "--batch_size", "8", "--max_seq_len", "24")
+    run(
+        "run_fine_tune_gen_logits.py",
+        "--experiment",
+        "t",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--dataset",
+        "train",
+        "--ckpt",
+        "2",
+    )
+    run(
+        "run_fine_tune_distill.py",
+        "--experiment",
+        "kd",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--dataset",
+        "t_bert_qqp",
+        "--d_model",
+        "16",
+        "--d_ff",
+        "32",
+        "--num_attention_heads",
+        "2",
+        "--num_hidden_layers",
+        "1",
+        "--total_step",
+        "1",
+        "--warmup_step",
+        "0",
+        "--batch_size",
+        "8",
+        "--max_seq_len",
+        "24",
+    )
     saved = json.loads((exp_root / "kd_bert_qqp" / "model" / "config.json").read_text())
     assert saved["id2label"] == {"0": "not_duplicate", "1": "duplicate"}
     assert saved["label2id"] == {"not_duplicate": 0, "duplicate": 1}
@@ -137,8 +193,10 @@ def test_a_finished_run_keeps_its_checkpoints_under_a_smaller_limit(run, tiny_be
     before = snapshot(exp_root)
     out = run("run_fine_tune.py", *tune("keep", tiny_bert, "--save_total_limit", "1"))
     assert "already finished" in out.stdout and "deleted" not in out.stderr
-    assert ("note: keep_bert_qqp finished with no --save_total_limit: a finished run keeps its checkpoints "
-            "(--save_total_limit 1 here changes nothing") in out.stderr
+    assert (
+        "note: keep_bert_qqp finished with no --save_total_limit: a finished run keeps its checkpoints "
+        "(--save_total_limit 1 here changes nothing"
+    ) in out.stderr
     assert models(folder) == ["model-2.pt", "model-4.pt"]
     assert without_lock_record(snapshot(exp_root)) == without_lock_record(before)
 
@@ -148,7 +206,8 @@ def classifier_folder(tiny: Path, path: Path, labels: list[str]) -> Path:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(
-        tiny, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+        tiny, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}
+    )
     model.save_pretrained(path)
     AutoTokenizer.from_pretrained(tiny).save_pretrained(path)
     return path
@@ -164,16 +223,48 @@ def test_a_classifier_of_another_class_count_gets_a_new_head(run, tiny_bert, tmp
     folder = exp_root / "c3_bert_qqp"
     state = torch.load(folder / "model-2.pt", weights_only=True)
     assert state["classifier.weight"].shape[0] == 2
-    assert json.loads((folder / "model" / "config.json").read_text())["id2label"] == {"0": "not_duplicate",
-                                                                                   "1": "duplicate"}
+    assert json.loads((folder / "model" / "config.json").read_text())["id2label"] == {
+        "0": "not_duplicate",
+        "1": "duplicate",
+    }
     # the same folder as the student of logits KD: the note names --student_ptrain_ver
-    run("run_fine_tune_gen_logits.py", "--experiment", "c3", "--model", "bert", "--task", "qqp", "--dataset", "train",
-        "--ckpt", "2")
-    out = run("run_fine_tune_distill.py", "--experiment", "kd3", "--model", "bert", "--task", "qqp", "--dataset",
-              "c3_bert_qqp", "--student_ptrain_ver", str(cls3), "--total_step", "1", "--warmup_step", "0",
-              "--batch_size", "8", "--max_seq_len", "24")
+    run(
+        "run_fine_tune_gen_logits.py",
+        "--experiment",
+        "c3",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--dataset",
+        "train",
+        "--ckpt",
+        "2",
+    )
+    out = run(
+        "run_fine_tune_distill.py",
+        "--experiment",
+        "kd3",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--dataset",
+        "c3_bert_qqp",
+        "--student_ptrain_ver",
+        str(cls3),
+        "--total_step",
+        "1",
+        "--warmup_step",
+        "0",
+        "--batch_size",
+        "8",
+        "--max_seq_len",
+        "24",
+    )
     assert f"note: --student_ptrain_ver {cls3} {note}" in out.stderr and "--ptrain_ver" not in out.stderr.replace(
-        "--student_ptrain_ver", "")
+        "--student_ptrain_ver", ""
+    )
     assert (exp_root / "kd3_bert_qqp" / "model-1.pt").is_file()
     # sound files that fail as they load (transformers' own error): the line names the flag given, not "damaged",
     # and the new experiment is not left behind
@@ -183,12 +274,33 @@ def test_a_classifier_of_another_class_count_gets_a_new_head(run, tiny_bert, tmp
         raise RuntimeError("Error(s) in loading state_dict (simulated)")
 
     monkeypatch.setattr(classifier.AutoModelForSequenceClassification, "from_pretrained", fails)
-    out = run("run_fine_tune_distill.py", "--experiment", "kd4", "--model", "bert", "--task", "qqp", "--dataset",
-              "c3_bert_qqp", "--student_ptrain_ver", str(cls3), "--total_step", "1", "--warmup_step", "0",
-              "--batch_size", "8", "--max_seq_len", "24", check=False)
+    out = run(
+        "run_fine_tune_distill.py",
+        "--experiment",
+        "kd4",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--dataset",
+        "c3_bert_qqp",
+        "--student_ptrain_ver",
+        str(cls3),
+        "--total_step",
+        "1",
+        "--warmup_step",
+        "0",
+        "--batch_size",
+        "8",
+        "--max_seq_len",
+        "24",
+        check=False,
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
-    assert out.stderr.strip().splitlines()[-1] == (f"error: --student_ptrain_ver {str(cls3)!r}: could not load the weights (Error(s) in loading "
-                    f"state_dict (simulated))")
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"error: --student_ptrain_ver {str(cls3)!r}: could not load the weights (Error(s) in loading "
+        f"state_dict (simulated))"
+    )
     assert not (exp_root / "kd4_bert_qqp").exists()
 
 
@@ -212,7 +324,8 @@ def test_weights_failing_to_load_leave_nothing_of_a_new_experiment(run, tiny_ber
     assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].endswith("(simulated)")
     after = without_lock_record(snapshot(exp_root / "old_bert_qqp"))
     assert {k: v for k, v in after.items() if k != "config.json"} == {
-        k: v for k, v in before.items() if k != "config.json"} and "resume-2.pt" in after
+        k: v for k, v in before.items() if k != "config.json"
+    } and "resume-2.pt" in after
     monkeypatch.undo()
     out = run("run_fine_tune.py", *tune("old", tiny_bert))
     assert "resuming from model-2.pt" in out.stderr

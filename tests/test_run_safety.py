@@ -37,8 +37,25 @@ def test_non_finite_loss_stops_run_keeping_last_good_checkpoint(run, exp_root, t
         return parts
 
     monkeypatch.setattr(logits_kd.HardLabel, "losses", poisoned)
-    proc = run("run_fine_tune.py", "--experiment", "nan", "--model", "bert", "--task", "boolq", "--ptrain_ver",
-               str(tiny_bert), *FLAGS, "--total_step", "12", "--ckpt_step", "4", "--log_step", "2", check=False)
+    proc = run(
+        "run_fine_tune.py",
+        "--experiment",
+        "nan",
+        "--model",
+        "bert",
+        "--task",
+        "boolq",
+        "--ptrain_ver",
+        str(tiny_bert),
+        *FLAGS,
+        "--total_step",
+        "12",
+        "--ckpt_step",
+        "4",
+        "--log_step",
+        "2",
+        check=False,
+    )
     assert proc.returncode == 2
     lines = [printed for printed in proc.stderr.splitlines() if printed.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in proc.stderr and proc.stderr.rstrip().endswith(lines[0])
@@ -50,26 +67,89 @@ def test_non_finite_loss_stops_run_keeping_last_good_checkpoint(run, exp_root, t
     assert all(torch.isfinite(v).all() for v in state.values())
     # the same command resumes from the good checkpoint (the poison is gone): the run then finishes
     monkeypatch.setattr(logits_kd.HardLabel, "losses", real)
-    proc = run("run_fine_tune.py", "--experiment", "nan", "--model", "bert", "--task", "boolq", "--ptrain_ver",
-               str(tiny_bert), *FLAGS, "--total_step", "12", "--ckpt_step", "4", "--log_step", "2")
+    proc = run(
+        "run_fine_tune.py",
+        "--experiment",
+        "nan",
+        "--model",
+        "bert",
+        "--task",
+        "boolq",
+        "--ptrain_ver",
+        str(tiny_bert),
+        *FLAGS,
+        "--total_step",
+        "12",
+        "--ckpt_step",
+        "4",
+        "--log_step",
+        "2",
+    )
     assert "resuming from model-4.pt" in proc.stderr
     assert sorted(int(p.name[6:-3]) for p in folder.glob("model-*.pt")) == [4, 8, 12]
 
 
 def test_save_total_limit_keeps_newest(run, exp_root, tiny_bert):
-    run("run_fine_tune.py", "--experiment", "k", "--model", "bert", "--task", "qqp", "--ptrain_ver", str(tiny_bert),
-        *FLAGS, "--total_step", "10", "--ckpt_step", "2", "--log_step", "2", "--save_total_limit", "2")
+    run(
+        "run_fine_tune.py",
+        "--experiment",
+        "k",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--ptrain_ver",
+        str(tiny_bert),
+        *FLAGS,
+        "--total_step",
+        "10",
+        "--ckpt_step",
+        "2",
+        "--log_step",
+        "2",
+        "--save_total_limit",
+        "2",
+    )
     folder = exp_root / "k_bert_qqp"
     assert sorted(p.name for p in folder.glob("model-*.pt")) == ["model-10.pt", "model-8.pt"]
     assert [p.name for p in folder.glob("resume-*.pt")] == ["resume-10.pt"]
     # default: every checkpoint kept (the sweep evaluation sees them all); resume state for the latest only
-    run("run_fine_tune.py", "--experiment", "all", "--model", "bert", "--task", "qqp", "--ptrain_ver", str(tiny_bert),
-        *FLAGS, "--total_step", "10", "--ckpt_step", "2", "--log_step", "2")
+    run(
+        "run_fine_tune.py",
+        "--experiment",
+        "all",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--ptrain_ver",
+        str(tiny_bert),
+        *FLAGS,
+        "--total_step",
+        "10",
+        "--ckpt_step",
+        "2",
+        "--log_step",
+        "2",
+    )
     folder = exp_root / "all_bert_qqp"
     assert sorted(int(p.name[6:-3]) for p in folder.glob("model-*.pt")) == [2, 4, 6, 8, 10]
     assert [p.name for p in folder.glob("resume-*.pt")] == ["resume-10.pt"]
-    proc = run("run_fine_tune.py", "--experiment", "z", "--model", "bert", "--task", "qqp", "--ptrain_ver",
-               str(tiny_bert), *FLAGS, "--save_total_limit", "0", check=False)
+    proc = run(
+        "run_fine_tune.py",
+        "--experiment",
+        "z",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--ptrain_ver",
+        str(tiny_bert),
+        *FLAGS,
+        "--save_total_limit",
+        "0",
+        check=False,
+    )
     assert proc.returncode == 2 and "--save_total_limit must be positive" in proc.stderr
     assert not (exp_root / "z_bert_qqp").exists()
 
@@ -78,8 +158,21 @@ def test_overwrite_leaves_nothing_of_the_old_run(run, exp_root, tiny_bert):
     """--overwrite with another config: the folder then holds the new run's files only (no old checkpoint, resume
     state, eval table, predictions, submission or leftover temporary file) and the TensorBoard folder the new
     run's events only."""
-    common = ["--experiment", "ow", "--model", "bert", "--task", "qqp", "--ptrain_ver", str(tiny_bert), *FLAGS,
-              "--ckpt_step", "2", "--log_step", "2"]
+    common = [
+        "--experiment",
+        "ow",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--ptrain_ver",
+        str(tiny_bert),
+        *FLAGS,
+        "--ckpt_step",
+        "2",
+        "--log_step",
+        "2",
+    ]
     run("run_fine_tune.py", *common, "--total_step", "4")
     folder, log = exp_root / "ow_bert_qqp", exp_root / "log" / "ow_bert_qqp"
     read = ["--experiment", "ow", "--model", "bert", "--task", "qqp"]
@@ -139,9 +232,16 @@ def test_two_processes_share_a_tokenisation_cache(data_root, tmp_path, tiny_bert
     cache = tmp_path / "cache"
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(repo=str(REPO)))
-    procs = [subprocess.Popen([sys.executable, str(script), str(data_root), str(cache), str(tiny_bert)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(data_root), str(cache), str(tiny_bert)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     try:
         for p in procs:  # both have tokenised and neither has written: the race is certain
             assert p.stdout.readline().strip() == "ready", p.communicate(timeout=HANG_GUARD)
@@ -156,6 +256,7 @@ def test_two_processes_share_a_tokenisation_cache(data_root, tmp_path, tiny_bert
     tok = load_tokenizer(tiny_bert)
     examples = get_task("boolq").load(data_root, "train")
     expected = batching.tokenize(tok, examples, 48)
+
     def listed(f):
         return [f.input_ids.tolist(), f.token_type_ids.tolist(), f.offsets.tolist(), f.labels.tolist()]
 

@@ -26,16 +26,45 @@ HAS_CUDA = torch.cuda.is_available()
 SEQ = 48  # --max_seq_len of every run here
 
 # Flags every training run shares: tiny, fast, deterministic.
-TRAIN = ["--num_class", "2", "--beta1", "0.9", "--beta2", "0.999", "--eps", "1e-8", "--max_norm", "1.0",
-         "--weight_decay", "0.01", "--dropout", "0.1", "--seed", "42", "--max_seq_len", str(SEQ)]
+TRAIN = [
+    "--num_class",
+    "2",
+    "--beta1",
+    "0.9",
+    "--beta2",
+    "0.999",
+    "--eps",
+    "1e-8",
+    "--max_norm",
+    "1.0",
+    "--weight_decay",
+    "0.01",
+    "--dropout",
+    "0.1",
+    "--seed",
+    "42",
+    "--max_seq_len",
+    str(SEQ),
+]
 # A student shaped like the tiny teacher (hidden 32, feed-forward 64, 2 heads), so layers can be copied.
-TEACHER_SHAPE = ["--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2", "--num_hidden_layers", "2",
-                 "--type_vocab_size", "2"]
+TEACHER_SHAPE = [
+    "--d_model",
+    "32",
+    "--d_ff",
+    "64",
+    "--num_attention_heads",
+    "2",
+    "--num_hidden_layers",
+    "2",
+    "--type_vocab_size",
+    "2",
+]
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Independent readers and recomputation (no fine_tune code involved)
 # --------------------------------------------------------------------------------------------------------------
+
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -46,8 +75,14 @@ def boolq_rows(data_root: Path, split: str) -> list[dict]:
     rows = []
     for line in (data_root / "BoolQ" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
-        rows.append({"idx": r["idx"], "text": r["passage"], "text_pair": r["question"],
-                     "label": None if "label" not in r else int(r["label"] in (True, "true", "True"))})
+        rows.append(
+            {
+                "idx": r["idx"],
+                "text": r["passage"],
+                "text_pair": r["question"],
+                "label": None if "label" not in r else int(r["label"] in (True, "true", "True")),
+            }
+        )
     return rows
 
 
@@ -82,8 +117,14 @@ def recompute_logits(exp_dir: Path, step: int, rows: list[dict], max_seq_len: in
 
     model = load_checkpoint_model(exp_dir, step)
     tokenizer = AutoTokenizer.from_pretrained(exp_dir / "model")
-    enc = tokenizer([r["text"] for r in rows], [r["text_pair"] for r in rows], truncation=True,
-                    max_length=max_seq_len, padding=True, return_tensors="pt")
+    enc = tokenizer(
+        [r["text"] for r in rows],
+        [r["text_pair"] for r in rows],
+        truncation=True,
+        max_length=max_seq_len,
+        padding=True,
+        return_tensors="pt",
+    )
     return model(**enc).logits.float().numpy()
 
 
@@ -149,13 +190,30 @@ def warning_lines(stderr: str, prefix: str = "warning:") -> list[str]:
 # Checks of one step's output
 # --------------------------------------------------------------------------------------------------------------
 
+
 def check_fine_tune(data_root: Path, exp_root: Path, tiny_bert: Path) -> None:
     exp = exp_root / "teacher_bert_boolq"
     config = json.loads((exp / "config.json").read_text())
-    expected = {"experiment": "teacher", "model": "bert", "task": "boolq", "dataset": "train",
-                "ptrain_ver": str(tiny_bert), "num_class": 2, "accum_step": 2, "batch_size": 8, "ckpt_step": 5,
-                "log_step": 4, "total_step": 12, "warmup_step": 2, "lr": 1e-3, "max_seq_len": SEQ, "seed": 42,
-                "dropout": 0.1, "weight_decay": 0.01, "amp": False}
+    expected = {
+        "experiment": "teacher",
+        "model": "bert",
+        "task": "boolq",
+        "dataset": "train",
+        "ptrain_ver": str(tiny_bert),
+        "num_class": 2,
+        "accum_step": 2,
+        "batch_size": 8,
+        "ckpt_step": 5,
+        "log_step": 4,
+        "total_step": 12,
+        "warmup_step": 2,
+        "lr": 1e-3,
+        "max_seq_len": SEQ,
+        "seed": 42,
+        "dropout": 0.1,
+        "weight_decay": 0.01,
+        "amp": False,
+    }
     assert {k: config.get(k) for k in expected} == expected
 
     prov = config["provenance"]
@@ -168,8 +226,10 @@ def check_fine_tune(data_root: Path, exp_root: Path, tiny_bert: Path) -> None:
     assert prov["device"].startswith("cuda" if HAS_CUDA else "cpu")
     train_file, weights = data_root / "BoolQ" / "train.jsonl", tiny_bert / "model.safetensors"
     # every input, hashed: the training file and the pretrained weights (a resume checks them)
-    assert {Path(k): v for k, v in prov["data_files"].items()} == {train_file: sha256(train_file),
-                                                                    weights: sha256(weights)}
+    assert {Path(k): v for k, v in prov["data_files"].items()} == {
+        train_file: sha256(train_file),
+        weights: sha256(weights),
+    }
 
     # model/ is a usable Hugging Face folder (config + tokenizer)
     from transformers import AutoConfig, AutoTokenizer
@@ -237,8 +297,9 @@ def check_eval(proc, data_root: Path, exp_root: Path) -> None:
         assert np.allclose(probs, np.exp(z) / np.exp(z).sum(1, keepdims=True), atol=1e-5)
 
 
-def check_logits_set(data_root: Path, exp_root: Path, name: str, split: str, step: int, rows: list[dict],
-                     ptrain_ver: str) -> Path:
+def check_logits_set(
+    data_root: Path, exp_root: Path, name: str, split: str, step: int, rows: list[dict], ptrain_ver: str
+) -> Path:
     """A logits data set written by run_fine_tune_gen_logits.py equals the checkpoint's logits, recomputed."""
     folder = data_root / "logits" / name / split
     meta = json.loads((folder / "meta.json").read_text())
@@ -261,46 +322,126 @@ def check_logits_set(data_root: Path, exp_root: Path, name: str, split: str, ste
 # BERT / BoolQ: teacher, evaluation, predictions, logits, layer initialisation, teacher-assistant chain
 # --------------------------------------------------------------------------------------------------------------
 
+
 def renumber_boolq(data_root: Path) -> None:
     """BoolQ ids that are not row numbers (descending, steps of 11, different per split): every file the pipeline
     writes (per-example predictions, logits data sets, the submission) must carry the data file's ids."""
     for split, start in (("train", 9000), ("val", 5000), ("test", 2000)):
         path = data_root / "BoolQ" / f"{split}.jsonl"
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-        path.write_text("".join(json.dumps({**r, "idx": start - 11 * i}) + "\n" for i, r in enumerate(rows)),
-                        encoding="utf-8")
+        path.write_text(
+            "".join(json.dumps({**r, "idx": start - 11 * i}) + "\n" for i, r in enumerate(rows)), encoding="utf-8"
+        )
 
 
 def test_bert_boolq_pipeline(run, data_root, exp_root, tiny_bert, monkeypatch):
     renumber_boolq(data_root)
     # --- teacher fine-tuning (a real subprocess: the provenance records its command line) -----------------
-    run("run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(tiny_bert),
-        "--task", "boolq", "--dataset", "train", "--accum_step", "2", "--batch_size", "8", "--ckpt_step", "5",
-        "--log_step", "4", "--lr", "1e-3", "--total_step", "12", "--warmup_step", "2", *TRAIN, subprocess=True)
+    run(
+        "run_fine_tune.py",
+        "--experiment",
+        "teacher",
+        "--model",
+        "bert",
+        "--ptrain_ver",
+        str(tiny_bert),
+        "--task",
+        "boolq",
+        "--dataset",
+        "train",
+        "--accum_step",
+        "2",
+        "--batch_size",
+        "8",
+        "--ckpt_step",
+        "5",
+        "--log_step",
+        "4",
+        "--lr",
+        "1e-3",
+        "--total_step",
+        "12",
+        "--warmup_step",
+        "2",
+        *TRAIN,
+        subprocess=True,
+    )
     check_fine_tune(data_root, exp_root, tiny_bert)
     teacher = exp_root / "teacher_bert_boolq"
 
     # --- evaluation sweep on val (with per-example predictions); then from --ckpt 10 on -------------------
-    proc = run("run_fine_tune_eval.py", "--experiment", "teacher", "--model", "bert", "--task", "boolq",
-               "--dataset", "val", "--batch_size", "16", "--save_predictions")
+    proc = run(
+        "run_fine_tune_eval.py",
+        "--experiment",
+        "teacher",
+        "--model",
+        "bert",
+        "--task",
+        "boolq",
+        "--dataset",
+        "val",
+        "--batch_size",
+        "16",
+        "--save_predictions",
+    )
     check_eval(proc, data_root, exp_root)
-    proc = run("run_fine_tune_eval.py", "--experiment", "teacher", "--model", "bert", "--task", "boolq",
-               "--dataset", "val", "--batch_size", "16", "--ckpt", "10")
+    proc = run(
+        "run_fine_tune_eval.py",
+        "--experiment",
+        "teacher",
+        "--model",
+        "bert",
+        "--task",
+        "boolq",
+        "--dataset",
+        "val",
+        "--batch_size",
+        "16",
+        "--ckpt",
+        "10",
+    )
     assert table_steps(proc.stdout) == [10, 12]
     assert [r["ckpt"] for r in json.loads((teacher / "eval-val.json").read_text())["rows"]] == [10, 12]
 
     # --- logits of checkpoint 12 on train; another checkpoint may not replace them -----------------------
     train = boolq_rows(data_root, "train")
-    run("run_fine_tune_gen_logits.py", "--experiment", "teacher", "--model", "bert", "--task", "boolq",
-        "--dataset", "train", "--ckpt", "12", "--batch_size", "16")
+    run(
+        "run_fine_tune_gen_logits.py",
+        "--experiment",
+        "teacher",
+        "--model",
+        "bert",
+        "--task",
+        "boolq",
+        "--dataset",
+        "train",
+        "--ckpt",
+        "12",
+        "--batch_size",
+        "16",
+    )
     folder = check_logits_set(data_root, exp_root, "teacher_bert_boolq", "train", 12, train, str(tiny_bert))
     before = (folder / "logits.jsonl").read_bytes()
     import fine_tune.evaluate
 
     with monkeypatch.context() as m:  # refused before any prediction is computed
         m.setattr(fine_tune.evaluate, "predict_logits", lambda *a, **k: pytest.fail("predicted before refusing"))
-        proc = run("run_fine_tune_gen_logits.py", "--experiment", "teacher", "--model", "bert", "--task", "boolq",
-                   "--dataset", "train", "--ckpt", "10", "--batch_size", "16", check=False)
+        proc = run(
+            "run_fine_tune_gen_logits.py",
+            "--experiment",
+            "teacher",
+            "--model",
+            "bert",
+            "--task",
+            "boolq",
+            "--dataset",
+            "train",
+            "--ckpt",
+            "10",
+            "--batch_size",
+            "16",
+            check=False,
+        )
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr
     assert "--overwrite" in proc.stderr and "Traceback" not in proc.stderr
@@ -308,10 +449,22 @@ def test_bert_boolq_pipeline(run, data_root, exp_root, tiny_bert, monkeypatch):
     assert json.loads((folder / "meta.json").read_text())["checkpoint"] == 12
 
     # --- logits on val, usable as --dataset E_M_T:val ----------------------------------------------------
-    run("run_fine_tune_gen_logits.py", "--experiment", "teacher", "--model", "bert", "--task", "boolq",
-        "--dataset", "val", "--ckpt", "12", "--batch_size", "16")
-    check_logits_set(data_root, exp_root, "teacher_bert_boolq", "val", 12, boolq_rows(data_root, "val"),
-                     str(tiny_bert))
+    run(
+        "run_fine_tune_gen_logits.py",
+        "--experiment",
+        "teacher",
+        "--model",
+        "bert",
+        "--task",
+        "boolq",
+        "--dataset",
+        "val",
+        "--ckpt",
+        "12",
+        "--batch_size",
+        "16",
+    )
+    check_logits_set(data_root, exp_root, "teacher_bert_boolq", "val", 12, boolq_rows(data_root, "val"), str(tiny_bert))
 
     from transformers import AutoModel
 
@@ -320,12 +473,47 @@ def test_bert_boolq_pipeline(run, data_root, exp_root, tiny_bert, monkeypatch):
     # --- attention-only initialisation of a 1-layer student from the teacher's 2nd layer (not its 1st: the
     # student's layer comes from --init_start), distilled from the val logits -----------------------------
     # lr 1e-12: the only checkpoint shows the initial weights
-    one_layer = [*TEACHER_SHAPE[:TEACHER_SHAPE.index("--num_hidden_layers")], "--num_hidden_layers", "1",
-                 "--type_vocab_size", "2"]
-    run("run_fine_tune_distill.py", "--experiment", "attn", "--model", "bert", "--task", "boolq",
-        "--dataset", "teacher_bert_boolq:val", "--accum_step", "1", "--batch_size", "8", "--ckpt_step", "1",
-        "--log_step", "1", "--lr", "1e-12", "--total_step", "1", "--warmup_step", "0", *one_layer,
-        "--init_start", "2", "--init_end", "2", "--init_step", "1", "--init_attn_only", *TRAIN)
+    one_layer = [
+        *TEACHER_SHAPE[: TEACHER_SHAPE.index("--num_hidden_layers")],
+        "--num_hidden_layers",
+        "1",
+        "--type_vocab_size",
+        "2",
+    ]
+    run(
+        "run_fine_tune_distill.py",
+        "--experiment",
+        "attn",
+        "--model",
+        "bert",
+        "--task",
+        "boolq",
+        "--dataset",
+        "teacher_bert_boolq:val",
+        "--accum_step",
+        "1",
+        "--batch_size",
+        "8",
+        "--ckpt_step",
+        "1",
+        "--log_step",
+        "1",
+        "--lr",
+        "1e-12",
+        "--total_step",
+        "1",
+        "--warmup_step",
+        "0",
+        *one_layer,
+        "--init_start",
+        "2",
+        "--init_end",
+        "2",
+        "--init_step",
+        "1",
+        "--init_attn_only",
+        *TRAIN,
+    )
     attn = exp_root / "attn_bert_boolq"
     config = json.loads((attn / "config.json").read_text())
     assert config["dataset"] == "teacher_bert_boolq:val" and config["logits_split"] == "val"
@@ -348,32 +536,108 @@ def test_bert_boolq_pipeline(run, data_root, exp_root, tiny_bert, monkeypatch):
     assert not any("teacher_bert_boolq" in tag for tag in scalars)
 
     # --- teacher-assistant chain: teacher -> TA (2 layers, full init) -> student (1 layer) --------------
-    run("run_fine_tune_distill.py", "--experiment", "ta", "--model", "bert", "--task", "boolq",
-        "--dataset", "teacher_bert_boolq", "--accum_step", "1", "--batch_size", "8", "--ckpt_step", "1",
-        "--log_step", "1", "--lr", "1e-12", "--total_step", "2", "--warmup_step", "0", *TEACHER_SHAPE,
-        "--init_start", "1", "--init_end", "2", "--init_step", "1", *TRAIN)
+    run(
+        "run_fine_tune_distill.py",
+        "--experiment",
+        "ta",
+        "--model",
+        "bert",
+        "--task",
+        "boolq",
+        "--dataset",
+        "teacher_bert_boolq",
+        "--accum_step",
+        "1",
+        "--batch_size",
+        "8",
+        "--ckpt_step",
+        "1",
+        "--log_step",
+        "1",
+        "--lr",
+        "1e-12",
+        "--total_step",
+        "2",
+        "--warmup_step",
+        "0",
+        *TEACHER_SHAPE,
+        "--init_start",
+        "1",
+        "--init_end",
+        "2",
+        "--init_step",
+        "1",
+        *TRAIN,
+    )
     ta = exp_root / "ta_bert_boolq"
     ta_config = json.loads((ta / "config.json").read_text())
     assert ta_config["teacher_experiment"] == "teacher_bert_boolq" and ta_config["logits_split"] == "train"
     assert ta_config["ptrain_ver"] == str(tiny_bert)
     assert checkpoints(ta) == ["model-1.pt", "model-2.pt"]
     state = load_checkpoint_model(ta, 1).state_dict()
-    for key in ("encoder.layer.0.attention.self.query.weight", "encoder.layer.1.attention.self.query.weight",
-                "encoder.layer.0.intermediate.dense.weight", "encoder.layer.1.output.dense.weight",
-                "pooler.dense.weight"):
+    for key in (
+        "encoder.layer.0.attention.self.query.weight",
+        "encoder.layer.1.attention.self.query.weight",
+        "encoder.layer.0.intermediate.dense.weight",
+        "encoder.layer.1.output.dense.weight",
+        "pooler.dense.weight",
+    ):
         assert torch.allclose(state["bert." + key], pretrained[key], atol=1e-6), key
     emb = "embeddings.word_embeddings.weight"  # embeddings are not copied
     assert not torch.allclose(state["bert." + emb], pretrained[emb], atol=1e-3)
 
-    run("run_fine_tune_gen_logits.py", "--experiment", "ta", "--model", "bert", "--task", "boolq",
-        "--dataset", "train", "--batch_size", "16")  # default: the latest checkpoint (2)
+    run(
+        "run_fine_tune_gen_logits.py",
+        "--experiment",
+        "ta",
+        "--model",
+        "bert",
+        "--task",
+        "boolq",
+        "--dataset",
+        "train",
+        "--batch_size",
+        "16",
+    )  # default: the latest checkpoint (2)
     check_logits_set(data_root, exp_root, "ta_bert_boolq", "train", 2, train, str(tiny_bert))
 
     # the schedule in epochs: a third of 96 rows / 8 = 12 steps is ceil(0.3333 x 12) = 4, warmup ceil(0.25 x 4) = 1
-    run("run_fine_tune_distill.py", "--experiment", "student", "--model", "bert", "--task", "boolq",
-        "--dataset", "ta_bert_boolq", "--accum_step", "1", "--batch_size", "8", "--ckpt_step", "2",
-        "--log_step", "2", "--lr", "1e-3", "--num_epochs", "0.3333", "--warmup_ratio", "0.25", "--d_model", "16",
-        "--d_ff", "32", "--num_attention_heads", "2", "--num_hidden_layers", "1", "--type_vocab_size", "2", *TRAIN)
+    run(
+        "run_fine_tune_distill.py",
+        "--experiment",
+        "student",
+        "--model",
+        "bert",
+        "--task",
+        "boolq",
+        "--dataset",
+        "ta_bert_boolq",
+        "--accum_step",
+        "1",
+        "--batch_size",
+        "8",
+        "--ckpt_step",
+        "2",
+        "--log_step",
+        "2",
+        "--lr",
+        "1e-3",
+        "--num_epochs",
+        "0.3333",
+        "--warmup_ratio",
+        "0.25",
+        "--d_model",
+        "16",
+        "--d_ff",
+        "32",
+        "--num_attention_heads",
+        "2",
+        "--num_hidden_layers",
+        "1",
+        "--type_vocab_size",
+        "2",
+        *TRAIN,
+    )
     student = exp_root / "student_bert_boolq"
     s_config = json.loads((student / "config.json").read_text())
     assert s_config["teacher_experiment"] == "ta_bert_boolq" and s_config["teacher_checkpoint"] == 2
@@ -383,15 +647,37 @@ def test_bert_boolq_pipeline(run, data_root, exp_root, tiny_bert, monkeypatch):
     model = load_checkpoint_model(student, 4)
     assert model.config.num_hidden_layers == 1 and model.config.hidden_size == 16
 
-    proc = run("run_fine_tune_eval.py", "--experiment", "student", "--model", "bert", "--task", "boolq",
-               "--dataset", "val", "--batch_size", "16")
+    proc = run(
+        "run_fine_tune_eval.py",
+        "--experiment",
+        "student",
+        "--model",
+        "bert",
+        "--task",
+        "boolq",
+        "--dataset",
+        "val",
+        "--batch_size",
+        "16",
+    )
     assert table_steps(proc.stdout) == [2, 4]
     rows = json.loads((student / "eval-val.json").read_text())["rows"]
     val = boolq_rows(data_root, "val")
     assert rows[-1]["accuracy"] == pytest.approx(accuracy(val, recompute_logits(student, 4, val)), abs=1e-9)
 
-    run("generate_test_prediction.py", "--experiment", "student", "--model", "bert", "--task", "boolq",
-        "--dataset", "test", "--batch_size", "16")  # default: the latest checkpoint (4)
+    run(
+        "generate_test_prediction.py",
+        "--experiment",
+        "student",
+        "--model",
+        "bert",
+        "--task",
+        "boolq",
+        "--dataset",
+        "test",
+        "--batch_size",
+        "16",
+    )  # default: the latest checkpoint (4)
     test = boolq_rows(data_root, "test")
     lines = (student / "BoolQ.jsonl").read_text().splitlines()
     assert len(lines) == len(test) == 32
@@ -407,11 +693,38 @@ def test_bert_boolq_pipeline(run, data_root, exp_root, tiny_bert, monkeypatch):
 # QQP (+ --amp on CPU) and ALBERT (+ --device_id 3 without CUDA)
 # --------------------------------------------------------------------------------------------------------------
 
+
 def test_qqp_pipeline_and_amp_on_cpu(run, data_root, exp_root, tiny_bert):
-    proc = run("run_fine_tune.py", "--experiment", "qqpt", "--model", "bert", "--ptrain_ver", str(tiny_bert),
-               "--task", "qqp", "--dataset", "train", "--accum_step", "1", "--batch_size", "8", "--ckpt_step", "4",
-               "--log_step", "4", "--lr", "1e-3", "--total_step", "8", "--warmup_step", "1", "--amp", *TRAIN,
-               subprocess=True)
+    proc = run(
+        "run_fine_tune.py",
+        "--experiment",
+        "qqpt",
+        "--model",
+        "bert",
+        "--ptrain_ver",
+        str(tiny_bert),
+        "--task",
+        "qqp",
+        "--dataset",
+        "train",
+        "--accum_step",
+        "1",
+        "--batch_size",
+        "8",
+        "--ckpt_step",
+        "4",
+        "--log_step",
+        "4",
+        "--lr",
+        "1e-3",
+        "--total_step",
+        "8",
+        "--warmup_step",
+        "1",
+        "--amp",
+        *TRAIN,
+        subprocess=True,
+    )
     assert proc.returncode == 0
     if not HAS_CUDA:
         assert len(warning_lines(proc.stderr, "warning: --amp on CPU")) == 1, proc.stderr
@@ -420,13 +733,26 @@ def test_qqp_pipeline_and_amp_on_cpu(run, data_root, exp_root, tiny_bert):
     config = json.loads((exp / "config.json").read_text())
     assert config["amp"] is True and config["task"] == "qqp"
     train_file, weights = data_root / "QQP" / "train.tsv", tiny_bert / "model.safetensors"
-    assert {Path(k): v for k, v in config["provenance"]["data_files"].items()} == {train_file: sha256(train_file),
-                                                                                   weights: sha256(weights)}
+    assert {Path(k): v for k, v in config["provenance"]["data_files"].items()} == {
+        train_file: sha256(train_file),
+        weights: sha256(weights),
+    }
     assert checkpoints(exp) == ["model-4.pt", "model-8.pt"]
 
     # eval on dev: accuracy and F1 (positive class = duplicate), both recomputed here
-    proc = run("run_fine_tune_eval.py", "--experiment", "qqpt", "--model", "bert", "--task", "qqp",
-               "--dataset", "dev", "--batch_size", "16")
+    proc = run(
+        "run_fine_tune_eval.py",
+        "--experiment",
+        "qqpt",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--dataset",
+        "dev",
+        "--batch_size",
+        "16",
+    )
     dev = qqp_rows(data_root, "dev")
     table = json.loads((exp / "eval-dev.json").read_text())
     assert table_steps(proc.stdout) == [4, 8]
@@ -444,8 +770,21 @@ def test_qqp_pipeline_and_amp_on_cpu(run, data_root, exp_root, tiny_bert):
     assert [s for s, _ in scalars["qqp/train/bert/loss"]] == [4, 8]
 
     # QQP.tsv submission of checkpoint 8
-    run("generate_test_prediction.py", "--experiment", "qqpt", "--model", "bert", "--task", "qqp",
-        "--dataset", "test", "--batch_size", "16", "--ckpt", "8")
+    run(
+        "generate_test_prediction.py",
+        "--experiment",
+        "qqpt",
+        "--model",
+        "bert",
+        "--task",
+        "qqp",
+        "--dataset",
+        "test",
+        "--batch_size",
+        "16",
+        "--ckpt",
+        "8",
+    )
     test = qqp_rows(data_root, "test")
     text = (exp / "QQP.tsv").read_text()
     assert text.split("\n", 1)[0] == "index\tprediction"
@@ -459,9 +798,34 @@ def test_qqp_pipeline_and_amp_on_cpu(run, data_root, exp_root, tiny_bert):
 
 def test_albert_pipeline_and_missing_cuda_device(run, data_root, exp_root, tiny_albert):
     device = ["--device_id", "3"] if not HAS_CUDA else ["--device_id", "-1"]
-    proc = run("run_fine_tune.py", "--experiment", "alt", "--model", "albert", "--ptrain_ver", str(tiny_albert),
-               "--task", "boolq", "--accum_step", "1", "--batch_size", "8", "--ckpt_step", "3", "--log_step", "3",
-               "--lr", "1e-3", "--total_step", "6", "--warmup_step", "1", *device, *TRAIN, subprocess=True)
+    proc = run(
+        "run_fine_tune.py",
+        "--experiment",
+        "alt",
+        "--model",
+        "albert",
+        "--ptrain_ver",
+        str(tiny_albert),
+        "--task",
+        "boolq",
+        "--accum_step",
+        "1",
+        "--batch_size",
+        "8",
+        "--ckpt_step",
+        "3",
+        "--log_step",
+        "3",
+        "--lr",
+        "1e-3",
+        "--total_step",
+        "6",
+        "--warmup_step",
+        "1",
+        *device,
+        *TRAIN,
+        subprocess=True,
+    )
     exp = exp_root / "alt_albert_boolq"
     if not HAS_CUDA:  # --device_id 3 without CUDA: runs on the CPU after one warning line
         warnings = warning_lines(proc.stderr)
@@ -476,24 +840,80 @@ def test_albert_pipeline_and_missing_cuda_device(run, data_root, exp_root, tiny_
     assert AutoConfig.from_pretrained(exp / "model").model_type == "albert"
     assert [s for s, _ in tb_scalars(exp_root / "log" / "alt_albert_boolq")["boolq/train/albert/loss"]] == [3, 6]
 
-    proc = run("run_fine_tune_eval.py", "--experiment", "alt", "--model", "albert", "--task", "boolq",
-               "--dataset", "val", "--batch_size", "16")
+    proc = run(
+        "run_fine_tune_eval.py",
+        "--experiment",
+        "alt",
+        "--model",
+        "albert",
+        "--task",
+        "boolq",
+        "--dataset",
+        "val",
+        "--batch_size",
+        "16",
+    )
     val = boolq_rows(data_root, "val")
     rows = json.loads((exp / "eval-val.json").read_text())["rows"]
     assert table_steps(proc.stdout) == [3, 6]
     for row in rows:
         assert row["accuracy"] == pytest.approx(accuracy(val, recompute_logits(exp, row["ckpt"], val)), abs=1e-9)
 
-    run("run_fine_tune_gen_logits.py", "--experiment", "alt", "--model", "albert", "--task", "boolq",
-        "--dataset", "train", "--batch_size", "16")  # default: the latest checkpoint (6)
-    check_logits_set(data_root, exp_root, "alt_albert_boolq", "train", 6, boolq_rows(data_root, "train"),
-                     str(tiny_albert))
+    run(
+        "run_fine_tune_gen_logits.py",
+        "--experiment",
+        "alt",
+        "--model",
+        "albert",
+        "--task",
+        "boolq",
+        "--dataset",
+        "train",
+        "--batch_size",
+        "16",
+    )  # default: the latest checkpoint (6)
+    check_logits_set(
+        data_root, exp_root, "alt_albert_boolq", "train", 6, boolq_rows(data_root, "train"), str(tiny_albert)
+    )
 
-    run("run_fine_tune_distill.py", "--experiment", "alst", "--model", "albert", "--task", "boolq",
-        "--dataset", "alt_albert_boolq", "--accum_step", "1", "--batch_size", "8", "--ckpt_step", "2",
-        "--log_step", "2", "--lr", "1e-3", "--total_step", "2", "--warmup_step", "0", "--d_emb", "8",
-        "--d_model", "24", "--d_ff", "48", "--num_attention_heads", "2", "--num_hidden_layers", "3",
-        "--type_vocab_size", "2", *TRAIN)
+    run(
+        "run_fine_tune_distill.py",
+        "--experiment",
+        "alst",
+        "--model",
+        "albert",
+        "--task",
+        "boolq",
+        "--dataset",
+        "alt_albert_boolq",
+        "--accum_step",
+        "1",
+        "--batch_size",
+        "8",
+        "--ckpt_step",
+        "2",
+        "--log_step",
+        "2",
+        "--lr",
+        "1e-3",
+        "--total_step",
+        "2",
+        "--warmup_step",
+        "0",
+        "--d_emb",
+        "8",
+        "--d_model",
+        "24",
+        "--d_ff",
+        "48",
+        "--num_attention_heads",
+        "2",
+        "--num_hidden_layers",
+        "3",
+        "--type_vocab_size",
+        "2",
+        *TRAIN,
+    )
     student = exp_root / "alst_albert_boolq"
     s_config = json.loads((student / "config.json").read_text())
     assert s_config["d_emb"] == 8 and s_config["teacher_experiment"] == "alt_albert_boolq"
@@ -509,10 +929,33 @@ def test_albert_pipeline_and_missing_cuda_device(run, data_root, exp_root, tiny_
 # Re-running an experiment
 # --------------------------------------------------------------------------------------------------------------
 
+
 def test_experiment_guard_and_finished_run(run, exp_root, tiny_bert):
-    args = ["--experiment", "g", "--model", "bert", "--ptrain_ver", str(tiny_bert), "--task", "boolq",
-            "--accum_step", "1", "--batch_size", "8", "--lr", "1e-3", "--total_step", "2", "--warmup_step", "1",
-            "--ckpt_step", "2", "--log_step", "1", *TRAIN]
+    args = [
+        "--experiment",
+        "g",
+        "--model",
+        "bert",
+        "--ptrain_ver",
+        str(tiny_bert),
+        "--task",
+        "boolq",
+        "--accum_step",
+        "1",
+        "--batch_size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--total_step",
+        "2",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "2",
+        "--log_step",
+        "1",
+        *TRAIN,
+    ]
     run("run_fine_tune.py", *args)
     ckpt = exp_root / "g_bert_boolq" / "model-2.pt"
     before = ckpt.read_bytes()
@@ -521,7 +964,7 @@ def test_experiment_guard_and_finished_run(run, exp_root, tiny_bert):
     assert "already finished" in proc.stdout and ckpt.read_bytes() == before
     # another config in the same folder: refused with one line naming the field, folder untouched
     at = args.index("--seed")
-    proc = run("run_fine_tune.py", *args[:at + 1], "4", *args[at + 2:], check=False)
+    proc = run("run_fine_tune.py", *args[: at + 1], "4", *args[at + 2 :], check=False)
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr
     assert "seed" in proc.stderr and "--overwrite" in proc.stderr

@@ -24,15 +24,25 @@ from conftest import HANG_GUARD, REPO, SHARED
 from doc_commands import NONE_CELLS, OUTCOME_HEADING, REWRITABLE, Command, parse_commands, parse_outcome_table, rewrite
 
 STOP = OUTCOME_HEADING  # where the maintained documents' own additions begin
-LAYER_WISE = ("run_lad_distil.py", "run_lad_no_distil.py", "run_probing_lad.py", "run_alp_distil.py",
-              "run_pkd_distill.py")
+LAYER_WISE = (
+    "run_lad_distil.py",
+    "run_lad_no_distil.py",
+    "run_probing_lad.py",
+    "run_alp_distil.py",
+    "run_pkd_distill.py",
+)
 SHRINK = dict(total_step=6, warmup_step=1, ckpt_step=3, log_step=3, max_seq_len=32)
 CKPTS = ["model-3.pt", "model-6.pt"]  # what a shrunken fine-tune leaves
 
 # Outcome kinds, and the wording of the tables' "outcome" column for each.
 RUNS, NO_FOLDER, NO_LOGITS, NO_CKPT, BAD_SPLIT = "runs", "missing folder", "missing logits", "no ckpt", "bad split"
-OUTCOMES = {"runs": RUNS, "error: missing experiment folder": NO_FOLDER, "error: missing logits data set": NO_LOGITS,
-            "error: missing checkpoint": NO_CKPT, "error: not a split of the task": BAD_SPLIT}
+OUTCOMES = {
+    "runs": RUNS,
+    "error: missing experiment folder": NO_FOLDER,
+    "error: missing logits data set": NO_LOGITS,
+    "error: missing checkpoint": NO_CKPT,
+    "error: not a split of the task": BAD_SPLIT,
+}
 FILES_COLUMN = "files at each checkpoint"  # the QQP table's column of what a run leaves per checkpoint
 TINY_WIDTHS = dict(d_model=32, d_ff=64, num_attention_heads=2)  # the tiny teacher's (synthetic.write_tiny_model)
 
@@ -107,7 +117,7 @@ def files_left(folder) -> list[str]:
 def additions(name: str) -> list[Command]:
     """The commands a maintained document adds after its seed commands (worked examples)."""
     everything = parse_commands(REPO / "doc" / name)
-    return everything[len(parse_commands(REPO / "doc" / name, STOP)):]
+    return everything[len(parse_commands(REPO / "doc" / name, STOP)) :]
 
 
 def shrink(cmd: Command, models: dict) -> list[str]:
@@ -119,8 +129,12 @@ def shrink(cmd: Command, models: dict) -> list[str]:
     if cmd.flag("--ckpt") not in (None, "0"):
         values["ckpt"] = SHRINK["total_step"]
     if cmd.script in LAYER_WISE:  # the teacher's last checkpoint, the tiny teacher's widths; no --max_seq_len
-        values.update(tckpt=SHRINK["total_step"], gate_total_step=SHRINK["total_step"],
-                      gate_warmup_step=SHRINK["warmup_step"], **TINY_WIDTHS)
+        values.update(
+            tckpt=SHRINK["total_step"],
+            gate_total_step=SHRINK["total_step"],
+            gate_warmup_step=SHRINK["warmup_step"],
+            **TINY_WIDTHS,
+        )
         values.pop("max_seq_len")
     return rewrite(cmd, **values)[1:]  # without the script name
 
@@ -219,11 +233,17 @@ def test_boolq_document(run, cpu_only, tiny_bert, tiny_albert, data_root, exp_ro
 
     # The same documented error from a real shell process: one line, exit status 2.
     last = commands[-1]
-    proc = subprocess.run([sys.executable, str(REPO / last.script), *shrink(last, models)], capture_output=True,
-                          text=True, cwd=str(data_root.parent), timeout=HANG_GUARD,
-                          env={**os.environ, "FT_DATA_ROOT": str(data_root), "FT_EXP_ROOT": str(exp_root)})
-    assert single_error(proc) == ("error: --dataset 'dev_mismatched' is not a boolq split; "
-                                  "valid splits: train, val, test")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / last.script), *shrink(last, models)],
+        capture_output=True,
+        text=True,
+        cwd=str(data_root.parent),
+        timeout=HANG_GUARD,
+        env={**os.environ, "FT_DATA_ROOT": str(data_root), "FT_EXP_ROOT": str(exp_root)},
+    )
+    assert single_error(proc) == (
+        "error: --dataset 'dev_mismatched' is not a boolq split; valid splits: train, val, test"
+    )
 
 
 def test_boolq_document_additions(run, cpu_only, tiny_bert, tiny_albert, data_root, exp_root, monkeypatch):
@@ -231,8 +251,12 @@ def test_boolq_document_additions(run, cpu_only, tiny_bert, tiny_albert, data_ro
     command is accepted by its script; the logits-generation steps run and name the data set the next step
     reads."""
     extra = additions("fine_tune_boolq.md")
-    assert [c.script for c in extra] == ["run_fine_tune_gen_logits.py", "run_fine_tune_distill.py",
-                                         "run_fine_tune_gen_logits.py", "run_fine_tune_gen_logits.py"]
+    assert [c.script for c in extra] == [
+        "run_fine_tune_gen_logits.py",
+        "run_fine_tune_distill.py",
+        "run_fine_tune_gen_logits.py",
+        "run_fine_tune_gen_logits.py",
+    ]
     chain_logits, chain_distill, chain_logits_ta, albert_logits = extra
     # The chain: teacher logits -> TA distillation -> TA logits -> the seed command's --dataset.
     seeds = doc_commands("fine_tune_boolq.md")
@@ -267,14 +291,24 @@ def test_boolq_document_additions(run, cpu_only, tiny_bert, tiny_albert, data_ro
         for cmd in extra:
             proc = run(cmd.script, *cmd.argv[1:], check=False)
             assert proc.returncode == 0 and proc.stderr == "", (str(cmd), proc.stderr)
-    assert [fn for fn, _ in seen] == ["plan_gen_logits", "run_gen_logits", "plan_offline_distill", "plan_gen_logits",
-                                      "run_gen_logits", "plan_gen_logits", "run_gen_logits"]
+    assert [fn for fn, _ in seen] == [
+        "plan_gen_logits",
+        "run_gen_logits",
+        "plan_offline_distill",
+        "plan_gen_logits",
+        "run_gen_logits",
+        "plan_gen_logits",
+        "run_gen_logits",
+    ]
     for i in (0, 3, 5):  # the run function gets what the planner made of the parsed flags
         assert seen[i + 1][1] == ("plan of", seen[i][1])
     for i, cmd in zip((0, 3, 5), (chain_logits, chain_logits_ta, albert_logits)):
         flags = seen[i][1]
         assert (flags.experiment.experiment, flags.experiment.model, flags.checkpoint.ckpt) == (
-            cmd.flag("--experiment"), cmd.flag("--model"), cmd.flag("--ckpt"))
+            cmd.flag("--experiment"),
+            cmd.flag("--model"),
+            cmd.flag("--ckpt"),
+        )
     distil = seen[2][1]
     assert distil.student.num_hidden_layers == 12 and distil.device.amp and distil.student.d_model == 1024
 
@@ -293,20 +327,38 @@ def test_boolq_document_additions(run, cpu_only, tiny_bert, tiny_albert, data_ro
 def test_documented_flags_exist(run):
     """Every --flag the maintained documents explain is a flag of some entry script."""
     helps = ""
-    for script in ("run_fine_tune.py", "run_fine_tune_eval.py", "run_fine_tune_gen_logits.py",
-                   "run_fine_tune_distill.py", "generate_test_prediction.py", "download_data.py", *LAYER_WISE):
+    for script in (
+        "run_fine_tune.py",
+        "run_fine_tune_eval.py",
+        "run_fine_tune_gen_logits.py",
+        "run_fine_tune_distill.py",
+        "generate_test_prediction.py",
+        "download_data.py",
+        *LAYER_WISE,
+    ):
         proc = run(script, "--help", check=False)
         assert proc.returncode == 0, proc.stderr
         helps += proc.stdout
     known = set(re.findall(r"--[a-z_0-9]+", helps))
     for name in ("fine_tune_boolq.md", "fine_tune_qqp.md"):
         text = (REPO / "doc" / name).read_text(encoding="utf-8")
-        own = text[text.index(STOP):]  # the maintained document's own prose and tables
+        own = text[text.index(STOP) :]  # the maintained document's own prose and tables
         documented = set(re.findall(r"(?<![\w-])--[a-z][a-z_0-9]*", own)) - {"--logdir"}  # tensorboard's
         assert documented and documented <= known, sorted(documented - known)
         assert own.count("<!-- MEASURED-RESULTS -->") == 1 and "## Measured with this toolkit" in own
-    for flag_name in ("--data_root", "--exp_root", "--max_examples", "--padding", "--amp", "--init_start",
-                      "--init_end", "--init_step", "--init_attn_only", "--save_predictions", "--overwrite"):
+    for flag_name in (
+        "--data_root",
+        "--exp_root",
+        "--max_examples",
+        "--padding",
+        "--amp",
+        "--init_start",
+        "--init_end",
+        "--init_step",
+        "--init_attn_only",
+        "--save_predictions",
+        "--overwrite",
+    ):
         assert flag_name in (REPO / "doc" / "fine_tune_boolq.md").read_text(encoding="utf-8"), flag_name
 
 
@@ -361,7 +413,9 @@ def test_qqp_document(run, cpu_only, tiny_bert12, data_root, exp_root):
     # (same rewrite rules), on the teacher the seed fine-tune created.
     extra = additions("fine_tune_qqp.md")
     assert [(c.script, c.flag("--experiment")) for c in extra] == [
-        ("run_fine_tune_eval.py", "teacher_base"), ("generate_test_prediction.py", "teacher_base")]
+        ("run_fine_tune_eval.py", "teacher_base"),
+        ("generate_test_prediction.py", "teacher_base"),
+    ]
     evaluation, prediction = extra
     assert evaluation.flag("--dataset") == "dev" and prediction.flag("--ckpt") == "34110"
     proc = run(evaluation.script, *shrink(evaluation, models))
@@ -386,47 +440,71 @@ def check_submission(path, data_root) -> None:
 
 def test_rewrite_refuses_other_flags():
     cmd = Command("x", ["run_fine_tune.py", "--lr", "1e-5", "--total_step", "100", "--ckpt", "7", "--amp"])
-    assert rewrite(cmd, total_step=6, ckpt=3) == ["run_fine_tune.py", "--lr", "1e-5", "--total_step", "6",
-                                                  "--ckpt", "3", "--amp"]
+    assert rewrite(cmd, total_step=6, ckpt=3) == [
+        "run_fine_tune.py",
+        "--lr",
+        "1e-5",
+        "--total_step",
+        "6",
+        "--ckpt",
+        "3",
+        "--amp",
+    ]
     assert cmd.flag("--amp") == "" and cmd.flag("--seed") is None
     for bad in (dict(lr="1"), dict(amp=""), dict(experiment="other")):
         with pytest.raises(AssertionError, match="may not rewrite"):
             rewrite(cmd, **bad)
     student = Command("x", ["run_lad_distil.py", "--d_ff", "3072", "--d_model", "768", "--num_attention_heads", "12"])
     assert rewrite(student, d_model=32, d_ff=64, num_attention_heads=2) == [
-        "run_lad_distil.py", "--d_ff", "64", "--d_model", "32", "--num_attention_heads", "2"]
+        "run_lad_distil.py",
+        "--d_ff",
+        "64",
+        "--d_model",
+        "32",
+        "--num_attention_heads",
+        "2",
+    ]
     with pytest.raises(AssertionError, match="rewritten together"):
         rewrite(student, d_model=32)
 
 
 def test_parser_joins_continuations_and_keeps_sections(tmp_path):
     md = tmp_path / "doc.md"
-    md.write_text("# T\n\n## Section A\n\n```sh\n# a comment\npython3.8 run_fine_tune.py \\\n--experiment  x  \\\n"
-                  "--lr 1e-5 \\\n--amp\n\nwget http://example.com/x.zip\n```\n\n```text\n# not a heading\n"
-                  "python not_sh.py\n```\n\n### Section B\n\n"
-                  "```sh\npython run_fine_tune_eval.py --experiment x  # note\n```\n"
-                  "\n## Stop\n\n```sh\npython after.py\n```\n", encoding="utf-8")
+    md.write_text(
+        "# T\n\n## Section A\n\n```sh\n# a comment\npython3.8 run_fine_tune.py \\\n--experiment  x  \\\n"
+        "--lr 1e-5 \\\n--amp\n\nwget http://example.com/x.zip\n```\n\n```text\n# not a heading\n"
+        "python not_sh.py\n```\n\n### Section B\n\n"
+        "```sh\npython run_fine_tune_eval.py --experiment x  # note\n```\n"
+        "\n## Stop\n\n```sh\npython after.py\n```\n",
+        encoding="utf-8",
+    )
     commands = parse_commands(md)
     assert [(c.section, c.interpreter, c.argv) for c in commands] == [
         ("Section A", "python3.8", ["run_fine_tune.py", "--experiment", "x", "--lr", "1e-5", "--amp"]),
         ("Section B", "python", ["run_fine_tune_eval.py", "--experiment", "x"]),
-        ("Stop", "python", ["after.py"])]
+        ("Stop", "python", ["after.py"]),
+    ]
     assert commands[0].line == 7
     assert [c.script for c in parse_commands(md, "## Stop")] == ["run_fine_tune.py", "run_fine_tune_eval.py"]
 
 
 def test_outcome_table_parser(tmp_path):
     md = tmp_path / "doc.md"
-    md.write_text("# T\n\n## Seed commands: expected outcome\n\nText.\n\n"
-                  "| # | script | `--experiment` | `--dataset` | outcome | why | files at each checkpoint |\n"
-                  "|-|-|-|-|-|-|-|\n"
-                  "| 1 | `run_fine_tune.py` | `t` | `train` | runs | a \\| bar | `model-{step}.pt`, "
-                  "`gate-{i}-{step}.pt` (i = 0..1) |\n"
-                  "| 2 | `run_lad_distil.py` | `s` | — | **error: missing   checkpoint** | x | — |\n\n"
-                  "| other | table |\n|-|-|\n| 3 | x |\n\n## Next\n", encoding="utf-8")
+    md.write_text(
+        "# T\n\n## Seed commands: expected outcome\n\nText.\n\n"
+        "| # | script | `--experiment` | `--dataset` | outcome | why | files at each checkpoint |\n"
+        "|-|-|-|-|-|-|-|\n"
+        "| 1 | `run_fine_tune.py` | `t` | `train` | runs | a \\| bar | `model-{step}.pt`, "
+        "`gate-{i}-{step}.pt` (i = 0..1) |\n"
+        "| 2 | `run_lad_distil.py` | `s` | — | **error: missing   checkpoint** | x | — |\n\n"
+        "| other | table |\n|-|-|\n| 3 | x |\n\n## Next\n",
+        encoding="utf-8",
+    )
     rows = parse_outcome_table(md)
     assert [(r.number, r.script, r.experiment, r.dataset, r.outcome, r.line) for r in rows] == [
-        (1, "run_fine_tune.py", "t", "train", "runs", 9), (2, "run_lad_distil.py", "s", None, "error: missing checkpoint", 10)]
+        (1, "run_fine_tune.py", "t", "train", "runs", 9),
+        (2, "run_lad_distil.py", "s", None, "error: missing checkpoint", 10),
+    ]
     assert rows[0].cells["why"] == "a | bar"
     assert checkpoint_files(rows[0].cells[FILES_COLUMN], steps=(6,)) == ["gate-0-6.pt", "gate-1-6.pt", "model-6.pt"]
     assert checkpoint_files(rows[1].cells[FILES_COLUMN]) is None

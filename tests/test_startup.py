@@ -21,16 +21,40 @@ import sys
 
 from conftest import REPO
 
-HELP_SCRIPTS = ("run_fine_tune.py", "run_fine_tune_distill.py", "run_fine_tune_eval.py", "run_fine_tune_gen_logits.py",
-                "generate_test_prediction.py", "export_model.py", "results_table.py", "make_submission.py",
-                "download_data.py")
+HELP_SCRIPTS = (
+    "run_fine_tune.py",
+    "run_fine_tune_distill.py",
+    "run_fine_tune_eval.py",
+    "run_fine_tune_gen_logits.py",
+    "generate_test_prediction.py",
+    "export_model.py",
+    "results_table.py",
+    "make_submission.py",
+    "download_data.py",
+)
 RESULTS_MODULES = ("fine_tune.plan.inference", "fine_tune.results")
-COMMAND_MODULES = ("fine_tune.plan.training", "fine_tune.run", "fine_tune.evaluate", "fine_tune.export",
-                   "fine_tune.submission")
+COMMAND_MODULES = (
+    "fine_tune.plan.training",
+    "fine_tune.run",
+    "fine_tune.evaluate",
+    "fine_tune.export",
+    "fine_tune.submission",
+)
 TORCH = ("torch", "transformers")
 NOT_FOR_HELP = ("numpy", "pydantic")
-ON_THEIR_PATHS_ONLY = ("onnx", "onnxruntime", "matplotlib", "scipy", "sklearn", "datasets", "pandas", "pyarrow",
-                       "mlflow", "wandb", "transformers.modeling_utils")
+ON_THEIR_PATHS_ONLY = (
+    "onnx",
+    "onnxruntime",
+    "matplotlib",
+    "scipy",
+    "sklearn",
+    "datasets",
+    "pandas",
+    "pyarrow",
+    "mlflow",
+    "wandb",
+    "transformers.modeling_utils",
+)
 
 PROBE = f"""
 import contextlib, importlib, io, json, runpy, sys

@@ -23,14 +23,15 @@ def _no_grad_norm():
 # (what the code does, with x a device tensor made before counting) -> the syncs counted, by operator
 CASES = {
     "tensor_of_python_data_on_the_device": (lambda x: torch.tensor([1.0, 2.0], device=DEV), {"h2d_copy": 1}),
-    "tensor_of_a_python_number_on_the_device": (lambda x: torch.tensor(0.5, dtype=torch.float64, device=x.device),
-                                                {"h2d_copy": 1}),
+    "tensor_of_a_python_number_on_the_device": (
+        lambda x: torch.tensor(0.5, dtype=torch.float64, device=x.device),
+        {"h2d_copy": 1},
+    ),
     "as_tensor_of_numpy_on_the_device": (lambda x: torch.as_tensor(np.zeros(3), device=DEV), {"h2d_copy": 1}),
     "asarray_on_the_device": (lambda x: torch.asarray([1, 2], device=DEV), {"h2d_copy": 1}),
     "new_tensor_of_a_device_tensor": (lambda x: x.new_tensor([1.0, 2.0]), {"h2d_copy": 1}),
     "host_tensor_moved_blocking": (lambda x: torch.tensor(0.0).to(DEV), {"h2d_copy": 1}),
-    "host_from_numpy_moved_blocking": (lambda x: torch.from_numpy(np.ones(3)).float().to(x.device),
-                                       {"h2d_copy": 1}),
+    "host_from_numpy_moved_blocking": (lambda x: torch.from_numpy(np.ones(3)).float().to(x.device), {"h2d_copy": 1}),
     "clip_norm_without_gradient_moved": (lambda x: _no_grad_norm().float().to(DEV), {"h2d_copy": 1}),
     "host_copied_into_a_device_tensor": (lambda x: x.clone().copy_(torch.zeros(3)), {"h2d_copy": 1}),
     "device_tensor_to_the_host": (lambda x: x.cpu(), {"d2h_copy": 1}),
@@ -40,8 +41,15 @@ CASES = {
     "indexed_with_a_host_index": (lambda x: x[torch.tensor([0, 2])], {"host_operand": 1}),
     # not syncs
     "host_tensor_moved_non_blocking": (lambda x: torch.tensor([1.0, 2.0]).to(DEV, non_blocking=True), {}),
-    "filled_on_the_device": (lambda x: (torch.full((3,), 2.0, device=DEV), torch.zeros(3, device=DEV),
-                                        torch.scalar_tensor(1.0, device=DEV), torch.arange(3, device=DEV)), {}),
+    "filled_on_the_device": (
+        lambda x: (
+            torch.full((3,), 2.0, device=DEV),
+            torch.zeros(3, device=DEV),
+            torch.scalar_tensor(1.0, device=DEV),
+            torch.arange(3, device=DEV),
+        ),
+        {},
+    ),
     "device_operations": (lambda x: (x * 2 + x.sum()).softmax(-1).index_select(0, x.argmax().view(1)), {}),
     "device_tensor_with_a_host_scalar": (lambda x: x * torch.tensor(0.5), {}),
     "host_tensor_read": (lambda x: (torch.tensor([1.0, 2.0]).sum().item(), torch.zeros(2).tolist()), {}),

@@ -34,12 +34,13 @@ def jsonl(rows):
 
 
 def test_boolq_boolean_and_string_labels_give_the_same_examples(tmp_path):
-    rows = [{"question": "q one", "passage": "p one", "idx": 10, "label": True},
-            {"question": "q two", "passage": "p two", "idx": 42, "label": False},
-            {"question": "q three", "passage": "p three", "idx": 7, "label": True}]
+    rows = [
+        {"question": "q one", "passage": "p one", "idx": 10, "label": True},
+        {"question": "q two", "passage": "p two", "idx": 42, "label": False},
+        {"question": "q three", "passage": "p three", "idx": 7, "label": True},
+    ]
     official = write(tmp_path / "official.jsonl", jsonl(rows))
-    strings = write(tmp_path / "strings.jsonl",
-                    jsonl(dict(r, label="true" if r["label"] else "false") for r in rows))
+    strings = write(tmp_path / "strings.jsonl", jsonl(dict(r, label="true" if r["label"] else "false") for r in rows))
     # text = passage, text_pair = question, True -> 1, idx kept as written (not the row position)
     expected = [Example(10, "p one", "q one", 1), Example(42, "p two", "q two", 0), Example(7, "p three", "q three", 1)]
     assert parse_boolq(official, True) == expected
@@ -49,17 +50,23 @@ def test_boolq_boolean_and_string_labels_give_the_same_examples(tmp_path):
 
 
 def test_boolq_test_split_without_label(tmp_path):
-    f = write(tmp_path / "test.jsonl",
-              jsonl([{"question": "q", "passage": "p", "idx": 7}, {"question": "r", "passage": "s", "idx": 3}]) + "\n")
+    f = write(
+        tmp_path / "test.jsonl",
+        jsonl([{"question": "q", "passage": "p", "idx": 7}, {"question": "r", "passage": "s", "idx": 3}]) + "\n",
+    )
     assert parse_boolq(f, False) == [Example(7, "p", "q", None), Example(3, "s", "r", None)]
 
 
-@pytest.mark.parametrize("line, fragment", [
-    ('{"question": "q", "passage": ', "not valid JSON"),
-    ('{"question": "q", "idx": 1, "label": true}', "'passage'"),
-    ('{"question": "q", "passage": "p", "idx": 1, "label": "maybe"}', "'maybe'"),
-    ('{"question": "q", "passage": "p", "idx": 1}', "missing 'label'"),
-], ids=["bad-json", "no-passage", "label-maybe", "no-label"])
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        ('{"question": "q", "passage": ', "not valid JSON"),
+        ('{"question": "q", "idx": 1, "label": true}', "'passage'"),
+        ('{"question": "q", "passage": "p", "idx": 1, "label": "maybe"}', "'maybe'"),
+        ('{"question": "q", "passage": "p", "idx": 1}', "missing 'label'"),
+    ],
+    ids=["bad-json", "no-passage", "label-maybe", "no-label"],
+)
 def test_boolq_malformed_line_names_file_and_line(tmp_path, line, fragment):
     good = json.dumps({"question": "q", "passage": "p", "idx": 0, "label": True})
     f = write(tmp_path / "BoolQ" / "val.jsonl", good + "\n" + line + "\n" + good + "\n")
@@ -75,10 +82,15 @@ def test_boolq_malformed_line_names_file_and_line(tmp_path, line, fragment):
 
 @pytest.mark.parametrize("split", ["train", "dev"])
 def test_qqp_labelled_splits(tmp_path, split):
-    write(tmp_path / "QQP" / f"{split}.tsv",
-          f"{QQP_HEADER}\n5\t11\t12\thow are you?\twhy?\t1\n6\t13\t14\ta b\tc d\t0\n9\t15\t16\tx\ty\t1\n")
+    write(
+        tmp_path / "QQP" / f"{split}.tsv",
+        f"{QQP_HEADER}\n5\t11\t12\thow are you?\twhy?\t1\n6\t13\t14\ta b\tc d\t0\n9\t15\t16\tx\ty\t1\n",
+    )
     assert get_task("qqp").load(tmp_path, split) == [
-        Example(5, "how are you?", "why?", 1), Example(6, "a b", "c d", 0), Example(9, "x", "y", 1)]
+        Example(5, "how are you?", "why?", 1),
+        Example(6, "a b", "c d", 0),
+        Example(9, "x", "y", 1),
+    ]
 
 
 def test_qqp_test_split(tmp_path):
@@ -86,10 +98,14 @@ def test_qqp_test_split(tmp_path):
     assert get_task("qqp").load(tmp_path, "test") == [Example(12, "x?", "y?", None), Example(3, "z", "w", None)]
 
 
-@pytest.mark.parametrize("name, split, file, read_ids", [
-    ("qqp", "test", "QQP/test.tsv", lambda text: [int(x.split("\t")[0]) for x in text.splitlines()[1:]]),
-    ("boolq", "test", "BoolQ/test.jsonl", lambda text: [json.loads(x)["idx"] for x in text.splitlines()]),
-], ids=["qqp", "boolq"])
+@pytest.mark.parametrize(
+    "name, split, file, read_ids",
+    [
+        ("qqp", "test", "QQP/test.tsv", lambda text: [int(x.split("\t")[0]) for x in text.splitlines()[1:]]),
+        ("boolq", "test", "BoolQ/test.jsonl", lambda text: [json.loads(x)["idx"] for x in text.splitlines()]),
+    ],
+    ids=["qqp", "boolq"],
+)
 def test_synthetic_test_ids_reach_the_submission_file(tmp_path, name, split, file, read_ids):
     """The synthetic test splits' ids are not row numbers (nor sorted): parsing keeps them and the submission file
     names each row by the file's id, in the file's order."""
@@ -110,11 +126,15 @@ def test_synthetic_test_ids_reach_the_submission_file(tmp_path, name, split, fil
     assert [e.idx for e in task.load(tmp_path, labelled)] == list(range(4))
 
 
-@pytest.mark.parametrize("body, fragment, line", [
-    (f"{QQP_HEADER}\n1\t1\t2\tq\tq2\t1\n2\t1\t2\tq\tq2\n", "5 tab-separated columns, expected 6", 3),
-    (f"{QQP_HEADER}\n1\t1\t2\tq\tq2\t0\n2\t1\t2\tq\tq2\t2\n", "'2'", 3),
-    ("id\tquestion1\tquestion2\tis_duplicate\n1\tq\tq2\t0\n", "header", 1),
-], ids=["columns", "label-2", "header"])
+@pytest.mark.parametrize(
+    "body, fragment, line",
+    [
+        (f"{QQP_HEADER}\n1\t1\t2\tq\tq2\t1\n2\t1\t2\tq\tq2\n", "5 tab-separated columns, expected 6", 3),
+        (f"{QQP_HEADER}\n1\t1\t2\tq\tq2\t0\n2\t1\t2\tq\tq2\t2\n", "'2'", 3),
+        ("id\tquestion1\tquestion2\tis_duplicate\n1\tq\tq2\t0\n", "header", 1),
+    ],
+    ids=["columns", "label-2", "header"],
+)
 def test_qqp_malformed_names_file_and_line(tmp_path, body, fragment, line):
     f = write(tmp_path / "QQP" / "dev.tsv", body)
     with pytest.raises(UserError) as e:
@@ -158,14 +178,21 @@ def test_load_max_examples_and_missing_file(data_root, tmp_path):
 
 
 def test_submission_writers(tmp_path):
-    examples = [Example(40, "a", "b", None), Example(1, "c", "d", None), Example(7, "e", "f", None),
-                Example(5, "g", "h", None)]  # ids neither row numbers nor sorted
+    examples = [
+        Example(40, "a", "b", None),
+        Example(1, "c", "d", None),
+        Example(7, "e", "f", None),
+        Example(5, "g", "h", None),
+    ]  # ids neither row numbers nor sorted
     get_task("qqp").write_submission(tmp_path / "QQP.tsv", examples, [1, 0, 1, 1])
     assert (tmp_path / "QQP.tsv").read_text() == "index\tprediction\n40\t1\n1\t0\n7\t1\n5\t1\n"
     get_task("boolq").write_submission(tmp_path / "BoolQ.jsonl", examples, np.array([1, 0, 0, 1]))
     assert (tmp_path / "BoolQ.jsonl").read_text().splitlines() == [
-        '{"idx": 40, "label": "true"}', '{"idx": 1, "label": "false"}', '{"idx": 7, "label": "false"}',
-        '{"idx": 5, "label": "true"}']
+        '{"idx": 40, "label": "true"}',
+        '{"idx": 1, "label": "false"}',
+        '{"idx": 7, "label": "false"}',
+        '{"idx": 5, "label": "true"}',
+    ]
 
 
 # ---------------------------------------------------------------------------------------- real files
@@ -180,8 +207,11 @@ def test_real_boolq_files():
     assert all(e.text and e.text_pair for e in val + test)
     assert [e.idx for e in val] == list(range(3270)) and [e.idx for e in test] == list(range(3245))
     first = json.loads((root / "val.jsonl").open(encoding="utf-8").readline())
-    assert (val[0].text, val[0].text_pair, val[0].label) == (first["passage"], first["question"],
-                                                            1 if first["label"] == "true" else 0)
+    assert (val[0].text, val[0].text_pair, val[0].label) == (
+        first["passage"],
+        first["question"],
+        1 if first["label"] == "true" else 0,
+    )
 
 
 def test_real_qp_pairs_files():
@@ -221,9 +251,14 @@ def test_tokenize_matches_the_tokenizer(tokenizer, data_root):
 
 def _same(a: Features, b: Features) -> bool:
     same_labels = (a.labels is None and b.labels is None) or (
-        a.labels is not None and b.labels is not None and np.array_equal(a.labels, b.labels))
-    return (np.array_equal(a.input_ids, b.input_ids) and np.array_equal(a.token_type_ids, b.token_type_ids)
-            and np.array_equal(a.offsets, b.offsets) and same_labels)
+        a.labels is not None and b.labels is not None and np.array_equal(a.labels, b.labels)
+    )
+    return (
+        np.array_equal(a.input_ids, b.input_ids)
+        and np.array_equal(a.token_type_ids, b.token_type_ids)
+        and np.array_equal(a.offsets, b.offsets)
+        and same_labels
+    )
 
 
 def test_cached_features_round_trip(tokenizer, data_root, tmp_path, monkeypatch):

@@ -24,8 +24,20 @@ from fine_tune.models.attention_capture import AttentionCapture
 from fine_tune.models.forward import forward
 
 TEACHER = ["--teacher_exp", "ft", "--tckpt", "4", "--model", "bert", "--task", "qqp"]
-STEPS = ["--total_step", "4", "--warmup_step", "1", "--ckpt_step", "2", "--log_step", "2", "--batch_size", "8",
-         "--lr", "1e-3"]
+STEPS = [
+    "--total_step",
+    "4",
+    "--warmup_step",
+    "1",
+    "--ckpt_step",
+    "2",
+    "--log_step",
+    "2",
+    "--batch_size",
+    "8",
+    "--lr",
+    "1e-3",
+]
 EQUAL = ["--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2", "--num_hidden_layers", "2"]
 
 
@@ -37,13 +49,27 @@ def world(tmp_path_factory):
     synthetic.write_qqp(w["data"], n_train=48, n_dev=16, n_test=8)
     with one_thread():
         w["pre"] = synthetic.write_tiny_model(base / "pre-bert", "bert", num_layers=4)
-        run(w, "run_fine_tune.py", "--experiment", "ft", "--model", "bert", "--ptrain_ver", str(w["pre"]),
-            "--max_seq_len", "32", "--task", "qqp", *STEPS)
+        run(
+            w,
+            "run_fine_tune.py",
+            "--experiment",
+            "ft",
+            "--model",
+            "bert",
+            "--ptrain_ver",
+            str(w["pre"]),
+            "--max_seq_len",
+            "32",
+            "--task",
+            "qqp",
+            *STEPS,
+        )
         yield w
 
 
-def general_tinybert(folder: Path, width: int, fit_dense: dict[str, torch.Tensor], fmt: str = "bin",
-                     seed: int = 7) -> Path:
+def general_tinybert(
+    folder: Path, width: int, fit_dense: dict[str, torch.Tensor], fmt: str = "bin", seed: int = 7
+) -> Path:
     """A pretrained student laid out as General TinyBERT's checkpoints: a BERT pre-training model (``bert.*``,
     ``cls.*`` keys) saved with ``save_pretrained`` (and the teacher's tokenizer), with the ``fit_dense`` tensors added
     to its weights file: ``pytorch_model.bin`` (``fmt="bin"``, as General TinyBERT ships) or ``model.safetensors``."""
@@ -66,8 +92,10 @@ def general_tinybert(folder: Path, width: int, fit_dense: dict[str, torch.Tensor
 def fit_dense_of(teacher_width: int, student_width: int, seed: int = 11) -> dict[str, torch.Tensor]:
     """A ``fit_dense`` far from N(0, 0.02): weights ~ N(0, 0.3), biases ~ N(0.5, 0.1)."""
     g = torch.Generator().manual_seed(seed)
-    return {"fit_dense.weight": torch.randn(teacher_width, student_width, generator=g) * 0.3,
-            "fit_dense.bias": 0.5 + 0.1 * torch.randn(teacher_width, generator=g)}
+    return {
+        "fit_dense.weight": torch.randn(teacher_width, student_width, generator=g) * 0.3,
+        "fit_dense.bias": 0.5 + 0.1 * torch.randn(teacher_width, generator=g),
+    }
 
 
 # ------------------------------------------------------------------------ the loss: the released formula
@@ -92,10 +120,15 @@ def released_intermediate_loss(student, teacher, batch, fit_dense):
 
     lpb = len(t_hid[1:]) // len(s_hid[1:])
     with torch.no_grad():
-        att = sum(((scores(student, s_hid, m) - scores(teacher, t_hid, m * lpb + lpb - 1)) ** 2).mean()
-                  for m in range(len(s_hid) - 1))
-        project = (lambda x: x.double()) if fit_dense is None else \
-            (lambda x: x.double() @ fit_dense[0].double().T + fit_dense[1].double())
+        att = sum(
+            ((scores(student, s_hid, m) - scores(teacher, t_hid, m * lpb + lpb - 1)) ** 2).mean()
+            for m in range(len(s_hid) - 1)
+        )
+        project = (
+            (lambda x: x.double())
+            if fit_dense is None
+            else (lambda x: x.double() @ fit_dense[0].double().T + fit_dense[1].double())
+        )
         reps = [((project(s_hid[i]) - t_hid[i * lpb].double()) ** 2).mean() for i in range(len(s_hid))]
     return att, reps
 
@@ -112,8 +145,12 @@ def test_equal_widths_loss_is_the_released_formula(rule):
         for layer in model.bert.encoder.layer:
             layer.attention.self.query.weight.data.mul_(12.0)
             layer.attention.self.key.weight.data.mul_(12.0)
-    method = method_from_flags("tinybert", [*EQUAL, "--max_seq_len", "7", "--mu", "0.6", "--padding", "max_length",
-                                            "--tinybert_fit_dense", rule], TeacherShape(4, 32, 2), 3)
+    method = method_from_flags(
+        "tinybert",
+        [*EQUAL, "--max_seq_len", "7", "--mu", "0.6", "--padding", "max_length", "--tinybert_fit_dense", rule],
+        TeacherShape(4, 32, 2),
+        3,
+    )
     assert method.fit_dense == rule
     fit_dense = None
     if rule == "always":
@@ -133,8 +170,9 @@ def test_equal_widths_loss_is_the_released_formula(rule):
     mask[2, 3:] = 0
     batch = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": mask}
     with torch.no_grad():
-        parts = method.losses(batch, forward(AttentionCapture(student), batch, True),
-                              forward(AttentionCapture(teacher), batch, True))
+        parts = method.losses(
+            batch, forward(AttentionCapture(student), batch, True), forward(AttentionCapture(teacher), batch, True)
+        )
     att, reps = released_intermediate_loss(student, teacher, batch, fit_dense)
     assert att.item() > 0.1
     assert abs(parts["attention_loss"].item() - 0.6 * att.item()) < 1e-5 * max(1.0, att.item())
@@ -155,8 +193,17 @@ def test_equal_widths_run_trains_w_h_and_when_widths_differ_has_none(world):
     p2, p4 = (torch.load(folder / f"projection-{s}.pt", weights_only=True) for s in (2, 4))
     assert p2["maps.0.weight"].shape == (32, 32) and set(p2) == {"maps.0.weight", "maps.0.bias"}
     assert not torch.equal(p2["maps.0.weight"], p4["maps.0.weight"]) and p4["maps.0.bias"].abs().max() > 0  # trained
-    old = run(w, "run_tinybert_distil.py", "--experiment", "tb_before", *TEACHER, *EQUAL, *STEPS,
-              "--tinybert_fit_dense", "when_widths_differ")
+    old = run(
+        w,
+        "run_tinybert_distil.py",
+        "--experiment",
+        "tb_before",
+        *TEACHER,
+        *EQUAL,
+        *STEPS,
+        "--tinybert_fit_dense",
+        "when_widths_differ",
+    )
     folder = w["exp"] / "tb_before_bert_qqp"
     assert json.loads((folder / "config.json").read_text())["tinybert_fit_dense"] == "when_widths_differ"
     assert not list(folder.glob("projection-*.pt")) and "learned width projection" not in old.stderr
@@ -168,8 +215,12 @@ def plan_of(w, *args):
     from fine_tune.cli import parse_layerwise
     from fine_tune.plan.training import plan_online_distill
 
-    flags = parse_layerwise("run_tinybert_distil.py", "", "tinybert", [
-        "--data_root", str(w["data"]), "--exp_root", str(w["exp"]), *TEACHER, *args])
+    flags = parse_layerwise(
+        "run_tinybert_distil.py",
+        "",
+        "tinybert",
+        ["--data_root", str(w["data"]), "--exp_root", str(w["exp"]), *TEACHER, *args],
+    )
     return plan_online_distill(flags, "tinybert")
 
 
@@ -183,7 +234,9 @@ def test_a_pretrained_students_fit_dense_starts_w_h(world):
     student = general_tinybert(w["base"] / "general", 24, values)
     plan = plan_of(w, "--experiment", "tb_general", "--student_ptrain_ver", str(student))
     method = plan.method
-    assert method.pretrained_projection is not None and method.pretrained_projection.file == student / "pytorch_model.bin"
+    assert (
+        method.pretrained_projection is not None and method.pretrained_projection.file == student / "pytorch_model.bin"
+    )
     assert any("W_h starts from" in n and "pytorch_model.bin" in n for n in plan.notes), plan.notes
     torch.manual_seed(0)
     method.create_parameters(None, None)
@@ -191,9 +244,27 @@ def test_a_pretrained_students_fit_dense_starts_w_h(world):
     assert torch.equal(method.projection.maps[0].bias, values["fit_dense.bias"])
     assert not (w["exp"] / "tb_general_bert_qqp").exists()  # planning writes nothing
 
-    done = run(w, "run_tinybert_distil.py", "--experiment", "tb_general", *TEACHER, "--student_ptrain_ver",
-               str(student), "--total_step", "1", "--warmup_step", "0", "--ckpt_step", "1", "--log_step", "1",
-               "--batch_size", "8", "--lr", "1e-5")
+    done = run(
+        w,
+        "run_tinybert_distil.py",
+        "--experiment",
+        "tb_general",
+        *TEACHER,
+        "--student_ptrain_ver",
+        str(student),
+        "--total_step",
+        "1",
+        "--warmup_step",
+        "0",
+        "--ckpt_step",
+        "1",
+        "--log_step",
+        "1",
+        "--batch_size",
+        "8",
+        "--lr",
+        "1e-5",
+    )
     lines = [line for line in done.stderr.splitlines() if "W_h starts from" in line]
     assert len(lines) == 1 and str(student / "pytorch_model.bin") in lines[0], done.stderr
     after = torch.load(w["exp"] / "tb_general_bert_qqp" / "projection-1.pt", weights_only=True)
@@ -202,18 +273,47 @@ def test_a_pretrained_students_fit_dense_starts_w_h(world):
         assert 5e-6 < moved < 1.05e-5, (key, moved)  # one AdamW step from the file's values
 
     # the shipped recipe of the stage starts its shared projection from the same fit_dense: the same student, bit for bit
-    recipe = run(w, "run_distil.py", "--recipe", str(REPO / "recipes" / "tinybert_intermediate.yaml"), "--experiment",
-                 "tb_general_recipe", *TEACHER, "--student_ptrain_ver", str(student), "--total_step", "1",
-                 "--warmup_step", "0", "--ckpt_step", "1", "--log_step", "1", "--batch_size", "8", "--lr", "1e-5")
+    recipe = run(
+        w,
+        "run_distil.py",
+        "--recipe",
+        str(REPO / "recipes" / "tinybert_intermediate.yaml"),
+        "--experiment",
+        "tb_general_recipe",
+        *TEACHER,
+        "--student_ptrain_ver",
+        str(student),
+        "--total_step",
+        "1",
+        "--warmup_step",
+        "0",
+        "--ckpt_step",
+        "1",
+        "--log_step",
+        "1",
+        "--batch_size",
+        "8",
+        "--lr",
+        "1e-5",
+    )
     assert "the shared projection starts from the pretrained student's fit_dense.weight/bias" in recipe.stderr
     for name in ("model-1.pt", "projection-1.pt"):
-        a, b = (torch.load(w["exp"] / f"{e}_bert_qqp" / name, weights_only=True) for e in ("tb_general",
-                                                                                           "tb_general_recipe"))
+        a, b = (
+            torch.load(w["exp"] / f"{e}_bert_qqp" / name, weights_only=True)
+            for e in ("tb_general", "tb_general_recipe")
+        )
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
     # --tinybert_fit_dense when_widths_differ, the old rule whole: a W_h (the widths differ) from N(0, 0.02)
-    old = plan_of(w, "--experiment", "tb_general_old", "--student_ptrain_ver", str(student), "--tinybert_fit_dense",
-                  "when_widths_differ")
+    old = plan_of(
+        w,
+        "--experiment",
+        "tb_general_old",
+        "--student_ptrain_ver",
+        str(student),
+        "--tinybert_fit_dense",
+        "when_widths_differ",
+    )
     assert old.method.needs_projection and old.method.pretrained_projection is None
     assert any("unused under --tinybert_fit_dense when_widths_differ" in n for n in old.notes), old.notes
     torch.manual_seed(0)
@@ -222,8 +322,9 @@ def test_a_pretrained_students_fit_dense_starts_w_h(world):
     assert fresh.weight.shape == (32, 24) and abs(fresh.weight.std().item() - 0.02) < 0.004 and not fresh.bias.any()
 
     # the prediction stage has no W_h: the file's fit_dense is neither checked nor used
-    pred = plan_of(w, "--experiment", "tb_general_pred", "--student_ptrain_ver", str(student), "--tinybert_stage",
-                   "prediction")
+    pred = plan_of(
+        w, "--experiment", "tb_general_pred", "--student_ptrain_ver", str(student), "--tinybert_stage", "prediction"
+    )
     assert pred.method.pretrained_projection is None and not pred.method.needs_projection
     assert not any("W_h" in n or "weight: unused" in n for n in pred.notes), pred.notes
 
@@ -238,8 +339,9 @@ def test_fit_dense_at_equal_widths_and_when_widths_differ(world, tmp_path):
     torch.manual_seed(0)
     plan.method.create_parameters(None, None)
     assert torch.equal(plan.method.projection.maps[0].weight, values["fit_dense.weight"])
-    off = plan_of(w, "--experiment", "tb_same", "--student_ptrain_ver", str(student),
-                  "--tinybert_fit_dense", "when_widths_differ")
+    off = plan_of(
+        w, "--experiment", "tb_same", "--student_ptrain_ver", str(student), "--tinybert_fit_dense", "when_widths_differ"
+    )
     assert off.method.pretrained_projection is None and not off.method.needs_projection
     assert any("unused" in n and "model.safetensors" in n for n in off.notes), off.notes
 
@@ -287,8 +389,19 @@ def test_reading_fit_dense_from_the_weights_layouts(tmp_path, monkeypatch):
             assert torch.equal(found.weight, weight) and torch.equal(found.bias, bias)
             found.check(4, 6, "W_h")  # [teacher 6, student 4]: fits
     # the top-level key wins over a prefixed one
-    f = folder("both", dict(other, **{"module.fit_dense.weight": weight * 2, "module.fit_dense.bias": bias * 2,
-                                      "fit_dense.weight": weight, "fit_dense.bias": bias}), safetensors_file)
+    f = folder(
+        "both",
+        dict(
+            other,
+            **{
+                "module.fit_dense.weight": weight * 2,
+                "module.fit_dense.bias": bias * 2,
+                "fit_dense.weight": weight,
+                "fit_dense.bias": bias,
+            },
+        ),
+        safetensors_file,
+    )
     assert torch.equal(read_pretrained_projection(str(f), "fit_dense", "x").weight, weight)
     # a weights file without one, and another name
     f = folder("none", dict(other), zip_bin)
@@ -302,20 +415,26 @@ def test_reading_fit_dense_from_the_weights_layouts(tmp_path, monkeypatch):
     # a sharded model whose weight and bias sit in different shards (Hugging Face cuts shards between any keys)
     f = tmp_path / "split"
     f.mkdir()
-    shards = {"model-00001-of-00002.safetensors": {**other, "fit_dense.weight": weight},
-              "model-00002-of-00002.safetensors": {"fit_dense.bias": bias}}
+    shards = {
+        "model-00001-of-00002.safetensors": {**other, "fit_dense.weight": weight},
+        "model-00002-of-00002.safetensors": {"fit_dense.bias": bias},
+    }
     for shard, tensors in shards.items():
         save_file(tensors, f / shard, metadata={"format": "pt"})
-    (f / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {}, "weight_map": {k: s for s, tensors in shards.items() for k in tensors}}))
+    (f / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {k: s for s, tensors in shards.items() for k in tensors}})
+    )
     found = read_pretrained_projection(str(f), "fit_dense", "x")
     assert found.file == f / "model-00001-of-00002.safetensors"
     assert torch.equal(found.weight, weight) and torch.equal(found.bias, bias)
     found.check(4, 6, "W_h")
     # values that are not finite cannot start W_h (refused naming the file and the key, not a NaN loss at step 1)
     for bad in (float("nan"), float("inf")):
-        f = folder(f"not_finite_{bad}", dict(other, **{"fit_dense.weight": weight, "fit_dense.bias": bias.clone().fill_(bad)}),
-                   safetensors_file)
+        f = folder(
+            f"not_finite_{bad}",
+            dict(other, **{"fit_dense.weight": weight, "fit_dense.bias": bias.clone().fill_(bad)}),
+            safetensors_file,
+        )
         with pytest.raises(UserError, match=r"model\.safetensors: fit_dense\.bias holds values that are not finite"):
             read_pretrained_projection(str(f), "fit_dense", "x").check(4, 6, "W_h")
     # a hub name: the weight files come from the hub's cache (here a stand-in serving a folder)
@@ -331,8 +450,12 @@ def test_reading_fit_dense_from_the_weights_layouts(tmp_path, monkeypatch):
 
     monkeypatch.setattr(transformers.utils, "cached_file", cached_file)
     found = read_pretrained_projection("someone/general-tinybert", "fit_dense", "--student_ptrain_ver")
-    assert asked == ["model.safetensors", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
-                     "model-00002-of-00002.safetensors"]
+    assert asked == [
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ]
     assert found.file == hub / "model-00002-of-00002.safetensors"
     assert torch.equal(found.weight, weight) and torch.equal(found.bias, bias)
 
@@ -340,20 +463,43 @@ def test_reading_fit_dense_from_the_weights_layouts(tmp_path, monkeypatch):
 def test_a_fit_dense_of_the_wrong_shape_is_refused_before_anything_is_written(world, tmp_path):
     w = world
     student = general_tinybert(tmp_path / "wrong", 24, fit_dense_of(16, 24))  # maps 24 -> 16, the teacher is 32
-    bad = run(w, "run_tinybert_distil.py", "--experiment", "tb_wrong", *TEACHER, "--student_ptrain_ver",
-              str(student), *STEPS, check=False)
+    bad = run(
+        w,
+        "run_tinybert_distil.py",
+        "--experiment",
+        "tb_wrong",
+        *TEACHER,
+        "--student_ptrain_ver",
+        str(student),
+        *STEPS,
+        check=False,
+    )
     assert bad.returncode == 2, bad.stderr
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), bad.stderr
     assert str(student / "pytorch_model.bin") in lines[0] and "[16, 24]" in lines[0] and "[32, 24]" in lines[0]
     assert lines[0].endswith("; pass --tinybert_fit_dense when_widths_differ to start W_h from N(0, 0.02)")
     # ... which is the way around it: W_h then starts from N(0, 0.02), the file's fit_dense unused (a note)
-    assert plan_of(w, "--experiment", "tb_wrong3", "--student_ptrain_ver", str(student), "--tinybert_fit_dense",
-                   "when_widths_differ").method.pretrained_projection is None
+    assert (
+        plan_of(
+            w,
+            "--experiment",
+            "tb_wrong3",
+            "--student_ptrain_ver",
+            str(student),
+            "--tinybert_fit_dense",
+            "when_widths_differ",
+        ).method.pretrained_projection
+        is None
+    )
     assert not (w["exp"] / "tb_wrong_bert_qqp").exists()
     # a run that uses no W_h (the prediction stage) does not read it as an error
-    assert plan_of(w, "--experiment", "tb_wrong2", "--student_ptrain_ver", str(student), "--tinybert_stage",
-                   "prediction").method.projection is None
+    assert (
+        plan_of(
+            w, "--experiment", "tb_wrong2", "--student_ptrain_ver", str(student), "--tinybert_stage", "prediction"
+        ).method.projection
+        is None
+    )
 
 
 # ------------------------------------------------------------------------ a run started before the fix
@@ -371,10 +517,23 @@ def test_an_old_tinybert_run_resumes_bit_identically_without_w_h(world):
     w = world
     args = [*TEACHER, *EQUAL, *STEPS]
     env = dict(os.environ, FT_DATA_ROOT=str(w["data"]), FT_EXP_ROOT=str(w["exp"]), OMP_NUM_THREADS="1")
-    killed = subprocess.run([sys.executable, str(REPO / "tests" / "killpoint.py"), "after:resume-2.pt",
-                             str(REPO / "run_tinybert_distil.py"), "--experiment", "tb_old", *args,
-                             "--tinybert_fit_dense", "when_widths_differ"], env=env, capture_output=True, text=True,
-                            cwd=str(w["base"]))
+    killed = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tests" / "killpoint.py"),
+            "after:resume-2.pt",
+            str(REPO / "run_tinybert_distil.py"),
+            "--experiment",
+            "tb_old",
+            *args,
+            "--tinybert_fit_dense",
+            "when_widths_differ",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=str(w["base"]),
+    )
     assert killed.returncode == -9, killed.stderr
     folder = w["exp"] / "tb_old_bert_qqp"
     assert (folder / "resume-2.pt").is_file() and not (folder / "model-4.pt").exists()
@@ -387,8 +546,15 @@ def test_an_old_tinybert_run_resumes_bit_identically_without_w_h(world):
 
     with one_thread():
         resumed = run(w, "run_tinybert_distil.py", "--experiment", "tb_old", *args)
-        run(w, "run_tinybert_distil.py", "--experiment", "tb_old_ref", *args, "--tinybert_fit_dense",
-            "when_widths_differ")
+        run(
+            w,
+            "run_tinybert_distil.py",
+            "--experiment",
+            "tb_old_ref",
+            *args,
+            "--tinybert_fit_dense",
+            "when_widths_differ",
+        )
         run(w, "run_tinybert_distil.py", "--experiment", "tb_new", *args)
     assert "resuming from model-2.pt" in resumed.stderr, resumed.stderr
     assert "fidelity fix" in resumed.stderr and "tinybert_fit_dense" in resumed.stderr, resumed.stderr

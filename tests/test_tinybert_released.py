@@ -26,11 +26,25 @@ from test_scripts_e2e import tb_scalars
 from fine_tune import synthetic
 from fine_tune.engine.protocol import ModelOutputs, TeacherShape
 
-OLD_RULES = {"tinybert_soft_reduction": "batchmean", "tinybert_regression_target": "teacher",
-             "tinybert_intermediate_schedule": "linear", "tinybert_incomplete_batches": "train"}
+OLD_RULES = {
+    "tinybert_soft_reduction": "batchmean",
+    "tinybert_regression_target": "teacher",
+    "tinybert_intermediate_schedule": "linear",
+    "tinybert_incomplete_batches": "train",
+}
 OLD_FLAGS = [a for k, v in OLD_RULES.items() for a in (f"--{k}", v)]
-SHAPE = ["--d_model", "8", "--d_ff", "16", "--num_attention_heads", "2", "--num_hidden_layers", "2", "--max_seq_len",
-         "6"]
+SHAPE = [
+    "--d_model",
+    "8",
+    "--d_ff",
+    "16",
+    "--num_attention_heads",
+    "2",
+    "--num_hidden_layers",
+    "2",
+    "--max_seq_len",
+    "6",
+]
 
 
 def t32(x) -> torch.Tensor:
@@ -69,8 +83,9 @@ def test_prediction_soft_cross_entropy_is_the_released_mean_over_batch_and_class
     assert abs(float(soft_cross_entropy(t32(s), t32(t), 2.5)) - ref) < 1e-6 * ref
     assert abs(float(soft_cross_entropy(t32(s), t32(t), 2.5, "batchmean")) - 3 * ref) < 3e-6 * ref
     outputs = (ModelOutputs(t32(s)), ModelOutputs(t32(t)))
-    released = built(["--tinybert_stage", "prediction", "--softmax_temp", "2.5", "--soft_weight", "0.6",
-                      "--hard_weight", "0.3"])
+    released = built(
+        ["--tinybert_stage", "prediction", "--softmax_temp", "2.5", "--soft_weight", "0.6", "--hard_weight", "0.3"]
+    )
     assert released.soft_reduction == "mean" and released.uses_teacher
     parts = released.losses({"labels": torch.tensor(y)}, *outputs)
     ce = float(np.mean([np.log(np.exp(s[b]).sum()) - s[b][y[b]] for b in range(5)]))
@@ -108,8 +123,9 @@ def test_the_method_resolves_its_schedule_and_incomplete_batches():
     other_width = built(["--d_model", "6", "--num_attention_heads", "2"])
     assert other_width.schedule == "constant" and other_width.drop_last
     assert other_width.extra_parameters()[0].optimiser.schedule == "constant"
-    linear = built(["--d_model", "6", "--tinybert_intermediate_schedule", "linear", "--tinybert_incomplete_batches",
-                    "train"])
+    linear = built(
+        ["--d_model", "6", "--tinybert_intermediate_schedule", "linear", "--tinybert_incomplete_batches", "train"]
+    )
     assert linear.schedule == "linear" and not linear.drop_last
     assert linear.extra_parameters()[0].optimiser.schedule == "linear"
     assert built(["--tinybert_stage", "prediction"]).schedule == "linear"
@@ -144,7 +160,7 @@ def test_streams_skip_the_incomplete_micro_batch(grouped):
     assert all(len(b) == mb for b in batches)
     for epoch in range(3):
         perm = epoch_permutation(n, seed, epoch)
-        seen = [r for b in batches[7 * epoch:7 * epoch + 7] for r in b]
+        seen = [r for b in batches[7 * epoch : 7 * epoch + 7] for r in b]
         assert sorted(seen) == sorted(perm[:28]), epoch  # each row at most once; the last 2 of the shuffle not
         if not grouped:
             assert seen == perm[:28]
@@ -160,8 +176,22 @@ def test_streams_skip_the_incomplete_micro_batch(grouped):
 
 # ------------------------------------------------------------------ real runs of run_tinybert_distil.py
 TEACHER = ["--model", "bert", "--teacher_exp", "teacher", "--tckpt", "4"]
-STEPS = ["--total_step", "4", "--warmup_step", "2", "--ckpt_step", "4", "--log_step", "1", "--lr", "1e-3",
-         "--seed", "3", "--dropout", "0"]
+STEPS = [
+    "--total_step",
+    "4",
+    "--warmup_step",
+    "2",
+    "--ckpt_step",
+    "4",
+    "--log_step",
+    "1",
+    "--lr",
+    "1e-3",
+    "--seed",
+    "3",
+    "--dropout",
+    "0",
+]
 NARROW = ["--d_model", "24", "--d_ff", "48", "--num_attention_heads", "2", "--num_hidden_layers", "2"]
 ROWS = 30  # micro-batches of 4: 7 full ones per epoch and 2 rows over
 
@@ -177,15 +207,69 @@ def world(tmp_path_factory, tiny_bert):
     write_stsb(w["data"], ROWS, 8, 4)
     with one_thread():
         for task in ("qqp", "stsb"):
-            run(w, "run_fine_tune.py", "--experiment", "teacher", "--model", "bert", "--ptrain_ver", str(tiny_bert),
-                "--task", task, "--total_step", "4", "--warmup_step", "1", "--ckpt_step", "4", "--batch_size", "8",
-                "--lr", "1e-3", "--max_seq_len", "24")
-            run(w, "export_model.py", "--experiment", "teacher", "--model", "bert", "--task", task, "--out",
-                str(base / f"teacher-{task}"))
-        run(w, "run_tinybert_distil.py", "--experiment", "stage1", "--task", "qqp", *TEACHER, *NARROW, *STEPS,
-            "--batch_size", "8", "--accum_step", "2")
-        run(w, "export_model.py", "--experiment", "stage1", "--model", "bert", "--task", "qqp", "--out",
-            str(base / "stage1"))
+            run(
+                w,
+                "run_fine_tune.py",
+                "--experiment",
+                "teacher",
+                "--model",
+                "bert",
+                "--ptrain_ver",
+                str(tiny_bert),
+                "--task",
+                task,
+                "--total_step",
+                "4",
+                "--warmup_step",
+                "1",
+                "--ckpt_step",
+                "4",
+                "--batch_size",
+                "8",
+                "--lr",
+                "1e-3",
+                "--max_seq_len",
+                "24",
+            )
+            run(
+                w,
+                "export_model.py",
+                "--experiment",
+                "teacher",
+                "--model",
+                "bert",
+                "--task",
+                task,
+                "--out",
+                str(base / f"teacher-{task}"),
+            )
+        run(
+            w,
+            "run_tinybert_distil.py",
+            "--experiment",
+            "stage1",
+            "--task",
+            "qqp",
+            *TEACHER,
+            *NARROW,
+            *STEPS,
+            "--batch_size",
+            "8",
+            "--accum_step",
+            "2",
+        )
+        run(
+            w,
+            "export_model.py",
+            "--experiment",
+            "stage1",
+            "--model",
+            "bert",
+            "--task",
+            "qqp",
+            "--out",
+            str(base / "stage1"),
+        )
         yield w
 
 
@@ -227,22 +311,36 @@ def test_intermediate_stage_runs_at_a_constant_rate_on_full_micro_batches(world,
     rec = Recorder(monkeypatch)
     batch = ["--batch_size", "8", "--accum_step", "2"]
     with one_thread():
-        proc = run(w, "run_tinybert_distil.py", "--experiment", "const", "--task", "qqp", *TEACHER, *NARROW, *STEPS,
-                   *batch)
+        proc = run(
+            w, "run_tinybert_distil.py", "--experiment", "const", "--task", "qqp", *TEACHER, *NARROW, *STEPS, *batch
+        )
     assert "--warmup_step 2 and the linear decay do not apply" in proc.stderr
     assert scalars(w, "const_bert_qqp", "lr") == pytest.approx([1e-3] * 4, rel=1e-6)
     assert scalars(w, "const_bert_qqp", "projection_lr") == pytest.approx([1e-3] * 4, rel=1e-6)
     p0, p1 = epoch_permutation(ROWS, 3, 0), epoch_permutation(ROWS, 3, 1)
-    assert rec.rows == [p0[i:i + 4] for i in range(0, 28, 4)] + [p1[:4]]
+    assert rec.rows == [p0[i : i + 4] for i in range(0, 28, 4)] + [p1[:4]]
     rec.reset()
     with one_thread():
-        proc = run(w, "run_tinybert_distil.py", "--experiment", "linear", "--task", "qqp", *TEACHER, *NARROW, *STEPS,
-                   *batch, "--tinybert_intermediate_schedule", "linear", "--tinybert_incomplete_batches", "train")
+        proc = run(
+            w,
+            "run_tinybert_distil.py",
+            "--experiment",
+            "linear",
+            "--task",
+            "qqp",
+            *TEACHER,
+            *NARROW,
+            *STEPS,
+            *batch,
+            "--tinybert_intermediate_schedule",
+            "linear",
+            "--tinybert_incomplete_batches",
+            "train",
+        )
     assert "do not apply" not in proc.stderr
     assert scalars(w, "linear_bert_qqp", "lr") == pytest.approx([5e-4, 1e-3, 5e-4, 0.0], rel=1e-6, abs=1e-12)
-    assert scalars(w, "linear_bert_qqp", "projection_lr") == pytest.approx([5e-4, 1e-3, 5e-4, 0.0], rel=1e-6,
-                                                                          abs=1e-12)
-    assert rec.rows == [p0[i:i + 4] for i in range(0, 28, 4)] + [p0[28:30]]
+    assert scalars(w, "linear_bert_qqp", "projection_lr") == pytest.approx([5e-4, 1e-3, 5e-4, 0.0], rel=1e-6, abs=1e-12)
+    assert rec.rows == [p0[i : i + 4] for i in range(0, 28, 4)] + [p0[28:30]]
 
 
 def hf_logits(folder: Path, batch: dict) -> np.ndarray:
@@ -250,8 +348,9 @@ def hf_logits(folder: Path, batch: dict) -> np.ndarray:
 
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     with torch.no_grad():
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    token_type_ids=batch["token_type_ids"])
+        out = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
+        )
     return out.logits.double().numpy()
 
 
@@ -261,8 +360,22 @@ def test_prediction_stage_logs_the_released_soft_cross_entropy(world, monkeypatc
     batchmean the same batch logs C = 2 times it. The prediction stage warms up linearly."""
     w = world
     rec = Recorder(monkeypatch)
-    args = ["--task", "qqp", *TEACHER, "--tinybert_stage", "prediction", "--student_ptrain_ver",
-            str(w["base"] / "stage1"), "--softmax_temp", "2", *STEPS, "--total_step", "2", "--batch_size", "4"]
+    args = [
+        "--task",
+        "qqp",
+        *TEACHER,
+        "--tinybert_stage",
+        "prediction",
+        "--student_ptrain_ver",
+        str(w["base"] / "stage1"),
+        "--softmax_temp",
+        "2",
+        *STEPS,
+        "--total_step",
+        "2",
+        "--batch_size",
+        "4",
+    ]
     with one_thread():
         run(w, "run_tinybert_distil.py", "--experiment", "pred", *args)
     batch = rec.first
@@ -273,8 +386,15 @@ def test_prediction_stage_logs_the_released_soft_cross_entropy(world, monkeypatc
     assert scalars(w, "pred_bert_qqp", "lr") == pytest.approx([5e-4, 0.0], rel=1e-6, abs=1e-12)  # warmup 2 of 2
     rec.reset()
     with one_thread():
-        run(w, "run_tinybert_distil.py", "--experiment", "pred_batchmean", *args, "--tinybert_soft_reduction",
-            "batchmean")
+        run(
+            w,
+            "run_tinybert_distil.py",
+            "--experiment",
+            "pred_batchmean",
+            *args,
+            "--tinybert_soft_reduction",
+            "batchmean",
+        )
     assert torch.equal(rec.first["index"], batch["index"])
     assert scalars(w, "pred_batchmean_bert_qqp", "soft_loss")[0] == pytest.approx(2 * ref, rel=2e-5)
 
@@ -295,8 +415,20 @@ def test_regression_prediction_stage_trains_on_gold_scores_without_the_teacher(w
         return real(*a, **k)
 
     monkeypatch.setattr(run_module, "run_training", recording)
-    args = ["--task", "stsb", *TEACHER, "--tinybert_stage", "prediction", "--student_ptrain_ver",
-            str(w["base"] / "teacher-stsb"), *STEPS, "--total_step", "2", "--batch_size", "4"]
+    args = [
+        "--task",
+        "stsb",
+        *TEACHER,
+        "--tinybert_stage",
+        "prediction",
+        "--student_ptrain_ver",
+        str(w["base"] / "teacher-stsb"),
+        *STEPS,
+        "--total_step",
+        "2",
+        "--batch_size",
+        "4",
+    ]
     with one_thread():
         run(w, "run_tinybert_distil.py", "--experiment", "gold", *args)
     assert teachers == [None]
@@ -309,8 +441,7 @@ def test_regression_prediction_stage_trains_on_gold_scores_without_the_teacher(w
     assert scalars(w, "gold_bert_stsb", "pred_loss")[0] == pytest.approx(mse, rel=2e-5)
     assert scalars(w, "gold_bert_stsb", "loss")[0] == pytest.approx(mse, rel=2e-5)
     with one_thread():
-        run(w, "run_tinybert_distil.py", "--experiment", "to_teacher", *args, "--tinybert_regression_target",
-            "teacher")
+        run(w, "run_tinybert_distil.py", "--experiment", "to_teacher", *args, "--tinybert_regression_target", "teacher")
     assert teachers[1] is not None
     assert scalars(w, "to_teacher_bert_stsb", "soft_loss")[0] < 1e-9
 
@@ -319,8 +450,21 @@ def test_a_training_set_without_one_full_micro_batch_is_refused(world):
     """Skipping incomplete batches, 3 rows in micro-batches of 4 would train nothing: refused in one line before
     anything is written; --tinybert_incomplete_batches train trains them."""
     w = world
-    args = ["--task", "qqp", *TEACHER, *NARROW, *STEPS, "--total_step", "1", "--warmup_step", "0", "--batch_size",
-            "4", "--max_examples", "3"]
+    args = [
+        "--task",
+        "qqp",
+        *TEACHER,
+        *NARROW,
+        *STEPS,
+        "--total_step",
+        "1",
+        "--warmup_step",
+        "0",
+        "--batch_size",
+        "4",
+        "--max_examples",
+        "3",
+    ]
     proc = run(w, "run_tinybert_distil.py", "--experiment", "tiny", *args, check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "3 rows, fewer than one micro-batch (4 rows" in proc.stderr
@@ -336,8 +480,16 @@ LEGACY_CASES = {
     # the intermediate stage: linear schedule (student and W_h) and the short micro-batch trained
     "intermediate": ["--task", "qqp", *NARROW],
     # the prediction stage: the soft cross-entropy summed over the classes (T = 2), the short micro-batch trained
-    "prediction": ["--task", "qqp", "--tinybert_stage", "prediction", "--student_ptrain_ver", "{stage1}",
-                   "--softmax_temp", "2"],
+    "prediction": [
+        "--task",
+        "qqp",
+        "--tinybert_stage",
+        "prediction",
+        "--student_ptrain_ver",
+        "{stage1}",
+        "--softmax_temp",
+        "2",
+    ],
     # a regression task: the MSE to the teacher's score (the student a copy of the teacher, moved apart by dropout)
     "regression": ["--task", "stsb", "--tinybert_stage", "prediction", "--student_ptrain_ver", "{teacher_stsb}"],
 }
@@ -367,11 +519,24 @@ def test_a_run_started_before_the_fixes_resumes_with_its_old_rules(cid, world, m
 
     monkeypatch.setattr(trainer, "save_resume_state", stop_after_two)
     w = world
-    flags = [a.replace("{stage1}", str(w["base"] / "stage1")).replace("{teacher_stsb}", str(w["base"] / "teacher-stsb"))
-             for a in LEGACY_CASES[cid]]
+    flags = [
+        a.replace("{stage1}", str(w["base"] / "stage1")).replace("{teacher_stsb}", str(w["base"] / "teacher-stsb"))
+        for a in LEGACY_CASES[cid]
+    ]
     task = flags[flags.index("--task") + 1]
-    command = [*TEACHER, *flags, *STEPS, "--ckpt_step", "2", "--batch_size", "8", "--accum_step", "2",
-               "--dropout", "0.1"]
+    command = [
+        *TEACHER,
+        *flags,
+        *STEPS,
+        "--ckpt_step",
+        "2",
+        "--batch_size",
+        "8",
+        "--accum_step",
+        "2",
+        "--dropout",
+        "0.1",
+    ]
     with one_thread():
         run(w, "run_tinybert_distil.py", "--experiment", f"{cid}_ref", *command, *OLD_FLAGS)
         with pytest.raises(Stopped):
@@ -414,10 +579,12 @@ def test_a_run_started_before_the_fixes_resumes_with_its_old_rules(cid, world, m
     assert "fidelity fix" not in fresh.stderr
     new = w["exp"] / f"{cid}_new_bert_{task}"
     recorded = json.loads((new / "config.json").read_text(encoding="utf-8"))
-    assert {k: recorded[k] for k in OLD_RULES} == {"tinybert_soft_reduction": "mean",
-                                                   "tinybert_regression_target": "gold",
-                                                   "tinybert_intermediate_schedule": "constant",
-                                                   "tinybert_incomplete_batches": "skip"}
+    assert {k: recorded[k] for k in OLD_RULES} == {
+        "tinybert_soft_reduction": "mean",
+        "tinybert_regression_target": "gold",
+        "tinybert_intermediate_schedule": "constant",
+        "tinybert_incomplete_batches": "skip",
+    }
     a, b = (torch.load(f / "model-4.pt", weights_only=True) for f in (ref, new))
     assert not all(torch.equal(a[k], b[k]) for k in a)
 
@@ -428,8 +595,25 @@ def test_skipping_incomplete_batches_under_torchrun_matches_one_process(run, tin
     the intermediate stage's constant rate, W_h included."""
     from test_distributed import close, layerwise_over_a_teacher, load, torchrun
 
-    common = [*layerwise_over_a_teacher(run, tiny_bert, 2), "--d_model", "24", "--d_ff", "48", "--mu", "10",
-              "--total_step", "6", "--warmup_step", "1", "--ckpt_step", "6", "--log_step", "3", "--device_id", "-1"]
+    common = [
+        *layerwise_over_a_teacher(run, tiny_bert, 2),
+        "--d_model",
+        "24",
+        "--d_ff",
+        "48",
+        "--mu",
+        "10",
+        "--total_step",
+        "6",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "6",
+        "--log_step",
+        "3",
+        "--device_id",
+        "-1",
+    ]
     run("run_tinybert_distil.py", "--experiment", "one", *common)
     torchrun("run_tinybert_distil.py", ["--experiment", "two", *common], data_root, exp_root)
     one, two = exp_root / "one_bert_qqp", exp_root / "two_bert_qqp"
@@ -437,8 +621,12 @@ def test_skipping_incomplete_batches_under_torchrun_matches_one_process(run, tin
         close(load(one / name), load(two / name))
     a, b = tb_scalars(exp_root / "log" / "one_bert_qqp"), tb_scalars(exp_root / "log" / "two_bert_qqp")
     for tag in ("loss", "attention_loss", "hidden_loss", "embedding_loss"):
-        np.testing.assert_allclose([v for _, v in b[f"qqp/train/bert/{tag}"]], [v for _, v in a[f"qqp/train/bert/{tag}"]],
-                                   rtol=1e-4, err_msg=tag)
+        np.testing.assert_allclose(
+            [v for _, v in b[f"qqp/train/bert/{tag}"]],
+            [v for _, v in a[f"qqp/train/bert/{tag}"]],
+            rtol=1e-4,
+            err_msg=tag,
+        )
     assert [v for _, v in b["qqp/train/bert/lr"]] == pytest.approx([1e-3, 1e-3], rel=1e-6)
 
 

@@ -27,8 +27,9 @@ def rows(n, seed):
         a = [rng.choice(words) for _ in range(5)]
         same = rng.random() < 0.5
         b = a[:] if same else [rng.choice(words) for _ in range(5)]
-        out.append({"qid": 1000 + i, "first": " ".join(a), "second": " ".join(b),
-                    "verdict": "same" if same else "different"})
+        out.append(
+            {"qid": 1000 + i, "first": " ".join(a), "second": " ".join(b), "verdict": "same" if same else "different"}
+        )
     return out
 
 
@@ -46,9 +47,15 @@ def write_task(root, name, fmt, definition=None):
                 w.writerows(data)
         else:
             (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
-    spec = definition or {"files": {s: f"{s}.{fmt}" for s in ("train", "dev", "test")}, "text": "first",
-                          "text_pair": "second", "label": "verdict", "labels": LABELS, "id": "qid",
-                          "metrics": ["accuracy", "f1"]}
+    spec = definition or {
+        "files": {s: f"{s}.{fmt}" for s in ("train", "dev", "test")},
+        "text": "first",
+        "text_pair": "second",
+        "label": "verdict",
+        "labels": LABELS,
+        "id": "qid",
+        "metrics": ["accuracy", "f1"],
+    }
     (folder / "task.json").write_text(json.dumps(spec))
     return folder
 
@@ -86,21 +93,39 @@ def check_predictions(path, exp, pairs, ids, id_column):
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-def test_a_task_of_your_own_through_fine_tune_eval_and_predictions(fmt, run, tiny_bert, data_root, exp_root,
-                                                                   monkeypatch, tmp_path):
+def test_a_task_of_your_own_through_fine_tune_eval_and_predictions(
+    fmt, run, tiny_bert, data_root, exp_root, monkeypatch, tmp_path
+):
     name = f"pairs_{fmt}"
     folder = write_task(data_root, name, fmt)
     common = ["--model", "bert", "--task", name, "--max_seq_len", "24", "--device_id", "-1"]
-    run("run_fine_tune.py", "--experiment", "mine", "--ptrain_ver", str(tiny_bert), *common, "--total_step", "4",
-        "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "16", "--lr", "1e-3")
+    run(
+        "run_fine_tune.py",
+        "--experiment",
+        "mine",
+        "--ptrain_ver",
+        str(tiny_bert),
+        *common,
+        "--total_step",
+        "4",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "2",
+        "--batch_size",
+        "16",
+        "--lr",
+        "1e-3",
+    )
     exp = exp_root / f"mine_bert_{name}"
     config = json.loads((exp / "config.json").read_text())
     assert config["num_class"] == 2 and config["task_definition"]["labels"] == LABELS
     digest = hashlib.sha256((folder / "task.json").read_bytes()).hexdigest()
     assert digest in json.dumps(config)  # task.json's sha256 with the data files'
     monkeypatch.delenv("TQDM_DISABLE")  # issue 32: a bar on stderr for each checkpoint's pass
-    said = run("run_fine_tune_eval.py", "--experiment", "mine", "--model", "bert", "--task", name, "--dataset",
-               "dev").stderr
+    said = run(
+        "run_fine_tune_eval.py", "--experiment", "mine", "--model", "bert", "--task", name, "--dataset", "dev"
+    ).stderr
     assert "dev model-2.pt:   0%" in said and "dev model-4.pt:   0%" in said and "0/24 [" in said  # 24 rows
     monkeypatch.setenv("TQDM_DISABLE", "1")
     table = json.loads((exp / "eval-dev.json").read_text())
@@ -111,22 +136,37 @@ def test_a_task_of_your_own_through_fine_tune_eval_and_predictions(fmt, run, tin
         labels, idx, pred = z["labels"].tolist(), z["idx"].tolist(), z["pred_4"].tolist()
     assert labels == [LABELS.index(r["verdict"]) for r in dev] and idx == [r["qid"] for r in dev]
     assert table["rows"][1]["f1"] == pytest.approx(f1_score(labels, pred, pos_label=1, zero_division=0))
-    run("generate_test_prediction.py", "--experiment", "mine", "--model", "bert", "--task", name, "--dataset", "dev",
-        "--ckpt", "4")
+    run(
+        "generate_test_prediction.py",
+        "--experiment",
+        "mine",
+        "--model",
+        "bert",
+        "--task",
+        name,
+        "--dataset",
+        "dev",
+        "--ckpt",
+        "4",
+    )
     lines = (exp / f"{name}-dev.tsv").read_text().splitlines()
     assert lines[1:] == [f"{r['qid']}\t{LABELS[p]}" for r, p in zip(dev, pred)]
     run("generate_test_prediction.py", "--experiment", "mine", "--model", "bert", "--task", name, "--ckpt", "best")
     lines = (exp / f"{name}.tsv").read_text().splitlines()
-    assert lines[0] == "index\tprediction" and [x.split("\t")[0] for x in lines[1:]] == [str(1000 + i) for i in range(10)]
+    assert lines[0] == "index\tprediction" and [x.split("\t")[0] for x in lines[1:]] == [
+        str(1000 + i) for i in range(10)
+    ]
     assert {x.split("\t")[1] for x in lines[1:]} <= set(LABELS)  # the original label names
     out = run("results_table.py", "--task", name, "--data_root", str(data_root)).stdout
     assert "dev acc" in out and "dev F1" in out
 
     # issue 32: --predict_file, a file of one's own rows in the task's columns (others ignored, in another order),
     # ids that are not row numbers; the CSV by its quoting rules (a comma, doubled quotes, a newline in a cell)
-    predict = [{"second": "well, fast", "qid": 31, "first": 'say "hi" then\nleave', "verdict": "ignored"},
-               {"second": "cook rice", "qid": 7, "first": "how do i", "verdict": "ignored"},
-               {"second": "rice", "qid": 1002, "first": "python java", "verdict": "ignored"}]
+    predict = [
+        {"second": "well, fast", "qid": 31, "first": 'say "hi" then\nleave', "verdict": "ignored"},
+        {"second": "cook rice", "qid": 7, "first": "how do i", "verdict": "ignored"},
+        {"second": "rice", "qid": 1002, "first": "python java", "verdict": "ignored"},
+    ]
     pairs, ids = [(r["first"], r["second"]) for r in predict], [r["qid"] for r in predict]
     common = ["--experiment", "mine", "--model", "bert", "--task", name, "--ckpt", "4"]
     source = tmp_path / f"new rows.{fmt}"
@@ -154,43 +194,123 @@ def test_a_task_of_your_own_through_fine_tune_eval_and_predictions(fmt, run, tin
     tsv = tmp_path / "rows.tsv"
     tsv.write_text('first\tsecond\n"quoted"\tcook "rice\nhow do i\tpython\n')
     run("generate_test_prediction.py", *common, "--predict_file", str(tsv), "--out", str(tmp_path / "out.jsonl"))
-    check_predictions(tmp_path / "out.jsonl", exp, [('"quoted"', 'cook "rice'), ("how do i", "python")], [0, 1],
-                      "row")
+    check_predictions(tmp_path / "out.jsonl", exp, [('"quoted"', 'cook "rice'), ("how do i", "python")], [0, 1], "row")
     assert not (tmp_path / "rows.predictions.tsv").exists()
     # every other script too: the teacher's logits, offline KD, a layer-wise method
     monkeypatch.delenv("TQDM_DISABLE")  # issue 32: the logits' bar
-    said = run("run_fine_tune_gen_logits.py", "--experiment", "mine", "--model", "bert", "--task", name, "--dataset",
-               "train", "--ckpt", "4").stderr
+    said = run(
+        "run_fine_tune_gen_logits.py",
+        "--experiment",
+        "mine",
+        "--model",
+        "bert",
+        "--task",
+        name,
+        "--dataset",
+        "train",
+        "--ckpt",
+        "4",
+    ).stderr
     monkeypatch.setenv("TQDM_DISABLE", "1")
     assert "train.csv model-4.pt:   0%" in said and "0/64 [" in said
-    student = ["--d_model", "32", "--d_ff", "64", "--num_attention_heads", "2", "--num_hidden_layers", "1",
-               "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2", "--batch_size", "8", "--device_id", "-1"]
-    run("run_fine_tune_distill.py", "--experiment", "kd", "--model", "bert", "--task", name,
-        "--dataset", f"mine_bert_{name}", "--max_seq_len", "24", "--type_vocab_size", "2", *student)
-    run("run_pkd_distill.py", "--experiment", "pkd", "--model", "bert", "--task", name, "--teacher_exp", "mine",
-        "--tmodel", "bert", "--tckpt", "4", *student)
+    student = [
+        "--d_model",
+        "32",
+        "--d_ff",
+        "64",
+        "--num_attention_heads",
+        "2",
+        "--num_hidden_layers",
+        "1",
+        "--total_step",
+        "2",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "2",
+        "--batch_size",
+        "8",
+        "--device_id",
+        "-1",
+    ]
+    run(
+        "run_fine_tune_distill.py",
+        "--experiment",
+        "kd",
+        "--model",
+        "bert",
+        "--task",
+        name,
+        "--dataset",
+        f"mine_bert_{name}",
+        "--max_seq_len",
+        "24",
+        "--type_vocab_size",
+        "2",
+        *student,
+    )
+    run(
+        "run_pkd_distill.py",
+        "--experiment",
+        "pkd",
+        "--model",
+        "bert",
+        "--task",
+        name,
+        "--teacher_exp",
+        "mine",
+        "--tmodel",
+        "bert",
+        "--tckpt",
+        "4",
+        *student,
+    )
     for folder in (f"kd_bert_{name}", f"pkd_bert_{name}"):
         assert (exp_root / folder / "model-2.pt").is_file()
         assert json.loads((exp_root / folder / "config.json").read_text())["task_definition"]["text"] == "first"
 
 
-@pytest.mark.parametrize("content, labelled, regression, message", [
-    ("qid,first,verdict\n1,a,same\n", True, False, r"train.csv, line 2: no value in column 'second'"),
-    ("qid,first,second,verdict\n1,a,b,maybe\n", True, False,
-     r"train.csv, line 2: label 'maybe' in column 'verdict' is not one of the task's labels \(same, different\)"),
-    ("qid,first,second,verdict\n1,a,b,high\n", True, True, r"train.csv, line 2: label 'high' in column 'verdict' is not a number"),
-    ("qid,first,second,verdict\n1,a,b,nan\n", True, True,
-     r"train.csv, line 2: label 'nan' in column 'verdict' is not a finite number"),
-    ("first,second\na,b\n", False, False, r"train.csv, line 2: no value in column 'qid'"),
-    ("qid,first,second\n", True, False, r"holds no examples"),
-])
+@pytest.mark.parametrize(
+    "content, labelled, regression, message",
+    [
+        ("qid,first,verdict\n1,a,same\n", True, False, r"train.csv, line 2: no value in column 'second'"),
+        (
+            "qid,first,second,verdict\n1,a,b,maybe\n",
+            True,
+            False,
+            r"train.csv, line 2: label 'maybe' in column 'verdict' is not one of the task's labels \(same, different\)",
+        ),
+        (
+            "qid,first,second,verdict\n1,a,b,high\n",
+            True,
+            True,
+            r"train.csv, line 2: label 'high' in column 'verdict' is not a number",
+        ),
+        (
+            "qid,first,second,verdict\n1,a,b,nan\n",
+            True,
+            True,
+            r"train.csv, line 2: label 'nan' in column 'verdict' is not a finite number",
+        ),
+        ("first,second\na,b\n", False, False, r"train.csv, line 2: no value in column 'qid'"),
+        ("qid,first,second\n", True, False, r"holds no examples"),
+    ],
+)
 def test_a_bad_row_names_file_line_and_column(content, labelled, regression, message, tmp_path):
     from fine_tune.tasks.registry import user_task
     from fine_tune.tasks.user import check_definition
 
-    spec = check_definition({"files": {"train": "train.csv"} if labelled else {"test": "train.csv"}, "text": "first",
-                             "text_pair": "second", "label": "verdict", "id": "qid",
-                             **({"regression": True} if regression else {"labels": LABELS})}, "task.json")
+    spec = check_definition(
+        {
+            "files": {"train": "train.csv"} if labelled else {"test": "train.csv"},
+            "text": "first",
+            "text_pair": "second",
+            "label": "verdict",
+            "id": "qid",
+            **({"regression": True} if regression else {"labels": LABELS}),
+        },
+        "task.json",
+    )
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "train.csv").write_text(content)
     task = user_task("mine", spec)
@@ -199,19 +319,48 @@ def test_a_bad_row_names_file_line_and_column(content, labelled, regression, mes
 
 
 def test_a_task_from_a_hugging_face_dataset(run, tiny_bert, data_root, exp_root, tmp_path):
-    """"hf": a datasets source (here a local folder of CSV files, read by datasets.load_dataset as a hub dataset
+    """ "hf": a datasets source (here a local folder of CSV files, read by datasets.load_dataset as a hub dataset
     would be): each split is written once into the task's folder as JSON lines, class labels as names, and the task
     trains and evaluates like any other."""
-    source = write_hub_copy(tmp_path / "hub_copy", {"train": rows(48, 0), "validation": rows(16, 1)},
-                            ["first", "second", "verdict"])
+    source = write_hub_copy(
+        tmp_path / "hub_copy", {"train": rows(48, 0), "validation": rows(16, 1)}, ["first", "second", "verdict"]
+    )
     folder = data_root / "from_hub"
     folder.mkdir()
-    (folder / "task.json").write_text(json.dumps({
-        "hf": {"path": str(source), "splits": {"train": "train", "dev": "validation"}}, "text": "first",
-        "text_pair": "second", "label": "verdict", "labels": LABELS}))
-    run("run_fine_tune.py", "--experiment", "hub", "--model", "bert", "--task", "from_hub", "--ptrain_ver",
-        str(tiny_bert), "--max_seq_len", "24", "--total_step", "2", "--warmup_step", "1", "--ckpt_step", "2",
-        "--batch_size", "16", "--device_id", "-1")
+    (folder / "task.json").write_text(
+        json.dumps(
+            {
+                "hf": {"path": str(source), "splits": {"train": "train", "dev": "validation"}},
+                "text": "first",
+                "text_pair": "second",
+                "label": "verdict",
+                "labels": LABELS,
+            }
+        )
+    )
+    run(
+        "run_fine_tune.py",
+        "--experiment",
+        "hub",
+        "--model",
+        "bert",
+        "--task",
+        "from_hub",
+        "--ptrain_ver",
+        str(tiny_bert),
+        "--max_seq_len",
+        "24",
+        "--total_step",
+        "2",
+        "--warmup_step",
+        "1",
+        "--ckpt_step",
+        "2",
+        "--batch_size",
+        "16",
+        "--device_id",
+        "-1",
+    )
     written = [json.loads(x) for x in (folder / "train.jsonl").read_text().splitlines()]
     assert len(written) == 48 and written[0]["verdict"] in LABELS
     run("run_fine_tune_eval.py", "--experiment", "hub", "--model", "bert", "--task", "from_hub", "--dataset", "dev")
@@ -219,12 +368,36 @@ def test_a_task_from_a_hugging_face_dataset(run, tiny_bert, data_root, exp_root,
     assert json.loads((exp_root / "hub_bert_from_hub" / "eval-dev.json").read_text())["num_rows"] == 16
     bad = data_root / "nowhere"
     bad.mkdir()
-    (bad / "task.json").write_text(json.dumps({
-        "hf": {"path": str(tmp_path / "missing"), "splits": {"train": "train"}}, "text": "first", "label": "verdict",
-        "labels": LABELS}))
+    (bad / "task.json").write_text(
+        json.dumps(
+            {
+                "hf": {"path": str(tmp_path / "missing"), "splits": {"train": "train"}},
+                "text": "first",
+                "label": "verdict",
+                "labels": LABELS,
+            }
+        )
+    )
     with pytest.raises(AssertionError, match="could not load the Hugging Face dataset .*missing' split 'train'"):
-        run("run_fine_tune.py", "--experiment", "x", "--model", "bert", "--task", "nowhere", "--ptrain_ver",
-            str(tiny_bert), "--max_seq_len", "24", "--total_step", "1", "--warmup_step", "0", "--device_id", "-1")
+        run(
+            "run_fine_tune.py",
+            "--experiment",
+            "x",
+            "--model",
+            "bert",
+            "--task",
+            "nowhere",
+            "--ptrain_ver",
+            str(tiny_bert),
+            "--max_seq_len",
+            "24",
+            "--total_step",
+            "1",
+            "--warmup_step",
+            "0",
+            "--device_id",
+            "-1",
+        )
     assert not (exp_root / "x_bert_nowhere").exists() and not (bad / "train.jsonl").exists()
 
 
@@ -237,17 +410,31 @@ def test_labels_follow_the_declared_order_through_parse_and_the_prediction_file(
     declared = ["positive", "negative", "neutral"]
     folder = tmp_path / "moods"
     folder.mkdir()
-    (folder / "train.tsv").write_text("text\tmood\tn\nfine day\tneutral\t9\ngreat\tpositive\t4\n"
-                                      "awful\tnegative\t7\nlovely, really\tpositive\t2\n")
+    (folder / "train.tsv").write_text(
+        "text\tmood\tn\nfine day\tneutral\t9\ngreat\tpositive\t4\nawful\tnegative\t7\nlovely, really\tpositive\t2\n"
+    )
     (folder / "test.tsv").write_text("n\ttext\n30\tso so\n11\tbad\n25\tgood\n")
-    spec = check_definition({"files": {"train": "train.tsv", "test": "test.tsv"}, "text": "text", "label": "mood",
-                             "labels": declared, "id": "n", "metrics": ["macro_f1", "accuracy"]}, "task.json")
+    spec = check_definition(
+        {
+            "files": {"train": "train.tsv", "test": "test.tsv"},
+            "text": "text",
+            "label": "mood",
+            "labels": declared,
+            "id": "n",
+            "metrics": ["macro_f1", "accuracy"],
+        },
+        "task.json",
+    )
     task = user_task("moods", spec)
     assert task.label_names == tuple(declared) and task.num_class == 3 and task.main_metric == "macro_f1"
     assert task.labelled == frozenset({"train"}) and task.train_split == "train" and task.submission_labels == "names"
     train = task.load(tmp_path, "train")
     assert [(e.idx, e.text, e.text_pair, e.label) for e in train] == [
-        (9, "fine day", None, 2), (4, "great", None, 0), (7, "awful", None, 1), (2, "lovely, really", None, 0)]
+        (9, "fine day", None, 2),
+        (4, "great", None, 0),
+        (7, "awful", None, 1),
+        (2, "lovely, really", None, 0),
+    ]
     test = task.load(tmp_path, "test")
     assert [(e.idx, e.text, e.label) for e in test] == [(30, "so so", None), (11, "bad", None), (25, "good", None)]
     out = tmp_path / task.submission_name("test")
@@ -256,8 +443,12 @@ def test_labels_follow_the_declared_order_through_parse_and_the_prediction_file(
     assert out.read_text() == "index\tprediction\n30\tneutral\n11\tnegative\n25\tpositive\n"
     # integer labels listed out of order are classes by position too, not by value
     (folder / "ints.csv").write_text("text,y\na,3\nb,1\nc,2\n")
-    ints = user_task("moods", check_definition({"files": {"train": "ints.csv"}, "text": "text", "label": "y",
-                                                "labels": [3, 1, 2]}, "task.json"))
+    ints = user_task(
+        "moods",
+        check_definition(
+            {"files": {"train": "ints.csv"}, "text": "text", "label": "y", "labels": [3, 1, 2]}, "task.json"
+        ),
+    )
     assert [(e.idx, e.label) for e in ints.load(tmp_path, "train")] == [(0, 0), (1, 1), (2, 2)]
 
 
@@ -277,8 +468,13 @@ def test_the_definitions_defaults_and_options(tmp_path):
     assert (t.metrics, t.main_metric) == (("accuracy",), "accuracy")
     t = task(files={"train": "train.csv", "held": "held.csv", "test": "test.csv"}, metrics=["f1", "accuracy"])
     assert t.dev_split == "held" and t.main_metric == "f1" and t.metrics == ("f1", "accuracy")
-    t = task(files={"train": "train.csv", "dev": "dev.csv", "val": "val.csv"}, dev_split="val",
-             unlabelled=["dev"], metrics=["accuracy", "mcc"], main_metric="mcc")
+    t = task(
+        files={"train": "train.csv", "dev": "dev.csv", "val": "val.csv"},
+        dev_split="val",
+        unlabelled=["dev"],
+        metrics=["accuracy", "mcc"],
+        main_metric="mcc",
+    )
     assert t.dev_split == "val" and t.labelled == frozenset({"train", "val"}) and t.main_metric == "mcc"
     t = task(files={"train": "train.csv", "val": "val.csv", "dev": "dev.csv"})
     assert t.dev_split == "dev"  # dev before val, whatever the files' order
@@ -287,10 +483,18 @@ def test_the_definitions_defaults_and_options(tmp_path):
     # regression: one output, the scores as written (fractions kept), ids from the id column
     folder = tmp_path / "x"
     folder.mkdir()
-    (folder / "train.jsonl").write_text("".join(json.dumps({"t": f"s{i}", "y": y, "k": k}) + "\n"
-                                               for i, (y, k) in enumerate([(3.8, 12), ("0.25", 5), (4.6, 8)])))
-    r = user_task("x", check_definition({"files": {"train": "train.jsonl"}, "text": "t", "label": "y", "id": "k",
-                                         "regression": True}, "task.json"))
+    (folder / "train.jsonl").write_text(
+        "".join(
+            json.dumps({"t": f"s{i}", "y": y, "k": k}) + "\n"
+            for i, (y, k) in enumerate([(3.8, 12), ("0.25", 5), (4.6, 8)])
+        )
+    )
+    r = user_task(
+        "x",
+        check_definition(
+            {"files": {"train": "train.jsonl"}, "text": "t", "label": "y", "id": "k", "regression": True}, "task.json"
+        ),
+    )
     assert r.regression and r.num_class == 1 and (r.metrics, r.main_metric) == (("pearson", "spearman"), "pearson")
     got = r.load(tmp_path, "train")
     assert [(e.idx, e.label) for e in got] == [(12, 3.8), (5, 0.25), (8, 4.6)]
@@ -307,8 +511,13 @@ def test_a_hugging_face_class_label_is_written_as_its_name(tmp_path, monkeypatch
     from fine_tune.tasks.registry import user_task
     from fine_tune.tasks.user import check_definition, materialise
 
-    features = datasets.Features({"t": datasets.Value("string"), "n": datasets.Value("int64"),
-                                  "y": datasets.ClassLabel(names=["pos", "neg", "mid"])})
+    features = datasets.Features(
+        {
+            "t": datasets.Value("string"),
+            "n": datasets.Value("int64"),
+            "y": datasets.ClassLabel(names=["pos", "neg", "mid"]),
+        }
+    )
     data = {"t": ["a", "b", "c", "d"], "n": [40, 3, 17, 8], "y": [1, 2, 0, 1]}
     calls = []
 
@@ -318,9 +527,16 @@ def test_a_hugging_face_class_label_is_written_as_its_name(tmp_path, monkeypatch
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     monkeypatch.setattr(user, "hub_unreachable", lambda path: None)  # the hub answers
-    spec = check_definition({"hf": {"path": "someone/moods", "name": "v2", "splits": {"train": "train",
-                                                                                      "test": "test_split"}},
-                             "text": "t", "label": "y", "id": "n", "labels": ["mid", "neg", "pos"]}, "task.json")
+    spec = check_definition(
+        {
+            "hf": {"path": "someone/moods", "name": "v2", "splits": {"train": "train", "test": "test_split"}},
+            "text": "t",
+            "label": "y",
+            "id": "n",
+            "labels": ["mid", "neg", "pos"],
+        },
+        "task.json",
+    )
     task = user_task("moods", spec)
     materialise(spec, "train", tmp_path / "moods" / "train.jsonl", True)
     materialise(spec, "test", tmp_path / "moods" / "test.jsonl", False)
@@ -354,17 +570,43 @@ def test_an_unreachable_hub_is_one_line_at_once(run, data_root, exp_root, tiny_b
         logging.getLogger(name).addHandler(handler)
     folder = data_root / "hubbed"
     folder.mkdir()
-    (folder / "task.json").write_text(json.dumps({"hf": {"path": "someone/nosuch", "splits": {"train": "train"}},
-                                                  "text": "first", "label": "verdict", "labels": LABELS}))
+    (folder / "task.json").write_text(
+        json.dumps(
+            {
+                "hf": {"path": "someone/nosuch", "splits": {"train": "train"}},
+                "text": "first",
+                "label": "verdict",
+                "labels": LABELS,
+            }
+        )
+    )
     try:
-        proc = run("run_fine_tune.py", "--experiment", "x", "--model", "bert", "--task", "hubbed", "--ptrain_ver",
-                   str(tiny_bert), "--max_seq_len", "24", "--total_step", "1", "--warmup_step", "0", "--device_id",
-                   "-1", check=False)
+        proc = run(
+            "run_fine_tune.py",
+            "--experiment",
+            "x",
+            "--model",
+            "bert",
+            "--task",
+            "hubbed",
+            "--ptrain_ver",
+            str(tiny_bert),
+            "--max_seq_len",
+            "24",
+            "--total_step",
+            "1",
+            "--warmup_step",
+            "0",
+            "--device_id",
+            "-1",
+            check=False,
+        )
     finally:
         for name in ("huggingface_hub", "datasets"):
             logging.getLogger(name).removeHandler(handler)
     assert proc.returncode == 2 and proc.stderr.splitlines() == [
         "error: could not load the Hugging Face dataset 'someone/nosuch' split 'train': the hub cannot be reached "
-        "(ConnectError: [Errno 111] Connection refused); a dataset in the local cache loads with HF_HUB_OFFLINE=1"]
+        "(ConnectError: [Errno 111] Connection refused); a dataset in the local cache loads with HF_HUB_OFFLINE=1"
+    ]
     assert warnings == []
     assert sorted(p.name for p in folder.iterdir()) == ["task.json"] and not (exp_root / "x_bert_hubbed").exists()

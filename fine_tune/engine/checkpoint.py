@@ -64,8 +64,13 @@ def check_fits(own: dict, state: dict, ckpt_path: Path) -> None:
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if wrong or unexpected or [k for k in missing if not k.endswith("position_ids")]:
-        detail = (f"shape {tuple(state[wrong[0]].shape)} vs model {tuple(own[wrong[0]].shape)} for {wrong[0]}" if wrong
-                  else f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}")
+        detail = (
+            f"shape {tuple(state[wrong[0]].shape)} vs model {tuple(own[wrong[0]].shape)} for {wrong[0]}"
+            if wrong
+            else f"missing {missing[:3]}"
+            if missing
+            else f"unexpected {unexpected[:3]}"
+        )
         raise UserError(f"{ckpt_path} does not fit the experiment's model ({detail})")
 
 
@@ -82,10 +87,17 @@ def rng_state(cuda_devices: dict[str, torch.device] | None = None) -> dict:
     absolute index, so a resume on other indices (or rank k under torchrun) continues the same streams."""
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
-             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached": float(cached)},
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
     cuda = {role: torch.cuda.get_rng_state(d) for role, d in (cuda_devices or {}).items() if d.type == "cuda"}
     if cuda:
         state["cuda_by_role"] = cuda
@@ -100,8 +112,9 @@ def set_rng_state(state: dict, cuda_devices: dict[str, torch.device] | None = No
     py = state["python"]
     random.setstate((py["version"], tuple(int(x) for x in py["internal"].tolist()), py["gauss"]))
     nps = state["numpy"]
-    np.random.set_state((nps["name"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"],
-                         nps["cached"]))
+    np.random.set_state(
+        (nps["name"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"], nps["cached"])
+    )
     torch.set_rng_state(state["torch"])
     notes = []
     wanted = {role: d for role, d in (cuda_devices or {}).items() if d.type == "cuda"}
@@ -116,8 +129,10 @@ def set_rng_state(state: dict, cuda_devices: dict[str, torch.device] | None = No
         if len(state["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state["cuda"])
         else:
-            notes.append(f"the CUDA random streams start afresh (saved for {len(state['cuda'])} devices by index, "
-                         f"this machine has {torch.cuda.device_count()})")
+            notes.append(
+                f"the CUDA random streams start afresh (saved for {len(state['cuda'])} devices by index, "
+                f"this machine has {torch.cuda.device_count()})"
+            )
     return notes
 
 
@@ -164,5 +179,7 @@ def load_resume_state(folder: Path, step: int, mmap: bool = False) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
-        raise UserError(f"{path}: not a readable resume state ({str(e).splitlines()[0]}); "
-                        f"delete it to restart from scratch, or pass --overwrite") from None
+        raise UserError(
+            f"{path}: not a readable resume state ({str(e).splitlines()[0]}); "
+            f"delete it to restart from scratch, or pass --overwrite"
+        ) from None

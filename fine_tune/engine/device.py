@@ -23,8 +23,9 @@ def warn(message: str) -> None:
     say(f"warning: {message}")  # once per job: rank 0's under torchrun (fine_tune/progress.py)
 
 
-def resolve_device(device_id: int | None, num_gpu: int | None, flag_name: str = "--device_id",
-                   quiet: bool = False) -> torch.device:
+def resolve_device(
+    device_id: int | None, num_gpu: int | None, flag_name: str = "--device_id", quiet: bool = False
+) -> torch.device:
     if flag_name == "--device_id":
         from .distributed import launched_by_torchrun
 
@@ -55,8 +56,10 @@ def _torchrun_device(device_id: int | None, num_gpu: int | None, quiet: bool) ->
     if torch.cuda.is_available():
         count = torch.cuda.device_count()
         if local >= count:
-            raise UserError(f"LOCAL_RANK {local} (torchrun): this machine has {count} CUDA device(s); "
-                            f"use --nproc_per_node {count} or fewer")
+            raise UserError(
+                f"LOCAL_RANK {local} (torchrun): this machine has {count} CUDA device(s); "
+                f"use --nproc_per_node {count} or fewer"
+            )
         return torch.device(f"cuda:{local}")
     if not quiet and ((device_id is not None and device_id >= 0) or (num_gpu or 0) > 0):
         warn("CUDA is not available on this machine; torchrun processes run on CPU (Gloo)")
@@ -77,8 +80,13 @@ def non_blocking(source: torch.device, target: torch.device) -> bool:
     return target.type == "cuda" or source.type == target.type == "cpu"
 
 
-def resolve_placement(device_id: int | None, flag_name: str, student_device: torch.device,
-                      student_id: int | None = None, quiet: bool = False) -> torch.device:
+def resolve_placement(
+    device_id: int | None,
+    flag_name: str,
+    student_device: torch.device,
+    student_id: int | None = None,
+    quiet: bool = False,
+) -> torch.device:
     """Where ``--tdevice_id`` / ``--gate_device_id`` put the teacher / the gates (default: the student's device).
 
     One process: an absolute CUDA index (-1 = CPU); the student's own ``--device_id`` means its device.
@@ -103,10 +111,12 @@ def resolve_placement(device_id: int | None, flag_name: str, student_device: tor
     count = torch.cuda.device_count()
     index = local + device_id * per_node
     if index >= count:
-        raise UserError(f"{flag_name} {device_id}: under torchrun it is relative to each rank (rank {local} of {per_node} "
-                        f"per node: cuda:{local} + {device_id} x {per_node} = cuda:{index}), and this machine has "
-                        f"{count} CUDA device(s); with {per_node} processes per node use {flag_name} 0.."
-                        f"{max(count // per_node - 1, 0)}")
+        raise UserError(
+            f"{flag_name} {device_id}: under torchrun it is relative to each rank (rank {local} of {per_node} "
+            f"per node: cuda:{local} + {device_id} x {per_node} = cuda:{index}), and this machine has "
+            f"{count} CUDA device(s); with {per_node} processes per node use {flag_name} 0.."
+            f"{max(count // per_node - 1, 0)}"
+        )
     return torch.device(f"cuda:{index}")
 
 
@@ -148,8 +158,9 @@ class Precision:
         linear weight shared with another kind of module (tied to an embedding). Returns the tensors cast."""
         if self.dtype is None or device.type != self.device_type:
             return 0
-        shared = {id(p) for m in module.modules() if not isinstance(m, torch.nn.Linear)
-                  for p in m.parameters(recurse=False)}
+        shared = {
+            id(p) for m in module.modules() if not isinstance(m, torch.nn.Linear) for p in m.parameters(recurse=False)
+        }
         cast = 0
         for m in module.modules():
             if isinstance(m, torch.nn.Linear):
@@ -160,7 +171,9 @@ class Precision:
         return cast
 
     def describe(self) -> str:
-        return "fp32" if self.dtype is None else {torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype] + " autocast"
+        return (
+            "fp32" if self.dtype is None else {torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype] + " autocast"
+        )
 
 
 def resolve_precision(amp: bool, amp_dtype: str, device: torch.device, quiet: bool = False) -> Precision:

@@ -107,7 +107,7 @@ def shard(rows: np.ndarray) -> tuple[np.ndarray, float]:
     w = world()
     if not w.enabled:
         return rows, 1.0
-    mine = rows[w.rank::w.size]
+    mine = rows[w.rank :: w.size]
     if len(mine) == 0:
         return rows[:1], 0.0
     return mine, w.size * len(mine) / len(rows)
@@ -161,7 +161,7 @@ def _unflatten_into_(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
     offset = 0
     for t in tensors:
         n = t.numel()
-        t.copy_(flat[offset:offset + n].view_as(t).to(t.dtype))
+        t.copy_(flat[offset : offset + n].view_as(t).to(t.dtype))
         offset += n
 
 
@@ -291,8 +291,11 @@ def needs_buffer_broadcast(model: torch.nn.Module) -> bool:
 def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=needs_buffer_broadcast(model))
+    return DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        broadcast_buffers=needs_buffer_broadcast(model),
+    )
 
 
 def silence_other_ranks() -> None:

@@ -102,7 +102,9 @@ class EvalHistory:
             return f"no evaluation on {self.s.split}"
         value = top[m]
         ties = [r["step"] for r in self.rows if r[m] == value and r["step"] > top["step"]]
-        first = f"first at step {top['step']}, tied at {', '.join(map(str, ties))}" if ties else f"at step {top['step']}"
+        first = (
+            f"first at step {top['step']}, tied at {', '.join(map(str, ties))}" if ties else f"at step {top['step']}"
+        )
         text = f"best {self.s.split} {m} {value:.6f} {first}"
         if ckpt is None:
             return f"{text}: no checkpoint evaluated"
@@ -120,12 +122,17 @@ class EvalHistory:
 
     def record(self) -> dict:
         best = self.best_checkpoint()
-        return {"split": self.s.split, "metric": self.s.metric, "every": self.s.every, "patience": self.s.patience,
-                "rows": self.rows,
-                "best_checkpoint": None if best is None else {"ckpt": best["step"], "value": best[self.s.metric]},
-                "best": None if self.best is None else {"step": self.best["step"], "value": self.best[self.s.metric]},
-                "evaluations_without_improvement": self.without_improvement,
-                "stopped_early_at": self.stopped_at}
+        return {
+            "split": self.s.split,
+            "metric": self.s.metric,
+            "every": self.s.every,
+            "patience": self.s.patience,
+            "rows": self.rows,
+            "best_checkpoint": None if best is None else {"ckpt": best["step"], "value": best[self.s.metric]},
+            "best": None if self.best is None else {"step": self.best["step"], "value": self.best[self.s.metric]},
+            "evaluations_without_improvement": self.without_improvement,
+            "stopped_early_at": self.stopped_at,
+        }
 
     def write(self, folder: Path) -> None:
         atomic_write_json(Path(folder) / training_eval_name(self.s.split), self.record())

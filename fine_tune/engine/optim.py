@@ -52,8 +52,9 @@ def decays(name: str, no_decay: tuple[str, ...]) -> bool:
     return not any(nd in name for nd in no_decay)
 
 
-def param_groups(named: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float,
-                 no_decay: tuple[str, ...] = STUDENT_NO_DECAY) -> list[dict]:
+def param_groups(
+    named: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float, no_decay: tuple[str, ...] = STUDENT_NO_DECAY
+) -> list[dict]:
     """Two AdamW groups, as the original: decayed parameters, then those :func:`decays` exempts."""
     decay, exempt = [], []
     for name, p in named:
@@ -62,13 +63,13 @@ def param_groups(named: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
 
 
-def build_adamw(named: Iterable[tuple[str, torch.nn.Parameter]], settings: OptimiserSettings,
-                device: torch.device) -> torch.optim.AdamW:
+def build_adamw(
+    named: Iterable[tuple[str, torch.nn.Parameter]], settings: OptimiserSettings, device: torch.device
+) -> torch.optim.AdamW:
     """AdamW with the fused kernel on CUDA and CPU (the same update up to float rounding; doc/performance.md)."""
     groups = param_groups(named, settings.weight_decay, settings.no_decay)
     kwargs = {"fused": True} if device.type in ("cuda", "cpu") else {}
-    return torch.optim.AdamW(groups, lr=settings.lr, betas=(settings.beta1, settings.beta2), eps=settings.eps,
-                             **kwargs)
+    return torch.optim.AdamW(groups, lr=settings.lr, betas=(settings.beta1, settings.beta2), eps=settings.eps, **kwargs)
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, warmup_step: int, total_step: int):

@@ -35,8 +35,11 @@ class ModelOutputs:
 
     def logits_to(self, device: torch.device, non_blocking: bool = False) -> ModelOutputs:
         """These outputs with the logits (each member's too) on ``device``; the rest stays where it is."""
-        members = None if self.members is None else {name: m.logits_to(device, non_blocking)
-                                                     for name, m in self.members.items()}
+        members = (
+            None
+            if self.members is None
+            else {name: m.logits_to(device, non_blocking) for name, m in self.members.items()}
+        )
         return replace(self, logits=self.logits.to(device, non_blocking=non_blocking), members=members)
 
 
@@ -90,13 +93,18 @@ class RecordedLayers(tuple):
         item = tuple.__getitem__(self, index)
         if isinstance(index, slice):
             start = range(len(self))[index]
-            return RecordedLayers(item, self.what, self.first + (start[0] if len(start) else 0)) \
-                if index.step in (None, 1) else item
+            return (
+                RecordedLayers(item, self.what, self.first + (start[0] if len(start) else 0))
+                if index.step in (None, 1)
+                else item
+            )
         if item is None:
             layer = self.first + (index if index >= 0 else len(self) + index)
             kept = [self.first + i for i in range(len(self)) if self.kept(i)]
-            raise LookupError(f"the {self.what} of layer {layer} were not recorded: the method declared layers "
-                              f"{kept} (Method.recorded_layers)")
+            raise LookupError(
+                f"the {self.what} of layer {layer} were not recorded: the method declared layers "
+                f"{kept} (Method.recorded_layers)"
+            )
         return item
 
     def __iter__(self):

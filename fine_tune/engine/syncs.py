@@ -55,14 +55,45 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # operators whose result the host must read from the device (value or output size)
-SYNC_OPS = {"_local_scalar_dense", "nonzero", "equal", "is_nonzero", "masked_select", "_unique", "_unique2",
-            "unique_dim", "unique_consecutive", "repeat_interleave", "allclose", "nonzero_numpy"}
+SYNC_OPS = {
+    "_local_scalar_dense",
+    "nonzero",
+    "equal",
+    "is_nonzero",
+    "masked_select",
+    "_unique",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+    "repeat_interleave",
+    "allclose",
+    "nonzero_numpy",
+}
 # Python-level conversions that read a tensor on the host without an operator the dispatcher sees
 SYNC_METHODS = {"tolist", "numpy", "__bool__", "item", "__int__", "__float__", "__index__"}
 # torch functions that make a tensor from Python values alone: on the host unless given a device
-FACTORIES = {"tensor", "as_tensor", "asarray", "scalar_tensor", "zeros", "ones", "empty", "full", "arange", "range",
-             "linspace", "logspace", "eye", "rand", "randn", "randint", "randperm", "empty_strided", "tril_indices",
-             "triu_indices"}
+FACTORIES = {
+    "tensor",
+    "as_tensor",
+    "asarray",
+    "scalar_tensor",
+    "zeros",
+    "ones",
+    "empty",
+    "full",
+    "arange",
+    "range",
+    "linspace",
+    "logspace",
+    "eye",
+    "rand",
+    "randn",
+    "randint",
+    "randperm",
+    "empty_strided",
+    "tril_indices",
+    "triu_indices",
+}
 # of those, the ones that copy data made on the host: given a device, a blocking host-to-device copy
 DATA_FACTORIES = {"tensor", "as_tensor", "asarray"}
 _EXEMPT = ("/torch/optim/", "/fine_tune/batching.py")
@@ -148,8 +179,11 @@ class SyncCounter:
         class _Dispatch(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 name = func._overloadpacket.__name__
-                if name in SYNC_OPS and not counter._depth and not any(
-                        isinstance(a, torch.Tensor) and counter.on_host(a) for a in args):
+                if (
+                    name in SYNC_OPS
+                    and not counter._depth
+                    and not any(isinstance(a, torch.Tensor) and counter.on_host(a) for a in args)
+                ):
                     if name == "repeat_interleave" and (kwargs or {}).get("output_size") is not None:
                         pass  # the output size is given: no need to read the repeats
                     else:
@@ -261,7 +295,8 @@ class SyncCounter:
             other = args[1] if len(args) > 1 and isinstance(args[1], torch.Tensor) else None
             try:
                 device, _, non_blocking, _ = torch._C._nn._parse_to(
-                    *args[1:], **{k: v for k, v in kwargs.items() if k != "copy"})
+                    *args[1:], **{k: v for k, v in kwargs.items() if k != "copy"}
+                )
             except (TypeError, RuntimeError):
                 device, non_blocking = None, False
             if device is None:  # a dtype or memory-format change: where the source is
@@ -306,6 +341,7 @@ class SyncCounter:
                 out = _made(array)
                 self._host.add(out)
                 return out
+
             torch.from_numpy = from_numpy
         for m in self._modes:
             m.__enter__()
@@ -331,6 +367,7 @@ def leave_out_reads_on_purpose(trainer, region: Callable[[], AbstractContextMana
         def left_out(*a, _method=method, **k):
             with region():
                 return _method(*a, **k)
+
         setattr(trainer, name, left_out)
 
 

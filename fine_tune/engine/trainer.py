@@ -88,22 +88,40 @@ def computed_by_host(device: torch.device) -> bool:
 def to_device(batch: dict, device: torch.device) -> dict:
     """The batch's tensors on ``device`` (without blocking the host: engine/device.non_blocking); other entries as
     they are."""
-    return {k: v.to(device, non_blocking=non_blocking(v.device, device)) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=non_blocking(v.device, device)) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
 
 
 class Trainer:
     """Runs one training job. The engine never knows which method runs; a method never touches an
     optimiser or a file."""
 
-    def __init__(self, student: torch.nn.Module, method: TrainingMethod, collator: Collator, num_rows: int,
-                 settings: TrainSettings, exp: ExperimentDir, device: torch.device, precision: Precision,
-                 teacher: torch.nn.Module | None = None, teacher_device: torch.device | None = None,
-                 on_checkpoint: Callable[[int, Reporter], None] | None = None, progress: bool = True,
-                 lengths: np.ndarray | None = None, student_forward: torch.nn.Module | None = None,
-                 teacher_forward: torch.nn.Module | None = None, evaluator: Evaluator | None = None, *,
-                 forward: Callable[[torch.nn.Module, dict, bool], ModelOutputs], config_sha256: str | None = None,
-                 reporter: Reporter | None = None, run_params: dict | None = None):
+    def __init__(
+        self,
+        student: torch.nn.Module,
+        method: TrainingMethod,
+        collator: Collator,
+        num_rows: int,
+        settings: TrainSettings,
+        exp: ExperimentDir,
+        device: torch.device,
+        precision: Precision,
+        teacher: torch.nn.Module | None = None,
+        teacher_device: torch.device | None = None,
+        on_checkpoint: Callable[[int, Reporter], None] | None = None,
+        progress: bool = True,
+        lengths: np.ndarray | None = None,
+        student_forward: torch.nn.Module | None = None,
+        teacher_forward: torch.nn.Module | None = None,
+        evaluator: Evaluator | None = None,
+        *,
+        forward: Callable[[torch.nn.Module, dict, bool], ModelOutputs],
+        config_sha256: str | None = None,
+        reporter: Reporter | None = None,
+        run_params: dict | None = None,
+    ):
         """``student`` / ``teacher``: the modules whose weights train (and are saved) / stay frozen.
         ``evaluator``: evaluation during training (engine/evaluation.py), or None. ``forward(model, batch,
         hidden)``: how a model runs on a batch (``fine_tune.models.forward.forward``), chosen by the caller.
@@ -148,8 +166,9 @@ class Trainer:
                 p.requires_grad_(False)
             # frozen: its linear weights cast to the autocast dtype once, not at every forward
             precision.cast_frozen_linears(teacher, self.teacher_device)
-        self.parts: list[_Optimised] = [self._optimised("student", [student], settings.optimiser,
-                                                         list(student.named_parameters()))]
+        self.parts: list[_Optimised] = [
+            self._optimised("student", [student], settings.optimiser, list(student.named_parameters()))
+        ]
         for extra in method.extra_parameters():
             named = [(f"{i}.{n}", p) for i, m in enumerate(extra.modules) for n, p in m.named_parameters()]
             self.parts.append(self._optimised(extra.name, list(extra.modules), extra.optimiser, named))
@@ -161,8 +180,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
         # the CUDA devices whose random streams the resume state keeps, by role (engine/checkpoint.rng_state)
         self.rng_devices = {"student": device, **({"teacher": self.teacher_device} if teacher is not None else {})}
-        self.stream = make_stream(num_rows, s.micro_batch, s.seed, lengths if s.group_by_length else None,
-                                  drop_last=s.drop_last)
+        self.stream = make_stream(
+            num_rows, s.micro_batch, s.seed, lengths if s.group_by_length else None, drop_last=s.drop_last
+        )
         self.step = 0
         self.evaluator = evaluator
         self.forward = forward
@@ -174,11 +194,17 @@ class Trainer:
         self.eval_fields: dict[str, str] = {}  # the last evaluation, on the progress bar
         self._eval_files_due = False  # a checkpoint's evaluation, whose files save() writes after the checkpoint
 
-    def _optimised(self, name: str, modules: list[torch.nn.Module], settings: OptimiserSettings,
-                   named: list[tuple[str, torch.nn.Parameter]]) -> _Optimised:
+    def _optimised(
+        self,
+        name: str,
+        modules: list[torch.nn.Module],
+        settings: OptimiserSettings,
+        named: list[tuple[str, torch.nn.Parameter]],
+    ) -> _Optimised:
         opt = build_adamw(named, settings, self.device)
-        return _Optimised(name, [p for _, p in named if p.requires_grad], modules, opt,
-                          lr_schedule(opt, settings), settings)
+        return _Optimised(
+            name, [p for _, p in named if p.requires_grad], modules, opt, lr_schedule(opt, settings), settings
+        )
 
     # -- one optimizer step -------------------------------------------------------------------------
     def _micro_step(self, rows: np.ndarray, sync: bool = True) -> dict[str, torch.Tensor]:
@@ -203,9 +229,14 @@ class Trainer:
         # every logged part on the student's device (the one place they are moved: a gate statistic comes from the
         # gates' device, the window sums restored by a resume live here); they carry the shard's weight too, so
         # their mean over ranks (Trainer._log) is the mean over the whole micro-batch, as one process logs it
-        return {k: (v.detach().to(self.device, non_blocking=non_blocking(v.device, self.device)) * weight
-                    if weight != 1.0 else v.detach().to(self.device, non_blocking=non_blocking(v.device, self.device)))
-                for k, v in parts.items()}
+        return {
+            k: (
+                v.detach().to(self.device, non_blocking=non_blocking(v.device, self.device)) * weight
+                if weight != 1.0
+                else v.detach().to(self.device, non_blocking=non_blocking(v.device, self.device))
+            )
+            for k, v in parts.items()
+        }
 
     def _forwards(self, host: dict, batch: dict) -> tuple[ModelOutputs | None, ModelOutputs]:
         """The teacher's outputs (None when the method reads no teacher) and the student's, for the collated batch
@@ -301,14 +332,26 @@ class Trainer:
             self._stopped_early()
             self.release()
             self.reporter.close()
-            return {"steps": self.step, "steps_run": 0, "seconds": 0.0, "examples_per_s": 0.0, "last_losses": {},
-                    "stopped_early_at": self.step}
+            return {
+                "steps": self.step,
+                "steps_run": 0,
+                "seconds": 0.0,
+                "examples_per_s": 0.0,
+                "last_losses": {},
+                "stopped_early_at": self.step,
+            }
         self.student.train()
         self.method.train(True)
         start_step, start = self.step, time.perf_counter()
         last: dict[str, float] = {}
-        bar = progress(total=s.total_step, initial=self.step, desc=self.exp.name, unit="step", dynamic_ncols=True,
-                       enabled=self.progress and self.world.is_main)
+        bar = progress(
+            total=s.total_step,
+            initial=self.step,
+            desc=self.exp.name,
+            unit="step",
+            dynamic_ncols=True,
+            enabled=self.progress and self.world.is_main,
+        )
         failed = True
         try:
             self.reporter.start(self.step)  # a resumed run: what a killed run logged after this step is logged again
@@ -362,17 +405,25 @@ class Trainer:
             self.release()
         if self.history is not None and self.history.stopped_at is None:
             say(f"{self.exp.name}: {self.describe_best()}")
-        return {"steps": self.step, "steps_run": steps, "seconds": seconds,
-                "examples_per_s": steps * s.batch_size / max(seconds, 1e-9), "last_losses": last,
-                "stopped_early_at": None if self.history is None else self.history.stopped_at}
+        return {
+            "steps": self.step,
+            "steps_run": steps,
+            "seconds": seconds,
+            "examples_per_s": steps * s.batch_size / max(seconds, 1e-9),
+            "last_losses": last,
+            "stopped_early_at": None if self.history is None else self.history.stopped_at,
+        }
 
     def _final_metrics(self, steps: int, seconds: float) -> dict[str, float]:
         """The run's final metrics: this process's training (steps, seconds, examples/s) and, with evaluation during
         training, the best checkpoint's main metric and its step (``{split tag prefix}/best_{metric}``, ``..._step``,
         as run_fine_tune_eval.py names its bests)."""
         p = self.s.tag_prefix
-        final = {f"{p}/train_steps": steps, f"{p}/train_seconds": seconds,
-                 f"{p}/train_examples_per_s": steps * self.s.batch_size / max(seconds, 1e-9)}
+        final = {
+            f"{p}/train_steps": steps,
+            f"{p}/train_seconds": seconds,
+            f"{p}/train_examples_per_s": steps * self.s.batch_size / max(seconds, 1e-9),
+        }
         best = self.history.best_checkpoint() if self.history is not None else None
         if best is not None:
             es = self.evaluator.settings
@@ -393,8 +444,9 @@ class Trainer:
         if stop:
             history.stopped_at = self.step
             history.mark_checkpoint(self.step)
-        self.reporter.log_scalars({f"{es.tag_prefix}/{name}": value for name, value in metrics.items()
-                                   if name in es.logged}, self.step)
+        self.reporter.log_scalars(
+            {f"{es.tag_prefix}/{name}": value for name, value in metrics.items() if name in es.logged}, self.step
+        )
         self.eval_fields = {f"{es.split}_{es.metric}": f"{metrics[es.metric]:.4f}"}
         bar.set_postfix({**self.log_fields, **self.eval_fields}, refresh=False)
         if checkpoint or stop:  # its files are written by save(), once the checkpoint they cite is on disk
@@ -407,18 +459,28 @@ class Trainer:
         """Say so, and mark the run finished (``early-stop.json``, after the checkpoint and its resume state)."""
         h, es = self.history, self.evaluator.settings
         best, top = h.best_checkpoint(), h.best
-        say(f"{self.exp.name}: stopped early at step {self.step}: no better {es.split} {es.metric} in "
-            f"{es.patience} evaluations; {self.describe_best()}")
+        say(
+            f"{self.exp.name}: stopped early at step {self.step}: no better {es.split} {es.metric} in "
+            f"{es.patience} evaluations; {self.describe_best()}"
+        )
         if self.world.is_main:
-            atomic_write_json(self.exp.path / EARLY_STOP_FILE,
-                              {"step": self.step, "split": es.split, "metric": es.metric, "patience": es.patience,
-                               "best": {"step": top["step"], "value": top[es.metric]},
-                               "best_checkpoint": {"ckpt": best["step"], "value": best[es.metric]}})
+            atomic_write_json(
+                self.exp.path / EARLY_STOP_FILE,
+                {
+                    "step": self.step,
+                    "split": es.split,
+                    "metric": es.metric,
+                    "patience": es.patience,
+                    "best": {"step": top["step"], "value": top[es.metric]},
+                    "best_checkpoint": {"ckpt": best["step"], "value": best[es.metric]},
+                },
+            )
 
     def describe_best(self) -> str:
         """The evaluation's best and the checkpoint kept for it (EvalHistory.describe_best), as the files are now."""
-        return self.history.describe_best(lambda step: self.exp.checkpoint_path(step).is_file(),
-                                          self.s.save_total_limit)
+        return self.history.describe_best(
+            lambda step: self.exp.checkpoint_path(step).is_file(), self.s.save_total_limit
+        )
 
     def release(self) -> None:
         """Drop the training wrappers (DDP's, torch.compile's) at the end of a run, so they never outlive the
@@ -474,9 +536,11 @@ class Trainer:
         self._consecutive_skipped += 1
         scale = self._loss_scale * self.scaler.get_backoff_factor()  # as GradScaler.update() left it: halved
         if scale < self.MIN_LOSS_SCALE:
-            raise UserError(f"fp16 loss scale collapsed to {scale:g} at step {self.step} of {self.exp.name} "
-                            f"({self._consecutive_skipped} consecutive steps skipped: the gradients overflow fp16 even "
-                            f"unscaled): run stopped; {self._kept()} (lower --lr, or use --amp_dtype bf16)")
+            raise UserError(
+                f"fp16 loss scale collapsed to {scale:g} at step {self.step} of {self.exp.name} "
+                f"({self._consecutive_skipped} consecutive steps skipped: the gradients overflow fp16 even "
+                f"unscaled): run stopped; {self._kept()} (lower --lr, or use --amp_dtype bf16)"
+            )
 
     def _check_finite(self) -> None:
         """A non-finite loss stops the run before anything is saved (the last checkpoint stays the last good one),
@@ -488,9 +552,15 @@ class Trainer:
         parts = [k for k, v in self.sums.items() if not torch.isfinite(v).all()]
         named = ", ".join(p for p in parts if p != "loss") or "loss"
         first = int(self._first_bad.item())
-        hint = "lower --lr, use --amp_dtype bf16, or check the data" if self.precision.use_scaler else "lower --lr, or check the data"
-        raise UserError(f"non-finite loss ({named}) at step {first} of {self.exp.name}: run stopped at step {self.step}; "
-                        f"{self._kept()} ({hint})")
+        hint = (
+            "lower --lr, use --amp_dtype bf16, or check the data"
+            if self.precision.use_scaler
+            else "lower --lr, or check the data"
+        )
+        raise UserError(
+            f"non-finite loss ({named}) at step {first} of {self.exp.name}: run stopped at step {self.step}; "
+            f"{self._kept()} ({hint})"
+        )
 
     # -- checkpoints and resume ---------------------------------------------------------------------
     def save(self, step: int) -> None:
@@ -503,8 +573,10 @@ class Trainer:
         if not self.world.is_main:
             return
         save_model_checkpoint(self.student, self.exp.checkpoint_path(step))
-        method_state = {stem: {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-                        for stem, state in self.method.checkpoint_state().items()}
+        method_state = {
+            stem: {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+            for stem, state in self.method.checkpoint_state().items()
+        }
         for stem, state in method_state.items():
             atomic_torch_save(state, self.exp.path / f"{stem}-{step}.pt")
         if self._eval_files_due:
@@ -524,20 +596,37 @@ class Trainer:
         if not self.world.is_main:
             return
         best = self.history.best_checkpoint() if self.history is not None else None
-        prune_checkpoints(self.exp, self.s.save_total_limit, self.step, None if best is None else best["step"],
-                          self.method.checkpoint_state())
+        prune_checkpoints(
+            self.exp,
+            self.s.save_total_limit,
+            self.step,
+            None if best is None else best["step"],
+            self.method.checkpoint_state(),
+        )
 
     def resume_state(self, method_state: dict) -> dict:
-        return {"step": self.step, "stream_position": self.stream.position,
-                **({"config_sha256": self.config_sha256} if self.config_sha256 is not None else {}),
-                "optimizers": {p.name: p.optimizer.state_dict() for p in self.parts},
-                "schedulers": {p.name: p.scheduler.state_dict() for p in self.parts},
-                "scaler": self.scaler.state_dict(), "rng": rng_state(self.rng_devices), "method": method_state,
-                "window": {"sums": {k: v.detach().cpu() for k, v in self.sums.items()},
-                           "grad_norm_sum": self.grad_norm_sum.detach().cpu(), "steps": self.window_steps,
-                           "examples": self.window_examples, "skipped": self.window_skipped},
-                **({"evaluation": {"history": self.history.state_dict(), "evaluator": self.evaluator.state_dict()}}
-                   if self.history is not None else {})}
+        return {
+            "step": self.step,
+            "stream_position": self.stream.position,
+            **({"config_sha256": self.config_sha256} if self.config_sha256 is not None else {}),
+            "optimizers": {p.name: p.optimizer.state_dict() for p in self.parts},
+            "schedulers": {p.name: p.scheduler.state_dict() for p in self.parts},
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(self.rng_devices),
+            "method": method_state,
+            "window": {
+                "sums": {k: v.detach().cpu() for k, v in self.sums.items()},
+                "grad_norm_sum": self.grad_norm_sum.detach().cpu(),
+                "steps": self.window_steps,
+                "examples": self.window_examples,
+                "skipped": self.window_skipped,
+            },
+            **(
+                {"evaluation": {"history": self.history.state_dict(), "evaluator": self.evaluator.state_dict()}}
+                if self.history is not None
+                else {}
+            ),
+        }
 
     def restore(self, step: int) -> None:
         """Continue the run saved at checkpoint ``step``: weights, optimisers, schedulers, scaler, RNG states,
@@ -564,12 +653,13 @@ class Trainer:
         for note in set_rng_state(state["rng"], self.rng_devices):
             say(f"note: {self.exp.name}: resuming at step {step}: {note}")
 
-
     def _restore_evaluation(self, state: dict | None) -> None:
         """The evaluations up to the resumed checkpoint; the files lose what a killed run evaluated after it."""
         if state is None or not self.history.load_state_dict(state["history"]):
-            say(f"note: {self.exp.name}: resuming at step {self.step}: no earlier evaluation on "
-                f"{self.evaluator.settings.split} in the resume state; evaluating from here on")
+            say(
+                f"note: {self.exp.name}: resuming at step {self.step}: no earlier evaluation on "
+                f"{self.evaluator.settings.split} in the resume state; evaluating from here on"
+            )
             return
         steps = [r["step"] for r in self.history.rows if r["checkpoint"]]
         self.evaluator.load_state_dict(state["evaluator"], steps)

@@ -14,5 +14,21 @@ from .pkd import PKD
 from .registry import METHODS, get_method
 from .tinybert import TinyBERT
 
-__all__ = ["Method", "MethodSettings", "StudentShape", "HardLabel", "OfflineLogitsKD", "logits_kd_loss", "LayerwiseKD", "LAD", "LADNO", "PartialLAD",
-           "ALPKD", "PKD", "TinyBERT", "MiniLM", "METHODS", "get_method"]
+__all__ = [
+    "Method",
+    "MethodSettings",
+    "StudentShape",
+    "HardLabel",
+    "OfflineLogitsKD",
+    "logits_kd_loss",
+    "LayerwiseKD",
+    "LAD",
+    "LADNO",
+    "PartialLAD",
+    "ALPKD",
+    "PKD",
+    "TinyBERT",
+    "MiniLM",
+    "METHODS",
+    "get_method",
+]

@@ -51,8 +51,7 @@ def fp32(x: torch.Tensor):
 @dataclass(frozen=True)
 class AlpFlags:
     key: ClassVar[str] = "alp"
-    alp_exp: str = flag("alp-kd-hidden", "ALP-KD variant",
-                        choices=("alp-kd", "alp-kd-hidden", "alp-kd-hidden-v2"))
+    alp_exp: str = flag("alp-kd-hidden", "ALP-KD variant", choices=("alp-kd", "alp-kd-hidden", "alp-kd-hidden-v2"))
 
 
 class ALPKD(LayerwiseKD):
@@ -66,18 +65,32 @@ class ALPKD(LayerwiseKD):
 
     name = "alp"
     flag_groups = (AlpFlags,)
-    map_caption = "Mean ALP-KD attention of each student layer over the teacher layers (non-padding tokens of the dev sample)."
+    map_caption = (
+        "Mean ALP-KD attention of each student layer over the teacher layers (non-padding tokens of the dev sample)."
+    )
 
     @classmethod
     def own_arguments(cls, settings) -> dict:
         return {"mode": settings["alp"].alp_exp}
 
-    def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *, mode: str,
-                 padding: str = "max_length", **common):
+    def __init__(
+        self,
+        num_student_layers,
+        num_teacher_layers,
+        hard_weight,
+        soft_weight,
+        temperature,
+        mu,
+        *,
+        mode: str,
+        padding: str = "max_length",
+        **common,
+    ):
         if mode not in ALP_MODES:
             raise UserError(f"--alp_exp {mode!r}: choose one of {', '.join(ALP_MODES)}")
-        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding,
-                         **common)
+        super().__init__(
+            num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding, **common
+        )
         self.mode = mode
 
     def visible(self, j: int) -> int | None:

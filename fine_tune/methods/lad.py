@@ -53,8 +53,11 @@ class GateFlags:
     gate_max_norm: float = flag(1.0, "gradient clipping norm, per gate")
     gate_total_step: int = flag(None, "gate schedule length (default: --total_step)")
     gate_warmup_step: int = flag(None, "gate linear warmup steps (default: --warmup_step)")
-    gate_device_id: int = flag(None, "gates' CUDA device index; -1 = CPU (default: the student's device); under "
-                                     "torchrun relative to each rank: k means cuda:(LOCAL_RANK + k * processes per node)")
+    gate_device_id: int = flag(
+        None,
+        "gates' CUDA device index; -1 = CPU (default: the student's device); under "
+        "torchrun relative to each rank: k means cuda:(LOCAL_RANK + k * processes per node)",
+    )
 
     def __post_init__(self) -> None:
         _check_adamw(self, "gate_")  # the student's checks (OptimiserFlags), of the gate_ flags
@@ -65,12 +68,22 @@ class GateFlags:
         total = self.gate_total_step or student.total_step
         warmup = student.warmup_step if self.gate_warmup_step is None else self.gate_warmup_step
         if warmup > total:
-            raise UserError(f"--gate_warmup_step {warmup} exceeds the gates' schedule of {total} steps "
-                            f"(--gate_total_step, default --total_step)")
+            raise UserError(
+                f"--gate_warmup_step {warmup} exceeds the gates' schedule of {total} steps "
+                f"(--gate_total_step, default --total_step)"
+            )
         return OptimiserSettings(
-            lr=self.gate_lr, beta1=self.gate_beta1, beta2=self.gate_beta2, eps=self.gate_eps,
-            weight_decay=self.gate_weight_decay, max_norm=self.gate_max_norm, total_step=total, warmup_step=warmup,
-            no_decay=GATE_NO_DECAY if no_decay is None else tuple(no_decay), clip_per_module=True)
+            lr=self.gate_lr,
+            beta1=self.gate_beta1,
+            beta2=self.gate_beta2,
+            eps=self.gate_eps,
+            weight_decay=self.gate_weight_decay,
+            max_norm=self.gate_max_norm,
+            total_step=total,
+            warmup_step=warmup,
+            no_decay=GATE_NO_DECAY if no_decay is None else tuple(no_decay),
+            clip_per_module=True,
+        )
 
 
 class GatedKD(LayerwiseKD):
@@ -82,11 +95,25 @@ class GatedKD(LayerwiseKD):
 
     flag_groups = (GateFlags,)
 
-    def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
-                 d_model: int, seq_len: int, num_gates: int, gate_optimiser: OptimiserSettings,
-                 padding: str = "max_length", **common):
-        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding,
-                         **common)
+    def __init__(
+        self,
+        num_student_layers,
+        num_teacher_layers,
+        hard_weight,
+        soft_weight,
+        temperature,
+        mu,
+        *,
+        d_model: int,
+        seq_len: int,
+        num_gates: int,
+        gate_optimiser: OptimiserSettings,
+        padding: str = "max_length",
+        **common,
+    ):
+        super().__init__(
+            num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding, **common
+        )
         self.d_model, self.seq_len, self.num_gates = d_model, seq_len, num_gates
         self.gates: torch.nn.ModuleList | None = None
         self.gate_device: torch.device | None = None
@@ -94,8 +121,11 @@ class GatedKD(LayerwiseKD):
 
     @classmethod
     def own_arguments(cls, settings) -> dict:
-        return {"d_model": settings.teacher.hidden_size, "seq_len": settings.max_seq_len,
-                "gate_optimiser": settings["gate"].settings(settings.optimiser, settings.legacy.get("gate_no_decay"))}
+        return {
+            "d_model": settings.teacher.hidden_size,
+            "seq_len": settings.max_seq_len,
+            "gate_optimiser": settings["gate"].settings(settings.optimiser, settings.legacy.get("gate_no_decay")),
+        }
 
     def record(self) -> dict:
         return {"gate_no_decay": list(self.gate_optimiser.no_decay)}
@@ -112,8 +142,10 @@ class GatedKD(LayerwiseKD):
     def extra_parameters(self) -> list[ExtraParameters]:
         if not self.mu:  # no hidden loss: the gates would never receive a gradient
             return []
-        return [ExtraParameters(name="gate", modules=list(self.gates), optimiser=self.gate_optimiser),
-                *super().extra_parameters()]
+        return [
+            ExtraParameters(name="gate", modules=list(self.gates), optimiser=self.gate_optimiser),
+            *super().extra_parameters(),
+        ]
 
     def checkpoint_state(self) -> dict[str, dict]:
         """``gate-{i}`` (0-based, as the original) -> state_dict; the engine writes ``gate-{i}-{step}.pt``."""
@@ -152,7 +184,9 @@ class GatedKD(LayerwiseKD):
             if g is None:
                 continue
             g = g.detach().float()
-            stats[f"gate_mean_{name}"] = masked_mean(g, teacher.attention_mask.to(g.device)) if self.masked else g.mean()
+            stats[f"gate_mean_{name}"] = (
+                masked_mean(g, teacher.attention_mask.to(g.device)) if self.masked else g.mean()
+            )
         return stats
 
 
@@ -161,12 +195,22 @@ class LAD(GatedKD):
     student layer j learns ``A_{j * skip}`` (6 of 12 layers: A_2, A_4, ..., A_12; 4 of 12: A_3, A_6, A_9, A_12)."""
 
     name = "lad"
-    map_caption = ("Weight of teacher layer i in student layer j's target A_k ~ g_i * prod_{m=i+1..k}(1 - g_m), g = mean "
-                   "gate value over non-padding tokens and dimensions of the dev sample; ignores the gates' LayerNorm.")
+    map_caption = (
+        "Weight of teacher layer i in student layer j's target A_k ~ g_i * prod_{m=i+1..k}(1 - g_m), g = mean "
+        "gate value over non-padding tokens and dimensions of the dev sample; ignores the gates' LayerNorm."
+    )
 
     def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, **kw):
-        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu,
-                         num_gates=num_teacher_layers, **kw)
+        super().__init__(
+            num_student_layers,
+            num_teacher_layers,
+            hard_weight,
+            soft_weight,
+            temperature,
+            mu,
+            num_gates=num_teacher_layers,
+            **kw,
+        )
         self.targets = lad_targets(num_teacher_layers, num_student_layers)
 
     def hidden_pairs(self, student, teacher):
@@ -192,15 +236,27 @@ class LADNO(GatedKD):
 
     name = "lad_no"
     needs_layer_multiple = True
-    map_caption = ("Student layer j's target gate_j(T_lo, T_hi): weight g (mean gate value over non-padding tokens and "
-                   "dimensions of the dev sample) on the upper layer, 1 - g on the lower; ignores the gate's LayerNorm.")
+    map_caption = (
+        "Student layer j's target gate_j(T_lo, T_hi): weight g (mean gate value over non-padding tokens and "
+        "dimensions of the dev sample) on the upper layer, 1 - g on the lower; ignores the gate's LayerNorm."
+    )
 
     def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, **kw):
         if num_teacher_layers < 2 * num_student_layers:
-            raise UserError(f"LAD-NO pairs teacher layers: a {num_student_layers}-layer student needs a teacher with "
-                            f"at least {2 * num_student_layers} layers (the teacher has {num_teacher_layers})")
-        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu,
-                         num_gates=num_student_layers, **kw)
+            raise UserError(
+                f"LAD-NO pairs teacher layers: a {num_student_layers}-layer student needs a teacher with "
+                f"at least {2 * num_student_layers} layers (the teacher has {num_teacher_layers})"
+            )
+        super().__init__(
+            num_student_layers,
+            num_teacher_layers,
+            hard_weight,
+            soft_weight,
+            temperature,
+            mu,
+            num_gates=num_student_layers,
+            **kw,
+        )
         self.pairs = [(j * self.skip - 1, j * self.skip) for j in range(1, num_student_layers + 1)]
 
     def hidden_pairs(self, student, teacher):
@@ -236,7 +292,9 @@ def parse_indices(text: str | None, flag: str) -> list[int] | None:
         raise UserError(f"{flag} {text!r}: expected comma-separated integers, e.g. 2,4,6,8,10") from None
 
 
-def partial_lad_mapping(gate_indices: list[int], num_student_layers: int, num_teacher_layers: int) -> list[tuple[str, int]]:
+def partial_lad_mapping(
+    gate_indices: list[int], num_student_layers: int, num_teacher_layers: int
+) -> list[tuple[str, int]]:
     """Partial LAD: student layers 1..|G| learn A_g for g in G; the remaining student layers learn the raw teacher
     layers max(G) + skip, max(G) + 2 skip, ... Returns ('agg', g) or ('raw', t) per student layer."""
     skip = num_teacher_layers // num_student_layers
@@ -244,17 +302,21 @@ def partial_lad_mapping(gate_indices: list[int], num_student_layers: int, num_te
         raise UserError("--gate_indices: give at least one gate index, e.g. 2,4,6,8,10")
     bad = [g for g in gate_indices if not 1 <= g <= num_teacher_layers]
     if bad:
-        raise UserError(f"--gate_indices {','.join(map(str, gate_indices))}: {bad[0]} is out of range; the teacher has "
-                        f"{num_teacher_layers} layers (indices 1..{num_teacher_layers})")
+        raise UserError(
+            f"--gate_indices {','.join(map(str, gate_indices))}: {bad[0]} is out of range; the teacher has "
+            f"{num_teacher_layers} layers (indices 1..{num_teacher_layers})"
+        )
     if len(set(gate_indices)) != len(gate_indices) or sorted(gate_indices) != list(gate_indices):
         raise UserError(f"--gate_indices {','.join(map(str, gate_indices))}: indices must be increasing and distinct")
     if len(gate_indices) > num_student_layers:
         raise UserError(f"--gate_indices: {len(gate_indices)} indices for a {num_student_layers}-layer student")
     raw = [max(gate_indices) + skip * r for r in range(1, num_student_layers - len(gate_indices) + 1)]
     if raw and raw[-1] > num_teacher_layers:
-        raise UserError(f"--gate_indices {','.join(map(str, gate_indices))}: the remaining "
-                        f"{num_student_layers - len(gate_indices)} student layer(s) would learn teacher layers {raw}, "
-                        f"beyond the teacher's {num_teacher_layers}")
+        raise UserError(
+            f"--gate_indices {','.join(map(str, gate_indices))}: the remaining "
+            f"{num_student_layers - len(gate_indices)} student layer(s) would learn teacher layers {raw}, "
+            f"beyond the teacher's {num_teacher_layers}"
+        )
     return [("agg", g) for g in gate_indices] + [("raw", t) for t in raw]
 
 
@@ -262,10 +324,14 @@ def partial_lad_mapping(gate_indices: list[int], num_student_layers: int, num_te
 class ProbingFlags:
     key: ClassVar[str] = "probing"
     probing_exp: str = flag(None, "probing experiment", required=True, choices=("partial_lad",))
-    gate_indices: str = flag("2,4,6,8,10", "partial LAD: comma-separated gate (teacher layer) indices, 1-based, "
-                                           "whose aggregation student layers 1..|G| learn")
-    student_indices: str = flag(None, "student layers that learn (partial LAD uses every student layer; "
-                                      "accepted for the seed commands)")
+    gate_indices: str = flag(
+        "2,4,6,8,10",
+        "partial LAD: comma-separated gate (teacher layer) indices, 1-based, "
+        "whose aggregation student layers 1..|G| learn",
+    )
+    student_indices: str = flag(
+        None, "student layers that learn (partial LAD uses every student layer; accepted for the seed commands)"
+    )
 
 
 class PartialLAD(GatedKD):
@@ -278,18 +344,40 @@ class PartialLAD(GatedKD):
     flag_groups = (GateFlags, ProbingFlags)
     map_caption = LAD.map_caption + " Rows beyond the gate indices learn one raw teacher layer."
 
-    def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
-                 gate_indices: list[int], init_uncovered: bool = False, **kw):
+    def __init__(
+        self,
+        num_student_layers,
+        num_teacher_layers,
+        hard_weight,
+        soft_weight,
+        temperature,
+        mu,
+        *,
+        gate_indices: list[int],
+        init_uncovered: bool = False,
+        **kw,
+    ):
         self.mapping = partial_lad_mapping(gate_indices, num_student_layers, num_teacher_layers)
-        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu,
-                         num_gates=max(gate_indices), **kw)
+        super().__init__(
+            num_student_layers,
+            num_teacher_layers,
+            hard_weight,
+            soft_weight,
+            temperature,
+            mu,
+            num_gates=max(gate_indices),
+            **kw,
+        )
         self.gate_indices = list(gate_indices)
         self.init_uncovered = init_uncovered
 
     @classmethod
     def own_arguments(cls, settings) -> dict:
-        return {**super().own_arguments(settings), "init_uncovered": settings["layerwise"].init_uncovered,
-                "gate_indices": parse_indices(settings["probing"].gate_indices, "--gate_indices")}
+        return {
+            **super().own_arguments(settings),
+            "init_uncovered": settings["layerwise"].init_uncovered,
+            "gate_indices": parse_indices(settings["probing"].gate_indices, "--gate_indices"),
+        }
 
     def default_init_pairs(self) -> list[tuple[int, int]]:
         """Student layer j <- G[j] for j <= |G|; the uncovered layers stay random (the original's quirk) unless

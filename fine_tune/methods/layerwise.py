@@ -59,11 +59,13 @@ def uniform_layers(num_student_layers: int, num_teacher_layers: int, count: int 
     return [-(-j * lt // ls) for j in range(1, (ls if count is None else count) + 1)]
 
 
-def hidden_mse_loss(pairs: list[HiddenPair], mu: float,
-                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+def hidden_mse_loss(
+    pairs: list[HiddenPair], mu: float, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     r"""``mu * (1/|J|) * sum_j MSE(student_j, target_j)`` in fp32; also each layer's term
     ``mu * MSE_j / |J|`` (the terms sum to the total). With ``mask`` [B, S] (``--padding dynamic``) each
     token-wise MSE ([B, S, D] pairs) is the masked mean over the real tokens and every dimension."""
+
     def mse(p: HiddenPair) -> torch.Tensor:
         if mask is None or p.student.dim() < 3:
             return F.mse_loss(p.student.float(), p.target.float())
@@ -108,8 +110,9 @@ class WidthProjecting:
     def extra_parameters(self) -> list[ExtraParameters]:
         if self.projection is None:
             return []
-        return [ExtraParameters(name=self.projection_name, modules=[self.projection],
-                                optimiser=self.projection_optimiser)]
+        return [
+            ExtraParameters(name=self.projection_name, modules=[self.projection], optimiser=self.projection_optimiser)
+        ]
 
     def checkpoint_state(self) -> dict[str, dict]:
         """``projection`` -> its state_dict (``projection-{step}.pt``) when the method has one."""
@@ -146,10 +149,20 @@ class LayerwiseKD(WidthProjecting, Method):
         if not (d.hard_weight or d.soft_weight or mu):
             raise UserError("--hard_weight, --soft_weight and --mu are all 0: the student would learn nothing")
         check_temperature(settings.regression, d.softmax_temp)
-        return cls(settings.student.num_layers, settings.teacher.num_layers, d.hard_weight, d.soft_weight,
-                   d.softmax_temp, mu, padding=settings.padding, student_width=settings.student.hidden_size,
-                   teacher_width=settings.teacher.hidden_size, projection_optimiser=settings.optimiser,
-                   regression=settings.regression, **cls.own_arguments(settings))
+        return cls(
+            settings.student.num_layers,
+            settings.teacher.num_layers,
+            d.hard_weight,
+            d.soft_weight,
+            d.softmax_temp,
+            mu,
+            padding=settings.padding,
+            student_width=settings.student.hidden_size,
+            teacher_width=settings.teacher.hidden_size,
+            projection_optimiser=settings.optimiser,
+            regression=settings.regression,
+            **cls.own_arguments(settings),
+        )
 
     @classmethod
     def own_arguments(cls, settings: MethodSettings) -> dict:
@@ -170,10 +183,21 @@ class LayerwiseKD(WidthProjecting, Method):
         student's layers do not divide the teacher's)."""
         return list(enumerate(uniform_layers(self.ls, self.lt), 1))
 
-    def __init__(self, num_student_layers: int, num_teacher_layers: int, hard_weight: float, soft_weight: float,
-                 temperature: float, mu: float, padding: str = "max_length", *, student_width: int | None = None,
-                 teacher_width: int | None = None, projection_optimiser: OptimiserSettings | None = None,
-                 regression: bool = False):
+    def __init__(
+        self,
+        num_student_layers: int,
+        num_teacher_layers: int,
+        hard_weight: float,
+        soft_weight: float,
+        temperature: float,
+        mu: float,
+        padding: str = "max_length",
+        *,
+        student_width: int | None = None,
+        teacher_width: int | None = None,
+        projection_optimiser: OptimiserSettings | None = None,
+        regression: bool = False,
+    ):
         """``student_width``/``teacher_width``: the hidden widths; where they differ (and a hidden loss runs) the
         student's hidden states reach the teacher's width through a learned :class:`WidthProjection`, trained with
         ``projection_optimiser`` (the student's settings). ``regression``: the task's (one output, a score)."""
@@ -189,8 +213,12 @@ class LayerwiseKD(WidthProjecting, Method):
 
     @property
     def needs_projection(self) -> bool:
-        return (self.projects and bool(self.mu) and self.student_width is not None
-                and self.student_width != self.teacher_width)
+        return (
+            self.projects
+            and bool(self.mu)
+            and self.student_width is not None
+            and self.student_width != self.teacher_width
+        )
 
     def in_teacher_space(self, student: ModelOutputs) -> ModelOutputs:
         """The student's outputs with its hidden states (and embeddings) projected to the teacher's width; as they
@@ -199,8 +227,11 @@ class LayerwiseKD(WidthProjecting, Method):
             return student
         p = self.projection
         emb = student.embeddings
-        return replace(student, hidden_states=tuple(p(j, h) for j, h in enumerate(student.hidden_states, 1)),
-                       embeddings=p(0, emb) if emb is not None and p.shared else emb)
+        return replace(
+            student,
+            hidden_states=tuple(p(j, h) for j, h in enumerate(student.hidden_states, 1)),
+            embeddings=p(0, emb) if emb is not None and p.shared else emb,
+        )
 
     @property
     def masked(self) -> bool:
@@ -237,19 +268,29 @@ class LayerwiseKD(WidthProjecting, Method):
     def skip(self) -> int:
         return self.lt // self.ls
 
-    def hidden_pairs(self, student: ModelOutputs, teacher: ModelOutputs) -> tuple[list[HiddenPair], dict[str, torch.Tensor]]:
+    def hidden_pairs(
+        self, student: ModelOutputs, teacher: ModelOutputs
+    ) -> tuple[list[HiddenPair], dict[str, torch.Tensor]]:
         """The matched (student, target) pairs of this batch, and statistics to log (e.g. mean gate values)."""
         raise NotImplementedError
 
-    def hidden_loss(self, pairs: list[HiddenPair],
-                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    def hidden_loss(
+        self, pairs: list[HiddenPair], mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """The hidden loss and its per-layer terms (default :func:`hidden_mse_loss`); ``mask``: see
         :meth:`loss_mask`."""
         return hidden_mse_loss(pairs, self.mu, mask)
 
     def losses(self, batch, student: ModelOutputs, teacher: ModelOutputs | None):
-        parts = logits_kd_loss(student.logits, None if teacher is None else teacher.logits, batch.get("labels"),
-                               self.hard_weight, self.soft_weight, self.temperature, self.regression)
+        parts = logits_kd_loss(
+            student.logits,
+            None if teacher is None else teacher.logits,
+            batch.get("labels"),
+            self.hard_weight,
+            self.soft_weight,
+            self.temperature,
+            self.regression,
+        )
         loss = parts["logits_loss"]
         if self.mu:
             student = self.in_teacher_space(student)

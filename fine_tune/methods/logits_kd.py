@@ -14,9 +14,15 @@ from ..errors import UserError
 from .base import Method, MethodSettings
 
 
-def logits_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor | None,
-                   hard_weight: float, soft_weight: float, temperature: float,
-                   regression: bool = False) -> dict[str, torch.Tensor]:
+def logits_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    hard_weight: float,
+    soft_weight: float,
+    temperature: float,
+    regression: bool = False,
+) -> dict[str, torch.Tensor]:
     r"""Weighted logits loss (batch mean)::
 
         L = hard_weight * CE(s, y) + soft_weight * T^2 * KL(softmax(t / T) || softmax(s / T))
@@ -60,8 +66,10 @@ def check_temperature(regression: bool, temperature: float, soft_loss: str = "th
     """Regression (one output) has no softmax, so no temperature: one other than the default is refused;
     ``soft_loss`` says what the method's soft loss is instead."""
     if regression and temperature != 1.0:
-        raise UserError(f"--softmax_temp {temperature:g}: a regression task (one output) has no softmax to soften; "
-                        f"the soft loss is {soft_loss} (leave --softmax_temp at 1)")
+        raise UserError(
+            f"--softmax_temp {temperature:g}: a regression task (one output) has no softmax to soften; "
+            f"the soft loss is {soft_loss} (leave --softmax_temp at 1)"
+        )
 
 
 class HardLabel(Method):
@@ -92,8 +100,9 @@ class OfflineLogitsKD(Method):
     name = "offline_logits_kd"
     needs_labels = False  # a logits data set of an unlabelled split trains on the soft loss alone
 
-    def __init__(self, hard_weight: float = 1.0, soft_weight: float = 1.0, temperature: float = 1.0,
-                 regression: bool = False):
+    def __init__(
+        self, hard_weight: float = 1.0, soft_weight: float = 1.0, temperature: float = 1.0, regression: bool = False
+    ):
         self.hard_weight, self.soft_weight, self.temperature = hard_weight, soft_weight, temperature
         self.regression = regression
 
@@ -106,7 +115,14 @@ class OfflineLogitsKD(Method):
         return cls(d.hard_weight, d.soft_weight, d.softmax_temp, settings.regression)
 
     def losses(self, batch, student: ModelOutputs, teacher=None):
-        parts = logits_kd_loss(student.logits, batch["teacher_logits"], batch.get("labels"),
-                               self.hard_weight, self.soft_weight, self.temperature, self.regression)
+        parts = logits_kd_loss(
+            student.logits,
+            batch["teacher_logits"],
+            batch.get("labels"),
+            self.hard_weight,
+            self.soft_weight,
+            self.temperature,
+            self.regression,
+        )
         parts["loss"] = parts["logits_loss"]
         return parts

@@ -134,8 +134,10 @@ class _ChunkedRelationKL(torch.autograd.Function):
     def backward(ctx, grad):
         s_left, s_right, t_left, t_right, keys, weights = ctx.saved_tensors
         student, teacher = any(ctx.needs_input_grad[:2]), any(ctx.needs_input_grad[2:4])
-        grads = [torch.zeros_like(x) if need else None for x, need in
-                 zip((s_left, s_right, t_left, t_right), (student, student, teacher, teacher))]
+        grads = [
+            torch.zeros_like(x) if need else None
+            for x, need in zip((s_left, s_right, t_left, t_right), (student, student, teacher, teacher))
+        ]
         with _fp32_off(s_left):
             for r in range(0, len(s_left), ctx.chunk):
                 rows = slice(r, r + ctx.chunk)
@@ -152,8 +154,14 @@ class _ChunkedRelationKL(torch.autograd.Function):
         return (*grads, None, None, None)
 
 
-def _score_grads(left_grad: torch.Tensor, right_grad: torch.Tensor, d_scores: torch.Tensor, left: torch.Tensor,
-                 right: torch.Tensor, rows: slice) -> None:
+def _score_grads(
+    left_grad: torch.Tensor,
+    right_grad: torch.Tensor,
+    d_scores: torch.Tensor,
+    left: torch.Tensor,
+    right: torch.Tensor,
+    rows: slice,
+) -> None:
     """Fill rows ``rows`` of the gradients of ``left`` and ``right`` from ``d_scores``, the gradient of the scores
     ``left right^T / sqrt(d)`` of those rows."""
     d_scores = d_scores.div_(math.sqrt(left.shape[-1]))
@@ -167,9 +175,17 @@ def _head_rows(x: torch.Tensor, num_heads: int, device: torch.device) -> torch.T
     return heads.reshape(-1, *heads.shape[2:])
 
 
-def relation_kl(s_left: torch.Tensor, s_right: torch.Tensor, t_left: torch.Tensor, t_right: torch.Tensor,
-                s_heads: int, t_heads: int, mask: torch.Tensor | None, average: str = "sequence",
-                chunk_rows: int | None = None) -> torch.Tensor:
+def relation_kl(
+    s_left: torch.Tensor,
+    s_right: torch.Tensor,
+    t_left: torch.Tensor,
+    t_right: torch.Tensor,
+    s_heads: int,
+    t_heads: int,
+    mask: torch.Tensor | None,
+    average: str = "sequence",
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
     r"""KL(teacher || student) of the relations ``relation(s_left, s_right, s_heads)`` and ``relation(t_left,
     t_right, t_heads)`` (:func:`relation`), summed over the keys, in fp32, averaged over the heads and the REAL
     query positions of each sequence, then over the sequences (``average="sequence"``, MiniLMv2's public code)::
@@ -197,11 +213,12 @@ def relation_kl(s_left: torch.Tensor, s_right: torch.Tensor, t_left: torch.Tenso
         t_rows = [_head_rows(x, t_heads, device) for x in (t_left,) + ((t_right,) if t_right is not t_left else ())]
         batch, length = s_left.shape[:2]
         if s_heads != t_heads or t_left.shape[:2] != (batch, length):
-            raise UserError(f"relation shapes differ: student {(batch, s_heads, length, length)}, teacher "
-                            f"{(t_left.shape[0], t_heads, t_left.shape[1], t_left.shape[1])} (the same heads and "
-                            f"length are needed)")
-        real = (torch.ones(batch, length, dtype=torch.bool, device=device) if mask is None
-                else mask.to(device).bool())
+            raise UserError(
+                f"relation shapes differ: student {(batch, s_heads, length, length)}, teacher "
+                f"{(t_left.shape[0], t_heads, t_left.shape[1], t_left.shape[1])} (the same heads and "
+                f"length are needed)"
+            )
+        real = torch.ones(batch, length, dtype=torch.bool, device=device) if mask is None else mask.to(device).bool()
         tokens = real.sum(-1).float()  # n_b, [B]
         if average == "token":
             weights = real / (tokens.sum() * s_heads).clamp_min(1.0)
@@ -209,30 +226,48 @@ def relation_kl(s_left: torch.Tensor, s_right: torch.Tensor, t_left: torch.Tenso
             weights = real / (tokens * s_heads).clamp_min(1.0)[:, None] / (tokens > 0).sum().float().clamp_min(1.0)
         keys = _real_keys(real)[:, None, :].repeat_interleave(s_heads, 0)  # [B * H, 1, S]
         chunk = chunk_rows or max(1, RELATION_CHUNK_ELEMENTS // (length * length))
-        return _ChunkedRelationKL.apply(s_rows[0], s_rows[-1], t_rows[0], t_rows[-1], keys,
-                                        weights.repeat_interleave(s_heads, 0), chunk)
+        return _ChunkedRelationKL.apply(
+            s_rows[0], s_rows[-1], t_rows[0], t_rows[-1], keys, weights.repeat_interleave(s_heads, 0), chunk
+        )
 
 
-def minilm_loss(s_q: torch.Tensor, s_k: torch.Tensor, s_v: torch.Tensor,
-                t_q: torch.Tensor, t_k: torch.Tensor, t_v: torch.Tensor,
-                s_heads: int, t_heads: int,
-                mask: torch.Tensor | None, average: str = "sequence") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def minilm_loss(
+    s_q: torch.Tensor,
+    s_k: torch.Tensor,
+    s_v: torch.Tensor,
+    t_q: torch.Tensor,
+    t_k: torch.Tensor,
+    t_v: torch.Tensor,
+    s_heads: int,
+    t_heads: int,
+    mask: torch.Tensor | None,
+    average: str = "sequence",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""MiniLM (v1) loss of the LAST layers: attention-distribution KL (query-key) + value-relation KL
     (value-value), each computed with each model's own head count (d_k = D / heads per model) and reduced by
     :func:`relation_kl` with ``average``. Requires ``s_heads == t_heads`` (MiniLM compares head by head),
     :class:`UserError` otherwise. Returns ``(total, {"attention_kl": ..., "value_kl": ...})``."""
     if s_heads != t_heads:
-        raise UserError(f"MiniLM distils attention head by head: the student has {s_heads} heads, the teacher "
-                        f"{t_heads}; pass --relation_heads R (MiniLMv2's relation heads, R dividing both hidden sizes)")
+        raise UserError(
+            f"MiniLM distils attention head by head: the student has {s_heads} heads, the teacher "
+            f"{t_heads}; pass --relation_heads R (MiniLMv2's relation heads, R dividing both hidden sizes)"
+        )
     attention = relation_kl(s_q, s_k, t_q, t_k, s_heads, t_heads, mask, average)
     value = relation_kl(s_v, s_v, t_v, t_v, s_heads, t_heads, mask, average)
     return attention + value, {"attention_kl": attention, "value_kl": value}
 
 
-def minilmv2_loss(s_q: torch.Tensor, s_k: torch.Tensor, s_v: torch.Tensor,
-                  t_q: torch.Tensor, t_k: torch.Tensor, t_v: torch.Tensor,
-                  relation_heads: int,
-                  mask: torch.Tensor | None, average: str = "sequence") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def minilmv2_loss(
+    s_q: torch.Tensor,
+    s_k: torch.Tensor,
+    s_v: torch.Tensor,
+    t_q: torch.Tensor,
+    t_k: torch.Tensor,
+    t_v: torch.Tensor,
+    relation_heads: int,
+    mask: torch.Tensor | None,
+    average: str = "sequence",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""MiniLMv2 loss: both models' concatenated heads re-split into ``relation_heads`` (A_r) relation heads
     (D_s / A_r and D_t / A_r wide; :class:`UserError` unless A_r divides both widths), the Q-Q, K-K and V-V
     relations (each scaled by 1 / sqrt(D / A_r) of its own model), each KL reduced by :func:`relation_kl` with
@@ -240,8 +275,9 @@ def minilmv2_loss(s_q: torch.Tensor, s_k: torch.Tensor, s_v: torch.Tensor,
     projection). Returns ``(total, {"qq_kl": ..., "kk_kl": ..., "vv_kl": ...})``."""
     s_width, t_width = width_of(s_q), width_of(t_q)
     if relation_heads < 1 or s_width % relation_heads or t_width % relation_heads:
-        raise UserError(f"--relation_heads {relation_heads} must divide both hidden sizes: "
-                        f"student {s_width}, teacher {t_width}")
+        raise UserError(
+            f"--relation_heads {relation_heads} must divide both hidden sizes: student {s_width}, teacher {t_width}"
+        )
     parts = {}
     for name, student, teacher in (("qq_kl", s_q, t_q), ("kk_kl", s_k, t_k), ("vv_kl", s_v, t_v)):
         parts[name] = relation_kl(student, student, teacher, teacher, relation_heads, relation_heads, mask, average)
@@ -251,12 +287,18 @@ def minilmv2_loss(s_q: torch.Tensor, s_k: torch.Tensor, s_v: torch.Tensor,
 @dataclass(frozen=True)
 class MiniLMFlags:
     key: ClassVar[str] = "minilm"
-    relation_heads: int = flag(None, "MiniLMv2: Q-Q, K-K and V-V relations over R relation heads (R dividing both "
-                                     "widths; works for any head counts); default: MiniLM's attention distributions "
-                                     "and value relations, head by head (equal head counts)")
-    minilm_teacher_layer: int = flag(None, "the teacher layer (1-based) the student's last layer learns (default: the "
-                                           "teacher's last, as MiniLM; MiniLMv2 takes an upper-middle one of large "
-                                           "teachers)")
+    relation_heads: int = flag(
+        None,
+        "MiniLMv2: Q-Q, K-K and V-V relations over R relation heads (R dividing both "
+        "widths; works for any head counts); default: MiniLM's attention distributions "
+        "and value relations, head by head (equal head counts)",
+    )
+    minilm_teacher_layer: int = flag(
+        None,
+        "the teacher layer (1-based) the student's last layer learns (default: the "
+        "teacher's last, as MiniLM; MiniLMv2 takes an upper-middle one of large "
+        "teachers)",
+    )
 
     def __post_init__(self) -> None:
         _positive(self, "relation_heads", "minilm_teacher_layer")
@@ -282,40 +324,82 @@ class MiniLM(LayerwiseKD):
     flag_groups = (MiniLMFlags,)
     projects = False
 
-    def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
-                 student_heads: int, teacher_heads: int, relation_heads: int | None = None,
-                 teacher_layer: int | None = None, student_width: int | None = None, teacher_width: int | None = None,
-                 padding: str = "max_length", average: str = "sequence", **common):
-        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding,
-                         student_width=student_width, teacher_width=teacher_width, **common)
+    def __init__(
+        self,
+        num_student_layers,
+        num_teacher_layers,
+        hard_weight,
+        soft_weight,
+        temperature,
+        mu,
+        *,
+        student_heads: int,
+        teacher_heads: int,
+        relation_heads: int | None = None,
+        teacher_layer: int | None = None,
+        student_width: int | None = None,
+        teacher_width: int | None = None,
+        padding: str = "max_length",
+        average: str = "sequence",
+        **common,
+    ):
+        super().__init__(
+            num_student_layers,
+            num_teacher_layers,
+            hard_weight,
+            soft_weight,
+            temperature,
+            mu,
+            padding,
+            student_width=student_width,
+            teacher_width=teacher_width,
+            **common,
+        )
         self.teacher_layer = teacher_layer or num_teacher_layers
         if not 1 <= self.teacher_layer <= num_teacher_layers:
-            raise UserError(f"--minilm_teacher_layer {self.teacher_layer}: the teacher has {num_teacher_layers} "
-                            f"layers (1..{num_teacher_layers})")
+            raise UserError(
+                f"--minilm_teacher_layer {self.teacher_layer}: the teacher has {num_teacher_layers} "
+                f"layers (1..{num_teacher_layers})"
+            )
         self.student_heads, self.teacher_heads, self.relation_heads = student_heads, teacher_heads, relation_heads
         # the relations of one layer of each model: the student's last and the chosen teacher layer (no hidden state)
-        self.records = ({"student": LayerRecord(hidden=frozenset(), attention=frozenset({num_student_layers})),
-                         "teacher": LayerRecord(hidden=frozenset(), attention=frozenset({self.teacher_layer}))}
-                        if mu else dict.fromkeys(("student", "teacher"), PLAIN_RECORD))
+        self.records = (
+            {
+                "student": LayerRecord(hidden=frozenset(), attention=frozenset({num_student_layers})),
+                "teacher": LayerRecord(hidden=frozenset(), attention=frozenset({self.teacher_layer})),
+            }
+            if mu
+            else dict.fromkeys(("student", "teacher"), PLAIN_RECORD)
+        )
         if average not in MINILM_AVERAGES:
             raise ValueError(f"average {average!r}: one of {', '.join(MINILM_AVERAGES)}")
         self.average = average
         if relation_heads is None and student_heads != teacher_heads:
-            raise UserError(f"MiniLM distils attention head by head: the student has {student_heads} heads, the "
-                            f"teacher {teacher_heads}; pass --relation_heads R (MiniLMv2's relation heads, R dividing "
-                            f"both hidden sizes)")
-        if relation_heads is not None and student_width and teacher_width and (
-                student_width % relation_heads or teacher_width % relation_heads):
-            raise UserError(f"--relation_heads {relation_heads} must divide both hidden sizes: student "
-                            f"{student_width}, teacher {teacher_width}")
+            raise UserError(
+                f"MiniLM distils attention head by head: the student has {student_heads} heads, the "
+                f"teacher {teacher_heads}; pass --relation_heads R (MiniLMv2's relation heads, R dividing "
+                f"both hidden sizes)"
+            )
+        if (
+            relation_heads is not None
+            and student_width
+            and teacher_width
+            and (student_width % relation_heads or teacher_width % relation_heads)
+        ):
+            raise UserError(
+                f"--relation_heads {relation_heads} must divide both hidden sizes: student "
+                f"{student_width}, teacher {teacher_width}"
+            )
 
     @classmethod
     def own_arguments(cls, settings) -> dict:
-        return {"student_heads": settings.student.num_heads,
-                "teacher_heads": settings.teacher.num_heads or settings.student.num_heads,
-                "relation_heads": settings["minilm"].relation_heads,
-                "average": settings.legacy.get("minilm_average", "sequence"),
-                "teacher_layer": settings["minilm"].minilm_teacher_layer}
+        return {
+            "student_heads": settings.student.num_heads,
+            "teacher_heads": settings.teacher.num_heads or settings.student.num_heads,
+            "relation_heads": settings["minilm"].relation_heads,
+            "average": settings.legacy.get("minilm_average", "sequence"),
+            "teacher_layer": settings["minilm"].minilm_teacher_layer,
+        }
 
     def record(self) -> dict:
         return {"minilm_average": self.average}
@@ -336,8 +420,15 @@ class MiniLM(LayerwiseKD):
         return True  # relations exclude padding keys and padding query rows in either padding
 
     def losses(self, batch, student, teacher):
-        parts = logits_kd_loss(student.logits, None if teacher is None else teacher.logits, batch.get("labels"),
-                               self.hard_weight, self.soft_weight, self.temperature, self.regression)
+        parts = logits_kd_loss(
+            student.logits,
+            None if teacher is None else teacher.logits,
+            batch.get("labels"),
+            self.hard_weight,
+            self.soft_weight,
+            self.temperature,
+            self.regression,
+        )
         loss = parts["logits_loss"]
         if self.mu:
             mask = student.attention_mask
@@ -345,8 +436,9 @@ class MiniLM(LayerwiseKD):
             dev = sq.device
             tq, tk, tv = (x.to(dev) for x in teacher.attention_inputs[self.teacher_layer - 1])
             if self.relation_heads is None:
-                total, kl = minilm_loss(sq, sk, sv, tq, tk, tv, self.student_heads, self.teacher_heads, mask,
-                                        self.average)
+                total, kl = minilm_loss(
+                    sq, sk, sv, tq, tk, tv, self.student_heads, self.teacher_heads, mask, self.average
+                )
             else:
                 total, kl = minilmv2_loss(sq, sk, sv, tq, tk, tv, self.relation_heads, mask, self.average)
             parts.update({k: self.mu * v for k, v in kl.items()})
@@ -356,6 +448,9 @@ class MiniLM(LayerwiseKD):
         return parts
 
     def describe_mapping(self) -> str:
-        what = ("attention, value relation" if self.relation_heads is None
-                else f"Q-Q, K-K, V-V relations, {self.relation_heads} relation heads")
+        what = (
+            "attention, value relation"
+            if self.relation_heads is None
+            else f"Q-Q, K-K, V-V relations, {self.relation_heads} relation heads"
+        )
         return f"S{self.ls}<-T{self.teacher_layer} ({what})"

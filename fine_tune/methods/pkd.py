@@ -49,12 +49,16 @@ def normalized_cls_loss(student_cls: torch.Tensor, teacher_cls: torch.Tensor, re
 @dataclass(frozen=True)
 class PkdFlags:
     key: ClassVar[str] = "pkd"
-    pkd_loss: str = flag("hidden_mse", "hidden_mse: full-sequence MSE on every student layer (the original's "
-                                       "'our implementation'); normalized_cls: Sun et al. 2019, normalised [CLS] "
-                                       "states of student layers 1..L_s-1, averaged as their released code",
-                         choices=("hidden_mse", "normalized_cls"))
-    pkd_strategy: str = flag("skip", "teacher layers: skip (j * L_t/L_s) or last (PKD-last: the top layers)",
-                             choices=("skip", "last"))
+    pkd_loss: str = flag(
+        "hidden_mse",
+        "hidden_mse: full-sequence MSE on every student layer (the original's "
+        "'our implementation'); normalized_cls: Sun et al. 2019, normalised [CLS] "
+        "states of student layers 1..L_s-1, averaged as their released code",
+        choices=("hidden_mse", "normalized_cls"),
+    )
+    pkd_strategy: str = flag(
+        "skip", "teacher layers: skip (j * L_t/L_s) or last (PKD-last: the top layers)", choices=("skip", "last")
+    )
 
 
 class PKD(LayerwiseKD):
@@ -75,13 +79,26 @@ class PKD(LayerwiseKD):
     name = "pkd"
     flag_groups = (PkdFlags,)
 
-    def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
-                 loss: str = "hidden_mse", strategy: str = "skip", padding: str = "max_length",
-                 cls_reduction: str = "mean", **common):
+    def __init__(
+        self,
+        num_student_layers,
+        num_teacher_layers,
+        hard_weight,
+        soft_weight,
+        temperature,
+        mu,
+        *,
+        loss: str = "hidden_mse",
+        strategy: str = "skip",
+        padding: str = "max_length",
+        cls_reduction: str = "mean",
+        **common,
+    ):
         if loss not in PKD_LOSSES:
             raise UserError(f"--pkd_loss {loss!r}: choose one of {', '.join(PKD_LOSSES)}")
-        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding,
-                         **common)
+        super().__init__(
+            num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding, **common
+        )
         self.loss_kind = loss
         self.cls_reduction = cls_reduction
         count = num_student_layers if loss == "hidden_mse" else num_student_layers - 1
@@ -97,24 +114,28 @@ class PKD(LayerwiseKD):
 
     @classmethod
     def own_arguments(cls, settings) -> dict:
-        return {"loss": settings["pkd"].pkd_loss, "strategy": settings["pkd"].pkd_strategy,
-                "cls_reduction": settings.legacy.get("pkd_cls_reduction", "mean")}
+        return {
+            "loss": settings["pkd"].pkd_loss,
+            "strategy": settings["pkd"].pkd_strategy,
+            "cls_reduction": settings.legacy.get("pkd_cls_reduction", "mean"),
+        }
 
     def record(self) -> dict:
         return {"pkd_cls_reduction": self.cls_reduction} if self.loss_kind == "normalized_cls" else {}
 
     def hidden_pairs(self, student, teacher):
         dev = student.hidden_states[0].device
-        return [HiddenPair(j, student.hidden_states[j - 1], teacher.hidden_states[t - 1].to(dev))
-                for j, t in enumerate(self.teacher_layers, 1)], {}
+        return [
+            HiddenPair(j, student.hidden_states[j - 1], teacher.hidden_states[t - 1].to(dev))
+            for j, t in enumerate(self.teacher_layers, 1)
+        ], {}
 
     def hidden_loss(self, pairs, mask=None):
         if self.loss_kind == "hidden_mse":  # masked under --padding dynamic
             return super().hidden_loss(pairs, mask)
         # [CLS] only: the same with either padding
         scale = self.mu / len(pairs) if self.cls_reduction == "mean" else self.mu
-        per = {p.layer: scale * normalized_cls_loss(p.student[:, 0], p.target[:, 0], self.cls_reduction)
-               for p in pairs}
+        per = {p.layer: scale * normalized_cls_loss(p.student[:, 0], p.target[:, 0], self.cls_reduction) for p in pairs}
         return torch.stack(list(per.values())).sum(), per
 
     def describe_mapping(self) -> str:

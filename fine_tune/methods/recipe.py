@@ -61,9 +61,12 @@ ALWAYS_MASKED = ("attention_probs", "value_relation", "qkv_relation")
 @dataclass(frozen=True)
 class RecipeFlags:
     key: ClassVar[str] = "recipe"
-    recipe: str = flag(None, "distillation recipe file (YAML or JSON): the loss terms, their features, layer pairs "
-                             "and weights (doc/methods.md, 'Recipes'); its terms replace --hard_weight, --soft_weight, "
-                             "--softmax_temp and --mu")
+    recipe: str = flag(
+        None,
+        "distillation recipe file (YAML or JSON): the loss terms, their features, layer pairs "
+        "and weights (doc/methods.md, 'Recipes'); its terms replace --hard_weight, --soft_weight, "
+        "--softmax_temp and --mu",
+    )
 
 
 # on a regression task (one output, a score) the logits losses are mean squared errors, as the layer-wise
@@ -104,8 +107,11 @@ class ResolvedTerm:
     def at(self, step: int) -> ResolvedTerm:
         """This term at optimizer step ``step``: its schedules' values."""
         t = self.term
-        return replace(self, weight=t.weight.value_at(step),
-                       temperature=t.temperature.value_at(step) if t.temperature is not None else 1.0)
+        return replace(
+            self,
+            weight=t.weight.value_at(step),
+            temperature=t.temperature.value_at(step) if t.temperature is not None else 1.0,
+        )
 
 
 class RecipeKD(WidthProjecting, Method):
@@ -118,9 +124,20 @@ class RecipeKD(WidthProjecting, Method):
     # projection: shared starts from a pretrained student's own fit_dense (TinyBERT's W_h, General TinyBERT's)
     projection_weights = "fit_dense"
 
-    def __init__(self, recipe: Recipe, terms: list[ResolvedTerm], *, num_student_layers: int, num_teacher_layers: int,
-                 padding: str, regression: bool, student_width: int, teacher_width: int,
-                 projection_optimiser=None, teacher_weights: dict[str, float] | None = None):
+    def __init__(
+        self,
+        recipe: Recipe,
+        terms: list[ResolvedTerm],
+        *,
+        num_student_layers: int,
+        num_teacher_layers: int,
+        padding: str,
+        regression: bool,
+        student_width: int,
+        teacher_width: int,
+        projection_optimiser=None,
+        teacher_weights: dict[str, float] | None = None,
+    ):
         """``teacher_width``: the width the projected hidden terms' teachers share (the projection's output);
         ``teacher_weights``: several teachers' weights by name, in order (None: one teacher)."""
         self.recipe, self.terms = recipe, terms
@@ -164,23 +181,37 @@ class RecipeKD(WidthProjecting, Method):
         several = len(recipe.teachers) > 1
         shapes: dict[str, TeacherShape] = dict(settings.teachers) if several else {}
         if several and list(shapes) != [t.name for t in recipe.teachers]:
-            raise ValueError(f"{where}: the plan opened teachers {list(shapes)}, the recipe names "
-                             f"{[t.name for t in recipe.teachers]}")
+            raise ValueError(
+                f"{where}: the plan opened teachers {list(shapes)}, the recipe names "
+                f"{[t.name for t in recipe.teachers]}"
+            )
         if not several:
             shapes = {recipe.teachers[0].name if recipe.teachers else DEFAULT_TEACHER: settings.teacher}
-        terms = [cls._resolve(term, s, shapes, settings.regression, f"{where}: {term.key}")
-                 for term in recipe.terms]
+        terms = [cls._resolve(term, s, shapes, settings.regression, f"{where}: {term.key}") for term in recipe.terms]
         primary = next(iter(shapes.values()))
-        widths = {t.teacher_width for t in terms if t.term.feature in HIDDEN_FEATURES and (
-            t.term.projection == "shared" or t.term.projection == "auto" and t.teacher_width != s.hidden_size)}
+        widths = {
+            t.teacher_width
+            for t in terms
+            if t.term.feature in HIDDEN_FEATURES
+            and (t.term.projection == "shared" or t.term.projection == "auto" and t.teacher_width != s.hidden_size)
+        }
         if len(widths) > 1:
-            raise UserError(f"{where}: the projected hidden terms read teachers of widths {sorted(widths)}; one learned "
-                            f"projection maps the student to one width: project to one teacher's width only")
-        method = cls(recipe, terms, num_student_layers=s.num_layers, num_teacher_layers=primary.num_layers,
-                     padding=settings.padding, regression=settings.regression, student_width=s.hidden_size,
-                     teacher_width=widths.pop() if widths else primary.hidden_size,
-                     projection_optimiser=settings.optimiser,
-                     teacher_weights={t.name: t.weight for t in recipe.teachers} if several else None)
+            raise UserError(
+                f"{where}: the projected hidden terms read teachers of widths {sorted(widths)}; one learned "
+                f"projection maps the student to one width: project to one teacher's width only"
+            )
+        method = cls(
+            recipe,
+            terms,
+            num_student_layers=s.num_layers,
+            num_teacher_layers=primary.num_layers,
+            padding=settings.padding,
+            regression=settings.regression,
+            student_width=s.hidden_size,
+            teacher_width=widths.pop() if widths else primary.hidden_size,
+            projection_optimiser=settings.optimiser,
+            teacher_weights={t.name: t.weight for t in recipe.teachers} if several else None,
+        )
         method._check_widths_and_heads(where)
         method.found_projection = settings.student_projection
         if method.shared_projection and settings.student_projection is not None:  # checked before any write
@@ -192,15 +223,16 @@ class RecipeKD(WidthProjecting, Method):
         return MethodWithTerms(settings.base, method)
 
     @staticmethod
-    def _resolve(term: Term, student, teachers: dict[str, TeacherShape], regression: bool,
-                 where: str) -> ResolvedTerm:
+    def _resolve(term: Term, student, teachers: dict[str, TeacherShape], regression: bool, where: str) -> ResolvedTerm:
         if term.feature == "logits" and term.temperature is not None:
             for value in {term.temperature.start, term.temperature.end}:  # a schedule's values lie between
                 check_temperature(regression, value)
         name = term.teacher
         if name is None and len(teachers) > 1 and term.feature not in ("logits", "hard_labels"):
-            raise UserError(f"{where}: with several teachers a {term.feature} term names its teacher "
-                            f"(teacher: {' or '.join(teachers)})")
+            raise UserError(
+                f"{where}: with several teachers a {term.feature} term names its teacher "
+                f"(teacher: {' or '.join(teachers)})"
+            )
         shape = teachers[name] if name is not None else next(iter(teachers.values()))
         ls, lt = student.num_layers, shape.num_layers
         if term.feature == "embeddings":
@@ -212,8 +244,7 @@ class RecipeKD(WidthProjecting, Method):
         loss = REGRESSION_LOSSES.get((term.feature, term.loss), term.loss) if regression else term.loss
         # a named teacher of a set is read from its members; the one teacher (even named) is the run's outputs
         member = name if len(teachers) > 1 else None
-        return ResolvedTerm(term, pairs, loss, member, (student.num_heads, shape.num_heads),
-                            shape.hidden_size).at(0)
+        return ResolvedTerm(term, pairs, loss, member, (student.num_heads, shape.num_heads), shape.hidden_size).at(0)
 
     def _check_widths_and_heads(self, where: str) -> None:
         for t in self.terms:
@@ -221,28 +252,38 @@ class RecipeKD(WidthProjecting, Method):
             who = f"teacher {t.teacher}" if t.teacher else "teacher"
             if term.feature in HIDDEN_FEATURES and self.student_width != t.teacher_width:
                 if term.projection == "none":
-                    raise UserError(f"{where}: {term.key}: projection none, but the student's width "
-                                    f"{self.student_width} differs from the {who}'s {t.teacher_width}")
+                    raise UserError(
+                        f"{where}: {term.key}: projection none, but the student's width "
+                        f"{self.student_width} differs from the {who}'s {t.teacher_width}"
+                    )
                 if term.feature == "embeddings" and term.projection != "shared":
-                    raise UserError(f"{where}: {term.key}: embeddings of another width than the {who}'s need "
-                                    f"projection: shared (one map for every layer and the embeddings)")
+                    raise UserError(
+                        f"{where}: {term.key}: embeddings of another width than the {who}'s need "
+                        f"projection: shared (one map for every layer and the embeddings)"
+                    )
             if term.feature in HEAD_MEAN_FEATURES and t.heads[0] != t.heads[1] and not term.head_mean:
-                raise UserError(f"{where}: {term.key}: the student has {t.heads[0]} attention heads and "
-                                f"the {who} {t.heads[1]}: add head_mean: true to compare head means")
+                raise UserError(
+                    f"{where}: {term.key}: the student has {t.heads[0]} attention heads and "
+                    f"the {who} {t.heads[1]}: add head_mean: true to compare head means"
+                )
 
     def check_training_rows(self, rows: int, micro_batch: int, source: str) -> None:
         if self.drop_last and rows < micro_batch:
-            raise UserError(f"{source}: {rows} rows, fewer than one micro-batch ({micro_batch} rows: --batch_size / "
-                            f"--accum_step); the recipe {self.recipe.path} skips incomplete batches "
-                            f"(training.incomplete_batches: skip), so nothing would train: lower --batch_size")
+            raise UserError(
+                f"{source}: {rows} rows, fewer than one micro-batch ({micro_batch} rows: --batch_size / "
+                f"--accum_step); the recipe {self.recipe.path} skips incomplete batches "
+                f"(training.incomplete_batches: skip), so nothing would train: lower --batch_size"
+            )
 
     def notes(self) -> list[str]:
         found = self.found_projection
         if found is None:
             return []
         if self.pretrained_projection is not None:
-            return [f"the shared projection starts from the pretrained student's {found.prefix}weight/bias in "
-                    f"{found.file} (TinyBERT's fit_dense), not from N(0, 0.02)"]
+            return [
+                f"the shared projection starts from the pretrained student's {found.prefix}weight/bias in "
+                f"{found.file} (TinyBERT's fit_dense), not from N(0, 0.02)"
+            ]
         return [f"{found.file} holds a {found.prefix}weight: unused (only projection: shared starts from it)"]
 
     def check_models(self, teacher_config, student_family: str) -> None:
@@ -265,8 +306,11 @@ class RecipeKD(WidthProjecting, Method):
         return {"recipe": self.recipe.record()}
 
     def describe_mapping(self) -> str:
-        return "; ".join(f"{t.term.name}{f' ({t.teacher})' if t.teacher else ''}: "
-                         + ", ".join(f"S{s}<-T{tt}" for s, tt in t.pairs) for t in self.terms if t.pairs)
+        return "; ".join(
+            f"{t.term.name}{f' ({t.teacher})' if t.teacher else ''}: " + ", ".join(f"S{s}<-T{tt}" for s, tt in t.pairs)
+            for t in self.terms
+            if t.pairs
+        )
 
     def init_pairs(self, init_range, pretrained_student: bool) -> list[tuple[int, int]]:
         """As every layer-wise method: student layer j <- teacher layer ceil(j L_t / L_s), or
@@ -286,8 +330,9 @@ class RecipeKD(WidthProjecting, Method):
     def _projected(self, t: ResolvedTerm) -> bool:
         """Whether a term's student hidden states go through the learned projection: a hidden feature with
         ``projection: shared``, or ``auto`` where its teacher is of another width."""
-        return t.term.feature in HIDDEN_FEATURES and (t.term.projection == "shared" or (
-            t.term.projection == "auto" and t.teacher_width != self.student_width))
+        return t.term.feature in HIDDEN_FEATURES and (
+            t.term.projection == "shared" or (t.term.projection == "auto" and t.teacher_width != self.student_width)
+        )
 
     # -- the loss ------------------------------------------------------------------------------------------------
     def _projector(self, t: ResolvedTerm):
@@ -309,7 +354,9 @@ class RecipeKD(WidthProjecting, Method):
         if self.teacher_weights is None or teacher is None:
             return {None: teacher}
         members = teacher.members
-        combined = weighted_logits([members[n].logits for n in self.teacher_weights], list(self.teacher_weights.values()))
+        combined = weighted_logits(
+            [members[n].logits for n in self.teacher_weights], list(self.teacher_weights.values())
+        )
         return {None: ModelOutputs(logits=combined, attention_mask=teacher.attention_mask), **members}
 
     def losses(self, batch, student: ModelOutputs, teacher: ModelOutputs | None):
@@ -322,10 +369,21 @@ class RecipeKD(WidthProjecting, Method):
         def loss_of(t: ResolvedTerm, weight: float) -> torch.Tensor:
             term = t.term
             return term_loss(
-                term.feature, t.loss, student, sources[t.teacher], pairs=t.pairs, labels=batch.get("labels"),
-                temperature=t.temperature, mask=student.attention_mask if term.feature in ALWAYS_MASKED else mask,
-                num_heads=t.heads, relation_heads=term.relation_heads, head_mean=term.head_mean,
-                project=self._projector(t), weight=weight, reduction=term.reduction)
+                term.feature,
+                t.loss,
+                student,
+                sources[t.teacher],
+                pairs=t.pairs,
+                labels=batch.get("labels"),
+                temperature=t.temperature,
+                mask=student.attention_mask if term.feature in ALWAYS_MASKED else mask,
+                num_heads=t.heads,
+                relation_heads=term.relation_heads,
+                head_mean=term.head_mean,
+                project=self._projector(t),
+                weight=weight,
+                reduction=term.reduction,
+            )
 
         for group, members in groupby(self.current, key=lambda t: t.term.group):
             members = list(members)
@@ -342,8 +400,10 @@ class RecipeKD(WidthProjecting, Method):
                 parts[group] = summed * members[0].weight
                 total = total + parts[group]
         for t in self.current:
-            for what, schedule, value in (("weight", t.term.weight, t.weight),
-                                          ("temperature", t.term.temperature, t.temperature)):
+            for what, schedule, value in (
+                ("weight", t.term.weight, t.weight),
+                ("temperature", t.term.temperature, t.temperature),
+            ):
                 if schedule is not None and schedule.kind != "constant":  # TensorBoard shows the schedule
                     parts[f"{t.term.group or t.term.name}_{what}"] = total.new_tensor(value)
         parts["loss"] = total

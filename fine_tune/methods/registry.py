@@ -17,26 +17,30 @@ from .pkd import PKD
 from .recipe import RecipeKD
 from .tinybert import TinyBERT
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
-    HardLabel,        # run_fine_tune.py
-    OfflineLogitsKD,  # run_fine_tune_distill.py
-    LAD,              # run_lad_distil.py
-    LADNO,            # run_lad_no_distil.py
-    PartialLAD,       # run_probing_lad.py
-    ALPKD,            # run_alp_distil.py
-    PKD,              # run_pkd_distill.py
-    TinyBERT,         # run_tinybert_distil.py
-    MiniLM,           # run_minilm_distil.py
-    RecipeKD,         # run_distil.py --recipe FILE
-)}
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls
+    for cls in (
+        HardLabel,  # run_fine_tune.py
+        OfflineLogitsKD,  # run_fine_tune_distill.py
+        LAD,  # run_lad_distil.py
+        LADNO,  # run_lad_no_distil.py
+        PartialLAD,  # run_probing_lad.py
+        ALPKD,  # run_alp_distil.py
+        PKD,  # run_pkd_distill.py
+        TinyBERT,  # run_tinybert_distil.py
+        MiniLM,  # run_minilm_distil.py
+        RecipeKD,  # run_distil.py --recipe FILE
+    )
+}
 
 
 def get_method(name: str) -> type[Method]:
     try:
         return METHODS[name]
     except KeyError:
-        raise UserError(f"unknown method {name!r}; {did_you_mean(name, METHODS)}methods: {', '.join(METHODS)}") \
-            from None
+        raise UserError(
+            f"unknown method {name!r}; {did_you_mean(name, METHODS)}methods: {', '.join(METHODS)}"
+        ) from None
 
 
 def extendable_methods() -> list[str]:

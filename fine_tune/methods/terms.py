@@ -86,6 +86,7 @@ class _Options:
 
 # ---- the whole model's outputs: logits and gold labels ------------------------------------------------------
 
+
 def _logits_kl(s: ModelOutputs, t: ModelOutputs, o: _Options) -> torch.Tensor:
     """``T^2 * KL(softmax(t/T) || softmax(s/T))``, batch mean (logits_kd_loss's soft part, itself)."""
     return logits_kd_loss(s.logits, t.logits, None, 0.0, 1.0, o.temperature)["soft_loss"]
@@ -121,6 +122,7 @@ def _labels(o: _Options) -> torch.Tensor:
 
 
 # ---- vectors: hidden states, [CLS] vectors, the embedding output ---------------------------------------------
+
 
 def _vector_mse(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """hidden_mse_loss's MSE of one pair (itself, with mu = 1 and one pair: ``MSE * 1.0`` exactly)."""
@@ -176,6 +178,7 @@ def _vector_pairs(feature: str, student: ModelOutputs, teacher: ModelOutputs, pa
 
 # ---- attention: the query / key / value projections of each layer -------------------------------------------
 
+
 def _heads(o: _Options) -> tuple[int, int]:
     if o.num_heads is None:
         raise ValueError("an attention term needs num_heads (student heads, teacher heads)")
@@ -186,8 +189,7 @@ def _scores_mse(s, t, o: _Options) -> torch.Tensor:
     """TinyBERT's attention-score MSE (padding keys 0 on both sides; a mask: real (query, key) pairs only)."""
     (sq, sk, _), (tq, tk, _) = s, t
     hs, ht = _heads(o)
-    return attention_mse_from_projections(sq, sk, tq, tk, hs, ht, o.key_mask, o.mask is not None,
-                                          head_mean=o.head_mean)
+    return attention_mse_from_projections(sq, sk, tq, tk, hs, ht, o.key_mask, o.mask is not None, head_mean=o.head_mean)
 
 
 def _probs(query: torch.Tensor, key: torch.Tensor, heads: int, o: _Options) -> torch.Tensor:
@@ -206,8 +208,11 @@ def _probs_kl(s, t, o: _Options) -> torch.Tensor:
         p_s = _probs(sq, sk, hs, o)[:, 0]
         p_t = _probs(tq.to(sq.device), tk.to(sq.device), ht, o)[:, 0]
         batch, length = p_s.shape[:2]
-        real = (torch.ones(batch, length, dtype=torch.bool, device=p_s.device) if o.mask is None
-                else o.mask.to(p_s.device).bool())
+        real = (
+            torch.ones(batch, length, dtype=torch.bool, device=p_s.device)
+            if o.mask is None
+            else o.mask.to(p_s.device).bool()
+        )
         keys = (real | ~real.any(-1, keepdim=True))[:, None, :]  # (an all-padding row: every key; its rows weigh 0)
         # log of the real keys' probabilities only (log 1 = 0 at a padding key, p = 0 there): no NaN, nor in grad
         log_s, log_t = (torch.where(keys, p, torch.ones_like(p)).log() for p in (p_s, p_t))
@@ -222,8 +227,9 @@ def _probs_mse(s, t, o: _Options) -> torch.Tensor:
     (sq, sk, _), (tq, tk, _) = s, t
     hs, ht = _heads(o)
     with _fp32_off(sq):
-        return attention_mse(_probs(sq, sk, hs, o), _probs(tq.to(sq.device), tk.to(sq.device), ht, o), o.mask,
-                             o.mask is not None)
+        return attention_mse(
+            _probs(sq, sk, hs, o), _probs(tq.to(sq.device), tk.to(sq.device), ht, o), o.mask, o.mask is not None
+        )
 
 
 def _value_kl(s, t, o: _Options) -> torch.Tensor:
@@ -256,19 +262,28 @@ def _attention_pairs(student: ModelOutputs, teacher: ModelOutputs, pairs):
 # how a feature is read: "outputs" (the whole ModelOutputs), "vectors" (hidden states per pair), "attention"
 # (per layer pair, the (query, key, value) projections)
 FEATURE_KINDS: dict[str, str] = {
-    "logits": "outputs", "hard_labels": "outputs",
-    "hidden": "vectors", "cls": "vectors", "embeddings": "vectors",
-    "attention_scores": "attention", "attention_probs": "attention",
-    "value_relation": "attention", "qkv_relation": "attention",
+    "logits": "outputs",
+    "hard_labels": "outputs",
+    "hidden": "vectors",
+    "cls": "vectors",
+    "embeddings": "vectors",
+    "attention_scores": "attention",
+    "attention_probs": "attention",
+    "value_relation": "attention",
+    "qkv_relation": "attention",
 }
 _VECTOR_LOSSES = {"mse": _vector_mse, "cosine": _vector_cosine, "normalized_mse": _vector_normalized_mse}
 _SUMMED_VECTOR_LOSSES = {"mse": _vector_summed_mse}  # reduction "sum": TinyBERT's form where it differs
 TERMS: dict[tuple[str, str], Callable] = {
-    ("logits", "kl"): _logits_kl, ("logits", "mse"): _logits_mse, ("logits", "ce"): _logits_ce,
-    ("hard_labels", "ce"): _hard_ce, ("hard_labels", "mse"): _hard_mse,
+    ("logits", "kl"): _logits_kl,
+    ("logits", "mse"): _logits_mse,
+    ("logits", "ce"): _logits_ce,
+    ("hard_labels", "ce"): _hard_ce,
+    ("hard_labels", "mse"): _hard_mse,
     **{(feature, loss): fn for feature in ("hidden", "cls", "embeddings") for loss, fn in _VECTOR_LOSSES.items()},
     ("attention_scores", "mse"): _scores_mse,
-    ("attention_probs", "kl"): _probs_kl, ("attention_probs", "mse"): _probs_mse,
+    ("attention_probs", "kl"): _probs_kl,
+    ("attention_probs", "mse"): _probs_mse,
     ("value_relation", "kl"): _value_kl,
     ("qkv_relation", "kl"): _qkv_kl,
 }
@@ -299,12 +314,23 @@ def features_needed(feature: str, pairs: tuple[tuple[int, int], ...] = ()) -> se
     return set()
 
 
-def term_loss(feature: str, loss: str, student: ModelOutputs, teacher: ModelOutputs | None, *,
-              pairs: tuple[tuple[int, int], ...] = (), labels: torch.Tensor | None = None,
-              temperature: float = 1.0, mask: torch.Tensor | None = None,
-              num_heads: tuple[int, int] | None = None, relation_heads: int | None = None,
-              head_mean: bool = False, project: Projection | None = None,
-              weight: float = 1.0, reduction: str = "mean") -> torch.Tensor:
+def term_loss(
+    feature: str,
+    loss: str,
+    student: ModelOutputs,
+    teacher: ModelOutputs | None,
+    *,
+    pairs: tuple[tuple[int, int], ...] = (),
+    labels: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    num_heads: tuple[int, int] | None = None,
+    relation_heads: int | None = None,
+    head_mean: bool = False,
+    project: Projection | None = None,
+    weight: float = 1.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
     r"""The scalar loss of ``feature`` under ``loss`` (the module's list), fp32, UNWEIGHTED by default.
 
     ``pairs``: (student layer, teacher layer) of a paired feature (:data:`PAIRED`; 0 = the embedding output);

@@ -69,8 +69,9 @@ def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
         x = full_width(x)
     batch, length, width = x.shape
     if num_heads < 1 or width % num_heads:
-        raise UserError(f"cannot split a hidden size of {width} into {num_heads} heads: "
-                        f"{width} is not a multiple of {num_heads}")
+        raise UserError(
+            f"cannot split a hidden size of {width} into {num_heads} heads: {width} is not a multiple of {num_heads}"
+        )
     return x.reshape(batch, length, num_heads, width // num_heads).permute(0, 2, 1, 3)
 
 
@@ -81,8 +82,7 @@ def _key_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | N
     return mask.to(like.device).bool()[:, None, None, :]
 
 
-def attention_scores(query: torch.Tensor, key: torch.Tensor, num_heads: int,
-                     mask: torch.Tensor | None) -> torch.Tensor:
+def attention_scores(query: torch.Tensor, key: torch.Tensor, num_heads: int, mask: torch.Tensor | None) -> torch.Tensor:
     r"""TinyBERT's attention map A = Q K^T / sqrt(d_head) per head, [B, H, S, S], fp32, *before* softmax
     (unnormalised, as the released code takes BERT's attention scores), with every padding KEY position
     set to 0 (the released code adds BERT's -10000 mask, then replaces values <= -1e2 by 0; here exactly the
@@ -98,8 +98,9 @@ def attention_scores(query: torch.Tensor, key: torch.Tensor, num_heads: int,
         return scores
 
 
-def attention_mse(student_scores: torch.Tensor, teacher_scores: torch.Tensor, mask: torch.Tensor | None,
-                  masked: bool) -> torch.Tensor:
+def attention_mse(
+    student_scores: torch.Tensor, teacher_scores: torch.Tensor, mask: torch.Tensor | None, masked: bool
+) -> torch.Tensor:
     r"""TinyBERT's attention loss (eq. 8) between [B, H, S, S] score maps, head by head, in fp32.
 
     ``masked=False`` (the released code, fixed-length padding): ``nn.MSELoss()``, the plain mean over all
@@ -114,8 +115,10 @@ def attention_mse(student_scores: torch.Tensor, teacher_scores: torch.Tensor, ma
 
     The student and teacher must have the same number of heads (:class:`UserError` otherwise)."""
     if student_scores.shape[1] != teacher_scores.shape[1]:
-        raise UserError(f"TinyBERT's attention loss compares head by head: the student has "
-                        f"{student_scores.shape[1]} attention heads, the teacher {teacher_scores.shape[1]}")
+        raise UserError(
+            f"TinyBERT's attention loss compares head by head: the student has "
+            f"{student_scores.shape[1]} attention heads, the teacher {teacher_scores.shape[1]}"
+        )
     with _fp32_off(student_scores):
         squared = (student_scores.float() - teacher_scores.float().to(student_scores.device)).pow(2)
         if not masked or mask is None:
@@ -126,9 +129,17 @@ def attention_mse(student_scores: torch.Tensor, teacher_scores: torch.Tensor, ma
         return (squared * pairs).sum() / count.clamp_min(1.0)
 
 
-def attention_mse_from_projections(s_query: torch.Tensor, s_key: torch.Tensor, t_query: torch.Tensor,
-                                   t_key: torch.Tensor, s_heads: int, t_heads: int, mask: torch.Tensor | None,
-                                   masked: bool, head_mean: bool = False) -> torch.Tensor:
+def attention_mse_from_projections(
+    s_query: torch.Tensor,
+    s_key: torch.Tensor,
+    t_query: torch.Tensor,
+    t_key: torch.Tensor,
+    s_heads: int,
+    t_heads: int,
+    mask: torch.Tensor | None,
+    masked: bool,
+    head_mean: bool = False,
+) -> torch.Tensor:
     r""":func:`attention_mse` of the :func:`attention_scores` maps, computed from the projections without forming
     any [S, S] map. With ``A = Q K^T / sqrt(d)`` (padding keys zeroed: ``K`` masked; under ``masked`` padding
     queries too)::
@@ -147,8 +158,10 @@ def attention_mse_from_projections(s_query: torch.Tensor, s_key: torch.Tensor, t
     clamped to 0. ``head_mean``: the heads' mean maps, ``(1/h) sum_i Q_i K_i^T / sqrt(d)``, i.e. ``Q K^T / (h
     sqrt(d))`` over the full width. Same value and gradient as ``attention_mse(attention_scores(...), ...)``."""
     if not head_mean and s_heads != t_heads:
-        raise UserError(f"TinyBERT's attention loss compares head by head: the student has {s_heads} attention "
-                        f"heads, the teacher {t_heads}")
+        raise UserError(
+            f"TinyBERT's attention loss compares head by head: the student has {s_heads} attention "
+            f"heads, the teacher {t_heads}"
+        )
     with _fp32_off(s_query):
         dev = s_query.device
         sq, sk = s_query.float(), s_key.float()
@@ -172,8 +185,8 @@ def attention_mse_from_projections(s_query: torch.Tensor, s_key: torch.Tensor, t
         def gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [B, H, d_a, d_b], float64
             return torch.matmul(a.transpose(-1, -2), b)
 
-        student = (gram(sq, sq) * gram(sk, sk)).sum() * s_scale ** 2
-        teacher = (gram(tq, tq) * gram(tk, tk)).sum() * t_scale ** 2
+        student = (gram(sq, sq) * gram(sk, sk)).sum() * s_scale**2
+        teacher = (gram(tq, tq) * gram(tk, tk)).sum() * t_scale**2
         cross = (gram(sq, tq) * gram(sk, tk)).sum() * (s_scale * t_scale)
         total = (student + teacher - 2 * cross).clamp_min(0.0)
         heads = sq.shape[1]
@@ -182,8 +195,9 @@ def attention_mse_from_projections(s_query: torch.Tensor, s_key: torch.Tensor, t
         return (total / max(float(sq.shape[0] * heads * s_query.shape[1] ** 2), 1.0)).float()
 
 
-def hidden_mse(student_projected: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None,
-               masked: bool) -> torch.Tensor:
+def hidden_mse(
+    student_projected: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None, masked: bool
+) -> torch.Tensor:
     r"""TinyBERT's hidden-state / embedding loss (eq. 9-10), MSE(H^S W_h, H^T) of [B, S, D_t] tensors (the
     student already projected by W_h / W_e), in fp32. ``masked=False`` (the released code): the plain mean
     over all B*S*D_t elements. ``masked=True`` (dynamic padding): the mean over the real tokens and every
@@ -197,8 +211,9 @@ def hidden_mse(student_projected: torch.Tensor, teacher: torch.Tensor, mask: tor
         return (squared * real[..., None]).sum() / count.clamp_min(1.0)
 
 
-def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
-                       reduction: str = "mean") -> torch.Tensor:
+def soft_cross_entropy(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, reduction: str = "mean"
+) -> torch.Tensor:
     r"""TinyBERT's prediction-layer loss (eq. 11): the soft cross-entropy of the logits [B, C] divided by the
     temperature T, in fp32.
 
@@ -236,56 +251,86 @@ def tinybert_layer_map(num_student_layers: int, num_teacher_layers: int) -> list
     if m < 1 or n < 1:
         raise UserError(f"TinyBERT's layer map needs at least one layer: student {m}, teacher {n}")
     if m > n:
-        raise UserError(f"TinyBERT maps student layer m to teacher layer m*N/M: the student's {m} layers exceed "
-                        f"the teacher's {n}")
+        raise UserError(
+            f"TinyBERT maps student layer m to teacher layer m*N/M: the student's {m} layers exceed the teacher's {n}"
+        )
     return [-(-layer * n // m) for layer in range(1, m + 1)]
 
 
 @dataclass(frozen=True)
 class TinyBertFlags:
     key: ClassVar[str] = "tinybert"
-    tinybert_stage: str = flag("intermediate", "TinyBERT's task-specific distillation stage: intermediate (attention-score "
-                                               "and hidden-state MSE of the mapped layers, embedding MSE; no prediction "
-                                               "loss) or prediction (soft cross-entropy with the teacher's logits, "
-                                               "from the intermediate stage's student: --student_ptrain_ver of its export)",
-                               choices=("intermediate", "prediction"))
-    tinybert_attention: str = flag("per_head", "per_head: attention-score MSE head by head (TinyBERT; equal head "
-                                               "counts); head_mean: MSE of the head-averaged score maps, for a student "
-                                               "whose head count differs from the teacher's (a deviation)",
-                                   choices=("per_head", "head_mean"))
-    tinybert_soft_reduction: str = flag("mean", "prediction stage: mean: the soft cross-entropy averaged over the "
-                                                "batch and the classes (the released code); batchmean: summed over "
-                                                "the classes, averaged over the batch (the paper's eq. 11, "
-                                                "TextBrewer's; C times larger)", choices=("mean", "batchmean"))
-    tinybert_regression_target: str = flag("gold", "prediction stage on a regression task: gold: MSE to the gold "
-                                                   "score, no teacher forward (the released code); teacher: MSE to "
-                                                   "the teacher's score", choices=("gold", "teacher"))
-    tinybert_intermediate_schedule: str = flag("constant", "intermediate stage's learning rate: constant, no warmup "
-                                                           "(the released code's schedule 'none'); linear: "
-                                                           "--warmup_step warmup, then linear decay (the prediction "
-                                                           "stage's, always)", choices=("constant", "linear"))
-    tinybert_incomplete_batches: str = flag("skip", "skip: each epoch trains only full micro-batches (the released "
-                                                    "loop skips a batch smaller than batch_size / accumulation); "
-                                                    "train: its short last micro-batch trains too",
-                                            choices=("skip", "train"))
-    tinybert_fit_dense: str = flag("always", "the intermediate stage's W_h (the released code's fit_dense, one learned "
-                                             "projection shared by every student layer and the embeddings): always "
-                                             "(the released code: also at equal widths, started from the pretrained "
-                                             "student's fit_dense when its weights hold one) or when_widths_differ "
-                                             "(none at the teacher's width, always started from N(0, 0.02): the "
-                                             "toolkit's earlier rule, doc/methods.md \"Fidelity fixes\")",
-                                   choices=("always", "when_widths_differ"))
+    tinybert_stage: str = flag(
+        "intermediate",
+        "TinyBERT's task-specific distillation stage: intermediate (attention-score "
+        "and hidden-state MSE of the mapped layers, embedding MSE; no prediction "
+        "loss) or prediction (soft cross-entropy with the teacher's logits, "
+        "from the intermediate stage's student: --student_ptrain_ver of its export)",
+        choices=("intermediate", "prediction"),
+    )
+    tinybert_attention: str = flag(
+        "per_head",
+        "per_head: attention-score MSE head by head (TinyBERT; equal head "
+        "counts); head_mean: MSE of the head-averaged score maps, for a student "
+        "whose head count differs from the teacher's (a deviation)",
+        choices=("per_head", "head_mean"),
+    )
+    tinybert_soft_reduction: str = flag(
+        "mean",
+        "prediction stage: mean: the soft cross-entropy averaged over the "
+        "batch and the classes (the released code); batchmean: summed over "
+        "the classes, averaged over the batch (the paper's eq. 11, "
+        "TextBrewer's; C times larger)",
+        choices=("mean", "batchmean"),
+    )
+    tinybert_regression_target: str = flag(
+        "gold",
+        "prediction stage on a regression task: gold: MSE to the gold "
+        "score, no teacher forward (the released code); teacher: MSE to "
+        "the teacher's score",
+        choices=("gold", "teacher"),
+    )
+    tinybert_intermediate_schedule: str = flag(
+        "constant",
+        "intermediate stage's learning rate: constant, no warmup "
+        "(the released code's schedule 'none'); linear: "
+        "--warmup_step warmup, then linear decay (the prediction "
+        "stage's, always)",
+        choices=("constant", "linear"),
+    )
+    tinybert_incomplete_batches: str = flag(
+        "skip",
+        "skip: each epoch trains only full micro-batches (the released "
+        "loop skips a batch smaller than batch_size / accumulation); "
+        "train: its short last micro-batch trains too",
+        choices=("skip", "train"),
+    )
+    tinybert_fit_dense: str = flag(
+        "always",
+        "the intermediate stage's W_h (the released code's fit_dense, one learned "
+        "projection shared by every student layer and the embeddings): always "
+        "(the released code: also at equal widths, started from the pretrained "
+        "student's fit_dense when its weights hold one) or when_widths_differ "
+        "(none at the teacher's width, always started from N(0, 0.02): the "
+        "toolkit's earlier rule, doc/methods.md \"Fidelity fixes\")",
+        choices=("always", "when_widths_differ"),
+    )
 
 
 @dataclass(frozen=True)
 class TinyBertDistilFlags(DistilFlags):
     """TinyBERT's prediction stage: the soft cross-entropy alone (its released code's defaults)."""
 
-    soft_weight: float = flag(1.0, "weight of TinyBERT's prediction-layer loss (prediction stage): the soft "
-                                   "cross-entropy -softmax(t/T) . log_softmax(s/T); on a regression task the MSE "
-                                   "to --tinybert_regression_target")
-    hard_weight: float = flag(0.0, "weight of the cross-entropy with the gold labels (regression: the MSE to the "
-                                   "gold score) (prediction stage)")
+    soft_weight: float = flag(
+        1.0,
+        "weight of TinyBERT's prediction-layer loss (prediction stage): the soft "
+        "cross-entropy -softmax(t/T) . log_softmax(s/T); on a regression task the MSE "
+        "to --tinybert_regression_target",
+    )
+    hard_weight: float = flag(
+        0.0,
+        "weight of the cross-entropy with the gold labels (regression: the MSE to the gold score) (prediction stage)",
+    )
 
 
 class TinyBERT(LayerwiseKD):
@@ -325,39 +370,69 @@ class TinyBERT(LayerwiseKD):
     shared_projection = True
     projection_weights = "fit_dense"
 
-    def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, *,
-                 stage: str = "intermediate", student_heads: int | None = None, teacher_heads: int | None = None,
-                 attention: str = "per_head", padding: str = "max_length", soft_reduction: str = "mean",
-                 regression_target: str = "gold", intermediate_schedule: str = "constant",
-                 incomplete_batches: str = "skip", fit_dense: str = "always",
-                 pretrained_projection: PretrainedProjection | None = None, **common):
+    def __init__(
+        self,
+        num_student_layers,
+        num_teacher_layers,
+        hard_weight,
+        soft_weight,
+        temperature,
+        mu,
+        *,
+        stage: str = "intermediate",
+        student_heads: int | None = None,
+        teacher_heads: int | None = None,
+        attention: str = "per_head",
+        padding: str = "max_length",
+        soft_reduction: str = "mean",
+        regression_target: str = "gold",
+        intermediate_schedule: str = "constant",
+        incomplete_batches: str = "skip",
+        fit_dense: str = "always",
+        pretrained_projection: PretrainedProjection | None = None,
+        **common,
+    ):
         if stage not in TINYBERT_STAGES:
             raise UserError(f"--tinybert_stage {stage!r}: choose one of {', '.join(TINYBERT_STAGES)}")
-        super().__init__(num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding,
-                         **common)
+        super().__init__(
+            num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding, **common
+        )
         self.stage = stage
         self.teacher_layers = tinybert_layer_map(num_student_layers, num_teacher_layers)
         # the intermediate stage reads every student layer, and of the teacher the embeddings and the mapped layers;
         # the prediction stage logits only
         mapped = frozenset(self.teacher_layers)
-        self.records = ({"student": LayerRecord(hidden=None, attention=None),
-                         "teacher": LayerRecord(hidden=mapped | {0}, attention=mapped)}
-                        if stage == "intermediate" else dict.fromkeys(("student", "teacher"), PLAIN_RECORD))
+        self.records = (
+            {
+                "student": LayerRecord(hidden=None, attention=None),
+                "teacher": LayerRecord(hidden=mapped | {0}, attention=mapped),
+            }
+            if stage == "intermediate"
+            else dict.fromkeys(("student", "teacher"), PLAIN_RECORD)
+        )
         if attention not in TINYBERT_ATTENTION:
             raise UserError(f"--tinybert_attention {attention!r}: choose one of {', '.join(TINYBERT_ATTENTION)}")
         self.attention = attention
-        if stage == "intermediate" and attention == "per_head" and student_heads is not None \
-                and teacher_heads is not None and student_heads != teacher_heads:
-            raise UserError(f"TinyBERT's attention loss compares head by head: the student has {student_heads} "
-                            f"attention heads (--num_attention_heads), the teacher {teacher_heads} (or pass "
-                            f"--tinybert_attention head_mean)")
+        if (
+            stage == "intermediate"
+            and attention == "per_head"
+            and student_heads is not None
+            and teacher_heads is not None
+            and student_heads != teacher_heads
+        ):
+            raise UserError(
+                f"TinyBERT's attention loss compares head by head: the student has {student_heads} "
+                f"attention heads (--num_attention_heads), the teacher {teacher_heads} (or pass "
+                f"--tinybert_attention head_mean)"
+            )
         self.student_heads, self.teacher_heads = student_heads, teacher_heads
-        for name, value, choices in (("--tinybert_soft_reduction", soft_reduction, SOFT_REDUCTIONS),
-                                     ("--tinybert_regression_target", regression_target, REGRESSION_TARGETS),
-                                     ("--tinybert_intermediate_schedule", intermediate_schedule,
-                                      INTERMEDIATE_SCHEDULES),
-                                     ("--tinybert_incomplete_batches", incomplete_batches, INCOMPLETE_BATCHES),
-                                     ("--tinybert_fit_dense", fit_dense, TINYBERT_FIT_DENSE)):
+        for name, value, choices in (
+            ("--tinybert_soft_reduction", soft_reduction, SOFT_REDUCTIONS),
+            ("--tinybert_regression_target", regression_target, REGRESSION_TARGETS),
+            ("--tinybert_intermediate_schedule", intermediate_schedule, INTERMEDIATE_SCHEDULES),
+            ("--tinybert_incomplete_batches", incomplete_batches, INCOMPLETE_BATCHES),
+            ("--tinybert_fit_dense", fit_dense, TINYBERT_FIT_DENSE),
+        ):
             if value not in choices:
                 raise UserError(f"{name} {value!r}: choose one of {', '.join(choices)}")
         self.soft_reduction, self.regression_target = soft_reduction, regression_target
@@ -372,10 +447,17 @@ class TinyBERT(LayerwiseKD):
         used = self.needs_projection and fit_dense == "always"
         self.pretrained_projection = pretrained_projection if used else None
         if self.pretrained_projection is not None:
-            way_around = ("to compare the hidden states without W_h, as before issue 30"
-                          if self.student_width == self.teacher_width else "to start W_h from N(0, 0.02)")
-            self.pretrained_projection.check(self.student_width, self.teacher_width, "TinyBERT's W_h",
-                                             f"pass --tinybert_fit_dense when_widths_differ {way_around}")
+            way_around = (
+                "to compare the hidden states without W_h, as before issue 30"
+                if self.student_width == self.teacher_width
+                else "to start W_h from N(0, 0.02)"
+            )
+            self.pretrained_projection.check(
+                self.student_width,
+                self.teacher_width,
+                "TinyBERT's W_h",
+                f"pass --tinybert_fit_dense when_widths_differ {way_around}",
+            )
 
     @classmethod
     def build(cls, settings) -> TinyBERT:
@@ -383,35 +465,55 @@ class TinyBERT(LayerwiseKD):
         if stage == "intermediate" and not mu:
             raise UserError("--mu 0: TinyBERT's intermediate stage has no other loss; the student would learn nothing")
         if stage == "prediction" and not (d.hard_weight or d.soft_weight):
-            raise UserError("--hard_weight and --soft_weight are both 0: TinyBERT's prediction stage would learn nothing")
+            raise UserError(
+                "--hard_weight and --soft_weight are both 0: TinyBERT's prediction stage would learn nothing"
+            )
         rules = cls.released_rules(settings)
-        check_temperature(settings.regression, d.softmax_temp,
-                          "the MSE to the gold score" if rules["regression_target"] == "gold"
-                          else "the MSE to the teacher's score")
-        return cls(settings.student.num_layers, settings.teacher.num_layers, d.hard_weight, d.soft_weight,
-                   d.softmax_temp, mu, stage=stage, student_heads=settings.student.num_heads,
-                   teacher_heads=settings.teacher.num_heads, attention=settings["tinybert"].tinybert_attention,
-                   padding=settings.padding, student_width=settings.student.hidden_size,
-                   teacher_width=settings.teacher.hidden_size, projection_optimiser=settings.optimiser,
-                   regression=settings.regression, **rules,
-                   pretrained_projection=settings.student_projection)
+        check_temperature(
+            settings.regression,
+            d.softmax_temp,
+            "the MSE to the gold score" if rules["regression_target"] == "gold" else "the MSE to the teacher's score",
+        )
+        return cls(
+            settings.student.num_layers,
+            settings.teacher.num_layers,
+            d.hard_weight,
+            d.soft_weight,
+            d.softmax_temp,
+            mu,
+            stage=stage,
+            student_heads=settings.student.num_heads,
+            teacher_heads=settings.teacher.num_heads,
+            attention=settings["tinybert"].tinybert_attention,
+            padding=settings.padding,
+            student_width=settings.student.hidden_size,
+            teacher_width=settings.teacher.hidden_size,
+            projection_optimiser=settings.optimiser,
+            regression=settings.regression,
+            **rules,
+            pretrained_projection=settings.student_projection,
+        )
 
     @staticmethod
     def released_rules(settings) -> dict:
         """The rules a fidelity fix made the released code's (issue 30), from their flags; a run started before a
         fix keeps its old rule (``settings.legacy``, config.LEGACY_FIELDS)."""
         t, old = settings["tinybert"], settings.legacy
-        return {"soft_reduction": old.get("tinybert_soft_reduction", t.tinybert_soft_reduction),
-                "regression_target": old.get("tinybert_regression_target", t.tinybert_regression_target),
-                "intermediate_schedule": old.get("tinybert_intermediate_schedule", t.tinybert_intermediate_schedule),
-                "incomplete_batches": old.get("tinybert_incomplete_batches", t.tinybert_incomplete_batches),
-                "fit_dense": old.get("tinybert_fit_dense", t.tinybert_fit_dense)}
+        return {
+            "soft_reduction": old.get("tinybert_soft_reduction", t.tinybert_soft_reduction),
+            "regression_target": old.get("tinybert_regression_target", t.tinybert_regression_target),
+            "intermediate_schedule": old.get("tinybert_intermediate_schedule", t.tinybert_intermediate_schedule),
+            "incomplete_batches": old.get("tinybert_incomplete_batches", t.tinybert_incomplete_batches),
+            "fit_dense": old.get("tinybert_fit_dense", t.tinybert_fit_dense),
+        }
 
     def check_training_rows(self, rows: int, micro_batch: int, source: str) -> None:
         if self.drop_last and rows < micro_batch:
-            raise UserError(f"{source}: {rows} rows, fewer than one micro-batch ({micro_batch} rows: --batch_size / "
-                            f"--accum_step); TinyBERT skips incomplete batches as its released code, so nothing would "
-                            f"train: lower --batch_size, or pass --tinybert_incomplete_batches train")
+            raise UserError(
+                f"{source}: {rows} rows, fewer than one micro-batch ({micro_batch} rows: --batch_size / "
+                f"--accum_step); TinyBERT skips incomplete batches as its released code, so nothing would "
+                f"train: lower --batch_size, or pass --tinybert_incomplete_batches train"
+            )
 
     def check_models(self, teacher_config, student_family: str) -> None:
         if self.intermediate:
@@ -441,10 +543,14 @@ class TinyBERT(LayerwiseKD):
         if found is None or not self.intermediate:
             return []
         if self.pretrained_projection is not None:
-            return [f"W_h starts from the pretrained student's {found.prefix}weight/bias in {found.file} (the "
-                    f"released code's fit_dense), not from N(0, 0.02)"]
-        return [f"{found.file} holds a {found.prefix}weight: unused under --tinybert_fit_dense {self.fit_dense} (W_h "
-                f"starts from N(0, 0.02), or there is none at the teacher's width)"]
+            return [
+                f"W_h starts from the pretrained student's {found.prefix}weight/bias in {found.file} (the "
+                f"released code's fit_dense), not from N(0, 0.02)"
+            ]
+        return [
+            f"{found.file} holds a {found.prefix}weight: unused under --tinybert_fit_dense {self.fit_dense} (W_h "
+            f"starts from N(0, 0.02), or there is none at the teacher's width)"
+        ]
 
     @property
     def every_parameter_learns(self) -> bool:  # type: ignore[override]
@@ -469,15 +575,23 @@ class TinyBERT(LayerwiseKD):
             if self.gold_regression:  # the released code: MSELoss()(student_logits.view(-1), label_ids.view(-1))
                 return gold_regression_loss(student.logits, batch["labels"], self.hard_weight, self.soft_weight)
             if self.regression:  # --tinybert_regression_target teacher: MSE to the teacher's score
-                parts = logits_kd_loss(student.logits, teacher.logits, batch.get("labels"), self.hard_weight,
-                                       self.soft_weight, 1.0, regression=True)
+                parts = logits_kd_loss(
+                    student.logits,
+                    teacher.logits,
+                    batch.get("labels"),
+                    self.hard_weight,
+                    self.soft_weight,
+                    1.0,
+                    regression=True,
+                )
                 parts["loss"] = parts["logits_loss"]
                 return parts
             parts = {}
             loss = student.logits.new_zeros((), dtype=torch.float32)
             if self.soft_weight:
-                parts["soft_loss"] = soft_cross_entropy(student.logits, teacher.logits, self.temperature,
-                                                        self.soft_reduction)
+                parts["soft_loss"] = soft_cross_entropy(
+                    student.logits, teacher.logits, self.temperature, self.soft_reduction
+                )
                 loss = loss + self.soft_weight * parts["soft_loss"]
             if self.hard_weight and batch.get("labels") is not None:
                 parts["hard_loss"] = F.cross_entropy(student.logits.float(), batch["labels"])
@@ -493,11 +607,22 @@ class TinyBERT(LayerwiseKD):
             sq, sk, _ = student.attention_inputs[m - 1]
             tq, tk, _ = teacher.attention_inputs[t - 1]
             # = attention_mse(attention_scores(...)), without the [B, H, S, S] maps (head_mean: the heads' mean maps)
-            attention.append(attention_mse_from_projections(
-                sq, sk, tq, tk, self.student_heads or 1, self.teacher_heads or 1, mask, self.masked,
-                head_mean=self.attention == "head_mean"))
-            hidden.append(hidden_mse(student.hidden_states[m - 1], teacher.hidden_states[t - 1].to(dev), mask,
-                                     self.masked))
+            attention.append(
+                attention_mse_from_projections(
+                    sq,
+                    sk,
+                    tq,
+                    tk,
+                    self.student_heads or 1,
+                    self.teacher_heads or 1,
+                    mask,
+                    self.masked,
+                    head_mean=self.attention == "head_mean",
+                )
+            )
+            hidden.append(
+                hidden_mse(student.hidden_states[m - 1], teacher.hidden_states[t - 1].to(dev), mask, self.masked)
+            )
         embedding = hidden_mse(student.embeddings, teacher.embeddings.to(dev), mask, self.masked)
         parts["attention_loss"] = self.mu * torch.stack(attention).sum()
         parts["hidden_loss"] = self.mu * torch.stack(hidden).sum()
@@ -525,8 +650,9 @@ INCOMPLETE_BATCHES = ("skip", "train")
 TINYBERT_FIT_DENSE = ("always", "when_widths_differ")
 
 
-def gold_regression_loss(student_logits: torch.Tensor, labels: torch.Tensor, hard_weight: float,
-                         soft_weight: float) -> dict[str, torch.Tensor]:
+def gold_regression_loss(
+    student_logits: torch.Tensor, labels: torch.Tensor, hard_weight: float, soft_weight: float
+) -> dict[str, torch.Tensor]:
     r"""TinyBERT's prediction stage on a regression task, as its released code: the student's score [B, 1] against
     the GOLD score, no teacher (``MSELoss()(student_logits.view(-1), label_ids.view(-1))``), in fp32::
 
@@ -554,6 +680,8 @@ def check_recomputable_attention(teacher_family: str, student_family: str, metho
 
     for role, family in (("teacher", teacher_family), ("student", student_family)):
         if get_family(family, "model type").relative_positions:
-            raise UserError(f"{method} recomputes attention from the query and key projections; the {role}'s "
-                            f"{family!r} attention adds relative-position terms it cannot reproduce: use another "
-                            f"family for the {role}, or another method")
+            raise UserError(
+                f"{method} recomputes attention from the query and key projections; the {role}'s "
+                f"{family!r} attention adds relative-position terms it cannot reproduce: use another "
+                f"family for the {role}, or another method"
+            )

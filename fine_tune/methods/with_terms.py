@@ -22,6 +22,7 @@ from .base import Method
 
 def union(a: LayerRecord, b: LayerRecord) -> LayerRecord:
     """The layers either record keeps (None: every layer)."""
+
     def both(x, y):
         return None if x is None or y is None else x | y
 

@@ -58,6 +58,7 @@ class AttentionCapture(torch.nn.Module):
             if self._active:
                 calls = self._records[key]  # this call's layer: one more than the calls before it
                 calls.append(output if self.record.records_attention(len(calls) + 1) else None)
+
         return hook
 
     @property
@@ -70,9 +71,14 @@ class AttentionCapture(torch.nn.Module):
         self._active = True
         try:
             out = self.model(*args, **kwargs)
-            qkv = (tuple(None if q is None else (q, k, v)
-                         for q, k, v in zip(self._records["q"], self._records["k"], self._records["v"]))
-                   if self.record.reads_attention else None)
+            qkv = (
+                tuple(
+                    None if q is None else (q, k, v)
+                    for q, k, v in zip(self._records["q"], self._records["k"], self._records["v"])
+                )
+                if self.record.reads_attention
+                else None
+            )
         finally:
             self._active = False
             for values in self._records.values():

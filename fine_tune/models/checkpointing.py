@@ -34,6 +34,7 @@ def checkpointed(layer: Callable, *args, record: list | None = None) -> torch.Te
         own = record if first[0] or record is None else []
         first[0] = False
         return layer(*inputs, own)
+
     return checkpoint(run, *args, use_reentrant=False)
 
 
@@ -43,8 +44,10 @@ def check_gradient_checkpointing(model: str, flag: str = "--model") -> None:
     checkpoints). The toolkit's own forward serves BERT only, which Hugging Face's checkpoints too."""
     family = get_family(model, flag)
     if not family.gradient_checkpointing:
-        raise UserError(f"--gradient_checkpointing: {flag} {model}'s Hugging Face forward has no gradient "
-                        f"checkpointing (transformers does not support it for {model}); train without it")
+        raise UserError(
+            f"--gradient_checkpointing: {flag} {model}'s Hugging Face forward has no gradient "
+            f"checkpointing (transformers does not support it for {model}); train without it"
+        )
 
 
 def enable_hf_checkpointing(model: torch.nn.Module) -> None:

@@ -30,7 +30,12 @@ def _looks_local(name: str) -> bool:
 
 # What a local Hugging Face folder holds: weights (one of) and tokenizer files (one of). transformers 5 builds a
 # tokenizer of special tokens only from a folder without tokenizer files, so their absence is checked here.
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model", "vocab.json")
 
 
@@ -56,8 +61,9 @@ def load_tokenizer(source: str | Path, flag: str | None = None):
         raise UserError(f"{where}: {str(e).splitlines()[0]}") from None
 
 
-def load_pretrained_config(ptrain_ver: str, model: str | None, flag: str = "--ptrain_ver",
-                           model_flag: str = "--model") -> PretrainedConfig:
+def load_pretrained_config(
+    ptrain_ver: str, model: str | None, flag: str = "--ptrain_ver", model_flag: str = "--model"
+) -> PretrainedConfig:
     """The config of a pretrained model (``flag`` names where it was given): a path that does not exist is
     refused without asking the hub; a local folder must hold a config of the ``model_flag`` family (``model``;
     None: any family the toolkit trains) and weights."""
@@ -131,8 +137,10 @@ def weights_error(where: str, path: Path, error: BaseException) -> UserError:
     """One line for a weight file that cannot be read (safetensors' or torch's own error, first line); ``where``
     (``--ptrain_ver 'x'``) names the source."""
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return UserError(f"{where}: {path} is not a readable weights file ({reason}): damaged or incomplete (a copy or "
-                     f"download that stopped?)")
+    return UserError(
+        f"{where}: {path} is not a readable weights file ({reason}): damaged or incomplete (a copy or "
+        f"download that stopped?)"
+    )
 
 
 def check_weight_files(folder: Path, where: str) -> None:
@@ -170,8 +178,11 @@ def quiet_hf():
     import huggingface_hub.utils as hub
     from transformers.utils import logging as hf_logging
 
-    verbosity, bars, downloads = (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled(),
-                                  not hub.are_progress_bars_disabled())
+    verbosity, bars, downloads = (
+        hf_logging.get_verbosity(),
+        hf_logging.is_progress_bar_enabled(),
+        not hub.are_progress_bars_disabled(),
+    )
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # transformers' bars, and the hub's with them
     if downloads:
@@ -193,8 +204,12 @@ def _from_pretrained(source: str, config: PretrainedConfig, family, flag: str, n
     try:
         with quiet_hf():
             return AutoModelForSequenceClassification.from_pretrained(
-                source, config=config, attn_implementation=family.attn_implementation, output_loading_info=True,
-                ignore_mismatched_sizes=new_head)
+                source,
+                config=config,
+                attn_implementation=family.attn_implementation,
+                output_loading_info=True,
+                ignore_mismatched_sizes=new_head,
+            )
     except (OSError, ValueError) as e:
         raise UserError(f"{where}: could not load the weights ({str(e).splitlines()[0]})") from None
     except Exception as e:  # safetensors' or torch's own error: a weight file damaged since it was checked, or not
@@ -203,8 +218,9 @@ def _from_pretrained(source: str, config: PretrainedConfig, family, flag: str, n
         folder = Path(source).expanduser()
         if folder.is_dir():
             check_weight_files(folder, where)  # damaged since the plan checked it: says so
-        raise UserError(f"{where}: could not load the weights "
-                        f"({(str(e).strip().splitlines() or [type(e).__name__])[0]})") from None
+        raise UserError(
+            f"{where}: could not load the weights ({(str(e).strip().splitlines() or [type(e).__name__])[0]})"
+        ) from None
 
 
 def head_note(config: PretrainedConfig, num_class: int | None, flag: str, source: str) -> str | None:
@@ -213,16 +229,22 @@ def head_note(config: PretrainedConfig, num_class: int | None, flag: str, source
     Face's run_glue does with ``--ignore_mismatched_sizes``; said in a note naming the discarded head's classes.
     None for a pretrained encoder or a head of the task's class count."""
     architectures = getattr(config, "architectures", None) or []
-    if num_class is None or config.num_labels == num_class or not any(
-            a.endswith("ForSequenceClassification") for a in architectures):
+    if (
+        num_class is None
+        or config.num_labels == num_class
+        or not any(a.endswith("ForSequenceClassification") for a in architectures)
+    ):
         return None
     names = ", ".join(str(config.id2label[i]) for i in sorted(config.id2label))
-    return (f"{flag} {source} is a classifier of {config.num_labels} classes ({names}): its head is discarded and "
-            f"a new head for the task's {num_class} classes is trained (its encoder's weights are kept)")
+    return (
+        f"{flag} {source} is a classifier of {config.num_labels} classes ({names}): its head is discarded and "
+        f"a new head for the task's {num_class} classes is trained (its encoder's weights are kept)"
+    )
 
 
-def build_pretrained_classifier(ptrain_ver: str, model: str, num_class: int, dropout: float,
-                                flag: str = "--ptrain_ver") -> PreTrainedModel:
+def build_pretrained_classifier(
+    ptrain_ver: str, model: str, num_class: int, dropout: float, flag: str = "--ptrain_ver"
+) -> PreTrainedModel:
     """A pretrained encoder (``flag`` names where it was given) + a new classification head of ``num_class``
     classes; a classifier folder's head of that class count is loaded, one of another count is replaced
     (:func:`head_note`)."""
@@ -240,8 +262,10 @@ def load_classifier(source: str, config: PretrainedConfig, flag: str) -> PreTrai
     model, info = _from_pretrained(source, config, family, flag)
     missing = sorted(info.get("missing_keys") or [])
     if missing:
-        raise UserError(f"{flag} {source!r}: no weights for {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
-                        f"(a pretrained encoder, not a fine-tuned classifier?)")
+        raise UserError(
+            f"{flag} {source!r}: no weights for {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
+            f"(a pretrained encoder, not a fine-tuned classifier?)"
+        )
     return model
 
 
@@ -257,21 +281,44 @@ def check_same_tokenisation(teacher_tokenizer, student_tokenizer, examples, teac
                 same = False
                 break
     if not same:
-        raise UserError(f"the teacher {teacher} and the student {student} tokenise differently: layer-wise losses pair "
-                        f"their tokens one to one; use a student with the teacher's tokenizer, or logits KD "
-                        f"(run_fine_tune_gen_logits.py, then run_fine_tune_distill.py), which works across tokenizers")
+        raise UserError(
+            f"the teacher {teacher} and the student {student} tokenise differently: layer-wise losses pair "
+            f"their tokens one to one; use a student with the teacher's tokenizer, or logits KD "
+            f"(run_fine_tune_gen_logits.py, then run_fine_tune_distill.py), which works across tokenizers"
+        )
 
 
-def student_config(model: str, *, vocab_size: int, num_class: int, d_model: int, d_ff: int, num_attention_heads: int,
-                   num_hidden_layers: int, type_vocab_size: int, dropout: float, max_position_embeddings: int,
-                   pad_token_id: int, d_emb: int | None = None) -> PretrainedConfig:
+def student_config(
+    model: str,
+    *,
+    vocab_size: int,
+    num_class: int,
+    d_model: int,
+    d_ff: int,
+    num_attention_heads: int,
+    num_hidden_layers: int,
+    type_vocab_size: int,
+    dropout: float,
+    max_position_embeddings: int,
+    pad_token_id: int,
+    d_emb: int | None = None,
+) -> PretrainedConfig:
     if d_model % num_attention_heads:
         raise UserError(f"--d_model {d_model} is not divisible by --num_attention_heads {num_attention_heads}")
-    kwargs = student_config_kwargs(model, vocab_size=vocab_size, num_class=num_class, d_model=d_model, d_ff=d_ff,
-                                   num_attention_heads=num_attention_heads, num_hidden_layers=num_hidden_layers,
-                                   type_vocab_size=type_vocab_size, dropout=dropout,
-                                   max_position_embeddings=max_position_embeddings, pad_token_id=pad_token_id,
-                                   d_emb=d_emb)
+    kwargs = student_config_kwargs(
+        model,
+        vocab_size=vocab_size,
+        num_class=num_class,
+        d_model=d_model,
+        d_ff=d_ff,
+        num_attention_heads=num_attention_heads,
+        num_hidden_layers=num_hidden_layers,
+        type_vocab_size=type_vocab_size,
+        dropout=dropout,
+        max_position_embeddings=max_position_embeddings,
+        pad_token_id=pad_token_id,
+        d_emb=d_emb,
+    )
     config = AutoConfig.for_model(model, **kwargs)
     config._attn_implementation = get_family(model).attn_implementation
     return config
@@ -292,6 +339,7 @@ def set_task_labels(config: PretrainedConfig, label_names) -> None:
 
 def save_model_dir(path: Path, config: PretrainedConfig, tokenizer) -> None:
     """Write the Hugging Face config and the tokenizer (no weights) so the experiment works offline."""
+
     def save(tmp: Path) -> None:
         config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

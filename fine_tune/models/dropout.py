@@ -25,7 +25,9 @@ import torch.nn.functional as F
 _LEVELS = 1 << 16
 
 
-def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> tuple[torch.Tensor, float]:
+def keep_mask(
+    shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, float]:
     """A bool mask of ``shape`` that is True with probability 1 - p' and the scale 1 / (1 - p'), where
     p' = round(p * 2^16) / 2^16."""
     n = math.prod(shape)

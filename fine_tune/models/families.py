@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Widths:
     """The sizes a family's extra config fields are written from (a student's flags, or a tiny test model's)."""
+
     hidden: int  # the hidden size (--d_model)
     emb: int | None  # the embedding size where it is its own (--d_emb; ALBERT's factorised embeddings)
 
@@ -148,32 +149,82 @@ def _distilbert_layers(base) -> list[torch.nn.Module]:
 
 def _deberta_v3_attention(position_buckets: int) -> dict:
     """Relative attention as the released DeBERTa-v3 models have it."""
-    return dict(relative_attention=True, position_biased_input=False, pos_att_type=["p2c", "c2p"],
-                max_relative_positions=-1, position_buckets=position_buckets, norm_rel_ebd="layer_norm",
-                share_att_key=True)
+    return dict(
+        relative_attention=True,
+        position_biased_input=False,
+        pos_att_type=["p2c", "c2p"],
+        max_relative_positions=-1,
+        position_buckets=position_buckets,
+        norm_rel_ebd="layer_norm",
+        share_att_key=True,
+    )
 
 
 _BERT_DROPOUT = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
 _BERT_QKV = ("query", "key", "value")
-FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("bert", _BERT_DROPOUT, _bert_layers, _BERT_QKV, "attention.self", padding_free=True),
-    Family("albert", ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"),
-           _albert_layers, _BERT_QKV, "attention", shared_layers=True, gradient_checkpointing=False,
-           student_extras=lambda w: dict(embedding_size=w.emb, hidden_act="gelu_new"),
-           tiny_extras=lambda w: dict(embedding_size=w.emb)),
-    Family("roberta", _BERT_DROPOUT, _bert_layers, _BERT_QKV, "attention.self", positions_after_padding=True,
-           tokenizer="bpe", tiny_extras=lambda w: dict(bos_token_id=0, eos_token_id=2)),  # <s>, </s>
-    Family("distilbert", ("dropout", "attention_dropout", "seq_classif_dropout"), _distilbert_layers,
-           ("q_lin", "k_lin", "v_lin"), "attention", token_types=False,
-           config_names=(("hidden_size", "dim"), ("intermediate_size", "hidden_dim"),
-                         ("num_attention_heads", "n_heads"), ("num_hidden_layers", "n_layers"))),
-    Family("electra", _BERT_DROPOUT, _bert_layers, _BERT_QKV, "attention.self",
-           student_extras=lambda w: dict(embedding_size=w.hidden), tiny_extras=lambda w: dict(embedding_size=w.emb)),
-    Family("deberta-v2", ("hidden_dropout_prob", "attention_probs_dropout_prob", "cls_dropout"), _bert_layers,
-           ("query_proj", "key_proj", "value_proj"), "attention.self", sdpa=False, relative_positions=True,
-           single_type_as_none=True, tokenizer="bpe",
-           student_extras=lambda w: _deberta_v3_attention(256), tiny_extras=lambda w: _deberta_v3_attention(32)),
-)}
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("bert", _BERT_DROPOUT, _bert_layers, _BERT_QKV, "attention.self", padding_free=True),
+        Family(
+            "albert",
+            ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"),
+            _albert_layers,
+            _BERT_QKV,
+            "attention",
+            shared_layers=True,
+            gradient_checkpointing=False,
+            student_extras=lambda w: dict(embedding_size=w.emb, hidden_act="gelu_new"),
+            tiny_extras=lambda w: dict(embedding_size=w.emb),
+        ),
+        Family(
+            "roberta",
+            _BERT_DROPOUT,
+            _bert_layers,
+            _BERT_QKV,
+            "attention.self",
+            positions_after_padding=True,
+            tokenizer="bpe",
+            tiny_extras=lambda w: dict(bos_token_id=0, eos_token_id=2),
+        ),  # <s>, </s>
+        Family(
+            "distilbert",
+            ("dropout", "attention_dropout", "seq_classif_dropout"),
+            _distilbert_layers,
+            ("q_lin", "k_lin", "v_lin"),
+            "attention",
+            token_types=False,
+            config_names=(
+                ("hidden_size", "dim"),
+                ("intermediate_size", "hidden_dim"),
+                ("num_attention_heads", "n_heads"),
+                ("num_hidden_layers", "n_layers"),
+            ),
+        ),
+        Family(
+            "electra",
+            _BERT_DROPOUT,
+            _bert_layers,
+            _BERT_QKV,
+            "attention.self",
+            student_extras=lambda w: dict(embedding_size=w.hidden),
+            tiny_extras=lambda w: dict(embedding_size=w.emb),
+        ),
+        Family(
+            "deberta-v2",
+            ("hidden_dropout_prob", "attention_probs_dropout_prob", "cls_dropout"),
+            _bert_layers,
+            ("query_proj", "key_proj", "value_proj"),
+            "attention.self",
+            sdpa=False,
+            relative_positions=True,
+            single_type_as_none=True,
+            tokenizer="bpe",
+            student_extras=lambda w: _deberta_v3_attention(256),
+            tiny_extras=lambda w: _deberta_v3_attention(32),
+        ),
+    )
+}
 FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)  # the --model / --tmodel choices
 
 
@@ -189,16 +240,37 @@ def family_of(model_or_config) -> Family:
     return get_family(config.model_type, "model type")
 
 
-def student_config_kwargs(family: str, *, vocab_size: int, num_class: int, d_model: int, d_ff: int,
-                          num_attention_heads: int, num_hidden_layers: int, type_vocab_size: int, dropout: float,
-                          max_position_embeddings: int, pad_token_id: int, d_emb: int | None) -> dict:
+def student_config_kwargs(
+    family: str,
+    *,
+    vocab_size: int,
+    num_class: int,
+    d_model: int,
+    d_ff: int,
+    num_attention_heads: int,
+    num_hidden_layers: int,
+    type_vocab_size: int,
+    dropout: float,
+    max_position_embeddings: int,
+    pad_token_id: int,
+    d_emb: int | None,
+) -> dict:
     """The config fields of a student of the given widths, in the family's own names (its record's rules);
     ``max_position_embeddings`` is the number of tokens the student takes."""
     f = get_family(family)
-    kwargs = f.config_kwargs(dict(
-        vocab_size=vocab_size, hidden_size=d_model, intermediate_size=d_ff, num_attention_heads=num_attention_heads,
-        num_hidden_layers=num_hidden_layers, type_vocab_size=type_vocab_size,
-        max_position_embeddings=max_position_embeddings, num_labels=num_class, pad_token_id=pad_token_id))
+    kwargs = f.config_kwargs(
+        dict(
+            vocab_size=vocab_size,
+            hidden_size=d_model,
+            intermediate_size=d_ff,
+            num_attention_heads=num_attention_heads,
+            num_hidden_layers=num_hidden_layers,
+            type_vocab_size=type_vocab_size,
+            max_position_embeddings=max_position_embeddings,
+            num_labels=num_class,
+            pad_token_id=pad_token_id,
+        )
+    )
     kwargs.update(f.dropout_kwargs(dropout))
     kwargs.update(f.student_extras(Widths(hidden=d_model, emb=d_emb)))
     return kwargs

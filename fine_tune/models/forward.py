@@ -29,8 +29,9 @@ def forward(model: torch.nn.Module, batch: dict, hidden: bool) -> ModelOutputs:
     method did not declare it) raises when read. Several teachers (a :class:`~fine_tune.models.teacher_set.TeacherSet`):
     each member's outputs by name in ``members``, the first member's at the top level."""
     keys = INPUT_KEYS if reads_token_types(model) else ("input_ids", "attention_mask")
-    out = model(**{k: batch[k] for k in keys}, **batch.get("model_kwargs", {}), output_hidden_states=hidden,
-                return_dict=True)
+    out = model(
+        **{k: batch[k] for k in keys}, **batch.get("model_kwargs", {}), output_hidden_states=hidden, return_dict=True
+    )
     members = getattr(out, "members", None)  # several teachers (models/teacher_set.TeacherSet)
     if members is not None:
         outs = {name: _outputs(o, batch, hidden) for name, o in members.items()}
@@ -42,7 +43,10 @@ def _outputs(out, batch: dict, hidden: bool) -> ModelOutputs:
     """One model's output as a loss reads it."""
     states = RecordedLayers(out.hidden_states, "hidden states", first=0) if hidden else None
     attention = getattr(out, "attention_inputs", None)
-    return ModelOutputs(logits=out.logits, hidden_states=states[1:] if hidden else None,
-                        attention_mask=batch["attention_mask"],
-                        embeddings=states[0] if hidden and states.kept(0) else None,
-                        attention_inputs=None if attention is None else RecordedLayers(attention, "attention inputs"))
+    return ModelOutputs(
+        logits=out.logits,
+        hidden_states=states[1:] if hidden else None,
+        attention_mask=batch["attention_mask"],
+        embeddings=states[0] if hidden and states.kept(0) else None,
+        attention_inputs=None if attention is None else RecordedLayers(attention, "attention inputs"),
+    )

@@ -54,8 +54,9 @@ class GateBlock(nn.Module):
         ln = self.layernorm
         return masked_layer_norm(x, mask, ln.weight, ln.bias, ln.eps)
 
-    def mix(self, prev: torch.Tensor, cur: torch.Tensor,
-            mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def mix(
+        self, prev: torch.Tensor, cur: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The gated case without the all-zeros check (no host sync): (LayerNorm(cur g + prev (1 - g)), g);
         ``mask`` [B, S]: the masked LayerNorm (``--padding dynamic``)."""
         g = self.gate_value(prev)
@@ -69,8 +70,9 @@ class GateBlock(nn.Module):
         return self.mix(prev, cur, mask)[0]
 
 
-def masked_layer_norm(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                      eps: float = 1e-5) -> torch.Tensor:
+def masked_layer_norm(
+    x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
     r"""LayerNorm of each example of ``x`` [B, S, D] jointly over its real positions (``mask`` [B, S], nonzero =
     real) and all D, affine ``weight``/``bias`` [max_seq_len, D] sliced to [:S]; padding positions are 0.
     Computed in fp32 (as autocast runs ``layer_norm``)::
@@ -97,8 +99,13 @@ def make_gates(count: int, d_model: int, seq_len: int) -> nn.ModuleList:
     return nn.ModuleList(GateBlock(d_model, seq_len) for _ in range(count))
 
 
-def aggregate_chain(gates: nn.ModuleList, teacher_hidden: tuple[torch.Tensor, ...], upto: int | None = None,
-                    gate_values: list | None = None, mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+def aggregate_chain(
+    gates: nn.ModuleList,
+    teacher_hidden: tuple[torch.Tensor, ...],
+    upto: int | None = None,
+    gate_values: list | None = None,
+    mask: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
     r"""LAD's recurrent aggregation over teacher layers 1..upto (default all)::
 
         A_1 = H_t[1],    A_k = gate_k(A_{k-1}, H_t[k])  for k = 2..upto
@@ -114,7 +121,9 @@ def aggregate_chain(gates: nn.ModuleList, teacher_hidden: tuple[torch.Tensor, ..
     if gate_values is not None:
         gate_values.append(None)
     for k in range(1, upto):
-        out, g = gates[k].mix(agg[-1], teacher_hidden[k], mask)  # A_{k-1} is never all zeros: LayerNorm output or H_t[1]
+        out, g = gates[k].mix(
+            agg[-1], teacher_hidden[k], mask
+        )  # A_{k-1} is never all zeros: LayerNorm output or H_t[1]
         agg.append(out)
         if gate_values is not None:
             gate_values.append(g)

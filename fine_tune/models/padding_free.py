@@ -50,9 +50,13 @@ def supports_padding_free(config) -> bool:
     """A family whose record says ``padding_free`` (BERT), with absolute positions and no decoder/cross-attention
     (ALBERT and others: the padded forward)."""
     family = FAMILIES.get(getattr(config, "model_type", None))
-    return (family is not None and family.padding_free
-            and getattr(config, "position_embedding_type", "absolute") == "absolute"
-            and not getattr(config, "is_decoder", False) and not getattr(config, "add_cross_attention", False))
+    return (
+        family is not None
+        and family.padding_free
+        and getattr(config, "position_embedding_type", "absolute") == "absolute"
+        and not getattr(config, "is_decoder", False)
+        and not getattr(config, "add_cross_attention", False)
+    )
 
 
 # What one attention bucket costs beyond its work, in per-head score elements (one query-key pair of one head):
@@ -108,8 +112,10 @@ def check_right_padding(attention_mask: torch.Tensor) -> np.ndarray:
     lengths = mask.sum(1)
     grid = torch.arange(mask.shape[1], device=mask.device)
     if not torch.equal(mask, grid < lengths[:, None]) or bool((lengths == 0).any()):
-        raise ValueError("padding-free forward: every sequence must be its real tokens first, then padding "
-                         "(right padding, at least one real token)")
+        raise ValueError(
+            "padding-free forward: every sequence must be its real tokens first, then padding "
+            "(right padding, at least one real token)"
+        )
     return lengths.cpu().numpy()
 
 
@@ -127,8 +133,15 @@ class PackedLayout:
     with index and key mask even where no row is padded, and no list of padding positions (a batch without
     padding would make it empty, a size TorchDynamo specialises): padding rows are zeroed with the rest."""
 
-    def __init__(self, lengths, seq: int, head_dim: int = 64, device_type: str = "cpu",
-                 overhead: float | None = None, compiled: bool = False):
+    def __init__(
+        self,
+        lengths,
+        seq: int,
+        head_dim: int = 64,
+        device_type: str = "cpu",
+        overhead: float | None = None,
+        compiled: bool = False,
+    ):
         lengths = np.asarray(lengths, dtype=np.int64)
         if lengths.ndim != 1 or (lengths < 1).any() or (lengths > seq).any():
             raise ValueError(f"padding-free forward: lengths must lie in 1..{seq}")
@@ -144,8 +157,7 @@ class PackedLayout:
         np.cumsum(sorted_lens, out=starts[1:])
         positions = np.arange(int(starts[-1]), dtype=np.int64) - np.repeat(starts[:-1], sorted_lens)
         self.index = _host_index(np.repeat(order, sorted_lens) * seq + positions)  # [N] positions in B * S
-        self.pad_index = (None if compiled
-                          else _host_index(np.flatnonzero(np.arange(seq)[None, :] >= lengths[:, None])))
+        self.pad_index = None if compiled else _host_index(np.flatnonzero(np.arange(seq)[None, :] >= lengths[:, None]))
         self.positions = _host_index(positions)  # position id of each real token
         first = np.empty(self.batch, dtype=np.int64)
         first[order] = starts[:-1]  # packed row of each [CLS], in batch order
@@ -168,9 +180,16 @@ class PackedLayout:
         for name in ("index", "pad_index", "positions", "first"):
             if getattr(self, name) is not None:
                 setattr(self, name, getattr(self, name).pin_memory())
-        self.buckets = [Bucket(b.rows, b.length, b.start, b.stop,
-                               *(None if t is None else t.pin_memory() for t in (b.index, b.pad_index, b.key_mask)))
-                        for b in self.buckets]
+        self.buckets = [
+            Bucket(
+                b.rows,
+                b.length,
+                b.start,
+                b.stop,
+                *(None if t is None else t.pin_memory() for t in (b.index, b.pad_index, b.key_mask)),
+            )
+            for b in self.buckets
+        ]
         return self
 
     @torch.compiler.disable
@@ -191,8 +210,9 @@ class Packing:
     direct calls); training batches come with a :class:`PackedLayout` built on the host."""
 
     def __init__(self, attention_mask: torch.Tensor, head_dim: int = 64, overhead: float | None = None):
-        layout = PackedLayout(check_right_padding(attention_mask), attention_mask.shape[1], head_dim,
-                              attention_mask.device.type, overhead)
+        layout = PackedLayout(
+            check_right_padding(attention_mask), attention_mask.shape[1], head_dim, attention_mask.device.type, overhead
+        )
         self._copy(layout, attention_mask.device, attention_mask)
 
     @classmethod
@@ -208,8 +228,10 @@ class Packing:
         self.shape_ref = attention_mask  # [B, S]: pad() takes the batch's shape from a tensor (symbolic when compiled)
         self.index, self.pad_index = move(layout.index), move(layout.pad_index)
         self.positions, self.first = move(layout.positions), move(layout.first)
-        self.buckets = [Bucket(b.rows, b.length, b.start, b.stop, move(b.index), move(b.pad_index), move(b.key_mask))
-                        for b in layout.buckets]
+        self.buckets = [
+            Bucket(b.rows, b.length, b.start, b.stop, move(b.index), move(b.pad_index), move(b.key_mask))
+            for b in layout.buckets
+        ]
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """[B, S, ...] -> [N, ...]"""
@@ -220,8 +242,15 @@ class Packing:
         batch, seq = self.shape_ref.shape
         return _Pad.apply(x, self.index, self.pad_index, batch * seq).view(batch, seq, *x.shape[1:])
 
-    def attention(self, qkv: torch.Tensor, heads: int, scale: float, dropout_p: float,
-                  record: list | None = None, head_major: bool = False) -> torch.Tensor:
+    def attention(
+        self,
+        qkv: torch.Tensor,
+        heads: int,
+        scale: float,
+        dropout_p: float,
+        record: list | None = None,
+        head_major: bool = False,
+    ) -> torch.Tensor:
         """Multi-head attention of packed [N, 3 * D] queries, keys and values, bucket by bucket: each bucket's
         sequences padded to its own longest length only. Returns the packed [N, D] context. A bucket's sizes
         are read from its tensors' shapes where it has them (one bucket with a key mask: the compiled plan).
@@ -247,8 +276,10 @@ class Packing:
                 if record is not None:
                     record.append((q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)))
             else:
-                q, k, v = (t.reshape(rows, length, heads, d // heads).transpose(1, 2)
-                           for t in part.view(rows, length, 3 * d).chunk(3, dim=-1))
+                q, k, v = (
+                    t.reshape(rows, length, heads, d // heads).transpose(1, 2)
+                    for t in part.view(rows, length, 3 * d).chunk(3, dim=-1)
+                )
             ctx = _attention(q, k, v, None if b.key_mask is None else b.key_mask[:, None, None, :], scale, dropout_p)
             ctx = ctx.transpose(1, 2).reshape(rows * length, d)
             out.append(_Pack.apply(ctx, b.index, b.pad_index) if b.index is not None else ctx)
@@ -389,15 +420,17 @@ def _embeddings(emb, input_ids, token_type_ids, pk: Packing) -> torch.Tensor:
     return dropout(emb.LayerNorm(x), emb.dropout.p, emb.training)
 
 
-def _layer(layer, x: torch.Tensor, pk: Packing, qkv_record: list | None = None,
-           head_major: bool = False) -> torch.Tensor:
+def _layer(
+    layer, x: torch.Tensor, pk: Packing, qkv_record: list | None = None, head_major: bool = False
+) -> torch.Tensor:
     sa = layer.attention.self
     w = torch.cat([sa.query.weight, sa.key.weight, sa.value.weight])
     b = torch.cat([sa.query.bias, sa.key.bias, sa.value.bias])
     qkv = F.linear(x, w, b)  # [N, 3D]
     # the attention-reading methods (TinyBERT, MiniLM) read Q, K, V: qkv_record gets them (Packing.attention)
-    attn = pk.attention(qkv, sa.num_attention_heads, sa.scaling, sa.dropout.p if sa.training else 0.0,
-                        qkv_record, head_major)  # [N, D]
+    attn = pk.attention(
+        qkv, sa.num_attention_heads, sa.scaling, sa.dropout.p if sa.training else 0.0, qkv_record, head_major
+    )  # [N, D]
     so = layer.attention.output
     x = so.LayerNorm(dropout(so.dense(attn), so.dropout.p, so.training) + x)
     inter = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))
@@ -414,8 +447,14 @@ class PaddingFree(torch.nn.Module):
     skipped, but the fused Q/K/V projection and the cheaper CPU dropout masks still apply, and the outputs
     equal Hugging Face's at every position, padding included."""
 
-    def __init__(self, model: torch.nn.Module, packed: bool = True, record_attention: bool = False,
-                 record: LayerRecord | None = None, gradient_checkpointing: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        packed: bool = True,
+        record_attention: bool = False,
+        record: LayerRecord | None = None,
+        gradient_checkpointing: bool = False,
+    ):
         super().__init__()
         if not supports_padding_free(model.config):
             raise ValueError(f"padding-free forward supports BERT only, not {model.config.model_type}")
@@ -432,9 +471,15 @@ class PaddingFree(torch.nn.Module):
         return self.model.config
 
     @torch.compiler.disable(recursive=False)
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, output_hidden_states: bool = False,
-                return_dict: bool = True, layout: PackedLayout | GridLayout | None = None) -> PaddingFreeOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+        layout: PackedLayout | GridLayout | None = None,
+    ) -> PaddingFreeOutput:
         """``layout``: the batch's packing built on the host (:meth:`TrainingForwards.layout`); without it the
         packing is read from ``attention_mask`` (host-device syncs).
 
@@ -448,12 +493,16 @@ class PaddingFree(torch.nn.Module):
             if layout.compiled:
                 mark_sizes(pk, input_ids, token_type_ids)
         else:
-            pk = (Packing(attention_mask, head_dim=cfg.hidden_size // cfg.num_attention_heads) if self.packed
-                  else FullGrid(attention_mask))
+            pk = (
+                Packing(attention_mask, head_dim=cfg.hidden_size // cfg.num_attention_heads)
+                if self.packed
+                else FullGrid(attention_mask)
+            )
         return self.encode(input_ids, token_type_ids, pk, output_hidden_states)
 
-    def encode(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, pk: Packing,
-               output_hidden_states: bool) -> PaddingFreeOutput:
+    def encode(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, pk: Packing, output_hidden_states: bool
+    ) -> PaddingFreeOutput:
         """The forward on a batch whose packing ``pk`` is on the model's device."""
         bert = self.model.bert
         x = _embeddings(bert.embeddings, input_ids, token_type_ids, pk)
@@ -468,14 +517,20 @@ class PaddingFree(torch.nn.Module):
             else:
                 x = _layer(layer, x, pk, qkv, attention is not None)
             if attention is not None:
-                attention.append(None if qkv is None else
-                                 qkv[0] if isinstance(qkv[0], tuple) else tuple(pk.pad(qkv[0]).chunk(3, dim=-1)))
+                attention.append(
+                    None
+                    if qkv is None
+                    else qkv[0]
+                    if isinstance(qkv[0], tuple)
+                    else tuple(pk.pad(qkv[0]).chunk(3, dim=-1))
+                )
             if hidden is not None:
                 hidden.append(pk.pad(x) if rec.keeps_hidden(i) else None)
         pooled = bert.pooler.activation(bert.pooler.dense(x.index_select(0, pk.first)))
         logits = self.model.classifier(dropout(pooled, self.model.dropout.p, self.model.training))
-        return PaddingFreeOutput(logits, None if hidden is None else tuple(hidden),
-                                 None if attention is None else tuple(attention))
+        return PaddingFreeOutput(
+            logits, None if hidden is None else tuple(hidden), None if attention is None else tuple(attention)
+        )
 
 
 @dataclass(frozen=True)
@@ -495,7 +550,9 @@ class TrainingForwards:
     compile: bool = False
 
     def describe(self) -> str:
-        return {"packed": ", padding-free forward", "grid": ", own BERT forward over the padded batch"}.get(self.kind, "")
+        return {"packed": ", padding-free forward", "grid": ", own BERT forward over the padded batch"}.get(
+            self.kind, ""
+        )
 
     @property
     def takes_layout(self) -> bool:
@@ -510,11 +567,19 @@ class TrainingForwards:
         return PackedLayout(lengths, width, self.head_dim, self.device_type, compiled=self.compile)
 
 
-def training_forwards(student: torch.nn.Module, teacher: torch.nn.Module | None, *, enabled: bool,
-                      ignores_padding: bool, device_type: str = "cpu", compile: bool = False,
-                      record_attention: bool = False, student_record: LayerRecord | None = None,
-                      teacher_record: LayerRecord | None = None, gradient_checkpointing: bool = False
-                      ) -> TrainingForwards:
+def training_forwards(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module | None,
+    *,
+    enabled: bool,
+    ignores_padding: bool,
+    device_type: str = "cpu",
+    compile: bool = False,
+    record_attention: bool = False,
+    student_record: LayerRecord | None = None,
+    teacher_record: LayerRecord | None = None,
+    gradient_checkpointing: bool = False,
+) -> TrainingForwards:
     """Choose the training forward: with ``enabled`` (``--padding_free auto``) and a BERT, :class:`PaddingFree`,
     packed when no loss reads padding positions (``ignores_padding``), over the padded grid otherwise; else the
     models' own forward. The teacher gets the same treatment where it is a BERT. ``device_type`` (the student's)
@@ -540,14 +605,23 @@ def training_forwards(student: torch.nn.Module, teacher: torch.nn.Module | None,
         return own(model, teacher_record)  # no hooks on a teacher that runs the own forward
 
     # several teachers (a recipe's): each member gets its own training forward
-    teacher_fwd = None if teacher is None else (teacher.map(teacher_forward) if isinstance(teacher, TeacherSet)
-                                                else teacher_forward(teacher))
+    teacher_fwd = (
+        None
+        if teacher is None
+        else (teacher.map(teacher_forward) if isinstance(teacher, TeacherSet) else teacher_forward(teacher))
+    )
     if not (enabled and supports_padding_free(student.config)):
         if gradient_checkpointing:
             enable_hf_checkpointing(student)
         return TrainingForwards(own(student, student_record), teacher_fwd, "hugging_face")
     cfg = student.config
-    return TrainingForwards(PaddingFree(student, packed=ignores_padding, record=student_record,
-                                        gradient_checkpointing=gradient_checkpointing), teacher_fwd,
-                            "packed" if ignores_padding else "grid", cfg.hidden_size // cfg.num_attention_heads,
-                            device_type, compile)
+    return TrainingForwards(
+        PaddingFree(
+            student, packed=ignores_padding, record=student_record, gradient_checkpointing=gradient_checkpointing
+        ),
+        teacher_fwd,
+        "packed" if ignores_padding else "grid",
+        cfg.hidden_size // cfg.num_attention_heads,
+        device_type,
+        compile,
+    )

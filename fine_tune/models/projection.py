@@ -31,8 +31,9 @@ class WidthProjection(torch.nn.Module):
     def __init__(self, student_width: int, teacher_width: int, count: int, shared: bool = False):
         super().__init__()
         self.shared = shared
-        self.maps = torch.nn.ModuleList(torch.nn.Linear(student_width, teacher_width)
-                                        for _ in range(1 if shared else count))
+        self.maps = torch.nn.ModuleList(
+            torch.nn.Linear(student_width, teacher_width) for _ in range(1 if shared else count)
+        )
         for m in self.maps:
             torch.nn.init.normal_(m.weight, std=0.02)
             torch.nn.init.zeros_(m.bias)
@@ -59,17 +60,20 @@ class PretrainedProjection:
         after a semicolon) the way around it."""
         for part, tensor in (("weight", self.weight), ("bias", self.bias)):
             if tensor is not None and not bool(torch.isfinite(tensor).all()):
-                raise UserError(f"{self.file}: {self.prefix}{part} holds values that are not finite (NaN or "
-                                f"infinite): it cannot start {what}")
+                raise UserError(
+                    f"{self.file}: {self.prefix}{part} holds values that are not finite (NaN or "
+                    f"infinite): it cannot start {what}"
+                )
         need_w, need_b = (teacher_width, student_width), (teacher_width,)
         have_w = tuple(self.weight.shape)
         have_b = None if self.bias is None else tuple(self.bias.shape)
         if have_w != need_w or have_b != need_b:
             bias = "missing" if have_b is None else list(have_b)
-            raise UserError(f"{self.file}: {self.prefix}weight {list(have_w)} and {self.prefix}bias {bias} cannot "
-                            f"start {what}, which maps the student's width {student_width} to the teacher's "
-                            f"{teacher_width}: it needs {list(need_w)} and {list(need_b)}"
-                            + (f"; {remedy}" if remedy else ""))
+            raise UserError(
+                f"{self.file}: {self.prefix}weight {list(have_w)} and {self.prefix}bias {bias} cannot "
+                f"start {what}, which maps the student's width {student_width} to the teacher's "
+                f"{teacher_width}: it needs {list(need_w)} and {list(need_b)}" + (f"; {remedy}" if remedy else "")
+            )
 
     def copy_to(self, linear: torch.nn.Linear) -> None:
         """Set ``linear``'s weight and bias to this map's values (in the parameters' dtype and device)."""

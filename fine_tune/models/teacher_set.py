@@ -40,8 +40,13 @@ class TeacherSet(torch.nn.Module):
         """A set of the same teachers, each wrapped by ``wrap`` (e.g. its training forward)."""
         return TeacherSet({name: wrap(m) for name, m in self.members.items()})
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
-                **kwargs) -> TeacherSetOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> TeacherSetOutput:
         out = {}
         for name, model in self.members.items():
             types = {"token_type_ids": token_type_ids} if token_type_ids is not None and self.token_types[name] else {}

@@ -51,8 +51,9 @@ def check_packages() -> None:
         except ImportError:
             missing.append(name)
     if missing:
-        raise UserError(f"--format onnx needs the Python package(s) {', '.join(missing)}: "
-                        f"pip install {' '.join(missing)}")
+        raise UserError(
+            f"--format onnx needs the Python package(s) {', '.join(missing)}: pip install {' '.join(missing)}"
+        )
 
 
 def parse_use(values: list[str] | None) -> dict[str, str]:
@@ -73,9 +74,15 @@ def output_paths(out: Path) -> dict[str, Path]:
     ``.json``, ``-pareto.png``/``.json`` (``--plot``), ``-curves.png``/``.json`` (``--curves``)."""
     base = out.with_suffix("") if out.suffix == ".md" else out
     named = lambda tail: base.with_name(base.name + tail)  # noqa: E731
-    return {"md": out, "csv": named(".csv"), "json": named(".json"), "pareto_png": named("-pareto.png"),
-            "pareto_json": named("-pareto.json"), "curves_png": named("-curves.png"),
-            "curves_json": named("-curves.json")}
+    return {
+        "md": out,
+        "csv": named(".csv"),
+        "json": named(".json"),
+        "pareto_png": named("-pareto.png"),
+        "pareto_json": named("-pareto.json"),
+        "curves_png": named("-curves.png"),
+        "curves_json": named("-curves.json"),
+    }
 
 
 def _trained_experiment(flags, require: bool = True) -> TrainedExperiment:
@@ -111,11 +118,21 @@ def plan_eval(flags) -> EvalPlan:
     split = flags.experiment.dataset
     if not target.task.has_labels(split):
         why = target.task.unlabelled_why.get(split)
-        raise UserError(f"--dataset {split!r} has no labels to evaluate against: {why}" if why else
-                        f"--dataset {split!r} has no labels to evaluate against; "
-                        f"use generate_test_prediction.py for {split}")
-    return EvalPlan(target, split, flags.paths.max_examples, flags.sweep.ckpt, flags.sweep.save_predictions,
-                    flags.inference.batch_size, Devices.of(flags.device), _eval_reporting(flags, target))
+        raise UserError(
+            f"--dataset {split!r} has no labels to evaluate against: {why}"
+            if why
+            else f"--dataset {split!r} has no labels to evaluate against; use generate_test_prediction.py for {split}"
+        )
+    return EvalPlan(
+        target,
+        split,
+        flags.paths.max_examples,
+        flags.sweep.ckpt,
+        flags.sweep.save_predictions,
+        flags.inference.batch_size,
+        Devices.of(flags.device),
+        _eval_reporting(flags, target),
+    )
 
 
 def _eval_reporting(flags, target: TrainedExperiment):
@@ -144,8 +161,11 @@ def prediction_path(exp: ExperimentDir, task: Task, split: str, max_examples: in
 
 
 PREDICT_FILE_COMMAND = "generate_test_prediction.py --predict_file"  # owner of its files (fine_tune/outputs.py)
-TOOLKIT_FOLDERS = (("meta.json", "a logits data set"), ("export.json", "an export"),
-                   ("config.json", "an experiment folder"))  # folders the toolkit writes whole: their marks
+TOOLKIT_FOLDERS = (
+    ("meta.json", "a logits data set"),
+    ("export.json", "an export"),
+    ("config.json", "an experiment folder"),
+)  # folders the toolkit writes whole: their marks
 
 
 def predict_file_output(source: Path, given: str | None) -> Path:
@@ -178,8 +198,10 @@ def _plan_file_prediction(flags, target: TrainedExperiment) -> PredictionPlan:
     if flags.experiment.dataset != "test":  # PredictionExperimentFlags.dataset's default
         raise UserError(f"--dataset {flags.experiment.dataset} and --predict_file {source} name two inputs; give one")
     if flags.paths.max_examples is not None:
-        raise UserError(f"--max_examples limits a split's rows; --predict_file {source} predicts every row of the "
-                        f"file (cut the file instead)")
+        raise UserError(
+            f"--max_examples limits a split's rows; --predict_file {source} predicts every row of the "
+            f"file (cut the file instead)"
+        )
     out = predict_file_output(source, p.out)
     flag = "--out" if p.out is not None else "--predict_file"
     shown = out if p.out is not None else source
@@ -190,15 +212,27 @@ def _plan_file_prediction(flags, target: TrainedExperiment) -> PredictionPlan:
     its = "" if p.out is not None else f"its predictions {out}: "
     for split in task.splits:
         if out.resolve() == task.path(target.data_root, split).resolve():
-            raise UserError(f"{flag} {shown}: {its}the {task.name} {split} data file; predictions never replace a "
-                            f"data file: name another --out")
+            raise UserError(
+                f"{flag} {shown}: {its}the {task.name} {split} data file; predictions never replace a "
+                f"data file: name another --out"
+            )
     for mark, what in TOOLKIT_FOLDERS:
         if (out.parent / mark).is_file():
-            raise UserError(f"{flag} {shown}: {its}{out.parent} is {what} (it holds {mark}), which the toolkit "
-                            f"writes and checks whole; write the predictions elsewhere (--out)")
+            raise UserError(
+                f"{flag} {shown}: {its}{out.parent} is {what} (it holds {mark}), which the toolkit "
+                f"writes and checks whole; write the predictions elsewhere (--out)"
+            )
     check_outputs([out], PREDICT_FILE_COMMAND, flags.paths.overwrite, flag, shown)
-    return PredictionPlan(target, None, None, _checkpoint_choice(flags, task), flags.inference.batch_size,
-                          Devices.of(flags.device), out, predict_file=source)
+    return PredictionPlan(
+        target,
+        None,
+        None,
+        _checkpoint_choice(flags, task),
+        flags.inference.batch_size,
+        Devices.of(flags.device),
+        out,
+        predict_file=source,
+    )
 
 
 def plan_prediction(flags) -> PredictionPlan:
@@ -212,8 +246,15 @@ def plan_prediction(flags) -> PredictionPlan:
     split, max_examples, overwrite = flags.experiment.dataset, flags.paths.max_examples, flags.paths.overwrite
     out = prediction_path(target.exp, target.task, split, max_examples)
     check_outputs([out, record_path(out)], "generate_test_prediction.py", overwrite)
-    return PredictionPlan(target, split, max_examples, _checkpoint_choice(flags, target.task),
-                          flags.inference.batch_size, Devices.of(flags.device), out)
+    return PredictionPlan(
+        target,
+        split,
+        max_examples,
+        _checkpoint_choice(flags, target.task),
+        flags.inference.batch_size,
+        Devices.of(flags.device),
+        out,
+    )
 
 
 def plan_gen_logits(flags) -> LogitsPlan:
@@ -232,8 +273,16 @@ def plan_gen_logits(flags) -> LogitsPlan:
             raise UserError("--ckpt/--select_on choose an experiment's checkpoint; --teacher_hf is the teacher itself")
         target = _named(flags, data_root, exp_root, task, require=False)  # names the data set
         checkpoint, teacher = None, ForeignTeacher(f.teacher_hf, f.teacher_label_map, f.max_seq_len)
-    return LogitsPlan(target, flags.experiment.dataset, flags.paths.max_examples, checkpoint, teacher,
-                      flags.inference.batch_size, Devices.of(flags.device), flags.paths.overwrite)
+    return LogitsPlan(
+        target,
+        flags.experiment.dataset,
+        flags.paths.max_examples,
+        checkpoint,
+        teacher,
+        flags.inference.batch_size,
+        Devices.of(flags.device),
+        flags.paths.overwrite,
+    )
 
 
 def plan_export(flags) -> ExportPlan:
@@ -247,13 +296,15 @@ def plan_export(flags) -> ExportPlan:
         task = target.task
         check_split = task.dev_split  # the rows the ONNX model is checked on
         if check_split not in task.labelled:
-            raise UserError(f"--format onnx checks the export on the {task.name} split {check_split!r}, which has "
-                            f"no labels")
+            raise UserError(
+                f"--format onnx checks the export on the {task.name} split {check_split!r}, which has no labels"
+            )
     out = out_folder(x.out, "--out")  # None: in the experiment folder, named after the step (known later)
     if out is not None:
         check_folder_output(out, "export.json", "an export", "--out", flags.paths.overwrite)
-    return ExportPlan(target, checkpoint, x.format, x.quantize, out, check_split, flags.paths.max_examples,
-                      flags.paths.overwrite)
+    return ExportPlan(
+        target, checkpoint, x.format, x.quantize, out, check_split, flags.paths.max_examples, flags.paths.overwrite
+    )
 
 
 def plan_submission(flags) -> SubmissionPlan:
@@ -289,33 +340,57 @@ def plan_results(args) -> ResultsPlan:
         task.check_not_diagnostic(rule.select_on, "--select_on", "the split that chooses a checkpoint")
     experiments = args.experiments.split(",") if args.experiments else None
     out = out_file(args.out, "--out", exp_root / f"results-{args.task}.md")
-    written = ("md", "csv", "json") + (("pareto_png", "pareto_json") if args.plot else ()) + (
-        ("curves_png", "curves_json") if args.curves is not None else ())
+    written = (
+        ("md", "csv", "json")
+        + (("pareto_png", "pareto_json") if args.plot else ())
+        + (("curves_png", "curves_json") if args.curves is not None else ())
+    )
     paths = {key: path for key, path in output_paths(out).items() if key in written}
     for key, path in paths.items():
         check_name_length(path, "--out", out)
         if path.is_dir():
-            raise UserError(f"--out {out}: {path} is a folder (--out names the markdown file; the "
-                            f"{'table' if key == 'md' else 'files beside it'} would be written there)")
+            raise UserError(
+                f"--out {out}: {path} is a folder (--out names the markdown file; the "
+                f"{'table' if key == 'md' else 'files beside it'} would be written there)"
+            )
     check_outputs(paths.values(), "results_table.py", args.overwrite, "--out", out)
     compare, split = None, None
     if args.compare:
         compare = tuple(args.compare)
         split = args.compare_split or task.dev_split
         task.check_split(split, "--compare_split")
-        task.check_not_diagnostic(split, "--compare_split", "the split --compare compares on (the table reports "
-                                  "it; compare on a dev split)")
+        task.check_not_diagnostic(
+            split, "--compare_split", "the split --compare compares on (the table reports it; compare on a dev split)"
+        )
     curves = None
     if args.curves is not None:
         curves = tuple(p.strip() for p in args.curves.split(",") if p.strip())
         if not curves:
-            raise UserError(f"--curves {args.curves!r}: name at least one experiment folder or name (globs, "
-                            f"comma-separated)")
+            raise UserError(
+                f"--curves {args.curves!r}: name at least one experiment folder or name (globs, comma-separated)"
+            )
     columns = None
     if args.columns is not None:
         columns = tuple(dict.fromkeys(c.strip() for c in args.columns.split(",") if c.strip()))
         if not columns:
-            raise UserError(f"--columns {args.columns!r}: name at least one column (comma-separated; --columns list "
-                            f"names them)")
-    return ResultsPlan(exp_root, task, rule, splits, experiments, out, paths, compare, split, args.resamples,
-                       args.bootstrap_seed, args.commands, args.plot, curves, data_root, columns)
+            raise UserError(
+                f"--columns {args.columns!r}: name at least one column (comma-separated; --columns list names them)"
+            )
+    return ResultsPlan(
+        exp_root,
+        task,
+        rule,
+        splits,
+        experiments,
+        out,
+        paths,
+        compare,
+        split,
+        args.resamples,
+        args.bootstrap_seed,
+        args.commands,
+        args.plot,
+        curves,
+        data_root,
+        columns,
+    )

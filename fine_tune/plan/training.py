@@ -64,8 +64,9 @@ def _task_and_folder(flags, task: Task | None = None) -> tuple[Path, Task, Exper
     check_writable(exp.log_dir, "--exp_root", root=exp_root)
     num_class = flags.classifier.num_class
     if num_class is not None and num_class != task.num_class:
-        raise UserError(f"--num_class {num_class}: {task.name} has {task.num_class} classes "
-                        f"({', '.join(task.label_names)})")
+        raise UserError(
+            f"--num_class {num_class}: {task.name} has {task.num_class} classes ({', '.join(task.label_names)})"
+        )
     return data_root, task, exp
 
 
@@ -85,19 +86,30 @@ def training_split(task: Task, data_root: Path, split: str, max_examples: int | 
 def _evaluation(flags, task: Task, data_root: Path) -> TrainingEvaluation | None:
     """``--eval_dataset``: the split checked (it exists and has labels) and parsed before anything is written."""
     r = flags.run
-    metric = metric_for_best(task, r.metric_for_best)  # checked whether or not this run evaluates (--ckpt best reads it)
+    metric = metric_for_best(
+        task, r.metric_for_best
+    )  # checked whether or not this run evaluates (--ckpt best reads it)
     if not r.eval_dataset:
         return None
     task.check_split(r.eval_dataset, "--eval_dataset")
     if r.eval_dataset not in task.labelled:
-        raise UserError(f"--eval_dataset {r.eval_dataset!r} has no labels to evaluate against; labelled {task.name} "
-                        f"splits: {', '.join(s for s in task.splits if s in task.labelled)}")
-    return TrainingEvaluation(load_split(task, data_root, r.eval_dataset, flags.paths.max_examples), r.eval_step,
-                    r.eval_batch_size, r.early_stop_patience, flags.paths.max_examples, metric)
+        raise UserError(
+            f"--eval_dataset {r.eval_dataset!r} has no labels to evaluate against; labelled {task.name} "
+            f"splits: {', '.join(s for s in task.splits if s in task.labelled)}"
+        )
+    return TrainingEvaluation(
+        load_split(task, data_root, r.eval_dataset, flags.paths.max_examples),
+        r.eval_step,
+        r.eval_batch_size,
+        r.early_stop_patience,
+        flags.paths.max_examples,
+        metric,
+    )
 
 
-def _inputs(task: Task, train: tuple[Path, str], evaluation: TrainingEvaluation | None, *weights: dict[str, str]
-            ) -> dict[str, str]:
+def _inputs(
+    task: Task, train: tuple[Path, str], evaluation: TrainingEvaluation | None, *weights: dict[str, str]
+) -> dict[str, str]:
     """Every input file of the run and its sha256 (config.json's provenance; checked before a resume): the training
     data, the evaluation split, a task of your own's task.json, pretrained weights."""
     inputs = {str(train[0]): train[1]}
@@ -120,8 +132,16 @@ def _record(flags, task: Task, **resolved) -> dict:
 
 def optimiser_settings(o) -> OptimiserSettings:
     """The engine's settings of the student's optimiser from its flags (``flags.optimiser``)."""
-    return OptimiserSettings(lr=o.lr, total_step=o.total_step, warmup_step=o.warmup_step, beta1=o.beta1,
-                             beta2=o.beta2, eps=o.eps, weight_decay=o.weight_decay, max_norm=o.max_norm)
+    return OptimiserSettings(
+        lr=o.lr,
+        total_step=o.total_step,
+        warmup_step=o.warmup_step,
+        beta1=o.beta1,
+        beta2=o.beta2,
+        eps=o.eps,
+        weight_decay=o.weight_decay,
+        max_norm=o.max_norm,
+    )
 
 
 def _number(x: float) -> str:
@@ -149,13 +169,17 @@ def resolve_schedule(flags, rows: int, drop_last: bool = False):
     total = o.total_step if o.num_epochs is None else max(1, math.ceil(Fraction(str(o.num_epochs)) * per_epoch))
     warmup = o.warmup_step if o.warmup_ratio is None else math.ceil(Fraction(str(o.warmup_ratio)) * total)
     if warmup > total:  # (--total_step given: refused at parse time; a ratio below 1 never exceeds)
-        raise UserError(f"--warmup_step {warmup} exceeds the {total} steps of --num_epochs {_number(o.num_epochs)} "
-                        f"({rows} rows, {_number(float(per_epoch))} steps per epoch): give a smaller --warmup_step, "
-                        f"or --warmup_ratio")
+        raise UserError(
+            f"--warmup_step {warmup} exceeds the {total} steps of --num_epochs {_number(o.num_epochs)} "
+            f"({rows} rows, {_number(float(per_epoch))} steps per epoch): give a smaller --warmup_step, "
+            f"or --warmup_ratio"
+        )
     note = None
     if o.num_epochs is None and total == DEFAULT_TOTAL_STEP and per_epoch:
-        note = (f"{total} steps = {_number(total / per_epoch)} epochs of {rows} examples (batch {b.batch_size}); "
-                f"--num_epochs or --total_step to choose")
+        note = (
+            f"{total} steps = {_number(total / per_epoch)} epochs of {rows} examples (batch {b.batch_size}); "
+            f"--num_epochs or --total_step to choose"
+        )
     if (total, warmup) == (o.total_step, o.warmup_step):
         return flags, note
     return flags.replace(optimiser={"total_step": total, "warmup_step": warmup}), note
@@ -184,12 +208,20 @@ def _training(flags, dataset: str, method: Method) -> TrainSettings:
     if flags.speed.gradient_checkpointing:
         check_gradient_checkpointing(e.model)
     optimiser = replace(optimiser_settings(flags.optimiser), schedule=method.schedule)
-    return TrainSettings(optimiser=optimiser, batch_size=b.batch_size, accum_step=b.accum_step,
-                         ckpt_step=r.ckpt_step, log_step=r.log_step, seed=r.seed,
-                         save_total_limit=r.save_total_limit or 0, group_by_length=b.group_by_length,
-                         compile=flags.speed.compile, gradient_checkpointing=flags.speed.gradient_checkpointing,
-                         tag_prefix=f"{e.task}/{dataset}/{e.model}",
-                         drop_last=method.drop_last)
+    return TrainSettings(
+        optimiser=optimiser,
+        batch_size=b.batch_size,
+        accum_step=b.accum_step,
+        ckpt_step=r.ckpt_step,
+        log_step=r.log_step,
+        seed=r.seed,
+        save_total_limit=r.save_total_limit or 0,
+        group_by_length=b.group_by_length,
+        compile=flags.speed.compile,
+        gradient_checkpointing=flags.speed.gradient_checkpointing,
+        tag_prefix=f"{e.task}/{dataset}/{e.model}",
+        drop_last=method.drop_last,
+    )
 
 
 def _legacy(exp: ExperimentDir, record: dict, rerun: ConfigSource | None = None) -> dict:
@@ -219,10 +251,17 @@ def _legacy(exp: ExperimentDir, record: dict, rerun: ConfigSource | None = None)
     return {k: v for k, v in cfg.legacy_values(source, record).items() if k not in rerun.overrides}
 
 
-def method_settings(flags, task: Task, method_cls: type[Method], teacher: TeacherShape | None = None,
-                    legacy: dict | None = None, student_projection: PretrainedProjection | None = None,
-                    teachers: dict[str, TeacherShape] | None = None, recipe: Recipe | None = None,
-                    base: Method | None = None) -> MethodSettings:
+def method_settings(
+    flags,
+    task: Task,
+    method_cls: type[Method],
+    teacher: TeacherShape | None = None,
+    legacy: dict | None = None,
+    student_projection: PretrainedProjection | None = None,
+    teachers: dict[str, TeacherShape] | None = None,
+    recipe: Recipe | None = None,
+    base: Method | None = None,
+) -> MethodSettings:
     """What ``method_cls`` is built from: its settings groups (its own ``flag_groups``, and the distillation
     scripts' ``distil`` and ``layerwise``) and the run's resolved facts (the task's regression, the student's and
     the teacher's shapes, the padding, the student's optimiser, a resumed run's legacy rules, the projection a
@@ -232,11 +271,19 @@ def method_settings(flags, task: Task, method_cls: type[Method], teacher: Teache
     keys = ("distil", "layerwise", *(g.key for g in method_cls.flag_groups))
     return MethodSettings(
         groups={key: getattr(flags, key) for key in keys if flags.has(key)},
-        num_class=flags.classifier.num_class, regression=task.regression,
+        num_class=flags.classifier.num_class,
+        regression=task.regression,
         student=StudentShape(st.num_hidden_layers, st.d_model, st.num_attention_heads) if st else None,
-        teacher=teacher, padding=b.padding, max_seq_len=b.max_seq_len, optimiser=optimiser_settings(flags.optimiser),
-        legacy=legacy or {}, student_projection=student_projection, teachers=teachers or {}, recipe=recipe,
-        base=base)
+        teacher=teacher,
+        padding=b.padding,
+        max_seq_len=b.max_seq_len,
+        optimiser=optimiser_settings(flags.optimiser),
+        legacy=legacy or {},
+        student_projection=student_projection,
+        teachers=teachers or {},
+        recipe=recipe,
+        base=base,
+    )
 
 
 def student_projection(flags, method_cls: type[Method]) -> PretrainedProjection | None:
@@ -248,8 +295,25 @@ def student_projection(flags, method_cls: type[Method]) -> PretrainedProjection 
     return read_pretrained_projection(source, method_cls.projection_weights, "--student_ptrain_ver")
 
 
-def _plan(flags, *, data_root, task, exp, train, tokenizer, max_seq_len, model, method, record, inputs, evaluation,
-          devices=None, notes=(), tag_split=None, **extra) -> RunPlan:
+def _plan(
+    flags,
+    *,
+    data_root,
+    task,
+    exp,
+    train,
+    tokenizer,
+    max_seq_len,
+    model,
+    method,
+    record,
+    inputs,
+    evaluation,
+    devices=None,
+    notes=(),
+    tag_split=None,
+    **extra,
+) -> RunPlan:
     """The run's plan; ``tag_split``: the training split the scalars' names give (default: ``train``'s name)."""
     from ..reporting import resolve_reporting
 
@@ -257,13 +321,32 @@ def _plan(flags, *, data_root, task, exp, train, tokenizer, max_seq_len, model, 
     training = _training(flags, tag_split or train.name, method)
     method.check_training_rows(len(train.examples), training.micro_batch, f"--dataset {train.name!r}")
     if training.optimiser.schedule == "constant" and flags.optimiser.warmup_step:
-        notes = (*notes, f"the learning rate stays constant ({method.name}'s schedule): --warmup_step "
-                         f"{flags.optimiser.warmup_step} and the linear decay do not apply")
-    return RunPlan(exp=exp, data_root=data_root, task=task, train=train, tokenizer=tokenizer, max_seq_len=max_seq_len,
-                   padding=b.padding, padding_free=flags.speed.padding_free == "auto", model=model, method=method,
-                   training=training, devices=devices or Devices.of(flags.device), record=record,
-                   inputs=inputs, overwrite=flags.paths.overwrite, evaluation=evaluation, notes=tuple(notes),
-                   reporting=resolve_reporting(flags.run.report_to, exp, task.name), **extra)
+        notes = (
+            *notes,
+            f"the learning rate stays constant ({method.name}'s schedule): --warmup_step "
+            f"{flags.optimiser.warmup_step} and the linear decay do not apply",
+        )
+    return RunPlan(
+        exp=exp,
+        data_root=data_root,
+        task=task,
+        train=train,
+        tokenizer=tokenizer,
+        max_seq_len=max_seq_len,
+        padding=b.padding,
+        padding_free=flags.speed.padding_free == "auto",
+        model=model,
+        method=method,
+        training=training,
+        devices=devices or Devices.of(flags.device),
+        record=record,
+        inputs=inputs,
+        overwrite=flags.paths.overwrite,
+        evaluation=evaluation,
+        notes=tuple(notes),
+        reporting=resolve_reporting(flags.run.report_to, exp, task.name),
+        **extra,
+    )
 
 
 # -- fine-tuning ---------------------------------------------------------------------------------------------
@@ -282,14 +365,26 @@ def plan_fine_tune(flags) -> RunPlan:
     cfg.check_room_for_text(max_seq_len, tokenizer)
     fine_tuning = get_method("fine_tune")
     flags, method, schedule = _schedule_and_method(
-        flags, len(train.examples), lambda f: fine_tuning.build(method_settings(f, task, fine_tuning)))
+        flags, len(train.examples), lambda f: fine_tuning.build(method_settings(f, task, fine_tuning))
+    )
     inputs = _inputs(task, (train.file, train.sha256), evaluation, weight_file_hashes(ptrain_ver))
     model = PretrainedModel(ptrain_ver, e.model, flags.classifier.num_class, flags.classifier.dropout)
-    notes = [n for n in (head_note(pre_config, flags.classifier.num_class, "--ptrain_ver", ptrain_ver), schedule)
-             if n]
-    return _plan(flags, data_root=data_root, task=task, exp=exp, train=train, tokenizer=tokenizer,
-                 max_seq_len=max_seq_len, model=model, method=method, record=_record(flags, task), inputs=inputs,
-                 evaluation=evaluation, notes=tuple(notes))
+    notes = [n for n in (head_note(pre_config, flags.classifier.num_class, "--ptrain_ver", ptrain_ver), schedule) if n]
+    return _plan(
+        flags,
+        data_root=data_root,
+        task=task,
+        exp=exp,
+        train=train,
+        tokenizer=tokenizer,
+        max_seq_len=max_seq_len,
+        model=model,
+        method=method,
+        record=_record(flags, task),
+        inputs=inputs,
+        evaluation=evaluation,
+        notes=tuple(notes),
+    )
 
 
 # -- the student of distillation -----------------------------------------------------------------------------
@@ -304,12 +399,18 @@ def resolve_pretrained_student(flags, notes: list[str]):
         return flags, None
     config = load_pretrained_config(st.student_ptrain_ver, flags.experiment.model, "--student_ptrain_ver")
     d_ff = getattr(config, "intermediate_size", None) or getattr(config, "hidden_dim", None) or st.d_ff
-    shape = {"d_model": config.hidden_size, "d_ff": d_ff, "num_attention_heads": config.num_attention_heads,
-             "num_hidden_layers": config.num_hidden_layers}
+    shape = {
+        "d_model": config.hidden_size,
+        "d_ff": d_ff,
+        "num_attention_heads": config.num_attention_heads,
+        "num_hidden_layers": config.num_hidden_layers,
+    }
     if any(getattr(st, k) != v for k, v in shape.items()):
-        notes.append(f"the student is --student_ptrain_ver {st.student_ptrain_ver} ({config.num_hidden_layers} layers, "
-                     f"width {config.hidden_size}, {config.num_attention_heads} heads): --d_model/--d_ff/"
-                     f"--num_attention_heads/--num_hidden_layers do not apply")
+        notes.append(
+            f"the student is --student_ptrain_ver {st.student_ptrain_ver} ({config.num_hidden_layers} layers, "
+            f"width {config.hidden_size}, {config.num_attention_heads} heads): --d_model/--d_ff/"
+            f"--num_attention_heads/--num_hidden_layers do not apply"
+        )
     head = head_note(config, flags.classifier.num_class, "--student_ptrain_ver", st.student_ptrain_ver)
     notes += [head] if head else []
     cfg.check_max_seq_len(flags.batching.max_seq_len, usable_positions(config), f"the student {st.student_ptrain_ver}")
@@ -327,15 +428,28 @@ def check_initialisation(pairs: list[tuple[int, int]], source: str | None, model
     check_copyable(load_pretrained_config(source, model), student.d_model, student.d_ff, student.init_attn_only)
 
 
-def _student(flags, *, vocab_size: int, max_positions: int, source: str | None,
-             pairs: list[tuple[int, int]]) -> StudentModel:
+def _student(
+    flags, *, vocab_size: int, max_positions: int, source: str | None, pairs: list[tuple[int, int]]
+) -> StudentModel:
     st = flags.student
-    return StudentModel(family=flags.experiment.model, num_class=flags.classifier.num_class,
-                        dropout=flags.classifier.dropout, d_model=st.d_model, d_ff=st.d_ff, d_emb=st.d_emb,
-                        num_attention_heads=st.num_attention_heads, num_hidden_layers=st.num_hidden_layers,
-                        type_vocab_size=st.type_vocab_size, vocab_size=vocab_size, max_positions=max_positions,
-                        pretrained=st.student_ptrain_ver, init_source=source if pairs else None,
-                        init_pairs=tuple(pairs), init_attn_only=st.init_attn_only, init_embeddings=st.init_embeddings)
+    return StudentModel(
+        family=flags.experiment.model,
+        num_class=flags.classifier.num_class,
+        dropout=flags.classifier.dropout,
+        d_model=st.d_model,
+        d_ff=st.d_ff,
+        d_emb=st.d_emb,
+        num_attention_heads=st.num_attention_heads,
+        num_hidden_layers=st.num_hidden_layers,
+        type_vocab_size=st.type_vocab_size,
+        vocab_size=vocab_size,
+        max_positions=max_positions,
+        pretrained=st.student_ptrain_ver,
+        init_source=source if pairs else None,
+        init_pairs=tuple(pairs),
+        init_attn_only=st.init_attn_only,
+        init_embeddings=st.init_embeddings,
+    )
 
 
 # -- offline distillation ------------------------------------------------------------------------------------
@@ -347,8 +461,9 @@ def plan_offline_distill(flags) -> RunPlan:
     e = flags.experiment
     logits = read_logits(data_root, e.dataset, e.task)
     meta = logits.meta
-    task.check_not_diagnostic(str(meta.get("split")), f"--dataset {e.dataset}: the logits data set's split",
-                              "training data")  # a set made before the diagnostics were refused as one
+    task.check_not_diagnostic(
+        str(meta.get("split")), f"--dataset {e.dataset}: the logits data set's split", "training data"
+    )  # a set made before the diagnostics were refused as one
     task.check_trained_labels(meta, f"the logits data set {e.dataset!r}")
     check_teacher_unchanged(meta, exp.root, e.dataset)
     classes = logits.logits.shape[1]
@@ -369,12 +484,19 @@ def plan_offline_distill(flags) -> RunPlan:
     flags, schedule = resolve_schedule(flags, len(examples))  # (every row trains: offline KD drops none)
     notes += [schedule] if schedule else []
     max_seq_len = flags.batching.max_seq_len
-    max_positions = (max(512, max_seq_len) if meta.get("max_position_embeddings") is None
-                     else meta["max_position_embeddings"])
+    max_positions = (
+        max(512, max_seq_len) if meta.get("max_position_embeddings") is None else meta["max_position_embeddings"]
+    )
     if student_tokenizer is None:  # a pretrained student's positions were checked by resolve_pretrained_student
         cfg.check_max_seq_len(max_seq_len, max_positions, "the student (teacher's position table)")
-    record = _record(flags, task, ptrain_ver=meta.get("ptrain_ver"), teacher_experiment=meta.get("teacher_experiment"),
-                     teacher_checkpoint=meta.get("checkpoint"), logits_split=meta.get("split"))
+    record = _record(
+        flags,
+        task,
+        ptrain_ver=meta.get("ptrain_ver"),
+        teacher_experiment=meta.get("teacher_experiment"),
+        teacher_checkpoint=meta.get("checkpoint"),
+        logits_split=meta.get("split"),
+    )
     tokenizer = student_tokenizer or load_tokenizer(logits.tokenizer_dir)
     cfg.check_room_for_text(max_seq_len, tokenizer)
     source = meta.get("ptrain_ver")
@@ -385,21 +507,45 @@ def plan_offline_distill(flags) -> RunPlan:
         if not source:
             raise UserError("--init_start: the logits data set records no pretrained teacher (ptrain_ver) to copy from")
         pre_config = load_pretrained_config(source, e.model)
-        layers = teacher_layer_map(st.init_start, st.init_end, st.init_step, st.num_hidden_layers,
-                                   pre_config.num_hidden_layers)
+        layers = teacher_layer_map(
+            st.init_start, st.init_end, st.init_step, st.num_hidden_layers, pre_config.num_hidden_layers
+        )
         pairs = list(enumerate(layers, 1))
         check_copyable(pre_config, st.d_model, st.d_ff, st.init_attn_only)
     offline = get_method("offline_logits_kd")
     method = offline.build(method_settings(flags, task, offline))
     train = Split(e.dataset, logits.data_file, meta["logits_sha256"], examples)
-    inputs = _inputs(task, (train.file, train.sha256), evaluation, weight_file_hashes(source) if pairs else {},
-                     weight_file_hashes(st.student_ptrain_ver) if st.student_ptrain_ver else {})
-    student = _student(flags, vocab_size=meta.get("vocab_size") or len(tokenizer), max_positions=max_positions,
-                       source=source, pairs=pairs)
-    return _plan(flags, data_root=data_root, task=task, exp=exp, train=train, tokenizer=tokenizer,
-                 max_seq_len=max_seq_len, model=student, method=method, record=record, inputs=inputs,
-                 evaluation=evaluation, teacher_logits=logits.logits[: len(examples)], notes=tuple(notes),
-                 tag_split=str(meta.get("split") or task.train_split))  # the split the set's rows are, not its name
+    inputs = _inputs(
+        task,
+        (train.file, train.sha256),
+        evaluation,
+        weight_file_hashes(source) if pairs else {},
+        weight_file_hashes(st.student_ptrain_ver) if st.student_ptrain_ver else {},
+    )
+    student = _student(
+        flags,
+        vocab_size=meta.get("vocab_size") or len(tokenizer),
+        max_positions=max_positions,
+        source=source,
+        pairs=pairs,
+    )
+    return _plan(
+        flags,
+        data_root=data_root,
+        task=task,
+        exp=exp,
+        train=train,
+        tokenizer=tokenizer,
+        max_seq_len=max_seq_len,
+        model=student,
+        method=method,
+        record=record,
+        inputs=inputs,
+        evaluation=evaluation,
+        teacher_logits=logits.logits[: len(examples)],
+        notes=tuple(notes),
+        tag_split=str(meta.get("split") or task.train_split),
+    )  # the split the set's rows are, not its name
 
 
 # -- online distillation -------------------------------------------------------------------------------------
@@ -412,14 +558,18 @@ def resolve_from_teacher(flags, teacher: Teacher, task: Task):
     if num_class is None:
         num_class = rec.get("num_class", teacher.hf_config.num_labels)
     elif num_class != teacher.hf_config.num_labels:
-        raise UserError(f"--num_class {num_class}: the teacher {teacher.name} has {teacher.hf_config.num_labels} classes")
+        raise UserError(
+            f"--num_class {num_class}: the teacher {teacher.name} has {teacher.hf_config.num_labels} classes"
+        )
     max_seq_len = flags.batching.max_seq_len or rec.get("max_seq_len")
     if max_seq_len is None:
-        raise UserError(f"--teacher_hf {teacher.name!r}: give --max_seq_len (a teacher fine-tuned elsewhere records "
-                        f"none)")
+        raise UserError(
+            f"--teacher_hf {teacher.name!r}: give --max_seq_len (a teacher fine-tuned elsewhere records none)"
+        )
     dataset = flags.experiment.dataset or rec.get("dataset") or task.train_split
-    return flags.replace(classifier={"num_class": num_class}, batching={"max_seq_len": max_seq_len},
-                         experiment={"dataset": dataset})
+    return flags.replace(
+        classifier={"num_class": num_class}, batching={"max_seq_len": max_seq_len}, experiment={"dataset": dataset}
+    )
 
 
 def check_shapes(flags, teacher: Teacher, method_cls) -> None:
@@ -430,8 +580,10 @@ def check_shapes(flags, teacher: Teacher, method_cls) -> None:
     if st.num_hidden_layers > teacher.num_layers:
         raise UserError(f"--num_hidden_layers {st.num_hidden_layers} exceeds the teacher's {teacher.num_layers} layers")
     if method_cls.needs_layer_multiple and teacher.num_layers % st.num_hidden_layers:
-        raise UserError(f"--num_hidden_layers {st.num_hidden_layers}: the teacher's {teacher.num_layers} layers are "
-                        f"not a multiple of the student's")
+        raise UserError(
+            f"--num_hidden_layers {st.num_hidden_layers}: the teacher's {teacher.num_layers} layers are "
+            f"not a multiple of the student's"
+        )
 
 
 def _recipe(flags) -> Recipe | None:
@@ -445,8 +597,10 @@ def _base_method(recipe: Recipe) -> type[Method]:
     """The registered online method a recipe's ``method:`` names (not a recipe); refused in one line otherwise."""
     online = extendable_methods()
     if recipe.method not in online:
-        raise UserError(f"recipe {recipe.path}: method: {recipe.method!r} is not a distillation method terms can be "
-                        f"added to; {did_you_mean(recipe.method, online)}methods: {', '.join(online)}")
+        raise UserError(
+            f"recipe {recipe.path}: method: {recipe.method!r} is not a distillation method terms can be "
+            f"added to; {did_you_mean(recipe.method, online)}methods: {', '.join(online)}"
+        )
     return get_method(recipe.method)
 
 
@@ -461,8 +615,9 @@ def open_recipe_teachers(recipe: Recipe, exp_root: Path, task: Task, data_root: 
             else:
                 ckpt = spec.ckpt
                 if ckpt == "last":
-                    steps = ExperimentDir.of(exp_root, spec.experiment, spec.model, task.name, "--teacher_exp") \
-                        .checkpoints()
+                    steps = ExperimentDir.of(
+                        exp_root, spec.experiment, spec.model, task.name, "--teacher_exp"
+                    ).checkpoints()
                     ckpt = max(steps) if steps else 0  # none: open_teacher names what is missing
                 member = open_teacher(exp_root, spec.experiment, spec.model, task.name, ckpt, choose=(task, data_root))
         except UserError as e:
@@ -491,8 +646,10 @@ def check_teacher_set(teachers: Teachers, task: Task, max_seq_len: int, examples
             try:
                 check_same_tokenisation(primary.tokenizer, member.tokenizer, examples, first, name)
             except UserError:
-                raise UserError(f"{where}: tokenises the run's text differently from {first}: the teachers read the "
-                                f"same token ids (use teachers of one tokenizer)") from None
+                raise UserError(
+                    f"{where}: tokenises the run's text differently from {first}: the teachers read the "
+                    f"same token ids (use teachers of one tokenizer)"
+                ) from None
 
 
 def open_any_teacher(flags, exp_root: Path, task: Task, data_root: Path | None = None) -> Teacher:
@@ -561,11 +718,17 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
 
         given = parse_indices(flags.probing.student_indices, "--student_indices")
         if given != list(range(1, st.num_hidden_layers + 1)):
-            notes.insert(0, f"--student_indices {flags.probing.student_indices} is ignored by partial LAD: every "
-                            f"student layer learns")
+            notes.insert(
+                0,
+                f"--student_indices {flags.probing.student_indices} is ignored by partial LAD: every "
+                f"student layer learns",
+            )
     shape = TeacherShape(teacher.num_layers, teacher.hidden_size, teacher.num_heads)
-    shapes = {} if teachers is None else {name: TeacherShape(m.num_layers, m.hidden_size, m.num_heads)
-                                          for name, m, _ in teachers.members}
+    shapes = (
+        {}
+        if teachers is None
+        else {name: TeacherShape(m.num_layers, m.hidden_size, m.num_heads) for name, m, _ in teachers.members}
+    )
     projection = student_projection(flags, base_cls or method_cls)
     train = training_split(task, data_root, e.dataset, flags.paths.max_examples)
     if teachers is not None:
@@ -574,7 +737,9 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
     # resolved for the method's epochs (the gates' and the projection's follow the student's)
 
     def build(f, legacy=None):
-        base = None if base_cls is None else base_cls.build(method_settings(f, task, base_cls, shape, legacy, projection))
+        base = (
+            None if base_cls is None else base_cls.build(method_settings(f, task, base_cls, shape, legacy, projection))
+        )
         return method_cls.build(method_settings(f, task, method_cls, shape, legacy, projection, shapes, recipe, base))
 
     flags, method, schedule = _schedule_and_method(flags, len(train.examples), build)
@@ -582,56 +747,108 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
     for _, member, _ in teachers.members if teachers is not None else ((None, teacher, None),):
         method.check_models(member.hf_config, student_family=e.model)
     if student_tokenizer is not None:  # token-level losses need one tokenisation
-        check_same_tokenisation(teacher.tokenizer, student_tokenizer, train.examples, teacher.name,
-                                st.student_ptrain_ver)
+        check_same_tokenisation(
+            teacher.tokenizer, student_tokenizer, train.examples, teacher.name, st.student_ptrain_ver
+        )
     ptrain_ver = teacher.record.get("ptrain_ver")
     init_range = None if st.init_start is None else (st.init_start, st.init_end, st.init_step)
     pairs = method.init_pairs(init_range, st.student_ptrain_ver is not None)  # checked below, before any write
     if pairs and teacher.hf_config.model_type != e.model:
         if st.init_start is not None:
-            raise UserError(f"--init_start: the teacher's pretrained layers are {teacher.hf_config.model_type!r} "
-                            f"layers, the student a {e.model!r} model")
-        notes.append(f"the student ({e.model}) cannot take the {teacher.hf_config.model_type} teacher's pretrained "
-                     f"layers: they start random (--student_ptrain_ver gives a pretrained student)")
+            raise UserError(
+                f"--init_start: the teacher's pretrained layers are {teacher.hf_config.model_type!r} "
+                f"layers, the student a {e.model!r} model"
+            )
+        notes.append(
+            f"the student ({e.model}) cannot take the {teacher.hf_config.model_type} teacher's pretrained "
+            f"layers: they start random (--student_ptrain_ver gives a pretrained student)"
+        )
         pairs = []
     if pairs and not ptrain_ver and st.init_start is None:
-        notes.append(f"{teacher.name} records no pretrained model (ptrain_ver) to copy the student's layers from: "
-                     f"they start random (--student_ptrain_ver gives a pretrained student)")
+        notes.append(
+            f"{teacher.name} records no pretrained model (ptrain_ver) to copy the student's layers from: "
+            f"they start random (--student_ptrain_ver gives a pretrained student)"
+        )
         pairs = []
-    if method.needs_projection and st.d_model != teacher.hidden_size and st.student_ptrain_ver is None \
-            and st.init_start is None:
-        notes.append(f"the student's width {st.d_model} differs from the teacher's {teacher.hidden_size}: its layers "
-                     f"start random (no teacher layer fits), and its hidden states reach the teacher's width through a "
-                     f"learned projection")
-    check_initialisation(pairs, ptrain_ver, teacher.hf_config.model_type, st,
-                         f"{teacher.name}: no ptrain_ver recorded to initialise the student from (give "
-                         f"--student_ptrain_ver, or a student of the teacher's family started from --init_start)")
+    if (
+        method.needs_projection
+        and st.d_model != teacher.hidden_size
+        and st.student_ptrain_ver is None
+        and st.init_start is None
+    ):
+        notes.append(
+            f"the student's width {st.d_model} differs from the teacher's {teacher.hidden_size}: its layers "
+            f"start random (no teacher layer fits), and its hidden states reach the teacher's width through a "
+            f"learned projection"
+        )
+    check_initialisation(
+        pairs,
+        ptrain_ver,
+        teacher.hf_config.model_type,
+        st,
+        f"{teacher.name}: no ptrain_ver recorded to initialise the student from (give "
+        f"--student_ptrain_ver, or a student of the teacher's family started from --init_start)",
+    )
     gate_device_id = flags.gate.gate_device_id if flags.has("gate") else None
     for flag_name, device_id in (("--tdevice_id", t.tdevice_id), ("--gate_device_id", gate_device_id)):
         # a CUDA index (or, under torchrun, a per-rank slot) the machine lacks: refused before anything is written
         resolve_placement(device_id, flag_name, None, flags.device.device_id, quiet=True)
-    record = _record(flags, task, method=method.name, ptrain_ver=ptrain_ver, teacher_experiment=teacher.name,
-                     teacher_checkpoint=teacher.checkpoint_name(),
-                     teacher_layers=teacher.num_layers, teacher_label_order=teacher.label_order,
-                     hidden_mapping=method.describe_mapping(), **method.record())
+    record = _record(
+        flags,
+        task,
+        method=method.name,
+        ptrain_ver=ptrain_ver,
+        teacher_experiment=teacher.name,
+        teacher_checkpoint=teacher.checkpoint_name(),
+        teacher_layers=teacher.num_layers,
+        teacher_label_order=teacher.label_order,
+        hidden_mapping=method.describe_mapping(),
+        **method.record(),
+    )
     if teachers is not None:  # each teacher's weights as resolved (ckpt best / last: the step)
-        record["teachers"] = [{"name": name, "checkpoint": m.checkpoint_name(), "layers": m.num_layers,
-                               "weight": weight} for name, m, weight in teachers.members]
+        record["teachers"] = [
+            {"name": name, "checkpoint": m.checkpoint_name(), "layers": m.num_layers, "weight": weight}
+            for name, m, weight in teachers.members
+        ]
     if t.teacher_hf is not None:
         record["tmodel"] = teacher.hf_config.model_type
     legacy = _legacy(exp, record, flags.rerun if flags.has("rerun") else None)
     if legacy:  # a run started before a fidelity fix: its method keeps the rule it started with
         method = build(flags, legacy)
         record = dict(record, **method.record())
-    inputs = _inputs(task, (train.file, train.sha256), evaluation, (teachers or teacher).input_hashes(),
-                     weight_file_hashes(ptrain_ver) if pairs else {},
-                     weight_file_hashes(st.student_ptrain_ver) if st.student_ptrain_ver else {})
-    student = _student(flags, vocab_size=teacher.hf_config.vocab_size,
-                       max_positions=teacher.hf_config.max_position_embeddings, source=ptrain_ver, pairs=pairs)
+    inputs = _inputs(
+        task,
+        (train.file, train.sha256),
+        evaluation,
+        (teachers or teacher).input_hashes(),
+        weight_file_hashes(ptrain_ver) if pairs else {},
+        weight_file_hashes(st.student_ptrain_ver) if st.student_ptrain_ver else {},
+    )
+    student = _student(
+        flags,
+        vocab_size=teacher.hf_config.vocab_size,
+        max_positions=teacher.hf_config.max_position_embeddings,
+        source=ptrain_ver,
+        pairs=pairs,
+    )
     notes += method.notes()
     layer_map = _layer_map(flags, task, data_root, method, notes)
-    return _plan(flags, data_root=data_root, task=task, exp=exp, train=train,
-                 tokenizer=student_tokenizer or teacher.tokenizer,  # the same tokenisation (checked above)
-                 max_seq_len=max_seq_len, model=student, method=method, record=record, inputs=inputs,
-                 evaluation=evaluation, devices=Devices.of(flags.device, t.tdevice_id, gate_device_id),
-                 teacher=teachers or teacher, layer_map=layer_map, notes=tuple(notes), legacy=legacy)
+    return _plan(
+        flags,
+        data_root=data_root,
+        task=task,
+        exp=exp,
+        train=train,
+        tokenizer=student_tokenizer or teacher.tokenizer,  # the same tokenisation (checked above)
+        max_seq_len=max_seq_len,
+        model=student,
+        method=method,
+        record=record,
+        inputs=inputs,
+        evaluation=evaluation,
+        devices=Devices.of(flags.device, t.tdevice_id, gate_device_id),
+        teacher=teachers or teacher,
+        layer_map=layer_map,
+        notes=tuple(notes),
+        legacy=legacy,
+    )

@@ -67,8 +67,16 @@ class Devices:
     def of(cls, device_flags, teacher_device_id: int | None = None, gate_device_id: int | None = None) -> Devices:
         """From a script's ``DeviceFlags`` group (the planners')."""
         d = device_flags
-        return cls(d.device_id, d.num_gpu, d.amp, d.amp_dtype, teacher_device_id, gate_device_id,
-                   timedelta(seconds=d.ddp_timeout), d.deterministic)
+        return cls(
+            d.device_id,
+            d.num_gpu,
+            d.amp,
+            d.amp_dtype,
+            teacher_device_id,
+            gate_device_id,
+            timedelta(seconds=d.ddp_timeout),
+            d.deterministic,
+        )
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
@@ -290,8 +298,10 @@ Runner = TypeVar("Runner", bound=Callable[..., Any])
 def applies_devices(runner: Runner) -> Runner:
     """A command's runner (``run(plan)``, ``run_eval(plan)``...) carried out under its plan's
     :meth:`Devices.applied`."""
+
     @functools.wraps(runner)
     def wrapped(plan, *args, **kwargs):
         with plan.devices.applied():
             return runner(plan, *args, **kwargs)
+
     return wrapped  # type: ignore[return-value]

@@ -48,8 +48,17 @@ from typing import Any
 
 from ..errors import UserError, closest_name
 
-FEATURES: tuple[str, ...] = ("logits", "hard_labels", "hidden", "cls", "embeddings", "attention_scores",
-                             "attention_probs", "value_relation", "qkv_relation")
+FEATURES: tuple[str, ...] = (
+    "logits",
+    "hard_labels",
+    "hidden",
+    "cls",
+    "embeddings",
+    "attention_scores",
+    "attention_probs",
+    "value_relation",
+    "qkv_relation",
+)
 LOSSES: tuple[str, ...] = ("kl", "mse", "ce", "cosine", "normalized_mse")
 ALLOWED: dict[str, tuple[str, ...]] = {
     "logits": ("kl", "mse", "ce"),
@@ -62,8 +71,14 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "value_relation": ("kl",),
     "qkv_relation": ("kl",),
 }
-LAYER_FEATURES: tuple[str, ...] = ("hidden", "cls", "attention_scores", "attention_probs", "value_relation",
-                                   "qkv_relation")
+LAYER_FEATURES: tuple[str, ...] = (
+    "hidden",
+    "cls",
+    "attention_scores",
+    "attention_probs",
+    "value_relation",
+    "qkv_relation",
+)
 ATTENTION_FEATURES: tuple[str, ...] = ("attention_scores", "attention_probs", "value_relation", "qkv_relation")
 HEAD_MEAN_FEATURES: tuple[str, ...] = ("attention_scores", "attention_probs")
 PROJECTION_FEATURES: tuple[str, ...] = ("hidden", "cls", "embeddings")
@@ -83,13 +98,25 @@ SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".json")
 TOP_KEYS: tuple[str, ...] = ("method", "teachers", "terms", "training")
 TRAINING_KEYS: tuple[str, ...] = ("schedule", "incomplete_batches")
 TEACHER_KEYS: tuple[str, ...] = ("name", "experiment", "model", "ckpt", "hf", "weight")
-TERM_KEYS: tuple[str, ...] = ("feature", "loss", "weight", "temperature", "layers", "projection", "teacher",
-                              "relation_heads", "head_mean", "name", "reduction")
+TERM_KEYS: tuple[str, ...] = (
+    "feature",
+    "loss",
+    "weight",
+    "temperature",
+    "layers",
+    "projection",
+    "teacher",
+    "relation_heads",
+    "head_mean",
+    "name",
+    "reduction",
+)
 SUM_KEYS: tuple[str, ...] = ("sum", "weight", "name")  # a sum term: its members' losses added, then weighted once
 _NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
 # ---- small checks, each refusing in one line -------------------------------------------------------------------
+
 
 def _refuse(where: str, key: str, message: str) -> UserError:
     return UserError(f"{where}: {key}: {message}" if key else f"{where}: {message}")
@@ -176,6 +203,7 @@ def _name(value: Any, where: str, key: str) -> str:
 
 # ---- schedules -------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Schedule:
     """A value over training steps: ``constant`` (``start`` at every step) or ``linear`` from ``start`` at step 0
@@ -220,8 +248,12 @@ def parse_schedule(value: Any, where: str, key: str, *, positive: bool = False) 
             raise _expect(value, "a number or a mapping {schedule: constant|linear, ...}", where, key)
         return Schedule.constant(checked(value, key))
     if "schedule" not in value:
-        raise _refuse(where, key, "a mapping names its schedule: {schedule: constant, value: v} or "
-                                  "{schedule: linear, from: a, to: b, steps: n}")
+        raise _refuse(
+            where,
+            key,
+            "a mapping names its schedule: {schedule: constant, value: v} or "
+            "{schedule: linear, from: a, to: b, steps: n}",
+        )
     kind = _choice(value["schedule"], SCHEDULES, "schedule", where, f"{key}.schedule")
     fields = ("schedule", "value") if kind == "constant" else ("schedule", "from", "to", "steps")
     _check_keys(value, fields, where, key)
@@ -230,11 +262,16 @@ def parse_schedule(value: Any, where: str, key: str, *, positive: bool = False) 
             raise _refuse(where, key, f"a {kind} schedule needs {', '.join(fields[1:])}; {f} is missing")
     if kind == "constant":
         return Schedule.constant(checked(value["value"], f"{key}.value"))
-    return Schedule("linear", checked(value["from"], f"{key}.from"), checked(value["to"], f"{key}.to"),
-                    _int(value["steps"], 1, where, f"{key}.steps"))
+    return Schedule(
+        "linear",
+        checked(value["from"], f"{key}.from"),
+        checked(value["to"], f"{key}.to"),
+        _int(value["steps"], 1, where, f"{key}.steps"),
+    )
 
 
 # ---- layer maps ------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class LayerMap:
@@ -264,8 +301,10 @@ class LayerMap:
             return ((ls, lt),)
         if self.rule == "last":
             if ls > lt:
-                raise UserError(f"{where}: rule 'last' maps the {ls}-layer student onto the teacher's last layers, "
-                                f"but the teacher has only {lt}")
+                raise UserError(
+                    f"{where}: rule 'last' maps the {ls}-layer student onto the teacher's last layers, "
+                    f"but the teacher has only {lt}"
+                )
             return tuple((j, lt - ls + j) for j in range(1, ls + 1))
         return tuple((j, -(-j * lt // ls)) for j in range(1, ls + 1))  # uniform, skip: ceil(j * Lt / Ls)
 
@@ -296,8 +335,11 @@ def parse_layers(value: Any, feature: str, where: str, key: str) -> LayerMap:
             raise _expect(pair, "a [student, teacher] pair of layer numbers", where, k)
         for j, who in enumerate(("student", "teacher")):
             if _int(pair[j], 0, where, f"{k}[{j}]") < lowest:
-                raise _refuse(where, f"{k}[{j}]", f"{who} layer 0 is the embeddings, which have no attention; "
-                                                  f"{feature} takes layers >= 1")
+                raise _refuse(
+                    where,
+                    f"{k}[{j}]",
+                    f"{who} layer 0 is the embeddings, which have no attention; {feature} takes layers >= 1",
+                )
         s, t = pair
         if s in first:
             raise _refuse(where, k, f"student layer {s} is mapped twice (also {key}[{first[s]}])")
@@ -307,6 +349,7 @@ def parse_layers(value: Any, feature: str, where: str, key: str) -> LayerMap:
 
 
 # ---- teachers, terms, recipes ----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TeacherSpec:
@@ -324,8 +367,13 @@ class TeacherSpec:
     def record(self) -> dict:
         if self.hf is not None:
             return {"name": self.name, "hf": self.hf, "weight": self.weight}
-        return {"name": self.name, "experiment": self.experiment, "model": self.model, "ckpt": self.ckpt,
-                "weight": self.weight}
+        return {
+            "name": self.name,
+            "experiment": self.experiment,
+            "model": self.model,
+            "ckpt": self.ckpt,
+            "weight": self.weight,
+        }
 
 
 @dataclass(frozen=True)
@@ -400,10 +448,16 @@ def parse_training(value: Any, where: str) -> Training:
     """``training: {schedule: linear|constant, incomplete_batches: train|skip}`` (either key optional)."""
     data = _mapping(value, where, "training")
     _check_keys(data, TRAINING_KEYS, where, "training")
-    return Training(_choice(data.get("schedule", "linear"), LR_SCHEDULES, "learning-rate schedule", where,
-                            "training.schedule"),
-                    _choice(data.get("incomplete_batches", "train"), INCOMPLETE_BATCHES, "incomplete_batches value",
-                            where, "training.incomplete_batches"))
+    return Training(
+        _choice(data.get("schedule", "linear"), LR_SCHEDULES, "learning-rate schedule", where, "training.schedule"),
+        _choice(
+            data.get("incomplete_batches", "train"),
+            INCOMPLETE_BATCHES,
+            "incomplete_batches value",
+            where,
+            "training.incomplete_batches",
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -433,8 +487,13 @@ class Recipe:
                 terms.append({"name": t.group, "weight": t.weight.record(), "sum": [t.record()]})
             else:
                 terms[-1]["sum"].append(t.record())
-        out = {"path": self.path, "sha256": self.sha256, "method": self.method,
-               "teachers": [t.record() for t in self.teachers], "terms": terms}
+        out = {
+            "path": self.path,
+            "sha256": self.sha256,
+            "method": self.method,
+            "teachers": [t.record() for t in self.teachers],
+            "terms": terms,
+        }
         if self.training != Training():
             out["training"] = self.training.record()
         return out
@@ -447,8 +506,12 @@ def _parse_teacher(data: Any, where: str, key: str) -> TeacherSpec:
         raise _refuse(where, key, "a teacher needs a name")
     name = _name(data["name"], where, f"{key}.name")
     if ("experiment" in data) == ("hf" in data):
-        raise _refuse(where, key, "a teacher is either an experiment (experiment, model, ckpt) or a Hugging Face "
-                                  "model (hf): give exactly one of experiment and hf")
+        raise _refuse(
+            where,
+            key,
+            "a teacher is either an experiment (experiment, model, ckpt) or a Hugging Face "
+            "model (hf): give exactly one of experiment and hf",
+        )
     weight = _number(data.get("weight", 1.0), where, f"{key}.weight")
     if weight <= 0:
         raise _refuse(where, f"{key}.weight", f"{_shown(data['weight'])} is not > 0")
@@ -465,18 +528,29 @@ def _parse_teacher(data: Any, where: str, key: str) -> TeacherSpec:
             raise _refuse(where, f"{key}.ckpt", f"expected a checkpoint step, 'best' or 'last', got {_shown(ckpt)}")
     else:
         ckpt = _int(ckpt, 0, where, f"{key}.ckpt")
-    return TeacherSpec(name, _text(data["experiment"], where, f"{key}.experiment"),
-                       _text(data["model"], where, f"{key}.model"), ckpt, None, weight)
+    return TeacherSpec(
+        name,
+        _text(data["experiment"], where, f"{key}.experiment"),
+        _text(data["model"], where, f"{key}.model"),
+        ckpt,
+        None,
+        weight,
+    )
 
 
-def _parse_term(data: Any, index: int, teachers: tuple[str, ...], where: str, member: int | None = None,
-                group: tuple[str, Schedule] | None = None) -> Term:
+def _parse_term(
+    data: Any,
+    index: int,
+    teachers: tuple[str, ...],
+    where: str,
+    member: int | None = None,
+    group: tuple[str, Schedule] | None = None,
+) -> Term:
     """One term; ``group`` (name, weight) for the ``member``-th term of a sum (which takes no weight of its own)."""
     key = f"terms[{index}]" + (f".sum[{member}]" if member is not None else "")
     data = _mapping(data, where, key)
     if group is not None and "weight" in data:
-        raise _refuse(where, f"{key}.weight", f"a member of a sum takes the sum's weight (terms[{index}].weight)"
-                      )
+        raise _refuse(where, f"{key}.weight", f"a member of a sum takes the sum's weight (terms[{index}].weight)")
     if group is not None and "sum" in data:
         raise _refuse(where, f"{key}.sum", "a sum's member is one term (sums do not nest)")
     _check_keys(data, TERM_KEYS, where, key)
@@ -486,8 +560,11 @@ def _parse_term(data: Any, index: int, teachers: tuple[str, ...], where: str, me
     feature = _choice(data["feature"], FEATURES, "feature", where, f"{key}.feature")
     loss = _choice(data["loss"], LOSSES, "loss", where, f"{key}.loss")
     if loss not in ALLOWED[feature]:
-        raise _refuse(where, f"{key}.loss", f"loss {loss!r} is not allowed for feature {feature!r} (allowed: "
-                                            f"{', '.join(ALLOWED[feature])})")
+        raise _refuse(
+            where,
+            f"{key}.loss",
+            f"loss {loss!r} is not allowed for feature {feature!r} (allowed: {', '.join(ALLOWED[feature])})",
+        )
 
     def only(k: str, features: tuple[str, ...], why: str) -> bool:
         if k in data and feature not in features:
@@ -499,11 +576,17 @@ def _parse_term(data: Any, index: int, teachers: tuple[str, ...], where: str, me
     if only("temperature", ("logits",), "only logits have a temperature"):
         temperature = parse_schedule(data.get("temperature", 1.0), where, f"{key}.temperature", positive=True)
     layers = None
-    if only("layers", LAYER_FEATURES, "embeddings is the layer pair (0, 0)" if feature == "embeddings" else
-            "it is not a layer feature; layer features: " + ", ".join(LAYER_FEATURES)):
+    if only(
+        "layers",
+        LAYER_FEATURES,
+        "embeddings is the layer pair (0, 0)"
+        if feature == "embeddings"
+        else "it is not a layer feature; layer features: " + ", ".join(LAYER_FEATURES),
+    ):
         if "layers" not in data:
-            raise _refuse(where, key, f"{feature} needs layers: [student, teacher] pairs or a rule "
-                                      f"({', '.join(RULES)})")
+            raise _refuse(
+                where, key, f"{feature} needs layers: [student, teacher] pairs or a rule ({', '.join(RULES)})"
+            )
         layers = parse_layers(data["layers"], feature, where, f"{key}.layers")
     projection = None
     if only("projection", PROJECTION_FEATURES, "only hidden, cls and embeddings are projected"):
@@ -531,8 +614,22 @@ def _parse_term(data: Any, index: int, teachers: tuple[str, ...], where: str, me
     if only("reduction", REDUCTION_FEATURES, "it has no layer pairs to combine"):
         reduction = _choice(data.get("reduction", "mean"), REDUCTIONS, "reduction", where, f"{key}.reduction")
     name = _name(data["name"], where, f"{key}.name") if "name" in data else ""
-    return Term(index, feature, loss, weight, temperature, layers, projection, teacher, relation_heads, head_mean,
-                name, reduction, None if group is None else group[0], member)
+    return Term(
+        index,
+        feature,
+        loss,
+        weight,
+        temperature,
+        layers,
+        projection,
+        teacher,
+        relation_heads,
+        head_mean,
+        name,
+        reduction,
+        None if group is None else group[0],
+        member,
+    )
 
 
 def _parse_entry(data: Any, index: int, teachers: tuple[str, ...], where: str) -> list[Term]:
@@ -544,8 +641,10 @@ def _parse_entry(data: Any, index: int, teachers: tuple[str, ...], where: str) -
     members = data["sum"]
     if not isinstance(members, list) or not members:
         raise _expect(members, "a non-empty list of terms", where, f"{key}.sum")
-    group = (_name(data["name"], where, f"{key}.name") if "name" in data else "",
-             parse_schedule(data.get("weight", 1.0), where, f"{key}.weight"))
+    group = (
+        _name(data["name"], where, f"{key}.name") if "name" in data else "",
+        parse_schedule(data.get("weight", 1.0), where, f"{key}.weight"),
+    )
     return [_parse_term(raw, index, teachers, where, i, group) for i, raw in enumerate(members)]
 
 
@@ -589,16 +688,21 @@ def _check_projections(terms: tuple[Term, ...], where: str) -> None:
     layer) do not mix."""
     kinds = {t.projection: t for t in terms if t.projection in ("auto", "shared")}
     if len(kinds) > 1:
-        raise _refuse(where, f"{kinds['auto'].key}.projection", f"auto (a projection per layer) beside "
-                      f"{kinds['shared'].key}'s shared (one for every layer): a recipe has one projection; give both "
-                      f"the same (or none)")
+        raise _refuse(
+            where,
+            f"{kinds['auto'].key}.projection",
+            f"auto (a projection per layer) beside "
+            f"{kinds['shared'].key}'s shared (one for every layer): a recipe has one projection; give both "
+            f"the same (or none)",
+        )
 
 
 def parse_recipe(data: object, where: str) -> Recipe:
     """A recipe from an already-loaded mapping; ``where`` begins every error line (``recipe r.yaml``)."""
     if not isinstance(data, dict):
-        raise _refuse(where, "", f"the top level is {_kind(data)}; a recipe is a mapping with keys "
-                                 f"{', '.join(TOP_KEYS)}")
+        raise _refuse(
+            where, "", f"the top level is {_kind(data)}; a recipe is a mapping with keys {', '.join(TOP_KEYS)}"
+        )
     _check_keys(data, TOP_KEYS, where, "")
     method = data.get("method")
     if method is not None:
@@ -608,8 +712,12 @@ def parse_recipe(data: object, where: str) -> Recipe:
     teachers: tuple[TeacherSpec, ...] = ()
     if data.get("teachers") is not None:
         if not isinstance(data["teachers"], list) or not data["teachers"]:
-            raise _expect(data["teachers"], "a non-empty list of teachers (or no teachers key: the run's teacher)",
-                          where, "teachers")
+            raise _expect(
+                data["teachers"],
+                "a non-empty list of teachers (or no teachers key: the run's teacher)",
+                where,
+                "teachers",
+            )
         specs: list[TeacherSpec] = []
         for i, raw in enumerate(data["teachers"]):
             spec = _parse_teacher(raw, where, f"teachers[{i}]")
@@ -628,13 +736,18 @@ def parse_recipe(data: object, where: str) -> Recipe:
     terms = _name_terms([t for i, raw in enumerate(data["terms"]) for t in _parse_entry(raw, i, names, where)], where)
     _check_projections(terms, where)
     if method is not None and "training" in data:
-        raise _refuse(where, "training", f"a recipe adding terms to {method} trains as {method} does (its schedule "
-                                         f"and batches are its flags'); drop training:")
+        raise _refuse(
+            where,
+            "training",
+            f"a recipe adding terms to {method} trains as {method} does (its schedule "
+            f"and batches are its flags'); drop training:",
+        )
     training = parse_training(data["training"], where) if "training" in data else Training()
     return Recipe(None, None, None, method, teachers, terms, training)
 
 
 # ---- files -----------------------------------------------------------------------------------------------------
+
 
 def _yaml_loader():
     """``yaml.SafeLoader`` that refuses a key given twice in one mapping (the plain one keeps the last silently)
@@ -656,8 +769,9 @@ def _yaml_loader():
         return loader.construct_mapping(node, deep=True)
 
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
-                                 list("-+0123456789"))
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789")
+    )
     return Loader
 
 
@@ -695,6 +809,7 @@ def load_recipe(path: str | Path) -> Recipe:
             raise UserError(f"{where}: not valid JSON ({e})") from None
     else:
         import yaml
+
         try:
             data = yaml.load(text, Loader=_yaml_loader())  # a SafeLoader (no Python objects)
         except yaml.YAMLError as e:

@@ -39,19 +39,31 @@ def run(plan: RunPlan) -> dict | None:
     gate_device = resolve_placement(d.gate_device_id, "--gate_device_id", device, d.device_id)
     seed_everything(plan.training.seed)
     try:  # a new experiment whose weights fail to load leaves nothing behind
-        model = build_model(plan.model, method, plan.tokenizer, plan.exp, device, gate_device,
-                            label_names=plan.task.label_names)
+        model = build_model(
+            plan.model, method, plan.tokenizer, plan.exp, device, gate_device, label_names=plan.task.label_names
+        )
         teacher = plan.teacher.build() if plan.teacher is not None else None
     except (UserError, OSError):
         remove_new_experiment(plan.exp, start)
         raise
     if teacher is not None:
-        say(f"{plan.exp.name}: {method.name}, teacher {plan.teacher.summary()}, "
+        say(
+            f"{plan.exp.name}: {method.name}, teacher {plan.teacher.summary()}, "
             f"mapping {method.describe_mapping() or 'logits only'}"
-            f"{', learned width projection' if getattr(method, 'projection', None) is not None else ''}")
+            f"{', learned width projection' if getattr(method, 'projection', None) is not None else ''}"
+        )
     on_checkpoint = None
     if teacher is not None:
         on_checkpoint = layer_map_writer(plan, method, teacher, model, device, teacher_device, precision)
-    return run_training(plan, model, method, device, precision,
-                        teacher=teacher if method.uses_teacher else None, teacher_device=teacher_device,
-                        on_checkpoint=on_checkpoint, resume_step=start.resume_step, config_sha256=start.config_sha256)
+    return run_training(
+        plan,
+        model,
+        method,
+        device,
+        precision,
+        teacher=teacher if method.uses_teacher else None,
+        teacher_device=teacher_device,
+        on_checkpoint=on_checkpoint,
+        resume_step=start.resume_step,
+        config_sha256=start.config_sha256,
+    )

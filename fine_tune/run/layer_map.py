@@ -17,9 +17,21 @@ class LayerMapWriter:
     """At each checkpoint: the method's [L_s, L_t] contribution map averaged over a fixed sample of dev
     examples (the first ``map_examples`` rows), as PNG + JSON in the experiment folder and a TensorBoard image."""
 
-    def __init__(self, method: LayerwiseKD, collator: Collator, count: int, teacher: torch.nn.Module,
-                 student: torch.nn.Module, device: torch.device, teacher_device: torch.device, precision, folder,
-                 tag: str, title: str, caption: str):
+    def __init__(
+        self,
+        method: LayerwiseKD,
+        collator: Collator,
+        count: int,
+        teacher: torch.nn.Module,
+        student: torch.nn.Module,
+        device: torch.device,
+        teacher_device: torch.device,
+        precision,
+        folder,
+        tag: str,
+        title: str,
+        caption: str,
+    ):
         self.method, self.collator, self.count = method, collator, count
         self.teacher, self.student = teacher, student
         self.device, self.teacher_device, self.precision = device, teacher_device, precision
@@ -52,20 +64,38 @@ class LayerMapWriter:
         labels = self.method.describe_mapping().replace("<-", " <- ").split(", ")
         if len(labels) != m.shape[0]:
             labels = [str(j) for j in range(1, m.shape[0] + 1)]
-        write_layer_map(self.folder, step, m, f"{self.title} (step {step})", self.caption, labels, reporter,
-                        self.tag)
+        write_layer_map(self.folder, step, m, f"{self.title} (step {step})", self.caption, labels, reporter, self.tag)
 
 
-def layer_map_writer(plan: RunPlan, method: LayerwiseKD, teacher: torch.nn.Module, student: torch.nn.Module,
-                     device: torch.device, teacher_device: torch.device, precision) -> LayerMapWriter | None:
+def layer_map_writer(
+    plan: RunPlan,
+    method: LayerwiseKD,
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+    device: torch.device,
+    teacher_device: torch.device,
+    precision,
+) -> LayerMapWriter | None:
     """The heat-map writer of the plan's dev rows (the first ``--map_examples``), batched as in training; None when
     the plan draws no map."""
     lm = plan.layer_map
     if lm is None:
         return None
-    features = cached_features(plan.data_root / "cache", plan.tokenizer, lm.examples, plan.max_seq_len,
-                               regression=plan.task.regression)
+    features = cached_features(
+        plan.data_root / "cache", plan.tokenizer, lm.examples, plan.max_seq_len, regression=plan.task.regression
+    )
     collator = Collator(features, plan.tokenizer.pad_token_id, plan.max_seq_len, plan.padding)  # as in training
-    return LayerMapWriter(method, collator, len(features), teacher, student, device, teacher_device, precision,
-                          plan.exp.path, f"{plan.training.tag_prefix}/layer_map",
-                          f"{plan.exp.name}: teacher-layer contributions ({lm.split} sample)", method.map_caption)
+    return LayerMapWriter(
+        method,
+        collator,
+        len(features),
+        teacher,
+        student,
+        device,
+        teacher_device,
+        precision,
+        plan.exp.path,
+        f"{plan.training.tag_prefix}/layer_map",
+        f"{plan.exp.name}: teacher-layer contributions ({lm.split} sample)",
+        method.map_caption,
+    )

@@ -80,8 +80,10 @@ def changed_input(old: dict, data_files: dict[str, str], config_path: Path) -> s
         if before is None and len(by_name.get(Path(path).name, [])) == 1:
             before = by_name[Path(path).name][0]
         if before is not None and before != digest:
-            return (f"{path} changed since this run started (sha256 {digest[:12]}… now, {before[:12]}… recorded in "
-                    f"{config_path}): resuming would train on other inputs")
+            return (
+                f"{path} changed since this run started (sha256 {digest[:12]}… now, {before[:12]}… recorded in "
+                f"{config_path}): resuming would train on other inputs"
+            )
     return None
 
 
@@ -94,9 +96,11 @@ def edited_config(exp: ExperimentDir, old: dict, step: int) -> str | None:
     recorded = load_resume_state(exp.path, step, mmap=True).get("config_sha256")
     if recorded is None or recorded == cfg.config_digest(old):
         return None
-    return (f"{exp.config_path} was edited since this run wrote it (its fields no longer have the sha256 recorded "
-            f"in {resume_path(exp.path, step).name}): resuming would continue the run under settings it did not "
-            f"train with")
+    return (
+        f"{exp.config_path} was edited since this run wrote it (its fields no longer have the sha256 recorded "
+        f"in {resume_path(exp.path, step).name}): resuming would continue the run under settings it did not "
+        f"train with"
+    )
 
 
 def prune_finished(exp: ExperimentDir, old: dict, flag: int | None, step: int, metric: str) -> None:
@@ -113,8 +117,10 @@ def prune_finished(exp: ExperimentDir, old: dict, flag: int | None, step: int, m
     if (flag or None) != (limit or None):
         ran = f"--save_total_limit {limit}" if limit else "no --save_total_limit"
         given = f"--save_total_limit {flag}" if flag else "no --save_total_limit"
-        say(f"note: {exp.name} finished with {ran}: a finished run keeps its checkpoints ({given} here changes "
-            f"nothing; only a pruning of its own that a kill stopped is finished)")
+        say(
+            f"note: {exp.name} finished with {ran}: a finished run keeps its checkpoints ({given} here changes "
+            f"nothing; only a pruning of its own that a kill stopped is finished)"
+        )
     if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0 or step not in resume_steps(exp.path):
         return
     state = load_resume_state(exp.path, step, mmap=True)
@@ -122,9 +128,11 @@ def prune_finished(exp: ExperimentDir, old: dict, flag: int | None, step: int, m
     best = best_checkpoint_row(rows, metric) if rows and all(metric in r for r in rows) else None
     pruned = prune_checkpoints(exp, limit, step, None if best is None else best["step"], state.get("method") or {})
     if pruned:
-        say(f"note: {exp.name}: --save_total_limit {limit}: deleted "
+        say(
+            f"note: {exp.name}: --save_total_limit {limit}: deleted "
             f"{', '.join(exp.checkpoint_path(s).name for s in pruned)} (a kill had stopped the run before it "
-            f"pruned them)")
+            f"pruned them)"
+        )
 
 
 def whole_checkpoint(path: Path) -> bool:
@@ -205,8 +213,9 @@ def _start_experiment(plan: RunPlan) -> Start:
         prune_finished(exp, old, flag, stopped, metric)
         return Start(False, legacy=legacy)
     if same:
-        changed = (edited_config(exp, old, ready[-1]) or changed_input(old, data_files, exp.config_path)
-                   if ready else None)
+        changed = (
+            edited_config(exp, old, ready[-1]) or changed_input(old, data_files, exp.config_path) if ready else None
+        )
         if changed and not overwrite:
             raise UserError(f"{changed}; restore the file, or pass --overwrite to start over")
         if changed:  # --overwrite: the same config on other inputs is another run
@@ -215,17 +224,23 @@ def _start_experiment(plan: RunPlan) -> Start:
             ready = []
         if ready:
             start = Start(True, ready[-1], legacy, created=created, log_existed=log_existed)
-            say(f"{exp.name}: resuming from model-{ready[-1]}.pt (same config; pass --overwrite with "
-                f"another config to start over)")
+            say(
+                f"{exp.name}: resuming from model-{ready[-1]}.pt (same config; pass --overwrite with "
+                f"another config to start over)"
+            )
         elif exp.checkpoints():
             say(f"{exp.name}: checkpoints {exp.checkpoints()} have no resume state; starting over")
         if legacy:
-            say(f"{exp.name}: started before a fidelity fix ({', '.join(legacy)} not in its config.json): it "
-                f"continues with the rule it started with: {_rules(legacy)} (doc/methods.md, \"Fidelity fixes\")")
+            say(
+                f"{exp.name}: started before a fidelity fix ({', '.join(legacy)} not in its config.json): it "
+                f"continues with the rule it started with: {_rules(legacy)} (doc/methods.md, \"Fidelity fixes\")"
+            )
     elif legacy:
-        say(f"{exp.name}: re-issued from {record.get('config_from')}, a run started before a fidelity fix "
+        say(
+            f"{exp.name}: re-issued from {record.get('config_from')}, a run started before a fidelity fix "
             f"({', '.join(legacy)} not in it): it keeps that run's rule: {_rules(legacy)} (doc/methods.md, "
-            f"\"Fidelity fixes\")")
+            f"\"Fidelity fixes\")"
+        )
     if old is not None and not same:  # --overwrite: start over, drop every output of the old run
         clear_outputs(exp)
     record = {k: v for k, v in record.items() if k not in legacy}  # the config keeps saying which rule runs

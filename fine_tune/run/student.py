@@ -28,9 +28,16 @@ def print_notes(notes) -> None:
         say(f"note: {note}")
 
 
-def build_model(spec: PretrainedModel | StudentModel, method: Method, tokenizer, exp: ExperimentDir,
-                device: torch.device, method_device: torch.device | None = None, *,
-                label_names: tuple[str, ...]) -> torch.nn.Module:
+def build_model(
+    spec: PretrainedModel | StudentModel,
+    method: Method,
+    tokenizer,
+    exp: ExperimentDir,
+    device: torch.device,
+    method_device: torch.device | None = None,
+    *,
+    label_names: tuple[str, ...],
+) -> torch.nn.Module:
     """The model of ``spec`` (after the seed is set), then the method's own parameters (LAD gates, on
     ``method_device``; a width projection, on ``device``), then the pretrained layers ``spec.init_pairs`` copied
     from ``spec.init_source``; rank 0 saves the model folder. The order fixes what each draws from the seeded
@@ -41,18 +48,33 @@ def build_model(spec: PretrainedModel | StudentModel, method: Method, tokenizer,
         flag = "--ptrain_ver" if isinstance(spec, PretrainedModel) else "--student_ptrain_ver"
         model = build_pretrained_classifier(source, spec.family, spec.num_class, spec.dropout, flag)
     else:
-        config = student_config(spec.family, vocab_size=spec.vocab_size, num_class=spec.num_class,
-                                d_model=spec.d_model, d_ff=spec.d_ff, num_attention_heads=spec.num_attention_heads,
-                                num_hidden_layers=spec.num_hidden_layers, type_vocab_size=spec.type_vocab_size,
-                                dropout=spec.dropout, max_position_embeddings=spec.max_positions,
-                                pad_token_id=tokenizer.pad_token_id, d_emb=spec.d_emb)
+        config = student_config(
+            spec.family,
+            vocab_size=spec.vocab_size,
+            num_class=spec.num_class,
+            d_model=spec.d_model,
+            d_ff=spec.d_ff,
+            num_attention_heads=spec.num_attention_heads,
+            num_hidden_layers=spec.num_hidden_layers,
+            type_vocab_size=spec.type_vocab_size,
+            dropout=spec.dropout,
+            max_position_embeddings=spec.max_positions,
+            pad_token_id=tokenizer.pad_token_id,
+            d_emb=spec.d_emb,
+        )
         model = build_from_config(config)
     method.create_parameters(method_device, device)
     if isinstance(spec, StudentModel) and spec.init_pairs:
-        copy_teacher_layers_at(model, spec.init_source, list(spec.init_pairs), attn_only=spec.init_attn_only,
-                               embeddings=spec.init_embeddings)
-        say(f"initialised student layers from {spec.init_source}: "
-            + ", ".join(f"{s}<-{t}" for s, t in spec.init_pairs))
+        copy_teacher_layers_at(
+            model,
+            spec.init_source,
+            list(spec.init_pairs),
+            attn_only=spec.init_attn_only,
+            embeddings=spec.init_embeddings,
+        )
+        say(
+            f"initialised student layers from {spec.init_source}: " + ", ".join(f"{s}<-{t}" for s, t in spec.init_pairs)
+        )
     set_task_labels(model.config, label_names)
     if distributed.is_main():
         save_model_dir(exp.model_dir, model.config, tokenizer)

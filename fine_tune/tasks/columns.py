@@ -35,8 +35,9 @@ def score(raw, where: str, column: str) -> float:
     try:
         value = float(raw)
     except (TypeError, ValueError):
-        raise UserError(f"{where}: label {brief(raw)} in column {column} is not a number (a regression score)") \
-            from None
+        raise UserError(
+            f"{where}: label {brief(raw)} in column {column} is not a number (a regression score)"
+        ) from None
     except OverflowError:  # an integer beyond any float
         value = float("inf")
     if value != value or value in (float("inf"), float("-inf")):
@@ -51,8 +52,9 @@ def _label(raw: str, file_labels: tuple[str, ...] | None, where: str, column: st
     try:
         return file_labels.index(raw)
     except ValueError:
-        raise UserError(f"{where}: unknown label {raw!r} in column {column} (expected one of "
-                        f"{', '.join(file_labels)})") from None
+        raise UserError(
+            f"{where}: unknown label {raw!r} in column {column} (expected one of {', '.join(file_labels)})"
+        ) from None
 
 
 def parse_tsv(path: Path, labelled: bool, layout: TsvLayout, file_labels: tuple[str, ...] | None) -> list[Example]:
@@ -60,11 +62,14 @@ def parse_tsv(path: Path, labelled: bool, layout: TsvLayout, file_labels: tuple[
     rows = tab_separated_rows(path)
     if layout.header:
         header_line, header = next(rows, (1, [""]))
-        wanted = [c for c in (layout.text, layout.pair, layout.idx, layout.label if labelled else None) if c is not None]
+        wanted = [
+            c for c in (layout.text, layout.pair, layout.idx, layout.label if labelled else None) if c is not None
+        ]
         missing = [c for c in wanted if c not in header]
         if missing:
-            raise UserError(f"{path}, line {header_line}: header {header} lacks the column(s) "
-                            f"{', '.join(map(repr, missing))}")
+            raise UserError(
+                f"{path}, line {header_line}: header {header} lacks the column(s) {', '.join(map(repr, missing))}"
+            )
         width = len(header)
         pos = {c: header.index(c) for c in wanted}
     else:
@@ -82,8 +87,14 @@ def parse_tsv(path: Path, labelled: bool, layout: TsvLayout, file_labels: tuple[
         label = None
         if labelled and layout.label is not None:
             label = _label(cols[pos[layout.label]], file_labels, where, str(layout.label))
-        examples.append(Example(idx=idx, text=cols[pos[layout.text]],
-                                text_pair=None if layout.pair is None else cols[pos[layout.pair]], label=label))
+        examples.append(
+            Example(
+                idx=idx,
+                text=cols[pos[layout.text]],
+                text_pair=None if layout.pair is None else cols[pos[layout.pair]],
+                label=label,
+            )
+        )
         wheres.append(where)
     if not labelled:
         check_unique_ids(examples, path, wheres)
@@ -128,16 +139,21 @@ def parse_jsonl(path: Path, labelled: bool, fields: JsonFields, file_labels: tup
         idx = exact_id(idx, where, repr(fields.idx))
         if fields.pairs is not None:
             if fields.pairs not in row:
-                raise UserError(f"{where}: missing field '{fields.pairs}' (AX-g is scored in minimal pairs: gender "
-                                f"parity compares the predictions of a pair's two rows)")
+                raise UserError(
+                    f"{where}: missing field '{fields.pairs}' (AX-g is scored in minimal pairs: gender "
+                    f"parity compares the predictions of a pair's two rows)"
+                )
             pair_ids.append(exact_id(row[fields.pairs], where, repr(fields.pairs)))
         label = None
         if labelled:
             if fields.label not in row:
                 raise UserError(f"{where}: missing '{fields.label}' in a labelled split")
             label = _label(str(row[fields.label]), file_labels, where, fields.label)
-        examples.append(Example(idx=idx, text=row[fields.text],
-                                text_pair=None if fields.pair is None else row[fields.pair], label=label))
+        examples.append(
+            Example(
+                idx=idx, text=row[fields.text], text_pair=None if fields.pair is None else row[fields.pair], label=label
+            )
+        )
         wheres.append(where)
     if submitted:
         check_unique_ids(examples, path, wheres)

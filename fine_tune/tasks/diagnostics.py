@@ -44,23 +44,28 @@ def minimal_pairs(path: Path, wheres: list[str], pair_ids: list[int], hypotheses
     counts = Counter(pair_ids)
     if all(c == 1 for c in counts.values()):  # one id per sentence: consecutive rows, as jiant pairs them
         if len(pair_ids) % 2:
-            raise UserError(f"{wheres[-1]}: the last of {len(pair_ids)} rows has no partner: every row has a "
-                            f"{FIELD} of its own, so consecutive rows are the minimal pairs (rows 1-2, 3-4, ...: "
-                            f"jiant's rule), and an odd count leaves one alone")
+            raise UserError(
+                f"{wheres[-1]}: the last of {len(pair_ids)} rows has no partner: every row has a "
+                f"{FIELD} of its own, so consecutive rows are the minimal pairs (rows 1-2, 3-4, ...: "
+                f"jiant's rule), and an odd count leaves one alone"
+            )
         groups = [pair_ids[i - i % 2] for i in range(len(pair_ids))]
         named = lambda g: f"consecutive rows, each with a {FIELD} of its own"  # noqa: E731
     else:
         for i, p in enumerate(pair_ids):
             if counts[p] > 2:
                 rows = [_line(w, path) for w, q in zip(wheres, pair_ids) if q == p]
-                raise UserError(f"{wheres[i]}: {FIELD} {p} names {counts[p]} rows ({', '.join(rows)}); a minimal "
-                                f"pair is two rows")
+                raise UserError(
+                    f"{wheres[i]}: {FIELD} {p} names {counts[p]} rows ({', '.join(rows)}); a minimal pair is two rows"
+                )
             if counts[p] == 1:
                 shared = next(q for q in pair_ids if counts[q] == 2)
                 lines = [_line(w, path) for w, q in zip(wheres, pair_ids) if q == shared]
-                raise UserError(f"{wheres[i]}: {FIELD} {p} names this row alone while other pair_ids name two rows "
-                                f"({' and '.join(lines)} share {shared}): the row has no partner to compare its "
-                                f"prediction with")
+                raise UserError(
+                    f"{wheres[i]}: {FIELD} {p} names this row alone while other pair_ids name two rows "
+                    f"({' and '.join(lines)} share {shared}): the row has no partner to compare its "
+                    f"prediction with"
+                )
         groups = list(pair_ids)
         named = lambda g: f"{FIELD} {g}"  # noqa: E731
     seen: dict[int, int] = {}
@@ -70,8 +75,10 @@ def minimal_pairs(path: Path, wheres: list[str], pair_ids: list[int], hypotheses
             continue
         j = seen[g]
         if hypotheses[i] != hypotheses[j]:
-            raise UserError(f"{wheres[i]}: this row and {_line(wheres[j], path)} are a minimal pair ({named(g)}) but "
-                            f"their hypotheses differ; a pair differs only in the gender of the premise's pronoun")
+            raise UserError(
+                f"{wheres[i]}: this row and {_line(wheres[j], path)} are a minimal pair ({named(g)}) but "
+                f"their hypotheses differ; a pair differs only in the gender of the premise's pronoun"
+            )
     return groups
 
 
@@ -95,6 +102,8 @@ def check_whole_pairs(examples, path: Path, max_examples: int | None) -> None:
         return
     keep = whole_pairs_prefix([e.group for e in examples], len(examples))
     hint = f"; --max_examples {keep} keeps whole pairs" if keep else ""
-    raise UserError(f"--max_examples {max_examples}: the first {len(examples)} rows of {path} hold one row of the "
-                    f"minimal pair {cut.group} (row id {cut.idx}) but not the other; gender parity compares both: "
-                    f"evaluate the whole split{hint}")
+    raise UserError(
+        f"--max_examples {max_examples}: the first {len(examples)} rows of {path} hold one row of the "
+        f"minimal pair {cut.group} (row id {cut.idx}) but not the other; gender parity compares both: "
+        f"evaluate the whole split{hint}"
+    )

@@ -84,20 +84,37 @@ SOURCES: dict[str, DatasetSource] = {
     ),
     # the row counts below are those of the Hugging Face glue / super_glue dataset cards (not checked against a
     # download on the machine this was written on, which had no network): a mismatch is reported, never ignored
-    "cola": DatasetSource("cola", f"{GLUE}/CoLA.zip", "CoLA", {"train.tsv": 8551, "dev.tsv": 1043, "test.tsv": 1063},
-                          headerless=frozenset({"train.tsv", "dev.tsv"})),
+    "cola": DatasetSource(
+        "cola",
+        f"{GLUE}/CoLA.zip",
+        "CoLA",
+        {"train.tsv": 8551, "dev.tsv": 1043, "test.tsv": 1063},
+        headerless=frozenset({"train.tsv", "dev.tsv"}),
+    ),
     "stsb": DatasetSource("stsb", f"{GLUE}/STS-B.zip", "STS-B", {"train.tsv": 5749, "dev.tsv": 1500, "test.tsv": 1379}),
     "sst2": DatasetSource("sst2", f"{GLUE}/SST-2.zip", "SST-2", {"train.tsv": 67349, "dev.tsv": 872, "test.tsv": 1821}),
-    "mnli": DatasetSource("mnli", f"{GLUE}/MNLI.zip", "MNLI",
-                          {"train.tsv": 392702, "dev_matched.tsv": 9815, "dev_mismatched.tsv": 9832,
-                           "test_matched.tsv": 9796, "test_mismatched.tsv": 9847}),
+    "mnli": DatasetSource(
+        "mnli",
+        f"{GLUE}/MNLI.zip",
+        "MNLI",
+        {
+            "train.tsv": 392702,
+            "dev_matched.tsv": 9815,
+            "dev_mismatched.tsv": 9832,
+            "test_matched.tsv": 9796,
+            "test_mismatched.tsv": 9847,
+        },
+    ),
     "ax": DatasetSource("ax", f"{GLUE}/AX.tsv", "diagnostic", {"diagnostic.tsv": 1104}, single_file=True),
-    "qnli": DatasetSource("qnli", f"{GLUE}/QNLIv2.zip", "QNLI", {"train.tsv": 104743, "dev.tsv": 5463, "test.tsv": 5463}),
+    "qnli": DatasetSource(
+        "qnli", f"{GLUE}/QNLIv2.zip", "QNLI", {"train.tsv": 104743, "dev.tsv": 5463, "test.tsv": 5463}
+    ),
     "rte": DatasetSource("rte", f"{GLUE}/RTE.zip", "RTE", {"train.tsv": 2490, "dev.tsv": 277, "test.tsv": 3000}),
     "wnli": DatasetSource("wnli", f"{GLUE}/WNLI.zip", "WNLI", {"train.tsv": 635, "dev.tsv": 71, "test.tsv": 146}),
     "cb": DatasetSource("cb", f"{SUPERGLUE}/CB.zip", "CB", {"train.jsonl": 250, "val.jsonl": 56, "test.jsonl": 250}),
-    "rte_superglue": DatasetSource("rte_superglue", f"{SUPERGLUE}/RTE.zip", "RTE",
-                                   {"train.jsonl": 2490, "val.jsonl": 277, "test.jsonl": 3000}),
+    "rte_superglue": DatasetSource(
+        "rte_superglue", f"{SUPERGLUE}/RTE.zip", "RTE", {"train.jsonl": 2490, "val.jsonl": 277, "test.jsonl": 3000}
+    ),
     "axb": DatasetSource("axb", f"{SUPERGLUE}/AX-b.zip", "AX-b", {"AX-b.jsonl": 1104}),
     "axg": DatasetSource("axg", f"{SUPERGLUE}/AX-g.zip", "AX-g", {"AX-g.jsonl": 356}),
 }
@@ -105,12 +122,22 @@ SOURCES: dict[str, DatasetSource] = {
 # what ``--task`` fetches: a task's own data and the diagnostics its model predicts. MRPC has no official zip (GLUE's
 # script assembles it from Microsoft's files): put its train.tsv, dev.tsv and test.tsv into MRPC/ yourself.
 TASK_SOURCES: dict[str, tuple[str, ...]] = {
-    "boolq": ("boolq",), "qqp": ("qqp",), "cola": ("cola",), "sst2": ("sst2",), "stsb": ("stsb",),
-    "mnli": ("mnli", "ax"), "qnli": ("qnli",), "rte": ("rte",), "wnli": ("wnli",), "cb": ("cb",),
+    "boolq": ("boolq",),
+    "qqp": ("qqp",),
+    "cola": ("cola",),
+    "sst2": ("sst2",),
+    "stsb": ("stsb",),
+    "mnli": ("mnli", "ax"),
+    "qnli": ("qnli",),
+    "rte": ("rte",),
+    "wnli": ("wnli",),
+    "cb": ("cb",),
     "rte_superglue": ("rte_superglue", "axb", "axg"),
 }
-BENCHMARKS = {"glue": ("qqp", "cola", "sst2", "stsb", "mnli", "ax", "qnli", "rte", "wnli"),
-              "superglue": ("boolq", "cb", "rte_superglue", "axb", "axg")}
+BENCHMARKS = {
+    "glue": ("qqp", "cola", "sst2", "stsb", "mnli", "ax", "qnli", "rte", "wnli"),
+    "superglue": ("boolq", "cb", "rte_superglue", "axb", "axg"),
+}
 
 
 def sources_for(choice: str) -> list[str]:
@@ -322,9 +349,7 @@ def fetch(
                     os.unlink(leftover)
         problems = verify(data_root, source)
         if problems:
-            raise DownloadError(
-                f"{name}: data from {source.url} failed verification: {'; '.join(problems)}"
-            )
+            raise DownloadError(f"{name}: data from {source.url} failed verification: {'; '.join(problems)}")
         rows = sum(source.files.values())
         status[name] = f"downloaded, verified ({len(source.files)} files, {rows} rows)"
     return status
@@ -337,14 +362,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(
         prog="download_data.py",
         description="Download, unpack and verify the GLUE and SuperGLUE data sets (every task, or one) into the\n"
-                    "data root.\n\nDocs: README.md (\"Real data and models\").",
+        "data root.\n\nDocs: README.md (\"Real data and models\").",
     )
-    parser.add_argument("--data_root", default=None,
-                        help="data root (default: env FT_DATA_ROOT, else <repo>/data/fine_tune)")
-    parser.add_argument("--task", default="all", choices=(*TASK_SOURCES, "glue", "superglue", "all"),
-                        help="a task (with the diagnostics its model predicts), glue, superglue or all (default)")
-    parser.add_argument("--force", action="store_true",
-                        help="download and unpack again even when the files are present and verified")
+    parser.add_argument(
+        "--data_root", default=None, help="data root (default: env FT_DATA_ROOT, else <repo>/data/fine_tune)"
+    )
+    parser.add_argument(
+        "--task",
+        default="all",
+        choices=(*TASK_SOURCES, "glue", "superglue", "all"),
+        help="a task (with the diagnostics its model predicts), glue, superglue or all (default)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="download and unpack again even when the files are present and verified"
+    )
     args = parser.parse_args(argv)
     data_root = Path(args.data_root) if args.data_root else default_data_root()
     names = list(SOURCES) if args.task == "all" else sources_for(args.task)

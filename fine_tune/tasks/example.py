@@ -57,8 +57,10 @@ def text_lines(path: Path, keep_ends: bool = False):
                 line = raw.decode("utf-8")
                 yield line_no, line if keep_ends else line.rstrip("\r\n")
             except UnicodeDecodeError as e:
-                raise UserError(f"{path}, line {line_no}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
-                                f"{e.start + 1}); save the file as UTF-8") from None
+                raise UserError(
+                    f"{path}, line {line_no}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                    f"{e.start + 1}); save the file as UTF-8"
+                ) from None
 
 
 def tab_separated_rows(path: Path):
@@ -94,8 +96,10 @@ def csv_rows(path: Path):
         except StopIteration:
             return
         except csv.Error as e:
-            raise UserError(f"{path}, line {first}: not valid CSV ({e}; a cell in quotes ends at a quote, and a "
-                            f"quote inside it is doubled)") from None
+            raise UserError(
+                f"{path}, line {first}: not valid CSV ({e}; a cell in quotes ends at a quote, and a "
+                f"quote inside it is doubled)"
+            ) from None
         if cells:
             yield first, cells
 
@@ -170,7 +174,7 @@ def brief(value) -> str:
 
 # an id as a text cell writes it: decimal digits, no leading zero, an optional minus (not on 0), nothing else
 _DECIMAL = re.compile(r"0|-?[1-9][0-9]*")
-ID_RANGE = (-2 ** 63, 2 ** 63 - 1)  # ids are stored as signed 64-bit integers (evaluation tables, logits sets)
+ID_RANGE = (-(2**63), 2**63 - 1)  # ids are stored as signed 64-bit integers (evaluation tables, logits sets)
 
 
 def exact_id(raw, where: str, column: str) -> int:
@@ -180,18 +184,25 @@ def exact_id(raw, where: str, column: str) -> int:
     ``column`` (as the message shows it); nothing is rounded or reformatted."""
     if isinstance(raw, str) and _DECIMAL.fullmatch(raw):
         if len(raw) > 20:  # beyond any 64-bit integer (and int() refuses texts of thousands of digits)
-            raise UserError(f"{where}: id {brief(raw)} in column {column} is outside the signed 64-bit range "
-                            f"({ID_RANGE[0]} to {ID_RANGE[1]})")
+            raise UserError(
+                f"{where}: id {brief(raw)} in column {column} is outside the signed 64-bit range "
+                f"({ID_RANGE[0]} to {ID_RANGE[1]})"
+            )
         value = int(raw)
     elif isinstance(raw, int) and not isinstance(raw, bool):
         value = raw
     else:
-        written = " (as the file writes it: digits, an optional '-', no leading zero, space or '+')" \
-            if isinstance(raw, str) and raw.strip().lstrip("+-").isdigit() else ""
+        written = (
+            " (as the file writes it: digits, an optional '-', no leading zero, space or '+')"
+            if isinstance(raw, str) and raw.strip().lstrip("+-").isdigit()
+            else ""
+        )
         raise UserError(f"{where}: id {brief(raw)} in column {column} is not an integer{written}")
     if not ID_RANGE[0] <= value <= ID_RANGE[1]:
-        raise UserError(f"{where}: id {value} in column {column} is outside the signed 64-bit range "
-                        f"({ID_RANGE[0]} to {ID_RANGE[1]})")
+        raise UserError(
+            f"{where}: id {value} in column {column} is outside the signed 64-bit range "
+            f"({ID_RANGE[0]} to {ID_RANGE[1]})"
+        )
     return value
 
 
@@ -202,6 +213,7 @@ def check_unique_ids(examples: list, path: Path, wheres: list[str]) -> None:
     for i, ex in enumerate(examples):
         if ex.idx in first:
             before = wheres[first[ex.idx]].removeprefix(f"{path}, ")
-            raise UserError(f"{wheres[i]}: id {ex.idx} appears twice (first at {before}); a submission needs one "
-                            f"row per id")
+            raise UserError(
+                f"{wheres[i]}: id {ex.idx} appears twice (first at {before}); a submission needs one row per id"
+            )
         first[ex.idx] = i

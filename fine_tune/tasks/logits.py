@@ -68,16 +68,27 @@ class LogitsDataset:
 # What decides a logits set: its teacher checkpoint (by name, step and sha256), the split and its file, the rows
 # that file became (the task's definition and --max_examples included: examples_sha256), the tokenizer and
 # max_seq_len. Another value of any is another set: never written over the old one without --overwrite.
-IDENTITY = ("teacher_experiment", "checkpoint", "split", "source_sha256", "checkpoint_sha256", "max_seq_len",
-            "examples_sha256", "tokenizer")
+IDENTITY = (
+    "teacher_experiment",
+    "checkpoint",
+    "split",
+    "source_sha256",
+    "checkpoint_sha256",
+    "max_seq_len",
+    "examples_sha256",
+    "tokenizer",
+)
 # fields a set written by an older version lacks: not compared (the fields above them are)
 SINCE_LATER = ("examples_sha256", "tokenizer")
 
 
 def changed_identity(old: dict, new: dict) -> list[str]:
     """The fields of :data:`IDENTITY` in which two logits sets' meta.json differ, as "field (old there, new now)"."""
-    return [f"{k} ({old.get(k)!r} there, {new.get(k)!r} now)" for k in IDENTITY
-            if old.get(k) != new.get(k) and not (k in SINCE_LATER and k not in old)]
+    return [
+        f"{k} ({old.get(k)!r} there, {new.get(k)!r} now)"
+        for k in IDENTITY
+        if old.get(k) != new.get(k) and not (k in SINCE_LATER and k not in old)
+    ]
 
 
 def check_teacher_unchanged(meta: dict, exp_root: Path, dataset: str) -> None:
@@ -90,9 +101,11 @@ def check_teacher_unchanged(meta: dict, exp_root: Path, dataset: str) -> None:
 
     ckpt = Path(exp_root) / check_name(str(teacher), "meta.json teacher_experiment") / f"model-{step}.pt"
     if ckpt.is_file() and sha256_file(ckpt) != digest:
-        raise UserError(f"--dataset {dataset!r}: its logits were computed by {ckpt} (sha256 {digest[:12]}…), which "
-                        f"now holds other weights (the teacher was trained again?); write the logits again with "
-                        f"run_fine_tune_gen_logits.py --overwrite")
+        raise UserError(
+            f"--dataset {dataset!r}: its logits were computed by {ckpt} (sha256 {digest[:12]}…), which "
+            f"now holds other weights (the teacher was trained again?); write the logits again with "
+            f"run_fine_tune_gen_logits.py --overwrite"
+        )
 
 
 def check_logits_target(out_dir: Path, meta: dict, overwrite: bool) -> None:
@@ -107,10 +120,15 @@ def check_logits_target(out_dir: Path, meta: dict, overwrite: bool) -> None:
         old = read_json_object(meta_path)
         changed = changed_identity(old, meta)
         if changed:
-            made_by = (f"{old['teacher_experiment']} checkpoint {old.get('checkpoint')}" if old.get("teacher_experiment")
-                       else f"the Hugging Face model {old.get('teacher_hf') or old.get('checkpoint')}")
-            raise UserError(f"{out_dir} already holds logits of {made_by} on {old.get('split')} that differ in "
-                            f"{'; '.join(changed)}; pass --overwrite to replace them")
+            made_by = (
+                f"{old['teacher_experiment']} checkpoint {old.get('checkpoint')}"
+                if old.get("teacher_experiment")
+                else f"the Hugging Face model {old.get('teacher_hf') or old.get('checkpoint')}"
+            )
+            raise UserError(
+                f"{out_dir} already holds logits of {made_by} on {old.get('split')} that differ in "
+                f"{'; '.join(changed)}; pass --overwrite to replace them"
+            )
 
 
 def _write_synced(path: Path, text: str) -> None:
@@ -123,8 +141,9 @@ def _write_synced(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def write_logits(out_dir: Path, meta: dict, examples: Sequence[Example], logits: np.ndarray, tokenizer,
-                 overwrite: bool = False) -> None:
+def write_logits(
+    out_dir: Path, meta: dict, examples: Sequence[Example], logits: np.ndarray, tokenizer, overwrite: bool = False
+) -> None:
     """Write the logits data set ``out_dir``: the new set is built whole in a temporary folder inside it first
     (every write that can fail, e.g. on a full disk, fails there, and the set already there stays as it was,
     byte for byte), then swapped in by renames: the old ``meta.json`` moved aside first (a kill during the swap
@@ -137,12 +156,27 @@ def write_logits(out_dir: Path, meta: dict, examples: Sequence[Example], logits:
     out_dir = Path(out_dir)
     check_logits_target(out_dir, meta, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + "new.", dir=out_dir))  # a kill leaves it: removed at the next start
+    stage = Path(
+        tempfile.mkdtemp(prefix=TMP_PREFIX + "new.", dir=out_dir)
+    )  # a kill leaves it: removed at the next start
     try:
         honour_umask(stage, folder=True)
-        _write_synced(stage / "logits.jsonl", "".join(
-            json.dumps({"idx": ex.idx, "text": ex.text, "text_pair": ex.text_pair, "label": ex.label,
-                        "logits": [float(x) for x in row]}) + "\n" for ex, row in zip(examples, logits)))
+        _write_synced(
+            stage / "logits.jsonl",
+            "".join(
+                json.dumps(
+                    {
+                        "idx": ex.idx,
+                        "text": ex.text,
+                        "text_pair": ex.text_pair,
+                        "label": ex.label,
+                        "logits": [float(x) for x in row],
+                    }
+                )
+                + "\n"
+                for ex, row in zip(examples, logits)
+            ),
+        )
         tokenizer.save_pretrained(stage / "tokenizer")
         meta = dict(meta, num_rows=len(examples), logits_sha256=sha256_file(stage / "logits.jsonl"))
         _write_synced(stage / "meta.json", json.dumps(meta, indent=2, default=str) + "\n")
@@ -151,8 +185,10 @@ def write_logits(out_dir: Path, meta: dict, examples: Sequence[Example], logits:
         reason = write_failure(out_dir, e)
         if reason is None:
             raise
-        raise UserError(f"could not write the logits data set {out_dir}: {reason}; nothing was replaced (the set "
-                        f"there, if any, is as it was)") from None
+        raise UserError(
+            f"could not write the logits data set {out_dir}: {reason}; nothing was replaced (the set "
+            f"there, if any, is as it was)"
+        ) from None
     if (out_dir / "meta.json").exists():
         os.replace(out_dir / "meta.json", stage / "old-meta.json")  # from here until the end the set reads as absent
     os.replace(stage / "logits.jsonl", out_dir / "logits.jsonl")
@@ -168,22 +204,32 @@ def read_logits(data_root: Path, dataset: str, task: str) -> LogitsDataset:
     path = logits_dir(data_root, name, split)
     meta_path = path / "meta.json"
     if not meta_path.is_file() and any(path.glob(TMP_PREFIX + "new.*")):  # write_logits' stage: a killed swap
-        raise UserError(f"--dataset {dataset!r}: logits data set {path} is incomplete: a write of it was killed; run "
-                        f"run_fine_tune_gen_logits.py again")
+        raise UserError(
+            f"--dataset {dataset!r}: logits data set {path} is incomplete: a write of it was killed; run "
+            f"run_fine_tune_gen_logits.py again"
+        )
     if not meta_path.is_file():
         root = Path(data_root) / LOGITS_DIR
-        have = sorted(f"{p.parent.name}:{p.name}" for p in root.glob("*/*") if (p / "meta.json").is_file()) if root.is_dir() else []
+        have = (
+            sorted(f"{p.parent.name}:{p.name}" for p in root.glob("*/*") if (p / "meta.json").is_file())
+            if root.is_dir()
+            else []
+        )
         listing = ", ".join(have) if have else "none"
-        raise UserError(f"--dataset {dataset!r}: logits data set {path} not found (make it with "
-                        f"run_fine_tune_gen_logits.py); logits data sets there: {listing}")
+        raise UserError(
+            f"--dataset {dataset!r}: logits data set {path} not found (make it with "
+            f"run_fine_tune_gen_logits.py); logits data sets there: {listing}"
+        )
     meta = read_json_object(meta_path)
     if meta.get("task") != task:
         raise UserError(f"--dataset {dataset!r} holds {meta.get('task')} logits but --task is {task}")
     examples, rows = [], []
     data_file = path / "logits.jsonl"
     if not data_file.is_file():
-        raise UserError(f"{data_file} not found (meta.json without its rows); write the logits data set again with "
-                        f"run_fine_tune_gen_logits.py --overwrite")
+        raise UserError(
+            f"{data_file} not found (meta.json without its rows); write the logits data set again with "
+            f"run_fine_tune_gen_logits.py --overwrite"
+        )
     for where, r in json_objects(data_file):
         try:
             examples.append(Example(int(r["idx"]), r["text"], r["text_pair"], r["label"]))
@@ -193,13 +239,17 @@ def read_logits(data_root: Path, dataset: str, task: str) -> LogitsDataset:
         if rows and len(row) != len(rows[0]):
             raise UserError(f"{where}: {len(row)} logits, the rows before have {len(rows[0])}")
         if not all(np.isfinite(row)):
-            raise UserError(f"{where}: logits {row} are not finite (the teacher's forward overflowed?); write the "
-                            f"logits data set again (without --amp) with run_fine_tune_gen_logits.py --overwrite")
+            raise UserError(
+                f"{where}: logits {row} are not finite (the teacher's forward overflowed?); write the "
+                f"logits data set again (without --amp) with run_fine_tune_gen_logits.py --overwrite"
+            )
         rows.append(row)
     logits = np.asarray(rows, dtype=np.float32)
     if logits.ndim != 2 or len(examples) != meta.get("num_rows"):
         raise UserError(f"{data_file}: {len(examples)} rows, meta.json says {meta.get('num_rows')} (incomplete file?)")
     if meta.get("logits_sha256") and sha256_file(data_file) != meta["logits_sha256"]:
-        raise UserError(f"{data_file}: its sha256 differs from the one meta.json records (changed after it was "
-                        f"written); write the logits data set again with run_fine_tune_gen_logits.py --overwrite")
+        raise UserError(
+            f"{data_file}: its sha256 differs from the one meta.json records (changed after it was "
+            f"written); write the logits data set again with run_fine_tune_gen_logits.py --overwrite"
+        )
     return LogitsDataset(path, meta, examples, logits)

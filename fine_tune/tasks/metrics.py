@@ -75,7 +75,13 @@ def gender_parity(labels: np.ndarray, preds: np.ndarray, groups: np.ndarray) -> 
 
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "accuracy": accuracy, "f1": f1, "macro_f1": macro_f1, "mcc": mcc, "pearson": pearson, "spearman": spearman}
+    "accuracy": accuracy,
+    "f1": f1,
+    "macro_f1": macro_f1,
+    "mcc": mcc,
+    "pearson": pearson,
+    "spearman": spearman,
+}
 # metrics of groups of rows: (labels, preds, groups) -> value
 PAIR_METRICS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], float]] = {"gender_parity": gender_parity}
 
@@ -90,23 +96,35 @@ def unsuitable(name: str, regression: bool, num_class: int) -> str | None:
     if regression and name not in REGRESSION_METRICS:
         return f"a metric of classes; a regression task takes {', '.join(REGRESSION_METRICS)}"
     if not regression and name in REGRESSION_METRICS:
-        return (f"a metric of scores (regression); a classification task takes "
-                f"{', '.join(m for m in METRICS if m not in REGRESSION_METRICS)}")
+        return (
+            f"a metric of scores (regression); a classification task takes "
+            f"{', '.join(m for m in METRICS if m not in REGRESSION_METRICS)}"
+        )
     if not regression and name in TWO_CLASS_METRICS and num_class != 2:
         return f"a metric of two classes (F1 of class 1); the task has {num_class} labels: use macro_f1"
     return None
 
 
 # column titles of the results tables
-SHORT = {"accuracy": "acc", "f1": "F1", "macro_f1": "macro-F1", "mcc": "MCC", "pearson": "Pearson",
-         "spearman": "Spearman", "gender_parity": "gender parity"}
+SHORT = {
+    "accuracy": "acc",
+    "f1": "F1",
+    "macro_f1": "macro-F1",
+    "mcc": "MCC",
+    "pearson": "Pearson",
+    "spearman": "Spearman",
+    "gender_parity": "gender parity",
+}
 # The scalars' names are the metrics' own (``{task}/{split}/f1``, as eval-{split}.json names them); runs before issue
 # 32 logged F1 as "f1_score": the readers of TensorBoard logs (result_plots.py --curves) read those too
 OLD_TAGS = {"f1": "f1_score"}
 
 
-def compute(names: tuple[str, ...], labels: np.ndarray, preds: np.ndarray,
-            groups: np.ndarray | None = None) -> dict[str, float]:
+def compute(
+    names: tuple[str, ...], labels: np.ndarray, preds: np.ndarray, groups: np.ndarray | None = None
+) -> dict[str, float]:
     """``{name: value}`` for each metric in ``names``; ``groups``: each row's group, for :data:`PAIR_METRICS`."""
-    return {name: PAIR_METRICS[name](labels, preds, groups) if name in PAIR_METRICS else METRICS[name](labels, preds)
-            for name in names}
+    return {
+        name: PAIR_METRICS[name](labels, preds, groups) if name in PAIR_METRICS else METRICS[name](labels, preds)
+        for name in names
+    }

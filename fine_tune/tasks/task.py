@@ -113,14 +113,18 @@ class Task:
     def check_not_diagnostic(self, split: str, flag: str, use: str) -> None:
         """A diagnostic split is scored and predicted for the submission, never ``use`` (named by ``flag``)."""
         if split in self.diagnostics:
-            raise UserError(f"{flag} {split}: a diagnostic split of {self.name}, only scored (run_fine_tune_eval.py) "
-                            f"and predicted for the submission, never {use}")
+            raise UserError(
+                f"{flag} {split}: a diagnostic split of {self.name}, only scored (run_fine_tune_eval.py) "
+                f"and predicted for the submission, never {use}"
+            )
 
     def check_split(self, split: str, flag: str = "--dataset") -> None:
         """``flag``: the flag that named the split, for the error (``--select_on``, ``--splits``...)."""
         if split not in self.files:
             hint = did_you_mean(split, self.splits, {alias: self.dev_split for alias in DEV_ALIASES})
-            raise UserError(f"{flag} {split!r} is not a {self.name} split; {hint}valid splits: {', '.join(self.splits)}")
+            raise UserError(
+                f"{flag} {split!r} is not a {self.name} split; {hint}valid splits: {', '.join(self.splits)}"
+            )
 
     def path(self, data_root: Path, split: str) -> Path:
         self.check_split(split)
@@ -137,11 +141,16 @@ class Task:
         if not path.is_file():
             state = "is a folder, not a file" if path.is_dir() else "not found"
             if self.definition_file is not None:  # a task of your own: its task.json names the file
-                raise UserError(f"data file {path} {state}; {self.definition_file} names it in field "
-                                f"\"files.{split}\": put the file there, correct the field, or pass --data_root "
-                                f"(env FT_DATA_ROOT)")
-            fetch = (f"run `python download_data.py --task {self.name}`" if self.name in SOURCES
-                     else f"put the official {Path(self.split_paths.get(split, self.folder)).parts[0]} files there")
+                raise UserError(
+                    f"data file {path} {state}; {self.definition_file} names it in field "
+                    f"\"files.{split}\": put the file there, correct the field, or pass --data_root "
+                    f"(env FT_DATA_ROOT)"
+                )
+            fetch = (
+                f"run `python download_data.py --task {self.name}`"
+                if self.name in SOURCES
+                else f"put the official {Path(self.split_paths.get(split, self.folder)).parts[0]} files there"
+            )
             raise UserError(f"data file {path} {state}; {fetch} or pass --data_root (env FT_DATA_ROOT)")
         examples = self.parse(path, self.has_labels(split))
         if not examples:
@@ -167,11 +176,15 @@ class Task:
             return
         now = (self.label_names, self.regression)
         if before != now:
+
             def shown(labels):
                 return "a score (regression)" if labels[1] else "[" + ", ".join(labels[0]) + "]"
-            raise UserError(f"{source} was made with {self.name}'s labels {shown(before)}; its task.json "
-                            f"({self.definition_file}) now says {shown(now)}: its outputs would be named wrongly; "
-                            f"restore the labels in task.json, or train again")
+
+            raise UserError(
+                f"{source} was made with {self.name}'s labels {shown(before)}; its task.json "
+                f"({self.definition_file}) now says {shown(now)}: its outputs would be named wrongly; "
+                f"restore the labels in task.json, or train again"
+            )
 
     def submission_name(self, split: str) -> str:
         """The official file name of a split's predictions (``MNLI-m.tsv``); other splits get the test file's
@@ -194,8 +207,13 @@ class Task:
         or label names, as the server expects for the task), SuperGLUE ``{"idx": ..., "label": ...}`` lines."""
         names = self.labels_in_files
         if self.submission_format == "glue":
-            shown = ((lambda p: f"{float(p):.3f}") if self.regression
-                     else (lambda p: str(int(p))) if self.submission_labels == "ints" else (lambda p: names[int(p)]))
+            shown = (
+                (lambda p: f"{float(p):.3f}")
+                if self.regression
+                else (lambda p: str(int(p)))
+                if self.submission_labels == "ints"
+                else (lambda p: names[int(p)])
+            )
             lines = ["index\tprediction"] + [f"{ex.idx}\t{shown(p)}" for ex, p in zip(examples, predictions)]
         else:
             lines = [json.dumps({"idx": ex.idx, "label": names[int(p)]}) for ex, p in zip(examples, predictions)]

@@ -86,8 +86,9 @@ def _printable(text: str) -> str:
     break the tab-separated prediction files, ``id2label`` and every message that shows it."""
     bad = next((c for c in text if unicodedata.category(c) in CONTROL), None)
     if bad is not None:
-        raise PydanticCustomError("control_character", "holds the control character U+{code}",
-                                  {"code": f"{ord(bad):04X}"})
+        raise PydanticCustomError(
+            "control_character", "holds the control character U+{code}", {"code": f"{ord(bad):04X}"}
+        )
     return text
 
 
@@ -113,8 +114,11 @@ class HfSource(BaseModel):
 
     path: Text = Field(min_length=1, description="a hub name or a local folder (a non-empty string)")
     name: Text | None = Field(None, description="a configuration name, or null")
-    splits: dict[Text, Text] = Field(min_length=1, description="an object mapping each split to its Hugging Face "
-                                                             'split, e.g. {"train": "train", "dev": "validation"}')
+    splits: dict[Text, Text] = Field(
+        min_length=1,
+        description="an object mapping each split to its Hugging Face "
+        'split, e.g. {"train": "train", "dev": "validation"}',
+    )
 
 
 class TaskDefinition(BaseModel):
@@ -123,33 +127,47 @@ class TaskDefinition(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    files: dict[Text, Text] | None = Field(None, min_length=1, description=(
-        'an object mapping each split to a file in the task\'s folder, e.g. {"train": "train.csv"}'))
+    files: dict[Text, Text] | None = Field(
+        None,
+        min_length=1,
+        description=('an object mapping each split to a file in the task\'s folder, e.g. {"train": "train.csv"}'),
+    )
     text: Text = Field(min_length=1, description=COLUMN)
     text_pair: Text | None = Field(None, min_length=1, description=COLUMN + ", or null")
     label: Text = Field(min_length=1, description=COLUMN)
-    labels: list[Annotated[str | int, PlainValidator(_class_name)]] | None = Field(None, description=(
-        "a list of at least two distinct classes (strings or integers) in the model's output order"))
+    labels: list[Annotated[str | int, PlainValidator(_class_name)]] | None = Field(
+        None, description=("a list of at least two distinct classes (strings or integers) in the model's output order")
+    )
     regression: bool = Field(False, description="true or false")
     id: Text | None = Field(None, min_length=1, description=COLUMN + ", or null")
-    metrics: list[Text] | None = Field(None, min_length=1, description=(
-        f"a non-empty list of metric names ({', '.join(METRICS)})"))
+    metrics: list[Text] | None = Field(
+        None, min_length=1, description=(f"a non-empty list of metric names ({', '.join(METRICS)})")
+    )
     main_metric: Text | None = Field(None, description="a metric name of metrics")
     dev_split: Text | None = Field(None, description="a split name of files")
     unlabelled: list[Text] | None = Field(None, min_length=1, description="a non-empty list of split names of files")
-    hf: HfSource | None = Field(None, description=(
-        'an object {"path": NAME, "name": CONFIG (optional), "splits": {SPLIT: HF_SPLIT}}'))
+    hf: HfSource | None = Field(
+        None, description=('an object {"path": NAME, "name": CONFIG (optional), "splits": {SPLIT: HF_SPLIT}}')
+    )
 
 
 # what a value of each JSON type is called when the schema expects it
-_EXPECTED = {"string_type": "a string", "string_too_short": "a non-empty string", "bool_type": "true or false",
-             "list_type": "a list", "dict_type": "an object", "int_type": "an integer", "model_type": "an object",
-             "too_short": "a non-empty value"}
+_EXPECTED = {
+    "string_type": "a string",
+    "string_too_short": "a non-empty string",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "an object",
+    "int_type": "an integer",
+    "model_type": "an object",
+    "too_short": "a non-empty value",
+}
 
 
 def shown(value) -> str:
     """A JSON (or Parquet) value as a message shows it: ``the string "false"``, ``the number 5``, ``the list
     ["a"]``, ``null``; long values shortened."""
+
     def short(text: str) -> str:
         return text if len(text) <= 60 else text[:57] + "..."
 
@@ -186,8 +204,14 @@ def _schema_field(loc):
         if model is None or not isinstance(part, str) or part not in model.model_fields:
             return model, None
         info = model.model_fields[part]
-        model = next((t for t in (info.annotation, *get_args(info.annotation))
-                      if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        model = next(
+            (
+                t
+                for t in (info.annotation, *get_args(info.annotation))
+                if isinstance(t, type) and issubclass(t, BaseModel)
+            ),
+            None,
+        )
     return model, info
 
 
@@ -199,8 +223,10 @@ def _schema_error(error: dict) -> str:
         key = loc[-1:] == ("[key]",)
         field = _field_name(loc[:-2] if key else loc)
         value = shown(error["input"]).replace("the string", "the key", 1) if key else shown(error["input"])
-        return (f'field "{field}": {value} holds a control character (U+{error["ctx"]["code"]}); names and labels '
-                f'in task.json are printable text')
+        return (
+            f'field "{field}": {value} holds a control character (U+{error["ctx"]["code"]}); names and labels '
+            f'in task.json are printable text'
+        )
     if error["type"] == "extra_forbidden":
         model, _ = _schema_field(loc[:-1])
         parent = f" of {_field_name(loc[:-1])}" if loc[:-1] else ""
@@ -212,8 +238,11 @@ def _schema_error(error: dict) -> str:
     if not loc:
         return f"expected a JSON object (a task definition), got {shown(error['input'])}"
     if expected is None:
-        expected = (error["msg"].removeprefix("expected ") if error["type"] == "class_type"
-                    else _EXPECTED.get(error["type"], error["msg"]))
+        expected = (
+            error["msg"].removeprefix("expected ")
+            if error["type"] == "class_type"
+            else _EXPECTED.get(error["type"], error["msg"])
+        )
     return f'field "{field}": expected {expected}, got {shown(error["input"])}'
 
 
@@ -223,8 +252,9 @@ def read_definition(path: Path) -> dict:
     errors naming the file and the field."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{path} is a folder; a task's definition is a file {TASK_FILE} (doc/methods.md, "
-                        f"\"Your own data\")")
+        raise UserError(
+            f"{path} is a folder; a task's definition is a file {TASK_FILE} (doc/methods.md, \"Your own data\")"
+        )
     try:
         spec = parse_json(path.read_text(encoding="utf-8-sig"))
     except OSError as e:
@@ -253,8 +283,10 @@ def check_definition(spec, where: str) -> dict:
             if split not in files:
                 raise refuse(f"hf.splits.{split}", f"a split of files ({', '.join(files)})", split)
     if files is None:
-        raise UserError(f'{where}: field "files": missing; expected '
-                        f'{TaskDefinition.model_fields["files"].description} (or "hf": a Hugging Face source)')
+        raise UserError(
+            f'{where}: field "files": missing; expected '
+            f'{TaskDefinition.model_fields["files"].description} (or "hf": a Hugging Face source)'
+        )
     formats = (".jsonl",) if d.hf is not None else FORMATS  # a Hugging Face split is written as JSON lines
     for split, name in files.items():
         if Path(name).suffix.lower() not in formats or "/" in name or "\\" in name or name.startswith("."):
@@ -266,11 +298,15 @@ def check_definition(spec, where: str) -> dict:
     for i, (field, column) in enumerate(named):  # a model must not read its label (or its id) as its text
         for other, same in named[:i]:
             if same == column:
-                raise UserError(f'{where}: field "{field}": the column {shown(column)} is field "{other}" too; '
-                                f"each field names its own column")
+                raise UserError(
+                    f'{where}: field "{field}": the column {shown(column)} is field "{other}" too; '
+                    f"each field names its own column"
+                )
     if d.regression and d.labels is not None:
-        raise UserError(f'{where}: field "labels": a regression task ("regression": true) has no classes; remove '
-                        f'"labels", or set "regression": false')
+        raise UserError(
+            f'{where}: field "labels": a regression task ("regression": true) has no classes; remove '
+            f'"labels", or set "regression": false'
+        )
     classes = TaskDefinition.model_fields["labels"].description + ' (or "regression": true)'
     if not d.regression and d.labels is None:
         raise UserError(f'{where}: field "labels": missing; expected {classes}')
@@ -304,8 +340,10 @@ def _once(field: str, values: list, where: str) -> None:
     first: dict = {}
     for i, value in enumerate(values):
         if value in first:
-            raise UserError(f'{where}: field "{field}[{i}]": {shown(value)} is listed twice ({field}[{first[value]}] '
-                            f'and {field}[{i}]); list each once')
+            raise UserError(
+                f'{where}: field "{field}[{i}]": {shown(value)} is listed twice ({field}[{first[value]}] '
+                f'and {field}[{i}]); list each once'
+            )
         first[value] = i
 
 
@@ -323,8 +361,9 @@ def _table_rows(path: Path, cells_of_lines, what: str):
                 raise UserError(f"{path}, line {line_no}: the header names {', '.join(map(repr, twice))} twice")
             continue
         if len(cells) != len(names):
-            raise UserError(f"{path}, line {line_no}: {len(cells)} {what}, the header (line {header}) names "
-                            f"{len(names)}")
+            raise UserError(
+                f"{path}, line {line_no}: {len(cells)} {what}, the header (line {header}) names {len(names)}"
+            )
         yield f"{path}, line {line_no}", dict(zip(names, cells))
 
 
@@ -338,8 +377,9 @@ def _parquet_rows(path: Path):
     try:
         rows = pq.read_table(path).to_pylist()
     except (pyarrow.ArrowException, OSError) as e:
-        raise UserError(f"{path}: not a readable Parquet file ({(str(e).splitlines() or [type(e).__name__])[0]})") \
-            from None
+        raise UserError(
+            f"{path}: not a readable Parquet file ({(str(e).splitlines() or [type(e).__name__])[0]})"
+        ) from None
     for i, row in enumerate(rows):
         yield f"{path}, row {i + 1}", row
 
@@ -369,11 +409,13 @@ def parse_user_file(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
     wheres: list[str] = []
     labels = [str(x) for x in spec.get("labels") or []]
     for where, row in _rows(Path(path)):
+
         def cell(column: str, required: bool = True, *, row=row, where=where):
             if column not in row or row[column] is None or row[column] == "":
                 if required:
-                    raise UserError(f"{where}: no value in column {column!r} (columns: "
-                                    f"{escape_controls(', '.join(map(str, row)))})")
+                    raise UserError(
+                        f"{where}: no value in column {column!r} (columns: {escape_controls(', '.join(map(str, row)))})"
+                    )
                 return None
             return row[column]
 
@@ -394,13 +436,16 @@ def parse_user_file(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
             raw = cell(spec["label"])
             if spec.get("regression"):
                 if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
-                    raise UserError(f"{where}: label {shown(raw)} in column {spec['label']!r} is not a number "
-                                    f"(a regression score)")
+                    raise UserError(
+                        f"{where}: label {shown(raw)} in column {spec['label']!r} is not a number (a regression score)"
+                    )
                 label = score(raw, where, repr(spec["label"]))
             else:
                 if _label_text(raw) not in labels:
-                    raise UserError(f"{where}: label {brief(raw)} in column {spec['label']!r} is not one of the "
-                                    f"task's labels ({', '.join(labels)})")
+                    raise UserError(
+                        f"{where}: label {brief(raw)} in column {spec['label']!r} is not one of the "
+                        f"task's labels ({', '.join(labels)})"
+                    )
                 label = labels.index(_label_text(raw))
         examples.append(Example(idx=idx, text=first, text_pair=pair, label=label))
         wheres.append(where)
@@ -431,8 +476,13 @@ SOURCES_FILE = "hf-sources.json"  # in the task's folder: each fetched file's Hu
 def hf_source(spec: dict, split: str, labelled: bool) -> dict:
     """What decides the file a split of a Hugging Face source becomes (:func:`materialise`)."""
     hf = spec["hf"]
-    return {"path": hf["path"], "name": hf.get("name"), "split": hf["splits"].get(split), "label": spec["label"],
-            "labelled": labelled}
+    return {
+        "path": hf["path"],
+        "name": hf.get("name"),
+        "split": hf["splits"].get(split),
+        "label": spec["label"],
+        "labelled": labelled,
+    }
 
 
 def ensure_materialised(spec: dict, split: str, path: Path, labelled: bool) -> None:
@@ -451,8 +501,10 @@ def ensure_materialised(spec: dict, split: str, path: Path, labelled: bool) -> N
         if not isinstance(have, dict) or have.get("source") == want:
             return
         if sha256_file(path) != have.get("sha256"):
-            raise UserError(f"{path} was fetched from {have.get('source')} and has been edited since; the task's hf "
-                            f"source is now {want}: move the file away to fetch it again, or restore task.json")
+            raise UserError(
+                f"{path} was fetched from {have.get('source')} and has been edited since; the task's hf "
+                f"source is now {want}: move the file away to fetch it again, or restore task.json"
+            )
         say(f"note: {path}: the task's hf source changed ({have.get('source')} -> {want}): fetching it again")
     materialise(spec, split, path, labelled)
     records = read_json_object(records_path) if records_path.is_file() else {}  # another split may have been added
@@ -477,8 +529,9 @@ def hub_unreachable(path: str) -> str | None:
     hub_name = not Path(path).exists() and not Path(path).is_absolute() and path.count("/") <= 1
     if not hub_name or datasets.config.HF_HUB_OFFLINE:
         return None
-    url = huggingface_hub.hf_hub_url(path, datasets.config.REPOCARD_FILENAME, repo_type="dataset",
-                                     endpoint=datasets.config.HF_ENDPOINT)
+    url = huggingface_hub.hf_hub_url(
+        path, datasets.config.REPOCARD_FILENAME, repo_type="dataset", endpoint=datasets.config.HF_ENDPOINT
+    )
     try:
         huggingface_hub.get_hf_file_metadata(url, timeout=huggingface_hub.constants.HF_HUB_ETAG_TIMEOUT)
     except HfHubHTTPError:  # the hub answered (no such dataset, gated...): load_dataset says which
@@ -521,14 +574,18 @@ def materialise(spec: dict, split: str, path: Path, labelled: bool) -> None:
     name = f"{hf['path']}{'/' + hf['name'] if hf.get('name') else ''}"
     unreachable = hub_unreachable(hf["path"])
     if unreachable is not None:
-        raise UserError(f"could not load the Hugging Face dataset {name!r} split {hf_split!r}: the hub cannot be "
-                        f"reached ({unreachable}); a dataset in the local cache loads with HF_HUB_OFFLINE=1")
+        raise UserError(
+            f"could not load the Hugging Face dataset {name!r} split {hf_split!r}: the hub cannot be "
+            f"reached ({unreachable}); a dataset in the local cache loads with HF_HUB_OFFLINE=1"
+        )
     try:
         with _quiet_hub():
             ds = datasets.load_dataset(hf["path"], hf.get("name"), split=hf_split)
     except Exception as e:  # noqa: BLE001 - network, unknown name or split: one line
-        raise UserError(f"could not load the Hugging Face dataset {name!r} split {hf_split!r}: "
-                        f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+        raise UserError(
+            f"could not load the Hugging Face dataset {name!r} split {hf_split!r}: "
+            f"{(str(e).splitlines() or [type(e).__name__])[0]}"
+        ) from None
     label = spec["label"]
     feature = ds.features.get(label)
     names = getattr(feature, "names", None)  # a ClassLabel
@@ -546,5 +603,7 @@ def materialise(spec: dict, split: str, path: Path, labelled: bool) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, "\n".join(lines) + "\n")
     except OSError as e:
-        raise UserError(f"could not write {path} (the Hugging Face split {hf_split!r} as JSON lines): "
-                        f"{e.strerror or e}; make the data root writable, or write the file there yourself") from None
+        raise UserError(
+            f"could not write {path} (the Hugging Face split {hf_split!r} as JSON lines): "
+            f"{e.strerror or e}; make the data root writable, or write the file there yourself"
+        ) from None
