@@ -376,8 +376,8 @@ MUTATIONS = [
         "recipe_shared_projection_only_when_widths_differ",
         "projection: shared makes no W_h at equal widths (TinyBERT's fit_dense is made at any widths)",
         "fine_tune/methods/recipe.py",
-        '(\n            t.term.projection == "shared" or (',
-        "(t.term.projection == \"shared\" and t.teacher_width != self.student_width or (",
+        '(\n        t.term.projection == "shared" or (',
+        '(\n        t.term.projection == "shared" and t.teacher_width != student_width or (',
         (RECIPE_BUILTIN_PLAN,),
     ),
     Mutation(
@@ -894,7 +894,7 @@ MUTATIONS = [
     Mutation(
         "uneven_layers_floor",
         "a student whose layers do not divide the teacher's maps to floor(j L_t / L_s)",
-        "fine_tune/methods/layerwise.py",
+        "fine_tune/layer_mapping.py",
         "    return [-(-j * lt // ls) for j in range(1, (ls if count is None else count) + 1)]",
         "    return [j * lt // ls for j in range(1, (ls if count is None else count) + 1)]",
         ("tests/test_model_families.py::test_layer_maps_of_a_student_whose_layers_do_not_divide_the_teachers",),
@@ -5405,9 +5405,9 @@ MUTATIONS = [
         "recipe_uniform_floor",
         "a recipe's uniform/skip layer rule maps student layer j to floor(j * Lt / Ls) "
         "instead of the ceiling (4 of 6: 1, 3, 4, 6 instead of 2, 3, 5, 6)",
-        RECIPE_FORMAT,
-        "return tuple((j, -(-j * lt // ls)) for j in range(1, ls + 1))",
-        "return tuple((j, j * lt // ls) for j in range(1, ls + 1))",
+        "fine_tune/layer_mapping.py",  # the rule the recipes share with the layer-wise methods
+        "    return [-(-j * lt // ls) for j in range(1, (ls if count is None else count) + 1)]",
+        "    return [j * lt // ls for j in range(1, (ls if count is None else count) + 1)]",
         (RECIPE_RULES,),
     ),
     Mutation(
@@ -5552,8 +5552,8 @@ MUTATIONS = [
         "teachers_tokenisation_unchecked",
         "teachers that tokenise the run's text differently read one batch of token ids without a word",
         "fine_tune/plan/training.py",
-        "        if i:\n            try:\n",
-        "        if False:\n            try:\n",
+        "            check_same_tokenisation(primary.tokenizer, member.tokenizer, examples, first, name)\n",
+        "            pass\n",
         (RECIPE_TEACHERS,),
     ),
     Mutation(
@@ -5593,7 +5593,7 @@ MUTATIONS = [
         "with_terms_records_base_only",
         "the forwards keep only the layers the method reads, not the terms'",
         WITH_TERMS_FILE,
-        "        return union(self.base.recorded_layers(role), self.terms.recorded_layers(role))",
+        "        return self.base.recorded_layers(role).union(self.terms.recorded_layers(role))",
         "        return self.base.recorded_layers(role)",
         (WITH_TERMS,),
     ),

@@ -547,9 +547,9 @@ def test_layer_maps_of_a_student_whose_layers_do_not_divide_the_teachers():
     spreads the student over the teacher; divisible counts keep the original's j * skip."""
     from fine_tune.engine.optim import OptimiserSettings
     from fine_tune.errors import UserError
+    from fine_tune.layer_mapping import uniform_layers
     from fine_tune.methods import ALPKD, LAD, PKD
     from fine_tune.methods.lad import LADNO, lad_targets
-    from fine_tune.methods.layerwise import uniform_layers
 
     assert uniform_layers(4, 6) == [2, 3, 5, 6] and uniform_layers(6, 12) == [2, 4, 6, 8, 10, 12]
     assert uniform_layers(4, 12) == [3, 6, 9, 12] and uniform_layers(3, 3) == [1, 2, 3]

@@ -88,12 +88,14 @@ def test_the_union_of_layer_records_and_the_merged_parts(tmp_path):
     from fine_tune.engine.protocol import LayerRecord, ModelOutputs, TeacherShape
     from fine_tune.methods.base import Method, MethodSettings, StudentShape
     from fine_tune.methods.recipe import RecipeFlags, RecipeKD
-    from fine_tune.methods.with_terms import MethodWithTerms, union
+    from fine_tune.methods.with_terms import MethodWithTerms
 
-    assert union(
+    assert LayerRecord.union(
         LayerRecord(frozenset({1}), frozenset()), LayerRecord(frozenset({2, 3}), frozenset({3}))
     ) == LayerRecord(frozenset({1, 2, 3}), frozenset({3}))
-    assert union(LayerRecord(None, frozenset({1})), LayerRecord(frozenset({2}), None)) == LayerRecord(None, None)
+    assert LayerRecord.union(LayerRecord(None, frozenset({1})), LayerRecord(frozenset({2}), None)) == LayerRecord(
+        None, None
+    )
 
     class Base(Method):
         ignores_padding = False

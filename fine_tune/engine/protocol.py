@@ -63,6 +63,14 @@ class LayerRecord:
     def reads_attention(self) -> bool:
         return self.attention is None or bool(self.attention)
 
+    def union(self, other: LayerRecord) -> LayerRecord:
+        """The layers either record keeps (None: every layer): what two methods reading one forward need."""
+
+        def both(x: frozenset[int] | None, y: frozenset[int] | None) -> frozenset[int] | None:
+            return None if x is None or y is None else x | y
+
+        return LayerRecord(hidden=both(self.hidden, other.hidden), attention=both(self.attention, other.attention))
+
     @property
     def keeps_every_hidden_state(self) -> bool:
         return self.hidden is None

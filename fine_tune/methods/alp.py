@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..layer_mapping import uniform_layers
 from ..settings import flag
-from .layerwise import HiddenPair, LayerwiseKD, uniform_layers
+from .layerwise import HiddenPair, LayerwiseKD
 
 ALP_MODES = ("alp-kd", "alp-kd-hidden", "alp-kd-hidden-v2")
 

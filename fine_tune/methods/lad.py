@@ -16,9 +16,10 @@ from ..engine.device import same_device
 from ..engine.optim import GATE_NO_DECAY, OptimiserSettings
 from ..engine.protocol import ExtraParameters
 from ..errors import UserError
+from ..layer_mapping import uniform_layers
 from ..models.gates import aggregate_chain, make_gates
 from ..settings import _check_adamw, flag
-from .layerwise import HiddenPair, LayerwiseKD, masked_mean, uniform_layers
+from .layerwise import HiddenPair, LayerwiseKD, masked_mean
 
 
 def lad_targets(num_teacher_layers: int, num_student_layers: int) -> list[int]:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from ..engine.optim import OptimiserSettings
 from ..engine.protocol import ExtraParameters, ModelOutputs
 from ..errors import UserError
+from ..layer_mapping import uniform_layers
 from ..models.init import teacher_layer_map
 from ..models.projection import WidthProjection
 from .base import Method, MethodSettings
@@ -49,14 +50,6 @@ class HiddenPair:
     layer: int
     student: torch.Tensor
     target: torch.Tensor
-
-
-def uniform_layers(num_student_layers: int, num_teacher_layers: int, count: int | None = None) -> list[int]:
-    """The teacher layer (1-based) of student layers 1..count (default all): ``ceil(j * L_t / L_s)``, i.e.
-    ``j * skip`` when L_s divides L_t (6 of 12: 2, 4, ..., 12; the original's mappings), and evenly spread up to
-    the last teacher layer when it does not (4 of 6: 2, 3, 5, 6)."""
-    ls, lt = num_student_layers, num_teacher_layers
-    return [-(-j * lt // ls) for j in range(1, (ls if count is None else count) + 1)]
 
 
 def hidden_mse_loss(

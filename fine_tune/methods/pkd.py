@@ -16,8 +16,9 @@ import torch.nn.functional as F
 
 from ..engine.protocol import PLAIN_RECORD, LayerRecord
 from ..errors import UserError
+from ..layer_mapping import uniform_layers
 from ..settings import flag
-from .layerwise import HiddenPair, LayerwiseKD, uniform_layers
+from .layerwise import HiddenPair, LayerwiseKD
 
 PKD_LOSSES = ("hidden_mse", "normalized_cls")
 PKD_STRATEGIES = ("skip", "last")

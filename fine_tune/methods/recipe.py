@@ -31,6 +31,7 @@ import torch
 
 from ..engine.protocol import LayerRecord, ModelOutputs, TeacherShape
 from ..errors import UserError
+from ..layer_mapping import uniform_layers
 from ..models.init import teacher_layer_map
 from ..models.projection import WidthProjection
 from ..recipes.format import (
@@ -44,7 +45,7 @@ from ..recipes.format import (
 )
 from ..settings import flag
 from .base import Method, MethodSettings
-from .layerwise import WidthProjecting, uniform_layers
+from .layerwise import WidthProjecting
 from .logits_kd import check_temperature
 from .terms import term_loss
 from .tinybert import check_recomputable_attention
@@ -114,6 +115,14 @@ class ResolvedTerm:
         )
 
 
+def projected(t: ResolvedTerm, student_width: int) -> bool:
+    """Whether a term's student hidden states go through the learned projection: a hidden feature with
+    ``projection: shared``, or ``auto`` where its teacher is of another width than the student."""
+    return t.term.feature in HIDDEN_FEATURES and (
+        t.term.projection == "shared" or (t.term.projection == "auto" and t.teacher_width != student_width)
+    )
+
+
 class RecipeKD(WidthProjecting, Method):
     """The method a recipe file describes (module docstring)."""
 
@@ -179,22 +188,18 @@ class RecipeKD(WidthProjecting, Method):
         s = settings.student
         # the teachers by name (a recipe's several, or the run's one: DEFAULT_TEACHER), the first the primary
         several = len(recipe.teachers) > 1
-        shapes: dict[str, TeacherShape] = dict(settings.teachers) if several else {}
-        if several and list(shapes) != [t.name for t in recipe.teachers]:
-            raise ValueError(
-                f"{where}: the plan opened teachers {list(shapes)}, the recipe names "
-                f"{[t.name for t in recipe.teachers]}"
-            )
-        if not several:
+        if several:
+            shapes: dict[str, TeacherShape] = dict(settings.teachers)
+            if list(shapes) != [t.name for t in recipe.teachers]:
+                raise ValueError(
+                    f"{where}: the plan opened teachers {list(shapes)}, the recipe names "
+                    f"{[t.name for t in recipe.teachers]}"
+                )
+        else:
             shapes = {recipe.teachers[0].name if recipe.teachers else DEFAULT_TEACHER: settings.teacher}
         terms = [cls._resolve(term, s, shapes, settings.regression, f"{where}: {term.key}") for term in recipe.terms]
         primary = next(iter(shapes.values()))
-        widths = {
-            t.teacher_width
-            for t in terms
-            if t.term.feature in HIDDEN_FEATURES
-            and (t.term.projection == "shared" or t.term.projection == "auto" and t.teacher_width != s.hidden_size)
-        }
+        widths = {t.teacher_width for t in terms if projected(t, s.hidden_size)}
         if len(widths) > 1:
             raise UserError(
                 f"{where}: the projected hidden terms read teachers of widths {sorted(widths)}; one learned "
@@ -325,20 +330,13 @@ class RecipeKD(WidthProjecting, Method):
     @property
     def needs_projection(self) -> bool:
         """``auto``: a map per layer where the widths differ; ``shared``: one map at any widths (TinyBERT's)."""
-        return any(self._projected(t) for t in self.terms)
-
-    def _projected(self, t: ResolvedTerm) -> bool:
-        """Whether a term's student hidden states go through the learned projection: a hidden feature with
-        ``projection: shared``, or ``auto`` where its teacher is of another width."""
-        return t.term.feature in HIDDEN_FEATURES and (
-            t.term.projection == "shared" or (t.term.projection == "auto" and t.teacher_width != self.student_width)
-        )
+        return any(projected(t, self.student_width) for t in self.terms)
 
     # -- the loss ------------------------------------------------------------------------------------------------
     def _projector(self, t: ResolvedTerm):
         """``project(layer, hidden)`` for :func:`~fine_tune.methods.terms.term_loss`: the student's layer in the
         teacher's width (None: no projection for this term)."""
-        if self.projection is None or not self._projected(t):
+        if self.projection is None or not projected(t, self.student_width):
             return None
         if self.projection.shared:  # the embeddings (layer 0) too
             return self.projection

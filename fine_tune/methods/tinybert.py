@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ..engine.protocol import PLAIN_RECORD, LayerRecord
 from ..errors import UserError
+from ..layer_mapping import uniform_layers
 from ..models.projection import PretrainedProjection
 from ..settings import DistilFlags, flag
 from .layerwise import LayerwiseKD
@@ -254,7 +255,7 @@ def tinybert_layer_map(num_student_layers: int, num_teacher_layers: int) -> list
         raise UserError(
             f"TinyBERT maps student layer m to teacher layer m*N/M: the student's {m} layers exceed the teacher's {n}"
         )
-    return [-(-layer * n // m) for layer in range(1, m + 1)]
+    return uniform_layers(m, n)
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,6 @@ from ..engine.protocol import ExtraParameters, LayerRecord, ModelOutputs
 from .base import Method
 
 
-def union(a: LayerRecord, b: LayerRecord) -> LayerRecord:
-    """The layers either record keeps (None: every layer)."""
-
-    def both(x, y):
-        return None if x is None or y is None else x | y
-
-    return LayerRecord(hidden=both(a.hidden, b.hidden), attention=both(a.attention, b.attention))
-
-
 class MethodWithTerms(Method):
     """``base`` (a built-in method) with ``terms`` (a method of recipe terms) added; logged parts are the base's,
     then each term's under its name (``recipe_{name}`` where the base logs that name too)."""
@@ -64,7 +55,7 @@ class MethodWithTerms(Method):
         self.base.check_training_rows(rows, micro_batch, source)
 
     def recorded_layers(self, role: str) -> LayerRecord:
-        return union(self.base.recorded_layers(role), self.terms.recorded_layers(role))
+        return self.base.recorded_layers(role).union(self.terms.recorded_layers(role))
 
     def record(self) -> dict[str, Any]:
         return {**self.base.record(), **self.terms.record()}

@@ -627,11 +627,11 @@ def open_recipe_teachers(recipe: Recipe, exp_root: Path, task: Task, data_root: 
 
 
 def check_teacher_set(teachers: Teachers, task: Task, max_seq_len: int, examples, recipe_path: str) -> None:
-    """Every teacher of a set reads the same batches as the primary (the first): the same task and classes, room
-    for ``max_seq_len`` positions, and the primary's token ids for the run's text (compared as the student's
-    tokenisation is)."""
+    """Every teacher of a set after the primary (the first, checked as the run's one teacher is) reads the same
+    batches as the primary: the same task and classes, room for ``max_seq_len`` positions, and the primary's token
+    ids for the run's text (compared as the student's tokenisation is)."""
     (first, primary, _), *others = teachers.members
-    for i, (name, member, _) in enumerate(teachers.members):
+    for i, (name, member, _) in enumerate(others, 1):
         where = f"recipe {recipe_path}: teachers[{i}] ({name})"
         try:
             task.check_trained_labels(member.record, f"the teacher {member.name}")
@@ -642,14 +642,13 @@ def check_teacher_set(teachers: Teachers, task: Task, max_seq_len: int, examples
             cfg.check_max_seq_len(max_seq_len, usable_positions(member.hf_config), f"the teacher {member.name}")
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
-        if i:
-            try:
-                check_same_tokenisation(primary.tokenizer, member.tokenizer, examples, first, name)
-            except UserError:
-                raise UserError(
-                    f"{where}: tokenises the run's text differently from {first}: the teachers read the "
-                    f"same token ids (use teachers of one tokenizer)"
-                ) from None
+        try:
+            check_same_tokenisation(primary.tokenizer, member.tokenizer, examples, first, name)
+        except UserError:
+            raise UserError(
+                f"{where}: tokenises the run's text differently from {first}: the teachers read the "
+                f"same token ids (use teachers of one tokenizer)"
+            ) from None
 
 
 def open_any_teacher(flags, exp_root: Path, task: Task, data_root: Path | None = None) -> Teacher:

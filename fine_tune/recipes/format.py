@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError, closest_name
+from ..layer_mapping import uniform_layers
 
 FEATURES: tuple[str, ...] = (
     "logits",
@@ -306,7 +307,7 @@ class LayerMap:
                     f"but the teacher has only {lt}"
                 )
             return tuple((j, lt - ls + j) for j in range(1, ls + 1))
-        return tuple((j, -(-j * lt // ls)) for j in range(1, ls + 1))  # uniform, skip: ceil(j * Lt / Ls)
+        return tuple(enumerate(uniform_layers(ls, lt), 1))  # uniform, skip: ceil(j * Lt / Ls)
 
     def record(self) -> dict | list:
         return {"rule": self.rule} if self.rule is not None else [list(p) for p in self.pairs]
