@@ -131,12 +131,13 @@ CONFIG_HELP = (
 )
 
 
-def _kind(f: dataclasses.Field) -> type:
-    return (
-        f.type
-        if isinstance(f.type, type)
-        else {"str": str, "int": int, "float": float, "bool": bool, "tuple": str}[f.type]
-    )
+def _kind(f: dataclasses.Field[Any]) -> type:
+    """What argparse converts a flag's value with: its annotation's type, less the ``| None`` of a flag whose default
+    is None; a tuple flag's items are strings (``tuple[str, ...]``)."""
+    if isinstance(f.type, type):
+        return f.type
+    name = str(f.type).removesuffix(" | None").split("[")[0]
+    return {"str": str, "int": int, "float": float, "bool": bool, "tuple": str}[name]
 
 
 def build_parser(

@@ -16,8 +16,9 @@ these groups; ``OptimiserFlags.settings`` reaches the engine's optimiser descrip
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar, overload
 
 from .errors import UserError
 from .models.families import FAMILY_NAMES  # noqa: E402  (one record per family)
@@ -30,7 +31,18 @@ SPLITS_E_G = (
 )
 
 
-def flag(default: Any = None, help: str = "", **kw: Any) -> Any:
+T = TypeVar("T")
+
+
+@overload
+def flag(default: None, help: str = "", *, required: Literal[True], **kw: Any) -> Any: ...
+@overload
+def flag(default: T, help: str = "", **kw: Any) -> T: ...
+def flag(default: Any, help: str = "", **kw: Any) -> Any:
+    """A flag: a dataclass field with its default and its help (and argparse's other settings, ``choices=...``).
+    Typed by its default, so a field's annotation must admit it (``int | None`` for a default of None); a flag the
+    command line requires (``required=True``) has no default the parsed value could keep, and its annotation says
+    what argparse gives."""
     return field(default=default, metadata={"help": help, **kw})
 
 
@@ -130,12 +142,12 @@ class ExperimentFlags:
         "(doc/methods.md)",
         required=True,
     )
-    dataset: str = flag("train", "split to train on: one of the task's splits, e.g. " + SPLITS_E_G)
+    dataset: str | None = flag("train", "split to train on: one of the task's splits, e.g. " + SPLITS_E_G)
 
 
 @dataclass(frozen=True)
 class LayerwiseExperimentFlags(ExperimentFlags):
-    dataset: str = flag(None, "training split (default: the teacher's)")
+    dataset: str | None = flag(None, "training split (default: the teacher's)")
 
 
 @dataclass(frozen=True)
@@ -179,9 +191,11 @@ class ExportExperimentFlags(ExperimentFlags):
 @dataclass(frozen=True)
 class PathFlags:
     key: ClassVar[str] = "paths"
-    data_root: str = flag(None, "data root (default: env FT_DATA_ROOT, else <repo>/data/fine_tune)")
-    exp_root: str = flag(None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)")
-    max_examples: int = flag(None, "use only the first N rows of the split (smoke runs, tests)")
+    data_root: str | None = flag(None, "data root (default: env FT_DATA_ROOT, else <repo>/data/fine_tune)")
+    exp_root: str | None = flag(
+        None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)"
+    )
+    max_examples: int | None = flag(None, "use only the first N rows of the split (smoke runs, tests)")
     overwrite: bool = flag(
         False,
         "replace an existing experiment (or logits data set) with a different config, an "
@@ -195,12 +209,12 @@ class PathFlags:
 @dataclass(frozen=True)
 class DeviceFlags:
     key: ClassVar[str] = "device"
-    device_id: int = flag(
+    device_id: int | None = flag(
         None,
         "CUDA device index; -1 = CPU (default: cuda:0 when CUDA is available, else the "
         "CPU); wins over --num_gpu; under torchrun each process takes its LOCAL_RANK's",
     )
-    num_gpu: int = flag(
+    num_gpu: int | None = flag(
         None,
         "0 = CPU, >=1 = cuda:0 (one device; several GPUs: torchrun, README.md); --device_id "
         "says the same with an index (doc/methods.md, \"Flags kept from the original scripts\")",
@@ -232,7 +246,7 @@ class DeviceFlags:
 @dataclass(frozen=True)
 class ClassifierFlags:
     key: ClassVar[str] = "classifier"
-    num_class: int = flag(
+    num_class: int | None = flag(
         None, "number of classes (default: the task's, e.g. 3 for mnli and cb; 1: regression, as stsb)"
     )
     dropout: float = flag(0.1, "dropout of encoder (hidden and attention) and classifier head")
@@ -246,12 +260,12 @@ class ClassifierFlags:
 
 @dataclass(frozen=True)
 class DistilClassifierFlags(ClassifierFlags):
-    num_class: int = flag(None, "number of classes (default: the logits data set's)")
+    num_class: int | None = flag(None, "number of classes (default: the logits data set's)")
 
 
 @dataclass(frozen=True)
 class LayerwiseClassifierFlags(ClassifierFlags):
-    num_class: int = flag(None, "number of classes (default: the teacher's)")
+    num_class: int | None = flag(None, "number of classes (default: the teacher's)")
 
 
 @dataclass(frozen=True)
@@ -269,13 +283,13 @@ class OptimiserFlags:
     warmup_step: int = flag(10000, "linear warmup steps, then linear decay to 0 at total_step")
     # issue 32 (train): the schedule in epochs and a warmup share, as Hugging Face's num_train_epochs/warmup_ratio;
     # the plan resolves them into total_step / warmup_step (plan/training.resolve_schedule), which config.json records
-    num_epochs: float = flag(
+    num_epochs: float | None = flag(
         None,
         "train for N epochs of the training split (fractions too): --total_step = "
         "ceil(N x micro-batches per epoch / --accum_step); instead of --total_step",
         exclusive_with="total_step",
     )
-    warmup_ratio: float = flag(
+    warmup_ratio: float | None = flag(
         None,
         "warm up for this share of the training steps: --warmup_step = "
         "ceil(R x total steps), R in [0, 1); instead of --warmup_step",
@@ -294,7 +308,7 @@ class BatchingFlags:
     key: ClassVar[str] = "batching"
     batch_size: int = flag(32, "effective batch size per optimizer step")
     accum_step: int = flag(1, "micro-batches per optimizer step (each forward sees batch_size // accum_step)")
-    max_seq_len: int = flag(512, "maximum tokens per (text, text_pair)")
+    max_seq_len: int | None = flag(512, "maximum tokens per (text, text_pair)")
     padding: str = flag(
         "dynamic",
         "pad each batch to its longest member (dynamic) or to max_seq_len (max_length)",
@@ -316,7 +330,7 @@ class BatchingFlags:
 
 @dataclass(frozen=True)
 class LayerwiseBatchingFlags(BatchingFlags):
-    max_seq_len: int = flag(None, "maximum tokens per (text, text_pair) (default: the teacher's)")
+    max_seq_len: int | None = flag(None, "maximum tokens per (text, text_pair) (default: the teacher's)")
     padding: str = flag(
         "max_length",
         "max_length: every batch padded to max_seq_len, the original (hidden MSE over "
@@ -333,26 +347,26 @@ class RunFlags:
     seed: int = flag(42, "random seed (Python, NumPy, torch)")
     ckpt_step: int = flag(1000, "save model-{step}.pt every N optimizer steps (and at the end)")
     log_step: int = flag(500, "TensorBoard scalars every N optimizer steps")
-    save_total_limit: int = flag(
+    save_total_limit: int | None = flag(
         None,
         "keep only the newest K checkpoints (default: keep all, as the original); "
         "with --eval_dataset the best checkpoint on the task's main metric is kept too",
     )
-    eval_dataset: str = flag(
+    eval_dataset: str | None = flag(
         None,
         "evaluate the student on this labelled split while training (default: no "
         "evaluation during training, as the original: run_fine_tune_eval.py afterwards)",
     )
-    eval_step: int = flag(
+    eval_step: int | None = flag(
         None,
         "with --eval_dataset: evaluate every N optimizer steps (default: at each checkpoint "
         "only); every checkpoint is evaluated too",
     )
     eval_batch_size: int = flag(128, "rows per forward pass of the evaluation during training")
-    early_stop_patience: int = flag(
+    early_stop_patience: int | None = flag(
         None, "with --eval_dataset: stop after P evaluations without a better main metric (default: never stop early)"
     )
-    metric_for_best: str = flag(
+    metric_for_best: str | None = flag(
         None,
         "the metric that decides the best checkpoint (keep-best of --save_total_limit, "
         "--early_stop_patience, run_fine_tune_eval.py's best, --ckpt best, --tckpt best "
@@ -360,7 +374,7 @@ class RunFlags:
         "cross-entropy, MSE for regression; lower is better) (default: the task's main "
         "metric)",
     )
-    report_to: tuple = flag(("tensorboard",), REPORT_TO_HELP, nargs="+", metavar="TRACKER")
+    report_to: tuple[str, ...] = flag(("tensorboard",), REPORT_TO_HELP, nargs="+", metavar="TRACKER")
 
     def __post_init__(self) -> None:
         _positive(
@@ -417,12 +431,12 @@ class StudentFlags:
     num_attention_heads: int = flag(16, "student attention heads")
     num_hidden_layers: int = flag(6, "student layers")
     type_vocab_size: int = flag(2, "student token type vocabulary")
-    init_start: int = flag(
+    init_start: int | None = flag(
         None,
         "initialise student layers from the teacher's pretrained layers "
         "range(init_start, init_end + 1, init_step), 1-based (off unless given)",
     )
-    init_end: int = flag(None, "last teacher layer (inclusive) for --init_start")
+    init_end: int | None = flag(None, "last teacher layer (inclusive) for --init_start")
     init_step: int = flag(1, "teacher layer step for --init_start")
     init_attn_only: bool = flag(
         False, "with --init_start: copy only the self-attention weights (the original's 'attn_W only')"
@@ -432,7 +446,7 @@ class StudentFlags:
         "with the layer initialisation: also copy the pretrained teacher's embeddings "
         "(the original leaves them random; needs the teacher's widths)",
     )
-    student_ptrain_ver: str = flag(
+    student_ptrain_ver: str | None = flag(
         None,
         "a pretrained student (Hugging Face folder or hub name, of --model's family) "
         "instead of one built from --d_model/--d_ff/--num_attention_heads/"
@@ -477,28 +491,28 @@ class LayerwiseDistilFlags(DistilFlags):
 @dataclass(frozen=True)
 class TeacherFlags:
     key: ClassVar[str] = "teacher"
-    teacher_exp: str = flag(
+    teacher_exp: str | None = flag(
         None, "fine-tuned teacher experiment (folder {teacher_exp}_{tmodel}_{task}); or --teacher_hf"
     )
     tmodel: str = flag("bert", "teacher model family", choices=FAMILY_NAMES)
-    tckpt: int = flag(
+    tckpt: int | None = flag(
         None,
         "teacher checkpoint step (model-{tckpt}.pt), or best: the teacher's best checkpoint on "
         "its dev split's evaluation, by its --metric_for_best, as --ckpt best; with --teacher_exp",
         type=step_or_best,
     )
-    teacher_hf: str = flag(
+    teacher_hf: str | None = flag(
         None,
         "a teacher fine-tuned elsewhere: a Hugging Face sequence-classification folder or hub "
         "name (instead of --teacher_exp/--tckpt); its id2label must name the task's labels "
         "(or --teacher_label_map); give --max_seq_len",
     )
-    teacher_label_map: str = flag(
+    teacher_label_map: str | None = flag(
         None,
         "with --teacher_hf: the teacher's output index of each of the task's labels, in "
         "the task's order, comma-separated (e.g. 2,1,0)",
     )
-    tdevice_id: int = flag(
+    tdevice_id: int | None = flag(
         None,
         "teacher's CUDA device index; -1 = CPU (default: the student's device); under "
         "torchrun relative to each rank: k means cuda:(LOCAL_RANK + k * processes per node)",
@@ -572,7 +586,7 @@ class ReportingFlags:
     """``run_fine_tune_eval.py --report_to``: where its evaluation goes (by default where the run trained)."""
 
     key: ClassVar[str] = "reporting"
-    report_to: tuple = flag(
+    report_to: tuple[str, ...] | None = flag(
         None,
         "where the evaluation's scalars and final metrics go: tensorboard, mlflow, wandb "
         "(several: space- or comma-separated), all or none (default: where the run reported, "
@@ -596,13 +610,13 @@ class SweepFlags:
 @dataclass(frozen=True)
 class CheckpointFlags:
     key: ClassVar[str] = "checkpoint"
-    ckpt: str = flag(
+    ckpt: str | None = flag(
         None,
         "checkpoint: a step, 'last' (the newest checkpoint; the default) or 'best' (the best "
         "on --select_on by the experiment's --metric_for_best, else its task's main metric, "
         "from run_fine_tune_eval.py's evaluation of that split)",
     )
-    select_on: str = flag(
+    select_on: str | None = flag(
         None,
         "split whose evaluation chooses --ckpt best (default: the task's dev split, e.g. val "
         "for SuperGLUE tasks, dev for GLUE tasks, dev_matched for mnli)",
@@ -617,14 +631,14 @@ class PredictFileFlags:
     """``generate_test_prediction.py`` on a file of your own rows instead of a split (doc/deploy.md)."""
 
     key: ClassVar[str] = "prediction"
-    predict_file: str = flag(
+    predict_file: str | None = flag(
         None,
         "predict the rows of this .csv, .tsv or .jsonl file (the task's text columns, its "
         "id column if it has one) instead of a split: one line per row, in order, with "
         "the predicted label and each class's probability (a regression task: the "
         "score), written beside it as <stem>.predictions.<ext>",
     )
-    out: str = flag(
+    out: str | None = flag(
         None, "with --predict_file: the file to write instead (.csv, .tsv or .jsonl: the format from its extension)"
     )
 
@@ -641,18 +655,18 @@ class ForeignTeacherFlags:
     """``run_fine_tune_gen_logits.py`` from a teacher fine-tuned elsewhere."""
 
     key: ClassVar[str] = "foreign"
-    teacher_hf: str = flag(
+    teacher_hf: str | None = flag(
         None,
         "write the logits of a fine-tuned Hugging Face sequence classifier (folder or hub "
         "name, of --model's family) instead of an experiment's checkpoint; the data set is "
         "named {experiment}_{model}_{task}; give --max_seq_len",
     )
-    teacher_label_map: str = flag(
+    teacher_label_map: str | None = flag(
         None,
         "with --teacher_hf: the teacher's output index of each of the task's labels, "
         "in the task's order, comma-separated (e.g. 2,1,0)",
     )
-    max_seq_len: int = flag(None, "with --teacher_hf: maximum tokens per (text, text_pair)")
+    max_seq_len: int | None = flag(None, "with --teacher_hf: maximum tokens per (text, text_pair)")
 
     def __post_init__(self) -> None:
         _positive(self, "max_seq_len")
@@ -670,7 +684,7 @@ class ForeignTeacherFlags:
 @dataclass(frozen=True)
 class ExportFlags:
     key: ClassVar[str] = "export"
-    out: str = flag(
+    out: str | None = flag(
         None, "output folder (default: <experiment folder>/hf-model-<step>, or onnx-model-<step> with --format onnx)"
     )
     format: str = flag(
@@ -679,7 +693,7 @@ class ExportFlags:
         "sequence axes) checked against PyTorch's logits on the task's dev rows",
         choices=("hf", "onnx"),
     )
-    quantize: str = flag(
+    quantize: str | None = flag(
         None,
         "with --format onnx: also write an ONNX Runtime dynamically quantized model "
         "(int8), with its dev metrics next to the fp32 one's",
@@ -700,32 +714,36 @@ class ResultsFlags:
         "your own, <data_root>/NAME/task.json",
         required=True,
     )
-    exp_root: str = flag(None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)")
-    data_root: str = flag(
+    exp_root: str | None = flag(
+        None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)"
+    )
+    data_root: str | None = flag(
         None, "data root, where tasks of your own are defined (default: env FT_DATA_ROOT, else <repo>/data/fine_tune)"
     )
-    experiments: str = flag(None, "comma-separated globs of experiment folders or names (default: every evaluated one)")
-    splits: str = flag(None, "comma-separated reported splits (default: every evaluated labelled split)")
+    experiments: str | None = flag(
+        None, "comma-separated globs of experiment folders or names (default: every evaluated one)"
+    )
+    splits: str | None = flag(None, "comma-separated reported splits (default: every evaluated labelled split)")
     rule: str = flag(
         "best",
         "checkpoint rule: best (best on --select_on, by default on the reported split itself: "
         "the original's rule) or last",
         choices=("best", "last"),
     )
-    select_on: str = flag(
+    select_on: str | None = flag(
         None,
         "split that chooses the checkpoint for every reported split (e.g. the task's dev "
         "split: val for SuperGLUE tasks, dev for GLUE tasks)",
     )
-    compare: tuple = flag(
+    compare: tuple[str, ...] | None = flag(
         None, "two experiment folders A B: paired bootstrap of the difference of their main metric", nargs=2
     )
-    compare_split: str = flag(
+    compare_split: str | None = flag(
         None, "split of --compare (default: the task's dev split, e.g. val for SuperGLUE tasks, dev for GLUE tasks)"
     )
     resamples: int = flag(10000, "bootstrap resamples")
     bootstrap_seed: int = flag(0, "bootstrap random seed")
-    out: str = flag(
+    out: str | None = flag(
         None,
         "markdown file to write (default: <exp_root>/results-<task>.md); the CSV and JSON of the "
         "same table are written beside it (.csv, .json); a file name, not a folder",
@@ -736,7 +754,7 @@ class ResultsFlags:
         "also draw the students' main metric against parameters and against inference "
         "examples/s (teacher and Pareto front marked) as <out>-pareto.png, its data as .json",
     )
-    curves: str = flag(
+    curves: str | None = flag(
         None,
         "comma-separated globs of experiments whose learning curves (loss and evaluation metric "
         "vs step, from their TensorBoard logs) to draw as <out>-curves.png, its data as .json",
@@ -745,7 +763,7 @@ class ResultsFlags:
         False,
         "replace existing files at the output paths that results_table.py did not write (or that were changed since)",
     )
-    columns: str = flag(
+    columns: str | None = flag(
         None,
         "comma-separated columns the markdown shows, in that order (default: experiment, "
         "method, model, teacher, each split's metrics and checkpoint, params, params_ratio, "
@@ -765,17 +783,19 @@ class SubmissionFlags:
     benchmark: str = flag(
         None, "the benchmark whose server takes the zip", required=True, choices=("glue", "superglue")
     )
-    exp_root: str = flag(None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)")
-    use: tuple = flag(
+    exp_root: str | None = flag(
+        None, "experiment root (default: env FT_EXP_ROOT, else <repo>/data/fine_tune_experiment)"
+    )
+    use: tuple[str, ...] | None = flag(
         None,
         "TASK=EXPERIMENT_FOLDER: take that task's file from this experiment (default: the "
         "experiment holding it with the best main metric on the task's dev split)",
         nargs="+",
     )
-    out: str = flag(
+    out: str | None = flag(
         None, "the zip to write (default: <exp_root>/<benchmark>-submission.zip); a file name, not a folder"
     )
-    data_root: str = flag(
+    data_root: str | None = flag(
         None,
         "data root: each file is checked to predict every row its split holds there now "
         "(default: env FT_DATA_ROOT, else <repo>/data/fine_tune; a split not there is not "
@@ -811,20 +831,77 @@ PREDICT = (PredictionExperimentFlags, CheckpointFlags, InferenceFlags, DeviceFla
 EXPORT = (ExportExperimentFlags, CheckpointFlags, ExportFlags, PathFlags)
 
 
+class FlagGroup(Protocol):
+    """What every flag group class has: the key it is found under in :class:`Flags` and in ``MethodSettings``."""
+
+    key: ClassVar[str]
+
+
+G = TypeVar("G", bound=FlagGroup)
+
+
+def find_group(groups: Mapping[str, object], cls: type[G]) -> G:
+    """The group of class ``cls`` in ``groups`` (by its ``key``), typed; a missing one, or one of another class under
+    that key, raises AttributeError naming the groups there are."""
+    value = groups.get(cls.key)
+    if not isinstance(value, cls):
+        raise AttributeError(f"no flag group {cls.__name__} (groups: {', '.join(groups)})")
+    return value
+
+
 class Flags:
-    """The parsed flags of one script: one frozen group instance per group key (``flags.optimiser``)."""
+    """The parsed flags of one script: one frozen group instance per group key (``flags.optimiser``).
+
+    The groups of this module are typed attributes (``flags.batching`` is a :class:`BatchingFlags`; a script's
+    subclass, e.g. :class:`LayerwiseBatchingFlags`, is one); a group defined elsewhere (a method's, beside it) or a
+    subclass's own fields are read with :meth:`group`, which checks the class. Reading a group the script does not
+    compose raises AttributeError: ask :meth:`has` first."""
+
+    if TYPE_CHECKING:  # what __getattr__ returns, by key, for the type checker
+        experiment: ExperimentFlags
+        paths: PathFlags
+        device: DeviceFlags
+        classifier: ClassifierFlags
+        optimiser: OptimiserFlags
+        batching: BatchingFlags
+        run: RunFlags
+        speed: SpeedFlags
+        pretrained: PretrainedFlags
+        student: StudentFlags
+        distil: DistilFlags
+        teacher: TeacherFlags
+        layerwise: LayerwiseFlags
+        inference: InferenceFlags
+        reporting: ReportingFlags
+        sweep: SweepFlags
+        checkpoint: CheckpointFlags
+        prediction: PredictFileFlags
+        foreign: ForeignTeacherFlags
+        export: ExportFlags
+        results: ResultsFlags
+        submission: SubmissionFlags
+        rerun: ConfigSource
+
+    _groups: dict[str, Any]
 
     def __init__(self, groups: dict[str, Any]):
         object.__setattr__(self, "_groups", dict(groups))
 
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self._groups[key]
-        except KeyError:
-            raise AttributeError(f"no flag group {key!r} (groups: {', '.join(self._groups)})") from None
+    if not TYPE_CHECKING:  # the type checker reads the attributes above
+
+        def __getattr__(self, key: str) -> Any:
+            try:
+                return self._groups[key]
+            except KeyError:
+                raise AttributeError(f"no flag group {key!r} (groups: {', '.join(self._groups)})") from None
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError("Flags are read-only: make a new one with replace()")
+
+    def group(self, cls: type[G]) -> G:
+        """The group of class ``cls`` (found by its ``key``): ``flags.group(PkdFlags)``; a script's subclass of it is
+        one. A group the script does not compose, or one of another class under that key, raises AttributeError."""
+        return find_group(self._groups, cls)
 
     def has(self, key: str) -> bool:
         return key in self._groups
@@ -854,7 +931,7 @@ class ConfigSource:
 
     key: ClassVar[str] = "rerun"
     config_from: str  # the config file, absolute
-    overrides: dict  # flags given on the command line whose value differs from the file's
+    overrides: dict[str, Any]  # flags given on the command line whose value differs from the file's
 
 
 # A run's own config.json read by a script that trains nothing (evaluation, logits, predictions, export, tables):

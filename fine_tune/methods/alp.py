@@ -72,7 +72,7 @@ class ALPKD(LayerwiseKD):
 
     @classmethod
     def own_arguments(cls, settings) -> dict:
-        return {"mode": settings["alp"].alp_exp}
+        return {"mode": settings.group(AlpFlags).alp_exp}
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ import torch
 
 from ..engine.optim import OptimiserSettings
 from ..engine.protocol import PLAIN_RECORD, ExtraParameters, LayerRecord, ModelOutputs, TeacherShape
+from ..settings import G, find_group
 
 # the two models whose layers a method reads (Method.recorded_layers)
 ROLES = ("student", "teacher")
@@ -30,7 +31,7 @@ class StudentShape:
 class MethodSettings:
     """What a method is built from (:meth:`Method.build`), resolved once by the run plan
     (``fine_tune/plan/training.method_settings``): the settings groups it reads, by key (its own ``flag_groups``,
-    and the common ``distil`` and ``layerwise`` groups of the distillation scripts: ``settings["distil"]``), and the
+    and the common ``distil`` and ``layerwise`` groups of the distillation scripts: ``settings.group(DistilFlags)``), and the
     facts of the run that are not flags."""
 
     groups: Mapping[str, Any]
@@ -55,8 +56,10 @@ class MethodSettings:
     # a recipe's method: NAME, built by the plan from its flags: the method the recipe's terms are added to
     base: Any = None
 
-    def __getitem__(self, key: str) -> Any:
-        return self.groups[key]
+    def group(self, cls: type[G]) -> G:
+        """The settings group of class ``cls``, typed: ``settings.group(PkdFlags).pkd_loss``; one the run's script
+        does not compose raises AttributeError."""
+        return find_group(self.groups, cls)
 
 
 class Method:

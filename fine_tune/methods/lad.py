@@ -18,7 +18,7 @@ from ..engine.protocol import ExtraParameters
 from ..errors import UserError
 from ..layer_mapping import uniform_layers
 from ..models.gates import aggregate_chain, make_gates
-from ..settings import _check_adamw, flag
+from ..settings import LayerwiseFlags, _check_adamw, flag
 from .layerwise import HiddenPair, LayerwiseKD, masked_mean
 
 
@@ -52,9 +52,9 @@ class GateFlags:
     gate_eps: float = flag(1e-8, "gate AdamW epsilon")
     gate_weight_decay: float = flag(0.01, "gate AdamW weight decay (not on biases and LayerNorm weights)")
     gate_max_norm: float = flag(1.0, "gradient clipping norm, per gate")
-    gate_total_step: int = flag(None, "gate schedule length (default: --total_step)")
-    gate_warmup_step: int = flag(None, "gate linear warmup steps (default: --warmup_step)")
-    gate_device_id: int = flag(
+    gate_total_step: int | None = flag(None, "gate schedule length (default: --total_step)")
+    gate_warmup_step: int | None = flag(None, "gate linear warmup steps (default: --warmup_step)")
+    gate_device_id: int | None = flag(
         None,
         "gates' CUDA device index; -1 = CPU (default: the student's device); under "
         "torchrun relative to each rank: k means cuda:(LOCAL_RANK + k * processes per node)",
@@ -125,7 +125,9 @@ class GatedKD(LayerwiseKD):
         return {
             "d_model": settings.teacher.hidden_size,
             "seq_len": settings.max_seq_len,
-            "gate_optimiser": settings["gate"].settings(settings.optimiser, settings.legacy.get("gate_no_decay")),
+            "gate_optimiser": settings.group(GateFlags).settings(
+                settings.optimiser, settings.legacy.get("gate_no_decay")
+            ),
         }
 
     def record(self) -> dict:
@@ -330,7 +332,7 @@ class ProbingFlags:
         "partial LAD: comma-separated gate (teacher layer) indices, 1-based, "
         "whose aggregation student layers 1..|G| learn",
     )
-    student_indices: str = flag(
+    student_indices: str | None = flag(
         None, "student layers that learn (partial LAD uses every student layer; accepted for the seed commands)"
     )
 
@@ -376,8 +378,8 @@ class PartialLAD(GatedKD):
     def own_arguments(cls, settings) -> dict:
         return {
             **super().own_arguments(settings),
-            "init_uncovered": settings["layerwise"].init_uncovered,
-            "gate_indices": parse_indices(settings["probing"].gate_indices, "--gate_indices"),
+            "init_uncovered": settings.group(LayerwiseFlags).init_uncovered,
+            "gate_indices": parse_indices(settings.group(ProbingFlags).gate_indices, "--gate_indices"),
         }
 
     def default_init_pairs(self) -> list[tuple[int, int]]:

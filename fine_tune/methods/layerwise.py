@@ -36,6 +36,7 @@ from ..errors import UserError
 from ..layer_mapping import uniform_layers
 from ..models.init import teacher_layer_map
 from ..models.projection import WidthProjection
+from ..settings import DistilFlags, LayerwiseFlags
 from .base import Method, MethodSettings
 from .logits_kd import check_temperature, logits_kd_loss
 
@@ -136,9 +137,9 @@ class LayerwiseKD(WidthProjecting, Method):
 
     @classmethod
     def build(cls, settings: MethodSettings) -> LayerwiseKD:
-        """The common arguments (``settings["distil"]``, ``settings["layerwise"]``, the student's and the teacher's
+        """The common arguments (``settings.group(DistilFlags)``, ``settings.group(LayerwiseFlags)``, the student's and the teacher's
         shapes), plus :meth:`own_arguments`."""
-        d, mu = settings["distil"], settings["layerwise"].mu
+        d, mu = settings.group(DistilFlags), settings.group(LayerwiseFlags).mu
         if not (d.hard_weight or d.soft_weight or mu):
             raise UserError("--hard_weight, --soft_weight and --mu are all 0: the student would learn nothing")
         check_temperature(settings.regression, d.softmax_temp)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from ..engine.protocol import ModelOutputs
 from ..errors import UserError
+from ..settings import DistilFlags
 from .base import Method, MethodSettings
 
 
@@ -108,7 +109,7 @@ class OfflineLogitsKD(Method):
 
     @classmethod
     def build(cls, settings: MethodSettings) -> OfflineLogitsKD:
-        d = settings["distil"]
+        d = settings.group(DistilFlags)
         if not (d.hard_weight or d.soft_weight):
             raise UserError("--hard_weight and --soft_weight are both 0: the student would learn nothing")
         check_temperature(settings.regression, d.softmax_temp)

@@ -287,13 +287,13 @@ def minilmv2_loss(
 @dataclass(frozen=True)
 class MiniLMFlags:
     key: ClassVar[str] = "minilm"
-    relation_heads: int = flag(
+    relation_heads: int | None = flag(
         None,
         "MiniLMv2: Q-Q, K-K and V-V relations over R relation heads (R dividing both "
         "widths; works for any head counts); default: MiniLM's attention distributions "
         "and value relations, head by head (equal head counts)",
     )
-    minilm_teacher_layer: int = flag(
+    minilm_teacher_layer: int | None = flag(
         None,
         "the teacher layer (1-based) the student's last layer learns (default: the "
         "teacher's last, as MiniLM; MiniLMv2 takes an upper-middle one of large "
@@ -396,9 +396,9 @@ class MiniLM(LayerwiseKD):
         return {
             "student_heads": settings.student.num_heads,
             "teacher_heads": settings.teacher.num_heads or settings.student.num_heads,
-            "relation_heads": settings["minilm"].relation_heads,
+            "relation_heads": settings.group(MiniLMFlags).relation_heads,
             "average": settings.legacy.get("minilm_average", "sequence"),
-            "teacher_layer": settings["minilm"].minilm_teacher_layer,
+            "teacher_layer": settings.group(MiniLMFlags).minilm_teacher_layer,
         }
 
     def record(self) -> dict:

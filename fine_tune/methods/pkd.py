@@ -116,8 +116,8 @@ class PKD(LayerwiseKD):
     @classmethod
     def own_arguments(cls, settings) -> dict:
         return {
-            "loss": settings["pkd"].pkd_loss,
-            "strategy": settings["pkd"].pkd_strategy,
+            "loss": settings.group(PkdFlags).pkd_loss,
+            "strategy": settings.group(PkdFlags).pkd_strategy,
             "cls_reduction": settings.legacy.get("pkd_cls_reduction", "mean"),
         }
 

@@ -62,7 +62,7 @@ ALWAYS_MASKED = ("attention_probs", "value_relation", "qkv_relation")
 @dataclass(frozen=True)
 class RecipeFlags:
     key: ClassVar[str] = "recipe"
-    recipe: str = flag(
+    recipe: str | None = flag(
         None,
         "distillation recipe file (YAML or JSON): the loss terms, their features, layer pairs "
         "and weights (doc/methods.md, 'Recipes'); its terms replace --hard_weight, --soft_weight, "
@@ -176,7 +176,7 @@ class RecipeKD(WidthProjecting, Method):
     def build(cls, settings: MethodSettings) -> RecipeKD | MethodWithTerms:
         """The recipe's terms as a method; with ``method: NAME`` (``settings.base``, the built-in method the plan
         built from its flags) that method with the terms added."""
-        path = settings["recipe"].recipe
+        path = settings.group(RecipeFlags).recipe
         recipe = settings.recipe
         if recipe is None:
             if path is None:

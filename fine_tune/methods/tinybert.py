@@ -34,7 +34,7 @@ from ..engine.protocol import PLAIN_RECORD, LayerRecord
 from ..errors import UserError
 from ..layer_mapping import uniform_layers
 from ..models.projection import PretrainedProjection
-from ..settings import DistilFlags, flag
+from ..settings import DistilFlags, LayerwiseFlags, flag
 from .layerwise import LayerwiseKD
 from .logits_kd import check_temperature, logits_kd_loss
 
@@ -462,7 +462,11 @@ class TinyBERT(LayerwiseKD):
 
     @classmethod
     def build(cls, settings) -> TinyBERT:
-        d, stage, mu = settings["distil"], settings["tinybert"].tinybert_stage, settings["layerwise"].mu
+        d, stage, mu = (
+            settings.group(DistilFlags),
+            settings.group(TinyBertFlags).tinybert_stage,
+            settings.group(LayerwiseFlags).mu,
+        )
         if stage == "intermediate" and not mu:
             raise UserError("--mu 0: TinyBERT's intermediate stage has no other loss; the student would learn nothing")
         if stage == "prediction" and not (d.hard_weight or d.soft_weight):
@@ -485,7 +489,7 @@ class TinyBERT(LayerwiseKD):
             stage=stage,
             student_heads=settings.student.num_heads,
             teacher_heads=settings.teacher.num_heads,
-            attention=settings["tinybert"].tinybert_attention,
+            attention=settings.group(TinyBertFlags).tinybert_attention,
             padding=settings.padding,
             student_width=settings.student.hidden_size,
             teacher_width=settings.teacher.hidden_size,
@@ -499,7 +503,7 @@ class TinyBERT(LayerwiseKD):
     def released_rules(settings) -> dict:
         """The rules a fidelity fix made the released code's (issue 30), from their flags; a run started before a
         fix keeps its old rule (``settings.legacy``, config.LEGACY_FIELDS)."""
-        t, old = settings["tinybert"], settings.legacy
+        t, old = settings.group(TinyBertFlags), settings.legacy
         return {
             "soft_reduction": old.get("tinybert_soft_reduction", t.tinybert_soft_reduction),
             "regression_target": old.get("tinybert_regression_target", t.tinybert_regression_target),
