@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from . import settings
 from .errors import OneLineParser, UserError, closest_name, did_you_mean
@@ -51,10 +51,10 @@ def parse_distil(prog: str, description: str, argv: Sequence[str] | None = None)
     pick = _Probe(prog=prog, add_help=False, allow_abbrev=False)  # --method out of argv; the rest is the script's
     pick.add_argument("--method")
     try:
-        name, rest = pick.parse_known_args(argv)
+        picked, rest = pick.parse_known_args(argv)
     except _ProbeFailed as e:  # --method without a name
         OneLineParser(prog=prog).error(str(e))
-    name = name.method
+    name: str | None = picked.method
     if name is None and any(a == "--recipe" or a.startswith("--recipe=") for a in rest):
         name = "recipe"  # run_distil.py --recipe FILE: the recipe method
     config = (_given_flags(prog, (), rest) or {}).get("config")
@@ -121,7 +121,7 @@ class _Probe(argparse.ArgumentParser):
     """The flags' parser without defaults, types and choices: what it returns is what the command line gives.
     Its errors are the real parser's to report."""
 
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         raise _ProbeFailed(message)
 
 
@@ -132,11 +132,12 @@ CONFIG_HELP = (
 
 
 def _kind(f: dataclasses.Field[Any]) -> type:
-    """What argparse converts a flag's value with: its annotation's type, less the ``| None`` of a flag whose default
-    is None; a tuple flag's items are strings (``tuple[str, ...]``)."""
+    """What argparse converts a flag's value with: its annotation's type (the first of a union: ``int | None``, a flag
+    whose default is None, is an int; a flag of several types gives its own ``type=``); a tuple flag's items are
+    strings (``tuple[str, ...]``)."""
     if isinstance(f.type, type):
         return f.type
-    name = str(f.type).removesuffix(" | None").split("[")[0]
+    name = str(f.type).split(" | ")[0].split("[")[0]
     return {"str": str, "int": int, "float": float, "bool": bool, "tuple": str}[name]
 
 
@@ -202,7 +203,7 @@ def parse_flags(prog: str, description: str, groups: Sequence[type], argv: Seque
     config = values.pop("config")
     _refuse_exclusive(groups, set(given or ()), values)
     if config is not None:  # (the probe parsed argv: what it cannot parse, the parser above refuses)
-        values, source = _merge_config(parser, groups, values, set(given) - {"config"}, config)
+        values, source = _merge_config(parser, groups, values, set(given or ()) - {"config"}, config)
     parsed = {group.key: group(**{f.name: values[f.name] for f in dataclasses.fields(group)}) for group in groups}
     if source is not None:
         parsed[source.key] = source
@@ -399,7 +400,7 @@ def _merge_config(
     return merged, ConfigSource(config_from=os.path.abspath(path), overrides=overrides)
 
 
-def run_main(main, argv: Sequence[str] | None = None) -> int:
+def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
     """Run an entry point: a :class:`UserError` becomes one line on stderr and exit status 2. Under torchrun
     only rank 0 prints to stdout, and at the end the process group is closed and the worker exits at once with
     its status (engine/distributed.exit_process says why). Torch is imported here only under torchrun: a plain
@@ -434,8 +435,8 @@ def run_main(main, argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("interrupted\n")
         code = 130
     finally:  # a process group exists only where the engine's distributed module was imported
-        distributed = sys.modules.get(f"{__package__}.engine.distributed")
-        closed = distributed is not None and distributed.close(synchronize=finished)
-    if closed:
-        distributed.exit_process(code)
+        group = sys.modules.get(f"{__package__}.engine.distributed")
+        closed = group is not None and group.close(synchronize=finished)
+    if closed and group is not None:
+        group.exit_process(code)
     return code

@@ -495,7 +495,7 @@ class TeacherFlags:
         None, "fine-tuned teacher experiment (folder {teacher_exp}_{tmodel}_{task}); or --teacher_hf"
     )
     tmodel: str = flag("bert", "teacher model family", choices=FAMILY_NAMES)
-    tckpt: int | None = flag(
+    tckpt: int | str | None = flag(
         None,
         "teacher checkpoint step (model-{tckpt}.pt), or best: the teacher's best checkpoint on "
         "its dev split's evaluation, by its --metric_for_best, as --ckpt best; with --teacher_exp",
@@ -838,6 +838,14 @@ class FlagGroup(Protocol):
 
 
 G = TypeVar("G", bound=FlagGroup)
+
+
+def needed(value: T | None, flag: str) -> T:
+    """A flag's value where the run needs one: None (not given and not resolved, e.g. a ``--config`` file holding null)
+    is refused in one line naming the flag."""
+    if value is None:
+        raise UserError(f"{flag}: give a value (none was given, and none could be resolved)")
+    return value
 
 
 def find_group(groups: Mapping[str, object], cls: type[G]) -> G:

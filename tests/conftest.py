@@ -189,6 +189,8 @@ def method_from_flags(name: str, args: list[str], teacher, seed: int, task: str 
         name,
         ["--experiment", "x", "--task", task, "--teacher_exp", "t", "--tckpt", "1", *args],
     )
+    if flags.batching.max_seq_len is None:  # what the plan resolves from the teacher's config.json
+        flags = flags.replace(batching={"max_seq_len": 128})
     method = get_method(name).build(method_settings(flags, get_task(task), get_method(name), teacher))
     torch.manual_seed(seed)
     method.create_parameters(None, None)

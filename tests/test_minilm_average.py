@@ -268,6 +268,8 @@ def build(legacy: dict, relation_heads: int | None):
             "t",
             "--tckpt",
             "1",
+            "--max_seq_len",
+            "128",
             "--d_model",
             "8",
             "--d_ff",

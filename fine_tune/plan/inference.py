@@ -19,11 +19,13 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UserError, closest_name
 from ..experiment import ExperimentDir, check_name, default_data_root, default_exp_root, roots
 from ..outputs import check_folder_output, check_name_length, check_outputs, out_file, out_folder
 from ..selection import Rule, parse_ckpt
+from ..settings import Flags, ResultsFlags, needed
 from ..tasks import TASKS, Task, get_task
 from .types import (
     CheckpointChoice,
@@ -37,6 +39,9 @@ from .types import (
     SubmissionPlan,
     TrainedExperiment,
 )
+
+if TYPE_CHECKING:  # reporting (and its trackers) is imported where it is used
+    from ..reporting import Reporting
 
 # -- what the planners check and name for the scripts that use a trained experiment ----------------------------
 PACKAGES = ("onnx", "onnxruntime")  # what --format onnx needs (fine_tune/onnx_export.py)
@@ -73,7 +78,10 @@ def output_paths(out: Path) -> dict[str, Path]:
     """The files of one results_table.py run: the markdown ``--out`` and, beside it, ``<out without .md>.csv``,
     ``.json``, ``-pareto.png``/``.json`` (``--plot``), ``-curves.png``/``.json`` (``--curves``)."""
     base = out.with_suffix("") if out.suffix == ".md" else out
-    named = lambda tail: base.with_name(base.name + tail)  # noqa: E731
+
+    def named(tail: str) -> Path:
+        return base.with_name(base.name + tail)
+
     return {
         "md": out,
         "csv": named(".csv"),
@@ -85,17 +93,17 @@ def output_paths(out: Path) -> dict[str, Path]:
     }
 
 
-def _trained_experiment(flags, require: bool = True) -> TrainedExperiment:
+def _trained_experiment(flags: Flags, require: bool = True) -> TrainedExperiment:
     """The task (once), the split of ``--dataset`` checked, the experiment folder named (and ``require``: holding a
     config.json)."""
     e = flags.experiment
     data_root, exp_root = roots(flags.paths.data_root, flags.paths.exp_root)
     task = get_task(e.task, data_root)
-    task.check_split(e.dataset)
+    task.check_split(needed(e.dataset, "--dataset"))
     return _named(flags, data_root, exp_root, task, require)
 
 
-def _named(flags, data_root: Path, exp_root: Path, task: Task, require: bool) -> TrainedExperiment:
+def _named(flags: Flags, data_root: Path, exp_root: Path, task: Task, require: bool) -> TrainedExperiment:
     e = flags.experiment
     exp = ExperimentDir.of(exp_root, e.experiment, e.model, e.task)
     if require:
@@ -103,7 +111,7 @@ def _named(flags, data_root: Path, exp_root: Path, task: Task, require: bool) ->
     return TrainedExperiment(data_root, task, exp, e.experiment, e.model)
 
 
-def _checkpoint_choice(flags, task: Task) -> CheckpointChoice:
+def _checkpoint_choice(flags: Flags, task: Task) -> CheckpointChoice:
     """``--ckpt`` (a step, ``last`` / not given, ``best``) and ``--select_on``."""
     c = flags.checkpoint
     ckpt = parse_ckpt(str(c.ckpt)) if c.ckpt is not None else None
@@ -113,9 +121,9 @@ def _checkpoint_choice(flags, task: Task) -> CheckpointChoice:
     return CheckpointChoice(ckpt, select_on)
 
 
-def plan_eval(flags) -> EvalPlan:
+def plan_eval(flags: Flags) -> EvalPlan:
     target = _trained_experiment(flags)
-    split = flags.experiment.dataset
+    split = needed(flags.experiment.dataset, "--dataset")
     if not target.task.has_labels(split):
         why = target.task.unlabelled_why.get(split)
         raise UserError(
@@ -135,7 +143,7 @@ def plan_eval(flags) -> EvalPlan:
     )
 
 
-def _eval_reporting(flags, target: TrainedExperiment):
+def _eval_reporting(flags: Flags, target: TrainedExperiment) -> Reporting:
     """``run_fine_tune_eval.py --report_to``: as given, else where the run reported (its config.json's
     ``report_to``; tensorboard for a run that records none), its trackers' packages checked."""
     from ..config import load_config
@@ -173,7 +181,7 @@ def predict_file_output(source: Path, given: str | None) -> Path:
     return out_file(given, "--out", source.with_name(f"{source.stem}.predictions{source.suffix}"))
 
 
-def _plan_file_prediction(flags, target: TrainedExperiment) -> PredictionPlan:
+def _plan_file_prediction(flags: Flags, target: TrainedExperiment) -> PredictionPlan:
     """``--predict_file FILE [--out OUT]``: every check of the two paths before anything is read or written. The
     file: an existing, readable .csv, .tsv or .jsonl file (its rows are checked as they are read). The output: a
     .csv, .tsv or .jsonl name that is not the file itself, not one of the task's data files, not inside a folder
@@ -183,7 +191,7 @@ def _plan_file_prediction(flags, target: TrainedExperiment) -> PredictionPlan:
 
     p, task = flags.prediction, target.task
     formats = ", ".join(PREDICTION_FORMATS)
-    source = Path(p.predict_file)
+    source = Path(needed(p.predict_file, "--predict_file"))
     if source.suffix.lower() not in PREDICTION_FORMATS:
         raise UserError(f"--predict_file {source}: not a {formats} file (the format is read from the extension)")
     if not source.exists():
@@ -235,7 +243,7 @@ def _plan_file_prediction(flags, target: TrainedExperiment) -> PredictionPlan:
     )
 
 
-def plan_prediction(flags) -> PredictionPlan:
+def plan_prediction(flags: Flags) -> PredictionPlan:
     from ..submission import record_path
 
     if flags.prediction.predict_file is not None:  # no split: the task need not have a test split
@@ -243,7 +251,11 @@ def plan_prediction(flags) -> PredictionPlan:
         data_root, exp_root = roots(flags.paths.data_root, flags.paths.exp_root)
         return _plan_file_prediction(flags, _named(flags, data_root, exp_root, get_task(e.task, data_root), True))
     target = _trained_experiment(flags)
-    split, max_examples, overwrite = flags.experiment.dataset, flags.paths.max_examples, flags.paths.overwrite
+    split, max_examples, overwrite = (
+        needed(flags.experiment.dataset, "--dataset"),
+        flags.paths.max_examples,
+        flags.paths.overwrite,
+    )
     out = prediction_path(target.exp, target.task, split, max_examples)
     check_outputs([out, record_path(out)], "generate_test_prediction.py", overwrite)
     return PredictionPlan(
@@ -257,25 +269,26 @@ def plan_prediction(flags) -> PredictionPlan:
     )
 
 
-def plan_gen_logits(flags) -> LogitsPlan:
-    f = flags.foreign
+def plan_gen_logits(flags: Flags) -> LogitsPlan:
+    f, dataset = flags.foreign, needed(flags.experiment.dataset, "--dataset")
     if f.teacher_hf is None:
         target = _trained_experiment(flags)
-        target.task.check_not_diagnostic(flags.experiment.dataset, "--dataset", "a logits data set to train on")
+        target.task.check_not_diagnostic(dataset, "--dataset", "a logits data set to train on")
         checkpoint, teacher = _checkpoint_choice(flags, target.task), None
     else:
         e = flags.experiment
         data_root, exp_root = roots(flags.paths.data_root, flags.paths.exp_root)
         task = get_task(e.task, data_root)
-        task.check_split(e.dataset)
-        task.check_not_diagnostic(e.dataset, "--dataset", "a logits data set to train on")
+        task.check_split(dataset)
+        task.check_not_diagnostic(dataset, "--dataset", "a logits data set to train on")
         if flags.checkpoint.ckpt is not None or flags.checkpoint.select_on is not None:
             raise UserError("--ckpt/--select_on choose an experiment's checkpoint; --teacher_hf is the teacher itself")
         target = _named(flags, data_root, exp_root, task, require=False)  # names the data set
-        checkpoint, teacher = None, ForeignTeacher(f.teacher_hf, f.teacher_label_map, f.max_seq_len)
+        max_seq_len = needed(f.max_seq_len, "--max_seq_len")
+        checkpoint, teacher = None, ForeignTeacher(f.teacher_hf, f.teacher_label_map, max_seq_len)
     return LogitsPlan(
         target,
-        flags.experiment.dataset,
+        dataset,
         flags.paths.max_examples,
         checkpoint,
         teacher,
@@ -285,7 +298,7 @@ def plan_gen_logits(flags) -> LogitsPlan:
     )
 
 
-def plan_export(flags) -> ExportPlan:
+def plan_export(flags: Flags) -> ExportPlan:
     x = flags.export
     target = _trained_experiment(flags)
     checkpoint = _checkpoint_choice(flags, target.task)
@@ -307,7 +320,7 @@ def plan_export(flags) -> ExportPlan:
     )
 
 
-def plan_submission(flags) -> SubmissionPlan:
+def plan_submission(flags: Flags) -> SubmissionPlan:
     s = flags.submission
     exp_root = Path(s.exp_root) if s.exp_root else default_exp_root()
     use = parse_use(list(s.use or []))
@@ -321,7 +334,7 @@ def plan_submission(flags) -> SubmissionPlan:
     return SubmissionPlan(exp_root, s.benchmark, use, out, data_root)
 
 
-def plan_results(args) -> ResultsPlan:
+def plan_results(args: ResultsFlags) -> ResultsPlan:
     """``args``: the script's ``ResultsFlags`` group. An unknown task is refused before anything is scanned, an
     output path that cannot be written (or is a file results_table.py did not write: fine_tune/outputs.py) before
     anything is read."""

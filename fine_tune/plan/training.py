@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 from .. import config as cfg
 from ..batching import micro_batches_per_epoch
@@ -29,6 +31,8 @@ from ..experiment import ExperimentDir, roots
 from ..io_utils import check_writable, sha256_file
 from ..methods import Method, get_method
 from ..methods.base import MethodSettings, StudentShape
+from ..methods.lad import GateFlags, ProbingFlags, parse_indices
+from ..methods.recipe import RecipeFlags
 from ..methods.registry import extendable_methods
 from ..models.checkpointing import check_gradient_checkpointing
 from ..models.classifier import (
@@ -43,15 +47,15 @@ from ..models.init import check_copyable, teacher_layer_map
 from ..models.projection import PretrainedProjection, read_pretrained_projection
 from ..recipes.format import Recipe, load_recipe
 from ..selection import metric_for_best
-from ..settings import ConfigSource, OptimiserFlags
-from ..tasks import Task, get_task
+from ..settings import ConfigSource, Flags, OptimiserFlags, StudentFlags, needed
+from ..tasks import Example, Task, get_task
 from ..tasks.logits import check_teacher_unchanged, read_logits
 from ..teacher import Teacher, Teachers, open_hf_teacher, open_teacher
 from .types import Devices, LayerMapPlan, PretrainedModel, RunPlan, Split, StudentModel, TrainingEvaluation
 
 
 # -- what every training run resolves ------------------------------------------------------------------------
-def _task_and_folder(flags, task: Task | None = None) -> tuple[Path, Task, ExperimentDir]:
+def _task_and_folder(flags: Flags, task: Task | None = None) -> tuple[Path, Task, ExperimentDir]:
     """The data root, the task (resolved once, unless given: a task of your own from ``<data_root>/<name>/task.json``)
     and the experiment folder (not created), whose root must be writable, as must the folder itself and its
     TensorBoard folder where they exist (a resume, ``--overwrite``); ``--num_class`` checked against the task."""
@@ -83,7 +87,7 @@ def training_split(task: Task, data_root: Path, split: str, max_examples: int | 
     return load_split(task, data_root, split, max_examples)
 
 
-def _evaluation(flags, task: Task, data_root: Path) -> TrainingEvaluation | None:
+def _evaluation(flags: Flags, task: Task, data_root: Path) -> TrainingEvaluation | None:
     """``--eval_dataset``: the split checked (it exists and has labels) and parsed before anything is written."""
     r = flags.run
     metric = metric_for_best(
@@ -122,7 +126,7 @@ def _inputs(
     return inputs
 
 
-def _record(flags, task: Task, **resolved) -> dict:
+def _record(flags: Flags, task: Task, **resolved: Any) -> dict[str, Any]:
     """config.json's fields: every flag, what the planner resolved, a task of your own's definition."""
     record = dict(flags.record(), **resolved)
     if task.definition_file is not None:
@@ -130,7 +134,7 @@ def _record(flags, task: Task, **resolved) -> dict:
     return record
 
 
-def optimiser_settings(o) -> OptimiserSettings:
+def optimiser_settings(o: OptimiserFlags) -> OptimiserSettings:
     """The engine's settings of the student's optimiser from its flags (``flags.optimiser``)."""
     return OptimiserSettings(
         lr=o.lr,
@@ -144,7 +148,7 @@ def optimiser_settings(o) -> OptimiserSettings:
     )
 
 
-def _number(x: float) -> str:
+def _number(x: float | Fraction) -> str:
     """A count of epochs for people: whole above 10 (``2,632``), else up to one decimal (``0.5``, ``3``)."""
     return f"{round(x):,}" if x >= 10 else f"{x:.1f}".rstrip("0").rstrip(".")
 
@@ -152,7 +156,7 @@ def _number(x: float) -> str:
 DEFAULT_TOTAL_STEP = {f.name: f.default for f in dataclasses.fields(OptimiserFlags)}["total_step"]
 
 
-def resolve_schedule(flags, rows: int, drop_last: bool = False):
+def resolve_schedule(flags: Flags, rows: int, drop_last: bool = False) -> tuple[Flags, str | None]:
     """The flags with ``--num_epochs`` / ``--warmup_ratio`` resolved into ``--total_step`` / ``--warmup_step`` (what
     config.json records, beside the two as given), and a note (or None) for a run left at the default length.
 
@@ -170,7 +174,7 @@ def resolve_schedule(flags, rows: int, drop_last: bool = False):
     warmup = o.warmup_step if o.warmup_ratio is None else math.ceil(Fraction(str(o.warmup_ratio)) * total)
     if warmup > total:  # (--total_step given: refused at parse time; a ratio below 1 never exceeds)
         raise UserError(
-            f"--warmup_step {warmup} exceeds the {total} steps of --num_epochs {_number(o.num_epochs)} "
+            f"--warmup_step {warmup} exceeds the {total} steps of --num_epochs {_number(needed(o.num_epochs, '--num_epochs'))} "
             f"({rows} rows, {_number(float(per_epoch))} steps per epoch): give a smaller --warmup_step, "
             f"or --warmup_ratio"
         )
@@ -185,7 +189,7 @@ def resolve_schedule(flags, rows: int, drop_last: bool = False):
     return flags.replace(optimiser={"total_step": total, "warmup_step": warmup}), note
 
 
-def _schedule_and_method(flags, rows: int, build) -> tuple:
+def _schedule_and_method(flags: Flags, rows: int, build: Callable[[Flags], Method]) -> tuple[Flags, Method, str | None]:
     """The flags with the schedule resolved (:func:`resolve_schedule`), the method ``build(flags)`` built from them
     (its own parameter sets follow the student's schedule: LAD's gates, a width projection) and the schedule's note.
     Built with every row counted, and again where the built method trains full micro-batches only (TinyBERT's
@@ -199,7 +203,7 @@ def _schedule_and_method(flags, rows: int, build) -> tuple:
     return resolved, method, note
 
 
-def _training(flags, dataset: str, method: Method) -> TrainSettings:
+def _training(flags: Flags, dataset: str, method: Method) -> TrainSettings:
     """The engine's settings (``dataset``: the training split, resolved, in the scalars' names: README.md,
     "TensorBoard tags"); what the method
     decides of its training (``Method.schedule``, ``Method.drop_last``) resolved into plain settings;
@@ -224,7 +228,7 @@ def _training(flags, dataset: str, method: Method) -> TrainSettings:
     )
 
 
-def _legacy(exp: ExperimentDir, record: dict, rerun: ConfigSource | None = None) -> dict:
+def _legacy(exp: ExperimentDir, record: dict[str, Any], rerun: ConfigSource | None = None) -> dict[str, Any]:
     """A run started before a fidelity fix resumes with the rule it started with: the fields of
     config.LEGACY_FIELDS that ``record`` holds and the existing config.json of the same run lacks (read here, so
     the method is built with its rule; the start decision checks it again under the experiment's lock).
@@ -252,11 +256,11 @@ def _legacy(exp: ExperimentDir, record: dict, rerun: ConfigSource | None = None)
 
 
 def method_settings(
-    flags,
+    flags: Flags,
     task: Task,
     method_cls: type[Method],
     teacher: TeacherShape | None = None,
-    legacy: dict | None = None,
+    legacy: dict[str, Any] | None = None,
     student_projection: PretrainedProjection | None = None,
     teachers: dict[str, TeacherShape] | None = None,
     recipe: Recipe | None = None,
@@ -271,12 +275,12 @@ def method_settings(
     keys = ("distil", "layerwise", *(g.key for g in method_cls.flag_groups))
     return MethodSettings(
         groups={key: getattr(flags, key) for key in keys if flags.has(key)},
-        num_class=flags.classifier.num_class,
+        num_class=task.num_class if flags.classifier.num_class is None else flags.classifier.num_class,
         regression=task.regression,
         student=StudentShape(st.num_hidden_layers, st.d_model, st.num_attention_heads) if st else None,
         teacher=teacher,
         padding=b.padding,
-        max_seq_len=b.max_seq_len,
+        max_seq_len=needed(b.max_seq_len, "--max_seq_len"),
         optimiser=optimiser_settings(flags.optimiser),
         legacy=legacy or {},
         student_projection=student_projection,
@@ -286,7 +290,7 @@ def method_settings(
     )
 
 
-def student_projection(flags, method_cls: type[Method]) -> PretrainedProjection | None:
+def student_projection(flags: Flags, method_cls: type[Method]) -> PretrainedProjection | None:
     """The projection ``--student_ptrain_ver``'s weights hold under the method's ``projection_weights`` name (TinyBERT:
     General TinyBERT's trained ``fit_dense``), read before anything is written; None without one."""
     source = flags.student.student_ptrain_ver if flags.has("student") else None
@@ -296,23 +300,23 @@ def student_projection(flags, method_cls: type[Method]) -> PretrainedProjection 
 
 
 def _plan(
-    flags,
+    flags: Flags,
     *,
-    data_root,
-    task,
-    exp,
-    train,
-    tokenizer,
-    max_seq_len,
-    model,
-    method,
-    record,
-    inputs,
-    evaluation,
-    devices=None,
-    notes=(),
-    tag_split=None,
-    **extra,
+    data_root: Path,
+    task: Task,
+    exp: ExperimentDir,
+    train: Split,
+    tokenizer: Any,
+    max_seq_len: int,
+    model: PretrainedModel | StudentModel,
+    method: Method,
+    record: dict[str, Any],
+    inputs: dict[str, str],
+    evaluation: TrainingEvaluation | None,
+    devices: Devices | None = None,
+    notes: tuple[str, ...] = (),
+    tag_split: str | None = None,
+    **extra: Any,
 ) -> RunPlan:
     """The run's plan; ``tag_split``: the training split the scalars' names give (default: ``train``'s name)."""
     from ..reporting import resolve_reporting
@@ -350,16 +354,16 @@ def _plan(
 
 
 # -- fine-tuning ---------------------------------------------------------------------------------------------
-def plan_fine_tune(flags) -> RunPlan:
+def plan_fine_tune(flags: Flags) -> RunPlan:
     """``run_fine_tune.py``: a pretrained encoder (``--ptrain_ver``) and a new head, cross-entropy on gold labels."""
     data_root, task, exp = _task_and_folder(flags)
     evaluation = _evaluation(flags, task, data_root)
     e, ptrain_ver = flags.experiment, flags.pretrained.ptrain_ver
     if flags.classifier.num_class is None:  # the task's label set, recorded in config.json
         flags = flags.replace(classifier={"num_class": task.num_class})
-    train = training_split(task, data_root, e.dataset, flags.paths.max_examples)
+    train = training_split(task, data_root, needed(e.dataset, "--dataset"), flags.paths.max_examples)
     pre_config = load_pretrained_config(ptrain_ver, e.model)
-    max_seq_len = flags.batching.max_seq_len
+    max_seq_len = needed(flags.batching.max_seq_len, "--max_seq_len")
     cfg.check_max_seq_len(max_seq_len, pre_config.max_position_embeddings, f"--ptrain_ver {ptrain_ver!r}")
     tokenizer = load_tokenizer(ptrain_ver, "--ptrain_ver")
     cfg.check_room_for_text(max_seq_len, tokenizer)
@@ -368,7 +372,7 @@ def plan_fine_tune(flags) -> RunPlan:
         flags, len(train.examples), lambda f: fine_tuning.build(method_settings(f, task, fine_tuning))
     )
     inputs = _inputs(task, (train.file, train.sha256), evaluation, weight_file_hashes(ptrain_ver))
-    model = PretrainedModel(ptrain_ver, e.model, flags.classifier.num_class, flags.classifier.dropout)
+    model = PretrainedModel(ptrain_ver, e.model, task.num_class, flags.classifier.dropout)
     notes = [n for n in (head_note(pre_config, flags.classifier.num_class, "--ptrain_ver", ptrain_ver), schedule) if n]
     return _plan(
         flags,
@@ -388,7 +392,7 @@ def plan_fine_tune(flags) -> RunPlan:
 
 
 # -- the student of distillation -----------------------------------------------------------------------------
-def resolve_pretrained_student(flags, notes: list[str]):
+def resolve_pretrained_student(flags: Flags, notes: list[str]) -> tuple[Flags, Any]:
     """``--student_ptrain_ver``: checked (a model folder of ``--model``'s family, or a hub name) before anything is
     written, and its shape (width, feed-forward size, heads, layers) recorded in place of the shape flags, which
     do not apply to it (said in ``notes``); ``--max_seq_len`` checked against its positions. Returns the flags
@@ -413,12 +417,18 @@ def resolve_pretrained_student(flags, notes: list[str]):
         )
     head = head_note(config, flags.classifier.num_class, "--student_ptrain_ver", st.student_ptrain_ver)
     notes += [head] if head else []
-    cfg.check_max_seq_len(flags.batching.max_seq_len, usable_positions(config), f"the student {st.student_ptrain_ver}")
+    cfg.check_max_seq_len(
+        needed(flags.batching.max_seq_len, "--max_seq_len"),
+        usable_positions(config),
+        f"the student {st.student_ptrain_ver}",
+    )
     tokenizer = load_tokenizer(st.student_ptrain_ver, "--student_ptrain_ver")
     return flags.replace(student=shape), tokenizer
 
 
-def check_initialisation(pairs: list[tuple[int, int]], source: str | None, model: str, student, missing: str) -> None:
+def check_initialisation(
+    pairs: list[tuple[int, int]], source: str | None, model: str, student: StudentFlags, missing: str
+) -> None:
     """Before anything is written: the pretrained model to copy ``pairs`` from exists and fits the student's
     widths (``missing``: the error when no source is recorded)."""
     if not pairs:
@@ -429,12 +439,12 @@ def check_initialisation(pairs: list[tuple[int, int]], source: str | None, model
 
 
 def _student(
-    flags, *, vocab_size: int, max_positions: int, source: str | None, pairs: list[tuple[int, int]]
+    flags: Flags, *, vocab_size: int, max_positions: int, source: str | None, pairs: list[tuple[int, int]]
 ) -> StudentModel:
     st = flags.student
     return StudentModel(
         family=flags.experiment.model,
-        num_class=flags.classifier.num_class,
+        num_class=needed(flags.classifier.num_class, "--num_class"),
         dropout=flags.classifier.dropout,
         d_model=st.d_model,
         d_ff=st.d_ff,
@@ -453,23 +463,24 @@ def _student(
 
 
 # -- offline distillation ------------------------------------------------------------------------------------
-def plan_offline_distill(flags) -> RunPlan:
+def plan_offline_distill(flags: Flags) -> RunPlan:
     """``run_fine_tune_distill.py``: a student learns from a logits data set (``--dataset NAME[:split]``); the
     teacher's logits travel in the batch."""
     data_root, task, exp = _task_and_folder(flags)
     evaluation = _evaluation(flags, task, data_root)
     e = flags.experiment
-    logits = read_logits(data_root, e.dataset, e.task)
+    dataset = needed(e.dataset, "--dataset")
+    logits = read_logits(data_root, dataset, e.task)
     meta = logits.meta
     task.check_not_diagnostic(
-        str(meta.get("split")), f"--dataset {e.dataset}: the logits data set's split", "training data"
+        str(meta.get("split")), f"--dataset {dataset}: the logits data set's split", "training data"
     )  # a set made before the diagnostics were refused as one
-    task.check_trained_labels(meta, f"the logits data set {e.dataset!r}")
-    check_teacher_unchanged(meta, exp.root, e.dataset)
+    task.check_trained_labels(meta, f"the logits data set {dataset!r}")
+    check_teacher_unchanged(meta, exp.root, dataset)
     classes = logits.logits.shape[1]
     if flags.classifier.num_class is None:  # resolved from the logits data set, recorded in config.json
         if classes != task.num_class:
-            raise UserError(f"the logits data set {e.dataset!r} has {classes} classes, {e.task} has {task.num_class}")
+            raise UserError(f"the logits data set {dataset!r} has {classes} classes, {e.task} has {task.num_class}")
         flags = flags.replace(classifier={"num_class": classes})
     elif flags.classifier.num_class != classes:
         raise UserError(f"--num_class {flags.classifier.num_class}: the logits data set has {classes} classes")
@@ -483,8 +494,8 @@ def plan_offline_distill(flags) -> RunPlan:
     examples = logits.examples[:max_examples] if max_examples else logits.examples
     flags, schedule = resolve_schedule(flags, len(examples))  # (every row trains: offline KD drops none)
     notes += [schedule] if schedule else []
-    max_seq_len = flags.batching.max_seq_len
-    max_positions = (
+    max_seq_len = needed(flags.batching.max_seq_len, "--max_seq_len")
+    max_positions: int = (
         max(512, max_seq_len) if meta.get("max_position_embeddings") is None else meta["max_position_embeddings"]
     )
     if student_tokenizer is None:  # a pretrained student's positions were checked by resolve_pretrained_student
@@ -508,13 +519,17 @@ def plan_offline_distill(flags) -> RunPlan:
             raise UserError("--init_start: the logits data set records no pretrained teacher (ptrain_ver) to copy from")
         pre_config = load_pretrained_config(source, e.model)
         layers = teacher_layer_map(
-            st.init_start, st.init_end, st.init_step, st.num_hidden_layers, pre_config.num_hidden_layers
+            st.init_start,
+            needed(st.init_end, "--init_end"),
+            st.init_step,
+            st.num_hidden_layers,
+            pre_config.num_hidden_layers,
         )
         pairs = list(enumerate(layers, 1))
         check_copyable(pre_config, st.d_model, st.d_ff, st.init_attn_only)
     offline = get_method("offline_logits_kd")
     method = offline.build(method_settings(flags, task, offline))
-    train = Split(e.dataset, logits.data_file, meta["logits_sha256"], examples)
+    train = Split(dataset, logits.data_file, meta["logits_sha256"], examples)
     inputs = _inputs(
         task,
         (train.file, train.sha256),
@@ -549,7 +564,7 @@ def plan_offline_distill(flags) -> RunPlan:
 
 
 # -- online distillation -------------------------------------------------------------------------------------
-def resolve_from_teacher(flags, teacher: Teacher, task: Task):
+def resolve_from_teacher(flags: Flags, teacher: Teacher, task: Task) -> Flags:
     """The flags with max_seq_len, num_class and the training split filled in from the teacher's config where
     not given (a Hugging Face teacher records none: --max_seq_len is then required); a num_class other than the
     teacher's is an error."""
@@ -572,7 +587,7 @@ def resolve_from_teacher(flags, teacher: Teacher, task: Task):
     )
 
 
-def check_shapes(flags, teacher: Teacher, method_cls) -> None:
+def check_shapes(flags: Flags, teacher: Teacher, method_cls: type[Method]) -> None:
     """The student has at most the teacher's layers, and divides them for the methods that skip L_t / L_s
     teacher layers exactly (LAD-NO, partial LAD; the others spread ceil(j L_t / L_s)); widths may differ (a learned
     projection, models/projection.py)."""
@@ -586,15 +601,17 @@ def check_shapes(flags, teacher: Teacher, method_cls) -> None:
         )
 
 
-def _recipe(flags) -> Recipe | None:
+def _recipe(flags: Flags) -> Recipe | None:
     """``--recipe FILE``, read once (its teachers are opened by the plan, its terms built into the method)."""
-    if not flags.has("recipe") or flags.recipe.recipe is None:
+    path = flags.group(RecipeFlags).recipe if flags.has("recipe") else None
+    return None if path is None else load_recipe(Path(path))
+
+
+def _base_method(recipe: Recipe | None) -> type[Method] | None:
+    """The registered online method a recipe's ``method:`` names (not a recipe); refused in one line otherwise.
+    None: no recipe, or one without ``method:``."""
+    if recipe is None or recipe.method is None:
         return None
-    return load_recipe(Path(flags.recipe.recipe))
-
-
-def _base_method(recipe: Recipe) -> type[Method]:
-    """The registered online method a recipe's ``method:`` names (not a recipe); refused in one line otherwise."""
     online = extendable_methods()
     if recipe.method not in online:
         raise UserError(
@@ -613,20 +630,22 @@ def open_recipe_teachers(recipe: Recipe, exp_root: Path, task: Task, data_root: 
             if spec.hf is not None:
                 member = open_hf_teacher(spec.hf, task, None)
             else:
-                ckpt = spec.ckpt
+                experiment, model, ckpt = spec.experiment, spec.model, spec.ckpt
+                # (the format reads experiment, model and ckpt for every teacher without hf:)
+                assert experiment is not None and model is not None and ckpt is not None
                 if ckpt == "last":
-                    steps = ExperimentDir.of(
-                        exp_root, spec.experiment, spec.model, task.name, "--teacher_exp"
-                    ).checkpoints()
+                    steps = ExperimentDir.of(exp_root, experiment, model, task.name, "--teacher_exp").checkpoints()
                     ckpt = max(steps) if steps else 0  # none: open_teacher names what is missing
-                member = open_teacher(exp_root, spec.experiment, spec.model, task.name, ckpt, choose=(task, data_root))
+                member = open_teacher(exp_root, experiment, model, task.name, ckpt, choose=(task, data_root))
         except UserError as e:
             raise UserError(f"recipe {recipe.path}: teachers[{i}] ({spec.name}): {e}") from None
         members.append((spec.name, member, spec.weight))
     return Teachers(tuple(members))
 
 
-def check_teacher_set(teachers: Teachers, task: Task, max_seq_len: int, examples, recipe_path: str) -> None:
+def check_teacher_set(
+    teachers: Teachers, task: Task, max_seq_len: int, examples: list[Example], recipe_path: str
+) -> None:
     """Every teacher of a set after the primary (the first, checked as the run's one teacher is) reads the same
     batches as the primary: the same task and classes, room for ``max_seq_len`` positions, and the primary's token
     ids for the run's text (compared as the student's tokenisation is)."""
@@ -651,13 +670,14 @@ def check_teacher_set(teachers: Teachers, task: Task, max_seq_len: int, examples
             ) from None
 
 
-def open_any_teacher(flags, exp_root: Path, task: Task, data_root: Path | None = None) -> Teacher:
+def open_any_teacher(flags: Flags, exp_root: Path, task: Task, data_root: Path | None = None) -> Teacher:
     """``--teacher_exp``/``--tckpt`` (a toolkit experiment; ``--tckpt best`` chosen by its evaluation of the task's
     dev split under ``data_root``) or ``--teacher_hf`` (a Hugging Face classifier)."""
     t, e = flags.teacher, flags.experiment
     if t.teacher_hf is not None:
         return open_hf_teacher(t.teacher_hf, task, t.teacher_label_map)
-    return open_teacher(exp_root, t.teacher_exp, t.tmodel, e.task, t.tckpt, choose=(task, data_root))
+    experiment, ckpt = needed(t.teacher_exp, "--teacher_exp"), needed(t.tckpt, "--tckpt")
+    return open_teacher(exp_root, experiment, t.tmodel, e.task, ckpt, choose=(task, data_root))
 
 
 def dev_split(task: Task) -> str | None:
@@ -668,7 +688,7 @@ def dev_split(task: Task) -> str | None:
     return None
 
 
-def _layer_map(flags, task: Task, data_root: Path, method: Method, notes: list[str]) -> LayerMapPlan | None:
+def _layer_map(flags: Flags, task: Task, data_root: Path, method: Method, notes: list[str]) -> LayerMapPlan | None:
     """The heat-map's dev rows (the first ``--map_examples``), parsed before anything is written; none without a
     dev split (a note says so) or when the method draws no map."""
     lw = flags.layerwise
@@ -676,13 +696,13 @@ def _layer_map(flags, task: Task, data_root: Path, method: Method, notes: list[s
         return None
     split = dev_split(task)
     path = task.path(data_root, split) if split else None
-    if path is None or not path.is_file():
+    if split is None or path is None or not path.is_file():
         notes.append(f"no {split or 'dev'} split at {path}: no layer-contribution map")
         return None
     return LayerMapPlan(split, task.load(data_root, split, lw.map_examples))
 
 
-def plan_online_distill(flags, method_name: str) -> RunPlan:
+def plan_online_distill(flags: Flags, method_name: str) -> RunPlan:
     """A student beside its fine-tuned teacher, distilled with the registered method ``method_name``; max_seq_len,
     num_class and the training split come from the teacher's config unless given."""
     method_cls = get_method(method_name)
@@ -695,7 +715,7 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
     teacher = teachers.primary if teachers else open_any_teacher(flags, exp_root, task, data_root)
     # a recipe's method: NAME: the built-in method its terms are added to (its class decides the layer shapes, the
     # pretrained projection, the schedule)
-    base_cls = _base_method(recipe) if recipe is not None and recipe.method is not None else None
+    base_cls = _base_method(recipe)
     task.check_trained_labels(teacher.record, f"the teacher {teacher.name}")
     flags = resolve_from_teacher(flags, teacher, task)
     notes: list[str] = []
@@ -708,19 +728,17 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
     evaluation = _evaluation(flags, task, data_root)
     if task.name != teacher.record.get("task", task.name):
         raise UserError(f"--task {e.task}: the teacher was fine-tuned on {teacher.record.get('task')}")
-    max_seq_len = flags.batching.max_seq_len
+    max_seq_len = needed(flags.batching.max_seq_len, "--max_seq_len")
     cfg.check_max_seq_len(max_seq_len, usable_positions(teacher.hf_config), f"the teacher {teacher.name}")
     cfg.check_room_for_text(max_seq_len, teacher.tokenizer)
     check_shapes(flags, teacher, base_cls or method_cls)
-    if flags.has("probing") and flags.probing.student_indices is not None:
-        from ..methods.lad import parse_indices
-
-        given = parse_indices(flags.probing.student_indices, "--student_indices")
+    student_indices = flags.group(ProbingFlags).student_indices if flags.has("probing") else None
+    if student_indices is not None:
+        given = parse_indices(student_indices, "--student_indices")
         if given != list(range(1, st.num_hidden_layers + 1)):
             notes.insert(
                 0,
-                f"--student_indices {flags.probing.student_indices} is ignored by partial LAD: every "
-                f"student layer learns",
+                f"--student_indices {student_indices} is ignored by partial LAD: every student layer learns",
             )
     shape = TeacherShape(teacher.num_layers, teacher.hidden_size, teacher.num_heads)
     shapes = (
@@ -729,13 +747,13 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
         else {name: TeacherShape(m.num_layers, m.hidden_size, m.num_heads) for name, m, _ in teachers.members}
     )
     projection = student_projection(flags, base_cls or method_cls)
-    train = training_split(task, data_root, e.dataset, flags.paths.max_examples)
-    if teachers is not None:
-        check_teacher_set(teachers, task, max_seq_len, train.examples, recipe.path)
+    train = training_split(task, data_root, needed(e.dataset, "--dataset"), flags.paths.max_examples)
+    if teachers is not None and recipe is not None:
+        check_teacher_set(teachers, task, max_seq_len, train.examples, str(recipe.path))
     # its mapping (and a pretrained student's projection) checked here, before any write; the schedule in epochs
     # resolved for the method's epochs (the gates' and the projection's follow the student's)
 
-    def build(f, legacy=None):
+    def build(f: Flags, legacy: dict[str, Any] | None = None) -> Method:
         base = (
             None if base_cls is None else base_cls.build(method_settings(f, task, base_cls, shape, legacy, projection))
         )
@@ -747,10 +765,10 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
         method.check_models(member.hf_config, student_family=e.model)
     if student_tokenizer is not None:  # token-level losses need one tokenisation
         check_same_tokenisation(
-            teacher.tokenizer, student_tokenizer, train.examples, teacher.name, st.student_ptrain_ver
+            teacher.tokenizer, student_tokenizer, train.examples, teacher.name, str(st.student_ptrain_ver)
         )
     ptrain_ver = teacher.record.get("ptrain_ver")
-    init_range = None if st.init_start is None else (st.init_start, st.init_end, st.init_step)
+    init_range = None if st.init_start is None else (st.init_start, needed(st.init_end, "--init_end"), st.init_step)
     pairs = method.init_pairs(init_range, st.student_ptrain_ver is not None)  # checked below, before any write
     if pairs and teacher.hf_config.model_type != e.model:
         if st.init_start is not None:
@@ -788,7 +806,7 @@ def plan_online_distill(flags, method_name: str) -> RunPlan:
         f"{teacher.name}: no ptrain_ver recorded to initialise the student from (give "
         f"--student_ptrain_ver, or a student of the teacher's family started from --init_start)",
     )
-    gate_device_id = flags.gate.gate_device_id if flags.has("gate") else None
+    gate_device_id = flags.group(GateFlags).gate_device_id if flags.has("gate") else None
     for flag_name, device_id in (("--tdevice_id", t.tdevice_id), ("--gate_device_id", gate_device_id)):
         # a CUDA index (or, under torchrun, a per-rank slot) the machine lacks: refused before anything is written
         resolve_placement(device_id, flag_name, None, flags.device.device_id, quiet=True)

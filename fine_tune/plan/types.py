@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..experiment import ExperimentDir
 from ..selection import Rule
+from ..settings import DeviceFlags
 from ..tasks import Example, Task
 
 if TYPE_CHECKING:  # the engine (torch) is imported where it is used: the tables' plans (results_table.py) need none
@@ -64,7 +65,9 @@ class Devices:
     deterministic: bool = False  # --deterministic
 
     @classmethod
-    def of(cls, device_flags, teacher_device_id: int | None = None, gate_device_id: int | None = None) -> Devices:
+    def of(
+        cls, device_flags: DeviceFlags, teacher_device_id: int | None = None, gate_device_id: int | None = None
+    ) -> Devices:
         """From a script's ``DeviceFlags`` group (the planners')."""
         d = device_flags
         return cls(
@@ -265,7 +268,7 @@ class SubmissionPlan:
 
     exp_root: Path
     benchmark: str
-    use: dict  # task -> experiment folder name (--use TASK=FOLDER)
+    use: dict[str, str]  # task -> experiment folder name (--use TASK=FOLDER)
     out: Path
     data_root: Path | None = None  # where each file's split is checked against its record
 
@@ -277,19 +280,21 @@ class ResultsPlan:
     exp_root: Path
     task: Task
     rule: Rule
-    splits: list | None  # reported splits (checked); None: every evaluated labelled split
-    experiments: list | None  # --experiments globs; None: every evaluated experiment
+    splits: list[str] | None  # reported splits (checked); None: every evaluated labelled split
+    experiments: list[str] | None  # --experiments globs; None: every evaluated experiment
     out: Path  # the markdown file; paths: the files this run writes, it and the ones beside it (output_paths)
-    paths: dict
-    compare: tuple | None  # two experiment folder names
+    paths: dict[str, Path]
+    compare: tuple[str, ...] | None  # two experiment folder names
     compare_split: str | None  # with compare: its split (checked)
     resamples: int
     bootstrap_seed: int
     commands: bool
     plot: bool
-    curves: tuple | None  # --curves globs (at least one)
+    curves: tuple[str, ...] | None  # --curves globs (at least one)
     data_root: Path | None = None  # the task's files: each evaluation table is checked against its split's rows
-    columns: tuple | None = None  # --columns names (checked against the table's columns once scanned); None: default
+    columns: tuple[str, ...] | None = (
+        None  # --columns names (checked against the table's columns once scanned); None: default
+    )
 
 
 Runner = TypeVar("Runner", bound=Callable[..., Any])
@@ -300,7 +305,7 @@ def applies_devices(runner: Runner) -> Runner:
     :meth:`Devices.applied`."""
 
     @functools.wraps(runner)
-    def wrapped(plan, *args, **kwargs):
+    def wrapped(plan: Any, *args: Any, **kwargs: Any) -> Any:
         with plan.devices.applied():
             return runner(plan, *args, **kwargs)
 

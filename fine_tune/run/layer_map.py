@@ -42,7 +42,8 @@ class LayerMapWriter:
         was_training = self.student.training
         self.student.eval()
         self.method.train(False)
-        total, rows = None, 0
+        total: np.ndarray | None = None
+        rows = 0
         try:
             for start in range(0, self.count, 32):
                 idx = np.arange(start, min(self.count, start + 32))
@@ -57,6 +58,8 @@ class LayerMapWriter:
         finally:
             self.student.train(was_training)
             self.method.train(True)
+        if total is None:
+            raise ValueError("the layer map has no rows to average (map_examples of an empty split)")
         return total / rows
 
     def __call__(self, step: int, reporter) -> None:

@@ -191,6 +191,7 @@ def _start_experiment(plan: RunPlan) -> Start:
     for leftover in exp.path.glob(TMP_PREFIX + "*"):  # of a killed write of this experiment (we hold its lock)
         remove_inside(leftover, exp.path)
     same = old is not None and not cfg.changed_fields(old, record)
+    old = old or {}  # (read only where same holds: this same run's config.json)
     # (not the same run: a new folder, or --overwrite; a --config re-run of an older run keeps its rules: the plan's)
     legacy = cfg.legacy_values(old, record) if same else dict(plan.legacy)
     if legacy != plan.legacy:  # the plan built the method for the config.json it read: another writer since

@@ -4,6 +4,9 @@ folder (Hugging Face config and tokenizer) in the experiment."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import torch
 
 from ..engine import distributed
@@ -21,7 +24,7 @@ from ..plan import PretrainedModel, StudentModel
 from ..progress import say
 
 
-def print_notes(notes) -> None:
+def print_notes(notes: Iterable[str]) -> None:
     """What the plan decided for the user, printed once every check passed and the run starts (a refused command
     prints its one error line only)."""
     for note in notes:
@@ -31,7 +34,7 @@ def print_notes(notes) -> None:
 def build_model(
     spec: PretrainedModel | StudentModel,
     method: Method,
-    tokenizer,
+    tokenizer: Any,
     exp: ExperimentDir,
     device: torch.device,
     method_device: torch.device | None = None,
@@ -43,10 +46,11 @@ def build_model(
     from ``spec.init_source``; rank 0 saves the model folder. The order fixes what each draws from the seeded
     generator. A pretrained student (``--student_ptrain_ver``) is loaded with a new head instead. The model's
     outputs are named by the task's ``label_names`` (a classifier folder's own labels are another task's)."""
-    source = spec.source if isinstance(spec, PretrainedModel) else spec.pretrained
-    if source is not None:
-        flag = "--ptrain_ver" if isinstance(spec, PretrainedModel) else "--student_ptrain_ver"
-        model = build_pretrained_classifier(source, spec.family, spec.num_class, spec.dropout, flag)
+    if isinstance(spec, PretrainedModel):
+        model = build_pretrained_classifier(spec.source, spec.family, spec.num_class, spec.dropout, "--ptrain_ver")
+    elif spec.pretrained is not None:
+        flag = "--student_ptrain_ver"
+        model = build_pretrained_classifier(spec.pretrained, spec.family, spec.num_class, spec.dropout, flag)
     else:
         config = student_config(
             spec.family,
@@ -64,7 +68,7 @@ def build_model(
         )
         model = build_from_config(config)
     method.create_parameters(method_device, device)
-    if isinstance(spec, StudentModel) and spec.init_pairs:
+    if isinstance(spec, StudentModel) and spec.init_pairs and spec.init_source is not None:
         copy_teacher_layers_at(
             model,
             spec.init_source,
