@@ -5664,6 +5664,30 @@ MUTATIONS = [
         "REDUCTION_FEATURES:",
         ("tests/test_recipe_format.py::test_a_recipe_s_record_is_the_one_runs_before_reduction_and_training_recorded",),
     ),
+    Mutation(
+        "needed_refuses_a_falsy_value",
+        "a needed flag of value 0 or an empty string is refused as if it were not given",
+        "fine_tune/settings.py",
+        "    if value is None:\n        raise UserError(f\"{flag}: give a value",
+        "    if not value:\n        raise UserError(f\"{flag}: give a value",
+        ("tests/test_flags.py::test_a_needed_value_is_refused_only_when_none",),
+    ),
+    Mutation(
+        "flag_group_of_another_class",
+        "Flags.group(cls) returns whatever group sits under the class's key, of another class too",
+        "fine_tune/settings.py",
+        "    if not isinstance(value, cls):",
+        "    if value is None:",
+        ("tests/test_flags.py::test_a_group_is_read_by_its_class_and_a_missing_or_other_one_is_refused",),
+    ),
+    Mutation(
+        "flag_kind_from_the_last_type",
+        "argparse converts an int | None flag's value with the wrong type",
+        "fine_tune/cli.py",
+        'name = str(f.type).split(" | ")[0].split("[")[0]',
+        'name = str(f.type).split(" | ")[-1].split("[")[0].replace("None", "str")',
+        ("tests/test_flags.py::test_every_flag_field_is_typed_to_admit_its_default_and_argparse_reads_its_kind",),
+    ),
 ]
 
 

@@ -354,3 +354,60 @@ def test_best_is_one_rule_with_each_metrics_direction():
         "best dev accuracy 0.900000 first at step 3, tied at 4 (ties go to the later checkpoint; step 3 was an "
         "evaluation between checkpoints: no model-3.pt): best checkpoint model-4.pt"
     )
+
+
+def test_a_group_is_read_by_its_class_and_a_missing_or_other_one_is_refused():
+    """``Flags.group(cls)`` / ``MethodSettings.group(cls)``: the typed way to a method's group or a script's subclass
+    of a group; the group under the class's key must be of that class (a script's subclass is one)."""
+    from fine_tune.methods.base import MethodSettings
+    from fine_tune.methods.lad import GateFlags, ProbingFlags
+    from fine_tune.methods.pkd import PkdFlags
+    from fine_tune.settings import DistilExperimentFlags, ExperimentFlags, LayerwiseBatchingFlags
+
+    flags = parse_layerwise("x", "", "lad", [*REQUIRED, "--teacher_exp", "t", "--tckpt", "3", "--gate_lr", "0.25"])
+    assert flags.group(GateFlags).gate_lr == 0.25 and flags.group(GateFlags) is flags.gate
+    assert isinstance(flags.group(BatchingFlags), LayerwiseBatchingFlags)  # the script's subclass is a BatchingFlags
+    assert flags.group(ExperimentFlags) is flags.experiment
+    with pytest.raises(AttributeError, match=r"^no flag group PkdFlags \(groups: experiment, .*gate\)$"):
+        flags.group(PkdFlags)  # not one of run_lad_distil.py's groups
+    with pytest.raises(AttributeError, match=r"^no flag group DistilExperimentFlags "):
+        flags.group(DistilExperimentFlags)  # the key is there, holding another class
+    with pytest.raises(AttributeError, match=r"^no flag group 'probing' "):
+        flags.probing  # noqa: B018  (the attribute way says the same)
+    settings = MethodSettings(groups={"gate": flags.gate, "experiment": flags.experiment}, num_class=3)
+    assert settings.group(GateFlags) is flags.gate
+    with pytest.raises(AttributeError, match=r"^no flag group ProbingFlags \(groups: gate, experiment\)$"):
+        settings.group(ProbingFlags)
+    with pytest.raises(AttributeError, match=r"^no flag group DistilExperimentFlags "):
+        settings.group(DistilExperimentFlags)
+
+
+def test_a_needed_value_is_refused_only_when_none():
+    """``settings.needed``: a flag's value the run needs (a split, max_seq_len, num_class resolved by the plan): None
+    is one line naming the flag; every other value, 0 and "" included, is itself."""
+    from fine_tune.settings import needed
+
+    assert needed(0, "--max_examples") == 0 and needed("", "--dataset") == "" and needed(0.0, "--mu") == 0.0
+    assert needed(128, "--max_seq_len") == 128
+    with pytest.raises(UserError, match=r"^--max_seq_len: give a value \(none was given, and none could be resolved\)$"):
+        needed(None, "--max_seq_len")
+
+
+def test_every_flag_field_is_typed_to_admit_its_default_and_argparse_reads_its_kind():
+    """A flag's annotation says what it holds: a default of None is ``X | None``; the command line converts with the
+    annotation's first type unless the flag gives its own (``--tckpt``: a step or best)."""
+    from fine_tune.cli import _all_flag_groups, _kind
+
+    seen = 0
+    for group in _all_flag_groups():
+        for f in dataclasses.fields(group):
+            annotation = str(f.type)
+            if f.default is None and not f.metadata.get("required"):  # (a required flag's None is never kept)
+                assert annotation.endswith(" | None"), (group.__name__, f.name, annotation)
+            kind = _kind(f)
+            if f.metadata.get("nargs"):
+                assert kind is str and annotation.startswith("tuple[str, ...]"), (f.name, annotation)
+            elif f.default is not None and f.metadata.get("type") is None:
+                assert isinstance(f.default, kind) or (kind is float and isinstance(f.default, int)), f.name
+            seen += 1
+    assert seen > 100
