@@ -389,7 +389,9 @@ def test_a_needed_value_is_refused_only_when_none():
 
     assert needed(0, "--max_examples") == 0 and needed("", "--dataset") == "" and needed(0.0, "--mu") == 0.0
     assert needed(128, "--max_seq_len") == 128
-    with pytest.raises(UserError, match=r"^--max_seq_len: give a value \(none was given, and none could be resolved\)$"):
+    with pytest.raises(
+        UserError, match=r"^--max_seq_len: give a value \(none was given, and none could be resolved\)$"
+    ):
         needed(None, "--max_seq_len")
 
 
