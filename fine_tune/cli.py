@@ -14,17 +14,26 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeGuard
 
 from . import settings
 from .errors import OneLineParser, UserError, closest_name, did_you_mean
-from .settings import FINE_TUNE, IDENTITY_FIELDS, LAYERWISE, NOT_FROM_CONFIG, OFFLINE_DISTILL, ConfigSource, Flags
+from .settings import (
+    FINE_TUNE,
+    IDENTITY_FIELDS,
+    LAYERWISE,
+    NOT_FROM_CONFIG,
+    OFFLINE_DISTILL,
+    ConfigSource,
+    FlagGroup,
+    Flags,
+)
 
 # flags of the layer-wise scripts that a recipe's terms replace (run_distil.py --recipe refuses them given)
 RECIPE_SETS = ("hard_weight", "soft_weight", "softmax_temp", "mu")
 
 
-def layerwise_groups(method: str) -> tuple[type, ...]:
+def layerwise_groups(method: str) -> tuple[type[FlagGroup], ...]:
     """The flag groups of a layer-wise script: the groups every one has, then the method's own (its registry
     entry's ``flag_groups``); a method's group of a common key (TinyBERT's defaults) replaces the common one."""
     from .methods.registry import get_method
@@ -142,7 +151,7 @@ def _kind(f: dataclasses.Field[Any]) -> type:
 
 
 def build_parser(
-    prog: str, description: str, groups: Sequence[type], *, required: bool = True, probe: bool = False
+    prog: str, description: str, groups: Sequence[type[FlagGroup]], *, required: bool = True, probe: bool = False
 ) -> argparse.ArgumentParser:
     """A parser with ``--config`` and the flags of ``groups`` (each flag in exactly one group). ``required=False``:
     no flag is required (``--config`` may give them; :func:`parse_flags` checks). ``probe``: the same flags without
@@ -178,7 +187,7 @@ def build_parser(
     return parser
 
 
-def _given_flags(prog: str, groups: Sequence[type], argv: list[str]) -> dict[str, Any] | None:
+def _given_flags(prog: str, groups: Sequence[type[FlagGroup]], argv: list[str]) -> dict[str, Any] | None:
     """The flags the command line gives (by name, their raw strings), parsed as the real parser parses them
     (``--flag=value``, unique abbreviations); None where it cannot be parsed (the real parser says why)."""
     try:
@@ -188,7 +197,9 @@ def _given_flags(prog: str, groups: Sequence[type], argv: list[str]) -> dict[str
     return {k: v for k, v in vars(given).items() if k != "help"}
 
 
-def parse_flags(prog: str, description: str, groups: Sequence[type], argv: Sequence[str] | None = None) -> Flags:
+def parse_flags(
+    prog: str, description: str, groups: Sequence[type[FlagGroup]], argv: Sequence[str] | None = None
+) -> Flags:
     """Parse ``argv`` into one instance per group; a bad value is a :class:`UserError` (one line, exit 2).
 
     ``--config FILE`` (a run's config.json): the file's fields are the flags' values, flags given on the command
@@ -210,7 +221,7 @@ def parse_flags(prog: str, description: str, groups: Sequence[type], argv: Seque
     return Flags(parsed)
 
 
-def _exclusive_pairs(groups: Sequence[type]) -> list[tuple[str, str]]:
+def _exclusive_pairs(groups: Sequence[type[FlagGroup]]) -> list[tuple[str, str]]:
     """(flag, the flag it replaces) of every field with ``exclusive_with`` metadata (``--num_epochs`` sets
     ``--total_step``, ``--warmup_ratio`` sets ``--warmup_step``): the plan resolves the second from the first."""
     return [
@@ -221,7 +232,7 @@ def _exclusive_pairs(groups: Sequence[type]) -> list[tuple[str, str]]:
     ]
 
 
-def _refuse_exclusive(groups: Sequence[type], given: set[str], values: dict[str, Any]) -> None:
+def _refuse_exclusive(groups: Sequence[type[FlagGroup]], given: set[str], values: dict[str, Any]) -> None:
     """Both flags of an exclusive pair given on the command line: one line naming both."""
     for name, other in _exclusive_pairs(groups):
         if name in given and other in given:
@@ -231,19 +242,22 @@ def _refuse_exclusive(groups: Sequence[type], given: set[str], values: dict[str,
             )
 
 
-def _all_flag_groups() -> list[type]:
+def _all_flag_groups() -> list[type[FlagGroup]]:
     """Every flag group some script has: the common ones (:mod:`fine_tune.settings`) and every method's own."""
     from .methods.registry import METHODS
 
-    own = [
-        obj
-        for obj in vars(settings).values()
-        if isinstance(obj, type)
+    own = [obj for obj in vars(settings).values() if _is_flag_group(obj)]
+    return own + [g for method in METHODS.values() for g in method.flag_groups]
+
+
+def _is_flag_group(obj: object) -> TypeGuard[type[FlagGroup]]:
+    """A flag group class of :mod:`fine_tune.settings` (not the record of a ``--config`` re-run)."""
+    return (
+        isinstance(obj, type)
         and dataclasses.is_dataclass(obj)
         and isinstance(getattr(obj, "key", None), str)
         and obj is not ConfigSource
-    ]
-    return own + [g for method in METHODS.values() for g in method.flag_groups]
+    )
 
 
 def _training_fields() -> set[str]:
@@ -349,7 +363,11 @@ def _check_recorded_file(path: str, name: str, value: dict[str, Any]) -> None:
 
 
 def _merge_config(
-    parser: argparse.ArgumentParser, groups: Sequence[type], values: dict[str, Any], given: set[str], path: str
+    parser: argparse.ArgumentParser,
+    groups: Sequence[type[FlagGroup]],
+    values: dict[str, Any],
+    given: set[str],
+    path: str,
 ) -> tuple[dict[str, Any], ConfigSource]:
     """The flags' values from the config file ``path`` where the command line does not give them, and the record
     of where they came from. A field no script has as a flag and no run records is refused, a value a flag cannot

@@ -832,9 +832,11 @@ EXPORT = (ExportExperimentFlags, CheckpointFlags, ExportFlags, PathFlags)
 
 
 class FlagGroup(Protocol):
-    """What every flag group class has: the key it is found under in :class:`Flags` and in ``MethodSettings``."""
+    """What every flag group class is: a dataclass (its fields are the flags) with the key it is found under in
+    :class:`Flags` and in ``MethodSettings``."""
 
     key: ClassVar[str]
+    __dataclass_fields__: ClassVar[dict[str, Any]]
 
 
 G = TypeVar("G", bound=FlagGroup)
