@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from .tasks.example import Example, examples_digest
 CACHE_VERSION = 1
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
+def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A hash that changes whenever the tokenizer would produce different ids."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
@@ -63,7 +64,7 @@ class Features:
             None if self.labels is None else self.labels[:n],
         )
 
-    def to_state(self) -> dict:
+    def to_state(self) -> dict[str, Any]:
         return {
             "version": CACHE_VERSION,
             "input_ids": torch.from_numpy(self.input_ids),
@@ -73,7 +74,7 @@ class Features:
         }
 
     @classmethod
-    def from_state(cls, state: dict) -> Features:
+    def from_state(cls, state: dict[str, Any]) -> Features:
         labels = state["labels"]
         return cls(
             state["input_ids"].numpy(),
@@ -84,7 +85,7 @@ class Features:
 
 
 def tokenize(
-    tokenizer,
+    tokenizer: Any,
     examples: Sequence[Example],
     max_seq_len: int,
     chunk: int = 4096,
@@ -126,14 +127,14 @@ def tokenize(
             raise ValueError("scores as labels of a task that is not a regression task (pass regression=True)")
         labels = np.asarray([e.label for e in examples], dtype=np.float32 if regression else np.int64)
 
-    def cat(xs, dt):
+    def cat(xs: list[np.ndarray], dt: type[np.generic]) -> np.ndarray:
         return np.concatenate(xs) if xs else np.zeros(0, dtype=dt)
 
     return Features(cat(ids, np.int32), cat(types, np.int8), offsets, labels)
 
 
 def cached_features(
-    cache_dir: Path, tokenizer, examples: Sequence[Example], max_seq_len: int, *, regression: bool
+    cache_dir: Path, tokenizer: Any, examples: Sequence[Example], max_seq_len: int, *, regression: bool
 ) -> Features:
     """Tokenise once per (tokenizer, rows' content, max_seq_len); reuse afterwards.
 
@@ -177,9 +178,9 @@ class Collator:
         max_seq_len: int,
         padding: str = "dynamic",
         teacher_logits: np.ndarray | None = None,
-        layout=None,
+        layout: Callable[[np.ndarray, int], Any] | None = None,
         pin_memory: bool = False,
-    ):
+    ) -> None:
         if padding not in ("dynamic", "max_length"):
             raise ValueError(padding)
         self.layout = layout
@@ -191,7 +192,7 @@ class Collator:
         self.teacher_logits = None if teacher_logits is None else torch.as_tensor(teacher_logits, dtype=torch.float32)
         self._lengths = features.lengths()
 
-    def __call__(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: np.ndarray) -> dict[str, Any]:
         rows = np.asarray(rows, dtype=np.int64)
         lengths = self._lengths[rows]
         width = int(lengths.max()) if self.padding == "dynamic" else self.max_seq_len
@@ -204,7 +205,7 @@ class Collator:
             ids[i, :ln] = self.f.input_ids[s : s + ln]
             types[i, :ln] = self.f.token_type_ids[s : s + ln]
             mask[i, :ln] = 1
-        batch = {
+        batch: dict[str, Any] = {
             "input_ids": torch.from_numpy(ids),
             "token_type_ids": torch.from_numpy(types),
             "attention_mask": torch.from_numpy(mask),
@@ -243,7 +244,7 @@ class MicroBatchStream:
     The position is one integer (micro-batches consumed), so a run can restart anywhere.
     """
 
-    def __init__(self, num_rows: int, micro_batch: int, seed: int, position: int = 0, drop_last: bool = False):
+    def __init__(self, num_rows: int, micro_batch: int, seed: int, position: int = 0, drop_last: bool = False) -> None:
         if drop_last and num_rows < micro_batch:
             raise ValueError(f"{num_rows} rows hold no full micro-batch of {micro_batch} (drop_last)")
         self.n = num_rows
@@ -267,6 +268,7 @@ class MicroBatchStream:
         if epoch != self._epoch:
             self._perm = torch.randperm(self.n, generator=self._generator(epoch)).numpy()
             self._epoch = epoch
+        assert self._perm is not None  # drawn above on the first call (self._epoch starts at -1)
         return self._perm
 
     def _batch(self, epoch: int, i: int) -> np.ndarray:
@@ -317,7 +319,7 @@ class LengthGroupedMicroBatchStream(MicroBatchStream):
         lengths: np.ndarray,
         position: int = 0,
         drop_last: bool = False,
-    ):
+    ) -> None:
         lengths = np.asarray(lengths)
         if lengths.shape != (num_rows,):
             raise ValueError(f"lengths has shape {lengths.shape}, expected ({num_rows},)")

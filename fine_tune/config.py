@@ -125,7 +125,7 @@ def check_max_seq_len(max_seq_len: int, max_positions: int, source: str) -> None
         raise UserError(f"--max_seq_len {max_seq_len} exceeds the {max_positions} positions of {source}")
 
 
-def check_room_for_text(max_seq_len: int, tokenizer) -> None:
+def check_room_for_text(max_seq_len: int, tokenizer: Any) -> None:
     """``--max_seq_len`` must leave room for at least one token of each text of a pair beside the special tokens
     the tokenizer adds ([CLS] a [SEP] b [SEP]: 3 for BERT)."""
     need = tokenizer.num_special_tokens_to_add(pair=True) + 2

@@ -24,7 +24,7 @@ STUDENT = ["--experiment", "student", "--model", "bert", "--task", "boolq"]
 COMMON = ["--max_seq_len", "64", "--seed", "42"]
 
 
-def _run(script: str, args: list[str], env: dict) -> None:
+def _run(script: str, args: list[str], env: dict[str, str]) -> None:
     cmd = [sys.executable, str(REPO_ROOT / script), *args]
     print("$ " + " ".join([Path(cmd[0]).name, script, *args]), flush=True)
     proc = subprocess.run(cmd, env=env)

@@ -11,6 +11,7 @@ import argparse
 import re
 import sys
 from collections.abc import Iterable, Mapping
+from typing import Any, NoReturn
 
 
 def closest_name(word: str, names: Iterable[str], aliases: Mapping[str, str] | None = None) -> str | None:
@@ -65,11 +66,11 @@ class OneLineParser(argparse.ArgumentParser):
     outside a flag's choices names the closest choice (:func:`did_you_mean`); ``--help`` is laid out by
     :class:`HelpFormatter`."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
-    def _check_value(self, action: argparse.Action, value) -> None:
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
         try:
             super()._check_value(action, value)
         except argparse.ArgumentError as e:
@@ -79,7 +80,7 @@ class OneLineParser(argparse.ArgumentParser):
             bad = f"invalid choice: {value!r}"
             raise argparse.ArgumentError(action, e.message.replace(bad, f"{bad}; did you mean {name!r}?", 1)) from None
 
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"error: {self.prog}: {message} (see --help)\n")
         raise SystemExit(2)
 
@@ -99,5 +100,5 @@ class UserError(Exception):
 
     exit_code = 2
 
-    def __init__(self, message: str):
+    def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split("\n")))

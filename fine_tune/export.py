@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from .engine.checkpoint import load_checkpoint_into
 from .evaluate import _checkpoint, load_split, open_experiment
@@ -20,6 +20,8 @@ from .models.classifier import set_task_labels
 from .outputs import check_folder_output
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
     from .plan.types import ExportPlan
 
 
@@ -36,8 +38,12 @@ def run_export(plan: ExportPlan) -> Path:
     load_checkpoint_into(le.model, ckpt_path)
     features = None
     if onnx:  # the rows the ONNX model is checked on (a missing file is refused before anything is written)
+        assert plan.check_split is not None  # the plan names it for every ONNX export (plan/inference.py)
         _, _, features = load_split(le, plan.check_split, plan.max_examples)
-    model, tokenizer = le.model.eval(), le.tokenizer
+    # LoadedExperiment types them loosely (a Module, an object): they are the Hugging Face model open_experiment
+    # built from the experiment's config (models/classifier.build_from_config) and its tokenizer
+    model = cast("PreTrainedModel", le.model.eval())
+    tokenizer = cast("PreTrainedTokenizerBase", le.tokenizer)
     tokenizer.model_max_length = le.config["max_seq_len"]
     set_task_labels(model.config, le.task.label_names)
     record = {
@@ -54,6 +60,7 @@ def run_export(plan: ExportPlan) -> Path:
     if onnx:
         from .onnx_export import export_onnx
 
+        assert features is not None  # loaded above for an ONNX export
         export_onnx(le, step, label, out, record, features, plan.quantize)
         return out
 

@@ -54,7 +54,7 @@ def tmp_prefix(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
+def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``path`` (``.tmp-<name>.<host>-<pid>.<random>``); on success it replaces ``path``
     atomically. The temporaries of ``path`` that killed writers left are removed first
     (:func:`remove_dead_writers_temporaries`)."""
@@ -64,7 +64,7 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
     fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path), dir=path.parent)
     try:
         honour_umask(tmp)
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        with os.fdopen(fd, mode) if "b" in mode else os.fdopen(fd, mode, encoding="utf-8") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -249,7 +249,7 @@ def reset_own_folder(path: Path, mark: str, known: tuple[str, ...], flag: str) -
     )
 
 
-def read_json_object(path: Path) -> dict:
+def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON file holding an object; anything else is a one-line :class:`UserError` naming the file."""
     from .errors import UserError
 

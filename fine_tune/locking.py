@@ -15,10 +15,15 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from .errors import UserError
 from .io_utils import atomic_write_json
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 HOLDER_FILE = ".writer.json"
 _held: dict[Path, int] = {}  # folder -> file descriptor holding its lock, in this process
@@ -81,11 +86,11 @@ def release_all() -> None:
             del _held[folder]
 
 
-def releases_locks(workflow):
+def releases_locks(workflow: Callable[P, R]) -> Callable[P, R]:
     """Decorator: the locks a workflow took are released when it returns or fails."""
 
     @functools.wraps(workflow)
-    def run(*args, **kwargs):
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return workflow(*args, **kwargs)
         finally:

@@ -46,8 +46,9 @@ import logging
 import statistics
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -58,6 +59,14 @@ from .errors import UserError
 from .evaluate import metrics, predict_logits
 from .models.forward import reads_token_types
 from .progress import progress
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession  # (no type information: Any to the checker)
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from .batching import Features
+    from .evaluate import LoadedExperiment
+    from .tasks.task import Task
 
 ATOL = 1e-4  # absolute tolerance on every logit, ONNX Runtime fp32 against PyTorch fp32
 RTOL = 1e-4  # relative tolerance (times |PyTorch logit|)
@@ -79,7 +88,7 @@ def input_names(model: torch.nn.Module) -> list[str]:
 class _LogitsOnly(torch.nn.Module):
     """The classifier as a function of its input tensors (positional, in :func:`input_names` order) to logits."""
 
-    def __init__(self, model: torch.nn.Module, names: list[str]):
+    def __init__(self, model: torch.nn.Module, names: list[str]) -> None:
         super().__init__()
         self.model, self.names = model, names
 
@@ -91,25 +100,25 @@ class _ForwardTimer:
     """Seconds spent inside ``model``'s forward (hooks), so a pass through predict_logits is timed without its
     padding and batching work."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
         self.model, self.seconds, self._start = model, 0.0, 0.0
 
     def __enter__(self) -> _ForwardTimer:
         self._handles = [self.model.register_forward_pre_hook(self._pre), self.model.register_forward_hook(self._post)]
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         for h in self._handles:
             h.remove()
 
-    def _pre(self, module, args) -> None:
+    def _pre(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
         self._start = time.perf_counter()
 
-    def _post(self, module, args, output) -> None:
+    def _post(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
         self.seconds += time.perf_counter() - self._start
 
 
-def _pytorch_pass(le, features) -> tuple[np.ndarray, float]:
+def _pytorch_pass(le, features: Features) -> tuple[np.ndarray, float]:
     """The toolkit's logits (fp32, CPU) and the seconds of the forward passes."""
     with _ForwardTimer(le.model) as timer:
         logits = predict_logits(
@@ -125,7 +134,7 @@ def _pytorch_pass(le, features) -> tuple[np.ndarray, float]:
     return logits, timer.seconds
 
 
-def _batches(le, features, names: list[str]) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+def _batches(le, features: Features, names: list[str]) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """The batches predict_logits forms (same rows, same per-batch padding), as ONNX Runtime feeds."""
     collator = Collator(features, le.tokenizer.pad_token_id, le.config["max_seq_len"], "dynamic")
     out = []
@@ -135,7 +144,7 @@ def _batches(le, features, names: list[str]) -> list[tuple[np.ndarray, dict[str,
     return out
 
 
-def _session(path: Path, threads: int):
+def _session(path: Path, threads: int) -> InferenceSession:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -148,7 +157,9 @@ def _session(path: Path, threads: int):
         raise UserError(f"ONNX Runtime cannot load the exported {path.name}: {_first_line(e)}") from None
 
 
-def _ort_pass(session, batches, num_rows: int, num_labels: int) -> tuple[np.ndarray, float]:
+def _ort_pass(
+    session: InferenceSession, batches: list[tuple[np.ndarray, dict[str, np.ndarray]]], num_rows: int, num_labels: int
+) -> tuple[np.ndarray, float]:
     out = np.zeros((num_rows, num_labels), dtype=np.float32)
     seconds = 0.0
     for rows, feed in progress(batches, desc="ONNX Runtime", unit="batch", leave=False):  # the bar is not timed
@@ -169,7 +180,7 @@ class _Checked(NamedTuple):
     """One graph's pass over the check rows: its session, logits, forward seconds, largest |logit difference| from
     PyTorch and the first row beyond the tolerance (None when every logit is within it)."""
 
-    session: object
+    session: InferenceSession
     logits: np.ndarray
     seconds: float
     max_diff: float
@@ -181,7 +192,7 @@ def _first_line(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _eager_attention(model: torch.nn.Module):
+def _eager_attention(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
     """The model with Hugging Face's eager attention inside the block (the matmul-softmax-matmul pattern the
     transformer optimiser fuses; PyTorch's SDPA traces into a form it does not recognise), its own afterwards."""
     own = model.config._attn_implementation
@@ -192,7 +203,7 @@ def _eager_attention(model: torch.nn.Module):
         model.set_attn_implementation(own)
 
 
-def _export(model: torch.nn.Module, names: list[str], path: Path, pad_token_id: int, max_seq_len: int) -> None:
+def _export(model: PreTrainedModel, names: list[str], path: Path, pad_token_id: int, max_seq_len: int) -> None:
     """``torch.onnx.export`` (TorchScript exporter: no onnxscript needed, well under a second for a small model) of
     the model in eval mode, fp32, with eager attention, on an example batch of two rows, one padded (so no shortcut
     for unpadded batches is traced), with dynamic batch and sequence axes."""
@@ -210,7 +221,9 @@ def _export(model: torch.nn.Module, names: list[str], path: Path, pad_token_id: 
         with warnings.catch_warnings(), torch.no_grad(), _eager_attention(model):
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
             # torch >= 2.9 defaults to the dynamo exporter (needs onnxscript); torch 2.4 has no ``dynamo`` argument
-            legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+            legacy: dict[str, Any] = (
+                {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+            )
             torch.onnx.export(
                 wrapper,
                 tuple(example[n] for n in names),
@@ -234,7 +247,7 @@ def _export(model: torch.nn.Module, names: list[str], path: Path, pad_token_id: 
 
 
 @contextlib.contextmanager
-def _quiet_root_logger():
+def _quiet_root_logger() -> Iterator[None]:
     """onnxruntime.quantization advises pre-processing through the root logger on every call; the transformer
     optimiser logs its progress through its own loggers."""
     loggers = [logging.getLogger(), logging.getLogger("onnxruntime.transformers")]
@@ -248,7 +261,7 @@ def _quiet_root_logger():
             lg.setLevel(level)
 
 
-def _optimize(src: Path, dst: Path, config) -> dict:
+def _optimize(src: Path, dst: Path, config: PretrainedConfig) -> dict[str, Any]:
     """ONNX Runtime's transformer optimiser on the plain graph ``src``: the fused graph is written to ``dst`` when
     attention is fused in every one of the model's ``num_hidden_layers`` encoder layers (the fusion that pays);
     returns the record: ``fused`` (whether ``dst`` was written), the optimiser's settings, the count of each fused
@@ -258,7 +271,7 @@ def _optimize(src: Path, dst: Path, config) -> dict:
 
     options = FusionOptions(OPTIMIZER_MODEL_TYPE)
     options.use_raw_attention_mask(True)  # the 0/1 mask as given: right padding not assumed
-    record = {
+    record: dict[str, Any] = {
         "fused": False,
         "model_type": OPTIMIZER_MODEL_TYPE,
         "opt_level": OPTIMIZER_OPT_LEVEL,
@@ -320,11 +333,19 @@ def _beyond_tolerance(got: np.ndarray, expected: np.ndarray) -> np.ndarray:
     return np.abs(got - expected) > ATOL + RTOL * np.abs(expected)
 
 
-def _metrics(task, labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+def _metrics(task: Task, labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
     return {k: float(v) for k, v in metrics(task, labels, task.predictions(logits)).items()}
 
 
-def export_onnx(le, step: int, label: str, out: Path, record: dict, features, quantize: str | None) -> dict:
+def export_onnx(
+    le: LoadedExperiment,
+    step: int,
+    label: str,
+    out: Path,
+    record: dict[str, Any],
+    features: Features,
+    quantize: str | None,
+) -> dict[str, Any]:
     """Write the ONNX export of the loaded checkpoint (``le.model``) into ``out`` (atomically: a temporary folder
     renamed at the end) after checking it on ``features`` (the dev rows); returns the ``export.json`` record.
     Every input was checked by the caller; a failed check raises :class:`UserError` and leaves nothing."""
@@ -333,15 +354,19 @@ def export_onnx(le, step: int, label: str, out: Path, record: dict, features, qu
     from .io_utils import atomic_save_with
 
     task, split = le.task, le.task.dev_split
-    model, tokenizer = le.model, le.tokenizer
+    # LoadedExperiment types them loosely (a Module, an object): they are the Hugging Face model open_experiment
+    # built from the experiment's config (models/classifier.build_from_config) and its tokenizer
+    model = cast("PreTrainedModel", le.model)
+    tokenizer = cast("PreTrainedTokenizerBase", le.tokenizer)
     names = input_names(model)
     threads = torch.get_num_threads()
     num_labels = model.config.num_labels
+    assert num_labels is not None  # a classifier's config: export.py named its outputs (set_task_labels)
     labels = np.asarray(features.labels)
     n = len(features)
     torch_logits, torch_seconds = _pytorch_pass(le, features)
     batches = _batches(le, features, names)
-    summary: dict = {}
+    summary: dict[str, Any] = {}
 
     def check(path: Path) -> _Checked:
         """The graph at ``path`` against PyTorch's logits."""
@@ -443,7 +468,7 @@ def export_onnx(le, step: int, label: str, out: Path, record: dict, features, qu
     return record
 
 
-def _print_summary(le, label: str, out: Path, o: dict, passes: int) -> None:
+def _print_summary(le: LoadedExperiment, label: str, out: Path, o: dict[str, Any], passes: int) -> None:
     names = list(o["metrics"]["pytorch"])
     rows = [("pytorch", "pytorch"), ("onnxruntime", "onnx")]
     if o["int8_file"]:
@@ -468,7 +493,7 @@ def _print_summary(le, label: str, out: Path, o: dict, passes: int) -> None:
     print(f"exported {label} of {le.exp.name} to {out} ({files})")
 
 
-def _optimizer_line(o: dict) -> str:
+def _optimizer_line(o: dict[str, Any]) -> str:
     """What ONNX Runtime's transformer optimiser made of the graph: the fused operators, or why model.onnx is the
     plain graph."""
     opt = o["optimizer"]

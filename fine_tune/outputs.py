@@ -36,6 +36,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from .errors import UserError
 from .io_utils import NAME_MAX, atomic_write, atomic_write_json, check_writable, nearest_existing, sha256_file, writable
@@ -43,7 +44,7 @@ from .io_utils import NAME_MAX, atomic_write, atomic_write_json, check_writable,
 OWNERS_FILE = ".fine_tune-outputs.json"
 
 
-def _record(folder: Path) -> dict | None:
+def _record(folder: Path) -> dict[str, Any] | None:
     """The record of ``folder``: file name -> {"by": command, "sha256": ..., ["previous_sha256": ...]}; empty when
     there is none; None when :data:`OWNERS_FILE` there is not such a record (not JSON, another shape, a link)."""
     path = Path(folder) / OWNERS_FILE
@@ -60,7 +61,7 @@ def _record(folder: Path) -> dict | None:
     return files
 
 
-def _owners(folder: Path) -> dict:
+def _owners(folder: Path) -> dict[str, Any]:
     """The record of ``folder``; empty when absent or not a record (nothing is owned: the safe side)."""
     return _record(folder) or {}
 
@@ -143,6 +144,7 @@ def check_outputs(
 
     for path in paths:
         if flag:
+            assert given is not None  # paths is not empty here: given defaults to its first
             check_name_length(path, flag, given)
         if path.name == OWNERS_FILE:  # the record itself: an output of that name would replace it (and lose it)
             refuse(path, "is the name of the record of the files written in its folder; name another file")
@@ -171,10 +173,10 @@ def check_outputs(
             )
 
 
-def _update_record(entries: Mapping[Path, dict], command: str) -> None:
+def _update_record(entries: Mapping[Path, dict[str, Any]], command: str) -> None:
     """Name each path of ``entries`` in its folder's :data:`OWNERS_FILE` as ``command``'s, with the entry's
     digests (a record that is not one, refused by :func:`check_outputs` unless --overwrite, is replaced)."""
-    by_folder: dict[Path, dict[str, dict]] = {}
+    by_folder: dict[Path, dict[str, dict[str, Any]]] = {}
     for path, entry in entries.items():
         by_folder.setdefault(Path(path).parent, {})[Path(path).name] = {"by": command, **entry}
     for folder, named in by_folder.items():

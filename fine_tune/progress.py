@@ -22,6 +22,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tqdm.auto import tqdm  # (tqdm ships no type information: Any to the checker)
 
 OFF = ("", "0", "false", "no", "off")  # TQDM_DISABLE values that leave the bars on
 
@@ -44,14 +49,14 @@ def bars_disabled() -> bool:
 
 
 def progress(
-    iterable=None,
+    iterable: Iterable[Any] | None = None,
     *,
     total: int | float | None = None,
     desc: str | None = None,
     unit: str = "it",
     enabled: bool = True,
-    **options,
-):
+    **options: Any,
+) -> tqdm:
     """A tqdm bar on stderr over ``iterable`` (or, without one, updated by hand: ``bar.update(n)``; a context
     manager either way), off where ``enabled`` is false, where ``TQDM_DISABLE`` says so, and on every rank but 0
     under torchrun. ``options`` go to tqdm (``leave``, ``initial``, ``unit_scale``, ``dynamic_ncols``...)."""

@@ -10,6 +10,7 @@ import sys
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -52,7 +53,7 @@ def device_description(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def collect(device: torch.device, data_files: dict[str, str], argv: list[str] | None = None) -> dict:
+def collect(device: torch.device, data_files: dict[str, str], argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv if argv is None else argv
     return {
         "command": shlex.join([Path(sys.executable).name] + list(argv)),

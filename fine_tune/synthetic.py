@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .models.families import FAMILIES, Widths
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+    from .tasks.task import Task
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _SYL = ["ba", "ko", "ri", "mu", "te", "sa", "lo", "ne", "pi", "du", "ga", "fe", "zo", "hi", "wu", "ya"]
@@ -26,7 +33,7 @@ VOCAB = SPECIAL + sorted(set(WORDS + TRUE_CUES + FALSE_CUES + ["is", "does", "th
 BPE_SPECIAL = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 
-def tiny_tokenizer(family: str = "bert", max_positions: int = 128):
+def tiny_tokenizer(family: str = "bert", max_positions: int = 128) -> PreTrainedTokenizerBase:
     """A tokenizer over the synthetic vocabulary, of the kind the family's record names: BERT's WordPiece
     (``"wordpiece"``, token types 0/1); or (``"bpe"``, RoBERTa and DeBERTa-v2) a word-level fast tokenizer with
     RoBERTa's special tokens and pair template ``<s> A </s></s> B </s>`` (no token types), so the two kinds
@@ -72,8 +79,8 @@ def tiny_config(
     emb: int = 16,
     max_positions: int = 128,
     vocab_size: int | None = None,
-    **extra,
-):
+    **extra: Any,
+) -> PretrainedConfig:
     """A small config of ``family`` (a Hugging Face model type the toolkit trains), from its record: the
     padding index and token types of its tiny tokenizer, its config names and rules, its tiny extras."""
     from transformers import AutoConfig
@@ -144,7 +151,9 @@ def unlabelled_id(i: int) -> int:
     return 1000 + (7919 * i + 17) % 10007
 
 
-def boolq_rows(n: int, seed: int, labelled: bool, noise: float = 0.05, string_labels: bool = False) -> list[dict]:
+def boolq_rows(
+    n: int, seed: int, labelled: bool, noise: float = 0.05, string_labels: bool = False
+) -> list[dict[str, Any]]:
     """BoolQ rows; labelled splits are numbered 0..n-1 as the official files are, unlabelled (test) rows carry
     :func:`unlabelled_id` ids."""
     rng = random.Random(seed)
@@ -197,7 +206,7 @@ def write_qqp(data_root: Path, n_train: int = 256, n_dev: int = 128, n_test: int
     return folder
 
 
-def write_submission_file(path: Path, task, ids, prediction: int | float = 0) -> None:
+def write_submission_file(path: Path, task: Task, ids: Sequence[int], prediction: int | float = 0) -> None:
     """A submission file of ``task`` (a Task) as generate_test_prediction.py writes it, without its record: every id
     of ``ids`` predicted as the class index ``prediction`` (the score, for a regression task)."""
     from .tasks.example import Example

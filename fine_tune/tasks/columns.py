@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 from ..errors import UserError
 from .diagnostics import minimal_pairs
@@ -30,7 +31,7 @@ class TsvLayout:
     width: int | None = None  # header-less files: the column count
 
 
-def score(raw, where: str, column: str) -> float:
+def score(raw: Any, where: str, column: str) -> float:
     """A regression label: a finite number (``column`` as the message shows it)."""
     try:
         value = float(raw)
@@ -70,11 +71,13 @@ def parse_tsv(path: Path, labelled: bool, layout: TsvLayout, file_labels: tuple[
             raise UserError(
                 f"{path}, line {header_line}: header {header} lacks the column(s) {', '.join(map(repr, missing))}"
             )
-        width = len(header)
-        pos = {c: header.index(c) for c in wanted}
+        width: int | None = len(header)
+        # every wanted column is in the (text) header, checked above: a name, never a position
+        pos: dict[str | int, int] = {c: header.index(str(c)) for c in wanted}
     else:
         width = layout.width
-        pos = {c: c for c in (layout.text, layout.pair, layout.idx, layout.label) if c is not None}
+        # a header-less layout addresses its columns by position (TsvLayout): each is an int
+        pos = {c: cast(int, c) for c in (layout.text, layout.pair, layout.idx, layout.label) if c is not None}
     examples: list[Example] = []
     wheres: list[str] = []
     for line_no, cols in rows:

@@ -26,9 +26,14 @@ is ``Example.group``: its ``pair_id`` (first layout) or the ``pair_id`` of its p
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from .example import Example
 
 FIELD = "pair_id"  # AX-g's field that names each row's minimal pair
 
@@ -82,9 +87,9 @@ def minimal_pairs(path: Path, wheres: list[str], pair_ids: list[int], hypotheses
     return groups
 
 
-def whole_pairs_prefix(groups: list[int], limit: int) -> int:
+def whole_pairs_prefix(groups: Sequence[int | None], limit: int) -> int:
     """The largest n <= ``limit`` whose first n rows hold whole pairs only (0 when none)."""
-    open_: set[int] = set()
+    open_: set[int | None] = set()
     best = 0
     for i, g in enumerate(groups[:limit]):
         open_ ^= {g}
@@ -93,7 +98,7 @@ def whole_pairs_prefix(groups: list[int], limit: int) -> int:
     return best
 
 
-def check_whole_pairs(examples, path: Path, max_examples: int | None) -> None:
+def check_whole_pairs(examples: Sequence[Example], path: Path, max_examples: int | None) -> None:
     """``--max_examples N`` on AX-g: the first N rows must hold both rows of every pair they touch (gender parity
     compares the two); refused before anything is written, suggesting the largest N that keeps pairs whole."""
     counts = Counter(e.group for e in examples if e.group is not None)

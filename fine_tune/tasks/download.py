@@ -41,9 +41,13 @@ import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from ..errors import OneLineParser, UserError
 from ..io_utils import honour_umask
+
+if TYPE_CHECKING:
+    from tqdm.auto import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 TMP_PREFIX = ".tmp-"
@@ -259,7 +263,7 @@ def unpack(zip_path: Path, data_root: Path, source: DatasetSource) -> None:
 # ------------------------------------------------------------------------------------------- download
 
 
-def _progress(total: int | None, desc: str):
+def _progress(total: int | None, desc: str) -> tqdm:
     """The bytes of one download (KiB, MiB... as they grow: unit scaling by 1024), on stderr
     (fine_tune/progress.py: off with TQDM_DISABLE and on every torchrun rank but 0)."""
     from ..progress import progress

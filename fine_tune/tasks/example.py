@@ -7,8 +7,10 @@ import csv
 import json
 import re
 import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError
 
@@ -29,7 +31,7 @@ class Example:
     group: int | None = None
 
 
-def examples_digest(examples) -> str:
+def examples_digest(examples: Iterable[Example]) -> str:
     """The sha256 of parsed rows' content (id, text, pair, label, each by ``repr``: a class 1 is not a score 1.0).
 
     What a row became is decided by the data file, the task's definition (its columns, label order, regression),
@@ -46,7 +48,7 @@ def examples_digest(examples) -> str:
     return h.hexdigest()
 
 
-def text_lines(path: Path, keep_ends: bool = False):
+def text_lines(path: Path, keep_ends: bool = False) -> Iterator[tuple[int, str]]:
     """(line number, text) of a UTF-8 text file (a byte-order mark allowed), lines without their ending unless
     ``keep_ends``; bytes that are not UTF-8 are a :class:`UserError` naming the file and the line."""
     with open(path, "rb") as f:
@@ -63,7 +65,7 @@ def text_lines(path: Path, keep_ends: bool = False):
                 ) from None
 
 
-def tab_separated_rows(path: Path):
+def tab_separated_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number, cells) of every non-blank line of a tab-separated file (GLUE's, and ``.tsv`` files of your own):
     cells split on tabs with no quoting (a quote is an ordinary character), every line one row."""
     for line_no, line in text_lines(path):
@@ -82,7 +84,7 @@ def _lift_csv_field_size_limit() -> None:
             limit //= 2
 
 
-def csv_rows(path: Path):
+def csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number of its first line, cells) of every non-blank record of a CSV file, by the format's quoting rules
     (Python's csv module, strict): a cell in quotes may hold commas, doubled quotes and newlines (kept), so a
     record may span lines and the line numbers are the file's own; a malformed quote is a :class:`UserError`
@@ -104,9 +106,9 @@ def csv_rows(path: Path):
             yield first, cells
 
 
-def _unique_keys(pairs):
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object's keys; a key written twice is refused (JSON would silently keep the last)."""
-    seen = {}
+    seen: dict[str, Any] = {}
     for key, value in pairs:
         if key in seen:
             raise ValueError(f"key {json.dumps(key)} appears twice")
@@ -114,7 +116,7 @@ def _unique_keys(pairs):
     return seen
 
 
-def parse_json(text: str):
+def parse_json(text: str) -> Any:
     """The JSON value of ``text``, by the format's rules and this toolkit's: an object with a key written twice is
     refused. Every way it can fail is a ``ValueError`` whose message says why in a few words: not JSON, a key twice,
     nested too deep (Python's recursion limit), an integer of more digits than Python converts."""
@@ -133,7 +135,7 @@ def parse_json(text: str):
     return value
 
 
-def _holds_lone_surrogate(value) -> bool:
+def _holds_lone_surrogate(value: Any) -> bool:
     """Whether a JSON value holds a string (or key) with a lone UTF-16 surrogate (``"\\ud800"``): JSON's
     escapes can write one, but it is no character (a tokenizer refuses it, UTF-8 cannot encode it)."""
     stack = [value]
@@ -149,7 +151,7 @@ def _holds_lone_surrogate(value) -> bool:
     return False
 
 
-def json_objects(path: Path):
+def json_objects(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(``"<path>, line N"``, object) for every non-blank line of a JSON-lines file; a line that is not a JSON
     object (:func:`parse_json`'s rules: no key twice) is a :class:`UserError` naming the file and the line."""
     for line_no, line in text_lines(path):
@@ -165,7 +167,7 @@ def json_objects(path: Path):
         yield where, row
 
 
-def brief(value) -> str:
+def brief(value: Any) -> str:
     """``repr(value)`` as a message shows it: control characters escaped, long values shortened; ``true``,
     ``false`` and ``null`` as a JSON file writes them."""
     text = json.dumps(value) if value is None or isinstance(value, bool) else repr(value)
@@ -177,7 +179,7 @@ _DECIMAL = re.compile(r"0|-?[1-9][0-9]*")
 ID_RANGE = (-(2**63), 2**63 - 1)  # ids are stored as signed 64-bit integers (evaluation tables, logits sets)
 
 
-def exact_id(raw, where: str, column: str) -> int:
+def exact_id(raw: Any, where: str, column: str) -> int:
     """An id exactly as the file writes it, which is what a submission writes back: a JSON or Parquet integer, or a
     text cell of canonical decimal digits (``7``, ``-3``; not ``007``, ``+3``, `` 5 ``, ``-0``, ``1_000``, ``1.5``),
     within the signed 64-bit range. Anything else is a :class:`UserError` naming ``where`` (file and line) and
@@ -206,7 +208,7 @@ def exact_id(raw, where: str, column: str) -> int:
     return value
 
 
-def check_unique_ids(examples: list, path: Path, wheres: list[str]) -> None:
+def check_unique_ids(examples: Sequence[Example], path: Path, wheres: list[str]) -> None:
     """Ids name the rows of a submission file: two rows with one id are an error, naming the line (``wheres``:
     each example's ``"<path>, line N"``) of the second and of the first."""
     first: dict[int, int] = {}

@@ -19,6 +19,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def logits_dir(data_root: Path, name: str, split: str) -> Path:
 @dataclass
 class LogitsDataset:
     path: Path
-    meta: dict
+    meta: dict[str, Any]
     examples: list[Example]
     logits: np.ndarray  # [n, num_class] float32
 
@@ -82,7 +83,7 @@ IDENTITY = (
 SINCE_LATER = ("examples_sha256", "tokenizer")
 
 
-def changed_identity(old: dict, new: dict) -> list[str]:
+def changed_identity(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """The fields of :data:`IDENTITY` in which two logits sets' meta.json differ, as "field (old there, new now)"."""
     return [
         f"{k} ({old.get(k)!r} there, {new.get(k)!r} now)"
@@ -91,7 +92,7 @@ def changed_identity(old: dict, new: dict) -> list[str]:
     ]
 
 
-def check_teacher_unchanged(meta: dict, exp_root: Path, dataset: str) -> None:
+def check_teacher_unchanged(meta: dict[str, Any], exp_root: Path, dataset: str) -> None:
     """A logits set records the sha256 of the teacher checkpoint that computed it; when that checkpoint is still
     there and now holds other weights (the teacher re-trained with --overwrite), the logits are not its logits."""
     digest, teacher, step = meta.get("checkpoint_sha256"), meta.get("teacher_experiment"), meta.get("checkpoint")
@@ -108,7 +109,7 @@ def check_teacher_unchanged(meta: dict, exp_root: Path, dataset: str) -> None:
         )
 
 
-def check_logits_target(out_dir: Path, meta: dict, overwrite: bool) -> None:
+def check_logits_target(out_dir: Path, meta: dict[str, Any], overwrite: bool) -> None:
     """Refuse to replace a logits data set made from another checkpoint, split or source file (unless
     ``overwrite``) or a data root where it cannot be written; called before any prediction so a refused run
     costs nothing."""
@@ -142,7 +143,12 @@ def _write_synced(path: Path, text: str) -> None:
 
 
 def write_logits(
-    out_dir: Path, meta: dict, examples: Sequence[Example], logits: np.ndarray, tokenizer, overwrite: bool = False
+    out_dir: Path,
+    meta: dict[str, Any],
+    examples: Sequence[Example],
+    logits: np.ndarray,
+    tokenizer: Any,
+    overwrite: bool = False,
 ) -> None:
     """Write the logits data set ``out_dir``: the new set is built whole in a temporary folder inside it first
     (every write that can fail, e.g. on a full disk, fails there, and the set already there stays as it was,
@@ -223,7 +229,8 @@ def read_logits(data_root: Path, dataset: str, task: str) -> LogitsDataset:
     meta = read_json_object(meta_path)
     if meta.get("task") != task:
         raise UserError(f"--dataset {dataset!r} holds {meta.get('task')} logits but --task is {task}")
-    examples, rows = [], []
+    examples: list[Example] = []
+    rows: list[list[float]] = []
     data_file = path / "logits.jsonl"
     if not data_file.is_file():
         raise UserError(

@@ -15,6 +15,7 @@ Each task names its metrics and its *main* metric (``Task.main_metric``), the on
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ def mcc(labels: np.ndarray, preds: np.ndarray) -> float:
     return float(matthews_corrcoef(labels, preds))
 
 
-def _correlation(fn, labels, preds) -> float:
+def _correlation(fn: Callable[[np.ndarray, np.ndarray], Any], labels: np.ndarray, preds: np.ndarray) -> float:
     labels, preds = np.asarray(labels, dtype=np.float64), np.asarray(preds, dtype=np.float64)
     if len(labels) < 2 or labels.std() == 0 or preds.std() == 0:
         return 0.0
@@ -66,7 +67,7 @@ def gender_parity(labels: np.ndarray, preds: np.ndarray, groups: np.ndarray) -> 
     (``same_preds / (same_preds + diff_preds)``; a fraction, as every metric here). ``groups``: each row's pair
     (``Example.group``), two rows each (:mod:`fine_tune.tasks.diagnostics`); the labels do not enter it."""
     groups, preds = np.asarray(groups), np.asarray(preds)
-    pairs: dict = {}
+    pairs: dict[Any, list[Any]] = {}
     for g, p in zip(groups.tolist(), preds.tolist()):
         pairs.setdefault(g, []).append(p)
     if not pairs or any(len(v) != 2 for v in pairs.values()):
@@ -124,7 +125,12 @@ def compute(
     names: tuple[str, ...], labels: np.ndarray, preds: np.ndarray, groups: np.ndarray | None = None
 ) -> dict[str, float]:
     """``{name: value}`` for each metric in ``names``; ``groups``: each row's group, for :data:`PAIR_METRICS`."""
-    return {
-        name: PAIR_METRICS[name](labels, preds, groups) if name in PAIR_METRICS else METRICS[name](labels, preds)
-        for name in names
-    }
+    values: dict[str, float] = {}
+    for name in names:
+        if name in PAIR_METRICS:
+            # a pair metric is only a diagnostic split's own, whose callers pass the rows' groups (evaluate.metrics)
+            assert groups is not None, f"{name} scores pairs of rows: pass each row's group"
+            values[name] = PAIR_METRICS[name](labels, preds, groups)
+        else:
+            values[name] = METRICS[name](labels, preds)
+    return values

@@ -13,8 +13,10 @@ files carry labels, and an evaluation scores them with their own metrics: tasks/
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError, did_you_mean
 from ..experiment import check_name
@@ -25,7 +27,9 @@ from .qqp import parse_qqp
 from .task import InputColumns, Task
 
 
-def _tsv(labelled_layout: TsvLayout, test_layout: TsvLayout, file_labels: tuple[str, ...]):
+def _tsv(
+    labelled_layout: TsvLayout, test_layout: TsvLayout, file_labels: tuple[str, ...] | None
+) -> Callable[[Path, bool], list[Example]]:
     """A parser reading the labelled splits with one layout and the test splits with another."""
 
     def parse(path: Path, labelled: bool) -> list[Example]:
@@ -34,7 +38,9 @@ def _tsv(labelled_layout: TsvLayout, test_layout: TsvLayout, file_labels: tuple[
     return parse
 
 
-def _jsonl(fields: JsonFields, file_labels: tuple[str, ...], by_file: dict[str, JsonFields] | None = None):
+def _jsonl(
+    fields: JsonFields, file_labels: tuple[str, ...], by_file: dict[str, JsonFields] | None = None
+) -> Callable[[Path, bool], list[Example]]:
     """A JSON-lines parser; ``by_file``: other fields for the files of these names (the diagnostics)."""
 
     def parse(path: Path, labelled: bool) -> list[Example]:
@@ -270,7 +276,7 @@ TASKS: dict[str, Task] = {
 DIAGNOSTICS = {"ax": ("mnli", "ax"), "axb": ("rte_superglue", "axb"), "axg": ("rte_superglue", "axg")}
 
 
-def user_task(name: str, spec: dict, definition_file: Path | None = None) -> Task:
+def user_task(name: str, spec: dict[str, Any], definition_file: Path | None = None) -> Task:
     """The :class:`Task` of a checked definition (:func:`fine_tune.tasks.user.check_definition`)."""
     from .user import ensure_materialised, parse_user_file  # pydantic's schema: only for a task of one's own
 

@@ -11,9 +11,13 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError, did_you_mean
 from .example import Example
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Other names of a task's dev split (Hugging Face's "validation", SuperGLUE's "val", GLUE's "dev"): a split named so
 # that the task lacks is answered with "did you mean <its dev split>?"
@@ -70,14 +74,14 @@ class Task:
     diagnostics: dict[str, tuple[str, ...]] = field(default_factory=dict)
     unlabelled_why: dict[str, str] = field(default_factory=dict)  # split -> why it cannot be evaluated
     # a task of your own (tasks/user.py): its checked definition and its task.json
-    definition: dict | None = None
+    definition: dict[str, Any] | None = None
     definition_file: Path | None = None
     # fetch(split, path, labelled): makes sure the split's file is there (a Hugging Face source, tasks/user.py)
     fetch: Callable[[str, Path, bool], None] | None = None
     # the columns of a row to predict (its test files' names): generate_test_prediction.py --predict_file
     input_columns: InputColumns | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.label_names or (self.file_labels is not None and len(self.file_labels) != len(self.label_names)):
             raise ValueError(f"task {self.name}: give label_names (and file_labels, when given, one per class)")
 
@@ -85,7 +89,7 @@ class Task:
     def num_class(self) -> int:
         return 1 if self.regression else len(self.label_names)
 
-    def predictions(self, logits):
+    def predictions(self, logits: np.ndarray) -> np.ndarray:
         """The model's predictions from its outputs [n, num_class]: the class index, or the score (regression)."""
         return logits[:, 0] if self.regression else logits.argmax(axis=1)
 
@@ -159,7 +163,7 @@ class Task:
             examples = examples[:max_examples]
         return examples
 
-    def check_trained_labels(self, record: dict, source: str) -> None:
+    def check_trained_labels(self, record: dict[str, Any], source: str) -> None:
         """A model's output i means the class its task named i when it was trained. A task of your own may be edited
         since: ``record`` (a run's config.json, with its ``task_definition``, or a logits set's meta.json, with its
         ``label_names``) says what the classes were; other names, another order or another kind (a class against a
@@ -177,7 +181,7 @@ class Task:
         now = (self.label_names, self.regression)
         if before != now:
 
-            def shown(labels):
+            def shown(labels: tuple[tuple[str, ...], bool]) -> str:
                 return "a score (regression)" if labels[1] else "[" + ", ".join(labels[0]) + "]"
 
             raise UserError(
@@ -196,13 +200,15 @@ class Task:
         stem, _, ext = self.submission_file.partition(".")
         return f"{stem}-{split}.{ext}"
 
-    def write_submission(self, path: Path, examples: Sequence[Example], predictions: Sequence[int]) -> None:
+    def write_submission(
+        self, path: Path, examples: Sequence[Example], predictions: Sequence[float] | np.ndarray
+    ) -> None:
         """Write the official submission file (:meth:`submission_text`)."""
         from ..io_utils import atomic_write_text
 
         atomic_write_text(path, self.submission_text(examples, predictions))
 
-    def submission_text(self, examples: Sequence[Example], predictions: Sequence[int]) -> str:
+    def submission_text(self, examples: Sequence[Example], predictions: Sequence[float] | np.ndarray) -> str:
         """The official submission file's text: GLUE ``index<TAB>prediction`` lines after a header (class indices
         or label names, as the server expects for the task), SuperGLUE ``{"idx": ..., "label": ...}`` lines."""
         names = self.labels_in_files

@@ -48,18 +48,23 @@ from __future__ import annotations
 import contextlib
 import json
 import unicodedata
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, get_args
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic.functional_validators import AfterValidator, PlainValidator
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from ..errors import UserError
 from ..progress import say
 from .columns import score
 from .example import Example, brief, check_unique_ids, csv_rows, exact_id, json_objects, parse_json, tab_separated_rows
 from .metrics import METRICS, unsuitable
+
+if TYPE_CHECKING:
+    from .task import InputColumns
 
 TASK_FILE = "task.json"
 FORMATS = (".csv", ".tsv", ".jsonl", ".parquet")
@@ -95,7 +100,7 @@ def _printable(text: str) -> str:
 Text = Annotated[str, AfterValidator(_printable)]  # every string of task.json
 
 
-def _class_name(value):
+def _class_name(value: Any) -> str | int:
     """A class of ``labels``: a string (printable) or an integer (a boolean is neither)."""
     if isinstance(value, str):
         return _printable(value)
@@ -164,7 +169,7 @@ _EXPECTED = {
 }
 
 
-def shown(value) -> str:
+def shown(value: Any) -> str:
     """A JSON (or Parquet) value as a message shows it: ``the string "false"``, ``the number 5``, ``the list
     ["a"]``, ``null``; long values shortened."""
 
@@ -189,7 +194,7 @@ def shown(value) -> str:
     return f"a {type(value).__name__} value {brief(value)}"
 
 
-def _field_name(loc) -> str:
+def _field_name(loc: Iterable[str | int]) -> str:
     """``("hf", "splits", "dev")`` -> ``hf.splits.dev``; ``("labels", 2)`` -> ``labels[2]``."""
     out = ""
     for part in loc:
@@ -197,9 +202,10 @@ def _field_name(loc) -> str:
     return escape_controls(out)
 
 
-def _schema_field(loc):
+def _schema_field(loc: Iterable[str | int]) -> tuple[type[BaseModel] | None, FieldInfo | None]:
     """(the model holding the field ``loc`` names, its FieldInfo), or (the model, None) for an item or a key."""
-    model, info = TaskDefinition, None
+    model: type[BaseModel] | None = TaskDefinition
+    info: FieldInfo | None = None
     for part in loc:
         if model is None or not isinstance(part, str) or part not in model.model_fields:
             return model, None
@@ -215,7 +221,7 @@ def _schema_field(loc):
     return model, info
 
 
-def _schema_error(error: dict) -> str:
+def _schema_error(error: ErrorDetails) -> str:
     """One line for pydantic's first error: the field, what it must be, what it is."""
     loc = error["loc"]
     field = _field_name(loc)
@@ -229,6 +235,7 @@ def _schema_error(error: dict) -> str:
         )
     if error["type"] == "extra_forbidden":
         model, _ = _schema_field(loc[:-1])
+        assert model is not None  # only a model forbids extra fields: the error's parent is one
         parent = f" of {_field_name(loc[:-1])}" if loc[:-1] else ""
         return f'field "{field}": unknown (fields{parent}: {", ".join(model.model_fields)})'
     _, info = _schema_field(loc)
@@ -246,7 +253,7 @@ def _schema_error(error: dict) -> str:
     return f'field "{field}": expected {expected}, got {shown(error["input"])}'
 
 
-def read_definition(path: Path) -> dict:
+def read_definition(path: Path) -> dict[str, Any]:
     """The checked definition of ``task.json`` (UTF-8, a byte-order mark allowed as in data files; JSON by
     :func:`~fine_tune.tasks.example.parse_json`'s rules: no field twice, nesting within Python's limit): one-line
     errors naming the file and the field."""
@@ -264,7 +271,7 @@ def read_definition(path: Path) -> dict:
     return check_definition(spec, str(path))
 
 
-def check_definition(spec, where: str) -> dict:
+def check_definition(spec: Any, where: str) -> dict[str, Any]:
     """The definition ``spec`` (``task.json`` as JSON) checked: its types by :class:`TaskDefinition`, then what
     its fields name (splits, files, metrics, labels), each problem one line naming ``where`` and the field.
     Returns ``spec`` with ``files`` (a Hugging Face source's default), ``metrics`` and ``main_metric`` filled in."""
@@ -273,7 +280,7 @@ def check_definition(spec, where: str) -> dict:
     except ValidationError as e:
         raise UserError(f"{where}: {_schema_error(e.errors()[0])}") from None
 
-    def refuse(field: str, expected: str, value) -> UserError:
+    def refuse(field: str, expected: str, value: Any) -> UserError:
         return UserError(f'{where}: field "{field}": expected {expected}, got {shown(value)}')
 
     files = d.files
@@ -307,11 +314,12 @@ def check_definition(spec, where: str) -> dict:
             f'{where}: field "labels": a regression task ("regression": true) has no classes; remove '
             f'"labels", or set "regression": false'
         )
-    classes = TaskDefinition.model_fields["labels"].description + ' (or "regression": true)'
-    if not d.regression and d.labels is None:
-        raise UserError(f'{where}: field "labels": missing; expected {classes}')
-    if not d.regression and (len(d.labels) < 2 or len({str(x) for x in d.labels}) != len(d.labels)):
-        raise refuse("labels", classes, d.labels)
+    classes = f'{TaskDefinition.model_fields["labels"].description} (or "regression": true)'
+    if not d.regression:
+        if d.labels is None:
+            raise UserError(f'{where}: field "labels": missing; expected {classes}')
+        if len(d.labels) < 2 or len({str(x) for x in d.labels}) != len(d.labels):
+            raise refuse("labels", classes, d.labels)
     metrics = d.metrics or (["pearson", "spearman"] if d.regression else ["accuracy"])
     _once("metrics", metrics, where)
     for i, m in enumerate(metrics):
@@ -334,10 +342,10 @@ def check_definition(spec, where: str) -> dict:
     return dict(spec, files=files, metrics=list(metrics), main_metric=main)
 
 
-def _once(field: str, values: list, where: str) -> None:
+def _once(field: str, values: list[Any], where: str) -> None:
     """A list of names written each once: a name listed twice is refused naming both places (a metric twice
     was reported, and pooled in the results tables, twice)."""
-    first: dict = {}
+    first: dict[Any, int] = {}
     for i, value in enumerate(values):
         if value in first:
             raise UserError(
@@ -350,9 +358,12 @@ def _once(field: str, values: list, where: str) -> None:
 # ---------------------------------------------------------------------------------------------- the files
 
 
-def _table_rows(path: Path, cells_of_lines, what: str):
+def _table_rows(
+    path: Path, cells_of_lines: Iterable[tuple[int, list[str]]], what: str
+) -> Iterator[tuple[str, dict[str, str]]]:
     """(where, row dict) of a file of cells under a header line; a row of another cell count is refused."""
-    header, names = None, []
+    header: int | None = None
+    names: list[str] = []
     for line_no, cells in cells_of_lines:
         if header is None:
             header, names = line_no, cells
@@ -367,7 +378,7 @@ def _table_rows(path: Path, cells_of_lines, what: str):
         yield f"{path}, line {line_no}", dict(zip(names, cells))
 
 
-def _parquet_rows(path: Path):
+def _parquet_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, row dict) of a Parquet file; a file pyarrow cannot read is one line naming it."""
     try:
         import pyarrow
@@ -384,7 +395,7 @@ def _parquet_rows(path: Path):
         yield f"{path}, row {i + 1}", row
 
 
-def _rows(path: Path):
+def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, row dict) of a data file, by its extension."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
@@ -396,12 +407,12 @@ def _rows(path: Path):
     return _table_rows(path, csv_rows(path), "cells")
 
 
-def _label_text(raw):
+def _label_text(raw: Any) -> str:
     """A class label as ``labels`` writes it: a JSON boolean as ``true``/``false``, other values as text."""
     return json.dumps(raw) if isinstance(raw, bool) else str(raw)
 
 
-def parse_user_file(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
+def parse_user_file(path: Path, labelled: bool, *, spec: dict[str, Any]) -> list[Example]:
     """Rows of one of the task's files as :class:`Example`s; a missing column, a text that is not a string, an id
     that is not an integer, a label outside the set, a score that is not a number or a test row without its id
     names the file, the line (or row) and the column."""
@@ -410,7 +421,7 @@ def parse_user_file(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
     labels = [str(x) for x in spec.get("labels") or []]
     for where, row in _rows(Path(path)):
 
-        def cell(column: str, required: bool = True, *, row=row, where=where):
+        def cell(column: str, required: bool = True, *, row: dict[str, Any] = row, where: str = where) -> Any:
             if column not in row or row[column] is None or row[column] == "":
                 if required:
                     raise UserError(
@@ -419,7 +430,7 @@ def parse_user_file(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
                 return None
             return row[column]
 
-        def text(column: str, *, where=where) -> str:
+        def text(column: str, *, where: str = where) -> str:
             value = cell(column)
             if not isinstance(value, str):
                 raise UserError(f"{where}: column {column!r} holds {shown(value)}; a text column holds strings")
@@ -454,7 +465,7 @@ def parse_user_file(path: Path, labelled: bool, *, spec: dict) -> list[Example]:
     return examples
 
 
-def parse_rows_to_predict(path: Path, columns) -> tuple[list[Example], str | None]:
+def parse_rows_to_predict(path: Path, columns: InputColumns) -> tuple[list[Example], str | None]:
     """The rows of a file to predict (``generate_test_prediction.py --predict_file``), read as a task's own data
     files are (:func:`parse_user_file`, by the extension: ``.csv`` by its quoting rules, ``.tsv`` without quoting,
     ``.jsonl``) with the task's :class:`~fine_tune.tasks.task.InputColumns`, unlabelled (a label column is ignored).
@@ -473,7 +484,7 @@ def parse_rows_to_predict(path: Path, columns) -> tuple[list[Example], str | Non
 SOURCES_FILE = "hf-sources.json"  # in the task's folder: each fetched file's Hugging Face source and sha256
 
 
-def hf_source(spec: dict, split: str, labelled: bool) -> dict:
+def hf_source(spec: dict[str, Any], split: str, labelled: bool) -> dict[str, Any]:
     """What decides the file a split of a Hugging Face source becomes (:func:`materialise`)."""
     hf = spec["hf"]
     return {
@@ -485,7 +496,7 @@ def hf_source(spec: dict, split: str, labelled: bool) -> dict:
     }
 
 
-def ensure_materialised(spec: dict, split: str, path: Path, labelled: bool) -> None:
+def ensure_materialised(spec: dict[str, Any], split: str, path: Path, labelled: bool) -> None:
     """The split's file, fetched from the definition's Hugging Face source unless already there from that same
     source. Each fetched file's source and sha256 are recorded in the folder's ``hf-sources.json``: when
     ``task.json``'s ``hf`` changes (another dataset, configuration or split), a file the toolkit fetched and nobody
@@ -542,7 +553,7 @@ def hub_unreachable(path: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _quiet_hub():
+def _quiet_hub() -> Iterator[None]:
     """huggingface_hub's and datasets' warnings (a retry of a request each) off stderr while a dataset loads: a
     failure is the one line :func:`materialise` says."""
     import datasets.utils.logging as datasets_logging
@@ -558,7 +569,7 @@ def _quiet_hub():
         datasets_logging.set_verbosity(levels[1])
 
 
-def materialise(spec: dict, split: str, path: Path, labelled: bool) -> None:
+def materialise(spec: dict[str, Any], split: str, path: Path, labelled: bool) -> None:
     """Write split ``split`` of the definition's Hugging Face source to ``path`` (JSON lines, atomically): every
     column, class labels as their names; an unlabelled split without its label column."""
     from ..io_utils import atomic_write_text
