@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -46,6 +46,8 @@ from .tasks.example import examples_digest
 from .tasks.logits import check_logits_target, logits_dir, write_logits
 
 if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
+
     from .plan.types import CheckpointChoice, Devices, EvalPlan, LogitsPlan, PredictionPlan, TrainedExperiment
 
 
@@ -53,16 +55,17 @@ if TYPE_CHECKING:
 class LoadedExperiment:
     exp: ExperimentDir
     config: dict
-    model: torch.nn.Module
-    tokenizer: object
+    model: PreTrainedModel
+    tokenizer: Any  # a Hugging Face tokenizer, of the model's family
     task: Task
     device: torch.device | None
     precision: Precision | None
     data_root: Path
 
-    def resolve_device(self, devices: Devices) -> None:
-        """After every input has been checked, so an error is never preceded by device warnings."""
-        self.device, self.precision = devices.resolve()
+    def resolve_device(self, devices: Devices) -> tuple[torch.device, Precision]:
+        """After every input has been checked, so an error is never preceded by device warnings. Returns them."""
+        self.device, self.precision = device, precision = devices.resolve()
+        return device, precision
 
 
 def open_experiment(target: TrainedExperiment) -> LoadedExperiment:
@@ -107,7 +110,10 @@ def predict_logits(
         tune_malloc_for_training()
     model.to(device).eval()
     collator = Collator(features, pad_token_id, max_seq_len, "dynamic")
-    out = np.zeros((len(features), model.config.num_labels), dtype=np.float32)
+    # a classifier's config (torch types a Module's attributes as Tensor | Module); it names its classes
+    num_labels = cast("PretrainedConfig", model.config).num_labels
+    assert num_labels is not None, "a classifier's config names its classes (id2label)"
+    out = np.zeros((len(features), num_labels), dtype=np.float32)
     w = distributed.world()
     mine = []
     batches = sequential_batches(len(features), batch_size, features.lengths())[w.rank :: w.size]
@@ -119,8 +125,8 @@ def predict_logits(
             mine.append((rows, logits.float().cpu().numpy()))
             bar.update(len(rows))
     seen = np.zeros(len(features), dtype=np.int64)
-    for rows, logits in distributed.gather_batches(mine):
-        out[rows] = logits
+    for rows, part in distributed.gather_batches(mine):
+        out[rows] = part
         seen[rows] += 1
     assert (seen == 1).all(), "every row is predicted exactly once"
     return out
@@ -196,7 +202,7 @@ def run_eval(plan: EvalPlan) -> dict:
             check_whole_pairs(rows, path, plan.max_examples)
 
     _, examples, features = load_split(le, split, plan.max_examples, whole_pairs)
-    le.resolve_device(plan.devices)
+    device, precision = le.resolve_device(plan.devices)
     from .engine.reporting import Reporter
 
     main = distributed.is_main()  # under torchrun every rank predicts its share; rank 0 writes
@@ -226,8 +232,8 @@ def run_eval(plan: EvalPlan) -> dict:
                 le.tokenizer.pad_token_id,
                 le.config["max_seq_len"],
                 batch_size,
-                le.device,
-                le.precision,
+                device,
+                precision,
                 desc=f"{split} model-{step}.pt",
             )
             seconds = time.perf_counter() - start
@@ -263,7 +269,7 @@ def run_eval(plan: EvalPlan) -> dict:
             features.labels,
             rows,
             predictions,
-            inference_record(le.device, le.precision, batch_size),
+            inference_record(device, precision, batch_size),
             write=main,
             max_examples=plan.max_examples,
             metric_for_best=metric,
@@ -331,7 +337,11 @@ def write_eval_table(
     it); ``metric_for_best``: the one the experiment's best checkpoint is chosen by (selection.experiment_metric).
     """
     metric_names = list(task.metrics_for(split)) + ([LOSS] if all(LOSS in r for r in rows) else [])
-    best = {m: best_row(rows, m) for m in metric_names}
+    best: dict[str, dict] = {}
+    for m in metric_names:
+        row = best_row(rows, m)
+        assert row is not None, "an evaluation table has rows (run_eval refuses none; training writes at a checkpoint)"
+        best[m] = row
     if split in task.diagnostics:
         selection = (
             f"a diagnostic: scored at every checkpoint, never choosing one (results tables report it at the "
@@ -359,7 +369,7 @@ def write_eval_table(
             f,
             idx=np.asarray([ex.idx for ex in examples], dtype=np.int64),
             labels=np.asarray(labels, dtype=np.float32 if task.regression else np.int16),
-            **predictions,
+            **predictions,  # type: ignore[arg-type]  # pred_<step> arrays: never numpy's allow_pickle flag
         )
     table["predictions_sha256"] = sha256_file(predictions_path(exp, split))
     atomic_write_json(exp.path / f"eval-{split}.json", table)
@@ -419,9 +429,11 @@ class TrainingEvaluator:
         seconds = time.perf_counter() - start
         preds = self.task.predictions(logits)
         self.predictions[step] = preds.astype(np.float32 if self.task.regression else np.int16)
+        labels = self.features.labels
+        assert labels is not None, "--eval_dataset is a labelled split (checked by the plan)"
         return {
-            **metrics(self.task, self.features.labels, preds, self.split, self.examples),
-            LOSS: evaluation_loss(self.task, self.features.labels, logits),
+            **metrics(self.task, labels, preds, self.split, self.examples),
+            LOSS: evaluation_loss(self.task, labels, logits),
             "examples_per_s": round(len(self.examples) / max(seconds, 1e-9), 2),
         }
 
@@ -504,24 +516,27 @@ def checkpoint_logits(plan: PredictionPlan | LogitsPlan, before_predicting=None,
     split. ``before_predicting(le, step, path, examples)`` may refuse (raise) once the inputs are known, before any
     work. ``read_rows(le)``: other rows than the split's, as (path, examples, features) (``--predict_file``)."""
     le = open_experiment(plan.target)
+    assert plan.checkpoint is not None, "a logits plan without a checkpoint has a --teacher_hf (hf_teacher_logits)"
     step, label = _checkpoint(le, plan.target, plan.checkpoint)
     ckpt_path = le.exp.checkpoint_path(step)
     check_checkpoint(le.model.config, ckpt_path)
     refuse = None if before_predicting is None else (lambda le_, path, rows: before_predicting(le_, step, path, rows))
     # before_predicting runs before tokenising: a refused run writes nothing, not even the tokenisation cache
-    path, examples, features = (
-        load_split(le, plan.split, plan.max_examples, refuse) if read_rows is None else read_rows(le)
-    )
+    if read_rows is None:
+        assert plan.split is not None, "a prediction plan without a split reads --predict_file (read_rows)"
+        path, examples, features = load_split(le, plan.split, plan.max_examples, refuse)
+    else:
+        path, examples, features = read_rows(le)
     load_checkpoint_into(le.model, ckpt_path)
-    le.resolve_device(plan.devices)
+    device, precision = le.resolve_device(plan.devices)
     logits = predict_logits(
         le.model,
         features,
         le.tokenizer.pad_token_id,
         le.config["max_seq_len"],
         plan.batch_size,
-        le.device,
-        le.precision,
+        device,
+        precision,
         desc=f"{path.name} model-{step}.pt",
     )
     return CheckpointLogits(le, step, label, path, examples, features, logits)
@@ -534,31 +549,40 @@ def hf_teacher_logits(plan: LogitsPlan, before_predicting=None) -> CheckpointLog
     from .teacher import open_hf_teacher
 
     t, f = plan.target, plan.teacher
+    assert f is not None, "run_gen_logits calls it for a --teacher_hf plan"
     task = t.task
     teacher = open_hf_teacher(f.source, task, f.label_map)
-    if teacher.hf_config.model_type != t.model:
-        raise UserError(f"--model {t.model}: --teacher_hf {f.source!r} is a {teacher.hf_config.model_type!r} model")
+    hf_config = cast("PretrainedConfig", teacher.hf_config)  # AutoConfig's (Teacher types it object)
+    if hf_config.model_type != t.model:
+        raise UserError(f"--model {t.model}: --teacher_hf {f.source!r} is a {hf_config.model_type!r} model")
     from .models.families import usable_positions
 
-    cfg.check_max_seq_len(f.max_seq_len, usable_positions(teacher.hf_config), f"--teacher_hf {f.source!r}")
+    cfg.check_max_seq_len(f.max_seq_len, usable_positions(hf_config), f"--teacher_hf {f.source!r}")
     cfg.check_room_for_text(f.max_seq_len, teacher.tokenizer)
     le = LoadedExperiment(
-        t.exp, {"max_seq_len": f.max_seq_len, "task": task.name}, None, teacher.tokenizer, task, None, None, t.data_root
+        t.exp,
+        {"max_seq_len": f.max_seq_len, "task": task.name},
+        None,  # type: ignore[arg-type]  # built below, once the split is read and not refused; nothing reads it before
+        teacher.tokenizer,
+        task,
+        None,
+        None,
+        t.data_root,
     )
     refuse = (
         None if before_predicting is None else (lambda le_, path, rows: before_predicting(le_, f.source, path, rows))
     )
     path, examples, features = load_split(le, plan.split, plan.max_examples, refuse)
-    le.model = teacher.build()
-    le.resolve_device(plan.devices)
+    le.model = cast("PreTrainedModel", teacher.build())  # load_classifier's (Teacher.build types it a Module)
+    device, precision = le.resolve_device(plan.devices)
     logits = predict_logits(
         le.model,
         features,
         le.tokenizer.pad_token_id,
         f.max_seq_len,
         plan.batch_size,
-        le.device,
-        le.precision,
+        device,
+        precision,
         desc=f"{plan.split} {f.source}",
     )
     return CheckpointLogits(le, f.source, f"{f.source} (Hugging Face)", path, examples, features, logits)
@@ -679,11 +703,13 @@ def run_file_prediction(plan: PredictionPlan) -> Path:
     from .tasks.user import parse_rows_to_predict
 
     read: dict = {}
+    predict_file = plan.predict_file
+    assert predict_file is not None, "run_test_prediction calls it for a --predict_file plan"
 
     def read_rows(le):
-        examples, read["id_column"] = parse_rows_to_predict(plan.predict_file, le.task.input_columns)
+        examples, read["id_column"] = parse_rows_to_predict(predict_file, le.task.input_columns)
         return (
-            plan.predict_file,
+            predict_file,
             examples,
             tokenize(le.tokenizer, examples, le.config["max_seq_len"], progress=len(examples) > 20000),
         )
@@ -697,7 +723,7 @@ def run_file_prediction(plan: PredictionPlan) -> Path:
         text = predictions_text(out.suffix.lower(), read["id_column"], r.examples, r.logits, r.le.task)
         write_outputs({out: text}, PREDICT_FILE_COMMAND)
     by = f"its {read['id_column']} column" if read["id_column"] else "row number"
-    print(f"wrote {len(r.examples)} predictions of {r.label} on {plan.predict_file} (rows named by {by}) to {out}")
+    print(f"wrote {len(r.examples)} predictions of {r.label} on {predict_file} (rows named by {by}) to {out}")
     return out
 
 
@@ -710,6 +736,8 @@ def run_test_prediction(plan: PredictionPlan) -> Path:
         return run_file_prediction(plan)
     r = checkpoint_logits(plan)
     le, dataset, out = r.le, plan.split, plan.out
+    assert dataset is not None, "a prediction plan without --predict_file has a split"
+    assert isinstance(r.step, int), "checkpoint_logits' step is a checkpoint's"
     if distributed.is_main():
         from .outputs import write_outputs
         from .submission import prediction_record, record_path

@@ -33,13 +33,18 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .engine import distributed
 from .engine.reporting import FanOut, Reporter
 from .errors import UserError
 from .io_utils import atomic_write_json
 from .settings import REPORT_TO, report_targets
+
+if TYPE_CHECKING:  # the trackers' packages are imported when a run reports to them
+    from mlflow.tracking import MlflowClient
+    from torch.utils.tensorboard import SummaryWriter
+    from wandb.sdk.wandb_run import Run as WandbRun
 
 PACKAGE = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # what each tracker imports
 INSTALL = {
@@ -113,7 +118,7 @@ class TensorBoardReporter(Reporter):
 
     def __init__(self, log_dir: Path):
         self.log_dir = Path(log_dir)
-        self.writer = None
+        self.writer: SummaryWriter | None = None
 
     def start(self, step: int | None) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -124,10 +129,12 @@ class TensorBoardReporter(Reporter):
         self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=None if step is None else step + 1)
 
     def log_scalars(self, scalars: dict[str, float], step: int) -> None:
+        assert self.writer is not None, "the reporter starts before it logs"
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, step)
 
     def log_image(self, tag: str, rgb, step: int) -> None:
+        assert self.writer is not None, "the reporter starts before it logs"
         self.writer.add_image(tag, rgb, step, dataformats="HWC")
         self.writer.flush()
 
@@ -184,7 +191,7 @@ class MLflowReporter(Reporter):
 
     def __init__(self, folder: Path, exp_root: Path, experiment: str, run_name: str):
         self.folder, self.exp_root, self.experiment, self.run_name = Path(folder), Path(exp_root), experiment, run_name
-        self.client = None
+        self.client: MlflowClient | None = None
         self.run_id: str | None = None
         self.logged: dict[str, int] = {}  # metric -> the last step the run already holds (a resumed run's)
         self.step = 0
@@ -206,6 +213,7 @@ class MLflowReporter(Reporter):
         """The experiment folder's MLflow run (continued, status RUNNING again), or a new one; whether it existed."""
         from mlflow.exceptions import MlflowException
 
+        assert self.client is not None, "start() makes the client first"
         path = self.folder / MLFLOW_RUN_FILE
         if path.is_file():
             try:
@@ -223,7 +231,10 @@ class MLflowReporter(Reporter):
             try:
                 experiment_id = self.client.create_experiment(self.experiment)
             except MlflowException:  # created meanwhile by another run
-                experiment_id = self.client.get_experiment_by_name(self.experiment).experiment_id
+                created = self.client.get_experiment_by_name(self.experiment)
+                if created is None:  # not that: MLflow's own error
+                    raise
+                experiment_id = created.experiment_id
         else:
             experiment_id = experiment.experiment_id
         run = self.client.create_run(
@@ -239,6 +250,7 @@ class MLflowReporter(Reporter):
         from mlflow.entities import Param
         from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
+        assert self.client is not None and self.run_id is not None, "the reporter starts before it logs"
         held = self.client.get_run(self.run_id).data.params
         params = [Param(k, v) for k, v in mlflow_params(config, MAX_PARAM_VAL_LENGTH).items() if k not in held]
         for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
@@ -249,6 +261,7 @@ class MLflowReporter(Reporter):
         from mlflow.entities import Metric
         from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
+        assert self.client is not None and self.run_id is not None, "the reporter starts before it logs"
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, step) for k, v in values.items() if step > self.logged.get(k, -1)]
         for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
@@ -264,6 +277,7 @@ class MLflowReporter(Reporter):
 
     def close(self, failed: bool = False) -> None:
         if self.run_id is not None:
+            assert self.client is not None, "start() made the client with the run"
             self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
             self.run_id = None
 
@@ -276,7 +290,7 @@ class WandbReporter(Reporter):
 
     def __init__(self, folder: Path, project: str, run_name: str, job: str = "train"):
         self.folder, self.project, self.run_name, self.job = Path(folder), project, run_name, job
-        self.run = None
+        self.run: WandbRun | None = None
 
     def start(self, step: int | None) -> None:
         import wandb
@@ -305,12 +319,15 @@ class WandbReporter(Reporter):
             atomic_write_json(path, {"id": self.run.id, "project": self.project})
 
     def log_params(self, config: dict[str, Any]) -> None:
+        assert self.run is not None, "the reporter starts before it logs"
         self.run.config.update(config, allow_val_change=True)
 
     def log_scalars(self, scalars: dict[str, float], step: int) -> None:
+        assert self.run is not None, "the reporter starts before it logs"
         self.run.log(dict(scalars), step=step)
 
     def log_final(self, metrics: dict[str, float]) -> None:
+        assert self.run is not None, "the reporter starts before it logs"
         self.run.summary.update(metrics)
 
     def close(self, failed: bool = False) -> None:

@@ -27,6 +27,7 @@ The markdown is for reading; the CSV and JSON beside it keep every number and ev
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -185,7 +186,7 @@ def conditions(parts: list[dict | None]) -> tuple[str, list[str]]:
 
 
 def speed_column(
-    name: str, header: str, values: list[float | None], parts: list[dict | None], fmt=lambda v: f"{v:.0f}"
+    name: str, header: str, values: list[float | None], parts: Sequence[dict | None], fmt=lambda v: f"{v:.0f}"
 ) -> Column:
     shared, own = conditions([p if v is not None else None for v, p in zip(values, parts)])
     cells = [MISSING if v is None else fmt(v) + (f" ({o})" if o else "") for v, o in zip(values, own)]

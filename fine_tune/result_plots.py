@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
 from .tasks.metrics import OLD_TAGS, SHORT
+
+if TYPE_CHECKING:
+    from matplotlib.transforms import Bbox
 
 BAND = "min-max over the group's runs"
 
@@ -118,7 +122,7 @@ def place_labels(ax, labels: list, pad: float = 2.0) -> None:
     uses the figure's renderer (Agg) for the text's extent."""
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
-    placed = []
+    placed: list[Bbox] = []  # the extents of the labels placed, in pixels
     for ann in sorted(labels, key=lambda a: (ax.transData.transform(a.xy)[1], ax.transData.transform(a.xy)[0])):
         for _ in range(len(labels) + 1):
             box = ann.get_window_extent(renderer)
@@ -144,7 +148,7 @@ def pareto_figure(data: dict):
         panel = data["panels"][key]
         ax = fig.add_subplot(1, 2, i + 1)
         for p in panel["points"]:
-            style = (
+            style: dict[str, Any] = (  # errorbar's keyword arguments
                 dict(marker="*", markersize=14, color="tab:red")
                 if p["is_teacher"]
                 else dict(marker="o", markersize=7, color="tab:blue")
@@ -251,7 +255,7 @@ def metric_tag(task: str, split: str, metric: str, scalars: dict | None = None) 
     under: runs before issue 32 logged F1 as ``f1_score`` (OLD_TAGS)."""
     tag = f"{task}/{split}/{metric}"
     old = f"{task}/{split}/{OLD_TAGS[metric]}" if metric in OLD_TAGS else None
-    return old if scalars is not None and tag not in scalars and old in scalars else tag
+    return old if scalars is not None and old is not None and tag not in scalars and old in scalars else tag
 
 
 def _band(series: list[dict[int, float]]) -> tuple[list[int], list[float], list[float], list[float]]:

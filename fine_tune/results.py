@@ -38,7 +38,7 @@ import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -280,7 +280,7 @@ def onnx_speed_record(exp: ExperimentDir) -> dict | None:
             continue
         if not isinstance(record, dict) or record.get("format") != "onnx":
             continue
-        onnx = record.get("onnx")
+        onnx: Any = record.get("onnx")  # a JSON value: a dict wherever rates is one
         rates = onnx.get("examples_per_s") if isinstance(onnx, dict) else None
         if (
             not isinstance(rates, dict)
@@ -398,10 +398,11 @@ def row_record(
         "teacher_params": tsize[0] if tsize else None,
         "teacher_bytes": tsize[1] if tsize else None,
     }
-    rates, how = [], {}
+    rates: list[tuple[str, float, str]] = []  # (experiment, examples/s, device) of each member's evaluation
+    how: dict[str, Any] = {}  # the inference record (evaluate.inference_record) of the first member with one
     headline = headline_split(task, splits)
     for e in members:
-        table = e.tables.get(headline) if splits else None
+        table = e.tables.get(headline) if headline is not None else None  # None: no split
         if table and table.get("inference"):
             rates.append((e.name, table["inference"]["examples_per_s"], table["inference"]["device"]))
             how = how or table["inference"]
@@ -825,8 +826,8 @@ def run_results(plan: ResultsPlan) -> str:
     if plan.data_root is not None:  # no number of rows that have changed since their evaluation reaches the table
         digests: dict = {}
         for e in experiments:
-            for split, evaluation in e.tables.items():
-                why = evaluated_rows_changed(e.exp, evaluation, task, plan.data_root, split, digests)
+            for s, evaluation in e.tables.items():
+                why = evaluated_rows_changed(e.exp, evaluation, task, plan.data_root, s, digests)
                 if why:
                     raise UserError(why)
     roots = [
@@ -845,6 +846,7 @@ def run_results(plan: ResultsPlan) -> str:
     if plan.compare:
         a, b = plan.compare
         split = plan.compare_split
+        assert split is not None, "the plan sets --compare_split with --compare"
         text += (
             "\n" + compare(exp_root, task, a, b, split, rule, plan.resamples, plan.bootstrap_seed).describe(a, b) + "\n"
         )

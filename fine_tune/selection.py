@@ -137,6 +137,14 @@ def best_row(rows: list[dict], metric: str = "accuracy", ties: str = "later") ->
     return best
 
 
+def _best_of_table(rows: list[dict], metric: str) -> dict:
+    """:func:`best_row` of an evaluation table's rows, which are never empty (:func:`read_eval` refuses a table
+    without rows, :func:`on_disk` gives None for a table with none left)."""
+    row = best_row(rows, metric)
+    assert row is not None, "an evaluation table has rows"
+    return row
+
+
 def metric_for_best(task, name: str | None, source: str = "--metric_for_best") -> str:
     """The metric that decides "best" for ``task``: ``name`` (one of the task's metrics, or ``loss``; anything else
     refused in one line naming ``source``, with the closest name) or, None, the task's main metric."""
@@ -202,7 +210,7 @@ def select_row(tables: dict[str, dict], reported: str, rule: Rule, metric: str =
     if chooser not in tables:
         raise UserError(f"no evaluation on {chooser!r} to choose the checkpoint")
     rows = tables[chooser]["rows"]
-    step = rows[-1]["ckpt"] if rule.kind == "last" else best_row(rows, metric)["ckpt"]
+    step = rows[-1]["ckpt"] if rule.kind == "last" else _best_of_table(rows, metric)["ckpt"]
     if reported not in tables:
         raise UserError(f"no evaluation on {reported!r}")
     by_step = {r["ckpt"]: r for r in tables[reported]["rows"]}
@@ -258,6 +266,7 @@ def resolve_ckpt(
             f"the others evaluated were deleted); evaluate the checkpoints there with run_fine_tune_eval.py"
         )
     row = best_row(table["rows"], metric)
+    assert row is not None, "on_disk gives None for a table without rows"
     skipped = f"; {absent_note(select_on, absent)}" if absent else ""
     return row["ckpt"], f"model-{row['ckpt']}.pt (best {select_on} {metric} {row[metric]:.4f}{skipped})"
 

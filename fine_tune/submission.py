@@ -118,7 +118,8 @@ def submission_ids(path: Path, task) -> list[str]:
     else is refused, naming the file and the line."""
     from .tasks.example import json_objects, text_lines
 
-    ids, first_seen = [], {}
+    ids: list[str] = []
+    first_seen: dict[str, str] = {}  # id -> the line it is first on
 
     def add(where: str, idx: str) -> None:
         if idx in first_seen:
