@@ -354,9 +354,8 @@ def export_onnx(
     from .io_utils import atomic_save_with
 
     task, split = le.task, le.task.dev_split
-    # LoadedExperiment types them loosely (a Module, an object): they are the Hugging Face model open_experiment
-    # built from the experiment's config (models/classifier.build_from_config) and its tokenizer
-    model = cast("PreTrainedModel", le.model)
+    # LoadedExperiment types the tokenizer loosely (Any): it is the experiment's Hugging Face tokenizer
+    model = le.model
     tokenizer = cast("PreTrainedTokenizerBase", le.tokenizer)
     names = input_names(model)
     threads = torch.get_num_threads()
