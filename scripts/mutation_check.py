@@ -1773,15 +1773,17 @@ MUTATIONS = [
         'compile_static_shapes',
         '--compile compiles with static shapes (one graph per batch width)',
         'fine_tune/engine/trainer.py',
-        '            self.model = torch.compile(self.model, backend=backend, dynamic=True)\n',
-        '            self.model = torch.compile(self.model, backend=backend, dynamic=False)\n',
+        'torch.compile(self.model, backend=backend, dynamic=True)',
+        'torch.compile(self.model, backend=backend, dynamic=False)',
         ('tests/test_compile_option.py::test_compile_trains_to_the_same_weights',),
     ),
     Mutation(
         'compile_student_only',
         "--compile leaves the teacher's forward uncompiled",
         'fine_tune/engine/trainer.py',
-        '                self.teacher_model = torch.compile(self.teacher_model, backend=backend, dynamic=True)\n',
+        '                self.teacher_model = cast(\n'
+        '                    torch.nn.Module, torch.compile(self.teacher_model, backend=backend, dynamic=True)\n'
+        '                )\n',
         '                pass\n',
         ('tests/test_compile_option.py::test_compile_captures_the_teacher_forward_too',),
     ),

@@ -41,7 +41,7 @@ def tune_malloc_for_training() -> bool:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    ok: bool = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1  # mallopt returns an int (restype c_int)
     ok = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
     ok = mallopt(M_TOP_PAD, TOP_PAD) == 1 and ok
     return ok

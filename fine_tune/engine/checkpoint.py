@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ def _unreadable_reason(path: Path, error: Exception) -> str:
     return text
 
 
-def read_checkpoint(ckpt_path: Path, mmap: bool = False) -> dict:
+def read_checkpoint(ckpt_path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
     """A plain state_dict saved by the engine; an unreadable (truncated, foreign) file is a clear error."""
     try:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=mmap)
@@ -58,7 +58,7 @@ def read_checkpoint(ckpt_path: Path, mmap: bool = False) -> dict:
     return state
 
 
-def check_fits(own: dict, state: dict, ckpt_path: Path) -> None:
+def check_fits(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], ckpt_path: Path) -> None:
     """``state`` must have the keys and shapes of the model state ``own`` (position_ids buffers aside)."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -81,13 +81,15 @@ def load_checkpoint_into(model: torch.nn.Module, ckpt_path: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def rng_state(cuda_devices: dict[str, torch.device] | None = None) -> dict:
+def rng_state(cuda_devices: dict[str, torch.device] | None = None) -> dict[str, Any]:
     """Every RNG state as tensors and plain numbers (loadable with ``weights_only=True``). CUDA generators are
     saved by the *role* of each CUDA device the run uses (``{"student": cuda:1, "teacher": cuda:2}``), not by
     absolute index, so a resume on other indices (or rank k under torchrun) continues the same streams."""
     version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
+    # numpy's stub types the call without arguments as get_state(legacy=False) (a dict); it is legacy=True, and the
+    # global MT19937 generator's legacy state is this tuple
+    name, keys, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    state: dict[str, Any] = {
         "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
         "numpy": {
             "name": name,
@@ -104,7 +106,7 @@ def rng_state(cuda_devices: dict[str, torch.device] | None = None) -> dict:
     return state
 
 
-def set_rng_state(state: dict, cuda_devices: dict[str, torch.device] | None = None) -> list[str]:
+def set_rng_state(state: dict[str, Any], cuda_devices: dict[str, torch.device] | None = None) -> list[str]:
     """Restore :func:`rng_state`'s states; each CUDA generator goes to the device that now plays its role.
     Returns a note per generator that could not be continued (that device's random stream starts afresh): a role
     saved without a CUDA state (the run was on CPU), or a state saved by absolute index (before states were
@@ -147,7 +149,7 @@ def resume_steps(folder: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in folder.iterdir() if (m := RESUME_RE.match(p.name)))
 
 
-def save_resume_state(folder: Path, step: int, state: dict) -> None:
+def save_resume_state(folder: Path, step: int, state: dict[str, Any]) -> None:
     """Write ``resume-{step}.pt`` atomically, then drop older resume files (only the latest is kept)."""
     atomic_torch_save(state, resume_path(folder, step))
     for old in resume_steps(folder):
@@ -173,11 +175,12 @@ def prune_checkpoints(exp: ExperimentDir, limit: int, upto: int, keep: int | Non
     return [s for s in old if s != keep]
 
 
-def load_resume_state(folder: Path, step: int, mmap: bool = False) -> dict:
+def load_resume_state(folder: Path, step: int, mmap: bool = False) -> dict[str, Any]:
     """``resume-{step}.pt`` (``mmap``: its tensors mapped, not read: for looking at its other entries)."""
     path = resume_path(folder, step)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        return state
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
         raise UserError(
             f"{path}: not a readable resume state ({str(e).splitlines()[0]}); "

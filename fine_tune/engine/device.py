@@ -38,6 +38,7 @@ def resolve_device(
             return torch.device("cpu")
         wanted, name = device_id, f"{flag_name} {device_id}"
     else:
+        assert num_gpu is not None  # both None returned above
         if num_gpu <= 0:
             return torch.device("cpu")
         wanted, name = 0, f"--num_gpu {num_gpu}"
@@ -144,7 +145,7 @@ class Precision:
         tests do: ``Precision("cpu", torch.float16)``)."""
         return self.dtype == torch.float16
 
-    def autocast(self):
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as tdist
+from torch.utils.hooks import RemovableHandle
 
 from ..progress import torchrun_rank
 
@@ -191,7 +192,11 @@ class BucketedGradientAverage:
         self.size = world().size
         self.bucket_bytes = bucket_bytes
         self.params = [p for p in params if p.requires_grad]
-        self.handles = [p.register_post_accumulate_grad_hook(self._ready) for p in self.params]
+        # torch leaves Tensor.register_post_accumulate_grad_hook unannotated; it returns a RemovableHandle
+        self.handles: list[RemovableHandle] = [
+            p.register_post_accumulate_grad_hook(self._ready)  # type: ignore[no-untyped-call]
+            for p in self.params
+        ]
         self.armed, self.learned = False, False
         self._cut(self.params)
 
@@ -199,7 +204,7 @@ class BucketedGradientAverage:
         """Buckets of ``params``, last parameter first; the others of :attr:`params` are averaged after them."""
         self.buckets: list[list[torch.nn.Parameter]] = []
         filled: list[int] = []  # each bucket's bytes
-        open_bucket: dict[tuple, int] = {}  # (device, dtype): the bucket that fills now
+        open_bucket: dict[tuple[torch.device, torch.dtype], int] = {}  # (device, dtype): the bucket that fills now
         for p in reversed(params):
             key = (p.device, p.dtype)
             i = open_bucket.get(key)
@@ -215,7 +220,7 @@ class BucketedGradientAverage:
 
     def _reset(self) -> None:
         self.missing = [len(b) for b in self.buckets]
-        self.launched: list[tuple[Any, torch.Tensor | None, list[torch.Tensor]]] = []
+        self.launched: list[tuple[tdist.Work | None, torch.Tensor | None, list[torch.Tensor]]] = []
 
     def arm(self) -> None:
         """The next backward is the step's last: average the gradients as they become ready."""
@@ -244,6 +249,7 @@ class BucketedGradientAverage:
         for work, flat, grads in self.launched:
             if work is None:
                 continue
+            assert flat is not None  # an all-reduce (work) was launched on it
             work.wait()
             flat /= self.size
             _unflatten_into_(flat, grads)

@@ -15,9 +15,10 @@ again: no evaluation is repeated in the files, none is lost.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -46,14 +47,14 @@ class Evaluator(Protocol):
     def evaluate(self, model: torch.nn.Module, step: int) -> dict[str, float]:
         """The task's metrics of ``model`` on the split (called on every rank), plus ``examples_per_s``."""
 
-    def write_table(self, rows: list[dict]) -> None:
+    def write_table(self, rows: list[dict[str, Any]]) -> None:
         """Rank 0, after evaluating a checkpoint (and on a resume): write the task's evaluation table of the
         checkpoint rows of ``rows`` (and their predictions)."""
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """What the evaluator must keep across a resume (the checkpoints' predictions)."""
 
-    def load_state_dict(self, state: dict, steps: list[int]) -> None:
+    def load_state_dict(self, state: dict[str, Any], steps: list[int]) -> None:
         """Restore :meth:`state_dict`, keeping the checkpoints in ``steps`` only."""
 
 
@@ -62,11 +63,11 @@ class EvalHistory:
 
     def __init__(self, settings: EvalSettings):
         self.s = settings
-        self.rows: list[dict] = []  # {"step", "checkpoint", metrics...} in step order
+        self.rows: list[dict[str, Any]] = []  # {"step", "checkpoint", metrics...} in step order
         self.stopped_at: int | None = None
 
     @property
-    def best(self) -> dict | None:
+    def best(self) -> dict[str, Any] | None:
         """The evaluation with the best metric (the patience's reference: ties keep the earlier one)."""
         return best_row(self.rows, self.s.metric, ties="earlier")
 
@@ -87,11 +88,11 @@ class EvalHistory:
             if row["step"] == step:
                 row["checkpoint"] = True
 
-    def best_checkpoint(self) -> dict | None:
+    def best_checkpoint(self) -> dict[str, Any] | None:
         """The checkpoint row with the best metric (ties: the later checkpoint, as the evaluation tables)."""
         return best_checkpoint_row(self.rows, self.s.metric)
 
-    def describe_best(self, on_disk, limit: int) -> str:
+    def describe_best(self, on_disk: Callable[[int], bool], limit: int) -> str:
         """What the best is and why its checkpoint is the one kept, exactly: the metric, its best value and the first
         step that reached it; the later evaluations that tied it (ties go to the later checkpoint); a first one that
         was an evaluation between checkpoints (no file), or whose checkpoint ``--save_total_limit`` (``limit``)
@@ -120,7 +121,7 @@ class EvalHistory:
             return f"{text} ({'; '.join(why)}): best checkpoint model-{ckpt['step']}.pt"
         return f"{text} ({'; '.join(why)}): best checkpoint model-{ckpt['step']}.pt ({m} {ckpt[m]:.6f})"
 
-    def record(self) -> dict:
+    def record(self) -> dict[str, Any]:
         best = self.best_checkpoint()
         return {
             "split": self.s.split,
@@ -137,10 +138,10 @@ class EvalHistory:
     def write(self, folder: Path) -> None:
         atomic_write_json(Path(folder) / training_eval_name(self.s.split), self.record())
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"split": self.s.split, "rows": [dict(r) for r in self.rows], "stopped_at": self.stopped_at}
 
-    def load_state_dict(self, state: dict) -> bool:
+    def load_state_dict(self, state: dict[str, Any]) -> bool:
         """Restore a resumed run's history; False (nothing restored) when it evaluated another split."""
         if state.get("split") != self.s.split:
             return False
@@ -149,7 +150,7 @@ class EvalHistory:
         return True
 
 
-def best_checkpoint_row(rows: list[dict], metric: str) -> dict | None:
+def best_checkpoint_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
     """Of an :class:`EvalHistory`'s rows, the checkpoint row with the best ``metric`` (ties: the later one)."""
     return best_row([row for row in rows if row["checkpoint"]], metric)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import get_linear_schedule_with_warmup
@@ -54,9 +55,10 @@ def decays(name: str, no_decay: tuple[str, ...]) -> bool:
 
 def param_groups(
     named: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float, no_decay: tuple[str, ...] = STUDENT_NO_DECAY
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Two AdamW groups, as the original: decayed parameters, then those :func:`decays` exempts."""
-    decay, exempt = [], []
+    decay: list[torch.nn.Parameter] = []
+    exempt: list[torch.nn.Parameter] = []
     for name, p in named:
         if p.requires_grad:
             (decay if decays(name, no_decay) else exempt).append(p)
@@ -72,22 +74,28 @@ def build_adamw(
     return torch.optim.AdamW(groups, lr=settings.lr, betas=(settings.beta1, settings.beta2), eps=settings.eps, **kwargs)
 
 
-def linear_schedule(optimizer: torch.optim.Optimizer, warmup_step: int, total_step: int):
+def linear_schedule(
+    optimizer: torch.optim.Optimizer, warmup_step: int, total_step: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """lr(step) = peak * step / warmup for step < warmup, then peak * (total - step) / (total - warmup)."""
-    return get_linear_schedule_with_warmup(optimizer, num_warmup_steps=warmup_step, num_training_steps=total_step)
+    # transformers leaves the function unannotated; it returns a LambdaLR
+    schedule: torch.optim.lr_scheduler.LambdaLR = get_linear_schedule_with_warmup(  # type: ignore[no-untyped-call]
+        optimizer, num_warmup_steps=warmup_step, num_training_steps=total_step
+    )
+    return schedule
 
 
 def _constant(step: int) -> float:
     return 1.0
 
 
-def constant_schedule(optimizer: torch.optim.Optimizer):
+def constant_schedule(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
     """lr(step) = peak at every step, no warmup (BertAdam's ``schedule='none'``). A LambdaLR like the linear one, so
     the resume state holds the same kind of scheduler state."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, _constant)
 
 
-def lr_schedule(optimizer: torch.optim.Optimizer, settings: OptimiserSettings):
+def lr_schedule(optimizer: torch.optim.Optimizer, settings: OptimiserSettings) -> torch.optim.lr_scheduler.LambdaLR:
     """The schedule ``settings.schedule`` names, over ``optimizer``."""
     if settings.schedule == "constant":
         return constant_schedule(optimizer)

@@ -8,8 +8,10 @@ The engine and the models know these and nothing of ``fine_tune/methods/``: a me
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Generic, Protocol, SupportsIndex, TypeVar, overload
 
 import torch
 
@@ -82,30 +84,46 @@ PLAIN_RECORD = LayerRecord()
 EVERY_LAYER = LayerRecord(hidden=None, attention=None)
 
 
-class RecordedLayers(tuple):
+_T = TypeVar("_T")
+
+
+class RecordedLayers(tuple[_T, ...], Generic[_T]):
     """Per-layer outputs in layer order (hidden states, or attention inputs) of which a forward kept only the layers
     a method declared (:class:`LayerRecord`); the others are None placeholders, so positions are the layers'
     as ever. Reading a placeholder (by index or by iterating) raises :class:`LookupError` naming the layer: a
     method that reads a layer it did not declare fails loudly instead of reading nothing. ``first``: the layer
-    number of position 0 (0 for hidden states with the embedding output, 1 for layers 1..L)."""
+    number of position 0 (0 for hidden states with the embedding output, 1 for layers 1..L). Typed by what a
+    read returns (``RecordedLayers[torch.Tensor]``: a ``tuple[torch.Tensor, ...]`` whose placeholders raise)."""
 
-    def __new__(cls, items, what: str, first: int = 1):
-        self = super().__new__(cls, items)
+    what: str
+    first: int
+
+    def __new__(cls, items: Iterable[_T | None], what: str, first: int = 1) -> RecordedLayers[_T]:
+        # the placeholders are stored as None; every read (__getitem__, __iter__) raises on them
+        self = super().__new__(cls, items)  # type: ignore[arg-type]
         self.what, self.first = what, first
         return self
 
     def kept(self, index: int) -> bool:
         return tuple.__getitem__(self, index) is not None
 
-    def __getitem__(self, index):
-        item = tuple.__getitem__(self, index)
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> _T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[_T, ...]: ...
+
+    def __getitem__(self, index: SupportsIndex | slice) -> _T | tuple[_T, ...]:
         if isinstance(index, slice):
+            items = tuple.__getitem__(self, index)
             start = range(len(self))[index]
             return (
-                RecordedLayers(item, self.what, self.first + (start[0] if len(start) else 0))
+                RecordedLayers(items, self.what, self.first + (start[0] if len(start) else 0))
                 if index.step in (None, 1)
-                else item
+                else items
             )
+        index = operator.index(index)  # an int (the layer's number below), whatever integer type indexed
+        item = tuple.__getitem__(self, index)
         if item is None:
             layer = self.first + (index if index >= 0 else len(self) + index)
             kept = [self.first + i for i in range(len(self)) if self.kept(i)]
@@ -115,7 +133,7 @@ class RecordedLayers(tuple):
             )
         return item
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[_T]:
         return (self[i] for i in range(len(self)))
 
 
@@ -147,12 +165,14 @@ class TrainingMethod(Protocol):
 
     def begin_step(self, step: int) -> None: ...
 
-    def losses(self, batch: dict, student: ModelOutputs, teacher: ModelOutputs | None) -> dict[str, torch.Tensor]: ...
+    def losses(
+        self, batch: dict[str, Any], student: ModelOutputs, teacher: ModelOutputs | None
+    ) -> dict[str, torch.Tensor]: ...
 
     def extra_parameters(self) -> list[ExtraParameters]: ...
 
     def train(self, mode: bool = True) -> None: ...
 
-    def checkpoint_state(self) -> dict[str, dict]: ...
+    def checkpoint_state(self) -> dict[str, dict[str, torch.Tensor]]: ...
 
-    def load_checkpoint_state(self, states: dict[str, dict]) -> None: ...
+    def load_checkpoint_state(self, states: dict[str, dict[str, torch.Tensor]]) -> None: ...

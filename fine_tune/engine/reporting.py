@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 
 class Reporter:
     """Reports nothing; each tracker's backend overrides what it keeps."""
@@ -36,7 +38,7 @@ class Reporter:
     def log_scalars(self, scalars: dict[str, float], step: int) -> None:
         pass
 
-    def log_image(self, tag: str, rgb, step: int) -> None:
+    def log_image(self, tag: str, rgb: np.ndarray, step: int) -> None:
         pass
 
     def log_final(self, metrics: dict[str, float]) -> None:
@@ -70,7 +72,7 @@ class FanOut(Reporter):
         for r in self.reporters:
             r.log_scalars(scalars, step)
 
-    def log_image(self, tag: str, rgb, step: int) -> None:
+    def log_image(self, tag: str, rgb: np.ndarray, step: int) -> None:
         for r in self.reporters:
             r.log_image(tag, rgb, step)
 

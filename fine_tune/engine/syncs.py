@@ -47,12 +47,19 @@ from __future__ import annotations
 import sys
 import weakref
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .trainer import Trainer
 
 # operators whose result the host must read from the device (value or output size)
 SYNC_OPS = {
@@ -102,7 +109,7 @@ _HERE = __file__
 
 def _caller() -> str:
     """The innermost frame outside torch and this file (``file:line``), or "" inside an exempt package."""
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     where = ""
     while frame is not None:
         name = frame.f_code.co_filename
@@ -114,9 +121,9 @@ def _caller() -> str:
     return where or "torch"
 
 
-def _tensors(values) -> list[torch.Tensor]:
+def _tensors(values: Iterable[object]) -> list[torch.Tensor]:
     """The tensors among ``values``, and among the lists and tuples in them (one level: ``torch.stack([...])``)."""
-    found = []
+    found: list[torch.Tensor] = []
     for v in values:
         if isinstance(v, torch.Tensor):
             found.append(v)
@@ -125,7 +132,7 @@ def _tensors(values) -> list[torch.Tensor]:
     return found
 
 
-def _holds_tensor(data) -> bool:
+def _holds_tensor(data: object) -> bool:
     """Whether Python data (nested lists/tuples) holds a tensor: ``torch.tensor([t1, t2])`` reads each, counted as
     reads by the operators it runs."""
     if isinstance(data, torch.Tensor):
@@ -133,15 +140,15 @@ def _holds_tensor(data) -> bool:
     return isinstance(data, (list, tuple)) and any(_holds_tensor(x) for x in data)
 
 
-def _is_torch(func, name: str) -> bool:
+def _is_torch(func: object, name: str) -> bool:
     return getattr(torch, name, None) is func
 
 
 class _TensorSet:
     """Tensors by identity, not keeping them alive (a WeakSet would compare tensors with ``==``)."""
 
-    def __init__(self):
-        self._refs: dict[int, weakref.ref] = {}
+    def __init__(self) -> None:
+        self._refs: dict[int, weakref.ref[torch.Tensor]] = {}
 
     def __contains__(self, t: torch.Tensor) -> bool:
         ref = self._refs.get(id(t))
@@ -152,7 +159,13 @@ class _TensorSet:
 
     def add(self, t: torch.Tensor) -> None:
         key = id(t)
-        self._refs[key] = weakref.ref(t, lambda _, k=key, refs=self._refs: refs.pop(k, None))
+
+        def forget(
+            _: weakref.ref[torch.Tensor], k: int = key, refs: dict[int, weakref.ref[torch.Tensor]] = self._refs
+        ) -> None:
+            refs.pop(k, None)
+
+        self._refs[key] = weakref.ref(t, forget)
 
     def discard(self, t: torch.Tensor) -> None:
         if t in self:
@@ -165,19 +178,26 @@ class SyncCounter:
     the module's docstring). ``with c.paused(): ...`` leaves a region out (logging and checkpoint steps, which read
     values on purpose)."""
 
-    def __init__(self, device: torch.device | str = "cpu"):
-        self.by_op: Counter = Counter()
-        self.by_site: Counter = Counter()
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.by_op: Counter[str] = Counter()
+        self.by_site: Counter[str] = Counter()
         self.device = torch.device(device)
         self.emulated = self.device.type == "cpu"  # host and device share the CPU: host-born tensors tracked here
         self._host = _TensorSet()
         self._paused = 0
         self._depth = 0  # a Python conversion reported once, not again for the operator it runs
-        self._from_numpy = None
+        self._from_numpy: Callable[..., torch.Tensor] | None = None  # torch's own, while patched
         counter = self
 
-        class _Dispatch(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        # torch leaves TorchDispatchMode's __init_subclass__ (called by this class statement) and __init__ unannotated
+        class _Dispatch(TorchDispatchMode):  # type: ignore[no-untyped-call]
+            def __torch_dispatch__(
+                self,
+                func: torch._ops.OpOverload,
+                types: Sequence[type],
+                args: tuple[Any, ...] = (),
+                kwargs: dict[str, Any] | None = None,
+            ) -> Any:
                 name = func._overloadpacket.__name__
                 if (
                     name in SYNC_OPS
@@ -191,21 +211,30 @@ class SyncCounter:
                 return func(*args, **(kwargs or {}))
 
         class _Function(TorchFunctionMode):
-            def __torch_function__(self, func, types, args=(), kwargs=None):
+            def __torch_function__(
+                self,
+                func: Callable[..., Any],
+                types: Sequence[type],
+                args: tuple[Any, ...] = (),
+                kwargs: dict[str, Any] | None = None,
+            ) -> Any:
                 return counter._call(func, args, kwargs or {})
 
-        self._modes = (_Function(), _Dispatch())
+        self._modes: tuple[AbstractContextManager[object], ...] = (
+            _Function(),
+            _Dispatch(),  # type: ignore[no-untyped-call]
+        )
 
     # -- where tensors are ----------------------------------------------------------------------------
     def on_host(self, t: torch.Tensor) -> bool:
         """Whether ``t`` is on the host (a host-born tensor on a CPU run; a CPU tensor on a GPU run)."""
         return t in self._host if self.emulated else t.device.type == "cpu"
 
-    def _targets_device(self, device) -> bool:
+    def _targets_device(self, device: torch.device | str | int | None) -> bool:
         """Whether an explicit ``device=`` argument names the training device rather than the host."""
         return device is not None and (self.emulated or torch.device(device).type != "cpu")
 
-    def _place(self, out, host: bool) -> None:
+    def _place(self, out: object, host: bool) -> None:
         """Record where ``out``'s tensors are (CPU run only)."""
         if not self.emulated:
             return
@@ -216,7 +245,7 @@ class SyncCounter:
                 self._host.discard(t)
 
     # -- the calls ------------------------------------------------------------------------------------
-    def _call(self, func, args: tuple, kwargs: dict):
+    def _call(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         name = getattr(func, "__name__", "")
         first = args[0] if args else None
         if isinstance(first, torch.Tensor):
@@ -255,7 +284,7 @@ class SyncCounter:
                 self._record("host_operand")
         return out
 
-    def _read(self, func, name: str, args: tuple, kwargs: dict):
+    def _read(self, func: Callable[..., Any], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if not self._depth and not self.on_host(args[0]):
             self._record(name)
         self._depth += 1
@@ -264,7 +293,9 @@ class SyncCounter:
         finally:
             self._depth -= 1
 
-    def _made_from_data(self, func, args: tuple, kwargs: dict, data, to_device: bool):
+    def _made_from_data(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], data: object, to_device: bool
+    ) -> Any:
         """``torch.tensor(data, device=...)`` and its kin: a copy of host data onto the device blocks."""
         if to_device and (self.on_host(data) if isinstance(data, torch.Tensor) else not _holds_tensor(data)):
             self._record("h2d_copy")
@@ -283,7 +314,7 @@ class SyncCounter:
         elif to_host and not from_host:
             self._record("d2h_copy")
 
-    def _move(self, func, name: str, args: tuple, kwargs: dict):
+    def _move(self, func: Callable[..., Any], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``.to()``, ``.cuda()``, ``.cpu()``: blocking unless ``non_blocking``; a dtype-only ``.to`` stays put."""
         source = args[0]
         if name == "cpu":
@@ -326,7 +357,7 @@ class SyncCounter:
         return sum(self.by_op.values())
 
     @contextmanager
-    def paused(self):
+    def paused(self) -> Iterator[None]:
         self._paused += 1
         try:
             yield
@@ -337,8 +368,11 @@ class SyncCounter:
         if self.emulated:  # not a torch function the modes see; its tensors are host-born
             self._from_numpy = torch.from_numpy
 
-            def from_numpy(array, _made=self._from_numpy):
-                out = _made(array)
+            # its parameter named as torch's own (the stub's), which the patch stands in for
+            def from_numpy(
+                ndarray: np.ndarray, _made: Callable[[np.ndarray], torch.Tensor] = self._from_numpy
+            ) -> torch.Tensor:
+                out = _made(ndarray)
                 self._host.add(out)
                 return out
 
@@ -347,7 +381,7 @@ class SyncCounter:
             m.__enter__()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:  # the exception's type, value and traceback, handed to each mode
         for m in reversed(self._modes):
             m.__exit__(*exc)
         if self._from_numpy is not None:
@@ -358,20 +392,20 @@ class SyncCounter:
 READS_ON_PURPOSE = ("_log", "_check_finite", "_evaluate", "save")
 
 
-def leave_out_reads_on_purpose(trainer, region: Callable[[], AbstractContextManager]) -> None:
+def leave_out_reads_on_purpose(trainer: Trainer, region: Callable[[], AbstractContextManager[object]]) -> None:
     """Run each of ``trainer``'s :data:`READS_ON_PURPOSE` steps inside ``region()`` (a counter's ``paused``, or
     a region that also books what CUDA's own sync report saw there: scripts/gpu_check.py)."""
     for name in READS_ON_PURPOSE:
         method = getattr(trainer, name)
 
-        def left_out(*a, _method=method, **k):
+        def left_out(*a: Any, _method: Callable[..., Any] = method, **k: Any) -> Any:
             with region():
                 return _method(*a, **k)
 
         setattr(trainer, name, left_out)
 
 
-def count_training_syncs(trainer) -> SyncCounter:
+def count_training_syncs(trainer: Trainer) -> SyncCounter:
     """Run ``trainer.train()`` counting the syncs of its training steps on ``trainer.device``; its logging,
     finiteness check, evaluation and checkpoints (the steps that read values on purpose) are left out."""
     counter = SyncCounter(trainer.device)

@@ -17,7 +17,9 @@ import os
 import re
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -43,6 +45,9 @@ from .evaluation import EARLY_STOP_FILE, EvalHistory, Evaluator
 from .optim import OptimiserSettings, build_adamw, lr_schedule
 from .protocol import ModelOutputs, TrainingMethod
 from .reporting import Reporter
+
+if TYPE_CHECKING:
+    from tqdm.auto import tqdm
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,7 @@ def computed_by_host(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """The batch's tensors on ``device`` (without blocking the host: engine/device.non_blocking); other entries as
     they are."""
     return {
@@ -117,11 +122,11 @@ class Trainer:
         teacher_forward: torch.nn.Module | None = None,
         evaluator: Evaluator | None = None,
         *,
-        forward: Callable[[torch.nn.Module, dict, bool], ModelOutputs],
+        forward: Callable[[torch.nn.Module, dict[str, Any], bool], ModelOutputs],
         config_sha256: str | None = None,
         reporter: Reporter | None = None,
-        run_params: dict | None = None,
-    ):
+        run_params: dict[str, Any] | None = None,
+    ) -> None:
         """``student`` / ``teacher``: the modules whose weights train (and are saved) / stay frozen.
         ``evaluator``: evaluation during training (engine/evaluation.py), or None. ``forward(model, batch,
         hidden)``: how a model runs on a batch (``fine_tune.models.forward.forward``), chosen by the caller.
@@ -146,9 +151,12 @@ class Trainer:
         self.teacher_model = teacher_forward if teacher_forward is not None else teacher
         if settings.compile:
             backend = os.environ.get("FT_COMPILE_BACKEND", "inductor")  # tests: "eager" (no code generation)
-            self.model = torch.compile(self.model, backend=backend, dynamic=True)
+            # torch.compile of a module is a module (an OptimizedModule); its stub says any callable
+            self.model = cast(torch.nn.Module, torch.compile(self.model, backend=backend, dynamic=True))
             if self.teacher_model is not None:
-                self.teacher_model = torch.compile(self.teacher_model, backend=backend, dynamic=True)
+                self.teacher_model = cast(
+                    torch.nn.Module, torch.compile(self.teacher_model, backend=backend, dynamic=True)
+                )
         self.method = method
         self.collator = collator
         self.num_rows = num_rows
@@ -214,7 +222,10 @@ class Trainer:
         if self.average is not None and sync:
             self.average.arm()
         if self.ddp and not sync:
-            with self.model.no_sync():
+            # DDP's no_sync (through torch.compile's wrapper too, which hands attributes on); Module.__getattr__ is
+            # typed as a tensor or a module
+            no_sync = cast(Callable[[], AbstractContextManager[None]], self.model.no_sync)
+            with no_sync():
                 return self._forward_backward(rows, weight)
         return self._forward_backward(rows, weight)
 
@@ -225,7 +236,8 @@ class Trainer:
             teacher_out, student_out = self._forwards(host, batch)
             parts = self.method.losses(batch, student_out, teacher_out)
         loss = parts["loss"] / self.s.accum_step
-        self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
+        # torch leaves Tensor.backward unannotated
+        self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()  # type: ignore[no-untyped-call]
         # every logged part on the student's device (the one place they are moved: a gate statistic comes from the
         # gates' device, the window sums restored by a resume live here); they carry the shard's weight too, so
         # their mean over ranks (Trainer._log) is the mean over the whole micro-batch, as one process logs it
@@ -238,7 +250,7 @@ class Trainer:
             for k, v in parts.items()
         }
 
-    def _forwards(self, host: dict, batch: dict) -> tuple[ModelOutputs | None, ModelOutputs]:
+    def _forwards(self, host: dict[str, Any], batch: dict[str, Any]) -> tuple[ModelOutputs | None, ModelOutputs]:
         """The teacher's outputs (None when the method reads no teacher) and the student's, for the collated batch
         ``host`` (on the host) and ``batch`` (its copy on the student's device).
 
@@ -264,7 +276,8 @@ class Trainer:
             student_out = self.forward(self.model, batch, hidden)
         return teacher_out.logits_to(self.device, non_blocking(self.teacher_device, self.device)), student_out
 
-    def _teacher_forward(self, batch: dict) -> ModelOutputs:
+    def _teacher_forward(self, batch: dict[str, Any]) -> ModelOutputs:
+        assert self.teacher_model is not None  # called with a teacher only (_forwards): its forward module is set
         with torch.no_grad():
             return self.forward(self.teacher_model, batch, self.method.needs_hidden_states)
 
@@ -298,7 +311,9 @@ class Trainer:
         if self.scaler.is_enabled():
             finite = torch.stack([n.float().to(self.device) for n in norms]).isfinite().all()
             # the step's one host sync: the decision, with the loss scale a skipped step's collapse check reads
-            ok, self._loss_scale = torch.stack([finite.float(), self.scaler._get_scale_async().float()]).tolist()
+            scale = self.scaler._get_scale_async()
+            assert scale is not None  # made by the step's scale() calls (the scaler is enabled)
+            ok, self._loss_scale = torch.stack([finite.float(), scale.float()]).tolist()
             skipped = not ok
         if not skipped:
             for part in self.parts:
@@ -318,7 +333,7 @@ class Trainer:
         self.window_steps, self.window_examples, self.window_start = 0, 0, time.perf_counter()
         self.window_skipped = 0  # fp16 steps skipped for overflowing gradients
 
-    def train(self, resume_step: int | None = None) -> dict:
+    def train(self, resume_step: int | None = None) -> dict[str, Any]:
         """Train to ``total_step``; with ``resume_step``, first restore the run saved at that checkpoint."""
         s = self.s
         self._reset_window()
@@ -426,16 +441,18 @@ class Trainer:
         }
         best = self.history.best_checkpoint() if self.history is not None else None
         if best is not None:
+            assert self.evaluator is not None  # a history is kept with an evaluator only (__init__)
             es = self.evaluator.settings
             name = f"{es.tag_prefix}/best_{es.metric}"
             final.update({name: best[es.metric], f"{name}_step": best["step"]})
         return final
 
     # -- evaluation during training (engine/evaluation.py) ------------------------------------------
-    def _evaluate(self, bar, checkpoint: bool) -> bool:
+    def _evaluate(self, bar: tqdm, checkpoint: bool) -> bool:
         """Evaluate the student now (every rank takes part), record it, log it, write the evaluation files (rank
         0). Returns whether the patience has run out; then this step becomes the run's last checkpoint."""
         ev, history = self.evaluator, self.history
+        assert ev is not None and history is not None  # called with evaluation during training only (train)
         es = ev.settings
         with torch.no_grad():
             metrics = ev.evaluate(self.student, self.step)
@@ -457,8 +474,10 @@ class Trainer:
 
     def _stopped_early(self) -> None:
         """Say so, and mark the run finished (``early-stop.json``, after the checkpoint and its resume state)."""
+        assert self.history is not None and self.evaluator is not None  # stopped early by an evaluation
         h, es = self.history, self.evaluator.settings
         best, top = h.best_checkpoint(), h.best
+        assert best is not None and top is not None  # the evaluations so far, the last one a checkpoint's
         say(
             f"{self.exp.name}: stopped early at step {self.step}: no better {es.split} {es.metric} in "
             f"{es.patience} evaluations; {self.describe_best()}"
@@ -478,6 +497,7 @@ class Trainer:
 
     def describe_best(self) -> str:
         """The evaluation's best and the checkpoint kept for it (EvalHistory.describe_best), as the files are now."""
+        assert self.history is not None  # called with evaluation during training only
         return self.history.describe_best(
             lambda step: self.exp.checkpoint_path(step).is_file(), self.s.save_total_limit
         )
@@ -492,7 +512,7 @@ class Trainer:
             self.average.remove()
             self.average = None
 
-    def _log(self, bar) -> dict[str, float]:
+    def _log(self, bar: tqdm) -> dict[str, float]:
         s = self.s
         elapsed = time.perf_counter() - self.window_start
         keys = sorted(self.sums)
@@ -506,12 +526,15 @@ class Trainer:
             return last
         scalars = dict(last)
         for part in self.parts:
-            scalars["lr" if part.name == "student" else f"{part.name}_lr"] = part.scheduler.get_last_lr()[0]
+            # a float (the optimiser's lr is one); the stub allows a tensor
+            scalars["lr" if part.name == "student" else f"{part.name}_lr"] = cast(
+                float, part.scheduler.get_last_lr()[0]
+            )
         applied = self.window_steps - self.window_skipped
         if applied:  # the mean over the steps whose update was applied (a skipped step's norm is inf or NaN)
             scalars["grad_norm"] = (self.grad_norm_sum / applied).item()
         scalars["examples_per_s"] = self.window_examples / max(elapsed, 1e-9)
-        fields = progress_fields(last, {part.name: part.scheduler.get_last_lr()[0] for part in self.parts})
+        fields = progress_fields(last, {part.name: cast(float, part.scheduler.get_last_lr()[0]) for part in self.parts})
         if self.scaler.is_enabled():
             scalars["skipped_steps"] = self.window_skipped
             scalars["loss_scale"] = self.scaler.get_scale()
@@ -580,6 +603,7 @@ class Trainer:
         for stem, state in method_state.items():
             atomic_torch_save(state, self.exp.path / f"{stem}-{step}.pt")
         if self._eval_files_due:
+            assert self.evaluator is not None and self.history is not None  # due after an evaluation only
             self.evaluator.write_table(self.history.rows)
             self.history.write(self.exp.path)
             self._eval_files_due = False
@@ -604,7 +628,7 @@ class Trainer:
             self.method.checkpoint_state(),
         )
 
-    def resume_state(self, method_state: dict) -> dict:
+    def resume_state(self, method_state: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
         return {
             "step": self.step,
             "stream_position": self.stream.position,
@@ -623,7 +647,7 @@ class Trainer:
             },
             **(
                 {"evaluation": {"history": self.history.state_dict(), "evaluator": self.evaluator.state_dict()}}
-                if self.history is not None
+                if self.history is not None and self.evaluator is not None  # both set or neither (__init__)
                 else {}
             ),
         }
@@ -653,8 +677,9 @@ class Trainer:
         for note in set_rng_state(state["rng"], self.rng_devices):
             say(f"note: {self.exp.name}: resuming at step {step}: {note}")
 
-    def _restore_evaluation(self, state: dict | None) -> None:
+    def _restore_evaluation(self, state: dict[str, Any] | None) -> None:
         """The evaluations up to the resumed checkpoint; the files lose what a killed run evaluated after it."""
+        assert self.evaluator is not None and self.history is not None  # called with evaluation only (restore)
         if state is None or not self.history.load_state_dict(state["history"]):
             say(
                 f"note: {self.exp.name}: resuming at step {self.step}: no earlier evaluation on "
