@@ -116,7 +116,7 @@ def run_training(
         f"{', torch.compile' if s.compile else ''}{', gradient checkpointing' if s.gradient_checkpointing else ''}"
         f"{', attention projections recorded' if method.reads_attention else ''}"
     )
-    if trainer.evaluator is not None:
+    if trainer.evaluator is not None and plan.evaluation is not None:  # (the trainer evaluates what the plan says)
         es = trainer.evaluator.settings
         say(
             f"{exp.name}: evaluating on {es.split} ({len(plan.evaluation.split.examples)} rows) "
