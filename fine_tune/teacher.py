@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -27,13 +28,18 @@ from .models.classifier import (
     weight_file_hashes,
 )
 
+if TYPE_CHECKING:  # for the checker only: transformers' modeling and tokenizer modules take seconds to import
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from .tasks.task import Task
+
 
 @dataclass
 class Teacher:
     name: str  # the experiment folder's name, or the Hugging Face source as given
-    record: dict  # the teacher experiment's config.json ({} for a Hugging Face teacher)
-    hf_config: object
-    tokenizer: object
+    record: dict[str, Any]  # the teacher experiment's config.json ({} for a Hugging Face teacher)
+    hf_config: PretrainedConfig
+    tokenizer: PreTrainedTokenizerBase
     checkpoint: Path | None  # the toolkit checkpoint (None: a Hugging Face teacher)
     step: int | None
     exp: ExperimentDir | None = None
@@ -61,11 +67,15 @@ class Teacher:
     def checkpoint_name(self) -> str:
         """The weights' source as config.json records it: ``{experiment}/model-{step}.pt`` or the Hugging Face
         source."""
-        return f"{self.name}/{self.checkpoint.name}" if self.checkpoint is not None else self.source
+        if self.checkpoint is not None:
+            return f"{self.name}/{self.checkpoint.name}"
+        assert self.source is not None  # a teacher is a toolkit checkpoint or a Hugging Face source
+        return self.source
 
     def input_hashes(self) -> dict[str, str]:
         """sha256 of the files the teacher's weights come from (recorded as inputs of the run)."""
         if self.source is None:
+            assert self.checkpoint is not None  # a toolkit teacher (no Hugging Face source) has its checkpoint
             return {str(self.checkpoint): sha256_file(self.checkpoint)}
         return weight_file_hashes(self.source)
 
@@ -73,6 +83,7 @@ class Teacher:
         """The teacher model with its weights, in eval mode, every parameter frozen; a Hugging Face teacher's
         outputs in the task's label order."""
         if self.source is None:
+            assert self.checkpoint is not None  # a toolkit teacher (no Hugging Face source) has its checkpoint
             model = build_from_config(self.hf_config)
             load_checkpoint_into(model, self.checkpoint)
         else:
@@ -119,7 +130,12 @@ class Teachers:
 
 
 def open_teacher(
-    exp_root: Path, teacher_exp: str, tmodel: str, task: str, tckpt: int | str, choose: tuple | None = None
+    exp_root: Path,
+    teacher_exp: str,
+    tmodel: str,
+    task: str,
+    tckpt: int | str,
+    choose: tuple[Task, Path | None] | None = None,
 ) -> Teacher:
     """Check the teacher folder, its config and checkpoint (readable, of the teacher's shape); clear errors name
     what is missing and what exists. ``tckpt`` ``best``: the checkpoint ``--ckpt best`` would choose
@@ -144,6 +160,7 @@ def open_teacher(
     if tckpt == "best":
         from .selection import resolve_ckpt
 
+        assert choose is not None  # the callers give it (the task, the data root) with tckpt best
         task_def, data_root = choose
         try:
             tckpt, _ = resolve_ckpt(
@@ -158,6 +175,7 @@ def open_teacher(
             )
         except UserError as e:
             raise UserError(str(e) if str(e).startswith("--tckpt") else f"--tckpt best: {e}") from None
+    assert isinstance(tckpt, int)  # a step: as given, or best resolved above
     ckpt = exp.checkpoint_path(tckpt)
     if not ckpt.is_file():
         have = ", ".join(map(str, exp.checkpoints())) or "none"
@@ -169,11 +187,11 @@ def open_teacher(
     return Teacher(exp.name, record, hf_config, tokenizer, ckpt, tckpt, exp=exp)
 
 
-def _label_key(name) -> str:
+def _label_key(name: object) -> str:
     return "".join(ch for ch in str(name).lower() if ch.isalnum())
 
 
-def match_labels(id2label: dict, task, label_map: str | None, source: str) -> list[int] | None:
+def match_labels(id2label: dict[Any, str], task: Task, label_map: str | None, source: str) -> list[int] | None:
     """The teacher's output index of each of the task's labels: from ``--teacher_label_map`` when given, else by
     matching ``id2label``'s names with the task's label names (Hugging Face's) or the labels as its files write
     them, case and punctuation aside. The latter are the names the toolkit's own exports carried before it took
@@ -219,7 +237,7 @@ def match_labels(id2label: dict, task, label_map: str | None, source: str) -> li
     )
 
 
-def reorder_outputs(model: torch.nn.Module, order: list[int]) -> None:
+def reorder_outputs(model: PreTrainedModel, order: list[int]) -> None:
     """Put a classifier's outputs in ``order`` (output i becomes the old output ``order[i]``) by permuting the rows of
     its last linear layer (whatever the family's head looks like) and its id2label."""
     last = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == len(order)][-1]
@@ -227,12 +245,12 @@ def reorder_outputs(model: torch.nn.Module, order: list[int]) -> None:
         last.weight.copy_(last.weight[order])
         if last.bias is not None:
             last.bias.copy_(last.bias[order])
-    old = dict(model.config.id2label)
+    old = dict(cast("dict[int, str]", model.config.id2label))  # set by transformers when the config is made
     model.config.id2label = {i: old[j] for i, j in enumerate(order)}
     model.config.label2id = {v: k for k, v in model.config.id2label.items()}
 
 
-def open_hf_teacher(source: str, task, label_map: str | None) -> Teacher:
+def open_hf_teacher(source: str, task: Task, label_map: str | None) -> Teacher:
     """A fine-tuned Hugging Face sequence classifier as the teacher: its config (of a family the toolkit runs),
     weights present, tokenizer, and its labels matched with the task's; all before anything is written."""
     config = load_pretrained_config(source, None, "--teacher_hf")
@@ -242,6 +260,7 @@ def open_hf_teacher(source: str, task, label_map: str | None) -> Teacher:
             f"--teacher_hf {source!r} is a {', '.join(archs)}, not a fine-tuned sequence classifier "
             f"(fine-tune it first, e.g. with run_fine_tune.py)"
         )
-    order = match_labels(dict(config.id2label), task, label_map, source)
+    # id2label: set by transformers when the config is made
+    order = match_labels(dict(cast("dict[Any, str]", config.id2label)), task, label_map, source)
     tokenizer = load_tokenizer(source, "--teacher_hf")
     return Teacher(source, {}, config, tokenizer, None, None, source=source, label_order=order)

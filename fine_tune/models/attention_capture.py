@@ -13,12 +13,18 @@ Q K^T and cannot be recomputed from the projections; the methods refuse it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from ..engine.protocol import EVERY_LAYER, LayerRecord
 from .families import family_of
+
+if TYPE_CHECKING:  # importing it loads transformers' modeling utilities (seconds): a model built loads them
+    from transformers import PreTrainedModel
 
 
 @dataclass
@@ -34,17 +40,18 @@ class AttentionCapture(torch.nn.Module):
     ``record`` records (None at the others; None throughout when it records none), and the hidden states it
     keeps (None at the others)."""
 
-    def __init__(self, model: torch.nn.Module, record: LayerRecord = EVERY_LAYER):
+    def __init__(self, model: torch.nn.Module, record: LayerRecord = EVERY_LAYER) -> None:
         super().__init__()
         self.model = model
         self.record = record
         self._records: dict[str, list[torch.Tensor | None]] = {"q": [], "k": [], "v": []}
         self._active = False  # the hooks record only inside this wrapper's forward (the model may run elsewhere)
-        self._handles = []
+        self._handles: list[RemovableHandle] = []
         if not record.reads_attention:
             return
         family = family_of(model)
-        base = getattr(model, model.base_model_prefix)
+        hf = cast("PreTrainedModel", model)  # a Hugging Face model: its base model is found by its prefix
+        base = getattr(hf, hf.base_model_prefix)
         seen: set[int] = set()
         for attention in family.attention_modules(base):
             if id(attention) in seen:  # ALBERT: one shared layer
@@ -53,8 +60,8 @@ class AttentionCapture(torch.nn.Module):
             for key, name in zip("qkv", family.qkv):
                 self._handles.append(getattr(attention, name).register_forward_hook(self._recorder(key)))
 
-    def _recorder(self, key: str):
-        def hook(module, inputs, output):
+    def _recorder(self, key: str) -> Callable[[torch.nn.Module, Any, torch.Tensor], None]:
+        def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
             if self._active:
                 calls = self._records[key]  # this call's layer: one more than the calls before it
                 calls.append(output if self.record.records_attention(len(calls) + 1) else None)
@@ -65,7 +72,7 @@ class AttentionCapture(torch.nn.Module):
     def config(self):
         return self.model.config
 
-    def forward(self, *args, **kwargs) -> CapturedOutput:
+    def forward(self, *args: Any, **kwargs: Any) -> CapturedOutput:
         for values in self._records.values():
             values.clear()
         self._active = True
@@ -73,7 +80,7 @@ class AttentionCapture(torch.nn.Module):
             out = self.model(*args, **kwargs)
             qkv = (
                 tuple(
-                    None if q is None else (q, k, v)
+                    None if q is None or k is None or v is None else (q, k, v)  # (one layer's: all or none)
                     for q, k, v in zip(self._records["q"], self._records["k"], self._records["v"])
                 )
                 if self.record.reads_attention

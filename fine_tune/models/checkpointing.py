@@ -14,6 +14,7 @@ bit for bit (tests/test_memory.py).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -21,8 +22,11 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import UserError
 from .families import get_family
 
+if TYPE_CHECKING:  # importing it loads transformers' modeling utilities (seconds): a model built loads them
+    from transformers import PreTrainedModel
 
-def checkpointed(layer: Callable, *args, record: list | None = None) -> torch.Tensor:
+
+def checkpointed(layer: Callable[..., torch.Tensor], *args: Any, record: list[Any] | None = None) -> torch.Tensor:
     """``layer(*args, record)`` whose activations are recomputed in the backward pass instead of kept. ``record``
     (the attention-reading methods' list of projections, which ``layer`` appends to) gets the forward's appends
     only: a recomputation appends to a list of its own, dropped with it."""
@@ -30,7 +34,7 @@ def checkpointed(layer: Callable, *args, record: list | None = None) -> torch.Te
         return checkpoint(layer, *args, record, use_reentrant=False)
     first = [True]
 
-    def run(*inputs):
+    def run(*inputs: Any) -> torch.Tensor:
         own = record if first[0] or record is None else []
         first[0] = False
         return layer(*inputs, own)
@@ -50,7 +54,7 @@ def check_gradient_checkpointing(model: str, flag: str = "--model") -> None:
         )
 
 
-def enable_hf_checkpointing(model: torch.nn.Module) -> None:
+def enable_hf_checkpointing(model: PreTrainedModel) -> None:
     """Hugging Face's own gradient checkpointing of ``model``'s layers (in training mode), without re-entrance
     (``activation_checkpointing_enable`` where transformers has it; its older name before)."""
     kwargs = {"use_reentrant": False}

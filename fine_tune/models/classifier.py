@@ -9,8 +9,9 @@ its config is beside it. ``--dropout`` sets the encoder's hidden and attention d
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
@@ -18,10 +19,12 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from ..engine.checkpoint import check_fits, read_checkpoint
 from ..errors import UserError
 from ..io_utils import atomic_save_with
-from .families import get_family, student_config_kwargs
+from .families import Family, get_family, student_config_kwargs
 
 if TYPE_CHECKING:  # importing it loads transformers' modeling utilities (seconds): a model built loads them
-    from transformers import PreTrainedModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from ..tasks.example import Example
 
 
 def _looks_local(name: str) -> bool:
@@ -49,7 +52,7 @@ def weight_file_hashes(source: str | Path | None) -> dict[str, str]:
     return {str(folder / name): sha256_file(folder / name) for name in WEIGHT_FILES if (folder / name).is_file()}
 
 
-def load_tokenizer(source: str | Path, flag: str | None = None):
+def load_tokenizer(source: str | Path, flag: str | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer of a local folder or hub name; ``flag`` (e.g. ``--ptrain_ver``) is named in errors."""
     where = f"{flag} {str(source)!r}" if flag else f"could not load a tokenizer from {str(source)!r}"
     folder = Path(source).expanduser()
@@ -127,7 +130,8 @@ def pretrained_weight_files(source: str, flag: str) -> list[Path]:
             if not name.endswith(".index.json"):
                 return [Path(found)]
             shards = sorted(set(json.loads(Path(found).read_text(encoding="utf-8"))["weight_map"].values()))
-            return [Path(cached_file(source, shard)) for shard in shards]
+            # (cached_file raises for a missing shard; a None would be Path's TypeError, caught below)
+            return [Path(cast(str, cached_file(source, shard))) for shard in shards]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{flag} {source!r}: could not fetch its weights ({str(e).splitlines()[0]})") from None
     return []
@@ -170,7 +174,7 @@ def check_weight_files(folder: Path, where: str) -> None:
 
 
 @contextlib.contextmanager
-def quiet_hf():
+def quiet_hf() -> Iterator[None]:
     """Silence transformers' load reports and its own progress bar (the new head is expected to be missing; the
     weights being loaded, one bar per model); the Hugging Face hub's download bars (the bytes of a model fetched by
     name) stay as they were, and afterwards every bar is as it was: off where fine_tune/progress.py turned them off
@@ -195,7 +199,9 @@ def quiet_hf():
             hf_logging.enable_progress_bar()
 
 
-def _from_pretrained(source: str, config: PretrainedConfig, family, flag: str, new_head: bool = False):
+def _from_pretrained(
+    source: str, config: PretrainedConfig, family: Family, flag: str, new_head: bool = False
+) -> tuple[PreTrainedModel, dict[str, Any]]:
     """``AutoModelForSequenceClassification`` weights of ``source`` in ``config``, with the loading info; a source
     that cannot be read is a one-line :class:`UserError` naming ``flag`` (a weight file is called damaged only when
     it no longer reads whole: :func:`check_weight_files`). ``new_head``: weights of ``source`` whose shape differs
@@ -235,7 +241,8 @@ def head_note(config: PretrainedConfig, num_class: int | None, flag: str, source
         or not any(a.endswith("ForSequenceClassification") for a in architectures)
     ):
         return None
-    names = ", ".join(str(config.id2label[i]) for i in sorted(config.id2label))
+    id2label = cast("dict[int, str]", config.id2label)  # set (int keys) by transformers when the config is made
+    names = ", ".join(str(id2label[i]) for i in sorted(id2label))
     return (
         f"{flag} {source} is a classifier of {config.num_labels} classes ({names}): its head is discarded and "
         f"a new head for the task's {num_class} classes is trained (its encoder's weights are kept)"
@@ -269,7 +276,13 @@ def load_classifier(source: str, config: PretrainedConfig, flag: str) -> PreTrai
     return model
 
 
-def check_same_tokenisation(teacher_tokenizer, student_tokenizer, examples, teacher: str, student: str) -> None:
+def check_same_tokenisation(
+    teacher_tokenizer: PreTrainedTokenizerBase,
+    student_tokenizer: PreTrainedTokenizerBase,
+    examples: Iterable[Example],
+    teacher: str,
+    student: str,
+) -> None:
     """Token-level losses pair the teacher's and the student's tokens one to one: both tokenizers must turn the
     run's text into the same ids. Compared on the vocabulary and on the first rows of the training split."""
     same = teacher_tokenizer.get_vocab() == student_tokenizer.get_vocab()
@@ -329,7 +342,7 @@ def build_from_config(config: PretrainedConfig) -> PreTrainedModel:
     return AutoModelForSequenceClassification.from_config(config, attn_implementation=family.attn_implementation)
 
 
-def set_task_labels(config: PretrainedConfig, label_names) -> None:
+def set_task_labels(config: PretrainedConfig, label_names: Sequence[str]) -> None:
     """Name the model's outputs by the task's labels (``id2label`` / ``label2id``, Hugging Face's names; a
     regression task's one output is its score): every model folder the toolkit saves carries its task's labels,
     never those of the folder the weights came from."""
@@ -337,7 +350,7 @@ def set_task_labels(config: PretrainedConfig, label_names) -> None:
     config.label2id = {name: i for i, name in enumerate(label_names)}
 
 
-def save_model_dir(path: Path, config: PretrainedConfig, tokenizer) -> None:
+def save_model_dir(path: Path, config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase) -> None:
     """Write the Hugging Face config and the tokenizer (no weights) so the experiment works offline."""
 
     def save(tmp: Path) -> None:
@@ -347,7 +360,7 @@ def save_model_dir(path: Path, config: PretrainedConfig, tokenizer) -> None:
     atomic_save_with(Path(path), save)
 
 
-def load_model_dir(path: Path) -> tuple[PretrainedConfig, object]:
+def load_model_dir(path: Path) -> tuple[PretrainedConfig, PreTrainedTokenizerBase]:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise UserError(f"{path}: model config not found (an experiment written by another tool?)")

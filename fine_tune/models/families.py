@@ -38,12 +38,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PretrainedConfig
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class Widths:
     emb: int | None  # the embedding size where it is its own (--d_emb; ALBERT's factorised embeddings)
 
 
-def _no_extras(widths: Widths) -> dict:
+def _no_extras(widths: Widths) -> dict[str, Any]:
     return {}
 
 
@@ -78,12 +79,12 @@ class Family:
     token_types: bool = True  # the config has a token type table (type_vocab_size)
     single_type_as_none: bool = False  # a table of one token type is written as none (type_vocab_size 0)
     positions_after_padding: bool = False  # position ids start at pad_token_id + 1 (RoBERTa)
-    student_extras: Callable[[Widths], dict] = _no_extras  # further config fields of a student
+    student_extras: Callable[[Widths], dict[str, Any]] = _no_extras  # further config fields of a student
     # the tiny test model (synthetic.py)
     tokenizer: str = "wordpiece"  # one of TOKENIZER_KINDS
-    tiny_extras: Callable[[Widths], dict] = _no_extras  # further config fields of the tiny model
+    tiny_extras: Callable[[Widths], dict[str, Any]] = _no_extras  # further config fields of the tiny model
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.tokenizer not in TOKENIZER_KINDS:
             raise ValueError(f"family {self.name!r}: tokenizer {self.tokenizer!r} is not one of {TOKENIZER_KINDS}")
         if len(self.dropout_names) != 3 or len(self.qkv) != 3:
@@ -93,7 +94,7 @@ class Family:
     def attn_implementation(self) -> str:
         return "sdpa" if self.sdpa else "eager"
 
-    def dropout_kwargs(self, dropout: float) -> dict:
+    def dropout_kwargs(self, dropout: float) -> dict[str, float]:
         hidden, attention, head = self.dropout_names
         return {hidden: dropout, attention: dropout, head: dropout}
 
@@ -101,13 +102,13 @@ class Family:
         """Rows of the position table before the first token's (RoBERTa: the padding index and those below it)."""
         return (pad_token_id or 0) + 1 if self.positions_after_padding else 0
 
-    def config_kwargs(self, bert_named: dict) -> dict:
+    def config_kwargs(self, bert_named: dict[str, Any]) -> dict[str, Any]:
         """Config fields given in BERT's names, in this family's names and by its rules, in the given order:
         ``type_vocab_size`` dropped without a token type table (0 for a single type with
         ``single_type_as_none``); ``max_position_embeddings``, the tokens a model takes, grown by the position
         offset (read from ``pad_token_id``)."""
         names = dict(self.config_names)
-        out = {}
+        out: dict[str, Any] = {}
         for key, value in bert_named.items():
             if key == "type_vocab_size":
                 if not self.token_types:
@@ -147,7 +148,7 @@ def _distilbert_layers(base) -> list[torch.nn.Module]:
     return list(base.transformer.layer)
 
 
-def _deberta_v3_attention(position_buckets: int) -> dict:
+def _deberta_v3_attention(position_buckets: int) -> dict[str, Any]:
     """Relative attention as the released DeBERTa-v3 models have it."""
     return dict(
         relative_attention=True,
@@ -254,7 +255,7 @@ def student_config_kwargs(
     max_position_embeddings: int,
     pad_token_id: int,
     d_emb: int | None,
-) -> dict:
+) -> dict[str, Any]:
     """The config fields of a student of the given widths, in the family's own names (its record's rules);
     ``max_position_embeddings`` is the number of tokens the student takes."""
     f = get_family(family)
@@ -276,7 +277,7 @@ def student_config_kwargs(
     return kwargs
 
 
-def usable_positions(config) -> int:
+def usable_positions(config: PretrainedConfig) -> int:
     """How many tokens a model of ``config`` takes: its position table, less its family's position offset
     (RoBERTa's positions start after the padding index)."""
     family = FAMILIES.get(config.model_type)

@@ -6,6 +6,8 @@ after the highway networks of Srivastava, Greff, Schmidhuber (2015).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -36,7 +38,7 @@ class GateBlock(nn.Module):
     width max_seq_len it is the original LayerNorm.
     """
 
-    def __init__(self, d_model: int, seq_len: int):
+    def __init__(self, d_model: int, seq_len: int) -> None:
         super().__init__()
         self.linear = nn.Linear(d_model, d_model)
         self.layernorm = nn.LayerNorm([seq_len, d_model])
@@ -103,7 +105,7 @@ def aggregate_chain(
     gates: nn.ModuleList,
     teacher_hidden: tuple[torch.Tensor, ...],
     upto: int | None = None,
-    gate_values: list | None = None,
+    gate_values: list[torch.Tensor | None] | None = None,
     mask: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     r"""LAD's recurrent aggregation over teacher layers 1..upto (default all)::
@@ -121,9 +123,8 @@ def aggregate_chain(
     if gate_values is not None:
         gate_values.append(None)
     for k in range(1, upto):
-        out, g = gates[k].mix(
-            agg[-1], teacher_hidden[k], mask
-        )  # A_{k-1} is never all zeros: LayerNorm output or H_t[1]
+        gate = cast(GateBlock, gates[k])  # the chain's gates: make_gates' GateBlocks
+        out, g = gate.mix(agg[-1], teacher_hidden[k], mask)  # A_{k-1} is never all zeros: LayerNorm output or H_t[1]
         agg.append(out)
         if gate_values is not None:
             gate_values.append(g)

@@ -10,7 +10,7 @@ tokenizer; see doc/methods.md, "Models").
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import AutoModel
@@ -19,7 +19,7 @@ from ..errors import UserError
 from .families import family_of
 
 if TYPE_CHECKING:  # importing it loads transformers' modeling utilities (seconds): a model built loads them
-    from transformers import PreTrainedModel
+    from transformers import PretrainedConfig, PreTrainedModel
 
 
 def teacher_layer_map(start: int, end: int, step: int, num_student_layers: int, num_teacher_layers: int) -> list[int]:
@@ -37,7 +37,7 @@ def teacher_layer_map(start: int, end: int, step: int, num_student_layers: int, 
     return layers
 
 
-def check_copyable(pretrained_config, d_model: int, d_ff: int, attn_only: bool) -> None:
+def check_copyable(pretrained_config: PretrainedConfig, d_model: int, d_ff: int, attn_only: bool) -> None:
     """Refuse, before anything is written, a student whose layers cannot take the pretrained teacher's weights."""
     if d_model != pretrained_config.hidden_size:
         raise UserError(
@@ -77,9 +77,11 @@ def copy_teacher_layers_at(
         from .classifier import quiet_hf
 
         with quiet_hf():
-            pretrained = AutoModel.from_pretrained(pretrained)
-    s_base = getattr(student, student.base_model_prefix)
-    t_base = getattr(pretrained, pretrained.base_model_prefix, pretrained)
+            loaded: PreTrainedModel = AutoModel.from_pretrained(pretrained)
+        pretrained = loaded
+    # the base models: their modules (layers, pooler, embeddings) are the family's own
+    s_base: Any = getattr(student, student.base_model_prefix)
+    t_base: Any = getattr(pretrained, pretrained.base_model_prefix, pretrained)
     if s_base.config.hidden_size != t_base.config.hidden_size:
         raise UserError(
             f"cannot copy teacher layers: student --d_model {s_base.config.hidden_size} differs from the "

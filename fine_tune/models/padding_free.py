@@ -31,8 +31,10 @@ generator (the same Bernoulli masks, p rounded to a multiple of 2^-16), so a tra
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -45,11 +47,14 @@ from .dropout import dropout
 from .families import FAMILIES
 from .teacher_set import TeacherSet
 
+if TYPE_CHECKING:  # importing them loads transformers' modeling utilities (seconds): a model built loads them
+    from transformers import BertForSequenceClassification, PretrainedConfig, PreTrainedModel
 
-def supports_padding_free(config) -> bool:
+
+def supports_padding_free(config: object) -> bool:
     """A family whose record says ``padding_free`` (BERT), with absolute positions and no decoder/cross-attention
     (ALBERT and others: the padded forward)."""
-    family = FAMILIES.get(getattr(config, "model_type", None))
+    family = FAMILIES.get(getattr(config, "model_type", ""))  # (no family is named "")
     return (
         family is not None
         and family.padding_free
@@ -135,13 +140,13 @@ class PackedLayout:
 
     def __init__(
         self,
-        lengths,
+        lengths: np.ndarray | Sequence[int],
         seq: int,
         head_dim: int = 64,
         device_type: str = "cpu",
         overhead: float | None = None,
         compiled: bool = False,
-    ):
+    ) -> None:
         lengths = np.asarray(lengths, dtype=np.int64)
         if lengths.ndim != 1 or (lengths < 1).any() or (lengths > seq).any():
             raise ValueError(f"padding-free forward: lengths must lie in 1..{seq}")
@@ -209,7 +214,7 @@ class Packing:
     ``Packing(attention_mask)`` reads the lengths back from the mask (host-device syncs; for evaluation and
     direct calls); training batches come with a :class:`PackedLayout` built on the host."""
 
-    def __init__(self, attention_mask: torch.Tensor, head_dim: int = 64, overhead: float | None = None):
+    def __init__(self, attention_mask: torch.Tensor, head_dim: int = 64, overhead: float | None = None) -> None:
         layout = PackedLayout(
             check_right_padding(attention_mask), attention_mask.shape[1], head_dim, attention_mask.device.type, overhead
         )
@@ -290,7 +295,7 @@ class GridLayout:
     """The host's knowledge of a batch for :class:`FullGrid`: whether every position is real (no key mask).
     ``compiled``: a key mask all the same (one graph for batches with and without padding)."""
 
-    def __init__(self, all_real: bool, compiled: bool = False):
+    def __init__(self, all_real: bool, compiled: bool = False) -> None:
         self.all_real, self.compiled = all_real, compiled
 
     def pin_memory(self) -> GridLayout:
@@ -307,7 +312,7 @@ class FullGrid(Packing):
     the batch's key mask. Any mask pattern is allowed. ``all_real`` (from the host: :class:`GridLayout`) saves
     reading the mask back."""
 
-    def __init__(self, attention_mask: torch.Tensor, all_real: bool | None = None):
+    def __init__(self, attention_mask: torch.Tensor, all_real: bool | None = None) -> None:
         batch, seq = attention_mask.shape
         self.shape_ref = attention_mask
         mask = attention_mask.bool()
@@ -410,7 +415,7 @@ class PaddingFreeOutput:
     hidden_states: tuple[torch.Tensor | None, ...] | None
     # per layer (query, key, value) of the layers recorded (None at the others): [B, S, D] (zeros at padding
     # positions) when packed, [B, S, H, d_head] views of head-major copies over the padded grid
-    attention_inputs: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...] | None = None
+    attention_inputs: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, ...] | None = None
 
 
 def _embeddings(emb, input_ids, token_type_ids, pk: Packing) -> torch.Tensor:
@@ -454,11 +459,13 @@ class PaddingFree(torch.nn.Module):
         record_attention: bool = False,
         record: LayerRecord | None = None,
         gradient_checkpointing: bool = False,
-    ):
+    ) -> None:
         super().__init__()
-        if not supports_padding_free(model.config):
-            raise ValueError(f"padding-free forward supports BERT only, not {model.config.model_type}")
-        self.model = model
+        # a Hugging Face BertForSequenceClassification (any other model is refused next): its modules are read by name
+        bert = cast("BertForSequenceClassification", model)
+        if not supports_padding_free(bert.config):
+            raise ValueError(f"padding-free forward supports BERT only, not {bert.config.model_type}")
+        self.model = bert
         self.packed = packed
         # the layers whose outputs are kept (the method's LayerRecord): their hidden states, and their query/key/value
         # projections (the attention-reading methods), from the fused projection this forward computes anyway
@@ -467,7 +474,7 @@ class PaddingFree(torch.nn.Module):
         self.gradient_checkpointing = gradient_checkpointing  # each layer recomputed in the backward pass
 
     @property
-    def config(self):
+    def config(self) -> PretrainedConfig:
         return self.model.config
 
     @torch.compiler.disable(recursive=False)
@@ -526,7 +533,9 @@ class PaddingFree(torch.nn.Module):
                 )
             if hidden is not None:
                 hidden.append(pk.pad(x) if rec.keeps_hidden(i) else None)
-        pooled = bert.pooler.activation(bert.pooler.dense(x.index_select(0, pk.first)))
+        pooler = bert.pooler
+        assert pooler is not None  # a sequence classifier's BERT has its pooler
+        pooled = pooler.activation(pooler.dense(x.index_select(0, pk.first)))
         logits = self.model.classifier(dropout(pooled, self.model.dropout.p, self.model.training))
         return PaddingFreeOutput(
             logits, None if hidden is None else tuple(hidden), None if attention is None else tuple(attention)
@@ -610,11 +619,12 @@ def training_forwards(
         if teacher is None
         else (teacher.map(teacher_forward) if isinstance(teacher, TeacherSet) else teacher_forward(teacher))
     )
+    hf_student = cast("PreTrainedModel", student)  # a Hugging Face model: its config is read
     if not (enabled and supports_padding_free(student.config)):
         if gradient_checkpointing:
-            enable_hf_checkpointing(student)
+            enable_hf_checkpointing(hf_student)
         return TrainingForwards(own(student, student_record), teacher_fwd, "hugging_face")
-    cfg = student.config
+    cfg = hf_student.config
     return TrainingForwards(
         PaddingFree(
             student, packed=ignores_padding, record=student_record, gradient_checkpointing=gradient_checkpointing

@@ -28,15 +28,14 @@ from ..errors import UserError
 
 
 class WidthProjection(torch.nn.Module):
-    def __init__(self, student_width: int, teacher_width: int, count: int, shared: bool = False):
+    def __init__(self, student_width: int, teacher_width: int, count: int, shared: bool = False) -> None:
         super().__init__()
         self.shared = shared
-        self.maps = torch.nn.ModuleList(
-            torch.nn.Linear(student_width, teacher_width) for _ in range(1 if shared else count)
-        )
-        for m in self.maps:
+        maps = [torch.nn.Linear(student_width, teacher_width) for _ in range(1 if shared else count)]
+        for m in maps:
             torch.nn.init.normal_(m.weight, std=0.02)
             torch.nn.init.zeros_(m.bias)
+        self.maps = torch.nn.ModuleList(maps)
 
     def forward(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         """``hidden`` of student layer ``layer`` (1-based; 0: the embeddings, shared maps only) in the teacher's
@@ -79,6 +78,7 @@ class PretrainedProjection:
         """Set ``linear``'s weight and bias to this map's values (in the parameters' dtype and device)."""
         with torch.no_grad():
             linear.weight.copy_(self.weight)
+            assert self.bias is not None  # check() refuses a map without a bias before it starts a projection
             linear.bias.copy_(self.bias)
 
 

@@ -29,7 +29,7 @@ class TeacherSet(torch.nn.Module):
     """The named teachers (``{name: model}``, at least two; the first is the run's primary teacher: its
     tokenizer, sequence length and pretrained layers are the run's)."""
 
-    def __init__(self, members: dict[str, torch.nn.Module]):
+    def __init__(self, members: dict[str, torch.nn.Module]) -> None:
         super().__init__()
         if len(members) < 2:
             raise ValueError(f"a teacher set holds at least two teachers, got {len(members)}")
@@ -45,9 +45,9 @@ class TeacherSet(torch.nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> TeacherSetOutput:
-        out = {}
+        out: dict[str, Any] = {}
         for name, model in self.members.items():
             types = {"token_type_ids": token_type_ids} if token_type_ids is not None and self.token_types[name] else {}
             out[name] = model(input_ids=input_ids, attention_mask=attention_mask, **types, **kwargs)
