@@ -552,7 +552,7 @@ def hf_teacher_logits(plan: LogitsPlan, before_predicting=None) -> CheckpointLog
     assert f is not None, "run_gen_logits calls it for a --teacher_hf plan"
     task = t.task
     teacher = open_hf_teacher(f.source, task, f.label_map)
-    hf_config = cast("PretrainedConfig", teacher.hf_config)  # AutoConfig's (Teacher types it object)
+    hf_config = teacher.hf_config
     if hf_config.model_type != t.model:
         raise UserError(f"--model {t.model}: --teacher_hf {f.source!r} is a {hf_config.model_type!r} model")
     from .models.families import usable_positions

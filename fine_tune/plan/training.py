@@ -20,6 +20,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .. import config as cfg
 from ..batching import micro_batches_per_epoch
 from ..engine.device import resolve_placement
@@ -676,7 +678,9 @@ def open_any_teacher(flags: Flags, exp_root: Path, task: Task, data_root: Path |
     t, e = flags.teacher, flags.experiment
     if t.teacher_hf is not None:
         return open_hf_teacher(t.teacher_hf, task, t.teacher_label_map)
-    experiment, ckpt = needed(t.teacher_exp, "--teacher_exp"), needed(t.tckpt, "--tckpt")
+    experiment, ckpt = t.teacher_exp, t.tckpt
+    if experiment is None or ckpt is None:  # (refused as the flags are parsed: TeacherFlags)
+        raise UserError("the teacher: give --teacher_exp and --tckpt, or --teacher_hf")
     return open_teacher(exp_root, experiment, t.tmodel, e.task, ckpt, choose=(task, data_root))
 
 
@@ -809,7 +813,8 @@ def plan_online_distill(flags: Flags, method_name: str) -> RunPlan:
     gate_device_id = flags.group(GateFlags).gate_device_id if flags.has("gate") else None
     for flag_name, device_id in (("--tdevice_id", t.tdevice_id), ("--gate_device_id", gate_device_id)):
         # a CUDA index (or, under torchrun, a per-rank slot) the machine lacks: refused before anything is written
-        resolve_placement(device_id, flag_name, None, flags.device.device_id, quiet=True)
+        # (the student's device is not resolved here: only the check matters, not the device returned)
+        resolve_placement(device_id, flag_name, torch.device("cpu"), flags.device.device_id, quiet=True)
     record = _record(
         flags,
         task,
