@@ -587,8 +587,8 @@ MUTATIONS = [
         "pkd_cls_summed",
         "PKD normalized_cls summed over layers and dimensions again",
         "fine_tune/methods/pkd.py",
-        'cls_reduction: str = "mean",\n        **common,\n    ):',
-        'cls_reduction: str = "sum", **common):',
+        'cls_reduction: str = "mean",\n        **common: Any,\n    ) -> None:',
+        'cls_reduction: str = "sum", **common: Any) -> None:',
         ("tests/test_layerwise_methods.py::test_pkd_mappings_and_losses",),
     ),
     Mutation(
@@ -1432,7 +1432,7 @@ MUTATIONS = [
         'lad_gate_layernorm_unmasked',
         "LAD's gates keep the fixed-length LayerNorm under --padding dynamic",
         'fine_tune/methods/lad.py',
-        '        return teacher.attention_mask.to(hidden[0].device) if self.masked else None\n',
+        '        return attention_mask_of(teacher).to(hidden[0].device) if self.masked else None\n',
         '        return None\n',
         (
             'tests/test_layerwise_methods.py::test_every_layerwise_method_from_its_flags_matches_its_equation[lad-dynamic-same_width]',
@@ -1442,7 +1442,7 @@ MUTATIONS = [
         'gate_mean_over_padding',
         'the logged gate means include padding positions under --padding dynamic',
         'fine_tune/methods/lad.py',
-        'masked_mean(g, teacher.attention_mask.to(g.device)) if self.masked else g.mean()',
+        'masked_mean(g, attention_mask_of(teacher).to(g.device)) if self.masked else g.mean()',
         'g.mean()',
         (
             'tests/test_layerwise_methods.py::test_every_layerwise_method_from_its_flags_matches_its_equation[lad-dynamic-same_width]',
@@ -1452,8 +1452,8 @@ MUTATIONS = [
         'lad_no_pair_swapped',
         "LAD-NO's gate reads the upper layer of its pair",
         'fine_tune/methods/lad.py',
-        'self.gates[j - 1].mix(th[lo - 1], th[hi - 1], mask)',
-        'self.gates[j - 1].mix(th[hi - 1], th[lo - 1], mask)',
+        'self.gate(j - 1).mix(th[lo - 1], th[hi - 1], mask)',
+        'self.gate(j - 1).mix(th[hi - 1], th[lo - 1], mask)',
         (
             'tests/test_layerwise_methods.py::test_every_layerwise_method_from_its_flags_matches_its_equation[lad_no-max_length-same_width]',
         ),
@@ -1570,8 +1570,8 @@ MUTATIONS = [
         'lad_map_chain_unmasked',
         "LAD's heat-map chains the gates with the fixed-length LayerNorm under --padding dynamic",
         'fine_tune/methods/lad.py',
-        'aggregate_chain(self.gates, th, upto, values, self._gate_mask(teacher, th))',
-        'aggregate_chain(self.gates, th, upto, values, None)',
+        'aggregate_chain(self.made_gates(), th, upto, values, self._gate_mask(teacher, th))',
+        'aggregate_chain(self.made_gates(), th, upto, values, None)',
         (
             'tests/test_layerwise_methods.py::test_every_layerwise_method_from_its_flags_matches_its_equation[lad-dynamic-same_width]',
         ),
@@ -3485,8 +3485,8 @@ MUTATIONS = [
         "fit_dense_found_not_applied",
         "the pretrained student's fit_dense is found but W_h keeps its N(0, 0.02) start",
         "fine_tune/methods/layerwise.py",
-        "                self.pretrained_projection.copy_to(self.projection.maps[0])",
-        "                pass",
+        '                self.pretrained_projection.copy_to(cast(torch.nn.Linear, self.projection.maps[0]))',
+        '                pass',
         ("tests/test_tinybert_fit_dense.py::test_a_pretrained_students_fit_dense_starts_w_h",),
     ),
     Mutation(
@@ -5636,8 +5636,8 @@ MUTATIONS = [
         "a recipe's terms projection is created for a method with no width "
         "difference (its random draw shifts the run's stream)",
         "fine_tune/methods/layerwise.py",
-        "        if self.needs_projection:\n            self.projection = WidthProjection(",
-        "        if True:\n            self.projection = WidthProjection(",
+        '        if self.needs_projection:\n            if self.student_width is None or self.teacher_width is None:',
+        '        if True:\n            if self.student_width is None or self.teacher_width is None:',
         (WITH_TERMS,),
     ),
     Mutation(

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from ..engine.protocol import ModelOutputs
 from ..errors import UserError
 from ..layer_mapping import uniform_layers
 from ..settings import flag
-from .layerwise import HiddenPair, LayerwiseKD
+from .base import MethodSettings
+from .layerwise import HiddenPair, LayerwiseKD, attention_mask_of
 
 ALP_MODES = ("alp-kd", "alp-kd-hidden", "alp-kd-hidden-v2")
 
@@ -43,7 +45,7 @@ def alp_target(weights: torch.Tensor, teacher_stack: torch.Tensor) -> torch.Tens
         return torch.einsum("...k,k...d->...d", weights.float(), teacher_stack.float())
 
 
-def fp32(x: torch.Tensor):
+def fp32(x: torch.Tensor) -> torch.autocast:
     """Autocast off on ``x``'s device: under ``--amp`` autocast would run the einsums in fp16/bf16 whatever their
     inputs' dtype (the ``.float()`` casts alone do not keep them in fp32)."""
     return torch.autocast(device_type=x.device.type, enabled=False)
@@ -71,22 +73,22 @@ class ALPKD(LayerwiseKD):
     )
 
     @classmethod
-    def own_arguments(cls, settings) -> dict:
+    def own_arguments(cls, settings: MethodSettings) -> dict[str, Any]:
         return {"mode": settings.group(AlpFlags).alp_exp}
 
     def __init__(
         self,
-        num_student_layers,
-        num_teacher_layers,
-        hard_weight,
-        soft_weight,
-        temperature,
-        mu,
+        num_student_layers: int,
+        num_teacher_layers: int,
+        hard_weight: float,
+        soft_weight: float,
+        temperature: float,
+        mu: float,
         *,
         mode: str,
         padding: str = "max_length",
-        **common,
-    ):
+        **common: Any,
+    ) -> None:
         if mode not in ALP_MODES:
             raise UserError(f"--alp_exp {mode!r}: choose one of {', '.join(ALP_MODES)}")
         super().__init__(
@@ -97,7 +99,10 @@ class ALPKD(LayerwiseKD):
     def visible(self, j: int) -> int | None:
         return uniform_layers(self.ls, self.lt)[j - 1] if self.mode == "alp-kd-hidden-v2" and j < self.ls else None
 
-    def _weights(self, student, teacher):
+    def _weights(
+        self, student: ModelOutputs, teacher: ModelOutputs
+    ) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor, torch.Tensor]]]:
+        assert student.hidden_states is not None and teacher.hidden_states is not None  # needs_hidden_states
         cls = self.mode == "alp-kd"
         th = teacher.hidden_states
         stack = torch.stack([h[:, 0] if cls else h for h in th]).to(student.hidden_states[0].device)
@@ -108,13 +113,15 @@ class ALPKD(LayerwiseKD):
             out.append((j, s, w))
         return stack, out
 
-    def hidden_pairs(self, student, teacher):
+    def hidden_pairs(
+        self, student: ModelOutputs, teacher: ModelOutputs
+    ) -> tuple[list[HiddenPair], dict[str, torch.Tensor]]:
         stack, rows = self._weights(student, teacher)
         return [HiddenPair(j, s, alp_target(w, stack)) for j, s, w in rows], {}
 
-    def layer_map(self, student, teacher):
+    def layer_map(self, student: ModelOutputs, teacher: ModelOutputs) -> np.ndarray:
         _, rows = self._weights(self.in_teacher_space(student), teacher)
-        mask = teacher.attention_mask.to(rows[0][2].device).float()
+        mask = attention_mask_of(teacher).to(rows[0][2].device).float()
         out = []
         for _, _, w in rows:
             if w.dim() == 2:  # [CLS]: [B, K]

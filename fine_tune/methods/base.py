@@ -6,13 +6,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from ..engine.optim import OptimiserSettings
 from ..engine.protocol import PLAIN_RECORD, ExtraParameters, LayerRecord, ModelOutputs, TeacherShape
 from ..settings import G, find_group
+
+if TYPE_CHECKING:  # for the annotations only (importing transformers takes seconds)
+    from transformers import PretrainedConfig
+
+    from ..models.projection import PretrainedProjection
+    from ..recipes.format import Recipe
 
 # the two models whose layers a method reads (Method.recorded_layers)
 ROLES = ("student", "teacher")
@@ -47,14 +53,36 @@ class MethodSettings:
     legacy: Mapping[str, Any] = field(default_factory=dict)
     # a pretrained student's own projection, found in its weights file under the method's projection_weights name
     # (models/projection.PretrainedProjection; None: --student_ptrain_ver holds none, or no pretrained student)
-    student_projection: Any = None
+    student_projection: PretrainedProjection | None = None
     # a distillation recipe's several teachers: each one's shape by name, in the recipe's order (empty: one teacher,
     # ``teacher``); and the recipe the plan read (fine_tune.recipes.format.Recipe; None: none, or a method built
     # outside a plan, which reads its --recipe file)
     teachers: Mapping[str, TeacherShape] = field(default_factory=dict)
-    recipe: Any = None
+    recipe: Recipe | None = None
     # a recipe's method: NAME, built by the plan from its flags: the method the recipe's terms are added to
-    base: Any = None
+    base: Method | None = None
+
+    def need_student(self) -> StudentShape:
+        """:attr:`student`, which a method that distils into a student's layers is built with (the run plan resolves
+        it from the student's flags); ValueError without it."""
+        if self.student is None:
+            raise ValueError("the method is built with the student's shape (MethodSettings.student); none was given")
+        return self.student
+
+    def need_teacher(self) -> TeacherShape:
+        """:attr:`teacher`, which a method that reads the teacher's layers is built with; ValueError without it."""
+        if self.teacher is None:
+            raise ValueError("the method is built with the teacher's shape (MethodSettings.teacher); none was given")
+        return self.teacher
+
+    def need_optimiser(self) -> OptimiserSettings:
+        """:attr:`optimiser`, which a method with parameters of its own (LAD's gates) derives theirs from; ValueError
+        without it."""
+        if self.optimiser is None:
+            raise ValueError(
+                "the method is built with the student's optimiser (MethodSettings.optimiser); none was given"
+            )
+        return self.optimiser
 
     def group(self, cls: type[G]) -> G:
         """The settings group of class ``cls``, typed: ``settings.group(PkdFlags).pkd_loss``; one the run's script
@@ -110,7 +138,7 @@ class Method:
         before anything is written."""
         return cls()
 
-    def check_models(self, teacher_config, student_family: str) -> None:
+    def check_models(self, teacher_config: PretrainedConfig, student_family: str) -> None:
         """Refuse, before anything is written, a teacher (its Hugging Face config) or student family the method
         cannot read (e.g. an attention it cannot recompute)."""
 
@@ -149,11 +177,11 @@ class Method:
     def extra_parameters(self) -> list[ExtraParameters]:
         return []
 
-    def checkpoint_state(self) -> dict[str, dict]:
+    def checkpoint_state(self) -> dict[str, dict[str, Any]]:
         """Extra state saved beside each ``model-{step}.pt``: file stem -> state_dict (``{stem}-{step}.pt``)."""
         return {}
 
-    def load_checkpoint_state(self, states: dict[str, dict]) -> None:
+    def load_checkpoint_state(self, states: dict[str, dict[str, Any]]) -> None:
         """Restore what :meth:`checkpoint_state` returned (resume)."""
 
     def train(self, mode: bool = True) -> None:
@@ -173,5 +201,7 @@ class Method:
         (0 first; a resumed run: the step it resumes at), for losses that change with the step (a recipe's weight
         and temperature schedules). Nothing by default."""
 
-    def losses(self, batch: dict, student: ModelOutputs, teacher: ModelOutputs | None) -> dict[str, torch.Tensor]:
+    def losses(
+        self, batch: Mapping[str, Any], student: ModelOutputs, teacher: ModelOutputs | None
+    ) -> dict[str, torch.Tensor]:
         raise NotImplementedError

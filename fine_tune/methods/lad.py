@@ -6,20 +6,22 @@ Lin, Chen, Kao, "LAD: Layer-Wise Adaptive Distillation for BERT Model Compressio
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
 
 from ..engine.device import same_device
 from ..engine.optim import GATE_NO_DECAY, OptimiserSettings
-from ..engine.protocol import ExtraParameters
+from ..engine.protocol import ExtraParameters, ModelOutputs
 from ..errors import UserError
 from ..layer_mapping import uniform_layers
-from ..models.gates import aggregate_chain, make_gates
+from ..models.gates import GateBlock, aggregate_chain, make_gates
 from ..settings import LayerwiseFlags, _check_adamw, flag
-from .layerwise import HiddenPair, LayerwiseKD, masked_mean
+from .base import MethodSettings
+from .layerwise import HiddenPair, LayerwiseKD, attention_mask_of, masked_mean
 
 
 def lad_targets(num_teacher_layers: int, num_student_layers: int) -> list[int]:
@@ -63,7 +65,7 @@ class GateFlags:
     def __post_init__(self) -> None:
         _check_adamw(self, "gate_")  # the student's checks (OptimiserFlags), of the gate_ flags
 
-    def settings(self, student: OptimiserSettings, no_decay: tuple[str, ...] | None = None):
+    def settings(self, student: OptimiserSettings, no_decay: Iterable[str] | None = None) -> OptimiserSettings:
         """The gates' :class:`OptimiserSettings`; the schedule's lengths default to the student's. ``no_decay``:
         the names exempt from weight decay (default: the original gate optimiser's)."""
         total = self.gate_total_step or student.total_step
@@ -94,24 +96,24 @@ class GatedKD(LayerwiseKD):
     (:class:`fine_tune.models.gates.GateBlock`) and the masked hidden loss; the gate parameters are the same, so
     gate files load in either mode."""
 
-    flag_groups = (GateFlags,)
+    flag_groups: ClassVar[tuple[type, ...]] = (GateFlags,)
 
     def __init__(
         self,
-        num_student_layers,
-        num_teacher_layers,
-        hard_weight,
-        soft_weight,
-        temperature,
-        mu,
+        num_student_layers: int,
+        num_teacher_layers: int,
+        hard_weight: float,
+        soft_weight: float,
+        temperature: float,
+        mu: float,
         *,
         d_model: int,
         seq_len: int,
         num_gates: int,
         gate_optimiser: OptimiserSettings,
         padding: str = "max_length",
-        **common,
-    ):
+        **common: Any,
+    ) -> None:
         super().__init__(
             num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, padding, **common
         )
@@ -121,16 +123,16 @@ class GatedKD(LayerwiseKD):
         self.gate_optimiser = gate_optimiser
 
     @classmethod
-    def own_arguments(cls, settings) -> dict:
+    def own_arguments(cls, settings: MethodSettings) -> dict[str, Any]:
         return {
-            "d_model": settings.teacher.hidden_size,
+            "d_model": settings.need_teacher().hidden_size,
             "seq_len": settings.max_seq_len,
             "gate_optimiser": settings.group(GateFlags).settings(
-                settings.optimiser, settings.legacy.get("gate_no_decay")
+                settings.need_optimiser(), settings.legacy.get("gate_no_decay")
             ),
         }
 
-    def record(self) -> dict:
+    def record(self) -> dict[str, Any]:
         return {"gate_no_decay": list(self.gate_optimiser.no_decay)}
 
     def create_parameters(self, device: torch.device | None, student_device: torch.device | None = None) -> None:
@@ -142,53 +144,68 @@ class GatedKD(LayerwiseKD):
         self.gate_device = device
         super().create_parameters(device, student_device)
 
+    def made_gates(self) -> torch.nn.ModuleList:
+        """The gates :meth:`create_parameters` made (the engine makes them before it reads, trains or saves them)."""
+        assert self.gates is not None, "the gates are made by create_parameters"
+        return self.gates
+
+    def gate(self, index: int) -> GateBlock:
+        """Gate ``index + 1`` (``index`` 0-based, as in :attr:`gates`)."""
+        return cast(GateBlock, self.made_gates()[index])  # make_gates makes GateBlocks only
+
     def extra_parameters(self) -> list[ExtraParameters]:
         if not self.mu:  # no hidden loss: the gates would never receive a gradient
             return []
         return [
-            ExtraParameters(name="gate", modules=list(self.gates), optimiser=self.gate_optimiser),
+            ExtraParameters(name="gate", modules=list(self.made_gates()), optimiser=self.gate_optimiser),
             *super().extra_parameters(),
         ]
 
-    def checkpoint_state(self) -> dict[str, dict]:
+    def checkpoint_state(self) -> dict[str, dict[str, Any]]:
         """``gate-{i}`` (0-based, as the original) -> state_dict; the engine writes ``gate-{i}-{step}.pt``."""
-        return {**{f"gate-{i}": g.state_dict() for i, g in enumerate(self.gates)}, **super().checkpoint_state()}
+        return {**{f"gate-{i}": g.state_dict() for i, g in enumerate(self.made_gates())}, **super().checkpoint_state()}
 
-    def load_checkpoint_state(self, states: dict[str, dict]) -> None:
-        for i, g in enumerate(self.gates):
+    def load_checkpoint_state(self, states: dict[str, dict[str, Any]]) -> None:
+        for i, g in enumerate(self.made_gates()):
             g.load_state_dict(states[f"gate-{i}"])
         super().load_checkpoint_state(states)
 
     def train(self, mode: bool = True) -> None:
-        self.gates.train(mode)
+        self.made_gates().train(mode)
         super().train(mode)
 
-    def mean_chain_gates(self, teacher, upto: int) -> list[float]:
+    def mean_chain_gates(self, teacher: ModelOutputs, upto: int) -> list[float]:
         """[1, gbar_2, ..., gbar_upto]: each chained gate's value averaged over non-padding tokens and dimensions."""
-        values: list = []
+        assert teacher.hidden_states is not None  # needs_hidden_states: the dev sample's forward keeps them
+        values: list[torch.Tensor | None] = []
         th = self._to_gates(teacher.hidden_states)
-        aggregate_chain(self.gates, th, upto, values, self._gate_mask(teacher, th))
-        return [1.0] + [masked_mean(g, teacher.attention_mask.to(g.device)).item() for g in values[1:]]
+        aggregate_chain(self.made_gates(), th, upto, values, self._gate_mask(teacher, th))
+        # (values[0] is gate 1's None: never applied)
+        return [1.0] + [
+            masked_mean(g, attention_mask_of(teacher).to(g.device)).item() for g in values[1:] if g is not None
+        ]
 
     def _to_gates(self, hidden: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         if self.gate_device is None or same_device(hidden[0].device, self.gate_device):
             return hidden
         return tuple(h.to(self.gate_device) for h in hidden)
 
-    def _gate_mask(self, teacher, hidden: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+    def _gate_mask(self, teacher: ModelOutputs, hidden: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
         """The attention mask on the gates' device under ``--padding dynamic`` (masked gate LayerNorm), else None."""
-        return teacher.attention_mask.to(hidden[0].device) if self.masked else None
+        return attention_mask_of(teacher).to(hidden[0].device) if self.masked else None
 
-    def _gate_stats(self, values: list, teacher, names) -> dict[str, torch.Tensor]:
+    def _gate_stats(
+        self, values: list[torch.Tensor | None], teacher: ModelOutputs, names: Iterable[int]
+    ) -> dict[str, torch.Tensor]:
         """``gate_mean_{k}``: each gate value's mean over every position (the original's fixed padding) or over
         the real tokens (``--padding dynamic``, where the batch width varies)."""
-        stats = {}
+        stats: dict[str, torch.Tensor] = {}
         for name, g in zip(names, values):
             if g is None:
                 continue
             g = g.detach().float()
             stats[f"gate_mean_{name}"] = (
-                masked_mean(g, teacher.attention_mask.to(g.device)) if self.masked else g.mean()
+                masked_mean(g, attention_mask_of(teacher).to(g.device)) if self.masked else g.mean()
             )
         return stats
 
@@ -203,7 +220,16 @@ class LAD(GatedKD):
         "gate value over non-padding tokens and dimensions of the dev sample; ignores the gates' LayerNorm."
     )
 
-    def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, **kw):
+    def __init__(
+        self,
+        num_student_layers: int,
+        num_teacher_layers: int,
+        hard_weight: float,
+        soft_weight: float,
+        temperature: float,
+        mu: float,
+        **kw: Any,
+    ) -> None:
         super().__init__(
             num_student_layers,
             num_teacher_layers,
@@ -216,15 +242,18 @@ class LAD(GatedKD):
         )
         self.targets = lad_targets(num_teacher_layers, num_student_layers)
 
-    def hidden_pairs(self, student, teacher):
-        values: list = []
+    def hidden_pairs(
+        self, student: ModelOutputs, teacher: ModelOutputs
+    ) -> tuple[list[HiddenPair], dict[str, torch.Tensor]]:
+        assert student.hidden_states is not None and teacher.hidden_states is not None  # needs_hidden_states
+        values: list[torch.Tensor | None] = []
         th = self._to_gates(teacher.hidden_states)
-        agg = aggregate_chain(self.gates, th, max(self.targets), values, self._gate_mask(teacher, th))
+        agg = aggregate_chain(self.made_gates(), th, max(self.targets), values, self._gate_mask(teacher, th))
         dev = student.hidden_states[0].device
         pairs = [HiddenPair(j, student.hidden_states[j - 1], agg[k - 1].to(dev)) for j, k in enumerate(self.targets, 1)]
         return pairs, self._gate_stats(values, teacher, range(1, len(values) + 1))
 
-    def layer_map(self, student, teacher):
+    def layer_map(self, student: ModelOutputs, teacher: ModelOutputs) -> np.ndarray:
         gbar = self.mean_chain_gates(teacher, max(self.targets))
         return np.stack([chain_contributions(gbar, k, self.lt) for k in self.targets])
 
@@ -244,7 +273,16 @@ class LADNO(GatedKD):
         "dimensions of the dev sample) on the upper layer, 1 - g on the lower; ignores the gate's LayerNorm."
     )
 
-    def __init__(self, num_student_layers, num_teacher_layers, hard_weight, soft_weight, temperature, mu, **kw):
+    def __init__(
+        self,
+        num_student_layers: int,
+        num_teacher_layers: int,
+        hard_weight: float,
+        soft_weight: float,
+        temperature: float,
+        mu: float,
+        **kw: Any,
+    ) -> None:
         if num_teacher_layers < 2 * num_student_layers:
             raise UserError(
                 f"LAD-NO pairs teacher layers: a {num_student_layers}-layer student needs a teacher with "
@@ -262,22 +300,27 @@ class LADNO(GatedKD):
         )
         self.pairs = [(j * self.skip - 1, j * self.skip) for j in range(1, num_student_layers + 1)]
 
-    def hidden_pairs(self, student, teacher):
+    def hidden_pairs(
+        self, student: ModelOutputs, teacher: ModelOutputs
+    ) -> tuple[list[HiddenPair], dict[str, torch.Tensor]]:
+        assert student.hidden_states is not None and teacher.hidden_states is not None  # needs_hidden_states
         th = self._to_gates(teacher.hidden_states)
         mask = self._gate_mask(teacher, th)
         dev = student.hidden_states[0].device
-        pairs, values = [], []
+        pairs: list[HiddenPair] = []
+        values: list[torch.Tensor | None] = []
         for j, (lo, hi) in enumerate(self.pairs, 1):
-            out, g = self.gates[j - 1].mix(th[lo - 1], th[hi - 1], mask)
+            out, g = self.gate(j - 1).mix(th[lo - 1], th[hi - 1], mask)
             pairs.append(HiddenPair(j, student.hidden_states[j - 1], out.to(dev)))
             values.append(g)
         return pairs, self._gate_stats(values, teacher, range(1, len(values) + 1))
 
-    def layer_map(self, student, teacher):
+    def layer_map(self, student: ModelOutputs, teacher: ModelOutputs) -> np.ndarray:
+        assert teacher.hidden_states is not None  # needs_hidden_states: the dev sample's forward keeps them
         th = self._to_gates(teacher.hidden_states)
         w = np.zeros((self.ls, self.lt))
         for j, (lo, hi) in enumerate(self.pairs, 1):
-            g = masked_mean(self.gates[j - 1].gate_value(th[lo - 1]), teacher.attention_mask.to(th[0].device)).item()
+            g = masked_mean(self.gate(j - 1).gate_value(th[lo - 1]), attention_mask_of(teacher).to(th[0].device)).item()
             w[j - 1, hi - 1], w[j - 1, lo - 1] = g, 1 - g
         return w
 
@@ -344,22 +387,22 @@ class PartialLAD(GatedKD):
 
     name = "partial_lad"
     needs_layer_multiple = True
-    flag_groups = (GateFlags, ProbingFlags)
+    flag_groups: ClassVar[tuple[type, ...]] = (GateFlags, ProbingFlags)
     map_caption = LAD.map_caption + " Rows beyond the gate indices learn one raw teacher layer."
 
     def __init__(
         self,
-        num_student_layers,
-        num_teacher_layers,
-        hard_weight,
-        soft_weight,
-        temperature,
-        mu,
+        num_student_layers: int,
+        num_teacher_layers: int,
+        hard_weight: float,
+        soft_weight: float,
+        temperature: float,
+        mu: float,
         *,
         gate_indices: list[int],
         init_uncovered: bool = False,
-        **kw,
-    ):
+        **kw: Any,
+    ) -> None:
         self.mapping = partial_lad_mapping(gate_indices, num_student_layers, num_teacher_layers)
         super().__init__(
             num_student_layers,
@@ -375,7 +418,7 @@ class PartialLAD(GatedKD):
         self.init_uncovered = init_uncovered
 
     @classmethod
-    def own_arguments(cls, settings) -> dict:
+    def own_arguments(cls, settings: MethodSettings) -> dict[str, Any]:
         return {
             **super().own_arguments(settings),
             "init_uncovered": settings.group(LayerwiseFlags).init_uncovered,
@@ -387,10 +430,13 @@ class PartialLAD(GatedKD):
         ``--init_uncovered``."""
         return [(j, idx) for j, (k, idx) in enumerate(self.mapping, 1) if k == "agg" or self.init_uncovered]
 
-    def hidden_pairs(self, student, teacher):
-        values: list = []
+    def hidden_pairs(
+        self, student: ModelOutputs, teacher: ModelOutputs
+    ) -> tuple[list[HiddenPair], dict[str, torch.Tensor]]:
+        assert student.hidden_states is not None and teacher.hidden_states is not None  # needs_hidden_states
+        values: list[torch.Tensor | None] = []
         th = self._to_gates(teacher.hidden_states)
-        agg = aggregate_chain(self.gates, th, max(self.gate_indices), values, self._gate_mask(teacher, th))
+        agg = aggregate_chain(self.made_gates(), th, max(self.gate_indices), values, self._gate_mask(teacher, th))
         dev = student.hidden_states[0].device
         pairs = []
         for j, (kind, idx) in enumerate(self.mapping, 1):
@@ -398,7 +444,7 @@ class PartialLAD(GatedKD):
             pairs.append(HiddenPair(j, student.hidden_states[j - 1], target.to(dev)))
         return pairs, self._gate_stats(values, teacher, range(1, len(values) + 1))
 
-    def layer_map(self, student, teacher):
+    def layer_map(self, student: ModelOutputs, teacher: ModelOutputs) -> np.ndarray:
         gbar = self.mean_chain_gates(teacher, max(self.gate_indices))
         rows = []
         for kind, idx in self.mapping:

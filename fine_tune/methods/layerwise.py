@@ -24,7 +24,9 @@ The loss then no longer depends on how far a batch is padded.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -35,7 +37,7 @@ from ..engine.protocol import ExtraParameters, ModelOutputs
 from ..errors import UserError
 from ..layer_mapping import uniform_layers
 from ..models.init import teacher_layer_map
-from ..models.projection import WidthProjection
+from ..models.projection import PretrainedProjection, WidthProjection
 from ..settings import DistilFlags, LayerwiseFlags
 from .base import Method, MethodSettings
 from .logits_kd import check_temperature, logits_kd_loss
@@ -76,6 +78,13 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum() / m.sum().clamp_min(1)
 
 
+def attention_mask_of(outputs: ModelOutputs) -> torch.Tensor:
+    """``outputs.attention_mask``, which the models' forwards always hand on (models/forward.py); for the losses that
+    read it whatever the padding (a heat-map's real tokens) or under ``--padding dynamic``."""
+    assert outputs.attention_mask is not None, "the forward handed on no attention mask"
+    return outputs.attention_mask
+
+
 class WidthProjecting:
     """A method's learned width projection as its own parameters (:class:`WidthProjection`): made when the method's
     ``needs_projection`` says so (a student of another width than the teacher's), on the student's device, trained
@@ -90,29 +99,45 @@ class WidthProjecting:
     projection_name = "projection"
     # a pretrained student's own map (models/projection.PretrainedProjection, checked by the method that sets it):
     # the shared projection starts from it (TinyBERT's W_h from General TinyBERT's fit_dense)
-    pretrained_projection = None
+    pretrained_projection: PretrainedProjection | None = None
+    # what the method sets (class docstring)
+    student_width: int | None
+    teacher_width: int | None
+    ls: int
+    projection_optimiser: OptimiserSettings | None
+    projection: WidthProjection | None
+
+    @property
+    def needs_projection(self) -> bool:
+        """Whether the method has a width projection: the method's own rule."""
+        raise NotImplementedError
 
     def create_parameters(self, device: torch.device | None, student_device: torch.device | None = None) -> None:
         """The width projection (when ``needs_projection``), on the student's device."""
         if self.needs_projection:
+            if self.student_width is None or self.teacher_width is None:
+                raise ValueError("a width projection is made between the student's and the teacher's widths: give both")
             self.projection = WidthProjection(self.student_width, self.teacher_width, self.ls, self.shared_projection)
             if self.pretrained_projection is not None:  # drawn first all the same: the seeded stream that follows
-                self.pretrained_projection.copy_to(self.projection.maps[0])  # does not depend on it
+                # does not depend on it (cast: WidthProjection's maps are Linear layers)
+                self.pretrained_projection.copy_to(cast(torch.nn.Linear, self.projection.maps[0]))
             if student_device is not None:
                 self.projection.to(student_device)
 
     def extra_parameters(self) -> list[ExtraParameters]:
         if self.projection is None:
             return []
+        if self.projection_optimiser is None:
+            raise ValueError("a width projection learns with projection_optimiser: the method was built without one")
         return [
             ExtraParameters(name=self.projection_name, modules=[self.projection], optimiser=self.projection_optimiser)
         ]
 
-    def checkpoint_state(self) -> dict[str, dict]:
+    def checkpoint_state(self) -> dict[str, dict[str, Any]]:
         """``projection`` -> its state_dict (``projection-{step}.pt``) when the method has one."""
         return {} if self.projection is None else {self.projection_name: self.projection.state_dict()}
 
-    def load_checkpoint_state(self, states: dict[str, dict]) -> None:
+    def load_checkpoint_state(self, states: dict[str, dict[str, Any]]) -> None:
         if self.projection is not None:
             self.projection.load_state_dict(states[self.projection_name])
 
@@ -143,23 +168,24 @@ class LayerwiseKD(WidthProjecting, Method):
         if not (d.hard_weight or d.soft_weight or mu):
             raise UserError("--hard_weight, --soft_weight and --mu are all 0: the student would learn nothing")
         check_temperature(settings.regression, d.softmax_temp)
+        student, teacher = settings.need_student(), settings.need_teacher()
         return cls(
-            settings.student.num_layers,
-            settings.teacher.num_layers,
+            student.num_layers,
+            teacher.num_layers,
             d.hard_weight,
             d.soft_weight,
             d.softmax_temp,
             mu,
             padding=settings.padding,
-            student_width=settings.student.hidden_size,
-            teacher_width=settings.teacher.hidden_size,
+            student_width=student.hidden_size,
+            teacher_width=teacher.hidden_size,
             projection_optimiser=settings.optimiser,
             regression=settings.regression,
             **cls.own_arguments(settings),
         )
 
     @classmethod
-    def own_arguments(cls, settings: MethodSettings) -> dict:
+    def own_arguments(cls, settings: MethodSettings) -> dict[str, Any]:
         """The subclass's own constructor arguments, from its settings groups (and ``settings.legacy``)."""
         return {}
 
@@ -275,7 +301,9 @@ class LayerwiseKD(WidthProjecting, Method):
         :meth:`loss_mask`."""
         return hidden_mse_loss(pairs, self.mu, mask)
 
-    def losses(self, batch, student: ModelOutputs, teacher: ModelOutputs | None):
+    def losses(
+        self, batch: Mapping[str, Any], student: ModelOutputs, teacher: ModelOutputs | None
+    ) -> dict[str, torch.Tensor]:
         parts = logits_kd_loss(
             student.logits,
             None if teacher is None else teacher.logits,
@@ -287,6 +315,7 @@ class LayerwiseKD(WidthProjecting, Method):
         )
         loss = parts["logits_loss"]
         if self.mu:
+            assert teacher is not None  # uses_teacher: the engine runs the teacher whenever mu != 0
             student = self.in_teacher_space(student)
             pairs, stats = self.hidden_pairs(student, teacher)
             hidden, per_layer = self.hidden_loss(pairs, self.loss_mask(student))

@@ -6,6 +6,9 @@ code base's (Lin et al., Sensors 2023).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -87,7 +90,9 @@ class HardLabel(Method):
     def build(cls, settings: MethodSettings) -> HardLabel:
         return cls(settings.regression)
 
-    def losses(self, batch, student: ModelOutputs, teacher=None):
+    def losses(
+        self, batch: Mapping[str, Any], student: ModelOutputs, teacher: ModelOutputs | None = None
+    ) -> dict[str, torch.Tensor]:
         logits = student.logits.float()
         if self.regression:
             return {"loss": F.mse_loss(logits[:, 0], batch["labels"].float())}
@@ -115,7 +120,9 @@ class OfflineLogitsKD(Method):
         check_temperature(settings.regression, d.softmax_temp)
         return cls(d.hard_weight, d.soft_weight, d.softmax_temp, settings.regression)
 
-    def losses(self, batch, student: ModelOutputs, teacher=None):
+    def losses(
+        self, batch: Mapping[str, Any], student: ModelOutputs, teacher: ModelOutputs | None = None
+    ) -> dict[str, torch.Tensor]:
         parts = logits_kd_loss(
             student.logits,
             batch["teacher_logits"],

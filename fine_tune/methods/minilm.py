@@ -40,21 +40,26 @@ the input dtype or the surrounding autocast.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from ..engine.protocol import PLAIN_RECORD, LayerRecord
+from ..engine.protocol import PLAIN_RECORD, LayerRecord, ModelOutputs
 from ..errors import UserError
 from ..settings import _positive, flag
+from .base import MethodSettings
 from .layerwise import LayerwiseKD
 from .logits_kd import logits_kd_loss
 from .tinybert import check_recomputable_attention, split_heads, width_of
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
-def _fp32_off(x: torch.Tensor):
+
+def _fp32_off(x: torch.Tensor) -> torch.autocast:
     """A context with autocast disabled on ``x``'s device type."""
     return torch.autocast(device_type=x.device.type, enabled=False)
 
@@ -119,7 +124,16 @@ class _ChunkedRelationKL(torch.autograd.Function):
     attends to [R, 1, S], the weights [R, S] of its query rows (0 at a padding row)."""
 
     @staticmethod
-    def forward(ctx, s_left, s_right, t_left, t_right, keys, weights, chunk: int):
+    def forward(
+        ctx: Any,  # torch's FunctionCtx, which carries the chunk too
+        s_left: torch.Tensor,
+        s_right: torch.Tensor,
+        t_left: torch.Tensor,
+        t_right: torch.Tensor,
+        keys: torch.Tensor,
+        weights: torch.Tensor,
+        chunk: int,
+    ) -> torch.Tensor:
         ctx.save_for_backward(s_left, s_right, t_left, t_right, keys, weights)
         ctx.chunk = chunk
         total = s_left.new_zeros(())
@@ -131,7 +145,7 @@ class _ChunkedRelationKL(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         s_left, s_right, t_left, t_right, keys, weights = ctx.saved_tensors
         student, teacher = any(ctx.needs_input_grad[:2]), any(ctx.needs_input_grad[2:4])
         grads = [
@@ -145,10 +159,12 @@ class _ChunkedRelationKL(torch.autograd.Function):
                 log_t = _log_relation(t_left[rows], t_right[rows], keys[rows])
                 w = (weights[rows] * grad)[..., None]  # [rows, S, 1]
                 if teacher:  # first: the student's writes over log_s
+                    assert grads[2] is not None and grads[3] is not None  # made above for the teacher
                     kl = _row_kl(log_s, log_t, keys[rows])[..., None]
                     d_scores = (log_t - log_s).sub_(kl).mul_(log_t.exp()).masked_fill_(~keys[rows], 0.0).mul_(w)
                     _score_grads(grads[2], grads[3], d_scores, t_left, t_right, rows)
                 if student:  # p^S - p^T (both exactly 0 at a padding key), weighted, in place
+                    assert grads[0] is not None and grads[1] is not None  # made above for the student
                     d_scores = log_s.exp_().sub_(log_t.exp_()).mul_(w)
                     _score_grads(grads[0], grads[1], d_scores, s_left, s_right, rows)
         return (*grads, None, None, None)
@@ -226,9 +242,10 @@ def relation_kl(
             weights = real / (tokens * s_heads).clamp_min(1.0)[:, None] / (tokens > 0).sum().float().clamp_min(1.0)
         keys = _real_keys(real)[:, None, :].repeat_interleave(s_heads, 0)  # [B * H, 1, S]
         chunk = chunk_rows or max(1, RELATION_CHUNK_ELEMENTS // (length * length))
-        return _ChunkedRelationKL.apply(
+        total: torch.Tensor = _ChunkedRelationKL.apply(  # type: ignore[no-untyped-call]  # torch's apply is unannotated
             s_rows[0], s_rows[-1], t_rows[0], t_rows[-1], keys, weights.repeat_interleave(s_heads, 0), chunk
         )
+        return total
 
 
 def minilm_loss(
@@ -278,7 +295,7 @@ def minilmv2_loss(
         raise UserError(
             f"--relation_heads {relation_heads} must divide both hidden sizes: student {s_width}, teacher {t_width}"
         )
-    parts = {}
+    parts: dict[str, torch.Tensor] = {}
     for name, student, teacher in (("qq_kl", s_q, t_q), ("kk_kl", s_k, t_k), ("vv_kl", s_v, t_v)):
         parts[name] = relation_kl(student, student, teacher, teacher, relation_heads, relation_heads, mask, average)
     return parts["qq_kl"] + parts["kk_kl"] + parts["vv_kl"], parts
@@ -326,12 +343,12 @@ class MiniLM(LayerwiseKD):
 
     def __init__(
         self,
-        num_student_layers,
-        num_teacher_layers,
-        hard_weight,
-        soft_weight,
-        temperature,
-        mu,
+        num_student_layers: int,
+        num_teacher_layers: int,
+        hard_weight: float,
+        soft_weight: float,
+        temperature: float,
+        mu: float,
         *,
         student_heads: int,
         teacher_heads: int,
@@ -341,8 +358,8 @@ class MiniLM(LayerwiseKD):
         teacher_width: int | None = None,
         padding: str = "max_length",
         average: str = "sequence",
-        **common,
-    ):
+        **common: Any,
+    ) -> None:
         super().__init__(
             num_student_layers,
             num_teacher_layers,
@@ -392,19 +409,20 @@ class MiniLM(LayerwiseKD):
             )
 
     @classmethod
-    def own_arguments(cls, settings) -> dict:
+    def own_arguments(cls, settings: MethodSettings) -> dict[str, Any]:
+        student, teacher = settings.need_student(), settings.need_teacher()
         return {
-            "student_heads": settings.student.num_heads,
-            "teacher_heads": settings.teacher.num_heads or settings.student.num_heads,
+            "student_heads": student.num_heads,
+            "teacher_heads": teacher.num_heads or student.num_heads,
             "relation_heads": settings.group(MiniLMFlags).relation_heads,
             "average": settings.legacy.get("minilm_average", "sequence"),
             "teacher_layer": settings.group(MiniLMFlags).minilm_teacher_layer,
         }
 
-    def record(self) -> dict:
+    def record(self) -> dict[str, Any]:
         return {"minilm_average": self.average}
 
-    def check_models(self, teacher_config, student_family: str) -> None:
+    def check_models(self, teacher_config: PretrainedConfig, student_family: str) -> None:
         if self.mu:
             check_recomputable_attention(teacher_config.model_type, student_family, "MiniLM")
 
@@ -419,7 +437,9 @@ class MiniLM(LayerwiseKD):
     def ignores_padding(self) -> bool:  # type: ignore[override]
         return True  # relations exclude padding keys and padding query rows in either padding
 
-    def losses(self, batch, student, teacher):
+    def losses(
+        self, batch: Mapping[str, Any], student: ModelOutputs, teacher: ModelOutputs | None
+    ) -> dict[str, torch.Tensor]:
         parts = logits_kd_loss(
             student.logits,
             None if teacher is None else teacher.logits,
@@ -431,6 +451,8 @@ class MiniLM(LayerwiseKD):
         )
         loss = parts["logits_loss"]
         if self.mu:
+            # uses_teacher, and the forwards record the attention inputs this method declares (recorded_layers)
+            assert teacher is not None and student.attention_inputs is not None and teacher.attention_inputs is not None
             mask = student.attention_mask
             sq, sk, sv = student.attention_inputs[-1]
             dev = sq.device

@@ -9,15 +9,16 @@ al.'s own loss.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from ..engine.protocol import PLAIN_RECORD, LayerRecord
+from ..engine.protocol import PLAIN_RECORD, LayerRecord, ModelOutputs
 from ..errors import UserError
 from ..layer_mapping import uniform_layers
 from ..settings import flag
+from .base import MethodSettings
 from .layerwise import HiddenPair, LayerwiseKD
 
 PKD_LOSSES = ("hidden_mse", "normalized_cls")
@@ -82,19 +83,19 @@ class PKD(LayerwiseKD):
 
     def __init__(
         self,
-        num_student_layers,
-        num_teacher_layers,
-        hard_weight,
-        soft_weight,
-        temperature,
-        mu,
+        num_student_layers: int,
+        num_teacher_layers: int,
+        hard_weight: float,
+        soft_weight: float,
+        temperature: float,
+        mu: float,
         *,
         loss: str = "hidden_mse",
         strategy: str = "skip",
         padding: str = "max_length",
         cls_reduction: str = "mean",
-        **common,
-    ):
+        **common: Any,
+    ) -> None:
         if loss not in PKD_LOSSES:
             raise UserError(f"--pkd_loss {loss!r}: choose one of {', '.join(PKD_LOSSES)}")
         super().__init__(
@@ -114,24 +115,29 @@ class PKD(LayerwiseKD):
         return self.records[role]
 
     @classmethod
-    def own_arguments(cls, settings) -> dict:
+    def own_arguments(cls, settings: MethodSettings) -> dict[str, Any]:
         return {
             "loss": settings.group(PkdFlags).pkd_loss,
             "strategy": settings.group(PkdFlags).pkd_strategy,
             "cls_reduction": settings.legacy.get("pkd_cls_reduction", "mean"),
         }
 
-    def record(self) -> dict:
+    def record(self) -> dict[str, Any]:
         return {"pkd_cls_reduction": self.cls_reduction} if self.loss_kind == "normalized_cls" else {}
 
-    def hidden_pairs(self, student, teacher):
+    def hidden_pairs(
+        self, student: ModelOutputs, teacher: ModelOutputs
+    ) -> tuple[list[HiddenPair], dict[str, torch.Tensor]]:
+        assert student.hidden_states is not None and teacher.hidden_states is not None  # needs_hidden_states
         dev = student.hidden_states[0].device
         return [
             HiddenPair(j, student.hidden_states[j - 1], teacher.hidden_states[t - 1].to(dev))
             for j, t in enumerate(self.teacher_layers, 1)
         ], {}
 
-    def hidden_loss(self, pairs, mask=None):
+    def hidden_loss(
+        self, pairs: list[HiddenPair], mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         if self.loss_kind == "hidden_mse":  # masked under --padding dynamic
             return super().hidden_loss(pairs, mask)
         # [CLS] only: the same with either padding

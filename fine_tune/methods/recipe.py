@@ -22,18 +22,20 @@ every other term names its teacher.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from itertools import groupby
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from ..engine.optim import OptimiserSettings
 from ..engine.protocol import LayerRecord, ModelOutputs, TeacherShape
 from ..errors import UserError
 from ..layer_mapping import uniform_layers
 from ..models.init import teacher_layer_map
-from ..models.projection import WidthProjection
+from ..models.projection import PretrainedProjection, WidthProjection
 from ..recipes.format import (
     ATTENTION_FEATURES,
     DEFAULT_TEACHER,
@@ -44,12 +46,15 @@ from ..recipes.format import (
     load_recipe,
 )
 from ..settings import flag
-from .base import Method, MethodSettings
+from .base import Method, MethodSettings, StudentShape
 from .layerwise import WidthProjecting
 from .logits_kd import check_temperature
-from .terms import term_loss
+from .terms import Projection, term_loss
 from .tinybert import check_recomputable_attention
 from .with_terms import MethodWithTerms
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 # the features read from the hidden states (those a width projection applies to); ATTENTION_FEATURES: from the
 # attention projections
@@ -100,7 +105,7 @@ class ResolvedTerm:
     pairs: tuple[tuple[int, int], ...]
     loss: str
     teacher: str | None = None
-    heads: tuple[int, int] = (0, 0)
+    heads: tuple[int, int | None] = (0, 0)  # (the teacher's None: its shape gave none)
     teacher_width: int = 0
     weight: float = 0.0
     temperature: float = 1.0
@@ -132,6 +137,9 @@ class RecipeKD(WidthProjecting, Method):
     needs_layer_multiple = False  # layer pairs come from the recipe (rules spread ceil(j L_t / L_s))
     # projection: shared starts from a pretrained student's own fit_dense (TinyBERT's W_h, General TinyBERT's)
     projection_weights = "fit_dense"
+    # both widths are known (WidthProjecting's may be None)
+    student_width: int
+    teacher_width: int
 
     def __init__(
         self,
@@ -144,9 +152,9 @@ class RecipeKD(WidthProjecting, Method):
         regression: bool,
         student_width: int,
         teacher_width: int,
-        projection_optimiser=None,
+        projection_optimiser: OptimiserSettings | None = None,
         teacher_weights: dict[str, float] | None = None,
-    ):
+    ) -> None:
         """``teacher_width``: the width the projected hidden terms' teachers share (the projection's output);
         ``teacher_weights``: several teachers' weights by name, in order (None: one teacher)."""
         self.recipe, self.terms = recipe, terms
@@ -161,7 +169,8 @@ class RecipeKD(WidthProjecting, Method):
             projection_optimiser = replace(projection_optimiser, schedule=self.schedule)
         self.projection_optimiser = projection_optimiser
         self.projection: WidthProjection | None = None
-        self.found_projection = None  # a pretrained student's fit_dense (build), used by projection: shared
+        # a pretrained student's fit_dense (build), used by projection: shared
+        self.found_projection: PretrainedProjection | None = None
         # projection: shared, TinyBERT's W_h: one map for every layer and the embeddings, at any widths
         self.shared_projection = any(t.term.projection == "shared" for t in terms)
         features = {t.term.feature for t in terms}
@@ -185,7 +194,7 @@ class RecipeKD(WidthProjecting, Method):
         where = f"recipe {recipe.path or path}"
         if recipe.method is not None and settings.base is None:
             raise ValueError(f"{where}: method: {recipe.method}: the run plan builds the method the terms add to")
-        s = settings.student
+        s = settings.need_student()
         # the teachers by name (a recipe's several, or the run's one: DEFAULT_TEACHER), the first the primary
         several = len(recipe.teachers) > 1
         if several:
@@ -196,7 +205,7 @@ class RecipeKD(WidthProjecting, Method):
                     f"{[t.name for t in recipe.teachers]}"
                 )
         else:
-            shapes = {recipe.teachers[0].name if recipe.teachers else DEFAULT_TEACHER: settings.teacher}
+            shapes = {recipe.teachers[0].name if recipe.teachers else DEFAULT_TEACHER: settings.need_teacher()}
         terms = [cls._resolve(term, s, shapes, settings.regression, f"{where}: {term.key}") for term in recipe.terms]
         primary = next(iter(shapes.values()))
         widths = {t.teacher_width for t in terms if projected(t, s.hidden_size)}
@@ -228,7 +237,9 @@ class RecipeKD(WidthProjecting, Method):
         return MethodWithTerms(settings.base, method)
 
     @staticmethod
-    def _resolve(term: Term, student, teachers: dict[str, TeacherShape], regression: bool, where: str) -> ResolvedTerm:
+    def _resolve(
+        term: Term, student: StudentShape, teachers: dict[str, TeacherShape], regression: bool, where: str
+    ) -> ResolvedTerm:
         if term.feature == "logits" and term.temperature is not None:
             for value in {term.temperature.start, term.temperature.end}:  # a schedule's values lie between
                 check_temperature(regression, value)
@@ -291,7 +302,7 @@ class RecipeKD(WidthProjecting, Method):
             ]
         return [f"{found.file} holds a {found.prefix}weight: unused (only projection: shared starts from it)"]
 
-    def check_models(self, teacher_config, student_family: str) -> None:
+    def check_models(self, teacher_config: PretrainedConfig, student_family: str) -> None:
         """Attention terms recompute attention from the recorded Q, K, V: refused for a family whose attention is
         not recomputable that way (as TinyBERT and MiniLM refuse it)."""
         if any(t.term.feature in ATTENTION_FEATURES for t in self.terms):
@@ -307,7 +318,7 @@ class RecipeKD(WidthProjecting, Method):
     def recorded_layers(self, role: str) -> LayerRecord:
         return self.records[role]
 
-    def record(self) -> dict:
+    def record(self) -> dict[str, Any]:
         return {"recipe": self.recipe.record()}
 
     def describe_mapping(self) -> str:
@@ -317,7 +328,7 @@ class RecipeKD(WidthProjecting, Method):
             if t.pairs
         )
 
-    def init_pairs(self, init_range, pretrained_student: bool) -> list[tuple[int, int]]:
+    def init_pairs(self, init_range: tuple[int, int, int] | None, pretrained_student: bool) -> list[tuple[int, int]]:
         """As every layer-wise method: student layer j <- teacher layer ceil(j L_t / L_s), or
         ``--init_start/--init_end/--init_step``; none for a pretrained student or another width."""
         if init_range is not None:
@@ -333,14 +344,15 @@ class RecipeKD(WidthProjecting, Method):
         return any(projected(t, self.student_width) for t in self.terms)
 
     # -- the loss ------------------------------------------------------------------------------------------------
-    def _projector(self, t: ResolvedTerm):
+    def _projector(self, t: ResolvedTerm) -> Projection | None:
         """``project(layer, hidden)`` for :func:`~fine_tune.methods.terms.term_loss`: the student's layer in the
         teacher's width (None: no projection for this term)."""
         if self.projection is None or not projected(t, self.student_width):
             return None
         if self.projection.shared:  # the embeddings (layer 0) too
             return self.projection
-        return lambda layer, h: self.projection(layer, h) if layer > 0 else h
+        projection = self.projection  # (narrowed: not None)
+        return lambda layer, h: projection(layer, h) if layer > 0 else h
 
     def begin_step(self, step: int) -> None:
         """The schedules' weights and temperatures for optimizer step ``step`` (0-based: the steps taken)."""
@@ -352,12 +364,19 @@ class RecipeKD(WidthProjecting, Method):
         if self.teacher_weights is None or teacher is None:
             return {None: teacher}
         members = teacher.members
+        assert members is not None  # several teachers' outputs hold each one's (models/teacher_set.TeacherSet)
         combined = weighted_logits(
             [members[n].logits for n in self.teacher_weights], list(self.teacher_weights.values())
         )
-        return {None: ModelOutputs(logits=combined, attention_mask=teacher.attention_mask), **members}
+        sources: dict[str | None, ModelOutputs | None] = {
+            None: ModelOutputs(logits=combined, attention_mask=teacher.attention_mask)
+        }
+        sources.update(members.items())  # (pairs: a dict[str, ...] is no dict[str | None, ...])
+        return sources
 
-    def losses(self, batch, student: ModelOutputs, teacher: ModelOutputs | None):
+    def losses(
+        self, batch: Mapping[str, Any], student: ModelOutputs, teacher: ModelOutputs | None
+    ) -> dict[str, torch.Tensor]:
         mask = student.attention_mask if self.padding == "dynamic" else None
         total = student.logits.float().new_zeros(())
         parts: dict[str, torch.Tensor] = {}
@@ -383,8 +402,8 @@ class RecipeKD(WidthProjecting, Method):
                 reduction=term.reduction,
             )
 
-        for group, members in groupby(self.current, key=lambda t: t.term.group):
-            members = list(members)
+        for group, grouped in groupby(self.current, key=lambda t: t.term.group):
+            members = list(grouped)
             if group is None:  # each term weighted where the built-in methods weigh theirs (term_loss)
                 for t in members:
                     contribution = loss_of(t, t.weight)

@@ -50,7 +50,7 @@ additions, so each reproduces its method bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -65,10 +65,12 @@ from .pkd import normalized_cls_loss
 from .tinybert import attention_mse, attention_mse_from_projections, hidden_mse, soft_cross_entropy
 
 Projection = Callable[[int, torch.Tensor], torch.Tensor]
+# one layer's (query, key, value) projections (ModelOutputs.attention_inputs)
+QKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 REDUCTIONS = ("mean", "sum")
 
 
-def _fp32_off(x: torch.Tensor):
+def _fp32_off(x: torch.Tensor) -> torch.autocast:
     """A context with autocast disabled on ``x``'s device type."""
     return torch.autocast(device_type=x.device.type, enabled=False)
 
@@ -79,7 +81,7 @@ class _Options:
     temperature: float
     mask: torch.Tensor | None
     key_mask: torch.Tensor | None  # the padding keys attention scores zero (mask, else the student's own)
-    num_heads: tuple[int, int] | None
+    num_heads: tuple[int, int | None] | None  # (student, teacher; None: unknown)
     relation_heads: int | None
     head_mean: bool
 
@@ -164,7 +166,13 @@ def _hidden(outputs: ModelOutputs, layer: int, who: str) -> torch.Tensor:
     return outputs.hidden_states[layer - 1]
 
 
-def _vector_pairs(feature: str, student: ModelOutputs, teacher: ModelOutputs, pairs, project):
+def _vector_pairs(
+    feature: str,
+    student: ModelOutputs,
+    teacher: ModelOutputs,
+    pairs: tuple[tuple[int, int], ...],
+    project: Projection | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(student, teacher) tensors of each pair, the student's projected (the whole state, before position 0)."""
     if feature == "embeddings":
         pairs = ((0, 0),)
@@ -180,12 +188,12 @@ def _vector_pairs(feature: str, student: ModelOutputs, teacher: ModelOutputs, pa
 
 
 def _heads(o: _Options) -> tuple[int, int]:
-    if o.num_heads is None:
+    if o.num_heads is None or o.num_heads[1] is None:
         raise ValueError("an attention term needs num_heads (student heads, teacher heads)")
-    return o.num_heads
+    return o.num_heads[0], o.num_heads[1]
 
 
-def _scores_mse(s, t, o: _Options) -> torch.Tensor:
+def _scores_mse(s: QKV, t: QKV, o: _Options) -> torch.Tensor:
     """TinyBERT's attention-score MSE (padding keys 0 on both sides; a mask: real (query, key) pairs only)."""
     (sq, sk, _), (tq, tk, _) = s, t
     hs, ht = _heads(o)
@@ -198,7 +206,7 @@ def _probs(query: torch.Tensor, key: torch.Tensor, heads: int, o: _Options) -> t
     return probs.mean(1, keepdim=True) if o.head_mean else probs
 
 
-def _probs_kl(s, t, o: _Options) -> torch.Tensor:
+def _probs_kl(s: QKV, t: QKV, o: _Options) -> torch.Tensor:
     """MiniLM's attention-distribution KL (relation_kl, itself); head_mean: the KL of the heads' mean maps."""
     (sq, sk, _), (tq, tk, _) = s, t
     hs, ht = _heads(o)
@@ -222,7 +230,7 @@ def _probs_kl(s, t, o: _Options) -> torch.Tensor:
         return (kl * weights).sum()
 
 
-def _probs_mse(s, t, o: _Options) -> torch.Tensor:
+def _probs_mse(s: QKV, t: QKV, o: _Options) -> torch.Tensor:
     """MSE of the attention probabilities, as attention_mse (a mask: over the real (query, key) pairs)."""
     (sq, sk, _), (tq, tk, _) = s, t
     hs, ht = _heads(o)
@@ -232,28 +240,32 @@ def _probs_mse(s, t, o: _Options) -> torch.Tensor:
         )
 
 
-def _value_kl(s, t, o: _Options) -> torch.Tensor:
+def _value_kl(s: QKV, t: QKV, o: _Options) -> torch.Tensor:
     """MiniLM's value-relation KL (relation_kl of V with itself, as minilm_loss)."""
     sv, tv = s[2], t[2].to(s[2].device)
     hs, ht = _heads(o)
     return relation_kl(sv, sv, tv, tv, hs, ht, o.mask)
 
 
-def _qkv_kl(s, t, o: _Options) -> torch.Tensor:
+def _qkv_kl(s: QKV, t: QKV, o: _Options) -> torch.Tensor:
     """MiniLMv2's Q-Q + K-K + V-V relation KL over ``relation_heads`` (minilmv2_loss's total, itself)."""
     if o.relation_heads is None:
         raise ValueError("the qkv_relation term needs relation_heads")
     dev = s[0].device
-    return minilmv2_loss(*s, *(x.to(dev) for x in t), o.relation_heads, o.mask)[0]
+    tq, tk, tv = (x.to(dev) for x in t)
+    return minilmv2_loss(*s, tq, tk, tv, o.relation_heads, o.mask)[0]
 
 
-def _attention_pairs(student: ModelOutputs, teacher: ModelOutputs, pairs):
+def _attention_pairs(
+    student: ModelOutputs, teacher: ModelOutputs, pairs: tuple[tuple[int, int], ...]
+) -> Iterator[tuple[QKV, QKV]]:
     for j, i in pairs:
         if j < 1 or i < 1:
             raise ValueError(f"pair ({j}, {i}): attention is read from layers 1..L (0 is the embeddings)")
-        for who, outputs in (("student", student), ("teacher", teacher)):
-            if outputs.attention_inputs is None:
-                raise ValueError(f"the {who}'s forward recorded no attention inputs")
+        if student.attention_inputs is None:
+            raise ValueError("the student's forward recorded no attention inputs")
+        if teacher.attention_inputs is None:
+            raise ValueError("the teacher's forward recorded no attention inputs")
         yield student.attention_inputs[j - 1], teacher.attention_inputs[i - 1]
 
 
@@ -274,7 +286,9 @@ FEATURE_KINDS: dict[str, str] = {
 }
 _VECTOR_LOSSES = {"mse": _vector_mse, "cosine": _vector_cosine, "normalized_mse": _vector_normalized_mse}
 _SUMMED_VECTOR_LOSSES = {"mse": _vector_summed_mse}  # reduction "sum": TinyBERT's form where it differs
-TERMS: dict[tuple[str, str], Callable] = {
+# each kind's functions take its own arguments: (student, teacher, options) of whole outputs, (student, teacher,
+# mask) of vectors, (student, teacher, options) of one layer pair's (query, key, value)
+TERMS: dict[tuple[str, str], Callable[..., torch.Tensor]] = {
     ("logits", "kl"): _logits_kl,
     ("logits", "mse"): _logits_mse,
     ("logits", "ce"): _logits_ce,
@@ -324,7 +338,7 @@ def term_loss(
     labels: torch.Tensor | None = None,
     temperature: float = 1.0,
     mask: torch.Tensor | None = None,
-    num_heads: tuple[int, int] | None = None,
+    num_heads: tuple[int, int | None] | None = None,
     relation_heads: int | None = None,
     head_mean: bool = False,
     project: Projection | None = None,
@@ -356,6 +370,7 @@ def term_loss(
     o = _Options(labels, temperature, mask, key_mask, num_heads, relation_heads, head_mean)
     if kind == "outputs":
         return fn(student, teacher, o) * weight
+    assert teacher is not None  # refused above for every feature but hard_labels (of kind "outputs")
     if feature in PAIRED and not pairs:
         raise ValueError(f"the {feature} term needs at least one (student layer, teacher layer) pair")
     if kind == "vectors":

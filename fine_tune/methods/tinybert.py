@@ -24,22 +24,27 @@ computes in fp32 (autocast off), whatever the input dtype or the surrounding aut
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from ..engine.protocol import PLAIN_RECORD, LayerRecord
+from ..engine.protocol import PLAIN_RECORD, LayerRecord, ModelOutputs
 from ..errors import UserError
 from ..layer_mapping import uniform_layers
 from ..models.projection import PretrainedProjection
 from ..settings import DistilFlags, LayerwiseFlags, flag
+from .base import MethodSettings
 from .layerwise import LayerwiseKD
 from .logits_kd import check_temperature, logits_kd_loss
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
-def _fp32_off(x: torch.Tensor):
+
+def _fp32_off(x: torch.Tensor) -> torch.autocast:
     """A context with autocast disabled on ``x``'s device type."""
     return torch.autocast(device_type=x.device.type, enabled=False)
 
@@ -373,12 +378,12 @@ class TinyBERT(LayerwiseKD):
 
     def __init__(
         self,
-        num_student_layers,
-        num_teacher_layers,
-        hard_weight,
-        soft_weight,
-        temperature,
-        mu,
+        num_student_layers: int,
+        num_teacher_layers: int,
+        hard_weight: float,
+        soft_weight: float,
+        temperature: float,
+        mu: float,
         *,
         stage: str = "intermediate",
         student_heads: int | None = None,
@@ -391,8 +396,8 @@ class TinyBERT(LayerwiseKD):
         incomplete_batches: str = "skip",
         fit_dense: str = "always",
         pretrained_projection: PretrainedProjection | None = None,
-        **common,
-    ):
+        **common: Any,
+    ) -> None:
         if stage not in TINYBERT_STAGES:
             raise UserError(f"--tinybert_stage {stage!r}: choose one of {', '.join(TINYBERT_STAGES)}")
         super().__init__(
@@ -448,6 +453,10 @@ class TinyBERT(LayerwiseKD):
         used = self.needs_projection and fit_dense == "always"
         self.pretrained_projection = pretrained_projection if used else None
         if self.pretrained_projection is not None:
+            if self.student_width is None or self.teacher_width is None:
+                raise ValueError(
+                    "a pretrained W_h is checked against both widths: give student_width and teacher_width"
+                )
             way_around = (
                 "to compare the hidden states without W_h, as before issue 30"
                 if self.student_width == self.teacher_width
@@ -461,7 +470,7 @@ class TinyBERT(LayerwiseKD):
             )
 
     @classmethod
-    def build(cls, settings) -> TinyBERT:
+    def build(cls, settings: MethodSettings) -> TinyBERT:
         d, stage, mu = (
             settings.group(DistilFlags),
             settings.group(TinyBertFlags).tinybert_stage,
@@ -479,20 +488,21 @@ class TinyBERT(LayerwiseKD):
             d.softmax_temp,
             "the MSE to the gold score" if rules["regression_target"] == "gold" else "the MSE to the teacher's score",
         )
+        student, teacher = settings.need_student(), settings.need_teacher()
         return cls(
-            settings.student.num_layers,
-            settings.teacher.num_layers,
+            student.num_layers,
+            teacher.num_layers,
             d.hard_weight,
             d.soft_weight,
             d.softmax_temp,
             mu,
             stage=stage,
-            student_heads=settings.student.num_heads,
-            teacher_heads=settings.teacher.num_heads,
+            student_heads=student.num_heads,
+            teacher_heads=teacher.num_heads,
             attention=settings.group(TinyBertFlags).tinybert_attention,
             padding=settings.padding,
-            student_width=settings.student.hidden_size,
-            teacher_width=settings.teacher.hidden_size,
+            student_width=student.hidden_size,
+            teacher_width=teacher.hidden_size,
             projection_optimiser=settings.optimiser,
             regression=settings.regression,
             **rules,
@@ -500,7 +510,7 @@ class TinyBERT(LayerwiseKD):
         )
 
     @staticmethod
-    def released_rules(settings) -> dict:
+    def released_rules(settings: MethodSettings) -> dict[str, Any]:
         """The rules a fidelity fix made the released code's (issue 30), from their flags; a run started before a
         fix keeps its old rule (``settings.legacy``, config.LEGACY_FIELDS)."""
         t, old = settings.group(TinyBertFlags), settings.legacy
@@ -520,7 +530,7 @@ class TinyBERT(LayerwiseKD):
                 f"train: lower --batch_size, or pass --tinybert_incomplete_batches train"
             )
 
-    def check_models(self, teacher_config, student_family: str) -> None:
+    def check_models(self, teacher_config: PretrainedConfig, student_family: str) -> None:
         if self.intermediate:
             check_recomputable_attention(teacher_config.model_type, student_family, "TinyBERT")
 
@@ -536,7 +546,7 @@ class TinyBERT(LayerwiseKD):
         return self.records[role]
 
     @property
-    def needs_projection(self) -> bool:  # type: ignore[override]
+    def needs_projection(self) -> bool:
         """The intermediate stage's W_h: at any widths (``fit_dense="always"``, the released code's student always
         applies its ``fit_dense``), or only where the student's width differs from the teacher's."""
         if not (self.intermediate and self.mu and self.student_width is not None):
@@ -575,14 +585,16 @@ class TinyBERT(LayerwiseKD):
     def uses_teacher(self) -> bool:  # type: ignore[override]
         return self.intermediate or (bool(self.soft_weight) and not self.gold_regression)
 
-    def losses(self, batch, student, teacher):
+    def losses(
+        self, batch: Mapping[str, Any], student: ModelOutputs, teacher: ModelOutputs | None
+    ) -> dict[str, torch.Tensor]:
         if not self.intermediate:
             if self.gold_regression:  # the released code: MSELoss()(student_logits.view(-1), label_ids.view(-1))
                 return gold_regression_loss(student.logits, batch["labels"], self.hard_weight, self.soft_weight)
             if self.regression:  # --tinybert_regression_target teacher: MSE to the teacher's score
                 parts = logits_kd_loss(
                     student.logits,
-                    teacher.logits,
+                    None if teacher is None else teacher.logits,  # none with --soft_weight 0 (uses_teacher)
                     batch.get("labels"),
                     self.hard_weight,
                     self.soft_weight,
@@ -594,6 +606,7 @@ class TinyBERT(LayerwiseKD):
             parts = {}
             loss = student.logits.new_zeros((), dtype=torch.float32)
             if self.soft_weight:
+                assert teacher is not None  # uses_teacher: a soft loss not against the gold score
                 parts["soft_loss"] = soft_cross_entropy(
                     student.logits, teacher.logits, self.temperature, self.soft_reduction
                 )
@@ -605,8 +618,16 @@ class TinyBERT(LayerwiseKD):
             return parts
         mask = student.attention_mask
         student = self.in_teacher_space(student)
+        # the intermediate stage: uses_teacher, and both forwards keep what recorded_layers declares
+        assert (
+            student.hidden_states is not None
+            and student.attention_inputs is not None
+            and student.embeddings is not None
+        )
+        assert teacher is not None and teacher.hidden_states is not None and teacher.attention_inputs is not None
+        assert teacher.embeddings is not None
         dev = student.hidden_states[0].device
-        parts: dict[str, torch.Tensor] = {}
+        parts = {}
         attention, hidden = [], []
         for m, t in enumerate(self.teacher_layers, 1):
             sq, sk, _ = student.attention_inputs[m - 1]
@@ -637,7 +658,7 @@ class TinyBERT(LayerwiseKD):
         parts["loss"] = parts["attention_loss"] + parts["hidden_loss"] + parts["embedding_loss"]
         return parts
 
-    def record(self) -> dict:
+    def record(self) -> dict[str, Any]:
         return {"tinybert_layers": self.teacher_layers}
 
     def describe_mapping(self) -> str:

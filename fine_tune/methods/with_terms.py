@@ -12,12 +12,16 @@ heat-map) is the method's."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..engine.protocol import ExtraParameters, LayerRecord, ModelOutputs
 from .base import Method
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 
 class MethodWithTerms(Method):
@@ -47,7 +51,7 @@ class MethodWithTerms(Method):
     def needs_projection(self) -> bool:
         return bool(getattr(self.base, "needs_projection", False) or getattr(self.terms, "needs_projection", False))
 
-    def check_models(self, teacher_config, student_family: str) -> None:
+    def check_models(self, teacher_config: PretrainedConfig, student_family: str) -> None:
         self.base.check_models(teacher_config, student_family)
         self.terms.check_models(teacher_config, student_family)
 
@@ -60,7 +64,7 @@ class MethodWithTerms(Method):
     def record(self) -> dict[str, Any]:
         return {**self.base.record(), **self.terms.record()}
 
-    def init_pairs(self, init_range, pretrained_student: bool) -> list[tuple[int, int]]:
+    def init_pairs(self, init_range: tuple[int, int, int] | None, pretrained_student: bool) -> list[tuple[int, int]]:
         return self.base.init_pairs(init_range, pretrained_student)
 
     def create_parameters(self, device: torch.device | None, student_device: torch.device | None = None) -> None:
@@ -70,10 +74,10 @@ class MethodWithTerms(Method):
     def extra_parameters(self) -> list[ExtraParameters]:
         return [*self.base.extra_parameters(), *self.terms.extra_parameters()]
 
-    def checkpoint_state(self) -> dict[str, dict]:
+    def checkpoint_state(self) -> dict[str, dict[str, Any]]:
         return {**self.base.checkpoint_state(), **self.terms.checkpoint_state()}
 
-    def load_checkpoint_state(self, states: dict[str, dict]) -> None:
+    def load_checkpoint_state(self, states: dict[str, dict[str, Any]]) -> None:
         self.base.load_checkpoint_state(states)
         self.terms.load_checkpoint_state(states)
 
@@ -91,7 +95,9 @@ class MethodWithTerms(Method):
         self.base.begin_step(step)
         self.terms.begin_step(step)
 
-    def losses(self, batch: dict, student: ModelOutputs, teacher: ModelOutputs | None) -> dict[str, torch.Tensor]:
+    def losses(
+        self, batch: Mapping[str, Any], student: ModelOutputs, teacher: ModelOutputs | None
+    ) -> dict[str, torch.Tensor]:
         parts = self.base.losses(batch, student, teacher)
         added = self.terms.losses(batch, student, teacher)
         total = added.pop("loss")

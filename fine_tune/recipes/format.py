@@ -310,7 +310,10 @@ class LayerMap:
         return tuple(enumerate(uniform_layers(ls, lt), 1))  # uniform, skip: ceil(j * Lt / Ls)
 
     def record(self) -> dict | list:
-        return {"rule": self.rule} if self.rule is not None else [list(p) for p in self.pairs]
+        if self.rule is not None:
+            return {"rule": self.rule}
+        assert self.pairs is not None  # a LayerMap has its rule or its pairs (parse_layers)
+        return [list(p) for p in self.pairs]
 
 
 def parse_layers(value: Any, feature: str, where: str, key: str) -> LayerMap:
@@ -488,7 +491,7 @@ class Recipe:
                 terms.append({"name": t.group, "weight": t.weight.record(), "sum": [t.record()]})
             else:
                 terms[-1]["sum"].append(t.record())
-        out = {
+        out: dict[str, Any] = {
             "path": self.path,
             "sha256": self.sha256,
             "method": self.method,
