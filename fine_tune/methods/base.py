@@ -8,11 +8,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 
 from ..engine.optim import OptimiserSettings
 from ..engine.protocol import PLAIN_RECORD, ExtraParameters, LayerRecord, ModelOutputs, TeacherShape
-from ..settings import G, find_group
+from ..settings import FlagGroup, G, find_group
 
 if TYPE_CHECKING:  # for the annotations only (importing transformers takes seconds)
     from transformers import PretrainedConfig
@@ -106,7 +107,7 @@ class Method:
     name: ClassVar[str] = "method"
     # the method's own flag groups (defined beside it, on fine_tune.settings' helpers), beyond the ones every
     # script of its kind has (fine_tune.settings.LAYERWISE...)
-    flag_groups: ClassVar[tuple[type, ...]] = ()
+    flag_groups: ClassVar[tuple[type[FlagGroup], ...]] = ()
     # True: distilled beside a live teacher (``run_distil.py --method NAME``, the layer-wise scripts); False: the
     # fine-tuning and logits-set methods of their own scripts
     online: ClassVar[bool] = False
@@ -131,6 +132,9 @@ class Method:
     # micro-batches (its incomplete last one skipped, TinyBERT's released loop)
     schedule = "linear"
     drop_last = False
+    # True: the student's layers must divide the teacher's (the methods that skip L_t / L_s teacher layers: LAD-NO,
+    # partial LAD); checked by the run plan before anything is written
+    needs_layer_multiple: ClassVar[bool] = False
 
     @classmethod
     def build(cls, settings: MethodSettings) -> Method:
@@ -195,6 +199,17 @@ class Method:
     def describe_mapping(self) -> str:
         """The student/teacher layer mapping in words ("S1<-A2, ..."), or "" when there is none."""
         return ""
+
+    @property
+    def needs_projection(self) -> bool:
+        """Whether the method learns a width projection (a student narrower than the teacher: models/projection.py);
+        the methods that do are :class:`~fine_tune.methods.layerwise.WidthProjecting`'s."""
+        return False
+
+    def layer_map(self, student: ModelOutputs, teacher: ModelOutputs) -> np.ndarray | None:
+        """The [L_s, L_t] layer-contribution matrix of one batch, drawn at each checkpoint by a method with a
+        :attr:`map_caption` (the layer-wise methods'); None: the method draws none."""
+        return None
 
     def begin_step(self, step: int) -> None:
         """Called by the engine before each optimizer step's micro-batches with the optimizer steps already taken

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from ..engine.protocol import ExtraParameters, LayerRecord, ModelOutputs
@@ -90,6 +91,10 @@ class MethodWithTerms(Method):
 
     def describe_mapping(self) -> str:
         return "; ".join(m for m in (self.base.describe_mapping(), self.terms.describe_mapping()) if m)
+
+    def layer_map(self, student: ModelOutputs, teacher: ModelOutputs) -> np.ndarray | None:
+        """The base's map (LAD's gates): the heat-map its caption names."""
+        return self.base.layer_map(student, teacher)
 
     def begin_step(self, step: int) -> None:
         self.base.begin_step(step)

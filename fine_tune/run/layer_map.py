@@ -7,7 +7,7 @@ import torch
 
 from ..batching import Collator, cached_features
 from ..engine.trainer import to_device
-from ..methods.layerwise import LayerwiseKD
+from ..methods import Method
 from ..models.forward import forward
 from ..plan import RunPlan
 from ..plots import write_layer_map
@@ -19,7 +19,7 @@ class LayerMapWriter:
 
     def __init__(
         self,
-        method: LayerwiseKD,
+        method: Method,
         collator: Collator,
         count: int,
         teacher: torch.nn.Module,
@@ -52,7 +52,10 @@ class LayerMapWriter:
                 with self.precision.autocast():
                     s = forward(self.student, batch, True)
                     t = forward(self.teacher, tb, True)
-                    m = self.method.layer_map(s, t) * len(idx)
+                    batch_map = self.method.layer_map(s, t)
+                    if batch_map is None:
+                        raise ValueError(f"{self.method.name} draws no layer map (its map_caption names one)")
+                    m = batch_map * len(idx)
                 total = m if total is None else total + m
                 rows += len(idx)
         finally:
@@ -72,7 +75,7 @@ class LayerMapWriter:
 
 def layer_map_writer(
     plan: RunPlan,
-    method: LayerwiseKD,
+    method: Method,
     teacher: torch.nn.Module,
     student: torch.nn.Module,
     device: torch.device,
@@ -82,7 +85,7 @@ def layer_map_writer(
     """The heat-map writer of the plan's dev rows (the first ``--map_examples``), batched as in training; None when
     the plan draws no map."""
     lm = plan.layer_map
-    if lm is None:
+    if lm is None or method.map_caption is None:
         return None
     features = cached_features(
         plan.data_root / "cache", plan.tokenizer, lm.examples, plan.max_seq_len, regression=plan.task.regression
