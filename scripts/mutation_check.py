@@ -5690,6 +5690,25 @@ MUTATIONS = [
         'name = str(f.type).split(" | ")[-1].split("[")[0].replace("None", "str")',
         ("tests/test_flags.py::test_every_flag_field_is_typed_to_admit_its_default_and_argparse_reads_its_kind",),
     ),
+    Mutation(
+        "tinybert_regression_reads_absent_teacher",
+        "TinyBERT's prediction stage to the teacher's score with --soft_weight 0 reads the teacher it never ran",
+        "fine_tune/methods/tinybert.py",
+        "None if teacher is None else teacher.logits,  # none with --soft_weight 0",
+        "teacher.logits,  # none with --soft_weight 0",
+        (
+            "tests/test_tinybert_released.py::"
+            "test_regression_to_the_teacher_without_the_soft_loss_trains_without_a_teacher",
+        ),
+    ),
+    Mutation(
+        "mlflow_experiment_refusal_hidden",
+        "an MLflow experiment that cannot be created ends in an AttributeError on None instead of MLflow's error",
+        "fine_tune/reporting.py",
+        "                if created is None:  # not that: MLflow's own error\n                    raise\n",
+        "",
+        ("tests/test_reporting.py::test_an_mlflow_experiment_that_cannot_be_created_is_mlflows_error",),
+    ),
 ]
 
 

@@ -146,3 +146,23 @@ def test_curves_read_the_tags_of_runs_before_and_after_issue_32():
     assert metric_tag("mrpc", "dev", "f1", {"mrpc/dev/f1": {}}) == "mrpc/dev/f1"
     assert metric_tag("mrpc", "dev", "f1", {"mrpc/dev/f1_score": {}}) == "mrpc/dev/f1_score"
     assert metric_tag("mrpc", "dev", "f1") == "mrpc/dev/f1"
+
+
+def test_an_mlflow_experiment_that_cannot_be_created_is_mlflows_error(tmp_path):
+    """create_experiment failing for another reason than a concurrent creation (the experiment still absent after
+    it: a permission error, a server refusal) is MLflow's own error, not an AttributeError on a None experiment."""
+    from mlflow.exceptions import MlflowException
+
+    from fine_tune.reporting import MLflowReporter
+
+    class Refusing:
+        def get_experiment_by_name(self, name):
+            return None
+
+        def create_experiment(self, name):
+            raise MlflowException(f"no permission to create {name}")
+
+    reporter = MLflowReporter(tmp_path / "exp", tmp_path, "qqp", "x")
+    reporter.client = Refusing()
+    with pytest.raises(MlflowException, match="^no permission to create qqp$"):
+        reporter._run("file:///nowhere")

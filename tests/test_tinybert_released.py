@@ -115,6 +115,20 @@ def test_regression_prediction_stage_is_the_mse_to_the_gold_score():
     assert abs(parts["loss"].item() - to_teacher) < 1e-6 * to_teacher
 
 
+def test_regression_to_the_teacher_without_the_soft_loss_trains_without_a_teacher():
+    """--tinybert_regression_target teacher --soft_weight 0: the teacher never runs (uses_teacher is False, so the
+    engine passes none) and the loss is the weighted MSE to the gold score alone (it read the absent teacher's
+    logits before)."""
+    s = np.array([[0.25], [3.5], [1.75], [4.0]])
+    y = np.array([0.5, 3.125, 2.0, 4.75])
+    args = ["--tinybert_stage", "prediction", "--tinybert_regression_target", "teacher"]
+    method = built([*args, "--soft_weight", "0", "--hard_weight", "0.75"], task="stsb")
+    assert not method.uses_teacher
+    parts = method.losses({"labels": t32(y)}, ModelOutputs(t32(s)), None)
+    expected = 0.75 * float(np.mean((s[:, 0] - y) ** 2))
+    assert abs(parts["loss"].item() - expected) < 1e-6 * expected
+
+
 def test_the_method_resolves_its_schedule_and_incomplete_batches():
     """Intermediate stage: constant (W_h too, a student of another width), prediction stage: linear whatever the
     flag; incomplete batches skipped unless --tinybert_incomplete_batches train."""

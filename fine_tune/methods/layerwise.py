@@ -264,23 +264,23 @@ class LayerwiseKD(WidthProjecting, Method):
         return outputs.attention_mask if self.masked else None
 
     @property
-    def needs_hidden_states(self) -> bool:  # type: ignore[override]
+    def needs_hidden_states(self) -> bool:  # type: ignore[override]  # a property where Method has a plain attribute
         return self.mu != 0
 
     @property
-    def ignores_padding(self) -> bool:  # type: ignore[override]
+    def ignores_padding(self) -> bool:  # type: ignore[override]  # a property where Method has a plain attribute
         """The original's hidden MSE (and LAD's fixed-length gate) include padding positions; the masked
         losses of ``--padding dynamic`` do not."""
         return self.mu == 0 or self.masked
 
     @property
-    def every_parameter_learns(self) -> bool:  # type: ignore[override]
+    def every_parameter_learns(self) -> bool:  # type: ignore[override]  # a property where Method has a plain attribute
         """Hidden losses only (``hard_weight = soft_weight = 0``): the student's pooler and classifier get no
         gradient."""
         return bool(self.hard_weight or self.soft_weight)
 
     @property
-    def uses_teacher(self) -> bool:  # type: ignore[override]
+    def uses_teacher(self) -> bool:  # type: ignore[override]  # a property where Method has a plain attribute
         """Hard labels only (soft_weight = mu = 0) need no teacher forward."""
         return bool(self.soft_weight or self.mu)
 

@@ -427,14 +427,14 @@ class MiniLM(LayerwiseKD):
             check_recomputable_attention(teacher_config.model_type, student_family, "MiniLM")
 
     @property
-    def needs_hidden_states(self) -> bool:  # type: ignore[override]
+    def needs_hidden_states(self) -> bool:  # type: ignore[override]  # a property where Method has a plain attribute
         return False  # the attention projections only
 
     def recorded_layers(self, role: str) -> LayerRecord:
         return self.records[role]
 
     @property
-    def ignores_padding(self) -> bool:  # type: ignore[override]
+    def ignores_padding(self) -> bool:  # type: ignore[override]  # a property where Method has a plain attribute
         return True  # relations exclude padding keys and padding query rows in either padding
 
     def losses(

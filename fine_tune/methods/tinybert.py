@@ -539,7 +539,7 @@ class TinyBERT(LayerwiseKD):
         return self.stage == "intermediate"
 
     @property
-    def needs_hidden_states(self) -> bool:  # type: ignore[override]
+    def needs_hidden_states(self) -> bool:  # type: ignore[override]  # a property where Method has a plain attribute
         return self.intermediate
 
     def recorded_layers(self, role: str) -> LayerRecord:
@@ -568,12 +568,12 @@ class TinyBERT(LayerwiseKD):
         ]
 
     @property
-    def every_parameter_learns(self) -> bool:  # type: ignore[override]
+    def every_parameter_learns(self) -> bool:  # type: ignore[override]  # a property where Method has a plain attribute
         """The intermediate stage trains no classifier head (nor the pooler)."""
         return not self.intermediate
 
     @property
-    def ignores_padding(self) -> bool:  # type: ignore[override]
+    def ignores_padding(self) -> bool:  # type: ignore[override]  # a property where Method has a plain attribute
         return not self.intermediate or self.masked
 
     @property
@@ -582,7 +582,7 @@ class TinyBERT(LayerwiseKD):
         return not self.intermediate and self.regression and self.regression_target == "gold"
 
     @property
-    def uses_teacher(self) -> bool:  # type: ignore[override]
+    def uses_teacher(self) -> bool:  # type: ignore[override]  # a property where Method has a plain attribute
         return self.intermediate or (bool(self.soft_weight) and not self.gold_regression)
 
     def losses(

@@ -34,8 +34,8 @@ class MethodWithTerms(Method):
 
     def __init__(self, base: Method, terms: Method):
         self.base, self.terms = base, terms
-        self.map_caption = base.map_caption  # type: ignore[misc]
-        self.needs_labels = base.needs_labels  # type: ignore[misc]
+        self.map_caption = base.map_caption  # type: ignore[misc]  # an instance value where Method has a ClassVar
+        self.needs_labels = base.needs_labels  # type: ignore[misc]  # an instance value where Method has a ClassVar
         self.schedule, self.drop_last = base.schedule, base.drop_last
         self.needs_hidden_states = base.needs_hidden_states or terms.needs_hidden_states
         self.uses_teacher = base.uses_teacher or terms.uses_teacher

@@ -309,4 +309,4 @@ def applies_devices(runner: Runner) -> Runner:
         with plan.devices.applied():
             return runner(plan, *args, **kwargs)
 
-    return wrapped  # type: ignore[return-value]
+    return wrapped  # type: ignore[return-value]  # functools.wraps: the runner's own signature
