@@ -5684,7 +5684,7 @@ MUTATIONS = [
     ),
     Mutation(
         "flag_kind_from_the_last_type",
-        "argparse converts an int | None flag's value with the wrong type",
+        "argparse converts the value of a flag typed int or None with the wrong type",
         "fine_tune/cli.py",
         'name = str(f.type).split(" | ")[0].split("[")[0]',
         'name = str(f.type).split(" | ")[-1].split("[")[0].replace("None", "str")',
