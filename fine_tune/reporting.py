@@ -33,7 +33,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .engine import distributed
 from .engine.reporting import FanOut, Reporter
@@ -302,7 +302,9 @@ class WandbReporter(Reporter):
                 run_id = json.loads(path.read_text(encoding="utf-8"))["id"]
             except (ValueError, KeyError, TypeError):
                 run_id = None
-        mode = None if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") else "offline"
+        mode: Literal["offline"] | None = (
+            None if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") else "offline"
+        )
         self.folder.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
             project=self.project,
