@@ -3148,8 +3148,8 @@ MUTATIONS = [
         "student_flag_misnamed",
         "a --student_ptrain_ver folder is named --ptrain_ver in messages",
         "fine_tune/run/student.py",
-        "build_pretrained_classifier(spec.pretrained, spec.family, spec.num_class, spec.dropout, flag)",
-        "build_pretrained_classifier(spec.pretrained, spec.family, spec.num_class, spec.dropout)",
+        'spec.pretrained, spec.family, spec.num_class, spec.dropout, "--student_ptrain_ver"\n',
+        "spec.pretrained, spec.family, spec.num_class, spec.dropout\n",
         ("tests/test_resume_hygiene.py::test_a_classifier_of_another_class_count_gets_a_new_head",),
     ),
     Mutation(

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -81,13 +82,17 @@ def non_blocking(source: torch.device, target: torch.device) -> bool:
     return target.type == "cuda" or source.type == target.type == "cpu"
 
 
+# the student's device, or None where only the check matters (the run plan, before the device is resolved)
+StudentDevice = TypeVar("StudentDevice", torch.device, None)
+
+
 def resolve_placement(
     device_id: int | None,
     flag_name: str,
-    student_device: torch.device,
+    student_device: StudentDevice,
     student_id: int | None = None,
     quiet: bool = False,
-) -> torch.device:
+) -> torch.device | StudentDevice:
     """Where ``--tdevice_id`` / ``--gate_device_id`` put the teacher / the gates (default: the student's device).
 
     One process: an absolute CUDA index (-1 = CPU); the student's own ``--device_id`` means its device.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +20,8 @@ if TYPE_CHECKING:  # for the annotations only (importing transformers takes seco
 
     from ..models.projection import PretrainedProjection
     from ..recipes.format import Recipe
+
+V = TypeVar("V")
 
 # the two models whose layers a method reads (Method.recorded_layers)
 ROLES = ("student", "teacher")
@@ -66,29 +68,29 @@ class MethodSettings:
     def need_student(self) -> StudentShape:
         """:attr:`student`, which a method that distils into a student's layers is built with (the run plan resolves
         it from the student's flags); ValueError without it."""
-        if self.student is None:
-            raise ValueError("the method is built with the student's shape (MethodSettings.student); none was given")
-        return self.student
+        return _given(self.student, "the student's shape (MethodSettings.student)")
 
     def need_teacher(self) -> TeacherShape:
         """:attr:`teacher`, which a method that reads the teacher's layers is built with; ValueError without it."""
-        if self.teacher is None:
-            raise ValueError("the method is built with the teacher's shape (MethodSettings.teacher); none was given")
-        return self.teacher
+        return _given(self.teacher, "the teacher's shape (MethodSettings.teacher)")
 
     def need_optimiser(self) -> OptimiserSettings:
         """:attr:`optimiser`, which a method with parameters of its own (LAD's gates) derives theirs from; ValueError
         without it."""
-        if self.optimiser is None:
-            raise ValueError(
-                "the method is built with the student's optimiser (MethodSettings.optimiser); none was given"
-            )
-        return self.optimiser
+        return _given(self.optimiser, "the student's optimiser (MethodSettings.optimiser)")
 
     def group(self, cls: type[G]) -> G:
         """The settings group of class ``cls``, typed: ``settings.group(PkdFlags).pkd_loss``; one the run's script
         does not compose raises AttributeError."""
         return find_group(self.groups, cls)
+
+
+def _given(value: V | None, what: str) -> V:
+    """A fact of the run a method is built with (:class:`MethodSettings`); ValueError naming it when the settings
+    lack it (a method built outside the run plan)."""
+    if value is None:
+        raise ValueError(f"the method is built with {what}; none was given")
+    return value
 
 
 class Method:

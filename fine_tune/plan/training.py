@@ -20,8 +20,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .. import config as cfg
 from ..batching import micro_batches_per_epoch
 from ..engine.device import resolve_placement
@@ -695,15 +693,15 @@ def dev_split(task: Task) -> str | None:
 def _layer_map(flags: Flags, task: Task, data_root: Path, method: Method, notes: list[str]) -> LayerMapPlan | None:
     """The heat-map's dev rows (the first ``--map_examples``), parsed before anything is written; none without a
     dev split (a note says so) or when the method draws no map."""
-    lw = flags.layerwise
-    if not (lw.map_examples and lw.mu and method.map_caption):
+    lw, caption = flags.layerwise, method.map_caption
+    if not (lw.map_examples and lw.mu and caption):
         return None
     split = dev_split(task)
     path = task.path(data_root, split) if split else None
     if split is None or path is None or not path.is_file():
         notes.append(f"no {split or 'dev'} split at {path}: no layer-contribution map")
         return None
-    return LayerMapPlan(split, task.load(data_root, split, lw.map_examples))
+    return LayerMapPlan(split, task.load(data_root, split, lw.map_examples), caption)
 
 
 def plan_online_distill(flags: Flags, method_name: str) -> RunPlan:
@@ -813,8 +811,7 @@ def plan_online_distill(flags: Flags, method_name: str) -> RunPlan:
     gate_device_id = flags.group(GateFlags).gate_device_id if flags.has("gate") else None
     for flag_name, device_id in (("--tdevice_id", t.tdevice_id), ("--gate_device_id", gate_device_id)):
         # a CUDA index (or, under torchrun, a per-rank slot) the machine lacks: refused before anything is written
-        # (the student's device is not resolved here: only the check matters, not the device returned)
-        resolve_placement(device_id, flag_name, torch.device("cpu"), flags.device.device_id, quiet=True)
+        resolve_placement(device_id, flag_name, None, flags.device.device_id, quiet=True)
     record = _record(
         flags,
         task,

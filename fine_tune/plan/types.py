@@ -136,10 +136,12 @@ class StudentModel:
 
 @dataclass(frozen=True)
 class LayerMapPlan:
-    """The layer-contribution heat-map drawn at each checkpoint from the first rows of a dev split."""
+    """The layer-contribution heat-map drawn at each checkpoint from the first rows of a dev split, under the
+    method's caption (``Method.map_caption``: what the map shows)."""
 
     split: str
     examples: list[Example]
+    caption: str
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ def layer_map_writer(
     """The heat-map writer of the plan's dev rows (the first ``--map_examples``), batched as in training; None when
     the plan draws no map."""
     lm = plan.layer_map
-    if lm is None or method.map_caption is None:
+    if lm is None:
         return None
     features = cached_features(
         plan.data_root / "cache", plan.tokenizer, lm.examples, plan.max_seq_len, regression=plan.task.regression
@@ -103,5 +103,5 @@ def layer_map_writer(
         plan.exp.path,
         f"{plan.training.tag_prefix}/layer_map",
         f"{plan.exp.name}: teacher-layer contributions ({lm.split} sample)",
-        method.map_caption,
+        lm.caption,
     )

@@ -49,8 +49,9 @@ def build_model(
     if isinstance(spec, PretrainedModel):
         model = build_pretrained_classifier(spec.source, spec.family, spec.num_class, spec.dropout, "--ptrain_ver")
     elif spec.pretrained is not None:
-        flag = "--student_ptrain_ver"
-        model = build_pretrained_classifier(spec.pretrained, spec.family, spec.num_class, spec.dropout, flag)
+        model = build_pretrained_classifier(
+            spec.pretrained, spec.family, spec.num_class, spec.dropout, "--student_ptrain_ver"
+        )
     else:
         config = student_config(
             spec.family,
